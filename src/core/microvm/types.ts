@@ -1,0 +1,117 @@
+/**
+ * The MicroVM domain model. It mirrors flintlock.types on the wire but is plain data: the API
+ * adapters convert to and from protobuf, the store keeps it as JSON.
+ */
+
+export type IfaceType = 'MACVTAP' | 'TAP';
+export type VmState = 'PENDING' | 'CREATED' | 'FAILED' | 'DELETING';
+export type MountType = 'DEV' | 'HOSTPATH';
+
+export interface Kernel {
+  image: string;
+  filename: string;
+  cmdline: Record<string, string>;
+  addNetworkConfig: boolean;
+}
+
+export interface Initrd {
+  image: string;
+  filename: string;
+}
+
+export interface VolumeSource {
+  containerSource?: string;
+  virtiofsSource?: string;
+}
+
+export interface Volume {
+  id: string;
+  isReadOnly: boolean;
+  mountPoint?: string;
+  source: VolumeSource;
+  partitionId?: string;
+  sizeInMb?: number;
+}
+
+export interface StaticAddress {
+  address: string;
+  gateway?: string;
+  nameservers: string[];
+}
+
+export interface NetworkInterface {
+  deviceId: string;
+  type: IfaceType;
+  guestMac?: string;
+  address?: StaticAddress;
+  overrides?: { bridgeName?: string };
+}
+
+export interface MicroVMSpec {
+  /** The VM's name (flintlock's `id`). */
+  name: string;
+  namespace: string;
+  labels: Record<string, string>;
+  vcpu: number;
+  memoryInMb: number;
+  kernel: Kernel;
+  initrd?: Initrd;
+  rootVolume?: Volume;
+  additionalVolumes: Volume[];
+  interfaces: NetworkInterface[];
+  /** Values are standard base64 of the decoded content. */
+  metadata: Record<string, string>;
+  /** Resolved provider name; never empty once stored. */
+  provider: string;
+  allowGuestAgent: boolean;
+}
+
+export interface Mount {
+  type: MountType;
+  source: string;
+}
+
+export interface NetworkInterfaceStatus {
+  hostDeviceName: string;
+  index: number;
+  macAddress: string;
+}
+
+export interface MicroVMStatus {
+  state: VmState;
+  volumes: Record<string, { mount: Mount }>;
+  kernelMount?: Mount;
+  initrdMount?: Mount;
+  networkInterfaces: Record<string, NetworkInterfaceStatus>;
+  retry: number;
+  vsockPath: string;
+  lastError: string;
+  /** ISO time of the next reconcile attempt after a failure. */
+  nextAttemptAt?: string | undefined;
+  vmmPid: number;
+  guestBooted: boolean;
+}
+
+export interface MicroVM {
+  uid: string;
+  /** 1 on create, + 1 on every stored change. */
+  version: number;
+  spec: MicroVMSpec;
+  status: MicroVMStatus;
+  createdAt: string;
+  updatedAt: string;
+  deletedAt?: string;
+}
+
+export function initialStatus(): MicroVMStatus {
+  return {
+    state: 'PENDING',
+    volumes: {},
+    networkInterfaces: {},
+    retry: 0,
+    vsockPath: '',
+    lastError: '',
+    vmmPid: 0,
+    guestBooted: false,
+  };
+}

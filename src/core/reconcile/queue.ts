@@ -1,0 +1,109 @@
+import type { Logger } from '../ports.js';
+
+export interface QueueOptions {
+  workers: number;
+  /** Reconciles one VM; resolves to a delay after which it wants to run again, if any. */
+  handler: (uid: string) => Promise<number | undefined>;
+  logger: Logger;
+}
+
+/**
+ * A de-duplicating work queue: a uid is queued at most once, one uid is never handled by two
+ * workers at once, and a uid that changes while it is being handled runs again afterwards.
+ * Delayed entries (back-off, periodic checks) keep only the earliest due time.
+ */
+export class ReconcileQueue {
+  private readonly ready: string[] = [];
+  private readonly queued = new Set<string>();
+  private readonly running = new Set<string>();
+  private readonly dirty = new Set<string>();
+  private readonly delayed = new Map<string, { due: number; timer: NodeJS.Timeout }>();
+  private readonly idleWaiters: (() => void)[] = [];
+  private active = 0;
+  private stopped = false;
+
+  constructor(private readonly opts: QueueOptions) {
+    if (!Number.isInteger(opts.workers) || opts.workers < 1) throw new RangeError('workers must be a positive integer');
+  }
+
+  /** Queues a uid now, or after `delayMs`; an earlier request wins over a later one. */
+  enqueue(uid: string, delayMs = 0): void {
+    if (this.stopped) return;
+    if (delayMs > 0) {
+      const due = Date.now() + delayMs;
+      const existing = this.delayed.get(uid);
+      if (existing && existing.due <= due) return;
+      if (existing) clearTimeout(existing.timer);
+      const timer = setTimeout(() => {
+        this.delayed.delete(uid);
+        this.enqueue(uid);
+      }, delayMs);
+      timer.unref();
+      this.delayed.set(uid, { due, timer });
+      return;
+    }
+    const pending = this.delayed.get(uid);
+    if (pending) {
+      clearTimeout(pending.timer);
+      this.delayed.delete(uid);
+    }
+    if (this.running.has(uid)) {
+      this.dirty.add(uid);
+      return;
+    }
+    if (this.queued.has(uid)) return;
+    this.queued.add(uid);
+    this.ready.push(uid);
+    this.pump();
+  }
+
+  get size(): number {
+    return this.queued.size + this.running.size + this.delayed.size;
+  }
+
+  /** Resolves when nothing is queued or running (delayed entries do not count). */
+  async idle(): Promise<void> {
+    if (this.active === 0 && this.ready.length === 0) return;
+    await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Stops taking work, cancels delayed entries and waits for running handlers to finish. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const { timer } of this.delayed.values()) clearTimeout(timer);
+    this.delayed.clear();
+    this.ready.length = 0;
+    this.queued.clear();
+    await this.idle();
+  }
+
+  private pump(): void {
+    while (!this.stopped && this.active < this.opts.workers) {
+      const uid = this.ready.shift();
+      if (uid === undefined) break;
+      this.queued.delete(uid);
+      this.running.add(uid);
+      this.active++;
+      void this.run(uid);
+    }
+    if (this.active === 0 && this.ready.length === 0) {
+      for (const w of this.idleWaiters.splice(0)) w();
+    }
+  }
+
+  private async run(uid: string): Promise<void> {
+    let again: number | undefined;
+    try {
+      again = await this.opts.handler(uid);
+    } catch (err) {
+      // The handler records failures itself; reaching here is a bug, so log it and move on.
+      this.opts.logger.error({ uid, err }, 'reconcile handler threw');
+    } finally {
+      this.running.delete(uid);
+      this.active--;
+    }
+    if (this.dirty.delete(uid)) this.enqueue(uid);
+    else if (again !== undefined) this.enqueue(uid, again);
+    this.pump();
+  }
+}

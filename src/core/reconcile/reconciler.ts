@@ -1,0 +1,103 @@
+import { MatchlockError } from '../errors.js';
+import type { Clock, Logger, Runtime, Store } from '../ports.js';
+import type { MicroVM, MicroVMStatus } from '../microvm/types.js';
+import { backoffMs } from './backoff.js';
+
+export interface ReconcilerOptions {
+  store: Store;
+  runtime: Runtime;
+  clock: Clock;
+  logger: Logger;
+  /** After this many failed attempts a create ends in FAILED and a delete drops the record. */
+  maxRetries: number;
+  backoffBaseMs: number;
+  backoffMaxMs: number;
+  /** A number in [0, 1) for jitter; injectable so tests are repeatable. */
+  random01: () => number;
+}
+
+/**
+ * One reconcile pass for one VM: compare the record with the world through the runtime, save
+ * what changed, and say when to look again. Never throws: failures go onto the VM's status.
+ */
+export class Reconciler {
+  constructor(private readonly opts: ReconcilerOptions) {}
+
+  async reconcile(uid: string): Promise<number | undefined> {
+    const { store, logger, clock } = this.opts;
+    const vm = store.get(uid);
+    if (!vm) return undefined;
+    const log = logger.child({ uid, namespace: vm.spec.namespace, name: vm.spec.name });
+    if (vm.status.state === 'DELETING') return this.delete(vm, log);
+    if (vm.status.state === 'FAILED') return undefined;
+    const wait = dueIn(vm, clock.now());
+    if (wait > 0) return wait;
+    try {
+      const observed = await this.opts.runtime.ensure(vm, log);
+      const { ready, ...fields } = observed;
+      this.save(uid, (cur) => ({ ...cur.status, ...fields, state: ready ? 'CREATED' : 'PENDING', retry: 0, lastError: '', nextAttemptAt: undefined }));
+      return undefined;
+    } catch (err) {
+      return this.fail(vm, err, log);
+    }
+  }
+
+  private async delete(vm: MicroVM, log: Logger): Promise<number | undefined> {
+    const wait = dueIn(vm, this.opts.clock.now());
+    if (wait > 0) return wait;
+    try {
+      await this.opts.runtime.teardown(vm, log);
+      this.opts.store.remove(vm.uid);
+      log.info({}, 'microvm deleted');
+      return undefined;
+    } catch (err) {
+      const e = MatchlockError.from(err);
+      if (vm.status.retry + 1 > this.opts.maxRetries) {
+        // Never leave a record stuck in DELETING: what is left on the host carries matchlock's
+        // mark and is removed by the orphan sweep.
+        this.opts.store.remove(vm.uid);
+        log.error({ err: e.message }, 'delete failed too often; record dropped, leftovers go to the orphan sweep');
+        return undefined;
+      }
+      return this.fail(vm, e, log);
+    }
+  }
+
+  private fail(vm: MicroVM, err: unknown, log: Logger): number | undefined {
+    const e = MatchlockError.from(err);
+    const retry = vm.status.retry + 1;
+    const exhausted = vm.status.state !== 'DELETING' && retry > this.opts.maxRetries;
+    const delay = backoffMs(retry, this.opts.backoffBaseMs, this.opts.backoffMaxMs, this.opts.random01());
+    const next = new Date(this.opts.clock.now().getTime() + delay).toISOString();
+    log.warn({ err: e.message, retry, exhausted }, exhausted ? 'reconcile failed; giving up' : 'reconcile failed; will retry');
+    this.save(vm.uid, (cur) => ({
+      ...cur.status,
+      state: exhausted ? 'FAILED' : cur.status.state,
+      retry,
+      lastError: e.message,
+      nextAttemptAt: exhausted ? undefined : next,
+    }));
+    return exhausted ? undefined : delay;
+  }
+
+  /** Stores a new status only when it differs, so an idle resync does not bump versions. */
+  private save(uid: string, next: (cur: MicroVM) => MicroVMStatus): void {
+    const now = this.opts.clock.now().toISOString();
+    this.opts.store.update(uid, (cur) => {
+      const status = stripUndefined(next(cur));
+      // A delete that arrived while this pass ran wins: its state must not be overwritten.
+      if (cur.status.state === 'DELETING' && status.state !== 'DELETING') return undefined;
+      if (JSON.stringify(status) === JSON.stringify(cur.status)) return undefined;
+      return { ...cur, status, updatedAt: now };
+    });
+  }
+}
+
+function dueIn(vm: MicroVM, now: Date): number {
+  if (vm.status.nextAttemptAt === undefined) return 0;
+  return Math.max(0, Date.parse(vm.status.nextAttemptAt) - now.getTime());
+}
+
+function stripUndefined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
+}
