@@ -1,0 +1,124 @@
+/**
+ * Protobuf <-> domain conversion, shared by the gRPC and HTTP adapters.
+ */
+import { create, type MessageInitShape } from '@bufbuild/protobuf';
+import { timestampFromDate, type Timestamp } from '@bufbuild/protobuf/wkt';
+import type { InterfaceInput, SpecInput, VolumeInput } from '../../core/microvm/validate.js';
+import type { Mount as DomainMount, MicroVM as DomainVM, Volume as DomainVolume } from '../../core/microvm/types.js';
+import {
+  MicroVMSchema,
+  MicroVMStatus_MicroVMState,
+  Mount_MountType,
+  NetworkInterface_IfaceType,
+  type MicroVM,
+  type MicroVMSpec,
+  MountSchema,
+  type Volume,
+} from '../../gen/types/microvm_pb.js';
+
+function volumeInput(v: Volume): VolumeInput {
+  return {
+    id: v.id,
+    isReadOnly: v.isReadOnly,
+    mountPoint: v.mountPoint,
+    source: v.source && { containerSource: v.source.containerSource, virtiofsSource: v.source.virtiofsSource },
+    partitionId: v.partitionId,
+    sizeInMb: v.sizeInMb,
+  };
+}
+
+/** A wire MicroVMSpec as plain input for validation. uid and timestamps are dropped: the server owns them. */
+export function specInput(spec: MicroVMSpec | undefined): SpecInput | undefined {
+  if (spec === undefined) return undefined;
+  return {
+    id: spec.id,
+    namespace: spec.namespace,
+    labels: { ...spec.labels },
+    vcpu: spec.vcpu,
+    memoryInMb: spec.memoryInMb,
+    kernel: spec.kernel && {
+      image: spec.kernel.image,
+      filename: spec.kernel.filename,
+      cmdline: { ...spec.kernel.cmdline },
+      addNetworkConfig: spec.kernel.addNetworkConfig,
+    },
+    initrd: spec.initrd && { image: spec.initrd.image, filename: spec.initrd.filename },
+    rootVolume: spec.rootVolume && volumeInput(spec.rootVolume),
+    additionalVolumes: spec.additionalVolumes.map(volumeInput),
+    interfaces: spec.interfaces.map(
+      (i): InterfaceInput => ({
+        deviceId: i.deviceId,
+        type: i.type,
+        guestMac: i.guestMac,
+        address: i.address && { address: i.address.address, gateway: i.address.gateway, nameservers: [...i.address.nameservers] },
+        overrides: i.overrides && { bridgeName: i.overrides.bridgeName },
+      }),
+    ),
+    metadata: { ...spec.metadata },
+    provider: spec.provider,
+    allowGuestAgent: spec.allowGuestAgent,
+  };
+}
+
+const ts = (iso: string | undefined): Timestamp | undefined => (iso === undefined ? undefined : timestampFromDate(new Date(iso)));
+
+function volume(v: DomainVolume) {
+  return {
+    id: v.id,
+    isReadOnly: v.isReadOnly,
+    mountPoint: v.mountPoint,
+    source: { containerSource: v.source.containerSource, virtiofsSource: v.source.virtiofsSource },
+    partitionId: v.partitionId,
+    sizeInMb: v.sizeInMb,
+  };
+}
+
+const mount = (m: DomainMount | undefined): MessageInitShape<typeof MountSchema> | undefined =>
+  m && { type: m.type === 'DEV' ? Mount_MountType.DEV : Mount_MountType.HOSTPATH, source: m.source };
+
+/** A stored VM as flintlock.types.MicroVM. Unlike flintlock, labels, provider and timestamps are returned. */
+export function toWire(vm: DomainVM): MicroVM {
+  const { spec, status } = vm;
+  return create(MicroVMSchema, {
+    version: vm.version,
+    spec: {
+      id: spec.name,
+      namespace: spec.namespace,
+      labels: spec.labels,
+      vcpu: spec.vcpu,
+      memoryInMb: spec.memoryInMb,
+      kernel: spec.kernel,
+      initrd: spec.initrd,
+      rootVolume: spec.rootVolume && volume(spec.rootVolume),
+      additionalVolumes: spec.additionalVolumes.map(volume),
+      interfaces: spec.interfaces.map((i) => ({
+        deviceId: i.deviceId,
+        type: i.type === 'TAP' ? NetworkInterface_IfaceType.TAP : NetworkInterface_IfaceType.MACVTAP,
+        guestMac: i.guestMac,
+        address: i.address,
+        overrides: i.overrides,
+      })),
+      metadata: spec.metadata,
+      createdAt: ts(vm.createdAt),
+      updatedAt: ts(vm.updatedAt),
+      deletedAt: ts(vm.deletedAt),
+      uid: vm.uid,
+      provider: spec.provider,
+      allowGuestAgent: spec.allowGuestAgent,
+    },
+    status: {
+      state: MicroVMStatus_MicroVMState[status.state],
+      volumes: Object.fromEntries(Object.entries(status.volumes).map(([k, v]) => [k, { mount: mount(v.mount) }])),
+      kernelMount: mount(status.kernelMount),
+      initrdMount: mount(status.initrdMount),
+      networkInterfaces: status.networkInterfaces,
+      retry: status.retry,
+      vsockPath: status.vsockPath,
+      lastError: status.lastError,
+      nextAttemptAt: ts(status.nextAttemptAt),
+      provider: spec.provider,
+      vmmPid: status.vmmPid,
+      guestBooted: status.guestBooted,
+    },
+  });
+}

@@ -1,0 +1,147 @@
+import { create } from '@bufbuild/protobuf';
+import { EmptySchema } from '@bufbuild/protobuf/wkt';
+import * as grpc from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+import type { SecureContextOptions } from 'node:tls';
+import { fileURLToPath } from 'node:url';
+import { MatchlockError } from '../../../core/errors.js';
+import type { MicroVMService } from '../../../core/microvm/service.js';
+import type { Logger } from '../../../core/ports.js';
+import {
+  CreateMicroVMResponseSchema,
+  GetMicroVMResponseSchema,
+  ListMessageSchema,
+  ListMicroVMsResponseSchema,
+  MicroVM as MicroVMServiceDesc,
+  type CreateMicroVMRequest,
+  type DeleteMicroVMRequest,
+  type GetMicroVMRequest,
+  type ListMicroVMsRequest,
+} from '../../../gen/services/microvm/v1alpha1/microvms_pb.js';
+import { tokenMatches, UNAUTHENTICATED_MESSAGE } from '../auth.js';
+import { specInput, toWire } from '../convert.js';
+import { grpcCode } from './status.js';
+import { serviceDefinition } from './service-def.js';
+
+export interface GrpcTls {
+  cert: Buffer;
+  key: Buffer;
+  /** CA that client certificates must chain to; set to require them (mTLS). */
+  clientCa?: Buffer | undefined;
+}
+
+export interface GrpcServerOptions {
+  service: MicroVMService;
+  logger: Logger;
+  /** Basic-auth token; empty or undefined leaves the API open. */
+  token?: string | undefined;
+  tls?: GrpcTls | undefined;
+}
+
+const PROTO_DIR = fileURLToPath(new URL('../../../../proto', import.meta.url));
+
+export function serverCredentials(tls: GrpcTls | undefined): grpc.ServerCredentials {
+  if (!tls) return grpc.ServerCredentials.createInsecure();
+  const creds = grpc.ServerCredentials.createSsl(tls.clientCa ?? null, [{ private_key: tls.key, cert_chain: tls.cert }], tls.clientCa !== undefined);
+  // grpc-js has no TLS version option; the secure-context options it keeps take Node's minVersion.
+  // (updateSecureContextOptions is public in grpc-js's JavaScript, protected only in its typings.)
+  const update = (creds as unknown as { updateSecureContextOptions(o: SecureContextOptions): void }).updateSecureContextOptions.bind(creds);
+  update({ ...creds._getSecureContextOptions(), minVersion: 'TLSv1.3' });
+  return creds;
+}
+
+type AnyHandler = (call: grpc.ServerUnaryCall<unknown, unknown> & grpc.ServerWritableStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => void;
+
+/**
+ * A view of the server whose addService wraps every handler with the token check, so the
+ * MicroVM, health and reflection services are all behind the same door.
+ */
+function guarded(server: grpc.Server, token: string | undefined): Pick<grpc.Server, 'addService'> {
+  return {
+    addService(def: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) {
+      if (!token) return server.addService(def, impl);
+      const wrapped: grpc.UntypedServiceImplementation = {};
+      for (const [name, fn] of Object.entries(impl)) {
+        const handler = fn as unknown as AnyHandler;
+        wrapped[name] = ((call: Parameters<AnyHandler>[0], callback?: grpc.sendUnaryData<unknown>) => {
+          const header = call.metadata.get('authorization')[0];
+          if (!tokenMatches(typeof header === 'string' ? header : undefined, token)) {
+            const err = { code: grpc.status.UNAUTHENTICATED, details: UNAUTHENTICATED_MESSAGE };
+            if (callback) callback(err);
+            else call.emit('error', err);
+            return;
+          }
+          handler(call, callback);
+        }) as unknown as grpc.UntypedHandleCall;
+      }
+      server.addService(def, wrapped);
+    },
+  };
+}
+
+/**
+ * The flintlock MicroVM service on grpc-js, plus gRPC health and reflection. Every handler turns
+ * errors into status codes; nothing a client sends can throw past it.
+ */
+export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+  const door = guarded(server, opts.token);
+  const { service, logger } = opts;
+
+  const fail = (method: string, err: unknown): grpc.ServiceError => {
+    const e = MatchlockError.from(err);
+    const code = grpcCode(e);
+    if (code === grpc.status.INTERNAL) logger.error({ method, err }, 'request failed');
+    else logger.debug({ method, code: e.code, msg: e.message }, 'request refused');
+    return Object.assign(new Error(e.message), { code, details: e.message, metadata: new grpc.Metadata() });
+  };
+
+  const unary = <Req, Res>(method: string, fn: (req: Req) => Res) =>
+    (call: grpc.ServerUnaryCall<Req, Res>, callback: grpc.sendUnaryData<Res>) => {
+      try {
+        callback(null, fn(call.request));
+      } catch (err) {
+        callback(fail(method, err));
+      }
+    };
+
+  door.addService(serviceDefinition(MicroVMServiceDesc), {
+    createMicroVM: unary('CreateMicroVM', (req: CreateMicroVMRequest) => {
+      const vm = service.create(specInput(req.microvm));
+      logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
+      return create(CreateMicroVMResponseSchema, { microvm: toWire(vm) });
+    }),
+    deleteMicroVM: unary('DeleteMicroVM', (req: DeleteMicroVMRequest) => {
+      service.delete(req.uid);
+      return create(EmptySchema);
+    }),
+    getMicroVM: unary('GetMicroVM', (req: GetMicroVMRequest) => create(GetMicroVMResponseSchema, { microvm: toWire(service.get(req.uid)) })),
+    listMicroVMs: unary('ListMicroVMs', (req: ListMicroVMsRequest) =>
+      create(ListMicroVMsResponseSchema, { microvm: service.list(req.namespace, req.name).map(toWire) }),
+    ),
+    listMicroVMsStream: (call: grpc.ServerWritableStream<ListMicroVMsRequest, unknown>) => {
+      try {
+        for (const vm of service.list(call.request.namespace, call.request.name)) {
+          call.write(create(ListMessageSchema, { microvm: toWire(vm) }));
+        }
+        call.end();
+      } catch (err) {
+        call.emit('error', fail('ListMicroVMsStream', err));
+      }
+    },
+  });
+
+  const health = new HealthImplementation({ '': 'SERVING', [MicroVMServiceDesc.typeName]: 'SERVING' });
+  health.addToServer(door as grpc.Server);
+  const definition = loadSync(['services/microvm/v1alpha1/microvms.proto'], { includeDirs: [PROTO_DIR] });
+  new ReflectionService(definition).addToServer(door as grpc.Server);
+  return server;
+}
+
+export async function bindGrpc(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
+  return await new Promise<number>((resolve, reject) => {
+    server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
+  });
+}

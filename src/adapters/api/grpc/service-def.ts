@@ -1,0 +1,29 @@
+import { fromBinary, toBinary, type DescMessage, type DescService, type MessageShape } from '@bufbuild/protobuf';
+import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js';
+
+/**
+ * A grpc-js service definition built from a protobuf-es service descriptor, so grpc-js moves
+ * bytes and protobuf-es owns the encoding. Used by both the server and the CLI's client.
+ */
+export function serviceDefinition(service: DescService): ServiceDefinition {
+  const def: Record<string, MethodDefinition<unknown, unknown>> = {};
+  for (const m of service.methods) {
+    const codec = <D extends DescMessage>(desc: D) => ({
+      serialize: (msg: MessageShape<D>) => Buffer.from(toBinary(desc, msg)),
+      deserialize: (buf: Buffer) => fromBinary(desc, buf),
+    });
+    const input = codec(m.input);
+    const output = codec(m.output);
+    def[m.localName] = {
+      path: `/${service.typeName}/${m.name}`,
+      originalName: m.name,
+      requestStream: m.methodKind === 'client_streaming' || m.methodKind === 'bidi_streaming',
+      responseStream: m.methodKind === 'server_streaming' || m.methodKind === 'bidi_streaming',
+      requestSerialize: input.serialize as (v: unknown) => Buffer,
+      requestDeserialize: input.deserialize,
+      responseSerialize: output.serialize as (v: unknown) => Buffer,
+      responseDeserialize: output.deserialize,
+    };
+  }
+  return def;
+}

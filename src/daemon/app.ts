@@ -1,0 +1,133 @@
+import type { Server as GrpcServer } from '@grpc/grpc-js';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { Server as HttpServer } from 'node:http';
+import { join } from 'node:path';
+import { createHttpApi } from '../adapters/api/http/server.js';
+import { bindGrpc, createGrpcServer, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
+import { SqliteStore } from '../adapters/store/sqlite/store.js';
+import { MicroVMService } from '../core/microvm/service.js';
+import type { Logger, Runtime } from '../core/ports.js';
+import { ReconcileQueue } from '../core/reconcile/queue.js';
+import { Reconciler } from '../core/reconcile/reconciler.js';
+import { ConfigError, isLoopbackEndpoint, type DaemonConfig } from './config.js';
+import { chooseDefaultProvider, detectProviders } from './providers.js';
+
+/**
+ * Until the runtime lands, nothing is started on the host: creates stay PENDING and deletes
+ * have nothing to tear down, so records go DELETING -> gone.
+ */
+class NoRuntime implements Runtime {
+  ensure() {
+    return Promise.resolve({ ready: false });
+  }
+  teardown() {
+    return Promise.resolve();
+  }
+}
+
+export interface RunningDaemon {
+  grpcPort: number;
+  httpPort: number | undefined;
+  stop(): Promise<void>;
+}
+
+function readTls(cfg: DaemonConfig): GrpcTls | undefined {
+  if (cfg.tlsCert === '') return undefined;
+  const read = (key: string, path: string) => {
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new ConfigError(`${key} ${path}: ${(err as Error).message}`);
+    }
+  };
+  return {
+    cert: read('tls-cert', cfg.tlsCert),
+    key: read('tls-key', cfg.tlsKey),
+    clientCa: cfg.tlsClientValidate ? read('tls-client-ca', cfg.tlsClientCa) : undefined,
+  };
+}
+
+/** Wires the daemon together and starts it. What it starts, `stop()` ends, in reverse order. */
+export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<RunningDaemon> {
+  const tls = readTls(cfg);
+  for (const [key, endpoint, on] of [['grpc-endpoint', cfg.grpcEndpoint, true], ['http-endpoint', cfg.httpEndpoint, cfg.enableHttp]] as const) {
+    if (on && !tls && !cfg.insecure && !isLoopbackEndpoint(endpoint)) {
+      throw new ConfigError(`${key} ${endpoint} is not a loopback address: give tls-cert and tls-key, or --insecure to serve plaintext`);
+    }
+  }
+  const providers = detectProviders(cfg);
+  const chosen = chooseDefaultProvider(cfg, providers);
+  const defaultProvider = chosen ?? 'qemu';
+  if (chosen) logger.info({ provider: chosen, configured: cfg.defaultProvider !== '' }, 'default provider chosen');
+  else logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
+
+  const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
+  const reconciler = new Reconciler({
+    store,
+    runtime: new NoRuntime(),
+    clock: { now: () => new Date() },
+    logger,
+    maxRetries: cfg.maximumRetry,
+    backoffBaseMs: 1000,
+    backoffMaxMs: 5 * 60_000,
+    random01: Math.random,
+  });
+  const queue = new ReconcileQueue({ workers: cfg.reconcileWorkers, handler: (uid) => reconciler.reconcile(uid), logger });
+  const service = new MicroVMService({
+    store,
+    clock: { now: () => new Date() },
+    random: { bytes: (n) => randomBytes(n) },
+    notifier: { changed: (uid) => queue.enqueue(uid) },
+    providers,
+    defaultProvider,
+  });
+
+  const resyncAll = () => {
+    for (const vm of store.list({})) queue.enqueue(vm.uid);
+  };
+  const token = cfg.basicAuthToken || undefined;
+  const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls });
+  let httpServer: HttpServer | undefined;
+  let resync: NodeJS.Timeout | undefined;
+  const stop = async () => {
+    if (resync) clearInterval(resync);
+    await Promise.all([
+      new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
+      httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
+    ]);
+    await queue.stop();
+    store.close();
+  };
+  try {
+    const grpcPort = await bindGrpc(grpcServer, cfg.grpcEndpoint, serverCredentials(tls));
+    logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
+    let httpPort: number | undefined;
+    if (cfg.enableHttp) {
+      httpServer = createHttpApi({ service, logger, token, tls });
+      httpPort = await listen(httpServer, cfg.httpEndpoint);
+      logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
+    }
+    resyncAll();
+    resync = setInterval(resyncAll, cfg.resyncPeriodMs);
+    resync.unref();
+    return { grpcPort, httpPort, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+async function listen(server: HttpServer, endpoint: string): Promise<number> {
+  const i = endpoint.lastIndexOf(':');
+  const host = endpoint.slice(0, i).replace(/^\[|\]$/g, '');
+  const port = Number(endpoint.slice(i + 1));
+  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError(`http-endpoint ${endpoint}: must be host:port`);
+  return await new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      const addr = server.address();
+      resolve(typeof addr === 'object' && addr ? addr.port : port);
+    });
+  });
+}
