@@ -1,0 +1,49 @@
+import { Command, CommanderError, Option } from 'commander';
+import { VERSION } from '../version.js';
+import { CliError, EXIT, type ConnectOptions } from './client.js';
+import type { Format } from './output.js';
+import { vmCommand, type Io } from './vm.js';
+
+const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
+
+/** The matchlock CLI. Returns the exit code instead of exiting, so tests can drive it in-process. */
+export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const program = new Command('matchlock')
+    .description('matchlock: MicroVMs, images, hosts and the network hub')
+    .version(VERSION)
+    .exitOverride()
+    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .option('--host <host:port>', 'matchlockd (or flintlockd) gRPC endpoint', env.MATCHLOCK_HOST ?? '127.0.0.1:9090')
+    .option('--token <token>', 'basic-auth token (env MATCHLOCK_TOKEN)', env.MATCHLOCK_TOKEN)
+    .option('--tls-ca <path>', 'CA that signed the server certificate; turns on TLS')
+    .option('--tls-cert <path>', 'client certificate for mTLS')
+    .option('--tls-key <path>', 'client key for mTLS')
+    .option('--insecure', 'plaintext even to a non-loopback host')
+    .option('--timeout <ms>', 'per-call deadline in milliseconds', '30000')
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'));
+  const globals = (): ConnectOptions & { output: Format } => {
+    const o = program.opts<{ host: string; token?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecure?: boolean; timeout: string; output: Format }>();
+    return { host: o.host, token: o.token, tlsCa: o.tlsCa, tlsCert: o.tlsCert, tlsKey: o.tlsKey, insecure: o.insecure, timeoutMs: Number(o.timeout) || 30_000, output: o.output };
+  };
+  const vm = vmCommand(globals, io);
+  program.addCommand(vm);
+  for (const c of [program, vm, ...vm.commands]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return EXIT.ok;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    }
+    if (err instanceof CliError) {
+      io.err(`matchlock: ${err.message}\n`);
+      return err.exitCode;
+    }
+    io.err(`matchlock: ${(err as Error).message}\n`);
+    return EXIT.error;
+  }
+}
+
+export async function main(argv: string[]): Promise<void> {
+  process.exitCode = await run(argv.slice(2));
+}

@@ -1,0 +1,51 @@
+import { toJson } from '@bufbuild/protobuf';
+import { stringify } from 'yaml';
+import { MicroVMSchema, MicroVMStatus_MicroVMState, type MicroVM } from '../gen/types/microvm_pb.js';
+import { timestampDate } from '@bufbuild/protobuf/wkt';
+
+export type Format = 'table' | 'json' | 'yaml';
+
+export function stateName(vm: MicroVM): string {
+  return MicroVMStatus_MicroVMState[vm.status?.state ?? 0] ?? String(vm.status?.state);
+}
+
+function age(vm: MicroVM, now: number): string {
+  const created = vm.spec?.createdAt;
+  if (!created) return '-';
+  const s = Math.max(0, Math.round((now - timestampDate(created).getTime()) / 1000));
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172800) return `${Math.round(s / 3600)}h`;
+  return `${Math.round(s / 86400)}d`;
+}
+
+export function table(rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).join('\n') + '\n';
+}
+
+export function formatVms(vms: MicroVM[], format: Format, single: boolean): string {
+  if (format !== 'table') {
+    const docs = vms.map((vm) => toJson(MicroVMSchema, vm));
+    const value = single ? docs[0] : docs;
+    return format === 'json' ? JSON.stringify(value, null, 2) + '\n' : stringify(value);
+  }
+  const now = Date.now();
+  const rows = [['UID', 'NAMESPACE', 'NAME', 'STATE', 'PROVIDER', 'VCPU', 'MEMORY', 'RETRY', 'AGE']];
+  for (const vm of vms) {
+    rows.push([
+      vm.spec?.uid ?? '',
+      vm.spec?.namespace ?? '',
+      vm.spec?.id ?? '',
+      stateName(vm),
+      vm.spec?.provider ?? '',
+      String(vm.spec?.vcpu ?? ''),
+      `${vm.spec?.memoryInMb ?? ''}Mi`,
+      String(vm.status?.retry ?? 0),
+      age(vm, now),
+    ]);
+  }
+  let out = table(rows);
+  if (single && vms[0]?.status?.lastError) out += `last error: ${vms[0].status.lastError}\n`;
+  return out;
+}

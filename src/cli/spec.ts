@@ -1,0 +1,111 @@
+import { create, fromJson, type JsonValue } from '@bufbuild/protobuf';
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { MicroVMSpecSchema, NetworkInterface_IfaceType, type MicroVMSpec } from '../gen/types/microvm_pb.js';
+import { CliError, EXIT } from './client.js';
+
+/**
+ * A MicroVMSpec from a YAML or JSON file (or "-" for stdin): snake_case or camelCase keys, enum
+ * names or numbers, exactly as proto3 JSON allows.
+ */
+export function readSpecFile(path: string): MicroVMSpec {
+  let text: string;
+  try {
+    text = readFileSync(path === '-' ? 0 : path, 'utf8');
+  } catch (err) {
+    throw new CliError(`-f ${path}: ${(err as Error).message}`, EXIT.usage);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    throw new CliError(`-f ${path}: not YAML or JSON: ${(err as Error).message.split('\n')[0] ?? ''}`, EXIT.usage);
+  }
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new CliError(`-f ${path}: must be a MicroVMSpec mapping`, EXIT.usage);
+  try {
+    return fromJson(MicroVMSpecSchema, doc as JsonValue);
+  } catch (err) {
+    throw new CliError(`-f ${path}: ${(err as Error).message}`, EXIT.usage);
+  }
+}
+
+export interface SpecFlags {
+  name?: string;
+  namespace?: string;
+  kernelImage?: string;
+  kernelFilename?: string;
+  kernelCmdline?: string[];
+  initrdImage?: string;
+  initrdFilename?: string;
+  rootImage?: string;
+  rootSize?: string;
+  vcpu?: string;
+  memory?: string;
+  interface?: string[];
+  metadataFromFile?: string[];
+  label?: string[];
+  provider?: string;
+  networkConfig?: boolean;
+}
+
+function pairs(flag: string, items: string[] | undefined): [string, string][] {
+  return (items ?? []).map((item) => {
+    const i = item.indexOf('=');
+    if (i <= 0) throw new CliError(`${flag} ${item}: must be key=value`, EXIT.usage);
+    return [item.slice(0, i), item.slice(i + 1)];
+  });
+}
+
+function int(flag: string, v: string | undefined): number {
+  if (v === undefined) return 0;
+  if (!/^\d+$/.test(v)) throw new CliError(`${flag} ${v}: must be a whole number`, EXIT.usage);
+  return Number(v);
+}
+
+/** `--interface id=eth1,type=tap,mac=…,bridge=…,address=…,gateway=…` */
+function parseInterface(spec: string) {
+  const fields = Object.fromEntries(pairs('--interface', spec.split(',')));
+  const known = new Set(['id', 'type', 'mac', 'bridge', 'address', 'gateway']);
+  for (const k of Object.keys(fields)) if (!known.has(k)) throw new CliError(`--interface ${spec}: unknown key ${k} (id, type, mac, bridge, address, gateway)`, EXIT.usage);
+  const type = (fields.type ?? 'tap').toUpperCase();
+  if (type !== 'TAP' && type !== 'MACVTAP') throw new CliError(`--interface ${spec}: type must be tap or macvtap`, EXIT.usage);
+  return {
+    deviceId: fields.id ?? '',
+    type: type === 'TAP' ? NetworkInterface_IfaceType.TAP : NetworkInterface_IfaceType.MACVTAP,
+    guestMac: fields.mac,
+    overrides: fields.bridge === undefined ? undefined : { bridgeName: fields.bridge },
+    address: fields.address === undefined ? undefined : { address: fields.address, gateway: fields.gateway },
+  };
+}
+
+/** The common case as flags; metadata files are sent base64-encoded, as flintlock expects. */
+export function specFromFlags(f: SpecFlags): MicroVMSpec {
+  const metadata = Object.fromEntries(
+    pairs('--metadata-from-file', f.metadataFromFile).map(([k, path]) => {
+      try {
+        return [k, readFileSync(path).toString('base64')];
+      } catch (err) {
+        throw new CliError(`--metadata-from-file ${k}=${path}: ${(err as Error).message}`, EXIT.usage);
+      }
+    }),
+  );
+  const rootSize = int('--root-size', f.rootSize);
+  return create(MicroVMSpecSchema, {
+    id: f.name ?? '',
+    namespace: f.namespace ?? '',
+    labels: Object.fromEntries(pairs('--label', f.label)),
+    vcpu: int('--vcpu', f.vcpu),
+    memoryInMb: int('--memory', f.memory),
+    kernel: f.kernelImage === undefined ? undefined : {
+      image: f.kernelImage,
+      filename: f.kernelFilename ?? 'boot/vmlinux',
+      cmdline: Object.fromEntries(pairs('--kernel-cmdline', f.kernelCmdline)),
+      addNetworkConfig: f.networkConfig ?? true,
+    },
+    initrd: f.initrdImage === undefined ? undefined : { image: f.initrdImage, filename: f.initrdFilename },
+    rootVolume: f.rootImage === undefined ? undefined : { id: 'root', source: { containerSource: f.rootImage }, sizeInMb: rootSize || undefined },
+    interfaces: (f.interface ?? ['id=eth1,type=tap']).map(parseInterface),
+    metadata,
+    provider: f.provider,
+  });
+}

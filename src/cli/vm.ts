@@ -1,0 +1,127 @@
+import { create } from '@bufbuild/protobuf';
+import { Command, Option } from 'commander';
+import {
+  CreateMicroVMRequestSchema,
+  DeleteMicroVMRequestSchema,
+  GetMicroVMRequestSchema,
+  ListMicroVMsRequestSchema,
+} from '../gen/services/microvm/v1alpha1/microvms_pb.js';
+import type { MicroVM } from '../gen/types/microvm_pb.js';
+import { parseDuration } from '../daemon/duration.js';
+import { CliError, EXIT, connect, type ConnectOptions } from './client.js';
+import { formatVms, stateName, type Format } from './output.js';
+import { readSpecFile, specFromFlags, type SpecFlags } from './spec.js';
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+export interface Io {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+export function vmCommand(globals: () => ConnectOptions & { output: Format }, io: Io): Command {
+  const vm = new Command('vm').description('create, inspect and delete MicroVMs on a flintlock-compatible host');
+  const withClient = async <T>(fn: (c: ReturnType<typeof connect>) => Promise<T>): Promise<T> => {
+    const c = connect(globals());
+    try {
+      return await fn(c);
+    } finally {
+      c.close();
+    }
+  };
+  const print = (vms: MicroVM[], single: boolean) => io.out(formatVms(vms, globals().output, single));
+
+  vm.command('create')
+    .description('create a MicroVM from a spec file (-f) or from flags')
+    .option('-f, --file <path>', 'MicroVMSpec as YAML or JSON ("-" for stdin); snake_case or camelCase, enum names or numbers')
+    .option('--name <name>', 'VM name (spec id)')
+    .option('--namespace <ns>', 'namespace (default "default")')
+    .option('--kernel-image <ref>', 'OCI image holding the kernel')
+    .option('--kernel-filename <path>', 'kernel path inside the image', 'boot/vmlinux')
+    .option('--kernel-cmdline <key=value>', 'extra kernel argument (repeatable)', collect)
+    .option('--no-network-config', 'do not generate the guest network-config')
+    .option('--initrd-image <ref>', 'OCI image holding an initrd')
+    .option('--initrd-filename <path>', 'initrd path inside the image')
+    .option('--root-image <ref>', 'OCI image for the root volume')
+    .option('--root-size <mb>', 'grow the root volume to this size in MB')
+    .option('--vcpu <n>', 'virtual CPUs (default 2)')
+    .option('--memory <mb>', 'memory in MB (default 1024)')
+    .option('--interface <spec>', 'id=eth1,type=tap|macvtap[,mac=…][,bridge=…][,address=CIDR][,gateway=IP] (repeatable; default id=eth1,type=tap)', collect)
+    .option('--metadata-from-file <key=path>', 'metadata item from a file, e.g. user-data=./cloud-init.yaml (repeatable)', collect)
+    .option('--label <key=value>', 'label (repeatable)', collect)
+    .option('--provider <name>', 'qemu, firecracker or cloudhypervisor (default: the host default)')
+    .action(async (opts: SpecFlags & { file?: string }) => {
+      const flagged = Object.keys(opts).some((k) => !['file', 'kernelFilename', 'networkConfig'].includes(k));
+      if (opts.file !== undefined && flagged) throw new CliError('give either -f or spec flags, not both', EXIT.usage);
+      if (opts.file === undefined && opts.name === undefined) throw new CliError('give -f <spec file> or at least --name', EXIT.usage);
+      const spec = opts.file !== undefined ? readSpecFile(opts.file) : specFromFlags(opts);
+      const res = await withClient((c) => c.createMicroVM(create(CreateMicroVMRequestSchema, { microvm: spec })));
+      if (res.microvm) print([res.microvm], true);
+    });
+
+  vm.command('get <uid>')
+    .description('show one MicroVM')
+    .action(async (uid: string) => {
+      const res = await withClient((c) => c.getMicroVM(create(GetMicroVMRequestSchema, { uid })));
+      if (res.microvm) print([res.microvm], true);
+    });
+
+  vm.command('list')
+    .alias('ls')
+    .description('list MicroVMs (all namespaces unless --namespace)')
+    .option('--namespace <ns>', 'only this namespace')
+    .option('--name <name>', 'only VMs with this name')
+    .action(async (opts: { namespace?: string; name?: string }) => {
+      const res = await withClient((c) => c.listMicroVMs(create(ListMicroVMsRequestSchema, { namespace: opts.namespace ?? '', name: opts.name })));
+      print(res.microvm, false);
+    });
+
+  vm.command('delete <uid...>')
+    .alias('rm')
+    .description('delete MicroVMs (returns once they are DELETING; safe to repeat)')
+    .action(async (uids: string[]) => {
+      await withClient(async (c) => {
+        for (const uid of uids) {
+          await c.deleteMicroVM(create(DeleteMicroVMRequestSchema, { uid }));
+          io.out(`${uid} deleting\n`);
+        }
+      });
+    });
+
+  vm.command('watch <uid>')
+    .description('print state changes until the VM reaches a state (or is gone), or the timeout passes')
+    .addOption(new Option('--until <state>', 'PENDING, CREATED, FAILED, DELETING or gone').default('CREATED'))
+    .option('--timeout <duration>', 'give up after this long (e.g. 90s, 5m)', '5m')
+    .option('--interval <duration>', 'poll interval', '1s')
+    .action(async (uid: string, opts: { until: string; timeout: string; interval: string }) => {
+      const until = opts.until === 'gone' ? 'gone' : opts.until.toUpperCase();
+      if (!['PENDING', 'CREATED', 'FAILED', 'DELETING', 'gone'].includes(until)) throw new CliError(`--until ${opts.until}: must be PENDING, CREATED, FAILED, DELETING or gone`, EXIT.usage);
+      const timeout = parseDuration(opts.timeout);
+      const interval = parseDuration(opts.interval);
+      if (timeout === undefined) throw new CliError(`--timeout ${opts.timeout}: must be a duration like 90s`, EXIT.usage);
+      if (interval === undefined || interval === 0) throw new CliError(`--interval ${opts.interval}: must be a duration like 1s`, EXIT.usage);
+      const deadline = Date.now() + timeout;
+      let last = '';
+      await withClient(async (c) => {
+        for (;;) {
+          let state: string;
+          try {
+            const res = await c.getMicroVM(create(GetMicroVMRequestSchema, { uid }));
+            state = res.microvm ? stateName(res.microvm) : 'gone';
+            if (state !== last && res.microvm?.status?.lastError) state += ` (${res.microvm.status.lastError})`;
+          } catch (err) {
+            if (err instanceof CliError && err.exitCode === EXIT.notFound) state = 'gone';
+            else throw err;
+          }
+          if (state !== last) io.out(`${new Date().toISOString()} ${uid} ${state}\n`);
+          last = state;
+          const bare = state.split(' ')[0];
+          if (bare === until) return;
+          if (bare === 'FAILED' || bare === 'gone') throw new CliError(`${uid} is ${bare}, it will not become ${until}`, EXIT.failed);
+          if (Date.now() >= deadline) throw new CliError(`${uid} did not become ${until} within ${opts.timeout}`, EXIT.timeout);
+          await new Promise((r) => setTimeout(r, Math.min(interval, Math.max(0, deadline - Date.now()))));
+        }
+      });
+    });
+  return vm;
+}
