@@ -60,7 +60,10 @@ export class MicroVMService {
     return this.deps.store.list({ namespace, name });
   }
 
-  /** Marks the VM DELETING; the reconciler tears it down and drops the record. Safe to repeat. */
+  /**
+   * Marks the VM DELETING; the reconciler tears it down and drops the record. Safe to repeat:
+   * a repeat changes nothing stored but nudges the reconciler again.
+   */
   delete(uid: string): void {
     checkUid(uid);
     const now = this.deps.clock.now().toISOString();

@@ -1,0 +1,105 @@
+import assert from 'node:assert/strict';
+import { it } from 'node:test';
+import { MemoryStore, silentLogger } from '../../../test/fakes/memory-store.js';
+import { initialStatus, type MicroVM } from '../microvm/types.js';
+import type { Runtime, RuntimeStatus } from '../ports.js';
+import { Reconciler } from './reconciler.js';
+
+function vm(uid: string): MicroVM {
+  return {
+    uid,
+    version: 1,
+    spec: {
+      name: 'n', namespace: 'default', labels: {}, vcpu: 2, memoryInMb: 1024,
+      kernel: { image: 'k', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: false },
+      additionalVolumes: [], interfaces: [], metadata: {}, provider: 'qemu', allowGuestAgent: false,
+    },
+    status: initialStatus(),
+    createdAt: '2026-01-01T00:00:00.000Z',
+    updatedAt: '2026-01-01T00:00:00.000Z',
+  };
+}
+
+function setup(runtime: Runtime, maxRetries = 3) {
+  const store = new MemoryStore();
+  let now = Date.parse('2026-01-01T00:00:00Z');
+  const clock = { now: () => new Date(now), advance: (ms: number) => (now += ms) };
+  const r = new Reconciler({ store, runtime, clock, logger: silentLogger, maxRetries, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1 });
+  return { store, clock, r };
+}
+
+const failing = (msg: string): Runtime => ({
+  ensure: () => Promise.reject(new Error(msg)),
+  teardown: () => Promise.reject(new Error(msg)),
+});
+
+it('sets CREATED when the runtime is ready, and does not bump the version when nothing changed', async () => {
+  const ready: RuntimeStatus = { ready: true, vmmPid: 42 };
+  const { store, r } = setup({ ensure: async () => ready, teardown: async () => {} });
+  store.insert(vm('A'));
+  assert.equal(await r.reconcile('A'), undefined);
+  const after = store.get('A');
+  assert.equal(after?.status.state, 'CREATED');
+  assert.equal(after?.status.vmmPid, 42);
+  assert.equal(after?.version, 2);
+  await r.reconcile('A');
+  assert.equal(store.get('A')?.version, 2);
+});
+
+it('records the error, backs off exponentially with the due time persisted, and ends in FAILED', async () => {
+  const { store, clock, r } = setup(failing('bridge br-missing not found'), 3);
+  store.insert(vm('A'));
+  const delays: (number | undefined)[] = [];
+  for (let i = 0; i < 4; i++) {
+    const d = await r.reconcile('A');
+    delays.push(d);
+    // Called again before the due time, it does nothing but say how long to wait.
+    if (d !== undefined) {
+      assert.equal(await r.reconcile('A'), d);
+      clock.advance(d);
+    }
+  }
+  assert.deepEqual(delays, [1000, 2000, 4000, undefined]);
+  const failed = store.get('A');
+  assert.equal(failed?.status.state, 'FAILED');
+  assert.equal(failed?.status.retry, 4);
+  assert.equal(failed?.status.lastError, 'bridge br-missing not found');
+  // FAILED is terminal: nothing runs until a delete.
+  assert.equal(await r.reconcile('A'), undefined);
+  assert.equal(store.get('A')?.status.retry, 4);
+});
+
+it('drops the record after teardown, and never leaves a failing delete stuck in DELETING', async () => {
+  const ok = setup({ ensure: async () => ({ ready: false }), teardown: async () => {} });
+  ok.store.insert({ ...vm('A'), status: { ...initialStatus(), state: 'DELETING' } });
+  await ok.r.reconcile('A');
+  assert.equal(ok.store.get('A'), undefined);
+
+  const bad = setup(failing('tap busy'), 2);
+  bad.store.insert({ ...vm('B'), status: { ...initialStatus(), state: 'DELETING' } });
+  for (let i = 0; i < 3; i++) {
+    const d = await bad.r.reconcile('B');
+    if (i < 2) {
+      assert.equal(bad.store.get('B')?.status.state, 'DELETING');
+      assert.equal(bad.store.get('B')?.status.lastError, 'tap busy');
+    }
+    if (d !== undefined) bad.clock.advance(d);
+  }
+  assert.equal(bad.store.get('B'), undefined);
+});
+
+it('does not overwrite a delete that arrived during a create pass', async () => {
+  let store!: MemoryStore;
+  const runtime: Runtime = {
+    ensure: async (v) => {
+      store.update(v.uid, (cur) => ({ ...cur, status: { ...cur.status, state: 'DELETING' } }));
+      return { ready: true };
+    },
+    teardown: async () => {},
+  };
+  const s = setup(runtime);
+  store = s.store;
+  store.insert(vm('A'));
+  await s.r.reconcile('A');
+  assert.equal(store.get('A')?.status.state, 'DELETING');
+});

@@ -1,0 +1,44 @@
+import type { MicroVM } from '../../src/core/microvm/types.js';
+import type { ListFilter, Logger, Store } from '../../src/core/ports.js';
+
+/** An in-memory Store with the same versioning rules as the SQLite one. */
+export class MemoryStore implements Store {
+  readonly records = new Map<string, MicroVM>();
+  insert(vm: MicroVM): void {
+    if (this.records.has(vm.uid)) throw new Error(`duplicate uid ${vm.uid}`);
+    this.records.set(vm.uid, structuredClone(vm));
+  }
+  get(uid: string): MicroVM | undefined {
+    const vm = this.records.get(uid);
+    return vm && structuredClone(vm);
+  }
+  list(filter: ListFilter): MicroVM[] {
+    return [...this.records.values()]
+      .filter((vm) => (!filter.namespace || vm.spec.namespace === filter.namespace) && (!filter.name || vm.spec.name === filter.name))
+      .sort((a, b) => a.uid.localeCompare(b.uid))
+      .map((vm) => structuredClone(vm));
+  }
+  update(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined {
+    const cur = this.get(uid);
+    if (!cur) return undefined;
+    const next = change(cur);
+    if (!next) return cur;
+    const stored = { ...next, uid, version: cur.version + 1 };
+    this.records.set(uid, structuredClone(stored));
+    return stored;
+  }
+  remove(uid: string): boolean {
+    return this.records.delete(uid);
+  }
+  close(): void {}
+}
+
+export const silentLogger: Logger = {
+  debug() {},
+  info() {},
+  warn() {},
+  error() {},
+  child() {
+    return silentLogger;
+  },
+};

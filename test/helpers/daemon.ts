@@ -1,0 +1,82 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const DAEMON_BIN = join(ROOT, 'bin/matchlockd.js');
+
+export interface DaemonHandle {
+  proc: ChildProcess;
+  grpcPort: number;
+  httpPort: number | undefined;
+  stateDir: string;
+  logs: string[];
+  /** SIGTERM and wait for exit. */
+  stop(): Promise<void>;
+  /** SIGKILL and wait for exit. */
+  kill(): Promise<void>;
+}
+
+/** A temp state dir removed by the returned function. */
+export function tempDir(prefix: string): { path: string; remove(): void } {
+  const path = mkdtempSync(join(tmpdir(), `matchlock-${prefix}-`));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/**
+ * Starts the real matchlockd binary on ephemeral loopback ports and resolves once its APIs
+ * listen. Extra flags are appended; the state dir is the caller's.
+ */
+export async function startDaemon(stateDir: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<DaemonHandle> {
+  const args = [DAEMON_BIN, 'run', '--state-dir', stateDir, '--grpc-endpoint', '127.0.0.1:0', '--log-format', 'json', '--config', '/dev/null', ...extra];
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  const logs: string[] = [];
+  let buffered = '';
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  const ready = new Promise<{ grpcPort: number; httpPort: number | undefined }>((resolve, reject) => {
+    let grpcPort: number | undefined;
+    const wantHttp = extra.includes('--enable-http');
+    const onData = (chunk: Buffer) => {
+      buffered += chunk.toString('utf8');
+      let nl;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        logs.push(line);
+        try {
+          const rec = JSON.parse(line) as { msg?: string; port?: number };
+          if (rec.msg === 'grpc api listening') grpcPort = rec.port;
+          if (grpcPort !== undefined && (!wantHttp || rec.msg === 'http api listening')) {
+            resolve({ grpcPort, httpPort: wantHttp ? rec.port : undefined });
+          }
+        } catch {
+          // not a JSON log line
+        }
+      }
+    };
+    proc.stdout?.on('data', onData);
+    proc.stderr?.on('data', onData);
+    proc.once('exit', (code) => reject(new Error(`matchlockd exited with ${code} before listening:\n${logs.join('\n')}${buffered}`)));
+    setTimeout(() => reject(new Error(`matchlockd did not start within 20s:\n${logs.join('\n')}`)), 20_000).unref();
+  });
+  const { grpcPort, httpPort } = await ready;
+  const signal = async (sig: NodeJS.Signals) => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill(sig);
+    await exited;
+  };
+  return { proc, grpcPort, httpPort, stateDir, logs, stop: () => signal('SIGTERM'), kill: () => signal('SIGKILL') };
+}
+
+/** Runs matchlockd expecting it to refuse to start; resolves with its exit code and output. */
+export async function daemonFailsToStart(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
+  const proc = spawn(process.execPath, [DAEMON_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  let output = '';
+  proc.stdout.on('data', (c: Buffer) => (output += c.toString()));
+  proc.stderr.on('data', (c: Buffer) => (output += c.toString()));
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 20_000);
+  const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+  clearTimeout(timer);
+  return { code, output };
+}
