@@ -1,0 +1,83 @@
+import Database from 'better-sqlite3';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
+import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
+import { tempDir } from '../helpers/daemon.js';
+
+function vm(uid: string, namespace: string, name: string): MicroVM {
+  return {
+    uid,
+    version: 1,
+    spec: {
+      name, namespace, labels: { a: 'b' }, vcpu: 2, memoryInMb: 1024,
+      kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: { console: 'ttyS0' }, addNetworkConfig: true },
+      rootVolume: { id: 'root', isReadOnly: false, source: { containerSource: 'r:1' }, sizeInMb: 2048 },
+      additionalVolumes: [], interfaces: [{ deviceId: 'eth1', type: 'TAP', guestMac: '02:00:00:00:00:01' }],
+      metadata: { 'meta-data': 'aW5zdGFuY2VfaWQ6IHgK' }, provider: 'qemu', allowGuestAgent: false,
+    },
+    status: initialStatus(),
+    createdAt: '2026-01-01T00:00:00.000Z',
+    updatedAt: '2026-01-01T00:00:00.000Z',
+  };
+}
+
+describe('SqliteStore', () => {
+  const tmp = tempDir('store');
+  after(() => tmp.remove());
+
+  it('reads back identical records after reopening, filters lists, bumps versions by one', () => {
+    const path = join(tmp.path, 'a.db');
+    const s = new SqliteStore(path);
+    s.insert(vm('01A', 'x', 'one'));
+    s.insert(vm('01B', 'y', 'one'));
+    s.insert(vm('01C', 'y', 'two'));
+    const updated = s.update('01B', (cur) => ({ ...cur, status: { ...cur.status, state: 'CREATED' } }));
+    assert.equal(updated?.version, 2);
+    assert.equal(s.update('01B', () => undefined)?.version, 2, 'no change, no new version');
+    assert.equal(s.update('nope', (c) => c), undefined);
+    s.close();
+    const r = new SqliteStore(path);
+    assert.deepEqual(r.get('01A'), vm('01A', 'x', 'one'));
+    assert.equal(r.get('01B')?.status.state, 'CREATED');
+    assert.deepEqual(r.list({}).map((v) => v.uid), ['01A', '01B', '01C']);
+    assert.deepEqual(r.list({ namespace: 'y' }).map((v) => v.uid), ['01B', '01C']);
+    assert.deepEqual(r.list({ name: 'one' }).map((v) => v.uid), ['01A', '01B']);
+    assert.deepEqual(r.list({ namespace: 'y', name: 'two' }).map((v) => v.uid), ['01C']);
+    assert.equal(r.remove('01A'), true);
+    assert.equal(r.remove('01A'), false);
+    r.close();
+  });
+
+  it('loses no update when four processes bump one record at the same time', async () => {
+    const path = join(tmp.path, 'race.db');
+    const s = new SqliteStore(path);
+    s.insert(vm('01R', 'x', 'race'));
+    s.close();
+    const worker = fileURLToPath(new URL('./bump-worker.ts', import.meta.url));
+    const runs = Array.from({ length: 4 }, () =>
+      new Promise<number | null>((resolve) => {
+        const p = spawn(process.execPath, ['--import', 'tsx', worker, path, '01R', '150'], { stdio: 'inherit' });
+        p.once('exit', resolve);
+      }),
+    );
+    assert.deepEqual(await Promise.all(runs), [0, 0, 0, 0]);
+    const r = new SqliteStore(path);
+    const got = r.get('01R');
+    r.close();
+    assert.equal(got?.spec.labels.n, '600');
+    assert.equal(got?.version, 601);
+  });
+
+  it('refuses a store written by a newer schema instead of misreading it', () => {
+    const path = join(tmp.path, 'new.db');
+    new SqliteStore(path).close();
+    const db = new Database(path);
+    db.pragma('user_version = 99');
+    db.close();
+    assert.throws(() => new SqliteStore(path), /newer matchlock \(schema 99/);
+  });
+});
