@@ -1,4 +1,5 @@
 import { Command, CommanderError, Option } from 'commander';
+import { parseDuration } from '../core/duration.js';
 import { VERSION } from '../version.js';
 import { CliError, EXIT, type ConnectOptions } from './client.js';
 import type { Format } from './output.js';
@@ -12,6 +13,8 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
     .description('matchlock: MicroVMs, images, hosts and the network hub')
     .version(VERSION)
     .exitOverride()
+    // Options after a subcommand belong to it (vm watch has its own --timeout).
+    .enablePositionalOptions()
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .option('--host <host:port>', 'matchlockd (or flintlockd) gRPC endpoint', env.MATCHLOCK_HOST ?? '127.0.0.1:9090')
     .option('--token <token>', 'basic-auth token (env MATCHLOCK_TOKEN)', env.MATCHLOCK_TOKEN)
@@ -19,11 +22,13 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
     .option('--tls-cert <path>', 'client certificate for mTLS')
     .option('--tls-key <path>', 'client key for mTLS')
     .option('--insecure', 'plaintext even to a non-loopback host')
-    .option('--timeout <ms>', 'per-call deadline in milliseconds', '30000')
+    .option('--request-timeout <duration>', 'deadline of each API call (e.g. 30s)', '30s')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'));
   const globals = (): ConnectOptions & { output: Format } => {
-    const o = program.opts<{ host: string; token?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecure?: boolean; timeout: string; output: Format }>();
-    return { host: o.host, token: o.token, tlsCa: o.tlsCa, tlsCert: o.tlsCert, tlsKey: o.tlsKey, insecure: o.insecure, timeoutMs: Number(o.timeout) || 30_000, output: o.output };
+    const o = program.opts<{ host: string; token?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecure?: boolean; requestTimeout: string; output: Format }>();
+    const timeoutMs = parseDuration(o.requestTimeout);
+    if (timeoutMs === undefined || timeoutMs === 0) throw new CliError(`--request-timeout ${o.requestTimeout}: must be a duration like 30s`, EXIT.usage);
+    return { host: o.host, token: o.token, tlsCa: o.tlsCa, tlsCert: o.tlsCert, tlsKey: o.tlsKey, insecure: o.insecure, timeoutMs, output: o.output };
   };
   const vm = vmCommand(globals, io);
   program.addCommand(vm);

@@ -7,7 +7,7 @@ import {
   ListMicroVMsRequestSchema,
 } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
 import type { MicroVM } from '../gen/types/microvm_pb.js';
-import { parseDuration } from '../daemon/duration.js';
+import { parseDuration } from '../core/duration.js';
 import { CliError, EXIT, connect, type ConnectOptions } from './client.js';
 import { formatVms, stateName, type Format } from './output.js';
 import { readSpecFile, specFromFlags, type SpecFlags } from './spec.js';

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { isProviderName, type ProviderName } from '../core/providers.js';
-import { parseDuration } from './duration.js';
+import { parseDuration } from '../core/duration.js';
 
 /**
  * matchlockd's settings. Every key is a flag (`--state-dir`), a key of the YAML config file

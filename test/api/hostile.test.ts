@@ -10,7 +10,7 @@ import {
   GetMicroVMRequestSchema,
   ListMicroVMsRequestSchema,
 } from '../../src/gen/services/microvm/v1alpha1/microvms_pb.js';
-import type { MicroVMSpec } from '../../src/gen/types/microvm_pb.js';
+import type { MicroVMSpec, NetworkInterface_IfaceType } from '../../src/gen/types/microvm_pb.js';
 import { rawClient, validSpec } from '../helpers/client.js';
 import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
 
@@ -59,7 +59,7 @@ const CASES: Case[] = [
   ['uppercase device id', 'microvm.interfaces[0].device_id', (s) => (s.interfaces[0]!.deviceId = 'Eth1')],
   ['empty device id', 'microvm.interfaces[0].device_id', (s) => (s.interfaces[0]!.deviceId = '')],
   ['duplicate device id', 'microvm.interfaces[1].device_id', (s) => s.interfaces.push({ ...s.interfaces[0]! })],
-  ['unknown interface type', 'microvm.interfaces[0].type', (s) => (s.interfaces[0]!.type = 7)],
+  ['unknown interface type', 'microvm.interfaces[0].type', (s) => (s.interfaces[0]!.type = 7 as NetworkInterface_IfaceType)],
   ['MAC not hex', 'microvm.interfaces[0].guest_mac', (s) => (s.interfaces[0]!.guestMac = 'zz:zz:zz:zz:zz:zz')],
   ['multicast MAC', 'microvm.interfaces[0].guest_mac', (s) => (s.interfaces[0]!.guestMac = '01:00:5e:00:00:01')],
   ['all-zero MAC', 'microvm.interfaces[0].guest_mac', (s) => (s.interfaces[0]!.guestMac = '00:00:00:00:00:00')],

@@ -18,7 +18,7 @@ export function rawClient(port: number, creds = grpc.credentials.createInsecure(
 }
 
 /** A valid spec in CAPMVM's shape; tests break one field at a time. */
-export function validSpec(overrides: Partial<MessageInitShape<typeof MicroVMSpecSchema>> = {}) {
+export function validSpec(overrides: Omit<Exclude<MessageInitShape<typeof MicroVMSpecSchema>, { $typeName: string }>, '$typeName'> = {}) {
   return create(MicroVMSpecSchema, {
     id: 'vm1',
     namespace: 'ns1',

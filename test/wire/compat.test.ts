@@ -1,5 +1,5 @@
 import { fromBinary } from '@bufbuild/protobuf';
-import { FileDescriptorSetSchema, type DescriptorProto, type FileDescriptorProto } from '@bufbuild/protobuf/wkt';
+import { FileDescriptorSetSchema, type DescriptorProto, type EnumDescriptorProto, type EnumValueDescriptorProto, type FieldDescriptorProto, type FileDescriptorProto } from '@bufbuild/protobuf/wkt';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { cpSync, readFileSync, writeFileSync } from 'node:fs';
@@ -58,7 +58,7 @@ describe('wire compatibility with flintlock', { skip: !referenceAvailable() && !
       const mine = ourMsgs.get(name);
       assert.ok(mine, `message ${name} missing`);
       for (const f of m.field) {
-        const g = mine.field.find((x) => x.number === f.number);
+        const g: FieldDescriptorProto | undefined = mine.field.find((x) => x.number === f.number);
         assert.ok(g, `${name} field ${f.name} = ${f.number} missing`);
         assert.deepEqual([g.name, g.type, g.label, g.typeName, g.proto3Optional, g.jsonName], [f.name, f.type, f.label, f.typeName, f.proto3Optional, f.jsonName], `${name}.${f.name}`);
         fieldsChecked++;
@@ -67,8 +67,8 @@ describe('wire compatibility with flintlock', { skip: !referenceAvailable() && !
         if (!m.field.some((f) => f.number === g.number)) assert.ok(g.number >= 1000, `${name}.${g.name} = ${g.number} is an addition below 1000`);
       }
       for (const e of m.enumType) {
-        const mineEnum = mine.enumType.find((x) => x.name === e.name);
-        assert.deepEqual(mineEnum?.value.map((v) => [v.name, v.number]), e.value.map((v) => [v.name, v.number]), `${name}.${e.name}`);
+        const mineEnum: EnumDescriptorProto | undefined = mine.enumType.find((x) => x.name === e.name);
+        assert.deepEqual(mineEnum?.value.map((v: EnumValueDescriptorProto) => [v.name, v.number]), e.value.map((v) => [v.name, v.number]), `${name}.${e.name}`);
       }
     }
     assert.ok(fieldsChecked > 60, `only ${fieldsChecked} fields compared`);

@@ -89,17 +89,17 @@ it('drops the record after teardown, and never leaves a failing delete stuck in 
 });
 
 it('does not overwrite a delete that arrived during a create pass', async () => {
-  let store!: MemoryStore;
+  const holder: { store?: MemoryStore } = {};
   const runtime: Runtime = {
     ensure: async (v) => {
-      store.update(v.uid, (cur) => ({ ...cur, status: { ...cur.status, state: 'DELETING' } }));
+      holder.store?.update(v.uid, (cur) => ({ ...cur, status: { ...cur.status, state: 'DELETING' } }));
       return { ready: true };
     },
     teardown: async () => {},
   };
   const s = setup(runtime);
-  store = s.store;
-  store.insert(vm('A'));
+  holder.store = s.store;
+  s.store.insert(vm('A'));
   await s.r.reconcile('A');
-  assert.equal(store.get('A')?.status.state, 'DELETING');
+  assert.equal(s.store.get('A')?.status.state, 'DELETING');
 });

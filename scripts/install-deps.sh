@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs every Debian and npm package matchlock and its tests need. Safe to re-run: Debian
+# packages already present are not fetched again. Needs root for apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(
+  # independent gRPC client and the wire check's protoc
+  python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc
+  # TLS test PKI
+  openssl
+  # the VMM that runs here
+  qemu-system-x86
+)
+
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ]; then
+  echo "matchlock needs Node.js 20 or newer (found: $(node --version 2>/dev/null || echo none))" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+npm ci --no-audit --no-fund

@@ -1,0 +1,89 @@
+import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import { after, before, describe, it } from 'node:test';
+import { parse } from 'yaml';
+import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
+
+interface Reply {
+  status: number;
+  body: { microvm?: { spec: Record<string, unknown> & { uid: string }; status?: { state?: string } } | { spec: { uid: string } }[]; code?: number; message?: string };
+}
+
+describe('HTTP/JSON API', () => {
+  const tmp = tempDir('http');
+  let d: DaemonHandle;
+  before(async () => {
+    d = await startDaemon(tmp.path, ['--enable-http', '--http-endpoint', '127.0.0.1:0']);
+  });
+  after(async () => {
+    await d?.stop();
+    tmp.remove();
+  });
+  const call = (method: string, path: string, body?: unknown) =>
+    new Promise<Reply>((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port: d.httpPort, method, path, headers: { 'content-type': 'application/json' } }, (res) => {
+        let text = '';
+        res.on('data', (c: Buffer) => (text += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text ? (JSON.parse(text) as Reply['body']) : {} }));
+      });
+      req.on('error', reject);
+      req.end(body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body));
+    });
+
+  it('creates from snake_case and camelCase bodies with enum names or numbers, and every route is reachable', async () => {
+    const snake = await call('POST', '/v1alpha1/microvm', {
+      id: 'h1', namespace: 'web', kernel: { image: 'k:1', filename: 'boot/vmlinux', add_network_config: true },
+      root_volume: { id: 'root', source: { container_source: 'r:1' } },
+      interfaces: [{ device_id: 'eth1', type: 'TAP', guest_mac: '02:00:00:00:00:05' }], labels: { team: 'a' },
+    });
+    assert.equal(snake.status, 200, JSON.stringify(snake.body));
+    const camel = await call('POST', '/v1alpha1/microvm', {
+      id: 'h2', namespace: 'web', memoryInMb: 2048, kernel: { image: 'k:1', filename: 'boot/vmlinux' },
+      rootVolume: { id: 'root', source: { containerSource: 'r:1' } }, interfaces: [{ deviceId: 'eth1', type: 1 }],
+    });
+    assert.equal(camel.status, 200, JSON.stringify(camel.body));
+    const m1 = snake.body.microvm as { spec: Record<string, unknown> & { uid: string } };
+    const m2 = camel.body.microvm as { spec: Record<string, unknown> & { uid: string } };
+    assert.deepEqual(m1.spec.labels, { team: 'a' });
+    assert.equal(m2.spec.memoryInMb, 2048);
+
+    const got = await call('GET', `/v1alpha1/microvm/uid/${m1.spec.uid}`);
+    assert.equal(got.status, 200);
+    const gotVm = got.body.microvm as { spec: { uid: string; metadata: Record<string, string> } };
+    assert.equal(gotVm.spec.uid, m1.spec.uid);
+    assert.deepEqual(parse(Buffer.from(gotVm.spec.metadata['meta-data'] ?? '', 'base64').toString()), { instance_id: m1.spec.uid });
+
+    const listNs = await call('GET', '/v1alpha1/microvm/web');
+    assert.deepEqual((listNs.body.microvm as { spec: { uid: string } }[]).map((m) => m.spec.uid), [m1.spec.uid, m2.spec.uid]);
+    const byName = await call('GET', '/v1alpha1/microvm/web?name=h2');
+    assert.deepEqual((byName.body.microvm as { spec: { uid: string } }[]).map((m) => m.spec.uid), [m2.spec.uid]);
+    const all = await call('GET', '/v1alpha1/microvm');
+    assert.equal((all.body.microvm as unknown[]).length, 2);
+
+    const del = await call('DELETE', `/v1alpha1/microvm/${m1.spec.uid}`);
+    assert.equal(del.status, 200);
+    let gone: Reply | undefined;
+    for (let i = 0; i < 50; i++) {
+      gone = await call('GET', `/v1alpha1/microvm/uid/${m1.spec.uid}`);
+      if (gone.status === 404) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(gone?.status, 404);
+    assert.equal(gone?.body.code, 5);
+    assert.match(gone?.body.message ?? '', /not found/);
+  });
+
+  it('answers bad input with 400 and a gRPC-style error naming the field', async () => {
+    const bad = await call('POST', '/v1alpha1/microvm', { id: 'x', kernel: { image: 'k:1', filename: 'boot/vmlinux' }, interfaces: [] });
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.code, 3);
+    assert.match(bad.body.message ?? '', /^microvm\.root_volume: /);
+    const notJson = await call('POST', '/v1alpha1/microvm', '{not json');
+    assert.equal(notJson.status, 400);
+    assert.match(notJson.body.message ?? '', /^body: must be a JSON MicroVMSpec/);
+    const unknownField = await call('POST', '/v1alpha1/microvm', { id: 'x', bogus: 1 });
+    assert.equal(unknownField.status, 400);
+    assert.match(unknownField.body.message ?? '', /bogus/);
+    assert.equal((await call('PUT', '/v1alpha1/microvm')).status, 404);
+  });
+});

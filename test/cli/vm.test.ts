@@ -1,0 +1,94 @@
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { parse } from 'yaml';
+import { run } from '../../src/cli/main.js';
+import { EXIT } from '../../src/cli/client.js';
+import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
+
+async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await run(args, { out: (t) => (out += t), err: (t) => (err += t) }, {});
+  return { code, out, err };
+}
+
+describe('matchlock vm', () => {
+  const tmp = tempDir('cli');
+  let d: DaemonHandle;
+  let host: string[];
+  before(async () => {
+    d = await startDaemon(join(tmp.path, 'state'), ['--basic-auth-token', 't0k']);
+    host = ['--host', `127.0.0.1:${d.grpcPort}`, '--token', 't0k'];
+  });
+  after(async () => {
+    await d?.stop();
+    tmp.remove();
+  });
+
+  it('creates from a YAML spec in snake_case with enum names, and from flags with metadata files', async () => {
+    const spec = join(tmp.path, 'spec.yaml');
+    writeFileSync(spec, [
+      'id: from-file', 'namespace: team-a', 'vcpu: 4', 'memory_in_mb: 2048',
+      'kernel: {image: "ghcr.io/liquidmetal-dev/flintlock-kernel:5.10.77", filename: boot/vmlinux, add_network_config: true}',
+      'root_volume: {id: root, source: {container_source: "alpine:3.20"}}',
+      'interfaces: [{device_id: eth1, type: TAP, guest_mac: "02:00:00:00:00:10"}]', '',
+    ].join('\n'));
+    const a = await cli([...host, '-o', 'json', 'vm', 'create', '-f', spec]);
+    assert.equal(a.code, EXIT.ok, a.err);
+    const vm = JSON.parse(a.out) as { spec: { uid: string; vcpu: number; namespace: string }; status: { state?: string } };
+    assert.equal(vm.spec.vcpu, 4);
+    assert.equal(vm.spec.namespace, 'team-a');
+
+    const userData = join(tmp.path, 'user-data');
+    writeFileSync(userData, '#cloud-config\nruncmd: [echo from-cli]\n');
+    const b = await cli([...host, '-o', 'yaml', 'vm', 'create', '--name', 'from-flags', '--namespace', 'team-a', '--kernel-image', 'k:1',
+      '--root-image', 'alpine:3.20', '--interface', 'id=eth1,type=tap,mac=02:00:00:00:00:11,bridge=br0', '--metadata-from-file', `user-data=${userData}`, '--label', 'role=worker']);
+    assert.equal(b.code, EXIT.ok, b.err);
+    const vm2 = parse(b.out) as { spec: { uid: string; labels: Record<string, string>; metadata: Record<string, string>; interfaces: { overrides: { bridgeName: string } }[] } };
+    assert.deepEqual(vm2.spec.labels, { role: 'worker' });
+    assert.equal(Buffer.from(vm2.spec.metadata['user-data'] ?? '', 'base64').toString(), '#cloud-config\nruncmd: [echo from-cli]\n');
+    assert.equal(vm2.spec.interfaces[0]?.overrides.bridgeName, 'br0');
+
+    const list = await cli([...host, 'vm', 'list', '--namespace', 'team-a']);
+    assert.equal(list.code, EXIT.ok);
+    const lines = list.out.trim().split('\n');
+    assert.match(lines[0] ?? '', /^UID\s+NAMESPACE\s+NAME\s+STATE/);
+    assert.equal(lines.length, 3);
+    assert.match(list.out, new RegExp(`${vm.spec.uid}\\s+team-a\\s+from-file\\s+PENDING\\s+\\S+\\s+4\\s+2048Mi`));
+
+    // Records stay PENDING until a runtime runs them, so waiting for CREATED times out.
+    const watch = await cli([...host, 'vm', 'watch', vm.spec.uid, '--until', 'CREATED', '--timeout', '1s', '--interval', '200ms']);
+    assert.equal(watch.code, EXIT.timeout);
+    assert.match(watch.out, /PENDING/);
+
+    const del = await cli([...host, 'vm', 'delete', vm.spec.uid, vm2.spec.uid]);
+    assert.equal(del.code, EXIT.ok, del.err);
+    const gone = await cli([...host, 'vm', 'watch', vm.spec.uid, '--until', 'gone', '--timeout', '10s', '--interval', '100ms']);
+    assert.equal(gone.code, EXIT.ok, gone.err);
+    const get = await cli([...host, 'vm', 'get', vm.spec.uid]);
+    assert.equal(get.code, EXIT.notFound);
+    assert.match(get.err, /^matchlock: microvm \S+ not found\n$/);
+  });
+
+  it('exits with codes scripts can rely on, errors in one line', async () => {
+    const bad = await cli([...host, 'vm', 'create', '--name', 'x', '--kernel-image', 'k:1', '--root-image', 'r:1', '--vcpu', '99']);
+    assert.equal(bad.code, EXIT.usage);
+    assert.equal(bad.err, 'matchlock: microvm.vcpu: must be between 1 and 64\n');
+    const noAuth = await cli(['--host', `127.0.0.1:${d.grpcPort}`, 'vm', 'list']);
+    assert.equal(noAuth.code, EXIT.unauthenticated);
+    const down = await cli(['--host', '127.0.0.1:1', '--request-timeout', '2s', 'vm', 'list']);
+    assert.equal(down.code, EXIT.unavailable);
+    assert.match(down.err, /^matchlock: cannot reach matchlockd at 127\.0\.0\.1:1/);
+    const remote = await cli(['--host', '192.0.2.1:9090', 'vm', 'list']);
+    assert.equal(remote.code, EXIT.usage, 'plaintext to a non-loopback host needs --insecure; nothing is sent');
+    const both = await cli([...host, 'vm', 'create', '-f', 'x.yaml', '--name', 'y']);
+    assert.equal(both.code, EXIT.usage);
+    const missingFile = await cli([...host, 'vm', 'create', '-f', join(tmp.path, 'nope.yaml')]);
+    assert.equal(missingFile.code, EXIT.usage);
+    assert.match(missingFile.err, /nope\.yaml: ENOENT/);
+    const unknownCmd = await cli(['vm', 'explode']);
+    assert.equal(unknownCmd.code, EXIT.usage);
+  });
+});

@@ -1,0 +1,79 @@
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { ConfigError, KEYS, isLoopbackEndpoint, loadConfig } from '../../src/daemon/config.js';
+import { parseDuration } from '../../src/core/duration.js';
+import { tempDir } from '../helpers/daemon.js';
+
+describe('daemon configuration', () => {
+  const tmp = tempDir('config');
+  after(() => tmp.remove());
+  const file = (name: string, text: string) => {
+    const p = join(tmp.path, name);
+    writeFileSync(p, text);
+    return p;
+  };
+  const load = (flags: Record<string, unknown>, path: string, env: Record<string, string> = {}) => loadConfig({ flags, file: { path, explicit: true }, env });
+
+  it('takes flags over the file over the environment over defaults', () => {
+    const path = file('a.yaml', 'state-dir: /from/file\nresync-period: 5m\nverbosity: 1\n');
+    const env = { MATCHLOCK_STATE_DIR: '/from/env', MATCHLOCK_RESYNC_PERIOD: '1m', MATCHLOCK_BRIDGE_NAME: 'br-env', MATCHLOCK_VERBOSITY: '3' };
+    const cfg = load({ 'state-dir': '/from/flag' }, path, env);
+    assert.equal(cfg.stateDir, '/from/flag');
+    assert.equal(cfg.resyncPeriodMs, 5 * 60_000);
+    assert.equal(cfg.bridgeName, 'br-env');
+    assert.equal(cfg.verbosity, 1);
+    assert.equal(cfg.grpcEndpoint, '127.0.0.1:9090');
+    assert.equal(cfg.maximumRetry, 10);
+    assert.equal(cfg.deleteVmTimeoutMs, 10_000);
+  });
+
+  it("accepts flintlockd's config file as it is", () => {
+    const path = file('flintlockd.yaml', [
+      'grpc-endpoint: 0.0.0.0:9090', 'state-dir: /var/lib/flintlock', 'resync-period: 10m', 'enable-http: true',
+      'http-endpoint: 0.0.0.0:8090', 'basic-auth-token: abc', 'insecure: true', 'tls-cert: ""', 'tls-key: ""',
+      'tls-client-validate: false', 'tls-client-ca: ""', 'default-provider: firecracker', 'firecracker-bin: /usr/local/bin/firecracker',
+      'firecracker-detach: true', 'cloudhypervisor-bin: /usr/local/bin/cloud-hypervisor', 'cloudhypervisor-detach: true',
+      'parent-iface: bond0.1000', 'bridge-name: ""', 'debug-endpoint: ""', 'verbosity: 0', 'log-format: json', '',
+    ].join('\n'));
+    const cfg = load({}, path);
+    assert.equal(cfg.defaultProvider, 'firecracker');
+    assert.equal(cfg.parentIface, 'bond0.1000');
+    assert.equal(cfg.enableHttp, true);
+    assert.equal(cfg.insecure, true);
+    assert.equal(cfg.logFormat, 'json');
+  });
+
+  it('names the key in every startup error', () => {
+    assert.throws(() => load({}, file('u.yaml', 'grpc-endpoint: x:1\nstate_dir: /x\n')), /unknown key "state_dir"/);
+    assert.throws(() => load({}, file('b.yaml', 'resync-period: soon\n')), /resync-period must be a duration/);
+    assert.throws(() => load({}, file('c.yaml', 'enable-http: maybe\n')), /enable-http must be true or false/);
+    assert.throws(() => load({ 'default-provider': 'vmware' }, file('d.yaml', '')), /default-provider must be firecracker, cloudhypervisor, qemu/);
+    assert.throws(() => load({}, file('e.yaml', ''), { MATCHLOCK_QEMU_ACCEL: 'hvf' }), /environment MATCHLOCK_QEMU_ACCEL: qemu-accel must be tcg or kvm/);
+    assert.throws(() => load({ 'reconcile-workers': '0' }, file('f.yaml', '')), /reconcile-workers must be between 1 and 64/);
+    assert.throws(() => load({}, file('g.yaml', '- a\n- b\n')), /must be a mapping/);
+    assert.throws(() => load({}, file('h.yaml', 'a: [\n')), /not valid YAML/);
+    assert.throws(() => load({ 'tls-cert': '/c' }, file('i.yaml', '')), /tls-cert and tls-key must be given together/);
+    assert.throws(() => load({}, join(tmp.path, 'missing.yaml')), ConfigError);
+    // A default config path that does not exist is fine.
+    assert.equal(loadConfig({ flags: {}, file: { path: join(tmp.path, 'missing.yaml'), explicit: false }, env: {} }).qemuAccel, 'tcg');
+  });
+
+  it('parses durations and recognises loopback endpoints', () => {
+    assert.equal(parseDuration('1h30m'), 5_400_000);
+    assert.equal(parseDuration('500ms'), 500);
+    assert.equal(parseDuration('10'), undefined);
+    assert.equal(isLoopbackEndpoint('127.0.0.1:9090'), true);
+    assert.equal(isLoopbackEndpoint('localhost:9090'), true);
+    assert.equal(isLoopbackEndpoint('[::1]:9090'), true);
+    assert.equal(isLoopbackEndpoint('0.0.0.0:9090'), false);
+    assert.equal(isLoopbackEndpoint(':9090'), false);
+  });
+
+  it('documents every key in the README configuration reference', async () => {
+    const { readFileSync } = await import('node:fs');
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    for (const k of KEYS) assert.ok(readme.includes(`\`${k.key}\``), `README lacks ${k.key}`);
+  });
+});
