@@ -4,6 +4,7 @@ import { VERSION } from '../version.js';
 import { CliError, EXIT, type ConnectOptions } from './client.js';
 import type { Format } from './output.js';
 import { vmCommand, type Io } from './vm.js';
+import { imageCommand } from './image.js';
 
 const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 
@@ -13,8 +14,6 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
     .description('matchlock: MicroVMs, images, hosts and the network hub')
     .version(VERSION)
     .exitOverride()
-    // Options after a subcommand belong to it (vm watch has its own --timeout).
-    .enablePositionalOptions()
     .configureOutput({ writeOut: io.out, writeErr: io.err })
     .option('--host <host:port>', 'matchlockd (or flintlockd) gRPC endpoint', env.MATCHLOCK_HOST ?? '127.0.0.1:9090')
     .option('--token <token>', 'basic-auth token (env MATCHLOCK_TOKEN)', env.MATCHLOCK_TOKEN)
@@ -31,8 +30,10 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
     return { host: o.host, token: o.token, tlsCa: o.tlsCa, tlsCert: o.tlsCert, tlsKey: o.tlsKey, insecure: o.insecure, timeoutMs, output: o.output };
   };
   const vm = vmCommand(globals, io);
+  const image = imageCommand(io, () => program.opts<{ output: string }>().output);
   program.addCommand(vm);
-  for (const c of [program, vm, ...vm.commands]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
+  program.addCommand(image);
+  for (const c of [program, vm, ...vm.commands, image, ...image.commands]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
   try {
     await program.parseAsync(argv, { from: 'user' });
     return EXIT.ok;

@@ -60,6 +60,106 @@ export type RuntimeStatus = Partial<Omit<MicroVMStatus, 'state' | 'retry' | 'las
  * exists and do only what is missing, so a crash at any point is recovered by calling again.
  */
 export interface Runtime {
-  ensure(vm: MicroVM, log: Logger): Promise<RuntimeStatus>;
+  /** `progress` receives status after each step that changed the host, so it is saved at once. */
+  ensure(vm: MicroVM, log: Logger, progress?: (s: RuntimeStatus) => void): Promise<RuntimeStatus>;
   teardown(vm: MicroVM, log: Logger): Promise<void>;
+}
+
+// ---- Host ports used by the create and delete plans ----
+
+/** Images in the local content-addressed store. */
+export interface ImageStore {
+  /** Makes sure the image is available locally; resolves its manifest digest. */
+  ensure(ref: string, log: Logger): Promise<string>;
+  /** Host path of a file inside the image; fails listing what the image holds when absent. */
+  file(ref: string, path: string): Promise<string>;
+}
+
+export interface Volumes {
+  /** The VM's own copy of the image's filesystem as a disk image at `path`, grown to sizeMb. */
+  create(path: string, imageRef: string, sizeMb: number | undefined, log: Logger): Promise<void>;
+}
+
+export interface HostFiles {
+  exists(path: string): Promise<boolean>;
+  read(path: string): Promise<Buffer | undefined>;
+  mkdirp(path: string): Promise<void>;
+  /** Removes a tree; removing what is not there succeeds. */
+  remove(path: string): Promise<void>;
+  /** Removes a directory only if it is empty; anything else is left alone. */
+  removeIfEmpty(path: string): Promise<void>;
+}
+
+export interface LinkInfo {
+  name: string;
+  ifindex: number;
+  mac: string;
+  kind: 'tap' | 'macvtap' | 'other';
+  master?: string | undefined;
+  alias?: string | undefined;
+  up: boolean;
+}
+
+export interface HostNetwork {
+  get(name: string): Promise<LinkInfo | undefined>;
+  createTap(name: string, opts: { bridge: string; alias: string }): Promise<LinkInfo>;
+  /** Re-attaches an existing TAP to a bridge and brings it up. */
+  attach(name: string, bridge: string): Promise<void>;
+  createMacvtap(name: string, opts: { parent: string; alias: string; mac: string }): Promise<LinkInfo>;
+  remove(name: string): Promise<void>;
+  /** Links whose alias marks them as matchlock's. */
+  listOwned(): Promise<LinkInfo[]>;
+}
+
+/** Writes the NoCloud seed (a disk labelled cidata) holding the given files. */
+export interface CloudInitDisk {
+  write(path: string, files: Record<string, Buffer>): Promise<void>;
+}
+
+export interface LaunchDisk {
+  id: string;
+  path: string;
+  readOnly: boolean;
+}
+
+export interface LaunchNic {
+  deviceId: string;
+  type: 'TAP' | 'MACVTAP';
+  hostDevice: string;
+  ifindex: number;
+  mac: string;
+}
+
+/** Everything a VMM needs to start one VM; paths are on the host. */
+export interface Launch {
+  uid: string;
+  dir: string;
+  vcpu: number;
+  memoryInMb: number;
+  kernelPath: string;
+  initrdPath?: string | undefined;
+  cmdline: string;
+  disks: LaunchDisk[];
+  nics: LaunchNic[];
+}
+
+export interface VmmProvider {
+  readonly name: string;
+  /** The provider's kernel command line, before the spec's cmdline is merged over it. */
+  defaultCmdline(hasRoot: boolean): [string, string][];
+  /** Pid of this VM's VMM when it runs, else undefined. Reads only what is on the host. */
+  running(uid: string, dir: string): Promise<number | undefined>;
+  /** Starts the VMM detached, so it outlives the daemon; resolves its pid. */
+  start(launch: Launch, log: Logger): Promise<number>;
+  /** Asks the guest to power down, then stops the VMM harder until it is gone. */
+  stop(uid: string, dir: string, timeoutMs: number, log: Logger): Promise<void>;
+  /** The console log that the supervisor watches for boot. */
+  consolePath(dir: string): string;
+}
+
+/** Watches VMM processes: exits and guest boot are reported as they happen. */
+export interface Supervisor {
+  watch(uid: string, pid: number, consolePath: string): void;
+  unwatch(uid: string): void;
+  watching(uid: string, pid: number): boolean;
 }

@@ -7,24 +7,20 @@ import { createHttpApi } from '../adapters/api/http/server.js';
 import { bindGrpc, createGrpcServer, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { MicroVMService } from '../core/microvm/service.js';
-import type { Logger, Runtime } from '../core/ports.js';
+import type { Logger, VmmProvider } from '../core/ports.js';
+import { HostRuntime } from '../core/plan/host-runtime.js';
+import { NodeHostFiles } from '../adapters/host/files.js';
+import { LocalImageStore } from '../adapters/images/oci/store.js';
+import { VfatCloudInitDisk } from '../adapters/metadata/cidata.js';
+import { Iproute2Network } from '../adapters/network/iproute2/network.js';
+import { Ext4Volumes } from '../adapters/volumes/ext4.js';
+import { QemuProvider } from '../adapters/vmm/qemu/provider.js';
+import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
+import { sweepOrphans } from './sweep.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
 import { ConfigError, isLoopbackEndpoint, type DaemonConfig } from './config.js';
-import { chooseDefaultProvider, detectProviders } from './providers.js';
-
-/**
- * Until the runtime lands, nothing is started on the host: creates stay PENDING and deletes
- * have nothing to tear down, so records go DELETING -> gone.
- */
-class NoRuntime implements Runtime {
-  ensure() {
-    return Promise.resolve({ ready: false });
-  }
-  teardown() {
-    return Promise.resolve();
-  }
-}
+import { chooseDefaultProvider, detectProviders, findBinary } from './providers.js';
 
 export interface RunningDaemon {
   grpcPort: number;
@@ -63,17 +59,45 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   else logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
 
   const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
+  const vmms = new Map<string, VmmProvider>();
+  const qemuBin = findBinary(cfg.qemuBin);
+  if (qemuBin) vmms.set('qemu', new QemuProvider(qemuBin, { accel: cfg.qemuAccel }));
+  const files = new NodeHostFiles();
+  const network = new Iproute2Network();
+  const images = new LocalImageStore(join(cfg.stateDir, 'images'));
+  // Supervisor events need the reconciler and queue, which need the runtime that owns the
+  // supervisor: the handlers are bound once all three exist.
+  const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string) => undefined as void };
+  const supervisor = new PollingSupervisor({ exited: (u, p) => events.exited(u, p), booted: (u) => events.booted(u) }, logger);
+  const runtime = new HostRuntime({
+    stateDir: cfg.stateDir,
+    images,
+    volumes: new Ext4Volumes(images, join(cfg.stateDir, 'images', 'base')),
+    files,
+    network,
+    cloudInit: new VfatCloudInitDisk(),
+    providers: vmms,
+    supervisor,
+    bridgeName: cfg.bridgeName,
+    parentIface: cfg.parentIface,
+    deleteVmTimeoutMs: cfg.deleteVmTimeoutMs,
+  });
   const reconciler = new Reconciler({
     store,
-    runtime: new NoRuntime(),
+    runtime,
     clock: { now: () => new Date() },
     logger,
     maxRetries: cfg.maximumRetry,
-    backoffBaseMs: 1000,
+    backoffBaseMs: cfg.retryBackoffMs,
     backoffMaxMs: 5 * 60_000,
     random01: Math.random,
   });
   const queue = new ReconcileQueue({ workers: cfg.reconcileWorkers, handler: (uid) => reconciler.reconcile(uid), logger });
+  events.exited = (uid, pid) => {
+    const delay = reconciler.vmmExited(uid, pid);
+    if (delay !== undefined) queue.enqueue(uid, delay);
+  };
+  events.booted = (uid) => reconciler.guestBooted(uid);
   const service = new MicroVMService({
     store,
     clock: { now: () => new Date() },
@@ -97,6 +121,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
       httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
     ]);
     await queue.stop();
+    supervisor.stop();
     store.close();
   };
   try {
@@ -107,6 +132,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
       httpServer = createHttpApi({ service, logger, token, tls });
       httpPort = await listen(httpServer, cfg.httpEndpoint);
       logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
+    }
+    try {
+      const removed = await sweepOrphans({ stateDir: cfg.stateDir, store, network, files, providers: vmms, stopTimeoutMs: cfg.deleteVmTimeoutMs, log: logger });
+      if (removed) logger.info({ removed }, 'orphans removed');
+    } catch (err) {
+      logger.error({ err: (err as Error).message }, 'orphan sweep failed; continuing');
     }
     resyncAll();
     resync = setInterval(resyncAll, cfg.resyncPeriodMs);

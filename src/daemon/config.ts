@@ -34,6 +34,7 @@ export interface DaemonConfig {
   verbosity: number;
   logFormat: 'text' | 'json';
   maximumRetry: number;
+  retryBackoffMs: number;
   reconcileWorkers: number;
   deleteVmTimeoutMs: number;
 }
@@ -76,6 +77,7 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'verbosity', prop: 'verbosity', kind: 'int', default: '0', help: 'log detail: 0 info, 1 and more debug' },
   { key: 'log-format', prop: 'logFormat', kind: 'logformat', default: 'text', help: 'text or json' },
   { key: 'maximum-retry', prop: 'maximumRetry', kind: 'int', default: '10', help: 'failed reconcile attempts before a VM is FAILED' },
+  { key: 'retry-backoff', prop: 'retryBackoffMs', kind: 'duration', default: '1s', help: 'first retry delay after a failed reconcile; doubles each attempt (with jitter) up to 5m' },
   { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', default: '4', help: 'VMs reconciled in parallel' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },
 ];

@@ -22,12 +22,18 @@ export function binaryFor(cfg: DaemonConfig, name: ProviderName): string {
   return { firecracker: cfg.firecrackerBin, cloudhypervisor: cfg.cloudhypervisorBin, qemu: cfg.qemuBin }[name];
 }
 
+/** Providers this matchlock can drive; the others are known by name and refused with a reason. */
+export const BUILT_PROVIDERS: ReadonlySet<ProviderName> = new Set<ProviderName>(['qemu']);
+
 export function detectProviders(cfg: DaemonConfig): ProviderAvailability {
+  type Entry = [ProviderName, { usable: true } | { usable: false; reason: string }];
   return new Map(
-    DEFAULT_PROVIDER_ORDER.map((name) => {
+    DEFAULT_PROVIDER_ORDER.map((name): Entry => {
       const bin = binaryFor(cfg, name);
       const found = findBinary(bin);
-      return [name, found ? { usable: true as const } : { usable: false as const, reason: `VMM binary "${bin}" not found (set --${name}-bin)` }];
+      if (!found) return [name, { usable: false as const, reason: `VMM binary "${bin}" not found (set --${name}-bin)` }];
+      if (!BUILT_PROVIDERS.has(name)) return [name, { usable: false as const, reason: `matchlock's ${name} provider is not built yet (found ${found})` }];
+      return [name, { usable: true as const }];
     }),
   );
 }

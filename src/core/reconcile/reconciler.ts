@@ -1,5 +1,5 @@
 import { MatchlockError } from '../errors.js';
-import type { Clock, Logger, Runtime, Store } from '../ports.js';
+import type { Clock, Logger, Runtime, RuntimeStatus, Store } from '../ports.js';
 import type { MicroVM, MicroVMStatus } from '../microvm/types.js';
 import { backoffMs } from './backoff.js';
 
@@ -33,13 +33,39 @@ export class Reconciler {
     const wait = dueIn(vm, clock.now());
     if (wait > 0) return wait;
     try {
-      const observed = await this.opts.runtime.ensure(vm, log);
+      // Save what each step achieved right away, so a crash mid-plan keeps it visible.
+      const progress = (s: RuntimeStatus) => {
+        const { ready: _ready, ...partial } = s;
+        this.save(uid, (cur) => ({ ...cur.status, ...partial }));
+      };
+      const observed = await this.opts.runtime.ensure(vm, log, progress);
       const { ready, ...fields } = observed;
-      this.save(uid, (cur) => ({ ...cur.status, ...fields, state: ready ? 'CREATED' : 'PENDING', retry: 0, lastError: '', nextAttemptAt: undefined }));
+      // retry is not reset here: a VMM that starts and then crashes must still run out of
+      // attempts. It resets when the guest is seen booting (guestBooted).
+      this.save(uid, (cur) => ({ ...cur.status, ...fields, state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }));
       return undefined;
     } catch (err) {
       return this.fail(vm, err, log);
     }
+  }
+
+  /**
+   * The supervisor saw the VMM exit: a failed attempt like any other (back-off, FAILED after the
+   * retry limit), so a guest that crashes on boot does not restart in a tight loop. Returns the
+   * delay after which to reconcile, or undefined when nothing more should happen.
+   */
+  vmmExited(uid: string, pid: number): number | undefined {
+    const vm = this.opts.store.get(uid);
+    if (!vm || vm.status.state === 'DELETING' || vm.status.state === 'FAILED') return vm?.status.state === 'DELETING' ? 0 : undefined;
+    const log = this.opts.logger.child({ uid, namespace: vm.spec.namespace, name: vm.spec.name });
+    const withStopped = { ...vm, status: { ...vm.status, vmmPid: 0, guestBooted: false } };
+    this.save(uid, (cur) => ({ ...cur.status, state: 'PENDING', vmmPid: 0, guestBooted: false }));
+    return this.fail(withStopped, new Error(`vmm pid ${pid} exited unexpectedly`), log);
+  }
+
+  /** The guest reached userspace: it is healthy, so its failure count starts over. */
+  guestBooted(uid: string): void {
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' ? cur.status : { ...cur.status, guestBooted: true, retry: 0, lastError: '' }));
   }
 
   private async delete(vm: MicroVM, log: Logger): Promise<number | undefined> {
@@ -72,7 +98,7 @@ export class Reconciler {
     log.warn({ err: e.message, retry, exhausted }, exhausted ? 'reconcile failed; giving up' : 'reconcile failed; will retry');
     this.save(vm.uid, (cur) => ({
       ...cur.status,
-      state: exhausted ? 'FAILED' : cur.status.state,
+      state: exhausted ? 'FAILED' : cur.status.state === 'CREATED' ? 'PENDING' : cur.status.state,
       retry,
       lastError: e.message,
       nextAttemptAt: exhausted ? undefined : next,

@@ -1,0 +1,35 @@
+import { access, mkdir, readFile, rm, rmdir } from 'node:fs/promises';
+import type { HostFiles } from '../../core/ports.js';
+
+export class NodeHostFiles implements HostFiles {
+  async exists(path: string): Promise<boolean> {
+    try {
+      await access(path);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+  async read(path: string): Promise<Buffer | undefined> {
+    try {
+      return await readFile(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+  async mkdirp(path: string): Promise<void> {
+    await mkdir(path, { recursive: true, mode: 0o750 });
+  }
+  async remove(path: string): Promise<void> {
+    await rm(path, { recursive: true, force: true });
+  }
+  async removeIfEmpty(path: string): Promise<void> {
+    try {
+      await rmdir(path);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOTEMPTY' && code !== 'ENOENT' && code !== 'EEXIST') throw err;
+    }
+  }
+}

@@ -1,0 +1,296 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { join, relative, sep } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import * as tar from 'tar';
+import { ErrorCode, MatchlockError } from '../../../core/errors.js';
+import { formatReference, parseReference } from '../../../core/images/reference.js';
+import type { ImageStore, Logger } from '../../../core/ports.js';
+
+interface Descriptor {
+  mediaType?: string;
+  digest: string;
+  size: number;
+  annotations?: Record<string, string>;
+  platform?: { os?: string; architecture?: string };
+}
+
+interface Manifest {
+  mediaType?: string;
+  config: Descriptor;
+  layers: Descriptor[];
+  manifests?: Descriptor[];
+}
+
+const DIGEST = /^sha256:([0-9a-f]{64})$/;
+const REF_NAME = 'org.opencontainers.image.ref.name';
+
+export function normalizeRef(ref: string): string {
+  const parsed = parseReference(ref);
+  if (typeof parsed === 'string') throw new MatchlockError(ErrorCode.InvalidArgument, `image reference ${JSON.stringify(ref)}: ${parsed}`);
+  return formatReference(parsed);
+}
+
+function hexOf(digest: string): string {
+  const m = DIGEST.exec(digest);
+  if (!m?.[1]) throw new MatchlockError(ErrorCode.InvalidArgument, `unsupported digest ${digest}: only sha256 is accepted`);
+  return m[1];
+}
+
+/**
+ * The content-addressed image store under `<state-dir>/images`, shared by every VM:
+ *   blobs/sha256/<hex>         manifests, configs and layers, verified on the way in
+ *   refs/<reference>           the manifest digest a reference points to
+ *   rootfs/<manifest hex>/     the image's filesystem, layers applied in order with whiteouts
+ * Writes go to a temporary name and are renamed into place, so a crash never leaves half an image.
+ */
+export class LocalImageStore implements ImageStore {
+  private readonly unpacking = new Map<string, Promise<string>>();
+
+  constructor(readonly root: string) {}
+
+  private blob(digest: string): string {
+    return join(this.root, 'blobs', 'sha256', hexOf(digest));
+  }
+  private refFile(ref: string): string {
+    return join(this.root, 'refs', encodeURIComponent(normalizeRef(ref)));
+  }
+  rootfsPath(digest: string): string {
+    return join(this.root, 'rootfs', hexOf(digest));
+  }
+
+  /** The manifest digest a reference points to, or undefined when it was never imported. */
+  async resolve(ref: string): Promise<string | undefined> {
+    try {
+      return (await readFile(this.refFile(ref), 'utf8')).trim();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  async ensure(ref: string, log: Logger): Promise<string> {
+    const digest = await this.resolve(ref);
+    if (!digest) {
+      throw new MatchlockError(ErrorCode.NotFound, `image ${normalizeRef(ref)} not found in the image store; import it with "matchlock image import"`);
+    }
+    await this.unpacked(digest, log);
+    return digest;
+  }
+
+  async file(ref: string, path: string): Promise<string> {
+    const digest = await this.resolve(ref);
+    if (!digest) throw new MatchlockError(ErrorCode.NotFound, `image ${normalizeRef(ref)} not found in the image store`);
+    const root = this.rootfsPath(digest);
+    // Symlinks resolve inside the image, as in the guest; the result can never leave the image.
+    const real = await resolveInImage(root, path);
+    if (real && (await stat(real)).isFile()) return real;
+    const listing = await this.listFiles(root, 40);
+    throw new MatchlockError(ErrorCode.FailedPrecondition, `file ${path} not found in image ${normalizeRef(ref)}; it contains: ${listing.join(', ') || '(nothing)'}`);
+  }
+
+  private async listFiles(root: string, max: number): Promise<string[]> {
+    const out: string[] = [];
+    const walk = async (dir: string, depth: number) => {
+      for (const e of (await readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
+        if (out.length >= max) return;
+        const p = join(dir, e.name);
+        if (e.isFile()) out.push(relative(root, p));
+        else if (e.isDirectory() && depth < 2 && !['bin', 'sbin', 'lib', 'usr', 'proc', 'sys', 'dev'].includes(e.name)) await walk(p, depth + 1);
+      }
+    };
+    try {
+      await walk(root, 0);
+    } catch {
+      // an unreadable image lists as empty; the caller's message still names the file
+    }
+    return out;
+  }
+
+  /** Imports an OCI image layout directory (or a tar of one) under `name`. */
+  async import(source: string, name?: string): Promise<{ ref: string; digest: string }> {
+    const info = await stat(source).catch(() => undefined);
+    if (!info) throw new MatchlockError(ErrorCode.InvalidArgument, `${source}: no such file or directory`);
+    if (info.isDirectory()) return this.importLayout(source, name);
+    const tmp = await mkdtemp(join(this.root, '.import-'));
+    try {
+      await tar.x({ file: source, cwd: tmp, preserveOwner: false });
+      return await this.importLayout(tmp, name);
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }
+
+  private async importLayout(dir: string, name?: string): Promise<{ ref: string; digest: string }> {
+    await mkdir(join(this.root, 'blobs', 'sha256'), { recursive: true });
+    await mkdir(join(this.root, 'refs'), { recursive: true });
+    const readJson = async <T>(p: string): Promise<T> => {
+      try {
+        return JSON.parse(await readFile(p, 'utf8')) as T;
+      } catch (err) {
+        throw new MatchlockError(ErrorCode.InvalidArgument, `${p}: not an OCI image layout (${(err as Error).message})`);
+      }
+    };
+    const index = await readJson<{ manifests?: Descriptor[] }>(join(dir, 'index.json'));
+    const layoutBlob = (d: string) => join(dir, 'blobs', 'sha256', hexOf(d));
+    let candidates = index.manifests ?? [];
+    const tag = name ? parseReference(name) : undefined;
+    if (typeof tag === 'string') throw new MatchlockError(ErrorCode.InvalidArgument, `--name ${name}: ${tag}`);
+    if (candidates.length > 1 && tag && typeof tag !== 'string' && tag.tag) {
+      const named = candidates.filter((m) => m.annotations?.[REF_NAME] === tag.tag);
+      if (named.length) candidates = named;
+    }
+    let desc = candidates[0];
+    if (!desc || candidates.length > 1) throw new MatchlockError(ErrorCode.InvalidArgument, `${dir}/index.json must name exactly one image (found ${candidates.length}); pick one with --name <ref:tag>`);
+    let manifest = await readJson<Manifest>(layoutBlob(desc.digest));
+    if (manifest.manifests) {
+      const pick = manifest.manifests.find((m) => m.platform?.os === 'linux' && m.platform.architecture === 'amd64') ?? manifest.manifests[0];
+      if (!pick) throw new MatchlockError(ErrorCode.InvalidArgument, `${dir}: image index lists no manifest`);
+      await this.copyBlob(layoutBlob(desc.digest), desc.digest);
+      desc = pick;
+      manifest = await readJson<Manifest>(layoutBlob(desc.digest));
+    }
+    for (const d of [desc, manifest.config, ...manifest.layers]) await this.copyBlob(layoutBlob(d.digest), d.digest);
+    const annotated = desc.annotations?.[REF_NAME];
+    const refName = name ?? (annotated && /[/:]/.test(annotated) ? annotated : undefined);
+    if (!refName) throw new MatchlockError(ErrorCode.InvalidArgument, 'the layout does not carry a full image reference; give one with --name');
+    const ref = normalizeRef(refName);
+    const tmp = `${this.refFile(ref)}.tmp`;
+    await writeFile(tmp, desc.digest + '\n');
+    await rename(tmp, this.refFile(ref));
+    return { ref, digest: desc.digest };
+  }
+
+  /** Copies a blob into the store, refusing it when its content does not hash to its digest. */
+  private async copyBlob(from: string, digest: string): Promise<void> {
+    const dest = this.blob(digest);
+    if (await lstat(dest).then(() => true, () => false)) return;
+    const tmp = `${dest}.${process.pid}.tmp`;
+    const hash = createHash('sha256');
+    const input = createReadStream(from);
+    input.on('data', (c) => hash.update(c));
+    try {
+      await pipeline(input, createWriteStream(tmp, { mode: 0o644 }));
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw new MatchlockError(ErrorCode.InvalidArgument, `blob ${digest}: ${(err as Error).message}`);
+    }
+    const got = `sha256:${hash.digest('hex')}`;
+    if (got !== digest) {
+      await rm(tmp, { force: true });
+      throw new MatchlockError(ErrorCode.InvalidArgument, `blob ${digest} is corrupt: its content hashes to ${got}`);
+    }
+    await rename(tmp, dest);
+  }
+
+  /** The unpacked filesystem of an image, built once; concurrent callers share one unpack. */
+  async unpacked(digest: string, log: Logger): Promise<string> {
+    const dest = this.rootfsPath(digest);
+    if (await stat(dest).then(() => true, () => false)) return dest;
+    let job = this.unpacking.get(digest);
+    if (!job) {
+      job = this.unpack(digest, dest, log).finally(() => this.unpacking.delete(digest));
+      this.unpacking.set(digest, job);
+    }
+    return job;
+  }
+
+  private async unpack(digest: string, dest: string, log: Logger): Promise<string> {
+    const manifest = JSON.parse(await readFile(this.blob(digest), 'utf8')) as Manifest;
+    await mkdir(join(this.root, 'rootfs'), { recursive: true });
+    const tmp = await mkdtemp(`${dest}.tmp-`);
+    try {
+      for (const layer of manifest.layers) await applyLayer(this.blob(layer.digest), tmp);
+      await rename(tmp, dest);
+      log.info({ digest, layers: manifest.layers.length }, 'image unpacked');
+      return dest;
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true });
+      throw err;
+    }
+  }
+
+  async list(): Promise<{ ref: string; digest: string }[]> {
+    const names = await readdir(join(this.root, 'refs')).catch(() => [] as string[]);
+    const out: { ref: string; digest: string }[] = [];
+    for (const n of names.filter((x) => !x.endsWith('.tmp')).sort()) {
+      out.push({ ref: decodeURIComponent(n), digest: (await readFile(join(this.root, 'refs', n), 'utf8')).trim() });
+    }
+    return out;
+  }
+}
+
+/**
+ * Applies one layer: whiteouts first (`.wh.<name>` deletes a lower entry, `.wh..wh..opq` empties
+ * a lower directory), then the layer's own entries. node-tar refuses absolute and `..` paths and
+ * does not write through symlinks; device nodes are skipped.
+ */
+async function applyLayer(file: string, dest: string): Promise<void> {
+  const whiteouts: string[] = [];
+  const absoluteLinks: { path: string; target: string }[] = [];
+  await tar.t({ file, onReadEntry: (e) => {
+    const base = e.path.split('/').pop() ?? '';
+    if (base.startsWith('.wh.')) whiteouts.push(e.path.replace(/^\.\//, ''));
+    if (e.type === 'SymbolicLink' && e.linkpath?.startsWith('/')) absoluteLinks.push({ path: e.path, target: e.linkpath });
+  } });
+  for (const w of whiteouts) {
+    const parts = w.split('/');
+    const base = parts.pop() ?? '';
+    const dir = join(dest, ...parts);
+    if (!(dir === dest || dir.startsWith(dest + sep))) continue;
+    if (base === '.wh..wh..opq') {
+      for (const child of await readdir(dir).catch(() => [] as string[])) await rm(join(dir, child), { recursive: true, force: true });
+    } else {
+      await rm(join(dir, base.slice('.wh.'.length)), { recursive: true, force: true });
+    }
+  }
+  await tar.x({
+    file,
+    cwd: dest,
+    preserveOwner: true,
+    filter: (path, entry) => {
+      const base = path.split('/').pop() ?? '';
+      const type = 'type' in entry ? entry.type : '';
+      return !base.startsWith('.wh.') && type !== 'CharacterDevice' && type !== 'BlockDevice' && type !== 'FIFO';
+    },
+  });
+  // node-tar makes absolute symlink targets relative; they are meant for the guest's root, so
+  // put them back. Only the link itself is replaced: nothing is written through it.
+  for (const l of absoluteLinks) {
+    const at = join(dest, l.path.replace(/^(\.\/|\/)+/, ''));
+    if (!at.startsWith(dest + sep)) continue;
+    const st = await lstat(at).catch(() => undefined);
+    if (!st?.isSymbolicLink()) continue;
+    await rm(at);
+    await symlink(l.target, at);
+  }
+}
+
+/**
+ * Resolves a path inside an unpacked image the way the guest would see it: absolute symlinks
+ * restart from the image root, `..` never climbs above it. Undefined when it does not exist.
+ */
+export async function resolveInImage(root: string, path: string): Promise<string | undefined> {
+  const todo = path.split('/').filter((p) => p !== '' && p !== '.');
+  const done: string[] = [];
+  for (let hops = 0; todo.length > 0; ) {
+    const part = todo.shift() ?? '';
+    if (part === '..') {
+      done.pop();
+      continue;
+    }
+    const at = join(root, ...done, part);
+    const st = await lstat(at).catch(() => undefined);
+    if (!st) return undefined;
+    if (st.isSymbolicLink()) {
+      if (++hops > 40) return undefined;
+      const target = await readlink(at);
+      if (target.startsWith('/')) done.length = 0;
+      todo.unshift(...target.split('/').filter((p) => p !== '' && p !== '.'));
+      continue;
+    }
+    done.push(part);
+  }
+  return join(root, ...done);
+}

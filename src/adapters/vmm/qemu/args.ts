@@ -1,0 +1,50 @@
+import type { Launch } from '../../../core/ports.js';
+
+export interface QemuSettings {
+  accel: 'tcg' | 'kvm';
+}
+
+export const FILES = {
+  pid: 'qemu.pid',
+  stdout: 'qemu.stdout',
+  stderr: 'qemu.stderr',
+  console: 'console.log',
+  qmp: 'qmp.sock',
+  cmdline: 'qemu.cmdline',
+} as const;
+
+/** The first fd QEMU receives for MACVTAP devices (0-2 are stdio). */
+export const FIRST_TAP_FD = 3;
+
+/**
+ * The QEMU command line for one VM on the `microvm` machine: no firmware option ROMs, a serial
+ * console to a file, QMP on a unix socket, virtio-mmio disks and NICs in spec order (root is
+ * vda). MACVTAP NICs use the fds the caller passes from FIRST_TAP_FD on; vhost stays off.
+ */
+export function qemuArgs(l: Launch, s: QemuSettings): string[] {
+  const f = (name: string) => `${l.dir}/${name}`;
+  const args = [
+    '-name', `matchlock-${l.uid}`,
+    '-M', 'microvm,x-option-roms=off,isa-serial=on',
+    '-accel', s.accel,
+    '-cpu', s.accel === 'kvm' ? 'host' : 'qemu64',
+    '-m', String(l.memoryInMb),
+    '-smp', String(l.vcpu),
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-serial', `file:${f(FILES.console)}`,
+    '-qmp', `unix:${f(FILES.qmp)},server=on,wait=off`,
+    '-pidfile', f(FILES.pid),
+    '-kernel', l.kernelPath,
+  ];
+  if (l.initrdPath) args.push('-initrd', l.initrdPath);
+  args.push('-append', l.cmdline);
+  for (const d of l.disks) {
+    args.push('-drive', `id=${d.id},file=${d.path},format=raw,if=none${d.readOnly ? ',readonly=on' : ''}`, '-device', `virtio-blk-device,drive=${d.id}`);
+  }
+  let fd = FIRST_TAP_FD;
+  for (const n of l.nics) {
+    const backend = n.type === 'TAP' ? `tap,id=${n.deviceId},ifname=${n.hostDevice},script=no,downscript=no` : `tap,id=${n.deviceId},fd=${fd++},vhost=off`;
+    args.push('-netdev', backend, '-device', `virtio-net-device,netdev=${n.deviceId},mac=${n.mac}`);
+  }
+  return args;
+}
