@@ -17,6 +17,7 @@ import { Ext4Volumes } from '../adapters/volumes/ext4.js';
 import { QemuProvider } from '../adapters/vmm/qemu/provider.js';
 import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
 import { sweepOrphans } from './sweep.js';
+import { clearStaleSocket } from './unix-socket.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
 import { ConfigError, isLoopbackEndpoint, type DaemonConfig } from './config.js';
@@ -125,6 +126,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     store.close();
   };
   try {
+    await clearStaleSocket(cfg.grpcEndpoint);
     const grpcPort = await bindGrpc(grpcServer, cfg.grpcEndpoint, serverCredentials(tls));
     logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
     let httpPort: number | undefined;

@@ -5,9 +5,9 @@ import { MicroVM } from '../../src/gen/services/microvm/v1alpha1/microvms_pb.js'
 import { MicroVMSpecSchema, NetworkInterface_IfaceType } from '../../src/gen/types/microvm_pb.js';
 
 /** A raw grpc-js client for tests: callbacks turned into promises that reject with ServiceError. */
-export function rawClient(port: number, creds = grpc.credentials.createInsecure(), md?: grpc.Metadata) {
+export function rawClient(target: number | string, creds = grpc.credentials.createInsecure(), md?: grpc.Metadata) {
   const Ctor = grpc.makeGenericClientConstructor(serviceDefinition(MicroVM), 'MicroVM');
-  const client = new Ctor(`127.0.0.1:${port}`, creds) as unknown as Record<string, (...a: unknown[]) => void> & grpc.Client;
+  const client = new Ctor(typeof target === 'number' ? `127.0.0.1:${target}` : target, creds) as unknown as Record<string, (...a: unknown[]) => void> & grpc.Client;
   const call = <T>(method: string, req: unknown): Promise<T> =>
     new Promise((resolve, reject) => {
       const fn = client[method];

@@ -10,6 +10,8 @@ export const DAEMON_BIN = join(ROOT, 'bin/matchlockd.js');
 export interface DaemonHandle {
   proc: ChildProcess;
   grpcPort: number;
+  /** What a gRPC client dials: 127.0.0.1:<port>, or the unix: endpoint when one was given. */
+  target: string;
   httpPort: number | undefined;
   stateDir: string;
   logs: string[];
@@ -29,9 +31,13 @@ export function tempDir(prefix: string): { path: string; remove(): void } {
  * Starts the real matchlockd binary on ephemeral loopback ports and resolves once its APIs
  * listen. Extra flags are appended; the state dir is the caller's.
  */
-export async function startDaemon(stateDir: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<DaemonHandle> {
+export async function startDaemon(stateDir: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}, netns?: string): Promise<DaemonHandle> {
   const args = [DAEMON_BIN, 'run', '--state-dir', stateDir, '--grpc-endpoint', '127.0.0.1:0', '--log-format', 'json', '--config', '/dev/null', ...extra];
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  const endpointAt = extra.lastIndexOf('--grpc-endpoint');
+  const unixEndpoint = endpointAt >= 0 && extra[endpointAt + 1]?.startsWith('unix:') ? extra[endpointAt + 1] : undefined;
+  // `ip netns exec` execs the daemon in place, so the pid is the daemon's own.
+  const [cmd, argv] = netns ? ['ip', ['netns', 'exec', netns, process.execPath, ...args]] : [process.execPath, args];
+  const proc = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const logs: string[] = [];
   let buffered = '';
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
@@ -66,7 +72,8 @@ export async function startDaemon(stateDir: string, extra: string[] = [], env: N
     if (proc.exitCode === null && proc.signalCode === null) proc.kill(sig);
     await exited;
   };
-  return { proc, grpcPort, httpPort, stateDir, logs, stop: () => signal('SIGTERM'), kill: () => signal('SIGKILL') };
+  const target = unixEndpoint ?? `127.0.0.1:${grpcPort}`;
+  return { proc, grpcPort, target, httpPort, stateDir, logs, stop: () => signal('SIGTERM'), kill: () => signal('SIGKILL') };
 }
 
 /** Runs matchlockd expecting it to refuse to start; resolves with its exit code and output. */
