@@ -1,34 +1,76 @@
 #!/usr/bin/env bash
-# The main job on one machine: install what is missing, start matchlockd with its embedded
-# defaults, create a MicroVM through the CLI and show it. Ctrl-C deletes the VM and stops the
-# daemon (VMs of other runs are left alone).
+# The main job on one machine, as root: install what is missing, build the small test guest,
+# start matchlockd with its embedded defaults (plus the bridge to use) and boot a MicroVM
+# through the CLI, then show it running: state, lease, console. Ctrl-C deletes the VM and
+# removes everything the demo made.
+#
+# The demo runs in a network namespace of its own ("matchlock-demo") with a bridge and a DHCP
+# server, so it never touches the host's network. The daemon and dnsmasq run in sessions of
+# their own, so Ctrl-C reaches only this script, which then deletes the VM through the daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "run as root: the daemon creates TAP devices and namespaces" >&2; exit 1; }
 scripts/install-deps.sh >/dev/null
 
-ML="node bin/matchlock.js"
-log=$(mktemp /tmp/matchlockd.XXXXXX.log)
-node bin/matchlockd.js run >"$log" 2>&1 &
-daemon=$!
-uid=""
+ns=matchlock-demo
+work=$(mktemp -d /tmp/matchlock-demo.XXXXXX)
+state=/var/lib/matchlock
+sock=$work/grpc.sock
+ML=(node bin/matchlock.js --host "unix:$sock")
+daemon="" dhcp="" uid=""
 cleanup() {
-  [ -n "$uid" ] && $ML vm delete "$uid" >/dev/null 2>&1 && $ML vm watch "$uid" --until gone --timeout 30s >/dev/null 2>&1 || true
-  kill "$daemon" 2>/dev/null || true
-  wait "$daemon" 2>/dev/null || true
+  set +e
+  if [ -n "$uid" ]; then "${ML[@]}" vm delete "$uid" >/dev/null && "${ML[@]}" vm watch "$uid" --until gone --timeout 30s >/dev/null; fi
+  [ -n "$daemon" ] && kill "$daemon" && wait "$daemon"
+  [ -n "$dhcp" ] && kill "$dhcp" && wait "$dhcp"
+  ip netns del "$ns" 2>/dev/null
+  rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-for _ in $(seq 50); do
-  grep -q 'grpc api listening' "$log" && break
-  kill -0 "$daemon" 2>/dev/null || { cat "$log" >&2; exit 1; }
-  sleep 0.2
+echo "== building the test guest image (cached after the first run)"
+layout=$(scripts/build-test-image.sh /var/cache/matchlock/test-guest)
+node bin/matchlock.js image import "$layout" --name localhost/matchlock/test-guest:1 --state-dir "$state"
+
+echo "== network: namespace $ns, bridge br0 192.168.127.1/24, dnsmasq"
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+ip -n "$ns" link add br0 type bridge
+ip -n "$ns" addr add 192.168.127.1/24 dev br0
+ip -n "$ns" link set br0 up
+setsid ip netns exec "$ns" dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=br0 --bind-interfaces \
+  --dhcp-range=192.168.127.26,192.168.127.126,255.255.255.0,1h --dhcp-option=option:router,192.168.127.1 \
+  --dhcp-leasefile="$work/leases" --dhcp-authoritative --no-ping 2>"$work/dnsmasq.log" &
+dhcp=$!
+
+echo "== matchlockd (defaults; state in $state; API on unix:$sock)"
+setsid ip netns exec "$ns" node bin/matchlockd.js run --grpc-endpoint "unix:$sock" --bridge-name br0 >"$work/matchlockd.log" 2>&1 &
+daemon=$!
+for _ in $(seq 100); do
+  [ -S "$sock" ] && break
+  kill -0 "$daemon" 2>/dev/null || { cat "$work/matchlockd.log" >&2; exit 1; }
+  sleep 0.1
 done
-cat "$log"
+head -3 "$work/matchlockd.log"
 
-uid=$($ML -o json vm create --name demo --kernel-image ghcr.io/liquidmetal-dev/flintlock-kernel:5.10.77 \
-  --root-image ghcr.io/liquidmetal-dev/capmvm-k8s-os:1.23.5 --interface id=eth1,type=tap \
-  | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).spec.uid))')
-$ML vm list
+echo "== creating a MicroVM"
+printf '#!/bin/sh\necho "hello from user-data on $(uname -r)"\n' >"$work/user-data"
+uid=$("${ML[@]}" -o json vm create --name demo --vcpu 1 --kernel-image localhost/matchlock/test-guest:1 \
+  --kernel-filename boot/vmlinuz --initrd-image localhost/matchlock/test-guest:1 --initrd-filename boot/initrd.img \
+  --root-image localhost/matchlock/test-guest:1 --interface id=eth0,type=tap \
+  --metadata-from-file "user-data=$work/user-data" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).spec.uid))')
+"${ML[@]}" vm watch "$uid" --until CREATED --timeout 2m
+console=$state/vm/default/demo/$uid/console.log
+for _ in $(seq 120); do grep -q MATCHLOCK_GUEST_READY "$console" 2>/dev/null && break; sleep 0.5; done
 echo
-echo "MicroVM $uid created; watching it (Ctrl-C deletes it and stops matchlockd; log: $log)"
-$ML vm watch "$uid" --until CREATED --timeout 24h || true
+"${ML[@]}" vm list
+echo
+echo "== console (tail of $console)"
+tail -n 6 "$console"
+echo
+echo "== DHCP leases"
+cat "$work/leases"
+echo
+echo "MicroVM $uid is running. Ctrl-C deletes it and cleans up."
+while kill -0 "$daemon" 2>/dev/null; do sleep 1; done

@@ -9,8 +9,10 @@ DEBIAN_PACKAGES=(
   python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc
   # TLS test PKI
   openssl
-  # the VMM that runs here
-  qemu-system-x86
+  # the VMM that runs here, and what the runtime drives around it
+  qemu-system-x86 iproute2 e2fsprogs dosfstools mtools
+  # the test guest (busybox-static is fetched by apt-get download) and the test network
+  busybox-static dnsmasq-base iputils-ping
 )
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
@@ -23,10 +25,18 @@ missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# The test guest builder resolves the current kernel ABI from the package lists, so they must
+# exist even when nothing is missing.
+if [ "${#missing[@]}" -gt 0 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+  apt-get update -qq
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
-  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-npm ci --no-audit --no-fund
+# npm records what it installed in node_modules/.package-lock.json; skip the (slow, native)
+# reinstall when that is newer than the lockfile.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi

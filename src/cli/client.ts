@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { basicAuthHeader } from '../adapters/api/auth.js';
 import { serviceDefinition } from '../adapters/api/grpc/service-def.js';
 import { MicroVM } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
+import { isLocalEndpoint } from '../core/endpoint.js';
 
 export interface ConnectOptions {
   host: string;
@@ -43,15 +44,10 @@ const CODE_EXIT: Partial<Record<grpc.status, number>> = {
   [grpc.status.FAILED_PRECONDITION]: EXIT.precondition,
 };
 
-function isLoopback(host: string): boolean {
-  const h = host.startsWith('[') ? host.slice(1, host.indexOf(']')) : host.slice(0, host.lastIndexOf(':'));
-  return h === 'localhost' || h === '::1' || /^127\./.test(h);
-}
-
 function credentials(o: ConnectOptions): grpc.ChannelCredentials {
   const wantsTls = !!(o.tlsCa || o.tlsCert || o.tlsKey);
   if (!wantsTls) {
-    if (!o.insecure && !isLoopback(o.host)) {
+    if (!o.insecure && !isLocalEndpoint(o.host)) {
       throw new CliError(`--host ${o.host} is not a loopback address: give --tls-ca (and --tls-cert/--tls-key for mTLS), or --insecure for plaintext`, EXIT.usage);
     }
     return grpc.credentials.createInsecure();

@@ -20,7 +20,8 @@ import { sweepOrphans } from './sweep.js';
 import { clearStaleSocket } from './unix-socket.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
-import { ConfigError, isLoopbackEndpoint, type DaemonConfig } from './config.js';
+import { isLocalEndpoint } from '../core/endpoint.js';
+import { ConfigError, type DaemonConfig } from './config.js';
 import { chooseDefaultProvider, detectProviders, findBinary } from './providers.js';
 
 export interface RunningDaemon {
@@ -49,7 +50,7 @@ function readTls(cfg: DaemonConfig): GrpcTls | undefined {
 export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<RunningDaemon> {
   const tls = readTls(cfg);
   for (const [key, endpoint, on] of [['grpc-endpoint', cfg.grpcEndpoint, true], ['http-endpoint', cfg.httpEndpoint, cfg.enableHttp]] as const) {
-    if (on && !tls && !cfg.insecure && !isLoopbackEndpoint(endpoint)) {
+    if (on && !tls && !cfg.insecure && !isLocalEndpoint(endpoint)) {
       throw new ConfigError(`${key} ${endpoint} is not a loopback address: give tls-cert and tls-key, or --insecure to serve plaintext`);
     }
   }

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { ConfigError, KEYS, isLoopbackEndpoint, loadConfig } from '../../src/daemon/config.js';
+import { ConfigError, KEYS, loadConfig } from '../../src/daemon/config.js';
+import { isLocalEndpoint as isLoopbackEndpoint } from '../../src/core/endpoint.js';
 import { parseDuration } from '../../src/core/duration.js';
 import { tempDir } from '../helpers/daemon.js';
 
@@ -69,6 +70,7 @@ describe('daemon configuration', () => {
     assert.equal(isLoopbackEndpoint('[::1]:9090'), true);
     assert.equal(isLoopbackEndpoint('0.0.0.0:9090'), false);
     assert.equal(isLoopbackEndpoint(':9090'), false);
+    assert.equal(isLoopbackEndpoint('unix:/run/matchlock.sock'), true);
   });
 
   it('documents every key in the README configuration reference', async () => {

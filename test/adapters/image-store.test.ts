@@ -1,0 +1,95 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { LocalImageStore, resolveInImage } from '../../src/adapters/images/oci/store.js';
+import { silentLogger } from '../fakes/memory-store.js';
+import { tempDir } from '../helpers/daemon.js';
+
+/** An OCI layout built by hand from directory trees, one gzip'd tar layer per tree. */
+function layout(dir: string, layers: ((root: string) => void)[]): string {
+  const blobs = join(dir, 'blobs', 'sha256');
+  mkdirSync(blobs, { recursive: true });
+  const put = (data: Buffer) => {
+    const hex = createHash('sha256').update(data).digest('hex');
+    writeFileSync(join(blobs, hex), data);
+    return { digest: `sha256:${hex}`, size: data.length };
+  };
+  const descs = layers.map((fill, n) => {
+    const root = join(dir, `tree${n}`);
+    mkdirSync(root, { recursive: true });
+    fill(root);
+    const tgz = execFileSync('sh', ['-c', `tar --sort=name --owner=0 --group=0 --numeric-owner -C ${root} -cf - . | gzip -n`]);
+    return { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...put(tgz) };
+  });
+  const config = put(Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'));
+  const manifest = put(Buffer.from(JSON.stringify({ schemaVersion: 2, config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: descs })));
+  writeFileSync(join(dir, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest }] }));
+  writeFileSync(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  return dir;
+}
+
+describe('local image store', () => {
+  const tmp = tempDir('images');
+  after(() => tmp.remove());
+
+  it('applies layers in order with whiteouts and opaque dirs, keeps absolute symlinks for the guest, and finds files through them', async () => {
+    const src = layout(join(tmp.path, 'l1'), [
+      (r) => {
+        mkdirSync(join(r, 'etc/old'), { recursive: true });
+        writeFileSync(join(r, 'etc/old/a'), 'a');
+        writeFileSync(join(r, 'etc/gone'), 'x');
+        mkdirSync(join(r, 'boot'));
+        writeFileSync(join(r, 'boot/vmlinuz-6.1'), 'kernel');
+        symlinkSync('/boot/vmlinuz-6.1', join(r, 'boot/vmlinuz'));
+        mkdirSync(join(r, 'bin'));
+        writeFileSync(join(r, 'bin/busybox'), 'bb');
+        symlinkSync('/bin/busybox', join(r, 'bin/sh'));
+      },
+      (r) => {
+        mkdirSync(join(r, 'etc/old'), { recursive: true });
+        writeFileSync(join(r, 'etc/old/.wh..wh..opq'), '');
+        writeFileSync(join(r, 'etc/old/b'), 'b');
+        writeFileSync(join(r, 'etc/.wh.gone'), '');
+      },
+    ]);
+    const store = new LocalImageStore(join(tmp.path, 'store'));
+    const { ref, digest } = await store.import(src, 'example.com/guest:1');
+    assert.equal(ref, 'example.com/guest:1');
+    assert.equal(await store.ensure('example.com/guest:1', silentLogger), digest);
+    const root = store.rootfsPath(digest);
+    assert.equal(existsSync(join(root, 'etc/old/a')), false, 'opaque dir hid the lower entry');
+    assert.equal(readFileSync(join(root, 'etc/old/b'), 'utf8'), 'b');
+    assert.equal(existsSync(join(root, 'etc/gone')), false, 'whiteout removed the lower file');
+    assert.equal(existsSync(join(root, 'etc/.wh.gone')), false);
+    assert.equal(readlinkSync(join(root, 'bin/sh')), '/bin/busybox');
+    assert.equal(await store.file('example.com/guest:1', 'boot/vmlinuz'), join(root, 'boot/vmlinuz-6.1'));
+    await assert.rejects(store.file('example.com/guest:1', 'boot/vmlinux'), /file boot\/vmlinux not found in image example\.com\/guest:1; it contains: .*boot\/vmlinuz-6\.1/);
+    await assert.rejects(store.ensure('example.com/other:1', silentLogger), /not found in the image store/);
+  });
+
+  it('never resolves a path out of the image, whatever the symlinks say', async () => {
+    const root = join(tmp.path, 'r');
+    mkdirSync(join(root, 'a'), { recursive: true });
+    symlinkSync('../../../../etc', join(root, 'a/up'));
+    symlinkSync('/etc', join(root, 'a/abs'));
+    symlinkSync('loop2', join(root, 'loop1'));
+    symlinkSync('loop1', join(root, 'loop2'));
+    assert.equal(await resolveInImage(root, 'a/up/passwd'), undefined);
+    assert.equal(await resolveInImage(root, 'a/abs/passwd'), undefined);
+    assert.equal(await resolveInImage(root, '../../etc/passwd'), undefined);
+    assert.equal(await resolveInImage(root, 'loop1'), undefined);
+  });
+
+  it('refuses a blob whose content does not match its digest, and stores nothing', async () => {
+    const src = layout(join(tmp.path, 'l2'), [(r) => writeFileSync(join(r, 'f'), 'data')]);
+    const index = JSON.parse(readFileSync(join(src, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
+    const manifest = JSON.parse(readFileSync(join(src, 'blobs/sha256', index.manifests[0]!.digest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
+    writeFileSync(join(src, 'blobs/sha256', manifest.layers[0]!.digest.slice(7)), 'tampered');
+    const store = new LocalImageStore(join(tmp.path, 'store2'));
+    await assert.rejects(store.import(src, 'example.com/bad:1'), /is corrupt: its content hashes to sha256:/);
+    assert.equal(await store.resolve('example.com/bad:1'), undefined);
+  });
+});
