@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { LocalImageStore, resolveInImage } from '../../src/adapters/images/oci/store.js';
+import { Ext4Volumes } from '../../src/adapters/volumes/ext4.js';
 import { silentLogger } from '../fakes/memory-store.js';
 import { tempDir } from '../helpers/daemon.js';
 
@@ -81,6 +82,25 @@ describe('local image store', () => {
     assert.equal(await resolveInImage(root, 'a/abs/passwd'), undefined);
     assert.equal(await resolveInImage(root, '../../etc/passwd'), undefined);
     assert.equal(await resolveInImage(root, 'loop1'), undefined);
+  });
+
+  it('builds one base volume per image and gives each VM its own clone, grown to size_in_mb', async () => {
+    const src = layout(join(tmp.path, 'l3'), [(r) => writeFileSync(join(r, 'hello'), 'world')]);
+    const store = new LocalImageStore(join(tmp.path, 'store3'));
+    await store.import(src, 'example.com/vol:1');
+    const volumes = new Ext4Volumes(store, join(tmp.path, 'store3', 'base'));
+    const a = join(tmp.path, 'a.img');
+    const b = join(tmp.path, 'b.img');
+    await Promise.all([volumes.create(a, 'example.com/vol:1', 200, silentLogger), volumes.create(b, 'example.com/vol:1', undefined, silentLogger)]);
+    assert.equal(readdirSync(join(tmp.path, 'store3', 'base')).length, 1, 'one base for both');
+    assert.equal(statSync(a).size, 200 * 1024 * 1024);
+    const blocks = (img: string) => {
+      const out = execFileSync('dumpe2fs', ['-h', img], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+      return Number(/Block count:\s+(\d+)/.exec(out)?.[1]) * Number(/Block size:\s+(\d+)/.exec(out)?.[1]);
+    };
+    assert.equal(blocks(a), 200 * 1024 * 1024, 'the filesystem was grown, not only the file');
+    assert.ok(blocks(b) < 200 * 1024 * 1024);
+    assert.equal(execFileSync('debugfs', ['-R', 'cat /hello', b], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }), 'world');
   });
 
   it('refuses a blob whose content does not match its digest, and stores nothing', async () => {

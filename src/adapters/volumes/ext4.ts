@@ -1,9 +1,9 @@
-import { rename, rm, stat } from 'node:fs/promises';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { mkdir } from 'node:fs/promises';
 import type { Logger, Volumes } from '../../core/ports.js';
 import type { LocalImageStore } from '../images/oci/store.js';
 import { run } from '../exec.js';
+import { SingleFlight } from '../single-flight.js';
 
 const MIB = 1024 * 1024;
 
@@ -13,7 +13,7 @@ const MIB = 1024 * 1024;
  * filesystem can, a sparse copy otherwise), grown to size_in_mb.
  */
 export class Ext4Volumes implements Volumes {
-  private readonly building = new Map<string, Promise<string>>();
+  private readonly building = new SingleFlight<string>();
 
   constructor(
     private readonly images: LocalImageStore,
@@ -23,12 +23,7 @@ export class Ext4Volumes implements Volumes {
   async base(digest: string, log: Logger): Promise<string> {
     const path = join(this.baseDir, `${digest.replace(/^sha256:/, '')}.ext4`);
     if (await stat(path).then(() => true, () => false)) return path;
-    let job = this.building.get(digest);
-    if (!job) {
-      job = this.build(digest, path, log).finally(() => this.building.delete(digest));
-      this.building.set(digest, job);
-    }
-    return job;
+    return this.building.run(digest, () => this.build(digest, path, log));
   }
 
   private async build(digest: string, path: string, log: Logger): Promise<string> {

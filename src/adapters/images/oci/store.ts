@@ -7,6 +7,7 @@ import * as tar from 'tar';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { formatReference, parseReference } from '../../../core/images/reference.js';
 import type { ImageStore, Logger } from '../../../core/ports.js';
+import { SingleFlight } from '../../single-flight.js';
 
 interface Descriptor {
   mediaType?: string;
@@ -46,7 +47,7 @@ function hexOf(digest: string): string {
  * Writes go to a temporary name and are renamed into place, so a crash never leaves half an image.
  */
 export class LocalImageStore implements ImageStore {
-  private readonly unpacking = new Map<string, Promise<string>>();
+  private readonly unpacking = new SingleFlight<string>();
 
   constructor(readonly root: string) {}
 
@@ -188,12 +189,7 @@ export class LocalImageStore implements ImageStore {
   async unpacked(digest: string, log: Logger): Promise<string> {
     const dest = this.rootfsPath(digest);
     if (await stat(dest).then(() => true, () => false)) return dest;
-    let job = this.unpacking.get(digest);
-    if (!job) {
-      job = this.unpack(digest, dest, log).finally(() => this.unpacking.delete(digest));
-      this.unpacking.set(digest, job);
-    }
-    return job;
+    return this.unpacking.run(digest, () => this.unpack(digest, dest, log));
   }
 
   private async unpack(digest: string, dest: string, log: Logger): Promise<string> {
