@@ -1,44 +1,156 @@
 import { Command } from 'commander';
 import { join } from 'node:path';
-import { LocalImageStore } from '../adapters/images/oci/store.js';
+import { listSetting, registryClient } from '../adapters/images/oci/registry.js';
+import { ImageCatalog, LocalImageStore, normalizeRef, type PullProgress } from '../adapters/images/oci/store.js';
+import { SqliteStore } from '../adapters/store/sqlite/store.js';
+import { parseDuration } from '../core/duration.js';
 import { MatchlockError } from '../core/errors.js';
+import type { Logger } from '../core/ports.js';
 import { CliError, EXIT } from './client.js';
 import { table } from './output.js';
 import type { Io } from './vm.js';
 
 const DEFAULT_STATE_DIR = process.env.MATCHLOCK_STATE_DIR ?? '/var/lib/matchlock';
 
-/** Image commands work on the host's image store directly (the daemon reads the same store). */
-export function imageCommand(io: Io, output: () => string): Command {
-  const image = new Command('image').description("manage the host's image store").option('--state-dir <dir>', 'matchlockd state dir', DEFAULT_STATE_DIR);
-  const store = () => new LocalImageStore(join(image.opts<{ stateDir: string }>().stateDir, 'images'));
+interface ImageOpts {
+  stateDir: string;
+  registryAuthFile?: string;
+  insecureRegistries?: string;
+  plainHttpRegistries?: string;
+  registryMirrors?: string;
+}
+
+const quiet: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => quiet };
+
+function human(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB'];
+  let n = bytes;
+  let u = 0;
+  while (n >= 1024 && u < units.length - 1) {
+    n /= 1024;
+    u++;
+  }
+  return `${n.toFixed(u === 0 ? 0 : 1)}${units[u]}`;
+}
+
+/**
+ * Image commands work on the host's image store directly (the daemon reads the same store);
+ * "used by" comes from the daemon's record store in the same state dir.
+ */
+export function imageCommand(io: Io, output: () => string, isTty: () => boolean): Command {
+  const image = new Command('image')
+    .description("manage the host's image store")
+    .option('--state-dir <dir>', 'matchlockd state dir', DEFAULT_STATE_DIR)
+    .option('--registry-auth-file <path>', 'Docker-style config.json (default: $DOCKER_CONFIG or ~/.docker)')
+    .option('--insecure-registries <list>', 'registries reached over HTTPS without certificate checks')
+    .option('--plain-http-registries <list>', 'registries reached over plain HTTP')
+    .option('--registry-mirrors <list>', 'registry=mirror pairs');
+  const opts = () => image.opts<ImageOpts>();
+  const store = () => {
+    const o = opts();
+    const registry = registryClient(
+      { authFile: o.registryAuthFile ?? '', insecure: listSetting(o.insecureRegistries ?? ''), plainHttp: listSetting(o.plainHttpRegistries ?? ''), mirrors: listSetting(o.registryMirrors ?? '') },
+      quiet,
+    );
+    return new LocalImageStore(join(o.stateDir, 'images'), registry);
+  };
+  /** Image digests and references each VM uses: digest -> VM names. */
+  const usage = () => {
+    const out = new Map<string, string[]>();
+    let db: SqliteStore | undefined;
+    try {
+      db = new SqliteStore(join(opts().stateDir, 'matchlock.db'));
+      for (const vm of db.list({})) {
+        for (const d of Object.values(vm.status.imageDigests ?? {})) out.set(d, [...(out.get(d) ?? []), `${vm.spec.namespace}/${vm.spec.name}`]);
+      }
+    } finally {
+      db?.close();
+    }
+    return out;
+  };
   const wrap = async (fn: () => Promise<void>) => {
     try {
       await fn();
     } catch (err) {
-      if (err instanceof MatchlockError) throw new CliError(err.message, err.code === 'InvalidArgument' ? EXIT.usage : err.code === 'NotFound' ? EXIT.notFound : EXIT.error);
+      if (err instanceof MatchlockError) {
+        const code = { InvalidArgument: EXIT.usage, NotFound: EXIT.notFound, Unauthenticated: EXIT.unauthenticated, FailedPrecondition: EXIT.precondition, Unavailable: EXIT.unavailable } as Record<string, number>;
+        throw new CliError(err.message, code[err.code] ?? EXIT.error);
+      }
       throw err;
     }
   };
+
+  image
+    .command('pull <ref>')
+    .description('pull an image from its registry into the store')
+    .action((ref: string) =>
+      wrap(async () => {
+        const tty = isTty();
+        let lastDone = -1;
+        const show = (p: PullProgress) => {
+          const pct = p.totalBytes ? Math.floor((100 * p.bytes) / p.totalBytes) : 100;
+          const line = `${p.ref}: ${human(p.bytes)}/${human(p.totalBytes)} ${pct}% blobs ${p.blobsDone}/${p.blobs}`;
+          if (tty) io.err(`\r${line}\u001b[K`);
+          else if (p.blobsDone !== lastDone) {
+            // Without a terminal: one plain line each time a blob completes, not one per chunk.
+            io.err(line + '\n');
+            lastDone = p.blobsDone;
+          }
+        };
+        const digest = await store().pull(ref, quiet, show);
+        if (tty) io.err('\n');
+        io.out(output() === 'json' ? JSON.stringify({ ref: normalizeRef(ref), digest }) + '\n' : `${normalizeRef(ref)} ${digest}\n`);
+      }),
+    );
+
   image
     .command('import <source>')
     .description('import an OCI image layout directory or a tar of one')
-    .option('--name <ref>', 'reference to store it under (default: the layout\'s full ref.name annotation)')
-    .action((source: string, opts: { name?: string }) =>
+    .option('--name <ref>', "reference to store it under (default: the layout's full ref.name annotation)")
+    .action((source: string, o: { name?: string }) =>
       wrap(async () => {
-        const { ref, digest } = await store().import(source, opts.name);
+        const { ref, digest } = await store().import(source, o.name);
         io.out(output() === 'json' ? JSON.stringify({ ref, digest }) + '\n' : `${ref} ${digest}\n`);
       }),
     );
+
   image
     .command('ls')
     .alias('list')
-    .description('list imported images')
+    .description('list images: reference, digest, size, used by')
     .action(() =>
       wrap(async () => {
-        const images = await store().list();
+        const users = usage();
+        const images = (await new ImageCatalog(store()).list()).map((i) => ({ ...i, usedBy: users.get(i.digest) ?? [] }));
         if (output() === 'json') io.out(JSON.stringify(images, null, 2) + '\n');
-        else io.out(table([['REFERENCE', 'DIGEST'], ...images.map((i) => [i.ref, i.digest])]));
+        else io.out(table([['REFERENCE', 'DIGEST', 'SIZE', 'USED BY'], ...images.map((i) => [i.ref, i.digest.slice(0, 19), human(i.size), i.usedBy.join(',') || '-'])]));
+      }),
+    );
+
+  image
+    .command('rm <ref...>')
+    .description('remove images no MicroVM uses')
+    .action((refs: string[]) =>
+      wrap(async () => {
+        const inUse = new Set(usage().keys());
+        const catalog = new ImageCatalog(store());
+        for (const ref of refs) {
+          await catalog.remove(ref, inUse);
+          io.out(`${normalizeRef(ref)} removed\n`);
+        }
+      }),
+    );
+
+  image
+    .command('prune')
+    .description('remove every image no MicroVM uses (and blobs nothing references)')
+    .option('--grace <duration>', 'keep images imported or pulled more recently than this', '0s')
+    .action((o: { grace: string }) =>
+      wrap(async () => {
+        const grace = parseDuration(o.grace);
+        if (grace === undefined) throw new CliError(`--grace ${o.grace}: must be a duration like 1h`, EXIT.usage);
+        const removed = await new ImageCatalog(store()).collect(new Set(usage().keys()), grace);
+        io.out(removed.length ? removed.map((r) => `${r} removed\n`).join('') : 'nothing to prune\n');
       }),
     );
   return image;

@@ -30,7 +30,7 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
     return { host: o.host, token: o.token, tlsCa: o.tlsCa, tlsCert: o.tlsCert, tlsKey: o.tlsKey, insecure: o.insecure, timeoutMs, output: o.output };
   };
   const vm = vmCommand(globals, io);
-  const image = imageCommand(io, () => program.opts<{ output: string }>().output);
+  const image = imageCommand(io, () => program.opts<{ output: string }>().output, () => io === stdio && process.stderr.isTTY);
   program.addCommand(vm);
   program.addCommand(image);
   for (const c of [program, vm, ...vm.commands, image, ...image.commands]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });

@@ -69,15 +69,18 @@ export interface Runtime {
 
 /** Images in the local content-addressed store. */
 export interface ImageStore {
-  /** Makes sure the image is available locally; resolves its manifest digest. */
-  ensure(ref: string, log: Logger): Promise<string>;
+  /**
+   * Makes the image available locally (pulling it when missing) and resolves its manifest
+   * digest. With `pinned`, that exact digest is used whatever the tag points to now.
+   */
+  ensure(ref: string, log: Logger, pinned?: string): Promise<string>;
   /** Host path of a file inside the image; fails listing what the image holds when absent. */
-  file(ref: string, path: string): Promise<string>;
+  file(digest: string, path: string, ref: string): Promise<string>;
 }
 
 export interface Volumes {
-  /** The VM's own copy of the image's filesystem as a disk image at `path`, grown to sizeMb. */
-  create(path: string, imageRef: string, sizeMb: number | undefined, log: Logger): Promise<void>;
+  /** The VM's own copy of the image's filesystem as a disk image at `path`, grown to sizeInMb. */
+  create(path: string, digest: string, sizeInMb: number | undefined, log: Logger): Promise<void>;
 }
 
 export interface HostFiles {

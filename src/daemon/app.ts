@@ -11,6 +11,7 @@ import type { Logger, VmmProvider } from '../core/ports.js';
 import { HostRuntime } from '../core/plan/host-runtime.js';
 import { NodeHostFiles } from '../adapters/host/files.js';
 import { LocalImageStore } from '../adapters/images/oci/store.js';
+import { listSetting, registryClient } from '../adapters/images/oci/registry.js';
 import { VfatCloudInitDisk } from '../adapters/metadata/cidata.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { Ext4Volumes } from '../adapters/volumes/ext4.js';
@@ -66,7 +67,16 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   if (qemuBin) vmms.set('qemu', new QemuProvider(qemuBin, { accel: cfg.qemuAccel }));
   const files = new NodeHostFiles();
   const network = new Iproute2Network();
-  const images = new LocalImageStore(join(cfg.stateDir, 'images'));
+  let registry;
+  try {
+    registry = registryClient(
+      { authFile: cfg.registryAuthFile, insecure: listSetting(cfg.insecureRegistries), plainHttp: listSetting(cfg.plainHttpRegistries), mirrors: listSetting(cfg.registryMirrors) },
+      logger,
+    );
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+  const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry);
   // Supervisor events need the reconciler and queue, which need the runtime that owns the
   // supervisor: the handlers are bound once all three exist.
   const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string) => undefined as void };

@@ -35,6 +35,10 @@ export interface DaemonConfig {
   logFormat: 'text' | 'json';
   maximumRetry: number;
   retryBackoffMs: number;
+  registryAuthFile: string;
+  insecureRegistries: string;
+  plainHttpRegistries: string;
+  registryMirrors: string;
   reconcileWorkers: number;
   deleteVmTimeoutMs: number;
 }
@@ -77,6 +81,10 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'verbosity', prop: 'verbosity', kind: 'int', default: '0', help: 'log detail: 0 info, 1 and more debug' },
   { key: 'log-format', prop: 'logFormat', kind: 'logformat', default: 'text', help: 'text or json' },
   { key: 'maximum-retry', prop: 'maximumRetry', kind: 'int', default: '10', help: 'failed reconcile attempts before a VM is FAILED' },
+  { key: 'registry-auth-file', prop: 'registryAuthFile', kind: 'string', default: '', help: 'Docker-style config.json with registry credentials; empty: $DOCKER_CONFIG/config.json or ~/.docker/config.json' },
+  { key: 'insecure-registries', prop: 'insecureRegistries', kind: 'string', default: '', help: 'comma-separated registries reached over HTTPS without certificate checks' },
+  { key: 'plain-http-registries', prop: 'plainHttpRegistries', kind: 'string', default: '', help: 'comma-separated registries reached over plain HTTP (loopback ones always are)' },
+  { key: 'registry-mirrors', prop: 'registryMirrors', kind: 'string', default: '', help: 'comma-separated registry=mirror pairs; a mirror is tried before its registry' },
   { key: 'retry-backoff', prop: 'retryBackoffMs', kind: 'duration', default: '1s', help: 'first retry delay after a failed reconcile; doubles each attempt (with jitter) up to 5m' },
   { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', default: '4', help: 'VMs reconciled in parallel' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },

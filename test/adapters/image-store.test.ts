@@ -66,8 +66,8 @@ describe('local image store', () => {
     assert.equal(existsSync(join(root, 'etc/gone')), false, 'whiteout removed the lower file');
     assert.equal(existsSync(join(root, 'etc/.wh.gone')), false);
     assert.equal(readlinkSync(join(root, 'bin/sh')), '/bin/busybox');
-    assert.equal(await store.file('example.com/guest:1', 'boot/vmlinuz'), join(root, 'boot/vmlinuz-6.1'));
-    await assert.rejects(store.file('example.com/guest:1', 'boot/vmlinux'), /file boot\/vmlinux not found in image example\.com\/guest:1; it contains: .*boot\/vmlinuz-6\.1/);
+    assert.equal(await store.file(digest, 'boot/vmlinuz', 'example.com/guest:1'), join(root, 'boot/vmlinuz-6.1'));
+    await assert.rejects(store.file(digest, 'boot/vmlinux', 'example.com/guest:1'), /file boot\/vmlinux not found in image example\.com\/guest:1; it contains: .*boot\/vmlinuz-6\.1/);
     await assert.rejects(store.ensure('example.com/other:1', silentLogger), /not found in the image store/);
   });
 
@@ -87,11 +87,12 @@ describe('local image store', () => {
   it('builds one base volume per image and gives each VM its own clone, grown to size_in_mb', async () => {
     const src = layout(join(tmp.path, 'l3'), [(r) => writeFileSync(join(r, 'hello'), 'world')]);
     const store = new LocalImageStore(join(tmp.path, 'store3'));
-    await store.import(src, 'example.com/vol:1');
+    const { digest } = await store.import(src, 'example.com/vol:1');
+    await store.ensure('example.com/vol:1', silentLogger);
     const volumes = new Ext4Volumes(store, join(tmp.path, 'store3', 'base'));
     const a = join(tmp.path, 'a.img');
     const b = join(tmp.path, 'b.img');
-    await Promise.all([volumes.create(a, 'example.com/vol:1', 200, silentLogger), volumes.create(b, 'example.com/vol:1', undefined, silentLogger)]);
+    await Promise.all([volumes.create(a, digest, 200, silentLogger), volumes.create(b, digest, undefined, silentLogger)]);
     assert.equal(readdirSync(join(tmp.path, 'store3', 'base')).length, 1, 'one base for both');
     assert.equal(statSync(a).size, 200 * 1024 * 1024);
     const blocks = (img: string) => {

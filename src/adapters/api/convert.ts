@@ -119,6 +119,7 @@ export function toWire(vm: DomainVM): MicroVM {
       provider: spec.provider,
       vmmPid: status.vmmPid,
       guestBooted: status.guestBooted,
+      imageDigests: status.imageDigests ?? {},
     },
   });
 }

@@ -44,8 +44,7 @@ export class Ext4Volumes implements Volumes {
     return path;
   }
 
-  async create(path: string, imageRef: string, sizeInMb: number | undefined, log: Logger): Promise<void> {
-    const digest = await this.images.ensure(imageRef, log);
+  async create(path: string, digest: string, sizeInMb: number | undefined, log: Logger): Promise<void> {
     const base = await this.base(digest, log);
     const tmp = `${path}.tmp`;
     try {

@@ -90,6 +90,8 @@ export interface MicroVMStatus {
   nextAttemptAt?: string | undefined;
   vmmPid: number;
   guestBooted: boolean;
+  /** Image reference -> manifest digest, pinned on first resolution. */
+  imageDigests?: Record<string, string>;
 }
 
 export interface MicroVM {

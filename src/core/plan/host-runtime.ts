@@ -66,6 +66,7 @@ export class HostRuntime implements Runtime {
       vsockPath: '',
       vmmPid: vm.status.vmmPid,
       guestBooted: vm.status.guestBooted,
+      imageDigests: { ...(vm.status.imageDigests ?? {}) },
     };
     if (vm.status.kernelMount) status.kernelMount = vm.status.kernelMount;
     if (vm.status.initrdMount) status.initrdMount = vm.status.initrdMount;
@@ -77,14 +78,20 @@ export class HostRuntime implements Runtime {
     for (const v of volumes) if (v.source.containerSource) refs.add(v.source.containerSource);
 
     const steps: Step[] = [];
-    const pulled = new Set<string>();
+    const digests = status.imageDigests ?? {};
+    const resolved = new Set<string>();
+    const digestOf = (ref: string) => {
+      const d = digests[ref];
+      if (!d) throw failedPrecondition(`image ${ref} has not been resolved`);
+      return d;
+    };
     for (const ref of refs) {
       steps.push({
         name: `image ${ref}`,
-        needed: async () => !pulled.has(ref),
+        needed: async () => !resolved.has(ref),
         run: async () => {
-          await o.images.ensure(ref, log);
-          pulled.add(ref);
+          digests[ref] = await o.images.ensure(ref, log, digests[ref]);
+          resolved.add(ref);
         },
       });
     }
@@ -92,7 +99,7 @@ export class HostRuntime implements Runtime {
       name: 'kernel',
       needed: async () => !status.kernelMount || !(await o.files.exists(status.kernelMount.source)),
       run: async () => {
-        status.kernelMount = { type: 'HOSTPATH', source: await o.images.file(vm.spec.kernel.image, vm.spec.kernel.filename) };
+        status.kernelMount = { type: 'HOSTPATH', source: await o.images.file(digestOf(vm.spec.kernel.image), vm.spec.kernel.filename, vm.spec.kernel.image) };
       },
     });
     const initrd = vm.spec.initrd;
@@ -101,7 +108,7 @@ export class HostRuntime implements Runtime {
         name: 'initrd',
         needed: async () => !status.initrdMount || !(await o.files.exists(status.initrdMount.source)),
         run: async () => {
-          status.initrdMount = { type: 'HOSTPATH', source: await o.images.file(initrd.image, initrd.filename) };
+          status.initrdMount = { type: 'HOSTPATH', source: await o.images.file(digestOf(initrd.image), initrd.filename, initrd.image) };
         },
       });
     }
@@ -114,7 +121,7 @@ export class HostRuntime implements Runtime {
         name: `volume ${v.id}`,
         needed: async () => !(await o.files.exists(path)) || status.volumes[v.id]?.mount.source !== path,
         run: async () => {
-          if (!(await o.files.exists(path))) await o.volumes.create(path, source, v.sizeInMb, log);
+          if (!(await o.files.exists(path))) await o.volumes.create(path, digestOf(source), v.sizeInMb, log);
           status.volumes[v.id] = { mount: { type: 'DEV', source: path } };
         },
       });

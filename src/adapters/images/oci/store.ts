@@ -7,6 +7,7 @@ import * as tar from 'tar';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { formatReference, parseReference } from '../../../core/images/reference.js';
 import type { ImageStore, Logger } from '../../../core/ports.js';
+import { MEDIA, type RegistryClient } from './registry.js';
 import { SingleFlight } from '../../single-flight.js';
 
 interface Descriptor {
@@ -25,6 +26,30 @@ interface Manifest {
 }
 
 const DIGEST = /^sha256:([0-9a-f]{64})$/;
+
+export interface PullProgress {
+  ref: string;
+  bytes: number;
+  totalBytes: number;
+  blobsDone: number;
+  blobs: number;
+}
+
+function hostArch(): string {
+  return process.arch === 'x64' ? 'amd64' : process.arch;
+}
+
+function parsedDigest(ref: string): string | undefined {
+  const p = parseReference(ref);
+  return typeof p === 'string' ? undefined : p.digest;
+}
+
+/** `registry/repo@digest` for a reference whose digest was pinned earlier. */
+function pinnedRef(ref: string, digest: string): string {
+  const p = parseReference(ref);
+  if (typeof p === 'string') return ref;
+  return formatReference({ registry: p.registry, repository: p.repository, digest });
+}
 const REF_NAME = 'org.opencontainers.image.ref.name';
 
 export function normalizeRef(ref: string): string {
@@ -48,8 +73,12 @@ function hexOf(digest: string): string {
  */
 export class LocalImageStore implements ImageStore {
   private readonly unpacking = new SingleFlight<string>();
+  private readonly pulling = new SingleFlight<string>();
 
-  constructor(readonly root: string) {}
+  constructor(
+    readonly root: string,
+    private readonly registry?: RegistryClient,
+  ) {}
 
   private blob(digest: string): string {
     return join(this.root, 'blobs', 'sha256', hexOf(digest));
@@ -71,24 +100,110 @@ export class LocalImageStore implements ImageStore {
     }
   }
 
-  async ensure(ref: string, log: Logger): Promise<string> {
-    const digest = await this.resolve(ref);
-    if (!digest) {
+  async ensure(ref: string, log: Logger, pinned?: string): Promise<string> {
+    const digest = pinned ?? parsedDigest(ref) ?? (await this.resolve(ref));
+    if (digest && (await this.has(digest))) {
+      await this.unpacked(digest, log);
+      return digest;
+    }
+    if (!this.registry) {
       throw new MatchlockError(ErrorCode.NotFound, `image ${normalizeRef(ref)} not found in the image store; import it with "matchlock image import"`);
     }
-    await this.unpacked(digest, log);
-    return digest;
+    const pulled = await this.pull(pinned ? pinnedRef(ref, pinned) : ref, log);
+    await this.unpacked(pulled, log);
+    return pulled;
   }
 
-  async file(ref: string, path: string): Promise<string> {
-    const digest = await this.resolve(ref);
-    if (!digest) throw new MatchlockError(ErrorCode.NotFound, `image ${normalizeRef(ref)} not found in the image store`);
+  async has(digest: string): Promise<boolean> {
+    return lstat(this.blob(digest)).then(() => true, () => false);
+  }
+
+  async file(digest: string, path: string, ref: string): Promise<string> {
     const root = this.rootfsPath(digest);
     // Symlinks resolve inside the image, as in the guest; the result can never leave the image.
     const real = await resolveInImage(root, path);
     if (real && (await stat(real)).isFile()) return real;
     const listing = await this.listFiles(root, 40);
     throw new MatchlockError(ErrorCode.FailedPrecondition, `file ${path} not found in image ${normalizeRef(ref)}; it contains: ${listing.join(', ') || '(nothing)'}`);
+  }
+
+  /**
+   * Pulls an image from its registry into the store: the manifest (the host's platform out of
+   * an index), then config and layers in parallel, each verified; blobs already present are
+   * shared, not fetched again. Concurrent pulls of one reference share one download.
+   */
+  pull(ref: string, log: Logger, progress?: (p: PullProgress) => void): Promise<string> {
+    const normalized = normalizeRef(ref);
+    return this.pulling.run(normalized, () => this.doPull(normalized, log, progress));
+  }
+
+  private async doPull(ref: string, log: Logger, progress?: (p: PullProgress) => void): Promise<string> {
+    const registry = this.registry;
+    if (!registry) throw new MatchlockError(ErrorCode.FailedPrecondition, 'no registry client configured');
+    const parsed = parseReference(ref);
+    if (typeof parsed === 'string') throw new MatchlockError(ErrorCode.InvalidArgument, `${ref}: ${parsed}`);
+    await mkdir(join(this.root, 'blobs', 'sha256'), { recursive: true });
+    await mkdir(join(this.root, 'refs'), { recursive: true });
+    let m = await registry.manifest(parsed, parsed.digest ?? parsed.tag ?? 'latest');
+    if (m.mediaType === MEDIA.ociIndex || m.mediaType === MEDIA.dockerList) {
+      const index = JSON.parse(m.body.toString('utf8')) as Manifest;
+      const arch = hostArch();
+      const pick = index.manifests?.find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch);
+      if (!pick) {
+        const have = (index.manifests ?? []).map((d) => `${d.platform?.os ?? '?'}/${d.platform?.architecture ?? '?'}`).join(', ');
+        throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${ref} has no linux/${arch} manifest (it has: ${have || 'none'})`);
+      }
+      await this.writeBlob(m.digest, m.body);
+      m = await registry.manifest(parsed, pick.digest);
+    }
+    const manifest = JSON.parse(m.body.toString('utf8')) as Manifest;
+    if (!manifest.config || !Array.isArray(manifest.layers)) throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${ref}: unsupported manifest type ${m.mediaType}`);
+    const blobs = [manifest.config, ...manifest.layers];
+    const total = blobs.reduce((n, b) => n + b.size, 0);
+    const state: PullProgress = { ref, bytes: 0, totalBytes: total, blobsDone: 0, blobs: blobs.length };
+    const report = () => progress?.({ ...state });
+    report();
+    const queue = [...blobs];
+    const worker = async () => {
+      for (let d = queue.shift(); d; d = queue.shift()) {
+        if (!(await this.has(d.digest))) {
+          let got = 0;
+          await registry.blob(parsed, d.digest, this.blob(d.digest), (n) => {
+            // 0 means the attempt failed and starts over: take its bytes back out.
+            if (n === 0) {
+              state.bytes -= got;
+              got = 0;
+            } else {
+              got += n;
+              state.bytes += n;
+            }
+            report();
+          });
+        } else {
+          state.bytes += d.size;
+        }
+        state.blobsDone++;
+        report();
+      }
+    };
+    await Promise.all([worker(), worker(), worker()]);
+    await this.writeBlob(m.digest, m.body);
+    if (!parsed.digest) await this.writeRef(ref, m.digest);
+    log.info({ ref, digest: m.digest, bytes: total }, 'image pulled');
+    return m.digest;
+  }
+
+  private async writeBlob(digest: string, body: Buffer): Promise<void> {
+    const dest = this.blob(digest);
+    const tmp = `${dest}.${process.pid}.tmp`;
+    await writeFile(tmp, body);
+    await rename(tmp, dest);
+  }
+
+  private async writeRef(ref: string, digest: string): Promise<void> {
+    const file = this.refFile(ref);
+    await writeFile(`${file}.tmp`, digest + '\n');
+    await rename(`${file}.tmp`, file);
   }
 
   private async listFiles(root: string, max: number): Promise<string[]> {
@@ -157,9 +272,7 @@ export class LocalImageStore implements ImageStore {
     const refName = name ?? (annotated && /[/:]/.test(annotated) ? annotated : undefined);
     if (!refName) throw new MatchlockError(ErrorCode.InvalidArgument, 'the layout does not carry a full image reference; give one with --name');
     const ref = normalizeRef(refName);
-    const tmp = `${this.refFile(ref)}.tmp`;
-    await writeFile(tmp, desc.digest + '\n');
-    await rename(tmp, this.refFile(ref));
+    await this.writeRef(ref, desc.digest);
     return { ref, digest: desc.digest };
   }
 
@@ -289,4 +402,86 @@ export async function resolveInImage(root: string, path: string): Promise<string
     done.push(part);
   }
   return join(root, ...done);
+}
+
+export interface ImageInfo {
+  ref: string;
+  digest: string;
+  /** Config plus layers, as the manifest states them. */
+  size: number;
+  /** Seconds since the reference was last written (import or pull). */
+  ageSeconds: number;
+}
+
+/** Blobs younger than this are never collected: a pull in flight writes them before its ref. */
+export const MIN_BLOB_AGE_MS = 10 * 60_000;
+
+export class ImageCatalog {
+  constructor(private readonly store: LocalImageStore) {}
+
+  async list(): Promise<ImageInfo[]> {
+    const out: ImageInfo[] = [];
+    for (const { ref, digest } of await this.store.list()) {
+      let size = 0;
+      try {
+        const m = JSON.parse(await readFile(join(this.store.root, 'blobs', 'sha256', hexOf(digest)), 'utf8')) as Manifest;
+        size = [m.config, ...m.layers].reduce((n, d) => n + (d?.size ?? 0), 0);
+      } catch {
+        // a ref whose manifest is gone shows size 0; prune removes it
+      }
+      const st = await stat(join(this.store.root, 'refs', encodeURIComponent(ref))).catch(() => undefined);
+      out.push({ ref, digest, size, ageSeconds: st ? Math.round((Date.now() - st.mtimeMs) / 1000) : 0 });
+    }
+    return out;
+  }
+
+  /** Removes one reference; its unpacked tree and base volume go when nothing else uses them. */
+  async remove(ref: string, inUse: ReadonlySet<string>): Promise<void> {
+    const digest = await this.store.resolve(ref);
+    if (!digest) throw new MatchlockError(ErrorCode.NotFound, `image ${normalizeRef(ref)} not found in the image store`);
+    if (inUse.has(digest)) throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${normalizeRef(ref)} (${digest}) is used by a MicroVM; delete the VM first`);
+    await rm(join(this.store.root, 'refs', encodeURIComponent(normalizeRef(ref))), { force: true });
+    await this.collect(inUse, undefined);
+  }
+
+  /**
+   * Garbage collection: with `graceMs`, references unused by any VM and at least that old are
+   * dropped; then every unpacked tree, base volume and blob that nothing references any more.
+   * Returns the references removed.
+   */
+  async collect(inUse: ReadonlySet<string>, graceMs: number | undefined): Promise<string[]> {
+    const removed: string[] = [];
+    const keep = new Set(inUse);
+    for (const img of await this.list()) {
+      if (graceMs !== undefined && !inUse.has(img.digest) && img.ageSeconds * 1000 >= graceMs) {
+        await rm(join(this.store.root, 'refs', encodeURIComponent(img.ref)), { force: true });
+        removed.push(img.ref);
+      } else {
+        keep.add(img.digest);
+      }
+    }
+    const live = new Set<string>();
+    for (const digest of keep) {
+      live.add(hexOf(digest));
+      try {
+        const m = JSON.parse(await readFile(join(this.store.root, 'blobs', 'sha256', hexOf(digest)), 'utf8')) as Manifest;
+        for (const d of [m.config, ...m.layers, ...(m.manifests ?? [])]) if (d) live.add(hexOf(d.digest));
+      } catch {
+        // unreadable manifest: nothing more to keep for it
+      }
+    }
+    for (const dir of ['rootfs', 'base']) {
+      for (const name of await readdir(join(this.store.root, dir)).catch(() => [] as string[])) {
+        const hex = name.replace(/\.ext4$/, '');
+        if (/^[0-9a-f]{64}$/.test(hex) && !live.has(hex)) await rm(join(this.store.root, dir, name), { recursive: true, force: true });
+      }
+    }
+    const blobDir = join(this.store.root, 'blobs', 'sha256');
+    for (const name of await readdir(blobDir).catch(() => [] as string[])) {
+      if (!/^[0-9a-f]{64}$/.test(name) || live.has(name)) continue;
+      const st = await stat(join(blobDir, name)).catch(() => undefined);
+      if (st && Date.now() - st.mtimeMs >= MIN_BLOB_AGE_MS) await rm(join(blobDir, name), { force: true });
+    }
+    return removed;
+  }
 }

@@ -1,0 +1,224 @@
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { ErrorCode, MatchlockError } from '../../../core/errors.js';
+import type { ImageReference } from '../../../core/images/reference.js';
+import type { Logger } from '../../../core/ports.js';
+import { dockerConfigPath, loadCredentials, parseChallenge, type Credentials } from './auth.js';
+import { httpGet, readAll } from './http.js';
+
+export const MEDIA = {
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+} as const;
+
+const ACCEPT = [MEDIA.ociIndex, MEDIA.ociManifest, MEDIA.dockerList, MEDIA.dockerManifest].join(', ');
+
+export interface RegistrySettings {
+  /** Speak plain HTTP. Loopback registries get this without any setting, as Docker does. */
+  plainHttp: boolean;
+  /** Accept any TLS certificate. */
+  insecureTls: boolean;
+  /** Hosts to try before the registry itself. */
+  mirrors: string[];
+}
+
+export interface RegistryOptions {
+  settings(registry: string): RegistrySettings;
+  credentials(registry: string): Credentials | undefined;
+  /** Where credentials are looked up, for error messages. */
+  credentialsSource: string;
+  log: Logger;
+  attempts?: number;
+}
+
+export interface FetchedManifest {
+  digest: string;
+  mediaType: string;
+  body: Buffer;
+}
+
+/** docker.io's API lives at registry-1.docker.io. */
+function apiHost(registry: string): string {
+  return registry === 'docker.io' ? 'registry-1.docker.io' : registry;
+}
+
+export function isLoopbackHost(host: string): boolean {
+  const h = host.startsWith('[') ? host.slice(1, host.indexOf(']')) : host.split(':')[0] ?? '';
+  return h === 'localhost' || h === '::1' || /^127\./.test(h);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * A client for the OCI distribution API (v2): manifests and blobs, anonymous, bearer-token and
+ * basic auth, mirrors, and retries with back-off on network errors and 5xx answers.
+ */
+export class RegistryClient {
+  private readonly tokens = new Map<string, string>();
+
+  constructor(private readonly o: RegistryOptions) {}
+
+  private bases(registry: string): { base: string; insecureTls: boolean }[] {
+    const s = this.o.settings(registry);
+    return [...s.mirrors, apiHost(registry)].map((host) => ({
+      base: `${s.plainHttp || isLoopbackHost(host) ? 'http' : 'https'}://${host}`,
+      insecureTls: s.insecureTls,
+    }));
+  }
+
+  /** GET with auth and retries; resolves a 2xx response or throws a MatchlockError saying why. */
+  private async get(ref: ImageReference, path: string, headers: Record<string, string>): Promise<IncomingMessage> {
+    const attempts = this.o.attempts ?? 3;
+    let lastErr: MatchlockError | undefined;
+    for (const { base, insecureTls } of this.bases(ref.registry)) {
+      for (let attempt = 1; attempt <= attempts; attempt++) {
+        try {
+          return await this.authorizedGet(ref, `${base}${path}`, headers, insecureTls);
+        } catch (err) {
+          lastErr = MatchlockError.from(err);
+          // Auth failures and missing things do not get better by asking again.
+          if (lastErr.code === ErrorCode.Unauthenticated || lastErr.code === ErrorCode.NotFound) throw lastErr;
+          this.o.log.warn({ url: `${base}${path}`, attempt, err: lastErr.message }, 'registry request failed');
+          if (attempt < attempts) await sleep(200 * 2 ** (attempt - 1));
+        }
+      }
+    }
+    throw lastErr ?? new MatchlockError(ErrorCode.Unavailable, `registry ${ref.registry} unreachable`);
+  }
+
+  private async authorizedGet(ref: ImageReference, url: string, headers: Record<string, string>, insecureTls: boolean): Promise<IncomingMessage> {
+    const key = `${ref.registry}/${ref.repository}`;
+    const token = this.tokens.get(key);
+    const withAuth = (auth?: string) => httpGet(url, { headers: { ...headers, ...(auth ? { authorization: auth } : {}) }, insecureTls });
+    let res = await withAuth(token);
+    if (res.statusCode === 401) {
+      res.resume();
+      const auth = await this.authenticate(ref, res.headers['www-authenticate'], insecureTls);
+      this.tokens.set(key, auth);
+      res = await withAuth(auth);
+    }
+    const status = res.statusCode ?? 0;
+    if (status >= 200 && status < 300) return res;
+    const body = (await readAll(res, 64 * 1024).catch(() => Buffer.alloc(0))).toString('utf8').slice(0, 300);
+    if (status === 401 || status === 403) throw this.authError(ref, `registry answered ${status}`);
+    if (status === 404) throw new MatchlockError(ErrorCode.NotFound, `${url} not found in registry ${ref.registry}: ${body}`);
+    throw new MatchlockError(status >= 500 ? ErrorCode.Unavailable : ErrorCode.Internal, `${url}: registry answered ${status} ${body}`);
+  }
+
+  private authError(ref: ImageReference, why: string): MatchlockError {
+    const creds = this.o.credentials(ref.registry);
+    return new MatchlockError(
+      ErrorCode.Unauthenticated,
+      `registry ${ref.registry} refused access to ${ref.repository} (${why}): ${creds ? `the credentials for ${ref.registry} in ${this.o.credentialsSource} were rejected` : `no credentials for ${ref.registry} in ${this.o.credentialsSource}`}`,
+    );
+  }
+
+  /** Answers a 401 challenge: a bearer token from the realm, or basic credentials. */
+  private async authenticate(ref: ImageReference, header: string | string[] | undefined, insecureTls: boolean): Promise<string> {
+    const challenge = parseChallenge(Array.isArray(header) ? header[0] : header);
+    const creds = this.o.credentials(ref.registry);
+    const basic = creds ? `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` : undefined;
+    if (challenge?.scheme === 'basic') {
+      if (!basic) throw this.authError(ref, 'basic auth required');
+      return basic;
+    }
+    if (challenge?.scheme !== 'bearer' || !challenge.params.realm) throw this.authError(ref, `unsupported challenge ${String(header)}`);
+    const realm = new URL(challenge.params.realm);
+    if (challenge.params.service) realm.searchParams.set('service', challenge.params.service);
+    realm.searchParams.set('scope', challenge.params.scope ?? `repository:${ref.repository}:pull`);
+    const res = await httpGet(realm.toString(), { headers: basic ? { authorization: basic } : {}, insecureTls });
+    const body = await readAll(res, 1024 * 1024);
+    if (res.statusCode !== 200) throw this.authError(ref, `token endpoint ${realm.host} answered ${res.statusCode}`);
+    const doc = JSON.parse(body.toString('utf8')) as { token?: string; access_token?: string };
+    const token = doc.token ?? doc.access_token;
+    if (!token) throw this.authError(ref, 'token endpoint returned no token');
+    return `Bearer ${token}`;
+  }
+
+  /** A manifest or index by tag or digest, with its digest checked against the content. */
+  async manifest(ref: ImageReference, reference: string): Promise<FetchedManifest> {
+    const res = await this.get(ref, `/v2/${ref.repository}/manifests/${reference}`, { accept: ACCEPT });
+    const body = await readAll(res);
+    const digest = `sha256:${createHash('sha256').update(body).digest('hex')}`;
+    if (reference.startsWith('sha256:') && reference !== digest) {
+      throw new MatchlockError(ErrorCode.Internal, `manifest ${reference} of ${ref.repository} hashes to ${digest}: refusing it`);
+    }
+    const mediaType = (res.headers['content-type'] ?? '').split(';')[0]?.trim() || (JSON.parse(body.toString('utf8')) as { mediaType?: string }).mediaType || MEDIA.ociManifest;
+    return { digest, mediaType, body };
+  }
+
+  /**
+   * Streams a blob to `dest`, verifying its sha256 on the way; only a verified blob is renamed
+   * into place, so a corrupt or cut-off download is never seen by anyone.
+   */
+  async blob(ref: ImageReference, digest: string, dest: string, onBytes: (n: number) => void): Promise<void> {
+    const attempts = this.o.attempts ?? 3;
+    for (let attempt = 1; ; attempt++) {
+      const tmp = `${dest}.${process.pid}.${attempt}.part`;
+      try {
+        const res = await this.get(ref, `/v2/${ref.repository}/blobs/${digest}`, {});
+        const hash = createHash('sha256');
+        let received = 0;
+        const count = new Transform({
+          transform(chunk: Buffer, _enc, done) {
+            hash.update(chunk);
+            received += chunk.length;
+            onBytes(chunk.length);
+            done(null, chunk);
+          },
+        });
+        await pipeline(res, count, createWriteStream(tmp));
+        const got = `sha256:${hash.digest('hex')}`;
+        if (got !== digest) throw new MatchlockError(ErrorCode.Internal, `blob ${digest} from ${ref.registry}/${ref.repository} failed verification: content (${received} bytes) hashes to ${got}`);
+        await rename(tmp, dest);
+        return;
+      } catch (err) {
+        await rm(tmp, { force: true });
+        onBytes(0);
+        const e = MatchlockError.from(err);
+        if (attempt >= attempts || e.code === ErrorCode.Unauthenticated || e.code === ErrorCode.NotFound) throw e;
+        this.o.log.warn({ digest, attempt, err: e.message }, 'blob download failed; retrying');
+        await sleep(200 * 2 ** (attempt - 1));
+      }
+    }
+  }
+}
+
+export interface RegistryConfig {
+  /** Docker-style config.json; empty means $DOCKER_CONFIG/config.json or ~/.docker/config.json. */
+  authFile: string;
+  /** Registries reached over HTTPS without certificate checks. */
+  insecure: string[];
+  /** Registries reached over plain HTTP. */
+  plainHttp: string[];
+  /** `registry=mirror` pairs: the mirror is tried first. */
+  mirrors: string[];
+}
+
+/** Splits a comma-separated setting, dropping blanks. */
+export function listSetting(s: string): string[] {
+  return s.split(',').map((x) => x.trim()).filter(Boolean);
+}
+
+export function registryClient(cfg: RegistryConfig, log: Logger): RegistryClient {
+  const source = cfg.authFile || dockerConfigPath();
+  const creds = loadCredentials(source);
+  const mirrors = new Map<string, string[]>();
+  for (const pair of cfg.mirrors) {
+    const [registry, mirror] = pair.split('=');
+    if (!registry || !mirror) throw new MatchlockError(ErrorCode.InvalidArgument, `registry mirror "${pair}" must be registry=mirror-host`);
+    mirrors.set(registry, [...(mirrors.get(registry) ?? []), mirror]);
+  }
+  return new RegistryClient({
+    settings: (registry) => ({ plainHttp: cfg.plainHttp.includes(registry), insecureTls: cfg.insecure.includes(registry), mirrors: mirrors.get(registry) ?? [] }),
+    credentials: (registry) => creds.get(registry),
+    credentialsSource: source,
+    log,
+  });
+}

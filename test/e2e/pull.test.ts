@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { dockerConfigPath } from '../../src/adapters/images/oci/auth.js';
+import { registryClient } from '../../src/adapters/images/oci/registry.js';
+import { LocalImageStore } from '../../src/adapters/images/oci/store.js';
+import { silentLogger } from '../fakes/memory-store.js';
+import { startDaemon, tempDir } from '../helpers/daemon.js';
+import { testGuestLayout } from '../helpers/lab.js';
+import { startProxy, startRegistry, type Registry } from '../helpers/registry.js';
+import { rawClient } from '../helpers/client.js';
+import { create } from '@bufbuild/protobuf';
+import { CreateMicroVMRequestSchema, DeleteMicroVMRequestSchema, GetMicroVMRequestSchema, type CreateMicroVMResponse, type GetMicroVMResponse } from '../../src/gen/services/microvm/v1alpha1/microvms_pb.js';
+import { guestDigests, multiArchLayout } from './oci-fixtures.js';
+import { waitFor } from './vm.js';
+
+const missing = ['docker-registry', 'skopeo', 'mkfs.ext4'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
+const skip = missing.length && !process.env.CI ? `missing: ${missing.join(', ')}` : false;
+
+describe('registry pulls', { skip }, () => {
+  const tmp = tempDir('pull');
+  let registry: Registry;
+  let layout: string;
+  let digests: { manifest: string; layer: string };
+  before(async () => {
+    assert.deepEqual(missing, []);
+    layout = testGuestLayout();
+    digests = guestDigests(layout);
+    registry = await startRegistry();
+    registry.push(`${layout}:latest`, 'matchlock/test-guest:1');
+    registry.push(`${multiArchLayout(layout, join(tmp.path, 'multi'))}:multi`, 'matchlock/test-guest:multi', true);
+  });
+  after(async () => {
+    await registry?.stop();
+    tmp.remove();
+  });
+
+  let n = 0;
+  const store = (authFile = join(tmp.path, 'no-such-config.json')) =>
+    new LocalImageStore(join(tmp.path, `store${n++}`), registryClient({ authFile, insecure: [], plainHttp: [], mirrors: [] }, silentLogger));
+
+  it('pulls a single-arch image and picks linux/amd64 out of a multi-arch index, over plain HTTP on loopback', async () => {
+    const s = store();
+    assert.equal(await s.pull(`${registry.host}/matchlock/test-guest:1`, silentLogger), digests.manifest);
+    assert.equal(await s.pull(`${registry.host}/matchlock/test-guest:multi`, silentLogger), digests.manifest);
+    const d = await s.ensure(`${registry.host}/matchlock/test-guest:multi`, silentLogger);
+    assert.ok(existsSync(await s.file(d, 'boot/vmlinuz', 'x')));
+    // A pinned digest is honoured even when the tag is unknown locally.
+    const s2 = store();
+    assert.equal(await s2.ensure(`${registry.host}/matchlock/test-guest:1`, silentLogger, digests.manifest), digests.manifest);
+  });
+
+  it('with a bearer-token registry: a clear auth error without credentials, a pull with a config.json', async () => {
+    const proxy = await startProxy(registry.host, { credentials: 'alice:wonderland' });
+    try {
+      const ref = `${proxy.host}/matchlock/test-guest:1`;
+      const noCreds = join(tmp.path, 'absent.json');
+      await assert.rejects(store(noCreds).pull(ref, silentLogger), new RegExp(`registry ${proxy.host} refused access to matchlock/test-guest .*no credentials for ${proxy.host} in ${noCreds}`));
+      const wrong = join(tmp.path, 'wrong.json');
+      writeFileSync(wrong, JSON.stringify({ auths: { [proxy.host]: { auth: Buffer.from('alice:nope').toString('base64') } } }));
+      await assert.rejects(store(wrong).pull(ref, silentLogger), /credentials for .* were rejected/);
+      const good = join(tmp.path, 'docker');
+      writeFileSync(join(tmp.path, 'good.json'), JSON.stringify({ auths: { [`http://${proxy.host}/v2/`]: { auth: Buffer.from('alice:wonderland').toString('base64') } } }));
+      assert.equal(await store(join(tmp.path, 'good.json')).pull(ref, silentLogger), digests.manifest);
+      assert.equal(dockerConfigPath({ DOCKER_CONFIG: good }), join(good, 'config.json'));
+      assert.equal(dockerConfigPath({ HOME: '/home/u' }), '/home/u/.docker/config.json');
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('refuses a corrupt blob after retrying, and keeps nothing of it', async () => {
+    const proxy = await startProxy(registry.host, { corrupt: new Set([digests.layer]) });
+    try {
+      const s = store();
+      await assert.rejects(s.pull(`${proxy.host}/matchlock/test-guest:1`, silentLogger), new RegExp(`blob ${digests.layer} .*failed verification`));
+      assert.equal(proxy.blobGets.get(digests.layer), 3, 'three attempts');
+      assert.equal(await s.has(digests.layer), false);
+      assert.equal(await s.resolve(`${proxy.host}/matchlock/test-guest:1`), undefined);
+      assert.deepEqual(readdirSync(join(s.root, 'blobs', 'sha256')).filter((f) => f.includes('.part')), []);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('retries a download cut off mid-way, and fails cleanly when the registry keeps dying', async () => {
+    const once = await startProxy(registry.host, { cut: new Map([[digests.layer, 1]]) });
+    try {
+      assert.equal(await store().pull(`${once.host}/matchlock/test-guest:1`, silentLogger), digests.manifest);
+      assert.equal(once.blobGets.get(digests.layer), 2);
+    } finally {
+      await once.stop();
+    }
+    const always = await startProxy(registry.host, { cut: new Map([[digests.layer, 99]]) });
+    try {
+      const s = store();
+      await assert.rejects(s.pull(`${always.host}/matchlock/test-guest:1`, silentLogger));
+      assert.equal(await s.has(digests.layer), false);
+      assert.equal(await s.resolve(`${always.host}/matchlock/test-guest:1`), undefined);
+    } finally {
+      await always.stop();
+    }
+  });
+
+  it('shares one download between concurrent users of one image', async () => {
+    const proxy = await startProxy(registry.host, {});
+    try {
+      const s = store();
+      const ref = `${proxy.host}/matchlock/test-guest:1`;
+      const got = await Promise.all([s.ensure(ref, silentLogger), s.ensure(ref, silentLogger), s.pull(ref, silentLogger)]);
+      assert.deepEqual(got, [digests.manifest, digests.manifest, digests.manifest]);
+      assert.equal(proxy.blobGets.get(digests.layer), 1);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('puts a failing pull on the VM status, with retries counted', async () => {
+    const proxy = await startProxy(registry.host, { cut: new Map([[digests.layer, 1000]]) });
+    const d = await startDaemon(join(tmp.path, 'daemon'), ['--retry-backoff', '100ms', '--registry-auth-file', join(tmp.path, 'none.json')]);
+    const c = rawClient(d.grpcPort);
+    try {
+      const ref = `${proxy.host}/matchlock/test-guest:1`;
+      const res = await c.call<CreateMicroVMResponse>('createMicroVM', create(CreateMicroVMRequestSchema, {
+        microvm: { id: 'pullfail', kernel: { image: ref, filename: 'boot/vmlinuz' }, rootVolume: { id: 'root', source: { containerSource: ref } }, interfaces: [{ deviceId: 'eth0', type: 1 }] },
+      }));
+      const uid = res.microvm?.spec?.uid ?? '';
+      const vm = await waitFor('the pull error on status', async () => {
+        const g = await c.call<GetMicroVMResponse>('getMicroVM', create(GetMicroVMRequestSchema, { uid }));
+        return (g.microvm?.status?.retry ?? 0) >= 1 ? g.microvm : undefined;
+      }, 30_000);
+      assert.match(vm.status?.lastError ?? '', new RegExp(`image ${ref.replace(/[.]/g, '\\.')}: .*(socket|aborted|closed|premature|failed verification)`, 'i'));
+      await c.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid }));
+    } finally {
+      c.close();
+      await d.stop();
+      await proxy.stop();
+    }
+  });
+});

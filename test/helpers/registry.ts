@@ -1,0 +1,133 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { createServer, request, type Server } from 'node:http';
+import { createServer as netServer } from 'node:net';
+import { join } from 'node:path';
+import { tempDir } from './daemon.js';
+
+async function freePort(): Promise<number> {
+  return await new Promise((resolve) => {
+    const s = netServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export interface Registry {
+  host: string;
+  /** Pushes an OCI layout (all its manifests with --all) as repo:tag. */
+  push(layout: string, repoTag: string, all?: boolean): void;
+  stop(): Promise<void>;
+}
+
+/** A real docker-registry on 127.0.0.1 (optionally inside a namespace), storage in a temp dir. */
+export async function startRegistry(netns?: string): Promise<Registry> {
+  const tmp = tempDir('registry');
+  const port = await freePort();
+  const config = join(tmp.path, 'config.yml');
+  writeFileSync(config, `version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: ${tmp.path}/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:${port}\n`);
+  const wrap = (cmd: string[]) => (netns ? ['ip', 'netns', 'exec', netns, ...cmd] : cmd);
+  const [bin, ...args] = wrap(['docker-registry', 'serve', config]);
+  const proc: ChildProcess = spawn(bin ?? 'docker-registry', args, { stdio: 'ignore' });
+  const host = `127.0.0.1:${port}`;
+  for (let i = 0; ; i++) {
+    const [c, ...a] = wrap(['bash', '-c', `exec 3<>/dev/tcp/127.0.0.1/${port}`]);
+    try {
+      execFileSync(c ?? 'bash', a, { stdio: 'ignore' });
+      break;
+    } catch {
+      if (i > 100 || proc.exitCode !== null) throw new Error('docker-registry did not start');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    host,
+    push(layout, repoTag, all = false) {
+      const [c, ...a] = wrap(['skopeo', 'copy', '--quiet', ...(all ? ['--all'] : []), '--dest-tls-verify=false', `oci:${layout}`, `docker://${host}/${repoTag}`]);
+      execFileSync(c ?? 'skopeo', a, { stdio: ['ignore', 'ignore', 'inherit'] });
+    },
+    async stop() {
+      proc.kill();
+      await new Promise((r) => (proc.exitCode !== null ? r(undefined) : proc.once('exit', r)));
+      tmp.remove();
+    },
+  };
+}
+
+export interface ProxyOptions {
+  /** user:password the token endpoint accepts; undefined serves without auth. */
+  credentials?: string;
+  /** Blob digests whose bodies are corrupted (first byte flipped). */
+  corrupt?: Set<string>;
+  /** Blob digest -> how many more downloads of it are cut off half-way. */
+  cut?: Map<string, number>;
+}
+
+export interface Proxy {
+  host: string;
+  /** GET /v2/.../blobs/<digest> requests seen, by digest. */
+  blobGets: Map<string, number>;
+  stop(): Promise<void>;
+}
+
+/**
+ * A registry front written for the tests: it demands a bearer token from its own /token
+ * endpoint (basic credentials), and can corrupt or cut off blob downloads; everything else is
+ * passed to the real registry behind it.
+ */
+export async function startProxy(upstream: string, opts: ProxyOptions): Promise<Proxy> {
+  const token = 'tok-' + Math.random().toString(36).slice(2);
+  const blobGets = new Map<string, number>();
+  let self = '';
+  const server: Server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    if (url.pathname === '/token') {
+      const basic = Buffer.from((req.headers.authorization ?? '').replace(/^Basic /, ''), 'base64').toString();
+      if (basic !== opts.credentials) {
+        res.writeHead(401).end('{"errors":[{"code":"UNAUTHORIZED"}]}');
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token }));
+      return;
+    }
+    if (opts.credentials && req.headers.authorization !== `Bearer ${token}`) {
+      res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${self}/token",service="test-registry",scope="repository:x:pull"`, 'content-type': 'application/json' });
+      res.end('{"errors":[{"code":"UNAUTHORIZED"}]}');
+      return;
+    }
+    const blob = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(url.pathname)?.[1];
+    if (blob) blobGets.set(blob, (blobGets.get(blob) ?? 0) + 1);
+    const up = request({ host: '127.0.0.1', port: Number(upstream.split(':')[1]), path: req.url, method: req.method, headers: { ...req.headers, host: upstream } }, (ur) => {
+      const cutsLeft = blob ? (opts.cut?.get(blob) ?? 0) : 0;
+      if (blob && (opts.corrupt?.has(blob) || cutsLeft > 0)) {
+        const chunks: Buffer[] = [];
+        ur.on('data', (c: Buffer) => chunks.push(c));
+        ur.on('end', () => {
+          const body = Buffer.concat(chunks);
+          if (cutsLeft > 0) {
+            opts.cut?.set(blob, cutsLeft - 1);
+            res.writeHead(200, { 'content-length': String(body.length), 'content-type': 'application/octet-stream' });
+            res.write(body.subarray(0, Math.floor(body.length / 2)));
+            res.socket?.destroy();
+            return;
+          }
+          body[0] = (body[0] ?? 0) ^ 0xff;
+          res.writeHead(200, { 'content-length': String(body.length), 'content-type': 'application/octet-stream' }).end(body);
+        });
+        return;
+      }
+      res.writeHead(ur.statusCode ?? 502, ur.headers);
+      ur.pipe(res);
+    });
+    up.on('error', () => res.writeHead(502).end());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  self = `127.0.0.1:${(server.address() as { port: number }).port}`;
+  return {
+    host: self,
+    blobGets,
+    stop: () => new Promise((r) => server.close(() => r())),
+  };
+}
