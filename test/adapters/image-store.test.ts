@@ -71,6 +71,66 @@ describe('local image store', () => {
     await assert.rejects(store.ensure('example.com/other:1', silentLogger), /not found in the image store/);
   });
 
+  it('refuses layers that try to escape: ../ paths, absolute paths, writes through a symlink, device nodes', async () => {
+    const outside = join(tmp.path, 'outside');
+    mkdirSync(outside);
+    const layers = join(tmp.path, 'hostile');
+    mkdirSync(layers);
+    // Python's tarfile writes the names a hostile image would carry; GNU tar refuses to.
+    execFileSync('python3', ['-c', `
+import io, tarfile, sys
+def layer(path, entries):
+    with tarfile.open(path, 'w:gz') as t:
+        for name, kind, data in entries:
+            i = tarfile.TarInfo(name)
+            if kind == 'file':
+                i.size = len(data); i.mode = 0o644; t.addfile(i, io.BytesIO(data))
+            elif kind == 'setuid':
+                i.size = len(data); i.mode = 0o4755; t.addfile(i, io.BytesIO(data))
+            elif kind == 'symlink':
+                i.type = tarfile.SYMTYPE; i.linkname = data.decode(); t.addfile(i)
+            elif kind == 'chr':
+                i.type = tarfile.CHRTYPE; i.devmajor = 1; i.devminor = 3; t.addfile(i)
+            elif kind == 'dir':
+                i.type = tarfile.DIRTYPE; i.mode = 0o755; t.addfile(i)
+out, outside = sys.argv[1], sys.argv[2]
+layer(out + '/a.tgz', [
+    ('etc', 'dir', b''),
+    ('../../escape-up.txt', 'file', b'up'),
+    ('/escape-abs.txt', 'file', b'abs'),
+    ('etc/evil', 'symlink', outside.encode()),
+    ('dev-null', 'chr', b''),
+    ('bin/su', 'setuid', b'su'),
+    ('ok.txt', 'file', b'fine'),
+])
+layer(out + '/b.tgz', [('etc/evil/pwned', 'file', b'pwned')])
+`, layers, outside]);
+    const src = join(tmp.path, 'l-hostile');
+    const blobs = join(src, 'blobs', 'sha256');
+    mkdirSync(blobs, { recursive: true });
+    const put = (data: Buffer) => {
+      const hex = createHash('sha256').update(data).digest('hex');
+      writeFileSync(join(blobs, hex), data);
+      return { digest: `sha256:${hex}`, size: data.length };
+    };
+    const descs = ['a.tgz', 'b.tgz'].map((f) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...put(readFileSync(join(layers, f))) }));
+    const config = put(Buffer.from('{"architecture":"amd64","os":"linux"}'));
+    const manifest = put(Buffer.from(JSON.stringify({ schemaVersion: 2, config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: descs })));
+    writeFileSync(join(src, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest }] }));
+    const store = new LocalImageStore(join(tmp.path, 'store-hostile'));
+    const { digest } = await store.import(src, 'example.com/hostile:1');
+    await store.ensure('example.com/hostile:1', silentLogger);
+    const root = store.rootfsPath(digest);
+    assert.equal(readFileSync(join(root, 'ok.txt'), 'utf8'), 'fine', 'the harmless entries are there');
+    assert.deepEqual(readdirSync(outside), [], 'nothing was written through the symlink to the host');
+    assert.equal(readlinkSync(join(root, 'etc/evil')), outside, 'the link itself is kept for the guest');
+    for (const p of [join(tmp.path, 'escape-up.txt'), join(tmp.path, '..', 'escape-up.txt'), join(root, '..', 'escape-up.txt'), '/escape-abs.txt']) {
+      assert.equal(existsSync(p), false, `${p} must not exist`);
+    }
+    assert.equal(existsSync(join(root, 'dev-null')), false, 'no device node');
+    assert.equal(statSync(join(tmp.path, 'store-hostile', 'rootfs')).mode & 0o777, 0o700, 'unpacked trees are root-only, so setuid files inside cannot be run by host users');
+  });
+
   it('never resolves a path out of the image, whatever the symlinks say', async () => {
     const root = join(tmp.path, 'r');
     mkdirSync(join(root, 'a'), { recursive: true });

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar';
@@ -307,7 +307,10 @@ export class LocalImageStore implements ImageStore {
 
   private async unpack(digest: string, dest: string, log: Logger): Promise<string> {
     const manifest = JSON.parse(await readFile(this.blob(digest), 'utf8')) as Manifest;
-    await mkdir(join(this.root, 'rootfs'), { recursive: true });
+    // Images keep their setuid files (the guest's sudo needs them); the trees they are unpacked
+    // into are root-only, so no host user can reach or run them.
+    await mkdir(join(this.root, 'rootfs'), { recursive: true, mode: 0o700 });
+    await chmod(join(this.root, 'rootfs'), 0o700);
     const tmp = await mkdtemp(`${dest}.tmp-`);
     try {
       for (const layer of manifest.layers) await applyLayer(this.blob(layer.digest), tmp);
