@@ -54,7 +54,7 @@ export function api(lab: Lab) {
     }
   };
   return {
-    async create(name: string, nics: NicSpec[], userData?: string): Promise<string> {
+    async create(name: string, nics: NicSpec[], userData?: string, image = GUEST_REF): Promise<string> {
       const metadata: Record<string, string> = {};
       if (userData) metadata['user-data'] = Buffer.from(userData).toString('base64');
       const res = await call<CreateMicroVMResponse>('createMicroVM', create(CreateMicroVMRequestSchema, {
@@ -63,9 +63,9 @@ export function api(lab: Lab) {
           namespace: 'e2e',
           vcpu: 1,
           memoryInMb: 1024,
-          kernel: { image: GUEST_REF, filename: 'boot/vmlinuz', addNetworkConfig: true },
-          initrd: { image: GUEST_REF, filename: 'boot/initrd.img' },
-          rootVolume: { id: 'root', source: { containerSource: GUEST_REF } },
+          kernel: { image, filename: 'boot/vmlinuz', addNetworkConfig: true },
+          initrd: { image, filename: 'boot/initrd.img' },
+          rootVolume: { id: 'root', source: { containerSource: image } },
           interfaces: nics.map((n) => ({
             deviceId: n.id,
             type: n.type === 'TAP' ? NetworkInterface_IfaceType.TAP : NetworkInterface_IfaceType.MACVTAP,
