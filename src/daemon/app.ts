@@ -10,7 +10,7 @@ import { MicroVMService } from '../core/microvm/service.js';
 import type { Logger, VmmProvider } from '../core/ports.js';
 import { HostRuntime } from '../core/plan/host-runtime.js';
 import { NodeHostFiles } from '../adapters/host/files.js';
-import { LocalImageStore } from '../adapters/images/oci/store.js';
+import { ImageCatalog, LocalImageStore } from '../adapters/images/oci/store.js';
 import { listSetting, registryClient } from '../adapters/images/oci/registry.js';
 import { VfatCloudInitDisk } from '../adapters/metadata/cidata.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
@@ -119,8 +119,25 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     defaultProvider,
   });
 
+  const catalog = new ImageCatalog(images);
+  const collectImages = async () => {
+    if (cfg.imageGcGraceMs <= 0) return;
+    // In use: every digest a VM pinned, and what the references of VMs not yet pinned point to.
+    const inUse = new Set<string>();
+    for (const vm of store.list({})) {
+      for (const d of Object.values(vm.status.imageDigests ?? {})) inUse.add(d);
+      const refs = [vm.spec.kernel.image, vm.spec.initrd?.image, vm.spec.rootVolume?.source.containerSource, ...vm.spec.additionalVolumes.map((v) => v.source.containerSource)];
+      for (const ref of refs) {
+        const d = ref ? await images.resolve(ref).catch(() => undefined) : undefined;
+        if (d) inUse.add(d);
+      }
+    }
+    const removed = await catalog.collect(inUse, cfg.imageGcGraceMs);
+    if (removed.length) logger.info({ removed }, 'unused images removed');
+  };
   const resyncAll = () => {
     for (const vm of store.list({})) queue.enqueue(vm.uid);
+    collectImages().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'image garbage collection failed'));
   };
   const token = cfg.basicAuthToken || undefined;
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls });

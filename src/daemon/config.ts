@@ -36,6 +36,7 @@ export interface DaemonConfig {
   maximumRetry: number;
   retryBackoffMs: number;
   registryAuthFile: string;
+  imageGcGraceMs: number;
   insecureRegistries: string;
   plainHttpRegistries: string;
   registryMirrors: string;
@@ -85,6 +86,7 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'insecure-registries', prop: 'insecureRegistries', kind: 'string', default: '', help: 'comma-separated registries reached over HTTPS without certificate checks' },
   { key: 'plain-http-registries', prop: 'plainHttpRegistries', kind: 'string', default: '', help: 'comma-separated registries reached over plain HTTP (loopback ones always are)' },
   { key: 'registry-mirrors', prop: 'registryMirrors', kind: 'string', default: '', help: 'comma-separated registry=mirror pairs; a mirror is tried before its registry' },
+  { key: 'image-gc-grace', prop: 'imageGcGraceMs', kind: 'duration', default: '24h', help: 'images no VM uses are removed once this old (checked every resync); 0s disables' },
   { key: 'retry-backoff', prop: 'retryBackoffMs', kind: 'duration', default: '1s', help: 'first retry delay after a failed reconcile; doubles each attempt (with jitter) up to 5m' },
   { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', default: '4', help: 'VMs reconciled in parallel' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },

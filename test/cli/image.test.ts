@@ -1,0 +1,83 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
+import { run } from '../../src/cli/main.js';
+import { EXIT } from '../../src/cli/client.js';
+import { initialStatus } from '../../src/core/microvm/types.js';
+import { tempDir } from '../helpers/daemon.js';
+import { testGuestLayout } from '../helpers/lab.js';
+import { startRegistry, type Registry } from '../helpers/registry.js';
+import { guestDigests } from '../e2e/oci-fixtures.js';
+
+async function cli(args: string[]) {
+  let out = '';
+  let err = '';
+  const code = await run(args, { out: (t) => (out += t), err: (t) => (err += t) }, {});
+  return { code, out, err };
+}
+
+const missing = ['docker-registry', 'skopeo'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
+
+describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing: ${missing.join(', ')}` : false }, () => {
+  const tmp = tempDir('cli-image');
+  let registry: Registry;
+  let layout: string;
+  before(async () => {
+    layout = testGuestLayout();
+    registry = await startRegistry();
+    registry.push(`${layout}:latest`, 'matchlock/guest:1');
+  });
+  after(async () => {
+    await registry?.stop();
+    tmp.remove();
+  });
+
+  it('pulls with plain progress lines, lists size and users, refuses to remove an image in use, prunes the rest', async () => {
+    const state = ['--state-dir', join(tmp.path, 'state')];
+    const ref = `${registry.host}/matchlock/guest:1`;
+    const pulled = await cli(['image', 'pull', ref, ...state, '--registry-auth-file', join(tmp.path, 'none.json')]);
+    assert.equal(pulled.code, EXIT.ok, pulled.err);
+    const { manifest } = guestDigests(layout);
+    assert.equal(pulled.out, `${ref} ${manifest}\n`);
+    const lines = pulled.err.trim().split('\n');
+    assert.match(lines.at(-1) ?? '', new RegExp(`^${ref.replace(/[.]/g, '\\.')}: \\S+/\\S+ 100% blobs 2/2$`));
+    assert.ok(lines.length <= 4, 'one line per finished blob without a terminal');
+    const imported = await cli(['image', 'import', layout, '--name', 'localhost/spare:1', ...state]);
+    assert.equal(imported.code, EXIT.ok, imported.err);
+
+    // A VM record that pinned the pulled image.
+    const db = new SqliteStore(join(tmp.path, 'state', 'matchlock.db'));
+    db.insert({
+      uid: '01HZY3NDEKTSV4RRFFQ69G5FAV', version: 1, createdAt: '', updatedAt: '',
+      spec: { name: 'user', namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024, kernel: { image: ref, filename: 'boot/vmlinuz', cmdline: {}, addNetworkConfig: false }, additionalVolumes: [], interfaces: [], metadata: {}, provider: 'qemu', allowGuestAgent: false },
+      status: { ...initialStatus(), imageDigests: { [ref]: manifest } },
+    });
+    db.close();
+    const ls = await cli(['-o', 'json', 'image', 'ls', ...state]);
+    const images = JSON.parse(ls.out) as { ref: string; size: number; usedBy: string[] }[];
+    assert.deepEqual(images.map((i) => [i.ref, i.usedBy]), [[ref, ['ns/user']], ['localhost/spare:1', ['ns/user']]]);
+    assert.ok((images[0]?.size ?? 0) > 1_000_000);
+
+    const rm = await cli(['image', 'rm', ref, ...state]);
+    assert.equal(rm.code, EXIT.precondition);
+    assert.match(rm.err, /is used by a MicroVM; delete the VM first/);
+    const missingRm = await cli(['image', 'rm', 'localhost/nope:1', ...state]);
+    assert.equal(missingRm.code, EXIT.notFound);
+
+    const db2 = new SqliteStore(join(tmp.path, 'state', 'matchlock.db'));
+    db2.remove('01HZY3NDEKTSV4RRFFQ69G5FAV');
+    db2.close();
+    const young = await cli(['image', 'prune', '--grace', '1h', ...state]);
+    assert.equal(young.out, 'nothing to prune\n', 'images younger than the grace period stay');
+    const prune = await cli(['image', 'prune', ...state]);
+    assert.equal(prune.code, EXIT.ok, prune.err);
+    assert.equal(prune.out.split('\n').filter(Boolean).length, 2);
+    assert.deepEqual(readdirSync(join(tmp.path, 'state', 'images', 'refs')), []);
+    assert.equal((await cli(['image', 'ls', ...state])).out, 'REFERENCE  DIGEST  SIZE  USED BY\n');
+    // Blobs of a minute ago may belong to a pull in flight: they stay until they are old.
+    assert.ok(existsSync(join(tmp.path, 'state', 'images', 'blobs', 'sha256', manifest.slice(7))));
+  });
+});
