@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, readdirSync, rmSync } from 'node:fs';
 import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join, relative, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -334,48 +334,66 @@ export class LocalImageStore implements ImageStore {
 }
 
 /**
- * Applies one layer: whiteouts first (`.wh.<name>` deletes a lower entry, `.wh..wh..opq` empties
- * a lower directory), then the layer's own entries. node-tar refuses absolute and `..` paths and
- * does not write through symlinks; device nodes are skipped.
+ * Applies one layer in a single pass. Whiteouts act on what lower layers left: `.wh.<name>`
+ * deletes it, `.wh..wh..opq` empties the directory of everything this layer did not write
+ * itself (so the marker's position in the tar does not matter). node-tar refuses absolute and
+ * `..` paths and never writes through symlinks; device nodes and FIFOs are skipped.
  */
 async function applyLayer(file: string, dest: string): Promise<void> {
-  const whiteouts: string[] = [];
   const absoluteLinks: { path: string; target: string }[] = [];
-  await tar.t({ file, onReadEntry: (e) => {
-    const base = e.path.split('/').pop() ?? '';
-    if (base.startsWith('.wh.')) whiteouts.push(e.path.replace(/^\.\//, ''));
-    if (e.type === 'SymbolicLink' && e.linkpath?.startsWith('/')) absoluteLinks.push({ path: e.path, target: e.linkpath });
-  } });
-  for (const w of whiteouts) {
-    const parts = w.split('/');
-    const base = parts.pop() ?? '';
-    const dir = join(dest, ...parts);
-    if (!(dir === dest || dir.startsWith(dest + sep))) continue;
-    if (base === '.wh..wh..opq') {
-      for (const child of await readdir(dir).catch(() => [] as string[])) await rm(join(dir, child), { recursive: true, force: true });
-    } else {
-      await rm(join(dir, base.slice('.wh.'.length)), { recursive: true, force: true });
-    }
-  }
+  const written = new Set<string>();
+  const inside = (rel: string) => {
+    const p = join(dest, rel);
+    return p === dest || p.startsWith(dest + sep) ? p : undefined;
+  };
   await tar.x({
     file,
     cwd: dest,
     preserveOwner: true,
     filter: (path, entry) => {
-      const base = path.split('/').pop() ?? '';
+      const rel = path.replace(/^(\.\/|\/)+/, '').replace(/\/+$/, '');
+      const slash = rel.lastIndexOf('/');
+      const parent = slash < 0 ? '' : rel.slice(0, slash);
+      const base = rel.slice(slash + 1);
+      if (base === '.wh..wh..opq') {
+        const dir = inside(parent);
+        if (dir) {
+          for (const child of readdirSyncSafe(dir)) {
+            if (!written.has(parent ? `${parent}/${child}` : child)) rmSync(join(dir, child), { recursive: true, force: true });
+          }
+        }
+        return false;
+      }
+      if (base.startsWith('.wh.')) {
+        const target = inside(parent ? `${parent}/${base.slice(4)}` : base.slice(4));
+        if (target && target !== dest) rmSync(target, { recursive: true, force: true });
+        return false;
+      }
       const type = 'type' in entry ? entry.type : '';
-      return !base.startsWith('.wh.') && type !== 'CharacterDevice' && type !== 'BlockDevice' && type !== 'FIFO';
+      if (type === 'CharacterDevice' || type === 'BlockDevice' || type === 'FIFO') return false;
+      written.add(rel);
+      const linkpath = 'linkpath' in entry ? entry.linkpath : undefined;
+      if (type === 'SymbolicLink' && typeof linkpath === 'string' && linkpath.startsWith('/')) absoluteLinks.push({ path: rel, target: linkpath });
+      return true;
     },
   });
   // node-tar makes absolute symlink targets relative; they are meant for the guest's root, so
   // put them back. Only the link itself is replaced: nothing is written through it.
   for (const l of absoluteLinks) {
-    const at = join(dest, l.path.replace(/^(\.\/|\/)+/, ''));
-    if (!at.startsWith(dest + sep)) continue;
+    const at = inside(l.path);
+    if (!at || at === dest) continue;
     const st = await lstat(at).catch(() => undefined);
     if (!st?.isSymbolicLink()) continue;
     await rm(at);
     await symlink(l.target, at);
+  }
+}
+
+function readdirSyncSafe(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
   }
 }
 

@@ -1,0 +1,107 @@
+// Image pipeline figures, each beside a baseline measured in the same run.
+//   node --import tsx bench/images.ts [sizeMB=200]      (root: the clone part loop-mounts xfs)
+// 1. pull + unpack + ext4 base through matchlock, against skopeo copy + tar -x + mkfs.ext4 -d
+//    of the same image from the same local registry;
+// 2. one per-VM volume clone on xfs with reflink, against the sparse copy used elsewhere.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { registryClient } from '../src/adapters/images/oci/registry.js';
+import { LocalImageStore } from '../src/adapters/images/oci/store.js';
+import { Ext4Volumes } from '../src/adapters/volumes/ext4.js';
+import { silentLogger } from '../test/fakes/memory-store.js';
+import { tempDir } from '../test/helpers/daemon.js';
+import { startRegistry } from '../test/helpers/registry.js';
+
+const sizeMb = Number(process.argv[2] ?? 200);
+const sh = (cmd: string) => execFileSync('sh', ['-c', cmd], { stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 28 }).toString();
+const time = async (fn: () => unknown) => {
+  const t = performance.now();
+  await fn();
+  return performance.now() - t;
+};
+
+const tmp = tempDir('bench-images');
+const registry = await startRegistry();
+const mounts: string[] = [];
+try {
+  // A rootfs of real files (from /usr) in four layers, as an OCI layout.
+  const layout = join(tmp.path, 'layout');
+  const blobs = join(layout, 'blobs', 'sha256');
+  mkdirSync(blobs, { recursive: true });
+  const put = (data: Buffer) => {
+    const hex = createHash('sha256').update(data).digest('hex');
+    writeFileSync(join(blobs, hex), data);
+    return { digest: `sha256:${hex}`, size: data.length };
+  };
+  const files = sh(`find /usr/lib /usr/share /usr/bin -xdev -type f -size -20M 2>/dev/null | head -n 200000`).split('\n').filter(Boolean);
+  const layers: { digest: string; size: number }[] = [];
+  let used = 0;
+  let chunk: string[] = [];
+  const flush = () => {
+    if (!chunk.length) return;
+    const list = join(tmp.path, `list${layers.length}`);
+    writeFileSync(list, chunk.map((f) => f.slice(1)).join('\n'));
+    layers.push(put(execFileSync('sh', ['-c', `tar -C / --no-recursion -cf - -T ${list} 2>/dev/null | gzip -1 -n`], { maxBuffer: 1 << 30 })));
+    chunk = [];
+  };
+  for (const f of files) {
+    if (used >= sizeMb * 1024 * 1024) break;
+    const s = statSync(f, { throwIfNoEntry: false });
+    if (!s) continue;
+    used += s.size;
+    chunk.push(f);
+    if (chunk.length && used >= ((layers.length + 1) * sizeMb * 1024 * 1024) / 4) flush();
+  }
+  flush();
+  const config = put(Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'));
+  const manifest = put(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...l })) })));
+  writeFileSync(join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': 'bench' } }] }));
+  writeFileSync(join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  registry.push(`${layout}:bench`, 'bench/rootfs:1');
+  const ref = `${registry.host}/bench/rootfs:1`;
+  process.stdout.write(`image: ${(used / 1048576).toFixed(0)} MB of files in ${layers.length} layers, ${(layers.reduce((n, l) => n + l.size, 0) / 1048576).toFixed(0)} MB compressed\n`);
+
+  // Baseline: skopeo copy + tar -x + mkfs.ext4 -d.
+  const base = join(tmp.path, 'baseline');
+  mkdirSync(base);
+  const baseline = await time(() => {
+    sh(`skopeo copy --quiet --src-tls-verify=false docker://${ref} oci:${base}/oci:x`);
+    const m = JSON.parse(readFileSync(join(base, 'oci', 'blobs', 'sha256', (JSON.parse(readFileSync(join(base, 'oci', 'index.json'), 'utf8')) as { manifests: { digest: string }[] }).manifests[0]?.digest.slice(7) ?? ''), 'utf8')) as { layers: { digest: string }[] };
+    mkdirSync(join(base, 'rootfs'));
+    for (const l of m.layers) sh(`tar -xzf ${join(base, 'oci', 'blobs', 'sha256', l.digest.slice(7))} -C ${join(base, 'rootfs')}`);
+    const mb = Math.ceil(Number(sh(`du -sb --apparent-size ${join(base, 'rootfs')}`).split(/\s/)[0]) * 1.3 / 1048576) + 64;
+    sh(`mkfs.ext4 -q -F -d ${join(base, 'rootfs')} ${join(base, 'root.ext4')} ${mb}M`);
+  });
+
+  const store = new LocalImageStore(join(tmp.path, 'ml'), registryClient({ authFile: join(tmp.path, 'none'), insecure: [], plainHttp: [], mirrors: [] }, silentLogger));
+  const volumes = new Ext4Volumes(store, join(tmp.path, 'ml', 'base'));
+  let digest = '';
+  const pull = await time(async () => {
+    digest = await store.pull(ref, silentLogger);
+  });
+  const unpack = await time(() => store.unpacked(digest, silentLogger));
+  const ext4 = await time(() => volumes.base(digest, silentLogger));
+  const ours = pull + unpack + ext4;
+  process.stdout.write(`pull+unpack+ext4: matchlock ${(ours / 1000).toFixed(2)} s (pull ${(pull / 1000).toFixed(2)}, unpack ${(unpack / 1000).toFixed(2)}, ext4 ${(ext4 / 1000).toFixed(2)}), skopeo+tar+mkfs.ext4 ${(baseline / 1000).toFixed(2)} s, ratio ${(ours / baseline).toFixed(2)}\n`);
+
+  // Clone: reflink on a loop-mounted xfs against a sparse copy on this filesystem.
+  const baseVolume = join(tmp.path, 'ml', 'base', readdirSync(join(tmp.path, 'ml', 'base'))[0] ?? '');
+  sh('sync');
+  const sparse = await time(() => sh(`cp --reflink=auto --sparse=always ${baseVolume} ${join(tmp.path, 'clone-sparse.img')}`));
+  const xfsImg = join(tmp.path, 'xfs.img');
+  const mnt = join(tmp.path, 'xfs');
+  mkdirSync(mnt);
+  sh(`truncate -s ${Math.max(1024, 3 * Math.ceil(statSync(baseVolume).size / 1048576))}M ${xfsImg} && mkfs.xfs -q -m reflink=1 ${xfsImg} && mount -o loop ${xfsImg} ${mnt}`);
+  mounts.push(mnt);
+  copyFileSync(baseVolume, join(mnt, 'base.img'));
+  // A reflink of freshly written data first waits for it to reach the disk; time the clone alone.
+  sh('sync');
+  const reflink = await time(() => sh(`cp --reflink=auto --sparse=always ${join(mnt, 'base.img')} ${join(mnt, 'clone.img')}`));
+  process.stdout.write(`per-VM clone of a ${(statSync(baseVolume).size / 1048576).toFixed(0)} MB volume: xfs reflink ${reflink.toFixed(1)} ms, sparse copy ${sparse.toFixed(1)} ms, ratio ${(reflink / sparse).toFixed(3)}\n`);
+} finally {
+  for (const m of mounts) sh(`umount ${m}`);
+  await registry.stop();
+  tmp.remove();
+}
