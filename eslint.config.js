@@ -21,7 +21,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ['bin/**/*.js'],
+    files: ['bin/**/*.js', 'test/**/*.mjs'],
     languageOptions: { globals: { process: 'readonly' } },
   },
 );

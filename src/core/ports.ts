@@ -78,9 +78,20 @@ export interface ImageStore {
   file(digest: string, path: string, ref: string): Promise<string>;
 }
 
+/** Which volume of which VM; `dir` is the VM's directory for backends that keep files there. */
+export interface VolumeKey {
+  uid: string;
+  volumeId: string;
+  dir: string;
+}
+
 export interface Volumes {
-  /** The VM's own copy of the image's filesystem as a disk image at `path`, grown to sizeInMb. */
-  create(path: string, digest: string, sizeInMb: number | undefined, log: Logger): Promise<void>;
+  /** The block device or disk image path of an existing volume, or undefined. */
+  find(key: VolumeKey): Promise<string | undefined>;
+  /** The VM's own copy of the image's filesystem, grown to sizeInMb; resolves its path. */
+  create(key: VolumeKey, digest: string, sizeInMb: number | undefined, log: Logger): Promise<string>;
+  /** Removes the volume; removing one that is not there succeeds. */
+  remove(key: VolumeKey, log: Logger): Promise<void>;
 }
 
 export interface HostFiles {

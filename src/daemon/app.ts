@@ -15,6 +15,7 @@ import { listSetting, registryClient } from '../adapters/images/oci/registry.js'
 import { VfatCloudInitDisk } from '../adapters/metadata/cidata.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { Ext4Volumes } from '../adapters/volumes/ext4.js';
+import { ThinPoolVolumes } from '../adapters/volumes/thin.js';
 import { QemuProvider } from '../adapters/vmm/qemu/provider.js';
 import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
 import { sweepOrphans } from './sweep.js';
@@ -81,10 +82,15 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   // supervisor: the handlers are bound once all three exist.
   const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string) => undefined as void };
   const supervisor = new PollingSupervisor({ exited: (u, p) => events.exited(u, p), booted: (u) => events.booted(u) }, logger);
+  const ext4 = new Ext4Volumes(images, join(cfg.stateDir, 'images', 'base'));
+  const volumes = cfg.thinpool
+    ? new ThinPoolVolumes({ pool: cfg.thinpool, dmsetup: cfg.dmsetupBin, devDir: cfg.thinpoolDevDir, idsFile: join(cfg.stateDir, 'images', 'thin-ids.json'), ext4 })
+    : ext4;
+  if (cfg.thinpool) logger.info({ pool: cfg.thinpool }, 'volumes on a device-mapper thin pool');
   const runtime = new HostRuntime({
     stateDir: cfg.stateDir,
     images,
-    volumes: new Ext4Volumes(images, join(cfg.stateDir, 'images', 'base')),
+    volumes,
     files,
     network,
     cloudInit: new VfatCloudInitDisk(),

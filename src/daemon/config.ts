@@ -37,6 +37,9 @@ export interface DaemonConfig {
   retryBackoffMs: number;
   registryAuthFile: string;
   imageGcGraceMs: number;
+  thinpool: string;
+  thinpoolDevDir: string;
+  dmsetupBin: string;
   insecureRegistries: string;
   plainHttpRegistries: string;
   registryMirrors: string;
@@ -87,6 +90,9 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'plain-http-registries', prop: 'plainHttpRegistries', kind: 'string', default: '', help: 'comma-separated registries reached over plain HTTP (loopback ones always are)' },
   { key: 'registry-mirrors', prop: 'registryMirrors', kind: 'string', default: '', help: 'comma-separated registry=mirror pairs; a mirror is tried before its registry' },
   { key: 'image-gc-grace', prop: 'imageGcGraceMs', kind: 'duration', default: '24h', help: 'images no VM uses are removed once this old (checked every resync); 0s disables' },
+  { key: 'thinpool', prop: 'thinpool', kind: 'string', default: '', help: "device-mapper thin pool for volumes (e.g. flintlock's flintlock-thinpool); empty: ext4 image files" },
+  { key: 'thinpool-dev-dir', prop: 'thinpoolDevDir', kind: 'string', default: '/dev/mapper', help: 'where device-mapper devices appear' },
+  { key: 'dmsetup-bin', prop: 'dmsetupBin', kind: 'string', default: 'dmsetup', help: 'dmsetup binary used with thinpool' },
   { key: 'retry-backoff', prop: 'retryBackoffMs', kind: 'duration', default: '1s', help: 'first retry delay after a failed reconcile; doubles each attempt (with jitter) up to 5m' },
   { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', default: '4', help: 'VMs reconciled in parallel' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },

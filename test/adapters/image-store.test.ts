@@ -146,13 +146,17 @@ layer(out + '/b.tgz', [('etc/evil/pwned', 'file', b'pwned')])
 
   it('builds one base volume per image and gives each VM its own clone, grown to size_in_mb', async () => {
     const src = layout(join(tmp.path, 'l3'), [(r) => writeFileSync(join(r, 'hello'), 'world')]);
+    mkdirSync(join(tmp.path, 'vm-a'));
+    mkdirSync(join(tmp.path, 'vm-b'));
     const store = new LocalImageStore(join(tmp.path, 'store3'));
     const { digest } = await store.import(src, 'example.com/vol:1');
     await store.ensure('example.com/vol:1', silentLogger);
     const volumes = new Ext4Volumes(store, join(tmp.path, 'store3', 'base'));
-    const a = join(tmp.path, 'a.img');
-    const b = join(tmp.path, 'b.img');
-    await Promise.all([volumes.create(a, digest, 200, silentLogger), volumes.create(b, digest, undefined, silentLogger)]);
+    const [a, b] = await Promise.all([
+      volumes.create({ uid: 'A', volumeId: 'root', dir: join(tmp.path, 'vm-a') }, digest, 200, silentLogger),
+      volumes.create({ uid: 'B', volumeId: 'root', dir: join(tmp.path, 'vm-b') }, digest, undefined, silentLogger),
+    ]);
+    assert.equal(a, join(tmp.path, 'vm-a', 'volume-root.img'));
     assert.equal(readdirSync(join(tmp.path, 'store3', 'base')).length, 1, 'one base for both');
     assert.equal(statSync(a).size, 200 * 1024 * 1024);
     const blocks = (img: string) => {

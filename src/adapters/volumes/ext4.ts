@@ -1,6 +1,6 @@
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Logger, Volumes } from '../../core/ports.js';
+import type { Logger, VolumeKey, Volumes } from '../../core/ports.js';
 import type { LocalImageStore } from '../images/oci/store.js';
 import { run } from '../exec.js';
 import { SingleFlight } from '../single-flight.js';
@@ -44,7 +44,21 @@ export class Ext4Volumes implements Volumes {
     return path;
   }
 
-  async create(path: string, digest: string, sizeInMb: number | undefined, log: Logger): Promise<void> {
+  path(key: VolumeKey): string {
+    return join(key.dir, `volume-${key.volumeId}.img`);
+  }
+
+  async find(key: VolumeKey): Promise<string | undefined> {
+    const path = this.path(key);
+    return (await stat(path).then(() => true, () => false)) ? path : undefined;
+  }
+
+  async remove(key: VolumeKey): Promise<void> {
+    await rm(this.path(key), { force: true });
+  }
+
+  async create(key: VolumeKey, digest: string, sizeInMb: number | undefined, log: Logger): Promise<string> {
+    const path = this.path(key);
     const base = await this.base(digest, log);
     const tmp = `${path}.tmp`;
     try {
@@ -58,5 +72,6 @@ export class Ext4Volumes implements Volumes {
     } finally {
       await rm(tmp, { force: true });
     }
+    return path;
   }
 }

@@ -39,7 +39,6 @@ export function vmDir(stateDir: string, vm: MicroVM): string {
   return `${stateDir}/vm/${vm.spec.namespace}/${vm.spec.name}/${vm.uid}`;
 }
 
-const volumeFile = (dir: string, id: string) => `${dir}/volume-${id}.img`;
 const cidataFile = (dir: string) => `${dir}/cidata.img`;
 
 /**
@@ -113,19 +112,25 @@ export class HostRuntime implements Runtime {
       });
     }
     steps.push({ name: 'vm directory', needed: async () => !(await o.files.exists(dir)), run: () => o.files.mkdirp(dir) });
-    for (const v of volumes) {
-      const path = volumeFile(dir, v.id);
+    const disks: LaunchDisk[] = [];
+    volumes.forEach((v, n) => {
+      const key = { uid: vm.uid, volumeId: v.id, dir };
       const source = v.source.containerSource;
       if (!source) throw failedPrecondition(`volume ${v.id}: provider ${provider.name} supports only container_source volumes`);
       steps.push({
         name: `volume ${v.id}`,
-        needed: async () => !(await o.files.exists(path)) || status.volumes[v.id]?.mount.source !== path,
+        needed: async () => {
+          const path = await o.volumes.find(key);
+          if (path) disks[n] = { id: v.id, path, readOnly: v.isReadOnly };
+          return !path || status.volumes[v.id]?.mount.source !== path;
+        },
         run: async () => {
-          if (!(await o.files.exists(path))) await o.volumes.create(path, digestOf(source), v.sizeInMb, log);
+          const path = (await o.volumes.find(key)) ?? (await o.volumes.create(key, digestOf(source), v.sizeInMb, log));
+          disks[n] = { id: v.id, path, readOnly: v.isReadOnly };
           status.volumes[v.id] = { mount: { type: 'DEV', source: path } };
         },
       });
-    }
+    });
     const nics: LaunchNic[] = [];
     vm.spec.interfaces.forEach((iface, n) => {
       const name = hostDeviceName(vm, n);
@@ -181,8 +186,7 @@ export class HostRuntime implements Runtime {
       name: `vmm ${provider.name}`,
       needed: async () => (await running()) === undefined,
       run: async () => {
-        const disks: LaunchDisk[] = volumes.map((v) => ({ id: v.id, path: volumeFile(dir, v.id), readOnly: v.isReadOnly }));
-        disks.push({ id: 'cidata', path: cidataFile(dir), readOnly: true });
+        const all: LaunchDisk[] = [...disks, { id: 'cidata', path: cidataFile(dir), readOnly: true }];
         status.guestBooted = false;
         status.vmmPid = await provider.start(
           {
@@ -193,7 +197,7 @@ export class HostRuntime implements Runtime {
             kernelPath: status.kernelMount?.source ?? '',
             initrdPath: status.initrdMount?.source,
             cmdline: mergeCmdline(provider.defaultCmdline(vm.spec.rootVolume !== undefined), vm.spec.kernel.cmdline),
-            disks,
+            disks: all,
             nics,
           },
           log,
@@ -250,6 +254,10 @@ export class HostRuntime implements Runtime {
       });
     }
     o.supervisor.unwatch(vm.uid);
+    for (const v of [...(vm.spec.rootVolume ? [vm.spec.rootVolume] : []), ...vm.spec.additionalVolumes]) {
+      const key = { uid: vm.uid, volumeId: v.id, dir };
+      steps.push({ name: `remove volume ${v.id}`, needed: async () => (await o.volumes.find(key)) !== undefined, run: () => o.volumes.remove(key, log) });
+    }
     vm.spec.interfaces.forEach((iface, n) => {
       const name = hostDeviceName(vm, n);
       steps.push({ name: `remove interface ${iface.deviceId} (${name})`, needed: async () => (await o.network.get(name)) !== undefined, run: () => o.network.remove(name) });

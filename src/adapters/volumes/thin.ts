@@ -1,0 +1,142 @@
+import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { ErrorCode, MatchlockError } from '../../core/errors.js';
+import type { Logger, VolumeKey, Volumes } from '../../core/ports.js';
+import { run } from '../exec.js';
+import { SingleFlight } from '../single-flight.js';
+import type { Ext4Volumes } from './ext4.js';
+
+export interface ThinPoolOptions {
+  /** The pool's device-mapper name, e.g. flintlock's `flintlock-thinpool`. */
+  pool: string;
+  dmsetup: string;
+  /** Where device-mapper devices appear (/dev/mapper). */
+  devDir: string;
+  /** JSON file mapping matchlock's device names to thin ids. */
+  idsFile: string;
+  /** Builds the ext4 base image that is copied into each image's base thin volume. */
+  ext4: Ext4Volumes;
+}
+
+const SECTOR = 512;
+
+/**
+ * Volumes as device-mapper thin volumes, for hosts with a thin pool (flintlock's layout): one
+ * base thin volume per image digest holding its ext4 filesystem, and a thin snapshot of it per
+ * VM volume, grown to size_in_mb. Thin ids are kept in a file beside the image store.
+ */
+export class ThinPoolVolumes implements Volumes {
+  private readonly bases = new SingleFlight<{ name: string; id: number; sectors: number }>();
+  private lock: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly o: ThinPoolOptions) {}
+
+  private name(key: VolumeKey): string {
+    return `matchlock-${key.uid.toLowerCase()}-${key.volumeId}`;
+  }
+  private dev(name: string): string {
+    return join(this.o.devDir, name);
+  }
+  private dm(...args: string[]) {
+    return run(this.o.dmsetup, args);
+  }
+
+  /** Serialises pool changes: thin ids and snapshots of one origin must not interleave. */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.lock.then(fn, fn);
+    this.lock = next.catch(() => undefined);
+    return next;
+  }
+
+  private async ids(): Promise<Record<string, number>> {
+    try {
+      return JSON.parse(await readFile(this.o.idsFile, 'utf8')) as Record<string, number>;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+      throw err;
+    }
+  }
+  private async saveIds(ids: Record<string, number>): Promise<void> {
+    await mkdir(dirname(this.o.idsFile), { recursive: true });
+    await writeFile(`${this.o.idsFile}.tmp`, JSON.stringify(ids, null, 1));
+    await rename(`${this.o.idsFile}.tmp`, this.o.idsFile);
+  }
+  /**
+   * The thin id of `name`, creating it with `make(id)` when it has none. The id is recorded only
+   * once the pool accepted it, so a failed message never leaves an id that does not exist.
+   */
+  private async thinId(name: string, make: (id: number) => Promise<void>): Promise<number> {
+    const ids = await this.ids();
+    const known = ids[name];
+    if (known !== undefined) return known;
+    const id = Math.max(0, ...Object.values(ids)) + 1;
+    await make(id);
+    ids[name] = id;
+    await this.saveIds(ids);
+    return id;
+  }
+
+  private async active(name: string): Promise<boolean> {
+    return this.dm('info', name).then(() => true, () => false);
+  }
+
+  async find(key: VolumeKey): Promise<string | undefined> {
+    const name = this.name(key);
+    return (await this.active(name)) ? this.dev(name) : undefined;
+  }
+
+  private base(digest: string, log: Logger) {
+    const name = `matchlock-base-${digest.replace(/^sha256:/, '').slice(0, 24)}`;
+    return this.bases.run(name, async () => {
+      const file = await this.o.ext4.base(digest, log);
+      const sectors = Math.ceil((await stat(file)).size / SECTOR);
+      return this.exclusive(async () => {
+        const known = (await this.ids())[name];
+        if (known !== undefined && (await this.active(name))) return { name, id: known, sectors };
+        if (!(await this.active(this.o.pool))) throw new MatchlockError(ErrorCode.FailedPrecondition, `thin pool ${this.o.pool} not found (dmsetup info ${this.o.pool} failed)`);
+        const id = await this.thinId(name, async (n) => {
+          await this.dm('message', this.o.pool, '0', `create_thin ${n}`);
+        });
+        await this.dm('create', name, '--table', `0 ${sectors} thin /dev/mapper/${this.o.pool} ${id}`);
+        await run('dd', [`if=${file}`, `of=${this.dev(name)}`, 'bs=1M', 'conv=sparse,notrunc,fsync', 'status=none'], { timeoutMs: 10 * 60_000 });
+        log.info({ digest, thinId: id, pool: this.o.pool }, 'base thin volume built');
+        return { name, id, sectors };
+      });
+    });
+  }
+
+  async create(key: VolumeKey, digest: string, sizeInMb: number | undefined, log: Logger): Promise<string> {
+    const base = await this.base(digest, log);
+    const name = this.name(key);
+    const sectors = Math.max(base.sectors, (sizeInMb ?? 0) * 2048);
+    await this.exclusive(async () => {
+      if (await this.active(name)) return;
+      const id = await this.thinId(name, async (n) => {
+        // A snapshot of an active origin needs the origin suspended while it is taken.
+        await this.dm('suspend', base.name);
+        try {
+          await this.dm('message', this.o.pool, '0', `create_snap ${n} ${base.id}`);
+        } finally {
+          await this.dm('resume', base.name);
+        }
+      });
+      await this.dm('create', name, '--table', `0 ${sectors} thin /dev/mapper/${this.o.pool} ${id}`);
+    });
+    if (sectors > base.sectors) await run('resize2fs', ['-f', this.dev(name)]);
+    return this.dev(name);
+  }
+
+  async remove(key: VolumeKey, log: Logger): Promise<void> {
+    const name = this.name(key);
+    log.debug({ name }, 'removing thin volume');
+    await this.exclusive(async () => {
+      if (await this.active(name)) await this.dm('remove', name);
+      const ids = await this.ids();
+      const id = ids[name];
+      if (id === undefined) return;
+      await this.dm('message', this.o.pool, '0', `delete ${id}`);
+      delete ids[name];
+      await this.saveIds(ids);
+    });
+  }
+}
