@@ -13,6 +13,8 @@ DEBIAN_PACKAGES=(
   qemu-system-x86 iproute2 e2fsprogs dosfstools mtools
   # the test guest (busybox-static is fetched by apt-get download) and the test network
   busybox-static dnsmasq-base iputils-ping
+  # a real OCI registry and the tool that fills it; xfs for the reflink benchmark
+  docker-registry skopeo xfsprogs
 )
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
