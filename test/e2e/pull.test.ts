@@ -52,6 +52,18 @@ describe('registry pulls', { skip }, () => {
     assert.equal(await s2.ensure(`${registry.host}/matchlock/test-guest:1`, silentLogger, digests.manifest), digests.manifest);
   });
 
+  it('tries a configured mirror first: docker.io references served from a local mirror', async () => {
+    const proxy = await startProxy(registry.host, {});
+    try {
+      const s = new LocalImageStore(join(tmp.path, 'mirror-store'), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [], mirrors: [`docker.io=${proxy.host}`] }, silentLogger));
+      assert.equal(await s.pull('matchlock/test-guest:1', silentLogger), digests.manifest);
+      assert.equal(proxy.blobGets.get(digests.layer), 1, 'served by the mirror');
+      assert.equal(await s.resolve('docker.io/matchlock/test-guest:1'), digests.manifest);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
   it('with a bearer-token registry: a clear auth error without credentials, a pull with a config.json', async () => {
     const proxy = await startProxy(registry.host, { credentials: 'alice:wonderland' });
     try {
