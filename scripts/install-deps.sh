@@ -15,6 +15,8 @@ DEBIAN_PACKAGES=(
   busybox-static dnsmasq-base iputils-ping
   # a real OCI registry and the tool that fills it; xfs for the reflink benchmark
   docker-registry skopeo xfsprogs
+  # the network hub: both DHCP servers and nftables
+  isc-dhcp-server nftables
 )
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)

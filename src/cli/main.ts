@@ -5,6 +5,7 @@ import { CliError, EXIT, type ConnectOptions } from './client.js';
 import type { Format } from './output.js';
 import { vmCommand, type Io } from './vm.js';
 import { imageCommand } from './image.js';
+import { hubCommand } from './hub.js';
 
 const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 
@@ -31,9 +32,11 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   };
   const vm = vmCommand(globals, io);
   const image = imageCommand(io, () => program.opts<{ output: string }>().output, () => io === stdio && process.stderr.isTTY);
+  const hub = hubCommand(io, () => program.opts<{ output: string }>().output);
   program.addCommand(vm);
   program.addCommand(image);
-  for (const c of [program, vm, ...vm.commands, image, ...image.commands]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
+  program.addCommand(hub);
+  for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
   try {
     await program.parseAsync(argv, { from: 'user' });
     return EXIT.ok;

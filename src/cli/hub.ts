@@ -1,0 +1,78 @@
+import { Command } from 'commander';
+import { HubConfigError, loadHubConfig, type HubConfig } from '../hub/config.js';
+import { HubError, hubLeases, hubSetup, hubStatus, hubTeardown } from '../hub/hub.js';
+import { CliError, EXIT } from './client.js';
+import { table } from './output.js';
+import type { Io } from './vm.js';
+
+const FLAGS: [string, string][] = [
+  ['interface', 'LAN interface the hub makes or uses'],
+  ['mode', 'vlan (802.1Q on --parent) or bridge (single machine)'],
+  ['parent', 'parent link for vlan mode'],
+  ['vlan-id', 'VLAN id for vlan mode'],
+  ['address', "the hub's address and prefix, also the router (e.g. 192.168.10.2/25)"],
+  ['range-start', 'first DHCP address'],
+  ['range-end', 'last DHCP address'],
+  ['dns-servers', 'comma-separated DNS servers handed out'],
+  ['default-lease-time', 'seconds'],
+  ['max-lease-time', 'seconds'],
+  ['uplink', 'link towards the outside, masqueraded'],
+  ['dhcp', 'isc (isc-dhcp-server) or dnsmasq'],
+  ['state-dir', "where the hub's generated files, leases and pids live"],
+];
+
+/** `matchlock hub`: the LAN, DHCP and NAT that MicroVMs get their addresses and their way out from. */
+export function hubCommand(io: Io, output: () => string): Command {
+  const hub = new Command('hub').description('network hub: LAN interface, DHCP server, NAT to the uplink');
+  const withConfig = (c: Command) => {
+    c.option('-f, --file <hub.yaml>', 'hub config (keys as the flags name them)');
+    for (const [flag, help] of FLAGS) c.option(`--${flag} <value>`, help);
+    return c;
+  };
+  const config = (opts: Record<string, unknown>): HubConfig => {
+    const flags: Record<string, unknown> = {};
+    for (const [flag] of FLAGS) flags[flag] = opts[flag.replace(/-([a-z])/g, (_, x: string) => x.toUpperCase())];
+    try {
+      return loadHubConfig(typeof opts.file === 'string' ? opts.file : undefined, flags);
+    } catch (err) {
+      throw new CliError((err as Error).message, EXIT.usage);
+    }
+  };
+  const wrap = async (fn: () => Promise<void>) => {
+    try {
+      await fn();
+    } catch (err) {
+      if (err instanceof HubError || err instanceof HubConfigError) throw new CliError(err.message, EXIT.precondition);
+      throw err;
+    }
+  };
+  withConfig(hub.command('setup').description('bring the hub up (idempotent)')).action((o: Record<string, unknown>) =>
+    wrap(async () => {
+      const c = config(o);
+      await hubSetup(c);
+      io.out(`hub ${c.interface} up: ${c.address}, DHCP ${c.rangeStart}-${c.rangeEnd} (${c.dhcp}), NAT out of ${c.uplink}\n`);
+    }),
+  );
+  withConfig(hub.command('teardown').description('remove exactly what setup made')).action((o: Record<string, unknown>) =>
+    wrap(async () => {
+      await hubTeardown(config(o));
+      io.out('hub removed\n');
+    }),
+  );
+  withConfig(hub.command('status').description('each piece up or down, with the reason')).action((o: Record<string, unknown>) =>
+    wrap(async () => {
+      const pieces = await hubStatus(config(o));
+      if (output() === 'json') io.out(JSON.stringify(pieces, null, 2) + '\n');
+      else io.out(table([['PIECE', 'STATE', 'DETAIL'], ...pieces.map((p) => [p.piece, p.ok ? 'up' : 'down', p.detail])]));
+      if (pieces.some((p) => !p.ok)) throw new CliError('some pieces are down', EXIT.precondition);
+    }),
+  );
+  withConfig(hub.command('leases').description('current DHCP leases')).action((o: Record<string, unknown>) =>
+    wrap(async () => {
+      const leases = await hubLeases(config(o));
+      if (output() === 'json') io.out(JSON.stringify(leases, null, 2) + '\n');
+      else io.out(table([['IP', 'MAC', 'HOSTNAME', 'EXPIRES'], ...leases.map((l) => [l.ip, l.mac, l.hostname || '-', l.expires])]));
+    }),
+  );
+  return hub;
+}

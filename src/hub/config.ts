@@ -1,0 +1,135 @@
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { ipFamily, isIPv4 } from '../core/microvm/net.js';
+
+/**
+ * The network hub: one LAN for MicroVMs (an 802.1Q VLAN on a parent, or a plain bridge on a
+ * single machine) with the hub's address as router, a DHCP server for a range of it, and NAT
+ * from the LAN to an uplink.
+ */
+export interface HubConfig {
+  /** The LAN interface matchlock makes or uses (VLAN link or bridge). */
+  interface: string;
+  mode: 'vlan' | 'bridge';
+  /** vlan mode: the parent link and the VLAN id. */
+  parent?: string | undefined;
+  vlanId?: number | undefined;
+  /** The hub's address on the LAN, CIDR: 192.168.10.2/25. Also the router handed out. */
+  address: string;
+  rangeStart: string;
+  rangeEnd: string;
+  dnsServers: string[];
+  defaultLeaseSeconds: number;
+  maxLeaseSeconds: number;
+  /** Traffic from the LAN leaves through this link, masqueraded. */
+  uplink: string;
+  dhcp: 'isc' | 'dnsmasq';
+  /** Where the hub keeps its generated files, leases, pids and what setup changed. */
+  stateDir: string;
+}
+
+export class HubConfigError extends Error {
+  override name = 'HubConfigError';
+}
+
+const IFNAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
+
+function ipToInt(ip: string): number {
+  return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
+}
+export function intToIp(n: number): string {
+  return [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join('.');
+}
+
+export interface Subnet {
+  network: string;
+  netmask: string;
+  prefix: number;
+  hub: string;
+}
+
+export function subnetOf(cidr: string): Subnet {
+  const [ip = '', p = ''] = cidr.split('/');
+  const prefix = Number(p);
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+  return { network: intToIp((ipToInt(ip) & mask) >>> 0), netmask: intToIp(mask), prefix, hub: ip };
+}
+
+function inSubnet(ip: string, s: Subnet): boolean {
+  const mask = ipToInt(s.netmask);
+  return ((ipToInt(ip) & mask) >>> 0) === ipToInt(s.network);
+}
+
+/** Checks a hub config; every refusal names the key and the rule. */
+export function validateHub(c: HubConfig): HubConfig {
+  const bad = (key: string, rule: string) => new HubConfigError(`${key}: ${rule}`);
+  if (!IFNAME.test(c.interface)) throw bad('interface', 'must be a Linux interface name (1-15 letters, digits, "_", ".", "-")');
+  if (c.mode !== 'vlan' && c.mode !== 'bridge') throw bad('mode', 'must be vlan or bridge');
+  if (c.mode === 'vlan') {
+    if (!c.parent || !IFNAME.test(c.parent)) throw bad('parent', 'vlan mode needs the parent interface');
+    if (c.vlanId === undefined || !Number.isInteger(c.vlanId) || c.vlanId < 1 || c.vlanId > 4094) throw bad('vlan-id', 'must be between 1 and 4094');
+  }
+  const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(c.address);
+  if (!m?.[1] || !isIPv4(m[1]) || Number(m[2]) < 8 || Number(m[2]) > 30) throw bad('address', 'must be an IPv4 address with a prefix of /8 to /30, like 192.168.10.2/25');
+  const s = subnetOf(c.address);
+  for (const [key, ip] of [['range-start', c.rangeStart], ['range-end', c.rangeEnd]] as const) {
+    if (!isIPv4(ip)) throw bad(key, 'must be an IPv4 address');
+    if (!inSubnet(ip, s)) throw bad(key, `must be inside ${s.network}/${s.prefix}`);
+  }
+  if (ipToInt(c.rangeStart) > ipToInt(c.rangeEnd)) throw bad('range-start', 'must not be after range-end');
+  if (ipToInt(s.hub) >= ipToInt(c.rangeStart) && ipToInt(s.hub) <= ipToInt(c.rangeEnd)) throw bad('address', 'the hub address must be outside the DHCP range');
+  c.dnsServers.forEach((d, i) => {
+    if (ipFamily(d) !== 4) throw bad(`dns-servers[${i}]`, 'must be an IPv4 address');
+  });
+  if (!Number.isInteger(c.defaultLeaseSeconds) || c.defaultLeaseSeconds < 60) throw bad('default-lease-time', 'must be at least 60 seconds');
+  if (!Number.isInteger(c.maxLeaseSeconds) || c.maxLeaseSeconds < c.defaultLeaseSeconds) throw bad('max-lease-time', 'must be at least default-lease-time');
+  if (!IFNAME.test(c.uplink)) throw bad('uplink', 'must be a Linux interface name');
+  if (c.uplink === c.interface) throw bad('uplink', 'must differ from interface');
+  if (c.dhcp !== 'isc' && c.dhcp !== 'dnsmasq') throw bad('dhcp', 'must be isc or dnsmasq');
+  return c;
+}
+
+const KEYS: Record<string, keyof HubConfig> = {
+  interface: 'interface', mode: 'mode', parent: 'parent', 'vlan-id': 'vlanId', address: 'address',
+  'range-start': 'rangeStart', 'range-end': 'rangeEnd', 'dns-servers': 'dnsServers',
+  'default-lease-time': 'defaultLeaseSeconds', 'max-lease-time': 'maxLeaseSeconds', uplink: 'uplink', dhcp: 'dhcp', 'state-dir': 'stateDir',
+};
+
+/** The seed's hub: 192.168.10.0/25, hub .2, range .26-.126, isc-dhcp-server. */
+export const HUB_DEFAULTS: HubConfig = {
+  interface: 'mlhub0', mode: 'bridge', address: '192.168.10.2/25', rangeStart: '192.168.10.26', rangeEnd: '192.168.10.126',
+  dnsServers: ['8.8.8.8', '8.8.4.4'], defaultLeaseSeconds: 600, maxLeaseSeconds: 7200, uplink: 'eth0', dhcp: 'isc', stateDir: '/var/lib/matchlock/hub',
+};
+
+/** A hub config from a YAML file (keys as the flags name them) with flags over it. */
+export function loadHubConfig(file: string | undefined, flags: Partial<Record<string, unknown>>): HubConfig {
+  const raw: Record<string, unknown> = {};
+  if (file) {
+    let doc: unknown;
+    try {
+      doc = parseYaml(readFileSync(file, 'utf8'));
+    } catch (err) {
+      throw new HubConfigError(`${file}: ${(err as Error).message.split('\n')[0] ?? ''}`);
+    }
+    if (doc !== null && doc !== undefined) {
+      if (typeof doc !== 'object' || Array.isArray(doc)) throw new HubConfigError(`${file}: must be a mapping`);
+      for (const [k, v] of Object.entries(doc)) {
+        if (!(k in KEYS)) throw new HubConfigError(`${file}: unknown key "${k}"`);
+        raw[k] = v;
+      }
+    }
+  }
+  for (const [k, v] of Object.entries(flags)) if (v !== undefined) raw[k] = v;
+  const out: Record<string, unknown> = { ...HUB_DEFAULTS };
+  for (const [k, v] of Object.entries(raw)) {
+    const prop = KEYS[k];
+    if (!prop) throw new HubConfigError(`unknown key "${k}"`);
+    if (prop === 'vlanId' || prop === 'defaultLeaseSeconds' || prop === 'maxLeaseSeconds') {
+      const n = Number(v);
+      if (!Number.isInteger(n)) throw new HubConfigError(`${k}: must be a whole number`);
+      out[prop] = n;
+    } else if (prop === 'dnsServers') out[prop] = Array.isArray(v) ? v.map(String) : String(v).split(',').map((x) => x.trim()).filter(Boolean);
+    else out[prop] = String(v);
+  }
+  return validateHub(out as unknown as HubConfig);
+}

@@ -1,0 +1,223 @@
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { mkdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { run } from '../adapters/exec.js';
+import { pidAlive, processMentions } from '../adapters/vmm/process.js';
+import { subnetOf, type HubConfig } from './config.js';
+import { dhcpdConf, dnsmasqArgs, nftRuleset, NFT_TABLE } from './render.js';
+
+export class HubError extends Error {
+  override name = 'HubError';
+}
+
+/** What setup changed, so teardown undoes exactly that and nothing else. */
+interface HubState {
+  createdLink: boolean;
+  addedAddress: boolean;
+  /** ip_forward before setup, when setup changed it. */
+  ipForwardBefore?: string | undefined;
+  nft: boolean;
+  dhcp?: { backend: 'isc' | 'dnsmasq'; pid: number } | undefined;
+  files: string[];
+}
+
+const IP_FORWARD = '/proc/sys/net/ipv4/ip_forward';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function hubFiles(c: HubConfig) {
+  const f = (n: string) => join(c.stateDir, n);
+  return { state: f('hub-state.json'), conf: f('dhcpd.conf'), iscLeases: f('dhcpd.leases'), dnsmasqLeases: f('dnsmasq.leases'), pid: f('dhcp.pid'), log: f('dhcp.log') };
+}
+
+async function linkExists(name: string): Promise<{ up: boolean } | undefined> {
+  try {
+    const { stdout } = await run('ip', ['-json', 'link', 'show', 'dev', name]);
+    const [l] = JSON.parse(stdout) as { flags?: string[] }[];
+    return l ? { up: l.flags?.includes('UP') ?? false } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function hasAddress(name: string, cidr: string): Promise<boolean> {
+  const { stdout } = await run('ip', ['-json', 'addr', 'show', 'dev', name]);
+  const [l] = JSON.parse(stdout) as { addr_info?: { local: string; prefixlen: number }[] }[];
+  return (l?.addr_info ?? []).some((a) => `${a.local}/${a.prefixlen}` === cidr);
+}
+
+async function readState(c: HubConfig): Promise<HubState | undefined> {
+  try {
+    return JSON.parse(await readFile(hubFiles(c).state, 'utf8')) as HubState;
+  } catch {
+    return undefined;
+  }
+}
+
+function dhcpRunning(state: HubState | undefined, c: HubConfig): boolean {
+  const d = state?.dhcp;
+  return !!d && pidAlive(d.pid) && processMentions(d.pid, c.stateDir);
+}
+
+/**
+ * Brings the hub up from its config: LAN link, address, IP forwarding, NAT, DHCP server.
+ * Idempotent: what is already right is left alone, and what setup itself made is recorded.
+ */
+export async function hubSetup(c: HubConfig): Promise<void> {
+  const files = hubFiles(c);
+  await mkdir(c.stateDir, { recursive: true, mode: 0o750 });
+  const state: HubState = (await readState(c)) ?? { createdLink: false, addedAddress: false, nft: false, files: [] };
+  const save = () => writeFile(files.state, JSON.stringify(state, null, 1));
+  const own = (p: string) => {
+    if (!state.files.includes(p)) state.files.push(p);
+  };
+  own(files.state);
+
+  if (!(await linkExists(c.uplink))) throw new HubError(`uplink ${c.uplink} not found: name the interface that leads out of this host`);
+  if (!(await linkExists(c.interface))) {
+    if (c.mode === 'vlan') {
+      if (!(await linkExists(c.parent ?? ''))) throw new HubError(`parent ${c.parent} for the VLAN not found`);
+      try {
+        await run('ip', ['link', 'add', 'link', c.parent ?? '', 'name', c.interface, 'type', 'vlan', 'id', String(c.vlanId)]);
+      } catch (err) {
+        if (/Unknown device type|not supported/i.test((err as Error).message)) {
+          throw new HubError(`this kernel cannot make 802.1Q VLAN links (ip link add … type vlan: Unknown device type); for a hub on one machine use mode: bridge`);
+        }
+        throw err;
+      }
+    } else {
+      await run('ip', ['link', 'add', c.interface, 'type', 'bridge']);
+    }
+    state.createdLink = true;
+    await save();
+  }
+  await run('ip', ['link', 'set', 'dev', c.interface, 'up']);
+  if (!(await hasAddress(c.interface, c.address))) {
+    await run('ip', ['addr', 'add', c.address, 'dev', c.interface]);
+    state.addedAddress = true;
+    await save();
+  }
+  const forward = (await readFile(IP_FORWARD, 'utf8')).trim();
+  if (forward !== '1') {
+    state.ipForwardBefore ??= forward;
+    await writeFile(IP_FORWARD, '1\n');
+    await save();
+  }
+  // Replace the table as a whole in one transaction: re-running never duplicates rules.
+  await run('nft', ['-f', '-'], { input: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n${nftRuleset(c)}` });
+  state.nft = true;
+  await save();
+
+  const wanted = c.dhcp === 'isc' ? dhcpdConf(c) : dnsmasqArgs(c, files.dnsmasqLeases, files.pid).join('\n');
+  const current = await readFile(files.conf, 'utf8').catch(() => '');
+  if (dhcpRunning(state, c) && current === wanted && state.dhcp?.backend === c.dhcp) return;
+  await stopDhcp(state);
+  await writeFile(files.conf, wanted);
+  own(files.conf);
+  const leases = c.dhcp === 'isc' ? files.iscLeases : files.dnsmasqLeases;
+  if (!existsSync(leases)) await writeFile(leases, '');
+  own(leases);
+  own(files.log);
+  own(files.pid);
+  const log = openSync(files.log, 'a');
+  const [cmd, args] = c.dhcp === 'isc'
+    ? ['dhcpd', ['-4', '-f', '-cf', files.conf, '-lf', files.iscLeases, '-pf', files.pid, c.interface]] as const
+    : ['dnsmasq', dnsmasqArgs(c, files.dnsmasqLeases, files.pid)] as const;
+  const child = spawn(cmd, [...args], { detached: true, stdio: ['ignore', log, log] });
+  closeSync(log);
+  child.unref();
+  const exited = new Promise<number | null>((r) => child.once('exit', r));
+  const early = await Promise.race([exited, sleep(500).then(() => 'running' as const)]);
+  if (early !== 'running' || child.pid === undefined) {
+    const out = (await readFile(files.log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' ');
+    throw new HubError(`${cmd} exited at once: ${out}`);
+  }
+  state.dhcp = { backend: c.dhcp, pid: child.pid };
+  await save();
+}
+
+async function stopDhcp(state: HubState): Promise<void> {
+  const pid = state.dhcp?.pid;
+  if (pid && pidAlive(pid)) {
+    process.kill(pid, 'SIGTERM');
+    for (let i = 0; i < 50 && pidAlive(pid); i++) await sleep(100);
+    if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
+  }
+  state.dhcp = undefined;
+}
+
+/** Undoes what setup recorded, in reverse order; what setup did not make is left alone. */
+export async function hubTeardown(c: HubConfig): Promise<void> {
+  const state = await readState(c);
+  if (!state) return;
+  await stopDhcp(state);
+  if (state.nft) await run('nft', ['-f', '-'], { input: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n` });
+  if (state.ipForwardBefore !== undefined) await writeFile(IP_FORWARD, `${state.ipForwardBefore}\n`);
+  if (state.addedAddress && !state.createdLink && (await linkExists(c.interface))) await run('ip', ['addr', 'del', c.address, 'dev', c.interface]);
+  if (state.createdLink && (await linkExists(c.interface))) await run('ip', ['link', 'del', 'dev', c.interface]);
+  for (const f of state.files) await rm(f, { force: true });
+  await rmdir(c.stateDir).catch(() => undefined);
+}
+
+export interface Piece {
+  piece: string;
+  ok: boolean;
+  detail: string;
+}
+
+/** Each piece of the hub up or down, with the reason. */
+export async function hubStatus(c: HubConfig): Promise<Piece[]> {
+  const state = await readState(c);
+  const out: Piece[] = [];
+  const link = await linkExists(c.interface);
+  out.push({ piece: 'interface', ok: !!link?.up, detail: link ? `${c.interface} ${link.up ? 'up' : 'down'}` : `${c.interface} missing` });
+  const addr = link ? await hasAddress(c.interface, c.address) : false;
+  out.push({ piece: 'address', ok: addr, detail: addr ? `${c.address} on ${c.interface}` : `${c.address} not on ${c.interface}` });
+  const up = await linkExists(c.uplink);
+  out.push({ piece: 'uplink', ok: !!up?.up, detail: up ? `${c.uplink} ${up.up ? 'up' : 'down'}` : `${c.uplink} missing` });
+  const fwd = (await readFile(IP_FORWARD, 'utf8')).trim() === '1';
+  out.push({ piece: 'ip-forward', ok: fwd, detail: `net.ipv4.ip_forward = ${fwd ? 1 : 0}` });
+  const nft = await run('nft', ['list', 'table', 'ip', NFT_TABLE]).then((r) => r.stdout, () => '');
+  const s = subnetOf(c.address);
+  const nat = nft.includes('masquerade') && nft.includes(`${s.network}/${s.prefix}`) && nft.includes(`"${c.uplink}"`);
+  out.push({ piece: 'nat', ok: nat, detail: nat ? `table ip ${NFT_TABLE}: masquerade ${s.network}/${s.prefix} out of ${c.uplink}` : `table ip ${NFT_TABLE} missing or without the masquerade rule` });
+  const dhcp = dhcpRunning(state, c);
+  out.push({ piece: 'dhcp', ok: dhcp, detail: dhcp ? `${state?.dhcp?.backend} pid ${state?.dhcp?.pid}` : `no ${c.dhcp} server running for this hub` });
+  return out;
+}
+
+export interface Lease {
+  ip: string;
+  mac: string;
+  hostname: string;
+  expires: string;
+}
+
+/** Current leases from the backend's lease file (isc: the last block for an IP wins). */
+export async function hubLeases(c: HubConfig, now = Date.now()): Promise<Lease[]> {
+  const files = hubFiles(c);
+  if (c.dhcp === 'dnsmasq') {
+    const text = await readFile(files.dnsmasqLeases, 'utf8').catch(() => '');
+    return text.split('\n').filter(Boolean).map((l) => {
+      const [exp = '0', mac = '', ip = '', host = '*'] = l.split(' ');
+      return { ip, mac: mac.toLowerCase(), hostname: host === '*' ? '' : host, expires: new Date(Number(exp) * 1000).toISOString() };
+    }).filter((l) => Date.parse(l.expires) > now);
+  }
+  return parseIscLeases(await readFile(files.iscLeases, 'utf8').catch(() => ''), now);
+}
+
+export function parseIscLeases(text: string, now = Date.now()): Lease[] {
+  const byIp = new Map<string, Lease & { active: boolean }>();
+  for (const m of text.matchAll(/lease\s+(\S+)\s*\{([^}]*)\}/g)) {
+    const body = m[2] ?? '';
+    const ends = /ends\s+\d\s+(\d+\/\d+\/\d+ \d+:\d+:\d+);/.exec(body)?.[1];
+    byIp.set(m[1] ?? '', {
+      ip: m[1] ?? '',
+      mac: (/hardware ethernet ([0-9a-fA-F:]+);/.exec(body)?.[1] ?? '').toLowerCase(),
+      hostname: /client-hostname "([^"]*)";/.exec(body)?.[1] ?? '',
+      expires: ends ? new Date(`${ends.replace(/\//g, '-').replace(' ', 'T')}Z`).toISOString() : '',
+      active: /binding state active;/.test(body),
+    });
+  }
+  return [...byIp.values()].filter((l) => l.active && (!l.expires || Date.parse(l.expires) > now)).map(({ active: _a, ...l }) => l);
+}

@@ -1,0 +1,170 @@
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { HUB_DEFAULTS, loadHubConfig, validateHub } from '../../src/hub/config.js';
+import { parseIscLeases } from '../../src/hub/hub.js';
+import { dhcpdConf } from '../../src/hub/render.js';
+import { ROOT, tempDir } from '../helpers/daemon.js';
+
+describe('hub config', () => {
+  const tmp = tempDir('hubconf');
+  after(() => tmp.remove());
+
+  it("writes the seed's dhcpd.conf field by field, and dhcpd -t accepts it", (t) => {
+    const conf = dhcpdConf({ ...HUB_DEFAULTS });
+    const lines = conf.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+    assert.deepEqual(lines, [
+      'default-lease-time 600;',
+      'max-lease-time 7200;',
+      'authoritative;',
+      'subnet 192.168.10.0 netmask 255.255.255.128 {',
+      'range 192.168.10.26 192.168.10.126;',
+      'option routers 192.168.10.2;',
+      'option domain-name-servers 8.8.8.8, 8.8.4.4;',
+      '}',
+    ]);
+    const file = join(tmp.path, 'dhcpd.conf');
+    writeFileSync(file, conf);
+    const check = spawnSync('dhcpd', ['-t', '-4', '-cf', file], { encoding: 'utf8' });
+    if (check.error && !process.env.CI) {
+      t.skip('dhcpd is not installed (scripts/install-deps.sh)');
+      return;
+    }
+    assert.equal(check.status, 0, check.stderr);
+    writeFileSync(file, conf.replace('range 192.168.10.26', 'range 192.168.10.260'));
+    assert.notEqual(spawnSync('dhcpd', ['-t', '-4', '-cf', file]).status, 0, 'dhcpd -t does reject a broken file');
+  });
+
+  it('refuses bad hub settings naming the key', () => {
+    const bad = (over: Record<string, unknown>, re: RegExp) => assert.throws(() => validateHub({ ...HUB_DEFAULTS, ...over }), re);
+    bad({ address: '192.168.10.2' }, /^HubConfigError: address: /);
+    bad({ rangeStart: '192.168.10.200' }, /range-start: must be inside 192\.168\.10\.0\/25/);
+    bad({ rangeStart: '192.168.10.100', rangeEnd: '192.168.10.50' }, /range-start: must not be after range-end/);
+    bad({ address: '192.168.10.30/25' }, /address: the hub address must be outside the DHCP range/);
+    bad({ mode: 'vlan' }, /parent: vlan mode needs the parent interface/);
+    bad({ mode: 'vlan', parent: 'eth1', vlanId: 5000 }, /vlan-id: must be between 1 and 4094/);
+    bad({ dnsServers: ['dns'] }, /dns-servers\[0\]: must be an IPv4 address/);
+    bad({ uplink: 'mlhub0' }, /uplink: must differ from interface/);
+    bad({ dhcp: 'kea' }, /dhcp: must be isc or dnsmasq/);
+    const file = join(tmp.path, 'hub.yaml');
+    writeFileSync(file, 'address: 10.0.0.1/24\nrange-start: 10.0.0.10\nrange-end: 10.0.0.20\nuplink: up0\nflavour: x\n');
+    assert.throws(() => loadHubConfig(file, {}), /unknown key "flavour"/);
+    writeFileSync(file, 'address: 10.0.0.1/24\nrange-start: 10.0.0.10\nrange-end: 10.0.0.20\nuplink: up0\n');
+    assert.equal(loadHubConfig(file, { dhcp: 'dnsmasq' }).dhcp, 'dnsmasq');
+  });
+
+  it('reads isc leases: the last block for an address wins, expired and freed ones are left out', () => {
+    const text = [
+      'lease 192.168.10.30 { starts 5 2026/11/27 10:00:00; ends 5 2099/11/27 10:10:00; binding state active; hardware ethernet 02:00:00:00:00:01; client-hostname "old"; }',
+      'lease 192.168.10.30 { starts 5 2026/11/27 10:05:00; ends 5 2099/11/27 10:15:00; binding state active; hardware ethernet 02:00:00:00:00:01; client-hostname "vm-a"; }',
+      'lease 192.168.10.31 { starts 5 2026/11/27 10:00:00; ends 5 2020/11/27 10:10:00; binding state active; hardware ethernet 02:00:00:00:00:02; }',
+      'lease 192.168.10.32 { starts 5 2026/11/27 10:00:00; ends 5 2099/11/27 10:10:00; binding state free; hardware ethernet 02:00:00:00:00:03; }',
+    ].join('\n');
+    assert.deepEqual(parseIscLeases(text), [{ ip: '192.168.10.30', mac: '02:00:00:00:00:01', hostname: 'vm-a', expires: '2099-11-27T10:15:00.000Z' }]);
+  });
+});
+
+const need = ['dhcpd', 'dnsmasq', 'nft', 'busybox', 'ip'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
+const skip = process.getuid?.() !== 0 ? 'needs root' : need.length ? `missing: ${need.join(', ')}` : false;
+
+describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : false }, () => {
+  const id = randomBytes(3).toString('hex');
+  const hub = `mlh-${id}`;
+  const up = `mlu-${id}`;
+  const cl = `mlc-${id}`;
+  const tmp = tempDir('hub');
+  const ip = (...a: string[]) => execFileSync('ip', a, { encoding: 'utf8' });
+  const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
+  const script = join(tmp.path, 'udhcpc.sh');
+  before(() => {
+    assert.equal(skip, false, String(skip));
+    for (const ns of [hub, up, cl]) {
+      ip('netns', 'add', ns);
+      ip('-n', ns, 'link', 'set', 'lo', 'up');
+    }
+    // hub <-> uplink, and the uplink has no route back to the LAN: only NAT makes replies return.
+    ip('-n', hub, 'link', 'add', 'up0', 'type', 'veth', 'peer', 'name', 'srv0', 'netns', up);
+    ip('-n', hub, 'addr', 'add', '10.99.0.1/24', 'dev', 'up0');
+    ip('-n', hub, 'link', 'set', 'up0', 'up');
+    ip('-n', up, 'addr', 'add', '10.99.0.2/24', 'dev', 'srv0');
+    ip('-n', up, 'link', 'set', 'srv0', 'up');
+    // client <-> hub: the hub end joins the LAN bridge once setup made it.
+    ip('-n', cl, 'link', 'add', 'c0', 'type', 'veth', 'peer', 'name', 'hc0', 'netns', hub);
+    ip('-n', hub, 'link', 'set', 'hc0', 'up');
+    writeFileSync(script, '#!/bin/sh\ncase "$1" in bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"; ip route replace default via "${router%% *}";; esac\n');
+    chmodSync(script, 0o755);
+  });
+  after(() => {
+    for (const ns of [cl, hub, up]) spawnSync('ip', ['netns', 'del', ns]);
+    tmp.remove();
+  });
+
+  // IPv6 link-local addresses come and go with carrier (the kernel makes them), so they are left
+  // out; everything the hub could have changed is compared.
+  const snapshot = () => ({
+    links: (JSON.parse(ip('-n', hub, '-json', 'link', 'show')) as { ifname: string; flags: string[]; master?: string }[]).map((l) => [l.ifname, l.flags.filter((f) => f !== 'LOWER_UP' && f !== 'NO-CARRIER').join(','), l.master ?? '']),
+    addrs: (JSON.parse(ip('-n', hub, '-json', 'addr', 'show')) as { ifname: string; addr_info: { local: string; prefixlen: number }[] }[]).map((l) => [l.ifname, l.addr_info.filter((a) => !a.local.startsWith('fe80:')).map((a) => `${a.local}/${a.prefixlen}`).join(',')]),
+    nft: inNs(hub, 'nft', 'list', 'ruleset').stdout,
+    forward: inNs(hub, 'cat', '/proc/sys/net/ipv4/ip_forward').stdout,
+  });
+
+  for (const dhcp of ['isc', 'dnsmasq'] as const) {
+    it(`with ${dhcp}: a client gets a lease from the range, reaches the uplink through NAT, hub leases lists it; teardown restores the namespace`, () => {
+      const cli = (...a: string[]) => inNs(hub, process.execPath, join(ROOT, 'bin/matchlock.js'), ...a);
+      const flags = ['--interface', 'mlbr0', '--mode', 'bridge', '--address', '192.168.10.2/25', '--range-start', '192.168.10.26', '--range-end', '192.168.10.126', '--uplink', 'up0', '--dhcp', dhcp, '--state-dir', join(tmp.path, `state-${dhcp}`)];
+      const before = snapshot();
+      const setup = cli('hub', 'setup', ...flags);
+      assert.equal(setup.status, 0, setup.stderr);
+      assert.equal(cli('hub', 'setup', ...flags).status, 0, 'setup is idempotent');
+      ip('-n', hub, 'link', 'set', 'hc0', 'master', 'mlbr0');
+      const status = cli('-o', 'json', 'hub', 'status', ...flags);
+      assert.equal(status.status, 0, status.stdout + status.stderr);
+      assert.ok((JSON.parse(status.stdout) as { ok: boolean }[]).every((p) => p.ok));
+
+      ip('-n', cl, 'link', 'set', 'c0', 'up');
+      const mac = (JSON.parse(ip('-n', cl, '-json', 'link', 'show', 'c0')) as { address: string }[])[0]?.address ?? '';
+      const dhcpc = inNs(cl, 'busybox', 'udhcpc', '-i', 'c0', '-s', script, '-q', '-n', '-t', '10', '-T', '1');
+      assert.equal(dhcpc.status, 0, dhcpc.stderr);
+      const addr = (JSON.parse(ip('-n', cl, '-json', 'addr', 'show', 'c0')) as { addr_info: { family: string; local: string }[] }[])[0]?.addr_info.find((a) => a.family === 'inet')?.local ?? '';
+      const last = Number(addr.split('.')[3]);
+      assert.ok(addr.startsWith('192.168.10.') && last >= 26 && last <= 126, `lease ${addr} in the range`);
+      assert.equal(inNs(cl, 'ping', '-c', '1', '-W', '2', '10.99.0.2').status, 0, 'the uplink answers through NAT');
+
+      const leases = cli('-o', 'json', 'hub', 'leases', ...flags);
+      assert.equal(leases.status, 0, leases.stderr);
+      assert.ok((JSON.parse(leases.stdout) as { ip: string; mac: string }[]).some((l) => l.ip === addr && l.mac === mac), leases.stdout);
+
+      // One piece broken at a time shows in status.
+      inNs(hub, 'nft', 'flush', 'table', 'ip', 'matchlock_hub');
+      const broken = cli('-o', 'json', 'hub', 'status', ...flags);
+      assert.notEqual(broken.status, 0);
+      assert.deepEqual((JSON.parse(broken.stdout) as { piece: string; ok: boolean }[]).filter((p) => !p.ok).map((p) => p.piece), ['nat']);
+
+      ip('-n', cl, 'addr', 'flush', 'dev', 'c0');
+      ip('-n', cl, 'link', 'set', 'c0', 'down');
+      const down = cli('hub', 'teardown', ...flags);
+      assert.equal(down.status, 0, down.stderr);
+      const afterTeardown = snapshot();
+      assert.deepEqual(afterTeardown.links, before.links);
+      assert.deepEqual(afterTeardown.addrs, before.addrs);
+      assert.deepEqual([afterTeardown.nft, afterTeardown.forward], [before.nft, before.forward]);
+      assert.equal(spawnSync('pgrep', ['-f', join(tmp.path, `state-${dhcp}`)]).status, 1, 'no DHCP server left');
+    });
+  }
+
+  it('fails clearly where the kernel has no 802.1Q, naming the bridge alternative, and leaves nothing', () => {
+    const before = snapshot();
+    const r = inNs(hub, process.execPath, join(ROOT, 'bin/matchlock.js'), 'hub', 'setup', '--interface', 'up0.100', '--mode', 'vlan', '--parent', 'up0', '--vlan-id', '100', '--uplink', 'up0', '--state-dir', join(tmp.path, 'state-vlan'));
+    const vlanWorks = r.status === 0;
+    if (vlanWorks) {
+      // A kernel with 802.1Q: then setup must have made the VLAN link; undo it.
+      assert.equal(inNs(hub, process.execPath, join(ROOT, 'bin/matchlock.js'), 'hub', 'teardown', '--interface', 'up0.100', '--mode', 'vlan', '--parent', 'up0', '--vlan-id', '100', '--uplink', 'up0', '--state-dir', join(tmp.path, 'state-vlan')).status, 0);
+    } else {
+      assert.match(r.stderr, /cannot make 802\.1Q VLAN links .*use mode: bridge/);
+    }
+    assert.deepEqual(snapshot(), before);
+  });
+});
