@@ -6,6 +6,7 @@ import type { Format } from './output.js';
 import { vmCommand, type Io } from './vm.js';
 import { imageCommand } from './image.js';
 import { hubCommand } from './hub.js';
+import { inspectCommand } from './inspect.js';
 
 const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 
@@ -36,7 +37,9 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   program.addCommand(vm);
   program.addCommand(image);
   program.addCommand(hub);
-  for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
+  const inspect = inspectCommand(io, () => program.opts<{ output: string }>().output, () => program.opts<{ token?: string }>().token);
+  program.addCommand(inspect);
+  for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands, inspect]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
   try {
     await program.parseAsync(argv, { from: 'user' });
     return EXIT.ok;

@@ -1,0 +1,63 @@
+import { Command } from 'commander';
+import { DEFAULT_CONFIG_PATH, loadConfig } from '../daemon/config.js';
+import { HubConfigError, loadHubConfig } from '../hub/config.js';
+import { hubLeases } from '../hub/hub.js';
+import { inspectHost, inspectHub, type Check } from '../host/inspect.js';
+import { CliError, EXIT } from './client.js';
+import { table } from './output.js';
+import type { Io } from './vm.js';
+
+const HUB_FLAGS = ['interface', 'mode', 'parent', 'vlan-id', 'address', 'range-start', 'range-end', 'dns-servers', 'uplink', 'dhcp', 'state-dir'];
+const camel = (k: string) => k.replace(/-([a-z])/g, (_, x: string) => x.toUpperCase());
+
+/**
+ * `matchlock inspect`: every check of the operators' walkthrough as ok / warn / fail with its
+ * evidence and, for a failure, the fix. Exits 1 when any check fails.
+ */
+export function inspectCommand(io: Io, output: () => string, token: () => string | undefined): Command {
+  const cmd = new Command('inspect')
+    .description('check this host (and with --hub the network hub) the way operators do by hand')
+    .option('--config <path>', `matchlockd config file (default ${DEFAULT_CONFIG_PATH})`)
+    .option('--daemon-state-dir <dir>', "matchlockd's state dir (overrides the config)")
+    .option('--grpc-endpoint <endpoint>', "matchlockd's endpoint (overrides the config)")
+    .option('--bridge-name <name>', "matchlockd's bridge (overrides the config)")
+    .option('--hub', 'also check the network hub')
+    .option('--hub-file <hub.yaml>', 'hub config for --hub');
+  for (const f of HUB_FLAGS) cmd.option(`--hub-${f} <value>`, `hub ${f} for --hub`);
+  cmd.action(async (o: Record<string, unknown>) => {
+    const flags: Record<string, unknown> = {};
+    if (o.daemonStateDir) flags['state-dir'] = o.daemonStateDir;
+    if (o.grpcEndpoint) flags['grpc-endpoint'] = o.grpcEndpoint;
+    if (o.bridgeName) flags['bridge-name'] = o.bridgeName;
+    let cfg;
+    try {
+      cfg = loadConfig({ flags, file: { path: typeof o.config === 'string' ? o.config : DEFAULT_CONFIG_PATH, explicit: typeof o.config === 'string' }, env: process.env });
+    } catch (err) {
+      throw new CliError((err as Error).message, EXIT.usage);
+    }
+    const checks: Check[] = [];
+    let leases;
+    if (o.hub) {
+      const hubFlags: Record<string, unknown> = {};
+      for (const f of HUB_FLAGS) hubFlags[f] = o[camel(`hub-${f}`)];
+      let hub;
+      try {
+        hub = loadHubConfig(typeof o.hubFile === 'string' ? o.hubFile : undefined, hubFlags);
+      } catch (err) {
+        if (err instanceof HubConfigError) throw new CliError(err.message, EXIT.usage);
+        throw err;
+      }
+      checks.push(...(await inspectHub(hub)));
+      leases = await hubLeases(hub);
+    }
+    checks.unshift(...(await inspectHost(cfg, { token: token(), leases })));
+    if (output() === 'json') io.out(JSON.stringify(checks, null, 2) + '\n');
+    else {
+      io.out(table([['STATUS', 'CHECK', 'EVIDENCE'], ...checks.map((c) => [c.status.toUpperCase(), c.check, c.evidence + (c.fix ? `  -> fix: ${c.fix}` : '')])]));
+      const n = (v: string) => checks.filter((c) => c.status === v).length;
+      io.out(`\n${n('ok')} ok, ${n('warn')} warn, ${n('fail')} fail\n`);
+    }
+    if (checks.some((c) => c.status === 'fail')) throw new CliError(`${checks.filter((c) => c.status === 'fail').length} check(s) failed`, EXIT.error);
+  });
+  return cmd;
+}

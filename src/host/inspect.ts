@@ -1,0 +1,166 @@
+import { create } from '@bufbuild/protobuf';
+import { accessSync, constants, existsSync, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { run } from '../adapters/exec.js';
+import { SqliteStore } from '../adapters/store/sqlite/store.js';
+import { pidAlive, processMentions } from '../adapters/vmm/process.js';
+import { vmDir } from '../core/plan/host-runtime.js';
+import { guestMac, hostDeviceName } from '../core/microvm/host-names.js';
+import type { MicroVM } from '../core/microvm/types.js';
+import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
+import { connect } from '../cli/client.js';
+import type { DaemonConfig } from '../daemon/config.js';
+import { binaryFor, findBinary } from '../daemon/providers.js';
+import { DEFAULT_PROVIDER_ORDER } from '../core/providers.js';
+import type { HubConfig } from '../hub/config.js';
+import { hubLeases, hubStatus, type Lease } from '../hub/hub.js';
+
+export type Verdict = 'ok' | 'warn' | 'fail';
+
+export interface Check {
+  check: string;
+  status: Verdict;
+  evidence: string;
+  fix?: string | undefined;
+}
+
+const ok = (check: string, evidence: string): Check => ({ check, status: 'ok', evidence });
+const warn = (check: string, evidence: string, fix?: string): Check => ({ check, status: 'warn', evidence, fix });
+const fail = (check: string, evidence: string, fix: string): Check => ({ check, status: 'fail', evidence, fix });
+
+async function linkInfo(name: string): Promise<{ master?: string | undefined; up: boolean } | undefined> {
+  try {
+    const { stdout } = await run('ip', ['-json', 'link', 'show', 'dev', name]);
+    const [l] = JSON.parse(stdout) as { master?: string; flags?: string[] }[];
+    return l ? { master: l.master, up: l.flags?.includes('UP') ?? false } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The host as operators check it by hand: daemon, VMMs, /dev/kvm, stores, and every MicroVM. */
+export async function inspectHost(cfg: DaemonConfig, opts: { token?: string | undefined; leases?: Lease[] | undefined }): Promise<Check[]> {
+  const checks: Check[] = [];
+
+  // Daemon reachable on its endpoint, with the auth and TLS it is configured for.
+  const host = cfg.grpcEndpoint;
+  const tls = cfg.tlsCert !== '';
+  try {
+    if (tls) throw new Error('TLS endpoints are checked with the CLI (matchlock --tls-ca … vm list)');
+    const c = connect({ host, token: opts.token ?? cfg.basicAuthToken, timeoutMs: 3000 });
+    try {
+      await c.listMicroVMs(create(ListMicroVMsRequestSchema, {}));
+    } finally {
+      c.close();
+    }
+    checks.push(ok('daemon', `matchlockd answers on ${host} (${tls ? 'TLS' : 'plaintext'}, ${cfg.basicAuthToken ? 'token auth' : 'no auth'})`));
+  } catch (err) {
+    checks.push(fail('daemon', `no answer from matchlockd on ${host}: ${(err as Error).message.split('\n')[0]}`, 'start it: systemctl start matchlockd (or matchlockd run --config /etc/matchlock/config.yaml)'));
+  }
+
+  for (const p of DEFAULT_PROVIDER_ORDER) {
+    const bin = binaryFor(cfg, p);
+    const found = findBinary(bin);
+    if (!found) {
+      const isDefault = cfg.defaultProvider === p;
+      checks.push((isDefault ? fail : warn)(`vmm ${p}`, `"${bin}" not found`, `install ${p === 'qemu' ? 'qemu-system-x86' : p} or set --${p}-bin`));
+      continue;
+    }
+    const version = await run(found, ['--version']).then((r) => r.stdout.split('\n')[0] ?? '', () => 'version unknown');
+    checks.push(ok(`vmm ${p}`, `${found}: ${version}`));
+  }
+
+  try {
+    closeSync(openSync('/dev/kvm', 'r+'));
+    checks.push(cfg.qemuAccel === 'kvm' ? ok('kvm', '/dev/kvm opens read-write; qemu-accel is kvm') : warn('kvm', '/dev/kvm opens, but qemu-accel is tcg', 'if guests run under KVM here, set qemu-accel: kvm (it is never guessed)'));
+  } catch (err) {
+    const msg = `/dev/kvm: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+    checks.push(cfg.qemuAccel === 'kvm' ? fail('kvm', msg, 'load kvm (modprobe kvm_intel or kvm_amd) or set qemu-accel: tcg') : ok('kvm', `${msg}; qemu-accel is tcg, so not needed`));
+  }
+
+  const images = join(cfg.stateDir, 'images');
+  try {
+    accessSync(cfg.stateDir, constants.W_OK);
+    const refs = existsSync(join(images, 'refs')) ? readdirSync(join(images, 'refs')).length : 0;
+    checks.push(ok('image store', `${images}: ${refs} image reference(s)`));
+  } catch {
+    checks.push(fail('image store', `${cfg.stateDir} is missing or not writable`, `mkdir -p -m 0750 ${cfg.stateDir}`));
+  }
+  if (cfg.thinpool) {
+    const info = await run(cfg.dmsetupBin, ['info', cfg.thinpool]).then(() => true, () => false);
+    checks.push(info ? ok('thin pool', `${cfg.thinpool} is active`) : fail('thin pool', `dmsetup info ${cfg.thinpool} failed`, `create the pool (flintlock's provision script) or unset thinpool`));
+  }
+
+  // Every MicroVM, from the store itself, so this works when the daemon is down.
+  let vms: MicroVM[] = [];
+  const dbPath = join(cfg.stateDir, 'matchlock.db');
+  if (existsSync(dbPath)) {
+    const db = new SqliteStore(dbPath);
+    try {
+      vms = db.list({});
+    } finally {
+      db.close();
+    }
+  }
+  for (const vm of vms) checks.push(...(await inspectVm(cfg, vm, opts.leases)));
+  return checks;
+}
+
+async function inspectVm(cfg: DaemonConfig, vm: MicroVM, leases: Lease[] | undefined): Promise<Check[]> {
+  const id = `vm ${vm.spec.namespace}/${vm.spec.name} (${vm.uid})`;
+  const out: Check[] = [];
+  const s = vm.status;
+  if (s.state === 'CREATED') out.push(ok(`${id} state`, `CREATED${s.guestBooted ? ', guest booted' : ''}`));
+  else if (s.state === 'FAILED') out.push(fail(`${id} state`, `FAILED after ${s.retry} attempts: ${s.lastError}`, `fix the cause, then delete and recreate it (matchlock vm delete ${vm.uid})`));
+  else out.push(warn(`${id} state`, `${s.state}${s.lastError ? `: ${s.lastError}` : ''}`, s.lastError ? 'see last error; matchlockd retries with back-off' : undefined));
+  if (s.state === 'DELETING' || s.state === 'FAILED') return out;
+
+  const dir = vmDir(cfg.stateDir, vm);
+  const files = ['qemu.pid', 'console.log', 'cidata.img'];
+  const missing = files.filter((f) => !existsSync(join(dir, f)));
+  out.push(missing.length ? fail(`${id} files`, `${dir} lacks ${missing.join(', ')}`, 'matchlockd recreates them on its next reconcile; restart it to reconcile now') : ok(`${id} files`, `${dir}: ${files.join(', ')}`));
+
+  let pid = 0;
+  try {
+    pid = Number(readFileSync(join(dir, 'qemu.pid'), 'utf8').trim());
+  } catch {
+    pid = 0;
+  }
+  const alive = pid > 0 && pidAlive(pid) && processMentions(pid, dir);
+  out.push(alive ? ok(`${id} vmm`, `qemu pid ${pid} running`) : fail(`${id} vmm`, `no VMM process${pid ? ` (pid ${pid} is gone)` : ''}`, 'matchlockd restarts it when it is running; check qemu.stderr and console.log in the VM directory'));
+
+  for (const [n, iface] of vm.spec.interfaces.entries()) {
+    const name = hostDeviceName(vm, n);
+    const link = await linkInfo(name);
+    const bridge = iface.overrides?.bridgeName ?? cfg.bridgeName;
+    if (!link) out.push(fail(`${id} interface ${iface.deviceId}`, `${name} missing`, 'matchlockd recreates it on its next reconcile (restart matchlockd to reconcile now); the VMM must be restarted to use it'));
+    else if (iface.type === 'TAP' && link.master !== bridge) out.push(fail(`${id} interface ${iface.deviceId}`, `${name} is attached to ${link.master ?? 'nothing'}, not ${bridge}`, `ip link set ${name} master ${bridge}`));
+    else out.push(ok(`${id} interface ${iface.deviceId}`, `${name}${iface.type === 'TAP' ? ` on ${bridge}` : ' (macvtap)'}${link.up ? ', up' : ', down'}`));
+    if (leases) {
+      // The macvtap carries the guest MAC too, so one rule finds both kinds.
+      const mac = guestMac(vm, n);
+      const lease = leases.find((l) => l.mac === mac);
+      if (!iface.address) out.push(lease ? ok(`${id} lease ${iface.deviceId}`, `${lease.ip} until ${lease.expires}`) : warn(`${id} lease ${iface.deviceId}`, `no lease for ${mac}`, 'check the guest runs DHCP and the hub DHCP server is up'));
+    }
+  }
+  return out;
+}
+
+/** The hub as operators check it: each piece, the leases, and whether a VPN subnet router runs. */
+export async function inspectHub(c: HubConfig): Promise<Check[]> {
+  const fixes: Record<string, string> = {
+    interface: 'matchlock hub setup',
+    address: 'matchlock hub setup',
+    uplink: `bring ${c.uplink} up, or set uplink to the interface that leads out`,
+    'ip-forward': 'matchlock hub setup (sets net.ipv4.ip_forward=1)',
+    nat: 'matchlock hub setup (rewrites the matchlock_hub nft table)',
+    dhcp: 'matchlock hub setup (restarts the DHCP server)',
+  };
+  const checks: Check[] = (await hubStatus(c)).map((p) => (p.ok ? ok(`hub ${p.piece}`, p.detail) : fail(`hub ${p.piece}`, p.detail, fixes[p.piece] ?? 'matchlock hub setup')));
+  const leases = await hubLeases(c);
+  checks.push(ok('hub leases', `${leases.length} active lease(s) in ${c.rangeStart}-${c.rangeEnd}`));
+  const { stdout } = await run('ip', ['-json', '-details', 'link', 'show']);
+  const vpn = (JSON.parse(stdout) as { ifname: string; linkinfo?: { info_kind?: string } }[]).find((l) => l.linkinfo?.info_kind === 'wireguard' || /^(tailscale|wg|zt)/.test(l.ifname));
+  checks.push(vpn ? ok('vpn subnet router', `${vpn.ifname} present`) : warn('vpn subnet router', 'no wireguard/tailscale interface found', 'operators reach the VLAN through a VPN subnet router; matchlock does not run one'));
+  return checks;
+}
