@@ -7,6 +7,7 @@ import { vmCommand, type Io } from './vm.js';
 import { imageCommand } from './image.js';
 import { hubCommand } from './hub.js';
 import { inspectCommand } from './inspect.js';
+import { hostCommand } from './host.js';
 
 const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 
@@ -39,7 +40,9 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   program.addCommand(hub);
   const inspect = inspectCommand(io, () => program.opts<{ output: string }>().output, () => program.opts<{ token?: string }>().token);
   program.addCommand(inspect);
-  for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands, inspect]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
+  const host = hostCommand(io, () => program.opts<{ output: string }>().output);
+  program.addCommand(host);
+  for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands, inspect, host, ...host.commands]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
   try {
     await program.parseAsync(argv, { from: 'user' });
     return EXIT.ok;

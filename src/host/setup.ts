@@ -1,0 +1,66 @@
+import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { stringify } from 'yaml';
+import { KEYS, loadConfig, type DaemonConfig } from '../daemon/config.js';
+import { run } from '../adapters/exec.js';
+import { inspectHost, type Check } from './inspect.js';
+
+export interface HostSetupOptions {
+  /** key=value settings (daemon config keys), validated as matchlockd would. */
+  settings: Record<string, string>;
+  configPath: string;
+  unitPath: string;
+  /** The command that runs matchlockd, before `run --config …`. */
+  execStart: string;
+}
+
+/** A unit equivalent to flintlock's: restart always, and KillMode=process so VMs outlive restarts. */
+export function systemdUnit(execStart: string, configPath: string): string {
+  return [
+    '[Unit]',
+    'Description=matchlockd, the flintlock-compatible MicroVM host daemon',
+    'After=network-online.target',
+    'Wants=network-online.target',
+    '',
+    '[Service]',
+    'Type=simple',
+    `ExecStart=${execStart} run --config ${configPath}`,
+    'Restart=always',
+    'RestartSec=5',
+    // Only the daemon is stopped on restart: the detached VMMs keep running and are adopted.
+    'KillMode=process',
+    'LimitNOFILE=1048576',
+    '',
+    '[Install]',
+    'WantedBy=multi-user.target',
+    '',
+  ].join('\n');
+}
+
+async function writeAtomic(path: string, text: string): Promise<void> {
+  await mkdir(dirname(path), { recursive: true });
+  await writeFile(`${path}.tmp`, text, { mode: 0o640 });
+  await rename(`${path}.tmp`, path);
+}
+
+/**
+ * Writes matchlockd's config and unit, prepares the state dir, and checks what the daemon will
+ * need (VMM binaries, accelerator, bridge or parent interface, thin pool).
+ */
+export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonConfig; checks: Check[] }> {
+  const known = new Set(KEYS.map((k) => k.key));
+  for (const k of Object.keys(o.settings)) if (!known.has(k)) throw new Error(`--set ${k}: unknown key (see the README's configuration reference)`);
+  // Validate exactly as matchlockd will, before anything is written.
+  const config = loadConfig({ flags: o.settings, file: { path: '/dev/null', explicit: false }, env: {} });
+  await writeAtomic(o.configPath, `# Written by matchlock host setup.\n${stringify(o.settings)}`);
+  await writeAtomic(o.unitPath, systemdUnit(o.execStart, o.configPath));
+  await mkdir(config.stateDir, { recursive: true, mode: 0o750 });
+  const checks = (await inspectHost(config, {})).filter((c) => c.check !== 'daemon');
+  for (const [key, name] of [['bridge-name', config.bridgeName], ['parent-iface', config.parentIface]] as const) {
+    if (!name) continue;
+    const found = await run('ip', ['link', 'show', 'dev', name]).then(() => true, () => false);
+    checks.push(found ? { check: key, status: 'ok', evidence: `${name} exists` } : { check: key, status: 'fail', evidence: `${name} not found`, fix: key === 'bridge-name' ? `create it (ip link add ${name} type bridge) or run matchlock hub setup --mode bridge --interface ${name}` : `name an existing interface` });
+  }
+  if (!config.bridgeName && !config.parentIface) checks.push({ check: 'network', status: 'fail', evidence: 'neither bridge-name nor parent-iface is set', fix: '--set bridge-name=<bridge> for TAP, or --set parent-iface=<link> for MACVTAP' });
+  return { config, checks };
+}
