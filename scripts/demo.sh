@@ -4,9 +4,10 @@
 # through the CLI, then show it running: state, lease, console. Ctrl-C deletes the VM and
 # removes everything the demo made.
 #
-# The demo runs in a network namespace of its own ("matchlock-demo") with a bridge and a DHCP
-# server, so it never touches the host's network. The daemon and dnsmasq run in sessions of
-# their own, so Ctrl-C reaches only this script, which then deletes the VM through the daemon.
+# The demo runs in a network namespace of its own ("matchlock-demo") where `matchlock host dev`
+# makes the bridge, DHCP server and NAT, so it never touches the host's network. The daemon and
+# the DHCP server run in sessions of their own, so Ctrl-C reaches only this script, which then
+# deletes the VM through the daemon and removes what dev mode made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "run as root: the daemon creates TAP devices and namespaces" >&2; exit 1; }
@@ -17,12 +18,12 @@ work=$(mktemp -d /tmp/matchlock-demo.XXXXXX)
 state=/var/lib/matchlock
 sock=$work/grpc.sock
 ML=(node bin/matchlock.js --host "unix:$sock")
-daemon="" dhcp="" uid=""
+daemon="" dev="" uid=""
 cleanup() {
   set +e
   if [ -n "$uid" ]; then "${ML[@]}" vm delete "$uid" >/dev/null && "${ML[@]}" vm watch "$uid" --until gone --timeout 30s >/dev/null; fi
   [ -n "$daemon" ] && kill "$daemon" && wait "$daemon"
-  [ -n "$dhcp" ] && kill "$dhcp" && wait "$dhcp"
+  [ -n "$dev" ] && ip netns exec "$ns" node bin/matchlock.js host dev --down --uplink up0 --hub-state-dir "$work/hub" >/dev/null
   ip netns del "$ns" 2>/dev/null
   rm -rf "$work"
 }
@@ -33,19 +34,21 @@ echo "== building the test guest image (cached after the first run)"
 layout=$(scripts/build-test-image.sh /var/cache/matchlock/test-guest)
 node bin/matchlock.js image import "$layout" --name localhost/matchlock/test-guest:1 --state-dir "$state"
 
-echo "== network: namespace $ns, bridge br0 192.168.127.1/24, dnsmasq"
+echo "== network: namespace $ns, then matchlock host dev (bridge mlbr0, DHCP, NAT, daemon config)"
 ip netns add "$ns"
 ip -n "$ns" link set lo up
-ip -n "$ns" link add br0 type bridge
-ip -n "$ns" addr add 192.168.127.1/24 dev br0
-ip -n "$ns" link set br0 up
-setsid ip netns exec "$ns" dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=br0 --bind-interfaces \
-  --dhcp-range=192.168.127.26,192.168.127.126,255.255.255.0,1h --dhcp-option=option:router,192.168.127.1 \
-  --dhcp-leasefile="$work/leases" --dhcp-authoritative --no-ping 2>"$work/dnsmasq.log" &
-dhcp=$!
+# The namespace's uplink is a dead-end veth pair: NAT is set up as on a real host, but nothing
+# leaves this machine.
+ip -n "$ns" link add up0 type veth peer name up1
+ip -n "$ns" link set up0 up
+ip -n "$ns" link set up1 up
+hubflags=(--interface mlbr0 --uplink up0 --dhcp dnsmasq --state-dir "$work/hub")
+ip netns exec "$ns" setsid node bin/matchlock.js host dev --uplink up0 --hub-state-dir "$work/hub" \
+  --config-out "$work/config.yaml" --unit-out "$work/matchlockd.service"
+dev=1
 
-echo "== matchlockd (defaults; state in $state; API on unix:$sock)"
-setsid ip netns exec "$ns" node bin/matchlockd.js run --grpc-endpoint "unix:$sock" --bridge-name br0 >"$work/matchlockd.log" 2>&1 &
+echo "== matchlockd (defaults + the dev config; state in $state; API on unix:$sock)"
+setsid ip netns exec "$ns" node bin/matchlockd.js run --config "$work/config.yaml" --grpc-endpoint "unix:$sock" >"$work/matchlockd.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do
   [ -S "$sock" ] && break
@@ -69,8 +72,8 @@ echo
 echo "== console (tail of $console)"
 tail -n 6 "$console"
 echo
-echo "== DHCP leases"
-cat "$work/leases"
+echo "== DHCP leases (matchlock hub leases)"
+ip netns exec "$ns" node bin/matchlock.js hub leases "${hubflags[@]}"
 echo
 echo "MicroVM $uid is running. Ctrl-C deletes it and cleans up."
 while kill -0 "$daemon" 2>/dev/null; do sleep 1; done

@@ -2,6 +2,9 @@ import { Command } from 'commander';
 import { fileURLToPath } from 'node:url';
 import { DEFAULT_CONFIG_PATH } from '../daemon/config.js';
 import { hostSetup } from '../host/setup.js';
+import { run } from '../adapters/exec.js';
+import { loadHubConfig } from '../hub/config.js';
+import { HubError, hubSetup, hubTeardown } from '../hub/hub.js';
 import { CliError, EXIT } from './client.js';
 import { table } from './output.js';
 import type { Io } from './vm.js';
@@ -37,6 +40,58 @@ export function hostCommand(io: Io, output: () => string): Command {
         io.out('enable it with: systemctl daemon-reload && systemctl enable --now matchlockd\n');
       }
       if (checks.some((c) => c.status === 'fail')) throw new CliError('setup written, but some checks failed', EXIT.error);
+    });
+  host
+    .command('dev')
+    .description('single-machine mode: a private bridge with DHCP and NAT on this host, and matchlockd pointed at it')
+    .option('--interface <name>', 'bridge to make', 'mlbr0')
+    .option('--address <cidr>', "the bridge's address, also the guests' router", '192.168.10.2/25')
+    .option('--range-start <ip>', 'first DHCP address', '192.168.10.26')
+    .option('--range-end <ip>', 'last DHCP address', '192.168.10.126')
+    .option('--uplink <link>', "where guests' traffic leaves, masqueraded (default: the default route's link)")
+    .option('--dhcp <backend>', 'dnsmasq or isc', 'dnsmasq')
+    .option('--hub-state-dir <dir>', "the hub's files", '/var/lib/matchlock/hub')
+    .option('--set <key=value>', 'another daemon setting (repeatable)', (v: string, p: string[] = []) => [...p, v])
+    .option('--config-out <path>', 'where the config goes', DEFAULT_CONFIG_PATH)
+    .option('--unit-out <path>', 'where the unit goes', '/etc/systemd/system/matchlockd.service')
+    .option('--down', 'remove what dev mode set up (the config and unit stay)')
+    .action(async (o: { interface: string; address: string; rangeStart: string; rangeEnd: string; uplink?: string; dhcp: string; hubStateDir: string; set?: string[]; configOut: string; unitOut: string; down?: boolean }) => {
+      let uplink = o.uplink;
+      if (!uplink) {
+        const { stdout } = await run('ip', ['-json', 'route', 'show', 'default']);
+        uplink = (JSON.parse(stdout || '[]') as { dev?: string }[])[0]?.dev;
+        if (!uplink) throw new CliError('no default route to take the uplink from; give --uplink', EXIT.usage);
+      }
+      let hub;
+      try {
+        hub = loadHubConfig(undefined, { interface: o.interface, mode: 'bridge', address: o.address, 'range-start': o.rangeStart, 'range-end': o.rangeEnd, uplink, dhcp: o.dhcp, 'state-dir': o.hubStateDir });
+      } catch (err) {
+        throw new CliError((err as Error).message, EXIT.usage);
+      }
+      try {
+        if (o.down) {
+          await hubTeardown(hub);
+          io.out(`removed ${o.interface}, its DHCP server and NAT\n`);
+          return;
+        }
+        await hubSetup(hub);
+      } catch (err) {
+        if (err instanceof HubError) throw new CliError(err.message, EXIT.precondition);
+        throw err;
+      }
+      const settings: Record<string, string> = { 'bridge-name': o.interface };
+      for (const kv of o.set ?? []) {
+        const i = kv.indexOf('=');
+        if (i <= 0) throw new CliError(`--set ${kv}: must be key=value`, EXIT.usage);
+        settings[kv.slice(0, i)] = kv.slice(i + 1);
+      }
+      const { checks } = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}` }).catch((err: unknown) => {
+        throw new CliError((err as Error).message, EXIT.usage);
+      });
+      const failures = checks.filter((c) => c.status === 'fail');
+      if (output() === 'json') io.out(JSON.stringify({ hub: hub.interface, config: o.configOut, checks }, null, 2) + '\n');
+      else io.out(`${o.interface} ${o.address}: DHCP ${o.rangeStart}-${o.rangeEnd} (${o.dhcp}), NAT out of ${uplink}; matchlockd config ${o.configOut} uses it\n`);
+      if (failures.length) throw new CliError(`dev mode is up, but: ${failures.map((c) => `${c.check}: ${c.evidence}`).join('; ')}`, EXIT.error);
     });
   return host;
 }

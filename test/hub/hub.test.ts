@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HUB_DEFAULTS, loadHubConfig, validateHub } from '../../src/hub/config.js';
@@ -154,6 +154,21 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
       assert.equal(spawnSync('pgrep', ['-f', join(tmp.path, `state-${dhcp}`)]).status, 1, 'no DHCP server left');
     });
   }
+
+  it('host dev: one command makes bridge, DHCP and NAT and points the daemon config at it; --down undoes it', () => {
+    const before = snapshot();
+    const cli = (...a: string[]) => inNs(hub, process.execPath, join(ROOT, 'bin/matchlock.js'), ...a);
+    const dir = join(tmp.path, 'dev');
+    const dev = ['--interface', 'mldev0', '--address', '192.168.20.2/25', '--range-start', '192.168.20.26', '--range-end', '192.168.20.126', '--uplink', 'up0', '--hub-state-dir', join(dir, 'hub')];
+    const up = cli('host', 'dev', ...dev, '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--set', `state-dir=${join(dir, 'state')}`);
+    assert.equal(up.status, 0, up.stdout + up.stderr);
+    assert.match(readFileSync(join(dir, 'config.yaml'), 'utf8'), /^bridge-name: mldev0$/m);
+    const status = cli('-o', 'json', 'hub', 'status', '--interface', 'mldev0', '--address', '192.168.20.2/25', '--range-start', '192.168.20.26', '--range-end', '192.168.20.126', '--uplink', 'up0', '--dhcp', 'dnsmasq', '--state-dir', join(dir, 'hub'));
+    assert.equal(status.status, 0, status.stdout);
+    assert.equal(cli('host', 'dev', ...dev, '--down').status, 0);
+    const after = snapshot();
+    assert.deepEqual([after.links, after.addrs, after.nft, after.forward], [before.links, before.addrs, before.nft, before.forward]);
+  });
 
   it('fails clearly where the kernel has no 802.1Q, naming the bridge alternative, and leaves nothing', () => {
     const before = snapshot();
