@@ -1,7 +1,10 @@
 import { Command } from 'commander';
 import { HubConfigError, loadHubConfig, type HubConfig } from '../hub/config.js';
 import { HubError, hubLeases, hubSetup, hubStatus, hubTeardown } from '../hub/hub.js';
-import { CliError, EXIT } from './client.js';
+import { create } from '@bufbuild/protobuf';
+import { generatedMac } from '../core/microvm/host-names.js';
+import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
+import { CliError, EXIT, connect, type ConnectOptions } from './client.js';
 import { table } from './output.js';
 import type { Io } from './vm.js';
 
@@ -22,7 +25,27 @@ const FLAGS: [string, string][] = [
 ];
 
 /** `matchlock hub`: the LAN, DHCP and NAT that MicroVMs get their addresses and their way out from. */
-export function hubCommand(io: Io, output: () => string): Command {
+/** MAC -> "namespace/name" of the MicroVM that owns it, from a reachable matchlockd. */
+async function owners(opts: ConnectOptions): Promise<Map<string, string>> {
+  const c = connect({ ...opts, timeoutMs: 3000 });
+  try {
+    const res = await c.listMicroVMs(create(ListMicroVMsRequestSchema, {}));
+    const out = new Map<string, string>();
+    for (const vm of res.microvm) {
+      const spec = vm.spec;
+      if (!spec?.uid) continue;
+      for (const iface of spec.interfaces) {
+        // Guest MACs are the spec's or derived from the uid, the same rule the runtime uses.
+        out.set((iface.guestMac ?? generatedMac(spec.uid, iface.deviceId)).toLowerCase(), `${spec.namespace}/${spec.id}`);
+      }
+    }
+    return out;
+  } finally {
+    c.close();
+  }
+}
+
+export function hubCommand(io: Io, output: () => string, connectOptions: () => ConnectOptions): Command {
   const hub = new Command('hub').description('network hub: LAN interface, DHCP server, NAT to the uplink');
   const withConfig = (c: Command) => {
     c.option('-f, --file <hub.yaml>', 'hub config (keys as the flags name them)');
@@ -70,8 +93,11 @@ export function hubCommand(io: Io, output: () => string): Command {
   withConfig(hub.command('leases').description('current DHCP leases')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const leases = await hubLeases(config(o));
-      if (output() === 'json') io.out(JSON.stringify(leases, null, 2) + '\n');
-      else io.out(table([['IP', 'MAC', 'HOSTNAME', 'EXPIRES'], ...leases.map((l) => [l.ip, l.mac, l.hostname || '-', l.expires])]));
+      // The owning MicroVM when a matchlockd answers; leases stand on their own otherwise.
+      const vms = await owners(connectOptions()).catch(() => new Map<string, string>());
+      const rows = leases.map((l) => ({ ...l, microvm: vms.get(l.mac) ?? '' }));
+      if (output() === 'json') io.out(JSON.stringify(rows, null, 2) + '\n');
+      else io.out(table([['IP', 'MAC', 'HOSTNAME', 'EXPIRES', 'MICROVM'], ...rows.map((l) => [l.ip, l.mac, l.hostname || '-', l.expires, l.microvm || '-'])]));
     }),
   );
   return hub;

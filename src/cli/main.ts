@@ -34,7 +34,7 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   };
   const vm = vmCommand(globals, io);
   const image = imageCommand(io, () => program.opts<{ output: string }>().output, () => io === stdio && process.stderr.isTTY);
-  const hub = hubCommand(io, () => program.opts<{ output: string }>().output);
+  const hub = hubCommand(io, () => program.opts<{ output: string }>().output, globals);
   program.addCommand(vm);
   program.addCommand(image);
   program.addCommand(hub);

@@ -12,7 +12,7 @@ import { connect } from '../cli/client.js';
 import type { DaemonConfig } from '../daemon/config.js';
 import { binaryFor, findBinary } from '../daemon/providers.js';
 import { DEFAULT_PROVIDER_ORDER } from '../core/providers.js';
-import type { HubConfig } from '../hub/config.js';
+import { ipToInt, type HubConfig } from '../hub/config.js';
 import { hubLeases, hubStatus, type Lease } from '../hub/hub.js';
 
 export type Verdict = 'ok' | 'warn' | 'fail';
@@ -158,7 +158,10 @@ export async function inspectHub(c: HubConfig): Promise<Check[]> {
   };
   const checks: Check[] = (await hubStatus(c)).map((p) => (p.ok ? ok(`hub ${p.piece}`, p.detail) : fail(`hub ${p.piece}`, p.detail, fixes[p.piece] ?? 'matchlock hub setup')));
   const leases = await hubLeases(c);
-  checks.push(ok('hub leases', `${leases.length} active lease(s) in ${c.rangeStart}-${c.rangeEnd}`));
+  const size = ipToInt(c.rangeEnd) - ipToInt(c.rangeStart) + 1;
+  const used = leases.length / size;
+  const usage = `${leases.length} of ${size} addresses leased in ${c.rangeStart}-${c.rangeEnd} (${Math.round(used * 100)}%)`;
+  checks.push(used >= 0.9 ? warn('hub pool', usage, 'widen the range or shorten lease times') : ok('hub pool', usage));
   const { stdout } = await run('ip', ['-json', '-details', 'link', 'show']);
   const vpn = (JSON.parse(stdout) as { ifname: string; linkinfo?: { info_kind?: string } }[]).find((l) => l.linkinfo?.info_kind === 'wireguard' || /^(tailscale|wg|zt)/.test(l.ifname));
   checks.push(vpn ? ok('vpn subnet router', `${vpn.ifname} present`) : warn('vpn subnet router', 'no wireguard/tailscale interface found', 'operators reach the VLAN through a VPN subnet router; matchlock does not run one'));

@@ -34,7 +34,7 @@ export class HubConfigError extends Error {
 
 const IFNAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
 
-function ipToInt(ip: string): number {
+export function ipToInt(ip: string): number {
   return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
 }
 export function intToIp(n: number): string {

@@ -55,7 +55,11 @@ describe('inspect: a healthy host and hub, then one piece broken at a time', { s
     const healthy = inspect();
     assert.deepEqual(failed(healthy.checks), [], JSON.stringify(healthy.checks, null, 1));
     assert.equal(healthy.code, 0);
-    for (const name of ['daemon', 'vmm qemu', 'hub dhcp', 'hub nat', 'hub ip-forward']) assert.equal(healthy.checks.find((c) => c.check === name)?.status, 'ok', name);
+    for (const name of ['daemon', 'vmm qemu', 'hub dhcp', 'hub nat', 'hub ip-forward', 'hub pool']) assert.equal(healthy.checks.find((c) => c.check === name)?.status, 'ok', name);
+    assert.match(healthy.checks.find((c) => c.check === 'hub pool')?.evidence ?? '', /^1 of 101 addresses leased/);
+    // hub leases names the MicroVM behind each MAC when the daemon answers.
+    const leases = ml('--host', `unix:${sock}`, '-o', 'json', 'hub', 'leases', ...hubFlags);
+    assert.deepEqual((JSON.parse(leases.stdout) as { mac: string; microvm: string }[]).map((l) => [l.mac, l.microvm]), [['02:00:00:77:00:01', 'e2e/inspected']]);
     const vmChecks = healthy.checks.filter((c) => c.check.includes(uid));
     assert.deepEqual(vmChecks.map((c) => [c.check.split(') ')[1], c.status]), [['state', 'ok'], ['files', 'ok'], ['vmm', 'ok'], ['interface eth0', 'ok'], ['lease eth0', 'ok']]);
 
