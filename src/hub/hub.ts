@@ -27,7 +27,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export function hubFiles(c: HubConfig) {
   const f = (n: string) => join(c.stateDir, n);
-  return { state: f('hub-state.json'), conf: f('dhcpd.conf'), iscLeases: f('dhcpd.leases'), dnsmasqLeases: f('dnsmasq.leases'), pid: f('dhcp.pid'), log: f('dhcp.log') };
+  return { state: f('hub-state.json'), conf: f('dhcpd.conf'), iscLeases: f('dhcpd.leases'), dnsmasqLeases: f('dnsmasq.leases'), pid: f('dhcp.pid'), log: f('dhcp.log'), unit: f('matchlock-hub-dhcp.service') };
 }
 
 async function linkExists(name: string): Promise<{ up: boolean } | undefined> {
@@ -119,10 +119,13 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   own(leases);
   own(files.log);
   own(files.pid);
-  const log = openSync(files.log, 'a');
   const [cmd, args] = c.dhcp === 'isc'
     ? ['dhcpd', ['-4', '-f', '-cf', files.conf, '-lf', files.iscLeases, '-pf', files.pid, c.interface]] as const
     : ['dnsmasq', dnsmasqArgs(c, files.dnsmasqLeases, files.pid)] as const;
+  // The same server as a systemd unit, for hosts where systemd should supervise it.
+  await writeFile(files.unit, dhcpUnit(`${await which(cmd)} ${args.join(' ')}`, c));
+  own(files.unit);
+  const log = openSync(files.log, 'a');
   const child = spawn(cmd, [...args], { detached: true, stdio: ['ignore', log, log] });
   closeSync(log);
   child.unref();
@@ -134,6 +137,32 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   }
   state.dhcp = { backend: c.dhcp, pid: child.pid };
   await save();
+}
+
+async function which(cmd: string): Promise<string> {
+  for (const dir of (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
+    if (existsSync(join(dir, cmd))) return join(dir, cmd);
+  }
+  throw new HubError(`${cmd} is not installed (apt-get install ${cmd === 'dhcpd' ? 'isc-dhcp-server' : 'dnsmasq-base'})`);
+}
+
+/** A unit that runs the hub's DHCP server in the foreground with restarts; install it under /etc/systemd/system. */
+export function dhcpUnit(execStart: string, c: HubConfig): string {
+  return [
+    '[Unit]',
+    `Description=matchlock hub DHCP server (${c.dhcp}) on ${c.interface}`,
+    'After=network-online.target',
+    'Wants=network-online.target',
+    '',
+    '[Service]',
+    `ExecStart=${execStart}`,
+    'Restart=always',
+    'RestartSec=2',
+    '',
+    '[Install]',
+    'WantedBy=multi-user.target',
+    '',
+  ].join('\n');
 }
 
 async function stopDhcp(state: HubState): Promise<void> {

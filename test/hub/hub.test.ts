@@ -120,6 +120,13 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
       assert.equal(setup.status, 0, setup.stderr);
       assert.equal(cli('hub', 'setup', ...flags).status, 0, 'setup is idempotent');
       ip('-n', hub, 'link', 'set', 'hc0', 'master', 'mlbr0');
+      // The DHCP server is also written as a unit for systemd to supervise.
+      const unitFile = join(tmp.path, `state-${dhcp}`, 'matchlock-hub-dhcp.service');
+      const unit = readFileSync(unitFile, 'utf8');
+      assert.match(unit, new RegExp(`^ExecStart=\\S*${dhcp === 'isc' ? 'dhcpd -4 -f -cf' : 'dnsmasq --keep-in-foreground'} `, 'm'));
+      assert.match(unit, /^Restart=always$/m);
+      const verify = spawnSync('systemd-analyze', ['verify', unitFile], { encoding: 'utf8' });
+      if (!verify.error) assert.equal(verify.status, 0, verify.stderr);
       const status = cli('-o', 'json', 'hub', 'status', ...flags);
       assert.equal(status.status, 0, status.stdout + status.stderr);
       assert.ok((JSON.parse(status.stdout) as { ok: boolean }[]).every((p) => p.ok));
