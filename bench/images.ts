@@ -4,7 +4,6 @@
 //    of the same image from the same local registry;
 // 2. one per-VM volume clone on xfs with reflink, against the sparse copy used elsewhere.
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { registryClient } from '../src/adapters/images/oci/registry.js';
@@ -12,6 +11,7 @@ import { LocalImageStore } from '../src/adapters/images/oci/store.js';
 import { Ext4Volumes } from '../src/adapters/volumes/ext4.js';
 import { silentLogger } from '../test/fakes/memory-store.js';
 import { tempDir } from '../test/helpers/daemon.js';
+import { writeImageLayout } from '../test/helpers/oci.js';
 import { startRegistry } from '../test/helpers/registry.js';
 
 const sizeMb = Number(process.argv[2] ?? 200);
@@ -28,22 +28,15 @@ const mounts: string[] = [];
 try {
   // A rootfs of real files (from /usr) in four layers, as an OCI layout.
   const layout = join(tmp.path, 'layout');
-  const blobs = join(layout, 'blobs', 'sha256');
-  mkdirSync(blobs, { recursive: true });
-  const put = (data: Buffer) => {
-    const hex = createHash('sha256').update(data).digest('hex');
-    writeFileSync(join(blobs, hex), data);
-    return { digest: `sha256:${hex}`, size: data.length };
-  };
   const files = sh(`find /usr/lib /usr/share /usr/bin -xdev -type f -size -20M 2>/dev/null | head -n 200000`).split('\n').filter(Boolean);
-  const layers: { digest: string; size: number }[] = [];
+  const layers: Buffer[] = [];
   let used = 0;
   let chunk: string[] = [];
   const flush = () => {
     if (!chunk.length) return;
     const list = join(tmp.path, `list${layers.length}`);
     writeFileSync(list, chunk.map((f) => f.slice(1)).join('\n'));
-    layers.push(put(execFileSync('sh', ['-c', `tar -C / --no-recursion -cf - -T ${list} 2>/dev/null | gzip -1 -n`], { maxBuffer: 1 << 30 })));
+    layers.push(execFileSync('sh', ['-c', `tar -C / --no-recursion -cf - -T ${list} 2>/dev/null | gzip -1 -n`], { maxBuffer: 1 << 30 }));
     chunk = [];
   };
   for (const f of files) {
@@ -55,13 +48,10 @@ try {
     if (chunk.length && used >= ((layers.length + 1) * sizeMb * 1024 * 1024) / 4) flush();
   }
   flush();
-  const config = put(Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'));
-  const manifest = put(Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...l })) })));
-  writeFileSync(join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, annotations: { 'org.opencontainers.image.ref.name': 'bench' } }] }));
-  writeFileSync(join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  writeImageLayout(layout, layers, 'bench');
   registry.push(`${layout}:bench`, 'bench/rootfs:1');
   const ref = `${registry.host}/bench/rootfs:1`;
-  process.stdout.write(`image: ${(used / 1048576).toFixed(0)} MB of files in ${layers.length} layers, ${(layers.reduce((n, l) => n + l.size, 0) / 1048576).toFixed(0)} MB compressed\n`);
+  process.stdout.write(`image: ${(used / 1048576).toFixed(0)} MB of files in ${layers.length} layers, ${(layers.reduce((n, l) => n + l.length, 0) / 1048576).toFixed(0)} MB compressed\n`);
 
   // Baseline: skopeo copy + tar -x + mkfs.ext4 -d.
   const base = join(tmp.path, 'baseline');

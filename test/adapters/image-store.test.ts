@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -8,27 +7,17 @@ import { LocalImageStore, resolveInImage } from '../../src/adapters/images/oci/s
 import { Ext4Volumes } from '../../src/adapters/volumes/ext4.js';
 import { silentLogger } from '../fakes/memory-store.js';
 import { tempDir } from '../helpers/daemon.js';
+import { writeImageLayout } from '../helpers/oci.js';
 
 /** An OCI layout built by hand from directory trees, one gzip'd tar layer per tree. */
 function layout(dir: string, layers: ((root: string) => void)[]): string {
-  const blobs = join(dir, 'blobs', 'sha256');
-  mkdirSync(blobs, { recursive: true });
-  const put = (data: Buffer) => {
-    const hex = createHash('sha256').update(data).digest('hex');
-    writeFileSync(join(blobs, hex), data);
-    return { digest: `sha256:${hex}`, size: data.length };
-  };
-  const descs = layers.map((fill, n) => {
+  const tgz = layers.map((fill, n) => {
     const root = join(dir, `tree${n}`);
     mkdirSync(root, { recursive: true });
     fill(root);
-    const tgz = execFileSync('sh', ['-c', `tar --sort=name --owner=0 --group=0 --numeric-owner -C ${root} -cf - . | gzip -n`]);
-    return { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...put(tgz) };
+    return execFileSync('sh', ['-c', `tar --sort=name --owner=0 --group=0 --numeric-owner -C ${root} -cf - . | gzip -n`]);
   });
-  const config = put(Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'));
-  const manifest = put(Buffer.from(JSON.stringify({ schemaVersion: 2, config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: descs })));
-  writeFileSync(join(dir, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest }] }));
-  writeFileSync(join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  writeImageLayout(dir, tgz);
   return dir;
 }
 
@@ -106,17 +95,7 @@ layer(out + '/a.tgz', [
 layer(out + '/b.tgz', [('etc/evil/pwned', 'file', b'pwned')])
 `, layers, outside]);
     const src = join(tmp.path, 'l-hostile');
-    const blobs = join(src, 'blobs', 'sha256');
-    mkdirSync(blobs, { recursive: true });
-    const put = (data: Buffer) => {
-      const hex = createHash('sha256').update(data).digest('hex');
-      writeFileSync(join(blobs, hex), data);
-      return { digest: `sha256:${hex}`, size: data.length };
-    };
-    const descs = ['a.tgz', 'b.tgz'].map((f) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...put(readFileSync(join(layers, f))) }));
-    const config = put(Buffer.from('{"architecture":"amd64","os":"linux"}'));
-    const manifest = put(Buffer.from(JSON.stringify({ schemaVersion: 2, config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: descs })));
-    writeFileSync(join(src, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest }] }));
+    writeImageLayout(src, ['a.tgz', 'b.tgz'].map((f) => readFileSync(join(layers, f))));
     const store = new LocalImageStore(join(tmp.path, 'store-hostile'));
     const { digest } = await store.import(src, 'example.com/hostile:1');
     await store.ensure('example.com/hostile:1', silentLogger);

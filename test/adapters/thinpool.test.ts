@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -10,6 +9,7 @@ import { Ext4Volumes } from '../../src/adapters/volumes/ext4.js';
 import { ThinPoolVolumes } from '../../src/adapters/volumes/thin.js';
 import { silentLogger } from '../fakes/memory-store.js';
 import { tempDir } from '../helpers/daemon.js';
+import { writeImageLayout } from '../helpers/oci.js';
 
 // Our machines have no device-mapper: these tests drive the thin-pool backend against
 // test/fakes/dmsetup.mjs, which enforces dmsetup's grammar and thin-pool rules (ids must exist,
@@ -29,19 +29,9 @@ describe('thin-pool volumes (against a fake dmsetup)', () => {
     assert.equal(dm('fake-create-pool', 'flintlock-thinpool').status, 0);
     // A one-layer image with one file.
     const src = join(tmp.path, 'layout');
-    const blobs = join(src, 'blobs', 'sha256');
     mkdirSync(join(tmp.path, 'tree'), { recursive: true });
-    mkdirSync(blobs, { recursive: true });
     writeFileSync(join(tmp.path, 'tree', 'hello'), 'world');
-    const put = (data: Buffer) => {
-      const hex = createHash('sha256').update(data).digest('hex');
-      writeFileSync(join(blobs, hex), data);
-      return { digest: `sha256:${hex}`, size: data.length };
-    };
-    const layer = put(execFileSync('sh', ['-c', `tar -C ${join(tmp.path, 'tree')} -cf - . | gzip -n`]));
-    const config = put(Buffer.from('{}'));
-    const manifest = put(Buffer.from(JSON.stringify({ schemaVersion: 2, config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...layer }] })));
-    writeFileSync(join(src, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest }] }));
+    writeImageLayout(src, [execFileSync('sh', ['-c', `tar -C ${join(tmp.path, 'tree')} -cf - . | gzip -n`])]);
     store = new LocalImageStore(join(tmp.path, 'images'));
     digest = (await store.import(src, 'example.com/thin:1')).digest;
     await store.ensure('example.com/thin:1', silentLogger);

@@ -1,13 +1,8 @@
-import { createHash } from 'node:crypto';
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import { putBlob } from '../helpers/oci.js';
 
-function put(blobs: string, data: Buffer): { digest: string; size: number } {
-  const hex = createHash('sha256').update(data).digest('hex');
-  writeFileSync(join(blobs, hex), data);
-  return { digest: `sha256:${hex}`, size: data.length };
-}
 
 /**
  * A multi-arch layout: an image index naming the test guest as linux/amd64 and a tiny other
@@ -15,21 +10,20 @@ function put(blobs: string, data: Buffer): { digest: string; size: number } {
  */
 export function multiArchLayout(guestLayout: string, dir: string): string {
   cpSync(guestLayout, dir, { recursive: true });
-  const blobs = join(dir, 'blobs', 'sha256');
   const guestIndex = JSON.parse(readFileSync(join(guestLayout, 'index.json'), 'utf8')) as { manifests: { digest: string; size: number }[] };
   const amd64 = guestIndex.manifests[0];
   if (!amd64) throw new Error('guest layout has no manifest');
   const tree = join(dir, '..', 'arm-tree');
   mkdirSync(tree, { recursive: true });
   writeFileSync(join(tree, 'ARCH'), 'arm64\n');
-  const layer = put(blobs, execFileSync('sh', ['-c', `tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C ${tree} -cf - . | gzip -n`]));
-  const config = put(blobs, Buffer.from(JSON.stringify({ architecture: 'arm64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } })));
-  const arm = put(blobs, Buffer.from(JSON.stringify({
+  const layer = putBlob(dir, execFileSync('sh', ['-c', `tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C ${tree} -cf - . | gzip -n`]));
+  const config = putBlob(dir, Buffer.from(JSON.stringify({ architecture: 'arm64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } })));
+  const arm = putBlob(dir, Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
     config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
     layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...layer }],
   })));
-  const index = put(blobs, Buffer.from(JSON.stringify({
+  const index = putBlob(dir, Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json',
     manifests: [
       { mediaType: 'application/vnd.oci.image.manifest.v1+json', ...arm, platform: { os: 'linux', architecture: 'arm64' } },

@@ -1,0 +1,33 @@
+import { createHash } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface Descriptor {
+  digest: string;
+  size: number;
+}
+
+/** Writes content-addressed into an OCI layout's blobs/sha256 and returns its descriptor. */
+export function putBlob(layout: string, data: Buffer): Descriptor {
+  const blobs = join(layout, 'blobs', 'sha256');
+  mkdirSync(blobs, { recursive: true });
+  const hex = createHash('sha256').update(data).digest('hex');
+  writeFileSync(join(blobs, hex), data);
+  return { digest: `sha256:${hex}`, size: data.length };
+}
+
+/**
+ * An OCI image layout with one image made of the given gzip'd tar layers; `refName` becomes the
+ * index annotation. Returns the manifest descriptor.
+ */
+export function writeImageLayout(layout: string, layers: Buffer[], refName?: string): Descriptor {
+  const descs = layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...putBlob(layout, l) }));
+  const config = putBlob(layout, Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'));
+  const manifest = putBlob(layout, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: descs })));
+  writeFileSync(join(layout, 'index.json'), JSON.stringify({
+    schemaVersion: 2,
+    manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, ...(refName ? { annotations: { 'org.opencontainers.image.ref.name': refName } } : {}) }],
+  }));
+  writeFileSync(join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  return manifest;
+}
