@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Check } from '../../src/host/inspect.js';
 import { ROOT, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
-import { labMissing, testGuestLayout, type Lab } from '../helpers/lab.js';
+import { labMissing, testGuestLayout } from '../helpers/lab.js';
 import { api, importGuest, stateOf, waitFor } from './vm.js';
 
 const missing = labMissing() ?? (['dhcpd', 'nft'].find((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0) ? 'dhcpd or nft missing' : undefined);
@@ -27,7 +27,7 @@ describe('inspect: a healthy host and hub, then one piece broken at a time', { s
   const failed = (checks: Check[]) => checks.filter((c) => c.status === 'fail').map((c) => c.check);
   let daemon: DaemonHandle | undefined;
   let uid = '';
-  let lab: Lab;
+  const lab = { stateDir: state, daemon: { target: `unix:${sock}` } };
   before(async () => {
     assert.equal(missing, undefined);
     execFileSync('ip', ['netns', 'add', ns]);
@@ -37,7 +37,6 @@ describe('inspect: a healthy host and hub, then one piece broken at a time', { s
     const setup = ml('hub', 'setup', ...hubFlags);
     assert.equal(setup.status, 0, setup.stderr);
     daemon = await startDaemon(state, ['--grpc-endpoint', `unix:${sock}`, '--bridge-name', 'mlbr0', '--delete-vm-timeout', '1s', '--resync-period', '1h'], {}, ns);
-    lab = { ns, stateDir: state, daemon } as unknown as Lab;
     await importGuest(lab, testGuestLayout());
     uid = await api(lab).create('inspected', [{ id: 'eth0', type: 'TAP', mac: '02:00:00:77:00:01' }]);
     await waitFor('CREATED and booted', async () => { const vm = await api(lab).get(uid); return stateOf(vm) === 'CREATED' && vm?.status?.guestBooted; }, 90_000);

@@ -30,7 +30,7 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> 
   }
 }
 
-export async function importGuest(lab: Lab, layout: string): Promise<void> {
+export async function importGuest(lab: Pick<Lab, 'stateDir'>, layout: string): Promise<void> {
   let err = '';
   const code = await cli(['image', 'import', layout, '--name', GUEST_REF, '--state-dir', lab.stateDir], { out: () => undefined, err: (t) => (err += t) }, {});
   if (code !== 0) throw new Error(`image import failed: ${err}`);
@@ -44,7 +44,7 @@ export interface NicSpec {
 }
 
 /** A thin client for one lab's daemon (re-read after a restart, the port changes). */
-export function api(lab: Lab) {
+export function api(lab: { daemon: { target: string } }) {
   const call = async <T>(method: string, req: unknown): Promise<T> => {
     const c = rawClient(lab.daemon.target);
     try {

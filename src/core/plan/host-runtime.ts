@@ -112,6 +112,8 @@ export class HostRuntime implements Runtime {
       });
     }
     steps.push({ name: 'vm directory', needed: async () => !(await o.files.exists(dir)), run: () => o.files.mkdirp(dir) });
+    // The volume and interface steps record what their needed() check observed (paths, ifindex,
+    // MACs) so the VMM step can launch with it even when nothing had to be created this pass.
     const disks: LaunchDisk[] = [];
     volumes.forEach((v, n) => {
       const key = { uid: vm.uid, volumeId: v.id, dir };
