@@ -54,19 +54,14 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     );
     return new LocalImageStore(join(o.stateDir, 'images'), registry);
   };
-  /** Image digests and references each VM uses: digest -> VM names. */
-  const usage = () => {
-    const out = new Map<string, string[]>();
-    let db: SqliteStore | undefined;
+  /** digest -> the VMs that use it, by the same rule the daemon's garbage collection uses. */
+  const usage = async (catalog: ImageCatalog) => {
+    const db = new SqliteStore(join(opts().stateDir, 'matchlock.db'));
     try {
-      db = new SqliteStore(join(opts().stateDir, 'matchlock.db'));
-      for (const vm of db.list({})) {
-        for (const d of Object.values(vm.status.imageDigests ?? {})) out.set(d, [...(out.get(d) ?? []), `${vm.spec.namespace}/${vm.spec.name}`]);
-      }
+      return await catalog.usage(db.list({}));
     } finally {
-      db?.close();
+      db.close();
     }
-    return out;
   };
   const wrap = async (fn: () => Promise<void>) => {
     try {
@@ -120,8 +115,9 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .description('list images: reference, digest, size, used by')
     .action(() =>
       wrap(async () => {
-        const users = usage();
-        const images = (await new ImageCatalog(store()).list()).map((i) => ({ ...i, usedBy: users.get(i.digest) ?? [] }));
+        const catalog = new ImageCatalog(store());
+        const users = await usage(catalog);
+        const images = (await catalog.list()).map((i) => ({ ...i, usedBy: users.get(i.digest) ?? [] }));
         if (output() === 'json') io.out(JSON.stringify(images, null, 2) + '\n');
         else io.out(table([['REFERENCE', 'DIGEST', 'SIZE', 'USED BY'], ...images.map((i) => [i.ref, i.digest.slice(0, 19), human(i.size), i.usedBy.join(',') || '-'])]));
       }),
@@ -132,8 +128,8 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .description('remove images no MicroVM uses')
     .action((refs: string[]) =>
       wrap(async () => {
-        const inUse = new Set(usage().keys());
         const catalog = new ImageCatalog(store());
+        const inUse = new Set((await usage(catalog)).keys());
         for (const ref of refs) {
           await catalog.remove(ref, inUse);
           io.out(`${normalizeRef(ref)} removed\n`);
@@ -149,7 +145,8 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
       wrap(async () => {
         const grace = parseDuration(o.grace);
         if (grace === undefined) throw new CliError(`--grace ${o.grace}: must be a duration like 1h`, EXIT.usage);
-        const removed = await new ImageCatalog(store()).collect(new Set(usage().keys()), grace);
+        const catalog = new ImageCatalog(store());
+        const removed = await catalog.collect(new Set((await usage(catalog)).keys()), grace);
         io.out(removed.length ? removed.map((r) => `${r} removed\n`).join('') : 'nothing to prune\n');
       }),
     );

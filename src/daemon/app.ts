@@ -128,16 +128,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   const catalog = new ImageCatalog(images);
   const collectImages = async () => {
     if (cfg.imageGcGraceMs <= 0) return;
-    // In use: every digest a VM pinned, and what the references of VMs not yet pinned point to.
-    const inUse = new Set<string>();
-    for (const vm of store.list({})) {
-      for (const d of Object.values(vm.status.imageDigests ?? {})) inUse.add(d);
-      const refs = [vm.spec.kernel.image, vm.spec.initrd?.image, vm.spec.rootVolume?.source.containerSource, ...vm.spec.additionalVolumes.map((v) => v.source.containerSource)];
-      for (const ref of refs) {
-        const d = ref ? await images.resolve(ref).catch(() => undefined) : undefined;
-        if (d) inUse.add(d);
-      }
-    }
+    const inUse = new Set((await catalog.usage(store.list({}))).keys());
     const removed = await catalog.collect(inUse, cfg.imageGcGraceMs);
     if (removed.length) logger.info({ removed }, 'unused images removed');
   };

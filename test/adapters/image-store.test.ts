@@ -3,7 +3,8 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { LocalImageStore, resolveInImage } from '../../src/adapters/images/oci/store.js';
+import { ImageCatalog, LocalImageStore, resolveInImage } from '../../src/adapters/images/oci/store.js';
+import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
 import { Ext4Volumes } from '../../src/adapters/volumes/ext4.js';
 import { silentLogger } from '../fakes/memory-store.js';
 import { tempDir } from '../helpers/daemon.js';
@@ -145,6 +146,24 @@ layer(out + '/b.tgz', [('etc/evil/pwned', 'file', b'pwned')])
     assert.equal(blocks(a), 200 * 1024 * 1024, 'the filesystem was grown, not only the file');
     assert.ok(blocks(b) < 200 * 1024 * 1024);
     assert.equal(execFileSync('debugfs', ['-R', 'cat /hello', b], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }), 'world');
+  });
+
+  it('counts an image as used by a VM that pinned it and by one that has not pinned it yet', async () => {
+    const store = new LocalImageStore(join(tmp.path, 'store-usage'));
+    const a = await store.import(layout(join(tmp.path, 'u-a'), [(r) => writeFileSync(join(r, 'a'), 'a')]), 'example.com/a:1');
+    const b = await store.import(layout(join(tmp.path, 'u-b'), [(r) => writeFileSync(join(r, 'b'), 'b')]), 'example.com/b:1');
+    const c = await store.import(layout(join(tmp.path, 'u-c'), [(r) => writeFileSync(join(r, 'c'), 'c')]), 'example.com/c:1');
+    const vm = (name: string, ref: string, pinned?: string): MicroVM => ({
+      uid: name, version: 1, createdAt: '', updatedAt: '',
+      spec: { name, namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024, kernel: { image: ref, filename: 'k', cmdline: {}, addNetworkConfig: false }, additionalVolumes: [], interfaces: [], metadata: {}, provider: 'qemu', allowGuestAgent: false },
+      status: { ...initialStatus(), ...(pinned ? { imageDigests: { [ref]: pinned } } : {}) },
+    });
+    const catalog = new ImageCatalog(store);
+    const usage = await catalog.usage([vm('pinned', 'example.com/a:1', a.digest), vm('waiting', 'example.com/b:1')]);
+    assert.deepEqual([...usage.entries()].sort(), [[a.digest, ['ns/pinned']], [b.digest, ['ns/waiting']]].sort());
+    assert.deepEqual(await catalog.collect(new Set(usage.keys()), 0), ['example.com/c:1']);
+    assert.equal(await store.resolve('example.com/b:1'), b.digest, 'the waiting VM keeps its image');
+    assert.notEqual(c.digest, b.digest);
   });
 
   it('refuses a blob whose content does not match its digest, and stores nothing', async () => {

@@ -117,3 +117,16 @@ export function initialStatus(): MicroVMStatus {
     guestBooted: false,
   };
 }
+
+/** Root volume first, then additional volumes: the disk order the guest sees (vda, vdb, …). */
+export function specVolumes(spec: MicroVMSpec): Volume[] {
+  return [...(spec.rootVolume ? [spec.rootVolume] : []), ...spec.additionalVolumes];
+}
+
+/** Every image reference a VM needs: kernel, initrd and container-sourced volumes. */
+export function imageRefs(spec: MicroVMSpec): string[] {
+  const refs = new Set<string>([spec.kernel.image]);
+  if (spec.initrd) refs.add(spec.initrd.image);
+  for (const v of specVolumes(spec)) if (v.source.containerSource) refs.add(v.source.containerSource);
+  return [...refs];
+}

@@ -1,7 +1,7 @@
 import { failedPrecondition } from '../errors.js';
 import { mergeCmdline, networkConfig, vendorDataWithMounts, type GuestInterface } from '../microvm/cloudinit.js';
 import { deviceAlias, guestMac, hostDeviceName } from '../microvm/host-names.js';
-import type { MicroVM, MicroVMStatus, NetworkInterfaceStatus } from '../microvm/types.js';
+import { imageRefs, specVolumes, type MicroVM, type MicroVMStatus, type NetworkInterfaceStatus } from '../microvm/types.js';
 import type {
   CloudInitDisk,
   HostFiles,
@@ -71,10 +71,8 @@ export class HostRuntime implements Runtime {
     if (vm.status.initrdMount) status.initrdMount = vm.status.initrdMount;
     const report = () => progress?.({ ...status, ready: false });
 
-    const refs = new Set<string>([vm.spec.kernel.image]);
-    if (vm.spec.initrd) refs.add(vm.spec.initrd.image);
-    const volumes = [...(vm.spec.rootVolume ? [vm.spec.rootVolume] : []), ...vm.spec.additionalVolumes];
-    for (const v of volumes) if (v.source.containerSource) refs.add(v.source.containerSource);
+    const refs = imageRefs(vm.spec);
+    const volumes = specVolumes(vm.spec);
 
     const steps: Step[] = [];
     const digests = status.imageDigests ?? {};
@@ -256,7 +254,7 @@ export class HostRuntime implements Runtime {
       });
     }
     o.supervisor.unwatch(vm.uid);
-    for (const v of [...(vm.spec.rootVolume ? [vm.spec.rootVolume] : []), ...vm.spec.additionalVolumes]) {
+    for (const v of specVolumes(vm.spec)) {
       const key = { uid: vm.uid, volumeId: v.id, dir };
       steps.push({ name: `remove volume ${v.id}`, needed: async () => (await o.volumes.find(key)) !== undefined, run: () => o.volumes.remove(key, log) });
     }

@@ -7,6 +7,7 @@ import * as tar from 'tar';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { formatReference, parseReference } from '../../../core/images/reference.js';
 import type { ImageStore, Logger } from '../../../core/ports.js';
+import { imageRefs, type MicroVM } from '../../../core/microvm/types.js';
 import { MEDIA, type RegistryClient } from './registry.js';
 import { SingleFlight } from '../../single-flight.js';
 
@@ -452,6 +453,29 @@ export class ImageCatalog {
       }
       const st = await stat(join(this.store.root, 'refs', encodeURIComponent(ref))).catch(() => undefined);
       out.push({ ref, digest, size, ageSeconds: st ? Math.round((Date.now() - st.mtimeMs) / 1000) : 0 });
+    }
+    return out;
+  }
+
+  /**
+   * Which images VMs use: digest -> "namespace/name" of each user. A VM uses the digests it
+   * pinned and, until it has pinned them, whatever its references point to now, so an image a
+   * VM is still waiting to pull or unpack is never collected from under it.
+   */
+  async usage(vms: readonly MicroVM[]): Promise<Map<string, string[]>> {
+    const out = new Map<string, string[]>();
+    const add = (digest: string, who: string) => {
+      const users = out.get(digest) ?? [];
+      if (!users.includes(who)) users.push(who);
+      out.set(digest, users);
+    };
+    for (const vm of vms) {
+      const who = `${vm.spec.namespace}/${vm.spec.name}`;
+      const pinned = vm.status.imageDigests ?? {};
+      for (const ref of imageRefs(vm.spec)) {
+        const digest = pinned[ref] ?? (await this.store.resolve(ref).catch(() => undefined));
+        if (digest) add(digest, who);
+      }
     }
     return out;
   }
