@@ -5,6 +5,7 @@ import { basicAuthHeader } from '../adapters/api/auth.js';
 import { serviceDefinition } from '../adapters/api/grpc/service-def.js';
 import { MicroVM } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
 import { isLocalEndpoint } from '../core/endpoint.js';
+import type { ErrorCode } from '../core/errors.js';
 
 export interface ConnectOptions {
   host: string;
@@ -34,6 +35,18 @@ export class CliError extends Error {
 
 /** Exit codes scripts can rely on; the README lists them. */
 export const EXIT = { ok: 0, error: 1, usage: 2, notFound: 3, unauthenticated: 4, unavailable: 5, precondition: 6, timeout: 7, failed: 8 } as const;
+
+/** The exit code for a matchlock error raised in the CLI process itself (image and host commands). */
+export function exitFor(code: ErrorCode): number {
+  const map: Partial<Record<ErrorCode, number>> = {
+    InvalidArgument: EXIT.usage,
+    NotFound: EXIT.notFound,
+    Unauthenticated: EXIT.unauthenticated,
+    FailedPrecondition: EXIT.precondition,
+    Unavailable: EXIT.unavailable,
+  };
+  return map[code] ?? EXIT.error;
+}
 
 const CODE_EXIT: Partial<Record<grpc.status, number>> = {
   [grpc.status.INVALID_ARGUMENT]: EXIT.usage,

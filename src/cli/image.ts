@@ -4,7 +4,6 @@ import { listSetting, registryClient } from '../adapters/images/oci/registry.js'
 import { ImageCatalog, LocalImageStore, normalizeRef, type PullProgress } from '../adapters/images/oci/store.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { parseDuration } from '../core/duration.js';
-import { MatchlockError } from '../core/errors.js';
 import type { Logger } from '../core/ports.js';
 import { CliError, EXIT } from './client.js';
 import { table } from './output.js';
@@ -63,92 +62,71 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
       db.close();
     }
   };
-  const wrap = async (fn: () => Promise<void>) => {
-    try {
-      await fn();
-    } catch (err) {
-      if (err instanceof MatchlockError) {
-        const code = { InvalidArgument: EXIT.usage, NotFound: EXIT.notFound, Unauthenticated: EXIT.unauthenticated, FailedPrecondition: EXIT.precondition, Unavailable: EXIT.unavailable } as Record<string, number>;
-        throw new CliError(err.message, code[err.code] ?? EXIT.error);
-      }
-      throw err;
-    }
-  };
 
   image
     .command('pull <ref>')
     .description('pull an image from its registry into the store')
-    .action((ref: string) =>
-      wrap(async () => {
-        const tty = isTty();
-        let lastDone = -1;
-        const show = (p: PullProgress) => {
-          const pct = p.totalBytes ? Math.floor((100 * p.bytes) / p.totalBytes) : 100;
-          const line = `${p.ref}: ${human(p.bytes)}/${human(p.totalBytes)} ${pct}% blobs ${p.blobsDone}/${p.blobs}`;
-          if (tty) io.err(`\r${line}\u001b[K`);
-          else if (p.blobsDone !== lastDone) {
-            // Without a terminal: one plain line each time a blob completes, not one per chunk.
-            io.err(line + '\n');
-            lastDone = p.blobsDone;
-          }
-        };
-        const digest = await store().pull(ref, quiet, show);
-        if (tty) io.err('\n');
-        io.out(output() === 'json' ? JSON.stringify({ ref: normalizeRef(ref), digest }) + '\n' : `${normalizeRef(ref)} ${digest}\n`);
-      }),
-    );
+    .action(async (ref: string) => {
+      const tty = isTty();
+      let lastDone = -1;
+      const show = (p: PullProgress) => {
+        const pct = p.totalBytes ? Math.floor((100 * p.bytes) / p.totalBytes) : 100;
+        const line = `${p.ref}: ${human(p.bytes)}/${human(p.totalBytes)} ${pct}% blobs ${p.blobsDone}/${p.blobs}`;
+        if (tty) io.err(`\r${line}\u001b[K`);
+        else if (p.blobsDone !== lastDone) {
+          // Without a terminal: one plain line each time a blob completes, not one per chunk.
+          io.err(line + '\n');
+          lastDone = p.blobsDone;
+        }
+      };
+      const digest = await store().pull(ref, quiet, show);
+      if (tty) io.err('\n');
+      io.out(output() === 'json' ? JSON.stringify({ ref: normalizeRef(ref), digest }) + '\n' : `${normalizeRef(ref)} ${digest}\n`);
+    });
 
   image
     .command('import <source>')
     .description('import an OCI image layout directory or a tar of one')
     .option('--name <ref>', "reference to store it under (default: the layout's full ref.name annotation)")
-    .action((source: string, o: { name?: string }) =>
-      wrap(async () => {
-        const { ref, digest } = await store().import(source, o.name);
-        io.out(output() === 'json' ? JSON.stringify({ ref, digest }) + '\n' : `${ref} ${digest}\n`);
-      }),
-    );
+    .action(async (source: string, o: { name?: string }) => {
+      const { ref, digest } = await store().import(source, o.name);
+      io.out(output() === 'json' ? JSON.stringify({ ref, digest }) + '\n' : `${ref} ${digest}\n`);
+    });
 
   image
     .command('ls')
     .alias('list')
     .description('list images: reference, digest, size, used by')
-    .action(() =>
-      wrap(async () => {
-        const catalog = new ImageCatalog(store());
-        const users = await usage(catalog);
-        const images = (await catalog.list()).map((i) => ({ ...i, usedBy: users.get(i.digest) ?? [] }));
-        if (output() === 'json') io.out(JSON.stringify(images, null, 2) + '\n');
-        else io.out(table([['REFERENCE', 'DIGEST', 'SIZE', 'USED BY'], ...images.map((i) => [i.ref, i.digest.slice(0, 19), human(i.size), i.usedBy.join(',') || '-'])]));
-      }),
-    );
+    .action(async () => {
+      const catalog = new ImageCatalog(store());
+      const users = await usage(catalog);
+      const images = (await catalog.list()).map((i) => ({ ...i, usedBy: users.get(i.digest) ?? [] }));
+      if (output() === 'json') io.out(JSON.stringify(images, null, 2) + '\n');
+      else io.out(table([['REFERENCE', 'DIGEST', 'SIZE', 'USED BY'], ...images.map((i) => [i.ref, i.digest.slice(0, 19), human(i.size), i.usedBy.join(',') || '-'])]));
+    });
 
   image
     .command('rm <ref...>')
     .description('remove images no MicroVM uses')
-    .action((refs: string[]) =>
-      wrap(async () => {
-        const catalog = new ImageCatalog(store());
-        const inUse = new Set((await usage(catalog)).keys());
-        for (const ref of refs) {
-          await catalog.remove(ref, inUse);
-          io.out(`${normalizeRef(ref)} removed\n`);
-        }
-      }),
-    );
+    .action(async (refs: string[]) => {
+      const catalog = new ImageCatalog(store());
+      const inUse = new Set((await usage(catalog)).keys());
+      for (const ref of refs) {
+        await catalog.remove(ref, inUse);
+        io.out(`${normalizeRef(ref)} removed\n`);
+      }
+    });
 
   image
     .command('prune')
     .description('remove every image no MicroVM uses (and blobs nothing references)')
     .option('--grace <duration>', 'keep images imported or pulled more recently than this', '0s')
-    .action((o: { grace: string }) =>
-      wrap(async () => {
-        const grace = parseDuration(o.grace);
-        if (grace === undefined) throw new CliError(`--grace ${o.grace}: must be a duration like 1h`, EXIT.usage);
-        const catalog = new ImageCatalog(store());
-        const removed = await catalog.collect(new Set((await usage(catalog)).keys()), grace);
-        io.out(removed.length ? removed.map((r) => `${r} removed\n`).join('') : 'nothing to prune\n');
-      }),
-    );
+    .action(async (o: { grace: string }) => {
+      const grace = parseDuration(o.grace);
+      if (grace === undefined) throw new CliError(`--grace ${o.grace}: must be a duration like 1h`, EXIT.usage);
+      const catalog = new ImageCatalog(store());
+      const removed = await catalog.collect(new Set((await usage(catalog)).keys()), grace);
+      io.out(removed.length ? removed.map((r) => `${r} removed\n`).join('') : 'nothing to prune\n');
+    });
   return image;
 }

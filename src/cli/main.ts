@@ -1,7 +1,8 @@
 import { Command, CommanderError, Option } from 'commander';
 import { parseDuration } from '../core/duration.js';
 import { VERSION } from '../version.js';
-import { CliError, EXIT, type ConnectOptions } from './client.js';
+import { CliError, EXIT, exitFor, type ConnectOptions } from './client.js';
+import { MatchlockError } from '../core/errors.js';
 import type { Format } from './output.js';
 import { vmCommand, type Io } from './vm.js';
 import { imageCommand } from './image.js';
@@ -53,6 +54,10 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
     if (err instanceof CliError) {
       io.err(`matchlock: ${err.message}\n`);
       return err.exitCode;
+    }
+    if (err instanceof MatchlockError) {
+      io.err(`matchlock: ${err.message}\n`);
+      return exitFor(err.code);
     }
     io.err(`matchlock: ${(err as Error).message}\n`);
     return EXIT.error;

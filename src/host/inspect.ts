@@ -2,6 +2,7 @@ import { create } from '@bufbuild/protobuf';
 import { accessSync, constants, existsSync, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { run } from '../adapters/exec.js';
+import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { pidAlive, processMentions } from '../adapters/vmm/process.js';
 import { vmDir } from '../core/plan/host-runtime.js';
@@ -28,15 +29,7 @@ const ok = (check: string, evidence: string): Check => ({ check, status: 'ok', e
 const warn = (check: string, evidence: string, fix?: string): Check => ({ check, status: 'warn', evidence, fix });
 const fail = (check: string, evidence: string, fix: string): Check => ({ check, status: 'fail', evidence, fix });
 
-async function linkInfo(name: string): Promise<{ master?: string | undefined; up: boolean } | undefined> {
-  try {
-    const { stdout } = await run('ip', ['-json', 'link', 'show', 'dev', name]);
-    const [l] = JSON.parse(stdout) as { master?: string; flags?: string[] }[];
-    return l ? { master: l.master, up: l.flags?.includes('UP') ?? false } : undefined;
-  } catch {
-    return undefined;
-  }
-}
+const links = new Iproute2Network();
 
 /** The host as operators check it by hand: daemon, VMMs, /dev/kvm, stores, and every MicroVM. */
 export async function inspectHost(cfg: DaemonConfig, opts: { token?: string | undefined; leases?: Lease[] | undefined }): Promise<Check[]> {
@@ -131,7 +124,7 @@ async function inspectVm(cfg: DaemonConfig, vm: MicroVM, leases: Lease[] | undef
 
   for (const [n, iface] of vm.spec.interfaces.entries()) {
     const name = hostDeviceName(vm, n);
-    const link = await linkInfo(name);
+    const link = await links.get(name);
     const bridge = iface.overrides?.bridgeName ?? cfg.bridgeName;
     if (!link) out.push(fail(`${id} interface ${iface.deviceId}`, `${name} missing`, 'matchlockd recreates it on its next reconcile (restart matchlockd to reconcile now); the VMM must be restarted to use it'));
     else if (iface.type === 'TAP' && link.master !== bridge) out.push(fail(`${id} interface ${iface.deviceId}`, `${name} is attached to ${link.master ?? 'nothing'}, not ${bridge}`, `ip link set ${name} master ${bridge}`));

@@ -3,6 +3,7 @@ import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '../adapters/exec.js';
+import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { pidAlive, processMentions } from '../adapters/vmm/process.js';
 import { subnetOf, type HubConfig } from './config.js';
 import { dhcpdConf, dnsmasqArgs, nftRuleset, NFT_TABLE } from './render.js';
@@ -30,15 +31,8 @@ export function hubFiles(c: HubConfig) {
   return { state: f('hub-state.json'), conf: f('dhcpd.conf'), iscLeases: f('dhcpd.leases'), dnsmasqLeases: f('dnsmasq.leases'), pid: f('dhcp.pid'), log: f('dhcp.log'), unit: f('matchlock-hub-dhcp.service') };
 }
 
-async function linkExists(name: string): Promise<{ up: boolean } | undefined> {
-  try {
-    const { stdout } = await run('ip', ['-json', 'link', 'show', 'dev', name]);
-    const [l] = JSON.parse(stdout) as { flags?: string[] }[];
-    return l ? { up: l.flags?.includes('UP') ?? false } : undefined;
-  } catch {
-    return undefined;
-  }
-}
+const links = new Iproute2Network();
+const linkExists = (name: string) => links.get(name);
 
 async function hasAddress(name: string, cidr: string): Promise<boolean> {
   const { stdout } = await run('ip', ['-json', 'addr', 'show', 'dev', name]);

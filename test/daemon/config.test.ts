@@ -3,7 +3,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { ConfigError, KEYS, loadConfig } from '../../src/daemon/config.js';
-import { isLocalEndpoint as isLoopbackEndpoint } from '../../src/core/endpoint.js';
+import { isLocalEndpoint as isLoopbackEndpoint, isLoopbackHost } from '../../src/core/endpoint.js';
 import { parseDuration } from '../../src/core/duration.js';
 import { tempDir } from '../helpers/daemon.js';
 
@@ -71,6 +71,9 @@ describe('daemon configuration', () => {
     assert.equal(isLoopbackEndpoint('0.0.0.0:9090'), false);
     assert.equal(isLoopbackEndpoint(':9090'), false);
     assert.equal(isLoopbackEndpoint('unix:/run/matchlock.sock'), true);
+    // Registries are named by host with or without a port.
+    for (const h of ['localhost', 'localhost:5000', '127.0.0.1', '127.0.0.1:5000', '[::1]:5000']) assert.equal(isLoopbackHost(h), true, h);
+    for (const h of ['registry.example', 'registry.example:5000', '127.example.com', '10.0.0.1:5000']) assert.equal(isLoopbackHost(h), false, h);
   });
 
   it('documents every key in the README configuration reference', async () => {

@@ -5,6 +5,7 @@ import type { IncomingMessage } from 'node:http';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
+import { isLoopbackHost } from '../../../core/endpoint.js';
 import type { ImageReference } from '../../../core/images/reference.js';
 import type { Logger } from '../../../core/ports.js';
 import { dockerConfigPath, loadCredentials, parseChallenge, type Credentials } from './auth.js';
@@ -46,11 +47,6 @@ export interface FetchedManifest {
 /** docker.io's API lives at registry-1.docker.io. */
 function apiHost(registry: string): string {
   return registry === 'docker.io' ? 'registry-1.docker.io' : registry;
-}
-
-export function isLoopbackHost(host: string): boolean {
-  const h = host.startsWith('[') ? host.slice(1, host.indexOf(']')) : host.split(':')[0] ?? '';
-  return h === 'localhost' || h === '::1' || /^127\./.test(h);
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
