@@ -5,7 +5,8 @@ import { run } from '../adapters/exec.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { pidAlive, processMentions } from '../adapters/vmm/process.js';
-import { vmDir } from '../core/plan/host-runtime.js';
+import { CIDATA_FILE, vmDir } from '../core/plan/host-runtime.js';
+import { FILES as QEMU_FILES } from '../adapters/vmm/qemu/args.js';
 import { guestMac, hostDeviceName } from '../core/microvm/host-names.js';
 import type { MicroVM } from '../core/microvm/types.js';
 import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
@@ -109,18 +110,18 @@ async function inspectVm(cfg: DaemonConfig, vm: MicroVM, leases: Lease[] | undef
   if (s.state === 'DELETING' || s.state === 'FAILED') return out;
 
   const dir = vmDir(cfg.stateDir, vm);
-  const files = ['qemu.pid', 'console.log', 'cidata.img'];
+  const files = [QEMU_FILES.pid, QEMU_FILES.console, CIDATA_FILE];
   const missing = files.filter((f) => !existsSync(join(dir, f)));
   out.push(missing.length ? fail(`${id} files`, `${dir} lacks ${missing.join(', ')}`, 'matchlockd recreates them on its next reconcile; restart it to reconcile now') : ok(`${id} files`, `${dir}: ${files.join(', ')}`));
 
   let pid = 0;
   try {
-    pid = Number(readFileSync(join(dir, 'qemu.pid'), 'utf8').trim());
+    pid = Number(readFileSync(join(dir, QEMU_FILES.pid), 'utf8').trim());
   } catch {
     pid = 0;
   }
   const alive = pid > 0 && pidAlive(pid) && processMentions(pid, dir);
-  out.push(alive ? ok(`${id} vmm`, `qemu pid ${pid} running`) : fail(`${id} vmm`, `no VMM process${pid ? ` (pid ${pid} is gone)` : ''}`, 'matchlockd restarts it when it is running; check qemu.stderr and console.log in the VM directory'));
+  out.push(alive ? ok(`${id} vmm`, `qemu pid ${pid} running`) : fail(`${id} vmm`, `no VMM process${pid ? ` (pid ${pid} is gone)` : ''}`, `matchlockd restarts it when it is running; check ${QEMU_FILES.stderr} and ${QEMU_FILES.console} in the VM directory`));
 
   for (const [n, iface] of vm.spec.interfaces.entries()) {
     const name = hostDeviceName(vm, n);

@@ -79,6 +79,8 @@ describe('daemon configuration', () => {
   it('documents every key in the README configuration reference', async () => {
     const { readFileSync } = await import('node:fs');
     const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
-    for (const k of KEYS) assert.ok(readme.includes(`\`${k.key}\``), `README lacks ${k.key}`);
+    // Whole rows, so a changed default or meaning cannot drift from the reference either.
+    const rows = readme.split('\n').filter((l) => /^\| `[a-z-]+` \|/.test(l));
+    assert.deepEqual(rows, KEYS.map((k) => `| \`${k.key}\` | ${k.default === '' ? '(empty)' : `\`${k.default}\``} | ${k.help} |`));
   });
 });

@@ -39,7 +39,9 @@ export function vmDir(stateDir: string, vm: MicroVM): string {
   return `${stateDir}/vm/${vm.spec.namespace}/${vm.spec.name}/${vm.uid}`;
 }
 
-const cidataFile = (dir: string) => `${dir}/cidata.img`;
+/** The cloud-init seed's file name in the VM directory. */
+export const CIDATA_FILE = 'cidata.img';
+const cidataFile = (dir: string) => `${dir}/${CIDATA_FILE}`;
 
 /**
  * Turns a MicroVM record into host objects with a create plan (images, volumes, interfaces,
@@ -65,8 +67,10 @@ export class HostRuntime implements Runtime {
       vsockPath: '',
       vmmPid: vm.status.vmmPid,
       guestBooted: vm.status.guestBooted,
-      imageDigests: { ...(vm.status.imageDigests ?? {}) },
     };
+    // Pinned on first resolution and reused afterwards: a moving tag never changes this VM.
+    const digests: Record<string, string> = { ...(vm.status.imageDigests ?? {}) };
+    status.imageDigests = digests;
     if (vm.status.kernelMount) status.kernelMount = vm.status.kernelMount;
     if (vm.status.initrdMount) status.initrdMount = vm.status.initrdMount;
     const report = () => progress?.({ ...status, ready: false });
@@ -75,7 +79,6 @@ export class HostRuntime implements Runtime {
     const volumes = specVolumes(vm.spec);
 
     const steps: Step[] = [];
-    const digests = status.imageDigests ?? {};
     const resolved = new Set<string>();
     const digestOf = (ref: string) => {
       const d = digests[ref];

@@ -50,6 +50,7 @@ export class QemuProvider implements VmmProvider {
 
   async start(l: Launch, log: Logger): Promise<number> {
     const args = qemuArgs(l, this.settings);
+    log.debug({ bin: this.bin, args }, 'starting qemu');
     await rm(`${l.dir}/${FILES.pid}`, { force: true });
     await rm(`${l.dir}/${FILES.qmp}`, { force: true });
     await writeFile(`${l.dir}/${FILES.cmdline}`, JSON.stringify([this.bin, ...args]) + '\n');
@@ -75,7 +76,6 @@ export class QemuProvider implements VmmProvider {
       throw new MatchlockError(ErrorCode.Internal, `qemu did not write ${FILES.pid} within 5 s`);
     } finally {
       for (const fd of [out, err, ...taps]) closeSync(fd);
-      void log;
     }
   }
 
