@@ -11,6 +11,17 @@ import type { Io } from './vm.js';
 
 const DAEMON_BIN = fileURLToPath(new URL('../../bin/matchlockd.js', import.meta.url));
 
+/** `--set key=value` options as settings; the keys are checked by hostSetup. */
+function parseSettings(list: string[] | undefined): Record<string, string> {
+  const settings: Record<string, string> = {};
+  for (const kv of list ?? []) {
+    const i = kv.indexOf('=');
+    if (i <= 0) throw new CliError(`--set ${kv}: must be key=value`, EXIT.usage);
+    settings[kv.slice(0, i)] = kv.slice(i + 1);
+  }
+  return settings;
+}
+
 export function hostCommand(io: Io, output: () => string): Command {
   const host = new Command('host').description('prepare this machine to run matchlockd');
   host
@@ -20,12 +31,7 @@ export function hostCommand(io: Io, output: () => string): Command {
     .option('--config-out <path>', 'where the config goes', DEFAULT_CONFIG_PATH)
     .option('--unit-out <path>', 'where the unit goes', '/etc/systemd/system/matchlockd.service')
     .action(async (o: { set?: string[]; configOut: string; unitOut: string }) => {
-      const settings: Record<string, string> = {};
-      for (const kv of o.set ?? []) {
-        const i = kv.indexOf('=');
-        if (i <= 0) throw new CliError(`--set ${kv}: must be key=value`, EXIT.usage);
-        settings[kv.slice(0, i)] = kv.slice(i + 1);
-      }
+      const settings = parseSettings(o.set);
       let result;
       try {
         result = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}` });
@@ -79,12 +85,7 @@ export function hostCommand(io: Io, output: () => string): Command {
         if (err instanceof HubError) throw new CliError(err.message, EXIT.precondition);
         throw err;
       }
-      const settings: Record<string, string> = { 'bridge-name': o.interface };
-      for (const kv of o.set ?? []) {
-        const i = kv.indexOf('=');
-        if (i <= 0) throw new CliError(`--set ${kv}: must be key=value`, EXIT.usage);
-        settings[kv.slice(0, i)] = kv.slice(i + 1);
-      }
+      const settings = { 'bridge-name': o.interface, ...parseSettings(o.set) };
       const { checks } = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}` }).catch((err: unknown) => {
         throw new CliError((err as Error).message, EXIT.usage);
       });

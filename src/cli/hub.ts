@@ -8,7 +8,8 @@ import { CliError, EXIT, connect, type ConnectOptions } from './client.js';
 import { table } from './output.js';
 import type { Io } from './vm.js';
 
-const FLAGS: [string, string][] = [
+/** The hub's settings as flags; `inspect --hub` takes the same ones with a `hub-` prefix. */
+export const HUB_FLAGS: [string, string][] = [
   ['interface', 'LAN interface the hub makes or uses'],
   ['mode', 'vlan (802.1Q on --parent) or bridge (single machine)'],
   ['parent', 'parent link for vlan mode'],
@@ -25,6 +26,12 @@ const FLAGS: [string, string][] = [
 ];
 
 /** `matchlock hub`: the LAN, DHCP and NAT that MicroVMs get their addresses and their way out from. */
+/** The values commander parsed for the hub flags (named `<prefix><flag>`), keyed by flag. */
+export function hubFlagValues(opts: Record<string, unknown>, prefix: string): Record<string, unknown> {
+  const camel = (k: string) => k.replace(/-([a-z])/g, (_, x: string) => x.toUpperCase());
+  return Object.fromEntries(HUB_FLAGS.map(([flag]) => [flag, opts[camel(`${prefix}${flag}`)]]));
+}
+
 /** MAC -> "namespace/name" of the MicroVM that owns it, from a reachable matchlockd. */
 async function owners(opts: ConnectOptions): Promise<Map<string, string>> {
   const c = connect({ ...opts, timeoutMs: 3000 });
@@ -49,12 +56,11 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
   const hub = new Command('hub').description('network hub: LAN interface, DHCP server, NAT to the uplink');
   const withConfig = (c: Command) => {
     c.option('-f, --file <hub.yaml>', 'hub config (keys as the flags name them)');
-    for (const [flag, help] of FLAGS) c.option(`--${flag} <value>`, help);
+    for (const [flag, help] of HUB_FLAGS) c.option(`--${flag} <value>`, help);
     return c;
   };
   const config = (opts: Record<string, unknown>): HubConfig => {
-    const flags: Record<string, unknown> = {};
-    for (const [flag] of FLAGS) flags[flag] = opts[flag.replace(/-([a-z])/g, (_, x: string) => x.toUpperCase())];
+    const flags = hubFlagValues(opts, '');
     try {
       return loadHubConfig(typeof opts.file === 'string' ? opts.file : undefined, flags);
     } catch (err) {

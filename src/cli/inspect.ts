@@ -5,10 +5,9 @@ import { hubLeases } from '../hub/hub.js';
 import { inspectHost, inspectHub, type Check } from '../host/inspect.js';
 import { CliError, EXIT } from './client.js';
 import { table } from './output.js';
+import { HUB_FLAGS, hubFlagValues } from './hub.js';
 import type { Io } from './vm.js';
 
-const HUB_FLAGS = ['interface', 'mode', 'parent', 'vlan-id', 'address', 'range-start', 'range-end', 'dns-servers', 'uplink', 'dhcp', 'state-dir'];
-const camel = (k: string) => k.replace(/-([a-z])/g, (_, x: string) => x.toUpperCase());
 
 /**
  * `matchlock inspect`: every check of the operators' walkthrough as ok / warn / fail with its
@@ -23,7 +22,7 @@ export function inspectCommand(io: Io, output: () => string, token: () => string
     .option('--bridge-name <name>', "matchlockd's bridge (overrides the config)")
     .option('--hub', 'also check the network hub')
     .option('--hub-file <hub.yaml>', 'hub config for --hub');
-  for (const f of HUB_FLAGS) cmd.option(`--hub-${f} <value>`, `hub ${f} for --hub`);
+  for (const [f, help] of HUB_FLAGS) cmd.option(`--hub-${f} <value>`, `for --hub: ${help}`);
   cmd.action(async (o: Record<string, unknown>) => {
     const flags: Record<string, unknown> = {};
     if (o.daemonStateDir) flags['state-dir'] = o.daemonStateDir;
@@ -38,8 +37,7 @@ export function inspectCommand(io: Io, output: () => string, token: () => string
     const checks: Check[] = [];
     let leases;
     if (o.hub) {
-      const hubFlags: Record<string, unknown> = {};
-      for (const f of HUB_FLAGS) hubFlags[f] = o[camel(`hub-${f}`)];
+      const hubFlags = hubFlagValues(o, 'hub-');
       let hub;
       try {
         hub = loadHubConfig(typeof o.hubFile === 'string' ? o.hubFile : undefined, hubFlags);

@@ -3,6 +3,7 @@ import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '../adapters/exec.js';
+import { findBinary } from '../daemon/providers.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { pidAlive, processMentions } from '../adapters/vmm/process.js';
 import { subnetOf, type HubConfig } from './config.js';
@@ -117,7 +118,7 @@ export async function hubSetup(c: HubConfig): Promise<void> {
     ? ['dhcpd', ['-4', '-f', '-cf', files.conf, '-lf', files.iscLeases, '-pf', files.pid, c.interface]] as const
     : ['dnsmasq', dnsmasqArgs(c, files.dnsmasqLeases, files.pid)] as const;
   // The same server as a systemd unit, for hosts where systemd should supervise it.
-  await writeFile(files.unit, dhcpUnit(`${await which(cmd)} ${args.join(' ')}`, c));
+  await writeFile(files.unit, dhcpUnit(`${which(cmd)} ${args.join(' ')}`, c));
   own(files.unit);
   const log = openSync(files.log, 'a');
   const child = spawn(cmd, [...args], { detached: true, stdio: ['ignore', log, log] });
@@ -133,11 +134,10 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   await save();
 }
 
-async function which(cmd: string): Promise<string> {
-  for (const dir of (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
-    if (existsSync(join(dir, cmd))) return join(dir, cmd);
-  }
-  throw new HubError(`${cmd} is not installed (apt-get install ${cmd === 'dhcpd' ? 'isc-dhcp-server' : 'dnsmasq-base'})`);
+function which(cmd: string): string {
+  const found = findBinary(cmd);
+  if (!found) throw new HubError(`${cmd} is not installed (apt-get install ${cmd === 'dhcpd' ? 'isc-dhcp-server' : 'dnsmasq-base'})`);
+  return found;
 }
 
 /** A unit that runs the hub's DHCP server in the foreground with restarts; install it under /etc/systemd/system. */
