@@ -73,7 +73,7 @@ echo "== console (tail of $console)"
 tail -n 6 "$console"
 echo
 echo "== DHCP leases (matchlock hub leases)"
-ip netns exec "$ns" node bin/matchlock.js hub leases "${hubflags[@]}"
+ip netns exec "$ns" "${ML[@]}" hub leases "${hubflags[@]}"
 echo
 echo "MicroVM $uid is running. Ctrl-C deletes it and cleans up."
 while kill -0 "$daemon" 2>/dev/null; do sleep 1; done
