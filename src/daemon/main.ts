@@ -2,6 +2,7 @@ import { Command, Option } from 'commander';
 import { DEFAULT_CONFIG_PATH, KEYS, envName, loadConfig, ConfigError } from './config.js';
 import { createLogger } from './logger.js';
 import { startDaemon } from './app.js';
+import { installProcessGuards } from './guard.js';
 import { VERSION } from '../version.js';
 
 /** matchlockd, in flintlockd's form: `matchlockd run [flags]` and `matchlockd version`. */
@@ -31,6 +32,7 @@ export async function main(argv: string[]): Promise<void> {
       process.exit(2);
     }
     const logger = createLogger(cfg.logFormat, cfg.verbosity);
+    installProcessGuards(logger);
     let daemon;
     try {
       daemon = await startDaemon(cfg, logger);

@@ -124,7 +124,11 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   const child = spawn(cmd, [...args], { detached: true, stdio: ['ignore', log, log] });
   closeSync(log);
   child.unref();
-  const exited = new Promise<number | null>((r) => child.once('exit', r));
+  // A spawn failure is an 'error' event; unheard, it would end the process instead of failing setup.
+  const exited = new Promise<number | null>((r) => {
+    child.once('exit', r);
+    child.on('error', () => r(null));
+  });
   const early = await Promise.race([exited, sleep(500).then(() => 'running' as const)]);
   if (early !== 'running' || child.pid === undefined) {
     const out = (await readFile(files.log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' ');

@@ -68,6 +68,10 @@ export class PollingSupervisor implements Supervisor {
           this.events.exited(uid, w.pid);
         }
       }
+    } catch (err) {
+      // Runs from a timer: nobody awaits it, so a failure (the store refusing a write) is
+      // logged here and the next tick tries again.
+      this.log.error({ err: (err as Error).message }, 'supervisor tick failed');
     } finally {
       this.busy = false;
     }
