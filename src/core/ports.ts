@@ -60,9 +60,15 @@ export type RuntimeStatus = Partial<Omit<MicroVMStatus, 'state' | 'retry' | 'las
  * exists and do only what is missing, so a crash at any point is recovered by calling again.
  */
 export interface Runtime {
-  /** `progress` receives status after each step that changed the host, so it is saved at once. */
-  ensure(vm: MicroVM, log: Logger, progress?: (s: RuntimeStatus) => void): Promise<RuntimeStatus>;
-  teardown(vm: MicroVM, log: Logger): Promise<void>;
+  /**
+   * `progress` receives status after each step that changed the host, so it is saved at once.
+   * `signal` is aborted when the pass is called off (the VM is being deleted, the daemon is
+   * shutting down): stop between steps and at any long wait (pull, unpack, VMM start) and
+   * reject with the signal's reason, a MatchlockError with code Canceled.
+   */
+  ensure(vm: MicroVM, log: Logger, progress?: (s: RuntimeStatus) => void, signal?: AbortSignal): Promise<RuntimeStatus>;
+  /** `signal` as for ensure; aborted only when the daemon shuts down. */
+  teardown(vm: MicroVM, log: Logger, signal?: AbortSignal): Promise<void>;
 }
 
 // ---- Host ports used by the create and delete plans ----

@@ -120,7 +120,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     store,
     clock: { now: () => new Date() },
     random: { bytes: (n) => randomBytes(n) },
-    notifier: { changed: (uid) => queue.enqueue(uid) },
+    notifier: {
+      changed: (uid) => {
+        reconciler.changed(uid);
+        queue.enqueue(uid);
+      },
+    },
     providers,
     defaultProvider,
   });
