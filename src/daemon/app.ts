@@ -19,6 +19,7 @@ import { ThinPoolVolumes } from '../adapters/volumes/thin.js';
 import { QemuProvider } from '../adapters/vmm/qemu/provider.js';
 import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
 import { sweepOrphans } from './sweep.js';
+import { daemonIdentity } from './identity.js';
 import { clearStaleSocket } from './unix-socket.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
@@ -62,6 +63,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   if (chosen) logger.info({ provider: chosen, configured: cfg.defaultProvider !== '' }, 'default provider chosen');
   else logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
 
+  const daemonId = daemonIdentity(cfg.stateDir);
+  logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
   const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
   const vmms = new Map<string, VmmProvider>();
   const qemuBin = findBinary(cfg.qemuBin);
@@ -99,6 +102,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     bridgeName: cfg.bridgeName,
     parentIface: cfg.parentIface,
     deleteVmTimeoutMs: cfg.deleteVmTimeoutMs,
+    daemonId,
   });
   const reconciler = new Reconciler({
     store,
@@ -166,7 +170,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
       logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
     }
     try {
-      const removed = await sweepOrphans({ stateDir: cfg.stateDir, store, network, files, providers: vmms, stopTimeoutMs: cfg.deleteVmTimeoutMs, log: logger });
+      const removed = await sweepOrphans({ daemonId, stateDir: cfg.stateDir, store, network, files, providers: vmms, stopTimeoutMs: cfg.deleteVmTimeoutMs, log: logger });
       if (removed) logger.info({ removed }, 'orphans removed');
     } catch (err) {
       logger.error({ err: (err as Error).message }, 'orphan sweep failed; continuing');

@@ -1,14 +1,17 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { aliasOwner } from '../core/microvm/host-names.js';
+import { parseAlias } from '../core/microvm/host-names.js';
 import type { HostFiles, HostNetwork, Logger, Store, VmmProvider } from '../core/ports.js';
 
 /**
- * Removes host objects that carry matchlock's mark but belong to no record: links whose alias
- * names a uid the store does not know, and VM directories (with any VMM still running in them)
- * of deleted VMs. Runs once at start, before anything is reconciled.
+ * Removes host objects that carry this daemon's mark but belong to no record: links whose alias
+ * names this daemon and a uid the store does not know, and VM directories (with any VMM still
+ * running in them) of deleted VMs. Links of other daemons (another state dir in the same
+ * network namespace) are never touched; neither are links in the alias form without a daemon
+ * id, whose owner cannot be proven. Runs once at start, before anything is reconciled.
  */
 export async function sweepOrphans(o: {
+  daemonId: string;
   stateDir: string;
   store: Store;
   network: HostNetwork;
@@ -20,7 +23,8 @@ export async function sweepOrphans(o: {
   let removed = 0;
   const known = (uid: string | undefined) => uid !== undefined && o.store.get(uid) !== undefined;
   for (const link of await o.network.listOwned()) {
-    if (known(aliasOwner(link.alias))) continue;
+    const owner = parseAlias(link.alias);
+    if (!owner || owner.daemonId !== o.daemonId || known(owner.uid)) continue;
     o.log.warn({ link: link.name, alias: link.alias }, 'removing orphaned link');
     await o.network.remove(link.name);
     removed++;

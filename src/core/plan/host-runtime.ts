@@ -32,6 +32,8 @@ export interface HostRuntimeOptions {
   /** Parent for MACVTAP interfaces. */
   parentIface: string;
   deleteVmTimeoutMs: number;
+  /** This daemon's identity, written into every link alias (deviceAlias). */
+  daemonId: string;
 }
 
 /** `<state-dir>/vm/<namespace>/<name>/<uid>`, flintlock's layout. */
@@ -137,7 +139,7 @@ export class HostRuntime implements Runtime {
     const nics: LaunchNic[] = [];
     vm.spec.interfaces.forEach((iface, n) => {
       const name = hostDeviceName(vm, n);
-      const alias = deviceAlias(vm.uid, iface.deviceId);
+      const alias = deviceAlias(o.daemonId, vm.uid, iface.deviceId);
       const record = (info: { ifindex: number; mac: string }) => {
         const st: NetworkInterfaceStatus = { hostDeviceName: name, index: info.ifindex, macAddress: info.mac };
         status.networkInterfaces[iface.deviceId] = st;
