@@ -183,3 +183,30 @@ export interface Supervisor {
   unwatch(uid: string): void;
   watching(uid: string, pid: number): boolean;
 }
+
+// ---- Tombstones: what the orphan sweep may prove was this daemon's and deleted ----
+
+/** A VM record dropped without a finished teardown, kept so its leftovers can be removed. */
+export interface Tombstone {
+  uid: string;
+  namespace: string;
+  name: string;
+  /** RFC 3339 time the record was dropped. */
+  droppedAt: string;
+  /** Why the teardown did not finish (its last error). */
+  reason: string;
+}
+
+/**
+ * Tombstones beside the records. Leftovers on the host (VM directory, VMM, links, volumes) may
+ * be destroyed only when their uid has a tombstone: a uid that is neither a record nor a
+ * tombstone may belong to a running guest whose record was lost.
+ */
+export interface Tombstones {
+  /** Removes the record and keeps its tombstone, in one transaction. */
+  bury(tombstone: Tombstone): void;
+  tombstone(uid: string): Tombstone | undefined;
+  tombstones(): Tombstone[];
+  /** Drops a tombstone once everything it stood for is gone from the host. */
+  forget(uid: string): void;
+}

@@ -24,6 +24,7 @@ import { clearStaleSocket } from './unix-socket.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
 import { isLocalEndpoint } from '../core/endpoint.js';
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { ConfigError, type DaemonConfig } from './config.js';
 import { chooseDefaultProvider, detectProviders, findBinary } from './providers.js';
 
@@ -86,9 +87,10 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string) => undefined as void };
   const supervisor = new PollingSupervisor({ exited: (u, p) => events.exited(u, p), booted: (u) => events.booted(u) }, logger);
   const ext4 = new Ext4Volumes(images, join(cfg.stateDir, 'images', 'base'));
-  const volumes = cfg.thinpool
+  const thin = cfg.thinpool
     ? new ThinPoolVolumes({ pool: cfg.thinpool, dmsetup: cfg.dmsetupBin, devDir: cfg.thinpoolDevDir, idsFile: join(cfg.stateDir, 'images', 'thin-ids.json'), ext4 })
-    : ext4;
+    : undefined;
+  const volumes = thin ?? ext4;
   if (cfg.thinpool) logger.info({ pool: cfg.thinpool }, 'volumes on a device-mapper thin pool');
   const runtime = new HostRuntime({
     stateDir: cfg.stateDir,
@@ -160,6 +162,14 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     store.close();
   };
   try {
+    // Before serving: a state dir whose records were lost refuses to start here, and nothing
+    // is reconciled or created while leftovers are removed.
+    const removed = await sweepOrphans({ daemonId, stateDir: cfg.stateDir, store, network, files, providers: vmms, volumes: thin, stopTimeoutMs: cfg.deleteVmTimeoutMs, log: logger }).catch((err: unknown) => {
+      if (err instanceof MatchlockError && err.code === ErrorCode.FailedPrecondition) throw err;
+      logger.error({ err: (err as Error).message }, 'orphan sweep failed; continuing');
+      return 0;
+    });
+    if (removed) logger.info({ removed }, 'orphans removed');
     await clearStaleSocket(cfg.grpcEndpoint);
     const grpcPort = await bindGrpc(grpcServer, cfg.grpcEndpoint, serverCredentials(tls));
     logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
@@ -168,12 +178,6 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
       httpServer = createHttpApi({ service, logger, token, tls });
       httpPort = await listen(httpServer, cfg.httpEndpoint);
       logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
-    }
-    try {
-      const removed = await sweepOrphans({ daemonId, stateDir: cfg.stateDir, store, network, files, providers: vmms, stopTimeoutMs: cfg.deleteVmTimeoutMs, log: logger });
-      if (removed) logger.info({ removed }, 'orphans removed');
-    } catch (err) {
-      logger.error({ err: (err as Error).message }, 'orphan sweep failed; continuing');
     }
     resyncAll();
     resync = setInterval(resyncAll, cfg.resyncPeriodMs);

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
+import { daemonFailsToStart, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
 import { labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
 import { api, importGuest, stateOf, vmDir, waitFor } from './vm.js';
 
@@ -37,6 +37,40 @@ describe('safety: what a VM or the host does never ends the daemon or delays a d
     assert.throws(() => process.kill(pid, 0), 'the VMM is gone');
     assert.equal(existsSync(vmDir(lab, 'noqmp', uid)), false);
     assert.deepEqual(lab.ourLinks(), []);
+  });
+
+  it('a lost or empty database never destroys a running VM: the daemon refuses to start, naming the fix', async () => {
+    const vms = api(lab);
+    const uid = await vms.create('kept', [{ id: 'eth0', type: 'TAP' }]);
+    const created = await waitFor('CREATED', async () => { const vm = await vms.get(uid); return stateOf(vm) === 'CREATED' ? vm : undefined; }, 90_000);
+    const pid = created.status?.vmmPid ?? 0;
+    const dir = vmDir(lab, 'kept', uid);
+    await lab.daemon.stop();
+    const db = join(lab.stateDir, 'matchlock.db');
+    const files = ['', '-wal', '-shm'].filter((x) => existsSync(db + x));
+    for (const x of files) renameSync(db + x, `${db}${x}.saved`);
+    const args = ['run', '--state-dir', lab.stateDir, '--grpc-endpoint', `unix:${join(lab.stateDir, 'probe.sock')}`, '--config', '/dev/null', '--bridge-name', 'br0'];
+    for (const damage of ['missing', 'empty']) {
+      if (damage === 'empty') {
+        for (const x of ['', '-wal', '-shm']) rmSync(db + x, { force: true });
+        writeFileSync(db, '');
+      }
+      const { code, output } = await daemonFailsToStart(args, {}, lab.ns);
+      assert.notEqual(code, null, `with a ${damage} database matchlockd exits rather than running on`);
+      assert.notEqual(code, 0);
+      assert.match(output, new RegExp(`refusing to start.*${dir}`), output);
+      assert.match(output, /Restore matchlock\.db from a backup, or stop those VMMs and remove their directories/);
+      assert.doesNotThrow(() => process.kill(pid, 0), `with a ${damage} database the guest still runs`);
+      assert.ok(existsSync(join(dir, 'qemu.pid')), 'its directory is untouched');
+    }
+    for (const x of ['', '-wal', '-shm']) rmSync(db + x, { force: true });
+    for (const x of files) renameSync(`${db}${x}.saved`, db + x);
+    await lab.restartDaemon(false);
+    const again = api(lab);
+    const back = await waitFor('the VM adopted again', async () => { const vm = await again.get(uid); return stateOf(vm) === 'CREATED' ? vm : undefined; }, 60_000);
+    assert.equal(back.status?.vmmPid, pid, 'the same guest, never restarted');
+    await again.delete(uid);
+    await waitFor('gone', async () => (await again.get(uid)) === undefined, 30_000);
   });
 
   it('deleting a VM that waits out a back-off finishes within 10 s', async () => {

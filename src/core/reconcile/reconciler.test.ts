@@ -87,6 +87,8 @@ it('drops the record after teardown, and never leaves a failing delete stuck in 
     if (d !== undefined) bad.clock.advance(d);
   }
   assert.equal(bad.store.get('B'), undefined);
+  assert.equal(bad.store.tombstone('B')?.reason, 'tap busy', 'a dropped record leaves a tombstone for the orphan sweep');
+  assert.equal(ok.store.tombstone('A'), undefined, 'a finished teardown leaves none');
 });
 
 it('does not overwrite a delete that arrived during a create pass', async () => {

@@ -1,10 +1,10 @@
 import { ErrorCode, MatchlockError } from '../errors.js';
-import type { Clock, Logger, Runtime, RuntimeStatus, Store } from '../ports.js';
+import type { Clock, Logger, Runtime, RuntimeStatus, Store, Tombstones } from '../ports.js';
 import type { MicroVM, MicroVMStatus } from '../microvm/types.js';
 import { backoffMs } from './backoff.js';
 
 export interface ReconcilerOptions {
-  store: Store;
+  store: Store & Tombstones;
   runtime: Runtime;
   clock: Clock;
   logger: Logger;
@@ -124,10 +124,10 @@ export class Reconciler {
       if (signal.aborted) return this.calledOff(log, signal);
       const e = MatchlockError.from(err);
       if (vm.status.retry + 1 > this.opts.maxRetries) {
-        // Never leave a record stuck in DELETING: what is left on the host carries matchlock's
-        // mark and is removed by the orphan sweep.
-        this.opts.store.remove(vm.uid);
-        log.error({ err: e.message }, 'delete failed too often; record dropped, leftovers go to the orphan sweep');
+        // Never leave a record stuck in DELETING; the tombstone is what lets the orphan sweep
+        // prove the leftovers were this daemon's and deleted, so it may remove them.
+        this.opts.store.bury({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name, droppedAt: this.opts.clock.now().toISOString(), reason: e.message });
+        log.error({ err: e.message }, 'delete failed too often; record dropped with a tombstone, leftovers go to the orphan sweep');
         return undefined;
       }
       return this.fail(vm, e, log);
