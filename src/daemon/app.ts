@@ -142,6 +142,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     const inUse = new Set((await catalog.usage(store.list({}))).keys());
     const removed = await catalog.collect(inUse, cfg.imageGcGraceMs);
     if (removed.length) logger.info({ removed }, 'unused images removed');
+    if (thin) await thin.collectBases(new Set([...inUse, ...(await catalog.list()).map((i) => i.digest)]), logger);
   };
   const resyncAll = () => {
     for (const vm of store.list({})) queue.enqueue(vm.uid);

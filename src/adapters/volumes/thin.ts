@@ -21,6 +21,8 @@ export interface ThinPoolOptions {
 const SECTOR = 512;
 /** matchlock-<uid, lowercase>-<volume id>: a VM's volume. */
 const VOLUME_NAME = /^matchlock-([0-9a-hjkmnp-tv-z]{26})-(.+)$/;
+/** matchlock-base-<first 24 hex digits of the image digest>: an image's base volume. */
+const BASE_NAME = /^matchlock-base-([0-9a-f]{24})$/;
 const baseName = (digest: string) => `matchlock-base-${digest.replace(/^sha256:/, '').slice(0, 24)}`;
 
 /**
@@ -151,6 +153,26 @@ export class ThinPoolVolumes implements Volumes {
     return Object.keys(await this.ids()).flatMap((name) => {
       const m = VOLUME_NAME.exec(name);
       return m?.[1] && m[2] ? [{ uid: m[1].toUpperCase(), volumeId: m[2] }] : [];
+    });
+  }
+
+  /**
+   * Garbage collection of base thin volumes: removes each one whose image digest is not in
+   * `keep` (the digests still in the image store or used by a VM). VM volumes are thin
+   * snapshots, independent of their origin once taken, so they are never affected.
+   * Returns the names removed.
+   */
+  async collectBases(keep: ReadonlySet<string>, log: Logger): Promise<string[]> {
+    const live = new Set([...keep].map(baseName));
+    return this.exclusive(async () => {
+      const removed: string[] = [];
+      for (const name of Object.keys(await this.ids())) {
+        if (!BASE_NAME.test(name) || live.has(name)) continue;
+        await this.destroy(name);
+        log.info({ name, pool: this.o.pool }, 'unused base thin volume removed');
+        removed.push(name);
+      }
+      return removed;
     });
   }
 }
