@@ -84,8 +84,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry);
   // Supervisor events need the reconciler and queue, which need the runtime that owns the
   // supervisor: the handlers are bound once all three exist.
-  const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string) => undefined as void };
-  const supervisor = new PollingSupervisor({ exited: (u, p) => events.exited(u, p), booted: (u) => events.booted(u) }, logger);
+  const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string) => undefined as void, healthy: (_uid: string) => undefined as void };
+  const supervisor = new PollingSupervisor(
+    { exited: (u, p) => events.exited(u, p), booted: (u) => events.booted(u), healthy: (u) => events.healthy(u) },
+    logger,
+    { healthyAfterMs: cfg.healthyAfterMs },
+  );
   const ext4 = new Ext4Volumes(images, join(cfg.stateDir, 'images', 'base'));
   const thin = cfg.thinpool
     ? new ThinPoolVolumes({ pool: cfg.thinpool, dmsetup: cfg.dmsetupBin, devDir: cfg.thinpoolDevDir, idsFile: join(cfg.stateDir, 'images', 'thin-ids.json'), ext4 })
@@ -122,6 +126,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     if (delay !== undefined) queue.enqueue(uid, delay);
   };
   events.booted = (uid) => reconciler.guestBooted(uid);
+  events.healthy = (uid) => reconciler.vmmHealthy(uid);
   const service = new MicroVMService({
     store,
     clock: { now: () => new Date() },

@@ -45,6 +45,7 @@ export interface DaemonConfig {
   registryMirrors: string;
   reconcileWorkers: number;
   deleteVmTimeoutMs: number;
+  healthyAfterMs: number;
 }
 
 type Kind = 'string' | 'bool' | 'duration' | 'int' | 'provider' | 'accel' | 'logformat';
@@ -96,6 +97,7 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'retry-backoff', prop: 'retryBackoffMs', kind: 'duration', default: '1s', help: 'first retry delay after a failed reconcile; doubles each attempt (with jitter) up to 5m' },
   { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', default: '4', help: 'VMs reconciled in parallel' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },
+  { key: 'healthy-after', prop: 'healthyAfterMs', kind: 'duration', default: '30s', help: "a VMM up this long counts as healthy and its retry count starts over, even when the console never shows the boot (kernel cmdline quiet)" },
 ];
 
 export class ConfigError extends Error {

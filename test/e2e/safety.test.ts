@@ -4,8 +4,8 @@ import { existsSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSyn
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { daemonFailsToStart, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
-import { labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
-import { api, importGuest, stateOf, vmDir, waitFor } from './vm.js';
+import { GUEST_REF, labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
+import { api, consoleOf, importGuest, stateOf, vmDir, waitFor } from './vm.js';
 
 // Each case here is a defect that once harmed guests or the daemon; each must keep failing on
 // the code that had it.
@@ -168,5 +168,33 @@ describe('safety: two daemons with their own state dirs in one network namespace
     await waitFor('both gone', async () => (await api(lab).get(a)) === undefined && (await second.get(b)) === undefined, 30_000);
     execFileSync('ip', ['-n', lab.ns, 'link', 'del', 'mltlegacy00000']);
     assert.deepEqual(lab.ourLinks(), []);
+  });
+});
+
+describe('safety: a guest booted with quiet', { skip }, () => {
+  let lab: Lab;
+  before(async () => {
+    assert.equal(missing, undefined, `the safety tests ${missing}`);
+    lab = await startLab(['--healthy-after', '3s', '--retry-backoff', '200ms']);
+    await importGuest(lab, testGuestLayout());
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('has its retry count reset once its VMM stays up, though the console never shows the boot line', async () => {
+    const vms = api(lab);
+    const uid = await vms.create('quiet', [{ id: 'eth0', type: 'TAP' }], undefined, GUEST_REF, { quiet: '' });
+    const first = await waitFor('a VMM', async () => { const vm = await vms.get(uid); return (vm?.status?.vmmPid ?? 0) > 0 ? vm : undefined; }, 90_000);
+    const pid = first.status?.vmmPid ?? 0;
+    process.kill(pid, 'SIGKILL');
+    await waitFor('the crash counted', async () => ((await vms.get(uid))?.status?.retry ?? 0) >= 1, 10_000, 50);
+    await waitFor('the guest up again', () => /MATCHLOCK_GUEST_UP/.test(consoleOf(lab, 'quiet', uid)) || undefined, 90_000);
+    const healed = await waitFor('retry back to 0', async () => { const vm = await vms.get(uid); return vm?.status?.retry === 0 && (vm.status.vmmPid ?? 0) > 0 && vm.status.vmmPid !== pid ? vm : undefined; }, 60_000);
+    assert.equal(healed.status?.lastError, '');
+    assert.doesNotMatch(consoleOf(lab, 'quiet', uid), /as init process/, 'quiet hid the boot line');
+    assert.equal(healed.status?.guestBooted, false, 'guest_booted still means the console showed the boot');
+    await vms.delete(uid);
+    await waitFor('gone', async () => (await vms.get(uid)) === undefined, 30_000);
   });
 });

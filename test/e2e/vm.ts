@@ -54,7 +54,7 @@ export function api(lab: { daemon: { target: string } }) {
     }
   };
   return {
-    async create(name: string, nics: NicSpec[], userData?: string, image = GUEST_REF): Promise<string> {
+    async create(name: string, nics: NicSpec[], userData?: string, image = GUEST_REF, cmdline: Record<string, string> = {}): Promise<string> {
       const metadata: Record<string, string> = {};
       if (userData) metadata['user-data'] = Buffer.from(userData).toString('base64');
       const res = await call<CreateMicroVMResponse>('createMicroVM', create(CreateMicroVMRequestSchema, {
@@ -63,7 +63,7 @@ export function api(lab: { daemon: { target: string } }) {
           namespace: 'e2e',
           vcpu: 1,
           memoryInMb: 1024,
-          kernel: { image, filename: 'boot/vmlinuz', addNetworkConfig: true },
+          kernel: { image, filename: 'boot/vmlinuz', addNetworkConfig: true, cmdline },
           initrd: { image, filename: 'boot/initrd.img' },
           rootVolume: { id: 'root', source: { containerSource: image } },
           interfaces: nics.map((n) => ({

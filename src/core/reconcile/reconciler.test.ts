@@ -168,3 +168,15 @@ it('abortAll calls off every pass at shutdown without recording failures or aski
   assert.equal(await pass, undefined);
   assert.equal(store.get('A')?.status.retry, 0);
 });
+
+it('a VMM that stayed up resets the retry count without claiming the guest booted', () => {
+  const { store, r } = setup({ ensure: async () => ({ ready: true }), teardown: async () => {} });
+  store.insert({ ...vm('A'), status: { ...initialStatus(), state: 'CREATED', retry: 3, lastError: 'vmm pid 7 exited unexpectedly', vmmPid: 8 } });
+  r.vmmHealthy('A');
+  assert.equal(store.get('A')?.status.retry, 0);
+  assert.equal(store.get('A')?.status.lastError, '');
+  assert.equal(store.get('A')?.status.guestBooted, false);
+  store.insert({ ...vm('B'), status: { ...initialStatus(), state: 'FAILED', retry: 11 } });
+  r.vmmHealthy('B');
+  assert.equal(store.get('B')?.status.retry, 11, 'FAILED stays as it is');
+});

@@ -112,6 +112,14 @@ export class Reconciler {
     this.save(uid, (cur) => (cur.status.state === 'DELETING' ? cur.status : { ...cur.status, guestBooted: true, retry: 0, lastError: '' }));
   }
 
+  /**
+   * The VMM stayed up for the configured time: healthy whether or not the console showed the
+   * boot (`quiet` hides it), so its failure count starts over. guest_booted is left alone.
+   */
+  vmmHealthy(uid: string): void {
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '' }));
+  }
+
   private async delete(vm: MicroVM, log: Logger, signal: AbortSignal): Promise<number | undefined> {
     const wait = dueIn(vm, this.opts.clock.now());
     if (wait > 0) return wait;
