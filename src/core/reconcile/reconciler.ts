@@ -50,7 +50,7 @@ export class Reconciler {
   }
 
   async reconcile(uid: string): Promise<number | undefined> {
-    const { store, logger, clock } = this.opts;
+    const { store, logger } = this.opts;
     const vm = store.get(uid);
     if (!vm) return undefined;
     const log = logger.child({ uid, namespace: vm.spec.namespace, name: vm.spec.name });
