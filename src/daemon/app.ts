@@ -25,7 +25,7 @@ import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
 import { isLocalEndpoint } from '../core/endpoint.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
-import { ConfigError, type DaemonConfig } from './config.js';
+import { configError, type DaemonConfig } from './config.js';
 import { chooseDefaultProvider, detectProviders, findBinary } from './providers.js';
 
 export interface RunningDaemon {
@@ -40,7 +40,7 @@ function readTls(cfg: DaemonConfig): GrpcTls | undefined {
     try {
       return readFileSync(path);
     } catch (err) {
-      throw new ConfigError(`${key} ${path}: ${(err as Error).message}`);
+      throw configError(`${key} ${path}: ${(err as Error).message}`);
     }
   };
   return {
@@ -55,7 +55,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   const tls = readTls(cfg);
   for (const [key, endpoint, on] of [['grpc-endpoint', cfg.grpcEndpoint, true], ['http-endpoint', cfg.httpEndpoint, cfg.enableHttp]] as const) {
     if (on && !tls && !cfg.insecure && !isLocalEndpoint(endpoint)) {
-      throw new ConfigError(`${key} ${endpoint} is not a loopback address: give tls-cert and tls-key, or --insecure to serve plaintext`);
+      throw configError(`${key} ${endpoint} is not a loopback address: give tls-cert and tls-key, or --insecure to serve plaintext`);
     }
   }
   const providers = detectProviders(cfg);
@@ -79,7 +79,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
       logger,
     );
   } catch (err) {
-    throw new ConfigError((err as Error).message);
+    throw configError((err as Error).message);
   }
   const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry);
   // Supervisor events need the reconciler and queue, which need the runtime that owns the
@@ -199,7 +199,7 @@ async function listen(server: HttpServer, endpoint: string): Promise<number> {
   const i = endpoint.lastIndexOf(':');
   const host = endpoint.slice(0, i).replace(/^\[|\]$/g, '');
   const port = Number(endpoint.slice(i + 1));
-  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError(`http-endpoint ${endpoint}: must be host:port`);
+  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw configError(`http-endpoint ${endpoint}: must be host:port`);
   return await new Promise<number>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {

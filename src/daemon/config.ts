@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { isProviderName, type ProviderName } from '../core/providers.js';
 import { parseDuration } from '../core/duration.js';
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 
 /**
  * matchlockd's settings. Every key is a flag (`--state-dir`), a key of the YAML config file
@@ -46,6 +47,7 @@ export interface DaemonConfig {
   reconcileWorkers: number;
   deleteVmTimeoutMs: number;
   healthyAfterMs: number;
+  shutdownGraceMs: number;
 }
 
 type Kind = 'string' | 'bool' | 'duration' | 'int' | 'provider' | 'accel' | 'logformat';
@@ -98,10 +100,12 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', default: '4', help: 'VMs reconciled in parallel' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },
   { key: 'healthy-after', prop: 'healthyAfterMs', kind: 'duration', default: '30s', help: "a VMM up this long counts as healthy and its retry count starts over, even when the console never shows the boot (kernel cmdline quiet)" },
+  { key: 'shutdown-grace', prop: 'shutdownGraceMs', kind: 'duration', default: '30s', help: 'on SIGTERM, how long running reconciles get to finish before they are called off; a second signal stops at once' },
 ];
 
-export class ConfigError extends Error {
-  override name = 'ConfigError';
+/** A bad setting: InvalidArgument, which matchlockd reports with exit code 2. */
+export function configError(message: string): MatchlockError {
+  return new MatchlockError(ErrorCode.InvalidArgument, message);
 }
 
 export function envName(key: string): string {
@@ -109,7 +113,7 @@ export function envName(key: string): string {
 }
 
 function convert(def: KeyDef, raw: unknown, where: string): DaemonConfig[keyof DaemonConfig] {
-  const bad = (rule: string) => new ConfigError(`${where}: ${def.key} ${rule} (got ${JSON.stringify(raw)})`);
+  const bad = (rule: string) => configError(`${where}: ${def.key} ${rule} (got ${JSON.stringify(raw)})`);
   const text = typeof raw === 'string' ? raw.trim() : raw;
   switch (def.kind) {
     case 'string':
@@ -163,9 +167,9 @@ export function loadConfig(src: ConfigSources): DaemonConfig {
     else out[def.prop] = convert(def, def.default, 'default');
   }
   const cfg = out as unknown as DaemonConfig;
-  if ((cfg.tlsCert === '') !== (cfg.tlsKey === '')) throw new ConfigError('tls-cert and tls-key must be given together');
-  if (cfg.tlsClientValidate && cfg.tlsClientCa === '') throw new ConfigError('tls-client-validate needs tls-client-ca');
-  if (cfg.tlsClientValidate && cfg.tlsCert === '') throw new ConfigError('tls-client-validate needs tls-cert and tls-key');
+  if ((cfg.tlsCert === '') !== (cfg.tlsKey === '')) throw configError('tls-cert and tls-key must be given together');
+  if (cfg.tlsClientValidate && cfg.tlsClientCa === '') throw configError('tls-client-validate needs tls-client-ca');
+  if (cfg.tlsClientValidate && cfg.tlsCert === '') throw configError('tls-client-validate needs tls-cert and tls-key');
   return cfg;
 }
 
@@ -175,19 +179,19 @@ function readConfigFile(path: string, explicit: boolean): Record<string, unknown
     text = readFileSync(path, 'utf8');
   } catch (err) {
     if (!explicit && (err as NodeJS.ErrnoException).code === 'ENOENT') return {};
-    throw new ConfigError(`config file ${path}: ${(err as Error).message}`);
+    throw configError(`config file ${path}: ${(err as Error).message}`);
   }
   let doc: unknown;
   try {
     doc = parseYaml(text);
   } catch (err) {
-    throw new ConfigError(`config file ${path}: not valid YAML: ${(err as Error).message.split('\n')[0] ?? ''}`);
+    throw configError(`config file ${path}: not valid YAML: ${(err as Error).message.split('\n')[0] ?? ''}`);
   }
   if (doc === null || doc === undefined) return {};
-  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path}: must be a mapping of keys to values`);
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw configError(`config file ${path}: must be a mapping of keys to values`);
   const known = new Set(KEYS.map((k) => k.key));
   for (const key of Object.keys(doc)) {
-    if (!known.has(key)) throw new ConfigError(`config file ${path}: unknown key "${key}"`);
+    if (!known.has(key)) throw configError(`config file ${path}: unknown key "${key}"`);
   }
   return doc as Record<string, unknown>;
 }

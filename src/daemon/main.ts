@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
-import { DEFAULT_CONFIG_PATH, KEYS, envName, loadConfig, ConfigError } from './config.js';
+import { DEFAULT_CONFIG_PATH, KEYS, envName, loadConfig } from './config.js';
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { createLogger } from './logger.js';
 import { startDaemon } from './app.js';
 import { installProcessGuards } from './guard.js';
@@ -38,7 +39,7 @@ export async function main(argv: string[]): Promise<void> {
       daemon = await startDaemon(cfg, logger);
     } catch (err) {
       logger.error({ err: (err as Error).message }, 'matchlockd failed to start');
-      process.exit(err instanceof ConfigError ? 2 : 1);
+      process.exit(err instanceof MatchlockError && err.code === ErrorCode.InvalidArgument ? 2 : 1);
     }
     let stopping = false;
     const shutdown = (signal: string) => {
