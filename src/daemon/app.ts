@@ -21,6 +21,7 @@ import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
 import { sweepOrphans } from './sweep.js';
 import { daemonIdentity } from './identity.js';
 import { clearStaleSocket } from './unix-socket.js';
+import { Lifecycle, type Drainable } from './lifecycle.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
 import { isLocalEndpoint } from '../core/endpoint.js';
@@ -31,7 +32,10 @@ import { chooseDefaultProvider, detectProviders, findBinary } from './providers.
 export interface RunningDaemon {
   grpcPort: number;
   httpPort: number | undefined;
+  /** Drains (see Lifecycle) and stops; VMs keep running. */
   stop(): Promise<void>;
+  /** Cuts the drain short: running reconciles are called off at once. */
+  force(): void;
 }
 
 function readTls(cfg: DaemonConfig): GrpcTls | undefined {
@@ -52,6 +56,7 @@ function readTls(cfg: DaemonConfig): GrpcTls | undefined {
 
 /** Wires the daemon together and starts it. What it starts, `stop()` ends, in reverse order. */
 export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<RunningDaemon> {
+  const lifecycle = new Lifecycle(logger);
   const tls = readTls(cfg);
   for (const [key, endpoint, on] of [['grpc-endpoint', cfg.grpcEndpoint, true], ['http-endpoint', cfg.httpEndpoint, cfg.enableHttp]] as const) {
     if (on && !tls && !cfg.insecure && !isLocalEndpoint(endpoint)) {
@@ -157,16 +162,26 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls });
   let httpServer: HttpServer | undefined;
   let resync: NodeJS.Timeout | undefined;
-  const stop = async () => {
-    if (resync) clearInterval(resync);
-    await Promise.all([
-      new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
-      httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
-    ]);
-    await queue.stop();
-    supervisor.stop();
-    store.close();
+  const drainable: Drainable = {
+    stopServing: async (force) => {
+      if (resync) clearInterval(resync);
+      if (force) {
+        grpcServer.forceShutdown();
+        httpServer?.closeAllConnections();
+      }
+      await Promise.all([
+        new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
+        httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
+      ]);
+    },
+    stopWork: () => queue.stop(),
+    abortWork: () => reconciler.abortAll(),
+    close: () => {
+      supervisor.stop();
+      store.close();
+    },
   };
+  const stop = () => lifecycle.shutdown(drainable, cfg.shutdownGraceMs);
   try {
     // Before serving: a state dir whose records were lost refuses to start here, and nothing
     // is reconciled or created while leftovers are removed.
@@ -188,7 +203,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     resyncAll();
     resync = setInterval(resyncAll, cfg.resyncPeriodMs);
     resync.unref();
-    return { grpcPort, httpPort, stop };
+    lifecycle.to('serving');
+    return { grpcPort, httpPort, stop, force: () => lifecycle.force() };
   } catch (err) {
     await stop();
     throw err;
