@@ -100,9 +100,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry);
   // Supervisor events need the reconciler and queue, which need the runtime that owns the
   // supervisor: the handlers are bound once all three exist.
-  const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string) => undefined as void, healthy: (_uid: string) => undefined as void };
+  const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string, _pid: number) => undefined as void, healthy: (_uid: string) => undefined as void };
   const supervisor = new PollingSupervisor(
-    { exited: (u, p) => events.exited(u, p), booted: (u) => events.booted(u), healthy: (u) => events.healthy(u) },
+    { exited: (u, p) => events.exited(u, p), booted: (u, p) => events.booted(u, p), healthy: (u) => events.healthy(u) },
     logger,
     { healthyAfterMs: cfg.healthyAfterMs },
   );
@@ -141,7 +141,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const delay = reconciler.vmmExited(uid, pid);
     if (delay !== undefined) queue.enqueue(uid, delay);
   };
-  events.booted = (uid) => reconciler.guestBooted(uid);
+  events.booted = (uid, pid) => reconciler.guestBooted(uid, pid);
   events.healthy = (uid) => reconciler.vmmHealthy(uid);
   const service = new MicroVMService({
     store,

@@ -46,9 +46,11 @@ function setup() {
   const stopped: string[] = [];
   const running = new Set<string>();
   const provider = {
-    name: 'qemu',
-    running: async (_uid: string, dir: string) => (running.has(dir) ? 4242 : undefined),
-    stop: async (_uid: string, dir: string) => { stopped.push(dir); running.delete(dir); },
+    descriptor: { name: 'qemu' },
+    instance: ({ dir }: { dir: string }) => ({
+      running: async () => (running.has(dir) ? 4242 : undefined),
+      stop: async () => { stopped.push(dir); running.delete(dir); },
+    }),
   } as unknown as VmmProvider;
   const network = new Links(new Map([
     ['mine-live', deviceAlias(ME, LIVE, 'eth0')],

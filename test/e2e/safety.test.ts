@@ -29,7 +29,7 @@ describe('safety: what a VM or the host does never ends the daemon or delays a d
     const uid = await vms.create('noqmp', [{ id: 'eth0', type: 'TAP' }]);
     const created = await waitFor('CREATED', async () => { const vm = await vms.get(uid); return stateOf(vm) === 'CREATED' ? vm : undefined; }, 90_000);
     const pid = created.status?.vmmPid ?? 0;
-    rmSync(join(vmDir(lab, 'noqmp', uid), 'qmp.sock'));
+    rmSync(join(lab.stateDir, 'run', uid, 'qmp.sock'));
     await vms.delete(uid);
     await waitFor('the record to go', async () => (await vms.get(uid)) === undefined, 30_000);
     assert.equal(lab.daemon.proc.exitCode, null, 'matchlockd is still running');

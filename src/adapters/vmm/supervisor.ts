@@ -4,7 +4,8 @@ import { pidAlive } from './process.js';
 
 export interface SupervisorEvents {
   exited(uid: string, pid: number): void;
-  booted(uid: string): void;
+  /** The console of the VMM with this pid showed the guest starting init. */
+  booted(uid: string, pid: number): void;
   /** The VMM has stayed up for `healthyAfterMs` since it was first watched. */
   healthy(uid: string): void;
 }
@@ -107,7 +108,7 @@ export class PollingSupervisor implements Supervisor {
       w.tail = text.slice(-200);
       if (BOOT_PATTERN.test(text)) {
         w.booted = true;
-        this.events.booted(uid);
+        this.events.booted(uid, w.pid);
       }
     } catch {
       // the console file appears a moment after the VMM starts

@@ -181,3 +181,30 @@ it('a VMM that stayed up resets the retry count without claiming the guest boote
   r.vmmHealthy('B');
   assert.equal(store.get('B')?.status.retry, 11, 'FAILED stays as it is');
 });
+
+it('keeps a boot the supervisor saw while the create pass was still running', async () => {
+  const later: { r?: Reconciler } = {};
+  const runtime: Runtime = {
+    // The console shows the boot line before the pass returns (a guest that boots in milliseconds).
+    ensure: async () => {
+      later.r?.guestBooted('A', 42);
+      // Its status snapshot was taken before the boot was seen.
+      return { ready: true, vmmPid: 42, guestBooted: false };
+    },
+    teardown: async () => {},
+  };
+  const s = setup(runtime);
+  later.r = s.r;
+  s.store.insert(vm('A'));
+  await s.r.reconcile('A');
+  assert.equal(s.store.get('A')?.status.state, 'CREATED');
+  assert.equal(s.store.get('A')?.status.guestBooted, true);
+});
+
+it('clears guest_booted when a pass reports another VMM than the one that booted', async () => {
+  const s = setup({ ensure: async () => ({ ready: true, vmmPid: 43 }), teardown: async () => {} });
+  s.store.insert({ ...vm('A'), status: { ...initialStatus(), state: 'PENDING', vmmPid: 42, guestBooted: true } });
+  await s.r.reconcile('A');
+  assert.equal(s.store.get('A')?.status.vmmPid, 43);
+  assert.equal(s.store.get('A')?.status.guestBooted, false);
+});

@@ -73,13 +73,13 @@ export class Reconciler {
       // Save what each step achieved right away, so a crash mid-plan keeps it visible.
       const progress = (s: RuntimeStatus) => {
         const { ready: _ready, ...partial } = s;
-        this.save(uid, (cur) => ({ ...cur.status, ...partial }));
+        this.save(uid, (cur) => withObserved(cur.status, partial));
       };
       const observed = await this.opts.runtime.ensure(vm, log, progress, signal);
       const { ready, ...fields } = observed;
       // retry is not reset here: a VMM that starts and then crashes must still run out of
       // attempts. It resets when the guest is seen booting (guestBooted).
-      this.save(uid, (cur) => ({ ...cur.status, ...fields, state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }));
+      this.save(uid, (cur) => ({ ...withObserved(cur.status, fields), state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }));
       return undefined;
     } catch (err) {
       if (signal.aborted) return this.calledOff(log, signal);
@@ -107,9 +107,13 @@ export class Reconciler {
     return this.fail(withStopped, new Error(`vmm pid ${pid} exited unexpectedly`), log);
   }
 
-  /** The guest reached userspace: it is healthy, so its failure count starts over. */
-  guestBooted(uid: string): void {
-    this.save(uid, (cur) => (cur.status.state === 'DELETING' ? cur.status : { ...cur.status, guestBooted: true, retry: 0, lastError: '' }));
+  /**
+   * The guest of the VMM with this pid reached userspace: it is healthy, so its failure count
+   * starts over. The pid is saved with it, so a create pass that reports the same VMM later
+   * keeps guest_booted.
+   */
+  guestBooted(uid: string, pid: number): void {
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' ? cur.status : { ...cur.status, vmmPid: pid, guestBooted: true, retry: 0, lastError: '' }));
   }
 
   /**
@@ -170,6 +174,17 @@ export class Reconciler {
       return { ...cur, status, updatedAt: now };
     });
   }
+}
+
+/**
+ * What a create pass observed, over the stored status. guest_booted is the supervisor's to set
+ * (from the console, which may show the boot before the pass ends): a pass only clears it when
+ * it reports another VMM than the stored one.
+ */
+function withObserved(cur: MicroVMStatus, observed: Omit<RuntimeStatus, 'ready'>): MicroVMStatus {
+  const { guestBooted: _ignored, ...rest } = observed;
+  const otherVmm = observed.vmmPid !== undefined && observed.vmmPid !== cur.vmmPid;
+  return { ...cur, ...rest, guestBooted: otherVmm ? false : cur.guestBooted };
 }
 
 function dueIn(vm: MicroVM, now: Date): number {
