@@ -117,11 +117,22 @@ describe('hostile and malformed requests', () => {
     await expectInvalid(client.call('createMicroVM', create(CreateMicroVMRequestSchema, {})), 'microvm');
   });
 
-  it('refuses hostile uids and list filters', async () => {
-    await expectInvalid(client.call('getMicroVM', create(GetMicroVMRequestSchema, { uid: '../../etc/passwd' })), 'uid');
+  it('answers NOT_FOUND "not found" for any uid no record has, INVALID_ARGUMENT only for an empty one', async () => {
     await expectInvalid(client.call('getMicroVM', create(GetMicroVMRequestSchema, { uid: '' })), 'uid');
     await expectInvalid(client.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid: '' })), 'uid');
-    await expectInvalid(client.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid: '01ARZ3NDEKTSV4RRFFQ69G5FA/' })), 'uid');
+    // 26 characters with a U (not in Crockford's alphabet), lowercase, paths, control characters, huge.
+    for (const uid of ['01ARZ3NDEKTSV4RRFFQ69G5FAU', '01arz3ndektsv4rrffq69g5fav', '../../etc/passwd', '01ARZ3NDEKTSV4RRFFQ69G5FA/', '\u0000', ' ', 'x'.repeat(1_000_000)]) {
+      await assert.rejects(client.call('getMicroVM', create(GetMicroVMRequestSchema, { uid })), (err: grpc.ServiceError) => {
+        assert.equal(err.code, grpc.status.NOT_FOUND, `${uid.slice(0, 30)}: ${err.code} ${err.details}`);
+        assert.match(err.details, /^microvm ".*not found$/);
+        assert.ok(err.details.length < 200, 'the error quotes a bounded part of the uid');
+        return true;
+      });
+      await client.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid }));
+    }
+  });
+
+  it('refuses hostile list filters', async () => {
     await expectInvalid(client.call('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: 'a/b' })), 'namespace');
     await expectInvalid(client.call('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: 'ns', name: 'x\ny' })), 'name');
   });
