@@ -86,4 +86,35 @@ describe('HTTP/JSON API', () => {
     assert.match(unknownField.body.message ?? '', /bogus/);
     assert.equal((await call('PUT', '/v1alpha1/microvm')).status, 404);
   });
+
+  it('answers malformed request targets with 400 naming the part, never 500', async () => {
+    const cases: [string, RegExp][] = [
+      ['/v1alpha1/microvm/uid/%ZZ', /^path segment 4: has a malformed percent-encoding \("%ZZ"\)/],
+      ['/v1alpha1/microvm/uid/%', /^path segment 4: has a malformed percent-encoding/],
+      ['/v1alpha1/microvm/uid/%E0%A4%A', /^path segment 4: has a malformed percent-encoding/],
+      ['/v1alpha1/microvm/uid/%C0%AF', /^path segment 4: has a malformed percent-encoding/],
+      ['/v1alpha1/microvm/%zz', /^path segment 3: has a malformed percent-encoding/],
+      ['/v1alpha1/microvm/ns?name=%G1', /^query parameter "name": has a malformed percent-encoding/],
+      ['//', /^path: has an empty segment at position 1/],
+      ['//v1alpha1/microvm', /^path: has an empty segment at position 1/],
+      ['/v1alpha1//microvm/uid/01ARZ3NDEKTSV4RRFFQ69G5FAV', /^path: has an empty segment at position 2/],
+    ];
+    for (const method of ['GET', 'DELETE', 'POST']) {
+      for (const [path, message] of cases) {
+        const r = await call(method, path);
+        assert.equal(r.status, 400, `${method} ${path}: ${JSON.stringify(r.body)}`);
+        assert.equal(r.body.code, 3);
+        assert.match(r.body.message ?? '', message, `${method} ${path}`);
+      }
+    }
+    // A uid that decodes to anything at all is looked up, and simply not found.
+    for (const uid of ['%2E%2E%2Fetc', '01ARZ3NDEKTSV4RRFFQ69G5FAU', 'a%2Fb', '%00', 'x'.repeat(10_000)]) {
+      const r = await call('GET', `/v1alpha1/microvm/uid/${uid}`);
+      assert.equal(r.status, 404, `${uid}: ${JSON.stringify(r.body)}`);
+      assert.match(r.body.message ?? '', /^microvm ".*not found$/);
+      assert.ok((r.body.message ?? '').length < 200);
+      assert.equal((await call('DELETE', `/v1alpha1/microvm/${uid}`)).status, 200, 'deleting an unknown uid succeeds');
+    }
+    assert.equal((await call('DELETE', '/v1alpha1/microvm/')).status, 404);
+  });
 });
