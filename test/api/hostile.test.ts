@@ -76,6 +76,8 @@ const CASES: Case[] = [
   ['label value with newline', 'microvm.labels', (s) => (s.labels = { ok: 'line1\nline2' })],
   ['2 MiB of metadata', 'microvm.metadata', (s) => (s.metadata = { 'user-data': b64('x'.repeat(2 * 1024 * 1024)) })],
   ['metadata key with path', 'microvm.metadata', (s) => (s.metadata = { '../user-data': b64('x') })],
+  ['metadata keys one FAT name apart', 'microvm.metadata', (s) => (s.metadata = { 'user-data': b64('x'), 'user-DATA': b64('y') })],
+  ['metadata key that is a DOS device name', 'microvm.metadata["CON"]', (s) => (s.metadata = { CON: b64('x') })],
   ['meta-data that is a YAML list', 'microvm.metadata["meta-data"]', (s) => (s.metadata = { 'meta-data': b64('- a\n- b\n') })],
   ['meta-data that is not YAML', 'microvm.metadata["meta-data"]', (s) => (s.metadata = { 'meta-data': b64('key: [unclosed\n') })],
   ['initrd with a bad reference', 'microvm.initrd.image', (s) => (s.initrd = { $typeName: 'flintlock.types.Initrd', image: '::' })],

@@ -2,6 +2,7 @@ import { invalid, quote } from '../errors.js';
 import { parseReference } from '../images/reference.js';
 import { isCidr, ipFamily, macProblem } from './net.js';
 import { decodeMetadataValue, withInstanceId } from './metadata.js';
+import { SEED_FILES, fatFold, fatNameProblem } from './seed-names.js';
 import type { IfaceType, MicroVMSpec, NetworkInterface, Volume } from './types.js';
 
 /** What a client sent, after the wire adapter has turned it into plain data. */
@@ -213,10 +214,19 @@ function checkMetadata(field: string, metadata: Record<string, string>, uid: str
   checkCount(field, entries.length, LIMITS.metadataKeys);
   let total = 0;
   const out: Record<string, string> = {};
+  // Each key is a file on the seed's FAT filesystem, which compares names without case; the
+  // seed's own files count too (a "META-DATA" key would meet the injected meta-data).
+  const seedNames = new Map<string, string>(SEED_FILES.map((n) => [fatFold(n), n]));
   for (const [k, v] of entries) {
     const f = `${field}[${quote(k)}]`;
     if (k.length > 64 || !METADATA_KEY.test(k)) {
       throw invalid(f, 'key must start with a letter or digit and contain only letters, digits, ".", "_" and "-" (at most 64)');
+    }
+    const fatProblem = fatNameProblem(k);
+    if (fatProblem) throw invalid(f, `key ${fatProblem}`);
+    const other = entries.find(([o]) => o !== k && fatFold(o) === fatFold(k))?.[0] ?? seedNames.get(fatFold(k));
+    if (other !== undefined && other !== k) {
+      throw invalid(f, `key collides with ${quote(other)}: the seed's FAT filesystem compares names without case and cannot hold both`);
     }
     const decoded = decodeMetadataValue(v);
     total += decoded.length;
