@@ -146,6 +146,17 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
     chmodSync(script, 0o755);
   });
   after(() => {
+    // A test that failed before its teardown leaves its DHCP server running; deleting the
+    // namespace does not stop it, so it is stopped by the pid setup recorded.
+    for (const dhcp of ['isc', 'dnsmasq']) {
+      try {
+        const pid = (JSON.parse(readFileSync(join(tmp.path, `state-${dhcp}`, 'hub-state.json'), 'utf8')) as { dhcp?: { pid: number } }).dhcp?.pid;
+        // Only while that pid is still this test's server (pids are reused).
+        if (pid && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(tmp.path)) process.kill(pid, 'SIGTERM');
+      } catch {
+        // no state file, or the server is already gone
+      }
+    }
     for (const ns of [cl, hub, up]) spawnSync('ip', ['netns', 'del', ns]);
     tmp.remove();
   });
