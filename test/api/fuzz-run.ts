@@ -331,6 +331,16 @@ async function main(): Promise<void> {
       violations.push(describe(`grpc raw CreateMicroVM answered ${grpcName(code)} "${err?.details}" (decodable: ${decodable}) to bytes`, bytes.subarray(0, 100).toString('hex')));
     }
   };
+  const streamCall = async (bytes: Buffer, what: () => string) => {
+    const code = await new Promise<number>((resolve) => {
+      const call = raw.makeServerStreamRequest('/microvm.services.api.v1alpha1.MicroVM/ListMicroVMsStream', (b: Buffer) => b, (b: Buffer) => b, bytes, new grpc.Metadata(), { deadline: Date.now() + 20_000 });
+      call.on('data', () => undefined);
+      call.on('error', (e: grpc.ServiceError) => resolve(e.code));
+      call.on('end', () => resolve(grpc.status.OK));
+    });
+    count(`grpc ${grpcName(code)}`);
+    if (!ALLOWED_GRPC.has(code)) violations.push(describe(`grpc ListMicroVMsStream answered ${grpcName(code)} to`, what()));
+  };
   const httpCall = async (method: string, path: string, body: string | undefined) => {
     const { status, body: answer } = await rawHttp(daemon.httpPort ?? 0, method, path, body);
     count(`http ${status}`);
@@ -357,7 +367,8 @@ async function main(): Promise<void> {
       await grpcCall(get ? 'getMicroVM' : 'deleteMicroVM', get ? create(GetMicroVMRequestSchema, { uid }) : create(DeleteMicroVMRequestSchema, { uid }), () => `uid ${JSON.stringify(uid)}`);
     } else if (r < 0.45) {
       const req = create(ListMicroVMsRequestSchema, { namespace: chance(0.5) ? oddString() : '', name: chance(0.5) ? oddString() : undefined });
-      await grpcCall('listMicroVMs', req, () => `list ${JSON.stringify(req)}`);
+      if (chance(0.7)) await grpcCall('listMicroVMs', req, () => `list ${JSON.stringify(req)}`);
+      else await streamCall(Buffer.from(toBinary(ListMicroVMsRequestSchema, req)), () => `list stream ${JSON.stringify(req)}`);
     } else if (r < 0.55) {
       await rawCall(mutatedBytes());
     } else {
