@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
@@ -116,5 +117,17 @@ describe('HTTP/JSON API', () => {
       assert.equal((await call('DELETE', `/v1alpha1/microvm/${uid}`)).status, 200, 'deleting an unknown uid succeeds');
     }
     assert.equal((await call('DELETE', '/v1alpha1/microvm/')).status, 404);
+  });
+
+  it('a client hanging up mid-body is not logged as an internal failure', async () => {
+    const sock = connect(d.httpPort ?? 0, '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    sock.write('POST /v1alpha1/microvm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"id":');
+    await new Promise((r) => setTimeout(r, 200));
+    sock.destroy();
+    await new Promise((r) => setTimeout(r, 500));
+    const internal = d.logs.filter((l) => l.includes('http request failed'));
+    assert.deepEqual(internal, []);
+    assert.equal((await call('GET', '/v1alpha1/microvm')).status, 200);
   });
 });

@@ -162,11 +162,17 @@ function decodePart(field: string, raw: string): string {
 async function readBody(req: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of req) {
-    const b = chunk as Buffer;
-    size += b.length;
-    if (size > MAX_BODY) throw invalid('body', `must be at most ${MAX_BODY} bytes`);
-    chunks.push(b);
+  try {
+    for await (const chunk of req) {
+      const b = chunk as Buffer;
+      size += b.length;
+      if (size > MAX_BODY) throw invalid('body', `must be at most ${MAX_BODY} bytes`);
+      chunks.push(b);
+    }
+  } catch (err) {
+    // A client that hangs up mid-body is its own fault, not an internal error to log as one.
+    if (req.aborted || (err as NodeJS.ErrnoException).code === 'ECONNRESET') throw invalid('body', `the client closed the connection after ${size} bytes of the body`);
+    throw err;
   }
   return Buffer.concat(chunks);
 }
