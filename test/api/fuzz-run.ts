@@ -275,10 +275,13 @@ async function main(): Promise<void> {
   const stateDir = join(tmp.path, 'state');
   const home = join(tmp.path, 'home');
   const scratch = join(tmp.path, 'tmp');
-  for (const d of [stateDir, home, scratch]) mkdirSync(d);
+  const cwd = join(tmp.path, 'cwd');
+  for (const d of [stateDir, home, scratch, cwd]) mkdirSync(d);
+  // The daemon inherits this working directory, so relative writes land there too.
+  process.chdir(cwd);
   process.stderr.write(`fuzz seed ${seed} (replay with MATCHLOCK_FUZZ_SEED=${seed}), ${total} requests\n`);
-  // The daemon's HOME and TMPDIR point into the run's own directory, so any write outside the
-  // state dir shows up there.
+  // The daemon's HOME, TMPDIR and working directory are in the run's own directory, so any
+  // write outside the state dir shows up there.
   const daemon = await startDaemon(stateDir, ['--enable-http', '--http-endpoint', '127.0.0.1:0', '--resync-period', '1h', '--image-gc-grace', '0s'], { HOME: home, TMPDIR: scratch });
   // Whatever happens to this run, the daemon it started goes with it.
   process.once('exit', () => {
@@ -401,7 +404,7 @@ async function main(): Promise<void> {
   // Everything the daemon wrote is under its state dir: HOME and TMPDIR stay empty, and the
   // run's directory holds nothing else; inside the state dir, VM directories follow the layout.
   // (tsx, the TypeScript loader bin/matchlockd.js runs under, keeps its compile cache in TMPDIR.)
-  const outside = [...walk(home), ...walk(scratch).filter((p) => !/^tsx-\d+$/.test(relative(scratch, p).split('/')[0] ?? '')), ...readdirSync(tmp.path).filter((e) => !['state', 'home', 'tmp'].includes(e)).map((e) => join(tmp.path, e))];
+  const outside = [...walk(home), ...walk(cwd), ...walk(scratch).filter((p) => !/^tsx-\d+$/.test(relative(scratch, p).split('/')[0] ?? '')), ...readdirSync(tmp.path).filter((e) => !['state', 'home', 'tmp', 'cwd'].includes(e)).map((e) => join(tmp.path, e))];
   if (outside.length) violations.push(`written outside the state dir: ${outside.join(', ')}`);
   for (const p of walk(stateDir)) {
     const rel = relative(stateDir, p);
@@ -417,6 +420,7 @@ async function main(): Promise<void> {
   client.close();
   raw.close();
   await daemon.stop();
+  process.chdir(tmp.path);
   const byCode = Object.fromEntries([...counts.entries()].sort());
   process.stderr.write(`fuzz: ${sent} requests in ${(elapsed / 1000).toFixed(1)} s (${Math.round(sent / (elapsed / 1000))}/s), ${stored.length} VMs stored, integrity ${integrity}\n`);
   for (const [k, v] of Object.entries(byCode)) process.stderr.write(`  ${k.padEnd(28)} ${v}\n`);
