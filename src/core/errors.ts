@@ -37,6 +37,30 @@ export class MatchlockError extends Error {
   }
 }
 
+/** How many characters of a client's value an error quotes back. */
+export const ECHO_LIMIT = 64;
+/**
+ * The most characters an error message carries over the wire. gRPC sends it in the
+ * grpc-message trailer, percent-encoded, and grpcio (Python, C++) refuses trailers over 8 KiB
+ * with RESOURCE_EXHAUSTED, hiding the real code; 800 characters stay below that even when
+ * every one is a 3-byte UTF-8 character percent-encoded (9 bytes).
+ */
+export const MESSAGE_LIMIT = 800;
+
+/**
+ * A client's value as an error quotes it: JSON-quoted (so control characters and quotes are
+ * escaped) and cut to `limit` characters, saying how long the whole value was.
+ */
+export function quote(value: string, limit = ECHO_LIMIT): string {
+  if (value.length <= limit) return JSON.stringify(value);
+  return `${JSON.stringify(value.slice(0, limit))}… (${value.length} characters)`;
+}
+
+/** A message cut to MESSAGE_LIMIT characters, for the API edges: the last guard after quote(). */
+export function boundedMessage(message: string): string {
+  return message.length <= MESSAGE_LIMIT ? message : `${message.slice(0, MESSAGE_LIMIT)}… (message cut from ${message.length} characters)`;
+}
+
 export function invalid(field: string, rule: string): MatchlockError {
   return new MatchlockError(ErrorCode.InvalidArgument, `${field}: ${rule}`, { field });
 }

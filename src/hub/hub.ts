@@ -8,7 +8,10 @@ import { findBinary } from '../daemon/providers.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { pidAlive, processMentions } from '../adapters/vmm/process.js';
 import { subnetOf, type HubConfig } from './config.js';
+import { parseDnsmasqLeases, parseIscLeases, type Lease } from './leases.js';
 import { dhcpdConf, dnsmasqArgs, nftRuleset, NFT_TABLE } from './render.js';
+
+export { parseDnsmasqLeases, parseIscLeases, type Lease };
 
 /** The host cannot take the hub as asked (a missing tool, a kernel without 802.1Q): FailedPrecondition. */
 function hubError(message: string): MatchlockError {
@@ -215,38 +218,11 @@ export async function hubStatus(c: HubConfig): Promise<Piece[]> {
   return out;
 }
 
-export interface Lease {
-  ip: string;
-  mac: string;
-  hostname: string;
-  expires: string;
-}
-
 /** Current leases from the backend's lease file (isc: the last block for an IP wins). */
 export async function hubLeases(c: HubConfig, now = Date.now()): Promise<Lease[]> {
   const files = hubFiles(c);
   if (c.dhcp === 'dnsmasq') {
-    const text = await readFile(files.dnsmasqLeases, 'utf8').catch(() => '');
-    return text.split('\n').filter(Boolean).map((l) => {
-      const [exp = '0', mac = '', ip = '', host = '*'] = l.split(' ');
-      return { ip, mac: mac.toLowerCase(), hostname: host === '*' ? '' : host, expires: new Date(Number(exp) * 1000).toISOString() };
-    }).filter((l) => Date.parse(l.expires) > now);
+    return parseDnsmasqLeases(await readFile(files.dnsmasqLeases, 'utf8').catch(() => ''), now);
   }
   return parseIscLeases(await readFile(files.iscLeases, 'utf8').catch(() => ''), now);
-}
-
-export function parseIscLeases(text: string, now = Date.now()): Lease[] {
-  const byIp = new Map<string, Lease & { active: boolean }>();
-  for (const m of text.matchAll(/lease\s+(\S+)\s*\{([^}]*)\}/g)) {
-    const body = m[2] ?? '';
-    const ends = /ends\s+\d\s+(\d+\/\d+\/\d+ \d+:\d+:\d+);/.exec(body)?.[1];
-    byIp.set(m[1] ?? '', {
-      ip: m[1] ?? '',
-      mac: (/hardware ethernet ([0-9a-fA-F:]+);/.exec(body)?.[1] ?? '').toLowerCase(),
-      hostname: /client-hostname "([^"]*)";/.exec(body)?.[1] ?? '',
-      expires: ends ? new Date(`${ends.replace(/\//g, '-').replace(' ', 'T')}Z`).toISOString() : '',
-      active: /binding state active;/.test(body),
-    });
-  }
-  return [...byIp.values()].filter((l) => l.active && (!l.expires || Date.parse(l.expires) > now)).map(({ active: _a, ...l }) => l);
 }

@@ -76,6 +76,8 @@ const CASES: Case[] = [
   ['label value with newline', 'microvm.labels', (s) => (s.labels = { ok: 'line1\nline2' })],
   ['2 MiB of metadata', 'microvm.metadata', (s) => (s.metadata = { 'user-data': b64('x'.repeat(2 * 1024 * 1024)) })],
   ['metadata key with path', 'microvm.metadata', (s) => (s.metadata = { '../user-data': b64('x') })],
+  ['metadata keys one FAT name apart', 'microvm.metadata', (s) => (s.metadata = { 'user-data': b64('x'), 'user-DATA': b64('y') })],
+  ['metadata key that is a DOS device name', 'microvm.metadata["CON"]', (s) => (s.metadata = { CON: b64('x') })],
   ['meta-data that is a YAML list', 'microvm.metadata["meta-data"]', (s) => (s.metadata = { 'meta-data': b64('- a\n- b\n') })],
   ['meta-data that is not YAML', 'microvm.metadata["meta-data"]', (s) => (s.metadata = { 'meta-data': b64('key: [unclosed\n') })],
   ['initrd with a bad reference', 'microvm.initrd.image', (s) => (s.initrd = { $typeName: 'flintlock.types.Initrd', image: '::' })],
@@ -117,11 +119,22 @@ describe('hostile and malformed requests', () => {
     await expectInvalid(client.call('createMicroVM', create(CreateMicroVMRequestSchema, {})), 'microvm');
   });
 
-  it('refuses hostile uids and list filters', async () => {
-    await expectInvalid(client.call('getMicroVM', create(GetMicroVMRequestSchema, { uid: '../../etc/passwd' })), 'uid');
+  it('answers NOT_FOUND "not found" for any uid no record has, INVALID_ARGUMENT only for an empty one', async () => {
     await expectInvalid(client.call('getMicroVM', create(GetMicroVMRequestSchema, { uid: '' })), 'uid');
     await expectInvalid(client.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid: '' })), 'uid');
-    await expectInvalid(client.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid: '01ARZ3NDEKTSV4RRFFQ69G5FA/' })), 'uid');
+    // 26 characters with a U (not in Crockford's alphabet), lowercase, paths, control characters, huge.
+    for (const uid of ['01ARZ3NDEKTSV4RRFFQ69G5FAU', '01arz3ndektsv4rrffq69g5fav', '../../etc/passwd', '01ARZ3NDEKTSV4RRFFQ69G5FA/', '\u0000', ' ', 'x'.repeat(1_000_000)]) {
+      await assert.rejects(client.call('getMicroVM', create(GetMicroVMRequestSchema, { uid })), (err: grpc.ServiceError) => {
+        assert.equal(err.code, grpc.status.NOT_FOUND, `${uid.slice(0, 30)}: ${err.code} ${err.details}`);
+        assert.match(err.details, /^microvm ".*not found$/);
+        assert.ok(err.details.length < 200, 'the error quotes a bounded part of the uid');
+        return true;
+      });
+      await client.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid }));
+    }
+  });
+
+  it('refuses hostile list filters', async () => {
     await expectInvalid(client.call('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: 'a/b' })), 'namespace');
     await expectInvalid(client.call('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: 'ns', name: 'x\ny' })), 'name');
   });

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
@@ -85,5 +86,48 @@ describe('HTTP/JSON API', () => {
     assert.equal(unknownField.status, 400);
     assert.match(unknownField.body.message ?? '', /bogus/);
     assert.equal((await call('PUT', '/v1alpha1/microvm')).status, 404);
+  });
+
+  it('answers malformed request targets with 400 naming the part, never 500', async () => {
+    const cases: [string, RegExp][] = [
+      ['/v1alpha1/microvm/uid/%ZZ', /^path segment 4: has a malformed percent-encoding \("%ZZ"\)/],
+      ['/v1alpha1/microvm/uid/%', /^path segment 4: has a malformed percent-encoding/],
+      ['/v1alpha1/microvm/uid/%E0%A4%A', /^path segment 4: has a malformed percent-encoding/],
+      ['/v1alpha1/microvm/uid/%C0%AF', /^path segment 4: has a malformed percent-encoding/],
+      ['/v1alpha1/microvm/%zz', /^path segment 3: has a malformed percent-encoding/],
+      ['/v1alpha1/microvm/ns?name=%G1', /^query parameter "name": has a malformed percent-encoding/],
+      ['//', /^path: has an empty segment at position 1/],
+      ['//v1alpha1/microvm', /^path: has an empty segment at position 1/],
+      ['/v1alpha1//microvm/uid/01ARZ3NDEKTSV4RRFFQ69G5FAV', /^path: has an empty segment at position 2/],
+    ];
+    for (const method of ['GET', 'DELETE', 'POST']) {
+      for (const [path, message] of cases) {
+        const r = await call(method, path);
+        assert.equal(r.status, 400, `${method} ${path}: ${JSON.stringify(r.body)}`);
+        assert.equal(r.body.code, 3);
+        assert.match(r.body.message ?? '', message, `${method} ${path}`);
+      }
+    }
+    // A uid that decodes to anything at all is looked up, and simply not found.
+    for (const uid of ['%2E%2E%2Fetc', '01ARZ3NDEKTSV4RRFFQ69G5FAU', 'a%2Fb', '%00', 'x'.repeat(10_000)]) {
+      const r = await call('GET', `/v1alpha1/microvm/uid/${uid}`);
+      assert.equal(r.status, 404, `${uid}: ${JSON.stringify(r.body)}`);
+      assert.match(r.body.message ?? '', /^microvm ".*not found$/);
+      assert.ok((r.body.message ?? '').length < 200);
+      assert.equal((await call('DELETE', `/v1alpha1/microvm/${uid}`)).status, 200, 'deleting an unknown uid succeeds');
+    }
+    assert.equal((await call('DELETE', '/v1alpha1/microvm/')).status, 404);
+  });
+
+  it('a client hanging up mid-body is not logged as an internal failure', async () => {
+    const sock = connect(d.httpPort ?? 0, '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    sock.write('POST /v1alpha1/microvm HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"id":');
+    await new Promise((r) => setTimeout(r, 200));
+    sock.destroy();
+    await new Promise((r) => setTimeout(r, 500));
+    const internal = d.logs.filter((l) => l.includes('http request failed'));
+    assert.deepEqual(internal, []);
+    assert.equal((await call('GET', '/v1alpha1/microvm')).status, 200);
   });
 });

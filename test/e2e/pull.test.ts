@@ -69,7 +69,7 @@ describe('registry pulls', { skip }, () => {
     try {
       const ref = `${proxy.host}/matchlock/test-guest:1`;
       const noCreds = join(tmp.path, 'absent.json');
-      await assert.rejects(store(noCreds).pull(ref, silentLogger), new RegExp(`registry ${proxy.host} refused access to matchlock/test-guest .*no credentials for ${proxy.host} in ${noCreds}`));
+      await assert.rejects(store(noCreds).pull(ref, silentLogger), new RegExp(`registry ${proxy.host} refused access to matchlock/test-guest: .*no credentials for ${proxy.host} in ${noCreds}`));
       const wrong = join(tmp.path, 'wrong.json');
       writeFileSync(wrong, JSON.stringify({ auths: { [proxy.host]: { auth: Buffer.from('alice:nope').toString('base64') } } }));
       await assert.rejects(store(wrong).pull(ref, silentLogger), /credentials for .* were rejected/);
@@ -80,6 +80,33 @@ describe('registry pulls', { skip }, () => {
       assert.equal(dockerConfigPath({ HOME: '/home/u' }), '/home/u/.docker/config.json');
     } finally {
       await proxy.stop();
+    }
+  });
+
+  it('a public repository behind bearer tokens: every RFC 7235 challenge form, and a refusal that says what the registry answered', async () => {
+    const forms: [label: string, challenge: (realm: string) => string[]][] = [
+      ['unquoted token values (gcr.io)', (r) => [`Bearer realm="${r}",service=registry.test,scope="repository:matchlock/test-guest:pull"`]],
+      ['two challenges in one header', (r) => [`Basic realm="registry", Bearer realm="${r}", service="registry.test"`]],
+      ['one challenge per header, Basic first', (r) => ['Basic realm="registry"', `Bearer realm="${r}",service=registry.test`]],
+      ['quoted strings with escapes and odd spacing', (r) => [`bearer  service = "registry\\.test" ,realm="${r.replace('token', 't\\oken')}", error="a \\"quoted\\" word, with a comma"`]],
+    ];
+    for (const [label, challenge] of forms) {
+      const proxy = await startProxy(registry.host, { anonymous: { service: 'registry.test' }, challenge });
+      try {
+        assert.equal(await store().pull(`${proxy.host}/matchlock/test-guest:1`, silentLogger), digests.manifest, label);
+      } finally {
+        await proxy.stop();
+      }
+    }
+    const refusing = await startProxy(registry.host, { anonymous: { service: 'registry.test' }, challenge: (r) => [`Bearer realm="${r}",service=elsewhere.test`] });
+    try {
+      await assert.rejects(store().pull(`${refusing.host}/matchlock/test-guest:1`, silentLogger), (err: Error) => {
+        assert.match(err.message, new RegExp(`^registry ${refusing.host} refused access to matchlock/test-guest: token endpoint http://${refusing.host}/token answered 401 \\(UNAUTHORIZED: invalid service "elsewhere.test"\\); the request was anonymous`), err.message);
+        assert.doesNotMatch(err.message, /were rejected/);
+        return true;
+      });
+    } finally {
+      await refusing.stop();
     }
   });
 

@@ -58,6 +58,13 @@ export async function startRegistry(netns?: string): Promise<Registry> {
 export interface ProxyOptions {
   /** user:password the token endpoint accepts; undefined serves without auth. */
   credentials?: string;
+  /**
+   * Demand a bearer token but hand it out anonymously (a public repository), as gcr.io and
+   * Docker Hub do. The token endpoint insists on service=<service>.
+   */
+  anonymous?: { service: string };
+  /** The WWW-Authenticate values of a 401, given the token endpoint's URL; one header each. */
+  challenge?: (realm: string) => string[];
   /** Blob digests whose bodies are corrupted (first byte flipped). */
   corrupt?: Set<string>;
   /** Blob digest -> how many more downloads of it are cut off half-way. */
@@ -82,6 +89,15 @@ export async function startProxy(upstream: string, opts: ProxyOptions): Promise<
   let self = '';
   const server: Server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
+    if (url.pathname === '/token' && opts.anonymous) {
+      // distribution's token server refuses a request for another service.
+      if (url.searchParams.get('service') !== opts.anonymous.service) {
+        res.writeHead(401, { 'content-type': 'application/json' }).end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: `invalid service ${JSON.stringify(url.searchParams.get('service'))}` }] }));
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token }));
+      return;
+    }
     if (url.pathname === '/token') {
       const basic = Buffer.from((req.headers.authorization ?? '').replace(/^Basic /, ''), 'base64').toString();
       if (basic !== opts.credentials) {
@@ -91,8 +107,9 @@ export async function startProxy(upstream: string, opts: ProxyOptions): Promise<
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ token }));
       return;
     }
-    if (opts.credentials && req.headers.authorization !== `Bearer ${token}`) {
-      res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${self}/token",service="test-registry",scope="repository:x:pull"`, 'content-type': 'application/json' });
+    if ((opts.credentials || opts.anonymous) && req.headers.authorization !== `Bearer ${token}`) {
+      const challenges = opts.challenge?.(`http://${self}/token`) ?? [`Bearer realm="http://${self}/token",service="test-registry",scope="repository:x:pull"`];
+      res.writeHead(401, [...challenges.map((c) => ['www-authenticate', c]), ['content-type', 'application/json']].flat());
       res.end('{"errors":[{"code":"UNAUTHORIZED"}]}');
       return;
     }

@@ -5,7 +5,7 @@ import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HUB_DEFAULTS, loadHubConfig, validateHub } from '../../src/hub/config.js';
-import { parseIscLeases } from '../../src/hub/hub.js';
+import { parseDnsmasqLeases, parseIscLeases } from '../../src/hub/hub.js';
 import { dhcpdConf } from '../../src/hub/render.js';
 import { ROOT, tempDir } from '../helpers/daemon.js';
 
@@ -65,6 +65,54 @@ describe('hub config', () => {
     ].join('\n');
     assert.deepEqual(parseIscLeases(text), [{ ip: '192.168.10.30', mac: '02:00:00:00:00:01', hostname: 'vm-a', expires: '2099-11-27T10:15:00.000Z' }]);
   });
+
+  it('reads isc lease blocks whose strings hold braces, quotes, escapes and comments, and nested on-blocks', () => {
+    // As dhcpd writes them: the uid of a client whose MAC ends in 0x7d (with the usual client
+    // identifier 01 + MAC) holds a raw "}"; other bytes are octal escapes.
+    const text = [
+      '# The format of this file is documented in the dhcpd.leases(5) manual page.',
+      'authoring-byte-order little-endian;',
+      'server-duid "\\000\\001\\000\\001}{\\"";',
+      'lease 192.168.10.40 {',
+      '  starts 1 2026/11/30 01:00:00;',
+      '  ends 1 2099/11/30 01:10:00;',
+      '  binding state active;',
+      '  next binding state free;',
+      '  hardware ethernet 02:00:00:00:00:7d;',
+      '  uid "\\001\\002\\000\\000\\000\\000}";',
+      '  set vendor-class-identifier = "udhcp 1.36.1 {";',
+      '  on expiry { set x = "}"; }',
+      '  client-hostname "vm-\\"7d\\"#x";',
+      '}',
+      'lease 192.168.10.41 { starts 1 2026/11/30 01:00:00; ends epoch 4102444800; # Fri Jan 01 00:00:00 2100',
+      '  binding state active; hardware ethernet 02:00:00:00:00:41; client-hostname "caf\\303\\251"; }',
+      'lease 192.168.10.42 { ends never; binding state active; hardware ethernet 02:00:00:00:00:42; }',
+    ].join('\n');
+    assert.deepEqual(parseIscLeases(text), [
+      { ip: '192.168.10.40', mac: '02:00:00:00:00:7d', hostname: 'vm-"7d"#x', expires: '2099-11-30T01:10:00.000Z' },
+      { ip: '192.168.10.41', mac: '02:00:00:00:00:41', hostname: 'café', expires: '2100-01-01T00:00:00.000Z' },
+      { ip: '192.168.10.42', mac: '02:00:00:00:00:42', hostname: '', expires: '' },
+    ]);
+    // A file cut off mid-block (dhcpd was writing) loses only that block.
+    assert.equal(parseIscLeases(text.slice(0, text.indexOf('lease 192.168.10.41'))).length, 1);
+  });
+
+  it('reads dnsmasq lease files with client ids, DHCPv6 duid lines, infinite leases and junk', () => {
+    const text = [
+      '4102444800 02:00:00:00:00:7d 192.168.10.40 vm-7d 01:02:00:00:00:00:7d',
+      '0 02:00:00:00:00:41 192.168.10.41 * *',
+      '1000 02:00:00:00:00:42 192.168.10.42 old *',
+      'duid 00:01:00:01:2c:f5:a4:1e:02:00:00:00:00:01',
+      '4102444800 1234567 fd00::10 vm6 00:01:00:01:2c:f5:a4:1e:02:00:00:00:00:7d',
+      '99999999999999999 02:00:00:00:00:43 192.168.10.43 far *',
+      'garbage',
+      '',
+    ].join('\n');
+    assert.deepEqual(parseDnsmasqLeases(text), [
+      { ip: '192.168.10.40', mac: '02:00:00:00:00:7d', hostname: 'vm-7d', expires: '2100-01-01T00:00:00.000Z' },
+      { ip: '192.168.10.41', mac: '02:00:00:00:00:41', hostname: '', expires: '' },
+    ]);
+  });
 });
 
 const need = ['dhcpd', 'dnsmasq', 'nft', 'busybox', 'ip'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
@@ -98,6 +146,17 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
     chmodSync(script, 0o755);
   });
   after(() => {
+    // A test that failed before its teardown leaves its DHCP server running; deleting the
+    // namespace does not stop it, so it is stopped by the pid setup recorded.
+    for (const dhcp of ['isc', 'dnsmasq']) {
+      try {
+        const pid = (JSON.parse(readFileSync(join(tmp.path, `state-${dhcp}`, 'hub-state.json'), 'utf8')) as { dhcp?: { pid: number } }).dhcp?.pid;
+        // Only while that pid is still this test's server (pids are reused).
+        if (pid && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(tmp.path)) process.kill(pid, 'SIGTERM');
+      } catch {
+        // no state file, or the server is already gone
+      }
+    }
     for (const ns of [cl, hub, up]) spawnSync('ip', ['netns', 'del', ns]);
     tmp.remove();
   });
@@ -131,9 +190,12 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
       assert.equal(status.status, 0, status.stdout + status.stderr);
       assert.ok((JSON.parse(status.stdout) as { ok: boolean }[]).every((p) => p.ok));
 
+      // A MAC ending in 0x7d: udhcpc's client identifier (01 + MAC) then holds a "}" byte,
+      // which the server writes raw into its lease file.
+      ip('-n', cl, 'link', 'set', 'c0', 'address', '02:00:00:00:00:7d');
       ip('-n', cl, 'link', 'set', 'c0', 'up');
       const mac = (JSON.parse(ip('-n', cl, '-json', 'link', 'show', 'c0')) as { address: string }[])[0]?.address ?? '';
-      const dhcpc = inNs(cl, 'busybox', 'udhcpc', '-i', 'c0', '-s', script, '-q', '-n', '-t', '10', '-T', '1');
+      const dhcpc = inNs(cl, 'busybox', 'udhcpc', '-i', 'c0', '-s', script, '-q', '-n', '-t', '10', '-T', '1', '-x', 'hostname:vm-7d');
       assert.equal(dhcpc.status, 0, dhcpc.stderr);
       const addr = (JSON.parse(ip('-n', cl, '-json', 'addr', 'show', 'c0')) as { addr_info: { family: string; local: string }[] }[])[0]?.addr_info.find((a) => a.family === 'inet')?.local ?? '';
       const last = Number(addr.split('.')[3]);
@@ -142,7 +204,7 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
 
       const leases = cli('-o', 'json', 'hub', 'leases', ...flags);
       assert.equal(leases.status, 0, leases.stderr);
-      assert.ok((JSON.parse(leases.stdout) as { ip: string; mac: string }[]).some((l) => l.ip === addr && l.mac === mac), leases.stdout);
+      assert.ok((JSON.parse(leases.stdout) as { ip: string; mac: string; hostname: string }[]).some((l) => l.ip === addr && l.mac === mac && l.hostname === 'vm-7d'), leases.stdout);
 
       // One piece broken at a time shows in status.
       inNs(hub, 'nft', 'flush', 'table', 'ip', 'matchlock_hub');

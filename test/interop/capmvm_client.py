@@ -105,7 +105,42 @@ def main():
             report["after_delete"] = {"code": err.code().name, "details": err.details()}
             break
         time.sleep(0.2)
+    report["refusals"] = refusals(stub, spec, md)
     print(json.dumps(report))
+
+
+def refusals(stub, good, md):
+    """Hostile requests: the code and the size of the message grpcio hands back for each."""
+    long_ascii = "k" * 20000
+    long_wide = "\u00e9" * 20000  # 2 bytes in UTF-8, 6 once percent-encoded in grpc-message
+    cases = {}
+
+    def create(name, change):
+        spec = microvm_pb2.MicroVMSpec()
+        spec.CopyFrom(good)
+        change(spec)
+        try:
+            stub.CreateMicroVM(microvms_pb2.CreateMicroVMRequest(microvm=spec), metadata=md)
+            cases[name] = {"code": "OK", "details_len": 0}
+        except grpc.RpcError as err:
+            cases[name] = {"code": err.code().name, "details_len": len(err.details() or "")}
+
+    def get(name, uid):
+        try:
+            stub.GetMicroVM(microvms_pb2.GetMicroVMRequest(uid=uid), metadata=md)
+            cases[name] = {"code": "OK", "details_len": 0}
+        except grpc.RpcError as err:
+            cases[name] = {"code": err.code().name, "details_len": len(err.details() or ""), "details": (err.details() or "")[:300]}
+
+    create("label key", lambda s: s.labels.__setitem__(long_ascii, "v"))
+    create("label key wide", lambda s: s.labels.__setitem__(long_wide, "v"))
+    create("metadata key", lambda s: s.metadata.__setitem__(long_ascii, "eA=="))
+    create("cmdline key", lambda s: s.kernel.cmdline.__setitem__(long_wide, "1"))
+    create("name", lambda s: setattr(s, "id", long_wide))
+    create("kernel image", lambda s: setattr(s.kernel, "image", long_ascii))
+    get("uid huge", long_wide)
+    get("uid not crockford", "01ARZ3NDEKTSV4RRFFQ69G5FAU")
+    return cases
 
 
 if __name__ == "__main__":

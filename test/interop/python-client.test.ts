@@ -52,6 +52,7 @@ describe('an independent Python grpcio client (CAPMVM-shaped)', { skip: missing.
       get: { uid: string; name: string; namespace: string; meta_data: string; user_data: string; interfaces: string[][]; mount_point: string; has_created_at: boolean };
       list_ns: string[]; list_all: string[]; list_name: string[]; stream: string[];
       after_delete: { code: string; details: string } | null;
+      refusals: Record<string, { code: string; details_len: number; details?: string }>;
     };
     const uid = report.create.uid;
     assert.match(uid, /^[0-9A-HJKMNP-TV-Z]{26}$/);
@@ -74,5 +75,17 @@ describe('an independent Python grpcio client (CAPMVM-shaped)', { skip: missing.
     assert.deepEqual(report.stream, [uid]);
     assert.equal(report.after_delete?.code, 'NOT_FOUND');
     assert.match(report.after_delete?.details ?? '', /not found/);
+
+    // Errors quote only a bounded part of what the client sent, so grpcio (which refuses
+    // trailers over 8 KiB with RESOURCE_EXHAUSTED) sees the real code.
+    const refused = report.refusals;
+    for (const name of ['label key', 'label key wide', 'metadata key', 'cmdline key', 'name', 'kernel image']) {
+      assert.equal(refused[name]?.code, 'INVALID_ARGUMENT', `${name}: ${JSON.stringify(refused[name])}`);
+      assert.ok((refused[name]?.details_len ?? Infinity) <= 1000, `${name}: ${JSON.stringify(refused[name])}`);
+    }
+    for (const name of ['uid huge', 'uid not crockford']) {
+      assert.equal(refused[name]?.code, 'NOT_FOUND', `${name}: ${JSON.stringify(refused[name])}`);
+      assert.match(refused[name]?.details ?? '', /not found/);
+    }
   });
 });

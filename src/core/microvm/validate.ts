@@ -1,7 +1,8 @@
-import { invalid } from '../errors.js';
+import { invalid, quote } from '../errors.js';
 import { parseReference } from '../images/reference.js';
 import { isCidr, ipFamily, macProblem } from './net.js';
 import { decodeMetadataValue, withInstanceId } from './metadata.js';
+import { SEED_FILES, fatFold, fatNameProblem } from './seed-names.js';
 import type { IfaceType, MicroVMSpec, NetworkInterface, Volume } from './types.js';
 
 /** What a client sent, after the wire adapter has turned it into plain data. */
@@ -108,7 +109,7 @@ function checkLabels(field: string, labels: Record<string, string>): void {
   const entries = Object.entries(labels);
   checkCount(field, entries.length, LIMITS.labels);
   for (const [k, v] of entries) {
-    const f = `${field}[${JSON.stringify(k)}]`;
+    const f = `${field}[${quote(k)}]`;
     if (k.length === 0 || k.length > LIMITS.labelKeyLength || !LABEL_KEY.test(k)) {
       throw invalid(f, `key must be an optional DNS prefix and "/" then a name of letters, digits, "-", "_" and "." (at most ${LIMITS.labelKeyLength} characters)`);
     }
@@ -121,7 +122,7 @@ function checkCmdline(field: string, cmdline: Record<string, string>): Record<st
   const entries = Object.entries(cmdline);
   checkCount(field, entries.length, LIMITS.cmdlineEntries);
   for (const [k, v] of entries) {
-    const f = `${field}[${JSON.stringify(k)}]`;
+    const f = `${field}[${quote(k)}]`;
     if (!CMDLINE_KEY.test(k)) throw invalid(f, 'key must be a kernel parameter name without spaces, quotes or "="');
     if (CONTROL.test(v) || /[\s"]/.test(v)) throw invalid(f, 'value must not contain spaces, quotes or control characters');
   }
@@ -213,10 +214,19 @@ function checkMetadata(field: string, metadata: Record<string, string>, uid: str
   checkCount(field, entries.length, LIMITS.metadataKeys);
   let total = 0;
   const out: Record<string, string> = {};
+  // Each key is a file on the seed's FAT filesystem, which compares names without case; the
+  // seed's own files count too (a "META-DATA" key would meet the injected meta-data).
+  const seedNames = new Map<string, string>(SEED_FILES.map((n) => [fatFold(n), n]));
   for (const [k, v] of entries) {
-    const f = `${field}[${JSON.stringify(k)}]`;
+    const f = `${field}[${quote(k)}]`;
     if (k.length > 64 || !METADATA_KEY.test(k)) {
       throw invalid(f, 'key must start with a letter or digit and contain only letters, digits, ".", "_" and "-" (at most 64)');
+    }
+    const fatProblem = fatNameProblem(k);
+    if (fatProblem) throw invalid(f, `key ${fatProblem}`);
+    const other = entries.find(([o]) => o !== k && fatFold(o) === fatFold(k))?.[0] ?? seedNames.get(fatFold(k));
+    if (other !== undefined && other !== k) {
+      throw invalid(f, `key collides with ${quote(other)}: the seed's FAT filesystem compares names without case and cannot hold both`);
     }
     const decoded = decodeMetadataValue(v);
     total += decoded.length;
@@ -268,7 +278,7 @@ export function validateSpec(input: SpecInput | undefined, uid: string, provider
   const seenVolumes = new Set(rootVolume ? [rootVolume.id] : []);
   const additionalVolumes = input.additionalVolumes.map((v, n) => {
     const vol = checkVolume(`${root}.additional_volumes[${n}]`, v, false);
-    if (seenVolumes.has(vol.id)) throw invalid(`${root}.additional_volumes[${n}].id`, `must be unique; "${vol.id}" is used twice`);
+    if (seenVolumes.has(vol.id)) throw invalid(`${root}.additional_volumes[${n}].id`, `must be unique; ${quote(vol.id)} is used twice`);
     seenVolumes.add(vol.id);
     return vol;
   });
@@ -279,7 +289,7 @@ export function validateSpec(input: SpecInput | undefined, uid: string, provider
   const seenMacs = new Set<string>();
   const interfaces = input.interfaces.map((i, n) => {
     const iface = checkInterface(`${root}.interfaces[${n}]`, i);
-    if (seenIfaces.has(iface.deviceId)) throw invalid(`${root}.interfaces[${n}].device_id`, `must be unique; "${iface.deviceId}" is used twice`);
+    if (seenIfaces.has(iface.deviceId)) throw invalid(`${root}.interfaces[${n}].device_id`, `must be unique; ${quote(iface.deviceId)} is used twice`);
     seenIfaces.add(iface.deviceId);
     if (iface.guestMac !== undefined) {
       const mac = iface.guestMac.toLowerCase();

@@ -6,7 +6,7 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import type { SecureContextOptions } from 'node:tls';
 import { fileURLToPath } from 'node:url';
-import { MatchlockError } from '../../../core/errors.js';
+import { MatchlockError, boundedMessage } from '../../../core/errors.js';
 import type { MicroVMService } from '../../../core/microvm/service.js';
 import type { Logger } from '../../../core/ports.js';
 import {
@@ -95,7 +95,8 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
     const code = grpcCode(e);
     if (code === grpc.status.INTERNAL) logger.error({ method, err }, 'request failed');
     else logger.debug({ method, code: e.code, msg: e.message }, 'request refused');
-    return Object.assign(new Error(e.message), { code, details: e.message, metadata: new grpc.Metadata() });
+    const message = boundedMessage(e.message);
+    return Object.assign(new Error(message), { code, details: message, metadata: new grpc.Metadata() });
   };
 
   const unary = <Req, Res>(method: string, fn: (req: Req) => Res) =>

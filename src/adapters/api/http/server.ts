@@ -1,7 +1,7 @@
 import { create, fromJson, toJson, type DescMessage, type MessageInitShape } from '@bufbuild/protobuf';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { ErrorCode, MatchlockError, invalid } from '../../../core/errors.js';
+import { ErrorCode, MatchlockError, boundedMessage, invalid, quote } from '../../../core/errors.js';
 import type { MicroVMService } from '../../../core/microvm/service.js';
 import type { Logger } from '../../../core/ports.js';
 import {
@@ -23,8 +23,6 @@ export interface HttpServerOptions {
 }
 
 const MAX_BODY = 4 * 1024 * 1024;
-const UID_ROUTE = /^\/v1alpha1\/microvm\/uid\/([^/]+)$/;
-const ONE_SEGMENT = /^\/v1alpha1\/microvm\/([^/]+)$/;
 
 /**
  * flintlock's HTTP/JSON routes (grpc-gateway style, proto3 canonical JSON) plus an unambiguous
@@ -52,15 +50,18 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
   if (opts.token && !tokenMatches(req.headers.authorization, opts.token)) {
     throw new MatchlockError(ErrorCode.Unauthenticated, UNAUTHENTICATED_MESSAGE);
   }
-  const url = new URL(req.url ?? '/', 'http://matchlock');
-  const path = url.pathname.replace(/\/+$/, '');
+  const target = parseTarget(req.url ?? '/');
+  const path = target.segments.length ? `/${target.segments.map(encodeURIComponent).join('/')}` : '/';
   const method = req.method ?? 'GET';
-  const segment = (re: RegExp) => {
-    const m = re.exec(path);
-    return m?.[1] === undefined ? undefined : decodeURIComponent(m[1]);
-  };
+  const [api, kind, first, second, ...rest] = target.segments;
+  const isApi = api === 'v1alpha1' && kind === 'microvm' && rest.length === 0;
+  // The uid route is matched before the one-segment routes, so "uid" itself can never be a
+  // namespace of List; all segments arrive decoded.
+  const uidRoute = isApi && first === 'uid' && second !== undefined ? second : undefined;
+  const one = isApi && first !== undefined && second === undefined ? first : undefined;
+  const root = isApi && first === undefined;
 
-  if (method === 'POST' && path === '/v1alpha1/microvm') {
+  if (method === 'POST' && root) {
     const body = await readBody(req);
     let json: unknown;
     try {
@@ -78,21 +79,19 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     opts.logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
     return send(res, 200, CreateMicroVMResponseSchema, { microvm: toWire(vm) });
   }
-  const uidRoute = segment(UID_ROUTE);
   if (method === 'GET' && uidRoute !== undefined) {
     return send(res, 200, GetMicroVMResponseSchema, { microvm: toWire(service.get(uidRoute)) });
   }
-  const one = segment(ONE_SEGMENT);
   if (method === 'DELETE' && one !== undefined) {
     service.delete(one);
     res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
     return;
   }
-  if (method === 'GET' && (one !== undefined || path === '/v1alpha1/microvm')) {
-    const name = url.searchParams.get('name') ?? undefined;
+  if (method === 'GET' && (one !== undefined || root)) {
+    const name = target.query.get('name');
     return send(res, 200, ListMicroVMsResponseSchema, { microvm: service.list(one ?? '', name).map(toWire) });
   }
-  res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 5, message: `route ${method} ${path} not found`, details: [] }));
+  res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 5, message: boundedMessage(`route ${method} ${quote(path, 200)} not found`), details: [] }));
 }
 
 function send<D extends DescMessage>(res: ServerResponse, status: number, schema: D, init: MessageInitShape<D>): void {
@@ -106,17 +105,74 @@ function sendError(logger: Logger, res: ServerResponse, err: unknown): void {
     res.destroy();
     return;
   }
-  res.writeHead(httpStatus(e), { 'content-type': 'application/json' }).end(JSON.stringify({ code: grpcCode(e), message: e.message, details: [] }));
+  res.writeHead(httpStatus(e), { 'content-type': 'application/json' }).end(JSON.stringify({ code: grpcCode(e), message: boundedMessage(e.message), details: [] }));
+}
+
+interface Target {
+  /** Decoded path segments; one trailing "/" is allowed and dropped. */
+  segments: string[];
+  /** Decoded query parameters; the first of repeated names wins. */
+  query: Map<string, string>;
+}
+
+/**
+ * The request target (RFC 9112 section 3.2: origin-form, or absolute-form from a proxy),
+ * decoded strictly. Anything a client got wrong (an empty segment such as "//", a malformed
+ * percent-encoding, a target that is not a path) is INVALID_ARGUMENT naming the part, never an
+ * internal error.
+ */
+export function parseTarget(raw: string): Target {
+  let pathAndQuery = raw;
+  if (/^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(raw)) {
+    const rest = raw.slice(raw.indexOf('//') + 2);
+    const slash = rest.search(/[/?]/);
+    pathAndQuery = slash < 0 ? '/' : rest[slash] === '?' ? `/${rest.slice(slash)}` : rest.slice(slash);
+  }
+  if (!pathAndQuery.startsWith('/')) throw invalid('path', `must be an absolute path such as /v1alpha1/microvm, not ${quote(raw)}`);
+  const hash = pathAndQuery.indexOf('#');
+  if (hash >= 0) pathAndQuery = pathAndQuery.slice(0, hash);
+  const q = pathAndQuery.indexOf('?');
+  const rawPath = q < 0 ? pathAndQuery : pathAndQuery.slice(0, q);
+  const rawQuery = q < 0 ? '' : pathAndQuery.slice(q + 1);
+  const parts = rawPath.split('/').slice(1);
+  if (parts.length > 0 && parts[parts.length - 1] === '') parts.pop();
+  const segments = parts.map((p, n) => {
+    if (p === '') throw invalid('path', `has an empty segment at position ${n + 1} (${quote(rawPath)}); segments are separated by one "/"`);
+    return decodePart(`path segment ${n + 1}`, p);
+  });
+  const query = new Map<string, string>();
+  for (const pair of rawQuery.split('&')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    const name = decodePart('query parameter name', (eq < 0 ? pair : pair.slice(0, eq)).replace(/\+/g, ' '));
+    const value = decodePart(`query parameter ${quote(name)}`, eq < 0 ? '' : pair.slice(eq + 1).replace(/\+/g, ' '));
+    if (!query.has(name)) query.set(name, value);
+  }
+  return { segments, query };
+}
+
+function decodePart(field: string, raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw invalid(field, `has a malformed percent-encoding (${quote(raw)}): "%" must be followed by two hex digits forming UTF-8`);
+  }
 }
 
 async function readBody(req: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of req) {
-    const b = chunk as Buffer;
-    size += b.length;
-    if (size > MAX_BODY) throw invalid('body', `must be at most ${MAX_BODY} bytes`);
-    chunks.push(b);
+  try {
+    for await (const chunk of req) {
+      const b = chunk as Buffer;
+      size += b.length;
+      if (size > MAX_BODY) throw invalid('body', `must be at most ${MAX_BODY} bytes`);
+      chunks.push(b);
+    }
+  } catch (err) {
+    // A client that hangs up mid-body is its own fault, not an internal error to log as one.
+    if (req.aborted || (err as NodeJS.ErrnoException).code === 'ECONNRESET') throw invalid('body', `the client closed the connection after ${size} bytes of the body`);
+    throw err;
   }
   return Buffer.concat(chunks);
 }

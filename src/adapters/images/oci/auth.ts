@@ -53,12 +53,101 @@ export function loadCredentials(path: string): Map<string, Credentials> {
   return out;
 }
 
-/** Parses `Bearer realm="…",service="…",scope="…"` (or Basic) from WWW-Authenticate. */
-export function parseChallenge(header: string | undefined): { scheme: string; params: Record<string, string> } | undefined {
-  if (!header) return undefined;
-  const m = /^(\w+)\s*(.*)$/.exec(header.trim());
-  if (!m?.[1]) return undefined;
-  const params: Record<string, string> = {};
-  for (const p of (m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)) if (p[1]) params[p[1]] = p[2] ?? '';
-  return { scheme: m[1].toLowerCase(), params };
+/** One challenge of a WWW-Authenticate header (RFC 7235 section 2.1). */
+export interface Challenge {
+  /** The auth scheme, lowercased (schemes are case-insensitive). */
+  scheme: string;
+  /** auth-params by lowercased name, values unquoted and unescaped; the first of a repeated name wins. */
+  params: Record<string, string>;
+  /** The token68 form (`Negotiate abc==`), when the challenge has one instead of params. */
+  token68?: string;
+}
+
+const TCHAR = /[!#$%&'*+\-.^_`|~0-9A-Za-z]/;
+const TOKEN68 = /^[A-Za-z0-9\-._~+/]+=*/;
+
+/**
+ * Every challenge in WWW-Authenticate values (RFC 7235 section 4.1: one header may carry several
+ * challenges, and a response may carry several headers). Parameter values are tokens or quoted
+ * strings with backslash escapes (RFC 7230 section 3.2.6): `service=registry.test` and
+ * `service="registry.test"` are the same. Throws an Error saying where a value is malformed.
+ */
+export function parseChallenges(header: string | readonly string[] | undefined): Challenge[] {
+  const values = header === undefined ? [] : typeof header === 'string' ? [header] : header;
+  return values.flatMap(parseChallengeList);
+}
+
+function parseChallengeList(s: string): Challenge[] {
+  const out: Challenge[] = [];
+  let i = 0;
+  const ows = () => {
+    while (s[i] === ' ' || s[i] === '\t') i++;
+  };
+  const fail = (what: string): never => {
+    throw new Error(`malformed WWW-Authenticate ${JSON.stringify(s.length > 200 ? `${s.slice(0, 200)}…` : s)}: ${what} at offset ${i}`);
+  };
+  const token = (): string => {
+    const start = i;
+    while (i < s.length && TCHAR.test(s[i] ?? '')) i++;
+    return s.slice(start, i);
+  };
+  const quoted = (): string => {
+    let v = '';
+    i++;
+    for (;;) {
+      const c = s[i++];
+      if (c === undefined) return fail('unterminated quoted string');
+      if (c === '"') return v;
+      if (c === '\\') {
+        const e = s[i++];
+        if (e === undefined) return fail('unterminated quoted string');
+        v += e;
+      } else v += c;
+    }
+  };
+  // Is an auth-param (token BWS "=") next, rather than a new challenge's scheme?
+  const paramAhead = (): boolean => {
+    const m = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+[ \t]*=/.exec(s.slice(i));
+    // "abc==" after a scheme is token68, but here a scheme was already read, so only
+    // "name =value" (a single "=" not followed by another) is a parameter.
+    return m !== null && s[i + m[0].length] !== '=';
+  };
+  for (;;) {
+    while (s[i] === ',' || s[i] === ' ' || s[i] === '\t') i++;
+    if (i >= s.length) return out;
+    const scheme = token();
+    if (!scheme) fail('expected an auth scheme');
+    const challenge: Challenge = { scheme: scheme.toLowerCase(), params: {} };
+    out.push(challenge);
+    ows();
+    if (i >= s.length) return out;
+    if (s[i] === ',') continue;
+    const t68 = TOKEN68.exec(s.slice(i));
+    if (t68 && !paramAhead()) {
+      const after = i + t68[0].length;
+      let j = after;
+      while (s[j] === ' ' || s[j] === '\t') j++;
+      if (j >= s.length || s[j] === ',') {
+        challenge.token68 = t68[0];
+        i = after;
+        continue;
+      }
+    }
+    for (;;) {
+      const name = token().toLowerCase();
+      if (!name) fail('expected a parameter name');
+      ows();
+      if (s[i] !== '=') fail(`expected "=" after ${name}`);
+      i++;
+      ows();
+      const value = s[i] === '"' ? quoted() : token();
+      if (!(name in challenge.params)) challenge.params[name] = value;
+      ows();
+      if (i >= s.length) return out;
+      if (s[i] !== ',') fail('expected "," between parameters');
+      while (s[i] === ',' || s[i] === ' ' || s[i] === '\t') i++;
+      if (i >= s.length) return out;
+      if (!paramAhead()) break;
+    }
+  }
 }

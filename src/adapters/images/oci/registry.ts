@@ -8,7 +8,7 @@ import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { isLoopbackHost } from '../../../core/endpoint.js';
 import type { ImageReference } from '../../../core/images/reference.js';
 import type { Logger } from '../../../core/ports.js';
-import { dockerConfigPath, loadCredentials, parseChallenge, type Credentials } from './auth.js';
+import { dockerConfigPath, loadCredentials, parseChallenges, type Credentials } from './auth.js';
 import { httpGet, readAll } from './http.js';
 
 export const MEDIA = {
@@ -42,6 +42,23 @@ export interface FetchedManifest {
   digest: string;
   mediaType: string;
   body: Buffer;
+}
+
+/**
+ * An HTTP answer for an error message: the status and the registry's own words, from the
+ * distribution API's `{"errors":[{"code","message"}]}` body when it is one, else the body's start.
+ */
+function answer(status: number, body: string): string {
+  let words = body.trim().slice(0, 200);
+  try {
+    const doc = JSON.parse(body) as { errors?: { code?: unknown; message?: unknown }[]; error?: unknown; details?: unknown };
+    const errs = Array.isArray(doc.errors) ? doc.errors.map((e) => [e.code, e.message].filter((x) => typeof x === 'string' && x).join(': ')).filter(Boolean) : [];
+    if (errs.length) words = errs.join('; ').slice(0, 200);
+    else if (typeof doc.error === 'string') words = [doc.error, typeof doc.details === 'string' ? doc.details : ''].filter(Boolean).join(': ').slice(0, 200);
+  } catch {
+    // not JSON: the body's start is the best account
+  }
+  return words ? `${status} (${words})` : String(status);
 }
 
 /** docker.io's API lives at registry-1.docker.io. */
@@ -95,45 +112,77 @@ export class RegistryClient {
     let res = await withAuth(token);
     if (res.statusCode === 401) {
       res.resume();
-      const auth = await this.authenticate(ref, res.headers['www-authenticate'], insecureTls);
+      const auth = await this.authenticate(ref, res.headersDistinct['www-authenticate'], insecureTls);
       this.tokens.set(key, auth);
       res = await withAuth(auth);
     }
     const status = res.statusCode ?? 0;
     if (status >= 200 && status < 300) return res;
     const body = (await readAll(res, 64 * 1024).catch(() => Buffer.alloc(0))).toString('utf8').slice(0, 300);
-    if (status === 401 || status === 403) throw this.authError(ref, `registry answered ${status}`);
+    if (status === 401 || status === 403) throw this.authError(ref, `${url} answered ${answer(status, body)}`, true);
     if (status === 404) throw new MatchlockError(ErrorCode.NotFound, `${url} not found in registry ${ref.registry}: ${body}`);
     throw new MatchlockError(status >= 500 ? ErrorCode.Unavailable : ErrorCode.Internal, `${url}: registry answered ${status} ${body}`);
   }
 
-  private authError(ref: ImageReference, why: string): MatchlockError {
+  /**
+   * Access refused: says what the registry answered and whether credentials were sent, so a
+   * public repository refused for another reason (a token request the endpoint did not like)
+   * is not blamed on credentials.
+   */
+  private authError(ref: ImageReference, answered: string, refusal = false): MatchlockError {
     const creds = this.o.credentials(ref.registry);
-    return new MatchlockError(
-      ErrorCode.Unauthenticated,
-      `registry ${ref.registry} refused access to ${ref.repository} (${why}): ${creds ? `the credentials for ${ref.registry} in ${this.o.credentialsSource} were rejected` : `no credentials for ${ref.registry} in ${this.o.credentialsSource}`}`,
-    );
+    const source = this.o.credentialsSource;
+    const sent = creds
+      ? refusal ? `the credentials for ${ref.registry} in ${source} were rejected` : `the credentials for ${ref.registry} in ${source} were sent`
+      : `the request was anonymous (no credentials for ${ref.registry} in ${source})`;
+    return new MatchlockError(ErrorCode.Unauthenticated, `registry ${ref.registry} refused access to ${ref.repository}: ${answered}; ${sent}`);
   }
 
-  /** Answers a 401 challenge: a bearer token from the realm, or basic credentials. */
-  private async authenticate(ref: ImageReference, header: string | string[] | undefined, insecureTls: boolean): Promise<string> {
-    const challenge = parseChallenge(Array.isArray(header) ? header[0] : header);
+  /**
+   * Answers a 401: a bearer token from the realm of a Bearer challenge (anonymous, or with basic
+   * credentials when configured), or basic credentials for a Basic one. Every challenge of
+   * every WWW-Authenticate header is considered; Bearer wins over Basic.
+   */
+  private async authenticate(ref: ImageReference, header: readonly string[] | undefined, insecureTls: boolean): Promise<string> {
+    let challenges;
+    try {
+      challenges = parseChallenges(header);
+    } catch (err) {
+      throw this.authError(ref, `401 with ${(err as Error).message}`);
+    }
     const creds = this.o.credentials(ref.registry);
     const basic = creds ? `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` : undefined;
-    if (challenge?.scheme === 'basic') {
-      if (!basic) throw this.authError(ref, 'basic auth required');
-      return basic;
+    const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm);
+    if (!bearer) {
+      if (challenges.some((c) => c.scheme === 'basic')) {
+        if (!basic) throw this.authError(ref, '401 asking for basic credentials');
+        return basic;
+      }
+      throw this.authError(ref, `401 with no challenge matchlock can answer (WWW-Authenticate: ${header === undefined ? 'absent' : JSON.stringify(header.join(', ').slice(0, 200))})`);
     }
-    if (challenge?.scheme !== 'bearer' || !challenge.params.realm) throw this.authError(ref, `unsupported challenge ${String(header)}`);
-    const realm = new URL(challenge.params.realm);
-    if (challenge.params.service) realm.searchParams.set('service', challenge.params.service);
-    realm.searchParams.set('scope', challenge.params.scope ?? `repository:${ref.repository}:pull`);
+    let realm: URL;
+    try {
+      realm = new URL(bearer.params.realm ?? '');
+    } catch {
+      throw this.authError(ref, `401 with a Bearer realm that is not a URL: ${JSON.stringify((bearer.params.realm ?? '').slice(0, 200))}`);
+    }
+    if (bearer.params.service) realm.searchParams.set('service', bearer.params.service);
+    // A challenge may name several scopes separated by spaces (distribution's token spec);
+    // each is its own scope parameter.
+    for (const scope of (bearer.params.scope ?? `repository:${ref.repository}:pull`).split(' ').filter(Boolean)) realm.searchParams.append('scope', scope);
     const res = await httpGet(realm.toString(), { headers: basic ? { authorization: basic } : {}, insecureTls });
     const body = await readAll(res, 1024 * 1024);
-    if (res.statusCode !== 200) throw this.authError(ref, `token endpoint ${realm.host} answered ${res.statusCode}`);
-    const doc = JSON.parse(body.toString('utf8')) as { token?: string; access_token?: string };
-    const token = doc.token ?? doc.access_token;
-    if (!token) throw this.authError(ref, 'token endpoint returned no token');
+    const text = body.toString('utf8');
+    const status = res.statusCode ?? 0;
+    if (status !== 200) throw this.authError(ref, `token endpoint ${realm.origin}${realm.pathname} answered ${answer(status, text)}`, status === 401 || status === 403);
+    let doc: { token?: unknown; access_token?: unknown };
+    try {
+      doc = JSON.parse(text) as typeof doc;
+    } catch {
+      throw this.authError(ref, `token endpoint ${realm.origin}${realm.pathname} answered 200 with a body that is not JSON: ${JSON.stringify(text.slice(0, 200))}`);
+    }
+    const token = typeof doc.token === 'string' && doc.token ? doc.token : typeof doc.access_token === 'string' ? doc.access_token : '';
+    if (!token) throw this.authError(ref, `token endpoint ${realm.origin}${realm.pathname} answered 200 without a token`);
     return `Bearer ${token}`;
   }
 
