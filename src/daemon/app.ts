@@ -166,6 +166,11 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     } catch (err) {
       logger.error({ err: (err as Error).message }, 'orphan sweep failed; continuing');
     }
+    // Blobs, trees and volumes a killed daemon left half-written (images/base included).
+    await images.sweepTemporaries().then(
+      (removed) => void (removed.length && logger.info({ removed }, 'unfinished image temporaries removed')),
+      (err: unknown) => logger.error({ err: (err as Error).message }, 'temporary sweep failed; continuing'),
+    );
     resyncAll();
     resync = setInterval(resyncAll, cfg.resyncPeriodMs);
     resync.unref();

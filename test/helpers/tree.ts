@@ -1,0 +1,86 @@
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { lstatSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** What is compared of each path: type, mode bits, owner, xattrs, content, link target, links. */
+export interface PathInfo {
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  mode: string;
+  owner: string;
+  xattrs: string;
+  content?: string;
+  link?: string;
+  /** Other paths sharing this file's inode, sorted. */
+  hardlinks?: string;
+}
+
+/** getfattr's quoting undone: `\ooo` octal escapes and `\\`. */
+function unquote(s: string): string {
+  return Buffer.from(s.replace(/\\([0-7]{3})|\\\\/g, (m, o: string | undefined) => (o ? String.fromCharCode(parseInt(o, 8)) : '\\')), 'latin1').toString('utf8');
+}
+
+/** Every xattr under `root` (not following symlinks): relative path -> "name=base64;…". */
+export function xattrsOf(root: string): Map<string, string> {
+  const out = new Map<string, string[]>();
+  let dump = '';
+  try {
+    dump = execFileSync('getfattr', ['-R', '-P', '-h', '-d', '-m', '-', '-e', 'base64', '.'], { cwd: root, encoding: 'latin1', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 26 });
+  } catch (err) {
+    dump = String((err as { stdout?: string }).stdout ?? '');
+  }
+  let file = '';
+  for (const line of dump.split('\n')) {
+    if (line.startsWith('# file: ')) file = unquote(line.slice(8)).replace(/^\.\/?/, '');
+    else if (line.includes('=')) out.set(file, [...(out.get(file) ?? []), line]);
+  }
+  return new Map([...out].map(([k, v]) => [k, v.sort().join(';')]));
+}
+
+/** Describes every path under `root` (root itself as ''), for comparing two unpacks. */
+export function describeTree(root: string, skip: (rel: string) => boolean = () => false): Map<string, PathInfo> {
+  const xattrs = xattrsOf(root);
+  const out = new Map<string, PathInfo>();
+  const inodes = new Map<number, string[]>();
+  const walk = (rel: string) => {
+    const at = rel ? join(root, rel) : root;
+    const st = lstatSync(at);
+    const type = st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other';
+    const info: PathInfo = { type, mode: (st.mode & 0o7777).toString(8).padStart(4, '0'), owner: `${st.uid}:${st.gid}`, xattrs: xattrs.get(rel) ?? '' };
+    if (type === 'file') {
+      info.content = createHash('sha256').update(readFileSync(at)).digest('hex').slice(0, 16) + `/${st.size}`;
+      if (st.nlink > 1) inodes.set(st.ino, [...(inodes.get(st.ino) ?? []), rel]);
+    }
+    if (type === 'symlink') {
+      info.link = readlinkSync(at);
+      delete (info as Partial<PathInfo>).mode;
+    }
+    out.set(rel, info);
+    if (type === 'dir') for (const n of readdirSync(at).sort()) if (!skip(rel ? `${rel}/${n}` : n)) walk(rel ? `${rel}/${n}` : n);
+  };
+  walk('');
+  for (const group of inodes.values()) {
+    for (const p of group) {
+      const info = out.get(p);
+      if (info) info.hardlinks = group.filter((q) => q !== p).sort().join(',');
+    }
+  }
+  return out;
+}
+
+/** Lines "path: field ours != theirs" for every difference, empty when the trees agree. */
+export function diffTrees(ours: Map<string, PathInfo>, theirs: Map<string, PathInfo>): string[] {
+  const out: string[] = [];
+  for (const p of new Set([...ours.keys(), ...theirs.keys()])) {
+    const a = ours.get(p);
+    const b = theirs.get(p);
+    if (!a || !b) {
+      out.push(`/${p}: ${a ? 'only in ours' : 'missing from ours'} (${JSON.stringify(a ?? b)})`);
+      continue;
+    }
+    for (const k of ['type', 'mode', 'owner', 'xattrs', 'content', 'link', 'hardlinks'] as const) {
+      if ((a[k] ?? '') !== (b[k] ?? '')) out.push(`/${p}: ${k} ${JSON.stringify(a[k])} != ${JSON.stringify(b[k])}`);
+    }
+  }
+  return out.sort();
+}
