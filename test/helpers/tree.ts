@@ -84,3 +84,47 @@ export function diffTrees(ours: Map<string, PathInfo>, theirs: Map<string, PathI
   }
   return out.sort();
 }
+
+/**
+ * Describes the same paths inside an ext4 image, read with debugfs (never mounted): content
+ * and link targets from `rdump`, type, mode, owner, inode and xattrs from `stat`.
+ */
+export function describeExt4(image: string, paths: readonly string[], scratch: string): Map<string, PathInfo> {
+  execFileSync('debugfs', ['-R', `rdump / ${scratch}`, image], { stdio: 'ignore' });
+  const dumped = describeTree(scratch, (rel) => rel === 'lost+found');
+  const cmds = join(scratch, '..', `${Date.now()}.debugfs`);
+  execFileSync('sh', ['-c', `cat > ${cmds}`], { input: paths.map((p) => `stat "/${p}"\n`).join('') });
+  const out = execFileSync('debugfs', ['-f', cmds, image], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 26 });
+  const result = new Map<string, PathInfo>();
+  const inodes = new Map<string, string[]>();
+  for (const section of out.split(/^debugfs: stat /m).slice(1)) {
+    const path = (/^"\/(.*)"\n/.exec(section)?.[1] ?? '').normalize();
+    const m = /Inode: (\d+)\s+Type: (\S+)\s+Mode:\s+(\d+)/.exec(section);
+    const u = /User:\s+(\d+)\s+Group:\s+(\d+)/.exec(section);
+    const links = Number(/Links: (\d+)/.exec(section)?.[1] ?? 1);
+    const base = dumped.get(path);
+    if (!m || !u || !base) continue;
+    const attrs: string[] = [];
+    const ea = /Extended attributes:\n((?: {2}.*\n)*)/.exec(section)?.[1] ?? '';
+    for (const line of ea.split('\n').filter(Boolean)) {
+      const a = /^ {2}(\S+) \(\d+\) = (.*)$/.exec(line);
+      if (!a?.[1]) continue;
+      const v = a[2] ?? '';
+      const bytes = v.startsWith('"') ? Buffer.from(v.slice(1, -1)) : Buffer.from(v.trim().split(/\s+/).filter(Boolean).map((h) => parseInt(h, 16)));
+      attrs.push(`${a[1]}=0s${bytes.toString('base64')}`);
+    }
+    const type = m[2] === 'regular' ? 'file' : m[2] === 'directory' ? 'dir' : m[2] === 'symlink' ? 'symlink' : 'other';
+    const info: PathInfo = { ...base, type, mode: (parseInt(m[3] ?? '0', 8) & 0o7777).toString(8).padStart(4, '0'), owner: `${u[1]}:${u[2]}`, xattrs: attrs.sort().join(';') };
+    delete info.hardlinks;
+    if (type === 'symlink') delete (info as Partial<PathInfo>).mode;
+    if (type === 'file' && links > 1) inodes.set(m[1] ?? '', [...(inodes.get(m[1] ?? '') ?? []), path]);
+    result.set(path, info);
+  }
+  for (const group of inodes.values()) {
+    for (const p of group) {
+      const info = result.get(p);
+      if (info) info.hardlinks = group.filter((q) => q !== p).sort().join(',');
+    }
+  }
+  return result;
+}

@@ -68,8 +68,9 @@ export async function sweepTemporaries(dirs: readonly string[]): Promise<string[
   for (const dir of dirs) {
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       if (!isOrphanTemporary(dir, name)) continue;
-      await rm(join(dir, name), { recursive: true, force: true });
-      removed.push(join(dir, name));
+      // A process that was just killed may leave a child finishing its last write: retry.
+      const ok = await rm(join(dir, name), { recursive: true, force: true, maxRetries: 5, retryDelay: 200 }).then(() => true, () => false);
+      if (ok) removed.push(join(dir, name));
     }
   }
   return removed;

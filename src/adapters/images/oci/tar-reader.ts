@@ -130,7 +130,12 @@ function num(b: Buffer, start: number, len: number, field: string): number {
 }
 
 function checksumOk(h: Buffer): boolean {
-  const want = num(h, 148, 8, 'checksum');
+  let want: number;
+  try {
+    want = num(h, 148, 8, 'checksum');
+  } catch {
+    return false;
+  }
   let unsigned = 0;
   let signed = 0;
   for (let i = 0; i < BLOCK; i++) {
