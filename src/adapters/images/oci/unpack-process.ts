@@ -6,7 +6,6 @@
  */
 import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
-import { createGunzip } from 'node:zlib';
 import type { Readable } from 'node:stream';
 import { ApplyError, ImageRoot, type ApplyStats } from './layer-apply.js';
 
@@ -19,30 +18,32 @@ export type UnpackResult = { ok: true; stats: ApplyStats } | { ok: false; messag
 
 const CHUNK = 1 << 20;
 
-/** The decompressed stream of a layer blob, and a check that the decompressor ended well. */
+/**
+ * The decompressed stream of a layer blob, and a check that the decompressor ended well.
+ * Compressed layers go through gzip or zstd in their own process, as GNU tar does it: the
+ * decompressor runs on another core, ahead of us by a pipe's buffer, and our synchronous file
+ * system calls never wait for a thread-pool turn.
+ */
 function open(layer: UnpackJob['layers'][number]): { stream: Readable; done: () => Promise<void> } {
-  const file = createReadStream(layer.path, { highWaterMark: CHUNK });
-  if (layer.compression === 'none') return { stream: file, done: async () => undefined };
-  if (layer.compression === 'gzip') {
-    const gunzip = createGunzip({ chunkSize: 256 * 1024 });
-    file.on('error', (err) => gunzip.destroy(err));
-    return { stream: file.pipe(gunzip), done: async () => undefined };
-  }
-  // Node 20 has no zstd; Debian's zstd tool is the well-kept decompressor, in its own process.
-  const child = spawn('zstd', ['-dcq', '--', layer.path], { stdio: ['ignore', 'pipe', 'pipe'] });
-  file.destroy();
+  if (layer.compression === 'none') return { stream: createReadStream(layer.path, { highWaterMark: CHUNK }), done: async () => undefined };
+  const tool = layer.compression === 'gzip' ? 'gzip' : 'zstd';
+  const child = spawn(tool, ['-dc', '--', layer.path], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
   const exit = new Promise<void>((resolve, reject) => {
-    child.once('error', (err) => reject((err as NodeJS.ErrnoException).code === 'ENOENT' ? new ApplyError('zstd is not installed (Debian package zstd): it decompresses tar+zstd layers') : err));
-    child.once('close', (code, signal) => (code === 0 ? resolve() : reject(new ApplyError(`zstd: ${stderr.trim() || `exited with ${code ?? signal}`}`))));
+    child.once('error', (err) => reject((err as NodeJS.ErrnoException).code === 'ENOENT' ? new ApplyError(`${tool} is not installed (Debian package ${tool}): it decompresses tar+${layer.compression} layers`) : err));
+    child.once('close', (code, signal) => (code === 0 ? resolve() : reject(new ApplyError(`${tool}: ${stderr.trim() || `exited with ${code ?? signal}`}`))));
   });
   exit.catch(() => undefined);
-  return { stream: child.stdout, done: () => exit };
+  return {
+    stream: child.stdout,
+    done: () => exit,
+  };
 }
 
 async function run(job: UnpackJob): Promise<ApplyStats> {
-  const root = new ImageRoot(job.dest);
+  process.chdir(job.dest);
+  const root = new ImageRoot(job.dest, true);
   for (const [i, layer] of job.layers.entries()) {
     const { stream, done } = open(layer);
     try {
