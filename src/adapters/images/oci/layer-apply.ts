@@ -1,7 +1,7 @@
 /**
  * Applies OCI image layers (tar streams) to a directory, the way containerd's naive applier
- * does it, with synchronous file system calls: it runs in its own process (see
- * unpack-process.ts), so blocking calls cost no thread-pool round trips and block nobody.
+ * does it, entirely synchronously: it runs in its own process (see unpack-process.ts), so
+ * blocking calls cost no thread-pool or event-loop round trips and block nobody.
  *
  * Rules (OCI image spec, "Image Layer Filesystem Changeset"; containerd archive.Apply):
  * - every name is cleaned lexically and resolved chroot-style: symlinks of lower layers in the
@@ -161,16 +161,19 @@ export class ImageRoot {
     }
   }
 
-  /** Applies one layer read from `chunks` (the decompressed tar stream). */
-  async applyLayer(chunks: AsyncIterator<Buffer>): Promise<void> {
+  /**
+   * Applies one layer read from `source` (chunks of the decompressed tar stream, undefined at
+   * its end). `check` runs every few hundred entries (the caller's chance to give up).
+   */
+  applyLayer(source: () => Buffer | undefined, check: () => void = () => undefined): void {
     this.written = new Set();
     this.xattrs = new Map();
     this.dirTimes = [];
-    const tar = new TarReader(new ChunkReader(chunks));
-    for (let e = await tar.next(); e; e = await tar.next()) {
-      this.stats.entries++;
+    const tar = new TarReader(new ChunkReader(source));
+    for (let e = tar.next(); e; e = tar.next()) {
+      if (++this.stats.entries % 256 === 0) check();
       try {
-        await this.entry(e, tar);
+        this.entry(e, tar);
       } catch (err) {
         const code = errno(err) ?? (err as ApplyError).code;
         throw new ApplyError(`${e.path}: ${(err as Error).message}`, code);
@@ -179,7 +182,7 @@ export class ImageRoot {
     this.finishLayer();
   }
 
-  private async entry(e: TarEntry, tar: TarReader): Promise<void> {
+  private entry(e: TarEntry, tar: TarReader): void {
     const parts = cleanParts(e.path);
     const base = parts.pop();
     if (base === undefined) return; // the root itself: containerd leaves it alone
@@ -216,7 +219,7 @@ export class ImageRoot {
           if (sparse) {
             let i = 0;
             let into = 0;
-            await tar.data((b) => {
+            tar.data((b) => {
               for (let off = 0; off < b.length; ) {
                 const c = sparse[i];
                 if (!c) throw new ApplyError('sparse data beyond its map', 'EINVAL');
@@ -232,7 +235,7 @@ export class ImageRoot {
             }, e.size);
             ftruncateSync(fd, e.realSize ?? e.size);
           } else {
-            await tar.data((b) => writeAll(fd, b, null), e.size);
+            tar.data((b) => writeAll(fd, b, null), e.size);
           }
           if (asRoot) fchownSync(fd, e.uid, e.gid);
           fchmodSync(fd, e.mode);

@@ -248,7 +248,8 @@ export class LocalImageStore implements ImageStore {
     await mkdir(this.root, { recursive: true });
     return withTemporary(join(this.root, '.import'), async (tmp) => {
       await mkdir(tmp);
-      await tar.x({ file: source, cwd: tmp, preserveOwner: false });
+      // strict: node-tar otherwise turns write errors (ENOSPC) into warnings and carries on.
+      await tar.x({ file: source, cwd: tmp, preserveOwner: false, strict: true });
       return await this.importLayout(tmp, name);
     });
   }

@@ -34,7 +34,10 @@ export class TarFormatError extends Error {}
 
 const BLOCK = 512;
 
-/** Pulls bytes from an async source of chunks: exact reads and streamed skips/copies. */
+/**
+ * Pulls bytes from a synchronous source of chunks (`undefined` at the end): exact reads and
+ * streamed skips/copies. Synchronous on purpose: see unpack-process.ts.
+ */
 export class ChunkReader {
   private chunks: Buffer[] = [];
   private have = 0;
@@ -42,23 +45,23 @@ export class ChunkReader {
   /** Bytes consumed so far, for error messages. */
   offset = 0;
 
-  constructor(private readonly source: AsyncIterator<Buffer>) {}
+  constructor(private readonly source: () => Buffer | undefined) {}
 
-  private async fill(n: number): Promise<boolean> {
+  private fill(n: number): boolean {
     while (this.have < n && !this.done) {
-      const r = await this.source.next();
-      if (r.done) this.done = true;
-      else if (r.value.length) {
-        this.chunks.push(r.value);
-        this.have += r.value.length;
+      const b = this.source();
+      if (!b) this.done = true;
+      else if (b.length) {
+        this.chunks.push(b);
+        this.have += b.length;
       }
     }
     return this.have >= n;
   }
 
   /** Exactly n bytes, or undefined at a clean end of input before the first byte. */
-  async read(n: number): Promise<Buffer | undefined> {
-    if (!(await this.fill(n))) {
+  read(n: number): Buffer | undefined {
+    if (!this.fill(n)) {
       if (this.have === 0) return undefined;
       throw new TarFormatError(`truncated archive: wanted ${n} bytes at offset ${this.offset}, got ${this.have}`);
     }
@@ -86,10 +89,10 @@ export class ChunkReader {
   }
 
   /** Hands n bytes to `sink` in pieces as they arrive (no copy); fails on a short archive. */
-  async stream(n: number, sink: (b: Buffer) => void): Promise<void> {
+  stream(n: number, sink: (b: Buffer) => void): void {
     let left = n;
     while (left > 0) {
-      if (this.have === 0 && !(await this.fill(1))) throw new TarFormatError(`truncated archive: ${left} bytes of data missing at offset ${this.offset}`);
+      if (this.have === 0 && !this.fill(1)) throw new TarFormatError(`truncated archive: ${left} bytes of data missing at offset ${this.offset}`);
       const c = this.chunks[0] as Buffer;
       const take = Math.min(c.length, left);
       if (take === c.length) this.chunks.shift();
@@ -101,8 +104,8 @@ export class ChunkReader {
     }
   }
 
-  async skip(n: number): Promise<void> {
-    await this.stream(n, () => undefined);
+  skip(n: number): void {
+    this.stream(n, () => undefined);
   }
 }
 
@@ -182,22 +185,22 @@ export class TarReader {
 
   constructor(private readonly r: ChunkReader) {}
 
-  async next(): Promise<TarEntry | undefined> {
-    if (this.pending > 0) await this.r.skip(this.pending);
+  next(): TarEntry | undefined {
+    if (this.pending > 0) this.r.skip(this.pending);
     this.pending = 0;
     const local: Pax = new Map();
     const sparsePairs: number[] = [];
     let longName: string | undefined;
     let longLink: string | undefined;
     for (;;) {
-      const h = await this.r.read(BLOCK);
+      const h = this.r.read(BLOCK);
       if (!h) return undefined;
       if (h.every((b) => b === 0)) return undefined;
       if (!checksumOk(h)) throw new TarFormatError(`invalid tar header checksum at offset ${this.r.offset - BLOCK}`);
       const flag = String.fromCharCode(h[156] ?? 0);
       const size = num(h, 124, 12, 'size');
       if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
-        const body = await this.r.read(size + padding(size));
+        const body = this.r.read(size + padding(size));
         const data = (body ?? Buffer.alloc(0)).subarray(0, size);
         if (flag === 'x') parsePax(data, local, sparsePairs);
         else if (flag === 'g') parsePax(data, this.globals, []);
@@ -249,7 +252,7 @@ export class TarReader {
         take(h, 386, 4);
         let extended = (h[482] ?? 0) !== 0;
         while (extended) {
-          const x = await this.r.read(BLOCK);
+          const x = this.r.read(BLOCK);
           if (!x) throw new TarFormatError(`${entry.path}: truncated sparse header`);
           take(x, 0, 21);
           extended = (x[504] ?? 0) !== 0;
@@ -261,7 +264,7 @@ export class TarReader {
         entry.realSize = Number(str('GNU.sparse.realsize') ?? str('GNU.sparse.size'));
         if (str('GNU.sparse.major') === '1') {
           // 1.0: the map leads the data, in decimal lines, padded to a block.
-          const { chunks, bytes } = await this.readSparseMap();
+          const { chunks, bytes } = this.readSparseMap();
           entry.sparse = chunks;
           entry.size -= bytes;
         } else {
@@ -288,13 +291,13 @@ export class TarReader {
 
   private dataPad = 0;
 
-  private async readSparseMap(): Promise<{ chunks: { offset: number; length: number }[]; bytes: number }> {
+  private readSparseMap(): { chunks: { offset: number; length: number }[]; bytes: number } {
     let text = '';
     let bytes = 0;
     const nums: number[] = [];
     let count = -1;
     while (count < 0 || nums.length < count * 2) {
-      const b = await this.r.read(BLOCK);
+      const b = this.r.read(BLOCK);
       if (!b) throw new TarFormatError('truncated sparse map');
       bytes += BLOCK;
       text += b.toString('latin1');
@@ -313,8 +316,8 @@ export class TarReader {
   }
 
   /** Streams the current entry's data to `sink`, then skips its padding. */
-  async data(sink: (b: Buffer) => void, size: number): Promise<void> {
-    await this.r.stream(size, sink);
+  data(sink: (b: Buffer) => void, size: number): void {
+    this.r.stream(size, sink);
     this.pending = this.dataPad;
   }
 }
