@@ -1,8 +1,12 @@
 // Image pipeline figures, each beside a baseline measured in the same run.
-//   node --import tsx bench/images.ts [sizeMB=200]      (root: the clone part loop-mounts xfs)
+//   (as root: part 2 loop-mounts xfs; sizeMB 0 runs only part 3)
 // 1. pull + unpack + ext4 base through matchlock, against skopeo copy + tar -x + mkfs.ext4 -d
 //    of the same image from the same local registry;
-// 2. one per-VM volume clone on xfs with reflink, against the sparse copy used elsewhere.
+// 2. one per-VM volume clone on xfs with reflink, against the sparse copy used elsewhere;
+// 3. the unpack of an OS-like image (tens of thousands of small files, as Debian's /usr holds
+//    them) through matchlock, against GNU tar -xzf of the same layer, alternating, best of
+//    [runs=3] each.
+//   node --import tsx bench/images.ts [sizeMB=200] [smallFiles=49395] [runs=3]
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,6 +19,8 @@ import { writeImageLayout } from '../test/helpers/oci.js';
 import { startRegistry } from '../test/helpers/registry.js';
 
 const sizeMb = Number(process.argv[2] ?? 200);
+const smallFiles = Number(process.argv[3] ?? 49395);
+const runs = Number(process.argv[4] ?? 3);
 const sh = (cmd: string) => execFileSync('sh', ['-c', cmd], { stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 28 }).toString();
 const time = async (fn: () => unknown) => {
   const t = performance.now();
@@ -26,6 +32,15 @@ const tmp = tempDir('bench-images');
 const registry = await startRegistry();
 const mounts: string[] = [];
 try {
+  if (sizeMb > 0) await pipeline();
+  await osLike();
+} finally {
+  for (const m of mounts) sh(`umount ${m}`);
+  await registry.stop();
+  tmp.remove();
+}
+
+async function pipeline(): Promise<void> {
   // A rootfs of real files (from /usr) in four layers, as an OCI layout.
   const layout = join(tmp.path, 'layout');
   const files = sh(`find /usr/lib /usr/share /usr/bin -xdev -type f -size -20M 2>/dev/null | head -n 200000`).split('\n').filter(Boolean);
@@ -90,8 +105,35 @@ try {
   sh('sync');
   const reflink = await time(() => sh(`cp --reflink=auto --sparse=always ${join(mnt, 'base.img')} ${join(mnt, 'clone.img')}`));
   process.stdout.write(`per-VM clone of a ${(statSync(baseVolume).size / 1048576).toFixed(0)} MB volume: xfs reflink ${reflink.toFixed(1)} ms, sparse copy ${sparse.toFixed(1)} ms, ratio ${(reflink / sparse).toFixed(3)}\n`);
-} finally {
-  for (const m of mounts) sh(`umount ${m}`);
-  await registry.stop();
-  tmp.remove();
+}
+
+async function osLike(): Promise<void> {
+  // OS-like: the first smallFiles files under 64 KiB of this machine's /usr, with their
+  // directories, in one gzip layer.
+  const small = sh(`find /usr -xdev -type f -size -64k 2>/dev/null | sort | head -n ${smallFiles}`).split('\n').filter(Boolean);
+  const dirs = new Set<string>();
+  for (const f of small) for (let d = f.slice(0, f.lastIndexOf('/')); d.length > 1 && !dirs.has(d); d = d.slice(0, d.lastIndexOf('/'))) dirs.add(d);
+  const osList = join(tmp.path, 'os-list');
+  writeFileSync(osList, [...[...dirs].sort(), ...small].map((f) => f.slice(1)).join('\n'));
+  const osLayer = execFileSync('sh', ['-c', `tar -C / --no-recursion -cf - -T ${osList} 2>/dev/null | gzip -6 -n`], { maxBuffer: 1 << 30 });
+  const osLayout = join(tmp.path, 'os-layout');
+  writeImageLayout(osLayout, [osLayer], 'os');
+  const osBytes = small.reduce((n, f) => n + (statSync(f, { throwIfNoEntry: false })?.size ?? 0), 0);
+  process.stdout.write(`OS-like image: ${small.length} files in ${dirs.size} directories, ${(osBytes / 1048576).toFixed(0)} MB, one ${(osLayer.length / 1048576).toFixed(0)} MB gzip layer\n`);
+  const osStore = new LocalImageStore(join(tmp.path, 'ml-os'));
+  const { digest: osDigest } = await osStore.import(osLayout, 'bench/os:1');
+  const layerFile = join(tmp.path, 'os-layer.tar.gz');
+  writeFileSync(layerFile, osLayer);
+  const ourRuns: number[] = [];
+  const tarRuns: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const dest = join(tmp.path, `tar-os-${i}`);
+    mkdirSync(dest);
+    sh('sync');
+    tarRuns.push(await time(() => sh(`tar -xzf ${layerFile} -C ${dest}`)));
+    sh(`rm -rf ${dest} ${osStore.rootfsPath(osDigest)} && sync`);
+    ourRuns.push(await time(() => osStore.unpacked(osDigest, silentLogger)));
+  }
+  const best = (xs: number[]) => Math.min(...xs);
+  process.stdout.write(`OS-like unpack: matchlock ${(best(ourRuns) / 1000).toFixed(2)} s, GNU tar -xzf ${(best(tarRuns) / 1000).toFixed(2)} s, ratio ${(best(ourRuns) / best(tarRuns)).toFixed(2)} (runs: matchlock ${ourRuns.map((t) => (t / 1000).toFixed(2)).join(' ')}, tar ${tarRuns.map((t) => (t / 1000).toFixed(2)).join(' ')})\n`);
 }

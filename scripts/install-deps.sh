@@ -16,6 +16,9 @@ DEBIAN_PACKAGES=(
   busybox-static dnsmasq-base iputils-ping
   # a real OCI registry and the tool that fills it; xfs for the reflink benchmark
   docker-registry skopeo xfsprogs
+  # layer unpack: xattrs (setfattr; getfattr in tests), zstd layers, gzip; containerd is the
+  # tests' reference unpacker
+  attr zstd gzip containerd
   # the network hub: both DHCP servers and nftables
   isc-dhcp-server nftables
 )

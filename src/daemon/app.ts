@@ -202,6 +202,11 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       return 0;
     });
     if (removed) logger.info({ removed }, 'orphans removed');
+    // Blobs, trees and volumes a killed daemon left half-written (images/base included).
+    await images.sweepTemporaries().then(
+      (gone) => void (gone.length && logger.info({ removed: gone }, 'unfinished image temporaries removed')),
+      (err: unknown) => logger.error({ err: (err as Error).message }, 'temporary sweep failed; continuing'),
+    );
     await clearStaleSocket(cfg.grpcEndpoint);
     const grpcPort = await bindGrpc(grpcServer, cfg.grpcEndpoint, serverCredentials(tls));
     logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');

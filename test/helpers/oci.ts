@@ -1,6 +1,8 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
 
 export interface Descriptor {
   digest: string;
@@ -17,12 +19,24 @@ export function putBlob(layout: string, data: Buffer): Descriptor {
 }
 
 /**
- * An OCI image layout with one image made of the given gzip'd tar layers; `refName` becomes the
- * index annotation. Returns the manifest descriptor.
+ * An OCI image layout with one image made of the given layers (gzip'd tars unless a media type
+ * is given); `refName` becomes the index annotation. Returns the manifest descriptor.
  */
-export function writeImageLayout(layout: string, layers: Buffer[], refName?: string): Descriptor {
-  const descs = layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...putBlob(layout, l) }));
-  const config = putBlob(layout, Buffer.from('{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'));
+export function writeImageLayout(layout: string, layers: (Buffer | { data: Buffer; mediaType: string })[], refName?: string): Descriptor {
+  const descs = layers.map((l) => (Buffer.isBuffer(l) ? { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...putBlob(layout, l) } : { mediaType: l.mediaType, ...putBlob(layout, l.data) }));
+  // diff_ids: digests of the uncompressed layers (containerd checks them; matchlock does not).
+  const diffIds = layers.map((l) => {
+    const [data, type] = Buffer.isBuffer(l) ? [l, '+gzip'] : [l.data, l.mediaType];
+    let tar = data;
+    try {
+      if (type.endsWith('+gzip') || type.endsWith('.gzip')) tar = gunzipSync(data);
+      else if (type.endsWith('+zstd')) tar = execFileSync('zstd', ['-dcq'], { input: data, maxBuffer: 1 << 30, stdio: ['pipe', 'pipe', 'ignore'] });
+    } catch {
+      // a deliberately broken layer: its diff_id stays wrong, as nothing reads it
+    }
+    return `sha256:${createHash('sha256').update(tar).digest('hex')}`;
+  });
+  const config = putBlob(layout, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds } })));
   const manifest = putBlob(layout, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: descs })));
   writeFileSync(join(layout, 'index.json'), JSON.stringify({
     schemaVersion: 2,

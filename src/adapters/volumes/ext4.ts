@@ -1,16 +1,22 @@
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import type { Logger, VolumeKey, Volumes } from '../../core/ports.js';
 import type { LocalImageStore } from '../images/oci/store.js';
 import { run } from '../exec.js';
 import { SingleFlight } from '../single-flight.js';
+import { isOrphanTemporary, sweepTemporaries, withTemporary } from '../images/temporaries.js';
 
 const MIB = 1024 * 1024;
 
 /**
  * Volumes as ext4 disk images: the image's filesystem is turned into one base image per
  * manifest digest (`mkfs.ext4 -d`), and each VM gets a clone of it (a reflink where the
- * filesystem can, a sparse copy otherwise), grown to size_in_mb.
+ * filesystem can, a sparse copy otherwise), grown to size_in_mb. Each is written under a
+ * temporary name and renamed into place only when every tool succeeded, so a full disk or a
+ * kill leaves no half-made volume (and `sweepTemporaries` removes the rest).
+ *
+ * `mkfs.ext4 -d` (e2fsprogs >= 1.43) copies owners, all mode bits, hard links and xattrs
+ * (security.capability included) from the tree into the filesystem.
  */
 export class Ext4Volumes implements Volumes {
   private readonly building = new SingleFlight<string>();
@@ -33,13 +39,10 @@ export class Ext4Volumes implements Volumes {
     const bytes = Number(stdout.split(/\s/)[0] ?? 0);
     // Room for metadata and small writes; a VM that needs more asks for size_in_mb.
     const mb = Math.ceil((bytes * 1.3) / MIB) + 64;
-    const tmp = `${path}.${process.pid}.tmp`;
-    try {
+    await withTemporary(path, async (tmp) => {
       await run('mkfs.ext4', ['-q', '-F', '-L', 'root', '-d', rootfs, tmp, `${mb}M`], { timeoutMs: 10 * 60_000 });
       await rename(tmp, path);
-    } finally {
-      await rm(tmp, { force: true });
-    }
+    });
     log.info({ digest, sizeMb: mb }, 'base volume built');
     return path;
   }
@@ -60,8 +63,12 @@ export class Ext4Volumes implements Volumes {
   async create(key: VolumeKey, digest: string, sizeInMb: number | undefined, log: Logger): Promise<string> {
     const path = this.path(key);
     const base = await this.base(digest, log);
-    const tmp = `${path}.tmp`;
-    try {
+    // A temporary of an earlier attempt whose process died is in the way of nothing but room.
+    const dir = dirname(path);
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      if (name.startsWith(`${basename(path)}.`) && isOrphanTemporary(dir, name)) await rm(join(dir, name), { force: true });
+    }
+    await withTemporary(path, async (tmp) => {
       await run('cp', ['--reflink=auto', '--sparse=always', base, tmp], { timeoutMs: 10 * 60_000 });
       const current = (await stat(tmp)).size;
       if (sizeInMb !== undefined && sizeInMb * MIB > current) {
@@ -69,9 +76,12 @@ export class Ext4Volumes implements Volumes {
         await run('resize2fs', ['-f', tmp]);
       }
       await rename(tmp, path);
-    } finally {
-      await rm(tmp, { force: true });
-    }
+    });
     return path;
+  }
+
+  /** Removes base-volume temporaries no live operation owns; resolves the paths removed. */
+  async sweepTemporaries(): Promise<string[]> {
+    return sweepTemporaries([this.baseDir]);
   }
 }

@@ -10,6 +10,7 @@ import type { ImageReference } from '../../../core/images/reference.js';
 import type { Logger } from '../../../core/ports.js';
 import { dockerConfigPath, loadCredentials, parseChallenges, type Credentials } from './auth.js';
 import { httpGet, readAll } from './http.js';
+import { claimTemporary, releaseTemporary } from '../temporaries.js';
 
 export const MEDIA = {
   ociIndex: 'application/vnd.oci.image.index.v1+json',
@@ -205,7 +206,7 @@ export class RegistryClient {
   async blob(ref: ImageReference, digest: string, dest: string, onBytes: (n: number) => void): Promise<void> {
     const attempts = this.o.attempts ?? 3;
     for (let attempt = 1; ; attempt++) {
-      const tmp = `${dest}.${process.pid}.${attempt}.part`;
+      const tmp = claimTemporary(dest);
       try {
         const res = await this.get(ref, `/v2/${ref.repository}/blobs/${digest}`, {});
         const hash = createHash('sha256');
@@ -222,9 +223,11 @@ export class RegistryClient {
         const got = `sha256:${hash.digest('hex')}`;
         if (got !== digest) throw new MatchlockError(ErrorCode.Internal, `blob ${digest} from ${ref.registry}/${ref.repository} failed verification: content (${received} bytes) hashes to ${got}`);
         await rename(tmp, dest);
+        releaseTemporary(tmp);
         return;
       } catch (err) {
         await rm(tmp, { force: true });
+        releaseTemporary(tmp);
         onBytes(0);
         const e = MatchlockError.from(err);
         if (attempt >= attempts || e.code === ErrorCode.Unauthenticated || e.code === ErrorCode.NotFound) throw e;

@@ -1,8 +1,10 @@
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, readdirSync, rmSync } from 'node:fs';
-import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
-import { join, relative, sep } from 'node:path';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
 import * as tar from 'tar';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { formatReference, parseReference } from '../../../core/images/reference.js';
@@ -10,6 +12,8 @@ import type { ImageStore, Logger } from '../../../core/ports.js';
 import { imageRefs, type MicroVM } from '../../../core/microvm/types.js';
 import { MEDIA, type RegistryClient } from './registry.js';
 import { SingleFlight } from '../../single-flight.js';
+import { sweepTemporaries, withTemporary } from '../temporaries.js';
+import type { UnpackJob, UnpackResult } from './unpack-process.js';
 
 interface Descriptor {
   mediaType?: string;
@@ -200,15 +204,26 @@ export class LocalImageStore implements ImageStore {
 
   private async writeBlob(digest: string, body: Buffer): Promise<void> {
     const dest = this.blob(digest);
-    const tmp = `${dest}.${process.pid}.tmp`;
-    await writeFile(tmp, body);
-    await rename(tmp, dest);
+    await withTemporary(dest, async (tmp) => {
+      await writeFile(tmp, body);
+      await rename(tmp, dest);
+    });
   }
 
   private async writeRef(ref: string, digest: string): Promise<void> {
     const file = this.refFile(ref);
-    await writeFile(`${file}.tmp`, digest + '\n');
-    await rename(`${file}.tmp`, file);
+    await withTemporary(file, async (tmp) => {
+      await writeFile(tmp, digest + '\n');
+      await rename(tmp, file);
+    });
+  }
+
+  /**
+   * Removes the temporaries (blobs, references, unpacked trees, base volumes, imports) that no
+   * live operation owns: debris of a killed process or a failed write. Resolves what it removed.
+   */
+  async sweepTemporaries(): Promise<string[]> {
+    return sweepTemporaries([this.root, join(this.root, 'blobs', 'sha256'), join(this.root, 'refs'), join(this.root, 'rootfs'), join(this.root, 'base')]);
   }
 
   private async listFiles(root: string, max: number): Promise<string[]> {
@@ -234,13 +249,13 @@ export class LocalImageStore implements ImageStore {
     const info = await stat(source).catch(() => undefined);
     if (!info) throw new MatchlockError(ErrorCode.InvalidArgument, `${source}: no such file or directory`);
     if (info.isDirectory()) return this.importLayout(source, name);
-    const tmp = await mkdtemp(join(this.root, '.import-'));
-    try {
-      await tar.x({ file: source, cwd: tmp, preserveOwner: false });
+    await mkdir(this.root, { recursive: true });
+    return withTemporary(join(this.root, '.import'), async (tmp) => {
+      await mkdir(tmp);
+      // strict: node-tar otherwise turns write errors (ENOSPC) into warnings and carries on.
+      await tar.x({ file: source, cwd: tmp, preserveOwner: false, strict: true });
       return await this.importLayout(tmp, name);
-    } finally {
-      await rm(tmp, { recursive: true, force: true });
-    }
+    });
   }
 
   private async importLayout(dir: string, name?: string): Promise<{ ref: string; digest: string }> {
@@ -285,22 +300,19 @@ export class LocalImageStore implements ImageStore {
   private async copyBlob(from: string, digest: string): Promise<void> {
     const dest = this.blob(digest);
     if (await lstat(dest).then(() => true, () => false)) return;
-    const tmp = `${dest}.${process.pid}.tmp`;
-    const hash = createHash('sha256');
-    const input = createReadStream(from);
-    input.on('data', (c) => hash.update(c));
-    try {
-      await pipeline(input, createWriteStream(tmp, { mode: 0o644 }));
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw new MatchlockError(ErrorCode.InvalidArgument, `blob ${digest}: ${(err as Error).message}`);
-    }
-    const got = `sha256:${hash.digest('hex')}`;
-    if (got !== digest) {
-      await rm(tmp, { force: true });
-      throw new MatchlockError(ErrorCode.InvalidArgument, `blob ${digest} is corrupt: its content hashes to ${got}`);
-    }
-    await rename(tmp, dest);
+    await withTemporary(dest, async (tmp) => {
+      const hash = createHash('sha256');
+      const input = createReadStream(from);
+      input.on('data', (c) => hash.update(c));
+      try {
+        await pipeline(input, createWriteStream(tmp, { mode: 0o644 }));
+      } catch (err) {
+        throw new MatchlockError(ErrorCode.InvalidArgument, `blob ${digest}: ${(err as Error).message}`);
+      }
+      const got = `sha256:${hash.digest('hex')}`;
+      if (got !== digest) throw new MatchlockError(ErrorCode.InvalidArgument, `blob ${digest} is corrupt: its content hashes to ${got}`);
+      await rename(tmp, dest);
+    });
   }
 
   /** The unpacked filesystem of an image, built once; concurrent callers share one unpack. */
@@ -312,26 +324,34 @@ export class LocalImageStore implements ImageStore {
 
   private async unpack(digest: string, dest: string, log: Logger): Promise<string> {
     const manifest = JSON.parse(await readFile(this.blob(digest), 'utf8')) as Manifest;
+    const layers = manifest.layers.map((l, i) => {
+      const compression = LAYER_COMPRESSION[l.mediaType ?? ''];
+      if (!compression) {
+        throw new MatchlockError(
+          ErrorCode.FailedPrecondition,
+          `image ${digest}: layer ${i} (${l.digest}) has media type ${JSON.stringify(l.mediaType ?? '')}, which cannot be unpacked; supported: ${Object.keys(LAYER_COMPRESSION).join(', ')}`,
+        );
+      }
+      return { path: this.blob(l.digest), digest: l.digest, compression };
+    });
     // Images keep their setuid files (the guest's sudo needs them); the trees they are unpacked
     // into are root-only, so no host user can reach or run them.
     await mkdir(join(this.root, 'rootfs'), { recursive: true, mode: 0o700 });
     await chmod(join(this.root, 'rootfs'), 0o700);
-    const tmp = await mkdtemp(`${dest}.tmp-`);
-    try {
-      for (const layer of manifest.layers) await applyLayer(this.blob(layer.digest), tmp);
+    return withTemporary(dest, async (tmp) => {
+      await mkdir(tmp, { mode: 0o755 });
+      await chmod(tmp, 0o755);
+      const stats = await runUnpack({ dest: tmp, layers });
       await rename(tmp, dest);
-      log.info({ digest, layers: manifest.layers.length }, 'image unpacked');
+      log.info({ digest, layers: layers.length, ...stats }, 'image unpacked');
       return dest;
-    } catch (err) {
-      await rm(tmp, { recursive: true, force: true });
-      throw err;
-    }
+    });
   }
 
   async list(): Promise<{ ref: string; digest: string }[]> {
     const names = await readdir(join(this.root, 'refs')).catch(() => [] as string[]);
     const out: { ref: string; digest: string }[] = [];
-    for (const n of names.filter((x) => !x.endsWith('.tmp')).sort()) {
+    for (const n of names.filter((x) => !/\.tmp(?:-.*)?$/.test(x)).sort()) {
       out.push({ ref: decodeURIComponent(n), digest: (await readFile(join(this.root, 'refs', n), 'utf8')).trim() });
     }
     return out;
@@ -339,67 +359,54 @@ export class LocalImageStore implements ImageStore {
 }
 
 /**
- * Applies one layer in a single pass. Whiteouts act on what lower layers left: `.wh.<name>`
- * deletes it, `.wh..wh..opq` empties the directory of everything this layer did not write
- * itself (so the marker's position in the tar does not matter). node-tar refuses absolute and
- * `..` paths and never writes through symlinks; device nodes and FIFOs are skipped.
+ * Layer media types and how their tar streams are compressed (OCI image spec, "Image Layer
+ * Filesystem Changeset"; Docker image manifest v2 schema 2). Anything else is refused.
  */
-async function applyLayer(file: string, dest: string): Promise<void> {
-  const absoluteLinks: { path: string; target: string }[] = [];
-  const written = new Set<string>();
-  const inside = (rel: string) => {
-    const p = join(dest, rel);
-    return p === dest || p.startsWith(dest + sep) ? p : undefined;
-  };
-  await tar.x({
-    file,
-    cwd: dest,
-    preserveOwner: true,
-    filter: (path, entry) => {
-      const rel = path.replace(/^(\.\/|\/)+/, '').replace(/\/+$/, '');
-      const slash = rel.lastIndexOf('/');
-      const parent = slash < 0 ? '' : rel.slice(0, slash);
-      const base = rel.slice(slash + 1);
-      if (base === '.wh..wh..opq') {
-        const dir = inside(parent);
-        if (dir) {
-          for (const child of readdirSyncSafe(dir)) {
-            if (!written.has(parent ? `${parent}/${child}` : child)) rmSync(join(dir, child), { recursive: true, force: true });
-          }
-        }
-        return false;
-      }
-      if (base.startsWith('.wh.')) {
-        const target = inside(parent ? `${parent}/${base.slice(4)}` : base.slice(4));
-        if (target && target !== dest) rmSync(target, { recursive: true, force: true });
-        return false;
-      }
-      const type = 'type' in entry ? entry.type : '';
-      if (type === 'CharacterDevice' || type === 'BlockDevice' || type === 'FIFO') return false;
-      written.add(rel);
-      const linkpath = 'linkpath' in entry ? entry.linkpath : undefined;
-      if (type === 'SymbolicLink' && typeof linkpath === 'string' && linkpath.startsWith('/')) absoluteLinks.push({ path: rel, target: linkpath });
-      return true;
-    },
-  });
-  // node-tar makes absolute symlink targets relative; they are meant for the guest's root, so
-  // put them back. Only the link itself is replaced: nothing is written through it.
-  for (const l of absoluteLinks) {
-    const at = inside(l.path);
-    if (!at || at === dest) continue;
-    const st = await lstat(at).catch(() => undefined);
-    if (!st?.isSymbolicLink()) continue;
-    await rm(at);
-    await symlink(l.target, at);
-  }
-}
+export const LAYER_COMPRESSION: Record<string, UnpackJob['layers'][number]['compression']> = {
+  'application/vnd.oci.image.layer.v1.tar': 'none',
+  'application/vnd.oci.image.layer.v1.tar+gzip': 'gzip',
+  'application/vnd.oci.image.layer.v1.tar+zstd': 'zstd',
+  'application/vnd.oci.image.layer.nondistributable.v1.tar': 'none',
+  'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip': 'gzip',
+  'application/vnd.oci.image.layer.nondistributable.v1.tar+zstd': 'zstd',
+  'application/vnd.docker.image.rootfs.diff.tar.gzip': 'gzip',
+  'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip': 'gzip',
+};
 
-function readdirSyncSafe(dir: string): string[] {
+const ROOM_CODES = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
+
+/**
+ * Unpacks in a child process (unpack-process.ts): a layer that is broken, hostile or larger
+ * than the disk fails this call, never the daemon. Resolves the child's statistics.
+ */
+async function runUnpack(job: UnpackJob): Promise<Extract<UnpackResult, { ok: true }>['stats']> {
+  const self = import.meta.url;
+  const typescript = self.endsWith('.ts');
+  const script = fileURLToPath(new URL(`./unpack-process.${typescript ? 'ts' : 'js'}`, self));
+  const args = typescript ? ['--import', import.meta.resolve('tsx'), script] : [script];
+  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (err = (err + c.toString('utf8')).slice(-4000)));
+  child.stdin.on('error', () => undefined);
+  child.stdin.end(JSON.stringify(job));
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (c, s) => resolve([c, s]));
+  });
+  let result: UnpackResult | undefined;
   try {
-    return readdirSync(dir);
+    result = JSON.parse(out.trim().split('\n').pop() ?? '') as UnpackResult;
   } catch {
-    return [];
+    result = undefined;
   }
+  if (result?.ok) return result.stats;
+  if (result) {
+    const room = result.code && ROOM_CODES.has(result.code);
+    throw new MatchlockError(room ? ErrorCode.Unavailable : ErrorCode.FailedPrecondition, `unpacking image layers${room ? ` (${result.code}: not enough room; retried once there is)` : ''}: ${result.message}`);
+  }
+  throw new MatchlockError(ErrorCode.Internal, `the unpack process ended with ${signal ?? `exit code ${code}`}: ${err.trim().split('\n').slice(-3).join(' ') || 'no output'}`);
 }
 
 /**
@@ -525,6 +532,7 @@ export class ImageCatalog {
         if (/^[0-9a-f]{64}$/.test(hex) && !live.has(hex)) await rm(join(this.store.root, dir, name), { recursive: true, force: true });
       }
     }
+    await this.store.sweepTemporaries();
     const blobDir = join(this.store.root, 'blobs', 'sha256');
     for (const name of await readdir(blobDir).catch(() => [] as string[])) {
       if (!/^[0-9a-f]{64}$/.test(name) || live.has(name)) continue;

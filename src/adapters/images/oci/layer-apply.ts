@@ -1,0 +1,323 @@
+/**
+ * Applies OCI image layers (tar streams) to a directory, the way containerd's naive applier
+ * does it, entirely synchronously: it runs in its own process (see unpack-process.ts), so
+ * blocking calls cost no thread-pool or event-loop round trips and block nobody.
+ *
+ * Rules (OCI image spec, "Image Layer Filesystem Changeset"; containerd archive.Apply):
+ * - every name is cleaned lexically and resolved chroot-style: symlinks of lower layers in the
+ *   parent path are followed, absolute ones from the image root, `..` never above it;
+ * - `.wh.<name>` removes `<name>`; `.wh..wh..opq` removes everything in its directory that this
+ *   layer did not write (before or after the marker); whiteouts themselves are never written;
+ * - an entry replaces whatever its path holds unless both are directories (then the directory
+ *   stays and takes the entry's owner, mode and xattrs);
+ * - missing parents are made 0755 root:root; hard links point at paths resolved in the image;
+ * - owner (numeric uid/gid), all mode bits including setuid/setgid/sticky, mtime and xattrs
+ *   (`SCHILY.xattr.*`, `LIBARCHIVE.xattr.*`) are applied exactly, independent of any umask;
+ * - device nodes and FIFOs are skipped: the tree lives on the host and is never a place for them.
+ */
+import { execFileSync } from 'node:child_process';
+import {
+  closeSync, constants, fchmodSync, fchownSync, ftruncateSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
+  chmodSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, symlinkSync, utimesSync, writeSync,
+} from 'node:fs';
+import { ChunkReader, TarReader, type TarEntry } from './tar-reader.js';
+
+export interface ApplyStats {
+  entries: number;
+  files: number;
+  bytes: number;
+  /** Device nodes and FIFOs left out. */
+  skipped: number;
+  xattrs: number;
+}
+
+/** An error with the errno code kept (ENOSPC, EDQUOT…), so callers can say what ran out. */
+export class ApplyError extends Error {
+  constructor(message: string, readonly code?: string) {
+    super(message);
+  }
+}
+
+const MAX_LINK_HOPS = 40;
+const WRITE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+const asRoot = process.getuid?.() === 0;
+
+/** Splits and cleans a tar name lexically (as Go's filepath.Clean): `..` at the top is dropped. */
+export function cleanParts(name: string): string[] {
+  const out: string[] = [];
+  for (const p of name.split('/')) {
+    if (p === '' || p === '.') continue;
+    if (p === '..') out.pop();
+    else out.push(p);
+  }
+  return out;
+}
+
+function errno(err: unknown): string | undefined {
+  return (err as NodeJS.ErrnoException).code;
+}
+
+function writeAll(fd: number, b: Buffer, position: number | null): void {
+  for (let at = 0; at < b.length; ) {
+    const n = writeSync(fd, b, at, b.length - at, position === null ? null : position + at);
+    if (n <= 0) throw new ApplyError('write made no progress', 'EIO');
+    at += n;
+  }
+}
+
+/** An image root being built; keeps what it knows about its own directories between layers. */
+export class ImageRoot {
+  /** Paths (relative, physical) known to be real directories, every prefix included. */
+  private readonly dirs = new Set<string>(['']);
+  private written = new Set<string>();
+  private xattrs = new Map<string, Map<string, Buffer>>();
+  private dirTimes: { rel: string; mtime: number }[] = [];
+  readonly stats: ApplyStats = { entries: 0, files: 0, bytes: 0, skipped: 0, xattrs: 0 };
+
+  /**
+   * With `relative`, the process has made `root` its working directory and paths are given
+   * relative to it: the kernel then walks only the components inside the image (open(2) on a
+   * deep absolute path costs twice as much per file).
+   */
+  constructor(
+    readonly root: string,
+    private readonly relative = false,
+  ) {}
+
+  private abs(rel: string): string {
+    if (this.relative) return rel || '.';
+    return rel ? `${this.root}/${rel}` : this.root;
+  }
+
+  /**
+   * Resolves directory components chroot-style. With `create`, missing directories are made
+   * (0755 root:root); without, undefined is returned when one is missing.
+   */
+  private resolveDir(parts: string[], create: boolean, what: string): string | undefined {
+    const direct = parts.join('/');
+    if (this.dirs.has(direct)) return direct;
+    const todo = [...parts];
+    const done: string[] = [];
+    for (let hops = 0; todo.length > 0; ) {
+      const p = todo.shift() as string;
+      if (p === '..') {
+        done.pop();
+        continue;
+      }
+      const cand = done.length ? `${done.join('/')}/${p}` : p;
+      if (this.dirs.has(cand)) {
+        done.push(p);
+        continue;
+      }
+      const st = lstatSync(this.abs(cand), { throwIfNoEntry: false });
+      if (!st) {
+        if (!create) return undefined;
+        mkdirSync(this.abs(cand), 0o755);
+        chmodSync(this.abs(cand), 0o755);
+        this.dirs.add(cand);
+        done.push(p);
+        continue;
+      }
+      if (st.isSymbolicLink()) {
+        if (++hops > MAX_LINK_HOPS) throw new ApplyError(`${what}: too many levels of symbolic links`, 'ELOOP');
+        const target = readlinkSync(this.abs(cand));
+        if (target.startsWith('/')) done.length = 0;
+        todo.unshift(...target.split('/').filter((x) => x !== '' && x !== '.'));
+        continue;
+      }
+      if (!st.isDirectory()) throw new ApplyError(`${what}: parent /${cand} is not a directory`, 'ENOTDIR');
+      this.dirs.add(cand);
+      done.push(p);
+    }
+    return done.join('/');
+  }
+
+  /** Removes a path (not following it) and forgets what was known below it. */
+  private remove(rel: string): void {
+    if (!rel) return;
+    if (this.dirs.has(rel)) {
+      const prefix = `${rel}/`;
+      for (const d of this.dirs) if (d === rel || d.startsWith(prefix)) this.dirs.delete(d);
+    }
+    if (this.xattrs.size) {
+      const prefix = `${rel}/`;
+      for (const k of this.xattrs.keys()) if (k === rel || k.startsWith(prefix)) this.xattrs.delete(k);
+    }
+    rmSync(this.abs(rel), { recursive: true, force: true });
+  }
+
+  /** Removes everything under `rel` that this layer has not written. */
+  private opaque(rel: string): void {
+    let names: string[];
+    try {
+      names = readdirSync(this.abs(rel));
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const child = rel ? `${rel}/${n}` : n;
+      if (!this.written.has(child)) this.remove(child);
+      else if (this.dirs.has(child)) this.opaque(child);
+    }
+  }
+
+  /**
+   * Applies one layer read from `source` (chunks of the decompressed tar stream, undefined at
+   * its end). `check` runs every few hundred entries (the caller's chance to give up).
+   */
+  applyLayer(source: () => Buffer | undefined, check: () => void = () => undefined): void {
+    this.written = new Set();
+    this.xattrs = new Map();
+    this.dirTimes = [];
+    const tar = new TarReader(new ChunkReader(source));
+    for (let e = tar.next(); e; e = tar.next()) {
+      if (++this.stats.entries % 256 === 0) check();
+      try {
+        this.entry(e, tar);
+      } catch (err) {
+        const code = errno(err) ?? (err as ApplyError).code;
+        throw new ApplyError(`${e.path}: ${(err as Error).message}`, code);
+      }
+    }
+    this.finishLayer();
+  }
+
+  private entry(e: TarEntry, tar: TarReader): void {
+    const parts = cleanParts(e.path);
+    const base = parts.pop();
+    if (base === undefined) return; // the root itself: containerd leaves it alone
+    if (base.startsWith('.wh.')) {
+      const parent = this.resolveDir(parts, false, e.path);
+      if (parent === undefined) return;
+      if (base === '.wh..wh..opq') this.opaque(parent);
+      else if (!base.startsWith('.wh..wh.')) this.remove(parent ? `${parent}/${base.slice(4)}` : base.slice(4));
+      return;
+    }
+    if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') {
+      this.stats.skipped++;
+      return;
+    }
+    const parent = this.resolveDir(parts, true, e.path) as string;
+    const rel = parent ? `${parent}/${base}` : base;
+    const at = this.abs(rel);
+    this.written.add(rel);
+    switch (e.type) {
+      case 'dir': {
+        const st = lstatSync(at, { throwIfNoEntry: false });
+        if (st && !st.isDirectory()) this.remove(rel);
+        if (!st || !st.isDirectory()) mkdirSync(at, 0o700);
+        this.dirs.add(rel);
+        if (asRoot) lchownSync(at, e.uid, e.gid);
+        chmodSync(at, e.mode);
+        this.dirTimes.push({ rel, mtime: e.mtime });
+        break;
+      }
+      case 'file': {
+        const fd = this.create(rel, () => openSync(at, WRITE_FLAGS, 0o600));
+        try {
+          const sparse = e.sparse;
+          if (sparse) {
+            let i = 0;
+            let into = 0;
+            tar.data((b) => {
+              for (let off = 0; off < b.length; ) {
+                const c = sparse[i];
+                if (!c) throw new ApplyError('sparse data beyond its map', 'EINVAL');
+                const take = Math.min(c.length - into, b.length - off);
+                writeAll(fd, b.subarray(off, off + take), c.offset + into);
+                off += take;
+                into += take;
+                if (into === c.length) {
+                  i++;
+                  into = 0;
+                }
+              }
+            }, e.size);
+            ftruncateSync(fd, e.realSize ?? e.size);
+          } else {
+            tar.data((b) => writeAll(fd, b, null), e.size);
+          }
+          if (asRoot) fchownSync(fd, e.uid, e.gid);
+          fchmodSync(fd, e.mode);
+          futimesSync(fd, e.mtime, e.mtime);
+        } finally {
+          closeSync(fd);
+        }
+        this.stats.files++;
+        this.stats.bytes += e.size;
+        break;
+      }
+      case 'symlink':
+        this.create(rel, () => symlinkSync(e.linkpath, at));
+        if (asRoot) lchownSync(at, e.uid, e.gid);
+        lutimesSync(at, e.mtime, e.mtime);
+        break;
+      case 'hardlink': {
+        const tparts = cleanParts(e.linkpath);
+        const tbase = tparts.pop();
+        const tparent = tbase === undefined ? undefined : this.resolveDir(tparts, false, e.path);
+        const target = tparent === undefined ? undefined : tparent ? `${tparent}/${tbase}` : (tbase as string);
+        const tst = target === undefined ? undefined : lstatSync(this.abs(target), { throwIfNoEntry: false });
+        if (target === undefined || !tst) throw new ApplyError(`hard link target ${e.linkpath} does not exist in the image`, 'ENOENT');
+        if (tst.isDirectory()) throw new ApplyError(`hard link target ${e.linkpath} is a directory`, 'EPERM');
+        if (target !== rel) this.create(rel, () => linkSync(this.abs(target), at));
+        // As containerd: the link's header owner and mode go to the shared inode too.
+        if (asRoot) lchownSync(at, e.uid, e.gid);
+        chmodSync(at, e.mode);
+        break;
+      }
+    }
+    if (e.xattrs.size && e.type !== 'symlink') this.xattrs.set(rel, e.xattrs);
+  }
+
+  /** Runs `make`; whatever the path held is removed first when it is in the way. */
+  private create<T>(rel: string, make: () => T): T {
+    try {
+      return make();
+    } catch (err) {
+      if (errno(err) !== 'EEXIST') throw err;
+    }
+    this.remove(rel);
+    return make();
+  }
+
+  /** Sets the layer's xattrs in one batch, then directory mtimes (written after their content). */
+  private finishLayer(): void {
+    if (this.xattrs.size) {
+      let dump = '';
+      for (const [rel, attrs] of this.xattrs) {
+        const slash = rel.lastIndexOf('/');
+        // Every parent was resolved to a real directory when the entry was written and is
+        // forgotten if removed since: setfattr cannot be led out of the tree by a symlink.
+        if (!this.dirs.has(slash < 0 ? '' : rel.slice(0, slash))) continue;
+        dump += `# file: ${quote(Buffer.from(rel))}\n`;
+        for (const [name, value] of attrs) {
+          dump += `${quote(Buffer.from(name))}=0s${value.toString('base64')}\n`;
+          this.stats.xattrs++;
+        }
+        dump += '\n';
+      }
+      try {
+        execFileSync('setfattr', ['-h', '--restore=-'], { cwd: this.relative ? '.' : this.root, input: dump, stdio: ['pipe', 'ignore', 'pipe'], maxBuffer: 16 << 20 });
+      } catch (err) {
+        const stderr = String((err as { stderr?: Buffer }).stderr ?? '').trim();
+        const code = errno(err) === 'ENOENT' ? 'ENOENT' : /No space left/.test(stderr) ? 'ENOSPC' : undefined;
+        throw new ApplyError(errno(err) === 'ENOENT' ? 'setfattr is not installed (Debian package attr): it sets the layer\'s xattrs' : `setting xattrs: ${stderr || (err as Error).message}`, code);
+      }
+    }
+    for (const d of this.dirTimes) {
+      if (this.dirs.has(d.rel)) utimesSync(this.abs(d.rel), d.mtime, d.mtime);
+    }
+  }
+}
+
+/** getfattr's quoting, which setfattr --restore undoes: anything unusual as a 3-digit octal escape. */
+function quote(b: Buffer): string {
+  let out = '';
+  for (const c of b) {
+    out += (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c === 0x2e || c === 0x2f || c === 0x5f || c === 0x2d
+      ? String.fromCharCode(c)
+      : `\\${c.toString(8).padStart(3, '0')}`;
+  }
+  return out;
+}

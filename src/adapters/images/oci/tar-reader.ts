@@ -1,0 +1,323 @@
+/**
+ * A streaming reader of tar archives as image layers carry them: POSIX ustar and pax (local and
+ * global records, binary `SCHILY.xattr.*` values kept byte for byte), GNU long names and links
+ * (`L`, `K`), and sparse files in GNU's old format (`S`) and pax formats 0.0, 0.1 and 1.0.
+ * Numbers may be octal or base-256. Sources: POSIX.1-2017 pax (ustar and extended headers),
+ * GNU tar manual "Basic Tar Format" and "Sparse Formats".
+ */
+
+export type EntryType = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo';
+
+export interface TarEntry {
+  /** The name as the archive states it (pax `path`, GNU long name or ustar prefix/name). */
+  path: string;
+  type: EntryType;
+  /** Permission and setuid/setgid/sticky bits (`mode & 0o7777`). */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Seconds since the epoch (fractions from pax kept). */
+  mtime: number;
+  linkpath: string;
+  /** Bytes of data that follow in the archive (for sparse files: the stored chunks). */
+  size: number;
+  /** Apparent size of a sparse file; the data is `sparse` chunks, the rest holes. */
+  realSize?: number;
+  sparse?: { offset: number; length: number }[];
+  /** Extended attributes by name (`security.capability`), values as raw bytes. */
+  xattrs: Map<string, Buffer>;
+  devmajor: number;
+  devminor: number;
+}
+
+export class TarFormatError extends Error {}
+
+const BLOCK = 512;
+
+/**
+ * Pulls bytes from a synchronous source of chunks (`undefined` at the end): exact reads and
+ * streamed skips/copies. Synchronous on purpose: see unpack-process.ts.
+ */
+export class ChunkReader {
+  private chunks: Buffer[] = [];
+  private have = 0;
+  private done = false;
+  /** Bytes consumed so far, for error messages. */
+  offset = 0;
+
+  constructor(private readonly source: () => Buffer | undefined) {}
+
+  private fill(n: number): boolean {
+    while (this.have < n && !this.done) {
+      const b = this.source();
+      if (!b) this.done = true;
+      else if (b.length) {
+        this.chunks.push(b);
+        this.have += b.length;
+      }
+    }
+    return this.have >= n;
+  }
+
+  /** Exactly n bytes, or undefined at a clean end of input before the first byte. */
+  read(n: number): Buffer | undefined {
+    if (!this.fill(n)) {
+      if (this.have === 0) return undefined;
+      throw new TarFormatError(`truncated archive: wanted ${n} bytes at offset ${this.offset}, got ${this.have}`);
+    }
+    let out: Buffer;
+    const first = this.chunks[0] as Buffer;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let at = 0;
+      while (at < n) {
+        const c = this.chunks[0] as Buffer;
+        const take = Math.min(c.length, n - at);
+        c.copy(out, at, 0, take);
+        at += take;
+        if (take === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(take);
+      }
+    }
+    this.have -= n;
+    this.offset += n;
+    return out;
+  }
+
+  /** Hands n bytes to `sink` in pieces as they arrive (no copy); fails on a short archive. */
+  stream(n: number, sink: (b: Buffer) => void): void {
+    let left = n;
+    while (left > 0) {
+      if (this.have === 0 && !this.fill(1)) throw new TarFormatError(`truncated archive: ${left} bytes of data missing at offset ${this.offset}`);
+      const c = this.chunks[0] as Buffer;
+      const take = Math.min(c.length, left);
+      if (take === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(take);
+      this.have -= take;
+      this.offset += take;
+      left -= take;
+      sink(take === c.length ? c : c.subarray(0, take));
+    }
+  }
+
+  skip(n: number): void {
+    this.stream(n, () => undefined);
+  }
+}
+
+const padding = (n: number) => (BLOCK - (n % BLOCK)) % BLOCK;
+
+function cstring(b: Buffer, start: number, len: number): string {
+  const end = b.indexOf(0, start);
+  return b.toString('utf8', start, end < 0 || end > start + len ? start + len : end);
+}
+
+/** An octal field (trailing spaces/NULs allowed) or a base-256 one (first byte's high bit set). */
+function num(b: Buffer, start: number, len: number, field: string): number {
+  const first = b[start] ?? 0;
+  if (first & 0x80) {
+    if (first === 0xff) throw new TarFormatError(`negative ${field} in tar header`);
+    let v = first & 0x7f;
+    for (let i = 1; i < len; i++) v = v * 256 + (b[start + i] ?? 0);
+    if (!Number.isSafeInteger(v)) throw new TarFormatError(`${field} too large in tar header`);
+    return v;
+  }
+  const s = b.toString('latin1', start, start + len).replace(/[\0 ]+$/, '').trim();
+  if (s === '') return 0;
+  if (!/^[0-7]+$/.test(s)) throw new TarFormatError(`${field} ${JSON.stringify(s)} is not an octal number`);
+  return parseInt(s, 8);
+}
+
+function checksumOk(h: Buffer): boolean {
+  let want: number;
+  try {
+    want = num(h, 148, 8, 'checksum');
+  } catch {
+    return false;
+  }
+  let unsigned = 0;
+  let signed = 0;
+  for (let i = 0; i < BLOCK; i++) {
+    const c = i >= 148 && i < 156 ? 32 : (h[i] ?? 0);
+    unsigned += c;
+    signed += c > 127 ? c - 256 : c;
+  }
+  return want === unsigned || want === signed;
+}
+
+type Pax = Map<string, Buffer>;
+
+/** Parses pax records (`<len> <key>=<value>\n`, len in bytes); values stay bytes. */
+function parsePax(data: Buffer, into: Pax, sparsePairs: number[]): void {
+  let at = 0;
+  while (at < data.length) {
+    if (data[at] === 0) break;
+    const space = data.indexOf(0x20, at);
+    if (space < 0) throw new TarFormatError('malformed pax record: no length');
+    const len = Number(data.toString('latin1', at, space));
+    if (!Number.isInteger(len) || len <= 0 || at + len > data.length) throw new TarFormatError('malformed pax record: bad length');
+    const rec = data.subarray(space + 1, at + len - 1);
+    const eq = rec.indexOf(0x3d);
+    if (eq < 0) throw new TarFormatError('malformed pax record: no "="');
+    const key = rec.toString('utf8', 0, eq);
+    const value = rec.subarray(eq + 1);
+    // Format 0.0 repeats these two keys, one pair per chunk; order matters.
+    if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') sparsePairs.push(Number(value.toString('latin1')));
+    else if (value.length === 0) into.delete(key);
+    else into.set(key, Buffer.from(value));
+    at += len;
+  }
+}
+
+const TYPES: Record<string, EntryType> = { '0': 'file', '\0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo', S: 'file' };
+
+/**
+ * Reads entries one by one. `next()` resolves the next entry (or undefined at the end); its
+ * data must then be consumed with `data()` before asking for the following one.
+ */
+export class TarReader {
+  private readonly globals: Pax = new Map();
+  private pending = 0;
+
+  constructor(private readonly r: ChunkReader) {}
+
+  next(): TarEntry | undefined {
+    if (this.pending > 0) this.r.skip(this.pending);
+    this.pending = 0;
+    const local: Pax = new Map();
+    const sparsePairs: number[] = [];
+    let longName: string | undefined;
+    let longLink: string | undefined;
+    for (;;) {
+      const h = this.r.read(BLOCK);
+      if (!h) return undefined;
+      if (h.every((b) => b === 0)) return undefined;
+      if (!checksumOk(h)) throw new TarFormatError(`invalid tar header checksum at offset ${this.r.offset - BLOCK}`);
+      const flag = String.fromCharCode(h[156] ?? 0);
+      const size = num(h, 124, 12, 'size');
+      if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
+        const body = this.r.read(size + padding(size));
+        const data = (body ?? Buffer.alloc(0)).subarray(0, size);
+        if (flag === 'x') parsePax(data, local, sparsePairs);
+        else if (flag === 'g') parsePax(data, this.globals, []);
+        else if (flag === 'L') longName = cstring(data, 0, data.length);
+        else longLink = cstring(data, 0, data.length);
+        continue;
+      }
+      const type = TYPES[flag];
+      const pax = new Map([...this.globals, ...local]);
+      const str = (k: string) => pax.get(k)?.toString('utf8');
+      const magic = h.toString('latin1', 257, 263);
+      const posix = magic === 'ustar\0';
+      const gnu = magic === 'ustar ';
+      let name = longName ?? cstring(h, 0, 100);
+      if (!longName && posix) {
+        const prefix = cstring(h, 345, 155);
+        if (prefix) name = `${prefix}/${name}`;
+      }
+      const entry: TarEntry = {
+        path: str('path') ?? name,
+        type: type ?? 'file',
+        mode: num(h, 100, 8, 'mode') & 0o7777,
+        uid: str('uid') !== undefined ? Number(str('uid')) : num(h, 108, 8, 'uid'),
+        gid: str('gid') !== undefined ? Number(str('gid')) : num(h, 116, 8, 'gid'),
+        mtime: str('mtime') !== undefined ? Number(str('mtime')) : num(h, 136, 12, 'mtime'),
+        linkpath: str('linkpath') ?? longLink ?? cstring(h, 157, 100),
+        size: str('size') !== undefined ? Number(str('size')) : size,
+        xattrs: new Map(),
+        devmajor: posix || gnu ? num(h, 329, 8, 'devmajor') : 0,
+        devminor: posix || gnu ? num(h, 337, 8, 'devminor') : 0,
+      };
+      if (!type) throw new TarFormatError(`${entry.path}: unsupported tar entry type ${JSON.stringify(flag)}`);
+      if (!Number.isSafeInteger(entry.size) || entry.size < 0) throw new TarFormatError(`${entry.path}: bad size`);
+      const total = entry.size;
+      for (const [k, v] of pax) {
+        if (k.startsWith('SCHILY.xattr.')) entry.xattrs.set(k.slice(13), v);
+        else if (k.startsWith('LIBARCHIVE.xattr.')) entry.xattrs.set(decodeURIComponent(k.slice(17)), Buffer.from(v.toString('latin1'), 'base64'));
+      }
+      // Sparse files: the header size counts stored bytes; the map says where they go.
+      if (flag === 'S') {
+        const chunks: { offset: number; length: number }[] = [];
+        const take = (b: Buffer, at: number, count: number) => {
+          for (let i = 0; i < count; i++) {
+            const o = at + i * 24;
+            if ((b[o] ?? 0) === 0) break;
+            chunks.push({ offset: num(b, o, 12, 'sparse offset'), length: num(b, o + 12, 12, 'sparse length') });
+          }
+        };
+        take(h, 386, 4);
+        let extended = (h[482] ?? 0) !== 0;
+        while (extended) {
+          const x = this.r.read(BLOCK);
+          if (!x) throw new TarFormatError(`${entry.path}: truncated sparse header`);
+          take(x, 0, 21);
+          extended = (x[504] ?? 0) !== 0;
+        }
+        entry.sparse = chunks;
+        entry.realSize = num(h, 483, 12, 'sparse real size');
+      } else if (pax.has('GNU.sparse.major') || pax.has('GNU.sparse.map') || sparsePairs.length || pax.has('GNU.sparse.size')) {
+        entry.path = str('GNU.sparse.name') ?? entry.path;
+        entry.realSize = Number(str('GNU.sparse.realsize') ?? str('GNU.sparse.size'));
+        if (str('GNU.sparse.major') === '1') {
+          // 1.0: the map leads the data, in decimal lines, padded to a block.
+          const { chunks, bytes } = this.readSparseMap();
+          entry.sparse = chunks;
+          entry.size -= bytes;
+        } else {
+          const flat = pax.has('GNU.sparse.map') ? (str('GNU.sparse.map') ?? '').split(',').map(Number) : sparsePairs;
+          entry.sparse = [];
+          for (let i = 0; i + 1 < flat.length; i += 2) entry.sparse.push({ offset: flat[i] ?? 0, length: flat[i + 1] ?? 0 });
+        }
+        if (!Number.isSafeInteger(entry.realSize)) throw new TarFormatError(`${entry.path}: sparse file without a real size`);
+      }
+      if (entry.sparse && entry.sparse.reduce((n, c) => n + c.length, 0) !== entry.size) {
+        throw new TarFormatError(`${entry.path}: sparse map does not match the stored data`);
+      }
+      const pad = padding(total);
+      if (entry.type === 'file') {
+        this.pending = entry.size + pad;
+        this.dataPad = pad;
+      } else {
+        this.pending = total + pad;
+        this.dataPad = 0;
+      }
+      return entry;
+    }
+  }
+
+  private dataPad = 0;
+
+  private readSparseMap(): { chunks: { offset: number; length: number }[]; bytes: number } {
+    let text = '';
+    let bytes = 0;
+    const nums: number[] = [];
+    let count = -1;
+    while (count < 0 || nums.length < count * 2) {
+      const b = this.r.read(BLOCK);
+      if (!b) throw new TarFormatError('truncated sparse map');
+      bytes += BLOCK;
+      text += b.toString('latin1');
+      const lines = text.split('\n');
+      text = lines.pop() ?? '';
+      for (const l of lines) {
+        if (count < 0) count = Number(l);
+        else nums.push(Number(l));
+        if (count >= 0 && nums.length >= count * 2) break;
+      }
+      if (!Number.isSafeInteger(count)) throw new TarFormatError('malformed sparse map');
+    }
+    const chunks: { offset: number; length: number }[] = [];
+    for (let i = 0; i < count; i++) chunks.push({ offset: nums[2 * i] ?? 0, length: nums[2 * i + 1] ?? 0 });
+    return { chunks, bytes };
+  }
+
+  /** Streams the current entry's data to `sink`, then skips its padding. */
+  data(sink: (b: Buffer) => void, size: number): void {
+    this.r.stream(size, sink);
+    this.pending = this.dataPad;
+  }
+}
