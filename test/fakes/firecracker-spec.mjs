@@ -173,7 +173,8 @@ function openable(path, writable) {
     accessSync(path, writable ? constants.R_OK | constants.W_OK : constants.R_OK);
     return statSync(path).isFile() || statSync(path).isBlockDevice() ? undefined : 'not a regular file or block device';
   } catch (err) {
-    return err.code === 'ENOENT' ? 'No such file or directory (os error 2)' : err.code === 'EACCES' ? 'Permission denied (os error 13)' : err.message;
+    const os = { ENOENT: 'No such file or directory (os error 2)', EPERM: 'Operation not permitted (os error 1)', EACCES: 'Permission denied (os error 13)', EROFS: 'Read-only file system (os error 30)' };
+    return os[err.code] ?? err.message;
   }
 }
 
