@@ -9,6 +9,8 @@ export const FILES = {
   stdout: 'firecracker.stdout',
   stderr: 'firecracker.stderr',
   metadata: 'metadata.json',
+  /** The ELF unpacked from a bzImage kernel (only for such kernels). */
+  vmlinux: 'vmlinux',
 } as const;
 
 /** Sockets Firecracker binds, in the VM's short run directory (sun_path holds 108 bytes). */
