@@ -11,6 +11,7 @@ import {
   mmdsMetadata,
   type FirecrackerLaunch,
 } from '../../src/adapters/vmm/firecracker/config.js';
+import { DEFAULT_JAILER, cgroupLimits, jailId, jailPlan, jailedSocket } from '../../src/adapters/vmm/firecracker/jailer.js';
 import { ROOT } from '../helpers/daemon.js';
 import { configShapeError, swaggerAvailable, swaggerPath } from '../fakes/firecracker-spec.mjs';
 
@@ -79,7 +80,20 @@ function render(l: FirecrackerLaunch) {
   };
 }
 
+const JAILER = { ...DEFAULT_JAILER, bin: '/usr/bin/jailer', chrootBase: '/var/lib/matchlock/jailer' };
+
+function renderJailed(l: FirecrackerLaunch) {
+  const plan = jailPlan(l, JAILER, '/usr/bin/firecracker');
+  return { argv: plan.argv, config: firecrackerConfig(plan.launch, plan.paths), links: plan.links, root: plan.root, cgroup: plan.cgroup, apiSocket: jailedSocket(plan, 'api') };
+}
+
 describe('firecracker config golden files', () => {
+  it('jailer', () => {
+    const file = join(GOLDEN, 'jailer.json');
+    const got = JSON.stringify(renderJailed(SCENARIOS['extra-volumes']!), null, 2) + '\n';
+    if (process.env.UPDATE_GOLDEN) writeFileSync(file, got);
+    assert.equal(got, readFileSync(file, 'utf8'));
+  });
   for (const [name, l] of Object.entries(SCENARIOS)) {
     it(name, () => {
       const file = join(GOLDEN, `${name}.json`);
@@ -96,6 +110,7 @@ describe('firecracker config against the swagger', { skip: specMissing && !proce
   it('every scenario fits the swagger definitions (closed objects, enums, types)', () => {
     assert.equal(specMissing, undefined, specMissing);
     for (const [name, l] of Object.entries(SCENARIOS)) assert.equal(configShapeError(firecrackerConfig(l)), undefined, name);
+    assert.equal(configShapeError(renderJailed(SCENARIOS['guest-agent']!).config), undefined, 'jailed');
   });
 });
 
@@ -125,5 +140,21 @@ describe('firecracker config rules', () => {
   });
   it('metadata.json holds the decoded seed files under latest', () => {
     assert.deepEqual(mmdsMetadata(SEED).latest['meta-data'], `instance_id: ${UID}\nlocal_hostname: vm1\n`);
+  });
+});
+
+describe('firecracker jailer plan', () => {
+  it('gives each VM a stable unprivileged id and cgroup v2 limits from the spec', () => {
+    assert.equal(jailId(UID, JAILER), jailId(UID, JAILER));
+    assert.notEqual(jailId(UID, JAILER), jailId('01HZY3NDEKTSV4RRFFQ69G5FAW', JAILER));
+    assert.ok(jailId(UID, JAILER) >= JAILER.uidBase && jailId(UID, JAILER) < JAILER.uidBase + JAILER.uidCount);
+    assert.deepEqual(cgroupLimits({ vcpu: 2, memoryInMb: 1024 }, JAILER), ['cpu.max=200000 100000', `memory.max=${(1024 + 64) * 1024 * 1024}`, 'memory.swap.max=0']);
+  });
+  it('paths inside the jail, --id given once (by the jailer)', () => {
+    const r = renderJailed(SCENARIOS['guest-agent']!);
+    assert.equal(r.argv.filter((a) => a === '--id').length, 1);
+    assert.equal(r.config['boot-source'].kernel_image_path, '/vmlinux');
+    assert.equal(r.config.vsock?.uds_path, '/run/guest-agent.vsock');
+    assert.equal(r.apiSocket, `/var/lib/matchlock/jailer/firecracker/${UID}/root/run/firecracker.sock`);
   });
 });
