@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
@@ -12,7 +12,8 @@ import { mergeCmdline } from '../../src/core/microvm/cloudinit.js';
 import { pidAlive } from '../../src/adapters/vmm/process.js';
 import type { Logger } from '../../src/core/ports.js';
 import { tempDir } from '../helpers/daemon.js';
-import { FAKE_FIRECRACKER, firecrackerLabMissing, writeElfKernel } from '../helpers/firecracker.js';
+import { FAKE_FIRECRACKER, FAKE_JAILER, firecrackerLabMissing, writeElfKernel } from '../helpers/firecracker.js';
+import { DEFAULT_JAILER } from '../../src/adapters/vmm/firecracker/jailer.js';
 import { configShapeError } from '../fakes/firecracker-spec.mjs';
 
 const missing = firecrackerLabMissing();
@@ -172,6 +173,82 @@ describe('FirecrackerVm against the stand-in', { skip }, () => {
 
   it('reports the version from --version', async () => {
     assert.equal(await firecrackerVersion(FAKE_FIRECRACKER), '1.16.1');
+  });
+});
+
+describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
+  let ns: string;
+  let tmp: { path: string; remove(): void };
+  const started: number[] = [];
+
+  before(() => {
+    ns = `mlj-${randomBytes(3).toString('hex')}`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    execFileSync('ip', ['-n', ns, 'tuntap', 'add', 'dev', 'mltmeta', 'mode', 'tap']);
+    tmp = tempDir('fc-jail');
+    // The jailed VMM runs unprivileged; the stand-in cannot pivot_root, so it needs a path in.
+    chmodSync(tmp.path, 0o755);
+    writeElfKernel(join(tmp.path, 'vmlinux'));
+    chmodSync(join(tmp.path, 'vmlinux'), 0o644);
+    mkdirSync(join(tmp.path, 'cgroup'));
+    writeFileSync(join(tmp.path, 'cgroup', 'cgroup.controllers'), 'cpuset cpu io memory pids\n');
+  });
+  after(() => {
+    for (const pid of started) if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
+    if (ns) spawnSync('ip', ['netns', 'del', ns]);
+    tmp?.remove();
+  });
+
+  it('jails the VMM: own uid/gid, cgroup v2 limits, files hard-linked, pid from the jail; delete removes jail and cgroup', async () => {
+    const uid = '01HZY3NDEKTSV4RRFFQ69GJA1L';
+    const dir = join(tmp.path, 'vm', 'ns', 'name', uid);
+    const runDir = join(tmp.path, 'run', uid);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'volume-root.img'), '');
+    truncateSync(join(dir, 'volume-root.img'), 1 << 20);
+    const jailerBin = join(tmp.path, 'jailer.sh');
+    writeFileSync(jailerBin, `#!/bin/sh\nexport FAKE_JAILER_CGROUP_ROOT='${join(tmp.path, 'cgroup')}'\nexec ip netns exec ${ns} ${FAKE_JAILER} "$@"\n`);
+    chmodSync(jailerBin, 0o755);
+    const jailer = { ...DEFAULT_JAILER, bin: jailerBin, chrootBase: join(tmp.path, 'jailer'), cgroupRoot: join(tmp.path, 'cgroup') };
+    const vm = new FirecrackerVm(uid, { dir, runDir }, { bin: FAKE_FIRECRACKER, detach: true, readyTimeoutMs: 20_000, termTimeoutMs: 1000, jailer });
+    const launch: FirecrackerLaunch = {
+      uid, namespace: 'ns', name: 'name', dir, runDir, vcpu: 2, memoryInMb: 1024,
+      kernelPath: join(tmp.path, 'vmlinux'),
+      cmdline: mergeCmdline(defaultCmdline({ mmds: true }), {}),
+      hasRoot: true,
+      disks: [{ id: 'root', path: join(dir, 'volume-root.img'), readOnly: false }],
+      nics: [{ deviceId: 'eth0', type: 'TAP', hostDevice: 'mltmeta', ifindex: 0, mac: 'AA:FF:00:00:00:01' }],
+      metadata: { 'meta-data': Buffer.from(`instance_id: ${uid}\n`) },
+      guestAgent: { cid: 3 },
+    };
+    const pid = await vm.start(launch, quiet);
+    started.push(pid);
+    const root = vm.jail ?? '';
+    assert.equal(root, join(tmp.path, 'jailer', 'firecracker.mjs', uid, 'root'));
+    assert.equal(Number(readFileSync(join(root, 'firecracker.mjs.pid'), 'utf8')), pid, 'pid read from the jail');
+    assert.equal(Number(readFileSync(join(dir, 'firecracker.pid'), 'utf8')), pid);
+    assert.equal(await vm.running(), pid);
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    assert.match(status, new RegExp(`^Uid:\\s+${vm.jailUid}\\s`, 'm'), 'runs as the VM\'s own uid');
+    assert.match(status, new RegExp(`^Gid:\\s+${vm.jailUid}\\s`, 'm'));
+    const cg = join(tmp.path, 'cgroup', 'matchlock', uid);
+    assert.equal(readFileSync(join(cg, 'cpu.max'), 'utf8'), '200000 100000\n');
+    assert.equal(readFileSync(join(cg, 'memory.max'), 'utf8'), `${(1024 + 64) * 1024 * 1024}\n`);
+    assert.match(readFileSync(join(cg, 'cgroup.procs'), 'utf8'), new RegExp(`^${pid}$`, 'm'));
+    for (const [inJail, inDir] of [['firecracker.log', 'firecracker.log'], ['firecracker.cfg', 'firecracker.cfg'], ['drive-root', 'volume-root.img']]) {
+      assert.equal(statSync(join(root, inJail!)).ino, statSync(join(dir, inDir!)).ino, `${inJail} is a hard link of ${inDir}`);
+    }
+    const cfg = JSON.parse(readFileSync(join(dir, 'firecracker.cfg'), 'utf8'));
+    assert.equal(cfg['boot-source'].kernel_image_path, '/vmlinux');
+    assert.match(readFileSync(join(dir, 'firecracker.log'), 'utf8'), /Successfully started microvm/);
+    assert.ok(existsSync(join(root, 'run', 'firecracker.sock')));
+    await vm.pause();
+    assert.equal(await vm.state(), 'Paused');
+    await vm.stop({ timeoutMs: 3000 }, quiet);
+    assert.equal(pidAlive(pid), false);
+    await vm.cleanup();
+    assert.equal(existsSync(join(tmp.path, 'jailer', 'firecracker.mjs', uid)), false, 'jail removed');
+    assert.equal(existsSync(cg), false, 'cgroup removed');
   });
 });
 

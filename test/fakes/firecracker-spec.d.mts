@@ -6,7 +6,7 @@ export function loadDefinitions(version?: string): { names: string[]; check(name
 export const CONFIG_KEYS: Record<string, string>;
 export const CONFIG_ARRAYS: Record<string, string>;
 export function configShapeError(config: unknown): string | undefined;
-export function configRuleError(config: unknown, opts?: { linkKind?: (name: string) => string | undefined }): string | undefined;
-export function buildError(config: unknown): string | undefined;
+export function configRuleError(config: unknown, opts?: { linkKind?: (name: string) => string | undefined; resolve?: (path: string) => string }): string | undefined;
+export function buildError(config: unknown, resolve?: (path: string) => string): string | undefined;
 export function isX86Elf(path: string): boolean;
 export function linkKind(name: string): string | undefined;

@@ -203,13 +203,15 @@ export function linkKind(name) {
  */
 export function configRuleError(config, opts = {}) {
   const tapKind = opts.linkKind ?? linkKind;
+  // Inside a jail every path is relative to the jail root: `resolve` maps it to the host.
+  const r = opts.resolve ?? ((p) => p);
   const logger = config.logger;
   if (logger?.log_path) {
-    const e = creatable(logger.log_path);
+    const e = creatable(r(logger.log_path));
     if (e) return `logger.log_path: Failed to open target file: ${e}`;
   }
   if (config.metrics?.metrics_path) {
-    const e = creatable(config.metrics.metrics_path);
+    const e = creatable(r(config.metrics.metrics_path));
     if (e) return `metrics.metrics_path: Failed to open target file: ${e}`;
   }
   const mc = config['machine-config'];
@@ -221,10 +223,10 @@ export function configRuleError(config, opts = {}) {
   }
   const boot = config['boot-source'];
   {
-    const e = openable(boot.kernel_image_path, false);
+    const e = openable(r(boot.kernel_image_path), false);
     if (e) return `boot-source.kernel_image_path: The kernel file cannot be opened: ${e}`;
     if (boot.initrd_path) {
-      const i = openable(boot.initrd_path, false);
+      const i = openable(r(boot.initrd_path), false);
       if (i) return `boot-source.initrd_path: The initrd file cannot be opened: ${i}`;
     }
   }
@@ -244,7 +246,7 @@ export function configRuleError(config, opts = {}) {
     if (d.socket == null) {
       if (d.path_on_host == null) return `${at}.path_on_host: missing field \`path_on_host\` for a virtio-block drive`;
       if (d.is_read_only == null) return `${at}.is_read_only: missing field \`is_read_only\` for a virtio-block drive`;
-      const e = openable(d.path_on_host, !d.is_read_only);
+      const e = openable(r(d.path_on_host), !d.is_read_only);
       if (e) return `${at}.path_on_host: Unable to create the virtio block device ${d.drive_id}: Error manipulating the backing file: ${e} ${d.path_on_host}`;
     }
   }
@@ -269,8 +271,8 @@ export function configRuleError(config, opts = {}) {
     if (kind !== 'tap') return `${at}.host_dev_name: Could not create the network device: Open tap device failed: ${kind === undefined ? 'no such device' : `${i.host_dev_name} is a ${kind} device, not a TAP`} (${i.host_dev_name})`;
   }
   if (config.vsock) {
-    if (existsSync(config.vsock.uds_path)) return `vsock.uds_path: Cannot create backend for vsock device: Error binding to the host-side Unix socket: Address in use (os error 98) ${config.vsock.uds_path}`;
-    if (!existsSync(dirname(config.vsock.uds_path))) return `vsock.uds_path: Cannot create backend for vsock device: No such file or directory (os error 2) ${config.vsock.uds_path}`;
+    if (existsSync(r(config.vsock.uds_path))) return `vsock.uds_path: Cannot create backend for vsock device: Error binding to the host-side Unix socket: Address in use (os error 98) ${config.vsock.uds_path}`;
+    if (!existsSync(dirname(r(config.vsock.uds_path)))) return `vsock.uds_path: Cannot create backend for vsock device: No such file or directory (os error 2) ${config.vsock.uds_path}`;
   }
   const mmds = config['mmds-config'];
   if (mmds) {
@@ -286,8 +288,8 @@ export function configRuleError(config, opts = {}) {
  * What fails when the VM is built after the configuration was accepted: on x86_64 the kernel
  * must be an uncompressed ELF vmlinux (arch/x86_64 loader: a bzImage is refused).
  */
-export function buildError(config) {
+export function buildError(config, resolve = (p) => p) {
   const kernel = config['boot-source'].kernel_image_path;
-  if (!isX86Elf(kernel)) return `boot-source.kernel_image_path: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image (${kernel} is not an x86_64 ELF vmlinux)`;
+  if (!isX86Elf(resolve(kernel))) return `boot-source.kernel_image_path: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image (${kernel} is not an x86_64 ELF vmlinux)`;
   return undefined;
 }

@@ -15,15 +15,20 @@
 //   FAKE_FC_GUEST_BOOT_MS=n       with --boot-timer, log the Guest-boot-time line after n ms
 //   FAKE_FC_MMDS_SOCK=path        also answer MMDS (as the guest sees it) over HTTP on this socket
 //   FAKE_FC_RECORD=file           append {argv, cwd} as one JSON line, for tests
+// Set by the jailer stand-in (the stand-in cannot pivot_root):
+//   FAKE_FC_CHROOT=dir            resolve every absolute path under this jail root
 import { setInterval, setTimeout } from 'node:timers';
 import { Buffer } from 'node:buffer';
 import { appendFileSync, existsSync, readFileSync, writeSync, openSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
+import { join } from 'node:path';
 import { FC_VERSION, buildError, configRuleError, configShapeError, loadDefinitions, CONFIG_KEYS } from './firecracker-spec.mjs';
 
 const env = process.env;
 const argv = process.argv.slice(2);
+/** A path as the process sees it from inside its jail, mapped to the host. */
+const host = (p) => (env.FAKE_FC_CHROOT && p.startsWith('/') ? join(env.FAKE_FC_CHROOT, p) : p);
 if (env.FAKE_FC_RECORD) appendFileSync(env.FAKE_FC_RECORD, JSON.stringify({ argv, cwd: process.cwd(), pid: process.pid }) + '\n');
 
 // ---- exit codes (src/firecracker/src/main.rs FcExitCode) ----
@@ -97,7 +102,7 @@ function log(level, msg) {
   const line = `${ts} [${tag}] ${msg}\n`;
   writeSync(logTarget ?? 1, line);
 }
-if (args['log-path']) logTarget = openSync(args['log-path'], 'a');
+if (args['log-path']) logTarget = openSync(host(args['log-path']), 'a');
 
 function fatal(msg) {
   const mode = args['no-api'] ? 'RunWithoutApiError' : 'RunWithApiError';
@@ -108,7 +113,7 @@ function fatal(msg) {
 }
 
 // ---- metrics: JSON lines of deltas since the previous flush ----
-let metricsPath = args['metrics-path'];
+let metricsPath = args['metrics-path'] && host(args['metrics-path']);
 const counters = { get: {}, put: {}, patch: {}, mmds: { rx_accepted: 0, rx_count: 0 } };
 function bump(group, key) {
   counters[group][key] = (counters[group][key] ?? 0) + 1;
@@ -159,13 +164,13 @@ let vsockServer;
 
 function applyLoggerAndMetrics(cfg) {
   if (cfg.logger?.log_path) {
-    logTarget = openSync(cfg.logger.log_path, 'a');
+    logTarget = openSync(host(cfg.logger.log_path), 'a');
     showLevel = !!cfg.logger.show_level;
     showOrigin = !!cfg.logger.show_log_origin;
   }
   if (cfg.metrics?.metrics_path) {
-    openSync(cfg.metrics.metrics_path, 'a');
-    metricsPath = cfg.metrics.metrics_path;
+    metricsPath = host(cfg.metrics.metrics_path);
+    openSync(metricsPath, 'a');
   }
 }
 
@@ -173,11 +178,11 @@ function applyLoggerAndMetrics(cfg) {
 function boot(cfg, fromFile) {
   const shape = configShapeError(cfg);
   if (shape) return fromFile ? `Invalid JSON: ${shape}` : shape;
-  const rule = configRuleError(cfg);
+  const rule = configRuleError(cfg, { resolve: host });
   // The logger and metrics sections come first, so later errors already go to their files.
   if (!/^(logger|metrics)\./.test(rule ?? '')) applyLoggerAndMetrics(cfg);
   if (rule) return rule;
-  const built = buildError(cfg);
+  const built = buildError(cfg, host);
   if (built) return built;
   if (cfg.vsock) {
     // Host-initiated connections: CONNECT <port>\n -> OK <host port>\n (docs/vsock.md).
@@ -187,7 +192,7 @@ function boot(cfg, fromFile) {
         if (m) c.write(`OK ${1073741824 + Number(m[1])}\n`);
         else c.destroy();
       });
-    }).listen(cfg.vsock.uds_path);
+    }).listen(host(cfg.vsock.uds_path));
   }
   state = 'Running';
   vmConfig = cfg;
@@ -370,7 +375,7 @@ function serveApi(socketPath) {
 // ---- start-up, in Firecracker's order ----
 log('INFO', `Running Firecracker v${FC_VERSION}`);
 if (!args['no-api']) {
-  const socketPath = args['api-sock'] ?? '/run/firecracker.socket';
+  const socketPath = host(args['api-sock'] ?? '/run/firecracker.socket');
   if (existsSync(socketPath)) {
     log('ERROR', `RunWithApiError error: Failed to open the API socket at: ${socketPath}. Check that it is not already used.`);
     process.stderr.write(`Error: RunWithApi(FailedToBindSocket(${JSON.stringify(socketPath)}))\n`);
@@ -382,7 +387,7 @@ if (!args['no-api']) {
 if (args.metadata !== undefined) {
   let text;
   try {
-    text = readFileSync(args.metadata, 'utf8');
+    text = readFileSync(host(args.metadata), 'utf8');
   } catch (e) {
     panic(`Unable to read metadata file: ${e.message}`);
   }
@@ -396,7 +401,7 @@ if (args.metadata !== undefined) {
 if (args['config-file'] !== undefined) {
   let text;
   try {
-    text = readFileSync(args['config-file'], 'utf8');
+    text = readFileSync(host(args['config-file']), 'utf8');
   } catch (e) {
     panic(`Unable to read config file: ${e.message}`);
   }

@@ -7,6 +7,9 @@ import { swaggerAvailable, swaggerPath } from '../fakes/firecracker-spec.mjs';
 /** The Firecracker stand-in, spawned as the `firecracker-bin` executable. */
 export const FAKE_FIRECRACKER = join(ROOT, 'test', 'fakes', 'firecracker.mjs');
 
+/** The jailer stand-in, spawned as the `firecracker-jailer-bin` executable. */
+export const FAKE_JAILER = join(ROOT, 'test', 'fakes', 'jailer.mjs');
+
 /** Why the stand-in tests cannot run here, or undefined when they can. */
 export function firecrackerLabMissing(): string | undefined {
   if (!swaggerAvailable()) return `the Firecracker swagger is not at ${swaggerPath()} (set MATCHLOCK_SPECS)`;

@@ -62,9 +62,11 @@ export interface JailPlan {
 /**
  * Everything about running one VM under the jailer: paths inside the jail, the files to link
  * in (kernel, initrd, drives; and the VM directory's cfg, metadata, log, metrics so operators
- * keep reading them where flintlock keeps them), and the jailer's argv. No --daemonize (it
- * would send the console to /dev/null) and no --new-pid-ns, so the spawned pid is
- * Firecracker's; the jailer passes --id itself, so it is not repeated after `--`.
+ * keep reading them where flintlock keeps them), and the jailer's argv. `--new-pid-ns`: the
+ * VMM gets its own pid namespace and the jailer writes its pid to
+ * `<jail root>/<exec-file name>.pid`, where the daemon reads it. No `--daemonize`: it would
+ * send the serial console to /dev/null. The jailer passes --id itself, so it is not repeated
+ * after `--`.
  */
 export function jailPlan(l: FirecrackerLaunch, s: JailerSettings, execFile: string): JailPlan {
   const root = jailRoot(l.uid, s, execFile);
@@ -94,6 +96,7 @@ export function jailPlan(l: FirecrackerLaunch, s: JailerSettings, execFile: stri
     '--cgroup-version', '2',
     '--parent-cgroup', s.parentCgroup,
     ...cgroupLimits(l, s).flatMap((c) => ['--cgroup', c]),
+    '--new-pid-ns',
     '--',
     ...fcArgs.filter((_, i) => fcArgs[i] !== '--id' && fcArgs[i - 1] !== '--id'),
   ];

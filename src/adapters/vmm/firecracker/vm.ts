@@ -1,14 +1,19 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { chown, link, mkdir, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import { pidAlive } from '../process.js';
 import { unixHttp } from '../unix-http.js';
 import { ensureVmlinux } from './kernel.js';
 import { FILES, SOCKETS, filePath, firecrackerArgs, firecrackerConfig, mmdsMetadata, socketPath, type FirecrackerLaunch, type FirecrackerPaths } from './config.js';
+import { jailId, jailPlan, jailRoot, type JailerSettings, type JailPlan } from './jailer.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** statfs f_type of cgroup v2 (linux/magic.h). */
+const CGROUP2_SUPER_MAGIC = 0x63677270;
 
 export interface FirecrackerVmOptions {
   /** The firecracker binary (name on PATH or path). */
@@ -19,6 +24,8 @@ export interface FirecrackerVmOptions {
   readyTimeoutMs?: number;
   /** After SIGTERM, how long before SIGKILL (ms). */
   termTimeoutMs?: number;
+  /** Run through the jailer; `cgroupRoot` is the cgroup v2 mount the jailer writes under. */
+  jailer?: (JailerSettings & { cgroupRoot: string }) | undefined;
 }
 
 /** Counters from the last metrics line, flattened to `group.counter`, with its timestamp. */
@@ -36,6 +43,11 @@ export class FirecrackerVm {
   private readonly readyTimeoutMs: number;
   private readonly termTimeoutMs: number;
 
+  /** Paths as Firecracker sees them: the host's, or the jail's (relative to its root). */
+  private readonly fcPaths: FirecrackerPaths;
+  /** The jail root on the host, with the jailer. */
+  readonly jail: string | undefined;
+
   constructor(
     readonly uid: string,
     readonly paths: FirecrackerPaths,
@@ -43,14 +55,17 @@ export class FirecrackerVm {
   ) {
     this.readyTimeoutMs = o.readyTimeoutMs ?? 10_000;
     this.termTimeoutMs = o.termTimeoutMs ?? 3000;
+    this.jail = o.jailer ? jailRoot(uid, o.jailer, o.bin) : undefined;
+    this.fcPaths = o.jailer ? { dir: '', runDir: '/run' } : paths;
   }
 
   file(f: keyof typeof FILES): string {
     return filePath(this.paths, f);
   }
 
+  /** A socket as the host reaches it (inside the jail root with the jailer). */
   socket(s: keyof typeof SOCKETS): string {
-    return socketPath(this.paths, s);
+    return `${this.jail ?? ''}${socketPath(this.fcPaths, s)}`;
   }
 
   /** The guest's serial console (Firecracker writes it to its stdout). */
@@ -64,7 +79,7 @@ export class FirecrackerVm {
    * (the daemon died between spawn and writing it) is found by its command line and adopted.
    */
   async running(): Promise<number | undefined> {
-    const cfg = this.file('config');
+    const cfg = filePath(this.fcPaths, 'config');
     const pid = Number((await readFile(this.file('pid'), 'utf8').catch(() => '')).trim());
     if (Number.isInteger(pid) && pid > 0 && pidAlive(pid) && this.isOurs(pid, cfg)) return pid;
     for (const entry of readdirSync('/proc')) {
@@ -82,7 +97,7 @@ export class FirecrackerVm {
     try {
       const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
       const at = argv.indexOf('--config-file');
-      return at >= 0 && argv[at + 1] === cfg && argv.includes(this.uid);
+      return at >= 0 && argv[at + 1] === cfg && (argv.includes(this.uid) || argv.includes(`--id=${this.uid}`));
     } catch {
       return false;
     }
@@ -98,16 +113,64 @@ export class FirecrackerVm {
    * opens them without creating parent directories) and removes stale sockets: Firecracker
    * refuses to bind an existing path and never removes its sockets itself.
    */
-  async prepare(l: FirecrackerLaunch): Promise<void> {
+  async prepare(l: FirecrackerLaunch): Promise<JailPlan | undefined> {
     await mkdir(this.paths.dir, { recursive: true });
     await mkdir(this.paths.runDir, { recursive: true, mode: 0o700 });
     // Firecracker loads only an ELF vmlinux: a bzImage is unpacked once into the VM directory.
-    const kernelPath = await ensureVmlinux(l.kernelPath, this.file('vmlinux'));
-    const config = firecrackerConfig({ ...l, kernelPath }, this.paths);
+    const launch = { ...l, kernelPath: await ensureVmlinux(l.kernelPath, this.file('vmlinux')) };
+    const plan = this.o.jailer ? jailPlan(launch, this.o.jailer, this.o.bin) : undefined;
+    const config = plan ? firecrackerConfig(plan.launch, plan.paths) : firecrackerConfig(launch, this.paths);
     await writeFile(this.file('metadata'), JSON.stringify(mmdsMetadata(l.metadata)) + '\n');
     await writeFile(this.file('config'), JSON.stringify(config, null, 2) + '\n');
     for (const f of ['log', 'metrics', 'stdout', 'stderr'] as const) await writeFile(this.file(f), '', { flag: 'a' });
+    if (plan) await this.buildJail(plan, launch);
     await this.removeSockets();
+    return plan;
+  }
+
+  /**
+   * The jail's files: each hard-linked in (the jail cannot see outside its root), and what
+   * Firecracker writes (log, metrics, read-write drives, its socket directory) owned by the
+   * VM's own uid/gid. Hard links need the chroot base on the same filesystem as the state dir.
+   */
+  private async buildJail(plan: JailPlan, l: FirecrackerLaunch): Promise<void> {
+    await mkdir(`${plan.root}/run`, { recursive: true });
+    await chown(`${plan.root}/run`, plan.id, plan.id);
+    const writable = new Set([this.file('log'), this.file('metrics'), ...l.disks.filter((d) => !d.readOnly).map((d) => d.path)]);
+    for (const { host, jail } of plan.links) {
+      const target = `${plan.root}${jail}`;
+      const [a, b] = await Promise.all([stat(host), stat(target).catch(() => undefined)]);
+      if (!b || a.ino !== b.ino || a.dev !== b.dev) {
+        await rm(target, { force: true });
+        await link(host, target).catch((e: NodeJS.ErrnoException) => {
+          throw new MatchlockError(ErrorCode.FailedPrecondition, `jailer: cannot hard-link ${host} into ${plan.root}: ${e.code === 'EXDEV' ? 'the chroot base must be on the same filesystem as the state dir' : e.message}`);
+        });
+      }
+      if (writable.has(host)) await chown(host, plan.id, plan.id);
+    }
+  }
+
+  /** Removes the jail (`<chroot-base>/<exec>/<uid>`) and its cgroup; both may be absent. */
+  async removeJail(): Promise<void> {
+    const j = this.o.jailer;
+    if (!j || !this.jail) return;
+    await rm(this.jail.replace(/\/root$/, ''), { recursive: true, force: true });
+    const cg = `${j.cgroupRoot}/${j.parentCgroup}/${this.uid}`;
+    const procs = await readFile(`${cg}/cgroup.procs`, 'utf8').catch(() => '');
+    if (procs.trim() !== '' && procs.trim().split('\n').some((p) => pidAlive(Number(p)))) {
+      throw new MatchlockError(ErrorCode.Internal, `cgroup ${j.parentCgroup}/${this.uid} still has processes: ${procs.trim().replaceAll('\n', ' ')}`);
+    }
+    // On cgroupfs a cgroup goes with rmdir (its files are virtual); a tree that only stands
+    // in for cgroupfs (statfs type not CGROUP2_SUPER_MAGIC) is removed with its files.
+    const isCgroupFs = await statfs(j.cgroupRoot).then((f) => f.type === CGROUP2_SUPER_MAGIC, () => false);
+    await (isCgroupFs ? rmdir(cg) : rm(cg, { recursive: true })).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw new MatchlockError(ErrorCode.Internal, `cannot remove cgroup ${j.parentCgroup}/${this.uid}: ${e.message}`);
+    });
+  }
+
+  /** The VM's own unprivileged uid/gid under the jailer. */
+  get jailUid(): number | undefined {
+    return this.o.jailer ? jailId(this.uid, this.o.jailer) : undefined;
   }
 
   async removeSockets(): Promise<void> {
@@ -120,21 +183,36 @@ export class FirecrackerVm {
    * carries Firecracker's own message (which names the config field) and no process is left.
    */
   async start(l: FirecrackerLaunch, log: Logger, signal?: AbortSignal): Promise<number> {
-    await this.prepare(l);
-    const args = firecrackerArgs(l, this.paths);
-    log.debug({ bin: this.o.bin, args }, 'starting firecracker');
+    const plan = await this.prepare(l);
+    const bin = plan && this.o.jailer ? this.o.jailer.bin : this.o.bin;
+    const args = plan ? plan.argv : firecrackerArgs(l, this.paths);
+    log.debug({ bin, args }, 'starting firecracker');
     await rm(this.file('pid'), { force: true });
     const out = openSync(this.file('stdout'), 'a');
     const err = openSync(this.file('stderr'), 'w');
     let pid: number | undefined;
+    let settled = false;
     try {
-      const child = spawn(this.o.bin, args, { detached: this.o.detach, stdio: ['ignore', out, err], cwd: this.paths.dir });
-      const exited = new Promise<string>((resolve) => child.once('exit', (code, sig) => resolve(sig ? `was killed by ${sig}` : `exited with code ${code}`)));
+      const child = spawn(bin, args, { detached: this.o.detach, stdio: ['ignore', out, err], cwd: this.paths.dir });
+      let exited = new Promise<string>((resolve) => child.once('exit', (code, sig) => resolve(sig ? `was killed by ${sig}` : `exited with code ${code}`)));
       const spawnError = new Promise<string>((resolve) => child.once('error', (e) => resolve(`could not be started: ${e.message}`)));
       child.unref();
       pid = child.pid;
-      if (pid !== undefined) await this.writePid(pid);
       const deadline = Date.now() + this.readyTimeoutMs;
+      if (plan) {
+        // With --new-pid-ns the jailer forks Firecracker, writes its pid into the jail and exits.
+        const done = await Promise.race([exited, spawnError, sleep(this.readyTimeoutMs).then(() => 'did not exit')]);
+        if (done !== 'exited with code 0') throw new MatchlockError(ErrorCode.Internal, `jailer ${done}: ${await this.failureReason()}`);
+        const pidFile = `${plan.root}/${basename(this.o.bin)}.pid`;
+        pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim()) || undefined;
+        if (pid === undefined) throw new MatchlockError(ErrorCode.Internal, `jailer exited without writing ${pidFile}`);
+        const fcPid = pid;
+        exited = (async () => {
+          while (pidAlive(fcPid) && !settled) await sleep(100);
+          return settled ? new Promise<string>(() => undefined) : `exited (pid ${fcPid})`;
+        })();
+      }
+      if (pid !== undefined) await this.writePid(pid);
       for (;;) {
         const early = await Promise.race([exited, spawnError, sleep(100).then(() => undefined)]);
         if (early !== undefined) throw new MatchlockError(ErrorCode.Internal, `firecracker ${early}: ${await this.failureReason()}`);
@@ -156,6 +234,7 @@ export class FirecrackerVm {
       await this.removeSockets();
       throw e;
     } finally {
+      settled = true;
       closeSync(out);
       closeSync(err);
     }
@@ -206,6 +285,12 @@ export class FirecrackerVm {
       if (!(await this.waitGone(pid, 5000))) throw new MatchlockError(ErrorCode.Internal, `firecracker pid ${pid} survived SIGKILL`);
     }
     await this.finish(log);
+  }
+
+  /** After the VM is stopped for good: its sockets, jail and cgroup. */
+  async cleanup(): Promise<void> {
+    await this.removeSockets();
+    await this.removeJail();
   }
 
   private async finish(log: Logger): Promise<void> {
