@@ -43,6 +43,7 @@ function launch(over: Partial<FirecrackerLaunch> = {}): FirecrackerLaunch {
     kernelPath: '/var/lib/matchlock/images/k/boot/vmlinux',
     cmdline: '',
     hasRoot: true,
+    shares: [],
     disks: [{ id: 'root', path: `${DIR}/volume-root.img`, readOnly: false }],
     nics: [META_NIC, USER_NIC],
     metadata: SEED,

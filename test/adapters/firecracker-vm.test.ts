@@ -69,6 +69,7 @@ describe('FirecrackerVm against the stand-in', { skip }, () => {
       kernelPath: join(tmp.path, 'vmlinux'),
       cmdline: mergeCmdline(defaultCmdline({ mmds: true }), {}),
       hasRoot: true,
+      shares: [],
       disks: [{ id: 'root', path: join(tmp.path, 'root.img'), readOnly: false }],
       nics: [
         { deviceId: 'eth0', type: 'TAP', hostDevice: 'mltmeta', ifindex: 0, mac: 'AA:FF:00:00:00:01' },
@@ -216,6 +217,7 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
       kernelPath: join(tmp.path, 'vmlinux'),
       cmdline: mergeCmdline(defaultCmdline({ mmds: true }), {}),
       hasRoot: true,
+      shares: [],
       disks: [{ id: 'root', path: join(dir, 'volume-root.img'), readOnly: false }],
       nics: [{ deviceId: 'eth0', type: 'TAP', hostDevice: 'mltmeta', ifindex: 0, mac: 'AA:FF:00:00:00:01' }],
       metadata: { 'meta-data': Buffer.from(`instance_id: ${uid}\n`) },

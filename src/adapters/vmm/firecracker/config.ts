@@ -1,4 +1,5 @@
 import { failedPrecondition } from '../../../core/errors.js';
+import type { Launch, LaunchNic } from '../../../core/vmm.js';
 
 /** The operator files in the VM directory, named as flintlock names them. */
 export const FILES = {
@@ -28,43 +29,11 @@ export const MMDS_INTERFACE = 'eth0';
 /** Firecracker's vCPU limit (vmm_config/machine_config.rs MAX_SUPPORTED_VCPUS). */
 export const MAX_VCPUS = 32;
 
-export interface FirecrackerDisk {
-  id: string;
-  path: string;
-  readOnly: boolean;
-}
-
-export interface FirecrackerNic {
-  deviceId: string;
-  type: 'TAP' | 'MACVTAP';
-  hostDevice: string;
-  ifindex: number;
-  mac: string;
-}
-
 /**
- * What the provider needs to start one VM, the provider seam's `Launch`: paths on the host,
- * `dir` = `<state-dir>/vm/<ns>/<name>/<uid>`, `runDir` = the short per-uid socket directory,
- * `disks` root first (when `hasRoot`), `metadata` the NoCloud seed files by name.
+ * The seam's Launch plus whether disks[0] is the spec's root volume (Firecracker then marks it
+ * is_root_device and appends root=/dev/vda itself).
  */
-export interface FirecrackerLaunch {
-  uid: string;
-  namespace: string;
-  name: string;
-  dir: string;
-  runDir: string;
-  vcpu: number;
-  memoryInMb: number;
-  kernelPath: string;
-  initrdPath?: string | undefined;
-  cmdline: string;
-  /** True when disks[0] is the spec's root volume (Firecracker then adds root=/dev/vda). */
-  hasRoot: boolean;
-  disks: FirecrackerDisk[];
-  nics: FirecrackerNic[];
-  metadata: Record<string, Buffer>;
-  guestAgent?: { cid: number } | undefined;
-}
+export type FirecrackerLaunch = Launch & { hasRoot: boolean };
 
 /** The parts of a config file this provider writes (swagger definitions in brackets). */
 export interface FirecrackerConfig {
@@ -88,7 +57,7 @@ export const filePath = (p: FirecrackerPaths, f: keyof typeof FILES): string => 
 export const socketPath = (p: FirecrackerPaths, s: keyof typeof SOCKETS): string => `${p.runDir}/${SOCKETS[s]}`;
 
 /** The interface MMDS is served on, or undefined when the VM has none (then no mmds-config). */
-export function mmdsInterface(nics: readonly FirecrackerNic[]): string | undefined {
+export function mmdsInterface(nics: readonly LaunchNic[]): string | undefined {
   return nics.find((n) => n.deviceId === MMDS_INTERFACE && n.type === 'TAP')?.deviceId;
 }
 
@@ -171,7 +140,7 @@ export function defaultCmdline(input: CmdlineInput): [string, string][] {
  * so NoCloud-net's GETs of /latest/meta-data, /latest/user-data… get each file as IMDS text.
  * Keys are sorted so the file is byte-stable.
  */
-export function mmdsMetadata(files: Record<string, Buffer>): { latest: Record<string, string> } {
+export function mmdsMetadata(files: Readonly<Record<string, Buffer>>): { latest: Record<string, string> } {
   const latest: Record<string, string> = {};
   for (const k of Object.keys(files).sort()) latest[k] = files[k]?.toString('utf8') ?? '';
   return { latest };

@@ -242,7 +242,9 @@ export class FirecrackerVm {
 
   /** Firecracker's reason for failing: its "Failed to build MicroVM" line, else the stderr tail. */
   async failureReason(): Promise<string> {
-    const text = `${await readFile(this.file('log'), 'utf8').catch(() => '')}\n${await readFile(this.file('stderr'), 'utf8').catch(() => '')}`;
+    // Before its logger is configured Firecracker logs to stdout, which is also the console.
+    const read = (f: keyof typeof FILES) => readFile(this.file(f), 'utf8').catch(() => '');
+    const text = `${await read('log')}\n${await read('stdout')}\n${await read('stderr')}`;
     const built = /Failed to build MicroVM from Json: (.*)$/m.exec(text);
     if (built?.[1]) return `${built[1]} (in ${FILES.config})`;
     const socket = /(Failed to open the API socket at: .*)$/m.exec(text);
