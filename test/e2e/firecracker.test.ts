@@ -19,7 +19,7 @@ function fcPids(lab: Lab): number[] {
   return readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((pid) => {
     try {
       const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      return cmd.includes('firecracker.mjs') && cmd.includes(lab.stateDir) && pidAlive(pid);
+      return cmd.includes('firecracker.mjs') && cmd.includes('--config-file') && cmd.includes(lab.stateDir) && pidAlive(pid);
     } catch {
       return false;
     }
