@@ -9,6 +9,8 @@ import { labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.
 import { tempDir } from '../helpers/daemon.js';
 import { FAKE_FIRECRACKER, firecrackerLabMissing } from '../helpers/firecracker.js';
 import { configShapeError } from '../fakes/firecracker-spec.mjs';
+import { loadConfig } from '../../src/daemon/config.js';
+import { inspectHost } from '../../src/host/inspect.js';
 
 const missing = labMissing() ?? firecrackerLabMissing();
 const skip = missing && !process.env.CI ? missing : false;
@@ -89,6 +91,16 @@ describe('firecracker provider through matchlockd, against the stand-in', { skip
     assert.ok(pidAlive(pid));
     const info = await unixHttp(join(lab.stateDir, 'run', uid, 'firecracker.sock'), 'GET', '/');
     assert.deepEqual(info.body, { id: uid, state: 'Running', vmm_version: '1.16.1', app_name: 'Firecracker' });
+
+    // matchlock inspect: the Firecracker binary and version, the VM's files and process.
+    const inspected = loadConfig({ flags: { 'state-dir': lab.stateDir, 'grpc-endpoint': lab.daemon.target, 'bridge-name': 'br0', 'firecracker-bin': FAKE_FIRECRACKER }, file: { path: '/dev/null', explicit: true }, env: {} });
+    const checks = await inspectHost(inspected, {});
+    const byName = (n: string) => checks.find((c) => c.check === n);
+    assert.equal(byName('vmm firecracker')?.status, 'ok');
+    assert.match(byName('vmm firecracker')?.evidence ?? '', /firecracker\.mjs: Firecracker v1\.16\.1/);
+    assert.equal(byName(`vm e2e/worker-1 (${uid}) files`)?.status, 'ok');
+    for (const f of FC_FILES) assert.match(byName(`vm e2e/worker-1 (${uid}) files`)?.evidence ?? '', new RegExp(f.replace('.', '\\.')));
+    assert.match(byName(`vm e2e/worker-1 (${uid}) vmm`)?.evidence ?? '', new RegExp(`firecracker pid ${pid} running`));
 
     await vms.delete(uid);
     await waitFor('the record to go', async () => (await vms.get(uid)) === undefined, 30_000);
