@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { unixHttp } from '../../src/adapters/vmm/unix-http.js';
@@ -7,7 +8,7 @@ import { pidAlive } from '../../src/adapters/vmm/process.js';
 import { api, importGuest, stateOf, vmDir, waitFor } from './vm.js';
 import { labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
 import { tempDir } from '../helpers/daemon.js';
-import { FAKE_FIRECRACKER, firecrackerLabMissing } from '../helpers/firecracker.js';
+import { FAKE_FIRECRACKER, FAKE_JAILER, firecrackerLabMissing } from '../helpers/firecracker.js';
 import { configShapeError } from '../fakes/firecracker-spec.mjs';
 import { loadConfig } from '../../src/daemon/config.js';
 import { inspectHost } from '../../src/host/inspect.js';
@@ -186,4 +187,49 @@ describe('firecracker refusals through matchlockd', { skip }, () => {
       assert.equal(existsSync(join(lab.stateDir, 'run', uid)), false);
     });
   }
+});
+
+describe('firecracker under the jailer through matchlockd', { skip }, () => {
+  let lab: Lab;
+  let tmp: { path: string; remove(): void };
+  before(async () => {
+    tmp = tempDir('fc-jailer');
+    chmodSync(tmp.path, 0o755);
+    mkdirSync(join(tmp.path, 'cgroup'));
+    writeFileSync(join(tmp.path, 'cgroup', 'cgroup.controllers'), 'cpuset cpu io memory pids\n');
+    const jailer = join(tmp.path, 'jailer.sh');
+    writeFileSync(jailer, `#!/bin/sh\nexport FAKE_JAILER_CGROUP_ROOT='${join(tmp.path, 'cgroup')}'\nexec ${FAKE_JAILER} "$@"\n`);
+    chmodSync(jailer, 0o755);
+    lab = await startLab(['--default-provider', 'firecracker', '--firecracker-bin', FAKE_FIRECRACKER, '--firecracker-jailer-bin', jailer,
+      '--firecracker-jailer-cgroup-root', join(tmp.path, 'cgroup'), '--retry-backoff', '200ms']);
+    // The stand-in cannot pivot_root: the unprivileged VMM reaches its jail through these paths.
+    chmodSync(dirname(lab.stateDir), 0o755);
+    chmodSync(lab.stateDir, 0o755);
+    await importGuest(lab, testGuestLayout());
+  });
+  after(async () => {
+    if (lab) for (const pid of fcPids(lab)) process.kill(pid, 'SIGKILL');
+    await lab?.destroy();
+    tmp?.remove();
+  });
+
+  it('runs each VM jailed with its cgroup, and delete removes jail, cgroup and VM', async () => {
+    const vms = api(lab);
+    const uid = await vms.create('jailed', [{ id: 'eth1', type: 'TAP' }], undefined, undefined, { provider: 'firecracker', vcpu: 2 });
+    const created = await waitFor('CREATED', async () => { const vm = await vms.get(uid); return stateOf(vm) === 'CREATED' ? vm : undefined; }, 90_000);
+    const pid = created.status?.vmmPid ?? 0;
+    const root = join(lab.stateDir, 'jailer', 'firecracker.mjs', uid, 'root');
+    assert.equal(Number(readFileSync(join(root, 'firecracker.mjs.pid'), 'utf8')), pid, 'the pid read from the jail');
+    assert.doesNotMatch(readFileSync(`/proc/${pid}/status`, 'utf8'), /^Uid:\s+0\s/m, 'not root');
+    const cg = join(tmp.path, 'cgroup', 'matchlock', uid);
+    assert.equal(readFileSync(join(cg, 'cpu.max'), 'utf8'), '200000 100000\n');
+    assert.equal(readFileSync(join(cg, 'memory.max'), 'utf8'), `${(1024 + 64) * 1024 * 1024}\n`);
+    assert.equal(JSON.parse(readFileSync(join(vmDir(lab, 'jailed', uid), 'firecracker.cfg'), 'utf8'))['boot-source'].kernel_image_path, '/vmlinux');
+    await vms.delete(uid);
+    await waitFor('gone', async () => (await vms.get(uid)) === undefined, 30_000);
+    assert.equal(pidAlive(pid), false);
+    assert.equal(existsSync(join(lab.stateDir, 'jailer', 'firecracker.mjs', uid)), false, 'jail removed');
+    assert.equal(existsSync(cg), false, 'cgroup removed');
+    assert.equal(existsSync(vmDir(lab, 'jailed', uid)), false);
+  });
 });
