@@ -21,6 +21,9 @@ DEBIAN_PACKAGES=(
   attr zstd gzip containerd
   # the network hub: both DHCP servers and nftables
   isc-dhcp-server nftables
+  # Firecracker takes only an ELF vmlinux: the decompressors for bzImage payloads (Debian's
+  # kernels use lz4)
+  lz4 xz-utils zstd bzip2 gzip
 )
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)

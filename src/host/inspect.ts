@@ -127,7 +127,8 @@ async function inspectVm(
   }
   const vmm = provider.instance({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name, dir, runDir: runDirOf(cfg.stateDir, vm.uid) });
   const meta = registry.get(vm.spec.provider)?.descriptor.metadata;
-  const files = [vmm.files.pid, vmm.files.console, ...(meta?.kind === 'nocloud-disk' ? [join(dir, meta.file)] : [])];
+  // Every file the provider names for operators (Firecracker: cfg, log, metrics, metadata.json…).
+  const files = [...new Set([...Object.values(vmm.files), ...(meta?.kind === 'nocloud-disk' ? [join(dir, meta.file)] : [])])];
   const missing = files.filter((f) => !existsSync(f)).map((f) => basename(f));
   const names = files.map((f) => basename(f));
   out.push(missing.length ? fail(`${id} files`, `${dir} lacks ${missing.join(', ')}`, 'matchlockd recreates them on its next reconcile; restart it to reconcile now') : ok(`${id} files`, `${dir}: ${names.join(', ')}`));

@@ -1,21 +1,176 @@
-import type { ProviderModule } from '../registry.js';
-import { unbuiltProvider } from '../unbuilt.js';
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { failedPrecondition } from '../../../core/errors.js';
+import type { Logger } from '../../../core/ports.js';
+import type { Step } from '../../../core/plan/step.js';
+import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import type { ProviderContext, ProviderModule } from '../registry.js';
+import { FILES, MAX_VCPUS, SOCKETS, defaultCmdline, firecrackerConfig, mmdsMetadata, type FirecrackerLaunch } from './config.js';
+import { DEFAULT_JAILER, type JailerSettings } from './jailer.js';
+import { FirecrackerVm, type FirecrackerMetrics } from './vm.js';
 
-/** Firecracker: the VMM of every flintlock host. Its descriptor is known; the driver is not built yet. */
-export const firecrackerModule: ProviderModule = {
-  descriptor: {
-    name: 'firecracker',
-    defaultBinary: 'firecracker',
-    capabilities: { macvtap: false, virtiofs: false, vsock: true, metadataInterface: true, pause: true },
-    metadata: { kind: 'provider' },
-    sockets: ['firecracker.sock', 'guest-agent.vsock'],
-    socketSuffixBytes: 11,
+const descriptor: ProviderDescriptor = {
+  name: 'firecracker',
+  defaultBinary: 'firecracker',
+  capabilities: { macvtap: false, virtiofs: false, vsock: true, metadataInterface: true, pause: true },
+  metadata: { kind: 'provider' },
+  sockets: [SOCKETS.api, SOCKETS.vsock],
+  // Guest-initiated vsock connections go to `<uds_path>_<port>` (port up to 10 digits).
+  socketSuffixBytes: 11,
+  checkSpec(spec) {
+    if (spec.vcpu > MAX_VCPUS) return failedPrecondition(`microvm.vcpu: provider firecracker supports at most ${MAX_VCPUS} vCPUs (got ${spec.vcpu})`, 'microvm.vcpu');
+    return undefined;
   },
+};
+
+export interface FirecrackerSettings {
+  bin: string;
+  detach: boolean;
+  jailer: (JailerSettings & { cgroupRoot: string }) | undefined;
+}
+
+/** Firecracker: the VMM of every flintlock host, driven through its config file and API socket. */
+export class FirecrackerProvider implements VmmProvider {
+  readonly descriptor = descriptor;
+  constructor(private readonly s: FirecrackerSettings) {}
+  instance(ref: VmRef): FirecrackerInstance {
+    return new FirecrackerInstance(ref, this.s);
+  }
+}
+
+export class FirecrackerInstance implements VmmInstance {
+  readonly files: { pid: string; console: string } & Record<string, string>;
+  readonly consolePath: string;
+  readonly vm: FirecrackerVm;
+  /** Whether disks[0] is the root volume, as the plan said in defaultCmdline (Launch does not carry it). */
+  private hasRoot = true;
+
+  constructor(
+    readonly ref: VmRef,
+    private readonly s: FirecrackerSettings,
+  ) {
+    this.vm = new FirecrackerVm(ref.uid, { dir: ref.dir, runDir: ref.runDir }, { bin: s.bin, detach: s.detach, jailer: s.jailer });
+    const f = (k: keyof typeof FILES) => this.vm.file(k);
+    this.files = { pid: f('pid'), console: f('stdout'), stdout: f('stdout'), stderr: f('stderr'), log: f('log'), metrics: f('metrics'), config: f('config'), metadata: f('metadata') };
+    this.consolePath = this.files.console;
+  }
+
+  defaultCmdline(input: CmdlineInput): [string, string][] {
+    this.hasRoot = input.hasRoot;
+    // The control plane always gives a Firecracker VM flintlock's MMDS interface eth0.
+    return defaultCmdline({ mmds: true, networkConfig: input.metadata['network-config'] });
+  }
+
+  private fc(l: Launch): FirecrackerLaunch {
+    return { ...l, hasRoot: this.hasRoot };
+  }
+
+  /**
+   * metadata.json and firecracker.cfg (and the jail) as this launch needs them: rewritten when
+   * missing or different, so a changed seed or spec reaches the next start.
+   */
+  createSteps(launch: () => Launch): Step[] {
+    const vm = this.vm;
+    const expected = async () => {
+      const l = this.fc(launch());
+      const metadata = JSON.stringify(mmdsMetadata(l.metadata)) + '\n';
+      return { l, metadata };
+    };
+    return [
+      {
+        name: 'firecracker config and metadata',
+        needed: async () => {
+          const { metadata } = await expected();
+          const cfg = await readFile(vm.file('config'), 'utf8').catch(() => undefined);
+          if (cfg === undefined || (await readFile(vm.file('metadata'), 'utf8').catch(() => undefined)) !== metadata) return true;
+          return vm.jail !== undefined && !existsSync(`${vm.jail}/${FILES.config}`);
+        },
+        run: async () => {
+          await vm.prepare((await expected()).l);
+        },
+        verify: async () => {
+          const cfg = JSON.parse(await readFile(vm.file('config'), 'utf8')) as ReturnType<typeof firecrackerConfig>;
+          if (!cfg['boot-source']?.kernel_image_path) throw failedPrecondition(`${FILES.config} has no kernel`);
+        },
+      },
+    ];
+  }
+
+  deleteSteps(): Step[] {
+    const vm = this.vm;
+    const jail = vm.jail;
+    if (!jail || !this.s.jailer) return [];
+    const cgroup = `${this.s.jailer.cgroupRoot}/${this.s.jailer.parentCgroup}/${this.ref.uid}`;
+    return [
+      {
+        name: 'firecracker jail and cgroup',
+        needed: async () => existsSync(jail.replace(/\/root$/, '')) || existsSync(cgroup),
+        run: () => vm.cleanup(),
+        verify: async () => {
+          if (existsSync(jail.replace(/\/root$/, ''))) throw failedPrecondition(`jail ${jail} is still there`);
+        },
+      },
+    ];
+  }
+
+  running(): Promise<number | undefined> {
+    return this.vm.running();
+  }
+
+  start(launch: Launch, signal: AbortSignal, log: Logger): Promise<number> {
+    return this.vm.start(this.fc(launch), log, signal);
+  }
+
+  stop(opts: { timeoutMs: number; signal: AbortSignal }, log: Logger): Promise<void> {
+    return this.vm.stop(opts, log);
+  }
+
+  setPaused(paused: boolean): Promise<void> {
+    return paused ? this.vm.pause() : this.vm.resume();
+  }
+
+  async powerState(): Promise<VmmPowerState | undefined> {
+    if ((await this.running()) === undefined) return 'stopped';
+    const state = await this.vm.state().catch(() => undefined);
+    return state === 'Paused' ? 'paused' : state === 'Running' ? 'running' : undefined;
+  }
+
+  /** The last metrics line as per-VM counters (deltas since the previous flush). */
+  metrics(): Promise<FirecrackerMetrics | undefined> {
+    return this.vm.metrics();
+  }
+
+  /** The guest boot time Firecracker logged, when the guest wrote the boot-timer marker. */
+  bootTimeMs(): Promise<number | undefined> {
+    return this.vm.bootTimeMs();
+  }
+}
+
+function jailerSettings(ctx: ProviderContext): FirecrackerSettings['jailer'] {
+  const bin = String(ctx.setting('firecracker-jailer-bin'));
+  if (!bin) return undefined;
+  const base = String(ctx.setting('firecracker-jailer-chroot-base')) || `${ctx.stateDir}/jailer`;
+  return {
+    ...DEFAULT_JAILER,
+    bin,
+    chrootBase: base,
+    uidBase: Number(ctx.setting('firecracker-jailer-uid-base')),
+    cgroupRoot: String(ctx.setting('firecracker-jailer-cgroup-root')),
+  };
+}
+
+/** Firecracker: the VMM of every flintlock host. */
+export const firecrackerModule: ProviderModule = {
+  descriptor,
   binarySetting: 'firecracker-bin',
   settings: [
     { key: 'firecracker-bin', kind: 'string', default: 'firecracker', help: 'Firecracker binary (name on PATH or path)' },
     { key: 'firecracker-detach', kind: 'bool', default: 'true', help: 'run Firecracker detached so VMs outlive the daemon' },
+    { key: 'firecracker-jailer-bin', kind: 'string', default: '', help: 'Firecracker jailer binary; empty: no jailer. With it each VM runs chrooted as its own uid/gid with cgroup v2 limits' },
+    { key: 'firecracker-jailer-chroot-base', kind: 'string', default: '', help: 'jailer --chroot-base-dir, on the state dir\'s filesystem; empty: <state-dir>/jailer' },
+    { key: 'firecracker-jailer-uid-base', kind: 'int', default: '900000', min: 1000, help: 'first of the 65536 uids/gids the jailer gives VMs (one per VM)' },
+    { key: 'firecracker-jailer-cgroup-root', kind: 'string', default: '/sys/fs/cgroup', help: 'the cgroup v2 mount the jailer makes <parent>/<uid> cgroups under' },
   ],
-  unavailable: "matchlock's firecracker provider is not built yet",
-  create: (ctx) => unbuiltProvider(firecrackerModule.descriptor, ctx),
+  create: (ctx) => new FirecrackerProvider({ bin: ctx.found ?? ctx.binary, detach: ctx.setting('firecracker-detach') !== false, jailer: jailerSettings(ctx) }),
 };
+

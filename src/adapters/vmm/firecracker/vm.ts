@@ -1,0 +1,393 @@
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { chown, link, mkdir, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { ErrorCode, MatchlockError } from '../../../core/errors.js';
+import type { Logger } from '../../../core/ports.js';
+import { pidAlive } from '../process.js';
+import { unixHttp } from '../unix-http.js';
+import { ensureVmlinux } from './kernel.js';
+import { FILES, SOCKETS, filePath, firecrackerArgs, firecrackerConfig, mmdsMetadata, socketPath, type FirecrackerLaunch, type FirecrackerPaths } from './config.js';
+import { jailId, jailPlan, jailRoot, type JailerSettings, type JailPlan } from './jailer.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** statfs f_type of cgroup v2 (linux/magic.h). */
+const CGROUP2_SUPER_MAGIC = 0x63677270;
+
+export interface FirecrackerVmOptions {
+  /** The firecracker binary (name on PATH or path). */
+  bin: string;
+  /** Start in its own session (setsid) so the VM outlives the daemon (firecracker-detach). */
+  detach: boolean;
+  /** How long the API gets to answer `GET /` after spawn (ms). */
+  readyTimeoutMs?: number;
+  /** After SIGTERM, how long before SIGKILL (ms). */
+  termTimeoutMs?: number;
+  /** Run through the jailer; `cgroupRoot` is the cgroup v2 mount the jailer writes under. */
+  jailer?: (JailerSettings & { cgroupRoot: string }) | undefined;
+}
+
+/** Counters from the last metrics line, flattened to `group.counter`, with its timestamp. */
+export interface FirecrackerMetrics {
+  utcTimestampMs: number;
+  counters: Record<string, number>;
+}
+
+/**
+ * One VM's Firecracker process: its files, start, the running check, the stop ladder,
+ * pause/resume and metrics. Plain inputs (a launch, a logger), no daemon types, so the
+ * provider seam wraps it without change.
+ */
+export class FirecrackerVm {
+  private readonly readyTimeoutMs: number;
+  private readonly termTimeoutMs: number;
+
+  /** Paths as Firecracker sees them: the host's, or the jail's (relative to its root). */
+  private readonly fcPaths: FirecrackerPaths;
+  /** The jail root on the host, with the jailer. */
+  readonly jail: string | undefined;
+
+  constructor(
+    readonly uid: string,
+    readonly paths: FirecrackerPaths,
+    private readonly o: FirecrackerVmOptions,
+  ) {
+    this.readyTimeoutMs = o.readyTimeoutMs ?? 10_000;
+    this.termTimeoutMs = o.termTimeoutMs ?? 3000;
+    this.jail = o.jailer ? jailRoot(uid, o.jailer, o.bin) : undefined;
+    this.fcPaths = o.jailer ? { dir: '', runDir: '/run' } : paths;
+  }
+
+  file(f: keyof typeof FILES): string {
+    return filePath(this.paths, f);
+  }
+
+  /** A socket as the host reaches it (inside the jail root with the jailer). */
+  socket(s: keyof typeof SOCKETS): string {
+    return `${this.jail ?? ''}${socketPath(this.fcPaths, s)}`;
+  }
+
+  /** The guest's serial console (Firecracker writes it to its stdout). */
+  get consolePath(): string {
+    return this.file('stdout');
+  }
+
+  /**
+   * The pid of this VM's Firecracker, or undefined. It must be alive and its command line must
+   * name this VM's config file (pids are reused). A live Firecracker whose pid file is missing
+   * (the daemon died between spawn and writing it) is found by its command line and adopted.
+   */
+  async running(): Promise<number | undefined> {
+    const cfg = filePath(this.fcPaths, 'config');
+    const pid = Number((await readFile(this.file('pid'), 'utf8').catch(() => '')).trim());
+    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid) && this.isOurs(pid, cfg)) return pid;
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      const other = Number(entry);
+      if (other !== process.pid && this.isOurs(other, cfg) && pidAlive(other)) {
+        await this.writePid(other);
+        return other;
+      }
+    }
+    return undefined;
+  }
+
+  private isOurs(pid: number, cfg: string): boolean {
+    try {
+      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      const at = argv.indexOf('--config-file');
+      return at >= 0 && argv[at + 1] === cfg && (argv.includes(this.uid) || argv.includes(`--id=${this.uid}`));
+    } catch {
+      return false;
+    }
+  }
+
+  private async writePid(pid: number): Promise<void> {
+    await writeFile(`${this.file('pid')}.tmp`, `${pid}\n`);
+    await rename(`${this.file('pid')}.tmp`, this.file('pid'));
+  }
+
+  /**
+   * Writes metadata.json and firecracker.cfg, creates the log and metrics files (Firecracker
+   * opens them without creating parent directories) and removes stale sockets: Firecracker
+   * refuses to bind an existing path and never removes its sockets itself.
+   */
+  async prepare(l: FirecrackerLaunch): Promise<JailPlan | undefined> {
+    await mkdir(this.paths.dir, { recursive: true });
+    await mkdir(this.paths.runDir, { recursive: true, mode: 0o700 });
+    // Firecracker loads only an ELF vmlinux: a bzImage is unpacked once into the VM directory.
+    const launch = { ...l, kernelPath: await ensureVmlinux(l.kernelPath, this.file('vmlinux')) };
+    const plan = this.o.jailer ? jailPlan(launch, this.o.jailer, this.o.bin) : undefined;
+    const config = plan ? firecrackerConfig(plan.launch, plan.paths) : firecrackerConfig(launch, this.paths);
+    await writeFile(this.file('metadata'), JSON.stringify(mmdsMetadata(l.metadata)) + '\n');
+    await writeFile(this.file('config'), JSON.stringify(config, null, 2) + '\n');
+    for (const f of ['log', 'metrics', 'stdout', 'stderr'] as const) await writeFile(this.file(f), '', { flag: 'a' });
+    if (plan) await this.buildJail(plan, launch);
+    await this.removeSockets();
+    return plan;
+  }
+
+  /**
+   * The jail's files: each hard-linked in (the jail cannot see outside its root), and what
+   * Firecracker writes (log, metrics, read-write drives, its socket directory) owned by the
+   * VM's own uid/gid. Hard links need the chroot base on the same filesystem as the state dir.
+   */
+  private async buildJail(plan: JailPlan, l: FirecrackerLaunch): Promise<void> {
+    await mkdir(`${plan.root}/run`, { recursive: true });
+    await chown(`${plan.root}/run`, plan.id, plan.id);
+    const writable = new Set([this.file('log'), this.file('metrics'), ...l.disks.filter((d) => !d.readOnly).map((d) => d.path)]);
+    for (const { host, jail } of plan.links) {
+      const target = `${plan.root}${jail}`;
+      const [a, b] = await Promise.all([stat(host), stat(target).catch(() => undefined)]);
+      if (!b || a.ino !== b.ino || a.dev !== b.dev) {
+        await rm(target, { force: true });
+        await link(host, target).catch((e: NodeJS.ErrnoException) => {
+          throw new MatchlockError(ErrorCode.FailedPrecondition, `jailer: cannot hard-link ${host} into ${plan.root}: ${e.code === 'EXDEV' ? 'the chroot base must be on the same filesystem as the state dir' : e.message}`);
+        });
+      }
+      if (writable.has(host)) await chown(host, plan.id, plan.id);
+    }
+  }
+
+  /** Removes the jail (`<chroot-base>/<exec>/<uid>`) and its cgroup; both may be absent. */
+  async removeJail(): Promise<void> {
+    const j = this.o.jailer;
+    if (!j || !this.jail) return;
+    await rm(this.jail.replace(/\/root$/, ''), { recursive: true, force: true });
+    const cg = `${j.cgroupRoot}/${j.parentCgroup}/${this.uid}`;
+    const procs = await readFile(`${cg}/cgroup.procs`, 'utf8').catch(() => '');
+    if (procs.trim() !== '' && procs.trim().split('\n').some((p) => pidAlive(Number(p)))) {
+      throw new MatchlockError(ErrorCode.Internal, `cgroup ${j.parentCgroup}/${this.uid} still has processes: ${procs.trim().replaceAll('\n', ' ')}`);
+    }
+    // On cgroupfs a cgroup goes with rmdir (its files are virtual); a tree that only stands
+    // in for cgroupfs (statfs type not CGROUP2_SUPER_MAGIC) is removed with its files.
+    const isCgroupFs = await statfs(j.cgroupRoot).then((f) => f.type === CGROUP2_SUPER_MAGIC, () => false);
+    await (isCgroupFs ? rmdir(cg) : rm(cg, { recursive: true })).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw new MatchlockError(ErrorCode.Internal, `cannot remove cgroup ${j.parentCgroup}/${this.uid}: ${e.message}`);
+    });
+  }
+
+  /** The VM's own unprivileged uid/gid under the jailer. */
+  get jailUid(): number | undefined {
+    return this.o.jailer ? jailId(this.uid, this.o.jailer) : undefined;
+  }
+
+  async removeSockets(): Promise<void> {
+    for (const s of Object.keys(SOCKETS) as (keyof typeof SOCKETS)[]) await rm(this.socket(s), { force: true });
+  }
+
+  /**
+   * Starts Firecracker with the files `prepare` wrote, writes firecracker.pid and waits until
+   * the API answers `GET /` with the VM running. On an early exit or a timeout the error
+   * carries Firecracker's own message (which names the config field) and no process is left.
+   */
+  async start(l: FirecrackerLaunch, log: Logger, signal?: AbortSignal): Promise<number> {
+    const plan = await this.prepare(l);
+    const bin = plan && this.o.jailer ? this.o.jailer.bin : this.o.bin;
+    const args = plan ? plan.argv : firecrackerArgs(l, this.paths);
+    log.debug({ bin, args }, 'starting firecracker');
+    await rm(this.file('pid'), { force: true });
+    const out = openSync(this.file('stdout'), 'a');
+    const err = openSync(this.file('stderr'), 'w');
+    let pid: number | undefined;
+    let settled = false;
+    try {
+      const child = spawn(bin, args, { detached: this.o.detach, stdio: ['ignore', out, err], cwd: this.paths.dir });
+      let exited = new Promise<string>((resolve) => child.once('exit', (code, sig) => resolve(sig ? `was killed by ${sig}` : `exited with code ${code}`)));
+      const spawnError = new Promise<string>((resolve) => child.once('error', (e) => resolve(`could not be started: ${e.message}`)));
+      child.unref();
+      pid = child.pid;
+      const deadline = Date.now() + this.readyTimeoutMs;
+      if (plan) {
+        // With --new-pid-ns the jailer forks Firecracker, writes its pid into the jail and exits.
+        const done = await Promise.race([exited, spawnError, sleep(this.readyTimeoutMs).then(() => 'did not exit')]);
+        if (done !== 'exited with code 0') throw new MatchlockError(ErrorCode.Internal, `jailer ${done}: ${await this.failureReason()}`);
+        const pidFile = `${plan.root}/${basename(this.o.bin)}.pid`;
+        pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim()) || undefined;
+        if (pid === undefined) throw new MatchlockError(ErrorCode.Internal, `jailer exited without writing ${pidFile}`);
+        const fcPid = pid;
+        exited = (async () => {
+          while (pidAlive(fcPid) && !settled) await sleep(100);
+          return settled ? new Promise<string>(() => undefined) : `exited (pid ${fcPid})`;
+        })();
+      }
+      if (pid !== undefined) await this.writePid(pid);
+      for (;;) {
+        const early = await Promise.race([exited, spawnError, sleep(100).then(() => undefined)]);
+        if (early !== undefined) throw new MatchlockError(ErrorCode.Internal, `firecracker ${early}: ${await this.failureReason()}`);
+        if (signal?.aborted) throw new MatchlockError(ErrorCode.Aborted, 'firecracker start aborted');
+        const info = await unixHttp(this.socket('api'), 'GET', '/', undefined, 1000).catch(() => undefined);
+        const state = (info?.body as { state?: string } | undefined)?.state;
+        if (info?.status === 200 && (state === 'Running' || state === 'Paused')) return pid ?? 0;
+        if (Date.now() > deadline) {
+          throw new MatchlockError(ErrorCode.Internal, `firecracker API on ${this.socket('api')} did not answer GET / with a running VM within ${this.readyTimeoutMs} ms${info ? ` (last answer ${info.status} ${info.text})` : ''}`);
+        }
+      }
+    } catch (e) {
+      // Nothing half-made: a VMM that did not come up is stopped and its sockets removed.
+      if (pid !== undefined && pidAlive(pid)) {
+        process.kill(pid, 'SIGKILL');
+        await this.waitGone(pid, 2000);
+      }
+      await rm(this.file('pid'), { force: true });
+      await this.removeSockets();
+      throw e;
+    } finally {
+      settled = true;
+      closeSync(out);
+      closeSync(err);
+    }
+  }
+
+  /** Firecracker's reason for failing: its "Failed to build MicroVM" line, else the stderr tail. */
+  async failureReason(): Promise<string> {
+    // Before its logger is configured Firecracker logs to stdout, which is also the console.
+    const read = (f: keyof typeof FILES) => readFile(this.file(f), 'utf8').catch(() => '');
+    const text = `${await read('log')}\n${await read('stdout')}\n${await read('stderr')}`;
+    const built = /Failed to build MicroVM from Json: (.*)$/m.exec(text);
+    if (built?.[1]) return `${built[1]} (in ${FILES.config})`;
+    const socket = /(Failed to open the API socket at: .*)$/m.exec(text);
+    if (socket?.[1]) return socket[1];
+    const lines = text.split('\n').map((s) => s.trim()).filter((s) => s !== '');
+    return lines.slice(-3).join(' ') || 'no output';
+  }
+
+  private async waitGone(pid: number, ms: number): Promise<boolean> {
+    const until = Date.now() + ms;
+    while (Date.now() < until) {
+      if (!pidAlive(pid)) return true;
+      await sleep(50);
+    }
+    return !pidAlive(pid);
+  }
+
+  /**
+   * The stop ladder: Ctrl+Alt+Del through the API (the guest reboots and Firecracker exits with
+   * reboot=k), wait `timeoutMs`; SIGTERM, wait; SIGKILL. Sockets are removed afterwards.
+   * SIGHUP (flintlock's choice) is not used: Firecracker handles it by exiting without giving
+   * the guest any chance to shut down, like SIGTERM but with a metrics flush.
+   */
+  async stop(opts: { timeoutMs: number; signal?: AbortSignal }, log: Logger): Promise<void> {
+    const pid = await this.running();
+    if (pid !== undefined) {
+      const cad = await unixHttp(this.socket('api'), 'PUT', '/actions', { action_type: 'SendCtrlAltDel' }, 2000).catch((e: Error) => ({ status: 0, text: e.message }));
+      if (cad.status === 204) {
+        if (await this.waitGone(pid, opts.timeoutMs)) return this.finish(log);
+        log.info({ pid, timeoutMs: opts.timeoutMs }, 'guest did not react to Ctrl+Alt+Del; sending SIGTERM');
+      } else {
+        log.info({ pid, answer: cad.text }, 'Ctrl+Alt+Del refused; sending SIGTERM');
+      }
+      if (!opts.signal?.aborted && pidAlive(pid)) {
+        process.kill(pid, 'SIGTERM');
+        if (await this.waitGone(pid, this.termTimeoutMs)) return this.finish(log);
+      }
+      log.warn({ pid }, 'firecracker survived SIGTERM; sending SIGKILL');
+      if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
+      if (!(await this.waitGone(pid, 5000))) throw new MatchlockError(ErrorCode.Internal, `firecracker pid ${pid} survived SIGKILL`);
+    }
+    await this.finish(log);
+  }
+
+  /** After the VM is stopped for good: its sockets, jail and cgroup. */
+  async cleanup(): Promise<void> {
+    await this.removeSockets();
+    await this.removeJail();
+  }
+
+  private async finish(log: Logger): Promise<void> {
+    await rm(this.file('pid'), { force: true });
+    await this.removeSockets();
+    log.debug({ uid: this.uid }, 'firecracker stopped');
+  }
+
+  /** PATCH /vm: Paused or Resumed. Firecracker's fault_message is the error text. */
+  async setState(state: 'Paused' | 'Resumed'): Promise<void> {
+    const r = await unixHttp(this.socket('api'), 'PATCH', '/vm', { state });
+    if (r.status !== 204) throw new MatchlockError(ErrorCode.FailedPrecondition, `firecracker refused ${state}: ${faultMessage(r.body, r.text)}`);
+  }
+
+  pause(): Promise<void> {
+    return this.setState('Paused');
+  }
+
+  resume(): Promise<void> {
+    return this.setState('Resumed');
+  }
+
+  /** GET /: `Not started`, `Running` or `Paused`. */
+  async state(): Promise<string> {
+    const r = await unixHttp(this.socket('api'), 'GET', '/');
+    return String((r.body as { state?: unknown } | undefined)?.state ?? '');
+  }
+
+  /** Asks Firecracker to append a metrics line now (PUT /actions FlushMetrics). */
+  async flushMetrics(): Promise<void> {
+    const r = await unixHttp(this.socket('api'), 'PUT', '/actions', { action_type: 'FlushMetrics' });
+    if (r.status !== 204) throw new MatchlockError(ErrorCode.FailedPrecondition, `firecracker refused FlushMetrics: ${faultMessage(r.body, r.text)}`);
+  }
+
+  /** The last complete line of firecracker.metrics, or undefined when there is none yet. */
+  async metrics(): Promise<FirecrackerMetrics | undefined> {
+    return parseMetrics(await readFile(this.file('metrics'), 'utf8').catch(() => ''));
+  }
+
+  /** The guest boot time Firecracker logged (ms), when the guest wrote the boot-timer marker. */
+  async bootTimeMs(): Promise<number | undefined> {
+    return parseBootTime(await readFile(this.file('log'), 'utf8').catch(() => ''));
+  }
+}
+
+function faultMessage(body: unknown, text: string): string {
+  const m = (body as { fault_message?: unknown } | undefined)?.fault_message;
+  return typeof m === 'string' ? m : text;
+}
+
+/**
+ * Firecracker's metrics file holds one JSON object per line, each with deltas since the
+ * previous flush; the last complete line is the current figure (flintlock reads the same).
+ * Nested groups are flattened to `group.counter`; values that are not numbers are skipped.
+ */
+export function parseMetrics(text: string): FirecrackerMetrics | undefined {
+  const lines = text.split('\n');
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const line = lines[i]?.trim();
+    if (!line) continue;
+    let obj: unknown;
+    try {
+      obj = JSON.parse(line);
+    } catch {
+      continue; // a line being written
+    }
+    if (obj === null || typeof obj !== 'object') continue;
+    const counters: Record<string, number> = {};
+    const walk = (prefix: string, v: unknown) => {
+      if (typeof v === 'number') counters[prefix] = v;
+      else if (v !== null && typeof v === 'object' && !Array.isArray(v)) for (const [k, x] of Object.entries(v)) walk(prefix ? `${prefix}.${k}` : k, x);
+    };
+    const { utc_timestamp_ms: ts, ...rest } = obj as Record<string, unknown>;
+    walk('', rest);
+    return { utcTimestampMs: typeof ts === 'number' ? ts : 0, counters };
+  }
+  return undefined;
+}
+
+/** `Guest-boot-time = <us> us <ms> ms, …` (vmm/src/devices/pseudo/boot_timer.rs) -> ms. */
+export function parseBootTime(log: string): number | undefined {
+  const m = /Guest-boot-time = +(\d+) us (\d+) ms/.exec(log);
+  return m?.[1] ? Number(m[1]) / 1000 : undefined;
+}
+
+/** `firecracker --version` -> `1.16.1`. */
+export async function firecrackerVersion(bin: string): Promise<string> {
+  const out = await new Promise<string>((resolve, reject) => {
+    const child = spawn(bin, ['--version'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+    child.once('error', reject);
+    child.once('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`${bin} --version exited with ${code}`))));
+  });
+  const m = /Firecracker v(\S+)/.exec(out);
+  if (!m?.[1]) throw new Error(`${bin} --version printed no Firecracker version: ${out.trim()}`);
+  return m[1];
+}
