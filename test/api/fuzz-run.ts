@@ -286,6 +286,7 @@ async function main(): Promise<void> {
   // Whatever happens to this run, the daemon it started goes with it.
   process.once('exit', () => {
     if (daemon.proc.exitCode === null && daemon.proc.signalCode === null) daemon.proc.kill('SIGKILL');
+    tmp.remove();
   });
   const client = rawClient(daemon.grpcPort);
   const raw = new grpc.Client(`127.0.0.1:${daemon.grpcPort}`, grpc.credentials.createInsecure());
