@@ -17,9 +17,12 @@ import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { Ext4Volumes } from '../adapters/volumes/ext4.js';
 import { ThinPoolVolumes } from '../adapters/volumes/thin.js';
 import { QemuProvider } from '../adapters/vmm/qemu/provider.js';
+import { createConfinement } from '../adapters/vmm/confine/vmm.js';
+import { lookupGroup } from '../adapters/host/accounts.js';
+import { lockStateDir, prepareStateDir } from './state-dir.js';
 import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
 import { sweepOrphans } from './sweep.js';
-import { clearStaleSocket } from './unix-socket.js';
+import { clearStaleSocket, restrictSocket } from './unix-socket.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
 import { isLocalEndpoint } from '../core/endpoint.js';
@@ -62,10 +65,32 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   if (chosen) logger.info({ provider: chosen, configured: cfg.defaultProvider !== '' }, 'default provider chosen');
   else logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
 
-  const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
+  const socketGroup = cfg.grpcSocketGroup === '' ? undefined : lookupGroup(cfg.grpcSocketGroup);
+  if (cfg.grpcSocketGroup !== '' && socketGroup === undefined) throw new ConfigError(`grpc-socket-group ${cfg.grpcSocketGroup}: no such group`);
+
+  // In this order: nothing is read or written before the state dir is known to be writable and
+  // ours alone, and nothing (no VM, no sweep) is touched when the store is damaged.
+  prepareStateDir(cfg.stateDir);
+  const lock = lockStateDir(cfg.stateDir);
+  let store: SqliteStore;
+  try {
+    store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
   const vmms = new Map<string, VmmProvider>();
   const qemuBin = findBinary(cfg.qemuBin);
-  if (qemuBin) vmms.set('qemu', new QemuProvider(qemuBin, { accel: cfg.qemuAccel }));
+  if (qemuBin) {
+    try {
+      const confine = await createConfinement({ user: cfg.vmmUser, sandbox: cfg.qemuSandbox, cgroups: cfg.vmmCgroups, cgroupParent: cfg.vmmCgroupParent }, logger);
+      vmms.set('qemu', new QemuProvider(qemuBin, { accel: cfg.qemuAccel }, confine));
+    } catch (err) {
+      store.close();
+      lock.release();
+      throw new ConfigError(`vmm-user ${cfg.vmmUser}: ${(err as Error).message}`);
+    }
+  }
   const files = new NodeHostFiles();
   const network = new Iproute2Network();
   let registry;
@@ -149,10 +174,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     await queue.stop();
     supervisor.stop();
     store.close();
+    lock.release();
   };
   try {
     await clearStaleSocket(cfg.grpcEndpoint);
     const grpcPort = await bindGrpc(grpcServer, cfg.grpcEndpoint, serverCredentials(tls));
+    await restrictSocket(cfg.grpcEndpoint, socketGroup);
     logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
     let httpPort: number | undefined;
     if (cfg.enableHttp) {

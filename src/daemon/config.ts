@@ -45,6 +45,11 @@ export interface DaemonConfig {
   registryMirrors: string;
   reconcileWorkers: number;
   deleteVmTimeoutMs: number;
+  grpcSocketGroup: string;
+  vmmUser: string;
+  vmmCgroups: boolean;
+  vmmCgroupParent: string;
+  qemuSandbox: boolean;
 }
 
 type Kind = 'string' | 'bool' | 'duration' | 'int' | 'provider' | 'accel' | 'logformat';
@@ -96,6 +101,11 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'retry-backoff', prop: 'retryBackoffMs', kind: 'duration', default: '1s', help: 'first retry delay after a failed reconcile; doubles each attempt (with jitter) up to 5m' },
   { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', default: '4', help: 'VMs reconciled in parallel' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },
+  { key: 'grpc-socket-group', prop: 'grpcSocketGroup', kind: 'string', default: '', help: 'group allowed to use a unix: grpc-endpoint (the socket is 0660); empty: root only' },
+  { key: 'vmm-user', prop: 'vmmUser', kind: 'string', default: 'matchlock-vmm', help: 'unprivileged user (name or uid:gid) VMMs run as, created when missing; root: no drop (not for production)' },
+  { key: 'vmm-cgroups', prop: 'vmmCgroups', kind: 'bool', default: 'true', help: 'put each VMM in its own cgroup with CPU, memory and pids limits from its spec (v2 or v1)' },
+  { key: 'vmm-cgroup-parent', prop: 'vmmCgroupParent', kind: 'string', default: '/matchlock', help: "cgroup holding the per-VM cgroups: absolute from each hierarchy's root, or relative to matchlockd's own" },
+  { key: 'qemu-sandbox', prop: 'qemuSandbox', kind: 'bool', default: 'true', help: "run QEMU under its seccomp filter (-sandbox on, obsolete, spawn and resourcecontrol denied)" },
 ];
 
 export class ConfigError extends Error {

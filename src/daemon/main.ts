@@ -30,6 +30,8 @@ export async function main(argv: string[]): Promise<void> {
       process.stderr.write(`matchlockd: ${(err as Error).message}\n`);
       process.exit(2);
     }
+    // Nothing matchlockd creates (store, VM directories holding user-data, sockets) is for other users.
+    process.umask(0o027);
     const logger = createLogger(cfg.logFormat, cfg.verbosity);
     let daemon;
     try {

@@ -35,8 +35,9 @@ export async function startDaemon(stateDir: string, extra: string[] = [], env: N
   const args = [DAEMON_BIN, 'run', '--state-dir', stateDir, '--grpc-endpoint', '127.0.0.1:0', '--log-format', 'json', '--config', '/dev/null', ...extra];
   const endpointAt = extra.lastIndexOf('--grpc-endpoint');
   const unixEndpoint = endpointAt >= 0 && extra[endpointAt + 1]?.startsWith('unix:') ? extra[endpointAt + 1] : undefined;
-  // `ip netns exec` execs the daemon in place, so the pid is the daemon's own.
-  const [cmd, argv] = netns ? ['ip', ['netns', 'exec', netns, process.execPath, ...args]] : [process.execPath, args];
+  // nsenter execs the daemon in place, so the pid is the daemon's own. It enters only the
+  // network namespace: `ip netns exec` would also mount a fresh /sys, hiding /sys/fs/cgroup.
+  const [cmd, argv] = netns ? ['nsenter', [`--net=/run/netns/${netns}`, process.execPath, ...args]] : [process.execPath, args];
   const proc = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const logs: string[] = [];
   let buffered = '';

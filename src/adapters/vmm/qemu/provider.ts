@@ -3,6 +3,7 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Launch, Logger, VmmProvider } from '../../../core/ports.js';
+import type { VmmConfinement } from '../confine/vmm.js';
 import { pidAlive, processMentions } from '../process.js';
 import { FILES, qemuArgs, type QemuSettings } from './args.js';
 import { qmpCommand } from './qmp.js';
@@ -22,6 +23,7 @@ export class QemuProvider implements VmmProvider {
   constructor(
     private readonly bin: string,
     private readonly settings: QemuSettings,
+    private readonly confine?: VmmConfinement,
   ) {
     this.khz = settings.accel === 'tcg' ? hostKhz() : undefined;
   }
@@ -49,7 +51,7 @@ export class QemuProvider implements VmmProvider {
   }
 
   async start(l: Launch, log: Logger): Promise<number> {
-    const args = qemuArgs(l, this.settings);
+    const args = [...qemuArgs(l, this.settings), ...(this.confine?.qemuArgs(l.dir) ?? [])];
     log.debug({ bin: this.bin, args }, 'starting qemu');
     await rm(`${l.dir}/${FILES.pid}`, { force: true });
     await rm(`${l.dir}/${FILES.qmp}`, { force: true });
@@ -60,7 +62,8 @@ export class QemuProvider implements VmmProvider {
     try {
       for (const n of l.nics) if (n.type === 'MACVTAP') taps.push(openSync(`/dev/tap${n.ifindex}`, 'r+'));
       // Detached and unref'd: the VM keeps running when matchlockd stops or restarts.
-      const child = spawn(this.bin, args, { detached: true, stdio: ['ignore', out, err, ...taps] });
+      const [cmd, argv] = this.confine ? await this.confine.command(l, this.bin, args) : [this.bin, args];
+      const child = spawn(cmd, argv, { detached: true, stdio: ['ignore', out, err, ...taps] });
       const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
       const spawnError = new Promise<Error>((resolve) => child.once('error', resolve));
       child.unref();
@@ -80,6 +83,12 @@ export class QemuProvider implements VmmProvider {
   }
 
   async stop(uid: string, dir: string, timeoutMs: number, log: Logger): Promise<void> {
+    await this.halt(uid, dir, timeoutMs, log);
+    // Only once the VMM is gone: a cgroup with a live task cannot be removed.
+    await this.confine?.release(uid);
+  }
+
+  private async halt(uid: string, dir: string, timeoutMs: number, log: Logger): Promise<void> {
     const qmp = `${dir}/${FILES.qmp}`;
     const gone = async (ms: number) => {
       const until = Date.now() + ms;
