@@ -1,7 +1,7 @@
 import { Command, Option } from 'commander';
 import { DEFAULT_CONFIG_PATH, KEYS, envName, loadConfig, ConfigError } from './config.js';
 import { createLogger } from './logger.js';
-import { startDaemon } from './app.js';
+import { startDaemon, type RunningDaemon } from './app.js';
 import { VERSION } from '../version.js';
 
 /** matchlockd, in flintlockd's form: `matchlockd run [flags]` and `matchlockd version`. */
@@ -33,22 +33,25 @@ export async function main(argv: string[]): Promise<void> {
     // Nothing matchlockd creates (store, VM directories holding user-data, sockets) is for other users.
     process.umask(0o027);
     const logger = createLogger(cfg.logFormat, cfg.verbosity);
-    let daemon;
+    // Handlers go in before startup, so a SIGTERM during it still releases the state dir.
+    let daemon: RunningDaemon | undefined;
+    let stopping = false;
+    const stopAndExit = (d: RunningDaemon) => void d.stop().then(() => process.exit(0));
+    const shutdown = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal }, 'stopping; VMs keep running');
+      if (daemon) stopAndExit(daemon);
+    };
+    process.on('SIGTERM', () => shutdown('SIGTERM'));
+    process.on('SIGINT', () => shutdown('SIGINT'));
     try {
       daemon = await startDaemon(cfg, logger);
     } catch (err) {
       logger.error({ err: (err as Error).message }, 'matchlockd failed to start');
       process.exit(err instanceof ConfigError ? 2 : 1);
     }
-    let stopping = false;
-    const shutdown = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      logger.info({ signal }, 'stopping; VMs keep running');
-      void daemon.stop().then(() => process.exit(0));
-    };
-    process.on('SIGTERM', () => shutdown('SIGTERM'));
-    process.on('SIGINT', () => shutdown('SIGINT'));
+    if (stopping) stopAndExit(daemon);
   });
   await program.parseAsync(argv);
 }
