@@ -72,7 +72,8 @@ describe('matchlockd refuses to start on a damaged store, and touches nothing', 
         assert.ok(existsSync(join(dir, 'qemu.pid')), 'its directory is still there');
         assert.deepEqual(readFileSync(db), before, 'the damaged file is left as it was, for recovery');
       } finally {
-        vmm.kill('SIGKILL');
+        // Its own process group (detached): the shell and its sleep go together.
+        if (vmm.pid) process.kill(-vmm.pid, 'SIGKILL');
       }
     });
   }
