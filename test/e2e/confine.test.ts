@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { lookupUser } from '../../src/adapters/host/accounts.js';
 import { detectCgroups, VmCgroups } from '../../src/adapters/vmm/confine/cgroup.js';
 import { PIDS_BASE, VMM_OVERHEAD_MB } from '../../src/adapters/vmm/confine/vmm.js';
+import { guardRuleset } from '../../src/host/guard.js';
 import { labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
 import { api, consoleOf, importGuest, stateOf, vmDir, waitFor } from './vm.js';
 
@@ -20,6 +22,8 @@ describe('confinement: a real QEMU guest runs unprivileged, sandboxed, chrooted 
     assert.equal(missing, undefined, `the confinement tests ${missing}`);
     const layout = testGuestLayout();
     lab = await startLab();
+    // The guest guard `host setup` installs, so the guest below boots and leases behind it.
+    execFileSync('ip', ['netns', 'exec', lab.ns, 'nft', '-f', '-'], { input: guardRuleset() });
     await importGuest(lab, layout);
   });
   after(async () => {
@@ -33,7 +37,8 @@ describe('confinement: a real QEMU guest runs unprivileged, sandboxed, chrooted 
     const vm = await waitFor('CREATED', async () => { const v = await vms.get(uid); return stateOf(v) === 'CREATED' ? v : undefined; }, 90_000);
     const dir = vmDir(lab, 'jailed', uid);
     await waitFor('the guest marker', () => consoleOf(lab, 'jailed', uid).includes('MATCHLOCK_GUEST_READY'), 90_000);
-    await waitFor('a DHCP lease through the TAP', () => lab.readLeases().get(mac), 60_000);
+    const leased = await waitFor('a DHCP lease through the TAP, past the guard', () => lab.readLeases().get(mac), 60_000);
+    await waitFor(`ping ${leased} from the host`, () => lab.ping(leased), 20_000, 500);
 
     const pid = vm.status?.vmmPid ?? 0;
     assert.ok(pid > 0);
