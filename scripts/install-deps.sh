@@ -17,6 +17,8 @@ DEBIAN_PACKAGES=(
   docker-registry skopeo xfsprogs
   # the network hub: both DHCP servers and nftables
   isc-dhcp-server nftables
+  # VMM confinement: the VMM user (useradd, getent); tests enter namespaces (nsenter, unshare)
+  passwd libc-bin util-linux
 )
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
