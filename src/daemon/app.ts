@@ -83,12 +83,15 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
   const qemuBin = findBinary(cfg.qemuBin);
   if (qemuBin) {
     try {
-      const confine = await createConfinement({ user: cfg.vmmUser, sandbox: cfg.qemuSandbox, cgroups: cfg.vmmCgroups, cgroupParent: cfg.vmmCgroupParent }, logger);
+      const confine = await createConfinement(
+        { user: cfg.vmmUser, uidRange: cfg.vmmUidRange, claimsDir: join(cfg.stateDir, 'vmm-uids'), sandbox: cfg.qemuSandbox, cgroups: cfg.vmmCgroups, cgroupParent: cfg.vmmCgroupParent },
+        logger,
+      );
       vmms.set('qemu', new QemuProvider(qemuBin, { accel: cfg.qemuAccel }, confine));
     } catch (err) {
       store.close();
       lock.release();
-      throw new ConfigError(`vmm-user ${cfg.vmmUser}: ${(err as Error).message}`);
+      throw new ConfigError(`${cfg.vmmUidRange ? `vmm-uid-range ${cfg.vmmUidRange}` : `vmm-user ${cfg.vmmUser}`}: ${(err as Error).message}`);
     }
   }
   const files = new NodeHostFiles();

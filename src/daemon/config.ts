@@ -47,6 +47,7 @@ export interface DaemonConfig {
   deleteVmTimeoutMs: number;
   grpcSocketGroup: string;
   vmmUser: string;
+  vmmUidRange: string;
   vmmCgroups: boolean;
   vmmCgroupParent: string;
   qemuSandbox: boolean;
@@ -103,6 +104,7 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },
   { key: 'grpc-socket-group', prop: 'grpcSocketGroup', kind: 'string', default: '', help: 'group allowed to use a unix: grpc-endpoint (the socket is 0660); empty: root only' },
   { key: 'vmm-user', prop: 'vmmUser', kind: 'string', default: 'matchlock-vmm', help: 'unprivileged user (name or uid:gid) VMMs run as, created when missing; root: no drop (not for production)' },
+  { key: 'vmm-uid-range', prop: 'vmmUidRange', kind: 'string', default: '', help: 'FIRST-LAST: each VM\'s VMM gets its own uid and gid from this range instead of vmm-user (no accounts needed)' },
   { key: 'vmm-cgroups', prop: 'vmmCgroups', kind: 'bool', default: 'true', help: 'put each VMM in its own cgroup with CPU, memory and pids limits from its spec (v2 or v1)' },
   { key: 'vmm-cgroup-parent', prop: 'vmmCgroupParent', kind: 'string', default: '/matchlock', help: "cgroup holding the per-VM cgroups: absolute from each hierarchy's root, or relative to matchlockd's own" },
   { key: 'qemu-sandbox', prop: 'qemuSandbox', kind: 'bool', default: 'true', help: "run QEMU under its seccomp filter (-sandbox on, obsolete, spawn and resourcecontrol denied)" },

@@ -86,3 +86,41 @@ describe('confinement: a real QEMU guest runs unprivileged, sandboxed, chrooted 
     assert.deepEqual(lab.qemuPids(), []);
   });
 });
+
+describe('confinement: one uid per VM from vmm-uid-range', { skip }, () => {
+  let lab: Lab;
+  before(async () => {
+    assert.equal(missing, undefined, `the confinement tests ${missing}`);
+    const layout = testGuestLayout();
+    lab = await startLab(['--vmm-uid-range', '300000-300009']);
+    await importGuest(lab, layout);
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('two VMs run as two different uids from the range; a deleted VM gives its uid back', async () => {
+    const vms = api(lab);
+    const a = await vms.create('uid-a', [{ id: 'eth0', type: 'TAP' }]);
+    const b = await vms.create('uid-b', [{ id: 'eth0', type: 'TAP' }]);
+    const pidOf = async (uid: string) => (await waitFor(`${uid} CREATED`, async () => { const v = await vms.get(uid); return stateOf(v) === 'CREATED' ? v : undefined; }, 90_000)).status?.vmmPid ?? 0;
+    const [pa, pb] = [await pidOf(a), await pidOf(b)];
+    await waitFor('both guests up', () => consoleOf(lab, 'uid-a', a).includes('MATCHLOCK_GUEST_UP') && consoleOf(lab, 'uid-b', b).includes('MATCHLOCK_GUEST_UP'), 90_000);
+    const uidOf = (pid: number) => Number(statusField(pid, 'Uid').split('\t')[0]);
+    const [ua, ub] = [uidOf(pa), uidOf(pb)];
+    assert.notEqual(ua, ub, 'no two VMMs share a uid');
+    for (const [u, pid] of [[ua, pa], [ub, pb]] as const) {
+      assert.ok(u >= 300000 && u <= 300009, `uid ${u} from the range`);
+      assert.equal(statusField(pid, 'Gid').split('\t')[0], String(u), 'and the same gid');
+    }
+    const claims = join(lab.stateDir, 'vmm-uids');
+    assert.equal(read(join(claims, String(ua))), a);
+    await vms.delete(a);
+    await waitFor('a gone', async () => (await vms.get(a)) === undefined, 30_000);
+    assert.equal(existsSync(join(claims, String(ua))), false, 'its uid is free again');
+    assert.equal(uidOf(pb), ub, 'the other VM runs on, as before');
+    await vms.delete(b);
+    await waitFor('b gone', async () => (await vms.get(b)) === undefined, 30_000);
+    assert.equal(existsSync(join(claims, String(ub))), false);
+  });
+});

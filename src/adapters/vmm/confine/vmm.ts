@@ -1,6 +1,7 @@
 import type { Logger } from '../../../core/ports.js';
 import { ensureSystemUser, type Account } from '../../host/accounts.js';
 import { detectCgroups, limitsFor, VmCgroups, type CgroupHost } from './cgroup.js';
+import { parseUidRange, UidPool } from './uids.js';
 
 /**
  * What the VMM process needs beyond the guest's memory, in MiB: QEMU's own heap and device
@@ -16,6 +17,10 @@ export const PIDS_BASE = 128;
 export interface ConfinementOptions {
   /** `vmm-user`: a user name, `uid:gid`, or `root` for no drop. */
   user: string;
+  /** `vmm-uid-range`: `FIRST-LAST` for one uid per VM, or empty for vmm-user for all. */
+  uidRange: string;
+  /** Where per-VM uid claims are kept (`<state-dir>/vmm-uids`). */
+  claimsDir: string;
   /** `qemu-sandbox`: QEMU's seccomp filter. */
   sandbox: boolean;
   /** `vmm-cgroups`: a cgroup per VM with limits. */
@@ -47,13 +52,18 @@ export class VmmConfinement {
     readonly user: Account | undefined,
     private readonly sandbox: boolean,
     readonly cgroups: VmCgroups | undefined,
+    private readonly uids?: UidPool,
   ) {}
 
-  /** QEMU options that confine it; appended to its command line. */
-  qemuArgs(dir: string): string[] {
+  /**
+   * QEMU options that confine one VM's QEMU; appended to its command line. With a uid range
+   * the VM's own uid is claimed here.
+   */
+  async qemuArgs(vm: { uid: string; dir: string }): Promise<string[]> {
+    const drop = this.uids ? await this.uids.claim(vm.uid).then((u) => `${u}:${u}`) : this.user ? `${this.user.uid}:${this.user.gid}` : undefined;
     const out: string[] = [];
-    if (this.sandbox) out.push('-sandbox', `on,obsolete=deny,elevateprivileges=${this.user ? 'allow' : 'deny'},spawn=deny,resourcecontrol=deny`);
-    if (this.user) out.push('-runas', `${this.user.uid}:${this.user.gid}`, '-chroot', dir);
+    if (this.sandbox) out.push('-sandbox', `on,obsolete=deny,elevateprivileges=${drop ? 'allow' : 'deny'},spawn=deny,resourcecontrol=deny`);
+    if (drop) out.push('-runas', drop, '-chroot', vm.dir);
     return out;
   }
 
@@ -72,6 +82,7 @@ export class VmmConfinement {
   /** Removes what command() made for the VM once its VMM is gone; removing nothing succeeds. */
   async release(uid: string): Promise<void> {
     await this.cgroups?.remove(uid);
+    await this.uids?.release(uid);
   }
 }
 
@@ -80,8 +91,10 @@ export class VmmConfinement {
  * and finds the host's cgroup hierarchies. What the host cannot do is logged, not fatal.
  */
 export async function createConfinement(o: ConfinementOptions, log: Logger): Promise<VmmConfinement> {
+  const range = parseUidRange(o.uidRange);
   let user: Account | undefined;
-  if (o.user === 'root' || o.user === '0:0') log.warn({ 'vmm-user': o.user }, 'VMM processes run as root: a guest that escapes QEMU owns the host');
+  if (range) log.info({ first: range.first, last: range.last }, 'each VMM runs as its own uid from vmm-uid-range');
+  else if (o.user === 'root' || o.user === '0:0') log.warn({ 'vmm-user': o.user }, 'VMM processes run as root: a guest that escapes QEMU owns the host');
   else {
     const { account, created } = await ensureSystemUser(o.user);
     if (created) log.info({ user: account.name, uid: account.uid }, 'created the VMM user');
@@ -97,5 +110,5 @@ export async function createConfinement(o: ConfinementOptions, log: Logger): Pro
       cgroups = undefined;
     } else if (missing.length) log.warn({ missing }, 'some cgroup controllers are not mounted; those limits are not applied');
   }
-  return new VmmConfinement(user, o.sandbox, cgroups);
+  return new VmmConfinement(user, o.sandbox, cgroups, range ? new UidPool(o.claimsDir, range) : undefined);
 }

@@ -51,7 +51,7 @@ export class QemuProvider implements VmmProvider {
   }
 
   async start(l: Launch, log: Logger): Promise<number> {
-    const args = [...qemuArgs(l, this.settings), ...(this.confine?.qemuArgs(l.dir) ?? [])];
+    const args = [...qemuArgs(l, this.settings), ...(this.confine ? await this.confine.qemuArgs(l) : [])];
     log.debug({ bin: this.bin, args }, 'starting qemu');
     await rm(`${l.dir}/${FILES.pid}`, { force: true });
     await rm(`${l.dir}/${FILES.qmp}`, { force: true });
