@@ -121,7 +121,15 @@ async function inspectVm(cfg: DaemonConfig, vm: MicroVM, leases: Lease[] | undef
     pid = 0;
   }
   const alive = pid > 0 && pidAlive(pid) && processMentions(pid, dir);
-  out.push(alive ? ok(`${id} vmm`, `qemu pid ${pid} running`) : fail(`${id} vmm`, `no VMM process${pid ? ` (pid ${pid} is gone)` : ''}`, `matchlockd restarts it when it is running; check ${QEMU_FILES.stderr} and ${QEMU_FILES.console} in the VM directory`));
+  // A VMM running as root makes a guest escape a host compromise (matchlockd starts them as vmm-user).
+  let uid: string | undefined;
+  try {
+    uid = alive ? /^Uid:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] : undefined;
+  } catch {
+    uid = undefined; // it exited just now; the next inspect says so
+  }
+  if (alive && uid === '0') out.push(warn(`${id} vmm`, `qemu pid ${pid} running as root`, 'kill that VMM (matchlockd starts it again as vmm-user, confined)'));
+  else out.push(alive ? ok(`${id} vmm`, `qemu pid ${pid} running as uid ${uid ?? '?'}`) : fail(`${id} vmm`, `no VMM process${pid ? ` (pid ${pid} is gone)` : ''}`, `matchlockd restarts it when it is running; check ${QEMU_FILES.stderr} and ${QEMU_FILES.console} in the VM directory`));
 
   for (const [n, iface] of vm.spec.interfaces.entries()) {
     const name = hostDeviceName(vm, n);
