@@ -92,11 +92,15 @@ export async function inspectHost(
   let vms: MicroVM[] = [];
   const dbPath = join(cfg.stateDir, 'matchlock.db');
   if (existsSync(dbPath)) {
-    const db = new SqliteStore(dbPath);
+    let db: SqliteStore | undefined;
     try {
+      db = new SqliteStore(dbPath);
       vms = db.list({});
+    } catch (err) {
+      // A damaged store is a finding like any other; its message carries the fix.
+      checks.push(fail('store', (err as Error).message.split('; nothing was changed')[0] ?? '', `with matchlockd stopped, restore ${dbPath} from a backup, or move it aside`));
     } finally {
-      db.close();
+      db?.close();
     }
   }
   const providers = buildProviders(cfg, registry, silentLogger);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
-import { DAEMON_BIN, daemonFailsToStart, startDaemon, tempDir } from '../helpers/daemon.js';
+import { DAEMON_BIN, ROOT, daemonFailsToStart, startDaemon, tempDir } from '../helpers/daemon.js';
 
 const base = (state: string) => ['run', '--state-dir', state, '--grpc-endpoint', '127.0.0.1:0', '--config', '/dev/null', '--log-format', 'json'];
 
@@ -50,9 +50,10 @@ describe('matchlockd refuses to start on a damaged store, and touches nothing', 
   const tmp = tempDir('startup');
   after(() => tmp.remove());
 
-  for (const [kind, hurt] of Object.entries(damage)) {
+  for (const [n, [kind, hurt]] of Object.entries(damage).entries()) {
     it(`${kind}: refused with the fix in the message; the running VMM and its directory stay`, async () => {
-      const state = join(tmp.path, kind.replace(/ /g, '-'));
+      // Short: VM sockets under the state dir must fit the unix socket path limit.
+      const state = join(tmp.path, `d${n}`);
       const db = join(state, 'matchlock.db');
       const uid = '01JDAMAGED0000000000000000';
       const dir = join(state, 'vm', 'ns', 'kept', uid);
@@ -70,6 +71,12 @@ describe('matchlockd refuses to start on a damaged store, and touches nothing', 
         assert.doesNotMatch(output, /grpc api listening|orphan/);
         assert.ok(vmm.pid && spawnSync('kill', ['-0', String(vmm.pid)]).status === 0, 'the VMM still runs');
         assert.ok(existsSync(join(dir, 'qemu.pid')), 'its directory is still there');
+        // inspect reports it as a failed check with the fix, instead of failing itself.
+        const insp = spawnSync(process.execPath, [join(ROOT, 'bin/matchlock.js'), '-o', 'json', 'inspect', '--config', '/dev/null', '--daemon-state-dir', state, '--grpc-endpoint', 'unix:/nonexistent.sock'], { encoding: 'utf8' });
+        const store = (JSON.parse(insp.stdout) as { check: string; status: string; evidence: string; fix?: string }[]).find((c) => c.check === 'store');
+        assert.equal(store?.status, 'fail', insp.stdout + insp.stderr);
+        assert.match(store?.evidence ?? '', /is damaged/);
+        assert.match(store?.fix ?? '', /restore .* from a backup, or move it aside/);
         assert.deepEqual(readFileSync(db), before, 'the damaged file is left as it was, for recovery');
       } finally {
         // Its own process group (detached): the shell and its sleep go together.
