@@ -131,11 +131,20 @@ export async function startLab(extraFlags: string[] = [], opts: { entry?: string
       dnsmasq?.kill();
       await new Promise((r) => setTimeout(r, 200));
       spawnSync('ip', ['netns', 'del', ns]);
+      // VM cgroups the daemon did not remove (a test that failed midway), then the parent.
       for (const dir of new VmCgroups(detectCgroups(), cgroupParent).dirs('')) {
-        try {
-          rmdirSync(dir);
-        } catch {
-          // not made (no VM started) or already gone
+        const children = existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => join(dir, e.name)) : [];
+        for (const d of [...children, dir]) {
+          for (let i = 0; i < 20; i++) {
+            try {
+              rmdirSync(d);
+              break;
+            } catch (err) {
+              // EBUSY: a just-killed QEMU is still leaving it
+              if ((err as NodeJS.ErrnoException).code !== 'EBUSY') break;
+              await new Promise((r) => setTimeout(r, 100));
+            }
+          }
         }
       }
       tmp.remove();
