@@ -108,6 +108,9 @@ export async function inspectHost(
   return checks;
 }
 
+/** Providers whose VMMs matchlock starts confined (vmm-user, seccomp, cgroup); the others join with their own confinement. */
+const CONFINED_PROVIDERS: ReadonlySet<string> = new Set(['qemu']);
+
 async function inspectVm(
   cfg: DaemonConfig,
   vm: MicroVM,
@@ -145,7 +148,7 @@ async function inspectVm(
   } catch {
     uid = undefined; // it exited just now; the next inspect says so
   }
-  if (pid !== undefined && uid === '0') out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, 'kill that VMM (matchlockd starts it again as vmm-user, confined)'));
+  if (pid !== undefined && uid === '0' && CONFINED_PROVIDERS.has(vm.spec.provider)) out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, 'kill that VMM (matchlockd starts it again as vmm-user, confined)'));
   else out.push(pid !== undefined ? ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as uid ${uid ?? '?'}`) : fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
 
   for (const [n, iface] of vm.spec.interfaces.entries()) {

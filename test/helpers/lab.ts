@@ -1,10 +1,9 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ROOT, startDaemon, tempDir, type DaemonHandle } from './daemon.js';
-import { detectCgroups, VmCgroups } from '../../src/adapters/vmm/confine/cgroup.js';
+import { removeCgroupParent, ROOT, startDaemon, tempDir, type DaemonHandle } from './daemon.js';
 
 export const GUEST_REF = 'localhost/matchlock/test-guest:1';
 
@@ -131,22 +130,10 @@ export async function startLab(extraFlags: string[] = [], opts: { entry?: string
       dnsmasq?.kill();
       await new Promise((r) => setTimeout(r, 200));
       spawnSync('ip', ['netns', 'del', ns]);
-      // VM cgroups the daemon did not remove (a test that failed midway), then the parent.
-      for (const dir of new VmCgroups(detectCgroups(), cgroupParent).dirs('')) {
-        const children = existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => join(dir, e.name)) : [];
-        for (const d of [...children, dir]) {
-          for (let i = 0; i < 20; i++) {
-            try {
-              rmdirSync(d);
-              break;
-            } catch (err) {
-              // EBUSY: a just-killed QEMU is still leaving it
-              if ((err as NodeJS.ErrnoException).code !== 'EBUSY') break;
-              await new Promise((r) => setTimeout(r, 100));
-            }
-          }
-        }
-      }
+      // VM cgroups the daemon did not remove (a test that failed midway), then the parent; a
+      // just-killed QEMU takes a moment to leave its cgroup.
+      await new Promise((r) => setTimeout(r, 300));
+      removeCgroupParent(cgroupParent);
       tmp.remove();
     },
   };
