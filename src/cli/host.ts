@@ -1,5 +1,7 @@
 import { Command } from 'commander';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { removeGuard } from '../host/guard.js';
 import { DEFAULT_CONFIG_PATH } from '../daemon/config.js';
 import { hostSetup } from '../host/setup.js';
 import { run } from '../adapters/exec.js';
@@ -22,6 +24,11 @@ function parseSettings(list: string[] | undefined): Record<string, string> {
   return settings;
 }
 
+/** The guard file sits beside the config; undefined with --no-guard. */
+function guardPath(o: { configOut: string; guard: boolean }): string | undefined {
+  return o.guard ? join(dirname(o.configOut), 'guard.nft') : undefined;
+}
+
 export function hostCommand(io: Io, output: () => string): Command {
   const host = new Command('host').description('prepare this machine to run matchlockd');
   host
@@ -30,11 +37,12 @@ export function hostCommand(io: Io, output: () => string): Command {
     .option('--set <key=value>', 'a daemon setting (repeatable), e.g. --set bridge-name=br0', (v: string, p: string[] = []) => [...p, v])
     .option('--config-out <path>', 'where the config goes', DEFAULT_CONFIG_PATH)
     .option('--unit-out <path>', 'where the unit goes', '/etc/systemd/system/matchlockd.service')
-    .action(async (o: { set?: string[]; configOut: string; unitOut: string }) => {
+    .option('--no-guard', "do not install the nftables guard that keeps guests off this host's own addresses")
+    .action(async (o: { set?: string[]; configOut: string; unitOut: string; guard: boolean }) => {
       const settings = parseSettings(o.set);
       let result;
       try {
-        result = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}` });
+        result = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}`, guardPath: guardPath(o) });
       } catch (err) {
         throw cliError((err as Error).message, EXIT.usage);
       }
@@ -60,8 +68,9 @@ export function hostCommand(io: Io, output: () => string): Command {
     .option('--set <key=value>', 'another daemon setting (repeatable)', (v: string, p: string[] = []) => [...p, v])
     .option('--config-out <path>', 'where the config goes', DEFAULT_CONFIG_PATH)
     .option('--unit-out <path>', 'where the unit goes', '/etc/systemd/system/matchlockd.service')
+    .option('--no-guard', "do not install the nftables guard that keeps guests off this host's own addresses")
     .option('--down', 'remove what dev mode set up (the config and unit stay)')
-    .action(async (o: { interface: string; address: string; rangeStart: string; rangeEnd: string; uplink?: string; dhcp: string; hubStateDir: string; set?: string[]; configOut: string; unitOut: string; down?: boolean }) => {
+    .action(async (o: { interface: string; address: string; rangeStart: string; rangeEnd: string; uplink?: string; dhcp: string; hubStateDir: string; set?: string[]; configOut: string; unitOut: string; down?: boolean; guard: boolean }) => {
       let uplink = o.uplink;
       if (!uplink) {
         const { stdout } = await run('ip', ['-json', 'route', 'show', 'default']);
@@ -74,16 +83,35 @@ export function hostCommand(io: Io, output: () => string): Command {
       } catch (err) {
         throw cliError((err as Error).message, EXIT.usage);
       }
+<<<<<<< HEAD
       // Hub failures are FailedPrecondition errors: exit 6.
       if (o.down) {
         await hubTeardown(hub);
         io.out(`removed ${o.interface}, its DHCP server and NAT\n`);
         return;
+=======
+      try {
+        if (o.down) {
+          await hubTeardown(hub);
+          if (o.guard) await removeGuard();
+          io.out(`removed ${o.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
+          return;
+        }
+        await hubSetup(hub);
+      } catch (err) {
+        if (err instanceof HubError) throw new CliError(err.message, EXIT.precondition);
+        throw err;
+>>>>>>> harden
       }
       await hubSetup(hub);
       const settings = { 'bridge-name': o.interface, ...parseSettings(o.set) };
+<<<<<<< HEAD
       const { checks } = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}` }).catch((err: unknown) => {
         throw cliError((err as Error).message, EXIT.usage);
+=======
+      const { checks } = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}`, guardPath: guardPath(o) }).catch((err: unknown) => {
+        throw new CliError((err as Error).message, EXIT.usage);
+>>>>>>> harden
       });
       const failures = checks.filter((c) => c.status === 'fail');
       if (output() === 'json') io.out(JSON.stringify({ hub: hub.interface, config: o.configOut, checks }, null, 2) + '\n');

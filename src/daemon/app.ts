@@ -18,11 +18,18 @@ import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { Ext4Volumes } from '../adapters/volumes/ext4.js';
 import { ThinPoolVolumes } from '../adapters/volumes/thin.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
+import { createConfinement, type VmmConfinement } from '../adapters/vmm/confine/vmm.js';
+import { lookupGroup } from '../adapters/host/accounts.js';
+import { lockStateDir, prepareStateDir } from './state-dir.js';
 import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
 import { sweepOrphans } from './sweep.js';
+<<<<<<< HEAD
 import { daemonIdentity } from './identity.js';
 import { clearStaleSocket } from './unix-socket.js';
 import { Lifecycle, type Drainable } from './lifecycle.js';
+=======
+import { clearStaleSocket, restrictSocket } from './unix-socket.js';
+>>>>>>> harden
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
 import { isLocalEndpoint } from '../core/endpoint.js';
@@ -82,10 +89,42 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   if (chosen) logger.info({ provider: chosen, configured: cfg.defaultProvider !== '' }, 'default provider chosen');
   else logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
 
+<<<<<<< HEAD
   const daemonId = daemonIdentity(cfg.stateDir);
   logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
   const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
   const vmms = buildProviders(cfg, providerRegistry, logger);
+=======
+  const socketGroup = cfg.grpcSocketGroup === '' ? undefined : lookupGroup(cfg.grpcSocketGroup);
+  if (cfg.grpcSocketGroup !== '' && socketGroup === undefined) throw new ConfigError(`grpc-socket-group ${cfg.grpcSocketGroup}: no such group`);
+
+  // In this order: nothing is read or written before the state dir is known to be writable and
+  // ours alone, and nothing (no VM, no sweep) is touched when the store is damaged.
+  prepareStateDir(cfg.stateDir);
+  const lock = lockStateDir(cfg.stateDir);
+  let store: SqliteStore;
+  try {
+    store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
+  // The VMM user and the cgroups are made only where a VMM can run at all.
+  let confinement: VmmConfinement | undefined;
+  try {
+    if ([...providers.values()].some((e) => e.availability.usable)) {
+      confinement = await createConfinement(
+        { user: cfg.vmmUser, uidRange: cfg.vmmUidRange, claimsDir: join(cfg.stateDir, 'vmm-uids'), sandbox: cfg.qemuSandbox, cgroups: cfg.vmmCgroups, cgroupParent: cfg.vmmCgroupParent },
+        logger,
+      );
+    }
+  } catch (err) {
+    store.close();
+    lock.release();
+    throw new ConfigError(`${cfg.vmmUidRange ? `vmm-uid-range ${cfg.vmmUidRange}` : `vmm-user ${cfg.vmmUser}`}: ${(err as Error).message}`);
+  }
+  const vmms = buildProviders(cfg, providerRegistry, logger, confinement);
+>>>>>>> harden
   const files = new NodeHostFiles();
   const network = new Iproute2Network();
   let registry;
@@ -173,6 +212,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls });
   let httpServer: HttpServer | undefined;
   let resync: NodeJS.Timeout | undefined;
+<<<<<<< HEAD
   const drainable: Drainable = {
     stopServing: async (force) => {
       if (resync) clearInterval(resync);
@@ -191,6 +231,18 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       supervisor.stop();
       store.close();
     },
+=======
+  const stop = async () => {
+    if (resync) clearInterval(resync);
+    await Promise.all([
+      new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
+      httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
+    ]);
+    await queue.stop();
+    supervisor.stop();
+    store.close();
+    lock.release();
+>>>>>>> harden
   };
   const stop = () => lifecycle.shutdown(drainable, cfg.shutdownGraceMs);
   try {
@@ -209,6 +261,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     );
     await clearStaleSocket(cfg.grpcEndpoint);
     const grpcPort = await bindGrpc(grpcServer, cfg.grpcEndpoint, serverCredentials(tls));
+    await restrictSocket(cfg.grpcEndpoint, socketGroup);
     logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
     let httpPort: number | undefined;
     if (cfg.enableHttp) {

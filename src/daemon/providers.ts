@@ -4,6 +4,7 @@ import type { Logger } from '../core/ports.js';
 import type { ProviderEntry, VmmProvider } from '../core/vmm.js';
 import type { ProviderModule } from '../adapters/vmm/registry.js';
 import type { DaemonConfig } from './config.js';
+import type { VmmConfinement } from '../adapters/vmm/confine/vmm.js';
 
 /** Resolves a binary the way a shell would: a path is checked as is, a bare name on PATH. */
 export function findBinary(bin: string, path = process.env.PATH ?? ''): string | undefined {
@@ -44,7 +45,7 @@ export function providerEntries(cfg: DaemonConfig, registry: ReadonlyMap<string,
  * Every registered provider, built whether or not its binary is here: a VM whose binary went
  * away after it was created must still be found running and stopped.
  */
-export function buildProviders(cfg: DaemonConfig, registry: ReadonlyMap<string, ProviderModule>, logger: Logger): Map<string, VmmProvider> {
+export function buildProviders(cfg: DaemonConfig, registry: ReadonlyMap<string, ProviderModule>, logger: Logger, confinement?: VmmConfinement): Map<string, VmmProvider> {
   return new Map(
     [...registry].map(([name, m]) => {
       const binary = binaryFor(cfg, m);
@@ -53,7 +54,7 @@ export function buildProviders(cfg: DaemonConfig, registry: ReadonlyMap<string, 
         if (v === undefined) throw new Error(`provider ${name} read setting ${key}, which it does not declare`);
         return v;
       };
-      return [name, m.create({ binary, found: findBinary(binary), setting, stateDir: cfg.stateDir, logger: logger.child({ provider: name }) })];
+      return [name, m.create({ binary, found: findBinary(binary), setting, stateDir: cfg.stateDir, logger: logger.child({ provider: name }), confinement })];
     }),
   );
 }

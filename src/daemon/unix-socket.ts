@@ -1,14 +1,33 @@
 import { connect } from 'node:net';
+<<<<<<< HEAD
 import { rm, stat } from 'node:fs/promises';
 import { configError } from './config.js';
+=======
+import { chmod, chown, rm, stat } from 'node:fs/promises';
+import { ConfigError } from './config.js';
+>>>>>>> harden
 
 /**
  * A unix socket left behind by a daemon that was killed blocks the next bind. If nothing
  * answers on it, it is stale and removed; if something answers, another daemon owns it.
  */
+const socketPath = (endpoint: string) => endpoint.replace(/^unix:(\/\/)?/, '');
+
+/**
+ * The API socket is 0660, owned by root and `group` (root's group when none is given): anyone
+ * who can connect can create VMs, so that is only root and the operators' group. The daemon's
+ * umask (027) already keeps others out between bind and this call.
+ */
+export async function restrictSocket(endpoint: string, group: number | undefined): Promise<void> {
+  if (!endpoint.startsWith('unix:')) return;
+  const path = socketPath(endpoint);
+  if (group !== undefined) await chown(path, process.getuid?.() ?? 0, group);
+  await chmod(path, 0o660);
+}
+
 export async function clearStaleSocket(endpoint: string): Promise<void> {
   if (!endpoint.startsWith('unix:')) return;
-  const path = endpoint.replace(/^unix:(\/\/)?/, '');
+  const path = socketPath(endpoint);
   const st = await stat(path).catch(() => undefined);
   if (!st) return;
   if (!st.isSocket()) throw configError(`${endpoint}: ${path} exists and is not a socket`);

@@ -92,17 +92,24 @@ export async function inspectHost(
   let vms: MicroVM[] = [];
   const dbPath = join(cfg.stateDir, 'matchlock.db');
   if (existsSync(dbPath)) {
-    const db = new SqliteStore(dbPath);
+    let db: SqliteStore | undefined;
     try {
+      db = new SqliteStore(dbPath);
       vms = db.list({});
+    } catch (err) {
+      // A damaged store is a finding like any other; its message carries the fix.
+      checks.push(fail('store', (err as Error).message.split('; nothing was changed')[0] ?? '', `with matchlockd stopped, restore ${dbPath} from a backup, or move it aside`));
     } finally {
-      db.close();
+      db?.close();
     }
   }
   const providers = buildProviders(cfg, registry, silentLogger);
   for (const vm of vms) checks.push(...(await inspectVm(cfg, vm, opts.leases, providers, registry)));
   return checks;
 }
+
+/** Providers whose VMMs matchlock starts confined (vmm-user, seccomp, cgroup); the others join with their own confinement. */
+const CONFINED_PROVIDERS: ReadonlySet<string> = new Set(['qemu']);
 
 async function inspectVm(
   cfg: DaemonConfig,
@@ -135,7 +142,15 @@ async function inspectVm(
 
   const pid = await vmm.running();
   const recorded = Number((existsSync(vmm.files.pid) ? readFileSync(vmm.files.pid, 'utf8') : '').trim()) || 0;
-  out.push(pid !== undefined ? ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running`) : fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
+  // A VMM running as root makes a guest escape a host compromise (matchlockd starts them as vmm-user).
+  let uid: string | undefined;
+  try {
+    uid = pid !== undefined ? /^Uid:\s*(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] : undefined;
+  } catch {
+    uid = undefined; // it exited just now; the next inspect says so
+  }
+  if (pid !== undefined && uid === '0' && CONFINED_PROVIDERS.has(vm.spec.provider)) out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, 'kill that VMM (matchlockd starts it again as vmm-user, confined)'));
+  else out.push(pid !== undefined ? ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as uid ${uid ?? '?'}`) : fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
 
   for (const [n, iface] of vm.spec.interfaces.entries()) {
     const name = hostDeviceName(vm, n);

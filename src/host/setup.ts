@@ -3,6 +3,9 @@ import { dirname } from 'node:path';
 import { stringify } from 'yaml';
 import { KEYS, loadConfig, type DaemonConfig } from '../daemon/config.js';
 import { run } from '../adapters/exec.js';
+import { findBinary } from '../daemon/providers.js';
+import { ensureSystemUser } from '../adapters/host/accounts.js';
+import { installGuard, writeGuardFile } from './guard.js';
 import { inspectHost, type Check } from './inspect.js';
 
 export interface HostSetupOptions {
@@ -12,10 +15,15 @@ export interface HostSetupOptions {
   unitPath: string;
   /** The command that runs matchlockd, before `run --config …`. */
   execStart: string;
+  /**
+   * Where to write the guest guard (nftables); the unit loads it before each start and setup
+   * installs it in this network namespace now. Undefined: no guard.
+   */
+  guardPath?: string | undefined;
 }
 
 /** A unit equivalent to flintlock's: restart always, and KillMode=process so VMs outlive restarts. */
-export function systemdUnit(execStart: string, configPath: string): string {
+export function systemdUnit(execStart: string, configPath: string, guardPath?: string): string {
   return [
     '[Unit]',
     'Description=matchlockd, the flintlock-compatible MicroVM host daemon',
@@ -24,6 +32,9 @@ export function systemdUnit(execStart: string, configPath: string): string {
     '',
     '[Service]',
     'Type=simple',
+    // The guard is loaded before every start (nftables rules do not survive a reboot); a guard
+    // that cannot be loaded keeps the daemon from starting unguarded.
+    ...(guardPath ? [`ExecStartPre=${findBinary('nft') ?? '/usr/sbin/nft'} -f ${guardPath}`] : []),
     `ExecStart=${execStart} run --config ${configPath}`,
     'Restart=always',
     'RestartSec=5',
@@ -53,7 +64,11 @@ export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonCo
   // Validate exactly as matchlockd will, before anything is written.
   const config = loadConfig({ flags: o.settings, file: { path: '/dev/null', explicit: false }, env: {} });
   await writeAtomic(o.configPath, `# Written by matchlock host setup.\n${stringify(o.settings)}`);
-  await writeAtomic(o.unitPath, systemdUnit(o.execStart, o.configPath));
+  await writeAtomic(o.unitPath, systemdUnit(o.execStart, o.configPath, o.guardPath));
+  if (o.guardPath) {
+    await writeGuardFile(o.guardPath);
+    await installGuard();
+  }
   await mkdir(config.stateDir, { recursive: true, mode: 0o750 });
   const checks = (await inspectHost(config, {})).filter((c) => c.check !== 'daemon');
   for (const [key, name] of [['bridge-name', config.bridgeName], ['parent-iface', config.parentIface]] as const) {
@@ -61,6 +76,14 @@ export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonCo
     const found = await run('ip', ['link', 'show', 'dev', name]).then(() => true, () => false);
     checks.push(found ? { check: key, status: 'ok', evidence: `${name} exists` } : { check: key, status: 'fail', evidence: `${name} not found`, fix: key === 'bridge-name' ? `create it (ip link add ${name} type bridge) or run matchlock hub setup --mode bridge --interface ${name}` : `name an existing interface` });
   }
+  if (config.vmmUser !== 'root') {
+    try {
+      const { account, created } = await ensureSystemUser(config.vmmUser);
+      checks.push({ check: 'vmm-user', status: account.uid === 0 ? 'fail' : 'ok', evidence: `${config.vmmUser} is uid ${account.uid}${created ? ' (created now)' : ''}`, ...(account.uid === 0 ? { fix: 'name an unprivileged user' } : {}) });
+    } catch (err) {
+      checks.push({ check: 'vmm-user', status: 'fail', evidence: (err as Error).message, fix: `create it: useradd --system --user-group ${config.vmmUser}` });
+    }
+  } else checks.push({ check: 'vmm-user', status: 'warn', evidence: 'VMMs run as root', fix: 'leave vmm-user at its default, matchlock-vmm' });
   if (!config.bridgeName && !config.parentIface) checks.push({ check: 'network', status: 'fail', evidence: 'neither bridge-name nor parent-iface is set', fix: '--set bridge-name=<bridge> for TAP, or --set parent-iface=<link> for MACVTAP' });
   return { config, checks };
 }

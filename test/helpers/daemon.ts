@@ -1,10 +1,32 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { detectCgroups, VmCgroups } from '../../src/adapters/vmm/confine/cgroup.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+/**
+ * Test daemons put VM cgroups under this test process's own cgroups (a relative parent), never
+ * under the host-wide default, and whatever a test leaves there is removed when it exits.
+ */
+export const TEST_CGROUP_PARENT = `matchlock-test-${process.pid}`;
+let cgroupCleanup = false;
+
+/** Removes a cgroup parent and the VM cgroups in it, where no task is left in them. */
+export function removeCgroupParent(parent: string): void {
+  for (const dir of new VmCgroups(detectCgroups(), parent).dirs('')) {
+    const children = existsSync(dir) ? readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory()).map((e) => join(dir, e.name)) : [];
+    for (const d of [...children, dir]) {
+      try {
+        rmdirSync(d);
+      } catch {
+        // not made, already gone, or a task still inside (then it is not ours to force)
+      }
+    }
+  }
+}
 export const DAEMON_BIN = join(ROOT, 'bin/matchlockd.js');
 
 export interface DaemonHandle {
@@ -32,11 +54,16 @@ export function tempDir(prefix: string): { path: string; remove(): void } {
  * listen. Extra flags are appended; the state dir is the caller's.
  */
 export async function startDaemon(stateDir: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}, netns?: string, entry: string[] = [DAEMON_BIN]): Promise<DaemonHandle> {
-  const args = [...entry, 'run', '--state-dir', stateDir, '--grpc-endpoint', '127.0.0.1:0', '--log-format', 'json', '--config', '/dev/null', ...extra];
+  const args = [...entry, 'run', '--state-dir', stateDir, '--grpc-endpoint', '127.0.0.1:0', '--log-format', 'json', '--config', '/dev/null', '--vmm-cgroup-parent', TEST_CGROUP_PARENT, ...extra];
+  if (!cgroupCleanup) {
+    cgroupCleanup = true;
+    process.once('exit', () => removeCgroupParent(TEST_CGROUP_PARENT));
+  }
   const endpointAt = extra.lastIndexOf('--grpc-endpoint');
   const unixEndpoint = endpointAt >= 0 && extra[endpointAt + 1]?.startsWith('unix:') ? extra[endpointAt + 1] : undefined;
-  // `ip netns exec` execs the daemon in place, so the pid is the daemon's own.
-  const [cmd, argv] = netns ? ['ip', ['netns', 'exec', netns, process.execPath, ...args]] : [process.execPath, args];
+  // nsenter execs the daemon in place, so the pid is the daemon's own. It enters only the
+  // network namespace: `ip netns exec` would also mount a fresh /sys, hiding /sys/fs/cgroup.
+  const [cmd, argv] = netns ? ['nsenter', [`--net=/run/netns/${netns}`, process.execPath, ...args]] : [process.execPath, args];
   const proc = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const logs: string[] = [];
   let buffered = '';

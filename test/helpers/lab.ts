@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ROOT, startDaemon, tempDir, type DaemonHandle } from './daemon.js';
+import { removeCgroupParent, ROOT, startDaemon, tempDir, type DaemonHandle } from './daemon.js';
 
 export const GUEST_REF = 'localhost/matchlock/test-guest:1';
 
@@ -31,6 +31,8 @@ export interface Lab {
   ns: string;
   stateDir: string;
   subnet: string;
+  /** The lab's `vmm-cgroup-parent` (relative to the test's own cgroups). */
+  cgroupParent: string;
   daemon: DaemonHandle;
   leases: string;
   /** Leases from dnsmasq's file: mac -> ip. */
@@ -60,7 +62,10 @@ export async function startLab(extraFlags: string[] = [], opts: { entry?: string
   let dnsmasq: ChildProcess | undefined;
   let daemon: DaemonHandle | undefined;
   // A unix socket reaches the daemon inside the namespace from the test, through the filesystem.
-  const flags = ['--grpc-endpoint', `unix:${join(tmp.path, 'grpc.sock')}`, '--bridge-name', 'br0', '--parent-iface', 'vparent', '--delete-vm-timeout', '1s', '--resync-period', '1h', ...extraFlags];
+  // VM cgroups go under the test's own cgroups (a relative parent), so the lab's QEMUs stay
+  // inside whatever limits the test runs under, and the lab removes the parent afterwards.
+  const cgroupParent = `matchlock-lab-${id}`;
+  const flags = ['--grpc-endpoint', `unix:${join(tmp.path, 'grpc.sock')}`, '--bridge-name', 'br0', '--parent-iface', 'vparent', '--delete-vm-timeout', '1s', '--resync-period', '1h', '--vmm-cgroup-parent', cgroupParent, ...extraFlags];
   try {
     ip('netns', 'add', ns);
     ip('-n', ns, 'link', 'set', 'lo', 'up');
@@ -85,6 +90,7 @@ export async function startLab(extraFlags: string[] = [], opts: { entry?: string
     ns,
     stateDir,
     subnet,
+    cgroupParent,
     daemon,
     leases,
     readLeases() {
@@ -124,6 +130,10 @@ export async function startLab(extraFlags: string[] = [], opts: { entry?: string
       dnsmasq?.kill();
       await new Promise((r) => setTimeout(r, 200));
       spawnSync('ip', ['netns', 'del', ns]);
+      // VM cgroups the daemon did not remove (a test that failed midway), then the parent; a
+      // just-killed QEMU takes a moment to leave its cgroup.
+      await new Promise((r) => setTimeout(r, 300));
+      removeCgroupParent(cgroupParent);
       tmp.remove();
     },
   };

@@ -1,6 +1,7 @@
 import type { Logger } from '../../core/ports.js';
 import type { SettingDef, SettingValue } from '../../core/settings.js';
 import type { ProviderDescriptor, VmmProvider } from '../../core/vmm.js';
+import type { VmmConfinement } from './confine/vmm.js';
 import { cloudHypervisorModule } from './cloudhypervisor/index.js';
 import { firecrackerModule } from './firecracker/index.js';
 import { qemuModule } from './qemu/index.js';
@@ -15,6 +16,8 @@ export interface ProviderContext {
   setting(key: string): SettingValue;
   stateDir: string;
   logger: Logger;
+  /** How VMM processes are confined (user, seccomp, cgroup); undefined: not at all. */
+  confinement?: VmmConfinement | undefined;
 }
 
 /** One provider: its descriptor, its settings and how to build it. */

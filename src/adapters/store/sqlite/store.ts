@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { linkSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import { MatchlockError, ErrorCode } from '../../../core/errors.js';
 import type { MicroVM } from '../../../core/microvm/types.js';
 import type { ListFilter, Store, Tombstone, Tombstones } from '../../../core/ports.js';
@@ -18,15 +18,23 @@ export class SqliteStore implements Store, Tombstones {
   private readonly stmts;
 
   constructor(path: string) {
-    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    try {
-      this.db = new Database(path);
-    } catch (err) {
-      throw new MatchlockError(ErrorCode.Unavailable, `cannot open the store at ${path}: ${(err as Error).message}`, { cause: err });
+    if (path !== ':memory:') {
+      mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
+      const st = statSync(path, { throwIfNoEntry: false });
+      if (st === undefined) createAtomically(path);
+      // Checked before SQLite sees it: opening an empty file in WAL mode would write a header.
+      else if (st.size === 0) throw damaged(path, 'the file is empty (0 bytes); a store matchlock made never is');
     }
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = FULL');
-    this.db.pragma('busy_timeout = 5000');
+    try {
+      this.db = new Database(path, { fileMustExist: path !== ':memory:' });
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = FULL');
+      this.db.pragma('busy_timeout = 5000');
+      checkIntact(this.db, path);
+    } catch (err) {
+      if (err instanceof MatchlockError) throw err;
+      throw damaged(path, (err as Error).message, err);
+    }
     this.migrate();
     this.stmts = {
       insert: this.db.prepare(
@@ -51,6 +59,7 @@ export class SqliteStore implements Store, Tombstones {
   }
 
   private migrate(): void {
+<<<<<<< HEAD
     const current = this.db.pragma('user_version', { simple: true }) as number;
     if (current > SCHEMA_VERSION) {
       throw new MatchlockError(
@@ -78,6 +87,9 @@ export class SqliteStore implements Store, Tombstones {
       `);
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     })();
+=======
+    migrateSchema(this.db);
+>>>>>>> harden
   }
 
   insert(vm: MicroVM): void {
@@ -145,6 +157,83 @@ export class SqliteStore implements Store, Tombstones {
   close(): void {
     if (this.db.open) this.db.close();
   }
+}
+
+function migrateSchema(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > SCHEMA_VERSION) {
+    throw new MatchlockError(
+      ErrorCode.FailedPrecondition,
+      `the store was written by a newer matchlock (schema ${current}, this one knows ${SCHEMA_VERSION}); upgrade matchlock`,
+    );
+  }
+  if (current === SCHEMA_VERSION) return;
+  db.transaction(() => {
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS microvms (
+        uid TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        record TEXT NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS microvms_namespace_name ON microvms (namespace, name);
+      CREATE INDEX IF NOT EXISTS microvms_name ON microvms (name);
+    `);
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  })();
+}
+
+/**
+ * A new store is made under a temporary name and linked into place only once its schema is
+ * written, so an existing matchlock.db is always a store that was complete once: an empty or
+ * headerless file there is damage, never a fresh start. link() refuses to replace a file another
+ * process created meanwhile, where rename() would silently drop that store.
+ */
+function createAtomically(path: string): void {
+  const tmp = `${path}.new-${process.pid}`;
+  rmSync(tmp, { force: true });
+  const db = new Database(tmp);
+  try {
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = FULL');
+    migrateSchema(db);
+  } finally {
+    db.close();
+  }
+  try {
+    linkSync(tmp, path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+}
+
+/**
+ * `PRAGMA quick_check` reads every page of the file (not the index contents, which
+ * integrity_check would add at O(N log N)), so a truncated, zeroed or garbled store is refused
+ * at start instead of failing on the first request, or worse, looking empty.
+ */
+function checkIntact(db: Database.Database, path: string): void {
+  if (path === ':memory:') return;
+  const rows = db.pragma('quick_check') as { quick_check: string }[];
+  const problems = rows.map((r) => r.quick_check.replace(/\s+/g, ' ').trim()).filter((r) => r !== 'ok');
+  if (problems.length) throw damaged(path, problems.slice(0, 3).join('; '));
+}
+
+/** The refusal for a damaged store: it names the file, why, and what the operator can do. */
+function damaged(path: string, why: string, cause?: unknown): MatchlockError {
+  const name = basename(path);
+  why = why.replace(/\s+/g, ' ').trim();
+  return new MatchlockError(
+    ErrorCode.FailedPrecondition,
+    `the store ${path} is damaged (${why}); nothing was changed and running VMs were left alone. ` +
+      `Fix: with matchlockd stopped, restore ${name} from a backup, or move it aside (mv ${path} ${path}.damaged) ` +
+      `to start with an empty store (the VMs it recorded are then unknown to matchlockd)`,
+    cause === undefined ? {} : { cause },
+  );
 }
 
 function row(vm: MicroVM): Record<string, string | number> {

@@ -16,5 +16,5 @@ export const qemuModule: ProviderModule = {
     { key: 'qemu-bin', kind: 'string', default: 'qemu-system-x86_64', help: 'QEMU binary for the microvm machine' },
     { key: 'qemu-accel', kind: 'enum', values: ['tcg', 'kvm'], default: 'tcg', help: 'QEMU accelerator, tcg or kvm (never guessed from /dev/kvm)' },
   ],
-  create: (ctx) => new QemuProvider(qemuModule.descriptor, ctx.found ?? ctx.binary, { accel: ctx.setting('qemu-accel') === 'kvm' ? 'kvm' : 'tcg' }),
+  create: (ctx) => new QemuProvider(qemuModule.descriptor, ctx.found ?? ctx.binary, { accel: ctx.setting('qemu-accel') === 'kvm' ? 'kvm' : 'tcg' }, ctx.confinement),
 };

@@ -4,6 +4,7 @@ import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import { launchDetached, waitGone } from '../launcher.js';
+import type { VmmConfinement } from '../confine/vmm.js';
 import { pidAlive, processMentions } from '../process.js';
 import { FILES, QMP_SOCKET, qemuArgs, type QemuSettings } from './args.js';
 import { qmpCommand } from './qmp.js';
@@ -22,12 +23,13 @@ export class QemuProvider implements VmmProvider {
     readonly descriptor: ProviderDescriptor,
     private readonly bin: string,
     private readonly settings: QemuSettings,
+    private readonly confine?: VmmConfinement,
   ) {
     this.khz = settings.accel === 'tcg' ? hostKhz() : undefined;
   }
 
   instance(ref: VmRef): VmmInstance {
-    return new QemuInstance(ref, this.bin, this.settings, this.khz);
+    return new QemuInstance(ref, this.bin, this.settings, this.khz, this.confine);
   }
 }
 
@@ -41,6 +43,7 @@ class QemuInstance implements VmmInstance {
     private readonly bin: string,
     private readonly settings: QemuSettings,
     private readonly khz: number | undefined,
+    private readonly confine?: VmmConfinement,
   ) {
     const f = (name: string) => `${ref.dir}/${name}`;
     this.files = { pid: f(FILES.pid), console: f(FILES.console), stdout: f(FILES.stdout), stderr: f(FILES.stderr), cmdline: f(FILES.cmdline) };
@@ -70,7 +73,7 @@ class QemuInstance implements VmmInstance {
   }
 
   async start(l: Launch, signal: AbortSignal, log: Logger): Promise<number> {
-    const args = qemuArgs(l, this.settings);
+    const args = [...qemuArgs(l, this.settings), ...(this.confine ? await this.confine.qemuArgs(l) : [])];
     log.debug({ bin: this.bin, args }, 'starting qemu');
     await rm(this.files.pid, { force: true });
     // QEMU refuses to bind a QMP socket path that exists; a killed QEMU leaves it behind.
@@ -79,10 +82,11 @@ class QemuInstance implements VmmInstance {
     const taps: number[] = [];
     try {
       for (const n of l.nics) if (n.type === 'MACVTAP') taps.push(openSync(`/dev/tap${n.ifindex}`, 'r+'));
+      const [bin, argv] = this.confine ? await this.confine.command(l, this.bin, args) : [this.bin, args];
       return await launchDetached({
         what: 'qemu',
-        bin: this.bin,
-        args,
+        bin,
+        args: argv,
         stdout: this.files.stdout,
         stderr: this.files.stderr,
         extraFds: taps,
@@ -97,6 +101,12 @@ class QemuInstance implements VmmInstance {
   }
 
   async stop(opts: { timeoutMs: number; signal: AbortSignal }, log: Logger): Promise<void> {
+    await this.halt(opts, log);
+    // Only once the VMM is gone: a cgroup with a live task cannot be removed.
+    await this.confine?.release(this.ref.uid);
+  }
+
+  private async halt(opts: { timeoutMs: number; signal: AbortSignal }, log: Logger): Promise<void> {
     const pid = await this.running();
     if (pid === undefined) return;
     const running = () => this.running();

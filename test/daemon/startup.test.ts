@@ -1,0 +1,159 @@
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
+import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
+import { DAEMON_BIN, ROOT, daemonFailsToStart, startDaemon, tempDir } from '../helpers/daemon.js';
+
+const base = (state: string) => ['run', '--state-dir', state, '--grpc-endpoint', '127.0.0.1:0', '--config', '/dev/null', '--log-format', 'json'];
+
+function record(uid: string): MicroVM {
+  return {
+    uid, version: 1,
+    spec: {
+      name: 'kept', namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024,
+      kernel: { image: 'k:1', filename: 'boot/vmlinuz', cmdline: {}, addNetworkConfig: false },
+      additionalVolumes: [], interfaces: [], metadata: {}, provider: 'qemu', allowGuestAgent: false,
+    },
+    status: { ...initialStatus(), state: 'CREATED', vmmPid: 0 },
+    createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:00:00.000Z',
+  } as MicroVM;
+}
+
+/** A stand-in VMM: a live process whose pid file and command line point at its VM directory, as QEMU's do. */
+function fakeVmm(dir: string) {
+  mkdirSync(dir, { recursive: true });
+  const proc = spawn('sh', ['-c', 'sleep 600', dir], { stdio: 'ignore', detached: true });
+  writeFileSync(join(dir, 'qemu.pid'), `${proc.pid}\n`);
+  return proc;
+}
+
+const damage: Record<string, (db: string) => void> = {
+  'truncated to half': (db) => truncateSync(db, Math.floor(statSync(db).size / 2)),
+  'truncated to nothing': (db) => truncateSync(db, 0),
+  zeroed: (db) => writeFileSync(db, Buffer.alloc(statSync(db).size)),
+  'garbled header': (db) => {
+    const fd = openSync(db, 'r+');
+    writeSync(fd, Buffer.from('not sqlite at all'), 0, 16, 0);
+    closeSync(fd);
+  },
+  'garbled page': (db) => {
+    const fd = openSync(db, 'r+');
+    writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, 4096);
+    closeSync(fd);
+  },
+};
+
+describe('matchlockd refuses to start on a damaged store, and touches nothing', () => {
+  const tmp = tempDir('startup');
+  after(() => tmp.remove());
+
+  for (const [n, [kind, hurt]] of Object.entries(damage).entries()) {
+    it(`${kind}: refused with the fix in the message; the running VMM and its directory stay`, async () => {
+      // Short: VM sockets under the state dir must fit the unix socket path limit.
+      const state = join(tmp.path, `d${n}`);
+      const db = join(state, 'matchlock.db');
+      const uid = '01JDAMAGED0000000000000000';
+      const dir = join(state, 'vm', 'ns', 'kept', uid);
+      const store = new SqliteStore(db);
+      for (let i = 0; i < 200; i++) store.insert(record(i === 0 ? uid : `01JFILL${String(i).padStart(19, '0')}`));
+      store.close();
+      const vmm = fakeVmm(dir);
+      try {
+        hurt(db);
+        const before = readFileSync(db);
+        const { code, output } = await daemonFailsToStart(base(state));
+        assert.notEqual(code, 0);
+        assert.match(output, new RegExp(`the store ${db} is damaged \\(`));
+        assert.match(output, /restore matchlock\.db from a backup, or move it aside \(mv /);
+        assert.doesNotMatch(output, /grpc api listening|orphan/);
+        assert.ok(vmm.pid && spawnSync('kill', ['-0', String(vmm.pid)]).status === 0, 'the VMM still runs');
+        assert.ok(existsSync(join(dir, 'qemu.pid')), 'its directory is still there');
+        // inspect reports it as a failed check with the fix, instead of failing itself.
+        const insp = spawnSync(process.execPath, [join(ROOT, 'bin/matchlock.js'), '-o', 'json', 'inspect', '--config', '/dev/null', '--daemon-state-dir', state, '--grpc-endpoint', 'unix:/nonexistent.sock'], { encoding: 'utf8' });
+        const store = (JSON.parse(insp.stdout) as { check: string; status: string; evidence: string; fix?: string }[]).find((c) => c.check === 'store');
+        assert.equal(store?.status, 'fail', insp.stdout + insp.stderr);
+        assert.match(store?.evidence ?? '', /is damaged/);
+        assert.match(store?.fix ?? '', /restore .* from a backup, or move it aside/);
+        assert.deepEqual(readFileSync(db), before, 'the damaged file is left as it was, for recovery');
+      } finally {
+        // Its own process group (detached): the shell and its sleep go together.
+        if (vmm.pid) process.kill(-vmm.pid, 'SIGKILL');
+      }
+    });
+  }
+
+  it('a healthy store of the same shape starts (the refusals above are about damage)', async () => {
+    const state = join(tmp.path, 'healthy');
+    const store = new SqliteStore(join(state, 'matchlock.db'));
+    store.insert(record('01JHEALTHY0000000000000000'));
+    store.close();
+    const d = await startDaemon(state, ['--config', '/dev/null']);
+    await d.stop();
+  });
+});
+
+describe('matchlockd and its state dir', () => {
+  const tmp = tempDir('statedir');
+  after(() => tmp.remove());
+
+  it('a second daemon on one state dir refuses, naming the first one\'s pid; a killed first leaves no stale lock', async () => {
+    const state = join(tmp.path, 'shared');
+    const first = await startDaemon(state);
+    try {
+      const { code, output } = await daemonFailsToStart(base(state));
+      assert.notEqual(code, 0);
+      assert.match(output, new RegExp(`state-dir ${state} is in use by another matchlockd \\(pid ${first.proc.pid}\\)`));
+    } finally {
+      await first.kill();
+    }
+    const second = await startDaemon(state);
+    assert.equal(readFileSync(join(state, 'matchlockd.pid'), 'utf8').trim(), String(second.proc.pid));
+    await second.stop();
+    assert.equal(existsSync(join(state, 'matchlockd.pid')), false, 'a clean stop removes its pid file');
+  });
+
+  it('a read-only state dir is refused naming the path, without a crash', async (t) => {
+    if (process.getuid?.() !== 0 || spawnSync('sh', ['-c', 'command -v unshare']).status !== 0) {
+      if (process.env.CI) assert.fail('needs root and unshare');
+      t.skip('needs root and unshare');
+      return;
+    }
+    const mnt = join(tmp.path, 'ro');
+    mkdirSync(mnt);
+    const state = join(mnt, 'state');
+    // A private mount namespace: the read-only tmpfs exists only for this daemon.
+    const script = `mount -t tmpfs -o size=4m matchlock-test "${mnt}" && mkdir -m 0750 "${state}" && mount -o remount,ro "${mnt}" && exec "$@"`;
+    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath, DAEMON_BIN, ...base(state)], { encoding: 'utf8', timeout: 30_000 });
+    const output = r.stdout + r.stderr;
+    assert.equal(r.status, 1, output);
+    assert.match(output, new RegExp(`state-dir ${state} is on a read-only file system \\(EROFS\\)`));
+    assert.doesNotMatch(output, /\n\s+at |Uncaught|grpc api listening/);
+  });
+
+  it('makes the state dir 0750 and tightens a world-readable one; the API socket is 0660 with grpc-socket-group', async () => {
+    const fresh = join(tmp.path, 'fresh');
+    const a = await startDaemon(fresh);
+    await a.stop();
+    assert.equal(statSync(fresh).mode & 0o777, 0o750);
+    const old = join(tmp.path, 'old');
+    mkdirSync(old, { mode: 0o755 });
+    chmodSync(old, 0o755);
+    const sock = join(tmp.path, 'api.sock');
+    const b = await startDaemon(old, ['--grpc-endpoint', `unix:${sock}`, '--grpc-socket-group', 'nogroup']);
+    try {
+      assert.equal(statSync(old).mode & 0o777, 0o750);
+      const st = statSync(sock);
+      assert.equal(st.mode & 0o777, 0o660);
+      assert.equal(st.gid, 65534, 'owned by the nogroup group');
+      assert.equal(statSync(join(old, 'matchlock.db')).mode & 0o007, 0, 'the store is not for other users');
+    } finally {
+      await b.stop();
+    }
+    const { code, output } = await daemonFailsToStart([...base(join(tmp.path, 'c')), '--grpc-socket-group', 'no-such-group-here']);
+    assert.equal(code, 2);
+    assert.match(output, /grpc-socket-group no-such-group-here: no such group/);
+  });
+});
