@@ -21,14 +21,11 @@ DEBIAN_PACKAGES=(
   attr zstd gzip containerd
   # the network hub: both DHCP servers and nftables
   isc-dhcp-server nftables
-<<<<<<< HEAD
   # Firecracker takes only an ELF vmlinux: the decompressors for bzImage payloads (Debian's
   # kernels use lz4)
-  lz4 xz-utils zstd bzip2 gzip
-=======
+  lz4 xz-utils bzip2
   # VMM confinement: the VMM user (useradd, getent); tests enter namespaces (nsenter, unshare)
   passwd libc-bin util-linux
->>>>>>> harden
 )
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)

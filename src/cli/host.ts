@@ -83,35 +83,17 @@ export function hostCommand(io: Io, output: () => string): Command {
       } catch (err) {
         throw cliError((err as Error).message, EXIT.usage);
       }
-<<<<<<< HEAD
       // Hub failures are FailedPrecondition errors: exit 6.
       if (o.down) {
         await hubTeardown(hub);
-        io.out(`removed ${o.interface}, its DHCP server and NAT\n`);
+        if (o.guard) await removeGuard();
+        io.out(`removed ${o.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
         return;
-=======
-      try {
-        if (o.down) {
-          await hubTeardown(hub);
-          if (o.guard) await removeGuard();
-          io.out(`removed ${o.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
-          return;
-        }
-        await hubSetup(hub);
-      } catch (err) {
-        if (err instanceof HubError) throw new CliError(err.message, EXIT.precondition);
-        throw err;
->>>>>>> harden
       }
       await hubSetup(hub);
       const settings = { 'bridge-name': o.interface, ...parseSettings(o.set) };
-<<<<<<< HEAD
-      const { checks } = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}` }).catch((err: unknown) => {
-        throw cliError((err as Error).message, EXIT.usage);
-=======
       const { checks } = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}`, guardPath: guardPath(o) }).catch((err: unknown) => {
-        throw new CliError((err as Error).message, EXIT.usage);
->>>>>>> harden
+        throw cliError((err as Error).message, EXIT.usage);
       });
       const failures = checks.filter((c) => c.status === 'fail');
       if (output() === 'json') io.out(JSON.stringify({ hub: hub.interface, config: o.configOut, checks }, null, 2) + '\n');

@@ -10,7 +10,7 @@ import { MicroVMService } from '../core/microvm/service.js';
 import type { Logger } from '../core/ports.js';
 import { longestSocketPath, UNIX_SOCKET_PATH_MAX } from '../core/vmm.js';
 import { HostRuntime } from '../core/plan/host-runtime.js';
-import { NodeHostFiles } from '../adapters/host/files.js';
+import { NodeHostFiles } from '../adapters/system/files.js';
 import { ImageCatalog, LocalImageStore } from '../adapters/images/oci/store.js';
 import { listSetting, registryClient } from '../adapters/images/oci/registry.js';
 import { VfatCloudInitDisk } from '../adapters/metadata/cidata.js';
@@ -19,17 +19,13 @@ import { Ext4Volumes } from '../adapters/volumes/ext4.js';
 import { ThinPoolVolumes } from '../adapters/volumes/thin.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { createConfinement, type VmmConfinement } from '../adapters/vmm/confine/vmm.js';
-import { lookupGroup } from '../adapters/host/accounts.js';
+import { lookupGroup } from '../adapters/system/accounts.js';
 import { lockStateDir, prepareStateDir } from './state-dir.js';
 import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
 import { sweepOrphans } from './sweep.js';
-<<<<<<< HEAD
 import { daemonIdentity } from './identity.js';
-import { clearStaleSocket } from './unix-socket.js';
-import { Lifecycle, type Drainable } from './lifecycle.js';
-=======
 import { clearStaleSocket, restrictSocket } from './unix-socket.js';
->>>>>>> harden
+import { Lifecycle, type Drainable } from './lifecycle.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
 import { isLocalEndpoint } from '../core/endpoint.js';
@@ -89,19 +85,15 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   if (chosen) logger.info({ provider: chosen, configured: cfg.defaultProvider !== '' }, 'default provider chosen');
   else logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
 
-<<<<<<< HEAD
-  const daemonId = daemonIdentity(cfg.stateDir);
-  logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
-  const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
-  const vmms = buildProviders(cfg, providerRegistry, logger);
-=======
   const socketGroup = cfg.grpcSocketGroup === '' ? undefined : lookupGroup(cfg.grpcSocketGroup);
-  if (cfg.grpcSocketGroup !== '' && socketGroup === undefined) throw new ConfigError(`grpc-socket-group ${cfg.grpcSocketGroup}: no such group`);
+  if (cfg.grpcSocketGroup !== '' && socketGroup === undefined) throw configError(`grpc-socket-group ${cfg.grpcSocketGroup}: no such group`);
 
   // In this order: nothing is read or written before the state dir is known to be writable and
   // ours alone, and nothing (no VM, no sweep) is touched when the store is damaged.
   prepareStateDir(cfg.stateDir);
   const lock = lockStateDir(cfg.stateDir);
+  const daemonId = daemonIdentity(cfg.stateDir);
+  logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
   let store: SqliteStore;
   try {
     store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
@@ -121,10 +113,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   } catch (err) {
     store.close();
     lock.release();
-    throw new ConfigError(`${cfg.vmmUidRange ? `vmm-uid-range ${cfg.vmmUidRange}` : `vmm-user ${cfg.vmmUser}`}: ${(err as Error).message}`);
+    throw configError(`${cfg.vmmUidRange ? `vmm-uid-range ${cfg.vmmUidRange}` : `vmm-user ${cfg.vmmUser}`}: ${(err as Error).message}`);
   }
   const vmms = buildProviders(cfg, providerRegistry, logger, confinement);
->>>>>>> harden
   const files = new NodeHostFiles();
   const network = new Iproute2Network();
   let registry;
@@ -212,7 +203,6 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls });
   let httpServer: HttpServer | undefined;
   let resync: NodeJS.Timeout | undefined;
-<<<<<<< HEAD
   const drainable: Drainable = {
     stopServing: async (force) => {
       if (resync) clearInterval(resync);
@@ -230,19 +220,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     close: () => {
       supervisor.stop();
       store.close();
+      lock.release();
     },
-=======
-  const stop = async () => {
-    if (resync) clearInterval(resync);
-    await Promise.all([
-      new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
-      httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
-    ]);
-    await queue.stop();
-    supervisor.stop();
-    store.close();
-    lock.release();
->>>>>>> harden
   };
   const stop = () => lifecycle.shutdown(drainable, cfg.shutdownGraceMs);
   try {

@@ -43,17 +43,14 @@ export interface DaemonConfig {
   registryMirrors: string;
   reconcileWorkers: number;
   deleteVmTimeoutMs: number;
-<<<<<<< HEAD
   healthyAfterMs: number;
   shutdownGraceMs: number;
-=======
   grpcSocketGroup: string;
   vmmUser: string;
   vmmUidRange: string;
   vmmCgroups: boolean;
   vmmCgroupParent: string;
   qemuSandbox: boolean;
->>>>>>> harden
 }
 
 interface KeyDef extends SettingDef {
@@ -104,17 +101,14 @@ const DAEMON_KEYS: readonly KeyDef[] = [
   { key: 'retry-backoff', prop: 'retryBackoffMs', kind: 'duration', default: '1s', help: 'first retry delay after a failed reconcile; doubles each attempt (with jitter) up to 5m' },
   { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', min: 1, max: 64, default: '4', help: 'VMs reconciled in parallel' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },
-<<<<<<< HEAD
   { key: 'healthy-after', prop: 'healthyAfterMs', kind: 'duration', default: '30s', help: "a VMM up this long counts as healthy and its retry count starts over, even when the console never shows the boot (kernel cmdline quiet)" },
   { key: 'shutdown-grace', prop: 'shutdownGraceMs', kind: 'duration', default: '30s', help: 'on SIGTERM, how long running reconciles get to finish before they are called off; a second signal stops at once' },
-=======
   { key: 'grpc-socket-group', prop: 'grpcSocketGroup', kind: 'string', default: '', help: 'group allowed to use a unix: grpc-endpoint (the socket is 0660); empty: root only' },
   { key: 'vmm-user', prop: 'vmmUser', kind: 'string', default: 'matchlock-vmm', help: 'unprivileged user (name or uid:gid) VMMs run as, created when missing; root: no drop (not for production)' },
   { key: 'vmm-uid-range', prop: 'vmmUidRange', kind: 'string', default: '', help: 'FIRST-LAST: each VM\'s VMM gets its own uid and gid from this range instead of vmm-user (no accounts needed)' },
   { key: 'vmm-cgroups', prop: 'vmmCgroups', kind: 'bool', default: 'true', help: 'put each VMM in its own cgroup with CPU, memory and pids limits from its spec (v2 or v1)' },
   { key: 'vmm-cgroup-parent', prop: 'vmmCgroupParent', kind: 'string', default: '/matchlock', help: "cgroup holding the per-VM cgroups: absolute from each hierarchy's root, or relative to matchlockd's own" },
   { key: 'qemu-sandbox', prop: 'qemuSandbox', kind: 'bool', default: 'true', help: "run QEMU under its seccomp filter (-sandbox on, obsolete, spawn and resourcecontrol denied)" },
->>>>>>> harden
 ];
 
 /** The settings of this matchlock's providers and daemon, in README order. */

@@ -4,10 +4,7 @@ import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { createLogger } from './logger.js';
 import { startDaemon, type RunningDaemon } from './app.js';
-<<<<<<< HEAD
 import { installProcessGuards } from './guard.js';
-=======
->>>>>>> harden
 import { VERSION } from '../version.js';
 
 /** matchlockd, in flintlockd's form: `matchlockd run [flags]` and `matchlockd version`. */
@@ -41,7 +38,6 @@ export async function main(argv: string[], opts: { registry?: ReadonlyMap<string
     // Nothing matchlockd creates (store, VM directories holding user-data, sockets) is for other users.
     process.umask(0o027);
     const logger = createLogger(cfg.logFormat, cfg.verbosity);
-<<<<<<< HEAD
     installProcessGuards(logger);
     // Signals are handled from the start: one that arrives while starting stops the daemon as
     // soon as it is up. The first signal drains (shutdown-grace), a second cuts the drain short.
@@ -65,17 +61,6 @@ export async function main(argv: string[], opts: { registry?: ReadonlyMap<string
       stopping = signal;
       logger.info({ signal, graceMs: cfg.shutdownGraceMs }, 'stopping; VMs keep running');
       if (daemon) void drain(daemon);
-=======
-    // Handlers go in before startup, so a SIGTERM during it still releases the state dir.
-    let daemon: RunningDaemon | undefined;
-    let stopping = false;
-    const stopAndExit = (d: RunningDaemon) => void d.stop().then(() => process.exit(0));
-    const shutdown = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      logger.info({ signal }, 'stopping; VMs keep running');
-      if (daemon) stopAndExit(daemon);
->>>>>>> harden
     };
     process.on('SIGTERM', () => shutdown('SIGTERM'));
     process.on('SIGINT', () => shutdown('SIGINT'));
@@ -85,11 +70,7 @@ export async function main(argv: string[], opts: { registry?: ReadonlyMap<string
       logger.error({ err: (err as Error).message }, 'matchlockd failed to start');
       process.exit(err instanceof MatchlockError && err.code === ErrorCode.InvalidArgument ? 2 : 1);
     }
-<<<<<<< HEAD
     if (stopping) void drain(daemon);
-=======
-    if (stopping) stopAndExit(daemon);
->>>>>>> harden
   });
   await program.parseAsync(argv);
 }

@@ -1,11 +1,6 @@
 import { connect } from 'node:net';
-<<<<<<< HEAD
-import { rm, stat } from 'node:fs/promises';
-import { configError } from './config.js';
-=======
 import { chmod, chown, rm, stat } from 'node:fs/promises';
-import { ConfigError } from './config.js';
->>>>>>> harden
+import { configError } from './config.js';
 
 /**
  * A unix socket left behind by a daemon that was killed blocks the next bind. If nothing

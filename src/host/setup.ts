@@ -4,7 +4,7 @@ import { stringify } from 'yaml';
 import { KEYS, loadConfig, type DaemonConfig } from '../daemon/config.js';
 import { run } from '../adapters/exec.js';
 import { findBinary } from '../daemon/providers.js';
-import { ensureSystemUser } from '../adapters/host/accounts.js';
+import { ensureSystemUser } from '../adapters/system/accounts.js';
 import { installGuard, writeGuardFile } from './guard.js';
 import { inspectHost, type Check } from './inspect.js';
 

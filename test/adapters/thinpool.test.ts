@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { LocalImageStore } from '../../src/adapters/images/oci/store.js';
 import { Ext4Volumes } from '../../src/adapters/volumes/ext4.js';
 import { ThinPoolVolumes } from '../../src/adapters/volumes/thin.js';
-import { NodeHostFiles } from '../../src/adapters/host/files.js';
+import { NodeHostFiles } from '../../src/adapters/system/files.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
 import type { HostNetwork } from '../../src/core/ports.js';
 import { sweepOrphans } from '../../src/daemon/sweep.js';

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { it } from 'node:test';
-import { NodeHostFiles } from '../../src/adapters/host/files.js';
+import { NodeHostFiles } from '../../src/adapters/system/files.js';
 import { ErrorCode, MatchlockError } from '../../src/core/errors.js';
 import { deviceAlias } from '../../src/core/microvm/host-names.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { lookupUser } from '../../src/adapters/host/accounts.js';
+import { lookupUser } from '../../src/adapters/system/accounts.js';
 import { detectCgroups, VmCgroups } from '../../src/adapters/vmm/confine/cgroup.js';
 import { PIDS_BASE, VMM_OVERHEAD_MB } from '../../src/adapters/vmm/confine/vmm.js';
 import { guardRuleset } from '../../src/host/guard.js';

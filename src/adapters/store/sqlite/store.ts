@@ -59,37 +59,7 @@ export class SqliteStore implements Store, Tombstones {
   }
 
   private migrate(): void {
-<<<<<<< HEAD
-    const current = this.db.pragma('user_version', { simple: true }) as number;
-    if (current > SCHEMA_VERSION) {
-      throw new MatchlockError(
-        ErrorCode.FailedPrecondition,
-        `the store was written by a newer matchlock (schema ${current}, this one knows ${SCHEMA_VERSION}); upgrade matchlock`,
-      );
-    }
-    if (current === SCHEMA_VERSION) return;
-    this.db.transaction(() => {
-      this.db.exec(`
-        CREATE TABLE IF NOT EXISTS microvms (
-          uid TEXT PRIMARY KEY,
-          namespace TEXT NOT NULL,
-          name TEXT NOT NULL,
-          version INTEGER NOT NULL,
-          state TEXT NOT NULL,
-          record TEXT NOT NULL
-        );
-        CREATE INDEX IF NOT EXISTS microvms_namespace_name ON microvms (namespace, name);
-        CREATE INDEX IF NOT EXISTS microvms_name ON microvms (name);
-        CREATE TABLE IF NOT EXISTS tombstones (
-          uid TEXT PRIMARY KEY,
-          record TEXT NOT NULL
-        );
-      `);
-      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
-    })();
-=======
     migrateSchema(this.db);
->>>>>>> harden
   }
 
   insert(vm: MicroVM): void {
@@ -180,6 +150,10 @@ function migrateSchema(db: Database.Database): void {
       );
       CREATE INDEX IF NOT EXISTS microvms_namespace_name ON microvms (namespace, name);
       CREATE INDEX IF NOT EXISTS microvms_name ON microvms (name);
+      CREATE TABLE IF NOT EXISTS tombstones (
+        uid TEXT PRIMARY KEY,
+        record TEXT NOT NULL
+      );
     `);
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   })();

@@ -1,5 +1,5 @@
 import type { Logger } from '../../../core/ports.js';
-import { ensureSystemUser, type Account } from '../../host/accounts.js';
+import { ensureSystemUser, type Account } from '../../system/accounts.js';
 import { detectCgroups, limitsFor, VmCgroups, type CgroupHost } from './cgroup.js';
 import { parseUidRange, UidPool } from './uids.js';
 
