@@ -1,5 +1,5 @@
 import { failedPrecondition } from '../errors.js';
-import { mergeCmdline, networkConfig, vendorDataWithMounts, type GuestInterface } from '../microvm/cloudinit.js';
+import { mergeCmdline, noCloudSeed, type GuestInterface } from '../microvm/cloudinit.js';
 import { deviceAlias, guestMac, hostDeviceName } from '../microvm/host-names.js';
 import { imageRefs, specVolumes, type MicroVM, type MicroVMStatus, type NetworkInterfaceStatus } from '../microvm/types.js';
 import type {
@@ -228,17 +228,8 @@ export class HostRuntime implements Runtime {
     return { ...status, ready: pid !== undefined };
   }
 
-  /** meta-data, user-data, vendor-data (with mounts) and, when asked, network-config. */
   private seedFiles(vm: MicroVM, nics: LaunchNic[]): Record<string, Buffer> {
-    const files: Record<string, Buffer> = {};
-    for (const [k, v] of Object.entries(vm.spec.metadata)) files[k] = Buffer.from(v, 'base64');
-    const vendor = vendorDataWithMounts(vm, files['vendor-data']);
-    if (vendor) files['vendor-data'] = vendor;
-    if (vm.spec.kernel.addNetworkConfig) {
-      const guests: GuestInterface[] = nics.map((n) => ({ deviceId: n.deviceId, mac: n.mac }));
-      files['network-config'] = Buffer.from(networkConfig(vm, guests), 'utf8');
-    }
-    return files;
+    return noCloudSeed(vm, nics.map((n): GuestInterface => ({ deviceId: n.deviceId, mac: n.mac })));
   }
 
   async teardown(vm: MicroVM, log: Logger): Promise<void> {
