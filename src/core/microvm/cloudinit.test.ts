@@ -90,7 +90,20 @@ it('meta-data: keeps the client bytes and appends missing keys; writes anew only
   // A flow mapping cannot take appended lines; it is written out anew with the same meaning.
   assert.deepEqual(parse(cloudInitMetaData(Buffer.from('{local_hostname: n1}'), uid, 'f').toString()), { local_hostname: 'n1', instance_id: uid, 'instance-id': uid, 'local-hostname': 'n1' });
   assert.deepEqual(parse(cloudInitMetaData(Buffer.from('a: 1\n...\n'), uid, 'f').toString()), { a: 1, instance_id: uid, 'instance-id': uid });
-  assert.deepEqual(parse(cloudInitMetaData(Buffer.from('a: |\n  text'), uid, 'f').toString()), { a: 'text\n', instance_id: uid, 'instance-id': uid });
+  // Documents whose last value runs to the end of the text still mean the same with lines appended.
+  for (const [doc, value] of [
+    ['a: |\n  text', { a: 'text\n' }],
+    ['a: |+\n  text\n\n', { a: 'text\n\n' }],
+    ['a: >-\n  folded\n  text\n', { a: 'folded text' }],
+    ['a: plain\n  continued', { a: 'plain continued' }],
+    ['a:\n  - 1\n  - 2 # c', { a: [1, 2] }],
+    ['---\n"quoted key": "multi\n  line"', { 'quoted key': 'multi line' }],
+    ['%YAML 1.2\n---\na: 1', { a: 1 }],
+    ['  a: 1\n  b: 2\n', { a: 1, b: 2 }],
+    ['? a\n: 1\n', { a: 1 }],
+  ] as const) {
+    assert.deepEqual(parse(cloudInitMetaData(Buffer.from(doc), uid, 'f').toString()), { ...value, instance_id: uid, 'instance-id': uid }, JSON.stringify(doc));
+  }
   for (const [bad, rule] of [
     ['a: *nowhere\n', /must be a YAML mapping \(unidentified alias/],
     ['- a\n', /must be a YAML mapping of keys to values/],

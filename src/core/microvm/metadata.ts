@@ -61,6 +61,20 @@ function parseMapping(text: string, field: string): Record<string, unknown> | un
   return value as Record<string, unknown>;
 }
 
+/**
+ * Whether a document already parsed as a mapping is a block mapping whose keys start in
+ * column 0 and which no document marker ends: then a line `key: value` appended in column 0
+ * is one more entry of it (every value before it is closed or ends at a less indented line).
+ */
+function plainBlockMapping(text: string): boolean {
+  const lines = text.split('\n');
+  let n = 0;
+  while (n < lines.length && /^(\s*(#.*)?|%.*|---\s*)$/.test(lines[n] ?? '')) n++;
+  if (!/^[^\s{[&!*|>%?#-]/.test(lines[n] ?? '')) return false;
+  for (let k = n + 1; k < lines.length; k++) if (/^(---|\.\.\.)(\s|$)/.test(lines[k] ?? '')) return false;
+  return true;
+}
+
 function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
@@ -94,6 +108,7 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   if (current === undefined) return Buffer.from(lines, 'utf8');
   const wanted = { ...current, ...added };
   const appended = `${text}${text.endsWith('\n') ? '' : '\n'}${lines}`;
+  if (plainBlockMapping(text)) return Buffer.from(appended, 'utf8');
   try {
     if (sameJson(load(appended, { json: true }), wanted)) return Buffer.from(appended, 'utf8');
   } catch {
