@@ -7,7 +7,7 @@
 #   boot/vmlinuz      the kernel and busybox initramfs of the small test guest
 #   boot/initrd.img   (scripts/build-test-image.sh): it loads the virtio and vfat modules,
 #                     mounts /dev/vda and switch_roots to systemd
-#   matchlock-report  a unit ordered after cloud-final that waits for cloud-init and prints
+#   matchlock-report  a unit pulled in and ordered by cloud-final that waits for cloud-init and prints
 #                     what it did to the serial console, one "ML_REPORT <key> <value>" line each
 #                     (status, result.json, instance id, hostname, links, addresses, mounts and
 #                     the base64 of every file named in /etc/matchlock-report.files), then
@@ -28,7 +28,8 @@ stamp="$out/oci/.built-from-$guestid-cloud-init-$ci-$self"
 if [ -f "$stamp" ]; then echo "$out/oci"; exit 0; fi
 
 work=$(mktemp -d "$out/.build-XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# --one-file-system: never into the chroot's /proc, /sys or /dev mounts should a build be cut short.
+trap 'rm -rf --one-file-system "$work"' EXIT
 cd "$work"
 
 # Kernel and initramfs from the test guest's single layer.
@@ -70,7 +71,9 @@ ExecStart=/usr/local/sbin/matchlock-report
 StandardOutput=journal
 
 [Install]
-WantedBy=multi-user.target
+# Pulled in by cloud-final itself: cloud-final is ordered after multi-user.target, so a unit
+# that multi-user.target wants and that waits for cloud-final would be an ordering cycle.
+WantedBy=cloud-final.service
 UNIT
 cat >hooks/customize <<HOOK
 #!/bin/sh
@@ -86,6 +89,10 @@ printf '[Service]\nExecStart=\nExecStart=/lib/systemd/systemd-networkd-wait-onli
   >"\$root/etc/systemd/system/systemd-networkd-wait-online.service.d/any.conf"
 chroot "\$root" systemctl enable systemd-networkd.service matchlock-report.service
 chroot "\$root" systemctl mask serial-getty@ttyS0.service
+# cloud-init's default locale is en_US.UTF-8 and Debian's locale-gen ignores the locale it is
+# given, so a cloud image carries that locale already generated.
+sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' "\$root/etc/locale.gen"
+chroot "\$root" locale-gen
 # Every boot of this image is a first boot: no machine id, no hostname, no host keys.
 : >"\$root/etc/machine-id"
 rm -f "\$root/etc/hostname" "\$root"/etc/ssh/ssh_host_*
