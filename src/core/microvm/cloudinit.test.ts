@@ -84,7 +84,8 @@ it('always seeds user-data and meta-data, since NoCloud takes neither alone', ()
 it('meta-data: keeps the client bytes and appends missing keys; writes anew only what cannot be appended', () => {
   const uid = vm().uid;
   const text = '# CAPMVM\nlocal_hostname: n1   # node\nvm_host: h\n';
-  assert.equal(cloudInitMetaData(Buffer.from(text), uid, 'f').toString(), `${text}instance_id: "${uid}"\ninstance-id: "${uid}"\nlocal-hostname: "n1"\n`);
+  assert.equal(cloudInitMetaData(Buffer.from(text), uid, 'f').toString(), `${text}instance_id: ${uid}\ninstance-id: ${uid}\nlocal-hostname: n1\n`);
+  assert.equal(cloudInitMetaData(Buffer.from('n: 1\n'), '0123', 'f').toString(), "n: 1\ninstance_id: '0123'\ninstance-id: '0123'\n", 'quoted where a plain scalar would be a number');
   const complete = Buffer.from(`instance_id: a\ninstance-id: a\n`);
   assert.equal(cloudInitMetaData(complete, uid, 'f'), complete, 'nothing to add: the same buffer');
   // A flow mapping cannot take appended lines; it is written out anew with the same meaning.

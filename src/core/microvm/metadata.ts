@@ -104,7 +104,9 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
     if (!Object.hasOwn(have, hyphen)) added[hyphen] = value;
   }
   if (Object.keys(added).length === 0 && metaData !== undefined) return metaData;
-  const lines = Object.entries(added).map(([k, v]) => `${k}: ${JSON.stringify(v)}\n`).join('');
+  // Plain scalars where YAML allows them (`instance_id: 01HZ...`), so tools that grep the seed see
+  // what they saw before; quoted only where a plain scalar would read as another type.
+  const lines = Object.entries(added).map(([k, v]) => dump({ [k]: v }, { noRefs: true, lineWidth: -1 })).join('');
   if (current === undefined) return Buffer.from(lines, 'utf8');
   const wanted = { ...current, ...added };
   const appended = `${text}${text.endsWith('\n') ? '' : '\n'}${lines}`;
