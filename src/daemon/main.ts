@@ -1,52 +1,74 @@
 import { Command, Option } from 'commander';
-import { DEFAULT_CONFIG_PATH, KEYS, envName, loadConfig, ConfigError } from './config.js';
+import { DEFAULT_CONFIG_PATH, configKeys, envName, loadConfig } from './config.js';
+import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { createLogger } from './logger.js';
-import { startDaemon } from './app.js';
+import { startDaemon, type RunningDaemon } from './app.js';
+import { installProcessGuards } from './guard.js';
 import { VERSION } from '../version.js';
 
 /** matchlockd, in flintlockd's form: `matchlockd run [flags]` and `matchlockd version`. */
-export async function main(argv: string[]): Promise<void> {
+export async function main(argv: string[], opts: { registry?: ReadonlyMap<string, ProviderModule> } = {}): Promise<void> {
+  const registry = opts.registry ?? PROVIDERS;
+  const keys = configKeys(registry);
   const program = new Command('matchlockd').description('flintlock-compatible MicroVM host daemon').showHelpAfterError();
   program.command('version').description('print the version').action(() => {
     process.stdout.write(`matchlockd ${VERSION}\n`);
   });
   const run = program.command('run').description('run the daemon');
   run.addOption(new Option('--config <path>', `YAML config file (default ${DEFAULT_CONFIG_PATH}; flintlock's keys accepted)`));
-  for (const def of KEYS) {
+  for (const def of keys) {
     const flag = def.kind === 'bool' ? `--${def.key} [bool]` : `--${def.key} <value>`;
     run.addOption(new Option(flag, `${def.help} (default ${def.default || '""'}, env ${envName(def.key)})`));
   }
   run.action(async (opts: Record<string, unknown>) => {
     const flags: Record<string, unknown> = {};
-    for (const def of KEYS) {
+    for (const def of keys) {
       const v = opts[camel(def.key)];
       if (v !== undefined) flags[def.key] = v === true ? 'true' : v;
     }
     const configPath = typeof opts.config === 'string' ? opts.config : undefined;
     let cfg;
     try {
-      cfg = loadConfig({ flags, file: { path: configPath ?? DEFAULT_CONFIG_PATH, explicit: configPath !== undefined }, env: process.env });
+      cfg = loadConfig({ flags, file: { path: configPath ?? DEFAULT_CONFIG_PATH, explicit: configPath !== undefined }, env: process.env }, registry);
     } catch (err) {
       process.stderr.write(`matchlockd: ${(err as Error).message}\n`);
       process.exit(2);
     }
     const logger = createLogger(cfg.logFormat, cfg.verbosity);
-    let daemon;
-    try {
-      daemon = await startDaemon(cfg, logger);
-    } catch (err) {
-      logger.error({ err: (err as Error).message }, 'matchlockd failed to start');
-      process.exit(err instanceof ConfigError ? 2 : 1);
-    }
-    let stopping = false;
+    installProcessGuards(logger);
+    // Signals are handled from the start: one that arrives while starting stops the daemon as
+    // soon as it is up. The first signal drains (shutdown-grace), a second cuts the drain short.
+    let daemon: RunningDaemon | undefined;
+    let stopping: string | undefined;
+    const drain = (d: RunningDaemon) =>
+      d.stop().then(
+        () => process.exit(0),
+        (err: unknown) => {
+          logger.error({ err: (err as Error).message }, 'shutdown failed');
+          process.exit(1);
+        },
+      );
     const shutdown = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      logger.info({ signal }, 'stopping; VMs keep running');
-      void daemon.stop().then(() => process.exit(0));
+      if (stopping) {
+        logger.warn({ signal }, 'second signal');
+        if (daemon) daemon.force();
+        else process.exit(1);
+        return;
+      }
+      stopping = signal;
+      logger.info({ signal, graceMs: cfg.shutdownGraceMs }, 'stopping; VMs keep running');
+      if (daemon) void drain(daemon);
     };
     process.on('SIGTERM', () => shutdown('SIGTERM'));
     process.on('SIGINT', () => shutdown('SIGINT'));
+    try {
+      daemon = await startDaemon(cfg, logger, { registry });
+    } catch (err) {
+      logger.error({ err: (err as Error).message }, 'matchlockd failed to start');
+      process.exit(err instanceof MatchlockError && err.code === ErrorCode.InvalidArgument ? 2 : 1);
+    }
+    if (stopping) void drain(daemon);
   });
   await program.parseAsync(argv);
 }

@@ -31,8 +31,8 @@ export function tempDir(prefix: string): { path: string; remove(): void } {
  * Starts the real matchlockd binary on ephemeral loopback ports and resolves once its APIs
  * listen. Extra flags are appended; the state dir is the caller's.
  */
-export async function startDaemon(stateDir: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}, netns?: string): Promise<DaemonHandle> {
-  const args = [DAEMON_BIN, 'run', '--state-dir', stateDir, '--grpc-endpoint', '127.0.0.1:0', '--log-format', 'json', '--config', '/dev/null', ...extra];
+export async function startDaemon(stateDir: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}, netns?: string, entry: string[] = [DAEMON_BIN]): Promise<DaemonHandle> {
+  const args = [...entry, 'run', '--state-dir', stateDir, '--grpc-endpoint', '127.0.0.1:0', '--log-format', 'json', '--config', '/dev/null', ...extra];
   const endpointAt = extra.lastIndexOf('--grpc-endpoint');
   const unixEndpoint = endpointAt >= 0 && extra[endpointAt + 1]?.startsWith('unix:') ? extra[endpointAt + 1] : undefined;
   // `ip netns exec` execs the daemon in place, so the pid is the daemon's own.
@@ -65,9 +65,19 @@ export async function startDaemon(stateDir: string, extra: string[] = [], env: N
     proc.stdout?.on('data', onData);
     proc.stderr?.on('data', onData);
     proc.once('exit', (code) => reject(new Error(`matchlockd exited with ${code} before listening:\n${logs.join('\n')}${buffered}`)));
-    setTimeout(() => reject(new Error(`matchlockd did not start within 20s:\n${logs.join('\n')}`)), 20_000).unref();
+    // Generous: on a loaded machine loading the TypeScript sources alone can take many seconds.
+    setTimeout(() => reject(new Error(`matchlockd did not start within 60s:\n${logs.join('\n')}`)), 60_000).unref();
   });
-  const { grpcPort, httpPort } = await ready;
+  let grpcPort: number;
+  let httpPort: number | undefined;
+  try {
+    ({ grpcPort, httpPort } = await ready);
+  } catch (err) {
+    // Never leave a daemon behind that started too late.
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    await exited;
+    throw err;
+  }
   const signal = async (sig: NodeJS.Signals) => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill(sig);
     await exited;
@@ -77,12 +87,13 @@ export async function startDaemon(stateDir: string, extra: string[] = [], env: N
 }
 
 /** Runs matchlockd expecting it to refuse to start; resolves with its exit code and output. */
-export async function daemonFailsToStart(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
-  const proc = spawn(process.execPath, [DAEMON_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+export async function daemonFailsToStart(args: string[], env: NodeJS.ProcessEnv = {}, netns?: string): Promise<{ code: number | null; output: string }> {
+  const [cmd, argv] = netns ? ['ip', ['netns', 'exec', netns, process.execPath, DAEMON_BIN, ...args]] : [process.execPath, [DAEMON_BIN, ...args]];
+  const proc = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let output = '';
   proc.stdout.on('data', (c: Buffer) => (output += c.toString()));
   proc.stderr.on('data', (c: Buffer) => (output += c.toString()));
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 20_000);
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 60_000);
   const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
   clearTimeout(timer);
   return { code, output };
