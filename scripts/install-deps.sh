@@ -26,6 +26,12 @@ DEBIAN_PACKAGES=(
   lz4 xz-utils bzip2
   # VMM confinement: the VMM user (useradd, getent); tests enter namespaces (nsenter, unshare)
   passwd libc-bin util-linux
+  # the Debian 12 cloud-init guest (scripts/build-cloud-image.sh)
+  mmdebstrap
+  # Debian's cloud-init code, run on the host against our seeds (its package is only
+  # extracted, not installed): the Python modules it imports
+  python3-yaml python3-jinja2 python3-jsonschema python3-configobj python3-jsonpatch
+  python3-requests python3-netifaces python3-serial python3-oauthlib
 )
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)

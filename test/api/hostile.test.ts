@@ -80,6 +80,11 @@ const CASES: Case[] = [
   ['metadata key that is a DOS device name', 'microvm.metadata["CON"]', (s) => (s.metadata = { CON: b64('x') })],
   ['meta-data that is a YAML list', 'microvm.metadata["meta-data"]', (s) => (s.metadata = { 'meta-data': b64('- a\n- b\n') })],
   ['meta-data that is not YAML', 'microvm.metadata["meta-data"]', (s) => (s.metadata = { 'meta-data': b64('key: [unclosed\n') })],
+  ['meta-data with an unresolved alias', 'microvm.metadata["meta-data"]', (s) => (s.metadata = { 'meta-data': b64('local_hostname: *nowhere\n') })],
+  ['meta-data that is an alias bomb', 'microvm.metadata["meta-data"]', (s) => (s.metadata = { 'meta-data': b64(['a: &a [x, x, x, x, x, x, x, x, x, x]', ...'bcdefg'.split('').map((k, n) => `${k}: &${k} [${Array(10).fill(`*${'abcdefg'[n]}`).join(', ')}]`)].join('\n')) })],
+  ['meta-data nested 200 deep', 'microvm.metadata["meta-data"]', (s) => (s.metadata = { 'meta-data': b64(`a: ${'['.repeat(200)}${']'.repeat(200)}\n`) })],
+  ['meta-data of two documents', 'microvm.metadata["meta-data"]', (s) => (s.metadata = { 'meta-data': b64('a: 1\n---\nb: 2\n') })],
+  ['device_id longer than a Linux interface name', 'microvm.interfaces[0].device_id', (s) => (s.interfaces[0]!.deviceId = 'eth_with_long_name')],
   ['initrd with a bad reference', 'microvm.initrd.image', (s) => (s.initrd = { $typeName: 'flintlock.types.Initrd', image: '::' })],
   ['unknown provider', 'microvm.provider', (s) => (s.provider = 'vmware')],
 ];

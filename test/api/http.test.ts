@@ -52,7 +52,7 @@ describe('HTTP/JSON API', () => {
     assert.equal(got.status, 200);
     const gotVm = got.body.microvm as { spec: { uid: string; metadata: Record<string, string> } };
     assert.equal(gotVm.spec.uid, m1.spec.uid);
-    assert.deepEqual(parse(Buffer.from(gotVm.spec.metadata['meta-data'] ?? '', 'base64').toString()), { instance_id: m1.spec.uid });
+    assert.deepEqual(parse(Buffer.from(gotVm.spec.metadata['meta-data'] ?? '', 'base64').toString()), { instance_id: m1.spec.uid, 'instance-id': m1.spec.uid });
 
     const listNs = await call('GET', '/v1alpha1/microvm/web');
     assert.deepEqual((listNs.body.microvm as { spec: { uid: string } }[]).map((m) => m.spec.uid), [m1.spec.uid, m2.spec.uid]);
@@ -86,6 +86,15 @@ describe('HTTP/JSON API', () => {
     assert.equal(unknownField.status, 400);
     assert.match(unknownField.body.message ?? '', /bogus/);
     assert.equal((await call('PUT', '/v1alpha1/microvm')).status, 404);
+    // Hostile meta-data is the client's fault, not the daemon's: 400 naming the field, never 500.
+    const spec = { id: 'x', kernel: { image: 'k:1', filename: 'boot/vmlinux' }, rootVolume: { id: 'root', source: { containerSource: 'r:1' } }, interfaces: [{ deviceId: 'eth1', type: 1 }] };
+    const bomb = ['a: &a [x, x, x, x, x, x, x, x, x, x]', ...'bcdefg'.split('').map((k, n) => `${k}: &${k} [${Array(10).fill(`*${'abcdefg'[n]}`).join(', ')}]`)].join('\n');
+    for (const metaData of [bomb, 'local_hostname: *nowhere\n']) {
+      const hostile = await call('POST', '/v1alpha1/microvm', { ...spec, metadata: { 'meta-data': Buffer.from(metaData).toString('base64') } });
+      assert.equal(hostile.status, 400, JSON.stringify(hostile.body));
+      assert.equal(hostile.body.code, 3);
+      assert.match(hostile.body.message ?? '', /^microvm\.metadata\["meta-data"\]: /);
+    }
   });
 
   it('answers malformed request targets with 400 naming the part, never 500', async () => {

@@ -64,7 +64,7 @@ describe('an independent Python grpcio client (CAPMVM-shaped)', { skip: missing.
     assert.equal(report.get.uid, uid);
     assert.equal(report.get.name, 'capmvm-cp-abc12');
     assert.equal(report.get.namespace, 'capmvm-ns');
-    assert.deepEqual(parse(report.get.meta_data), { local_hostname: 'capmvm-cp-abc12', platform: 'liquid_metal', vm_host: 'host-1', instance_id: uid });
+    assert.deepEqual(parse(report.get.meta_data), { local_hostname: 'capmvm-cp-abc12', platform: 'liquid_metal', vm_host: 'host-1', instance_id: uid, 'instance-id': uid, 'local-hostname': 'capmvm-cp-abc12' });
     assert.equal(report.get.user_data, '#cloud-config\nruncmd:\n  - echo hello\n');
     assert.deepEqual(report.get.interfaces, [['eth1', 'MACVTAP', ''], ['eth2', 'TAP', '02:00:00:00:00:2a']]);
     assert.equal(report.get.mount_point, '/lib/modules/5.10.77');

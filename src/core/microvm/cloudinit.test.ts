@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import { parse } from 'yaml';
-import { diskLetter, mergeCmdline, networkConfig, vendorDataWithMounts } from './cloudinit.js';
+import { EMPTY_USER_DATA, diskLetter, mergeCmdline, networkConfig, noCloudSeed, vendorDataWithMounts } from './cloudinit.js';
+import { MatchlockError } from '../errors.js';
+import { cloudInitMetaData } from './metadata.js';
 import { deviceAlias, parseAlias, generatedMac, guestMac, hostDeviceName } from './host-names.js';
 import { initialStatus, type MicroVM } from './types.js';
 
@@ -28,7 +30,7 @@ it('merges the kernel command line deterministically: defaults in order, overrid
   assert.equal(mergeCmdline(defaults, { zswap: '1', panic: '5', apic: '', console: 'hvc0' }), 'console=hvc0 reboot=k panic=5 apic zswap=1');
 });
 
-it('writes netplan v2 for DHCP and static interfaces, matching on the guest MAC', () => {
+it('writes netplan v2 for DHCP and static interfaces, matching on the guest MAC and naming the NIC after device_id', () => {
   const v = vm({
     interfaces: [
       { deviceId: 'eth0', type: 'TAP' },
@@ -40,14 +42,14 @@ it('writes netplan v2 for DHCP and static interfaces, matching on the guest MAC'
   assert.deepEqual(doc, {
     version: 2,
     ethernets: {
-      eth0: { match: { macaddress: '02:00:00:00:00:01' }, dhcp4: true, dhcp6: true, 'dhcp-identifier': 'mac' },
-      eth1: { match: { macaddress: '02:00:00:00:00:02' }, addresses: ['192.168.10.30/25'], dhcp4: false, dhcp6: false, gateway4: '192.168.10.2', nameservers: { addresses: ['1.1.1.1'] } },
-      eth2: { match: { macaddress: '02:00:00:00:00:03' }, addresses: ['fd00::5/64'], dhcp4: false, dhcp6: false, gateway6: 'fd00::1' },
+      eth0: { match: { macaddress: '02:00:00:00:00:01' }, 'set-name': 'eth0', dhcp4: true, dhcp6: true, 'dhcp-identifier': 'mac' },
+      eth1: { match: { macaddress: '02:00:00:00:00:02' }, 'set-name': 'eth1', addresses: ['192.168.10.30/25'], dhcp4: false, dhcp6: false, gateway4: '192.168.10.2', nameservers: { addresses: ['1.1.1.1'] } },
+      eth2: { match: { macaddress: '02:00:00:00:00:03' }, 'set-name': 'eth2', addresses: ['fd00::5/64'], dhcp4: false, dhcp6: false, gateway6: 'fd00::1' },
     },
   });
 });
 
-it('adds cloud-init mounts for additional volumes with a mount point, keeping vendor-data keys', () => {
+it('adds cloud-init mounts for volumes with a mount point as a MIME part after the client vendor-data bytes', () => {
   const v = vm({
     additionalVolumes: [
       { id: 'modules', isReadOnly: false, mountPoint: '/lib/modules/5.10', source: { containerSource: 'm' } },
@@ -55,12 +57,68 @@ it('adds cloud-init mounts for additional volumes with a mount point, keeping ve
       { id: 'data', isReadOnly: true, mountPoint: '/data', source: { containerSource: 'd' } },
     ],
   });
-  const out = vendorDataWithMounts(v, Buffer.from('#cloud-config\npackages: [jq]\nmounts:\n  - [vdz, /z]\n'));
-  assert.ok(out?.toString().startsWith('#cloud-config\n'));
-  assert.deepEqual(parse(out?.toString() ?? ''), { packages: ['jq'], mounts: [['vdz', '/z'], ['vdb', '/lib/modules/5.10'], ['vdd', '/data']] });
-  assert.deepEqual(parse(vendorDataWithMounts(v, undefined)?.toString() ?? ''), { mounts: [['vdb', '/lib/modules/5.10'], ['vdd', '/data']] });
-  assert.equal(vendorDataWithMounts(vm(), undefined), undefined);
+  const mounts = [['vdb', '/lib/modules/5.10'], ['vdd', '/data']];
+  assert.deepEqual(parse(vendorDataWithMounts(v, undefined)?.toString() ?? ''), { mounts });
+  const mime = Buffer.from('Content-Type: multipart/mixed; boundary="matchlock-vendor-data"\nMIME-Version: 1.0\n\n--matchlock-vendor-data\nContent-Type: text/x-shellscript\n\n#!/bin/sh\necho hi\n--matchlock-vendor-data--\n');
+  const out = vendorDataWithMounts(v, mime) ?? Buffer.alloc(0);
+  assert.ok(out.includes(mime), 'a MIME document is nested as it is');
+  const boundary = /boundary="([^"]+)"/.exec(out.toString())?.[1] ?? '';
+  assert.notEqual(boundary, 'matchlock-vendor-data', "the outer boundary is not one the client's bytes use");
+  assert.ok(out.toString().endsWith(`#cloud-config\nmounts:\n  - - vdb\n    - /lib/modules/5.10\n  - - vdd\n    - /data\n--${boundary}--\n`));
+  const binary = Buffer.from([0x1f, 0x8b, 0, 1, 2, 255]);
+  assert.ok(vendorDataWithMounts(v, binary)?.toString().includes(`Content-Type: application/x-gzip\nContent-Transfer-Encoding: base64\nContent-Disposition: attachment; filename="vendor-data"\n\n${binary.toString('base64')}\n`));
+  assert.equal(vendorDataWithMounts(vm(), mime), mime, 'untouched without mount points');
   assert.equal(diskLetter(0), 'vda');
+});
+
+it('always seeds user-data and meta-data, since NoCloud takes neither alone', () => {
+  const seed = noCloudSeed(vm(), [{ deviceId: 'eth0', mac: '02:00:00:00:00:01' }, { deviceId: 'eth1', mac: 'AA:BB:CC:00:11:22' }]);
+  assert.deepEqual(Object.keys(seed).sort(), ['meta-data', 'network-config', 'user-data']);
+  assert.equal(seed['user-data']?.toString(), EMPTY_USER_DATA);
+  assert.deepEqual(parse(seed['meta-data']?.toString() ?? ''), { instance_id: vm().uid, 'instance-id': vm().uid });
+  const client = noCloudSeed(vm({ metadata: { 'user-data': Buffer.from('#!/bin/sh\n').toString('base64') }, kernel: { ...vm().spec.kernel, addNetworkConfig: false } }), []);
+  assert.equal(client['user-data']?.toString(), '#!/bin/sh\n');
+  assert.equal(client['network-config'], undefined);
+});
+
+it('meta-data: keeps the client bytes and appends missing keys; writes anew only what cannot be appended', () => {
+  const uid = vm().uid;
+  const text = '# CAPMVM\nlocal_hostname: n1   # node\nvm_host: h\n';
+  assert.equal(cloudInitMetaData(Buffer.from(text), uid, 'f').toString(), `${text}instance_id: ${uid}\ninstance-id: ${uid}\nlocal-hostname: n1\n`);
+  assert.equal(cloudInitMetaData(Buffer.from('n: 1\n'), '0123', 'f').toString(), "n: 1\ninstance_id: '0123'\ninstance-id: '0123'\n", 'quoted where a plain scalar would be a number');
+  const complete = Buffer.from(`instance_id: a\ninstance-id: a\n`);
+  assert.equal(cloudInitMetaData(complete, uid, 'f'), complete, 'nothing to add: the same buffer');
+  // A flow mapping cannot take appended lines; it is written out anew with the same meaning.
+  assert.deepEqual(parse(cloudInitMetaData(Buffer.from('{local_hostname: n1}'), uid, 'f').toString()), { local_hostname: 'n1', instance_id: uid, 'instance-id': uid, 'local-hostname': 'n1' });
+  assert.deepEqual(parse(cloudInitMetaData(Buffer.from('a: 1\n...\n'), uid, 'f').toString()), { a: 1, instance_id: uid, 'instance-id': uid });
+  // Documents whose last value runs to the end of the text still mean the same with lines appended.
+  for (const [doc, value] of [
+    ['a: |\n  text', { a: 'text\n' }],
+    ['a: |+\n  text\n\n', { a: 'text\n\n' }],
+    ['a: >-\n  folded\n  text\n', { a: 'folded text' }],
+    ['a: plain\n  continued', { a: 'plain continued' }],
+    ['a:\n  - 1\n  - 2 # c', { a: [1, 2] }],
+    ['---\n"quoted key": "multi\n  line"', { 'quoted key': 'multi line' }],
+    ['%YAML 1.2\n---\na: 1', { a: 1 }],
+    ['  a: 1\n  b: 2\n', { a: 1, b: 2 }],
+    ['? a\n: 1\n', { a: 1 }],
+  ] as const) {
+    assert.deepEqual(parse(cloudInitMetaData(Buffer.from(doc), uid, 'f').toString()), { ...value, instance_id: uid, 'instance-id': uid }, JSON.stringify(doc));
+  }
+  for (const [bad, rule] of [
+    ['a: *nowhere\n', /must be a YAML mapping \(unidentified alias/],
+    ['- a\n', /must be a YAML mapping of keys to values/],
+    ['a: 1\n---\nb: 2\n', /must be a YAML mapping \(expected a single document/],
+    [`a: ${'['.repeat(150)}${']'.repeat(150)}`, /must be a YAML mapping \(nesting exceeded/],
+    [['a: &a [x, x, x, x, x, x, x, x, x, x]', ...'bcdefg'.split('').map((k, n) => `${k}: &${k} [${Array(10).fill(`*${'abcdefg'[n]}`).join(', ')}]`)].join('\n'), /must not expand to more than 1048576 values through YAML aliases/],
+  ] as const) {
+    assert.throws(() => cloudInitMetaData(Buffer.from(bad), uid, 'microvm.metadata["meta-data"]'), (err: MatchlockError) => {
+      assert.equal(err.code, 'InvalidArgument');
+      assert.equal(err.field, 'microvm.metadata["meta-data"]');
+      assert.match(err.message, rule);
+      return true;
+    });
+  }
 });
 
 it('derives short, traceable host names and stable locally administered MACs', () => {

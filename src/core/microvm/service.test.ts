@@ -74,20 +74,20 @@ describe('MicroVMService.create', () => {
     const { svc } = service();
     const meta = Buffer.from('vm_host: host-a\nlocal_hostname: node-1\nplatform: liquid_metal\n').toString('base64');
     const vm = svc.create(input({ metadata: { 'meta-data': meta, 'user-data': Buffer.from('#cloud-config\n').toString('base64') } }));
-    assert.deepEqual(parse(decode(vm.spec.metadata['meta-data'])), { vm_host: 'host-a', local_hostname: 'node-1', platform: 'liquid_metal', instance_id: vm.uid });
+    assert.deepEqual(parse(decode(vm.spec.metadata['meta-data'])), { vm_host: 'host-a', local_hostname: 'node-1', platform: 'liquid_metal', instance_id: vm.uid, 'instance-id': vm.uid, 'local-hostname': 'node-1' });
     assert.equal(decode(vm.spec.metadata['user-data']), '#cloud-config\n');
   });
 
   it('keeps an instance_id the client chose', () => {
     const { svc } = service();
     const vm = svc.create(input({ metadata: { 'meta-data': Buffer.from('instance_id: mine\n').toString('base64') } }));
-    assert.deepEqual(parse(decode(vm.spec.metadata['meta-data'])), { instance_id: 'mine' });
+    assert.deepEqual(parse(decode(vm.spec.metadata['meta-data'])), { instance_id: 'mine', 'instance-id': 'mine' });
   });
 
   it('creates meta-data when none was sent, and accepts raw (non-base64) values', () => {
     const { svc } = service();
     const vm = svc.create(input({ metadata: { 'user-data': '#cloud-config\nruncmd: [echo hi]\n' } }));
-    assert.deepEqual(parse(decode(vm.spec.metadata['meta-data'])), { instance_id: vm.uid });
+    assert.deepEqual(parse(decode(vm.spec.metadata['meta-data'])), { instance_id: vm.uid, 'instance-id': vm.uid });
     assert.equal(decode(vm.spec.metadata['user-data']), '#cloud-config\nruncmd: [echo hi]\n');
   });
 

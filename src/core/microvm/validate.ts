@@ -1,7 +1,7 @@
 import { invalid, quote } from '../errors.js';
 import { parseReference } from '../images/reference.js';
 import { isCidr, ipFamily, macProblem } from './net.js';
-import { decodeMetadataValue, withInstanceId } from './metadata.js';
+import { decodeMetadataValue, cloudInitMetaData } from './metadata.js';
 import { SEED_FILES, fatFold, fatNameProblem } from './seed-names.js';
 import type { IfaceType, MicroVMSpec, NetworkInterface, Volume } from './types.js';
 
@@ -66,6 +66,8 @@ const DEVICE_ID = /^[a-z][a-z0-9_]*$/;
 const METADATA_KEY = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const LABEL_KEY = /^([a-z0-9]([-a-z0-9.]*[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$/;
 const CMDLINE_KEY = /^[A-Za-z0-9_][A-Za-z0-9_.,:\-/]*$/;
+/** Longest Linux interface name (IFNAMSIZ 16 with its NUL). */
+const GUEST_IFNAME_MAX = 15;
 const IFNAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
 // Control characters (C0, DEL, C1) never belong in names, paths or labels.
 // eslint-disable-next-line no-control-regex
@@ -231,9 +233,9 @@ function checkMetadata(field: string, metadata: Record<string, string>, uid: str
     const decoded = decodeMetadataValue(v);
     total += decoded.length;
     if (total > LIMITS.metadataBytes) throw invalid(f, `metadata must total at most ${LIMITS.metadataBytes} bytes once decoded`);
-    out[k] = (k === 'meta-data' ? withInstanceId(decoded, uid, f) : decoded).toString('base64');
+    out[k] = (k === 'meta-data' ? cloudInitMetaData(decoded, uid, f) : decoded).toString('base64');
   }
-  if (out['meta-data'] === undefined) out['meta-data'] = withInstanceId(undefined, uid, `${field}["meta-data"]`).toString('base64');
+  if (out['meta-data'] === undefined) out['meta-data'] = cloudInitMetaData(undefined, uid, `${field}["meta-data"]`).toString('base64');
   return out;
 }
 
@@ -291,6 +293,9 @@ export function validateSpec(input: SpecInput | undefined, uid: string, provider
     const iface = checkInterface(`${root}.interfaces[${n}]`, i);
     if (seenIfaces.has(iface.deviceId)) throw invalid(`${root}.interfaces[${n}].device_id`, `must be unique; ${quote(iface.deviceId)} is used twice`);
     seenIfaces.add(iface.deviceId);
+    if (kernel.addNetworkConfig && iface.deviceId.length > GUEST_IFNAME_MAX) {
+      throw invalid(`${root}.interfaces[${n}].device_id`, `must be at most ${GUEST_IFNAME_MAX} characters with kernel.add_network_config: it becomes the guest's interface name (Linux IFNAMSIZ)`);
+    }
     if (iface.guestMac !== undefined) {
       const mac = iface.guestMac.toLowerCase();
       if (seenMacs.has(mac)) throw invalid(`${root}.interfaces[${n}].guest_mac`, 'must be unique within the VM');

@@ -1,5 +1,5 @@
 import { failedPrecondition } from '../errors.js';
-import { mergeCmdline, networkConfig, vendorDataWithMounts, type GuestInterface } from '../microvm/cloudinit.js';
+import { mergeCmdline, noCloudSeed, type GuestInterface } from '../microvm/cloudinit.js';
 import type { MicroVM, MicroVMStatus, Mount, NetworkInterfaceStatus } from '../microvm/types.js';
 import type { CloudInitDisk, HostFiles, HostNetwork, ImageStore, Logger, Supervisor, Volumes } from '../ports.js';
 import type { Launch, LaunchDisk, LaunchNic, LaunchShare, ProviderDescriptor, VmRef, VmmInstance } from '../vmm.js';
@@ -86,19 +86,11 @@ export class CreateContext {
     return m.kind === 'nocloud-disk' ? `${this.ref.dir}/${m.file}` : undefined;
   }
 
-  /** The NoCloud seed files for this VM and the NICs observed so far. */
+  /** The NoCloud seed files for this VM and the NICs observed so far (noCloudSeed). */
   seed(): Record<string, Buffer> {
-    const vm = this.vm;
-    const files: Record<string, Buffer> = {};
-    for (const [k, v] of Object.entries(vm.spec.metadata)) files[k] = Buffer.from(v, 'base64');
-    const vendor = vendorDataWithMounts(vm, files['vendor-data']);
-    if (vendor) files['vendor-data'] = vendor;
-    if (vm.spec.kernel.addNetworkConfig) {
-      const guests: GuestInterface[] = this.nics.map((n) => ({ deviceId: n.deviceId, mac: n.mac }));
-      files['network-config'] = Buffer.from(networkConfig(vm, guests), 'utf8');
-    }
-    return files;
+    return noCloudSeed(this.vm, this.nics.map((n): GuestInterface => ({ deviceId: n.deviceId, mac: n.mac })));
   }
+
 
   /** Everything the VMM needs, from what the steps observed. */
   launch(): Launch {

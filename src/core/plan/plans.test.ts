@@ -139,7 +139,7 @@ describe('create plan on fakes', () => {
     assert.ok(r.ok);
     const launch = world.vmms.get(UID)?.launch;
     assert.deepEqual(launch?.disks.map((d) => d.id), ['root', 'data'], 'no seed disk');
-    assert.deepEqual(Object.keys(launch?.metadata ?? {}).sort(), ['network-config', 'user-data', 'vendor-data']);
+    assert.deepEqual(Object.keys(launch?.metadata ?? {}).sort(), ['meta-data', 'network-config', 'user-data', 'vendor-data'], 'noCloudSeed: meta-data and user-data always');
     assert.equal([...world.files.keys()].some((f) => f.endsWith('cidata.img')), false);
   });
 
