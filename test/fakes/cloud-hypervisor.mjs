@@ -579,6 +579,12 @@ async function handle(req, res) {
 const { got, verbose, hasPayload } = parseArgv(process.argv.slice(2));
 if (got['log-file']) logFile = got['log-file'];
 noShutdown = !!got['no-shutdown'];
+process.on('SIGTERM', () => {
+  if (FAULTS.has('ignore-sigterm')) return log('SIGTERM ignored (fault switch)');
+  exitSoon(0, 'Received signal SIGTERM, exiting');
+});
+process.on('SIGINT', () => exitSoon(0, 'Received signal SIGINT, exiting'));
+// SIGHUP keeps its default action (death), as in the real binary.
 log(`Cloud Hypervisor stand-in v${VERSION}.0 starting (verbosity ${verbose})`);
 
 let apiPath;
@@ -619,12 +625,6 @@ if (hasPayload) {
 }
 record();
 
-process.on('SIGTERM', () => {
-  if (FAULTS.has('ignore-sigterm')) return log('SIGTERM ignored (fault switch)');
-  exitSoon(0, 'Received signal SIGTERM, exiting');
-});
-process.on('SIGINT', () => exitSoon(0, 'Received signal SIGINT, exiting'));
-// SIGHUP keeps its default action (death), as in the real binary.
 
 if (FAULTS.has('exit-after')) setTimeout(() => {
   log('crashing (fault switch)');
