@@ -26,6 +26,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
 import Ajv from 'ajv';
+import { Buffer } from 'node:buffer';
+import { setInterval, setTimeout } from 'node:timers';
 
 const started = Date.now();
 let logFile;
@@ -545,6 +547,8 @@ async function handle(req, res) {
   requests.push({ method: req.method, path: req.url, body: raw || undefined });
   log(`API request ${req.method} ${req.url}`);
   if (verb && FAULTS.get('hang') === verb) return; // never answered
+  // micro_http, the server in both VMMs, reads bodies by Content-Length only.
+  if (req.headers['transfer-encoding']) return sendError(res, new ApiError(400, ['Transfer-Encoding is not supported']));
   const ep = verb ? ENDPOINTS[verb] : undefined;
   try {
     if (!ep) {
@@ -577,7 +581,14 @@ async function handle(req, res) {
 // ---- main ----
 
 const { got, verbose, hasPayload } = parseArgv(process.argv.slice(2));
-if (got['log-file']) logFile = got['log-file'];
+if (got['log-file']) {
+  try {
+    appendFileSync(got['log-file'], '');
+  } catch (err) {
+    die('Error creating log file', err.message);
+  }
+  logFile = got['log-file'];
+}
 noShutdown = !!got['no-shutdown'];
 process.on('SIGTERM', () => {
   if (FAULTS.has('ignore-sigterm')) return log('SIGTERM ignored (fault switch)');
