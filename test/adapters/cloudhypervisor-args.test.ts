@@ -25,6 +25,7 @@ const base: ChLaunch = {
     { id: 'cidata', path: `/var/lib/matchlock/vm/ns1/worker-0/${uid}/cloud-init.img`, readOnly: true },
   ],
   nics: [{ deviceId: 'eth0', type: 'TAP', hostDevice: 'mltap0abc123', ifindex: 7, mac: '02:aa:bb:cc:dd:01' }],
+  shares: [],
 };
 const macvtap = { deviceId: 'eth1', type: 'MACVTAP' as const, hostDevice: 'mlvtap0abc12', ifindex: 9, mac: '5a:11:22:33:44:55' };
 
@@ -37,7 +38,7 @@ const scenarios: Record<string, ChLaunch> = {
   },
   'initrd-no-root': { ...base, initrdPath: '/var/lib/matchlock/images/i/initrd.img', cmdline: mergeCmdline(chDefaultCmdline(false), { 'rdinit': '/init' }), disks: [base.disks[1]!] },
   'vsock': { ...base, guestAgent: { cid: 3 } },
-  'virtiofs-share': { ...base, shares: [{ id: 'data', tag: 'data', hostPath: '/srv/data', readOnly: false }] },
+  'virtiofs-share': { ...base, shares: [{ id: 'data', hostPath: '/srv/data', readOnly: false }, { id: 'models', hostPath: '/srv/models', readOnly: false }] },
 };
 
 describe('cloud-hypervisor argv', () => {

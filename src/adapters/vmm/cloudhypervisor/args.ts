@@ -24,9 +24,8 @@ export interface ChNic {
 
 /** A host directory served to the guest over virtio-fs by one virtiofsd. */
 export interface ChShare {
+  /** The volume id; also the virtio-fs tag the guest mounts (`mount -t virtiofs <id> <dir>`). */
   id: string;
-  /** The mount tag the guest names (`mount -t virtiofs <tag> <dir>`). */
-  tag: string;
   hostPath: string;
   readOnly: boolean;
 }
@@ -46,7 +45,7 @@ export interface ChLaunch {
   /** Root first, then additional volumes, then the NoCloud seed: the guest's vda, vdb… in that order. */
   disks: ChDisk[];
   nics: ChNic[];
-  shares?: ChShare[] | undefined;
+  shares: ChShare[];
   guestAgent?: { cid: number } | undefined;
 }
 
@@ -64,11 +63,11 @@ export const FILES = {
   seed: 'cloud-init.img',
 } as const;
 
-/** Socket names in the run dir. */
+/** Socket names in the run dir; shares are numbered, so every name has a known length. */
 export const SOCKETS = {
   api: 'cloudhypervisor.sock',
   vsock: 'guest-agent.vsock',
-  share: (id: string) => `virtiofsd-${id}.sock`,
+  share: (n: number) => `virtiofsd-${n}.sock`,
 } as const;
 
 /** The first descriptor the VMM inherits for MACVTAP devices (0-2 are stdio). */
@@ -101,7 +100,7 @@ function value(what: string, v: string): string {
 export function chArgs(l: ChLaunch): string[] {
   const f = (name: string) => `${l.dir}/${name}`;
   const s = (name: string) => `${l.runDir}/${name}`;
-  const shares = l.shares ?? [];
+  const shares = l.shares;
   const args = ['--api-socket', `path=${value('api socket', s(SOCKETS.api))}`, '--log-file', f(FILES.log), '-v', '--kernel', l.kernelPath];
   if (l.initrdPath) args.push('--initramfs', l.initrdPath);
   args.push('--cmdline', l.cmdline, '--cpus', `boot=${l.vcpu}`, '--memory', `size=${l.memoryInMb}M${shares.length ? ',shared=on' : ''}`);
@@ -111,7 +110,7 @@ export function chArgs(l: ChLaunch): string[] {
     args.push('--net', ...l.nics.map((n) => `${n.type === 'TAP' ? `tap=${value(`interface ${n.deviceId}`, n.hostDevice)}` : `fd=${fd++}`},mac=${n.mac}`));
   }
   if (l.guestAgent) args.push('--vsock', `cid=${l.guestAgent.cid},socket=${s(SOCKETS.vsock)}`);
-  if (shares.length) args.push('--fs', ...shares.map((sh) => `tag=${value(`share ${sh.id} tag`, sh.tag)},socket=${value(`share ${sh.id} socket`, s(SOCKETS.share(sh.id)))},num_queues=1,queue_size=1024`));
+  if (shares.length) args.push('--fs', ...shares.map((sh, n) => `tag=${value(`share ${sh.id} tag`, sh.id)},socket=${value(`share ${sh.id} socket`, s(SOCKETS.share(n)))},num_queues=1,queue_size=1024`));
   args.push('--serial', `file=${value('console file', f(FILES.console))}`, '--console', 'off');
   return args;
 }
