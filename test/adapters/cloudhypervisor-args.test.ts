@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 import { chArgs, chDefaultCmdline, type ChLaunch } from '../../src/adapters/vmm/cloudhypervisor/args.js';
+import { chCheckSpec } from '../../src/adapters/vmm/cloudhypervisor/spec-rules.js';
 import { mergeCmdline } from '../../src/core/microvm/cloudinit.js';
+import type { MicroVMSpec } from '../../src/core/microvm/types.js';
 
 // Golden argv per scenario (flintlock's buildargs_test.go is the model): a change in argument
 // building shows as a diff here. UPDATE_GOLDEN=1 rewrites the files after a deliberate change.
@@ -92,5 +94,28 @@ describe('cloud-hypervisor argv', () => {
     } finally {
       rmSync(tmp, { recursive: true, force: true });
     }
+  });
+});
+
+describe('cloud-hypervisor create-time rules', () => {
+  const spec = (volumes: MicroVMSpec['additionalVolumes']): MicroVMSpec => ({
+    name: 'n', namespace: 'ns', labels: {}, vcpu: 2, memoryInMb: 1024,
+    kernel: { image: 'k', filename: 'vmlinux', cmdline: {}, addNetworkConfig: false },
+    additionalVolumes: volumes, interfaces: [], metadata: {}, provider: 'cloudhypervisor', allowGuestAgent: false,
+  });
+
+  it('accepts a read-write share and container volumes', () => {
+    assert.equal(chCheckSpec(spec([{ id: 'data', isReadOnly: false, source: { virtiofsSource: '/srv/data' } }, { id: 'm', isReadOnly: true, source: { containerSource: 'ghcr.io/x/y:1' } }])), undefined);
+  });
+
+  it('refuses a read-only share, naming the field', () => {
+    const err = chCheckSpec(spec([{ id: 'data', isReadOnly: true, source: { virtiofsSource: '/srv/data' } }]));
+    assert.equal(err?.code, 'FailedPrecondition');
+    assert.match(err?.message ?? '', /^microvm.additional_volumes\[0\].is_read_only: .*read-only/);
+  });
+
+  it('refuses a share path the option syntax would split', () => {
+    const err = chCheckSpec(spec([{ id: 'data', isReadOnly: false, source: { virtiofsSource: '/srv/a,b' } }]));
+    assert.match(err?.message ?? '', /^microvm.additional_volumes\[0\].source.virtiofs_source: must not contain commas/);
   });
 });
