@@ -15,6 +15,7 @@
 //   FAKE_CH_SPEC      the OpenAPI YAML (default: the version's file in the shared specs).
 //   FAKE_CH_RECORD    a directory: <pid>.json there records argv, the parsed VmConfig, the
 //                     inherited descriptors and every API request, for tests to inspect.
+//   FAKE_CH_GUEST     qemu: boot the described VM under QEMU (TCG), so a guest really runs.
 //   FAKE_CH_FAULTS    comma-separated switches: exit-after=<ms> (die with status 1),
 //                     poweroff-after=<ms> (the guest powers off: exit 0), no-api (never bind the
 //                     API socket), hang=<verb> (never answer that endpoint), ignore-power-button
@@ -22,6 +23,8 @@
 import { accessSync, appendFileSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer as createNetServer } from 'node:net';
+import { spawn } from 'node:child_process';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
@@ -384,6 +387,91 @@ function fdTarget(fd) {
   }
 }
 
+// ---- an optional real guest: FAKE_CH_GUEST=qemu boots the described VM with QEMU (TCG) ----
+//
+// QEMU's microvm machine gets the same kernel, initramfs, command line, disks (virtio-blk, in
+// order, read-only as given), NICs (TAP by name, or the very descriptor handed to us as fd=),
+// and the serial port into the same file. The guest's power-off ends the VMM as it would end
+// CH; vm.pause/resume/shutdown and the power button go to QEMU over QMP.
+
+let guest;
+let guestQmp;
+
+function hostKhz() {
+  const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
+  return m ? Math.round(Number(m[1]) * 1000) : undefined;
+}
+
+function startGuest(cfg) {
+  if (process.env.FAKE_CH_GUEST !== 'qemu') return;
+  const p = cfg.payload;
+  // Under TCG the kernel needs the TSC rate or it may hang calibrating: hardware the stand-in lacks.
+  const khz = hostKhz();
+  guestQmp = join(tmpdir(), `fake-ch-${process.pid}.qmp`);
+  const args = ['-M', 'microvm,x-option-roms=off,isa-serial=on', '-accel', 'tcg', '-cpu', 'qemu64', '-m', `${Math.floor(cfg.memory.size / (1 << 20))}M`,
+    '-smp', String(cfg.cpus.boot_vcpus), '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-serial', cfg.serial.mode === 'File' ? `file:${cfg.serial.file}` : 'null', '-qmp', `unix:${guestQmp},server=on,wait=off`, '-kernel', p.kernel];
+  if (p.initramfs) args.push('-initrd', p.initramfs);
+  args.push('-append', `${p.cmdline ?? ''}${khz ? ` tsc_early_khz=${khz}` : ''}`);
+  cfg.disks.forEach((d, i) => args.push('-drive', `id=d${i},file=${d.path},format=raw,if=none${d.readonly ? ',readonly=on' : ''}`, '-device', `virtio-blk-device,drive=d${i}`));
+  const stdio = ['ignore', 'ignore', 'inherit'];
+  cfg.net.forEach((n, i) => {
+    const backend = n.fds ? `tap,id=n${i},fd=${n.fds[0]},vhost=off` : `tap,id=n${i},ifname=${n.tap},script=no,downscript=no`;
+    for (const fd of n.fds ?? []) {
+      while (stdio.length < fd) stdio.push('ignore');
+      stdio[fd] = fd;
+    }
+    args.push('-netdev', backend, '-device', `virtio-net-device,netdev=n${i}${n.mac ? `,mac=${n.mac}` : ''}`);
+  });
+  guest = spawn('qemu-system-x86_64', args, { stdio });
+  log(`guest started under QEMU, pid ${guest.pid}`);
+  guest.once('exit', (code, sig) => {
+    log(`guest QEMU exited with ${code ?? sig}`);
+    guest = undefined;
+    rmSync(guestQmp, { force: true });
+    if (state === 'Running' || state === 'Paused') {
+      state = 'Shutdown';
+      record();
+      if (!noShutdown) exitSoon(0, 'guest powered off');
+    }
+  });
+  // If this process is SIGKILLed, nothing here runs: a watcher ends the guest with us.
+  spawn('sh', ['-c', `while kill -0 ${process.pid} 2>/dev/null && ! grep -q "^State:.*Z" /proc/${process.pid}/status; do sleep 0.2; done; kill -9 ${guest.pid} 2>/dev/null`], { stdio: 'ignore', detached: true }).unref();
+}
+
+/** One QMP command to the guest's QEMU. */
+function guestCommand(command) {
+  if (!guest) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const sock = connect(guestQmp);
+    let buf = '';
+    let step = 0;
+    sock.setEncoding('utf8');
+    sock.on('data', (d) => {
+      buf += d;
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const msg = JSON.parse(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        if ('QMP' in msg && step === 0) {
+          step = 1;
+          sock.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
+        } else if ('return' in msg && step === 1) {
+          step = 2;
+          sock.write(JSON.stringify({ execute: command }) + '\n');
+        } else if (('return' in msg || 'error' in msg) && step === 2) {
+          sock.destroy();
+          if ('error' in msg) reject(new Error(JSON.stringify(msg.error)));
+          else resolve();
+        }
+      }
+    });
+    sock.on('error', reject);
+  });
+}
+
+process.on('exit', () => guest?.kill('SIGKILL'));
+
 // ---- the VM, its state machine and the REST API ----
 
 let config;
@@ -482,11 +570,30 @@ const ENDPOINTS = {
       }
       state = 'Running';
       counterBase = Date.now();
+      startGuest(config);
     },
   },
-  'vm.pause': { method: 'PUT', run: () => transition('Error pausing the VM', ['Running'], 'Paused') },
-  'vm.resume': { method: 'PUT', run: () => transition('Error resuming the VM', ['Paused'], 'Running') },
-  'vm.shutdown': { method: 'PUT', run: () => transition('Error shutting down the VM', ['Running', 'Paused'], VERSION === '53' ? 'Created' : 'Shutdown') },
+  'vm.pause': {
+    method: 'PUT',
+    run: async () => {
+      transition('Error pausing the VM', ['Running'], 'Paused');
+      await guestCommand('stop');
+    },
+  },
+  'vm.resume': {
+    method: 'PUT',
+    run: async () => {
+      transition('Error resuming the VM', ['Paused'], 'Running');
+      await guestCommand('cont');
+    },
+  },
+  'vm.shutdown': {
+    method: 'PUT',
+    run: () => {
+      transition('Error shutting down the VM', ['Running', 'Paused'], VERSION === '53' ? 'Created' : 'Shutdown');
+      guest?.kill('SIGKILL');
+    },
+  },
   'vm.reboot': { method: 'PUT', run: () => transition('Error rebooting the VM', ['Running'], 'Running') },
   'vm.power-button': {
     method: 'PUT',
@@ -494,6 +601,8 @@ const ENDPOINTS = {
       if (!state) throw notCreated('Error triggering power button');
       if (state !== 'Running') throw new ApiError(500, ['Error triggering power button', `Invalid VM state transition: ${state} to Shutdown`]);
       if (FAULTS.has('ignore-power-button')) return;
+      // A real guest decides for itself whether it powers off on the ACPI button.
+      if (guest) return guestCommand('system_powerdown');
       // The guest handles the ACPI event and powers off; the VMM then exits (unless --no-shutdown).
       setTimeout(() => {
         state = 'Shutdown';
@@ -632,6 +741,7 @@ if (hasPayload) {
     die(...(Array.isArray(chain) ? chain : ['Error booting VM', String(chain)]));
   }
   state = 'Running';
+  startGuest(config);
   log('VM booted');
 }
 record();
