@@ -13,9 +13,9 @@ export const DEFAULT_VIRTIOFSD = '/usr/lib/qemu/virtiofsd';
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /**
- * virtiofsd's argv for one share (QEMU 7.2's virtiofsd, Debian 12; the Rust virtiofsd accepts
- * the same `--socket-path` and `-o source=`). It serves one VMM connection and exits when the VMM
- * disconnects, so each VMM start needs a fresh one. The C virtiofsd has no read-only mode.
+ * virtiofsd's argv for one share, in the grammar of QEMU 7.2's virtiofsd (Debian 12; see its
+ * --help). It serves one VMM connection and exits when the VMM disconnects, so each VMM start
+ * needs a fresh one. It has no read-only export.
  */
 export function virtiofsdArgs(socket: string, hostPath: string): string[] {
   return [`--socket-path=${socket}`, '-o', `source=${hostPath}`, '-o', 'cache=auto'];
