@@ -2,6 +2,7 @@
  * The interfaces the core needs from the world. Adapters implement them; tests use fakes.
  */
 import type { MicroVM, MicroVMStatus } from './microvm/types.js';
+export type { Launch, LaunchDisk, LaunchNic, LaunchShare, VmmInstance, VmmProvider } from './vmm.js';
 
 export interface ListFilter {
   /** Undefined or empty: every namespace. */
@@ -61,8 +62,9 @@ export type RuntimeStatus = Partial<Omit<MicroVMStatus, 'state' | 'retry' | 'las
  */
 export interface Runtime {
   /** `progress` receives status after each step that changed the host, so it is saved at once. */
-  ensure(vm: MicroVM, log: Logger, progress?: (s: RuntimeStatus) => void): Promise<RuntimeStatus>;
-  teardown(vm: MicroVM, log: Logger): Promise<void>;
+  ensure(vm: MicroVM, log: Logger, progress?: (s: RuntimeStatus) => void, signal?: AbortSignal): Promise<RuntimeStatus>;
+  /** `signal` aborts the pass between steps (and inside steps that honour it). */
+  teardown(vm: MicroVM, log: Logger, signal?: AbortSignal): Promise<void>;
 }
 
 // ---- Host ports used by the create and delete plans ----
@@ -74,6 +76,8 @@ export interface ImageStore {
    * digest. With `pinned`, that exact digest is used whatever the tag points to now.
    */
   ensure(ref: string, log: Logger, pinned?: string): Promise<string>;
+  /** Whether the image with this manifest digest is in the store and ready to use (unpacked). */
+  ready(digest: string): Promise<boolean>;
   /** Host path of a file inside the image; fails listing what the image holds when absent. */
   file(digest: string, path: string, ref: string): Promise<string>;
 }
@@ -128,47 +132,6 @@ export interface HostNetwork {
 /** Writes the NoCloud seed (a disk labelled cidata) holding the given files. */
 export interface CloudInitDisk {
   write(path: string, files: Record<string, Buffer>): Promise<void>;
-}
-
-export interface LaunchDisk {
-  id: string;
-  path: string;
-  readOnly: boolean;
-}
-
-export interface LaunchNic {
-  deviceId: string;
-  type: 'TAP' | 'MACVTAP';
-  hostDevice: string;
-  ifindex: number;
-  mac: string;
-}
-
-/** Everything a VMM needs to start one VM; paths are on the host. */
-export interface Launch {
-  uid: string;
-  dir: string;
-  vcpu: number;
-  memoryInMb: number;
-  kernelPath: string;
-  initrdPath?: string | undefined;
-  cmdline: string;
-  disks: LaunchDisk[];
-  nics: LaunchNic[];
-}
-
-export interface VmmProvider {
-  readonly name: string;
-  /** The provider's kernel command line, before the spec's cmdline is merged over it. */
-  defaultCmdline(hasRoot: boolean): [string, string][];
-  /** Pid of this VM's VMM when it runs, else undefined. Reads only what is on the host. */
-  running(uid: string, dir: string): Promise<number | undefined>;
-  /** Starts the VMM detached, so it outlives the daemon; resolves its pid. */
-  start(launch: Launch, log: Logger): Promise<number>;
-  /** Asks the guest to power down, then stops the VMM harder until it is gone. */
-  stop(uid: string, dir: string, timeoutMs: number, log: Logger): Promise<void>;
-  /** The console log that the supervisor watches for boot. */
-  consolePath(dir: string): string;
 }
 
 /** Watches VMM processes: exits and guest boot are reported as they happen. */

@@ -7,7 +7,8 @@ import { createHttpApi } from '../adapters/api/http/server.js';
 import { bindGrpc, createGrpcServer, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { MicroVMService } from '../core/microvm/service.js';
-import type { Logger, VmmProvider } from '../core/ports.js';
+import type { Logger } from '../core/ports.js';
+import { longestSocketPath, UNIX_SOCKET_PATH_MAX } from '../core/vmm.js';
 import { HostRuntime } from '../core/plan/host-runtime.js';
 import { NodeHostFiles } from '../adapters/host/files.js';
 import { ImageCatalog, LocalImageStore } from '../adapters/images/oci/store.js';
@@ -16,7 +17,7 @@ import { VfatCloudInitDisk } from '../adapters/metadata/cidata.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { Ext4Volumes } from '../adapters/volumes/ext4.js';
 import { ThinPoolVolumes } from '../adapters/volumes/thin.js';
-import { QemuProvider } from '../adapters/vmm/qemu/provider.js';
+import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
 import { sweepOrphans } from './sweep.js';
 import { clearStaleSocket } from './unix-socket.js';
@@ -24,7 +25,8 @@ import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
 import { isLocalEndpoint } from '../core/endpoint.js';
 import { ConfigError, type DaemonConfig } from './config.js';
-import { chooseDefaultProvider, detectProviders, findBinary } from './providers.js';
+import { buildProviders, chooseDefaultProvider, providerEntries } from './providers.js';
+import { deviceAlias } from '../core/microvm/host-names.js';
 
 export interface RunningDaemon {
   grpcPort: number;
@@ -48,24 +50,33 @@ function readTls(cfg: DaemonConfig): GrpcTls | undefined {
   };
 }
 
+export interface DaemonOptions {
+  /** The providers this daemon knows; the registry unless a test adds one. */
+  registry?: ReadonlyMap<string, ProviderModule>;
+}
+
 /** Wires the daemon together and starts it. What it starts, `stop()` ends, in reverse order. */
-export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<RunningDaemon> {
+export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: DaemonOptions = {}): Promise<RunningDaemon> {
+  const providerRegistry = opts.registry ?? PROVIDERS;
   const tls = readTls(cfg);
   for (const [key, endpoint, on] of [['grpc-endpoint', cfg.grpcEndpoint, true], ['http-endpoint', cfg.httpEndpoint, cfg.enableHttp]] as const) {
     if (on && !tls && !cfg.insecure && !isLocalEndpoint(endpoint)) {
       throw new ConfigError(`${key} ${endpoint} is not a loopback address: give tls-cert and tls-key, or --insecure to serve plaintext`);
     }
   }
-  const providers = detectProviders(cfg);
+  const sockets = longestSocketPath(cfg.stateDir, [...providerRegistry.values()].map((m) => m.descriptor));
+  if (sockets.bytes > UNIX_SOCKET_PATH_MAX) {
+    const room = UNIX_SOCKET_PATH_MAX - (sockets.bytes - Buffer.byteLength(cfg.stateDir));
+    throw new ConfigError(`state-dir ${cfg.stateDir} is too long: VM sockets such as ${sockets.example} would be ${sockets.bytes} bytes, over the ${UNIX_SOCKET_PATH_MAX}-byte unix socket limit; use a state dir of at most ${room} bytes`);
+  }
+  const providers = providerEntries(cfg, providerRegistry);
   const chosen = chooseDefaultProvider(cfg, providers);
-  const defaultProvider = chosen ?? 'qemu';
+  const defaultProvider = chosen ?? [...providerRegistry.keys()].at(-1) ?? '';
   if (chosen) logger.info({ provider: chosen, configured: cfg.defaultProvider !== '' }, 'default provider chosen');
   else logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
 
   const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
-  const vmms = new Map<string, VmmProvider>();
-  const qemuBin = findBinary(cfg.qemuBin);
-  if (qemuBin) vmms.set('qemu', new QemuProvider(qemuBin, { accel: cfg.qemuAccel }));
+  const vmms = buildProviders(cfg, providerRegistry, logger);
   const files = new NodeHostFiles();
   const network = new Iproute2Network();
   let registry;
@@ -99,6 +110,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger): Promise<Ru
     bridgeName: cfg.bridgeName,
     parentIface: cfg.parentIface,
     deleteVmTimeoutMs: cfg.deleteVmTimeoutMs,
+    linkAlias: deviceAlias,
   });
   const reconciler = new Reconciler({
     store,

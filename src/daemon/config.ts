@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
-import { isProviderName, type ProviderName } from '../core/providers.js';
-import { parseDuration } from '../core/duration.js';
+import { parseSetting, type SettingDef, type SettingValue } from '../core/settings.js';
+import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 
 /**
  * matchlockd's settings. Every key is a flag (`--state-dir`), a key of the YAML config file
@@ -21,13 +21,10 @@ export interface DaemonConfig {
   tlsKey: string;
   tlsClientValidate: boolean;
   tlsClientCa: string;
-  defaultProvider: ProviderName | '';
-  firecrackerBin: string;
-  firecrackerDetach: boolean;
-  cloudhypervisorBin: string;
-  cloudhypervisorDetach: boolean;
-  qemuBin: string;
-  qemuAccel: 'tcg' | 'kvm';
+  /** A provider's name, or empty for the first usable one in the registry's order. */
+  defaultProvider: string;
+  /** The providers' own settings (firecracker-bin, qemu-accel, …), by key. */
+  providerSettings: Record<string, SettingValue>;
   parentIface: string;
   bridgeName: string;
   debugEndpoint: string;
@@ -47,20 +44,25 @@ export interface DaemonConfig {
   deleteVmTimeoutMs: number;
 }
 
-type Kind = 'string' | 'bool' | 'duration' | 'int' | 'provider' | 'accel' | 'logformat';
-
-interface KeyDef {
-  key: string;
-  prop: keyof DaemonConfig;
-  kind: Kind;
-  default: string;
-  help: string;
+interface KeyDef extends SettingDef {
+  /** The DaemonConfig property; provider settings have none and go to providerSettings. */
+  prop?: keyof DaemonConfig;
 }
 
 export const DEFAULT_CONFIG_PATH = '/etc/matchlock/config.yaml';
 
-/** One table drives the flags, the file keys, the environment names and the README reference. */
-export const KEYS: readonly KeyDef[] = [
+/**
+ * One table drives the flags, the file keys, the environment names and the README reference:
+ * the daemon's own settings with each provider's settings after default-provider.
+ */
+export function configKeys(providers: ReadonlyMap<string, ProviderModule> = PROVIDERS): KeyDef[] {
+  const names = [...providers.keys()];
+  const own = DAEMON_KEYS.map((k) => (k.key === 'default-provider' ? { ...k, values: [...names, ''], help: `provider for VMs that name none; empty: the first found of ${names.join(', ')}` } : k));
+  const at = own.findIndex((k) => k.key === 'default-provider') + 1;
+  return [...own.slice(0, at), ...[...providers.values()].flatMap((p) => p.settings), ...own.slice(at)];
+}
+
+const DAEMON_KEYS: readonly KeyDef[] = [
   { key: 'grpc-endpoint', prop: 'grpcEndpoint', kind: 'string', default: '127.0.0.1:9090', help: 'address of the gRPC API' },
   { key: 'state-dir', prop: 'stateDir', kind: 'string', default: '/var/lib/matchlock', help: 'where the store, images and per-VM files live' },
   { key: 'resync-period', prop: 'resyncPeriodMs', kind: 'duration', default: '10m', help: 'how often every VM is reconciled even without a change' },
@@ -72,18 +74,12 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'tls-key', prop: 'tlsKey', kind: 'string', default: '', help: 'server private key (PEM)' },
   { key: 'tls-client-validate', prop: 'tlsClientValidate', kind: 'bool', default: 'false', help: 'require client certificates signed by tls-client-ca (mTLS)' },
   { key: 'tls-client-ca', prop: 'tlsClientCa', kind: 'string', default: '', help: 'CA bundle (PEM) for client certificates' },
-  { key: 'default-provider', prop: 'defaultProvider', kind: 'provider', default: '', help: 'provider for VMs that name none; empty: the first found of firecracker, cloudhypervisor, qemu' },
-  { key: 'firecracker-bin', prop: 'firecrackerBin', kind: 'string', default: 'firecracker', help: 'Firecracker binary (name on PATH or path)' },
-  { key: 'firecracker-detach', prop: 'firecrackerDetach', kind: 'bool', default: 'true', help: 'run Firecracker detached so VMs outlive the daemon' },
-  { key: 'cloudhypervisor-bin', prop: 'cloudhypervisorBin', kind: 'string', default: 'cloud-hypervisor', help: 'Cloud Hypervisor binary' },
-  { key: 'cloudhypervisor-detach', prop: 'cloudhypervisorDetach', kind: 'bool', default: 'true', help: 'run Cloud Hypervisor detached' },
-  { key: 'qemu-bin', prop: 'qemuBin', kind: 'string', default: 'qemu-system-x86_64', help: 'QEMU binary for the microvm machine' },
-  { key: 'qemu-accel', prop: 'qemuAccel', kind: 'accel', default: 'tcg', help: 'QEMU accelerator, tcg or kvm (never guessed from /dev/kvm)' },
+  { key: 'default-provider', prop: 'defaultProvider', kind: 'enum', default: '', help: '' },
   { key: 'parent-iface', prop: 'parentIface', kind: 'string', default: '', help: 'parent interface for MACVTAP interfaces' },
   { key: 'bridge-name', prop: 'bridgeName', kind: 'string', default: '', help: 'bridge for TAP interfaces without overrides.bridge_name' },
   { key: 'debug-endpoint', prop: 'debugEndpoint', kind: 'string', default: '', help: 'accepted for flintlock compatibility; not served yet' },
   { key: 'verbosity', prop: 'verbosity', kind: 'int', default: '0', help: 'log detail: 0 info, 1 and more debug' },
-  { key: 'log-format', prop: 'logFormat', kind: 'logformat', default: 'text', help: 'text or json' },
+  { key: 'log-format', prop: 'logFormat', kind: 'enum', values: ['text', 'json'], default: 'text', help: 'text or json' },
   { key: 'maximum-retry', prop: 'maximumRetry', kind: 'int', default: '10', help: 'failed reconcile attempts before a VM is FAILED' },
   { key: 'registry-auth-file', prop: 'registryAuthFile', kind: 'string', default: '', help: 'Docker-style config.json with registry credentials; empty: $DOCKER_CONFIG/config.json or ~/.docker/config.json' },
   { key: 'insecure-registries', prop: 'insecureRegistries', kind: 'string', default: '', help: 'comma-separated registries reached over HTTPS without certificate checks' },
@@ -94,9 +90,12 @@ export const KEYS: readonly KeyDef[] = [
   { key: 'thinpool-dev-dir', prop: 'thinpoolDevDir', kind: 'string', default: '/dev/mapper', help: 'where device-mapper devices appear' },
   { key: 'dmsetup-bin', prop: 'dmsetupBin', kind: 'string', default: 'dmsetup', help: 'dmsetup binary used with thinpool' },
   { key: 'retry-backoff', prop: 'retryBackoffMs', kind: 'duration', default: '1s', help: 'first retry delay after a failed reconcile; doubles each attempt (with jitter) up to 5m' },
-  { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', default: '4', help: 'VMs reconciled in parallel' },
+  { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', min: 1, max: 64, default: '4', help: 'VMs reconciled in parallel' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },
 ];
+
+/** The settings of this matchlock's providers and daemon, in README order. */
+export const KEYS: readonly KeyDef[] = configKeys();
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
@@ -106,39 +105,10 @@ export function envName(key: string): string {
   return `MATCHLOCK_${key.toUpperCase().replace(/-/g, '_')}`;
 }
 
-function convert(def: KeyDef, raw: unknown, where: string): DaemonConfig[keyof DaemonConfig] {
-  const bad = (rule: string) => new ConfigError(`${where}: ${def.key} ${rule} (got ${JSON.stringify(raw)})`);
-  const text = typeof raw === 'string' ? raw.trim() : raw;
-  switch (def.kind) {
-    case 'string':
-      if (typeof text !== 'string' && typeof text !== 'number') throw bad('must be a string');
-      return String(text);
-    case 'bool':
-      if (typeof text === 'boolean') return text;
-      if (text === 'true' || text === '1') return true;
-      if (text === 'false' || text === '0' || text === '') return false;
-      throw bad('must be true or false');
-    case 'int': {
-      const n = typeof text === 'number' ? text : Number(text);
-      if (!Number.isInteger(n) || n < 0) throw bad('must be a whole number >= 0');
-      if (def.key === 'reconcile-workers' && (n < 1 || n > 64)) throw bad('must be between 1 and 64');
-      return n;
-    }
-    case 'duration': {
-      const ms = typeof text === 'string' ? parseDuration(text) : undefined;
-      if (ms === undefined) throw bad('must be a duration such as 30s, 10m or 1h');
-      return ms;
-    }
-    case 'provider':
-      if (text !== '' && (typeof text !== 'string' || !isProviderName(text))) throw bad('must be firecracker, cloudhypervisor, qemu or empty');
-      return text as ProviderName | '';
-    case 'accel':
-      if (text !== 'tcg' && text !== 'kvm') throw bad('must be tcg or kvm');
-      return text;
-    case 'logformat':
-      if (text !== 'text' && text !== 'json') throw bad('must be text or json');
-      return text;
-  }
+function convert(def: KeyDef, raw: unknown, where: string): SettingValue {
+  const r = parseSetting(def, raw);
+  if ('error' in r) throw new ConfigError(`${where}: ${r.error}`);
+  return r.value;
 }
 
 export interface ConfigSources {
@@ -149,16 +119,21 @@ export interface ConfigSources {
   env: Record<string, string | undefined>;
 }
 
-export function loadConfig(src: ConfigSources): DaemonConfig {
-  const fileValues = readConfigFile(src.file.path, src.file.explicit);
-  const out: Record<string, unknown> = {};
-  for (const def of KEYS) {
+export function loadConfig(src: ConfigSources, providers: ReadonlyMap<string, ProviderModule> = PROVIDERS): DaemonConfig {
+  const keys = configKeys(providers);
+  const fileValues = readConfigFile(src.file.path, src.file.explicit, keys);
+  const providerSettings: Record<string, SettingValue> = {};
+  const out: Record<string, unknown> = { providerSettings };
+  for (const def of keys) {
     const flag = src.flags[def.key];
     const env = src.env[envName(def.key)];
-    if (flag !== undefined) out[def.prop] = convert(def, flag, 'flag');
-    else if (fileValues[def.key] !== undefined && fileValues[def.key] !== null) out[def.prop] = convert(def, fileValues[def.key], src.file.path);
-    else if (env !== undefined) out[def.prop] = convert(def, env, `environment ${envName(def.key)}`);
-    else out[def.prop] = convert(def, def.default, 'default');
+    let value: SettingValue;
+    if (flag !== undefined) value = convert(def, flag, 'flag');
+    else if (fileValues[def.key] !== undefined && fileValues[def.key] !== null) value = convert(def, fileValues[def.key], src.file.path);
+    else if (env !== undefined) value = convert(def, env, `environment ${envName(def.key)}`);
+    else value = convert(def, def.default, 'default');
+    if (def.prop) out[def.prop] = value;
+    else providerSettings[def.key] = value;
   }
   const cfg = out as unknown as DaemonConfig;
   if ((cfg.tlsCert === '') !== (cfg.tlsKey === '')) throw new ConfigError('tls-cert and tls-key must be given together');
@@ -167,7 +142,7 @@ export function loadConfig(src: ConfigSources): DaemonConfig {
   return cfg;
 }
 
-function readConfigFile(path: string, explicit: boolean): Record<string, unknown> {
+function readConfigFile(path: string, explicit: boolean, keys: readonly KeyDef[]): Record<string, unknown> {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -183,7 +158,7 @@ function readConfigFile(path: string, explicit: boolean): Record<string, unknown
   }
   if (doc === null || doc === undefined) return {};
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path}: must be a mapping of keys to values`);
-  const known = new Set(KEYS.map((k) => k.key));
+  const known = new Set(keys.map((k) => k.key));
   for (const key of Object.keys(doc)) {
     if (!known.has(key)) throw new ConfigError(`config file ${path}: unknown key "${key}"`);
   }

@@ -1,31 +1,34 @@
 import { Command, Option } from 'commander';
-import { DEFAULT_CONFIG_PATH, KEYS, envName, loadConfig, ConfigError } from './config.js';
+import { DEFAULT_CONFIG_PATH, configKeys, envName, loadConfig, ConfigError } from './config.js';
+import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { createLogger } from './logger.js';
 import { startDaemon } from './app.js';
 import { VERSION } from '../version.js';
 
 /** matchlockd, in flintlockd's form: `matchlockd run [flags]` and `matchlockd version`. */
-export async function main(argv: string[]): Promise<void> {
+export async function main(argv: string[], opts: { registry?: ReadonlyMap<string, ProviderModule> } = {}): Promise<void> {
+  const registry = opts.registry ?? PROVIDERS;
+  const keys = configKeys(registry);
   const program = new Command('matchlockd').description('flintlock-compatible MicroVM host daemon').showHelpAfterError();
   program.command('version').description('print the version').action(() => {
     process.stdout.write(`matchlockd ${VERSION}\n`);
   });
   const run = program.command('run').description('run the daemon');
   run.addOption(new Option('--config <path>', `YAML config file (default ${DEFAULT_CONFIG_PATH}; flintlock's keys accepted)`));
-  for (const def of KEYS) {
+  for (const def of keys) {
     const flag = def.kind === 'bool' ? `--${def.key} [bool]` : `--${def.key} <value>`;
     run.addOption(new Option(flag, `${def.help} (default ${def.default || '""'}, env ${envName(def.key)})`));
   }
   run.action(async (opts: Record<string, unknown>) => {
     const flags: Record<string, unknown> = {};
-    for (const def of KEYS) {
+    for (const def of keys) {
       const v = opts[camel(def.key)];
       if (v !== undefined) flags[def.key] = v === true ? 'true' : v;
     }
     const configPath = typeof opts.config === 'string' ? opts.config : undefined;
     let cfg;
     try {
-      cfg = loadConfig({ flags, file: { path: configPath ?? DEFAULT_CONFIG_PATH, explicit: configPath !== undefined }, env: process.env });
+      cfg = loadConfig({ flags, file: { path: configPath ?? DEFAULT_CONFIG_PATH, explicit: configPath !== undefined }, env: process.env }, registry);
     } catch (err) {
       process.stderr.write(`matchlockd: ${(err as Error).message}\n`);
       process.exit(2);
@@ -33,7 +36,7 @@ export async function main(argv: string[]): Promise<void> {
     const logger = createLogger(cfg.logFormat, cfg.verbosity);
     let daemon;
     try {
-      daemon = await startDaemon(cfg, logger);
+      daemon = await startDaemon(cfg, logger, { registry });
     } catch (err) {
       logger.error({ err: (err as Error).message }, 'matchlockd failed to start');
       process.exit(err instanceof ConfigError ? 2 : 1);

@@ -1,6 +1,8 @@
 import { accessSync, constants, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { DEFAULT_PROVIDER_ORDER, type ProviderAvailability, type ProviderName } from '../core/providers.js';
+import type { Logger } from '../core/ports.js';
+import type { ProviderEntry, VmmProvider } from '../core/vmm.js';
+import type { ProviderModule } from '../adapters/vmm/registry.js';
 import type { DaemonConfig } from './config.js';
 
 /** Resolves a binary the way a shell would: a path is checked as is, a bare name on PATH. */
@@ -18,28 +20,46 @@ export function findBinary(bin: string, path = process.env.PATH ?? ''): string |
   return undefined;
 }
 
-export function binaryFor(cfg: DaemonConfig, name: ProviderName): string {
-  return { firecracker: cfg.firecrackerBin, cloudhypervisor: cfg.cloudhypervisorBin, qemu: cfg.qemuBin }[name];
+/** The binary a provider is configured to run (its `<name>-bin` setting). */
+export function binaryFor(cfg: DaemonConfig, module: ProviderModule): string {
+  return String(cfg.providerSettings[module.binarySetting] ?? module.descriptor.defaultBinary);
 }
 
-/** Providers this matchlock can drive; the others are known by name and refused with a reason. */
-export const BUILT_PROVIDERS: ReadonlySet<ProviderName> = new Set<ProviderName>(['qemu']);
-
-export function detectProviders(cfg: DaemonConfig): ProviderAvailability {
-  type Entry = [ProviderName, { usable: true } | { usable: false; reason: string }];
+/** What this host can run: every registered provider with its descriptor and whether it is usable. */
+export function providerEntries(cfg: DaemonConfig, registry: ReadonlyMap<string, ProviderModule>): Map<string, ProviderEntry> {
   return new Map(
-    DEFAULT_PROVIDER_ORDER.map((name): Entry => {
-      const bin = binaryFor(cfg, name);
+    [...registry].map(([name, m]): [string, ProviderEntry] => {
+      const bin = binaryFor(cfg, m);
       const found = findBinary(bin);
-      if (!found) return [name, { usable: false as const, reason: `VMM binary "${bin}" not found (set --${name}-bin)` }];
-      if (!BUILT_PROVIDERS.has(name)) return [name, { usable: false as const, reason: `matchlock's ${name} provider is not built yet (found ${found})` }];
-      return [name, { usable: true as const }];
+      const availability: ProviderEntry['availability'] =
+        !found ? { usable: false, reason: `VMM binary "${bin}" not found (set --${m.binarySetting})` }
+        : m.unavailable ? { usable: false, reason: `${m.unavailable} (found ${found})` }
+        : { usable: true };
+      return [name, { descriptor: m.descriptor, availability }];
     }),
   );
 }
 
-/** The configured default, else the first usable provider in flintlock's order; undefined when none is. */
-export function chooseDefaultProvider(cfg: DaemonConfig, available: ProviderAvailability): ProviderName | undefined {
+/**
+ * Every registered provider, built whether or not its binary is here: a VM whose binary went
+ * away after it was created must still be found running and stopped.
+ */
+export function buildProviders(cfg: DaemonConfig, registry: ReadonlyMap<string, ProviderModule>, logger: Logger): Map<string, VmmProvider> {
+  return new Map(
+    [...registry].map(([name, m]) => {
+      const binary = binaryFor(cfg, m);
+      const setting = (key: string) => {
+        const v = cfg.providerSettings[key];
+        if (v === undefined) throw new Error(`provider ${name} read setting ${key}, which it does not declare`);
+        return v;
+      };
+      return [name, m.create({ binary, found: findBinary(binary), setting, stateDir: cfg.stateDir, logger: logger.child({ provider: name }) })];
+    }),
+  );
+}
+
+/** The configured default, else the first usable provider in the registry's order; undefined when none is. */
+export function chooseDefaultProvider(cfg: DaemonConfig, entries: ReadonlyMap<string, ProviderEntry>): string | undefined {
   if (cfg.defaultProvider !== '') return cfg.defaultProvider;
-  return DEFAULT_PROVIDER_ORDER.find((p) => available.get(p)?.usable);
+  return [...entries].find(([, e]) => e.availability.usable)?.[0];
 }

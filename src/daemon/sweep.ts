@@ -1,7 +1,8 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { aliasOwner } from '../core/microvm/host-names.js';
-import type { HostFiles, HostNetwork, Logger, Store, VmmProvider } from '../core/ports.js';
+import type { HostFiles, HostNetwork, Logger, Store } from '../core/ports.js';
+import { runDirOf, type VmmProvider } from '../core/vmm.js';
 
 /**
  * Removes host objects that carry matchlock's mark but belong to no record: links whose alias
@@ -32,14 +33,17 @@ export async function sweepOrphans(o: {
       for (const uid of await list(join(vmRoot, ns, name))) {
         if (known(uid)) continue;
         const dir = join(vmRoot, ns, name, uid);
+        const runDir = runDirOf(o.stateDir, uid);
         for (const p of o.providers.values()) {
-          if ((await p.running(uid, dir)) !== undefined) {
-            o.log.warn({ uid, dir, provider: p.name }, 'stopping orphaned vmm');
-            await p.stop(uid, dir, o.stopTimeoutMs, o.log);
+          const vmm = p.instance({ uid, namespace: ns, name, dir, runDir });
+          if ((await vmm.running()) !== undefined) {
+            o.log.warn({ uid, dir, provider: p.descriptor.name }, 'stopping orphaned vmm');
+            await vmm.stop({ timeoutMs: o.stopTimeoutMs, signal: new AbortController().signal }, o.log);
           }
         }
         o.log.warn({ uid, dir }, 'removing orphaned vm directory');
         await o.files.remove(dir);
+        await o.files.remove(runDir);
         removed++;
       }
     }

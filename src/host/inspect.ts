@@ -1,19 +1,18 @@
 import { create } from '@bufbuild/protobuf';
 import { accessSync, constants, existsSync, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { run } from '../adapters/exec.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
-import { pidAlive, processMentions } from '../adapters/vmm/process.js';
-import { CIDATA_FILE, vmDir } from '../core/plan/host-runtime.js';
-import { FILES as QEMU_FILES } from '../adapters/vmm/qemu/args.js';
+import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
+import { runDirOf, vmDirOf, type VmmProvider } from '../core/vmm.js';
+import { silentLogger } from '../adapters/silent-logger.js';
 import { guestMac, hostDeviceName } from '../core/microvm/host-names.js';
 import type { MicroVM } from '../core/microvm/types.js';
 import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
 import { connect } from '../cli/client.js';
 import type { DaemonConfig } from '../daemon/config.js';
-import { binaryFor, findBinary } from '../daemon/providers.js';
-import { DEFAULT_PROVIDER_ORDER } from '../core/providers.js';
+import { binaryFor, buildProviders, findBinary } from '../daemon/providers.js';
 import { ipToInt, type HubConfig } from '../hub/config.js';
 import { hubLeases, hubStatus, type Lease } from '../hub/hub.js';
 
@@ -33,8 +32,12 @@ const fail = (check: string, evidence: string, fix: string): Check => ({ check, 
 const links = new Iproute2Network();
 
 /** The host as operators check it by hand: daemon, VMMs, /dev/kvm, stores, and every MicroVM. */
-export async function inspectHost(cfg: DaemonConfig, opts: { token?: string | undefined; leases?: Lease[] | undefined }): Promise<Check[]> {
+export async function inspectHost(
+  cfg: DaemonConfig,
+  opts: { token?: string | undefined; leases?: Lease[] | undefined; registry?: ReadonlyMap<string, ProviderModule> },
+): Promise<Check[]> {
   const checks: Check[] = [];
+  const registry = opts.registry ?? PROVIDERS;
 
   // Daemon reachable on its endpoint, with the auth and TLS it is configured for.
   const host = cfg.grpcEndpoint;
@@ -52,24 +55,24 @@ export async function inspectHost(cfg: DaemonConfig, opts: { token?: string | un
     checks.push(fail('daemon', `no answer from matchlockd on ${host}: ${(err as Error).message.split('\n')[0]}`, 'start it: systemctl start matchlockd (or matchlockd run --config /etc/matchlock/config.yaml)'));
   }
 
-  for (const p of DEFAULT_PROVIDER_ORDER) {
-    const bin = binaryFor(cfg, p);
+  for (const [p, m] of registry) {
+    const bin = binaryFor(cfg, m);
     const found = findBinary(bin);
     if (!found) {
       const isDefault = cfg.defaultProvider === p;
-      checks.push((isDefault ? fail : warn)(`vmm ${p}`, `"${bin}" not found`, `install ${p === 'qemu' ? 'qemu-system-x86' : p} or set --${p}-bin`));
+      checks.push((isDefault ? fail : warn)(`vmm ${p}`, `"${bin}" not found`, `install ${p} or set --${m.binarySetting}`));
       continue;
     }
     const version = await run(found, ['--version']).then((r) => r.stdout.split('\n')[0] ?? '', () => 'version unknown');
-    checks.push(ok(`vmm ${p}`, `${found}: ${version}`));
+    checks.push(m.unavailable ? warn(`vmm ${p}`, `${found}: ${version}; ${m.unavailable}`) : ok(`vmm ${p}`, `${found}: ${version}`));
   }
 
   try {
     closeSync(openSync('/dev/kvm', 'r+'));
-    checks.push(cfg.qemuAccel === 'kvm' ? ok('kvm', '/dev/kvm opens read-write; qemu-accel is kvm') : warn('kvm', '/dev/kvm opens, but qemu-accel is tcg', 'if guests run under KVM here, set qemu-accel: kvm (it is never guessed)'));
+    checks.push(cfg.providerSettings['qemu-accel'] === 'kvm' ? ok('kvm', '/dev/kvm opens read-write; qemu-accel is kvm') : warn('kvm', '/dev/kvm opens, but qemu-accel is tcg', 'if guests run under KVM here, set qemu-accel: kvm (it is never guessed)'));
   } catch (err) {
     const msg = `/dev/kvm: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
-    checks.push(cfg.qemuAccel === 'kvm' ? fail('kvm', msg, 'load kvm (modprobe kvm_intel or kvm_amd) or set qemu-accel: tcg') : ok('kvm', `${msg}; qemu-accel is tcg, so not needed`));
+    checks.push(cfg.providerSettings['qemu-accel'] === 'kvm' ? fail('kvm', msg, 'load kvm (modprobe kvm_intel or kvm_amd) or set qemu-accel: tcg') : ok('kvm', `${msg}; qemu-accel is tcg, so not needed`));
   }
 
   const images = join(cfg.stateDir, 'images');
@@ -96,11 +99,18 @@ export async function inspectHost(cfg: DaemonConfig, opts: { token?: string | un
       db.close();
     }
   }
-  for (const vm of vms) checks.push(...(await inspectVm(cfg, vm, opts.leases)));
+  const providers = buildProviders(cfg, registry, silentLogger);
+  for (const vm of vms) checks.push(...(await inspectVm(cfg, vm, opts.leases, providers, registry)));
   return checks;
 }
 
-async function inspectVm(cfg: DaemonConfig, vm: MicroVM, leases: Lease[] | undefined): Promise<Check[]> {
+async function inspectVm(
+  cfg: DaemonConfig,
+  vm: MicroVM,
+  leases: Lease[] | undefined,
+  providers: ReadonlyMap<string, VmmProvider>,
+  registry: ReadonlyMap<string, ProviderModule>,
+): Promise<Check[]> {
   const id = `vm ${vm.spec.namespace}/${vm.spec.name} (${vm.uid})`;
   const out: Check[] = [];
   const s = vm.status;
@@ -109,19 +119,22 @@ async function inspectVm(cfg: DaemonConfig, vm: MicroVM, leases: Lease[] | undef
   else out.push(warn(`${id} state`, `${s.state}${s.lastError ? `: ${s.lastError}` : ''}`, s.lastError ? 'see last error; matchlockd retries with back-off' : undefined));
   if (s.state === 'DELETING' || s.state === 'FAILED') return out;
 
-  const dir = vmDir(cfg.stateDir, vm);
-  const files = [QEMU_FILES.pid, QEMU_FILES.console, CIDATA_FILE];
-  const missing = files.filter((f) => !existsSync(join(dir, f)));
-  out.push(missing.length ? fail(`${id} files`, `${dir} lacks ${missing.join(', ')}`, 'matchlockd recreates them on its next reconcile; restart it to reconcile now') : ok(`${id} files`, `${dir}: ${files.join(', ')}`));
-
-  let pid = 0;
-  try {
-    pid = Number(readFileSync(join(dir, QEMU_FILES.pid), 'utf8').trim());
-  } catch {
-    pid = 0;
+  const dir = vmDirOf(cfg.stateDir, vm);
+  const provider = providers.get(vm.spec.provider);
+  if (!provider) {
+    out.push(fail(`${id} vmm`, `provider ${vm.spec.provider} is not known to this matchlock`, `delete the VM (matchlock vm delete ${vm.uid}) or run a matchlock that has the provider`));
+    return out;
   }
-  const alive = pid > 0 && pidAlive(pid) && processMentions(pid, dir);
-  out.push(alive ? ok(`${id} vmm`, `qemu pid ${pid} running`) : fail(`${id} vmm`, `no VMM process${pid ? ` (pid ${pid} is gone)` : ''}`, `matchlockd restarts it when it is running; check ${QEMU_FILES.stderr} and ${QEMU_FILES.console} in the VM directory`));
+  const vmm = provider.instance({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name, dir, runDir: runDirOf(cfg.stateDir, vm.uid) });
+  const meta = registry.get(vm.spec.provider)?.descriptor.metadata;
+  const files = [vmm.files.pid, vmm.files.console, ...(meta?.kind === 'nocloud-disk' ? [join(dir, meta.file)] : [])];
+  const missing = files.filter((f) => !existsSync(f)).map((f) => basename(f));
+  const names = files.map((f) => basename(f));
+  out.push(missing.length ? fail(`${id} files`, `${dir} lacks ${missing.join(', ')}`, 'matchlockd recreates them on its next reconcile; restart it to reconcile now') : ok(`${id} files`, `${dir}: ${names.join(', ')}`));
+
+  const pid = await vmm.running();
+  const recorded = Number((existsSync(vmm.files.pid) ? readFileSync(vmm.files.pid, 'utf8') : '').trim()) || 0;
+  out.push(pid !== undefined ? ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running`) : fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
 
   for (const [n, iface] of vm.spec.interfaces.entries()) {
     const name = hostDeviceName(vm, n);

@@ -2,10 +2,16 @@ import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import { FIRST_TAP_FD, qemuArgs } from '../../src/adapters/vmm/qemu/args.js';
 import { hostKhz } from '../../src/adapters/vmm/qemu/provider.js';
+import type { Launch } from '../../src/core/vmm.js';
 
-const launch = {
+const launch: Launch = {
   uid: '01HZY3NDEKTSV4RRFFQ69G5FAV',
+  namespace: 'ns',
+  name: 'n',
   dir: '/state/vm/ns/n/01HZY3NDEKTSV4RRFFQ69G5FAV',
+  runDir: '/state/run/01HZY3NDEKTSV4RRFFQ69G5FAV',
+  shares: [],
+  metadata: {},
   vcpu: 2,
   memoryInMb: 2048,
   kernelPath: '/k',
@@ -21,7 +27,7 @@ const launch = {
 
 const after = (args: string[], flag: string) => args.filter((_, i) => args[i - 1] === flag);
 
-it('builds a microvm command line: accel from config, files in the VM dir, disks and NICs in order', () => {
+it('builds a microvm command line: accel from config, files in the VM dir, QMP in the run dir, disks and NICs in order', () => {
   const args = qemuArgs(launch, { accel: 'tcg' });
   assert.deepEqual(after(args, '-M'), ['microvm,x-option-roms=off,isa-serial=on']);
   assert.deepEqual(after(args, '-accel'), ['tcg']);
@@ -29,7 +35,7 @@ it('builds a microvm command line: accel from config, files in the VM dir, disks
   assert.deepEqual(after(args, '-m'), ['2048']);
   assert.deepEqual(after(args, '-smp'), ['2']);
   assert.deepEqual(after(args, '-serial'), [`file:${launch.dir}/console.log`]);
-  assert.deepEqual(after(args, '-qmp'), [`unix:${launch.dir}/qmp.sock,server=on,wait=off`]);
+  assert.deepEqual(after(args, '-qmp'), [`unix:${launch.runDir}/qmp.sock,server=on,wait=off`]);
   assert.deepEqual(after(args, '-pidfile'), [`${launch.dir}/qemu.pid`]);
   assert.deepEqual(after(args, '-append'), ['console=ttyS0 root=/dev/vda']);
   assert.deepEqual(after(args, '-drive'), ['id=root,file=/v/root.img,format=raw,if=none', 'id=cidata,file=/v/cidata.img,format=raw,if=none,readonly=on']);

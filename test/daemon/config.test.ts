@@ -58,7 +58,7 @@ describe('daemon configuration', () => {
     assert.throws(() => load({ 'tls-cert': '/c' }, file('i.yaml', '')), /tls-cert and tls-key must be given together/);
     assert.throws(() => load({}, join(tmp.path, 'missing.yaml')), ConfigError);
     // A default config path that does not exist is fine.
-    assert.equal(loadConfig({ flags: {}, file: { path: join(tmp.path, 'missing.yaml'), explicit: false }, env: {} }).qemuAccel, 'tcg');
+    assert.equal(loadConfig({ flags: {}, file: { path: join(tmp.path, 'missing.yaml'), explicit: false }, env: {} }).providerSettings['qemu-accel'], 'tcg');
   });
 
   it('parses durations and recognises loopback endpoints', () => {

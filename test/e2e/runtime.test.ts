@@ -26,7 +26,7 @@ describe('runtime: real QEMU guests through the API', { skip }, () => {
     const uid = await vms.create('first', [{ id: 'eth0', type: 'TAP' }], '#!/bin/sh\necho "written by user-data $((6 * 7))"\n');
     const created = await waitFor('CREATED', async () => { const vm = await vms.get(uid); return stateOf(vm) === 'CREATED' ? vm : undefined; });
     const dir = vmDir(lab, 'first', uid);
-    for (const f of ['qemu.pid', 'qemu.cmdline', 'qemu.stdout', 'qemu.stderr', 'console.log', 'qmp.sock', 'cidata.img', 'volume-root.img']) {
+    for (const f of ['qemu.pid', 'qemu.cmdline', 'qemu.stdout', 'qemu.stderr', 'console.log', 'cidata.img', 'volume-root.img']) {
       assert.ok(existsSync(join(dir, f)), `${f} in the VM directory`);
     }
     assert.equal(created.status?.volumes.root?.mount?.source, join(dir, 'volume-root.img'));
@@ -48,6 +48,20 @@ describe('runtime: real QEMU guests through the API', { skip }, () => {
     assert.equal(existsSync(dir), false);
     assert.deepEqual(readdirSync(join(lab.stateDir, 'vm')), [], 'no namespace or name directory left');
     assert.deepEqual(lab.qemuPids(), []);
+  });
+
+  it('boots a VM with the longest namespace and name the API accepts: its sockets live in a short run directory', async () => {
+    const vms = api(lab);
+    const namespace = `ns${'n'.repeat(251)}`;
+    const name = `vm${'m'.repeat(251)}`;
+    const uid = await vms.create(name, [{ id: 'eth0', type: 'TAP' }], undefined, undefined, { namespace });
+    await waitFor('booted', async () => (await vms.get(uid))?.status?.guestBooted, 90_000);
+    assert.ok(existsSync(join(lab.stateDir, 'vm', namespace, name, uid, 'console.log')));
+    assert.ok(existsSync(join(lab.stateDir, 'run', uid, 'qmp.sock')));
+    await vms.delete(uid);
+    await waitFor('gone', async () => (await vms.get(uid)) === undefined, 30_000);
+    assert.equal(existsSync(join(lab.stateDir, 'run', uid)), false);
+    assert.deepEqual(readdirSync(join(lab.stateDir, 'vm')), []);
   });
 
   it('a TAP VM and a MACVTAP VM each get a DHCP lease and answer ping', async () => {

@@ -54,7 +54,8 @@ export function api(lab: { daemon: { target: string } }) {
     }
   };
   return {
-    async create(name: string, nics: NicSpec[], userData?: string, image = GUEST_REF): Promise<string> {
+    /** `over` is merged into the MicroVMSpec (provider, cmdline, namespace, …). */
+    async create(name: string, nics: NicSpec[], userData?: string, image = GUEST_REF, over: Record<string, unknown> = {}): Promise<string> {
       const metadata: Record<string, string> = {};
       if (userData) metadata['user-data'] = Buffer.from(userData).toString('base64');
       const res = await call<CreateMicroVMResponse>('createMicroVM', create(CreateMicroVMRequestSchema, {
@@ -73,6 +74,7 @@ export function api(lab: { daemon: { target: string } }) {
             overrides: n.bridge ? { bridgeName: n.bridge } : undefined,
           })),
           metadata,
+          ...over,
         },
       }));
       return res.microvm?.spec?.uid ?? '';

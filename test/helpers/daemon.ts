@@ -31,8 +31,8 @@ export function tempDir(prefix: string): { path: string; remove(): void } {
  * Starts the real matchlockd binary on ephemeral loopback ports and resolves once its APIs
  * listen. Extra flags are appended; the state dir is the caller's.
  */
-export async function startDaemon(stateDir: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}, netns?: string): Promise<DaemonHandle> {
-  const args = [DAEMON_BIN, 'run', '--state-dir', stateDir, '--grpc-endpoint', '127.0.0.1:0', '--log-format', 'json', '--config', '/dev/null', ...extra];
+export async function startDaemon(stateDir: string, extra: string[] = [], env: NodeJS.ProcessEnv = {}, netns?: string, entry: string[] = [DAEMON_BIN]): Promise<DaemonHandle> {
+  const args = [...entry, 'run', '--state-dir', stateDir, '--grpc-endpoint', '127.0.0.1:0', '--log-format', 'json', '--config', '/dev/null', ...extra];
   const endpointAt = extra.lastIndexOf('--grpc-endpoint');
   const unixEndpoint = endpointAt >= 0 && extra[endpointAt + 1]?.startsWith('unix:') ? extra[endpointAt + 1] : undefined;
   // `ip netns exec` execs the daemon in place, so the pid is the daemon's own.

@@ -49,7 +49,7 @@ export interface Lab {
  * matchlockd itself, so every TAP, macvtap and QEMU it makes lives in the namespace. Each lab
  * uses its own 10.x subnet and removes all of it in destroy().
  */
-export async function startLab(extraFlags: string[] = []): Promise<Lab> {
+export async function startLab(extraFlags: string[] = [], opts: { entry?: string[] } = {}): Promise<Lab> {
   const id = randomBytes(3).toString('hex');
   const ns = `mlt-${id}`;
   const octet = 10 + (parseInt(id.slice(0, 2), 16) % 200);
@@ -73,7 +73,7 @@ export async function startLab(extraFlags: string[] = []): Promise<Lab> {
     dnsmasq = spawn('ip', ['netns', 'exec', ns, 'dnsmasq', '--no-daemon', '--conf-file=/dev/null', '--port=0', '--interface=br0', '--bind-interfaces',
       `--dhcp-range=${subnet}.50,${subnet}.150,255.255.255.0,1h`, `--dhcp-option=option:router,${subnet}.1`, `--dhcp-leasefile=${leases}`,
       '--dhcp-authoritative', '--no-ping'], { stdio: 'ignore' });
-    daemon = await startDaemon(stateDir, flags, {}, ns);
+    daemon = await startDaemon(stateDir, flags, {}, ns, opts.entry);
   } catch (err) {
     dnsmasq?.kill();
     await daemon?.stop();
@@ -116,7 +116,7 @@ export async function startLab(extraFlags: string[] = []): Promise<Lab> {
     },
     async restartDaemon(kill) {
       await (kill ? lab.daemon.kill() : lab.daemon.stop());
-      lab.daemon = await startDaemon(stateDir, flags, {}, ns);
+      lab.daemon = await startDaemon(stateDir, flags, {}, ns, opts.entry);
     },
     async destroy() {
       await lab.daemon.stop();

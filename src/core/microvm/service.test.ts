@@ -3,7 +3,8 @@ import { describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { MemoryStore } from '../../../test/fakes/memory-store.js';
 import { MatchlockError } from '../errors.js';
-import type { ProviderAvailability } from '../providers.js';
+import type { ProviderEntry } from '../vmm.js';
+import { providerEntries } from '../../../test/fakes/provider-entries.js';
 import { MicroVMService } from './service.js';
 import { ULID_PATTERN } from './ulid.js';
 import type { SpecInput } from './validate.js';
@@ -25,13 +26,9 @@ function input(over: Partial<SpecInput> = {}): SpecInput {
   };
 }
 
-const allUsable: ProviderAvailability = new Map([
-  ['firecracker', { usable: true }],
-  ['cloudhypervisor', { usable: true }],
-  ['qemu', { usable: true }],
-]);
+const allUsable = providerEntries();
 
-function service(opts: { providers?: ProviderAvailability; defaultProvider?: 'qemu' | 'firecracker' } = {}) {
+function service(opts: { providers?: ReadonlyMap<string, ProviderEntry>; defaultProvider?: 'qemu' | 'firecracker' } = {}) {
   const store = new MemoryStore();
   const changed: string[] = [];
   let t = Date.parse('2026-01-01T00:00:00Z');
@@ -117,7 +114,7 @@ describe('MicroVMService.create', () => {
   });
 
   it('refuses a provider the host cannot run, saying why', () => {
-    const { svc } = service({ providers: new Map([['qemu', { usable: false, reason: 'VMM binary "qemu-system-x86_64" not found' }]]) });
+    const { svc } = service({ providers: providerEntries((name) => (name === 'qemu' ? { usable: false, reason: 'VMM binary "qemu-system-x86_64" not found' } : { usable: true })) });
     assert.match(code(() => svc.create(input())), /^FailedPrecondition: provider qemu cannot run on this host: VMM binary/);
     assert.match(code(() => svc.create(input({ provider: 'vmware' }))), /^InvalidArgument: microvm.provider: must be one of/);
   });

@@ -1,6 +1,6 @@
 import { failedPrecondition, invalid, notFound } from '../errors.js';
-import { PROVIDERS, isProviderName, type ProviderAvailability, type ProviderName } from '../providers.js';
 import type { ChangeNotifier, Clock, Random, Store } from '../ports.js';
+import type { ProviderEntry } from '../vmm.js';
 import { initialStatus, type MicroVM, type MicroVMSpec } from './types.js';
 import { ULID_PATTERN, ulid } from './ulid.js';
 import { validateSpec, type SpecInput } from './validate.js';
@@ -10,8 +10,10 @@ export interface ServiceDeps {
   clock: Clock;
   random: Random;
   notifier: ChangeNotifier;
-  providers: ProviderAvailability;
-  defaultProvider: ProviderName;
+  /** Every provider this matchlock knows, with whether it can run here. */
+  providers: ReadonlyMap<string, ProviderEntry>;
+  /** The provider of VMs that name none. */
+  defaultProvider: string;
 }
 
 /** flintlock's MMDS interface, prepended for Firecracker VMs that have no eth0 of their own. */
@@ -34,9 +36,9 @@ export class MicroVMService {
     const provider = this.resolveProvider(input?.provider);
     const now = clock.now();
     const uid = ulid(now.getTime(), random.bytes(10));
-    const spec = validateSpec(input, uid, provider);
+    const spec = validateSpec(input, uid, provider.descriptor.name);
     this.checkCapabilities(spec, provider);
-    if (PROVIDERS.get(provider)?.capabilities.metadataInterface && !spec.interfaces.some((i) => i.deviceId === 'eth0')) {
+    if (provider.descriptor.capabilities.metadataInterface && !spec.interfaces.some((i) => i.deviceId === 'eth0')) {
       const { address, ...rest } = FIRECRACKER_METADATA_INTERFACE;
       spec.interfaces.unshift({ ...rest, address: { ...address, nameservers: [] } });
     }
@@ -79,21 +81,23 @@ export class MicroVMService {
     if (vm) this.deps.notifier.changed(uid);
   }
 
-  private resolveProvider(requested: string | undefined): ProviderName {
+  private resolveProvider(requested: string | undefined): ProviderEntry {
     const name = requested === undefined || requested === '' ? this.deps.defaultProvider : requested;
-    if (!isProviderName(name)) {
-      throw invalid('microvm.provider', `must be one of ${[...PROVIDERS.keys()].join(', ')} or empty for the host default`);
+    const entry = this.deps.providers.get(name);
+    if (!entry) {
+      throw invalid('microvm.provider', `must be one of ${[...this.deps.providers.keys()].join(', ')} or empty for the host default`);
     }
-    const availability = this.deps.providers.get(name);
-    if (!availability || !availability.usable) {
-      throw failedPrecondition(`provider ${name} cannot run on this host: ${availability && !availability.usable ? availability.reason : 'unknown'}`, 'microvm.provider');
-    }
-    return name;
+    const a = entry.availability;
+    if (!a.usable) throw failedPrecondition(`provider ${name} cannot run on this host: ${a.reason}`, 'microvm.provider');
+    return entry;
   }
 
-  private checkCapabilities(spec: MicroVMSpec, provider: ProviderName): void {
-    const caps = PROVIDERS.get(provider)?.capabilities;
-    if (!caps) return;
+  private providersWith(cap: keyof ProviderEntry['descriptor']['capabilities']): string {
+    return [...this.deps.providers.values()].filter((p) => p.descriptor.capabilities[cap]).map((p) => p.descriptor.name).join(', ') || 'no providers';
+  }
+
+  private checkCapabilities(spec: MicroVMSpec, entry: ProviderEntry): void {
+    const { capabilities: caps, name: provider } = entry.descriptor;
     spec.interfaces.forEach((iface, n) => {
       if (iface.type === 'MACVTAP' && !caps.macvtap) {
         throw failedPrecondition(`microvm.interfaces[${n}].type: provider ${provider} does not support MACVTAP interfaces; use TAP`, `microvm.interfaces[${n}].type`);
@@ -101,12 +105,14 @@ export class MicroVMService {
     });
     spec.additionalVolumes.forEach((v, n) => {
       if (v.source.virtiofsSource !== undefined && !caps.virtiofs) {
-        throw failedPrecondition(`microvm.additional_volumes[${n}].source.virtiofs_source: provider ${provider} does not support virtiofs (cloudhypervisor does)`, `microvm.additional_volumes[${n}].source`);
+        throw failedPrecondition(`microvm.additional_volumes[${n}].source.virtiofs_source: provider ${provider} does not support virtiofs (${this.providersWith('virtiofs')} do)`, `microvm.additional_volumes[${n}].source`);
       }
     });
     if (spec.allowGuestAgent && !caps.vsock) {
       throw failedPrecondition(`microvm.allow_guest_agent: provider ${provider} has no vsock device for the guest agent`, 'microvm.allow_guest_agent');
     }
+    const own = entry.descriptor.checkSpec?.(spec);
+    if (own) throw own;
   }
 }
 

@@ -115,6 +115,10 @@ export class LocalImageStore implements ImageStore {
     return pulled;
   }
 
+  async ready(digest: string): Promise<boolean> {
+    return (await this.has(digest)) && (await stat(this.rootfsPath(digest)).then((s) => s.isDirectory(), () => false));
+  }
+
   async has(digest: string): Promise<boolean> {
     return lstat(this.blob(digest)).then(() => true, () => false);
   }

@@ -1,17 +1,20 @@
-import type { Launch } from '../../../core/ports.js';
+import type { Launch } from '../../../core/vmm.js';
 
 export interface QemuSettings {
   accel: 'tcg' | 'kvm';
 }
 
+/** Files in the VM directory, what operators look at. */
 export const FILES = {
   pid: 'qemu.pid',
   stdout: 'qemu.stdout',
   stderr: 'qemu.stderr',
   console: 'console.log',
-  qmp: 'qmp.sock',
   cmdline: 'qemu.cmdline',
 } as const;
+
+/** The QMP socket, in the VM's run directory (short, so it fits the unix socket limit). */
+export const QMP_SOCKET = 'qmp.sock';
 
 /** The first fd QEMU receives for MACVTAP devices (0-2 are stdio). */
 export const FIRST_TAP_FD = 3;
@@ -32,7 +35,7 @@ export function qemuArgs(l: Launch, s: QemuSettings): string[] {
     '-smp', String(l.vcpu),
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
     '-serial', `file:${f(FILES.console)}`,
-    '-qmp', `unix:${f(FILES.qmp)},server=on,wait=off`,
+    '-qmp', `unix:${l.runDir}/${QMP_SOCKET},server=on,wait=off`,
     '-pidfile', f(FILES.pid),
     '-kernel', l.kernelPath,
   ];

@@ -1,13 +1,12 @@
-import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
-import type { Launch, Logger, VmmProvider } from '../../../core/ports.js';
+import type { Logger } from '../../../core/ports.js';
+import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import { launchDetached, waitGone } from '../launcher.js';
 import { pidAlive, processMentions } from '../process.js';
-import { FILES, qemuArgs, type QemuSettings } from './args.js';
+import { FILES, QMP_SOCKET, qemuArgs, type QemuSettings } from './args.js';
 import { qmpCommand } from './qmp.js';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Host CPU kHz for tsc_early_khz: without it about half of TCG boots hang calibrating the TSC. */
 export function hostKhz(cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')): number | undefined {
@@ -15,92 +14,117 @@ export function hostKhz(cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')): number
   return m?.[1] ? Math.round(Number(m[1]) * 1000) : undefined;
 }
 
+/** QEMU's `microvm` machine: the provider that runs on our machines (TCG), and on KVM hosts. */
 export class QemuProvider implements VmmProvider {
-  readonly name = 'qemu';
   private readonly khz: number | undefined;
 
   constructor(
+    readonly descriptor: ProviderDescriptor,
     private readonly bin: string,
     private readonly settings: QemuSettings,
   ) {
     this.khz = settings.accel === 'tcg' ? hostKhz() : undefined;
   }
 
-  defaultCmdline(hasRoot: boolean): [string, string][] {
+  instance(ref: VmRef): VmmInstance {
+    return new QemuInstance(ref, this.bin, this.settings, this.khz);
+  }
+}
+
+class QemuInstance implements VmmInstance {
+  readonly files: { pid: string; console: string; stdout: string; stderr: string; cmdline: string };
+  readonly consolePath: string;
+  private readonly qmp: string;
+
+  constructor(
+    readonly ref: VmRef,
+    private readonly bin: string,
+    private readonly settings: QemuSettings,
+    private readonly khz: number | undefined,
+  ) {
+    const f = (name: string) => `${ref.dir}/${name}`;
+    this.files = { pid: f(FILES.pid), console: f(FILES.console), stdout: f(FILES.stdout), stderr: f(FILES.stderr), cmdline: f(FILES.cmdline) };
+    this.consolePath = this.files.console;
+    this.qmp = `${ref.runDir}/${QMP_SOCKET}`;
+  }
+
+  defaultCmdline(input: CmdlineInput): [string, string][] {
     const c: [string, string][] = [['console', 'ttyS0'], ['reboot', 't'], ['panic', '-1']];
-    if (hasRoot) c.push(['root', '/dev/vda'], ['rw', '']);
+    if (input.hasRoot) c.push(['root', '/dev/vda'], ['rw', '']);
     if (this.khz) c.push(['tsc_early_khz', String(this.khz)]);
     return c;
   }
 
-  consolePath(dir: string): string {
-    return `${dir}/${FILES.console}`;
+  createSteps() {
+    return [];
   }
 
-  async running(_uid: string, dir: string): Promise<number | undefined> {
-    let pid: number;
-    try {
-      pid = Number((await readFile(`${dir}/${FILES.pid}`, 'utf8')).trim());
-    } catch {
-      return undefined;
-    }
+  deleteSteps() {
+    return [];
+  }
+
+  async running(): Promise<number | undefined> {
+    const pid = Number((await readFile(this.files.pid, 'utf8').catch(() => '')).trim());
     // The pid must still be this VM's QEMU: pids are reused.
-    return Number.isInteger(pid) && pid > 0 && pidAlive(pid) && processMentions(pid, dir) ? pid : undefined;
+    return Number.isInteger(pid) && pid > 0 && pidAlive(pid) && processMentions(pid, this.ref.dir) ? pid : undefined;
   }
 
-  async start(l: Launch, log: Logger): Promise<number> {
+  async start(l: Launch, signal: AbortSignal, log: Logger): Promise<number> {
     const args = qemuArgs(l, this.settings);
     log.debug({ bin: this.bin, args }, 'starting qemu');
-    await rm(`${l.dir}/${FILES.pid}`, { force: true });
-    await rm(`${l.dir}/${FILES.qmp}`, { force: true });
-    await writeFile(`${l.dir}/${FILES.cmdline}`, JSON.stringify([this.bin, ...args]) + '\n');
-    const out = openSync(`${l.dir}/${FILES.stdout}`, 'a');
-    const err = openSync(`${l.dir}/${FILES.stderr}`, 'w');
+    await rm(this.files.pid, { force: true });
+    // QEMU refuses to bind a QMP socket path that exists; a killed QEMU leaves it behind.
+    await rm(this.qmp, { force: true });
+    await writeFile(this.files.cmdline, JSON.stringify([this.bin, ...args]) + '\n');
     const taps: number[] = [];
     try {
       for (const n of l.nics) if (n.type === 'MACVTAP') taps.push(openSync(`/dev/tap${n.ifindex}`, 'r+'));
-      // Detached and unref'd: the VM keeps running when matchlockd stops or restarts.
-      const child = spawn(this.bin, args, { detached: true, stdio: ['ignore', out, err, ...taps] });
-      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-      const spawnError = new Promise<Error>((resolve) => child.once('error', resolve));
-      child.unref();
-      for (let i = 0; i < 50; i++) {
-        const early = await Promise.race([exited.then((c) => `exited with ${c}`), spawnError.then((e) => e.message), sleep(100).then(() => undefined)]);
-        if (early !== undefined) {
-          const stderr = (await readFile(`${l.dir}/${FILES.stderr}`, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' ');
-          throw new MatchlockError(ErrorCode.Internal, `qemu ${early}: ${stderr || 'no output'}`);
-        }
-        const pid = await this.running(l.uid, l.dir);
-        if (pid !== undefined) return pid;
-      }
-      throw new MatchlockError(ErrorCode.Internal, `qemu did not write ${FILES.pid} within 5 s`);
+      return await launchDetached({
+        what: 'qemu',
+        bin: this.bin,
+        args,
+        stdout: this.files.stdout,
+        stderr: this.files.stderr,
+        extraFds: taps,
+        detached: true,
+        ready: () => this.running(),
+        timeoutMs: 5000,
+        signal,
+      });
     } finally {
-      for (const fd of [out, err, ...taps]) closeSync(fd);
+      for (const fd of taps) closeSync(fd);
     }
   }
 
-  async stop(uid: string, dir: string, timeoutMs: number, log: Logger): Promise<void> {
-    const qmp = `${dir}/${FILES.qmp}`;
-    const gone = async (ms: number) => {
-      const until = Date.now() + ms;
-      while (Date.now() < until) {
-        if ((await this.running(uid, dir)) === undefined) return true;
-        await sleep(100);
-      }
-      return (await this.running(uid, dir)) === undefined;
-    };
-    const pid = await this.running(uid, dir);
+  async stop(opts: { timeoutMs: number; signal: AbortSignal }, log: Logger): Promise<void> {
+    const pid = await this.running();
     if (pid === undefined) return;
+    const running = () => this.running();
     try {
-      await qmpCommand(qmp, 'system_powerdown');
-      if (await gone(timeoutMs)) return;
-      log.info({ timeoutMs }, 'guest did not power down; quitting qemu');
-      await qmpCommand(qmp, 'quit');
-      if (await gone(2000)) return;
+      await qmpCommand(this.qmp, 'system_powerdown');
+      if (await waitGone(running, opts.timeoutMs, opts.signal)) return;
+      log.info({ timeoutMs: opts.timeoutMs }, 'guest did not power down; quitting qemu');
+      await qmpCommand(this.qmp, 'quit');
+      if (await waitGone(running, 2000, opts.signal)) return;
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'qmp unavailable; killing qemu');
     }
-    if ((await this.running(uid, dir)) === pid) process.kill(pid, 'SIGKILL');
-    if (!(await gone(5000))) throw new MatchlockError(ErrorCode.Internal, `qemu pid ${pid} survived SIGKILL`);
+    if (opts.signal.aborted) throw new MatchlockError(ErrorCode.Aborted, 'canceled while stopping qemu');
+    if ((await this.running()) === pid) process.kill(pid, 'SIGKILL');
+    if (!(await waitGone(running, 5000))) throw new MatchlockError(ErrorCode.Internal, `qemu pid ${pid} survived SIGKILL`);
+  }
+
+  async setPaused(paused: boolean): Promise<void> {
+    await qmpCommand(this.qmp, paused ? 'stop' : 'cont');
+  }
+
+  async powerState(): Promise<VmmPowerState | undefined> {
+    if ((await this.running()) === undefined) return 'stopped';
+    try {
+      const r = (await qmpCommand(this.qmp, 'query-status')) as { status?: string };
+      return r.status === 'paused' ? 'paused' : r.status === 'running' ? 'running' : undefined;
+    } catch {
+      return undefined;
+    }
   }
 }

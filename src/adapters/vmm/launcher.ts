@@ -1,0 +1,68 @@
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { ErrorCode, MatchlockError } from '../../core/errors.js';
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+export interface DetachedLaunch {
+  /** Names the VMM in errors ("qemu exited with 1: …"). */
+  what: string;
+  bin: string;
+  args: readonly string[];
+  /** Files the VMM's stdout and stderr go to; stdout is appended, stderr replaced. */
+  stdout: string;
+  stderr: string;
+  /** Extra descriptors handed to the VMM from fd 3 on (open /dev/tapN of macvtaps). */
+  extraFds?: readonly number[];
+  /** Run the VMM in its own session, so it outlives the daemon (flintlock's *-detach settings). */
+  detached: boolean;
+  /** Resolves the VMM's pid once it runs (its pid file written and the process alive). */
+  ready(): Promise<number | undefined>;
+  /** How long the VMM may take to become ready, in ms. */
+  timeoutMs: number;
+  signal: AbortSignal;
+}
+
+/**
+ * Starts a VMM process and waits until it is ready, failing early (with the tail of its stderr)
+ * when it exits first. The daemon keeps no handle on the child: a restarted daemon finds the
+ * VMM again from its pid file, so nothing here may depend on this process staying up.
+ */
+export async function launchDetached(l: DetachedLaunch): Promise<number> {
+  const out = openSync(l.stdout, 'a');
+  const err = openSync(l.stderr, 'w');
+  try {
+    const child = spawn(l.bin, l.args, { detached: l.detached, stdio: ['ignore', out, err, ...(l.extraFds ?? [])] });
+    let early: string | undefined;
+    child.once('exit', (code, sig) => (early = `exited with ${code ?? sig}`));
+    child.once('error', (e) => (early = (e as NodeJS.ErrnoException).code === 'ENOENT' ? `binary ${l.bin} not found` : e.message));
+    child.unref();
+    const until = Date.now() + l.timeoutMs;
+    // Short polls: a VMM writes its pid file within milliseconds, and every ms here is create latency.
+    for (let wait = 5; ; wait = Math.min(wait * 2, 100)) {
+      if (early !== undefined) {
+        const tail = (await readFile(l.stderr, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' ');
+        throw new MatchlockError(ErrorCode.Internal, `${l.what} ${early}: ${tail || 'no output'}`);
+      }
+      const pid = await l.ready();
+      if (pid !== undefined) return pid;
+      if (l.signal.aborted) throw new MatchlockError(ErrorCode.Aborted, `canceled while ${l.what} was starting`);
+      if (Date.now() > until) throw new MatchlockError(ErrorCode.Internal, `${l.what} was not ready within ${l.timeoutMs} ms`);
+      await sleep(wait);
+    }
+  } finally {
+    for (const fd of [out, err]) closeSync(fd);
+  }
+}
+
+/** Polls `running` until it reports no pid, for up to `ms`; true when the VMM is gone. */
+export async function waitGone(running: () => Promise<number | undefined>, ms: number, signal?: AbortSignal): Promise<boolean> {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    if ((await running()) === undefined) return true;
+    if (signal?.aborted) return false;
+    await sleep(50);
+  }
+  return (await running()) === undefined;
+}

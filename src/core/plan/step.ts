@@ -1,0 +1,60 @@
+import { ErrorCode, MatchlockError } from '../errors.js';
+import type { Logger } from '../ports.js';
+
+/**
+ * One idempotent piece of a plan, in flintlock's reactive-planner form. `needed` looks at the
+ * world (a file, a link, a live pid); `run` makes it so; `verify` looks again and throws when run
+ * did not achieve what it promised. Steps never trust remembered state, so a daemon that died
+ * between any two steps converges by running the plan again.
+ */
+export interface Step {
+  readonly name: string;
+  needed(): Promise<boolean>;
+  run(signal: AbortSignal): Promise<void>;
+  verify(): Promise<void>;
+}
+
+/** Thrown by runPlan when its signal is aborted between or inside steps. */
+export function canceled(reason: unknown): MatchlockError {
+  const why = reason instanceof Error ? reason.message : typeof reason === 'string' ? reason : 'canceled';
+  return new MatchlockError(ErrorCode.Aborted, `canceled: ${why}`);
+}
+
+/**
+ * Runs the steps that are still needed, pass after pass, until a pass finds nothing to do. A
+ * step that fails, or whose verify fails, stops the plan with an error naming the step. A step
+ * still needed after `maxPasses` passes is an error, not a hot loop. `onChange` runs after every
+ * step that changed the host, so its result can be saved at once.
+ */
+export async function runPlan(
+  steps: readonly Step[],
+  log: Logger,
+  opts: { signal: AbortSignal; onChange?: () => void; maxPasses?: number },
+): Promise<void> {
+  const maxPasses = opts.maxPasses ?? 3;
+  const check = () => {
+    if (opts.signal.aborted) throw canceled(opts.signal.reason);
+  };
+  for (let pass = 0; pass < maxPasses; pass++) {
+    let ran = 0;
+    for (const step of steps) {
+      check();
+      if (!(await step.needed())) continue;
+      log.debug({ step: step.name, pass }, 'step');
+      try {
+        await step.run(opts.signal);
+        check();
+        await step.verify();
+      } catch (err) {
+        const e = MatchlockError.from(err);
+        throw new MatchlockError(e.code, `${step.name}: ${e.message}`, { cause: err });
+      }
+      ran++;
+      opts.onChange?.();
+    }
+    if (ran === 0) return;
+  }
+  const stuck: string[] = [];
+  for (const s of steps) if (await s.needed()) stuck.push(s.name);
+  if (stuck.length) throw new MatchlockError(ErrorCode.Internal, `steps did not converge: ${stuck.join(', ')}`);
+}

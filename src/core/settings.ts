@@ -1,0 +1,58 @@
+import { parseDuration } from './duration.js';
+
+/**
+ * One configuration setting: a flag `--<key>`, a key of the YAML config file and an environment
+ * variable. Providers declare theirs next to their code, so adding a provider adds its settings.
+ */
+export interface SettingDef {
+  key: string;
+  kind: 'string' | 'bool' | 'duration' | 'int' | 'enum';
+  /** The default as it would be written in the config file. */
+  default: string;
+  help: string;
+  /** For kind enum: the accepted values. */
+  values?: readonly string[];
+  /** For kind int: the accepted range. */
+  min?: number;
+  max?: number;
+}
+
+/** A parsed setting: strings and enums as strings, durations in milliseconds, ints, bools. */
+export type SettingValue = string | number | boolean;
+
+/**
+ * Parses a raw value (a flag's string, a YAML scalar, an environment variable) for `def`.
+ * Returns the value, or a message naming the key and the rule it breaks.
+ */
+export function parseSetting(def: SettingDef, raw: unknown): { value: SettingValue } | { error: string } {
+  const bad = (rule: string) => ({ error: `${def.key} ${rule} (got ${JSON.stringify(raw)})` });
+  const text = typeof raw === 'string' ? raw.trim() : raw;
+  switch (def.kind) {
+    case 'string':
+      if (typeof text !== 'string' && typeof text !== 'number') return bad('must be a string');
+      return { value: String(text) };
+    case 'bool':
+      if (typeof text === 'boolean') return { value: text };
+      if (text === 'true' || text === '1') return { value: true };
+      if (text === 'false' || text === '0' || text === '') return { value: false };
+      return bad('must be true or false');
+    case 'int': {
+      const n = typeof text === 'number' ? text : Number(text);
+      const min = def.min ?? 0;
+      if (!Number.isInteger(n) || n < min || (def.max !== undefined && n > def.max)) {
+        return bad(def.max !== undefined ? `must be between ${min} and ${def.max}` : `must be a whole number >= ${min}`);
+      }
+      return { value: n };
+    }
+    case 'duration': {
+      const ms = typeof text === 'string' ? parseDuration(text) : undefined;
+      if (ms === undefined) return bad('must be a duration such as 30s, 10m or 1h');
+      return { value: ms };
+    }
+    case 'enum': {
+      const values = def.values ?? [];
+      if (typeof text !== 'string' || !values.includes(text)) return bad(`must be ${values.map((v) => (v === '' ? 'empty' : v)).join(', ').replace(/, ([^,]*)$/, ' or $1')}`);
+      return { value: text };
+    }
+  }
+}
