@@ -1,18 +1,7 @@
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
 import type { Logger } from '../../core/ports.js';
+import { waitGone } from './launcher.js';
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** Polls `running` until it reports no pid, for up to `ms`; true when the process is gone. */
-export async function waitGone(running: () => Promise<number | undefined>, ms: number, signal?: AbortSignal): Promise<boolean> {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    if ((await running()) === undefined) return true;
-    if (signal?.aborted) return false;
-    await sleep(50);
-  }
-  return (await running()) === undefined;
-}
 
 /** One way of asking a process to end, and how long to give it before the next, harder one. */
 export interface Rung {

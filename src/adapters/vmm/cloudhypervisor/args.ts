@@ -1,4 +1,5 @@
 import { failedPrecondition } from '../../../core/errors.js';
+import type { Launch } from '../../../core/vmm.js';
 
 /**
  * Cloud Hypervisor's command line for one VM, built from plain inputs (no I/O). Grammar:
@@ -6,48 +7,8 @@ import { failedPrecondition } from '../../../core/errors.js';
  * get them as separate argv entries after one flag, each value a comma-separated key=value list.
  */
 
-export interface ChDisk {
-  id: string;
-  path: string;
-  readOnly: boolean;
-}
-
-export interface ChNic {
-  deviceId: string;
-  type: 'TAP' | 'MACVTAP';
-  /** The TAP's or macvtap's name on the host. */
-  hostDevice: string;
-  ifindex: number;
-  /** The guest MAC; for a MACVTAP the macvtap's own MAC, or the guest would never see its frames. */
-  mac: string;
-}
-
-/** A host directory served to the guest over virtio-fs by one virtiofsd. */
-export interface ChShare {
-  /** The volume id; also the virtio-fs tag the guest mounts (`mount -t virtiofs <id> <dir>`). */
-  id: string;
-  hostPath: string;
-  readOnly: boolean;
-}
-
-/** What one VM needs; the seam's Launch carries these fields. */
-export interface ChLaunch {
-  uid: string;
-  /** The VM directory: operator files (pid, logs, console, seed). */
-  dir: string;
-  /** A short per-VM directory for unix sockets (sun_path holds 107 bytes). */
-  runDir: string;
-  vcpu: number;
-  memoryInMb: number;
-  kernelPath: string;
-  initrdPath?: string | undefined;
-  cmdline: string;
-  /** Root first, then additional volumes, then the NoCloud seed: the guest's vda, vdb… in that order. */
-  disks: ChDisk[];
-  nics: ChNic[];
-  shares: ChShare[];
-  guestAgent?: { cid: number } | undefined;
-}
+/** What the command line depends on: the seam's Launch without the metadata files. */
+export type ChLaunch = Pick<Launch, 'uid' | 'dir' | 'runDir' | 'vcpu' | 'memoryInMb' | 'kernelPath' | 'initrdPath' | 'cmdline' | 'disks' | 'nics' | 'shares' | 'guestAgent'>;
 
 /** flintlock's file names in the VM directory (operators know them), plus matchlock's own. */
 export const FILES = {

@@ -1,15 +1,14 @@
-import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
+import type { Step } from '../../../core/plan/step.js';
 import type { Logger } from '../../../core/ports.js';
+import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import { launchDetached } from '../launcher.js';
 import { climbStopLadder, signalRung, type Rung } from '../stop-ladder.js';
 import { ChApi, type ChCounters } from './api.js';
 import { chArgs, chDefaultCmdline, FILES, SOCKETS } from './args.js';
-import type { CmdlineInput, Launch, Step, VmRef, VmmInstance, VmmPowerState } from './seam-types.js';
 import { recordedVirtiofsds, runningFromPidFile, stopVirtiofsd, Virtiofsd } from './virtiofsd.js';
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 export interface ChSettings {
   /** The cloud-hypervisor binary (a path or a name on PATH). */
@@ -110,37 +109,37 @@ export class CloudHypervisorInstance implements VmmInstance {
     await this.removeSockets();
     await rm(this.files.pid, { force: true });
     await writeFile(this.files.cmdline, JSON.stringify([bin, ...args]) + '\n');
-    const out = openSync(this.files.stdout, 'a');
-    const err = openSync(this.files.stderr, 'w');
     const taps: number[] = [];
-    let early: string | undefined;
-    let pid: number | undefined;
     try {
       // The macvtap's character device; CH takes it as fd=3, 4, … in NIC order.
       for (const n of l.nics) if (n.type === 'MACVTAP') taps.push(openSync(`/dev/tap${n.ifindex}`, 'r+'));
-      const child = spawn(bin, args, { detached: this.settings.detach, stdio: ['ignore', out, err, ...taps] });
-      child.once('exit', (code, sig) => (early = `exited with ${code ?? sig}`));
-      child.once('error', (e) => (early = (e as NodeJS.ErrnoException).code === 'ENOENT' ? `binary ${bin} not found` : e.message));
-      child.unref();
-      pid = child.pid;
-      if (pid !== undefined) await writeFile(this.files.pid, `${pid}\n`);
+      return await launchDetached({
+        what: 'cloud-hypervisor',
+        bin,
+        args,
+        stdout: this.files.stdout,
+        stderr: this.files.stderr,
+        extraFds: taps,
+        detached: this.settings.detach,
+        // CH writes no pid file; flintlock writes the spawned pid, and so do we.
+        onSpawn: (pid) => writeFile(this.files.pid, `${pid}\n`),
+        // Ready once the API answers: then the VM is booted (a payload on the command line boots it).
+        ready: async () => {
+          const pid = await this.running();
+          return pid !== undefined && (await this.api.ping().then(() => true, () => false)) ? pid : undefined;
+        },
+        timeoutMs: this.settings.startTimeoutMs ?? 15_000,
+        signal,
+      });
+    } catch (err) {
+      // Not ready: leave nothing half-started behind for the next attempt.
+      const pid = await this.running();
+      if (pid !== undefined) process.kill(pid, 'SIGKILL');
+      const e = MatchlockError.from(err);
+      throw new MatchlockError(e.code, /exited with/.test(e.message) ? e.message : `${e.message}: ${await this.errorTail()}`, { cause: err });
     } finally {
-      for (const fd of [out, err, ...taps]) closeSync(fd);
+      for (const fd of taps) closeSync(fd);
     }
-    const until = Date.now() + (this.settings.startTimeoutMs ?? 15_000);
-    for (let wait = 10; ; wait = Math.min(wait * 2, 200)) {
-      if (early !== undefined) throw new MatchlockError(ErrorCode.Internal, `cloud-hypervisor ${early}: ${await this.errorTail()}`);
-      if (pid !== undefined) {
-        const ok = await this.api.ping().then(() => true, () => false);
-        if (ok) return pid;
-      }
-      if (signal.aborted || Date.now() > until) break;
-      await sleep(wait);
-    }
-    // Not ready: leave nothing half-started behind for the next attempt.
-    if (pid !== undefined && (await this.running()) === pid) process.kill(pid, 'SIGKILL');
-    if (signal.aborted) throw new MatchlockError(ErrorCode.Aborted, 'canceled while cloud-hypervisor was starting');
-    throw new MatchlockError(ErrorCode.Internal, `cloud-hypervisor did not answer vmm.ping on ${this.files.api}: ${await this.errorTail()}`);
   }
 
   /** The last lines of stderr (and the log file), where CH prints its error chain. */
@@ -202,5 +201,18 @@ export class CloudHypervisorInstance implements VmmInstance {
   /** vm.counters: per device (`_disk0`, `_net2`, …) counters such as read_bytes or rx_frames. */
   async counters(): Promise<ChCounters> {
     return this.api.counters();
+  }
+}
+
+/** Cloud Hypervisor: macvtap by descriptor, virtio-fs through virtiofsd, the NoCloud seed on a disk. */
+export class CloudHypervisorProvider implements VmmProvider {
+  constructor(
+    readonly descriptor: ProviderDescriptor,
+    private readonly settings: ChSettings,
+    private readonly log: Logger,
+  ) {}
+
+  instance(ref: VmRef): CloudHypervisorInstance {
+    return new CloudHypervisorInstance(ref, this.settings, this.log.child({ uid: ref.uid }));
   }
 }
