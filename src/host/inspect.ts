@@ -135,6 +135,12 @@ async function inspectVm(
   const pid = await vmm.running();
   const recorded = Number((existsSync(vmm.files.pid) ? readFileSync(vmm.files.pid, 'utf8') : '').trim()) || 0;
   out.push(pid !== undefined ? ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running`) : fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
+  if (pid !== undefined && vmm.powerState) {
+    // The VMM's control API (QMP, Cloud Hypervisor's REST socket): a live process that does not
+    // answer cannot be paused, inspected or stopped gracefully.
+    const power = await vmm.powerState(AbortSignal.timeout(5000)).catch(() => undefined);
+    out.push(power ? ok(`${id} api`, `answers: guest ${power}`) : warn(`${id} api`, `${vm.spec.provider} pid ${pid} does not answer on its control socket in ${runDirOf(cfg.stateDir, vm.uid)}`, `check ${vm.spec.provider}'s log in ${dir}; deleting the VM stops it with signals`));
+  }
 
   for (const [n, iface] of vm.spec.interfaces.entries()) {
     const name = hostDeviceName(vm, n);

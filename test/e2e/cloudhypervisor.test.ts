@@ -50,20 +50,21 @@ describe('cloudhypervisor provider through matchlockd (stand-in, real guest unde
     for (const k of ['FAKE_CH_RECORD', 'FAKE_CH_GUEST', 'FAKE_CH_VERSION']) if (saved[k] === undefined) delete process.env[k];
   });
 
-  /** Live processes of this lab: stand-ins and virtiofsds (by their state dir in argv). */
-  function pidsMatching(word: string): number[] {
+  /** Live processes of this lab whose program (argv[0] or the script argv[1]) ends with `program`. */
+  function pidsMatching(program: string): number[] {
     return readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((pid) => {
       try {
         const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
         const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-        return cmd.includes(word) && cmd.includes(lab.stateDir) && stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+        const argv = cmd.split('\0');
+        return argv.slice(0, 2).some((a) => a.endsWith(program)) && cmd.includes(lab.stateDir) && stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
       } catch {
         return false;
       }
     });
   }
-  const chPids = () => (lab ? pidsMatching('cloud-hypervisor.mjs') : []);
-  const virtiofsdPids = () => pidsMatching('virtiofsd');
+  const chPids = () => (lab ? pidsMatching('/cloud-hypervisor.mjs') : []);
+  const virtiofsdPids = () => pidsMatching('/virtiofsd');
   const rec = (pid: number) => JSON.parse(readFileSync(join(record, `${pid}.json`), 'utf8')) as ChRecord;
   const mtools = (cmd: string, img: string, ...args: string[]) => execFileSync(cmd, ['-i', img, ...args], { encoding: 'utf8' });
 
@@ -168,7 +169,8 @@ describe('cloudhypervisor provider through matchlockd (stand-in, real guest unde
     await lab.restartDaemon(true);
     const adopted = await created(uid);
     assert.equal(adopted.status?.vmmPid, second, 'the running VMM was adopted, not restarted');
-    assert.deepEqual(chPids(), [second]);
+    const describePid = (p: number) => `${p}: ${readFileSync(`/proc/${p}/stat`, 'utf8').split(' ').slice(0, 4).join(' ')} ${readFileSync(`/proc/${p}/cmdline`, 'utf8').replace(/\0/g, ' ').slice(0, 300)}`;
+    assert.deepEqual(chPids(), [second], chPids().map(describePid).join('\n'));
 
     const dir = vmDir(lab, 'phoenix', uid);
     await api(lab).delete(uid);
