@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -56,6 +57,17 @@ async function socketUp(path: string, run: Run): Promise<void> {
 const base = () => ['--kernel', join(dir, 'vmlinux'), '--cmdline', 'console=ttyS0 root=/dev/vda rw', '--cpus', 'boot=2', '--memory', 'size=1024M'];
 const api = (name: string) => join(dir, `${name}.sock`);
 const call = async (sock: string, method: 'GET' | 'PUT', verb: string, body?: unknown) => unixHttp(sock, method, `/api/v1/${verb}`, body);
+
+function chunkedPut(sock: string, verb: string, body: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath: sock, method: 'PUT', path: `/api/v1/${verb}`, agent: false, headers: { 'transfer-encoding': 'chunked' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
 
 describe('cloud-hypervisor stand-in: command line refusals', () => {
   it('refuses an unknown option (clap, exit 2)', () => refused([...base(), '--netdev', 'tap=x'], 2, /unexpected argument '--netdev'/));
@@ -176,6 +188,7 @@ describe('cloud-hypervisor stand-in: a booted VM', () => {
         assert.equal(info.status, 500);
                 assert.equal(info.text, 'Error getting VM info: VM is not created');
       }
+      assert.equal(await chunkedPut(sock, 'vm.create', '{"payload":{"kernel":"/k"}}'), 400, 'micro_http takes bodies by Content-Length only');
       assert.equal((await call(sock, 'PUT', 'vm.create', { payload: { kernel: join(dir, 'vmlinux') }, cpus: { boot_vcpus: 2, max_vcpus: 1 } })).status, 500, 'max < boot');
       assert.equal((await call(sock, 'PUT', 'vm.create', { payload: { kernel: join(dir, 'vmlinux') }, disks: [{ path: join(dir, 'root.img') }] })).status, 204);
       assert.equal((await call(sock, 'PUT', 'vm.create', { payload: { kernel: join(dir, 'vmlinux') } })).status, 500, 'already created');
@@ -198,6 +211,14 @@ describe('cloud-hypervisor stand-in: a booted VM', () => {
     }
     const crash = await start(['--api-socket', api('crash'), ...base()], { FAKE_CH_FAULTS: 'exit-after=100' }).exited;
     assert.equal(crash.code, 1);
+    const poweroff = await start(['--api-socket', api('poweroff'), ...base()], { FAKE_CH_FAULTS: 'poweroff-after=100' }).exited;
+    assert.equal(poweroff.code, 0, 'a guest power-off ends the VMM with 0');
+    const kept = start(['--api-socket', api('kept'), '--no-shutdown', ...base()], { FAKE_CH_FAULTS: 'poweroff-after=100' });
+    await socketUp(api('kept'), kept);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(JSON.parse((await call(api('kept'), 'GET', 'vm.info')).text).state, 'Shutdown', '--no-shutdown keeps the VMM after power-off');
+    kept.child.kill('SIGTERM');
+    await kept.exited;
     const deaf = start(['--api-socket', api('deaf'), ...base()], { FAKE_CH_FAULTS: 'ignore-power-button,ignore-sigterm' });
     await socketUp(api('deaf'), deaf);
     assert.equal((await call(api('deaf'), 'PUT', 'vm.power-button')).status, 204);
