@@ -162,8 +162,15 @@ describe('cloud-hypervisor provider process logic (stand-in)', () => {
     await run(steps);
     const second = Number(readFileSync(join(launch.dir, 'virtiofsd-0.pid'), 'utf8'));
     assert.ok(pidAlive(second));
+    // A virtiofsd whose VMM never started is stopped by stop() too (what a sweep calls)…
+    await instance.stop({ timeoutMs: 1000, signal: never }, quiet);
+    assert.ok(!pidAlive(second), 'stop stopped a virtiofsd without its VMM');
+    // …and by the delete steps.
+    await run(steps);
+    const third = Number(readFileSync(join(launch.dir, 'virtiofsd-0.pid'), 'utf8'));
+    assert.ok(pidAlive(third));
     await run(instance.deleteSteps());
-    assert.ok(!pidAlive(second), 'delete stopped virtiofsd');
+    assert.ok(!pidAlive(third), 'delete stopped virtiofsd');
     assert.ok(!existsSync(join(launch.runDir, 'virtiofsd-0.sock')) && !existsSync(join(launch.dir, 'virtiofsd-0.pid')));
     assert.equal(await instance.deleteSteps()[0]!.needed(), false);
   });

@@ -151,7 +151,7 @@ export class CloudHypervisorInstance implements VmmInstance {
   /**
    * vm.power-button (ACPI: the guest shuts down and CH exits), then after `timeoutMs`
    * vm.shutdown + vmm.shutdown, SIGTERM, SIGKILL; sockets are removed once it is gone. A paused
-   * guest is resumed first, or it could not see the button.
+   * guest is resumed first, or it could not see the button. Any virtiofsd of the VM goes after it.
    */
   async stop(opts: { timeoutMs: number; signal: AbortSignal }, log: Logger): Promise<void> {
     const rungs: Rung[] = [
@@ -176,6 +176,9 @@ export class CloudHypervisorInstance implements VmmInstance {
     ];
     await climbStopLadder('cloud-hypervisor', () => this.running(), rungs, opts.signal, log);
     await this.removeSockets();
+    // virtiofsd exits with its VMM; one left behind (a VMM that never connected) goes too, so a
+    // sweep of an orphaned VM that only calls stop leaves nothing running.
+    for (const v of await recordedVirtiofsds(this.ref.dir, this.ref.runDir)) await stopVirtiofsd(v, opts.signal, log);
   }
 
   private async removeSockets(): Promise<void> {
