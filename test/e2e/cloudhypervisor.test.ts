@@ -129,7 +129,7 @@ describe('cloudhypervisor provider through matchlockd (stand-in, real guest unde
     // The guest (QEMU behind the stand-in) reads that seed and gets a lease on the macvtap.
     const console = () => readFileSync(join(dir, 'console.log'), 'utf8');
     await waitFor('the guest reading its seed', () => console().includes(`MATCHLOCK_CIDATA instance_id: ${uid}`), 90_000);
-    await waitFor('a DHCP lease for the macvtap MAC', () => lab.readLeases().get(eth1.macAddress.toLowerCase()), 90_000);
+    await waitFor('a DHCP lease for the macvtap MAC', () => lab.readLeases().get(eth1.macAddress.toLowerCase()), 180_000);
     await api(lab).delete(uid);
     await waitFor('gone', async () => (await api(lab).get(uid)) === undefined, 60_000);
   });
@@ -139,13 +139,15 @@ describe('cloudhypervisor provider through matchlockd (stand-in, real guest unde
     const vm = await created(uid);
     const dir = vmDir(lab, 'shared', uid);
     const vfs = Number(readFileSync(join(dir, 'virtiofsd-0.pid'), 'utf8'));
-    assert.ok(virtiofsdPids().includes(vfs) || readFileSync(`/proc/${vfs}/cmdline`, 'utf8').includes(share), 'virtiofsd runs for the share');
+    assert.deepEqual(virtiofsdPids(), [vfs], 'one virtiofsd, for the share');
+    assert.ok(readFileSync(`/proc/${vfs}/cmdline`, 'utf8').includes(`source=${share}`));
     const r = rec(vm.status?.vmmPid ?? 0);
     assert.equal(r.config.memory.shared, true);
     assert.deepEqual(r.config.fs.map((f) => f.tag), ['data']);
     await api(lab).delete(uid);
     await waitFor('gone', async () => (await api(lab).get(uid)) === undefined, 60_000);
     assert.throws(() => process.kill(vfs, 0), 'virtiofsd stopped');
+    assert.deepEqual(virtiofsdPids(), []);
   });
 
   it('notices a killed VMM within 2 s and restarts it; a daemon restart adopts; delete leaves nothing', async () => {
