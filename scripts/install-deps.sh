@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBIAN_PACKAGES=(
-  # independent gRPC client and the wire check's protoc
-  python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc
+  # independent gRPC client and the wire check's protoc; libprotobuf-dev holds protoc's
+  # well-known types (google/protobuf/timestamp.proto), only a Recommends of protobuf-compiler
+  python3-grpcio python3-protobuf protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   # TLS test PKI
   openssl
   # the VMM that runs here, and what the runtime drives around it

@@ -21,6 +21,9 @@ export async function run(cmd: string, args: readonly string[], opts: { timeoutM
       }
       resolve({ stdout, stderr });
     });
+    // A program that exits without reading its input makes stdin emit EPIPE; the exit status
+    // (reported above) is what matters, and an unheard 'error' event would end the process.
+    child.stdin?.on('error', () => undefined);
     if (opts.input !== undefined) child.stdin?.end(opts.input);
   });
 }

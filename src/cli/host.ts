@@ -4,8 +4,8 @@ import { DEFAULT_CONFIG_PATH } from '../daemon/config.js';
 import { hostSetup } from '../host/setup.js';
 import { run } from '../adapters/exec.js';
 import { loadHubConfig } from '../hub/config.js';
-import { HubError, hubSetup, hubTeardown } from '../hub/hub.js';
-import { CliError, EXIT } from './client.js';
+import { hubSetup, hubTeardown } from '../hub/hub.js';
+import { EXIT, cliError } from './client.js';
 import { table } from './output.js';
 import type { Io } from './vm.js';
 
@@ -16,7 +16,7 @@ function parseSettings(list: string[] | undefined): Record<string, string> {
   const settings: Record<string, string> = {};
   for (const kv of list ?? []) {
     const i = kv.indexOf('=');
-    if (i <= 0) throw new CliError(`--set ${kv}: must be key=value`, EXIT.usage);
+    if (i <= 0) throw cliError(`--set ${kv}: must be key=value`, EXIT.usage);
     settings[kv.slice(0, i)] = kv.slice(i + 1);
   }
   return settings;
@@ -36,7 +36,7 @@ export function hostCommand(io: Io, output: () => string): Command {
       try {
         result = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}` });
       } catch (err) {
-        throw new CliError((err as Error).message, EXIT.usage);
+        throw cliError((err as Error).message, EXIT.usage);
       }
       const { checks } = result;
       if (output() === 'json') io.out(JSON.stringify({ config: o.configOut, unit: o.unitOut, checks }, null, 2) + '\n');
@@ -45,7 +45,7 @@ export function hostCommand(io: Io, output: () => string): Command {
         io.out(table([['STATUS', 'CHECK', 'EVIDENCE'], ...checks.map((c) => [c.status.toUpperCase(), c.check, c.evidence + (c.fix ? `  -> fix: ${c.fix}` : '')])]));
         io.out('enable it with: systemctl daemon-reload && systemctl enable --now matchlockd\n');
       }
-      if (checks.some((c) => c.status === 'fail')) throw new CliError('setup written, but some checks failed', EXIT.error);
+      if (checks.some((c) => c.status === 'fail')) throw cliError('setup written, but some checks failed', EXIT.error);
     });
   host
     .command('dev')
@@ -66,33 +66,29 @@ export function hostCommand(io: Io, output: () => string): Command {
       if (!uplink) {
         const { stdout } = await run('ip', ['-json', 'route', 'show', 'default']);
         uplink = (JSON.parse(stdout || '[]') as { dev?: string }[])[0]?.dev;
-        if (!uplink) throw new CliError('no default route to take the uplink from; give --uplink', EXIT.usage);
+        if (!uplink) throw cliError('no default route to take the uplink from; give --uplink', EXIT.usage);
       }
       let hub;
       try {
         hub = loadHubConfig(undefined, { interface: o.interface, mode: 'bridge', address: o.address, 'range-start': o.rangeStart, 'range-end': o.rangeEnd, uplink, dhcp: o.dhcp, 'state-dir': o.hubStateDir });
       } catch (err) {
-        throw new CliError((err as Error).message, EXIT.usage);
+        throw cliError((err as Error).message, EXIT.usage);
       }
-      try {
-        if (o.down) {
-          await hubTeardown(hub);
-          io.out(`removed ${o.interface}, its DHCP server and NAT\n`);
-          return;
-        }
-        await hubSetup(hub);
-      } catch (err) {
-        if (err instanceof HubError) throw new CliError(err.message, EXIT.precondition);
-        throw err;
+      // Hub failures are FailedPrecondition errors: exit 6.
+      if (o.down) {
+        await hubTeardown(hub);
+        io.out(`removed ${o.interface}, its DHCP server and NAT\n`);
+        return;
       }
+      await hubSetup(hub);
       const settings = { 'bridge-name': o.interface, ...parseSettings(o.set) };
       const { checks } = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}` }).catch((err: unknown) => {
-        throw new CliError((err as Error).message, EXIT.usage);
+        throw cliError((err as Error).message, EXIT.usage);
       });
       const failures = checks.filter((c) => c.status === 'fail');
       if (output() === 'json') io.out(JSON.stringify({ hub: hub.interface, config: o.configOut, checks }, null, 2) + '\n');
       else io.out(`${o.interface} ${o.address}: DHCP ${o.rangeStart}-${o.rangeEnd} (${o.dhcp}), NAT out of ${uplink}; matchlockd config ${o.configOut} uses it\n`);
-      if (failures.length) throw new CliError(`dev mode is up, but: ${failures.map((c) => `${c.check}: ${c.evidence}`).join('; ')}`, EXIT.error);
+      if (failures.length) throw cliError(`dev mode is up, but: ${failures.map((c) => `${c.check}: ${c.evidence}`).join('; ')}`, EXIT.error);
     });
   return host;
 }

@@ -1,10 +1,10 @@
 import { Command } from 'commander';
-import { HubConfigError, loadHubConfig, type HubConfig } from '../hub/config.js';
-import { HubError, hubLeases, hubSetup, hubStatus, hubTeardown } from '../hub/hub.js';
+import { loadHubConfig, type HubConfig } from '../hub/config.js';
+import { hubLeases, hubSetup, hubStatus, hubTeardown } from '../hub/hub.js';
 import { create } from '@bufbuild/protobuf';
 import { generatedMac } from '../core/microvm/host-names.js';
 import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
-import { CliError, EXIT, connect, type ConnectOptions } from './client.js';
+import { EXIT, cliError, connect, type ConnectOptions } from './client.js';
 import { table } from './output.js';
 import type { Io } from './vm.js';
 
@@ -64,17 +64,11 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
     try {
       return loadHubConfig(typeof opts.file === 'string' ? opts.file : undefined, flags);
     } catch (err) {
-      throw new CliError((err as Error).message, EXIT.usage);
+      throw cliError((err as Error).message, EXIT.usage);
     }
   };
-  const wrap = async (fn: () => Promise<void>) => {
-    try {
-      await fn();
-    } catch (err) {
-      if (err instanceof HubError || err instanceof HubConfigError) throw new CliError(err.message, EXIT.precondition);
-      throw err;
-    }
-  };
+  // Hub failures carry their codes (FailedPrecondition: exit 6); main maps them.
+  const wrap = (fn: () => Promise<void>) => fn();
   withConfig(hub.command('setup').description('bring the hub up (idempotent)')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const c = config(o);
@@ -93,7 +87,7 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
       const pieces = await hubStatus(config(o));
       if (output() === 'json') io.out(JSON.stringify(pieces, null, 2) + '\n');
       else io.out(table([['PIECE', 'STATE', 'DETAIL'], ...pieces.map((p) => [p.piece, p.ok ? 'up' : 'down', p.detail])]));
-      if (pieces.some((p) => !p.ok)) throw new CliError('some pieces are down', EXIT.precondition);
+      if (pieces.some((p) => !p.ok)) throw cliError('some pieces are down', EXIT.precondition);
     }),
   );
   withConfig(hub.command('leases').description('current DHCP leases')).action((o: Record<string, unknown>) =>

@@ -5,7 +5,7 @@ import { ImageCatalog, LocalImageStore, normalizeRef, type PullProgress } from '
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { parseDuration } from '../core/duration.js';
 import type { Logger } from '../core/ports.js';
-import { CliError, EXIT } from './client.js';
+import { EXIT, cliError } from './client.js';
 import { table } from './output.js';
 import type { Io } from './vm.js';
 
@@ -123,7 +123,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .option('--grace <duration>', 'keep images imported or pulled more recently than this', '0s')
     .action(async (o: { grace: string }) => {
       const grace = parseDuration(o.grace);
-      if (grace === undefined) throw new CliError(`--grace ${o.grace}: must be a duration like 1h`, EXIT.usage);
+      if (grace === undefined) throw cliError(`--grace ${o.grace}: must be a duration like 1h`, EXIT.usage);
       const catalog = new ImageCatalog(store());
       const removed = await catalog.collect(new Set((await usage(catalog)).keys()), grace);
       io.out(removed.length ? removed.map((r) => `${r} removed\n`).join('') : 'nothing to prune\n');

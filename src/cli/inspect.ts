@@ -1,9 +1,9 @@
 import { Command } from 'commander';
 import { DEFAULT_CONFIG_PATH, loadConfig } from '../daemon/config.js';
-import { HubConfigError, loadHubConfig } from '../hub/config.js';
+import { loadHubConfig } from '../hub/config.js';
 import { hubLeases } from '../hub/hub.js';
 import { inspectHost, inspectHub, type Check } from '../host/inspect.js';
-import { CliError, EXIT } from './client.js';
+import { EXIT, cliError } from './client.js';
 import { table } from './output.js';
 import { HUB_FLAGS, hubFlagValues } from './hub.js';
 import type { Io } from './vm.js';
@@ -32,19 +32,14 @@ export function inspectCommand(io: Io, output: () => string, token: () => string
     try {
       cfg = loadConfig({ flags, file: { path: typeof o.config === 'string' ? o.config : DEFAULT_CONFIG_PATH, explicit: typeof o.config === 'string' }, env: process.env });
     } catch (err) {
-      throw new CliError((err as Error).message, EXIT.usage);
+      throw cliError((err as Error).message, EXIT.usage);
     }
     const checks: Check[] = [];
     let leases;
     if (o.hub) {
       const hubFlags = hubFlagValues(o, 'hub-');
-      let hub;
-      try {
-        hub = loadHubConfig(typeof o.hubFile === 'string' ? o.hubFile : undefined, hubFlags);
-      } catch (err) {
-        if (err instanceof HubConfigError) throw new CliError(err.message, EXIT.usage);
-        throw err;
-      }
+      // A bad hub setting is InvalidArgument: exit 2.
+      const hub = loadHubConfig(typeof o.hubFile === 'string' ? o.hubFile : undefined, hubFlags);
       checks.push(...(await inspectHub(hub)));
       leases = await hubLeases(hub);
     }
@@ -55,7 +50,7 @@ export function inspectCommand(io: Io, output: () => string, token: () => string
       const n = (v: string) => checks.filter((c) => c.status === v).length;
       io.out(`\n${n('ok')} ok, ${n('warn')} warn, ${n('fail')} fail\n`);
     }
-    if (checks.some((c) => c.status === 'fail')) throw new CliError(`${checks.filter((c) => c.status === 'fail').length} check(s) failed`, EXIT.error);
+    if (checks.some((c) => c.status === 'fail')) throw cliError(`${checks.filter((c) => c.status === 'fail').length} check(s) failed`, EXIT.error);
   });
   return cmd;
 }

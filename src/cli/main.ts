@@ -1,7 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { parseDuration } from '../core/duration.js';
 import { VERSION } from '../version.js';
-import { CliError, EXIT, exitFor, type ConnectOptions } from './client.js';
+import { EXIT, cliError, exitFor, type ConnectOptions } from './client.js';
 import { MatchlockError } from '../core/errors.js';
 import type { Format } from './output.js';
 import { vmCommand, type Io } from './vm.js';
@@ -30,7 +30,7 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   const globals = (): ConnectOptions & { output: Format } => {
     const o = program.opts<{ host: string; token?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecure?: boolean; requestTimeout: string; output: Format }>();
     const timeoutMs = parseDuration(o.requestTimeout);
-    if (timeoutMs === undefined || timeoutMs === 0) throw new CliError(`--request-timeout ${o.requestTimeout}: must be a duration like 30s`, EXIT.usage);
+    if (timeoutMs === undefined || timeoutMs === 0) throw cliError(`--request-timeout ${o.requestTimeout}: must be a duration like 30s`, EXIT.usage);
     return { host: o.host, token: o.token, tlsCa: o.tlsCa, tlsCert: o.tlsCert, tlsKey: o.tlsKey, insecure: o.insecure, timeoutMs, output: o.output };
   };
   const vm = vmCommand(globals, io);
@@ -50,10 +50,6 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   } catch (err) {
     if (err instanceof CommanderError) {
       return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
-    }
-    if (err instanceof CliError) {
-      io.err(`matchlock: ${err.message}\n`);
-      return err.exitCode;
     }
     if (err instanceof MatchlockError) {
       io.err(`matchlock: ${err.message}\n`);

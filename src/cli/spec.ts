@@ -2,7 +2,7 @@ import { create, fromJson, type JsonValue } from '@bufbuild/protobuf';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { MicroVMSpecSchema, NetworkInterface_IfaceType, type MicroVMSpec } from '../gen/types/microvm_pb.js';
-import { CliError, EXIT } from './client.js';
+import { EXIT, cliError } from './client.js';
 
 /**
  * A MicroVMSpec from a YAML or JSON file (or "-" for stdin): snake_case or camelCase keys, enum
@@ -13,19 +13,19 @@ export function readSpecFile(path: string): MicroVMSpec {
   try {
     text = readFileSync(path === '-' ? 0 : path, 'utf8');
   } catch (err) {
-    throw new CliError(`-f ${path}: ${(err as Error).message}`, EXIT.usage);
+    throw cliError(`-f ${path}: ${(err as Error).message}`, EXIT.usage);
   }
   let doc: unknown;
   try {
     doc = parseYaml(text);
   } catch (err) {
-    throw new CliError(`-f ${path}: not YAML or JSON: ${(err as Error).message.split('\n')[0] ?? ''}`, EXIT.usage);
+    throw cliError(`-f ${path}: not YAML or JSON: ${(err as Error).message.split('\n')[0] ?? ''}`, EXIT.usage);
   }
-  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new CliError(`-f ${path}: must be a MicroVMSpec mapping`, EXIT.usage);
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw cliError(`-f ${path}: must be a MicroVMSpec mapping`, EXIT.usage);
   try {
     return fromJson(MicroVMSpecSchema, doc as JsonValue);
   } catch (err) {
-    throw new CliError(`-f ${path}: ${(err as Error).message}`, EXIT.usage);
+    throw cliError(`-f ${path}: ${(err as Error).message}`, EXIT.usage);
   }
 }
 
@@ -51,14 +51,14 @@ export interface SpecFlags {
 function pairs(flag: string, items: string[] | undefined): [string, string][] {
   return (items ?? []).map((item) => {
     const i = item.indexOf('=');
-    if (i <= 0) throw new CliError(`${flag} ${item}: must be key=value`, EXIT.usage);
+    if (i <= 0) throw cliError(`${flag} ${item}: must be key=value`, EXIT.usage);
     return [item.slice(0, i), item.slice(i + 1)];
   });
 }
 
 function int(flag: string, v: string | undefined): number {
   if (v === undefined) return 0;
-  if (!/^\d+$/.test(v)) throw new CliError(`${flag} ${v}: must be a whole number`, EXIT.usage);
+  if (!/^\d+$/.test(v)) throw cliError(`${flag} ${v}: must be a whole number`, EXIT.usage);
   return Number(v);
 }
 
@@ -66,9 +66,9 @@ function int(flag: string, v: string | undefined): number {
 function parseInterface(spec: string) {
   const fields = Object.fromEntries(pairs('--interface', spec.split(',')));
   const known = new Set(['id', 'type', 'mac', 'bridge', 'address', 'gateway']);
-  for (const k of Object.keys(fields)) if (!known.has(k)) throw new CliError(`--interface ${spec}: unknown key ${k} (id, type, mac, bridge, address, gateway)`, EXIT.usage);
+  for (const k of Object.keys(fields)) if (!known.has(k)) throw cliError(`--interface ${spec}: unknown key ${k} (id, type, mac, bridge, address, gateway)`, EXIT.usage);
   const type = (fields.type ?? 'tap').toUpperCase();
-  if (type !== 'TAP' && type !== 'MACVTAP') throw new CliError(`--interface ${spec}: type must be tap or macvtap`, EXIT.usage);
+  if (type !== 'TAP' && type !== 'MACVTAP') throw cliError(`--interface ${spec}: type must be tap or macvtap`, EXIT.usage);
   return {
     deviceId: fields.id ?? '',
     type: type === 'TAP' ? NetworkInterface_IfaceType.TAP : NetworkInterface_IfaceType.MACVTAP,
@@ -85,7 +85,7 @@ export function specFromFlags(f: SpecFlags): MicroVMSpec {
       try {
         return [k, readFileSync(path).toString('base64')];
       } catch (err) {
-        throw new CliError(`--metadata-from-file ${k}=${path}: ${(err as Error).message}`, EXIT.usage);
+        throw cliError(`--metadata-from-file ${k}=${path}: ${(err as Error).message}`, EXIT.usage);
       }
     }),
   );

@@ -1,3 +1,4 @@
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { create } from '@bufbuild/protobuf';
 import { Command, Option } from 'commander';
 import {
@@ -8,7 +9,7 @@ import {
 } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
 import type { MicroVM } from '../gen/types/microvm_pb.js';
 import { parseDuration } from '../core/duration.js';
-import { CliError, EXIT, connect, type ConnectOptions } from './client.js';
+import { EXIT, cliError, connect, type ConnectOptions } from './client.js';
 import { formatVms, stateName, type Format } from './output.js';
 import { readSpecFile, specFromFlags, type SpecFlags } from './spec.js';
 
@@ -52,8 +53,8 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
     .option('--provider <name>', 'qemu, firecracker or cloudhypervisor (default: the host default)')
     .action(async (opts: SpecFlags & { file?: string }) => {
       const flagged = Object.keys(opts).some((k) => !['file', 'kernelFilename', 'networkConfig'].includes(k));
-      if (opts.file !== undefined && flagged) throw new CliError('give either -f or spec flags, not both', EXIT.usage);
-      if (opts.file === undefined && opts.name === undefined) throw new CliError('give -f <spec file> or at least --name', EXIT.usage);
+      if (opts.file !== undefined && flagged) throw cliError('give either -f or spec flags, not both', EXIT.usage);
+      if (opts.file === undefined && opts.name === undefined) throw cliError('give -f <spec file> or at least --name', EXIT.usage);
       const spec = opts.file !== undefined ? readSpecFile(opts.file) : specFromFlags(opts);
       const res = await withClient((c) => c.createMicroVM(create(CreateMicroVMRequestSchema, { microvm: spec })));
       if (res.microvm) print([res.microvm], true);
@@ -95,11 +96,11 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
     .option('--interval <duration>', 'poll interval', '1s')
     .action(async (uid: string, opts: { until: string; timeout: string; interval: string }) => {
       const until = opts.until === 'gone' ? 'gone' : opts.until.toUpperCase();
-      if (!['PENDING', 'CREATED', 'FAILED', 'DELETING', 'gone'].includes(until)) throw new CliError(`--until ${opts.until}: must be PENDING, CREATED, FAILED, DELETING or gone`, EXIT.usage);
+      if (!['PENDING', 'CREATED', 'FAILED', 'DELETING', 'gone'].includes(until)) throw cliError(`--until ${opts.until}: must be PENDING, CREATED, FAILED, DELETING or gone`, EXIT.usage);
       const timeout = parseDuration(opts.timeout);
       const interval = parseDuration(opts.interval);
-      if (timeout === undefined) throw new CliError(`--timeout ${opts.timeout}: must be a duration like 90s`, EXIT.usage);
-      if (interval === undefined || interval === 0) throw new CliError(`--interval ${opts.interval}: must be a duration like 1s`, EXIT.usage);
+      if (timeout === undefined) throw cliError(`--timeout ${opts.timeout}: must be a duration like 90s`, EXIT.usage);
+      if (interval === undefined || interval === 0) throw cliError(`--interval ${opts.interval}: must be a duration like 1s`, EXIT.usage);
       const deadline = Date.now() + timeout;
       let last = '';
       await withClient(async (c) => {
@@ -110,15 +111,15 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
             state = res.microvm ? stateName(res.microvm) : 'gone';
             if (state !== last && res.microvm?.status?.lastError) state += ` (${res.microvm.status.lastError})`;
           } catch (err) {
-            if (err instanceof CliError && err.exitCode === EXIT.notFound) state = 'gone';
+            if (err instanceof MatchlockError && err.code === ErrorCode.NotFound) state = 'gone';
             else throw err;
           }
           if (state !== last) io.out(`${new Date().toISOString()} ${uid} ${state}\n`);
           last = state;
           const bare = state.split(' ')[0];
           if (bare === until) return;
-          if (bare === 'FAILED' || bare === 'gone') throw new CliError(`${uid} is ${bare}, it will not become ${until}`, EXIT.failed);
-          if (Date.now() >= deadline) throw new CliError(`${uid} did not become ${until} within ${opts.timeout}`, EXIT.timeout);
+          if (bare === 'FAILED' || bare === 'gone') throw cliError(`${uid} is ${bare}, it will not become ${until}`, EXIT.failed);
+          if (Date.now() >= deadline) throw cliError(`${uid} did not become ${until} within ${opts.timeout}`, EXIT.timeout);
           await new Promise((r) => setTimeout(r, Math.min(interval, Math.max(0, deadline - Date.now()))));
         }
       });

@@ -9,6 +9,10 @@ export const ErrorCode = {
   Unauthenticated: 'Unauthenticated',
   Unavailable: 'Unavailable',
   Aborted: 'Aborted',
+  /** The work was called off (a delete, a shutdown) before it finished. */
+  Canceled: 'Canceled',
+  /** A time limit passed before the work finished. */
+  DeadlineExceeded: 'DeadlineExceeded',
   Internal: 'Internal',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

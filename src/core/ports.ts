@@ -61,9 +61,14 @@ export type RuntimeStatus = Partial<Omit<MicroVMStatus, 'state' | 'retry' | 'las
  * exists and do only what is missing, so a crash at any point is recovered by calling again.
  */
 export interface Runtime {
-  /** `progress` receives status after each step that changed the host, so it is saved at once. */
+  /**
+   * `progress` receives status after each step that changed the host, so it is saved at once.
+   * `signal` is aborted when the pass is called off (the VM is being deleted, the daemon is
+   * shutting down): stop between steps and at any long wait (pull, unpack, VMM start) and
+   * reject with the signal's reason, a MatchlockError with code Canceled.
+   */
   ensure(vm: MicroVM, log: Logger, progress?: (s: RuntimeStatus) => void, signal?: AbortSignal): Promise<RuntimeStatus>;
-  /** `signal` aborts the pass between steps (and inside steps that honour it). */
+  /** `signal` as for ensure; aborted only when the daemon shuts down. */
   teardown(vm: MicroVM, log: Logger, signal?: AbortSignal): Promise<void>;
 }
 
@@ -139,4 +144,31 @@ export interface Supervisor {
   watch(uid: string, pid: number, consolePath: string): void;
   unwatch(uid: string): void;
   watching(uid: string, pid: number): boolean;
+}
+
+// ---- Tombstones: what the orphan sweep may prove was this daemon's and deleted ----
+
+/** A VM record dropped without a finished teardown, kept so its leftovers can be removed. */
+export interface Tombstone {
+  uid: string;
+  namespace: string;
+  name: string;
+  /** RFC 3339 time the record was dropped. */
+  droppedAt: string;
+  /** Why the teardown did not finish (its last error). */
+  reason: string;
+}
+
+/**
+ * Tombstones beside the records. Leftovers on the host (VM directory, VMM, links, volumes) may
+ * be destroyed only when their uid has a tombstone: a uid that is neither a record nor a
+ * tombstone may belong to a running guest whose record was lost.
+ */
+export interface Tombstones {
+  /** Removes the record and keeps its tombstone, in one transaction. */
+  bury(tombstone: Tombstone): void;
+  tombstone(uid: string): Tombstone | undefined;
+  tombstones(): Tombstone[];
+  /** Drops a tombstone once everything it stood for is gone from the host. */
+  forget(uid: string): void;
 }

@@ -20,18 +20,24 @@ import { ThinPoolVolumes } from '../adapters/volumes/thin.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
 import { sweepOrphans } from './sweep.js';
+import { daemonIdentity } from './identity.js';
 import { clearStaleSocket } from './unix-socket.js';
+import { Lifecycle, type Drainable } from './lifecycle.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
 import { isLocalEndpoint } from '../core/endpoint.js';
-import { ConfigError, type DaemonConfig } from './config.js';
+import { ErrorCode, MatchlockError } from '../core/errors.js';
+import { configError, type DaemonConfig } from './config.js';
 import { buildProviders, chooseDefaultProvider, providerEntries } from './providers.js';
 import { deviceAlias } from '../core/microvm/host-names.js';
 
 export interface RunningDaemon {
   grpcPort: number;
   httpPort: number | undefined;
+  /** Drains (see Lifecycle) and stops; VMs keep running. */
   stop(): Promise<void>;
+  /** Cuts the drain short: running reconciles are called off at once. */
+  force(): void;
 }
 
 function readTls(cfg: DaemonConfig): GrpcTls | undefined {
@@ -40,7 +46,7 @@ function readTls(cfg: DaemonConfig): GrpcTls | undefined {
     try {
       return readFileSync(path);
     } catch (err) {
-      throw new ConfigError(`${key} ${path}: ${(err as Error).message}`);
+      throw configError(`${key} ${path}: ${(err as Error).message}`);
     }
   };
   return {
@@ -58,16 +64,17 @@ export interface DaemonOptions {
 /** Wires the daemon together and starts it. What it starts, `stop()` ends, in reverse order. */
 export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: DaemonOptions = {}): Promise<RunningDaemon> {
   const providerRegistry = opts.registry ?? PROVIDERS;
+  const lifecycle = new Lifecycle(logger);
   const tls = readTls(cfg);
   for (const [key, endpoint, on] of [['grpc-endpoint', cfg.grpcEndpoint, true], ['http-endpoint', cfg.httpEndpoint, cfg.enableHttp]] as const) {
     if (on && !tls && !cfg.insecure && !isLocalEndpoint(endpoint)) {
-      throw new ConfigError(`${key} ${endpoint} is not a loopback address: give tls-cert and tls-key, or --insecure to serve plaintext`);
+      throw configError(`${key} ${endpoint} is not a loopback address: give tls-cert and tls-key, or --insecure to serve plaintext`);
     }
   }
   const sockets = longestSocketPath(cfg.stateDir, [...providerRegistry.values()].map((m) => m.descriptor));
   if (sockets.bytes > UNIX_SOCKET_PATH_MAX) {
     const room = UNIX_SOCKET_PATH_MAX - (sockets.bytes - Buffer.byteLength(cfg.stateDir));
-    throw new ConfigError(`state-dir ${cfg.stateDir} is too long: VM sockets such as ${sockets.example} would be ${sockets.bytes} bytes, over the ${UNIX_SOCKET_PATH_MAX}-byte unix socket limit; use a state dir of at most ${room} bytes`);
+    throw configError(`state-dir ${cfg.stateDir} is too long: VM sockets such as ${sockets.example} would be ${sockets.bytes} bytes, over the ${UNIX_SOCKET_PATH_MAX}-byte unix socket limit; use a state dir of at most ${room} bytes`);
   }
   const providers = providerEntries(cfg, providerRegistry);
   const chosen = chooseDefaultProvider(cfg, providers);
@@ -75,6 +82,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   if (chosen) logger.info({ provider: chosen, configured: cfg.defaultProvider !== '' }, 'default provider chosen');
   else logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
 
+  const daemonId = daemonIdentity(cfg.stateDir);
+  logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
   const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
   const vmms = buildProviders(cfg, providerRegistry, logger);
   const files = new NodeHostFiles();
@@ -86,17 +95,22 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       logger,
     );
   } catch (err) {
-    throw new ConfigError((err as Error).message);
+    throw configError((err as Error).message);
   }
   const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry);
   // Supervisor events need the reconciler and queue, which need the runtime that owns the
   // supervisor: the handlers are bound once all three exist.
-  const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string) => undefined as void };
-  const supervisor = new PollingSupervisor({ exited: (u, p) => events.exited(u, p), booted: (u) => events.booted(u) }, logger);
+  const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string, _pid: number) => undefined as void, healthy: (_uid: string) => undefined as void };
+  const supervisor = new PollingSupervisor(
+    { exited: (u, p) => events.exited(u, p), booted: (u, p) => events.booted(u, p), healthy: (u) => events.healthy(u) },
+    logger,
+    { healthyAfterMs: cfg.healthyAfterMs },
+  );
   const ext4 = new Ext4Volumes(images, join(cfg.stateDir, 'images', 'base'));
-  const volumes = cfg.thinpool
+  const thin = cfg.thinpool
     ? new ThinPoolVolumes({ pool: cfg.thinpool, dmsetup: cfg.dmsetupBin, devDir: cfg.thinpoolDevDir, idsFile: join(cfg.stateDir, 'images', 'thin-ids.json'), ext4 })
-    : ext4;
+    : undefined;
+  const volumes = thin ?? ext4;
   if (cfg.thinpool) logger.info({ pool: cfg.thinpool }, 'volumes on a device-mapper thin pool');
   const runtime = new HostRuntime({
     stateDir: cfg.stateDir,
@@ -110,7 +124,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     bridgeName: cfg.bridgeName,
     parentIface: cfg.parentIface,
     deleteVmTimeoutMs: cfg.deleteVmTimeoutMs,
-    linkAlias: deviceAlias,
+    linkAlias: (uid, deviceId) => deviceAlias(daemonId, uid, deviceId),
   });
   const reconciler = new Reconciler({
     store,
@@ -127,12 +141,18 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const delay = reconciler.vmmExited(uid, pid);
     if (delay !== undefined) queue.enqueue(uid, delay);
   };
-  events.booted = (uid) => reconciler.guestBooted(uid);
+  events.booted = (uid, pid) => reconciler.guestBooted(uid, pid);
+  events.healthy = (uid) => reconciler.vmmHealthy(uid);
   const service = new MicroVMService({
     store,
     clock: { now: () => new Date() },
     random: { bytes: (n) => randomBytes(n) },
-    notifier: { changed: (uid) => queue.enqueue(uid) },
+    notifier: {
+      changed: (uid) => {
+        reconciler.changed(uid);
+        queue.enqueue(uid);
+      },
+    },
     providers,
     defaultProvider,
   });
@@ -143,6 +163,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const inUse = new Set((await catalog.usage(store.list({}))).keys());
     const removed = await catalog.collect(inUse, cfg.imageGcGraceMs);
     if (removed.length) logger.info({ removed }, 'unused images removed');
+    if (thin) await thin.collectBases(new Set([...inUse, ...(await catalog.list()).map((i) => i.digest)]), logger);
   };
   const resyncAll = () => {
     for (const vm of store.list({})) queue.enqueue(vm.uid);
@@ -152,17 +173,35 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls });
   let httpServer: HttpServer | undefined;
   let resync: NodeJS.Timeout | undefined;
-  const stop = async () => {
-    if (resync) clearInterval(resync);
-    await Promise.all([
-      new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
-      httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
-    ]);
-    await queue.stop();
-    supervisor.stop();
-    store.close();
+  const drainable: Drainable = {
+    stopServing: async (force) => {
+      if (resync) clearInterval(resync);
+      if (force) {
+        grpcServer.forceShutdown();
+        httpServer?.closeAllConnections();
+      }
+      await Promise.all([
+        new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
+        httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
+      ]);
+    },
+    stopWork: () => queue.stop(),
+    abortWork: () => reconciler.abortAll(),
+    close: () => {
+      supervisor.stop();
+      store.close();
+    },
   };
+  const stop = () => lifecycle.shutdown(drainable, cfg.shutdownGraceMs);
   try {
+    // Before serving: a state dir whose records were lost refuses to start here, and nothing
+    // is reconciled or created while leftovers are removed.
+    const removed = await sweepOrphans({ daemonId, stateDir: cfg.stateDir, store, network, files, providers: vmms, volumes: thin, stopTimeoutMs: cfg.deleteVmTimeoutMs, log: logger }).catch((err: unknown) => {
+      if (err instanceof MatchlockError && err.code === ErrorCode.FailedPrecondition) throw err;
+      logger.error({ err: (err as Error).message }, 'orphan sweep failed; continuing');
+      return 0;
+    });
+    if (removed) logger.info({ removed }, 'orphans removed');
     await clearStaleSocket(cfg.grpcEndpoint);
     const grpcPort = await bindGrpc(grpcServer, cfg.grpcEndpoint, serverCredentials(tls));
     logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
@@ -172,16 +211,11 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       httpPort = await listen(httpServer, cfg.httpEndpoint);
       logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
     }
-    try {
-      const removed = await sweepOrphans({ stateDir: cfg.stateDir, store, network, files, providers: vmms, stopTimeoutMs: cfg.deleteVmTimeoutMs, log: logger });
-      if (removed) logger.info({ removed }, 'orphans removed');
-    } catch (err) {
-      logger.error({ err: (err as Error).message }, 'orphan sweep failed; continuing');
-    }
     resyncAll();
     resync = setInterval(resyncAll, cfg.resyncPeriodMs);
     resync.unref();
-    return { grpcPort, httpPort, stop };
+    lifecycle.to('serving');
+    return { grpcPort, httpPort, stop, force: () => lifecycle.force() };
   } catch (err) {
     await stop();
     throw err;
@@ -192,7 +226,7 @@ async function listen(server: HttpServer, endpoint: string): Promise<number> {
   const i = endpoint.lastIndexOf(':');
   const host = endpoint.slice(0, i).replace(/^\[|\]$/g, '');
   const port = Number(endpoint.slice(i + 1));
-  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError(`http-endpoint ${endpoint}: must be host:port`);
+  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw configError(`http-endpoint ${endpoint}: must be host:port`);
   return await new Promise<number>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {

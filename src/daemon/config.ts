@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { parseSetting, type SettingDef, type SettingValue } from '../core/settings.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 
 /**
  * matchlockd's settings. Every key is a flag (`--state-dir`), a key of the YAML config file
@@ -42,6 +43,8 @@ export interface DaemonConfig {
   registryMirrors: string;
   reconcileWorkers: number;
   deleteVmTimeoutMs: number;
+  healthyAfterMs: number;
+  shutdownGraceMs: number;
 }
 
 interface KeyDef extends SettingDef {
@@ -92,13 +95,16 @@ const DAEMON_KEYS: readonly KeyDef[] = [
   { key: 'retry-backoff', prop: 'retryBackoffMs', kind: 'duration', default: '1s', help: 'first retry delay after a failed reconcile; doubles each attempt (with jitter) up to 5m' },
   { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', min: 1, max: 64, default: '4', help: 'VMs reconciled in parallel' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },
+  { key: 'healthy-after', prop: 'healthyAfterMs', kind: 'duration', default: '30s', help: "a VMM up this long counts as healthy and its retry count starts over, even when the console never shows the boot (kernel cmdline quiet)" },
+  { key: 'shutdown-grace', prop: 'shutdownGraceMs', kind: 'duration', default: '30s', help: 'on SIGTERM, how long running reconciles get to finish before they are called off; a second signal stops at once' },
 ];
 
 /** The settings of this matchlock's providers and daemon, in README order. */
 export const KEYS: readonly KeyDef[] = configKeys();
 
-export class ConfigError extends Error {
-  override name = 'ConfigError';
+/** A bad setting: InvalidArgument, which matchlockd reports with exit code 2. */
+export function configError(message: string): MatchlockError {
+  return new MatchlockError(ErrorCode.InvalidArgument, message);
 }
 
 export function envName(key: string): string {
@@ -107,7 +113,7 @@ export function envName(key: string): string {
 
 function convert(def: KeyDef, raw: unknown, where: string): SettingValue {
   const r = parseSetting(def, raw);
-  if ('error' in r) throw new ConfigError(`${where}: ${r.error}`);
+  if ('error' in r) throw configError(`${where}: ${r.error}`);
   return r.value;
 }
 
@@ -136,9 +142,9 @@ export function loadConfig(src: ConfigSources, providers: ReadonlyMap<string, Pr
     else providerSettings[def.key] = value;
   }
   const cfg = out as unknown as DaemonConfig;
-  if ((cfg.tlsCert === '') !== (cfg.tlsKey === '')) throw new ConfigError('tls-cert and tls-key must be given together');
-  if (cfg.tlsClientValidate && cfg.tlsClientCa === '') throw new ConfigError('tls-client-validate needs tls-client-ca');
-  if (cfg.tlsClientValidate && cfg.tlsCert === '') throw new ConfigError('tls-client-validate needs tls-cert and tls-key');
+  if ((cfg.tlsCert === '') !== (cfg.tlsKey === '')) throw configError('tls-cert and tls-key must be given together');
+  if (cfg.tlsClientValidate && cfg.tlsClientCa === '') throw configError('tls-client-validate needs tls-client-ca');
+  if (cfg.tlsClientValidate && cfg.tlsCert === '') throw configError('tls-client-validate needs tls-cert and tls-key');
   return cfg;
 }
 
@@ -148,19 +154,19 @@ function readConfigFile(path: string, explicit: boolean, keys: readonly KeyDef[]
     text = readFileSync(path, 'utf8');
   } catch (err) {
     if (!explicit && (err as NodeJS.ErrnoException).code === 'ENOENT') return {};
-    throw new ConfigError(`config file ${path}: ${(err as Error).message}`);
+    throw configError(`config file ${path}: ${(err as Error).message}`);
   }
   let doc: unknown;
   try {
     doc = parseYaml(text);
   } catch (err) {
-    throw new ConfigError(`config file ${path}: not valid YAML: ${(err as Error).message.split('\n')[0] ?? ''}`);
+    throw configError(`config file ${path}: not valid YAML: ${(err as Error).message.split('\n')[0] ?? ''}`);
   }
   if (doc === null || doc === undefined) return {};
-  if (typeof doc !== 'object' || Array.isArray(doc)) throw new ConfigError(`config file ${path}: must be a mapping of keys to values`);
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw configError(`config file ${path}: must be a mapping of keys to values`);
   const known = new Set(keys.map((k) => k.key));
   for (const key of Object.keys(doc)) {
-    if (!known.has(key)) throw new ConfigError(`config file ${path}: unknown key "${key}"`);
+    if (!known.has(key)) throw configError(`config file ${path}: unknown key "${key}"`);
   }
   return doc as Record<string, unknown>;
 }

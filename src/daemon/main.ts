@@ -1,8 +1,10 @@
 import { Command, Option } from 'commander';
-import { DEFAULT_CONFIG_PATH, configKeys, envName, loadConfig, ConfigError } from './config.js';
+import { DEFAULT_CONFIG_PATH, configKeys, envName, loadConfig } from './config.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { createLogger } from './logger.js';
-import { startDaemon } from './app.js';
+import { startDaemon, type RunningDaemon } from './app.js';
+import { installProcessGuards } from './guard.js';
 import { VERSION } from '../version.js';
 
 /** matchlockd, in flintlockd's form: `matchlockd run [flags]` and `matchlockd version`. */
@@ -34,22 +36,39 @@ export async function main(argv: string[], opts: { registry?: ReadonlyMap<string
       process.exit(2);
     }
     const logger = createLogger(cfg.logFormat, cfg.verbosity);
-    let daemon;
+    installProcessGuards(logger);
+    // Signals are handled from the start: one that arrives while starting stops the daemon as
+    // soon as it is up. The first signal drains (shutdown-grace), a second cuts the drain short.
+    let daemon: RunningDaemon | undefined;
+    let stopping: string | undefined;
+    const drain = (d: RunningDaemon) =>
+      d.stop().then(
+        () => process.exit(0),
+        (err: unknown) => {
+          logger.error({ err: (err as Error).message }, 'shutdown failed');
+          process.exit(1);
+        },
+      );
+    const shutdown = (signal: string) => {
+      if (stopping) {
+        logger.warn({ signal }, 'second signal');
+        if (daemon) daemon.force();
+        else process.exit(1);
+        return;
+      }
+      stopping = signal;
+      logger.info({ signal, graceMs: cfg.shutdownGraceMs }, 'stopping; VMs keep running');
+      if (daemon) void drain(daemon);
+    };
+    process.on('SIGTERM', () => shutdown('SIGTERM'));
+    process.on('SIGINT', () => shutdown('SIGINT'));
     try {
       daemon = await startDaemon(cfg, logger, { registry });
     } catch (err) {
       logger.error({ err: (err as Error).message }, 'matchlockd failed to start');
-      process.exit(err instanceof ConfigError ? 2 : 1);
+      process.exit(err instanceof MatchlockError && err.code === ErrorCode.InvalidArgument ? 2 : 1);
     }
-    let stopping = false;
-    const shutdown = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      logger.info({ signal }, 'stopping; VMs keep running');
-      void daemon.stop().then(() => process.exit(0));
-    };
-    process.on('SIGTERM', () => shutdown('SIGTERM'));
-    process.on('SIGINT', () => shutdown('SIGINT'));
+    if (stopping) void drain(daemon);
   });
   await program.parseAsync(argv);
 }

@@ -1,52 +1,114 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { aliasOwner } from '../core/microvm/host-names.js';
-import type { HostFiles, HostNetwork, Logger, Store } from '../core/ports.js';
+import { ErrorCode, MatchlockError } from '../core/errors.js';
+import { parseAlias } from '../core/microvm/host-names.js';
+import type { HostFiles, HostNetwork, Logger, Store, Tombstones } from '../core/ports.js';
 import { runDirOf, type VmmProvider } from '../core/vmm.js';
 
-/**
- * Removes host objects that carry matchlock's mark but belong to no record: links whose alias
- * names a uid the store does not know, and VM directories (with any VMM still running in them)
- * of deleted VMs. Runs once at start, before anything is reconciled.
- */
-export async function sweepOrphans(o: {
+/** Volumes that live outside VM directories (thin volumes): listed by owner, removed by key. */
+export interface SweptVolumes {
+  owned(): Promise<{ uid: string; volumeId: string }[]>;
+  remove(key: { uid: string; volumeId: string; dir: string }, log: Logger): Promise<void>;
+}
+
+export interface SweepOptions {
+  daemonId: string;
   stateDir: string;
-  store: Store;
+  store: Store & Tombstones;
   network: HostNetwork;
   files: HostFiles;
   providers: ReadonlyMap<string, VmmProvider>;
+  volumes?: SweptVolumes | undefined;
   stopTimeoutMs: number;
   log: Logger;
-}): Promise<number> {
+}
+
+/**
+ * The one place the sweep drives VMMs: stops whatever VMM still runs in a VM directory.
+ * Kept apart so it follows the provider interface wherever that goes.
+ */
+async function stopVmmIn(o: SweepOptions, d: VmDirEntry): Promise<void> {
+  for (const p of o.providers.values()) {
+    const vmm = p.instance({ ...d, runDir: runDirOf(o.stateDir, d.uid) });
+    if ((await vmm.running()) !== undefined) {
+      o.log.warn({ uid: d.uid, dir: d.dir, provider: p.descriptor.name }, 'stopping orphaned vmm');
+      await vmm.stop({ timeoutMs: o.stopTimeoutMs, signal: new AbortController().signal }, o.log);
+    }
+  }
+}
+
+interface VmDirEntry {
+  uid: string;
+  namespace: string;
+  name: string;
+  dir: string;
+}
+
+/** `<state-dir>/vm/<namespace>/<name>/<uid>` directories on disk. */
+async function vmDirs(stateDir: string): Promise<VmDirEntry[]> {
+  const list = async (d: string) => (await readdir(d, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory()).map((e) => e.name);
+  const out: VmDirEntry[] = [];
+  const root = join(stateDir, 'vm');
+  for (const ns of await list(root)) {
+    for (const name of await list(join(root, ns))) {
+      for (const uid of await list(join(root, ns, name))) out.push({ uid, namespace: ns, name, dir: join(root, ns, name, uid) });
+    }
+  }
+  return out;
+}
+
+/**
+ * Start-up check and orphan sweep. It destroys only what is provably this daemon's and
+ * deleted: host objects whose uid has a tombstone (a record the reconciler dropped after
+ * teardown kept failing), and among links only those whose alias carries this daemon's id.
+ *
+ * A VM directory whose uid is neither a record nor a tombstone means the store lost records
+ * (a missing, empty or replaced matchlock.db) while guests may still run: the daemon refuses to
+ * start, naming the directories and the fix, instead of adopting or destroying them. Nothing is
+ * touched before that check. Throws MatchlockError FailedPrecondition in that case.
+ * Returns how many objects were removed.
+ */
+export async function sweepOrphans(o: SweepOptions): Promise<number> {
+  const dirs = await vmDirs(o.stateDir);
+  const unknown = dirs.filter(({ uid }) => !o.store.get(uid) && !o.store.tombstone(uid));
+  if (unknown.length) {
+    throw new MatchlockError(
+      ErrorCode.FailedPrecondition,
+      `refusing to start: ${unknown.length} VM director${unknown.length === 1 ? 'y has' : 'ies have'} no record in ${join(o.stateDir, 'matchlock.db')} ` +
+        `(${unknown.map((u) => u.dir).join(', ')}); their guests may still be running. Restore matchlock.db from a backup, ` +
+        'or stop those VMMs and remove their directories, then start matchlockd again',
+    );
+  }
   let removed = 0;
-  const known = (uid: string | undefined) => uid !== undefined && o.store.get(uid) !== undefined;
+  const buried = (uid: string) => o.store.tombstone(uid) !== undefined;
+  for (const d of dirs) {
+    if (!buried(d.uid)) continue;
+    await stopVmmIn(o, d);
+    o.log.warn({ uid: d.uid, dir: d.dir }, 'removing orphaned vm directory');
+    await o.files.remove(d.dir);
+    await o.files.remove(runDirOf(o.stateDir, d.uid));
+    removed++;
+  }
   for (const link of await o.network.listOwned()) {
-    if (known(aliasOwner(link.alias))) continue;
+    const owner = parseAlias(link.alias);
+    // Another daemon's link, or one in the old alias form whose owner cannot be proven.
+    if (!owner || owner.daemonId !== o.daemonId) continue;
+    if (o.store.get(owner.uid)) continue;
+    if (!buried(owner.uid)) {
+      o.log.warn({ link: link.name, alias: link.alias }, 'link of this daemon with neither a record nor a tombstone; left alone');
+      continue;
+    }
     o.log.warn({ link: link.name, alias: link.alias }, 'removing orphaned link');
     await o.network.remove(link.name);
     removed++;
   }
-  const vmRoot = join(o.stateDir, 'vm');
-  const list = async (d: string) => (await readdir(d, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory()).map((e) => e.name);
-  for (const ns of await list(vmRoot)) {
-    for (const name of await list(join(vmRoot, ns))) {
-      for (const uid of await list(join(vmRoot, ns, name))) {
-        if (known(uid)) continue;
-        const dir = join(vmRoot, ns, name, uid);
-        const runDir = runDirOf(o.stateDir, uid);
-        for (const p of o.providers.values()) {
-          const vmm = p.instance({ uid, namespace: ns, name, dir, runDir });
-          if ((await vmm.running()) !== undefined) {
-            o.log.warn({ uid, dir, provider: p.descriptor.name }, 'stopping orphaned vmm');
-            await vmm.stop({ timeoutMs: o.stopTimeoutMs, signal: new AbortController().signal }, o.log);
-          }
-        }
-        o.log.warn({ uid, dir }, 'removing orphaned vm directory');
-        await o.files.remove(dir);
-        await o.files.remove(runDir);
-        removed++;
-      }
-    }
+  for (const v of (await o.volumes?.owned()) ?? []) {
+    if (!buried(v.uid)) continue;
+    o.log.warn({ uid: v.uid, volume: v.volumeId }, 'removing orphaned volume');
+    await o.volumes?.remove({ ...v, dir: '' }, o.log);
+    removed++;
   }
+  // Everything a tombstone stood for is gone once the steps above did not throw.
+  for (const t of o.store.tombstones()) o.store.forget(t.uid);
   return removed;
 }

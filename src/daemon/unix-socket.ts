@@ -1,6 +1,6 @@
 import { connect } from 'node:net';
 import { rm, stat } from 'node:fs/promises';
-import { ConfigError } from './config.js';
+import { configError } from './config.js';
 
 /**
  * A unix socket left behind by a daemon that was killed blocks the next bind. If nothing
@@ -11,7 +11,7 @@ export async function clearStaleSocket(endpoint: string): Promise<void> {
   const path = endpoint.replace(/^unix:(\/\/)?/, '');
   const st = await stat(path).catch(() => undefined);
   if (!st) return;
-  if (!st.isSocket()) throw new ConfigError(`${endpoint}: ${path} exists and is not a socket`);
+  if (!st.isSocket()) throw configError(`${endpoint}: ${path} exists and is not a socket`);
   const alive = await new Promise<boolean>((resolve) => {
     const s = connect(path);
     s.once('connect', () => {
@@ -20,6 +20,6 @@ export async function clearStaleSocket(endpoint: string): Promise<void> {
     });
     s.once('error', () => resolve(false));
   });
-  if (alive) throw new ConfigError(`${endpoint}: another process is serving on ${path}`);
+  if (alive) throw configError(`${endpoint}: another process is serving on ${path}`);
   await rm(path, { force: true });
 }

@@ -10,7 +10,7 @@ import { silentLogger } from '../adapters/silent-logger.js';
 import { guestMac, hostDeviceName } from '../core/microvm/host-names.js';
 import type { MicroVM } from '../core/microvm/types.js';
 import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
-import { connect } from '../cli/client.js';
+import { connect } from '../adapters/api/client.js';
 import type { DaemonConfig } from '../daemon/config.js';
 import { binaryFor, buildProviders, findBinary } from '../daemon/providers.js';
 import { ipToInt, type HubConfig } from '../hub/config.js';

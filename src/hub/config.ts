@@ -1,3 +1,4 @@
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { ipFamily, isIPv4 } from '../core/microvm/net.js';
@@ -28,8 +29,9 @@ export interface HubConfig {
   stateDir: string;
 }
 
-export class HubConfigError extends Error {
-  override name = 'HubConfigError';
+/** A bad hub setting, naming the key: InvalidArgument. */
+function hubConfigError(message: string): MatchlockError {
+  return new MatchlockError(ErrorCode.InvalidArgument, message);
 }
 
 const IFNAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
@@ -62,7 +64,7 @@ function inSubnet(ip: string, s: Subnet): boolean {
 
 /** Checks a hub config; every refusal names the key and the rule. */
 export function validateHub(c: HubConfig): HubConfig {
-  const bad = (key: string, rule: string) => new HubConfigError(`${key}: ${rule}`);
+  const bad = (key: string, rule: string) => hubConfigError(`${key}: ${rule}`);
   if (!IFNAME.test(c.interface)) throw bad('interface', 'must be a Linux interface name (1-15 letters, digits, "_", ".", "-")');
   if (c.mode !== 'vlan' && c.mode !== 'bridge') throw bad('mode', 'must be vlan or bridge');
   if (c.mode === 'vlan') {
@@ -109,12 +111,12 @@ export function loadHubConfig(file: string | undefined, flags: Partial<Record<st
     try {
       doc = parseYaml(readFileSync(file, 'utf8'));
     } catch (err) {
-      throw new HubConfigError(`${file}: ${(err as Error).message.split('\n')[0] ?? ''}`);
+      throw hubConfigError(`${file}: ${(err as Error).message.split('\n')[0] ?? ''}`);
     }
     if (doc !== null && doc !== undefined) {
-      if (typeof doc !== 'object' || Array.isArray(doc)) throw new HubConfigError(`${file}: must be a mapping`);
+      if (typeof doc !== 'object' || Array.isArray(doc)) throw hubConfigError(`${file}: must be a mapping`);
       for (const [k, v] of Object.entries(doc)) {
-        if (!(k in KEYS)) throw new HubConfigError(`${file}: unknown key "${k}"`);
+        if (!(k in KEYS)) throw hubConfigError(`${file}: unknown key "${k}"`);
         raw[k] = v;
       }
     }
@@ -123,10 +125,10 @@ export function loadHubConfig(file: string | undefined, flags: Partial<Record<st
   const out: Record<string, unknown> = { ...HUB_DEFAULTS };
   for (const [k, v] of Object.entries(raw)) {
     const prop = KEYS[k];
-    if (!prop) throw new HubConfigError(`unknown key "${k}"`);
+    if (!prop) throw hubConfigError(`unknown key "${k}"`);
     if (prop === 'vlanId' || prop === 'defaultLeaseSeconds' || prop === 'maxLeaseSeconds') {
       const n = Number(v);
-      if (!Number.isInteger(n)) throw new HubConfigError(`${k}: must be a whole number`);
+      if (!Number.isInteger(n)) throw hubConfigError(`${k}: must be a whole number`);
       out[prop] = n;
     } else if (prop === 'dnsServers') out[prop] = Array.isArray(v) ? v.map(String) : String(v).split(',').map((x) => x.trim()).filter(Boolean);
     else out[prop] = String(v);

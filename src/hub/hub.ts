@@ -1,3 +1,4 @@
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
@@ -9,8 +10,9 @@ import { pidAlive, processMentions } from '../adapters/vmm/process.js';
 import { subnetOf, type HubConfig } from './config.js';
 import { dhcpdConf, dnsmasqArgs, nftRuleset, NFT_TABLE } from './render.js';
 
-export class HubError extends Error {
-  override name = 'HubError';
+/** The host cannot take the hub as asked (a missing tool, a kernel without 802.1Q): FailedPrecondition. */
+function hubError(message: string): MatchlockError {
+  return new MatchlockError(ErrorCode.FailedPrecondition, message);
 }
 
 /** What setup changed, so teardown undoes exactly that and nothing else. */
@@ -68,15 +70,15 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   };
   own(files.state);
 
-  if (!(await linkExists(c.uplink))) throw new HubError(`uplink ${c.uplink} not found: name the interface that leads out of this host`);
+  if (!(await linkExists(c.uplink))) throw hubError(`uplink ${c.uplink} not found: name the interface that leads out of this host`);
   if (!(await linkExists(c.interface))) {
     if (c.mode === 'vlan') {
-      if (!(await linkExists(c.parent ?? ''))) throw new HubError(`parent ${c.parent} for the VLAN not found`);
+      if (!(await linkExists(c.parent ?? ''))) throw hubError(`parent ${c.parent} for the VLAN not found`);
       try {
         await run('ip', ['link', 'add', 'link', c.parent ?? '', 'name', c.interface, 'type', 'vlan', 'id', String(c.vlanId)]);
       } catch (err) {
         if (/Unknown device type|not supported/i.test((err as Error).message)) {
-          throw new HubError(`this kernel cannot make 802.1Q VLAN links (ip link add … type vlan: Unknown device type); for a hub on one machine use mode: bridge`);
+          throw hubError(`this kernel cannot make 802.1Q VLAN links (ip link add … type vlan: Unknown device type); for a hub on one machine use mode: bridge`);
         }
         throw err;
       }
@@ -124,11 +126,15 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   const child = spawn(cmd, [...args], { detached: true, stdio: ['ignore', log, log] });
   closeSync(log);
   child.unref();
-  const exited = new Promise<number | null>((r) => child.once('exit', r));
+  // A spawn failure is an 'error' event; unheard, it would end the process instead of failing setup.
+  const exited = new Promise<number | null>((r) => {
+    child.once('exit', r);
+    child.on('error', () => r(null));
+  });
   const early = await Promise.race([exited, sleep(500).then(() => 'running' as const)]);
   if (early !== 'running' || child.pid === undefined) {
     const out = (await readFile(files.log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' ');
-    throw new HubError(`${cmd} exited at once: ${out}`);
+    throw hubError(`${cmd} exited at once: ${out}`);
   }
   state.dhcp = { backend: c.dhcp, pid: child.pid };
   await save();
@@ -136,7 +142,7 @@ export async function hubSetup(c: HubConfig): Promise<void> {
 
 function which(cmd: string): string {
   const found = findBinary(cmd);
-  if (!found) throw new HubError(`${cmd} is not installed (apt-get install ${cmd === 'dhcpd' ? 'isc-dhcp-server' : 'dnsmasq-base'})`);
+  if (!found) throw hubError(`${cmd} is not installed (apt-get install ${cmd === 'dhcpd' ? 'isc-dhcp-server' : 'dnsmasq-base'})`);
   return found;
 }
 

@@ -7,7 +7,11 @@ import { fileURLToPath } from 'node:url';
 import { LocalImageStore } from '../../src/adapters/images/oci/store.js';
 import { Ext4Volumes } from '../../src/adapters/volumes/ext4.js';
 import { ThinPoolVolumes } from '../../src/adapters/volumes/thin.js';
-import { silentLogger } from '../fakes/memory-store.js';
+import { NodeHostFiles } from '../../src/adapters/host/files.js';
+import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
+import type { HostNetwork } from '../../src/core/ports.js';
+import { sweepOrphans } from '../../src/daemon/sweep.js';
+import { MemoryStore, silentLogger } from '../fakes/memory-store.js';
 import { tempDir } from '../helpers/daemon.js';
 import { writeImageLayout } from '../helpers/oci.js';
 
@@ -86,4 +90,47 @@ describe('thin-pool volumes (against a fake dmsetup)', () => {
     assert.equal(Object.keys(state.pools['flintlock-thinpool']?.thins ?? {}).length, 2, 'base and B remain');
     assert.equal(await volumes.find(keyB), b);
   });
+
+  it("sweeps a tombstoned VM's thin volume and collects base thin volumes no image needs", async () => {
+    const volumes = new ThinPoolVolumes({
+      pool: 'flintlock-thinpool',
+      dmsetup: DMSETUP,
+      devDir: env.FAKE_DM_DIR,
+      idsFile: join(tmp.path, 'images', 'thin-ids.json'),
+      ext4: new Ext4Volumes(store, join(tmp.path, 'images', 'base')),
+    });
+    const live = { uid: '01HZY3NDEKTSV4RRFFQ69G5FB1', volumeId: 'root', dir: tmp.path };
+    const dropped = { uid: '01HZY3NDEKTSV4RRFFQ69G5FB2', volumeId: 'data', dir: tmp.path };
+    await volumes.create(live, digest, undefined, silentLogger);
+    await volumes.create(dropped, digest, undefined, silentLogger);
+    const owners = await volumes.owned();
+    assert.ok(owners.some((o) => o.uid === live.uid && o.volumeId === 'root'), JSON.stringify(owners));
+    assert.ok(owners.some((o) => o.uid === dropped.uid && o.volumeId === 'data'));
+
+    const state = new MemoryStore();
+    state.insert({ ...recordOf(live.uid) });
+    state.bury({ uid: dropped.uid, namespace: 'ns', name: 'n', droppedAt: '2026-01-01T00:00:00Z', reason: 'dmsetup busy' });
+    const network = { listOwned: async () => [] } as unknown as HostNetwork;
+    await sweepOrphans({ daemonId: '0123456789abcdef', stateDir: tmp.path, store: state, network, files: new NodeHostFiles(), providers: new Map(), volumes, stopTimeoutMs: 10, log: silentLogger });
+    assert.equal(await volumes.find(dropped), undefined, 'the tombstoned VM volume is gone');
+    assert.ok(await volumes.find(live), 'the live VM volume stays');
+
+    const baseName = `matchlock-base-${digest.replace(/^sha256:/, '').slice(0, 24)}`;
+    assert.deepEqual(await volumes.collectBases(new Set([digest]), silentLogger), [], 'an image still in the store keeps its base');
+    assert.deepEqual(await volumes.collectBases(new Set(), silentLogger), [baseName]);
+    assert.equal(dm('info', baseName).status === 0, false, 'the base is no longer active');
+    const ids = JSON.parse(readFileSync(join(tmp.path, 'images', 'thin-ids.json'), 'utf8')) as Record<string, number>;
+    assert.equal(ids[baseName], undefined, 'and its thin id is deleted from the pool and the ids file');
+    assert.ok(await volumes.find(live), 'snapshots outlive their origin');
+    await volumes.remove(live, silentLogger);
+  });
 });
+
+function recordOf(uid: string): MicroVM {
+  return {
+    uid, version: 1,
+    spec: { name: 'n', namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024, kernel: { image: 'k', filename: 'f', cmdline: {}, addNetworkConfig: false },
+      additionalVolumes: [], interfaces: [], metadata: {}, provider: 'qemu', allowGuestAgent: false },
+    status: initialStatus(), createdAt: '2026-01-01T00:00:00Z', updatedAt: '2026-01-01T00:00:00Z',
+  };
+}

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { ConfigError, KEYS, loadConfig } from '../../src/daemon/config.js';
+import { KEYS, loadConfig } from '../../src/daemon/config.js';
+import { MatchlockError } from '../../src/core/errors.js';
 import { isLocalEndpoint as isLoopbackEndpoint, isLoopbackHost } from '../../src/core/endpoint.js';
 import { parseDuration } from '../../src/core/duration.js';
 import { tempDir } from '../helpers/daemon.js';
@@ -56,7 +57,7 @@ describe('daemon configuration', () => {
     assert.throws(() => load({}, file('g.yaml', '- a\n- b\n')), /must be a mapping/);
     assert.throws(() => load({}, file('h.yaml', 'a: [\n')), /not valid YAML/);
     assert.throws(() => load({ 'tls-cert': '/c' }, file('i.yaml', '')), /tls-cert and tls-key must be given together/);
-    assert.throws(() => load({}, join(tmp.path, 'missing.yaml')), ConfigError);
+    assert.throws(() => load({}, join(tmp.path, 'missing.yaml')), MatchlockError);
     // A default config path that does not exist is fine.
     assert.equal(loadConfig({ flags: {}, file: { path: join(tmp.path, 'missing.yaml'), explicit: false }, env: {} }).providerSettings['qemu-accel'], 'tcg');
   });

@@ -1,9 +1,24 @@
 import type { MicroVM } from '../../src/core/microvm/types.js';
-import type { ListFilter, Logger, Store } from '../../src/core/ports.js';
+import type { ListFilter, Logger, Store, Tombstone, Tombstones } from '../../src/core/ports.js';
 
 /** An in-memory Store with the same versioning rules as the SQLite one. */
-export class MemoryStore implements Store {
+export class MemoryStore implements Store, Tombstones {
   readonly records = new Map<string, MicroVM>();
+  readonly buried = new Map<string, Tombstone>();
+  bury(t: Tombstone): void {
+    this.buried.set(t.uid, { ...t });
+    this.records.delete(t.uid);
+  }
+  tombstone(uid: string): Tombstone | undefined {
+    const t = this.buried.get(uid);
+    return t && { ...t };
+  }
+  tombstones(): Tombstone[] {
+    return [...this.buried.values()].map((t) => ({ ...t }));
+  }
+  forget(uid: string): void {
+    this.buried.delete(uid);
+  }
   insert(vm: MicroVM): void {
     if (this.records.has(vm.uid)) throw new Error(`duplicate uid ${vm.uid}`);
     this.records.set(vm.uid, structuredClone(vm));

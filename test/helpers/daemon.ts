@@ -65,9 +65,19 @@ export async function startDaemon(stateDir: string, extra: string[] = [], env: N
     proc.stdout?.on('data', onData);
     proc.stderr?.on('data', onData);
     proc.once('exit', (code) => reject(new Error(`matchlockd exited with ${code} before listening:\n${logs.join('\n')}${buffered}`)));
-    setTimeout(() => reject(new Error(`matchlockd did not start within 20s:\n${logs.join('\n')}`)), 20_000).unref();
+    // Generous: on a loaded machine loading the TypeScript sources alone can take many seconds.
+    setTimeout(() => reject(new Error(`matchlockd did not start within 60s:\n${logs.join('\n')}`)), 60_000).unref();
   });
-  const { grpcPort, httpPort } = await ready;
+  let grpcPort: number;
+  let httpPort: number | undefined;
+  try {
+    ({ grpcPort, httpPort } = await ready);
+  } catch (err) {
+    // Never leave a daemon behind that started too late.
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    await exited;
+    throw err;
+  }
   const signal = async (sig: NodeJS.Signals) => {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill(sig);
     await exited;
@@ -77,12 +87,13 @@ export async function startDaemon(stateDir: string, extra: string[] = [], env: N
 }
 
 /** Runs matchlockd expecting it to refuse to start; resolves with its exit code and output. */
-export async function daemonFailsToStart(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
-  const proc = spawn(process.execPath, [DAEMON_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+export async function daemonFailsToStart(args: string[], env: NodeJS.ProcessEnv = {}, netns?: string): Promise<{ code: number | null; output: string }> {
+  const [cmd, argv] = netns ? ['ip', ['netns', 'exec', netns, process.execPath, DAEMON_BIN, ...args]] : [process.execPath, [DAEMON_BIN, ...args]];
+  const proc = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let output = '';
   proc.stdout.on('data', (c: Buffer) => (output += c.toString()));
   proc.stderr.on('data', (c: Buffer) => (output += c.toString()));
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 20_000);
+  const timer = setTimeout(() => proc.kill('SIGKILL'), 60_000);
   const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
   clearTimeout(timer);
   return { code, output };

@@ -40,7 +40,7 @@ describe('hub config', () => {
 
   it('refuses bad hub settings naming the key', () => {
     const bad = (over: Record<string, unknown>, re: RegExp) => assert.throws(() => validateHub({ ...HUB_DEFAULTS, ...over }), re);
-    bad({ address: '192.168.10.2' }, /^HubConfigError: address: /);
+    bad({ address: '192.168.10.2' }, /^MatchlockError: address: /);
     bad({ rangeStart: '192.168.10.200' }, /range-start: must be inside 192\.168\.10\.0\/25/);
     bad({ rangeStart: '192.168.10.100', rangeEnd: '192.168.10.50' }, /range-start: must not be after range-end/);
     bad({ address: '192.168.10.30/25' }, /address: the hub address must be outside the DHCP range/);

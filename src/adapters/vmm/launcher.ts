@@ -50,7 +50,7 @@ export async function launchDetached(l: DetachedLaunch): Promise<number> {
       }
       const pid = await l.ready();
       if (pid !== undefined) return pid;
-      if (l.signal.aborted) throw new MatchlockError(ErrorCode.Aborted, `canceled while ${l.what} was starting`);
+      if (l.signal.aborted) throw new MatchlockError(ErrorCode.Canceled, `canceled while ${l.what} was starting`);
       if (Date.now() > until) throw new MatchlockError(ErrorCode.Internal, `${l.what} was not ready within ${l.timeoutMs} ms`);
       await sleep(wait);
     }

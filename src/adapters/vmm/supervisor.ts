@@ -4,7 +4,10 @@ import { pidAlive } from './process.js';
 
 export interface SupervisorEvents {
   exited(uid: string, pid: number): void;
-  booted(uid: string): void;
+  /** The console of the VMM with this pid showed the guest starting init. */
+  booted(uid: string, pid: number): void;
+  /** The VMM has stayed up for `healthyAfterMs` since it was first watched. */
+  healthy(uid: string): void;
 }
 
 /** What on a console means the guest reached userspace: Linux prints it when it runs init. */
@@ -16,6 +19,9 @@ interface Watched {
   offset: number;
   booted: boolean;
   tail: string;
+  /** When watching began (ms since the epoch): a VMM adopted after a restart counts from then. */
+  since: number;
+  healthy: boolean;
 }
 
 /**
@@ -28,14 +34,24 @@ export class PollingSupervisor implements Supervisor {
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
 
+  private readonly intervalMs: number;
+  private readonly healthyAfterMs: number;
+
+  /**
+   * `healthyAfterMs`: how long a VMM must stay up to count as healthy. Boot is otherwise seen
+   * only on the console, and a guest booted with `quiet` never prints the line.
+   */
   constructor(
     private readonly events: SupervisorEvents,
     private readonly log: Logger,
-    private readonly intervalMs = 250,
-  ) {}
+    opts: { intervalMs?: number; healthyAfterMs?: number } = {},
+  ) {
+    this.intervalMs = opts.intervalMs ?? 250;
+    this.healthyAfterMs = opts.healthyAfterMs ?? 30_000;
+  }
 
   watch(uid: string, pid: number, consolePath: string): void {
-    this.watched.set(uid, { pid, console: consolePath, offset: 0, booted: false, tail: '' });
+    this.watched.set(uid, { pid, console: consolePath, offset: 0, booted: false, tail: '', since: Date.now(), healthy: false });
     if (!this.timer) {
       this.timer = setInterval(() => void this.tick(), this.intervalMs);
       this.timer.unref();
@@ -66,8 +82,15 @@ export class PollingSupervisor implements Supervisor {
           this.watched.delete(uid);
           this.log.warn({ uid, pid: w.pid }, 'vmm exited');
           this.events.exited(uid, w.pid);
+        } else if (!w.healthy && Date.now() - w.since >= this.healthyAfterMs) {
+          w.healthy = true;
+          this.events.healthy(uid);
         }
       }
+    } catch (err) {
+      // Runs from a timer: nobody awaits it, so a failure (the store refusing a write) is
+      // logged here and the next tick tries again.
+      this.log.error({ err: (err as Error).message }, 'supervisor tick failed');
     } finally {
       this.busy = false;
     }
@@ -85,7 +108,7 @@ export class PollingSupervisor implements Supervisor {
       w.tail = text.slice(-200);
       if (BOOT_PATTERN.test(text)) {
         w.booted = true;
-        this.events.booted(uid);
+        this.events.booted(uid, w.pid);
       }
     } catch {
       // the console file appears a moment after the VMM starts

@@ -19,6 +19,11 @@ export interface ThinPoolOptions {
 }
 
 const SECTOR = 512;
+/** matchlock-<uid, lowercase>-<volume id>: a VM's volume. */
+const VOLUME_NAME = /^matchlock-([0-9a-hjkmnp-tv-z]{26})-(.+)$/;
+/** matchlock-base-<first 24 hex digits of the image digest>: an image's base volume. */
+const BASE_NAME = /^matchlock-base-([0-9a-f]{24})$/;
+const baseName = (digest: string) => `matchlock-base-${digest.replace(/^sha256:/, '').slice(0, 24)}`;
 
 /**
  * Volumes as device-mapper thin volumes, for hosts with a thin pool (flintlock's layout): one
@@ -86,7 +91,7 @@ export class ThinPoolVolumes implements Volumes {
   }
 
   private base(digest: string, log: Logger) {
-    const name = `matchlock-base-${digest.replace(/^sha256:/, '').slice(0, 24)}`;
+    const name = baseName(digest);
     return this.bases.run(name, async () => {
       const file = await this.o.ext4.base(digest, log);
       const sectors = Math.ceil((await stat(file)).size / SECTOR);
@@ -129,14 +134,45 @@ export class ThinPoolVolumes implements Volumes {
   async remove(key: VolumeKey, log: Logger): Promise<void> {
     const name = this.name(key);
     log.debug({ name }, 'removing thin volume');
-    await this.exclusive(async () => {
-      if (await this.active(name)) await this.dm('remove', name);
-      const ids = await this.ids();
-      const id = ids[name];
-      if (id === undefined) return;
-      await this.dm('message', this.o.pool, '0', `delete ${id}`);
-      delete ids[name];
-      await this.saveIds(ids);
+    await this.exclusive(() => this.destroy(name));
+  }
+
+  /** Deactivates a thin volume and deletes its thin id; call inside exclusive(). */
+  private async destroy(name: string): Promise<void> {
+    if (await this.active(name)) await this.dm('remove', name);
+    const ids = await this.ids();
+    const id = ids[name];
+    if (id === undefined) return;
+    await this.dm('message', this.o.pool, '0', `delete ${id}`);
+    delete ids[name];
+    await this.saveIds(ids);
+  }
+
+  /** VM volumes matchlock holds in the pool, by owner, so the orphan sweep can find leftovers. */
+  async owned(): Promise<{ uid: string; volumeId: string }[]> {
+    return Object.keys(await this.ids()).flatMap((name) => {
+      const m = VOLUME_NAME.exec(name);
+      return m?.[1] && m[2] ? [{ uid: m[1].toUpperCase(), volumeId: m[2] }] : [];
+    });
+  }
+
+  /**
+   * Garbage collection of base thin volumes: removes each one whose image digest is not in
+   * `keep` (the digests still in the image store or used by a VM). VM volumes are thin
+   * snapshots, independent of their origin once taken, so they are never affected.
+   * Returns the names removed.
+   */
+  async collectBases(keep: ReadonlySet<string>, log: Logger): Promise<string[]> {
+    const live = new Set([...keep].map(baseName));
+    return this.exclusive(async () => {
+      const removed: string[] = [];
+      for (const name of Object.keys(await this.ids())) {
+        if (!BASE_NAME.test(name) || live.has(name)) continue;
+        await this.destroy(name);
+        log.info({ name, pool: this.o.pool }, 'unused base thin volume removed');
+        removed.push(name);
+      }
+      return removed;
     });
   }
 }

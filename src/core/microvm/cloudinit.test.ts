@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import { parse } from 'yaml';
 import { diskLetter, mergeCmdline, networkConfig, vendorDataWithMounts } from './cloudinit.js';
-import { aliasOwner, deviceAlias, generatedMac, guestMac, hostDeviceName } from './host-names.js';
+import { deviceAlias, parseAlias, generatedMac, guestMac, hostDeviceName } from './host-names.js';
 import { initialStatus, type MicroVM } from './types.js';
 
 function vm(over: Partial<MicroVM['spec']> = {}): MicroVM {
@@ -68,8 +68,12 @@ it('derives short, traceable host names and stable locally administered MACs', (
   assert.equal(hostDeviceName(v, 0), 'mltffq69g5fav0');
   assert.ok(hostDeviceName(v, 0).length <= 15, hostDeviceName(v, 0));
   assert.equal(hostDeviceName(v, 1), 'mlvffq69g5fav1');
-  assert.equal(aliasOwner(deviceAlias(v.uid, 'eth0')), v.uid);
-  assert.equal(aliasOwner('something else'), undefined);
+  assert.deepEqual(parseAlias(deviceAlias('0123456789abcdef', v.uid, 'eth0')), { daemonId: '0123456789abcdef', uid: v.uid, deviceId: 'eth0' });
+  assert.deepEqual(parseAlias(`matchlock:${v.uid}:eth0`), { daemonId: undefined, uid: v.uid, deviceId: 'eth0' }, 'the form without a daemon id');
+  assert.equal(parseAlias('something else'), undefined);
+  assert.equal(parseAlias('matchlock:not-ours:x'), undefined);
+  assert.throws(() => deviceAlias('', v.uid, 'eth0'), /16 lowercase hex/);
+  assert.ok(deviceAlias('0123456789abcdef', v.uid, 'e'.repeat(63)).length <= 255, 'fits IFALIASZ');
   const mac = generatedMac(v.uid, 'eth0');
   assert.equal(mac, generatedMac(v.uid, 'eth0'));
   assert.notEqual(mac, generatedMac(v.uid, 'eth1'));

@@ -1,10 +1,12 @@
 import type { MicroVM } from './types.js';
+import { ULID_PATTERN } from './ulid.js';
 
 /**
  * Host device names are derived from the VM, never random, so a VM's devices can be found again
  * without its status (flintlock's random names leak when status is lost, its ADR 0005). Linux
  * allows 15 bytes: "ml" + kind (t: TAP, v: MACVTAP) + 10 characters of the uid's random part +
- * the interface position. The link alias carries the full owner: "matchlock:<uid>:<device_id>".
+ * the interface position. The name alone does not say which daemon made the device: its alias
+ * does (see deviceAlias).
  */
 export function hostDeviceName(vm: MicroVM, index: number): string {
   const iface = vm.spec.interfaces[index];
@@ -14,14 +16,32 @@ export function hostDeviceName(vm: MicroVM, index: number): string {
 
 export const ALIAS_PREFIX = 'matchlock:';
 
-export function deviceAlias(uid: string, deviceId: string): string {
-  return `${ALIAS_PREFIX}${uid}:${deviceId}`;
+/** A daemon's identity: 16 lowercase hex digits, made once and kept in its state dir. */
+export const DAEMON_ID_PATTERN = /^[0-9a-f]{16}$/;
+
+/**
+ * The alias a daemon writes on each link it makes: "matchlock:<daemon-id>:<uid>:<device_id>",
+ * at most 10 + 16 + 1 + 26 + 1 + 63 bytes, well inside Linux's IFALIASZ (256). Several daemons
+ * with their own state dirs may share one network namespace; the daemon id says which of them
+ * owns the link, so none ever removes another's.
+ */
+export function deviceAlias(daemonId: string, uid: string, deviceId: string): string {
+  if (!DAEMON_ID_PATTERN.test(daemonId)) throw new RangeError(`daemon id ${JSON.stringify(daemonId)} must be 16 lowercase hex digits`);
+  return `${ALIAS_PREFIX}${daemonId}:${uid}:${deviceId}`;
 }
 
-/** The uid in an alias matchlock wrote, or undefined for anything else. */
-export function aliasOwner(alias: string | undefined): string | undefined {
+/**
+ * Who owns a link, read from its alias; undefined for an alias matchlock did not write.
+ * `daemonId` is undefined for the form written before daemons had an identity
+ * ("matchlock:<uid>:<device_id>"), whose owner cannot be told from the link alone.
+ */
+export function parseAlias(alias: string | undefined): { daemonId: string | undefined; uid: string; deviceId: string } | undefined {
   if (!alias?.startsWith(ALIAS_PREFIX)) return undefined;
-  return alias.slice(ALIAS_PREFIX.length).split(':')[0];
+  const parts = alias.slice(ALIAS_PREFIX.length).split(':');
+  const [first = '', second = ''] = parts;
+  if (ULID_PATTERN.test(first)) return { daemonId: undefined, uid: first, deviceId: parts.slice(1).join(':') };
+  if (DAEMON_ID_PATTERN.test(first) && ULID_PATTERN.test(second)) return { daemonId: first, uid: second, deviceId: parts.slice(2).join(':') };
+  return undefined;
 }
 
 /** FNV-1a, enough to spread MACs; not a security boundary. */

@@ -64,7 +64,8 @@ export class MicroVMService {
 
   /**
    * Marks the VM DELETING; the reconciler tears it down and drops the record. Safe to repeat:
-   * a repeat changes nothing stored but nudges the reconciler again.
+   * a repeat changes nothing stored but nudges the reconciler again. A retry scheduled for a
+   * failed create is dropped with the rest of its failure state: delete starts at once.
    */
   delete(uid: string): void {
     checkUid(uid);
@@ -73,7 +74,7 @@ export class MicroVMService {
       if (cur.status.state === 'DELETING') return undefined;
       return {
         ...cur,
-        status: { ...cur.status, state: 'DELETING', retry: 0, lastError: '' },
+        status: { ...cur.status, state: 'DELETING', retry: 0, lastError: '', nextAttemptAt: undefined },
         updatedAt: now,
         deletedAt: now,
       };

@@ -14,10 +14,11 @@ export interface Step {
   verify(): Promise<void>;
 }
 
-/** Thrown by runPlan when its signal is aborted between or inside steps. */
+/** What runPlan throws when its signal is aborted: the signal's reason when it is a MatchlockError. */
 export function canceled(reason: unknown): MatchlockError {
+  if (reason instanceof MatchlockError) return reason;
   const why = reason instanceof Error ? reason.message : typeof reason === 'string' ? reason : 'canceled';
-  return new MatchlockError(ErrorCode.Aborted, `canceled: ${why}`);
+  return new MatchlockError(ErrorCode.Canceled, `canceled: ${why}`);
 }
 
 /**

@@ -3,6 +3,8 @@ import { it } from 'node:test';
 import { MemoryStore, silentLogger } from '../../../test/fakes/memory-store.js';
 import { initialStatus, type MicroVM } from '../microvm/types.js';
 import type { Runtime, RuntimeStatus } from '../ports.js';
+import { MicroVMService } from '../microvm/service.js';
+import { providerEntries } from '../../../test/fakes/provider-entries.js';
 import { Reconciler } from './reconciler.js';
 
 function vm(uid: string): MicroVM {
@@ -86,6 +88,8 @@ it('drops the record after teardown, and never leaves a failing delete stuck in 
     if (d !== undefined) bad.clock.advance(d);
   }
   assert.equal(bad.store.get('B'), undefined);
+  assert.equal(bad.store.tombstone('B')?.reason, 'tap busy', 'a dropped record leaves a tombstone for the orphan sweep');
+  assert.equal(ok.store.tombstone('A'), undefined, 'a finished teardown leaves none');
 });
 
 it('does not overwrite a delete that arrived during a create pass', async () => {
@@ -102,4 +106,105 @@ it('does not overwrite a delete that arrived during a create pass', async () => 
   s.store.insert(vm('A'));
   await s.r.reconcile('A');
   assert.equal(s.store.get('A')?.status.state, 'DELETING');
+});
+
+it('a delete of a VM waiting out a back-off starts at once', async () => {
+  const torn: string[] = [];
+  const runtime: Runtime = { ensure: () => Promise.reject(new Error('bridge br-missing not found')), teardown: async (v) => void torn.push(v.uid) };
+  const { store, r } = setup(runtime, 10);
+  const service = new MicroVMService({
+    store,
+    clock: { now: () => new Date('2026-01-01T00:00:00Z') },
+    random: { bytes: (n) => new Uint8Array(n) },
+    notifier: { changed: (uid) => r.changed(uid) },
+    providers: providerEntries(),
+    defaultProvider: 'qemu',
+  });
+  store.insert({ ...vm('01HZY3NDEKTSV4RRFFQ69G5FAA'), status: { ...initialStatus(), retry: 6, nextAttemptAt: '2026-01-01T00:05:00.000Z' } });
+  service.delete('01HZY3NDEKTSV4RRFFQ69G5FAA');
+  assert.equal(store.get('01HZY3NDEKTSV4RRFFQ69G5FAA')?.status.nextAttemptAt, undefined);
+  assert.equal(await r.reconcile('01HZY3NDEKTSV4RRFFQ69G5FAA'), undefined);
+  assert.deepEqual(torn, ['01HZY3NDEKTSV4RRFFQ69G5FAA']);
+  assert.equal(store.get('01HZY3NDEKTSV4RRFFQ69G5FAA'), undefined);
+});
+
+it('a delete calls off the create pass in flight, which is not counted as a failure', async () => {
+  let seen: AbortSignal | undefined;
+  const runtime: Runtime = {
+    ensure: (_v, _log, _progress, signal) =>
+      new Promise((_resolve, reject) => {
+        seen = signal;
+        signal?.addEventListener('abort', () => reject(signal.reason as Error));
+      }),
+    teardown: async () => {},
+  };
+  const { store, r } = setup(runtime);
+  store.insert(vm('A'));
+  const pass = r.reconcile('A');
+  await new Promise((res) => setImmediate(res));
+  assert.equal(r.running, 1);
+  r.changed('A');
+  assert.equal(seen?.aborted, false, 'a change that is not a delete leaves the pass alone');
+  store.update('A', (cur) => ({ ...cur, status: { ...cur.status, state: 'DELETING' } }));
+  r.changed('A');
+  assert.equal(seen?.aborted, true);
+  assert.equal(await pass, 0, 'runs again at once, now as a delete');
+  assert.equal(store.get('A')?.status.retry, 0);
+  assert.equal(store.get('A')?.status.lastError, '');
+  assert.equal(r.running, 0);
+  await r.reconcile('A');
+  assert.equal(store.get('A'), undefined);
+});
+
+it('abortAll calls off every pass at shutdown without recording failures or asking to run again', async () => {
+  const runtime: Runtime = {
+    ensure: (_v, _log, _progress, signal) => new Promise((_resolve, reject) => signal?.addEventListener('abort', () => reject(signal.reason as Error))),
+    teardown: async () => {},
+  };
+  const { store, r } = setup(runtime);
+  store.insert(vm('A'));
+  const pass = r.reconcile('A');
+  await new Promise((res) => setImmediate(res));
+  r.abortAll();
+  assert.equal(await pass, undefined);
+  assert.equal(store.get('A')?.status.retry, 0);
+});
+
+it('a VMM that stayed up resets the retry count without claiming the guest booted', () => {
+  const { store, r } = setup({ ensure: async () => ({ ready: true }), teardown: async () => {} });
+  store.insert({ ...vm('A'), status: { ...initialStatus(), state: 'CREATED', retry: 3, lastError: 'vmm pid 7 exited unexpectedly', vmmPid: 8 } });
+  r.vmmHealthy('A');
+  assert.equal(store.get('A')?.status.retry, 0);
+  assert.equal(store.get('A')?.status.lastError, '');
+  assert.equal(store.get('A')?.status.guestBooted, false);
+  store.insert({ ...vm('B'), status: { ...initialStatus(), state: 'FAILED', retry: 11 } });
+  r.vmmHealthy('B');
+  assert.equal(store.get('B')?.status.retry, 11, 'FAILED stays as it is');
+});
+
+it('keeps a boot the supervisor saw while the create pass was still running', async () => {
+  const later: { r?: Reconciler } = {};
+  const runtime: Runtime = {
+    // The console shows the boot line before the pass returns (a guest that boots in milliseconds).
+    ensure: async () => {
+      later.r?.guestBooted('A', 42);
+      // Its status snapshot was taken before the boot was seen.
+      return { ready: true, vmmPid: 42, guestBooted: false };
+    },
+    teardown: async () => {},
+  };
+  const s = setup(runtime);
+  later.r = s.r;
+  s.store.insert(vm('A'));
+  await s.r.reconcile('A');
+  assert.equal(s.store.get('A')?.status.state, 'CREATED');
+  assert.equal(s.store.get('A')?.status.guestBooted, true);
+});
+
+it('clears guest_booted when a pass reports another VMM than the one that booted', async () => {
+  const s = setup({ ensure: async () => ({ ready: true, vmmPid: 43 }), teardown: async () => {} });
+  s.store.insert({ ...vm('A'), status: { ...initialStatus(), state: 'PENDING', vmmPid: 42, guestBooted: true } });
+  await s.r.reconcile('A');
+  assert.equal(s.store.get('A')?.status.vmmPid, 43);
+  assert.equal(s.store.get('A')?.status.guestBooted, false);
 });

@@ -1,10 +1,10 @@
-import { MatchlockError } from '../errors.js';
-import type { Clock, Logger, Runtime, RuntimeStatus, Store } from '../ports.js';
+import { ErrorCode, MatchlockError } from '../errors.js';
+import type { Clock, Logger, Runtime, RuntimeStatus, Store, Tombstones } from '../ports.js';
 import type { MicroVM, MicroVMStatus } from '../microvm/types.js';
 import { backoffMs } from './backoff.js';
 
 export interface ReconcilerOptions {
-  store: Store;
+  store: Store & Tombstones;
   runtime: Runtime;
   clock: Clock;
   logger: Logger;
@@ -21,32 +21,76 @@ export interface ReconcilerOptions {
  * what changed, and say when to look again. Never throws: failures go onto the VM's status.
  */
 export class Reconciler {
+  /** The pass running for each uid (the queue runs at most one per uid), to call it off. */
+  private readonly inflight = new Map<string, { kind: 'ensure' | 'teardown'; controller: AbortController }>();
+  private shuttingDown = false;
+
   constructor(private readonly opts: ReconcilerOptions) {}
 
+  /**
+   * A record changed. When it is now DELETING, a create pass still running for it is called
+   * off, so the delete that the queue runs next does not wait for a pull or a boot.
+   */
+  changed(uid: string): void {
+    const pass = this.inflight.get(uid);
+    if (pass?.kind !== 'ensure') return;
+    if (this.opts.store.get(uid)?.status.state !== 'DELETING') return;
+    pass.controller.abort(new MatchlockError(ErrorCode.Canceled, `microvm ${uid}: create pass called off by a delete`));
+  }
+
+  /** Calls off every running pass (daemon shutdown after its grace period); none is recorded as failed. */
+  abortAll(): void {
+    this.shuttingDown = true;
+    for (const [uid, pass] of this.inflight) pass.controller.abort(new MatchlockError(ErrorCode.Canceled, `microvm ${uid}: reconcile called off by shutdown`));
+  }
+
+  /** How many passes are running now. */
+  get running(): number {
+    return this.inflight.size;
+  }
+
   async reconcile(uid: string): Promise<number | undefined> {
-    const { store, logger, clock } = this.opts;
+    const { store, logger } = this.opts;
     const vm = store.get(uid);
     if (!vm) return undefined;
     const log = logger.child({ uid, namespace: vm.spec.namespace, name: vm.spec.name });
-    if (vm.status.state === 'DELETING') return this.delete(vm, log);
+    const kind = vm.status.state === 'DELETING' ? 'teardown' : 'ensure';
+    const controller = new AbortController();
+    this.inflight.set(uid, { kind, controller });
+    try {
+      return await (kind === 'teardown' ? this.delete(vm, log, controller.signal) : this.create(vm, log, controller.signal));
+    } finally {
+      this.inflight.delete(uid);
+    }
+  }
+
+  private async create(vm: MicroVM, log: Logger, signal: AbortSignal): Promise<number | undefined> {
+    const { uid } = vm;
     if (vm.status.state === 'FAILED') return undefined;
-    const wait = dueIn(vm, clock.now());
+    const wait = dueIn(vm, this.opts.clock.now());
     if (wait > 0) return wait;
     try {
       // Save what each step achieved right away, so a crash mid-plan keeps it visible.
       const progress = (s: RuntimeStatus) => {
         const { ready: _ready, ...partial } = s;
-        this.save(uid, (cur) => ({ ...cur.status, ...partial }));
+        this.save(uid, (cur) => withObserved(cur.status, partial));
       };
-      const observed = await this.opts.runtime.ensure(vm, log, progress);
+      const observed = await this.opts.runtime.ensure(vm, log, progress, signal);
       const { ready, ...fields } = observed;
       // retry is not reset here: a VMM that starts and then crashes must still run out of
       // attempts. It resets when the guest is seen booting (guestBooted).
-      this.save(uid, (cur) => ({ ...cur.status, ...fields, state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }));
+      this.save(uid, (cur) => ({ ...withObserved(cur.status, fields), state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }));
       return undefined;
     } catch (err) {
+      if (signal.aborted) return this.calledOff(log, signal);
       return this.fail(vm, err, log);
     }
+  }
+
+  /** A pass called off is not a failure: nothing is counted; the queue runs what comes next. */
+  private calledOff(log: Logger, signal: AbortSignal): number | undefined {
+    log.info({ reason: MatchlockError.from(signal.reason).message }, 'reconcile called off');
+    return this.shuttingDown ? undefined : 0;
   }
 
   /**
@@ -63,26 +107,39 @@ export class Reconciler {
     return this.fail(withStopped, new Error(`vmm pid ${pid} exited unexpectedly`), log);
   }
 
-  /** The guest reached userspace: it is healthy, so its failure count starts over. */
-  guestBooted(uid: string): void {
-    this.save(uid, (cur) => (cur.status.state === 'DELETING' ? cur.status : { ...cur.status, guestBooted: true, retry: 0, lastError: '' }));
+  /**
+   * The guest of the VMM with this pid reached userspace: it is healthy, so its failure count
+   * starts over. The pid is saved with it, so a create pass that reports the same VMM later
+   * keeps guest_booted.
+   */
+  guestBooted(uid: string, pid: number): void {
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' ? cur.status : { ...cur.status, vmmPid: pid, guestBooted: true, retry: 0, lastError: '' }));
   }
 
-  private async delete(vm: MicroVM, log: Logger): Promise<number | undefined> {
+  /**
+   * The VMM stayed up for the configured time: healthy whether or not the console showed the
+   * boot (`quiet` hides it), so its failure count starts over. guest_booted is left alone.
+   */
+  vmmHealthy(uid: string): void {
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '' }));
+  }
+
+  private async delete(vm: MicroVM, log: Logger, signal: AbortSignal): Promise<number | undefined> {
     const wait = dueIn(vm, this.opts.clock.now());
     if (wait > 0) return wait;
     try {
-      await this.opts.runtime.teardown(vm, log);
+      await this.opts.runtime.teardown(vm, log, signal);
       this.opts.store.remove(vm.uid);
       log.info({}, 'microvm deleted');
       return undefined;
     } catch (err) {
+      if (signal.aborted) return this.calledOff(log, signal);
       const e = MatchlockError.from(err);
       if (vm.status.retry + 1 > this.opts.maxRetries) {
-        // Never leave a record stuck in DELETING: what is left on the host carries matchlock's
-        // mark and is removed by the orphan sweep.
-        this.opts.store.remove(vm.uid);
-        log.error({ err: e.message }, 'delete failed too often; record dropped, leftovers go to the orphan sweep');
+        // Never leave a record stuck in DELETING; the tombstone is what lets the orphan sweep
+        // prove the leftovers were this daemon's and deleted, so it may remove them.
+        this.opts.store.bury({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name, droppedAt: this.opts.clock.now().toISOString(), reason: e.message });
+        log.error({ err: e.message }, 'delete failed too often; record dropped with a tombstone, leftovers go to the orphan sweep');
         return undefined;
       }
       return this.fail(vm, e, log);
@@ -117,6 +174,17 @@ export class Reconciler {
       return { ...cur, status, updatedAt: now };
     });
   }
+}
+
+/**
+ * What a create pass observed, over the stored status. guest_booted is the supervisor's to set
+ * (from the console, which may show the boot before the pass ends): a pass only clears it when
+ * it reports another VMM than the stored one.
+ */
+function withObserved(cur: MicroVMStatus, observed: Omit<RuntimeStatus, 'ready'>): MicroVMStatus {
+  const { guestBooted: _ignored, ...rest } = observed;
+  const otherVmm = observed.vmmPid !== undefined && observed.vmmPid !== cur.vmmPid;
+  return { ...cur, ...rest, guestBooted: otherVmm ? false : cur.guestBooted };
 }
 
 function dueIn(vm: MicroVM, now: Date): number {

@@ -8,6 +8,8 @@ const CODES: Record<ErrorCode, GrpcStatus> = {
   Unauthenticated: GrpcStatus.UNAUTHENTICATED,
   Unavailable: GrpcStatus.UNAVAILABLE,
   Aborted: GrpcStatus.ABORTED,
+  Canceled: GrpcStatus.CANCELLED,
+  DeadlineExceeded: GrpcStatus.DEADLINE_EXCEEDED,
   Internal: GrpcStatus.INTERNAL,
 };
 
@@ -23,6 +25,9 @@ const HTTP: Record<ErrorCode, number> = {
   Unauthenticated: 401,
   Unavailable: 503,
   Aborted: 409,
+  // grpc-gateway: CANCELLED -> 499 (client closed request), DEADLINE_EXCEEDED -> 504.
+  Canceled: 499,
+  DeadlineExceeded: 504,
   Internal: 500,
 };
 

@@ -3,16 +3,17 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { MatchlockError, ErrorCode } from '../../../core/errors.js';
 import type { MicroVM } from '../../../core/microvm/types.js';
-import type { ListFilter, Store } from '../../../core/ports.js';
+import type { ListFilter, Store, Tombstone, Tombstones } from '../../../core/ports.js';
 
-const SCHEMA_VERSION = 1;
+// 2: tombstones of records dropped without a finished teardown.
+const SCHEMA_VERSION = 2;
 
 /**
  * MicroVM records in one SQLite file. WAL with synchronous=FULL: a call that returned has been
  * fsynced, so a kill -9 at any point loses nothing that a client was told about. Each record is
  * a JSON document with its indexed columns beside it.
  */
-export class SqliteStore implements Store {
+export class SqliteStore implements Store, Tombstones {
   private readonly db: Database.Database;
   private readonly stmts;
 
@@ -42,6 +43,10 @@ export class SqliteStore implements Store {
         'UPDATE microvms SET version = @version, state = @state, record = @record WHERE uid = @uid AND version = @previous',
       ),
       remove: this.db.prepare<[string]>('DELETE FROM microvms WHERE uid = ?'),
+      bury: this.db.prepare<[string, string]>('INSERT OR REPLACE INTO tombstones (uid, record) VALUES (?, ?)'),
+      tombstone: this.db.prepare<[string], { record: string }>('SELECT record FROM tombstones WHERE uid = ?'),
+      tombstones: this.db.prepare<[], { record: string }>('SELECT record FROM tombstones ORDER BY uid'),
+      forget: this.db.prepare<[string]>('DELETE FROM tombstones WHERE uid = ?'),
     };
   }
 
@@ -66,6 +71,10 @@ export class SqliteStore implements Store {
         );
         CREATE INDEX IF NOT EXISTS microvms_namespace_name ON microvms (namespace, name);
         CREATE INDEX IF NOT EXISTS microvms_name ON microvms (name);
+        CREATE TABLE IF NOT EXISTS tombstones (
+          uid TEXT PRIMARY KEY,
+          record TEXT NOT NULL
+        );
       `);
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     })();
@@ -111,6 +120,26 @@ export class SqliteStore implements Store {
 
   remove(uid: string): boolean {
     return this.stmts.remove.run(uid).changes > 0;
+  }
+
+  bury(t: Tombstone): void {
+    this.db.transaction(() => {
+      this.stmts.bury.run(t.uid, JSON.stringify(t));
+      this.stmts.remove.run(t.uid);
+    }).immediate();
+  }
+
+  tombstone(uid: string): Tombstone | undefined {
+    const r = this.stmts.tombstone.get(uid);
+    return r ? (JSON.parse(r.record) as Tombstone) : undefined;
+  }
+
+  tombstones(): Tombstone[] {
+    return this.stmts.tombstones.all().map((r) => JSON.parse(r.record) as Tombstone);
+  }
+
+  forget(uid: string): void {
+    this.stmts.forget.run(uid);
   }
 
   close(): void {

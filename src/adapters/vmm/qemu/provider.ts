@@ -109,7 +109,7 @@ class QemuInstance implements VmmInstance {
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'qmp unavailable; killing qemu');
     }
-    if (opts.signal.aborted) throw new MatchlockError(ErrorCode.Aborted, 'canceled while stopping qemu');
+    if (opts.signal.aborted) throw new MatchlockError(ErrorCode.Canceled, 'canceled while stopping qemu');
     if ((await this.running()) === pid) process.kill(pid, 'SIGKILL');
     if (!(await waitGone(running, 5000))) throw new MatchlockError(ErrorCode.Internal, `qemu pid ${pid} survived SIGKILL`);
   }

@@ -14,7 +14,6 @@ export class StartVmm implements Step {
     return (await this.ctx.instance.running()) === undefined;
   }
   async run(signal: AbortSignal): Promise<void> {
-    this.ctx.status.guestBooted = false;
     this.ctx.status.vmmPid = await this.ctx.instance.start(this.ctx.launch(), signal, this.ctx.log);
     this.ctx.log.info({ pid: this.ctx.status.vmmPid }, 'vmm started');
   }

@@ -1,0 +1,83 @@
+import type { DescMessage, DescService, MessageShape } from '@bufbuild/protobuf';
+import * as grpc from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
+import { basicAuthHeader } from './auth.js';
+import { serviceDefinition } from './grpc/service-def.js';
+import { MicroVM } from '../../gen/services/microvm/v1alpha1/microvms_pb.js';
+import { isLocalEndpoint } from '../../core/endpoint.js';
+import { ErrorCode, MatchlockError } from '../../core/errors.js';
+
+export interface ConnectOptions {
+  host: string;
+  token?: string | undefined;
+  tlsCa?: string | undefined;
+  tlsCert?: string | undefined;
+  tlsKey?: string | undefined;
+  insecure?: boolean | undefined;
+  /** Per-call deadline. */
+  timeoutMs?: number | undefined;
+}
+
+type Unary<S extends DescService> = {
+  [K in S['method'] extends Record<string, unknown> ? keyof S['method'] : never]: S['method'][K] extends { input: infer I extends DescMessage; output: infer O extends DescMessage }
+    ? (req: MessageShape<I>) => Promise<MessageShape<O>>
+    : never;
+};
+
+/**
+ * gRPC statuses as matchlock codes. DEADLINE_EXCEEDED on a call counts as the daemon not
+ * answering (Unavailable); ABORTED and anything else unlisted is Internal.
+ */
+const FROM_GRPC: Partial<Record<grpc.status, ErrorCode>> = {
+  [grpc.status.INVALID_ARGUMENT]: ErrorCode.InvalidArgument,
+  [grpc.status.NOT_FOUND]: ErrorCode.NotFound,
+  [grpc.status.UNAUTHENTICATED]: ErrorCode.Unauthenticated,
+  [grpc.status.UNAVAILABLE]: ErrorCode.Unavailable,
+  [grpc.status.DEADLINE_EXCEEDED]: ErrorCode.Unavailable,
+  [grpc.status.FAILED_PRECONDITION]: ErrorCode.FailedPrecondition,
+};
+
+function credentials(o: ConnectOptions): grpc.ChannelCredentials {
+  const wantsTls = !!(o.tlsCa || o.tlsCert || o.tlsKey);
+  if (!wantsTls) {
+    if (!o.insecure && !isLocalEndpoint(o.host)) {
+      throw new MatchlockError(ErrorCode.InvalidArgument, `--host ${o.host} is not a loopback address: give --tls-ca (and --tls-cert/--tls-key for mTLS), or --insecure for plaintext`, { field: '--host' });
+    }
+    return grpc.credentials.createInsecure();
+  }
+  if (!!o.tlsCert !== !!o.tlsKey) throw new MatchlockError(ErrorCode.InvalidArgument, '--tls-cert and --tls-key go together', { field: '--tls-cert' });
+  const read = (flag: string, p: string | undefined) => {
+    if (!p) return null;
+    try {
+      return readFileSync(p);
+    } catch (err) {
+      throw new MatchlockError(ErrorCode.InvalidArgument, `${flag} ${p}: ${(err as Error).message}`, { field: flag, cause: err });
+    }
+  };
+  return grpc.credentials.createSsl(read('--tls-ca', o.tlsCa), read('--tls-key', o.tlsKey), read('--tls-cert', o.tlsCert));
+}
+
+/** A promise-based client for flintlock's MicroVM service, usable against flintlockd too. */
+export function connect(o: ConnectOptions): Unary<typeof MicroVM> & { close(): void } {
+  const Ctor = grpc.makeGenericClientConstructor(serviceDefinition(MicroVM), 'MicroVM');
+  const client = new Ctor(o.host, credentials(o));
+  const out: Record<string, unknown> = { close: () => client.close() };
+  for (const m of MicroVM.methods) {
+    if (m.methodKind !== 'unary') continue;
+    out[m.localName] = (req: unknown) =>
+      new Promise((resolve, reject) => {
+        const md = new grpc.Metadata();
+        if (o.token) md.set('authorization', basicAuthHeader(o.token));
+        const deadline = new Date(Date.now() + (o.timeoutMs ?? 30_000));
+        const fn = (client as unknown as Record<string, (...a: unknown[]) => void>)[m.localName];
+        fn?.call(client, req, md, { deadline }, (err: grpc.ServiceError | null, res: unknown) => (err ? reject(fromGrpc(err, o.host)) : resolve(res)));
+      });
+  }
+  return out as Unary<typeof MicroVM> & { close(): void };
+}
+
+function fromGrpc(err: grpc.ServiceError, host: string): MatchlockError {
+  const code = FROM_GRPC[err.code] ?? ErrorCode.Internal;
+  if (err.code === grpc.status.UNAVAILABLE) return new MatchlockError(code, `cannot reach matchlockd at ${host}: ${err.details}`, { cause: err });
+  return new MatchlockError(code, err.details || err.message, { cause: err });
+}

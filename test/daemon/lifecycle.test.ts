@@ -1,0 +1,87 @@
+import assert from 'node:assert/strict';
+import { it } from 'node:test';
+import type { Logger } from '../../src/core/ports.js';
+import { Lifecycle, type Drainable } from '../../src/daemon/lifecycle.js';
+import { startDaemon, tempDir } from '../helpers/daemon.js';
+
+function recorder() {
+  const lines: string[] = [];
+  const log: Logger = {
+    debug: () => undefined,
+    info: (o: object, m?: string) => void lines.push(`${m} ${JSON.stringify(o)}`),
+    warn: (o: object, m?: string) => void lines.push(`${m} ${JSON.stringify(o)}`),
+    error: (o: object, m?: string) => void lines.push(`${m} ${JSON.stringify(o)}`),
+    child: () => log,
+  };
+  return { lines, log };
+}
+
+/** Work that finishes when told to, or when called off if `honoursAbort`. */
+function work(honoursAbort = true) {
+  const calls: string[] = [];
+  let finish!: () => void;
+  const done = new Promise<void>((r) => (finish = r));
+  const d: Drainable = {
+    stopServing: async (force) => void calls.push(force ? 'stopServing(force)' : 'stopServing'),
+    stopWork: async () => {
+      calls.push('stopWork');
+      await done;
+    },
+    abortWork: () => {
+      calls.push('abortWork');
+      if (honoursAbort) finish();
+    },
+    close: () => void calls.push('close'),
+  };
+  return { d, calls, finish };
+}
+
+it('moves starting -> serving -> draining -> stopped, logging each change, and never backwards', async () => {
+  const { lines, log } = recorder();
+  const l = new Lifecycle(log);
+  l.to('serving');
+  assert.throws(() => l.to('starting'), /cannot go from serving to starting/);
+  const w = work();
+  w.finish();
+  await l.shutdown(w.d, 10_000);
+  assert.equal(l.state, 'stopped');
+  assert.deepEqual(lines.filter((x) => x.startsWith('daemon state')).map((x) => (JSON.parse(x.slice('daemon state '.length)) as { state: string }).state), ['starting', 'serving', 'draining', 'stopped']);
+  assert.deepEqual(w.calls, ['stopServing', 'stopWork', 'close'], 'work that finished in time is not called off');
+});
+
+it('calls off running reconciles once the grace period is over', async () => {
+  const l = new Lifecycle(recorder().log);
+  l.to('serving');
+  const w = work();
+  const started = Date.now();
+  await l.shutdown(w.d, 200);
+  assert.ok(Date.now() - started >= 190);
+  assert.deepEqual(w.calls, ['stopServing', 'stopWork', 'abortWork', 'close']);
+});
+
+it('a second signal forces at once, without waiting out the grace period', async () => {
+  const l = new Lifecycle(recorder().log);
+  l.to('serving');
+  const w = work();
+  const started = Date.now();
+  const stopping = l.shutdown(w.d, 60_000);
+  assert.equal(l.shutdown(w.d, 60_000), stopping, 'one shutdown, however often asked');
+  setTimeout(() => l.force(), 50);
+  await stopping;
+  assert.ok(Date.now() - started < 5000);
+  assert.deepEqual(w.calls, ['stopServing', 'stopWork', 'abortWork', 'close']);
+  assert.equal(l.state, 'stopped');
+});
+
+it('matchlockd logs its states and exits 0 on SIGTERM', async () => {
+  const tmp = tempDir('lifecycle');
+  try {
+    const d = await startDaemon(tmp.path, ['--shutdown-grace', '2s']);
+    await d.stop();
+    assert.equal(d.proc.exitCode, 0);
+    const states = d.logs.map((l) => { try { return JSON.parse(l) as { msg?: string; state?: string }; } catch { return {}; } }).filter((r) => r.msg === 'daemon state').map((r) => r.state);
+    assert.deepEqual(states, ['starting', 'serving', 'draining', 'stopped']);
+  } finally {
+    tmp.remove();
+  }
+});
