@@ -12,6 +12,8 @@ DEBIAN_PACKAGES=(
   openssl
   # the VMM that runs here, and what the runtime drives around it
   qemu-system-x86 iproute2 e2fsprogs dosfstools mtools
+  # virtiofsd for Cloud Hypervisor shares (Debian 12 ships it here, as /usr/lib/qemu/virtiofsd)
+  qemu-system-common
   # the test guest (busybox-static is fetched by apt-get download) and the test network
   busybox-static dnsmasq-base iputils-ping
   # a real OCI registry and the tool that fills it; xfs for the reflink benchmark

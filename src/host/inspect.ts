@@ -151,6 +151,12 @@ async function inspectVm(
   }
   if (pid !== undefined && uid === '0' && CONFINED_PROVIDERS.has(vm.spec.provider)) out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, 'kill that VMM (matchlockd starts it again as vmm-user, confined)'));
   else out.push(pid !== undefined ? ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as uid ${uid ?? '?'}`) : fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
+  if (pid !== undefined && vmm.powerState) {
+    // The VMM's control API (QMP, Cloud Hypervisor's REST socket): a live process that does not
+    // answer cannot be paused, inspected or stopped gracefully.
+    const power = await vmm.powerState(AbortSignal.timeout(5000)).catch(() => undefined);
+    out.push(power ? ok(`${id} api`, `answers: guest ${power}`) : warn(`${id} api`, `${vm.spec.provider} pid ${pid} does not answer on its control socket in ${runDirOf(cfg.stateDir, vm.uid)}`, `check ${vm.spec.provider}'s log in ${dir}; deleting the VM stops it with signals`));
+  }
 
   for (const [n, iface] of vm.spec.interfaces.entries()) {
     const name = hostDeviceName(vm, n);

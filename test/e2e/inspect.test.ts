@@ -60,7 +60,7 @@ describe('inspect: a healthy host and hub, then one piece broken at a time', { s
     const leases = ml('--host', `unix:${sock}`, '-o', 'json', 'hub', 'leases', ...hubFlags);
     assert.deepEqual((JSON.parse(leases.stdout) as { mac: string; microvm: string }[]).map((l) => [l.mac, l.microvm]), [['02:00:00:77:00:01', 'e2e/inspected']]);
     const vmChecks = healthy.checks.filter((c) => c.check.includes(uid));
-    assert.deepEqual(vmChecks.map((c) => [c.check.split(') ')[1], c.status]), [['state', 'ok'], ['files', 'ok'], ['vmm', 'ok'], ['interface eth0', 'ok'], ['lease eth0', 'ok']]);
+    assert.deepEqual(vmChecks.map((c) => [c.check.split(') ')[1], c.status]), [['state', 'ok'], ['files', 'ok'], ['vmm', 'ok'], ['api', 'ok'], ['interface eth0', 'ok'], ['lease eth0', 'ok']]);
 
     // The DHCP server stops.
     const hubState = JSON.parse(readFileSync(join(tmp.path, 'hub', 'hub-state.json'), 'utf8')) as { dhcp: { pid: number } };

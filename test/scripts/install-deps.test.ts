@@ -12,12 +12,14 @@ import { ROOT, tempDir } from '../helpers/daemon.js';
 const BINARIES = [
   'qemu-system-x86_64', 'ip', 'dnsmasq', 'mkfs.ext4', 'resize2fs', 'debugfs', 'dumpe2fs', 'mkfs.vfat', 'mcopy', 'openssl',
   'protoc', 'grpc_python_plugin', 'docker-registry', 'skopeo', 'mkfs.xfs', 'dhcpd', 'nft', 'ping', 'systemd-analyze',
-  'tar', 'gzip', 'dd', 'cp', 'truncate', 'du', 'pgrep', 'sh',
+  'tar', 'gzip', 'dd', 'cp', 'truncate', 'du', 'pgrep', 'sh', 'mlabel', 'mtype', 'rm',
 ];
 const FILES = [
   // protoc's well-known types, imported by the reference protos (libprotobuf-dev, a Recommends).
   '/usr/include/google/protobuf/timestamp.proto',
   '/usr/bin/python3',
+  // Cloud Hypervisor shares' virtiofsd (qemu-system-common; not on PATH).
+  '/usr/lib/qemu/virtiofsd',
 ];
 const PYTHON_MODULES = ['grpc', 'google.protobuf'];
 

@@ -17,6 +17,8 @@ export interface DetachedLaunch {
   extraFds?: readonly number[];
   /** Run the VMM in its own session, so it outlives the daemon (flintlock's *-detach settings). */
   detached: boolean;
+  /** Called with the child's pid right after the spawn, for VMMs that write no pid file themselves. */
+  onSpawn?(pid: number): Promise<void>;
   /** Resolves the VMM's pid once it runs (its pid file written and the process alive). */
   ready(): Promise<number | undefined>;
   /** How long the VMM may take to become ready, in ms. */
@@ -38,6 +40,7 @@ export async function launchDetached(l: DetachedLaunch): Promise<number> {
     child.once('exit', (code, sig) => (early = `exited with ${code ?? sig}`));
     child.once('error', (e) => (early = (e as NodeJS.ErrnoException).code === 'ENOENT' ? `binary ${l.bin} not found` : e.message));
     child.unref();
+    if (l.onSpawn && child.pid !== undefined) await l.onSpawn(child.pid);
     const until = Date.now() + l.timeoutMs;
     // Short polls: a VMM writes its pid file within milliseconds, and every ms here is create latency.
     for (let wait = 5; ; wait = Math.min(wait * 2, 100)) {
