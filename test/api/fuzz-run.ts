@@ -410,8 +410,9 @@ async function main(): Promise<void> {
   for (const p of walk(stateDir)) {
     const rel = relative(stateDir, p);
     const parts = rel.split('/');
-    // The store, the daemon's identity, images, VM directories and their run directories.
-    const ok = /^(matchlock\.db(-wal|-shm|-journal)?|daemon-id)$/.test(rel) || ['images', 'vm', 'run', 'locks'].includes(parts[0] ?? '');
+    // The store, the state dir's lock and pid file, the daemon's identity, images, VM
+    // directories, their run directories and the per-VM uid claims.
+    const ok = /^(matchlock\.db(-wal|-shm|-journal)?|matchlockd\.lock(-journal)?|matchlockd\.pid|daemon-id)$/.test(rel) || ['images', 'vm', 'run', 'locks', 'vmm-uids'].includes(parts[0] ?? '');
     if (!ok) violations.push(`unexpected path in the state dir: ${JSON.stringify(rel)}`);
     if (parts[0] === 'vm' && parts.length >= 4 && !created.has(parts[3] ?? '') && !stored.some((r) => r.uid === parts[3])) {
       violations.push(`VM directory of an unknown uid: ${JSON.stringify(rel)}`);
