@@ -16,19 +16,20 @@
 //   FAKE_FC_MMDS_SOCK=path        also answer MMDS (as the guest sees it) over HTTP on this socket
 //   FAKE_FC_RECORD=file           append {argv, cwd} as one JSON line, for tests
 // Set by the jailer stand-in (the stand-in cannot pivot_root):
-//   FAKE_FC_CHROOT=dir            resolve every absolute path under this jail root
+//   FAKE_FC_CHROOT=dir            the jail root (also the working directory): absolute paths are
+//                                 resolved from the working directory, as inside a chroot, so
+//                                 nothing above the jail needs to be reachable by the VM's uid
 import { setInterval, setTimeout } from 'node:timers';
 import { Buffer } from 'node:buffer';
 import { appendFileSync, existsSync, readFileSync, writeSync, openSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
-import { join } from 'node:path';
 import { FC_VERSION, buildError, configRuleError, configShapeError, loadDefinitions, CONFIG_KEYS } from './firecracker-spec.mjs';
 
 const env = process.env;
 const argv = process.argv.slice(2);
 /** A path as the process sees it from inside its jail, mapped to the host. */
-const host = (p) => (env.FAKE_FC_CHROOT && p.startsWith('/') ? join(env.FAKE_FC_CHROOT, p) : p);
+const host = (p) => (env.FAKE_FC_CHROOT && p.startsWith('/') ? `.${p}` : p);
 if (env.FAKE_FC_RECORD) appendFileSync(env.FAKE_FC_RECORD, JSON.stringify({ argv, cwd: process.cwd(), pid: process.pid }) + '\n');
 
 // ---- exit codes (src/firecracker/src/main.rs FcExitCode) ----
