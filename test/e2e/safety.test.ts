@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { daemonFailsToStart, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
 import { GUEST_REF, labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
+import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { api, consoleOf, importGuest, stateOf, vmDir, waitFor } from './vm.js';
 
 // Each case here is a defect that once harmed guests or the daemon; each must keep failing on
@@ -50,16 +51,21 @@ describe('safety: what a VM or the host does never ends the daemon or delays a d
     const files = ['', '-wal', '-shm'].filter((x) => existsSync(db + x));
     for (const x of files) renameSync(db + x, `${db}${x}.saved`);
     const args = ['run', '--state-dir', lab.stateDir, '--grpc-endpoint', `unix:${join(lab.stateDir, 'probe.sock')}`, '--config', '/dev/null', '--bridge-name', 'br0'];
-    for (const damage of ['missing', 'empty']) {
-      if (damage === 'empty') {
-        for (const x of ['', '-wal', '-shm']) rmSync(db + x, { force: true });
-        writeFileSync(db, '');
-      }
+    // A store that is missing or holds no records: the VM directory on disk is unknown to it.
+    // A zero-byte file is no store at all: refused as damaged, before any sweep.
+    for (const damage of ['missing', 'empty', 'zero bytes'] as const) {
+      for (const x of ['', '-wal', '-shm']) rmSync(db + x, { force: true });
+      if (damage === 'empty') new SqliteStore(db).close();
+      if (damage === 'zero bytes') writeFileSync(db, '');
       const { code, output } = await daemonFailsToStart(args, {}, lab.ns);
       assert.notEqual(code, null, `with a ${damage} database matchlockd exits rather than running on`);
       assert.notEqual(code, 0);
-      assert.match(output, new RegExp(`refusing to start.*${dir}`), output);
-      assert.match(output, /Restore matchlock\.db from a backup, or stop those VMMs and remove their directories/);
+      if (damage === 'zero bytes') {
+        assert.match(output, /matchlock\.db is damaged \(the file is empty/, output);
+      } else {
+        assert.match(output, new RegExp(`refusing to start.*${dir}`), output);
+        assert.match(output, /Restore matchlock\.db from a backup, or stop those VMMs and remove their directories/);
+      }
       assert.doesNotThrow(() => process.kill(pid, 0), `with a ${damage} database the guest still runs`);
       assert.ok(existsSync(join(dir, 'qemu.pid')), 'its directory is untouched');
     }
