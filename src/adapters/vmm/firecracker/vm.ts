@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { chown, link, mkdir, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
+import { chmod, chown, link, mkdir, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
@@ -137,6 +137,10 @@ export class FirecrackerVm {
     await mkdir(`${plan.root}/run`, { recursive: true });
     await chown(`${plan.root}/run`, plan.id, plan.id);
     const writable = new Set([this.file('log'), this.file('metrics'), ...l.disks.filter((d) => !d.readOnly).map((d) => d.path)]);
+    // What the VMM only reads and that is this VM's alone (its config, metadata, unpacked kernel,
+    // read-only drives) goes to the VM's group: the daemon's umask keeps such files from others,
+    // and the jailed uid is not root.
+    const ownReadOnly = (p: string) => p.startsWith(`${this.paths.dir}/`) || l.disks.some((d) => d.path === p);
     for (const { host, jail } of plan.links) {
       const target = `${plan.root}${jail}`;
       const [a, b] = await Promise.all([stat(host), stat(target).catch(() => undefined)]);
@@ -147,6 +151,10 @@ export class FirecrackerVm {
         });
       }
       if (writable.has(host)) await chown(host, plan.id, plan.id);
+      else if (ownReadOnly(host)) {
+        await chown(host, 0, plan.id);
+        await chmod(host, ((await stat(host)).mode & 0o7777) | 0o040);
+      }
     }
   }
 
