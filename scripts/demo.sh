@@ -48,7 +48,9 @@ ip netns exec "$ns" setsid node bin/matchlock.js host dev --uplink up0 --hub-sta
 dev=1
 
 echo "== matchlockd (defaults + the dev config; state in $state; API on unix:$sock)"
-setsid ip netns exec "$ns" node bin/matchlockd.js run --config "$work/config.yaml" --grpc-endpoint "unix:$sock" >"$work/matchlockd.log" 2>&1 &
+# nsenter, not ip netns exec: that mounts a fresh /sys without the host's cgroup hierarchies,
+# and matchlockd puts each VMM in a cgroup of its own.
+setsid nsenter --net="/run/netns/$ns" node bin/matchlockd.js run --config "$work/config.yaml" --grpc-endpoint "unix:$sock" >"$work/matchlockd.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do
   [ -S "$sock" ] && break
