@@ -189,11 +189,7 @@ describe('firecracker refusals through matchlockd', { skip }, () => {
   }
 });
 
-// Known broken since VMMs run confined (daemon umask 027, jail paths under the 0750 state dir):
-// the jailed stand-in VMM no longer starts through matchlockd. The jailer's own logic is still
-// covered by 'FirecrackerVm under the jailer stand-in' (test/adapters/firecracker-vm.test.ts).
-const jailerSkip = skip || 'a jailed VMM does not start through matchlockd since VMMs run confined (umask 027); the jailer is off by default';
-describe('firecracker under the jailer through matchlockd', { skip: jailerSkip }, () => {
+describe('firecracker under the jailer through matchlockd', { skip }, () => {
   let lab: Lab;
   let tmp: { path: string; remove(): void };
   before(async () => {

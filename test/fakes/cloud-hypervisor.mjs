@@ -23,7 +23,7 @@
 import { accessSync, appendFileSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer as createNetServer } from 'node:net';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +31,17 @@ import { parse as parseYaml } from 'yaml';
 import Ajv from 'ajv';
 import { Buffer } from 'node:buffer';
 import { setInterval, setTimeout } from 'node:timers';
+
+// Asked over netlink, not /sys: /sys shows the namespace it was mounted in, which is not the
+// VMM's when it was entered with nsenter --net.
+function isTap(name) {
+  try {
+    const [link] = JSON.parse(execFileSync('ip', ['-json', '-details', 'link', 'show', 'dev', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+    return link?.linkinfo?.info_kind === 'tun';
+  } catch {
+    return false;
+  }
+}
 
 const started = Date.now();
 let logFile;
@@ -349,7 +360,7 @@ async function openDevices(cfg) {
     }
     // The real binary does TUNSETIFF on /dev/net/tun with the name: only an existing TUN/TAP
     // device (or, with CAP_NET_ADMIN, a new one) works; a macvtap or bridge name fails.
-    if (n.tap && !existsSync(`/sys/class/net/${n.tap}/tun_flags`)) throw ['Error booting VM', 'Error creating virtio devices', `Open tap device failed: ${n.tap} is not an existing TAP device`];
+    if (n.tap && !isTap(n.tap)) throw ['Error booting VM', 'Error creating virtio devices', `Open tap device failed: ${n.tap} is not an existing TAP device`];
   }
   for (const f of cfg.fs) {
     const sock = await new Promise((resolve, reject) => {

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { chmod, chown, link, mkdir, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
+import { chmod, chown, link, mkdir, symlink, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
@@ -63,8 +63,17 @@ export class FirecrackerVm {
     return filePath(this.paths, f);
   }
 
-  /** A socket as the host reaches it (inside the jail root with the jailer). */
+  /**
+   * A socket as the host reaches it. With the jailer the socket lives deep inside the jail, past
+   * the 107-byte unix socket limit; the host reaches it through a symlink of the same name in the
+   * VM's run directory (connect() follows it), made before the VMM starts.
+   */
   socket(s: keyof typeof SOCKETS): string {
+    return this.jail ? socketPath(this.paths, s) : socketPath(this.fcPaths, s);
+  }
+
+  /** Where a jailed Firecracker binds a socket, as a host path. */
+  private jailSocket(s: keyof typeof SOCKETS): string {
     return `${this.jail ?? ''}${socketPath(this.fcPaths, s)}`;
   }
 
@@ -125,6 +134,10 @@ export class FirecrackerVm {
     for (const f of ['log', 'metrics', 'stdout', 'stderr'] as const) await writeFile(this.file(f), '', { flag: 'a' });
     if (plan) await this.buildJail(plan, launch);
     await this.removeSockets();
+    if (this.jail) {
+      await mkdir(this.paths.runDir, { recursive: true, mode: 0o700 });
+      for (const s of Object.keys(SOCKETS) as (keyof typeof SOCKETS)[]) await symlink(this.jailSocket(s), this.socket(s));
+    }
     return plan;
   }
 
@@ -136,6 +149,7 @@ export class FirecrackerVm {
   private async buildJail(plan: JailPlan, l: FirecrackerLaunch): Promise<void> {
     await mkdir(`${plan.root}/run`, { recursive: true });
     await chown(`${plan.root}/run`, plan.id, plan.id);
+
     const writable = new Set([this.file('log'), this.file('metrics'), ...l.disks.filter((d) => !d.readOnly).map((d) => d.path)]);
     // What the VMM only reads and that is this VM's alone (its config, metadata, unpacked kernel,
     // read-only drives) goes to the VM's group: the daemon's umask keeps such files from others,
@@ -182,7 +196,10 @@ export class FirecrackerVm {
   }
 
   async removeSockets(): Promise<void> {
-    for (const s of Object.keys(SOCKETS) as (keyof typeof SOCKETS)[]) await rm(this.socket(s), { force: true });
+    for (const s of Object.keys(SOCKETS) as (keyof typeof SOCKETS)[]) {
+      await rm(this.socket(s), { force: true });
+      if (this.jail) await rm(this.jailSocket(s), { force: true });
+    }
   }
 
   /**
