@@ -1,4 +1,4 @@
-import type { CloudInitDisk, HostFiles, HostNetwork, ImageStore, LinkInfo, Logger, Supervisor, VolumeKey, Volumes } from '../../src/core/ports.js';
+import type { CloudInitDisk, HostFiles, HostNetwork, ImageStore, LinkInfo, Supervisor, VolumeKey, Volumes } from '../../src/core/ports.js';
 import type { PlanDeps } from '../../src/core/plan/context.js';
 import type { Step } from '../../src/core/plan/step.js';
 import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmProvider } from '../../src/core/vmm.js';
@@ -226,13 +226,3 @@ export class FakeWorld {
 function volumeKey(k: VolumeKey): string {
   return `${k.uid}/${k.volumeId}`;
 }
-
-export const quiet: Logger = {
-  debug() {},
-  info() {},
-  warn() {},
-  error() {},
-  child() {
-    return quiet;
-  },
-};

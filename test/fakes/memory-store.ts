@@ -1,5 +1,5 @@
 import type { MicroVM } from '../../src/core/microvm/types.js';
-import type { ListFilter, Logger, Store, Tombstone, Tombstones } from '../../src/core/ports.js';
+import type { ListFilter, Store, Tombstone, Tombstones } from '../../src/core/ports.js';
 
 /** An in-memory Store with the same versioning rules as the SQLite one. */
 export class MemoryStore implements Store, Tombstones {
@@ -48,12 +48,4 @@ export class MemoryStore implements Store, Tombstones {
   close(): void {}
 }
 
-export const silentLogger: Logger = {
-  debug() {},
-  info() {},
-  warn() {},
-  error() {},
-  child() {
-    return silentLogger;
-  },
-};
+export { silentLogger } from '../../src/adapters/silent-logger.js';

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { FakeWorld, quiet } from '../../../test/fakes/host.js';
+import { FakeWorld } from '../../../test/fakes/host.js';
+import { silentLogger as quiet } from '../../../test/fakes/memory-store.js';
 import { initialStatus, type MicroVM, type MicroVMStatus } from '../microvm/types.js';
 import type { RuntimeStatus } from '../ports.js';
 import type { ProviderDescriptor, VmmProvider } from '../vmm.js';
