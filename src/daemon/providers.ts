@@ -32,10 +32,7 @@ export function providerEntries(cfg: DaemonConfig, registry: ReadonlyMap<string,
     [...registry].map(([name, m]): [string, ProviderEntry] => {
       const bin = binaryFor(cfg, m);
       const found = findBinary(bin);
-      const availability: ProviderEntry['availability'] =
-        !found ? { usable: false, reason: `VMM binary "${bin}" not found (set --${m.binarySetting})` }
-        : m.unavailable ? { usable: false, reason: `${m.unavailable} (found ${found})` }
-        : { usable: true };
+      const availability: ProviderEntry['availability'] = found ? { usable: true } : { usable: false, reason: `VMM binary "${bin}" not found (set --${m.binarySetting})` };
       return [name, { descriptor: m.descriptor, availability }];
     }),
   );

@@ -64,7 +64,7 @@ export async function inspectHost(
       continue;
     }
     const version = await run(found, ['--version']).then((r) => r.stdout.split('\n')[0] ?? '', () => 'version unknown');
-    checks.push(m.unavailable ? warn(`vmm ${p}`, `${found}: ${version}; ${m.unavailable}`) : ok(`vmm ${p}`, `${found}: ${version}`));
+    checks.push(ok(`vmm ${p}`, `${found}: ${version}`));
   }
 
   try {

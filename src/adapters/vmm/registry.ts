@@ -27,8 +27,6 @@ export interface ProviderModule {
   readonly binarySetting: string;
   /** The provider's own settings, flintlockd's names where flintlock has them. */
   readonly settings: readonly SettingDef[];
-  /** Why this provider cannot run VMs even with its binary present, when it cannot. */
-  readonly unavailable?: string;
   create(ctx: ProviderContext): VmmProvider;
 }
 
