@@ -29,6 +29,40 @@ export interface Store {
   close(): void;
 }
 
+/** One stored change of a record: the cursor of matchlock.v1's WatchEvents. */
+export interface StoredEvent {
+  /** Increases with every change; never reused (SQLite AUTOINCREMENT). */
+  id: number;
+  type: 'CREATED' | 'UPDATED' | 'DELETED';
+  /** RFC 3339 time of the change. */
+  time: string;
+  /** The record after the change; for DELETED the last stored record. */
+  vm: MicroVM;
+  /** State and power before the change (undefined for CREATED). */
+  previous?: { state: MicroVMStatus['state']; power?: MicroVMStatus['power'] } | undefined;
+}
+
+export interface EventFilter {
+  uid?: string | undefined;
+  namespace?: string | undefined;
+}
+
+/**
+ * Every change of the records, written in the same transaction as the change itself, so a
+ * client that resumes after a daemon restart neither loses nor repeats one. Only the newest
+ * events are kept (the store says how many).
+ */
+export interface EventLog {
+  /** Up to `limit` events with id > `after`, oldest first. */
+  eventsAfter(after: number, filter: EventFilter, limit: number): StoredEvent[];
+  /** The newest event id, 0 when none was ever written. */
+  lastEventId(): number;
+  /** The oldest event id still kept; undefined when none is. */
+  oldestEventId(): number | undefined;
+  /** Calls `listener` after every committed change; returns the unsubscribe function. */
+  subscribe(listener: () => void): () => void;
+}
+
 export interface Clock {
   now(): Date;
 }

@@ -33,6 +33,8 @@ import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { configError, type DaemonConfig } from './config.js';
 import { buildProviders, chooseDefaultProvider, providerEntries } from './providers.js';
 import { deviceAlias } from '../core/microvm/host-names.js';
+import { PowerService } from '../core/microvm/power.js';
+import { serverInfoSource } from './server-info.js';
 
 export interface RunningDaemon {
   grpcPort: number;
@@ -200,12 +202,23 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     collectImages().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'image garbage collection failed'));
   };
   const token = cfg.basicAuthToken || undefined;
-  const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls });
+  // matchlock.v1: power operations, the event stream and server info. Event streams end when
+  // the daemon stops serving, so they never hold up the drain.
+  const streamsEnd = new AbortController();
+  const matchlock = {
+    power: new PowerService({ store, clock: { now: () => new Date() }, notifier: { changed: (uid) => queue.enqueue(uid) }, providers }),
+    service,
+    events: store,
+    info: serverInfoSource(cfg, providerRegistry, providers, defaultProvider, daemonId),
+    shutdown: streamsEnd.signal,
+  };
+  const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock });
   let httpServer: HttpServer | undefined;
   let resync: NodeJS.Timeout | undefined;
   const drainable: Drainable = {
     stopServing: async (force) => {
       if (resync) clearInterval(resync);
+      streamsEnd.abort();
       if (force) {
         grpcServer.forceShutdown();
         httpServer?.closeAllConnections();
@@ -244,7 +257,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
     let httpPort: number | undefined;
     if (cfg.enableHttp) {
-      httpServer = createHttpApi({ service, logger, token, tls });
+      httpServer = createHttpApi({ service, logger, token, tls, matchlock });
       httpPort = await listen(httpServer, cfg.httpEndpoint);
       logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
     }

@@ -4,10 +4,11 @@
 import { create, type MessageInitShape } from '@bufbuild/protobuf';
 import { timestampFromDate, type Timestamp } from '@bufbuild/protobuf/wkt';
 import type { InterfaceInput, SpecInput, VolumeInput } from '../../core/microvm/validate.js';
-import type { Mount as DomainMount, MicroVM as DomainVM, Volume as DomainVolume } from '../../core/microvm/types.js';
+import type { Mount as DomainMount, MicroVM as DomainVM, PowerState, Volume as DomainVolume } from '../../core/microvm/types.js';
 import {
   MicroVMSchema,
   MicroVMStatus_MicroVMState,
+  MicroVMStatus_PowerState,
   Mount_MountType,
   NetworkInterface_IfaceType,
   type MicroVM,
@@ -120,6 +121,13 @@ export function toWire(vm: DomainVM): MicroVM {
       vmmPid: status.vmmPid,
       guestBooted: status.guestBooted,
       imageDigests: status.imageDigests ?? {},
+      desiredPower: powerToWire(vm.power?.desired ?? 'RUNNING'),
+      power: powerToWire(status.power),
     },
   });
+}
+
+/** A domain power state as flintlock.types.MicroVMStatus.PowerState; undefined: UNSPECIFIED. */
+export function powerToWire(p: PowerState | undefined): MicroVMStatus_PowerState {
+  return p === undefined ? MicroVMStatus_PowerState.POWER_STATE_UNSPECIFIED : MicroVMStatus_PowerState[p];
 }

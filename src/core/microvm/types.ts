@@ -6,6 +6,8 @@
 export type IfaceType = 'MACVTAP' | 'TAP';
 export type VmState = 'PENDING' | 'CREATED' | 'FAILED' | 'DELETING';
 export type MountType = 'DEV' | 'HOSTPATH';
+/** Power of a MicroVM: what the operator asked for, and what the VMM reports. */
+export type PowerState = 'RUNNING' | 'PAUSED' | 'STOPPED';
 
 export interface Kernel {
   image: string;
@@ -92,6 +94,22 @@ export interface MicroVMStatus {
   guestBooted: boolean;
   /** Image reference -> manifest digest, pinned on first resolution. */
   imageDigests?: Record<string, string>;
+  /** The power state the VMM reported on the last pass; absent before the first. */
+  power?: PowerState | undefined;
+  /** The last `PowerIntent.restart` carried out. */
+  restarted?: number | undefined;
+}
+
+/**
+ * What the operator asked for through matchlock.v1.MicroVMLifecycle, kept on the record so a
+ * stopped VM stays stopped across daemon and host restarts (flintlock#330). Absent: RUNNING.
+ */
+export interface PowerIntent {
+  desired: PowerState;
+  /** Grace of the last stop or restart: how long the guest gets to power down (ms). */
+  stopGraceMs?: number | undefined;
+  /** Counts restart requests; a pass restarts the VMM while it is above status.restarted. */
+  restart: number;
 }
 
 export interface MicroVM {
@@ -103,6 +121,18 @@ export interface MicroVM {
   createdAt: string;
   updatedAt: string;
   deletedAt?: string;
+  /** Absent: desired RUNNING, never restarted. */
+  power?: PowerIntent | undefined;
+}
+
+/** The desired power state of a VM (RUNNING unless an operator stopped or paused it). */
+export function desiredPower(vm: Pick<MicroVM, 'power'>): PowerState {
+  return vm.power?.desired ?? 'RUNNING';
+}
+
+/** Whether a restart was asked for and not yet carried out. */
+export function restartPending(vm: Pick<MicroVM, 'power' | 'status'>): boolean {
+  return (vm.power?.restart ?? 0) > (vm.status.restarted ?? 0);
 }
 
 export function initialStatus(): MicroVMStatus {

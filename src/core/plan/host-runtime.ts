@@ -1,7 +1,7 @@
 import { failedPrecondition } from '../errors.js';
-import type { MicroVM } from '../microvm/types.js';
+import { desiredPower, type MicroVM, type PowerState } from '../microvm/types.js';
 import type { Logger, Runtime, RuntimeStatus } from '../ports.js';
-import { runDirOf, vmDirOf, type VmRef, type VmmProvider } from '../vmm.js';
+import { runDirOf, vmDirOf, type VmmInstance, type VmRef, type VmmProvider } from '../vmm.js';
 import { CreateContext, DeleteContext, type PlanDeps } from './context.js';
 import { createPlan, deletePlan } from './plans.js';
 import { runPlan } from './step.js';
@@ -38,7 +38,10 @@ export class HostRuntime implements Runtime {
     const ctx = new CreateContext(vm, ref, provider.descriptor, instance, this.o, log);
     await runPlan(createPlan(ctx), log, { signal, onChange: () => progress?.({ ...ctx.status, ready: false }) });
     const pid = await instance.running();
-    return { ...ctx.status, vmmPid: pid ?? 0, ready: pid !== undefined };
+    const power = await observedPower(instance, pid, signal);
+    // A VM the operator stopped is as it should be without a VMM.
+    const ready = pid !== undefined || desiredPower(vm) === 'STOPPED';
+    return { ...ctx.status, vmmPid: pid ?? 0, power, ready };
   }
 
   async teardown(vm: MicroVM, log: Logger, signal: AbortSignal = new AbortController().signal): Promise<void> {
@@ -50,4 +53,14 @@ export class HostRuntime implements Runtime {
     await this.o.files.removeIfEmpty(`${this.o.stateDir}/vm/${vm.spec.namespace}/${vm.spec.name}`);
     await this.o.files.removeIfEmpty(`${this.o.stateDir}/vm/${vm.spec.namespace}`);
   }
+}
+
+/**
+ * The power state as the VMM reports it: STOPPED without a VMM; RUNNING when a VMM runs but
+ * cannot tell (no powerState, or its API did not answer).
+ */
+async function observedPower(instance: VmmInstance, pid: number | undefined, signal: AbortSignal): Promise<PowerState> {
+  if (pid === undefined) return 'STOPPED';
+  const s = await instance.powerState?.(signal).catch(() => undefined);
+  return s === 'paused' ? 'PAUSED' : s === 'stopped' ? 'STOPPED' : 'RUNNING';
 }

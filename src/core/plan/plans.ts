@@ -1,5 +1,5 @@
 import { hostDeviceName } from '../microvm/host-names.js';
-import { imageRefs, specVolumes } from '../microvm/types.js';
+import { desiredPower, imageRefs, restartPending, specVolumes } from '../microvm/types.js';
 import type { CreateContext, DeleteContext } from './context.js';
 import type { Step } from './step.js';
 import { EnsureDirectory, RemoveDirectory } from './steps/directory.js';
@@ -7,7 +7,7 @@ import { BootFile, PullImage } from './steps/images.js';
 import { MacvtapInterface, RemoveInterface, TapInterface } from './steps/interface.js';
 import { SeedDisk } from './steps/seed-disk.js';
 import { RemoveVolume, CreateVolume } from './steps/volume.js';
-import { StartVmm, StopVmm, Supervise } from './steps/vmm.js';
+import { GuestPower, RestartVmm, StartVmm, StopVmm, StopVmmForPower, Supervise } from './steps/vmm.js';
 
 /**
  * The create plan, in order: images, boot files, directories, volumes (block devices, root first),
@@ -28,7 +28,16 @@ export function createPlan(ctx: CreateContext): Step[] {
   const seed = ctx.seedDiskPath;
   if (seed) steps.push(new SeedDisk(ctx, seed));
   steps.push(...ctx.instance.createSteps(() => ctx.launch()));
+  // The operator's power intent (matchlock.v1.MicroVMLifecycle): a stopped VM keeps everything
+  // but its VMM; a restart stops the VMM before StartVmm starts a new one.
+  const power = desiredPower(vm);
+  if (power === 'STOPPED') {
+    steps.push(new StopVmmForPower(ctx));
+    return steps;
+  }
+  if (restartPending(vm)) steps.push(new RestartVmm(ctx, vm.power?.restart ?? 0));
   steps.push(new StartVmm(ctx), new Supervise(ctx));
+  if (power === 'PAUSED' || vm.status.power === 'PAUSED') steps.push(new GuestPower(ctx, power === 'PAUSED'));
   return steps;
 }
 

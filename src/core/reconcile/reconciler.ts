@@ -1,6 +1,6 @@
 import { ErrorCode, MatchlockError } from '../errors.js';
 import type { Clock, Logger, Runtime, RuntimeStatus, Store, Tombstones } from '../ports.js';
-import type { MicroVM, MicroVMStatus } from '../microvm/types.js';
+import { desiredPower, type MicroVM, type MicroVMStatus } from '../microvm/types.js';
 import { backoffMs } from './backoff.js';
 
 export interface ReconcilerOptions {
@@ -102,8 +102,14 @@ export class Reconciler {
     const vm = this.opts.store.get(uid);
     if (!vm || vm.status.state === 'DELETING' || vm.status.state === 'FAILED') return vm?.status.state === 'DELETING' ? 0 : undefined;
     const log = this.opts.logger.child({ uid, namespace: vm.spec.namespace, name: vm.spec.name });
-    const withStopped = { ...vm, status: { ...vm.status, vmmPid: 0, guestBooted: false } };
-    this.save(uid, (cur) => ({ ...cur.status, state: 'PENDING', vmmPid: 0, guestBooted: false }));
+    if (desiredPower(vm) === 'STOPPED') {
+      // The operator wants it off: an exit (the guest powered itself down) is no failure.
+      this.save(uid, (cur) => ({ ...cur.status, vmmPid: 0, guestBooted: false, power: 'STOPPED' }));
+      log.info({ pid }, 'vmm exited; desired power is STOPPED, so it stays off');
+      return undefined;
+    }
+    const withStopped = { ...vm, status: { ...vm.status, vmmPid: 0, guestBooted: false, power: 'STOPPED' as const } };
+    this.save(uid, (cur) => ({ ...cur.status, state: 'PENDING', vmmPid: 0, guestBooted: false, power: 'STOPPED' }));
     return this.fail(withStopped, new Error(`vmm pid ${pid} exited unexpectedly`), log);
   }
 

@@ -21,6 +21,9 @@ import {
   type ListMicroVMsRequest,
 } from '../../../gen/services/microvm/v1alpha1/microvms_pb.js';
 import { tokenMatches, UNAUTHENTICATED_MESSAGE } from '../auth.js';
+import { MicroVMLifecycle, type WatchEventsRequest } from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
+import { Server as ServerServiceDesc } from '../../../gen/services/matchlock/v1/server_pb.js';
+import { durationMs, powerCall, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
 import { specInput, toWire } from '../convert.js';
 import { grpcCode } from './status.js';
 import { serviceDefinition } from './service-def.js';
@@ -38,6 +41,8 @@ export interface GrpcServerOptions {
   /** Basic-auth token; empty or undefined leaves the API open. */
   token?: string | undefined;
   tls?: GrpcTls | undefined;
+  /** matchlock.v1's MicroVMLifecycle and Server; without it only flintlock's API is served. */
+  matchlock?: MatchlockApi | undefined;
 }
 
 const PROTO_DIR = fileURLToPath(new URL('../../../../proto', import.meta.url));
@@ -134,11 +139,67 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
     },
   });
 
-  const health = new HealthImplementation({ '': 'SERVING', [MicroVMServiceDesc.typeName]: 'SERVING' });
+  const api = opts.matchlock;
+  if (api) addMatchlockServices(door, api, fail);
+  const served = [MicroVMServiceDesc.typeName, ...(api ? [MicroVMLifecycle.typeName, ServerServiceDesc.typeName] : [])];
+  const health = new HealthImplementation({ '': 'SERVING', ...Object.fromEntries(served.map((s) => [s, 'SERVING' as const])) });
   health.addToServer(door as grpc.Server);
-  const definition = loadSync(['services/microvm/v1alpha1/microvms.proto'], { includeDirs: [PROTO_DIR] });
+  const protos = ['services/microvm/v1alpha1/microvms.proto', ...(api ? ['services/matchlock/v1/lifecycle.proto', 'services/matchlock/v1/server.proto'] : [])];
+  const definition = loadSync(protos, { includeDirs: [PROTO_DIR] });
   new ReflectionService(definition).addToServer(door as grpc.Server);
   return server;
+}
+
+/** matchlock.v1.MicroVMLifecycle and matchlock.v1.Server, behind the same door as the rest. */
+function addMatchlockServices(door: Pick<grpc.Server, 'addService'>, api: MatchlockApi, fail: (method: string, err: unknown) => grpc.ServiceError): void {
+  const power = (verb: PowerVerb, method: string) => (call: grpc.ServerUnaryCall<{ uid: string; grace?: { seconds: bigint; nanos: number }; force?: boolean }, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+    try {
+      const r = call.request;
+      callback(null, powerCall(api, verb, r.uid, { graceMs: durationMs(r.grace as never), force: r.force }));
+    } catch (err) {
+      callback(fail(method, err));
+    }
+  };
+  door.addService(serviceDefinition(MicroVMLifecycle), {
+    stopMicroVM: power('stop', 'StopMicroVM'),
+    startMicroVM: power('start', 'StartMicroVM'),
+    restartMicroVM: power('restart', 'RestartMicroVM'),
+    pauseMicroVM: power('pause', 'PauseMicroVM'),
+    resumeMicroVM: power('resume', 'ResumeMicroVM'),
+    watchEvents: (call: grpc.ServerWritableStream<WatchEventsRequest, unknown>) => {
+      const ac = new AbortController();
+      call.on('cancelled', () => ac.abort());
+      call.on('close', () => ac.abort());
+      const write = (e: unknown) =>
+        new Promise<void>((resolve) => {
+          if (ac.signal.aborted || call.write(e)) return resolve();
+          // Backpressure: wait for the client to read, or for it to go away.
+          const done = () => {
+            call.off('drain', done);
+            ac.signal.removeEventListener('abort', done);
+            resolve();
+          };
+          call.on('drain', done);
+          ac.signal.addEventListener('abort', done);
+        });
+      const r = call.request;
+      streamEvents(api, { afterId: r.afterId === undefined ? undefined : Number(r.afterId), filter: { uid: r.uid || undefined, namespace: r.namespace || undefined } }, write, ac.signal).then(
+        () => {
+          if (ac.signal.aborted) return;
+          // Only a daemon that stops serving ends a stream; the client resumes with after_id.
+          call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'matchlockd is shutting down; watch again with after_id of the last event received' });
+        },
+        (err: unknown) => {
+          if (!ac.signal.aborted) call.emit('error', fail('WatchEvents', err));
+        },
+      );
+    },
+  });
+  door.addService(serviceDefinition(ServerServiceDesc), {
+    getServerInfo: (_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      serverInfoMessage(api).then((m) => callback(null, m), (err: unknown) => callback(fail('GetServerInfo', err)));
+    },
+  });
 }
 
 export async function bindGrpc(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {

@@ -14,12 +14,16 @@ import { tokenMatches, UNAUTHENTICATED_MESSAGE } from '../auth.js';
 import { specInput, toWire } from '../convert.js';
 import { grpcCode, httpStatus } from '../grpc/status.js';
 import type { GrpcTls } from '../grpc/server.js';
+import type { MatchlockApi } from '../matchlock.js';
+import { matchlockRoute } from './matchlock-routes.js';
 
 export interface HttpServerOptions {
   service: MicroVMService;
   logger: Logger;
   token?: string | undefined;
   tls?: GrpcTls | undefined;
+  /** matchlock.v1's routes (/v1/…); without it only flintlock's are served. */
+  matchlock?: MatchlockApi | undefined;
 }
 
 const MAX_BODY = 4 * 1024 * 1024;
@@ -91,6 +95,7 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     const name = target.query.get('name');
     return send(res, 200, ListMicroVMsResponseSchema, { microvm: service.list(one ?? '', name).map(toWire) });
   }
+  if (opts.matchlock && (await matchlockRoute(opts.matchlock, method, target.segments, target.query, () => readBody(req), req, res))) return;
   res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 5, message: boundedMessage(`route ${method} ${quote(path, 200)} not found`), details: [] }));
 }
 

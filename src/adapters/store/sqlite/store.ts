@@ -3,19 +3,24 @@ import { linkSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { MatchlockError, ErrorCode } from '../../../core/errors.js';
 import type { MicroVM } from '../../../core/microvm/types.js';
-import type { ListFilter, Store, Tombstone, Tombstones } from '../../../core/ports.js';
+import type { EventFilter, EventLog, ListFilter, StoredEvent, Store, Tombstone, Tombstones } from '../../../core/ports.js';
 
 // 2: tombstones of records dropped without a finished teardown.
-const SCHEMA_VERSION = 2;
+// 3: events, the change log behind matchlock.v1's WatchEvents.
+const SCHEMA_VERSION = 3;
+
+/** How many events are kept: a client that was away longer must start again from a snapshot. */
+export const EVENTS_KEPT = 10_000;
 
 /**
  * MicroVM records in one SQLite file. WAL with synchronous=FULL: a call that returned has been
  * fsynced, so a kill -9 at any point loses nothing that a client was told about. Each record is
  * a JSON document with its indexed columns beside it.
  */
-export class SqliteStore implements Store, Tombstones {
+export class SqliteStore implements Store, Tombstones, EventLog {
   private readonly db: Database.Database;
   private readonly stmts;
+  private readonly listeners = new Set<() => void>();
 
   constructor(path: string) {
     if (path !== ':memory:') {
@@ -55,6 +60,15 @@ export class SqliteStore implements Store, Tombstones {
       tombstone: this.db.prepare<[string], { record: string }>('SELECT record FROM tombstones WHERE uid = ?'),
       tombstones: this.db.prepare<[], { record: string }>('SELECT record FROM tombstones ORDER BY uid'),
       forget: this.db.prepare<[string]>('DELETE FROM tombstones WHERE uid = ?'),
+      event: this.db.prepare(
+        'INSERT INTO events (uid, namespace, type, time, prev_state, prev_power, record) VALUES (@uid, @namespace, @type, @time, @prevState, @prevPower, @record)',
+      ),
+      prune: this.db.prepare<[number]>('DELETE FROM events WHERE id <= ?'),
+      eventsAfter: this.db.prepare<[number, string, string, string, string, number], EventRow>(
+        "SELECT * FROM events WHERE id > ? AND (? = '' OR uid = ?) AND (? = '' OR namespace = ?) ORDER BY id LIMIT ?",
+      ),
+      lastEvent: this.db.prepare<[], { id: number | null }>("SELECT seq AS id FROM sqlite_sequence WHERE name = 'events'"),
+      oldestEvent: this.db.prepare<[], { id: number | null }>('SELECT MIN(id) AS id FROM events'),
     };
   }
 
@@ -63,7 +77,11 @@ export class SqliteStore implements Store, Tombstones {
   }
 
   insert(vm: MicroVM): void {
-    this.stmts.insert.run(row(vm));
+    this.db.transaction(() => {
+      this.stmts.insert.run(row(vm));
+      this.log('CREATED', vm, undefined);
+    }).immediate();
+    this.notify();
   }
 
   get(uid: string): MicroVM | undefined {
@@ -85,7 +103,8 @@ export class SqliteStore implements Store, Tombstones {
   update(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined {
     // IMMEDIATE takes the write lock before reading, so another process cannot slip a write
     // between this read and this write.
-    return this.db
+    let wrote = false;
+    const result = this.db
       .transaction((): MicroVM | undefined => {
         const r = this.stmts.get.get(uid);
         if (!r) return undefined;
@@ -95,20 +114,85 @@ export class SqliteStore implements Store, Tombstones {
         const next: MicroVM = { ...changed, uid, version: current.version + 1 };
         const res = this.stmts.update.run({ ...row(next), previous: current.version });
         if (res.changes !== 1) throw new MatchlockError(ErrorCode.Aborted, `microvm ${uid} changed during an update; retry`);
+        this.log('UPDATED', next, current);
+        wrote = true;
         return next;
       })
       .immediate();
+    if (wrote) this.notify();
+    return result;
   }
 
   remove(uid: string): boolean {
-    return this.stmts.remove.run(uid).changes > 0;
+    const gone = this.db.transaction(() => this.removeLogged(uid)).immediate();
+    if (gone) this.notify();
+    return gone;
   }
 
   bury(t: Tombstone): void {
     this.db.transaction(() => {
       this.stmts.bury.run(t.uid, JSON.stringify(t));
-      this.stmts.remove.run(t.uid);
+      this.removeLogged(t.uid);
     }).immediate();
+    this.notify();
+  }
+
+  private removeLogged(uid: string): boolean {
+    const r = this.stmts.get.get(uid);
+    if (!r) return false;
+    this.stmts.remove.run(uid);
+    const last = parse(r.record);
+    this.log('DELETED', last, last);
+    return true;
+  }
+
+  /** Appends an event inside the caller's transaction; old events beyond EVENTS_KEPT go. */
+  private log(type: StoredEvent['type'], vm: MicroVM, before: MicroVM | undefined): void {
+    const id = Number(this.stmts.event.run({
+      uid: vm.uid,
+      namespace: vm.spec.namespace,
+      type,
+      time: new Date().toISOString(),
+      prevState: before?.status.state ?? null,
+      prevPower: before?.status.power ?? null,
+      record: JSON.stringify(vm),
+    }).lastInsertRowid);
+    if (id % 100 === 0) this.stmts.prune.run(id - EVENTS_KEPT);
+  }
+
+  private notify(): void {
+    for (const l of this.listeners) {
+      try {
+        l();
+      } catch {
+        // A listener's failure is its own; the change is committed.
+      }
+    }
+  }
+
+  eventsAfter(after: number, filter: EventFilter, limit: number): StoredEvent[] {
+    const uid = filter.uid ?? '';
+    const ns = filter.namespace ?? '';
+    return this.stmts.eventsAfter.all(after, uid, uid, ns, ns, limit).map((r) => ({
+      id: r.id,
+      type: r.type as StoredEvent['type'],
+      time: r.time,
+      vm: parse(r.record),
+      previous: r.prev_state === null ? undefined : { state: r.prev_state as MicroVM['status']['state'], power: (r.prev_power ?? undefined) as MicroVM['status']['power'] },
+    }));
+  }
+
+  lastEventId(): number {
+    return this.stmts.lastEvent.get()?.id ?? 0;
+  }
+
+  oldestEventId(): number | undefined {
+    return this.stmts.oldestEvent.get()?.id ?? undefined;
+  }
+
+  subscribe(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 
   tombstone(uid: string): Tombstone | undefined {
@@ -152,6 +236,16 @@ function migrateSchema(db: Database.Database): void {
       CREATE INDEX IF NOT EXISTS microvms_name ON microvms (name);
       CREATE TABLE IF NOT EXISTS tombstones (
         uid TEXT PRIMARY KEY,
+        record TEXT NOT NULL
+      );
+      CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        uid TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        type TEXT NOT NULL,
+        time TEXT NOT NULL,
+        prev_state TEXT,
+        prev_power TEXT,
         record TEXT NOT NULL
       );
     `);
@@ -208,6 +302,17 @@ function damaged(path: string, why: string, cause?: unknown): MatchlockError {
       `to start with an empty store (the VMs it recorded are then unknown to matchlockd)`,
     cause === undefined ? {} : { cause },
   );
+}
+
+interface EventRow {
+  id: number;
+  uid: string;
+  namespace: string;
+  type: string;
+  time: string;
+  prev_state: string | null;
+  prev_power: string | null;
+  record: string;
 }
 
 function row(vm: MicroVM): Record<string, string | number> {

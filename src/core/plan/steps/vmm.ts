@@ -66,3 +66,86 @@ export class StopVmm implements Step {
     if (pid !== undefined) throw failedPrecondition(`vmm pid ${pid} is still running`);
   }
 }
+
+/**
+ * A restart asked for and not yet carried out: the running VMM is stopped (gracefully, with the
+ * grace of the request) so StartVmm, next in the plan, starts a new one. Recorded as carried out
+ * as soon as the old VMM is gone, so a crash between the two steps does not restart twice.
+ */
+export class RestartVmm implements Step {
+  readonly name: string;
+  constructor(private readonly ctx: CreateContext, private readonly target: number) {
+    this.name = `restart ${ctx.descriptor.name}`;
+  }
+  async needed(): Promise<boolean> {
+    if ((await this.ctx.instance.running()) !== undefined) return true;
+    this.ctx.status.restarted = this.target;
+    return false;
+  }
+  async run(signal: AbortSignal): Promise<void> {
+    this.ctx.deps.supervisor.unwatch(this.ctx.vm.uid);
+    await this.ctx.instance.stop({ timeoutMs: stopGraceOf(this.ctx), signal }, this.ctx.log);
+    this.ctx.status.vmmPid = 0;
+    this.ctx.status.guestBooted = false;
+    this.ctx.status.restarted = this.target;
+    this.ctx.log.info({ restart: this.target }, 'vmm stopped for a restart');
+  }
+  async verify(): Promise<void> {
+    const pid = await this.ctx.instance.running();
+    if (pid !== undefined) throw failedPrecondition(`vmm pid ${pid} is still running after the restart's stop`);
+  }
+}
+
+/** A VM the operator stopped: its VMM is powered down and stays down (flintlock#330). */
+export class StopVmmForPower implements Step {
+  readonly name: string;
+  constructor(private readonly ctx: CreateContext) {
+    this.name = `power off ${ctx.descriptor.name}`;
+  }
+  async needed(): Promise<boolean> {
+    const pid = await this.ctx.instance.running();
+    if (pid === undefined) {
+      this.ctx.status.vmmPid = 0;
+      this.ctx.status.guestBooted = false;
+    }
+    return pid !== undefined;
+  }
+  async run(signal: AbortSignal): Promise<void> {
+    this.ctx.deps.supervisor.unwatch(this.ctx.vm.uid);
+    await this.ctx.instance.stop({ timeoutMs: stopGraceOf(this.ctx), signal }, this.ctx.log);
+    this.ctx.status.vmmPid = 0;
+    this.ctx.status.guestBooted = false;
+    this.ctx.log.info({}, 'vmm stopped: desired power STOPPED');
+  }
+  async verify(): Promise<void> {
+    const pid = await this.ctx.instance.running();
+    if (pid !== undefined) throw failedPrecondition(`vmm pid ${pid} is still running after the stop`);
+  }
+}
+
+/** The guest's vCPUs paused or running as the operator asked (QMP stop/cont, PATCH /vm, vm.pause). */
+export class GuestPower implements Step {
+  readonly name: string;
+  constructor(private readonly ctx: CreateContext, private readonly paused: boolean) {
+    this.name = paused ? 'pause guest' : 'resume guest';
+  }
+  async needed(): Promise<boolean> {
+    const { instance } = this.ctx;
+    if (!instance.powerState || !instance.setPaused) return false;
+    if ((await instance.running()) === undefined) return false;
+    const state = await instance.powerState(new AbortController().signal);
+    return this.paused ? state === 'running' : state === 'paused';
+  }
+  async run(signal: AbortSignal): Promise<void> {
+    await this.ctx.instance.setPaused?.(this.paused, signal);
+    this.ctx.log.info({}, this.paused ? 'guest paused' : 'guest resumed');
+  }
+  async verify(): Promise<void> {
+    if (await this.needed()) throw failedPrecondition(`the guest is not ${this.paused ? 'paused' : 'running'} after ${this.name}`);
+  }
+}
+
+/** The grace a stop or restart asked for, else the daemon's delete-vm-timeout. */
+function stopGraceOf(ctx: CreateContext): number {
+  return ctx.vm.power?.stopGraceMs ?? ctx.deps.deleteVmTimeoutMs;
+}

@@ -1,0 +1,89 @@
+import { fromJson, toJson } from '@bufbuild/protobuf';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { MatchlockError, boundedMessage, invalid } from '../../../core/errors.js';
+import { MicroVMEventSchema, PowerResponseSchema, StopMicroVMRequestSchema } from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
+import { GetServerInfoResponseSchema } from '../../../gen/services/matchlock/v1/server_pb.js';
+import { grpcCode } from '../grpc/status.js';
+import { durationMs, powerCall, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
+
+const VERBS: readonly string[] = ['stop', 'start', 'restart', 'pause', 'resume'];
+
+/**
+ * matchlock.v1 over HTTP/JSON, behind the same token and TLS as the rest:
+ * - `POST /v1/microvm/{uid}/stop|start|restart|pause|resume`, body optional
+ *   (`{"grace": "10s", "force": false}` for stop and restart): PowerResponse;
+ * - `GET /v1/server-info`: GetServerInfoResponse;
+ * - `GET /v1/events[?after_id=N][&uid=][&namespace=]`: one JSON object per line, grpc-gateway's
+ *   streaming form (`{"result": MicroVMEvent}`); an error ends it as `{"error": {code, message}}`.
+ * Returns false when the request is for none of these routes.
+ */
+export async function matchlockRoute(
+  api: MatchlockApi,
+  method: string,
+  segments: string[],
+  query: Map<string, string>,
+  readBody: () => Promise<Buffer>,
+  req: IncomingMessage,
+  res: ServerResponse,
+): Promise<boolean> {
+  const [version, kind, uid, verb, ...rest] = segments;
+  if (version !== 'v1' || rest.length) return false;
+  if (method === 'POST' && kind === 'microvm' && uid !== undefined && verb !== undefined && VERBS.includes(verb)) {
+    const body = (await readBody()).toString('utf8').trim();
+    let grace: number | undefined;
+    let force = false;
+    if (body !== '' && (verb === 'stop' || verb === 'restart')) {
+      let parsed;
+      try {
+        parsed = fromJson(StopMicroVMRequestSchema, JSON.parse(body) as never);
+      } catch (err) {
+        throw invalid('body', `must be {"grace": "<seconds>s", "force": <bool>} (${(err as Error).message})`);
+      }
+      grace = durationMs(parsed.grace);
+      force = parsed.force;
+    }
+    const out = powerCall(api, verb as PowerVerb, uid, { graceMs: grace, force });
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(toJson(PowerResponseSchema, out)));
+    return true;
+  }
+  if (method === 'GET' && kind === 'server-info' && uid === undefined) {
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(toJson(GetServerInfoResponseSchema, await serverInfoMessage(api))));
+    return true;
+  }
+  if (method === 'GET' && kind === 'events' && uid === undefined) {
+    const after = query.get('after_id');
+    if (after !== undefined && !/^[0-9]{1,15}$/.test(after)) throw invalid('after_id', 'must be an event id (a whole number)');
+    const ac = new AbortController();
+    res.on('close', () => ac.abort());
+    let started = false;
+    const write = (e: Parameters<Parameters<typeof streamEvents>[2]>[0]) =>
+      new Promise<void>((resolve) => {
+        if (!started) {
+          res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+          started = true;
+        }
+        if (ac.signal.aborted || res.write(JSON.stringify({ result: toJson(MicroVMEventSchema, e) }) + '\n')) return resolve();
+        const done = () => {
+          res.off('drain', done);
+          ac.signal.removeEventListener('abort', done);
+          resolve();
+        };
+        res.on('drain', done);
+        ac.signal.addEventListener('abort', done);
+      });
+    const filter = { uid: query.get('uid') || undefined, namespace: query.get('namespace') || undefined };
+    try {
+      // Headers go out at once, so a client sees the stream open before the first change.
+      res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+      res.flushHeaders();
+      started = true;
+      await streamEvents(api, { afterId: after === undefined ? undefined : Number(after), filter }, write, ac.signal);
+      if (!ac.signal.aborted) res.end(JSON.stringify({ error: { code: 14, message: 'matchlockd is shutting down; watch again with after_id of the last event received' } }) + '\n');
+    } catch (err) {
+      const e = MatchlockError.from(err);
+      if (!ac.signal.aborted) res.end(JSON.stringify({ error: { code: grpcCode(e), message: boundedMessage(e.message) } }) + '\n');
+    }
+    return true;
+  }
+  return false;
+}

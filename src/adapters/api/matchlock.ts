@@ -1,0 +1,153 @@
+/**
+ * matchlock.v1 (MicroVMLifecycle, Server) independent of the transport: the gRPC and HTTP
+ * adapters both serve these calls, the same way, behind the same token and TLS.
+ */
+import { create } from '@bufbuild/protobuf';
+import { durationFromMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
+import type { Duration } from '@bufbuild/protobuf/wkt';
+import { failedPrecondition } from '../../core/errors.js';
+import type { PowerService, StopOptions } from '../../core/microvm/power.js';
+import type { MicroVMService } from '../../core/microvm/service.js';
+import type { EventFilter, EventLog, StoredEvent } from '../../core/ports.js';
+import type { MicroVM as DomainVM } from '../../core/microvm/types.js';
+import {
+  MicroVMEventSchema,
+  MicroVMEvent_Type,
+  PowerResponseSchema,
+  type MicroVMEvent,
+  type PowerResponse,
+} from '../../gen/services/matchlock/v1/lifecycle_pb.js';
+import { GetServerInfoResponseSchema, type GetServerInfoResponse } from '../../gen/services/matchlock/v1/server_pb.js';
+import { MicroVMStatus_MicroVMState } from '../../gen/types/microvm_pb.js';
+import { powerToWire, toWire } from './convert.js';
+
+/** What GetServerInfo reports; gathered by the daemon. */
+export interface ServerInfo {
+  version: string;
+  commit: string;
+  apiVersions: string[];
+  providers: { name: string; version: string; binary: string; available: boolean; reason: string; isDefault: boolean }[];
+  stateDir: string;
+  daemonId: string;
+  startedAt: Date;
+}
+
+/** The services of matchlock.v1 and what they need. */
+export interface MatchlockApi {
+  power: PowerService;
+  service: MicroVMService;
+  events: EventLog;
+  info: () => Promise<ServerInfo>;
+  /** Aborted when the daemon stops serving: open event streams end so the drain is not held up. */
+  shutdown?: AbortSignal | undefined;
+}
+
+export type PowerVerb = 'stop' | 'start' | 'restart' | 'pause' | 'resume';
+
+export function durationMs(d: Duration | undefined): number | undefined {
+  return d === undefined ? undefined : Number(d.seconds) * 1000 + Math.round(d.nanos / 1e6);
+}
+
+/** Runs one power call and answers with the stored record. */
+export function powerCall(api: MatchlockApi, verb: PowerVerb, uid: string, stop: StopOptions = {}): PowerResponse {
+  const p = api.power;
+  const vm = verb === 'stop' ? p.stop(uid, stop) : verb === 'restart' ? p.restart(uid, stop) : verb === 'start' ? p.start(uid) : verb === 'pause' ? p.pause(uid) : p.resume(uid);
+  return create(PowerResponseSchema, { microvm: toWire(vm) });
+}
+
+export async function serverInfoMessage(api: MatchlockApi): Promise<GetServerInfoResponse> {
+  const i = await api.info();
+  return create(GetServerInfoResponseSchema, {
+    version: i.version,
+    commit: i.commit,
+    apiVersions: i.apiVersions,
+    providers: i.providers,
+    stateDir: i.stateDir,
+    daemonId: i.daemonId,
+    startedAt: timestampFromDate(i.startedAt),
+    uptime: durationFromMs(Date.now() - i.startedAt.getTime()),
+  });
+}
+
+function eventMessage(id: number, type: MicroVMEvent_Type, time: string, vm: DomainVM, previous: StoredEvent['previous']): MicroVMEvent {
+  const state = MicroVMStatus_MicroVMState[vm.status.state];
+  const power = powerToWire(vm.status.power);
+  const prevState = previous ? MicroVMStatus_MicroVMState[previous.state] : state;
+  const prevPower = previous ? powerToWire(previous.power) : power;
+  return create(MicroVMEventSchema, {
+    id: BigInt(id),
+    type,
+    time: timestampFromDate(new Date(time)),
+    uid: vm.uid,
+    namespace: vm.spec.namespace,
+    name: vm.spec.name,
+    state,
+    previousState: prevState,
+    power,
+    previousPower: prevPower,
+    desiredPower: powerToWire(vm.power?.desired ?? 'RUNNING'),
+    stateChanged: type !== MicroVMEvent_Type.EXISTING && (previous === undefined || previous.state !== vm.status.state || type === MicroVMEvent_Type.DELETED),
+    powerChanged: type !== MicroVMEvent_Type.EXISTING && previous !== undefined && previous.power !== vm.status.power,
+    microvm: toWire(vm),
+  });
+}
+
+export interface WatchRequest {
+  afterId?: number | undefined;
+  filter: EventFilter;
+}
+
+/**
+ * The event stream behind WatchEvents: without afterId one EXISTING event per matching record
+ * (all with the newest event id as their cursor), then every change in store order. `write`
+ * resolves when the consumer can take more (backpressure); the loop ends when `signal` aborts.
+ * Errors: FailedPrecondition for a cursor this store cannot serve.
+ */
+export async function streamEvents(api: MatchlockApi, req: WatchRequest, write: (e: MicroVMEvent) => Promise<void>, signal: AbortSignal): Promise<void> {
+  const log = api.events;
+  let wake: (() => void) | undefined;
+  let dirty = false;
+  const poke = () => {
+    dirty = true;
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  const unsubscribe = log.subscribe(poke);
+  const stopped = () => signal.aborted || api.shutdown?.aborted === true;
+  signal.addEventListener('abort', poke);
+  api.shutdown?.addEventListener('abort', poke);
+  try {
+    let cursor: number;
+    if (req.afterId === undefined) {
+      cursor = log.lastEventId();
+      const vms = req.filter.uid ? [api.service.get(req.filter.uid)] : api.service.list(req.filter.namespace ?? '', undefined);
+      const now = new Date().toISOString();
+      for (const vm of vms) {
+        if (req.filter.namespace && vm.spec.namespace !== req.filter.namespace) continue;
+        await write(eventMessage(cursor, MicroVMEvent_Type.EXISTING, now, vm, undefined));
+      }
+    } else {
+      cursor = req.afterId;
+      const last = log.lastEventId();
+      const oldest = log.oldestEventId() ?? last + 1;
+      if (cursor > last) throw failedPrecondition(`after_id ${cursor} is newer than this store's newest event ${last} (a cursor of another matchlockd?); watch again without after_id`, 'after_id');
+      if (cursor < oldest - 1) throw failedPrecondition(`events ${cursor + 1} to ${oldest - 1} after after_id ${cursor} are no longer kept; watch again without after_id`, 'after_id');
+    }
+    const types = { CREATED: MicroVMEvent_Type.CREATED, UPDATED: MicroVMEvent_Type.UPDATED, DELETED: MicroVMEvent_Type.DELETED } as const;
+    while (!stopped()) {
+      dirty = false;
+      const batch = log.eventsAfter(cursor, req.filter, 256);
+      for (const e of batch) {
+        if (stopped()) return;
+        await write(eventMessage(e.id, types[e.type], e.time, e.vm, e.previous));
+        cursor = e.id;
+      }
+      if (batch.length === 0 && !dirty && !stopped()) await new Promise<void>((resolve) => (wake = resolve));
+    }
+  } finally {
+    unsubscribe();
+    signal.removeEventListener('abort', poke);
+    api.shutdown?.removeEventListener('abort', poke);
+  }
+}
