@@ -9,6 +9,7 @@ import { imageCommand } from './image.js';
 import { hubCommand } from './hub.js';
 import { inspectCommand } from './inspect.js';
 import { hostCommand } from './host.js';
+import { versionCommand } from './power.js';
 
 const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 
@@ -43,7 +44,9 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   program.addCommand(inspect);
   const host = hostCommand(io, () => program.opts<{ output: string }>().output);
   program.addCommand(host);
-  for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands, inspect, host, ...host.commands]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
+  versionCommand(program, globals, io);
+  const version = program.commands.find((c) => c.name() === 'version');
+  for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands, inspect, host, ...host.commands, ...(version ? [version] : [])]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
   try {
     await program.parseAsync(argv, { from: 'user' });
     return EXIT.ok;

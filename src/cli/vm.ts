@@ -1,6 +1,5 @@
-import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { create } from '@bufbuild/protobuf';
-import { Command, Option } from 'commander';
+import { Command } from 'commander';
 import {
   CreateMicroVMRequestSchema,
   DeleteMicroVMRequestSchema,
@@ -8,10 +7,10 @@ import {
   ListMicroVMsRequestSchema,
 } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
 import type { MicroVM } from '../gen/types/microvm_pb.js';
-import { parseDuration } from '../core/duration.js';
 import { EXIT, cliError, connect, type ConnectOptions } from './client.js';
-import { formatVms, stateName, type Format } from './output.js';
+import { formatVms, type Format } from './output.js';
 import { readSpecFile, specFromFlags, type SpecFlags } from './spec.js';
+import { addPowerCommands } from './power.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -89,40 +88,6 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
       });
     });
 
-  vm.command('watch <uid>')
-    .description('print state changes until the VM reaches a state (or is gone), or the timeout passes')
-    .addOption(new Option('--until <state>', 'PENDING, CREATED, FAILED, DELETING or gone').default('CREATED'))
-    .option('--timeout <duration>', 'give up after this long (e.g. 90s, 5m)', '5m')
-    .option('--interval <duration>', 'poll interval', '1s')
-    .action(async (uid: string, opts: { until: string; timeout: string; interval: string }) => {
-      const until = opts.until === 'gone' ? 'gone' : opts.until.toUpperCase();
-      if (!['PENDING', 'CREATED', 'FAILED', 'DELETING', 'gone'].includes(until)) throw cliError(`--until ${opts.until}: must be PENDING, CREATED, FAILED, DELETING or gone`, EXIT.usage);
-      const timeout = parseDuration(opts.timeout);
-      const interval = parseDuration(opts.interval);
-      if (timeout === undefined) throw cliError(`--timeout ${opts.timeout}: must be a duration like 90s`, EXIT.usage);
-      if (interval === undefined || interval === 0) throw cliError(`--interval ${opts.interval}: must be a duration like 1s`, EXIT.usage);
-      const deadline = Date.now() + timeout;
-      let last = '';
-      await withClient(async (c) => {
-        for (;;) {
-          let state: string;
-          try {
-            const res = await c.getMicroVM(create(GetMicroVMRequestSchema, { uid }));
-            state = res.microvm ? stateName(res.microvm) : 'gone';
-            if (state !== last && res.microvm?.status?.lastError) state += ` (${res.microvm.status.lastError})`;
-          } catch (err) {
-            if (err instanceof MatchlockError && err.code === ErrorCode.NotFound) state = 'gone';
-            else throw err;
-          }
-          if (state !== last) io.out(`${new Date().toISOString()} ${uid} ${state}\n`);
-          last = state;
-          const bare = state.split(' ')[0];
-          if (bare === until) return;
-          if (bare === 'FAILED' || bare === 'gone') throw cliError(`${uid} is ${bare}, it will not become ${until}`, EXIT.failed);
-          if (Date.now() >= deadline) throw cliError(`${uid} did not become ${until} within ${opts.timeout}`, EXIT.timeout);
-          await new Promise((r) => setTimeout(r, Math.min(interval, Math.max(0, deadline - Date.now()))));
-        }
-      });
-    });
+  addPowerCommands(vm, globals, io);
   return vm;
 }

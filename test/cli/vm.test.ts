@@ -59,13 +59,13 @@ describe('matchlock vm', () => {
     assert.match(list.out, new RegExp(`${vm.spec.uid}\\s+team-a\\s+from-file\\s+PENDING\\s+\\S+\\s+4\\s+2048Mi`));
 
     // Records stay PENDING until a runtime runs them, so waiting for CREATED times out.
-    const watch = await cli([...host, 'vm', 'watch', vm.spec.uid, '--until', 'CREATED', '--timeout', '1s', '--interval', '200ms']);
+    const watch = await cli([...host, 'vm', 'watch', vm.spec.uid, '--until', 'CREATED', '--timeout', '1s']);
     assert.equal(watch.code, EXIT.timeout);
     assert.match(watch.out, /PENDING/);
 
     const del = await cli([...host, 'vm', 'delete', vm.spec.uid, vm2.spec.uid]);
     assert.equal(del.code, EXIT.ok, del.err);
-    const gone = await cli([...host, 'vm', 'watch', vm.spec.uid, '--until', 'gone', '--timeout', '10s', '--interval', '100ms']);
+    const gone = await cli([...host, 'vm', 'watch', vm.spec.uid, '--until', 'gone', '--timeout', '10s']);
     assert.equal(gone.code, EXIT.ok, gone.err);
     const get = await cli([...host, 'vm', 'get', vm.spec.uid]);
     assert.equal(get.code, EXIT.notFound);

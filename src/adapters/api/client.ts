@@ -81,3 +81,50 @@ function fromGrpc(err: grpc.ServiceError, host: string): MatchlockError {
   if (err.code === grpc.status.UNAVAILABLE) return new MatchlockError(code, `cannot reach matchlockd at ${host}: ${err.details}`, { cause: err });
   return new MatchlockError(code, err.details || err.message, { cause: err });
 }
+
+/**
+ * A promise-based client for any service of ours (matchlock.v1's too): unary methods as
+ * promises, server-streaming methods as `stream(localName, req)` giving grpc-js's readable
+ * stream (messages as 'data', the end status as 'error' with a MatchlockError, or 'end').
+ */
+export function connectService<S extends DescService>(service: S, o: ConnectOptions): Unary<S> & {
+  close(): void;
+  stream(method: string, req: unknown, onMessage: (m: unknown) => void): { done: Promise<void>; cancel(): void };
+} {
+  const Ctor = grpc.makeGenericClientConstructor(serviceDefinition(service), service.name);
+  const client = new Ctor(o.host, credentials(o));
+  const md = () => {
+    const m = new grpc.Metadata();
+    if (o.token) m.set('authorization', basicAuthHeader(o.token));
+    return m;
+  };
+  const out: Record<string, unknown> = { close: () => client.close() };
+  for (const m of service.methods) {
+    if (m.methodKind !== 'unary') continue;
+    out[m.localName] = (req: unknown) =>
+      new Promise((resolve, reject) => {
+        const deadline = new Date(Date.now() + (o.timeoutMs ?? 30_000));
+        const fn = (client as unknown as Record<string, (...a: unknown[]) => void>)[m.localName];
+        fn?.call(client, req, md(), { deadline }, (err: grpc.ServiceError | null, res: unknown) => (err ? reject(fromGrpc(err, o.host)) : resolve(res)));
+      });
+  }
+  out.stream = (method: string, req: unknown, onMessage: (m: unknown) => void) => {
+    const fn = (client as unknown as Record<string, (...a: unknown[]) => grpc.ClientReadableStream<unknown>>)[method];
+    if (!fn) throw new MatchlockError(ErrorCode.Internal, `no streaming method ${method}`);
+    const call = fn.call(client, req, md());
+    let cancelled = false;
+    const done = new Promise<void>((resolve, reject) => {
+      call.on('data', onMessage);
+      call.on('error', (err: grpc.ServiceError) => (cancelled && err.code === grpc.status.CANCELLED ? resolve() : reject(fromGrpc(err, o.host))));
+      call.on('end', () => resolve());
+    });
+    return {
+      done,
+      cancel: () => {
+        cancelled = true;
+        call.cancel();
+      },
+    };
+  };
+  return out as ReturnType<typeof connectService<S>>;
+}
