@@ -137,6 +137,22 @@ describe('FirecrackerVm against the stand-in', { skip }, () => {
     assert.equal(existsSync(join(b.launch.runDir, 'firecracker.sock')), false);
   });
 
+  it('stops a paused guest gracefully: resumed first, so it sees Ctrl+Alt+Del', async () => {
+    const { vm, launch } = vmFor({ FAKE_FC_IGNORE_SIGTERM: '1' });
+    const pid = await start(vm, launch);
+    await vm.pause();
+    const infos: string[] = [];
+    const log: Logger = { ...quiet, info: (_o, msg) => void infos.push(msg ?? ''), warn: (_o, msg) => void infos.push(msg ?? '') };
+    // A guest that could not see the key press would wait out the grace, then need SIGKILL
+    // (the stand-in ignores SIGTERM here).
+    const t0 = Date.now();
+    await vm.stop({ timeoutMs: 20_000 }, log);
+    assert.ok(Date.now() - t0 < 10_000, `stopped after ${Date.now() - t0} ms`);
+    assert.equal(pidAlive(pid), false);
+    assert.deepEqual(infos.filter((m) => /SIGTERM|SIGKILL|resume/.test(m)), []);
+    assert.match(readFileSync(join(launch.dir, 'firecracker.log'), 'utf8'), /The microVM was paused\.[\s\S]*The microVM was resumed\.[\s\S]*Vmm is stopping\./);
+  });
+
   it('removes stale sockets before start, and adopts a live VMM whose pid file is gone', async () => {
     const { vm, launch } = vmFor();
     await vm.prepare(launch);

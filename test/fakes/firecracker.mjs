@@ -157,6 +157,16 @@ if (env.FAKE_FC_CRASH_AFTER_MS) {
 
 // ---- VM state ----
 let state = 'Not started';
+/** A Ctrl+Alt+Del sent while the VM was paused, seen by the guest once it runs again. */
+let ctrlAltDelPending = false;
+
+/** The guest reboots (reboot=k) and Firecracker exits 0. */
+function guestReboots() {
+  setTimeout(() => {
+    log('INFO', 'Vmm is stopping.');
+    process.exit(EXIT.ok);
+  }, 100);
+}
 let vmConfig = { 'boot-source': undefined, drives: [], 'network-interfaces': [] };
 let mmdsData = {};
 const mmdsLimit = Number(args['mmds-size-limit'] ?? args['http-api-max-payload-size'] ?? 51200);
@@ -262,12 +272,11 @@ function handle(method, path, body) {
         return { status: 204 };
       case 'SendCtrlAltDel':
         if (!started) return fault(400, NOT_BEFORE);
+        // The i8042 key press is only seen by a guest whose vCPUs run: on a paused VM it waits
+        // until the VM is resumed.
         if (!env.FAKE_FC_IGNORE_CTRL_ALT_DEL) {
-          // The guest reboots (reboot=k) and Firecracker exits 0.
-          setTimeout(() => {
-            log('INFO', 'Vmm is stopping.');
-            process.exit(EXIT.ok);
-          }, 100);
+          if (state === 'Paused') ctrlAltDelPending = true;
+          else guestReboots();
         }
         return { status: 204 };
     }
@@ -278,6 +287,7 @@ function handle(method, path, body) {
     if (!started) return fault(400, NOT_BEFORE);
     state = body.state === 'Paused' ? 'Paused' : 'Running';
     log('INFO', body.state === 'Paused' ? 'The microVM was paused.' : 'The microVM was resumed.');
+    if (state === 'Running' && ctrlAltDelPending) guestReboots();
     return { status: 204 };
   }
   if (path === '/mmds') {

@@ -296,6 +296,8 @@ export class FirecrackerVm {
   async stop(opts: { timeoutMs: number; signal?: AbortSignal }, log: Logger): Promise<void> {
     const pid = await this.running();
     if (pid !== undefined) {
+      // A paused guest's vCPUs cannot see the key press: it is resumed first.
+      if ((await this.state().catch(() => '')) === 'Paused') await this.resume().catch((e: Error) => log.info({ pid, err: e.message }, 'could not resume the paused guest before Ctrl+Alt+Del'));
       const cad = await unixHttp(this.socket('api'), 'PUT', '/actions', { action_type: 'SendCtrlAltDel' }, 2000).catch((e: Error) => ({ status: 0, text: e.message }));
       if (cad.status === 204) {
         if (await this.waitGone(pid, opts.timeoutMs)) return this.finish(log);
