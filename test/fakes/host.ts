@@ -14,7 +14,7 @@ export class FakeWorld {
   readonly links = new Map<string, LinkInfo>();
   readonly volumes = new Map<string, string>();
   readonly watched = new Map<string, number>();
-  readonly vmms = new Map<string, { pid: number; launch: Launch }>();
+  readonly vmms = new Map<string, { pid: number; launch: Launch; paused?: boolean }>();
   /** Every call that changed the world, in order. */
   readonly calls: string[] = [];
   /** image ref -> digest; digest -> files inside. */
@@ -213,10 +213,22 @@ export class FakeWorld {
         this.files.set(`${ref.dir}/fake.pid`, Buffer.from(String(pid)));
         return pid;
       },
-      stop: async () => {
-        this.calls.push(`vmm stop ${ref.uid}`);
+      stop: async ({ timeoutMs }) => {
+        this.calls.push(`vmm stop ${ref.uid}`, `vmm stop grace ${timeoutMs}`);
         if (this.skip('stop')) return;
         this.vmms.delete(ref.uid);
+      },
+      // Like QMP stop/cont: refused without a running VMM.
+      setPaused: async (paused) => {
+        this.calls.push(`vmm ${paused ? 'pause' : 'resume'} ${ref.uid}`);
+        const v = this.vmms.get(ref.uid);
+        if (!v) throw new Error('no vmm runs');
+        if (this.skip('pause')) return;
+        v.paused = paused;
+      },
+      powerState: async () => {
+        const v = this.vmms.get(ref.uid);
+        return v === undefined ? 'stopped' : v.paused ? 'paused' : 'running';
       },
     };
   }
