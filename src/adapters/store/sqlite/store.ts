@@ -21,8 +21,11 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   private readonly db: Database.Database;
   private readonly stmts;
   private readonly listeners = new Set<() => void>();
+  private readonly eventsKept: number;
 
-  constructor(path: string) {
+  /** `eventsKept`: how many events the log keeps (EVENTS_KEPT; pruned in steps of a hundredth). */
+  constructor(path: string, opts: { eventsKept?: number } = {}) {
+    this.eventsKept = opts.eventsKept ?? EVENTS_KEPT;
     if (path !== ':memory:') {
       mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
       const st = statSync(path, { throwIfNoEntry: false });
@@ -157,7 +160,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       prevPower: before?.status.power ?? null,
       record: JSON.stringify(vm),
     }).lastInsertRowid);
-    if (id % 100 === 0) this.stmts.prune.run(id - EVENTS_KEPT);
+    if (id % Math.max(1, Math.floor(this.eventsKept / 100)) === 0) this.stmts.prune.run(id - this.eventsKept);
   }
 
   private notify(): void {
