@@ -59,6 +59,9 @@ const METHODS: [string, Buffer, boolean][] = [
   ['/microvm.services.api.v1alpha1.MicroVM/ListMicroVMs', Buffer.alloc(0), false],
   ['/microvm.services.api.v1alpha1.MicroVM/ListMicroVMsStream', Buffer.alloc(0), true],
   ['/grpc.health.v1.Health/Check', Buffer.alloc(0), false],
+  ['/matchlock.v1.MicroVMLifecycle/StopMicroVM', Buffer.alloc(0), false],
+  ['/matchlock.v1.MicroVMLifecycle/WatchEvents', Buffer.alloc(0), true],
+  ['/matchlock.v1.Server/GetServerInfo', Buffer.alloc(0), false],
   // list_services (field 7) with an empty string
   ['/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', Buffer.from([0x3a, 0x00]), true],
   ['/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo', Buffer.from([0x3a, 0x00]), true],
@@ -97,6 +100,10 @@ describe('basic-auth token', () => {
     const refl = await rawCall(d.grpcPort, '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', Buffer.from([0x3a, 0x00]), metadata('tok-123'), undefined, true);
     assert.equal(refl.code, grpc.status.OK);
     assert.match(Buffer.concat(refl.data).toString('latin1'), /microvm\.services\.api\.v1alpha1\.MicroVM/);
+    assert.match(Buffer.concat(refl.data).toString('latin1'), /matchlock\.v1\.MicroVMLifecycle/);
+    assert.match(Buffer.concat(refl.data).toString('latin1'), /matchlock\.v1\.Server/);
+    const info = await rawCall(d.grpcPort, '/matchlock.v1.Server/GetServerInfo', Buffer.alloc(0), metadata('tok-123'));
+    assert.equal(info.code, grpc.status.OK);
   });
 
   it('guards the HTTP API with the same token', async () => {
@@ -112,6 +119,17 @@ describe('basic-auth token', () => {
     assert.equal(await get(), 401);
     assert.equal(await get(basicAuthHeader('nope')), 401);
     assert.equal(await get(basicAuthHeader('tok-123')), 200);
+    const getInfo = (auth?: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = httpRequest({ host: '127.0.0.1', port: d.httpPort, path: '/v1/server-info', headers: auth ? { authorization: auth } : {} }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    assert.equal(await getInfo(), 401);
+    assert.equal(await getInfo(basicAuthHeader('tok-123')), 200);
   });
 });
 
