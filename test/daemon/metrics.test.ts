@@ -5,7 +5,7 @@ import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { basicAuthHeader } from '../../src/adapters/api/auth.js';
-import { api, consoleOf, importGuest, stateOf, waitFor } from '../e2e/vm.js';
+import { api, consoleOf, stateOf, waitFor } from '../e2e/vm.js';
 import { makeCerts } from '../helpers/certs.js';
 import { daemonFailsToStart, ROOT, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
 import { labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
@@ -248,8 +248,8 @@ describe('metrics of a daemon at work: a create/delete burst and a real QEMU gue
     });
     port = await loggedPort(lab.daemon, 'metrics');
     registry = await startRegistry(lab.ns);
+    // Every VM's image comes from the registry, so the pull counters see real downloads.
     registry.push(`${layout}:latest`, 'matchlock/guest:1');
-    await importGuest(lab, layout);
   });
   after(async () => {
     await lab?.destroy();
@@ -263,9 +263,9 @@ describe('metrics of a daemon at work: a create/delete burst and a real QEMU gue
     // One QEMU guest pulled from a registry, one VM whose image no registry has.
     const ref = `${registry.host}/matchlock/guest:1`;
     const guest = await vms.create('booted', [{ id: 'eth0', type: 'TAP' }], undefined, ref, { provider: 'qemu' });
-    const broken = await vms.create('nopull', [], undefined, '127.0.0.1:9/matchlock/none:1');
+    const broken = await vms.create('nopull', [{ id: 'eth0', type: 'TAP' }], undefined, '127.0.0.1:9/matchlock/none:1');
 
-    const burst = await Promise.all(Array.from({ length: 5 }, (_, n) => vms.create(`burst-${n}`, [])));
+    const burst = await Promise.all(Array.from({ length: 5 }, (_, n) => vms.create(`burst-${n}`, [{ id: 'eth0', type: 'TAP' }], undefined, ref)));
     const s1 = scrape();
     countersOnlyGrow(s0, s1);
     for (const uid of burst) await waitFor(`${uid} CREATED`, async () => stateOf(await vms.get(uid)) === 'CREATED', 120_000);
@@ -305,6 +305,7 @@ describe('metrics of a daemon at work: a create/delete burst and a real QEMU gue
     grew('matchlock_reconcile_step_duration_seconds_count', { plan: 'create', step: 'StartVmm' }, 5);
     grew('matchlock_reconcile_step_duration_seconds_count', { plan: 'delete', step: 'StopVmm' }, 5);
     grew('matchlock_image_pulls_total', {}, 2);
+    assert.equal(lab.daemon.logs.filter((l) => l.includes('"msg":"image pulled"')).length, 1, 'one download for six VMs');
     grew('matchlock_image_pull_failures_total', {}, 1);
     grew('matchlock_image_pulled_bytes_total', {}, 1_000_000);
 
