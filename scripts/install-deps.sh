@@ -34,6 +34,8 @@ DEBIAN_PACKAGES=(
   # extracted, not installed): the Python modules it imports
   python3-yaml python3-jinja2 python3-jsonschema python3-configobj python3-jsonpatch
   python3-requests python3-netifaces python3-serial python3-oauthlib
+  # promtool, which checks matchlockd's metrics exposition (see quiet_prometheus below)
+  prometheus
 )
 
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
@@ -51,9 +53,32 @@ done
 if [ "${#missing[@]}" -gt 0 ] || ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
   apt-get update -qq
 fi
+# Debian's prometheus package enables its server and starts it where services may start; only
+# its promtool is wanted here. While packages install, a policy-rc.d (unless the machine has its
+# own) keeps their services from starting (the tests start every server they use themselves),
+# and afterwards prometheus's unit is disabled (and stopped under systemd).
+quiet_prometheus() {
+  local made=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    made=1
+  fi
+  local rc=0
+  "$@" || rc=$?
+  [ -n "$made" ] && rm -f /usr/sbin/policy-rc.d
+  if command -v systemctl >/dev/null; then
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    else
+      systemctl disable prometheus.service >/dev/null 2>&1 || true
+    fi
+  fi
+  return "$rc"
+}
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  quiet_prometheus env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # npm records what it installed in node_modules/.package-lock.json; skip the (slow, native)

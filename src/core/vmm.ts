@@ -114,6 +114,35 @@ export interface Launch extends VmRef {
   guestAgent?: { cid: number } | undefined;
 }
 
+/** One VM's block devices, summed over every disk the VMM has (seed disk included). */
+export interface BlockCounters {
+  readBytes: number;
+  writeBytes: number;
+  readOps: number;
+  writeOps: number;
+}
+
+/** One VM's network devices, summed, as the guest sees them: rx is what the guest received. */
+export interface NetCounters {
+  rxBytes: number;
+  txBytes: number;
+  rxPackets: number;
+  txPackets: number;
+}
+
+/** Cumulative I/O counters of one VM as its VMM reports them; a part the VMM cannot tell is absent. */
+export interface VmmIoCounters {
+  block?: BlockCounters | undefined;
+  net?: NetCounters | undefined;
+}
+
+/** A VM's host network device, for providers that read its counters from the host. */
+export interface IoCountersNic {
+  deviceId: string;
+  type: 'TAP' | 'MACVTAP';
+  hostDevice: string;
+}
+
 /** Power state as the VMM reports it. */
 export type VmmPowerState = 'running' | 'paused' | 'stopped';
 
@@ -144,6 +173,12 @@ export interface VmmInstance {
   setPaused?(paused: boolean, signal: AbortSignal): Promise<void>;
   /** The VMM's own view of the guest; undefined when it cannot tell. */
   powerState?(signal: AbortSignal): Promise<VmmPowerState | undefined>;
+  /**
+   * The running VMM's cumulative block and network counters (for the metrics endpoint), from the
+   * VMM's own accounting where it has one. Rejects when the VMM cannot be asked; called only
+   * while `running()` reports a pid.
+   */
+  ioCounters?(input: { pid: number; nics: readonly IoCountersNic[] }, signal: AbortSignal): Promise<VmmIoCounters>;
 }
 
 /** A provider as the runtime uses it: its descriptor and a factory of per-VM instances. */

@@ -35,10 +35,15 @@ import { buildProviders, chooseDefaultProvider, providerEntries } from './provid
 import { deviceAlias } from '../core/microvm/host-names.js';
 import { PowerService } from '../core/microvm/power.js';
 import { serverInfoSource } from './server-info.js';
+import { DaemonMetrics } from '../adapters/metrics/prometheus.js';
+import { VERSION } from '../version.js';
+import { metricsSources, opsServers } from './metrics.js';
 
 export interface RunningDaemon {
   grpcPort: number;
   httpPort: number | undefined;
+  /** Ports of the metrics and debug endpoints, by setting key, when configured. */
+  opsPorts: Record<string, number>;
   /** Drains (see Lifecycle) and stops; VMs keep running. */
   stop(): Promise<void>;
   /** Cuts the drain short: running reconciles are called off at once. */
@@ -71,7 +76,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   const providerRegistry = opts.registry ?? PROVIDERS;
   const lifecycle = new Lifecycle(logger);
   const tls = readTls(cfg);
-  for (const [key, endpoint, on] of [['grpc-endpoint', cfg.grpcEndpoint, true], ['http-endpoint', cfg.httpEndpoint, cfg.enableHttp]] as const) {
+  for (const [key, endpoint, on] of [['grpc-endpoint', cfg.grpcEndpoint, true], ['http-endpoint', cfg.httpEndpoint, cfg.enableHttp], ['metrics-endpoint', cfg.metricsEndpoint, cfg.metricsEndpoint !== ''], ['debug-endpoint', cfg.debugEndpoint, cfg.debugEndpoint !== '']] as const) {
     if (on && !tls && !cfg.insecure && !isLocalEndpoint(endpoint)) {
       throw configError(`${key} ${endpoint} is not a loopback address: give tls-cert and tls-key, or --insecure to serve plaintext`);
     }
@@ -129,7 +134,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   } catch (err) {
     throw configError((err as Error).message);
   }
-  const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry);
+  const metrics = cfg.metricsEndpoint ? new DaemonMetrics({ version: VERSION, providers: [...providerRegistry.keys()] }) : undefined;
+  const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry, metrics?.images);
   // Supervisor events need the reconciler and queue, which need the runtime that owns the
   // supervisor: the handlers are bound once all three exist.
   const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string, _pid: number) => undefined as void, healthy: (_uid: string) => undefined as void };
@@ -157,6 +163,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     parentIface: cfg.parentIface,
     deleteVmTimeoutMs: cfg.deleteVmTimeoutMs,
     linkAlias: (uid, deviceId) => deviceAlias(daemonId, uid, deviceId),
+    onStep: metrics && ((plan, o) => metrics.step(plan, o)),
   });
   const reconciler = new Reconciler({
     store,
@@ -167,12 +174,14 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     backoffBaseMs: cfg.retryBackoffMs,
     backoffMaxMs: 5 * 60_000,
     random01: Math.random,
+    observer: metrics,
   });
   const queue = new ReconcileQueue({ workers: cfg.reconcileWorkers, handler: (uid) => reconciler.reconcile(uid), logger });
   events.exited = (uid, pid) => {
     const delay = reconciler.vmmExited(uid, pid);
     if (delay !== undefined) queue.enqueue(uid, delay);
   };
+  metrics?.setSources(metricsSources({ store, queue, reconciler, runtime, vmms }));
   events.booted = (uid, pid) => reconciler.guestBooted(uid, pid);
   events.healthy = (uid) => reconciler.vmmHealthy(uid);
   const service = new MicroVMService({
@@ -212,8 +221,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     info: serverInfoSource(cfg, providerRegistry, providers, defaultProvider, daemonId),
     shutdown: streamsEnd.signal,
   };
-  const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock });
+  const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });
   let httpServer: HttpServer | undefined;
+  const ops = opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger });
   let resync: NodeJS.Timeout | undefined;
   const drainable: Drainable = {
     stopServing: async (force) => {
@@ -223,7 +233,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
         grpcServer.forceShutdown();
         httpServer?.closeAllConnections();
       }
+      for (const o of ops) o.server.closeAllConnections();
       await Promise.all([
+        ...ops.map((o) => new Promise<void>((resolve) => o.server.close(() => resolve()))),
         new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
         httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
       ]);
@@ -257,26 +269,31 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
     let httpPort: number | undefined;
     if (cfg.enableHttp) {
-      httpServer = createHttpApi({ service, logger, token, tls, matchlock });
+      httpServer = createHttpApi({ service, logger, token, tls, matchlock, observe: metrics && ((rpc, status, s) => metrics.request('http', rpc, String(status), s)) });
       httpPort = await listen(httpServer, cfg.httpEndpoint);
       logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
+    }
+    const opsPorts: Record<string, number> = {};
+    for (const o of ops) {
+      opsPorts[o.key] = await listen(o.server, o.endpoint, o.key);
+      logger.info({ endpoint: o.endpoint, port: opsPorts[o.key], tls: !!tls, auth: !!token }, `${o.key.replace(/-endpoint$/, '')} endpoint listening`);
     }
     resyncAll();
     resync = setInterval(resyncAll, cfg.resyncPeriodMs);
     resync.unref();
     lifecycle.to('serving');
-    return { grpcPort, httpPort, stop, force: () => lifecycle.force() };
+    return { grpcPort, httpPort, opsPorts, stop, force: () => lifecycle.force() };
   } catch (err) {
     await stop();
     throw err;
   }
 }
 
-async function listen(server: HttpServer, endpoint: string): Promise<number> {
+async function listen(server: HttpServer, endpoint: string, key = 'http-endpoint'): Promise<number> {
   const i = endpoint.lastIndexOf(':');
   const host = endpoint.slice(0, i).replace(/^\[|\]$/g, '');
   const port = Number(endpoint.slice(i + 1));
-  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw configError(`http-endpoint ${endpoint}: must be host:port`);
+  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw configError(`${key} ${endpoint}: must be host:port`);
   return await new Promise<number>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {

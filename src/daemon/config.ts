@@ -29,6 +29,7 @@ export interface DaemonConfig {
   parentIface: string;
   bridgeName: string;
   debugEndpoint: string;
+  metricsEndpoint: string;
   verbosity: number;
   logFormat: 'text' | 'json';
   maximumRetry: number;
@@ -86,7 +87,8 @@ const DAEMON_KEYS: readonly KeyDef[] = [
   { key: 'default-provider', prop: 'defaultProvider', kind: 'enum', default: '', help: '' },
   { key: 'parent-iface', prop: 'parentIface', kind: 'string', default: '', help: 'parent interface for MACVTAP interfaces' },
   { key: 'bridge-name', prop: 'bridgeName', kind: 'string', default: '', help: 'bridge for TAP interfaces without overrides.bridge_name' },
-  { key: 'debug-endpoint', prop: 'debugEndpoint', kind: 'string', default: '', help: 'accepted for flintlock compatibility; not served yet' },
+  { key: 'debug-endpoint', prop: 'debugEndpoint', kind: 'string', default: '', help: 'host:port serving a V8 heap snapshot (GET /debug/pprof/heap) and CPU profiles (GET /debug/profile?seconds=N); empty: off' },
+  { key: 'metrics-endpoint', prop: 'metricsEndpoint', kind: 'string', default: '', help: 'host:port serving Prometheus metrics (GET /metrics); empty: off' },
   { key: 'verbosity', prop: 'verbosity', kind: 'int', default: '0', help: 'log detail: 0 info, 1 and more debug' },
   { key: 'log-format', prop: 'logFormat', kind: 'enum', values: ['text', 'json'], default: 'text', help: 'text or json' },
   { key: 'maximum-retry', prop: 'maximumRetry', kind: 'int', default: '10', help: 'failed reconcile attempts before a VM is FAILED' },

@@ -4,13 +4,15 @@ import type { Logger, Runtime, RuntimeStatus } from '../ports.js';
 import { runDirOf, vmDirOf, type VmmInstance, type VmRef, type VmmProvider } from '../vmm.js';
 import { CreateContext, DeleteContext, type PlanDeps } from './context.js';
 import { createPlan, deletePlan } from './plans.js';
-import { runPlan } from './step.js';
+import { runPlan, type StepOutcome } from './step.js';
 
 export interface HostRuntimeOptions extends PlanDeps {
   stateDir: string;
   /** Every provider this matchlock knows, whether or not its binary is on this host: a VM whose
    *  binary went away must still be stoppable. */
   providers: ReadonlyMap<string, VmmProvider>;
+  /** Told of every step that ran, with its plan (for the per-step metrics). */
+  onStep?: ((plan: 'create' | 'delete', outcome: StepOutcome) => void) | undefined;
 }
 
 /**
@@ -36,7 +38,7 @@ export class HostRuntime implements Runtime {
     const ref = this.ref(vm);
     const instance = provider.instance(ref);
     const ctx = new CreateContext(vm, ref, provider.descriptor, instance, this.o, log);
-    await runPlan(createPlan(ctx), log, { signal, onChange: () => progress?.({ ...ctx.status, ready: false }) });
+    await runPlan(createPlan(ctx), log, { signal, onChange: () => progress?.({ ...ctx.status, ready: false }), onStep: (o) => this.o.onStep?.('create', o) });
     const pid = await instance.running();
     const power = await observedPower(instance, pid, signal);
     // A VM the operator stopped is as it should be without a VMM.
@@ -48,7 +50,7 @@ export class HostRuntime implements Runtime {
     const ref = this.ref(vm);
     const ctx = new DeleteContext(vm, ref, this.provider(vm).instance(ref), this.o, log);
     this.o.supervisor.unwatch(vm.uid);
-    await runPlan(deletePlan(ctx), log, { signal });
+    await runPlan(deletePlan(ctx), log, { signal, onStep: (o) => this.o.onStep?.('delete', o) });
     // <state-dir>/vm/<namespace>/<name> go too once no VM of that name or namespace is left.
     await this.o.files.removeIfEmpty(`${this.o.stateDir}/vm/${vm.spec.namespace}/${vm.spec.name}`);
     await this.o.files.removeIfEmpty(`${this.o.stateDir}/vm/${vm.spec.namespace}`);

@@ -9,6 +9,11 @@ import type { Logger } from '../ports.js';
  */
 export interface Step {
   readonly name: string;
+  /**
+   * What kind of step this is, the same for every VM (`PullImage`, `StartVmm`), for the
+   * per-step metrics; names carry ids and refs. Default: the class name, else `name`.
+   */
+  readonly kind?: string;
   needed(): Promise<boolean>;
   run(signal: AbortSignal): Promise<void>;
   verify(): Promise<void>;
@@ -21,6 +26,20 @@ export function canceled(reason: unknown): MatchlockError {
   return new MatchlockError(ErrorCode.Canceled, `canceled: ${why}`);
 }
 
+/** What one step that ran took, and whether it failed (run or verify threw). */
+export interface StepOutcome {
+  kind: string;
+  seconds: number;
+  failed: boolean;
+}
+
+/** A step's kind: its own, else its class's name, else its name (an object literal). */
+export function stepKind(step: Step): string {
+  if (step.kind) return step.kind;
+  const cls = (step as object).constructor?.name;
+  return cls && cls !== 'Object' ? cls : step.name;
+}
+
 /**
  * Runs the steps that are still needed, pass after pass, until a pass finds nothing to do. A
  * step that fails, or whose verify fails, stops the plan with an error naming the step. A step
@@ -30,7 +49,7 @@ export function canceled(reason: unknown): MatchlockError {
 export async function runPlan(
   steps: readonly Step[],
   log: Logger,
-  opts: { signal: AbortSignal; onChange?: () => void; maxPasses?: number },
+  opts: { signal: AbortSignal; onChange?: () => void; maxPasses?: number; onStep?: (o: StepOutcome) => void; now?: () => number },
 ): Promise<void> {
   const maxPasses = opts.maxPasses ?? 3;
   const check = () => {
@@ -42,11 +61,17 @@ export async function runPlan(
       check();
       if (!(await step.needed())) continue;
       log.debug({ step: step.name, pass }, 'step');
+      const now = opts.now ?? Date.now;
+      const started = now();
+      const done = (failed: boolean) => opts.onStep?.({ kind: stepKind(step), seconds: (now() - started) / 1000, failed });
       try {
         await step.run(opts.signal);
         check();
         await step.verify();
+        done(false);
       } catch (err) {
+        // A pass called off is not the step's failure.
+        done(!opts.signal.aborted);
         const e = MatchlockError.from(err);
         throw new MatchlockError(e.code, `${step.name}: ${e.message}`, { cause: err });
       }

@@ -14,6 +14,16 @@ export interface ReconcilerOptions {
   backoffMaxMs: number;
   /** A number in [0, 1) for jitter; injectable so tests are repeatable. */
   random01: () => number;
+  /** Told of every pass that did work (not one that only found its retry not yet due). */
+  observer?: ReconcileObserver | undefined;
+}
+
+/** How one reconcile pass ended: `ok` converged or still waiting on the guest, `failed` counted a failure, `canceled` was called off. */
+export type PassOutcome = 'ok' | 'failed' | 'canceled';
+
+/** Watches reconcile passes (the metrics endpoint's attempts and durations). */
+export interface ReconcileObserver {
+  pass(e: { kind: 'ensure' | 'teardown'; outcome: PassOutcome; seconds: number }): void;
 }
 
 /**
@@ -57,18 +67,22 @@ export class Reconciler {
     const kind = vm.status.state === 'DELETING' ? 'teardown' : 'ensure';
     const controller = new AbortController();
     this.inflight.set(uid, { kind, controller });
+    const started = this.opts.clock.now().getTime();
+    const pass: { outcome?: PassOutcome } = {};
     try {
-      return await (kind === 'teardown' ? this.delete(vm, log, controller.signal) : this.create(vm, log, controller.signal));
+      return await (kind === 'teardown' ? this.delete(vm, log, controller.signal, pass) : this.create(vm, log, controller.signal, pass));
     } finally {
       this.inflight.delete(uid);
+      if (pass.outcome) this.opts.observer?.pass({ kind, outcome: pass.outcome, seconds: (this.opts.clock.now().getTime() - started) / 1000 });
     }
   }
 
-  private async create(vm: MicroVM, log: Logger, signal: AbortSignal): Promise<number | undefined> {
+  private async create(vm: MicroVM, log: Logger, signal: AbortSignal, pass: { outcome?: PassOutcome }): Promise<number | undefined> {
     const { uid } = vm;
     if (vm.status.state === 'FAILED') return undefined;
     const wait = dueIn(vm, this.opts.clock.now());
     if (wait > 0) return wait;
+    pass.outcome = 'failed';
     try {
       // Save what each step achieved right away, so a crash mid-plan keeps it visible.
       const progress = (s: RuntimeStatus) => {
@@ -80,9 +94,13 @@ export class Reconciler {
       // retry is not reset here: a VMM that starts and then crashes must still run out of
       // attempts. It resets when the guest is seen booting (guestBooted).
       this.save(uid, (cur) => ({ ...withObserved(cur.status, fields), state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }));
+      pass.outcome = 'ok';
       return undefined;
     } catch (err) {
-      if (signal.aborted) return this.calledOff(log, signal);
+      if (signal.aborted) {
+        pass.outcome = 'canceled';
+        return this.calledOff(log, signal);
+      }
       return this.fail(vm, err, log);
     }
   }
@@ -130,16 +148,21 @@ export class Reconciler {
     this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '' }));
   }
 
-  private async delete(vm: MicroVM, log: Logger, signal: AbortSignal): Promise<number | undefined> {
+  private async delete(vm: MicroVM, log: Logger, signal: AbortSignal, pass: { outcome?: PassOutcome }): Promise<number | undefined> {
     const wait = dueIn(vm, this.opts.clock.now());
     if (wait > 0) return wait;
+    pass.outcome = 'failed';
     try {
       await this.opts.runtime.teardown(vm, log, signal);
       this.opts.store.remove(vm.uid);
       log.info({}, 'microvm deleted');
+      pass.outcome = 'ok';
       return undefined;
     } catch (err) {
-      if (signal.aborted) return this.calledOff(log, signal);
+      if (signal.aborted) {
+        pass.outcome = 'canceled';
+        return this.calledOff(log, signal);
+      }
       const e = MatchlockError.from(err);
       if (vm.status.retry + 1 > this.opts.maxRetries) {
         // Never leave a record stuck in DELETING; the tombstone is what lets the orphan sweep

@@ -24,6 +24,8 @@ export interface HttpServerOptions {
   tls?: GrpcTls | undefined;
   /** matchlock.v1's routes (/v1/…); without it only flintlock's are served. */
   matchlock?: MatchlockApi | undefined;
+  /** Told of every answered request: the RPC its route maps to (`unknown` for none), the HTTP status and seconds taken. */
+  observe?: ((rpc: string, status: number, seconds: number) => void) | undefined;
 }
 
 const MAX_BODY = 4 * 1024 * 1024;
@@ -35,21 +37,32 @@ const MAX_BODY = 4 * 1024 * 1024;
  */
 export function createHttpApi(opts: HttpServerOptions): Server {
   const handler = (req: IncomingMessage, res: ServerResponse) => {
-    void handle(opts, req, res).catch((err: unknown) => sendError(opts.logger, res, err));
+    const route = { rpc: 'unknown' };
+    if (opts.observe) {
+      const started = process.hrtime.bigint();
+      const observe = opts.observe;
+      res.once('close', () => observe(route.rpc, res.statusCode, Number(process.hrtime.bigint() - started) / 1e9));
+    }
+    void handle(opts, req, res, route).catch((err: unknown) => sendError(opts.logger, res, err));
   };
-  if (!opts.tls) return createHttpServer(handler);
+  return serverWithTls(opts.tls, handler);
+}
+
+/** An HTTP server, or with `tls` an HTTPS one under the API's rules: TLS 1.3 only, client certificates from clientCa when given (mTLS). */
+export function serverWithTls(tls: GrpcTls | undefined, handler: (req: IncomingMessage, res: ServerResponse) => void): Server {
+  if (!tls) return createHttpServer(handler);
   return createHttpsServer(
     {
-      cert: opts.tls.cert,
-      key: opts.tls.key,
+      cert: tls.cert,
+      key: tls.key,
       minVersion: 'TLSv1.3',
-      ...(opts.tls.clientCa ? { ca: opts.tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+      ...(tls.clientCa ? { ca: tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
     },
     handler,
   );
 }
 
-async function handle(opts: HttpServerOptions, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function handle(opts: HttpServerOptions, req: IncomingMessage, res: ServerResponse, route: { rpc: string }): Promise<void> {
   const { service } = opts;
   if (opts.token && !tokenMatches(req.headers.authorization, opts.token)) {
     throw new MatchlockError(ErrorCode.Unauthenticated, UNAUTHENTICATED_MESSAGE);
@@ -66,6 +79,7 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
   const root = isApi && first === undefined;
 
   if (method === 'POST' && root) {
+    route.rpc = 'CreateMicroVM';
     const body = await readBody(req);
     let json: unknown;
     try {
@@ -84,14 +98,17 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     return send(res, 200, CreateMicroVMResponseSchema, { microvm: toWire(vm) });
   }
   if (method === 'GET' && uidRoute !== undefined) {
+    route.rpc = 'GetMicroVM';
     return send(res, 200, GetMicroVMResponseSchema, { microvm: toWire(service.get(uidRoute)) });
   }
   if (method === 'DELETE' && one !== undefined) {
+    route.rpc = 'DeleteMicroVM';
     service.delete(one);
     res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
     return;
   }
   if (method === 'GET' && (one !== undefined || root)) {
+    route.rpc = 'ListMicroVMs';
     const name = target.query.get('name');
     return send(res, 200, ListMicroVMsResponseSchema, { microvm: service.list(one ?? '', name).map(toWire) });
   }

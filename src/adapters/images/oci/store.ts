@@ -76,6 +76,14 @@ function hexOf(digest: string): string {
  *   rootfs/<manifest hex>/     the image's filesystem, layers applied in order with whiteouts
  * Writes go to a temporary name and are renamed into place, so a crash never leaves half an image.
  */
+/** Watches registry pulls (the metrics endpoint's pull, failure and byte counters). */
+export interface PullObserver {
+  pullStarted(): void;
+  pullFailed(): void;
+  /** Bytes of blob bodies received, as they arrive. */
+  bytes(n: number): void;
+}
+
 export class LocalImageStore implements ImageStore {
   private readonly unpacking = new SingleFlight<string>();
   private readonly pulling = new SingleFlight<string>();
@@ -83,6 +91,7 @@ export class LocalImageStore implements ImageStore {
   constructor(
     readonly root: string,
     private readonly registry?: RegistryClient,
+    private readonly observer?: PullObserver,
   ) {}
 
   private blob(digest: string): string {
@@ -143,7 +152,15 @@ export class LocalImageStore implements ImageStore {
    */
   pull(ref: string, log: Logger, progress?: (p: PullProgress) => void): Promise<string> {
     const normalized = normalizeRef(ref);
-    return this.pulling.run(normalized, () => this.doPull(normalized, log, progress));
+    return this.pulling.run(normalized, async () => {
+      this.observer?.pullStarted();
+      try {
+        return await this.doPull(normalized, log, progress);
+      } catch (err) {
+        this.observer?.pullFailed();
+        throw err;
+      }
+    });
   }
 
   private async doPull(ref: string, log: Logger, progress?: (p: PullProgress) => void): Promise<string> {
@@ -185,6 +202,7 @@ export class LocalImageStore implements ImageStore {
             } else {
               got += n;
               state.bytes += n;
+              this.observer?.bytes(n);
             }
             report();
           });

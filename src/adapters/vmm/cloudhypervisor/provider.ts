@@ -3,7 +3,7 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Step } from '../../../core/plan/step.js';
 import type { Logger } from '../../../core/ports.js';
-import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import { launchDetached } from '../launcher.js';
 import { climbStopLadder, signalRung, type Rung } from '../stop-ladder.js';
 import { ChApi, type ChCounters } from './api.js';
@@ -61,6 +61,7 @@ export class CloudHypervisorInstance implements VmmInstance {
       const d = new Virtiofsd(this.settings.virtiofsd, this.ref.dir, this.ref.runDir, n);
       return {
         name: `virtiofsd ${share.id}`,
+        kind: 'virtiofsd',
         needed: async () => (await d.running()) === undefined,
         run: async (signal: AbortSignal) => {
           await mkdir(this.ref.runDir, { recursive: true });
@@ -205,6 +206,36 @@ export class CloudHypervisorInstance implements VmmInstance {
   async counters(): Promise<ChCounters> {
     return this.api.counters();
   }
+
+  /** vm.counters summed over the devices: block devices carry read_bytes, net devices rx_bytes. */
+  async ioCounters(): Promise<VmmIoCounters> {
+    return chIoCounters(await this.api.counters());
+  }
+}
+
+/**
+ * Cloud Hypervisor's per-device counters (virtio-block: read_bytes, write_bytes, read_ops,
+ * write_ops; virtio-net: rx_bytes, rx_frames, tx_bytes, tx_frames, counted as the guest sees
+ * them), summed by kind. A device is told apart by its keys, not its id, which the VMM chooses.
+ */
+export function chIoCounters(counters: ChCounters): VmmIoCounters {
+  const block = { readBytes: 0, writeBytes: 0, readOps: 0, writeOps: 0 };
+  const net = { rxBytes: 0, txBytes: 0, rxPackets: 0, txPackets: 0 };
+  for (const c of Object.values(counters)) {
+    const n = (k: string) => (typeof c[k] === 'number' ? c[k] : 0);
+    if ('read_bytes' in c || 'write_bytes' in c) {
+      block.readBytes += n('read_bytes');
+      block.writeBytes += n('write_bytes');
+      block.readOps += n('read_ops');
+      block.writeOps += n('write_ops');
+    } else if ('rx_bytes' in c || 'tx_bytes' in c) {
+      net.rxBytes += n('rx_bytes');
+      net.txBytes += n('tx_bytes');
+      net.rxPackets += n('rx_frames');
+      net.txPackets += n('tx_frames');
+    }
+  }
+  return { block, net };
 }
 
 /** Cloud Hypervisor: macvtap by descriptor, virtio-fs through virtiofsd, the NoCloud seed on a disk. */

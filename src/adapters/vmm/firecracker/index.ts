@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { failedPrecondition } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { Step } from '../../../core/plan/step.js';
-import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import type { ProviderContext, ProviderModule } from '../registry.js';
 import { FILES, MAX_VCPUS, SOCKETS, defaultCmdline, firecrackerConfig, mmdsMetadata, type FirecrackerLaunch } from './config.js';
 import { DEFAULT_JAILER, type JailerSettings } from './jailer.js';
@@ -138,6 +138,11 @@ export class FirecrackerInstance implements VmmInstance {
   /** The last metrics line as per-VM counters (deltas since the previous flush). */
   metrics(): Promise<FirecrackerMetrics | undefined> {
     return this.vm.metrics();
+  }
+
+  /** Block and network counters from the metrics file (see FirecrackerVm.ioCounters). */
+  ioCounters(): Promise<VmmIoCounters> {
+    return this.vm.ioCounters();
   }
 
   /** The guest boot time Firecracker logged, when the guest wrote the boot-timer marker. */

@@ -1,9 +1,10 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { chmod, chown, link, mkdir, symlink, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
+import { chmod, chown, link, mkdir, open, symlink, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
+import type { VmmIoCounters } from '../../../core/vmm.js';
 import { pidAlive } from '../process.js';
 import { unixHttp } from '../unix-http.js';
 import { ensureVmlinux } from './kernel.js';
@@ -323,6 +324,7 @@ export class FirecrackerVm {
   }
 
   private async finish(log: Logger): Promise<void> {
+    METRIC_TOTALS.forget(this.file('metrics'));
     await rm(this.file('pid'), { force: true });
     await this.removeSockets();
     log.debug({ uid: this.uid }, 'firecracker stopped');
@@ -359,6 +361,20 @@ export class FirecrackerVm {
     return parseMetrics(await readFile(this.file('metrics'), 'utf8').catch(() => ''));
   }
 
+  /**
+   * Cumulative block and network counters: a flush first (so the figures are current; a refused
+   * flush leaves the last periodic one), then the deltas of every line summed.
+   */
+  async ioCounters(): Promise<VmmIoCounters> {
+    await this.flushMetrics().catch(() => undefined);
+    const t = await METRIC_TOTALS.read(this.file('metrics'));
+    const n = (k: string) => t[k] ?? 0;
+    return {
+      block: { readBytes: n('block.read_bytes'), writeBytes: n('block.write_bytes'), readOps: n('block.read_count'), writeOps: n('block.write_count') },
+      net: { rxBytes: n('net.rx_bytes_count'), txBytes: n('net.tx_bytes_count'), rxPackets: n('net.rx_packets_count'), txPackets: n('net.tx_packets_count') },
+    };
+  }
+
   /** The guest boot time Firecracker logged (ms), when the guest wrote the boot-timer marker. */
   async bootTimeMs(): Promise<number | undefined> {
     return parseBootTime(await readFile(this.file('log'), 'utf8').catch(() => ''));
@@ -369,6 +385,52 @@ function faultMessage(body: unknown, text: string): string {
   const m = (body as { fault_message?: unknown } | undefined)?.fault_message;
   return typeof m === 'string' ? m : text;
 }
+
+/**
+ * Sums of every counter of a Firecracker metrics file, whose lines are deltas since the previous
+ * flush (`block` and `net` are the sums over the devices). Each file's sums and read position
+ * are kept, so a scrape reads only the lines added since the last one; a file that was replaced
+ * or shrank is read again from its start.
+ */
+export class MetricTotals {
+  private readonly files = new Map<string, { ino: number; offset: number; sums: Record<string, number> }>();
+
+  async read(path: string): Promise<Record<string, number>> {
+    const st = await stat(path).catch(() => undefined);
+    if (!st) {
+      this.files.delete(path);
+      return {};
+    }
+    let cur = this.files.get(path);
+    if (!cur || cur.ino !== st.ino || st.size < cur.offset) cur = { ino: st.ino, offset: 0, sums: {} };
+    if (st.size > cur.offset) {
+      const fh = await open(path, 'r');
+      try {
+        const buf = Buffer.alloc(st.size - cur.offset);
+        const { bytesRead } = await fh.read(buf, 0, buf.length, cur.offset);
+        const text = buf.subarray(0, bytesRead).toString('utf8');
+        // Only complete lines: one being written is read next time.
+        const end = text.lastIndexOf('\n') + 1;
+        for (const line of text.slice(0, end).split('\n')) {
+          const m = line.trim() ? parseMetrics(line) : undefined;
+          for (const [k, v] of Object.entries(m?.counters ?? {})) cur.sums[k] = (cur.sums[k] ?? 0) + v;
+        }
+        cur.offset += Buffer.byteLength(text.slice(0, end));
+      } finally {
+        await fh.close();
+      }
+    }
+    this.files.set(path, cur);
+    return { ...cur.sums };
+  }
+
+  /** Forgets a file (its VM is gone). */
+  forget(path: string): void {
+    this.files.delete(path);
+  }
+}
+
+const METRIC_TOTALS = new MetricTotals();
 
 /**
  * Firecracker's metrics file holds one JSON object per line, each with deltas since the

@@ -2,7 +2,8 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
-import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import { hostNetCounters } from '../io-counters.js';
 import { launchDetached, waitGone } from '../launcher.js';
 import type { VmmConfinement } from '../confine/vmm.js';
 import { pidAlive, processMentions } from '../process.js';
@@ -126,6 +127,24 @@ class QemuInstance implements VmmInstance {
 
   async setPaused(paused: boolean): Promise<void> {
     await qmpCommand(this.qmp, paused ? 'stop' : 'cont');
+  }
+
+  /**
+   * Block counters from QMP `query-blockstats` (rd_bytes, wr_bytes, rd_operations,
+   * wr_operations of every drive); network counters from the host side of the VM's TAP and
+   * macvtap devices (QEMU 7.2 has no per-netdev counters in QMP).
+   */
+  async ioCounters(input: { pid: number; nics: readonly IoCountersNic[] }): Promise<VmmIoCounters> {
+    const drives = (await qmpCommand(this.qmp, 'query-blockstats')) as { stats?: Record<string, unknown> }[];
+    const block = { readBytes: 0, writeBytes: 0, readOps: 0, writeOps: 0 };
+    for (const d of Array.isArray(drives) ? drives : []) {
+      const n = (k: string) => (typeof d.stats?.[k] === 'number' ? (d.stats[k] as number) : 0);
+      block.readBytes += n('rd_bytes');
+      block.writeBytes += n('wr_bytes');
+      block.readOps += n('rd_operations');
+      block.writeOps += n('wr_operations');
+    }
+    return { block, net: await hostNetCounters(input.pid, input.nics) };
   }
 
   async powerState(): Promise<VmmPowerState | undefined> {
