@@ -24,6 +24,7 @@ import { tokenMatches, UNAUTHENTICATED_MESSAGE } from '../auth.js';
 import { specInput, toWire } from '../convert.js';
 import { grpcCode } from './status.js';
 import { serviceDefinition } from './service-def.js';
+import { addConsoleService, type ConsoleLocator } from './console.js';
 
 export interface GrpcTls {
   cert: Buffer;
@@ -38,6 +39,8 @@ export interface GrpcServerOptions {
   /** Basic-auth token; empty or undefined leaves the API open. */
   token?: string | undefined;
   tls?: GrpcTls | undefined;
+  /** Finds VMs' consoles for the matchlock.v1.Console service; without it the service is absent. */
+  console?: ConsoleLocator | undefined;
 }
 
 const PROTO_DIR = fileURLToPath(new URL('../../../../proto', import.meta.url));
@@ -134,9 +137,11 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
     },
   });
 
+  if (opts.console) addConsoleService(door, opts.console, fail, logger);
+
   const health = new HealthImplementation({ '': 'SERVING', [MicroVMServiceDesc.typeName]: 'SERVING' });
   health.addToServer(door as grpc.Server);
-  const definition = loadSync(['services/microvm/v1alpha1/microvms.proto'], { includeDirs: [PROTO_DIR] });
+  const definition = loadSync(['services/microvm/v1alpha1/microvms.proto', 'services/matchlock/v1/console.proto'], { includeDirs: [PROTO_DIR] });
   new ReflectionService(definition).addToServer(door as grpc.Server);
   return server;
 }
