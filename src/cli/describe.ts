@@ -5,12 +5,15 @@ import type { MicroVM } from '../gen/types/microvm_pb.js';
 import { stateName } from './output.js';
 
 /**
- * A failed step's error as recorded in status.last_error: the plan prefixes the step's name
- * ("StartVmm: qemu exited with 1: …"). Returns the step and the reason, or just the reason.
+ * A failed step's error as recorded in status.last_error: the plan prefixes the step's name,
+ * which never holds ": " ("vmm qemu: qemu exited with 1: …", "image ghcr.io/a/b:1: manifest
+ * unknown"). Returns the step and the reason, or just the reason for errors from outside a
+ * plan ("vmm pid 12 exited unexpectedly").
  */
 export function splitLastError(lastError: string): { step?: string; reason: string } {
-  const m = /^([A-Z][A-Za-z]+(?: [^:\s]+)?): ([\s\S]*)$/.exec(lastError);
-  return m?.[1] && m[2] !== undefined ? { step: m[1], reason: m[2] } : { reason: lastError };
+  const at = lastError.indexOf(': ');
+  const step = at > 0 ? lastError.slice(0, at) : '';
+  return step && step.length <= 120 && !step.includes('\n') ? { step, reason: lastError.slice(at + 2) } : { reason: lastError };
 }
 
 /**
