@@ -58,6 +58,8 @@ const METHODS: [string, Buffer, boolean][] = [
   ['/microvm.services.api.v1alpha1.MicroVM/DeleteMicroVM', Buffer.from([0x0a, 26, ...Buffer.from(ULID)]), false],
   ['/microvm.services.api.v1alpha1.MicroVM/ListMicroVMs', Buffer.alloc(0), false],
   ['/microvm.services.api.v1alpha1.MicroVM/ListMicroVMsStream', Buffer.alloc(0), true],
+  ['/matchlock.v1.Console/StreamConsole', Buffer.alloc(0), true],
+  ['/matchlock.v1.Console/AttachConsole', Buffer.alloc(0), true],
   ['/grpc.health.v1.Health/Check', Buffer.alloc(0), false],
   // list_services (field 7) with an empty string
   ['/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', Buffer.from([0x3a, 0x00]), true],
@@ -97,6 +99,7 @@ describe('basic-auth token', () => {
     const refl = await rawCall(d.grpcPort, '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', Buffer.from([0x3a, 0x00]), metadata('tok-123'), undefined, true);
     assert.equal(refl.code, grpc.status.OK);
     assert.match(Buffer.concat(refl.data).toString('latin1'), /microvm\.services\.api\.v1alpha1\.MicroVM/);
+    assert.match(Buffer.concat(refl.data).toString('latin1'), /matchlock\.v1\.Console/);
   });
 
   it('guards the HTTP API with the same token', async () => {
