@@ -19,6 +19,13 @@ function age(vm: MicroVM, now: number): string {
   return `${Math.round(s / 86400)}d`;
 }
 
+/** The last error on one line, cut to fit a table; '-' when there is none. */
+export function reason(vm: MicroVM, max = 60): string {
+  const e = (vm.status?.lastError ?? '').replace(/\s+/g, ' ').trim();
+  if (!e) return '-';
+  return e.length > max ? `${e.slice(0, max - 1)}…` : e;
+}
+
 export function table(rows: string[][]): string {
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).join('\n') + '\n';
@@ -26,12 +33,13 @@ export function table(rows: string[][]): string {
 
 export function formatVms(vms: MicroVM[], format: Format, single: boolean): string {
   if (format !== 'table') {
-    const docs = vms.map((vm) => toJson(MicroVMSchema, vm));
+    // Every field, defaults included (status.state: PENDING, retry: 0): scripts read fixed keys.
+    const docs = vms.map((vm) => toJson(MicroVMSchema, vm, { alwaysEmitImplicit: true }));
     const value = single ? docs[0] : docs;
     return format === 'json' ? JSON.stringify(value, null, 2) + '\n' : stringify(value);
   }
   const now = Date.now();
-  const rows = [['UID', 'NAMESPACE', 'NAME', 'STATE', 'PROVIDER', 'VCPU', 'MEMORY', 'RETRY', 'AGE']];
+  const rows = [['UID', 'NAMESPACE', 'NAME', 'STATE', 'PROVIDER', 'VCPU', 'MEMORY', 'RETRY', 'AGE', 'REASON']];
   for (const vm of vms) {
     rows.push([
       vm.spec?.uid ?? '',
@@ -43,6 +51,7 @@ export function formatVms(vms: MicroVM[], format: Format, single: boolean): stri
       `${vm.spec?.memoryInMb ?? ''}Mi`,
       String(vm.status?.retry ?? 0),
       age(vm, now),
+      reason(vm),
     ]);
   }
   let out = table(rows);

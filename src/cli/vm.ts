@@ -1,5 +1,5 @@
 import { create } from '@bufbuild/protobuf';
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import {
   CreateMicroVMRequestSchema,
   DeleteMicroVMRequestSchema,
@@ -11,12 +11,34 @@ import { EXIT, cliError, connect, type ConnectOptions } from './client.js';
 import { formatVms, type Format } from './output.js';
 import { readSpecFile, specFromFlags, type SpecFlags } from './spec.js';
 import { addPowerCommands } from './power.js';
+import { describeVm, readLeaseFile } from './describe.js';
+import { attachConsole, printConsole } from './console.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 export interface Io {
   out(text: string): void;
   err(text: string): void;
+}
+
+type Client = ReturnType<typeof connect>;
+
+/**
+ * A VM's uid from what the user typed: a uid as it is, or `namespace/name` looked up with
+ * List. Names are not unique (CAPMVM makes several VMs of one name), so an ambiguous name is
+ * an error (exit 2) listing the candidates' uids; no match is NotFound (exit 3).
+ */
+export async function resolveUid(c: Client, ref: string): Promise<string> {
+  const slash = ref.indexOf('/');
+  if (slash < 0) return ref;
+  const namespace = ref.slice(0, slash);
+  const name = ref.slice(slash + 1);
+  if (!namespace || !name || name.includes('/')) throw cliError(`${ref}: give a uid or namespace/name`, EXIT.usage);
+  const res = await c.listMicroVMs(create(ListMicroVMsRequestSchema, { namespace, name }));
+  const found = res.microvm.filter((v) => v.spec?.namespace === namespace && v.spec.id === name);
+  if (found.length === 0) throw cliError(`microvm ${ref} not found`, EXIT.notFound);
+  if (found.length > 1) throw cliError(`${ref} names ${found.length} microvms; give one of their uids: ${found.map((v) => v.spec?.uid ?? '').join(', ')}`, EXIT.usage);
+  return found[0]?.spec?.uid ?? '';
 }
 
 export function vmCommand(globals: () => ConnectOptions & { output: Format }, io: Io): Command {
@@ -59,11 +81,39 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
       if (res.microvm) print([res.microvm], true);
     });
 
-  vm.command('get <uid>')
-    .description('show one MicroVM')
-    .action(async (uid: string) => {
-      const res = await withClient((c) => c.getMicroVM(create(GetMicroVMRequestSchema, { uid })));
-      if (res.microvm) print([res.microvm], true);
+  const leasesOption = () => new Option('--leases-file <path>', "the hub's DHCP lease file (dnsmasq or dhcpd), for the guests' addresses").env('MATCHLOCK_LEASES_FILE');
+  const show = async (ref: string, opts: { leasesFile?: string }) => {
+    const res = await withClient(async (c) => c.getMicroVM(create(GetMicroVMRequestSchema, { uid: await resolveUid(c, ref) })));
+    if (!res.microvm) return;
+    if (globals().output === 'table') io.out(describeVm(res.microvm, readLeaseFile(opts.leasesFile)));
+    else print([res.microvm], true);
+  };
+  vm.command('get <vm>')
+    .description('show one MicroVM (uid or namespace/name); the table form is `vm describe`')
+    .addOption(leasesOption())
+    .action(show);
+
+  vm.command('describe <vm>')
+    .description('one MicroVM in plain words: state, failing step and reason, next retry, addresses, boot, VMM pid')
+    .addOption(leasesOption())
+    .action(show);
+
+  vm.command('logs <vm>')
+    .description("print the VM's serial console (from its bounded log on the host), over the API")
+    .option('-f, --follow', 'keep printing new output until interrupted')
+    .option('--tail <lines>', 'only the last N lines')
+    .action(async (ref: string, opts: { follow?: boolean; tail?: string }) => {
+      const tail = opts.tail === undefined ? undefined : Number(opts.tail);
+      if (tail !== undefined && (!Number.isInteger(tail) || tail < 0)) throw cliError(`--tail ${opts.tail}: must be a whole number >= 0`, EXIT.usage);
+      const uid = await withClient((c) => resolveUid(c, ref));
+      await printConsole(globals(), uid, { tail, follow: !!opts.follow }, io);
+    });
+
+  vm.command('console <vm>')
+    .description("attach to the VM's serial console interactively (Ctrl-] detaches)")
+    .action(async (ref: string) => {
+      const uid = await withClient((c) => resolveUid(c, ref));
+      await attachConsole(globals(), uid, io);
     });
 
   vm.command('list')
@@ -76,12 +126,13 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
       print(res.microvm, false);
     });
 
-  vm.command('delete <uid...>')
+  vm.command('delete <vm...>')
     .alias('rm')
-    .description('delete MicroVMs (returns once they are DELETING; safe to repeat)')
-    .action(async (uids: string[]) => {
+    .description('delete MicroVMs by uid or namespace/name (returns once they are DELETING; safe to repeat)')
+    .action(async (refs: string[]) => {
       await withClient(async (c) => {
-        for (const uid of uids) {
+        for (const ref of refs) {
+          const uid = await resolveUid(c, ref);
           await c.deleteMicroVM(create(DeleteMicroVMRequestSchema, { uid }));
           io.out(`${uid} deleting\n`);
         }

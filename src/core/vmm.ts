@@ -156,6 +156,16 @@ export interface VmmInstance {
   readonly files: Readonly<Record<string, string>> & { readonly pid: string; readonly console: string };
   /** The serial console log the supervisor reads for the boot line. */
   readonly consolePath: string;
+  /**
+   * Files the VMM keeps appending to while it runs (the console, its stdout/stderr, logs,
+   * metrics), which the daemon bounds to console-log-max-bytes each. Undefined: the console only.
+   */
+  readonly growingFiles?: readonly string[];
+  /**
+   * Where the guest's serial input goes: a unix socket the VMM listens on (input and output,
+   * one client at a time). Undefined when this provider takes no console input.
+   */
+  readonly consoleInput?: { kind: 'unix-socket'; path: string };
   /** The provider's kernel command line before the spec's cmdline is merged over it. */
   defaultCmdline(input: CmdlineInput): [string, string][];
   /** Steps of this provider that must hold before the VMM starts (a jail, a virtiofsd per share). */

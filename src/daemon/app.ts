@@ -22,6 +22,8 @@ import { createConfinement, type VmmConfinement } from '../adapters/vmm/confine/
 import { lookupGroup } from '../adapters/system/accounts.js';
 import { lockStateDir, prepareStateDir } from './state-dir.js';
 import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
+import { LogBound } from '../adapters/vmm/console.js';
+import type { ConsoleLocator } from '../adapters/api/grpc/console.js';
 import { sweepOrphans } from './sweep.js';
 import { daemonIdentity } from './identity.js';
 import { clearStaleSocket, restrictSocket } from './unix-socket.js';
@@ -221,7 +223,19 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     info: serverInfoSource(cfg, providerRegistry, providers, defaultProvider, daemonId),
     shutdown: streamsEnd.signal,
   };
-  const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });
+  const instanceOf = (vm: ReturnType<MicroVMService['get']>) => vmms.get(vm.spec.provider)?.instance(runtime.ref(vm));
+  const consoleOf: ConsoleLocator = (uid) => {
+    const vm = service.get(uid);
+    const inst = instanceOf(vm);
+    if (!inst) throw new MatchlockError(ErrorCode.FailedPrecondition, `provider ${vm.spec.provider} is not known to this matchlock`);
+    return { log: inst.consolePath, provider: vm.spec.provider, input: inst.consoleInput };
+  };
+  // Every file a VMM keeps growing, of every VM on record, is held under console-log-max-bytes.
+  const logBound = new LogBound(async () => store.list({}).flatMap((vm) => {
+    const inst = instanceOf(vm);
+    return inst ? [...(inst.growingFiles ?? [inst.consolePath])] : [];
+  }), cfg.consoleLogMaxBytes, logger);
+  const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, console: consoleOf, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });
   let httpServer: HttpServer | undefined;
   const ops = opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger });
   let resync: NodeJS.Timeout | undefined;
@@ -243,6 +257,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     stopWork: () => queue.stop(),
     abortWork: () => reconciler.abortAll(),
     close: () => {
+      logBound.stop();
       supervisor.stop();
       store.close();
       lock.release();
@@ -279,6 +294,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       logger.info({ endpoint: o.endpoint, port: opsPorts[o.key], tls: !!tls, auth: !!token }, `${o.key.replace(/-endpoint$/, '')} endpoint listening`);
     }
     resyncAll();
+    logBound.start();
     resync = setInterval(resyncAll, cfg.resyncPeriodMs);
     resync.unref();
     lifecycle.to('serving');

@@ -34,7 +34,9 @@ it('builds a microvm command line: accel from config, files in the VM dir, QMP i
   assert.deepEqual(after(args, '-cpu'), ['qemu64']);
   assert.deepEqual(after(args, '-m'), ['2048']);
   assert.deepEqual(after(args, '-smp'), ['2']);
-  assert.deepEqual(after(args, '-serial'), [`file:${launch.dir}/console.log`]);
+  // The console is a socket (for input) whose output QEMU also appends to console.log.
+  assert.deepEqual(after(args, '-serial'), ['chardev:console']);
+  assert.deepEqual(after(args, '-chardev'), [`socket,id=console,path=${launch.runDir}/console.sock,server=on,wait=off,logfile=${launch.dir}/console.log,logappend=on`]);
   assert.deepEqual(after(args, '-qmp'), [`unix:${launch.runDir}/qmp.sock,server=on,wait=off`]);
   assert.deepEqual(after(args, '-pidfile'), [`${launch.dir}/qemu.pid`]);
   assert.deepEqual(after(args, '-append'), ['console=ttyS0 root=/dev/vda']);

@@ -12,7 +12,7 @@ import { ROOT, tempDir } from '../helpers/daemon.js';
 const BINARIES = [
   'qemu-system-x86_64', 'ip', 'dnsmasq', 'mkfs.ext4', 'resize2fs', 'debugfs', 'dumpe2fs', 'mkfs.vfat', 'mcopy', 'openssl',
   'protoc', 'grpc_python_plugin', 'docker-registry', 'skopeo', 'mkfs.xfs', 'dhcpd', 'nft', 'ping', 'systemd-analyze',
-  'tar', 'gzip', 'dd', 'cp', 'truncate', 'du', 'pgrep', 'sh', 'mlabel', 'mtype', 'rm', 'promtool',
+  'tar', 'gzip', 'dd', 'cp', 'truncate', 'du', 'pgrep', 'sh', 'mlabel', 'mtype', 'rm', 'promtool', 'script',
 ];
 const FILES = [
   // protoc's well-known types, imported by the reference protos (libprotobuf-dev, a Recommends).

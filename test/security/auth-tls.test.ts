@@ -58,6 +58,8 @@ const METHODS: [string, Buffer, boolean][] = [
   ['/microvm.services.api.v1alpha1.MicroVM/DeleteMicroVM', Buffer.from([0x0a, 26, ...Buffer.from(ULID)]), false],
   ['/microvm.services.api.v1alpha1.MicroVM/ListMicroVMs', Buffer.alloc(0), false],
   ['/microvm.services.api.v1alpha1.MicroVM/ListMicroVMsStream', Buffer.alloc(0), true],
+  ['/matchlock.v1.Console/StreamConsole', Buffer.alloc(0), true],
+  ['/matchlock.v1.Console/AttachConsole', Buffer.alloc(0), true],
   ['/grpc.health.v1.Health/Check', Buffer.alloc(0), false],
   ['/matchlock.v1.MicroVMLifecycle/StopMicroVM', Buffer.alloc(0), false],
   ['/matchlock.v1.MicroVMLifecycle/WatchEvents', Buffer.alloc(0), true],
@@ -104,6 +106,7 @@ describe('basic-auth token', () => {
     assert.match(Buffer.concat(refl.data).toString('latin1'), /matchlock\.v1\.Server/);
     const info = await rawCall(d.grpcPort, '/matchlock.v1.Server/GetServerInfo', Buffer.alloc(0), metadata('tok-123'));
     assert.equal(info.code, grpc.status.OK);
+    assert.match(Buffer.concat(refl.data).toString('latin1'), /matchlock\.v1\.Console/);
   });
 
   it('guards the HTTP API with the same token', async () => {

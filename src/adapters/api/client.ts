@@ -37,7 +37,7 @@ const FROM_GRPC: Partial<Record<grpc.status, ErrorCode>> = {
   [grpc.status.FAILED_PRECONDITION]: ErrorCode.FailedPrecondition,
 };
 
-function credentials(o: ConnectOptions): grpc.ChannelCredentials {
+export function credentials(o: ConnectOptions): grpc.ChannelCredentials {
   const wantsTls = !!(o.tlsCa || o.tlsCert || o.tlsKey);
   if (!wantsTls) {
     if (!o.insecure && !isLocalEndpoint(o.host)) {
@@ -76,7 +76,7 @@ export function connect(o: ConnectOptions): Unary<typeof MicroVM> & { close(): v
   return out as Unary<typeof MicroVM> & { close(): void };
 }
 
-function fromGrpc(err: grpc.ServiceError, host: string): MatchlockError {
+export function fromGrpc(err: grpc.ServiceError, host: string): MatchlockError {
   const code = FROM_GRPC[err.code] ?? ErrorCode.Internal;
   if (err.code === grpc.status.UNAVAILABLE) return new MatchlockError(code, `cannot reach matchlockd at ${host}: ${err.details}`, { cause: err });
   return new MatchlockError(code, err.details || err.message, { cause: err });

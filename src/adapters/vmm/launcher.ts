@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, constants, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
 
@@ -33,7 +33,9 @@ export interface DetachedLaunch {
  */
 export async function launchDetached(l: DetachedLaunch): Promise<number> {
   const out = openSync(l.stdout, 'a');
-  const err = openSync(l.stderr, 'w');
+  // Emptied, then appended to: the daemon truncates VMM output at its bound, and a writer
+  // without O_APPEND would carry on at its old offset and leave a hole.
+  const err = openSync(l.stderr, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_APPEND);
   try {
     const child = spawn(l.bin, l.args, { detached: l.detached, stdio: ['ignore', out, err, ...(l.extraFds ?? [])] });
     let early: string | undefined;

@@ -100,6 +100,8 @@ export class PollingSupervisor implements Supervisor {
     let fh;
     try {
       fh = await open(w.console, 'r');
+      // The daemon cuts a console at its bound (console-log-max-bytes): read on from the start.
+      if ((await fh.stat()).size < w.offset) w.offset = 0;
       const buf = Buffer.alloc(64 * 1024);
       const { bytesRead } = await fh.read(buf, 0, buf.length, w.offset);
       if (bytesRead === 0) return;

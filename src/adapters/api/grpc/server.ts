@@ -27,6 +27,7 @@ import { durationMs, powerCall, serverInfoMessage, streamEvents, type MatchlockA
 import { specInput, toWire } from '../convert.js';
 import { grpcCode } from './status.js';
 import { serviceDefinition } from './service-def.js';
+import { addConsoleService, type ConsoleLocator } from './console.js';
 
 export interface GrpcTls {
   cert: Buffer;
@@ -43,6 +44,8 @@ export interface GrpcServerOptions {
   tls?: GrpcTls | undefined;
   /** matchlock.v1's MicroVMLifecycle and Server; without it only flintlock's API is served. */
   matchlock?: MatchlockApi | undefined;
+  /** Finds VMs' consoles for the matchlock.v1.Console service; without it the service is absent. */
+  console?: ConsoleLocator | undefined;
   /** Told of every call once its status is sent: the RPC name (CreateMicroVM, Check, …), the status name (OK, NOT_FOUND, …) and seconds taken. */
   observe?: ((rpc: string, code: string, seconds: number) => void) | undefined;
 }
@@ -163,10 +166,19 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
 
   const api = opts.matchlock;
   if (api) addMatchlockServices(door, api, fail);
-  const served = [MicroVMServiceDesc.typeName, ...(api ? [MicroVMLifecycle.typeName, ServerServiceDesc.typeName] : [])];
+  if (opts.console) addConsoleService(door, opts.console, fail, logger);
+  const served = [
+    MicroVMServiceDesc.typeName,
+    ...(api ? [MicroVMLifecycle.typeName, ServerServiceDesc.typeName] : []),
+    ...(opts.console ? ['matchlock.v1.Console'] : []),
+  ];
   const health = new HealthImplementation({ '': 'SERVING', ...Object.fromEntries(served.map((s) => [s, 'SERVING' as const])) });
   health.addToServer(door as grpc.Server);
-  const protos = ['services/microvm/v1alpha1/microvms.proto', ...(api ? ['services/matchlock/v1/lifecycle.proto', 'services/matchlock/v1/server.proto'] : [])];
+  const protos = [
+    'services/microvm/v1alpha1/microvms.proto',
+    ...(api ? ['services/matchlock/v1/lifecycle.proto', 'services/matchlock/v1/server.proto'] : []),
+    ...(opts.console ? ['services/matchlock/v1/console.proto'] : []),
+  ];
   const definition = loadSync(protos, { includeDirs: [PROTO_DIR] });
   new ReflectionService(definition).addToServer(door as grpc.Server);
   return server;

@@ -29,6 +29,8 @@ export interface ChSettings {
 export class CloudHypervisorInstance implements VmmInstance {
   readonly files: { pid: string; console: string; log: string; stdout: string; stderr: string; cmdline: string; api: string; vsock: string };
   readonly consolePath: string;
+  /** The serial console file, CH's --log-file (-v) and its stdout/stderr. */
+  readonly growingFiles: readonly string[];
   readonly api: ChApi;
 
   constructor(
@@ -48,6 +50,7 @@ export class CloudHypervisorInstance implements VmmInstance {
       vsock: `${ref.runDir}/${SOCKETS.vsock}`,
     };
     this.consolePath = this.files.console;
+    this.growingFiles = [this.files.console, this.files.log, this.files.stdout, this.files.stderr];
     this.api = new ChApi(this.files.api);
   }
 

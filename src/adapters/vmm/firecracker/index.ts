@@ -41,6 +41,8 @@ export class FirecrackerProvider implements VmmProvider {
 export class FirecrackerInstance implements VmmInstance {
   readonly files: { pid: string; console: string } & Record<string, string>;
   readonly consolePath: string;
+  /** The console (stdout), stderr, and the log and metrics files Firecracker appends to. */
+  readonly growingFiles: readonly string[];
   readonly vm: FirecrackerVm;
   /** Whether disks[0] is the root volume, as the plan said in defaultCmdline (Launch does not carry it). */
   private hasRoot = true;
@@ -53,6 +55,7 @@ export class FirecrackerInstance implements VmmInstance {
     const f = (k: keyof typeof FILES) => this.vm.file(k);
     this.files = { pid: f('pid'), console: f('stdout'), stdout: f('stdout'), stderr: f('stderr'), log: f('log'), metrics: f('metrics'), config: f('config'), metadata: f('metadata') };
     this.consolePath = this.files.console;
+    this.growingFiles = [f('stdout'), f('stderr'), f('log'), f('metrics')];
   }
 
   defaultCmdline(input: CmdlineInput): [string, string][] {

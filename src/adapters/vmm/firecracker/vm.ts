@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, constants, openSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, link, mkdir, open, symlink, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
@@ -215,7 +215,8 @@ export class FirecrackerVm {
     log.debug({ bin, args }, 'starting firecracker');
     await rm(this.file('pid'), { force: true });
     const out = openSync(this.file('stdout'), 'a');
-    const err = openSync(this.file('stderr'), 'w');
+    // O_APPEND, so the daemon's truncation at the log bound leaves no hole (see launchDetached).
+    const err = openSync(this.file('stderr'), constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_APPEND);
     let pid: number | undefined;
     let settled = false;
     try {

@@ -16,12 +16,15 @@ export const FILES = {
 /** The QMP socket, in the VM's run directory (short, so it fits the unix socket limit). */
 export const QMP_SOCKET = 'qmp.sock';
 
+/** The serial console's socket (guest input and output, one client at a time), in the run directory. */
+export const CONSOLE_SOCKET = 'console.sock';
+
 /** The first fd QEMU receives for MACVTAP devices (0-2 are stdio). */
 export const FIRST_TAP_FD = 3;
 
 /**
  * The QEMU command line for one VM on the `microvm` machine: no firmware option ROMs, a serial
- * console to a file, QMP on a unix socket, virtio-mmio disks and NICs in spec order (root is
+ * console on a unix socket logged to console.log, QMP on a unix socket, virtio-mmio disks and NICs in spec order (root is
  * vda). MACVTAP NICs use the fds the caller passes from FIRST_TAP_FD on; vhost stays off.
  */
 export function qemuArgs(l: Launch, s: QemuSettings): string[] {
@@ -34,7 +37,12 @@ export function qemuArgs(l: Launch, s: QemuSettings): string[] {
     '-m', String(l.memoryInMb),
     '-smp', String(l.vcpu),
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-    '-serial', `file:${f(FILES.console)}`,
+    // The serial port is a socket the daemon attaches to for interactive use; QEMU logs every
+    // byte the guest writes to console.log whether or not a client is attached. logappend opens
+    // the log O_APPEND, so when the daemon truncates it at its bound the next write lands at the
+    // start instead of leaving a hole.
+    '-chardev', `socket,id=console,path=${l.runDir}/${CONSOLE_SOCKET},server=on,wait=off,logfile=${f(FILES.console)},logappend=on`,
+    '-serial', 'chardev:console',
     '-qmp', `unix:${l.runDir}/${QMP_SOCKET},server=on,wait=off`,
     '-pidfile', f(FILES.pid),
     '-kernel', l.kernelPath,

@@ -9,7 +9,7 @@ export const qemuModule: ProviderModule = {
     // vsock needs vhost-vsock, which matchlock does not wire up for QEMU yet.
     capabilities: { macvtap: true, virtiofs: false, vsock: false, metadataInterface: false, pause: true },
     metadata: { kind: 'nocloud-disk', file: 'cidata.img' },
-    sockets: ['qmp.sock'],
+    sockets: ['qmp.sock', 'console.sock'],
   },
   binarySetting: 'qemu-bin',
   settings: [

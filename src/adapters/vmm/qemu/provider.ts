@@ -1,5 +1,5 @@
 import { closeSync, openSync, readFileSync } from 'node:fs';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
@@ -7,7 +7,7 @@ import { hostNetCounters } from '../io-counters.js';
 import { launchDetached, waitGone } from '../launcher.js';
 import type { VmmConfinement } from '../confine/vmm.js';
 import { pidAlive, processMentions } from '../process.js';
-import { FILES, QMP_SOCKET, qemuArgs, type QemuSettings } from './args.js';
+import { CONSOLE_SOCKET, FILES, QMP_SOCKET, qemuArgs, type QemuSettings } from './args.js';
 import { qmpCommand } from './qmp.js';
 
 /** Host CPU kHz for tsc_early_khz: without it about half of TCG boots hang calibrating the TSC. */
@@ -37,6 +37,8 @@ export class QemuProvider implements VmmProvider {
 class QemuInstance implements VmmInstance {
   readonly files: { pid: string; console: string; stdout: string; stderr: string; cmdline: string };
   readonly consolePath: string;
+  readonly growingFiles: readonly string[];
+  readonly consoleInput: { kind: 'unix-socket'; path: string };
   private readonly qmp: string;
 
   constructor(
@@ -49,6 +51,8 @@ class QemuInstance implements VmmInstance {
     const f = (name: string) => `${ref.dir}/${name}`;
     this.files = { pid: f(FILES.pid), console: f(FILES.console), stdout: f(FILES.stdout), stderr: f(FILES.stderr), cmdline: f(FILES.cmdline) };
     this.consolePath = this.files.console;
+    this.growingFiles = [this.files.console, this.files.stdout, this.files.stderr];
+    this.consoleInput = { kind: 'unix-socket', path: `${ref.runDir}/${CONSOLE_SOCKET}` };
     this.qmp = `${ref.runDir}/${QMP_SOCKET}`;
   }
 
@@ -77,8 +81,12 @@ class QemuInstance implements VmmInstance {
     const args = [...qemuArgs(l, this.settings), ...(this.confine ? await this.confine.qemuArgs(l) : [])];
     log.debug({ bin: this.bin, args }, 'starting qemu');
     await rm(this.files.pid, { force: true });
-    // QEMU refuses to bind a QMP socket path that exists; a killed QEMU leaves it behind.
+    // QEMU refuses to bind a socket path that exists; a killed QEMU leaves them behind.
     await rm(this.qmp, { force: true });
+    await rm(this.consoleInput.path, { force: true });
+    // The log is appended to (see qemuArgs); the last run's console moves aside, so the boot
+    // line of a guest that crashed is not taken for this run's, and the crash stays readable.
+    await rename(this.files.console, `${this.files.console}.1`).catch(() => undefined);
     await writeFile(this.files.cmdline, JSON.stringify([this.bin, ...args]) + '\n');
     const taps: number[] = [];
     try {

@@ -1,0 +1,75 @@
+import { timestampDate } from '@bufbuild/protobuf/wkt';
+import { readFileSync } from 'node:fs';
+import { parseDnsmasqLeases, parseIscLeases, type Lease } from '../hub/leases.js';
+import type { MicroVM } from '../gen/types/microvm_pb.js';
+import { stateName } from './output.js';
+
+/**
+ * A failed step's error as recorded in status.last_error: the plan prefixes the step's name,
+ * which never holds ": " ("vmm qemu: qemu exited with 1: …", "image ghcr.io/a/b:1: manifest
+ * unknown"). Returns the step and the reason, or just the reason for errors from outside a
+ * plan ("vmm pid 12 exited unexpectedly").
+ */
+export function splitLastError(lastError: string): { step?: string; reason: string } {
+  const at = lastError.indexOf(': ');
+  const step = at > 0 ? lastError.slice(0, at) : '';
+  return step && step.length <= 120 && !step.includes('\n') ? { step, reason: lastError.slice(at + 2) } : { reason: lastError };
+}
+
+/**
+ * Leases from a hub lease file: ISC dhcpd's dhcpd.leases (it has `lease … {` blocks) or
+ * dnsmasq's --dhcp-leasefile. Undefined when there is no file to read.
+ */
+export function readLeaseFile(path: string | undefined): Lease[] | undefined {
+  if (!path) return undefined;
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+  return /^\s*lease\s+\S+\s*\{/m.test(text) ? parseIscLeases(text) : parseDnsmasqLeases(text);
+}
+
+function inWords(ms: number): string {
+  const s = Math.round(Math.abs(ms) / 1000);
+  const t = s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${Math.round(s / 3600)}h`;
+  return ms >= 0 ? `in ${t}` : `${t} ago`;
+}
+
+/**
+ * `vm describe`: one VM in plain words, one `Key: value` per line. Addresses come from the
+ * leases (matched by each interface's MAC) when a lease file is given; `now` is for tests.
+ */
+export function describeVm(vm: MicroVM, leases: Lease[] | undefined, now = Date.now()): string {
+  const spec = vm.spec;
+  const st = vm.status;
+  const lines: [string, string][] = [];
+  const add = (k: string, v: string) => lines.push([k, v]);
+  add('Name', `${spec?.namespace ?? ''}/${spec?.id ?? ''}`);
+  add('UID', spec?.uid ?? '');
+  add('Provider', spec?.provider ?? '');
+  add('State', stateName(vm));
+  const err = splitLastError(st?.lastError ?? '');
+  add('Step', err.step ? `${err.step} (failed)` : stateName(vm) === 'CREATED' ? '- (all steps done)' : '-');
+  add('Reason', err.reason || '-');
+  add('Retry', String(st?.retry ?? 0));
+  const next = st?.nextAttemptAt ? timestampDate(st.nextAttemptAt) : undefined;
+  add('Next retry', next ? `${next.toISOString()} (${inWords(next.getTime() - now)})` : '-');
+  add('VMM pid', st?.vmmPid ? String(st.vmmPid) : '-');
+  add('Guest booted', st?.guestBooted ? 'yes' : 'no');
+  add('vCPU / memory', `${spec?.vcpu ?? ''} / ${spec?.memoryInMb ?? ''}Mi`);
+  if (spec?.createdAt) add('Created', `${timestampDate(spec.createdAt).toISOString()} (${inWords(timestampDate(spec.createdAt).getTime() - now)})`);
+  const out = lines.map(([k, v]) => `${`${k}:`.padEnd(15)}${v}`);
+  out.push('Interfaces:');
+  const ifaces = spec?.interfaces ?? [];
+  if (!ifaces.length) out.push('  (none)');
+  for (const i of ifaces) {
+    const s = st?.networkInterfaces[i.deviceId];
+    const mac = (s?.macAddress || i.guestMac || '').toLowerCase();
+    const lease = mac ? leases?.find((l) => l.mac.toLowerCase() === mac) : undefined;
+    const addr = lease ? lease.ip : i.address?.address || (leases ? 'no lease' : 'unknown (no lease file: --leases-file)');
+    out.push(`  ${i.deviceId}  host ${s?.hostDeviceName || '-'}  mac ${mac || '-'}  address ${addr}`);
+  }
+  return out.join('\n') + '\n';
+}
