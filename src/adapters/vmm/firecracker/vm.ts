@@ -238,8 +238,9 @@ export class FirecrackerVm {
         })();
       }
       if (pid !== undefined) await this.writePid(pid);
-      for (;;) {
-        const early = await Promise.race([exited, spawnError, sleep(100).then(() => undefined)]);
+      // Polled from 5 ms on, doubling to 100 ms: the API socket answers within milliseconds.
+      for (let wait = 5; ; wait = Math.min(wait * 2, 100)) {
+        const early = await Promise.race([exited, spawnError, sleep(wait).then(() => undefined)]);
         if (early !== undefined) throw new MatchlockError(ErrorCode.Internal, `firecracker ${early}: ${await this.failureReason()}`);
         if (signal?.aborted) throw new MatchlockError(ErrorCode.Aborted, 'firecracker start aborted');
         const info = await unixHttp(this.socket('api'), 'GET', '/', undefined, 1000).catch(() => undefined);
