@@ -3,6 +3,7 @@ import { closeSync, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
 import { noteSpawn } from '../exec.js';
+import { trackChild } from './children.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -42,6 +43,7 @@ export async function launchDetached(l: DetachedLaunch): Promise<number> {
     child.once('exit', (code, sig) => (early = `exited with ${code ?? sig}`));
     child.once('error', (e) => (early = (e as NodeJS.ErrnoException).code === 'ENOENT' ? `binary ${l.bin} not found` : e.message));
     child.unref();
+    trackChild(child);
     if (l.onSpawn && child.pid !== undefined) await l.onSpawn(child.pid);
     const until = Date.now() + l.timeoutMs;
     // A VMM writes its pid file within milliseconds and every ms here is create latency, so the

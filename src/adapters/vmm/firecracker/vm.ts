@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { trackChild } from '../children.js';
 import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, link, mkdir, symlink, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
 import { basename } from 'node:path';
@@ -222,6 +223,8 @@ export class FirecrackerVm {
       let exited = new Promise<string>((resolve) => child.once('exit', (code, sig) => resolve(sig ? `was killed by ${sig}` : `exited with code ${code}`)));
       const spawnError = new Promise<string>((resolve) => child.once('error', (e) => resolve(`could not be started: ${e.message}`)));
       child.unref();
+      // Without the jailer the child is Firecracker itself; the jailer's child exits at once.
+      if (!plan) trackChild(child);
       pid = child.pid;
       const deadline = Date.now() + this.readyTimeoutMs;
       if (plan) {
