@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
  * A FAT12/FAT16 filesystem image holding files in its root directory, each under its VFAT long
  * name, built in memory (no mkfs.vfat or mtools process). Layout and field meanings follow
  * Microsoft's "FAT: General Overview of On-Disk Format" (v1.03): one reserved sector (the boot
- * sector with the BIOS parameter block), two FATs, the fixed root directory, then the data
+ * sector with the BIOS parameter block, padded to whole tracks), two FATs, the fixed root directory, then the data
  * clusters; the FAT type follows from the cluster count alone (< 4085 is FAT12), as every
  * reader decides it. Files are written in contiguous cluster runs.
  */
@@ -102,6 +102,7 @@ function shortEntry(name: Buffer, attr: number, cluster: number, size: number, w
 
 interface Geometry {
   sectorsPerCluster: number;
+  reservedSectors: number;
   clusters: number;
   fatBits: 12 | 16;
   fatSectors: number;
@@ -115,15 +116,14 @@ function geometry(sizes: readonly number[], rootEntries: number, minBytes: numbe
     const clusterBytes = spc * SECTOR;
     const needed = sizes.reduce((n, s) => n + Math.ceil(s / clusterBytes), 0);
     let clusters = Math.max(needed, Math.ceil(minBytes / clusterBytes));
-    for (;;) {
-      if (clusters > FAT12_MAX_CLUSTERS && clusters < FAT16_MIN_CLUSTERS) clusters = FAT16_MIN_CLUSTERS;
-      const fatBits = clusters <= FAT12_MAX_CLUSTERS ? 12 : 16;
-      const fatSectors = Math.ceil((fatBits === 12 ? Math.ceil(((clusters + 2) * 3) / 2) : (clusters + 2) * 2) / SECTOR);
-      const totalSectors = 1 + 2 * fatSectors + rootSectors + clusters * spc;
-      if (clusters > FAT16_MAX_CLUSTERS) break;
-      if (totalSectors % SECTORS_PER_TRACK === 0) return { sectorsPerCluster: spc, clusters, fatBits, fatSectors, rootSectors, totalSectors };
-      clusters++;
-    }
+    if (clusters > FAT12_MAX_CLUSTERS && clusters < FAT16_MIN_CLUSTERS) clusters = FAT16_MIN_CLUSTERS;
+    if (clusters > FAT16_MAX_CLUSTERS) continue;
+    const fatBits = clusters <= FAT12_MAX_CLUSTERS ? 12 : 16;
+    const fatSectors = Math.ceil((fatBits === 12 ? Math.ceil(((clusters + 2) * 3) / 2) : (clusters + 2) * 2) / SECTOR);
+    // The reserved area (the boot sector, then padding) rounds the size to whole tracks.
+    const rest = 2 * fatSectors + rootSectors + clusters * spc;
+    const reservedSectors = 1 + ((SECTORS_PER_TRACK - ((1 + rest) % SECTORS_PER_TRACK)) % SECTORS_PER_TRACK);
+    return { sectorsPerCluster: spc, reservedSectors, clusters, fatBits, fatSectors, rootSectors, totalSectors: reservedSectors + rest };
   }
   throw new RangeError(`${sizes.reduce((a, b) => a + b, 0)} bytes do not fit a FAT16 filesystem`);
 }
@@ -149,7 +149,7 @@ export function fatImage(files: Readonly<Record<string, Buffer>>, opts: FatOptio
   img.write('MATCHLCK', 3, 'ascii');
   img.writeUInt16LE(SECTOR, 11);
   img[13] = g.sectorsPerCluster;
-  img.writeUInt16LE(1, 14);
+  img.writeUInt16LE(g.reservedSectors, 14);
   img[16] = 2;
   img.writeUInt16LE(rootEntries, 17);
   if (g.totalSectors < 0x10000) img.writeUInt16LE(g.totalSectors, 19);
@@ -185,7 +185,7 @@ export function fatImage(files: Readonly<Record<string, Buffer>>, opts: FatOptio
   setFat(0, g.fatBits === 12 ? 0xff8 : 0xfff8);
   setFat(1, eoc);
 
-  const dataStart = (1 + 2 * g.fatSectors + g.rootSectors) * SECTOR;
+  const dataStart = (g.reservedSectors + 2 * g.fatSectors + g.rootSectors) * SECTOR;
   const clusterBytes = g.sectorsPerCluster * SECTOR;
   let next = 2;
   names.forEach((name, i) => {
@@ -198,7 +198,7 @@ export function fatImage(files: Readonly<Record<string, Buffer>>, opts: FatOptio
     next += count;
     entries.push(...lfnEntries(name, lfnChecksum(short)), shortEntry(short, ATTR_ARCHIVE, first, data.length, when));
   });
-  for (let copy = 0; copy < 2; copy++) fat.copy(img, (1 + copy * g.fatSectors) * SECTOR);
-  Buffer.concat(entries).copy(img, (1 + 2 * g.fatSectors) * SECTOR);
+  for (let copy = 0; copy < 2; copy++) fat.copy(img, (g.reservedSectors + copy * g.fatSectors) * SECTOR);
+  Buffer.concat(entries).copy(img, (g.reservedSectors + 2 * g.fatSectors) * SECTOR);
   return img;
 }
