@@ -105,6 +105,23 @@ describe('VMM supervisor: exits and boot are events, not poll results', () => {
     }
   });
 
+  it('a console that appears after watching began is watched from the next poll on', async () => {
+    const r = recorder();
+    const sup = new EventSupervisor(r.events, silentLogger, { pollMs: 200, healthyAfterMs: 3_600_000 });
+    try {
+      const vmm = await launch('late-console');
+      const late = join(tmp.path, 'late.console');
+      sup.watch('vm-late', vmm.pid, late);
+      await new Promise((res) => setTimeout(res, 400));
+      writeFileSync(late, 'booting\n');
+      await new Promise((res) => setTimeout(res, 600));
+      appendFileSync(late, 'Run /init as init process\n');
+      await r.until('booted vm-late', 10_000);
+    } finally {
+      sup.stop();
+    }
+  });
+
   it('a VMM it did not start (adopted after a restart) is found gone by the fallback poll', async () => {
     const r = recorder();
     const sup = new EventSupervisor(r.events, silentLogger, { pollMs: 200, healthyAfterMs: 3_600_000 });

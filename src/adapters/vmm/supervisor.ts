@@ -42,8 +42,8 @@ interface Watched {
  * - a VMM adopted after a restart is not our child: a slow poll (`pollMs`, a kill(0) and a
  *   /proc read per VMM) catches its exit, and the same poll re-checks the children in case an
  *   event was missed;
- * - a console is read only when it grew (inotify through fs.watch, and the poll compares its
- *   size), from the last offset, and no longer once the boot line was seen;
+ * - a console is read only when it grew (inotify through fs.watch), from the last offset, and
+ *   no longer once the boot line was seen; the poll only retries a watch that could not be set;
  * - health is one timer per VMM.
  * The daemon turns the events into status changes and reconciles.
  */
@@ -200,10 +200,10 @@ export class EventSupervisor implements Supervisor {
           this.gone(uid, w);
           continue;
         }
-        if (!w.booted) {
-          // A console that did not exist when watching began, or a change inotify dropped:
-          // the read stats the file and reads only what is new.
-          if (!w.consoleWatched) this.watchConsole(uid, w);
+        // A console that did not exist when watching began (or whose watch failed) is watched
+        // now and read once; a watched console costs nothing here.
+        if (!w.booted && !w.consoleWatched) {
+          this.watchConsole(uid, w);
           this.readConsole(uid, w);
         }
       }
