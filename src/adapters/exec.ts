@@ -1,6 +1,21 @@
 import { execFile } from 'node:child_process';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 
+let spawned = 0;
+
+/**
+ * How many helper processes this process has started through this port since it began: each
+ * spawn forks the whole daemon, so benchmarks and tests count them per operation.
+ */
+export function spawnCount(): number {
+  return spawned;
+}
+
+/** Counts a spawn made outside `run` (a detached VMM, a daemon the launcher starts). */
+export function noteSpawn(): void {
+  spawned++;
+}
+
 export interface ExecResult {
   stdout: string;
   stderr: string;
@@ -12,6 +27,7 @@ export interface ExecResult {
  */
 export async function run(cmd: string, args: readonly string[], opts: { timeoutMs?: number; input?: string } = {}): Promise<ExecResult> {
   return await new Promise((resolve, reject) => {
+    spawned++;
     const child = execFile(cmd, args, { timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024, encoding: 'utf8' }, (err, stdout, stderr) => {
       if (err) {
         const code = (err as NodeJS.ErrnoException).code;

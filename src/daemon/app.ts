@@ -21,7 +21,7 @@ import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { createConfinement, type VmmConfinement } from '../adapters/vmm/confine/vmm.js';
 import { lookupGroup } from '../adapters/system/accounts.js';
 import { lockStateDir, prepareStateDir } from './state-dir.js';
-import { PollingSupervisor } from '../adapters/vmm/supervisor.js';
+import { EventSupervisor } from '../adapters/vmm/supervisor.js';
 import { LogBound } from '../adapters/vmm/console.js';
 import type { ConsoleLocator } from '../adapters/api/grpc/console.js';
 import { sweepOrphans } from './sweep.js';
@@ -141,7 +141,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   // Supervisor events need the reconciler and queue, which need the runtime that owns the
   // supervisor: the handlers are bound once all three exist.
   const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string, _pid: number) => undefined as void, healthy: (_uid: string) => undefined as void };
-  const supervisor = new PollingSupervisor(
+  const supervisor = new EventSupervisor(
     { exited: (u, p) => events.exited(u, p), booted: (u, p) => events.booted(u, p), healthy: (u) => events.healthy(u) },
     logger,
     { healthyAfterMs: cfg.healthyAfterMs },

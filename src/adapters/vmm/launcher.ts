@@ -2,6 +2,8 @@ import { spawn } from 'node:child_process';
 import { closeSync, constants, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
+import { noteSpawn } from '../exec.js';
+import { trackChild } from './children.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -37,15 +39,19 @@ export async function launchDetached(l: DetachedLaunch): Promise<number> {
   // without O_APPEND would carry on at its old offset and leave a hole.
   const err = openSync(l.stderr, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_APPEND);
   try {
+    noteSpawn();
     const child = spawn(l.bin, l.args, { detached: l.detached, stdio: ['ignore', out, err, ...(l.extraFds ?? [])] });
     let early: string | undefined;
     child.once('exit', (code, sig) => (early = `exited with ${code ?? sig}`));
     child.once('error', (e) => (early = (e as NodeJS.ErrnoException).code === 'ENOENT' ? `binary ${l.bin} not found` : e.message));
     child.unref();
+    trackChild(child);
     if (l.onSpawn && child.pid !== undefined) await l.onSpawn(child.pid);
     const until = Date.now() + l.timeoutMs;
-    // Short polls: a VMM writes its pid file within milliseconds, and every ms here is create latency.
-    for (let wait = 5; ; wait = Math.min(wait * 2, 100)) {
+    // A VMM writes its pid file within milliseconds and every ms here is create latency, so the
+    // first second is polled every 5 ms (a file read and a kill(0) each), then every 25 ms.
+    for (let polls = 0; ; polls++) {
+      const wait = polls < 200 ? 5 : 25;
       if (early !== undefined) {
         const tail = (await readFile(l.stderr, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' ');
         throw new MatchlockError(ErrorCode.Internal, `${l.what} ${early}: ${tail || 'no output'}`);

@@ -1,5 +1,7 @@
-import { open } from 'node:fs/promises';
+import { watch, type FSWatcher } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
 import type { Logger, Supervisor } from '../../core/ports.js';
+import { onChildExit } from './children.js';
 import { pidAlive } from './process.js';
 
 export interface SupervisorEvents {
@@ -22,44 +24,84 @@ interface Watched {
   /** When watching began (ms since the epoch): a VMM adopted after a restart counts from then. */
   since: number;
   healthy: boolean;
+  /** True while the exit is reported by the child's exit event, so the poll skips it. */
+  child: boolean;
+  /** Undoes every wait of this entry: the child-exit wait, the console watch, the health timer. */
+  release: (() => void)[];
+  /** Whether inotify watches the console (it may not exist yet, or the watch failed). */
+  consoleWatched: boolean;
+  closeConsole?: (() => void) | undefined;
+  reading: boolean;
+  /** A change arrived while the console was being read: read again afterwards. */
+  again: boolean;
 }
 
 /**
- * Watches every VMM process (not only our own children: adopted ones after a restart too) on a
- * short poll, so an exit shows in status within a second, and reads each console for the boot
- * line. The daemon turns the events into status changes and reconciles.
+ * Watches every VMM process and reacts to events instead of polling each VMM:
+ * - an exit of a VMM this daemon started is its child's exit event (children.ts), at once;
+ * - a VMM adopted after a restart is not our child: a slow poll (`pollMs`, a kill(0) and a
+ *   /proc read per VMM) catches its exit, and the same poll re-checks the children in case an
+ *   event was missed;
+ * - a console is read only when it grew (inotify through fs.watch), from the last offset, and
+ *   no longer once the boot line was seen; the poll only retries a watch that could not be set;
+ * - health is one timer per VMM.
+ * The daemon turns the events into status changes and reconciles.
  */
-export class PollingSupervisor implements Supervisor {
+export class EventSupervisor implements Supervisor {
   private readonly watched = new Map<string, Watched>();
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
 
-  private readonly intervalMs: number;
+  private readonly pollMs: number;
   private readonly healthyAfterMs: number;
 
   /**
    * `healthyAfterMs`: how long a VMM must stay up to count as healthy. Boot is otherwise seen
-   * only on the console, and a guest booted with `quiet` never prints the line.
+   * only on the console, and a guest booted with `quiet` never prints the line. `pollMs`: the
+   * fallback poll period (ms) for VMMs that are not this daemon's children.
    */
   constructor(
     private readonly events: SupervisorEvents,
     private readonly log: Logger,
-    opts: { intervalMs?: number; healthyAfterMs?: number } = {},
+    opts: { pollMs?: number; healthyAfterMs?: number } = {},
   ) {
-    this.intervalMs = opts.intervalMs ?? 250;
+    this.pollMs = opts.pollMs ?? 2000;
     this.healthyAfterMs = opts.healthyAfterMs ?? 30_000;
   }
 
   watch(uid: string, pid: number, consolePath: string): void {
-    this.watched.set(uid, { pid, console: consolePath, offset: 0, booted: false, tail: '', since: Date.now(), healthy: false });
+    this.unwatch(uid);
+    const w: Watched = { pid, console: consolePath, offset: 0, booted: false, tail: '', since: Date.now(), healthy: false, child: false, release: [], consoleWatched: false, reading: false, again: false };
+    this.watched.set(uid, w);
+    const cancel = onChildExit(pid, () => this.gone(uid, w));
+    if (cancel) {
+      w.child = true;
+      w.release.push(cancel);
+    }
+    const health = setTimeout(() => {
+      if (this.watched.get(uid) !== w || w.healthy) return;
+      w.healthy = true;
+      this.events.healthy(uid);
+    }, this.healthyAfterMs);
+    health.unref();
+    w.release.push(() => clearTimeout(health));
+    this.watchConsole(uid, w);
+    this.readConsole(uid, w);
+    // Not our child and already gone (or a pid that exited before it was handed over): say so
+    // now rather than at the next poll.
+    if (!w.child && !pidAlive(pid)) setImmediate(() => this.gone(uid, w));
     if (!this.timer) {
-      this.timer = setInterval(() => void this.tick(), this.intervalMs);
+      this.timer = setInterval(() => void this.tick(), this.pollMs);
       this.timer.unref();
     }
   }
 
   unwatch(uid: string): void {
+    const w = this.watched.get(uid);
+    if (!w) return;
     this.watched.delete(uid);
+    for (const r of w.release) r();
+    w.release = [];
   }
 
   watching(uid: string, pid: number): boolean {
@@ -69,7 +111,85 @@ export class PollingSupervisor implements Supervisor {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    this.watched.clear();
+    for (const uid of [...this.watched.keys()]) this.unwatch(uid);
+  }
+
+  private gone(uid: string, w: Watched): void {
+    if (this.watched.get(uid) !== w) return;
+    this.unwatch(uid);
+    this.log.warn({ uid, pid: w.pid }, 'vmm exited');
+    try {
+      this.events.exited(uid, w.pid);
+    } catch (err) {
+      // Runs from an event: nobody awaits it, so a failure (the store refusing a write) is
+      // logged here.
+      this.log.error({ uid, err: (err as Error).message }, 'handling a vmm exit failed');
+    }
+  }
+
+  private watchConsole(uid: string, w: Watched): void {
+    if (w.booted) return;
+    let watcher: FSWatcher;
+    try {
+      watcher = watch(w.console, { persistent: false }, () => this.readConsole(uid, w));
+    } catch {
+      // The console file appears a moment after the VMM starts; the poll tries again.
+      return;
+    }
+    w.consoleWatched = true;
+    w.closeConsole = () => {
+      w.consoleWatched = false;
+      w.closeConsole = undefined;
+      watcher.close();
+    };
+    watcher.on('error', () => w.closeConsole?.());
+    w.release.push(() => w.closeConsole?.());
+  }
+
+  /** Reads what the console gained since the last read; never two reads of one console at once. */
+  private readConsole(uid: string, w: Watched): void {
+    if (w.booted || this.watched.get(uid) !== w) return;
+    if (w.reading) {
+      w.again = true;
+      return;
+    }
+    w.reading = true;
+    void this.readNew(uid, w)
+      .catch(() => undefined)
+      .finally(() => {
+        w.reading = false;
+        if (w.again) {
+          w.again = false;
+          this.readConsole(uid, w);
+        }
+      });
+  }
+
+  private async readNew(uid: string, w: Watched): Promise<void> {
+    const size = await stat(w.console).then((s) => s.size, () => undefined);
+    // The daemon cuts a console at its bound (console-log-max-bytes): read on from the start.
+    if (size !== undefined && size < w.offset) w.offset = 0;
+    if (size === undefined || size <= w.offset) return;
+    const fh = await open(w.console, 'r');
+    try {
+      const buf = Buffer.alloc(Math.min(size - w.offset, 64 * 1024));
+      for (;;) {
+        const { bytesRead } = await fh.read(buf, 0, buf.length, w.offset);
+        if (bytesRead === 0) return;
+        w.offset += bytesRead;
+        const text = w.tail + buf.subarray(0, bytesRead).toString('utf8');
+        w.tail = text.slice(-200);
+        if (BOOT_PATTERN.test(text)) {
+          w.booted = true;
+          w.closeConsole?.();
+          if (this.watched.get(uid) === w) this.events.booted(uid, w.pid);
+          return;
+        }
+        if (bytesRead < buf.length) return;
+      }
+    } finally {
+      await fh.close();
+    }
   }
 
   private async tick(): Promise<void> {
@@ -77,45 +197,22 @@ export class PollingSupervisor implements Supervisor {
     this.busy = true;
     try {
       for (const [uid, w] of [...this.watched]) {
-        if (!w.booted) await this.readConsole(uid, w);
-        if (!pidAlive(w.pid)) {
-          this.watched.delete(uid);
-          this.log.warn({ uid, pid: w.pid }, 'vmm exited');
-          this.events.exited(uid, w.pid);
-        } else if (!w.healthy && Date.now() - w.since >= this.healthyAfterMs) {
-          w.healthy = true;
-          this.events.healthy(uid);
+        // A child's exit is its exit event; only VMMs a previous daemon started are looked at.
+        if (!w.child && !pidAlive(w.pid)) {
+          this.gone(uid, w);
+          continue;
+        }
+        // A console that did not exist when watching began (or whose watch failed) is watched
+        // now and read once; a watched console costs nothing here.
+        if (!w.booted && !w.consoleWatched) {
+          this.watchConsole(uid, w);
+          this.readConsole(uid, w);
         }
       }
     } catch (err) {
-      // Runs from a timer: nobody awaits it, so a failure (the store refusing a write) is
-      // logged here and the next tick tries again.
-      this.log.error({ err: (err as Error).message }, 'supervisor tick failed');
+      this.log.error({ err: (err as Error).message }, 'supervisor poll failed');
     } finally {
       this.busy = false;
-    }
-  }
-
-  private async readConsole(uid: string, w: Watched): Promise<void> {
-    let fh;
-    try {
-      fh = await open(w.console, 'r');
-      // The daemon cuts a console at its bound (console-log-max-bytes): read on from the start.
-      if ((await fh.stat()).size < w.offset) w.offset = 0;
-      const buf = Buffer.alloc(64 * 1024);
-      const { bytesRead } = await fh.read(buf, 0, buf.length, w.offset);
-      if (bytesRead === 0) return;
-      w.offset += bytesRead;
-      const text = w.tail + buf.subarray(0, bytesRead).toString('utf8');
-      w.tail = text.slice(-200);
-      if (BOOT_PATTERN.test(text)) {
-        w.booted = true;
-        this.events.booted(uid, w.pid);
-      }
-    } catch {
-      // the console file appears a moment after the VMM starts
-    } finally {
-      await fh?.close();
     }
   }
 }

@@ -1,4 +1,5 @@
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { copyFile, mkdir, readdir, rename, rm, stat, truncate } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import type { Logger, VolumeKey, Volumes } from '../../core/ports.js';
 import type { LocalImageStore } from '../images/oci/store.js';
@@ -7,6 +8,22 @@ import { SingleFlight } from '../single-flight.js';
 import { isOrphanTemporary, sweepTemporaries, withTemporary } from '../images/temporaries.js';
 
 const MIB = 1024 * 1024;
+
+/**
+ * A reflink of `from` at `to` in process (FICLONE: xfs, btrfs, bcachefs); where the filesystem
+ * cannot share extents, a sparse copy by `cp`, since Node's copy would write every hole out.
+ */
+async function cloneOrCopy(from: string, to: string): Promise<void> {
+  try {
+    await copyFile(from, to, constants.COPYFILE_FICLONE_FORCE);
+    return;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EOPNOTSUPP' && code !== 'ENOTSUP' && code !== 'EXDEV' && code !== 'EINVAL' && code !== 'ENOSYS' && code !== 'ENOTTY') throw err;
+  }
+  await rm(to, { force: true });
+  await run('cp', ['--sparse=always', from, to], { timeoutMs: 10 * 60_000 });
+}
 
 /**
  * Volumes as ext4 disk images: the image's filesystem is turned into one base image per
@@ -69,10 +86,10 @@ export class Ext4Volumes implements Volumes {
       if (name.startsWith(`${basename(path)}.`) && isOrphanTemporary(dir, name)) await rm(join(dir, name), { force: true });
     }
     await withTemporary(path, async (tmp) => {
-      await run('cp', ['--reflink=auto', '--sparse=always', base, tmp], { timeoutMs: 10 * 60_000 });
+      await cloneOrCopy(base, tmp);
       const current = (await stat(tmp)).size;
       if (sizeInMb !== undefined && sizeInMb * MIB > current) {
-        await run('truncate', ['-s', `${sizeInMb}M`, tmp]);
+        await truncate(tmp, sizeInMb * MIB);
         await run('resize2fs', ['-f', tmp]);
       }
       await rename(tmp, path);

@@ -55,11 +55,17 @@ export async function runPlan(
   const check = () => {
     if (opts.signal.aborted) throw canceled(opts.signal.reason);
   };
+  // A step that ran and passed verify in one pass is not asked needed() again in the next:
+  // verify looked at the host after the change, and its answer is what needed() would give
+  // (each step proves it in plans.test.ts). The next pass re-checks only the steps that were
+  // not needed, in case one of them depends on what a later step made.
+  let verified = new Set<Step>();
   for (let pass = 0; pass < maxPasses; pass++) {
     let ran = 0;
+    const verifiedNow = new Set<Step>();
     for (const step of steps) {
       check();
-      if (!(await step.needed())) continue;
+      if (verified.has(step) || !(await step.needed())) continue;
       log.debug({ step: step.name, pass }, 'step');
       const now = opts.now ?? Date.now;
       const started = now();
@@ -76,9 +82,11 @@ export async function runPlan(
         throw new MatchlockError(e.code, `${step.name}: ${e.message}`, { cause: err });
       }
       ran++;
+      verifiedNow.add(step);
       opts.onChange?.();
     }
     if (ran === 0) return;
+    verified = verifiedNow;
   }
   const stuck: string[] = [];
   for (const s of steps) if (await s.needed()) stuck.push(s.name);

@@ -1,3 +1,5 @@
+import { readFileSync, readdirSync } from 'node:fs';
+import { readFile, readdir, readlink } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { ALIAS_PREFIX } from '../../../core/microvm/host-names.js';
 import type { HostNetwork, LinkInfo } from '../../../core/ports.js';
@@ -27,8 +29,87 @@ function toInfo(l: IpLink): LinkInfo {
   };
 }
 
-/** Host links through iproute2 (`ip -json`), in the network namespace the daemon runs in. */
+/** IFF_UP in a link's `flags` (include/uapi/linux/if.h): what `ip link` shows as UP. */
+const IFF_UP = 0x1;
+
+const SYS_NET = '/sys/class/net';
+
+/**
+ * Whether /sys/class/net shows this process's network namespace. sysfs shows the namespace of
+ * whoever mounted it, so a daemon entered into a namespace with `nsenter --net` sees the host's
+ * links there, while /proc/self/net follows the process. The two agree when the link names are
+ * the same and each link's receive counter read from procfs lies between two sysfs reads of it.
+ */
+export function sysfsShowsOwnNamespace(): boolean {
+  try {
+    const counters = () => new Map(readdirSync(SYS_NET).map((n) => [n, Number(readFileSync(`${SYS_NET}/${n}/statistics/rx_bytes`, 'utf8'))]));
+    const before = counters();
+    const proc = new Map<string, number>();
+    for (const line of readFileSync('/proc/self/net/dev', 'utf8').split('\n').slice(2)) {
+      const m = /^\s*([^:\s]+):\s*(\d+)/.exec(line);
+      if (m?.[1] && m[2]) proc.set(m[1], Number(m[2]));
+    }
+    const after = counters();
+    if (proc.size !== before.size || proc.size !== after.size) return false;
+    for (const [name, rx] of proc) {
+      const a = before.get(name);
+      const b = after.get(name);
+      if (a === undefined || b === undefined || rx < a || rx > b) return false;
+    }
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** One link read from sysfs; undefined when it does not exist (or vanished while read). */
+async function sysfsLink(name: string): Promise<LinkInfo | undefined> {
+  const dir = `${SYS_NET}/${name}`;
+  const read = (f: string) => readFile(`${dir}/${f}`, 'utf8').then((s) => s.trim());
+  try {
+    const [ifindex, address, flags, ifalias, master, entries] = await Promise.all([
+      read('ifindex'),
+      read('address'),
+      read('flags'),
+      read('ifalias').catch(() => ''),
+      readlink(`${dir}/master`).catch(() => undefined),
+      readdir(dir),
+    ]);
+    return {
+      name,
+      ifindex: Number(ifindex),
+      mac: address,
+      // tun_flags exists on tun and tap devices (ip's info_kind "tun"), a macvtap has its
+      // character device's directory.
+      kind: entries.includes('tun_flags') ? 'tap' : entries.includes('macvtap') ? 'macvtap' : 'other',
+      master: master?.split('/').pop(),
+      alias: ifalias === '' ? undefined : ifalias,
+      up: (Number.parseInt(flags, 16) & IFF_UP) !== 0,
+    };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * Host links, in the network namespace the daemon runs in. Reads come from sysfs (no process
+ * per read) when sysfs shows the daemon's namespace, from `ip -json` otherwise; the changes of
+ * one create go to iproute2 as one `ip -batch` so a link costs one process.
+ */
 export class Iproute2Network implements HostNetwork {
+  private sysfs: boolean | undefined;
+
+  /** `useSysfs`: tests force a path; by default it is chosen by sysfsShowsOwnNamespace(). */
+  constructor(opts: { useSysfs?: boolean } = {}) {
+    this.sysfs = opts.useSysfs;
+  }
+
+  private get viaSysfs(): boolean {
+    this.sysfs ??= sysfsShowsOwnNamespace();
+    return this.sysfs;
+  }
+
   private async links(name?: string): Promise<IpLink[]> {
     try {
       const { stdout } = await run('ip', ['-json', '-details', 'link', 'show', ...(name ? ['dev', name] : [])]);
@@ -40,14 +121,28 @@ export class Iproute2Network implements HostNetwork {
   }
 
   async get(name: string): Promise<LinkInfo | undefined> {
+    // A name with a slash or dots would leave /sys/class/net; no link can have one.
+    if (this.viaSysfs && !name.includes('/') && name !== '.' && name !== '..') return sysfsLink(name);
     const [l] = await this.links(name);
     return l ? toInfo(l) : undefined;
   }
 
+  /** Runs iproute2 commands (one per line, without the leading `ip`) in one process. */
+  private async batch(lines: string[][]): Promise<void> {
+    for (const l of lines) {
+      // -batch splits on blanks and reads quotes and backslashes; our names and aliases never
+      // hold them, and one that did would silently become another command.
+      if (l.some((a) => a === '' || /[\s"'\\#]/.test(a))) throw new MatchlockError(ErrorCode.InvalidArgument, `ip arguments must not hold blanks, quotes or backslashes: ${l.join(' ')}`);
+    }
+    await run('ip', ['-batch', '-'], { input: lines.map((l) => l.join(' ')).join('\n') + '\n' });
+  }
+
   async createTap(name: string, opts: { bridge: string; alias: string }): Promise<LinkInfo> {
-    await run('ip', ['tuntap', 'add', 'dev', name, 'mode', 'tap']);
-    await run('ip', ['link', 'set', 'dev', name, 'alias', opts.alias]);
-    await this.attach(name, opts.bridge);
+    await this.batch([
+      ['tuntap', 'add', 'dev', name, 'mode', 'tap'],
+      ['link', 'set', 'dev', name, 'alias', opts.alias],
+      ['link', 'set', 'dev', name, 'master', opts.bridge, 'up'],
+    ]);
     return this.must(name);
   }
 
@@ -56,8 +151,10 @@ export class Iproute2Network implements HostNetwork {
   }
 
   async createMacvtap(name: string, opts: { parent: string; alias: string; mac: string }): Promise<LinkInfo> {
-    await run('ip', ['link', 'add', 'link', opts.parent, 'name', name, 'address', opts.mac, 'type', 'macvtap', 'mode', 'bridge']);
-    await run('ip', ['link', 'set', 'dev', name, 'alias', opts.alias, 'up']);
+    await this.batch([
+      ['link', 'add', 'link', opts.parent, 'name', name, 'address', opts.mac, 'type', 'macvtap', 'mode', 'bridge'],
+      ['link', 'set', 'dev', name, 'alias', opts.alias, 'up'],
+    ]);
     return this.must(name);
   }
 
@@ -70,6 +167,16 @@ export class Iproute2Network implements HostNetwork {
   }
 
   async listOwned(): Promise<LinkInfo[]> {
+    if (this.viaSysfs) {
+      const out: LinkInfo[] = [];
+      for (const name of await readdir(SYS_NET)) {
+        const alias = (await readFile(`${SYS_NET}/${name}/ifalias`, 'utf8').catch(() => '')).trim();
+        if (!alias.startsWith(ALIAS_PREFIX)) continue;
+        const link = await sysfsLink(name);
+        if (link) out.push(link);
+      }
+      return out;
+    }
     return (await this.links()).filter((l) => l.ifalias?.startsWith(ALIAS_PREFIX)).map(toInfo);
   }
 

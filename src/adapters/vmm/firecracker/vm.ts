@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { trackChild } from '../children.js';
 import { closeSync, constants, openSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, link, mkdir, open, symlink, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
 import { basename } from 'node:path';
@@ -224,6 +225,8 @@ export class FirecrackerVm {
       let exited = new Promise<string>((resolve) => child.once('exit', (code, sig) => resolve(sig ? `was killed by ${sig}` : `exited with code ${code}`)));
       const spawnError = new Promise<string>((resolve) => child.once('error', (e) => resolve(`could not be started: ${e.message}`)));
       child.unref();
+      // Without the jailer the child is Firecracker itself; the jailer's child exits at once.
+      if (!plan) trackChild(child);
       pid = child.pid;
       const deadline = Date.now() + this.readyTimeoutMs;
       if (plan) {
@@ -240,8 +243,9 @@ export class FirecrackerVm {
         })();
       }
       if (pid !== undefined) await this.writePid(pid);
-      for (;;) {
-        const early = await Promise.race([exited, spawnError, sleep(100).then(() => undefined)]);
+      // Polled from 5 ms on, doubling to 100 ms: the API socket answers within milliseconds.
+      for (let wait = 5; ; wait = Math.min(wait * 2, 100)) {
+        const early = await Promise.race([exited, spawnError, sleep(wait).then(() => undefined)]);
         if (early !== undefined) throw new MatchlockError(ErrorCode.Internal, `firecracker ${early}: ${await this.failureReason()}`);
         if (signal?.aborted) throw new MatchlockError(ErrorCode.Aborted, 'firecracker start aborted');
         const info = await unixHttp(this.socket('api'), 'GET', '/', undefined, 1000).catch(() => undefined);

@@ -25,19 +25,25 @@ export class TapInterface implements Step {
     this.bridge = iface.overrides?.bridgeName ?? ctx.deps.bridgeName;
     this.name = `interface ${iface.deviceId} (tap ${this.device})`;
   }
+  /** What needed() saw in this pass, so run() does not look up the same link again. */
+  private seen: { link: LinkInfo | undefined } | undefined;
   private ok(link: LinkInfo | undefined): link is LinkInfo {
     return link !== undefined && link.master === this.bridge && link.up;
   }
   async needed(): Promise<boolean> {
     const link = await this.ctx.deps.network.get(this.device);
+    this.seen = { link };
     if (this.ok(link)) record(this.ctx, this.index, this.iface, this.device, link);
     return !this.ok(link);
   }
   async run(): Promise<void> {
     const { network, linkAlias } = this.ctx.deps;
+    const seen = this.seen;
+    this.seen = undefined;
     if (!this.bridge) throw failedPrecondition(`TAP interface ${this.iface.deviceId} has no bridge: set overrides.bridge_name or matchlockd --bridge-name`);
     if (!(await network.get(this.bridge))) throw failedPrecondition(`bridge ${this.bridge} for interface ${this.iface.deviceId} not found on this host`);
-    let link = (await network.get(this.device)) ?? (await network.createTap(this.device, { bridge: this.bridge, alias: linkAlias(this.ctx.vm.uid, this.iface.deviceId) }));
+    const existing = seen ? seen.link : await network.get(this.device);
+    let link = existing ?? (await network.createTap(this.device, { bridge: this.bridge, alias: linkAlias(this.ctx.vm.uid, this.iface.deviceId) }));
     if (!this.ok(link)) {
       await network.attach(this.device, this.bridge);
       link = (await network.get(this.device)) ?? link;
