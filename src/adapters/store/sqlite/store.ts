@@ -17,7 +17,7 @@ export class SqliteStore implements Store, Tombstones {
   private readonly db: Database.Database;
   private readonly stmts;
 
-  constructor(path: string) {
+  constructor(private readonly path: string) {
     if (path !== ':memory:') {
       mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
       const st = statSync(path, { throwIfNoEntry: false });
@@ -63,7 +63,20 @@ export class SqliteStore implements Store, Tombstones {
   }
 
   insert(vm: MicroVM): void {
-    this.stmts.insert.run(row(vm));
+    this.writing(() => this.stmts.insert.run(row(vm)));
+  }
+
+  /**
+   * Runs a write, turning "the disk is full" into ResourceExhausted naming the store and the
+   * fix: the write was rolled back, nothing of it is stored, and the same call works once there
+   * is room. Anything else is rethrown as it is.
+   */
+  private writing<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      throw storeFull(this.path, err) ?? err;
+    }
   }
 
   get(uid: string): MicroVM | undefined {
@@ -85,7 +98,7 @@ export class SqliteStore implements Store, Tombstones {
   update(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined {
     // IMMEDIATE takes the write lock before reading, so another process cannot slip a write
     // between this read and this write.
-    return this.db
+    return this.writing(() => this.db
       .transaction((): MicroVM | undefined => {
         const r = this.stmts.get.get(uid);
         if (!r) return undefined;
@@ -97,18 +110,18 @@ export class SqliteStore implements Store, Tombstones {
         if (res.changes !== 1) throw new MatchlockError(ErrorCode.Aborted, `microvm ${uid} changed during an update; retry`);
         return next;
       })
-      .immediate();
+      .immediate());
   }
 
   remove(uid: string): boolean {
-    return this.stmts.remove.run(uid).changes > 0;
+    return this.writing(() => this.stmts.remove.run(uid).changes > 0);
   }
 
   bury(t: Tombstone): void {
-    this.db.transaction(() => {
+    this.writing(() => this.db.transaction(() => {
       this.stmts.bury.run(t.uid, JSON.stringify(t));
       this.stmts.remove.run(t.uid);
-    }).immediate();
+    }).immediate());
   }
 
   tombstone(uid: string): Tombstone | undefined {
@@ -121,7 +134,7 @@ export class SqliteStore implements Store, Tombstones {
   }
 
   forget(uid: string): void {
-    this.stmts.forget.run(uid);
+    this.writing(() => this.stmts.forget.run(uid));
   }
 
   close(): void {
@@ -207,6 +220,22 @@ function damaged(path: string, why: string, cause?: unknown): MatchlockError {
       `Fix: with matchlockd stopped, restore ${name} from a backup, or move it aside (mv ${path} ${path}.damaged) ` +
       `to start with an empty store (the VMs it recorded are then unknown to matchlockd)`,
     cause === undefined ? {} : { cause },
+  );
+}
+
+/**
+ * SQLite reports a full disk as SQLITE_FULL, or as an I/O error when the write that failed was
+ * the WAL's or a checkpoint's (SQLITE_IOERR_WRITE and kin, whose OS error is ENOSPC/EDQUOT).
+ */
+function storeFull(path: string, err: unknown): MatchlockError | undefined {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code !== 'string') return undefined;
+  const full = code === 'SQLITE_FULL' || (code.startsWith('SQLITE_IOERR') && /disk is full|no space|ENOSPC|quota/i.test((err as Error).message));
+  if (!full) return undefined;
+  return new MatchlockError(
+    ErrorCode.ResourceExhausted,
+    `the store ${path} cannot be written: its file system is full (ENOSPC, ${code}); nothing was stored. Free space in the state dir and retry`,
+    { cause: err },
   );
 }
 
