@@ -109,6 +109,8 @@ describe('crash consistency: kill -9 during a create/delete storm', { skip }, ()
     let paused: Promise<void> | undefined;
     let stop = false;
     const failures: string[] = [];
+    /** Acknowledged operations found undone, by uid (each counted once, however many rounds saw it). */
+    const lostUids = new Set<string>();
 
     const call = async <T>(method: string, req: unknown): Promise<T> => {
       const c = rawClient(lab.daemon.target);
@@ -157,9 +159,15 @@ describe('crash consistency: kill -9 during a create/delete storm', { skip }, ()
       const held = new Map((await list()).map((vm) => [vm.spec?.uid ?? '', vm]));
       for (const [uid, t] of tracked) {
         const vm = held.get(uid);
-        if (t.createAcked && !t.deleteSent && !vm) failures.push(`round ${round}: acknowledged create ${t.name} (${uid}) is lost`);
+        if (t.createAcked && !t.deleteSent && !vm) {
+          failures.push(`round ${round}: acknowledged create ${t.name} (${uid}) is lost`);
+          lostUids.add(uid);
+        }
         if (t.createAcked && !t.deleteSent && vm && stateOf(vm) === 'DELETING') failures.push(`round ${round}: ${t.name} (${uid}) is DELETING, never asked`);
-        if (t.deleteAcked && vm && stateOf(vm) !== 'DELETING') failures.push(`round ${round}: acknowledged delete of ${uid} undone: ${stateOf(vm)}`);
+        if (t.deleteAcked && vm && stateOf(vm) !== 'DELETING') {
+          failures.push(`round ${round}: acknowledged delete of ${uid} undone: ${stateOf(vm)}`);
+          lostUids.add(uid);
+        }
         if (vm) {
           if (vm.version < t.maxVersion) failures.push(`round ${round}: ${uid} version went back from ${t.maxVersion} to ${vm.version}`);
           t.maxVersion = Math.max(t.maxVersion, vm.version);
@@ -203,7 +211,9 @@ describe('crash consistency: kill -9 during a create/delete storm', { skip }, ()
     stop = true;
     await Promise.all(workers);
 
-    const lost = failures.filter((f) => /lost|undone/.test(f)).length;
+    const lost = lostUids.size;
+    if (failures.length) process.stderr.write(`crash storm seed ${seed}: kills survived ${survived}/${kills}, acknowledged operations ${acked}, lost ${lost}\n`);
+    assert.deepEqual(failures, [], `seed ${seed}`);
     // The real guests kept running through every kill (QEMU outlives the daemon).
     for (const uid of real) {
       const vm = await waitFor(`real guest ${uid} CREATED`, async () => { const v = await api(lab).get(uid); return stateOf(v) === 'CREATED' ? v : undefined; }, 120_000);
