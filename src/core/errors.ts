@@ -13,6 +13,8 @@ export const ErrorCode = {
   Canceled: 'Canceled',
   /** A time limit passed before the work finished. */
   DeadlineExceeded: 'DeadlineExceeded',
+  /** The host ran out of something the request needs (the state dir's file system is full). */
+  ResourceExhausted: 'ResourceExhausted',
   Internal: 'Internal',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];

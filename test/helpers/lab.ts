@@ -27,6 +27,19 @@ function ip(...args: string[]): string {
   return execFileSync('ip', args, { encoding: 'utf8' });
 }
 
+/** Live processes whose command line names `path`. */
+export function pidsNaming(path: string): number[] {
+  return readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((pid) => {
+    if (pid === process.pid) return false;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(path) && stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+    } catch {
+      return false;
+    }
+  });
+}
+
 export interface Lab {
   ns: string;
   stateDir: string;
@@ -51,13 +64,14 @@ export interface Lab {
  * matchlockd itself, so every TAP, macvtap and QEMU it makes lives in the namespace. Each lab
  * uses its own 10.x subnet and removes all of it in destroy().
  */
-export async function startLab(extraFlags: string[] = [], opts: { entry?: string[] } = {}): Promise<Lab> {
+export async function startLab(extraFlags: string[] = [], opts: { entry?: string[]; stateDir?: string } = {}): Promise<Lab> {
   const id = randomBytes(3).toString('hex');
   const ns = `mlt-${id}`;
   const octet = 10 + (parseInt(id.slice(0, 2), 16) % 200);
   const subnet = `10.${octet}.0`;
   const tmp = tempDir(`lab-${id}`);
-  const stateDir = join(tmp.path, 'state');
+  // A caller's state dir (e.g. on a small filesystem of its own) is the caller's to remove.
+  const stateDir = opts.stateDir ?? join(tmp.path, 'state');
   const leases = join(tmp.path, 'dnsmasq.leases');
   let dnsmasq: ChildProcess | undefined;
   let daemon: DaemonHandle | undefined;
@@ -127,6 +141,8 @@ export async function startLab(extraFlags: string[] = [], opts: { entry?: string
     async destroy() {
       await lab.daemon.stop();
       for (const pid of lab.qemuPids()) process.kill(pid, 'SIGKILL');
+      // Any other VMM stand-in a failed test left (they name the state dir in their arguments).
+      for (const pid of pidsNaming(stateDir)) process.kill(pid, 'SIGKILL');
       dnsmasq?.kill();
       await new Promise((r) => setTimeout(r, 200));
       spawnSync('ip', ['netns', 'del', ns]);

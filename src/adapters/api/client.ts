@@ -35,6 +35,7 @@ const FROM_GRPC: Partial<Record<grpc.status, ErrorCode>> = {
   [grpc.status.UNAVAILABLE]: ErrorCode.Unavailable,
   [grpc.status.DEADLINE_EXCEEDED]: ErrorCode.Unavailable,
   [grpc.status.FAILED_PRECONDITION]: ErrorCode.FailedPrecondition,
+  [grpc.status.RESOURCE_EXHAUSTED]: ErrorCode.ResourceExhausted,
 };
 
 export function credentials(o: ConnectOptions): grpc.ChannelCredentials {

@@ -10,6 +10,7 @@ const CODES: Record<ErrorCode, GrpcStatus> = {
   Aborted: GrpcStatus.ABORTED,
   Canceled: GrpcStatus.CANCELLED,
   DeadlineExceeded: GrpcStatus.DEADLINE_EXCEEDED,
+  ResourceExhausted: GrpcStatus.RESOURCE_EXHAUSTED,
   Internal: GrpcStatus.INTERNAL,
 };
 
@@ -28,6 +29,8 @@ const HTTP: Record<ErrorCode, number> = {
   // grpc-gateway: CANCELLED -> 499 (client closed request), DEADLINE_EXCEEDED -> 504.
   Canceled: 499,
   DeadlineExceeded: 504,
+  // grpc-gateway: RESOURCE_EXHAUSTED -> 429.
+  ResourceExhausted: 429,
   Internal: 500,
 };
 

@@ -24,7 +24,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   private readonly eventsKept: number;
 
   /** `eventsKept`: how many events the log keeps (EVENTS_KEPT; pruned in steps of a hundredth). */
-  constructor(path: string, opts: { eventsKept?: number } = {}) {
+  constructor(private readonly path: string, opts: { eventsKept?: number } = {}) {
     this.eventsKept = opts.eventsKept ?? EVENTS_KEPT;
     if (path !== ':memory:') {
       mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
@@ -80,11 +80,24 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   }
 
   insert(vm: MicroVM): void {
-    this.db.transaction(() => {
+    this.writing(() => this.db.transaction(() => {
       this.stmts.insert.run(row(vm));
       this.log('CREATED', vm, undefined);
-    }).immediate();
+    }).immediate());
     this.notify();
+  }
+
+  /**
+   * Runs a write, turning "the disk is full" into ResourceExhausted naming the store and the
+   * fix: the write was rolled back, nothing of it is stored, and the same call works once there
+   * is room. Anything else is rethrown as it is.
+   */
+  private writing<T>(fn: () => T): T {
+    try {
+      return fn();
+    } catch (err) {
+      throw storeFull(this.path, err) ?? err;
+    }
   }
 
   get(uid: string): MicroVM | undefined {
@@ -107,7 +120,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     // IMMEDIATE takes the write lock before reading, so another process cannot slip a write
     // between this read and this write.
     let wrote = false;
-    const result = this.db
+    const result = this.writing(() => this.db
       .transaction((): MicroVM | undefined => {
         const r = this.stmts.get.get(uid);
         if (!r) return undefined;
@@ -121,22 +134,22 @@ export class SqliteStore implements Store, Tombstones, EventLog {
         wrote = true;
         return next;
       })
-      .immediate();
+      .immediate());
     if (wrote) this.notify();
     return result;
   }
 
   remove(uid: string): boolean {
-    const gone = this.db.transaction(() => this.removeLogged(uid)).immediate();
+    const gone = this.writing(() => this.db.transaction(() => this.removeLogged(uid)).immediate());
     if (gone) this.notify();
     return gone;
   }
 
   bury(t: Tombstone): void {
-    this.db.transaction(() => {
+    this.writing(() => this.db.transaction(() => {
       this.stmts.bury.run(t.uid, JSON.stringify(t));
       this.removeLogged(t.uid);
-    }).immediate();
+    }).immediate());
     this.notify();
   }
 
@@ -208,7 +221,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   }
 
   forget(uid: string): void {
-    this.stmts.forget.run(uid);
+    this.writing(() => this.stmts.forget.run(uid));
   }
 
   close(): void {
@@ -316,6 +329,22 @@ interface EventRow {
   prev_state: string | null;
   prev_power: string | null;
   record: string;
+}
+
+/**
+ * SQLite reports a full disk as SQLITE_FULL, or as an I/O error when the write that failed was
+ * the WAL's or a checkpoint's (SQLITE_IOERR_WRITE and kin, whose OS error is ENOSPC/EDQUOT).
+ */
+function storeFull(path: string, err: unknown): MatchlockError | undefined {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code !== 'string') return undefined;
+  const full = code === 'SQLITE_FULL' || (code.startsWith('SQLITE_IOERR') && /disk is full|no space|ENOSPC|quota/i.test((err as Error).message));
+  if (!full) return undefined;
+  return new MatchlockError(
+    ErrorCode.ResourceExhausted,
+    `the store ${path} cannot be written: its file system is full (ENOSPC, ${code}); nothing was stored. Free space in the state dir and retry`,
+    { cause: err },
+  );
 }
 
 function row(vm: MicroVM): Record<string, string | number> {
