@@ -47,8 +47,9 @@ export function hostCommand(io: Io, output: () => string): Command {
         throw cliError((err as Error).message, EXIT.usage);
       }
       const { checks } = result;
-      if (output() === 'json') io.out(JSON.stringify({ config: o.configOut, unit: o.unitOut, checks }, null, 2) + '\n');
+      if (output() === 'json') io.out(JSON.stringify({ config: o.configOut, unit: o.unitOut, diff: result.diff, checks }, null, 2) + '\n');
       else {
+        io.out(result.diff ? result.diff : `${o.configOut} unchanged\n`);
         io.out(`wrote ${o.configOut} and ${o.unitOut}; state dir ${result.config.stateDir}\n`);
         io.out(table([['STATUS', 'CHECK', 'EVIDENCE'], ...checks.map((c) => [c.status.toUpperCase(), c.check, c.evidence + (c.fix ? `  -> fix: ${c.fix}` : '')])]));
         io.out('enable it with: systemctl daemon-reload && systemctl enable --now matchlockd\n');
