@@ -1,5 +1,7 @@
+import { existsSync, realpathSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createTwoFilesPatch } from 'diff';
 import { isMap, parseDocument } from 'yaml';
 import { KEYS, loadConfig, type DaemonConfig } from '../daemon/config.js';
@@ -14,13 +16,47 @@ export interface HostSetupOptions {
   settings: Record<string, string>;
   configPath: string;
   unitPath: string;
-  /** The command that runs matchlockd, before `run --config …`. */
-  execStart: string;
+  /** The command that runs matchlockd, before `run --config …`; resolveDaemonCommand() when absent. */
+  execStart?: string | undefined;
+  /** The matchlockd the unit runs (`--daemon-bin`); see resolveDaemonCommand. */
+  daemonBin?: string | undefined;
   /**
    * Where to write the guest guard (nftables); the unit loads it before each start and setup
    * installs it in this network namespace now. Undefined: no guard.
    */
   guardPath?: string | undefined;
+}
+
+/** Where matchlockd came from: an installed package, or a source checkout (which has src/). */
+export interface DaemonCommand {
+  execStart: string;
+  /** The matchlockd script or binary the unit runs, with symlinks resolved. */
+  path: string;
+  installed: boolean;
+}
+
+/** This package's own bin/matchlockd.js (in dist/host/ or src/host/, both two levels down). */
+const OWN_DAEMON_BIN = fileURLToPath(new URL('../../bin/matchlockd.js', import.meta.url));
+
+const isCheckoutBin = (bin: string) => existsSync(join(dirname(bin), '..', 'src', 'daemon', 'main.ts'));
+
+/**
+ * The command the unit runs, resolved now, so the unit depends on neither the shell's PATH nor
+ * on where `matchlock` happened to be run from: `explicit` (`--daemon-bin`), else the
+ * `matchlockd` found on PATH (what `npm install -g` put there), else this package's own bin. A
+ * JavaScript bin is run by this Node (its absolute path: systemd's PATH may not hold `node`).
+ * `installed` is false when the bin belongs to a source checkout (an `npm link` too).
+ * Throws when `explicit` is not an existing absolute path.
+ */
+export function resolveDaemonCommand(explicit?: string, pathEnv = process.env.PATH ?? ''): DaemonCommand {
+  let bin: string;
+  if (explicit !== undefined) {
+    if (!isAbsolute(explicit) || !existsSync(explicit)) throw new Error(`--daemon-bin ${explicit}: must be the absolute path of an existing matchlockd`);
+    bin = explicit;
+  } else bin = findBinary('matchlockd', pathEnv) ?? OWN_DAEMON_BIN;
+  const path = realpathSync(bin);
+  const execStart = path.endsWith('.js') ? `${process.execPath} ${path}` : path;
+  return { execStart, path, installed: !isCheckoutBin(path) };
 }
 
 /** A unit equivalent to flintlock's: restart always, and KillMode=process so VMs outlive restarts. */
@@ -99,6 +135,7 @@ async function readIfThere(path: string): Promise<string> {
 export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonConfig; checks: Check[]; diff: string }> {
   const known = new Set(KEYS.map((k) => k.key));
   for (const k of Object.keys(o.settings)) if (!known.has(k)) throw new Error(`--set ${k}: unknown key (see the README's configuration reference)`);
+  const daemon = o.execStart === undefined ? resolveDaemonCommand(o.daemonBin) : undefined;
   const before = await readIfThere(o.configPath);
   const after = mergeConfigText(before, o.settings, o.configPath);
   // Validate the merged file exactly as matchlockd will read it, before anything is written.
@@ -114,13 +151,18 @@ export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonCo
   }
   await rename(staged, o.configPath);
   const diff = configDiff(o.configPath, before, after);
-  await writeAtomic(o.unitPath, systemdUnit(o.execStart, o.configPath, o.guardPath));
+  await writeAtomic(o.unitPath, systemdUnit(o.execStart ?? daemon?.execStart ?? '', o.configPath, o.guardPath));
   if (o.guardPath) {
     await writeGuardFile(o.guardPath);
     await installGuard();
   }
   await mkdir(config.stateDir, { recursive: true, mode: 0o750 });
   const checks = (await inspectHost(config, {})).filter((c) => c.check !== 'daemon');
+  if (daemon) {
+    checks.push(daemon.installed
+      ? { check: 'daemon-bin', status: 'ok', evidence: `the unit runs ${daemon.path}` }
+      : { check: 'daemon-bin', status: 'warn', evidence: `the unit runs ${daemon.path} from a source checkout`, fix: 'install the package (npm pack, then npm install -g ./matchlock-*.tgz) and run host setup again, or give --daemon-bin' });
+  }
   for (const [key, name] of [['bridge-name', config.bridgeName], ['parent-iface', config.parentIface]] as const) {
     if (!name) continue;
     const found = await run('ip', ['link', 'show', 'dev', name]).then(() => true, () => false);
