@@ -105,7 +105,7 @@ function typed(key: string, value: string): unknown {
  * the file's text, empty when there was none.
  */
 export function mergeConfigText(before: string, settings: Record<string, string>, path = 'config.yaml'): string {
-  const doc = parseDocument(before.trim() ? before : '# Written by matchlock host setup.\n{}\n');
+  const doc = parseDocument(before.trim() ? before : '# Written by matchlock host setup.\n');
   if (doc.errors.length) throw new Error(`${path}: not valid YAML: ${doc.errors[0]?.message.split('\n')[0] ?? ''}`);
   if (doc.contents !== null && !isMap(doc.contents)) throw new Error(`${path}: must be a mapping of keys to values`);
   for (const [key, value] of Object.entries(settings)) doc.set(key, typed(key, value));
