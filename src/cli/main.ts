@@ -39,7 +39,7 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   program.addCommand(vm);
   program.addCommand(image);
   program.addCommand(hub);
-  const inspect = inspectCommand(io, () => program.opts<{ output: string }>().output, () => program.opts<{ token?: string }>().token);
+  const inspect = inspectCommand(io, () => program.opts<{ output: string }>().output, () => program.opts<{ token?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecure?: boolean }>());
   program.addCommand(inspect);
   const host = hostCommand(io, () => program.opts<{ output: string }>().output);
   program.addCommand(host);
