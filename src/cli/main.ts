@@ -9,6 +9,7 @@ import { imageCommand } from './image.js';
 import { hubCommand } from './hub.js';
 import { inspectCommand } from './inspect.js';
 import { hostCommand } from './host.js';
+import { addExamples, completionCommand } from './help.js';
 
 const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 
@@ -44,6 +45,9 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   const host = hostCommand(io, () => program.opts<{ output: string }>().output);
   program.addCommand(host);
   for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands, inspect, host, ...host.commands]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
+  program.addCommand(completionCommand(program, io).exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err }));
+  // Last, once every command is in the tree.
+  addExamples(program);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return EXIT.ok;
