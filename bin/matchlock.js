@@ -3,6 +3,7 @@
 // TypeScript sources through tsx, so a build left behind is never what runs there, unless
 // MATCHLOCK_COMPILED=1 asks for dist/ (the start-up bench compares the two).
 import { existsSync } from 'node:fs';
+import { URL } from 'node:url';
 
 const fromSource = existsSync(new URL('../src/cli/main.ts', import.meta.url)) && process.env.MATCHLOCK_COMPILED !== '1';
 let entry;
