@@ -1,7 +1,15 @@
 #!/usr/bin/env node
-// Runs the TypeScript sources through tsx, so there is no build step to forget.
-import { register } from 'tsx/esm/api';
+// An installed package runs the compiled JavaScript in dist/. A checkout (it has src/) runs the
+// TypeScript sources through tsx, so a build left behind is never what runs there, unless
+// MATCHLOCK_COMPILED=1 asks for dist/ (the start-up bench compares the two).
+import { existsSync } from 'node:fs';
+import { URL } from 'node:url';
 
-register();
-const { main } = await import('../src/cli/main.ts');
-await main(process.argv);
+const fromSource = existsSync(new URL('../src/cli/main.ts', import.meta.url)) && process.env.MATCHLOCK_COMPILED !== '1';
+let entry;
+if (fromSource) {
+  const { register } = await import('tsx/esm/api');
+  register();
+  entry = await import('../src/cli/main.ts');
+} else entry = await import('../dist/cli/main.js');
+await entry.main(process.argv);

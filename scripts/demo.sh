@@ -32,7 +32,7 @@ trap 'exit 130' INT TERM
 
 echo "== building the test guest image (cached after the first run)"
 layout=$(scripts/build-test-image.sh /var/cache/matchlock/test-guest)
-node bin/matchlock.js image import "$layout" --name localhost/matchlock/test-guest:1 --state-dir "$state"
+node bin/matchlock.js image import "$layout" --name localhost/matchlock/test-guest:1 --state-dir "$state" --config /dev/null --init
 
 echo "== network: namespace $ns, then matchlock host dev (bridge mlbr0, DHCP, NAT, daemon config)"
 ip netns add "$ns"

@@ -1,6 +1,5 @@
 import { Command } from 'commander';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { removeGuard } from '../host/guard.js';
 import { DEFAULT_CONFIG_PATH } from '../daemon/config.js';
 import { hostSetup } from '../host/setup.js';
@@ -10,8 +9,6 @@ import { hubSetup, hubTeardown } from '../hub/hub.js';
 import { EXIT, cliError } from './client.js';
 import { table } from './output.js';
 import type { Io } from './vm.js';
-
-const DAEMON_BIN = fileURLToPath(new URL('../../bin/matchlockd.js', import.meta.url));
 
 /** `--set key=value` options as settings; the keys are checked by hostSetup. */
 function parseSettings(list: string[] | undefined): Record<string, string> {
@@ -38,17 +35,19 @@ export function hostCommand(io: Io, output: () => string): Command {
     .option('--config-out <path>', 'where the config goes', DEFAULT_CONFIG_PATH)
     .option('--unit-out <path>', 'where the unit goes', '/etc/systemd/system/matchlockd.service')
     .option('--no-guard', "do not install the nftables guard that keeps guests off this host's own addresses")
-    .action(async (o: { set?: string[]; configOut: string; unitOut: string; guard: boolean }) => {
+    .option('--daemon-bin <path>', 'the matchlockd the unit runs (default: the one on PATH, else this package\'s own)')
+    .action(async (o: { set?: string[]; configOut: string; unitOut: string; guard: boolean; daemonBin?: string }) => {
       const settings = parseSettings(o.set);
       let result;
       try {
-        result = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}`, guardPath: guardPath(o) });
+        result = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, daemonBin: o.daemonBin, guardPath: guardPath(o) });
       } catch (err) {
         throw cliError((err as Error).message, EXIT.usage);
       }
       const { checks } = result;
-      if (output() === 'json') io.out(JSON.stringify({ config: o.configOut, unit: o.unitOut, checks }, null, 2) + '\n');
+      if (output() === 'json') io.out(JSON.stringify({ config: o.configOut, unit: o.unitOut, diff: result.diff, checks }, null, 2) + '\n');
       else {
+        io.out(result.diff ? result.diff : `${o.configOut} unchanged\n`);
         io.out(`wrote ${o.configOut} and ${o.unitOut}; state dir ${result.config.stateDir}\n`);
         io.out(table([['STATUS', 'CHECK', 'EVIDENCE'], ...checks.map((c) => [c.status.toUpperCase(), c.check, c.evidence + (c.fix ? `  -> fix: ${c.fix}` : '')])]));
         io.out('enable it with: systemctl daemon-reload && systemctl enable --now matchlockd\n');
@@ -92,7 +91,7 @@ export function hostCommand(io: Io, output: () => string): Command {
       }
       await hubSetup(hub);
       const settings = { 'bridge-name': o.interface, ...parseSettings(o.set) };
-      const { checks } = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, execStart: `${process.execPath} ${DAEMON_BIN}`, guardPath: guardPath(o) }).catch((err: unknown) => {
+      const { checks } = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, guardPath: guardPath(o) }).catch((err: unknown) => {
         throw cliError((err as Error).message, EXIT.usage);
       });
       const failures = checks.filter((c) => c.status === 'fail');

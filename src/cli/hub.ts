@@ -1,5 +1,7 @@
 import { Command } from 'commander';
-import { loadHubConfig, type HubConfig } from '../hub/config.js';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { hubConfigYaml, loadHubConfig, type HubConfig } from '../hub/config.js';
 import { hubLeases, hubSetup, hubStatus, hubTeardown } from '../hub/hub.js';
 import { create } from '@bufbuild/protobuf';
 import { generatedMac } from '../core/microvm/host-names.js';
@@ -24,6 +26,15 @@ export const HUB_FLAGS: [string, string][] = [
   ['dhcp', 'isc (isc-dhcp-server) or dnsmasq'],
   ['state-dir', "where the hub's generated files, leases and pids live"],
 ];
+
+/**
+ * Where `hub setup` records the hub it made, as a hub.yaml with every setting, so `status`,
+ * `leases` and `teardown` (and `setup` again) need no flags: `MATCHLOCK_HUB_RECORD`, default
+ * /var/lib/matchlock/hub.yaml. One hub per host, as in a Liquid Metal environment.
+ */
+export function hubRecordPath(env: NodeJS.ProcessEnv = process.env): string {
+  return env.MATCHLOCK_HUB_RECORD || '/var/lib/matchlock/hub.yaml';
+}
 
 /** `matchlock hub`: the LAN, DHCP and NAT that MicroVMs get their addresses and their way out from. */
 /** The values commander parsed for the hub flags (named `<prefix><flag>`), keyed by flag. */
@@ -59,12 +70,23 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
     for (const [flag, help] of HUB_FLAGS) c.option(`--${flag} <value>`, help);
     return c;
   };
+  const record = hubRecordPath();
+  /** -f, else the record setup left, with the flags over either. */
   const config = (opts: Record<string, unknown>): HubConfig => {
     const flags = hubFlagValues(opts, '');
+    const file = typeof opts.file === 'string' ? opts.file : existsSync(record) ? record : undefined;
     try {
-      return loadHubConfig(typeof opts.file === 'string' ? opts.file : undefined, flags);
+      return loadHubConfig(file, flags);
     } catch (err) {
       throw cliError((err as Error).message, EXIT.usage);
+    }
+  };
+  /** The record names this hub (its state dir); other hubs' records are not touched. */
+  const recorded = (c: HubConfig) => {
+    try {
+      return loadHubConfig(record, {}).stateDir === c.stateDir;
+    } catch {
+      return false;
     }
   };
   // Hub failures carry their codes (FailedPrecondition: exit 6); main maps them.
@@ -73,12 +95,17 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
     wrap(async () => {
       const c = config(o);
       await hubSetup(c);
+      mkdirSync(dirname(record), { recursive: true, mode: 0o750 });
+      const text = `# Written by matchlock hub setup; hub status, leases and teardown read it.\n${hubConfigYaml(c)}`;
+      if (!existsSync(record) || readFileSync(record, 'utf8') !== text) writeFileSync(record, text);
       io.out(`hub ${c.interface} up: ${c.address}, DHCP ${c.rangeStart}-${c.rangeEnd} (${c.dhcp}), NAT out of ${c.uplink}\n`);
     }),
   );
   withConfig(hub.command('teardown').description('remove exactly what setup made')).action((o: Record<string, unknown>) =>
     wrap(async () => {
-      await hubTeardown(config(o));
+      const c = config(o);
+      await hubTeardown(c);
+      if (recorded(c)) rmSync(record, { force: true });
       io.out('hub removed\n');
     }),
   );

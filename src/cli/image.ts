@@ -1,5 +1,7 @@
 import { Command } from 'commander';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { DEFAULT_CONFIG_PATH, loadConfig, type DaemonConfig } from '../daemon/config.js';
 import { listSetting, registryClient } from '../adapters/images/oci/registry.js';
 import { ImageCatalog, LocalImageStore, normalizeRef, type PullProgress } from '../adapters/images/oci/store.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
@@ -9,10 +11,10 @@ import { EXIT, cliError } from './client.js';
 import { table } from './output.js';
 import type { Io } from './vm.js';
 
-const DEFAULT_STATE_DIR = process.env.MATCHLOCK_STATE_DIR ?? '/var/lib/matchlock';
-
 interface ImageOpts {
-  stateDir: string;
+  config?: string;
+  init?: boolean;
+  stateDir?: string;
   registryAuthFile?: string;
   insecureRegistries?: string;
   plainHttpRegistries?: string;
@@ -33,29 +35,68 @@ function human(bytes: number): string {
 }
 
 /**
- * Image commands work on the host's image store directly (the daemon reads the same store);
- * "used by" comes from the daemon's record store in the same state dir.
+ * The daemon's settings as matchlockd would load them (its config file, MATCHLOCK_* variables),
+ * with the image command's flags over them: the state dir and the registry settings.
+ */
+function daemonSettings(o: ImageOpts): DaemonConfig {
+  const flags: Record<string, unknown> = {};
+  const given: [string, string | undefined][] = [
+    ['state-dir', o.stateDir], ['registry-auth-file', o.registryAuthFile], ['insecure-registries', o.insecureRegistries],
+    ['plain-http-registries', o.plainHttpRegistries], ['registry-mirrors', o.registryMirrors],
+  ];
+  for (const [key, value] of given) if (value !== undefined) flags[key] = value;
+  try {
+    return loadConfig({ flags, file: { path: o.config ?? DEFAULT_CONFIG_PATH, explicit: o.config !== undefined }, env: process.env });
+  } catch (err) {
+    throw cliError((err as Error).message, EXIT.usage);
+  }
+}
+
+/**
+ * Image commands work on the daemon's image store directly (no RPC: they work while the daemon
+ * is down, and the daemon reads the same store), found through the daemon's own config file,
+ * with its registry settings; "used by" comes from the record store in the same state dir.
+ * A state dir without a record store (matchlock.db) is refused, so a mistyped one is not
+ * taken for a new, empty store; `--init` makes one there on purpose.
  */
 export function imageCommand(io: Io, output: () => string, isTty: () => boolean): Command {
   const image = new Command('image')
     .description("manage the host's image store")
-    .option('--state-dir <dir>', 'matchlockd state dir', DEFAULT_STATE_DIR)
-    .option('--registry-auth-file <path>', 'Docker-style config.json (default: $DOCKER_CONFIG or ~/.docker)')
-    .option('--insecure-registries <list>', 'registries reached over HTTPS without certificate checks')
-    .option('--plain-http-registries <list>', 'registries reached over plain HTTP')
-    .option('--registry-mirrors <list>', 'registry=mirror pairs');
-  const opts = () => image.opts<ImageOpts>();
+    .option('--config <path>', `matchlockd's config file, read for state-dir and the registry settings (default ${DEFAULT_CONFIG_PATH})`)
+    .option('--state-dir <dir>', "matchlockd's state dir (default: the config's state-dir)")
+    .option('--init', 'make a new store in a state dir that has none (a host whose daemon has not run yet)')
+    .option('--registry-auth-file <path>', "Docker-style config.json (default: the config's, else $DOCKER_CONFIG or ~/.docker)")
+    .option('--insecure-registries <list>', 'registries reached over HTTPS without certificate checks (default: the config\'s)')
+    .option('--plain-http-registries <list>', 'registries reached over plain HTTP (default: the config\'s)')
+    .option('--registry-mirrors <list>', 'registry=mirror pairs (default: the config\'s)');
+  let settings: DaemonConfig | undefined;
+  /** The daemon's settings, checked once per command: the state dir must hold a store. */
+  const cfg = (): DaemonConfig => {
+    if (settings) return settings;
+    const o = image.opts<ImageOpts>();
+    const c = daemonSettings(o);
+    if (!existsSync(join(c.stateDir, 'matchlock.db'))) {
+      if (!o.init) {
+        const from = o.stateDir !== undefined ? '--state-dir' : `state-dir (from ${o.config ?? DEFAULT_CONFIG_PATH} or its default)`;
+        throw cliError(`${from} ${c.stateDir}: holds no matchlock store (matchlock.db); name matchlockd's state dir, or give --init to make a new store there`, EXIT.usage);
+      }
+      mkdirSync(c.stateDir, { recursive: true, mode: 0o750 });
+      new SqliteStore(join(c.stateDir, 'matchlock.db')).close();
+    }
+    settings = c;
+    return c;
+  };
   const store = () => {
-    const o = opts();
+    const c = cfg();
     const registry = registryClient(
-      { authFile: o.registryAuthFile ?? '', insecure: listSetting(o.insecureRegistries ?? ''), plainHttp: listSetting(o.plainHttpRegistries ?? ''), mirrors: listSetting(o.registryMirrors ?? '') },
+      { authFile: c.registryAuthFile, insecure: listSetting(c.insecureRegistries), plainHttp: listSetting(c.plainHttpRegistries), mirrors: listSetting(c.registryMirrors) },
       quiet,
     );
-    return new LocalImageStore(join(o.stateDir, 'images'), registry);
+    return new LocalImageStore(join(c.stateDir, 'images'), registry);
   };
   /** digest -> the VMs that use it, by the same rule the daemon's garbage collection uses. */
   const usage = async (catalog: ImageCatalog) => {
-    const db = new SqliteStore(join(opts().stateDir, 'matchlock.db'));
+    const db = new SqliteStore(join(cfg().stateDir, 'matchlock.db'));
     try {
       return await catalog.usage(db.list({}));
     } finally {

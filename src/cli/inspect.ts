@@ -1,11 +1,12 @@
 import { Command } from 'commander';
+import { existsSync } from 'node:fs';
 import { DEFAULT_CONFIG_PATH, loadConfig } from '../daemon/config.js';
 import { loadHubConfig } from '../hub/config.js';
 import { hubLeases } from '../hub/hub.js';
-import { inspectHost, inspectHub, type Check } from '../host/inspect.js';
+import { inspectHost, inspectHub, type Check, type DaemonAccess } from '../host/inspect.js';
 import { EXIT, cliError } from './client.js';
 import { table } from './output.js';
-import { HUB_FLAGS, hubFlagValues } from './hub.js';
+import { HUB_FLAGS, hubFlagValues, hubRecordPath } from './hub.js';
 import type { Io } from './vm.js';
 
 
@@ -13,7 +14,7 @@ import type { Io } from './vm.js';
  * `matchlock inspect`: every check of the operators' walkthrough as ok / warn / fail with its
  * evidence and, for a failure, the fix. Exits 1 when any check fails.
  */
-export function inspectCommand(io: Io, output: () => string, token: () => string | undefined): Command {
+export function inspectCommand(io: Io, output: () => string, access: () => DaemonAccess): Command {
   const cmd = new Command('inspect')
     .description('check this host (and with --hub the network hub) the way operators do by hand')
     .option('--config <path>', `matchlockd config file (default ${DEFAULT_CONFIG_PATH})`)
@@ -21,7 +22,8 @@ export function inspectCommand(io: Io, output: () => string, token: () => string
     .option('--grpc-endpoint <endpoint>', "matchlockd's endpoint (overrides the config)")
     .option('--bridge-name <name>', "matchlockd's bridge (overrides the config)")
     .option('--hub', 'also check the network hub')
-    .option('--hub-file <hub.yaml>', 'hub config for --hub');
+    .option('--hub-only', 'check only the network hub (a machine without matchlockd)')
+    .option('--hub-file <hub.yaml>', "hub config for --hub (default: what hub setup recorded)");
   for (const [f, help] of HUB_FLAGS) cmd.option(`--hub-${f} <value>`, `for --hub: ${help}`);
   cmd.action(async (o: Record<string, unknown>) => {
     const flags: Record<string, unknown> = {};
@@ -36,14 +38,18 @@ export function inspectCommand(io: Io, output: () => string, token: () => string
     }
     const checks: Check[] = [];
     let leases;
-    if (o.hub) {
+    const withHub = !!(o.hub || o.hubOnly);
+    if (withHub) {
       const hubFlags = hubFlagValues(o, 'hub-');
+      const record = hubRecordPath();
+      const file = typeof o.hubFile === 'string' ? o.hubFile : existsSync(record) ? record : undefined;
       // A bad hub setting is InvalidArgument: exit 2.
-      const hub = loadHubConfig(typeof o.hubFile === 'string' ? o.hubFile : undefined, hubFlags);
+      const hub = loadHubConfig(file, hubFlags);
       checks.push(...(await inspectHub(hub)));
       leases = await hubLeases(hub);
     }
-    checks.unshift(...(await inspectHost(cfg, { token: token(), leases })));
+    // With --hub, a machine with neither a store nor a daemon answering is taken as hub-only.
+    if (!o.hubOnly) checks.unshift(...(await inspectHost(cfg, { access: access(), leases, hubOnlyUnlessDaemon: withHub })));
     if (output() === 'json') io.out(JSON.stringify(checks, null, 2) + '\n');
     else {
       io.out(table([['STATUS', 'CHECK', 'EVIDENCE'], ...checks.map((c) => [c.status.toUpperCase(), c.check, c.evidence + (c.fix ? `  -> fix: ${c.fix}` : '')])]));

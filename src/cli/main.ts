@@ -10,6 +10,7 @@ import { hubCommand } from './hub.js';
 import { inspectCommand } from './inspect.js';
 import { hostCommand } from './host.js';
 import { versionCommand } from './power.js';
+import { addExamples, completionCommand } from './help.js';
 
 const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) };
 
@@ -40,13 +41,16 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   program.addCommand(vm);
   program.addCommand(image);
   program.addCommand(hub);
-  const inspect = inspectCommand(io, () => program.opts<{ output: string }>().output, () => program.opts<{ token?: string }>().token);
+  const inspect = inspectCommand(io, () => program.opts<{ output: string }>().output, () => program.opts<{ token?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecure?: boolean }>());
   program.addCommand(inspect);
   const host = hostCommand(io, () => program.opts<{ output: string }>().output);
   program.addCommand(host);
   versionCommand(program, globals, io);
   const version = program.commands.find((c) => c.name() === 'version');
   for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands, inspect, host, ...host.commands, ...(version ? [version] : [])]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
+  program.addCommand(completionCommand(program, io).exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err }));
+  // Last, once every command is in the tree.
+  addExamples(program);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return EXIT.ok;

@@ -141,9 +141,13 @@ export interface ConfigSources {
   env: Record<string, string | undefined>;
 }
 
-export function loadConfig(src: ConfigSources, providers: ReadonlyMap<string, ProviderModule> = PROVIDERS): DaemonConfig {
+/**
+ * Loads the settings. `warnings`, when given, receives one line per flintlockd key of the
+ * config file that was read under its matchlock name or ignored, naming the key and why.
+ */
+export function loadConfig(src: ConfigSources, providers: ReadonlyMap<string, ProviderModule> = PROVIDERS, warnings: string[] = []): DaemonConfig {
   const keys = configKeys(providers);
-  const fileValues = readConfigFile(src.file.path, src.file.explicit, keys);
+  const fileValues = readConfigFile(src.file.path, src.file.explicit, keys, warnings);
   const providerSettings: Record<string, SettingValue> = {};
   const out: Record<string, unknown> = { providerSettings };
   for (const def of keys) {
@@ -164,7 +168,7 @@ export function loadConfig(src: ConfigSources, providers: ReadonlyMap<string, Pr
   return cfg;
 }
 
-function readConfigFile(path: string, explicit: boolean, keys: readonly KeyDef[]): Record<string, unknown> {
+function readConfigFile(path: string, explicit: boolean, keys: readonly KeyDef[], warnings: string[]): Record<string, unknown> {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -181,8 +185,74 @@ function readConfigFile(path: string, explicit: boolean, keys: readonly KeyDef[]
   if (doc === null || doc === undefined) return {};
   if (typeof doc !== 'object' || Array.isArray(doc)) throw configError(`config file ${path}: must be a mapping of keys to values`);
   const known = new Set(keys.map((k) => k.key));
-  for (const key of Object.keys(doc)) {
-    if (!known.has(key)) throw configError(`config file ${path}: unknown key "${key}"`);
+  const out: Record<string, unknown> = {};
+  const renamed: Array<[string, string, unknown]> = [];
+  for (const [key, value] of Object.entries(doc)) {
+    if (known.has(key)) {
+      out[key] = value;
+      continue;
+    }
+    const fl = flintlockKey(key);
+    if (!fl) throw configError(`config file ${path}: unknown key "${key}"`);
+    if ('mapsTo' in fl && known.has(fl.mapsTo)) renamed.push([key, fl.mapsTo, value]);
+    else if ('mapsTo' in fl) warnings.push(`${path}: flintlockd key "${key}" ignored: no provider here has "${fl.mapsTo}"`);
+    else {
+      const refusal = fl.refuse?.(value);
+      if (refusal) throw configError(`config file ${path}: ${key}: ${refusal}`);
+      if (!fl.honoured?.(value)) warnings.push(`${path}: flintlockd key "${key}" ignored: ${fl.ignored}`);
+    }
   }
-  return doc as Record<string, unknown>;
+  // matchlock's own spelling wins over flintlockd's when a file has both.
+  for (const [key, to, value] of renamed) {
+    if (to in out) warnings.push(`${path}: flintlockd key "${key}" ignored: "${to}" is set too and wins`);
+    else {
+      out[to] = value;
+      warnings.push(`${path}: flintlockd key "${key}" read as "${to}", its matchlock name`);
+    }
+  }
+  return out;
+}
+
+type FlintlockKey =
+  | { mapsTo: string }
+  | { ignored: string; honoured?: (value: unknown) => boolean; refuse?: (value: unknown) => string | undefined };
+
+const CONTAINERD = 'matchlock pulls images from OCI registries itself and keeps them in <state-dir>/images; it does not use containerd';
+const SNAPSHOTTER = `${CONTAINERD}; for device-mapper volumes set thinpool (flintlock's pool is flintlock-thinpool)`;
+const isTrue = (v: unknown) => v === true || (typeof v === 'string' && v.toLowerCase() === 'true');
+
+/**
+ * flintlockd's keys that matchlock has no setting of the same name for: those of every
+ * flintlockd release's `run` flags (internal/command/flags, pkg/log) that matchlock spells
+ * differently, and those that only meant something to flintlock's containerd image path.
+ * viper, which reads flintlockd's file, matches keys without regard to case, so this does too.
+ */
+const FLINTLOCK_KEYS: Readonly<Record<string, FlintlockKey>> = {
+  'deletemicrovm-timeout': { mapsTo: 'delete-vm-timeout' },
+  'virtiofs-bin': { mapsTo: 'virtiofsd-bin' },
+  'containerd-socket': { ignored: CONTAINERD },
+  'containerd-ns': { ignored: CONTAINERD },
+  'containerd-namespace': { ignored: CONTAINERD },
+  'containerd-kernel-ss': { ignored: `${CONTAINERD}; kernels and initrds are read from the unpacked image` },
+  'containerd-volume-ss': { ignored: SNAPSHOTTER },
+  'volume-snapshotter': { ignored: SNAPSHOTTER },
+  'firecracker-api': { ignored: 'matchlock always starts Firecracker with its API socket' },
+  'log-output': {
+    ignored: 'matchlockd logs to stderr (the journal under systemd); redirect it there',
+    honoured: (v) => v === undefined || v === null || v === '' || v === 'stderr',
+  },
+  'disable-reconcile': {
+    ignored: 'matchlockd always reconciles; false is what it does',
+    refuse: (v) => (isTrue(v) ? 'matchlockd cannot run without reconciling; remove the key' : undefined),
+  },
+  'disable-api': {
+    ignored: 'matchlockd always serves its API; false is what it does',
+    refuse: (v) => (isTrue(v) ? 'matchlockd cannot run without its API; remove the key' : undefined),
+  },
+};
+
+function flintlockKey(key: string): FlintlockKey | undefined {
+  const k = key.toLowerCase();
+  // Any other containerd-* key (snapshotter and namespace variants) is the same kind.
+  return FLINTLOCK_KEYS[k] ?? (k.startsWith('containerd-') ? { ignored: CONTAINERD } : undefined);
 }

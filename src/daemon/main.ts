@@ -29,8 +29,9 @@ export async function main(argv: string[], opts: { registry?: ReadonlyMap<string
     }
     const configPath = typeof opts.config === 'string' ? opts.config : undefined;
     let cfg;
+    const warnings: string[] = [];
     try {
-      cfg = loadConfig({ flags, file: { path: configPath ?? DEFAULT_CONFIG_PATH, explicit: configPath !== undefined }, env: process.env }, registry);
+      cfg = loadConfig({ flags, file: { path: configPath ?? DEFAULT_CONFIG_PATH, explicit: configPath !== undefined }, env: process.env }, registry, warnings);
     } catch (err) {
       process.stderr.write(`matchlockd: ${(err as Error).message}\n`);
       process.exit(2);
@@ -39,6 +40,7 @@ export async function main(argv: string[], opts: { registry?: ReadonlyMap<string
     process.umask(0o027);
     const logger = createLogger(cfg.logFormat, cfg.verbosity);
     installProcessGuards(logger);
+    for (const w of warnings) logger.warn({}, w);
     // Signals are handled from the start: one that arrives while starting stops the daemon as
     // soon as it is up. The first signal drains (shutdown-grace), a second cuts the drain short.
     let daemon: RunningDaemon | undefined;

@@ -12,6 +12,7 @@ import type { MicroVM } from '../core/microvm/types.js';
 import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
 import { connect } from '../adapters/api/client.js';
 import type { DaemonConfig } from '../daemon/config.js';
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { binaryFor, buildProviders, findBinary } from '../daemon/providers.js';
 import { ipToInt, type HubConfig } from '../hub/config.js';
 import { hubLeases, hubStatus, type Lease } from '../hub/hub.js';
@@ -31,29 +32,63 @@ const fail = (check: string, evidence: string, fix: string): Check => ({ check, 
 
 const links = new Iproute2Network();
 
-/** The host as operators check it by hand: daemon, VMMs, /dev/kvm, stores, and every MicroVM. */
-export async function inspectHost(
-  cfg: DaemonConfig,
-  opts: { token?: string | undefined; leases?: Lease[] | undefined; registry?: ReadonlyMap<string, ProviderModule> },
-): Promise<Check[]> {
-  const checks: Check[] = [];
-  const registry = opts.registry ?? PROVIDERS;
+/** How inspect reaches the daemon: the CLI's global token and TLS flags (the endpoint is the config's). */
+export interface DaemonAccess {
+  /** --token / MATCHLOCK_TOKEN; the config's basic-auth-token when absent. */
+  token?: string | undefined;
+  tlsCa?: string | undefined;
+  tlsCert?: string | undefined;
+  tlsKey?: string | undefined;
+  insecure?: boolean | undefined;
+}
 
-  // Daemon reachable on its endpoint, with the auth and TLS it is configured for.
+/**
+ * Whether matchlockd answers on its endpoint, and when not, which of the three it is: a refused
+ * token (UNAUTHENTICATED), TLS (handshake or certificates), or nothing listening.
+ */
+async function daemonCheck(cfg: DaemonConfig, access: DaemonAccess): Promise<Check> {
   const host = cfg.grpcEndpoint;
   const tls = cfg.tlsCert !== '';
+  const token = access.token ?? cfg.basicAuthToken;
+  const how = `${tls ? 'TLS' : 'plaintext'}, ${cfg.basicAuthToken || access.token ? 'token auth' : 'no auth'}`;
+  if (tls && !access.tlsCa) return warn('daemon', `matchlockd serves TLS on ${host}; not checked without the CA`, 'give --tls-ca (and --tls-cert/--tls-key for mTLS), as for any other command');
   try {
-    if (tls) throw new Error('TLS endpoints are checked with the CLI (matchlock --tls-ca … vm list)');
-    const c = connect({ host, token: opts.token ?? cfg.basicAuthToken, timeoutMs: 3000 });
+    const c = connect({ host, token, tlsCa: access.tlsCa, tlsCert: access.tlsCert, tlsKey: access.tlsKey, insecure: access.insecure, timeoutMs: 3000 });
     try {
       await c.listMicroVMs(create(ListMicroVMsRequestSchema, {}));
     } finally {
       c.close();
     }
-    checks.push(ok('daemon', `matchlockd answers on ${host} (${tls ? 'TLS' : 'plaintext'}, ${cfg.basicAuthToken ? 'token auth' : 'no auth'})`));
+    return ok('daemon', `matchlockd answers on ${host} (${how})`);
   } catch (err) {
-    checks.push(fail('daemon', `no answer from matchlockd on ${host}: ${(err as Error).message.split('\n')[0]}`, 'start it: systemctl start matchlockd (or matchlockd run --config /etc/matchlock/config.yaml)'));
+    const e = err as Error & { code?: unknown };
+    const first = e.message.split('\n')[0] ?? '';
+    if (e instanceof MatchlockError && e.code === ErrorCode.Unauthenticated) {
+      const source = access.token !== undefined ? 'the token given (--token or MATCHLOCK_TOKEN)' : cfg.basicAuthToken ? "the config's basic-auth-token" : 'no token';
+      return fail('daemon', `matchlockd on ${host} is running but refused ${source}: ${first}`, token ? "pass the daemon's basic-auth-token with --token or MATCHLOCK_TOKEN" : 'the daemon wants a token: --token or MATCHLOCK_TOKEN');
+    }
+    if (e instanceof MatchlockError && e.code === ErrorCode.InvalidArgument) return fail('daemon', `${host}: ${first}`, 'give --tls-ca for TLS, or --insecure for plaintext to a non-loopback address');
+    if (/SSL|TLS|certificate|handshake/i.test(first)) return fail('daemon', `TLS with matchlockd on ${host} failed: ${first}`, '--tls-ca must be the CA that signed tls-cert; with tls-client-validate, give --tls-cert and --tls-key signed by tls-client-ca');
+    return fail('daemon', `no answer from matchlockd on ${host}: ${first}`, 'start it: systemctl start matchlockd (or matchlockd run --config /etc/matchlock/config.yaml)');
   }
+}
+
+/** The host as operators check it by hand: daemon, VMMs, /dev/kvm, stores, and every MicroVM. */
+export async function inspectHost(
+  cfg: DaemonConfig,
+  opts: { token?: string | undefined; access?: DaemonAccess; leases?: Lease[] | undefined; registry?: ReadonlyMap<string, ProviderModule>; hubOnlyUnlessDaemon?: boolean },
+): Promise<Check[]> {
+  const checks: Check[] = [];
+  const registry = opts.registry ?? PROVIDERS;
+
+  // Daemon reachable on its endpoint, with the auth and TLS it is configured for.
+  const daemon = await daemonCheck(cfg, { ...opts.access, token: opts.access?.token ?? opts.token });
+  // A machine that only runs the hub: nothing answers and there is no store. Host checks would
+  // only say that matchlockd is absent, over and over.
+  if (opts.hubOnlyUnlessDaemon && daemon.status === 'fail' && /no answer/.test(daemon.evidence) && !existsSync(join(cfg.stateDir, 'matchlock.db'))) {
+    return [ok('daemon', `no matchlockd on this machine (nothing on ${cfg.grpcEndpoint}, no store in ${cfg.stateDir}): hub checks only`)];
+  }
+  checks.push(daemon);
 
   for (const [p, m] of registry) {
     const bin = binaryFor(cfg, m);
@@ -111,7 +146,29 @@ export async function inspectHost(
 /** Providers whose VMMs matchlock starts confined (vmm-user, seccomp, cgroup); the others join with their own confinement. */
 const CONFINED_PROVIDERS: ReadonlySet<string> = new Set(['qemu']);
 
+/**
+ * A VM not yet CREATED lacks files, a VMM or links because it is not made yet: those are the
+ * consequences of its state, so they go into its one state check instead of standing as
+ * faults of their own.
+ */
 async function inspectVm(
+  cfg: DaemonConfig,
+  vm: MicroVM,
+  leases: Lease[] | undefined,
+  providers: ReadonlyMap<string, VmmProvider>,
+  registry: ReadonlyMap<string, ProviderModule>,
+): Promise<Check[]> {
+  const checks = await vmChecks(cfg, vm, leases, providers, registry);
+  const [state, ...rest] = checks;
+  if (!state || vm.status.state === 'CREATED') return checks;
+  const consequences = rest.filter((c) => c.status !== 'ok');
+  if (consequences.length === 0) return checks;
+  const prefix = state.check.slice(0, -'state'.length);
+  const so = consequences.map((c) => `${c.check.slice(prefix.length)}: ${c.evidence}`).join('; ');
+  return [{ ...state, evidence: `${state.evidence} (so, not made yet: ${so})` }, ...rest.filter((c) => c.status === 'ok')];
+}
+
+async function vmChecks(
   cfg: DaemonConfig,
   vm: MicroVM,
   leases: Lease[] | undefined,

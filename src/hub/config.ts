@@ -1,6 +1,6 @@
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { readFileSync } from 'node:fs';
-import { parse as parseYaml } from 'yaml';
+import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { ipFamily, isIPv4 } from '../core/microvm/net.js';
 
 /**
@@ -134,4 +134,14 @@ export function loadHubConfig(file: string | undefined, flags: Partial<Record<st
     else out[prop] = String(v);
   }
   return validateHub(out as unknown as HubConfig);
+}
+
+/** The hub config as a hub.yaml that loadHubConfig reads back to the same config. */
+export function hubConfigYaml(c: HubConfig): string {
+  const doc: Record<string, unknown> = {};
+  for (const [key, prop] of Object.entries(KEYS)) {
+    const v = c[prop];
+    if (v !== undefined) doc[key] = Array.isArray(v) ? v.join(',') : v;
+  }
+  return stringifyYaml(doc);
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
@@ -36,9 +36,9 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
   });
 
   it('pulls with plain progress lines, lists size and users, refuses to remove an image in use, prunes the rest', async () => {
-    const state = ['--state-dir', join(tmp.path, 'state')];
+    const state = ['--state-dir', join(tmp.path, 'state'), '--config', '/dev/null'];
     const ref = `${registry.host}/matchlock/guest:1`;
-    const pulled = await cli(['image', 'pull', ref, ...state, '--registry-auth-file', join(tmp.path, 'none.json')]);
+    const pulled = await cli(['image', 'pull', ref, ...state, '--init', '--registry-auth-file', join(tmp.path, 'none.json')]);
     assert.equal(pulled.code, EXIT.ok, pulled.err);
     const { manifest } = guestDigests(layout);
     assert.equal(pulled.out, `${ref} ${manifest}\n`);
@@ -79,5 +79,28 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
     assert.equal((await cli(['image', 'ls', ...state])).out, 'REFERENCE  DIGEST  SIZE  USED BY\n');
     // Blobs of a minute ago may belong to a pull in flight: they stay until they are old.
     assert.ok(existsSync(join(tmp.path, 'state', 'images', 'blobs', 'sha256', manifest.slice(7))));
+  });
+
+  it("finds the store and the registry settings in matchlockd's config, and refuses a state dir without a store", async () => {
+    const state = join(tmp.path, 'cfg-state');
+    // Only the config's mirror can serve this reference: the pull shows the config was read.
+    const config = join(tmp.path, 'matchlockd.yaml');
+    writeFileSync(config, `# the daemon's file\nstate-dir: ${state}\nregistry-mirrors: mirror-only.invalid=${registry.host}\ncontainerd-socket: /run/containerd/containerd.sock\n`);
+    const ref = 'mirror-only.invalid/matchlock/guest:1';
+    const typo = await cli(['image', 'pull', ref, '--config', config]);
+    assert.equal(typo.code, EXIT.usage);
+    assert.match(typo.err, new RegExp(`state-dir \\(from ${config.replace(/[.]/g, '\\.')} or its default\\) ${state}: holds no matchlock store \\(matchlock\\.db\\).*--init`));
+    assert.equal(existsSync(state), false, 'nothing is made in a state dir that holds no store');
+    const pulled = await cli(['image', 'pull', ref, '--config', config, '--init']);
+    assert.equal(pulled.code, EXIT.ok, pulled.err);
+    assert.ok(existsSync(join(state, 'matchlock.db')));
+    const ls = await cli(['-o', 'json', 'image', 'ls', '--config', config]);
+    assert.deepEqual((JSON.parse(ls.out) as { ref: string }[]).map((i) => i.ref), [ref]);
+    // A mistyped --state-dir is an error, not a new, empty store.
+    const mistyped = join(tmp.path, 'cfg-stat');
+    const wrong = await cli(['image', 'ls', '--config', config, '--state-dir', mistyped]);
+    assert.equal(wrong.code, EXIT.usage);
+    assert.match(wrong.err, /--state-dir .*cfg-stat: holds no matchlock store/);
+    assert.equal(existsSync(mistyped), false);
   });
 });

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { loadConfig } from '../../src/daemon/config.js';
@@ -39,5 +39,42 @@ describe('matchlock host setup', () => {
     await assert.rejects(hostSetup({ ...p, settings: { 'resync-period': 'often' } }), /resync-period must be a duration/);
     assert.equal(existsSync(p.configPath), false);
     assert.equal(existsSync(p.unitPath), false);
+  });
+
+  it('merges --set into an existing config: other keys, comments and flintlockd keys stay, the diff shows the change', async () => {
+    const p = paths('c');
+    mkdirSync(join(tmp.path, 'c'), { recursive: true });
+    const before = [
+      '# flintlock provisioning wrote this',
+      'containerd-socket: "/run/containerd-dev/containerd.sock"',
+      'grpc-endpoint: "192.168.10.3:9090"',
+      'verbosity: 9 # trace',
+      'insecure: true',
+      'parent-iface: "bond0.1000"',
+      'basic-auth-token: "s3cret-token"',
+      `state-dir: ${join(tmp.path, 'c', 'state')}`,
+      '',
+    ].join('\n');
+    writeFileSync(p.configPath, before);
+    const { diff } = await hostSetup({ ...p, settings: { 'bridge-name': 'br0', verbosity: '1', 'vmm-user': 'root' } });
+    const after = readFileSync(p.configPath, 'utf8');
+    for (const line of ['# flintlock provisioning wrote this', 'containerd-socket: "/run/containerd-dev/containerd.sock"', 'grpc-endpoint: "192.168.10.3:9090"', 'insecure: true', 'parent-iface: "bond0.1000"', 'basic-auth-token: "s3cret-token"', 'bridge-name: br0']) {
+      assert.ok(after.split('\n').includes(line), `${line} missing from:\n${after}`);
+    }
+    assert.match(after, /^verbosity: 1 # trace$/m);
+    const cfg = loadConfig({ flags: {}, file: { path: p.configPath, explicit: true }, env: {} });
+    assert.deepEqual([cfg.grpcEndpoint, cfg.basicAuthToken, cfg.parentIface, cfg.bridgeName, cfg.verbosity, cfg.insecure], ['192.168.10.3:9090', 's3cret-token', 'bond0.1000', 'br0', 1, true]);
+    assert.match(diff, /^-verbosity: 9 # trace$/m);
+    assert.match(diff, /^\+verbosity: 1 # trace$/m);
+    assert.match(diff, /^\+bridge-name: br0$/m);
+    assert.doesNotMatch(diff, /^-(grpc-endpoint|basic-auth-token|containerd-socket)/m);
+    // Setting what is already there changes nothing.
+    const again = await hostSetup({ ...p, settings: { 'bridge-name': 'br0' } });
+    assert.equal(again.diff, '');
+    assert.equal(readFileSync(p.configPath, 'utf8'), after);
+    // A value the merged file cannot hold is refused, and the file stays as it was.
+    await assert.rejects(hostSetup({ ...p, settings: { 'resync-period': 'often' } }), new RegExp(`${p.configPath.replace(/[/.]/g, '\\$&')}: resync-period must be a duration`));
+    assert.equal(readFileSync(p.configPath, 'utf8'), after);
+    assert.equal(existsSync(`${p.configPath}.tmp`), false);
   });
 });

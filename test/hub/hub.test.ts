@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HUB_DEFAULTS, loadHubConfig, validateHub } from '../../src/hub/config.js';
@@ -125,7 +125,9 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
   const cl = `mlc-${id}`;
   const tmp = tempDir('hub');
   const ip = (...a: string[]) => execFileSync('ip', a, { encoding: 'utf8' });
-  const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
+  // hub setup's record of the hub it made goes to the test's own directory, not the host's.
+  const record = join(tmp.path, 'hub-record.yaml');
+  const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', env: { ...process.env, MATCHLOCK_HUB_RECORD: record } });
   const script = join(tmp.path, 'udhcpc.sh');
   before(() => {
     assert.equal(skip, false, String(skip));
@@ -178,6 +180,7 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
       const setup = cli('hub', 'setup', ...flags);
       assert.equal(setup.status, 0, setup.stderr);
       assert.equal(cli('hub', 'setup', ...flags).status, 0, 'setup is idempotent');
+      assert.match(readFileSync(record, 'utf8'), new RegExp(`^state-dir: ${join(tmp.path, `state-${dhcp}`)}$`, 'm'));
       ip('-n', hub, 'link', 'set', 'hc0', 'master', 'mlbr0');
       // The DHCP server is also written as a unit for systemd to supervise.
       const unitFile = join(tmp.path, `state-${dhcp}`, 'matchlock-hub-dhcp.service');
@@ -186,7 +189,8 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
       assert.match(unit, /^Restart=always$/m);
       const verify = spawnSync('systemd-analyze', ['verify', unitFile], { encoding: 'utf8' });
       if (!verify.error) assert.equal(verify.status, 0, verify.stderr);
-      const status = cli('-o', 'json', 'hub', 'status', ...flags);
+      // status, leases and teardown need no flags: setup recorded the hub.
+      const status = cli('-o', 'json', 'hub', 'status');
       assert.equal(status.status, 0, status.stdout + status.stderr);
       assert.ok((JSON.parse(status.stdout) as { ok: boolean }[]).every((p) => p.ok));
 
@@ -202,20 +206,21 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
       assert.ok(addr.startsWith('192.168.10.') && last >= 26 && last <= 126, `lease ${addr} in the range`);
       assert.equal(inNs(cl, 'ping', '-c', '1', '-W', '2', '10.99.0.2').status, 0, 'the uplink answers through NAT');
 
-      const leases = cli('-o', 'json', 'hub', 'leases', ...flags);
+      const leases = cli('-o', 'json', 'hub', 'leases');
       assert.equal(leases.status, 0, leases.stderr);
       assert.ok((JSON.parse(leases.stdout) as { ip: string; mac: string; hostname: string }[]).some((l) => l.ip === addr && l.mac === mac && l.hostname === 'vm-7d'), leases.stdout);
 
       // One piece broken at a time shows in status.
       inNs(hub, 'nft', 'flush', 'table', 'ip', 'matchlock_hub');
-      const broken = cli('-o', 'json', 'hub', 'status', ...flags);
+      const broken = cli('-o', 'json', 'hub', 'status');
       assert.notEqual(broken.status, 0);
       assert.deepEqual((JSON.parse(broken.stdout) as { piece: string; ok: boolean }[]).filter((p) => !p.ok).map((p) => p.piece), ['nat']);
 
       ip('-n', cl, 'addr', 'flush', 'dev', 'c0');
       ip('-n', cl, 'link', 'set', 'c0', 'down');
-      const down = cli('hub', 'teardown', ...flags);
+      const down = cli('hub', 'teardown');
       assert.equal(down.status, 0, down.stderr);
+      assert.equal(existsSync(record), false, 'teardown removes the record of the hub it removed');
       const afterTeardown = snapshot();
       assert.deepEqual(afterTeardown.links, before.links);
       assert.deepEqual(afterTeardown.addrs, before.addrs);

@@ -1,0 +1,97 @@
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
+import { run } from '../../src/cli/main.js';
+import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
+import type { Check } from '../../src/host/inspect.js';
+import { makeCerts } from '../helpers/certs.js';
+import { ROOT, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
+
+async function inspect(args: string[]): Promise<{ code: number; checks: Check[]; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await run(['-o', 'json', ...args], { out: (t) => (out += t), err: (t) => (err += t) }, {});
+  return { code, checks: JSON.parse(out || '[]') as Check[], err };
+}
+
+describe('inspect reaches the daemon as every other command does', () => {
+  const tmp = tempDir('inspect-access');
+  let plain: DaemonHandle;
+  let tls: DaemonHandle;
+  let certs: ReturnType<typeof makeCerts>;
+  before(async () => {
+    certs = makeCerts(tmp.path);
+    plain = await startDaemon(join(tmp.path, 'plain'), ['--basic-auth-token', 's3cret']);
+    tls = await startDaemon(join(tmp.path, 'tls'), ['--tls-cert', certs.serverCert, '--tls-key', certs.serverKey]);
+  });
+  after(async () => {
+    await plain?.stop();
+    await tls?.stop();
+    tmp.remove();
+  });
+  const daemonCheck = (checks: Check[]) => checks.find((c) => c.check === 'daemon');
+  const at = (d: DaemonHandle, ...rest: string[]) => ['inspect', '--config', '/dev/null', '--daemon-state-dir', d.stateDir, '--grpc-endpoint', d.target, ...rest];
+
+  it('takes --token, and calls a refused token a token problem, not a stopped daemon', async () => {
+    const good = await inspect(['--token', 's3cret', ...at(plain)]);
+    assert.equal(daemonCheck(good.checks)?.status, 'ok', JSON.stringify(good.checks));
+    const wrong = await inspect(['--token', 'wrong', ...at(plain)]);
+    const d = daemonCheck(wrong.checks);
+    assert.equal(d?.status, 'fail');
+    assert.match(d?.evidence ?? '', /is running but refused the token given \(--token or MATCHLOCK_TOKEN\)/);
+    assert.match(d?.fix ?? '', /basic-auth-token.*--token/);
+    assert.doesNotMatch(d?.fix ?? '', /start/);
+    const none = await inspect(at(plain));
+    assert.match(daemonCheck(none.checks)?.fix ?? '', /the daemon wants a token/);
+  });
+
+  it('takes --tls-ca like every other command, and names a TLS failure as such', async () => {
+    const config = join(tmp.path, 'tls.yaml');
+    execFileSync('sh', ['-c', `printf 'tls-cert: ${certs.serverCert}\\ntls-key: ${certs.serverKey}\\n' > ${config}`]);
+    const withConfig = (ca: string) => inspect(['--tls-ca', ca, 'inspect', '--config', config, '--daemon-state-dir', tls.stateDir, '--grpc-endpoint', tls.target]);
+    assert.equal(daemonCheck((await withConfig(certs.ca)).checks)?.status, 'ok');
+    const rogue = daemonCheck((await withConfig(certs.rogueCert)).checks);
+    assert.equal(rogue?.status, 'fail');
+    assert.match(rogue?.evidence ?? '', /^TLS with matchlockd on .* failed/);
+  });
+
+  it('folds what a PENDING VM does not have yet into its one state check', async () => {
+    const state = join(tmp.path, 'pending');
+    const db = new SqliteStore(join(state, 'matchlock.db'));
+    const uid = '01HZY3NDEKTSV4RRFFQ69G5FAV';
+    db.insert({
+      uid, version: 1, createdAt: '', updatedAt: '',
+      spec: { name: 'waiting', namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024, kernel: { image: 'registry.invalid/k:1', filename: 'boot/vmlinuz', cmdline: {}, addNetworkConfig: false },
+        additionalVolumes: [], interfaces: [{ deviceId: 'eth0', type: 'TAP' }], metadata: {}, provider: 'qemu', allowGuestAgent: false },
+      status: { ...initialStatus(), state: 'PENDING', retry: 2, lastError: 'pulling registry.invalid/k:1: getaddrinfo ENOTFOUND registry.invalid' },
+    } as unknown as MicroVM);
+    db.close();
+    const r = await inspect(['inspect', '--config', '/dev/null', '--daemon-state-dir', state, '--grpc-endpoint', 'unix:/nonexistent/matchlock.sock', '--bridge-name', 'br0']);
+    const vm = r.checks.filter((c) => c.check.includes(uid));
+    assert.deepEqual(vm.filter((c) => c.status !== 'ok').map((c) => c.check), [`vm ns/waiting (${uid}) state`], JSON.stringify(vm, null, 1));
+    const s = vm[0];
+    assert.match(s?.evidence ?? '', /^PENDING: pulling registry\.invalid/);
+    assert.match(s?.evidence ?? '', /not made yet: files: .* lacks .*; vmm: no VMM process; interface eth0: \S+ missing/);
+  });
+
+  it('runs on a machine with only the hub: --hub-only, or --hub where no matchlockd is', { skip: process.getuid?.() !== 0 ? 'needs root (network namespace)' : false }, () => {
+    const ns = `mlio-${randomBytes(3).toString('hex')}`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    try {
+      const hubFlags = ['--hub-interface', 'mlbr0', '--hub-uplink', 'lo', '--hub-dhcp', 'dnsmasq', '--hub-state-dir', join(tmp.path, 'hub')];
+      const ml = (...a: string[]) => spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'bin/matchlock.js'), '-o', 'json', 'inspect', ...a], { encoding: 'utf8', env: { ...process.env, MATCHLOCK_HUB_RECORD: join(tmp.path, 'no-record.yaml') } });
+      const only = JSON.parse(ml('--config', '/dev/null', '--hub-only', ...hubFlags).stdout) as Check[];
+      assert.deepEqual(only.filter((c) => !c.check.startsWith('hub ') && c.check !== 'vpn subnet router'), []);
+      assert.equal(only.find((c) => c.check === 'hub interface')?.status, 'fail', 'the hub checks ran');
+      const bare = JSON.parse(ml('--config', '/dev/null', '--daemon-state-dir', join(tmp.path, 'no-daemon'), '--grpc-endpoint', '127.0.0.1:1', '--hub', ...hubFlags).stdout) as Check[];
+      const host = bare.filter((c) => !c.check.startsWith('hub ') && c.check !== 'vpn subnet router');
+      assert.deepEqual(host.map((c) => [c.check, c.status]), [['daemon', 'ok']]);
+      assert.match(host[0]?.evidence ?? '', /no matchlockd on this machine/);
+    } finally {
+      spawnSync('ip', ['netns', 'del', ns]);
+    }
+  });
+});

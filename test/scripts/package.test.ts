@@ -1,0 +1,86 @@
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, symlinkSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ROOT, tempDir } from '../helpers/daemon.js';
+import { VERSION } from '../../src/version.js';
+
+/**
+ * The package as `npm pack` makes it, unpacked beside a node_modules that holds only the
+ * production dependencies (linked from this checkout's), which is what `npm install -g` gives
+ * an operator: no TypeScript, no tsx, no sources.
+ */
+describe('the npm package', { timeout: 300_000 }, () => {
+  const tmp = tempDir('package');
+  const pkg = join(tmp.path, 'package');
+  const hadDist = existsSync(join(ROOT, 'dist'));
+  let files: string[] = [];
+  after(() => {
+    tmp.remove();
+    // prepack builds dist/ in the checkout; leave the checkout as it was.
+    if (!hadDist) rmSync(join(ROOT, 'dist'), { recursive: true, force: true });
+  });
+
+  before(() => {
+    const out = execFileSync('npm', ['pack', '--json', '--pack-destination', tmp.path], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const [packed] = JSON.parse(out.slice(out.indexOf('['))) as { filename: string; files: { path: string }[] }[];
+    assert.ok(packed);
+    files = packed.files.map((f) => f.path);
+    execFileSync('tar', ['-xzf', join(tmp.path, packed.filename), '-C', tmp.path]);
+    const prod = execFileSync('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: ROOT, encoding: 'utf8' }).split('\n').filter(Boolean);
+    for (const dir of prod) {
+      const rel = relative(join(ROOT, 'node_modules'), dir);
+      // Only top-level packages: nested node_modules come along inside their parent.
+      if (rel.startsWith('..') || rel === '' || rel.includes('node_modules') || (rel.split('/').length > (rel.startsWith('@') ? 2 : 1))) continue;
+      mkdirSync(dirname(join(pkg, 'node_modules', rel)), { recursive: true });
+      symlinkSync(dir, join(pkg, 'node_modules', rel));
+    }
+  });
+
+  const run = (bin: string, args: string[], env: NodeJS.ProcessEnv = {}) =>
+    spawnSync(process.execPath, [join(pkg, 'bin', bin), ...args], { cwd: tmp.path, encoding: 'utf8', env: { ...process.env, ...env } });
+
+  it('holds the compiled JavaScript, the bins and the protos, and no TypeScript or tests', () => {
+    for (const f of ['bin/matchlockd.js', 'bin/matchlock.js', 'dist/daemon/main.js', 'dist/cli/main.js', 'dist/adapters/images/oci/unpack-process.js', 'proto/types/microvm.proto', 'README.md']) {
+      assert.ok(files.includes(f), `${f} missing from the package`);
+    }
+    assert.deepEqual(files.filter((f) => f.endsWith('.ts') || f.startsWith('test/') || f.startsWith('src/')), []);
+    const manifest = JSON.parse(readFileSync(join(pkg, 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
+    assert.equal(manifest.dependencies.tsx, undefined, 'tsx is only for running a checkout');
+    assert.equal(existsSync(join(pkg, 'node_modules', 'tsx')), false);
+  });
+
+  it('runs matchlockd version and matchlock --help without tsx', () => {
+    const v = run('matchlockd.js', ['version']);
+    assert.equal(v.status, 0, v.stderr);
+    assert.equal(v.stdout, `matchlockd ${VERSION}\n`);
+    const help = run('matchlock.js', ['--help']);
+    assert.equal(help.status, 0, help.stderr);
+    assert.match(help.stdout, /Usage: matchlock/);
+  });
+
+  it('host setup writes a unit that runs the installed matchlockd, resolved at setup time', () => {
+    const setup = (name: string, bin: string, path: string) => {
+      const dir = join(tmp.path, name);
+      const r = spawnSync(process.execPath, [bin, 'host', 'setup', '--no-guard', '-o', 'json', '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'),
+        '--set', `state-dir=${join(dir, 'state')}`, '--set', 'vmm-user=root'], { encoding: 'utf8', env: { ...process.env, PATH: path } });
+      const execStart = readFileSync(join(dir, 'unit.service'), 'utf8').split('\n').find((l) => l.startsWith('ExecStart='));
+      const checks = (JSON.parse(r.stdout) as { checks: { check: string; status: string }[] }).checks;
+      return { execStart, daemonBin: checks.find((c) => c.check === 'daemon-bin')?.status };
+    };
+    const sysPath = '/usr/sbin:/usr/bin:/sbin:/bin';
+    // Run from the installed package, nothing on PATH: the package's own matchlockd.
+    const installed = realpathSync(join(pkg, 'bin', 'matchlockd.js'));
+    assert.deepEqual(setup('own', join(pkg, 'bin', 'matchlock.js'), sysPath), { execStart: `ExecStart=${process.execPath} ${installed} run --config ${join(tmp.path, 'own', 'config.yaml')}`, daemonBin: 'ok' });
+    // Run from the checkout with the package installed on PATH (npm's bin link): the installed one.
+    const prefixBin = join(tmp.path, 'prefix', 'bin');
+    mkdirSync(prefixBin, { recursive: true });
+    symlinkSync(join(pkg, 'bin', 'matchlockd.js'), join(prefixBin, 'matchlockd'));
+    assert.deepEqual(setup('onpath', join(ROOT, 'bin', 'matchlock.js'), `${prefixBin}:${sysPath}`), { execStart: `ExecStart=${process.execPath} ${installed} run --config ${join(tmp.path, 'onpath', 'config.yaml')}`, daemonBin: 'ok' });
+    // Run from the checkout with nothing installed: the checkout's, and a warning saying so.
+    const checkout = setup('checkout', join(ROOT, 'bin', 'matchlock.js'), sysPath);
+    assert.equal(checkout.daemonBin, 'warn');
+    assert.equal(checkout.execStart, `ExecStart=${process.execPath} ${realpathSync(join(ROOT, 'bin', 'matchlockd.js'))} run --config ${join(tmp.path, 'checkout', 'config.yaml')}`);
+  });
+});
