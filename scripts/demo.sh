@@ -66,13 +66,12 @@ uid=$("${ML[@]}" -o json vm create --name demo --vcpu 1 --kernel-image localhost
   --root-image localhost/matchlock/test-guest:1 --interface id=eth0,type=tap \
   --metadata-from-file "user-data=$work/user-data" | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).spec.uid))')
 "${ML[@]}" vm watch "$uid" --until CREATED --timeout 2m
-console=$state/vm/default/demo/$uid/console.log
-for _ in $(seq 120); do grep -q MATCHLOCK_GUEST_READY "$console" 2>/dev/null && break; sleep 0.5; done
+for _ in $(seq 120); do "${ML[@]}" vm logs default/demo | grep -q MATCHLOCK_GUEST_READY && break; sleep 0.5; done
 echo
 "${ML[@]}" vm list
 echo
-echo "== console (tail of $console)"
-tail -n 6 "$console"
+echo "== console (matchlock vm logs --tail 6 default/demo; vm console default/demo attaches)"
+"${ML[@]}" vm logs --tail 6 default/demo
 echo
 echo "== DHCP leases (matchlock hub leases)"
 ip netns exec "$ns" "${ML[@]}" hub leases "${hubflags[@]}"

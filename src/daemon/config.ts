@@ -112,7 +112,7 @@ const DAEMON_KEYS: readonly KeyDef[] = [
   { key: 'vmm-cgroups', prop: 'vmmCgroups', kind: 'bool', default: 'true', help: 'put each VMM in its own cgroup with CPU, memory and pids limits from its spec (v2 or v1)' },
   { key: 'vmm-cgroup-parent', prop: 'vmmCgroupParent', kind: 'string', default: '/matchlock', help: "cgroup holding the per-VM cgroups: absolute from each hierarchy's root, or relative to matchlockd's own" },
   { key: 'qemu-sandbox', prop: 'qemuSandbox', kind: 'bool', default: 'true', help: "run QEMU under its seccomp filter (-sandbox on, obsolete, spawn and resourcecontrol denied)" },
-  { key: 'console-log-max-bytes', prop: 'consoleLogMaxBytes', kind: 'int', min: 4096, default: '4194304', help: 'bound of each VM\'s console log and every other file its VMM keeps appending to (stdout, stderr, logs, metrics); past it the last bytes move to <file>.1 and the file starts over' },
+  { key: 'console-log-max-bytes', prop: 'consoleLogMaxBytes', kind: 'int', min: 4096, max: 268435456, default: '4194304', help: 'bound (4096 to 268435456 bytes) of each VM\'s console log and every other file its VMM keeps appending to (stdout, stderr, logs, metrics); past it the last bytes move to <file>.1 and the file starts over' },
 ];
 
 /** The settings of this matchlock's providers and daemon, in README order. */
