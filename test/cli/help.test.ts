@@ -63,7 +63,8 @@ COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=$(( \${#COMP_WO
     };
     const vmWithAliases = complete('matchlock', 'vm', '');
     for (const s of vmSubs) assert.ok(vmWithAliases.includes(s), `${s} in ${vmWithAliases.join(' ')}`);
-    assert.deepEqual(complete('matchlock', 'vm', 'de'), ['delete']);
+    assert.deepEqual(complete('matchlock', 'vm', 'de'), ['delete', 'describe']);
+    assert.deepEqual(complete('matchlock', 'vm', 'del'), ['delete']);
     assert.deepEqual(complete('matchlock', '--token', 't', 'im'), ['image']);
     // Options of the command reached, its parent's included (image's --state-dir after pull).
     assert.deepEqual(complete('matchlock', 'image', 'pull', 'alpine', '--sta'), ['--state-dir']);
