@@ -116,8 +116,14 @@ describe('FirecrackerVm against the stand-in', { skip }, () => {
     assert.equal(await vm.bootTimeMs(), 20);
 
     // Counters are the sums of every flush's deltas, not the last line's figure.
+    const lineCount = () => readFileSync(join(launch.dir, 'firecracker.metrics'), 'utf8').trim().split('\n').length;
+    const before = lineCount();
     const first = await vm.ioCounters();
+    assert.equal(lineCount(), before + 1, 'the first read flushes');
+    await vm.ioCounters();
+    assert.equal(lineCount(), before + 1, 'no second flush within a minute, however often it is read');
     await sleep(350);
+    await vm.flushMetrics();
     const second = await vm.ioCounters();
     const lines = readFileSync(join(launch.dir, 'firecracker.metrics'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { block?: { read_count?: number }; net?: { rx_packets_count?: number } });
     const summed = lines.reduce((n, l) => n + (l.block?.read_count ?? 0), 0);
