@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { chDefaultCmdline } from '../../src/adapters/vmm/cloudhypervisor/args.js';
-import { CloudHypervisorInstance } from '../../src/adapters/vmm/cloudhypervisor/provider.js';
+import { chIoCounters, CloudHypervisorInstance } from '../../src/adapters/vmm/cloudhypervisor/provider.js';
 import type { Step } from '../../src/core/plan/step.js';
 import type { Launch } from '../../src/core/vmm.js';
 import { DEFAULT_VIRTIOFSD } from '../../src/adapters/vmm/cloudhypervisor/virtiofsd.js';
@@ -71,6 +71,19 @@ async function withEnv<T>(env: Record<string, string>, f: () => Promise<T>): Pro
   }
 }
 
+describe('chIoCounters', () => {
+  it("sums vm.counters by device kind, told apart by their keys, and counts frames as packets", () => {
+    const io = chIoCounters({
+      _disk0: { read_bytes: 4096, read_ops: 1, write_bytes: 512, write_ops: 2 },
+      mydisk: { read_bytes: 1000, read_ops: 3, write_bytes: 0, write_ops: 0 },
+      _net2: { rx_bytes: 60, rx_frames: 1, tx_bytes: 90, tx_frames: 2 },
+      _net3: { rx_bytes: 40, rx_frames: 1, tx_bytes: 10, tx_frames: 1 },
+      _vsock4: { something: 7 },
+    });
+    assert.deepEqual(io, { block: { readBytes: 5096, writeBytes: 512, readOps: 4, writeOps: 2 }, net: { rxBytes: 100, txBytes: 100, rxPackets: 2, txPackets: 3 } });
+  });
+});
+
 describe('cloud-hypervisor provider process logic (stand-in)', () => {
   it('starts, is found running, pauses, reads counters and powers off gracefully', async () => {
     const record = join(tmp, 'rec-graceful');
@@ -86,10 +99,14 @@ describe('cloud-hypervisor provider process logic (stand-in)', () => {
     await assert.rejects(instance.setPaused(true), /cloud-hypervisor vm.pause: Error pausing the VM: Invalid VM state transition: Paused to Paused/);
     const counters = await instance.counters();
     assert.deepEqual(Object.keys(counters), ['_disk0', '_disk1']);
+    const io = await instance.ioCounters();
+    assert.ok((io.block?.readOps ?? 0) >= (counters._disk0?.read_ops ?? 0) + (counters._disk1?.read_ops ?? 0), 'both disks, summed');
+    assert.equal(io.block?.readBytes, 4096 * (io.block?.readOps ?? 0));
+    assert.deepEqual(io.net, { rxBytes: 0, txBytes: 0, rxPackets: 0, txPackets: 0 }, 'no net device, nothing counted');
     // stop resumes the paused guest so it sees the power button, then it powers off
     await instance.stop({ timeoutMs: 10_000, signal: never }, quiet);
     assert.equal(await instance.running(), undefined);
-    assert.deepEqual(requests(pid, record).filter((r) => !r.endsWith('vmm.ping')), ['GET vm.info', 'PUT vm.pause', 'GET vm.info', 'PUT vm.pause', 'GET vm.counters', 'GET vm.info', 'PUT vm.resume', 'PUT vm.power-button']);
+    assert.deepEqual(requests(pid, record).filter((r) => !r.endsWith('vmm.ping')), ['GET vm.info', 'PUT vm.pause', 'GET vm.info', 'PUT vm.pause', 'GET vm.counters', 'GET vm.counters', 'GET vm.info', 'PUT vm.resume', 'PUT vm.power-button']);
     assert.ok(!existsSync(instance.files.api) && !existsSync(instance.files.vsock), 'sockets removed');
   });
 

@@ -115,6 +115,27 @@ describe('FirecrackerVm against the stand-in', { skip }, () => {
     for (let i = 0; i < 20 && (await vm.bootTimeMs()) === undefined; i++) await sleep(100);
     assert.equal(await vm.bootTimeMs(), 20);
 
+    // Counters are the sums of every flush's deltas, not the last line's figure.
+    const lineCount = () => readFileSync(join(launch.dir, 'firecracker.metrics'), 'utf8').trim().split('\n').length;
+    const before = lineCount();
+    const first = await vm.ioCounters();
+    assert.equal(lineCount(), before + 1, 'the first read flushes');
+    await vm.ioCounters();
+    assert.equal(lineCount(), before + 1, 'no second flush within a minute, however often it is read');
+    await sleep(350);
+    await vm.flushMetrics();
+    const second = await vm.ioCounters();
+    const lines = readFileSync(join(launch.dir, 'firecracker.metrics'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { block?: { read_count?: number }; net?: { rx_packets_count?: number } });
+    const summed = lines.reduce((n, l) => n + (l.block?.read_count ?? 0), 0);
+    assert.ok(lines.length >= 3, 'several flushes');
+    assert.equal(second.block?.readOps, summed);
+    assert.ok(summed > (lines.at(-1)?.block?.read_count ?? 0), 'more than the last line alone');
+    assert.ok((second.block?.readOps ?? 0) > (first.block?.readOps ?? 0), 'counters move');
+    assert.equal(second.block?.readBytes, 4096 * (second.block?.readOps ?? 0));
+    assert.equal(second.block?.writeBytes, 512 * (second.block?.writeOps ?? 0));
+    assert.equal(second.net?.rxPackets, lines.reduce((n, l) => n + (l.net?.rx_packets_count ?? 0), 0));
+    assert.equal(second.net?.txBytes, 90 * (second.net?.txPackets ?? 0));
+
     await vm.stop({ timeoutMs: 3000 }, quiet);
     assert.equal(pidAlive(pid), false);
     assert.equal(await vm.running(), undefined);

@@ -160,6 +160,15 @@ describe('metrics and debug endpoints: auth, TLS and the loopback rule', { skip:
     const s = parse(r.body);
     checkExposition(s);
     assert.equal(value(s, 'matchlock_build_info'), 1);
+    // The README's table names every matchlock family the daemon exposes, and no other.
+    const full = readFileSync(join(ROOT, 'README.md'), 'utf8');
+    const at = full.indexOf('### Metrics and debug');
+    assert.ok(at >= 0, 'README has a metrics section');
+    const readme = full.slice(at, full.indexOf('\n## ', at));
+    const documented = new Set([...readme.matchAll(/`(matchlock_[a-z_]+)`/g)].map((m) => m[1]));
+    const exposed = new Set([...s.types.keys()].filter((n) => n.startsWith('matchlock_')));
+    assert.deepEqual([...exposed].sort(), [...documented].sort());
+    assert.deepEqual([...exposed].sort(), Object.keys(FAMILIES).filter((n) => n.startsWith('matchlock_')).sort());
     assert.equal((await get(metricsPort, '/debug/pprof/heap', token)).status, 404, 'the metrics endpoint serves metrics only');
     // The refused scrape and the gRPC health check the helper made are counted.
     const again = parse((await get(metricsPort, '/metrics', token)).body);

@@ -208,3 +208,35 @@ it('clears guest_booted when a pass reports another VMM than the one that booted
   assert.equal(s.store.get('A')?.status.vmmPid, 43);
   assert.equal(s.store.get('A')?.status.guestBooted, false);
 });
+
+it('tells its observer of every pass that did work, with its outcome and duration, and of no other', async () => {
+  const passes: { kind: string; outcome: string; seconds: number }[] = [];
+  const store = new MemoryStore();
+  let now = Date.parse('2026-01-01T00:00:00Z');
+  let fail = true;
+  const runtime: Runtime = {
+    ensure: async () => {
+      now += 1500;
+      if (fail) throw new Error('no bridge');
+      return { ready: true, vmmPid: 7 };
+    },
+    teardown: async () => {
+      now += 250;
+    },
+  };
+  const r = new Reconciler({ store, runtime, clock: { now: () => new Date(now) }, logger: silentLogger, maxRetries: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1, observer: { pass: (e) => passes.push(e) } });
+  store.insert(vm('A'));
+  const delay = await r.reconcile('A');
+  assert.ok(delay !== undefined && delay > 0);
+  await r.reconcile('A'); // not due yet: no work, nothing to tell
+  now += delay;
+  fail = false;
+  await r.reconcile('A');
+  store.update('A', (cur) => ({ ...cur, status: { ...cur.status, state: 'DELETING' } }));
+  await r.reconcile('A');
+  assert.deepEqual(passes, [
+    { kind: 'ensure', outcome: 'failed', seconds: 1.5 },
+    { kind: 'ensure', outcome: 'ok', seconds: 1.5 },
+    { kind: 'teardown', outcome: 'ok', seconds: 0.25 },
+  ]);
+});
