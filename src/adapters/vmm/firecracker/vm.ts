@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { noteSpawn } from '../../exec.js';
 import { trackChild } from '../children.js';
 import { closeSync, constants, openSync, readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, link, mkdir, open, symlink, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
@@ -221,6 +222,7 @@ export class FirecrackerVm {
     let pid: number | undefined;
     let settled = false;
     try {
+      noteSpawn();
       const child = spawn(bin, args, { detached: this.o.detach, stdio: ['ignore', out, err], cwd: this.paths.dir });
       let exited = new Promise<string>((resolve) => child.once('exit', (code, sig) => resolve(sig ? `was killed by ${sig}` : `exited with code ${code}`)));
       const spawnError = new Promise<string>((resolve) => child.once('error', (e) => resolve(`could not be started: ${e.message}`)));
