@@ -126,10 +126,26 @@ function num(b: Buffer, start: number, len: number, field: string): number {
     if (!Number.isSafeInteger(v)) throw new TarFormatError(`${field} too large in tar header`);
     return v;
   }
-  const s = b.toString('latin1', start, start + len).replace(/[\0 ]+$/, '').trim();
-  if (s === '') return 0;
-  if (!/^[0-7]+$/.test(s)) throw new TarFormatError(`${field} ${JSON.stringify(s)} is not an octal number`);
-  return parseInt(s, 8);
+  // Octal digits between optional leading spaces and trailing spaces/NULs; parsed by hand, as
+  // every header has eight such fields.
+  let i = start;
+  const end = start + len;
+  while (i < end && b[i] === 0x20) i++;
+  let v = 0;
+  let digits = 0;
+  for (; i < end; i++, digits++) {
+    const c = b[i] ?? 0;
+    if (c < 0x30 || c > 0x37) break;
+    v = v * 8 + (c - 0x30);
+  }
+  for (; i < end; i++) {
+    const c = b[i] ?? 0;
+    if (c !== 0 && c !== 0x20) {
+      const s = b.toString('latin1', start, end).replace(/[\0 ]+$/, '').trim();
+      throw new TarFormatError(`${field} ${JSON.stringify(s)} is not an octal number`);
+    }
+  }
+  return digits === 0 ? 0 : v;
 }
 
 function checksumOk(h: Buffer): boolean {
@@ -195,7 +211,7 @@ export class TarReader {
     for (;;) {
       const h = this.r.read(BLOCK);
       if (!h) return undefined;
-      if (h.every((b) => b === 0)) return undefined;
+      if (h[0] === 0 && h[148] === 0 && h.every((b) => b === 0)) return undefined;
       if (!checksumOk(h)) throw new TarFormatError(`invalid tar header checksum at offset ${this.r.offset - BLOCK}`);
       const flag = String.fromCharCode(h[156] ?? 0);
       const size = num(h, 124, 12, 'size');
@@ -209,7 +225,7 @@ export class TarReader {
         continue;
       }
       const type = TYPES[flag];
-      const pax = new Map([...this.globals, ...local]);
+      const pax = this.globals.size === 0 ? local : new Map([...this.globals, ...local]);
       const str = (k: string) => pax.get(k)?.toString('utf8');
       const magic = h.toString('latin1', 257, 263);
       const posix = magic === 'ustar\0';
