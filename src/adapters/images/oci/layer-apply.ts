@@ -23,7 +23,7 @@ import {
   closeSync, constants, fchmodSync, fchownSync, ftruncateSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
   chmodSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, utimesSync, writeSync,
 } from 'node:fs';
-import { ChunkReader, TarReader, type TarEntry } from './tar-reader.js';
+import { ChunkReader, TarReader, type ReadInto, type TarEntry } from './tar-reader.js';
 
 export interface ApplyStats {
   entries: number;
@@ -187,10 +187,10 @@ export class ImageRoot {
   }
 
   /**
-   * Applies one layer read from `source` (chunks of the decompressed tar stream, undefined at
-   * its end). `check` runs every few hundred entries (the caller's chance to give up).
+   * Applies one layer read from `source` (the decompressed tar stream, read(2)-like: 0 at its
+   * end). `check` runs every few hundred entries (the caller's chance to give up).
    */
-  applyLayer(source: () => Buffer | undefined, check: () => void = () => undefined): void {
+  applyLayer(source: ReadInto, check: () => void = () => undefined): void {
     this.written = new Set();
     this.xattrs = new Map();
     this.dirTimes = [];
