@@ -59,6 +59,10 @@ describe('layer unpack against containerd and GNU tar', { skip: missing.length &
       assert.equal(mine.get('tmp')?.mode, '1777');
       assert.deepEqual([mine.get('bin/wall')?.mode, mine.get('bin/wall')?.owner], ['2755', '0:5']);
       assert.deepEqual([mine.get('var/mail')?.mode, mine.get('var/mail')?.owner], ['2775', '0:8']);
+      // Entries of a setgid directory take the layer's group and mode, not the directory's.
+      assert.deepEqual(['root-file', 'mail-file', 'root-dir', 'root-link', 'later-root', 'later-mail', 'later-dir'].map((n) => `${n} ${mine.get(`var/mail/${n}`)?.mode ?? '-'} ${mine.get(`var/mail/${n}`)?.owner}`), [
+        'root-file 0644 0:0', 'mail-file 0660 0:8', 'root-dir 0755 0:0', 'root-link - 0:0', 'later-root 0640 0:0', 'later-mail 2640 0:8', 'later-dir 0750 0:0',
+      ]);
       assert.equal(mine.get('m/f0666')?.mode, '0666');
       assert.equal(mine.get('m/f7777')?.mode, '7777');
       assert.equal(mine.get('bin/ping')?.xattrs, `security.capability=${PING_CAPABILITY}`);

@@ -60,6 +60,11 @@ printf 'ping' > bin/ping; chmod 0755 bin/ping
 printf 'wall' > bin/wall; chgrp 5 bin/wall; chmod 2755 bin/wall
 printf 'su' > bin/su; chmod 4755 bin/su
 chmod 1777 tmp; chgrp 8 var/mail; chmod 2775 var/mail
+# A setgid directory hands its group (and, to directories, its setgid bit) to what is made in it.
+printf 'root' > var/mail/root-file; chgrp 0 var/mail/root-file
+printf 'mail' > var/mail/mail-file; chmod 0660 var/mail/mail-file
+mkdir var/mail/root-dir; chgrp 0 var/mail/root-dir; chmod 0755 var/mail/root-dir; chmod g-s var/mail/root-dir
+ln -s mail-file var/mail/root-link; chgrp -h 0 var/mail/root-link
 for m in 7777 6755 4711 2711 1755 0666 0644 0600 0400 0000 0777; do printf "$m" > m/f$m; chmod $m m/f$m; done
 mkdir m/d700 m/d1777 m/d2770; echo inside > m/d700/in; chmod 0700 m/d700; chmod 1777 m/d1777; chmod 2770 m/d2770
 printf 'user' > m/owned-1000; chown 1000:1000 m/owned-1000
@@ -137,6 +142,10 @@ with tarfile.open('l4.tar.gz', 'w:gz', format=tarfile.PAX_FORMAT) as t:
     # trusted.* here, in the last layer: containerd's native snapshotter drops it when it
     # copies a lower layer's tree, which is not the unpack being compared.
     add('m/trusted', 'file', b'trusted', mode=0o600, pax={'SCHILY.xattr.trusted.marker': 'value'})
+    # Into the setgid var/mail of layer 0.
+    add('var/mail/later-root', 'file', b'later', mode=0o640)
+    add('var/mail/later-mail', 'file', b'later', mode=0o2640, gid=8)
+    add('var/mail/later-dir', 'dir', mode=0o750)
 PY
 add l4.tar.gz "${OCI}.tar+gzip"
 `;

@@ -393,16 +393,35 @@ export const LAYER_COMPRESSION: Record<string, UnpackJob['layers'][number]['comp
 
 const ROOM_CODES = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
 
+let unpacker: Promise<string[]> | undefined;
+
+/**
+ * Node's arguments for the unpack process. From TypeScript sources, the unpacker is bundled
+ * once per daemon into one plain ES module passed with `-e`: loading it through tsx costs the
+ * child a loader thread and a transpile of every module (about a second of CPU on a busy host,
+ * the time GNU tar needs for thousands of small files). Falls back to tsx if bundling fails.
+ */
+function unpackerArgs(): Promise<string[]> {
+  const self = import.meta.url;
+  if (!self.endsWith('.ts')) return Promise.resolve([fileURLToPath(new URL('./unpack-process.js', self))]);
+  const script = fileURLToPath(new URL('./unpack-process.ts', self));
+  unpacker ??= import('esbuild')
+    .then(async (esbuild) => {
+      const out = await esbuild.build({ entryPoints: [script], bundle: true, platform: 'node', format: 'esm', target: 'node20', write: false, logLevel: 'silent' });
+      const code = out.outputFiles[0]?.text;
+      if (!code) throw new Error('esbuild wrote no bundle');
+      return ['--input-type=module', '-e', code];
+    })
+    .catch(() => ['--import', import.meta.resolve('tsx'), script]);
+  return unpacker;
+}
+
 /**
  * Unpacks in a child process (unpack-process.ts): a layer that is broken, hostile or larger
  * than the disk fails this call, never the daemon. Resolves the child's statistics.
  */
 async function runUnpack(job: UnpackJob): Promise<Extract<UnpackResult, { ok: true }>['stats']> {
-  const self = import.meta.url;
-  const typescript = self.endsWith('.ts');
-  const script = fileURLToPath(new URL(`./unpack-process.${typescript ? 'ts' : 'js'}`, self));
-  const args = typescript ? ['--import', import.meta.resolve('tsx'), script] : [script];
-  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, await unpackerArgs(), { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));

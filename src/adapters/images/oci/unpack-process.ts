@@ -9,6 +9,7 @@ import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ApplyError, ImageRoot, type ApplyStats } from './layer-apply.js';
+import type { ReadInto } from './tar-reader.js';
 
 export interface UnpackJob {
   dest: string;
@@ -17,30 +18,16 @@ export interface UnpackJob {
 
 export type UnpackResult = { ok: true; stats: ApplyStats } | { ok: false; message: string; code?: string };
 
-const CHUNK = 1 << 20;
-
 /**
- * The decompressed bytes of a layer blob, read synchronously in large blocks. Compressed layers
- * go through gzip or zstd in their own process writing into a FIFO, the way GNU tar runs gzip:
- * the decompressor works on another core while we apply, and every read is a plain blocking
- * read(2). (Reading a child's pipe through the event loop, or zlib on the thread pool, made the
- * unpack several times slower than GNU tar on a busy machine: each chunk waited for a turn.)
+ * The decompressed bytes of a layer blob, read synchronously into the tar reader's buffer.
+ * Compressed layers go through gzip or zstd in their own process writing into a FIFO, the way
+ * GNU tar runs gzip: the decompressor works on another core while we apply, and every read is a
+ * plain blocking read(2). (Reading a child's pipe through the event loop, or zlib on the thread
+ * pool, made the unpack several times slower than GNU tar on a busy machine: each chunk waited
+ * for a turn.)
  */
-function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: () => Buffer | undefined; done: () => Promise<void>; abort: () => void } {
-  // Reads fill a slab one after another; the tar reader may keep slices of earlier reads, so a
-  // slab is never reused, only replaced when nearly full.
-  let slab = Buffer.allocUnsafe(CHUNK);
-  let used = 0;
-  const reader = (fd: number) => () => {
-    if (CHUNK - used < CHUNK / 8) {
-      slab = Buffer.allocUnsafe(CHUNK);
-      used = 0;
-    }
-    const n = readSync(fd, slab, used, CHUNK - used, null);
-    if (n <= 0) return undefined;
-    used += n;
-    return slab.subarray(used - n, used);
-  };
+function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: ReadInto; done: () => Promise<void>; abort: () => void } {
+  const reader = (fd: number): ReadInto => (into, offset, length) => readSync(fd, into, offset, length, null);
   const closer = (fd: number) => {
     let open = true;
     return () => {
@@ -100,7 +87,8 @@ async function run(job: UnpackJob): Promise<ApplyStats> {
       try {
         root.applyLayer(src.read, check);
         // Read to the end so the decompressor checks its trailer (gzip CRC, zstd checksum).
-        while (src.read());
+        const rest = Buffer.allocUnsafe(1 << 16);
+        while (src.read(rest, 0, rest.length) > 0);
         await src.done();
       } catch (err) {
         src.abort();
