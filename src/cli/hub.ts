@@ -71,10 +71,14 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
     return c;
   };
   const record = hubRecordPath();
-  /** -f, else the record setup left, with the flags over either. */
+  /**
+   * -f and the flags over the defaults; with neither, the record setup left. A hub named by
+   * flags never takes the settings it does not name from another hub's record.
+   */
   const config = (opts: Record<string, unknown>): HubConfig => {
     const flags = hubFlagValues(opts, '');
-    const file = typeof opts.file === 'string' ? opts.file : existsSync(record) ? record : undefined;
+    const named = typeof opts.file === 'string' || Object.values(flags).some((v) => v !== undefined);
+    const file = typeof opts.file === 'string' ? opts.file : !named && existsSync(record) ? record : undefined;
     try {
       return loadHubConfig(file, flags);
     } catch (err) {

@@ -42,7 +42,8 @@ export function inspectCommand(io: Io, output: () => string, access: () => Daemo
     if (withHub) {
       const hubFlags = hubFlagValues(o, 'hub-');
       const record = hubRecordPath();
-      const file = typeof o.hubFile === 'string' ? o.hubFile : existsSync(record) ? record : undefined;
+      const named = Object.values(hubFlags).some((v) => v !== undefined);
+      const file = typeof o.hubFile === 'string' ? o.hubFile : !named && existsSync(record) ? record : undefined;
       // A bad hub setting is InvalidArgument: exit 2.
       const hub = loadHubConfig(file, hubFlags);
       checks.push(...(await inspectHub(hub)));

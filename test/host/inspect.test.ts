@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
@@ -90,6 +91,16 @@ describe('inspect reaches the daemon as every other command does', () => {
       const host = bare.filter((c) => !c.check.startsWith('hub ') && c.check !== 'vpn subnet router');
       assert.deepEqual(host.map((c) => [c.check, c.status]), [['daemon', 'ok']]);
       assert.match(host[0]?.evidence ?? '', /no matchlockd on this machine/);
+
+      // hub commands read setup's record only when no hub flag names a hub.
+      const record = join(tmp.path, 'record.yaml');
+      writeFileSync(record, `interface: mlrec0\nuplink: recorded0\nmode: bridge\nstate-dir: ${join(tmp.path, 'rec')}\n`);
+      const status = (...a: string[]) => {
+        const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'bin/matchlock.js'), '-o', 'json', 'hub', 'status', ...a], { encoding: 'utf8', env: { ...process.env, MATCHLOCK_HUB_RECORD: record } });
+        return Object.fromEntries((JSON.parse(r.stdout) as { piece: string; detail: string }[]).map((p) => [p.piece, p.detail]));
+      };
+      assert.deepEqual([status().interface, status().uplink], ['mlrec0 missing', 'recorded0 missing']);
+      assert.deepEqual([status('--interface', 'mlflag0').interface, status('--interface', 'mlflag0').uplink], ['mlflag0 missing', 'eth0 missing']);
     } finally {
       spawnSync('ip', ['netns', 'del', ns]);
     }

@@ -56,7 +56,8 @@ describe('matchlock host setup', () => {
       '',
     ].join('\n');
     writeFileSync(p.configPath, before);
-    const { diff } = await hostSetup({ ...p, settings: { 'bridge-name': 'br0', verbosity: '1', 'vmm-user': 'root' } });
+    const { diff, checks } = await hostSetup({ ...p, settings: { 'bridge-name': 'br0', verbosity: '1', 'vmm-user': 'root' } });
+    assert.match(checks.find((c) => c.check === 'config')?.evidence ?? '', new RegExp(`^${p.configPath.replace(/[/.]/g, '\\$&')}: flintlockd key "containerd-socket" ignored`));
     const after = readFileSync(p.configPath, 'utf8');
     for (const line of ['# flintlock provisioning wrote this', 'containerd-socket: "/run/containerd-dev/containerd.sock"', 'grpc-endpoint: "192.168.10.3:9090"', 'insecure: true', 'parent-iface: "bond0.1000"', 'basic-auth-token: "s3cret-token"', 'bridge-name: br0']) {
       assert.ok(after.split('\n').includes(line), `${line} missing from:\n${after}`);
