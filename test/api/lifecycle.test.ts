@@ -147,6 +147,9 @@ describe('matchlock.v1 through matchlockd', () => {
     const stop = await call('POST', `/v1/microvm/${uid}/stop`, '{"grace": "5s"}');
     assert.equal(stop.status, 200, stop.text);
     assert.equal(JSON.parse(stop.text).microvm.status.desiredPower, 'STOPPED');
+    let shown = '';
+    assert.equal(await cli(['--host', target, 'vm', 'get', uid], { out: (t) => void (shown += t), err: () => undefined }, {}), 0);
+    assert.match(shown, /\npower: UNKNOWN \(desired STOPPED\)\n$/, 'never ran, asked to stop');
     const pause = await call('POST', `/v1/microvm/${uid}/pause`);
     assert.equal(pause.status, 400, 'a stopped VM cannot pause');
     assert.equal(JSON.parse(pause.text).code, grpc.status.FAILED_PRECONDITION);
