@@ -1,6 +1,6 @@
 import { toJson } from '@bufbuild/protobuf';
 import { stringify } from 'yaml';
-import { MicroVMSchema, MicroVMStatus_MicroVMState, type MicroVM } from '../gen/types/microvm_pb.js';
+import { MicroVMSchema, MicroVMStatus_MicroVMState, MicroVMStatus_PowerState, type MicroVM } from '../gen/types/microvm_pb.js';
 import { timestampDate } from '@bufbuild/protobuf/wkt';
 
 export type Format = 'table' | 'json' | 'yaml';
@@ -56,5 +56,14 @@ export function formatVms(vms: MicroVM[], format: Format, single: boolean): stri
   }
   let out = table(rows);
   if (single && vms[0]?.status?.lastError) out += `last error: ${vms[0].status.lastError}\n`;
+  if (single && vms[0]?.status) out += powerLine(vms[0]);
   return out;
+}
+
+/** `power: RUNNING`, with the desired state when it differs (a stop or pause on its way). */
+function powerLine(vm: MicroVM): string {
+  const p = vm.status?.power ?? MicroVMStatus_PowerState.POWER_STATE_UNSPECIFIED;
+  const now = p === MicroVMStatus_PowerState.POWER_STATE_UNSPECIFIED ? 'UNKNOWN' : MicroVMStatus_PowerState[p];
+  const desired = MicroVMStatus_PowerState[vm.status?.desiredPower || MicroVMStatus_PowerState.RUNNING];
+  return `power: ${now}${desired !== now ? ` (desired ${desired})` : ''}\n`;
 }

@@ -8,7 +8,7 @@ import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { runDirOf, vmDirOf, type VmmProvider } from '../core/vmm.js';
 import { silentLogger } from '../adapters/silent-logger.js';
 import { guestMac, hostDeviceName } from '../core/microvm/host-names.js';
-import type { MicroVM } from '../core/microvm/types.js';
+import { desiredPower, type MicroVM } from '../core/microvm/types.js';
 import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
 import { connect } from '../adapters/api/client.js';
 import type { DaemonConfig } from '../daemon/config.js';
@@ -206,7 +206,10 @@ async function vmChecks(
   } catch {
     uid = undefined; // it exited just now; the next inspect says so
   }
-  if (pid !== undefined && uid === '0' && CONFINED_PROVIDERS.has(vm.spec.provider)) out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, 'kill that VMM (matchlockd starts it again as vmm-user, confined)'));
+  // A VM the operator stopped (matchlock.v1 StopMicroVM) is right to have no VMM.
+  const stopped = desiredPower(vm) === 'STOPPED';
+  if (stopped) out.push(pid === undefined ? ok(`${id} vmm`, `stopped by request (matchlock vm start ${vm.uid} starts it)`) : warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} runs, but the VM was asked to stop`, 'matchlockd stops it on its next reconcile; restart it to reconcile now'));
+  else if (pid !== undefined && uid === '0' && CONFINED_PROVIDERS.has(vm.spec.provider)) out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, 'kill that VMM (matchlockd starts it again as vmm-user, confined)'));
   else out.push(pid !== undefined ? ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as uid ${uid ?? '?'}`) : fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
   if (pid !== undefined && vmm.powerState) {
     // The VMM's control API (QMP, Cloud Hypervisor's REST socket): a live process that does not

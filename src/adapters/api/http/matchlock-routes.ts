@@ -1,5 +1,5 @@
 import { fromJson, toJson } from '@bufbuild/protobuf';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import { MatchlockError, boundedMessage, invalid } from '../../../core/errors.js';
 import { MicroVMEventSchema, PowerResponseSchema, StopMicroVMRequestSchema } from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
 import { GetServerInfoResponseSchema } from '../../../gen/services/matchlock/v1/server_pb.js';
@@ -23,7 +23,6 @@ export async function matchlockRoute(
   segments: string[],
   query: Map<string, string>,
   readBody: () => Promise<Buffer>,
-  req: IncomingMessage,
   res: ServerResponse,
 ): Promise<boolean> {
   const [version, kind, uid, verb, ...rest] = segments;
@@ -55,14 +54,10 @@ export async function matchlockRoute(
     if (after !== undefined && !/^[0-9]{1,15}$/.test(after)) throw invalid('after_id', 'must be an event id (a whole number)');
     const ac = new AbortController();
     res.on('close', () => ac.abort());
-    let started = false;
     const write = (e: Parameters<Parameters<typeof streamEvents>[2]>[0]) =>
       new Promise<void>((resolve) => {
-        if (!started) {
-          res.writeHead(200, { 'content-type': 'application/x-ndjson' });
-          started = true;
-        }
         if (ac.signal.aborted || res.write(JSON.stringify({ result: toJson(MicroVMEventSchema, e) }) + '\n')) return resolve();
+        // Backpressure: wait for the client to read, or for it to go away.
         const done = () => {
           res.off('drain', done);
           ac.signal.removeEventListener('abort', done);
@@ -73,10 +68,10 @@ export async function matchlockRoute(
       });
     const filter = { uid: query.get('uid') || undefined, namespace: query.get('namespace') || undefined };
     try {
-      // Headers go out at once, so a client sees the stream open before the first change.
+      // Headers go out at once, so a client sees the stream open before the first change; an
+      // error found later (an unknown uid, a cursor this store cannot serve) ends it as a line.
       res.writeHead(200, { 'content-type': 'application/x-ndjson' });
       res.flushHeaders();
-      started = true;
       await streamEvents(api, { afterId: after === undefined ? undefined : Number(after), filter }, write, ac.signal);
       if (!ac.signal.aborted) res.end(JSON.stringify({ error: { code: 14, message: 'matchlockd is shutting down; watch again with after_id of the last event received' } }) + '\n');
     } catch (err) {

@@ -112,7 +112,7 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     const name = target.query.get('name');
     return send(res, 200, ListMicroVMsResponseSchema, { microvm: service.list(one ?? '', name).map(toWire) });
   }
-  if (opts.matchlock && (await matchlockRoute(opts.matchlock, method, target.segments, target.query, () => readBody(req), req, res))) return;
+  if (opts.matchlock && (await matchlockRoute(opts.matchlock, method, target.segments, target.query, () => readBody(req), res))) return;
   res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 5, message: boundedMessage(`route ${method} ${quote(path, 200)} not found`), details: [] }));
 }
 
