@@ -24,6 +24,7 @@ import { VERSION } from '../version.js';
 import { EXIT, cliError, type ConnectOptions } from './client.js';
 import type { Format } from './output.js';
 import type { Io } from './vm.js';
+import { resolveRef } from './resolve.js';
 
 type Globals = () => ConnectOptions & { output: Format };
 
@@ -244,14 +245,15 @@ export function addPowerCommands(vm: Command, globals: Globals, io: Io): void {
     { name: 'resume', desc: 'let a paused guest run again', grace: false, call: (c, uid) => c.resumeMicroVM(create(ResumeMicroVMRequestSchema, { uid })), until: () => parseConditions(['power=RUNNING']), done: 'running' },
   ];
   for (const v of verbs) {
-    const cmd = vm.command(`${v.name} <uid>`)
+    const cmd = vm.command(`${v.name} <vm>`)
       .description(`${v.desc}; waits until it is done unless --no-wait`)
       .option('--no-wait', 'return once the request is stored')
       .option('--timeout <duration>', 'how long to wait', '5m');
     if (v.grace) cmd.option('--grace <duration>', 'how long the guest gets to power down (default: the daemon\'s delete-vm-timeout)').option('--force', 'stop the VMM without asking the guest');
-    cmd.action(async (uid: string, o: WaitOpts & { grace?: string; force?: boolean }) => {
+    cmd.action(async (ref: string, o: WaitOpts & { grace?: string; force?: boolean }) => {
       const timeoutMs = durationOption('--timeout', o.timeout);
       if (o.grace !== undefined && o.force) throw cliError('give --grace or --force, not both', EXIT.usage);
+      const uid = await resolveRef(globals(), ref);
       const res = await withLifecycle((c) => v.call(c, uid, o));
       if (o.wait) await waitUntil(globals(), uid, v.until(res.microvm), timeoutMs, io, false);
       io.out(`${uid} ${o.wait ? v.done : `${v.name} requested`}\n`);
@@ -278,12 +280,13 @@ export function addPowerCommands(vm: Command, globals: Globals, io: Io): void {
       }, io);
     });
 
-  vm.command('watch <uid>')
+  vm.command('watch <vm>')
     .description('print changes of one VM until a condition holds (like kubectl wait), e.g. --for state=CREATED --for power=RUNNING; reconnects after a daemon restart')
     .option('--for <condition>', 'state=PENDING|CREATED|FAILED|DELETING, power=RUNNING|PAUSED|STOPPED, desired=…, booted=true|false, or delete (repeatable or comma-joined: all must hold)', (v: string, prev: string[] = []) => [...prev, v])
     .option('--until <state>', 'the same as --for state=<state> (gone: --for delete)')
     .option('--timeout <duration>', 'give up after this long (e.g. 90s, 5m)', '5m')
-    .action(async (uid: string, o: { for?: string[]; until?: string; timeout: string }) => {
+    .action(async (ref: string, o: { for?: string[]; until?: string; timeout: string }) => {
+      const uid = await resolveRef(globals(), ref);
       const terms = [...(o.for ?? [])];
       if (o.until !== undefined) terms.push(o.until.toLowerCase() === 'gone' ? 'delete' : `state=${o.until}`);
       if (terms.length === 0) terms.push('state=CREATED');

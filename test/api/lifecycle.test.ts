@@ -167,6 +167,25 @@ describe('matchlock.v1 through matchlockd', () => {
     assert.deepEqual([first.result.type, first.result.uid, first.result.desiredPower], ['EXISTING', uid, 'RUNNING']);
   });
 
+  it('power commands take namespace/name as well as a uid, and ask which when a name is shared', async () => {
+    const one = (await microvm<CreateMicroVMResponse>('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec('solo') }))).microvm?.spec?.uid ?? '';
+    const twins = [];
+    for (let i = 0; i < 2; i++) twins.push((await microvm<CreateMicroVMResponse>('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec('twin') }))).microvm?.spec?.uid ?? '');
+    let out = '';
+    let err = '';
+    const io = { out: (t: string) => void (out += t), err: (t: string) => void (err += t) };
+    assert.equal(await cli(['--host', target, 'vm', 'stop', 'power/solo', '--no-wait'], io, {}), 0, err);
+    assert.match(out, new RegExp(`^${one} stop requested`));
+    const got = await microvm<GetMicroVMResponse>('getMicroVM', create(GetMicroVMRequestSchema, { uid: one }));
+    assert.equal(got.microvm?.status?.desiredPower, MicroVMStatus_PowerState.STOPPED);
+    err = '';
+    assert.equal(await cli(['--host', target, 'vm', 'start', 'power/twin', '--no-wait'], io, {}), 2);
+    for (const uid of twins) assert.match(err, new RegExp(uid), 'the candidates are named');
+    err = '';
+    assert.equal(await cli(['--host', target, 'vm', 'watch', 'power/nobody', '--timeout', '5s'], io, {}), 3, err);
+    for (const uid of [one, ...twins]) await microvm('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid }));
+  });
+
   it('GetServerInfo and matchlock version: client and server, or why the server is unknown', async () => {
     const s = connectService(Server, { host: target });
     const info = await s.getServerInfo(create(GetServerInfoRequestSchema));
