@@ -1,7 +1,8 @@
 import { timestampDate } from '@bufbuild/protobuf/wkt';
 import { readFileSync } from 'node:fs';
 import { parseDnsmasqLeases, parseIscLeases, type Lease } from '../hub/leases.js';
-import type { MicroVM } from '../gen/types/microvm_pb.js';
+import { MicroVMEvent_Type, type MicroVMEvent } from '../gen/services/matchlock/v1/lifecycle_pb.js';
+import { MicroVMStatus_MicroVMState, MicroVMStatus_PowerState, type MicroVM } from '../gen/types/microvm_pb.js';
 import { stateName } from './output.js';
 
 /**
@@ -38,10 +39,28 @@ function inWords(ms: number): string {
 }
 
 /**
- * `vm describe`: one VM in plain words, one `Key: value` per line. Addresses come from the
- * leases (matched by each interface's MAC) when a lease file is given; `now` is for tests.
+ * One stored change in a line: when, what, the state and power it moved between, and the error
+ * the record carried then.
  */
-export function describeVm(vm: MicroVM, leases: Lease[] | undefined, now = Date.now()): string {
+function eventLine(e: MicroVMEvent, now: number): string {
+  const when = e.time ? timestampDate(e.time) : undefined;
+  const state = MicroVMStatus_MicroVMState[e.state] ?? String(e.state);
+  const power = MicroVMStatus_PowerState[e.power] ?? String(e.power);
+  const parts = [when ? `${when.toISOString()} (${inWords(when.getTime() - now)})` : '-', MicroVMEvent_Type[e.type] ?? String(e.type)];
+  if (e.stateChanged && e.type === MicroVMEvent_Type.UPDATED) parts.push(`state ${MicroVMStatus_MicroVMState[e.previousState] ?? e.previousState} -> ${state}`);
+  else parts.push(`state ${state}`);
+  if (e.powerChanged) parts.push(`power ${MicroVMStatus_PowerState[e.previousPower] ?? e.previousPower} -> ${power}`);
+  const err = e.microvm?.status?.lastError;
+  if (err) parts.push(`error: ${err.length > 160 ? `${err.slice(0, 160)}…` : err}`);
+  return `  ${parts.join('  ')}`;
+}
+
+/**
+ * `vm describe`: one VM in plain words, one `Key: value` per line. Addresses come from the
+ * leases (matched by each interface's MAC) when a lease file is given. `events`: the VM's
+ * newest stored changes (ListMicroVMEvents), or why there are none to show; `now` is for tests.
+ */
+export function describeVm(vm: MicroVM, leases: Lease[] | undefined, now = Date.now(), events: MicroVMEvent[] | string = []): string {
   const spec = vm.spec;
   const st = vm.status;
   const lines: [string, string][] = [];
@@ -71,5 +90,9 @@ export function describeVm(vm: MicroVM, leases: Lease[] | undefined, now = Date.
     const addr = lease ? lease.ip : i.address?.address || (leases ? 'no lease' : 'unknown (no lease file: --leases-file)');
     out.push(`  ${i.deviceId}  host ${s?.hostDeviceName || '-'}  mac ${mac || '-'}  address ${addr}`);
   }
+  out.push('Events:');
+  if (typeof events === 'string') out.push(`  (${events})`);
+  else if (!events.length) out.push('  (none kept)');
+  else for (const e of events) out.push(eventLine(e, now));
   return out.join('\n') + '\n';
 }

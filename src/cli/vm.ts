@@ -11,6 +11,8 @@ import { EXIT, cliError, connect, type ConnectOptions } from './client.js';
 import { formatVms, type Format } from './output.js';
 import { readSpecFile, specFromFlags, type SpecFlags } from './spec.js';
 import { resolveUid } from './resolve.js';
+import { connectService } from '../adapters/api/client.js';
+import { ListMicroVMEventsRequestSchema, MicroVMLifecycle, type MicroVMEvent } from '../gen/services/matchlock/v1/lifecycle_pb.js';
 import { addPowerCommands } from './power.js';
 import { describeVm, readLeaseFile } from './describe.js';
 import { attachConsole, printConsole } from './console.js';
@@ -66,8 +68,19 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
   const show = async (ref: string, opts: { leasesFile?: string }) => {
     const res = await withClient(async (c) => c.getMicroVM(create(GetMicroVMRequestSchema, { uid: await resolveUid(c, ref) })));
     if (!res.microvm) return;
-    if (globals().output === 'table') io.out(describeVm(res.microvm, readLeaseFile(opts.leasesFile)));
+    if (globals().output === 'table') io.out(describeVm(res.microvm, readLeaseFile(opts.leasesFile), Date.now(), await recentEventsOf(res.microvm.spec?.uid ?? '')));
     else print([res.microvm], true);
+  };
+  // The VM's newest changes from matchlock.v1; a flintlockd has none, which describe says.
+  const recentEventsOf = async (uid: string): Promise<MicroVMEvent[] | string> => {
+    const c = connectService(MicroVMLifecycle, globals());
+    try {
+      return (await c.listMicroVMEvents(create(ListMicroVMEventsRequestSchema, { uid, limit: 10 }))).events;
+    } catch (err) {
+      return `events not available: ${(err as Error).message}`;
+    } finally {
+      c.close();
+    }
   };
   vm.command('get <vm>')
     .description('show one MicroVM (uid or namespace/name); the table form is `vm describe`')

@@ -55,6 +55,8 @@ export interface EventFilter {
 export interface EventLog {
   /** Up to `limit` events with id > `after`, oldest first. */
   eventsAfter(after: number, filter: EventFilter, limit: number): StoredEvent[];
+  /** The newest `limit` events matching `filter`, oldest first. */
+  recentEvents(filter: EventFilter, limit: number): StoredEvent[];
   /** The newest event id, 0 when none was ever written. */
   lastEventId(): number;
   /** The oldest event id still kept; undefined when none is. */

@@ -121,6 +121,11 @@ describe('vm addressing by namespace/name, list REASON, -o json|yaml with every 
     assert.match(described, /^Step:\s+\S+ .*\(failed\)$/m);
     assert.match(described, /^Next retry:\s+\d{4}-/m);
     assert.equal((await cli([...host, 'vm', 'get', 'capmvm/solo'])).out.split('\n')[0], described.split('\n')[0]);
+    // Recent events come from the store's event log: the create, then the failed pull's update.
+    const events = described.slice(described.indexOf('\nEvents:\n') + 9).trim().split('\n');
+    assert.ok(described.includes('\nEvents:\n'), described);
+    assert.match(events[0] ?? '', /^\d{4}-\S+ \(.*\)\s+CREATED\s+state PENDING$/, described);
+    assert.ok(events.slice(1).some((l) => /\sUPDATED\s.*error: image 127\.0\.0\.1:1\/none/.test(l)), described);
 
     const list = await cli([...host, 'vm', 'list', '--namespace', 'capmvm']);
     const [header, ...rows] = list.out.trim().split('\n');

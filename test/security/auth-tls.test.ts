@@ -63,6 +63,7 @@ const METHODS: [string, Buffer, boolean][] = [
   ['/grpc.health.v1.Health/Check', Buffer.alloc(0), false],
   ['/matchlock.v1.MicroVMLifecycle/StopMicroVM', Buffer.alloc(0), false],
   ['/matchlock.v1.MicroVMLifecycle/WatchEvents', Buffer.alloc(0), true],
+  ['/matchlock.v1.MicroVMLifecycle/ListMicroVMEvents', Buffer.alloc(0), false],
   ['/matchlock.v1.Server/GetServerInfo', Buffer.alloc(0), false],
   // list_services (field 7) with an empty string
   ['/grpc.reflection.v1.ServerReflection/ServerReflectionInfo', Buffer.from([0x3a, 0x00]), true],

@@ -5,14 +5,16 @@
 import { create } from '@bufbuild/protobuf';
 import { durationFromMs, timestampFromDate } from '@bufbuild/protobuf/wkt';
 import type { Duration } from '@bufbuild/protobuf/wkt';
-import { failedPrecondition } from '../../core/errors.js';
+import { failedPrecondition, invalid } from '../../core/errors.js';
 import type { PowerService, StopOptions } from '../../core/microvm/power.js';
 import type { MicroVMService } from '../../core/microvm/service.js';
 import type { EventFilter, EventLog, StoredEvent } from '../../core/ports.js';
 import type { MicroVM as DomainVM } from '../../core/microvm/types.js';
 import {
+  ListMicroVMEventsResponseSchema,
   MicroVMEventSchema,
   MicroVMEvent_Type,
+  type ListMicroVMEventsResponse,
   PowerResponseSchema,
   type MicroVMEvent,
   type PowerResponse,
@@ -92,6 +94,18 @@ function eventMessage(id: number, type: MicroVMEvent_Type, time: string, vm: Dom
   });
 }
 
+const EVENT_TYPES = { CREATED: MicroVMEvent_Type.CREATED, UPDATED: MicroVMEvent_Type.UPDATED, DELETED: MicroVMEvent_Type.DELETED } as const;
+
+/**
+ * ListMicroVMEvents: the newest `limit` stored events (0: 20) matching the filter, oldest first.
+ * Errors: InvalidArgument naming `limit` above 1000.
+ */
+export function recentEvents(api: MatchlockApi, filter: EventFilter, limit: number): ListMicroVMEventsResponse {
+  if (limit > 1000) throw invalid('limit', `must be at most 1000, got ${limit}`);
+  const events = api.events.recentEvents(filter, limit === 0 ? 20 : limit);
+  return create(ListMicroVMEventsResponseSchema, { events: events.map((e) => eventMessage(e.id, EVENT_TYPES[e.type], e.time, e.vm, e.previous)) });
+}
+
 export interface WatchRequest {
   afterId?: number | undefined;
   filter: EventFilter;
@@ -134,13 +148,12 @@ export async function streamEvents(api: MatchlockApi, req: WatchRequest, write: 
       if (cursor > last) throw failedPrecondition(`after_id ${cursor} is newer than this store's newest event ${last} (a cursor of another matchlockd?); watch again without after_id`, 'after_id');
       if (cursor < oldest - 1) throw failedPrecondition(`events ${cursor + 1} to ${oldest - 1} after after_id ${cursor} are no longer kept; watch again without after_id`, 'after_id');
     }
-    const types = { CREATED: MicroVMEvent_Type.CREATED, UPDATED: MicroVMEvent_Type.UPDATED, DELETED: MicroVMEvent_Type.DELETED } as const;
     while (!stopped()) {
       dirty = false;
       const batch = log.eventsAfter(cursor, req.filter, 256);
       for (const e of batch) {
         if (stopped()) return;
-        await write(eventMessage(e.id, types[e.type], e.time, e.vm, e.previous));
+        await write(eventMessage(e.id, EVENT_TYPES[e.type], e.time, e.vm, e.previous));
         cursor = e.id;
       }
       if (batch.length === 0 && !dirty && !stopped()) await new Promise<void>((resolve) => (wake = resolve));

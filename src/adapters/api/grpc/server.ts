@@ -21,9 +21,9 @@ import {
   type ListMicroVMsRequest,
 } from '../../../gen/services/microvm/v1alpha1/microvms_pb.js';
 import { tokenMatches, UNAUTHENTICATED_MESSAGE } from '../auth.js';
-import { MicroVMLifecycle, type WatchEventsRequest } from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
+import { MicroVMLifecycle, type ListMicroVMEventsRequest, type WatchEventsRequest } from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
 import { Server as ServerServiceDesc } from '../../../gen/services/matchlock/v1/server_pb.js';
-import { durationMs, powerCall, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
+import { durationMs, powerCall, recentEvents, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
 import { specInput, toWire } from '../convert.js';
 import { grpcCode } from './status.js';
 import { serviceDefinition } from './service-def.js';
@@ -200,6 +200,14 @@ function addMatchlockServices(door: Pick<grpc.Server, 'addService'>, api: Matchl
     restartMicroVM: power('restart', 'RestartMicroVM'),
     pauseMicroVM: power('pause', 'PauseMicroVM'),
     resumeMicroVM: power('resume', 'ResumeMicroVM'),
+    listMicroVMEvents: (call: grpc.ServerUnaryCall<ListMicroVMEventsRequest, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+      try {
+        const r = call.request;
+        callback(null, recentEvents(api, { uid: r.uid || undefined, namespace: r.namespace || undefined }, r.limit));
+      } catch (err) {
+        callback(fail('ListMicroVMEvents', err));
+      }
+    },
     watchEvents: (call: grpc.ServerWritableStream<WatchEventsRequest, unknown>) => {
       const ac = new AbortController();
       call.on('cancelled', () => ac.abort());

@@ -1,10 +1,10 @@
 import { fromJson, toJson } from '@bufbuild/protobuf';
 import type { ServerResponse } from 'node:http';
 import { MatchlockError, boundedMessage, invalid } from '../../../core/errors.js';
-import { MicroVMEventSchema, PowerResponseSchema, StopMicroVMRequestSchema } from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
+import { ListMicroVMEventsResponseSchema, MicroVMEventSchema, PowerResponseSchema, StopMicroVMRequestSchema } from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
 import { GetServerInfoResponseSchema } from '../../../gen/services/matchlock/v1/server_pb.js';
 import { grpcCode } from '../grpc/status.js';
-import { durationMs, powerCall, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
+import { durationMs, powerCall, recentEvents, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
 
 const VERBS: readonly string[] = ['stop', 'start', 'restart', 'pause', 'resume'];
 
@@ -14,7 +14,8 @@ const VERBS: readonly string[] = ['stop', 'start', 'restart', 'pause', 'resume']
  *   (`{"grace": "10s", "force": false}` for stop and restart): PowerResponse;
  * - `GET /v1/server-info`: GetServerInfoResponse;
  * - `GET /v1/events[?after_id=N][&uid=][&namespace=]`: one JSON object per line, grpc-gateway's
- *   streaming form (`{"result": MicroVMEvent}`); an error ends it as `{"error": {code, message}}`.
+ *   streaming form (`{"result": MicroVMEvent}`); an error ends it as `{"error": {code, message}}`;
+ * - `GET /v1/recent-events[?uid=][&namespace=][&limit=]`: ListMicroVMEventsResponse.
  * Returns false when the request is for none of these routes.
  */
 export async function matchlockRoute(
@@ -47,6 +48,13 @@ export async function matchlockRoute(
   }
   if (method === 'GET' && kind === 'server-info' && uid === undefined) {
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(toJson(GetServerInfoResponseSchema, await serverInfoMessage(api))));
+    return true;
+  }
+  if (method === 'GET' && kind === 'recent-events' && uid === undefined) {
+    const limit = query.get('limit') ?? '0';
+    if (!/^[0-9]{1,4}$/.test(limit)) throw invalid('limit', 'must be a whole number from 0 to 1000');
+    const out = recentEvents(api, { uid: query.get('uid') || undefined, namespace: query.get('namespace') || undefined }, Number(limit));
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(toJson(ListMicroVMEventsResponseSchema, out)));
     return true;
   }
   if (method === 'GET' && kind === 'events' && uid === undefined) {

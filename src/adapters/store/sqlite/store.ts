@@ -70,6 +70,9 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       eventsAfter: this.db.prepare<[number, string, string, string, string, number], EventRow>(
         "SELECT * FROM events WHERE id > ? AND (? = '' OR uid = ?) AND (? = '' OR namespace = ?) ORDER BY id LIMIT ?",
       ),
+      recentEvents: this.db.prepare<[string, string, string, string, number], EventRow>(
+        "SELECT * FROM events WHERE (? = '' OR uid = ?) AND (? = '' OR namespace = ?) ORDER BY id DESC LIMIT ?",
+      ),
       lastEvent: this.db.prepare<[], { id: number | null }>("SELECT seq AS id FROM sqlite_sequence WHERE name = 'events'"),
       oldestEvent: this.db.prepare<[], { id: number | null }>('SELECT MIN(id) AS id FROM events'),
     };
@@ -186,18 +189,17 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     }
   }
 
+  recentEvents(filter: EventFilter, limit: number): StoredEvent[] {
+    const uid = filter.uid ?? '';
+    const ns = filter.namespace ?? '';
+    return this.stmts.recentEvents.all(uid, uid, ns, ns, limit).reverse().map(storedEvent);
+  }
+
   eventsAfter(after: number, filter: EventFilter, limit: number): StoredEvent[] {
     const uid = filter.uid ?? '';
     const ns = filter.namespace ?? '';
-    return this.stmts.eventsAfter.all(after, uid, uid, ns, ns, limit).map((r) => ({
-      id: r.id,
-      type: r.type as StoredEvent['type'],
-      time: r.time,
-      vm: parse(r.record),
-      previous: r.prev_state === null ? undefined : { state: r.prev_state as MicroVM['status']['state'], power: (r.prev_power ?? undefined) as MicroVM['status']['power'] },
-    }));
+    return this.stmts.eventsAfter.all(after, uid, uid, ns, ns, limit).map(storedEvent);
   }
-
   lastEventId(): number {
     return this.stmts.lastEvent.get()?.id ?? 0;
   }
@@ -360,4 +362,14 @@ function row(vm: MicroVM): Record<string, string | number> {
 
 function parse(record: string): MicroVM {
   return JSON.parse(record) as MicroVM;
+}
+
+function storedEvent(r: EventRow): StoredEvent {
+  return {
+    id: r.id,
+    type: r.type as StoredEvent['type'],
+    time: r.time,
+    vm: parse(r.record),
+    previous: r.prev_state === null ? undefined : { state: r.prev_state as MicroVM['status']['state'], power: (r.prev_power ?? undefined) as MicroVM['status']['power'] },
+  };
 }

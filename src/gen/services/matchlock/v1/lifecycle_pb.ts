@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file services/matchlock/v1/lifecycle.proto.
  */
 export const file_services_matchlock_v1_lifecycle: GenFile = /*@__PURE__*/
-  fileDesc("CiVzZXJ2aWNlcy9tYXRjaGxvY2svdjEvbGlmZWN5Y2xlLnByb3RvEgxtYXRjaGxvY2sudjEiWgoSU3RvcE1pY3JvVk1SZXF1ZXN0EgsKA3VpZBgBIAEoCRIoCgVncmFjZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVmb3JjZRgDIAEoCCIiChNTdGFydE1pY3JvVk1SZXF1ZXN0EgsKA3VpZBgBIAEoCSJdChVSZXN0YXJ0TWljcm9WTVJlcXVlc3QSCwoDdWlkGAEgASgJEigKBWdyYWNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWZvcmNlGAMgASgIIiIKE1BhdXNlTWljcm9WTVJlcXVlc3QSCwoDdWlkGAEgASgJIiMKFFJlc3VtZU1pY3JvVk1SZXF1ZXN0EgsKA3VpZBgBIAEoCSI6Cg1Qb3dlclJlc3BvbnNlEikKB21pY3Jvdm0YASABKAsyGC5mbGludGxvY2sudHlwZXMuTWljcm9WTSJYChJXYXRjaEV2ZW50c1JlcXVlc3QSFQoIYWZ0ZXJfaWQYASABKARIAIgBARILCgN1aWQYAiABKAkSEQoJbmFtZXNwYWNlGAMgASgJQgsKCV9hZnRlcl9pZCKNBQoMTWljcm9WTUV2ZW50EgoKAmlkGAEgASgEEi0KBHR5cGUYAiABKA4yHy5tYXRjaGxvY2sudjEuTWljcm9WTUV2ZW50LlR5cGUSKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASCwoDdWlkGAQgASgJEhEKCW5hbWVzcGFjZRgFIAEoCRIMCgRuYW1lGAYgASgJEjoKBXN0YXRlGAcgASgOMisuZmxpbnRsb2NrLnR5cGVzLk1pY3JvVk1TdGF0dXMuTWljcm9WTVN0YXRlEkMKDnByZXZpb3VzX3N0YXRlGAggASgOMisuZmxpbnRsb2NrLnR5cGVzLk1pY3JvVk1TdGF0dXMuTWljcm9WTVN0YXRlEjgKBXBvd2VyGAkgASgOMikuZmxpbnRsb2NrLnR5cGVzLk1pY3JvVk1TdGF0dXMuUG93ZXJTdGF0ZRJBCg5wcmV2aW91c19wb3dlchgKIAEoDjIpLmZsaW50bG9jay50eXBlcy5NaWNyb1ZNU3RhdHVzLlBvd2VyU3RhdGUSQAoNZGVzaXJlZF9wb3dlchgLIAEoDjIpLmZsaW50bG9jay50eXBlcy5NaWNyb1ZNU3RhdHVzLlBvd2VyU3RhdGUSFQoNc3RhdGVfY2hhbmdlZBgMIAEoCBIVCg1wb3dlcl9jaGFuZ2VkGA0gASgIEikKB21pY3Jvdm0YDiABKAsyGC5mbGludGxvY2sudHlwZXMuTWljcm9WTSJRCgRUeXBlEhQKEFRZUEVfVU5TUEVDSUZJRUQQABIMCghFWElTVElORxABEgsKB0NSRUFURUQQAhILCgdVUERBVEVEEAMSCwoHREVMRVRFRBAEMvUDChBNaWNyb1ZNTGlmZWN5Y2xlEkwKC1N0b3BNaWNyb1ZNEiAubWF0Y2hsb2NrLnYxLlN0b3BNaWNyb1ZNUmVxdWVzdBobLm1hdGNobG9jay52MS5Qb3dlclJlc3BvbnNlEk4KDFN0YXJ0TWljcm9WTRIhLm1hdGNobG9jay52MS5TdGFydE1pY3JvVk1SZXF1ZXN0GhsubWF0Y2hsb2NrLnYxLlBvd2VyUmVzcG9uc2USUgoOUmVzdGFydE1pY3JvVk0SIy5tYXRjaGxvY2sudjEuUmVzdGFydE1pY3JvVk1SZXF1ZXN0GhsubWF0Y2hsb2NrLnYxLlBvd2VyUmVzcG9uc2USTgoMUGF1c2VNaWNyb1ZNEiEubWF0Y2hsb2NrLnYxLlBhdXNlTWljcm9WTVJlcXVlc3QaGy5tYXRjaGxvY2sudjEuUG93ZXJSZXNwb25zZRJQCg1SZXN1bWVNaWNyb1ZNEiIubWF0Y2hsb2NrLnYxLlJlc3VtZU1pY3JvVk1SZXF1ZXN0GhsubWF0Y2hsb2NrLnYxLlBvd2VyUmVzcG9uc2USTQoLV2F0Y2hFdmVudHMSIC5tYXRjaGxvY2sudjEuV2F0Y2hFdmVudHNSZXF1ZXN0GhoubWF0Y2hsb2NrLnYxLk1pY3JvVk1FdmVudDABQjpaOGdpdGh1Yi5jb20vbWF0Y2hsb2NrL21hdGNobG9jay9hcGkvc2VydmljZXMvbWF0Y2hsb2NrL3YxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_types_microvm]);
+  fileDesc("CiVzZXJ2aWNlcy9tYXRjaGxvY2svdjEvbGlmZWN5Y2xlLnByb3RvEgxtYXRjaGxvY2sudjEiWgoSU3RvcE1pY3JvVk1SZXF1ZXN0EgsKA3VpZBgBIAEoCRIoCgVncmFjZRgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVmb3JjZRgDIAEoCCIiChNTdGFydE1pY3JvVk1SZXF1ZXN0EgsKA3VpZBgBIAEoCSJdChVSZXN0YXJ0TWljcm9WTVJlcXVlc3QSCwoDdWlkGAEgASgJEigKBWdyYWNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEg0KBWZvcmNlGAMgASgIIiIKE1BhdXNlTWljcm9WTVJlcXVlc3QSCwoDdWlkGAEgASgJIiMKFFJlc3VtZU1pY3JvVk1SZXF1ZXN0EgsKA3VpZBgBIAEoCSI6Cg1Qb3dlclJlc3BvbnNlEikKB21pY3Jvdm0YASABKAsyGC5mbGludGxvY2sudHlwZXMuTWljcm9WTSJYChJXYXRjaEV2ZW50c1JlcXVlc3QSFQoIYWZ0ZXJfaWQYASABKARIAIgBARILCgN1aWQYAiABKAkSEQoJbmFtZXNwYWNlGAMgASgJQgsKCV9hZnRlcl9pZCJJChhMaXN0TWljcm9WTUV2ZW50c1JlcXVlc3QSCwoDdWlkGAEgASgJEhEKCW5hbWVzcGFjZRgCIAEoCRINCgVsaW1pdBgDIAEoDSJHChlMaXN0TWljcm9WTUV2ZW50c1Jlc3BvbnNlEioKBmV2ZW50cxgBIAMoCzIaLm1hdGNobG9jay52MS5NaWNyb1ZNRXZlbnQijQUKDE1pY3JvVk1FdmVudBIKCgJpZBgBIAEoBBItCgR0eXBlGAIgASgOMh8ubWF0Y2hsb2NrLnYxLk1pY3JvVk1FdmVudC5UeXBlEigKBHRpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgsKA3VpZBgEIAEoCRIRCgluYW1lc3BhY2UYBSABKAkSDAoEbmFtZRgGIAEoCRI6CgVzdGF0ZRgHIAEoDjIrLmZsaW50bG9jay50eXBlcy5NaWNyb1ZNU3RhdHVzLk1pY3JvVk1TdGF0ZRJDCg5wcmV2aW91c19zdGF0ZRgIIAEoDjIrLmZsaW50bG9jay50eXBlcy5NaWNyb1ZNU3RhdHVzLk1pY3JvVk1TdGF0ZRI4CgVwb3dlchgJIAEoDjIpLmZsaW50bG9jay50eXBlcy5NaWNyb1ZNU3RhdHVzLlBvd2VyU3RhdGUSQQoOcHJldmlvdXNfcG93ZXIYCiABKA4yKS5mbGludGxvY2sudHlwZXMuTWljcm9WTVN0YXR1cy5Qb3dlclN0YXRlEkAKDWRlc2lyZWRfcG93ZXIYCyABKA4yKS5mbGludGxvY2sudHlwZXMuTWljcm9WTVN0YXR1cy5Qb3dlclN0YXRlEhUKDXN0YXRlX2NoYW5nZWQYDCABKAgSFQoNcG93ZXJfY2hhbmdlZBgNIAEoCBIpCgdtaWNyb3ZtGA4gASgLMhguZmxpbnRsb2NrLnR5cGVzLk1pY3JvVk0iUQoEVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASDAoIRVhJU1RJTkcQARILCgdDUkVBVEVEEAISCwoHVVBEQVRFRBADEgsKB0RFTEVURUQQBDLbBAoQTWljcm9WTUxpZmVjeWNsZRJMCgtTdG9wTWljcm9WTRIgLm1hdGNobG9jay52MS5TdG9wTWljcm9WTVJlcXVlc3QaGy5tYXRjaGxvY2sudjEuUG93ZXJSZXNwb25zZRJOCgxTdGFydE1pY3JvVk0SIS5tYXRjaGxvY2sudjEuU3RhcnRNaWNyb1ZNUmVxdWVzdBobLm1hdGNobG9jay52MS5Qb3dlclJlc3BvbnNlElIKDlJlc3RhcnRNaWNyb1ZNEiMubWF0Y2hsb2NrLnYxLlJlc3RhcnRNaWNyb1ZNUmVxdWVzdBobLm1hdGNobG9jay52MS5Qb3dlclJlc3BvbnNlEk4KDFBhdXNlTWljcm9WTRIhLm1hdGNobG9jay52MS5QYXVzZU1pY3JvVk1SZXF1ZXN0GhsubWF0Y2hsb2NrLnYxLlBvd2VyUmVzcG9uc2USUAoNUmVzdW1lTWljcm9WTRIiLm1hdGNobG9jay52MS5SZXN1bWVNaWNyb1ZNUmVxdWVzdBobLm1hdGNobG9jay52MS5Qb3dlclJlc3BvbnNlEk0KC1dhdGNoRXZlbnRzEiAubWF0Y2hsb2NrLnYxLldhdGNoRXZlbnRzUmVxdWVzdBoaLm1hdGNobG9jay52MS5NaWNyb1ZNRXZlbnQwARJkChFMaXN0TWljcm9WTUV2ZW50cxImLm1hdGNobG9jay52MS5MaXN0TWljcm9WTUV2ZW50c1JlcXVlc3QaJy5tYXRjaGxvY2sudjEuTGlzdE1pY3JvVk1FdmVudHNSZXNwb25zZUI6WjhnaXRodWIuY29tL21hdGNobG9jay9tYXRjaGxvY2svYXBpL3NlcnZpY2VzL21hdGNobG9jay92MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_types_microvm]);
 
 /**
  * @generated from message matchlock.v1.StopMicroVMRequest
@@ -183,6 +183,56 @@ export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PUR
   messageDesc(file_services_matchlock_v1_lifecycle, 6);
 
 /**
+ * @generated from message matchlock.v1.ListMicroVMEventsRequest
+ */
+export type ListMicroVMEventsRequest = Message<"matchlock.v1.ListMicroVMEventsRequest"> & {
+  /**
+   * Only this VM; empty: every VM.
+   *
+   * @generated from field: string uid = 1;
+   */
+  uid: string;
+
+  /**
+   * Only this namespace; empty: every namespace.
+   *
+   * @generated from field: string namespace = 2;
+   */
+  namespace: string;
+
+  /**
+   * How many events at most; 0: 20. INVALID_ARGUMENT above 1000.
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message matchlock.v1.ListMicroVMEventsRequest.
+ * Use `create(ListMicroVMEventsRequestSchema)` to create a new message.
+ */
+export const ListMicroVMEventsRequestSchema: GenMessage<ListMicroVMEventsRequest> = /*@__PURE__*/
+  messageDesc(file_services_matchlock_v1_lifecycle, 7);
+
+/**
+ * @generated from message matchlock.v1.ListMicroVMEventsResponse
+ */
+export type ListMicroVMEventsResponse = Message<"matchlock.v1.ListMicroVMEventsResponse"> & {
+  /**
+   * @generated from field: repeated matchlock.v1.MicroVMEvent events = 1;
+   */
+  events: MicroVMEvent[];
+};
+
+/**
+ * Describes the message matchlock.v1.ListMicroVMEventsResponse.
+ * Use `create(ListMicroVMEventsResponseSchema)` to create a new message.
+ */
+export const ListMicroVMEventsResponseSchema: GenMessage<ListMicroVMEventsResponse> = /*@__PURE__*/
+  messageDesc(file_services_matchlock_v1_lifecycle, 8);
+
+/**
  * @generated from message matchlock.v1.MicroVMEvent
  */
 export type MicroVMEvent = Message<"matchlock.v1.MicroVMEvent"> & {
@@ -268,7 +318,7 @@ export type MicroVMEvent = Message<"matchlock.v1.MicroVMEvent"> & {
  * Use `create(MicroVMEventSchema)` to create a new message.
  */
 export const MicroVMEventSchema: GenMessage<MicroVMEvent> = /*@__PURE__*/
-  messageDesc(file_services_matchlock_v1_lifecycle, 7);
+  messageDesc(file_services_matchlock_v1_lifecycle, 9);
 
 /**
  * @generated from enum matchlock.v1.MicroVMEvent.Type
@@ -306,7 +356,7 @@ export enum MicroVMEvent_Type {
  * Describes the enum matchlock.v1.MicroVMEvent.Type.
  */
 export const MicroVMEvent_TypeSchema: GenEnum<MicroVMEvent_Type> = /*@__PURE__*/
-  enumDesc(file_services_matchlock_v1_lifecycle, 7, 0);
+  enumDesc(file_services_matchlock_v1_lifecycle, 9, 0);
 
 /**
  * Power operations store the desired power state on the record and return at once; the
@@ -380,6 +430,17 @@ export const MicroVMLifecycle: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchEventsRequestSchema;
     output: typeof MicroVMEventSchema;
+  },
+  /**
+   * The newest stored events matching the filter, oldest first (what `vm describe` shows as a
+   * VM's recent events). The events of a deleted VM stay until pruned.
+   *
+   * @generated from rpc matchlock.v1.MicroVMLifecycle.ListMicroVMEvents
+   */
+  listMicroVMEvents: {
+    methodKind: "unary";
+    input: typeof ListMicroVMEventsRequestSchema;
+    output: typeof ListMicroVMEventsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_services_matchlock_v1_lifecycle, 0);
