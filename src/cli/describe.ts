@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { parseDnsmasqLeases, parseIscLeases, type Lease } from '../hub/leases.js';
 import { MicroVMEvent_Type, type MicroVMEvent } from '../gen/services/matchlock/v1/lifecycle_pb.js';
 import { MicroVMStatus_MicroVMState, MicroVMStatus_PowerState, type MicroVM } from '../gen/types/microvm_pb.js';
-import { stateName } from './output.js';
+import { powerText, stateName } from './output.js';
 
 /**
  * A failed step's error as recorded in status.last_error: the plan prefixes the step's name,
@@ -69,6 +69,7 @@ export function describeVm(vm: MicroVM, leases: Lease[] | undefined, now = Date.
   add('UID', spec?.uid ?? '');
   add('Provider', spec?.provider ?? '');
   add('State', stateName(vm));
+  add('Power', powerText(vm));
   const err = splitLastError(st?.lastError ?? '');
   add('Step', err.step ? `${err.step} (failed)` : stateName(vm) === 'CREATED' ? '- (all steps done)' : '-');
   add('Reason', err.reason || '-');

@@ -62,8 +62,13 @@ export function formatVms(vms: MicroVM[], format: Format, single: boolean): stri
 
 /** `power: RUNNING`, with the desired state when it differs (a stop or pause on its way). */
 function powerLine(vm: MicroVM): string {
+  return `power: ${powerText(vm)}\n`;
+}
+
+/** `RUNNING`, or `UNKNOWN (desired STOPPED)` while the VMM has not got there yet. */
+export function powerText(vm: MicroVM): string {
   const p = vm.status?.power ?? MicroVMStatus_PowerState.POWER_STATE_UNSPECIFIED;
   const now = p === MicroVMStatus_PowerState.POWER_STATE_UNSPECIFIED ? 'UNKNOWN' : MicroVMStatus_PowerState[p];
   const desired = MicroVMStatus_PowerState[vm.status?.desiredPower || MicroVMStatus_PowerState.RUNNING];
-  return `power: ${now}${desired !== now ? ` (desired ${desired})` : ''}\n`;
+  return `${now}${desired !== now ? ` (desired ${desired})` : ''}`;
 }

@@ -149,7 +149,7 @@ describe('matchlock.v1 through matchlockd', () => {
     assert.equal(JSON.parse(stop.text).microvm.status.desiredPower, 'STOPPED');
     let shown = '';
     assert.equal(await cli(['--host', target, 'vm', 'get', uid], { out: (t) => void (shown += t), err: () => undefined }, {}), 0);
-    assert.match(shown, /\npower: UNKNOWN \(desired STOPPED\)\n$/, 'never ran, asked to stop');
+    assert.match(shown, /^Power:\s+UNKNOWN \(desired STOPPED\)$/m, 'never ran, asked to stop');
     const pause = await call('POST', `/v1/microvm/${uid}/pause`);
     assert.equal(pause.status, 400, 'a stopped VM cannot pause');
     assert.equal(JSON.parse(pause.text).code, grpc.status.FAILED_PRECONDITION);
@@ -165,6 +165,16 @@ describe('matchlock.v1 through matchlockd', () => {
     assert.equal(ev.status, 200);
     const first = JSON.parse(ev.text.split('\n')[0] ?? '') as { result: { type: string; uid: string; desiredPower: string } };
     assert.deepEqual([first.result.type, first.result.uid, first.result.desiredPower], ['EXISTING', uid, 'RUNNING']);
+    // The stored changes: the create, the stop, the start, in order, the newest last.
+    const recent = await call('GET', `/v1/recent-events?uid=${uid}&limit=1000`);
+    assert.equal(recent.status, 200, recent.text);
+    const kept = (JSON.parse(recent.text) as { events: { id: string; type: string; desiredPower: string }[] }).events;
+    assert.equal(kept[0]?.type, 'CREATED');
+    assert.deepEqual(kept.map((e) => Number(e.id)), kept.map((e) => Number(e.id)).sort((a, b) => a - b));
+    assert.deepEqual(kept.map((e) => e.desiredPower).filter((p, i, all) => p !== all[i - 1]), ['RUNNING', 'STOPPED', 'RUNNING']);
+    const two = await call('GET', `/v1/recent-events?uid=${uid}&limit=2`);
+    assert.deepEqual((JSON.parse(two.text) as { events: { id: string }[] }).events.map((e) => e.id), kept.slice(-2).map((e) => e.id));
+    assert.equal((await call('GET', '/v1/recent-events?limit=1001')).status, 400);
   });
 
   it('power commands take namespace/name as well as a uid, and ask which when a name is shared', async () => {
