@@ -278,7 +278,7 @@ async function part1(sizes: number[], creates: number, entry: string[]): Promise
         }
         const getTimes: [number[], number[]] = [[], []];
         for (let i = 0; i < creates; i++) {
-          const uid = all[Math.floor(Math.random() * all.length)]?.uid;
+          const uid = all[Math.floor(Math.random() * all.length)]?.uid ?? '';
           getTimes[0].push(await mc.timed('getMicroVM', create(GetMicroVMRequestSchema, { uid })));
           getTimes[1].push(await bc.timed('getMicroVM', create(GetMicroVMRequestSchema, { uid })));
         }
@@ -341,7 +341,7 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
   const id = randomBytes(3).toString('hex');
   const tmp = join(tmpdir(), `matchlock-bench-burst-${id}`);
   mkdirSync(tmp, { recursive: true });
-  const ns = `mlb-${id}`;
+  const ns = `mlcp-${id}`;
   const standin = join(tmp, 'vmm-standin');
   execFileSync('cc', ['-O2', '-o', standin, join(ROOT, 'bench', 'vmm-standin.c')]);
   const layout = guestLayout(tmp);

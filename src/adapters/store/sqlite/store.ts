@@ -3,19 +3,26 @@ import { linkSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { MatchlockError, ErrorCode } from '../../../core/errors.js';
 import type { MicroVM } from '../../../core/microvm/types.js';
-import type { ListFilter, Store, Tombstone, Tombstones } from '../../../core/ports.js';
+import type { EncodedRecord, ListFilter, PageOptions, Store, Tombstone, Tombstones } from '../../../core/ports.js';
+import { encodeMicroVM, WIRE_FORMAT } from '../../api/convert.js';
 
 // 2: tombstones of records dropped without a finished teardown.
 const SCHEMA_VERSION = 2;
 
+/** Rows re-encoded per transaction when a store's wire bytes are refreshed at open. */
+const REENCODE_PAGE = 500;
+
 /**
  * MicroVM records in one SQLite file. WAL with synchronous=FULL: a call that returned has been
  * fsynced, so a kill -9 at any point loses nothing that a client was told about. Each record is
- * a JSON document with its indexed columns beside it.
+ * a JSON document with its indexed columns beside it, and its protobuf encoding (`wire`, the
+ * bytes Get and List send) written in the same statement, so the two never disagree.
  */
 export class SqliteStore implements Store, Tombstones {
   private readonly db: Database.Database;
   private readonly stmts;
+  /** Prepared statements of the filtered, paged reads, by their SQL. */
+  private readonly paged = new Map<string, Database.Statement>();
 
   constructor(path: string) {
     if (path !== ':memory:') {
@@ -36,11 +43,13 @@ export class SqliteStore implements Store, Tombstones {
       throw damaged(path, (err as Error).message, err);
     }
     this.migrate();
+    ensureWire(this.db);
     this.stmts = {
       insert: this.db.prepare(
-        'INSERT INTO microvms (uid, namespace, name, version, state, record) VALUES (@uid, @namespace, @name, @version, @state, @record)',
+        'INSERT INTO microvms (uid, namespace, name, version, state, record, wire, wire_version) VALUES (@uid, @namespace, @name, @version, @state, @record, @wire, @version)',
       ),
       get: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE uid = ?'),
+      encoded: this.db.prepare<[string], Buffer>('SELECT wire FROM microvms WHERE uid = ?').pluck(),
       listAll: this.db.prepare<[], { record: string }>('SELECT record FROM microvms ORDER BY uid'),
       listNs: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE namespace = ? ORDER BY uid'),
       listName: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE name = ? ORDER BY uid'),
@@ -48,7 +57,7 @@ export class SqliteStore implements Store, Tombstones {
         'SELECT record FROM microvms WHERE namespace = ? AND name = ? ORDER BY uid',
       ),
       update: this.db.prepare(
-        'UPDATE microvms SET version = @version, state = @state, record = @record WHERE uid = @uid AND version = @previous',
+        'UPDATE microvms SET version = @version, state = @state, record = @record, wire = @wire, wire_version = @version WHERE uid = @uid AND version = @previous',
       ),
       remove: this.db.prepare<[string]>('DELETE FROM microvms WHERE uid = ?'),
       bury: this.db.prepare<[string, string]>('INSERT OR REPLACE INTO tombstones (uid, record) VALUES (?, ?)'),
@@ -80,6 +89,31 @@ export class SqliteStore implements Store, Tombstones {
       : name ? this.stmts.listName.all(name)
       : this.stmts.listAll.all();
     return rows.map((r) => parse(r.record));
+  }
+
+  encoded(uid: string): Uint8Array | undefined {
+    return this.stmts.encoded.get(uid) ?? undefined;
+  }
+
+  *encodedRecords(filter: ListFilter, page: PageOptions = {}): IterableIterator<EncodedRecord> {
+    const { sql, params } = pagedQuery('uid, wire', filter, page);
+    for (const r of this.statement(sql).iterate(params) as IterableIterator<{ uid: string; wire: Buffer }>) yield { uid: r.uid, encoded: r.wire };
+  }
+
+  page(filter: ListFilter, page: PageOptions): MicroVM[] {
+    const { sql, params } = pagedQuery('record', filter, page);
+    return (this.statement(sql).all(params) as { record: string }[]).map((r) => parse(r.record));
+  }
+
+  uids(filter: ListFilter, page: PageOptions): string[] {
+    const { sql, params } = pagedQuery('uid', filter, page);
+    return (this.statement(sql).all(params) as { uid: string }[]).map((r) => r.uid);
+  }
+
+  private statement(sql: string): Database.Statement {
+    let st = this.paged.get(sql);
+    if (!st) this.paged.set(sql, (st = this.db.prepare(sql)));
+    return st;
   }
 
   update(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined {
@@ -210,7 +244,7 @@ function damaged(path: string, why: string, cause?: unknown): MatchlockError {
   );
 }
 
-function row(vm: MicroVM): Record<string, string | number> {
+function row(vm: MicroVM): Record<string, string | number | Uint8Array> {
   return {
     uid: vm.uid,
     namespace: vm.spec.namespace,
@@ -218,7 +252,56 @@ function row(vm: MicroVM): Record<string, string | number> {
     version: vm.version,
     state: vm.status.state,
     record: JSON.stringify(vm),
+    wire: encodeMicroVM(vm),
   };
+}
+
+/** A read of some columns of the records matching `filter`, in uid order, one page of them. */
+function pagedQuery(columns: string, filter: ListFilter, page: PageOptions): { sql: string; params: Record<string, string | number> } {
+  const where: string[] = [];
+  const params: Record<string, string | number> = {};
+  const add = (clause: string, key: string, value: string | number | undefined) => {
+    if (value === undefined) return;
+    where.push(clause);
+    params[key] = value;
+  };
+  add('namespace = @namespace', 'namespace', filter.namespace || undefined);
+  add('name = @name', 'name', filter.name || undefined);
+  add('uid > @after', 'after', page.after);
+  add('uid <= @through', 'through', page.through);
+  const limit = page.limit !== undefined && page.limit > 0 ? ' LIMIT @limit' : '';
+  if (limit) params.limit = page.limit ?? 0;
+  return { sql: `SELECT ${columns} FROM microvms${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY uid${limit}`, params };
+}
+
+/**
+ * Adds the wire columns to a store that lacks them, and re-encodes every record whose bytes
+ * are missing or stale: all of them when the encoding changed (WIRE_FORMAT), and any a
+ * matchlock without these columns updated (its version moved past wire_version). Paged, so a
+ * large store is never read at once; each page is one transaction.
+ */
+function ensureWire(db: Database.Database): void {
+  const columns = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
+  db.transaction(() => {
+    if (!columns.has('wire')) db.exec('ALTER TABLE microvms ADD COLUMN wire BLOB');
+    if (!columns.has('wire_version')) db.exec('ALTER TABLE microvms ADD COLUMN wire_version INTEGER');
+    db.exec('CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)');
+  }).immediate();
+  const format = db.prepare<[], string>("SELECT value FROM store_meta WHERE key = 'wire_format'").pluck().get();
+  const all = format !== WIRE_FORMAT;
+  const stale = db.prepare<[string, number], { uid: string; record: string }>(
+    `SELECT uid, record FROM microvms WHERE uid > ? ${all ? '' : 'AND (wire IS NULL OR wire_version IS NOT version)'} ORDER BY uid LIMIT ?`,
+  );
+  const write = db.prepare<[Uint8Array, string]>('UPDATE microvms SET wire = ?, wire_version = version WHERE uid = ?');
+  for (let after = ''; ;) {
+    const rows = stale.all(after, REENCODE_PAGE);
+    if (rows.length === 0) break;
+    db.transaction(() => {
+      for (const r of rows) write.run(encodeMicroVM(parse(r.record)), r.uid);
+    }).immediate();
+    after = rows[rows.length - 1]?.uid ?? after;
+  }
+  if (all) db.prepare("INSERT OR REPLACE INTO store_meta (key, value) VALUES ('wire_format', ?)").run(WIRE_FORMAT);
 }
 
 function parse(record: string): MicroVM {
