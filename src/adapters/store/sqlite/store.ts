@@ -281,12 +281,21 @@ function pagedQuery(columns: string, filter: ListFilter, page: PageOptions): { s
  * large store is never read at once; each page is one transaction.
  */
 function ensureWire(db: Database.Database): void {
-  const columns = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
-  db.transaction(() => {
-    if (!columns.has('wire')) db.exec('ALTER TABLE microvms ADD COLUMN wire BLOB');
-    if (!columns.has('wire_version')) db.exec('ALTER TABLE microvms ADD COLUMN wire_version INTEGER');
-    db.exec('CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)');
-  }).immediate();
+  const missing = () => {
+    const columns = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
+    const meta = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'").get() !== undefined;
+    return { wire: !columns.has('wire'), version: !columns.has('wire_version'), meta: !meta };
+  };
+  // The write lock only when something is missing, and the check repeated under it: another
+  // process may be opening the same store.
+  if (Object.values(missing()).some(Boolean)) {
+    db.transaction(() => {
+      const m = missing();
+      if (m.wire) db.exec('ALTER TABLE microvms ADD COLUMN wire BLOB');
+      if (m.version) db.exec('ALTER TABLE microvms ADD COLUMN wire_version INTEGER');
+      if (m.meta) db.exec('CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)');
+    }).immediate();
+  }
   const format = db.prepare<[], string>("SELECT value FROM store_meta WHERE key = 'wire_format'").pluck().get();
   const all = format !== WIRE_FORMAT;
   const stale = db.prepare<[string, number], { uid: string; record: string }>(
