@@ -21,6 +21,16 @@ export interface PageOptions {
   limit?: number | undefined;
 }
 
+export interface UpdateOptions {
+  /**
+   * false: commit without waiting for the disk. The change survives a crash or kill -9 of the
+   * daemon (it is in the OS's page cache) and becomes durable with the next durable commit; a
+   * power cut may lose it. For what the reconciler observed on the host, which its next pass
+   * observes again; never for what a client was told. Default true.
+   */
+  durable?: boolean;
+}
+
 /** A record as the API sends it: flintlock.types.MicroVM, protobuf binary. */
 export interface EncodedRecord {
   uid: string;
@@ -54,7 +64,7 @@ export interface Store {
    * transaction. `change` returns undefined to leave the record alone. Returns what is stored
    * now, or undefined when no record has that uid.
    */
-  update(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined;
+  update(uid: string, change: (current: MicroVM) => MicroVM | undefined, opts?: UpdateOptions): MicroVM | undefined;
   remove(uid: string): boolean;
   close(): void;
 }

@@ -3,7 +3,7 @@ import { linkSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { MatchlockError, ErrorCode } from '../../../core/errors.js';
 import type { MicroVM } from '../../../core/microvm/types.js';
-import type { EncodedRecord, ListFilter, PageOptions, Store, Tombstone, Tombstones } from '../../../core/ports.js';
+import type { EncodedRecord, ListFilter, PageOptions, Store, Tombstone, Tombstones, UpdateOptions } from '../../../core/ports.js';
 import { encodeMicroVM, WIRE_FORMAT } from '../../api/convert.js';
 
 // 2: tombstones of records dropped without a finished teardown.
@@ -116,7 +116,19 @@ export class SqliteStore implements Store, Tombstones {
     return st;
   }
 
-  update(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined {
+  update(uid: string, change: (current: MicroVM) => MicroVM | undefined, opts: UpdateOptions = {}): MicroVM | undefined {
+    if (opts.durable !== false) return this.updateNow(uid, change);
+    // WAL with synchronous=NORMAL commits without an fsync: the frames reach the OS at once (a
+    // killed daemon loses nothing) and the disk with the next synchronous=FULL commit.
+    this.db.pragma('synchronous = NORMAL');
+    try {
+      return this.updateNow(uid, change);
+    } finally {
+      this.db.pragma('synchronous = FULL');
+    }
+  }
+
+  private updateNow(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined {
     // IMMEDIATE takes the write lock before reading, so another process cannot slip a write
     // between this read and this write.
     return this.db
