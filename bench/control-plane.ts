@@ -165,7 +165,7 @@ const median = (xs: number[]) => {
   return s[Math.floor(s.length / 2)] ?? NaN;
 };
 
-function spec(name: string, namespace: string, image: string, withRoot = true): MicroVMSpec {
+function spec(name: string, namespace: string, image: string, withRoot = true, kernelFile = 'boot/vmlinuz'): MicroVMSpec {
   // CAPMVM's shape: a kernel, a root volume, one TAP, labels and a cloud-init user-data of a few KiB.
   return create(MicroVMSpecSchema, {
     id: name,
@@ -173,7 +173,7 @@ function spec(name: string, namespace: string, image: string, withRoot = true): 
     labels: { 'cluster.x-k8s.io/cluster-name': 'bench', role: 'worker' },
     vcpu: 2,
     memoryInMb: 2048,
-    kernel: { image, filename: 'boot/vmlinuz', addNetworkConfig: true },
+    kernel: { image, filename: kernelFile, addNetworkConfig: true },
     initrd: withRoot ? undefined : { image, filename: 'boot/initrd.img' },
     rootVolume: withRoot ? { id: 'root', source: { containerSource: image } } : undefined,
     interfaces: [{ deviceId: 'eth1', type: NetworkInterface_IfaceType.TAP }],
@@ -367,13 +367,14 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
         const res = await c.call('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`burst-${i}`, 'bench', ref, false) }));
         uids.push(fromCreate(res));
       })).then(() => (answered = (performance.now() - t0) / 1000));
-      // Probes: one create at a time while the burst is being reconciled. Their image is on a
-      // registry nobody answers, so they add API work but no VMM of their own.
+      // Probes: one create at a time while the burst is being reconciled. Their kernel file is
+      // not in the image, so their one pass fails at once (no retry wait holding a worker) and
+      // they add API work but no VMM of their own.
       const probes: number[] = [];
       let done = false;
       const probing = (async () => {
         for (let i = 0; !done; i++) {
-          probes.push(await c.timed('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`probe-${i}`, 'probe', '127.0.0.1:9/bench/absent:1', false) })));
+          probes.push(await c.timed('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`probe-${i}`, 'probe', ref, false, 'boot/absent') })));
           await settle(250);
         }
       })();
