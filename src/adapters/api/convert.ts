@@ -62,7 +62,11 @@ export function specInput(spec: MicroVMSpec | undefined): SpecInput | undefined 
   };
 }
 
-const ts = (iso: string | undefined): Timestamp | undefined => (iso === undefined ? undefined : timestampFromDate(new Date(iso)));
+/** An RFC 3339 time as a Timestamp; absent when empty or unreadable (a hand-made record), never a throw. */
+const ts = (iso: string | undefined): Timestamp | undefined => {
+  const ms = iso ? Date.parse(iso) : NaN;
+  return Number.isNaN(ms) ? undefined : timestampFromDate(new Date(ms));
+};
 
 function volume(v: DomainVolume) {
   return {
