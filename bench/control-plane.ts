@@ -323,6 +323,13 @@ function guestLayout(dir: string): string {
 }
 
 function standinPids(stateDir: string): number[] {
+  const cmdline = (p: number) => {
+    try {
+      return readFileSync(`/proc/${p}/cmdline`, 'utf8');
+    } catch {
+      return '';
+    }
+  };
   const pids: number[] = [];
   const walk = (d: string) => {
     for (const e of readdirSync(d, { withFileTypes: true })) {
@@ -331,7 +338,8 @@ function standinPids(stateDir: string): number[] {
     }
   };
   if (existsSync(join(stateDir, 'vm'))) walk(join(stateDir, 'vm'));
-  return pids.filter((p) => p > 0);
+  // Only processes that are still this run's stand-ins: pids are reused.
+  return pids.filter((p) => p > 0 && cmdline(p).includes(stateDir));
 }
 
 async function part2(bursts: number[], entry: string[]): Promise<void> {
@@ -362,6 +370,7 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
       const created = new Set<string>();
       const t0 = performance.now();
       let answered = 0;
+      let all = 0;
       const uids: string[] = [];
       const burst = Promise.all(Array.from({ length: n }, async (_, i) => {
         const res = await c.call('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`burst-${i}`, 'bench', ref, false) }));
@@ -377,7 +386,8 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
           probes.push(await c.timed('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`probe-${i}`, 'probe', ref, false, 'boot/absent') })));
           await settle(250);
         }
-      })();
+      })().catch(() => undefined); // a probe cut off by a failed run must not hide that run's error
+      try {
       await burst;
       let last = '';
       while (created.size < n) {
@@ -387,17 +397,23 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
         const failed = [...states.values()].filter((s) => s === MicroVMStatus_MicroVMState.FAILED).length;
         if (failed) throw new Error(`${failed} VMs FAILED in the burst of ${n}`);
         last = `${created.size}/${n}`;
-        if (performance.now() - t0 > 600_000) throw new Error(`burst of ${n} not CREATED after 600 s (${last})`);
+        if (performance.now() - t0 > 1_800_000) throw new Error(`burst of ${n} not CREATED after 1800 s (${last})`);
         await settle(250);
       }
-      const all = (performance.now() - t0) / 1000;
-      done = true;
-      await probing;
+        all = (performance.now() - t0) / 1000;
+      } finally {
+        done = true;
+        await probing;
+      }
       row([n, all.toFixed(1), `${f1(median(probes))} (${probes.length} probes)`, answered.toFixed(2)]);
       c.close();
       await daemon.stop();
       daemon = undefined;
-      for (const pid of standinPids(stateDir)) {
+    }
+  } finally {
+    if (daemon) await daemon.kill();
+    for (const n of bursts) {
+      for (const pid of standinPids(join(tmp, `state-${n}`))) {
         try {
           process.kill(pid, 'SIGKILL');
         } catch {
@@ -405,8 +421,6 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
         }
       }
     }
-  } finally {
-    if (daemon) await daemon.kill();
     spawnSync('ip', ['netns', 'del', ns]);
     rmSync(tmp, { recursive: true, force: true });
   }
