@@ -15,8 +15,6 @@ export interface ListFilter {
 export interface PageOptions {
   /** Only uids after this one (exclusive): the last uid of the previous page. */
   after?: string | undefined;
-  /** Only uids up to this one (inclusive): pins the end of a read that spans several pages. */
-  through?: string | undefined;
   /** At most this many; undefined or 0: no limit. */
   limit?: number | undefined;
 }

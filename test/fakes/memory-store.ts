@@ -35,7 +35,7 @@ export class MemoryStore implements Store, Tombstones {
       .map((vm) => structuredClone(vm));
   }
   page(filter: ListFilter, page: PageOptions): MicroVM[] {
-    const out = this.list(filter).filter((vm) => (page.after === undefined || vm.uid > page.after) && (page.through === undefined || vm.uid <= page.through));
+    const out = this.list(filter).filter((vm) => (page.after === undefined || vm.uid > page.after));
     return page.limit ? out.slice(0, page.limit) : out;
   }
   uids(filter: ListFilter, page: PageOptions): string[] {

@@ -9,7 +9,6 @@ import type { SecureContextOptions } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { MatchlockError, boundedMessage } from '../../../core/errors.js';
 import type { MicroVMService } from '../../../core/microvm/service.js';
-import { ulid } from '../../../core/microvm/ulid.js';
 import type { Logger } from '../../../core/ports.js';
 import {
   MicroVM as MicroVMServiceDesc,
@@ -52,9 +51,6 @@ export function serverCredentials(tls: GrpcTls | undefined): grpc.ServerCredenti
 
 /** Records per page of ListMicroVMsStream: what it holds in memory at once. */
 const STREAM_PAGE = 256;
-
-/** The largest uid a record created at `ms` can have: a stream pins its end with it. */
-const lastUidAt = (ms: number) => ulid(ms, new Uint8Array(10).fill(255));
 
 /**
  * Field 1 holding each record: CreateMicroVMResponse, GetMicroVMResponse and ListMessage hold
@@ -138,18 +134,18 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
     getMicroVM: unary('GetMicroVM', (req: GetMicroVMRequest) => inField1([service.encoded(req.uid)])),
     listMicroVMs: unary('ListMicroVMs', (req: ListMicroVMsRequest) => inField1(encodedOnly(service.encodedList(req.namespace, req.name)))),
     listMicroVMsStream: (call: grpc.ServerWritableStream<ListMicroVMsRequest, unknown>) => {
-      // A page at a time, waiting for the client when its buffer is full, so a large list
-      // never sits in memory at once. Records created after the call started are left out
-      // (their uids sort after its pinned end); one changed meanwhile is sent as it is then.
+      // A page at a time in uid order, waiting for the client when its buffer is full, so a
+      // large list never sits in memory at once. A record changed meanwhile is sent as it is
+      // when its page is read; one created meanwhile is sent when its uid sorts after the page.
+      // (No end is pinned by time: uids follow the clock, which may step back.)
       const { namespace, name } = call.request;
-      const through = lastUidAt(Date.now());
       let after: string | undefined;
       const page = () => {
         if (call.cancelled) return;
         try {
           let n = 0;
           let room = true;
-          for (const r of service.encodedList(namespace, name, { after, through, limit: STREAM_PAGE })) {
+          for (const r of service.encodedList(namespace, name, { after, limit: STREAM_PAGE })) {
             n++;
             after = r.uid;
             room = call.write(inField1([r.encoded])) && room;

@@ -280,7 +280,6 @@ function pagedQuery(columns: string, filter: ListFilter, page: PageOptions): { s
   add('namespace = @namespace', 'namespace', filter.namespace || undefined);
   add('name = @name', 'name', filter.name || undefined);
   add('uid > @after', 'after', page.after);
-  add('uid <= @through', 'through', page.through);
   const limit = page.limit !== undefined && page.limit > 0 ? ' LIMIT @limit' : '';
   if (limit) params.limit = page.limit ?? 0;
   return { sql: `SELECT ${columns} FROM microvms${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY uid${limit}`, params };
