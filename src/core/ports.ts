@@ -11,6 +11,30 @@ export interface ListFilter {
   name?: string | undefined;
 }
 
+/** Which part of an ordered read: records are read in uid order, a page at a time. */
+export interface PageOptions {
+  /** Only uids after this one (exclusive): the last uid of the previous page. */
+  after?: string | undefined;
+  /** At most this many; undefined or 0: no limit. */
+  limit?: number | undefined;
+}
+
+export interface UpdateOptions {
+  /**
+   * false: commit without waiting for the disk. The change survives a crash or kill -9 of the
+   * daemon (it is in the OS's page cache) and becomes durable with the next durable commit; a
+   * power cut may lose it. For what the reconciler observed on the host, which its next pass
+   * observes again; never for what a client was told. Default true.
+   */
+  durable?: boolean;
+}
+
+/** A record as the API sends it: flintlock.types.MicroVM, protobuf binary. */
+export interface EncodedRecord {
+  uid: string;
+  encoded: Uint8Array;
+}
+
 /**
  * Durable MicroVM records. Synchronous on purpose: the SQLite adapter commits each call in one
  * transaction before returning, so no two read-modify-write sequences can interleave.
@@ -19,12 +43,26 @@ export interface Store {
   insert(vm: MicroVM): void;
   get(uid: string): MicroVM | undefined;
   list(filter: ListFilter): MicroVM[];
+  /** The records matching `filter`, one page of them in uid order. */
+  page(filter: ListFilter, page: PageOptions): MicroVM[];
+  /** The uids matching `filter`, one page of them in order. */
+  uids(filter: ListFilter, page: PageOptions): string[];
+  /**
+   * The record's protobuf encoding (flintlock.types.MicroVM), kept beside it and replaced in
+   * the same transaction as the record, so it never describes another version.
+   */
+  encoded(uid: string): Uint8Array | undefined;
+  /**
+   * The encodings of the records matching `filter` in uid order, read lazily: consume the
+   * iterator synchronously and finish it before the next store call (SQLite keeps the read open).
+   */
+  encodedRecords(filter: ListFilter, page?: PageOptions): IterableIterator<EncodedRecord>;
   /**
    * Reads the record, applies `change` and stores the result with version + 1, in one
    * transaction. `change` returns undefined to leave the record alone. Returns what is stored
    * now, or undefined when no record has that uid.
    */
-  update(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined;
+  update(uid: string, change: (current: MicroVM) => MicroVM | undefined, opts?: UpdateOptions): MicroVM | undefined;
   remove(uid: string): boolean;
   close(): void;
 }

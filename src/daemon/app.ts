@@ -201,16 +201,33 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   });
 
   const catalog = new ImageCatalog(images);
+  // Every record, a page at a time with a turn of the event loop between pages, so a large
+  // store is never read at once and requests are served meanwhile.
+  const RESYNC_PAGE = 500;
+  async function* allRecords() {
+    for (let page = store.page({}, { limit: RESYNC_PAGE }); page.length > 0; page = store.page({}, { after: page.at(-1)?.uid, limit: RESYNC_PAGE })) {
+      yield* page;
+      await new Promise((r) => setImmediate(r));
+    }
+  }
   const collectImages = async () => {
     if (cfg.imageGcGraceMs <= 0) return;
-    const inUse = new Set((await catalog.usage(store.list({}))).keys());
+    const inUse = new Set((await catalog.usage(allRecords())).keys());
     const removed = await catalog.collect(inUse, cfg.imageGcGraceMs);
     if (removed.length) logger.info({ removed }, 'unused images removed');
     if (thin) await thin.collectBases(new Set([...inUse, ...(await catalog.list()).map((i) => i.digest)]), logger);
   };
+  const enqueueAll = async () => {
+    for (let uids = store.uids({}, { limit: RESYNC_PAGE }); uids.length > 0; uids = store.uids({}, { after: uids.at(-1), limit: RESYNC_PAGE })) {
+      for (const uid of uids) queue.enqueue(uid);
+      await new Promise((r) => setImmediate(r));
+    }
+  };
   const resyncAll = () => {
-    for (const vm of store.list({})) queue.enqueue(vm.uid);
-    collectImages().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'image garbage collection failed'));
+    enqueueAll()
+      .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync failed'))
+      .then(() => collectImages())
+      .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'image garbage collection failed'));
   };
   const token = cfg.basicAuthToken || undefined;
   // matchlock.v1: power operations, the event stream and server info. Event streams end when

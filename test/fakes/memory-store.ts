@@ -1,5 +1,6 @@
+import { encodeMicroVM } from '../../src/adapters/api/convert.js';
 import type { MicroVM } from '../../src/core/microvm/types.js';
-import type { ListFilter, Store, Tombstone, Tombstones } from '../../src/core/ports.js';
+import type { EncodedRecord, ListFilter, PageOptions, Store, Tombstone, Tombstones } from '../../src/core/ports.js';
 
 /** An in-memory Store with the same versioning rules as the SQLite one. */
 export class MemoryStore implements Store, Tombstones {
@@ -32,6 +33,20 @@ export class MemoryStore implements Store, Tombstones {
       .filter((vm) => (!filter.namespace || vm.spec.namespace === filter.namespace) && (!filter.name || vm.spec.name === filter.name))
       .sort((a, b) => a.uid.localeCompare(b.uid))
       .map((vm) => structuredClone(vm));
+  }
+  page(filter: ListFilter, page: PageOptions): MicroVM[] {
+    const out = this.list(filter).filter((vm) => (page.after === undefined || vm.uid > page.after));
+    return page.limit ? out.slice(0, page.limit) : out;
+  }
+  uids(filter: ListFilter, page: PageOptions): string[] {
+    return this.page(filter, page).map((vm) => vm.uid);
+  }
+  encoded(uid: string): Uint8Array | undefined {
+    const vm = this.records.get(uid);
+    return vm && encodeMicroVM(vm);
+  }
+  *encodedRecords(filter: ListFilter, page: PageOptions = {}): IterableIterator<EncodedRecord> {
+    for (const vm of this.page(filter, page)) yield { uid: vm.uid, encoded: encodeMicroVM(vm) };
   }
   update(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined {
     const cur = this.get(uid);

@@ -1,9 +1,17 @@
-// Child process for the no-lost-update test: bumps a counter label N times through the store.
+// Child process for the store's crash tests: bumps a counter label N times through the store.
+// With a fourth argument `observed` the updates are not durable (UpdateOptions.durable false),
+// and the worker prints "done" and waits to be killed instead of closing the store.
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 
-const [path, uid, times] = process.argv.slice(2);
+const [path, uid, times, mode] = process.argv.slice(2);
 const store = new SqliteStore(path ?? '');
+const opts = mode === 'observed' ? { durable: false } : {};
 for (let i = 0; i < Number(times); i++) {
-  store.update(uid ?? '', (cur) => ({ ...cur, spec: { ...cur.spec, labels: { ...cur.spec.labels, n: String(Number(cur.spec.labels.n ?? '0') + 1) } } }));
+  store.update(uid ?? '', (cur) => ({ ...cur, spec: { ...cur.spec, labels: { ...cur.spec.labels, n: String(Number(cur.spec.labels.n ?? '0') + 1) } } }), opts);
 }
-store.close();
+if (mode === 'observed') {
+  process.stdout.write('done\n');
+  setInterval(() => undefined, 1 << 30);
+} else {
+  store.close();
+}

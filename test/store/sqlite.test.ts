@@ -72,6 +72,24 @@ describe('SqliteStore', () => {
     assert.equal(got?.version, 601);
   });
 
+  it('keeps every update committed without waiting for the disk when the process is killed -9', async () => {
+    const path = join(tmp.path, 'observed.db');
+    const s = new SqliteStore(path);
+    s.insert(vm('01O', 'x', 'observed'));
+    s.close();
+    const worker = fileURLToPath(new URL('./bump-worker.ts', import.meta.url));
+    const p = spawn(process.execPath, ['--import', 'tsx', worker, path, '01O', '50', 'observed'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = new Promise<NodeJS.Signals | null>((resolve) => p.once('exit', (_code, sig) => resolve(sig)));
+    await new Promise<void>((resolve) => p.stdout.on('data', (d: Buffer) => d.toString().includes('done') && resolve()));
+    p.kill('SIGKILL');
+    assert.equal(await exited, 'SIGKILL');
+    const r = new SqliteStore(path);
+    const got = r.get('01O');
+    assert.equal(got?.spec.labels.n, '50');
+    assert.equal(got?.version, 51);
+    r.close();
+  });
+
   it('refuses a store written by a newer schema instead of misreading it', () => {
     const path = join(tmp.path, 'new.db');
     new SqliteStore(path).close();

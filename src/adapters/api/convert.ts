@@ -1,8 +1,9 @@
 /**
  * Protobuf <-> domain conversion, shared by the gRPC and HTTP adapters.
  */
-import { create, type MessageInitShape } from '@bufbuild/protobuf';
-import { timestampFromDate, type Timestamp } from '@bufbuild/protobuf/wkt';
+import { create, toBinary, type MessageInitShape } from '@bufbuild/protobuf';
+import { FileDescriptorProtoSchema, timestampFromDate, type Timestamp } from '@bufbuild/protobuf/wkt';
+import { createHash } from 'node:crypto';
 import type { InterfaceInput, SpecInput, VolumeInput } from '../../core/microvm/validate.js';
 import type { Mount as DomainMount, MicroVM as DomainVM, PowerState, Volume as DomainVolume } from '../../core/microvm/types.js';
 import {
@@ -15,6 +16,7 @@ import {
   type MicroVMSpec,
   MountSchema,
   type Volume,
+  file_types_microvm,
 } from '../../gen/types/microvm_pb.js';
 
 function volumeInput(v: Volume): VolumeInput {
@@ -61,7 +63,11 @@ export function specInput(spec: MicroVMSpec | undefined): SpecInput | undefined 
   };
 }
 
-const ts = (iso: string | undefined): Timestamp | undefined => (iso === undefined ? undefined : timestampFromDate(new Date(iso)));
+/** An RFC 3339 time as a Timestamp; absent when empty or unreadable (a hand-made record), never a throw. */
+const ts = (iso: string | undefined): Timestamp | undefined => {
+  const ms = iso ? Date.parse(iso) : NaN;
+  return Number.isNaN(ms) ? undefined : timestampFromDate(new Date(ms));
+};
 
 function volume(v: DomainVolume) {
   return {
@@ -131,3 +137,28 @@ export function toWire(vm: DomainVM): MicroVM {
 export function powerToWire(p: PowerState | undefined): MicroVMStatus_PowerState {
   return p === undefined ? MicroVMStatus_PowerState.POWER_STATE_UNSPECIFIED : MicroVMStatus_PowerState[p];
 }
+
+/**
+ * A stored VM as the bytes of flintlock.types.MicroVM (protobuf binary), what Get and List send.
+ * The store keeps these beside each record, so reads never re-encode.
+ */
+export function encodeMicroVM(vm: DomainVM): Uint8Array {
+  return toBinary(MicroVMSchema, toWire(vm));
+}
+
+/**
+ * Bump when toWire changes what it makes of a record without a change to the .proto (a field
+ * filled differently): stores re-encode their records when this or the message schema changes.
+ */
+const WIRE_MAPPING_REVISION = 1;
+
+/**
+ * Names the encoding encodeMicroVM produces: a hash of flintlock.types' file descriptor (any
+ * field added or renumbered changes it) and WIRE_MAPPING_REVISION. A store whose bytes were made
+ * under another fingerprint re-encodes them when it opens.
+ */
+export const WIRE_FORMAT: string = createHash('sha256')
+  .update(toBinary(FileDescriptorProtoSchema, file_types_microvm.proto))
+  .update(String(WIRE_MAPPING_REVISION))
+  .digest('hex')
+  .slice(0, 16);

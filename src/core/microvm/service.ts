@@ -1,5 +1,5 @@
 import { failedPrecondition, invalid, notFound, quote } from '../errors.js';
-import type { ChangeNotifier, Clock, Random, Store } from '../ports.js';
+import type { ChangeNotifier, Clock, EncodedRecord, PageOptions, Random, Store } from '../ports.js';
 import type { ProviderEntry } from '../vmm.js';
 import { initialStatus, type MicroVM, type MicroVMSpec } from './types.js';
 import { ulid } from './ulid.js';
@@ -57,9 +57,25 @@ export class MicroVMService {
   }
 
   list(namespace: string, name: string | undefined): MicroVM[] {
-    if (namespace !== '') checkFilter('namespace', namespace);
-    if (name !== undefined && name !== '') checkFilter('name', name);
+    checkListFilter(namespace, name);
     return this.deps.store.list({ namespace, name });
+  }
+
+  /** What get returns, as the stored protobuf bytes (flintlock.types.MicroVM); same errors. */
+  encoded(uid: string): Uint8Array {
+    checkUid(uid);
+    const bytes = this.deps.store.encoded(uid);
+    if (!bytes) throw notFound(`microvm ${quote(uid)}`);
+    return bytes;
+  }
+
+  /**
+   * What list returns, as stored protobuf bytes, read lazily a record at a time (see
+   * Store.encodedRecords: consume it synchronously). The filter is checked before it returns.
+   */
+  encodedList(namespace: string, name: string | undefined, page: PageOptions = {}): IterableIterator<EncodedRecord> {
+    checkListFilter(namespace, name);
+    return this.deps.store.encodedRecords({ namespace, name }, page);
   }
 
   /**
@@ -124,6 +140,11 @@ export class MicroVMService {
  */
 function checkUid(uid: string): void {
   if (uid === '') throw invalid('uid', 'is required');
+}
+
+function checkListFilter(namespace: string, name: string | undefined): void {
+  if (namespace !== '') checkFilter('namespace', namespace);
+  if (name !== undefined && name !== '') checkFilter('name', name);
 }
 
 function checkFilter(field: string, value: string): void {

@@ -11,6 +11,10 @@ export interface QueueOptions {
  * A de-duplicating work queue: a uid is queued at most once, one uid is never handled by two
  * workers at once, and a uid that changes while it is being handled runs again afterwards.
  * Delayed entries (back-off, periodic checks) keep only the earliest due time.
+ *
+ * enqueue only records the uid: handlers start on later turns of the event loop, one per turn,
+ * so whoever enqueues (an API call) never waits on reconcile work, and requests that arrived
+ * meanwhile are served between two starts.
  */
 export class ReconcileQueue {
   private readonly ready: string[] = [];
@@ -21,6 +25,7 @@ export class ReconcileQueue {
   private readonly idleWaiters: (() => void)[] = [];
   private active = 0;
   private stopped = false;
+  private scheduled = false;
 
   constructor(private readonly opts: QueueOptions) {
     if (!Number.isInteger(opts.workers) || opts.workers < 1) throw new RangeError('workers must be a positive integer');
@@ -54,7 +59,7 @@ export class ReconcileQueue {
     if (this.queued.has(uid)) return;
     this.queued.add(uid);
     this.ready.push(uid);
-    this.pump();
+    this.schedule();
   }
 
   get size(): number {
@@ -77,14 +82,26 @@ export class ReconcileQueue {
     await this.idle();
   }
 
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.pump();
+    });
+  }
+
+  /** Starts at most one handler, and comes back on the next turn while more can start. */
   private pump(): void {
-    while (!this.stopped && this.active < this.opts.workers) {
+    if (!this.stopped && this.active < this.opts.workers) {
       const uid = this.ready.shift();
-      if (uid === undefined) break;
-      this.queued.delete(uid);
-      this.running.add(uid);
-      this.active++;
-      void this.run(uid);
+      if (uid !== undefined) {
+        this.queued.delete(uid);
+        this.running.add(uid);
+        this.active++;
+        void this.run(uid);
+        if (this.ready.length > 0 && this.active < this.opts.workers) this.schedule();
+      }
     }
     if (this.active === 0 && this.ready.length === 0) {
       for (const w of this.idleWaiters.splice(0)) w();
@@ -104,6 +121,6 @@ export class ReconcileQueue {
     }
     if (this.dirty.delete(uid)) this.enqueue(uid);
     else if (again !== undefined) this.enqueue(uid, again);
-    this.pump();
+    this.schedule();
   }
 }

@@ -1,5 +1,5 @@
 import { ErrorCode, MatchlockError } from '../errors.js';
-import type { Clock, Logger, Runtime, RuntimeStatus, Store, Tombstones } from '../ports.js';
+import type { Clock, Logger, Runtime, RuntimeStatus, Store, Tombstones, UpdateOptions } from '../ports.js';
 import { desiredPower, type MicroVM, type MicroVMStatus } from '../microvm/types.js';
 import { backoffMs } from './backoff.js';
 
@@ -25,6 +25,13 @@ export type PassOutcome = 'ok' | 'failed' | 'canceled';
 export interface ReconcileObserver {
   pass(e: { kind: 'ensure' | 'teardown'; outcome: PassOutcome; seconds: number }): void;
 }
+
+/**
+ * What a pass or the supervisor observed on the host is committed without waiting for the disk
+ * (see UpdateOptions): the next pass observes it again, and it keeps a create from costing an
+ * fsync per step. Failures, retry counts and FAILED are committed durably.
+ */
+const OBSERVED: UpdateOptions = { durable: false };
 
 /**
  * One reconcile pass for one VM: compare the record with the world through the runtime, save
@@ -87,13 +94,13 @@ export class Reconciler {
       // Save what each step achieved right away, so a crash mid-plan keeps it visible.
       const progress = (s: RuntimeStatus) => {
         const { ready: _ready, ...partial } = s;
-        this.save(uid, (cur) => withObserved(cur.status, partial));
+        this.save(uid, (cur) => withObserved(cur.status, partial), OBSERVED);
       };
       const observed = await this.opts.runtime.ensure(vm, log, progress, signal);
       const { ready, ...fields } = observed;
       // retry is not reset here: a VMM that starts and then crashes must still run out of
       // attempts. It resets when the guest is seen booting (guestBooted).
-      this.save(uid, (cur) => ({ ...withObserved(cur.status, fields), state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }));
+      this.save(uid, (cur) => ({ ...withObserved(cur.status, fields), state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }), OBSERVED);
       pass.outcome = 'ok';
       return undefined;
     } catch (err) {
@@ -137,7 +144,7 @@ export class Reconciler {
    * keeps guest_booted.
    */
   guestBooted(uid: string, pid: number): void {
-    this.save(uid, (cur) => (cur.status.state === 'DELETING' ? cur.status : { ...cur.status, vmmPid: pid, guestBooted: true, retry: 0, lastError: '' }));
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' ? cur.status : { ...cur.status, vmmPid: pid, guestBooted: true, retry: 0, lastError: '' }), OBSERVED);
   }
 
   /**
@@ -145,7 +152,7 @@ export class Reconciler {
    * boot (`quiet` hides it), so its failure count starts over. guest_booted is left alone.
    */
   vmmHealthy(uid: string): void {
-    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '' }));
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '' }), OBSERVED);
   }
 
   private async delete(vm: MicroVM, log: Logger, signal: AbortSignal, pass: { outcome?: PassOutcome }): Promise<number | undefined> {
@@ -193,7 +200,7 @@ export class Reconciler {
   }
 
   /** Stores a new status only when it differs, so an idle resync does not bump versions. */
-  private save(uid: string, next: (cur: MicroVM) => MicroVMStatus): void {
+  private save(uid: string, next: (cur: MicroVM) => MicroVMStatus, opts?: UpdateOptions): void {
     const now = this.opts.clock.now().toISOString();
     this.opts.store.update(uid, (cur) => {
       const status = stripUndefined(next(cur));
@@ -201,7 +208,7 @@ export class Reconciler {
       if (cur.status.state === 'DELETING' && status.state !== 'DELETING') return undefined;
       if (JSON.stringify(status) === JSON.stringify(cur.status)) return undefined;
       return { ...cur, status, updatedAt: now };
-    });
+    }, opts);
   }
 }
 

@@ -1,4 +1,5 @@
 import { create } from '@bufbuild/protobuf';
+import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { EmptySchema } from '@bufbuild/protobuf/wkt';
 import * as grpc from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
@@ -10,10 +11,6 @@ import { MatchlockError, boundedMessage } from '../../../core/errors.js';
 import type { MicroVMService } from '../../../core/microvm/service.js';
 import type { Logger } from '../../../core/ports.js';
 import {
-  CreateMicroVMResponseSchema,
-  GetMicroVMResponseSchema,
-  ListMessageSchema,
-  ListMicroVMsResponseSchema,
   MicroVM as MicroVMServiceDesc,
   type CreateMicroVMRequest,
   type DeleteMicroVMRequest,
@@ -24,7 +21,7 @@ import { tokenMatches, UNAUTHENTICATED_MESSAGE } from '../auth.js';
 import { MicroVMLifecycle, type ListMicroVMEventsRequest, type WatchEventsRequest } from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
 import { Server as ServerServiceDesc } from '../../../gen/services/matchlock/v1/server_pb.js';
 import { durationMs, powerCall, recentEvents, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
-import { specInput, toWire } from '../convert.js';
+import { specInput } from '../convert.js';
 import { grpcCode } from './status.js';
 import { serviceDefinition } from './service-def.js';
 import { addConsoleService, type ConsoleLocator } from './console.js';
@@ -80,6 +77,20 @@ export function serverCredentials(tls: GrpcTls | undefined): grpc.ServerCredenti
   const update = (creds as unknown as { updateSecureContextOptions(o: SecureContextOptions): void }).updateSecureContextOptions.bind(creds);
   update({ ...creds._getSecureContextOptions(), minVersion: 'TLSv1.3' });
   return creds;
+}
+
+/** Records per page of ListMicroVMsStream: what it holds in memory at once. */
+const STREAM_PAGE = 256;
+
+/**
+ * Field 1 holding each record: CreateMicroVMResponse, GetMicroVMResponse and ListMessage hold
+ * one MicroVM there, ListMicroVMsResponse a repeated one, so each answer is the stored bytes
+ * behind a tag and a length.
+ */
+function inField1(records: Iterable<Uint8Array>): Uint8Array {
+  const w = new BinaryWriter();
+  for (const r of records) w.uint32((1 << 3) | 2).bytes(r);
+  return w.finish();
 }
 
 type AnyHandler = (call: grpc.ServerUnaryCall<unknown, unknown> & grpc.ServerWritableStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => void;
@@ -142,25 +153,41 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
     createMicroVM: unary('CreateMicroVM', (req: CreateMicroVMRequest) => {
       const vm = service.create(specInput(req.microvm));
       logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
-      return create(CreateMicroVMResponseSchema, { microvm: toWire(vm) });
+      // The bytes the store wrote with the record; nothing has changed it since (reconcile
+      // work starts on a later turn of the event loop).
+      return inField1([service.encoded(vm.uid)]);
     }),
     deleteMicroVM: unary('DeleteMicroVM', (req: DeleteMicroVMRequest) => {
       service.delete(req.uid);
       return create(EmptySchema);
     }),
-    getMicroVM: unary('GetMicroVM', (req: GetMicroVMRequest) => create(GetMicroVMResponseSchema, { microvm: toWire(service.get(req.uid)) })),
-    listMicroVMs: unary('ListMicroVMs', (req: ListMicroVMsRequest) =>
-      create(ListMicroVMsResponseSchema, { microvm: service.list(req.namespace, req.name).map(toWire) }),
-    ),
+    getMicroVM: unary('GetMicroVM', (req: GetMicroVMRequest) => inField1([service.encoded(req.uid)])),
+    listMicroVMs: unary('ListMicroVMs', (req: ListMicroVMsRequest) => inField1(encodedOnly(service.encodedList(req.namespace, req.name)))),
     listMicroVMsStream: (call: grpc.ServerWritableStream<ListMicroVMsRequest, unknown>) => {
-      try {
-        for (const vm of service.list(call.request.namespace, call.request.name)) {
-          call.write(create(ListMessageSchema, { microvm: toWire(vm) }));
+      // A page at a time in uid order, waiting for the client when its buffer is full, so a
+      // large list never sits in memory at once. A record changed meanwhile is sent as it is
+      // when its page is read; one created meanwhile is sent when its uid sorts after the page.
+      // (No end is pinned by time: uids follow the clock, which may step back.)
+      const { namespace, name } = call.request;
+      let after: string | undefined;
+      const page = () => {
+        if (call.cancelled) return;
+        try {
+          let n = 0;
+          let room = true;
+          for (const r of service.encodedList(namespace, name, { after, limit: STREAM_PAGE })) {
+            n++;
+            after = r.uid;
+            room = call.write(inField1([r.encoded])) && room;
+          }
+          if (n < STREAM_PAGE) call.end();
+          else if (!room) call.once('drain', page);
+          else setImmediate(page);
+        } catch (err) {
+          call.emit('error', fail('ListMicroVMsStream', err));
         }
-        call.end();
-      } catch (err) {
-        call.emit('error', fail('ListMicroVMsStream', err));
-      }
+      };
+      page();
     },
   });
 
@@ -242,6 +269,10 @@ function addMatchlockServices(door: Pick<grpc.Server, 'addService'>, api: Matchl
       serverInfoMessage(api).then((m) => callback(null, m), (err: unknown) => callback(fail('GetServerInfo', err)));
     },
   });
+}
+
+function* encodedOnly(records: Iterable<{ encoded: Uint8Array }>): Iterable<Uint8Array> {
+  for (const r of records) yield r.encoded;
 }
 
 export async function bindGrpc(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {

@@ -4,12 +4,15 @@ import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js';
 /**
  * A grpc-js service definition built from a protobuf-es service descriptor, so grpc-js moves
  * bytes and protobuf-es owns the encoding. Used by both the server and the CLI's client.
+ * A response given as bytes (a Uint8Array) is sent as it is: the server answers Get and List
+ * from records the store keeps encoded.
  */
 export function serviceDefinition(service: DescService): ServiceDefinition {
   const def: Record<string, MethodDefinition<unknown, unknown>> = {};
   for (const m of service.methods) {
     const codec = <D extends DescMessage>(desc: D) => ({
-      serialize: (msg: MessageShape<D>) => Buffer.from(toBinary(desc, msg)),
+      serialize: (msg: MessageShape<D> | Uint8Array) =>
+        msg instanceof Uint8Array ? Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength) : Buffer.from(toBinary(desc, msg)),
       deserialize: (buf: Buffer) => fromBinary(desc, buf),
     });
     const input = codec(m.input);

@@ -510,14 +510,14 @@ export class ImageCatalog {
    * pinned and, until it has pinned them, whatever its references point to now, so an image a
    * VM is still waiting to pull or unpack is never collected from under it.
    */
-  async usage(vms: readonly MicroVM[]): Promise<Map<string, string[]>> {
+  async usage(vms: Iterable<MicroVM> | AsyncIterable<MicroVM>): Promise<Map<string, string[]>> {
     const out = new Map<string, string[]>();
     const add = (digest: string, who: string) => {
       const users = out.get(digest) ?? [];
       if (!users.includes(who)) users.push(who);
       out.set(digest, users);
     };
-    for (const vm of vms) {
+    for await (const vm of vms) {
       const who = `${vm.spec.namespace}/${vm.spec.name}`;
       const pinned = vm.status.imageDigests ?? {};
       for (const ref of imageRefs(vm.spec)) {

@@ -3,7 +3,8 @@ import { linkSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { MatchlockError, ErrorCode } from '../../../core/errors.js';
 import type { MicroVM } from '../../../core/microvm/types.js';
-import type { EventFilter, EventLog, ListFilter, StoredEvent, Store, Tombstone, Tombstones } from '../../../core/ports.js';
+import type { EncodedRecord, EventFilter, EventLog, ListFilter, PageOptions, StoredEvent, Store, Tombstone, Tombstones, UpdateOptions } from '../../../core/ports.js';
+import { encodeMicroVM, WIRE_FORMAT } from '../../api/convert.js';
 
 // 2: tombstones of records dropped without a finished teardown.
 // 3: events, the change log behind matchlock.v1's WatchEvents.
@@ -12,16 +13,22 @@ const SCHEMA_VERSION = 3;
 /** How many events are kept: a client that was away longer must start again from a snapshot. */
 export const EVENTS_KEPT = 10_000;
 
+/** Rows re-encoded per transaction when a store's wire bytes are refreshed at open. */
+const REENCODE_PAGE = 500;
+
 /**
  * MicroVM records in one SQLite file. WAL with synchronous=FULL: a call that returned has been
  * fsynced, so a kill -9 at any point loses nothing that a client was told about. Each record is
- * a JSON document with its indexed columns beside it.
+ * a JSON document with its indexed columns beside it, and its protobuf encoding (`wire`, the
+ * bytes Get and List send) written in the same statement, so the two never disagree.
  */
 export class SqliteStore implements Store, Tombstones, EventLog {
   private readonly db: Database.Database;
   private readonly stmts;
   private readonly listeners = new Set<() => void>();
   private readonly eventsKept: number;
+  /** Prepared statements of the filtered, paged reads, by their SQL. */
+  private readonly paged = new Map<string, Database.Statement>();
 
   /** `eventsKept`: how many events the log keeps (EVENTS_KEPT; pruned in steps of a hundredth). */
   constructor(private readonly path: string, opts: { eventsKept?: number } = {}) {
@@ -44,11 +51,13 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       throw damaged(path, (err as Error).message, err);
     }
     this.migrate();
+    ensureWire(this.db);
     this.stmts = {
       insert: this.db.prepare(
-        'INSERT INTO microvms (uid, namespace, name, version, state, record) VALUES (@uid, @namespace, @name, @version, @state, @record)',
+        'INSERT INTO microvms (uid, namespace, name, version, state, record, wire, wire_version) VALUES (@uid, @namespace, @name, @version, @state, @record, @wire, @version)',
       ),
       get: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE uid = ?'),
+      encoded: this.db.prepare<[string], Buffer>('SELECT wire FROM microvms WHERE uid = ?').pluck(),
       listAll: this.db.prepare<[], { record: string }>('SELECT record FROM microvms ORDER BY uid'),
       listNs: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE namespace = ? ORDER BY uid'),
       listName: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE name = ? ORDER BY uid'),
@@ -56,7 +65,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
         'SELECT record FROM microvms WHERE namespace = ? AND name = ? ORDER BY uid',
       ),
       update: this.db.prepare(
-        'UPDATE microvms SET version = @version, state = @state, record = @record WHERE uid = @uid AND version = @previous',
+        'UPDATE microvms SET version = @version, state = @state, record = @record, wire = @wire, wire_version = @version WHERE uid = @uid AND version = @previous',
       ),
       remove: this.db.prepare<[string]>('DELETE FROM microvms WHERE uid = ?'),
       bury: this.db.prepare<[string, string]>('INSERT OR REPLACE INTO tombstones (uid, record) VALUES (?, ?)'),
@@ -119,7 +128,44 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     return rows.map((r) => parse(r.record));
   }
 
-  update(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined {
+  encoded(uid: string): Uint8Array | undefined {
+    return this.stmts.encoded.get(uid) ?? undefined;
+  }
+
+  *encodedRecords(filter: ListFilter, page: PageOptions = {}): IterableIterator<EncodedRecord> {
+    const { sql, params } = pagedQuery('uid, wire', filter, page);
+    for (const r of this.statement(sql).iterate(params) as IterableIterator<{ uid: string; wire: Buffer }>) yield { uid: r.uid, encoded: r.wire };
+  }
+
+  page(filter: ListFilter, page: PageOptions): MicroVM[] {
+    const { sql, params } = pagedQuery('record', filter, page);
+    return (this.statement(sql).all(params) as { record: string }[]).map((r) => parse(r.record));
+  }
+
+  uids(filter: ListFilter, page: PageOptions): string[] {
+    const { sql, params } = pagedQuery('uid', filter, page);
+    return (this.statement(sql).all(params) as { uid: string }[]).map((r) => r.uid);
+  }
+
+  private statement(sql: string): Database.Statement {
+    let st = this.paged.get(sql);
+    if (!st) this.paged.set(sql, (st = this.db.prepare(sql)));
+    return st;
+  }
+
+  update(uid: string, change: (current: MicroVM) => MicroVM | undefined, opts: UpdateOptions = {}): MicroVM | undefined {
+    if (opts.durable !== false) return this.updateNow(uid, change);
+    // WAL with synchronous=NORMAL commits without an fsync: the frames reach the OS at once (a
+    // killed daemon loses nothing) and the disk with the next synchronous=FULL commit.
+    this.db.pragma('synchronous = NORMAL');
+    try {
+      return this.updateNow(uid, change);
+    } finally {
+      this.db.pragma('synchronous = FULL');
+    }
+  }
+
+  private updateNow(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined {
     // IMMEDIATE takes the write lock before reading, so another process cannot slip a write
     // between this read and this write.
     let wrote = false;
@@ -349,7 +395,7 @@ function storeFull(path: string, err: unknown): MatchlockError | undefined {
   );
 }
 
-function row(vm: MicroVM): Record<string, string | number> {
+function row(vm: MicroVM): Record<string, string | number | Uint8Array> {
   return {
     uid: vm.uid,
     namespace: vm.spec.namespace,
@@ -357,7 +403,64 @@ function row(vm: MicroVM): Record<string, string | number> {
     version: vm.version,
     state: vm.status.state,
     record: JSON.stringify(vm),
+    wire: encodeMicroVM(vm),
   };
+}
+
+/** A read of some columns of the records matching `filter`, in uid order, one page of them. */
+function pagedQuery(columns: string, filter: ListFilter, page: PageOptions): { sql: string; params: Record<string, string | number> } {
+  const where: string[] = [];
+  const params: Record<string, string | number> = {};
+  const add = (clause: string, key: string, value: string | number | undefined) => {
+    if (value === undefined) return;
+    where.push(clause);
+    params[key] = value;
+  };
+  add('namespace = @namespace', 'namespace', filter.namespace || undefined);
+  add('name = @name', 'name', filter.name || undefined);
+  add('uid > @after', 'after', page.after);
+  const limit = page.limit !== undefined && page.limit > 0 ? ' LIMIT @limit' : '';
+  if (limit) params.limit = page.limit ?? 0;
+  return { sql: `SELECT ${columns} FROM microvms${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY uid${limit}`, params };
+}
+
+/**
+ * Adds the wire columns to a store that lacks them, and re-encodes every record whose bytes
+ * are missing or stale: all of them when the encoding changed (WIRE_FORMAT), and any a
+ * matchlock without these columns updated (its version moved past wire_version). Paged, so a
+ * large store is never read at once; each page is one transaction.
+ */
+function ensureWire(db: Database.Database): void {
+  const missing = () => {
+    const columns = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
+    const meta = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'").get() !== undefined;
+    return { wire: !columns.has('wire'), version: !columns.has('wire_version'), meta: !meta };
+  };
+  // The write lock only when something is missing, and the check repeated under it: another
+  // process may be opening the same store.
+  if (Object.values(missing()).some(Boolean)) {
+    db.transaction(() => {
+      const m = missing();
+      if (m.wire) db.exec('ALTER TABLE microvms ADD COLUMN wire BLOB');
+      if (m.version) db.exec('ALTER TABLE microvms ADD COLUMN wire_version INTEGER');
+      if (m.meta) db.exec('CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)');
+    }).immediate();
+  }
+  const format = db.prepare<[], string>("SELECT value FROM store_meta WHERE key = 'wire_format'").pluck().get();
+  const all = format !== WIRE_FORMAT;
+  const stale = db.prepare<[string, number], { uid: string; record: string }>(
+    `SELECT uid, record FROM microvms WHERE uid > ? ${all ? '' : 'AND (wire IS NULL OR wire_version IS NOT version)'} ORDER BY uid LIMIT ?`,
+  );
+  const write = db.prepare<[Uint8Array, string]>('UPDATE microvms SET wire = ?, wire_version = version WHERE uid = ?');
+  for (let after = ''; ;) {
+    const rows = stale.all(after, REENCODE_PAGE);
+    if (rows.length === 0) break;
+    db.transaction(() => {
+      for (const r of rows) write.run(encodeMicroVM(parse(r.record)), r.uid);
+    }).immediate();
+    after = rows[rows.length - 1]?.uid ?? after;
+  }
+  if (all) db.prepare("INSERT OR REPLACE INTO store_meta (key, value) VALUES ('wire_format', ?)").run(WIRE_FORMAT);
 }
 
 function parse(record: string): MicroVM {

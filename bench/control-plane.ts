@@ -1,0 +1,460 @@
+// The control plane against the limit of its own stack, measured in one run.
+//
+//   node --import tsx bench/control-plane.ts [sizes=100,1000,10000] [creates=100] [bursts=100,500]
+//   (sizes or bursts may be 0 to skip that part; MATCHLOCK_BENCH_ENTRY=<path to bin/matchlockd.js>
+//   measures another checkout's daemon with this bench)
+//
+// Part 1 (loopback only). For each record count: a matchlockd and a baseline server, each on its
+// own temp store seeded with the same records, answer the same requests from one raw client
+// (responses are not decoded, so the client costs both sides the same):
+//   - CreateMicroVM p50, sequential (the VM's image is on a registry nobody answers, so its
+//     reconcile fails fast and backs off: no boot);
+//   - GetMicroVM p50 and ListMicroVMs (all records, median of a few);
+//   - RSS idle (no record), with the records loaded, after the Lists.
+// The baseline is bare grpc-js plus better-sqlite3 (WAL, synchronous=FULL): Create decodes the
+// request, inserts one row and answers; Get and List answer records stored pre-encoded.
+//
+// Part 2 (a private network namespace with a bridge). For each burst size N: N concurrent
+// creates of VMs whose QEMU is bench/vmm-standin.c (boots nothing, answers QMP, ~1 MB each) and
+// whose image is already in the store; time until all are CREATED, and the p50 of probe creates
+// sent one at a time while the burst is reconciled. Needs root, ip, cc, mkfs.vfat and mcopy.
+import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import * as grpc from '@grpc/grpc-js';
+import Database from 'better-sqlite3';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir, cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { fileURLToPath } from 'node:url';
+import { toWire, specInput } from '../src/adapters/api/convert.js';
+import { serviceDefinition } from '../src/adapters/api/grpc/service-def.js';
+import { LocalImageStore } from '../src/adapters/images/oci/store.js';
+import { MicroVMService } from '../src/core/microvm/service.js';
+import type { MicroVM as DomainVM } from '../src/core/microvm/types.js';
+import {
+  CreateMicroVMRequestSchema,
+  GetMicroVMRequestSchema,
+  ListMicroVMsRequestSchema,
+  ListMicroVMsResponseSchema,
+  MicroVM as MicroVMServiceDesc,
+  type CreateMicroVMRequest,
+} from '../src/gen/services/microvm/v1alpha1/microvms_pb.js';
+import { MicroVMSchema, MicroVMSpecSchema, MicroVMStatus_MicroVMState, NetworkInterface_IfaceType, type MicroVMSpec } from '../src/gen/types/microvm_pb.js';
+import { MemoryStore } from '../test/fakes/memory-store.js';
+import { DAEMON_BIN, startDaemon, type DaemonHandle } from '../test/helpers/daemon.js';
+import { writeImageLayout } from '../test/helpers/oci.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const nums = (s: string | undefined, d: number[]) => (s === undefined ? d : s.split(',').map(Number).filter((n) => n > 0));
+
+// ---------------------------------------------------------------- the baseline server (child)
+
+
+/** Pre-encoded bytes pass through; anything else is a protobuf-es message of the method's output. */
+function rawServiceDefinition(): grpc.ServiceDefinition {
+  const def = serviceDefinition(MicroVMServiceDesc) as Record<string, grpc.MethodDefinition<unknown, unknown>>;
+  for (const m of Object.values(def)) {
+    const encode = m.responseSerialize;
+    m.responseSerialize = (v: unknown) => (Buffer.isBuffer(v) ? v : encode(v));
+  }
+  return def;
+}
+
+function fieldBytes(field: number, payload: Buffer): Buffer[] {
+  const head: number[] = [(field << 3) | 2];
+  let n = payload.length;
+  while (n > 127) {
+    head.push((n & 127) | 128);
+    n >>>= 7;
+  }
+  head.push(n);
+  return [Buffer.from(head), payload];
+}
+
+function openBaselineDb(path: string): Database.Database {
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.exec('CREATE TABLE IF NOT EXISTS vms (uid TEXT PRIMARY KEY, wire BLOB NOT NULL)');
+  return db;
+}
+
+function runBaseline(dbPath: string, socket: string): void {
+  const db = openBaselineDb(dbPath);
+  const insert = db.prepare<[string, Buffer]>('INSERT INTO vms (uid, wire) VALUES (?, ?)');
+  const get = db.prepare<[string], Buffer>('SELECT wire FROM vms WHERE uid = ?').pluck();
+  const all = db.prepare<[], Buffer>('SELECT wire FROM vms ORDER BY uid').pluck();
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
+  server.addService(rawServiceDefinition(), {
+    createMicroVM: (call: grpc.ServerUnaryCall<CreateMicroVMRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      const uid = randomBytes(13).toString('hex').toUpperCase().slice(0, 26);
+      const spec = create(MicroVMSpecSchema, call.request.microvm);
+      spec.uid = uid;
+      const vm = toBinary(MicroVMSchema, create(MicroVMSchema, { version: 1, spec, status: { state: MicroVMStatus_MicroVMState.PENDING } }));
+      insert.run(uid, Buffer.from(vm));
+      cb(null, Buffer.concat(fieldBytes(1, Buffer.from(vm))));
+    },
+    getMicroVM: (call: grpc.ServerUnaryCall<{ uid: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
+      const w = get.get(call.request.uid);
+      if (!w) cb({ code: grpc.status.NOT_FOUND, details: 'not found' });
+      else cb(null, Buffer.concat(fieldBytes(1, w)));
+    },
+    listMicroVMs: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => {
+      const parts: Buffer[] = [];
+      for (const w of all.iterate()) parts.push(...fieldBytes(1, w));
+      cb(null, Buffer.concat(parts));
+    },
+  });
+  server.bindAsync(`unix:${socket}`, grpc.ServerCredentials.createInsecure(), (err) => {
+    if (err) throw err;
+    process.stdout.write('listening\n');
+  });
+}
+
+// ---------------------------------------------------------------- helpers
+
+interface Server {
+  pid: number;
+  target: string;
+  stop(): Promise<void>;
+}
+
+function rss(pid: number): number {
+  const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m?.[1] ?? 0) / 1024;
+}
+
+async function startBaseline(dir: string): Promise<Server> {
+  const socket = join(dir, 'baseline.sock');
+  rmSync(socket, { force: true });
+  const proc = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), 'baseline-server', join(dir, 'baseline.db'), socket], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    proc.stdout.once('data', () => resolve());
+    proc.once('exit', (c) => reject(new Error(`baseline server exited with ${c}`)));
+  });
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  return { pid: proc.pid ?? 0, target: `unix:${socket}`, stop: async () => void (proc.kill('SIGTERM'), await exited) };
+}
+
+function fromDaemon(d: DaemonHandle): Server {
+  return { pid: d.proc.pid ?? 0, target: d.target, stop: () => d.stop() };
+}
+
+/** A client whose responses stay bytes: decoding is the client's cost, not the server's. */
+function rawClient(target: string) {
+  const def = serviceDefinition(MicroVMServiceDesc) as Record<string, grpc.MethodDefinition<unknown, unknown>>;
+  for (const m of Object.values(def)) m.responseDeserialize = (b: Buffer) => b;
+  const Ctor = grpc.makeGenericClientConstructor(def, 'MicroVM');
+  const client = new Ctor(target, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': -1 }) as unknown as Record<string, (...a: unknown[]) => void> & grpc.Client;
+  const call = (method: string, req: unknown): Promise<Buffer> =>
+    new Promise((resolve, reject) => {
+      client[method]?.call(client, req, new grpc.Metadata(), { deadline: Date.now() + 120_000 }, (err: grpc.ServiceError | null, res: Buffer) => (err ? reject(err) : resolve(res)));
+    });
+  const timed = async (method: string, req: unknown): Promise<number> => {
+    const t = performance.now();
+    await call(method, req);
+    return performance.now() - t;
+  };
+  return { call, timed, close: () => client.close() };
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? NaN;
+};
+
+function spec(name: string, namespace: string, image: string, withRoot = true, kernelFile = 'boot/vmlinuz'): MicroVMSpec {
+  // CAPMVM's shape: a kernel, a root volume, one TAP, labels and a cloud-init user-data of a few KiB.
+  return create(MicroVMSpecSchema, {
+    id: name,
+    namespace,
+    labels: { 'cluster.x-k8s.io/cluster-name': 'bench', role: 'worker' },
+    vcpu: 2,
+    memoryInMb: 2048,
+    kernel: { image, filename: kernelFile, addNetworkConfig: true },
+    initrd: withRoot ? undefined : { image, filename: 'boot/initrd.img' },
+    rootVolume: withRoot ? { id: 'root', source: { containerSource: image } } : undefined,
+    interfaces: [{ deviceId: 'eth1', type: NetworkInterface_IfaceType.TAP }],
+    metadata: {
+      'user-data': Buffer.from(`#cloud-config\nwrite_files:\n${'  - path: /etc/bench\n    content: ' + 'x'.repeat(60) + '\n'.repeat(1)}`.repeat(30)).toString('base64'),
+      'meta-data': Buffer.from(`local_hostname: ${name}\n`).toString('base64'),
+    },
+  });
+}
+
+/** Stored records as matchlock makes them (validated, defaulted), FAILED so nothing reconciles them. */
+function makeRecords(from: number, to: number): DomainVM[] {
+  const store = new MemoryStore();
+  let t = Date.parse('2026-01-01T00:00:00Z') + from;
+  const svc = new MicroVMService({
+    store,
+    clock: { now: () => new Date(t++) },
+    random: { bytes: (n) => randomBytes(n) },
+    notifier: { changed: () => undefined },
+    providers: new Map([['qemu', { descriptor: { name: 'qemu', defaultBinary: 'x', capabilities: { macvtap: true, virtiofs: false, vsock: false, metadataInterface: false, pause: true }, metadata: { kind: 'nocloud-disk', file: 'cidata.img' }, sockets: [] }, availability: { usable: true } }]]) as never,
+    defaultProvider: 'qemu',
+  });
+  const out: DomainVM[] = [];
+  for (let i = from; i < to; i++) {
+    const vm = svc.create(specInput(spec(`vm-${i}`, `ns-${i % 10}`, 'ghcr.io/liquidmetal-dev/capmvm-k8s-os:1.23.5')));
+    out.push({ ...vm, status: { ...vm.status, state: 'FAILED', retry: 10, lastError: 'seeded by the benchmark' } });
+  }
+  return out;
+}
+
+/**
+ * Writes records straight into both stores: matchlock's in its schema 2 layout (every version
+ * since migrates from it), the baseline's pre-encoded.
+ */
+function seed(stateDir: string, baseDir: string, vms: DomainVM[]): void {
+  mkdirSync(stateDir, { recursive: true, mode: 0o750 });
+  const db = new Database(join(stateDir, 'matchlock.db'));
+  db.pragma('journal_mode = WAL');
+  db.exec(`CREATE TABLE IF NOT EXISTS microvms (uid TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS microvms_namespace_name ON microvms (namespace, name);
+    CREATE INDEX IF NOT EXISTS microvms_name ON microvms (name);
+    CREATE TABLE IF NOT EXISTS tombstones (uid TEXT PRIMARY KEY, record TEXT NOT NULL);`);
+  if ((db.pragma('user_version', { simple: true }) as number) === 0) db.pragma('user_version = 2');
+  const ins = db.prepare('INSERT INTO microvms (uid, namespace, name, version, state, record) VALUES (?, ?, ?, ?, ?, ?)');
+  db.transaction(() => {
+    for (const vm of vms) ins.run(vm.uid, vm.spec.namespace, vm.spec.name, vm.version, vm.status.state, JSON.stringify(vm));
+  })();
+  db.close();
+  const base = openBaselineDb(join(baseDir, 'baseline.db'));
+  const bins = base.prepare<[string, Buffer]>('INSERT INTO vms (uid, wire) VALUES (?, ?)');
+  base.transaction(() => {
+    for (const vm of vms) bins.run(vm.uid, Buffer.from(toBinary(MicroVMSchema, toWire(vm))));
+  })();
+  base.close();
+}
+
+const settle = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const row = (cols: (string | number)[]) => process.stdout.write(`| ${cols.join(' | ')} |\n`);
+const f1 = (n: number) => n.toFixed(1);
+const ratio = (a: number, b: number) => (a / b).toFixed(2);
+
+// ---------------------------------------------------------------- part 1
+
+async function part1(sizes: number[], creates: number, entry: string[]): Promise<void> {
+  const tmp = join(tmpdir(), `matchlock-bench-cp-${randomBytes(3).toString('hex')}`);
+  const stateDir = join(tmp, 'state');
+  const baseDir = join(tmp, 'base');
+  mkdirSync(baseDir, { recursive: true });
+  // A loopback registry nobody answers: the reconcile pass each create starts fails at once.
+  const absent = '127.0.0.1:9/bench/absent:1';
+  const flags = ['--grpc-endpoint', `unix:${join(tmp, 'grpc.sock')}`, '--qemu-bin', '/bin/true', '--default-provider', 'qemu', '--vmm-user', 'root', '--vmm-cgroups=false', '--retry-backoff', '1h', '--resync-period', '1h', '--log-format', 'json'];
+  const all: DomainVM[] = [];
+  process.stdout.write(`\n## Part 1: API and store, ${creates} sequential creates and gets per size\n\n`);
+  try {
+    for (const size of [0, ...sizes]) {
+      if (size > all.length) {
+        const more = makeRecords(all.length, size);
+        seed(stateDir, baseDir, more);
+        all.push(...more);
+      }
+      const ml = fromDaemon(await startDaemon(stateDir, flags, {}, undefined, entry));
+      const base = await startBaseline(baseDir).catch(async (err: unknown) => {
+        await ml.stop();
+        throw err;
+      });
+      await settle(2000);
+      const loaded = [rss(ml.pid), rss(base.pid)] as const;
+      const mc = rawClient(ml.target);
+      const bc = rawClient(base.target);
+      try {
+        if (size === 0) {
+          process.stdout.write(`RSS idle (no record, 2 s after start): matchlockd ${f1(loaded[0])} MB, baseline ${f1(loaded[1])} MB, ratio ${ratio(loaded[0], loaded[1])}\n\n`);
+          row(['records', 'create p50 ms (baseline, ratio)', 'get p50 ms (baseline, ratio)', 'list ms (baseline, ratio)', 'RSS loaded MB (baseline)', 'RSS after list MB (baseline)']);
+          row(['---', '---', '---', '---', '---', '---']);
+          continue;
+        }
+        const createTimes: [number[], number[]] = [[], []];
+        for (let i = 0; i < creates; i++) {
+          const req = create(CreateMicroVMRequestSchema, { microvm: spec(`new-${size}-${i}`, 'bench-new', absent) });
+          createTimes[0].push(await mc.timed('createMicroVM', req));
+          createTimes[1].push(await bc.timed('createMicroVM', req));
+        }
+        const getTimes: [number[], number[]] = [[], []];
+        for (let i = 0; i < creates; i++) {
+          const uid = all[Math.floor(Math.random() * all.length)]?.uid ?? '';
+          getTimes[0].push(await mc.timed('getMicroVM', create(GetMicroVMRequestSchema, { uid })));
+          getTimes[1].push(await bc.timed('getMicroVM', create(GetMicroVMRequestSchema, { uid })));
+        }
+        const rounds = size >= 10_000 ? 3 : 5;
+        const listTimes: [number[], number[]] = [[], []];
+        for (let i = 0; i < rounds; i++) {
+          listTimes[0].push(await mc.timed('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: '' })));
+          listTimes[1].push(await bc.timed('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: '' })));
+        }
+        const after = [rss(ml.pid), rss(base.pid)];
+        const [c, g, l] = [createTimes, getTimes, listTimes].map(([a, b]) => [median(a), median(b)] as const);
+        const cell = (p: readonly [number, number] | undefined) => (p ? `${f1(p[0])} (${f1(p[1])}, ${ratio(p[0], p[1])})` : '');
+        row([size, cell(c), cell(g), cell(l), `${f1(loaded[0])} (${f1(loaded[1])})`, `${f1(after[0] ?? 0)} (${f1(after[1] ?? 0)})`]);
+      } finally {
+        mc.close();
+        bc.close();
+        await ml.stop();
+        await base.stop();
+      }
+    }
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------- part 2
+
+function ip(...args: string[]): void {
+  execFileSync('ip', args, { stdio: 'ignore' });
+}
+
+/** A tiny OCI image holding a kernel and an initrd that nothing ever boots. */
+function guestLayout(dir: string): string {
+  const tree = join(dir, 'tree');
+  mkdirSync(join(tree, 'boot'), { recursive: true });
+  writeFileSync(join(tree, 'boot', 'vmlinuz'), randomBytes(4096));
+  writeFileSync(join(tree, 'boot', 'initrd.img'), randomBytes(4096));
+  const layer = gzipSync(execFileSync('tar', ['-C', tree, '-cf', '-', 'boot']));
+  const layout = join(dir, 'layout');
+  writeImageLayout(layout, [layer], 'localhost/bench/standin:1');
+  return layout;
+}
+
+function standinPids(stateDir: string): number[] {
+  const cmdline = (p: number) => {
+    try {
+      return readFileSync(`/proc/${p}/cmdline`, 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  const pids: number[] = [];
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(d, e.name));
+      else if (e.name === 'qemu.pid') pids.push(Number(readFileSync(join(d, e.name), 'utf8').trim()));
+    }
+  };
+  if (existsSync(join(stateDir, 'vm'))) walk(join(stateDir, 'vm'));
+  // Only processes that are still this run's stand-ins: pids are reused.
+  return pids.filter((p) => p > 0 && cmdline(p).includes(stateDir));
+}
+
+async function part2(bursts: number[], entry: string[]): Promise<void> {
+  process.stdout.write('\n## Part 2: bursts of concurrent creates, VMM stand-in, image in the store\n\n');
+  row(['burst', 'all CREATED s', 'create RPC p50 ms during the burst (probes)', 'creates answered s']);
+  row(['---', '---', '---', '---']);
+  const id = randomBytes(3).toString('hex');
+  const tmp = join(tmpdir(), `matchlock-bench-burst-${id}`);
+  mkdirSync(tmp, { recursive: true });
+  const ns = `mlcp-${id}`;
+  const standin = join(tmp, 'vmm-standin');
+  execFileSync('cc', ['-O2', '-o', standin, join(ROOT, 'bench', 'vmm-standin.c')]);
+  const layout = guestLayout(tmp);
+  ip('netns', 'add', ns);
+  let daemon: DaemonHandle | undefined;
+  try {
+    ip('-n', ns, 'link', 'set', 'lo', 'up');
+    ip('-n', ns, 'link', 'add', 'br0', 'type', 'bridge');
+    ip('-n', ns, 'link', 'set', 'br0', 'up');
+    for (const n of bursts) {
+      const stateDir = join(tmp, `state-${n}`);
+      const images = new LocalImageStore(join(stateDir, 'images'));
+      mkdirSync(stateDir, { recursive: true, mode: 0o750 });
+      const { ref } = await images.import(layout, 'localhost/bench/standin:1');
+      const flags = ['--grpc-endpoint', `unix:${join(tmp, `grpc-${n}.sock`)}`, '--qemu-bin', standin, '--default-provider', 'qemu', '--vmm-user', 'root', '--vmm-cgroups=false', '--bridge-name', 'br0', '--resync-period', '1h', '--log-format', 'json', '--healthy-after', '1h', '--retry-backoff', '1h'];
+      daemon = await startDaemon(stateDir, flags, {}, ns, entry);
+      const c = rawClient(daemon.target);
+      const created = new Set<string>();
+      const t0 = performance.now();
+      let answered = 0;
+      let all = 0;
+      const uids: string[] = [];
+      const burst = Promise.all(Array.from({ length: n }, async (_, i) => {
+        const res = await c.call('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`burst-${i}`, 'bench', ref, false) }));
+        uids.push(fromCreate(res));
+      })).then(() => (answered = (performance.now() - t0) / 1000));
+      // Probes: one create at a time while the burst is being reconciled. Their kernel file is
+      // not in the image, so their one pass fails at once (no retry wait holding a worker) and
+      // they add API work but no VMM of their own.
+      const probes: number[] = [];
+      let done = false;
+      const probing = (async () => {
+        for (let i = 0; !done; i++) {
+          probes.push(await c.timed('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`probe-${i}`, 'probe', ref, false, 'boot/absent') })));
+          await settle(250);
+        }
+      })().catch(() => undefined); // a probe cut off by a failed run must not hide that run's error
+      try {
+      await burst;
+      let last = '';
+      while (created.size < n) {
+        const list = await c.call('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: 'bench' }));
+        const states = decodeStates(list);
+        for (const [uid, state] of states) if (state === MicroVMStatus_MicroVMState.CREATED) created.add(uid);
+        const failed = [...states.values()].filter((s) => s === MicroVMStatus_MicroVMState.FAILED).length;
+        if (failed) throw new Error(`${failed} VMs FAILED in the burst of ${n}`);
+        last = `${created.size}/${n}`;
+        if (performance.now() - t0 > 1_800_000) throw new Error(`burst of ${n} not CREATED after 1800 s (${last})`);
+        await settle(250);
+      }
+        all = (performance.now() - t0) / 1000;
+      } finally {
+        done = true;
+        await probing;
+      }
+      row([n, all.toFixed(1), `${f1(median(probes))} (${probes.length} probes)`, answered.toFixed(2)]);
+      c.close();
+      await daemon.stop();
+      daemon = undefined;
+    }
+  } finally {
+    if (daemon) await daemon.kill();
+    for (const n of bursts) {
+      for (const pid of standinPids(join(tmp, `state-${n}`))) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+    }
+    spawnSync('ip', ['netns', 'del', ns]);
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+/** CreateMicroVMResponse and ListMicroVMsResponse both carry MicroVMs in field 1, so one decoder reads both. */
+function decodeVms(res: Buffer) {
+  return fromBinary(ListMicroVMsResponseSchema, res).microvm;
+}
+
+function fromCreate(res: Buffer): string {
+  return decodeVms(res)[0]?.spec?.uid ?? '';
+}
+
+function decodeStates(res: Buffer): Map<string, number> {
+  return new Map(decodeVms(res).map((v) => [v.spec?.uid ?? '', v.status?.state ?? 0]));
+}
+
+// ---------------------------------------------------------------- main
+
+async function main(): Promise<void> {
+  const sizes = nums(process.argv[2], [100, 1000, 10_000]);
+  const creates = Number(process.argv[3] ?? 100);
+  const bursts = nums(process.argv[4], [100, 500]);
+  const entry = [process.env.MATCHLOCK_BENCH_ENTRY ?? DAEMON_BIN];
+  const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  process.stdout.write(`# control plane: ${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}, load ${load}\n`);
+  process.stdout.write(`# daemon: ${entry[0]}\n`);
+  if (sizes.length) await part1(sizes, creates, entry);
+  if (bursts.length) await part2(bursts, entry);
+}
+
+if (process.argv[2] === 'baseline-server') {
+  runBaseline(process.argv[3] ?? '', process.argv[4] ?? '');
+} else {
+  await main();
+}
