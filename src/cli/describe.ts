@@ -4,6 +4,7 @@ import { parseDnsmasqLeases, parseIscLeases, type Lease } from '../hub/leases.js
 import { MicroVMEvent_Type, type MicroVMEvent } from '../gen/services/matchlock/v1/lifecycle_pb.js';
 import { MicroVMStatus_MicroVMState, MicroVMStatus_PowerState, type MicroVM } from '../gen/types/microvm_pb.js';
 import { powerText, stateName } from './output.js';
+import { generatedMac } from '../core/microvm/host-names.js';
 
 /**
  * A failed step's error as recorded in status.last_error: the plan prefixes the step's name,
@@ -86,7 +87,9 @@ export function describeVm(vm: MicroVM, leases: Lease[] | undefined, now = Date.
   if (!ifaces.length) out.push('  (none)');
   for (const i of ifaces) {
     const s = st?.networkInterfaces[i.deviceId];
-    const mac = (s?.macAddress || i.guestMac || '').toLowerCase();
+    // The lease is the guest's: its MAC is the one the spec names or matchlock derives from the
+    // uid (status.mac_address is the host device's, as in flintlock, for a TAP another one).
+    const mac = (i.guestMac || (spec?.uid ? generatedMac(spec.uid, i.deviceId) : '')).toLowerCase();
     const lease = mac ? leases?.find((l) => l.mac.toLowerCase() === mac) : undefined;
     const addr = lease ? lease.ip : i.address?.address || (leases ? 'no lease' : 'unknown (no lease file: --leases-file)');
     out.push(`  ${i.deviceId}  host ${s?.hostDeviceName || '-'}  mac ${mac || '-'}  address ${addr}`);

@@ -9,6 +9,7 @@ import { run } from '../../src/cli/main.js';
 import { EXIT } from '../../src/cli/client.js';
 import { describeVm, readLeaseFile, splitLastError } from '../../src/cli/describe.js';
 import { MicroVMSchema, MicroVMStatus_MicroVMState } from '../../src/gen/types/microvm_pb.js';
+import { generatedMac } from '../../src/core/microvm/host-names.js';
 import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
 
 async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
@@ -35,7 +36,8 @@ describe('vm describe, in plain words', () => {
       lastError: 'vmm qemu: qemu exited with 1: could not open kernel',
       nextAttemptAt: timestampFromDate(new Date(now + 30_000)),
       vmmPid: 0,
-      networkInterfaces: { eth0: { hostDeviceName: 'mlt0000000000a', macAddress: '02:00:00:00:00:aa' } },
+      // As flintlock reports it: the MAC of the host's TAP, not the guest's.
+      networkInterfaces: { eth0: { hostDeviceName: 'mlt0000000000a', macAddress: '0a:0a:97:37:6a:fa' } },
     },
   });
 
@@ -48,7 +50,9 @@ describe('vm describe, in plain words', () => {
 
   it('shows state, failing step, reason, next retry, boot, pid and addresses from a lease file', () => {
     const leases = join(tmp.path, 'dnsmasq.leases');
-    writeFileSync(leases, `${Math.floor(Date.now() / 1000) + 3600} 02:00:00:00:00:aa 10.9.0.51 web *\n`);
+    const expiry = Math.floor(Date.now() / 1000) + 3600;
+    // eth0's guest MAC is in the spec; eth1's is the one matchlock derives from the uid.
+    writeFileSync(leases, `${expiry} 02:00:00:00:00:aa 10.9.0.51 web *\n${expiry} ${generatedMac('01J00000000000000000000000', 'eth1')} 10.9.0.52 web *\n`);
     const text = describeVm(vm, readLeaseFile(leases), now);
     const field = (k: string) => new RegExp(`^${k}:\\s+(.*)$`, 'm').exec(text)?.[1];
     assert.equal(field('Name'), 'team/web');
@@ -60,7 +64,8 @@ describe('vm describe, in plain words', () => {
     assert.equal(field('VMM pid'), '-');
     assert.equal(field('Guest booted'), 'no');
     assert.match(text, /^ {2}eth0 {2}host mlt0000000000a {2}mac 02:00:00:00:00:aa {2}address 10\.9\.0\.51$/m);
-    assert.match(text, /^ {2}eth1 .*address no lease$/m);
+    assert.match(text, /^ {2}eth1 .*address 10\.9\.0\.52$/m);
+    assert.match(describeVm(vm, [], now), /^ {2}eth1 .*address no lease$/m);
     // Without a lease file it says where addresses would come from.
     assert.match(describeVm(vm, undefined, now), /eth0 .*address unknown \(no lease file: --leases-file\)/);
   });

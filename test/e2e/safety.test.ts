@@ -127,7 +127,7 @@ describe('safety: two daemons with their own state dirs in one network namespace
     assert.equal(missing, undefined, `the safety tests ${missing}`);
     lab = await startLab();
     await importGuest(lab, testGuestLayout());
-    await importGuest({ stateDir: otherState }, testGuestLayout());
+    await importGuest({ stateDir: otherState }, testGuestLayout(), { init: true });
   });
   after(async () => {
     await other?.stop();

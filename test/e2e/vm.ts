@@ -30,9 +30,10 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> 
   }
 }
 
-export async function importGuest(lab: Pick<Lab, 'stateDir'>, layout: string): Promise<void> {
+/** Imports the test guest into a lab's store; `init` makes the store when no daemon made it yet. */
+export async function importGuest(lab: Pick<Lab, 'stateDir'>, layout: string, opts: { init?: boolean } = {}): Promise<void> {
   let err = '';
-  const code = await cli(['image', 'import', layout, '--name', GUEST_REF, '--state-dir', lab.stateDir], { out: () => undefined, err: (t) => (err += t) }, {});
+  const code = await cli(['image', 'import', layout, '--name', GUEST_REF, '--state-dir', lab.stateDir, ...(opts.init ? ['--init'] : [])], { out: () => undefined, err: (t) => (err += t) }, {});
   if (code !== 0) throw new Error(`image import failed: ${err}`);
 }
 
