@@ -25,7 +25,8 @@ export const MAX_STOP_GRACE_MS = 3_600_000;
  * record (in one transaction, so a daemon restart keeps it) and nudges the reconciler, which
  * brings the VMM there. Returns the stored record; milliseconds, nothing touches the host.
  * Errors: InvalidArgument (empty uid, bad grace), NotFound, FailedPrecondition (DELETING or
- * FAILED VMs, pause on a provider without the capability, pause or resume of a stopped VM).
+ * FAILED VMs, pause on a provider without the capability, pause or resume of a stopped VM or of
+ * one not CREATED yet).
  */
 export class PowerService {
   constructor(private readonly deps: PowerDeps) {}
@@ -63,6 +64,9 @@ export class PowerService {
     if (!entry?.descriptor.capabilities.pause) throw failedPrecondition(`microvm ${quote(cur.uid)}: provider ${cur.spec.provider} cannot pause a guest`);
     const now = desiredPower(cur);
     if (now === 'STOPPED') throw failedPrecondition(`microvm ${quote(cur.uid)} is stopped; start it before you ${verb} it`);
+    // Pausing acts on vCPUs; a VM still being created has none yet, and one whose create keeps
+    // failing may never have (the request would wait forever).
+    if (cur.status.state !== 'CREATED') throw failedPrecondition(`microvm ${quote(cur.uid)} is ${cur.status.state}; ${verb} needs a running VMM (wait for CREATED: vm watch --for state=CREATED)`);
     return now === to ? undefined : { ...intent(cur), desired: to };
   }
 

@@ -141,6 +141,14 @@ describe('power: the desired state on the record, honoured by every reconcile pa
     assert.throws(() => power.start(UID), /is being deleted; it cannot start/);
   });
 
+  it('pause and resume of a VM not CREATED yet are refused: there are no vCPUs to pause', () => {
+    const { power, store } = setup();
+    assert.equal(store.get(UID)?.status.state, 'PENDING');
+    assert.throws(() => power.pause(UID), /is PENDING; pause needs a running VMM/);
+    assert.throws(() => power.resume(UID), /is PENDING; resume needs a running VMM/);
+    assert.equal(store.get(UID)?.power, undefined, 'nothing stored');
+  });
+
   it('pause and resume of a stopped VM are refused: start it first', async () => {
     const { power, pass } = setup();
     await pass();
