@@ -188,8 +188,11 @@ function readConfigFile(path: string, explicit: boolean, keys: readonly KeyDef[]
   const out: Record<string, unknown> = {};
   const renamed: Array<[string, string, unknown]> = [];
   for (const [key, value] of Object.entries(doc)) {
-    if (known.has(key)) {
-      out[key] = value;
+    // flintlockd reads its file through a case-insensitive reader, so `Parent-Iface:` works there.
+    const lower = key.toLowerCase();
+    if (known.has(lower)) {
+      if (lower in out) throw configError(`config file ${path}: key "${key}" is given twice (keys match in any case)`);
+      out[lower] = value;
       continue;
     }
     const fl = flintlockKey(key);

@@ -64,6 +64,10 @@ describe("flintlockd's config file", () => {
     const w2: string[] = [];
     assert.equal(loadConfig({ flags: {}, file: { path: both, explicit: true }, env: {} }, undefined, w2).deleteVmTimeoutMs, 5_000);
     assert.match(w2.join('\n'), /"deleteMicroVM-timeout" ignored: "delete-vm-timeout" is set too/);
+    // Every key matches in any case, matchlock's own too (flintlockd's files are written that way).
+    const cased = loadConfig({ flags: {}, file: { path: file('cased.yaml', 'Parent-Iface: bond0.1000\nVERBOSITY: 2\n'), explicit: true }, env: {} });
+    assert.equal(cased.parentIface, 'bond0.1000');
+    assert.throws(() => loadConfig({ flags: {}, file: { path: file('twice.yaml', 'parent-iface: a\nParent-Iface: b\n'), explicit: true }, env: {} }), /key "Parent-Iface" is given twice/);
     // A bad value under the flintlock name is still named.
     assert.throws(() => loadConfig({ flags: {}, file: { path: file('bad.yaml', 'deleteMicroVM-timeout: soon\n'), explicit: true }, env: {} }), /delete-vm-timeout must be a duration/);
   });

@@ -4,7 +4,7 @@
  * and no two keys may be one name to FAT.
  *
  * Rules (Microsoft's FAT specification, long names, and its "Naming Files, Paths, and
- * Namespaces"; mtools' mcopy, which writes the seed, refuses or rewrites such names):
+ * Namespaces"; mtools, which the tests read the seed back with, refuses or rewrites such names):
  * - at most 255 UTF-16 code units;
  * - none of `" * / : < > ? \ |` nor control characters;
  * - no trailing dot or space: FAT drops them, so the guest would find another name;
