@@ -25,7 +25,10 @@ export function readSpecFile(path: string): MicroVMSpec {
   try {
     return fromJson(MicroVMSpecSchema, doc as JsonValue);
   } catch (err) {
-    throw cliError(`-f ${path}: ${(err as Error).message}`, EXIT.usage);
+    const msg = (err as Error).message.replace(/^cannot decode message flintlock\.types\.MicroVMSpec from JSON: /, '');
+    // The one slip every new user makes: flintlock calls the VM's name `id`.
+    const hint = /key "name" is unknown/.test(msg) ? ' (a MicroVMSpec names its VM with "id"; --name is the flag for it)' : '';
+    throw cliError(`-f ${path}: ${msg}${hint}`, EXIT.usage);
   }
 }
 

@@ -1,3 +1,4 @@
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { create } from '@bufbuild/protobuf';
 import { Command, Option } from 'commander';
 import {
@@ -125,10 +126,21 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
     .description('delete MicroVMs by uid or namespace/name (returns once they are DELETING; safe to repeat)')
     .action(async (refs: string[]) => {
       await withClient(async (c) => {
+        const seen = new Set<string>();
         for (const ref of refs) {
           const uid = await resolveUid(c, ref);
+          if (seen.has(uid)) continue;
+          seen.add(uid);
+          // Delete of an unknown uid succeeds (safe to repeat); say so rather than "deleting".
+          const known = await c.getMicroVM(create(GetMicroVMRequestSchema, { uid })).then(
+            () => true,
+            (err: unknown) => {
+              if (err instanceof MatchlockError && err.code === ErrorCode.NotFound) return false;
+              throw err;
+            },
+          );
           await c.deleteMicroVM(create(DeleteMicroVMRequestSchema, { uid }));
-          io.out(`${uid} deleting\n`);
+          io.out(known ? `${uid} deleting\n` : `${uid} not found: nothing to delete\n`);
         }
       });
     });

@@ -12,6 +12,14 @@ import { MicroVMSchema, MicroVMStatus_MicroVMState } from '../../src/gen/types/m
 import { generatedMac } from '../../src/core/microvm/host-names.js';
 import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
 
+async function until(fn: () => Promise<boolean>, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 async function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
   let out = '';
   let err = '';
@@ -138,7 +146,12 @@ describe('vm addressing by namespace/name, list REASON, -o json|yaml with every 
     const soloRow = rows.find((r) => r.startsWith(one)) ?? '';
     assert.match(soloRow, /\simage 127\.0\.0\.1:1\/none\/\S+: /, soloRow);
 
-    const del = await cli([...host, 'vm', 'delete', 'capmvm/solo', a, b]);
+    const del = await cli([...host, 'vm', 'delete', 'capmvm/solo', a, b, a]);
     assert.equal(del.code, EXIT.ok, del.err);
+    assert.equal(del.out, `${one} deleting\n${a} deleting\n${b} deleting\n`, 'each VM once');
+    await until(async () => (await cli([...host, 'vm', 'get', one])).code === EXIT.notFound);
+    const again = await cli([...host, 'vm', 'delete', one]);
+    assert.equal(again.code, EXIT.ok, 'safe to repeat');
+    assert.equal(again.out, `${one} not found: nothing to delete\n`);
   });
 });

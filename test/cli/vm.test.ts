@@ -88,6 +88,11 @@ describe('matchlock vm', () => {
     const missingFile = await cli([...host, 'vm', 'create', '-f', join(tmp.path, 'nope.yaml')]);
     assert.equal(missingFile.code, EXIT.usage);
     assert.match(missingFile.err, /nope\.yaml: ENOENT/);
+    const named = join(tmp.path, 'named.yaml');
+    writeFileSync(named, 'name: web1\nnamespace: team\n');
+    const wrongKey = await cli([...host, 'vm', 'create', '-f', named]);
+    assert.equal(wrongKey.code, EXIT.usage);
+    assert.match(wrongKey.err, /key "name" is unknown \(a MicroVMSpec names its VM with "id"; --name is the flag for it\)/);
     const unknownCmd = await cli(['vm', 'explode']);
     assert.equal(unknownCmd.code, EXIT.usage);
   });

@@ -97,6 +97,6 @@ function stopGrace(opts: StopOptions): number | undefined {
   if (opts.force) return 0;
   const g = opts.graceMs;
   if (g === undefined) return undefined;
-  if (!Number.isFinite(g) || g < 0 || g > MAX_STOP_GRACE_MS) throw invalid('grace', `must be between 0s and 1h, not ${g} ms`);
+  if (!Number.isFinite(g) || g < 0 || g > MAX_STOP_GRACE_MS) throw invalid('grace', `must be between 0s and 1h, not ${g / 1000}s`);
   return g;
 }
