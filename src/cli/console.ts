@@ -30,8 +30,11 @@ export async function printConsole(o: ConnectOptions, uid: string, opts: { tail?
 export async function attachConsole(o: ConnectOptions, uid: string, io: Io, stdin: NodeJS.ReadStream = process.stdin, stdout: NodeJS.WriteStream = process.stdout): Promise<void> {
   const c = connectConsole(o);
   const raw = stdin.isTTY;
-  const session = c.attach(uid, (d) => stdout.write(d));
-  io.err(`Connected to the console of ${uid}. Detach with Ctrl-] (^]).\r\n`);
+  const session = c.attach(
+    uid,
+    (d) => stdout.write(d),
+    () => io.err(`Connected to the console of ${uid}. Detach with Ctrl-] (^]).\r\n`),
+  );
   const onKeys = (chunk: Buffer) => {
     const at = chunk.indexOf(DETACH_BYTE);
     if (at < 0) {

@@ -101,12 +101,14 @@ describe('matchlock.v1.Console', () => {
   it('attaches: client bytes reach the VMM console, its output comes back; one client at a time', async () => {
     const c = client();
     let out = '';
-    const a = c.attach('vm-q', (d) => (out += Buffer.from(d).toString()));
+    let connected = 0;
+    const a = c.attach('vm-q', (d) => (out += Buffer.from(d).toString()), () => connected++);
     try {
       a.write(Buffer.from('ls\r'));
       for (let i = 0; i < 50 && !out.includes('echo:ls'); i++) await sleep(100);
       assert.equal(received, 'ls\r');
       assert.equal(out, 'echo:ls\r');
+      assert.equal(connected, 1, 'told once that the console is connected');
       const second = c.attach('vm-q', () => undefined);
       await assert.rejects(second.done, (e: MatchlockError) => e.code === ErrorCode.FailedPrecondition && /attached by another client/.test(e.message));
     } finally {
@@ -127,8 +129,10 @@ describe('matchlock.v1.Console', () => {
   it('refuses clearly: unknown VM, a provider without console input, no token', async () => {
     const c = client();
     await assert.rejects(c.stream('nope', { follow: false }, () => undefined), (e: MatchlockError) => e.code === ErrorCode.NotFound);
-    const fc = c.attach('vm-fc', () => undefined);
+    let fcConnected = false;
+    const fc = c.attach('vm-fc', () => undefined, () => (fcConnected = true));
     await assert.rejects(fc.done, (e: MatchlockError) => e.code === ErrorCode.FailedPrecondition && /provider firecracker takes no console input/.test(e.message));
+    assert.equal(fcConnected, false, 'never said to be connected');
     c.close();
     const anon = client('');
     await assert.rejects(anon.stream('vm-q', { follow: false }, () => undefined), (e: MatchlockError) => e.code === ErrorCode.Unauthenticated);

@@ -35,12 +35,20 @@ export function connectConsole(o: ConnectOptions) {
         call.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED && signal?.aborted ? resolve() : reject(fromGrpc(err, o.host))));
       });
     },
-    attach(uid: string, onData: (d: Uint8Array) => void): AttachedConsole {
+    attach(uid: string, onData: (d: Uint8Array) => void, onAttached?: () => void): AttachedConsole {
       const call = client.attachConsole?.(md());
       if (!call) throw new Error('attachConsole missing');
       let closed = false;
+      let attached = false;
       const done = new Promise<void>((resolve, reject) => {
-        call.on('data', (m: ConsoleOutput) => onData(m.data));
+        call.on('data', (m: ConsoleOutput) => {
+          // The server's first message, empty, says the console is connected.
+          if (!attached) {
+            attached = true;
+            onAttached?.();
+          }
+          if (m.data.length) onData(m.data);
+        });
         call.on('end', () => resolve());
         call.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED && closed ? resolve() : reject(fromGrpc(err, o.host))));
       });

@@ -130,6 +130,8 @@ export function addConsoleService(door: Pick<grpc.Server, 'addService'>, locate:
               return;
             }
             sock = s;
+            // An empty first message: the client may now say it is connected.
+            call.write(create(ConsoleOutputSchema, {}));
             stop = whileExists(req.uid, ac);
             ac.signal.addEventListener('abort', () => finish(), { once: true });
             s.on('data', (d: Buffer) => {

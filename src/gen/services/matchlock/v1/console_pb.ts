@@ -109,7 +109,8 @@ export const Console: GenService<{
   },
   /**
    * Interactive serial console. The first message names the VM (uid); the data of every
-   * message goes to the guest's serial input; the guest's output comes back as it is written.
+   * message goes to the guest's serial input; the guest's output comes back as it is written,
+   * after a first message without data that says the console is connected.
    * FAILED_PRECONDITION when the VM's VMM is not running, when its provider takes no console
    * input (the message names the provider), or when another client is attached.
    *
