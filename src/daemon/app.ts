@@ -92,6 +92,10 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   const chosen = chooseDefaultProvider(cfg, providers);
   const defaultProvider = chosen ?? [...providerRegistry.keys()].at(-1) ?? '';
   if (chosen) logger.info({ provider: chosen, configured: cfg.defaultProvider !== '' }, 'default provider chosen');
+  const defaultEntry = providers.get(chosen ?? '');
+  // A configured default whose VMM is missing is kept (the binary may be installed later), but
+  // every create that names no provider would be refused: say so now, not at the first create.
+  if (chosen && defaultEntry && !defaultEntry.availability.usable) logger.warn({ provider: chosen, reason: defaultEntry.availability.reason }, 'the default provider cannot run VMs: creates that name no provider will be refused');
   else logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
 
   const socketGroup = cfg.grpcSocketGroup === '' ? undefined : lookupGroup(cfg.grpcSocketGroup);

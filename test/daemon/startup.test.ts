@@ -99,6 +99,18 @@ describe('matchlockd and its state dir', () => {
   const tmp = tempDir('statedir');
   after(() => tmp.remove());
 
+  it('warns at start when the configured default provider cannot run VMs, and still starts', async () => {
+    const d = await startDaemon(join(tmp.path, 'nofc'), ['--default-provider', 'firecracker', '--firecracker-bin', join(tmp.path, 'no-such-firecracker')]);
+    try {
+      const line = d.logs.find((l) => l.includes('the default provider cannot run VMs'));
+      assert.ok(line, d.logs.join('\n'));
+      assert.match(line, /firecracker/);
+      assert.match(line, /no-such-firecracker/);
+    } finally {
+      await d.stop();
+    }
+  });
+
   it('a second daemon on one state dir refuses, naming the first one\'s pid; a killed first leaves no stale lock', async () => {
     const state = join(tmp.path, 'shared');
     const first = await startDaemon(state);
