@@ -1,4 +1,5 @@
 import { create } from '@bufbuild/protobuf';
+import { drained } from '../drain.js';
 import type * as grpc from '@grpc/grpc-js';
 import type { Socket } from 'node:net';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
@@ -34,17 +35,7 @@ type Fail = (method: string, err: unknown) => grpc.ServiceError;
 async function send(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, data: Buffer, signal: AbortSignal): Promise<void> {
   for (let i = 0; i < data.length; i += CHUNK) {
     if (signal.aborted) return;
-    if (!call.write(create(ConsoleOutputSchema, { data: data.subarray(i, i + CHUNK) }))) {
-      await new Promise<void>((resolve) => {
-        const done = () => {
-          call.off('drain', done);
-          signal.removeEventListener('abort', done);
-          resolve();
-        };
-        call.on('drain', done);
-        signal.addEventListener('abort', done, { once: true });
-      });
-    }
+    if (!call.write(create(ConsoleOutputSchema, { data: data.subarray(i, i + CHUNK) }))) await drained(call, signal);
   }
 }
 

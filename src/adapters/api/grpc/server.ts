@@ -24,6 +24,7 @@ import { durationMs, powerCall, recentEvents, serverInfoMessage, streamEvents, t
 import { specInput } from '../convert.js';
 import { grpcCode } from './status.js';
 import { serviceDefinition } from './service-def.js';
+import { drained } from '../drain.js';
 import { addConsoleService, type ConsoleLocator } from './console.js';
 
 export interface GrpcTls {
@@ -239,18 +240,10 @@ function addMatchlockServices(door: Pick<grpc.Server, 'addService'>, api: Matchl
       const ac = new AbortController();
       call.on('cancelled', () => ac.abort());
       call.on('close', () => ac.abort());
-      const write = (e: unknown) =>
-        new Promise<void>((resolve) => {
-          if (ac.signal.aborted || call.write(e)) return resolve();
-          // Backpressure: wait for the client to read, or for it to go away.
-          const done = () => {
-            call.off('drain', done);
-            ac.signal.removeEventListener('abort', done);
-            resolve();
-          };
-          call.on('drain', done);
-          ac.signal.addEventListener('abort', done);
-        });
+      const write = async (e: unknown) => {
+        if (ac.signal.aborted || call.write(e)) return;
+        await drained(call, ac.signal);
+      };
       const r = call.request;
       streamEvents(api, { afterId: r.afterId === undefined ? undefined : Number(r.afterId), filter: { uid: r.uid || undefined, namespace: r.namespace || undefined } }, write, ac.signal).then(
         () => {

@@ -4,6 +4,7 @@ import { MatchlockError, boundedMessage, invalid } from '../../../core/errors.js
 import { ListMicroVMEventsResponseSchema, MicroVMEventSchema, PowerResponseSchema, StopMicroVMRequestSchema } from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
 import { GetServerInfoResponseSchema } from '../../../gen/services/matchlock/v1/server_pb.js';
 import { grpcCode } from '../grpc/status.js';
+import { drained } from '../drain.js';
 import { durationMs, powerCall, recentEvents, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
 
 const VERBS: readonly string[] = ['stop', 'start', 'restart', 'pause', 'resume'];
@@ -62,18 +63,10 @@ export async function matchlockRoute(
     if (after !== undefined && !/^[0-9]{1,15}$/.test(after)) throw invalid('after_id', 'must be an event id (a whole number)');
     const ac = new AbortController();
     res.on('close', () => ac.abort());
-    const write = (e: Parameters<Parameters<typeof streamEvents>[2]>[0]) =>
-      new Promise<void>((resolve) => {
-        if (ac.signal.aborted || res.write(JSON.stringify({ result: toJson(MicroVMEventSchema, e) }) + '\n')) return resolve();
-        // Backpressure: wait for the client to read, or for it to go away.
-        const done = () => {
-          res.off('drain', done);
-          ac.signal.removeEventListener('abort', done);
-          resolve();
-        };
-        res.on('drain', done);
-        ac.signal.addEventListener('abort', done);
-      });
+    const write = async (e: Parameters<Parameters<typeof streamEvents>[2]>[0]) => {
+      if (ac.signal.aborted || res.write(JSON.stringify({ result: toJson(MicroVMEventSchema, e) }) + '\n')) return;
+      await drained(res, ac.signal);
+    };
     const filter = { uid: query.get('uid') || undefined, namespace: query.get('namespace') || undefined };
     try {
       // Headers go out at once, so a client sees the stream open before the first change; an
