@@ -2,7 +2,8 @@
  * A QEMU stand-in for scale runs: it takes QEMU's command line as matchlock's qemu provider
  * writes it, boots nothing and costs about a megabyte per VM, so hundreds fit on a small host.
  *
- * It writes -pidfile, prints the line Linux prints when it starts init to the -serial file, and
+ * It writes -pidfile, prints the line Linux prints when it starts init to the serial console's log
+ * (the logfile= of -chardev id=console, or a -serial file: of older command lines), and
  * answers QMP on the -qmp unix socket: the greeting, qmp_capabilities, query-status (running),
  * stop/cont, and system_powerdown or quit (after which it exits). Every other option is ignored.
  *
@@ -52,13 +53,16 @@ int main(int argc, char **argv) {
   const char *pidfile = arg_after(argc, argv, "-pidfile");
   const char *qmp = arg_after(argc, argv, "-qmp");
   const char *serial = arg_after(argc, argv, "-serial");
-  if (!pidfile || !qmp || !serial) {
-    fprintf(stderr, "vmm-standin: -pidfile, -qmp and -serial are required\n");
+  const char *chardev = arg_after(argc, argv, "-chardev");
+  const char *logfile = chardev ? strstr(chardev, "logfile=") : NULL;
+  if (!pidfile || !qmp || !(logfile || (serial && strncmp(serial, "file:", 5) == 0))) {
+    fprintf(stderr, "vmm-standin: -pidfile, -qmp and a console log (-chardev ...,logfile= or -serial file:) are required\n");
     return 2;
   }
   char sock_path[108], console_path[4096];
   strip(qmp, "unix:", sock_path, sizeof sock_path);
-  strip(serial, "file:", console_path, sizeof console_path);
+  if (logfile) strip(logfile, "logfile=", console_path, sizeof console_path);
+  else strip(serial, "file:", console_path, sizeof console_path);
   signal(SIGPIPE, SIG_IGN);
 
   int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
