@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # A QEMU stand-in for scale runs (bench/host.ts): takes QEMU's command line as matchlock's qemu
-# provider writes it, creates the serial console file, listens on the -qmp unix socket, writes
+# provider writes it, creates the serial console's log (-chardev logfile=, or -serial file:), listens on the -qmp unix socket, writes
 # the -pidfile, and then sleeps in accept(). It answers QMP minimally (the greeting,
 # qmp_capabilities, query-status) and exits on system_powerdown or quit. No guest runs, so a
 # host can hold hundreds of these at a few MB each.
@@ -14,7 +14,8 @@ for (my $i = 0; $i < @ARGV; $i++) {
   my $a = $ARGV[$i];
   if ($a eq '-pidfile') { $pidfile = $ARGV[++$i]; }
   elsif ($a eq '-qmp') { ($qmp) = $ARGV[++$i] =~ /^unix:([^,]+)/; }
-  elsif ($a eq '-serial') { ($console) = $ARGV[++$i] =~ /^file:(.+)$/; }
+  elsif ($a eq '-serial') { my ($f) = $ARGV[++$i] =~ /^file:(.+)$/; $console //= $f; }
+  elsif ($a eq '-chardev') { my ($f) = $ARGV[++$i] =~ /(?:^|,)logfile=([^,]+)/; $console = $f if defined $f; }
   elsif ($a eq '-version') { print "QEMU emulator version 7.2.0 (matchlock stand-in)\n"; exit 0; }
 }
 die "qemu-standin: -pidfile and -qmp unix:PATH are required\n" unless defined $pidfile && defined $qmp;
