@@ -40,6 +40,7 @@ import { serverInfoSource } from './server-info.js';
 import { DaemonMetrics } from '../adapters/metrics/prometheus.js';
 import { VERSION } from '../version.js';
 import { metricsSources, opsServers } from './metrics.js';
+import { startSpawner, stopSpawner } from '../adapters/spawner.js';
 
 export interface RunningDaemon {
   grpcPort: number;
@@ -88,6 +89,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const room = UNIX_SOCKET_PATH_MAX - (sockets.bytes - Buffer.byteLength(cfg.stateDir));
     throw configError(`state-dir ${cfg.stateDir} is too long: VM sockets such as ${sockets.example} would be ${sockets.bytes} bytes, over the ${UNIX_SOCKET_PATH_MAX}-byte unix socket limit; use a state dir of at most ${room} bytes`);
   }
+  // First, while this process is small: from here on programs are started by the spawner, and
+  // the daemon's own address space is not forked again.
+  await startSpawner(logger);
   const providers = providerEntries(cfg, providerRegistry);
   const chosen = chooseDefaultProvider(cfg, providers);
   const defaultProvider = chosen ?? [...providerRegistry.keys()].at(-1) ?? '';
@@ -282,6 +286,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       supervisor.stop();
       store.close();
       lock.release();
+      stopSpawner();
     },
   };
   const stop = () => lifecycle.shutdown(drainable, cfg.shutdownGraceMs);

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, realpathSync, rmSync, symlinkSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { ROOT, tempDir } from '../helpers/daemon.js';
 import { VERSION } from '../../src/version.js';
@@ -42,7 +43,7 @@ describe('the npm package', { timeout: 300_000 }, () => {
     spawnSync(process.execPath, [join(pkg, 'bin', bin), ...args], { cwd: tmp.path, encoding: 'utf8', env: { ...process.env, ...env } });
 
   it('holds the compiled JavaScript, the bins and the protos, and no TypeScript or tests', () => {
-    for (const f of ['bin/matchlockd.js', 'bin/matchlock.js', 'dist/daemon/main.js', 'dist/cli/main.js', 'dist/adapters/images/oci/unpack-process.js', 'proto/types/microvm.proto', 'README.md']) {
+    for (const f of ['bin/matchlockd.js', 'bin/matchlock.js', 'dist/daemon/main.js', 'dist/cli/main.js', 'dist/adapters/images/oci/unpack-process.js', 'libexec/spawner.pl', 'proto/types/microvm.proto', 'README.md']) {
       assert.ok(files.includes(f), `${f} missing from the package`);
     }
     assert.deepEqual(files.filter((f) => f.endsWith('.ts') || f.startsWith('test/') || f.startsWith('src/')), []);
@@ -58,6 +59,20 @@ describe('the npm package', { timeout: 300_000 }, () => {
     const help = run('matchlock.js', ['--help']);
     assert.equal(help.status, 0, help.stderr);
     assert.match(help.stdout, /Usage: matchlock/);
+  });
+
+  it('the compiled daemon finds its process spawner in the package and starts programs through it', () => {
+    const code = `
+      const m = await import(${JSON.stringify('PLACEHOLDER')});
+      const log = { warn: (_, msg) => console.error(msg), info() {}, debug() {}, error() {}, child() { return log; } };
+      const ok = await m.startSpawner(log);
+      const r = await m.runProgram('sh', ['-c', 'echo $PPID'], { timeoutMs: 10000, maxBytes: 1000 });
+      console.log(JSON.stringify({ ok, script: m.SPAWNER_SCRIPT, parent: Number(r.stdout.toString()), spawner: m.spawnerPid() }));
+      m.stopSpawner();`.replace('"PLACEHOLDER"', JSON.stringify(pathToFileURL(join(pkg, 'dist', 'adapters', 'spawner.js')).href));
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: tmp.path, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const got = JSON.parse(r.stdout) as { ok: boolean; script: string; parent: number; spawner: number };
+    assert.deepEqual([got.ok, got.script, got.parent], [true, join(realpathSync(pkg), 'libexec', 'spawner.pl'), got.spawner]);
   });
 
   it('host setup writes a unit that runs the installed matchlockd, resolved at setup time', () => {

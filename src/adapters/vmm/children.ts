@@ -1,21 +1,26 @@
-import type { ChildProcess } from 'node:child_process';
+import type { ChildExit } from '../spawner.js';
 
 /**
- * VMM processes this daemon started and has not yet seen exit. Node reaps its children and
- * emits 'exit' at once, so an exit of one of them is known without looking at /proc; VMMs a
- * previous daemon started are not here (see the supervisor's fallback poll).
+ * VMM processes this daemon started (itself or through its process spawner) and has not yet
+ * seen exit. The exit of one of them is reported at once (Node reaps its own children, the
+ * spawner reaps its and says so), so it is known without looking at /proc; VMMs a previous
+ * daemon started are not here, nor those of a spawner that died (see the supervisor's
+ * fallback poll).
  */
 const live = new Map<number, Set<() => void>>();
 
-/** Records a VMM child so its exit can be waited for by pid (call right after the spawn). */
-export function trackChild(child: ChildProcess): void {
-  const pid = child.pid;
-  if (pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-  live.set(pid, new Set());
-  child.once('exit', () => {
-    const waiting = live.get(pid);
+/**
+ * Records a VMM child so its exit can be waited for by pid (call right after the start).
+ * `exit` resolves with how it ended, or with undefined when its end can no longer be seen
+ * here: then the pid stops counting as a child and nobody waiting is called.
+ */
+export function trackChild(pid: number, exit: Promise<ChildExit | undefined>): void {
+  const waiting = new Set<() => void>();
+  live.set(pid, waiting);
+  void exit.then((e) => {
+    if (live.get(pid) !== waiting) return;
     live.delete(pid);
-    for (const fn of waiting ?? []) fn();
+    if (e) for (const fn of waiting) fn();
   });
 }
 
@@ -29,4 +34,9 @@ export function onChildExit(pid: number, fn: () => void): (() => void) | undefin
   if (!waiting) return undefined;
   waiting.add(fn);
   return () => waiting.delete(fn);
+}
+
+/** Whether the exit of this pid will still be reported as a child's (false once it was lost). */
+export function isChild(pid: number): boolean {
+  return live.has(pid);
 }

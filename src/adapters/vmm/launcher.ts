@@ -1,8 +1,7 @@
-import { spawn } from 'node:child_process';
-import { closeSync, constants, openSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
 import { noteSpawn } from '../exec.js';
+import { launch, type Launched } from '../spawner.js';
 import { trackChild } from './children.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -15,8 +14,8 @@ export interface DetachedLaunch {
   /** Files the VMM's stdout and stderr go to; stdout is appended, stderr replaced. */
   stdout: string;
   stderr: string;
-  /** Extra descriptors handed to the VMM from fd 3 on (open /dev/tapN of macvtaps). */
-  extraFds?: readonly number[];
+  /** Files opened read-write and handed to the VMM from fd 3 on (/dev/tapN of macvtaps). */
+  fdPaths?: readonly string[];
   /** Run the VMM in its own session, so it outlives the daemon (flintlock's *-detach settings). */
   detached: boolean;
   /** Called with the child's pid right after the spawn, for VMMs that write no pid file themselves. */
@@ -34,36 +33,36 @@ export interface DetachedLaunch {
  * VMM again from its pid file, so nothing here may depend on this process staying up.
  */
 export async function launchDetached(l: DetachedLaunch): Promise<number> {
-  const out = openSync(l.stdout, 'a');
-  // Emptied, then appended to: the daemon truncates VMM output at its bound, and a writer
-  // without O_APPEND would carry on at its old offset and leave a hole.
-  const err = openSync(l.stderr, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_APPEND);
+  noteSpawn();
+  let early: string | undefined;
+  let child: Launched | undefined;
   try {
-    noteSpawn();
-    const child = spawn(l.bin, l.args, { detached: l.detached, stdio: ['ignore', out, err, ...(l.extraFds ?? [])] });
-    let early: string | undefined;
-    child.once('exit', (code, sig) => (early = `exited with ${code ?? sig}`));
-    child.once('error', (e) => (early = (e as NodeJS.ErrnoException).code === 'ENOENT' ? `binary ${l.bin} not found` : e.message));
-    child.unref();
-    trackChild(child);
-    if (l.onSpawn && child.pid !== undefined) await l.onSpawn(child.pid);
-    const until = Date.now() + l.timeoutMs;
-    // A VMM writes its pid file within milliseconds and every ms here is create latency, so the
-    // first second is polled every 5 ms (a file read and a kill(0) each), then every 25 ms.
-    for (let polls = 0; ; polls++) {
-      const wait = polls < 200 ? 5 : 25;
-      if (early !== undefined) {
-        const tail = (await readFile(l.stderr, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' ');
-        throw new MatchlockError(ErrorCode.Internal, `${l.what} ${early}: ${tail || 'no output'}`);
-      }
-      const pid = await l.ready();
-      if (pid !== undefined) return pid;
-      if (l.signal.aborted) throw new MatchlockError(ErrorCode.Canceled, `canceled while ${l.what} was starting`);
-      if (Date.now() > until) throw new MatchlockError(ErrorCode.Internal, `${l.what} was not ready within ${l.timeoutMs} ms`);
-      await sleep(wait);
+    // Emptied, then appended to: the daemon truncates VMM output at its bound, and a writer
+    // without O_APPEND would carry on at its old offset and leave a hole.
+    child = await launch({ file: l.bin, args: l.args, setsid: l.detached, stdout: l.stdout, stderr: l.stderr, truncateStderr: true, fdPaths: l.fdPaths ?? [] });
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    early = err.code === 'ENOENT' && err.syscall === 'spawn' && !/^(open|chdir) /.test(err.message) ? `binary ${l.bin} not found` : err.message;
+  }
+  if (child) {
+    trackChild(child.pid, child.exit);
+    void child.exit.then((e) => e && (early = `exited with ${e.code ?? e.signal}`));
+    if (l.onSpawn) await l.onSpawn(child.pid);
+  }
+  const until = Date.now() + l.timeoutMs;
+  // A VMM writes its pid file within milliseconds and every ms here is create latency, so the
+  // first second is polled every 5 ms (a file read and a kill(0) each), then every 25 ms.
+  for (let polls = 0; ; polls++) {
+    const wait = polls < 200 ? 5 : 25;
+    if (early !== undefined) {
+      const tail = (await readFile(l.stderr, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' ');
+      throw new MatchlockError(ErrorCode.Internal, `${l.what} ${early}: ${tail || 'no output'}`);
     }
-  } finally {
-    for (const fd of [out, err]) closeSync(fd);
+    const pid = await l.ready();
+    if (pid !== undefined) return pid;
+    if (l.signal.aborted) throw new MatchlockError(ErrorCode.Canceled, `canceled while ${l.what} was starting`);
+    if (Date.now() > until) throw new MatchlockError(ErrorCode.Internal, `${l.what} was not ready within ${l.timeoutMs} ms`);
+    await sleep(wait);
   }
 }
 

@@ -1,7 +1,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import type { Logger, Supervisor } from '../../core/ports.js';
-import { onChildExit } from './children.js';
+import { isChild, onChildExit } from './children.js';
 import { pidAlive } from './process.js';
 
 export interface SupervisorEvents {
@@ -39,7 +39,7 @@ interface Watched {
 /**
  * Watches every VMM process and reacts to events instead of polling each VMM:
  * - an exit of a VMM this daemon started is its child's exit event (children.ts), at once;
- * - a VMM adopted after a restart is not our child: a slow poll (`pollMs`, a kill(0) and a
+ * - a VMM adopted after a restart is not our child, nor one whose spawner died: a slow poll (`pollMs`, a kill(0) and a
  *   /proc read per VMM) catches its exit, and the same poll re-checks the children in case an
  *   event was missed;
  * - a console is read only when it grew (inotify through fs.watch), from the last offset, and
@@ -197,8 +197,9 @@ export class EventSupervisor implements Supervisor {
     this.busy = true;
     try {
       for (const [uid, w] of [...this.watched]) {
-        // A child's exit is its exit event; only VMMs a previous daemon started are looked at.
-        if (!w.child && !pidAlive(w.pid)) {
+        // A child's exit is its exit event; only VMMs a previous daemon started are looked at,
+        // and children whose exit can no longer be reported (their spawner died).
+        if ((!w.child || !isChild(w.pid)) && !pidAlive(w.pid)) {
           this.gone(uid, w);
           continue;
         }

@@ -1,4 +1,3 @@
-import { closeSync, openSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Step } from '../../../core/plan/step.js';
@@ -113,17 +112,16 @@ export class CloudHypervisorInstance implements VmmInstance {
     await this.removeSockets();
     await rm(this.files.pid, { force: true });
     await writeFile(this.files.cmdline, JSON.stringify([bin, ...args]) + '\n');
-    const taps: number[] = [];
+    // The macvtap's character device; CH takes it as fd=3, 4, … in NIC order.
+    const taps = l.nics.filter((n) => n.type === 'MACVTAP').map((n) => `/dev/tap${n.ifindex}`);
     try {
-      // The macvtap's character device; CH takes it as fd=3, 4, … in NIC order.
-      for (const n of l.nics) if (n.type === 'MACVTAP') taps.push(openSync(`/dev/tap${n.ifindex}`, 'r+'));
       return await launchDetached({
         what: 'cloud-hypervisor',
         bin,
         args,
         stdout: this.files.stdout,
         stderr: this.files.stderr,
-        extraFds: taps,
+        fdPaths: taps,
         detached: this.settings.detach,
         // CH writes no pid file; flintlock writes the spawned pid, and so do we.
         onSpawn: (pid) => writeFile(this.files.pid, `${pid}\n`),
@@ -141,8 +139,6 @@ export class CloudHypervisorInstance implements VmmInstance {
       if (pid !== undefined) process.kill(pid, 'SIGKILL');
       const e = MatchlockError.from(err);
       throw new MatchlockError(e.code, /exited with/.test(e.message) ? e.message : `${e.message}: ${await this.errorTail()}`, { cause: err });
-    } finally {
-      for (const fd of taps) closeSync(fd);
     }
   }
 

@@ -1,8 +1,9 @@
-import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
+import { noteSpawn } from '../../exec.js';
+import { launch } from '../../spawner.js';
 import { pidAlive, processMentions } from '../process.js';
 import { climbStopLadder, signalRung } from '../stop-ladder.js';
 import { SOCKETS } from './args.js';
@@ -47,19 +48,18 @@ export class Virtiofsd {
   async start(hostPath: string, signal: AbortSignal, log: Logger): Promise<number> {
     if (!existsSync(hostPath)) throw new MatchlockError(ErrorCode.FailedPrecondition, `virtiofs source ${hostPath} does not exist on this host`);
     await rm(this.socket, { force: true });
-    const out = openSync(this.logFile, 'a');
     let early: string | undefined;
     let pid: number | undefined;
     try {
-      const child = spawn(this.bin, virtiofsdArgs(this.socket, hostPath), { detached: true, stdio: ['ignore', out, out] });
-      child.once('exit', (code, sig) => (early = `exited with ${code ?? sig}`));
-      child.once('error', (e) => (early = (e as NodeJS.ErrnoException).code === 'ENOENT' ? `binary ${this.bin} not found` : e.message));
-      child.unref();
+      noteSpawn();
+      const child = await launch({ file: this.bin, args: virtiofsdArgs(this.socket, hostPath), setsid: true, stdout: this.logFile, stderr: this.logFile });
+      void child.exit.then((e) => e && (early = `exited with ${e.code ?? e.signal}`));
       pid = child.pid;
-      if (pid !== undefined) await writeFile(this.pidFile, `${pid}\n`);
-    } finally {
-      closeSync(out);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      early ??= err.code === 'ENOENT' && err.syscall === 'spawn' && !/^(open|chdir) /.test(err.message) ? `binary ${this.bin} not found` : err.message;
     }
+    if (pid !== undefined) await writeFile(this.pidFile, `${pid}\n`);
     log.debug({ pid, socket: this.socket, hostPath }, 'virtiofsd started');
     for (let i = 0; i < 100; i++) {
       if (early !== undefined) {

@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import { noteSpawn } from '../../exec.js';
+import { launch } from '../../spawner.js';
 import { trackChild } from '../children.js';
-import { closeSync, constants, openSync, readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, link, mkdir, open, symlink, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
@@ -216,20 +217,20 @@ export class FirecrackerVm {
     const args = plan ? plan.argv : firecrackerArgs(l, this.paths);
     log.debug({ bin, args }, 'starting firecracker');
     await rm(this.file('pid'), { force: true });
-    const out = openSync(this.file('stdout'), 'a');
-    // O_APPEND, so the daemon's truncation at the log bound leaves no hole (see launchDetached).
-    const err = openSync(this.file('stderr'), constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_APPEND);
     let pid: number | undefined;
     let settled = false;
     try {
       noteSpawn();
-      const child = spawn(bin, args, { detached: this.o.detach, stdio: ['ignore', out, err], cwd: this.paths.dir });
-      let exited = new Promise<string>((resolve) => child.once('exit', (code, sig) => resolve(sig ? `was killed by ${sig}` : `exited with code ${code}`)));
-      const spawnError = new Promise<string>((resolve) => child.once('error', (e) => resolve(`could not be started: ${e.message}`)));
-      child.unref();
+      // stderr is emptied, then appended to, so the daemon's truncation at the log bound leaves
+      // no hole (see launchDetached).
+      const started = launch({ file: bin, args, setsid: this.o.detach, stdout: this.file('stdout'), stderr: this.file('stderr'), truncateStderr: true, cwd: this.paths.dir });
+      const child = await started.catch(() => undefined);
+      const spawnError = started.then(() => new Promise<string>(() => undefined), (e: Error) => `could not be started: ${e.message}`);
+      const neverExits = new Promise<string>(() => undefined);
+      let exited = child ? child.exit.then((e) => (e ? (e.signal ? `was killed by ${e.signal}` : `exited with code ${e.code}`) : neverExits)) : neverExits;
       // Without the jailer the child is Firecracker itself; the jailer's child exits at once.
-      if (!plan) trackChild(child);
-      pid = child.pid;
+      if (!plan && child) trackChild(child.pid, child.exit);
+      pid = child?.pid;
       const deadline = Date.now() + this.readyTimeoutMs;
       if (plan) {
         // With --new-pid-ns the jailer forks Firecracker, writes its pid into the jail and exits.
@@ -268,8 +269,6 @@ export class FirecrackerVm {
       throw e;
     } finally {
       settled = true;
-      closeSync(out);
-      closeSync(err);
     }
   }
 

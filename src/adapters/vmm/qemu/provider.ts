@@ -1,4 +1,4 @@
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
@@ -88,25 +88,21 @@ class QemuInstance implements VmmInstance {
     // line of a guest that crashed is not taken for this run's, and the crash stays readable.
     await rename(this.files.console, `${this.files.console}.1`).catch(() => undefined);
     await writeFile(this.files.cmdline, JSON.stringify([this.bin, ...args]) + '\n');
-    const taps: number[] = [];
-    try {
-      for (const n of l.nics) if (n.type === 'MACVTAP') taps.push(openSync(`/dev/tap${n.ifindex}`, 'r+'));
-      const [bin, argv] = this.confine ? await this.confine.command(l, this.bin, args) : [this.bin, args];
-      return await launchDetached({
-        what: 'qemu',
-        bin,
-        args: argv,
-        stdout: this.files.stdout,
-        stderr: this.files.stderr,
-        extraFds: taps,
-        detached: true,
-        ready: () => this.running(),
-        timeoutMs: 5000,
-        signal,
-      });
-    } finally {
-      for (const fd of taps) closeSync(fd);
-    }
+    // A macvtap's character device, opened by whoever starts QEMU and given as fd 3, 4, …
+    const taps = l.nics.filter((n) => n.type === 'MACVTAP').map((n) => `/dev/tap${n.ifindex}`);
+    const [bin, argv] = this.confine ? await this.confine.command(l, this.bin, args) : [this.bin, args];
+    return await launchDetached({
+      what: 'qemu',
+      bin,
+      args: argv,
+      stdout: this.files.stdout,
+      stderr: this.files.stderr,
+      fdPaths: taps,
+      detached: true,
+      ready: () => this.running(),
+      timeoutMs: 5000,
+      signal,
+    });
   }
 
   async stop(opts: { timeoutMs: number; signal: AbortSignal }, log: Logger): Promise<void> {

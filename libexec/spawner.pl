@@ -1,0 +1,267 @@
+#!/usr/bin/perl
+# matchlockd's process spawner. The daemon starts this once and hands it every program start,
+# so the daemon's own address space (100 MB and more) is never forked again: forking this small
+# process is cheap. Only modules of Debian's perl-base (Essential) are used.
+#
+# Protocol, on stdin (requests) and stdout (events): frames of a 32-bit big-endian length and
+# that many bytes; a frame is a list of fields, each a 32-bit big-endian length and its bytes,
+# so arguments may hold any byte but NUL. The first two fields are a verb and a request id.
+#
+# Requests: spawn <id> then key/value pairs:
+#   arg <bytes>         argv, in order; the first is the program, looked up in PATH
+#   cwd <dir>           working directory
+#   setsid 1            the child starts its own session (it outlives the daemon's terminal)
+#   stdout a<path>      opened O_WRONLY|O_CREAT|O_APPEND; t<path> truncates first
+#   stderr a|t<path>    the same for stderr
+#   fd <path>           opened O_RDWR and given to the child as fd 3, 4, ... in order
+#   capture <max>       stdout and stderr go to pipes, read here up to <max> bytes each
+#   input <bytes>       written to the child's stdin (a pipe), then closed
+#   timeout <ms>        a capturing child still running after it gets SIGTERM
+# Events:
+#   ready 0                              the spawner runs (sent once, first)
+#   spawned <id> <pid>                   the program was executed
+#   failed <id> <errno name> <message>   it was not (fork, open, chdir or exec failed)
+#   exit <id> <code> <signal> [<stdout> <stderr> <why>]   it ended; code or signal number is
+#                                        empty; the output fields come for capture, why is
+#                                        '', 'timeout' or 'maxbuffer'
+#
+# The spawner exits when stdin closes (the daemon is gone) and never kills what it started
+# except a capturing child past its timeout or output bound.
+use strict;
+use warnings;
+use POSIX ();
+use Errno ();
+use Fcntl qw(F_GETFL F_SETFL F_SETFD FD_CLOEXEC O_NONBLOCK O_RDWR O_RDONLY O_WRONLY O_CREAT O_APPEND O_TRUNC);
+
+$SIG{PIPE} = 'IGNORE';
+my $chld = 0;
+$SIG{CHLD} = sub { $chld = 1 };
+
+my %byPid;    # pid -> child state
+my $inbuf = '';
+
+sub frame { my $p = join '', map { pack('N/a*', $_) } @_; return pack('N', length $p) . $p }
+
+sub emit {
+  my $f = frame(@_);
+  my $off = 0;
+  while ($off < length $f) {
+    my $n = syswrite(STDOUT, $f, length($f) - $off, $off);
+    if (!defined $n) {
+      next if $!{EINTR};
+      if ($!{EAGAIN}) {
+        my $w = '';
+        vec($w, fileno(STDOUT), 1) = 1;
+        select(undef, $w, undef, undef);
+        next;
+      }
+      exit 0;    # the daemon is gone
+    }
+    $off += $n;
+  }
+}
+
+sub nonblock { my $fh = shift; fcntl($fh, F_SETFL, fcntl($fh, F_GETFL, 0) | O_NONBLOCK) }
+
+sub errname { my $e = shift; local $! = $e; for (keys %!) { return $_ if $!{$_} } return "E$e" }
+
+# In the forked child: everything up to exec. Failures go back on $report as errno and text.
+sub child {
+  my ($req, $report, $pipes) = @_;
+  $SIG{PIPE} = 'DEFAULT';
+  $SIG{CHLD} = 'DEFAULT';
+  my $fail = sub {
+    my ($what) = @_;
+    my $e = $! + 0;
+    syswrite($report, pack('N', $e) . "$what: $!");
+    POSIX::_exit(127);
+  };
+  if ($req->{setsid}) { POSIX::setsid() or $fail->('setsid') }
+  my @src;    # what fd 0, 1, 2, 3, ... become
+  if ($pipes->{in}) { push @src, fileno($pipes->{in}) }
+  else { my $fd = POSIX::open('/dev/null', O_RDONLY); defined $fd or $fail->('open /dev/null'); push @src, $fd }
+  for my $k ('stdout', 'stderr') {
+    if ($pipes->{$k}) { push @src, fileno($pipes->{$k}); next }
+    my $spec = $req->{$k};
+    if (!defined $spec) { my $fd = POSIX::open('/dev/null', O_WRONLY); defined $fd or $fail->('open /dev/null'); push @src, $fd; next }
+    my ($mode, $path) = (substr($spec, 0, 1), substr($spec, 1));
+    my $fd = POSIX::open($path, O_WRONLY | O_CREAT | O_APPEND | ($mode eq 't' ? O_TRUNC : 0), 0644);
+    defined $fd or $fail->("open $path");
+    push @src, $fd;
+  }
+  for my $path (@{ $req->{fd} }) {
+    my $fd = POSIX::open($path, O_RDWR);
+    defined $fd or $fail->("open $path");
+    push @src, $fd;
+  }
+  if (defined $req->{cwd}) { chdir($req->{cwd}) or $fail->("chdir $req->{cwd}") }
+  # Each source is first copied above every descriptor in use, so placing one at its target
+  # never overwrites a source still to be placed, nor the report pipe.
+  my $base = fileno($report);
+  for (@src) { $base = $_ if $_ > $base }
+  $base = $#src if $#src > $base;
+  $base++;
+  for my $i (0 .. $#src) { defined POSIX::dup2($src[$i], $base + $i) or $fail->('dup2') }
+  if (fileno($report) <= $#src) {
+    defined POSIX::dup2(fileno($report), $base + @src) or $fail->('dup2');
+    open($report, '>&=', $base + @src) or $fail->('fdopen');
+    fcntl($report, F_SETFD, FD_CLOEXEC);
+  }
+  for my $i (0 .. $#src) { defined POSIX::dup2($base + $i, $i) or $fail->('dup2') }
+  POSIX::close($base + $_) for 0 .. $#src;
+  # Descriptors opened here without close-on-exec, not overwritten by a target.
+  for (@src) { POSIX::close($_) if $_ > $#src }
+  my @argv = @{ $req->{arg} };
+  { no warnings 'exec'; exec { $argv[0] } @argv; }
+  $fail->("exec $argv[0]");
+}
+
+sub spawn {
+  my ($id, $req) = @_;
+  my $argv = $req->{arg};
+  if (!@$argv) { emit('failed', $id, 'EINVAL', 'no program given'); return }
+  my %pipes;
+  my %ours;    # the ends this process keeps
+  my $ok = pipe(my $rep_r, my $rep_w);
+  if ($ok && defined $req->{capture}) {
+    $ok = pipe($ours{stdout}, $pipes{stdout}) && pipe($ours{stderr}, $pipes{stderr});
+  }
+  if ($ok && defined $req->{input}) { $ok = pipe($pipes{in}, $ours{in}) }
+  if (!$ok) { emit('failed', $id, errname($! + 0), "pipe: $!"); return }
+  my $pid = fork();
+  if (!defined $pid) { emit('failed', $id, errname($! + 0), "fork: $!"); return }
+  if ($pid == 0) { close($rep_r); close($_) for values %ours; child($req, $rep_w, \%pipes) }
+  close($rep_w);
+  close($_) for values %pipes;
+  # EOF on the report pipe: the exec happened (the write end is close-on-exec).
+  my $got = '';
+  while (1) {
+    my $n = sysread($rep_r, $got, 4096, length $got);
+    last if defined $n && $n == 0;
+    next if !defined $n && $!{EINTR};
+    last if !defined $n;
+  }
+  close($rep_r);
+  if (length $got >= 4) {
+    my ($e, $msg) = unpack('N a*', $got);
+    my $r;
+    do { $r = waitpid($pid, 0) } while ($r == -1 && $!{EINTR});
+    emit('failed', $id, errname($e), $msg);
+    return;
+  }
+  my $c = { id => $id, pid => $pid, capture => defined $req->{capture} };
+  if ($c->{capture}) {
+    $c->{max} = $req->{capture} + 0;
+    $c->{out} = { stdout => '', stderr => '' };
+    $c->{fh} = { stdout => $ours{stdout}, stderr => $ours{stderr} };
+    nonblock($_) for values %{ $c->{fh} };
+    if ($ours{in}) {
+      $c->{in} = $ours{in};
+      $c->{input} = $req->{input};
+      nonblock($c->{in});
+    }
+    $c->{why} = '';
+    $c->{deadline} = time_ms() + $req->{timeout} if defined $req->{timeout};
+  }
+  $byPid{$pid} = $c;
+  emit('spawned', $id, $pid);
+}
+
+# Elapsed real time in ms from times(2), in clock ticks (10 ms): Time::HiRes is not in perl-base.
+my $tick = POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100;
+sub time_ms { return (POSIX::times())[0] * 1000 / $tick }
+
+sub finish {
+  my $c = shift;
+  return if !defined $c->{status} || ($c->{capture} && %{ $c->{fh} });
+  delete $byPid{ $c->{pid} };
+  my $st = $c->{status};
+  my ($code, $sig) = ('', '');
+  if (POSIX::WIFEXITED($st)) { $code = POSIX::WEXITSTATUS($st) }
+  elsif (POSIX::WIFSIGNALED($st)) { $sig = POSIX::WTERMSIG($st) }
+  if ($c->{capture}) { emit('exit', $c->{id}, $code, $sig, $c->{out}{stdout}, $c->{out}{stderr}, $c->{why}) }
+  else { emit('exit', $c->{id}, $code, $sig) }
+}
+
+sub reap {
+  $chld = 0;
+  while ((my $pid = waitpid(-1, POSIX::WNOHANG())) > 0) {
+    my $c = $byPid{$pid} or next;
+    $c->{status} = $?;
+    # The child is gone: nobody reads what is left of its input.
+    if ($c->{in}) { close($c->{in}); delete $c->{in} }
+    finish($c);
+  }
+}
+
+sub request {
+  my @f = unpack('(N/a*)*', shift);
+  my ($verb, $id) = splice(@f, 0, 2);
+  return if !defined $verb || $verb ne 'spawn';
+  my %req = (arg => [], fd => []);
+  while (@f >= 2) {
+    my ($k, $v) = splice(@f, 0, 2);
+    if ($k eq 'arg' || $k eq 'fd') { push @{ $req{$k} }, $v }
+    else { $req{$k} = $v }
+  }
+  spawn($id, \%req);
+}
+
+nonblock(\*STDIN);
+binmode(STDIN);
+binmode(STDOUT);
+emit('ready', '0');
+while (1) {
+  reap() if $chld;
+  my ($rin, $win) = ('', '');
+  vec($rin, fileno(STDIN), 1) = 1;
+  my $now = time_ms();
+  my $wait;
+  for my $c (values %byPid) {
+    next if !$c->{capture};
+    vec($rin, fileno($_), 1) = 1 for values %{ $c->{fh} };
+    vec($win, fileno($c->{in}), 1) = 1 if $c->{in};
+    next if !defined $c->{deadline} || $c->{why};
+    if ($c->{deadline} <= $now) { $c->{why} = 'timeout'; kill('TERM', $c->{pid}); next }
+    my $left = ($c->{deadline} - $now) / 1000;
+    $wait = $left if !defined $wait || $left < $wait;
+  }
+  # A SIGCHLD that lands between the last waitpid and select is only seen at the next wakeup,
+  # so while children live the wait is bounded.
+  if (%byPid) { $wait = 0.2 if !defined $wait || $wait > 0.2 }
+  my $n = select(my $rout = $rin, my $wout = $win, undef, $wait);
+  next if $n <= 0;
+  if (vec($rout, fileno(STDIN), 1)) {
+    my $r = sysread(STDIN, $inbuf, 1 << 20, length $inbuf);
+    if (defined $r && $r == 0) { exit 0 }
+    while (length $inbuf >= 4) {
+      my $len = unpack('N', $inbuf);
+      last if length $inbuf < 4 + $len;
+      my $body = substr($inbuf, 4, $len);
+      substr($inbuf, 0, 4 + $len) = '';
+      request($body);
+    }
+  }
+  for my $c (values %byPid) {
+    next if !$c->{capture};
+    if ($c->{in} && vec($wout, fileno($c->{in}), 1)) {
+      my $w = syswrite($c->{in}, $c->{input});
+      if (defined $w) { substr($c->{input}, 0, $w) = '' }
+      if ((!defined $w && !$!{EAGAIN} && !$!{EINTR}) || $c->{input} eq '') { close($c->{in}); delete $c->{in} }
+    }
+    for my $k (keys %{ $c->{fh} }) {
+      my $fh = $c->{fh}{$k};
+      next if !vec($rout, fileno($fh), 1);
+      my $r = sysread($fh, $c->{out}{$k}, 1 << 16, length $c->{out}{$k});
+      next if !defined $r && ($!{EAGAIN} || $!{EINTR});
+      if (!$r) { close($fh); delete $c->{fh}{$k}; next }
+      if (length $c->{out}{$k} > $c->{max}) {
+        substr($c->{out}{$k}, $c->{max}) = '';
+        if (!$c->{why}) { $c->{why} = 'maxbuffer'; kill('TERM', $c->{pid}) }
+        close($fh);
+        delete $c->{fh}{$k};
+      }
+    }
+    finish($c);
+  }
+}

@@ -1,0 +1,353 @@
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, constants, existsSync, openSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from '../core/ports.js';
+
+/**
+ * Starting programs without forking the daemon. Every child_process spawn forks the whole
+ * Node process (100 MB and more): the kernel copies its page tables, and both sides then take
+ * copy-on-write faults until the child execs. The daemon instead starts one small Perl process
+ * (libexec/spawner.pl, perl-base modules only) at start-up and hands it every program start
+ * over a pipe; that process forks cheaply. When perl cannot be started, programs are spawned
+ * directly, as before.
+ */
+
+/** How a program ended: one of code (exit status) and signal is set. */
+export interface ChildExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** A long-running program (a VMM), its output going to files. */
+export interface Launch {
+  file: string;
+  args: readonly string[];
+  cwd?: string;
+  /** Start the program in its own session (setsid), so it outlives the daemon's terminal. */
+  setsid?: boolean;
+  /** Appended to. */
+  stdout: string;
+  /** Appended to; emptied first when `truncateStderr`. */
+  stderr: string;
+  truncateStderr?: boolean;
+  /** Files opened read-write and given to the program as fd 3, 4, … in order (/dev/tapN). */
+  fdPaths?: readonly string[];
+}
+
+/**
+ * A started program. `exit` resolves when it ends, or with undefined when its end can no longer
+ * be seen here (the spawner that started it died: the program lives on, reparented to init).
+ */
+export interface Launched {
+  pid: number;
+  exit: Promise<ChildExit | undefined>;
+}
+
+/** A short program whose output is read back. */
+export interface RunOptions {
+  input?: string | Buffer;
+  /** SIGTERM after this many ms. */
+  timeoutMs: number;
+  /** Bytes kept of stdout and of stderr each; the program gets SIGTERM past it. */
+  maxBytes: number;
+}
+
+export interface RunOutcome extends ChildExit {
+  stdout: Buffer;
+  stderr: Buffer;
+  /** Why the program was killed: its timeout ran out, or it wrote more than maxBytes. */
+  killed?: 'timeout' | 'maxbuffer';
+}
+
+/** The helper script: libexec/ sits two levels above both src/adapters/ and dist/adapters/. */
+export const SPAWNER_SCRIPT = fileURLToPath(new URL('../../libexec/spawner.pl', import.meta.url));
+
+const errnoError = (code: string, message: string, syscall: string): NodeJS.ErrnoException =>
+  Object.assign(new Error(message), { code, errno: -((osConstants.errno as Record<string, number>)[code] ?? 0), syscall });
+
+const signalName = (n: number): NodeJS.Signals | null =>
+  (Object.entries(osConstants.signals).find(([, v]) => v === n)?.[0] as NodeJS.Signals | undefined) ?? null;
+
+function field(v: string | Buffer): Buffer[] {
+  const b = typeof v === 'string' ? Buffer.from(v) : v;
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(b.length);
+  return [len, b];
+}
+
+function checkArgs(file: string, args: readonly string[]): void {
+  for (const a of [file, ...args]) {
+    // execve takes C strings: a NUL would cut the argument short without a word.
+    if (a.includes('\0')) throw Object.assign(new TypeError(`argument ${JSON.stringify(a)} of ${file} holds a NUL byte`), { code: 'ERR_INVALID_ARG_VALUE' });
+  }
+}
+
+interface Pending {
+  spawned(pid: number): void;
+  failed(err: NodeJS.ErrnoException): void;
+  exited(e: ChildExit, out?: { stdout: Buffer; stderr: Buffer; why: string }): void;
+  /** The spawner died: the request's outcome cannot be known any more. */
+  lost(): void;
+}
+
+/** One running spawner process and the requests it has not finished. */
+class SpawnerProcess {
+  private readonly child: ChildProcess;
+  private chunks: Buffer[] = [];
+  private have = 0;
+  private nextId = 1;
+  private readonly pending = new Map<string, Pending>();
+  readonly ready: Promise<boolean>;
+  private closed = false;
+  private started = false;
+
+  constructor(
+    script: string,
+    private readonly onClose: (p: SpawnerProcess) => void,
+  ) {
+    this.child = spawn('perl', [script], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let ready!: (ok: boolean) => void;
+    this.ready = new Promise((r) => (ready = r));
+    // Referenced until it answers, so a process awaiting the start is kept alive.
+    void this.ready.then(() => {
+      this.started = true;
+      this.idle();
+    });
+    this.child.once('error', () => ready(false));
+    this.child.stdin?.on('error', () => undefined);
+    this.child.stdout?.on('data', (d: Buffer) => this.data(d, ready));
+    this.child.once('close', () => {
+      ready(false);
+      this.closed = true;
+      for (const p of this.pending.values()) p.lost();
+      this.pending.clear();
+      this.onClose(this);
+    });
+    this.idle();
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  get alive(): boolean {
+    return !this.closed;
+  }
+
+  /** Unreferenced while nothing is pending, so a process that only holds the spawner may exit. */
+  private idle(): void {
+    const busy = this.pending.size > 0 || !this.started;
+    for (const h of [this.child, this.child.stdout, this.child.stdin] as ({ ref(): void; unref(): void } | null)[]) {
+      if (busy) h?.ref();
+      else h?.unref();
+    }
+  }
+
+  private data(d: Buffer, ready: (ok: boolean) => void): void {
+    // Chunks are joined only once a whole frame is in: joining at every read would copy a
+    // large output again and again.
+    this.chunks.push(d);
+    this.have += d.length;
+    while (this.have >= 4) {
+      if ((this.chunks[0]?.length ?? 0) < 4) this.chunks = [Buffer.concat(this.chunks, this.have)];
+      const len = this.chunks[0]?.readUInt32BE(0) ?? 0;
+      if (this.have < 4 + len) break;
+      const all = this.chunks.length === 1 ? (this.chunks[0] ?? Buffer.alloc(0)) : Buffer.concat(this.chunks, this.have);
+      const body = all.subarray(4, 4 + len);
+      const rest = all.subarray(4 + len);
+      this.chunks = rest.length ? [rest] : [];
+      this.have = rest.length;
+      const fields: Buffer[] = [];
+      for (let o = 0; o + 4 <= body.length; ) {
+        const n = body.readUInt32BE(o);
+        fields.push(body.subarray(o + 4, o + 4 + n));
+        o += 4 + n;
+      }
+      const [verb, id] = [fields[0]?.toString(), fields[1]?.toString() ?? ''];
+      if (verb === 'ready') {
+        ready(true);
+        continue;
+      }
+      const p = this.pending.get(id);
+      if (!p) continue;
+      const text = (i: number) => fields[i]?.toString() ?? '';
+      if (verb === 'spawned') p.spawned(Number(text(2)));
+      else if (verb === 'failed') {
+        this.pending.delete(id);
+        p.failed(errnoError(text(2), text(3), 'spawn'));
+      } else if (verb === 'exit') {
+        this.pending.delete(id);
+        const exit = { code: text(2) === '' ? null : Number(text(2)), signal: text(3) === '' ? null : signalName(Number(text(3))) };
+        p.exited(exit, fields.length > 4 ? { stdout: Buffer.from(fields[4] ?? ''), stderr: Buffer.from(fields[5] ?? ''), why: text(6) } : undefined);
+      }
+    }
+    this.idle();
+  }
+
+  request(fields: [string, string | Buffer][], p: Pending): void {
+    const id = String(this.nextId++);
+    const parts: Buffer[] = [...field('spawn'), ...field(id)];
+    for (const [k, v] of fields) parts.push(...field(k), ...field(v));
+    const body = Buffer.concat(parts);
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(body.length);
+    this.pending.set(id, p);
+    this.idle();
+    this.child.stdin?.write(Buffer.concat([head, body]));
+  }
+
+  /** Closes the request pipe: the spawner exits, leaving what it started running. */
+  close(): void {
+    this.child.stdin?.end();
+  }
+}
+
+let log: Logger | undefined;
+let current: SpawnerProcess | undefined;
+let starting: Promise<SpawnerProcess | undefined> | undefined;
+let wanted = false;
+
+async function begin(script: string): Promise<SpawnerProcess | undefined> {
+  const p = new SpawnerProcess(script, (dead) => {
+    if (current !== dead) return;
+    current = undefined;
+    if (!wanted) return;
+    log?.warn({ pid: dead.pid }, 'process spawner exited; starting another (programs it started keep running)');
+    starting = begin(script);
+  });
+  if (!(await p.ready)) {
+    wanted = false;
+    log?.warn({ script }, 'process spawner (perl) could not be started; programs are forked from the daemon itself');
+    return undefined;
+  }
+  current = p;
+  starting = undefined;
+  return p;
+}
+
+/**
+ * Starts the spawner for this process (the daemon calls it once at start-up); resolves whether
+ * it runs. Until it is called, and after it failed, programs are spawned directly. A spawner
+ * that dies later is replaced; the programs it started keep running.
+ */
+export async function startSpawner(logger: Logger, script = SPAWNER_SCRIPT): Promise<boolean> {
+  log = logger;
+  if (current?.alive) return true;
+  wanted = true;
+  if (!existsSync(script)) {
+    wanted = false;
+    logger.warn({ script }, 'process spawner script missing; programs are forked from the daemon itself');
+    return false;
+  }
+  starting ??= begin(script);
+  return (await starting) !== undefined;
+}
+
+/** Lets the spawner exit (its request pipe is closed); later starts are direct spawns. */
+export function stopSpawner(): void {
+  wanted = false;
+  current?.close();
+  current = undefined;
+  starting = undefined;
+}
+
+/** The spawner's pid while it runs (tests and benches trace it). */
+export function spawnerPid(): number | undefined {
+  return current?.pid;
+}
+
+async function spawner(): Promise<SpawnerProcess | undefined> {
+  if (current?.alive) return current;
+  return starting ? await starting : undefined;
+}
+
+/**
+ * Starts a long-running program and resolves once it was executed, with its pid. Rejects with
+ * an errno error (code ENOENT when the program is not found, or the errno of the failed open,
+ * chdir or exec) when it could not be started.
+ */
+export async function launch(l: Launch): Promise<Launched> {
+  checkArgs(l.file, l.args);
+  const s = await spawner();
+  if (!s) return launchDirect(l);
+  return await new Promise<Launched>((resolve, reject) => {
+    let exited!: (e: ChildExit | undefined) => void;
+    const exit = new Promise<ChildExit | undefined>((r) => (exited = r));
+    let pid: number | undefined;
+    const fields: [string, string][] = [...[l.file, ...l.args].map((a): [string, string] => ['arg', a]), ['stdout', `a${l.stdout}`], ['stderr', `${l.truncateStderr ? 't' : 'a'}${l.stderr}`]];
+    if (l.cwd !== undefined) fields.push(['cwd', l.cwd]);
+    if (l.setsid) fields.push(['setsid', '1']);
+    for (const f of l.fdPaths ?? []) fields.push(['fd', f]);
+    s.request(fields, {
+      spawned: (p) => {
+        pid = p;
+        resolve({ pid: p, exit });
+      },
+      failed: reject,
+      exited: (e) => exited(e),
+      lost: () => {
+        if (pid === undefined) reject(errnoError('ECHILD', `process spawner exited while starting ${l.file}`, 'spawn'));
+        exited(undefined);
+      },
+    });
+  });
+}
+
+function launchDirect(l: Launch): Launched | Promise<Launched> {
+  const out = openSync(l.stdout, 'a');
+  const err = openSync(l.stderr, constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND | (l.truncateStderr ? constants.O_TRUNC : 0));
+  const fds: number[] = [];
+  try {
+    for (const f of l.fdPaths ?? []) fds.push(openSync(f, 'r+'));
+    const child = spawn(l.file, l.args, { detached: l.setsid ?? false, stdio: ['ignore', out, err, ...fds], cwd: l.cwd });
+    child.unref();
+    const exit = new Promise<ChildExit | undefined>((r) => child.once('exit', (code, signal) => r({ code, signal })));
+    if (child.pid !== undefined) return { pid: child.pid, exit };
+    return new Promise((_, reject) => child.once('error', reject));
+  } finally {
+    for (const fd of [out, err, ...fds]) closeSync(fd);
+  }
+}
+
+/**
+ * Runs a program to its end and resolves how it ended and what it wrote (a non-zero exit is
+ * not an error here). Rejects with an errno error (code ENOENT when the program is not found)
+ * when it could not be started.
+ */
+export async function runProgram(file: string, args: readonly string[], opts: RunOptions): Promise<RunOutcome> {
+  checkArgs(file, args);
+  const s = await spawner();
+  if (!s) return runDirect(file, args, opts);
+  return await new Promise<RunOutcome>((resolve, reject) => {
+    const fields: [string, string | Buffer][] = [...[file, ...args].map((a): [string, string] => ['arg', a]), ['capture', String(opts.maxBytes)], ['timeout', String(opts.timeoutMs)]];
+    if (opts.input !== undefined) fields.push(['input', opts.input]);
+    s.request(fields, {
+      spawned: () => undefined,
+      failed: reject,
+      exited: (e, out) => {
+        const why = out?.why;
+        resolve({ ...e, stdout: out?.stdout ?? Buffer.alloc(0), stderr: out?.stderr ?? Buffer.alloc(0), ...(why === 'timeout' || why === 'maxbuffer' ? { killed: why } : {}) });
+      },
+      lost: () => reject(errnoError('ECHILD', `process spawner exited while ${file} ran`, 'spawn')),
+    });
+  });
+}
+
+function runDirect(file: string, args: readonly string[], opts: RunOptions): Promise<RunOutcome> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(file, args, { timeout: opts.timeoutMs, maxBuffer: opts.maxBytes, encoding: 'buffer' }, (err, stdout, stderr) => {
+      const e = err as (NodeJS.ErrnoException & { killed?: boolean; signal?: NodeJS.Signals | null; code?: string | number }) | null;
+      if (e && typeof e.code === 'string' && e.code !== 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER') {
+        reject(e);
+        return;
+      }
+      const killed = e?.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER' ? 'maxbuffer' : e?.killed ? 'timeout' : undefined;
+      resolve({ code: child.exitCode, signal: child.signalCode ?? e?.signal ?? null, stdout, stderr, ...(killed ? { killed } : {}) });
+    });
+    // A program that exits without reading its input makes stdin emit EPIPE; the exit status
+    // is what matters, and an unheard 'error' event would end the process.
+    child.stdin?.on('error', () => undefined);
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+  });
+}

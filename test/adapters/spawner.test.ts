@@ -1,0 +1,210 @@
+import assert from 'node:assert/strict';
+import { readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ErrorCode, MatchlockError } from '../../src/core/errors.js';
+import type { Logger } from '../../src/core/ports.js';
+import { run } from '../../src/adapters/exec.js';
+import { launch, runProgram, spawnerPid, startSpawner, stopSpawner, type RunOptions } from '../../src/adapters/spawner.js';
+import { isChild } from '../../src/adapters/vmm/children.js';
+import { launchDetached } from '../../src/adapters/vmm/launcher.js';
+import { pidAlive } from '../../src/adapters/vmm/process.js';
+import { EventSupervisor } from '../../src/adapters/vmm/supervisor.js';
+import { tempDir } from '../helpers/daemon.js';
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const opts: RunOptions = { timeoutMs: 10_000, maxBytes: 64 * 1024 * 1024 };
+
+/** A logger that keeps its warnings. */
+function warnings(): Logger & { seen: string[] } {
+  const seen: string[] = [];
+  const log = { seen, debug: () => undefined, info: () => undefined, warn: (_: unknown, m?: string) => void seen.push(m ?? String(_)), error: () => undefined, child: () => log };
+  return log as unknown as Logger & { seen: string[] };
+}
+
+const status = (pid: number, key: string) => new RegExp(`^${key}:\\s*(\\S+)`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+
+async function until(what: string, fn: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(20);
+  }
+}
+
+describe('process spawner: the daemon hands program starts to a small perl process', () => {
+  const tmp = tempDir('spawner');
+  const started: number[] = [];
+  const log = warnings();
+  before(async () => {
+    assert.equal(await startSpawner(log), true, `spawner did not start: ${log.seen.join('; ')}`);
+  });
+  after(() => {
+    stopSpawner();
+    for (const pid of started) if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
+    tmp.remove();
+  });
+
+  it('programs are the spawner\'s children, not this process\'s', async () => {
+    const r = await runProgram('sh', ['-c', 'echo $PPID'], opts);
+    assert.equal(Number(r.stdout.toString().trim()), spawnerPid());
+    assert.notEqual(spawnerPid(), process.pid);
+  });
+
+  it('passes every argument byte for byte: blanks, newlines, quotes, backslashes, empty, non-ASCII', async () => {
+    const args = ['a b', 'line1\nline2', '', ' ', '"\'$(x)`\\', 'é ü 日本 \u{1F600}', '\xff\xfe', '--', '-x', '%s'];
+    const r = await runProgram('printf', ['%s\\0', ...args], opts);
+    assert.equal(r.code, 0);
+    assert.deepEqual(r.stdout.toString('utf8').split('\0').slice(0, -1), args);
+  });
+
+  it('refuses a NUL in an argument rather than cutting it short', async () => {
+    await assert.rejects(runProgram('echo', ['a\0b'], opts), /NUL/);
+  });
+
+  it('reads back large output whole, and stops a program past the output bound', async () => {
+    const big = await runProgram('head', ['-c', String(20 * 1024 * 1024), '/dev/urandom'], opts);
+    assert.equal(big.code, 0);
+    assert.equal(big.stdout.length, 20 * 1024 * 1024);
+    const both = await runProgram('sh', ['-c', 'head -c 3000000 /dev/zero; head -c 2000000 /dev/zero >&2'], opts);
+    assert.deepEqual([both.stdout.length, both.stderr.length], [3_000_000, 2_000_000]);
+    const over = await runProgram('cat', ['/dev/zero'], { ...opts, maxBytes: 1024 * 1024 });
+    assert.equal(over.killed, 'maxbuffer');
+    assert.equal(over.stdout.length, 1024 * 1024);
+  });
+
+  it('writes input to the program\'s stdin, large or not read at all; without input stdin is empty', async () => {
+    const input = Buffer.alloc(5 * 1024 * 1024 + 7, 'x\n\0\xff');
+    const echoed = await runProgram('cat', [], { ...opts, input });
+    assert.ok(echoed.stdout.equals(input));
+    const unread = await runProgram('true', [], { ...opts, input });
+    assert.equal(unread.code, 0);
+    const none = await runProgram('cat', [], opts);
+    assert.deepEqual([none.code, none.stdout.length], [0, 0]);
+  });
+
+  it('reports exit codes and signals, and SIGTERMs a program past its timeout', async () => {
+    assert.deepEqual({ ...(await runProgram('sh', ['-c', 'exit 7'], opts)), stdout: undefined, stderr: undefined }, { code: 7, signal: null, stdout: undefined, stderr: undefined });
+    const killed = await runProgram('sh', ['-c', 'kill -KILL $$'], opts);
+    assert.deepEqual([killed.code, killed.signal], [null, 'SIGKILL']);
+    const slow = await runProgram('sleep', ['30'], { ...opts, timeoutMs: 300 });
+    assert.deepEqual([slow.code, slow.signal, slow.killed], [null, 'SIGTERM', 'timeout']);
+  });
+
+  it('a missing program is ENOENT; run() makes it FailedPrecondition "<cmd> is not installed"', async () => {
+    await assert.rejects(runProgram('matchlock-no-such-program', [], opts), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
+    await assert.rejects(run('matchlock-no-such-program', ['x']), (e: MatchlockError) => e.code === ErrorCode.FailedPrecondition && /matchlock-no-such-program x: matchlock-no-such-program is not installed/.test(e.message));
+    await assert.rejects(run('sh', ['-c', 'echo bad thing >&2; exit 2']), (e: MatchlockError) => e.code === ErrorCode.Internal && /bad thing/.test(e.message));
+    assert.equal((await run('echo', ['ok'])).stdout, 'ok\n');
+  });
+
+  it('launches with stdout appended, stderr emptied, a cwd, its own session and files from fd 3 on', async () => {
+    const out = join(tmp.path, 'l.out');
+    const err = join(tmp.path, 'l.err');
+    writeFileSync(out, 'before\n');
+    writeFileSync(err, 'old stderr\n');
+    const a = join(tmp.path, 'fd a');
+    writeFileSync(a, '');
+    const l = await launch({
+      file: 'sh',
+      // Field 6 of stat is the session id: the program's own pid when it leads its session.
+      args: ['-c', 'echo "$(pwd) $(readlink /proc/self/fd/3) $(readlink /proc/self/fd/4) $(cut -d" " -f6 /proc/self/stat)"; echo e >&2; exit 4'],
+      cwd: tmp.path,
+      setsid: true,
+      stdout: out,
+      stderr: err,
+      truncateStderr: true,
+      fdPaths: [a, '/dev/null'],
+    });
+    started.push(l.pid);
+    assert.deepEqual(await l.exit, { code: 4, signal: null });
+    assert.equal(readFileSync(out, 'utf8'), `before\n${tmp.path} ${a} /dev/null ${l.pid}\n`);
+    assert.equal(readFileSync(err, 'utf8'), 'e\n');
+  });
+
+  it('a launch that cannot exec, or cannot open its files, fails with the errno and starts nothing', async () => {
+    const base = { args: [] as string[], stdout: join(tmp.path, 'x.out'), stderr: join(tmp.path, 'x.err') };
+    await assert.rejects(launch({ ...base, file: '/nonexistent/vmm' }), (e: NodeJS.ErrnoException) => e.code === 'ENOENT' && /^exec /.test(e.message));
+    await assert.rejects(launch({ ...base, file: 'true', fdPaths: ['/dev/tap999999'] }), (e: NodeJS.ErrnoException) => e.code === 'ENOENT' && /open \/dev\/tap999999/.test(e.message));
+    await assert.rejects(launch({ ...base, file: 'true', cwd: '/nonexistent' }), (e: NodeJS.ErrnoException) => e.code === 'ENOENT' && /chdir/.test(e.message));
+    const qemu = await launchDetached({ what: 'qemu', bin: '/nonexistent/qemu', ...base, detached: true, ready: async () => undefined, timeoutMs: 5000, signal: new AbortController().signal }).catch((e: Error) => e.message);
+    assert.match(String(qemu), /^qemu binary \/nonexistent\/qemu not found/);
+  });
+
+  it('a VMM\'s exit is an event for the supervisor, without its poll', async () => {
+    const seen: string[] = [];
+    const sup = new EventSupervisor({ exited: (uid) => seen.push(uid), booted: () => undefined, healthy: () => undefined }, log, { pollMs: 60_000, healthyAfterMs: 3_600_000 });
+    try {
+      const pidFile = join(tmp.path, 'vmm.pid');
+      const pid = await launchDetached({ what: 'vmm', bin: '/bin/sh', args: ['-c', `echo $$ > '${pidFile}'; exec sleep 1000`], stdout: join(tmp.path, 'v.out'), stderr: join(tmp.path, 'v.err'), detached: true, ready: async () => Number(readFileSync(pidFile, { encoding: 'utf8', flag: 'a+' }).trim()) || undefined, timeoutMs: 10_000, signal: new AbortController().signal });
+      started.push(pid);
+      assert.equal(status(pid, 'PPid'), String(spawnerPid()));
+      sup.watch('vm', pid, join(tmp.path, 'none.console'));
+      process.kill(pid, 'SIGKILL');
+      await until('exit event', () => seen.includes('vm'));
+    } finally {
+      sup.stop();
+    }
+  });
+
+  it('a spawner that dies is replaced; what it started keeps running, no longer counts as a child, and its exit is found by the poll', async () => {
+    const seen: string[] = [];
+    const sup = new EventSupervisor({ exited: (uid) => seen.push(uid), booted: () => undefined, healthy: () => undefined }, log, { pollMs: 200, healthyAfterMs: 3_600_000 });
+    try {
+      const l = await launch({ file: 'sleep', args: ['1000'], setsid: true, stdout: '/dev/null', stderr: '/dev/null' });
+      started.push(l.pid);
+      const { trackChild } = await import('../../src/adapters/vmm/children.js');
+      trackChild(l.pid, l.exit);
+      sup.watch('orphan', l.pid, join(tmp.path, 'none.console'));
+      const runningPid = join(tmp.path, 'running.pid');
+      const running = runProgram('sh', ['-c', `echo $$ > '${runningPid}'; exec sleep 1000`], opts);
+      await until('the run started', () => readFileSync(runningPid, { encoding: 'utf8', flag: 'a+' }).endsWith('\n'));
+      started.push(Number(readFileSync(runningPid, 'utf8')));
+      const old = spawnerPid() ?? 0;
+      process.kill(old, 'SIGKILL');
+      assert.equal(await l.exit, undefined, 'the launch\'s end is unknown, not an exit');
+      await assert.rejects(running, /process spawner exited/);
+      assert.equal(isChild(l.pid), false);
+      assert.ok(pidAlive(l.pid), 'the VMM outlives its spawner');
+      await sleep(500);
+      assert.equal(seen.length, 0, 'not reported as exited');
+      assert.equal(log.seen.filter((m) => /spawner exited/.test(m)).length, 1);
+      await until('a new spawner', () => spawnerPid() !== undefined && spawnerPid() !== old);
+      const r = await runProgram('sh', ['-c', 'echo $PPID'], opts);
+      assert.equal(Number(r.stdout.toString().trim()), spawnerPid());
+      process.kill(l.pid, 'SIGKILL');
+      await until('exit by poll', () => seen.includes('orphan'));
+    } finally {
+      sup.stop();
+    }
+  });
+
+  it('the spawner exits when its pipe closes and leaves what it started running', async () => {
+    const l = await launch({ file: 'sleep', args: ['1000'], setsid: true, stdout: '/dev/null', stderr: '/dev/null' });
+    started.push(l.pid);
+    const pid = spawnerPid() ?? 0;
+    assert.match(readlinkSync(`/proc/${pid}/exe`), /perl/);
+    stopSpawner();
+    await until('spawner gone', () => !pidAlive(pid) || status(pid, 'State') === 'Z');
+    assert.ok(pidAlive(l.pid));
+    assert.equal(await l.exit, undefined);
+  });
+
+  it('without perl, programs are spawned directly after one warning', async () => {
+    const path = process.env.PATH;
+    const before = log.seen.length;
+    try {
+      process.env.PATH = join(tmp.path, 'empty');
+      assert.equal(await startSpawner(log), false);
+    } finally {
+      process.env.PATH = path;
+    }
+    assert.deepEqual(log.seen.slice(before).filter((m) => /could not be started/.test(m)).length, 1);
+    assert.equal(spawnerPid(), undefined);
+    const r = await runProgram('sh', ['-c', 'echo $PPID'], opts);
+    assert.equal(Number(r.stdout.toString().trim()), process.pid);
+    await assert.rejects(run('matchlock-no-such-program', []), /is not installed/);
+    const slow = await runProgram('sleep', ['30'], { ...opts, timeoutMs: 300 });
+    assert.deepEqual([slow.signal, slow.killed], ['SIGTERM', 'timeout']);
+  });
+});
