@@ -199,9 +199,11 @@ export interface LinkInfo {
 
 export interface HostNetwork {
   get(name: string): Promise<LinkInfo | undefined>;
+  /** Creates the TAP and resolves it as read from the host after the change. */
   createTap(name: string, opts: { bridge: string; alias: string }): Promise<LinkInfo>;
   /** Re-attaches an existing TAP to a bridge and brings it up. */
   attach(name: string, bridge: string): Promise<void>;
+  /** Creates the MACVTAP and resolves it as read from the host after the change. */
   createMacvtap(name: string, opts: { parent: string; alias: string; mac: string }): Promise<LinkInfo>;
   remove(name: string): Promise<void>;
   /** Links whose alias marks them as matchlock's. */

@@ -23,4 +23,9 @@ const [bySysfs, getSpawns] = await cost(() => Promise.all(names.map((n) => sys.g
 const byIp = await Promise.all(names.map((n) => ip.get(n)));
 const [ownedSys, listSpawns] = await cost(() => sys.listOwned());
 const ownedIp = await ip.listOwned();
-process.stdout.write(JSON.stringify({ own, created, mcreated, bySysfs, byIp, ownedSys, ownedIp, spawns: { tap: tapSpawns, macvtap: macvtapSpawns, get: getSpawns, list: listSpawns } }));
+// Without sysfs the batch that makes a link also shows it: still one process, and what it
+// resolves is what a read afterwards sees.
+const [ipCreated, ipTapSpawns] = await cost(() => ip.createTap(`${tap}i`, { bridge: 'br0', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth2' }));
+const [ipMcreated, ipMacvtapSpawns] = await cost(() => ip.createMacvtap(`${mvt}i`, { parent: 'vparent', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth3', mac: '02:00:00:00:00:33' }));
+const ipRead = [await ip.get(`${tap}i`), await ip.get(`${mvt}i`)];
+process.stdout.write(JSON.stringify({ own, created, mcreated, bySysfs, byIp, ownedSys, ownedIp, ipCreated: [ipCreated, ipMcreated], ipRead, spawns: { tap: tapSpawns, macvtap: macvtapSpawns, get: getSpawns, list: listSpawns, ipTap: ipTapSpawns, ipMacvtap: ipMacvtapSpawns } }));

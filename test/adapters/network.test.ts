@@ -21,9 +21,9 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
   });
   const node = (prefix: string[], args: string[]) => JSON.parse(execFileSync(prefix[0] ?? '', [...prefix.slice(1), process.execPath, '--import', 'tsx', probe, ...args], { cwd: ROOT, encoding: 'utf8' })) as Record<string, unknown>;
 
-  it('sysfs and ip -json see the same links; a TAP or a MACVTAP costs one process, reads none', () => {
+  it('sysfs and ip -json see the same links; a TAP or a MACVTAP costs one process either way', () => {
     // `ip netns exec` mounts a sysfs of the namespace, as a daemon in its own namespace sees it.
-    const r = node(['ip', 'netns', 'exec', ns], ['full']) as { own: boolean; bySysfs: unknown[]; byIp: unknown[]; ownedSys: unknown[]; ownedIp: unknown[]; created: { kind: string; master: string; up: boolean; alias: string }; mcreated: { kind: string; mac: string }; spawns: Record<string, number> };
+    const r = node(['ip', 'netns', 'exec', ns], ['full']) as { own: boolean; bySysfs: unknown[]; byIp: unknown[]; ownedSys: unknown[]; ownedIp: unknown[]; ipCreated: unknown[]; ipRead: unknown[]; created: { kind: string; master: string; up: boolean; alias: string }; mcreated: { kind: string; mac: string }; spawns: Record<string, number> };
     assert.equal(r.own, true, 'sysfs shows the namespace');
     assert.deepEqual(r.bySysfs, r.byIp);
     assert.equal(r.bySysfs.length, 6);
@@ -33,7 +33,8 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
     assert.deepEqual({ kind: r.created.kind, master: r.created.master, up: r.created.up }, { kind: 'tap', master: 'br0', up: true });
     assert.match(r.created.alias, /^matchlock:/);
     assert.deepEqual({ kind: r.mcreated.kind, mac: r.mcreated.mac }, { kind: 'macvtap', mac: '02:00:00:00:00:31' });
-    assert.deepEqual(r.spawns, { tap: 1, macvtap: 1, get: 0, list: 0 });
+    assert.deepEqual(r.spawns, { tap: 1, macvtap: 1, get: 0, list: 0, ipTap: 1, ipMacvtap: 1 });
+    assert.deepEqual(r.ipCreated, r.ipRead, 'without sysfs, a create resolves the link as a read after it');
   });
 
   it('under nsenter --net, whose /sys still shows the host, sysfs is not used', () => {

@@ -107,8 +107,12 @@ export class FakeWorld {
     },
   };
 
+  /** How often each link was read (get), to hold plans to the reads they need. */
+  readonly linkReads = new Map<string, number>();
+
   readonly network: HostNetwork = {
     get: async (name) => {
+      this.linkReads.set(name, (this.linkReads.get(name) ?? 0) + 1);
       const l = this.links.get(name);
       return l && { ...l };
     },
@@ -135,7 +139,10 @@ export class FakeWorld {
       if (!this.links.has(opts.parent)) throw new Error(`parent ${opts.parent} missing`);
       const link: LinkInfo = { name, ifindex: this.nextIndex++, mac: opts.mac, kind: 'macvtap', alias: opts.alias, up: true };
       if (!this.skip('macvtap')) this.links.set(name, link);
-      return { ...link };
+      // What the host shows after the change, as the iproute2 adapter reads it back.
+      const shown = this.links.get(name);
+      if (!shown) throw new Error(`link ${name} vanished right after it was created`);
+      return { ...shown };
     },
     remove: async (name) => {
       this.calls.push(`link rm ${name}`);

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { FakeWorld } from '../../../test/fakes/host.js';
 import { silentLogger as quiet } from '../../../test/fakes/memory-store.js';
+import { hostDeviceName } from '../microvm/host-names.js';
 import { initialStatus, type MicroVM, type MicroVMStatus } from '../microvm/types.js';
 import type { RuntimeStatus } from '../ports.js';
 import type { ProviderDescriptor, VmmProvider } from '../vmm.js';
@@ -108,6 +109,15 @@ describe('create plan on fakes', () => {
       assert.equal(r.ok, false, `${broken}: the plan fails`);
       assert.match(r.ok ? '' : r.err.message, new RegExp(`^${stepName}`), `${broken}: the error names the step`);
     }
+  });
+
+  it('reads each new link once (needed): run reads it back with its change, and verify uses that read', async () => {
+    // Without sysfs (a daemon entered into a namespace) every read is an `ip` process.
+    const world = new FakeWorld();
+    const r = await ensure(world, vm());
+    assert.ok(r.ok);
+    const [tap, macvtap] = [hostDeviceName(vm(), 0), hostDeviceName(vm(), 1)];
+    assert.deepEqual([world.linkReads.get(tap), world.linkReads.get(macvtap)], [1, 1]);
   });
 
   it('the daemon died between step k and k+1: the next pass converges, for every k', async () => {

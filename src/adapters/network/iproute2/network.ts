@@ -127,23 +127,37 @@ export class Iproute2Network implements HostNetwork {
     return l ? toInfo(l) : undefined;
   }
 
-  /** Runs iproute2 commands (one per line, without the leading `ip`) in one process. */
-  private async batch(lines: string[][]): Promise<void> {
+  /**
+   * Runs iproute2 commands (one per line, without the leading `ip`) in one process. Without
+   * sysfs, the same process then shows `show` (ip -json -details), which saves the read that
+   * would follow: the link as it is after the change, or undefined when it was not shown.
+   */
+  private async batch(lines: string[][], show: string): Promise<LinkInfo | undefined> {
     for (const l of lines) {
       // -batch splits on blanks and reads quotes and backslashes; our names and aliases never
       // hold them, and one that did would silently become another command.
       if (l.some((a) => a === '' || /[\s"'\\#]/.test(a))) throw new MatchlockError(ErrorCode.InvalidArgument, `ip arguments must not hold blanks, quotes or backslashes: ${l.join(' ')}`);
     }
-    await run('ip', ['-batch', '-'], { input: lines.map((l) => l.join(' ')).join('\n') + '\n' });
+    const viaIp = !this.viaSysfs;
+    const all = viaIp ? [...lines, ['link', 'show', 'dev', show]] : lines;
+    const { stdout } = await run('ip', [...(viaIp ? ['-json', '-details'] : []), '-batch', '-'], { input: all.map((l) => l.join(' ')).join('\n') + '\n' });
+    if (!viaIp) return undefined;
+    // Only the show prints: one JSON array on its line.
+    const last = stdout.trim().split('\n').at(-1) ?? '';
+    const [l] = (last.startsWith('[') ? JSON.parse(last) : []) as IpLink[];
+    return l?.ifname === show ? toInfo(l) : undefined;
   }
 
   async createTap(name: string, opts: { bridge: string; alias: string }): Promise<LinkInfo> {
-    await this.batch([
-      ['tuntap', 'add', 'dev', name, 'mode', 'tap'],
-      ['link', 'set', 'dev', name, 'alias', opts.alias],
-      ['link', 'set', 'dev', name, 'master', opts.bridge, 'up'],
-    ]);
-    return this.must(name);
+    const shown = await this.batch(
+      [
+        ['tuntap', 'add', 'dev', name, 'mode', 'tap'],
+        ['link', 'set', 'dev', name, 'alias', opts.alias],
+        ['link', 'set', 'dev', name, 'master', opts.bridge, 'up'],
+      ],
+      name,
+    );
+    return shown ?? this.must(name);
   }
 
   async attach(name: string, bridge: string): Promise<void> {
@@ -151,11 +165,14 @@ export class Iproute2Network implements HostNetwork {
   }
 
   async createMacvtap(name: string, opts: { parent: string; alias: string; mac: string }): Promise<LinkInfo> {
-    await this.batch([
-      ['link', 'add', 'link', opts.parent, 'name', name, 'address', opts.mac, 'type', 'macvtap', 'mode', 'bridge'],
-      ['link', 'set', 'dev', name, 'alias', opts.alias, 'up'],
-    ]);
-    return this.must(name);
+    const shown = await this.batch(
+      [
+        ['link', 'add', 'link', opts.parent, 'name', name, 'address', opts.mac, 'type', 'macvtap', 'mode', 'bridge'],
+        ['link', 'set', 'dev', name, 'alias', opts.alias, 'up'],
+      ],
+      name,
+    );
+    return shown ?? this.must(name);
   }
 
   async remove(name: string): Promise<void> {

@@ -27,6 +27,11 @@ export class TapInterface implements Step {
   }
   /** What needed() saw in this pass, so run() does not look up the same link again. */
   private seen: { link: LinkInfo | undefined } | undefined;
+  /**
+   * The link as run() read it from the host after its change, for verify: reading it again at
+   * once would cost another `ip` process when sysfs shows another namespace.
+   */
+  private made: LinkInfo | undefined;
   private ok(link: LinkInfo | undefined): link is LinkInfo {
     return link !== undefined && link.master === this.bridge && link.up;
   }
@@ -44,14 +49,20 @@ export class TapInterface implements Step {
     if (!(await network.get(this.bridge))) throw failedPrecondition(`bridge ${this.bridge} for interface ${this.iface.deviceId} not found on this host`);
     const existing = seen ? seen.link : await network.get(this.device);
     let link = existing ?? (await network.createTap(this.device, { bridge: this.bridge, alias: linkAlias(this.ctx.vm.uid, this.iface.deviceId) }));
+    let fresh = !existing;
     if (!this.ok(link)) {
       await network.attach(this.device, this.bridge);
-      link = (await network.get(this.device)) ?? link;
+      const after = await network.get(this.device);
+      fresh = after !== undefined;
+      link = after ?? link;
     }
+    this.made = fresh ? link : undefined;
     record(this.ctx, this.index, this.iface, this.device, link);
   }
   async verify(): Promise<void> {
-    if (!this.ok(await this.ctx.deps.network.get(this.device))) throw failedPrecondition(`${this.device} is not up on bridge ${this.bridge}`);
+    const made = this.made;
+    this.made = undefined;
+    if (!this.ok(made ?? (await this.ctx.deps.network.get(this.device)))) throw failedPrecondition(`${this.device} is not up on bridge ${this.bridge}`);
   }
 }
 
@@ -77,10 +88,15 @@ export class MacvtapInterface implements Step {
     if (!parentIface) throw failedPrecondition(`MACVTAP interface ${this.iface.deviceId} needs matchlockd --parent-iface`);
     if (!(await network.get(parentIface))) throw failedPrecondition(`parent interface ${parentIface} for ${this.iface.deviceId} not found on this host`);
     const link = await network.createMacvtap(this.device, { parent: parentIface, alias: linkAlias(this.ctx.vm.uid, this.iface.deviceId), mac: guestMac(this.ctx.vm, this.index) });
+    this.made = link;
     record(this.ctx, this.index, this.iface, this.device, link);
   }
+  /** The link as run() read it after creating it (see TapInterface.made). */
+  private made: LinkInfo | undefined;
   async verify(): Promise<void> {
-    if (!(await this.ctx.deps.network.get(this.device))) throw failedPrecondition(`${this.device} is not on the host after it was created`);
+    const made = this.made;
+    this.made = undefined;
+    if (!(made ?? (await this.ctx.deps.network.get(this.device)))) throw failedPrecondition(`${this.device} is not on the host after it was created`);
   }
 }
 
