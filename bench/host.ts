@@ -3,7 +3,8 @@
 // 1. Processes per create: the daemon runs under `strace -f -e trace=execve` while `creates`
 //    VMs (test guest, root volume, one TAP, user-data) are created one after the other until
 //    CREATED; every program it starts is counted (a /bin/sh that execs the VMM counts twice).
-//    strace sees every fork whatever the code does, so the same script measures any version.
+//    strace sees every fork whatever the code does (it also follows the daemon's process
+//    spawner), so the same script measures any version.
 // 2. Idle CPU with `vms` supervised VMMs: that many VMs (kernel and initrd, one TAP, no volume)
 //    run on test/fakes/qemu-standin.pl (QEMU's command line, pid file, QMP socket, then
 //    asleep), and the daemon's CPU is read from /proc over `idleSeconds` beside a baseline
@@ -106,7 +107,10 @@ try {
   // 1. processes per create
   await created(await vms.create('warm', [{ id: 'eth0', type: 'TAP' }], '#!/bin/sh\necho hi\n'));
   const trace = join(tmp, 'strace.out');
-  const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=execve', '-e', 'signal=none', '-o', trace, '-p', String(pid)], { stdio: 'ignore' });
+  // The daemon's children too (its process spawner, which starts its programs): -f follows only
+  // the processes made after strace attached.
+  const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+  const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=execve', '-e', 'signal=none', '-o', trace, ...[String(pid), ...children].flatMap((p) => ['-p', p])], { stdio: 'ignore' });
   await new Promise((r) => setTimeout(r, 1500));
   for (let i = 0; i < creates; i++) await created(await vms.create(`c${i}`, [{ id: 'eth0', type: 'TAP' }], '#!/bin/sh\necho hi\n'));
   strace.kill('SIGINT');
