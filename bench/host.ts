@@ -99,7 +99,7 @@ try {
   ip('-n', ns, 'link', 'set', 'lo', 'up');
   ip('-n', ns, 'link', 'add', 'br0', 'type', 'bridge');
   ip('-n', ns, 'link', 'set', 'br0', 'up');
-  await importGuest({ stateDir }, testGuestLayout());
+  await importGuest({ stateDir }, testGuestLayout(), { init: true });
   daemon = await startDaemon();
   const pid = daemon.pid ?? 0;
   const created = async (uid: string) => waitFor(`VM ${uid} CREATED`, async () => stateOf(await vms.get(uid)) === 'CREATED', 120_000, 20);
