@@ -14,9 +14,12 @@
 #   stdout a<path>      opened O_WRONLY|O_CREAT|O_APPEND; t<path> truncates first
 #   stderr a|t<path>    the same for stderr
 #   fd <path>           opened O_RDWR and given to the child as fd 3, 4, ... in order
-#   capture <max>       stdout and stderr go to pipes, read here up to <max> bytes each
+#   capture <max>       stdout and stderr (those not sent to a file) go to pipes, read here up
+#                       to <max> bytes each
 #   input <bytes>       written to the child's stdin (a pipe), then closed
 #   timeout <ms>        a capturing child still running after it gets SIGTERM
+#   env NAME=value      repeated: the environment of this and later programs, all of it (sent
+#                       when the daemon's environment changed since the last request)
 # Events:
 #   ready 0                              the spawner runs (sent once, first)
 #   spawned <id> <pid>                   the program was executed
@@ -124,7 +127,7 @@ sub spawn {
   my %ours;    # the ends this process keeps
   my $ok = pipe(my $rep_r, my $rep_w);
   if ($ok && defined $req->{capture}) {
-    $ok = pipe($ours{stdout}, $pipes{stdout}) && pipe($ours{stderr}, $pipes{stderr});
+    for my $k ('stdout', 'stderr') { $ok &&= pipe($ours{$k}, $pipes{$k}) if !defined $req->{$k} }
   }
   if ($ok && defined $req->{input}) { $ok = pipe($pipes{in}, $ours{in}) }
   if (!$ok) { emit('failed', $id, errname($! + 0), "pipe: $!"); return }
@@ -153,7 +156,7 @@ sub spawn {
   if ($c->{capture}) {
     $c->{max} = $req->{capture} + 0;
     $c->{out} = { stdout => '', stderr => '' };
-    $c->{fh} = { stdout => $ours{stdout}, stderr => $ours{stderr} };
+    $c->{fh} = { map { $ours{$_} ? ($_ => $ours{$_}) : () } 'stdout', 'stderr' };
     nonblock($_) for values %{ $c->{fh} };
     if ($ours{in}) {
       $c->{in} = $ours{in};
@@ -198,12 +201,13 @@ sub request {
   my @f = unpack('(N/a*)*', shift);
   my ($verb, $id) = splice(@f, 0, 2);
   return if !defined $verb || $verb ne 'spawn';
-  my %req = (arg => [], fd => []);
+  my %req = (arg => [], fd => [], env => []);
   while (@f >= 2) {
     my ($k, $v) = splice(@f, 0, 2);
-    if ($k eq 'arg' || $k eq 'fd') { push @{ $req{$k} }, $v }
+    if ($k eq 'arg' || $k eq 'fd' || $k eq 'env') { push @{ $req{$k} }, $v }
     else { $req{$k} = $v }
   }
+  if (@{ $req{env} }) { %ENV = map { split(/=/, $_, 2) } @{ $req{env} } }
   spawn($id, \%req);
 }
 

@@ -1,4 +1,4 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, constants, existsSync, openSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -51,6 +51,8 @@ export interface RunOptions {
   timeoutMs: number;
   /** Bytes kept of stdout and of stderr each; the program gets SIGTERM past it. */
   maxBytes: number;
+  /** A file stdout is written to (emptied first) instead of being read back. */
+  stdoutFile?: string;
 }
 
 export interface RunOutcome extends ChildExit {
@@ -74,6 +76,11 @@ function field(v: string | Buffer): Buffer[] {
   const len = Buffer.alloc(4);
   len.writeUInt32BE(b.length);
   return [len, b];
+}
+
+function environment(): { key: string; entries: string[] } {
+  const entries = Object.entries(process.env).flatMap(([k, v]) => (v === undefined || k.includes('=') || k.includes('\0') || v.includes('\0') ? [] : [`${k}=${v}`]));
+  return { key: entries.join('\0'), entries };
 }
 
 function checkArgs(file: string, args: readonly string[]): void {
@@ -101,6 +108,8 @@ class SpawnerProcess {
   readonly ready: Promise<boolean>;
   private closed = false;
   private started = false;
+  /** The environment the spawner passes on: the daemon's when it started it. */
+  private env = environment().key;
 
   constructor(
     script: string,
@@ -189,6 +198,13 @@ class SpawnerProcess {
     const id = String(this.nextId++);
     const parts: Buffer[] = [...field('spawn'), ...field(id)];
     for (const [k, v] of fields) parts.push(...field(k), ...field(v));
+    // Programs get the daemon's environment as it is now, as a direct spawn would: it is sent
+    // again whenever it changed since the spawner last heard it.
+    const env = environment();
+    if (env.key !== this.env) {
+      this.env = env.key;
+      for (const e of env.entries) parts.push(...field('env'), ...field(e));
+    }
     const body = Buffer.concat(parts);
     const head = Buffer.alloc(4);
     head.writeUInt32BE(body.length);
@@ -322,6 +338,7 @@ export async function runProgram(file: string, args: readonly string[], opts: Ru
   return await new Promise<RunOutcome>((resolve, reject) => {
     const fields: [string, string | Buffer][] = [...[file, ...args].map((a): [string, string] => ['arg', a]), ['capture', String(opts.maxBytes)], ['timeout', String(opts.timeoutMs)]];
     if (opts.input !== undefined) fields.push(['input', opts.input]);
+    if (opts.stdoutFile !== undefined) fields.push(['stdout', `t${opts.stdoutFile}`]);
     s.request(fields, {
       spawned: () => undefined,
       failed: reject,
@@ -336,18 +353,46 @@ export async function runProgram(file: string, args: readonly string[], opts: Ru
 
 function runDirect(file: string, args: readonly string[], opts: RunOptions): Promise<RunOutcome> {
   return new Promise((resolve, reject) => {
-    const child = execFile(file, args, { timeout: opts.timeoutMs, maxBuffer: opts.maxBytes, encoding: 'buffer' }, (err, stdout, stderr) => {
-      const e = err as (NodeJS.ErrnoException & { killed?: boolean; signal?: NodeJS.Signals | null; code?: string | number }) | null;
-      if (e && typeof e.code === 'string' && e.code !== 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER') {
-        reject(e);
-        return;
-      }
-      const killed = e?.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER' ? 'maxbuffer' : e?.killed ? 'timeout' : undefined;
-      resolve({ code: child.exitCode, signal: child.signalCode ?? e?.signal ?? null, stdout, stderr, ...(killed ? { killed } : {}) });
+    const out = opts.stdoutFile === undefined ? undefined : openSync(opts.stdoutFile, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_APPEND);
+    let child: ChildProcess;
+    try {
+      child = spawn(file, args, { stdio: ['pipe', out ?? 'pipe', 'pipe'] });
+    } finally {
+      if (out !== undefined) closeSync(out);
+    }
+    const kept = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
+    const size = { stdout: 0, stderr: 0 };
+    let killed: RunOutcome['killed'];
+    let settled = false;
+    const kill = (why: NonNullable<RunOutcome['killed']>) => {
+      if (killed) return;
+      killed = why;
+      child.kill('SIGTERM');
+    };
+    for (const k of ['stdout', 'stderr'] as const) {
+      child[k]?.on('data', (d: Buffer) => {
+        const keep = d.subarray(0, Math.max(0, opts.maxBytes - size[k]));
+        kept[k].push(keep);
+        size[k] += keep.length;
+        if (keep.length < d.length) kill('maxbuffer');
+      });
+    }
+    const timer = setTimeout(() => kill('timeout'), opts.timeoutMs);
+    child.once('error', (e) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.once('close', (code, signal) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve({ code, signal, stdout: Buffer.concat(kept.stdout), stderr: Buffer.concat(kept.stderr), ...(killed ? { killed } : {}) });
     });
     // A program that exits without reading its input makes stdin emit EPIPE; the exit status
     // is what matters, and an unheard 'error' event would end the process.
     child.stdin?.on('error', () => undefined);
-    if (opts.input !== undefined) child.stdin?.end(opts.input);
+    child.stdin?.end(opts.input);
   });
 }

@@ -58,6 +58,17 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     assert.deepEqual(r.stdout.toString('utf8').split('\0').slice(0, -1), args);
   });
 
+  it('programs get the environment as it is at their start, as with a direct spawn', async () => {
+    const echo = async () => (await runProgram('sh', ['-c', 'echo "${MATCHLOCK_SPAWNER_TEST-unset}"'], opts)).stdout.toString();
+    process.env.MATCHLOCK_SPAWNER_TEST = 'a b\nc';
+    try {
+      assert.equal(await echo(), 'a b\nc\n');
+    } finally {
+      delete process.env.MATCHLOCK_SPAWNER_TEST;
+    }
+    assert.equal(await echo(), 'unset\n');
+  });
+
   it('refuses a NUL in an argument rather than cutting it short', async () => {
     await assert.rejects(runProgram('echo', ['a\0b'], opts), /NUL/);
   });
@@ -81,6 +92,14 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     assert.equal(unread.code, 0);
     const none = await runProgram('cat', [], opts);
     assert.deepEqual([none.code, none.stdout.length], [0, 0]);
+  });
+
+  it('writes stdout to a file (emptied first) while stderr is read back', async () => {
+    const file = join(tmp.path, 'vmlinux');
+    writeFileSync(file, 'old and longer content\n');
+    const r = await runProgram('sh', ['-c', 'cat; echo warning >&2'], { ...opts, input: 'payload\n', stdoutFile: file });
+    assert.deepEqual([r.code, r.stdout.length, r.stderr.toString()], [0, 0, 'warning\n']);
+    assert.equal(readFileSync(file, 'utf8'), 'payload\n');
   });
 
   it('reports exit codes and signals, and SIGTERMs a program past its timeout', async () => {
@@ -206,5 +225,10 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     await assert.rejects(run('matchlock-no-such-program', []), /is not installed/);
     const slow = await runProgram('sleep', ['30'], { ...opts, timeoutMs: 300 });
     assert.deepEqual([slow.signal, slow.killed], ['SIGTERM', 'timeout']);
+    const over = await runProgram('cat', ['/dev/zero'], { ...opts, maxBytes: 1024 * 1024 });
+    assert.deepEqual([over.killed, over.stdout.length], ['maxbuffer', 1024 * 1024]);
+    const file = join(tmp.path, 'direct.out');
+    const toFile = await runProgram('sh', ['-c', 'cat; echo warning >&2; exit 3'], { ...opts, input: 'x y\n', stdoutFile: file });
+    assert.deepEqual([toFile.code, toFile.stderr.toString(), readFileSync(file, 'utf8')], [3, 'warning\n', 'x y\n']);
   });
 });

@@ -1,7 +1,6 @@
-import { spawn } from 'node:child_process';
 import { open, rename, rm, stat } from 'node:fs/promises';
-import { createWriteStream } from 'node:fs';
 import { failedPrecondition } from '../../../core/errors.js';
+import { runProgram } from '../../spawner.js';
 
 /** What a kernel file is, from its first bytes. */
 export type KernelKind = 'elf-x86_64' | 'elf-other' | 'bzimage' | 'unknown';
@@ -92,23 +91,12 @@ export async function ensureVmlinux(kernel: string, out: string): Promise<string
   return out;
 }
 
-function decompress(argv: string[], input: Buffer, out: string): Promise<void> {
+async function decompress(argv: string[], input: Buffer, out: string): Promise<void> {
   const [cmd, ...args] = argv as [string, ...string[]];
-  return new Promise((resolve, reject) => {
-    const sink = createWriteStream(out);
-    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    let err = '';
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.stdout.pipe(sink);
-    child.once('error', (e) => reject(new Error(`${cmd}: ${e.message}`)));
-    child.stdin.on('error', () => undefined); // the tool may stop reading at the end of its stream
-    child.once('close', (code) => {
-      sink.close(() => {
-        // lz4 and gzip exit non-zero on data after the stream end; the size check decides.
-        if (code === 0 || code === 1 || code === 2) resolve();
-        else reject(new Error(`${cmd} exited with ${code}: ${err.trim()}`));
-      });
-    });
-    child.stdin.end(input);
+  const r = await runProgram(cmd, args, { input, stdoutFile: out, timeoutMs: 300_000, maxBytes: 1024 * 1024 }).catch((e: Error) => {
+    throw new Error(`${cmd}: ${e.message}`);
   });
+  // lz4 and gzip exit non-zero on data after the stream end; the size check decides.
+  if (r.code === 0 || r.code === 1 || r.code === 2) return;
+  throw new Error(`${cmd} exited with ${r.code ?? r.signal}: ${r.stderr.toString().trim()}`);
 }

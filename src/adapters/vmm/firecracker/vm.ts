@@ -1,6 +1,5 @@
-import { spawn } from 'node:child_process';
 import { noteSpawn } from '../../exec.js';
-import { launch } from '../../spawner.js';
+import { launch, runProgram } from '../../spawner.js';
 import { trackChild } from '../children.js';
 import { readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, link, mkdir, open, symlink, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
@@ -490,13 +489,9 @@ export function parseBootTime(log: string): number | undefined {
 
 /** `firecracker --version` -> `1.16.1`. */
 export async function firecrackerVersion(bin: string): Promise<string> {
-  const out = await new Promise<string>((resolve, reject) => {
-    const child = spawn(bin, ['--version'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let text = '';
-    child.stdout.on('data', (d: Buffer) => (text += d.toString()));
-    child.once('error', reject);
-    child.once('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`${bin} --version exited with ${code}`))));
-  });
+  const r = await runProgram(bin, ['--version'], { timeoutMs: 10_000, maxBytes: 1024 * 1024 });
+  if (r.code !== 0) throw new Error(`${bin} --version exited with ${r.code ?? r.signal}`);
+  const out = r.stdout.toString();
   const m = /Firecracker v(\S+)/.exec(out);
   if (!m?.[1]) throw new Error(`${bin} --version printed no Firecracker version: ${out.trim()}`);
   return m[1];
