@@ -37,6 +37,9 @@ use Errno ();
 use Fcntl qw(F_GETFL F_SETFL F_SETFD FD_CLOEXEC O_NONBLOCK O_RDWR O_RDONLY O_WRONLY O_CREAT O_APPEND O_TRUNC);
 
 $SIG{PIPE} = 'IGNORE';
+# A terminal's ^C or a hangup reaches the whole process group: the spawner outlives them and
+# exits when the daemon does (its pipe closes), so the daemon is never left without it.
+$SIG{$_} = 'IGNORE' for qw(INT QUIT HUP TERM);
 my $chld = 0;
 $SIG{CHLD} = sub { $chld = 1 };
 
@@ -71,8 +74,8 @@ sub errname { my $e = shift; local $! = $e; for (keys %!) { return $_ if $!{$_} 
 # In the forked child: everything up to exec. Failures go back on $report as errno and text.
 sub child {
   my ($req, $report, $pipes) = @_;
-  $SIG{PIPE} = 'DEFAULT';
-  $SIG{CHLD} = 'DEFAULT';
+  # Ignored signals stay ignored across exec: a program starts with the defaults, as from Node.
+  $SIG{$_} = 'DEFAULT' for qw(PIPE CHLD INT QUIT HUP TERM);
   my $fail = sub {
     my ($what) = @_;
     my $e = $! + 0;

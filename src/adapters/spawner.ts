@@ -62,7 +62,7 @@ export interface RunOutcome extends ChildExit {
   killed?: 'timeout' | 'maxbuffer';
 }
 
-/** The helper script: libexec/ sits two levels above both src/adapters/ and dist/adapters/. */
+/** The spawner script: libexec/ sits two levels above both src/adapters/ and dist/adapters/. */
 export const SPAWNER_SCRIPT = fileURLToPath(new URL('../../libexec/spawner.pl', import.meta.url));
 
 const errnoError = (code: string, message: string, syscall: string): NodeJS.ErrnoException =>

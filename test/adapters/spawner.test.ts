@@ -69,6 +69,14 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     assert.equal(await echo(), 'unset\n');
   });
 
+  it('outlives SIGINT, SIGHUP and SIGTERM, and its programs start with every signal at its default', async () => {
+    const pid = spawnerPid() ?? 0;
+    for (const sig of ['SIGINT', 'SIGHUP', 'SIGTERM'] as const) process.kill(pid, sig);
+    const r = await runProgram('sh', ['-c', 'grep -E "^Sig(Ign|Blk)" /proc/self/status'], opts);
+    assert.equal(spawnerPid(), pid);
+    assert.match(r.stdout.toString(), /^SigBlk:\s+0+\nSigIgn:\s+0+\n$/);
+  });
+
   it('refuses a NUL in an argument rather than cutting it short', async () => {
     await assert.rejects(runProgram('echo', ['a\0b'], opts), /NUL/);
   });
