@@ -3,7 +3,6 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { createHttpApi } from '../adapters/api/http/server.js';
 import { bindGrpc, createGrpcServer, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { MicroVMService } from '../core/microvm/service.js';
@@ -37,9 +36,7 @@ import { buildProviders, chooseDefaultProvider, providerEntries } from './provid
 import { deviceAlias } from '../core/microvm/host-names.js';
 import { PowerService } from '../core/microvm/power.js';
 import { serverInfoSource } from './server-info.js';
-import { DaemonMetrics } from '../adapters/metrics/prometheus.js';
 import { VERSION } from '../version.js';
-import { metricsSources, opsServers } from './metrics.js';
 
 export interface RunningDaemon {
   grpcPort: number;
@@ -140,7 +137,10 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   } catch (err) {
     throw configError((err as Error).message);
   }
-  const metrics = cfg.metricsEndpoint ? new DaemonMetrics({ version: VERSION, providers: [...providerRegistry.keys()] }) : undefined;
+  // prom-client, the metrics and debug endpoints and the HTTP gateway are loaded only when
+  // configured: an idle daemon without them is about 2 MB smaller (bench/README.md).
+  const ops = cfg.metricsEndpoint || cfg.debugEndpoint ? await import('./metrics.js') : undefined;
+  const metrics = cfg.metricsEndpoint ? new (await import('../adapters/metrics/prometheus.js')).DaemonMetrics({ version: VERSION, providers: [...providerRegistry.keys()] }) : undefined;
   const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry, metrics?.images);
   // Supervisor events need the reconciler and queue, which need the runtime that owns the
   // supervisor: the handlers are bound once all three exist.
@@ -187,7 +187,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const delay = reconciler.vmmExited(uid, pid);
     if (delay !== undefined) queue.enqueue(uid, delay);
   };
-  metrics?.setSources(metricsSources({ store, queue, reconciler, runtime, vmms }));
+  if (ops) metrics?.setSources(ops.metricsSources({ store, queue, reconciler, runtime, vmms }));
   events.booted = (uid, pid) => reconciler.guestBooted(uid, pid);
   events.healthy = (uid) => reconciler.vmmHealthy(uid);
   const service = new MicroVMService({
@@ -258,7 +258,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   }), cfg.consoleLogMaxBytes, logger);
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, console: consoleOf, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });
   let httpServer: HttpServer | undefined;
-  const ops = opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger });
+  const opsEndpoints = ops?.opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger }) ?? [];
   let resync: NodeJS.Timeout | undefined;
   const drainable: Drainable = {
     stopServing: async (force) => {
@@ -268,9 +268,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
         grpcServer.forceShutdown();
         httpServer?.closeAllConnections();
       }
-      for (const o of ops) o.server.closeAllConnections();
+      for (const o of opsEndpoints) o.server.closeAllConnections();
       await Promise.all([
-        ...ops.map((o) => new Promise<void>((resolve) => o.server.close(() => resolve()))),
+        ...opsEndpoints.map((o) => new Promise<void>((resolve) => o.server.close(() => resolve()))),
         new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
         httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
       ]);
@@ -305,12 +305,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
     let httpPort: number | undefined;
     if (cfg.enableHttp) {
-      httpServer = createHttpApi({ service, logger, token, tls, matchlock, observe: metrics && ((rpc, status, s) => metrics.request('http', rpc, String(status), s)) });
+      httpServer = (await import('../adapters/api/http/server.js')).createHttpApi({ service, logger, token, tls, matchlock, observe: metrics && ((rpc, status, s) => metrics.request('http', rpc, String(status), s)) });
       httpPort = await listen(httpServer, cfg.httpEndpoint);
       logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
     }
     const opsPorts: Record<string, number> = {};
-    for (const o of ops) {
+    for (const o of opsEndpoints) {
       opsPorts[o.key] = await listen(o.server, o.endpoint, o.key);
       logger.info({ endpoint: o.endpoint, port: opsPorts[o.key], tls: !!tls, auth: !!token }, `${o.key.replace(/-endpoint$/, '')} endpoint listening`);
     }

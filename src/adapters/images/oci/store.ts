@@ -5,7 +5,6 @@ import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, wri
 import { join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
-import * as tar from 'tar';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { formatReference, parseReference } from '../../../core/images/reference.js';
 import type { ImageStore, Logger } from '../../../core/ports.js';
@@ -271,6 +270,8 @@ export class LocalImageStore implements ImageStore {
     return withTemporary(join(this.root, '.import'), async (tmp) => {
       await mkdir(tmp);
       // strict: node-tar otherwise turns write errors (ENOSPC) into warnings and carries on.
+      // node-tar is loaded here, by the one path that needs it, not by every daemon.
+      const tar = await import('tar');
       await tar.x({ file: source, cwd: tmp, preserveOwner: false, strict: true });
       return await this.importLayout(tmp, name);
     });
