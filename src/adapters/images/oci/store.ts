@@ -512,21 +512,27 @@ export class ImageCatalog {
    * VM is still waiting to pull or unpack is never collected from under it.
    */
   async usage(vms: Iterable<MicroVM> | AsyncIterable<MicroVM>): Promise<Map<string, string[]>> {
-    const out = new Map<string, string[]>();
-    const add = (digest: string, who: string) => {
-      const users = out.get(digest) ?? [];
-      if (!users.includes(who)) users.push(who);
-      out.set(digest, users);
+    // A set per digest and each reference resolved once per call: thousands of VMs of one image
+    // made this quadratic (an includes() over every user so far) and read the same ref file for each.
+    const users = new Map<string, Set<string>>();
+    const resolved = new Map<string, Promise<string | undefined>>();
+    const resolve = (ref: string) => {
+      let p = resolved.get(ref);
+      if (!p) resolved.set(ref, (p = this.store.resolve(ref).catch(() => undefined)));
+      return p;
     };
     for await (const vm of vms) {
       const who = `${vm.spec.namespace}/${vm.spec.name}`;
       const pinned = vm.status.imageDigests ?? {};
       for (const ref of imageRefs(vm.spec)) {
-        const digest = pinned[ref] ?? (await this.store.resolve(ref).catch(() => undefined));
-        if (digest) add(digest, who);
+        const digest = pinned[ref] ?? (await resolve(ref));
+        if (!digest) continue;
+        let set = users.get(digest);
+        if (!set) users.set(digest, (set = new Set()));
+        set.add(who);
       }
     }
-    return out;
+    return new Map([...users].map(([digest, set]) => [digest, [...set]]));
   }
 
   /** Removes one reference; its unpacked tree and base volume go when nothing else uses them. */
