@@ -22,6 +22,7 @@
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
+import { buildSync } from 'esbuild';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -40,79 +41,15 @@ import {
   ListMicroVMsRequestSchema,
   ListMicroVMsResponseSchema,
   MicroVM as MicroVMServiceDesc,
-  type CreateMicroVMRequest,
 } from '../src/gen/services/microvm/v1alpha1/microvms_pb.js';
 import { MicroVMSchema, MicroVMSpecSchema, MicroVMStatus_MicroVMState, NetworkInterface_IfaceType, type MicroVMSpec } from '../src/gen/types/microvm_pb.js';
 import { MemoryStore } from '../test/fakes/memory-store.js';
 import { DAEMON_BIN, startDaemon, type DaemonHandle } from '../test/helpers/daemon.js';
+import { openBaselineDb } from './baseline-server.js';
 import { writeImageLayout } from '../test/helpers/oci.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const nums = (s: string | undefined, d: number[]) => (s === undefined ? d : s.split(',').map(Number).filter((n) => n > 0));
-
-// ---------------------------------------------------------------- the baseline server (child)
-
-
-/** Pre-encoded bytes pass through; anything else is a protobuf-es message of the method's output. */
-function rawServiceDefinition(): grpc.ServiceDefinition {
-  const def = serviceDefinition(MicroVMServiceDesc) as Record<string, grpc.MethodDefinition<unknown, unknown>>;
-  for (const m of Object.values(def)) {
-    const encode = m.responseSerialize;
-    m.responseSerialize = (v: unknown) => (Buffer.isBuffer(v) ? v : encode(v));
-  }
-  return def;
-}
-
-function fieldBytes(field: number, payload: Buffer): Buffer[] {
-  const head: number[] = [(field << 3) | 2];
-  let n = payload.length;
-  while (n > 127) {
-    head.push((n & 127) | 128);
-    n >>>= 7;
-  }
-  head.push(n);
-  return [Buffer.from(head), payload];
-}
-
-function openBaselineDb(path: string): Database.Database {
-  const db = new Database(path);
-  db.pragma('journal_mode = WAL');
-  db.pragma('synchronous = FULL');
-  db.exec('CREATE TABLE IF NOT EXISTS vms (uid TEXT PRIMARY KEY, wire BLOB NOT NULL)');
-  return db;
-}
-
-function runBaseline(dbPath: string, socket: string): void {
-  const db = openBaselineDb(dbPath);
-  const insert = db.prepare<[string, Buffer]>('INSERT INTO vms (uid, wire) VALUES (?, ?)');
-  const get = db.prepare<[string], Buffer>('SELECT wire FROM vms WHERE uid = ?').pluck();
-  const all = db.prepare<[], Buffer>('SELECT wire FROM vms ORDER BY uid').pluck();
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
-  server.addService(rawServiceDefinition(), {
-    createMicroVM: (call: grpc.ServerUnaryCall<CreateMicroVMRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-      const uid = randomBytes(13).toString('hex').toUpperCase().slice(0, 26);
-      const spec = create(MicroVMSpecSchema, call.request.microvm);
-      spec.uid = uid;
-      const vm = toBinary(MicroVMSchema, create(MicroVMSchema, { version: 1, spec, status: { state: MicroVMStatus_MicroVMState.PENDING } }));
-      insert.run(uid, Buffer.from(vm));
-      cb(null, Buffer.concat(fieldBytes(1, Buffer.from(vm))));
-    },
-    getMicroVM: (call: grpc.ServerUnaryCall<{ uid: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
-      const w = get.get(call.request.uid);
-      if (!w) cb({ code: grpc.status.NOT_FOUND, details: 'not found' });
-      else cb(null, Buffer.concat(fieldBytes(1, w)));
-    },
-    listMicroVMs: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => {
-      const parts: Buffer[] = [];
-      for (const w of all.iterate()) parts.push(...fieldBytes(1, w));
-      cb(null, Buffer.concat(parts));
-    },
-  });
-  server.bindAsync(`unix:${socket}`, grpc.ServerCredentials.createInsecure(), (err) => {
-    if (err) throw err;
-    process.stdout.write('listening\n');
-  });
-}
 
 // ---------------------------------------------------------------- helpers
 
@@ -127,10 +64,27 @@ function rss(pid: number): number {
   return Number(m?.[1] ?? 0) / 1024;
 }
 
+/**
+ * How to run the baseline server: through tsx like a checkout's daemon, or, when the daemon runs
+ * compiled (MATCHLOCK_COMPILED=1), as one esbuild bundle run by plain Node (its packages stay in
+ * node_modules), so neither side carries tsx.
+ */
+let bundled: string | undefined;
+function baselineEntry(): string[] {
+  const source = fileURLToPath(new URL('./baseline-server.ts', import.meta.url));
+  if (process.env.MATCHLOCK_COMPILED !== '1') return [...process.execArgv, source];
+  if (!bundled) {
+    const out = join(ROOT, 'node_modules', '.cache', 'matchlock-bench', 'baseline-server.mjs');
+    buildSync({ entryPoints: [source], bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', outfile: out, logLevel: 'silent' });
+    bundled = out;
+  }
+  return [bundled];
+}
+
 async function startBaseline(dir: string): Promise<Server> {
   const socket = join(dir, 'baseline.sock');
   rmSync(socket, { force: true });
-  const proc = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), 'baseline-server', join(dir, 'baseline.db'), socket], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const proc = spawn(process.execPath, [...baselineEntry(), join(dir, 'baseline.db'), socket], { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
     proc.stdout.once('data', () => resolve());
     proc.once('exit', (c) => reject(new Error(`baseline server exited with ${c}`)));
@@ -454,8 +408,4 @@ async function main(): Promise<void> {
   if (bursts.length) await part2(bursts, entry);
 }
 
-if (process.argv[2] === 'baseline-server') {
-  runBaseline(process.argv[3] ?? '', process.argv[4] ?? '');
-} else {
-  await main();
-}
+await main();

@@ -1,11 +1,6 @@
 import { Command } from 'commander';
 import { dirname, join } from 'node:path';
-import { removeGuard } from '../host/guard.js';
-import { DEFAULT_CONFIG_PATH } from '../daemon/config.js';
-import { hostSetup } from '../host/setup.js';
-import { run } from '../adapters/exec.js';
-import { loadHubConfig } from '../hub/config.js';
-import { hubSetup, hubTeardown } from '../hub/hub.js';
+import { DEFAULT_CONFIG_PATH } from '../daemon/config-path.js';
 import { EXIT, cliError } from './client.js';
 import { table } from './output.js';
 import type { Io } from './vm.js';
@@ -40,7 +35,7 @@ export function hostCommand(io: Io, output: () => string): Command {
       const settings = parseSettings(o.set);
       let result;
       try {
-        result = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, daemonBin: o.daemonBin, guardPath: guardPath(o) });
+        result = await (await import('../host/setup.js')).hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, daemonBin: o.daemonBin, guardPath: guardPath(o) });
       } catch (err) {
         throw cliError((err as Error).message, EXIT.usage);
       }
@@ -72,26 +67,26 @@ export function hostCommand(io: Io, output: () => string): Command {
     .action(async (o: { interface: string; address: string; rangeStart: string; rangeEnd: string; uplink?: string; dhcp: string; hubStateDir: string; set?: string[]; configOut: string; unitOut: string; down?: boolean; guard: boolean }) => {
       let uplink = o.uplink;
       if (!uplink) {
-        const { stdout } = await run('ip', ['-json', 'route', 'show', 'default']);
+        const { stdout } = await (await import('../adapters/exec.js')).run('ip', ['-json', 'route', 'show', 'default']);
         uplink = (JSON.parse(stdout || '[]') as { dev?: string }[])[0]?.dev;
         if (!uplink) throw cliError('no default route to take the uplink from; give --uplink', EXIT.usage);
       }
       let hub;
       try {
-        hub = loadHubConfig(undefined, { interface: o.interface, mode: 'bridge', address: o.address, 'range-start': o.rangeStart, 'range-end': o.rangeEnd, uplink, dhcp: o.dhcp, 'state-dir': o.hubStateDir });
+        hub = (await import('../hub/config.js')).loadHubConfig(undefined, { interface: o.interface, mode: 'bridge', address: o.address, 'range-start': o.rangeStart, 'range-end': o.rangeEnd, uplink, dhcp: o.dhcp, 'state-dir': o.hubStateDir });
       } catch (err) {
         throw cliError((err as Error).message, EXIT.usage);
       }
       // Hub failures are FailedPrecondition errors: exit 6.
       if (o.down) {
-        await hubTeardown(hub);
-        if (o.guard) await removeGuard();
+        await (await import('../hub/hub.js')).hubTeardown(hub);
+        if (o.guard) await (await import('../host/guard.js')).removeGuard();
         io.out(`removed ${o.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
         return;
       }
-      await hubSetup(hub);
+      await (await import('../hub/hub.js')).hubSetup(hub);
       const settings = { 'bridge-name': o.interface, ...parseSettings(o.set) };
-      const { checks } = await hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, guardPath: guardPath(o) }).catch((err: unknown) => {
+      const { checks } = await (await import('../host/setup.js')).hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, guardPath: guardPath(o) }).catch((err: unknown) => {
         throw cliError((err as Error).message, EXIT.usage);
       });
       const failures = checks.filter((c) => c.status === 'fail');

@@ -2,7 +2,6 @@ import { Command } from 'commander';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { hubConfigYaml, loadHubConfig, type HubConfig } from '../hub/config.js';
-import { hubLeases, hubSetup, hubStatus, hubTeardown } from '../hub/hub.js';
 import { create } from '@bufbuild/protobuf';
 import { generatedMac } from '../core/microvm/host-names.js';
 import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
@@ -98,7 +97,7 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
   withConfig(hub.command('setup').description('bring the hub up (idempotent)')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const c = config(o);
-      await hubSetup(c);
+      await (await import('../hub/hub.js')).hubSetup(c);
       mkdirSync(dirname(record), { recursive: true, mode: 0o750 });
       const text = `# Written by matchlock hub setup; hub status, leases and teardown read it.\n${hubConfigYaml(c)}`;
       if (!existsSync(record) || readFileSync(record, 'utf8') !== text) writeFileSync(record, text);
@@ -108,14 +107,14 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
   withConfig(hub.command('teardown').description('remove exactly what setup made')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const c = config(o);
-      await hubTeardown(c);
+      await (await import('../hub/hub.js')).hubTeardown(c);
       if (recorded(c)) rmSync(record, { force: true });
       io.out('hub removed\n');
     }),
   );
   withConfig(hub.command('status').description('each piece up or down, with the reason')).action((o: Record<string, unknown>) =>
     wrap(async () => {
-      const pieces = await hubStatus(config(o));
+      const pieces = await (await import('../hub/hub.js')).hubStatus(config(o));
       if (output() === 'json') io.out(JSON.stringify(pieces, null, 2) + '\n');
       else io.out(table([['PIECE', 'STATE', 'DETAIL'], ...pieces.map((p) => [p.piece, p.ok ? 'up' : 'down', p.detail])]));
       if (pieces.some((p) => !p.ok)) throw cliError('some pieces are down', EXIT.precondition);
@@ -123,7 +122,7 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
   );
   withConfig(hub.command('leases').description('current DHCP leases')).action((o: Record<string, unknown>) =>
     wrap(async () => {
-      const leases = await hubLeases(config(o));
+      const leases = await (await import('../hub/hub.js')).hubLeases(config(o));
       // The owning MicroVM when a matchlockd answers; leases stand on their own otherwise.
       const vms = await owners(connectOptions()).catch(() => new Map<string, string>());
       const rows = leases.map((l) => ({ ...l, microvm: vms.get(l.mac) ?? '' }));

@@ -1,10 +1,9 @@
 import { Command } from 'commander';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { DEFAULT_CONFIG_PATH, loadConfig, type DaemonConfig } from '../daemon/config.js';
-import { listSetting, registryClient } from '../adapters/images/oci/registry.js';
-import { ImageCatalog, LocalImageStore, normalizeRef, type PullProgress } from '../adapters/images/oci/store.js';
-import { SqliteStore } from '../adapters/store/sqlite/store.js';
+import { DEFAULT_CONFIG_PATH } from '../daemon/config-path.js';
+import type { DaemonConfig } from '../daemon/config.js';
+import type { ImageCatalog, PullProgress } from '../adapters/images/oci/store.js';
 import { parseDuration } from '../core/duration.js';
 import type { Logger } from '../core/ports.js';
 import { EXIT, cliError } from './client.js';
@@ -23,6 +22,12 @@ interface ImageOpts {
 
 const quiet: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => quiet };
 
+/** The image store, its registry client and the record store (better-sqlite3), loaded by the image commands only. */
+async function stores() {
+  const [registry, oci, sqlite] = await Promise.all([import('../adapters/images/oci/registry.js'), import('../adapters/images/oci/store.js'), import('../adapters/store/sqlite/store.js')]);
+  return { ...registry, ...oci, ...sqlite };
+}
+
 function human(bytes: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB'];
   let n = bytes;
@@ -38,7 +43,8 @@ function human(bytes: number): string {
  * The daemon's settings as matchlockd would load them (its config file, MATCHLOCK_* variables),
  * with the image command's flags over them: the state dir and the registry settings.
  */
-function daemonSettings(o: ImageOpts): DaemonConfig {
+async function daemonSettings(o: ImageOpts): Promise<DaemonConfig> {
+  const { loadConfig } = await import('../daemon/config.js');
   const flags: Record<string, unknown> = {};
   const given: [string, string | undefined][] = [
     ['state-dir', o.stateDir], ['registry-auth-file', o.registryAuthFile], ['insecure-registries', o.insecureRegistries],
@@ -71,10 +77,11 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .option('--registry-mirrors <list>', 'registry=mirror pairs (default: the config\'s)');
   let settings: DaemonConfig | undefined;
   /** The daemon's settings, checked once per command: the state dir must hold a store. */
-  const cfg = (): DaemonConfig => {
+  const cfg = async (): Promise<DaemonConfig> => {
     if (settings) return settings;
+    const { SqliteStore } = await stores();
     const o = image.opts<ImageOpts>();
-    const c = daemonSettings(o);
+    const c = await daemonSettings(o);
     if (!existsSync(join(c.stateDir, 'matchlock.db'))) {
       if (!o.init) {
         const from = o.stateDir !== undefined ? '--state-dir' : `state-dir (from ${o.config ?? DEFAULT_CONFIG_PATH} or its default)`;
@@ -86,8 +93,9 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     settings = c;
     return c;
   };
-  const store = () => {
-    const c = cfg();
+  const store = async () => {
+    const c = await cfg();
+    const { registryClient, listSetting, LocalImageStore } = await stores();
     const registry = registryClient(
       { authFile: c.registryAuthFile, insecure: listSetting(c.insecureRegistries), plainHttp: listSetting(c.plainHttpRegistries), mirrors: listSetting(c.registryMirrors) },
       quiet,
@@ -96,7 +104,8 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
   };
   /** digest -> the VMs that use it, by the same rule the daemon's garbage collection uses. */
   const usage = async (catalog: ImageCatalog) => {
-    const db = new SqliteStore(join(cfg().stateDir, 'matchlock.db'));
+    const { SqliteStore } = await stores();
+    const db = new SqliteStore(join((await cfg()).stateDir, 'matchlock.db'));
     try {
       return await catalog.usage(db.list({}));
     } finally {
@@ -120,8 +129,9 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
           lastDone = p.blobsDone;
         }
       };
-      const digest = await store().pull(ref, quiet, show);
+      const digest = await (await store()).pull(ref, quiet, show);
       if (tty) io.err('\n');
+      const { normalizeRef } = await stores();
       io.out(output() === 'json' ? JSON.stringify({ ref: normalizeRef(ref), digest }) + '\n' : `${normalizeRef(ref)} ${digest}\n`);
     });
 
@@ -130,7 +140,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .description('import an OCI image layout directory or a tar of one')
     .option('--name <ref>', "reference to store it under (default: the layout's full ref.name annotation)")
     .action(async (source: string, o: { name?: string }) => {
-      const { ref, digest } = await store().import(source, o.name);
+      const { ref, digest } = await (await store()).import(source, o.name);
       io.out(output() === 'json' ? JSON.stringify({ ref, digest }) + '\n' : `${ref} ${digest}\n`);
     });
 
@@ -139,7 +149,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .alias('list')
     .description('list images: reference, digest, size, used by')
     .action(async () => {
-      const catalog = new ImageCatalog(store());
+      const catalog = new (await stores()).ImageCatalog(await store());
       const users = await usage(catalog);
       const images = (await catalog.list()).map((i) => ({ ...i, usedBy: users.get(i.digest) ?? [] }));
       if (output() === 'json') io.out(JSON.stringify(images, null, 2) + '\n');
@@ -150,7 +160,8 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .command('rm <ref...>')
     .description('remove images no MicroVM uses')
     .action(async (refs: string[]) => {
-      const catalog = new ImageCatalog(store());
+      const { ImageCatalog, normalizeRef } = await stores();
+      const catalog = new ImageCatalog(await store());
       const inUse = new Set((await usage(catalog)).keys());
       for (const ref of refs) {
         await catalog.remove(ref, inUse);
@@ -165,7 +176,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .action(async (o: { grace: string }) => {
       const grace = parseDuration(o.grace);
       if (grace === undefined) throw cliError(`--grace ${o.grace}: must be a duration like 1h`, EXIT.usage);
-      const catalog = new ImageCatalog(store());
+      const catalog = new (await stores()).ImageCatalog(await store());
       const removed = await catalog.collect(new Set((await usage(catalog)).keys()), grace);
       io.out(removed.length ? removed.map((r) => `${r} removed\n`).join('') : 'nothing to prune\n');
     });

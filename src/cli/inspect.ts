@@ -1,9 +1,7 @@
 import { Command } from 'commander';
 import { existsSync } from 'node:fs';
-import { DEFAULT_CONFIG_PATH, loadConfig } from '../daemon/config.js';
-import { loadHubConfig } from '../hub/config.js';
-import { hubLeases } from '../hub/hub.js';
-import { inspectHost, inspectHub, type Check, type DaemonAccess } from '../host/inspect.js';
+import { DEFAULT_CONFIG_PATH } from '../daemon/config-path.js';
+import type { Check, DaemonAccess } from '../host/inspect.js';
 import { EXIT, cliError } from './client.js';
 import { table } from './output.js';
 import { HUB_FLAGS, hubFlagValues, hubRecordPath } from './hub.js';
@@ -30,6 +28,7 @@ export function inspectCommand(io: Io, output: () => string, access: () => Daemo
     if (o.daemonStateDir) flags['state-dir'] = o.daemonStateDir;
     if (o.grpcEndpoint) flags['grpc-endpoint'] = o.grpcEndpoint;
     if (o.bridgeName) flags['bridge-name'] = o.bridgeName;
+    const { loadConfig } = await import('../daemon/config.js');
     let cfg;
     try {
       cfg = loadConfig({ flags, file: { path: typeof o.config === 'string' ? o.config : DEFAULT_CONFIG_PATH, explicit: typeof o.config === 'string' }, env: process.env });
@@ -45,12 +44,12 @@ export function inspectCommand(io: Io, output: () => string, access: () => Daemo
       const named = Object.values(hubFlags).some((v) => v !== undefined);
       const file = typeof o.hubFile === 'string' ? o.hubFile : !named && existsSync(record) ? record : undefined;
       // A bad hub setting is InvalidArgument: exit 2.
-      const hub = loadHubConfig(file, hubFlags);
-      checks.push(...(await inspectHub(hub)));
-      leases = await hubLeases(hub);
+      const hub = (await import('../hub/config.js')).loadHubConfig(file, hubFlags);
+      checks.push(...(await (await import('../host/inspect.js')).inspectHub(hub)));
+      leases = await (await import('../hub/hub.js')).hubLeases(hub);
     }
     // With --hub, a machine with neither a store nor a daemon answering is taken as hub-only.
-    if (!o.hubOnly) checks.unshift(...(await inspectHost(cfg, { access: access(), leases, hubOnlyUnlessDaemon: withHub })));
+    if (!o.hubOnly) checks.unshift(...(await (await import('../host/inspect.js')).inspectHost(cfg, { access: access(), leases, hubOnlyUnlessDaemon: withHub })));
     if (output() === 'json') io.out(JSON.stringify(checks, null, 2) + '\n');
     else {
       io.out(table([['STATUS', 'CHECK', 'EVIDENCE'], ...checks.map((c) => [c.status.toUpperCase(), c.check, c.evidence + (c.fix ? `  -> fix: ${c.fix}` : '')])]));

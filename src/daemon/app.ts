@@ -3,10 +3,10 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { createHttpApi } from '../adapters/api/http/server.js';
 import { bindGrpc, createGrpcServer, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { MicroVMService } from '../core/microvm/service.js';
+import type { MicroVM } from '../core/microvm/types.js';
 import type { Logger } from '../core/ports.js';
 import { longestSocketPath, UNIX_SOCKET_PATH_MAX } from '../core/vmm.js';
 import { HostRuntime } from '../core/plan/host-runtime.js';
@@ -37,9 +37,7 @@ import { buildProviders, chooseDefaultProvider, providerEntries } from './provid
 import { deviceAlias } from '../core/microvm/host-names.js';
 import { PowerService } from '../core/microvm/power.js';
 import { serverInfoSource } from './server-info.js';
-import { DaemonMetrics } from '../adapters/metrics/prometheus.js';
 import { VERSION } from '../version.js';
-import { metricsSources, opsServers } from './metrics.js';
 import { startSpawner, stopSpawner } from '../adapters/spawner.js';
 
 export interface RunningDaemon {
@@ -144,7 +142,10 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   } catch (err) {
     throw configError((err as Error).message);
   }
-  const metrics = cfg.metricsEndpoint ? new DaemonMetrics({ version: VERSION, providers: [...providerRegistry.keys()] }) : undefined;
+  // prom-client, the metrics and debug endpoints and the HTTP gateway are loaded only when
+  // configured: an idle daemon without them is about 2 MB smaller (bench/README.md).
+  const ops = cfg.metricsEndpoint || cfg.debugEndpoint ? await import('./metrics.js') : undefined;
+  const metrics = cfg.metricsEndpoint ? new (await import('../adapters/metrics/prometheus.js')).DaemonMetrics({ version: VERSION, providers: [...providerRegistry.keys()] }) : undefined;
   const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry, metrics?.images);
   // Supervisor events need the reconciler and queue, which need the runtime that owns the
   // supervisor: the handlers are bound once all three exist.
@@ -191,7 +192,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const delay = reconciler.vmmExited(uid, pid);
     if (delay !== undefined) queue.enqueue(uid, delay);
   };
-  metrics?.setSources(metricsSources({ store, queue, reconciler, runtime, vmms }));
+  if (ops) metrics?.setSources(ops.metricsSources({ store, queue, reconciler, runtime, vmms }));
   events.booted = (uid, pid) => reconciler.guestBooted(uid, pid);
   events.healthy = (uid) => reconciler.vmmHealthy(uid);
   const service = new MicroVMService({
@@ -235,7 +236,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     enqueueAll()
       .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync failed'))
       .then(() => collectImages())
-      .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'image garbage collection failed'));
+      .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'image garbage collection failed'))
+      .then(() => everyLogBound.pass());
   };
   const token = cfg.basicAuthToken || undefined;
   // matchlock.v1: power operations, the event stream and server info. Event streams end when
@@ -255,14 +257,40 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     if (!inst) throw new MatchlockError(ErrorCode.FailedPrecondition, `provider ${vm.spec.provider} is not known to this matchlock`);
     return { log: inst.consolePath, provider: vm.spec.provider, input: inst.consoleInput };
   };
-  // Every file a VMM keeps growing, of every VM on record, is held under console-log-max-bytes.
-  const logBound = new LogBound(async () => store.list({}).flatMap((vm) => {
+  // Every file a VMM keeps growing is held under console-log-max-bytes: every second those of the
+  // VMs whose VMM runs (the supervisor watches it), their paths kept while it runs, and at every
+  // resync those of every VM on record, a page at a time (a VMM's last second before it exited,
+  // or what it wrote while the daemon was down). Reading every record every second made a
+  // daemon with 1,000 records parse 3 MB of JSON a second and grow by tens of MB.
+  const growingFiles = (vm: MicroVM): string[] => {
     const inst = instanceOf(vm);
     return inst ? [...(inst.growingFiles ?? [inst.consolePath])] : [];
-  }), cfg.consoleLogMaxBytes, logger);
+  };
+  const runningFiles = new Map<string, string[]>();
+  const logBound = new LogBound(async () => {
+    const running = new Set(supervisor.uids());
+    for (const uid of runningFiles.keys()) if (!running.has(uid)) runningFiles.delete(uid);
+    const out: string[] = [];
+    for (const uid of running) {
+      let files = runningFiles.get(uid);
+      if (!files) {
+        const vm = store.get(uid);
+        if (!vm) continue;
+        files = growingFiles(vm);
+        runningFiles.set(uid, files);
+      }
+      out.push(...files);
+    }
+    return out;
+  }, cfg.consoleLogMaxBytes, logger);
+  const everyLogBound = new LogBound(async () => {
+    const out: string[] = [];
+    for await (const vm of allRecords()) out.push(...growingFiles(vm));
+    return out;
+  }, cfg.consoleLogMaxBytes, logger);
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, console: consoleOf, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });
   let httpServer: HttpServer | undefined;
-  const ops = opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger });
+  const opsEndpoints = ops?.opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger }) ?? [];
   let resync: NodeJS.Timeout | undefined;
   const drainable: Drainable = {
     stopServing: async (force) => {
@@ -272,9 +300,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
         grpcServer.forceShutdown();
         httpServer?.closeAllConnections();
       }
-      for (const o of ops) o.server.closeAllConnections();
+      for (const o of opsEndpoints) o.server.closeAllConnections();
       await Promise.all([
-        ...ops.map((o) => new Promise<void>((resolve) => o.server.close(() => resolve()))),
+        ...opsEndpoints.map((o) => new Promise<void>((resolve) => o.server.close(() => resolve()))),
         new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
         httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
       ]);
@@ -310,12 +338,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
     let httpPort: number | undefined;
     if (cfg.enableHttp) {
-      httpServer = createHttpApi({ service, logger, token, tls, matchlock, observe: metrics && ((rpc, status, s) => metrics.request('http', rpc, String(status), s)) });
+      httpServer = (await import('../adapters/api/http/server.js')).createHttpApi({ service, logger, token, tls, matchlock, observe: metrics && ((rpc, status, s) => metrics.request('http', rpc, String(status), s)) });
       httpPort = await listen(httpServer, cfg.httpEndpoint);
       logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
     }
     const opsPorts: Record<string, number> = {};
-    for (const o of ops) {
+    for (const o of opsEndpoints) {
       opsPorts[o.key] = await listen(o.server, o.endpoint, o.key);
       logger.info({ endpoint: o.endpoint, port: opsPorts[o.key], tls: !!tls, auth: !!token }, `${o.key.replace(/-endpoint$/, '')} endpoint listening`);
     }

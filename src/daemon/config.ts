@@ -60,7 +60,7 @@ interface KeyDef extends SettingDef {
   prop?: keyof DaemonConfig;
 }
 
-export const DEFAULT_CONFIG_PATH = '/etc/matchlock/config.yaml';
+export { DEFAULT_CONFIG_PATH } from './config-path.js';
 
 /**
  * One table drives the flags, the file keys, the environment names and the README reference:

@@ -166,6 +166,27 @@ layer(out + '/b.tgz', [('etc/evil/pwned', 'file', b'pwned')])
     assert.notEqual(c.digest, b.digest);
   });
 
+  it('usage of many VMs of one image: each user once, in order, and the reference read once', async () => {
+    const store = new LocalImageStore(join(tmp.path, 'store-usage-many'));
+    const a = await store.import(layout(join(tmp.path, 'm-a'), [(r) => writeFileSync(join(r, 'a'), 'a')]), 'example.com/a:1');
+    const vm = (name: string): MicroVM => ({
+      uid: name, version: 1, createdAt: '', updatedAt: '',
+      spec: { name, namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024, kernel: { image: 'example.com/a:1', filename: 'k', cmdline: {}, addNetworkConfig: false }, initrd: { image: 'example.com/a:1', filename: 'i' }, additionalVolumes: [], interfaces: [], metadata: {}, provider: 'qemu', allowGuestAgent: false },
+      status: initialStatus(),
+    });
+    let reads = 0;
+    const resolve = store.resolve.bind(store);
+    store.resolve = (ref) => {
+      reads++;
+      return resolve(ref);
+    };
+    const names = Array.from({ length: 300 }, (_, i) => `vm-${i}`);
+    const usage = await new ImageCatalog(store).usage(names.map(vm));
+    assert.deepEqual([...usage.keys()], [a.digest]);
+    assert.deepEqual(usage.get(a.digest), names.map((n) => `ns/${n}`), 'each VM once although it names the image twice');
+    assert.equal(reads, 1, 'the reference is resolved once per call, not once per VM');
+  });
+
   it('refuses a blob whose content does not match its digest, and stores nothing', async () => {
     const src = layout(join(tmp.path, 'l2'), [(r) => writeFileSync(join(r, 'f'), 'data')]);
     const index = JSON.parse(readFileSync(join(src, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };

@@ -87,15 +87,15 @@ describe('the npm package', { timeout: 300_000 }, () => {
     const sysPath = '/usr/sbin:/usr/bin:/sbin:/bin';
     // Run from the installed package, nothing on PATH: the package's own matchlockd.
     const installed = realpathSync(join(pkg, 'bin', 'matchlockd.js'));
-    assert.deepEqual(setup('own', join(pkg, 'bin', 'matchlock.js'), sysPath), { execStart: `ExecStart=${process.execPath} ${installed} run --config ${join(tmp.path, 'own', 'config.yaml')}`, daemonBin: 'ok' });
+    assert.deepEqual(setup('own', join(pkg, 'bin', 'matchlock.js'), sysPath), { execStart: `ExecStart=${process.execPath} --max-semi-space-size=1 ${installed} run --config ${join(tmp.path, 'own', 'config.yaml')}`, daemonBin: 'ok' });
     // Run from the checkout with the package installed on PATH (npm's bin link): the installed one.
     const prefixBin = join(tmp.path, 'prefix', 'bin');
     mkdirSync(prefixBin, { recursive: true });
     symlinkSync(join(pkg, 'bin', 'matchlockd.js'), join(prefixBin, 'matchlockd'));
-    assert.deepEqual(setup('onpath', join(ROOT, 'bin', 'matchlock.js'), `${prefixBin}:${sysPath}`), { execStart: `ExecStart=${process.execPath} ${installed} run --config ${join(tmp.path, 'onpath', 'config.yaml')}`, daemonBin: 'ok' });
+    assert.deepEqual(setup('onpath', join(ROOT, 'bin', 'matchlock.js'), `${prefixBin}:${sysPath}`), { execStart: `ExecStart=${process.execPath} --max-semi-space-size=1 ${installed} run --config ${join(tmp.path, 'onpath', 'config.yaml')}`, daemonBin: 'ok' });
     // Run from the checkout with nothing installed: the checkout's, and a warning saying so.
     const checkout = setup('checkout', join(ROOT, 'bin', 'matchlock.js'), sysPath);
     assert.equal(checkout.daemonBin, 'warn');
-    assert.equal(checkout.execStart, `ExecStart=${process.execPath} ${realpathSync(join(ROOT, 'bin', 'matchlockd.js'))} run --config ${join(tmp.path, 'checkout', 'config.yaml')}`);
+    assert.equal(checkout.execStart, `ExecStart=${process.execPath} --max-semi-space-size=1 ${realpathSync(join(ROOT, 'bin', 'matchlockd.js'))} run --config ${join(tmp.path, 'checkout', 'config.yaml')}`);
   });
 });

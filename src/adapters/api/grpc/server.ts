@@ -2,9 +2,6 @@ import { create } from '@bufbuild/protobuf';
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { EmptySchema } from '@bufbuild/protobuf/wkt';
 import * as grpc from '@grpc/grpc-js';
-import { loadSync } from '@grpc/proto-loader';
-import { ReflectionService } from '@grpc/reflection';
-import { HealthImplementation } from 'grpc-health-check';
 import type { SecureContextOptions } from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { MatchlockError, boundedMessage } from '../../../core/errors.js';
@@ -26,6 +23,7 @@ import { grpcCode } from './status.js';
 import { serviceDefinition } from './service-def.js';
 import { drained } from '../drain.js';
 import { addConsoleService, type ConsoleLocator } from './console.js';
+import { addLazyHealth, addLazyReflection } from './lazy-services.js';
 
 export interface GrpcTls {
   cert: Buffer;
@@ -200,15 +198,13 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
     ...(api ? [MicroVMLifecycle.typeName, ServerServiceDesc.typeName] : []),
     ...(opts.console ? ['matchlock.v1.Console'] : []),
   ];
-  const health = new HealthImplementation({ '': 'SERVING', ...Object.fromEntries(served.map((s) => [s, 'SERVING' as const])) });
-  health.addToServer(door as grpc.Server);
+  addLazyHealth(door, ['', ...served]);
   const protos = [
     'services/microvm/v1alpha1/microvms.proto',
     ...(api ? ['services/matchlock/v1/lifecycle.proto', 'services/matchlock/v1/server.proto'] : []),
     ...(opts.console ? ['services/matchlock/v1/console.proto'] : []),
   ];
-  const definition = loadSync(protos, { includeDirs: [PROTO_DIR] });
-  new ReflectionService(definition).addToServer(door as grpc.Server);
+  addLazyReflection(door, protos, PROTO_DIR);
   return server;
 }
 

@@ -5,7 +5,6 @@ import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, wri
 import { join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
-import * as tar from 'tar';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { formatReference, parseReference } from '../../../core/images/reference.js';
 import type { ImageStore, Logger } from '../../../core/ports.js';
@@ -271,6 +270,8 @@ export class LocalImageStore implements ImageStore {
     return withTemporary(join(this.root, '.import'), async (tmp) => {
       await mkdir(tmp);
       // strict: node-tar otherwise turns write errors (ENOSPC) into warnings and carries on.
+      // node-tar is loaded here, by the one path that needs it, not by every daemon.
+      const tar = await import('tar');
       await tar.x({ file: source, cwd: tmp, preserveOwner: false, strict: true });
       return await this.importLayout(tmp, name);
     });
@@ -511,21 +512,27 @@ export class ImageCatalog {
    * VM is still waiting to pull or unpack is never collected from under it.
    */
   async usage(vms: Iterable<MicroVM> | AsyncIterable<MicroVM>): Promise<Map<string, string[]>> {
-    const out = new Map<string, string[]>();
-    const add = (digest: string, who: string) => {
-      const users = out.get(digest) ?? [];
-      if (!users.includes(who)) users.push(who);
-      out.set(digest, users);
+    // A set per digest and each reference resolved once per call: thousands of VMs of one image
+    // made this quadratic (an includes() over every user so far) and read the same ref file for each.
+    const users = new Map<string, Set<string>>();
+    const resolved = new Map<string, Promise<string | undefined>>();
+    const resolve = (ref: string) => {
+      let p = resolved.get(ref);
+      if (!p) resolved.set(ref, (p = this.store.resolve(ref).catch(() => undefined)));
+      return p;
     };
     for await (const vm of vms) {
       const who = `${vm.spec.namespace}/${vm.spec.name}`;
       const pinned = vm.status.imageDigests ?? {};
       for (const ref of imageRefs(vm.spec)) {
-        const digest = pinned[ref] ?? (await this.store.resolve(ref).catch(() => undefined));
-        if (digest) add(digest, who);
+        const digest = pinned[ref] ?? (await resolve(ref));
+        if (!digest) continue;
+        let set = users.get(digest);
+        if (!set) users.set(digest, (set = new Set()));
+        set.add(who);
       }
     }
-    return out;
+    return new Map([...users].map(([digest, set]) => [digest, [...set]]));
   }
 
   /** Removes one reference; its unpacked tree and base volume go when nothing else uses them. */
