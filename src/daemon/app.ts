@@ -252,10 +252,21 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     return { log: inst.consolePath, provider: vm.spec.provider, input: inst.consoleInput };
   };
   // Every file a VMM keeps growing, of every VM on record, is held under console-log-max-bytes.
-  const logBound = new LogBound(async () => store.list({}).flatMap((vm) => {
-    const inst = instanceOf(vm);
-    return inst ? [...(inst.growingFiles ?? [inst.consolePath])] : [];
-  }), cfg.consoleLogMaxBytes, logger);
+  // The list is read again only after a record changed (the event log moved on), not every pass.
+  let growing: { event: number; files: string[] } | undefined;
+  const logBound = new LogBound(async () => {
+    const event = store.lastEventId();
+    if (growing?.event !== event) {
+      growing = {
+        event,
+        files: store.list({}).flatMap((vm) => {
+          const inst = instanceOf(vm);
+          return inst ? [...(inst.growingFiles ?? [inst.consolePath])] : [];
+        }),
+      };
+    }
+    return growing.files;
+  }, cfg.consoleLogMaxBytes, logger);
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, console: consoleOf, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });
   let httpServer: HttpServer | undefined;
   const ops = opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger });
