@@ -2,7 +2,8 @@
 //
 //   node --import tsx bench/control-plane.ts [sizes=100,1000,10000] [creates=100] [bursts=100,500]
 //   (sizes or bursts may be 0 to skip that part; MATCHLOCK_BENCH_ENTRY=<path to bin/matchlockd.js>
-//   measures another checkout's daemon with this bench)
+//   measures another checkout's daemon with this bench; MATCHLOCK_BENCH_NODE_FLAGS="--cpu-prof
+//   --cpu-prof-dir=<dir>" runs the daemons with those node options)
 //
 // Part 1 (loopback only). For each record count: a matchlockd and a baseline server, each on its
 // own temp store seeded with the same records, answer the same requests from one raw client
@@ -445,10 +446,12 @@ async function main(): Promise<void> {
   const sizes = nums(process.argv[2], [100, 1000, 10_000]);
   const creates = Number(process.argv[3] ?? 100);
   const bursts = nums(process.argv[4], [100, 500]);
-  const entry = [process.env.MATCHLOCK_BENCH_ENTRY ?? DAEMON_BIN];
+  // MATCHLOCK_BENCH_NODE_FLAGS: node options for the daemons, such as "--cpu-prof --cpu-prof-dir=DIR".
+  const nodeFlags = (process.env.MATCHLOCK_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+  const entry = [...nodeFlags, process.env.MATCHLOCK_BENCH_ENTRY ?? DAEMON_BIN];
   const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   process.stdout.write(`# control plane: ${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}, load ${load}\n`);
-  process.stdout.write(`# daemon: ${entry[0]}\n`);
+  process.stdout.write(`# daemon: ${entry.join(' ')}\n`);
   if (sizes.length) await part1(sizes, creates, entry);
   if (bursts.length) await part2(bursts, entry);
 }

@@ -251,8 +251,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     if (!inst) throw new MatchlockError(ErrorCode.FailedPrecondition, `provider ${vm.spec.provider} is not known to this matchlock`);
     return { log: inst.consolePath, provider: vm.spec.provider, input: inst.consoleInput };
   };
-  // Every file a VMM keeps growing, of every VM on record, is held under console-log-max-bytes.
-  // The list is read again only after a record changed (the event log moved on), not every pass.
+  // Every file a VMM keeps growing, of every VM on record whose VMM was started, is held under
+  // console-log-max-bytes (a VM that never had one has no file that grows). The list is read
+  // again only after a record changed (the event log moved on), not every pass.
   let growing: { event: number; files: string[] } | undefined;
   const logBound = new LogBound(async () => {
     const event = store.lastEventId();
@@ -260,6 +261,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       growing = {
         event,
         files: store.list({}).flatMap((vm) => {
+          if (!vm.status.vmmPid) return [];
           const inst = instanceOf(vm);
           return inst ? [...(inst.growingFiles ?? [inst.consolePath])] : [];
         }),
