@@ -277,6 +277,66 @@ describe('create and reconcile work', () => {
   });
 });
 
+describe('creates that arrive together', () => {
+  const tmp = tempDir('shared-insert');
+  after(() => tmp.remove());
+
+  /** Counts the store's write transactions (each one fsync): insert is one, insertAll one. */
+  class CountingStore extends SqliteStore {
+    transactions = 0;
+    override insertAll(vms: readonly MicroVM[]): void {
+      this.transactions++;
+      super.insertAll(vms);
+    }
+  }
+
+  it('share one durable store transaction, and each is answered with its own stored record', async () => {
+    const store = new CountingStore(join(tmp.path, 'shared.db'));
+    const changed: string[] = [];
+    const service = new MicroVMService({ store, clock: { now: () => new Date() }, random: { bytes: (n) => randomBytes(n) }, notifier: { changed: (uid) => changed.push(uid) }, providers, defaultProvider: 'qemu' });
+    const server = createGrpcServer({ service, logger: silentLogger });
+    const sock = join(tmp.path, 'api.sock');
+    await bindGrpc(server, `unix:${sock}`, grpc.ServerCredentials.createInsecure());
+    const client = bytesClient(`unix:${sock}`);
+    try {
+      await client.call('getMicroVM', create(GetMicroVMRequestSchema, { uid: 'warm-up' })).catch(() => undefined);
+      const N = 50;
+      const answers = await Promise.all(Array.from({ length: N }, (_, n) => client.call('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: validSpec({ id: `burst-${n}` }) }))));
+      const stored = store.list({});
+      assert.equal(stored.length, N);
+      assert.ok(store.transactions < N / 2, `${N} creates sent at once took ${store.transactions} store transactions`);
+      assert.deepEqual(answers.sort(Buffer.compare), stored.map(expected.get).sort(Buffer.compare), 'each answer is a stored record');
+      assert.deepEqual([...changed].sort(), stored.map((vm) => vm.uid).sort(), 'the reconciler is told of each, once stored');
+      // A refusal in the same turn is answered alone; the others are stored.
+      const mixed = await Promise.allSettled([
+        client.call('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: validSpec({ id: 'ok-1' }) })),
+        client.call('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: validSpec({ id: 'not a name' }) })),
+        client.call('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: validSpec({ id: 'ok-2' }) })),
+      ]);
+      assert.deepEqual(mixed.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled']);
+      assert.equal(store.list({}).length, N + 2);
+    } finally {
+      client.close();
+      server.forceShutdown();
+      store.close();
+    }
+  });
+
+  it('a failed shared write fails every create of it and stores none', async () => {
+    const store = new SqliteStore(':memory:');
+    const service = new MicroVMService({ store, clock: { now: () => new Date() }, random: { bytes: (n) => randomBytes(n) }, notifier: { changed: () => undefined }, providers, defaultProvider: 'qemu' });
+    const a = service.createShared(toInput('a'));
+    const b = service.createShared(toInput('b'));
+    // The same uid twice breaks the write's primary key: the whole transaction is rolled back.
+    const clash = store.insertAll.bind(store);
+    store.insertAll = (vms) => clash([...vms, ...vms.slice(0, 1)]);
+    const results = await Promise.allSettled([a, b]);
+    assert.deepEqual(results.map((r) => r.status), ['rejected', 'rejected']);
+    assert.equal(store.list({}).length, 0);
+    store.close();
+  });
+});
+
 function toInput(name: string) {
   return specInput(validSpec({ id: name }));
 }
