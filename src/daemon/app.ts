@@ -23,6 +23,7 @@ import { lookupGroup } from '../adapters/system/accounts.js';
 import { lockStateDir, prepareStateDir } from './state-dir.js';
 import { EventSupervisor } from '../adapters/vmm/supervisor.js';
 import { LogBound } from '../adapters/vmm/console.js';
+import { GrowingFiles } from './growing-files.js';
 import type { ConsoleLocator } from '../adapters/api/grpc/console.js';
 import { sweepOrphans } from './sweep.js';
 import { daemonIdentity } from './identity.js';
@@ -251,24 +252,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     if (!inst) throw new MatchlockError(ErrorCode.FailedPrecondition, `provider ${vm.spec.provider} is not known to this matchlock`);
     return { log: inst.consolePath, provider: vm.spec.provider, input: inst.consoleInput };
   };
-  // Every file a VMM keeps growing, of every VM on record whose VMM was started, is held under
-  // console-log-max-bytes (a VM that never had one has no file that grows). The list is read
-  // again only after a record changed (the event log moved on), not every pass.
-  let growing: { event: number; files: string[] } | undefined;
-  const logBound = new LogBound(async () => {
-    const event = store.lastEventId();
-    if (growing?.event !== event) {
-      growing = {
-        event,
-        files: store.list({}).flatMap((vm) => {
-          if (!vm.status.vmmPid) return [];
-          const inst = instanceOf(vm);
-          return inst ? [...(inst.growingFiles ?? [inst.consolePath])] : [];
-        }),
-      };
-    }
-    return growing.files;
-  }, cfg.consoleLogMaxBytes, logger);
+  // Every file a VMM keeps growing is held under console-log-max-bytes.
+  const growing = new GrowingFiles(store, (vm) => {
+    const inst = instanceOf(vm);
+    return inst ? (inst.growingFiles ?? [inst.consolePath]) : [];
+  });
+  const logBound = new LogBound(async () => growing.files(), cfg.consoleLogMaxBytes, logger);
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, console: consoleOf, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });
   let httpServer: HttpServer | undefined;
   const ops = opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger });
