@@ -277,6 +277,37 @@ describe('create and reconcile work', () => {
   });
 });
 
+describe('API first', () => {
+  it('a create waiting for its store write is answered before a pass due on the same turn starts', async () => {
+    const store = new SqliteStore(':memory:');
+    const events: string[] = [];
+    const api: { service?: MicroVMService } = {};
+    const queue = new ReconcileQueue({
+      workers: 4,
+      logger: silentLogger,
+      handler: async (uid) => {
+        // The synchronous start of a pass (a record read, a plan built, a fork).
+        events.push(`pass ${uid}`);
+        const until = Date.now() + 20;
+        while (Date.now() < until) {
+          // busy
+        }
+        return undefined;
+      },
+      apiPending: () => api.service?.createsPending ?? false,
+    });
+    const service = (api.service = new MicroVMService({ store, clock: { now: () => new Date() }, random: { bytes: (n) => randomBytes(n) }, notifier: { changed: (uid) => queue.enqueue(uid) }, providers, defaultProvider: 'qemu' }));
+    const earlier = service.create(toInput('earlier'));
+    // On the same turn: the pass of the earlier VM is due, then a create arrives.
+    const answered = service.createShared(toInput('probe')).then((vm) => events.push(`answered ${vm.spec.name}`));
+    await answered;
+    await queue.idle();
+    assert.deepEqual(events.slice(0, 2), ['answered probe', `pass ${earlier.uid}`]);
+    await queue.stop();
+    store.close();
+  });
+});
+
 describe('creates that arrive together', () => {
   const tmp = tempDir('shared-insert');
   after(() => tmp.remove());

@@ -57,6 +57,11 @@ export class MicroVMService {
     });
   }
 
+  /** Whether creates wait for their shared store write on this turn (the queue lets them go first). */
+  get createsPending(): boolean {
+    return this.pending.length > 0;
+  }
+
   private flush(): void {
     const batch = this.pending;
     this.pending = [];
