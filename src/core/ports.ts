@@ -41,8 +41,6 @@ export interface EncodedRecord {
  */
 export interface Store {
   insert(vm: MicroVM): void;
-  /** Inserts every record in one transaction (one fsync): all of them are stored, or none. */
-  insertAll(vms: readonly MicroVM[]): void;
   get(uid: string): MicroVM | undefined;
   list(filter: ListFilter): MicroVM[];
   /** The records matching `filter`, one page of them in uid order. */

@@ -183,9 +183,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     random01: Math.random,
     observer: metrics,
   });
-  // The service is made below, with the queue as its notifier: the queue asks it through this.
-  let apiPending = () => false;
-  const queue = new ReconcileQueue({ workers: cfg.reconcileWorkers, handler: (uid) => reconciler.reconcile(uid), logger, apiPending: () => apiPending() });
+  const queue = new ReconcileQueue({ workers: cfg.reconcileWorkers, handler: (uid) => reconciler.reconcile(uid), logger });
   events.exited = (uid, pid) => {
     const delay = reconciler.vmmExited(uid, pid);
     if (delay !== undefined) queue.enqueue(uid, delay);
@@ -206,7 +204,6 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     providers,
     defaultProvider,
   });
-  apiPending = () => service.createsPending;
 
   const catalog = new ImageCatalog(images);
   // Every record, a page at a time with a turn of the event loop between pages, so a large

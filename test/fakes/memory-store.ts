@@ -24,11 +24,6 @@ export class MemoryStore implements Store, Tombstones {
     if (this.records.has(vm.uid)) throw new Error(`duplicate uid ${vm.uid}`);
     this.records.set(vm.uid, structuredClone(vm));
   }
-  insertAll(vms: readonly MicroVM[]): void {
-    const uids = new Set(vms.map((vm) => vm.uid));
-    if (uids.size !== vms.length || vms.some((vm) => this.records.has(vm.uid))) throw new Error('duplicate uid');
-    for (const vm of vms) this.records.set(vm.uid, structuredClone(vm));
-  }
   get(uid: string): MicroVM | undefined {
     const vm = this.records.get(uid);
     return vm && structuredClone(vm);

@@ -29,57 +29,10 @@ export const FIRECRACKER_METADATA_INTERFACE = {
  * Each call returns in milliseconds; the slow work happens in the reconciler.
  */
 export class MicroVMService {
-  /** Creates checked and waiting for the store write they share (createShared). */
-  private pending: { vm: MicroVM; resolve: (vm: MicroVM) => void; reject: (err: unknown) => void }[] = [];
-
   constructor(private readonly deps: ServiceDeps) {}
 
   create(input: SpecInput | undefined): MicroVM {
-    const vm = this.checked(input);
-    this.deps.store.insert(vm);
-    this.deps.notifier.changed(vm.uid);
-    return vm;
-  }
-
-  /**
-   * create, with one store transaction (one fsync) for every create checked in the same turn
-   * of the event loop: a burst of requests read from the wire together is stored together. A
-   * refusal throws at once, as create does; the promise resolves once the record is durable
-   * and rejects with the store's error when the shared write fails (then none of it is stored).
-   */
-  createShared(input: SpecInput | undefined): Promise<MicroVM> {
-    const vm = this.checked(input);
-    return new Promise((resolve, reject) => {
-      this.pending.push({ vm, resolve, reject });
-      // Once the I/O callbacks of this turn ran (every request read from the wire meanwhile):
-      // a lone create waits for nothing else.
-      if (this.pending.length === 1) setImmediate(() => this.flush());
-    });
-  }
-
-  /** Whether creates wait for their shared store write on this turn (the queue lets them go first). */
-  get createsPending(): boolean {
-    return this.pending.length > 0;
-  }
-
-  private flush(): void {
-    const batch = this.pending;
-    this.pending = [];
-    try {
-      this.deps.store.insertAll(batch.map((p) => p.vm));
-    } catch (err) {
-      for (const p of batch) p.reject(err);
-      return;
-    }
-    for (const p of batch) {
-      this.deps.notifier.changed(p.vm.uid);
-      p.resolve(p.vm);
-    }
-  }
-
-  /** A new record from a create request: validated, defaulted, not stored yet. */
-  private checked(input: SpecInput | undefined): MicroVM {
-    const { clock, random } = this.deps;
+    const { clock, random, store, notifier } = this.deps;
     const provider = this.resolveProvider(input?.provider);
     const now = clock.now();
     const uid = ulid(now.getTime(), random.bytes(10));
@@ -90,7 +43,10 @@ export class MicroVMService {
       spec.interfaces.unshift({ ...rest, address: { ...address, nameservers: [] } });
     }
     const iso = now.toISOString();
-    return { uid, version: 1, spec, status: initialStatus(), createdAt: iso, updatedAt: iso };
+    const vm: MicroVM = { uid, version: 1, spec, status: initialStatus(), createdAt: iso, updatedAt: iso };
+    store.insert(vm);
+    notifier.changed(uid);
+    return vm;
   }
 
   get(uid: string): MicroVM {

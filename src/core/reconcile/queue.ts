@@ -5,17 +5,7 @@ export interface QueueOptions {
   /** Reconciles one VM; resolves to a delay after which it wants to run again, if any. */
   handler: (uid: string) => Promise<number | undefined>;
   logger: Logger;
-  /**
-   * True while API work waits to finish on this turn of the event loop (creates waiting for
-   * their shared store write): no handler starts then, so the answer is not held up by the
-   * synchronous start of a pass. Asked at most MAX_YIELDS times in a row, so passes still
-   * start under a stream of requests.
-   */
-  apiPending?: (() => boolean) | undefined;
 }
-
-/** How many turns in a row the queue leaves to API work before it starts a handler anyway. */
-const MAX_YIELDS = 8;
 
 /**
  * A de-duplicating work queue: a uid is queued at most once, one uid is never handled by two
@@ -24,8 +14,7 @@ const MAX_YIELDS = 8;
  *
  * enqueue only records the uid: handlers start on later turns of the event loop, one per turn,
  * so whoever enqueues (an API call) never waits on reconcile work, and requests that arrived
- * meanwhile are served between two starts; a turn on which API work waits starts none
- * (apiPending).
+ * meanwhile are served between two starts.
  */
 export class ReconcileQueue {
   private readonly ready: string[] = [];
@@ -37,7 +26,6 @@ export class ReconcileQueue {
   private active = 0;
   private stopped = false;
   private scheduled = false;
-  private yields = 0;
 
   constructor(private readonly opts: QueueOptions) {
     if (!Number.isInteger(opts.workers) || opts.workers < 1) throw new RangeError('workers must be a positive integer');
@@ -105,12 +93,6 @@ export class ReconcileQueue {
 
   /** Starts at most one handler, and comes back on the next turn while more can start. */
   private pump(): void {
-    if (!this.stopped && this.ready.length > 0 && this.yields < MAX_YIELDS && this.opts.apiPending?.()) {
-      this.yields++;
-      this.schedule();
-      return;
-    }
-    this.yields = 0;
     if (!this.stopped && this.active < this.opts.workers) {
       const uid = this.ready.shift();
       if (uid !== undefined) {

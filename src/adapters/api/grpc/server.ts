@@ -151,19 +151,13 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
     };
 
   door.addService(serviceDefinition(MicroVMServiceDesc), {
-    createMicroVM: (call: grpc.ServerUnaryCall<CreateMicroVMRequest, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-      const refused = (err: unknown) => callback(fail('CreateMicroVM', err));
-      try {
-        service.createShared(specInput(call.request.microvm)).then((vm) => {
-          logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
-          // The bytes the store wrote with the record; nothing has changed it since (reconcile
-          // work starts on a later turn of the event loop).
-          return inField1([service.encoded(vm.uid)]);
-        }).then((answer) => callback(null, answer), refused);
-      } catch (err) {
-        refused(err);
-      }
-    },
+    createMicroVM: unary('CreateMicroVM', (req: CreateMicroVMRequest) => {
+      const vm = service.create(specInput(req.microvm));
+      logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
+      // The bytes the store wrote with the record; nothing has changed it since (reconcile
+      // work starts on a later turn of the event loop).
+      return inField1([service.encoded(vm.uid)]);
+    }),
     deleteMicroVM: unary('DeleteMicroVM', (req: DeleteMicroVMRequest) => {
       service.delete(req.uid);
       return create(EmptySchema);

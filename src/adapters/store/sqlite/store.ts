@@ -95,17 +95,10 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   }
 
   insert(vm: MicroVM): void {
-    this.insertAll([vm]);
-  }
-
-  insertAll(vms: readonly MicroVM[]): void {
-    if (vms.length === 0) return;
     this.writing(() => this.db.transaction(() => {
-      for (const vm of vms) {
-        const r = row(vm);
-        this.stmts.insert.run(r);
-        this.log('CREATED', vm, undefined, r.record);
-      }
+      const r = row(vm);
+      this.stmts.insert.run(r);
+      this.log('CREATED', vm, undefined, r.record);
     }).immediate());
     this.notify();
   }
