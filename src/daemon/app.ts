@@ -23,6 +23,7 @@ import { lookupGroup } from '../adapters/system/accounts.js';
 import { lockStateDir, prepareStateDir } from './state-dir.js';
 import { EventSupervisor } from '../adapters/vmm/supervisor.js';
 import { LogBound } from '../adapters/vmm/console.js';
+import { GrowingFiles } from './growing-files.js';
 import type { ConsoleLocator } from '../adapters/api/grpc/console.js';
 import { sweepOrphans } from './sweep.js';
 import { daemonIdentity } from './identity.js';
@@ -236,8 +237,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     enqueueAll()
       .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync failed'))
       .then(() => collectImages())
-      .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'image garbage collection failed'))
-      .then(() => everyLogBound.pass());
+      .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'image garbage collection failed'));
   };
   const token = cfg.basicAuthToken || undefined;
   // matchlock.v1: power operations, the event stream and server info. Event streams end when
@@ -257,37 +257,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     if (!inst) throw new MatchlockError(ErrorCode.FailedPrecondition, `provider ${vm.spec.provider} is not known to this matchlock`);
     return { log: inst.consolePath, provider: vm.spec.provider, input: inst.consoleInput };
   };
-  // Every file a VMM keeps growing is held under console-log-max-bytes: every second those of the
-  // VMs whose VMM runs (the supervisor watches it), their paths kept while it runs, and at every
-  // resync those of every VM on record, a page at a time (a VMM's last second before it exited,
-  // or what it wrote while the daemon was down). Reading every record every second made a
-  // daemon with 1,000 records parse 3 MB of JSON a second and grow by tens of MB.
-  const growingFiles = (vm: MicroVM): string[] => {
+  // Every file a VMM keeps growing is held under console-log-max-bytes.
+  const growing = new GrowingFiles(store, (vm) => {
     const inst = instanceOf(vm);
-    return inst ? [...(inst.growingFiles ?? [inst.consolePath])] : [];
-  };
-  const runningFiles = new Map<string, string[]>();
-  const logBound = new LogBound(async () => {
-    const running = new Set(supervisor.uids());
-    for (const uid of runningFiles.keys()) if (!running.has(uid)) runningFiles.delete(uid);
-    const out: string[] = [];
-    for (const uid of running) {
-      let files = runningFiles.get(uid);
-      if (!files) {
-        const vm = store.get(uid);
-        if (!vm) continue;
-        files = growingFiles(vm);
-        runningFiles.set(uid, files);
-      }
-      out.push(...files);
-    }
-    return out;
-  }, cfg.consoleLogMaxBytes, logger);
-  const everyLogBound = new LogBound(async () => {
-    const out: string[] = [];
-    for await (const vm of allRecords()) out.push(...growingFiles(vm));
-    return out;
-  }, cfg.consoleLogMaxBytes, logger);
+    return inst ? (inst.growingFiles ?? [inst.consolePath]) : [];
+  });
+  const logBound = new LogBound(async () => growing.files(), cfg.consoleLogMaxBytes, logger);
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, console: consoleOf, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });
   let httpServer: HttpServer | undefined;
   const opsEndpoints = ops?.opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger }) ?? [];

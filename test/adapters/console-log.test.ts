@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { closeSync, constants, existsSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
+import { appendFileSync, closeSync, constants, existsSync, openSync, readFileSync, statSync, writeFileSync, writeSync, type PathLike } from 'node:fs';
+import fsp from 'node:fs/promises';
+import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { after, it } from 'node:test';
 import { boundFile, LogBound, readTail } from '../../src/adapters/vmm/console.js';
@@ -50,5 +52,44 @@ it('LogBound keeps every file it is given under the bound on its passes', async 
   } finally {
     bound.stop();
     for (const fd of fds) closeSync(fd);
+  }
+});
+
+it('LogBound opens a file again only after it changed: idle VMs cost no file system call', async () => {
+  const [a, b] = ['idle-a.log', 'idle-b.log'].map((f) => join(tmp.path, f)) as [string, string];
+  writeFileSync(a, 'booted\n');
+  // Every open of a log, counted where the bound makes it: node:fs/promises, whose ESM exports
+  // follow the CommonJS object after syncBuiltinESMExports.
+  const opened: string[] = [];
+  const realOpen = fsp.open;
+  fsp.open = ((path: PathLike, ...rest: [string?]) => {
+    opened.push(String(path));
+    return realOpen(path, ...rest);
+  }) as typeof fsp.open;
+  syncBuiltinESMExports();
+  const bound = new LogBound(async () => [a, b], 4096, silentLogger);
+  const opens = (f: string) => opened.filter((p) => p === f).length;
+  try {
+    await bound.pass();
+    assert.equal(opens(a), 1, 'the first pass looks at every file');
+    for (let i = 0; i < 3; i++) await bound.pass();
+    assert.equal(opens(a), 1, 'an unchanged file is not opened again');
+    assert.equal(opens(b), 4, 'a file not made yet cannot be watched: it is tried on every pass');
+    writeFileSync(b, 'made\n');
+    await bound.pass();
+    await bound.pass();
+    assert.equal(opens(b), 5, 'once made and looked at, it is watched too');
+    appendFileSync(a, Buffer.alloc(8192, 0x61));
+    const deadline = Date.now() + 10_000;
+    while (opens(a) === 1 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+      await bound.pass();
+    }
+    assert.equal(opens(a), 2, 'a file that grew is looked at again');
+    assert.ok(statSync(a).size <= 4096, 'and cut at its bound');
+  } finally {
+    bound.stop();
+    fsp.open = realOpen;
+    syncBuiltinESMExports();
   }
 });

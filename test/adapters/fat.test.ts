@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { VfatCloudInitDisk } from '../../src/adapters/metadata/cidata.js';
@@ -58,4 +58,12 @@ describe('the in-process FAT seed against dosfstools, mtools and blkid', { skip 
       assert.equal(readFileSync(img).length % 512, 0);
     });
   }
+
+  it('writes only the clusters in use: the usual seed is a sparse megabyte', async () => {
+    const img = join(tmp.path, 'sparse.img');
+    await new VfatCloudInitDisk().write(img, cases[0]?.[1] ?? {});
+    const st = statSync(img);
+    assert.ok(st.size >= 1024 * 1024, `${st.size} bytes: at least the 1 MiB minimum`);
+    assert.ok(st.blocks * 512 <= 64 * 1024, `${st.blocks * 512} bytes allocated`);
+  });
 });

@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -24,6 +25,8 @@ function vm(uid: string, namespace: string, name: string): MicroVM {
     updatedAt: '2026-01-01T00:00:00.000Z',
   };
 }
+
+const strace = spawnSync('strace', ['-V']).status === 0;
 
 describe('SqliteStore', () => {
   const tmp = tempDir('store');
@@ -88,6 +91,27 @@ describe('SqliteStore', () => {
     assert.equal(got?.spec.labels.n, '50');
     assert.equal(got?.version, 51);
     r.close();
+  });
+
+  it('syncs the disk for each durable update and not for updates made without waiting for it', { skip: strace ? false : 'needs strace' }, async () => {
+    const worker = fileURLToPath(new URL('./bump-worker.ts', import.meta.url));
+    const syncs = async (mode: string) => {
+      const path = join(tmp.path, `syncs-${mode}.db`);
+      const s = new SqliteStore(path);
+      s.insert(vm('01S', 'x', 'syncs'));
+      s.close();
+      const trace = join(tmp.path, `syncs-${mode}.trace`);
+      const p = spawn('strace', ['-f', '-qq', '-e', 'trace=fsync,fdatasync', '-o', trace, process.execPath, '--import', 'tsx', worker, path, '01S', '40', mode], { stdio: 'inherit' });
+      assert.equal(await new Promise((resolve) => p.once('exit', resolve)), 0);
+      const r = new SqliteStore(path);
+      assert.equal(r.get('01S')?.spec.labels.n, '40');
+      r.close();
+      return readFileSync(trace, 'utf8').split('\n').filter((l) => /\bf(data)?sync\(/.test(l) && !/resumed/.test(l)).length;
+    };
+    const durable = await syncs('durable');
+    const observed = await syncs('observed-close');
+    assert.ok(durable >= 40, `40 durable updates made ${durable} syncs`);
+    assert.ok(observed < 10, `40 updates without waiting for the disk made ${observed} syncs`);
   });
 
   it('refuses a store written by a newer schema instead of misreading it', () => {

@@ -1,17 +1,25 @@
-import { rename, rm, writeFile } from 'node:fs/promises';
+import { open, rename, rm } from 'node:fs/promises';
 import type { CloudInitDisk } from '../../core/ports.js';
-import { fatImage } from './fat.js';
+import { fatLayout } from './fat.js';
 
 /**
  * The NoCloud seed as a FAT disk labelled CIDATA (cloud-init matches the label case-insensitively),
  * built in process (./fat.ts): no mkfs.vfat or mcopy process per VM, no mount, no root needed.
- * Written under a temporary name and renamed, so a seed that exists is complete.
+ * Written under a temporary name and renamed, so a seed that exists is complete; only its bytes
+ * that are not zero are written (a sparse file), not the whole megabyte.
  */
 export class VfatCloudInitDisk implements CloudInitDisk {
   async write(path: string, files: Record<string, Buffer>): Promise<void> {
     const tmp = `${path}.tmp`;
     try {
-      await writeFile(tmp, fatImage(files, { label: 'CIDATA' }), { mode: 0o600 });
+      const { size, parts } = fatLayout(files, { label: 'CIDATA' });
+      const fh = await open(tmp, 'w', 0o600);
+      try {
+        await fh.truncate(size);
+        for (const p of parts) await fh.write(p.data, 0, p.data.length, p.offset);
+      } finally {
+        await fh.close();
+      }
       await rename(tmp, path);
     } finally {
       await rm(tmp, { force: true });

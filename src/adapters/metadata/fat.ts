@@ -128,8 +128,27 @@ function geometry(sizes: readonly number[], rootEntries: number, minBytes: numbe
   throw new RangeError(`${sizes.reduce((a, b) => a + b, 0)} bytes do not fit a FAT16 filesystem`);
 }
 
+/** A FAT image as the bytes that are not zero: `parts` at their offsets in an image of `size` bytes. */
+export interface FatLayout {
+  size: number;
+  parts: { offset: number; data: Buffer }[];
+}
+
 /** Builds the image. Names must already be valid FAT long names (src/core/microvm/seed-names.ts). */
 export function fatImage(files: Readonly<Record<string, Buffer>>, opts: FatOptions): Buffer {
+  const { size, parts } = fatLayout(files, opts);
+  const img = Buffer.alloc(size);
+  for (const p of parts) p.data.copy(img, p.offset);
+  return img;
+}
+
+/**
+ * The image as fatImage builds it, without the free clusters: the reserved area, both FATs and
+ * the root directory in one part, the files' clusters in another. Written at their offsets into
+ * a file of `size` bytes they make the same image as a sparse file, without a zeroed buffer of
+ * the whole image.
+ */
+export function fatLayout(files: Readonly<Record<string, Buffer>>, opts: FatOptions): FatLayout {
   const names = Object.keys(files).sort();
   const shorts = shortNames(names);
   const entries: Buffer[] = [];
@@ -142,29 +161,33 @@ export function fatImage(files: Readonly<Record<string, Buffer>>, opts: FatOptio
   const rootEntries = Math.max(512, Math.ceil(used / 16) * 16);
   const sizes = names.map((n) => files[n]?.length ?? 0);
   const g = geometry(sizes, rootEntries, opts.minBytes ?? 1024 * 1024);
-  const img = Buffer.alloc(g.totalSectors * SECTOR);
+  const dataStart = (g.reservedSectors + 2 * g.fatSectors + g.rootSectors) * SECTOR;
+  const clusterBytes = g.sectorsPerCluster * SECTOR;
+  // Two parts: everything before the data area, and the files' clusters.
+  const boot = Buffer.alloc(dataStart);
+  const area = Buffer.alloc(sizes.reduce((n, sz) => n + Math.ceil(sz / clusterBytes), 0) * clusterBytes);
 
   // Boot sector and BIOS parameter block.
-  img.set([0xeb, 0x3c, 0x90], 0);
-  img.write('MATCHLCK', 3, 'ascii');
-  img.writeUInt16LE(SECTOR, 11);
-  img[13] = g.sectorsPerCluster;
-  img.writeUInt16LE(g.reservedSectors, 14);
-  img[16] = 2;
-  img.writeUInt16LE(rootEntries, 17);
-  if (g.totalSectors < 0x10000) img.writeUInt16LE(g.totalSectors, 19);
-  else img.writeUInt32LE(g.totalSectors, 32);
-  img[21] = 0xf8;
-  img.writeUInt16LE(g.fatSectors, 22);
-  img.writeUInt16LE(SECTORS_PER_TRACK, 24);
-  img.writeUInt16LE(HEADS, 26);
-  img[36] = 0x80;
-  img[38] = 0x29;
-  randomBytes(4).copy(img, 39);
-  label.copy(img, 43);
-  img.write(g.fatBits === 12 ? 'FAT12   ' : 'FAT16   ', 54, 'ascii');
-  img[510] = 0x55;
-  img[511] = 0xaa;
+  boot.set([0xeb, 0x3c, 0x90], 0);
+  boot.write('MATCHLCK', 3, 'ascii');
+  boot.writeUInt16LE(SECTOR, 11);
+  boot[13] = g.sectorsPerCluster;
+  boot.writeUInt16LE(g.reservedSectors, 14);
+  boot[16] = 2;
+  boot.writeUInt16LE(rootEntries, 17);
+  if (g.totalSectors < 0x10000) boot.writeUInt16LE(g.totalSectors, 19);
+  else boot.writeUInt32LE(g.totalSectors, 32);
+  boot[21] = 0xf8;
+  boot.writeUInt16LE(g.fatSectors, 22);
+  boot.writeUInt16LE(SECTORS_PER_TRACK, 24);
+  boot.writeUInt16LE(HEADS, 26);
+  boot[36] = 0x80;
+  boot[38] = 0x29;
+  randomBytes(4).copy(boot, 39);
+  label.copy(boot, 43);
+  boot.write(g.fatBits === 12 ? 'FAT12   ' : 'FAT16   ', 54, 'ascii');
+  boot[510] = 0x55;
+  boot[511] = 0xaa;
 
   const fat = Buffer.alloc(g.fatSectors * SECTOR);
   const setFat = (n: number, v: number) => {
@@ -185,8 +208,6 @@ export function fatImage(files: Readonly<Record<string, Buffer>>, opts: FatOptio
   setFat(0, g.fatBits === 12 ? 0xff8 : 0xfff8);
   setFat(1, eoc);
 
-  const dataStart = (g.reservedSectors + 2 * g.fatSectors + g.rootSectors) * SECTOR;
-  const clusterBytes = g.sectorsPerCluster * SECTOR;
   let next = 2;
   names.forEach((name, i) => {
     const data = files[name] ?? Buffer.alloc(0);
@@ -194,11 +215,11 @@ export function fatImage(files: Readonly<Record<string, Buffer>>, opts: FatOptio
     const count = Math.ceil(data.length / clusterBytes);
     const first = count ? next : 0;
     for (let c = 0; c < count; c++) setFat(next + c, c === count - 1 ? eoc : next + c + 1);
-    data.copy(img, dataStart + (next - 2) * clusterBytes);
+    data.copy(area, (next - 2) * clusterBytes);
     next += count;
     entries.push(...lfnEntries(name, lfnChecksum(short)), shortEntry(short, ATTR_ARCHIVE, first, data.length, when));
   });
-  for (let copy = 0; copy < 2; copy++) fat.copy(img, (g.reservedSectors + copy * g.fatSectors) * SECTOR);
-  Buffer.concat(entries).copy(img, (g.reservedSectors + 2 * g.fatSectors) * SECTOR);
-  return img;
+  for (let copy = 0; copy < 2; copy++) fat.copy(boot, (g.reservedSectors + copy * g.fatSectors) * SECTOR);
+  Buffer.concat(entries).copy(boot, (g.reservedSectors + 2 * g.fatSectors) * SECTOR);
+  return { size: g.totalSectors * SECTOR, parts: [{ offset: 0, data: boot }, { offset: dataStart, data: area }] };
 }

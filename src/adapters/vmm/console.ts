@@ -40,11 +40,16 @@ export async function boundFile(path: string, maxBytes: number): Promise<boolean
 /**
  * Bounds every file VMMs keep growing (`files()` names them), every `intervalMs`, while the
  * daemon runs. A detached VMM writes while the daemon is down; its files are cut on the first
- * pass after the daemon starts again.
+ * pass after the daemon starts again. Each file is watched (inotify through fs.watch) once it
+ * has been looked at, and a pass looks again only at files that changed since, so idle VMs cost
+ * no file system call; a file that cannot be watched (not made yet, the watch refused) is looked
+ * at on every pass until it can be.
  */
 export class LogBound {
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
+  /** Watched files by path, and whether one changed since its last look. */
+  private readonly watched = new Map<string, { watcher: FSWatcher; changed: boolean }>();
 
   constructor(
     private readonly files: () => Promise<string[]>,
@@ -63,14 +68,23 @@ export class LogBound {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    for (const path of [...this.watched.keys()]) this.unwatch(path);
   }
 
-  /** One pass over every file; errors are logged, never thrown (runs from a timer). */
+  /** One pass over the files that changed or are not watched; errors are logged, never thrown (runs from a timer). */
   async pass(): Promise<void> {
     if (this.busy) return;
     this.busy = true;
     try {
-      for (const f of await this.files()) {
+      const files = await this.files();
+      const listed = new Set(files);
+      for (const path of this.watched.keys()) if (!listed.has(path)) this.unwatch(path);
+      for (const f of files) {
+        const w = this.watched.get(f);
+        if (w && !w.changed) continue;
+        // Watched before the look, so a write during it is seen by the next pass.
+        if (w) w.changed = false;
+        else this.watch(f);
         try {
           if (await boundFile(f, this.maxBytes)) this.log.debug({ file: f, maxBytes: this.maxBytes }, 'log cut at its bound');
         } catch (err) {
@@ -82,6 +96,28 @@ export class LogBound {
     } finally {
       this.busy = false;
     }
+  }
+
+  private watch(path: string): void {
+    let watcher: FSWatcher;
+    try {
+      watcher = watch(path, { persistent: false });
+    } catch {
+      return; // not made yet, or no watch left: looked at on every pass instead
+    }
+    const entry = { watcher, changed: false };
+    // 'rename': the file was moved or removed, and the watch follows the old inode: drop it,
+    // so the next pass looks at whatever has the name now.
+    watcher.on('change', (type) => (type === 'rename' ? this.unwatch(path) : (entry.changed = true)));
+    watcher.on('error', () => this.unwatch(path));
+    this.watched.set(path, entry);
+  }
+
+  private unwatch(path: string): void {
+    const w = this.watched.get(path);
+    if (!w) return;
+    this.watched.delete(path);
+    w.watcher.close();
   }
 }
 

@@ -108,11 +108,6 @@ export class EventSupervisor implements Supervisor {
     return this.watched.get(uid)?.pid === pid;
   }
 
-  /** The uids of the VMs whose VMM is watched now: those whose VMM runs, as far as this daemon knows. */
-  uids(): string[] {
-    return [...this.watched.keys()];
-  }
-
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;

@@ -27,9 +27,10 @@ export interface ReconcileObserver {
 }
 
 /**
- * What a pass or the supervisor observed on the host is committed without waiting for the disk
- * (see UpdateOptions): the next pass observes it again, and it keeps a create from costing an
- * fsync per step. Failures, retry counts and FAILED are committed durably.
+ * Everything the reconciler writes is committed without waiting for the disk (see
+ * UpdateOptions): it survives a kill -9 of the daemon, and a power cut loses at most what the
+ * next pass observes or attempts again (a status, a retry count, an attempt's failure). What a
+ * client was told (its create, delete or power change) is the API's durable write.
  */
 const OBSERVED: UpdateOptions = { durable: false };
 
@@ -39,7 +40,7 @@ const OBSERVED: UpdateOptions = { durable: false };
  */
 export class Reconciler {
   /** The pass running for each uid (the queue runs at most one per uid), to call it off. */
-  private readonly inflight = new Map<string, { kind: 'ensure' | 'teardown'; controller: AbortController }>();
+  private readonly inflight = new Map<string, Inflight>();
   private shuttingDown = false;
 
   constructor(private readonly opts: ReconcilerOptions) {}
@@ -72,35 +73,47 @@ export class Reconciler {
     if (!vm) return undefined;
     const log = logger.child({ uid, namespace: vm.spec.namespace, name: vm.spec.name });
     const kind = vm.status.state === 'DELETING' ? 'teardown' : 'ensure';
-    const controller = new AbortController();
-    this.inflight.set(uid, { kind, controller });
+    const pass: Inflight = { kind, controller: new AbortController() };
+    this.inflight.set(uid, pass);
     const started = this.opts.clock.now().getTime();
-    const pass: { outcome?: PassOutcome } = {};
     try {
-      return await (kind === 'teardown' ? this.delete(vm, log, controller.signal, pass) : this.create(vm, log, controller.signal, pass));
+      return await (kind === 'teardown' ? this.delete(vm, log, pass) : this.create(vm, log, pass));
     } finally {
       this.inflight.delete(uid);
+      // A boot reported during a pass that saved nothing (called off, or not due yet).
+      if (pass.bootedPid !== undefined) this.guestBooted(uid, pass.bootedPid);
       if (pass.outcome) this.opts.observer?.pass({ kind, outcome: pass.outcome, seconds: (this.opts.clock.now().getTime() - started) / 1000 });
     }
   }
 
-  private async create(vm: MicroVM, log: Logger, signal: AbortSignal, pass: { outcome?: PassOutcome }): Promise<number | undefined> {
+  /**
+   * One create pass writes the record once, with its outcome (CREATED, PENDING or the failure
+   * and what the steps achieved before it), plus once more for each decision a step made that
+   * the next pass could not observe again: an image digest pinned, a restart done. Anything
+   * else a step observed (paths, links, pid) the next pass observes again after a crash.
+   */
+  private async create(vm: MicroVM, log: Logger, pass: Inflight): Promise<number | undefined> {
     const { uid } = vm;
+    const signal = pass.controller.signal;
     if (vm.status.state === 'FAILED') return undefined;
     const wait = dueIn(vm, this.opts.clock.now());
     if (wait > 0) return wait;
     pass.outcome = 'failed';
+    let observed: Omit<RuntimeStatus, 'ready'> | undefined;
+    let decided = decisions(vm.status);
     try {
-      // Save what each step achieved right away, so a crash mid-plan keeps it visible.
       const progress = (s: RuntimeStatus) => {
         const { ready: _ready, ...partial } = s;
-        this.save(uid, (cur) => withObserved(cur.status, partial), OBSERVED);
+        observed = partial;
+        const now = decisions(partial);
+        if (now === decided) return;
+        decided = now;
+        this.save(uid, (cur) => withObserved(this.booted(cur.status, pass), partial));
       };
-      const observed = await this.opts.runtime.ensure(vm, log, progress, signal);
-      const { ready, ...fields } = observed;
+      const { ready, ...fields } = await this.opts.runtime.ensure(vm, log, progress, signal);
       // retry is not reset here: a VMM that starts and then crashes must still run out of
       // attempts. It resets when the guest is seen booting (guestBooted).
-      this.save(uid, (cur) => ({ ...withObserved(cur.status, fields), state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }), OBSERVED);
+      this.save(uid, (cur) => ({ ...withObserved(this.booted(cur.status, pass), fields), state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }));
       pass.outcome = 'ok';
       return undefined;
     } catch (err) {
@@ -108,8 +121,20 @@ export class Reconciler {
         pass.outcome = 'canceled';
         return this.calledOff(log, signal);
       }
-      return this.fail(vm, err, log);
+      const achieved = observed;
+      return this.fail(vm, err, log, (cur) => (achieved ? withObserved(this.booted(cur, pass), achieved) : this.booted(cur, pass)));
     }
+  }
+
+  /**
+   * The status with the boot the supervisor reported during this pass, as guestBooted would
+   * have saved it before the pass's own write; the report is then consumed.
+   */
+  private booted(cur: MicroVMStatus, pass: Inflight): MicroVMStatus {
+    const pid = pass.bootedPid;
+    if (pid === undefined) return cur;
+    pass.bootedPid = undefined;
+    return bootedStatus(cur, pid);
   }
 
   /** A pass called off is not a failure: nothing is counted; the queue runs what comes next. */
@@ -144,7 +169,13 @@ export class Reconciler {
    * keeps guest_booted.
    */
   guestBooted(uid: string, pid: number): void {
-    this.save(uid, (cur) => (cur.status.state === 'DELETING' ? cur.status : { ...cur.status, vmmPid: pid, guestBooted: true, retry: 0, lastError: '' }), OBSERVED);
+    // A create pass running for this VM writes the record when it ends: the boot goes with it.
+    const pass = this.inflight.get(uid);
+    if (pass?.kind === 'ensure') {
+      pass.bootedPid = pid;
+      return;
+    }
+    this.save(uid, (cur) => bootedStatus(cur.status, pid));
   }
 
   /**
@@ -152,10 +183,11 @@ export class Reconciler {
    * boot (`quiet` hides it), so its failure count starts over. guest_booted is left alone.
    */
   vmmHealthy(uid: string): void {
-    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '' }), OBSERVED);
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '' }));
   }
 
-  private async delete(vm: MicroVM, log: Logger, signal: AbortSignal, pass: { outcome?: PassOutcome }): Promise<number | undefined> {
+  private async delete(vm: MicroVM, log: Logger, pass: Inflight): Promise<number | undefined> {
+    const signal = pass.controller.signal;
     const wait = dueIn(vm, this.opts.clock.now());
     if (wait > 0) return wait;
     pass.outcome = 'failed';
@@ -182,7 +214,8 @@ export class Reconciler {
     }
   }
 
-  private fail(vm: MicroVM, err: unknown, log: Logger): number | undefined {
+  /** `before`: what the failed pass achieved, applied to the stored status under the failure. */
+  private fail(vm: MicroVM, err: unknown, log: Logger, before: (cur: MicroVMStatus) => MicroVMStatus = (cur) => cur): number | undefined {
     const e = MatchlockError.from(err);
     const retry = vm.status.retry + 1;
     const exhausted = vm.status.state !== 'DELETING' && retry > this.opts.maxRetries;
@@ -190,7 +223,7 @@ export class Reconciler {
     const next = new Date(this.opts.clock.now().getTime() + delay).toISOString();
     log.warn({ err: e.message, retry, exhausted }, exhausted ? 'reconcile failed; giving up' : 'reconcile failed; will retry');
     this.save(vm.uid, (cur) => ({
-      ...cur.status,
+      ...before(cur.status),
       state: exhausted ? 'FAILED' : cur.status.state === 'CREATED' ? 'PENDING' : cur.status.state,
       retry,
       lastError: e.message,
@@ -200,7 +233,7 @@ export class Reconciler {
   }
 
   /** Stores a new status only when it differs, so an idle resync does not bump versions. */
-  private save(uid: string, next: (cur: MicroVM) => MicroVMStatus, opts?: UpdateOptions): void {
+  private save(uid: string, next: (cur: MicroVM) => MicroVMStatus, opts: UpdateOptions = OBSERVED): void {
     const now = this.opts.clock.now().toISOString();
     this.opts.store.update(uid, (cur) => {
       const status = stripUndefined(next(cur));
@@ -221,6 +254,28 @@ function withObserved(cur: MicroVMStatus, observed: Omit<RuntimeStatus, 'ready'>
   const { guestBooted: _ignored, ...rest } = observed;
   const otherVmm = observed.vmmPid !== undefined && observed.vmmPid !== cur.vmmPid;
   return { ...cur, ...rest, guestBooted: otherVmm ? false : cur.guestBooted };
+}
+
+/** A running pass: its kind, how to call it off, how it ended, and a boot reported meanwhile. */
+interface Inflight {
+  kind: 'ensure' | 'teardown';
+  controller: AbortController;
+  outcome?: PassOutcome;
+  /** The supervisor saw the guest of the VMM with this pid boot while the pass ran. */
+  bootedPid?: number | undefined;
+}
+
+/** The guest of the VMM with this pid reached userspace; a record being deleted keeps its status. */
+function bootedStatus(cur: MicroVMStatus, pid: number): MicroVMStatus {
+  return cur.state === 'DELETING' ? cur : { ...cur, vmmPid: pid, guestBooted: true, retry: 0, lastError: '' };
+}
+
+/**
+ * What a create pass decided rather than observed, as one comparable string: the pinned image
+ * digests (a moving tag must not change the VM after a crash) and the restart it carried out.
+ */
+function decisions(s: Partial<Pick<MicroVMStatus, 'imageDigests' | 'restarted'>>): string {
+  return JSON.stringify([Object.entries(s.imageDigests ?? {}).sort(), s.restarted ?? null]);
 }
 
 function dueIn(vm: MicroVM, now: Date): number {

@@ -89,6 +89,9 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       ),
       lastEvent: this.db.prepare<[], { id: number | null }>("SELECT seq AS id FROM sqlite_sequence WHERE name = 'events'"),
       oldestEvent: this.db.prepare<[], { id: number | null }>('SELECT MIN(id) AS id FROM events'),
+      // Prepared once: db.pragma() parses its statement on every call, twice per observed update.
+      lazy: this.db.prepare('PRAGMA synchronous = NORMAL'),
+      full: this.db.prepare('PRAGMA synchronous = FULL'),
     };
   }
 
@@ -98,8 +101,9 @@ export class SqliteStore implements Store, Tombstones, EventLog {
 
   insert(vm: MicroVM): void {
     this.writing(() => this.db.transaction(() => {
-      this.stmts.insert.run(row(vm));
-      this.log('CREATED', vm, undefined);
+      const r = row(vm);
+      this.stmts.insert.run(r);
+      this.log('CREATED', vm, undefined, r.record);
     }).immediate());
     this.notify();
   }
@@ -162,11 +166,11 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     if (opts.durable !== false) return this.updateNow(uid, change);
     // WAL with synchronous=NORMAL commits without an fsync: the frames reach the OS at once (a
     // killed daemon loses nothing) and the disk with the next synchronous=FULL commit.
-    this.db.pragma('synchronous = NORMAL');
+    this.stmts.lazy.run();
     try {
       return this.updateNow(uid, change);
     } finally {
-      this.db.pragma('synchronous = FULL');
+      this.stmts.full.run();
     }
   }
 
@@ -182,9 +186,10 @@ export class SqliteStore implements Store, Tombstones, EventLog {
         const changed = change(current);
         if (changed === undefined) return current;
         const next: MicroVM = { ...changed, uid, version: current.version + 1 };
-        const res = this.stmts.update.run({ ...row(next), previous: current.version });
+        const stored = row(next);
+        const res = this.stmts.update.run({ ...stored, previous: current.version });
         if (res.changes !== 1) throw new MatchlockError(ErrorCode.Aborted, `microvm ${uid} changed during an update; retry`);
-        this.log('UPDATED', next, current);
+        this.log('UPDATED', next, current, stored.record);
         wrote = true;
         return next;
       })
@@ -212,12 +217,12 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     if (!r) return false;
     this.stmts.remove.run(uid);
     const last = parse(r.record);
-    this.log('DELETED', last, last);
+    this.log('DELETED', last, last, r.record);
     return true;
   }
 
   /** Appends an event inside the caller's transaction; old events beyond EVENTS_KEPT go. */
-  private log(type: StoredEvent['type'], vm: MicroVM, before: MicroVM | undefined): void {
+  private log(type: StoredEvent['type'], vm: MicroVM, before: MicroVM | undefined, record: string): void {
     const id = Number(this.stmts.event.run({
       uid: vm.uid,
       namespace: vm.spec.namespace,
@@ -225,7 +230,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       time: new Date().toISOString(),
       prevState: before?.status.state ?? null,
       prevPower: before?.status.power ?? null,
-      record: JSON.stringify(vm),
+      record,
     }).lastInsertRowid);
     if (id % Math.max(1, Math.floor(this.eventsKept / 100)) === 0) this.stmts.prune.run(id - this.eventsKept);
   }
@@ -400,7 +405,7 @@ function storeFull(path: string, err: unknown): MatchlockError | undefined {
   );
 }
 
-function row(vm: MicroVM): Record<string, string | number | Uint8Array> {
+function row(vm: MicroVM): { uid: string; namespace: string; name: string; version: number; state: string; record: string; wire: Uint8Array } {
   return {
     uid: vm.uid,
     namespace: vm.spec.namespace,
