@@ -171,6 +171,17 @@ describe('ListMicroVMs pages', () => {
     assert.equal(rest.nextPageToken, '');
   });
 
+  it('answer concurrent Lists each with its own records (answers share a reused buffer)', async () => {
+    const filters = Array.from({ length: 24 }, (_, i) => ({ namespace: i % 6 === 5 ? '' : `ns-${i % 5}`, pageSize: i % 2 ? 0 : 150 }));
+    const answers = await Promise.all(filters.map((f) => client.list(f)));
+    answers.forEach((res, i) => {
+      const f = filters[i] as { namespace: string; pageSize: number };
+      const want = store.uids({ namespace: f.namespace }, f.pageSize ? { limit: f.pageSize } : {});
+      assert.deepEqual(uids(res), want, JSON.stringify(f));
+      for (const m of res.microvm) assert.ok(f.namespace === '' || m.spec?.namespace === f.namespace);
+    });
+  });
+
   it(`cap page_size at ${MAX_PAGE_SIZE} and a page at ${MAX_PAGE_BYTES} bytes`, async () => {
     const big = await client.list({ namespace: '', pageSize: 100_000 });
     assert.equal(big.microvm.length, MAX_PAGE_SIZE);

@@ -23,7 +23,7 @@ import { Server as ServerServiceDesc } from '../../../gen/services/matchlock/v1/
 import { durationMs, powerCall, recentEvents, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
 import { specInput } from '../convert.js';
 import { grpcCode } from './status.js';
-import { serviceDefinition } from './service-def.js';
+import { COPIED, serviceDefinition, type Lent } from './service-def.js';
 import { drained } from '../drain.js';
 import { listPage } from '../paging.js';
 import { addConsoleService, type ConsoleLocator } from './console.js';
@@ -111,17 +111,47 @@ function putVarint(out: Buffer, at: number, n: number): number {
 const NEXT_PAGE_TOKEN_TAG = (1000 << 3) | 2;
 
 /**
+ * One buffer that List answers are written into, reused while its last answer has been copied
+ * by grpc-js (which copies every message behind its 5-byte header). A List of 10,000 records
+ * is 30 MB, and writing into fresh memory faults in every page of it: on a virtual machine that
+ * cost as much as the rest of the answer. Dropped after a minute without a List, so the daemon's
+ * memory goes back down; a buffer still lent (a call cancelled before grpc-js serialised it) is
+ * never written again, only left to the garbage collector.
+ */
+class AnswerBuffer {
+  private buf: Buffer | undefined;
+  private lent = false;
+  private drop: NodeJS.Timeout | undefined;
+
+  take(size: number): Buffer {
+    if (this.lent) this.buf = undefined;
+    if (!this.buf || this.buf.length < size || size < this.buf.length / 4) this.buf = Buffer.allocUnsafe(size);
+    const out = this.buf.subarray(0, size) as Lent & Buffer;
+    const mine = this.buf;
+    this.lent = true;
+    out[COPIED] = () => {
+      if (this.buf === mine) this.lent = false;
+    };
+    clearTimeout(this.drop);
+    this.drop = setTimeout(() => (this.buf = undefined), 60_000).unref();
+    return out;
+  }
+}
+
+const answers = new AnswerBuffer();
+
+/**
  * A ListMicroVMsResponse: the stored records in field 1, then next_page_token (field 1000) when
- * there is one. Written into one buffer of the exact size: a List of 10,000 records is 30 MB,
- * and every extra copy of it (a writer's chunks joined, a zero-filled array) costs a fresh 30 MB
- * of pages and the garbage collector's time.
+ * there is one. Written in one pass into the reused answer buffer: every extra copy of a large
+ * List (a writer's chunks joined into a zero-filled array) costs fresh pages and the garbage
+ * collector's time.
  */
 function listResponse(records: Uint8Array[], nextPageToken: string): Buffer {
   let size = 0;
   for (const r of records) size += 1 + varintLength(r.length) + r.length;
   const token = Buffer.from(nextPageToken, 'utf8');
   if (token.length) size += varintLength(NEXT_PAGE_TOKEN_TAG) + varintLength(token.length) + token.length;
-  const out = Buffer.allocUnsafe(size);
+  const out = answers.take(size);
   let at = 0;
   for (const r of records) {
     out[at++] = (1 << 3) | 2;
