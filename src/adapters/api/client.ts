@@ -60,8 +60,8 @@ export function credentials(o: ConnectOptions): grpc.ChannelCredentials {
 
 /**
  * The CLI's channel settings. Receive window: grpc-js starts every stream and the connection at
- * HTTP/2's 64 KiB, so a server sends 64 KiB and waits for the window to reopen, hundreds of
- * round trips for a page of VMs; 8 MiB covers a whole page (at most 3 MiB) in flight.
+ * HTTP/2's 64 KiB, so a server sends 64 KiB and waits for the window to reopen, some 25 round
+ * trips for a page of 500 VMs (1.5 MB); 8 MiB lets a whole page (at most 3 MiB) be in flight.
  * Receive limit: a flintlockd, or a matchlockd asked without page_size, answers List with every
  * VM in one message, past grpc-js's default 4 MiB from some 1,300 CAPMVM-shaped VMs.
  */
