@@ -9,8 +9,6 @@ export interface ListFilter {
   namespace?: string | undefined;
   /** Undefined or empty: every name. */
   name?: string | undefined;
-  /** true: only records whose status names a VMM process (vmmPid above 0). */
-  withVmm?: boolean | undefined;
 }
 
 /** Which part of an ordered read: records are read in uid order, a page at a time. */

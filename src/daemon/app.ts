@@ -7,7 +7,8 @@ import { createHttpApi } from '../adapters/api/http/server.js';
 import { bindGrpc, createGrpcServer, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { MicroVMService } from '../core/microvm/service.js';
-import type { ListFilter, Logger } from '../core/ports.js';
+import type { MicroVM } from '../core/microvm/types.js';
+import type { Logger } from '../core/ports.js';
 import { longestSocketPath, UNIX_SOCKET_PATH_MAX } from '../core/vmm.js';
 import { HostRuntime } from '../core/plan/host-runtime.js';
 import { NodeHostFiles } from '../adapters/system/files.js';
@@ -208,8 +209,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   // Every record, a page at a time with a turn of the event loop between pages, so a large
   // store is never read at once and requests are served meanwhile.
   const RESYNC_PAGE = 500;
-  async function* allRecords(filter: ListFilter = {}) {
-    for (let page = store.page(filter, { limit: RESYNC_PAGE }); page.length > 0; page = store.page(filter, { after: page.at(-1)?.uid, limit: RESYNC_PAGE })) {
+  async function* allRecords() {
+    for (let page = store.page({}, { limit: RESYNC_PAGE }); page.length > 0; page = store.page({}, { after: page.at(-1)?.uid, limit: RESYNC_PAGE })) {
       yield* page;
       await new Promise((r) => setImmediate(r));
     }
@@ -252,18 +253,23 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     return { log: inst.consolePath, provider: vm.spec.provider, input: inst.consoleInput };
   };
   // Every file a VMM keeps growing is held under console-log-max-bytes. The first pass looks at
-  // every VM on record (a detached VMM may have written while the daemon was down); later ones
-  // only at VMs with a VMM, since no other file grows: with 10,000 VMs on record, opening all
-  // their files every second took half a core. The store is read a page at a time with turns
-  // of the event loop between pages, so a pass never holds up requests.
+  // every VM on record (a detached VMM may have written while the daemon was down), a page at a
+  // time with turns of the event loop between pages; later ones only at the VMs whose VMM the
+  // supervisor watches, since no other file grows. Reading and parsing every record each second
+  // instead used half a core with 10,000 VMs on record and held up requests meanwhile.
   let everyVm = true;
   const logBound = new LogBound(async () => {
     const files: string[] = [];
-    for await (const vm of allRecords({ withVmm: !everyVm })) {
-      const inst = instanceOf(vm);
+    const add = (vm: MicroVM | undefined) => {
+      const inst = vm && instanceOf(vm);
       if (inst) files.push(...(inst.growingFiles ?? [inst.consolePath]));
+    };
+    if (everyVm) {
+      for await (const vm of allRecords()) add(vm);
+      everyVm = false;
+    } else {
+      for (const uid of supervisor.uids()) add(store.get(uid));
     }
-    everyVm = false;
     return files;
   }, cfg.consoleLogMaxBytes, logger);
   const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, console: consoleOf, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });

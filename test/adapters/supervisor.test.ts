@@ -73,9 +73,11 @@ describe('VMM supervisor: exits and boot are events, not poll results', () => {
       const vmm = await launch('child');
       sup.watch('vm-child', vmm.pid, vmm.console);
       assert.ok(sup.watching('vm-child', vmm.pid));
+      assert.deepEqual(sup.uids(), ['vm-child'], 'the VMs whose files the log bound looks at');
       process.kill(vmm.pid, 'SIGKILL');
       const ms = await r.until('exited vm-child', 10_000);
       assert.equal(sup.watching('vm-child', vmm.pid), false, 'no longer watched once it exited');
+      assert.deepEqual(sup.uids(), []);
       process.stdout.write(`# exit of a child noticed after ${ms} ms\n`);
     } finally {
       sup.stop();

@@ -30,7 +30,7 @@ export class MemoryStore implements Store, Tombstones {
   }
   list(filter: ListFilter): MicroVM[] {
     return [...this.records.values()]
-      .filter((vm) => (!filter.namespace || vm.spec.namespace === filter.namespace) && (!filter.name || vm.spec.name === filter.name) && (!filter.withVmm || vm.status.vmmPid > 0))
+      .filter((vm) => (!filter.namespace || vm.spec.namespace === filter.namespace) && (!filter.name || vm.spec.name === filter.name))
       .sort((a, b) => a.uid.localeCompare(b.uid))
       .map((vm) => structuredClone(vm));
   }

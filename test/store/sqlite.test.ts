@@ -52,15 +52,6 @@ describe('SqliteStore', () => {
     r.close();
   });
 
-  it('pages only records with a VMM when asked (withVmm), as the log bound reads them', () => {
-    const s = new SqliteStore(join(tmp.path, 'vmm.db'));
-    for (const [uid, pid] of [['01A', 0], ['01B', 4242], ['01C', 0], ['01D', 77]] as const) s.insert({ ...vm(uid, 'x', uid), status: { ...initialStatus(), vmmPid: pid } });
-    assert.deepEqual(s.page({ withVmm: true }, {}).map((v) => v.uid), ['01B', '01D']);
-    assert.deepEqual(s.uids({ withVmm: true }, { after: '01B', limit: 5 }), ['01D']);
-    assert.deepEqual(s.uids({}, {}), ['01A', '01B', '01C', '01D']);
-    s.close();
-  });
-
   it('loses no update when four processes bump one record at the same time', async () => {
     const path = join(tmp.path, 'race.db');
     const s = new SqliteStore(path);

@@ -104,6 +104,11 @@ export class EventSupervisor implements Supervisor {
     w.release = [];
   }
 
+  /** The uids of the VMs whose VMM is watched now: the VMs whose files can grow. */
+  uids(): string[] {
+    return [...this.watched.keys()];
+  }
+
   watching(uid: string, pid: number): boolean {
     return this.watched.get(uid)?.pid === pid;
   }

@@ -420,8 +420,6 @@ function pagedQuery(columns: string, filter: ListFilter, page: PageOptions): { s
   add('namespace = @namespace', 'namespace', filter.namespace || undefined);
   add('name = @name', 'name', filter.name || undefined);
   add('uid > @after', 'after', page.after);
-  // Read in SQLite's JSON functions: no record is parsed in JavaScript only to be passed over.
-  if (filter.withVmm) where.push("json_extract(record, '$.status.vmmPid') > 0");
   const limit = page.limit !== undefined && page.limit > 0 ? ' LIMIT @limit' : '';
   if (limit) params.limit = page.limit ?? 0;
   return { sql: `SELECT ${columns} FROM microvms${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY uid${limit}`, params };
