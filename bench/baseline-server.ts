@@ -23,15 +23,17 @@ function rawServiceDefinition(): grpc.ServiceDefinition {
   return def;
 }
 
-function fieldBytes(field: number, payload: Buffer): Buffer[] {
-  const head: number[] = [(field << 3) | 2];
-  let n = payload.length;
+function varint(n: number, out: number[] = []): number[] {
   while (n > 127) {
-    head.push((n & 127) | 128);
+    out.push((n & 127) | 128);
     n >>>= 7;
   }
-  head.push(n);
-  return [Buffer.from(head), payload];
+  out.push(n);
+  return out;
+}
+
+function fieldBytes(field: number, payload: Buffer): Buffer[] {
+  return [Buffer.from(varint(payload.length, varint((field << 3) | 2))), payload];
 }
 
 export function openBaselineDb(path: string): Database.Database {
@@ -47,6 +49,7 @@ export function runBaseline(dbPath: string, socket: string): void {
   const insert = db.prepare<[string, Buffer]>('INSERT INTO vms (uid, wire) VALUES (?, ?)');
   const get = db.prepare<[string], Buffer>('SELECT wire FROM vms WHERE uid = ?').pluck();
   const all = db.prepare<[], Buffer>('SELECT wire FROM vms ORDER BY uid').pluck();
+  const page = db.prepare<[string, number], { uid: string; wire: Buffer }>('SELECT uid, wire FROM vms WHERE uid > ? ORDER BY uid LIMIT ?');
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024 });
   server.addService(rawServiceDefinition(), {
     createMicroVM: (call: grpc.ServerUnaryCall<CreateMicroVMRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
@@ -62,9 +65,17 @@ export function runBaseline(dbPath: string, socket: string): void {
       if (!w) cb({ code: grpc.status.NOT_FOUND, details: 'not found' });
       else cb(null, Buffer.concat(fieldBytes(1, w)));
     },
-    listMicroVMs: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => {
+    listMicroVMs: (call: grpc.ServerUnaryCall<{ pageSize: number; pageToken: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       const parts: Buffer[] = [];
-      for (const w of all.iterate()) parts.push(...fieldBytes(1, w));
+      const { pageSize, pageToken } = call.request;
+      if (!pageSize) {
+        for (const w of all.iterate()) parts.push(...fieldBytes(1, w));
+      } else {
+        // The token is the last uid sent: the least a keyset page needs.
+        const rows = page.all(pageToken, pageSize + 1);
+        for (const r of rows.slice(0, pageSize)) parts.push(...fieldBytes(1, r.wire));
+        if (rows.length > pageSize) parts.push(...fieldBytes(1000, Buffer.from(rows[pageSize - 1]?.uid ?? '')));
+      }
       cb(null, Buffer.concat(parts));
     },
   });

@@ -1,6 +1,6 @@
 // The control plane against the limit of its own stack, measured in one run.
 //
-//   node --import tsx bench/control-plane.ts [sizes=100,1000,10000] [creates=100] [bursts=100,500]
+//   node --import tsx bench/control-plane.ts [sizes=100,1000,10000] [creates=100] [bursts=100,500] [idleSeconds=20]
 //   (sizes or bursts may be 0 to skip that part; MATCHLOCK_BENCH_ENTRY=<path to bin/matchlockd.js>
 //   measures another checkout's daemon with this bench; MATCHLOCK_BENCH_NODE_FLAGS='--cpu-prof
 //   --cpu-prof-dir=<dir>' gives the daemon's node these flags)
@@ -10,10 +10,16 @@
 // (responses are not decoded, so the client costs both sides the same):
 //   - CreateMicroVM p50, sequential (the VM's image is on a registry nobody answers, so its
 //     reconcile fails fast and backs off: no boot);
-//   - GetMicroVM p50 and ListMicroVMs (all records, median of a few);
-//   - RSS idle (no record), with the records loaded, after the Lists.
+//   - GetMicroVM p50 and ListMicroVMs (all records, median of a few): in one answer (no
+//     page_size, as flintlock's clients ask), and a page of 500 at a time (page_size and
+//     page_token): time to the first page and to the last;
+//   - RSS idle (no record), with the records loaded, after the Lists;
+//   - CPU of the idle server with the records loaded, over `idleSeconds`, from /proc/<pid>/stat,
+//     once matchlockd's start-up work is over (it uses under a fifth of a core over 2 s); the
+//     requests are timed after that too.
 // The baseline is bare grpc-js plus better-sqlite3 (WAL, synchronous=FULL): Create decodes the
-// request, inserts one row and answers; Get and List answer records stored pre-encoded.
+// request, inserts one row and answers; Get and List answer records stored pre-encoded, List a
+// page after the last uid of the previous one when asked for pages.
 //
 // Part 2 (a private network namespace with a bridge). For each burst size N: N concurrent
 // creates of VMs whose QEMU is bench/vmm-standin.c (boots nothing, answers QMP, ~1 MB each) and
@@ -51,12 +57,45 @@ import { writeImageLayout } from '../test/helpers/oci.js';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const nums = (s: string | undefined, d: number[]) => (s === undefined ? d : s.split(',').map(Number).filter((n) => n > 0));
 
+/** next_page_token (field 1000) of a ListMicroVMsResponse left as bytes, without decoding the records. */
+function nextPageToken(res: Buffer): string {
+  let at = 0;
+  const read = () => {
+    let n = 0;
+    for (let shift = 0; ; shift += 7) {
+      const b = res[at++] ?? 0;
+      n += (b & 127) * 2 ** shift;
+      if (b < 128) return n;
+    }
+  };
+  while (at < res.length) {
+    const tag = read();
+    if ((tag & 7) !== 2) throw new Error(`unexpected wire type in ListMicroVMsResponse: ${tag & 7}`);
+    const len = read();
+    if (tag >>> 3 === 1000) return res.subarray(at, at + len).toString('utf8');
+    at += len;
+  }
+  return '';
+}
+
 // ---------------------------------------------------------------- helpers
 
 interface Server {
   pid: number;
   target: string;
   stop(): Promise<void>;
+}
+
+/** Waits until a process uses under a fifth of a core over 2 s (at most 120 s); returns the seconds waited. */
+async function startupWork(pid: number): Promise<number> {
+  const t = performance.now();
+  for (let before = cpuSeconds(pid); performance.now() - t < 120_000; ) {
+    await settle(2000);
+    const now = cpuSeconds(pid);
+    if (now - before < 0.4) break;
+    before = now;
+  }
+  return (performance.now() - t) / 1000;
 }
 
 function rss(pid: number): number {
@@ -112,7 +151,19 @@ function rawClient(target: string) {
     await call(method, req);
     return performance.now() - t;
   };
-  return { call, timed, close: () => client.close() };
+  /** Every page of a List of `pageSize`: ms to the first answer and to the last. */
+  const paged = async (pageSize: number): Promise<[number, number]> => {
+    const t = performance.now();
+    let first = 0;
+    let pageToken = '';
+    do {
+      const res = await call('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: '', pageSize, pageToken }));
+      first ||= performance.now() - t;
+      pageToken = nextPageToken(res);
+    } while (pageToken);
+    return [first, performance.now() - t];
+  };
+  return { call, timed, paged, close: () => client.close() };
 }
 
 const median = (xs: number[]) => {
@@ -189,10 +240,12 @@ const settle = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const row = (cols: (string | number)[]) => process.stdout.write(`| ${cols.join(' | ')} |\n`);
 const f1 = (n: number) => n.toFixed(1);
 const ratio = (a: number, b: number) => (a / b).toFixed(2);
+/** page_size of the paged Lists. */
+const PAGE = 500;
 
 // ---------------------------------------------------------------- part 1
 
-async function part1(sizes: number[], creates: number, entry: string[]): Promise<void> {
+async function part1(sizes: number[], creates: number, entry: string[], idleSeconds: number): Promise<void> {
   const tmp = join(tmpdir(), `matchlock-bench-cp-${randomBytes(3).toString('hex')}`);
   const stateDir = join(tmp, 'state');
   const baseDir = join(tmp, 'base');
@@ -221,10 +274,16 @@ async function part1(sizes: number[], creates: number, entry: string[]): Promise
       try {
         if (size === 0) {
           process.stdout.write(`RSS idle (no record, 2 s after start): matchlockd ${f1(loaded[0])} MB, baseline ${f1(loaded[1])} MB, ratio ${ratio(loaded[0], loaded[1])}\n\n`);
-          row(['records', 'create p50 ms (baseline, ratio)', 'get p50 ms (baseline, ratio)', 'list ms (baseline, ratio)', 'RSS loaded MB (baseline)', 'RSS after list MB (baseline)']);
-          row(['---', '---', '---', '---', '---', '---']);
+          row(['records', 'create p50 ms (baseline, ratio)', 'get p50 ms (baseline, ratio)', 'list in one answer ms (baseline, ratio)', `list by ${PAGE}: first page ms (baseline, ratio)`, `list by ${PAGE}: all pages ms (baseline, ratio)`, 'RSS loaded MB (baseline)', 'RSS after lists MB (baseline)', `idle CPU % of a core over ${idleSeconds} s (baseline)`]);
+          row(['---', '---', '---', '---', '---', '---', '---', '---', '---']);
           continue;
         }
+        // Idle with the records loaded, before any request, once the start-up work (a reconcile
+        // pass of every record, the first log bound pass over every VM) is over.
+        const busy = await startupWork(ml.pid);
+        const cpu0 = [cpuSeconds(ml.pid), cpuSeconds(base.pid)];
+        await settle(idleSeconds * 1000);
+        const idle = [cpuSeconds(ml.pid) - (cpu0[0] ?? 0), cpuSeconds(base.pid) - (cpu0[1] ?? 0)].map((c) => (100 * c) / idleSeconds);
         const createTimes: [number[], number[]] = [[], []];
         for (let i = 0; i < creates; i++) {
           const req = create(CreateMicroVMRequestSchema, { microvm: spec(`new-${size}-${i}`, 'bench-new', absent) });
@@ -243,10 +302,19 @@ async function part1(sizes: number[], creates: number, entry: string[]): Promise
           listTimes[0].push(await mc.timed('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: '' })));
           listTimes[1].push(await bc.timed('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: '' })));
         }
+        const firstTimes: [number[], number[]] = [[], []];
+        const pagedTimes: [number[], number[]] = [[], []];
+        for (let i = 0; i < rounds; i++) {
+          for (const [k, c] of [mc, bc].entries()) {
+            const [first, last] = await c.paged(PAGE);
+            firstTimes[k as 0 | 1].push(first);
+            pagedTimes[k as 0 | 1].push(last);
+          }
+        }
         const after = [rss(ml.pid), rss(base.pid)];
-        const [c, g, l] = [createTimes, getTimes, listTimes].map(([a, b]) => [median(a), median(b)] as const);
+        const [c, g, l, pf, pa] = [createTimes, getTimes, listTimes, firstTimes, pagedTimes].map(([a, b]) => [median(a), median(b)] as const);
         const cell = (p: readonly [number, number] | undefined) => (p ? `${f1(p[0])} (${f1(p[1])}, ${ratio(p[0], p[1])})` : '');
-        row([size, cell(c), cell(g), cell(l), `${f1(loaded[0])} (${f1(loaded[1])})`, `${f1(after[0] ?? 0)} (${f1(after[1] ?? 0)})`]);
+        row([size, cell(c), cell(g), cell(l), cell(pf), cell(pa), `${f1(loaded[0])} (${f1(loaded[1])})`, `${f1(after[0] ?? 0)} (${f1(after[1] ?? 0)})`, `${(idle[0] ?? 0).toFixed(2)} (${(idle[1] ?? 0).toFixed(2)}), after ${busy.toFixed(0)} s of start-up work`]);
       } finally {
         mc.close();
         bc.close();
@@ -414,11 +482,12 @@ async function main(): Promise<void> {
   const sizes = nums(process.argv[2], [100, 1000, 10_000]);
   const creates = Number(process.argv[3] ?? 100);
   const bursts = nums(process.argv[4], [100, 500]);
+  const idleSeconds = Number(process.argv[5] ?? 20);
   const entry = [...(process.env.MATCHLOCK_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean), process.env.MATCHLOCK_BENCH_ENTRY ?? DAEMON_BIN];
   const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
   process.stdout.write(`# control plane: ${cpus().length} × ${cpus()[0]?.model ?? '?'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, node ${process.version}, load ${load}\n`);
   process.stdout.write(`# daemon: ${entry.join(' ')}\n`);
-  if (sizes.length) await part1(sizes, creates, entry);
+  if (sizes.length) await part1(sizes, creates, entry, idleSeconds);
   if (bursts.length) await part2(bursts, entry);
 }
 

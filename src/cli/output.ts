@@ -39,25 +39,59 @@ export function formatVms(vms: MicroVM[], format: Format, single: boolean): stri
     return format === 'json' ? JSON.stringify(value, null, 2) + '\n' : stringify(value);
   }
   const now = Date.now();
-  const rows = [['UID', 'NAMESPACE', 'NAME', 'STATE', 'PROVIDER', 'VCPU', 'MEMORY', 'RETRY', 'AGE', 'REASON']];
-  for (const vm of vms) {
-    rows.push([
-      vm.spec?.uid ?? '',
-      vm.spec?.namespace ?? '',
-      vm.spec?.id ?? '',
-      stateName(vm),
-      vm.spec?.provider ?? '',
-      String(vm.spec?.vcpu ?? ''),
-      `${vm.spec?.memoryInMb ?? ''}Mi`,
-      String(vm.status?.retry ?? 0),
-      age(vm, now),
-      reason(vm),
-    ]);
-  }
-  let out = table(rows);
+  let out = table([VM_COLUMNS, ...vms.map((vm) => vmRow(vm, now))]);
   if (single && vms[0]?.status?.lastError) out += `last error: ${vms[0].status.lastError}\n`;
   if (single && vms[0]?.status) out += powerLine(vms[0]);
   return out;
+}
+
+const VM_COLUMNS = ['UID', 'NAMESPACE', 'NAME', 'STATE', 'PROVIDER', 'VCPU', 'MEMORY', 'RETRY', 'AGE', 'REASON'];
+
+function vmRow(vm: MicroVM, now: number): string[] {
+  return [
+    vm.spec?.uid ?? '',
+    vm.spec?.namespace ?? '',
+    vm.spec?.id ?? '',
+    stateName(vm),
+    vm.spec?.provider ?? '',
+    String(vm.spec?.vcpu ?? ''),
+    `${vm.spec?.memoryInMb ?? ''}Mi`,
+    String(vm.status?.retry ?? 0),
+    age(vm, now),
+    reason(vm),
+  ];
+}
+
+/**
+ * Prints a list that arrives a page at a time, each page as it comes, as one document: a table
+ * whose column widths are those of the header and the first page (a longer cell later pushes
+ * only its own row), a JSON array, or a YAML sequence. `page` returns the text of a page, `end`
+ * what closes the document.
+ */
+export function vmListPrinter(format: Format): { page(vms: MicroVM[]): string; end(): string } {
+  let count = 0;
+  let widths: number[] | undefined;
+  return {
+    page(vms) {
+      const first = count === 0;
+      count += vms.length;
+      if (format === 'json') {
+        // The same text as JSON.stringify of the whole array: each element indented by two.
+        return vms.map((vm, i) => `${first && i === 0 ? '[\n' : ',\n'}${JSON.stringify(toJson(MicroVMSchema, vm, { alwaysEmitImplicit: true }), null, 2).replace(/^/gm, '  ')}`).join('');
+      }
+      if (format === 'yaml') return vms.length ? stringify(vms.map((vm) => toJson(MicroVMSchema, vm, { alwaysEmitImplicit: true }))) : '';
+      const now = Date.now();
+      const rows = [...(widths ? [] : [VM_COLUMNS]), ...vms.map((vm) => vmRow(vm, now))];
+      widths ??= rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+      const w = widths;
+      return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i] ?? 0))).join('  ') + '\n').join('');
+    },
+    end() {
+      if (format === 'json') return count ? '\n]\n' : '[]\n';
+      if (format === 'yaml') return count ? '' : '[]\n';
+      return widths ? '' : this.page([]);
+    },
+  };
 }
 
 /** `power: RUNNING`, with the desired state when it differs (a stop or pause on its way). */

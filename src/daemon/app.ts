@@ -6,7 +6,6 @@ import { join } from 'node:path';
 import { bindGrpc, createGrpcServer, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { MicroVMService } from '../core/microvm/service.js';
-import type { MicroVM } from '../core/microvm/types.js';
 import type { Logger } from '../core/ports.js';
 import { longestSocketPath, UNIX_SOCKET_PATH_MAX } from '../core/vmm.js';
 import { HostRuntime } from '../core/plan/host-runtime.js';

@@ -6,12 +6,15 @@ import { parse } from 'yaml';
 import { run } from '../../src/cli/main.js';
 import { EXIT } from '../../src/cli/client.js';
 import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
+import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
+import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
 
-async function cli(args: string[]): Promise<{ code: number; out: string; err: string }> {
+async function cli(args: string[]): Promise<{ code: number; out: string; err: string; writes: number }> {
   let out = '';
   let err = '';
-  const code = await run(args, { out: (t) => (out += t), err: (t) => (err += t) }, {});
-  return { code, out, err };
+  let writes = 0;
+  const code = await run(args, { out: (t) => ((out += t), writes++), err: (t) => (err += t) }, {});
+  return { code, out, err, writes };
 }
 
 describe('matchlock vm', () => {
@@ -97,3 +100,70 @@ describe('matchlock vm', () => {
     assert.equal(unknownCmd.code, EXIT.usage);
   });
 });
+
+describe('matchlock vm list of many VMs', () => {
+  const tmp = tempDir('cli-list');
+  const RECORDS = 1100;
+  let d: DaemonHandle;
+  let host: string[];
+  let uids: string[];
+  before(async () => {
+    // Records straight into the store, FAILED so nothing reconciles them.
+    const stateDir = join(tmp.path, 'state');
+    const store = new SqliteStore(join(stateDir, 'matchlock.db'));
+    for (let i = 0; i < RECORDS; i++) store.insert(seeded(i));
+    uids = store.uids({}, {});
+    store.close();
+    d = await startDaemon(stateDir);
+    host = ['--host', `127.0.0.1:${d.grpcPort}`];
+  });
+  after(async () => {
+    await d?.stop();
+    tmp.remove();
+  });
+
+  it('fetches page by page, printing each as it comes: a table, one JSON document, one YAML document', async () => {
+    const t = await cli([...host, 'vm', 'list']);
+    assert.equal(t.code, EXIT.ok, t.err);
+    const lines = t.out.trimEnd().split('\n');
+    assert.match(lines[0] ?? '', /^UID\s+NAMESPACE\s+NAME\s+STATE/);
+    assert.deepEqual(lines.slice(1).map((l) => l.split(/\s+/)[0]), uids);
+    // Columns line up across pages: NAMESPACE starts at the same place in every row.
+    assert.equal(new Set(lines.map((l) => l.indexOf(l.includes('NAMESPACE') ? 'NAMESPACE' : 'team-'))).size, 1);
+    assert.ok(t.writes >= 3, `table printed in ${t.writes} writes`);
+
+    const j = await cli([...host, '-o', 'json', 'vm', 'list']);
+    assert.equal(j.code, EXIT.ok, j.err);
+    const docs = JSON.parse(j.out) as { spec: { uid: string } }[];
+    assert.deepEqual(docs.map((v) => v.spec.uid), uids);
+    assert.ok(j.writes >= 3, `JSON printed in ${j.writes} writes`);
+    // The same text as printing the whole array at once.
+    assert.equal(j.out, JSON.stringify(docs, null, 2) + '\n');
+
+    const y = await cli([...host, '-o', 'yaml', 'vm', 'list', '--namespace', 'team-1']);
+    assert.equal(y.code, EXIT.ok, y.err);
+    assert.deepEqual((parse(y.out) as { spec: { uid: string; namespace: string } }[]).map((v) => v.spec.namespace), Array(RECORDS / 2).fill('team-1'));
+
+    const none = await cli([...host, '-o', 'json', 'vm', 'list', '--namespace', 'nobody']);
+    assert.equal(none.out, '[]\n');
+    const noneTable = await cli([...host, 'vm', 'list', '--namespace', 'nobody']);
+    assert.match(noneTable.out, /^UID\s+NAMESPACE\s+NAME\s+STATE.*REASON\n$/);
+  });
+});
+
+function seeded(n: number): MicroVM {
+  return {
+    uid: `01J${String(n).padStart(23, '0')}`,
+    version: 1,
+    spec: {
+      name: `vm-${n}`, namespace: `team-${n % 2}`, labels: {}, vcpu: 2, memoryInMb: 2048,
+      kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: true },
+      rootVolume: { id: 'root', isReadOnly: false, source: { containerSource: 'r:1' } },
+      additionalVolumes: [], interfaces: [{ deviceId: 'eth1', type: 'TAP' }],
+      metadata: { 'user-data': Buffer.from('#cloud-config\n').toString('base64') }, provider: 'qemu', allowGuestAgent: false,
+    },
+    status: { ...initialStatus(), state: 'FAILED', lastError: 'seeded' },
+    createdAt: '2026-01-01T00:00:00.000Z',
+    updatedAt: '2026-01-01T00:00:00.000Z',
+  };
+}

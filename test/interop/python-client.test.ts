@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, renameSync, readFileSync, writeFileSync, readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { ROOT, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
-import { referenceAvailable, strippedReference } from '../wire/reference.js';
+import { referenceAvailable } from '../wire/reference.js';
+import { pythonStubs } from './stubs.js';
 
 const PYTHON = '/usr/bin/python3';
 const missing = [
@@ -16,27 +17,13 @@ const missing = [
   ['reference protos', referenceAvailable()],
 ].filter(([, ok]) => !ok).map(([n]) => n);
 
-/** Stubs from the reference protos. `types/` becomes `fltypes/` because Python's stdlib owns `types`; file paths are not on the wire. */
-function generateStubs(dir: string): string {
-  const src = join(dir, 'proto');
-  strippedReference(src);
-  renameSync(join(src, 'types'), join(src, 'fltypes'));
-  const svc = join(src, 'services/microvm/v1alpha1/microvms.proto');
-  writeFileSync(svc, readFileSync(svc, 'utf8').replace('import "types/microvm.proto"', 'import "fltypes/microvm.proto"'));
-  const out = join(dir, 'stubs');
-  mkdirSync(out);
-  execFileSync('protoc', [`-I${src}`, `--python_out=${out}`, `--grpc_out=${out}`, '--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin', 'fltypes/microvm.proto', 'services/microvm/v1alpha1/microvms.proto'], { stdio: 'pipe' });
-  assert.ok(readdirSync(join(out, 'fltypes')).includes('microvm_pb2.py'));
-  return out;
-}
-
 describe('an independent Python grpcio client (CAPMVM-shaped)', { skip: missing.length && !process.env.CI ? `missing: ${missing.join(', ')}` : false }, () => {
   const tmp = tempDir('py');
   let daemon: DaemonHandle;
   let stubs: string;
   before(async () => {
     assert.deepEqual(missing, [], 'tools needed for this test');
-    stubs = generateStubs(tmp.path);
+    stubs = pythonStubs(tmp.path, 'reference');
     daemon = await startDaemon(join(tmp.path, 'state'), ['--basic-auth-token', 's3cret']);
   });
   after(async () => {

@@ -39,9 +39,9 @@ interface Watched {
 /**
  * Watches every VMM process and reacts to events instead of polling each VMM:
  * - an exit of a VMM this daemon started is its child's exit event (children.ts), at once;
- * - a VMM adopted after a restart is not our child, nor one whose spawner died: a slow poll (`pollMs`, a kill(0) and a
- *   /proc read per VMM) catches its exit, and the same poll re-checks the children in case an
- *   event was missed;
+ * - a VMM adopted after a restart, or one whose spawner died, is not a child whose exit is
+ *   reported: a slow poll (`pollMs`, a kill(0) and a /proc read per VMM) catches its exit, and
+ *   the same poll re-checks the children in case an event was missed;
  * - a console is read only when it grew (inotify through fs.watch), from the last offset, and
  *   no longer once the boot line was seen; the poll only retries a watch that could not be set;
  * - health is one timer per VMM.

@@ -20,8 +20,9 @@ import { Server as ServerServiceDesc } from '../../../gen/services/matchlock/v1/
 import { durationMs, powerCall, recentEvents, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
 import { specInput } from '../convert.js';
 import { grpcCode } from './status.js';
-import { serviceDefinition } from './service-def.js';
+import { COPIED, serviceDefinition, type Lent } from './service-def.js';
 import { drained } from '../drain.js';
+import { listPage } from '../paging.js';
 import { addConsoleService, type ConsoleLocator } from './console.js';
 import { addLazyHealth, addLazyReflection } from './lazy-services.js';
 
@@ -90,6 +91,78 @@ function inField1(records: Iterable<Uint8Array>): Uint8Array {
   const w = new BinaryWriter();
   for (const r of records) w.uint32((1 << 3) | 2).bytes(r);
   return w.finish();
+}
+
+/** Bytes of a varint. */
+const varintLength = (n: number) => (n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5);
+
+function putVarint(out: Buffer, at: number, n: number): number {
+  while (n > 0x7f) {
+    out[at++] = (n & 0x7f) | 0x80;
+    n >>>= 7;
+  }
+  out[at++] = n;
+  return at;
+}
+
+/** next_page_token's tag: field 1000, length-delimited. */
+const NEXT_PAGE_TOKEN_TAG = (1000 << 3) | 2;
+
+/**
+ * One buffer that List answers are written into, reused while its last answer has been copied
+ * by grpc-js (which copies every message behind its 5-byte header). A List of 10,000 records
+ * is 30 MB, and writing into fresh memory faults in every page of it: on a virtual machine that
+ * cost as much as the rest of the answer. Dropped after a minute without a List, so the daemon's
+ * memory goes back down; a buffer still lent (a call cancelled before grpc-js serialised it) is
+ * never written again, only left to the garbage collector.
+ */
+class AnswerBuffer {
+  private buf: Buffer | undefined;
+  private lent = false;
+  private drop: NodeJS.Timeout | undefined;
+
+  take(size: number): Buffer {
+    if (this.lent) this.buf = undefined;
+    if (!this.buf || this.buf.length < size || size < this.buf.length / 4) this.buf = Buffer.allocUnsafe(size);
+    const out = this.buf.subarray(0, size) as Lent & Buffer;
+    const mine = this.buf;
+    this.lent = true;
+    out[COPIED] = () => {
+      if (this.buf === mine) this.lent = false;
+    };
+    clearTimeout(this.drop);
+    this.drop = setTimeout(() => (this.buf = undefined), 60_000).unref();
+    return out;
+  }
+}
+
+const answers = new AnswerBuffer();
+
+/**
+ * A ListMicroVMsResponse: the stored records in field 1, then next_page_token (field 1000) when
+ * there is one. Written in one pass into the reused answer buffer: every extra copy of a large
+ * List (a writer's chunks joined into a zero-filled array) costs fresh pages and the garbage
+ * collector's time.
+ */
+function listResponse(records: Uint8Array[], nextPageToken: string): Buffer {
+  let size = 0;
+  for (const r of records) size += 1 + varintLength(r.length) + r.length;
+  const token = Buffer.from(nextPageToken, 'utf8');
+  if (token.length) size += varintLength(NEXT_PAGE_TOKEN_TAG) + varintLength(token.length) + token.length;
+  const out = answers.take(size);
+  let at = 0;
+  for (const r of records) {
+    out[at++] = (1 << 3) | 2;
+    at = putVarint(out, at, r.length);
+    out.set(r, at);
+    at += r.length;
+  }
+  if (token.length) {
+    at = putVarint(out, at, NEXT_PAGE_TOKEN_TAG);
+    at = putVarint(out, at, token.length);
+    token.copy(out, at);
+  }
+  return out;
 }
 
 type AnyHandler = (call: grpc.ServerUnaryCall<unknown, unknown> & grpc.ServerWritableStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => void;
@@ -161,7 +234,10 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
       return create(EmptySchema);
     }),
     getMicroVM: unary('GetMicroVM', (req: GetMicroVMRequest) => inField1([service.encoded(req.uid)])),
-    listMicroVMs: unary('ListMicroVMs', (req: ListMicroVMsRequest) => inField1(encodedOnly(service.encodedList(req.namespace, req.name)))),
+    listMicroVMs: unary('ListMicroVMs', (req: ListMicroVMsRequest) => {
+      const page = listPage((ns, name, p) => service.encodedList(ns, name, p), req);
+      return listResponse(page.records, page.nextPageToken);
+    }),
     listMicroVMsStream: (call: grpc.ServerWritableStream<ListMicroVMsRequest, unknown>) => {
       // A page at a time in uid order, waiting for the client when its buffer is full, so a
       // large list never sits in memory at once. A record changed meanwhile is sent as it is
@@ -258,10 +334,6 @@ function addMatchlockServices(door: Pick<grpc.Server, 'addService'>, api: Matchl
       serverInfoMessage(api).then((m) => callback(null, m), (err: unknown) => callback(fail('GetServerInfo', err)));
     },
   });
-}
-
-function* encodedOnly(records: Iterable<{ encoded: Uint8Array }>): Iterable<Uint8Array> {
-  for (const r of records) yield r.encoded;
 }
 
 export async function bindGrpc(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {

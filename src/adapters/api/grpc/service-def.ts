@@ -1,6 +1,12 @@
 import { fromBinary, toBinary, type DescMessage, type DescService, type MessageShape } from '@bufbuild/protobuf';
 import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js';
 
+/** Marks response bytes whose owner wants to know when grpc-js has its own copy of them. */
+export const COPIED = Symbol('copied');
+
+/** Response bytes lent to grpc-js: `[COPIED]` runs once grpc-js has copied them. */
+export type Lent = Uint8Array & { [COPIED]?: () => void };
+
 /**
  * A grpc-js service definition built from a protobuf-es service descriptor, so grpc-js moves
  * bytes and protobuf-es owns the encoding. Used by both the server and the CLI's client.
@@ -11,8 +17,14 @@ export function serviceDefinition(service: DescService): ServiceDefinition {
   const def: Record<string, MethodDefinition<unknown, unknown>> = {};
   for (const m of service.methods) {
     const codec = <D extends DescMessage>(desc: D) => ({
-      serialize: (msg: MessageShape<D> | Uint8Array) =>
-        msg instanceof Uint8Array ? Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength) : Buffer.from(toBinary(desc, msg)),
+      serialize: (msg: MessageShape<D> | Uint8Array) => {
+        if (!(msg instanceof Uint8Array)) return Buffer.from(toBinary(desc, msg));
+        // grpc-js copies what this returns behind the message header before it runs any
+        // other code, so the bytes may be reused from the next microtask on.
+        const copied = (msg as Lent)[COPIED];
+        if (copied) queueMicrotask(copied);
+        return Buffer.from(msg.buffer, msg.byteOffset, msg.byteLength);
+      },
       deserialize: (buf: Buffer) => fromBinary(desc, buf),
     });
     const input = codec(m.input);

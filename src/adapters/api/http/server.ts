@@ -1,4 +1,4 @@
-import { create, fromJson, toJson, type DescMessage, type MessageInitShape } from '@bufbuild/protobuf';
+import { create, fromBinary, fromJson, toJson, type DescMessage, type MessageInitShape } from '@bufbuild/protobuf';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { ErrorCode, MatchlockError, boundedMessage, invalid, quote } from '../../../core/errors.js';
@@ -9,13 +9,14 @@ import {
   GetMicroVMResponseSchema,
   ListMicroVMsResponseSchema,
 } from '../../../gen/services/microvm/v1alpha1/microvms_pb.js';
-import { MicroVMSpecSchema } from '../../../gen/types/microvm_pb.js';
+import { MicroVMSchema, MicroVMSpecSchema } from '../../../gen/types/microvm_pb.js';
 import { tokenMatches, UNAUTHENTICATED_MESSAGE } from '../auth.js';
 import { specInput, toWire } from '../convert.js';
 import { grpcCode, httpStatus } from '../grpc/status.js';
 import type { GrpcTls } from '../grpc/server.js';
 import type { MatchlockApi } from '../matchlock.js';
 import { matchlockRoute } from './matchlock-routes.js';
+import { listPage } from '../paging.js';
 
 export interface HttpServerOptions {
   service: MicroVMService;
@@ -33,7 +34,8 @@ const MAX_BODY = 4 * 1024 * 1024;
 /**
  * flintlock's HTTP/JSON routes (grpc-gateway style, proto3 canonical JSON) plus an unambiguous
  * Get route, `GET /v1alpha1/microvm/uid/{uid}`: in flintlock the Get route is shadowed by List.
- * `GET /v1alpha1/microvm` lists every namespace.
+ * `GET /v1alpha1/microvm` lists every namespace. List takes `page_size` and `page_token` (or
+ * `pageSize`, `pageToken`) as query parameters, as grpc-gateway maps request fields.
  */
 export function createHttpApi(opts: HttpServerOptions): Server {
   const handler = (req: IncomingMessage, res: ServerResponse) => {
@@ -109,8 +111,16 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
   }
   if (method === 'GET' && (one !== undefined || root)) {
     route.rpc = 'ListMicroVMs';
-    const name = target.query.get('name');
-    return send(res, 200, ListMicroVMsResponseSchema, { microvm: service.list(one ?? '', name).map(toWire) });
+    const q = (snake: string, camel: string) => target.query.get(snake) ?? target.query.get(camel);
+    const size = q('page_size', 'pageSize') ?? '0';
+    if (!/^-?\d{1,10}$/.test(size)) throw invalid('page_size', `must be an integer, not ${quote(size, 40)}`);
+    const page = listPage((ns, name, p) => service.encodedList(ns, name, p), {
+      namespace: one ?? '',
+      name: target.query.get('name'),
+      pageSize: Number(size),
+      pageToken: q('page_token', 'pageToken') ?? '',
+    });
+    return send(res, 200, ListMicroVMsResponseSchema, { microvm: page.records.map((r) => fromBinary(MicroVMSchema, r)), nextPageToken: page.nextPageToken });
   }
   if (opts.matchlock && (await matchlockRoute(opts.matchlock, method, target.segments, target.query, () => readBody(req), res))) return;
   res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 5, message: boundedMessage(`route ${method} ${quote(path, 200)} not found`), details: [] }));

@@ -57,6 +57,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     }
     this.migrate();
     ensureWire(this.db);
+    ensureListIndexes(this.db);
     this.stmts = {
       insert: this.db.prepare(
         'INSERT INTO microvms (uid, namespace, name, version, state, record, wire, wire_version) VALUES (@uid, @namespace, @name, @version, @state, @record, @wire, @version)',
@@ -432,6 +433,21 @@ function pagedQuery(columns: string, filter: ListFilter, page: PageOptions): { s
   const limit = page.limit !== undefined && page.limit > 0 ? ' LIMIT @limit' : '';
   if (limit) params.limit = page.limit ?? 0;
   return { sql: `SELECT ${columns} FROM microvms${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY uid${limit}`, params };
+}
+
+/**
+ * Indexes that let a filtered List read a page in uid order from where the previous page ended
+ * (keyset paging): without them SQLite reads every record of the namespace for each page and
+ * sorts them, so paging through a namespace costs its size squared. Made at open when missing
+ * (a store of 10,000 records: well under a second).
+ */
+function ensureListIndexes(db: Database.Database): void {
+  const have = new Set(db.prepare<[], string>("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'microvms'").pluck().all());
+  if (have.has('microvms_namespace_uid') && have.has('microvms_name_uid')) return;
+  db.transaction(() => {
+    db.exec('CREATE INDEX IF NOT EXISTS microvms_namespace_uid ON microvms (namespace, uid)');
+    db.exec('CREATE INDEX IF NOT EXISTS microvms_name_uid ON microvms (name, uid)');
+  }).immediate();
 }
 
 /**

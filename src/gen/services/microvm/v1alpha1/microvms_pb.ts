@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file services/microvm/v1alpha1/microvms.proto.
  */
 export const file_services_microvm_v1alpha1_microvms: GenFile = /*@__PURE__*/
-  fileDesc("CihzZXJ2aWNlcy9taWNyb3ZtL3YxYWxwaGExL21pY3Jvdm1zLnByb3RvEh1taWNyb3ZtLnNlcnZpY2VzLmFwaS52MWFscGhhMSLhAQoUQ3JlYXRlTWljcm9WTVJlcXVlc3QSLQoHbWljcm92bRgBIAEoCzIcLmZsaW50bG9jay50eXBlcy5NaWNyb1ZNU3BlYxJTCghtZXRhZGF0YRgCIAMoCzJBLm1pY3Jvdm0uc2VydmljZXMuYXBpLnYxYWxwaGExLkNyZWF0ZU1pY3JvVk1SZXF1ZXN0Lk1ldGFkYXRhRW50cnkaRQoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSIwoFdmFsdWUYAiABKAsyFC5nb29nbGUucHJvdG9idWYuQW55OgI4ASJCChVDcmVhdGVNaWNyb1ZNUmVzcG9uc2USKQoHbWljcm92bRgBIAEoCzIYLmZsaW50bG9jay50eXBlcy5NaWNyb1ZNIiMKFERlbGV0ZU1pY3JvVk1SZXF1ZXN0EgsKA3VpZBgBIAEoCSIgChFHZXRNaWNyb1ZNUmVxdWVzdBILCgN1aWQYASABKAkiPwoSR2V0TWljcm9WTVJlc3BvbnNlEikKB21pY3Jvdm0YASABKAsyGC5mbGludGxvY2sudHlwZXMuTWljcm9WTSJEChNMaXN0TWljcm9WTXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgRuYW1lGAIgASgJSACIAQFCBwoFX25hbWUiQQoUTGlzdE1pY3JvVk1zUmVzcG9uc2USKQoHbWljcm92bRgBIAMoCzIYLmZsaW50bG9jay50eXBlcy5NaWNyb1ZNIjgKC0xpc3RNZXNzYWdlEikKB21pY3Jvdm0YASABKAsyGC5mbGludGxvY2sudHlwZXMuTWljcm9WTTLHBAoHTWljcm9WTRJ6Cg1DcmVhdGVNaWNyb1ZNEjMubWljcm92bS5zZXJ2aWNlcy5hcGkudjFhbHBoYTEuQ3JlYXRlTWljcm9WTVJlcXVlc3QaNC5taWNyb3ZtLnNlcnZpY2VzLmFwaS52MWFscGhhMS5DcmVhdGVNaWNyb1ZNUmVzcG9uc2USXAoNRGVsZXRlTWljcm9WTRIzLm1pY3Jvdm0uc2VydmljZXMuYXBpLnYxYWxwaGExLkRlbGV0ZU1pY3JvVk1SZXF1ZXN0GhYuZ29vZ2xlLnByb3RvYnVmLkVtcHR5EnEKCkdldE1pY3JvVk0SMC5taWNyb3ZtLnNlcnZpY2VzLmFwaS52MWFscGhhMS5HZXRNaWNyb1ZNUmVxdWVzdBoxLm1pY3Jvdm0uc2VydmljZXMuYXBpLnYxYWxwaGExLkdldE1pY3JvVk1SZXNwb25zZRJ3CgxMaXN0TWljcm9WTXMSMi5taWNyb3ZtLnNlcnZpY2VzLmFwaS52MWFscGhhMS5MaXN0TWljcm9WTXNSZXF1ZXN0GjMubWljcm92bS5zZXJ2aWNlcy5hcGkudjFhbHBoYTEuTGlzdE1pY3JvVk1zUmVzcG9uc2USdgoSTGlzdE1pY3JvVk1zU3RyZWFtEjIubWljcm92bS5zZXJ2aWNlcy5hcGkudjFhbHBoYTEuTGlzdE1pY3JvVk1zUmVxdWVzdBoqLm1pY3Jvdm0uc2VydmljZXMuYXBpLnYxYWxwaGExLkxpc3RNZXNzYWdlMAFCPlo8Z2l0aHViLmNvbS9tYXRjaGxvY2svbWF0Y2hsb2NrL2FwaS9zZXJ2aWNlcy9taWNyb3ZtL3YxYWxwaGExYgZwcm90bzM", [file_google_protobuf_any, file_google_protobuf_empty, file_types_microvm]);
+  fileDesc("CihzZXJ2aWNlcy9taWNyb3ZtL3YxYWxwaGExL21pY3Jvdm1zLnByb3RvEh1taWNyb3ZtLnNlcnZpY2VzLmFwaS52MWFscGhhMSLhAQoUQ3JlYXRlTWljcm9WTVJlcXVlc3QSLQoHbWljcm92bRgBIAEoCzIcLmZsaW50bG9jay50eXBlcy5NaWNyb1ZNU3BlYxJTCghtZXRhZGF0YRgCIAMoCzJBLm1pY3Jvdm0uc2VydmljZXMuYXBpLnYxYWxwaGExLkNyZWF0ZU1pY3JvVk1SZXF1ZXN0Lk1ldGFkYXRhRW50cnkaRQoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSIwoFdmFsdWUYAiABKAsyFC5nb29nbGUucHJvdG9idWYuQW55OgI4ASJCChVDcmVhdGVNaWNyb1ZNUmVzcG9uc2USKQoHbWljcm92bRgBIAEoCzIYLmZsaW50bG9jay50eXBlcy5NaWNyb1ZNIiMKFERlbGV0ZU1pY3JvVk1SZXF1ZXN0EgsKA3VpZBgBIAEoCSIgChFHZXRNaWNyb1ZNUmVxdWVzdBILCgN1aWQYASABKAkiPwoSR2V0TWljcm9WTVJlc3BvbnNlEikKB21pY3Jvdm0YASABKAsyGC5mbGludGxvY2sudHlwZXMuTWljcm9WTSJtChNMaXN0TWljcm9WTXNSZXF1ZXN0EhEKCW5hbWVzcGFjZRgBIAEoCRIRCgRuYW1lGAIgASgJSACIAQESEgoJcGFnZV9zaXplGOgHIAEoBRITCgpwYWdlX3Rva2VuGOkHIAEoCUIHCgVfbmFtZSJbChRMaXN0TWljcm9WTXNSZXNwb25zZRIpCgdtaWNyb3ZtGAEgAygLMhguZmxpbnRsb2NrLnR5cGVzLk1pY3JvVk0SGAoPbmV4dF9wYWdlX3Rva2VuGOgHIAEoCSI4CgtMaXN0TWVzc2FnZRIpCgdtaWNyb3ZtGAEgASgLMhguZmxpbnRsb2NrLnR5cGVzLk1pY3JvVk0yxwQKB01pY3JvVk0SegoNQ3JlYXRlTWljcm9WTRIzLm1pY3Jvdm0uc2VydmljZXMuYXBpLnYxYWxwaGExLkNyZWF0ZU1pY3JvVk1SZXF1ZXN0GjQubWljcm92bS5zZXJ2aWNlcy5hcGkudjFhbHBoYTEuQ3JlYXRlTWljcm9WTVJlc3BvbnNlElwKDURlbGV0ZU1pY3JvVk0SMy5taWNyb3ZtLnNlcnZpY2VzLmFwaS52MWFscGhhMS5EZWxldGVNaWNyb1ZNUmVxdWVzdBoWLmdvb2dsZS5wcm90b2J1Zi5FbXB0eRJxCgpHZXRNaWNyb1ZNEjAubWljcm92bS5zZXJ2aWNlcy5hcGkudjFhbHBoYTEuR2V0TWljcm9WTVJlcXVlc3QaMS5taWNyb3ZtLnNlcnZpY2VzLmFwaS52MWFscGhhMS5HZXRNaWNyb1ZNUmVzcG9uc2USdwoMTGlzdE1pY3JvVk1zEjIubWljcm92bS5zZXJ2aWNlcy5hcGkudjFhbHBoYTEuTGlzdE1pY3JvVk1zUmVxdWVzdBozLm1pY3Jvdm0uc2VydmljZXMuYXBpLnYxYWxwaGExLkxpc3RNaWNyb1ZNc1Jlc3BvbnNlEnYKEkxpc3RNaWNyb1ZNc1N0cmVhbRIyLm1pY3Jvdm0uc2VydmljZXMuYXBpLnYxYWxwaGExLkxpc3RNaWNyb1ZNc1JlcXVlc3QaKi5taWNyb3ZtLnNlcnZpY2VzLmFwaS52MWFscGhhMS5MaXN0TWVzc2FnZTABQj5aPGdpdGh1Yi5jb20vbWF0Y2hsb2NrL21hdGNobG9jay9hcGkvc2VydmljZXMvbWljcm92bS92MWFscGhhMWIGcHJvdG8z", [file_google_protobuf_any, file_google_protobuf_empty, file_types_microvm]);
 
 /**
  * @generated from message microvm.services.api.v1alpha1.CreateMicroVMRequest
@@ -124,6 +124,27 @@ export type ListMicroVMsRequest = Message<"microvm.services.api.v1alpha1.ListMic
    * @generated from field: optional string name = 2;
    */
   name?: string | undefined;
+
+  /**
+   * matchlock: the most records to return in this answer; 0 (flintlock's clients never set
+   * it): no limit. Above 1000 it is taken as 1000, and a page also ends once it holds 3 MiB
+   * (under the 4 MiB gRPC clients receive by default), so a page may hold fewer records than
+   * asked even when more follow: only an empty next_page_token means the end. Negative:
+   * INVALID_ARGUMENT.
+   *
+   * @generated from field: int32 page_size = 1000;
+   */
+  pageSize: number;
+
+  /**
+   * matchlock: next_page_token of the previous answer, to get the page after it; empty: the
+   * first page. Only valid with the same namespace and name as the request that returned it
+   * (INVALID_ARGUMENT otherwise, as for a token this server did not issue). Tokens do not
+   * expire: a record that exists from the first page to the last is returned exactly once.
+   *
+   * @generated from field: string page_token = 1001;
+   */
+  pageToken: string;
 };
 
 /**
@@ -141,6 +162,13 @@ export type ListMicroVMsResponse = Message<"microvm.services.api.v1alpha1.ListMi
    * @generated from field: repeated flintlock.types.MicroVM microvm = 1;
    */
   microvm: MicroVM$1[];
+
+  /**
+   * matchlock: the page_token that asks for the next page; empty when this page is the last.
+   *
+   * @generated from field: string next_page_token = 1000;
+   */
+  nextPageToken: string;
 };
 
 /**
@@ -199,6 +227,8 @@ export const MicroVM: GenService<{
   },
   /**
    * An empty namespace lists every namespace; an absent or empty name lists every name.
+   * Without page_size every matching record comes in one answer, as from flintlock; with it,
+   * one page in uid order and next_page_token for the next (AIP-158).
    *
    * @generated from rpc microvm.services.api.v1alpha1.MicroVM.ListMicroVMs
    */
@@ -208,7 +238,8 @@ export const MicroVM: GenService<{
     output: typeof ListMicroVMsResponseSchema;
   },
   /**
-   * Sends one snapshot, then ends the stream.
+   * Every matching record in uid order, one message each, read from the store a page at a
+   * time as the client takes them; then ends the stream. page_size and page_token are ignored.
    *
    * @generated from rpc microvm.services.api.v1alpha1.MicroVM.ListMicroVMsStream
    */
