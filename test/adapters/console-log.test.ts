@@ -55,6 +55,24 @@ it('LogBound keeps every file it is given under the bound on its passes', async 
   }
 });
 
+it('LogBound: a pass asked for while one runs is a pass of its own, after it, not the running one', async () => {
+  const f = join(tmp.path, 'busy.log');
+  writeFileSync(f, '');
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let calls = 0;
+  // The first pass is held in its listing of files, as a slow pass on a loaded host would be.
+  const bound = new LogBound(async () => (++calls === 1 ? gate.then(() => [f]) : [f]), 4096, silentLogger);
+  const first = bound.pass();
+  appendFileSync(f, Buffer.alloc(8192, 0x61));
+  const second = bound.pass();
+  release();
+  await second;
+  assert.ok(statSync(f).size <= 4096, `written before the second pass was asked for, still ${statSync(f).size} bytes after it`);
+  await first;
+  assert.equal(calls, 2);
+});
+
 it('LogBound opens a file again only after it changed: idle VMs cost no file system call', async () => {
   const [a, b] = ['idle-a.log', 'idle-b.log'].map((f) => join(tmp.path, f)) as [string, string];
   writeFileSync(a, 'booted\n');

@@ -47,7 +47,9 @@ export async function boundFile(path: string, maxBytes: number): Promise<boolean
  */
 export class LogBound {
   private timer: NodeJS.Timeout | undefined;
-  private busy = false;
+  /** The pass under way, and the one to run after it (shared by every caller meanwhile). */
+  private running: Promise<void> | undefined;
+  private next: Promise<void> | undefined;
   /** Watched files by path, and whether one changed since its last look. */
   private readonly watched = new Map<string, { watcher: FSWatcher; changed: boolean }>();
 
@@ -71,10 +73,24 @@ export class LogBound {
     for (const path of [...this.watched.keys()]) this.unwatch(path);
   }
 
-  /** One pass over the files that changed or are not watched; errors are logged, never thrown (runs from a timer). */
-  async pass(): Promise<void> {
-    if (this.busy) return;
-    this.busy = true;
+  /**
+   * One pass over the files that changed or are not watched; errors are logged, never thrown
+   * (runs from a timer). Resolves once a pass that began after the call has ended: while one
+   * runs, callers share the one that follows it, so what was written before the call is seen.
+   */
+  pass(): Promise<void> {
+    if (!this.running) {
+      this.running = this.look().finally(() => (this.running = undefined));
+      return this.running;
+    }
+    this.next ??= this.running.then(() => {
+      this.next = undefined;
+      return this.pass();
+    });
+    return this.next;
+  }
+
+  private async look(): Promise<void> {
     try {
       const files = await this.files();
       const listed = new Set(files);
@@ -93,8 +109,6 @@ export class LogBound {
       }
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'log bound pass failed');
-    } finally {
-      this.busy = false;
     }
   }
 
