@@ -98,7 +98,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   // A configured default whose VMM is missing is kept (the binary may be installed later), but
   // every create that names no provider would be refused: say so now, not at the first create.
   if (chosen && defaultEntry && !defaultEntry.availability.usable) logger.warn({ provider: chosen, reason: defaultEntry.availability.reason }, 'the default provider cannot run VMs: creates that name no provider will be refused');
-  else logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
+  else if (!chosen) logger.warn({ provider: defaultProvider }, 'no VMM binary found; creates will be refused until one is installed');
 
   const socketGroup = cfg.grpcSocketGroup === '' ? undefined : lookupGroup(cfg.grpcSocketGroup);
   if (cfg.grpcSocketGroup !== '' && socketGroup === undefined) throw configError(`grpc-socket-group ${cfg.grpcSocketGroup}: no such group`);

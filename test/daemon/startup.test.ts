@@ -111,6 +111,17 @@ describe('matchlockd and its state dir', () => {
     }
   });
 
+  it('says nothing of a missing VMM when the default provider can run VMs', async () => {
+    const d = await startDaemon(join(tmp.path, 'usable'), ['--default-provider', 'qemu', '--qemu-bin', '/bin/true']);
+    try {
+      assert.ok(d.logs.some((l) => l.includes('default provider chosen')), d.logs.join('\n'));
+      const wrong = d.logs.filter((l) => /no VMM binary found|cannot run VMs/.test(l));
+      assert.deepEqual(wrong, []);
+    } finally {
+      await d.stop();
+    }
+  });
+
   it('a second daemon on one state dir refuses, naming the first one\'s pid; a killed first leaves no stale lock', async () => {
     const state = join(tmp.path, 'shared');
     const first = await startDaemon(state);
