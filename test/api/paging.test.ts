@@ -233,6 +233,12 @@ describe('ListMicroVMs pages', () => {
       const bad = await fetch(`${base}/ns-0?page_size=ten`);
       assert.equal(bad.status, 400);
       assert.match(((await bad.json()) as { message: string }).message, /^page_size: /);
+      // Past int32, as no gRPC client could send it: refused, naming the range, whatever its digits.
+      for (const big of ['9999999999', '99999999999', '2147483648']) {
+        const res = await fetch(`${base}/ns-0?page_size=${big}`);
+        assert.equal(res.status, 400, big);
+        assert.match(((await res.json()) as { message: string }).message, /^page_size: must be an int32/);
+      }
     } finally {
       await new Promise((r) => http.close(r));
     }

@@ -113,7 +113,10 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     route.rpc = 'ListMicroVMs';
     const q = (snake: string, camel: string) => target.query.get(snake) ?? target.query.get(camel);
     const size = q('page_size', 'pageSize') ?? '0';
-    if (!/^-?\d{1,10}$/.test(size)) throw invalid('page_size', `must be an integer, not ${quote(size, 40)}`);
+    // int32 on the wire: the gateway takes what a gRPC client could send, no more.
+    if (!/^-?\d+$/.test(size) || Number(size) > 2 ** 31 - 1 || Number(size) < -(2 ** 31)) {
+      throw invalid('page_size', `must be an int32 (0 for no limit, at most ${2 ** 31 - 1}), not ${quote(size, 40)}`);
+    }
     const page = listPage((ns, name, p) => service.encodedList(ns, name, p), {
       namespace: one ?? '',
       name: target.query.get('name'),
