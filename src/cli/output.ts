@@ -27,7 +27,9 @@ export function reason(vm: MicroVM, max = 60): string {
 }
 
 export function table(rows: string[][]): string {
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  // A loop, not Math.max(...column): a spread of every row's cell outgrows the call stack.
+  const widths: number[] = [];
+  for (const r of rows) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i] ?? 0))).join('  ')).join('\n') + '\n';
 }
 
@@ -63,14 +65,14 @@ function vmRow(vm: MicroVM, now: number): string[] {
 }
 
 /**
- * Prints a list that arrives a page at a time, each page as it comes, as one document: a table
- * whose column widths are those of the header and the first page (a longer cell later pushes
- * only its own row), a JSON array, or a YAML sequence. `page` returns the text of a page, `end`
- * what closes the document.
+ * Prints a list that arrives a page at a time as one document. JSON and YAML are printed page by
+ * page as they come. A table is printed at the end, once every row is known, so its columns line
+ * up across pages (a row is some 100 bytes: 10,000 VMs hold about 1 MB, against the 30 MB of
+ * their records). `page` returns the text to print now, `end` the rest.
  */
 export function vmListPrinter(format: Format): { page(vms: MicroVM[]): string; end(): string } {
   let count = 0;
-  let widths: number[] | undefined;
+  const rows: string[][] = [VM_COLUMNS];
   return {
     page(vms) {
       const first = count === 0;
@@ -81,15 +83,13 @@ export function vmListPrinter(format: Format): { page(vms: MicroVM[]): string; e
       }
       if (format === 'yaml') return vms.length ? stringify(vms.map((vm) => toJson(MicroVMSchema, vm, { alwaysEmitImplicit: true }))) : '';
       const now = Date.now();
-      const rows = [...(widths ? [] : [VM_COLUMNS]), ...vms.map((vm) => vmRow(vm, now))];
-      widths ??= rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
-      const w = widths;
-      return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(w[i] ?? 0))).join('  ') + '\n').join('');
+      for (const vm of vms) rows.push(vmRow(vm, now));
+      return '';
     },
     end() {
       if (format === 'json') return count ? '\n]\n' : '[]\n';
       if (format === 'yaml') return count ? '' : '[]\n';
-      return widths ? '' : this.page([]);
+      return table(rows);
     },
   };
 }

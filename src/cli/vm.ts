@@ -120,9 +120,10 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
     .option('--namespace <ns>', 'only this namespace')
     .option('--name <name>', 'only VMs with this name')
     .action(async (opts: { namespace?: string; name?: string }) => {
-      // A page at a time, printed as it comes: no answer has to hold every VM (10,000 VMs with
-      // cloud-init data are some 30 MB). A flintlockd ignores page_size and sends everything at
-      // once with no token, which ends the loop after one answer.
+      // A page at a time: no answer has to hold every VM (10,000 VMs with cloud-init data are
+      // some 30 MB). JSON and YAML are printed as pages come, a table once its widths are known.
+      // A flintlockd ignores page_size and sends everything at once with no token, which ends
+      // the loop after one answer.
       const printer = vmListPrinter(globals().output);
       await withClient(async (c) => {
         let pageToken = '';
