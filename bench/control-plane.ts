@@ -319,7 +319,7 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
       const images = new LocalImageStore(join(stateDir, 'images'));
       mkdirSync(stateDir, { recursive: true, mode: 0o750 });
       const { ref } = await images.import(layout, 'localhost/bench/standin:1');
-      const flags = ['--grpc-endpoint', `unix:${join(tmp, `grpc-${n}.sock`)}`, '--qemu-bin', standin, '--default-provider', 'qemu', '--vmm-user', 'root', '--vmm-cgroups=false', '--bridge-name', 'br0', '--resync-period', '1h', '--log-format', 'json', '--healthy-after', '1h', '--retry-backoff', '1h'];
+      const flags = ['--grpc-endpoint', `unix:${join(tmp, `grpc-${n}.sock`)}`, '--qemu-bin', standin, '--default-provider', 'qemu', '--vmm-user', 'root', '--vmm-cgroups=false', '--bridge-name', 'br0', '--resync-period', '1h', '--log-format', 'json', '--healthy-after', '1h', '--retry-backoff', '1h', ...daemonFlags()];
       daemon = await startDaemon(stateDir, flags, {}, ns, entry);
       const c = rawClient(daemon.target);
       const created = new Set<string>();
@@ -383,6 +383,11 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
     spawnSync('ip', ['netns', 'del', ns]);
     rmSync(tmp, { recursive: true, force: true });
   }
+}
+
+/** Extra daemon flags for the bursts (MATCHLOCK_BENCH_DAEMON_FLAGS, blank-separated), e.g. `--reconcile-workers 16`. */
+function daemonFlags(): string[] {
+  return (process.env.MATCHLOCK_BENCH_DAEMON_FLAGS ?? '').split(' ').filter(Boolean);
 }
 
 /**
