@@ -3,7 +3,8 @@
 //   node --import tsx bench/control-plane.ts [sizes=100,1000,10000] [creates=100] [bursts=100,500]
 //   (sizes or bursts may be 0 to skip that part; MATCHLOCK_BENCH_ENTRY=<path to bin/matchlockd.js>
 //   measures another checkout's daemon with this bench; MATCHLOCK_BENCH_NODE_FLAGS='--cpu-prof
-//   --cpu-prof-dir=<dir>' gives the daemon's node these flags)
+//   --cpu-prof-dir=<dir>' gives the daemon's node these flags; MATCHLOCK_BENCH_DAEMON_FLAGS='--reconcile-workers 16'
+//   adds daemon flags to the bursts)
 //
 // Part 1 (loopback only). For each record count: a matchlockd and a baseline server, each on its
 // own temp store seeded with the same records, answer the same requests from one raw client
