@@ -3,7 +3,8 @@
 //   node --import tsx bench/control-plane.ts [sizes=100,1000,10000] [creates=100] [bursts=100,500] [idleSeconds=20]
 //   (sizes or bursts may be 0 to skip that part; MATCHLOCK_BENCH_ENTRY=<path to bin/matchlockd.js>
 //   measures another checkout's daemon with this bench; MATCHLOCK_BENCH_NODE_FLAGS='--cpu-prof
-//   --cpu-prof-dir=<dir>' gives the daemon's node these flags)
+//   --cpu-prof-dir=<dir>' gives the daemon's node these flags; MATCHLOCK_BENCH_DAEMON_FLAGS='--reconcile-workers 16'
+//   adds daemon flags to the bursts)
 //
 // Part 1 (loopback only). For each record count: a matchlockd and a baseline server, each on its
 // own temp store seeded with the same records, answer the same requests from one raw client
@@ -387,7 +388,7 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
       const images = new LocalImageStore(join(stateDir, 'images'));
       mkdirSync(stateDir, { recursive: true, mode: 0o750 });
       const { ref } = await images.import(layout, 'localhost/bench/standin:1');
-      const flags = ['--grpc-endpoint', `unix:${join(tmp, `grpc-${n}.sock`)}`, '--qemu-bin', standin, '--default-provider', 'qemu', '--vmm-user', 'root', '--vmm-cgroups=false', '--bridge-name', 'br0', '--resync-period', '1h', '--log-format', 'json', '--healthy-after', '1h', '--retry-backoff', '1h'];
+      const flags = ['--grpc-endpoint', `unix:${join(tmp, `grpc-${n}.sock`)}`, '--qemu-bin', standin, '--default-provider', 'qemu', '--vmm-user', 'root', '--vmm-cgroups=false', '--bridge-name', 'br0', '--resync-period', '1h', '--log-format', 'json', '--healthy-after', '1h', '--retry-backoff', '1h', ...daemonFlags()];
       daemon = await startDaemon(stateDir, flags, {}, ns, entry);
       const c = rawClient(daemon.target);
       const created = new Set<string>();
@@ -451,6 +452,11 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
     spawnSync('ip', ['netns', 'del', ns]);
     rmSync(tmp, { recursive: true, force: true });
   }
+}
+
+/** Extra daemon flags for the bursts (MATCHLOCK_BENCH_DAEMON_FLAGS, blank-separated), e.g. `--reconcile-workers 16`. */
+function daemonFlags(): string[] {
+  return (process.env.MATCHLOCK_BENCH_DAEMON_FLAGS ?? '').split(' ').filter(Boolean);
 }
 
 /**

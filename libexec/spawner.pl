@@ -28,6 +28,9 @@
 #                                        empty; the output fields come for capture, why is
 #                                        '', 'timeout' or 'maxbuffer'
 #
+# Environment: MATCHLOCK_SPAWNER_MAX_WAIT_MS, the longest select wait while children live
+# (default 1000; exits wake the loop through a self-pipe, see below).
+#
 # The spawner exits when stdin closes (the daemon is gone) and never kills what it started
 # except a capturing child past its timeout or output bound.
 use strict;
@@ -36,12 +39,23 @@ use POSIX ();
 use Errno ();
 use Fcntl qw(F_GETFL F_SETFL F_SETFD FD_CLOEXEC O_NONBLOCK O_RDWR O_RDONLY O_WRONLY O_CREAT O_APPEND O_TRUNC);
 
-$SIG{PIPE} = 'IGNORE';
 # A terminal's ^C or a hangup reaches the whole process group: the spawner outlives them and
-# exits when the daemon does (its pipe closes), so the daemon is never left without it.
-$SIG{$_} = 'IGNORE' for qw(INT QUIT HUP TERM);
+# exits when the daemon does (its pipe closes), so the daemon is never left without it. They
+# are caught, not ignored: exec resets a caught signal to its default, so a program starts with
+# the defaults, as from Node, without the child touching them (every page the child writes
+# before exec is a copy-on-write fault).
+$SIG{$_} = sub { } for qw(PIPE INT QUIT HUP TERM);
+# A child's exit wakes the select loop through this pipe: the handler (run by perl between two
+# statements) writes a byte, so a SIGCHLD that lands after the last waitpid but before select
+# still makes select return at once instead of at its next timeout.
+pipe(my $wakeR, my $wakeW) or die "pipe: $!";
 my $chld = 0;
-$SIG{CHLD} = sub { $chld = 1 };
+$SIG{CHLD} = sub { $chld = 1; syswrite($wakeW, 'c') };
+# The longest select waits while children live, in ms: a backstop for a signal that lands inside
+# perl's select op itself, after its last signal check and before the system call (microseconds
+# wide). Tests set it very long, so an exit that waited for it would show as a hang.
+my $maxWait = ($ENV{MATCHLOCK_SPAWNER_MAX_WAIT_MS} // 1000) / 1000;
+delete $ENV{MATCHLOCK_SPAWNER_MAX_WAIT_MS};
 
 my %byPid;    # pid -> child state
 my $inbuf = '';
@@ -74,8 +88,6 @@ sub errname { my $e = shift; local $! = $e; for (keys %!) { return $_ if $!{$_} 
 # In the forked child: everything up to exec. Failures go back on $report as errno and text.
 sub child {
   my ($req, $report, $pipes) = @_;
-  # Ignored signals stay ignored across exec: a program starts with the defaults, as from Node.
-  $SIG{$_} = 'DEFAULT' for qw(PIPE CHLD INT QUIT HUP TERM);
   my $fail = sub {
     my ($what) = @_;
     my $e = $! + 0;
@@ -214,6 +226,7 @@ sub request {
   spawn($id, \%req);
 }
 
+nonblock($_) for $wakeR, $wakeW;
 nonblock(\*STDIN);
 binmode(STDIN);
 binmode(STDOUT);
@@ -222,6 +235,7 @@ while (1) {
   reap() if $chld;
   my ($rin, $win) = ('', '');
   vec($rin, fileno(STDIN), 1) = 1;
+  vec($rin, fileno($wakeR), 1) = 1;
   my $now = time_ms();
   my $wait;
   for my $c (values %byPid) {
@@ -233,11 +247,11 @@ while (1) {
     my $left = ($c->{deadline} - $now) / 1000;
     $wait = $left if !defined $wait || $left < $wait;
   }
-  # A SIGCHLD that lands between the last waitpid and select is only seen at the next wakeup,
-  # so while children live the wait is bounded.
-  if (%byPid) { $wait = 0.2 if !defined $wait || $wait > 0.2 }
+  if (%byPid) { $wait = $maxWait if !defined $wait || $wait > $maxWait }
   my $n = select(my $rout = $rin, my $wout = $win, undef, $wait);
   next if $n <= 0;
+  # Emptied before the next reap: a byte written after this read wakes the next select.
+  if (vec($rout, fileno($wakeR), 1)) { 1 while sysread($wakeR, my $drain, 4096) }
   if (vec($rout, fileno(STDIN), 1)) {
     my $r = sysread(STDIN, $inbuf, 1 << 20, length $inbuf);
     if (defined $r && $r == 0) { exit 0 }

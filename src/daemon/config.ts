@@ -102,7 +102,7 @@ const DAEMON_KEYS: readonly KeyDef[] = [
   { key: 'thinpool-dev-dir', prop: 'thinpoolDevDir', kind: 'string', default: '/dev/mapper', help: 'where device-mapper devices appear' },
   { key: 'dmsetup-bin', prop: 'dmsetupBin', kind: 'string', default: 'dmsetup', help: 'dmsetup binary used with thinpool' },
   { key: 'retry-backoff', prop: 'retryBackoffMs', kind: 'duration', default: '1s', help: 'first retry delay after a failed reconcile; doubles each attempt (with jitter) up to 5m' },
-  { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', min: 1, max: 64, default: '4', help: 'VMs reconciled in parallel' },
+  { key: 'reconcile-workers', prop: 'reconcileWorkers', kind: 'int', min: 1, max: 64, default: '8', help: 'VMs reconciled in parallel; a pass mostly waits on the programs it starts (ip, the VMM, its pid file), see The runtime' },
   { key: 'delete-vm-timeout', prop: 'deleteVmTimeoutMs', kind: 'duration', default: '10s', help: 'how long a guest gets to power down before it is stopped' },
   { key: 'healthy-after', prop: 'healthyAfterMs', kind: 'duration', default: '30s', help: "a VMM up this long counts as healthy and its retry count starts over, even when the console never shows the boot (kernel cmdline quiet)" },
   { key: 'shutdown-grace', prop: 'shutdownGraceMs', kind: 'duration', default: '30s', help: 'on SIGTERM, how long running reconciles get to finish before they are called off; a second signal stops at once' },

@@ -20,7 +20,8 @@ const [created, tapSpawns] = await cost(() => sys.createTap(tap, { bridge: 'br0'
 const [mcreated, macvtapSpawns] = await cost(() => sys.createMacvtap(mvt, { parent: 'vparent', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth1', mac: '02:00:00:00:00:31' }));
 const names = [tap, mvt, 'br0', 'vparent', 'lo', 'absent0'];
 const [bySysfs, getSpawns] = await cost(() => Promise.all(names.map((n) => sys.get(n))));
-const byIp = await Promise.all(names.map((n) => ip.get(n)));
+// Reads asked for together share one `ip` process without sysfs.
+const [byIp, ipGetSpawns] = await cost(() => Promise.all(names.map((n) => ip.get(n))));
 const [ownedSys, listSpawns] = await cost(() => sys.listOwned());
 const ownedIp = await ip.listOwned();
 // Without sysfs the batch that makes a link also shows it: still one process, and what it
@@ -28,4 +29,4 @@ const ownedIp = await ip.listOwned();
 const [ipCreated, ipTapSpawns] = await cost(() => ip.createTap(`${tap}i`, { bridge: 'br0', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth2' }));
 const [ipMcreated, ipMacvtapSpawns] = await cost(() => ip.createMacvtap(`${mvt}i`, { parent: 'vparent', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth3', mac: '02:00:00:00:00:33' }));
 const ipRead = [await ip.get(`${tap}i`), await ip.get(`${mvt}i`)];
-process.stdout.write(JSON.stringify({ own, created, mcreated, bySysfs, byIp, ownedSys, ownedIp, ipCreated: [ipCreated, ipMcreated], ipRead, spawns: { tap: tapSpawns, macvtap: macvtapSpawns, get: getSpawns, list: listSpawns, ipTap: ipTapSpawns, ipMacvtap: ipMacvtapSpawns } }));
+process.stdout.write(JSON.stringify({ own, created, mcreated, bySysfs, byIp, ownedSys, ownedIp, ipCreated: [ipCreated, ipMcreated], ipRead, spawns: { tap: tapSpawns, macvtap: macvtapSpawns, get: getSpawns, list: listSpawns, ipTap: ipTapSpawns, ipMacvtap: ipMacvtapSpawns, ipGet: ipGetSpawns } }));

@@ -3,7 +3,8 @@ import { readFile, readdir, readlink } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { ALIAS_PREFIX } from '../../../core/microvm/host-names.js';
 import type { HostNetwork, LinkInfo } from '../../../core/ports.js';
-import { run } from '../../exec.js';
+import { noteSpawn, run } from '../../exec.js';
+import { runProgram } from '../../spawner.js';
 
 interface IpLink {
   ifname: string;
@@ -92,6 +93,45 @@ async function sysfsLink(name: string): Promise<LinkInfo | undefined> {
   }
 }
 
+/** Linux names a link with up to 15 bytes and no '/', ':' or blank; quotes would confuse -batch. */
+function batchable(name: string): boolean {
+  return name !== '' && !/[\s"'\\#]/.test(name);
+}
+
+/**
+ * Each named link as `ip -json -details link show dev <name>` shows it, in one process; undefined
+ * for a link that does not exist, an Error naming the command for one `ip` could not show.
+ */
+async function showLinks(names: readonly string[]): Promise<Map<string, IpLink | undefined | Error>> {
+  noteSpawn();
+  const args = ['-json', '-details', '-force', '-batch', '-'];
+  let r;
+  try {
+    r = await runProgram('ip', args, { input: names.map((n) => `link show dev ${n}`).join('\n') + '\n', timeoutMs: 60_000, maxBytes: 64 * 1024 * 1024 });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new MatchlockError(code === 'ENOENT' ? ErrorCode.FailedPrecondition : ErrorCode.Internal, `ip ${args.join(' ')}: ${code === 'ENOENT' ? 'ip is not installed' : (err as Error).message}`, { cause: err });
+  }
+  const found = new Map<string, IpLink>();
+  // With -force a failed line does not stop the rest; each show that worked prints its array.
+  for (const line of r.stdout.toString('utf8').split('\n')) {
+    if (!line.startsWith('[')) continue;
+    for (const l of JSON.parse(line) as IpLink[]) found.set(l.ifname, l);
+  }
+  const stderr = r.stderr.toString('utf8');
+  const out = new Map<string, IpLink | undefined | Error>();
+  for (const name of names) {
+    const l = found.get(name);
+    if (l) out.set(name, l);
+    else if (stderr.includes(`Device "${name}" does not exist`) || stderr.includes(`Cannot find device "${name}"`)) out.set(name, undefined);
+    else {
+      const why = r.killed ? `ip was killed (${r.killed})` : stderr.trim().split('\n').slice(-3).join(' ') || `exited with ${r.code ?? r.signal}`;
+      out.set(name, new MatchlockError(ErrorCode.Internal, `ip -json -details link show dev ${name}: ${why}`));
+    }
+  }
+  return out;
+}
+
 /**
  * Host links, in the network namespace the daemon runs in. Reads come from sysfs (no process
  * per read) when sysfs shows the daemon's namespace, from `ip -json` otherwise; the changes of
@@ -99,6 +139,9 @@ async function sysfsLink(name: string): Promise<LinkInfo | undefined> {
  */
 export class Iproute2Network implements HostNetwork {
   private sysfs: boolean | undefined;
+  /** Link reads waiting for the next shared `ip` process, by name (see read()). */
+  private waiting = new Map<string, ((r: IpLink | undefined | Error) => void)[]>();
+  private reading = false;
 
   /** `useSysfs`: tests force a path; by default it is chosen by sysfsShowsOwnNamespace(). */
   constructor(opts: { useSysfs?: boolean } = {}) {
@@ -123,8 +166,49 @@ export class Iproute2Network implements HostNetwork {
   async get(name: string): Promise<LinkInfo | undefined> {
     // A name with a slash or dots would leave /sys/class/net; no link can have one.
     if (this.viaSysfs && !name.includes('/') && name !== '.' && name !== '..') return sysfsLink(name);
-    const [l] = await this.links(name);
+    if (!batchable(name)) {
+      const [l] = await this.links(name);
+      return l ? toInfo(l) : undefined;
+    }
+    const l = await this.read(name);
     return l ? toInfo(l) : undefined;
+  }
+
+  /**
+   * One link by name, read without sysfs. Reads asked for while an `ip` process is reading
+   * share the next one (`ip -json -details -force -batch -`, one `link show dev` a line), which
+   * starts once that one ended, so every answer was read after it was asked for: during a burst
+   * of creates, each VM's reads of its TAP and of the bridge cost a share of a process instead
+   * of a process each. Rejects with the error `ip` gave for this name.
+   */
+  private read(name: string): Promise<IpLink | undefined> {
+    return new Promise((resolve, reject) => {
+      const waiters = this.waiting.get(name) ?? [];
+      waiters.push((r) => (r instanceof Error ? reject(r) : resolve(r)));
+      this.waiting.set(name, waiters);
+      if (!this.reading) void this.readWaiting();
+    });
+  }
+
+  private async readWaiting(): Promise<void> {
+    this.reading = true;
+    // Reads asked for in the same turn (a plan's Promise.all) go in this first process too.
+    await Promise.resolve();
+    try {
+      while (this.waiting.size > 0) {
+        const batch = this.waiting;
+        this.waiting = new Map();
+        let shown: Map<string, IpLink | undefined | Error>;
+        try {
+          shown = await showLinks([...batch.keys()]);
+        } catch (err) {
+          shown = new Map([...batch.keys()].map((n) => [n, err as Error]));
+        }
+        for (const [name, waiters] of batch) for (const w of waiters) w(shown.get(name));
+      }
+    } finally {
+      this.reading = false;
+    }
   }
 
   /**
