@@ -53,7 +53,7 @@ my $chld = 0;
 $SIG{CHLD} = sub { $chld = 1; syswrite($wakeW, 'c') };
 # The longest select waits while children live, in ms: a backstop for a signal that lands inside
 # perl's select op itself, after its last signal check and before the system call (microseconds
-# wide). Tests set it very long, so an exit that waited for it would show as a hang.
+# wide).
 my $maxWait = ($ENV{MATCHLOCK_SPAWNER_MAX_WAIT_MS} // 1000) / 1000;
 delete $ENV{MATCHLOCK_SPAWNER_MAX_WAIT_MS};
 
