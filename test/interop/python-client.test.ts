@@ -1,21 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { ROOT, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
-import { referenceAvailable } from '../wire/reference.js';
-import { pythonStubs } from './stubs.js';
+import { PYTHON, pythonMissing, pythonStubs } from './stubs.js';
 
-const PYTHON = '/usr/bin/python3';
-const missing = [
-  [PYTHON, existsSync(PYTHON)],
-  ['protoc', spawnSync('protoc', ['--version']).status === 0],
-  ['grpc_python_plugin', existsSync('/usr/bin/grpc_python_plugin')],
-  ['python3 grpc module', spawnSync(PYTHON, ['-c', 'import grpc']).status === 0],
-  ['reference protos', referenceAvailable()],
-].filter(([, ok]) => !ok).map(([n]) => n);
+const missing = pythonMissing();
 
 describe('an independent Python grpcio client (CAPMVM-shaped)', { skip: missing.length && !process.env.CI ? `missing: ${missing.join(', ')}` : false }, () => {
   const tmp = tempDir('py');

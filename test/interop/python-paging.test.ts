@@ -3,23 +3,15 @@
 // everything and read a paged answer without tripping on next_page_token.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
 import { ROOT, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
-import { referenceAvailable } from '../wire/reference.js';
-import { pythonStubs } from './stubs.js';
+import { PYTHON, pythonMissing, pythonStubs } from './stubs.js';
 
-const PYTHON = '/usr/bin/python3';
-const missing = [
-  [PYTHON, existsSync(PYTHON)],
-  ['protoc', spawnSync('protoc', ['--version']).status === 0],
-  ['grpc_python_plugin', existsSync('/usr/bin/grpc_python_plugin')],
-  ['python3 grpc module', spawnSync(PYTHON, ['-c', 'import grpc']).status === 0],
-  ['reference protos', referenceAvailable()],
-].filter(([, ok]) => !ok).map(([n]) => n);
+const missing = pythonMissing();
 
 const RECORDS = 20;
 
