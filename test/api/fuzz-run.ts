@@ -10,7 +10,6 @@ import { create, fromBinary, toBinary, toJson } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import { lstatSync, mkdirSync, readdirSync } from 'node:fs';
-import { connect } from 'node:net';
 import { join, relative } from 'node:path';
 import {
   CreateMicroVMRequestSchema,
@@ -22,6 +21,7 @@ import {
 import { MicroVMSpecSchema, NetworkInterface_IfaceType, type MicroVMSpec } from '../../src/gen/types/microvm_pb.js';
 import { rawClient } from '../helpers/client.js';
 import { startDaemon, tempDir } from '../helpers/daemon.js';
+import { rawHttp } from '../helpers/raw-http.js';
 
 const seed = process.env.MATCHLOCK_FUZZ_SEED ? Number(process.env.MATCHLOCK_FUZZ_SEED) >>> 0 : (Math.random() * 2 ** 32) >>> 0;
 const total = Number(process.env.MATCHLOCK_FUZZ_REQUESTS ?? 2000);
@@ -237,27 +237,6 @@ function httpPath(known: string[]): { method: string; path: string } {
     case 4: return { method: 'GET', path: `/${'a/'.repeat(int(3000))}` };
     default: return { method: 'POST', path: '/v1alpha1/microvm' };
   }
-}
-
-/** One raw HTTP/1.1 exchange, so odd targets reach the server exactly as written. */
-function rawHttp(port: number, method: string, path: string, body: string | undefined): Promise<{ status: number; body: string }> {
-  return new Promise((resolve) => {
-    const payload = body === undefined ? Buffer.alloc(0) : Buffer.from(body, 'utf8');
-    const head = `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${payload.length}\r\nConnection: close\r\n\r\n`;
-    const sock = connect(port, '127.0.0.1');
-    let got = '';
-    const done = (fallback: number) => {
-      sock.destroy();
-      const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(got)?.[1] ?? fallback);
-      resolve({ status, body: got.slice(got.indexOf('\r\n\r\n') + 4) });
-    };
-    sock.on('data', (c: Buffer) => (got += c.toString('latin1')));
-    // -1: closed without an answer, -2: socket error, -3: no answer in 20 s.
-    sock.on('end', () => done(-1));
-    sock.on('error', () => done(-2));
-    sock.setTimeout(20_000, () => done(-3));
-    sock.write(Buffer.concat([Buffer.from(head, 'latin1'), payload]));
-  });
 }
 
 function walk(dir: string): string[] {

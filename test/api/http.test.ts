@@ -4,6 +4,7 @@ import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
+import { rawHttp } from '../helpers/raw-http.js';
 
 interface Reply {
   status: number;
@@ -138,5 +139,30 @@ describe('HTTP/JSON API', () => {
     const internal = d.logs.filter((l) => l.includes('http request failed'));
     assert.deepEqual(internal, []);
     assert.equal((await call('GET', '/v1alpha1/microvm')).status, 200);
+  });
+
+  it('a refusal sent before the body was read still reaches a client that is writing a big body', async () => {
+    // Answering and closing with unread body bytes makes the kernel send a reset, which can
+    // overtake the answer: the client then sees EPIPE or ECONNRESET instead of its status.
+    const body = Buffer.alloc(1 << 20, 'x');
+    const cases: [string, string, number][] = [
+      ['POST', '/v1alpha1/microvm/uid/%ZZ', 400],
+      ['POST', '/no/such/route', 404],
+      ['PUT', '/v1/microvm/x/frob', 404],
+      ['GET', '/v1alpha1/microvm', 200],
+      ['POST', '/v1alpha1/microvm', 400],
+    ];
+    for (const [method, path, want] of cases) {
+      const seen = new Map<number, number>();
+      for (let i = 0; i < 10; i++) {
+        const { status } = await rawHttp(d.httpPort ?? 0, method, path, body);
+        seen.set(status, (seen.get(status) ?? 0) + 1);
+      }
+      assert.deepEqual([...seen], [[want, 10]], `${method} ${path} with a 1 MiB body`);
+    }
+    // Over the 4 MiB limit, the rest is read and dropped before the refusal names the field.
+    const big = await rawHttp(d.httpPort ?? 0, 'POST', '/v1alpha1/microvm', Buffer.alloc(6 << 20, 'x'));
+    assert.equal(big.status, 400);
+    assert.match(big.body, /body: must be at most 4194304 bytes/);
   });
 });

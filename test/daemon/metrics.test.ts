@@ -7,6 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { basicAuthHeader } from '../../src/adapters/api/auth.js';
 import { api, consoleOf, stateOf, waitFor } from '../e2e/vm.js';
 import { makeCerts } from '../helpers/certs.js';
+import { rawHttp } from '../helpers/raw-http.js';
 import { daemonFailsToStart, ROOT, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
 import { labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
@@ -170,6 +171,11 @@ describe('metrics and debug endpoints: auth, TLS and the loopback rule', { skip:
     assert.deepEqual([...exposed].sort(), [...documented].sort());
     assert.deepEqual([...exposed].sort(), Object.keys(FAMILIES).filter((n) => n.startsWith('matchlock_')).sort());
     assert.equal((await get(metricsPort, '/debug/pprof/heap', token)).status, 404, 'the metrics endpoint serves metrics only');
+    // A refusal sent while the client still writes a body must not be overtaken by a reset.
+    for (let i = 0; i < 10; i++) {
+      assert.equal((await rawHttp(metricsPort, 'POST', '/metrics', Buffer.alloc(1 << 20, 'x'))).status, 401, 'no token, a 1 MiB body');
+      assert.equal((await rawHttp(metricsPort, 'POST', '/metrics', Buffer.alloc(1 << 20, 'x'), { authorization: basicAuthHeader(token) })).status, 405, 'POST with a 1 MiB body');
+    }
     // The refused scrape and the gRPC health check the helper made are counted.
     const again = parse((await get(metricsPort, '/metrics', token)).body);
     assert.ok((value(again, 'process_cpu_seconds_total') ?? 0) > 0);

@@ -24,19 +24,19 @@ export async function matchlockRoute(
   method: string,
   segments: string[],
   query: Map<string, string>,
-  readBody: () => Promise<Buffer>,
+  body: Buffer,
   res: ServerResponse,
 ): Promise<boolean> {
   const [version, kind, uid, verb, ...rest] = segments;
   if (version !== 'v1' || rest.length) return false;
   if (method === 'POST' && kind === 'microvm' && uid !== undefined && verb !== undefined && VERBS.includes(verb)) {
-    const body = (await readBody()).toString('utf8').trim();
+    const text = body.toString('utf8').trim();
     let grace: number | undefined;
     let force = false;
-    if (body !== '' && (verb === 'stop' || verb === 'restart')) {
+    if (text !== '' && (verb === 'stop' || verb === 'restart')) {
       let parsed;
       try {
-        parsed = fromJson(StopMicroVMRequestSchema, JSON.parse(body) as never);
+        parsed = fromJson(StopMicroVMRequestSchema, JSON.parse(text) as never);
       } catch (err) {
         throw invalid('body', `must be {"grace": "<seconds>s", "force": <bool>} (${(err as Error).message})`);
       }

@@ -5,7 +5,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Logger } from '../../../core/ports.js';
 import { tokenMatches, UNAUTHENTICATED_MESSAGE } from '../auth.js';
 import type { GrpcTls } from '../grpc/server.js';
-import { parseTarget, serverWithTls } from './server.js';
+import { parseTarget, requestBody, serverWithTls } from './server.js';
 
 /** Answers one route; `query` holds the decoded query parameters. */
 export type OpsHandler = (res: ServerResponse, query: Map<string, string>) => Promise<void>;
@@ -49,6 +49,13 @@ export function createOpsServer(opts: OpsServerOptions): Server {
 }
 
 async function serve(opts: OpsServerOptions, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  // Read (and drop) any body before answering: a refusal sent while the client still writes
+  // would be followed by a reset that can overtake it.
+  try {
+    await requestBody(req);
+  } catch (err) {
+    throw new OpsError(400, (err as Error).message);
+  }
   if (opts.token && !tokenMatches(req.headers.authorization, opts.token)) throw new OpsError(401, UNAUTHENTICATED_MESSAGE);
   let target;
   try {

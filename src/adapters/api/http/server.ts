@@ -30,6 +30,13 @@ export interface HttpServerOptions {
 }
 
 const MAX_BODY = 4 * 1024 * 1024;
+/**
+ * How much of a body past MAX_BODY is still read and dropped before the refusal is sent. Closing
+ * a connection with unread bytes makes the kernel send a reset, which can reach the client
+ * before the answer it was sent (RFC 9112 section 9.6). A client still sending past this gets
+ * its connection closed without an answer.
+ */
+const MAX_DISCARD = 16 * 1024 * 1024;
 
 /**
  * flintlock's HTTP/JSON routes (grpc-gateway style, proto3 canonical JSON) plus an unambiguous
@@ -45,7 +52,9 @@ export function createHttpApi(opts: HttpServerOptions): Server {
       const observe = opts.observe;
       res.once('close', () => observe(route.rpc, res.statusCode, Number(process.hrtime.bigint() - started) / 1e9));
     }
-    void handle(opts, req, res, route).catch((err: unknown) => sendError(opts.logger, res, err));
+    void requestBody(req)
+      .then((body) => handle(opts, req, res, route, body))
+      .catch((err: unknown) => sendError(opts.logger, res, err));
   };
   return serverWithTls(opts.tls, handler);
 }
@@ -64,7 +73,7 @@ export function serverWithTls(tls: GrpcTls | undefined, handler: (req: IncomingM
   );
 }
 
-async function handle(opts: HttpServerOptions, req: IncomingMessage, res: ServerResponse, route: { rpc: string }): Promise<void> {
+async function handle(opts: HttpServerOptions, req: IncomingMessage, res: ServerResponse, route: { rpc: string }, body: Buffer): Promise<void> {
   const { service } = opts;
   if (opts.token && !tokenMatches(req.headers.authorization, opts.token)) {
     throw new MatchlockError(ErrorCode.Unauthenticated, UNAUTHENTICATED_MESSAGE);
@@ -82,7 +91,6 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
 
   if (method === 'POST' && root) {
     route.rpc = 'CreateMicroVM';
-    const body = await readBody(req);
     let json: unknown;
     try {
       json = JSON.parse(body.toString('utf8'));
@@ -125,7 +133,7 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     });
     return send(res, 200, ListMicroVMsResponseSchema, { microvm: page.records.map((r) => fromBinary(MicroVMSchema, r)), nextPageToken: page.nextPageToken });
   }
-  if (opts.matchlock && (await matchlockRoute(opts.matchlock, method, target.segments, target.query, () => readBody(req), res))) return;
+  if (opts.matchlock && (await matchlockRoute(opts.matchlock, method, target.segments, target.query, body, res))) return;
   res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 5, message: boundedMessage(`route ${method} ${quote(path, 200)} not found`), details: [] }));
 }
 
@@ -194,20 +202,27 @@ function decodePart(field: string, raw: string): string {
   }
 }
 
-async function readBody(req: IncomingMessage): Promise<Buffer> {
+/**
+ * The whole request body, read before any route answers, so that no answer (a refusal of the
+ * path, the token, the method) is followed by closing a connection the client is still writing
+ * to. Errors: INVALID_ARGUMENT naming `body` when it is over MAX_BODY bytes (the rest is read and
+ * dropped up to MAX_DISCARD first) or when the client closed the connection mid-body.
+ */
+export async function requestBody(req: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   try {
     for await (const chunk of req) {
       const b = chunk as Buffer;
       size += b.length;
-      if (size > MAX_BODY) throw invalid('body', `must be at most ${MAX_BODY} bytes`);
-      chunks.push(b);
+      if (size > MAX_BODY + MAX_DISCARD) break;
+      if (size <= MAX_BODY) chunks.push(b);
     }
   } catch (err) {
     // A client that hangs up mid-body is its own fault, not an internal error to log as one.
     if (req.aborted || (err as NodeJS.ErrnoException).code === 'ECONNRESET') throw invalid('body', `the client closed the connection after ${size} bytes of the body`);
     throw err;
   }
+  if (size > MAX_BODY) throw invalid('body', `must be at most ${MAX_BODY} bytes`);
   return Buffer.concat(chunks);
 }
