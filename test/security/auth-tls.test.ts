@@ -17,6 +17,7 @@ import {
 import { makeCerts, type Certs } from '../helpers/certs.js';
 import { rawClient, validSpec } from '../helpers/client.js';
 import { daemonFailsToStart, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
+import { rawHttp } from '../helpers/raw-http.js';
 
 const ULID = '01ARZ3NDEKTSV4RRFFQ69G5FAV';
 
@@ -134,6 +135,14 @@ describe('basic-auth token', () => {
       });
     assert.equal(await getInfo(), 401);
     assert.equal(await getInfo(basicAuthHeader('tok-123')), 200);
+    // The refusal reaches a client still writing a body (read and dropped first, not held).
+    for (let i = 0; i < 5; i++) {
+      const r = await rawHttp(d.httpPort ?? 0, 'POST', '/v1alpha1/microvm', Buffer.alloc(2 << 20, 'x'));
+      assert.equal(r.status, 401);
+    }
+    const good = await rawHttp(d.httpPort ?? 0, 'POST', '/v1alpha1/microvm', '{"id":', { authorization: basicAuthHeader('tok-123') });
+    assert.equal(good.status, 400, 'with the token the body is read and parsed');
+    assert.match(good.body, /body: must be a JSON MicroVMSpec/);
   });
 });
 

@@ -52,7 +52,7 @@ async function serve(opts: OpsServerOptions, req: IncomingMessage, res: ServerRe
   // Read (and drop) any body before answering: a refusal sent while the client still writes
   // would be followed by a reset that can overtake it.
   try {
-    await requestBody(req);
+    await requestBody(req, false);
   } catch (err) {
     throw new OpsError(400, (err as Error).message);
   }

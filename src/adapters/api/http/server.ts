@@ -52,7 +52,9 @@ export function createHttpApi(opts: HttpServerOptions): Server {
       const observe = opts.observe;
       res.once('close', () => observe(route.rpc, res.statusCode, Number(process.hrtime.bigint() - started) / 1e9));
     }
-    void requestBody(req)
+    // A client without the token gets its body read and dropped, never held.
+    const keep = !opts.token || tokenMatches(req.headers.authorization, opts.token);
+    void requestBody(req, keep)
       .then((body) => handle(opts, req, res, route, body))
       .catch((err: unknown) => sendError(opts.logger, res, err));
   };
@@ -205,10 +207,11 @@ function decodePart(field: string, raw: string): string {
 /**
  * The whole request body, read before any route answers, so that no answer (a refusal of the
  * path, the token, the method) is followed by closing a connection the client is still writing
- * to. Errors: INVALID_ARGUMENT naming `body` when it is over MAX_BODY bytes (the rest is read and
- * dropped up to MAX_DISCARD first) or when the client closed the connection mid-body.
+ * to. With `keep` false the body is read and dropped (an empty buffer is returned). Errors:
+ * INVALID_ARGUMENT naming `body` when it is over MAX_BODY bytes (the rest is read and dropped up
+ * to MAX_DISCARD first) or when the client closed the connection mid-body.
  */
-export async function requestBody(req: IncomingMessage): Promise<Buffer> {
+export async function requestBody(req: IncomingMessage, keep = true): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   try {
@@ -216,7 +219,7 @@ export async function requestBody(req: IncomingMessage): Promise<Buffer> {
       const b = chunk as Buffer;
       size += b.length;
       if (size > MAX_BODY + MAX_DISCARD) break;
-      if (size <= MAX_BODY) chunks.push(b);
+      if (keep && size <= MAX_BODY) chunks.push(b);
     }
   } catch (err) {
     // A client that hangs up mid-body is its own fault, not an internal error to log as one.
