@@ -2,7 +2,7 @@ import { Command, Option } from 'commander';
 import { DEFAULT_CONFIG_PATH, configKeys, envName, loadConfig } from './config.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
-import { createLogger } from './logger.js';
+import { createLogger, ignoreBrokenStdio } from './logger.js';
 import { startDaemon, type RunningDaemon } from './app.js';
 import { installProcessGuards } from './guard.js';
 import { VERSION } from '../version.js';
@@ -38,6 +38,7 @@ export async function main(argv: string[], opts: { registry?: ReadonlyMap<string
     }
     // Nothing matchlockd creates (store, VM directories holding user-data, sockets) is for other users.
     process.umask(0o027);
+    ignoreBrokenStdio();
     const logger = createLogger(cfg.logFormat, cfg.verbosity);
     installProcessGuards(logger);
     for (const w of warnings) logger.warn({}, w);
