@@ -67,6 +67,12 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   }
 }
 
+/**
+ * The bin's entry. A closed output (`matchlock vm list | head -1`: EPIPE once the reader is gone)
+ * ends the CLI at once and quietly with status 141, as SIGPIPE ends other tools (Node ignores
+ * SIGPIPE, so without this the write error would end it with a stack trace).
+ */
 export async function main(argv: string[]): Promise<void> {
+  for (const s of [process.stdout, process.stderr]) s.on('error', () => process.exit(128 + 13));
   process.exitCode = await run(argv.slice(2));
 }

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { run } from '../../src/cli/main.js';
 import { EXIT } from '../../src/cli/client.js';
-import { tempDir } from '../helpers/daemon.js';
+import { ROOT, tempDir } from '../helpers/daemon.js';
 
 async function cli(args: string[]) {
   let out = '';
@@ -87,5 +87,18 @@ COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=$(( \${#COMP_WO
     const bad = await cli(['completion', 'tcsh']);
     assert.equal(bad.code, EXIT.usage);
     assert.match(bad.err, /completion tcsh: must be bash, zsh or fish/);
+  });
+});
+
+describe('a closed output', () => {
+  it('ends the CLI quietly with 141, as SIGPIPE ends other tools, not with a stack trace', async () => {
+    const child = spawn(process.execPath, [join(ROOT, 'bin/matchlock.js'), '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Closed before the CLI has started, so its first write meets EPIPE.
+    child.stdout.destroy();
+    let err = '';
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    assert.equal(code, 141, err);
+    assert.equal(err, '');
   });
 });
