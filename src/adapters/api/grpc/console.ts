@@ -59,7 +59,7 @@ export function addConsoleService(door: Pick<grpc.Server, 'addService'>, locate:
     return () => clearInterval(t);
   };
 
-  door.addService(serviceDefinition(ConsoleServiceDesc), {
+  door.addService(serviceDefinition(ConsoleServiceDesc, true), {
     streamConsole: (call: grpc.ServerWritableStream<StreamConsoleRequest, unknown>) => {
       const ac = new AbortController();
       call.on('cancelled', () => ac.abort());

@@ -20,7 +20,7 @@ import { Server as ServerServiceDesc } from '../../../gen/services/matchlock/v1/
 import { durationMs, powerCall, recentEvents, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
 import { specInput } from '../convert.js';
 import { grpcCode } from './status.js';
-import { COPIED, serviceDefinition, type Lent } from './service-def.js';
+import { COPIED, Refused, serviceDefinition, type Lent } from './service-def.js';
 import { drained } from '../drain.js';
 import { listPage } from '../paging.js';
 import { addConsoleService, type ConsoleLocator } from './console.js';
@@ -169,21 +169,28 @@ type AnyHandler = (call: grpc.ServerUnaryCall<unknown, unknown> & grpc.ServerWri
 
 /**
  * A view of the server whose addService wraps every handler with the token check, so the
- * MicroVM, health and reflection services are all behind the same door.
+ * MicroVM, health and reflection services are all behind the same door, and answers a request
+ * refused before decoding (service-def.ts's Refused) with its status, after the token check.
  */
 function guarded(server: grpc.Server, token: string | undefined): Pick<grpc.Server, 'addService'> {
   return {
     addService(def: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation) {
-      if (!token) return server.addService(def, impl);
       const wrapped: grpc.UntypedServiceImplementation = {};
       for (const [name, fn] of Object.entries(impl)) {
         const handler = fn as unknown as AnyHandler;
         wrapped[name] = ((call: Parameters<AnyHandler>[0], callback?: grpc.sendUnaryData<unknown>) => {
-          const header = call.metadata.get('authorization')[0];
-          if (!tokenMatches(typeof header === 'string' ? header : undefined, token)) {
-            const err = { code: grpc.status.UNAUTHENTICATED, details: UNAUTHENTICATED_MESSAGE };
+          const refuse = (err: { code: grpc.status; details: string }) => {
             if (callback) callback(err);
             else call.emit('error', err);
+          };
+          const header = token ? call.metadata.get('authorization')[0] : undefined;
+          if (token && !tokenMatches(typeof header === 'string' ? header : undefined, token)) {
+            refuse({ code: grpc.status.UNAUTHENTICATED, details: UNAUTHENTICATED_MESSAGE });
+            return;
+          }
+          if (call.request instanceof Refused) {
+            const details = boundedMessage(call.request.error.message);
+            refuse(Object.assign(new Error(details), { code: grpcCode(call.request.error), details }));
             return;
           }
           handler(call, callback);
@@ -221,7 +228,7 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
       }
     };
 
-  door.addService(serviceDefinition(MicroVMServiceDesc), {
+  door.addService(serviceDefinition(MicroVMServiceDesc, true), {
     createMicroVM: unary('CreateMicroVM', (req: CreateMicroVMRequest) => {
       const vm = service.create(specInput(req.microvm));
       logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
@@ -294,7 +301,7 @@ function addMatchlockServices(door: Pick<grpc.Server, 'addService'>, api: Matchl
       callback(fail(method, err));
     }
   };
-  door.addService(serviceDefinition(MicroVMLifecycle), {
+  door.addService(serviceDefinition(MicroVMLifecycle, true), {
     stopMicroVM: power('stop', 'StopMicroVM'),
     startMicroVM: power('start', 'StartMicroVM'),
     restartMicroVM: power('restart', 'RestartMicroVM'),
@@ -329,7 +336,7 @@ function addMatchlockServices(door: Pick<grpc.Server, 'addService'>, api: Matchl
       );
     },
   });
-  door.addService(serviceDefinition(ServerServiceDesc), {
+  door.addService(serviceDefinition(ServerServiceDesc, true), {
     getServerInfo: (_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
       serverInfoMessage(api).then((m) => callback(null, m), (err: unknown) => callback(fail('GetServerInfo', err)));
     },

@@ -12,6 +12,7 @@ import {
 import { MicroVMSchema, MicroVMSpecSchema } from '../../../gen/types/microvm_pb.js';
 import { tokenMatches, UNAUTHENTICATED_MESSAGE } from '../auth.js';
 import { specInput, toWire } from '../convert.js';
+import { jsonEntryLimits, jsonValueCount } from '../entry-limits.js';
 import { grpcCode, httpStatus } from '../grpc/status.js';
 import type { GrpcTls } from '../grpc/server.js';
 import type { MatchlockApi } from '../matchlock.js';
@@ -93,12 +94,17 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
 
   if (method === 'POST' && root) {
     route.rpc = 'CreateMicroVM';
+    const crowded = jsonValueCount(body);
+    if (crowded) throw crowded;
     let json: unknown;
     try {
       json = JSON.parse(body.toString('utf8'));
     } catch (err) {
       throw invalid('body', `must be a JSON MicroVMSpec (${(err as Error).message})`);
     }
+    // Counted before conversion: turning 200,000 labels into a message took seconds.
+    const over = jsonEntryLimits(MicroVMSpecSchema, json, 'microvm.');
+    if (over) throw over;
     let spec;
     try {
       spec = fromJson(MicroVMSpecSchema, json as never);
