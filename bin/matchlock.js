@@ -11,5 +11,9 @@ if (fromSource) {
   const { register } = await import('tsx/esm/api');
   register();
   entry = await import('../src/cli/main.ts');
-} else entry = await import('../dist/cli/main.js');
+} else if (existsSync(new URL('../dist/cli/main.js', import.meta.url))) entry = await import('../dist/cli/main.js');
+else {
+  process.stderr.write('matchlock: the compiled JavaScript (dist/) is missing: run `npm run build` first, or unset MATCHLOCK_COMPILED to run the sources\n');
+  process.exit(1);
+}
 await entry.main(process.argv);

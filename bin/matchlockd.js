@@ -21,5 +21,9 @@ if (fromSource) {
   const { register } = await import('tsx/esm/api');
   register();
   entry = await import('../src/daemon/main.ts');
-} else entry = await import('../dist/daemon/main.js');
+} else if (existsSync(new URL('../dist/daemon/main.js', import.meta.url))) entry = await import('../dist/daemon/main.js');
+else {
+  process.stderr.write('matchlockd: the compiled JavaScript (dist/) is missing: run `npm run build` first, or unset MATCHLOCK_COMPILED to run the sources\n');
+  process.exit(1);
+}
 await entry.main(process.argv);

@@ -11,11 +11,14 @@ import { VERSION } from '../version.js';
 export async function main(argv: string[], opts: { registry?: ReadonlyMap<string, ProviderModule> } = {}): Promise<void> {
   const registry = opts.registry ?? PROVIDERS;
   const keys = configKeys(registry);
-  const program = new Command('matchlockd').description('flintlock-compatible MicroVM host daemon').showHelpAfterError();
+  // A usage error (an unknown flag, a missing value) exits 2 like every other refused setting;
+  // commander's own default is 1.
+  const usage = (err: { exitCode: number }) => process.exit(err.exitCode === 0 ? 0 : 2);
+  const program = new Command('matchlockd').description('flintlock-compatible MicroVM host daemon').showHelpAfterError().exitOverride(usage);
   program.command('version').description('print the version').action(() => {
     process.stdout.write(`matchlockd ${VERSION}\n`);
   });
-  const run = program.command('run').description('run the daemon');
+  const run = program.command('run').description('run the daemon').exitOverride(usage);
   run.addOption(new Option('--config <path>', `YAML config file (default ${DEFAULT_CONFIG_PATH}; flintlock's keys accepted)`));
   for (const def of keys) {
     const flag = def.kind === 'bool' ? `--${def.key} [bool]` : `--${def.key} <value>`;

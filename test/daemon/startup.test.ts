@@ -179,4 +179,25 @@ describe('matchlockd and its state dir', () => {
     assert.equal(code, 2);
     assert.match(output, /grpc-socket-group no-such-group-here: no such group/);
   });
+
+  it('exits 2 on a usage error (an unknown flag, a flag without its value), as on any refused setting', async () => {
+    for (const args of [['run', '--no-such-flag', '1'], ['run', '--state-dir'], ['no-such-command']]) {
+      const { code, output } = await daemonFailsToStart(args);
+      assert.equal(code, 2, `${args.join(' ')}: ${output}`);
+      assert.match(output, /error: /);
+    }
+  });
+
+  it('the bins name the missing build instead of a module stack when the compiled JavaScript is absent', () => {
+    // A package without dist/ (and no src/ beside it): what MATCHLOCK_COMPILED=1 meets before `npm run build`.
+    const pkg = join(tmp.path, 'no-dist');
+    mkdirSync(join(pkg, 'bin'), { recursive: true });
+    writeFileSync(join(pkg, 'package.json'), '{"type": "module"}\n');
+    for (const bin of ['matchlockd', 'matchlock']) {
+      writeFileSync(join(pkg, 'bin', `${bin}.js`), readFileSync(join(ROOT, 'bin', `${bin}.js`)));
+      const r = spawnSync(process.execPath, [join(pkg, 'bin', `${bin}.js`), 'version'], { encoding: 'utf8', cwd: ROOT });
+      assert.equal(r.status, 1, r.stderr);
+      assert.equal(r.stderr, `${bin}: the compiled JavaScript (dist/) is missing: run \`npm run build\` first, or unset MATCHLOCK_COMPILED to run the sources\n`);
+    }
+  });
 });
