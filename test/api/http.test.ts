@@ -86,7 +86,26 @@ describe('HTTP/JSON API', () => {
     const unknownField = await call('POST', '/v1alpha1/microvm', { id: 'x', bogus: 1 });
     assert.equal(unknownField.status, 400);
     assert.match(unknownField.body.message ?? '', /bogus/);
-    assert.equal((await call('PUT', '/v1alpha1/microvm')).status, 404);
+    // A path served with other methods: grpc-gateway's Method Not Allowed, UNIMPLEMENTED (501),
+    // with the methods it takes; a path served by no route stays 404.
+    for (const [method, path, allow] of <[string, string, string][]>[['PUT', '/v1alpha1/microvm', 'GET, POST'], ['DELETE', '/v1alpha1/microvm', 'GET, POST'], ['POST', '/v1alpha1/microvm/ns', 'DELETE, GET'], ['POST', '/v1alpha1/microvm/uid/x', 'GET'], ['GET', '/v1/microvm/x/stop', 'POST'], ['POST', '/v1/server-info', 'GET']]) {
+      const r = await rawHttp(d.httpPort ?? 0, method, path);
+      assert.equal(r.status, 501, `${method} ${path}`);
+      // The body may come chunked: the JSON lies between the first "{" and the last "}".
+      const parsed = JSON.parse(r.body.slice(r.body.indexOf('{'), r.body.lastIndexOf('}') + 1)) as { code: number; message: string };
+      assert.equal(parsed.code, 12);
+      assert.match(parsed.message, new RegExp(`^Method Not Allowed: ${method} .* answers ${allow}$`));
+    }
+    assert.equal((await call('PUT', '/v1alpha1/elsewhere')).status, 404);
+    const head = await rawHttp(d.httpPort ?? 0, 'HEAD', '/v1alpha1/microvm');
+    assert.equal(head.status, 200, 'HEAD is GET without the body');
+    assert.equal(head.body, '');
+    // A List field given twice, by one name or both, is refused naming it.
+    for (const q of ['page_size=2&page_size=1', 'page_size=2&pageSize=3', 'name=a&name=b', 'pageToken=a&page_token=b']) {
+      const r = await call('GET', `/v1alpha1/microvm?${q}`);
+      assert.equal(r.status, 400, q);
+      assert.match(r.body.message ?? '', /^(page_size|name|page_token): must be given once/, q);
+    }
     // Hostile meta-data is the client's fault, not the daemon's: 400 naming the field, never 500.
     const spec = { id: 'x', kernel: { image: 'k:1', filename: 'boot/vmlinux' }, rootVolume: { id: 'root', source: { containerSource: 'r:1' } }, interfaces: [{ deviceId: 'eth1', type: 1 }] };
     const bomb = ['a: &a [x, x, x, x, x, x, x, x, x, x]', ...'bcdefg'.split('').map((k, n) => `${k}: &${k} [${Array(10).fill(`*${'abcdefg'[n]}`).join(', ')}]`)].join('\n');
@@ -126,7 +145,7 @@ describe('HTTP/JSON API', () => {
       assert.ok((r.body.message ?? '').length < 200);
       assert.equal((await call('DELETE', `/v1alpha1/microvm/${uid}`)).status, 200, 'deleting an unknown uid succeeds');
     }
-    assert.equal((await call('DELETE', '/v1alpha1/microvm/')).status, 404);
+    assert.equal((await call('DELETE', '/v1alpha1/microvm/')).status, 501, 'the collection takes GET and POST, not DELETE');
   });
 
   it('a client hanging up mid-body is not logged as an internal failure', async () => {

@@ -83,3 +83,12 @@ export async function matchlockRoute(
   }
   return false;
 }
+
+/** The methods matchlock.v1's routes answer at `segments` (empty when no route has that path). */
+export function matchlockMethods(segments: string[]): string[] {
+  const [version, kind, uid, verb, ...rest] = segments;
+  if (version !== 'v1' || rest.length) return [];
+  if (kind === 'microvm' && uid !== undefined && verb !== undefined && VERBS.includes(verb)) return ['POST'];
+  if ((kind === 'server-info' || kind === 'recent-events' || kind === 'events') && uid === undefined) return ['GET'];
+  return [];
+}

@@ -16,7 +16,7 @@ import { jsonEntryLimits, jsonValueCount } from '../entry-limits.js';
 import { grpcCode, httpStatus } from '../grpc/status.js';
 import type { GrpcTls } from '../grpc/server.js';
 import type { MatchlockApi } from '../matchlock.js';
-import { matchlockRoute } from './matchlock-routes.js';
+import { matchlockMethods, matchlockRoute } from './matchlock-routes.js';
 import { listPage } from '../paging.js';
 
 export interface HttpServerOptions {
@@ -83,7 +83,8 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
   }
   const target = parseTarget(req.url ?? '/');
   const path = target.segments.length ? `/${target.segments.map(encodeURIComponent).join('/')}` : '/';
-  const method = req.method ?? 'GET';
+  // HEAD is GET without the body (RFC 9110 section 9.3.2); Node leaves the body out.
+  const method = req.method === 'HEAD' ? 'GET' : (req.method ?? 'GET');
   const [api, kind, first, second, ...rest] = target.segments;
   const isApi = api === 'v1alpha1' && kind === 'microvm' && rest.length === 0;
   // The uid route is matched before the one-segment routes, so "uid" itself can never be a
@@ -127,6 +128,13 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
   }
   if (method === 'GET' && (one !== undefined || root)) {
     route.rpc = 'ListMicroVMs';
+    // Each request field once, by either of its names (grpc-gateway refuses a second value for
+    // a field that is not repeated rather than pick one).
+    for (const [snake, camel] of [['name', 'name'], ['page_size', 'pageSize'], ['page_token', 'pageToken']] as const) {
+      if (target.repeated.has(snake) || target.repeated.has(camel) || (snake !== camel && target.query.has(snake) && target.query.has(camel))) {
+        throw invalid(snake, `must be given once (as ${snake}${snake === camel ? '' : ` or ${camel}`})`);
+      }
+    }
     const q = (snake: string, camel: string) => target.query.get(snake) ?? target.query.get(camel);
     const size = q('page_size', 'pageSize') ?? '0';
     // int32 on the wire: the gateway takes what a gRPC client could send, no more.
@@ -142,6 +150,14 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     return send(res, 200, ListMicroVMsResponseSchema, { microvm: page.records.map((r) => fromBinary(MicroVMSchema, r)), nextPageToken: page.nextPageToken });
   }
   if (opts.matchlock && (await matchlockRoute(opts.matchlock, method, target.segments, target.query, body, res))) return;
+  // A path served with other methods is grpc-gateway's "Method Not Allowed", which it answers
+  // as UNIMPLEMENTED (HTTP 501); the Allow header says which methods the path takes.
+  const allowed = [...(isApi && uidRoute !== undefined ? ['GET'] : isApi && (one !== undefined || root) ? (root ? ['GET', 'POST'] : ['DELETE', 'GET']) : []), ...(opts.matchlock ? matchlockMethods(target.segments) : [])];
+  if (allowed.length) {
+    const message = boundedMessage(`Method Not Allowed: ${method} ${quote(path, 200)} answers ${allowed.join(', ')}`);
+    res.writeHead(501, { 'content-type': 'application/json', allow: allowed.join(', ') }).end(JSON.stringify({ code: 12, message, details: [] }));
+    return;
+  }
   res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 5, message: boundedMessage(`route ${method} ${quote(path, 200)} not found`), details: [] }));
 }
 
@@ -164,6 +180,8 @@ interface Target {
   segments: string[];
   /** Decoded query parameters; the first of repeated names wins. */
   query: Map<string, string>;
+  /** Names given more than once. */
+  repeated: Set<string>;
 }
 
 /**
@@ -192,14 +210,16 @@ export function parseTarget(raw: string): Target {
     return decodePart(`path segment ${n + 1}`, p);
   });
   const query = new Map<string, string>();
+  const repeated = new Set<string>();
   for (const pair of rawQuery.split('&')) {
     if (pair === '') continue;
     const eq = pair.indexOf('=');
     const name = decodePart('query parameter name', (eq < 0 ? pair : pair.slice(0, eq)).replace(/\+/g, ' '));
     const value = decodePart(`query parameter ${quote(name)}`, eq < 0 ? '' : pair.slice(eq + 1).replace(/\+/g, ' '));
     if (!query.has(name)) query.set(name, value);
+    else repeated.add(name);
   }
-  return { segments, query };
+  return { segments, query, repeated };
 }
 
 function decodePart(field: string, raw: string): string {
