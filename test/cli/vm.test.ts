@@ -84,6 +84,7 @@ describe('matchlock vm', () => {
     const down = await cli(['--host', '127.0.0.1:1', '--request-timeout', '2s', 'vm', 'list']);
     assert.equal(down.code, EXIT.unavailable);
     assert.match(down.err, /^matchlock: cannot reach matchlockd at 127\.0\.0\.1:1/);
+    assert.doesNotMatch(down.err, /Resolution note:\s*$/, 'no empty note left by grpc-js');
     const remote = await cli(['--host', '192.0.2.1:9090', 'vm', 'list']);
     assert.equal(remote.code, EXIT.usage, 'plaintext to a non-loopback host needs --insecure; nothing is sent');
     const both = await cli([...host, 'vm', 'create', '-f', 'x.yaml', '--name', 'y']);

@@ -91,7 +91,8 @@ export function connect(o: ConnectOptions): Unary<typeof MicroVM> & { close(): v
 
 export function fromGrpc(err: grpc.ServiceError, host: string): MatchlockError {
   const code = FROM_GRPC[err.code] ?? ErrorCode.Internal;
-  if (err.code === grpc.status.UNAVAILABLE) return new MatchlockError(code, `cannot reach matchlockd at ${host}: ${err.details}`, { cause: err });
+  // grpc-js ends the details with "Resolution note: " even when it has no note to give.
+  if (err.code === grpc.status.UNAVAILABLE) return new MatchlockError(code, `cannot reach matchlockd at ${host}: ${err.details.replace(/\s*Resolution note:\s*$/, '')}`, { cause: err });
   return new MatchlockError(code, err.details || err.message, { cause: err });
 }
 
