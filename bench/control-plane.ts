@@ -4,7 +4,8 @@
 //   (sizes or bursts may be 0 to skip that part; MATCHLOCK_BENCH_ENTRY=<path to bin/matchlockd.js>
 //   measures another checkout's daemon with this bench; MATCHLOCK_BENCH_NODE_FLAGS='--cpu-prof
 //   --cpu-prof-dir=<dir>' gives the daemon's node these flags; MATCHLOCK_BENCH_DAEMON_FLAGS='--reconcile-workers 16'
-//   adds daemon flags to the bursts)
+//   adds daemon flags to the bursts; MATCHLOCK_BENCH_STRACE=1 counts the programs the daemon runs
+//   during each burst with strace, which slows it: time such runs apart)
 //
 // Part 1 (loopback only). For each record count: a matchlockd and a baseline server, each on its
 // own temp store seeded with the same records, answer the same requests from one raw client
@@ -393,6 +394,7 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
       const c = rawClient(daemon.target);
       const created = new Set<string>();
       const pid = daemon.proc.pid ?? 0;
+      const tracing = process.env.MATCHLOCK_BENCH_STRACE === '1' ? await traceExecs(pid, join(tmp, `strace-${n}.out`)) : undefined;
       const cpu0 = cpuSeconds(pid);
       let cpu = 0;
       const t0 = performance.now();
@@ -434,6 +436,10 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
         await probing;
       }
       row([n, all.toFixed(1), `${f1(median(probes))} (${probes.length} probes)`, answered.toFixed(2), cpu.toFixed(1)]);
+      if (tracing) {
+        const programs = await tracing();
+        process.stdout.write(`\nprograms run from the burst to all CREATED (strace -f; its times above are slowed by it): ${[...programs].sort((a, b) => b[1] - a[1]).map(([p, k]) => `${p} ${k}`).join(', ')}\n\n`);
+      }
       c.close();
       await daemon.stop();
       daemon = undefined;
@@ -452,6 +458,36 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
     spawnSync('ip', ['netns', 'del', ns]);
     rmSync(tmp, { recursive: true, force: true });
   }
+}
+
+/**
+ * Follows the daemon and its children (its process spawner) with `strace -f -e trace=execve`
+ * into `out`; the function returned stops strace and counts the programs run, by name. -f only
+ * follows processes made after strace attached, hence the children by pid too.
+ */
+async function traceExecs(pid: number, out: string): Promise<() => Promise<Map<string, number>>> {
+  const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+  const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=execve', '-e', 'signal=none', '-o', out, ...[String(pid), ...children].flatMap((p) => ['-p', p])], { stdio: 'ignore' });
+  // strace reports nothing when it has attached; its attach takes well under this.
+  await settle(1500);
+  return async () => {
+    strace.kill('SIGINT');
+    await new Promise((r) => strace.once('exit', r));
+    const programs = new Map<string, number>();
+    // execvp tries each PATH directory, so only an execve that returned 0 is a program run; with
+    // -f a call may be split into "<unfinished ...>" and "<... execve resumed>" lines.
+    const pending = new Map<string, string>();
+    for (const line of readFileSync(out, 'utf8').split('\n')) {
+      const who = line.split(' ')[0] ?? '';
+      const m = /execve\("([^"]+)"/.exec(line);
+      if (m?.[1]) pending.set(who, m[1].split('/').pop() ?? '');
+      if (/\) = 0$/.test(line) && (m || line.includes('execve resumed'))) {
+        const prog = pending.get(who) ?? '?';
+        programs.set(prog, (programs.get(prog) ?? 0) + 1);
+      }
+    }
+    return programs;
+  };
 }
 
 /** Extra daemon flags for the bursts (MATCHLOCK_BENCH_DAEMON_FLAGS, blank-separated), e.g. `--reconcile-workers 16`. */
