@@ -480,7 +480,9 @@ async function traceExecs(pid: number, out: string): Promise<() => Promise<Map<s
     for (const line of readFileSync(out, 'utf8').split('\n')) {
       const who = line.split(' ')[0] ?? '';
       const m = /execve\("([^"]+)"/.exec(line);
-      if (m?.[1]) pending.set(who, m[1].split('/').pop() ?? '');
+      // An ip's arguments tell a read (-json -details -force) from a change.
+      const args = m?.[1]?.endsWith('/ip') ? /\["ip", ([^\]]*)\]/.exec(line)?.[1]?.replaceAll('"', '').replaceAll(',', '') : undefined;
+      if (m?.[1]) pending.set(who, `${m[1].split('/').pop() ?? ''}${args ? ` ${args}` : ''}`);
       if (/\) = 0$/.test(line) && (m || line.includes('execve resumed'))) {
         const prog = pending.get(who) ?? '?';
         programs.set(prog, (programs.get(prog) ?? 0) + 1);
