@@ -60,10 +60,14 @@ if (mode === 'group') {
   const alone: Record<string, unknown> = {};
   for (const [key, fn] of asks) if (!key.startsWith('good')) alone[key] = await settle(fn());
   out.errors = { grouped: Object.fromEntries(asks.map(([key], i) => [key, grouped[i]])), alone, processes: n3, after };
-  // One VM's changes in the order asked, in one turn: create, remove, create again.
-  const [ordered, n4] = await processes(() => Promise.all([net.createTap('mlgord', { bridge: 'br0', alias: alias(30) }), net.remove('mlgord'), net.createTap('mlgord', { bridge: 'br0', alias: alias(31) })]));
-  const now = await sysfs.get('mlgord');
-  out.order = { first: ordered[0].ifindex, second: ordered[2].ifindex, now: now?.ifindex, alias: now?.alias, processes: n4 };
+  // One VM's changes and reads in the order asked, in one turn: read, create, read, remove,
+  // read, create again.
+  const ord = 'mlgord';
+  const [o, n4] = await processes(() =>
+    Promise.all([net.get(ord), net.createTap(ord, { bridge: 'br0', alias: alias(30) }), net.get(ord), net.remove(ord), net.get(ord), net.createTap(ord, { bridge: 'br0', alias: alias(31) })]),
+  );
+  const now = await sysfs.get(ord);
+  out.order = { reads: [o[0] ?? null, o[2]?.ifindex ?? null, o[4] ?? null], first: o[1].ifindex, second: o[5].ifindex, now: now?.ifindex, alias: now?.alias, processes: n4 };
   process.stdout.write(JSON.stringify(out));
   process.exit(0);
 }

@@ -48,7 +48,7 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
     type Link = { name: string; kind: string; master?: string; up: boolean; alias?: string } | undefined;
     let r: Record<'sysfs' | 'ip', { processes: number[]; links: Link[] }> & {
       errors: { grouped: Record<string, { ok?: unknown; error?: string }>; alone: Record<string, { error?: string }>; processes: number; after: Record<string, Link> };
-      order: { first: number; second: number; now: number; alias: string; processes: number };
+      order: { reads: (number | null)[]; first: number; second: number; now: number; alias: string; processes: number };
     };
     before(() => {
       // An `ip` first on PATH logs each run, then execs the real one: the count is of processes.
@@ -93,8 +93,10 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
       assert.equal(r.errors.processes, 3, 'one ip, and one more after each of the two lines ip exited at (an argument it refused)');
     });
 
-    it("one VM's changes asked in one turn run in that order, in one ip", () => {
-      // Create, remove, create again: the second create made a new link, and it is the one left.
+    it("one VM's changes and reads asked in one turn run in that order, in one ip", () => {
+      // Read, create, read, remove, read, create again: each read sees what was asked before it,
+      // the second create made a new link, and it is the one left.
+      assert.deepEqual(r.order.reads, [null, r.order.first, null]);
       assert.notEqual(r.order.first, r.order.second);
       assert.equal(r.order.now, r.order.second);
       assert.match(r.order.alias, /eth31$/);

@@ -99,47 +99,15 @@ function batchable(name: string): boolean {
 }
 
 /**
- * Each named link as `ip -json -details link show dev <name>` shows it, in one process; undefined
- * for a link that does not exist, an Error naming the command for one `ip` could not show.
- */
-async function showLinks(names: readonly string[]): Promise<Map<string, IpLink | undefined | Error>> {
-  noteSpawn();
-  const args = ['-json', '-details', '-force', '-batch', '-'];
-  let r;
-  try {
-    r = await runProgram('ip', args, { input: names.map((n) => `link show dev ${n}`).join('\n') + '\n', timeoutMs: 60_000, maxBytes: 64 * 1024 * 1024 });
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new MatchlockError(code === 'ENOENT' ? ErrorCode.FailedPrecondition : ErrorCode.Internal, `ip ${args.join(' ')}: ${code === 'ENOENT' ? 'ip is not installed' : (err as Error).message}`, { cause: err });
-  }
-  const found = new Map<string, IpLink>();
-  // With -force a failed line does not stop the rest; each show that worked prints its array.
-  for (const line of r.stdout.toString('utf8').split('\n')) {
-    if (!line.startsWith('[')) continue;
-    for (const l of JSON.parse(line) as IpLink[]) found.set(l.ifname, l);
-  }
-  const stderr = r.stderr.toString('utf8');
-  const out = new Map<string, IpLink | undefined | Error>();
-  for (const name of names) {
-    const l = found.get(name);
-    if (l) out.set(name, l);
-    else if (stderr.includes(`Device "${name}" does not exist`) || stderr.includes(`Cannot find device "${name}"`)) out.set(name, undefined);
-    else {
-      const why = r.killed ? `ip was killed (${r.killed})` : stderr.trim().split('\n').slice(-3).join(' ') || `exited with ${r.code ?? r.signal}`;
-      out.set(name, new MatchlockError(ErrorCode.Internal, `ip -json -details link show dev ${name}: ${why}`));
-    }
-  }
-  return out;
-}
-
-/**
- * A change one caller asked for: its lines (iproute2 commands without the leading `ip`) run in
- * order, then `link show dev <show>` when `show` is set. `done` gets the link that show printed
- * (undefined without a show, or when it printed nothing) or the error of its first failed line.
+ * A change or a read one caller asked for: its lines (iproute2 commands without the leading
+ * `ip`) run in order, then `link show dev <show>` when `show` is set. `done` gets the link that
+ * show printed (undefined without a show, or when it printed nothing) or the error of its first
+ * failed line. A read (`read`, no lines) takes a link that does not exist for undefined.
  */
 interface Change {
   lines: string[][];
   show: string | undefined;
+  read?: boolean;
   done(r: IpLink | undefined | Error): void;
 }
 
@@ -179,6 +147,8 @@ async function applyChanges(changes: readonly Change[]): Promise<Change[]> {
     for (const l of c.lines) rows.push({ change: i, text: l.join(' '), show: false });
     if (c.show !== undefined) rows.push({ change: i, text: `link show dev ${c.show}`, show: true });
   }
+  // A read's error names the command as `ip -json -details link show dev <name>` alone would.
+  const label = (row: { change: number; text: string }) => (changes[row.change]?.read ? `-json -details ${row.text}` : row.text);
   const args = ['-json', ...(changes.some((c) => c.show !== undefined) ? ['-details'] : []), '-force', '-batch', '-'];
   noteSpawn();
   let r;
@@ -216,13 +186,15 @@ async function applyChanges(changes: readonly Change[]): Promise<Change[]> {
   const shown = new Map<number, IpLink>();
   const failRow = (k: number, why: string) => {
     const row = rows[k];
-    if (row && !errors.has(row.change)) errors.set(row.change, new MatchlockError(ErrorCode.Internal, `ip ${row.text}: ${why}`));
+    if (row && !errors.has(row.change)) errors.set(row.change, new MatchlockError(ErrorCode.Internal, `ip ${label(row)}: ${why}`));
   };
   let at = 0;
   let stopped = rows.length;
   for (const [k, row] of rows.entries()) {
     const own = failed.get(2 * k + 1);
-    if (own !== undefined) failRow(k, tail(own) || 'command failed');
+    // ip says "Device "<name>" does not exist" for a show of a missing link.
+    const absent = own !== undefined && row.show && changes[row.change]?.read === true && /does not exist|Cannot find device/.test(own);
+    if (own !== undefined && !absent) failRow(k, tail(own) || 'command failed');
     else if (row.show && printed[at]?.ifname === changes[row.change]?.show) shown.set(row.change, printed[at++] as IpLink);
     if (failed.has(2 * k + 2)) continue;
     if (printed[at]?.ifname === 'lo') {
@@ -255,15 +227,12 @@ async function applyChanges(changes: readonly Change[]): Promise<Change[]> {
 /**
  * Host links, in the network namespace the daemon runs in. Reads come from sysfs (no process
  * per read) when sysfs shows the daemon's namespace, from `ip -json` otherwise. The changes of
- * one create go to iproute2 together, and the changes of creates that overlap share one
- * `ip -force -batch -` (see batch()), so a link costs at most one process.
+ * one create go to iproute2 together, and the changes and reads of creates that overlap share
+ * one `ip -force -batch -` (see batch()), so a link costs at most one process.
  */
 export class Iproute2Network implements HostNetwork {
   private sysfs: boolean | undefined;
-  /** Link reads waiting for the next shared `ip` process, by name (see read()). */
-  private waiting = new Map<string, ((r: IpLink | undefined | Error) => void)[]>();
-  private reading = false;
-  /** Changes waiting for the next shared `ip` process, in the order asked (see batch()). */
+  /** Changes and reads waiting for the next shared `ip` process, in the order asked (see batch()). */
   private changes: Change[] = [];
   private committing = false;
 
@@ -299,40 +268,17 @@ export class Iproute2Network implements HostNetwork {
   }
 
   /**
-   * One link by name, read without sysfs. Reads asked for while an `ip` process is reading
-   * share the next one (`ip -json -details -force -batch -`, one `link show dev` a line), which
-   * starts once that one ended, so every answer was read after it was asked for: during a burst
-   * of creates, each VM's reads of its TAP and of the bridge cost a share of a process instead
-   * of a process each. Rejects with the error `ip` gave for this name.
+   * One link by name, read without sysfs: a `link show dev` line in the next shared `ip`
+   * process (see batch()), which starts after the read was asked for, so the answer is never
+   * older than the question. During a burst of creates, each VM's reads of its TAP and of the
+   * bridge cost a share of a process instead of a process each. Rejects with the error `ip`
+   * gave for this name.
    */
   private read(name: string): Promise<IpLink | undefined> {
     return new Promise((resolve, reject) => {
-      const waiters = this.waiting.get(name) ?? [];
-      waiters.push((r) => (r instanceof Error ? reject(r) : resolve(r)));
-      this.waiting.set(name, waiters);
-      if (!this.reading) void this.readWaiting();
+      this.changes.push({ lines: [], show: name, read: true, done: (r) => (r instanceof Error ? reject(r) : resolve(r)) });
+      if (!this.committing) void this.commitChanges();
     });
-  }
-
-  private async readWaiting(): Promise<void> {
-    this.reading = true;
-    // Reads asked for in the same turn (a plan's Promise.all) go in this first process too.
-    await Promise.resolve();
-    try {
-      while (this.waiting.size > 0) {
-        const batch = this.waiting;
-        this.waiting = new Map();
-        let shown: Map<string, IpLink | undefined | Error>;
-        try {
-          shown = await showLinks([...batch.keys()]);
-        } catch (err) {
-          shown = new Map([...batch.keys()].map((n) => [n, err as Error]));
-        }
-        for (const [name, waiters] of batch) for (const w of waiters) w(shown.get(name));
-      }
-    } finally {
-      this.reading = false;
-    }
   }
 
   /**
@@ -341,10 +287,11 @@ export class Iproute2Network implements HostNetwork {
    * follow: the link as it is after the change, or undefined when it was not shown.
    *
    * Group commit: a change asked for while an `ip` process applies others waits for it to end
-   * and then goes with every change queued meanwhile into one `ip -force -batch -`
-   * (applyChanges), so a burst of creates costs a few processes instead of one a VM. A change
-   * with nothing running starts at once. Changes keep the order they were asked in. Rejects
-   * with the error of this change's first failed line ("ip <line>: <ip's message>").
+   * and then goes with every change and read (read()) queued meanwhile into one
+   * `ip -force -batch -` (applyChanges), so a burst of creates costs a few processes instead of
+   * several a VM. A change with nothing running starts at once. Changes and reads keep the
+   * order they were asked in. Rejects with the error of this change's first failed line
+   * ("ip <line>: <ip's message>").
    */
   private batch(lines: string[][], show?: string): Promise<LinkInfo | undefined> {
     return new Promise<IpLink | undefined>((resolve, reject) => {
@@ -360,7 +307,8 @@ export class Iproute2Network implements HostNetwork {
 
   private async commitChanges(): Promise<void> {
     this.committing = true;
-    // Changes asked for in the same turn (several passes resumed together) go in this one too.
+    // Changes asked for in the same turn (several passes resumed together, a plan's reads in a
+    // Promise.all) go in this one too.
     await Promise.resolve();
     try {
       while (this.changes.length > 0) {
