@@ -4,7 +4,8 @@
 //   (sizes or bursts may be 0 to skip that part; MATCHLOCK_BENCH_ENTRY=<path to bin/matchlockd.js>
 //   measures another checkout's daemon with this bench; MATCHLOCK_BENCH_NODE_FLAGS='--cpu-prof
 //   --cpu-prof-dir=<dir>' gives the daemon's node these flags; MATCHLOCK_BENCH_DAEMON_FLAGS='--reconcile-workers 16'
-//   adds daemon flags to the bursts)
+//   adds daemon flags to the bursts; MATCHLOCK_BENCH_STRACE=1 counts the programs the daemon runs
+//   during each burst with strace, which slows it: time such runs apart)
 //
 // Part 1 (loopback only). For each record count: a matchlockd and a baseline server, each on its
 // own temp store seeded with the same records, answer the same requests from one raw client
@@ -368,8 +369,8 @@ function standinPids(stateDir: string): number[] {
 
 async function part2(bursts: number[], entry: string[]): Promise<void> {
   process.stdout.write('\n## Part 2: bursts of concurrent creates, VMM stand-in, image in the store\n\n');
-  row(['burst', 'all CREATED s', 'create RPC p50 ms during the burst (probes)', 'creates answered s', 'daemon CPU s to all CREATED']);
-  row(['---', '---', '---', '---', '---']);
+  row(['burst', 'all CREATED s', 'create RPC p50 ms during the burst (probes)', 'creates answered s', 'daemon CPU s to all CREATED', 'spawner and its ended programs CPU s']);
+  row(['---', '---', '---', '---', '---', '---']);
   const id = randomBytes(3).toString('hex');
   const tmp = join(tmpdir(), `matchlock-bench-burst-${id}`);
   mkdirSync(tmp, { recursive: true });
@@ -393,8 +394,12 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
       const c = rawClient(daemon.target);
       const created = new Set<string>();
       const pid = daemon.proc.pid ?? 0;
+      const tracing = process.env.MATCHLOCK_BENCH_STRACE === '1' ? await traceExecs(pid, join(tmp, `strace-${n}.out`)) : undefined;
       const cpu0 = cpuSeconds(pid);
+      const spawner = spawnerOf(pid);
+      const programs0 = spawner ? cpuSeconds(spawner, true) : 0;
       let cpu = 0;
+      let programsCpu = 0;
       const t0 = performance.now();
       let answered = 0;
       let all = 0;
@@ -429,11 +434,16 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
       }
         all = (performance.now() - t0) / 1000;
         cpu = cpuSeconds(pid) - cpu0;
+        programsCpu = spawner ? cpuSeconds(spawner, true) - programs0 : 0;
       } finally {
         done = true;
         await probing;
       }
-      row([n, all.toFixed(1), `${f1(median(probes))} (${probes.length} probes)`, answered.toFixed(2), cpu.toFixed(1)]);
+      row([n, all.toFixed(1), `${f1(median(probes))} (${probes.length} probes)`, answered.toFixed(2), cpu.toFixed(1), spawner ? programsCpu.toFixed(1) : '-']);
+      if (tracing) {
+        const programs = await tracing();
+        process.stdout.write(`\nprograms run from the burst to all CREATED (strace -f; its times above are slowed by it): ${[...programs].sort((a, b) => b[1] - a[1]).map(([p, k]) => `${p} ${k}`).join(', ')}\n\n`);
+      }
       c.close();
       await daemon.stop();
       daemon = undefined;
@@ -454,6 +464,38 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
   }
 }
 
+/**
+ * Follows the daemon and its children (its process spawner) with `strace -f -e trace=execve`
+ * into `out`; the function returned stops strace and counts the programs run, by name. -f only
+ * follows processes made after strace attached, hence the children by pid too.
+ */
+async function traceExecs(pid: number, out: string): Promise<() => Promise<Map<string, number>>> {
+  const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+  const strace = spawn('strace', ['-f', '-qq', '-e', 'trace=execve', '-e', 'signal=none', '-o', out, ...[String(pid), ...children].flatMap((p) => ['-p', p])], { stdio: 'ignore' });
+  // strace reports nothing when it has attached; its attach takes well under this.
+  await settle(1500);
+  return async () => {
+    strace.kill('SIGINT');
+    await new Promise((r) => strace.once('exit', r));
+    const programs = new Map<string, number>();
+    // execvp tries each PATH directory, so only an execve that returned 0 is a program run; with
+    // -f a call may be split into "<unfinished ...>" and "<... execve resumed>" lines.
+    const pending = new Map<string, string>();
+    for (const line of readFileSync(out, 'utf8').split('\n')) {
+      const who = line.split(' ')[0] ?? '';
+      const m = /execve\("([^"]+)"/.exec(line);
+      // An ip's arguments tell a read (-json -details -force) from a change.
+      const args = m?.[1]?.endsWith('/ip') ? /\["ip", ([^\]]*)\]/.exec(line)?.[1]?.replaceAll('"', '').replaceAll(',', '') : undefined;
+      if (m?.[1]) pending.set(who, `${m[1].split('/').pop() ?? ''}${args ? ` ${args}` : ''}`);
+      if (/\) = 0$/.test(line) && (m || line.includes('execve resumed'))) {
+        const prog = pending.get(who) ?? '?';
+        programs.set(prog, (programs.get(prog) ?? 0) + 1);
+      }
+    }
+    return programs;
+  };
+}
+
 /** Extra daemon flags for the bursts (MATCHLOCK_BENCH_DAEMON_FLAGS, blank-separated), e.g. `--reconcile-workers 16`. */
 function daemonFlags(): string[] {
   return (process.env.MATCHLOCK_BENCH_DAEMON_FLAGS ?? '').split(' ').filter(Boolean);
@@ -463,10 +505,26 @@ function daemonFlags(): string[] {
  * User and system CPU of a process (all its threads, not its children), in seconds: steadier
  * than wall time on a shared machine. The daemon runs under nsenter, which execs it: same pid.
  */
-function cpuSeconds(pid: number): number {
+function cpuSeconds(pid: number, withChildren = false): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
+  // cutime and cstime: the children it has reaped (its programs that ended: ip, cp, mkfs...).
+  return (Number(f[11]) + Number(f[12]) + (withChildren ? Number(f[13]) + Number(f[14]) : 0)) / 100;
+}
+
+/**
+ * The daemon's process spawner (a perl child), whose CPU with that of the programs it started
+ * and reaped is what the daemon's program starts cost the host; undefined for a daemon without.
+ */
+function spawnerOf(pid: number): number | undefined {
+  const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
+  return children.map(Number).find((c) => {
+    try {
+      return readFileSync(`/proc/${c}/comm`, 'utf8').trim() === 'perl';
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** CreateMicroVMResponse and ListMicroVMsResponse both carry MicroVMs in field 1, so one decoder reads both. */

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ROOT } from '../helpers/daemon.js';
@@ -40,6 +42,66 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
   it('under nsenter --net, whose /sys still shows the host, sysfs is not used', () => {
     const r = node(['nsenter', `--net=/run/netns/${ns}`], ['detect']);
     assert.equal(r.own, false);
+  });
+
+  describe('group commit: link changes asked for together, or while an ip runs, share one ip -force -batch', () => {
+    type Link = { name: string; kind: string; master?: string; up: boolean; alias?: string } | undefined;
+    let r: Record<'sysfs' | 'ip', { processes: number[]; links: Link[] }> & {
+      errors: { grouped: Record<string, { ok?: unknown; error?: string }>; alone: Record<string, { error?: string }>; processes: number; after: Record<string, Link> };
+      order: { reads: (number | null)[]; first: number; second: number; now: number; alias: string; processes: number };
+    };
+    before(() => {
+      // An `ip` first on PATH logs each run, then execs the real one: the count is of processes.
+      const dir = mkdtempSync(join(tmpdir(), 'mlnet-ip-'));
+      try {
+        const real = execFileSync('sh', ['-c', 'command -v ip'], { encoding: 'utf8' }).trim();
+        writeFileSync(join(dir, 'ip'), `#!/bin/sh\necho "$*" >> "$IP_LOG"\nexec ${real} "$@"\n`);
+        chmodSync(join(dir, 'ip'), 0o755);
+        writeFileSync(join(dir, 'log'), '');
+        const out = execFileSync(real, ['netns', 'exec', ns, process.execPath, '--import', 'tsx', probe, 'group'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PATH: `${dir}:${process.env.PATH ?? ''}`, IP_LOG: join(dir, 'log') } });
+        r = JSON.parse(out) as typeof r;
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('creates asked for in one turn cost one ip, and those asked while it runs one more', () => {
+      for (const kind of ['sysfs', 'ip'] as const) {
+        // One ip a create would be 8, then 8.
+        assert.deepEqual(r[kind].processes, [1, 2], `${kind}: 8 creates in one turn cost one ip; one, then 7 while it runs, cost two`);
+        assert.equal(r[kind].links.length, 16);
+        for (const [i, l] of r[kind].links.entries()) {
+          assert.deepEqual(l, { name: `mlg${kind[0]}${i}`, kind: 'tap', master: 'br0', up: true, alias: `matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth${i}` });
+        }
+      }
+    });
+
+    it('a failed line fails only its own caller, with the error it gets alone; the others succeed', () => {
+      const { grouped, alone, after } = r.errors;
+      for (const good of ['good1', 'good2', 'good3', 'good4']) assert.ok(grouped[good]?.ok, `${good} succeeds beside the failures: ${grouped[good]?.error}`);
+      for (const name of ['mlgood1', 'mlgood2', 'mlgood3']) assert.deepEqual({ ...after[name], alias: undefined }, { kind: 'tap', master: 'br0', up: true, alias: undefined }, name);
+      assert.deepEqual(after.mlgood4 && { kind: after.mlgood4.kind, up: after.mlgood4.up }, { kind: 'macvtap', up: true });
+      // Each failure names its own line and ip's message for it, as when the call runs alone.
+      assert.match(grouped.longName?.error ?? '', /^ip tuntap add dev mlg-name-too-long-for-linux mode tap: .*not a valid ifname/);
+      assert.match(grouped.noBridge?.error ?? '', /^ip link set dev mlgnobr master nobr0 up: .*"nobr0" is wrong: Device does not exist/);
+      assert.match(grouped.exists?.error ?? '', /^ip tuntap add dev mlgbusy mode tap: .*Device or resource busy/);
+      assert.match(grouped.noParent?.error ?? '', /^ip link add link noparent0 name mlgmv0 .*: Cannot find device "noparent0"/);
+      for (const key of Object.keys(alone)) assert.equal(grouped[key]?.error, alone[key]?.error, `${key}: the same error grouped as alone`);
+      // The TAP whose master was refused was made and named before ip stopped, as alone.
+      assert.deepEqual(after.mlgnobr && { master: after.mlgnobr.master, up: after.mlgnobr.up }, { master: undefined, up: false });
+      assert.equal(after.mlgmv0, undefined, 'the MACVTAP whose parent is missing was not made');
+      assert.equal(r.errors.processes, 3, 'one ip, and one more after each of the two lines ip exited at (an argument it refused)');
+    });
+
+    it("one VM's changes and reads asked in one turn run in that order, in one ip", () => {
+      // Read, create, read, remove, read, create again: each read sees what was asked before it,
+      // the second create made a new link, and it is the one left.
+      assert.deepEqual(r.order.reads, [null, r.order.first, null]);
+      assert.notEqual(r.order.first, r.order.second);
+      assert.equal(r.order.now, r.order.second);
+      assert.match(r.order.alias, /eth31$/);
+      assert.equal(r.order.processes, 1);
+    });
   });
 
   it('refuses an argument that ip -batch would split into other words', async () => {
