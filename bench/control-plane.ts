@@ -26,7 +26,7 @@
 // Part 2 (a private network namespace with a bridge). For each burst size N: N concurrent
 // creates of VMs whose QEMU is bench/vmm-standin.c (boots nothing, answers QMP, ~1 MB each) and
 // whose image is already in the store; time until all are CREATED, and the p50 of probe creates
-// sent one at a time while the burst is reconciled. Needs root, ip, cc, mkfs.vfat and mcopy.
+// sent one at a time while the burst is reconciled. Needs root, ip and cc.
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
