@@ -6,7 +6,7 @@ import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, Vm
 import { hostNetCounters } from '../io-counters.js';
 import { launchDetached, waitGone } from '../launcher.js';
 import type { VmmConfinement } from '../confine/vmm.js';
-import { pidAlive, processMentions } from '../process.js';
+import { pidAlive, processMentions, processStart } from '../process.js';
 import { CONSOLE_SOCKET, FILES, QMP_SOCKET, qemuArgs, type QemuSettings } from './args.js';
 import { qmpCommand } from './qmp.js';
 
@@ -40,6 +40,13 @@ class QemuInstance implements VmmInstance {
   readonly growingFiles: readonly string[];
   readonly consoleInput: { kind: 'unix-socket'; path: string };
   private readonly qmp: string;
+  /**
+   * The VMM this instance found running, with its start time (/proc/<pid>/stat field 22): while
+   * a process of that pid and start time lives it is the same QEMU, so a plan's steps (needed,
+   * run, verify of each) ask /proc once instead of reading and checking the pid file each time.
+   * Forgotten when this instance starts or stops QEMU.
+   */
+  private found: { pid: number; start: string } | undefined;
 
   constructor(
     readonly ref: VmRef,
@@ -72,14 +79,23 @@ class QemuInstance implements VmmInstance {
   }
 
   async running(): Promise<number | undefined> {
+    const known = this.found;
+    if (known) {
+      if (processStart(known.pid) === known.start) return known.pid;
+      this.found = undefined;
+    }
     const pid = Number((await readFile(this.files.pid, 'utf8').catch(() => '')).trim());
     // The pid must still be this VM's QEMU: pids are reused.
-    return Number.isInteger(pid) && pid > 0 && pidAlive(pid) && processMentions(pid, this.ref.dir) ? pid : undefined;
+    if (!(Number.isInteger(pid) && pid > 0 && pidAlive(pid) && processMentions(pid, this.ref.dir))) return undefined;
+    const start = processStart(pid);
+    if (start !== undefined) this.found = { pid, start };
+    return pid;
   }
 
   async start(l: Launch, signal: AbortSignal, log: Logger): Promise<number> {
     const args = [...qemuArgs(l, this.settings), ...(this.confine ? await this.confine.qemuArgs(l) : [])];
     log.debug({ bin: this.bin, args }, 'starting qemu');
+    this.found = undefined;
     await rm(this.files.pid, { force: true });
     // QEMU refuses to bind a socket path that exists; a killed QEMU leaves them behind.
     await rm(this.qmp, { force: true });
@@ -112,6 +128,7 @@ class QemuInstance implements VmmInstance {
   }
 
   private async halt(opts: { timeoutMs: number; signal: AbortSignal }, log: Logger): Promise<void> {
+    this.found = undefined;
     const pid = await this.running();
     if (pid === undefined) return;
     const running = () => this.running();
