@@ -1,4 +1,4 @@
-import { open, rename, rm } from 'node:fs/promises';
+import { open, rename, unlink } from 'node:fs/promises';
 import type { CloudInitDisk } from '../../core/ports.js';
 import { fatLayout } from './fat.js';
 
@@ -21,8 +21,10 @@ export class VfatCloudInitDisk implements CloudInitDisk {
         await fh.close();
       }
       await rename(tmp, path);
-    } finally {
-      await rm(tmp, { force: true });
+    } catch (err) {
+      // Renamed, the temporary name is gone: it is removed only after a failure.
+      await unlink(tmp).catch(() => undefined);
+      throw err;
     }
   }
 }

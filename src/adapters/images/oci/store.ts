@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { createReadStream, createWriteStream, lstatSync, readlinkSync, statSync } from 'node:fs';
+import { chmod, lstat, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
@@ -139,7 +139,7 @@ export class LocalImageStore implements ImageStore {
     const root = this.rootfsPath(digest);
     // Symlinks resolve inside the image, as in the guest; the result can never leave the image.
     const real = await resolveInImage(root, path);
-    if (real && (await stat(real)).isFile()) return real;
+    if (real && statSync(real).isFile()) return real;
     const listing = await this.listFiles(root, 40);
     throw new MatchlockError(ErrorCode.FailedPrecondition, `file ${path} not found in image ${normalizeRef(ref)}; it contains: ${listing.join(', ') || '(nothing)'}`);
   }
@@ -450,8 +450,14 @@ async function runUnpack(job: UnpackJob): Promise<Extract<UnpackResult, { ok: tr
 /**
  * Resolves a path inside an unpacked image the way the guest would see it: absolute symlinks
  * restart from the image root, `..` never climbs above it. Undefined when it does not exist.
+ * Each component is an lstat in place (a pass resolves the kernel and initrd of every VM, and
+ * an async lstat costs a thread-pool round trip per component).
  */
 export async function resolveInImage(root: string, path: string): Promise<string | undefined> {
+  return Promise.resolve(resolveInImageNow(root, path));
+}
+
+function resolveInImageNow(root: string, path: string): string | undefined {
   const todo = path.split('/').filter((p) => p !== '' && p !== '.');
   const done: string[] = [];
   for (let hops = 0; todo.length > 0; ) {
@@ -461,11 +467,16 @@ export async function resolveInImage(root: string, path: string): Promise<string
       continue;
     }
     const at = join(root, ...done, part);
-    const st = await lstat(at).catch(() => undefined);
+    let st;
+    try {
+      st = lstatSync(at, { throwIfNoEntry: false });
+    } catch {
+      return undefined;
+    }
     if (!st) return undefined;
     if (st.isSymbolicLink()) {
       if (++hops > 40) return undefined;
-      const target = await readlink(at);
+      const target = readlinkSync(at);
       if (target.startsWith('/')) done.length = 0;
       todo.unshift(...target.split('/').filter((p) => p !== '' && p !== '.'));
       continue;

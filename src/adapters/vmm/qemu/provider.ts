@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { rename, unlink, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
@@ -14,6 +14,21 @@ import { qmpCommand } from './qmp.js';
 export function hostKhz(cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')): number | undefined {
   const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(cpuinfo);
   return m?.[1] ? Math.round(Number(m[1]) * 1000) : undefined;
+}
+
+function readPidFile(path: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** Removes a file that may be missing (rm's force without its lstat first: no tree can be there). */
+async function removeFile(path: string): Promise<void> {
+  await unlink(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
 }
 
 /** QEMU's `microvm` machine: the provider that runs on our machines (TCG), and on KVM hosts. */
@@ -84,7 +99,9 @@ class QemuInstance implements VmmInstance {
       if (processStart(known.pid) === known.start) return known.pid;
       this.found = undefined;
     }
-    const pid = Number((await readFile(this.files.pid, 'utf8').catch(() => '')).trim());
+    // Read in place: while QEMU starts this is polled every few ms until the file appears, and
+    // an async read that fails costs a thread-pool round trip and an error object each time.
+    const pid = Number(readPidFile(this.files.pid).trim());
     // The pid must still be this VM's QEMU: pids are reused.
     if (!(Number.isInteger(pid) && pid > 0 && pidAlive(pid) && processMentions(pid, this.ref.dir))) return undefined;
     const start = processStart(pid);
@@ -96,10 +113,10 @@ class QemuInstance implements VmmInstance {
     const args = [...qemuArgs(l, this.settings), ...(this.confine ? await this.confine.qemuArgs(l) : [])];
     log.debug({ bin: this.bin, args }, 'starting qemu');
     this.found = undefined;
-    await rm(this.files.pid, { force: true });
+    await removeFile(this.files.pid);
     // QEMU refuses to bind a socket path that exists; a killed QEMU leaves them behind.
-    await rm(this.qmp, { force: true });
-    await rm(this.consoleInput.path, { force: true });
+    await removeFile(this.qmp);
+    await removeFile(this.consoleInput.path);
     // The log is appended to (see qemuArgs); the last run's console moves aside, so the boot
     // line of a guest that crashed is not taken for this run's, and the crash stays readable.
     await rename(this.files.console, `${this.files.console}.1`).catch(() => undefined);
