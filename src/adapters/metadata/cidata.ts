@@ -1,4 +1,4 @@
-import { open, rename, unlink } from 'node:fs/promises';
+import { closeSync, ftruncateSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
 import type { CloudInitDisk } from '../../core/ports.js';
 import { fatLayout } from './fat.js';
 
@@ -13,17 +13,23 @@ export class VfatCloudInitDisk implements CloudInitDisk {
     const tmp = `${path}.tmp`;
     try {
       const { size, parts } = fatLayout(files, { label: 'CIDATA' });
-      const fh = await open(tmp, 'w', 0o600);
+      // In place: a few KiB into a page-cache file, no fsync. As promises the open, truncate,
+      // each part's write, close and rename were a thread-pool round trip each, per VM.
+      const fd = openSync(tmp, 'w', 0o600);
       try {
-        await fh.truncate(size);
-        for (const p of parts) await fh.write(p.data, 0, p.data.length, p.offset);
+        ftruncateSync(fd, size);
+        for (const p of parts) writeSync(fd, p.data, 0, p.data.length, p.offset);
       } finally {
-        await fh.close();
+        closeSync(fd);
       }
-      await rename(tmp, path);
+      renameSync(tmp, path);
     } catch (err) {
       // Renamed, the temporary name is gone: it is removed only after a failure.
-      await unlink(tmp).catch(() => undefined);
+      try {
+        unlinkSync(tmp);
+      } catch {
+        // never created, or already gone
+      }
       throw err;
     }
   }

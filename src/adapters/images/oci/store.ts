@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, lstatSync, readlinkSync, statSync } from 'node:fs';
+import { createReadStream, createWriteStream, lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { chmod, lstat, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -104,9 +104,12 @@ export class LocalImageStore implements ImageStore {
   }
 
   /** The manifest digest a reference points to, or undefined when it was never imported. */
+  // The reads and stats of a reference, a blob and a rootfs below are made in place: every
+  // reconcile pass asks them for each image of its VM, and each is a small local file or one
+  // stat, cheaper than a promise's thread-pool round trips.
   async resolve(ref: string): Promise<string | undefined> {
     try {
-      return (await readFile(this.refFile(ref), 'utf8')).trim();
+      return readFileSync(this.refFile(ref), 'utf8').trim();
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
@@ -128,11 +131,11 @@ export class LocalImageStore implements ImageStore {
   }
 
   async ready(digest: string): Promise<boolean> {
-    return (await this.has(digest)) && (await stat(this.rootfsPath(digest)).then((s) => s.isDirectory(), () => false));
+    return (await this.has(digest)) && isDirectory(this.rootfsPath(digest));
   }
 
   async has(digest: string): Promise<boolean> {
-    return lstat(this.blob(digest)).then(() => true, () => false);
+    return Promise.resolve(exists(this.blob(digest), lstatSync));
   }
 
   async file(digest: string, path: string, ref: string): Promise<string> {
@@ -337,7 +340,7 @@ export class LocalImageStore implements ImageStore {
   /** The unpacked filesystem of an image, built once; concurrent callers share one unpack. */
   async unpacked(digest: string, log: Logger): Promise<string> {
     const dest = this.rootfsPath(digest);
-    if (await stat(dest).then(() => true, () => false)) return dest;
+    if (exists(dest, statSync)) return dest;
     return this.unpacking.run(digest, () => this.unpack(digest, dest, log));
   }
 
@@ -445,6 +448,23 @@ async function runUnpack(job: UnpackJob): Promise<Extract<UnpackResult, { ok: tr
     throw new MatchlockError(room ? ErrorCode.Unavailable : ErrorCode.FailedPrecondition, `unpacking image layers${room ? ` (${result.code}: not enough room; retried once there is)` : ''}: ${result.message}`);
   }
   throw new MatchlockError(ErrorCode.Internal, `the unpack process ended with ${signal ?? `exit code ${code}`}: ${err.trim().split('\n').slice(-3).join(' ') || 'no output'}`);
+}
+
+/** Whether a stat (or lstat) of path succeeds: any error is "no". */
+function exists(path: string, how: typeof statSync | typeof lstatSync): boolean {
+  try {
+    return how(path, { throwIfNoEntry: false }) !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path, { throwIfNoEntry: false })?.isDirectory() ?? false;
+  } catch {
+    return false;
+  }
 }
 
 /**
