@@ -1,4 +1,4 @@
-import { closeSync, ftruncateSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { open, rename, unlink } from 'node:fs/promises';
 import type { CloudInitDisk } from '../../core/ports.js';
 import { fatLayout } from './fat.js';
 
@@ -11,25 +11,22 @@ import { fatLayout } from './fat.js';
 export class VfatCloudInitDisk implements CloudInitDisk {
   async write(path: string, files: Record<string, Buffer>): Promise<void> {
     const tmp = `${path}.tmp`;
+    // Asynchronous on purpose: creating and renaming a file can wait for the file system's
+    // journal, which the store's fsync'd commits keep busy during a burst; on the main thread
+    // that wait would hold up every request.
     try {
       const { size, parts } = fatLayout(files, { label: 'CIDATA' });
-      // In place: a few KiB into a page-cache file, no fsync. As promises the open, truncate,
-      // each part's write, close and rename were a thread-pool round trip each, per VM.
-      const fd = openSync(tmp, 'w', 0o600);
+      const fh = await open(tmp, 'w', 0o600);
       try {
-        ftruncateSync(fd, size);
-        for (const p of parts) writeSync(fd, p.data, 0, p.data.length, p.offset);
+        await fh.truncate(size);
+        for (const p of parts) await fh.write(p.data, 0, p.data.length, p.offset);
       } finally {
-        closeSync(fd);
+        await fh.close();
       }
-      renameSync(tmp, path);
+      await rename(tmp, path);
     } catch (err) {
       // Renamed, the temporary name is gone: it is removed only after a failure.
-      try {
-        unlinkSync(tmp);
-      } catch {
-        // never created, or already gone
-      }
+      await unlink(tmp).catch(() => undefined);
       throw err;
     }
   }
