@@ -1,12 +1,14 @@
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, rmdir } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, rmdir } from 'node:fs/promises';
 import type { HostFiles } from '../../core/ports.js';
 
 export class NodeHostFiles implements HostFiles {
-  // One stat in place: asked by the needed() and verify() of several steps in every pass, and a
-  // promise's access() of a missing path costs a thread-pool round trip and an error object.
-  exists(path: string): Promise<boolean> {
-    return Promise.resolve(existsSync(path));
+  async exists(path: string): Promise<boolean> {
+    try {
+      await access(path);
+      return true;
+    } catch {
+      return false;
+    }
   }
   async read(path: string): Promise<Buffer | undefined> {
     try {

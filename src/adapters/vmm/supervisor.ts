@@ -1,4 +1,5 @@
-import { closeSync, openSync, readSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { watch, type FSWatcher } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
 import type { Logger, Supervisor } from '../../core/ports.js';
 import { isChild, onChildExit } from './children.js';
 import { pidAlive } from './process.js';
@@ -164,19 +165,16 @@ export class EventSupervisor implements Supervisor {
       });
   }
 
-  // In place: a console read is one stat and a read of a page-cache file of at most 64 KiB a
-  // time, made once per change inotify reports; as promises it was four thread-pool round trips.
   private async readNew(uid: string, w: Watched): Promise<void> {
-    await Promise.resolve();
-    const size = fileSize(w.console);
+    const size = await stat(w.console).then((s) => s.size, () => undefined);
     // The daemon cuts a console at its bound (console-log-max-bytes): read on from the start.
     if (size !== undefined && size < w.offset) w.offset = 0;
     if (size === undefined || size <= w.offset) return;
-    const fd = openSync(w.console, 'r');
+    const fh = await open(w.console, 'r');
     try {
       const buf = Buffer.alloc(Math.min(size - w.offset, 64 * 1024));
       for (;;) {
-        const bytesRead = readSync(fd, buf, 0, buf.length, w.offset);
+        const { bytesRead } = await fh.read(buf, 0, buf.length, w.offset);
         if (bytesRead === 0) return;
         w.offset += bytesRead;
         const text = w.tail + buf.subarray(0, bytesRead).toString('utf8');
@@ -190,7 +188,7 @@ export class EventSupervisor implements Supervisor {
         if (bytesRead < buf.length) return;
       }
     } finally {
-      closeSync(fd);
+      await fh.close();
     }
   }
 
@@ -217,14 +215,5 @@ export class EventSupervisor implements Supervisor {
     } finally {
       this.busy = false;
     }
-  }
-}
-
-/** A file's size, or undefined when it cannot be stat'ed (not there yet, or gone). */
-function fileSize(path: string): number | undefined {
-  try {
-    return statSync(path, { throwIfNoEntry: false })?.size;
-  } catch {
-    return undefined;
   }
 }

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { rename, unlink, writeFile } from 'node:fs/promises';
+import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
@@ -14,14 +14,6 @@ import { qmpCommand } from './qmp.js';
 export function hostKhz(cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')): number | undefined {
   const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(cpuinfo);
   return m?.[1] ? Math.round(Number(m[1]) * 1000) : undefined;
-}
-
-function readPidFile(path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch {
-    return '';
-  }
 }
 
 /** Removes a file that may be missing (rm's force without its lstat first: no tree can be there). */
@@ -99,9 +91,7 @@ class QemuInstance implements VmmInstance {
       if (processStart(known.pid) === known.start) return known.pid;
       this.found = undefined;
     }
-    // Read in place: while QEMU starts this is polled every few ms until the file appears, and
-    // an async read that fails costs a thread-pool round trip and an error object each time.
-    const pid = Number(readPidFile(this.files.pid).trim());
+    const pid = Number((await readFile(this.files.pid, 'utf8').catch(() => '')).trim());
     // The pid must still be this VM's QEMU: pids are reused.
     if (!(Number.isInteger(pid) && pid > 0 && pidAlive(pid) && processMentions(pid, this.ref.dir))) return undefined;
     const start = processStart(pid);
