@@ -369,7 +369,7 @@ function standinPids(stateDir: string): number[] {
 
 async function part2(bursts: number[], entry: string[]): Promise<void> {
   process.stdout.write('\n## Part 2: bursts of concurrent creates, VMM stand-in, image in the store\n\n');
-  row(['burst', 'all CREATED s', 'create RPC p50 ms during the burst (probes)', 'creates answered s', 'daemon CPU s to all CREATED', 'spawner and its ended programs CPU s']);
+  row(['burst', 'all CREATED s', 'create RPC p50 ms during the burst (probes)', 'creates answered s', 'daemon CPU s to all CREATED', 'spawner CPU s (its reaped children: forks before exec and the programs)']);
   row(['---', '---', '---', '---', '---', '---']);
   const id = randomBytes(3).toString('hex');
   const tmp = join(tmpdir(), `matchlock-bench-burst-${id}`);
@@ -397,9 +397,9 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
       const tracing = process.env.MATCHLOCK_BENCH_STRACE === '1' ? await traceExecs(pid, join(tmp, `strace-${n}.out`)) : undefined;
       const cpu0 = cpuSeconds(pid);
       const spawner = spawnerOf(pid);
-      const programs0 = spawner ? cpuSeconds(spawner, true) : 0;
+      const spawner0 = spawner === undefined ? undefined : cpuTimes(spawner);
       let cpu = 0;
-      let programsCpu = 0;
+      let spawnerCpu = '';
       const t0 = performance.now();
       let answered = 0;
       let all = 0;
@@ -434,12 +434,15 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
       }
         all = (performance.now() - t0) / 1000;
         cpu = cpuSeconds(pid) - cpu0;
-        programsCpu = spawner ? cpuSeconds(spawner, true) - programs0 : 0;
+        if (spawner !== undefined && spawner0) {
+          const [self, children] = cpuTimes(spawner);
+          spawnerCpu = `${(self - spawner0[0]).toFixed(2)} (${(children - spawner0[1]).toFixed(2)})`;
+        }
       } finally {
         done = true;
         await probing;
       }
-      row([n, all.toFixed(1), `${f1(median(probes))} (${probes.length} probes)`, answered.toFixed(2), cpu.toFixed(1), spawner ? programsCpu.toFixed(1) : '-']);
+      row([n, all.toFixed(1), `${f1(median(probes))} (${probes.length} probes)`, answered.toFixed(2), cpu.toFixed(1), spawnerCpu || 'no spawner']);
       if (tracing) {
         const programs = await tracing();
         process.stdout.write(`\nprograms run from the burst to all CREATED (strace -f; its times above are slowed by it): ${[...programs].sort((a, b) => b[1] - a[1]).map(([p, k]) => `${p} ${k}`).join(', ')}\n\n`);
@@ -505,26 +508,30 @@ function daemonFlags(): string[] {
  * User and system CPU of a process (all its threads, not its children), in seconds: steadier
  * than wall time on a shared machine. The daemon runs under nsenter, which execs it: same pid.
  */
-function cpuSeconds(pid: number, withChildren = false): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // cutime and cstime: the children it has reaped (its programs that ended: ip, cp, mkfs...).
-  return (Number(f[11]) + Number(f[12]) + (withChildren ? Number(f[13]) + Number(f[14]) : 0)) / 100;
+function cpuSeconds(pid: number): number {
+  return cpuTimes(pid)[0];
 }
 
-/**
- * The daemon's process spawner (a perl child), whose CPU with that of the programs it started
- * and reaped is what the daemon's program starts cost the host; undefined for a daemon without.
- */
-function spawnerOf(pid: number): number | undefined {
-  const children = readdirSync(`/proc/${pid}/task`).flatMap((t) => readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').split(' ').filter(Boolean));
-  return children.map(Number).find((c) => {
+/** User + system CPU of a process, and of its children it waited for, in seconds. */
+function cpuTimes(pid: number): [number, number] {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return [(Number(f[11]) + Number(f[12])) / 100, (Number(f[13]) + Number(f[14])) / 100];
+}
+
+/** The daemon's process spawner (libexec/spawner.pl, its child), if it runs one. */
+function spawnerOf(daemon: number): number | undefined {
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
     try {
-      return readFileSync(`/proc/${c}/comm`, 'utf8').trim() === 'perl';
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === daemon && readFileSync(`/proc/${e}/cmdline`, 'utf8').includes('spawner.pl')) return Number(e);
     } catch {
-      return false;
+      // gone meanwhile
     }
-  });
+  }
+  return undefined;
 }
 
 /** CreateMicroVMResponse and ListMicroVMsResponse both carry MicroVMs in field 1, so one decoder reads both. */

@@ -78,9 +78,20 @@ function field(v: string | Buffer): Buffer[] {
   return [len, b];
 }
 
-function environment(): { key: string; entries: string[] } {
-  const entries = Object.entries(process.env).flatMap(([k, v]) => (v === undefined || k.includes('=') || k.includes('\0') || v.includes('\0') ? [] : [`${k}=${v}`]));
-  return { key: entries.join('\0'), entries };
+/**
+ * The daemon's environment as the spawner is sent it: NAME=value entries joined by NUL (a NUL
+ * cannot occur in either). Built with one pass and one string, since it is compared at every
+ * request: entries are split out only when it changed.
+ */
+function environmentKey(): string {
+  let key = '';
+  const env = process.env;
+  for (const k in env) {
+    const v = env[k];
+    if (v === undefined || k.includes('=') || k.includes('\0') || v.includes('\0')) continue;
+    key += key === '' ? `${k}=${v}` : `\0${k}=${v}`;
+  }
+  return key;
 }
 
 function checkArgs(file: string, args: readonly string[]): void {
@@ -109,7 +120,7 @@ class SpawnerProcess {
   private closed = false;
   private started = false;
   /** The environment the spawner passes on: the daemon's when it started it. */
-  private env = environment().key;
+  private env = environmentKey();
 
   constructor(
     script: string,
@@ -200,10 +211,10 @@ class SpawnerProcess {
     for (const [k, v] of fields) parts.push(...field(k), ...field(v));
     // Programs get the daemon's environment as it is now, as a direct spawn would: it is sent
     // again whenever it changed since the spawner last heard it.
-    const env = environment();
-    if (env.key !== this.env) {
-      this.env = env.key;
-      for (const e of env.entries) parts.push(...field('env'), ...field(e));
+    const env = environmentKey();
+    if (env !== this.env) {
+      this.env = env;
+      for (const e of env.split('\0')) parts.push(...field('env'), ...field(e));
     }
     const body = Buffer.concat(parts);
     const head = Buffer.alloc(4);

@@ -1,4 +1,4 @@
-import { open, rename, rm } from 'node:fs/promises';
+import { open, rename, unlink } from 'node:fs/promises';
 import type { CloudInitDisk } from '../../core/ports.js';
 import { fatLayout } from './fat.js';
 
@@ -11,6 +11,9 @@ import { fatLayout } from './fat.js';
 export class VfatCloudInitDisk implements CloudInitDisk {
   async write(path: string, files: Record<string, Buffer>): Promise<void> {
     const tmp = `${path}.tmp`;
+    // Asynchronous on purpose: creating and renaming a file can wait for the file system's
+    // journal, which the store's fsync'd commits keep busy during a burst; on the main thread
+    // that wait would hold up every request.
     try {
       const { size, parts } = fatLayout(files, { label: 'CIDATA' });
       const fh = await open(tmp, 'w', 0o600);
@@ -21,8 +24,10 @@ export class VfatCloudInitDisk implements CloudInitDisk {
         await fh.close();
       }
       await rename(tmp, path);
-    } finally {
-      await rm(tmp, { force: true });
+    } catch (err) {
+      // Renamed, the temporary name is gone: it is removed only after a failure.
+      await unlink(tmp).catch(() => undefined);
+      throw err;
     }
   }
 }

@@ -15,6 +15,21 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
+/**
+ * A live process's start time (field 22 of /proc/<pid>/stat, clock ticks since boot), or
+ * undefined when the pid is gone or a zombie: the pid and this together name one process, as
+ * pids are reused.
+ */
+export function processStart(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return f[0] === 'Z' ? undefined : f[19];
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether the process's command line mentions `text` (its VM directory), guarding against pid reuse. */
 export function processMentions(pid: number, text: string): boolean {
   try {

@@ -14,6 +14,24 @@ export function decodeMetadataValue(value: string): Buffer {
   return Buffer.from(value, 'utf8');
 }
 
+const BASE64_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+
+/**
+ * The decoded length of a value that decodeMetadataValue reads as base64 and whose bytes encode
+ * back to the same text (the bits a padded last group leaves unused are zero); undefined for
+ * any other value. Such a value is stored as it came, without decoding and encoding it again.
+ */
+export function canonicalBase64Length(value: string): number | undefined {
+  if (value.length === 0 || !STRICT_BASE64.test(value)) return undefined;
+  const pad = value.endsWith('==') ? 2 : value.endsWith('=') ? 1 : 0;
+  if (pad > 0) {
+    // The last data character holds 4 (one '=': 2) bits that no byte uses.
+    const last = BASE64_ALPHABET.indexOf(value[value.length - pad - 1] ?? '');
+    if (last % (pad === 2 ? 16 : 4) !== 0) return undefined;
+  }
+  return (value.length / 4) * 3 - pad;
+}
+
 /**
  * meta-data keys that flintlock and CAPMVM spell with "_" (CAPMVM's templates read
  * `ds.meta_data.instance_id` and `local_hostname`) and cloud-init's NoCloud datasource reads

@@ -1,7 +1,7 @@
 import { invalid, quote } from '../errors.js';
 import { parseReference } from '../images/reference.js';
 import { isCidr, ipFamily, macProblem } from './net.js';
-import { decodeMetadataValue, cloudInitMetaData } from './metadata.js';
+import { canonicalBase64Length, decodeMetadataValue, cloudInitMetaData } from './metadata.js';
 import { SEED_FILES, fatFold, fatNameProblem } from './seed-names.js';
 import type { IfaceType, MicroVMSpec, NetworkInterface, Volume } from './types.js';
 
@@ -230,10 +230,13 @@ function checkMetadata(field: string, metadata: Record<string, string>, uid: str
     if (other !== undefined && other !== k) {
       throw invalid(f, `key collides with ${quote(other)}: the seed's FAT filesystem compares names without case and cannot hold both`);
     }
-    const decoded = decodeMetadataValue(v);
-    total += decoded.length;
+    // Stored base64 as sent when decoding and encoding again would give the same text back.
+    const size = k === 'meta-data' ? undefined : canonicalBase64Length(v);
+    const decoded = size === undefined ? decodeMetadataValue(v) : undefined;
+    total += size ?? decoded?.length ?? 0;
     if (total > LIMITS.metadataBytes) throw invalid(f, `metadata must total at most ${LIMITS.metadataBytes} bytes once decoded`);
-    out[k] = (k === 'meta-data' ? cloudInitMetaData(decoded, uid, f) : decoded).toString('base64');
+    if (!decoded) out[k] = v;
+    else out[k] = (k === 'meta-data' ? cloudInitMetaData(decoded, uid, f) : decoded).toString('base64');
   }
   if (out['meta-data'] === undefined) out['meta-data'] = cloudInitMetaData(undefined, uid, `${field}["meta-data"]`).toString('base64');
   return out;

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { chmod, lstat, mkdir, readFile, readdir, readlink, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { createReadStream, createWriteStream, lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { chmod, lstat, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
@@ -104,9 +104,12 @@ export class LocalImageStore implements ImageStore {
   }
 
   /** The manifest digest a reference points to, or undefined when it was never imported. */
+  // The reads and stats of a reference, a blob and a rootfs below are made in place: every
+  // reconcile pass asks them for each image of its VM, and each is a small local file or one
+  // stat, cheaper than a promise's thread-pool round trips.
   async resolve(ref: string): Promise<string | undefined> {
     try {
-      return (await readFile(this.refFile(ref), 'utf8')).trim();
+      return readFileSync(this.refFile(ref), 'utf8').trim();
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
@@ -128,18 +131,18 @@ export class LocalImageStore implements ImageStore {
   }
 
   async ready(digest: string): Promise<boolean> {
-    return (await this.has(digest)) && (await stat(this.rootfsPath(digest)).then((s) => s.isDirectory(), () => false));
+    return (await this.has(digest)) && isDirectory(this.rootfsPath(digest));
   }
 
   async has(digest: string): Promise<boolean> {
-    return lstat(this.blob(digest)).then(() => true, () => false);
+    return Promise.resolve(exists(this.blob(digest), lstatSync));
   }
 
   async file(digest: string, path: string, ref: string): Promise<string> {
     const root = this.rootfsPath(digest);
     // Symlinks resolve inside the image, as in the guest; the result can never leave the image.
     const real = await resolveInImage(root, path);
-    if (real && (await stat(real)).isFile()) return real;
+    if (real && statSync(real).isFile()) return real;
     const listing = await this.listFiles(root, 40);
     throw new MatchlockError(ErrorCode.FailedPrecondition, `file ${path} not found in image ${normalizeRef(ref)}; it contains: ${listing.join(', ') || '(nothing)'}`);
   }
@@ -337,7 +340,7 @@ export class LocalImageStore implements ImageStore {
   /** The unpacked filesystem of an image, built once; concurrent callers share one unpack. */
   async unpacked(digest: string, log: Logger): Promise<string> {
     const dest = this.rootfsPath(digest);
-    if (await stat(dest).then(() => true, () => false)) return dest;
+    if (exists(dest, statSync)) return dest;
     return this.unpacking.run(digest, () => this.unpack(digest, dest, log));
   }
 
@@ -447,11 +450,34 @@ async function runUnpack(job: UnpackJob): Promise<Extract<UnpackResult, { ok: tr
   throw new MatchlockError(ErrorCode.Internal, `the unpack process ended with ${signal ?? `exit code ${code}`}: ${err.trim().split('\n').slice(-3).join(' ') || 'no output'}`);
 }
 
+/** Whether a stat (or lstat) of path succeeds: any error is "no". */
+function exists(path: string, how: typeof statSync | typeof lstatSync): boolean {
+  try {
+    return how(path, { throwIfNoEntry: false }) !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path, { throwIfNoEntry: false })?.isDirectory() ?? false;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Resolves a path inside an unpacked image the way the guest would see it: absolute symlinks
  * restart from the image root, `..` never climbs above it. Undefined when it does not exist.
+ * Each component is an lstat in place (a pass resolves the kernel and initrd of every VM, and
+ * an async lstat costs a thread-pool round trip per component).
  */
 export async function resolveInImage(root: string, path: string): Promise<string | undefined> {
+  return Promise.resolve(resolveInImageNow(root, path));
+}
+
+function resolveInImageNow(root: string, path: string): string | undefined {
   const todo = path.split('/').filter((p) => p !== '' && p !== '.');
   const done: string[] = [];
   for (let hops = 0; todo.length > 0; ) {
@@ -461,11 +487,16 @@ export async function resolveInImage(root: string, path: string): Promise<string
       continue;
     }
     const at = join(root, ...done, part);
-    const st = await lstat(at).catch(() => undefined);
+    let st;
+    try {
+      st = lstatSync(at, { throwIfNoEntry: false });
+    } catch {
+      return undefined;
+    }
     if (!st) return undefined;
     if (st.isSymbolicLink()) {
       if (++hops > 40) return undefined;
-      const target = await readlink(at);
+      const target = readlinkSync(at);
       if (target.startsWith('/')) done.length = 0;
       todo.unshift(...target.split('/').filter((p) => p !== '' && p !== '.'));
       continue;

@@ -1,12 +1,12 @@
 import { readFileSync } from 'node:fs';
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import { hostNetCounters } from '../io-counters.js';
 import { launchDetached, waitGone } from '../launcher.js';
 import type { VmmConfinement } from '../confine/vmm.js';
-import { pidAlive, processMentions } from '../process.js';
+import { pidAlive, processMentions, processStart } from '../process.js';
 import { CONSOLE_SOCKET, FILES, QMP_SOCKET, qemuArgs, type QemuSettings } from './args.js';
 import { qmpCommand } from './qmp.js';
 
@@ -14,6 +14,13 @@ import { qmpCommand } from './qmp.js';
 export function hostKhz(cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')): number | undefined {
   const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(cpuinfo);
   return m?.[1] ? Math.round(Number(m[1]) * 1000) : undefined;
+}
+
+/** Removes a file that may be missing (rm's force without its lstat first: no tree can be there). */
+async function removeFile(path: string): Promise<void> {
+  await unlink(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
 }
 
 /** QEMU's `microvm` machine: the provider that runs on our machines (TCG), and on KVM hosts. */
@@ -40,6 +47,13 @@ class QemuInstance implements VmmInstance {
   readonly growingFiles: readonly string[];
   readonly consoleInput: { kind: 'unix-socket'; path: string };
   private readonly qmp: string;
+  /**
+   * The VMM this instance found running, with its start time (/proc/<pid>/stat field 22): while
+   * a process of that pid and start time lives it is the same QEMU, so a plan's steps (needed,
+   * run, verify of each) ask /proc once instead of reading and checking the pid file each time.
+   * Forgotten when this instance starts or stops QEMU.
+   */
+  private found: { pid: number; start: string } | undefined;
 
   constructor(
     readonly ref: VmRef,
@@ -72,18 +86,27 @@ class QemuInstance implements VmmInstance {
   }
 
   async running(): Promise<number | undefined> {
+    const known = this.found;
+    if (known) {
+      if (processStart(known.pid) === known.start) return known.pid;
+      this.found = undefined;
+    }
     const pid = Number((await readFile(this.files.pid, 'utf8').catch(() => '')).trim());
     // The pid must still be this VM's QEMU: pids are reused.
-    return Number.isInteger(pid) && pid > 0 && pidAlive(pid) && processMentions(pid, this.ref.dir) ? pid : undefined;
+    if (!(Number.isInteger(pid) && pid > 0 && pidAlive(pid) && processMentions(pid, this.ref.dir))) return undefined;
+    const start = processStart(pid);
+    if (start !== undefined) this.found = { pid, start };
+    return pid;
   }
 
   async start(l: Launch, signal: AbortSignal, log: Logger): Promise<number> {
     const args = [...qemuArgs(l, this.settings), ...(this.confine ? await this.confine.qemuArgs(l) : [])];
     log.debug({ bin: this.bin, args }, 'starting qemu');
-    await rm(this.files.pid, { force: true });
+    this.found = undefined;
+    await removeFile(this.files.pid);
     // QEMU refuses to bind a socket path that exists; a killed QEMU leaves them behind.
-    await rm(this.qmp, { force: true });
-    await rm(this.consoleInput.path, { force: true });
+    await removeFile(this.qmp);
+    await removeFile(this.consoleInput.path);
     // The log is appended to (see qemuArgs); the last run's console moves aside, so the boot
     // line of a guest that crashed is not taken for this run's, and the crash stays readable.
     await rename(this.files.console, `${this.files.console}.1`).catch(() => undefined);
@@ -112,6 +135,7 @@ class QemuInstance implements VmmInstance {
   }
 
   private async halt(opts: { timeoutMs: number; signal: AbortSignal }, log: Logger): Promise<void> {
+    this.found = undefined;
     const pid = await this.running();
     if (pid === undefined) return;
     const running = () => this.running();
