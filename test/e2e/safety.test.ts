@@ -211,7 +211,7 @@ describe('safety: a guest booted with quiet', { skip }, () => {
 describe('safety: a VMM that is still starting', { skip }, () => {
   const STANDIN = join(ROOT, 'test/fakes/qemu-standin.pl');
   let lab: Lab;
-  const saved = process.env.QEMU_STANDIN_HOLD;
+  const saved = { QEMU_STANDIN_HOLD: process.env.QEMU_STANDIN_HOLD, QEMU_STANDIN_QMP_HOLD: process.env.QEMU_STANDIN_QMP_HOLD };
   const hold = tempDir('hold');
   before(async () => {
     assert.equal(missing, undefined, `the safety tests ${missing}`);
@@ -231,8 +231,10 @@ describe('safety: a VMM that is still starting', { skip }, () => {
     }
   });
   after(async () => {
-    if (saved === undefined) delete process.env.QEMU_STANDIN_HOLD;
-    else process.env.QEMU_STANDIN_HOLD = saved;
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
     await lab?.destroy();
     hold.remove();
   });
@@ -254,6 +256,24 @@ describe('safety: a VMM that is still starting', { skip }, () => {
     const failed = await waitFor('a recorded failure', async () => { const vm = await vms.get(uid); return (vm?.status?.retry ?? 0) >= 1 ? vm : undefined; }, 60_000, 100);
     assert.match(failed.status?.lastError ?? '', /qemu was not ready within/);
     assert.equal(pidAlive(pid), false, 'the VMM that did not become ready is gone once its failure is recorded');
+    await vms.delete(uid);
+    await waitFor('the record to go', async () => (await vms.get(uid)) === undefined, 30_000, 100);
+    assert.deepEqual(pidsNaming(join(lab.stateDir, 'vm')), []);
+  });
+
+  it('a QEMU counts as started only once its QMP socket is there, so a VM is never CREATED without one', async () => {
+    // Now the stand-in writes its pid file and then waits before its console and QMP socket,
+    // as a QEMU in its start-up does.
+    delete process.env.QEMU_STANDIN_HOLD;
+    process.env.QEMU_STANDIN_QMP_HOLD = join(hold.path, 'never-created');
+    await lab.restartDaemon(false);
+    const vms = api(lab);
+    const uid = await vms.create('noqmpyet', [{ id: 'eth0', type: 'TAP' }]);
+    const pid = await waitFor('the VMM spawned', () => standins(vmDir(lab, 'noqmpyet', uid))[0], 90_000, 50);
+    const failed = await waitFor('a recorded failure', async () => { const vm = await vms.get(uid); return (vm?.status?.retry ?? 0) >= 1 ? vm : undefined; }, 60_000, 100);
+    assert.notEqual(stateOf(failed), 'CREATED');
+    assert.match(failed.status?.lastError ?? '', /qemu was not ready within/);
+    assert.equal(pidAlive(pid), false);
     await vms.delete(uid);
     await waitFor('the record to go', async () => (await vms.get(uid)) === undefined, 30_000, 100);
     assert.deepEqual(pidsNaming(join(lab.stateDir, 'vm')), []);
