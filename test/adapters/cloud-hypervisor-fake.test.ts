@@ -47,7 +47,7 @@ async function refused(args: string[], code: number, message: RegExp, env: Recor
 }
 
 async function socketUp(path: string, run: Run): Promise<void> {
-  for (let i = 0; i < 300 && !existsSync(path); i++) {
+  for (let i = 0; i < 600 && !existsSync(path); i++) {
     if (run.child.exitCode !== null) assert.fail(`stand-in exited: ${(await run.exited).stderr}`);
     await new Promise((r) => setTimeout(r, 50));
   }

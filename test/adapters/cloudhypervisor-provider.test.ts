@@ -133,7 +133,7 @@ describe('cloud-hypervisor provider process logic (stand-in)', () => {
     await withEnv({ FAKE_CH_VERSION: '41' }, async () => {
       const first = await instance.start(launch, never, quiet);
       process.kill(first, 'SIGKILL');
-      for (let i = 0; i < 100 && (await instance.running()) !== undefined; i++) await new Promise((r) => setTimeout(r, 20));
+      for (let i = 0; i < 1500 && (await instance.running()) !== undefined; i++) await new Promise((r) => setTimeout(r, 20));
       assert.ok(existsSync(instance.files.api), 'a killed VMM leaves its socket');
       const second = await instance.start(launch, never, quiet);
       assert.notEqual(second, first);
@@ -173,7 +173,7 @@ describe('cloud-hypervisor provider process logic (stand-in)', () => {
     assert.ok(pidAlive(pid));
     // virtiofsd serves one VMM: when the VMM goes, so does it, and the next start needs a new one
     process.kill(pid, 'SIGKILL');
-    for (let i = 0; i < 100 && pidAlive(vfsPid); i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 1500 && pidAlive(vfsPid); i++) await new Promise((r) => setTimeout(r, 20));
     assert.ok(!pidAlive(vfsPid), 'virtiofsd exits with its VMM');
     assert.equal(await steps[0]!.needed(), true);
     await run(steps);

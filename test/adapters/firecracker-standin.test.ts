@@ -99,7 +99,7 @@ describe('firecracker stand-in', { skip }, () => {
     writeFileSync(cfgPath, typeof cfg === 'string' ? cfg : JSON.stringify(cfg));
     const sock = join(dir, sub, 'api.sock');
     const run = start(['--id', `vm-${sub}`, '--config-file', cfgPath, '--metadata', join(dir, 'metadata.json'), '--api-sock', sock, ...extra], env);
-    for (let i = 0; i < 100 && run.code === null && run.signal === null; i++) {
+    for (let i = 0; i < 300 && run.code === null && run.signal === null; i++) {
       const up = await unixHttp(sock, 'GET', '/', undefined, 500).then((r) => r.status === 200, () => false);
       if (up) break;
       await sleep(100);
@@ -264,7 +264,7 @@ describe('firecracker stand-in', { skip }, () => {
     const c = config(sub);
     const sock = join(dir, sub, 'api.sock');
     const run = start(['--api-sock', sock]);
-    for (let i = 0; i < 50 && !existsSync(sock); i++) await sleep(100);
+    for (let i = 0; i < 300 && !existsSync(sock); i++) await sleep(100);
     const put = (path: string, body: unknown) => unixHttp(sock, 'PUT', path, body);
     assert.deepEqual((await put('/actions', { action_type: 'SendCtrlAltDel' })).body, { fault_message: 'The requested operation is not supported before starting the microVM.' });
     assert.equal((await put('/boot-source', c['boot-source'])).status, 204);
@@ -339,7 +339,7 @@ describe('firecracker stand-in', { skip }, () => {
   it('logs the boot-timer line with --boot-timer when the guest writes the marker', async () => {
     const sub = `bt${n++}`;
     const { run, log } = await boot(config(sub), sub, ['--boot-timer'], { FAKE_FC_GUEST_BOOT_MS: '50' });
-    for (let i = 0; i < 30 && !/Guest-boot-time/.test(log()); i++) await sleep(100);
+    for (let i = 0; i < 300 && !/Guest-boot-time/.test(log()); i++) await sleep(100);
     assert.match(log(), /Guest-boot-time = +50000 us 50 ms, +\d+ CPU us \d+ CPU ms/);
     process.kill(run.pid, 'SIGKILL');
     await run.exited;

@@ -174,6 +174,24 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     }
   });
 
+  it('a VMM start called off, or not ready in time, kills what it spawned: a VMM without its pid file yet is found by no delete', async () => {
+    // A VMM that never writes its pid file: the start can end only by the signal or the timeout.
+    const never = { what: 'vmm', bin: '/bin/sh', args: ['-c', 'exec sleep 1000'], stdout: join(tmp.path, 'n.out'), stderr: join(tmp.path, 'n.err'), detached: true, ready: async () => undefined };
+    let spawned = 0;
+    const calledOff = new AbortController();
+    const canceled = launchDetached({ ...never, onSpawn: async (pid) => void started.push((spawned = pid)), ready: async () => void (spawned && calledOff.abort()), timeoutMs: 60_000, signal: calledOff.signal });
+    await assert.rejects(canceled, (e: MatchlockError) => e.code === ErrorCode.Canceled && /canceled while vmm was starting/.test(e.message));
+    assert.ok(spawned > 0);
+    assert.equal(pidAlive(spawned), false, 'the VMM of a start called off is gone when the start throws');
+    assert.equal(isChild(spawned), false);
+
+    spawned = 0;
+    const late = launchDetached({ ...never, onSpawn: async (pid) => void started.push((spawned = pid)), timeoutMs: 200, signal: new AbortController().signal });
+    await assert.rejects(late, /vmm was not ready within 200 ms/);
+    assert.ok(spawned > 0);
+    assert.equal(pidAlive(spawned), false, 'the VMM of a start that timed out is gone when the start throws');
+  });
+
   it('a spawner that dies is replaced; what it started keeps running, no longer counts as a child, and its exit is found by the poll', async () => {
     const seen: string[] = [];
     const sup = new EventSupervisor({ exited: (uid) => seen.push(uid), booted: () => undefined, healthy: () => undefined }, log, { pollMs: 200, healthyAfterMs: 3_600_000 });

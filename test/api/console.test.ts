@@ -13,6 +13,11 @@ import { tempDir } from '../helpers/daemon.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Waits for `fn` to hold; the bound is one on a hang, not a timing under test. */
+async function until(fn: () => boolean, ms = 30_000): Promise<void> {
+  for (const end = Date.now() + ms; !fn() && Date.now() < end; ) await sleep(50);
+}
+
 /**
  * The Console service on a real grpc-js server and client, with a file for the console log and
  * a unix socket standing in for the VMM's serial chardev (the real guest is in
@@ -82,15 +87,18 @@ describe('matchlock.v1.Console', () => {
     const c = client();
     const ac = new AbortController();
     let seen = '';
-    const done = c.stream('vm-q', { tail: 0, follow: true }, (d) => (seen += Buffer.from(d).toString()), ac.signal);
+    // The last line comes first: then the server has read the log and follows it from its end,
+    // so what is appended next is new output (a fixed wait could end before that on a loaded host).
+    const done = c.stream('vm-q', { tail: 1, follow: true }, (d) => (seen += Buffer.from(d).toString()), ac.signal);
     try {
-      await sleep(300);
+      await until(() => seen.length > 0);
+      assert.equal(seen, 'line-3\n');
       appendFileSync(log, 'new-1\n');
-      for (let i = 0; i < 50 && !seen.includes('new-1'); i++) await sleep(100);
-      assert.equal(seen, 'new-1\n');
+      await until(() => seen.includes('new-1'));
+      assert.equal(seen, 'line-3\nnew-1\n');
       writeFileSync(log, 'after-cut\n'); // as boundFile leaves it: truncated, then appended to
-      for (let i = 0; i < 50 && !seen.includes('after-cut'); i++) await sleep(100);
-      assert.equal(seen, 'new-1\nafter-cut\n');
+      await until(() => seen.includes('after-cut'));
+      assert.equal(seen, 'line-3\nnew-1\nafter-cut\n');
     } finally {
       ac.abort();
       await done;
@@ -105,7 +113,7 @@ describe('matchlock.v1.Console', () => {
     const a = c.attach('vm-q', (d) => (out += Buffer.from(d).toString()), () => connected++);
     try {
       a.write(Buffer.from('ls\r'));
-      for (let i = 0; i < 50 && !out.includes('echo:ls'); i++) await sleep(100);
+      await until(() => out.includes('echo:ls'));
       assert.equal(received, 'ls\r');
       assert.equal(out, 'echo:ls\r');
       assert.equal(connected, 1, 'told once that the console is connected');
@@ -115,11 +123,21 @@ describe('matchlock.v1.Console', () => {
       a.close();
       await a.done;
     }
-    // Detached: the slot is free again.
-    await sleep(200);
-    const b = c.attach('vm-q', () => undefined);
+    // Detached: the slot is free again once the server has seen the first client go, which
+    // may come after a.done on a loaded host; a refusal until then is asked again.
+    let b: ReturnType<typeof c.attach> | undefined;
+    for (const end = Date.now() + 30_000; !b && Date.now() < end; ) {
+      let attached!: () => void;
+      const connected = new Promise<void>((r) => (attached = r));
+      const next = c.attach('vm-q', () => undefined, () => attached());
+      const refused = await Promise.race([connected.then(() => undefined), next.done.then(() => new Error('attach ended'), (e: Error) => e)]);
+      if (refused === undefined) b = next;
+      else if (/attached by another client/.test(refused.message)) await sleep(50);
+      else throw refused;
+    }
+    assert.ok(b, 'the console slot was free again after the first client detached');
     b.write(Buffer.from('x'));
-    for (let i = 0; i < 50 && !received.endsWith('x'); i++) await sleep(100);
+    await until(() => received.endsWith('x'));
     assert.equal(received, 'ls\rx');
     b.close();
     await b.done;

@@ -25,6 +25,12 @@ import { rawHttp } from '../helpers/raw-http.js';
 
 const seed = process.env.MATCHLOCK_FUZZ_SEED ? Number(process.env.MATCHLOCK_FUZZ_SEED) >>> 0 : (Math.random() * 2 ** 32) >>> 0;
 const total = Number(process.env.MATCHLOCK_FUZZ_REQUESTS ?? 2000);
+/**
+ * How long a request may go unanswered before it counts as a hang. Not a timing: on a loaded
+ * host (load 13 to 15 on 2 cores) requests carrying 1 MiB fields were still unanswered after
+ * 10 s, while the daemon spends at most about 0.5 s of CPU on one.
+ */
+const HANG_MS = 60_000;
 
 // mulberry32: small, seedable, good enough to pick cases.
 let state = seed;
@@ -267,7 +273,7 @@ async function main(): Promise<void> {
     if (daemon.proc.exitCode === null && daemon.proc.signalCode === null) daemon.proc.kill('SIGKILL');
     tmp.remove();
   });
-  const client = rawClient(daemon.grpcPort);
+  const client = rawClient(daemon.grpcPort, undefined, undefined, HANG_MS);
   const raw = new grpc.Client(`127.0.0.1:${daemon.grpcPort}`, grpc.credentials.createInsecure());
   const started = Date.now();
   const counts = new Map<string, number>();
@@ -302,7 +308,7 @@ async function main(): Promise<void> {
       decodable = false;
     }
     const err = await new Promise<grpc.ServiceError | null>((resolve) => {
-      raw.makeUnaryRequest('/microvm.services.api.v1alpha1.MicroVM/CreateMicroVM', (b: Buffer) => b, (b: Buffer) => b, bytes, new grpc.Metadata(), { deadline: Date.now() + 20_000 }, (e, res) => {
+      raw.makeUnaryRequest('/microvm.services.api.v1alpha1.MicroVM/CreateMicroVM', (b: Buffer) => b, (b: Buffer) => b, bytes, new grpc.Metadata(), { deadline: Date.now() + HANG_MS }, (e, res) => {
         const uid = !e && res ? fromBinary(CreateMicroVMResponseSchema, res).microvm?.spec?.uid : undefined;
         if (uid) created.add(uid);
         resolve(e);
@@ -316,7 +322,7 @@ async function main(): Promise<void> {
   };
   const streamCall = async (bytes: Buffer, what: () => string) => {
     const code = await new Promise<number>((resolve) => {
-      const call = raw.makeServerStreamRequest('/microvm.services.api.v1alpha1.MicroVM/ListMicroVMsStream', (b: Buffer) => b, (b: Buffer) => b, bytes, new grpc.Metadata(), { deadline: Date.now() + 20_000 });
+      const call = raw.makeServerStreamRequest('/microvm.services.api.v1alpha1.MicroVM/ListMicroVMsStream', (b: Buffer) => b, (b: Buffer) => b, bytes, new grpc.Metadata(), { deadline: Date.now() + HANG_MS });
       call.on('data', () => undefined);
       call.on('error', (e: grpc.ServiceError) => resolve(e.code));
       call.on('end', () => resolve(grpc.status.OK));
@@ -325,7 +331,7 @@ async function main(): Promise<void> {
     if (!ALLOWED_GRPC.has(code)) violations.push(describe(`grpc ListMicroVMsStream answered ${grpcName(code)} to`, what()));
   };
   const httpCall = async (method: string, path: string, body: string | undefined) => {
-    const { status, body: answer } = await rawHttp(daemon.httpPort ?? 0, method, path, body);
+    const { status, body: answer } = await rawHttp(daemon.httpPort ?? 0, method, path, body, {}, HANG_MS);
     count(`http ${status}`);
     if (method === 'POST' && status === 200) {
       // The body may come chunked: the JSON lies between the first "{" and the last "}".

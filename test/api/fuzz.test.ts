@@ -22,8 +22,10 @@ interface Summary {
   violations: string[];
 }
 
+// The run's time bound is one on a hang: on a loaded host (load 13 to 15 on 2 cores) a run of
+// 2000 requests took 135 s where a quiet one takes 10 s.
 describe('API fuzzing over gRPC and HTTP', { skip: skip && !process.env.CI ? skip : false }, () => {
-  it('>= 2000 generated requests: the daemon stays up, nothing INTERNAL/500 but undecodable protobuf, nothing stored from a refusal, nothing written outside the state dir, the store intact', { timeout: 240_000 }, async () => {
+  it('>= 2000 generated requests: the daemon stays up, nothing INTERNAL/500 but undecodable protobuf, nothing stored from a refusal, nothing written outside the state dir, the store intact', { timeout: 600_000 }, async () => {
     assert.equal(skip, false, String(skip));
     const child = spawn('unshare', [...unshareArgs, '--', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"', process.execPath, '--import', 'tsx', join(ROOT, 'test/api/fuzz-run.ts')], {
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -43,6 +43,8 @@ const CASES: Case[] = [
   ['kernel filename with control character', 'microvm.kernel.filename', (s) => s.kernel && (s.kernel.filename = 'boot/\u0007vmlinux')],
   ['cmdline key with space', 'microvm.kernel.cmdline', (s) => s.kernel && (s.kernel.cmdline = { 'a b': '1' })],
   ['cmdline value injecting a second argument', 'microvm.kernel.cmdline', (s) => s.kernel && (s.kernel.cmdline = { console: 'ttyS0 init=/bin/sh' })],
+  ['cmdline past the kernel limit of 2048 bytes', 'microvm.kernel.cmdline', (s) => s.kernel && (s.kernel.cmdline = { console: 'ttyS0', ['x'.repeat(2040)]: '' })],
+  ['cmdline value of 1 MiB', 'microvm.kernel.cmdline', (s) => s.kernel && (s.kernel.cmdline = { console: 'x'.repeat(1 << 20) })],
   ['no root volume and no initrd', 'microvm.root_volume', (s) => (s.rootVolume = undefined)],
   ['root volume without id', 'microvm.root_volume.id', (s) => s.rootVolume && (s.rootVolume.id = '')],
   ['root volume without source', 'microvm.root_volume.source', (s) => s.rootVolume && (s.rootVolume.source = undefined)],
@@ -153,7 +155,7 @@ describe('hostile and malformed requests', () => {
     assert.ok(err && err.code !== grpc.status.OK);
     const listed = (await client.call('listMicroVMs', create(ListMicroVMsRequestSchema, {}))) as { microvm: unknown[] };
     // Only the one valid VM was ever created; wait for its delete to finish.
-    for (let i = 0; i < 50 && ((await client.call('listMicroVMs', create(ListMicroVMsRequestSchema, {}))) as { microvm: unknown[] }).microvm.length > 0; i++) {
+    for (let i = 0; i < 300 && ((await client.call('listMicroVMs', create(ListMicroVMsRequestSchema, {}))) as { microvm: unknown[] }).microvm.length > 0; i++) {
       await new Promise((r) => setTimeout(r, 100));
     }
     assert.ok(listed.microvm.length <= 1);

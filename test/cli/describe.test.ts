@@ -126,7 +126,7 @@ describe('vm addressing by namespace/name, list REASON, -o json|yaml with every 
 
     // The table form of get is describe; its reason is the pull's error once it is recorded.
     let described = '';
-    for (let i = 0; i < 100 && !/^Reason:\s+\S{2,}/m.test(described); i++) {
+    for (let i = 0; i < 300 && !/^Reason:\s+\S{2,}/m.test(described); i++) {
       described = (await cli([...host, 'vm', 'describe', 'capmvm/solo'])).out;
       await new Promise((r) => setTimeout(r, 100));
     }

@@ -28,7 +28,7 @@ async function tracedDaemon(state: string, extra: string[] = []): Promise<{ d: D
     const cjs = `${trace}.cjs`;
     const before = existsSync(cjs) ? readFileSync(cjs, 'utf8') : undefined;
     d.proc.kill('SIGUSR2');
-    for (let i = 0; i < 200 && (!existsSync(cjs) || readFileSync(cjs, 'utf8') === before); i++) await sleep(50);
+    for (let i = 0; i < 600 && (!existsSync(cjs) || readFileSync(cjs, 'utf8') === before); i++) await sleep(50);
     const esm = readFileSync(trace, 'utf8').split('\n').map((u) => (u.startsWith('file://') ? decodeURIComponent(new URL(u).pathname) : u));
     return [...esm, ...readFileSync(cjs, 'utf8').split('\n')].filter(Boolean);
   };

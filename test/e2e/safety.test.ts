@@ -3,8 +3,9 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { daemonFailsToStart, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
-import { GUEST_REF, labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
+import { pidAlive } from '../../src/adapters/vmm/process.js';
+import { daemonFailsToStart, ROOT, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
+import { GUEST_REF, labMissing, pidsNaming, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { api, consoleOf, importGuest, stateOf, vmDir, waitFor } from './vm.js';
 
@@ -204,5 +205,77 @@ describe('safety: a guest booted with quiet', { skip }, () => {
     assert.equal(healed.status?.guestBooted, false, 'guest_booted still means the console showed the boot');
     await vms.delete(uid);
     await waitFor('gone', async () => (await vms.get(uid)) === undefined, 30_000);
+  });
+});
+
+describe('safety: a VMM that is still starting', { skip }, () => {
+  const STANDIN = join(ROOT, 'test/fakes/qemu-standin.pl');
+  let lab: Lab;
+  const saved = { QEMU_STANDIN_HOLD: process.env.QEMU_STANDIN_HOLD, QEMU_STANDIN_QMP_HOLD: process.env.QEMU_STANDIN_QMP_HOLD };
+  const hold = tempDir('hold');
+  before(async () => {
+    assert.equal(missing, undefined, `the safety tests ${missing}`);
+    // The QEMU stand-in waits for a file that never appears before it writes its pid file: a
+    // VMM caught between its spawn and its pid file for as long as the test needs. The daemon
+    // passes its environment to the VMMs it starts.
+    process.env.QEMU_STANDIN_HOLD = join(hold.path, 'never-created');
+    lab = await startLab(['--qemu-bin', STANDIN, '--default-provider', 'qemu', '--vmm-user', 'root', '--qemu-sandbox=false', '--vmm-cgroups=false', '--retry-backoff', '60s']);
+    await importGuest(lab, testGuestLayout());
+  });
+  // The stand-in's processes of one VM (other programs name the VM's directory too: mkfs, cp).
+  const standins = (dir: string) => pidsNaming(dir).filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(STANDIN);
+    } catch {
+      return false;
+    }
+  });
+  after(async () => {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+    await lab?.destroy();
+    hold.remove();
+  });
+
+  it('deleting a VM whose VMM has not written its pid file yet leaves no VMM behind', async () => {
+    const vms = api(lab);
+    const uid = await vms.create('starting', [{ id: 'eth0', type: 'TAP' }]);
+    const pid = await waitFor('the VMM spawned', () => standins(vmDir(lab, 'starting', uid))[0], 90_000, 50);
+    await vms.delete(uid);
+    await waitFor('the record to go', async () => (await vms.get(uid)) === undefined, 30_000, 100);
+    assert.equal(pidAlive(pid), false, 'the VMM whose start the delete called off is gone');
+    assert.deepEqual(pidsNaming(join(lab.stateDir, 'vm')), []);
+  });
+
+  it('a VMM not ready within its start timeout is killed with the failure recorded, so no delete can miss it', async () => {
+    const vms = api(lab);
+    const uid = await vms.create('slow', [{ id: 'eth0', type: 'TAP' }]);
+    const pid = await waitFor('the VMM spawned', () => standins(vmDir(lab, 'slow', uid))[0], 90_000, 50);
+    const failed = await waitFor('a recorded failure', async () => { const vm = await vms.get(uid); return (vm?.status?.retry ?? 0) >= 1 ? vm : undefined; }, 60_000, 100);
+    assert.match(failed.status?.lastError ?? '', /qemu was not ready within/);
+    assert.equal(pidAlive(pid), false, 'the VMM that did not become ready is gone once its failure is recorded');
+    await vms.delete(uid);
+    await waitFor('the record to go', async () => (await vms.get(uid)) === undefined, 30_000, 100);
+    assert.deepEqual(pidsNaming(join(lab.stateDir, 'vm')), []);
+  });
+
+  it('a QEMU counts as started only once its QMP socket is there, so a VM is never CREATED without one', async () => {
+    // Now the stand-in writes its pid file and then waits before its console and QMP socket,
+    // as a QEMU in its start-up does.
+    delete process.env.QEMU_STANDIN_HOLD;
+    process.env.QEMU_STANDIN_QMP_HOLD = join(hold.path, 'never-created');
+    await lab.restartDaemon(false);
+    const vms = api(lab);
+    const uid = await vms.create('noqmpyet', [{ id: 'eth0', type: 'TAP' }]);
+    const pid = await waitFor('the VMM spawned', () => standins(vmDir(lab, 'noqmpyet', uid))[0], 90_000, 50);
+    const failed = await waitFor('a recorded failure', async () => { const vm = await vms.get(uid); return (vm?.status?.retry ?? 0) >= 1 ? vm : undefined; }, 60_000, 100);
+    assert.notEqual(stateOf(failed), 'CREATED');
+    assert.match(failed.status?.lastError ?? '', /qemu was not ready within/);
+    assert.equal(pidAlive(pid), false);
+    await vms.delete(uid);
+    await waitFor('the record to go', async () => (await vms.get(uid)) === undefined, 30_000, 100);
+    assert.deepEqual(pidsNaming(join(lab.stateDir, 'vm')), []);
   });
 });

@@ -4,9 +4,9 @@ import { connect } from 'node:net';
  * One raw HTTP/1.1 exchange on a fresh connection closed after it, so odd targets and bodies
  * reach the server exactly as written. `status` is the answer's status code, or when none came:
  * -1 the server closed without an answer, -2 a socket error (a reset, EPIPE), -3 no answer in
- * 20 s. `body` is what followed the header, still in its transfer coding.
+ * `timeoutMs` (20 s unless given). `body` is what followed the header, still in its transfer coding.
  */
-export function rawHttp(port: number, method: string, path: string, body?: string | Buffer, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+export function rawHttp(port: number, method: string, path: string, body?: string | Buffer, headers: Record<string, string> = {}, timeoutMs = 20_000): Promise<{ status: number; body: string }> {
   return new Promise((resolve) => {
     const payload = body === undefined ? Buffer.alloc(0) : typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
     const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
@@ -21,7 +21,7 @@ export function rawHttp(port: number, method: string, path: string, body?: strin
     sock.on('data', (c: Buffer) => (got += c.toString('latin1')));
     sock.on('end', () => done(-1));
     sock.on('error', () => done(-2));
-    sock.setTimeout(20_000, () => done(-3));
+    sock.setTimeout(timeoutMs, () => done(-3));
     sock.write(Buffer.concat([Buffer.from(head, 'latin1'), payload]));
   });
 }

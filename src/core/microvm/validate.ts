@@ -55,6 +55,13 @@ export const LIMITS = {
   /** Total decoded metadata; the wire's own default message limit is 4 MiB. */
   metadataBytes: 1024 * 1024,
   cmdlineEntries: 64,
+  /**
+   * The spec's kernel.cmdline entries as written on the command line ("k=v" or "k", one space
+   * between). Linux keeps at most COMMAND_LINE_SIZE bytes of it (2048 on x86 and arm64,
+   * arch/x86/include/asm/setup.h, arch/arm64/include/uapi/asm/setup.h): a longer one cannot
+   * reach the guest whole.
+   */
+  cmdlineBytes: 2048,
   pathLength: 1024,
 } as const;
 
@@ -127,6 +134,10 @@ function checkCmdline(field: string, cmdline: Record<string, string>): Record<st
     const f = `${field}[${quote(k)}]`;
     if (!CMDLINE_KEY.test(k)) throw invalid(f, 'key must be a kernel parameter name without spaces, quotes or "="');
     if (CONTROL.test(v) || /[\s"]/.test(v)) throw invalid(f, 'value must not contain spaces, quotes or control characters');
+  }
+  const bytes = entries.reduce((n, [k, v], i) => n + (i > 0 ? 1 : 0) + Buffer.byteLength(k) + (v === '' ? 0 : 1 + Buffer.byteLength(v)), 0);
+  if (bytes > LIMITS.cmdlineBytes) {
+    throw invalid(field, `must be at most ${LIMITS.cmdlineBytes} bytes written as "k=v" entries separated by spaces, the kernel's COMMAND_LINE_SIZE (here ${bytes})`);
   }
   return { ...cmdline };
 }

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
@@ -122,8 +122,15 @@ class QemuInstance implements VmmInstance {
       stderr: this.files.stderr,
       fdPaths: taps,
       detached: true,
-      ready: () => this.running(),
-      timeoutMs: 5000,
+      // QEMU writes its pid file before it opens its chardevs and monitors: a VM reported
+      // CREATED then had no QMP socket yet, so a stop, pause or delete right after found none.
+      ready: async () => {
+        const pid = await this.running();
+        return pid !== undefined && (await lstat(this.qmp).then((st) => st.isSocket(), () => false)) ? pid : undefined;
+      },
+      // A bound on a QEMU that hangs in its start-up; on a loaded host the QMP socket has
+      // come more than 5 s after the spawn.
+      timeoutMs: 15_000,
       signal,
     });
   }
