@@ -152,7 +152,8 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
   if (opts.matchlock && (await matchlockRoute(opts.matchlock, method, target.segments, target.query, body, res))) return;
   // A path served with other methods is grpc-gateway's "Method Not Allowed", which it answers
   // as UNIMPLEMENTED (HTTP 501); the Allow header says which methods the path takes.
-  const allowed = [...(isApi && uidRoute !== undefined ? ['GET'] : isApi && (one !== undefined || root) ? (root ? ['GET', 'POST'] : ['DELETE', 'GET']) : []), ...(opts.matchlock ? matchlockMethods(target.segments) : [])];
+  const flintlockMethods = !isApi ? [] : uidRoute !== undefined ? ['GET'] : root ? ['GET', 'POST'] : one !== undefined ? ['DELETE', 'GET'] : [];
+  const allowed = [...flintlockMethods, ...(opts.matchlock ? matchlockMethods(target.segments) : [])];
   if (allowed.length) {
     const message = boundedMessage(`Method Not Allowed: ${method} ${quote(path, 200)} answers ${allowed.join(', ')}`);
     res.writeHead(501, { 'content-type': 'application/json', allow: allowed.join(', ') }).end(JSON.stringify({ code: 12, message, details: [] }));
