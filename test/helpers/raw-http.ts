@@ -6,7 +6,7 @@ import { connect } from 'node:net';
  * -1 the server closed without an answer, -2 a socket error (a reset, EPIPE), -3 no answer in
  * `timeoutMs` (20 s unless given). `body` is what followed the header, still in its transfer coding.
  */
-export function rawHttp(port: number, method: string, path: string, body?: string | Buffer, headers: Record<string, string> = {}, timeoutMs = 20_000): Promise<{ status: number; body: string }> {
+export function rawHttp(port: number, method: string, path: string, body?: string | Buffer, headers: Record<string, string> = {}, timeoutMs = 20_000): Promise<{ status: number; head: string; body: string }> {
   return new Promise((resolve) => {
     const payload = body === undefined ? Buffer.alloc(0) : typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
     const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
@@ -16,7 +16,8 @@ export function rawHttp(port: number, method: string, path: string, body?: strin
     const done = (fallback: number) => {
       sock.destroy();
       const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(got)?.[1] ?? fallback);
-      resolve({ status, body: got.slice(got.indexOf('\r\n\r\n') + 4) });
+      const end = got.indexOf('\r\n\r\n');
+      resolve({ status, head: end < 0 ? got : got.slice(0, end + 2), body: end < 0 ? '' : got.slice(end + 4) });
     };
     sock.on('data', (c: Buffer) => (got += c.toString('latin1')));
     sock.on('end', () => done(-1));

@@ -140,6 +140,9 @@ describe('basic-auth token', () => {
       const r = await rawHttp(d.httpPort ?? 0, 'POST', '/v1alpha1/microvm', Buffer.alloc(2 << 20, 'x'));
       assert.equal(r.status, 401);
     }
+    // Over the size limit too, a client without the token learns only that it lacks it.
+    const big = await rawHttp(d.httpPort ?? 0, 'POST', '/nope', Buffer.alloc(6 << 20, 'x'), { authorization: basicAuthHeader('wrong') });
+    assert.equal(big.status, 401, big.body);
     const good = await rawHttp(d.httpPort ?? 0, 'POST', '/v1alpha1/microvm', '{"id":', { authorization: basicAuthHeader('tok-123') });
     assert.equal(good.status, 400, 'with the token the body is read and parsed');
     assert.match(good.body, /body: must be a JSON MicroVMSpec/);

@@ -51,12 +51,13 @@ export function createOpsServer(opts: OpsServerOptions): Server {
 async function serve(opts: OpsServerOptions, req: IncomingMessage, res: ServerResponse): Promise<void> {
   // Read (and drop) any body before answering: a refusal sent while the client still writes
   // would be followed by a reset that can overtake it.
+  const authorized = !opts.token || tokenMatches(req.headers.authorization, opts.token);
   try {
     await requestBody(req, false);
   } catch (err) {
-    throw new OpsError(400, (err as Error).message);
+    if (authorized) throw new OpsError(400, (err as Error).message);
   }
-  if (opts.token && !tokenMatches(req.headers.authorization, opts.token)) throw new OpsError(401, UNAUTHENTICATED_MESSAGE);
+  if (!authorized) throw new OpsError(401, UNAUTHENTICATED_MESSAGE);
   let target;
   try {
     target = parseTarget(req.url ?? '/');

@@ -53,10 +53,16 @@ export function createHttpApi(opts: HttpServerOptions): Server {
       const observe = opts.observe;
       res.once('close', () => observe(route.rpc, res.statusCode, Number(process.hrtime.bigint() - started) / 1e9));
     }
-    // A client without the token gets its body read and dropped, never held.
+    // A client without the token gets its body read and dropped, never held, and is told
+    // only that it lacks the token, whatever its body was.
     const keep = !opts.token || tokenMatches(req.headers.authorization, opts.token);
     void requestBody(req, keep)
-      .then((body) => handle(opts, req, res, route, body))
+      .then(
+        (body) => handle(opts, req, res, route, body),
+        (err: unknown) => {
+          throw keep ? err : new MatchlockError(ErrorCode.Unauthenticated, UNAUTHENTICATED_MESSAGE);
+        },
+      )
       .catch((err: unknown) => sendError(opts.logger, res, err));
   };
   return serverWithTls(opts.tls, handler);
@@ -153,7 +159,8 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
   // A path served with other methods is grpc-gateway's "Method Not Allowed", which it answers
   // as UNIMPLEMENTED (HTTP 501); the Allow header says which methods the path takes.
   const flintlockMethods = !isApi ? [] : uidRoute !== undefined ? ['GET'] : root ? ['GET', 'POST'] : one !== undefined ? ['DELETE', 'GET'] : [];
-  const allowed = [...flintlockMethods, ...(opts.matchlock ? matchlockMethods(target.segments) : [])];
+  const served = [...flintlockMethods, ...(opts.matchlock ? matchlockMethods(target.segments) : [])];
+  const allowed = served.includes('GET') ? [...served, 'HEAD'] : served;
   if (allowed.length) {
     const message = boundedMessage(`Method Not Allowed: ${method} ${quote(path, 200)} answers ${allowed.join(', ')}`);
     res.writeHead(501, { 'content-type': 'application/json', allow: allowed.join(', ') }).end(JSON.stringify({ code: 12, message, details: [] }));
