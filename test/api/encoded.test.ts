@@ -5,19 +5,16 @@ import { create, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { specInput, toWire } from '../../src/adapters/api/convert.js';
-import { bindGrpc, createGrpcServer } from '../../src/adapters/api/grpc/server.js';
 import { serviceDefinition } from '../../src/adapters/api/grpc/service-def.js';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
-import { MicroVMService } from '../../src/core/microvm/service.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
+import { seededUid, storedMicroVM } from '../helpers/records.js';
 import { ReconcileQueue } from '../../src/core/reconcile/queue.js';
-import type { ProviderEntry } from '../../src/core/vmm.js';
 import {
   CreateMicroVMRequestSchema,
   GetMicroVMRequestSchema,
@@ -29,33 +26,23 @@ import {
 } from '../../src/gen/services/microvm/v1alpha1/microvms_pb.js';
 import { MicroVMSchema } from '../../src/gen/types/microvm_pb.js';
 import { silentLogger } from '../fakes/memory-store.js';
+import { grpcApiOver, serviceOver } from '../helpers/api-server.js';
 import { tempDir } from '../helpers/daemon.js';
 import { validSpec } from '../helpers/client.js';
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
-const providers: ReadonlyMap<string, ProviderEntry> = new Map([
-  ['qemu', { descriptor: { name: 'qemu', defaultBinary: 'qemu', capabilities: { macvtap: true, virtiofs: false, vsock: false, metadataInterface: false, pause: true }, metadata: { kind: 'nocloud-disk', file: 'cidata.img' }, sockets: [] }, availability: { usable: true } }],
-]);
 
 let seq = 0;
 function record(namespace: string, name: string, fill = 0): MicroVM {
-  const uid = `01J${String(seq++).padStart(23, '0')}`;
-  return {
-    uid,
-    version: 1,
-    spec: {
-      name, namespace, labels: { role: 'worker' }, vcpu: 2, memoryInMb: 2048,
-      kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: { console: 'ttyS0' }, addNetworkConfig: true },
-      rootVolume: { id: 'root', isReadOnly: false, source: { containerSource: 'r:1' }, sizeInMb: 2048 },
-      additionalVolumes: [], interfaces: [{ deviceId: 'eth1', type: 'TAP', guestMac: '02:00:00:00:00:01' }],
-      metadata: { 'meta-data': 'aW5zdGFuY2VfaWQ6IHgK', 'user-data': Buffer.from('x'.repeat(fill)).toString('base64') }, provider: 'qemu', allowGuestAgent: false,
-    },
-    status: { ...initialStatus(), state: 'FAILED', lastError: 'seeded' },
-    createdAt: '2026-01-01T00:00:00.000Z',
-    updatedAt: '2026-01-01T00:00:00.000Z',
-  };
+  return storedMicroVM(seededUid(seq++), {
+    name, namespace, labels: { role: 'worker' },
+    kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: { console: 'ttyS0' }, addNetworkConfig: true },
+    rootVolume: { id: 'root', isReadOnly: false, source: { containerSource: 'r:1' }, sizeInMb: 2048 },
+    interfaces: [{ deviceId: 'eth1', type: 'TAP', guestMac: '02:00:00:00:00:01' }],
+    metadata: { 'meta-data': 'aW5zdGFuY2VfaWQ6IHgK', 'user-data': Buffer.from('x'.repeat(fill)).toString('base64') },
+  });
 }
 
 /** Writes records the way a store of schema 2 (before the wire bytes) holds them. */
@@ -158,7 +145,7 @@ describe('the gRPC API answers from the stored bytes', () => {
   const tmp = tempDir('encoded-api');
   const RECORDS = 10_000;
   let store: SqliteStore;
-  let server: grpc.Server;
+  let server: Awaited<ReturnType<typeof grpcApiOver>>;
   let client: ReturnType<typeof bytesClient>;
   let vms: MicroVM[];
 
@@ -167,15 +154,12 @@ describe('the gRPC API answers from the stored bytes', () => {
     const path = join(tmp.path, 'big.db');
     seedSchema2(path, vms);
     store = new SqliteStore(path);
-    const service = new MicroVMService({ store, clock: { now: () => new Date() }, random: { bytes: (n) => randomBytes(n) }, notifier: { changed: () => undefined }, providers, defaultProvider: 'qemu' });
-    server = createGrpcServer({ service, logger: silentLogger });
-    const sock = join(tmp.path, 'api.sock');
-    await bindGrpc(server, `unix:${sock}`, grpc.ServerCredentials.createInsecure());
-    client = bytesClient(`unix:${sock}`);
+    server = await grpcApiOver(store, tmp.path);
+    client = bytesClient(server.target);
   });
   after(() => {
     client.close();
-    server.forceShutdown();
+    server.stop();
     store.close();
     tmp.remove();
   });
@@ -256,7 +240,7 @@ describe('create and reconcile work', () => {
         return undefined;
       },
     });
-    const service = new MicroVMService({ store, clock: { now: () => new Date() }, random: { bytes: (n) => randomBytes(n) }, notifier: { changed: (uid) => queue.enqueue(uid) }, providers, defaultProvider: 'qemu' });
+    const service = serviceOver(store, (uid) => queue.enqueue(uid));
     const a = service.create(toInput('a'));
     events.push(`created ${a.uid}`);
     const b = service.create(toInput('b'));

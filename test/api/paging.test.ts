@@ -8,45 +8,25 @@ import { randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { bindGrpc, createGrpcServer } from '../../src/adapters/api/grpc/server.js';
 import { serviceDefinition } from '../../src/adapters/api/grpc/service-def.js';
 import { createHttpApi } from '../../src/adapters/api/http/server.js';
 import { MAX_PAGE_BYTES, MAX_PAGE_SIZE } from '../../src/adapters/api/paging.js';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
-import { MicroVMService } from '../../src/core/microvm/service.js';
-import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
-import type { ProviderEntry } from '../../src/core/vmm.js';
+import { seededUid, storedMicroVM } from '../helpers/records.js';
 import {
   ListMicroVMsRequestSchema,
   MicroVM as MicroVMServiceDesc,
   type ListMicroVMsResponse,
 } from '../../src/gen/services/microvm/v1alpha1/microvms_pb.js';
 import { silentLogger } from '../fakes/memory-store.js';
+import { grpcApiOver, serviceOver } from '../helpers/api-server.js';
 import { tempDir } from '../helpers/daemon.js';
 
-const providers: ReadonlyMap<string, ProviderEntry> = new Map([
-  ['qemu', { descriptor: { name: 'qemu', defaultBinary: 'qemu', capabilities: { macvtap: true, virtiofs: false, vsock: false, metadataInterface: false, pause: true }, metadata: { kind: 'nocloud-disk', file: 'cidata.img' }, sockets: [] }, availability: { usable: true } }],
-]);
 
 /** uids sort as their numbers do: 26 characters, like a ULID. */
-const uidOf = (n: number) => `01J${String(n).padStart(23, '0')}`;
+const uidOf = seededUid;
 
-function record(n: number, namespace: string, fill = 64): MicroVM {
-  return {
-    uid: uidOf(n),
-    version: 1,
-    spec: {
-      name: `vm-${n}`, namespace, labels: {}, vcpu: 2, memoryInMb: 2048,
-      kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: true },
-      rootVolume: { id: 'root', isReadOnly: false, source: { containerSource: 'r:1' } },
-      additionalVolumes: [], interfaces: [{ deviceId: 'eth1', type: 'TAP' }],
-      metadata: { 'user-data': randomBytes(fill).toString('base64') }, provider: 'qemu', allowGuestAgent: false,
-    },
-    status: { ...initialStatus(), state: 'FAILED', lastError: 'seeded' },
-    createdAt: '2026-01-01T00:00:00.000Z',
-    updatedAt: '2026-01-01T00:00:00.000Z',
-  };
-}
+const record = (n: number, namespace: string, fill = 64) => storedMicroVM(uidOf(n), { name: `vm-${n}`, namespace, metadata: { 'user-data': randomBytes(fill).toString('base64') } });
 
 function grpcClient(target: string) {
   const Ctor = grpc.makeGenericClientConstructor(serviceDefinition(MicroVMServiceDesc), 'MicroVM');
@@ -66,22 +46,19 @@ describe('ListMicroVMs pages', () => {
   const tmp = tempDir('paging');
   const RECORDS = 2500;
   let store: SqliteStore;
-  let server: grpc.Server;
+  let server: Awaited<ReturnType<typeof grpcApiOver>>;
   let client: ReturnType<typeof grpcClient>;
 
   before(async () => {
     store = new SqliteStore(join(tmp.path, 'paging.db'));
     // Even numbers: room for inserts between any two records.
     for (let i = 0; i < RECORDS; i++) store.insert(record(2 * i + 2, `ns-${i % 5}`));
-    const service = new MicroVMService({ store, clock: { now: () => new Date() }, random: { bytes: (n) => randomBytes(n) }, notifier: { changed: () => undefined }, providers, defaultProvider: 'qemu' });
-    server = createGrpcServer({ service, logger: silentLogger });
-    const sock = join(tmp.path, 'api.sock');
-    await bindGrpc(server, `unix:${sock}`, grpc.ServerCredentials.createInsecure());
-    client = grpcClient(`unix:${sock}`);
+    server = await grpcApiOver(store, tmp.path);
+    client = grpcClient(server.target);
   });
   after(() => {
     client.close();
-    server.forceShutdown();
+    server.stop();
     store.close();
     tmp.remove();
   });
@@ -204,7 +181,7 @@ describe('ListMicroVMs pages', () => {
   });
 
   it('over HTTP/JSON too: page_size and page_token as query parameters, nextPageToken in the answer', async () => {
-    const service = new MicroVMService({ store, clock: { now: () => new Date() }, random: { bytes: (n) => randomBytes(n) }, notifier: { changed: () => undefined }, providers, defaultProvider: 'qemu' });
+    const service = serviceOver(store);
     const http = createHttpApi({ service, logger: silentLogger });
     await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
     const base = `http://127.0.0.1:${(http.address() as AddressInfo).port}/v1alpha1/microvm`;

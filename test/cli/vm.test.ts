@@ -7,7 +7,8 @@ import { run } from '../../src/cli/main.js';
 import { EXIT } from '../../src/cli/client.js';
 import { startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
-import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
+import type { MicroVM } from '../../src/core/microvm/types.js';
+import { seededUid, storedMicroVM } from '../helpers/records.js';
 
 async function cli(args: string[]): Promise<{ code: number; out: string; err: string; writes: number }> {
   let out = '';
@@ -154,18 +155,5 @@ describe('matchlock vm list of many VMs', () => {
 });
 
 function seeded(n: number): MicroVM {
-  return {
-    uid: `01J${String(n).padStart(23, '0')}`,
-    version: 1,
-    spec: {
-      name: `vm-${n}`, namespace: `team-${n % 2}`, labels: {}, vcpu: 2, memoryInMb: 2048,
-      kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: true },
-      rootVolume: { id: 'root', isReadOnly: false, source: { containerSource: 'r:1' } },
-      additionalVolumes: [], interfaces: [{ deviceId: 'eth1', type: 'TAP' }],
-      metadata: { 'user-data': Buffer.from('#cloud-config\n').toString('base64') }, provider: 'qemu', allowGuestAgent: false,
-    },
-    status: { ...initialStatus(), state: 'FAILED', lastError: 'seeded' },
-    createdAt: '2026-01-01T00:00:00.000Z',
-    updatedAt: '2026-01-01T00:00:00.000Z',
-  };
+  return storedMicroVM(seededUid(n), { name: `vm-${n}`, namespace: `team-${n % 2}`, metadata: { 'user-data': Buffer.from('#cloud-config\n').toString('base64') } });
 }

@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
-import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
+import { seededUid, storedMicroVM } from '../helpers/records.js';
 import { ROOT, startDaemon, tempDir, type DaemonHandle } from '../helpers/daemon.js';
 import { PYTHON, pythonMissing, pythonStubs } from './stubs.js';
 
@@ -15,22 +15,7 @@ const missing = pythonMissing();
 
 const RECORDS = 20;
 
-function seeded(n: number): MicroVM {
-  return {
-    uid: `01J${String(n).padStart(23, '0')}`,
-    version: 1,
-    spec: {
-      name: `vm-${n}`, namespace: `ns-${n % 3}`, labels: {}, vcpu: 2, memoryInMb: 2048,
-      kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: true },
-      rootVolume: { id: 'root', isReadOnly: false, source: { containerSource: 'r:1' } },
-      additionalVolumes: [], interfaces: [{ deviceId: 'eth1', type: 'TAP' }],
-      metadata: {}, provider: 'qemu', allowGuestAgent: false,
-    },
-    status: { ...initialStatus(), state: 'FAILED', lastError: 'seeded' },
-    createdAt: '2026-01-01T00:00:00.000Z',
-    updatedAt: '2026-01-01T00:00:00.000Z',
-  };
-}
+const seeded = (n: number) => storedMicroVM(seededUid(n), { name: `vm-${n}`, namespace: `ns-${n % 3}` });
 
 describe('ListMicroVMs pages from Python grpcio', { skip: missing.length && !process.env.CI ? `missing: ${missing.join(', ')}` : false }, () => {
   const tmp = tempDir('py-paging');
