@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
 import { dockerConfigPath } from '../../src/adapters/images/oci/auth.js';
 import { registryClient } from '../../src/adapters/images/oci/registry.js';
 import { LocalImageStore } from '../../src/adapters/images/oci/store.js';
@@ -176,6 +179,53 @@ describe('registry pulls', { skip }, () => {
       c.close();
       await d.stop();
       await proxy.stop();
+    }
+  });
+  it('a VM deleted while its image is still being pulled is gone without waiting for the pull', async () => {
+    // A registry that answers the manifest with a body it never finishes, a byte a second, so
+    // the pull neither ends nor times out while the test runs.
+    const sockets = new Set<Socket>();
+    const held: ServerResponse[] = [];
+    const slow = createServer((req, res) => {
+      if (!req.url?.includes('/manifests/')) {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+        return;
+      }
+      res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json', 'content-length': '1000000' });
+      res.write('{');
+      held.push(res);
+    });
+    slow.on('connection', (s) => {
+      sockets.add(s);
+      s.on('close', () => sockets.delete(s));
+    });
+    const drip = setInterval(() => held.forEach((r) => r.write(' ')), 1000);
+    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', r));
+    const ref = `127.0.0.1:${(slow.address() as AddressInfo).port}/matchlock/slow:1`;
+    const d = await startDaemon(join(tmp.path, 'daemon-slow'), ['--registry-auth-file', join(tmp.path, 'none.json')]);
+    const c = rawClient(d.grpcPort);
+    try {
+      const res = await c.call<CreateMicroVMResponse>('createMicroVM', create(CreateMicroVMRequestSchema, {
+        microvm: { id: 'slowpull', kernel: { image: ref, filename: 'boot/vmlinuz' }, rootVolume: { id: 'root', source: { containerSource: ref } }, interfaces: [{ deviceId: 'eth0', type: 1 }] },
+      }));
+      const uid = res.microvm?.spec?.uid ?? '';
+      await waitFor('the manifest request', () => held.length > 0, 30_000);
+      await c.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid }));
+      await waitFor('the VM to be gone', async () => {
+        try {
+          await c.call<GetMicroVMResponse>('getMicroVM', create(GetMicroVMRequestSchema, { uid }));
+          return undefined;
+        } catch (err) {
+          return (err as grpc.ServiceError).code === grpc.status.NOT_FOUND;
+        }
+      }, 30_000);
+      assert.ok(held.every((r) => !r.writableEnded && !r.destroyed), 'the pull was still running when the VM was gone');
+    } finally {
+      clearInterval(drip);
+      for (const s of sockets) s.destroy();
+      c.close();
+      await d.stop();
+      await new Promise((r) => slow.close(r));
     }
   });
 });

@@ -26,6 +26,33 @@ export function canceled(reason: unknown): MatchlockError {
   return new MatchlockError(ErrorCode.Canceled, `canceled: ${why}`);
 }
 
+/**
+ * `work`'s result, or canceled(signal.reason) as soon as `signal` aborts, whichever comes first.
+ * For a wait on work this pass does not own: an image pull serves every VM of that image and
+ * goes on for them (and into the store) when one VM's pass is called off, but the pass must
+ * not wait for it (Runtime.ensure: stop at any long wait).
+ */
+export function unlessCanceled<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    work.catch(() => undefined);
+    return Promise.reject(canceled(signal.reason));
+  }
+  return new Promise<T>((resolve, reject) => {
+    const abort = () => reject(canceled(signal.reason));
+    signal.addEventListener('abort', abort, { once: true });
+    work.then(
+      (v) => {
+        signal.removeEventListener('abort', abort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', abort);
+        reject(err);
+      },
+    );
+  });
+}
+
 /** What one step that ran took, and whether it failed (run or verify threw). */
 export interface StepOutcome {
   kind: string;

@@ -1,6 +1,6 @@
 import { failedPrecondition } from '../../errors.js';
 import type { CreateContext } from '../context.js';
-import type { Step } from '../step.js';
+import { unlessCanceled, type Step } from '../step.js';
 
 /**
  * Makes an image available in the local store and pins its manifest digest on the VM. Needed
@@ -19,9 +19,11 @@ export class PullImage implements Step {
     const pinned = this.ctx.status.imageDigests?.[this.ref];
     return pinned === undefined || !(await this.ctx.deps.images.ready(pinned));
   }
-  async run(): Promise<void> {
+  async run(signal: AbortSignal): Promise<void> {
     const digests = this.ctx.status.imageDigests ?? {};
-    digests[this.ref] = await this.ctx.deps.images.ensure(this.ref, this.ctx.log, digests[this.ref]);
+    // The pull is shared by every VM of this image and finishes for them; a VM being deleted
+    // stops waiting for it.
+    digests[this.ref] = await unlessCanceled(this.ctx.deps.images.ensure(this.ref, this.ctx.log, digests[this.ref]), signal);
     this.ctx.status.imageDigests = digests;
   }
   async verify(): Promise<void> {
