@@ -142,6 +142,7 @@ interface Row {
   answered: boolean;
   /** The last row of its change: settling it settles the change. */
   last: boolean;
+  /** When it was written (Date.now() ms), for ROW_TIMEOUT_MS. */
   at: number;
 }
 
@@ -180,6 +181,11 @@ interface Outcome {
  * process takes new lines for `lifeMs` only (retire()) and is then left to finish its lines
  * and exit; and a show that prints an object without `ifname` retires it too, its change
  * being handed back to show again in a fresh process.
+ *
+ * A line not answered within ROW_TIMEOUT_MS kills ip; it and every line after it fail. The
+ * process is spawned here with child_process, not through the spawner (which takes a program's
+ * input only up front): it starts about once per `lifeMs` during a burst, so the fork of the
+ * daemon it costs is rare. While no caller waits, it does not keep the event loop alive.
  */
 class IpStream {
   readonly child: ChildProcess;
