@@ -288,6 +288,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       supervisor.stop();
       store.close();
       lock.release();
+      network.close();
       stopSpawner();
     },
   };

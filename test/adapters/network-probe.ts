@@ -3,9 +3,34 @@
 // Mode "group" asks for link changes together and counts the `ip` processes they cost by the
 // lines an `ip` on PATH (the test's, which logs its arguments, then runs the real one) wrote to
 // $IP_LOG.
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
 import { spawnCount } from '../../src/adapters/exec.js';
 import { Iproute2Network, sysfsShowsOwnNamespace } from '../../src/adapters/network/iproute2/network.js';
+
+/** Pids of this process's children (the shared ip runs as one, under sh and stdbuf's execs). */
+function ipChildren(): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === process.pid) out.push(Number(e));
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return out;
+}
+
+/** Polls `cond` every 20 ms for up to 10 s; whether it came true. */
+async function until(cond: () => boolean): Promise<boolean> {
+  for (let i = 0; i < 500; i++) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return false;
+}
 
 const [mode = 'full', tap = 'mltprobe0', mvt = 'mlvprobe1'] = process.argv.slice(2);
 const own = sysfsShowsOwnNamespace();
@@ -22,9 +47,11 @@ if (mode === 'group') {
   };
   const settle = <T>(p: Promise<T>) => p.then((v) => ({ ok: v }), (e: unknown) => ({ error: (e as Error).message }));
   const alias = (i: number) => `matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth${i}`;
-  const sysfs = new Iproute2Network({ useSysfs: true });
+  // One `ip` takes lines for a minute here, so counts do not depend on how fast this runs.
+  const long = (useSysfs: boolean) => new Iproute2Network({ useSysfs, lifeMs: 60_000 });
+  const sysfs = long(true);
   const out: Record<string, unknown> = {};
-  for (const [kind, net] of [['sysfs', sysfs], ['ip', new Iproute2Network({ useSysfs: false })]] as const) {
+  for (const [kind, net] of [['sysfs', sysfs], ['ip', long(false)]] as const) {
     // Eight passes creating their TAPs in one turn, then one alone and seven more while its
     // `ip` runs.
     const [together, n1] = await processes(() => Promise.all([...Array(8).keys()].map((i) => net.createTap(`mlg${kind[0]}${i}`, { bridge: 'br0', alias: alias(i) }))));
@@ -36,8 +63,15 @@ if (mode === 'group') {
     const links = await Promise.all([...together, ...during].map((l) => sysfs.get(l.name)));
     out[kind] = { processes: [n1, n2], links: links.map((l) => l && { name: l.name, kind: l.kind, master: l.master, up: l.up, alias: l.alias }) };
   }
+  // Creates asked one after another, each once the one before was answered, while one ip runs.
+  {
+    const net = long(false);
+    const before = spawnCount();
+    for (let i = 0; i < 4; i++) await net.createTap(`mlgq${i}`, { bridge: 'br0', alias: alias(40 + i) });
+    out.sequential = { spawns: spawnCount() - before };
+  }
   // One turn of changes, some of which fail, without sysfs (a show after each create).
-  const net = new Iproute2Network({ useSysfs: false });
+  const net = long(false);
   await net.createTap('mlgbusy', { bridge: 'br0', alias: alias(20) });
   const asks: [string, () => Promise<unknown>][] = [
     ['good1', () => net.createTap('mlgood1', { bridge: 'br0', alias: alias(21) })],
@@ -63,32 +97,72 @@ if (mode === 'group') {
   // One VM's changes and reads in the order asked, in one turn: read, create, read, remove,
   // read, create again.
   const ord = 'mlgord';
+  const onet = long(false);
   const [o, n4] = await processes(() =>
-    Promise.all([net.get(ord), net.createTap(ord, { bridge: 'br0', alias: alias(30) }), net.get(ord), net.remove(ord), net.get(ord), net.createTap(ord, { bridge: 'br0', alias: alias(31) })]),
+    Promise.all([onet.get(ord), onet.createTap(ord, { bridge: 'br0', alias: alias(30) }), onet.get(ord), onet.remove(ord), onet.get(ord), onet.createTap(ord, { bridge: 'br0', alias: alias(31) })]),
   );
   const now = await sysfs.get(ord);
   out.order = { reads: [o[0] ?? null, o[2]?.ifindex ?? null, o[4] ?? null], first: o[1].ifindex, second: o[5].ifindex, now: now?.ifindex, alias: now?.alias, processes: n4 };
+  // Links deleted and re-created by another process (here `ip` run directly) while a shared ip
+  // knows their old ifindex. The test made bridge brst.
+  const sh = (...args: string[]) => execFileSync('ip', args);
+  const stale: Record<string, unknown> = {};
+  {
+    // Within one ip's life: a read of the TAP re-created meanwhile sees the new one.
+    const before = spawnCount();
+    await onet.createTap('mlst0', { bridge: 'brst', alias: alias(50) });
+    const first = await onet.get('mlst0');
+    sh('link', 'del', 'mlst0');
+    sh('tuntap', 'add', 'dev', 'mlst0', 'mode', 'tap');
+    stale.reread = { first: first?.ifindex, now: (await sysfs.get('mlst0'))?.ifindex, read: (await onet.get('mlst0'))?.ifindex, spawns: spawnCount() - before };
+  }
+  {
+    // After an ip's life (lifeMs 200): the bridge it attached to is deleted and re-created;
+    // the next creates and attaches find the new one. The ip that did the first create is
+    // this process's child and is gone once its life is over and its lines are answered.
+    const short = new Iproute2Network({ useSysfs: false, lifeMs: 200 });
+    const children = ipChildren();
+    const made = short.createTap('mlst1', { bridge: 'brst', alias: alias(51) });
+    const pid = ipChildren().find((p) => !children.includes(p));
+    await made;
+    const gone = await until(() => pid !== undefined && !ipChildren().includes(pid));
+    sh('link', 'del', 'brst');
+    sh('link', 'add', 'brst', 'type', 'bridge');
+    sh('link', 'set', 'brst', 'up');
+    const settle = <T>(p: Promise<T>) => p.then((v) => ({ ok: v }), (e: unknown) => ({ error: (e as Error).message }));
+    const created = await settle(short.createTap('mlst2', { bridge: 'brst', alias: alias(52) }));
+    const attached = await settle(short.attach('mlst1', 'brst'));
+    stale.afterLife = { pid: pid ?? null, gone, created: 'error' in created ? created.error : created.ok.master, attached: 'error' in attached ? attached.error : 'ok', masters: [(await sysfs.get('mlst1'))?.master, (await sysfs.get('mlst2'))?.master] };
+  }
+  out.stale = stale;
   process.stdout.write(JSON.stringify(out));
   process.exit(0);
 }
-const sys = new Iproute2Network({ useSysfs: true });
-const ip = new Iproute2Network({ useSysfs: false });
+// A fresh adapter for each counted step: its first change starts an ip, which later steps would
+// otherwise share for its life.
+const sys = () => new Iproute2Network({ useSysfs: true });
+const ip = () => new Iproute2Network({ useSysfs: false });
 const cost = async <T>(fn: () => Promise<T>): Promise<[T, number]> => {
   const before = spawnCount();
   const v = await fn();
   return [v, spawnCount() - before];
 };
-const [created, tapSpawns] = await cost(() => sys.createTap(tap, { bridge: 'br0', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth0' }));
-const [mcreated, macvtapSpawns] = await cost(() => sys.createMacvtap(mvt, { parent: 'vparent', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth1', mac: '02:00:00:00:00:31' }));
+const sysNet = sys();
+const [created, tapSpawns] = await cost(() => sys().createTap(tap, { bridge: 'br0', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth0' }));
+const [mcreated, macvtapSpawns] = await cost(() => sys().createMacvtap(mvt, { parent: 'vparent', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth1', mac: '02:00:00:00:00:31' }));
 const names = [tap, mvt, 'br0', 'vparent', 'lo', 'absent0'];
-const [bySysfs, getSpawns] = await cost(() => Promise.all(names.map((n) => sys.get(n))));
+const [bySysfs, getSpawns] = await cost(() => Promise.all(names.map((n) => sysNet.get(n))));
 // Reads asked for together share one `ip` process without sysfs.
-const [byIp, ipGetSpawns] = await cost(() => Promise.all(names.map((n) => ip.get(n))));
-const [ownedSys, listSpawns] = await cost(() => sys.listOwned());
-const ownedIp = await ip.listOwned();
+const [byIp, ipGetSpawns] = await cost(() => {
+  const net = ip();
+  return Promise.all(names.map((n) => net.get(n)));
+});
+const [ownedSys, listSpawns] = await cost(() => sysNet.listOwned());
+const ownedIp = await ip().listOwned();
 // Without sysfs the batch that makes a link also shows it: still one process, and what it
 // resolves is what a read afterwards sees.
-const [ipCreated, ipTapSpawns] = await cost(() => ip.createTap(`${tap}i`, { bridge: 'br0', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth2' }));
-const [ipMcreated, ipMacvtapSpawns] = await cost(() => ip.createMacvtap(`${mvt}i`, { parent: 'vparent', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth3', mac: '02:00:00:00:00:33' }));
-const ipRead = [await ip.get(`${tap}i`), await ip.get(`${mvt}i`)];
+const [ipCreated, ipTapSpawns] = await cost(() => ip().createTap(`${tap}i`, { bridge: 'br0', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth2' }));
+const [ipMcreated, ipMacvtapSpawns] = await cost(() => ip().createMacvtap(`${mvt}i`, { parent: 'vparent', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth3', mac: '02:00:00:00:00:33' }));
+const ipNet = ip();
+const ipRead = [await ipNet.get(`${tap}i`), await ipNet.get(`${mvt}i`)];
 process.stdout.write(JSON.stringify({ own, created, mcreated, bySysfs, byIp, ownedSys, ownedIp, ipCreated: [ipCreated, ipMcreated], ipRead, spawns: { tap: tapSpawns, macvtap: macvtapSpawns, get: getSpawns, list: listSpawns, ipTap: ipTapSpawns, ipMacvtap: ipMacvtapSpawns, ipGet: ipGetSpawns } }));

@@ -1,10 +1,10 @@
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { readFile, readdir, readlink } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { ALIAS_PREFIX } from '../../../core/microvm/host-names.js';
 import type { HostNetwork, LinkInfo } from '../../../core/ports.js';
 import { noteSpawn, run } from '../../exec.js';
-import { runProgram } from '../../spawner.js';
 
 interface IpLink {
   ifname: string;
@@ -108,137 +108,371 @@ interface Change {
   lines: string[][];
   show: string | undefined;
   read?: boolean;
+  /** A show asked again after it printed a link without a name (see IpStream). */
+  retried?: boolean;
   done(r: IpLink | undefined | Error): void;
 }
 
 /**
- * Follows every line of a group's batch. `lo` exists in every network namespace, and what the
- * batch printed before ip exited reaches stdout even when ip leaves at once (see applyChanges),
- * so the marks printed tell how far ip got.
+ * Follows every line written to the shared `ip`. `lo` exists in every network namespace, so
+ * its JSON line tells that ip finished the line before it, and its absence when ip exits tells
+ * where ip stopped (see IpStream).
  */
 const MARK = 'link show dev lo';
 
 /** The last lines of what ip wrote on stderr for a command, on one line, as run() reports it. */
 const tail = (text: string) => text.trim().split('\n').slice(-3).join(' ');
 
+/** ip's arguments: JSON out, -force to go on after a failed line, lines read from stdin. */
+const IP_ARGS = ['-json', '-details', '-force', '-batch', '-'];
+
+/** How long a written line may wait for its answer before ip is killed and the line fails. */
+const ROW_TIMEOUT_MS = 60_000;
+
+/** Output past this much in one line kills ip, as run() bounds what a program writes. */
+const MAX_LINE_BYTES = 64 * 1024 * 1024;
+
+/** One line written to ip for a change: `line` is its input line number (from 1, over ip's life), its mark's is line + 1. */
+interface Row {
+  change: Change;
+  text: string;
+  show: boolean;
+  line: number;
+  /** The row's own line was answered (failed, or printed its link); what comes next is its mark. */
+  answered: boolean;
+  /** The last row of its change: settling it settles the change. */
+  last: boolean;
+  /** When it was written (Date.now() ms), for ROW_TIMEOUT_MS. */
+  at: number;
+}
+
+/** What the rows of one change found so far: the first failure, the link shown, a show to retry. */
+interface Outcome {
+  error?: Error;
+  shown?: IpLink;
+  stale?: boolean;
+}
+
 /**
- * Runs the changes of several callers in one `ip -json -force -batch -` (plus `-details` when a
- * change shows a link) and settles each one as if it had run alone: a failed line rejects its
- * own change with an Error naming that line and ip's message ("ip <line>: <stderr>"), the
- * changes whose lines all worked resolve.
+ * One running `ip -json -details -force -batch -` fed line by line: each change's lines, each
+ * followed by MARK, are written to its stdin while it runs, and each change is settled as
+ * soon as the output for its last line arrives, as if it had run alone: a failed line rejects
+ * its own change with an Error naming that line and ip's message ("ip <line>: <ip's message>").
  *
- * With -force (iproute2 ip/ip.c, batch()) ip goes on after a command that returns an error and
- * writes "Command failed -:<line>" after that command's own stderr, so every failure is traced
- * to its line. An argument ip refuses while parsing (an invalid name, a `master` or `dev` that
- * does not exist: invarg(), which exits) ends the whole process without that line. Each line
- * is therefore followed by MARK: the first line without its mark is the one ip stopped at; its
- * change fails with what ip wrote last, and the changes after it, not begun, are returned to
- * run in the next batch. A change's lines after its own failed line still run (-force) and
- * its caller gets the first failure, as alone. Those lines name only that change's link, whose
- * name comes from its VM: they fail when the link is missing, and when its create failed
- * because the name was taken (a pass of the same VM made it meanwhile) they label and attach
- * that link as the VM's next pass would.
+ * ip runs under `stdbuf -oL` with stderr on the same pipe as stdout (`2>&1`): a pipe would
+ * otherwise hold ip's JSON in a block buffer until it exits, and one pipe keeps JSON lines,
+ * error text and "Command failed -:<input line>" (which -force writes after a failed command's
+ * message, iproute2 ip/ip.c batch()) in the order ip wrote them. A line's output is therefore
+ * its error text and "Command failed" or, for a show, its JSON; then the mark's JSON.
  *
- * Never rejects: every change is settled or returned.
+ * An argument ip refuses while parsing (a name too long, a `master` or `dev` that does not
+ * exist: invarg(), which exits) ends the process without "Command failed": the row whose mark
+ * never came fails with what ip wrote last, and the changes written after it, not begun, are
+ * handed back (`onExit`) to run in a fresh process. A change's lines after its own failed line
+ * still run (-force) and its caller gets the first failure, as alone. Those lines name only
+ * that change's link, whose name comes from its VM: they fail when the link is missing, and
+ * when its create failed because the name was taken (a pass of the same VM made it meanwhile)
+ * they label and attach that link as the VM's next pass would.
+ *
+ * ip keeps the ifindex of every name it looked up for its whole life (lib/ll_map.c) and only
+ * drops it for a link it deletes itself. A link another process deletes and re-creates (the
+ * hub re-creating its bridge, an operator, the daemon's own `ip` for a name -batch cannot
+ * carry) then stays stale here: `master <bridge>` fails and `link show` prints `[{}]`. So the
+ * process takes new lines for `lifeMs` only (retire()) and is then left to finish its lines
+ * and exit; and a show that prints an object without `ifname` retires it too, its change
+ * being handed back to show again in a fresh process.
+ *
+ * A line not answered within ROW_TIMEOUT_MS kills ip; it and every line after it fail. The
+ * process is spawned here with child_process, not through the spawner (which takes a program's
+ * input only up front): it starts about once per `lifeMs` during a burst, so the fork of the
+ * daemon it costs is rare. While no caller waits, it does not keep the event loop alive.
  */
-async function applyChanges(changes: readonly Change[]): Promise<Change[]> {
-  const rows: { change: number; text: string; show: boolean }[] = [];
-  for (const [i, c] of changes.entries()) {
-    for (const l of c.lines) rows.push({ change: i, text: l.join(' '), show: false });
-    if (c.show !== undefined) rows.push({ change: i, text: `link show dev ${c.show}`, show: true });
+class IpStream {
+  readonly child: ChildProcess;
+  /** Takes new lines: not retired, not ended. */
+  accepting = true;
+  private rows: Row[] = [];
+  private outcomes = new Map<Change, Outcome>();
+  private lines = 0;
+  /** ip's lines since the last answered input line: the error text of the next failure. */
+  private text: string[] = [];
+  private partial = '';
+  private killed: 'timeout' | 'maxbuffer' | undefined;
+  private rowTimer: NodeJS.Timeout | undefined;
+  private readonly lifeTimer: NodeJS.Timeout;
+
+  /**
+   * `onRetry` gets each change whose show must run again in a fresh process; `onExit`, once,
+   * the changes written but not begun when ip ended, in order.
+   */
+  constructor(
+    lifeMs: number,
+    private readonly onRetry: (c: Change) => void,
+    private readonly onExit: (untried: Change[]) => void,
+  ) {
+    noteSpawn();
+    this.child = spawn('sh', ['-c', `exec stdbuf -oL ip ${IP_ARGS.join(' ')} 2>&1`], { stdio: ['pipe', 'pipe', 'ignore'] });
+    // ip exits at an argument it refuses while lines are still being written.
+    this.child.stdin?.on('error', () => undefined);
+    this.child.stdout?.setEncoding('utf8');
+    this.child.stdout?.on('data', (chunk: string) => this.output(chunk));
+    this.child.on('error', (err) => this.text.push(err.message));
+    this.child.on('exit', () => {
+      this.accepting = false;
+    });
+    this.child.on('close', (code, signal) => this.ended(code, signal));
+    this.lifeTimer = setTimeout(() => this.retire(), lifeMs).unref();
+    this.hold(false);
   }
-  // A read's error names the command as `ip -json -details link show dev <name>` alone would.
-  const label = (row: { change: number; text: string }) => (changes[row.change]?.read ? `-json -details ${row.text}` : row.text);
-  const args = ['-json', ...(changes.some((c) => c.show !== undefined) ? ['-details'] : []), '-force', '-batch', '-'];
-  noteSpawn();
-  let r;
-  try {
-    r = await runProgram('ip', args, { input: rows.map((row) => `${row.text}\n${MARK}\n`).join(''), timeoutMs: 60_000, maxBytes: 64 * 1024 * 1024 });
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const e = new MatchlockError(code === 'ENOENT' ? ErrorCode.FailedPrecondition : ErrorCode.Internal, `ip ${args.join(' ')}: ${code === 'ENOENT' ? 'ip is not installed' : (err as Error).message}`, { cause: err });
-    for (const c of changes) c.done(e);
-    return [];
+
+  /** Writes a change's lines (and its show) and MARKs; the change settles as ip answers. */
+  write(c: Change): void {
+    const texts = [...c.lines.map((l) => l.join(' ')), ...(c.show !== undefined ? [`link show dev ${c.show}`] : [])];
+    if (texts.length === 0) {
+      c.done(undefined);
+      return;
+    }
+    if (this.rows.length === 0) this.hold(true);
+    const at = Date.now();
+    for (const [i, text] of texts.entries()) {
+      this.rows.push({ change: c, text, show: c.show !== undefined && i === texts.length - 1, line: this.lines + 1, answered: false, last: i === texts.length - 1, at });
+      this.lines += 2;
+    }
+    this.outcomes.set(c, {});
+    this.child.stdin?.write(texts.map((t) => `${t}\n${MARK}\n`).join(''));
+    this.armTimeout();
   }
-  // Row k is input line 2k+1, its mark 2k+2. Each failure's text is what ip wrote on stderr
-  // since the previous "Command failed"; what follows the last one is why ip stopped, if it did.
-  const failed = new Map<number, string>();
-  let text: string[] = [];
-  for (const line of r.stderr.toString('utf8').split('\n')) {
-    const m = /^Command failed -:(\d+)$/.exec(line);
-    if (m) {
-      failed.set(Number(m[1]), text.join('\n'));
-      text = [];
-    } else if (line !== '') text.push(line);
+
+  /** Takes no more lines: ip runs what it was given, then reads the end of its input and exits. */
+  retire(): void {
+    if (!this.accepting) return;
+    this.accepting = false;
+    clearTimeout(this.lifeTimer);
+    // Held until it exits, which is soon: what it exits with may hand back changes to run.
+    this.hold(true);
+    this.child.stdin?.end();
   }
-  const last = text.join('\n');
-  const printed: IpLink[] = [];
-  for (const line of r.stdout.toString('utf8').split('\n')) {
-    if (!line.startsWith('[')) continue;
-    try {
-      printed.push(...(JSON.parse(line) as IpLink[]));
-    } catch {
-      // Cut short (ip was killed while writing): the rows it belongs to count as not done.
-      break;
+
+  /** Ends ip now (daemon shutdown): the changes still waiting fail. */
+  kill(): void {
+    this.retire();
+    this.child.kill('SIGKILL');
+  }
+
+  /**
+   * A running ip keeps the event loop alive only while a caller waits for its answer or it is
+   * exiting; an idle one does not hold a process (a CLI) that is otherwise done.
+   */
+  private hold(on: boolean): void {
+    for (const h of [this.child, this.child.stdin, this.child.stdout] as ({ ref(): void; unref(): void } | null)[]) {
+      if (on) h?.ref();
+      else h?.unref();
     }
   }
-  const errors = new Map<number, Error>();
-  const shown = new Map<number, IpLink>();
-  const failRow = (k: number, why: string) => {
-    const row = rows[k];
-    if (row && !errors.has(row.change)) errors.set(row.change, new MatchlockError(ErrorCode.Internal, `ip ${label(row)}: ${why}`));
-  };
-  let at = 0;
-  let stopped = rows.length;
-  for (const [k, row] of rows.entries()) {
-    const own = failed.get(2 * k + 1);
-    // ip says "Device "<name>" does not exist" for a show of a missing link.
-    const absent = own !== undefined && row.show && changes[row.change]?.read === true && /does not exist|Cannot find device/.test(own);
-    if (own !== undefined && !absent) failRow(k, tail(own) || 'command failed');
-    else if (row.show && printed[at]?.ifname === changes[row.change]?.show) shown.set(row.change, printed[at++] as IpLink);
-    if (failed.has(2 * k + 2)) continue;
-    if (printed[at]?.ifname === 'lo') {
-      at++;
-      continue;
+
+  private armTimeout(): void {
+    clearTimeout(this.rowTimer);
+    const head = this.rows[0];
+    if (!head) return;
+    this.rowTimer = setTimeout(() => {
+      this.killed = 'timeout';
+      this.kill();
+    }, Math.max(0, head.at + ROW_TIMEOUT_MS - Date.now()));
+  }
+
+  private output(chunk: string): void {
+    const parts = (this.partial + chunk).split('\n');
+    this.partial = parts.pop() ?? '';
+    if (this.partial.length > MAX_LINE_BYTES) {
+      this.killed = 'maxbuffer';
+      this.kill();
     }
-    stopped = k;
-    break;
+    for (const line of parts) this.line(line);
   }
-  let untried: Change[] = [];
-  if (stopped < rows.length) {
-    const first = rows[stopped]?.change ?? 0;
-    if (r.killed || r.signal) {
-      // Killed: how far ip got is unknown past the last mark, so no change after it is tried
-      // again blindly; each fails as it would have alone.
-      const why = r.killed ? `ip was killed (${r.killed === 'timeout' ? 'timed out after 60000 ms' : 'wrote more than 64 MiB'})` : `ip was killed by ${r.signal}`;
-      for (let k = stopped; k < rows.length; k++) failRow(k, why);
-    } else {
-      failRow(stopped, tail(last) || `ip exited with ${r.code}`);
-      untried = changes.slice(first + 1);
+
+  private label(row: Row): string {
+    // A read's error names the command as `ip -json -details link show dev <name>` alone would.
+    return row.change.read ? `-json -details ${row.text}` : row.text;
+  }
+
+  private fail(row: Row, why: string): void {
+    const o = this.outcomes.get(row.change);
+    if (o && !o.error) o.error = new MatchlockError(ErrorCode.Internal, `ip ${this.label(row)}: ${why}`);
+  }
+
+  private line(line: string): void {
+    const head = this.rows[0];
+    const failed = /^Command failed -:(\d+)$/.exec(line);
+    if (failed) {
+      const n = Number(failed[1]);
+      const why = this.text.join('\n');
+      this.text = [];
+      if (!head) return;
+      if (n === head.line && !head.answered) {
+        head.answered = true;
+        // ip says "Device "<name>" does not exist" for a show of a missing link: a read's undefined.
+        if (!(head.show && head.change.read && /does not exist|Cannot find device/.test(why))) this.fail(head, tail(why) || 'command failed');
+      } else if (n === head.line + 1) this.next();
+      return;
     }
+    let printed: IpLink[] | undefined;
+    if (line.startsWith('[')) {
+      try {
+        printed = JSON.parse(line) as IpLink[];
+      } catch {
+        printed = undefined;
+      }
+    }
+    if (!printed || !head) {
+      if (line !== '') this.text.push(line);
+      return;
+    }
+    if (head.show && !head.answered) {
+      const l = printed[0];
+      if (l && l.ifname === head.change.show) {
+        head.answered = true;
+        const o = this.outcomes.get(head.change);
+        if (o) o.shown = l;
+        return;
+      }
+      if (l && l.ifname === undefined) {
+        // A stale ifindex (see the class comment): not the link, show it again elsewhere.
+        head.answered = true;
+        const o = this.outcomes.get(head.change);
+        if (o) o.stale = true;
+        this.retire();
+        return;
+      }
+    }
+    if (printed[0]?.ifname === 'lo') this.next();
+    else if (line !== '') this.text.push(line);
   }
-  for (const [i, c] of changes.entries()) {
-    if (untried.includes(c)) continue;
-    c.done(errors.get(i) ?? shown.get(i));
+
+  /** The head row's mark came: the row is done, and with its change's last row the change. */
+  private next(): void {
+    const row = this.rows.shift();
+    this.text = [];
+    if (!row) return;
+    if (row.last) this.settle(row.change);
+    if (this.rows.length === 0 && this.accepting) this.hold(false);
+    this.armTimeout();
   }
-  return untried;
+
+  private settle(c: Change): void {
+    const o = this.outcomes.get(c) ?? {};
+    this.outcomes.delete(c);
+    if (o.error) c.done(o.error);
+    else if (o.stale && !c.retried) this.onRetry({ lines: [], show: c.show, read: c.read === true, retried: true, done: c.done });
+    else if (o.stale) c.done(new MatchlockError(ErrorCode.Internal, `ip ${c.read ? '-json -details ' : ''}link show dev ${c.show}: printed a link without a name twice`));
+    else c.done(o.shown);
+  }
+
+  private ended(code: number | null, signal: NodeJS.Signals | null): void {
+    this.accepting = false;
+    clearTimeout(this.lifeTimer);
+    clearTimeout(this.rowTimer);
+    if (this.partial !== '') this.line(this.partial);
+    const head = this.rows[0];
+    let untried: Change[] = [];
+    if (head) {
+      const last = tail(this.text.join('\n'));
+      if (code === 127 && this.lines === head.line + 1 && /stdbuf|ip/.test(last) && /not found|No such file/.test(last)) {
+        // stdbuf could not start ip (or sh stdbuf): nothing ran.
+        const e = new MatchlockError(ErrorCode.FailedPrecondition, `ip ${IP_ARGS.join(' ')}: ip is not installed (${last})`);
+        for (const c of new Set(this.rows.map((r) => r.change))) c.done(e);
+      } else if (this.killed || signal) {
+        // Killed: how far ip got is unknown past the last mark, so no change after it is tried
+        // again blindly; each fails as it would have alone.
+        const why = this.killed ? `ip was killed (${this.killed === 'timeout' ? `timed out after ${ROW_TIMEOUT_MS} ms` : 'wrote more than 64 MiB'})` : `ip was killed by ${signal}`;
+        for (const row of this.rows) this.fail(row, why);
+        for (const row of this.rows) if (row.last) this.settle(row.change);
+      } else {
+        this.fail(head, last || `ip exited with ${code}`);
+        this.settle(head.change);
+        untried = [...new Set(this.rows.filter((r) => r.change !== head.change).map((r) => r.change))];
+      }
+    }
+    this.rows = [];
+    this.outcomes.clear();
+    this.onExit(untried);
+  }
 }
 
 /**
  * Host links, in the network namespace the daemon runs in. Reads come from sysfs (no process
- * per read) when sysfs shows the daemon's namespace, from `ip -json` otherwise. The changes of
- * one create go to iproute2 together, and the changes and reads of creates that overlap share
- * one `ip -force -batch -` (see batch()), so a link costs at most one process.
+ * per read) when sysfs shows the daemon's namespace, from `ip -json` otherwise. Link changes,
+ * and reads without sysfs, are lines written to one running `ip -force -batch -` shared by
+ * every create (see batch() and IpStream), so a burst of creates starts about one `ip` a
+ * `lifeMs` instead of one or more a VM.
  */
 export class Iproute2Network implements HostNetwork {
   private sysfs: boolean | undefined;
-  /** Changes and reads waiting for the next shared `ip` process, in the order asked (see batch()). */
-  private changes: Change[] = [];
-  private committing = false;
+  private readonly lifeMs: number;
+  /** The running ip: taking lines, or retired and finishing the lines it has. */
+  private ip: IpStream | undefined;
+  /** Changes and reads waiting for the next ip (the running one is retired), in the order asked. */
+  private queue: Change[] = [];
+  /** Shows that printed a stale link (see IpStream), to run first in the next ip. */
+  private retries: Change[] = [];
+  private closed = false;
 
-  /** `useSysfs`: tests force a path; by default it is chosen by sysfsShowsOwnNamespace(). */
-  constructor(opts: { useSysfs?: boolean } = {}) {
+  /**
+   * `useSysfs`: tests force a path; by default it is chosen by sysfsShowsOwnNamespace().
+   * `lifeMs`: how long one ip takes new lines after it starts (ms, default 1000); see IpStream
+   * for why it is bounded.
+   */
+  constructor(opts: { useSysfs?: boolean; lifeMs?: number } = {}) {
     this.sysfs = opts.useSysfs;
+    this.lifeMs = opts.lifeMs ?? 1000;
+  }
+
+  /**
+   * Ends the running ip at once (daemon shutdown); changes still waiting for it, and any asked
+   * afterwards, fail.
+   */
+  close(): void {
+    this.closed = true;
+    this.ip?.kill();
+    this.failQueued();
+  }
+
+  private failQueued(): void {
+    const waiting = [...this.retries, ...this.queue];
+    this.retries = [];
+    this.queue = [];
+    const e = new MatchlockError(ErrorCode.Unavailable, 'ip: link changes stopped, the daemon is shutting down');
+    for (const c of waiting) c.done(e);
+  }
+
+  /** Hands a change to the running ip, or queues it for the next one (see batch()). */
+  private submit(c: Change): void {
+    if (this.ip?.accepting) this.ip.write(c);
+    else {
+      this.queue.push(c);
+      if (!this.ip) this.startIp();
+    }
+  }
+
+  private startIp(): void {
+    if (this.closed) {
+      this.failQueued();
+      return;
+    }
+    const changes = [...this.retries, ...this.queue];
+    this.retries = [];
+    this.queue = [];
+    if (changes.length === 0) return;
+    const ip = new IpStream(
+      this.lifeMs,
+      (c) => this.retries.push(c),
+      (untried) => {
+        if (this.ip === ip) this.ip = undefined;
+        this.queue = [...untried, ...this.queue];
+        this.startIp();
+      },
+    );
+    this.ip = ip;
+    for (const c of changes) ip.write(c);
   }
 
   private get viaSysfs(): boolean {
@@ -268,16 +502,14 @@ export class Iproute2Network implements HostNetwork {
   }
 
   /**
-   * One link by name, read without sysfs: a `link show dev` line in the next shared `ip`
-   * process (see batch()), which starts after the read was asked for, so the answer is never
-   * older than the question. During a burst of creates, each VM's reads of its TAP and of the
-   * bridge cost a share of a process instead of a process each. Rejects with the error `ip`
-   * gave for this name.
+   * One link by name, read without sysfs: a `link show dev` line written to the shared `ip`
+   * after the read was asked for (see batch()), so the answer is never older than the question.
+   * During a burst of creates, each VM's reads of its TAP and of the bridge cost no process of
+   * their own. Rejects with the error `ip` gave for this name.
    */
   private read(name: string): Promise<IpLink | undefined> {
     return new Promise((resolve, reject) => {
-      this.changes.push({ lines: [], show: name, read: true, done: (r) => (r instanceof Error ? reject(r) : resolve(r)) });
-      if (!this.committing) void this.commitChanges();
+      this.submit({ lines: [], show: name, read: true, done: (r) => (r instanceof Error ? reject(r) : resolve(r)) });
     });
   }
 
@@ -286,12 +518,13 @@ export class Iproute2Network implements HostNetwork {
    * the same process then shows `show` (ip -json -details), which saves the read that would
    * follow: the link as it is after the change, or undefined when it was not shown.
    *
-   * Group commit: a change asked for while an `ip` process applies others waits for it to end
-   * and then goes with every change and read (read()) queued meanwhile into one
-   * `ip -force -batch -` (applyChanges), so a burst of creates costs a few processes instead of
-   * several a VM. A change with nothing running starts at once. Changes and reads keep the
-   * order they were asked in. Rejects with the error of this change's first failed line
-   * ("ip <line>: <ip's message>").
+   * The lines go at once to the stdin of the running `ip -force -batch -` (IpStream) while it
+   * takes lines, and start one when none runs; once it no longer takes lines (its `lifeMs` is
+   * over, or it exited at a line it refused), changes and reads (read()) wait for it to finish
+   * and then all go to a fresh one. A burst of creates thus costs about one process a
+   * `lifeMs`. Changes and reads keep the order they were asked in (a show retried after a
+   * stale link, see IpStream, runs after the lines written behind it). Rejects with the error
+   * of this change's first failed line ("ip <line>: <ip's message>").
    */
   private batch(lines: string[][], show?: string): Promise<LinkInfo | undefined> {
     return new Promise<IpLink | undefined>((resolve, reject) => {
@@ -300,32 +533,8 @@ export class Iproute2Network implements HostNetwork {
         // hold them, and one that did would silently become another command.
         if (l.some((a) => !batchable(a))) throw new MatchlockError(ErrorCode.InvalidArgument, `ip arguments must not hold blanks, quotes or backslashes: ${l.join(' ')}`);
       }
-      this.changes.push({ lines, show: this.viaSysfs ? undefined : show, done: (r) => (r instanceof Error ? reject(r) : resolve(r)) });
-      if (!this.committing) void this.commitChanges();
+      this.submit({ lines, show: this.viaSysfs ? undefined : show, done: (r) => (r instanceof Error ? reject(r) : resolve(r)) });
     }).then((l) => (l ? toInfo(l) : undefined));
-  }
-
-  private async commitChanges(): Promise<void> {
-    this.committing = true;
-    // Changes asked for in the same turn (several passes resumed together, a plan's reads in a
-    // Promise.all) go in this one too.
-    await Promise.resolve();
-    try {
-      while (this.changes.length > 0) {
-        const group = this.changes;
-        this.changes = [];
-        let untried: Change[];
-        try {
-          untried = await applyChanges(group);
-        } catch (err) {
-          for (const c of group) c.done(err as Error);
-          untried = [];
-        }
-        this.changes = [...untried, ...this.changes];
-      }
-    } finally {
-      this.committing = false;
-    }
   }
 
   async createTap(name: string, opts: { bridge: string; alias: string }): Promise<LinkInfo> {
