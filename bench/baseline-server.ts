@@ -7,7 +7,7 @@
 //
 // With a VMM (part 2's burst baseline), each create is then also brought up on the host with
 // the least work a running VM needs, by the tools matchlock uses (see provision()):
-//   node [--import tsx] bench/baseline-server.ts <db> <unix socket> <state dir> <vmm> <bridge> <image dir>
+//   node [--import tsx] bench/baseline-server.ts <db> <unix socket> <state dir> <vmm> <bridge> <image dir> [sh|node]
 import { create, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
@@ -62,6 +62,19 @@ export interface BaselineHost {
   bridge: string;
   /** Every image reference resolves to this directory: kernel.filename and initrd.filename are read under it. */
   imageDir: string;
+  /**
+   * How VMMs start: `sh`, one long-lived /bin/sh that starts each as a background job (a fork of a
+   * small process, off this one's thread); `node`, child_process.spawn from this process, detached
+   * (a fork of a Node process of 100 MB or more on the main thread: 10-20 ms each on a 2-core VM).
+   */
+  launch: 'sh' | 'node';
+}
+
+/** A /bin/sh that starts each command it is given as a background job, its output discarded. */
+function shellLauncher(): (bin: string, args: string[]) => void {
+  const sh = spawn('/bin/sh', [], { stdio: ['pipe', 'ignore', 'inherit'] });
+  const quote = (a: string) => `'${a.replaceAll("'", `'\\''`)}'`;
+  return (bin, args) => void sh.stdin.write(`${[bin, ...args].map(quote).join(' ')} </dev/null >/dev/null 2>&1 &\n`);
 }
 
 /**
@@ -117,12 +130,14 @@ export function runBaseline(dbPath: string, socket: string, host?: BaselineHost)
   const inNamespace = db.prepare<[string], Buffer>('SELECT wire FROM vms WHERE namespace = ? ORDER BY uid').pluck();
   const page = db.prepare<[string, number], { uid: string; wire: Buffer }>('SELECT uid, wire FROM vms WHERE uid > ? ORDER BY uid LIMIT ?');
   const links = linkBatcher();
+  const sh = host?.launch === 'sh' ? shellLauncher() : undefined;
   let taps = 0;
   /**
    * One VM brought up: its kernel (and initrd) found under the image directory, a TAP per
    * interface made, put on the bridge and up (`ip -batch`, grouped by linkBatcher), the VMM
-   * started detached with the command line matchlock's QEMU provider builds (qemuArgs: pid file,
-   * QMP and console sockets, kernel, NICs), and the QMP socket and pid file waited for. Not done:
+   * started (by the launcher chosen: see BaselineHost.launch) with the command line matchlock's
+   * QEMU provider builds (qemuArgs: pid file, QMP and console sockets, kernel, NICs), and its QMP
+   * socket and pid file waited for. Not done:
    * boot files copied or linked into the VM directory, a NoCloud seed disk (no user-data
    * reaches the guest), link aliases, the VMM's stdout and stderr kept, supervision.
    */
@@ -145,10 +160,13 @@ export function runBaseline(dbPath: string, socket: string, host?: BaselineHost)
           { uid, namespace: spec.namespace, name: spec.id, dir, runDir, vcpu: spec.vcpu, memoryInMb: spec.memoryInMb, kernelPath, initrdPath, cmdline: 'console=ttyS0 reboot=t panic=-1', disks: [], nics, shares: [], metadata: {} },
           { accel: 'tcg' },
         );
-        const vmm = spawn(host.vmm, args, { detached: true, stdio: 'ignore' });
         let failed: Error | undefined;
-        vmm.once('error', (e) => (failed = e));
-        vmm.once('exit', (code, sig) => (failed ??= new Error(`VMM exited with ${code ?? sig}`)));
+        if (sh) sh(host.vmm, args);
+        else {
+          const vmm = spawn(host.vmm, args, { detached: true, stdio: 'ignore' });
+          vmm.once('error', (e) => (failed = e));
+          vmm.once('exit', (code, sig) => (failed ??= new Error(`VMM exited with ${code ?? sig}`)));
+        }
         const qmp = join(runDir, QMP_SOCKET);
         const pid = join(dir, FILES.pid);
         const up = await until(async () => {
@@ -213,6 +231,7 @@ export function runBaseline(dbPath: string, socket: string, host?: BaselineHost)
 
 // Run as a program (not imported by the bench for openBaselineDb).
 if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  const [dbPath = '', socket = '', stateDir, vmm = '', bridge = '', imageDir = ''] = process.argv.slice(2);
-  runBaseline(dbPath, socket, stateDir ? { stateDir, vmm, bridge, imageDir } : undefined);
+  const [dbPath = '', socket = '', stateDir, vmm = '', bridge = '', imageDir = '', launch = 'sh'] = process.argv.slice(2);
+  if (launch !== 'sh' && launch !== 'node') throw new Error(`launch must be sh or node, not ${launch}`);
+  runBaseline(dbPath, socket, stateDir ? { stateDir, vmm, bridge, imageDir, launch } : undefined);
 }
