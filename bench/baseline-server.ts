@@ -13,7 +13,7 @@ import * as grpc from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { realpathSync } from 'node:fs';
+import { realpathSync, watch } from 'node:fs';
 import { access, lstat, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -63,9 +63,10 @@ export interface BaselineHost {
   /** Every image reference resolves to this directory: kernel.filename and initrd.filename are read under it. */
   imageDir: string;
   /**
-   * How VMMs start: `sh`, one long-lived /bin/sh that starts each as a background job (a fork of a
-   * small process, off this one's thread); `node`, child_process.spawn from this process, detached
-   * (a fork of a Node process of 100 MB or more on the main thread: 10-20 ms each on a 2-core VM).
+   * How its programs start: `sh`, by two long-lived /bin/sh, one running the `ip` processes one
+   * after the other, one starting each VMM as a background job (a fork of a small process, off
+   * this one's thread); `node`, by child_process.spawn from this process, VMMs detached (a fork of
+   * a Node process of 100 MB or more on its main thread: 10-40 ms each on a loaded 2-core VM).
    */
   launch: 'sh' | 'node';
 }
@@ -77,19 +78,45 @@ function shellLauncher(): (bin: string, args: string[]) => void {
   return (bin, args) => void sh.stdin.write(`${[bin, ...args].map(quote).join(' ')} </dev/null >/dev/null 2>&1 &\n`);
 }
 
+/** A /bin/sh that runs the scripts it is given one after the other and answers each with its exit status. */
+function shellRunner(): (script: string) => Promise<number> {
+  const sh = spawn('/bin/sh', [], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let waiting: ((status: number) => void)[] = [];
+  let out = '';
+  sh.stdout.on('data', (b: Buffer) => {
+    out += b.toString();
+    for (let nl; (nl = out.indexOf('\n')) >= 0; out = out.slice(nl + 1)) waiting.shift()?.(Number(out.slice(0, nl)));
+  });
+  sh.once('exit', () => {
+    for (const w of waiting) w(-1);
+    waiting = [];
+  });
+  return (script) =>
+    new Promise((resolve) => {
+      waiting.push(resolve);
+      sh.stdin.write(`${script}\necho $?\n`);
+    });
+}
+
 /**
  * Runs `ip -batch -` for link changes, grouping the changes asked for while one `ip` runs into
  * the next process (one process for the creates that arrive together, none waiting on a timer).
  * Without -force, ip stops at the first failing line, so a failure fails every change of its group.
+ * With a shell (shellRunner) each `ip` is that shell's child, its stderr this process's;
+ * otherwise child_process.spawn starts it.
  */
-function linkBatcher(): { change: (lines: string[][]) => Promise<void>; processes: () => number } {
+function linkBatcher(shell?: (script: string) => Promise<number>): { change: (lines: string[][]) => Promise<void>; processes: () => number } {
   let started = 0;
   let queue: { lines: string[][]; done: (err?: Error) => void }[] = [];
   let running = false;
   const run = (input: string) =>
     new Promise<void>((resolve, reject) => {
-      const p = spawn('ip', ['-batch', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
       started++;
+      if (shell) {
+        void shell(`ip -batch - <<'EOF'\n${input}EOF`).then((code) => (code === 0 ? resolve() : reject(new Error(`ip -batch: exit ${code}`))));
+        return;
+      }
+      const p = spawn('ip', ['-batch', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
       let err = '';
       p.stderr.on('data', (b: Buffer) => (err += b.toString()));
       p.once('error', reject);
@@ -115,10 +142,42 @@ function linkBatcher(): { change: (lines: string[][]) => Promise<void>; processe
   return { change, processes: () => started };
 }
 
-/** Polls (every 5 ms, as matchlock's launcher does in its first second) until `ready` holds, at most `ms`. */
-async function until(ready: () => Promise<boolean>, ms: number): Promise<boolean> {
-  for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, 5))) if (await ready()) return true;
-  return false;
+/**
+ * Resolves true once `ready` holds, checking it at the start and whenever a file in one of `dirs`
+ * changes (inotify through fs.watch: no polling, which with hundreds of VMs starting at once
+ * cost this process more CPU than the rest of its work); false after `ms`.
+ */
+function whenReady(dirs: string[], ready: () => Promise<boolean>, ms: number): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    let checking = false;
+    let again = false;
+    let finished = false;
+    const watchers = dirs.map((d) => watch(d, () => void check()));
+    const timer = setTimeout(() => finish(false), ms);
+    const finish = (ok: boolean, err?: unknown) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      for (const w of watchers) w.close();
+      if (err) reject(err as Error);
+      else resolve(ok);
+    };
+    const check = async (): Promise<void> => {
+      if (checking) return void (again = true);
+      checking = true;
+      try {
+        do {
+          again = false;
+          if (await ready()) return finish(true);
+        } while (again && !finished);
+      } catch (err) {
+        finish(false, err);
+      } finally {
+        checking = false;
+      }
+    };
+    void check();
+  });
 }
 
 export function runBaseline(dbPath: string, socket: string, host?: BaselineHost): void {
@@ -129,7 +188,7 @@ export function runBaseline(dbPath: string, socket: string, host?: BaselineHost)
   const all = db.prepare<[], Buffer>('SELECT wire FROM vms ORDER BY uid').pluck();
   const inNamespace = db.prepare<[string], Buffer>('SELECT wire FROM vms WHERE namespace = ? ORDER BY uid').pluck();
   const page = db.prepare<[string, number], { uid: string; wire: Buffer }>('SELECT uid, wire FROM vms WHERE uid > ? ORDER BY uid LIMIT ?');
-  const links = linkBatcher();
+  const links = linkBatcher(host?.launch === 'sh' ? shellRunner() : undefined);
   const sh = host?.launch === 'sh' ? shellLauncher() : undefined;
   let taps = 0;
   /**
@@ -137,7 +196,7 @@ export function runBaseline(dbPath: string, socket: string, host?: BaselineHost)
    * interface made, put on the bridge and up (`ip -batch`, grouped by linkBatcher), the VMM
    * started (by the launcher chosen: see BaselineHost.launch) with the command line matchlock's
    * QEMU provider builds (qemuArgs: pid file, QMP and console sockets, kernel, NICs), and its QMP
-   * socket and pid file waited for. Not done:
+   * socket and pid file waited for (inotify, see whenReady). Not done:
    * boot files copied or linked into the VM directory, a NoCloud seed disk (no user-data
    * reaches the guest), link aliases, the VMM's stdout and stderr kept, supervision.
    */
@@ -169,7 +228,7 @@ export function runBaseline(dbPath: string, socket: string, host?: BaselineHost)
         }
         const qmp = join(runDir, QMP_SOCKET);
         const pid = join(dir, FILES.pid);
-        const up = await until(async () => {
+        const up = await whenReady([dir, runDir], async () => {
           if (failed) throw failed;
           return (await lstat(qmp).then((s) => s.isSocket(), () => false)) && (await access(pid).then(() => true, () => false));
         }, 15_000);

@@ -527,14 +527,13 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
           const base = await startBurstBaseline(ns, stateDir, standin, join(tmp, 'tree'), launch);
           server = base;
           const c = rawClient(base.target);
-          const sh = launch === 'sh' ? spawnerOf(base.pid, '/bin/sh') : undefined;
-          if (launch === 'sh' && sh === undefined) throw new Error('the burst baseline runs no /bin/sh');
-          // The baseline's own CPU, that of the children it reaped (the `ip` processes), and its
-          // shell's with the children that shell reaped (the VMMs still run: in neither side).
+          const shells = launch === 'sh' ? childrenOf(base.pid, '/bin/sh') : [];
+          if (launch === 'sh' && shells.length !== 2) throw new Error(`the burst baseline runs ${shells.length} /bin/sh, not 2`);
+          // The baseline's own CPU, that of the children it reaped, and its shells' with the
+          // children they reaped (the `ip` processes; the VMMs still run: in neither side).
           r = await burstOf(n, c, 'localhost/bench/standin:1', () => {
             const [b, bc] = cpuTimes(base.pid);
-            const [s, sc] = sh === undefined ? [0, 0] : cpuTimes(sh);
-            return [b, bc + s + sc];
+            return [b, shells.map(cpuTimes).reduce((sum, [s, sc]) => sum + s + sc, bc)];
           }).catch((err: unknown) => {
             const why = readFileSync(join(stateDir, 'baseline.stderr'), 'utf8').split('\n').filter((l) => !l.includes('boot/absent'));
             throw new Error(`${(err as Error).message}; the baseline said: ${why.slice(-5).join('; ')}`);
@@ -641,19 +640,25 @@ function cpuTimes(pid: number): [number, number] {
   return [(Number(f[11]) + Number(f[12])) / 100, (Number(f[13]) + Number(f[14])) / 100];
 }
 
-/** The daemon's process spawner (libexec/spawner.pl, its child), if it runs one; or another child by its command line. */
-function spawnerOf(daemon: number, cmdline = 'spawner.pl'): number | undefined {
+/** The daemon's process spawner (libexec/spawner.pl, its child), if it runs one. */
+function spawnerOf(daemon: number): number | undefined {
+  return childrenOf(daemon, 'spawner.pl')[0];
+}
+
+/** A process's children whose command line holds `cmdline`. */
+function childrenOf(parent: number, cmdline: string): number[] {
+  const found: number[] = [];
   for (const e of readdirSync('/proc')) {
     if (!/^\d+$/.test(e)) continue;
     try {
       const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
       const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === daemon && readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(cmdline)) return Number(e);
+      if (ppid === parent && readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(cmdline)) found.push(Number(e));
     } catch {
       // gone meanwhile
     }
   }
-  return undefined;
+  return found;
 }
 
 /** CreateMicroVMResponse and ListMicroVMsResponse both carry MicroVMs in field 1, so one decoder reads both. */
