@@ -5,7 +5,9 @@
 //   measures another checkout's daemon with this bench; MATCHLOCK_BENCH_NODE_FLAGS='--cpu-prof
 //   --cpu-prof-dir=<dir>' gives the daemon's node these flags; MATCHLOCK_BENCH_DAEMON_FLAGS='--reconcile-workers 16'
 //   adds daemon flags to the bursts; MATCHLOCK_BENCH_STRACE=1 counts the programs the daemon runs
-//   during each burst with strace, which slows it: time such runs apart)
+//   during each burst with strace, which slows it: time such runs apart; MATCHLOCK_BENCH_BURST=
+//   matchlock or baseline runs one side of Part 2 only; MATCHLOCK_BENCH_BASELINE_LAUNCH=node
+//   makes the burst baseline start its programs with child_process.spawn instead of /bin/sh)
 //
 // Part 1 (loopback only). For each record count: a matchlockd and a baseline server, each on its
 // own temp store seeded with the same records, answer the same requests from one raw client
@@ -23,10 +25,17 @@
 // request, inserts one row and answers; Get and List answer records stored pre-encoded, List a
 // page after the last uid of the previous one when asked for pages.
 //
-// Part 2 (a private network namespace with a bridge). For each burst size N: N concurrent
-// creates of VMs whose QEMU is bench/vmm-standin.c (boots nothing, answers QMP, ~1 MB each) and
-// whose image is already in the store; time until all are CREATED, and the p50 of probe creates
-// sent one at a time while the burst is reconciled. Needs root, ip and cc.
+// Part 2 (as root, with ip and cc). For each burst size N, matchlockd and then the burst baseline,
+// or the other way round (the first side alternates between sizes from a coin per run), each in a
+// network namespace of its own with a fresh bridge: N concurrent creates of VMs whose QEMU is
+// bench/vmm-standin.c (boots nothing, answers QMP, ~1 MB each) and whose image is already in the
+// store; time until all are CREATED (ListMicroVMs polled every 250 ms), the p50 of probe creates
+// sent one at a time while the burst is reconciled, and the host CPU spent until then (the server,
+// its process spawner or shells, and the programs they reaped). The burst baseline is
+// bench/baseline-server.ts given a VMM: the same insert and answer as part 1's, then per VM a TAP
+// on the bridge (ip -batch, creates that arrive together grouped), the stand-in started with
+// matchlock's QEMU command line, its QMP socket and pid file waited for, and the row's state
+// written CREATED (fsync'd). TAPs and stand-ins are counted before each side is cleaned up.
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
