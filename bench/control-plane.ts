@@ -5,7 +5,9 @@
 //   measures another checkout's daemon with this bench; MATCHLOCK_BENCH_NODE_FLAGS='--cpu-prof
 //   --cpu-prof-dir=<dir>' gives the daemon's node these flags; MATCHLOCK_BENCH_DAEMON_FLAGS='--reconcile-workers 16'
 //   adds daemon flags to the bursts; MATCHLOCK_BENCH_STRACE=1 counts the programs the daemon runs
-//   during each burst with strace, which slows it: time such runs apart)
+//   during each burst with strace, which slows it: time such runs apart; MATCHLOCK_BENCH_BURST=
+//   matchlock or baseline runs one side of Part 2 only; MATCHLOCK_BENCH_BASELINE_LAUNCH=node
+//   makes the burst baseline start its programs with child_process.spawn instead of /bin/sh)
 //
 // Part 1 (loopback only). For each record count: a matchlockd and a baseline server, each on its
 // own temp store seeded with the same records, answer the same requests from one raw client
@@ -23,17 +25,24 @@
 // request, inserts one row and answers; Get and List answer records stored pre-encoded, List a
 // page after the last uid of the previous one when asked for pages.
 //
-// Part 2 (a private network namespace with a bridge). For each burst size N: N concurrent
-// creates of VMs whose QEMU is bench/vmm-standin.c (boots nothing, answers QMP, ~1 MB each) and
-// whose image is already in the store; time until all are CREATED, and the p50 of probe creates
-// sent one at a time while the burst is reconciled. Needs root, ip and cc.
+// Part 2 (as root, with ip and cc). For each burst size N, matchlockd and then the burst baseline,
+// or the other way round (the first side alternates between sizes from a coin per run), each in a
+// network namespace of its own with a fresh bridge: N concurrent creates of VMs whose QEMU is
+// bench/vmm-standin.c (boots nothing, answers QMP, ~1 MB each) and whose image is already in the
+// store; time until all are CREATED (ListMicroVMs polled every 250 ms), the p50 of probe creates
+// sent one at a time while the burst is reconciled, and the host CPU spent until then (the server,
+// its process spawner or shells, and the programs they reaped). The burst baseline is
+// bench/baseline-server.ts given a VMM: the same insert and answer as part 1's, then per VM a TAP
+// on the bridge (ip -batch, creates that arrive together grouped), the stand-in started with
+// matchlock's QEMU command line, its QMP socket and pid file waited for, and the row's state
+// written CREATED (fsync'd). TAPs and stand-ins are counted before each side is cleaned up.
 import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import { buildSync } from 'esbuild';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir, cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -367,106 +376,224 @@ function standinPids(stateDir: string): number[] {
   return pids.filter((p) => p > 0 && cmdline(p).includes(stateDir));
 }
 
+/** What one burst measured, on either side. */
+interface BurstResult {
+  /** Seconds from the first create sent to all N CREATED; seconds until every create was answered. */
+  all: number;
+  answered: number;
+  /** ms of each probe create. */
+  probes: number[];
+  /** CPU seconds (user + system) to all CREATED: the server's own, and the rest (its reaped children; matchlock: its spawner and the spawner's reaped children too). */
+  server: number;
+  rest: number;
+  /** matchlock: its spawner's CPU s "(its reaped children's)"; the baseline: the `ip` processes and TAPs it made, as it said when stopped. */
+  detail: string;
+  /** TAPs on the bridge and stand-ins alive once all were CREATED, counted before the cleanup. */
+  taps: number;
+  standins: number;
+}
+
+/**
+ * Sends N creates at once and, one at a time every 250 ms, probe creates, then polls
+ * ListMicroVMs of the burst's namespace every 250 ms until all N are CREATED (any FAILED ends the
+ * run). `cpu` reads [server, rest] CPU seconds. The same for matchlock and the baseline.
+ */
+async function burstOf(n: number, c: ReturnType<typeof rawClient>, ref: string, cpu: () => [number, number]): Promise<Omit<BurstResult, 'detail' | 'taps' | 'standins'>> {
+  const created = new Set<string>();
+  const cpu0 = cpu();
+  const t0 = performance.now();
+  let answered = 0;
+  const burst = Promise.all(Array.from({ length: n }, () => undefined).map(async (_, i) => {
+    await c.call('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`burst-${i}`, 'bench', ref, false) }));
+  })).then(() => (answered = (performance.now() - t0) / 1000));
+  // Probes: one create at a time while the burst is being reconciled. Their kernel file is
+  // not in the image, so their one pass fails at once (no retry wait holding a worker) and
+  // they add API work but no VMM of their own.
+  const probes: number[] = [];
+  let done = false;
+  const probing = (async () => {
+    for (let i = 0; !done; i++) {
+      probes.push(await c.timed('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`probe-${i}`, 'probe', ref, false, 'boot/absent') })));
+      await settle(250);
+    }
+  })().catch(() => undefined); // a probe cut off by a failed run must not hide that run's error
+  try {
+    await burst;
+    while (created.size < n) {
+      const states = decodeStates(await c.call('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: 'bench' })));
+      for (const [uid, state] of states) if (state === MicroVMStatus_MicroVMState.CREATED) created.add(uid);
+      const failed = [...states.values()].filter((s) => s === MicroVMStatus_MicroVMState.FAILED).length;
+      if (failed) throw new Error(`${failed} VMs FAILED in the burst of ${n}`);
+      if (performance.now() - t0 > 1_800_000) throw new Error(`burst of ${n} not CREATED after 1800 s (${created.size}/${n})`);
+      await settle(250);
+    }
+    const all = (performance.now() - t0) / 1000;
+    const [server, rest] = cpu();
+    return { all, answered, probes, server: server - cpu0[0], rest: rest - cpu0[1] };
+  } finally {
+    done = true;
+    await probing;
+  }
+}
+
+/** Links on the namespace's bridge (its TAPs). */
+function bridgePorts(ns: string): number {
+  return execFileSync('ip', ['-n', ns, '-o', 'link', 'show', 'master', 'br0'], { encoding: 'utf8' }).split('\n').filter(Boolean).length;
+}
+
+/** Starts the burst baseline (bench/baseline-server.ts with a VMM) inside network namespace `ns`. */
+async function startBurstBaseline(ns: string, stateDir: string, vmm: string, imageDir: string, launch: string): Promise<Server & { said: () => string }> {
+  mkdirSync(stateDir, { recursive: true });
+  const socket = join(stateDir, 'baseline.sock');
+  // Its stderr (why a VM failed: every probe does) goes to a file, printed if the burst fails.
+  const stderr = openSync(join(stateDir, 'baseline.stderr'), 'w');
+  const proc = spawn('nsenter', [`--net=/run/netns/${ns}`, process.execPath, ...baselineEntry(), join(stateDir, 'baseline.db'), socket, stateDir, vmm, 'br0', imageDir, launch], { stdio: ['ignore', 'pipe', stderr] });
+  closeSync(stderr);
+  let out = '';
+  proc.stdout?.on('data', (b: Buffer) => (out += b.toString()));
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  await new Promise<void>((resolve, reject) => {
+    proc.stdout?.once('data', () => resolve());
+    proc.once('exit', (code) => reject(new Error(`burst baseline exited with ${code}: ${readFileSync(join(stateDir, 'baseline.stderr'), 'utf8')}`)));
+  });
+  // nsenter execs node in place: the pid is the server's own. On SIGTERM it says what it ran.
+  return {
+    pid: proc.pid ?? 0,
+    target: `unix:${socket}`,
+    stop: async () => void (proc.exitCode === null && proc.signalCode === null && proc.kill('SIGTERM'), await exited),
+    said: () => out.replace('listening\n', '').trim(),
+  };
+}
+
+/** Which sides Part 2 runs (MATCHLOCK_BENCH_BURST: matchlock, baseline or both, the default). */
+function burstSides(): ('matchlock' | 'baseline')[] {
+  const v = process.env.MATCHLOCK_BENCH_BURST ?? 'both';
+  if (v === 'both') return ['matchlock', 'baseline'];
+  if (v === 'matchlock' || v === 'baseline') return [v];
+  throw new Error(`MATCHLOCK_BENCH_BURST must be matchlock, baseline or both, not ${v}`);
+}
+
 async function part2(bursts: number[], entry: string[]): Promise<void> {
+  const sides = burstSides();
   process.stdout.write('\n## Part 2: bursts of concurrent creates, VMM stand-in, image in the store\n\n');
-  row(['burst', 'all CREATED s', 'create RPC p50 ms during the burst (probes)', 'creates answered s', 'daemon CPU s to all CREATED (its reaped children: the shared ip)', 'spawner CPU s (its reaped children: forks before exec and the programs)']);
-  row(['---', '---', '---', '---', '---', '---']);
   const id = randomBytes(3).toString('hex');
   const tmp = join(tmpdir(), `matchlock-bench-burst-${id}`);
   mkdirSync(tmp, { recursive: true });
-  const ns = `mlcp-${id}`;
   const standin = join(tmp, 'vmm-standin');
   execFileSync('cc', ['-O2', '-o', standin, join(ROOT, 'bench', 'vmm-standin.c')]);
   const layout = guestLayout(tmp);
-  ip('netns', 'add', ns);
-  let daemon: DaemonHandle | undefined;
+  // Which side goes first alternates between sizes, from a coin per run.
+  const coin = randomBytes(1)[0]! & 1;
+  const results: { n: number; first: string; got: Partial<Record<'matchlock' | 'baseline', BurstResult>> }[] = [];
+  const namespaces: string[] = [];
+  const stateDirs: string[] = [];
+  let server: Server | undefined;
+  let programs = '';
   try {
-    ip('-n', ns, 'link', 'set', 'lo', 'up');
-    ip('-n', ns, 'link', 'add', 'br0', 'type', 'bridge');
-    ip('-n', ns, 'link', 'set', 'br0', 'up');
-    for (const n of bursts) {
-      const stateDir = join(tmp, `state-${n}`);
-      const images = new LocalImageStore(join(stateDir, 'images'));
-      mkdirSync(stateDir, { recursive: true, mode: 0o750 });
-      const { ref } = await images.import(layout, 'localhost/bench/standin:1');
-      const flags = ['--grpc-endpoint', `unix:${join(tmp, `grpc-${n}.sock`)}`, '--qemu-bin', standin, '--default-provider', 'qemu', '--vmm-user', 'root', '--vmm-cgroups=false', '--bridge-name', 'br0', '--resync-period', '1h', '--log-format', 'json', '--healthy-after', '1h', '--retry-backoff', '1h', ...daemonFlags()];
-      daemon = await startDaemon(stateDir, flags, {}, ns, entry);
-      const c = rawClient(daemon.target);
-      const created = new Set<string>();
-      const pid = daemon.proc.pid ?? 0;
-      const tracing = process.env.MATCHLOCK_BENCH_STRACE === '1' ? await traceExecs(pid, join(tmp, `strace-${n}.out`)) : undefined;
-      const cpu0 = cpuTimes(pid);
-      const spawner = spawnerOf(pid);
-      const spawner0 = spawner === undefined ? undefined : cpuTimes(spawner);
-      let cpu = '';
-      let spawnerCpu = '';
-      const t0 = performance.now();
-      let answered = 0;
-      let all = 0;
-      const uids: string[] = [];
-      const burst = Promise.all(Array.from({ length: n }, async (_, i) => {
-        const res = await c.call('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`burst-${i}`, 'bench', ref, false) }));
-        uids.push(fromCreate(res));
-      })).then(() => (answered = (performance.now() - t0) / 1000));
-      // Probes: one create at a time while the burst is being reconciled. Their kernel file is
-      // not in the image, so their one pass fails at once (no retry wait holding a worker) and
-      // they add API work but no VMM of their own.
-      const probes: number[] = [];
-      let done = false;
-      const probing = (async () => {
-        for (let i = 0; !done; i++) {
-          probes.push(await c.timed('createMicroVM', create(CreateMicroVMRequestSchema, { microvm: spec(`probe-${i}`, 'probe', ref, false, 'boot/absent') })));
-          await settle(250);
+    for (const [i, n] of bursts.entries()) {
+      const order = (i + coin) % 2 ? [...sides].reverse() : sides;
+      const got: Partial<Record<'matchlock' | 'baseline', BurstResult>> = {};
+      for (const side of order) {
+        // Each side in a namespace of its own, with a fresh bridge: neither inherits the other's links.
+        const ns = `mlcp-${id}-${namespaces.length}`;
+        const stateDir = join(tmp, `${side[0] ?? ''}-${n}`); // short: matchlock bounds its socket paths
+        namespaces.push(ns);
+        stateDirs.push(stateDir);
+        ip('netns', 'add', ns);
+        ip('-n', ns, 'link', 'set', 'lo', 'up');
+        ip('-n', ns, 'link', 'add', 'br0', 'type', 'bridge');
+        ip('-n', ns, 'link', 'set', 'br0', 'up');
+        let r: Omit<BurstResult, 'detail' | 'taps' | 'standins'>;
+        let detail = '';
+        if (side === 'matchlock') {
+          const images = new LocalImageStore(join(stateDir, 'images'));
+          mkdirSync(stateDir, { recursive: true, mode: 0o750 });
+          const { ref } = await images.import(layout, 'localhost/bench/standin:1');
+          const flags = ['--grpc-endpoint', `unix:${join(tmp, `grpc-${n}.sock`)}`, '--qemu-bin', standin, '--default-provider', 'qemu', '--vmm-user', 'root', '--vmm-cgroups=false', '--bridge-name', 'br0', '--resync-period', '1h', '--log-format', 'json', '--healthy-after', '1h', '--retry-backoff', '1h', ...daemonFlags()];
+          const daemon = fromDaemon(await startDaemon(stateDir, flags, {}, ns, entry));
+          server = daemon;
+          const c = rawClient(daemon.target);
+          const tracing = process.env.MATCHLOCK_BENCH_STRACE === '1' ? await traceExecs(daemon.pid, join(tmp, `strace-${n}.out`)) : undefined;
+          const spawner = spawnerOf(daemon.pid);
+          const spawnerCpu = (): [number, number] => (spawner === undefined ? [0, 0] : cpuTimes(spawner));
+          const s0 = spawnerCpu();
+          // Everything the daemon made the host run: its own CPU, its reaped children's, its
+          // spawner's and the programs the spawner reaped (the VMMs still run: in neither side).
+          r = await burstOf(n, c, ref, () => {
+            const [d, dc] = cpuTimes(daemon.pid);
+            const [s, sc] = spawnerCpu();
+            return [d, dc + s + sc];
+          });
+          const s1 = spawnerCpu();
+          detail = spawner === undefined ? 'no spawner' : `${((s1[0] ?? 0) - (s0[0] ?? 0)).toFixed(2)} (${((s1[1] ?? 0) - (s0[1] ?? 0)).toFixed(2)})`;
+          if (tracing) {
+            const counted = await tracing();
+            programs += `\nprograms matchlock ran from the burst of ${n} to all CREATED (strace -f; its times are slowed by it): ${[...counted].sort((a, b) => b[1] - a[1]).map(([p, k]) => `${p} ${k}`).join(', ')}\n`;
+          }
+          c.close();
+        } else {
+          const launch = process.env.MATCHLOCK_BENCH_BASELINE_LAUNCH ?? 'sh';
+          const base = await startBurstBaseline(ns, stateDir, standin, join(tmp, 'tree'), launch);
+          server = base;
+          const c = rawClient(base.target);
+          const shells = launch === 'sh' ? childrenOf(base.pid, '/bin/sh') : [];
+          if (launch === 'sh' && shells.length !== 2) throw new Error(`the burst baseline runs ${shells.length} /bin/sh, not 2`);
+          // The baseline's own CPU, that of the children it reaped, and its shells' with the
+          // children they reaped (the `ip` processes; the VMMs still run: in neither side).
+          r = await burstOf(n, c, 'localhost/bench/standin:1', () => {
+            const [b, bc] = cpuTimes(base.pid);
+            return [b, shells.map(cpuTimes).reduce((sum, [s, sc]) => sum + s + sc, bc)];
+          }).catch((err: unknown) => {
+            const why = readFileSync(join(stateDir, 'baseline.stderr'), 'utf8').split('\n').filter((l) => !l.includes('boot/absent'));
+            throw new Error(`${(err as Error).message}; the baseline said: ${why.slice(-5).join('; ')}`);
+          });
+          c.close();
+          await base.stop();
+          detail = `${base.said()}, VMMs started by ${launch === 'sh' ? '/bin/sh' : 'node'}`;
         }
-      })().catch(() => undefined); // a probe cut off by a failed run must not hide that run's error
-      try {
-      await burst;
-      let last = '';
-      while (created.size < n) {
-        const list = await c.call('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: 'bench' }));
-        const states = decodeStates(list);
-        for (const [uid, state] of states) if (state === MicroVMStatus_MicroVMState.CREATED) created.add(uid);
-        const failed = [...states.values()].filter((s) => s === MicroVMStatus_MicroVMState.FAILED).length;
-        if (failed) throw new Error(`${failed} VMs FAILED in the burst of ${n}`);
-        last = `${created.size}/${n}`;
-        if (performance.now() - t0 > 1_800_000) throw new Error(`burst of ${n} not CREATED after 1800 s (${last})`);
-        await settle(250);
+        got[side] = { ...r, detail, taps: bridgePorts(ns), standins: standinPids(stateDir).length };
+        await server.stop();
+        server = undefined;
+        // Gone before the other side runs, so it does not share the machine with them.
+        for (const pid of standinPids(stateDir)) kill(pid);
+        spawnSync('ip', ['netns', 'del', ns]);
       }
-        all = (performance.now() - t0) / 1000;
-        // The daemon's children are its own ip -batch processes (the spawner, also its child, is
-        // reaped only when the daemon ends); one still running is not counted yet.
-        const [self, children] = cpuTimes(pid);
-        cpu = `${(self - cpu0[0]).toFixed(1)} (${(children - cpu0[1]).toFixed(2)})`;
-        if (spawner !== undefined && spawner0) {
-          const [self, children] = cpuTimes(spawner);
-          spawnerCpu = `${(self - spawner0[0]).toFixed(2)} (${(children - spawner0[1]).toFixed(2)})`;
-        }
-      } finally {
-        done = true;
-        await probing;
-      }
-      row([n, all.toFixed(1), `${f1(median(probes))} (${probes.length} probes)`, answered.toFixed(2), cpu, spawnerCpu || 'no spawner']);
-      if (tracing) {
-        const programs = await tracing();
-        process.stdout.write(`\nprograms run from the burst to all CREATED (strace -f; its times above are slowed by it): ${[...programs].sort((a, b) => b[1] - a[1]).map(([p, k]) => `${p} ${k}`).join(', ')}\n\n`);
-      }
-      c.close();
-      await daemon.stop();
-      daemon = undefined;
+      results.push({ n, first: order[0] ?? '', got });
     }
   } finally {
-    if (daemon) await daemon.kill();
-    for (const n of bursts) {
-      for (const pid of standinPids(join(tmp, `state-${n}`))) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // already gone
-        }
-      }
-    }
-    spawnSync('ip', ['netns', 'del', ns]);
+    if (server) await server.stop();
+    for (const d of stateDirs) for (const pid of standinPids(d)) kill(pid);
+    for (const ns of namespaces) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
     rmSync(tmp, { recursive: true, force: true });
+  }
+  const pair = (m: number | undefined, b: number | undefined, digits = 1) =>
+    m === undefined ? (b === undefined ? '' : `(${b.toFixed(digits)})`) : b === undefined ? m.toFixed(digits) : `${m.toFixed(digits)} (${b.toFixed(digits)}, ${ratio(m, b)})`;
+  row(['burst', 'first', 'all CREATED s (baseline, ratio)', 'probe create p50 ms (baseline, ratio)', 'creates answered s (baseline)', 'host CPU s to all CREATED (baseline, ratio)', 'daemon CPU s (baseline server)', 'spawner CPU s (its reaped children)', 'TAPs on the bridge / stand-ins up (baseline)', 'baseline ran']);
+  row(['---', '---', '---', '---', '---', '---', '---', '---', '---', '---']);
+  for (const { n, first, got } of results) {
+    const m = got.matchlock;
+    const b = got.baseline;
+    row([
+      n,
+      first,
+      pair(m?.all, b?.all),
+      `${pair(m && median(m.probes), b && median(b.probes))}; ${m?.probes.length ?? '-'} / ${b?.probes.length ?? '-'} probes`,
+      `${m ? m.answered.toFixed(2) : '-'} (${b ? b.answered.toFixed(2) : '-'})`,
+      pair(m && m.server + m.rest, b && b.server + b.rest),
+      `${m ? m.server.toFixed(1) : '-'} (${b ? b.server.toFixed(1) : '-'})`,
+      m?.detail ?? '',
+      `${m ? `${m.taps} / ${m.standins}` : '-'} (${b ? `${b.taps} / ${b.standins}` : '-'})`,
+      b?.detail ?? '',
+    ]);
+  }
+  if (programs) process.stdout.write(programs);
+}
+
+function kill(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
   }
 }
 
@@ -524,26 +651,28 @@ function cpuTimes(pid: number): [number, number] {
 
 /** The daemon's process spawner (libexec/spawner.pl, its child), if it runs one. */
 function spawnerOf(daemon: number): number | undefined {
+  return childrenOf(daemon, 'spawner.pl')[0];
+}
+
+/** A process's children whose command line holds `cmdline`. */
+function childrenOf(parent: number, cmdline: string): number[] {
+  const found: number[] = [];
   for (const e of readdirSync('/proc')) {
     if (!/^\d+$/.test(e)) continue;
     try {
       const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
       const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === daemon && readFileSync(`/proc/${e}/cmdline`, 'utf8').includes('spawner.pl')) return Number(e);
+      if (ppid === parent && readFileSync(`/proc/${e}/cmdline`, 'utf8').includes(cmdline)) found.push(Number(e));
     } catch {
       // gone meanwhile
     }
   }
-  return undefined;
+  return found;
 }
 
 /** CreateMicroVMResponse and ListMicroVMsResponse both carry MicroVMs in field 1, so one decoder reads both. */
 function decodeVms(res: Buffer) {
   return fromBinary(ListMicroVMsResponseSchema, res).microvm;
-}
-
-function fromCreate(res: Buffer): string {
-  return decodeVms(res)[0]?.spec?.uid ?? '';
 }
 
 function decodeStates(res: Buffer): Map<string, number> {
