@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// An installed package runs the compiled JavaScript in dist/. A checkout (it has src/) runs the
-// TypeScript sources through tsx, so a build left behind is never what runs there, unless
+// An installed package runs the compiled JavaScript in dist/: the daemon's bundle
+// (dist/matchlockd/, scripts/bundle-daemon.mjs). A checkout (it has src/) runs the TypeScript
+// sources through tsx, so a build left behind is never what runs there, unless
 // MATCHLOCK_COMPILED=1 asks for dist/ (the start-up bench compares the two).
 import { existsSync } from 'node:fs';
 import { URL } from 'node:url';
@@ -30,7 +31,7 @@ if (fromSource) {
   const { register } = await import('tsx/esm/api');
   register();
   entry = await import('../src/daemon/main.ts');
-} else if (existsSync(new URL('../dist/daemon/main.js', import.meta.url))) entry = await import('../dist/daemon/main.js');
+} else if (existsSync(new URL('../dist/matchlockd/main.js', import.meta.url))) entry = await import('../dist/matchlockd/main.js');
 else {
   process.stderr.write('matchlockd: the compiled JavaScript (dist/) is missing: run `npm run build` first, or unset MATCHLOCK_COMPILED to run the sources\n');
   process.exit(1);
