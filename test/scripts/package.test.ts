@@ -146,4 +146,24 @@ describe('the npm package', { timeout: 300_000 }, () => {
     assert.equal(metrics.status, 200);
     assert.match(await metrics.text(), /^matchlock_build_info\{/m);
   });
+
+  it('the packaged daemon loads its lazily used parts (metrics, the HTTP gateway, node-tar, health, reflection) only when used', async () => {
+    const state = join(tmp.path, 'idle');
+    const trace = join(tmp.path, 'idle-modules.txt');
+    const d = await startDaemon(state, ['--vmm-user', 'root', '--vmm-cgroups=false'], { MATCHLOCK_MODULE_TRACE: trace }, undefined, ['--import', join(ROOT, 'test/helpers/module-trace.mjs'), join(pkg, 'bin', 'matchlockd.js')]);
+    daemons.push(d);
+    d.proc.kill('SIGUSR2');
+    for (let i = 0; i < 600 && !existsSync(`${trace}.cjs`); i++) await sleep(50);
+    const loaded = [...readFileSync(trace, 'utf8').split('\n'), ...readFileSync(`${trace}.cjs`, 'utf8').split('\n')].filter(Boolean);
+    const bundle = `${pathToFileURL(join(realpathSync(pkg), 'dist', 'matchlockd')).href}/`;
+    assert.ok(loaded.includes(`${bundle}main.js`), 'the daemon runs from its bundle');
+    assert.deepEqual(loaded.filter((m) => m.includes('/dist/daemon/') || m.includes('/dist/adapters/')), [], 'no module of tsc\'s output');
+    // esbuild names a lazily imported chunk after its module: prometheus.js, metrics.js, the
+    // HTTP gateway's server.js, node-tar's index.min.js. A static import would fold it into the
+    // chunks loaded at start, and its file would be gone.
+    for (const lazy of ['prometheus', 'metrics', 'server', 'index.min']) {
+      assert.ok(files.some((f) => f.startsWith(`dist/matchlockd/${lazy}-`)), `a chunk of its own for ${lazy}.js`);
+    }
+    assert.deepEqual(loaded.filter((m) => /\/dist\/matchlockd\/(prometheus|metrics|server|index\.min)-/.test(m) || /\/node_modules\/(grpc-health-check|@grpc\/reflection|protobufjs|prom-client|tar)\//.test(m)), []);
+  });
 });
