@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, constants, existsSync, openSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../package-root.js';
 import type { Logger } from '../core/ports.js';
 
 /**
@@ -62,8 +63,8 @@ export interface RunOutcome extends ChildExit {
   killed?: 'timeout' | 'maxbuffer';
 }
 
-/** The spawner script: libexec/ sits two levels above both src/adapters/ and dist/adapters/. */
-export const SPAWNER_SCRIPT = fileURLToPath(new URL('../../libexec/spawner.pl', import.meta.url));
+/** The spawner script, in the package's libexec/. */
+export const SPAWNER_SCRIPT = join(PACKAGE_ROOT, 'libexec', 'spawner.pl');
 
 const errnoError = (code: string, message: string, syscall: string): NodeJS.ErrnoException =>
   Object.assign(new Error(message), { code, errno: -((osConstants.errno as Record<string, number>)[code] ?? 0), syscall });

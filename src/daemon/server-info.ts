@@ -1,15 +1,15 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { run } from '../adapters/exec.js';
 import type { ServerInfo } from '../adapters/api/matchlock.js';
 import type { ProviderModule } from '../adapters/vmm/registry.js';
 import type { ProviderEntry } from '../core/vmm.js';
+import { PACKAGE_ROOT } from '../package-root.js';
 import { VERSION } from '../version.js';
 import type { DaemonConfig } from './config.js';
 import { binaryFor, findBinary } from './providers.js';
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const ROOT = PACKAGE_ROOT;
 
 /**
  * The commit matchlock runs from: MATCHLOCK_COMMIT when the package was built with it, else the

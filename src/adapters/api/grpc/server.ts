@@ -3,7 +3,8 @@ import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { EmptySchema } from '@bufbuild/protobuf/wkt';
 import * as grpc from '@grpc/grpc-js';
 import type { SecureContextOptions } from 'node:tls';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { PACKAGE_ROOT } from '../../../package-root.js';
 import { MatchlockError, boundedMessage } from '../../../core/errors.js';
 import type { MicroVMService } from '../../../core/microvm/service.js';
 import type { Logger } from '../../../core/ports.js';
@@ -67,7 +68,7 @@ function observing(observe: NonNullable<GrpcServerOptions['observe']>): grpc.Ser
   };
 }
 
-const PROTO_DIR = fileURLToPath(new URL('../../../../proto', import.meta.url));
+const PROTO_DIR = join(PACKAGE_ROOT, 'proto');
 
 export function serverCredentials(tls: GrpcTls | undefined): grpc.ServerCredentials {
   if (!tls) return grpc.ServerCredentials.createInsecure();

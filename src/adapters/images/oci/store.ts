@@ -5,6 +5,7 @@ import { chmod, lstat, mkdir, readFile, readdir, rename, rm, stat, writeFile } f
 import { join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
+import { PACKAGE_ROOT } from '../../../package-root.js';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { formatReference, parseReference } from '../../../core/images/reference.js';
 import type { ImageStore, Logger } from '../../../core/ports.js';
@@ -407,7 +408,8 @@ let unpacker: Promise<string[]> | undefined;
  */
 function unpackerArgs(): Promise<string[]> {
   const self = import.meta.url;
-  if (!self.endsWith('.ts')) return Promise.resolve([fileURLToPath(new URL('./unpack-process.js', self))]);
+  // Compiled, tsc's output is what runs, also for a daemon running from its bundle (dist/matchlockd/).
+  if (!self.endsWith('.ts')) return Promise.resolve([join(PACKAGE_ROOT, 'dist', 'adapters', 'images', 'oci', 'unpack-process.js')]);
   const script = fileURLToPath(new URL('./unpack-process.ts', self));
   unpacker ??= import('esbuild')
     .then(async (esbuild) => {
