@@ -73,41 +73,51 @@ it('LogBound: a pass asked for while one runs is a pass of its own, after it, no
   assert.equal(calls, 2);
 });
 
-it('LogBound opens a file again only after it changed: idle VMs cost no file system call', async () => {
+it('LogBound looks at a file again only after it changed, and opens only one over its bound: idle VMs cost no file system call', async () => {
   const [a, b] = ['idle-a.log', 'idle-b.log'].map((f) => join(tmp.path, f)) as [string, string];
   writeFileSync(a, 'booted\n');
-  // Every open of a log, counted where the bound makes it: node:fs/promises, whose ESM exports
-  // follow the CommonJS object after syncBuiltinESMExports.
+  // Every stat and open of a log, counted where the bound makes them: node:fs/promises, whose
+  // ESM exports follow the CommonJS object after syncBuiltinESMExports.
   const opened: string[] = [];
+  const looked: string[] = [];
   const realOpen = fsp.open;
+  const realStat = fsp.stat;
   fsp.open = ((path: PathLike, ...rest: [string?]) => {
     opened.push(String(path));
     return realOpen(path, ...rest);
   }) as typeof fsp.open;
+  fsp.stat = ((path: PathLike, ...rest: []) => {
+    looked.push(String(path));
+    return realStat(path, ...rest);
+  }) as typeof fsp.stat;
   syncBuiltinESMExports();
   const bound = new LogBound(async () => [a, b], 4096, silentLogger);
   const opens = (f: string) => opened.filter((p) => p === f).length;
+  const looks = (f: string) => looked.filter((p) => p === f).length;
   try {
     await bound.pass();
-    assert.equal(opens(a), 1, 'the first pass looks at every file');
+    assert.equal(looks(a), 1, 'the first pass looks at every file');
+    assert.equal(opens(a), 0, 'a file under its bound is not opened: its size is all the bound needs');
     for (let i = 0; i < 3; i++) await bound.pass();
-    assert.equal(opens(a), 1, 'an unchanged file is not opened again');
-    assert.equal(opens(b), 4, 'a file not made yet cannot be watched: it is tried on every pass');
+    assert.equal(looks(a), 1, 'an unchanged file is not looked at again');
+    assert.equal(looks(b), 4, 'a file not made yet cannot be watched: it is tried on every pass');
     writeFileSync(b, 'made\n');
     await bound.pass();
     await bound.pass();
-    assert.equal(opens(b), 5, 'once made and looked at, it is watched too');
+    assert.equal(looks(b), 5, 'once made and looked at, it is watched too');
     appendFileSync(a, Buffer.alloc(8192, 0x61));
     const deadline = Date.now() + 10_000;
-    while (opens(a) === 1 && Date.now() < deadline) {
+    while (looks(a) === 1 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
       await bound.pass();
     }
-    assert.equal(opens(a), 2, 'a file that grew is looked at again');
+    assert.equal(looks(a), 2, 'a file that grew is looked at again');
+    assert.equal(opens(a), 1, 'and, over its bound, opened');
     assert.ok(statSync(a).size <= 4096, 'and cut at its bound');
   } finally {
     bound.stop();
     fsp.open = realOpen;
+    fsp.stat = realStat;
     syncBuiltinESMExports();
   }
 });

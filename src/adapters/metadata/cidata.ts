@@ -1,4 +1,4 @@
-import { open, rename, unlink } from 'node:fs/promises';
+import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import type { CloudInitDisk } from '../../core/ports.js';
 import { fatLayout } from './fat.js';
 
@@ -19,7 +19,18 @@ export class VfatCloudInitDisk implements CloudInitDisk {
       const fh = await open(tmp, 'w', 0o600);
       try {
         await fh.truncate(size);
-        for (const p of parts) await fh.write(p.data, 0, p.data.length, p.offset);
+        // Parts that follow each other on disk (the metadata area and the files' clusters of a
+        // small seed) go in one writev: each write is a trip through libuv's thread pool.
+        for (let i = 0; i < parts.length; ) {
+          const offset = parts[i]?.offset ?? 0;
+          const run: Buffer[] = [];
+          for (let end = offset; i < parts.length && parts[i]?.offset === end; i++) {
+            const data = parts[i]?.data ?? Buffer.alloc(0);
+            run.push(data);
+            end += data.length;
+          }
+          await writeAll(fh, run, offset);
+        }
       } finally {
         await fh.close();
       }
@@ -29,5 +40,17 @@ export class VfatCloudInitDisk implements CloudInitDisk {
       await unlink(tmp).catch(() => undefined);
       throw err;
     }
+  }
+}
+
+/** Writes `buffers` one after the other from `position`, going on after a short write. */
+async function writeAll(fh: FileHandle, buffers: Buffer[], position: number): Promise<void> {
+  let rest = buffers.filter((b) => b.length > 0);
+  while (rest.length > 0) {
+    let { bytesWritten } = await fh.writev(rest, position);
+    if (bytesWritten === 0) throw new Error(`write of the seed made no progress at offset ${position}`);
+    position += bytesWritten;
+    while (rest.length > 0 && bytesWritten >= (rest[0]?.length ?? 0)) bytesWritten -= rest.shift()?.length ?? 0;
+    if (bytesWritten > 0 && rest[0]) rest = [rest[0].subarray(bytesWritten), ...rest.slice(1)];
   }
 }

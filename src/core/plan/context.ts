@@ -39,6 +39,8 @@ export class CreateContext {
   readonly disks: LaunchDisk[] = [];
   readonly nics: LaunchNic[] = [];
   readonly shares: LaunchShare[];
+  /** The last seed made, with the NICs it was made for. */
+  private seeded: { key: string; files: Record<string, Buffer> } | undefined;
 
   constructor(
     readonly vm: MicroVM,
@@ -86,9 +88,18 @@ export class CreateContext {
     return m.kind === 'nocloud-disk' ? `${this.ref.dir}/${m.file}` : undefined;
   }
 
-  /** The NoCloud seed files for this VM and the NICs observed so far (noCloudSeed). */
+  /**
+   * The NoCloud seed files for this VM and the NICs observed so far (noCloudSeed). Made once
+   * for each set of NICs: the seed disk step and the launch both ask for it in a pass, and
+   * making it parses meta-data and writes network-config as YAML. A new record of the same
+   * object each time, its buffers shared: nobody writes into them.
+   */
   seed(): Record<string, Buffer> {
-    return noCloudSeed(this.vm, this.nics.map((n): GuestInterface => ({ deviceId: n.deviceId, mac: n.mac })));
+    // By position, holes kept: network-config pairs interface n with guests[n].
+    const guests = this.nics.map((n): GuestInterface => ({ deviceId: n.deviceId, mac: n.mac }));
+    const key = JSON.stringify(guests);
+    if (this.seeded?.key !== key) this.seeded = { key, files: noCloudSeed(this.vm, guests) };
+    return { ...this.seeded.files };
   }
 
 
