@@ -201,8 +201,12 @@ export interface HostNetwork {
   get(name: string): Promise<LinkInfo | undefined>;
   /** Creates the TAP and resolves it as read from the host after the change. */
   createTap(name: string, opts: { bridge: string; alias: string }): Promise<LinkInfo>;
-  /** Re-attaches an existing TAP to a bridge and brings it up. */
-  attach(name: string, bridge: string): Promise<void>;
+  /**
+   * Finishes an existing link as createTap or createMacvtap leave one: sets its alias, attaches
+   * it to `bridge` when given (a TAP) and brings it up. For a link a crash left half-made (the
+   * create's first line ran, not the rest) or that lost its bridge.
+   */
+  adopt(name: string, opts: { alias: string; bridge?: string }): Promise<void>;
   /** Creates the MACVTAP and resolves it as read from the host after the change. */
   createMacvtap(name: string, opts: { parent: string; alias: string; mac: string }): Promise<LinkInfo>;
   remove(name: string): Promise<void>;

@@ -131,7 +131,7 @@ if (mode === 'group') {
     sh('link', 'set', 'brst', 'up');
     const settle = <T>(p: Promise<T>) => p.then((v) => ({ ok: v }), (e: unknown) => ({ error: (e as Error).message }));
     const created = await settle(short.createTap('mlst2', { bridge: 'brst', alias: alias(52) }));
-    const attached = await settle(short.attach('mlst1', 'brst'));
+    const attached = await settle(short.adopt('mlst1', { alias: 'matchlock:probe', bridge: 'brst' }));
     stale.afterLife = { pid: pid ?? null, gone, created: 'error' in created ? created.error : created.ok.master, attached: 'error' in attached ? attached.error : 'ok', masters: [(await sysfs.get('mlst1'))?.master, (await sysfs.get('mlst2'))?.master] };
   }
   out.stale = stale;

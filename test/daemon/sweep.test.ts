@@ -31,7 +31,7 @@ class Links implements HostNetwork {
   constructor(readonly links: Map<string, string>) {}
   async get(): Promise<LinkInfo | undefined> { return undefined; }
   async createTap(): Promise<LinkInfo> { throw new Error('not used'); }
-  async attach(): Promise<void> {}
+  async adopt(): Promise<void> {}
   async createMacvtap(): Promise<LinkInfo> { throw new Error('not used'); }
   async remove(name: string): Promise<void> { this.links.delete(name); }
   async listOwned(): Promise<LinkInfo[]> {

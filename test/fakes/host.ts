@@ -125,12 +125,13 @@ export class FakeWorld {
       this.links.set(name, link);
       return { ...link };
     },
-    attach: async (name, bridge) => {
-      this.calls.push(`attach ${name}`);
+    adopt: async (name, opts) => {
+      this.calls.push(`adopt ${name}`);
       const l = this.links.get(name);
       if (!l) throw new Error(`link ${name} missing`);
-      if (this.skip('attach')) return;
-      l.master = bridge;
+      if (this.skip('adopt')) return;
+      l.alias = opts.alias;
+      if (opts.bridge !== undefined) l.master = opts.bridge;
       l.up = true;
     },
     createMacvtap: async (name, opts) => {

@@ -101,7 +101,7 @@ describe('create plan on fakes', () => {
 
   it("verify fails when a step's run did not achieve its goal", async () => {
     // Each adapter is broken once in turn; the step that relies on it must notice.
-    const cases: [string[], string][] = [[['mkdir'], 'vm directory'], [['volume'], 'volume root'], [['tap', 'attach'], 'interface eth0'], [['macvtap'], 'interface eth1'], [['seed'], 'cloud-init seed'], [['vmm'], 'vmm fake']];
+    const cases: [string[], string][] = [[['mkdir'], 'vm directory'], [['volume'], 'volume root'], [['tap', 'adopt'], 'interface eth0'], [['macvtap'], 'interface eth1'], [['seed'], 'cloud-init seed'], [['vmm'], 'vmm fake']];
     for (const [broken, stepName] of cases) {
       const world = new FakeWorld();
       for (const b of broken) world.sabotage.add(b);
@@ -140,6 +140,31 @@ describe('create plan on fakes', () => {
           if (/^(tap|macvtap|volume create|vmm start|seed) /.test(call)) assert.equal(n, 1, `k=${k}, from ${resumeFrom}: ${call} happened ${n} times`);
         }
       }
+    }
+  });
+
+  it('finishes links a create left half-made (no alias, down, off the bridge) and leaves another owner\'s alone', async () => {
+    const [tap, macvtap] = [hostDeviceName(vm(), 0), hostDeviceName(vm(), 1)];
+    // What a kill between ip's lines leaves: the link made, its alias and up lines never run;
+    // and a link of an older daemon, whose alias had no daemon id.
+    const world = new FakeWorld();
+    world.links.set(tap, { name: tap, ifindex: 40, mac: 'fe:00:00:00:00:40', kind: 'tap', up: false });
+    world.links.set(macvtap, { name: macvtap, ifindex: 41, mac: '02:00:00:00:00:41', kind: 'macvtap', alias: `matchlock:${UID}:eth1`, up: false });
+    const r = await ensure(world, vm());
+    assert.ok(r.ok, r.ok ? '' : r.err.message);
+    assert.deepEqual(
+      [world.links.get(tap), world.links.get(macvtap)].map((l) => [l?.alias, l?.master, l?.up]),
+      [[`matchlock:test:${UID}:eth0`, 'br0', true], [`matchlock:test:${UID}:eth1`, undefined, true]],
+    );
+    assert.deepEqual(world.calls.filter((c) => /^(tap|macvtap|adopt) /.test(c)), [`adopt ${tap}`, `adopt ${macvtap}`], 'finished, not created again');
+
+    for (const [alias, kind] of [[`matchlock:other:${UID}:eth0`, 'tap'], ['an operator\'s', 'tap'], [undefined, 'other']] as const) {
+      const w = new FakeWorld();
+      w.links.set(tap, { name: tap, ifindex: 42, mac: 'fe:00:00:00:00:42', kind, alias, up: false });
+      const failed = await ensure(w, vm());
+      assert.equal(failed.ok, false, `${alias} ${kind}`);
+      assert.match(failed.ok ? '' : failed.err.message, new RegExp(`^interface eth0 .*${tap} exists (with the alias|as a link of kind other)`));
+      assert.deepEqual([w.links.get(tap)?.alias, w.links.get(tap)?.up], [alias, false], 'left as it was');
     }
   });
 

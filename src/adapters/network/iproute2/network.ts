@@ -549,8 +549,8 @@ export class Iproute2Network implements HostNetwork {
     return shown ?? this.must(name);
   }
 
-  async attach(name: string, bridge: string): Promise<void> {
-    const line = ['link', 'set', 'dev', name, 'master', bridge, 'up'];
+  async adopt(name: string, opts: { alias: string; bridge?: string }): Promise<void> {
+    const line = ['link', 'set', 'dev', name, 'alias', opts.alias, ...(opts.bridge !== undefined ? ['master', opts.bridge] : []), 'up'];
     if (line.every(batchable)) await this.batch([line]);
     else await run('ip', line);
   }

@@ -1,5 +1,5 @@
 import { failedPrecondition } from '../../errors.js';
-import { guestMac, hostDeviceName } from '../../microvm/host-names.js';
+import { guestMac, hostDeviceName, parseAlias } from '../../microvm/host-names.js';
 import type { NetworkInterface } from '../../microvm/types.js';
 import type { HostNetwork, LinkInfo } from '../../ports.js';
 import type { CreateContext } from '../context.js';
@@ -9,6 +9,21 @@ import type { Step } from '../step.js';
 function record(ctx: CreateContext, index: number, iface: NetworkInterface, name: string, link: LinkInfo): void {
   const mac = iface.type === 'MACVTAP' ? link.mac : guestMac(ctx.vm, index);
   ctx.recordNic(index, { deviceId: iface.deviceId, type: iface.type, hostDevice: name, ifindex: link.ifindex, mac }, { hostDeviceName: name, index: link.ifindex, macAddress: link.mac });
+}
+
+/**
+ * Refuses an existing link named for this VM's interface unless the step may finish it as its
+ * own: it is of the step's kind and its alias is the one this daemon writes for it, none (a
+ * create cut short, by a kill or a failed line, before its alias line) or the older form
+ * without a daemon id for the same VM and interface. Any other alias is another owner's
+ * (another daemon holding a copy of this store, an operator), whose link is left alone.
+ */
+function claim(link: LinkInfo, kind: LinkInfo['kind'], alias: string, uid: string, deviceId: string): void {
+  if (link.kind !== kind) throw failedPrecondition(`${link.name} exists as a link of kind ${link.kind}, not ${kind}: not made by matchlock for interface ${deviceId}`);
+  if (link.alias === undefined || link.alias === '' || link.alias === alias) return;
+  const owner = parseAlias(link.alias);
+  if (owner && owner.daemonId === undefined && owner.uid === uid && owner.deviceId === deviceId) return;
+  throw failedPrecondition(`${link.name} exists with the alias ${JSON.stringify(link.alias)}: it is not this VM's interface ${deviceId} (its alias would be ${JSON.stringify(alias)}); left alone`);
 }
 
 /** A TAP device enslaved to the interface's bridge and up, marked as this VM's. */
@@ -23,8 +38,10 @@ export class TapInterface implements Step {
   ) {
     this.device = hostDeviceName(ctx.vm, index);
     this.bridge = iface.overrides?.bridgeName ?? ctx.deps.bridgeName;
+    this.alias = ctx.deps.linkAlias(ctx.vm.uid, iface.deviceId);
     this.name = `interface ${iface.deviceId} (tap ${this.device})`;
   }
+  private readonly alias: string;
   /** What needed() saw in this pass, so run() does not look up the same link again. */
   private seen: { link: LinkInfo | undefined } | undefined;
   /**
@@ -33,7 +50,7 @@ export class TapInterface implements Step {
    */
   private made: LinkInfo | undefined;
   private ok(link: LinkInfo | undefined): link is LinkInfo {
-    return link !== undefined && link.master === this.bridge && link.up;
+    return link !== undefined && link.kind === 'tap' && link.master === this.bridge && link.up && link.alias === this.alias;
   }
   async needed(): Promise<boolean> {
     const link = await this.ctx.deps.network.get(this.device);
@@ -42,16 +59,17 @@ export class TapInterface implements Step {
     return !this.ok(link);
   }
   async run(): Promise<void> {
-    const { network, linkAlias } = this.ctx.deps;
+    const { network } = this.ctx.deps;
     const seen = this.seen;
     this.seen = undefined;
     if (!this.bridge) throw failedPrecondition(`TAP interface ${this.iface.deviceId} has no bridge: set overrides.bridge_name or matchlockd --bridge-name`);
     if (!(await network.get(this.bridge))) throw failedPrecondition(`bridge ${this.bridge} for interface ${this.iface.deviceId} not found on this host`);
     const existing = seen ? seen.link : await network.get(this.device);
-    let link = existing ?? (await network.createTap(this.device, { bridge: this.bridge, alias: linkAlias(this.ctx.vm.uid, this.iface.deviceId) }));
+    if (existing) claim(existing, 'tap', this.alias, this.ctx.vm.uid, this.iface.deviceId);
+    let link = existing ?? (await network.createTap(this.device, { bridge: this.bridge, alias: this.alias }));
     let fresh = !existing;
     if (!this.ok(link)) {
-      await network.attach(this.device, this.bridge);
+      await network.adopt(this.device, { alias: this.alias, bridge: this.bridge });
       const after = await network.get(this.device);
       fresh = after !== undefined;
       link = after ?? link;
@@ -62,7 +80,7 @@ export class TapInterface implements Step {
   async verify(): Promise<void> {
     const made = this.made;
     this.made = undefined;
-    if (!this.ok(made ?? (await this.ctx.deps.network.get(this.device)))) throw failedPrecondition(`${this.device} is not up on bridge ${this.bridge}`);
+    if (!this.ok(made ?? (await this.ctx.deps.network.get(this.device)))) throw failedPrecondition(`${this.device} is not up on bridge ${this.bridge} with its alias ${this.alias}`);
   }
 }
 
@@ -76,18 +94,35 @@ export class MacvtapInterface implements Step {
     private readonly index: number,
   ) {
     this.device = hostDeviceName(ctx.vm, index);
+    this.alias = ctx.deps.linkAlias(ctx.vm.uid, iface.deviceId);
     this.name = `interface ${iface.deviceId} (macvtap ${this.device})`;
+  }
+  private readonly alias: string;
+  /** What needed() saw in this pass (see TapInterface.seen). */
+  private seen: { link: LinkInfo | undefined } | undefined;
+  private ok(link: LinkInfo | undefined): link is LinkInfo {
+    return link !== undefined && link.kind === 'macvtap' && link.up && link.alias === this.alias;
   }
   async needed(): Promise<boolean> {
     const link = await this.ctx.deps.network.get(this.device);
-    if (link) record(this.ctx, this.index, this.iface, this.device, link);
-    return !link;
+    this.seen = { link };
+    if (this.ok(link)) record(this.ctx, this.index, this.iface, this.device, link);
+    return !this.ok(link);
   }
   async run(): Promise<void> {
-    const { network, parentIface, linkAlias } = this.ctx.deps;
+    const { network, parentIface } = this.ctx.deps;
+    const seen = this.seen;
+    this.seen = undefined;
     if (!parentIface) throw failedPrecondition(`MACVTAP interface ${this.iface.deviceId} needs matchlockd --parent-iface`);
     if (!(await network.get(parentIface))) throw failedPrecondition(`parent interface ${parentIface} for ${this.iface.deviceId} not found on this host`);
-    const link = await network.createMacvtap(this.device, { parent: parentIface, alias: linkAlias(this.ctx.vm.uid, this.iface.deviceId), mac: guestMac(this.ctx.vm, this.index) });
+    const existing = seen ? seen.link : await network.get(this.device);
+    let link: LinkInfo;
+    if (existing) {
+      // Made by a pass cut short before its alias and up line: finish it.
+      claim(existing, 'macvtap', this.alias, this.ctx.vm.uid, this.iface.deviceId);
+      await network.adopt(this.device, { alias: this.alias });
+      link = (await network.get(this.device)) ?? existing;
+    } else link = await network.createMacvtap(this.device, { parent: parentIface, alias: this.alias, mac: guestMac(this.ctx.vm, this.index) });
     this.made = link;
     record(this.ctx, this.index, this.iface, this.device, link);
   }
@@ -96,7 +131,7 @@ export class MacvtapInterface implements Step {
   async verify(): Promise<void> {
     const made = this.made;
     this.made = undefined;
-    if (!(made ?? (await this.ctx.deps.network.get(this.device)))) throw failedPrecondition(`${this.device} is not on the host after it was created`);
+    if (!this.ok(made ?? (await this.ctx.deps.network.get(this.device)))) throw failedPrecondition(`${this.device} is not up with its alias ${this.alias} after it was created`);
   }
 }
 
