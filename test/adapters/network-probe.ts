@@ -115,6 +115,14 @@ if (mode === 'group') {
     sh('link', 'del', 'mlst0');
     sh('tuntap', 'add', 'dev', 'mlst0', 'mode', 'tap');
     stale.reread = { first: first?.ifindex, now: (await sysfs.get('mlst0'))?.ifindex, read: (await onet.get('mlst0'))?.ifindex, spawns: spawnCount() - before };
+    // Deleted by another process, not re-created: ip asks the kernel for the ifindex it
+    // remembers, gets ENODEV and exits; the read is asked again in a fresh ip, which finds no
+    // such link. A link read is what a create does for its bridge before using it.
+    sh('link', 'add', 'brgone', 'type', 'bridge');
+    const seen = await onet.get('brgone');
+    sh('link', 'del', 'brgone');
+    const again = await onet.get('brgone').then((l) => l ?? null, (e: unknown) => (e as Error).message);
+    stale.deleted = { seen: seen?.name, again };
   }
   {
     // After an ip's life (lifeMs 200): the bridge it attached to is deleted and re-created;

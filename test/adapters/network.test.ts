@@ -52,6 +52,7 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
       sequential: { spawns: number };
       stale: {
         reread: { first: number; now: number; read: number; spawns: number };
+        deleted: { seen: string; again: string | null };
         afterLife: { pid: number | null; gone: boolean; created: string; attached: string; masters: (string | undefined)[] };
       };
     };
@@ -119,6 +120,8 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
       assert.notEqual(reread.first, reread.now, 'the TAP was re-created');
       assert.equal(reread.read, reread.now, 'the read sees the new TAP');
       assert.equal(reread.spawns, 1, 'the running ip did the create and the first read; the re-read cost a fresh one');
+      // Deleted, not re-created: ip exits at the stale ifindex; the read, asked again, finds none.
+      assert.deepEqual(r.stale.deleted, { seen: 'brgone', again: null });
       // The bridge the old ip attached to was re-created once that ip's life was over.
       assert.equal(afterLife.created, 'brst', 'a create attaches to the new bridge');
       assert.equal(afterLife.attached, 'ok');

@@ -123,6 +123,13 @@ const MARK = 'link show dev lo';
 /** The last lines of what ip wrote on stderr for a command, on one line, as run() reports it. */
 const tail = (text: string) => text.trim().split('\n').slice(-3).join(' ');
 
+/**
+ * What iproute2 6.1 prints for `link show dev <name>` when the ifindex it remembers for that
+ * name is gone (another process deleted the link): the kernel's ENODEV for the index, not
+ * "does not exist" for the name. The name may exist again with another index, or not at all.
+ */
+const STALE_INDEX = /Cannot send link get request: No such device/;
+
 /** ip's arguments: JSON out, -force to go on after a failed line, lines read from stdin. */
 const IP_ARGS = ['-json', '-details', '-force', '-batch', '-'];
 
@@ -177,10 +184,10 @@ interface Outcome {
  * ip keeps the ifindex of every name it looked up for its whole life (lib/ll_map.c) and only
  * drops it for a link it deletes itself. A link another process deletes and re-creates (the
  * hub re-creating its bridge, an operator, the daemon's own `ip` for a name -batch cannot
- * carry) then stays stale here: `master <bridge>` fails and `link show` prints `[{}]`. So the
- * process takes new lines for `lifeMs` only (retire()) and is then left to finish its lines
- * and exit; and a show that prints an object without `ifname` retires it too, its change
- * being handed back to show again in a fresh process.
+ * carry) then stays stale here: `master <bridge>` fails, and `link show` prints `[{}]` (the
+ * name made again) or fails with STALE_INDEX (deleted). So the process takes new lines for
+ * `lifeMs` only (retire()) and is then left to finish its lines and exit; and a show answered
+ * either way retires it too, its change being handed back to show again in a fresh process.
  *
  * A line not answered within ROW_TIMEOUT_MS kills ip; it and every line after it fail. The
  * process is spawned here with child_process, not through the spawner (which takes a program's
@@ -310,6 +317,10 @@ class IpStream {
       if (!head) return;
       if (n === head.line && !head.answered) {
         head.answered = true;
+        if (head.show && STALE_INDEX.test(why)) {
+          this.stale(head);
+          return;
+        }
         // ip says "Device "<name>" does not exist" for a show of a missing link: a read's undefined.
         if (!(head.show && head.change.read && /does not exist|Cannot find device/.test(why))) this.fail(head, tail(why) || 'command failed');
       } else if (n === head.line + 1) this.next();
@@ -336,16 +347,20 @@ class IpStream {
         return;
       }
       if (l && l.ifname === undefined) {
-        // A stale ifindex (see the class comment): not the link, show it again elsewhere.
         head.answered = true;
-        const o = this.outcomes.get(head.change);
-        if (o) o.stale = true;
-        this.retire();
+        this.stale(head);
         return;
       }
     }
     if (printed[0]?.ifname === 'lo') this.next();
     else if (line !== '') this.text.push(line);
+  }
+
+  /** A show answered from a stale ifindex (see the class comment): not the link; shown again in a fresh ip. */
+  private stale(row: Row): void {
+    const o = this.outcomes.get(row.change);
+    if (o) o.stale = true;
+    this.retire();
   }
 
   /** The head row's mark came: the row is done, and with its change's last row the change. */
@@ -363,7 +378,7 @@ class IpStream {
     this.outcomes.delete(c);
     if (o.error) c.done(o.error);
     else if (o.stale && !c.retried) this.onRetry({ lines: [], show: c.show, read: c.read === true, retried: true, done: c.done });
-    else if (o.stale) c.done(new MatchlockError(ErrorCode.Internal, `ip ${c.read ? '-json -details ' : ''}link show dev ${c.show}: printed a link without a name twice`));
+    else if (o.stale) c.done(new MatchlockError(ErrorCode.Internal, `ip ${c.read ? '-json -details ' : ''}link show dev ${c.show}: the link was deleted and made again under ip twice in a row`));
     else c.done(o.shown);
   }
 
@@ -387,7 +402,8 @@ class IpStream {
         for (const row of this.rows) this.fail(row, why);
         for (const row of this.rows) if (row.last) this.settle(row.change);
       } else {
-        this.fail(head, last || `ip exited with ${code}`);
+        if (head.show && !head.answered && STALE_INDEX.test(last)) this.stale(head);
+        else this.fail(head, last || `ip exited with ${code}`);
         this.settle(head.change);
         untried = [...new Set(this.rows.filter((r) => r.change !== head.change).map((r) => r.change))];
       }
