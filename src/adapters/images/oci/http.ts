@@ -15,13 +15,24 @@ export interface HttpOptions {
  */
 export async function httpGet(url: string, opts: HttpOptions = {}, redirects = 5): Promise<IncomingMessage> {
   const u = new URL(url);
+  const ms = opts.timeoutMs ?? 30_000;
   const res = await new Promise<IncomingMessage>((resolve, reject) => {
+    let response: IncomingMessage | undefined;
     const req = (u.protocol === 'https:' ? httpsRequest : httpRequest)(
       u,
       { method: opts.method ?? 'GET', headers: opts.headers, ...(u.protocol === 'https:' ? { rejectUnauthorized: !opts.insecureTls } : {}) },
-      resolve,
+      (r) => {
+        response = r;
+        resolve(r);
+      },
     );
-    req.setTimeout(opts.timeoutMs ?? 30_000, () => req.destroy(new Error(`no answer from ${u.host} within ${opts.timeoutMs ?? 30_000} ms`)));
+    // The socket's idle timeout, before the answer's head and while its body is read. Once the
+    // head came, destroying only the request would reach the body's reader as a bare "aborted".
+    req.setTimeout(ms, () => {
+      const err = new Error(response ? `${u.host} sent nothing more of its answer for ${ms} ms` : `no answer from ${u.host} within ${ms} ms`);
+      response?.destroy(err);
+      req.destroy(err);
+    });
     req.on('error', reject);
     req.end();
   });
