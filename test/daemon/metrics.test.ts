@@ -295,6 +295,9 @@ describe('metrics of a daemon at work: a create/delete burst and a real QEMU gue
     // One request over the HTTP API, so both APIs are counted.
     const http = getInNs(lab.ns, lab.daemon.httpPort ?? 0, '/v1alpha1/microvm');
     assert.equal(http.status, 200);
+    // matchlock.v1's routes are counted under their RPC's name too.
+    assert.equal(getInNs(lab.ns, lab.daemon.httpPort ?? 0, '/v1/server-info').status, 200);
+    assert.equal(getInNs(lab.ns, lab.daemon.httpPort ?? 0, '/v1/recent-events?limit=1').status, 200);
 
     await Promise.all(burst.map((uid) => vms.delete(uid)));
     for (const uid of burst) await waitFor(`${uid} gone`, async () => (await vms.get(uid)) === undefined, 60_000);
@@ -312,6 +315,8 @@ describe('metrics of a daemon at work: a create/delete burst and a real QEMU gue
     grew('matchlock_api_requests_total', { api: 'grpc', method: 'CreateMicroVM', code: 'OK' }, 7);
     grew('matchlock_api_requests_total', { api: 'grpc', method: 'DeleteMicroVM', code: 'OK' }, 5);
     grew('matchlock_api_requests_total', { api: 'http', method: 'ListMicroVMs', code: '200' }, 1);
+    grew('matchlock_api_requests_total', { api: 'http', method: 'GetServerInfo', code: '200' }, 1);
+    grew('matchlock_api_requests_total', { api: 'http', method: 'ListMicroVMEvents', code: '200' }, 1);
     grew('matchlock_api_request_duration_seconds_count', { api: 'grpc', method: 'GetMicroVM' }, 5);
     grew('matchlock_reconcile_attempts_total', { kind: 'ensure', outcome: 'ok' }, 5);
     grew('matchlock_reconcile_attempts_total', { kind: 'teardown', outcome: 'ok' }, 5);

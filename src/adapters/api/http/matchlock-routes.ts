@@ -26,10 +26,12 @@ export async function matchlockRoute(
   query: Map<string, string>,
   body: Buffer,
   res: ServerResponse,
+  route: { rpc: string } = { rpc: '' },
 ): Promise<boolean> {
   const [version, kind, uid, verb, ...rest] = segments;
   if (version !== 'v1' || rest.length) return false;
   if (method === 'POST' && kind === 'microvm' && uid !== undefined && verb !== undefined && VERBS.includes(verb)) {
+    route.rpc = `${verb.charAt(0).toUpperCase()}${verb.slice(1)}MicroVM`;
     const text = body.toString('utf8').trim();
     let grace: number | undefined;
     let force = false;
@@ -48,10 +50,12 @@ export async function matchlockRoute(
     return true;
   }
   if (method === 'GET' && kind === 'server-info' && uid === undefined) {
+    route.rpc = 'GetServerInfo';
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(toJson(GetServerInfoResponseSchema, await serverInfoMessage(api))));
     return true;
   }
   if (method === 'GET' && kind === 'recent-events' && uid === undefined) {
+    route.rpc = 'ListMicroVMEvents';
     const limit = query.get('limit') ?? '0';
     if (!/^[0-9]{1,4}$/.test(limit)) throw invalid('limit', 'must be a whole number from 0 to 1000');
     const out = recentEvents(api, { uid: query.get('uid') || undefined, namespace: query.get('namespace') || undefined }, Number(limit));
@@ -59,6 +63,7 @@ export async function matchlockRoute(
     return true;
   }
   if (method === 'GET' && kind === 'events' && uid === undefined) {
+    route.rpc = 'WatchEvents';
     const after = query.get('after_id');
     if (after !== undefined && !/^[0-9]{1,15}$/.test(after)) throw invalid('after_id', 'must be an event id (a whole number)');
     const ac = new AbortController();

@@ -155,7 +155,7 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     });
     return send(res, 200, ListMicroVMsResponseSchema, { microvm: page.records.map((r) => fromBinary(MicroVMSchema, r)), nextPageToken: page.nextPageToken });
   }
-  if (opts.matchlock && (await matchlockRoute(opts.matchlock, method, target.segments, target.query, body, res))) return;
+  if (opts.matchlock && (await matchlockRoute(opts.matchlock, method, target.segments, target.query, body, res, route))) return;
   // A path served with other methods is grpc-gateway's "Method Not Allowed", which it answers
   // as UNIMPLEMENTED (HTTP 501); the Allow header says which methods the path takes.
   const flintlockMethods = !isApi ? [] : uidRoute !== undefined ? ['GET'] : root ? ['GET', 'POST'] : one !== undefined ? ['DELETE', 'GET'] : [];
