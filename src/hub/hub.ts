@@ -65,6 +65,10 @@ function dhcpRunning(state: HubState | undefined, c: HubConfig): boolean {
  */
 export async function hubSetup(c: HubConfig): Promise<void> {
   const files = hubFiles(c);
+  // What the host must already have is checked before anything is written, the state
+  // directory included: a refused setup leaves nothing behind.
+  if (!(await linkExists(c.uplink))) throw hubError(`uplink ${c.uplink} not found: name the interface that leads out of this host`);
+  if (c.mode === 'vlan' && !(await linkExists(c.interface)) && !(await linkExists(c.parent ?? ''))) throw hubError(`parent ${c.parent} for the VLAN not found`);
   await mkdir(c.stateDir, { recursive: true, mode: 0o750 });
   const state: HubState = (await readState(c)) ?? { createdLink: false, addedAddress: false, nft: false, files: [] };
   const save = () => writeFile(files.state, JSON.stringify(state, null, 1));
@@ -73,10 +77,8 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   };
   own(files.state);
 
-  if (!(await linkExists(c.uplink))) throw hubError(`uplink ${c.uplink} not found: name the interface that leads out of this host`);
   if (!(await linkExists(c.interface))) {
     if (c.mode === 'vlan') {
-      if (!(await linkExists(c.parent ?? ''))) throw hubError(`parent ${c.parent} for the VLAN not found`);
       try {
         await run('ip', ['link', 'add', 'link', c.parent ?? '', 'name', c.interface, 'type', 'vlan', 'id', String(c.vlanId)]);
       } catch (err) {

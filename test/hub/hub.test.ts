@@ -256,4 +256,19 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
     }
     assert.deepEqual(snapshot(), before);
   });
+
+  it('refuses an uplink or VLAN parent that does not exist before it writes anything, its state directory included', () => {
+    const before = snapshot();
+    for (const [args, message] of [
+      [['--mode', 'bridge', '--interface', 'mlbrx', '--uplink', 'nosuch0'], /uplink nosuch0 not found/],
+      [['--mode', 'vlan', '--interface', 'nosuch1.7', '--parent', 'nosuch1', '--vlan-id', '7', '--uplink', 'up0'], /parent nosuch1 for the VLAN not found/],
+    ] as const) {
+      const state = join(tmp.path, 'state-refused');
+      const r = inNs(hub, process.execPath, join(ROOT, 'bin/matchlock.js'), 'hub', 'setup', ...args, '--state-dir', state);
+      assert.notEqual(r.status, 0);
+      assert.match(r.stderr, message);
+      assert.equal(existsSync(state), false, `${args.join(' ')}: no state directory left`);
+    }
+    assert.deepEqual(snapshot(), before);
+  });
 });
