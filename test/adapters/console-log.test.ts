@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { appendFileSync, closeSync, constants, existsSync, openSync, readFileSync, statSync, writeFileSync, writeSync, type PathLike } from 'node:fs';
+import { appendFileSync, closeSync, constants, existsSync, openSync, readFileSync, renameSync, statSync, unlinkSync, watch, writeFileSync, writeSync, type PathLike } from 'node:fs';
 import fsp from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { after, it } from 'node:test';
-import { boundFile, LogBound, readTail } from '../../src/adapters/vmm/console.js';
+import { boundFile, followFile, LogBound, readTail } from '../../src/adapters/vmm/console.js';
 import { silentLogger } from '../../src/adapters/silent-logger.js';
 import { tempDir } from '../helpers/daemon.js';
 
@@ -96,22 +96,23 @@ it('LogBound looks at a file again only after it changed, and opens only one ove
   const looks = (f: string) => looked.filter((p) => p === f).length;
   try {
     await bound.pass();
-    assert.equal(looks(a), 1, 'the first pass looks at every file');
+    // Twice: the inode before the watch is placed, the size after it (see LogBound.lookFirst).
+    assert.equal(looks(a), 2, 'the first pass looks at every file');
     assert.equal(opens(a), 0, 'a file under its bound is not opened: its size is all the bound needs');
     for (let i = 0; i < 3; i++) await bound.pass();
-    assert.equal(looks(a), 1, 'an unchanged file is not looked at again');
+    assert.equal(looks(a), 2, 'an unchanged file is not looked at again');
     assert.equal(looks(b), 4, 'a file not made yet cannot be watched: it is tried on every pass');
     writeFileSync(b, 'made\n');
     await bound.pass();
     await bound.pass();
-    assert.equal(looks(b), 5, 'once made and looked at, it is watched too');
+    assert.equal(looks(b), 6, 'once made and looked at, it is watched too');
     appendFileSync(a, Buffer.alloc(8192, 0x61));
     const deadline = Date.now() + 10_000;
-    while (looks(a) === 1 && Date.now() < deadline) {
+    while (looks(a) === 2 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 20));
       await bound.pass();
     }
-    assert.equal(looks(a), 2, 'a file that grew is looked at again');
+    assert.equal(looks(a), 3, 'a file that grew is looked at again, with one stat');
     assert.equal(opens(a), 1, 'and, over its bound, opened');
     assert.ok(statSync(a).size <= 4096, 'and cut at its bound');
   } finally {
@@ -119,5 +120,114 @@ it('LogBound looks at a file again only after it changed, and opens only one ove
     fsp.open = realOpen;
     fsp.stat = realStat;
     syncBuiltinESMExports();
+  }
+});
+
+it('a writer without O_APPEND goes on past a hole after a cut: the bound counts its data, .1 keeps the real last bytes, no zeros', async () => {
+  const log = join(tmp.path, 'own-offset.log');
+  // As Firecracker holds its log and metrics files: written at the writer's own offset.
+  const fd = openSync(log, 'w');
+  const lines = (from: number, n: number) => Array.from({ length: n }, (_, i) => `line ${String(from + i).padStart(5, '0')}\n`).join(''); // 11 bytes each
+  try {
+    writeSync(fd, lines(0, 455)); // 5,005 bytes
+    assert.equal(await boundFile(log, 4096), true);
+    assert.ok(readFileSync(`${log}.1`, 'utf8').endsWith('line 00454\n'));
+    writeSync(fd, 'after\n'); // lands at offset 5,005, after a hole
+    assert.equal(statSync(log).size, 5011, 'the size counts the hole');
+    assert.equal(await boundFile(log, 4096), false, 'one line of data is under the bound, whatever the size');
+    assert.ok(readFileSync(`${log}.1`, 'utf8').endsWith('line 00454\n'), 'the kept history is not replaced by the hole');
+    assert.equal((await readTail(log, 2)).data.toString(), 'line 00454\nafter\n', '--tail skips the hole');
+    const more = lines(1000, 300); // 3,300 bytes: data in two blocks, less than the bound of real bytes
+    writeSync(fd, more);
+    assert.equal(await boundFile(log, 4096), true);
+    const kept = readFileSync(`${log}.1`);
+    assert.equal(kept.indexOf(0), -1, '.1 holds no NUL byte of the hole');
+    assert.equal(kept.toString(), `after\n${more}`, '.1 holds the bytes written since the last cut');
+    assert.equal((await readTail(log, undefined)).data.toString(), `after\n${more}`);
+    writeSync(fd, lines(2000, 500));
+    assert.equal(await boundFile(log, 4096), true);
+    const last = readFileSync(`${log}.1`);
+    assert.equal(last.length, 4096);
+    assert.equal(last.indexOf(0), -1);
+    assert.equal(last.toString(), lines(2000, 500).slice(-4096));
+  } finally {
+    closeSync(fd);
+  }
+});
+
+it('LogBound follows a path whose file is replaced (renamed over, removed and made again, moved to .1): the new file is cut too', async () => {
+  for (const replace of ['rename over', 'remove and make', 'move to .1'] as const) {
+    const log = join(tmp.path, `replaced-${replace.replaceAll(' ', '-')}.log`);
+    // The old writer keeps its file open, with O_APPEND, as a VMM does.
+    const old = openSync(log, constants.O_WRONLY | constants.O_CREAT | constants.O_APPEND);
+    const bound = new LogBound(async () => [log], 4096, silentLogger);
+    try {
+      writeSync(old, 'booted\n');
+      await bound.pass(); // looked at, and watched
+      // The old file's event (its link count, or its move) reaches every watch of it at once:
+      // seen here, it was seen by the bound, and the pass after it looks at the path before
+      // the new file grows.
+      const seen = new Promise<void>((resolve) => {
+        const w = watch(log, () => {
+          w.close();
+          resolve();
+        });
+      });
+      if (replace === 'rename over') {
+        writeFileSync(`${log}.new`, Buffer.alloc(100, 0x62));
+        renameSync(`${log}.new`, log);
+      } else if (replace === 'remove and make') {
+        unlinkSync(log);
+        writeFileSync(log, Buffer.alloc(100, 0x62));
+      } else {
+        renameSync(log, `${log}.1`);
+        writeFileSync(log, Buffer.alloc(100, 0x62));
+      }
+      await seen;
+      await bound.pass();
+      assert.ok(statSync(log).size <= 4096);
+      const tail = 'the new writer, last\n';
+      appendFileSync(log, Buffer.concat([Buffer.alloc(20_000, 0x63), Buffer.from(tail)]));
+      const deadline = Date.now() + 10_000;
+      while (statSync(log).size > 4096 && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+        await bound.pass();
+      }
+      assert.ok(statSync(log).size <= 4096, `${replace}: the new file is still ${statSync(log).size} bytes`);
+      const kept = readFileSync(`${log}.1`);
+      assert.equal(kept.length, 4096);
+      assert.ok(kept.toString().endsWith(tail), `${replace}: .1 holds the new file's last bytes`);
+      assert.equal(kept.indexOf(0), -1);
+    } finally {
+      bound.stop();
+      closeSync(old);
+    }
+  }
+});
+
+it('following a file cut under a writer without O_APPEND starts over past the hole: no zeros are sent', async () => {
+  const log = join(tmp.path, 'follow-hole.log');
+  const fd = openSync(log, 'w');
+  try {
+    writeSync(fd, Buffer.alloc(200_000, 0x61));
+    const { offset } = await readTail(log, 0);
+    assert.equal(await boundFile(log, 4096), true);
+    const got: Buffer[] = [];
+    const stop = new AbortController();
+    const following = followFile(log, offset, stop.signal, (d) => void got.push(d), 10);
+    // The follower finds the file shorter than its offset (cut, nothing written since) and
+    // starts over at 0; the writer then goes on at its own offset, past a 200,000-byte hole.
+    await new Promise((r) => setTimeout(r, 100));
+    writeSync(fd, 'after the cut\n');
+    writeSync(fd, 'and on\n');
+    const deadline = Date.now() + 10_000;
+    while (!Buffer.concat(got).toString().includes('and on\n') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    stop.abort();
+    await following;
+    const sent = Buffer.concat(got);
+    assert.equal(sent.indexOf(0), -1, `${sent.length} bytes sent, zeros among them`);
+    assert.equal(sent.toString(), 'after the cut\nand on\n');
+  } finally {
+    closeSync(fd);
   }
 });

@@ -7,33 +7,63 @@ import type { Logger } from '../../core/ports.js';
 /** The previous generation of a bounded log: `<file>.1`. */
 export const rotatedOf = (path: string) => `${path}.1`;
 
+/** What `stat` says of a file: enough to tell which file a path names and what it holds. */
+type FileStat = { ino: number; dev: number; size: number; blocks: number };
+
 /**
- * Keeps a file a VMM appends to under `maxBytes`: once it is larger, its last `maxBytes` move to
- * `<file>.1` (replacing the older generation) and the file is truncated in place, so the VMM's
- * open descriptor stays valid (copytruncate). The VMM must write with O_APPEND (every provider
- * opens its logs so) for the next write to land at offset 0; bytes written between the copy
- * and the truncation are lost. At most about 2 * maxBytes stay on disk per file. Returns
- * whether the file was cut.
+ * Bytes of data a file holds, at most its size: its allocated blocks (`st_blocks`, 512-byte
+ * units, stat(2)) when it has any. A writer that does not open with O_APPEND goes on at its own
+ * offset after a cut, leaving a hole before it: the size then counts the hole, the blocks do not.
+ * Blocks not reported (0) leave the size.
+ */
+const dataBytes = (st: FileStat) => (st.blocks > 0 ? Math.min(st.size, st.blocks * 512) : st.size);
+
+/** `buf` without the NUL bytes it starts with: a hole left by a cut reads as zeros. */
+function afterHole(buf: Buffer): Buffer {
+  let i = 0;
+  while (i < buf.length && buf[i] === 0) i++;
+  return buf.subarray(i);
+}
+
+/**
+ * Keeps a file a VMM writes to under `maxBytes` of data: once it holds more, its last `maxBytes`
+ * move to `<file>.1` (replacing the older generation) and the file is truncated in place, so the
+ * VMM's open descriptor stays valid (copytruncate); bytes written between the copy and the
+ * truncation are lost. At most about 2 * maxBytes stay on disk per file. Returns whether the
+ * file was cut.
+ *
+ * A writer with O_APPEND (QEMU's console with logappend, the spawner's stdout and stderr) goes
+ * on at offset 0 after a cut. One without it (Firecracker's log and metrics files, Cloud
+ * Hypervisor's) goes on at its own offset: the file's size stays what it was and the next write
+ * lands after a hole (truncate(2) frees the blocks, the offset is the writer's). So the bound
+ * counts the file's allocated blocks, not its size, and the NUL bytes a hole reads as are left
+ * out of `.1`: a reader of such a file sees its size keep growing by all the VMM ever wrote,
+ * the part before the last write since the cut reading as zeros, while its disk use stays
+ * bounded. `readTail` skips the hole.
  */
 export async function boundFile(path: string, maxBytes: number): Promise<boolean> {
-  // A file under its bound (nearly every look) costs one stat, not an open, fstat and close:
-  // each is a trip through libuv's thread pool, and a burst of creates looks at three files of
-  // every new VM. The size is read again through the open file before anything is cut.
-  const size = await stat(path).then((st) => st.size, () => undefined);
-  if (size === undefined || size <= maxBytes) return false;
+  const st = await stat(path).catch(() => undefined);
+  return st !== undefined && cut(path, maxBytes, st);
+}
+
+/** `boundFile` with the path's stat already made: a file under its bound costs nothing more. */
+async function cut(path: string, maxBytes: number, seen: FileStat): Promise<boolean> {
+  if (dataBytes(seen) <= maxBytes) return false;
   let fh;
   try {
     fh = await open(path, 'r+');
   } catch {
-    return false; // not made yet, or gone with its VM
+    return false; // gone with its VM
   }
   try {
-    const { size } = await fh.stat();
-    if (size <= maxBytes) return false;
-    const keep = Buffer.alloc(maxBytes);
-    const { bytesRead } = await fh.read(keep, 0, maxBytes, size - maxBytes);
+    // Read again through the open file: the one cut is the one opened.
+    const st = await fh.stat();
+    if (dataBytes(st) <= maxBytes) return false;
+    const from = Math.max(0, st.size - maxBytes);
+    const keep = Buffer.alloc(st.size - from);
+    const { bytesRead } = await fh.read(keep, 0, keep.length, from);
     const tmp = `${rotatedOf(path)}.tmp`;
-    await writeFile(tmp, keep.subarray(0, bytesRead));
+    await writeFile(tmp, afterHole(keep.subarray(0, bytesRead)));
     await rename(tmp, rotatedOf(path));
     await fh.truncate(0);
     return true;
@@ -48,15 +78,18 @@ export async function boundFile(path: string, maxBytes: number): Promise<boolean
  * pass after the daemon starts again. Each file is watched (inotify through fs.watch) once it
  * has been looked at, and a pass looks again only at files that changed since, so idle VMs cost
  * no file system call; a file that cannot be watched (not made yet, the watch refused) is looked
- * at on every pass until it can be.
+ * at on every pass until it can be. A watch follows an inode, not a path: a file moved or
+ * renamed over, removed and made again, is told by its inode (`st_ino`, `st_dev`) on the look
+ * the change to the old one brings (inotify reports its link count or its move), and the new
+ * file is watched instead.
  */
 export class LogBound {
   private timer: NodeJS.Timeout | undefined;
   /** The pass under way, and the one to run after it (shared by every caller meanwhile). */
   private running: Promise<void> | undefined;
   private next: Promise<void> | undefined;
-  /** Watched files by path, and whether one changed since its last look. */
-  private readonly watched = new Map<string, { watcher: FSWatcher; changed: boolean }>();
+  /** Watched files by path: the inode watched, and whether it changed since its last look. */
+  private readonly watched = new Map<string, { watcher: FSWatcher; ino: number; dev: number; changed: boolean }>();
 
   constructor(
     private readonly files: () => Promise<string[]>,
@@ -103,11 +136,9 @@ export class LogBound {
       for (const f of files) {
         const w = this.watched.get(f);
         if (w && !w.changed) continue;
-        // Watched before the look, so a write during it is seen by the next pass.
-        if (w) w.changed = false;
-        else this.watch(f);
         try {
-          if (await boundFile(f, this.maxBytes)) this.log.debug({ file: f, maxBytes: this.maxBytes }, 'log cut at its bound');
+          const st = w ? await this.lookAgain(f, w) : await this.lookFirst(f);
+          if (st && (await cut(f, this.maxBytes, st))) this.log.debug({ file: f, maxBytes: this.maxBytes }, 'log cut at its bound');
         } catch (err) {
           this.log.warn({ file: f, err: (err as Error).message }, 'could not bound log');
         }
@@ -117,17 +148,41 @@ export class LogBound {
     }
   }
 
-  private watch(path: string): void {
+  /**
+   * A file not watched: its inode is read before the watch is placed, and its size after, so a
+   * file replaced in between is seen (the inodes differ; watched again on the next pass) and a
+   * write in between is seen by the watch. Undefined: not made yet.
+   */
+  private async lookFirst(path: string): Promise<FileStat | undefined> {
+    const before = await stat(path).catch(() => undefined);
+    if (!before) return undefined;
+    this.watch(path, before);
+    const st = await stat(path).catch(() => undefined);
+    if (st && (st.ino !== before.ino || st.dev !== before.dev)) this.unwatch(path);
+    return st;
+  }
+
+  /** A watched file that changed: the same inode, or a new file (watched from scratch). */
+  private async lookAgain(path: string, w: { ino: number; dev: number; changed: boolean }): Promise<FileStat | undefined> {
+    // Cleared before the look, so a write during it is seen by the next pass.
+    w.changed = false;
+    const st = await stat(path).catch(() => undefined);
+    if (st && st.ino === w.ino && st.dev === w.dev) return st;
+    this.unwatch(path);
+    return this.lookFirst(path);
+  }
+
+  private watch(path: string, st: FileStat): void {
     let watcher: FSWatcher;
     try {
       watcher = watch(path, { persistent: false });
     } catch {
-      return; // not made yet, or no watch left: looked at on every pass instead
+      return; // gone, or no watch left: looked at on every pass instead
     }
-    const entry = { watcher, changed: false };
-    // 'rename': the file was moved or removed, and the watch follows the old inode: drop it,
-    // so the next pass looks at whatever has the name now.
-    watcher.on('change', (type) => (type === 'rename' ? this.unwatch(path) : (entry.changed = true)));
+    const entry = { watcher, ino: st.ino, dev: st.dev, changed: false };
+    // Any event is a look: a write ('change'), a new link count (renamed over, removed: also
+    // 'change', from IN_ATTRIB) or the file moved away ('rename'), which the inode then tells.
+    watcher.on('change', () => (entry.changed = true));
     watcher.on('error', () => this.unwatch(path));
     this.watched.set(path, entry);
   }
@@ -140,15 +195,37 @@ export class LogBound {
   }
 }
 
-async function readAll(path: string): Promise<Buffer> {
+/**
+ * What a log holds, and its size. A file with fewer blocks than its size has a hole a cut left
+ * before a writer without O_APPEND (see `boundFile`), as large as all that writer ever wrote: it
+ * is read from its end back to the first 64 KiB of zeros only, and without the zeros it starts
+ * with.
+ */
+async function readData(path: string): Promise<{ data: Buffer; size: number }> {
   let fh;
   try {
     fh = await open(path, 'r');
   } catch {
-    return Buffer.alloc(0);
+    return { data: Buffer.alloc(0), size: 0 };
   }
   try {
-    return await fh.readFile();
+    const st = await fh.stat();
+    if (dataBytes(st) >= st.size) {
+      const data = await fh.readFile();
+      return { data, size: data.length };
+    }
+    const chunks: Buffer[] = [];
+    const chunk = 64 * 1024;
+    for (let end = st.size; end > 0; ) {
+      const from = Math.max(0, end - chunk);
+      const buf = Buffer.alloc(end - from);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, from);
+      const got = buf.subarray(0, bytesRead);
+      chunks.unshift(got);
+      if (got.every((b) => b === 0)) break;
+      end = from;
+    }
+    return { data: afterHole(Buffer.concat(chunks)), size: st.size };
   } finally {
     await fh.close();
   }
@@ -159,10 +236,10 @@ async function readAll(path: string): Promise<Buffer> {
  * file's size when it was read, from where following continues. `lines` undefined: everything.
  */
 export async function readTail(path: string, lines: number | undefined): Promise<{ data: Buffer; offset: number }> {
-  const current = await readAll(path);
-  if (lines === 0) return { data: Buffer.alloc(0), offset: current.length };
-  const all = Buffer.concat([await readAll(rotatedOf(path)), current]);
-  if (lines === undefined) return { data: all, offset: current.length };
+  const { data: current, size } = await readData(path);
+  if (lines === 0) return { data: Buffer.alloc(0), offset: size };
+  const all = Buffer.concat([(await readData(rotatedOf(path))).data, current]);
+  if (lines === undefined) return { data: all, offset: size };
   // A trailing newline ends the last line rather than starting an empty one.
   let pos = all.length > 0 && all[all.length - 1] === 0x0a ? all.length - 1 : all.length;
   let from = 0;
@@ -175,14 +252,14 @@ export async function readTail(path: string, lines: number | undefined): Promise
     from = nl + 1;
     pos = nl;
   }
-  return { data: all.subarray(from), offset: current.length };
+  return { data: all.subarray(from), offset: size };
 }
 
 /**
  * Sends what is appended to `path` from `offset` on, until `signal` aborts. Wakes on inotify
  * (fs.watch) and polls every `pollMs` as well, since a VMM in another mount namespace or a
  * replaced file may not be seen by the watch. A file that shrank was cut at its bound: reading
- * starts over at its beginning.
+ * starts over at its beginning, past the zeros of a hole a writer without O_APPEND left.
  */
 export async function followFile(path: string, offset: number, signal: AbortSignal, send: (data: Buffer) => Promise<void> | void, pollMs = 200): Promise<void> {
   let wake: (() => void) | undefined;
@@ -206,6 +283,7 @@ export async function followFile(path: string, offset: number, signal: AbortSign
   };
   signal.addEventListener('abort', poke, { once: true });
   const buf = Buffer.alloc(64 * 1024);
+  let atCut = false;
   try {
     while (!signal.aborted) {
       arm();
@@ -215,7 +293,10 @@ export async function followFile(path: string, offset: number, signal: AbortSign
       } catch {
         size = 0;
       }
-      if (size < offset) offset = 0;
+      if (size < offset) {
+        offset = 0;
+        atCut = true;
+      }
       if (size > offset) {
         const fh = await open(path, 'r').catch(() => undefined);
         if (fh) {
@@ -224,7 +305,12 @@ export async function followFile(path: string, offset: number, signal: AbortSign
               const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, size - offset), offset);
               if (bytesRead === 0) break;
               offset += bytesRead;
-              await send(Buffer.from(buf.subarray(0, bytesRead)));
+              let data: Buffer = buf.subarray(0, bytesRead);
+              // After a cut, a writer without O_APPEND went on past a hole (see boundFile).
+              if (atCut) data = afterHole(data);
+              if (data.length === 0) continue;
+              atCut = false;
+              await send(Buffer.from(data));
             }
           } finally {
             await fh.close();
