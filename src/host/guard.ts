@@ -1,4 +1,5 @@
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
+import { writeFileDurably } from '../adapters/durable.js';
 import { dirname } from 'node:path';
 import { run } from '../adapters/exec.js';
 
@@ -80,6 +81,6 @@ export async function removeGuard(): Promise<void> {
 /** Writes the guard as a file that `nft -f` loads (matchlockd's unit does, before each start). */
 export async function writeGuardFile(path: string): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
-  await writeFile(`${path}.tmp`, `#!/usr/sbin/nft -f\n# Written by matchlock host setup: guests may not reach this host's own addresses.\n${guardRuleset()}`, { mode: 0o644 });
-  await rename(`${path}.tmp`, path);
+  // Durable: an empty guard file after a power cut would load no rules and start the daemon unguarded.
+  await writeFileDurably(`${path}.tmp`, path, `#!/usr/sbin/nft -f\n# Written by matchlock host setup: guests may not reach this host's own addresses.\n${guardRuleset()}`, 0o644);
 }

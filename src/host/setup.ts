@@ -1,5 +1,6 @@
 import { existsSync, realpathSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { renameDurably, writeFileDurably } from '../adapters/durable.js';
 import { dirname, isAbsolute, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createTwoFilesPatch } from 'diff';
@@ -91,8 +92,7 @@ export function systemdUnit(execStart: string, configPath: string, guardPath?: s
 
 async function writeAtomic(path: string, text: string): Promise<void> {
   await mkdir(dirname(path), { recursive: true });
-  await writeFile(`${path}.tmp`, text, { mode: 0o640 });
-  await rename(`${path}.tmp`, path);
+  await writeFileDurably(`${path}.tmp`, path, text, 0o640);
 }
 
 /** A setting's text as the YAML scalar of its kind, so `maximum-retry=5` is written as 5, not "5". */
@@ -154,7 +154,7 @@ export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonCo
     await rm(staged, { force: true });
     throw new Error((err as Error).message.replaceAll(staged, o.configPath));
   }
-  await rename(staged, o.configPath);
+  await renameDurably(staged, o.configPath);
   const diff = configDiff(o.configPath, before, after);
   await writeAtomic(o.unitPath, systemdUnit(o.execStart ?? daemon?.execStart ?? '', o.configPath, o.guardPath));
   if (o.guardPath) {

@@ -1,11 +1,13 @@
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
+import { renameDurably } from '../durable.js';
 import type { CloudInitDisk } from '../../core/ports.js';
 import { fatLayout } from './fat.js';
 
 /**
  * The NoCloud seed as a FAT disk labelled CIDATA (cloud-init matches the label case-insensitively),
  * built in process (./fat.ts): no mkfs.vfat or mcopy process per VM, no mount, no root needed.
- * Written under a temporary name and renamed, so a seed that exists is complete; only its bytes
+ * Written under a temporary name, fsync'd and renamed (../durable.ts), so a seed that exists is
+ * complete, also after a power cut: a seed that exists is never written again. Only its bytes
  * that are not zero are written (a sparse file), not the whole megabyte.
  */
 export class VfatCloudInitDisk implements CloudInitDisk {
@@ -31,10 +33,11 @@ export class VfatCloudInitDisk implements CloudInitDisk {
           }
           await writeAll(fh, run, offset);
         }
+        await fh.sync();
       } finally {
         await fh.close();
       }
-      await rename(tmp, path);
+      await renameDurably(tmp, path, 'synced');
     } catch (err) {
       // Renamed, the temporary name is gone: it is removed only after a failure.
       await unlink(tmp).catch(() => undefined);

@@ -1,5 +1,6 @@
 import { constants } from 'node:fs';
-import { copyFile, mkdir, readdir, rename, rm, stat, truncate } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, rm, stat, truncate } from 'node:fs/promises';
+import { renameDurably } from '../durable.js';
 import { basename, dirname, join } from 'node:path';
 import type { Logger, VolumeKey, Volumes } from '../../core/ports.js';
 import type { LocalImageStore } from '../images/oci/store.js';
@@ -30,7 +31,9 @@ async function cloneOrCopy(from: string, to: string): Promise<void> {
  * manifest digest (`mkfs.ext4 -d`), and each VM gets a clone of it (a reflink where the
  * filesystem can, a sparse copy otherwise), grown to size_in_mb. Each is written under a
  * temporary name and renamed into place only when every tool succeeded, so a full disk or a
- * kill leaves no half-made volume (and `sweepTemporaries` removes the rest).
+ * kill leaves no half-made volume (and `sweepTemporaries` removes the rest); each is fsync'd
+ * before the rename (../durable.ts), since a volume that exists is used as it is, also after a
+ * power cut.
  *
  * `mkfs.ext4 -d` (e2fsprogs >= 1.43) copies owners, all mode bits, hard links and xattrs
  * (security.capability included) from the tree into the filesystem.
@@ -58,7 +61,7 @@ export class Ext4Volumes implements Volumes {
     const mb = Math.ceil((bytes * 1.3) / MIB) + 64;
     await withTemporary(path, async (tmp) => {
       await run('mkfs.ext4', ['-q', '-F', '-L', 'root', '-d', rootfs, tmp, `${mb}M`], { timeoutMs: 10 * 60_000 });
-      await rename(tmp, path);
+      await renameDurably(tmp, path);
     });
     log.info({ digest, sizeMb: mb }, 'base volume built');
     return path;
@@ -92,7 +95,7 @@ export class Ext4Volumes implements Volumes {
         await truncate(tmp, sizeInMb * MIB);
         await run('resize2fs', ['-f', tmp]);
       }
-      await rename(tmp, path);
+      await renameDurably(tmp, path);
     });
     return path;
   }

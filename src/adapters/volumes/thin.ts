@@ -1,4 +1,5 @@
-import { mkdir, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { writeFileDurably } from '../durable.js';
 import { dirname, join } from 'node:path';
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
 import type { Logger, VolumeKey, Volumes } from '../../core/ports.js';
@@ -63,8 +64,9 @@ export class ThinPoolVolumes implements Volumes {
   }
   private async saveIds(ids: Record<string, number>): Promise<void> {
     await mkdir(dirname(this.o.idsFile), { recursive: true });
-    await writeFile(`${this.o.idsFile}.tmp`, JSON.stringify(ids, null, 1));
-    await rename(`${this.o.idsFile}.tmp`, this.o.idsFile);
+    // Durable: a torn file would lose ids the pool still holds (and a new device would be given
+    // one of them) or fail to parse at every later create.
+    await writeFileDurably(`${this.o.idsFile}.tmp`, this.o.idsFile, JSON.stringify(ids, null, 1));
   }
   /**
    * The thin id of `name`, creating it with `make(id)` when it has none. The id is recorded only

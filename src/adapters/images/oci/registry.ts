@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { rename, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
+import { renameDurably } from '../../durable.js';
 import type { IncomingMessage } from 'node:http';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -222,7 +223,8 @@ export class RegistryClient {
         await pipeline(res, count, createWriteStream(tmp));
         const got = `sha256:${hash.digest('hex')}`;
         if (got !== digest) throw new MatchlockError(ErrorCode.Internal, `blob ${digest} from ${ref.registry}/${ref.repository} failed verification: content (${received} bytes) hashes to ${got}`);
-        await rename(tmp, dest);
+        // Durable: the store trusts a blob that exists and never hashes it again.
+        await renameDurably(tmp, dest);
         releaseTemporary(tmp);
         return;
       } catch (err) {

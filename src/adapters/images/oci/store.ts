@@ -1,7 +1,8 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
-import { chmod, lstat, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { renameDurably, writeFileDurably } from '../../durable.js';
 import { join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
@@ -74,7 +75,9 @@ function hexOf(digest: string): string {
  *   blobs/sha256/<hex>         manifests, configs and layers, verified on the way in
  *   refs/<reference>           the manifest digest a reference points to
  *   rootfs/<manifest hex>/     the image's filesystem, layers applied in order with whiteouts
- * Writes go to a temporary name and are renamed into place, so a crash never leaves half an image.
+ * Writes go to a temporary name, are flushed to disk and renamed into place (../../durable.ts),
+ * so neither a kill nor a power cut leaves half an image: a blob, reference or tree that exists
+ * is trusted as complete (blobs are verified on the way in, never again on read).
  */
 /** Watches registry pulls (the metrics endpoint's pull, failure and byte counters). */
 export interface PullObserver {
@@ -226,16 +229,14 @@ export class LocalImageStore implements ImageStore {
   private async writeBlob(digest: string, body: Buffer): Promise<void> {
     const dest = this.blob(digest);
     await withTemporary(dest, async (tmp) => {
-      await writeFile(tmp, body);
-      await rename(tmp, dest);
+      await writeFileDurably(tmp, dest, body);
     });
   }
 
   private async writeRef(ref: string, digest: string): Promise<void> {
     const file = this.refFile(ref);
     await withTemporary(file, async (tmp) => {
-      await writeFile(tmp, digest + '\n');
-      await rename(tmp, file);
+      await writeFileDurably(tmp, file, digest + '\n');
     });
   }
 
@@ -334,7 +335,7 @@ export class LocalImageStore implements ImageStore {
       }
       const got = `sha256:${hash.digest('hex')}`;
       if (got !== digest) throw new MatchlockError(ErrorCode.InvalidArgument, `blob ${digest} is corrupt: its content hashes to ${got}`);
-      await rename(tmp, dest);
+      await renameDurably(tmp, dest);
     });
   }
 
@@ -365,7 +366,8 @@ export class LocalImageStore implements ImageStore {
       await mkdir(tmp, { mode: 0o755 });
       await chmod(tmp, 0o755);
       const stats = await runUnpack({ dest: tmp, layers });
-      await rename(tmp, dest);
+      // One syncfs for the whole tree: an fsync per file would cost a journal commit each.
+      await renameDurably(tmp, dest, 'tree');
       log.info({ digest, layers: layers.length, ...stats }, 'image unpacked');
       return dest;
     });

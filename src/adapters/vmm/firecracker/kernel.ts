@@ -1,4 +1,5 @@
-import { open, rename, rm, stat } from 'node:fs/promises';
+import { open, rm, stat } from 'node:fs/promises';
+import { renameDurably } from '../../durable.js';
 import { failedPrecondition } from '../../../core/errors.js';
 import { runProgram } from '../../spawner.js';
 
@@ -87,7 +88,8 @@ export async function ensureVmlinux(kernel: string, out: string): Promise<string
     await rm(tmp, { force: true });
     throw failedPrecondition(`kernel ${kernel} is a bzImage whose payload is not a complete x86_64 ELF vmlinux (${written} of ${parts.size} bytes)`);
   }
-  await rename(tmp, out);
+  // Durable: a vmlinux that exists with an ELF header is used again, never checked for length.
+  await renameDurably(tmp, out);
   return out;
 }
 

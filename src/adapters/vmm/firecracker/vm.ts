@@ -115,6 +115,8 @@ export class FirecrackerVm {
     }
   }
 
+  // Not fsync'd: after a power cut no Firecracker is left, and `running` trusts a pid only when
+  // /proc shows that process with this VM's config; an empty or torn file reads as no pid.
   private async writePid(pid: number): Promise<void> {
     await writeFile(`${this.file('pid')}.tmp`, `${pid}\n`);
     await rename(`${this.file('pid')}.tmp`, this.file('pid'));
