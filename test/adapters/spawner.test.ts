@@ -157,6 +157,13 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     assert.equal(r.stdout.toString(), 'still answered\n');
     s.p.kill('SIGKILL');
     assert.deepEqual(await s.exit, { exit: { code: null, signal: 'SIGKILL' } });
+    // Input for a program that exited without reading it is dropped (EPIPE, or its stdin
+    // already closed); the exit still comes and the spawner goes on.
+    const gone = streamed('sh', ['-c', 'exit 5']);
+    for (let i = 0; i < 20; i++) gone.p.write('x\n'.repeat(50_000));
+    gone.p.end();
+    assert.deepEqual(await gone.exit, { exit: { code: 5, signal: null } });
+    assert.equal((await runProgram('echo', ['ok'], opts)).stdout.toString(), 'ok\n');
     const missing = streamed('matchlock-no-such-program', []);
     const failed = await missing.exit;
     assert.equal((failed.error as NodeJS.ErrnoException | undefined)?.code, 'ENOENT');
