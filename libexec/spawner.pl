@@ -17,22 +17,33 @@
 #   capture <max>       stdout and stderr (those not sent to a file) go to pipes, read here up
 #                       to <max> bytes each
 #   input <bytes>       written to the child's stdin (a pipe), then closed
+#   stream 1            stdin and stdout are pipes kept here for the child's whole life: what
+#                       it writes comes as `out` events as it arrives, `write` requests feed
+#                       its stdin (stderr goes where the request says, /dev/null by default)
 #   timeout <ms>        a capturing child still running after it gets SIGTERM
 #   env NAME=value      repeated: the environment of this and later programs, all of it (sent
 #                       when the daemon's environment changed since the last request)
+# For a streamed program, <id> being the id of its spawn request (dropped once it is gone: its
+# exit event is on the way):
+#   write <id> <bytes>  appended to what waits for its stdin, written as the pipe takes it, so a
+#                       child that does not read never blocks this process
+#   close <id>          its stdin is closed once what waits was written
+#   kill <id> <signal>  the signal (a number) is sent to it
 # Events:
 #   ready 0                              the spawner runs (sent once, first)
 #   spawned <id> <pid>                   the program was executed
 #   failed <id> <errno name> <message>   it was not (fork, open, chdir or exec failed)
+#   out <id> <bytes>                     a streamed program wrote this on stdout
 #   exit <id> <code> <signal> [<stdout> <stderr> <why>]   it ended; code or signal number is
 #                                        empty; the output fields come for capture, why is
-#                                        '', 'timeout' or 'maxbuffer'
+#                                        '', 'timeout' or 'maxbuffer'; a streamed program's
+#                                        comes after its last `out`
 #
 # Environment: MATCHLOCK_SPAWNER_MAX_WAIT_MS, the longest select wait while children live
 # (default 1000; exits wake the loop through a self-pipe, see below).
 #
 # The spawner exits when stdin closes (the daemon is gone) and never kills what it started
-# except a capturing child past its timeout or output bound.
+# except a capturing child past its timeout or output bound, or a streamed one it is asked to.
 use strict;
 use warnings;
 # POSIX and Fcntl are loaded without their Perl halves (export lists, AUTOLOAD, wrappers): their
@@ -73,6 +84,7 @@ my %byPid;    # pid -> child state
 # The children whose output or input passes through here: the loop below walks only these, not
 # every VMM this process started.
 my %capturing;
+my %streams;    # spawn request id -> state of a streamed child
 my $inbuf = '';
 
 sub frame { my $p = join '', map { pack('N/a*', $_) } @_; return pack('N', length $p) . $p }
@@ -176,7 +188,8 @@ sub spawn {
   if ($ok && defined $req->{capture}) {
     for my $k ('stdout', 'stderr') { $ok &&= pipe($ours{$k}, $pipes{$k}) if !defined $req->{$k} }
   }
-  if ($ok && defined $req->{input}) { $ok = pipe($pipes{in}, $ours{in}) }
+  if ($ok && $req->{stream}) { $ok = pipe($ours{stdout}, $pipes{stdout}) }
+  if ($ok && (defined $req->{input} || $req->{stream})) { $ok = pipe($pipes{in}, $ours{in}) }
   if (!$ok) { emit('failed', $id, errname($! + 0), "pipe: $!"); return }
   $src[0] = $pipes{in} // $nullIn;
   $src[1] //= $pipes{stdout} // $nullOut;
@@ -217,6 +230,14 @@ sub spawn {
     $c->{why} = '';
     $c->{deadline} = time_ms() + $req->{timeout} if defined $req->{timeout};
     $capturing{$pid} = $c;
+  } elsif ($req->{stream}) {
+    $c->{stream} = 1;
+    $c->{fh} = { stdout => $ours{stdout} };
+    $c->{in} = $ours{in};
+    $c->{input} = '';
+    nonblock($_) for $ours{stdout}, $ours{in};
+    $capturing{$pid} = $c;
+    $streams{$id} = $c;
   }
   $byPid{$pid} = $c;
   emit('spawned', $id, $pid);
@@ -228,9 +249,10 @@ sub time_ms { return (POSIX::times())[0] * 1000 / $tick }
 
 sub finish {
   my $c = shift;
-  return if !defined $c->{status} || ($c->{capture} && %{ $c->{fh} });
+  return if !defined $c->{status} || ($c->{fh} && %{ $c->{fh} });
   delete $byPid{ $c->{pid} };
   delete $capturing{ $c->{pid} };
+  delete $streams{ $c->{id} } if $c->{stream};
   my $st = $c->{status};
   my ($code, $sig) = ('', '');
   if (POSIX::WIFEXITED($st)) { $code = POSIX::WEXITSTATUS($st) }
@@ -250,10 +272,32 @@ sub reap {
   }
 }
 
+# Writes what waits for a child's stdin as far as the pipe takes it without blocking; closes
+# its stdin once all is written and no more comes (a capture's input, or a stream asked to
+# close), or when the child no longer reads (EPIPE: what waits is dropped).
+sub feed {
+  my $c = shift;
+  if ($c->{input} ne '') {
+    my $w = syswrite($c->{in}, $c->{input});
+    if (defined $w) { substr($c->{input}, 0, $w) = '' }
+    elsif ($! != EAGAIN && $! != EINTR) { $c->{input} = ''; $c->{closing} = 1 }
+  }
+  if ($c->{input} eq '' && ($c->{closing} || !$c->{stream})) { close($c->{in}); delete $c->{in} }
+}
+
 sub request {
   my @f = unpack('(N/a*)*', shift);
   my ($verb, $id) = splice(@f, 0, 2);
-  return if !defined $verb || $verb ne 'spawn';
+  return if !defined $verb;
+  if ($verb eq 'write' || $verb eq 'close' || $verb eq 'kill') {
+    my $c = $streams{ $id // '' } or return;
+    if ($verb eq 'kill') { kill($f[0] + 0, $c->{pid}) if !defined $c->{status} && defined $f[0] }
+    elsif (!$c->{in} || $c->{closing}) { }
+    elsif ($verb eq 'write') { $c->{input} .= $f[0] // ''; feed($c) }
+    else { $c->{closing} = 1; feed($c) }
+    return;
+  }
+  return if $verb ne 'spawn';
   my %req = (arg => [], fd => [], env => []);
   while (@f >= 2) {
     my ($k, $v) = splice(@f, 0, 2);
@@ -278,7 +322,8 @@ while (1) {
   my $wait;
   for my $c (values %capturing) {
     vec($rin, fileno($_), 1) = 1 for values %{ $c->{fh} };
-    vec($win, fileno($c->{in}), 1) = 1 if $c->{in};
+    # A stream's stdin is watched only while bytes wait for it: an idle pipe is always writable.
+    vec($win, fileno($c->{in}), 1) = 1 if $c->{in} && ($c->{input} ne '' || !$c->{stream});
     next if !defined $c->{deadline} || $c->{why};
     if ($c->{deadline} <= $now) { $c->{why} = 'timeout'; kill('TERM', $c->{pid}); next }
     my $left = ($c->{deadline} - $now) / 1000;
@@ -301,14 +346,17 @@ while (1) {
     }
   }
   for my $c (values %capturing) {
-    if ($c->{in} && vec($wout, fileno($c->{in}), 1)) {
-      my $w = syswrite($c->{in}, $c->{input});
-      if (defined $w) { substr($c->{input}, 0, $w) = '' }
-      if ((!defined $w && $! != EAGAIN && $! != EINTR) || $c->{input} eq '') { close($c->{in}); delete $c->{in} }
-    }
+    feed($c) if $c->{in} && vec($wout, fileno($c->{in}), 1);
     for my $k (keys %{ $c->{fh} }) {
       my $fh = $c->{fh}{$k};
       next if !vec($rout, fileno($fh), 1);
+      if ($c->{stream}) {
+        my $r = sysread($fh, my $got, 1 << 16);
+        next if !defined $r && ($! == EAGAIN || $! == EINTR);
+        if ($r) { emit('out', $c->{id}, $got) }
+        else { close($fh); delete $c->{fh}{$k} }
+        next;
+      }
       my $r = sysread($fh, $c->{out}{$k}, 1 << 16, length $c->{out}{$k});
       next if !defined $r && ($! == EAGAIN || $! == EINTR);
       if (!$r) { close($fh); delete $c->{fh}{$k}; next }

@@ -104,6 +104,8 @@ function checkArgs(file: string, args: readonly string[]): void {
 
 interface Pending {
   spawned(pid: number): void;
+  /** A streamed program wrote this (an `out` event). */
+  output?(data: Buffer): void;
   failed(err: NodeJS.ErrnoException): void;
   exited(e: ChildExit, out?: { stdout: Buffer; stderr: Buffer; why: string }): void;
   /** The spawner died: the request's outcome cannot be known any more. */
@@ -117,6 +119,8 @@ class SpawnerProcess {
   private have = 0;
   private nextId = 1;
   private readonly pending = new Map<string, Pending>();
+  /** Pending requests that do not keep the event loop alive: idle streamed programs. */
+  private readonly loose = new Set<string>();
   readonly ready: Promise<boolean>;
   private closed = false;
   private started = false;
@@ -143,6 +147,7 @@ class SpawnerProcess {
       this.closed = true;
       for (const p of this.pending.values()) p.lost();
       this.pending.clear();
+      this.loose.clear();
       this.onClose(this);
     });
     this.idle();
@@ -158,7 +163,7 @@ class SpawnerProcess {
 
   /** Unreferenced while nothing is pending, so a process that only holds the spawner may exit. */
   private idle(): void {
-    const busy = this.pending.size > 0 || !this.started;
+    const busy = this.pending.size > this.loose.size || !this.started;
     for (const h of [this.child, this.child.stdout, this.child.stdin] as ({ ref(): void; unref(): void } | null)[]) {
       if (busy) h?.ref();
       else h?.unref();
@@ -193,12 +198,15 @@ class SpawnerProcess {
       const p = this.pending.get(id);
       if (!p) continue;
       const text = (i: number) => fields[i]?.toString() ?? '';
-      if (verb === 'spawned') p.spawned(Number(text(2)));
+      if (verb === 'out') p.output?.(Buffer.from(fields[2] ?? ''));
+      else if (verb === 'spawned') p.spawned(Number(text(2)));
       else if (verb === 'failed') {
         this.pending.delete(id);
+        this.loose.delete(id);
         p.failed(errnoError(text(2), text(3), 'spawn'));
       } else if (verb === 'exit') {
         this.pending.delete(id);
+        this.loose.delete(id);
         const exit = { code: text(2) === '' ? null : Number(text(2)), signal: text(3) === '' ? null : signalName(Number(text(3))) };
         p.exited(exit, fields.length > 4 ? { stdout: Buffer.from(fields[4] ?? ''), stderr: Buffer.from(fields[5] ?? ''), why: text(6) } : undefined);
       }
@@ -206,7 +214,8 @@ class SpawnerProcess {
     this.idle();
   }
 
-  request(fields: [string, string | Buffer][], p: Pending): void {
+  /** Sends a spawn request; returns its id, which later requests about the program name. */
+  request(fields: [string, string | Buffer][], p: Pending): string {
     const id = String(this.nextId++);
     const parts: Buffer[] = [...field('spawn'), ...field(id)];
     for (const [k, v] of fields) parts.push(...field(k), ...field(v));
@@ -223,6 +232,24 @@ class SpawnerProcess {
     this.pending.set(id, p);
     this.idle();
     this.child.stdin?.write(Buffer.concat([head, body]));
+    return id;
+  }
+
+  /** A `write`, `close` or `kill` request about the streamed program of spawn request `id`. */
+  send(verb: 'write' | 'close' | 'kill', id: string, value?: string | Buffer): void {
+    if (!this.pending.has(id)) return;
+    const body = Buffer.concat([...field(verb), ...field(id), ...(value === undefined ? [] : field(value))]);
+    const head = Buffer.alloc(4);
+    head.writeUInt32BE(body.length);
+    this.child.stdin?.write(Buffer.concat([head, body]));
+  }
+
+  /** Whether the pending request `id` keeps the event loop alive (see idle()). */
+  hold(id: string, on: boolean): void {
+    if (!this.pending.has(id)) return;
+    if (on) this.loose.delete(id);
+    else this.loose.add(id);
+    this.idle();
   }
 
   /** Closes the request pipe: the spawner exits, leaving what it started running. */
@@ -407,4 +434,111 @@ function runDirect(file: string, args: readonly string[], opts: RunOptions): Pro
     child.stdin?.on('error', () => undefined);
     child.stdin?.end(opts.input);
   });
+}
+
+/** A program run with its stdin and stdout streamed (see streamProgram). */
+export interface StreamOptions {
+  /** Each piece of stdout as it arrives, in order. */
+  onOutput(data: Buffer): void;
+  /**
+   * Once, after the last output: how the program ended; with `error` when it could not be
+   * started (an errno error, code ENOENT for a missing program); undefined when its end can no
+   * longer be seen (the spawner died: its stdin closed with it).
+   */
+  onExit(exit: ChildExit | undefined, error?: Error): void;
+}
+
+/** A running streamed program. Calls after it ended are ignored. */
+export interface Streamed {
+  /** Appended to its stdin, never blocking: bytes wait while it does not read. */
+  write(data: string | Buffer): void;
+  /** Closes its stdin once what waits was written. */
+  end(): void;
+  kill(signal: NodeJS.Signals): void;
+  /** Whether it keeps this process's event loop alive (it does at first). */
+  hold(on: boolean): void;
+}
+
+/**
+ * Starts a long-lived program whose stdin is written and stdout read while it runs (stderr goes
+ * to /dev/null: a shell's `2>&1` folds it into stdout). Through the spawner once started, like
+ * every other program; spawned directly otherwise (a CLI). Returns at once: what is written
+ * before the program started is sent after it.
+ */
+export function streamProgram(file: string, args: readonly string[], opts: StreamOptions): Streamed {
+  checkArgs(file, args);
+  type Backend = Streamed;
+  let backend: Backend | undefined;
+  let queued: ((b: Backend) => void)[] = [];
+  const later = (op: (b: Backend) => void) => {
+    if (backend) op(backend);
+    else queued.push(op);
+  };
+  const use = (b: Backend) => {
+    backend = b;
+    for (const op of queued) op(b);
+    queued = [];
+  };
+  const s = current?.alive ? current : undefined;
+  if (s) use(streamSpawner(s, file, args, opts));
+  else if (!starting) use(streamDirect(file, args, opts));
+  else {
+    void starting.then(
+      (p) => use(p?.alive ? streamSpawner(p, file, args, opts) : streamDirect(file, args, opts)),
+      () => use(streamDirect(file, args, opts)),
+    );
+  }
+  return {
+    write: (d) => later((b) => b.write(d)),
+    end: () => later((b) => b.end()),
+    kill: (sig) => later((b) => b.kill(sig)),
+    hold: (on) => later((b) => b.hold(on)),
+  };
+}
+
+function streamSpawner(s: SpawnerProcess, file: string, args: readonly string[], opts: StreamOptions): Streamed {
+  let ended = false;
+  const id = s.request([...[file, ...args].map((a): [string, string] => ['arg', a]), ['stream', '1']], {
+    spawned: () => undefined,
+    output: (d) => opts.onOutput(d),
+    failed: (err) => {
+      ended = true;
+      opts.onExit({ code: null, signal: null }, err);
+    },
+    exited: (e) => {
+      ended = true;
+      opts.onExit(e);
+    },
+    lost: () => {
+      ended = true;
+      opts.onExit(undefined);
+    },
+  });
+  return {
+    write: (d) => !ended && s.send('write', id, d),
+    end: () => !ended && s.send('close', id),
+    kill: (sig) => !ended && s.send('kill', id, String(osConstants.signals[sig])),
+    hold: (on) => !ended && s.hold(id, on),
+  };
+}
+
+function streamDirect(file: string, args: readonly string[], opts: StreamOptions): Streamed {
+  const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'ignore'] });
+  let error: Error | undefined;
+  // A program that exits while input is written makes stdin emit EPIPE: its exit tells.
+  child.stdin?.on('error', () => undefined);
+  child.stdout?.on('data', (d: Buffer) => opts.onOutput(d));
+  child.once('error', (e) => (error = e));
+  child.once('close', (code, signal) => opts.onExit({ code, signal }, error));
+  return {
+    write: (d) => void child.stdin?.write(d),
+    end: () => void child.stdin?.end(),
+    kill: (sig) => void child.kill(sig),
+    hold: (on) => {
+      for (const h of [child, child.stdin, child.stdout] as ({ ref(): void; unref(): void } | null)[]) {
+        if (on) h?.ref();
+        else h?.unref();
+      }
+    },
+  };
 }

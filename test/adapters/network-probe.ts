@@ -2,20 +2,27 @@
 // (sysfs reads and `ip -json`) on the same links and prints what each saw and what it cost.
 // Mode "group" asks for link changes together and counts the `ip` processes they cost by the
 // lines an `ip` on PATH (the test's, which logs its arguments, then runs the real one) wrote to
-// $IP_LOG.
+// $IP_LOG. It starts the process spawner first, as the daemon does, so the shared ip is streamed
+// through it; mode "full" runs without one, as a CLI does, and spawns ip directly.
 import { execFileSync } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
+import type { Logger } from '../../src/core/ports.js';
 import { spawnCount } from '../../src/adapters/exec.js';
+import { spawnerPid, startSpawner } from '../../src/adapters/spawner.js';
 import { Iproute2Network, sysfsShowsOwnNamespace } from '../../src/adapters/network/iproute2/network.js';
 
-/** Pids of this process's children (the shared ip runs as one, under sh and stdbuf's execs). */
+/**
+ * Pids of the children of the process that starts programs here, the spawner or this one (the
+ * shared ip runs as one, under sh and stdbuf's execs).
+ */
 function ipChildren(): number[] {
+  const parent = spawnerPid() ?? process.pid;
   const out: number[] = [];
   for (const e of readdirSync('/proc')) {
     if (!/^\d+$/.test(e)) continue;
     try {
       const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === process.pid) out.push(Number(e));
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === parent) out.push(Number(e));
     } catch {
       // Gone meanwhile.
     }
@@ -39,6 +46,8 @@ if (mode === 'detect') {
   process.exit(0);
 }
 if (mode === 'group') {
+  const quiet = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => quiet } as unknown as Logger;
+  if (!(await startSpawner(quiet))) throw new Error('the process spawner did not start');
   const ipRuns = () => readFileSync(process.env.IP_LOG ?? '', 'utf8').split('\n').filter((l) => l.includes('-batch')).length;
   const processes = async <T>(fn: () => Promise<T>): Promise<[T, number]> => {
     const before = ipRuns();
@@ -127,11 +136,13 @@ if (mode === 'group') {
   {
     // After an ip's life (lifeMs 200): the bridge it attached to is deleted and re-created;
     // the next creates and attaches find the new one. The ip that did the first create is
-    // this process's child and is gone once its life is over and its lines are answered.
+    // the spawner's child (this process never forks for it) and is gone once its life is over and its lines are answered.
     const short = new Iproute2Network({ useSysfs: false, lifeMs: 200 });
     const children = ipChildren();
     const made = short.createTap('mlst1', { bridge: 'brst', alias: alias(51) });
-    const pid = ipChildren().find((p) => !children.includes(p));
+    let pid: number | undefined;
+    // The spawner starts it a moment later; the create needs it, so it comes.
+    await until(() => (pid = ipChildren().find((p) => !children.includes(p))) !== undefined);
     await made;
     const gone = await until(() => pid !== undefined && !ipChildren().includes(pid));
     sh('link', 'del', 'brst');

@@ -130,7 +130,7 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
 
     it('the shared ip exits once its life is over and its lines are answered', () => {
       const { afterLife } = r.stale;
-      assert.ok(afterLife.pid !== null, 'a create started an ip as a child of the daemon');
+      assert.ok(afterLife.pid !== null, 'a create started an ip as a child of the process spawner');
       assert.equal(afterLife.gone, true, `ip ${afterLife.pid} still runs`);
     });
   });

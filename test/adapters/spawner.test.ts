@@ -5,7 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import { ErrorCode, MatchlockError } from '../../src/core/errors.js';
 import type { Logger } from '../../src/core/ports.js';
 import { run } from '../../src/adapters/exec.js';
-import { launch, runProgram, spawnerPid, startSpawner, stopSpawner, type RunOptions } from '../../src/adapters/spawner.js';
+import { launch, runProgram, spawnerPid, startSpawner, stopSpawner, streamProgram, type ChildExit, type RunOptions } from '../../src/adapters/spawner.js';
 import { isChild } from '../../src/adapters/vmm/children.js';
 import { launchDetached } from '../../src/adapters/vmm/launcher.js';
 import { pidAlive } from '../../src/adapters/vmm/process.js';
@@ -30,6 +30,15 @@ async function until(what: string, fn: () => boolean, ms = 10_000): Promise<void
     if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
     await sleep(20);
   }
+}
+
+/** A program started with streamProgram: what it wrote so far, and its end. */
+function streamed(file: string, args: string[]) {
+  let out = '';
+  let ended!: (e: { exit: ChildExit | undefined; error?: Error }) => void;
+  const exit = new Promise<{ exit: ChildExit | undefined; error?: Error }>((r) => (ended = r));
+  const p = streamProgram(file, args, { onOutput: (d) => (out += d.toString()), onExit: (e, error) => ended({ exit: e, ...(error ? { error } : {}) }) });
+  return { p, exit, out: () => out };
 }
 
 describe('process spawner: the daemon hands program starts to a small perl process', () => {
@@ -123,6 +132,41 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     await assert.rejects(run('matchlock-no-such-program', ['x']), (e: MatchlockError) => e.code === ErrorCode.FailedPrecondition && /matchlock-no-such-program x: matchlock-no-such-program is not installed/.test(e.message));
     await assert.rejects(run('sh', ['-c', 'echo bad thing >&2; exit 2']), (e: MatchlockError) => e.code === ErrorCode.Internal && /bad thing/.test(e.message));
     assert.equal((await run('echo', ['ok'])).stdout, 'ok\n');
+  });
+
+  it('streams a program\'s stdin and stdout while it runs: each line is echoed before the next is written, then its exit', async () => {
+    const s = streamed('sh', ['-c', 'echo $PPID; while read l; do echo "got $l"; done; exit 3']);
+    await until('its first line', () => s.out().includes('\n'));
+    assert.equal(Number(s.out().trim()), spawnerPid(), 'a child of the spawner');
+    s.p.write('one\n');
+    await until('one echoed', () => s.out().endsWith('got one\n'));
+    s.p.write(Buffer.from('two\n'));
+    await until('two echoed', () => s.out().endsWith('got two\n'));
+    s.p.end();
+    assert.deepEqual(await s.exit, { exit: { code: 3, signal: null } });
+    assert.equal(s.out(), `${spawnerPid()}\ngot one\ngot two\n`);
+    s.p.write('dropped\n');
+  });
+
+  it('a streamed program that does not read its stdin blocks nothing: 1 MB waits while other programs run; kill ends it', { timeout: 30_000 }, async () => {
+    const s = streamed('sh', ['-c', 'echo $$; exec sleep 1000']);
+    await until('its pid', () => s.out().endsWith('\n'));
+    started.push(Number(s.out()));
+    s.p.write(Buffer.alloc(1024 * 1024, 'x'));
+    const r = await runProgram('echo', ['still answered'], opts);
+    assert.equal(r.stdout.toString(), 'still answered\n');
+    s.p.kill('SIGKILL');
+    assert.deepEqual(await s.exit, { exit: { code: null, signal: 'SIGKILL' } });
+    // Input for a program that exited without reading it is dropped (EPIPE, or its stdin
+    // already closed); the exit still comes and the spawner goes on.
+    const gone = streamed('sh', ['-c', 'exit 5']);
+    for (let i = 0; i < 20; i++) gone.p.write('x\n'.repeat(50_000));
+    gone.p.end();
+    assert.deepEqual(await gone.exit, { exit: { code: 5, signal: null } });
+    assert.equal((await runProgram('echo', ['ok'], opts)).stdout.toString(), 'ok\n');
+    const missing = streamed('matchlock-no-such-program', []);
+    const failed = await missing.exit;
+    assert.equal((failed.error as NodeJS.ErrnoException | undefined)?.code, 'ENOENT');
   });
 
   it('launches with stdout appended, stderr emptied, a cwd, its own session and files from fd 3 on', async () => {
@@ -256,5 +300,10 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     const file = join(tmp.path, 'direct.out');
     const toFile = await runProgram('sh', ['-c', 'cat; echo warning >&2; exit 3'], { ...opts, input: 'x y\n', stdoutFile: file });
     assert.deepEqual([toFile.code, toFile.stderr.toString(), readFileSync(file, 'utf8')], [3, 'warning\n', 'x y\n']);
+    const s = streamed('sh', ['-c', 'echo $PPID; cat']);
+    s.p.write('streamed\n');
+    s.p.end();
+    assert.deepEqual(await s.exit, { exit: { code: 0, signal: null } });
+    assert.equal(s.out(), `${process.pid}\nstreamed\n`);
   });
 });

@@ -1,10 +1,11 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { readFile, readdir, readlink } from 'node:fs/promises';
+import { StringDecoder } from 'node:string_decoder';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { ALIAS_PREFIX } from '../../../core/microvm/host-names.js';
 import type { HostNetwork, LinkInfo } from '../../../core/ports.js';
 import { noteSpawn, run } from '../../exec.js';
+import { streamProgram, type ChildExit, type Streamed } from '../../spawner.js';
 
 interface IpLink {
   ifname: string;
@@ -189,13 +190,16 @@ interface Outcome {
  * `lifeMs` only (retire()) and is then left to finish its lines and exit; and a show answered
  * either way retires it too, its change being handed back to show again in a fresh process.
  *
- * A line not answered within ROW_TIMEOUT_MS kills ip; it and every line after it fail. The
- * process is spawned here with child_process, not through the spawner (which takes a program's
- * input only up front): it starts about once per `lifeMs` during a burst, so the fork of the
- * daemon it costs is rare. While no caller waits, it does not keep the event loop alive.
+ * A line not answered within ROW_TIMEOUT_MS kills ip; it and every line after it fail. ip is
+ * started through the process spawner, as every program is, its stdin and stdout streamed
+ * (streamProgram): the daemon never forks itself for it. While no caller waits, it does not
+ * keep the event loop alive.
  */
 class IpStream {
-  readonly child: ChildProcess;
+  private readonly child: Streamed;
+  private readonly decoder = new StringDecoder('utf8');
+  /** Why ip's end cannot be seen (the spawner died), or why it could not start. */
+  private lost: string | undefined;
   /** Takes new lines: not retired, not ended. */
   accepting = true;
   private rows: Row[] = [];
@@ -218,16 +222,12 @@ class IpStream {
     private readonly onExit: (untried: Change[]) => void,
   ) {
     noteSpawn();
-    this.child = spawn('sh', ['-c', `exec stdbuf -oL ip ${IP_ARGS.join(' ')} 2>&1`], { stdio: ['pipe', 'pipe', 'ignore'] });
-    // ip exits at an argument it refuses while lines are still being written.
-    this.child.stdin?.on('error', () => undefined);
-    this.child.stdout?.setEncoding('utf8');
-    this.child.stdout?.on('data', (chunk: string) => this.output(chunk));
-    this.child.on('error', (err) => this.text.push(err.message));
-    this.child.on('exit', () => {
-      this.accepting = false;
+    // ip exits at an argument it refuses while lines are still being written: the spawner
+    // drops what was written after, and the exit tells where ip stopped.
+    this.child = streamProgram('sh', ['-c', `exec stdbuf -oL ip ${IP_ARGS.join(' ')} 2>&1`], {
+      onOutput: (d) => this.output(this.decoder.write(d)),
+      onExit: (exit, err) => this.exited(exit, err),
     });
-    this.child.on('close', (code, signal) => this.ended(code, signal));
     this.lifeTimer = setTimeout(() => this.retire(), lifeMs).unref();
     this.hold(false);
   }
@@ -246,7 +246,7 @@ class IpStream {
       this.lines += 2;
     }
     this.outcomes.set(c, {});
-    this.child.stdin?.write(texts.map((t) => `${t}\n${MARK}\n`).join(''));
+    this.child.write(texts.map((t) => `${t}\n${MARK}\n`).join(''));
     this.armTimeout();
   }
 
@@ -257,7 +257,7 @@ class IpStream {
     clearTimeout(this.lifeTimer);
     // Held until it exits, which is soon: what it exits with may hand back changes to run.
     this.hold(true);
-    this.child.stdin?.end();
+    this.child.end();
   }
 
   /** Ends ip now (daemon shutdown): the changes still waiting fail. */
@@ -266,15 +266,20 @@ class IpStream {
     this.child.kill('SIGKILL');
   }
 
+  private exited(exit: ChildExit | undefined, err: Error | undefined): void {
+    this.output(this.decoder.end());
+    if (err) this.text.push(err.message);
+    if (!exit) this.lost = 'the process spawner exited while ip ran';
+    else if (err) this.lost = `ip could not be started: ${err.message}`;
+    this.ended(exit?.code ?? null, exit?.signal ?? null);
+  }
+
   /**
    * A running ip keeps the event loop alive only while a caller waits for its answer or it is
    * exiting; an idle one does not hold a process (a CLI) that is otherwise done.
    */
   private hold(on: boolean): void {
-    for (const h of [this.child, this.child.stdin, this.child.stdout] as ({ ref(): void; unref(): void } | null)[]) {
-      if (on) h?.ref();
-      else h?.unref();
-    }
+    this.child.hold(on);
   }
 
   private armTimeout(): void {
@@ -395,10 +400,10 @@ class IpStream {
         // stdbuf could not start ip (or sh stdbuf): nothing ran.
         const e = new MatchlockError(ErrorCode.FailedPrecondition, `ip ${IP_ARGS.join(' ')}: ip is not installed (${last})`);
         for (const c of new Set(this.rows.map((r) => r.change))) c.done(e);
-      } else if (this.killed || signal) {
-        // Killed: how far ip got is unknown past the last mark, so no change after it is tried
-        // again blindly; each fails as it would have alone.
-        const why = this.killed ? `ip was killed (${this.killed === 'timeout' ? `timed out after ${ROW_TIMEOUT_MS} ms` : 'wrote more than 64 MiB'})` : `ip was killed by ${signal}`;
+      } else if (this.killed || signal || this.lost) {
+        // Killed (or lost with the spawner): how far ip got is unknown past the last mark, so no
+        // change after it is tried again blindly; each fails as it would have alone.
+        const why = this.killed ? `ip was killed (${this.killed === 'timeout' ? `timed out after ${ROW_TIMEOUT_MS} ms` : 'wrote more than 64 MiB'})` : signal ? `ip was killed by ${signal}` : (this.lost ?? '');
         for (const row of this.rows) this.fail(row, why);
         for (const row of this.rows) if (row.last) this.settle(row.change);
       } else {
