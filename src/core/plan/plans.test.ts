@@ -240,6 +240,20 @@ describe('delete plan on fakes', () => {
     }
   });
 
+  it("removes a half-made link of the VM's name and leaves one carrying another owner's alias", async () => {
+    const { world, record } = await created();
+    const [tap, macvtap] = [hostDeviceName(vm(), 0), hostDeviceName(vm(), 1)];
+    const tapLink = world.links.get(tap);
+    const macvtapLink = world.links.get(macvtap);
+    assert.ok(tapLink && macvtapLink);
+    tapLink.alias = undefined; // a create cut short before its alias line
+    macvtapLink.alias = `matchlock:other:${UID}:eth1`; // another daemon's
+    await runtime(world).teardown(record, quiet);
+    assert.equal(world.links.has(tap), false, 'the half-made TAP is removed');
+    assert.equal(world.links.get(macvtap)?.alias, `matchlock:other:${UID}:eth1`, "another owner's link is left alone");
+    assert.ok(!world.calls.includes(`link rm ${macvtap}`));
+  });
+
   it('a VM of a provider this matchlock does not know fails with a clear error instead of leaking its VMM', async () => {
     const { world, record } = await created();
     await assert.rejects(runtime(world).teardown({ ...record, spec: { ...record.spec, provider: 'gone' } }, quiet), /provider gone is not known/);

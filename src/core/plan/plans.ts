@@ -53,7 +53,10 @@ export function deletePlan(ctx: DeleteContext): Step[] {
     if (v.source.containerSource === undefined) continue;
     steps.push(new RemoveVolume(deps.volumes, { uid: vm.uid, volumeId: v.id, dir: ref.dir }, log));
   }
-  vm.spec.interfaces.forEach((iface, n) => steps.push(new RemoveInterface(deps.network, hostDeviceName(vm, n), iface.deviceId)));
+  vm.spec.interfaces.forEach((iface, n) => {
+    const owner = { uid: vm.uid, deviceId: iface.deviceId, kind: iface.type === 'MACVTAP' ? ('macvtap' as const) : ('tap' as const), alias: deps.linkAlias(vm.uid, iface.deviceId) };
+    steps.push(new RemoveInterface(deps.network, hostDeviceName(vm, n), owner, log));
+  });
   steps.push(new RemoveDirectory(deps.files, ref.runDir, 'run directory'), new RemoveDirectory(deps.files, ref.dir, 'vm directory'));
   return steps;
 }

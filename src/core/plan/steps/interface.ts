@@ -1,7 +1,7 @@
 import { failedPrecondition } from '../../errors.js';
 import { guestMac, hostDeviceName, parseAlias } from '../../microvm/host-names.js';
 import type { NetworkInterface } from '../../microvm/types.js';
-import type { HostNetwork, LinkInfo } from '../../ports.js';
+import type { HostNetwork, LinkInfo, Logger } from '../../ports.js';
 import type { CreateContext } from '../context.js';
 import type { Step } from '../step.js';
 
@@ -12,17 +12,23 @@ function record(ctx: CreateContext, index: number, iface: NetworkInterface, name
 }
 
 /**
- * Refuses an existing link named for this VM's interface unless the step may finish it as its
- * own: it is of the step's kind and its alias is the one this daemon writes for it, none (a
+ * Whether an existing link named for this VM's interface is the VM's own, to finish or remove:
+ * it is of the interface's kind and its alias is the one this daemon writes for it, none (a
  * create cut short, by a kill or a failed line, before its alias line) or the older form
  * without a daemon id for the same VM and interface. Any other alias is another owner's
  * (another daemon holding a copy of this store, an operator), whose link is left alone.
  */
+function ours(link: LinkInfo, kind: LinkInfo['kind'], alias: string, uid: string, deviceId: string): boolean {
+  if (link.kind !== kind) return false;
+  if (link.alias === undefined || link.alias === '' || link.alias === alias) return true;
+  const owner = parseAlias(link.alias);
+  return owner !== undefined && owner.daemonId === undefined && owner.uid === uid && owner.deviceId === deviceId;
+}
+
+/** Refuses an existing link that is not the VM's own (see ours()), naming why. */
 function claim(link: LinkInfo, kind: LinkInfo['kind'], alias: string, uid: string, deviceId: string): void {
   if (link.kind !== kind) throw failedPrecondition(`${link.name} exists as a link of kind ${link.kind}, not ${kind}: not made by matchlock for interface ${deviceId}`);
-  if (link.alias === undefined || link.alias === '' || link.alias === alias) return;
-  const owner = parseAlias(link.alias);
-  if (owner && owner.daemonId === undefined && owner.uid === uid && owner.deviceId === deviceId) return;
+  if (ours(link, kind, alias, uid, deviceId)) return;
   throw failedPrecondition(`${link.name} exists with the alias ${JSON.stringify(link.alias)}: it is not this VM's interface ${deviceId} (its alias would be ${JSON.stringify(alias)}); left alone`);
 }
 
@@ -135,17 +141,30 @@ export class MacvtapInterface implements Step {
   }
 }
 
+/**
+ * Removes the VM's link for an interface. A link of that name that is not the VM's own (another
+ * owner's alias or another kind, see ours()) is left alone, with a warning: the VM's delete
+ * goes on without it.
+ */
 export class RemoveInterface implements Step {
   readonly name: string;
+  private warned = false;
   constructor(
     private readonly network: HostNetwork,
     private readonly device: string,
-    deviceId: string,
+    private readonly owner: { uid: string; deviceId: string; kind: LinkInfo['kind']; alias: string },
+    private readonly log: Logger,
   ) {
-    this.name = `remove interface ${deviceId} (${device})`;
+    this.name = `remove interface ${owner.deviceId} (${device})`;
   }
   async needed(): Promise<boolean> {
-    return (await this.network.get(this.device)) !== undefined;
+    const link = await this.network.get(this.device);
+    if (!link) return false;
+    const { uid, deviceId, kind, alias } = this.owner;
+    if (ours(link, kind, alias, uid, deviceId)) return true;
+    if (!this.warned) this.log.warn({ link: this.device, alias: link.alias ?? '', kind: link.kind }, 'link of the deleted VM\'s name is not its own; left alone');
+    this.warned = true;
+    return false;
   }
   async run(): Promise<void> {
     await this.network.remove(this.device);
