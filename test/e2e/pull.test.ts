@@ -173,7 +173,7 @@ describe('registry pulls', { skip }, () => {
         const g = await c.call<GetMicroVMResponse>('getMicroVM', create(GetMicroVMRequestSchema, { uid }));
         return (g.microvm?.status?.retry ?? 0) >= 1 ? g.microvm : undefined;
       }, 30_000);
-      assert.match(vm.status?.lastError ?? '', new RegExp(`image ${ref.replace(/[.]/g, '\\.')}: .*(socket|aborted|closed|premature|failed verification)`, 'i'));
+      assert.match(vm.status?.lastError ?? '', new RegExp(`image ${ref.replace(/[.]/g, '\\.')}: not in the image store, and its pull from ${proxy.host.replace(/[.]/g, '\\.')} failed: .*(socket|aborted|closed|premature|failed verification)`, 'i'));
       await c.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid }));
     } finally {
       c.close();

@@ -129,7 +129,17 @@ export class LocalImageStore implements ImageStore {
     if (!this.registry) {
       throw new MatchlockError(ErrorCode.NotFound, `image ${normalizeRef(ref)} not found in the image store; import it with "matchlock image import"`);
     }
-    const pulled = await this.pull(pinned ? pinnedRef(ref, pinned) : ref, log);
+    let pulled: string;
+    try {
+      pulled = await this.pull(pinned ? pinnedRef(ref, pinned) : ref, log);
+    } catch (err) {
+      // Said first, so an error from the network (a name that does not resolve) is not read
+      // as the whole story of an image someone meant to import.
+      const e = MatchlockError.from(err);
+      const parsed = parseReference(normalizeRef(ref));
+      const from = typeof parsed === 'string' ? '' : ` from ${parsed.registry}`;
+      throw new MatchlockError(e.code, `not in the image store, and its pull${from} failed: ${e.message}`, { cause: err });
+    }
     await this.unpacked(pulled, log);
     return pulled;
   }
