@@ -13,22 +13,13 @@ import { run } from './exec.js';
  * caller goes on (a later step, such as a reference naming a blob, may rely on it).
  */
 
-/** fsyncs the directory `dir` (a directory is opened read-only; fsync(2) accepts that fd). */
-export async function syncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
 /**
- * fsyncs the file at `path`. Any descriptor of the file will do: on Linux fsync(2) writes back
- * the inode's dirty pages, whichever descriptor wrote them (a program that wrote it, a stream
- * closed earlier).
+ * fsyncs the file or directory at `path` through a read-only descriptor of its own. Any
+ * descriptor will do: on Linux fsync(2) writes back the inode's dirty pages whichever
+ * descriptor wrote them (a program that wrote the file, a stream closed earlier), and a
+ * directory's fsync writes back the names made or renamed in it.
  */
-export async function syncFile(path: string): Promise<void> {
+async function fsyncPath(path: string): Promise<void> {
   const fh = await open(path, 'r');
   try {
     await fh.sync();
@@ -49,10 +40,10 @@ export type Content = 'file' | 'synced' | 'tree';
 
 /** Flushes `tmp` as `content` says, renames it to `final`, and fsyncs `final`'s directory. */
 export async function renameDurably(tmp: string, final: string, content: Content = 'file'): Promise<void> {
-  if (content === 'file') await syncFile(tmp);
+  if (content === 'file') await fsyncPath(tmp);
   else if (content === 'tree') await run('sync', ['-f', tmp], { timeoutMs: 10 * 60_000 });
   await rename(tmp, final);
-  await syncDir(dirname(final));
+  await fsyncPath(dirname(final));
 }
 
 /**
