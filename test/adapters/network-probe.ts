@@ -169,7 +169,7 @@ const cost = async <T>(fn: () => Promise<T>): Promise<[T, number]> => {
 const sysNet = sys();
 const [created, tapSpawns] = await cost(() => sys().createTap(tap, { bridge: 'br0', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth0' }));
 const [mcreated, macvtapSpawns] = await cost(() => sys().createMacvtap(mvt, { parent: 'vparent', alias: 'matchlock:0123456789abcdef:01ARZ3NDEKTSV4RRFFQ69G5FAV:eth1', mac: '02:00:00:00:00:31' }));
-const names = [tap, mvt, 'br0', 'vparent', 'lo', 'absent0'];
+const names = [tap, mvt, 'br0', 'vparent', 'lo', 'absent0', 'mltun0'];
 const [bySysfs, getSpawns] = await cost(() => Promise.all(names.map((n) => sysNet.get(n))));
 // Reads asked for together share one `ip` process without sysfs.
 const [byIp, ipGetSpawns] = await cost(() => {

@@ -16,7 +16,7 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
   before(() => {
     assert.ok(root, 'needs root');
     for (const args of [['netns', 'add', ns], ['-n', ns, 'link', 'set', 'lo', 'up'], ['-n', ns, 'link', 'add', 'br0', 'type', 'bridge'], ['-n', ns, 'link', 'set', 'br0', 'up'], ['-n', ns, 'link', 'add', 'brst', 'type', 'bridge'], ['-n', ns, 'link', 'set', 'brst', 'up'],
-      ['-n', ns, 'link', 'add', 'vparent', 'type', 'veth', 'peer', 'name', 'vbridge'], ['-n', ns, 'link', 'set', 'vparent', 'up']]) execFileSync('ip', args);
+      ['-n', ns, 'link', 'add', 'vparent', 'type', 'veth', 'peer', 'name', 'vbridge'], ['-n', ns, 'link', 'set', 'vparent', 'up'], ['-n', ns, 'tuntap', 'add', 'dev', 'mltun0', 'mode', 'tun']]) execFileSync('ip', args);
   });
   after(() => {
     spawnSync('ip', ['netns', 'del', ns]);
@@ -28,14 +28,16 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
     const r = node(['ip', 'netns', 'exec', ns], ['full']) as { own: boolean; bySysfs: unknown[]; byIp: unknown[]; ownedSys: unknown[]; ownedIp: unknown[]; ipCreated: unknown[]; ipRead: unknown[]; created: { kind: string; master: string; up: boolean; alias: string }; mcreated: { kind: string; mac: string }; spawns: Record<string, number> };
     assert.equal(r.own, true, 'sysfs shows the namespace');
     assert.deepEqual(r.bySysfs, r.byIp);
-    assert.equal(r.bySysfs.length, 6);
+    assert.equal(r.bySysfs.length, 7);
     assert.equal(r.bySysfs[5], null, 'an absent link is undefined');
+    // A tun device (layer 3) is no TAP, though sysfs gives both tun_flags and ip both kind "tun".
+    assert.equal((r.bySysfs[6] as { kind: string }).kind, 'other');
     assert.deepEqual(r.ownedSys, r.ownedIp);
     assert.equal((r.ownedSys as unknown[]).length, 2);
     assert.deepEqual({ kind: r.created.kind, master: r.created.master, up: r.created.up }, { kind: 'tap', master: 'br0', up: true });
     assert.match(r.created.alias, /^matchlock:/);
     assert.deepEqual({ kind: r.mcreated.kind, mac: r.mcreated.mac }, { kind: 'macvtap', mac: '02:00:00:00:00:31' });
-    assert.deepEqual(r.spawns, { tap: 1, macvtap: 1, get: 0, list: 0, ipTap: 1, ipMacvtap: 1, ipGet: 1 }, 'without sysfs, six reads asked for at once (one absent) cost one ip');
+    assert.deepEqual(r.spawns, { tap: 1, macvtap: 1, get: 0, list: 0, ipTap: 1, ipMacvtap: 1, ipGet: 1 }, 'without sysfs, seven reads asked for at once (one absent) cost one ip');
     assert.deepEqual(r.ipCreated, r.ipRead, 'without sysfs, a create resolves the link as a read after it');
   });
 

@@ -15,7 +15,7 @@ interface IpLink {
   ifalias?: string;
   flags?: string[];
   operstate?: string;
-  linkinfo?: { info_kind?: string };
+  linkinfo?: { info_kind?: string; info_data?: { type?: string } };
 }
 
 function toInfo(l: IpLink): LinkInfo {
@@ -24,7 +24,8 @@ function toInfo(l: IpLink): LinkInfo {
     name: l.ifname,
     ifindex: l.ifindex,
     mac: l.address ?? '',
-    kind: kind === 'tun' ? 'tap' : kind === 'macvtap' ? 'macvtap' : 'other',
+    // A tun/tap device is info_kind "tun" either way; its type tells a TAP from a layer-3 tun.
+    kind: kind === 'tun' && l.linkinfo?.info_data?.type === 'tap' ? 'tap' : kind === 'macvtap' ? 'macvtap' : 'other',
     master: l.master,
     alias: l.ifalias,
     up: l.flags?.includes('UP') ?? false,
@@ -33,6 +34,9 @@ function toInfo(l: IpLink): LinkInfo {
 
 /** IFF_UP in a link's `flags` (include/uapi/linux/if.h): what `ip link` shows as UP. */
 const IFF_UP = 0x1;
+
+/** IFF_TAP in a tun device's `tun_flags` (include/uapi/linux/if_tun.h); IFF_TUN is 0x1. */
+const IFF_TAP = 0x2;
 
 const SYS_NET = '/sys/class/net';
 
@@ -81,9 +85,9 @@ async function sysfsLink(name: string): Promise<LinkInfo | undefined> {
       name,
       ifindex: Number(ifindex),
       mac: address,
-      // tun_flags exists on tun and tap devices (ip's info_kind "tun"), a macvtap has its
-      // character device's directory.
-      kind: entries.includes('tun_flags') ? 'tap' : entries.includes('macvtap') ? 'macvtap' : 'other',
+      // tun_flags exists on tun and tap devices (ip's info_kind "tun") and has IFF_TAP for a
+      // TAP; a macvtap has its character device's directory.
+      kind: entries.includes('tun_flags') ? ((Number.parseInt(await read('tun_flags'), 16) & IFF_TAP) !== 0 ? 'tap' : 'other') : entries.includes('macvtap') ? 'macvtap' : 'other',
       master: master?.split('/').pop(),
       alias: ifalias === '' ? undefined : ifalias,
       up: (Number.parseInt(flags, 16) & IFF_UP) !== 0,
