@@ -5,6 +5,8 @@ import { DEFAULT_CONFIG_PATH } from '../daemon/config-path.js';
 import type { DaemonConfig } from '../daemon/config.js';
 import type { ImageCatalog, PullProgress } from '../adapters/images/oci/store.js';
 import { parseDuration } from '../core/duration.js';
+import { MatchlockError } from '../core/errors.js';
+import { parseReference } from '../core/images/reference.js';
 import type { Logger } from '../core/ports.js';
 import { EXIT, cliError } from './client.js';
 import { table } from './output.js';
@@ -129,9 +131,18 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
           lastDone = p.blobsDone;
         }
       };
-      const digest = await (await store()).pull(ref, quiet, show);
-      if (tty) io.err('\n');
       const { normalizeRef } = await stores();
+      let digest: string;
+      try {
+        digest = await (await store()).pull(ref, quiet, show);
+      } catch (err) {
+        // A network error alone ("getaddrinfo ENOTFOUND ...") names neither the image nor where
+        // it was pulled from; the code, and so the exit status, stays the error's.
+        const e = MatchlockError.from(err);
+        const parsed = parseReference(normalizeRef(ref));
+        throw new MatchlockError(e.code, `pull of ${normalizeRef(ref)}${typeof parsed === 'string' ? '' : ` from ${parsed.registry}`} failed: ${e.message}`, { cause: err });
+      }
+      if (tty) io.err('\n');
       io.out(output() === 'json' ? JSON.stringify({ ref: normalizeRef(ref), digest }) + '\n' : `${normalizeRef(ref)} ${digest}\n`);
     });
 

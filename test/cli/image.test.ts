@@ -81,6 +81,14 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
     assert.ok(existsSync(join(tmp.path, 'state', 'images', 'blobs', 'sha256', manifest.slice(7))));
   });
 
+  it('a pull that cannot reach its registry names the image and the registry, not only the network error', async () => {
+    const state = ['--state-dir', join(tmp.path, 'state-unreachable'), '--config', '/dev/null', '--init', '--registry-auth-file', join(tmp.path, 'none.json')];
+    // Port 1 on loopback: nothing listens there.
+    const r = await cli(['image', 'pull', '127.0.0.1:1/matchlock/guest:1', ...state]);
+    assert.equal(r.code, EXIT.error);
+    assert.match(r.err, /^matchlock: pull of 127\.0\.0\.1:1\/matchlock\/guest:1 from 127\.0\.0\.1:1 failed: .*ECONNREFUSED/);
+  });
+
   it("finds the store and the registry settings in matchlockd's config, and refuses a state dir without a store", async () => {
     const state = join(tmp.path, 'cfg-state');
     // Only the config's mirror can serve this reference: the pull shows the config was read.
