@@ -3,7 +3,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULT_CONFIG_PATH } from '../daemon/config-path.js';
 import type { DaemonConfig } from '../daemon/config.js';
-import type { ImageCatalog, PullProgress } from '../adapters/images/oci/store.js';
+import type { ImageCatalog, LocalImageStore, PullProgress } from '../adapters/images/oci/store.js';
 import { parseDuration } from '../core/duration.js';
 import { MatchlockError } from '../core/errors.js';
 import { parseReference } from '../core/images/reference.js';
@@ -57,6 +57,21 @@ async function daemonSettings(o: ImageOpts): Promise<DaemonConfig> {
     return loadConfig({ flags, file: { path: o.config ?? DEFAULT_CONFIG_PATH, explicit: o.config !== undefined }, env: process.env });
   } catch (err) {
     throw cliError((err as Error).message, EXIT.usage);
+  }
+}
+
+/**
+ * Unpacks a stored image the way the daemon's first create of it would, so that create (and a
+ * burst of creates, which would all wait on the one unpack) finds it ready; as containerd's
+ * pull unpacks by default. A failed unpack keeps the stored image (its blobs are whole; a
+ * create unpacks again) and fails the command with the unpack's error and exit status.
+ */
+async function readyForVMs(images: LocalImageStore, ref: string, digest: string): Promise<void> {
+  try {
+    await images.unpacked(digest, quiet);
+  } catch (err) {
+    const e = MatchlockError.from(err);
+    throw new MatchlockError(e.code, `${ref} ${digest} is in the image store, but unpacking it failed: ${e.message}`, { cause: err });
   }
 }
 
@@ -117,7 +132,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
 
   image
     .command('pull <ref>')
-    .description('pull an image from its registry into the store')
+    .description('pull an image from its registry into the store and unpack it, ready for VMs')
     .action(async (ref: string) => {
       const tty = isTty();
       let lastDone = -1;
@@ -132,9 +147,10 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
         }
       };
       const { normalizeRef } = await stores();
+      const images = await store();
       let digest: string;
       try {
-        digest = await (await store()).pull(ref, quiet, show);
+        digest = await images.pull(ref, quiet, show);
       } catch (err) {
         // A network error alone ("getaddrinfo ENOTFOUND ...") names neither the image nor where
         // it was pulled from; the code, and so the exit status, stays the error's.
@@ -143,15 +159,18 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
         throw new MatchlockError(e.code, `pull of ${normalizeRef(ref)}${typeof parsed === 'string' ? '' : ` from ${parsed.registry}`} failed: ${e.message}`, { cause: err });
       }
       if (tty) io.err('\n');
+      await readyForVMs(images, normalizeRef(ref), digest);
       io.out(output() === 'json' ? JSON.stringify({ ref: normalizeRef(ref), digest }) + '\n' : `${normalizeRef(ref)} ${digest}\n`);
     });
 
   image
     .command('import <source>')
-    .description('import an OCI image layout directory or a tar of one')
+    .description('import an OCI image layout directory or a tar of one, and unpack it, ready for VMs')
     .option('--name <ref>', "reference to store it under (default: the layout's full ref.name annotation)")
     .action(async (source: string, o: { name?: string }) => {
-      const { ref, digest } = await (await store()).import(source, o.name);
+      const images = await store();
+      const { ref, digest } = await images.import(source, o.name);
+      await readyForVMs(images, ref, digest);
       io.out(output() === 'json' ? JSON.stringify({ ref, digest }) + '\n' : `${ref} ${digest}\n`);
     });
 

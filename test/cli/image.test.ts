@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
@@ -9,6 +9,7 @@ import { EXIT } from '../../src/cli/client.js';
 import { initialStatus } from '../../src/core/microvm/types.js';
 import { tempDir } from '../helpers/daemon.js';
 import { testGuestLayout } from '../helpers/lab.js';
+import { writeImageLayout } from '../helpers/oci.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 import { guestDigests } from '../e2e/oci-fixtures.js';
 
@@ -45,8 +46,13 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
     const lines = pulled.err.trim().split('\n');
     assert.match(lines.at(-1) ?? '', new RegExp(`^${ref.replace(/[.]/g, '\\.')}: \\S+/\\S+ 100% blobs 2/2$`));
     assert.ok(lines.length <= 4, 'one line per finished blob without a terminal');
+    // Ready for VMs: a burst of creates of a pulled image does not all wait on its first unpack.
+    const rootfs = join(tmp.path, 'state', 'images', 'rootfs');
+    assert.deepEqual(readdirSync(rootfs), [manifest.slice(7)]);
+    assert.ok(existsSync(join(rootfs, manifest.slice(7), 'boot', 'vmlinuz')));
     const imported = await cli(['image', 'import', layout, '--name', 'localhost/spare:1', ...state]);
     assert.equal(imported.code, EXIT.ok, imported.err);
+    assert.equal(imported.out, `localhost/spare:1 ${manifest}\n`);
 
     // A VM record that pinned the pulled image.
     const db = new SqliteStore(join(tmp.path, 'state', 'matchlock.db'));
@@ -76,9 +82,25 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
     assert.equal(prune.code, EXIT.ok, prune.err);
     assert.equal(prune.out.split('\n').filter(Boolean).length, 2);
     assert.deepEqual(readdirSync(join(tmp.path, 'state', 'images', 'refs')), []);
+    assert.deepEqual(readdirSync(rootfs), [], 'the unpacked tree goes with the last reference');
     assert.equal((await cli(['image', 'ls', ...state])).out, 'REFERENCE  DIGEST  SIZE  USED BY\n');
     // Blobs of a minute ago may belong to a pull in flight: they stay until they are old.
     assert.ok(existsSync(join(tmp.path, 'state', 'images', 'blobs', 'sha256', manifest.slice(7))));
+  });
+
+  it('an import whose unpack fails says the image is stored and why it is not ready, and fails', async () => {
+    const state = ['--state-dir', join(tmp.path, 'state-unpack'), '--config', '/dev/null', '--init'];
+    const bad = join(tmp.path, 'bad-layout');
+    mkdirSync(bad);
+    const manifest = writeImageLayout(bad, [{ data: Buffer.from('not a tar'), mediaType: 'application/vnd.example.layer.v1' }]);
+    const r = await cli(['image', 'import', bad, '--name', 'localhost/bad:1', ...state]);
+    assert.equal(r.code, EXIT.precondition);
+    assert.match(r.err, new RegExp(`localhost/bad:1 ${manifest.digest} is in the image store, but unpacking it failed: .*media type "application/vnd\\.example\\.layer\\.v1", which cannot be unpacked`));
+    assert.equal(r.out, '');
+    // Stored whole, as before: a create names the same error, an rm removes it.
+    const ls = await cli(['-o', 'json', 'image', 'ls', ...state]);
+    assert.deepEqual((JSON.parse(ls.out) as { ref: string }[]).map((i) => i.ref), ['localhost/bad:1']);
+    assert.equal(existsSync(join(tmp.path, 'state-unpack', 'images', 'rootfs', manifest.digest.slice(7))), false);
   });
 
   it('a pull that cannot reach its registry names the image and the registry, not only the network error', async () => {
