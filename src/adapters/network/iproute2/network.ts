@@ -35,9 +35,6 @@ function toInfo(l: IpLink): LinkInfo {
 /** IFF_UP in a link's `flags` (include/uapi/linux/if.h): what `ip link` shows as UP. */
 const IFF_UP = 0x1;
 
-/** IFF_TAP in a tun device's `tun_flags` (include/uapi/linux/if_tun.h); IFF_TUN is 0x1. */
-const IFF_TAP = 0x2;
-
 const SYS_NET = '/sys/class/net';
 
 /**
@@ -85,9 +82,12 @@ async function sysfsLink(name: string): Promise<LinkInfo | undefined> {
       name,
       ifindex: Number(ifindex),
       mac: address,
-      // tun_flags exists on tun and tap devices (ip's info_kind "tun") and has IFF_TAP for a
-      // TAP; a macvtap has its character device's directory.
-      kind: entries.includes('tun_flags') ? ((Number.parseInt(await read('tun_flags'), 16) & IFF_TAP) !== 0 ? 'tap' : 'other') : entries.includes('macvtap') ? 'macvtap' : 'other',
+      // tun_flags exists on tun and tap devices (ip's info_kind "tun"); a macvtap has its
+      // character device's directory. Of a tun/tap, only a TAP has a hardware address: the
+      // kernel makes a layer-3 tun ARPHRD_NONE with an address length of 0, so its `address`
+      // reads empty (drivers/net/tun.c, tun_net_initialize), and a TAP an Ethernet device. The
+      // address read above thus tells them apart without reading tun_flags for IFF_TAP.
+      kind: entries.includes('tun_flags') ? (address !== '' ? 'tap' : 'other') : entries.includes('macvtap') ? 'macvtap' : 'other',
       master: master?.split('/').pop(),
       alias: ifalias === '' ? undefined : ifalias,
       up: (Number.parseInt(flags, 16) & IFF_UP) !== 0,
