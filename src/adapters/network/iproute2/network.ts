@@ -115,7 +115,16 @@ interface Change {
   read?: boolean;
   /** A show asked again after it printed a link without a name (see IpStream). */
   retried?: boolean;
+  /** What its rows found in the ip it was last written to (IpStream.write sets it). */
+  outcome?: Outcome;
   done(r: IpLink | undefined | Error): void;
+}
+
+/** What the rows of one change found so far: the first failure, the link shown, a show to retry. */
+interface Outcome {
+  error?: Error;
+  shown?: IpLink;
+  stale?: boolean;
 }
 
 /**
@@ -156,13 +165,6 @@ interface Row {
   last: boolean;
   /** When it was written (Date.now() ms), for ROW_TIMEOUT_MS. */
   at: number;
-}
-
-/** What the rows of one change found so far: the first failure, the link shown, a show to retry. */
-interface Outcome {
-  error?: Error;
-  shown?: IpLink;
-  stale?: boolean;
 }
 
 /**
@@ -207,7 +209,6 @@ class IpStream {
   /** Takes new lines: not retired, not ended. */
   accepting = true;
   private rows: Row[] = [];
-  private outcomes = new Map<Change, Outcome>();
   private lines = 0;
   /** ip's lines since the last answered input line: the error text of the next failure. */
   private text: string[] = [];
@@ -249,7 +250,7 @@ class IpStream {
       this.rows.push({ change: c, text, show: c.show !== undefined && i === texts.length - 1, line: this.lines + 1, answered: false, last: i === texts.length - 1, at });
       this.lines += 2;
     }
-    this.outcomes.set(c, {});
+    c.outcome = {};
     this.child.write(texts.map((t) => `${t}\n${MARK}\n`).join(''));
     this.armTimeout();
   }
@@ -312,7 +313,7 @@ class IpStream {
   }
 
   private fail(row: Row, why: string): void {
-    const o = this.outcomes.get(row.change);
+    const o = row.change.outcome;
     if (o && !o.error) o.error = new MatchlockError(ErrorCode.Internal, `ip ${this.label(row)}: ${why}`);
   }
 
@@ -351,7 +352,7 @@ class IpStream {
       const l = printed[0];
       if (l && l.ifname === head.change.show) {
         head.answered = true;
-        const o = this.outcomes.get(head.change);
+        const o = head.change.outcome;
         if (o) o.shown = l;
         return;
       }
@@ -367,7 +368,7 @@ class IpStream {
 
   /** A show answered from a stale ifindex (see the class comment): not the link; shown again in a fresh ip. */
   private stale(row: Row): void {
-    const o = this.outcomes.get(row.change);
+    const o = row.change.outcome;
     if (o) o.stale = true;
     this.retire();
   }
@@ -383,8 +384,7 @@ class IpStream {
   }
 
   private settle(c: Change): void {
-    const o = this.outcomes.get(c) ?? {};
-    this.outcomes.delete(c);
+    const o = c.outcome ?? {};
     if (o.error) c.done(o.error);
     else if (o.stale && !c.retried) this.onRetry({ lines: [], show: c.show, read: c.read === true, retried: true, done: c.done });
     else if (o.stale) c.done(new MatchlockError(ErrorCode.Internal, `ip ${c.read ? '-json -details ' : ''}link show dev ${c.show}: the link was deleted and made again under ip twice in a row`));
@@ -418,7 +418,6 @@ class IpStream {
       }
     }
     this.rows = [];
-    this.outcomes.clear();
     this.onExit(untried);
   }
 }
