@@ -120,11 +120,15 @@ interface Change {
   done(r: IpLink | undefined | Error): void;
 }
 
-/** What the rows of one change found so far: the first failure, the link shown, a show to retry. */
+/**
+ * What the rows of one change found so far: the first failure, the link shown, a show to
+ * retry, a line to run again (see STALE_MASTER).
+ */
 interface Outcome {
   error?: Error;
   shown?: IpLink;
   stale?: boolean;
+  again?: string[];
 }
 
 /**
@@ -143,6 +147,16 @@ const tail = (text: string) => text.trim().split('\n').slice(-3).join(' ');
  * "does not exist" for the name. The name may exist again with another index, or not at all.
  */
 const STALE_INDEX = /Cannot send link get request: No such device/;
+
+/**
+ * What the kernel answers a `master <bridge>` whose ifindex ip remembers from before another
+ * process deleted the bridge (do_set_master: no device of that index), made again or not. ip
+ * learns the index by looking the name up and keeps it for its life (lib/ll_map.c), so one
+ * bridge re-created (by the hub, an operator) fails every attach to it until the process ends.
+ * A bridge that refuses a port (not an Ethernet device) answers the same; run again in a fresh
+ * ip, that fails the same way, for one process more.
+ */
+const STALE_MASTER = /RTNETLINK answers: Invalid argument/;
 
 /** ip's arguments: JSON out, -force to go on after a failed line, lines read from stdin. */
 const IP_ARGS = ['-json', '-details', '-force', '-batch', '-'];
@@ -163,6 +177,8 @@ interface Row {
   answered: boolean;
   /** The last row of its change: settling it settles the change. */
   last: boolean;
+  /** Its place among its change's lines (`lines.length` for the show). */
+  index: number;
   /** When it was written (Date.now() ms), for ROW_TIMEOUT_MS. */
   at: number;
 }
@@ -194,7 +210,8 @@ interface Row {
  * carry) then stays stale here: `master <bridge>` fails, and `link show` prints `[{}]` (the
  * name made again) or fails with STALE_INDEX (deleted). So the process takes new lines for
  * `lifeMs` only (retire()) and is then left to finish its lines and exit; and a show answered
- * either way retires it too, its change being handed back to show again in a fresh process.
+ * either way retires it too, its change being handed back to show again in a fresh process, as
+ * does a `master` line the kernel refuses for a stale index (STALE_MASTER), run again there.
  *
  * A line not answered within ROW_TIMEOUT_MS kills ip; it and every line after it fail. ip is
  * started through the process spawner, as every program is, its stdin and stdout streamed
@@ -247,7 +264,7 @@ class IpStream {
     if (this.rows.length === 0) this.hold(true);
     const at = Date.now();
     for (const [i, text] of texts.entries()) {
-      this.rows.push({ change: c, text, show: c.show !== undefined && i === texts.length - 1, line: this.lines + 1, answered: false, last: i === texts.length - 1, at });
+      this.rows.push({ change: c, text, show: c.show !== undefined && i === texts.length - 1, line: this.lines + 1, answered: false, last: i === texts.length - 1, index: i, at });
       this.lines += 2;
     }
     c.outcome = {};
@@ -331,6 +348,7 @@ class IpStream {
           this.stale(head);
           return;
         }
+        if (!head.show && STALE_MASTER.test(why)) this.staleMaster(head);
         // ip says "Device "<name>" does not exist" for a show of a missing link: a read's undefined.
         if (!(head.show && head.change.read && /does not exist|Cannot find device/.test(why))) this.fail(head, tail(why) || 'command failed');
       } else if (n === head.line + 1) this.next();
@@ -373,6 +391,20 @@ class IpStream {
     this.retire();
   }
 
+  /**
+   * A `master` line the kernel refused as it refuses a stale bridge ifindex (STALE_MASTER):
+   * when it is its change's first failure and last line (only its show ran after it), that line
+   * and the show run again in a fresh ip, once, and this ip takes no more lines. The line only
+   * sets things on the change's own link, so running it twice is harmless.
+   */
+  private staleMaster(row: Row): void {
+    const c = row.change;
+    const line = c.lines[row.index];
+    if (c.retried || c.outcome?.error || row.index !== c.lines.length - 1 || !line?.includes('master')) return;
+    if (c.outcome) c.outcome.again = line;
+    this.retire();
+  }
+
   /** The head row's mark came: the row is done, and with its change's last row the change. */
   private next(): void {
     const row = this.rows.shift();
@@ -385,7 +417,8 @@ class IpStream {
 
   private settle(c: Change): void {
     const o = c.outcome ?? {};
-    if (o.error) c.done(o.error);
+    if (o.again) this.onRetry({ lines: [o.again], show: c.show, retried: true, done: c.done });
+    else if (o.error) c.done(o.error);
     else if (o.stale && !c.retried) this.onRetry({ lines: [], show: c.show, read: c.read === true, retried: true, done: c.done });
     else if (o.stale) c.done(new MatchlockError(ErrorCode.Internal, `ip ${c.read ? '-json -details ' : ''}link show dev ${c.show}: the link was deleted and made again under ip twice in a row`));
     else c.done(o.shown);
@@ -436,7 +469,7 @@ export class Iproute2Network implements HostNetwork {
   private ip: IpStream | undefined;
   /** Changes and reads waiting for the next ip (the running one is retired), in the order asked. */
   private queue: Change[] = [];
-  /** Shows that printed a stale link (see IpStream), to run first in the next ip. */
+  /** Shows that printed a stale link and lines refused a stale bridge (see IpStream), to run first in the next ip. */
   private retries: Change[] = [];
   private closed = false;
 
