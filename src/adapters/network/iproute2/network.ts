@@ -292,7 +292,8 @@ class IpStream {
     this.output(this.decoder.end());
     if (err) this.text.push(err.message);
     if (!exit) this.lost = 'the process spawner exited while ip ran';
-    else if (err) this.lost = `ip could not be started: ${err.message}`;
+    // A MatchlockError: ip was killed for input it did not take (streamProgram's bound).
+    else if (err) this.lost = err instanceof MatchlockError ? err.message : `ip could not be started: ${err.message}`;
     this.ended(exit?.code ?? null, exit?.signal ?? null);
   }
 
