@@ -20,6 +20,8 @@
 #   stream 1            stdin and stdout are pipes kept here for the child's whole life: what
 #                       it writes comes as `out` events as it arrives, `write` requests feed
 #                       its stdin (stderr goes where the request says, /dev/null by default)
+#   inmax <bytes>       a streamed program's bound on what waits here for its stdin: past it
+#                       what waits is dropped, its stdin closed and the program gets SIGKILL
 #   timeout <ms>        a capturing child still running after it gets SIGTERM
 #   env NAME=value      repeated: the environment of this and later programs, all of it (sent
 #                       when the daemon's environment changed since the last request)
@@ -37,7 +39,8 @@
 #   exit <id> <code> <signal> [<stdout> <stderr> <why>]   it ended; code or signal number is
 #                                        empty; the output fields come for capture, why is
 #                                        '', 'timeout' or 'maxbuffer'; a streamed program's
-#                                        comes after its last `out`
+#                                        comes after its last `out`, with the output fields
+#                                        empty and why 'maxinput' when inmax killed it
 #
 # Environment: MATCHLOCK_SPAWNER_MAX_WAIT_MS, the longest select wait while children live
 # (default 1000; exits wake the loop through a self-pipe, see below).
@@ -235,6 +238,8 @@ sub spawn {
     $c->{fh} = { stdout => $ours{stdout} };
     $c->{in} = $ours{in};
     $c->{input} = '';
+    $c->{inmax} = $req->{inmax};
+    $c->{why} = '';
     nonblock($_) for $ours{stdout}, $ours{in};
     $capturing{$pid} = $c;
     $streams{$id} = $c;
@@ -258,6 +263,7 @@ sub finish {
   if (POSIX::WIFEXITED($st)) { $code = POSIX::WEXITSTATUS($st) }
   elsif (POSIX::WIFSIGNALED($st)) { $sig = POSIX::WTERMSIG($st) }
   if ($c->{capture}) { emit('exit', $c->{id}, $code, $sig, $c->{out}{stdout}, $c->{out}{stderr}, $c->{why}) }
+  elsif ($c->{stream} && $c->{why}) { emit('exit', $c->{id}, $code, $sig, '', '', $c->{why}) }
   else { emit('exit', $c->{id}, $code, $sig) }
 }
 
@@ -293,7 +299,17 @@ sub request {
     my $c = $streams{ $id // '' } or return;
     if ($verb eq 'kill') { kill($f[0] + 0, $c->{pid}) if !defined $c->{status} && defined $f[0] }
     elsif (!$c->{in} || $c->{closing}) { }
-    elsif ($verb eq 'write') { $c->{input} .= $f[0] // ''; feed($c) }
+    elsif ($verb eq 'write') {
+      $c->{input} .= $f[0] // '';
+      feed($c);
+      if (defined $c->{inmax} && length $c->{input} > $c->{inmax}) {
+        $c->{input} = '';
+        $c->{closing} = 1;
+        $c->{why} = 'maxinput';
+        feed($c);
+        kill('KILL', $c->{pid}) if !defined $c->{status};
+      }
+    }
     else { $c->{closing} = 1; feed($c) }
     return;
   }

@@ -3,6 +3,7 @@ import { closeSync, constants, existsSync, openSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../package-root.js';
+import { ErrorCode, MatchlockError } from '../core/errors.js';
 import type { Logger } from '../core/ports.js';
 
 /**
@@ -436,21 +437,34 @@ function runDirect(file: string, args: readonly string[], opts: RunOptions): Pro
   });
 }
 
+/** The default bound of what may wait to be written to a streamed program's stdin (bytes). */
+export const MAX_STREAM_INPUT_BYTES = 64 * 1024 * 1024;
+
 /** A program run with its stdin and stdout streamed (see streamProgram). */
 export interface StreamOptions {
   /** Each piece of stdout as it arrives, in order. */
   onOutput(data: Buffer): void;
   /**
    * Once, after the last output: how the program ended; with `error` when it could not be
-   * started (an errno error, code ENOENT for a missing program); undefined when its end can no
-   * longer be seen (the spawner died: its stdin closed with it).
+   * started (an errno error, code ENOENT for a missing program) or was killed for input past
+   * maxInputBytes (a MatchlockError, ResourceExhausted); undefined when its end can no longer
+   * be seen (the spawner died: its stdin closed with it).
    */
   onExit(exit: ChildExit | undefined, error?: Error): void;
+  /**
+   * The most bytes that may wait to be written to its stdin (written, not yet taken by the
+   * program; default MAX_STREAM_INPUT_BYTES). Past it what waits is dropped, its stdin closed
+   * and the program killed (SIGKILL).
+   */
+  maxInputBytes?: number;
 }
+
+/** What streamProgram hands the spawner or a direct child: the bound, and how to say it was passed. */
+type BackendOptions = StreamOptions & { maxInputBytes: number; overflow(): void };
 
 /** A running streamed program. Calls after it ended are ignored. */
 export interface Streamed {
-  /** Appended to its stdin, never blocking: bytes wait while it does not read. */
+  /** Appended to its stdin, never blocking: bytes wait while it does not read, up to maxInputBytes. */
   write(data: string | Buffer): void;
   /** Closes its stdin once what waits was written. */
   end(): void;
@@ -463,13 +477,27 @@ export interface Streamed {
  * Starts a long-lived program whose stdin is written and stdout read while it runs (stderr goes
  * to /dev/null: a shell's `2>&1` folds it into stdout). Through the spawner once started, like
  * every other program; spawned directly otherwise (a CLI). Returns at once: what is written
- * before the program started is sent after it.
+ * before the program started is sent after it. What waits to be written to its stdin is
+ * bounded (StreamOptions.maxInputBytes), wherever it waits: here before the start, in the
+ * spawner, or in this process's pipe to a direct child.
  */
-export function streamProgram(file: string, args: readonly string[], opts: StreamOptions): Streamed {
+export function streamProgram(file: string, args: readonly string[], options: StreamOptions): Streamed {
   checkArgs(file, args);
+  const max = options.maxInputBytes ?? MAX_STREAM_INPUT_BYTES;
+  // Set once the bound was passed, wherever the bytes waited: the exit reports it.
+  let over: MatchlockError | undefined;
+  const overflow = () => (over ??= new MatchlockError(ErrorCode.ResourceExhausted, `${file}: more than ${max} bytes waited to be written to its stdin (the bound of a streamed program's input); killed`));
+  const opts: BackendOptions = {
+    onOutput: (d) => options.onOutput(d),
+    onExit: (e, err) => options.onExit(e, over ?? err),
+    maxInputBytes: max,
+    overflow,
+  };
   type Backend = Streamed;
   let backend: Backend | undefined;
   let queued: ((b: Backend) => void)[] = [];
+  // Bytes written before the program was started (the spawner itself still starting).
+  let early = 0;
   const later = (op: (b: Backend) => void) => {
     if (backend) op(backend);
     else queued.push(op);
@@ -489,24 +517,34 @@ export function streamProgram(file: string, args: readonly string[], opts: Strea
     );
   }
   return {
-    write: (d) => later((b) => b.write(d)),
+    write: (d) => {
+      if (over) return;
+      if (!backend && (early += Buffer.byteLength(d)) > max) {
+        overflow();
+        queued = [(b) => b.kill('SIGKILL')];
+        return;
+      }
+      later((b) => b.write(d));
+    },
     end: () => later((b) => b.end()),
     kill: (sig) => later((b) => b.kill(sig)),
     hold: (on) => later((b) => b.hold(on)),
   };
 }
 
-function streamSpawner(s: SpawnerProcess, file: string, args: readonly string[], opts: StreamOptions): Streamed {
+function streamSpawner(s: SpawnerProcess, file: string, args: readonly string[], opts: BackendOptions): Streamed {
   let ended = false;
-  const id = s.request([...[file, ...args].map((a): [string, string] => ['arg', a]), ['stream', '1']], {
+  // The spawner keeps what waits for the program's stdin, and enforces the bound (inmax).
+  const id = s.request([...[file, ...args].map((a): [string, string] => ['arg', a]), ['stream', '1'], ['inmax', String(opts.maxInputBytes)]], {
     spawned: () => undefined,
     output: (d) => opts.onOutput(d),
     failed: (err) => {
       ended = true;
       opts.onExit({ code: null, signal: null }, err);
     },
-    exited: (e) => {
+    exited: (e, out) => {
       ended = true;
+      if (out?.why === 'maxinput') opts.overflow();
       opts.onExit(e);
     },
     lost: () => {
@@ -522,7 +560,7 @@ function streamSpawner(s: SpawnerProcess, file: string, args: readonly string[],
   };
 }
 
-function streamDirect(file: string, args: readonly string[], opts: StreamOptions): Streamed {
+function streamDirect(file: string, args: readonly string[], opts: BackendOptions): Streamed {
   const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'ignore'] });
   let error: Error | undefined;
   // A program that exits while input is written makes stdin emit EPIPE: its exit tells.
@@ -531,7 +569,17 @@ function streamDirect(file: string, args: readonly string[], opts: StreamOptions
   child.once('error', (e) => (error = e));
   child.once('close', (code, signal) => opts.onExit({ code, signal }, error));
   return {
-    write: (d) => void child.stdin?.write(d),
+    write: (d) => {
+      const stdin = child.stdin;
+      if (!stdin || stdin.destroyed) return;
+      stdin.write(d);
+      // writableLength: what Node holds that the pipe did not take yet.
+      if (stdin.writableLength > opts.maxInputBytes) {
+        opts.overflow();
+        stdin.destroy();
+        child.kill('SIGKILL');
+      }
+    },
     end: () => void child.stdin?.end(),
     kill: (sig) => void child.kill(sig),
     hold: (on) => {

@@ -6,7 +6,6 @@ import type { DaemonConfig } from '../daemon/config.js';
 import type { ImageCatalog, LocalImageStore, PullProgress } from '../adapters/images/oci/store.js';
 import { parseDuration } from '../core/duration.js';
 import { MatchlockError } from '../core/errors.js';
-import { parseReference } from '../core/images/reference.js';
 import type { Logger } from '../core/ports.js';
 import { EXIT, cliError } from './client.js';
 import { table } from './output.js';
@@ -146,7 +145,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
           lastDone = p.blobsDone;
         }
       };
-      const { normalizeRef } = await stores();
+      const { normalizeRef, pullSource } = await stores();
       const images = await store();
       let digest: string;
       try {
@@ -155,8 +154,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
         // A network error alone ("getaddrinfo ENOTFOUND ...") names neither the image nor where
         // it was pulled from; the code, and so the exit status, stays the error's.
         const e = MatchlockError.from(err);
-        const parsed = parseReference(normalizeRef(ref));
-        throw new MatchlockError(e.code, `pull of ${normalizeRef(ref)}${typeof parsed === 'string' ? '' : ` from ${parsed.registry}`} failed: ${e.message}`, { cause: err });
+        throw new MatchlockError(e.code, `pull of ${normalizeRef(ref)} from ${pullSource(ref, err)} failed: ${e.message}`, { cause: err });
       }
       if (tty) io.err('\n');
       await readyForVMs(images, normalizeRef(ref), digest);

@@ -34,7 +34,6 @@ import { isLocalEndpoint } from '../core/endpoint.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { configError, type DaemonConfig } from './config.js';
 import { buildProviders, chooseDefaultProvider, providerEntries } from './providers.js';
-import { deviceAlias } from '../core/microvm/host-names.js';
 import { PowerService } from '../core/microvm/power.js';
 import { serverInfoSource } from './server-info.js';
 import { VERSION } from '../version.js';
@@ -173,7 +172,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     bridgeName: cfg.bridgeName,
     parentIface: cfg.parentIface,
     deleteVmTimeoutMs: cfg.deleteVmTimeoutMs,
-    linkAlias: (uid, deviceId) => deviceAlias(daemonId, uid, deviceId),
+    daemonId,
     onStep: metrics && ((plan, o) => metrics.step(plan, o)),
   });
   const reconciler = new Reconciler({

@@ -1,7 +1,7 @@
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
-import { parseAlias } from '../core/microvm/host-names.js';
+import { ownLink } from '../core/microvm/host-names.js';
 import type { HostFiles, HostNetwork, Logger, Store, Tombstones } from '../core/ports.js';
 import { runDirOf, type VmmProvider } from '../core/vmm.js';
 
@@ -90,9 +90,9 @@ export async function sweepOrphans(o: SweepOptions): Promise<number> {
     removed++;
   }
   for (const link of await o.network.listOwned()) {
-    const owner = parseAlias(link.alias);
+    const owner = ownLink(link.alias, o.daemonId);
     // Another daemon's link, or one in the old alias form whose owner cannot be proven.
-    if (!owner || owner.daemonId !== o.daemonId) continue;
+    if (!owner) continue;
     if (o.store.get(owner.uid)) continue;
     if (!buried(owner.uid)) {
       o.log.warn({ link: link.name, alias: link.alias }, 'link of this daemon with neither a record nor a tombstone; left alone');

@@ -153,6 +153,38 @@ if (mode === 'group') {
     const attached = await settle(short.adopt('mlst1', { alias: 'matchlock:probe', bridge: 'brst' }));
     stale.afterLife = { pid: pid ?? null, gone, created: 'error' in created ? created.error : created.ok.master, attached: 'error' in attached ? attached.error : 'ok', masters: [(await sysfs.get('mlst1'))?.master, (await sysfs.get('mlst2'))?.master] };
   }
+  {
+    // Within one ip's life, the bridge a create attached to is deleted and re-created by another
+    // process: ip still holds its old ifindex (the `master` lookup alone keeps it), so the next
+    // `master` line gets EINVAL from the kernel. Both ways (no show with sysfs, a show without).
+    const master: Record<string, unknown> = {};
+    for (const [k, useSysfs] of [['s', true], ['i', false]] as const) {
+      const br = `brm${k}`;
+      sh('link', 'add', br, 'type', 'bridge');
+      sh('link', 'set', br, 'up');
+      const mnet = long(useSysfs);
+      await mnet.createTap(`mlm${k}0`, { bridge: br, alias: alias(53) });
+      sh('link', 'del', br);
+      sh('link', 'add', br, 'type', 'bridge');
+      sh('link', 'set', br, 'up');
+      const before = ipRuns();
+      const created = await settle(mnet.createTap(`mlm${k}1`, { bridge: br, alias: alias(54) }));
+      const adopted = await settle(mnet.adopt(`mlm${k}0`, { alias: alias(53), bridge: br }));
+      const processes = ipRuns() - before;
+      const masters = [(await sysfs.get(`mlm${k}0`))?.master, (await sysfs.get(`mlm${k}1`))?.master];
+      // Deleted and not made again: the line run again in a fresh ip says so.
+      sh('link', 'del', br);
+      const gone = await settle(mnet.createTap(`mlm${k}2`, { bridge: br, alias: alias(55) }));
+      master[k] = {
+        created: 'error' in created ? created.error : created.ok.master,
+        adopted: 'error' in adopted ? adopted.error : 'ok',
+        masters,
+        processes,
+        gone: 'error' in gone ? gone.error : gone.ok.master,
+      };
+    }
+    stale.master = master;
+  }
   out.stale = stale;
   process.stdout.write(JSON.stringify(out));
   process.exit(0);

@@ -56,6 +56,7 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
         reread: { first: number; now: number; read: number; spawns: number };
         deleted: { seen: string; again: string | null };
         afterLife: { pid: number | null; gone: boolean; created: string; attached: string; masters: (string | undefined)[] };
+        master: Record<'s' | 'i', { created: string; adopted: string; masters: (string | undefined)[]; processes: number; gone: string }>;
       };
     };
     before(() => {
@@ -128,6 +129,19 @@ describe('iproute2 adapter: links read from sysfs, changed in one ip -batch', { 
       assert.equal(afterLife.created, 'brst', 'a create attaches to the new bridge');
       assert.equal(afterLife.attached, 'ok');
       assert.deepEqual(afterLife.masters, ['brst', 'brst']);
+    });
+
+    it("a bridge deleted and re-created by another process within an ip's life: a master line failing on the stale ifindex runs again in a fresh ip", () => {
+      for (const k of ['s', 'i'] as const) {
+        const m = r.stale.master[k];
+        const br = `brm${k}`;
+        assert.equal(m.created, br, `${k}: the create attaches to the new bridge`);
+        assert.equal(m.adopted, 'ok', `${k}: so does an adopt after it`);
+        assert.deepEqual(m.masters, [br, br]);
+        assert.equal(m.processes, 1, `${k}: one fresh ip for the line run again, which then takes the next change`);
+        // The fresh ip looks the name up anew: the error says the bridge is gone, not EINVAL.
+        assert.match(m.gone, new RegExp(`^ip link set dev mlm${k}2 master ${br} up: .*"${br}" is wrong: Device does not exist`), k);
+      }
     });
 
     it('the shared ip exits once its life is over and its lines are answered', () => {

@@ -33,11 +33,11 @@ async function until(what: string, fn: () => boolean, ms = 10_000): Promise<void
 }
 
 /** A program started with streamProgram: what it wrote so far, and its end. */
-function streamed(file: string, args: string[]) {
+function streamed(file: string, args: string[], maxInputBytes?: number) {
   let out = '';
   let ended!: (e: { exit: ChildExit | undefined; error?: Error }) => void;
   const exit = new Promise<{ exit: ChildExit | undefined; error?: Error }>((r) => (ended = r));
-  const p = streamProgram(file, args, { onOutput: (d) => (out += d.toString()), onExit: (e, error) => ended({ exit: e, ...(error ? { error } : {}) }) });
+  const p = streamProgram(file, args, { onOutput: (d) => (out += d.toString()), onExit: (e, error) => ended({ exit: e, ...(error ? { error } : {}) }), ...(maxInputBytes === undefined ? {} : { maxInputBytes }) });
   return { p, exit, out: () => out };
 }
 
@@ -167,6 +167,10 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     const missing = streamed('matchlock-no-such-program', []);
     const failed = await missing.exit;
     assert.equal((failed.error as NodeJS.ErrnoException | undefined)?.code, 'ENOENT');
+  });
+
+  it('a streamed program with more input waiting than its bound is killed, and its exit names it and the bound', { timeout: 30_000 }, async () => {
+    await inputPastBound(started);
   });
 
   it('launches with stdout appended, stderr emptied, a cwd, its own session and files from fd 3 on', async () => {
@@ -305,5 +309,27 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     s.p.end();
     assert.deepEqual(await s.exit, { exit: { code: 0, signal: null } });
     assert.equal(s.out(), `${process.pid}\nstreamed\n`);
+    await inputPastBound(started);
   });
 });
+
+/**
+ * A streamed program that reads nothing, bound to 1 MiB of waiting input: 512 KiB waits, then
+ * 1 MiB more passes the bound; what waits is dropped and the program killed.
+ */
+async function inputPastBound(started: number[]): Promise<void> {
+  const s = streamed('sh', ['-c', 'echo $$; exec sleep 1000'], 1024 * 1024);
+  await until('its pid', () => s.out().endsWith('\n'));
+  started.push(Number(s.out()));
+  s.p.write(Buffer.alloc(512 * 1024, 'x'));
+  await sleep(100);
+  assert.ok(pidAlive(Number(s.out())), 'under the bound it runs on');
+  s.p.write(Buffer.alloc(1024 * 1024, 'x'));
+  s.p.write('dropped\n');
+  let timer: NodeJS.Timeout | undefined;
+  const r = await Promise.race([s.exit, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('still running 10 s after its input passed the bound')), 10_000)))]).finally(() => clearTimeout(timer));
+  assert.deepEqual(r.exit, { code: null, signal: 'SIGKILL' });
+  assert.ok(r.error instanceof MatchlockError, String(r.error));
+  assert.equal(r.error.code, ErrorCode.ResourceExhausted);
+  assert.match(r.error.message, /^sh: more than 1048576 bytes waited to be written to its stdin .*; killed$/);
+}

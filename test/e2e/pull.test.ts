@@ -67,6 +67,22 @@ describe('registry pulls', { skip }, () => {
     }
   });
 
+  it("a failed pull names the mirror that was asked, not only the reference's registry", async () => {
+    // The mirror serves the manifest and a corrupt layer; the registry itself (port 1 on
+    // loopback) is never reached, so only the mirror can have failed.
+    const proxy = await startProxy(registry.host, { corrupt: new Set([digests.layer]) });
+    try {
+      const s = new LocalImageStore(join(tmp.path, 'bad-mirror-store'), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [], mirrors: [`127.0.0.1:1=${proxy.host}`] }, silentLogger));
+      await assert.rejects(s.ensure('127.0.0.1:1/matchlock/test-guest:1', silentLogger), (err: Error) => {
+        assert.match(err.message, new RegExp(`^not in the image store, and its pull from ${proxy.host.replace(/[.]/g, '\\.')} \\(mirror of 127\\.0\\.0\\.1:1\\) failed: blob ${digests.layer} .*failed verification`), err.message);
+        return true;
+      });
+      assert.equal(proxy.blobGets.get(digests.layer), 3, 'every attempt went to the mirror');
+    } finally {
+      await proxy.stop();
+    }
+  });
+
   it('with a bearer-token registry: a clear auth error without credentials, a pull with a config.json', async () => {
     const proxy = await startProxy(registry.host, { credentials: 'alice:wonderland' });
     try {

@@ -182,7 +182,7 @@ export class FakeWorld {
       bridgeName: 'br0',
       parentIface: 'eth9',
       deleteVmTimeoutMs: 10,
-      linkAlias: (uid, dev) => `matchlock:test:${uid}:${dev}`,
+      daemonId: '0123456789abcdef',
       ...over,
     };
   }

@@ -4,7 +4,7 @@ import { parse } from 'yaml';
 import { EMPTY_USER_DATA, diskLetter, mergeCmdline, networkConfig, noCloudSeed, vendorDataWithMounts } from './cloudinit.js';
 import { MatchlockError } from '../errors.js';
 import { cloudInitMetaData } from './metadata.js';
-import { deviceAlias, parseAlias, generatedMac, guestMac, hostDeviceName } from './host-names.js';
+import { deviceAlias, parseAlias, generatedMac, guestMac, hostDeviceName, ownLink } from './host-names.js';
 import { initialStatus, type MicroVM } from './types.js';
 
 function vm(over: Partial<MicroVM['spec']> = {}): MicroVM {
@@ -131,6 +131,24 @@ it('derives short, traceable host names and stable locally administered MACs', (
   assert.equal(parseAlias('something else'), undefined);
   assert.equal(parseAlias('matchlock:not-ours:x'), undefined);
   assert.throws(() => deviceAlias('', v.uid, 'eth0'), /16 lowercase hex/);
+  // ownLink: a VM's steps (with the VM) and the sweep (without) read one rule.
+  const [me, other] = ['0123456789abcdef', 'fedcba9876543210'];
+  const eth0 = { uid: v.uid, deviceId: 'eth0' };
+  const cases: [alias: string | undefined, withVm: boolean, withoutVm: boolean][] = [
+    [deviceAlias(me, v.uid, 'eth0'), true, true],
+    [deviceAlias(me, v.uid, 'eth1'), false, true],
+    [deviceAlias(other, v.uid, 'eth0'), false, false],
+    [`matchlock:${v.uid}:eth0`, true, false],
+    [`matchlock:${v.uid}:eth1`, false, false],
+    [undefined, true, false],
+    ['', true, false],
+    ["an operator's", false, false],
+  ];
+  for (const [alias, withVm, withoutVm] of cases) {
+    assert.equal(ownLink(alias, me, eth0) !== undefined, withVm, `${String(alias)} with the VM`);
+    assert.equal(ownLink(alias, me) !== undefined, withoutVm, `${String(alias)} without the VM`);
+  }
+  assert.deepEqual(ownLink(deviceAlias(me, v.uid, 'eth1'), me), { uid: v.uid, deviceId: 'eth1' });
   assert.ok(deviceAlias('0123456789abcdef', v.uid, 'e'.repeat(63)).length <= 255, 'fits IFALIASZ');
   const mac = generatedMac(v.uid, 'eth0');
   assert.equal(mac, generatedMac(v.uid, 'eth0'));

@@ -44,6 +44,25 @@ export function parseAlias(alias: string | undefined): { daemonId: string | unde
   return undefined;
 }
 
+/**
+ * The VM interface daemon `daemonId` may take a link for, read from the link's alias: the one
+ * rule of what is a daemon's own link, which a VM's link steps and the orphan sweep both follow.
+ * - With `vm` (a VM's steps, which found the link by the name they derive from the VM and
+ *   interface, hostDeviceName): `vm` when the alias is this daemon's for it, none (a create cut
+ *   short before its alias line), or the form without a daemon id naming the same VM and
+ *   interface; undefined for any other alias.
+ * - Without `vm` (the sweep, which finds links by alias alone): the VM and interface an alias
+ *   carrying `daemonId` names; undefined for another daemon's alias, the form without a daemon
+ *   id (its owner cannot be proven) or an alias matchlock did not write.
+ */
+export function ownLink(alias: string | undefined, daemonId: string, vm?: { uid: string; deviceId: string }): { uid: string; deviceId: string } | undefined {
+  if (vm && (alias === undefined || alias === '')) return vm;
+  const owner = parseAlias(alias);
+  if (!owner || (owner.daemonId !== daemonId && !(vm && owner.daemonId === undefined))) return undefined;
+  if (vm && (owner.uid !== vm.uid || owner.deviceId !== vm.deviceId)) return undefined;
+  return { uid: owner.uid, deviceId: owner.deviceId };
+}
+
 /** FNV-1a, enough to spread MACs; not a security boundary. */
 function fnv1a(s: string, seed: number): number {
   let h = 0x811c9dc5 ^ seed;

@@ -17,8 +17,8 @@ export interface PlanDeps {
   /** Parent for MACVTAP interfaces. */
   parentIface: string;
   deleteVmTimeoutMs: number;
-  /** The alias that marks a host link as this daemon's, for this VM and interface. */
-  linkAlias(uid: string, deviceId: string): string;
+  /** This daemon's identity (16 hex digits): its links carry it in their alias (deviceAlias). */
+  daemonId: string;
 }
 
 /** The status fields a create plan observes and achieves. */

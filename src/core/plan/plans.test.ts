@@ -154,11 +154,11 @@ describe('create plan on fakes', () => {
     assert.ok(r.ok, r.ok ? '' : r.err.message);
     assert.deepEqual(
       [world.links.get(tap), world.links.get(macvtap)].map((l) => [l?.alias, l?.master, l?.up]),
-      [[`matchlock:test:${UID}:eth0`, 'br0', true], [`matchlock:test:${UID}:eth1`, undefined, true]],
+      [[`matchlock:0123456789abcdef:${UID}:eth0`, 'br0', true], [`matchlock:0123456789abcdef:${UID}:eth1`, undefined, true]],
     );
     assert.deepEqual(world.calls.filter((c) => /^(tap|macvtap|adopt) /.test(c)), [`adopt ${tap}`, `adopt ${macvtap}`], 'finished, not created again');
 
-    for (const [alias, kind] of [[`matchlock:other:${UID}:eth0`, 'tap'], ['an operator\'s', 'tap'], [undefined, 'other']] as const) {
+    for (const [alias, kind] of [[`matchlock:fedcba9876543210:${UID}:eth0`, 'tap'], ['an operator\'s', 'tap'], [undefined, 'other']] as const) {
       const w = new FakeWorld();
       w.links.set(tap, { name: tap, ifindex: 42, mac: 'fe:00:00:00:00:42', kind, alias, up: false });
       const failed = await ensure(w, vm());
@@ -247,10 +247,10 @@ describe('delete plan on fakes', () => {
     const macvtapLink = world.links.get(macvtap);
     assert.ok(tapLink && macvtapLink);
     tapLink.alias = undefined; // a create cut short before its alias line
-    macvtapLink.alias = `matchlock:other:${UID}:eth1`; // another daemon's
+    macvtapLink.alias = `matchlock:fedcba9876543210:${UID}:eth1`; // another daemon's
     await runtime(world).teardown(record, quiet);
     assert.equal(world.links.has(tap), false, 'the half-made TAP is removed');
-    assert.equal(world.links.get(macvtap)?.alias, `matchlock:other:${UID}:eth1`, "another owner's link is left alone");
+    assert.equal(world.links.get(macvtap)?.alias, `matchlock:fedcba9876543210:${UID}:eth1`, "another owner's link is left alone");
     assert.ok(!world.calls.includes(`link rm ${macvtap}`));
   });
 

@@ -54,7 +54,7 @@ export function deletePlan(ctx: DeleteContext): Step[] {
     steps.push(new RemoveVolume(deps.volumes, { uid: vm.uid, volumeId: v.id, dir: ref.dir }, log));
   }
   vm.spec.interfaces.forEach((iface, n) => {
-    const owner = { uid: vm.uid, deviceId: iface.deviceId, kind: iface.type === 'MACVTAP' ? ('macvtap' as const) : ('tap' as const), alias: deps.linkAlias(vm.uid, iface.deviceId) };
+    const owner = { daemonId: deps.daemonId, uid: vm.uid, deviceId: iface.deviceId, kind: iface.type === 'MACVTAP' ? ('macvtap' as const) : ('tap' as const) };
     steps.push(new RemoveInterface(deps.network, hostDeviceName(vm, n), owner, log));
   });
   steps.push(new RemoveDirectory(deps.files, ref.runDir, 'run directory'), new RemoveDirectory(deps.files, ref.dir, 'vm directory'));

@@ -71,6 +71,24 @@ function apiHost(registry: string): string {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
+ * A registry request's failure whose last request went to a mirror (registry-mirrors), not to
+ * the registry the reference names: `mirror` is that mirror's host, as configured. Code and
+ * message are the failure's own.
+ */
+export class MirrorError extends MatchlockError {
+  constructor(readonly mirror: string, err: MatchlockError) {
+    super(err.code, err.message, { cause: err, ...(err.field === undefined ? {} : { field: err.field }) });
+    this.name = 'MirrorError';
+  }
+}
+
+/** `err` as a MatchlockError, a MirrorError when the request that failed went to `mirror`. */
+function askedMirror(err: unknown, mirror: string | undefined): MatchlockError {
+  const e = MatchlockError.from(err);
+  return mirror === undefined || e instanceof MirrorError ? e : new MirrorError(mirror, e);
+}
+
+/**
  * A client for the OCI distribution API (v2): manifests and blobs, anonymous, bearer-token and
  * basic auth, mirrors, and retries with back-off on network errors and 5xx answers.
  */
@@ -79,24 +97,27 @@ export class RegistryClient {
 
   constructor(private readonly o: RegistryOptions) {}
 
-  private bases(registry: string): { base: string; insecureTls: boolean }[] {
+  /** The hosts to ask, mirrors first; `mirror` is set on a mirror's. */
+  private bases(registry: string): { base: string; insecureTls: boolean; mirror?: string }[] {
     const s = this.o.settings(registry);
-    return [...s.mirrors, apiHost(registry)].map((host) => ({
-      base: `${s.plainHttp || isLoopbackHost(host) ? 'http' : 'https'}://${host}`,
-      insecureTls: s.insecureTls,
-    }));
+    const base = (host: string) => `${s.plainHttp || isLoopbackHost(host) ? 'http' : 'https'}://${host}`;
+    return [...s.mirrors.map((mirror) => ({ base: base(mirror), insecureTls: s.insecureTls, mirror })), { base: base(apiHost(registry)), insecureTls: s.insecureTls }];
   }
 
-  /** GET with auth and retries; resolves a 2xx response or throws a MatchlockError saying why. */
-  private async get(ref: ImageReference, path: string, headers: Record<string, string>): Promise<IncomingMessage> {
+  /**
+   * GET with auth and retries; resolves a 2xx response and the mirror that gave it (undefined:
+   * the registry itself), or throws a MatchlockError saying why (a MirrorError when the last
+   * host asked was a mirror).
+   */
+  private async get(ref: ImageReference, path: string, headers: Record<string, string>): Promise<{ res: IncomingMessage; mirror: string | undefined }> {
     const attempts = this.o.attempts ?? 3;
     let lastErr: MatchlockError | undefined;
-    for (const { base, insecureTls } of this.bases(ref.registry)) {
+    for (const { base, insecureTls, mirror } of this.bases(ref.registry)) {
       for (let attempt = 1; attempt <= attempts; attempt++) {
         try {
-          return await this.authorizedGet(ref, `${base}${path}`, headers, insecureTls);
+          return { res: await this.authorizedGet(ref, `${base}${path}`, headers, insecureTls), mirror };
         } catch (err) {
-          lastErr = MatchlockError.from(err);
+          lastErr = askedMirror(err, mirror);
           // Auth failures and missing things do not get better by asking again.
           if (lastErr.code === ErrorCode.Unauthenticated || lastErr.code === ErrorCode.NotFound) throw lastErr;
           this.o.log.warn({ url: `${base}${path}`, attempt, err: lastErr.message }, 'registry request failed');
@@ -122,7 +143,8 @@ export class RegistryClient {
     if (status >= 200 && status < 300) return res;
     const body = (await readAll(res, 64 * 1024).catch(() => Buffer.alloc(0))).toString('utf8').slice(0, 300);
     if (status === 401 || status === 403) throw this.authError(ref, `${url} answered ${answer(status, body)}`, true);
-    if (status === 404) throw new MatchlockError(ErrorCode.NotFound, `${url} not found in registry ${ref.registry}: ${body}`);
+// The URL names the host that answered: a mirror's 404 is not the registry's.
+    if (status === 404) throw new MatchlockError(ErrorCode.NotFound, `${url} not found: ${body}`);
     throw new MatchlockError(status >= 500 ? ErrorCode.Unavailable : ErrorCode.Internal, `${url}: registry answered ${status} ${body}`);
   }
 
@@ -190,14 +212,18 @@ export class RegistryClient {
 
   /** A manifest or index by tag or digest, with its digest checked against the content. */
   async manifest(ref: ImageReference, reference: string): Promise<FetchedManifest> {
-    const res = await this.get(ref, `/v2/${ref.repository}/manifests/${reference}`, { accept: ACCEPT });
-    const body = await readAll(res);
-    const digest = `sha256:${createHash('sha256').update(body).digest('hex')}`;
-    if (reference.startsWith('sha256:') && reference !== digest) {
-      throw new MatchlockError(ErrorCode.Internal, `manifest ${reference} of ${ref.repository} hashes to ${digest}: refusing it`);
+    const { res, mirror } = await this.get(ref, `/v2/${ref.repository}/manifests/${reference}`, { accept: ACCEPT });
+    try {
+      const body = await readAll(res);
+      const digest = `sha256:${createHash('sha256').update(body).digest('hex')}`;
+      if (reference.startsWith('sha256:') && reference !== digest) {
+        throw new MatchlockError(ErrorCode.Internal, `manifest ${reference} of ${ref.repository} hashes to ${digest}: refusing it`);
+      }
+      const mediaType = (res.headers['content-type'] ?? '').split(';')[0]?.trim() || (JSON.parse(body.toString('utf8')) as { mediaType?: string }).mediaType || MEDIA.ociManifest;
+      return { digest, mediaType, body };
+    } catch (err) {
+      throw askedMirror(err, mirror);
     }
-    const mediaType = (res.headers['content-type'] ?? '').split(';')[0]?.trim() || (JSON.parse(body.toString('utf8')) as { mediaType?: string }).mediaType || MEDIA.ociManifest;
-    return { digest, mediaType, body };
   }
 
   /**
@@ -208,8 +234,11 @@ export class RegistryClient {
     const attempts = this.o.attempts ?? 3;
     for (let attempt = 1; ; attempt++) {
       const tmp = claimTemporary(dest);
+      // The mirror the body came from, for the error of one cut off or failing verification.
+      let from: string | undefined;
       try {
-        const res = await this.get(ref, `/v2/${ref.repository}/blobs/${digest}`, {});
+        const { res, mirror } = await this.get(ref, `/v2/${ref.repository}/blobs/${digest}`, {});
+        from = mirror;
         const hash = createHash('sha256');
         let received = 0;
         const count = new Transform({
@@ -222,7 +251,7 @@ export class RegistryClient {
         });
         await pipeline(res, count, createWriteStream(tmp));
         const got = `sha256:${hash.digest('hex')}`;
-        if (got !== digest) throw new MatchlockError(ErrorCode.Internal, `blob ${digest} from ${ref.registry}/${ref.repository} failed verification: content (${received} bytes) hashes to ${got}`);
+        if (got !== digest) throw new MatchlockError(ErrorCode.Internal, `blob ${digest} of ${ref.registry}/${ref.repository} failed verification: content (${received} bytes) hashes to ${got}`);
         // Durable: the store trusts a blob that exists and never hashes it again.
         await renameDurably(tmp, dest);
         releaseTemporary(tmp);
@@ -231,7 +260,7 @@ export class RegistryClient {
         await rm(tmp, { force: true });
         releaseTemporary(tmp);
         onBytes(0);
-        const e = MatchlockError.from(err);
+        const e = askedMirror(err, from);
         if (attempt >= attempts || e.code === ErrorCode.Unauthenticated || e.code === ErrorCode.NotFound) throw e;
         this.o.log.warn({ digest, attempt, err: e.message }, 'blob download failed; retrying');
         await sleep(200 * 2 ** (attempt - 1));

@@ -8,10 +8,10 @@ import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { PACKAGE_ROOT } from '../../../package-root.js';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
-import { formatReference, parseReference } from '../../../core/images/reference.js';
+import { formatReference, parseReference, type ImageReference } from '../../../core/images/reference.js';
 import type { ImageStore, Logger } from '../../../core/ports.js';
 import { imageRefs, type MicroVM } from '../../../core/microvm/types.js';
-import { MEDIA, type RegistryClient } from './registry.js';
+import { MEDIA, MirrorError, type RegistryClient } from './registry.js';
 import { SingleFlight } from '../../single-flight.js';
 import { sweepTemporaries, withTemporary } from '../temporaries.js';
 import type { UnpackJob, UnpackResult } from './unpack-process.js';
@@ -62,6 +62,17 @@ export function normalizeRef(ref: string): string {
   const parsed = parseReference(ref);
   if (typeof parsed === 'string') throw new MatchlockError(ErrorCode.InvalidArgument, `image reference ${JSON.stringify(ref)}: ${parsed}`);
   return formatReference(parsed);
+}
+
+/**
+ * Where a pull of `ref` went, for an error message: the registry the reference names
+ * (`docker.io` for `alpine`), or, when `err` is a failure whose last request went to a mirror
+ * (registry-mirrors), `<mirror> (mirror of <registry>)`. Throws InvalidArgument for a string
+ * that is not a reference, as normalizeRef does.
+ */
+export function pullSource(ref: string, err?: unknown): string {
+  const parsed = parseReference(normalizeRef(ref)) as ImageReference;
+  return err instanceof MirrorError ? `${err.mirror} (mirror of ${parsed.registry})` : parsed.registry;
 }
 
 function hexOf(digest: string): string {
@@ -136,9 +147,7 @@ export class LocalImageStore implements ImageStore {
       // Said first, so an error from the network (a name that does not resolve) is not read
       // as the whole story of an image someone meant to import.
       const e = MatchlockError.from(err);
-      const parsed = parseReference(normalizeRef(ref));
-      const from = typeof parsed === 'string' ? '' : ` from ${parsed.registry}`;
-      throw new MatchlockError(e.code, `not in the image store, and its pull${from} failed: ${e.message}`, { cause: err });
+      throw new MatchlockError(e.code, `not in the image store, and its pull from ${pullSource(ref, err)} failed: ${e.message}`, { cause: err });
     }
     await this.unpacked(pulled, log);
     return pulled;

@@ -35,9 +35,6 @@ function toInfo(l: IpLink): LinkInfo {
 /** IFF_UP in a link's `flags` (include/uapi/linux/if.h): what `ip link` shows as UP. */
 const IFF_UP = 0x1;
 
-/** IFF_TAP in a tun device's `tun_flags` (include/uapi/linux/if_tun.h); IFF_TUN is 0x1. */
-const IFF_TAP = 0x2;
-
 const SYS_NET = '/sys/class/net';
 
 /**
@@ -85,9 +82,12 @@ async function sysfsLink(name: string): Promise<LinkInfo | undefined> {
       name,
       ifindex: Number(ifindex),
       mac: address,
-      // tun_flags exists on tun and tap devices (ip's info_kind "tun") and has IFF_TAP for a
-      // TAP; a macvtap has its character device's directory.
-      kind: entries.includes('tun_flags') ? ((Number.parseInt(await read('tun_flags'), 16) & IFF_TAP) !== 0 ? 'tap' : 'other') : entries.includes('macvtap') ? 'macvtap' : 'other',
+      // tun_flags exists on tun and tap devices (ip's info_kind "tun"); a macvtap has its
+      // character device's directory. Of a tun/tap, only a TAP has a hardware address: the
+      // kernel makes a layer-3 tun ARPHRD_NONE with an address length of 0, so its `address`
+      // reads empty (drivers/net/tun.c, tun_net_initialize), and a TAP an Ethernet device. The
+      // address read above thus tells them apart without reading tun_flags for IFF_TAP.
+      kind: entries.includes('tun_flags') ? (address !== '' ? 'tap' : 'other') : entries.includes('macvtap') ? 'macvtap' : 'other',
       master: master?.split('/').pop(),
       alias: ifalias === '' ? undefined : ifalias,
       up: (Number.parseInt(flags, 16) & IFF_UP) !== 0,
@@ -115,7 +115,20 @@ interface Change {
   read?: boolean;
   /** A show asked again after it printed a link without a name (see IpStream). */
   retried?: boolean;
+  /** What its rows found in the ip it was last written to (IpStream.write sets it). */
+  outcome?: Outcome;
   done(r: IpLink | undefined | Error): void;
+}
+
+/**
+ * What the rows of one change found so far: the first failure, the link shown, a show to
+ * retry, a line to run again (see STALE_MASTER).
+ */
+interface Outcome {
+  error?: Error;
+  shown?: IpLink;
+  stale?: boolean;
+  again?: string[];
 }
 
 /**
@@ -134,6 +147,16 @@ const tail = (text: string) => text.trim().split('\n').slice(-3).join(' ');
  * "does not exist" for the name. The name may exist again with another index, or not at all.
  */
 const STALE_INDEX = /Cannot send link get request: No such device/;
+
+/**
+ * What the kernel answers a `master <bridge>` whose ifindex ip remembers from before another
+ * process deleted the bridge (do_set_master: no device of that index), made again or not. ip
+ * learns the index by looking the name up and keeps it for its life (lib/ll_map.c), so one
+ * bridge re-created (by the hub, an operator) fails every attach to it until the process ends.
+ * A bridge that refuses a port (not an Ethernet device) answers the same; run again in a fresh
+ * ip, that fails the same way, for one process more.
+ */
+const STALE_MASTER = /RTNETLINK answers: Invalid argument/;
 
 /** ip's arguments: JSON out, -force to go on after a failed line, lines read from stdin. */
 const IP_ARGS = ['-json', '-details', '-force', '-batch', '-'];
@@ -154,15 +177,10 @@ interface Row {
   answered: boolean;
   /** The last row of its change: settling it settles the change. */
   last: boolean;
+  /** Its place among its change's lines (`lines.length` for the show). */
+  index: number;
   /** When it was written (Date.now() ms), for ROW_TIMEOUT_MS. */
   at: number;
-}
-
-/** What the rows of one change found so far: the first failure, the link shown, a show to retry. */
-interface Outcome {
-  error?: Error;
-  shown?: IpLink;
-  stale?: boolean;
 }
 
 /**
@@ -192,7 +210,8 @@ interface Outcome {
  * carry) then stays stale here: `master <bridge>` fails, and `link show` prints `[{}]` (the
  * name made again) or fails with STALE_INDEX (deleted). So the process takes new lines for
  * `lifeMs` only (retire()) and is then left to finish its lines and exit; and a show answered
- * either way retires it too, its change being handed back to show again in a fresh process.
+ * either way retires it too, its change being handed back to show again in a fresh process, as
+ * does a `master` line the kernel refuses for a stale index (STALE_MASTER), run again there.
  *
  * A line not answered within ROW_TIMEOUT_MS kills ip; it and every line after it fail. ip is
  * started through the process spawner, as every program is, its stdin and stdout streamed
@@ -207,7 +226,6 @@ class IpStream {
   /** Takes new lines: not retired, not ended. */
   accepting = true;
   private rows: Row[] = [];
-  private outcomes = new Map<Change, Outcome>();
   private lines = 0;
   /** ip's lines since the last answered input line: the error text of the next failure. */
   private text: string[] = [];
@@ -246,10 +264,10 @@ class IpStream {
     if (this.rows.length === 0) this.hold(true);
     const at = Date.now();
     for (const [i, text] of texts.entries()) {
-      this.rows.push({ change: c, text, show: c.show !== undefined && i === texts.length - 1, line: this.lines + 1, answered: false, last: i === texts.length - 1, at });
+      this.rows.push({ change: c, text, show: c.show !== undefined && i === texts.length - 1, line: this.lines + 1, answered: false, last: i === texts.length - 1, index: i, at });
       this.lines += 2;
     }
-    this.outcomes.set(c, {});
+    c.outcome = {};
     this.child.write(texts.map((t) => `${t}\n${MARK}\n`).join(''));
     this.armTimeout();
   }
@@ -274,7 +292,8 @@ class IpStream {
     this.output(this.decoder.end());
     if (err) this.text.push(err.message);
     if (!exit) this.lost = 'the process spawner exited while ip ran';
-    else if (err) this.lost = `ip could not be started: ${err.message}`;
+    // A MatchlockError: ip was killed for input it did not take (streamProgram's bound).
+    else if (err) this.lost = err instanceof MatchlockError ? err.message : `ip could not be started: ${err.message}`;
     this.ended(exit?.code ?? null, exit?.signal ?? null);
   }
 
@@ -312,7 +331,7 @@ class IpStream {
   }
 
   private fail(row: Row, why: string): void {
-    const o = this.outcomes.get(row.change);
+    const o = row.change.outcome;
     if (o && !o.error) o.error = new MatchlockError(ErrorCode.Internal, `ip ${this.label(row)}: ${why}`);
   }
 
@@ -330,6 +349,7 @@ class IpStream {
           this.stale(head);
           return;
         }
+        if (!head.show && STALE_MASTER.test(why)) this.staleMaster(head);
         // ip says "Device "<name>" does not exist" for a show of a missing link: a read's undefined.
         if (!(head.show && head.change.read && /does not exist|Cannot find device/.test(why))) this.fail(head, tail(why) || 'command failed');
       } else if (n === head.line + 1) this.next();
@@ -351,7 +371,7 @@ class IpStream {
       const l = printed[0];
       if (l && l.ifname === head.change.show) {
         head.answered = true;
-        const o = this.outcomes.get(head.change);
+        const o = head.change.outcome;
         if (o) o.shown = l;
         return;
       }
@@ -367,8 +387,22 @@ class IpStream {
 
   /** A show answered from a stale ifindex (see the class comment): not the link; shown again in a fresh ip. */
   private stale(row: Row): void {
-    const o = this.outcomes.get(row.change);
+    const o = row.change.outcome;
     if (o) o.stale = true;
+    this.retire();
+  }
+
+  /**
+   * A `master` line the kernel refused as it refuses a stale bridge ifindex (STALE_MASTER):
+   * when it is its change's first failure and last line (only its show ran after it), that line
+   * and the show run again in a fresh ip, once, and this ip takes no more lines. The line only
+   * sets things on the change's own link, so running it twice is harmless.
+   */
+  private staleMaster(row: Row): void {
+    const c = row.change;
+    const line = c.lines[row.index];
+    if (c.retried || c.outcome?.error || row.index !== c.lines.length - 1 || !line?.includes('master')) return;
+    if (c.outcome) c.outcome.again = line;
     this.retire();
   }
 
@@ -383,9 +417,9 @@ class IpStream {
   }
 
   private settle(c: Change): void {
-    const o = this.outcomes.get(c) ?? {};
-    this.outcomes.delete(c);
-    if (o.error) c.done(o.error);
+    const o = c.outcome ?? {};
+    if (o.again) this.onRetry({ lines: [o.again], show: c.show, retried: true, done: c.done });
+    else if (o.error) c.done(o.error);
     else if (o.stale && !c.retried) this.onRetry({ lines: [], show: c.show, read: c.read === true, retried: true, done: c.done });
     else if (o.stale) c.done(new MatchlockError(ErrorCode.Internal, `ip ${c.read ? '-json -details ' : ''}link show dev ${c.show}: the link was deleted and made again under ip twice in a row`));
     else c.done(o.shown);
@@ -418,7 +452,6 @@ class IpStream {
       }
     }
     this.rows = [];
-    this.outcomes.clear();
     this.onExit(untried);
   }
 }
@@ -437,7 +470,7 @@ export class Iproute2Network implements HostNetwork {
   private ip: IpStream | undefined;
   /** Changes and reads waiting for the next ip (the running one is retired), in the order asked. */
   private queue: Change[] = [];
-  /** Shows that printed a stale link (see IpStream), to run first in the next ip. */
+  /** Shows that printed a stale link and lines refused a stale bridge (see IpStream), to run first in the next ip. */
   private retries: Change[] = [];
   private closed = false;
 

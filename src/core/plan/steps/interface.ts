@@ -1,5 +1,5 @@
 import { failedPrecondition } from '../../errors.js';
-import { guestMac, hostDeviceName, parseAlias } from '../../microvm/host-names.js';
+import { deviceAlias, guestMac, hostDeviceName, ownLink } from '../../microvm/host-names.js';
 import type { NetworkInterface } from '../../microvm/types.js';
 import type { HostNetwork, LinkInfo, Logger } from '../../ports.js';
 import type { CreateContext } from '../context.js';
@@ -13,23 +13,20 @@ function record(ctx: CreateContext, index: number, iface: NetworkInterface, name
 
 /**
  * Whether an existing link named for this VM's interface is the VM's own, to finish or remove:
- * it is of the interface's kind and its alias is the one this daemon writes for it, none (a
- * create cut short, by a kill or a failed line, before its alias line) or the older form
- * without a daemon id for the same VM and interface. Any other alias is another owner's
- * (another daemon holding a copy of this store, an operator), whose link is left alone.
+ * it is of the interface's kind and its alias lets this daemon take it for this VM and
+ * interface (ownLink: this daemon's alias for it, none, or the older form without a daemon
+ * id). Any other alias is another owner's (another daemon holding a copy of this store, an
+ * operator), whose link is left alone.
  */
-function ours(link: LinkInfo, kind: LinkInfo['kind'], alias: string, uid: string, deviceId: string): boolean {
-  if (link.kind !== kind) return false;
-  if (link.alias === undefined || link.alias === '' || link.alias === alias) return true;
-  const owner = parseAlias(link.alias);
-  return owner !== undefined && owner.daemonId === undefined && owner.uid === uid && owner.deviceId === deviceId;
+function ours(link: LinkInfo, kind: LinkInfo['kind'], daemonId: string, uid: string, deviceId: string): boolean {
+  return link.kind === kind && ownLink(link.alias, daemonId, { uid, deviceId }) !== undefined;
 }
 
 /** Refuses an existing link that is not the VM's own (see ours()), naming why. */
-function claim(link: LinkInfo, kind: LinkInfo['kind'], alias: string, uid: string, deviceId: string): void {
+function claim(link: LinkInfo, kind: LinkInfo['kind'], daemonId: string, uid: string, deviceId: string): void {
   if (link.kind !== kind) throw failedPrecondition(`${link.name} exists as a link of kind ${link.kind}, not ${kind}: not made by matchlock for interface ${deviceId}`);
-  if (ours(link, kind, alias, uid, deviceId)) return;
-  throw failedPrecondition(`${link.name} exists with the alias ${JSON.stringify(link.alias)}: it is not this VM's interface ${deviceId} (its alias would be ${JSON.stringify(alias)}); left alone`);
+  if (ours(link, kind, daemonId, uid, deviceId)) return;
+  throw failedPrecondition(`${link.name} exists with the alias ${JSON.stringify(link.alias)}: it is not this VM's interface ${deviceId} (its alias would be ${JSON.stringify(deviceAlias(daemonId, uid, deviceId))}); left alone`);
 }
 
 /** A TAP device enslaved to the interface's bridge and up, marked as this VM's. */
@@ -44,7 +41,7 @@ export class TapInterface implements Step {
   ) {
     this.device = hostDeviceName(ctx.vm, index);
     this.bridge = iface.overrides?.bridgeName ?? ctx.deps.bridgeName;
-    this.alias = ctx.deps.linkAlias(ctx.vm.uid, iface.deviceId);
+    this.alias = deviceAlias(ctx.deps.daemonId, ctx.vm.uid, iface.deviceId);
     this.name = `interface ${iface.deviceId} (tap ${this.device})`;
   }
   private readonly alias: string;
@@ -71,7 +68,7 @@ export class TapInterface implements Step {
     if (!this.bridge) throw failedPrecondition(`TAP interface ${this.iface.deviceId} has no bridge: set overrides.bridge_name or matchlockd --bridge-name`);
     if (!(await network.get(this.bridge))) throw failedPrecondition(`bridge ${this.bridge} for interface ${this.iface.deviceId} not found on this host`);
     const existing = seen ? seen.link : await network.get(this.device);
-    if (existing) claim(existing, 'tap', this.alias, this.ctx.vm.uid, this.iface.deviceId);
+    if (existing) claim(existing, 'tap', this.ctx.deps.daemonId, this.ctx.vm.uid, this.iface.deviceId);
     let link = existing ?? (await network.createTap(this.device, { bridge: this.bridge, alias: this.alias }));
     let fresh = !existing;
     if (!this.ok(link)) {
@@ -100,7 +97,7 @@ export class MacvtapInterface implements Step {
     private readonly index: number,
   ) {
     this.device = hostDeviceName(ctx.vm, index);
-    this.alias = ctx.deps.linkAlias(ctx.vm.uid, iface.deviceId);
+    this.alias = deviceAlias(ctx.deps.daemonId, ctx.vm.uid, iface.deviceId);
     this.name = `interface ${iface.deviceId} (macvtap ${this.device})`;
   }
   private readonly alias: string;
@@ -125,7 +122,7 @@ export class MacvtapInterface implements Step {
     let link: LinkInfo;
     if (existing) {
       // Made by a pass cut short before its alias and up line: finish it.
-      claim(existing, 'macvtap', this.alias, this.ctx.vm.uid, this.iface.deviceId);
+      claim(existing, 'macvtap', this.ctx.deps.daemonId, this.ctx.vm.uid, this.iface.deviceId);
       await network.adopt(this.device, { alias: this.alias });
       link = (await network.get(this.device)) ?? existing;
     } else link = await network.createMacvtap(this.device, { parent: parentIface, alias: this.alias, mac: guestMac(this.ctx.vm, this.index) });
@@ -152,7 +149,7 @@ export class RemoveInterface implements Step {
   constructor(
     private readonly network: HostNetwork,
     private readonly device: string,
-    private readonly owner: { uid: string; deviceId: string; kind: LinkInfo['kind']; alias: string },
+    private readonly owner: { daemonId: string; uid: string; deviceId: string; kind: LinkInfo['kind'] },
     private readonly log: Logger,
   ) {
     this.name = `remove interface ${owner.deviceId} (${device})`;
@@ -160,8 +157,8 @@ export class RemoveInterface implements Step {
   async needed(): Promise<boolean> {
     const link = await this.network.get(this.device);
     if (!link) return false;
-    const { uid, deviceId, kind, alias } = this.owner;
-    if (ours(link, kind, alias, uid, deviceId)) return true;
+    const { daemonId, uid, deviceId, kind } = this.owner;
+    if (ours(link, kind, daemonId, uid, deviceId)) return true;
     if (!this.warned) this.log.warn({ link: this.device, alias: link.alias ?? '', kind: link.kind }, 'link of the deleted VM\'s name is not its own; left alone');
     this.warned = true;
     return false;
