@@ -83,6 +83,35 @@ describe('registry pulls', { skip }, () => {
     }
   });
 
+  it('passes over a mirror that lacks the image or a blob, or refuses access, for the registry, as Docker and containerd do', async () => {
+    const mirrored = (proxyHost: string, authFile = join(tmp.path, 'none.json')) =>
+      new LocalImageStore(join(tmp.path, `fallback-store${n++}`), registryClient({ authFile, insecure: [], plainHttp: [], mirrors: [`${registry.host}=${proxyHost}`] }, silentLogger));
+    const ref = `${registry.host}/matchlock/test-guest:1`;
+    // Lacks the image: its manifest is a 404 there.
+    const empty = await startProxy(registry.host, { missing: () => true });
+    // Holds the manifest but not the layer.
+    const partial = await startProxy(registry.host, { missing: (p) => p.endsWith(`/blobs/${digests.layer}`) });
+    // Asks for credentials, and only its own are sent to it: the auth file below has them for
+    // the registry only.
+    const guarded = await startProxy(registry.host, { credentials: 'alice:wonderland' });
+    const registryOnly = join(tmp.path, 'registry-only.json');
+    writeFileSync(registryOnly, JSON.stringify({ auths: { [registry.host]: { auth: Buffer.from('alice:wonderland').toString('base64') } } }));
+    const mirrorsOwn = join(tmp.path, 'mirror-own.json');
+    writeFileSync(mirrorsOwn, JSON.stringify({ auths: { [guarded.host]: { auth: Buffer.from('alice:wonderland').toString('base64') } } }));
+    try {
+      assert.equal(await mirrored(empty.host).pull(ref, silentLogger), digests.manifest);
+      assert.ok(empty.served.some((p) => p.includes('/manifests/')), 'the mirror was asked first');
+      assert.equal(await mirrored(partial.host).pull(ref, silentLogger), digests.manifest);
+      assert.ok(partial.served.some((p) => p.endsWith(`/blobs/${digests.layer}`)), 'the mirror was asked for the layer');
+      assert.equal(await mirrored(guarded.host, registryOnly).pull(ref, silentLogger), digests.manifest);
+      assert.deepEqual(guarded.served, [], "the registry's credentials are not the mirror's: it served nothing");
+      assert.equal(await mirrored(guarded.host, mirrorsOwn).pull(ref, silentLogger), digests.manifest);
+      assert.equal(guarded.blobGets.get(digests.layer), 1, 'with its own credentials the mirror served the layer');
+    } finally {
+      await Promise.all([empty.stop(), partial.stop(), guarded.stop()]);
+    }
+  });
+
   it('with a bearer-token registry: a clear auth error without credentials, a pull with a config.json', async () => {
     const proxy = await startProxy(registry.host, { credentials: 'alice:wonderland' });
     try {

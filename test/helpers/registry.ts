@@ -69,12 +69,16 @@ export interface ProxyOptions {
   corrupt?: Set<string>;
   /** Blob digest -> how many more downloads of it are cut off half-way. */
   cut?: Map<string, number>;
+  /** Paths answered 404 (a mirror that does not hold them), after auth. */
+  missing?: (path: string) => boolean;
 }
 
 export interface Proxy {
   host: string;
   /** GET /v2/.../blobs/<digest> requests seen, by digest. */
   blobGets: Map<string, number>;
+  /** Paths of the /v2/ requests it answered after auth, in order (404s included). */
+  served: string[];
   stop(): Promise<void>;
 }
 
@@ -86,6 +90,7 @@ export interface Proxy {
 export async function startProxy(upstream: string, opts: ProxyOptions): Promise<Proxy> {
   const token = 'tok-' + Math.random().toString(36).slice(2);
   const blobGets = new Map<string, number>();
+  const served: string[] = [];
   let self = '';
   const server: Server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
@@ -111,6 +116,11 @@ export async function startProxy(upstream: string, opts: ProxyOptions): Promise<
       const challenges = opts.challenge?.(`http://${self}/token`) ?? [`Bearer realm="http://${self}/token",service="test-registry",scope="repository:x:pull"`];
       res.writeHead(401, [...challenges.map((c) => ['www-authenticate', c]), ['content-type', 'application/json']].flat());
       res.end('{"errors":[{"code":"UNAUTHORIZED"}]}');
+      return;
+    }
+    if (url.pathname.startsWith('/v2/') && url.pathname !== '/v2/') served.push(url.pathname);
+    if (opts.missing?.(url.pathname)) {
+      res.writeHead(404, { 'content-type': 'application/json' }).end('{"errors":[{"code":"MANIFEST_UNKNOWN","message":"not on this mirror"}]}');
       return;
     }
     const blob = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(url.pathname)?.[1];
@@ -145,6 +155,7 @@ export async function startProxy(upstream: string, opts: ProxyOptions): Promise<
   return {
     host: self,
     blobGets,
+    served,
     stop: () => new Promise((r) => server.close(() => r())),
   };
 }

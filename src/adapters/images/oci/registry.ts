@@ -44,6 +44,8 @@ export interface FetchedManifest {
   digest: string;
   mediaType: string;
   body: Buffer;
+  /** The mirror that served it; undefined: the registry itself. */
+  mirror?: string;
 }
 
 /**
@@ -83,7 +85,7 @@ export class MirrorError extends MatchlockError {
 }
 
 /** `err` as a MatchlockError, a MirrorError when the request that failed went to `mirror`. */
-function askedMirror(err: unknown, mirror: string | undefined): MatchlockError {
+export function askedMirror(err: unknown, mirror: string | undefined): MatchlockError {
   const e = MatchlockError.from(err);
   return mirror === undefined || e instanceof MirrorError ? e : new MirrorError(mirror, e);
 }
@@ -107,7 +109,9 @@ export class RegistryClient {
   /**
    * GET with auth and retries; resolves a 2xx response and the mirror that gave it (undefined:
    * the registry itself), or throws a MatchlockError saying why (a MirrorError when the last
-   * host asked was a mirror).
+   * host asked was a mirror). A mirror that does not have the thing (404) or refuses access is
+   * passed over for the next host, ending with the registry, as Docker's and containerd's
+   * mirrors are; the registry's own 404 or refusal is final.
    */
   private async get(ref: ImageReference, path: string, headers: Record<string, string>): Promise<{ res: IncomingMessage; mirror: string | undefined }> {
     const attempts = this.o.attempts ?? 3;
@@ -115,11 +119,15 @@ export class RegistryClient {
     for (const { base, insecureTls, mirror } of this.bases(ref.registry)) {
       for (let attempt = 1; attempt <= attempts; attempt++) {
         try {
-          return { res: await this.authorizedGet(ref, `${base}${path}`, headers, insecureTls), mirror };
+          return { res: await this.authorizedGet(ref, `${base}${path}`, headers, insecureTls, mirror), mirror };
         } catch (err) {
           lastErr = askedMirror(err, mirror);
-          // Auth failures and missing things do not get better by asking again.
-          if (lastErr.code === ErrorCode.Unauthenticated || lastErr.code === ErrorCode.NotFound) throw lastErr;
+          // Auth failures and missing things do not get better by asking the same host again.
+          if (lastErr.code === ErrorCode.Unauthenticated || lastErr.code === ErrorCode.NotFound) {
+            if (mirror === undefined) throw lastErr;
+            this.o.log.warn({ url: `${base}${path}`, err: lastErr.message }, 'registry mirror cannot serve this; asking the next host');
+            break;
+          }
           this.o.log.warn({ url: `${base}${path}`, attempt, err: lastErr.message }, 'registry request failed');
           if (attempt < attempts) await sleep(200 * 2 ** (attempt - 1));
         }
@@ -128,22 +136,26 @@ export class RegistryClient {
     throw lastErr ?? new MatchlockError(ErrorCode.Unavailable, `registry ${ref.registry} unreachable`);
   }
 
-  private async authorizedGet(ref: ImageReference, url: string, headers: Record<string, string>, insecureTls: boolean): Promise<IncomingMessage> {
-    const key = `${ref.registry}/${ref.repository}`;
+  /**
+   * One GET of `url` on the registry or on `mirror`: a mirror gets its own credentials (the auth
+   * file's entry for its host) and tokens, never the registry's.
+   */
+  private async authorizedGet(ref: ImageReference, url: string, headers: Record<string, string>, insecureTls: boolean, mirror?: string): Promise<IncomingMessage> {
+    const key = `${mirror ?? ref.registry}/${ref.repository}`;
     const token = this.tokens.get(key);
     const withAuth = (auth?: string) => httpGet(url, { headers: { ...headers, ...(auth ? { authorization: auth } : {}) }, insecureTls });
     let res = await withAuth(token);
     if (res.statusCode === 401) {
       res.resume();
-      const auth = await this.authenticate(ref, res.headersDistinct['www-authenticate'], insecureTls);
+      const auth = await this.authenticate(ref, res.headersDistinct['www-authenticate'], insecureTls, mirror);
       this.tokens.set(key, auth);
       res = await withAuth(auth);
     }
     const status = res.statusCode ?? 0;
     if (status >= 200 && status < 300) return res;
     const body = (await readAll(res, 64 * 1024).catch(() => Buffer.alloc(0))).toString('utf8').slice(0, 300);
-    if (status === 401 || status === 403) throw this.authError(ref, `${url} answered ${answer(status, body)}`, true);
-// The URL names the host that answered: a mirror's 404 is not the registry's.
+    if (status === 401 || status === 403) throw this.authError(ref, `${url} answered ${answer(status, body)}`, true, mirror);
+    // The URL names the host that answered: a mirror's 404 is not the registry's.
     if (status === 404) throw new MatchlockError(ErrorCode.NotFound, `${url} not found: ${body}`);
     throw new MatchlockError(status >= 500 ? ErrorCode.Unavailable : ErrorCode.Internal, `${url}: registry answered ${status} ${body}`);
   }
@@ -153,13 +165,15 @@ export class RegistryClient {
    * public repository refused for another reason (a token request the endpoint did not like)
    * is not blamed on credentials.
    */
-  private authError(ref: ImageReference, answered: string, refusal = false): MatchlockError {
-    const creds = this.o.credentials(ref.registry);
+  private authError(ref: ImageReference, answered: string, refusal = false, mirror?: string): MatchlockError {
+    const host = mirror ?? ref.registry;
+    const creds = this.o.credentials(host);
     const source = this.o.credentialsSource;
     const sent = creds
-      ? refusal ? `the credentials for ${ref.registry} in ${source} were rejected` : `the credentials for ${ref.registry} in ${source} were sent`
-      : `the request was anonymous (no credentials for ${ref.registry} in ${source})`;
-    return new MatchlockError(ErrorCode.Unauthenticated, `registry ${ref.registry} refused access to ${ref.repository}: ${answered}; ${sent}`);
+      ? refusal ? `the credentials for ${host} in ${source} were rejected` : `the credentials for ${host} in ${source} were sent`
+      : `the request was anonymous (no credentials for ${host} in ${source})`;
+    const who = mirror === undefined ? `registry ${ref.registry}` : `mirror ${mirror} of ${ref.registry}`;
+    return new MatchlockError(ErrorCode.Unauthenticated, `${who} refused access to ${ref.repository}: ${answered}; ${sent}`);
   }
 
   /**
@@ -167,28 +181,29 @@ export class RegistryClient {
    * credentials when configured), or basic credentials for a Basic one. Every challenge of
    * every WWW-Authenticate header is considered; Bearer wins over Basic.
    */
-  private async authenticate(ref: ImageReference, header: readonly string[] | undefined, insecureTls: boolean): Promise<string> {
+  private async authenticate(ref: ImageReference, header: readonly string[] | undefined, insecureTls: boolean, mirror?: string): Promise<string> {
+    const authError = (answered: string, refusal = false) => this.authError(ref, answered, refusal, mirror);
     let challenges;
     try {
       challenges = parseChallenges(header);
     } catch (err) {
-      throw this.authError(ref, `401 with ${(err as Error).message}`);
+      throw authError(`401 with ${(err as Error).message}`);
     }
-    const creds = this.o.credentials(ref.registry);
+    const creds = this.o.credentials(mirror ?? ref.registry);
     const basic = creds ? `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` : undefined;
     const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm);
     if (!bearer) {
       if (challenges.some((c) => c.scheme === 'basic')) {
-        if (!basic) throw this.authError(ref, '401 asking for basic credentials');
+        if (!basic) throw authError('401 asking for basic credentials');
         return basic;
       }
-      throw this.authError(ref, `401 with no challenge matchlock can answer (WWW-Authenticate: ${header === undefined ? 'absent' : JSON.stringify(header.join(', ').slice(0, 200))})`);
+      throw authError(`401 with no challenge matchlock can answer (WWW-Authenticate: ${header === undefined ? 'absent' : JSON.stringify(header.join(', ').slice(0, 200))})`);
     }
     let realm: URL;
     try {
       realm = new URL(bearer.params.realm ?? '');
     } catch {
-      throw this.authError(ref, `401 with a Bearer realm that is not a URL: ${JSON.stringify((bearer.params.realm ?? '').slice(0, 200))}`);
+      throw authError(`401 with a Bearer realm that is not a URL: ${JSON.stringify((bearer.params.realm ?? '').slice(0, 200))}`);
     }
     if (bearer.params.service) realm.searchParams.set('service', bearer.params.service);
     // A challenge may name several scopes separated by spaces (distribution's token spec);
@@ -198,15 +213,15 @@ export class RegistryClient {
     const body = await readAll(res, 1024 * 1024);
     const text = body.toString('utf8');
     const status = res.statusCode ?? 0;
-    if (status !== 200) throw this.authError(ref, `token endpoint ${realm.origin}${realm.pathname} answered ${answer(status, text)}`, status === 401 || status === 403);
+    if (status !== 200) throw authError(`token endpoint ${realm.origin}${realm.pathname} answered ${answer(status, text)}`, status === 401 || status === 403);
     let doc: { token?: unknown; access_token?: unknown };
     try {
       doc = JSON.parse(text) as typeof doc;
     } catch {
-      throw this.authError(ref, `token endpoint ${realm.origin}${realm.pathname} answered 200 with a body that is not JSON: ${JSON.stringify(text.slice(0, 200))}`);
+      throw authError(`token endpoint ${realm.origin}${realm.pathname} answered 200 with a body that is not JSON: ${JSON.stringify(text.slice(0, 200))}`);
     }
     const token = typeof doc.token === 'string' && doc.token ? doc.token : typeof doc.access_token === 'string' ? doc.access_token : '';
-    if (!token) throw this.authError(ref, `token endpoint ${realm.origin}${realm.pathname} answered 200 without a token`);
+    if (!token) throw authError(`token endpoint ${realm.origin}${realm.pathname} answered 200 without a token`);
     return `Bearer ${token}`;
   }
 
@@ -220,7 +235,7 @@ export class RegistryClient {
         throw new MatchlockError(ErrorCode.Internal, `manifest ${reference} of ${ref.repository} hashes to ${digest}: refusing it`);
       }
       const mediaType = (res.headers['content-type'] ?? '').split(';')[0]?.trim() || (JSON.parse(body.toString('utf8')) as { mediaType?: string }).mediaType || MEDIA.ociManifest;
-      return { digest, mediaType, body };
+      return { digest, mediaType, body, ...(mirror === undefined ? {} : { mirror }) };
     } catch (err) {
       throw askedMirror(err, mirror);
     }

@@ -11,7 +11,7 @@ import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { formatReference, parseReference, type ImageReference } from '../../../core/images/reference.js';
 import type { ImageStore, Logger } from '../../../core/ports.js';
 import { imageRefs, type MicroVM } from '../../../core/microvm/types.js';
-import { MEDIA, MirrorError, type RegistryClient } from './registry.js';
+import { MEDIA, MirrorError, askedMirror, type RegistryClient } from './registry.js';
 import { SingleFlight } from '../../single-flight.js';
 import { sweepTemporaries, withTemporary } from '../temporaries.js';
 import type { UnpackJob, UnpackResult } from './unpack-process.js';
@@ -202,13 +202,14 @@ export class LocalImageStore implements ImageStore {
       const pick = index.manifests?.find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch);
       if (!pick) {
         const have = (index.manifests ?? []).map((d) => `${d.platform?.os ?? '?'}/${d.platform?.architecture ?? '?'}`).join(', ');
-        throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${ref} has no linux/${arch} manifest (it has: ${have || 'none'})`);
+        // Named after the host that served the index, which may be a mirror.
+        throw askedMirror(new MatchlockError(ErrorCode.FailedPrecondition, `image ${ref} has no linux/${arch} manifest (it has: ${have || 'none'})`), m.mirror);
       }
       await this.writeBlob(m.digest, m.body);
       m = await registry.manifest(parsed, pick.digest);
     }
     const manifest = JSON.parse(m.body.toString('utf8')) as Manifest;
-    if (!manifest.config || !Array.isArray(manifest.layers)) throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${ref}: unsupported manifest type ${m.mediaType}`);
+    if (!manifest.config || !Array.isArray(manifest.layers)) throw askedMirror(new MatchlockError(ErrorCode.FailedPrecondition, `image ${ref}: unsupported manifest type ${m.mediaType}`), m.mirror);
     const blobs = [manifest.config, ...manifest.layers];
     const total = blobs.reduce((n, b) => n + b.size, 0);
     const state: PullProgress = { ref, bytes: 0, totalBytes: total, blobsDone: 0, blobs: blobs.length };
