@@ -61,6 +61,17 @@ describe('local image store', () => {
     await assert.rejects(store.ensure('example.com/other:1', silentLogger), /not found in the image store/);
   });
 
+  it('an unpack another process finished first is taken as done, not failed (the CLI pulling beside the daemon)', async () => {
+    const src = layout(join(tmp.path, 'race'), [(r) => writeFileSync(join(r, 'f'), 'x'.repeat(100_000))]);
+    const root = join(tmp.path, 'race-store');
+    const { digest } = await new LocalImageStore(root).import(src, 'example.com/race:1');
+    // Two stores on one directory share no in-process single flight, as two processes would not.
+    const [a, b] = await Promise.all([new LocalImageStore(root).unpacked(digest, silentLogger), new LocalImageStore(root).unpacked(digest, silentLogger)]);
+    assert.equal(a, b);
+    assert.equal(readFileSync(join(a, 'f'), 'utf8').length, 100_000);
+    assert.deepEqual(readdirSync(join(root, 'rootfs')), [digest.slice(7)], 'no temporary tree is left');
+  });
+
   it('refuses layers that try to escape: ../ paths, absolute paths, writes through a symlink, device nodes', async () => {
     const outside = join(tmp.path, 'outside');
     mkdirSync(outside);

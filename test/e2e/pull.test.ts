@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
@@ -53,6 +53,13 @@ describe('registry pulls', { skip }, () => {
     // A pinned digest is honoured even when the tag is unknown locally.
     const s2 = store();
     assert.equal(await s2.ensure(`${registry.host}/matchlock/test-guest:1`, silentLogger, digests.manifest), digests.manifest);
+    // A reference by the index's digest is its amd64 image, pulled first or not.
+    const index = (JSON.parse(readFileSync(join(tmp.path, 'multi', 'index.json'), 'utf8')) as { manifests: { digest: string }[] }).manifests[0]?.digest;
+    const byIndex = `${registry.host}/matchlock/test-guest@${index}`;
+    const s3 = store();
+    assert.equal(await s3.pull(byIndex, silentLogger), digests.manifest);
+    assert.equal(await s3.ensure(byIndex, silentLogger), digests.manifest);
+    assert.equal(await store().ensure(byIndex, silentLogger), digests.manifest);
   });
 
   it('tries a configured mirror first: docker.io references served from a local mirror', async () => {

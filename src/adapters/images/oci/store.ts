@@ -100,6 +100,7 @@ export interface PullObserver {
 
 export class LocalImageStore implements ImageStore {
   private readonly unpacking = new SingleFlight<string>();
+  private readonly platforms = new Map<string, string | undefined>();
   private readonly pulling = new SingleFlight<string>();
 
   constructor(
@@ -132,7 +133,9 @@ export class LocalImageStore implements ImageStore {
   }
 
   async ensure(ref: string, log: Logger, pinned?: string): Promise<string> {
-    const digest = pinned ?? parsedDigest(ref) ?? (await this.resolve(ref));
+    const stored = pinned ?? parsedDigest(ref) ?? (await this.resolve(ref));
+    // A reference by an index's digest names the index; the image is its manifest for this host.
+    const digest = stored && (await this.has(stored)) ? await this.platformManifest(stored) : undefined;
     if (digest && (await this.has(digest))) {
       await this.unpacked(digest, log);
       return digest;
@@ -151,6 +154,21 @@ export class LocalImageStore implements ImageStore {
     }
     await this.unpacked(pulled, log);
     return pulled;
+  }
+
+  /**
+   * The image manifest a stored manifest digest stands for on this host: itself, or for an image
+   * index (OCI) or manifest list (Docker) the linux/<host arch> entry, which a pull of it
+   * stored; undefined when the index has none.
+   */
+  private async platformManifest(digest: string): Promise<string | undefined> {
+    // Blobs are named by their content, so the answer for a digest never changes.
+    if (this.platforms.has(digest)) return this.platforms.get(digest);
+    const doc = JSON.parse(readFileSync(this.blob(digest), 'utf8')) as Manifest;
+    const arch = hostArch();
+    const platform = Array.isArray(doc.manifests) ? doc.manifests.find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch)?.digest : digest;
+    this.platforms.set(digest, platform);
+    return platform;
   }
 
   async ready(digest: string): Promise<boolean> {
@@ -368,6 +386,7 @@ export class LocalImageStore implements ImageStore {
 
   private async unpack(digest: string, dest: string, log: Logger): Promise<string> {
     const manifest = JSON.parse(await readFile(this.blob(digest), 'utf8')) as Manifest;
+    if (!Array.isArray(manifest.layers)) throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${digest} is not an image manifest (an index names one per platform): nothing to unpack`);
     const layers = manifest.layers.map((l, i) => {
       const compression = LAYER_COMPRESSION[l.mediaType ?? ''];
       if (!compression) {
@@ -386,8 +405,15 @@ export class LocalImageStore implements ImageStore {
       await mkdir(tmp, { mode: 0o755 });
       await chmod(tmp, 0o755);
       const stats = await runUnpack({ dest: tmp, layers });
-      // One syncfs for the whole tree: an fsync per file would cost a journal commit each.
-      await renameDurably(tmp, dest, 'tree');
+      try {
+        // One syncfs for the whole tree: an fsync per file would cost a journal commit each.
+        await renameDurably(tmp, dest, 'tree');
+      } catch (err) {
+        // Another process (the CLI's pull beside the daemon's create, two imports) finished
+        // the same tree first: the same layers give the same tree, so theirs is as good.
+        if (isDirectory(dest)) return dest;
+        throw err;
+      }
       log.info({ digest, layers: layers.length, ...stats }, 'image unpacked');
       return dest;
     });
