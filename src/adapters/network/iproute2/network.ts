@@ -441,7 +441,8 @@ class IpStream {
       } else if (this.killed || signal || this.lost) {
         // Killed (or lost with the spawner): how far ip got is unknown past the last mark, so no
         // change after it is tried again blindly; each fails as it would have alone.
-        const why = this.killed ? `ip was killed (${this.killed === 'timeout' ? `timed out after ${ROW_TIMEOUT_MS} ms` : 'wrote more than 64 MiB'})` : signal ? `ip was killed by ${signal}` : (this.lost ?? '');
+        // What the spawner said of the end (its input bound) says more than the signal it sent.
+        const why = this.killed ? `ip was killed (${this.killed === 'timeout' ? `timed out after ${ROW_TIMEOUT_MS} ms` : 'wrote more than 64 MiB'})` : (this.lost ?? `ip was killed by ${signal ?? 'a signal'}`);
         for (const row of this.rows) this.fail(row, why);
         for (const row of this.rows) if (row.last) this.settle(row.change);
       } else {
