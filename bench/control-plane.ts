@@ -495,7 +495,7 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
   // burst meets a server that has served creates before, as on a host that has been running:
   // its code compiled and optimized. Not in the burst's times, CPU or counts.
   const warm = Number(process.env.MATCHLOCK_BENCH_WARMUP ?? 0);
-  if (warm > 0) programs += `\neach side created ${warm} VMs (namespace "warm") before its burst; they are not in its times, CPU or counts\n`;
+  if (warm > 0) programs += `\neach side created ${warm} VMs (namespace "warm") before its burst; they are not in its times, CPU, TAP and stand-in counts or programs, but are in the baseline's own account of its ip processes and TAPs (last column)\n`;
   try {
     for (const [i, n] of bursts.entries()) {
       const order = (i + coin) % 2 ? [...sides].reverse() : sides;
@@ -522,10 +522,10 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
           const daemon = fromDaemon(await startDaemon(stateDir, flags, {}, ns, entry));
           server = daemon;
           const c = rawClient(daemon.target);
-          const tracing = process.env.MATCHLOCK_BENCH_STRACE === '1' ? await traceExecs(daemon.pid, join(tmp, `strace-${n}.out`)) : undefined;
           const spawner = spawnerOf(daemon.pid);
           const spawnerCpu = (): [number, number] => (spawner === undefined ? [0, 0] : cpuTimes(spawner));
           if (warm > 0) await burstOf(warm, c, ref, () => [0, 0], 'warm');
+          const tracing = process.env.MATCHLOCK_BENCH_STRACE === '1' ? await traceExecs(daemon.pid, join(tmp, `strace-${n}.out`)) : undefined;
           const s0 = spawnerCpu();
           // Everything the daemon made the host run: its own CPU, its reaped children's, its
           // spawner's and the programs the spawner reaped (the VMMs still run: in neither side).

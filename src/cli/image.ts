@@ -65,10 +65,13 @@ async function daemonSettings(o: ImageOpts): Promise<DaemonConfig> {
  * pull unpacks by default. A failed unpack keeps the stored image (its blobs are whole; a
  * create unpacks again) and fails the command with the unpack's error and exit status.
  */
-async function readyForVMs(images: LocalImageStore, ref: string, digest: string): Promise<void> {
+async function readyForVMs(images: LocalImageStore, ref: string, digest: string, say?: (line: string) => void): Promise<void> {
+  say?.(`${ref}: unpacking\n`);
   try {
     await images.unpacked(digest, quiet);
   } catch (err) {
+    // Not retried here (the daemon retries a VM's create that failed for room): the operator
+    // frees room and runs the command again, or lets the first create unpack.
     const e = MatchlockError.from(err);
     throw new MatchlockError(e.code, `${ref} ${digest} is in the image store, but unpacking it failed: ${e.message}`, { cause: err });
   }
@@ -157,7 +160,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
         throw new MatchlockError(e.code, `pull of ${normalizeRef(ref)} from ${pullSource(ref, err)} failed: ${e.message}`, { cause: err });
       }
       if (tty) io.err('\n');
-      await readyForVMs(images, normalizeRef(ref), digest);
+      await readyForVMs(images, normalizeRef(ref), digest, tty ? io.err : undefined);
       io.out(output() === 'json' ? JSON.stringify({ ref: normalizeRef(ref), digest }) + '\n' : `${normalizeRef(ref)} ${digest}\n`);
     });
 
@@ -168,7 +171,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .action(async (source: string, o: { name?: string }) => {
       const images = await store();
       const { ref, digest } = await images.import(source, o.name);
-      await readyForVMs(images, ref, digest);
+      await readyForVMs(images, ref, digest, isTty() ? io.err : undefined);
       io.out(output() === 'json' ? JSON.stringify({ ref, digest }) + '\n' : `${ref} ${digest}\n`);
     });
 

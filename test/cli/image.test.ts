@@ -97,7 +97,7 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
     assert.equal(r.code, EXIT.precondition);
     assert.match(r.err, new RegExp(`localhost/bad:1 ${manifest.digest} is in the image store, but unpacking it failed: .*media type "application/vnd\\.example\\.layer\\.v1", which cannot be unpacked`));
     assert.equal(r.out, '');
-    // Stored whole, as before: a create names the same error, an rm removes it.
+    // Stored whole, as before this command unpacked: listed, and no tree is left behind.
     const ls = await cli(['-o', 'json', 'image', 'ls', ...state]);
     assert.deepEqual((JSON.parse(ls.out) as { ref: string }[]).map((i) => i.ref), ['localhost/bad:1']);
     assert.equal(existsSync(join(tmp.path, 'state-unpack', 'images', 'rootfs', manifest.digest.slice(7))), false);

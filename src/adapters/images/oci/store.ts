@@ -495,7 +495,7 @@ async function runUnpack(job: UnpackJob): Promise<Extract<UnpackResult, { ok: tr
   if (result?.ok) return result.stats;
   if (result) {
     const room = result.code && ROOM_CODES.has(result.code);
-    throw new MatchlockError(room ? ErrorCode.Unavailable : ErrorCode.FailedPrecondition, `unpacking image layers${room ? ` (${result.code}: not enough room; retried once there is)` : ''}: ${result.message}`);
+    throw new MatchlockError(room ? ErrorCode.Unavailable : ErrorCode.FailedPrecondition, `unpacking image layers${room ? ` (${result.code}: not enough room)` : ''}: ${result.message}`);
   }
   throw new MatchlockError(ErrorCode.Internal, `the unpack process ended with ${signal ?? `exit code ${code}`}: ${err.trim().split('\n').slice(-3).join(' ') || 'no output'}`);
 }
