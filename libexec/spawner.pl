@@ -305,7 +305,8 @@ sub request {
       if (defined $c->{inmax} && length $c->{input} > $c->{inmax}) {
         $c->{input} = '';
         $c->{closing} = 1;
-        $c->{why} = 'maxinput';
+        # Only a child still running is killed for it; one that ended meanwhile ended on its own.
+        $c->{why} = 'maxinput' if !defined $c->{status};
         feed($c);
         kill('KILL', $c->{pid}) if !defined $c->{status};
       }
