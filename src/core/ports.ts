@@ -40,7 +40,11 @@ export interface EncodedRecord {
  * transaction before returning, so no two read-modify-write sequences can interleave.
  */
 export interface Store {
-  insert(vm: MicroVM): void;
+  /**
+   * Stores a new record (durable once it returns) and returns its protobuf encoding
+   * (flintlock.types.MicroVM), the bytes `encoded` reads back for it until its next change.
+   */
+  insert(vm: MicroVM): Uint8Array;
   get(uid: string): MicroVM | undefined;
   list(filter: ListFilter): MicroVM[];
   /** The records matching `filter`, one page of them in uid order. */

@@ -20,9 +20,10 @@ export class MemoryStore implements Store, Tombstones {
   forget(uid: string): void {
     this.buried.delete(uid);
   }
-  insert(vm: MicroVM): void {
+  insert(vm: MicroVM): Uint8Array {
     if (this.records.has(vm.uid)) throw new Error(`duplicate uid ${vm.uid}`);
     this.records.set(vm.uid, structuredClone(vm));
+    return encodeMicroVM(vm);
   }
   get(uid: string): MicroVM | undefined {
     const vm = this.records.get(uid);

@@ -32,6 +32,15 @@ export class MicroVMService {
   constructor(private readonly deps: ServiceDeps) {}
 
   create(input: SpecInput | undefined): MicroVM {
+    return this.createEncoded(input).vm;
+  }
+
+  /**
+   * create, also returning the record's protobuf bytes (flintlock.types.MicroVM) as the store
+   * wrote them: what `encoded(vm.uid)` returns until the record next changes, without reading
+   * them back.
+   */
+  createEncoded(input: SpecInput | undefined): { vm: MicroVM; encoded: Uint8Array } {
     const { clock, random, store, notifier } = this.deps;
     const provider = this.resolveProvider(input?.provider);
     const now = clock.now();
@@ -44,9 +53,9 @@ export class MicroVMService {
     }
     const iso = now.toISOString();
     const vm: MicroVM = { uid, version: 1, spec, status: initialStatus(), createdAt: iso, updatedAt: iso };
-    store.insert(vm);
+    const encoded = store.insert(vm);
     notifier.changed(uid);
-    return vm;
+    return { vm, encoded };
   }
 
   get(uid: string): MicroVM {

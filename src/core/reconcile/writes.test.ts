@@ -36,10 +36,10 @@ function record(): MicroVM {
 class CountingStore extends MemoryStore {
   writes = 0;
   durable = 0;
-  override insert(vm: MicroVM): void {
+  override insert(vm: MicroVM): Uint8Array {
     this.writes++;
     this.durable++;
-    super.insert(vm);
+    return super.insert(vm);
   }
   override update(uid: string, change: (current: MicroVM) => MicroVM | undefined, opts: UpdateOptions = {}): MicroVM | undefined {
     this.writes++;

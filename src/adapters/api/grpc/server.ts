@@ -231,11 +231,11 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
 
   door.addService(serviceDefinition(MicroVMServiceDesc, true), {
     createMicroVM: unary('CreateMicroVM', (req: CreateMicroVMRequest) => {
-      const vm = service.create(specInput(req.microvm));
-      logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
       // The bytes the store wrote with the record; nothing has changed it since (reconcile
       // work starts on a later turn of the event loop).
-      return inField1([service.encoded(vm.uid)]);
+      const { vm, encoded } = service.createEncoded(specInput(req.microvm));
+      logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
+      return inField1([encoded]);
     }),
     deleteMicroVM: unary('DeleteMicroVM', (req: DeleteMicroVMRequest) => {
       service.delete(req.uid);

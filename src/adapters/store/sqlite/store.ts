@@ -29,6 +29,8 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   private readonly eventsKept: number;
   /** Prepared statements of the filtered, paged reads, by their SQL. */
   private readonly paged = new Map<string, Database.Statement>();
+  /** insert's transaction, made once: db.transaction() builds its wrappers anew on every call. */
+  private readonly inserting;
 
   /** `eventsKept`: how many events the log keeps (EVENTS_KEPT; pruned in steps of a hundredth). */
   constructor(private readonly path: string, opts: { eventsKept?: number } = {}) {
@@ -94,19 +96,21 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       lazy: this.db.prepare('PRAGMA synchronous = NORMAL'),
       full: this.db.prepare('PRAGMA synchronous = FULL'),
     };
+    this.inserting = this.db.transaction((vm: MicroVM, r: Row) => {
+      this.stmts.insert.run(r);
+      this.log('CREATED', vm, undefined, r.record);
+    });
   }
 
   private migrate(): void {
     migrateSchema(this.db);
   }
 
-  insert(vm: MicroVM): void {
-    this.writing(() => this.db.transaction(() => {
-      const r = row(vm);
-      this.stmts.insert.run(r);
-      this.log('CREATED', vm, undefined, r.record);
-    }).immediate());
+  insert(vm: MicroVM): Uint8Array {
+    const r = row(vm);
+    this.writing(() => this.inserting.immediate(vm, r));
     this.notify();
+    return r.wire;
   }
 
   /**
@@ -406,7 +410,17 @@ function storeFull(path: string, err: unknown): MatchlockError | undefined {
   );
 }
 
-function row(vm: MicroVM): { uid: string; namespace: string; name: string; version: number; state: string; record: string; wire: Uint8Array } {
+interface Row {
+  uid: string;
+  namespace: string;
+  name: string;
+  version: number;
+  state: string;
+  record: string;
+  wire: Uint8Array;
+}
+
+function row(vm: MicroVM): Row {
   return {
     uid: vm.uid,
     namespace: vm.spec.namespace,
