@@ -1,7 +1,17 @@
-import { dump, load } from 'js-yaml';
+import { DUMP_SCHEMA, dump, load } from 'js-yaml';
 import { invalid } from '../errors.js';
 
-const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+/**
+ * Standard base64 with its padding: with a length that is a multiple of 4, this is exactly
+ * groups of four alphabet characters, the last of them possibly `xx==` or `xxx=`. Written
+ * without a repeated group, whose backtracking state made the test twice as slow on the
+ * kilobytes of a user-data value.
+ */
+const BASE64_CHARS = /^[A-Za-z0-9+/]*={0,2}$/;
+
+function strictBase64(value: string): boolean {
+  return value.length % 4 === 0 && BASE64_CHARS.test(value);
+}
 
 /**
  * Metadata values arrive base64-encoded, except from clients such as `fl --metadata-from-file`
@@ -10,7 +20,7 @@ const STRICT_BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]
  * base64: that ambiguity is flintlock's too.)
  */
 export function decodeMetadataValue(value: string): Buffer {
-  if (value.length > 0 && STRICT_BASE64.test(value)) return Buffer.from(value, 'base64');
+  if (value.length > 0 && strictBase64(value)) return Buffer.from(value, 'base64');
   return Buffer.from(value, 'utf8');
 }
 
@@ -22,7 +32,7 @@ const BASE64_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
  * any other value. Such a value is stored as it came, without decoding and encoding it again.
  */
 export function canonicalBase64Length(value: string): number | undefined {
-  if (value.length === 0 || !STRICT_BASE64.test(value)) return undefined;
+  if (value.length === 0 || !strictBase64(value)) return undefined;
   const pad = value.endsWith('==') ? 2 : value.endsWith('=') ? 1 : 0;
   if (pad > 0) {
     // The last data character holds 4 (one '=': 2) bits that no byte uses.
@@ -93,6 +103,25 @@ function plainBlockMapping(text: string): boolean {
   return true;
 }
 
+/** Keys and strings that may be written plainly when the schema reads them back as strings. */
+const PLAIN_WORD = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+
+function plainString(value: string): boolean {
+  return PLAIN_WORD.test(value) && DUMP_SCHEMA.resolveImplicitScalarTag(value).tag === DUMP_SCHEMA.defaultScalarTag;
+}
+
+/**
+ * `key: value` as a line of a block mapping, as js-yaml's dump writes `{ [key]: value }` with
+ * noRefs and lineWidth -1. A word that dump's schema reads back as a string (a uid, a host
+ * name) is a plain scalar there, written here without building dump's whole machinery for one
+ * line (three such lines cost a create more than its whole validation otherwise); anything
+ * else goes through dump.
+ */
+export function metaDataLine(key: string, value: unknown): string {
+  if (typeof value === 'string' && plainString(key) && plainString(value)) return `${key}: ${value}\n`;
+  return dump({ [key]: value }, { noRefs: true, lineWidth: -1 });
+}
+
 function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
@@ -124,7 +153,7 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   if (Object.keys(added).length === 0 && metaData !== undefined) return metaData;
   // Plain scalars where YAML allows them (`instance_id: 01HZ...`), so tools that grep the seed see
   // what they saw before; quoted only where a plain scalar would read as another type.
-  const lines = Object.entries(added).map(([k, v]) => dump({ [k]: v }, { noRefs: true, lineWidth: -1 })).join('');
+  const lines = Object.entries(added).map(([k, v]) => metaDataLine(k, v)).join('');
   if (current === undefined) return Buffer.from(lines, 'utf8');
   const wanted = { ...current, ...added };
   const appended = `${text}${text.endsWith('\n') ? '' : '\n'}${lines}`;
