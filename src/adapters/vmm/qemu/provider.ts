@@ -1,12 +1,13 @@
-import { readFileSync } from 'node:fs';
-import { lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { lstatSync, readFileSync } from 'node:fs';
+import { rename, unlink, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import { hostNetCounters } from '../io-counters.js';
 import { launchDetached, waitGone } from '../launcher.js';
 import type { VmmConfinement } from '../confine/vmm.js';
-import { pidAlive, processMentions, processStart } from '../process.js';
+import { isChild } from '../children.js';
+import { processMentions, processStart } from '../process.js';
 import { CONSOLE_SOCKET, FILES, QMP_SOCKET, qemuArgs, type QemuSettings } from './args.js';
 import { qmpCommand } from './qmp.js';
 
@@ -21,6 +22,26 @@ async function removeFile(path: string): Promise<void> {
   await unlink(path).catch((err: NodeJS.ErrnoException) => {
     if (err.code !== 'ENOENT') throw err;
   });
+}
+
+/**
+ * The pid a pid file holds, undefined when the file is missing or holds no pid. Read in place:
+ * a few bytes of a local file, cheaper than the thread-pool round trips of fs/promises.
+ */
+function readPid(path: string): number | undefined {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const pid = Number(text.trim());
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/** Whether a unix socket is bound at `path` (one lstat, in place). */
+function isSocket(path: string): boolean {
+  return lstatSync(path, { throwIfNoEntry: false })?.isSocket() ?? false;
 }
 
 /** QEMU's `microvm` machine: the provider that runs on our machines (TCG), and on KVM hosts. */
@@ -88,14 +109,20 @@ class QemuInstance implements VmmInstance {
   async running(): Promise<number | undefined> {
     const known = this.found;
     if (known) {
-      if (processStart(known.pid) === known.start) return known.pid;
+      // A VMM this daemon started lives until its exit is reported (children.ts: the exit
+      // event of the child, which cannot have handed its pid on before it is reaped), so the
+      // steps after a start ask no /proc; a VMM found from an older daemon is asked each time.
+      if (isChild(known.pid) || processStart(known.pid) === known.start) return known.pid;
       this.found = undefined;
     }
-    const pid = Number((await readFile(this.files.pid, 'utf8').catch(() => '')).trim());
-    // The pid must still be this VM's QEMU: pids are reused.
-    if (!(Number.isInteger(pid) && pid > 0 && pidAlive(pid) && processMentions(pid, this.ref.dir))) return undefined;
+    const pid = readPid(this.files.pid);
+    if (pid === undefined) return undefined;
+    // The pid must still be this VM's QEMU: pids are reused. Its start time (undefined when
+    // gone or a zombie) is read before its command line, so a pid freed and reused between the
+    // two reads is told by the command line, which would not name this VM directory.
     const start = processStart(pid);
-    if (start !== undefined) this.found = { pid, start };
+    if (start === undefined || !processMentions(pid, this.ref.dir)) return undefined;
+    this.found = { pid, start };
     return pid;
   }
 
@@ -124,10 +151,11 @@ class QemuInstance implements VmmInstance {
       detached: true,
       // QEMU writes its pid file before it opens its chardevs and monitors: a VM reported
       // CREATED then had no QMP socket yet, so a stop, pause or delete right after found none.
-      ready: async () => {
-        const pid = await this.running();
-        return pid !== undefined && (await lstat(this.qmp).then((st) => st.isSocket(), () => false)) ? pid : undefined;
-      },
+      // So the socket is looked for first (one lstat), and the pid file and /proc only once it
+      // is there; inotify events of the VM directory (the pid file) and of the run directory
+      // (the socket) say when to look again.
+      ready: async () => (isSocket(this.qmp) ? this.running() : undefined),
+      watch: [this.ref.dir, this.ref.runDir],
       // A bound on a QEMU that hangs in its start-up; on a loaded host the QMP socket has
       // come more than 5 s after the spawn.
       timeoutMs: 15_000,
