@@ -1,10 +1,13 @@
-import { access, mkdir, readFile, rm, rmdir } from 'node:fs/promises';
+import { accessSync } from 'node:fs';
+import { mkdir, readFile, rm, rmdir } from 'node:fs/promises';
 import type { HostFiles } from '../../core/ports.js';
 
 export class NodeHostFiles implements HostFiles {
+  // In place: a create pass asks it of its directories, boot files and seed, each in needed
+  // and verify, and one access(2) costs less than a thread-pool round trip of fs/promises.
   async exists(path: string): Promise<boolean> {
     try {
-      await access(path);
+      accessSync(path);
       return true;
     } catch {
       return false;

@@ -1,5 +1,4 @@
-import { watch, type FSWatcher } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { closeSync, openSync, readSync, statSync, watch, type FSWatcher } from 'node:fs';
 import type { Logger, Supervisor } from '../../core/ports.js';
 import { isChild, onChildExit } from './children.js';
 import { pidAlive } from './process.js';
@@ -165,16 +164,21 @@ export class EventSupervisor implements Supervisor {
       });
   }
 
+  /**
+   * The reads are made in place: a console is a local file read in 64 KiB pieces, and each
+   * call through fs/promises would be a thread-pool round trip costing the main thread more
+   * than the call. A long console (one a restarted daemon finds) yields between pieces.
+   */
   private async readNew(uid: string, w: Watched): Promise<void> {
-    const size = await stat(w.console).then((s) => s.size, () => undefined);
+    const size = statSync(w.console, { throwIfNoEntry: false })?.size;
     // The daemon cuts a console at its bound (console-log-max-bytes): read on from the start.
     if (size !== undefined && size < w.offset) w.offset = 0;
     if (size === undefined || size <= w.offset) return;
-    const fh = await open(w.console, 'r');
+    const fd = openSync(w.console, 'r');
     try {
       const buf = Buffer.alloc(Math.min(size - w.offset, 64 * 1024));
       for (;;) {
-        const { bytesRead } = await fh.read(buf, 0, buf.length, w.offset);
+        const bytesRead = readSync(fd, buf, 0, buf.length, w.offset);
         if (bytesRead === 0) return;
         w.offset += bytesRead;
         const text = w.tail + buf.subarray(0, bytesRead).toString('utf8');
@@ -185,10 +189,11 @@ export class EventSupervisor implements Supervisor {
           if (this.watched.get(uid) === w) this.events.booted(uid, w.pid);
           return;
         }
-        if (bytesRead < buf.length) return;
+        if (bytesRead < buf.length || this.watched.get(uid) !== w) return;
+        await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
-      await fh.close();
+      closeSync(fd);
     }
   }
 
