@@ -1,5 +1,5 @@
-import { accessSync } from 'node:fs';
-import { mkdir, readFile, rm, rmdir } from 'node:fs/promises';
+import { accessSync, mkdirSync } from 'node:fs';
+import { readFile, rm, rmdir } from 'node:fs/promises';
 import type { HostFiles } from '../../core/ports.js';
 
 export class NodeHostFiles implements HostFiles {
@@ -21,8 +21,9 @@ export class NodeHostFiles implements HostFiles {
       throw err;
     }
   }
+  // In place too: a VM's two directories, a few mkdir(2) calls each.
   async mkdirp(path: string): Promise<void> {
-    await mkdir(path, { recursive: true, mode: 0o750 });
+    mkdirSync(path, { recursive: true, mode: 0o750 });
   }
   async remove(path: string): Promise<void> {
     await rm(path, { recursive: true, force: true });
