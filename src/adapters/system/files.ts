@@ -1,17 +1,13 @@
-import { accessSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { readFile, rm, rmdir } from 'node:fs/promises';
 import type { HostFiles } from '../../core/ports.js';
 
 export class NodeHostFiles implements HostFiles {
   // In place: a create pass asks it of its directories, boot files and seed, each in needed
   // and verify, and one access(2) costs less than a thread-pool round trip of fs/promises.
+  // existsSync makes the same access(2) (F_OK) without building an error for a missing path.
   async exists(path: string): Promise<boolean> {
-    try {
-      accessSync(path);
-      return true;
-    } catch {
-      return false;
-    }
+    return existsSync(path);
   }
   async read(path: string): Promise<Buffer | undefined> {
     try {

@@ -147,9 +147,13 @@ export class LogBound {
       const files = await this.files();
       const listed = new Set(files);
       for (const path of this.watched.keys()) if (!listed.has(path)) this.unwatch(path);
+      let looked = 0;
       for (const f of files) {
         const w = this.watched.get(f);
         if (w && !w.changed) continue;
+        // The looks are made in place (see lookAt): a burst of new VMs brings hundreds of files
+        // to one pass, which lets requests in between every 32 of them.
+        if (++looked % 32 === 0) await new Promise<void>((r) => setImmediate(r));
         try {
           const st = w ? await this.lookAgain(f, w) : await this.lookFirst(f);
           if (st && (await cut(f, this.maxBytes, st))) this.log.debug({ file: f, maxBytes: this.maxBytes }, 'log cut at its bound');

@@ -22,6 +22,8 @@ export function hostKhz(cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')): number
  * file, cheaper than a thread-pool round trip of fs/promises.
  */
 function removeFile(path: string): void {
+  // Usually missing: an lstat that says so costs less than the error an unlink would build.
+  if (!lstatSync(path, { throwIfNoEntry: false })) return;
   try {
     unlinkSync(path);
   } catch (err) {
@@ -34,6 +36,8 @@ function removeFile(path: string): void {
  * a few bytes of a local file, cheaper than the thread-pool round trips of fs/promises.
  */
 function readPid(path: string): number | undefined {
+  // A VM's first pass finds none: an lstat that says so costs less than the error a read would build.
+  if (!lstatSync(path, { throwIfNoEntry: false })) return undefined;
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -141,10 +145,12 @@ class QemuInstance implements VmmInstance {
     removeFile(this.consoleInput.path);
     // The log is appended to (see qemuArgs); the last run's console moves aside, so the boot
     // line of a guest that crashed is not taken for this run's, and the crash stays readable.
-    try {
-      renameSync(this.files.console, `${this.files.console}.1`);
-    } catch {
-      // no console yet
+    if (lstatSync(this.files.console, { throwIfNoEntry: false })) {
+      try {
+        renameSync(this.files.console, `${this.files.console}.1`);
+      } catch {
+        // gone meanwhile
+      }
     }
     writeFileSync(this.files.cmdline, JSON.stringify([this.bin, ...args]) + '\n');
     // A macvtap's character device, opened by whoever starts QEMU and given as fd 3, 4, …
