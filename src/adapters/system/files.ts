@@ -1,11 +1,12 @@
-import { existsSync, mkdirSync } from 'node:fs';
-import { readFile, rm, rmdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, rmdir } from 'node:fs/promises';
 import type { HostFiles } from '../../core/ports.js';
 
 export class NodeHostFiles implements HostFiles {
   // In place: a create pass asks it of its directories, boot files and seed, each in needed
-  // and verify, and one access(2) costs less than a thread-pool round trip of fs/promises.
-  // existsSync makes the same access(2) (F_OK) without building an error for a missing path.
+  // and verify, and one access(2) costs less than a thread-pool round trip of fs/promises. A
+  // lookup changes nothing on disk, so it never waits for the journal. existsSync makes the
+  // same access(2) (F_OK) without building an error for a missing path.
   async exists(path: string): Promise<boolean> {
     return existsSync(path);
   }
@@ -17,9 +18,10 @@ export class NodeHostFiles implements HostFiles {
       throw err;
     }
   }
-  // In place too: a VM's two directories, a few mkdir(2) calls each.
+  // Through the pool: a create in a directory takes an ext4 journal handle, which can wait for
+  // a commit that the store's fsyncs keep busy; only lookups are made in place.
   async mkdirp(path: string): Promise<void> {
-    mkdirSync(path, { recursive: true, mode: 0o750 });
+    await mkdir(path, { recursive: true, mode: 0o750 });
   }
   async remove(path: string): Promise<void> {
     await rm(path, { recursive: true, force: true });

@@ -1,4 +1,5 @@
-import { closeSync, openSync, readSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { statSync, watch, type FSWatcher } from 'node:fs';
+import { open } from 'node:fs/promises';
 import type { Logger, Supervisor } from '../../core/ports.js';
 import { isChild, onChildExit } from './children.js';
 import { pidAlive } from './process.js';
@@ -165,20 +166,20 @@ export class EventSupervisor implements Supervisor {
   }
 
   /**
-   * The reads are made in place: a console is a local file read in 64 KiB pieces, and each
-   * call through fs/promises would be a thread-pool round trip costing the main thread more
-   * than the call. A long console (one a restarted daemon finds) yields between pieces.
+   * The size is looked up in place (a stat changes nothing on disk); the read goes through the
+   * pool, as reading a file the VMM just wrote updates its access time, a change that can wait
+   * for the ext4 journal the store's fsyncs keep busy.
    */
   private async readNew(uid: string, w: Watched): Promise<void> {
     const size = statSync(w.console, { throwIfNoEntry: false })?.size;
     // The daemon cuts a console at its bound (console-log-max-bytes): read on from the start.
     if (size !== undefined && size < w.offset) w.offset = 0;
     if (size === undefined || size <= w.offset) return;
-    const fd = openSync(w.console, 'r');
+    const fh = await open(w.console, 'r');
     try {
       const buf = Buffer.alloc(Math.min(size - w.offset, 64 * 1024));
       for (;;) {
-        const bytesRead = readSync(fd, buf, 0, buf.length, w.offset);
+        const { bytesRead } = await fh.read(buf, 0, buf.length, w.offset);
         if (bytesRead === 0) return;
         w.offset += bytesRead;
         const text = w.tail + buf.subarray(0, bytesRead).toString('utf8');
@@ -189,11 +190,10 @@ export class EventSupervisor implements Supervisor {
           if (this.watched.get(uid) === w) this.events.booted(uid, w.pid);
           return;
         }
-        if (bytesRead < buf.length || this.watched.get(uid) !== w) return;
-        await new Promise<void>((r) => setImmediate(r));
+        if (bytesRead < buf.length) return;
       }
     } finally {
-      closeSync(fd);
+      await fh.close();
     }
   }
 

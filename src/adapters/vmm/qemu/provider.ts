@@ -1,4 +1,5 @@
-import { lstatSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { lstatSync, readFileSync } from 'node:fs';
+import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
@@ -18,33 +19,24 @@ export function hostKhz(cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')): number
 
 /**
  * Removes a file that may be missing (rm's force without its lstat first: no tree can be there).
- * In place, as the other small file changes of a start: each is one system call on a local
- * file, cheaper than a thread-pool round trip of fs/promises.
+ * Usually missing: the lookup is made in place (it changes nothing, so never waits for the
+ * journal), and only an unlink that has something to remove goes through the pool.
  */
-function removeFile(path: string): void {
-  // Usually missing: an lstat that says so costs less than the error an unlink would build.
+async function removeFile(path: string): Promise<void> {
   if (!lstatSync(path, { throwIfNoEntry: false })) return;
-  try {
-    unlinkSync(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
+  await unlink(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code !== 'ENOENT') throw err;
+  });
 }
 
 /**
- * The pid a pid file holds, undefined when the file is missing or holds no pid. Read in place:
- * a few bytes of a local file, cheaper than the thread-pool round trips of fs/promises.
+ * The pid a pid file holds, undefined when the file is missing or holds no pid. A missing file
+ * (every VM's first pass) is told by an lstat in place; a read goes through the pool, as reading
+ * a file QEMU just wrote updates its access time, a change that can wait for the journal.
  */
-function readPid(path: string): number | undefined {
-  // A VM's first pass finds none: an lstat that says so costs less than the error a read would build.
+async function readPid(path: string): Promise<number | undefined> {
   if (!lstatSync(path, { throwIfNoEntry: false })) return undefined;
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
-  }
-  const pid = Number(text.trim());
+  const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 
@@ -124,7 +116,7 @@ class QemuInstance implements VmmInstance {
       if (isChild(known.pid) || processStart(known.pid) === known.start) return known.pid;
       this.found = undefined;
     }
-    const pid = readPid(this.files.pid);
+    const pid = await readPid(this.files.pid);
     if (pid === undefined) return undefined;
     // The pid must still be this VM's QEMU: pids are reused. Its start time (undefined when
     // gone or a zombie) is read before its command line, so a pid freed and reused between the
@@ -139,20 +131,14 @@ class QemuInstance implements VmmInstance {
     const args = [...qemuArgs(l, this.settings), ...(this.confine ? await this.confine.qemuArgs(l) : [])];
     log.debug({ bin: this.bin, args }, 'starting qemu');
     this.found = undefined;
-    removeFile(this.files.pid);
+    await removeFile(this.files.pid);
     // QEMU refuses to bind a socket path that exists; a killed QEMU leaves them behind.
-    removeFile(this.qmp);
-    removeFile(this.consoleInput.path);
+    await removeFile(this.qmp);
+    await removeFile(this.consoleInput.path);
     // The log is appended to (see qemuArgs); the last run's console moves aside, so the boot
     // line of a guest that crashed is not taken for this run's, and the crash stays readable.
-    if (lstatSync(this.files.console, { throwIfNoEntry: false })) {
-      try {
-        renameSync(this.files.console, `${this.files.console}.1`);
-      } catch {
-        // gone meanwhile
-      }
-    }
-    writeFileSync(this.files.cmdline, JSON.stringify([this.bin, ...args]) + '\n');
+    if (lstatSync(this.files.console, { throwIfNoEntry: false })) await rename(this.files.console, `${this.files.console}.1`).catch(() => undefined);
+    await writeFile(this.files.cmdline, JSON.stringify([this.bin, ...args]) + '\n');
     // A macvtap's character device, opened by whoever starts QEMU and given as fd 3, 4, …
     const taps = l.nics.filter((n) => n.type === 'MACVTAP').map((n) => `/dev/tap${n.ifindex}`);
     const [bin, argv] = this.confine ? await this.confine.command(l, this.bin, args) : [this.bin, args];
