@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { appendFileSync, closeSync, constants, existsSync, openSync, readFileSync, renameSync, statSync, unlinkSync, watch, writeFileSync, writeSync, type PathLike } from 'node:fs';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
@@ -76,12 +77,20 @@ it('LogBound: a pass asked for while one runs is a pass of its own, after it, no
 it('LogBound looks at a file again only after it changed, and opens only one over its bound: idle VMs cost no file system call', async () => {
   const [a, b] = ['idle-a.log', 'idle-b.log'].map((f) => join(tmp.path, f)) as [string, string];
   writeFileSync(a, 'booted\n');
-  // Every stat and open of a log, counted where the bound makes them: node:fs/promises, whose
-  // ESM exports follow the CommonJS object after syncBuiltinESMExports.
+  // Every stat and open of a log, counted where the bound makes them: node:fs/promises and
+  // node:fs (its stats are made in place), whose ESM exports follow the CommonJS objects after
+  // syncBuiltinESMExports.
   const opened: string[] = [];
   const looked: string[] = [];
   const realOpen = fsp.open;
   const realStat = fsp.stat;
+  // statSync is declared a const of node:fs; its CommonJS object takes the assignment.
+  const cjs = fs as { statSync: typeof fs.statSync };
+  const realStatSync = fs.statSync;
+  cjs.statSync = ((path: PathLike, ...rest: []) => {
+    looked.push(String(path));
+    return realStatSync(path, ...rest);
+  }) as typeof fs.statSync;
   fsp.open = ((path: PathLike, ...rest: [string?]) => {
     opened.push(String(path));
     return realOpen(path, ...rest);
@@ -119,6 +128,7 @@ it('LogBound looks at a file again only after it changed, and opens only one ove
     bound.stop();
     fsp.open = realOpen;
     fsp.stat = realStat;
+    cjs.statSync = realStatSync;
     syncBuiltinESMExports();
   }
 });

@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import fs, { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { trackChild } from '../../src/adapters/vmm/children.js';
 import { qemuModule } from '../../src/adapters/vmm/qemu/index.js';
 import { QemuProvider } from '../../src/adapters/vmm/qemu/provider.js';
 import { tempDir } from '../helpers/daemon.js';
@@ -49,6 +51,37 @@ describe('qemu running(): the VMM of a VM directory, by its pid file', () => {
     assert.equal(await provider.instance(ref).running(), undefined);
     b.child.kill('SIGKILL');
     await b.gone;
+  });
+
+  it('a VMM this daemon started is known alive until its exit is reported: the steps after the start read no /proc', async () => {
+    const a = vmmLike(dir);
+    kids.push(a.child);
+    const pid = a.child.pid!;
+    trackChild(pid, new Promise((r) => a.child.once('exit', (code, signal) => r({ code, signal }))));
+    writeFileSync(pidFile, `${pid}\n`);
+    const instance = provider.instance(ref);
+    assert.equal(await instance.running(), pid, 'found through the pid file and /proc');
+    // Every file read from here on, counted where process.ts makes them (node:fs, whose ESM
+    // exports follow the CommonJS object after syncBuiltinESMExports).
+    const read: string[] = [];
+    const realRead = fs.readFileSync;
+    fs.readFileSync = ((path: fs.PathOrFileDescriptor, ...rest: []) => {
+      read.push(String(path));
+      return realRead(path, ...rest);
+    }) as typeof fs.readFileSync;
+    syncBuiltinESMExports();
+    try {
+      for (let i = 0; i < 3; i++) assert.equal(await instance.running(), pid);
+      assert.deepEqual(read, [], 'no /proc or pid file read while the child\'s exit is not reported');
+    } finally {
+      fs.readFileSync = realRead;
+      syncBuiltinESMExports();
+    }
+    a.child.kill('SIGKILL');
+    await a.gone;
+    // The exit reaches children.ts a turn of the event loop later.
+    await new Promise((r) => setImmediate(r));
+    assert.equal(await instance.running(), undefined, 'once its exit is reported, /proc is asked again');
   });
 
   it('a live process of another VM, or a pid file naming no process, is not this VM\'s VMM', async () => {

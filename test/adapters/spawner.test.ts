@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ErrorCode, MatchlockError } from '../../src/core/errors.js';
@@ -238,6 +238,23 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     await assert.rejects(late, /vmm was not ready within 200 ms/);
     assert.ok(spawned > 0);
     assert.equal(pidAlive(spawned), false, 'the VMM of a start that timed out is gone when the start throws');
+  });
+
+  it('a VMM start with watched directories asks ready when an entry there changes, not every 5 ms', async () => {
+    const dir = join(tmp.path, 'watched');
+    mkdirSync(dir);
+    const pidFile = join(dir, 'vmm.pid');
+    let asked = 0;
+    const ready = async () => {
+      asked++;
+      return existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8').trim()) || undefined : undefined;
+    };
+    // The pid file comes 0.6 s after the spawn: polled every 5 ms that is over 100 looks; woken
+    // by the directory's events (its creation and write) and the 100 ms fallback, about 10.
+    const pid = await launchDetached({ what: 'vmm', bin: '/bin/sh', args: ['-c', `sleep 0.6; echo $$ > '${pidFile}'; exec sleep 1000`], stdout: join(tmp.path, 'w.out'), stderr: join(tmp.path, 'w.err'), detached: true, ready, watch: [dir], timeoutMs: 10_000, signal: new AbortController().signal });
+    started.push(pid);
+    assert.equal(pid, Number(readFileSync(pidFile, 'utf8').trim()));
+    assert.ok(asked <= 20, `ready was asked ${asked} times`);
   });
 
   it('a spawner that dies is replaced; what it started keeps running, no longer counts as a child, and its exit is found by the poll', async () => {

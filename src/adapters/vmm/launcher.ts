@@ -1,3 +1,4 @@
+import { watch, type FSWatcher } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
 import { noteSpawn } from '../exec.js';
@@ -22,6 +23,13 @@ export interface DetachedLaunch {
   onSpawn?(pid: number): Promise<void>;
   /** Resolves the VMM's pid once it runs (its pid file written and the process alive). */
   ready(): Promise<number | undefined>;
+  /**
+   * Directories in which the VMM makes what `ready` looks for (its pid file, its API socket):
+   * `ready` is asked again when an entry in one of them changes (inotify through fs.watch), when
+   * the VMM exits, and every 100 ms in case an event was not seen. Without them (or when none
+   * can be watched) `ready` is polled every 5 ms for the first second, then every 25 ms.
+   */
+  watch?: readonly string[];
   /** How long the VMM may take to become ready, in ms. */
   timeoutMs: number;
   signal: AbortSignal;
@@ -41,33 +49,113 @@ export async function launchDetached(l: DetachedLaunch): Promise<number> {
   noteSpawn();
   let early: string | undefined;
   let child: Launched | undefined;
+  // Watched before the spawn, so nothing the VMM makes at once is missed.
+  const wake = new Wakeup(l.watch ?? [], l.signal);
   try {
-    // Emptied, then appended to: the daemon truncates VMM output at its bound, and a writer
-    // without O_APPEND would carry on at its old offset and leave a hole.
-    child = await launch({ file: l.bin, args: l.args, setsid: l.detached, stdout: l.stdout, stderr: l.stderr, truncateStderr: true, fdPaths: l.fdPaths ?? [] });
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    early = err.code === 'ENOENT' && err.syscall === 'spawn' && !/^(open|chdir) /.test(err.message) ? `binary ${l.bin} not found` : err.message;
-  }
-  try {
-    if (child) {
-      trackChild(child.pid, child.exit);
-      void child.exit.then((e) => e && (early = `exited with ${e.code ?? e.signal}`));
-      if (l.onSpawn) await l.onSpawn(child.pid);
+    try {
+      // Emptied, then appended to: the daemon truncates VMM output at its bound, and a writer
+      // without O_APPEND would carry on at its old offset and leave a hole.
+      child = await launch({ file: l.bin, args: l.args, setsid: l.detached, stdout: l.stdout, stderr: l.stderr, truncateStderr: true, fdPaths: l.fdPaths ?? [] });
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      early = err.code === 'ENOENT' && err.syscall === 'spawn' && !/^(open|chdir) /.test(err.message) ? `binary ${l.bin} not found` : err.message;
     }
-    return await waitReady(l, () => early);
-  } catch (err) {
-    if (child) await killSpawned(child);
-    throw err;
+    try {
+      if (child) {
+        trackChild(child.pid, child.exit);
+        void child.exit.then((e) => {
+          if (e) early = `exited with ${e.code ?? e.signal}`;
+          wake.poke();
+        });
+        if (l.onSpawn) await l.onSpawn(child.pid);
+      }
+      return await waitReady(l, () => early, wake);
+    } catch (err) {
+      if (child) await killSpawned(child);
+      throw err;
+    }
+  } finally {
+    wake.close();
   }
 }
 
-async function waitReady(l: DetachedLaunch, early: () => string | undefined): Promise<number> {
+/**
+ * What a wait for a starting VMM sleeps on: inotify events of its directories, the VMM's exit,
+ * the start being called off, or a timer. An event that comes while nobody sleeps is kept, so
+ * the next sleep ends at once.
+ */
+class Wakeup {
+  private readonly watchers: FSWatcher[] = [];
+  private wakeNow: (() => void) | undefined;
+  private pending = false;
+  private readonly onAbort = () => this.poke();
+
+  constructor(
+    dirs: readonly string[],
+    private readonly signal: AbortSignal,
+  ) {
+    for (const d of dirs) {
+      try {
+        const w = watch(d, { persistent: false }, () => this.poke());
+        // A watch that fails later (its directory removed) leaves the timer.
+        w.on('error', () => undefined);
+        this.watchers.push(w);
+      } catch {
+        // Not there, or no inotify watch left: the timer alone.
+      }
+    }
+    signal.addEventListener('abort', this.onAbort, { once: true });
+  }
+
+  get watching(): boolean {
+    return this.watchers.length > 0;
+  }
+
+  poke(): void {
+    const w = this.wakeNow;
+    this.wakeNow = undefined;
+    if (w) w();
+    else this.pending = true;
+  }
+
+  /** Forgets the events seen so far: called before each look, which sees what they reported. */
+  clear(): void {
+    this.pending = false;
+  }
+
+  sleep(ms: number): Promise<void> {
+    if (this.pending) {
+      this.pending = false;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.wakeNow = undefined;
+        resolve();
+      }, ms);
+      this.wakeNow = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  close(): void {
+    for (const w of this.watchers) w.close();
+    this.watchers.length = 0;
+    this.signal.removeEventListener('abort', this.onAbort);
+    this.poke();
+  }
+}
+
+async function waitReady(l: DetachedLaunch, early: () => string | undefined, wake: Wakeup): Promise<number> {
   const until = Date.now() + l.timeoutMs;
-  // A VMM writes its pid file within milliseconds and every ms here is create latency, so the
-  // first second is polled every 5 ms (a file read and a kill(0) each), then every 25 ms.
   for (let polls = 0; ; polls++) {
-    const wait = polls < 200 ? 5 : 25;
+    // A VMM writes its pid file within milliseconds and every ms here is create latency: with
+    // its directories watched an event wakes this at once; without, the first second is polled
+    // every 5 ms, then every 25 ms.
+    const wait = wake.watching ? 100 : polls < 200 ? 5 : 25;
+    wake.clear();
     const exited = early();
     if (exited !== undefined) {
       const tail = (await readFile(l.stderr, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' ');
@@ -77,7 +165,7 @@ async function waitReady(l: DetachedLaunch, early: () => string | undefined): Pr
     if (pid !== undefined) return pid;
     if (l.signal.aborted) throw new MatchlockError(ErrorCode.Canceled, `canceled while ${l.what} was starting`);
     if (Date.now() > until) throw new MatchlockError(ErrorCode.Internal, `${l.what} was not ready within ${l.timeoutMs} ms`);
-    await sleep(wait);
+    await wake.sleep(Math.min(wait, Math.max(1, until - Date.now() + 1)));
   }
 }
 

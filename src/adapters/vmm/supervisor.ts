@@ -1,5 +1,5 @@
-import { watch, type FSWatcher } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { statSync, watch, type FSWatcher } from 'node:fs';
+import { open } from 'node:fs/promises';
 import type { Logger, Supervisor } from '../../core/ports.js';
 import { isChild, onChildExit } from './children.js';
 import { pidAlive } from './process.js';
@@ -165,8 +165,13 @@ export class EventSupervisor implements Supervisor {
       });
   }
 
+  /**
+   * The size is looked up in place (a stat changes nothing on disk); the read goes through the
+   * pool, as reading a file the VMM just wrote updates its access time, a change that can wait
+   * for the ext4 journal the store's fsyncs keep busy.
+   */
   private async readNew(uid: string, w: Watched): Promise<void> {
-    const size = await stat(w.console).then((s) => s.size, () => undefined);
+    const size = statSync(w.console, { throwIfNoEntry: false })?.size;
     // The daemon cuts a console at its bound (console-log-max-bytes): read on from the start.
     if (size !== undefined && size < w.offset) w.offset = 0;
     if (size === undefined || size <= w.offset) return;

@@ -1,12 +1,13 @@
-import { readFileSync } from 'node:fs';
-import { lstat, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { lstatSync, readFileSync } from 'node:fs';
+import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import { hostNetCounters } from '../io-counters.js';
 import { launchDetached, waitGone } from '../launcher.js';
 import type { VmmConfinement } from '../confine/vmm.js';
-import { pidAlive, processMentions, processStart } from '../process.js';
+import { isChild } from '../children.js';
+import { processMentions, processStart } from '../process.js';
 import { CONSOLE_SOCKET, FILES, QMP_SOCKET, qemuArgs, type QemuSettings } from './args.js';
 import { qmpCommand } from './qmp.js';
 
@@ -16,11 +17,32 @@ export function hostKhz(cpuinfo = readFileSync('/proc/cpuinfo', 'utf8')): number
   return m?.[1] ? Math.round(Number(m[1]) * 1000) : undefined;
 }
 
-/** Removes a file that may be missing (rm's force without its lstat first: no tree can be there). */
+/**
+ * Removes a file that may be missing (rm's force without its lstat first: no tree can be there).
+ * Usually missing: the lookup is made in place (it changes nothing, so never waits for the
+ * journal), and only an unlink that has something to remove goes through the pool.
+ */
 async function removeFile(path: string): Promise<void> {
+  if (!lstatSync(path, { throwIfNoEntry: false })) return;
   await unlink(path).catch((err: NodeJS.ErrnoException) => {
     if (err.code !== 'ENOENT') throw err;
   });
+}
+
+/**
+ * The pid a pid file holds, undefined when the file is missing or holds no pid. A missing file
+ * (every VM's first pass) is told by an lstat in place; a read goes through the pool, as reading
+ * a file QEMU just wrote updates its access time, a change that can wait for the journal.
+ */
+async function readPid(path: string): Promise<number | undefined> {
+  if (!lstatSync(path, { throwIfNoEntry: false })) return undefined;
+  const pid = Number((await readFile(path, 'utf8').catch(() => '')).trim());
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/** Whether a unix socket is bound at `path` (one lstat, in place). */
+function isSocket(path: string): boolean {
+  return lstatSync(path, { throwIfNoEntry: false })?.isSocket() ?? false;
 }
 
 /** QEMU's `microvm` machine: the provider that runs on our machines (TCG), and on KVM hosts. */
@@ -88,14 +110,20 @@ class QemuInstance implements VmmInstance {
   async running(): Promise<number | undefined> {
     const known = this.found;
     if (known) {
-      if (processStart(known.pid) === known.start) return known.pid;
+      // A VMM this daemon started lives until its exit is reported (children.ts: the exit
+      // event of the child, which cannot have handed its pid on before it is reaped), so the
+      // steps after a start ask no /proc; a VMM found from an older daemon is asked each time.
+      if (isChild(known.pid) || processStart(known.pid) === known.start) return known.pid;
       this.found = undefined;
     }
-    const pid = Number((await readFile(this.files.pid, 'utf8').catch(() => '')).trim());
-    // The pid must still be this VM's QEMU: pids are reused.
-    if (!(Number.isInteger(pid) && pid > 0 && pidAlive(pid) && processMentions(pid, this.ref.dir))) return undefined;
+    const pid = await readPid(this.files.pid);
+    if (pid === undefined) return undefined;
+    // The pid must still be this VM's QEMU: pids are reused. Its start time (undefined when
+    // gone or a zombie) is read before its command line, so a pid freed and reused between the
+    // two reads is told by the command line, which would not name this VM directory.
     const start = processStart(pid);
-    if (start !== undefined) this.found = { pid, start };
+    if (start === undefined || !processMentions(pid, this.ref.dir)) return undefined;
+    this.found = { pid, start };
     return pid;
   }
 
@@ -109,7 +137,7 @@ class QemuInstance implements VmmInstance {
     await removeFile(this.consoleInput.path);
     // The log is appended to (see qemuArgs); the last run's console moves aside, so the boot
     // line of a guest that crashed is not taken for this run's, and the crash stays readable.
-    await rename(this.files.console, `${this.files.console}.1`).catch(() => undefined);
+    if (lstatSync(this.files.console, { throwIfNoEntry: false })) await rename(this.files.console, `${this.files.console}.1`).catch(() => undefined);
     await writeFile(this.files.cmdline, JSON.stringify([this.bin, ...args]) + '\n');
     // A macvtap's character device, opened by whoever starts QEMU and given as fd 3, 4, …
     const taps = l.nics.filter((n) => n.type === 'MACVTAP').map((n) => `/dev/tap${n.ifindex}`);
@@ -124,10 +152,11 @@ class QemuInstance implements VmmInstance {
       detached: true,
       // QEMU writes its pid file before it opens its chardevs and monitors: a VM reported
       // CREATED then had no QMP socket yet, so a stop, pause or delete right after found none.
-      ready: async () => {
-        const pid = await this.running();
-        return pid !== undefined && (await lstat(this.qmp).then((st) => st.isSocket(), () => false)) ? pid : undefined;
-      },
+      // So the socket is looked for first (one lstat), and the pid file and /proc only once it
+      // is there; inotify events of the VM directory (the pid file) and of the run directory
+      // (the socket) say when to look again.
+      ready: async () => (isSocket(this.qmp) ? this.running() : undefined),
+      watch: [this.ref.dir, this.ref.runDir],
       // A bound on a QEMU that hangs in its start-up; on a loaded host the QMP socket has
       // come more than 5 s after the spawn.
       timeoutMs: 15_000,
