@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, lstatSync, readFileSync, readlinkSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { createReadStream, createWriteStream, lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { chmod, lstat, mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { renameDurably, writeFileDurably } from '../../durable.js';
 import { join, relative } from 'node:path';
@@ -119,50 +119,18 @@ export class LocalImageStore implements ImageStore {
     return join(this.root, 'rootfs', hexOf(digest));
   }
 
-  /**
-   * References read while `refs/` is watched, by the name asked: the first pass of every VM
-   * resolves its image's reference, and a burst of creates of one image read the same file for
-   * each. Any change in `refs/` (this process's pull, import or removal, or another's: the CLI
-   * writes this store too) forgets them all and the watch, which the next read places again.
-   */
-  private readonly refs = new Map<string, string | undefined>();
-  private refsWatch: FSWatcher | undefined;
-
   /** The manifest digest a reference points to, or undefined when it was never imported. */
   // The reads and stats of a reference, a blob and a rootfs below are made in place: every
   // reconcile pass asks them for each image of its VM, and each is a small local file or one
-  // stat, cheaper than a promise's thread-pool round trips.
+  // stat, cheaper than a promise's thread-pool round trips. Not kept in memory: the CLI writes
+  // this store too, and one read is cheaper than knowing for sure that nothing changed.
   async resolve(ref: string): Promise<string | undefined> {
-    const watched = this.watchRefs();
-    if (watched && this.refs.has(ref)) return this.refs.get(ref);
-    let digest: string | undefined;
     try {
-      digest = readFileSync(this.refFile(ref), 'utf8').trim();
+      return readFileSync(this.refFile(ref), 'utf8').trim();
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
     }
-    // Read after the watch was placed, and in place: a change after the read comes as an
-    // event, which runs only after this returns, and forgets it.
-    if (watched) this.refs.set(ref, digest);
-    return digest;
-  }
-
-  /** Whether `refs/` is watched (placing the watch when it is not); false when it cannot be. */
-  private watchRefs(): boolean {
-    if (this.refsWatch) return true;
-    const forget = () => {
-      this.refs.clear();
-      this.refsWatch?.close();
-      this.refsWatch = undefined;
-    };
-    try {
-      // Not persistent: a CLI command using the store ends when its work does.
-      this.refsWatch = watch(join(this.root, 'refs'), { persistent: false }, forget);
-    } catch {
-      return false; // no refs/ yet (nothing imported), or no inotify watch left: read each time
-    }
-    this.refsWatch.on('error', forget);
-    return true;
   }
 
   async ensure(ref: string, log: Logger, pinned?: string): Promise<string> {
@@ -309,15 +277,6 @@ export class LocalImageStore implements ImageStore {
     await withTemporary(file, async (tmp) => {
       await writeFileDurably(tmp, file, digest + '\n');
     });
-    this.refsChanged();
-  }
-
-  /**
-   * Forgets the references read (see `refs`) at once after this process changed one, rather
-   * than when its inotify event comes a turn of the event loop later.
-   */
-  refsChanged(): void {
-    this.refs.clear();
   }
 
   /**
@@ -664,7 +623,6 @@ export class ImageCatalog {
     if (!digest) throw new MatchlockError(ErrorCode.NotFound, `image ${normalizeRef(ref)} not found in the image store`);
     if (inUse.has(digest)) throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${normalizeRef(ref)} (${digest}) is used by a MicroVM; delete the VM first`);
     await rm(join(this.store.root, 'refs', encodeURIComponent(normalizeRef(ref))), { force: true });
-    this.store.refsChanged();
     await this.collect(inUse, undefined);
   }
 
@@ -679,7 +637,6 @@ export class ImageCatalog {
     for (const img of await this.list()) {
       if (graceMs !== undefined && !inUse.has(img.digest) && img.ageSeconds * 1000 >= graceMs) {
         await rm(join(this.store.root, 'refs', encodeURIComponent(img.ref)), { force: true });
-        this.store.refsChanged();
         removed.push(img.ref);
       } else {
         keep.add(img.digest);
