@@ -84,6 +84,34 @@ describe('qemu running(): the VMM of a VM directory, by its pid file', () => {
     assert.equal(await instance.running(), undefined, 'once its exit is reported, /proc is asked again');
   });
 
+  it('a VMM found from an older daemon is asked in /proc each time, also once its pid is tracked as a child (reused for another VM)', async () => {
+    const a = vmmLike(dir);
+    kids.push(a.child);
+    const pid = a.child.pid!;
+    writeFileSync(pidFile, `${pid}\n`);
+    const instance = provider.instance(ref);
+    assert.equal(await instance.running(), pid, 'found through the pid file and /proc, not a child');
+    // The same pid now tracked as this daemon's child stands for a reused pid: only /proc can
+    // tell whether it is still the VMM that was found.
+    trackChild(pid, new Promise((r) => a.child.once('exit', (code, signal) => r({ code, signal }))));
+    const read: string[] = [];
+    const realRead = fs.readFileSync;
+    fs.readFileSync = ((path: fs.PathOrFileDescriptor, ...rest: []) => {
+      read.push(String(path));
+      return realRead(path, ...rest);
+    }) as typeof fs.readFileSync;
+    syncBuiltinESMExports();
+    try {
+      assert.equal(await instance.running(), pid);
+      assert.ok(read.some((p) => p === `/proc/${pid}/stat`), `its start time was read again: ${JSON.stringify(read)}`);
+    } finally {
+      fs.readFileSync = realRead;
+      syncBuiltinESMExports();
+    }
+    a.child.kill('SIGKILL');
+    await a.gone;
+  });
+
   it('a live process of another VM, or a pid file naming no process, is not this VM\'s VMM', async () => {
     const other = vmmLike(join(tmp.path, 'elsewhere'));
     kids.push(other.child);

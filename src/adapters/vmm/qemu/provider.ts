@@ -75,7 +75,8 @@ class QemuInstance implements VmmInstance {
    * run, verify of each) ask /proc once instead of reading and checking the pid file each time.
    * Forgotten when this instance starts or stops QEMU.
    */
-  private found: { pid: number; start: string } | undefined;
+  /** The VMM last found, its start time, and whether it was this daemon's child when found. */
+  private found: { pid: number; start: string; child: boolean } | undefined;
 
   constructor(
     readonly ref: VmRef,
@@ -112,8 +113,9 @@ class QemuInstance implements VmmInstance {
     if (known) {
       // A VMM this daemon started lives until its exit is reported (children.ts: the exit
       // event of the child, which cannot have handed its pid on before it is reaped), so the
-      // steps after a start ask no /proc; a VMM found from an older daemon is asked each time.
-      if (isChild(known.pid) || processStart(known.pid) === known.start) return known.pid;
+      // steps after a start ask no /proc; a VMM found from an older daemon is asked each time,
+      // also once its pid is a child of this daemon's (reused for another VM's VMM).
+      if ((known.child && isChild(known.pid)) || processStart(known.pid) === known.start) return known.pid;
       this.found = undefined;
     }
     const pid = await readPid(this.files.pid);
@@ -123,7 +125,7 @@ class QemuInstance implements VmmInstance {
     // two reads is told by the command line, which would not name this VM directory.
     const start = processStart(pid);
     if (start === undefined || !processMentions(pid, this.ref.dir)) return undefined;
-    this.found = { pid, start };
+    this.found = { pid, start, child: isChild(pid) };
     return pid;
   }
 
