@@ -26,10 +26,13 @@ export interface DetachedLaunch {
   /**
    * Directories in which the VMM makes what `ready` looks for (its pid file, its API socket):
    * `ready` is asked again when an entry in one of them changes (inotify through fs.watch), when
-   * the VMM exits, and every 100 ms in case an event was not seen. Without them (or when none
-   * can be watched) `ready` is polled every 5 ms for the first second, then every 25 ms.
+   * the VMM exits, and every `recheckMs` in case an event was not seen (an inotify queue that
+   * overflowed drops events). Without them (or when none can be watched) `ready` is polled
+   * every 5 ms for the first second, then every 25 ms.
    */
   watch?: readonly string[];
+  /** With `watch`: how often `ready` is asked without an event, in ms (default 100). */
+  recheckMs?: number;
   /** How long the VMM may take to become ready, in ms. */
   timeoutMs: number;
   signal: AbortSignal;
@@ -154,7 +157,7 @@ async function waitReady(l: DetachedLaunch, early: () => string | undefined, wak
     // A VMM writes its pid file within milliseconds and every ms here is create latency: with
     // its directories watched an event wakes this at once; without, the first second is polled
     // every 5 ms, then every 25 ms.
-    const wait = wake.watching ? 100 : polls < 200 ? 5 : 25;
+    const wait = wake.watching ? (l.recheckMs ?? 100) : polls < 200 ? 5 : 25;
     wake.clear();
     const exited = early();
     if (exited !== undefined) {
