@@ -457,6 +457,8 @@ export interface StreamOptions {
    * and the program killed (SIGKILL).
    */
   maxInputBytes?: number;
+  /** The program's name in errors, when `file` is a wrapper (`sh -c 'exec … ip …'`); default `file`. */
+  name?: string;
 }
 
 /** What streamProgram hands the spawner or a direct child: the bound, and how to say it was passed. */
@@ -486,7 +488,7 @@ export function streamProgram(file: string, args: readonly string[], options: St
   const max = options.maxInputBytes ?? MAX_STREAM_INPUT_BYTES;
   // Set once the bound was passed, wherever the bytes waited: the exit reports it.
   let over: MatchlockError | undefined;
-  const overflow = () => (over ??= new MatchlockError(ErrorCode.ResourceExhausted, `${file}: more than ${max} bytes waited to be written to its stdin (the bound of a streamed program's input); killed`));
+  const overflow = () => (over ??= new MatchlockError(ErrorCode.ResourceExhausted, `${options.name ?? file}: more than ${max} bytes waited to be written to its stdin (the bound of a streamed program's input); killed`));
   const opts: BackendOptions = {
     onOutput: (d) => options.onOutput(d),
     onExit: (e, err) => options.onExit(e, over ?? err),

@@ -247,6 +247,7 @@ class IpStream {
     // ip exits at an argument it refuses while lines are still being written: the spawner
     // drops what was written after, and the exit tells where ip stopped.
     this.child = streamProgram('sh', ['-c', `exec stdbuf -oL ip ${IP_ARGS.join(' ')} 2>&1`], {
+      name: 'ip',
       onOutput: (d) => this.output(this.decoder.write(d)),
       onExit: (exit, err) => this.exited(exit, err),
     });
