@@ -198,6 +198,20 @@ layer(out + '/b.tgz', [('etc/evil/pwned', 'file', b'pwned')])
     assert.equal(reads, 1, 'the reference is resolved once per call, not once per VM');
   });
 
+  it('a reference by the digest of a layer or config names no image: a clear refusal, not a parse error', async () => {
+    const src = layout(join(tmp.path, 'by-digest'), [(r) => writeFileSync(join(r, 'f'), 'x')]);
+    const store = new LocalImageStore(join(tmp.path, 'by-digest-store'));
+    const { digest } = await store.import(src, 'example.com/d:1');
+    const manifest = JSON.parse(readFileSync(join(src, 'blobs', 'sha256', digest.slice(7)), 'utf8')) as { config: { digest: string }; layers: { digest: string }[] };
+    for (const blob of [manifest.layers[0]?.digest, manifest.config.digest]) {
+      await assert.rejects(store.ensure(`example.com/d@${blob}`, silentLogger), (err: Error) => {
+        assert.match(err.message, /names a blob of the image store that is not an image manifest or index|is not an image manifest: nothing to unpack/, err.message);
+        return true;
+      });
+    }
+    assert.equal(await store.ensure(`example.com/d@${digest}`, silentLogger), digest);
+  });
+
   it("sees another process's import or removal of a reference at once", async () => {
     const root = join(tmp.path, 'store-refs');
     const store = new LocalImageStore(root);

@@ -165,7 +165,16 @@ export class LocalImageStore implements ImageStore {
   private async platformManifest(digest: string): Promise<string | undefined> {
     // Blobs are named by their content, so the answer for a digest never changes.
     if (this.platforms.has(digest)) return this.platforms.get(digest);
-    const doc = JSON.parse(readFileSync(this.blob(digest), 'utf8')) as Manifest;
+    // A reference may name any blob by digest (a layer of gigabytes): only a small JSON document
+    // can be a manifest or an index, and only that is read, in place.
+    const notManifest = () => new MatchlockError(ErrorCode.FailedPrecondition, `${digest} names a blob of the image store that is not an image manifest or index`);
+    if (statSync(this.blob(digest)).size > MAX_MANIFEST_BYTES) throw notManifest();
+    let doc: Manifest;
+    try {
+      doc = JSON.parse(readFileSync(this.blob(digest), 'utf8')) as Manifest;
+    } catch {
+      throw notManifest();
+    }
     const arch = hostArch();
     const platform = Array.isArray(doc.manifests) ? doc.manifests.find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch)?.digest : digest;
     this.platforms.set(digest, platform);
@@ -387,7 +396,7 @@ export class LocalImageStore implements ImageStore {
 
   private async unpack(digest: string, dest: string, log: Logger): Promise<string> {
     const manifest = JSON.parse(await readFile(this.blob(digest), 'utf8')) as Manifest;
-    if (!Array.isArray(manifest.layers)) throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${digest} is not an image manifest (an index names one per platform): nothing to unpack`);
+    if (!Array.isArray(manifest.layers)) throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${digest} is not an image manifest: nothing to unpack`);
     const layers = manifest.layers.map((l, i) => {
       const compression = LAYER_COMPRESSION[l.mediaType ?? ''];
       if (!compression) {
@@ -444,6 +453,9 @@ export const LAYER_COMPRESSION: Record<string, UnpackJob['layers'][number]['comp
   'application/vnd.docker.image.rootfs.diff.tar.gzip': 'gzip',
   'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip': 'gzip',
 };
+
+/** Larger than any manifest or index a registry serves (distribution caps manifests at 4 MiB). */
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
 const ROOM_CODES = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
 
