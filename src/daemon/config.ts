@@ -96,7 +96,7 @@ const DAEMON_KEYS: readonly KeyDef[] = [
   { key: 'registry-auth-file', prop: 'registryAuthFile', kind: 'string', default: '', help: 'Docker-style config.json with registry credentials; empty: $DOCKER_CONFIG/config.json or ~/.docker/config.json' },
   { key: 'insecure-registries', prop: 'insecureRegistries', kind: 'string', default: '', help: 'comma-separated registries reached over HTTPS without certificate checks' },
   { key: 'plain-http-registries', prop: 'plainHttpRegistries', kind: 'string', default: '', help: 'comma-separated registries reached over plain HTTP (loopback ones always are)' },
-  { key: 'registry-mirrors', prop: 'registryMirrors', kind: 'string', default: '', help: 'comma-separated registry=mirror pairs; a mirror is tried before its registry' },
+  { key: 'registry-mirrors', prop: 'registryMirrors', kind: 'string', default: '', help: 'comma-separated registry=mirror pairs (mirror: host[:port], optionally with http:// or https://); a mirror is tried before its registry, which is asked when the mirror cannot serve' },
   { key: 'image-gc-grace', prop: 'imageGcGraceMs', kind: 'duration', default: '24h', help: 'images no VM uses are removed once this old (checked every resync); 0s disables' },
   { key: 'thinpool', prop: 'thinpool', kind: 'string', default: '', help: "device-mapper thin pool for volumes (e.g. flintlock's flintlock-thinpool); empty: ext4 image files" },
   { key: 'thinpool-dev-dir', prop: 'thinpoolDevDir', kind: 'string', default: '/dev/mapper', help: 'where device-mapper devices appear' },

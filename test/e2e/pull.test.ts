@@ -69,6 +69,10 @@ describe('registry pulls', { skip }, () => {
       assert.equal(await s.pull('matchlock/test-guest:1', silentLogger), digests.manifest);
       assert.equal(proxy.blobGets.get(digests.layer), 1, 'served by the mirror');
       assert.equal(await s.resolve('docker.io/matchlock/test-guest:1'), digests.manifest);
+      // Written with a scheme, as in Docker's daemon.json.
+      const schemed = new LocalImageStore(join(tmp.path, 'mirror-store-schemed'), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [], mirrors: [`docker.io=http://${proxy.host}/`] }, silentLogger));
+      assert.equal(await schemed.pull('matchlock/test-guest:1', silentLogger), digests.manifest);
+      assert.equal(proxy.blobGets.get(digests.layer), 2, 'served by the mirror written with http://');
     } finally {
       await proxy.stop();
     }

@@ -27,8 +27,15 @@ export interface RegistrySettings {
   plainHttp: boolean;
   /** Accept any TLS certificate. */
   insecureTls: boolean;
-  /** Hosts to try before the registry itself. */
-  mirrors: string[];
+  /** Hosts to try before the registry itself, in order, each with its own transport. */
+  mirrors: MirrorHost[];
+}
+
+/** A registry mirror: its host[:port] and how to reach it. */
+export interface MirrorHost {
+  host: string;
+  plainHttp: boolean;
+  insecureTls: boolean;
 }
 
 export interface RegistryOptions {
@@ -102,8 +109,11 @@ export class RegistryClient {
   /** The hosts to ask, mirrors first; `mirror` is set on a mirror's. */
   private bases(registry: string): { base: string; insecureTls: boolean; mirror?: string }[] {
     const s = this.o.settings(registry);
-    const base = (host: string) => `${s.plainHttp || isLoopbackHost(host) ? 'http' : 'https'}://${host}`;
-    return [...s.mirrors.map((mirror) => ({ base: base(mirror), insecureTls: s.insecureTls, mirror })), { base: base(apiHost(registry)), insecureTls: s.insecureTls }];
+    const base = (host: string, plainHttp: boolean) => `${plainHttp || isLoopbackHost(host) ? 'http' : 'https'}://${host}`;
+    return [
+      ...s.mirrors.map((m) => ({ base: base(m.host, m.plainHttp), insecureTls: m.insecureTls, mirror: m.host })),
+      { base: base(apiHost(registry), s.plainHttp), insecureTls: s.insecureTls },
+    ];
   }
 
   /**
@@ -300,15 +310,34 @@ export function listSetting(s: string): string[] {
   return s.split(',').map((x) => x.trim()).filter(Boolean);
 }
 
+/**
+ * The `registry-mirrors` pairs, by registry. A mirror is `host[:port]`, or with `http://` or
+ * `https://` in front as Docker's daemon.json writes them (a trailing `/` is dropped). Without a
+ * scheme it is reached over plain HTTP when it is on loopback, is itself in
+ * `plain-http-registries`, or its registry is; it accepts any certificate when it is itself in
+ * `insecure-registries`, or its registry is.
+ * Throws InvalidArgument naming the pair for any other form.
+ */
+export function mirrorSettings(cfg: Pick<RegistryConfig, 'mirrors' | 'plainHttp' | 'insecure'>): Map<string, MirrorHost[]> {
+  const out = new Map<string, MirrorHost[]>();
+  for (const pair of cfg.mirrors) {
+    const at = pair.indexOf('=');
+    const registry = at > 0 ? pair.slice(0, at) : '';
+    const m = /^(?:(https?):\/\/)?([^/\s=]+)\/?$/.exec(at > 0 ? pair.slice(at + 1) : '');
+    const host = m?.[2];
+    if (!registry || !host) throw new MatchlockError(ErrorCode.InvalidArgument, `registry-mirrors "${pair}": must be registry=mirror, the mirror host[:port] with http:// or https:// or neither`, { field: 'registry-mirrors' });
+    const scheme = m[1];
+    const plainHttp = scheme === 'http' || (scheme === undefined && (cfg.plainHttp.includes(host) || cfg.plainHttp.includes(registry)));
+    const insecureTls = cfg.insecure.includes(host) || cfg.insecure.includes(registry);
+    out.set(registry, [...(out.get(registry) ?? []), { host, plainHttp, insecureTls }]);
+  }
+  return out;
+}
+
 export function registryClient(cfg: RegistryConfig, log: Logger): RegistryClient {
   const source = cfg.authFile || dockerConfigPath();
   const creds = loadCredentials(source);
-  const mirrors = new Map<string, string[]>();
-  for (const pair of cfg.mirrors) {
-    const [registry, mirror] = pair.split('=');
-    if (!registry || !mirror) throw new MatchlockError(ErrorCode.InvalidArgument, `registry mirror "${pair}" must be registry=mirror-host`);
-    mirrors.set(registry, [...(mirrors.get(registry) ?? []), mirror]);
-  }
+  const mirrors = mirrorSettings(cfg);
   return new RegistryClient({
     settings: (registry) => ({ plainHttp: cfg.plainHttp.includes(registry), insecureTls: cfg.insecure.includes(registry), mirrors: mirrors.get(registry) ?? [] }),
     credentials: (registry) => creds.get(registry),
