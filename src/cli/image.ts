@@ -66,7 +66,7 @@ async function daemonSettings(o: ImageOpts): Promise<DaemonConfig> {
  * create unpacks again) and fails the command with the unpack's error and exit status.
  */
 async function readyForVMs(images: LocalImageStore, ref: string, digest: string, say?: (line: string) => void): Promise<void> {
-  say?.(`${ref}: unpacking\n`);
+  if (!(await images.ready(digest))) say?.(`${ref}: unpacking\n`);
   try {
     await images.unpacked(digest, quiet);
   } catch (err) {
