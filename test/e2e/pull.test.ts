@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
@@ -60,6 +60,11 @@ describe('registry pulls', { skip }, () => {
     assert.equal(await s3.pull(byIndex, silentLogger), digests.manifest);
     assert.equal(await s3.ensure(byIndex, silentLogger), digests.manifest);
     assert.equal(await store().ensure(byIndex, silentLogger), digests.manifest);
+    // Pulled by digest, it is listed and kept like a tag; with its index blob gone (the GC
+    // removes blobs nothing names), a store with no registry still finds the image.
+    assert.deepEqual(await s3.list(), [{ ref: byIndex, digest: digests.manifest }]);
+    rmSync(join(s3.root, 'blobs', 'sha256', (index ?? '').slice(7)));
+    assert.equal(await new LocalImageStore(s3.root).ensure(byIndex, silentLogger), digests.manifest);
   });
 
   it('tries a configured mirror first: docker.io references served from a local mirror', async () => {

@@ -134,7 +134,8 @@ export class LocalImageStore implements ImageStore {
   }
 
   async ensure(ref: string, log: Logger, pinned?: string): Promise<string> {
-    const stored = pinned ?? parsedDigest(ref) ?? (await this.resolve(ref));
+    const named = parsedDigest(ref);
+    const stored = pinned ?? (named !== undefined && (await this.has(named)) ? named : undefined) ?? (await this.resolve(ref));
     // A reference by an index's digest names the index; the image is its manifest for this host.
     const digest = stored && (await this.has(stored)) ? await this.platformManifest(stored) : undefined;
     if (digest && (await this.has(digest))) {
@@ -269,7 +270,10 @@ export class LocalImageStore implements ImageStore {
     };
     await Promise.all([worker(), worker(), worker()]);
     await this.writeBlob(m.digest, m.body);
-    if (!parsed.digest) await this.writeRef(ref, m.digest);
+    // A reference by digest is kept too (`repo@sha256:…` → the manifest pulled for it), so what
+    // was pulled ahead by digest is listed, kept from the image GC like a tag, and found
+    // after the GC removed an index blob that nothing else names.
+    await this.writeRef(ref, m.digest);
     log.info({ ref, digest: m.digest, bytes: total }, 'image pulled');
     return m.digest;
   }
