@@ -112,6 +112,23 @@ describe('qemu running(): the VMM of a VM directory, by its pid file', () => {
     await a.gone;
   });
 
+  it('a VMM this daemon started is not taken for alive once its pid went to a later child', async () => {
+    const a = vmmLike(dir);
+    kids.push(a.child);
+    const pid = a.child.pid!;
+    // Its exit is never reported here (the promise never settles), as for a child whose
+    // pid was reused by a later child before this instance asked again.
+    trackChild(pid, new Promise(() => undefined));
+    writeFileSync(pidFile, `${pid}\n`);
+    const instance = provider.instance(ref);
+    assert.equal(await instance.running(), pid);
+    a.child.kill('SIGKILL');
+    await a.gone;
+    // A later child given the same pid.
+    trackChild(pid, new Promise(() => undefined));
+    assert.equal(await instance.running(), undefined, 'the VMM found is gone: /proc says so');
+  });
+
   it('a live process of another VM, or a pid file naming no process, is not this VM\'s VMM', async () => {
     const other = vmmLike(join(tmp.path, 'elsewhere'));
     kids.push(other.child);

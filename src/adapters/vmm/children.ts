@@ -40,3 +40,12 @@ export function onChildExit(pid: number, fn: () => void): (() => void) | undefin
 export function isChild(pid: number): boolean {
   return live.has(pid);
 }
+
+/**
+ * What stands for the child that has this pid now: the same value for as long as that child
+ * lives, another once the pid belongs to a later child; undefined when it is no live child.
+ * Compared with an earlier answer, it tells a child from a later one given the same pid.
+ */
+export function childIdentity(pid: number): object | undefined {
+  return live.get(pid);
+}

@@ -6,7 +6,7 @@ import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, Vm
 import { hostNetCounters } from '../io-counters.js';
 import { launchDetached, waitGone } from '../launcher.js';
 import type { VmmConfinement } from '../confine/vmm.js';
-import { isChild } from '../children.js';
+import { childIdentity } from '../children.js';
 import { processMentions, processStart } from '../process.js';
 import { CONSOLE_SOCKET, FILES, QMP_SOCKET, qemuArgs, type QemuSettings } from './args.js';
 import { qmpCommand } from './qmp.js';
@@ -73,10 +73,10 @@ class QemuInstance implements VmmInstance {
    * The VMM this instance found running, with its start time (/proc/<pid>/stat field 22): while
    * a process of that pid and start time lives it is the same QEMU, so a plan's steps (needed,
    * run, verify of each) ask /proc once instead of reading and checking the pid file each time.
-   * Forgotten when this instance starts or stops QEMU.
+   * Forgotten when this instance starts or stops QEMU. `child`: the child it was when found
+   * (childIdentity), when this daemon started it.
    */
-  /** The VMM last found, its start time, and whether it was this daemon's child when found. */
-  private found: { pid: number; start: string; child: boolean } | undefined;
+  private found: { pid: number; start: string; child: object | undefined } | undefined;
 
   constructor(
     readonly ref: VmRef,
@@ -114,8 +114,9 @@ class QemuInstance implements VmmInstance {
       // A VMM this daemon started lives until its exit is reported (children.ts: the exit
       // event of the child, which cannot have handed its pid on before it is reaped), so the
       // steps after a start ask no /proc; a VMM found from an older daemon is asked each time,
-      // also once its pid is a child of this daemon's (reused for another VM's VMM).
-      if ((known.child && isChild(known.pid)) || processStart(known.pid) === known.start) return known.pid;
+      // also once its pid is a child of this daemon's, and so is a child of this daemon's
+      // once its pid went to a later child (reused for another VM's VMM).
+      if ((known.child !== undefined && childIdentity(known.pid) === known.child) || processStart(known.pid) === known.start) return known.pid;
       this.found = undefined;
     }
     const pid = await readPid(this.files.pid);
@@ -125,7 +126,7 @@ class QemuInstance implements VmmInstance {
     // two reads is told by the command line, which would not name this VM directory.
     const start = processStart(pid);
     if (start === undefined || !processMentions(pid, this.ref.dir)) return undefined;
-    this.found = { pid, start, child: isChild(pid) };
+    this.found = { pid, start, child: childIdentity(pid) };
     return pid;
   }
 
