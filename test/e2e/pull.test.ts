@@ -78,6 +78,12 @@ describe('registry pulls', { skip }, () => {
       const schemed = new LocalImageStore(join(tmp.path, 'mirror-store-schemed'), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [], mirrors: [`docker.io=http://${proxy.host}/`] }, silentLogger));
       assert.equal(await schemed.pull('matchlock/test-guest:1', silentLogger), digests.manifest);
       assert.equal(proxy.blobGets.get(digests.layer), 2, 'served by the mirror written with http://');
+      // Written with https://, a mirror on loopback is asked over TLS, which this plain-HTTP
+      // one does not speak: it serves nothing and the registry does.
+      const served = proxy.served.length;
+      const tls = new LocalImageStore(join(tmp.path, 'mirror-store-tls'), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [], mirrors: [`${registry.host}=https://${proxy.host}`] }, silentLogger));
+      assert.equal(await tls.pull(`${registry.host}/matchlock/test-guest:1`, silentLogger), digests.manifest);
+      assert.equal(proxy.served.length, served, 'nothing asked over plain HTTP');
     } finally {
       await proxy.stop();
     }

@@ -34,7 +34,7 @@ export interface RegistrySettings {
 /** A registry mirror: its host[:port] and how to reach it. */
 export interface MirrorHost {
   host: string;
-  plainHttp: boolean;
+  scheme: 'http' | 'https';
   insecureTls: boolean;
 }
 
@@ -111,7 +111,7 @@ export class RegistryClient {
     const s = this.o.settings(registry);
     const base = (host: string, plainHttp: boolean) => `${plainHttp || isLoopbackHost(host) ? 'http' : 'https'}://${host}`;
     return [
-      ...s.mirrors.map((m) => ({ base: base(m.host, m.plainHttp), insecureTls: m.insecureTls, mirror: m.host })),
+      ...s.mirrors.map((m) => ({ base: `${m.scheme}://${m.host}`, insecureTls: m.insecureTls, mirror: m.host })),
       { base: base(apiHost(registry), s.plainHttp), insecureTls: s.insecureTls },
     ];
   }
@@ -310,26 +310,37 @@ export function listSetting(s: string): string[] {
   return s.split(',').map((x) => x.trim()).filter(Boolean);
 }
 
+/** A host name or an IPv6 address in brackets, and an optional port (RFC 3986 host, no user info). */
+const MIRROR_HOST = /^(\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*)(?::([0-9]{1,5}))?$/;
+/** A registry as references name it: a host, with a port perhaps. */
+const REGISTRY_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?$/;
+
 /**
- * The `registry-mirrors` pairs, by registry. A mirror is `host[:port]`, or with `http://` or
- * `https://` in front as Docker's daemon.json writes them (a trailing `/` is dropped). Without a
- * scheme it is reached over plain HTTP when it is on loopback, is itself in
- * `plain-http-registries`, or its registry is; it accepts any certificate when it is itself in
- * `insecure-registries`, or its registry is.
- * Throws InvalidArgument naming the pair for any other form.
+ * The `registry-mirrors` pairs, by registry. A mirror is `host[:port]` (an IPv6 address in
+ * brackets), or a URL of one with `http://` or `https://` as Docker's daemon.json writes it
+ * (a trailing `/` allowed; no user, path, query or fragment). A mirror written with a scheme
+ * is reached as written, and accepts any certificate only when itself is in
+ * `insecure-registries`. Without a scheme it is reached over plain HTTP when it is on
+ * loopback or in `plain-http-registries`, or its registry is, and accepts any certificate
+ * when it or its registry is in `insecure-registries`.
+ * Throws InvalidArgument naming the setting and the pair for any other form.
  */
 export function mirrorSettings(cfg: Pick<RegistryConfig, 'mirrors' | 'plainHttp' | 'insecure'>): Map<string, MirrorHost[]> {
   const out = new Map<string, MirrorHost[]>();
   for (const pair of cfg.mirrors) {
     const at = pair.indexOf('=');
     const registry = at > 0 ? pair.slice(0, at) : '';
-    const m = /^(?:(https?):\/\/)?([^/\s=]+)\/?$/.exec(at > 0 ? pair.slice(at + 1) : '');
-    const host = m?.[2];
-    if (!registry || !host) throw new MatchlockError(ErrorCode.InvalidArgument, `registry-mirrors "${pair}": must be registry=mirror, the mirror host[:port] with http:// or https:// or neither`, { field: 'registry-mirrors' });
-    const scheme = m[1];
-    const plainHttp = scheme === 'http' || (scheme === undefined && (cfg.plainHttp.includes(host) || cfg.plainHttp.includes(registry)));
-    const insecureTls = cfg.insecure.includes(host) || cfg.insecure.includes(registry);
-    out.set(registry, [...(out.get(registry) ?? []), { host, plainHttp, insecureTls }]);
+    const written = at > 0 ? pair.slice(at + 1) : '';
+    const scheme = /^(https?):\/\//i.exec(written)?.[1]?.toLowerCase() as 'http' | 'https' | undefined;
+    const host = written.slice(scheme ? scheme.length + 3 : 0).replace(/\/$/, '').toLowerCase();
+    const m = MIRROR_HOST.exec(host);
+    const port = m?.[2] === undefined ? undefined : Number(m[2]);
+    if (!REGISTRY_NAME.test(registry) || !m || (port !== undefined && (port < 1 || port > 65535))) {
+      throw new MatchlockError(ErrorCode.InvalidArgument, `registry-mirrors "${pair}": must be registry=mirror, the mirror host[:port] with http:// or https:// or neither`, { field: 'registry-mirrors' });
+    }
+    const insecureTls = cfg.insecure.includes(host) || (scheme === undefined && cfg.insecure.includes(registry));
+    const reached = scheme ?? (cfg.plainHttp.includes(host) || cfg.plainHttp.includes(registry) || isLoopbackHost(host) ? 'http' : 'https');
+    out.set(registry, [...(out.get(registry) ?? []), { host, scheme: reached, insecureTls }]);
   }
   return out;
 }
