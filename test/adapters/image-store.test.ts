@@ -203,13 +203,22 @@ layer(out + '/b.tgz', [('etc/evil/pwned', 'file', b'pwned')])
     const store = new LocalImageStore(join(tmp.path, 'by-digest-store'));
     const { digest } = await store.import(src, 'example.com/d:1');
     const manifest = JSON.parse(readFileSync(join(src, 'blobs', 'sha256', digest.slice(7)), 'utf8')) as { config: { digest: string }; layers: { digest: string }[] };
-    for (const blob of [manifest.layers[0]?.digest, manifest.config.digest]) {
-      await assert.rejects(store.ensure(`example.com/d@${blob}`, silentLogger), (err: Error) => {
-        assert.match(err.message, /names a blob of the image store that is not an image manifest or index|is not an image manifest: nothing to unpack/, err.message);
-        return true;
-      });
-    }
+    const refused = (why: RegExp) => (err: Error) => {
+      assert.match(err.message, why, err.message);
+      return true;
+    };
+    // A gzip'd layer is no JSON; a config is, but no manifest.
+    await assert.rejects(store.ensure(`example.com/d@${manifest.layers[0]?.digest}`, silentLogger), refused(/names a blob of the image store that is not an image manifest or index/));
+    await assert.rejects(store.ensure(`example.com/d@${manifest.config.digest}`, silentLogger), refused(/is not an image manifest: nothing to unpack/));
     assert.equal(await store.ensure(`example.com/d@${digest}`, silentLogger), digest);
+    // A blob larger than any manifest is refused unread, though it is JSON.
+    const big = Buffer.from(JSON.stringify({ pad: 'x'.repeat(5 * 1024 * 1024) }));
+    const bigLayout = join(tmp.path, 'by-digest-big');
+    mkdirSync(bigLayout);
+    const bigManifest = writeImageLayout(bigLayout, [{ data: big, mediaType: 'application/vnd.oci.image.layer.v1.tar' }], 'example.com/big:1');
+    await store.import(bigLayout);
+    const bigBlob = (JSON.parse(readFileSync(join(bigLayout, 'blobs', 'sha256', bigManifest.digest.slice(7)), 'utf8')) as { layers: { digest: string }[] }).layers[0]?.digest;
+    await assert.rejects(store.ensure(`example.com/big@${bigBlob}`, silentLogger), refused(/names a blob of the image store that is not an image manifest or index/));
   });
 
   it("sees another process's import or removal of a reference at once", async () => {

@@ -170,12 +170,13 @@ export class LocalImageStore implements ImageStore {
     // can be a manifest or an index, and only that is read, in place.
     const notManifest = () => new MatchlockError(ErrorCode.FailedPrecondition, `${digest} names a blob of the image store that is not an image manifest or index`);
     if (statSync(this.blob(digest)).size > MAX_MANIFEST_BYTES) throw notManifest();
-    let doc: Manifest;
+    let doc: Manifest | null;
     try {
-      doc = JSON.parse(readFileSync(this.blob(digest), 'utf8')) as Manifest;
+      doc = JSON.parse(readFileSync(this.blob(digest), 'utf8')) as Manifest | null;
     } catch {
       throw notManifest();
     }
+    if (doc === null || typeof doc !== 'object') throw notManifest();
     const arch = hostArch();
     const platform = Array.isArray(doc.manifests) ? doc.manifests.find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch)?.digest : digest;
     this.platforms.set(digest, platform);
