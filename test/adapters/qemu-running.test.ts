@@ -15,6 +15,27 @@ function vmmLike(dir: string): { child: ChildProcess; gone: Promise<void> } {
   return { child, gone: new Promise((r) => child.once('exit', () => r())) };
 }
 
+/**
+ * The paths `fn` reads with readFileSync, counted where process.ts makes them (node:fs, whose
+ * ESM exports follow the CommonJS object after syncBuiltinESMExports).
+ */
+async function readsDuring(fn: () => Promise<void>): Promise<string[]> {
+  const read: string[] = [];
+  const realRead = fs.readFileSync;
+  fs.readFileSync = ((path: fs.PathOrFileDescriptor, ...rest: []) => {
+    read.push(String(path));
+    return realRead(path, ...rest);
+  }) as typeof fs.readFileSync;
+  syncBuiltinESMExports();
+  try {
+    await fn();
+  } finally {
+    fs.readFileSync = realRead;
+    syncBuiltinESMExports();
+  }
+  return read;
+}
+
 describe('qemu running(): the VMM of a VM directory, by its pid file', () => {
   const tmp = tempDir('qemu-running');
   const kids: ChildProcess[] = [];
@@ -61,22 +82,10 @@ describe('qemu running(): the VMM of a VM directory, by its pid file', () => {
     writeFileSync(pidFile, `${pid}\n`);
     const instance = provider.instance(ref);
     assert.equal(await instance.running(), pid, 'found through the pid file and /proc');
-    // Every file read from here on, counted where process.ts makes them (node:fs, whose ESM
-    // exports follow the CommonJS object after syncBuiltinESMExports).
-    const read: string[] = [];
-    const realRead = fs.readFileSync;
-    fs.readFileSync = ((path: fs.PathOrFileDescriptor, ...rest: []) => {
-      read.push(String(path));
-      return realRead(path, ...rest);
-    }) as typeof fs.readFileSync;
-    syncBuiltinESMExports();
-    try {
+    const read = await readsDuring(async () => {
       for (let i = 0; i < 3; i++) assert.equal(await instance.running(), pid);
-      assert.deepEqual(read, [], 'no /proc or pid file read while the child\'s exit is not reported');
-    } finally {
-      fs.readFileSync = realRead;
-      syncBuiltinESMExports();
-    }
+    });
+    assert.deepEqual(read, [], 'no /proc or pid file read while the child\'s exit is not reported');
     a.child.kill('SIGKILL');
     await a.gone;
     // The exit reaches children.ts a turn of the event loop later.
@@ -94,20 +103,8 @@ describe('qemu running(): the VMM of a VM directory, by its pid file', () => {
     // The same pid now tracked as this daemon's child stands for a reused pid: only /proc can
     // tell whether it is still the VMM that was found.
     trackChild(pid, new Promise((r) => a.child.once('exit', (code, signal) => r({ code, signal }))));
-    const read: string[] = [];
-    const realRead = fs.readFileSync;
-    fs.readFileSync = ((path: fs.PathOrFileDescriptor, ...rest: []) => {
-      read.push(String(path));
-      return realRead(path, ...rest);
-    }) as typeof fs.readFileSync;
-    syncBuiltinESMExports();
-    try {
-      assert.equal(await instance.running(), pid);
-      assert.ok(read.some((p) => p === `/proc/${pid}/stat`), `its start time was read again: ${JSON.stringify(read)}`);
-    } finally {
-      fs.readFileSync = realRead;
-      syncBuiltinESMExports();
-    }
+    const read = await readsDuring(async () => assert.equal(await instance.running(), pid));
+    assert.ok(read.some((p) => p === `/proc/${pid}/stat`), `its start time was read again: ${JSON.stringify(read)}`);
     a.child.kill('SIGKILL');
     await a.gone;
   });
