@@ -113,9 +113,8 @@ class QemuInstance implements VmmInstance {
     if (known) {
       // A VMM this daemon started lives until its exit is reported (children.ts: the exit
       // event of the child, which cannot have handed its pid on before it is reaped), so the
-      // steps after a start ask no /proc; a VMM found from an older daemon is asked each time,
-      // also once its pid is a child of this daemon's, and so is a child of this daemon's
-      // once its pid went to a later child (reused for another VM's VMM).
+      // steps after a start ask no /proc while that very child is the pid's. Anything else (a
+      // VMM found from an older daemon, a pid that went to a later child) is asked in /proc.
       if ((known.child !== undefined && childIdentity(known.pid) === known.child) || processStart(known.pid) === known.start) return known.pid;
       this.found = undefined;
     }
