@@ -45,6 +45,12 @@ function hostArch(): string {
   return process.arch === 'x64' ? 'amd64' : process.arch;
 }
 
+/** The entry of an image index (OCI) or manifest list (Docker) for linux on this host's architecture. */
+function hostEntry(index: Manifest): NonNullable<Manifest['manifests']>[number] | undefined {
+  const arch = hostArch();
+  return index.manifests?.find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch);
+}
+
 function parsedDigest(ref: string): string | undefined {
   const p = parseReference(ref);
   return typeof p === 'string' ? undefined : p.digest;
@@ -177,8 +183,7 @@ export class LocalImageStore implements ImageStore {
       throw notManifest();
     }
     if (doc === null || typeof doc !== 'object') throw notManifest();
-    const arch = hostArch();
-    const platform = Array.isArray(doc.manifests) ? doc.manifests.find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch)?.digest : digest;
+    const platform = Array.isArray(doc.manifests) ? hostEntry(doc)?.digest : digest;
     this.platforms.set(digest, platform);
     return platform;
   }
@@ -228,12 +233,11 @@ export class LocalImageStore implements ImageStore {
     let m = await registry.manifest(parsed, parsed.digest ?? parsed.tag ?? 'latest');
     if (m.mediaType === MEDIA.ociIndex || m.mediaType === MEDIA.dockerList) {
       const index = JSON.parse(m.body.toString('utf8')) as Manifest;
-      const arch = hostArch();
-      const pick = index.manifests?.find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch);
+      const pick = hostEntry(index);
       if (!pick) {
         const have = (index.manifests ?? []).map((d) => `${d.platform?.os ?? '?'}/${d.platform?.architecture ?? '?'}`).join(', ');
         // Named after the host that served the index, which may be a mirror.
-        throw askedMirror(new MatchlockError(ErrorCode.FailedPrecondition, `image ${ref} has no linux/${arch} manifest (it has: ${have || 'none'})`), m.mirror);
+        throw askedMirror(new MatchlockError(ErrorCode.FailedPrecondition, `image ${ref} has no linux/${hostArch()} manifest (it has: ${have || 'none'})`), m.mirror);
       }
       await this.writeBlob(m.digest, m.body);
       m = await registry.manifest(parsed, pick.digest);
@@ -358,7 +362,7 @@ export class LocalImageStore implements ImageStore {
     if (!desc || candidates.length > 1) throw new MatchlockError(ErrorCode.InvalidArgument, `${dir}/index.json must name exactly one image (found ${candidates.length}); pick one with --name <ref:tag>`);
     let manifest = await readJson<Manifest>(layoutBlob(desc.digest));
     if (manifest.manifests) {
-      const pick = manifest.manifests.find((m) => m.platform?.os === 'linux' && m.platform.architecture === 'amd64') ?? manifest.manifests[0];
+      const pick = hostEntry(manifest) ?? manifest.manifests[0];
       if (!pick) throw new MatchlockError(ErrorCode.InvalidArgument, `${dir}: image index lists no manifest`);
       await this.copyBlob(layoutBlob(desc.digest), desc.digest);
       desc = pick;
