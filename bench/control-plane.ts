@@ -393,6 +393,11 @@ interface BurstResult {
   /** TAPs on the bridge and stand-ins alive once all were CREATED, counted before the cleanup. */
   taps: number;
   standins: number;
+  /** Busy share of all the machine's CPUs to all CREATED (/proc/stat), whoever used them. */
+  machine: number;
+  /** CPU seconds to all CREATED of this bench's own process (the client) and of the burst's stand-ins (their start). */
+  client: number;
+  standinCpu: number;
 }
 
 /**
@@ -400,9 +405,11 @@ interface BurstResult {
  * ListMicroVMs of the burst's namespace every 250 ms until all N are CREATED (any FAILED ends the
  * run). `cpu` reads [server, rest] CPU seconds. The same for matchlock and the baseline.
  */
-async function burstOf(n: number, c: ReturnType<typeof rawClient>, ref: string, cpu: () => [number, number], namespace = 'bench'): Promise<Omit<BurstResult, 'detail' | 'taps' | 'standins'>> {
+async function burstOf(n: number, c: ReturnType<typeof rawClient>, ref: string, cpu: () => [number, number], namespace = 'bench'): Promise<Omit<BurstResult, 'detail' | 'taps' | 'standins' | 'standinCpu'>> {
   const created = new Set<string>();
   const cpu0 = cpu();
+  const machine0 = machineJiffies();
+  const client0 = process.cpuUsage();
   const t0 = performance.now();
   let answered = 0;
   const burst = Promise.all(Array.from({ length: n }, () => undefined).map(async (_, i) => {
@@ -431,11 +438,43 @@ async function burstOf(n: number, c: ReturnType<typeof rawClient>, ref: string, 
     }
     const all = (performance.now() - t0) / 1000;
     const [server, rest] = cpu();
-    return { all, answered, probes, server: server - cpu0[0], rest: rest - cpu0[1] };
+    const machine1 = machineJiffies();
+    const client1 = process.cpuUsage(client0);
+    return {
+      all,
+      answered,
+      probes,
+      server: server - cpu0[0],
+      rest: rest - cpu0[1],
+      machine: (machine1[0] - machine0[0]) / Math.max(1, machine1[1] - machine0[1]),
+      client: (client1.user + client1.system) / 1e6,
+    };
   } finally {
     done = true;
     await probing;
   }
+}
+
+/**
+ * [busy, all] jiffies of every CPU together, from /proc/stat's first line: busy is all but idle
+ * and iowait. A burst that keeps the machine near 100 % busy is bound by the machine's CPU, not by
+ * what waits inside the server.
+ */
+function machineJiffies(): [number, number] {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  const all = f.reduce((a, b) => a + b, 0);
+  return [all - (f[3] ?? 0) - (f[4] ?? 0), all];
+}
+
+/** CPU seconds (user + system) of the stand-ins of a state dir alive now. */
+function standinCpu(stateDir: string): number {
+  return standinPids(stateDir).reduce((sum, p) => {
+    try {
+      return sum + cpuSeconds(p);
+    } catch {
+      return sum; // gone meanwhile
+    }
+  }, 0);
 }
 
 /** Links on the namespace's bridge (its TAPs). */
@@ -510,8 +549,9 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
         ip('-n', ns, 'link', 'set', 'lo', 'up');
         ip('-n', ns, 'link', 'add', 'br0', 'type', 'bridge');
         ip('-n', ns, 'link', 'set', 'br0', 'up');
-        let r: Omit<BurstResult, 'detail' | 'taps' | 'standins'>;
+        let r: Omit<BurstResult, 'detail' | 'taps' | 'standins' | 'standinCpu'>;
         let detail = '';
+        let warmCpu = 0;
         if (side === 'matchlock') {
           const images = new LocalImageStore(join(stateDir, 'images'));
           mkdirSync(stateDir, { recursive: true, mode: 0o750 });
@@ -525,6 +565,7 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
           const spawner = spawnerOf(daemon.pid);
           const spawnerCpu = (): [number, number] => (spawner === undefined ? [0, 0] : cpuTimes(spawner));
           if (warm > 0) await burstOf(warm, c, ref, () => [0, 0], 'warm');
+          warmCpu = standinCpu(stateDir);
           const tracing = process.env.MATCHLOCK_BENCH_STRACE === '1' ? await traceExecs(daemon.pid, join(tmp, `strace-${n}.out`)) : undefined;
           const s0 = spawnerCpu();
           // Everything the daemon made the host run: its own CPU, its reaped children's, its
@@ -549,6 +590,7 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
           const shells = launch === 'sh' ? childrenOf(base.pid, '/bin/sh') : [];
           if (launch === 'sh' && shells.length !== 2) throw new Error(`the burst baseline runs ${shells.length} /bin/sh, not 2`);
           if (warm > 0) await burstOf(warm, c, 'localhost/bench/standin:1', () => [0, 0], 'warm');
+          warmCpu = standinCpu(stateDir);
           // The baseline's own CPU, that of the children it reaped, and its shells' with the
           // children they reaped (the `ip` processes; the VMMs still run: in neither side).
           r = await burstOf(n, c, 'localhost/bench/standin:1', () => {
@@ -562,7 +604,7 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
           await base.stop();
           detail = `${base.said()}, VMMs started by ${launch === 'sh' ? '/bin/sh' : 'node'}`;
         }
-        got[side] = { ...r, detail, taps: bridgePorts(ns) - warm, standins: standinPids(stateDir).length - warm };
+        got[side] = { ...r, detail, taps: bridgePorts(ns) - warm, standins: standinPids(stateDir).length - warm, standinCpu: standinCpu(stateDir) - warmCpu };
         await server.stop();
         server = undefined;
         if (side === 'matchlock') programs += `\nmatchlock's burst of ${n}, from its store's events: ${timeline(join(stateDir, 'matchlock.db'))}\n`;
@@ -580,8 +622,8 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
   }
   const pair = (m: number | undefined, b: number | undefined, digits = 1) =>
     m === undefined ? (b === undefined ? '' : `(${b.toFixed(digits)})`) : b === undefined ? m.toFixed(digits) : `${m.toFixed(digits)} (${b.toFixed(digits)}, ${ratio(m, b)})`;
-  row(['burst', 'first', 'all CREATED s (baseline, ratio)', 'probe create p50 ms (baseline, ratio)', 'creates answered s (baseline)', 'host CPU s to all CREATED (baseline, ratio)', 'daemon CPU s (baseline server)', 'spawner CPU s (its reaped children)', 'TAPs on the bridge / stand-ins up (baseline)', 'baseline ran']);
-  row(['---', '---', '---', '---', '---', '---', '---', '---', '---', '---']);
+  row(['burst', 'first', 'all CREATED s (baseline, ratio)', 'probe create p50 ms (baseline, ratio)', 'creates answered s (baseline)', 'host CPU s to all CREATED (baseline, ratio)', 'daemon CPU s (baseline server)', 'spawner CPU s (its reaped children)', 'TAPs on the bridge / stand-ins up (baseline)', 'machine busy % (baseline)', 'stand-ins / bench client CPU s (baseline)', 'baseline ran']);
+  row(['---', '---', '---', '---', '---', '---', '---', '---', '---', '---', '---', '---']);
   for (const { n, first, got } of results) {
     const m = got.matchlock;
     const b = got.baseline;
@@ -595,6 +637,8 @@ async function part2(bursts: number[], entry: string[]): Promise<void> {
       `${m ? m.server.toFixed(1) : '-'} (${b ? b.server.toFixed(1) : '-'})`,
       m?.detail ?? '',
       `${m ? `${m.taps} / ${m.standins}` : '-'} (${b ? `${b.taps} / ${b.standins}` : '-'})`,
+      `${m ? (100 * m.machine).toFixed(0) : '-'} (${b ? (100 * b.machine).toFixed(0) : '-'})`,
+      `${m ? `${m.standinCpu.toFixed(2)} / ${m.client.toFixed(2)}` : '-'} (${b ? `${b.standinCpu.toFixed(2)} / ${b.client.toFixed(2)}` : '-'})`,
       b?.detail ?? '',
     ]);
   }
