@@ -25,12 +25,13 @@
 #   timeout <ms>        a capturing child still running after it gets SIGTERM
 #   env NAME=value      repeated: the environment of this and later programs, all of it (sent
 #                       when the daemon's environment changed since the last request)
-# For a streamed program, <id> being the id of its spawn request (dropped once it is gone: its
-# exit event is on the way):
+# About a capturing or streamed program, <id> being the id of its spawn request (dropped once it
+# is gone: its exit event is on the way):
+#   kill <id> <signal>  the signal (a number) is sent to it (a run called off)
+# About a streamed program:
 #   write <id> <bytes>  appended to what waits for its stdin, written as the pipe takes it, so a
 #                       child that does not read never blocks this process
 #   close <id>          its stdin is closed once what waits was written
-#   kill <id> <signal>  the signal (a number) is sent to it
 # Events:
 #   ready 0                              the spawner runs (sent once, first)
 #   spawned <id> <pid>                   the program was executed
@@ -87,7 +88,7 @@ my %byPid;    # pid -> child state
 # The children whose output or input passes through here: the loop below walks only these, not
 # every VMM this process started.
 my %capturing;
-my %streams;    # spawn request id -> state of a streamed child
+my %byId;    # spawn request id -> state of a capturing or streamed child, which requests may name
 my $inbuf = '';
 
 sub frame { my $p = join '', map { pack('N/a*', $_) } @_; return pack('N', length $p) . $p }
@@ -233,6 +234,7 @@ sub spawn {
     $c->{why} = '';
     $c->{deadline} = time_ms() + $req->{timeout} if defined $req->{timeout};
     $capturing{$pid} = $c;
+    $byId{$id} = $c;
   } elsif ($req->{stream}) {
     $c->{stream} = 1;
     $c->{fh} = { stdout => $ours{stdout} };
@@ -242,7 +244,7 @@ sub spawn {
     $c->{why} = '';
     nonblock($_) for $ours{stdout}, $ours{in};
     $capturing{$pid} = $c;
-    $streams{$id} = $c;
+    $byId{$id} = $c;
   }
   $byPid{$pid} = $c;
   emit('spawned', $id, $pid);
@@ -257,7 +259,7 @@ sub finish {
   return if !defined $c->{status} || ($c->{fh} && %{ $c->{fh} });
   delete $byPid{ $c->{pid} };
   delete $capturing{ $c->{pid} };
-  delete $streams{ $c->{id} } if $c->{stream};
+  delete $byId{ $c->{id} };
   my $st = $c->{status};
   my ($code, $sig) = ('', '');
   if (POSIX::WIFEXITED($st)) { $code = POSIX::WEXITSTATUS($st) }
@@ -296,9 +298,9 @@ sub request {
   my ($verb, $id) = splice(@f, 0, 2);
   return if !defined $verb;
   if ($verb eq 'write' || $verb eq 'close' || $verb eq 'kill') {
-    my $c = $streams{ $id // '' } or return;
+    my $c = $byId{ $id // '' } or return;
     if ($verb eq 'kill') { kill($f[0] + 0, $c->{pid}) if !defined $c->{status} && defined $f[0] }
-    elsif (!$c->{in} || $c->{closing}) { }
+    elsif (!$c->{stream} || !$c->{in} || $c->{closing}) { }
     elsif ($verb eq 'write') {
       $c->{input} .= $f[0] // '';
       feed($c);

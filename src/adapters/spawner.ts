@@ -55,13 +55,43 @@ export interface RunOptions {
   maxBytes: number;
   /** A file stdout is written to (emptied first) instead of being read back. */
   stdoutFile?: string;
+  /**
+   * Calls the run off: the program gets SIGTERM, and SIGKILL if it still runs CANCEL_KILL_MS
+   * later; the run resolves once it has ended, with killed 'canceled'.
+   */
+  signal?: AbortSignal;
 }
+
+/** How long a program whose run was called off has between SIGTERM and SIGKILL. */
+export const CANCEL_KILL_MS = 5000;
 
 export interface RunOutcome extends ChildExit {
   stdout: Buffer;
   stderr: Buffer;
-  /** Why the program was killed: its timeout ran out, or it wrote more than maxBytes. */
-  killed?: 'timeout' | 'maxbuffer';
+  /** Why the program was killed: its timeout ran out, it wrote more than maxBytes, or its run was called off (RunOptions.signal). */
+  killed?: 'timeout' | 'maxbuffer' | 'canceled';
+}
+
+/**
+ * Sends `kill(signal)` when `signal` aborts (at once if it has), then SIGKILL CANCEL_KILL_MS
+ * later; returns whether it aborted and a function that stops both once the program ended.
+ */
+function onCancel(signal: AbortSignal | undefined, kill: (sig: NodeJS.Signals) => void): { canceled: () => boolean; done: () => void } {
+  if (!signal) return { canceled: () => false, done: () => undefined };
+  let timer: NodeJS.Timeout | undefined;
+  const abort = () => {
+    kill('SIGTERM');
+    timer = setTimeout(() => kill('SIGKILL'), CANCEL_KILL_MS);
+  };
+  if (signal.aborted) abort();
+  else signal.addEventListener('abort', abort, { once: true });
+  return {
+    canceled: () => signal.aborted,
+    done: () => {
+      signal.removeEventListener('abort', abort);
+      clearTimeout(timer);
+    },
+  };
 }
 
 /** The spawner script, in the package's libexec/. */
@@ -375,18 +405,25 @@ export async function runProgram(file: string, args: readonly string[], opts: Ru
   checkArgs(file, args);
   const s = await spawner();
   if (!s) return runDirect(file, args, opts);
+  if (opts.signal?.aborted) return { code: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), killed: 'canceled' };
   return await new Promise<RunOutcome>((resolve, reject) => {
     const fields: [string, string | Buffer][] = [...[file, ...args].map((a): [string, string] => ['arg', a]), ['capture', String(opts.maxBytes)], ['timeout', String(opts.timeoutMs)]];
     if (opts.input !== undefined) fields.push(['input', opts.input]);
     if (opts.stdoutFile !== undefined) fields.push(['stdout', `t${opts.stdoutFile}`]);
-    s.request(fields, {
-      spawned: () => undefined,
+    let cancel: ReturnType<typeof onCancel> | undefined;
+    const id = s.request(fields, {
+      // Only a program that runs can be told to stop; one called off before it ran is killed at once.
+      spawned: () => (cancel = onCancel(opts.signal, (sig) => s.send('kill', id, String(osConstants.signals[sig])))),
       failed: reject,
       exited: (e, out) => {
-        const why = out?.why;
-        resolve({ ...e, stdout: out?.stdout ?? Buffer.alloc(0), stderr: out?.stderr ?? Buffer.alloc(0), ...(why === 'timeout' || why === 'maxbuffer' ? { killed: why } : {}) });
+        cancel?.done();
+        const why = cancel?.canceled() ? 'canceled' : out?.why;
+        resolve({ ...e, stdout: out?.stdout ?? Buffer.alloc(0), stderr: out?.stderr ?? Buffer.alloc(0), ...(why === 'timeout' || why === 'maxbuffer' || why === 'canceled' ? { killed: why } : {}) });
       },
-      lost: () => reject(errnoError('ECHILD', `process spawner exited while ${file} ran`, 'spawn')),
+      lost: () => {
+        cancel?.done();
+        reject(errnoError('ECHILD', `process spawner exited while ${file} ran`, 'spawn'));
+      },
     });
   });
 }
@@ -418,16 +455,22 @@ function runDirect(file: string, args: readonly string[], opts: RunOptions): Pro
       });
     }
     const timer = setTimeout(() => kill('timeout'), opts.timeoutMs);
+    const cancel = onCancel(opts.signal, (sig) => {
+      killed ??= 'canceled';
+      child.kill(sig);
+    });
     child.once('error', (e) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      cancel.done();
       reject(e);
     });
     child.once('close', (code, signal) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      cancel.done();
       resolve({ code, signal, stdout: Buffer.concat(kept.stdout), stderr: Buffer.concat(kept.stderr), ...(killed ? { killed } : {}) });
     });
     // A program that exits without reading its input makes stdin emit EPIPE; the exit status

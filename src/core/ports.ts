@@ -175,8 +175,12 @@ export interface VolumeKey {
 export interface Volumes {
   /** The block device or disk image path of an existing volume, or undefined. */
   find(key: VolumeKey): Promise<string | undefined>;
-  /** The VM's own copy of the image's filesystem, grown to sizeInMb; resolves its path. */
-  create(key: VolumeKey, digest: string, sizeInMb: number | undefined, log: Logger): Promise<string>;
+  /**
+   * The VM's own copy of the image's filesystem, grown to sizeInMb; resolves its path.
+   * `signal` calls it off (Canceled): what the VM's copy still needs stops, nothing half-made
+   * is left under its name, and a base shared with other VMs is finished for them.
+   */
+  create(key: VolumeKey, digest: string, sizeInMb: number | undefined, log: Logger, signal?: AbortSignal): Promise<string>;
   /** Removes the volume; removing one that is not there succeeds. */
   remove(key: VolumeKey, log: Logger): Promise<void>;
 }

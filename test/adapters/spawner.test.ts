@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ErrorCode, MatchlockError } from '../../src/core/errors.js';
@@ -39,6 +39,47 @@ function streamed(file: string, args: string[], maxInputBytes?: number) {
   const exit = new Promise<{ exit: ChildExit | undefined; error?: Error }>((r) => (ended = r));
   const p = streamProgram(file, args, { onOutput: (d) => (out += d.toString()), onExit: (e, error) => ended({ exit: e, ...(error ? { error } : {}) }), ...(maxInputBytes === undefined ? {} : { maxInputBytes }) });
   return { p, exit, out: () => out };
+}
+
+/**
+ * Runs called off through `signal`: a program that takes SIGTERM ends at once; one that
+ * ignores it is killed CANCEL_KILL_MS later; one called off before it ran never runs. Each is
+ * gone when the run resolves. `started` collects pids for the suite's cleanup.
+ */
+async function calledOff(dir: string, started: number[]): Promise<void> {
+  const pidFile = join(dir, `called-off-${Date.now()}`);
+  const pidOf = async () => {
+    await until('program started', () => existsSync(pidFile) && readFileSync(pidFile, 'utf8').endsWith('\n'));
+    const pid = Number(readFileSync(pidFile, 'utf8'));
+    started.push(pid);
+    return pid;
+  };
+  const polite = new AbortController();
+  const running = runProgram('sh', ['-c', `echo $$ > '${pidFile}'; exec sleep 1000`], { ...opts, timeoutMs: 60_000, signal: polite.signal });
+  const pid = await pidOf();
+  polite.abort(new MatchlockError(ErrorCode.Canceled, 'a delete came'));
+  const r = await running;
+  assert.deepEqual([r.code, r.signal, r.killed], [null, 'SIGTERM', 'canceled']);
+  assert.ok(!pidAlive(pid) || status(pid, 'State') === 'Z', 'the program still runs');
+  rmSync(pidFile);
+  const stubborn = new AbortController();
+  const ignoring = runProgram('sh', ['-c', `trap '' TERM; echo $$ > '${pidFile}'; exec sleep 1000`], { ...opts, timeoutMs: 60_000, signal: stubborn.signal });
+  const pid2 = await pidOf();
+  stubborn.abort();
+  const r2 = await ignoring;
+  assert.deepEqual([r2.signal, r2.killed], ['SIGKILL', 'canceled']);
+  assert.ok(!pidAlive(pid2) || status(pid2, 'State') === 'Z', 'the program still runs');
+  rmSync(pidFile);
+  await assert.rejects(
+    run('sh', ['-c', `echo $$ > '${pidFile}'; exec sleep 1000`], { signal: AbortSignal.abort() }),
+    (e: MatchlockError) => e.code === ErrorCode.Canceled && /^sh -c .*: called off/.test(e.message),
+  );
+  const viaRun = new AbortController();
+  const c = run('sh', ['-c', `echo $$ > '${pidFile}'; exec sleep 1000`], { signal: viaRun.signal });
+  await pidOf();
+  viaRun.abort(new MatchlockError(ErrorCode.Canceled, 'a delete came'));
+  await assert.rejects(c, (e: MatchlockError) => e.code === ErrorCode.Canceled && /called off: a delete came$/.test(e.message));
+  rmSync(pidFile);
 }
 
 describe('process spawner: the daemon hands program starts to a small perl process', () => {
@@ -125,6 +166,10 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     assert.deepEqual([killed.code, killed.signal], [null, 'SIGKILL']);
     const slow = await runProgram('sleep', ['30'], { ...opts, timeoutMs: 300 });
     assert.deepEqual([slow.code, slow.signal, slow.killed], [null, 'SIGTERM', 'timeout']);
+  });
+
+  it('a run called off stops its program (SIGTERM, then SIGKILL) and run() rejects with Canceled', { timeout: 30_000 }, async () => {
+    await calledOff(tmp.path, started);
   });
 
   it('a missing program is ENOENT; run() makes it FailedPrecondition "<cmd> is not installed"', async () => {
@@ -330,6 +375,7 @@ describe('process spawner: the daemon hands program starts to a small perl proce
     assert.deepEqual(await s.exit, { exit: { code: 0, signal: null } });
     assert.equal(s.out(), `${process.pid}\nstreamed\n`);
     await inputPastBound(started);
+    await calledOff(tmp.path, started);
   });
 });
 

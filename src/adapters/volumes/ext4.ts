@@ -6,6 +6,7 @@ import type { Logger, VolumeKey, Volumes } from '../../core/ports.js';
 import type { LocalImageStore } from '../images/oci/store.js';
 import { run } from '../exec.js';
 import { SingleFlight } from '../single-flight.js';
+import { unlessCanceled } from '../../core/plan/step.js';
 import { isOrphanTemporary, sweepTemporaries, withTemporary } from '../images/temporaries.js';
 
 const MIB = 1024 * 1024;
@@ -14,7 +15,7 @@ const MIB = 1024 * 1024;
  * A reflink of `from` at `to` in process (FICLONE: xfs, btrfs, bcachefs); where the filesystem
  * cannot share extents, a sparse copy by `cp`, since Node's copy would write every hole out.
  */
-async function cloneOrCopy(from: string, to: string): Promise<void> {
+async function cloneOrCopy(from: string, to: string, signal: AbortSignal | undefined): Promise<void> {
   try {
     await copyFile(from, to, constants.COPYFILE_FICLONE_FORCE);
     return;
@@ -23,7 +24,7 @@ async function cloneOrCopy(from: string, to: string): Promise<void> {
     if (code !== 'EOPNOTSUPP' && code !== 'ENOTSUP' && code !== 'EXDEV' && code !== 'EINVAL' && code !== 'ENOSYS' && code !== 'ENOTTY') throw err;
   }
   await rm(to, { force: true });
-  await run('cp', ['--sparse=always', from, to], { timeoutMs: 10 * 60_000 });
+  await run('cp', ['--sparse=always', from, to], { timeoutMs: 10 * 60_000, ...(signal ? { signal } : {}) });
 }
 
 /**
@@ -80,20 +81,22 @@ export class Ext4Volumes implements Volumes {
     await rm(this.path(key), { force: true });
   }
 
-  async create(key: VolumeKey, digest: string, sizeInMb: number | undefined, log: Logger): Promise<string> {
+  async create(key: VolumeKey, digest: string, sizeInMb: number | undefined, log: Logger, signal?: AbortSignal): Promise<string> {
     const path = this.path(key);
-    const base = await this.base(digest, log);
+    // The base is shared: a VM called off stops waiting for it, the build goes on for the others.
+    const base = signal ? await unlessCanceled(this.base(digest, log), signal) : await this.base(digest, log);
     // A temporary of an earlier attempt whose process died is in the way of nothing but room.
     const dir = dirname(path);
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       if (name.startsWith(`${basename(path)}.`) && isOrphanTemporary(dir, name)) await rm(join(dir, name), { force: true });
     }
     await withTemporary(path, async (tmp) => {
-      await cloneOrCopy(base, tmp);
+      // Both work on the temporary, so stopping either leaves nothing under the volume's name.
+      await cloneOrCopy(base, tmp, signal);
       const current = (await stat(tmp)).size;
       if (sizeInMb !== undefined && sizeInMb * MIB > current) {
         await truncate(tmp, sizeInMb * MIB);
-        await run('resize2fs', ['-f', tmp]);
+        await run('resize2fs', ['-f', tmp], signal ? { signal } : {});
       }
       await renameDurably(tmp, path);
     });

@@ -3,6 +3,7 @@ import { writeFileDurably } from '../durable.js';
 import { dirname, join } from 'node:path';
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
 import type { Logger, VolumeKey, Volumes } from '../../core/ports.js';
+import { unlessCanceled } from '../../core/plan/step.js';
 import { run } from '../exec.js';
 import { SingleFlight } from '../single-flight.js';
 import type { Ext4Volumes } from './ext4.js';
@@ -112,8 +113,11 @@ export class ThinPoolVolumes implements Volumes {
     });
   }
 
-  async create(key: VolumeKey, digest: string, sizeInMb: number | undefined, log: Logger): Promise<string> {
-    const base = await this.base(digest, log);
+  async create(key: VolumeKey, digest: string, sizeInMb: number | undefined, log: Logger, signal?: AbortSignal): Promise<string> {
+    // The base is shared: a VM called off stops waiting for it, the build goes on for the others.
+    // Once the VM's device exists under its name its resize2fs is not stopped: a filesystem
+    // left half-grown there would be used as it is by the next pass.
+    const base = signal ? await unlessCanceled(this.base(digest, log), signal) : await this.base(digest, log);
     const name = this.name(key);
     const sectors = Math.max(base.sectors, (sizeInMb ?? 0) * 2048);
     await this.exclusive(async () => {

@@ -28,11 +28,11 @@ export class CreateVolume implements Step {
     if (path) this.record(path);
     return !path || recorded !== path;
   }
-  async run(): Promise<void> {
+  async run(signal: AbortSignal): Promise<void> {
     const source = this.volume.source.containerSource;
     if (!source) throw failedPrecondition(`volume ${this.volume.id} has no container_source`);
     const { volumes } = this.ctx.deps;
-    const path = (await volumes.find(this.key)) ?? (await volumes.create(this.key, this.ctx.digest(source), this.volume.sizeInMb, this.ctx.log));
+    const path = (await volumes.find(this.key)) ?? (await volumes.create(this.key, this.ctx.digest(source), this.volume.sizeInMb, this.ctx.log, signal));
     this.record(path);
   }
   async verify(): Promise<void> {
