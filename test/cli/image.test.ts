@@ -119,6 +119,18 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
     assert.match(r.err, /^matchlock: pull of 127\.0\.0\.1:1\/matchlock\/absent:1 from 127\.0\.0\.1:1 failed: .*ECONNREFUSED/);
   });
 
+  it('a registry setting names its registry as references do: any case on either side', async () => {
+    const state = ['--state-dir', join(tmp.path, 'state-case'), '--config', '/dev/null', '--init', '--registry-auth-file', join(tmp.path, 'none.json')];
+    // Only the mirror can serve: nothing listens on the registry's port 1.
+    for (const [mirrors, ref] of [
+      [`LOCALHOST:1=${registry.host}`, 'localhost:1/matchlock/guest:1'],
+      [`localhost:1=${registry.host}`, 'LOCALHOST:1/matchlock/guest:1'],
+    ] as const) {
+      const r = await cli(['image', 'pull', ref, ...state, '--registry-mirrors', mirrors]);
+      assert.equal(r.code, EXIT.ok, `${mirrors} ${ref}: ${r.err}`);
+    }
+  });
+
   it("finds the store and the registry settings in matchlockd's config, and refuses a state dir without a store", async () => {
     const state = join(tmp.path, 'cfg-state');
     // Only the config's mirror can serve this reference: the pull shows the config was read.

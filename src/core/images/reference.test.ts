@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
-import { formatReference, parseReference } from './reference.js';
+import { formatReference, parseReference, registryName } from './reference.js';
 
 const norm = (s: string) => {
   const r = parseReference(s);
@@ -23,4 +23,16 @@ it('refuses what is not a reference', () => {
   for (const bad of ['', 'Alpine', 'a b', '../etc/passwd', '/abs', 'alpine:', 'alpine@sha256:zz', 'a//b', 'a:tag:tag']) {
     assert.match(norm(bad), /^error: /, bad);
   }
+});
+
+it('names a registry in the one form settings and credentials are compared in: any case, Docker Hub by each of its names', () => {
+  for (const hub of ['docker.io', 'Docker.io', 'index.docker.io', 'INDEX.DOCKER.IO', 'registry-1.docker.io']) assert.equal(registryName(hub), 'docker.io', hub);
+  assert.equal(registryName('LOCALHOST:5000'), 'localhost:5000');
+  assert.equal(registryName('Registry.Example:5000'), 'registry.example:5000');
+  assert.equal(registryName('[::1]:5000'), '[::1]:5000');
+  // Docker Hub's other hosts are not Docker Hub's registry name; another port is another registry.
+  assert.equal(registryName('hub.docker.com'), 'hub.docker.com');
+  assert.equal(registryName('docker.io:443'), 'docker.io:443');
+  // No reference names a registry so.
+  for (const bad of ['', 'https://docker.io', 'https://index.docker.io/v1/', 'reg.lan/path', '10.0.0.0/8', 'reg lan', ':5000', 'user@reg.lan', '-reg.lan']) assert.equal(registryName(bad), undefined, bad);
 });

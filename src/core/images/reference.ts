@@ -25,6 +25,23 @@ const MAX_NAME = 255;
 
 export const DEFAULT_REGISTRY = 'docker.io';
 
+/** Docker Hub's other names: its v1 index (Docker's credential key) and its API host. */
+const DOCKER_HUB_ALIASES: readonly string[] = ['index.docker.io', 'registry-1.docker.io'];
+const REGISTRY_HOST = new RegExp(`^${DOMAIN}$`);
+
+/**
+ * A registry host as image references write it (host[:port], an IPv6 address in brackets),
+ * in the one form every per-registry setting and credential is keyed and looked up by:
+ * lowercased, since host names are case-insensitive (RFC 3986 section 3.2.2), and Docker Hub's
+ * other names as `docker.io`, the name references give it. Undefined for a string that is no
+ * reference's registry (a scheme, a path, a space): such a name can never match a pull.
+ */
+export function registryName(host: string): string | undefined {
+  if (!REGISTRY_HOST.test(host)) return undefined;
+  const name = host.toLowerCase();
+  return DOCKER_HUB_ALIASES.includes(name) ? DEFAULT_REGISTRY : name;
+}
+
 /** Parses a reference, or returns a sentence saying why it is not one. */
 export function parseReference(input: string): ImageReference | string {
   if (input.length === 0) return 'must not be empty';
@@ -45,7 +62,7 @@ export function parseReference(input: string): ImageReference | string {
     registry = DEFAULT_REGISTRY;
     if (!repository.includes('/')) repository = `library/${repository}`;
   }
-  if (registry === 'index.docker.io' || registry === 'registry-1.docker.io') registry = DEFAULT_REGISTRY;
+  if (DOCKER_HUB_ALIASES.includes(registry)) registry = DEFAULT_REGISTRY;
   if (registry.length + 1 + repository.length > MAX_NAME) return `repository name must be at most ${MAX_NAME} characters`;
   const ref: ImageReference = { registry, repository };
   if (digest !== undefined) {

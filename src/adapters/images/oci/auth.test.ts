@@ -1,6 +1,31 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { parseChallenges } from './auth.js';
+import { loadCredentials, parseChallenges } from './auth.js';
+
+describe('loadCredentials', () => {
+  it("keys each entry by its registry as references name it: Docker's URL keys, Docker Hub's names and any case", (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'matchlock-auth-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const auth = (user: string) => ({ auth: Buffer.from(`${user}:pw`).toString('base64') });
+    const path = join(dir, 'config.json');
+    writeFileSync(path, JSON.stringify({
+      auths: {
+        'https://index.docker.io/v1/': auth('hub'),
+        'Registry.Example:5000': auth('example'),
+        'HTTPS://Other.Example/v2/': auth('other'),
+        'http://LOCALHOST:5000': auth('local'),
+        '[::1]:5001': auth('v6'),
+      },
+    }));
+    const creds = loadCredentials(path);
+    assert.deepEqual(Object.fromEntries([...creds].map(([k, v]) => [k, v.username])), {
+      'docker.io': 'hub', 'registry.example:5000': 'example', 'other.example': 'other', 'localhost:5000': 'local', '[::1]:5001': 'v6',
+    });
+  });
+});
 
 describe('parseChallenges (RFC 7235)', () => {
   it('reads token and quoted-string values alike', () => {

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { registryName } from '../../../core/images/reference.js';
 
 export interface Credentials {
   username: string;
@@ -12,10 +13,15 @@ export function dockerConfigPath(env: NodeJS.ProcessEnv = process.env): string {
   return env.DOCKER_CONFIG ? join(env.DOCKER_CONFIG, 'config.json') : join(env.HOME ?? homedir(), '.docker', 'config.json');
 }
 
-/** Docker's keys are URLs or hosts ("https://index.docker.io/v1/", "ghcr.io"); matchlock's are hosts. */
+/**
+ * Docker's keys are URLs or hosts ("https://index.docker.io/v1/", "Registry.Example:5000"), as
+ * Docker's credential lookup strips them to the host; matchlock's are that host in registryName's
+ * form, by which every registry is looked up. A key with no registry host is kept as written,
+ * where nothing looks it up.
+ */
 function registryKey(key: string): string {
-  const host = key.replace(/^[a-z]+:\/\//, '').split('/')[0] ?? key;
-  return host === 'index.docker.io' || host === 'registry-1.docker.io' ? 'docker.io' : host;
+  const host = key.replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').split('/')[0] ?? key;
+  return registryName(host) ?? key;
 }
 
 /**

@@ -1,22 +1,24 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { mirrorSettings } from './registry.js';
+import { ErrorCode, MatchlockError } from '../../../core/errors.js';
+import { registrySettings } from './registry.js';
 
 describe('registry-mirrors', () => {
   const none = { plainHttp: [], insecure: [] };
+  const mirrorsOf = (cfg: Parameters<typeof registrySettings>[0], registry: string) => registrySettings(cfg)(registry).mirrors;
 
   it('takes a mirror as host[:port], or with http:// or https:// as Docker writes it, each with its own transport', () => {
-    const m = mirrorSettings({
+    const cfg = {
       mirrors: ['docker.io=mirror.example:5000', 'docker.io=HTTP://Cache.lan:5000/', 'ghcr.io=https://ghcr-mirror.example', 'quay.io=plain.lan', 'quay.io=bad-cert.lan', 'quay.io=[::1]:5000', 'quay.io=https://127.0.0.1:5443'],
       plainHttp: ['plain.lan'],
       insecure: ['bad-cert.lan'],
-    });
-    assert.deepEqual(m.get('docker.io'), [
+    };
+    assert.deepEqual(mirrorsOf(cfg, 'docker.io'), [
       { host: 'mirror.example:5000', scheme: 'https', insecureTls: false },
       { host: 'cache.lan:5000', scheme: 'http', insecureTls: false },
     ]);
-    assert.deepEqual(m.get('ghcr.io'), [{ host: 'ghcr-mirror.example', scheme: 'https', insecureTls: false }]);
-    assert.deepEqual(m.get('quay.io'), [
+    assert.deepEqual(mirrorsOf(cfg, 'ghcr.io'), [{ host: 'ghcr-mirror.example', scheme: 'https', insecureTls: false }]);
+    assert.deepEqual(mirrorsOf(cfg, 'quay.io'), [
       { host: 'plain.lan', scheme: 'http', insecureTls: false },
       { host: 'bad-cert.lan', scheme: 'https', insecureTls: true },
       // Loopback without a scheme is plain HTTP, as a loopback registry is; written with
@@ -27,25 +29,77 @@ describe('registry-mirrors', () => {
   });
 
   it("gives a mirror without a scheme its registry's plain-http and insecure settings; one with a scheme is reached as written", () => {
-    const m = mirrorSettings({ mirrors: ['reg.lan=mirror.lan', 'reg.lan=https://tls-mirror.lan'], plainHttp: ['reg.lan'], insecure: ['reg.lan'] });
-    assert.deepEqual(m.get('reg.lan'), [
+    assert.deepEqual(mirrorsOf({ mirrors: ['reg.lan=mirror.lan', 'reg.lan=https://tls-mirror.lan'], plainHttp: ['reg.lan'], insecure: ['reg.lan'] }, 'reg.lan'), [
       { host: 'mirror.lan', scheme: 'http', insecureTls: true },
       { host: 'tls-mirror.lan', scheme: 'https', insecureTls: false },
     ]);
   });
 
-  it('refuses any other form, naming the setting and the pair', () => {
+  it('refuses any other form, naming the setting, the pair and the rule', () => {
     const bad = [
       'docker.io', '=mirror', 'docker.io=', 'docker.io=ftp://mirror', 'docker.io=http://mirror/path', 'docker.io=mirror with space',
       'docker.io=:5000', 'docker.io=cache.lan:notaport', 'docker.io=cache.lan:99999', 'docker.io=cache.lan:0', 'docker.io=http://u:p@host', 'docker.io=http://host#x', 'docker.io=host?x=1',
       'docker.io =mirror', 'docker.io/x=mirror',
+      // The registry side as a URL: no reference names a registry so, so it could never match.
+      'https://docker.io=mirror', 'http://reg.lan:5000=mirror', 'https://index.docker.io/v1/=mirror', 'reg.lan/=mirror', 'user@reg.lan=mirror',
     ];
     for (const pair of bad) {
-      assert.throws(() => mirrorSettings({ mirrors: [pair], ...none }), (err: Error) => {
-        assert.match(err.message, /^registry-mirrors ".*": must be registry=mirror, the mirror host\[:port\] with http:\/\/ or https:\/\/ or neither$/);
+      assert.throws(() => registrySettings({ mirrors: [pair], ...none }), (err: Error) => {
+        assert.ok(err instanceof MatchlockError && err.code === ErrorCode.InvalidArgument && err.field === 'registry-mirrors', String(err));
+        assert.match(err.message, /^registry-mirrors ".*": must be registry=mirror, the registry host\[:port\] as image references name it, without a scheme or path \(compared without regard to case; index\.docker\.io and registry-1\.docker\.io mean docker\.io\), the mirror host\[:port\] with http:\/\/ or https:\/\/ or neither$/);
         assert.ok(err.message.includes(JSON.stringify(pair)), err.message);
         return true;
       });
+    }
+  });
+});
+
+describe('per-registry settings name a registry as references do', () => {
+  it("knows Docker Hub by each of its names and a host in any case, in every setting and every look-up", () => {
+    const lookup = registrySettings({
+      mirrors: ['Docker.io=a.lan', 'index.docker.io=b.lan', 'registry-1.docker.io=c.lan', 'INDEX.DOCKER.IO=d.lan', 'LOCALHOST:5000=e.lan', 'Registry.Example:5000=f.lan', '[::1]:5000=g.lan'],
+      insecure: ['Index.Docker.io', 'REGISTRY.example:5000'],
+      plainHttp: ['registry-1.docker.io', 'LocalHost:5000', '[::1]:5000'],
+    });
+    const hub = lookup('docker.io');
+    assert.deepEqual(hub.mirrors.map((m) => m.host), ['a.lan', 'b.lan', 'c.lan', 'd.lan']);
+    assert.equal(hub.insecureTls, true);
+    assert.equal(hub.plainHttp, true);
+    // A mirror without a scheme takes its registry's settings, found by the same rule.
+    assert.deepEqual(hub.mirrors[0], { host: 'a.lan', scheme: 'http', insecureTls: true });
+    // The name looked up goes by the same rule: a reference keeps its registry as written.
+    for (const name of ['Docker.IO', 'index.docker.io', 'Registry-1.Docker.io']) assert.deepEqual(lookup(name), hub, name);
+    assert.deepEqual(lookup('localhost:5000'), { plainHttp: true, insecureTls: false, mirrors: [{ host: 'e.lan', scheme: 'http', insecureTls: false }] });
+    assert.deepEqual(lookup('LOCALHOST:5000'), lookup('localhost:5000'));
+    assert.deepEqual(lookup('registry.example:5000'), { plainHttp: false, insecureTls: true, mirrors: [{ host: 'f.lan', scheme: 'https', insecureTls: true }] });
+    assert.deepEqual(lookup('[::1]:5000').mirrors.map((m) => m.host), ['g.lan']);
+    assert.equal(lookup('[::1]:5000').plainHttp, true);
+    // Another port is another registry.
+    assert.deepEqual(lookup('registry.example'), { plainHttp: false, insecureTls: false, mirrors: [] });
+  });
+
+  it("finds a mirror's own entries in the lists by the same rule", () => {
+    const lookup = registrySettings({ mirrors: ['quay.io=Bad-Cert.LAN', 'quay.io=Plain.Lan:5000'], insecure: ['BAD-CERT.lan'], plainHttp: ['plain.LAN:5000'] });
+    assert.deepEqual(lookup('quay.io').mirrors, [
+      { host: 'bad-cert.lan', scheme: 'https', insecureTls: true },
+      { host: 'plain.lan:5000', scheme: 'http', insecureTls: false },
+    ]);
+  });
+
+  it('refuses an insecure-registries or plain-http-registries entry that no reference could name, naming the setting, the entry and the rule', () => {
+    const bad = ['http://reg.lan', 'https://index.docker.io/v1/', 'reg.lan/path', 'reg.lan/', '10.0.0.0/8', 'reg lan', ':5000', 'user@reg.lan', '-reg.lan', 'reg.lan:port'];
+    for (const field of ['insecure-registries', 'plain-http-registries'] as const) {
+      for (const entry of bad) {
+        const cfg = { mirrors: [], insecure: field === 'insecure-registries' ? [entry] : [], plainHttp: field === 'plain-http-registries' ? [entry] : [] };
+        assert.throws(() => registrySettings(cfg), (err: Error) => {
+          assert.ok(err instanceof MatchlockError && err.code === ErrorCode.InvalidArgument && err.field === field, String(err));
+          assert.equal(
+            err.message,
+            `${field} ${JSON.stringify(entry)}: must be a registry, host[:port] as image references name it, without a scheme or path (compared without regard to case; index.docker.io and registry-1.docker.io mean docker.io)`,
+          );
+          return true;
+        });
+      }
     }
   });
 });

@@ -7,7 +7,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { isLoopbackHost } from '../../../core/endpoint.js';
-import type { ImageReference } from '../../../core/images/reference.js';
+import { registryName, type ImageReference } from '../../../core/images/reference.js';
 import type { Logger } from '../../../core/ports.js';
 import { dockerConfigPath, loadCredentials, parseChallenges, type Credentials } from './auth.js';
 import { httpGet, readAll } from './http.js';
@@ -39,7 +39,9 @@ export interface MirrorHost {
 }
 
 export interface RegistryOptions {
+  /** `registry` as a reference writes it; compared in registryName's form. */
   settings(registry: string): RegistrySettings;
+  /** `registry` as a reference or a mirror writes it; compared in registryName's form. */
   credentials(registry: string): Credentials | undefined;
   /** Where credentials are looked up, for error messages. */
   credentialsSource: string;
@@ -72,7 +74,7 @@ function answer(status: number, body: string): string {
   return words ? `${status} (${words})` : String(status);
 }
 
-/** docker.io's API lives at registry-1.docker.io. */
+/** docker.io's API lives at registry-1.docker.io; `registry` is in registryName's form. */
 function apiHost(registry: string): string {
   return registry === 'docker.io' ? 'registry-1.docker.io' : registry;
 }
@@ -107,7 +109,10 @@ export class RegistryClient {
   constructor(private readonly o: RegistryOptions) {}
 
   /** The hosts to ask, mirrors first; `mirror` is set on a mirror's. */
-  private bases(registry: string): { base: string; insecureTls: boolean; mirror?: string }[] {
+  private bases(written: string): { base: string; insecureTls: boolean; mirror?: string }[] {
+    // A reference keeps its registry as written (`LOCALHOST:5000/x`); settings, Docker Hub's
+    // API host and the loopback rule know it by its one name.
+    const registry = registryName(written) ?? written;
     const s = this.o.settings(registry);
     const base = (host: string, plainHttp: boolean) => `${plainHttp || isLoopbackHost(host) ? 'http' : 'https'}://${host}`;
     return [
@@ -312,46 +317,78 @@ export function listSetting(s: string): string[] {
 
 /** A host name or an IPv6 address in brackets, and an optional port (RFC 3986 host, no user info). */
 const MIRROR_HOST = /^(\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*)(?::([0-9]{1,5}))?$/;
-/** A registry as references name it: a host, with a port perhaps. */
-const REGISTRY_NAME = /^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?$/;
+
+/** What every registry named in a setting must be, for the errors that refuse one. */
+const REGISTRY_RULE = 'host[:port] as image references name it, without a scheme or path (compared without regard to case; index.docker.io and registry-1.docker.io mean docker.io)';
+
+/** A list setting's registries in registryName's form; throws InvalidArgument naming the setting and the entry for one no reference could name. */
+function registrySet(field: 'insecure-registries' | 'plain-http-registries', entries: readonly string[]): Set<string> {
+  return new Set(entries.map((entry) => {
+    const name = registryName(entry);
+    if (name === undefined) throw new MatchlockError(ErrorCode.InvalidArgument, `${field} "${entry}": must be a registry, ${REGISTRY_RULE}`, { field });
+    return name;
+  }));
+}
 
 /**
- * The `registry-mirrors` pairs, by registry. A mirror is `host[:port]` (an IPv6 address in
- * brackets), or a URL of one with `http://` or `https://` as Docker's daemon.json writes it
- * (a trailing `/` allowed; no user, path, query or fragment). A mirror written with a scheme
- * is reached as written, and accepts any certificate only when itself is in
- * `insecure-registries`. Without a scheme it is reached over plain HTTP when it is on
- * loopback or in `plain-http-registries`, or its registry is, and accepts any certificate
- * when it or its registry is in `insecure-registries`.
- * Throws InvalidArgument naming the setting and the pair for any other form.
+ * The per-registry settings, looked up by registry: `insecure-registries`,
+ * `plain-http-registries` and the `registry-mirrors` pairs. Every registry they name, and the
+ * one looked up, is compared in registryName's form: host[:port] as image references write it,
+ * without regard to case, and `index.docker.io` and `registry-1.docker.io` mean `docker.io`.
+ * A mirror is `host[:port]` (an IPv6 address in brackets), or a URL of one with `http://` or
+ * `https://` as Docker's daemon.json writes it (a trailing `/` allowed; no user, path, query
+ * or fragment). A mirror written with a scheme is reached as written, and accepts any
+ * certificate only when itself is in `insecure-registries`. Without a scheme it is reached over
+ * plain HTTP when it is on loopback or in `plain-http-registries`, or its registry is, and
+ * accepts any certificate when it or its registry is in `insecure-registries`.
+ * Throws InvalidArgument (field: the setting) naming the setting, the entry and the rule for a
+ * registry no reference could name (with a scheme, a path, a CIDR) and any other form of a pair.
  */
-export function mirrorSettings(cfg: Pick<RegistryConfig, 'mirrors' | 'plainHttp' | 'insecure'>): Map<string, MirrorHost[]> {
-  const out = new Map<string, MirrorHost[]>();
+export function registrySettings(cfg: Pick<RegistryConfig, 'mirrors' | 'plainHttp' | 'insecure'>): (registry: string) => RegistrySettings {
+  const insecure = registrySet('insecure-registries', cfg.insecure);
+  const plainHttp = registrySet('plain-http-registries', cfg.plainHttp);
+  const mirrors = new Map<string, MirrorHost[]>();
   for (const pair of cfg.mirrors) {
     const at = pair.indexOf('=');
-    const registry = at > 0 ? pair.slice(0, at) : '';
+    const registry = at > 0 ? registryName(pair.slice(0, at)) : undefined;
     const written = at > 0 ? pair.slice(at + 1) : '';
     const scheme = /^(https?):\/\//i.exec(written)?.[1]?.toLowerCase() as 'http' | 'https' | undefined;
     const host = written.slice(scheme ? scheme.length + 3 : 0).replace(/\/$/, '').toLowerCase();
     const m = MIRROR_HOST.exec(host);
     const port = m?.[2] === undefined ? undefined : Number(m[2]);
-    if (!REGISTRY_NAME.test(registry) || !m || (port !== undefined && (port < 1 || port > 65535))) {
-      throw new MatchlockError(ErrorCode.InvalidArgument, `registry-mirrors "${pair}": must be registry=mirror, the mirror host[:port] with http:// or https:// or neither`, { field: 'registry-mirrors' });
+    if (registry === undefined || !m || (port !== undefined && (port < 1 || port > 65535))) {
+      throw new MatchlockError(
+        ErrorCode.InvalidArgument,
+        `registry-mirrors "${pair}": must be registry=mirror, the registry ${REGISTRY_RULE}, the mirror host[:port] with http:// or https:// or neither`,
+        { field: 'registry-mirrors' },
+      );
     }
-    const insecureTls = cfg.insecure.includes(host) || (scheme === undefined && cfg.insecure.includes(registry));
-    const reached = scheme ?? (cfg.plainHttp.includes(host) || cfg.plainHttp.includes(registry) || isLoopbackHost(host) ? 'http' : 'https');
-    out.set(registry, [...(out.get(registry) ?? []), { host, scheme: reached, insecureTls }]);
+    // A mirror's own entries in the lists are found by the same rule as a registry's.
+    const own = registryName(host) ?? host;
+    const insecureTls = insecure.has(own) || (scheme === undefined && insecure.has(registry));
+    const reached = scheme ?? (plainHttp.has(own) || plainHttp.has(registry) || isLoopbackHost(host) ? 'http' : 'https');
+    mirrors.set(registry, [...(mirrors.get(registry) ?? []), { host, scheme: reached, insecureTls }]);
   }
-  return out;
+  return (written) => {
+    const registry = registryName(written) ?? written;
+    return { plainHttp: plainHttp.has(registry), insecureTls: insecure.has(registry), mirrors: mirrors.get(registry) ?? [] };
+  };
 }
 
+/**
+ * A client with the per-registry settings and the credentials of `cfg`; every registry a
+ * setting, a credential key or a pull names is compared in registryName's form. Throws what
+ * registrySettings throws for a bad setting, and an Error naming the file for an auth file that
+ * cannot be read or is not JSON; it reaches no registry, so a caller may build it to check the
+ * settings before it opens anything.
+ */
 export function registryClient(cfg: RegistryConfig, log: Logger): RegistryClient {
+  const settings = registrySettings(cfg);
   const source = cfg.authFile || dockerConfigPath();
   const creds = loadCredentials(source);
-  const mirrors = mirrorSettings(cfg);
   return new RegistryClient({
-    settings: (registry) => ({ plainHttp: cfg.plainHttp.includes(registry), insecureTls: cfg.insecure.includes(registry), mirrors: mirrors.get(registry) ?? [] }),
-    credentials: (registry) => creds.get(registry),
+    settings,
+    credentials: (registry) => creds.get(registryName(registry) ?? registry),
     credentialsSource: source,
     log,
   });
