@@ -81,6 +81,17 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       throw configError(`${key} ${endpoint} is not a loopback address: give tls-cert and tls-key, or --insecure to serve plaintext`);
     }
   }
+  // Built with the other checks, before the state dir is made, locked or written: a refused
+  // registry setting or auth file leaves no state behind.
+  let registry;
+  try {
+    registry = registryClient(
+      { authFile: cfg.registryAuthFile, insecure: listSetting(cfg.insecureRegistries), plainHttp: listSetting(cfg.plainHttpRegistries), mirrors: listSetting(cfg.registryMirrors) },
+      logger,
+    );
+  } catch (err) {
+    throw err instanceof MatchlockError ? err : configError((err as Error).message);
+  }
   const sockets = longestSocketPath(cfg.stateDir, [...providerRegistry.values()].map((m) => m.descriptor));
   if (sockets.bytes > UNIX_SOCKET_PATH_MAX) {
     const room = UNIX_SOCKET_PATH_MAX - (sockets.bytes - Buffer.byteLength(cfg.stateDir));
@@ -132,15 +143,6 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   const vmms = buildProviders(cfg, providerRegistry, logger, confinement);
   const files = new NodeHostFiles();
   const network = new Iproute2Network();
-  let registry;
-  try {
-    registry = registryClient(
-      { authFile: cfg.registryAuthFile, insecure: listSetting(cfg.insecureRegistries), plainHttp: listSetting(cfg.plainHttpRegistries), mirrors: listSetting(cfg.registryMirrors) },
-      logger,
-    );
-  } catch (err) {
-    throw configError((err as Error).message);
-  }
   // prom-client, the metrics and debug endpoints and the HTTP gateway are loaded only when
   // configured: an idle daemon without them is about 2 MB smaller (bench/README.md).
   const ops = cfg.metricsEndpoint || cfg.debugEndpoint ? await import('./metrics.js') : undefined;

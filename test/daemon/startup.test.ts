@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
@@ -178,6 +178,28 @@ describe('matchlockd and its state dir', () => {
     const { code, output } = await daemonFailsToStart([...base(join(tmp.path, 'c')), '--grpc-socket-group', 'no-such-group-here']);
     assert.equal(code, 2);
     assert.match(output, /grpc-socket-group no-such-group-here: no such group/);
+  });
+
+  it('a refused registry setting or auth file exits 2 naming it, and leaves the state dir as it was', async () => {
+    const brokenAuth = join(tmp.path, 'broken-auth.json');
+    writeFileSync(brokenAuth, '{ not json');
+    // The log is JSON: the quotes around an entry are escaped.
+    const cases: [string[], RegExp][] = [
+      [['--registry-mirrors', 'https://docker.io=mirror.lan'], /registry-mirrors \\"https:\/\/docker\.io=mirror\.lan\\": must be registry=mirror/],
+      [['--insecure-registries', 'reg.lan/path'], /insecure-registries \\"reg\.lan\/path\\": must be a registry, host\[:port\]/],
+      [['--registry-auth-file', brokenAuth], /registry credentials .*broken-auth\.json: not JSON/],
+    ];
+    for (const [i, [args, message]] of cases.entries()) {
+      // An empty state dir the daemon would tighten to 0750 and fill on a start.
+      const state = join(tmp.path, `reg${i}`);
+      mkdirSync(state, { mode: 0o755 });
+      chmodSync(state, 0o755);
+      const { code, output } = await daemonFailsToStart([...base(state), ...args]);
+      assert.equal(code, 2, output);
+      assert.match(output, message);
+      assert.deepEqual(readdirSync(state), [], 'no store, lock or identity written');
+      assert.equal(statSync(state).mode & 0o777, 0o755, 'the state dir is not touched');
+    }
   });
 
   it('exits 2 on a usage error (an unknown flag, a flag without its value), as on any refused setting', async () => {
