@@ -94,13 +94,16 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .option('--insecure-registries <list>', 'registries reached over HTTPS without certificate checks (default: the config\'s)')
     .option('--plain-http-registries <list>', 'registries reached over plain HTTP (default: the config\'s)')
     .option('--registry-mirrors <list>', 'registry=mirror pairs (default: the config\'s)');
+  let loaded: Promise<DaemonConfig> | undefined;
+  /** The daemon's settings, read once per command. */
+  const daemonCfg = () => (loaded ??= daemonSettings(image.opts<ImageOpts>()));
   let settings: DaemonConfig | undefined;
   /** The daemon's settings, checked once per command: the state dir must hold a store. */
   const cfg = async (): Promise<DaemonConfig> => {
     if (settings) return settings;
     const { SqliteStore } = await stores();
     const o = image.opts<ImageOpts>();
-    const c = await daemonSettings(o);
+    const c = await daemonCfg();
     if (!existsSync(join(c.stateDir, 'matchlock.db'))) {
       if (!o.init) {
         const from = o.stateDir !== undefined ? '--state-dir' : `state-dir (from ${o.config ?? DEFAULT_CONFIG_PATH} or its default)`;
@@ -112,14 +115,22 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     settings = c;
     return c;
   };
-  const store = async () => {
-    const c = await cfg();
+  /**
+   * The image store; with a registry client only for a command that pulls, so a registry setting
+   * the client refuses fails only the commands that would reach a registry. The client is built
+   * before the store is checked or made (--init): a refused pull leaves nothing behind.
+   */
+  const store = async ({ pulls }: { pulls: boolean }) => {
     const { registryClient, listSetting, LocalImageStore } = await stores();
-    const registry = registryClient(
-      { authFile: c.registryAuthFile, insecure: listSetting(c.insecureRegistries), plainHttp: listSetting(c.plainHttpRegistries), mirrors: listSetting(c.registryMirrors) },
-      quiet,
-    );
-    return new LocalImageStore(join(c.stateDir, 'images'), registry);
+    let registry;
+    if (pulls) {
+      const c = await daemonCfg();
+      registry = registryClient(
+        { authFile: c.registryAuthFile, insecure: listSetting(c.insecureRegistries), plainHttp: listSetting(c.plainHttpRegistries), mirrors: listSetting(c.registryMirrors) },
+        quiet,
+      );
+    }
+    return new LocalImageStore(join((await cfg()).stateDir, 'images'), registry);
   };
   /** digest -> the VMs that use it, by the same rule the daemon's garbage collection uses. */
   const usage = async (catalog: ImageCatalog) => {
@@ -149,7 +160,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
         }
       };
       const { normalizeRef, pullSource } = await stores();
-      const images = await store();
+      const images = await store({ pulls: true });
       let digest: string;
       try {
         digest = await images.pull(ref, quiet, show);
@@ -169,7 +180,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .description('import an OCI image layout directory or a tar of one, and unpack it, ready for VMs')
     .option('--name <ref>', "reference to store it under (default: the layout's full ref.name annotation)")
     .action(async (source: string, o: { name?: string }) => {
-      const images = await store();
+      const images = await store({ pulls: false });
       const { ref, digest } = await images.import(source, o.name);
       await readyForVMs(images, ref, digest, isTty() ? io.err : undefined);
       io.out(output() === 'json' ? JSON.stringify({ ref, digest }) + '\n' : `${ref} ${digest}\n`);
@@ -180,7 +191,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .alias('list')
     .description('list images: reference, digest, size, used by')
     .action(async () => {
-      const catalog = new (await stores()).ImageCatalog(await store());
+      const catalog = new (await stores()).ImageCatalog(await store({ pulls: false }));
       const users = await usage(catalog);
       const images = (await catalog.list()).map((i) => ({ ...i, usedBy: users.get(i.digest) ?? [] }));
       if (output() === 'json') io.out(JSON.stringify(images, null, 2) + '\n');
@@ -192,7 +203,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .description('remove images no MicroVM uses')
     .action(async (refs: string[]) => {
       const { ImageCatalog, normalizeRef } = await stores();
-      const catalog = new ImageCatalog(await store());
+      const catalog = new ImageCatalog(await store({ pulls: false }));
       const inUse = new Set((await usage(catalog)).keys());
       for (const ref of refs) {
         await catalog.remove(ref, inUse);
@@ -207,7 +218,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .action(async (o: { grace: string }) => {
       const grace = parseDuration(o.grace);
       if (grace === undefined) throw cliError(`--grace ${o.grace}: must be a duration like 1h`, EXIT.usage);
-      const catalog = new (await stores()).ImageCatalog(await store());
+      const catalog = new (await stores()).ImageCatalog(await store({ pulls: false }));
       const removed = await catalog.collect(new Set((await usage(catalog)).keys()), grace);
       io.out(removed.length ? removed.map((r) => `${r} removed\n`).join('') : 'nothing to prune\n');
     });

@@ -131,6 +131,33 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
     }
   });
 
+  it('a refused registry setting fails only the commands that reach a registry: import, ls, rm and prune work, pull makes nothing', async () => {
+    const state = join(tmp.path, 'state-bad-setting');
+    const config = join(tmp.path, 'bad-setting.yaml');
+    writeFileSync(config, `state-dir: ${state}\nregistry-mirrors: https://docker.io=mirror.lan\n`);
+    const refused = /^matchlock: registry-mirrors "https:\/\/docker\.io=mirror\.lan": must be registry=mirror, /;
+    const pull = await cli(['image', 'pull', `${registry.host}/matchlock/guest:1`, '--config', config, '--init']);
+    assert.equal(pull.code, EXIT.usage, pull.err);
+    assert.match(pull.err, refused);
+    assert.equal(existsSync(state), false, 'a refused pull makes no store, even with --init');
+    const imported = await cli(['image', 'import', layout, '--name', 'localhost/kept:1', '--config', config, '--init']);
+    assert.equal(imported.code, EXIT.ok, imported.err);
+    const ls = await cli(['-o', 'json', 'image', 'ls', '--config', config]);
+    assert.equal(ls.code, EXIT.ok, ls.err);
+    assert.deepEqual((JSON.parse(ls.out) as { ref: string }[]).map((i) => i.ref), ['localhost/kept:1']);
+    const rm = await cli(['image', 'rm', 'localhost/kept:1', '--config', config]);
+    assert.equal(rm.code, EXIT.ok, rm.err);
+    assert.equal(rm.out, 'localhost/kept:1 removed\n');
+    assert.equal((await cli(['image', 'import', layout, '--name', 'localhost/pruned:1', '--config', config])).code, EXIT.ok);
+    const prune = await cli(['image', 'prune', '--config', config]);
+    assert.equal(prune.code, EXIT.ok, prune.err);
+    assert.match(prune.out, /^localhost\/pruned:1 removed$/m);
+    // The store exists now; a pull is still refused for the setting.
+    const again = await cli(['image', 'pull', `${registry.host}/matchlock/guest:1`, '--config', config]);
+    assert.equal(again.code, EXIT.usage, again.err);
+    assert.match(again.err, refused);
+  });
+
   it("finds the store and the registry settings in matchlockd's config, and refuses a state dir without a store", async () => {
     const state = join(tmp.path, 'cfg-state');
     // Only the config's mirror can serve this reference: the pull shows the config was read.
