@@ -46,7 +46,9 @@ export interface DetachedLaunch {
  * A start that fails after the spawn (called off through `signal`, not ready within
  * `timeoutMs`, or `onSpawn` failing) kills the process it spawned and waits for its exit
  * before it throws: a VMM that has not yet written its pid file is found by nobody else, so a
- * delete that runs next would leave it running.
+ * delete that runs next would leave it running. A start called off is canceled (ErrorCode
+ * Canceled) also when its VMM became ready at that moment: once `signal` is aborted it
+ * resolves no pid, whatever its last look found.
  */
 export async function launchDetached(l: DetachedLaunch): Promise<number> {
   noteSpawn();
@@ -165,8 +167,11 @@ async function waitReady(l: DetachedLaunch, early: () => string | undefined, wak
       throw new MatchlockError(ErrorCode.Internal, `${l.what} ${exited}: ${tail || 'no output'}`);
     }
     const pid = await l.ready();
-    if (pid !== undefined) return pid;
+    // Asked after the look, whatever it found: a start called off while the look found its
+    // VMM ready is canceled, and the VMM killed, as when called off a moment earlier. The pass
+    // that started it is over: nothing would supervise that VMM.
     if (l.signal.aborted) throw new MatchlockError(ErrorCode.Canceled, `canceled while ${l.what} was starting`);
+    if (pid !== undefined) return pid;
     if (Date.now() > until) throw new MatchlockError(ErrorCode.Internal, `${l.what} was not ready within ${l.timeoutMs} ms`);
     await wake.sleep(Math.min(wait, Math.max(1, until - Date.now() + 1)));
   }
