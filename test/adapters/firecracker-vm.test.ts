@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import { syncBuiltinESMExports } from 'node:module';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -10,6 +12,7 @@ import { FirecrackerVm, firecrackerVersion, parseMetrics } from '../../src/adapt
 import { ensureVmlinux } from '../../src/adapters/vmm/firecracker/kernel.js';
 import { mergeCmdline } from '../../src/core/microvm/cloudinit.js';
 import { pidAlive } from '../../src/adapters/vmm/process.js';
+import { ErrorCode, MatchlockError } from '../../src/core/errors.js';
 import type { Logger } from '../../src/core/ports.js';
 import { tempDir } from '../helpers/daemon.js';
 import { FAKE_FIRECRACKER, FAKE_JAILER, firecrackerLabMissing, writeElfKernel } from '../helpers/firecracker.js';
@@ -187,6 +190,38 @@ describe('FirecrackerVm against the stand-in', { skip }, () => {
     for (let i = 0; i < 600 && pidAlive(pid); i++) await sleep(50);
     assert.equal(await vm.running(), undefined);
     await vm.stop({ timeoutMs: 100 }, quiet);
+  });
+
+  it('a start called off while GET / answers the VM running is canceled, and no VMM is left', async () => {
+    const record = join(tmp.path, `record-${n}.jsonl`);
+    const { vm, launch } = vmFor({ FAKE_FC_RECORD: record });
+    const calledOff = new AbortController();
+    // The delete arrives while the answer of the readiness look comes in: GET / on the API
+    // socket says Running. Watched through node:http, which unix-http.ts sends it with.
+    const realRequest = http.request;
+    http.request = ((opts: http.RequestOptions, answered: (res: http.IncomingMessage) => void) =>
+      realRequest(opts, (res) => {
+        if (opts.method === 'GET' && opts.path === '/' && opts.socketPath === vm.socket('api')) {
+          let body = '';
+          res.on('data', (c: Buffer) => (body += c.toString()));
+          res.on('end', () => /"state":\s*"Running"/.test(body) && calledOff.abort());
+        }
+        answered(res);
+      })) as typeof http.request;
+    syncBuiltinESMExports();
+    let outcome: unknown;
+    try {
+      outcome = await vm.start(launch, quiet, calledOff.signal).catch((e: unknown) => e);
+    } finally {
+      http.request = realRequest;
+      syncBuiltinESMExports();
+    }
+    const { pid } = JSON.parse(readFileSync(record, 'utf8').trim()) as { pid: number };
+    started.push(pid);
+    assert.ok(calledOff.signal.aborted, 'the VM was answered running');
+    assert.ok(outcome instanceof MatchlockError && outcome.code === ErrorCode.Canceled && /canceled while firecracker was starting/.test(outcome.message), `canceled, not ${String(outcome)}`);
+    assert.equal(pidAlive(pid), false, 'the VMM of the start called off is gone when the start throws');
+    assert.equal(await vm.running(), undefined, 'the delete finds no VMM to stop');
   });
 
   // Each way Firecracker refuses a start: the error names the field, and nothing is left running.

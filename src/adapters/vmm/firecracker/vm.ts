@@ -15,6 +15,9 @@ import { jailId, jailPlan, jailRoot, type JailerSettings, type JailPlan } from '
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** What a start called off through its signal throws (the launcher's form, launcher.ts). */
+const canceledStart = () => new MatchlockError(ErrorCode.Canceled, 'canceled while firecracker was starting');
+
 /** statfs f_type of cgroup v2 (linux/magic.h). */
 const CGROUP2_SUPER_MAGIC = 0x63677270;
 
@@ -210,7 +213,8 @@ export class FirecrackerVm {
   /**
    * Starts Firecracker with the files `prepare` wrote, writes firecracker.pid and waits until
    * the API answers `GET /` with the VM running. On an early exit or a timeout the error
-   * carries Firecracker's own message (which names the config field) and no process is left.
+   * carries Firecracker's own message (which names the config field) and no process is left;
+   * nor when `signal` aborts (Canceled), also when the VM was answered running at that moment.
    */
   async start(l: FirecrackerLaunch, log: Logger, signal?: AbortSignal): Promise<number> {
     const plan = await this.prepare(l);
@@ -251,8 +255,11 @@ export class FirecrackerVm {
       for (let wait = 5; ; wait = Math.min(wait * 2, 100)) {
         const early = await Promise.race([exited, spawnError, sleep(wait).then(() => undefined)]);
         if (early !== undefined) throw new MatchlockError(ErrorCode.Internal, `firecracker ${early}: ${await this.failureReason()}`);
-        if (signal?.aborted) throw new MatchlockError(ErrorCode.Aborted, 'firecracker start aborted');
+        if (signal?.aborted) throw canceledStart();
         const info = await unixHttp(this.socket('api'), 'GET', '/', undefined, 1000).catch(() => undefined);
+        // Asked again after the look, whatever it found: a start called off while GET / was
+        // answered is canceled, and its VMM stopped below, as when called off a moment earlier.
+        if (signal?.aborted) throw canceledStart();
         const state = (info?.body as { state?: string } | undefined)?.state;
         if (info?.status === 200 && (state === 'Running' || state === 'Paused')) return pid ?? 0;
         if (Date.now() > deadline) {
