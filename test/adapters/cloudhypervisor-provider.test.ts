@@ -6,9 +6,10 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { chDefaultCmdline } from '../../src/adapters/vmm/cloudhypervisor/args.js';
 import { chIoCounters, CloudHypervisorInstance } from '../../src/adapters/vmm/cloudhypervisor/provider.js';
+import { ErrorCode, MatchlockError } from '../../src/core/errors.js';
 import type { Step } from '../../src/core/plan/step.js';
 import type { Launch } from '../../src/core/vmm.js';
-import { DEFAULT_VIRTIOFSD } from '../../src/adapters/vmm/cloudhypervisor/virtiofsd.js';
+import { DEFAULT_VIRTIOFSD, recordedVirtiofsds, Virtiofsd } from '../../src/adapters/vmm/cloudhypervisor/virtiofsd.js';
 import { pidAlive } from '../../src/adapters/vmm/process.js';
 import { mergeCmdline } from '../../src/core/microvm/cloudinit.js';
 import type { Logger } from '../../src/core/ports.js';
@@ -147,6 +148,57 @@ describe('cloud-hypervisor provider process logic (stand-in)', () => {
     const { instance, launch } = vm();
     await assert.rejects(instance.start({ ...launch, kernelPath: join(tmp, 'no-such-kernel') }, never, quiet), /cloud-hypervisor exited with 1: .*Cannot load kernel.*no-such-kernel/);
     assert.equal(await instance.running(), undefined);
+  });
+
+  it('a start called off as the API first answers is canceled, and no VMM is left for the delete', async () => {
+    const { instance, launch } = vm();
+    // The delete arrives at the moment the launcher's readiness look (the pid file, then
+    // vmm.ping) finds the VMM up: after the ping's answer, before the look returns it.
+    const calledOff = new AbortController();
+    let up: number | undefined;
+    const ping = instance.api.ping.bind(instance.api);
+    instance.api.ping = async () => {
+      const answer = await ping();
+      up ??= await instance.running();
+      calledOff.abort();
+      return answer;
+    };
+    await assert.rejects(instance.start(launch, calledOff.signal, quiet), (e: MatchlockError) => e.code === ErrorCode.Canceled && e.message === 'canceled while cloud-hypervisor was starting');
+    assert.ok(up !== undefined, 'the VMM answered vmm.ping');
+    assert.equal(pidAlive(up), false, 'the VMM of the start called off is gone when the start throws');
+    assert.equal(await instance.running(), undefined);
+  });
+
+  it('a virtiofsd start called off as its socket appears is canceled, and the process is killed', async () => {
+    const share = join(tmp, 'share-called-off');
+    mkdirSync(share, { recursive: true });
+    const { launch } = vm();
+    mkdirSync(launch.runDir, { recursive: true });
+    // A virtiofsd that never listens: the test makes its socket path itself, so the look finds
+    // it exactly when the start is called off. Perl keeps the arguments on its command line,
+    // as virtiofsd's names its socket (what running() checks).
+    const bin = join(tmp, 'virtiofsd-silent');
+    writeFileSync(bin, '#!/usr/bin/perl\nsleep 1000;\n', { mode: 0o755 });
+    const d = new Virtiofsd(bin, launch.dir, launch.runDir, 0);
+    const calledOff = new AbortController();
+    const starting = d.start(share, calledOff.signal, quiet);
+    // The pid file is written right after the spawn, before the wait for the socket.
+    let pid = 0;
+    for (let i = 0; i < 1500 && !pid; i++) {
+      pid = Number(readFileSync(d.pidFile, { encoding: 'utf8', flag: 'a+' }).trim());
+      if (!pid) await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.ok(pid > 0, 'virtiofsd started');
+    writeFileSync(d.socket, '');
+    calledOff.abort();
+    const outcome = await starting.catch((e: unknown) => e);
+    if (outcome instanceof MatchlockError) for (let i = 0; i < 1500 && pidAlive(pid); i++) await new Promise((r) => setTimeout(r, 20));
+    const alive = pidAlive(pid);
+    if (alive) process.kill(pid, 'SIGKILL');
+    assert.ok(outcome instanceof MatchlockError && outcome.code === ErrorCode.Canceled, `canceled, not ${String(outcome)}`);
+    assert.equal(alive, false, 'the virtiofsd of the start called off is killed');
+    assert.equal(await d.running(), undefined);
+    assert.deepEqual(await recordedVirtiofsds(launch.dir, launch.runDir), [{ pidFile: d.pidFile, socket: d.socket }], 'its pid file stays for the delete steps');
   });
 
   const virtiofsdMissing = process.getuid?.() !== 0 ? 'needs root (virtiofsd sandboxes itself in namespaces)' : !existsSync(DEFAULT_VIRTIOFSD) ? `${DEFAULT_VIRTIOFSD} missing (qemu-system-common)` : undefined;

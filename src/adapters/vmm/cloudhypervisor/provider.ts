@@ -134,11 +134,13 @@ export class CloudHypervisorInstance implements VmmInstance {
         signal,
       });
     } catch (err) {
-      // Not ready: leave nothing half-started behind for the next attempt.
+      // Not ready, or called off (also as it became ready): leave nothing half-started behind.
       const pid = await this.running();
       if (pid !== undefined) process.kill(pid, 'SIGKILL');
       const e = MatchlockError.from(err);
-      throw new MatchlockError(e.code, /exited with/.test(e.message) ? e.message : `${e.message}: ${await this.errorTail()}`, { cause: err });
+      // A start called off is no failure of the VMM: its output says nothing about it.
+      if (e.code === ErrorCode.Canceled || /exited with/.test(e.message)) throw e;
+      throw new MatchlockError(e.code, `${e.message}: ${await this.errorTail()}`, { cause: err });
     }
   }
 

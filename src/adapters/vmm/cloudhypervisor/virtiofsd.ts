@@ -44,7 +44,11 @@ export class Virtiofsd {
     return runningFromPidFile(this.pidFile, this.socket);
   }
 
-  /** Starts it detached and resolves once its socket is listening. */
+  /**
+   * Starts it detached and resolves once its socket is listening. Called off through `signal`
+   * (Canceled), or not listening within 5 s, it is killed; its pid file stays for the delete
+   * steps (recordedVirtiofsds).
+   */
   async start(hostPath: string, signal: AbortSignal, log: Logger): Promise<number> {
     if (!existsSync(hostPath)) throw new MatchlockError(ErrorCode.FailedPrecondition, `virtiofs source ${hostPath} does not exist on this host`);
     await rm(this.socket, { force: true });
@@ -66,12 +70,15 @@ export class Virtiofsd {
         const tail = (await readFile(this.logFile, 'utf8').catch(() => '')).trim().split('\n').slice(-2).join(' ');
         throw new MatchlockError(ErrorCode.Internal, `virtiofsd for ${hostPath} ${early}: ${tail || 'no output'}`);
       }
-      if (existsSync(this.socket) && pid !== undefined) return pid;
+      // Asked before the look: a start called off by the time its socket is there is canceled
+      // like one called off earlier, not reported started to a pass that is over.
       if (signal.aborted) break;
+      if (existsSync(this.socket) && pid !== undefined) return pid;
       await sleep(50);
     }
     if (pid !== undefined) process.kill(pid, 'SIGKILL');
-    throw new MatchlockError(signal.aborted ? ErrorCode.Aborted : ErrorCode.Internal, `virtiofsd for ${hostPath} did not open ${this.socket}`);
+    if (signal.aborted) throw new MatchlockError(ErrorCode.Canceled, `canceled while virtiofsd for ${hostPath} was starting`);
+    throw new MatchlockError(ErrorCode.Internal, `virtiofsd for ${hostPath} did not open ${this.socket}`);
   }
 }
 
