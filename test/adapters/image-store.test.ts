@@ -221,6 +221,25 @@ layer(out + '/b.tgz', [('etc/evil/pwned', 'file', b'pwned')])
     await assert.rejects(store.ensure(`example.com/big@${bigBlob}`, silentLogger), refused(/names a blob of the image store that is not an image manifest or index/));
   });
 
+  it('ensure looks for a stored manifest blob once, whether the reference is a tag, a digest or pinned', async () => {
+    const store = new LocalImageStore(join(tmp.path, 'store-looks'));
+    const { digest } = await store.import(layout(join(tmp.path, 'looks'), [(r) => writeFileSync(join(r, 'f'), 'x')]), 'example.com/looks:1');
+    const looked: string[] = [];
+    const has = store.has.bind(store);
+    store.has = (d) => {
+      looked.push(d);
+      return has(d);
+    };
+    const looks = async (ref: string, pinned?: string) => {
+      looked.length = 0;
+      assert.equal(await store.ensure(ref, silentLogger, pinned), digest);
+      return [...looked];
+    };
+    assert.deepEqual(await looks('example.com/looks:1'), [digest], 'by tag');
+    assert.deepEqual(await looks(`example.com/looks@${digest}`), [digest], 'by digest');
+    assert.deepEqual(await looks('example.com/looks:1', digest), [digest], 'pinned');
+  });
+
   it("sees another process's import or removal of a reference at once", async () => {
     const root = join(tmp.path, 'store-refs');
     const store = new LocalImageStore(root);

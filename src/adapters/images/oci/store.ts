@@ -140,11 +140,15 @@ export class LocalImageStore implements ImageStore {
   }
 
   async ensure(ref: string, log: Logger, pinned?: string): Promise<string> {
+    // Each blob is looked for once (an lstat in place): the pinned digest, else the one the
+    // reference names when it is stored, else the one its ref file holds; then the manifest for
+    // this host, unless that is the blob just found (a manifest, not an index).
+    const stored = async (digest: string | undefined) => (digest && (await this.has(digest)) ? digest : undefined);
     const named = parsedDigest(ref);
-    const stored = pinned ?? (named !== undefined && (await this.has(named)) ? named : undefined) ?? (await this.resolve(ref));
+    const found = pinned !== undefined ? await stored(pinned) : ((await stored(named)) ?? (await stored(await this.resolve(ref))));
     // A reference by an index's digest names the index; the image is its manifest for this host.
-    const digest = stored && (await this.has(stored)) ? await this.platformManifest(stored) : undefined;
-    if (digest && (await this.has(digest))) {
+    const digest = found ? await this.platformManifest(found) : undefined;
+    if (digest && (digest === found || (await this.has(digest)))) {
       await this.unpacked(digest, log);
       return digest;
     }
