@@ -7,6 +7,8 @@ import { after, describe, it } from 'node:test';
 import { trackChild } from '../../src/adapters/vmm/children.js';
 import { qemuModule } from '../../src/adapters/vmm/qemu/index.js';
 import { QemuProvider } from '../../src/adapters/vmm/qemu/provider.js';
+import type { ChildExit } from '../../src/adapters/spawner.js';
+import type { VmmInstance } from '../../src/core/vmm.js';
 import { tempDir } from '../helpers/daemon.js';
 
 /** A process whose command line names the VM directory, as QEMU's does; gone when it resolves. */
@@ -49,78 +51,79 @@ describe('qemu running(): the VMM of a VM directory, by its pid file', () => {
   const provider = new QemuProvider(qemuModule.descriptor, 'qemu-system-x86_64', { accel: 'kvm' });
   const pidFile = join(dir, 'qemu.pid');
 
-  it('reads the pid file once per instance while that process lives, and again once it is gone', async () => {
-    const a = vmmLike(dir);
-    kids.push(a.child);
-    writeFileSync(pidFile, `${a.child.pid}\n`);
-    const instance = provider.instance(ref);
-    assert.equal(await instance.running(), a.child.pid);
-    // Found once, the VMM is known by its pid and start time: the steps of a pass that ask
-    // again do not read the file (removed here to show it).
-    rmSync(pidFile);
-    assert.equal(await instance.running(), a.child.pid);
-    // Its exit is seen at once, and a new VMM is found through the file again.
-    a.child.kill('SIGKILL');
-    await a.gone;
-    assert.equal(await instance.running(), undefined);
-    const b = vmmLike(dir);
-    kids.push(b.child);
-    writeFileSync(pidFile, `${b.child.pid}\n`);
-    assert.equal(await instance.running(), b.child.pid);
-    // A fresh instance (the next pass) reads the file.
-    writeFileSync(pidFile, '');
-    assert.equal(await provider.instance(ref).running(), undefined);
-    b.child.kill('SIGKILL');
-    await b.gone;
-  });
-
-  it('a VMM this daemon started is known alive until its exit is reported: the steps after the start read no /proc', async () => {
+  /**
+   * A VMM-like process of this VM, its pid in the pid file, and a fresh instance (a pass) to
+   * find it. `exit` is its end as the spawner reports a child's, for trackChild; `kill` ends
+   * it and resolves once it has exited.
+   */
+  function vmm(): { pid: number; instance: VmmInstance; exit: Promise<ChildExit>; kill(): Promise<void> } {
     const a = vmmLike(dir);
     kids.push(a.child);
     const pid = a.child.pid!;
-    trackChild(pid, new Promise((r) => a.child.once('exit', (code, signal) => r({ code, signal }))));
+    const exit = new Promise<ChildExit>((r) => a.child.once('exit', (code, signal) => r({ code, signal })));
     writeFileSync(pidFile, `${pid}\n`);
-    const instance = provider.instance(ref);
+    return {
+      pid,
+      instance: provider.instance(ref),
+      exit,
+      kill: async () => {
+        a.child.kill('SIGKILL');
+        await a.gone;
+      },
+    };
+  }
+
+  it('reads the pid file once per instance while that process lives, and again once it is gone', async () => {
+    const a = vmm();
+    const instance = a.instance;
+    assert.equal(await instance.running(), a.pid);
+    // Found once, the VMM is known by its pid and start time: the steps of a pass that ask
+    // again do not read the file (removed here to show it).
+    rmSync(pidFile);
+    assert.equal(await instance.running(), a.pid);
+    // Its exit is seen at once, and a new VMM is found through the file again.
+    await a.kill();
+    assert.equal(await instance.running(), undefined);
+    const b = vmm();
+    assert.equal(await instance.running(), b.pid);
+    // A fresh instance (the next pass) reads the file.
+    writeFileSync(pidFile, '');
+    assert.equal(await provider.instance(ref).running(), undefined);
+    await b.kill();
+  });
+
+  it('a VMM this daemon started is known alive until its exit is reported: the steps after the start read no /proc', async () => {
+    const { pid, instance, exit, kill } = vmm();
+    trackChild(pid, exit);
     assert.equal(await instance.running(), pid, 'found through the pid file and /proc');
     const read = await readsDuring(async () => {
       for (let i = 0; i < 3; i++) assert.equal(await instance.running(), pid);
     });
     assert.deepEqual(read, [], 'no /proc or pid file read while the child\'s exit is not reported');
-    a.child.kill('SIGKILL');
-    await a.gone;
+    await kill();
     // The exit reaches children.ts a turn of the event loop later.
     await new Promise((r) => setImmediate(r));
     assert.equal(await instance.running(), undefined, 'once its exit is reported, /proc is asked again');
   });
 
   it('a VMM found from an older daemon is asked in /proc each time, also once its pid is tracked as a child (reused for another VM)', async () => {
-    const a = vmmLike(dir);
-    kids.push(a.child);
-    const pid = a.child.pid!;
-    writeFileSync(pidFile, `${pid}\n`);
-    const instance = provider.instance(ref);
+    const { pid, instance, exit, kill } = vmm();
     assert.equal(await instance.running(), pid, 'found through the pid file and /proc, not a child');
     // The same pid now tracked as this daemon's child stands for a reused pid: only /proc can
     // tell whether it is still the VMM that was found.
-    trackChild(pid, new Promise((r) => a.child.once('exit', (code, signal) => r({ code, signal }))));
+    trackChild(pid, exit);
     const read = await readsDuring(async () => assert.equal(await instance.running(), pid));
     assert.ok(read.some((p) => p === `/proc/${pid}/stat`), `its start time was read again: ${JSON.stringify(read)}`);
-    a.child.kill('SIGKILL');
-    await a.gone;
+    await kill();
   });
 
   it('a VMM this daemon started is not taken for alive once its pid went to a later child', async () => {
-    const a = vmmLike(dir);
-    kids.push(a.child);
-    const pid = a.child.pid!;
+    const { pid, instance, kill } = vmm();
     // Its exit is never reported here (the promise never settles), as for a child whose
     // pid was reused by a later child before this instance asked again.
     trackChild(pid, new Promise(() => undefined));
-    writeFileSync(pidFile, `${pid}\n`);
-    const instance = provider.instance(ref);
     assert.equal(await instance.running(), pid);
-    a.child.kill('SIGKILL');
-    await a.gone;
+    await kill();
     // A later child given the same pid.
     trackChild(pid, new Promise(() => undefined));
     assert.equal(await instance.running(), undefined, 'the VMM found is gone: /proc says so');
