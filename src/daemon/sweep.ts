@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { ownLink } from '../core/microvm/host-names.js';
 import type { HostFiles, HostNetwork, Logger, Store, Tombstones } from '../core/ports.js';
+import { runPlan } from '../core/plan/step.js';
 import { runDirOf, type VmmProvider } from '../core/vmm.js';
 
 /** Volumes that live outside VM directories (thin volumes): listed by owner, removed by key. */
@@ -24,16 +25,19 @@ export interface SweepOptions {
 }
 
 /**
- * The one place the sweep drives VMMs: stops whatever VMM still runs in a VM directory.
- * Kept apart so it follows the provider interface wherever that goes.
+ * The one place the sweep drives VMMs: stops whatever VMM still runs in a VM directory, then
+ * runs each provider's delete steps, as a delete does (what a VMM held outside the directory: a
+ * cgroup, a claimed uid, a jail). Kept apart so it follows the provider interface wherever that goes.
  */
 async function stopVmmIn(o: SweepOptions, d: VmDirEntry): Promise<void> {
+  const signal = new AbortController().signal;
   for (const p of o.providers.values()) {
     const vmm = p.instance({ ...d, runDir: runDirOf(o.stateDir, d.uid) });
     if ((await vmm.running()) !== undefined) {
       o.log.warn({ uid: d.uid, dir: d.dir, provider: p.descriptor.name }, 'stopping orphaned vmm');
-      await vmm.stop({ timeoutMs: o.stopTimeoutMs, signal: new AbortController().signal }, o.log);
+      await vmm.stop({ timeoutMs: o.stopTimeoutMs, signal }, o.log);
     }
+    await runPlan(vmm.deleteSteps(), o.log, { signal });
   }
 }
 

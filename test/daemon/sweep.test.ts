@@ -45,11 +45,20 @@ function setup() {
   const dirOf = (uid: string) => join(tmp.path, 'vm', 'ns', 'n', uid);
   const stopped: string[] = [];
   const running = new Set<string>();
+  // What the provider's delete steps gave back (a cgroup, a uid), by VM directory.
+  const held = new Set<string>();
+  const released: string[] = [];
   const provider = {
     descriptor: { name: 'qemu' },
     instance: ({ dir }: { dir: string }) => ({
       running: async () => (running.has(dir) ? 4242 : undefined),
       stop: async () => { stopped.push(dir); running.delete(dir); },
+      deleteSteps: () => [{
+        name: 'release',
+        needed: async () => held.has(dir),
+        run: async () => { released.push(dir); held.delete(dir); },
+        verify: async () => undefined,
+      }],
     }),
   } as unknown as VmmProvider;
   const network = new Links(new Map([
@@ -62,7 +71,7 @@ function setup() {
   const vols = [{ uid: LIVE, volumeId: 'root' }, { uid: BURIED, volumeId: 'root' }];
   const volumes: SweptVolumes = { owned: async () => [...vols], remove: async (k) => void vols.splice(vols.findIndex((v) => v.uid === k.uid), 1) };
   const sweep = () => sweepOrphans({ daemonId: ME, stateDir: tmp.path, store, network, files: new NodeHostFiles(), providers: new Map([['qemu', provider]]), volumes, stopTimeoutMs: 10, log: silentLogger as Logger });
-  return { tmp, store, dirOf, stopped, running, network, vols, sweep };
+  return { tmp, store, dirOf, stopped, running, held, released, network, vols, sweep };
 }
 
 it('refuses to start, touching nothing, when VM directories have neither a record nor a tombstone', async () => {
@@ -105,8 +114,12 @@ it("removes only what is this daemon's and tombstoned, then forgets the tombston
     for (const uid of [LIVE, BURIED]) mkdirSync(s.dirOf(uid), { recursive: true });
     s.running.add(s.dirOf(BURIED));
     s.running.add(s.dirOf(LIVE));
+    s.held.add(s.dirOf(BURIED));
+    s.held.add(s.dirOf(LIVE));
     assert.equal(await s.sweep(), 3);
     assert.deepEqual(s.stopped, [s.dirOf(BURIED)]);
+    // A buried VM's delete steps ran (what its VMM held outside its directory); a live one's not.
+    assert.deepEqual(s.released, [s.dirOf(BURIED)]);
     assert.equal(existsSync(s.dirOf(BURIED)), false);
     assert.ok(existsSync(s.dirOf(LIVE)));
     assert.deepEqual([...s.network.links.keys()].sort(), ['mine-live', 'mine-lost', 'old-form', 'other-buried']);

@@ -64,6 +64,11 @@ export class UidPool {
     throw new Error(`no free uid left in vmm-uid-range ${this.range.first}-${this.range.last}: every one is held by a VM`);
   }
 
+  /** Whether the VM holds a uid of the range. */
+  async holds(vmUid: string): Promise<boolean> {
+    return [...(await this.claims()).values()].includes(vmUid);
+  }
+
   /** Gives the VM's uid back; releasing none succeeds. */
   async release(vmUid: string): Promise<void> {
     for (const [uid, owner] of await this.claims()) if (owner === vmUid) await rm(join(this.dir, String(uid)), { force: true });

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import type { Logger } from '../../../core/ports.js';
 import { ensureSystemUser, type Account } from '../../system/accounts.js';
 import { detectCgroups, limitsFor, VmCgroups, type CgroupHost } from './cgroup.js';
@@ -77,6 +78,11 @@ export class VmmConfinement {
     const procs = await this.cgroups.create(vm.uid, limitsFor(vm.vcpu, vm.memoryInMb, VMM_OVERHEAD_MB, PIDS_BASE + vm.vcpu));
     const script = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 126; shift; done; shift; exec "$@"';
     return ['/bin/sh', ['-c', script, 'matchlock-cgroup-exec', ...procs, '--', bin, ...args]];
+  }
+
+  /** Whether anything command() or qemuArgs() made for the VM is still there: a cgroup of it, its claimed uid. */
+  async holds(uid: string): Promise<boolean> {
+    return (this.cgroups?.dirs(uid).some((d) => existsSync(d)) ?? false) || ((await this.uids?.holds(uid)) ?? false);
   }
 
   /** Removes what command() made for the VM once its VMM is gone; removing nothing succeeds. */

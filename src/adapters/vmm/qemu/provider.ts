@@ -2,6 +2,7 @@ import { lstatSync, readFileSync } from 'node:fs';
 import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
+import type { Step } from '../../../core/plan/step.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import { hostNetCounters } from '../io-counters.js';
 import { launchDetached, waitGone } from '../launcher.js';
@@ -104,8 +105,25 @@ class QemuInstance implements VmmInstance {
     return [];
   }
 
-  deleteSteps() {
-    return [];
+  /**
+   * The VM's cgroups and claimed uid, once its VMM is gone. A stop releases them; a VMM that
+   * ended without one (it crashed, its start was called off, the VM ran out of retries) leaves
+   * them to the delete, which would otherwise keep a cgroup per such VM and, with
+   * vmm-uid-range, a uid until the range runs out.
+   */
+  deleteSteps(): Step[] {
+    const confine = this.confine;
+    if (!confine) return [];
+    const { uid } = this.ref;
+    return [{
+      name: 'release vmm confinement',
+      kind: 'ReleaseConfinement',
+      needed: () => confine.holds(uid),
+      run: () => confine.release(uid),
+      verify: async () => {
+        if (await confine.holds(uid)) throw new MatchlockError(ErrorCode.Internal, `the cgroups or uid of vm ${uid} are still held`);
+      },
+    }];
   }
 
   async running(): Promise<number | undefined> {
