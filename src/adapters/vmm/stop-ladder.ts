@@ -36,7 +36,7 @@ export async function climbStopLadder(what: string, running: () => Promise<numbe
   for (const rung of rungs) {
     const pid = await running();
     if (pid === undefined) return;
-    if (signal.aborted) throw new MatchlockError(ErrorCode.Aborted, `canceled while stopping ${what}`);
+    if (signal.aborted) throw new MatchlockError(ErrorCode.Canceled, `canceled while stopping ${what}`);
     try {
       await rung.ask(pid);
     } catch (err) {
