@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
+import { lookup } from 'node:dns/promises';
+import { BlockList, isIP } from 'node:net';
 import { rm } from 'node:fs/promises';
 import { renameDurably } from '../../durable.js';
 import type { IncomingMessage } from 'node:http';
@@ -40,7 +42,7 @@ export interface MirrorHost {
 
 export interface RegistryOptions {
   /** `registry` as a reference writes it; compared in registryName's form. */
-  settings(registry: string): RegistrySettings;
+  settings(registry: string): RegistrySettings | Promise<RegistrySettings>;
   /** `registry` as a reference or a mirror writes it; compared in registryName's form. */
   credentials(registry: string): Credentials | undefined;
   /** Where credentials are looked up, for error messages. */
@@ -109,11 +111,11 @@ export class RegistryClient {
   constructor(private readonly o: RegistryOptions) {}
 
   /** The hosts to ask, mirrors first; `mirror` is set on a mirror's. */
-  private bases(written: string): { base: string; insecureTls: boolean; mirror?: string }[] {
+  private async bases(written: string): Promise<{ base: string; insecureTls: boolean; mirror?: string }[]> {
     // A reference keeps its registry as written (`LOCALHOST:5000/x`); settings, Docker Hub's
     // API host and the loopback rule know it by its one name.
     const registry = registryName(written) ?? written;
-    const s = this.o.settings(registry);
+    const s = await this.o.settings(registry);
     const base = (host: string, plainHttp: boolean) => `${plainHttp || isLoopbackHost(host) ? 'http' : 'https'}://${host}`;
     return [
       ...s.mirrors.map((m) => ({ base: `${m.scheme}://${m.host}`, insecureTls: m.insecureTls, mirror: m.host })),
@@ -131,7 +133,7 @@ export class RegistryClient {
   private async get(ref: ImageReference, path: string, headers: Record<string, string>): Promise<{ res: IncomingMessage; mirror: string | undefined }> {
     const attempts = this.o.attempts ?? 3;
     let lastErr: MatchlockError | undefined;
-    for (const { base, insecureTls, mirror } of this.bases(ref.registry)) {
+    for (const { base, insecureTls, mirror } of await this.bases(ref.registry)) {
       for (let attempt = 1; attempt <= attempts; attempt++) {
         try {
           return { res: await this.authorizedGet(ref, `${base}${path}`, headers, insecureTls, mirror), mirror };
@@ -321,13 +323,51 @@ const MIRROR_HOST = /^(\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0
 /** What every registry named in a setting must be, for the errors that refuse one. */
 const REGISTRY_RULE = 'host[:port] as image references name it, without a scheme or path (compared without regard to case; index.docker.io and registry-1.docker.io mean docker.io)';
 
-/** A list setting's registries in registryName's form; throws InvalidArgument naming the setting and the entry for one no reference could name. */
-function registrySet(field: 'insecure-registries' | 'plain-http-registries', entries: readonly string[]): Set<string> {
-  return new Set(entries.map((entry) => {
+/**
+ * A list setting: registries by name, and subnets that hold a registry by its addresses (CIDR,
+ * as Docker's `insecure-registries` takes them).
+ */
+interface RegistryList {
+  names: Set<string>;
+  subnets: BlockList | undefined;
+}
+
+/** An IPv4 or IPv6 subnet in CIDR notation: its address and prefix length. */
+const CIDR = /^([0-9A-Fa-f.:]+)\/([0-9]{1,3})$/;
+
+/**
+ * A list setting's entries: registries in registryName's form, and subnets. Throws
+ * InvalidArgument naming the setting and the entry for one that is neither.
+ */
+function registryList(field: 'insecure-registries' | 'plain-http-registries', entries: readonly string[]): RegistryList {
+  const list: RegistryList = { names: new Set(), subnets: undefined };
+  for (const entry of entries) {
+    const cidr = CIDR.exec(entry);
+    const family = cidr ? isIP(cidr[1] ?? '') : 0;
+    if (cidr && family && Number(cidr[2]) <= (family === 4 ? 32 : 128)) {
+      (list.subnets ??= new BlockList()).addSubnet(cidr[1] ?? '', Number(cidr[2]), family === 4 ? 'ipv4' : 'ipv6');
+      continue;
+    }
     const name = registryName(entry);
-    if (name === undefined) throw new MatchlockError(ErrorCode.InvalidArgument, `${field} "${entry}": must be a registry, ${REGISTRY_RULE}`, { field });
-    return name;
-  }));
+    if (name === undefined) throw new MatchlockError(ErrorCode.InvalidArgument, `${field} "${entry}": must be a registry, ${REGISTRY_RULE}, or a subnet in CIDR notation (10.0.0.0/8)`, { field });
+    list.names.add(name);
+  }
+  return list;
+}
+
+/** The host of host[:port] (an IPv6 address without its brackets). */
+function hostOf(hostPort: string): string {
+  const v6 = /^\[([^\]]+)\]/.exec(hostPort);
+  return v6?.[1] ?? hostPort.replace(/:[0-9]+$/, '');
+}
+
+/** How long a host name's addresses are kept for the subnet lists, in ms. */
+const ADDRESSES_KEPT_MS = 60_000;
+
+/** A mirror as `registry-mirrors` writes it: its host[:port] and the scheme written, if any. */
+interface MirrorEntry {
+  host: string;
+  scheme: 'http' | 'https' | undefined;
 }
 
 /**
@@ -335,6 +375,10 @@ function registrySet(field: 'insecure-registries' | 'plain-http-registries', ent
  * `plain-http-registries` and the `registry-mirrors` pairs. Every registry they name, and the
  * one looked up, is compared in registryName's form: host[:port] as image references write it,
  * without regard to case, and `index.docker.io` and `registry-1.docker.io` mean `docker.io`.
+ * An entry of the two lists may also be a subnet in CIDR notation, as Docker's
+ * `insecure-registries` takes it: it holds a registry (or a mirror) whose address is in it, the
+ * host name resolved with the system's resolver (`resolve`; addresses kept for a minute, none
+ * when it fails), as Docker resolves it.
  * A mirror is `host[:port]` (an IPv6 address in brackets), or a URL of one with `http://` or
  * `https://` as Docker's daemon.json writes it (a trailing `/` allowed; no user, path, query
  * or fragment). A mirror written with a scheme is reached as written, and accepts any
@@ -342,12 +386,15 @@ function registrySet(field: 'insecure-registries' | 'plain-http-registries', ent
  * plain HTTP when it is on loopback or in `plain-http-registries`, or its registry is, and
  * accepts any certificate when it or its registry is in `insecure-registries`.
  * Throws InvalidArgument (field: the setting) naming the setting, the entry and the rule for a
- * registry no reference could name (with a scheme, a path, a CIDR) and any other form of a pair.
+ * registry no reference could name (with a scheme or a path) and any other form of a pair.
  */
-export function registrySettings(cfg: Pick<RegistryConfig, 'mirrors' | 'plainHttp' | 'insecure'>): (registry: string) => RegistrySettings {
-  const insecure = registrySet('insecure-registries', cfg.insecure);
-  const plainHttp = registrySet('plain-http-registries', cfg.plainHttp);
-  const mirrors = new Map<string, MirrorHost[]>();
+export function registrySettings(
+  cfg: Pick<RegistryConfig, 'mirrors' | 'plainHttp' | 'insecure'>,
+  resolve: (host: string) => Promise<string[]> = async (host) => (await lookup(host, { all: true })).map((a) => a.address),
+): (registry: string) => Promise<RegistrySettings> {
+  const insecure = registryList('insecure-registries', cfg.insecure);
+  const plainHttp = registryList('plain-http-registries', cfg.plainHttp);
+  const mirrors = new Map<string, MirrorEntry[]>();
   for (const pair of cfg.mirrors) {
     const at = pair.indexOf('=');
     const registry = at > 0 ? registryName(pair.slice(0, at)) : undefined;
@@ -363,15 +410,36 @@ export function registrySettings(cfg: Pick<RegistryConfig, 'mirrors' | 'plainHtt
         { field: 'registry-mirrors' },
       );
     }
-    // A mirror's own entries in the lists are found by the same rule as a registry's.
-    const own = registryName(host) ?? host;
-    const insecureTls = insecure.has(own) || (scheme === undefined && insecure.has(registry));
-    const reached = scheme ?? (plainHttp.has(own) || plainHttp.has(registry) || isLoopbackHost(host) ? 'http' : 'https');
-    mirrors.set(registry, [...(mirrors.get(registry) ?? []), { host, scheme: reached, insecureTls }]);
+    mirrors.set(registry, [...(mirrors.get(registry) ?? []), { host, scheme }]);
   }
-  return (written) => {
+  const resolved = new Map<string, { until: number; addresses: Promise<string[]> }>();
+  const addresses = (hostPort: string): Promise<string[]> => {
+    const host = hostOf(hostPort);
+    if (isIP(host)) return Promise.resolve([host]);
+    const kept = resolved.get(host);
+    if (kept && kept.until > Date.now()) return kept.addresses;
+    const found = resolve(host).catch(() => []);
+    resolved.set(host, { until: Date.now() + ADDRESSES_KEPT_MS, addresses: found });
+    return found;
+  };
+  /** Whether `list` holds the registry or mirror `name` (registryName's form), by name or by an address. */
+  const holds = async (list: RegistryList, name: string): Promise<boolean> => {
+    if (list.names.has(name)) return true;
+    const subnets = list.subnets;
+    if (!subnets) return false;
+    return (await addresses(name)).some((a) => subnets.check(a, isIP(a) === 6 ? 'ipv6' : 'ipv4'));
+  };
+  return async (written) => {
     const registry = registryName(written) ?? written;
-    return { plainHttp: plainHttp.has(registry), insecureTls: insecure.has(registry), mirrors: mirrors.get(registry) ?? [] };
+    const out: MirrorHost[] = [];
+    for (const { host, scheme } of mirrors.get(registry) ?? []) {
+      // A mirror's own entries in the lists are found by the same rule as a registry's.
+      const own = registryName(host) ?? host;
+      const insecureTls = (await holds(insecure, own)) || (scheme === undefined && (await holds(insecure, registry)));
+      const reached = scheme ?? ((await holds(plainHttp, own)) || (await holds(plainHttp, registry)) || isLoopbackHost(host) ? 'http' : 'https');
+      out.push({ host, scheme: reached, insecureTls });
+    }
+    return { plainHttp: await holds(plainHttp, registry), insecureTls: await holds(insecure, registry), mirrors: out };
   };
 }
 
