@@ -85,9 +85,19 @@ export async function sweepOrphans(o: SweepOptions): Promise<number> {
   }
   let removed = 0;
   const buried = (uid: string) => o.store.tombstone(uid) !== undefined;
+  // A buried VM whose VMM could not be stopped or whose delete steps failed keeps its
+  // directory and tombstone for the next start; the others are swept all the same, and the
+  // daemon starts (its host state never stops it).
+  const kept = new Set<string>();
   for (const d of dirs) {
     if (!buried(d.uid)) continue;
-    await stopVmmIn(o, d);
+    try {
+      await stopVmmIn(o, d);
+    } catch (err) {
+      o.log.error({ uid: d.uid, dir: d.dir, err: (err as Error).message }, 'orphaned vmm not cleaned up; its directory is kept for the next start');
+      kept.add(d.uid);
+      continue;
+    }
     o.log.warn({ uid: d.uid, dir: d.dir }, 'removing orphaned vm directory');
     await o.files.remove(d.dir);
     await o.files.remove(runDirOf(o.stateDir, d.uid));
@@ -113,6 +123,6 @@ export async function sweepOrphans(o: SweepOptions): Promise<number> {
     removed++;
   }
   // Everything a tombstone stood for is gone once the steps above did not throw.
-  for (const t of o.store.tombstones()) o.store.forget(t.uid);
+  for (const t of o.store.tombstones()) if (!kept.has(t.uid)) o.store.forget(t.uid);
   return removed;
 }

@@ -48,6 +48,7 @@ function setup() {
   // What the provider's delete steps gave back (a cgroup, a uid), by VM directory.
   const held = new Set<string>();
   const released: string[] = [];
+  const failing = new Set<string>();
   const provider = {
     descriptor: { name: 'qemu' },
     instance: ({ dir }: { dir: string }) => ({
@@ -56,7 +57,11 @@ function setup() {
       deleteSteps: () => [{
         name: 'release',
         needed: async () => held.has(dir),
-        run: async () => { released.push(dir); held.delete(dir); },
+        run: async () => {
+          if (failing.has(dir)) throw new MatchlockError(ErrorCode.FailedPrecondition, `jail of ${dir} is still there`);
+          released.push(dir);
+          held.delete(dir);
+        },
         verify: async () => undefined,
       }],
     }),
@@ -71,7 +76,7 @@ function setup() {
   const vols = [{ uid: LIVE, volumeId: 'root' }, { uid: BURIED, volumeId: 'root' }];
   const volumes: SweptVolumes = { owned: async () => [...vols], remove: async (k) => void vols.splice(vols.findIndex((v) => v.uid === k.uid), 1) };
   const sweep = () => sweepOrphans({ daemonId: ME, stateDir: tmp.path, store, network, files: new NodeHostFiles(), providers: new Map([['qemu', provider]]), volumes, stopTimeoutMs: 10, log: silentLogger as Logger });
-  return { tmp, store, dirOf, stopped, running, held, released, network, vols, sweep };
+  return { tmp, store, dirOf, stopped, running, held, released, failing, network, vols, sweep };
 }
 
 it('refuses to start, touching nothing, when VM directories have neither a record nor a tombstone', async () => {
@@ -125,6 +130,28 @@ it("removes only what is this daemon's and tombstoned, then forgets the tombston
     assert.deepEqual([...s.network.links.keys()].sort(), ['mine-live', 'mine-lost', 'old-form', 'other-buried']);
     assert.deepEqual(s.vols, [{ uid: LIVE, volumeId: 'root' }]);
     assert.equal(s.store.tombstone(BURIED), undefined);
+  } finally {
+    s.tmp.remove();
+  }
+});
+
+it('a buried VM whose cleanup fails keeps its directory and tombstone; the sweep goes on and does not refuse the start', async () => {
+  const s = setup();
+  const BURIED2 = '01HZY3NDEKTSV4RRFFQ69G5FA4';
+  try {
+    for (const uid of [BURIED, BURIED2]) {
+      s.store.bury({ uid, namespace: 'ns', name: 'n', droppedAt: '2026-01-01T00:00:00Z', reason: 'tap busy' });
+      mkdirSync(s.dirOf(uid), { recursive: true });
+      s.held.add(s.dirOf(uid));
+    }
+    // The first one's release fails as Firecracker's jail check does: FailedPrecondition.
+    s.failing.add(s.dirOf(BURIED));
+    await s.sweep();
+    assert.ok(existsSync(s.dirOf(BURIED)), 'kept for the next start');
+    assert.ok(s.store.tombstone(BURIED), 'and its tombstone with it');
+    assert.equal(existsSync(s.dirOf(BURIED2)), false, 'the next one is swept all the same');
+    assert.equal(s.store.tombstone(BURIED2), undefined);
+    assert.deepEqual(s.released, [s.dirOf(BURIED2)]);
   } finally {
     s.tmp.remove();
   }
