@@ -87,7 +87,7 @@ describe('per-registry settings name a registry as references do', () => {
   });
 
   it('refuses an insecure-registries or plain-http-registries entry that no reference could name, naming the setting, the entry and the rule', async () => {
-    const bad = ['http://reg.lan', 'https://index.docker.io/v1/', 'reg.lan/path', 'reg.lan/', '10.0.0.0/33', '10.0.0/8', '::1/129', 'reg lan', ':5000', 'user@reg.lan', '-reg.lan', 'reg.lan:port'];
+    const bad = ['ftp://reg.lan', 'https://index.docker.io/v1/', 'reg.lan/path', 'reg.lan/', '10.0.0.0/33', '10.0.0/8', '::1/129', 'reg lan', ':5000', 'user@reg.lan', '-reg.lan', 'reg.lan:port'];
     for (const field of ['insecure-registries', 'plain-http-registries'] as const) {
       for (const entry of bad) {
         const cfg = { mirrors: [], insecure: field === 'insecure-registries' ? [entry] : [], plainHttp: field === 'plain-http-registries' ? [entry] : [] };
@@ -141,5 +141,20 @@ describe('insecure-registries and plain-http-registries take subnets, as Docker 
     resolved.length = 0;
     await registrySettings({ insecure: ['reg.lan'], plainHttp: [], mirrors: [] }, resolve)('other.lan');
     assert.deepEqual(resolved, []);
+  });
+});
+
+describe('a scheme before a list entry', () => {
+  it('is dropped with a warning, as Docker drops it, in both lists', async () => {
+    const warned: string[] = [];
+    const lookup = registrySettings({ insecure: ['https://Harbor.lan:5000/', 'HTTP://10.0.0.0/8'], plainHttp: ['http://plain.lan'], mirrors: [] }, async () => [], (m) => warned.push(m));
+    assert.deepEqual(await lookup('harbor.lan:5000'), { plainHttp: false, insecureTls: true, mirrors: [] });
+    assert.deepEqual(await lookup('10.2.3.4'), { plainHttp: false, insecureTls: true, mirrors: [] });
+    assert.deepEqual(await lookup('plain.lan'), { plainHttp: true, insecureTls: false, mirrors: [] });
+    assert.deepEqual(warned, [
+      'insecure-registries "https://Harbor.lan:5000/": read as "Harbor.lan:5000" (a scheme names no registry; Docker drops it too)',
+      'insecure-registries "HTTP://10.0.0.0/8": read as "10.0.0.0/8" (a scheme names no registry; Docker drops it too)',
+      'plain-http-registries "http://plain.lan": read as "plain.lan" (a scheme names no registry; Docker drops it too)',
+    ]);
   });
 });

@@ -339,9 +339,13 @@ const CIDR = /^([0-9A-Fa-f.:]+)\/([0-9]{1,3})$/;
  * A list setting's entries: registries in registryName's form, and subnets. Throws
  * InvalidArgument naming the setting and the entry for one that is neither.
  */
-function registryList(field: 'insecure-registries' | 'plain-http-registries', entries: readonly string[]): RegistryList {
+function registryList(field: 'insecure-registries' | 'plain-http-registries', entries: readonly string[], warn: (msg: string) => void): RegistryList {
   const list: RegistryList = { names: new Set(), subnets: undefined };
-  for (const entry of entries) {
+  for (const written of entries) {
+    // Docker's daemon.json takes `https://reg:5000` here and drops the scheme with a warning:
+    // so does this, so a host configured as for Docker starts.
+    const entry = /^https?:\/\//i.test(written) ? written.replace(/^https?:\/\//i, '').replace(/\/$/, '') : written;
+    if (entry !== written) warn(`${field} "${written}": read as "${entry}" (a scheme names no registry; Docker drops it too)`);
     const cidr = CIDR.exec(entry);
     const family = cidr ? isIP(cidr[1] ?? '') : 0;
     if (cidr && family && Number(cidr[2]) <= (family === 4 ? 32 : 128)) {
@@ -349,7 +353,7 @@ function registryList(field: 'insecure-registries' | 'plain-http-registries', en
       continue;
     }
     const name = registryName(entry);
-    if (name === undefined) throw new MatchlockError(ErrorCode.InvalidArgument, `${field} "${entry}": must be a registry, ${REGISTRY_RULE}, or a subnet in CIDR notation (10.0.0.0/8)`, { field });
+    if (name === undefined) throw new MatchlockError(ErrorCode.InvalidArgument, `${field} "${written}": must be a registry, ${REGISTRY_RULE}, or a subnet in CIDR notation (10.0.0.0/8)`, { field });
     list.names.add(name);
   }
   return list;
@@ -385,15 +389,18 @@ interface MirrorEntry {
  * certificate only when itself is in `insecure-registries`. Without a scheme it is reached over
  * plain HTTP when it is on loopback or in `plain-http-registries`, or its registry is, and
  * accepts any certificate when it or its registry is in `insecure-registries`.
- * Throws InvalidArgument (field: the setting) naming the setting, the entry and the rule for a
- * registry no reference could name (with a scheme or a path) and any other form of a pair.
+ * An `http://` or `https://` before a list entry is dropped with a warning (`warn`), as Docker
+ * drops it. Throws InvalidArgument (field: the setting) naming the setting, the entry and the
+ * rule for a registry no reference could name (another scheme, a path) and any other form of a
+ * pair.
  */
 export function registrySettings(
   cfg: Pick<RegistryConfig, 'mirrors' | 'plainHttp' | 'insecure'>,
   resolve: (host: string) => Promise<string[]> = async (host) => (await lookup(host, { all: true })).map((a) => a.address),
+  warn: (msg: string) => void = () => undefined,
 ): (registry: string) => Promise<RegistrySettings> {
-  const insecure = registryList('insecure-registries', cfg.insecure);
-  const plainHttp = registryList('plain-http-registries', cfg.plainHttp);
+  const insecure = registryList('insecure-registries', cfg.insecure, warn);
+  const plainHttp = registryList('plain-http-registries', cfg.plainHttp, warn);
   const mirrors = new Map<string, MirrorEntry[]>();
   for (const pair of cfg.mirrors) {
     const at = pair.indexOf('=');
@@ -451,7 +458,7 @@ export function registrySettings(
  * settings before it opens anything.
  */
 export function registryClient(cfg: RegistryConfig, log: Logger): RegistryClient {
-  const settings = registrySettings(cfg);
+  const settings = registrySettings(cfg, undefined, (msg) => log.warn({}, msg));
   const source = cfg.authFile || dockerConfigPath();
   const creds = loadCredentials(source);
   return new RegistryClient({
