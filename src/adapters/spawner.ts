@@ -403,9 +403,10 @@ function launchDirect(l: Launch): Launched | Promise<Launched> {
  */
 export async function runProgram(file: string, args: readonly string[], opts: RunOptions): Promise<RunOutcome> {
   checkArgs(file, args);
+  // A run called off before it began starts nothing, through the spawner or not.
+  if (opts.signal?.aborted) return { code: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), killed: 'canceled' };
   const s = await spawner();
   if (!s) return runDirect(file, args, opts);
-  if (opts.signal?.aborted) return { code: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), killed: 'canceled' };
   return await new Promise<RunOutcome>((resolve, reject) => {
     const fields: [string, string | Buffer][] = [...[file, ...args].map((a): [string, string] => ['arg', a]), ['capture', String(opts.maxBytes)], ['timeout', String(opts.timeoutMs)]];
     if (opts.input !== undefined) fields.push(['input', opts.input]);

@@ -76,7 +76,15 @@ export class Virtiofsd {
       if (existsSync(this.socket) && pid !== undefined) return pid;
       await sleep(50);
     }
-    if (pid !== undefined) process.kill(pid, 'SIGKILL');
+    // Not once its exit was reported (the pid may be another process's by now); one that ended
+    // since is ESRCH, not a failure of this start.
+    if (pid !== undefined && early === undefined) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+      }
+    }
     if (signal.aborted) throw new MatchlockError(ErrorCode.Canceled, `canceled while virtiofsd for ${hostPath} was starting`);
     throw new MatchlockError(ErrorCode.Internal, `virtiofsd for ${hostPath} did not open ${this.socket}`);
   }
