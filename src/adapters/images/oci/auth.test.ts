@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { loadCredentials, parseChallenges } from './auth.js';
 
 describe('loadCredentials', () => {
@@ -24,6 +25,24 @@ describe('loadCredentials', () => {
     assert.deepEqual(Object.fromEntries([...creds].map(([k, v]) => [k, v.username])), {
       'docker.io': 'hub', 'registry.example:5000': 'example', 'other.example': 'other', 'localhost:5000': 'local', '[::1]:5001': 'v6',
     });
+  });
+});
+
+describe('loadCredentials of a file that is not a Docker config', () => {
+  it('is InvalidArgument naming the file and registry-auth-file, for any JSON that is not an object of auths; odd entries are passed over', (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'matchlock-auth-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const path = join(dir, 'config.json');
+    for (const [text, why] of [['null', 'must be a JSON object'], ['[]', 'must be a JSON object'], ['"x"', 'must be a JSON object'], ['{"auths": []}', '"auths" must be an object'], ['{"auths": 3}', '"auths" must be an object'], ['{', 'not JSON']] as const) {
+      writeFileSync(path, text);
+      assert.throws(() => loadCredentials(path), (err: Error) => {
+        assert.ok(err instanceof MatchlockError && err.code === ErrorCode.InvalidArgument && err.field === 'registry-auth-file', `${text}: ${String(err)}`);
+        assert.ok(err.message.startsWith(`registry credentials ${path}: ${why}`), err.message);
+        return true;
+      });
+    }
+    writeFileSync(path, JSON.stringify({ auths: { 'a.lan': null, 'b.lan': { auth: 5 }, 'c.lan': { username: 'u', password: 'p' } }, credsStore: 'desktop' }));
+    assert.deepEqual([...loadCredentials(path).keys()], ['c.lan']);
   });
 });
 

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { registryName } from '../../../core/images/reference.js';
 
 export interface Credentials {
@@ -24,9 +25,16 @@ function registryKey(key: string): string {
   return registryName(host) ?? key;
 }
 
+/** The auth file (registry-auth-file, else Docker's config.json) cannot be used: InvalidArgument naming it and why. */
+function unreadable(path: string, why: string): MatchlockError {
+  return new MatchlockError(ErrorCode.InvalidArgument, `registry credentials ${path}: ${why}`, { field: 'registry-auth-file' });
+}
+
 /**
  * Credentials from a Docker-style config.json (`auths.<registry>.auth` = base64 "user:pass", or
- * `username`/`password`). A missing file means no credentials; a broken one is an error.
+ * `username`/`password`). A missing file means no credentials; one that cannot be read, is not
+ * JSON or not an object is InvalidArgument (field registry-auth-file); an entry without
+ * credentials (a credential helper's) is passed over.
  */
 export function loadCredentials(path: string): Map<string, Credentials> {
   let text: string;
@@ -34,19 +42,22 @@ export function loadCredentials(path: string): Map<string, Credentials> {
     text = readFileSync(path, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
-    throw new Error(`registry credentials ${path}: ${(err as Error).message}`);
+    throw unreadable(path, (err as Error).message);
   }
   let doc: { auths?: Record<string, { auth?: string; username?: string; password?: string }> };
   try {
     doc = JSON.parse(text) as typeof doc;
   } catch (err) {
-    throw new Error(`registry credentials ${path}: not JSON (${(err as Error).message})`);
+    throw unreadable(path, `not JSON (${(err as Error).message})`);
   }
+  if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw unreadable(path, 'must be a JSON object, as Docker\'s config.json');
+  if (doc.auths !== undefined && (typeof doc.auths !== 'object' || doc.auths === null || Array.isArray(doc.auths))) throw unreadable(path, '"auths" must be an object of registries');
   const out = new Map<string, Credentials>();
   for (const [key, entry] of Object.entries(doc.auths ?? {})) {
-    let username = entry.username;
-    let password = entry.password;
-    if (entry.auth) {
+    if (typeof entry !== 'object' || entry === null) continue;
+    let username = typeof entry.username === 'string' ? entry.username : undefined;
+    let password = typeof entry.password === 'string' ? entry.password : undefined;
+    if (typeof entry.auth === 'string' && entry.auth) {
       const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
       const colon = decoded.indexOf(':');
       if (colon > 0) {
