@@ -34,5 +34,5 @@ it('names a registry in the one form settings and credentials are compared in: a
   assert.equal(registryName('hub.docker.com'), 'hub.docker.com');
   assert.equal(registryName('docker.io:443'), 'docker.io:443');
   // No reference names a registry so.
-  for (const bad of ['', 'https://docker.io', 'https://index.docker.io/v1/', 'reg.lan/path', '10.0.0.0/8', 'reg lan', ':5000', 'user@reg.lan', '-reg.lan']) assert.equal(registryName(bad), undefined, bad);
+  for (const bad of ['', 'https://docker.io', 'https://index.docker.io/v1/', 'reg.lan/path', '10.0.0.0/8', 'reg lan', ':5000', 'user@reg.lan', '-reg.lan', 'reg.lan:0', 'reg.lan:65536', 'reg.lan:99999']) assert.equal(registryName(bad), undefined, bad);
 });

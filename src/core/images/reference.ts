@@ -34,10 +34,13 @@ const REGISTRY_HOST = new RegExp(`^${DOMAIN}$`);
  * in the one form every per-registry setting and credential is keyed and looked up by:
  * lowercased, since host names are case-insensitive (RFC 3986 section 3.2.2), and Docker Hub's
  * other names as `docker.io`, the name references give it. Undefined for a string that is no
- * reference's registry (a scheme, a path, a space): such a name can never match a pull.
+ * reference's registry (a scheme, a path, a space, a port outside 1-65535): such a name can
+ * never match a pull.
  */
 export function registryName(host: string): string | undefined {
   if (!REGISTRY_HOST.test(host)) return undefined;
+  const port = /:([0-9]+)$/.exec(host)?.[1];
+  if (port !== undefined && (Number(port) < 1 || Number(port) > 65535)) return undefined;
   const name = host.toLowerCase();
   return DOCKER_HUB_ALIASES.includes(name) ? DEFAULT_REGISTRY : name;
 }
