@@ -403,9 +403,12 @@ function launchDirect(l: Launch): Launched | Promise<Launched> {
  */
 export async function runProgram(file: string, args: readonly string[], opts: RunOptions): Promise<RunOutcome> {
   checkArgs(file, args);
-  // A run called off before it began starts nothing, through the spawner or not.
-  if (opts.signal?.aborted) return { code: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), killed: 'canceled' };
+  // A run called off before it began (also while the spawner was being waited for) starts
+  // nothing, through the spawner or not.
+  const notRun = (): RunOutcome => ({ code: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0), killed: 'canceled' });
+  if (opts.signal?.aborted) return notRun();
   const s = await spawner();
+  if (opts.signal?.aborted) return notRun();
   if (!s) return runDirect(file, args, opts);
   return await new Promise<RunOutcome>((resolve, reject) => {
     const fields: [string, string | Buffer][] = [...[file, ...args].map((a): [string, string] => ['arg', a]), ['capture', String(opts.maxBytes)], ['timeout', String(opts.timeoutMs)]];

@@ -91,8 +91,8 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .option('--state-dir <dir>', "matchlockd's state dir (default: the config's state-dir)")
     .option('--init', 'make a new store in a state dir that has none (a host whose daemon has not run yet)')
     .option('--registry-auth-file <path>', "Docker-style config.json (default: the config's, else $DOCKER_CONFIG or ~/.docker)")
-    .option('--insecure-registries <list>', 'registries reached over HTTPS without certificate checks (default: the config\'s)')
-    .option('--plain-http-registries <list>', 'registries reached over plain HTTP (default: the config\'s)')
+    .option('--insecure-registries <list>', 'registries (host[:port] or a CIDR subnet) reached over HTTPS without certificate checks (default: the config\'s)')
+    .option('--plain-http-registries <list>', 'registries (host[:port] or a CIDR subnet) reached over plain HTTP (default: the config\'s)')
     .option('--registry-mirrors <list>', 'registry=mirror pairs (default: the config\'s)');
   let loaded: Promise<DaemonConfig> | undefined;
   /** The daemon's settings, read once per command. */

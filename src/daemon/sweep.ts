@@ -86,8 +86,8 @@ export async function sweepOrphans(o: SweepOptions): Promise<number> {
   let removed = 0;
   const buried = (uid: string) => o.store.tombstone(uid) !== undefined;
   // A buried VM whose VMM could not be stopped or whose delete steps failed keeps its
-  // directory and tombstone for the next start; the others are swept all the same, and the
-  // daemon starts (its host state never stops it).
+  // directory, links, volumes and tombstone for the next start; the others are swept all the
+  // same, and the daemon starts (its host state never stops it).
   const kept = new Set<string>();
   for (const d of dirs) {
     if (!buried(d.uid)) continue;
@@ -107,7 +107,8 @@ export async function sweepOrphans(o: SweepOptions): Promise<number> {
     const owner = ownLink(link.alias, o.daemonId);
     // Another daemon's link, or one in the old alias form whose owner cannot be proven.
     if (!owner) continue;
-    if (o.store.get(owner.uid)) continue;
+    // A kept VM's links stay with it: its VMM may still run on them.
+    if (o.store.get(owner.uid) || kept.has(owner.uid)) continue;
     if (!buried(owner.uid)) {
       o.log.warn({ link: link.name, alias: link.alias }, 'link of this daemon with neither a record nor a tombstone; left alone');
       continue;
@@ -117,7 +118,7 @@ export async function sweepOrphans(o: SweepOptions): Promise<number> {
     removed++;
   }
   for (const v of (await o.volumes?.owned()) ?? []) {
-    if (!buried(v.uid)) continue;
+    if (!buried(v.uid) || kept.has(v.uid)) continue;
     o.log.warn({ uid: v.uid, volume: v.volumeId }, 'removing orphaned volume');
     await o.volumes?.remove({ ...v, dir: '' }, o.log);
     removed++;

@@ -135,7 +135,7 @@ it("removes only what is this daemon's and tombstoned, then forgets the tombston
   }
 });
 
-it('a buried VM whose cleanup fails keeps its directory and tombstone; the sweep goes on and does not refuse the start', async () => {
+it('a buried VM whose cleanup fails keeps its directory, link, volume and tombstone; the sweep goes on and does not refuse the start', async () => {
   const s = setup();
   const BURIED2 = '01HZY3NDEKTSV4RRFFQ69G5FA4';
   try {
@@ -149,6 +149,8 @@ it('a buried VM whose cleanup fails keeps its directory and tombstone; the sweep
     await s.sweep();
     assert.ok(existsSync(s.dirOf(BURIED)), 'kept for the next start');
     assert.ok(s.store.tombstone(BURIED), 'and its tombstone with it');
+    assert.ok(s.network.links.has('mine-buried'), 'and its link: its VMM may still run on it');
+    assert.ok(s.vols.some((v) => v.uid === BURIED), 'and its volume');
     assert.equal(existsSync(s.dirOf(BURIED2)), false, 'the next one is swept all the same');
     assert.equal(s.store.tombstone(BURIED2), undefined);
     assert.deepEqual(s.released, [s.dirOf(BURIED2)]);

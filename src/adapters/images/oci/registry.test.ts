@@ -132,6 +132,38 @@ describe('insecure-registries and plain-http-registries take subnets, as Docker 
     assert.deepEqual((await lookup('docker.io')).mirrors, [{ host: 'cache.lan:5000', scheme: 'http', insecureTls: false }]);
   });
 
+  it('never holds Docker Hub by a subnet, as Docker never does: 0.0.0.0/0 keeps its certificate checks', async () => {
+    resolved.length = 0;
+    const lookup = registrySettings({ insecure: ['0.0.0.0/0', '::/0'], plainHttp: ['0.0.0.0/0'], mirrors: ['docker.io=cache.lan:5000'] }, resolve);
+    for (const hub of ['docker.io', 'index.docker.io', 'registry-1.docker.io']) {
+      const s = await lookup(hub);
+      assert.deepEqual([s.plainHttp, s.insecureTls], [false, false], hub);
+      // Its mirror is held by its own address all the same.
+      assert.deepEqual(s.mirrors, [{ host: 'cache.lan:5000', scheme: 'http', insecureTls: true }]);
+    }
+    assert.ok(!resolved.includes('docker.io') && !resolved.includes('registry-1.docker.io'), resolved.join(' '));
+    assert.deepEqual(await lookup('reg.lan'), { plainHttp: true, insecureTls: true, mirrors: [] });
+  });
+
+  it('takes a bare IPv6 address as that one address', async () => {
+    const lookup = registrySettings({ insecure: ['fd00::1'], plainHttp: [], mirrors: [] }, resolve);
+    assert.equal((await lookup('[fd00::1]:5000')).insecureTls, true);
+    assert.equal((await lookup('[fd00::2]:5000')).insecureTls, false);
+  });
+
+  it('asks again after a failed lookup: a failure is not kept', async () => {
+    let calls = 0;
+    const flaky = async (host: string) => {
+      calls++;
+      if (calls === 1) throw Object.assign(new Error(`getaddrinfo EAI_AGAIN ${host}`), { code: 'EAI_AGAIN' });
+      return ['10.9.9.9'];
+    };
+    const lookup = registrySettings({ insecure: ['10.0.0.0/8'], plainHttp: [], mirrors: [] }, flaky);
+    assert.equal((await lookup('reg.lan')).insecureTls, false);
+    assert.equal((await lookup('reg.lan')).insecureTls, true);
+    assert.equal(calls, 2);
+  });
+
   it('resolves a host name once a minute at most, and not at all without a subnet', async () => {
     resolved.length = 0;
     const lookup = registrySettings({ insecure: ['10.0.0.0/8'], plainHttp: [], mirrors: [] }, resolve);

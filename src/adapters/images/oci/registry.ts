@@ -9,7 +9,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import { isLoopbackHost } from '../../../core/endpoint.js';
-import { registryName, type ImageReference } from '../../../core/images/reference.js';
+import { DEFAULT_REGISTRY, registryName, type ImageReference } from '../../../core/images/reference.js';
 import type { Logger } from '../../../core/ports.js';
 import { dockerConfigPath, loadCredentials, parseChallenges, type Credentials } from './auth.js';
 import { httpGet, readAll } from './http.js';
@@ -352,6 +352,11 @@ function registryList(field: 'insecure-registries' | 'plain-http-registries', en
       (list.subnets ??= new BlockList()).addSubnet(cidr[1] ?? '', Number(cidr[2]), family === 4 ? 'ipv4' : 'ipv6');
       continue;
     }
+    // A bare IPv6 address (no brackets, so no port) is that one address.
+    if (isIP(entry) === 6) {
+      (list.subnets ??= new BlockList()).addAddress(entry, 'ipv6');
+      continue;
+    }
     const name = registryName(entry);
     if (name === undefined) throw new MatchlockError(ErrorCode.InvalidArgument, `${field} "${written}": must be a registry, ${REGISTRY_RULE}, or a subnet in CIDR notation (10.0.0.0/8)`, { field });
     list.names.add(name);
@@ -425,7 +430,11 @@ export function registrySettings(
     if (isIP(host)) return Promise.resolve([host]);
     const kept = resolved.get(host);
     if (kept && kept.until > Date.now()) return kept.addresses;
-    const found = resolve(host).catch(() => []);
+    // A failed lookup is not kept: the next request asks again, as Docker does every time.
+    const found = resolve(host).catch(() => {
+      if (resolved.get(host)?.addresses === found) resolved.delete(host);
+      return [] as string[];
+    });
     resolved.set(host, { until: Date.now() + ADDRESSES_KEPT_MS, addresses: found });
     return found;
   };
@@ -433,7 +442,9 @@ export function registrySettings(
   const holds = async (list: RegistryList, name: string): Promise<boolean> => {
     if (list.names.has(name)) return true;
     const subnets = list.subnets;
-    if (!subnets) return false;
+    // Docker Hub is never held by a subnet, as in Docker (its index is always secure): a broad
+    // one (0.0.0.0/0) must not turn off its certificate checks.
+    if (!subnets || name === DEFAULT_REGISTRY) return false;
     return (await addresses(name)).some((a) => subnets.check(a, isIP(a) === 6 ? 'ipv6' : 'ipv4'));
   };
   return async (written) => {
@@ -453,9 +464,9 @@ export function registrySettings(
 /**
  * A client with the per-registry settings and the credentials of `cfg`; every registry a
  * setting, a credential key or a pull names is compared in registryName's form. Throws what
- * registrySettings throws for a bad setting, and an Error naming the file for an auth file that
- * cannot be read or is not JSON; it reaches no registry, so a caller may build it to check the
- * settings before it opens anything.
+ * registrySettings throws for a bad setting, and what loadCredentials throws for an auth file
+ * that cannot be used (InvalidArgument naming it); it reaches no registry, so a caller may
+ * build it to check the settings before it opens anything.
  */
 export function registryClient(cfg: RegistryConfig, log: Logger): RegistryClient {
   const settings = registrySettings(cfg, undefined, (msg) => log.warn({}, msg));
