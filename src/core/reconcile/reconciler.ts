@@ -62,6 +62,26 @@ export class Reconciler {
     for (const [uid, pass] of this.inflight) pass.controller.abort(new MatchlockError(ErrorCode.Canceled, `microvm ${uid}: reconcile called off by shutdown`));
   }
 
+  /** Whether a pass runs for this VM now. */
+  busy(uid: string): boolean {
+    return this.inflight.has(uid);
+  }
+
+  /**
+   * What the VM's last failure waited for is back (its bridge appeared again): its next pass
+   * need not wait out its back-off, so the next attempt time is cleared. The retry count stays.
+   * A VM being deleted or FAILED is left alone. While a pass runs for it, that is done when the
+   * pass ends, so a failure it records meanwhile does not hold the next pass back.
+   */
+  retryNow(uid: string): void {
+    const pass = this.inflight.get(uid);
+    if (pass) {
+      pass.retryNow = true;
+      return;
+    }
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' || cur.status.nextAttemptAt === undefined ? cur.status : { ...cur.status, nextAttemptAt: undefined }));
+  }
+
   /** How many passes are running now. */
   get running(): number {
     return this.inflight.size;
@@ -80,6 +100,7 @@ export class Reconciler {
       return await (kind === 'teardown' ? this.delete(vm, log, pass) : this.create(vm, log, pass));
     } finally {
       this.inflight.delete(uid);
+      if (pass.retryNow) this.retryNow(uid);
       // A boot reported during a pass that saved nothing (called off, or not due yet).
       if (pass.bootedPid !== undefined) this.guestBooted(uid, pass.bootedPid);
       if (pass.outcome) this.opts.observer?.pass({ kind, outcome: pass.outcome, seconds: (this.opts.clock.now().getTime() - started) / 1000 });
@@ -263,6 +284,8 @@ interface Inflight {
   outcome?: PassOutcome;
   /** The supervisor saw the guest of the VMM with this pid boot while the pass ran. */
   bootedPid?: number | undefined;
+  /** retryNow was asked while the pass ran: its next attempt time is cleared when it ends. */
+  retryNow?: boolean;
 }
 
 /** The guest of the VMM with this pid reached userspace; a record being deleted keeps its status. */
