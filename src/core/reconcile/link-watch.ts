@@ -1,0 +1,239 @@
+import { hostDeviceName } from '../microvm/host-names.js';
+import type { MicroVM } from '../microvm/types.js';
+import type { HostNetwork, LinkInfo, Logger } from '../ports.js';
+
+/**
+ * One change of a host link as the kernel announced it (RTM_NEWLINK or RTM_DELLINK, as
+ * `ip monitor link` prints them): the link's name and ifindex; whether it was deleted;
+ * whether it is administratively up (IFF_UP); the bridge or other master it is enslaved to,
+ * if any.
+ */
+export interface LinkEvent {
+  name: string;
+  ifindex: number;
+  deleted: boolean;
+  up: boolean;
+  master: string | undefined;
+}
+
+export interface LinkWatchOptions {
+  store: { get(uid: string): MicroVM | undefined };
+  network: Pick<HostNetwork, 'get'>;
+  /** The daemon's bridge (`bridge-name`), for TAP interfaces without a bridge override. */
+  bridgeName: string;
+  /** Whether a reconcile pass runs for the VM now: its own link changes are not a break. */
+  busy(uid: string): boolean;
+  /**
+   * Reconciles the VM now. `skipBackoff`: its bridge came back, so a back-off waiting for it
+   * is over (the reconciler clears the VM's next attempt time).
+   */
+  repair(uid: string, skipBackoff: boolean): void;
+  logger: Logger;
+  /** How long a VM's events are gathered before its links are read and it is repaired (ms, default 100). */
+  debounceMs?: number;
+}
+
+/** A link of a VM this daemon tracks: whose, of which kind, and (for a TAP) its bridge. */
+interface TrackedLink {
+  uid: string;
+  kind: 'TAP' | 'MACVTAP';
+  bridge: string;
+}
+
+/**
+ * Turns host link events into repairs of the VMs they break, at once rather than at the next
+ * resync.
+ *
+ * Only the links of VMs whose last reconcile pass has ended are tracked (track(), called after
+ * every pass), by the names hostDeviceName gives them; the events of any other link, among
+ * them those of VMs whose first pass still runs (a burst of creates), are dropped by one map
+ * lookup. An event of a tracked link that shows it broken (deleted; for a TAP without its
+ * bridge as master; not administratively up) starts a short wait for that VM (debounceMs)
+ * which gathers what else comes; then, once no pass of the VM's own runs (a pass changes its
+ * links itself, so the check waits for it to end), if the VM is CREATED in the store its links
+ * are read again (events may arrive after the change they tell of was undone) and, if one is
+ * still broken, what was seen is logged once and the VM is reconciled: its create plan
+ * re-creates the link, re-attaches it and sets it up.
+ *
+ * A bridge deleted takes its ports out (events without a master): those VMs are repaired, and
+ * their passes fail while the bridge is missing and retry by back-off. When a link of the
+ * bridge's name appears again (a new ifindex, or after its deletion was seen), every tracked
+ * VM with an interface on it is reconciled at once, its back-off skipped.
+ */
+export class LinkWatch {
+  private readonly links = new Map<string, TrackedLink>();
+  /** Tracked VMs -> their link names. */
+  private readonly names = new Map<string, string[]>();
+  /** Bridges in use by a tracked VM -> their uids. */
+  private readonly bridges = new Map<string, Set<string>>();
+  /** A bridge's ifindex as last seen in an event, or 'gone' after its deletion. */
+  private readonly bridgeIndex = new Map<string, number | 'gone'>();
+  /** VMs waiting out debounceMs: per link name, what was seen last. */
+  private readonly pending = new Map<string, { timer: NodeJS.Timeout; changes: Map<string, string> }>();
+  /** VMs whose links broke while a pass of theirs ran: checked again when it ends (track()). */
+  private readonly afterPass = new Map<string, Map<string, string>>();
+  private readonly debounceMs: number;
+  private closed = false;
+
+  constructor(private readonly opts: LinkWatchOptions) {
+    this.debounceMs = opts.debounceMs ?? 100;
+  }
+
+  /** Whether events of a link of this name can matter: a tracked VM's link or a bridge in use. */
+  wants(name: string): boolean {
+    return this.links.has(name) || this.bridges.has(name);
+  }
+
+  /**
+   * A reconcile pass of `uid` ended: its links are tracked from the record `vm` (as the store
+   * has it now), or forgotten when the record is gone.
+   */
+  track(uid: string, vm: MicroVM | undefined): void {
+    const before = new Set<string>();
+    for (const name of this.names.get(uid) ?? []) {
+      const l = this.links.get(name);
+      if (l?.kind === 'TAP') before.add(l.bridge);
+      this.links.delete(name);
+    }
+    this.names.delete(uid);
+    const now = new Set<string>();
+    if (vm) {
+      const names: string[] = [];
+      for (const [i, iface] of vm.spec.interfaces.entries()) {
+        const name = hostDeviceName(vm, i);
+        const kind = iface.type === 'MACVTAP' ? 'MACVTAP' : 'TAP';
+        const bridge = iface.overrides?.bridgeName ?? this.opts.bridgeName;
+        this.links.set(name, { uid, kind, bridge });
+        names.push(name);
+        if (kind === 'TAP' && bridge !== '') now.add(bridge);
+      }
+      this.names.set(uid, names);
+    }
+    for (const bridge of now) {
+      let uids = this.bridges.get(bridge);
+      if (!uids) this.bridges.set(bridge, (uids = new Set()));
+      uids.add(uid);
+    }
+    const deferred = this.afterPass.get(uid);
+    if (deferred) {
+      this.afterPass.delete(uid);
+      this.run(uid, deferred);
+    }
+    // A bridge no tracked VM uses any more is forgotten, with what was seen of it.
+    for (const bridge of before) {
+      if (now.has(bridge)) continue;
+      const uids = this.bridges.get(bridge);
+      if (uids?.delete(uid) && uids.size === 0) {
+        this.bridges.delete(bridge);
+        this.bridgeIndex.delete(bridge);
+      }
+    }
+  }
+
+  /** One link event (see LinkEvent). */
+  seen(e: LinkEvent): void {
+    if (this.closed) return;
+    const link = this.links.get(e.name);
+    if (link) {
+      const change = broken(link, e);
+      if (change) this.later(link.uid, e.name, change);
+      return;
+    }
+    if (this.bridges.has(e.name)) this.bridgeSeen(e);
+  }
+
+  /** Stops: waiting VMs are dropped (daemon shutdown). */
+  close(): void {
+    this.closed = true;
+    for (const p of this.pending.values()) clearTimeout(p.timer);
+    this.pending.clear();
+    this.afterPass.clear();
+  }
+
+  private bridgeSeen(e: LinkEvent): void {
+    const before = this.bridgeIndex.get(e.name);
+    if (e.deleted) {
+      if (before === e.ifindex || before === undefined) this.bridgeIndex.set(e.name, 'gone');
+      return;
+    }
+    this.bridgeIndex.set(e.name, e.ifindex);
+    if (before === undefined || before === e.ifindex) return;
+    const uids = [...(this.bridges.get(e.name) ?? [])].filter((uid) => {
+      const state = this.opts.store.get(uid)?.status.state;
+      return state === 'PENDING' || state === 'CREATED';
+    });
+    if (uids.length === 0) return;
+    this.opts.logger.info({ bridge: e.name, ifindex: e.ifindex, vms: uids.length }, 'bridge appeared again: re-attaching its VMs now');
+    for (const uid of uids) this.opts.repair(uid, true);
+  }
+
+  private later(uid: string, name: string, change: string): void {
+    const p = this.pending.get(uid);
+    if (p) {
+      p.changes.set(name, change);
+      return;
+    }
+    const timer = setTimeout(() => {
+      const changes = this.pending.get(uid)?.changes ?? new Map<string, string>();
+      this.pending.delete(uid);
+      this.run(uid, changes);
+    }, this.debounceMs);
+    timer.unref();
+    this.pending.set(uid, { timer, changes: new Map([[name, change]]) });
+  }
+
+  private run(uid: string, changes: Map<string, string>): void {
+    this.check(uid, changes).catch((err: unknown) => this.opts.logger.warn({ uid, err: (err as Error).message }, 'link check failed'));
+  }
+
+  /**
+   * After the wait: repairs the VM when it is CREATED and a link is still broken. While a pass
+   * of its own runs, the check waits for that pass to end: the pass may be what changed the
+   * link, or may have looked at its links before the change.
+   */
+  private async check(uid: string, changes: Map<string, string>): Promise<void> {
+    if (this.closed) return;
+    if (this.opts.busy(uid)) {
+      this.defer(uid, changes);
+      return;
+    }
+    const vm = this.opts.store.get(uid);
+    if (vm?.status.state !== 'CREATED') return;
+    const broke: { link: string; seen: string; now: string }[] = [];
+    for (const [name, seen] of changes) {
+      const tracked = this.links.get(name);
+      if (!tracked) continue;
+      const now = state(tracked, await this.opts.network.get(name));
+      if (now) broke.push({ link: name, seen, now });
+    }
+    if (broke.length === 0 || this.closed) return;
+    if (this.opts.busy(uid)) {
+      this.defer(uid, changes);
+      return;
+    }
+    this.opts.logger.info({ uid, namespace: vm.spec.namespace, name: vm.spec.name, links: broke }, 'host link of a VM changed: repairing it now');
+    this.opts.repair(uid, false);
+  }
+
+  private defer(uid: string, changes: Map<string, string>): void {
+    const waiting = this.afterPass.get(uid);
+    if (!waiting) this.afterPass.set(uid, new Map(changes));
+    else for (const [name, change] of changes) waiting.set(name, change);
+  }
+}
+
+/** What an event shows broken about a VM's link, in a few words, or undefined when nothing. */
+export function broken(link: { kind: 'TAP' | 'MACVTAP'; bridge: string }, e: LinkEvent): string | undefined {
+  if (e.deleted) return 'deleted';
+  if (link.kind === 'TAP' && e.master !== link.bridge) return e.master === undefined ? `detached from ${link.bridge}` : `moved from ${link.bridge} to ${e.master}`;
+  if (!e.up) return 'set down';
+  return undefined;
+}
+
+/** What is wrong with a VM's link as read now, or undefined when it is as its plan leaves it. */
+function state(link: TrackedLink, l: LinkInfo | undefined): string | undefined {
+  if (!l) return 'missing';
+  if (link.kind === 'TAP' && l.master !== link.bridge) return l.master === undefined ? 'no master' : `master ${l.master}`;
+  if (!l.up) return 'down';
+  return undefined;
+}

@@ -1,0 +1,202 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { eventLinkName, parseLinkEvent } from '../../src/adapters/network/iproute2/link-monitor.js';
+import { silentLogger } from '../../src/adapters/silent-logger.js';
+import { hostDeviceName } from '../../src/core/microvm/host-names.js';
+import type { MicroVM } from '../../src/core/microvm/types.js';
+import type { LinkInfo } from '../../src/core/ports.js';
+import { LinkWatch } from '../../src/core/reconcile/link-watch.js';
+import { storedMicroVM } from '../helpers/records.js';
+
+// Lines `ip -o monitor link` (iproute2 6.1) printed while a TAP named as matchlock names one
+// (mlt + 10 characters of a uid + 0) was made, put on br0, detached, set down, moved to br1,
+// and deleted, and while its bridge was deleted and made again; and for a macvtap.
+const L = {
+  tapNew: '3: mlt01abcdefgh0: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN group default \\    link/ether fe:67:5f:ad:2f:16 brd ff:ff:ff:ff:ff:ff',
+  tapOnBr0: '3: mlt01abcdefgh0: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc pfifo_fast master br0 state DOWN group default \\    link/ether fe:67:5f:ad:2f:16 brd ff:ff:ff:ff:ff:ff',
+  /** The bridge driver's own message of its port (AF_BRIDGE): no qdisc. */
+  portOnBr0: '3: mlt01abcdefgh0: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 master br0 state DOWN \\    link/ether fe:67:5f:ad:2f:16',
+  /** `ip link set <tap> nomaster`: the port's AF_BRIDGE deletion, then the link's own message. */
+  portLeft: 'Deleted 3: mlt01abcdefgh0: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 master br0 state DOWN \\    link/ether fe:67:5f:ad:2f:16',
+  tapNoMaster: '3: mlt01abcdefgh0: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc pfifo_fast state DOWN group default \\    link/ether fe:67:5f:ad:2f:16 brd ff:ff:ff:ff:ff:ff',
+  tapDown: '3: mlt01abcdefgh0: <BROADCAST,MULTICAST> mtu 1500 qdisc pfifo_fast master br0 state DOWN group default \\    link/ether fe:67:5f:ad:2f:16 brd ff:ff:ff:ff:ff:ff',
+  tapOnBr1: '3: mlt01abcdefgh0: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc pfifo_fast master br1 state DOWN group default \\    link/ether fe:67:5f:ad:2f:16 brd ff:ff:ff:ff:ff:ff',
+  tapDeleted: 'Deleted 3: mlt01abcdefgh0: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN group default \\    link/ether fe:67:5f:ad:2f:16 brd ff:ff:ff:ff:ff:ff',
+  br0Up: '2: br0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UNKNOWN group default \\    link/ether 8e:92:bd:1d:82:ad brd ff:ff:ff:ff:ff:ff',
+  br0Feature: '2: br0: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue state DOWN group default event FEATURE CHANGE \\    link/ether 00:00:00:00:00:00 brd ff:ff:ff:ff:ff:ff',
+  br0Deleted: 'Deleted 2: br0: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN group default \\    link/ether fe:67:5f:ad:2f:16 brd ff:ff:ff:ff:ff:ff',
+  br0Again: '5: br0: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN group default \\    link/ether b6:54:af:7e:6e:1e brd ff:ff:ff:ff:ff:ff',
+  macvtapUp: '11: mlv01abcdefgh0@vparent: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc pfifo_fast state LOWERLAYERDOWN group default \\    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff',
+  macvtapDown: '11: mlv01abcdefgh0@vparent: <BROADCAST,MULTICAST> mtu 1500 qdisc pfifo_fast state DOWN group default \\    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff',
+  vethNone: '9: vbridge@NONE: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN group default \\    link/ether 32:1e:99:b3:24:e2 brd ff:ff:ff:ff:ff:ff',
+};
+
+describe('ip -o monitor link lines', () => {
+  it('name the link, with or without a peer after @', () => {
+    assert.equal(eventLinkName(L.tapOnBr0), 'mlt01abcdefgh0');
+    assert.equal(eventLinkName(L.tapDeleted), 'mlt01abcdefgh0');
+    assert.equal(eventLinkName(L.macvtapUp), 'mlv01abcdefgh0');
+    assert.equal(eventLinkName(L.vethNone), 'vbridge');
+    assert.equal(eventLinkName('Timestamp: Mon Nov 30 2026'), undefined);
+    assert.equal(eventLinkName(''), undefined);
+  });
+
+  it('give the link\'s index, whether it was deleted, is up, and its master', () => {
+    assert.deepEqual(parseLinkEvent(L.tapNew), { name: 'mlt01abcdefgh0', ifindex: 3, deleted: false, up: false, master: undefined });
+    assert.deepEqual(parseLinkEvent(L.tapOnBr0), { name: 'mlt01abcdefgh0', ifindex: 3, deleted: false, up: true, master: 'br0' });
+    assert.deepEqual(parseLinkEvent(L.tapNoMaster), { name: 'mlt01abcdefgh0', ifindex: 3, deleted: false, up: true, master: undefined });
+    assert.deepEqual(parseLinkEvent(L.tapDown), { name: 'mlt01abcdefgh0', ifindex: 3, deleted: false, up: false, master: 'br0' });
+    assert.deepEqual(parseLinkEvent(L.tapOnBr1)?.master, 'br1');
+    assert.deepEqual(parseLinkEvent(L.tapDeleted), { name: 'mlt01abcdefgh0', ifindex: 3, deleted: true, up: false, master: undefined });
+    assert.deepEqual(parseLinkEvent(L.br0Deleted), { name: 'br0', ifindex: 2, deleted: true, up: false, master: undefined });
+    assert.deepEqual(parseLinkEvent(L.br0Again), { name: 'br0', ifindex: 5, deleted: false, up: false, master: undefined });
+    // LOWER_UP or NO-CARRIER are not UP: only IFF_UP is.
+    assert.equal(parseLinkEvent(L.br0Feature)?.up, true);
+    assert.deepEqual(parseLinkEvent(L.macvtapDown), { name: 'mlv01abcdefgh0', ifindex: 11, deleted: false, up: false, master: undefined });
+  });
+
+  it('skip the bridge driver\'s messages of its ports, whose "Deleted" does not delete the link', () => {
+    assert.equal(parseLinkEvent(L.portOnBr0), undefined);
+    assert.equal(parseLinkEvent(L.portLeft), undefined);
+  });
+});
+
+/** A uid whose last 10 characters are those of the captured links' names. */
+const UID = '01ARZ3NDEKTSV4RR01ABCDEFGH';
+
+function harness(opts: { state?: MicroVM['status']['state']; macvtap?: boolean } = {}) {
+  const vm = storedMicroVM(UID, { interfaces: [{ deviceId: 'eth0', type: opts.macvtap ? 'MACVTAP' : 'TAP' }] }, { state: opts.state ?? 'CREATED', lastError: '' });
+  const records = new Map([[UID, vm]]);
+  const host = new Map<string, LinkInfo>();
+  const busy = new Set<string>();
+  const repairs: { uid: string; skipBackoff: boolean }[] = [];
+  const watch = new LinkWatch({
+    store: { get: (uid) => records.get(uid) },
+    network: { get: async (name) => host.get(name) },
+    bridgeName: 'br0',
+    busy: (uid) => busy.has(uid),
+    repair: (uid, skipBackoff) => repairs.push({ uid, skipBackoff }),
+    logger: silentLogger,
+    debounceMs: 5,
+  });
+  const name = hostDeviceName(vm, 0);
+  /** Feeds lines as LinkMonitor does: the name first, then the whole line. */
+  const feed = (...lines: string[]) => {
+    for (const line of lines) {
+      const n = eventLinkName(line);
+      if (n === undefined || !watch.wants(n)) continue;
+      const e = parseLinkEvent(line);
+      if (e) watch.seen(e);
+    }
+  };
+  const settle = () => new Promise((r) => setTimeout(r, 30));
+  const tap = (l: Partial<LinkInfo> = {}) => host.set(name, { name, ifindex: 3, mac: '', kind: opts.macvtap ? 'macvtap' : 'tap', master: opts.macvtap ? undefined : 'br0', up: true, ...l });
+  return { vm, records, host, busy, repairs, watch, name, feed, settle, tap };
+}
+
+describe('which link events repair a VM', () => {
+  it('the captured names are this VM\'s', () => {
+    assert.equal(harness().name, 'mlt01abcdefgh0');
+    assert.equal(harness({ macvtap: true }).name, 'mlv01abcdefgh0');
+  });
+
+  it('nothing before the VM is tracked: a burst\'s own link events cost a map lookup', async () => {
+    const h = harness();
+    assert.equal(h.watch.wants(h.name), false);
+    h.feed(L.tapNew, L.tapNoMaster, L.tapDeleted);
+    await h.settle();
+    assert.deepEqual(h.repairs, []);
+  });
+
+  for (const [what, lines, hostLink] of [
+    ['detached (nomaster)', [L.portLeft, L.tapNoMaster], { master: undefined }],
+    ['set down', [L.tapDown], { up: false }],
+    ['moved to another bridge', [L.portLeft, L.tapOnBr1], { master: 'br1' }],
+    ['deleted', [L.portLeft, L.tapNoMaster, L.tapDeleted], undefined],
+  ] as const) {
+    it(`a CREATED VM's TAP ${what}: repaired once, however many lines`, async () => {
+      const h = harness();
+      h.watch.track(UID, h.vm);
+      if (hostLink) h.tap(hostLink);
+      h.feed(...lines, ...lines);
+      await h.settle();
+      assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: false }]);
+    });
+  }
+
+  it('a macvtap set down or deleted', async () => {
+    const h = harness({ macvtap: true });
+    h.watch.track(UID, h.vm);
+    h.tap({ up: false });
+    h.feed(L.macvtapUp);
+    await h.settle();
+    assert.deepEqual(h.repairs, [], 'up is as it should be');
+    h.feed(L.macvtapDown);
+    await h.settle();
+    assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: false }]);
+  });
+
+  it('not while a pass of the VM runs: after it, only if still broken; never a VM not CREATED', async () => {
+    const h = harness();
+    h.watch.track(UID, h.vm);
+    h.tap({ master: undefined });
+    h.busy.add(UID);
+    h.feed(L.tapNoMaster);
+    await h.settle();
+    assert.deepEqual(h.repairs, [], 'its own pass may be what detached it');
+    h.busy.clear();
+    h.watch.track(UID, h.vm);
+    await h.settle();
+    assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: false }], 'the pass ended and left it detached');
+    h.busy.add(UID);
+    h.feed(L.tapNoMaster);
+    await h.settle();
+    h.busy.clear();
+    h.tap();
+    h.watch.track(UID, h.vm);
+    await h.settle();
+    assert.equal(h.repairs.length, 1, 'the pass ended with it attached');
+    h.tap({ master: undefined });
+    h.records.set(UID, { ...h.vm, status: { ...h.vm.status, state: 'PENDING' } });
+    h.feed(L.tapNoMaster);
+    await h.settle();
+    assert.equal(h.repairs.length, 1, 'a VM not CREATED');
+  });
+
+  it('not when the link is fine again by the time it is read (events of a pass that ended)', async () => {
+    const h = harness();
+    h.watch.track(UID, h.vm);
+    h.tap();
+    h.feed(L.tapNew, L.tapNoMaster, L.tapOnBr0);
+    await h.settle();
+    assert.deepEqual(h.repairs, []);
+  });
+
+  it('a bridge made again re-attaches its VMs at once, skipping their back-off', async () => {
+    const h = harness();
+    h.watch.track(UID, h.vm);
+    h.feed(L.br0Up, L.br0Feature);
+    await h.settle();
+    assert.deepEqual(h.repairs, [], 'the same bridge');
+    h.tap({ master: undefined });
+    h.feed(L.portLeft, L.tapNoMaster, L.br0Deleted);
+    await h.settle();
+    assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: false }], 'its port left with it');
+    // Its pass failed without the bridge: the VM is PENDING, waiting out its back-off, and
+    // tracked again from its record after that pass.
+    h.records.set(UID, { ...h.vm, status: { ...h.vm.status, state: 'PENDING', retry: 1 } });
+    h.watch.track(UID, h.records.get(UID));
+    h.feed(L.br0Again);
+    assert.deepEqual(h.repairs.at(-1), { uid: UID, skipBackoff: true });
+    h.feed(L.br0Again);
+    assert.equal(h.repairs.length, 2, 'once per new bridge');
+  });
+
+  it('forgets a VM whose record is gone', async () => {
+    const h = harness();
+    h.watch.track(UID, h.vm);
+    h.watch.track(UID, undefined);
+    assert.equal(h.watch.wants(h.name), false);
+    assert.equal(h.watch.wants('br0'), false);
+  });
+});
