@@ -14,6 +14,8 @@ import { ImageCatalog, LocalImageStore } from '../adapters/images/oci/store.js';
 import { listSetting, registryClient } from '../adapters/images/oci/registry.js';
 import { VfatCloudInitDisk } from '../adapters/metadata/cidata.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
+import { LinkMonitor } from '../adapters/network/iproute2/link-monitor.js';
+import { LinkWatch } from '../core/reconcile/link-watch.js';
 import { Ext4Volumes } from '../adapters/volumes/ext4.js';
 import { ThinPoolVolumes } from '../adapters/volumes/thin.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
@@ -188,7 +190,31 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     random01: Math.random,
     observer: metrics,
   });
-  const queue = new ReconcileQueue({ workers: cfg.reconcileWorkers, handler: (uid) => reconciler.reconcile(uid), logger });
+  // Host link changes that cut a VM off (its TAP deleted, detached, set down, its bridge made
+  // again) are repaired as they happen rather than at the next resync: after each pass the
+  // VM's links are tracked, and `ip monitor link` events of tracked links enqueue the VM.
+  const linkWatch = new LinkWatch({
+    store,
+    network,
+    bridgeName: cfg.bridgeName,
+    busy: (uid) => reconciler.busy(uid),
+    repair: (uid, skipBackoff) => {
+      if (skipBackoff) reconciler.retryNow(uid);
+      queue.enqueue(uid);
+    },
+    logger,
+  });
+  const queue = new ReconcileQueue({
+    workers: cfg.reconcileWorkers,
+    handler: async (uid) => {
+      try {
+        return await reconciler.reconcile(uid);
+      } finally {
+        linkWatch.track(uid, store.get(uid));
+      }
+    },
+    logger,
+  });
   events.exited = (uid, pid) => {
     const delay = reconciler.vmmExited(uid, pid);
     if (delay !== undefined) queue.enqueue(uid, delay);
@@ -267,6 +293,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   let httpServer: HttpServer | undefined;
   const opsEndpoints = ops?.opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger }) ?? [];
   let resync: NodeJS.Timeout | undefined;
+  // Missed events (the monitor ended and was started again) are made up by one resync.
+  const linkMonitor = new LinkMonitor({ wants: (name) => linkWatch.wants(name), onEvent: (e) => linkWatch.seen(e), onRestart: () => resyncAll(), logger });
   const drainable: Drainable = {
     stopServing: async (force) => {
       if (resync) clearInterval(resync);
@@ -289,6 +317,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       supervisor.stop();
       store.close();
       lock.release();
+      linkMonitor.close();
+      linkWatch.close();
       network.close();
       stopSpawner();
     },
@@ -323,6 +353,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       opsPorts[o.key] = await listen(o.server, o.endpoint, o.key);
       logger.info({ endpoint: o.endpoint, port: opsPorts[o.key], tls: !!tls, auth: !!token }, `${o.key.replace(/-endpoint$/, '')} endpoint listening`);
     }
+    // Before the first resync, so that no change after a VM's first pass goes unseen.
+    linkMonitor.start();
     resyncAll();
     logBound.start();
     resync = setInterval(resyncAll, cfg.resyncPeriodMs);

@@ -1,0 +1,130 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { ROOT } from '../helpers/daemon.js';
+import { labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
+import { api, importGuest, stateOf, waitFor } from './vm.js';
+
+// The lab runs matchlockd with --resync-period 1h and a retry back-off of 60 s: a link repaired
+// within the waits below was repaired because the daemon saw the change, not by a resync or a
+// retry that came due.
+const missing = labMissing();
+const skip = missing && !process.env.CI ? missing : false;
+const STANDIN = join(ROOT, 'test/fakes/qemu-standin.pl');
+/** Far below the resync period and the back-off, well above what a repair takes. */
+const REPAIR_MS = 10_000;
+
+interface IpLinkJson {
+  ifname: string;
+  ifindex: number;
+  master?: string;
+  flags?: string[];
+}
+
+describe('host link changes that cut a CREATED VM off are repaired as they happen', { skip }, () => {
+  let lab: Lab;
+  let uid: string;
+  let tap: string;
+  const ip = (...args: string[]) => execFileSync('ip', ['-n', lab.ns, ...args], { encoding: 'utf8' });
+  const link = (name: string): IpLinkJson | undefined => {
+    try {
+      return (JSON.parse(execFileSync('ip', ['-n', lab.ns, '-json', 'link', 'show', 'dev', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })) as IpLinkJson[])[0];
+    } catch {
+      return undefined;
+    }
+  };
+  /** The TAP, once it is up on br0 again, with br0's ifindex. */
+  const attached = () => {
+    const l = link(tap);
+    const br = link('br0');
+    return l?.master === 'br0' && l.flags?.includes('UP') && br ? { tap: l, bridge: br.ifindex } : undefined;
+  };
+  const created = () => waitFor('CREATED', async () => { const vm = await api(lab).get(uid); return stateOf(vm) === 'CREATED' ? vm : undefined; }, 90_000);
+
+  before(async () => {
+    assert.equal(missing, undefined, `the link watch tests ${missing}`);
+    lab = await startLab(['--qemu-bin', STANDIN, '--default-provider', 'qemu', '--vmm-user', 'root', '--qemu-sandbox=false', '--vmm-cgroups=false', '--retry-backoff', '60s']);
+    await importGuest(lab, testGuestLayout());
+    uid = await api(lab).create('watched', [{ id: 'eth0', type: 'TAP' }]);
+    await created();
+    const links = lab.ourLinks();
+    assert.equal(links.length, 1);
+    tap = links[0] ?? '';
+    assert.ok(attached(), 'the TAP is up on br0 after the create');
+  });
+  after(async () => {
+    await lab?.destroy();
+  });
+
+  it('a TAP detached from its bridge (ip link set nomaster) is on the bridge again', async () => {
+    ip('link', 'set', 'dev', tap, 'nomaster');
+    assert.equal(link(tap)?.master, undefined);
+    await waitFor('the TAP on br0 again', attached, REPAIR_MS, 50);
+    await created();
+  });
+
+  it('a TAP set down is set up again', async () => {
+    ip('link', 'set', 'dev', tap, 'down');
+    await waitFor('the TAP up again', attached, REPAIR_MS, 50);
+    await created();
+  });
+
+  it('a bridge deleted and made again has the TAP on it, without waiting for the back-off', async () => {
+    const old = link('br0')?.ifindex;
+    ip('link', 'del', 'dev', 'br0');
+    // The VM's pass fails while the bridge is missing, and backs off for at least 30 s.
+    await waitFor('the failed attempt recorded', async () => { const vm = await api(lab).get(uid); return (vm?.status?.retry ?? 0) >= 1 ? vm : undefined; }, REPAIR_MS, 50);
+    ip('link', 'add', 'br0', 'type', 'bridge');
+    ip('link', 'set', 'dev', 'br0', 'up');
+    const back = await waitFor('the TAP on the new br0', attached, REPAIR_MS, 50);
+    assert.notEqual(back.bridge, old, 'a new bridge');
+    await created();
+  });
+
+  it('a deleted TAP is made again and attached', async () => {
+    const old = link(tap)?.ifindex;
+    ip('link', 'del', 'dev', tap);
+    const back = await waitFor('the TAP made again on br0', attached, REPAIR_MS, 50);
+    assert.notEqual(back.tap.ifindex, old, 'a new link');
+    await created();
+  });
+
+  it('a repair is logged once, naming the VM, the link and what changed', () => {
+    const lines = lab.daemon.logs.filter((l) => l.includes('host link of a VM changed'));
+    assert.ok(lines.some((l) => l.includes(uid) && l.includes(tap) && l.includes(`detached from br0`)), lines.join('\n'));
+    assert.ok(lines.some((l) => l.includes('set down')), lines.join('\n'));
+    assert.ok(lines.some((l) => l.includes('deleted')), lines.join('\n'));
+    // nomaster, down, the bridge deleted, the TAP deleted.
+    assert.equal(lines.length, 4, lines.join('\n'));
+    assert.equal(lab.daemon.logs.filter((l) => l.includes('bridge appeared again')).length, 1);
+  });
+
+  /** The daemon's `ip -o monitor link`: in the lab's network namespace, named so in its cmdline. */
+  const monitors = () => {
+    const nsInode = statSync(`/run/netns/${lab.ns}`).ino;
+    return readdirSync('/proc').filter((p) => /^\d+$/.test(p)).map(Number).filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8') === 'ip\0-o\0monitor\0link\0' && statSync(`/proc/${pid}/ns/net`).ino === nsInode;
+      } catch {
+        return false;
+      }
+    });
+  };
+
+  it('a link monitor that ended is started again, and repairs go on', async () => {
+    const [first] = await waitFor('the monitor', () => (monitors().length === 1 ? monitors() : undefined), REPAIR_MS, 50);
+    assert.ok(first);
+    process.kill(first, 'SIGKILL');
+    await waitFor('another monitor', () => { const m = monitors(); return m.length === 1 && m[0] !== first ? m : undefined; }, REPAIR_MS, 50);
+    ip('link', 'set', 'dev', tap, 'nomaster');
+    await waitFor('the TAP on br0 again', attached, REPAIR_MS, 50);
+  });
+
+  it('the monitor ends with the daemon', async () => {
+    assert.equal(monitors().length, 1);
+    await lab.daemon.stop();
+    await waitFor('no monitor left', () => (monitors().length === 0 ? true : undefined), REPAIR_MS, 50);
+  });
+});
