@@ -99,6 +99,10 @@ describe('host link changes that cut a CREATED VM off are repaired as they happe
     // nomaster, down, the bridge deleted, the TAP deleted.
     assert.equal(lines.length, 4, lines.join('\n'));
     assert.equal(lab.daemon.logs.filter((l) => l.includes('bridge appeared again')).length, 1);
+    // A deleted TAP made again is a new device: the running VMM's queue stays on the old one.
+    const held = lab.daemon.logs.filter((l) => l.includes('the running VMM still holds the old one'));
+    assert.equal(held.length, 1, held.join('\n'));
+    assert.ok(held[0]?.includes(tap));
   });
 
   /** The daemon's `ip -o monitor link`: in the lab's network namespace, named so in its cmdline. */

@@ -211,7 +211,15 @@ export class LinkWatch {
       this.defer(uid, changes);
       return;
     }
-    this.opts.logger.info({ uid, namespace: vm.spec.namespace, name: vm.spec.name, links: broke }, 'host link of a VM changed: repairing it now');
+    const log = { uid, namespace: vm.spec.namespace, name: vm.spec.name };
+    this.opts.logger.info({ ...log, links: broke }, 'host link of a VM changed: repairing it now');
+    // The kernel detaches a VMM's queue from a tun or macvtap device it deletes (writes then
+    // fail with EBADFD); a link made again under the same name is a new device the running VMM
+    // never opened.
+    const gone = broke.filter((b) => b.now === 'missing').map((b) => b.link);
+    if (gone.length > 0 && vm.status.vmmPid > 0) {
+      this.opts.logger.warn({ ...log, links: gone }, 'a deleted link is made again, but the running VMM still holds the old one: the guest\'s interface has no traffic until the VM is restarted (matchlock vm restart)');
+    }
     this.opts.repair(uid, false);
   }
 
