@@ -293,8 +293,14 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   let httpServer: HttpServer | undefined;
   const opsEndpoints = ops?.opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger }) ?? [];
   let resync: NodeJS.Timeout | undefined;
-  // Missed events (the monitor ended and was started again) are made up by one resync.
-  const linkMonitor = new LinkMonitor({ wants: (name) => linkWatch.wants(name), onEvent: (e) => linkWatch.seen(e), onRestart: () => resyncAll(), logger });
+  // Events missed while no monitor ran (it ended and was started again) are made up by
+  // reconciling every VM once; the image collection of a periodic resync is not repeated.
+  const linkMonitor = new LinkMonitor({
+    wants: (name) => linkWatch.wants(name),
+    onEvent: (e) => linkWatch.seen(e),
+    onRestart: () => void enqueueAll().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync after the link monitor restarted failed')),
+    logger,
+  });
   const drainable: Drainable = {
     stopServing: async (force) => {
       if (resync) clearInterval(resync);
@@ -313,12 +319,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     stopWork: () => queue.stop(),
     abortWork: () => reconciler.abortAll(),
     close: () => {
+      linkMonitor.close();
+      linkWatch.close();
       logBound.stop();
       supervisor.stop();
       store.close();
       lock.release();
-      linkMonitor.close();
-      linkWatch.close();
       network.close();
       stopSpawner();
     },
