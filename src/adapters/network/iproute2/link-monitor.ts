@@ -36,6 +36,21 @@ export function parseLinkEvent(line: string): LinkEvent | undefined {
   return { name: m[3], ifindex: Number(m[2]), deleted: m[1] !== undefined, up: (m[4] ?? '').split(',').includes('UP'), master };
 }
 
+/**
+ * `ip monitor` never reads its stdin, so it would outlive a daemon killed with SIGKILL (its
+ * spawner gone, it would only die writing its next line). The shell runs it in the background
+ * and reads the stdin the daemon holds open until it ends: at its end (the daemon closed it,
+ * exited or was killed) ip is killed. It exits with ip's status when ip ends first.
+ */
+const MONITOR_SCRIPT = [
+  'ip -o monitor link & p=$!',
+  'exec 3<&0',
+  '{ while read -r _; do :; done <&3; kill $p 2>/dev/null; } & c=$!',
+  'wait $p; s=$?',
+  'kill $c 2>/dev/null',
+  'exit $s',
+].join('\n');
+
 /** The first wait before a monitor that ended is started again (ms); it doubles up to MAX_BACKOFF_MS. */
 const FIRST_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 30_000;
@@ -54,8 +69,9 @@ export interface LinkMonitorOptions {
 
 /**
  * A long-lived `ip -o monitor link`, started through the process spawner as every program is
- * (streamProgram), which hands each link event the caller wants to onEvent. ip writes and
- * flushes one line per message, so no stdbuf is needed. When it ends (killed, the spawner
+ * (streamProgram), in a shell that ends it with the daemon (MONITOR_SCRIPT), which hands each
+ * link event the caller wants to onEvent. ip writes and flushes one line per message, so no
+ * stdbuf is needed. When it ends (killed, the spawner
  * lost), it is started again after a back-off (FIRST_BACKOFF_MS doubling to MAX_BACKOFF_MS,
  * back to the first after STEADY_MS of running), and onRestart is called once it runs again.
  * It never keeps the event loop alive; close() ends it for good (daemon shutdown).
@@ -81,7 +97,8 @@ export class LinkMonitor {
     this.decoder = new StringDecoder('utf8');
     this.partial = '';
     noteSpawn();
-    const child = streamProgram('ip', ['-o', 'monitor', 'link'], {
+    const child = streamProgram('sh', ['-c', MONITOR_SCRIPT], {
+      name: 'ip',
       onOutput: (d) => this.output(this.decoder.write(d)),
       onExit: (exit, err) => this.exited(child, exit, err),
     });
@@ -90,11 +107,11 @@ export class LinkMonitor {
     if (this.starts > 1) this.opts.onRestart();
   }
 
-  /** Ends ip for good. */
+  /** Ends ip for good: its stdin closes, and the shell around it kills it (MONITOR_SCRIPT). */
   close(): void {
     this.closed = true;
     clearTimeout(this.timer);
-    this.child?.kill('SIGKILL');
+    this.child?.end();
     this.child = undefined;
   }
 
