@@ -189,6 +189,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     backoffMaxMs: 5 * 60_000,
     random01: Math.random,
     observer: metrics,
+    passEnded: (uid, vm) => linkWatch.track(uid, vm),
   });
   // Host link changes that cut a VM off (its TAP deleted, detached, set down, its bridge made
   // again) are repaired as they happen rather than at the next resync: after each pass the
@@ -204,17 +205,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     },
     logger,
   });
-  const queue = new ReconcileQueue({
-    workers: cfg.reconcileWorkers,
-    handler: async (uid) => {
-      try {
-        return await reconciler.reconcile(uid);
-      } finally {
-        linkWatch.track(uid, store.get(uid));
-      }
-    },
-    logger,
-  });
+  const queue = new ReconcileQueue({ workers: cfg.reconcileWorkers, handler: (uid) => reconciler.reconcile(uid), logger });
   events.exited = (uid, pid) => {
     const delay = reconciler.vmmExited(uid, pid);
     if (delay !== undefined) queue.enqueue(uid, delay);

@@ -85,8 +85,9 @@ export class LinkWatch {
   }
 
   /**
-   * A reconcile pass of `uid` ended: its links are tracked from the record `vm` (as the store
-   * has it now), or forgotten when the record is gone.
+   * A reconcile pass of `uid` ended: its links are tracked from the record `vm` (its spec: the
+   * names and bridges of its interfaces), or forgotten when `vm` is undefined (no record, or
+   * the VM is being deleted).
    */
   track(uid: string, vm: MicroVM | undefined): void {
     const before = new Set<string>();

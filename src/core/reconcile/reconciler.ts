@@ -16,6 +16,12 @@ export interface ReconcilerOptions {
   random01: () => number;
   /** Told of every pass that did work (not one that only found its retry not yet due). */
   observer?: ReconcileObserver | undefined;
+  /**
+   * Told after every pass: the record as the pass read it, or undefined when there is none or
+   * the pass was a teardown (its VM is going). The link watch tracks a VM's links from it
+   * without reading the record again.
+   */
+  passEnded?: ((uid: string, vm: MicroVM | undefined) => void) | undefined;
 }
 
 /** How one reconcile pass ended: `ok` converged or still waiting on the guest, `failed` counted a failure, `canceled` was called off. */
@@ -90,7 +96,10 @@ export class Reconciler {
   async reconcile(uid: string): Promise<number | undefined> {
     const { store, logger } = this.opts;
     const vm = store.get(uid);
-    if (!vm) return undefined;
+    if (!vm) {
+      this.opts.passEnded?.(uid, undefined);
+      return undefined;
+    }
     const log = logger.child({ uid, namespace: vm.spec.namespace, name: vm.spec.name });
     const kind = vm.status.state === 'DELETING' ? 'teardown' : 'ensure';
     const pass: Inflight = { kind, controller: new AbortController() };
@@ -104,6 +113,7 @@ export class Reconciler {
       // A boot reported during a pass that saved nothing (called off, or not due yet).
       if (pass.bootedPid !== undefined) this.guestBooted(uid, pass.bootedPid);
       if (pass.outcome) this.opts.observer?.pass({ kind, outcome: pass.outcome, seconds: (this.opts.clock.now().getTime() - started) / 1000 });
+      this.opts.passEnded?.(uid, kind === 'teardown' ? undefined : vm);
     }
   }
 
