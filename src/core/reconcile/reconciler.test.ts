@@ -240,3 +240,45 @@ it('tells its observer of every pass that did work, with its outcome and duratio
     { kind: 'teardown', outcome: 'ok', seconds: 0.25 },
   ]);
 });
+
+it('retryNow lets the next pass run before its back-off is over, also when asked while a pass runs', async () => {
+  let fail = true;
+  let release: (() => void) | undefined;
+  const { store, r } = setup({
+    ensure: async () => {
+      if (release === undefined) await new Promise<void>((res) => (release = res));
+      if (fail) throw new Error('bridge br0 for interface eth0 not found on this host');
+      return { ready: true };
+    },
+    teardown: async () => {},
+  });
+  store.insert(vm('A'));
+  const first = r.reconcile('A');
+  await new Promise((res) => setImmediate(res));
+  assert.equal(r.busy('A'), true);
+  // The bridge came back while the pass that fails without it runs.
+  r.retryNow('A');
+  release?.();
+  assert.equal(await first, 1000);
+  assert.equal(r.busy('A'), false);
+  assert.equal(store.get('A')?.status.nextAttemptAt, undefined, 'the back-off the pass recorded is cleared when it ends');
+  assert.equal(store.get('A')?.status.retry, 1, 'the failure still counts');
+  assert.equal(await r.reconcile('A'), 2000, 'ran at once, failed again, backs off for its second failure');
+  assert.notEqual(store.get('A')?.status.nextAttemptAt, undefined);
+  r.retryNow('A');
+  fail = false;
+  assert.equal(await r.reconcile('A'), undefined, 'runs at once');
+  assert.equal(store.get('A')?.status.state, 'CREATED');
+});
+
+it('tells after each pass the record it read, and nothing for a teardown or a missing record', async () => {
+  const seen: [string, string | undefined][] = [];
+  const store = new MemoryStore();
+  const r = new Reconciler({ store, runtime: { ensure: async () => ({ ready: true }), teardown: async () => {} }, clock: { now: () => new Date() }, logger: silentLogger, maxRetries: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1, passEnded: (uid, v) => seen.push([uid, v?.uid]) });
+  store.insert(vm('A'));
+  await r.reconcile('A');
+  store.insert({ ...vm('B'), status: { ...initialStatus(), state: 'DELETING' } });
+  await r.reconcile('B');
+  await r.reconcile('C');
+  assert.deepEqual(seen, [['A', 'A'], ['B', undefined], ['C', undefined]]);
+});
