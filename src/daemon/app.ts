@@ -284,12 +284,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   let httpServer: HttpServer | undefined;
   const opsEndpoints = ops?.opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger }) ?? [];
   let resync: NodeJS.Timeout | undefined;
-  // Events missed while no monitor ran (it ended and was started again) are made up by
+  // Events missed (no monitor ran for a while, or the kernel dropped some) are made up by
   // reconciling every VM once; the image collection of a periodic resync is not repeated.
   const linkMonitor = new LinkMonitor({
     wants: (name) => linkWatch.wants(name),
     onEvent: (e) => linkWatch.seen(e),
-    onRestart: () => void enqueueAll().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync after the link monitor restarted failed')),
+    onMissed: () => void enqueueAll().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync after link events were missed failed')),
     logger,
   });
   const drainable: Drainable = {

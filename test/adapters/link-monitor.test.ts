@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { eventLinkName, parseLinkEvent } from '../../src/adapters/network/iproute2/link-monitor.js';
+import { chmodSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { eventLinkName, LinkMonitor, parseLinkEvent } from '../../src/adapters/network/iproute2/link-monitor.js';
 import { silentLogger } from '../../src/adapters/silent-logger.js';
 import { hostDeviceName } from '../../src/core/microvm/host-names.js';
 import type { MicroVM } from '../../src/core/microvm/types.js';
 import type { LinkInfo } from '../../src/core/ports.js';
 import { LinkWatch } from '../../src/core/reconcile/link-watch.js';
 import { storedMicroVM } from '../helpers/records.js';
+import { tempDir } from '../helpers/daemon.js';
 
 // Lines `ip -o monitor link` (iproute2 6.1) printed while a TAP named as matchlock names one
 // (mlt + 10 characters of a uid + 0) was made, put on br0, detached, set down, moved to br1,
@@ -67,7 +70,8 @@ const UID = '01ARZ3NDEKTSV4RR01ABCDEFGH';
 function harness(opts: { state?: MicroVM['status']['state']; macvtap?: boolean } = {}) {
   const vm = storedMicroVM(UID, { interfaces: [{ deviceId: 'eth0', type: opts.macvtap ? 'MACVTAP' : 'TAP' }] }, { state: opts.state ?? 'CREATED', lastError: '' });
   const records = new Map([[UID, vm]]);
-  const host = new Map<string, LinkInfo>();
+  // The host's links as the watch reads them; br0 is there until a test takes it away.
+  const host = new Map<string, LinkInfo>([['br0', { name: 'br0', ifindex: 2, mac: '', kind: 'other', up: true }]]);
   const busy = new Set<string>();
   const repairs: { uid: string; skipBackoff: boolean }[] = [];
   const watch = new LinkWatch({
@@ -179,17 +183,28 @@ describe('which link events repair a VM', () => {
     await h.settle();
     assert.deepEqual(h.repairs, [], 'the same bridge');
     h.tap({ master: undefined });
+    h.host.delete('br0');
     h.feed(L.portLeft, L.tapNoMaster, L.br0Deleted);
     await h.settle();
-    assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: false }], 'its port left with it');
-    // Its pass failed without the bridge: the VM is PENDING, waiting out its back-off, and
-    // tracked again from its record after that pass.
-    h.records.set(UID, { ...h.vm, status: { ...h.vm.status, state: 'PENDING', retry: 1 } });
-    h.watch.track(UID, h.records.get(UID));
+    // A pass now would fail for want of the bridge and count against the VM's retries.
+    assert.deepEqual(h.repairs, [], 'not while its bridge is missing');
     h.feed(L.br0Again);
-    assert.deepEqual(h.repairs.at(-1), { uid: UID, skipBackoff: true });
+    assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: true }], 'once the bridge is back');
     h.feed(L.br0Again);
-    assert.equal(h.repairs.length, 2, 'once per new bridge');
+    assert.equal(h.repairs.length, 1, 'once per new bridge');
+  });
+
+  it('a VM whose TAP left a bridge that is missing waits for the bridge, also when its deletion was not seen', async () => {
+    const h = harness();
+    h.watch.track(UID, h.vm);
+    h.tap({ master: undefined });
+    h.host.delete('br0');
+    // Only the port's own line: the bridge's deletion went unseen (missed events).
+    h.feed(L.tapNoMaster);
+    await h.settle();
+    assert.deepEqual(h.repairs, []);
+    h.feed(L.br0Again);
+    assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: true }]);
   });
 
   it('forgets a VM whose record is gone', async () => {
@@ -198,5 +213,52 @@ describe('which link events repair a VM', () => {
     h.watch.track(UID, undefined);
     assert.equal(h.watch.wants(h.name), false);
     assert.equal(h.watch.wants('br0'), false);
+  });
+});
+
+describe('the monitor tells when events may have been missed', () => {
+  /**
+   * Runs a LinkMonitor whose `ip` is `script` (a shell script first in PATH) for `ms`, and
+   * resolves the events it handed on and how often onMissed was told.
+   */
+  async function monitorWith(script: string, ms: number): Promise<{ events: string[]; missed: number }> {
+    const tmp = tempDir('link-monitor');
+    const path = process.env.PATH;
+    const events: string[] = [];
+    let missed = 0;
+    const m = new LinkMonitor({ wants: () => true, onEvent: (e) => events.push(e.name), onMissed: () => missed++, logger: silentLogger });
+    try {
+      writeFileSync(join(tmp.path, 'ip'), `#!/bin/sh\n${script}\n`);
+      chmodSync(join(tmp.path, 'ip'), 0o755);
+      process.env.PATH = `${tmp.path}:${path ?? ''}`;
+      m.start();
+      await new Promise((r) => setTimeout(r, ms));
+    } finally {
+      m.close();
+      process.env.PATH = path;
+      tmp.remove();
+    }
+    return { events, missed };
+  }
+
+  it('when ip says the kernel dropped events (ENOBUFS, on its stderr), once however often it says so', async () => {
+    const r = await monitorWith(`echo '${L.tapNoMaster}'; for i in 1 2 3; do echo 'netlink receive error No buffer space available (105)' >&2; done; exec sleep 30`, 1500);
+    assert.deepEqual(r.events, ['mlt01abcdefgh0']);
+    assert.equal(r.missed, 1);
+  });
+
+  it('not for a monitor that fails at once, again and again: it ran for no events to be missed', async () => {
+    // Restarts after 0.5, 1 and 2 s fall in the window; none runs.
+    const r = await monitorWith('exit 1', 4000);
+    assert.equal(r.missed, 0);
+  });
+
+  it('once a monitor started again has run', async (t) => {
+    // The first ends at once; the second, 0.5 s later, runs on.
+    const dir = tempDir('link-monitor-flag');
+    t.after(() => dir.remove());
+    const flag = join(dir.path, 'ran');
+    const r = await monitorWith(`if [ -e '${flag}' ]; then exec sleep 30; fi; : > '${flag}'; exit 1`, 2500);
+    assert.equal(r.missed, 1);
   });
 });

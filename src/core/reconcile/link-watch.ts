@@ -55,10 +55,10 @@ interface TrackedLink {
  * still broken, what was seen is logged once and the VM is reconciled: its create plan
  * re-creates the link, re-attaches it and sets it up.
  *
- * A bridge deleted takes its ports out (events without a master): those VMs are repaired, and
- * their passes fail while the bridge is missing and retry by back-off. When a link of the
- * bridge's name appears again (a new ifindex, or after its deletion was seen), every tracked
- * VM with an interface on it is reconciled at once, its back-off skipped.
+ * A bridge deleted takes its ports out (events without a master): while it is missing their
+ * VMs are not reconciled for it (a pass would fail and count against their retries). When a
+ * link of the bridge's name appears again (a new ifindex, or after it was seen missing), every
+ * tracked VM with an interface on it is reconciled at once, its back-off skipped.
  */
 export class LinkWatch {
   private readonly links = new Map<string, TrackedLink>();
@@ -205,7 +205,16 @@ export class LinkWatch {
       const tracked = this.links.get(name);
       if (!tracked) continue;
       const now = state(tracked, await this.opts.network.get(name));
-      if (now) broke.push({ link: name, seen, now });
+      if (!now) continue;
+      // A TAP whose bridge is gone cannot be put back on it: a pass now would fail and count
+      // against the VM's retries, so a bridge that comes and goes (network tooling restarted)
+      // would wear a healthy VM down to FAILED. Its return repairs the VM (bridgeSeen), which
+      // is sure to happen once the bridge is marked gone here.
+      if (tracked.kind === 'TAP' && (await this.opts.network.get(tracked.bridge)) === undefined) {
+        this.bridgeIndex.set(tracked.bridge, 'gone');
+        continue;
+      }
+      broke.push({ link: name, seen, now });
     }
     if (broke.length === 0 || this.closed) return;
     if (this.opts.busy(uid)) {

@@ -43,7 +43,8 @@ export function parseLinkEvent(line: string): LinkEvent | undefined {
  * exited or was killed) ip is killed. It exits with ip's status when ip ends first.
  */
 const MONITOR_SCRIPT = [
-  'ip -o monitor link & p=$!',
+  // Its stderr joins its stdout: ip says there when the kernel dropped events (ENOBUFS).
+  'ip -o monitor link 2>&1 & p=$!',
   'exec 3<&0',
   '{ while read -r _; do :; done <&3; kill $p 2>/dev/null; } & c=$!',
   'wait $p; s=$?',
@@ -56,14 +57,26 @@ const FIRST_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 30_000;
 /** A monitor that ran this long before it ended starts again after FIRST_BACKOFF_MS (ms). */
 const STEADY_MS = 60_000;
+/** A monitor started again counts as running once it has run this long (ms): only then is onMissed told. */
+const RUNNING_MS = 1000;
+/** onMissed is told at most once in this long (ms); what is missed meanwhile is told at its end. */
+const MISSED_EVERY_MS = 10_000;
+/**
+ * What iproute2 prints when a netlink receive failed: with ENOBUFS ("No buffer space
+ * available") the kernel dropped messages the socket had no room for, and ip carries on.
+ */
+const RECEIVE_ERROR = /netlink receive error|No buffer space available/;
 
 export interface LinkMonitorOptions {
   /** A cheap test of a link's name: lines of other links are not parsed further. */
   wants(name: string): boolean;
   /** Each event of a wanted link, in the order the kernel sent them. */
   onEvent(e: LinkEvent): void;
-  /** A monitor started again after one ended: events may have been missed meanwhile. */
-  onRestart(): void;
+  /**
+   * Events may have been missed: a monitor started again after one ended runs, or the kernel
+   * dropped events the monitor had no room for. At most once per MISSED_EVERY_MS.
+   */
+  onMissed(): void;
   logger: Logger;
 }
 
@@ -73,7 +86,8 @@ export interface LinkMonitorOptions {
  * link event the caller wants to onEvent. ip writes and flushes one line per message, so no
  * stdbuf is needed. When it ends (killed, the spawner
  * lost), it is started again after a back-off (FIRST_BACKOFF_MS doubling to MAX_BACKOFF_MS,
- * back to the first after STEADY_MS of running), and onRestart is called once it runs again.
+ * back to the first after STEADY_MS of running), and onMissed is called once it has run again
+ * for RUNNING_MS; also when ip reports that the kernel dropped events (ENOBUFS).
  * It never keeps the event loop alive; close() ends it for good (daemon shutdown).
  */
 export class LinkMonitor {
@@ -86,6 +100,9 @@ export class LinkMonitor {
   private closed = false;
   /** Starts so far: from the second on, each is a restart. */
   private starts = 0;
+  private runningTimer: NodeJS.Timeout | undefined;
+  private lastMissed = 0;
+  private missedTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: LinkMonitorOptions) {}
 
@@ -104,13 +121,35 @@ export class LinkMonitor {
     });
     this.child = child;
     child.hold(false);
-    if (this.starts > 1) this.opts.onRestart();
+    // Caught up only once the new monitor runs: one that fails at once has missed nothing new,
+    // and a monitor that keeps failing must not reconcile every VM at each attempt.
+    if (this.starts > 1) {
+      this.runningTimer = setTimeout(() => this.child === child && this.missed(), RUNNING_MS);
+      this.runningTimer.unref();
+    }
+  }
+
+  /** Tells onMissed now, or at the end of MISSED_EVERY_MS after it was last told. */
+  private missed(): void {
+    if (this.closed || this.missedTimer) return;
+    const wait = this.lastMissed + MISSED_EVERY_MS - Date.now();
+    const tell = () => {
+      this.missedTimer = undefined;
+      if (this.closed) return;
+      this.lastMissed = Date.now();
+      this.opts.onMissed();
+    };
+    if (wait <= 0) return tell();
+    this.missedTimer = setTimeout(tell, wait);
+    this.missedTimer.unref();
   }
 
   /** Ends ip for good: its stdin closes, and the shell around it kills it (MONITOR_SCRIPT). */
   close(): void {
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.runningTimer);
+    clearTimeout(this.missedTimer);
     this.child?.end();
     this.child = undefined;
   }
@@ -122,7 +161,14 @@ export class LinkMonitor {
     if (this.partial.length > 64 * 1024) this.partial = '';
     for (const line of parts) {
       const name = eventLinkName(line);
-      if (name === undefined || !this.opts.wants(name)) continue;
+      if (name === undefined) {
+        if (RECEIVE_ERROR.test(line)) {
+          this.opts.logger.warn({ line }, 'ip monitor link missed events (the kernel dropped them); reconciling every VM');
+          this.missed();
+        }
+        continue;
+      }
+      if (!this.opts.wants(name)) continue;
       const e = parseLinkEvent(line);
       if (e) this.opts.onEvent(e);
     }
