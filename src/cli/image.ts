@@ -121,15 +121,8 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
    * before the store is checked or made (--init): a refused pull leaves nothing behind.
    */
   const store = async ({ pulls }: { pulls: boolean }) => {
-    const { registryClient, listSetting, LocalImageStore } = await stores();
-    let registry;
-    if (pulls) {
-      const c = await daemonCfg();
-      registry = registryClient(
-        { authFile: c.registryAuthFile, insecure: listSetting(c.insecureRegistries), plainHttp: listSetting(c.plainHttpRegistries), mirrors: listSetting(c.registryMirrors) },
-        quiet,
-      );
-    }
+    const { registryClient, registryConfigOf, LocalImageStore } = await stores();
+    const registry = pulls ? registryClient(registryConfigOf(await daemonCfg()), quiet) : undefined;
     return new LocalImageStore(join((await cfg()).stateDir, 'images'), registry);
   };
   /** digest -> the VMs that use it, by the same rule the daemon's garbage collection uses. */

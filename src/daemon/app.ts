@@ -11,7 +11,7 @@ import { longestSocketPath, UNIX_SOCKET_PATH_MAX } from '../core/vmm.js';
 import { HostRuntime } from '../core/plan/host-runtime.js';
 import { NodeHostFiles } from '../adapters/system/files.js';
 import { ImageCatalog, LocalImageStore } from '../adapters/images/oci/store.js';
-import { listSetting, registryClient } from '../adapters/images/oci/registry.js';
+import { registryClient, registryConfigOf } from '../adapters/images/oci/registry.js';
 import { VfatCloudInitDisk } from '../adapters/metadata/cidata.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { LinkMonitor } from '../adapters/network/iproute2/link-monitor.js';
@@ -87,10 +87,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   // registry setting or auth file leaves no state behind.
   let registry;
   try {
-    registry = registryClient(
-      { authFile: cfg.registryAuthFile, insecure: listSetting(cfg.insecureRegistries), plainHttp: listSetting(cfg.plainHttpRegistries), mirrors: listSetting(cfg.registryMirrors) },
-      logger,
-    );
+    registry = registryClient(registryConfigOf(cfg), logger);
   } catch (err) {
     throw err instanceof MatchlockError ? err : configError((err as Error).message);
   }

@@ -312,6 +312,15 @@ export interface RegistryConfig {
   mirrors: string[];
 }
 
+/**
+ * The registry client's settings from the daemon's (`registry-auth-file`,
+ * `insecure-registries`, `plain-http-registries`, `registry-mirrors`, each list
+ * comma-separated), as matchlockd and `matchlock image` read them.
+ */
+export function registryConfigOf(s: { registryAuthFile: string; insecureRegistries: string; plainHttpRegistries: string; registryMirrors: string }): RegistryConfig {
+  return { authFile: s.registryAuthFile, insecure: listSetting(s.insecureRegistries), plainHttp: listSetting(s.plainHttpRegistries), mirrors: listSetting(s.registryMirrors) };
+}
+
 /** Splits a comma-separated setting, dropping blanks. */
 export function listSetting(s: string): string[] {
   return s.split(',').map((x) => x.trim()).filter(Boolean);
