@@ -15,6 +15,12 @@ export interface SettingDef {
   /** For kind int: the accepted range. */
   min?: number;
   max?: number;
+  /**
+   * For kind string: a comma-separated list, which a YAML config file may also give as a
+   * sequence of strings (as Docker's daemon.json gives `insecure-registries`); it is joined
+   * with commas, so both spellings reach the reader of the setting alike.
+   */
+  list?: boolean;
 }
 
 /** A parsed setting: strings and enums as strings, durations in milliseconds, ints, bools. */
@@ -29,7 +35,11 @@ export function parseSetting(def: SettingDef, raw: unknown): { value: SettingVal
   const text = typeof raw === 'string' ? raw.trim() : raw;
   switch (def.kind) {
     case 'string':
-      if (typeof text !== 'string' && typeof text !== 'number') return bad('must be a string');
+      if (def.list && Array.isArray(text)) {
+        if (!text.every((e) => typeof e === 'string' || typeof e === 'number')) return bad('must be a string or a list of strings');
+        return { value: text.map((e) => String(e).trim()).join(',') };
+      }
+      if (typeof text !== 'string' && typeof text !== 'number') return bad(def.list ? 'must be a string or a list of strings' : 'must be a string');
       return { value: String(text) };
     case 'bool':
       if (typeof text === 'boolean') return { value: text };

@@ -47,6 +47,26 @@ describe('daemon configuration', () => {
     assert.equal(cfg.logFormat, 'json');
   });
 
+  it("takes the registry lists as YAML sequences too, as Docker's daemon.json writes them", async () => {
+    const { registryConfigOf } = await import('../../src/adapters/images/oci/registry.js');
+    const path = file('lists.yaml', [
+      'insecure-registries: [harbor.lan:5000, 10.0.0.0/8]',
+      'plain-http-registries:', '  - cache.lan:5000', '  - " Quay.IO "',
+      'registry-mirrors: ["docker.io=mirror.lan:5000"]', '',
+    ].join('\n'));
+    const cfg = load({}, path);
+    assert.equal(cfg.insecureRegistries, 'harbor.lan:5000,10.0.0.0/8');
+    assert.equal(cfg.plainHttpRegistries, 'cache.lan:5000,Quay.IO');
+    const reg = registryConfigOf(cfg);
+    assert.deepEqual(reg.insecure, ['harbor.lan:5000', '10.0.0.0/8']);
+    assert.deepEqual(reg.plainHttp, ['cache.lan:5000', 'Quay.IO']);
+    assert.deepEqual(reg.mirrors, ['docker.io=mirror.lan:5000']);
+    // Only these settings are lists: another string setting given a sequence is refused, and so
+    // is a sequence holding something other than strings.
+    assert.throws(() => load({}, file('l2.yaml', 'state-dir: [/a, /b]\n')), /state-dir must be a string \(got \["\/a","\/b"\]\)/);
+    assert.throws(() => load({}, file('l3.yaml', 'insecure-registries: [{a: 1}]\n')), /insecure-registries must be a string or a list of strings/);
+  });
+
   it('names the key in every startup error', () => {
     assert.throws(() => load({}, file('u.yaml', 'grpc-endpoint: x:1\nstate_dir: /x\n')), /unknown key "state_dir"/);
     assert.throws(() => load({}, file('b.yaml', 'resync-period: soon\n')), /resync-period must be a duration/);
