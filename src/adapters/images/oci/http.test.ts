@@ -25,4 +25,14 @@ describe('httpGet', () => {
       await new Promise((r) => server.close(r));
     }
   });
+
+  it('bounds the name lookup and the connect too, with the same timeout and message', async () => {
+    // A resolver that never answers (a black-holed DNS server): before, Node's agent ended the
+    // request after its own 5 s with a message naming the 30 s bound, and a shorter bound was
+    // not applied at all until the socket connected.
+    const hung = () => undefined;
+    const t0 = Date.now();
+    await assert.rejects(httpGet('http://registry.test:5000/v2/', { timeoutMs: 300, lookup: hung }), { message: 'no answer from registry.test:5000 within 300 ms' });
+    assert.ok(Date.now() - t0 < 4000, 'the bound given, not the agent\'s 5 s');
+  });
 });

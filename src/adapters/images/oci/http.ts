@@ -1,12 +1,19 @@
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import type { LookupFunction } from 'node:net';
 
 export interface HttpOptions {
   method?: string;
   headers?: Record<string, string>;
   /** Accept any TLS certificate (a registry configured as insecure). */
   insecureTls?: boolean;
+  /**
+   * Milliseconds, default 30,000: the longest wait for the answer's head from the request's start
+   * (name lookup, connect, TLS and the registry's own time), then for each next chunk of its body.
+   */
   timeoutMs?: number;
+  /** Resolves the registry's host name (`dns.lookup`'s shape); `dns.lookup` when absent. */
+  lookup?: LookupFunction;
 }
 
 /**
@@ -17,23 +24,28 @@ export async function httpGet(url: string, opts: HttpOptions = {}, redirects = 5
   const u = new URL(url);
   const ms = opts.timeoutMs ?? 30_000;
   const res = await new Promise<IncomingMessage>((resolve, reject) => {
-    let response: IncomingMessage | undefined;
     const req = (u.protocol === 'https:' ? httpsRequest : httpRequest)(
       u,
-      { method: opts.method ?? 'GET', headers: opts.headers, ...(u.protocol === 'https:' ? { rejectUnauthorized: !opts.insecureTls } : {}) },
+      { method: opts.method ?? 'GET', headers: opts.headers, lookup: opts.lookup, ...(u.protocol === 'https:' ? { rejectUnauthorized: !opts.insecureTls } : {}) },
       (r) => {
-        response = r;
+        clearTimeout(head);
+        // Now the socket is connected, so this idle bound applies at once (set before, it would
+        // wait for the connect, and the agent's own 5 s socket timeout would act meanwhile).
+        req.setTimeout(ms, () => {
+          const err = new Error(`${u.host} sent nothing more of its answer for ${ms} ms`);
+          r.destroy(err);
+          req.destroy(err);
+        });
         resolve(r);
       },
     );
-    // The socket's idle timeout, before the answer's head and while its body is read. Once the
-    // head came, destroying only the request would reach the body's reader as a bare "aborted".
-    req.setTimeout(ms, () => {
-      const err = new Error(response ? `${u.host} sent nothing more of its answer for ${ms} ms` : `no answer from ${u.host} within ${ms} ms`);
-      response?.destroy(err);
-      req.destroy(err);
+    // One deadline for everything before the head: a socket timeout starts only once connected,
+    // so a resolver or a connect that never answers would otherwise be bounded by nothing of ours.
+    const head = setTimeout(() => req.destroy(new Error(`no answer from ${u.host} within ${ms} ms`)), ms);
+    req.on('error', (e) => {
+      clearTimeout(head);
+      reject(e);
     });
-    req.on('error', reject);
     req.end();
   });
   const status = res.statusCode ?? 0;
