@@ -23,12 +23,18 @@ export class MatchlockError extends Error {
   readonly code: ErrorCode;
   /** The request field at fault, as a wire path such as `microvm.interfaces[0].guest_mac`. */
   readonly field: string | undefined;
+  /**
+   * The host link whose absence is the failure (a TAP's bridge, a macvtap's parent interface),
+   * by its name: its return is what the work waits for.
+   */
+  readonly missingLink: string | undefined;
 
-  constructor(code: ErrorCode, message: string, options: { field?: string; cause?: unknown } = {}) {
+  constructor(code: ErrorCode, message: string, options: { field?: string; cause?: unknown; missingLink?: string } = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'MatchlockError';
     this.code = code;
     this.field = options.field;
+    this.missingLink = options.missingLink;
   }
 
   /** Wraps anything thrown into a MatchlockError, keeping the code of one that already is. */
@@ -70,6 +76,22 @@ export function invalid(field: string, rule: string): MatchlockError {
 export function notFound(what: string): MatchlockError {
   // Clients (CAPMVM, microvm-operator) match the lowercase words "not found".
   return new MatchlockError(ErrorCode.NotFound, `${what} not found`);
+}
+
+/**
+ * The host link named `link` (a bridge, a macvtap's parent) is not there: FailedPrecondition,
+ * carrying the name (missingLink), also through the wrappers that prefix a step's name.
+ */
+export function missingHostLink(link: string, message: string): MatchlockError {
+  return new MatchlockError(ErrorCode.FailedPrecondition, message, { missingLink: link });
+}
+
+/** The missingLink of the error or of the first error in its chain of causes that has one. */
+export function missingLinkOf(err: unknown): string | undefined {
+  for (let e = err, depth = 0; e instanceof Error && depth < 16; e = e.cause, depth++) {
+    if (e instanceof MatchlockError && e.missingLink !== undefined) return e.missingLink;
+  }
+  return undefined;
 }
 
 export function failedPrecondition(message: string, field?: string): MatchlockError {

@@ -129,7 +129,7 @@ export interface Logger {
 }
 
 /** What a runtime observed or achieved for one VM; merged into the stored status. */
-export type RuntimeStatus = Partial<Omit<MicroVMStatus, 'state' | 'retry' | 'lastError' | 'nextAttemptAt'>> & {
+export type RuntimeStatus = Partial<Omit<MicroVMStatus, 'state' | 'retry' | 'lastError' | 'nextAttemptAt' | 'missingLink'>> & {
   /** True when the VM is fully running; false leaves it PENDING without counting a failure. */
   ready: boolean;
 };

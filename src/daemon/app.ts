@@ -186,18 +186,19 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     backoffMaxMs: 5 * 60_000,
     random01: Math.random,
     observer: metrics,
-    passEnded: (uid, vm) => linkWatch.track(uid, vm),
+    passEnded: (uid, vm, missingLink) => linkWatch.track(uid, vm, missingLink),
   });
-  // Host link changes that cut a VM off (its TAP deleted, detached, set down, its bridge made
-  // again) are repaired as they happen rather than at the next resync: after each pass the
+  // Host link changes that cut a VM off (its TAP or macvtap deleted, detached, set down, its
+  // bridge or macvtap parent made again) are repaired as they happen rather than at the next resync: after each pass the
   // VM's links are tracked, and `ip monitor link` events of tracked links enqueue the VM.
   const linkWatch = new LinkWatch({
     store,
     network,
     bridgeName: cfg.bridgeName,
+    parentIface: cfg.parentIface,
     busy: (uid) => reconciler.busy(uid),
-    repair: (uid, skipBackoff) => {
-      if (skipBackoff) reconciler.retryNow(uid);
+    repair: (uid, returned) => {
+      if (returned !== undefined) reconciler.retryNow(uid, returned);
       queue.enqueue(uid);
     },
     logger,

@@ -13,7 +13,8 @@ import { tempDir } from '../helpers/daemon.js';
 
 // Lines `ip -o monitor link` (iproute2 6.1) printed while a TAP named as matchlock names one
 // (mlt + 10 characters of a uid + 0) was made, put on br0, detached, set down, moved to br1,
-// and deleted, and while its bridge was deleted and made again; and for a macvtap.
+// and deleted, and while its bridge was deleted and made again; and for a macvtap, also while
+// its parent (a veth) was deleted and made again.
 const L = {
   tapNew: '3: mlt01abcdefgh0: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN group default \\    link/ether fe:67:5f:ad:2f:16 brd ff:ff:ff:ff:ff:ff',
   tapOnBr0: '3: mlt01abcdefgh0: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc pfifo_fast master br0 state DOWN group default \\    link/ether fe:67:5f:ad:2f:16 brd ff:ff:ff:ff:ff:ff',
@@ -31,6 +32,12 @@ const L = {
   br0Again: '5: br0: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN group default \\    link/ether b6:54:af:7e:6e:1e brd ff:ff:ff:ff:ff:ff',
   macvtapUp: '11: mlv01abcdefgh0@vparent: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 qdisc pfifo_fast state LOWERLAYERDOWN group default \\    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff',
   macvtapDown: '11: mlv01abcdefgh0@vparent: <BROADCAST,MULTICAST> mtu 1500 qdisc pfifo_fast state DOWN group default \\    link/ether 02:00:00:00:00:01 brd ff:ff:ff:ff:ff:ff',
+  /** The macvtap parent (a veth here) deleted: its macvtap is set down and deleted first. */
+  macvtapParentGoing: '4: mlv01abcdefgh0@vparent: <BROADCAST,MULTICAST,M-DOWN> mtu 1500 qdisc pfifo_fast state DOWN group default \\    link/ether 1a:5d:95:cf:fc:ab brd ff:ff:ff:ff:ff:ff',
+  macvtapGone: 'Deleted 4: mlv01abcdefgh0@vparent: <BROADCAST,MULTICAST,M-DOWN> mtu 1500 qdisc noop state DOWN group default \\    link/ether 1a:5d:95:cf:fc:ab brd ff:ff:ff:ff:ff:ff',
+  parentDeleted: 'Deleted 3: vparent@NONE: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN group default \\    link/ether f2:28:f7:4b:64:4d brd ff:ff:ff:ff:ff:ff',
+  parentAgain: '6: vparent@vbridge: <BROADCAST,MULTICAST,M-DOWN> mtu 1500 qdisc noop state DOWN group default \\    link/ether 12:a5:45:e0:f2:4e brd ff:ff:ff:ff:ff:ff',
+  parentAgainUp: '6: vparent@vbridge: <NO-CARRIER,BROADCAST,MULTICAST,UP,M-DOWN> mtu 1500 qdisc noqueue state LOWERLAYERDOWN group default \\    link/ether 12:a5:45:e0:f2:4e brd ff:ff:ff:ff:ff:ff',
   vethNone: '9: vbridge@NONE: <BROADCAST,MULTICAST> mtu 1500 qdisc noop state DOWN group default \\    link/ether 32:1e:99:b3:24:e2 brd ff:ff:ff:ff:ff:ff',
 };
 
@@ -71,15 +78,19 @@ function harness(opts: { state?: MicroVM['status']['state']; macvtap?: boolean }
   const vm = storedMicroVM(UID, { interfaces: [{ deviceId: 'eth0', type: opts.macvtap ? 'MACVTAP' : 'TAP' }] }, { state: opts.state ?? 'CREATED', lastError: '' });
   const records = new Map([[UID, vm]]);
   // The host's links as the watch reads them; br0 is there until a test takes it away.
-  const host = new Map<string, LinkInfo>([['br0', { name: 'br0', ifindex: 2, mac: '', kind: 'other', up: true }]]);
+  const host = new Map<string, LinkInfo>([
+    ['br0', { name: 'br0', ifindex: 2, mac: '', kind: 'other', up: true }],
+    ['vparent', { name: 'vparent', ifindex: 7, mac: '', kind: 'other', up: true }],
+  ]);
   const busy = new Set<string>();
-  const repairs: { uid: string; skipBackoff: boolean }[] = [];
+  const repairs: { uid: string; returned: string | undefined }[] = [];
   const watch = new LinkWatch({
     store: { get: (uid) => records.get(uid) },
     network: { get: async (name) => host.get(name) },
     bridgeName: 'br0',
+    parentIface: 'vparent',
     busy: (uid) => busy.has(uid),
-    repair: (uid, skipBackoff) => repairs.push({ uid, skipBackoff }),
+    repair: (uid, returned) => repairs.push({ uid, returned }),
     logger: silentLogger,
     debounceMs: 5,
   });
@@ -124,7 +135,7 @@ describe('which link events repair a VM', () => {
       if (hostLink) h.tap(hostLink);
       h.feed(...lines, ...lines);
       await h.settle();
-      assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: false }]);
+      assert.deepEqual(h.repairs, [{ uid: UID, returned: undefined }]);
     });
   }
 
@@ -137,7 +148,7 @@ describe('which link events repair a VM', () => {
     assert.deepEqual(h.repairs, [], 'up is as it should be');
     h.feed(L.macvtapDown);
     await h.settle();
-    assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: false }]);
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: undefined }]);
   });
 
   it('not while a pass of the VM runs: after it, only if still broken; never a VM not CREATED', async () => {
@@ -151,7 +162,7 @@ describe('which link events repair a VM', () => {
     h.busy.clear();
     h.watch.track(UID, h.vm);
     await h.settle();
-    assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: false }], 'the pass ended and left it detached');
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: undefined }], 'the pass ended and left it detached');
     h.busy.add(UID);
     h.feed(L.tapNoMaster);
     await h.settle();
@@ -189,7 +200,7 @@ describe('which link events repair a VM', () => {
     // A pass now would fail for want of the bridge and count against the VM's retries.
     assert.deepEqual(h.repairs, [], 'not while its bridge is missing');
     h.feed(L.br0Again);
-    assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: true }], 'once the bridge is back');
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }], 'once the bridge is back');
     h.feed(L.br0Again);
     assert.equal(h.repairs.length, 1, 'once per new bridge');
   });
@@ -204,7 +215,84 @@ describe('which link events repair a VM', () => {
     await h.settle();
     assert.deepEqual(h.repairs, []);
     h.feed(L.br0Again);
-    assert.deepEqual(h.repairs, [{ uid: UID, skipBackoff: true }]);
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }]);
+  });
+
+  it('a macvtap whose parent is deleted waits for the parent; its return repairs the VM', async () => {
+    const h = harness({ macvtap: true });
+    h.watch.track(UID, h.vm);
+    h.host.delete('vparent');
+    h.host.delete(h.name);
+    h.feed(L.macvtapParentGoing, L.macvtapGone, L.parentDeleted);
+    await h.settle();
+    // A pass now would fail for want of the parent and count against the VM's retries.
+    assert.deepEqual(h.repairs, [], 'not while its parent is missing');
+    h.feed(L.parentAgain, L.parentAgainUp);
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'vparent' }], 'once the parent is back, not again when it comes up');
+  });
+
+  it('a VM whose pass failed for want of its uplink is reconciled when it appears, its deletion never seen', async () => {
+    for (const macvtap of [false, true]) {
+      const uplink = macvtap ? 'vparent' : 'br0';
+      const h = harness({ macvtap, state: 'PENDING' });
+      const failed = { ...h.vm, status: { ...h.vm.status, missingLink: uplink, nextAttemptAt: '2099-01-01T00:00:00.000Z' } };
+      h.records.set(UID, failed);
+      h.host.delete(uplink);
+      h.watch.track(UID, h.vm, uplink);
+      await h.settle();
+      assert.deepEqual(h.repairs, []);
+      h.feed(macvtap ? L.parentAgain : L.br0Again);
+      assert.deepEqual(h.repairs, [{ uid: UID, returned: uplink }], uplink);
+    }
+  });
+
+  it('an uplink that appeared while the pass that found it missing ended: that pass\'s VM is repaired', async () => {
+    const h = harness({ macvtap: true, state: 'PENDING' });
+    h.records.set(UID, { ...h.vm, status: { ...h.vm.status, missingLink: 'vparent', nextAttemptAt: '2099-01-01T00:00:00.000Z' } });
+    // Its event came before the VM was tracked, so it was not wanted.
+    h.watch.track(UID, h.vm, 'vparent');
+    await h.settle();
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'vparent' }]);
+  });
+
+  it('a bridge\'s return cuts short only the back-off of VMs whose last failure found it missing', async () => {
+    const records = new Map<string, MicroVM>();
+    const repairs: { uid: string; returned: string | undefined }[] = [];
+    const watch = new LinkWatch({
+      store: { get: (uid) => records.get(uid) },
+      network: { get: async () => undefined },
+      bridgeName: 'br0',
+      parentIface: 'vparent',
+      busy: () => false,
+      repair: (uid, returned) => repairs.push({ uid, returned }),
+      logger: silentLogger,
+      debounceMs: 5,
+    });
+    const later = '2099-01-01T00:00:00.000Z';
+    const vms = {
+      waitsForBr0: { state: 'PENDING', lastError: 'interface eth0 (tap x): bridge br0 for interface eth0 not found on this host', missingLink: 'br0', nextAttemptAt: later },
+      pullFailed: { state: 'PENDING', lastError: 'image r:1: pull failed: 503', nextAttemptAt: later },
+      waitsForVparent: { state: 'PENDING', lastError: 'parent interface vparent for eth1 not found on this host', missingLink: 'vparent', nextAttemptAt: later },
+      notReadyYet: { state: 'PENDING', lastError: '' },
+      running: { state: 'CREATED', lastError: '' },
+      failed: { state: 'FAILED', lastError: 'bridge br0 for interface eth0 not found on this host', missingLink: 'br0' },
+    } as const;
+    const uids = new Map<string, string>();
+    for (const [n, status] of Object.entries(vms)) {
+      const uid = `01ARZ3NDEKTSV4RR01ABCDEFG${uids.size}`;
+      uids.set(uid, n);
+      const vm = storedMicroVM(uid, { interfaces: [{ deviceId: 'eth0', type: 'TAP' }, { deviceId: 'eth1', type: 'MACVTAP' }] }, { ...status });
+      records.set(uid, vm);
+      watch.track(uid, vm);
+    }
+    const repaired = () => repairs.map((r) => `${uids.get(r.uid)} ${r.returned}`).sort();
+    watch.seen({ name: 'br0', ifindex: 2, deleted: true, up: false, master: undefined });
+    watch.seen({ name: 'br0', ifindex: 5, deleted: false, up: false, master: undefined });
+    assert.deepEqual(repaired(), ['notReadyYet br0', 'running br0', 'waitsForBr0 br0'], 'not those backing off after another failure, nor a FAILED one');
+    repairs.length = 0;
+    watch.seen({ name: 'vparent', ifindex: 3, deleted: true, up: false, master: undefined });
+    watch.seen({ name: 'vparent', ifindex: 6, deleted: false, up: false, master: undefined });
+    assert.deepEqual(repaired(), ['notReadyYet vparent', 'running vparent', 'waitsForVparent vparent']);
   });
 
   it('forgets a VM whose record is gone', async () => {

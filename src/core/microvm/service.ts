@@ -99,7 +99,7 @@ export class MicroVMService {
       if (cur.status.state === 'DELETING') return undefined;
       return {
         ...cur,
-        status: { ...cur.status, state: 'DELETING', retry: 0, lastError: '', nextAttemptAt: undefined },
+        status: { ...cur.status, state: 'DELETING', retry: 0, lastError: '', nextAttemptAt: undefined, missingLink: undefined },
         updatedAt: now,
         deletedAt: now,
       };

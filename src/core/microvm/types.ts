@@ -90,6 +90,12 @@ export interface MicroVMStatus {
   lastError: string;
   /** ISO time of the next reconcile attempt after a failure. */
   nextAttemptAt?: string | undefined;
+  /**
+   * The host link the last failure found missing (a TAP's bridge, a macvtap's parent), by
+   * name; absent when the last attempt did not fail for want of a link. Only the back-off of
+   * such a VM is cut short when that link appears again (Reconciler.retryNow). Not on the wire.
+   */
+  missingLink?: string | undefined;
   vmmPid: number;
   guestBooted: boolean;
   /** Image reference -> manifest digest, pinned on first resolution. */

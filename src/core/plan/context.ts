@@ -22,7 +22,7 @@ export interface PlanDeps {
 }
 
 /** The status fields a create plan observes and achieves. */
-export type ObservedStatus = Omit<MicroVMStatus, 'state' | 'retry' | 'lastError' | 'nextAttemptAt'>;
+export type ObservedStatus = Omit<MicroVMStatus, 'state' | 'retry' | 'lastError' | 'nextAttemptAt' | 'missingLink'>;
 
 /** The guest agent's vsock context id, as flintlock uses it. */
 export const GUEST_AGENT_CID = 3;

@@ -21,23 +21,29 @@ export interface LinkWatchOptions {
   network: Pick<HostNetwork, 'get'>;
   /** The daemon's bridge (`bridge-name`), for TAP interfaces without a bridge override. */
   bridgeName: string;
+  /** The daemon's `parent-iface`, the link every MACVTAP interface sits on ('' when unset). */
+  parentIface: string;
   /** Whether a reconcile pass runs for the VM now: its own link changes are not a break. */
   busy(uid: string): boolean;
   /**
-   * Reconciles the VM now. `skipBackoff`: its bridge came back, so a back-off waiting for it
-   * is over (the reconciler clears the VM's next attempt time).
+   * Reconciles the VM now. `returned`: the bridge or macvtap parent of the VM that appeared
+   * again, so a back-off after a failure for want of it is over (Reconciler.retryNow clears
+   * it when the VM's last failure found that link missing, and only then).
    */
-  repair(uid: string, skipBackoff: boolean): void;
+  repair(uid: string, returned: string | undefined): void;
   logger: Logger;
   /** How long a VM's events are gathered before its links are read and it is repaired (ms, default 100). */
   debounceMs?: number;
 }
 
-/** A link of a VM this daemon tracks: whose, of which kind, and (for a TAP) its bridge. */
+/**
+ * A link of a VM this daemon tracks: whose, of which kind, and the link it hangs on (its
+ * uplink): a TAP's bridge, a macvtap's parent interface ('' when none is configured).
+ */
 interface TrackedLink {
   uid: string;
   kind: 'TAP' | 'MACVTAP';
-  bridge: string;
+  uplink: string;
 }
 
 /**
@@ -55,19 +61,23 @@ interface TrackedLink {
  * still broken, what was seen is logged once and the VM is reconciled: its create plan
  * re-creates the link, re-attaches it and sets it up.
  *
- * A bridge deleted takes its ports out (events without a master): while it is missing their
- * VMs are not reconciled for it (a pass would fail and count against their retries). When a
- * link of the bridge's name appears again (a new ifindex, or after it was seen missing), every
- * tracked VM with an interface on it is reconciled at once, its back-off skipped.
+ * A bridge deleted takes its ports out (events without a master), a macvtap's parent deleted
+ * takes its macvtaps with it (the kernel deletes them): while such an uplink is missing, the
+ * VMs whose links broke with it are not reconciled for it (a pass would fail and count against
+ * their retries). When a link of the uplink's name appears again (a new ifindex, or after it
+ * was seen missing), every CREATED tracked VM with an interface on it is reconciled at once,
+ * and every PENDING one not backing off or whose last failure found that link missing
+ * (status.missingLink): that one's back-off is cut short. A PENDING VM backing off after a
+ * failure for another reason keeps its back-off; its next pass puts its links back.
  */
 export class LinkWatch {
   private readonly links = new Map<string, TrackedLink>();
   /** Tracked VMs -> their link names. */
   private readonly names = new Map<string, string[]>();
-  /** Bridges in use by a tracked VM -> their uids. */
-  private readonly bridges = new Map<string, Set<string>>();
-  /** A bridge's ifindex as last seen in an event, or 'gone' after its deletion. */
-  private readonly bridgeIndex = new Map<string, number | 'gone'>();
+  /** Uplinks (bridges, macvtap parents) in use by a tracked VM -> their uids. */
+  private readonly uplinks = new Map<string, Set<string>>();
+  /** An uplink's ifindex as last seen in an event, or 'gone' after its deletion. */
+  private readonly uplinkIndex = new Map<string, number | 'gone'>();
   /** VMs waiting out debounceMs: per link name, what was seen last. */
   private readonly pending = new Map<string, { timer: NodeJS.Timeout; changes: Map<string, string> }>();
   /** VMs whose links broke while a pass of theirs ran: checked again when it ends (track()). */
@@ -79,21 +89,23 @@ export class LinkWatch {
     this.debounceMs = opts.debounceMs ?? 100;
   }
 
-  /** Whether events of a link of this name can matter: a tracked VM's link or a bridge in use. */
+  /** Whether events of a link of this name can matter: a tracked VM's link or an uplink in use. */
   wants(name: string): boolean {
-    return this.links.has(name) || this.bridges.has(name);
+    return this.links.has(name) || this.uplinks.has(name);
   }
 
   /**
    * A reconcile pass of `uid` ended: its links are tracked from the record `vm` (its spec: the
-   * names and bridges of its interfaces), or forgotten when `vm` is undefined (no record, or
-   * the VM is being deleted).
+   * names, bridges and macvtap parent of its interfaces), or forgotten when `vm` is undefined
+   * (no record, or the VM is being deleted). `missingLink`: the bridge or parent whose absence
+   * failed the pass; it is then known missing, so its next appearance is its return, also when
+   * its deletion was never seen (it was missing before the daemon started).
    */
-  track(uid: string, vm: MicroVM | undefined): void {
+  track(uid: string, vm: MicroVM | undefined, missingLink?: string): void {
     const before = new Set<string>();
     for (const name of this.names.get(uid) ?? []) {
       const l = this.links.get(name);
-      if (l?.kind === 'TAP') before.add(l.bridge);
+      if (l) before.add(l.uplink);
       this.links.delete(name);
     }
     this.names.delete(uid);
@@ -103,30 +115,32 @@ export class LinkWatch {
       for (const [i, iface] of vm.spec.interfaces.entries()) {
         const name = hostDeviceName(vm, i);
         const kind = iface.type === 'MACVTAP' ? 'MACVTAP' : 'TAP';
-        const bridge = iface.overrides?.bridgeName ?? this.opts.bridgeName;
-        this.links.set(name, { uid, kind, bridge });
+        // flintlock's NetworkInterface names no parent: a macvtap's is the daemon's parent-iface.
+        const uplink = kind === 'MACVTAP' ? this.opts.parentIface : (iface.overrides?.bridgeName ?? this.opts.bridgeName);
+        this.links.set(name, { uid, kind, uplink });
         names.push(name);
-        if (kind === 'TAP' && bridge !== '') now.add(bridge);
+        if (uplink !== '') now.add(uplink);
       }
       this.names.set(uid, names);
     }
-    for (const bridge of now) {
-      let uids = this.bridges.get(bridge);
-      if (!uids) this.bridges.set(bridge, (uids = new Set()));
+    for (const uplink of now) {
+      let uids = this.uplinks.get(uplink);
+      if (!uids) this.uplinks.set(uplink, (uids = new Set()));
       uids.add(uid);
     }
+    if (missingLink !== undefined && now.has(missingLink)) this.missing(missingLink);
     const deferred = this.afterPass.get(uid);
     if (deferred) {
       this.afterPass.delete(uid);
       this.run(uid, deferred);
     }
-    // A bridge no tracked VM uses any more is forgotten, with what was seen of it.
-    for (const bridge of before) {
-      if (now.has(bridge)) continue;
-      const uids = this.bridges.get(bridge);
+    // An uplink no tracked VM uses any more is forgotten, with what was seen of it.
+    for (const uplink of before) {
+      if (now.has(uplink)) continue;
+      const uids = this.uplinks.get(uplink);
       if (uids?.delete(uid) && uids.size === 0) {
-        this.bridges.delete(bridge);
-        this.bridgeIndex.delete(bridge);
+        this.uplinks.delete(uplink);
+        this.uplinkIndex.delete(uplink);
       }
     }
   }
@@ -140,7 +154,22 @@ export class LinkWatch {
       if (change) this.later(link.uid, e.name, change);
       return;
     }
-    if (this.bridges.has(e.name)) this.bridgeSeen(e);
+    if (this.uplinks.has(e.name)) this.uplinkSeen(e);
+  }
+
+  /**
+   * A pass found `uplink` missing. It may have appeared since (its event then came before it was
+   * known missing), so it is read once more: if it is there, that is its return.
+   */
+  private missing(uplink: string): void {
+    if (this.uplinkIndex.get(uplink) === 'gone') return;
+    this.uplinkIndex.set(uplink, 'gone');
+    this.opts.network.get(uplink).then(
+      (l) => {
+        if (l && !this.closed && this.uplinkIndex.get(uplink) === 'gone') this.uplinkSeen({ name: uplink, ifindex: l.ifindex, deleted: false, up: l.up, master: l.master });
+      },
+      (err: unknown) => this.opts.logger.warn({ link: uplink, err: (err as Error).message }, 'link check failed'),
+    );
   }
 
   /** Stops: waiting VMs are dropped (daemon shutdown). */
@@ -151,21 +180,33 @@ export class LinkWatch {
     this.afterPass.clear();
   }
 
-  private bridgeSeen(e: LinkEvent): void {
-    const before = this.bridgeIndex.get(e.name);
+  /**
+   * An event of a bridge or macvtap parent in use. Only its appearance matters (a new ifindex,
+   * or any after its deletion): its being set down fails no pass (a port is enslaved to, a
+   * macvtap made and set up on, a link that is down), so its coming up repairs nothing.
+   */
+  private uplinkSeen(e: LinkEvent): void {
+    const before = this.uplinkIndex.get(e.name);
     if (e.deleted) {
-      if (before === e.ifindex || before === undefined) this.bridgeIndex.set(e.name, 'gone');
+      if (before === e.ifindex || before === undefined) this.uplinkIndex.set(e.name, 'gone');
       return;
     }
-    this.bridgeIndex.set(e.name, e.ifindex);
+    this.uplinkIndex.set(e.name, e.ifindex);
     if (before === undefined || before === e.ifindex) return;
-    const uids = [...(this.bridges.get(e.name) ?? [])].filter((uid) => {
-      const state = this.opts.store.get(uid)?.status.state;
-      return state === 'PENDING' || state === 'CREATED';
+    let skipping = 0;
+    const uids = [...(this.uplinks.get(e.name) ?? [])].filter((uid) => {
+      const status = this.opts.store.get(uid)?.status;
+      if (status?.state === 'CREATED') return true;
+      if (status?.state !== 'PENDING') return false;
+      // Backing off after another failure: an attempt now would most likely fail as the last.
+      if (status.nextAttemptAt !== undefined && status.missingLink !== e.name) return false;
+      if (status.missingLink === e.name) skipping++;
+      return true;
     });
     if (uids.length === 0) return;
-    this.opts.logger.info({ bridge: e.name, ifindex: e.ifindex, vms: uids.length }, 'bridge appeared again: re-attaching its VMs now');
-    for (const uid of uids) this.opts.repair(uid, true);
+    const what = e.name === this.opts.parentIface ? 'macvtap parent' : 'bridge';
+    this.opts.logger.info({ link: e.name, ifindex: e.ifindex, vms: uids.length, skippingBackoff: skipping }, `${what} appeared again: re-attaching its VMs now`);
+    for (const uid of uids) this.opts.repair(uid, e.name);
   }
 
   private later(uid: string, name: string, change: string): void {
@@ -201,36 +242,41 @@ export class LinkWatch {
     const vm = this.opts.store.get(uid);
     if (vm?.status.state !== 'CREATED') return;
     const broke: { link: string; seen: string; now: string }[] = [];
+    /** Broken with their uplink, which is missing: repaired when it appears again. */
+    const waiting: { link: string; seen: string; now: string }[] = [];
     for (const [name, seen] of changes) {
       const tracked = this.links.get(name);
       if (!tracked) continue;
       const now = state(tracked, await this.opts.network.get(name));
       if (!now) continue;
-      // A TAP whose bridge is gone cannot be put back on it: a pass now would fail and count
-      // against the VM's retries, so a bridge that comes and goes (network tooling restarted)
-      // would wear a healthy VM down to FAILED. Its return repairs the VM (bridgeSeen), which
-      // is sure to happen once the bridge is marked gone here.
-      if (tracked.kind === 'TAP' && (await this.opts.network.get(tracked.bridge)) === undefined) {
-        this.bridgeIndex.set(tracked.bridge, 'gone');
+      // A TAP whose bridge is gone cannot be put back on it, nor a macvtap made again without
+      // its parent (whose deletion took it): a pass now would fail and count against the VM's
+      // retries, so an uplink that comes and goes (network tooling restarted, a NIC's driver
+      // reloaded) would wear a healthy VM down to FAILED. Its return repairs the VM
+      // (uplinkSeen), which is sure to happen once the uplink is marked gone here.
+      if (tracked.uplink !== '' && (await this.opts.network.get(tracked.uplink)) === undefined) {
+        this.uplinkIndex.set(tracked.uplink, 'gone');
+        waiting.push({ link: name, seen, now });
         continue;
       }
       broke.push({ link: name, seen, now });
     }
-    if (broke.length === 0 || this.closed) return;
+    if ((broke.length === 0 && waiting.length === 0) || this.closed) return;
     if (this.opts.busy(uid)) {
       this.defer(uid, changes);
       return;
     }
     const log = { uid, namespace: vm.spec.namespace, name: vm.spec.name };
-    this.opts.logger.info({ ...log, links: broke }, 'host link of a VM changed: repairing it now');
     // The kernel detaches a VMM's queue from a tun or macvtap device it deletes (writes then
-    // fail with EBADFD); a link made again under the same name is a new device the running VMM
-    // never opened.
-    const gone = broke.filter((b) => b.now === 'missing').map((b) => b.link);
+    // fail with EBADFD; a macvtap's /dev/tap<ifindex> goes with it); a link made again under
+    // the same name is a new device the running VMM never opened.
+    const gone = [...broke, ...waiting].filter((b) => b.now === 'missing').map((b) => b.link);
     if (gone.length > 0 && vm.status.vmmPid > 0) {
       this.opts.logger.warn({ ...log, links: gone }, 'a deleted link is made again, but the running VMM still holds the old one: the guest\'s interface has no traffic until the VM is restarted (matchlock vm restart)');
     }
-    this.opts.repair(uid, false);
+    if (broke.length === 0) return;
+    this.opts.logger.info({ ...log, links: broke }, 'host link of a VM changed: repairing it now');
+    this.opts.repair(uid, undefined);
   }
 
   private defer(uid: string, changes: Map<string, string>): void {
@@ -241,9 +287,9 @@ export class LinkWatch {
 }
 
 /** What an event shows broken about a VM's link, in a few words, or undefined when nothing. */
-export function broken(link: { kind: 'TAP' | 'MACVTAP'; bridge: string }, e: LinkEvent): string | undefined {
+export function broken(link: { kind: 'TAP' | 'MACVTAP'; uplink: string }, e: LinkEvent): string | undefined {
   if (e.deleted) return 'deleted';
-  if (link.kind === 'TAP' && e.master !== link.bridge) return e.master === undefined ? `detached from ${link.bridge}` : `moved from ${link.bridge} to ${e.master}`;
+  if (link.kind === 'TAP' && e.master !== link.uplink) return e.master === undefined ? `detached from ${link.uplink}` : `moved from ${link.uplink} to ${e.master}`;
   if (!e.up) return 'set down';
   return undefined;
 }
@@ -251,7 +297,7 @@ export function broken(link: { kind: 'TAP' | 'MACVTAP'; bridge: string }, e: Lin
 /** What is wrong with a VM's link as read now, or undefined when it is as its plan leaves it. */
 function state(link: TrackedLink, l: LinkInfo | undefined): string | undefined {
   if (!l) return 'missing';
-  if (link.kind === 'TAP' && l.master !== link.bridge) return l.master === undefined ? 'no master' : `master ${l.master}`;
+  if (link.kind === 'TAP' && l.master !== link.uplink) return l.master === undefined ? 'no master' : `master ${l.master}`;
   if (!l.up) return 'down';
   return undefined;
 }

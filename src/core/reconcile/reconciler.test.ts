@@ -5,6 +5,7 @@ import { initialStatus, type MicroVM } from '../microvm/types.js';
 import type { Runtime, RuntimeStatus } from '../ports.js';
 import { MicroVMService } from '../microvm/service.js';
 import { providerEntries } from '../../../test/fakes/provider-entries.js';
+import { ErrorCode, MatchlockError, missingHostLink } from '../errors.js';
 import { Reconciler } from './reconciler.js';
 
 function vm(uid: string): MicroVM {
@@ -247,7 +248,7 @@ it('retryNow lets the next pass run before its back-off is over, also when asked
   const { store, r } = setup({
     ensure: async () => {
       if (release === undefined) await new Promise<void>((res) => (release = res));
-      if (fail) throw new Error('bridge br0 for interface eth0 not found on this host');
+      if (fail) throw new MatchlockError(ErrorCode.FailedPrecondition, 'interface eth0 (tap mltx0): bridge br0 for interface eth0 not found on this host', { cause: missingHostLink('br0', 'bridge br0 for interface eth0 not found on this host') });
       return { ready: true };
     },
     teardown: async () => {},
@@ -257,18 +258,50 @@ it('retryNow lets the next pass run before its back-off is over, also when asked
   await new Promise((res) => setImmediate(res));
   assert.equal(r.busy('A'), true);
   // The bridge came back while the pass that fails without it runs.
-  r.retryNow('A');
+  r.retryNow('A', 'br0');
   release?.();
   assert.equal(await first, 1000);
   assert.equal(r.busy('A'), false);
   assert.equal(store.get('A')?.status.nextAttemptAt, undefined, 'the back-off the pass recorded is cleared when it ends');
   assert.equal(store.get('A')?.status.retry, 1, 'the failure still counts');
+  assert.equal(store.get('A')?.status.missingLink, 'br0', 'found under the step\'s wrapper');
   assert.equal(await r.reconcile('A'), 2000, 'ran at once, failed again, backs off for its second failure');
   assert.notEqual(store.get('A')?.status.nextAttemptAt, undefined);
-  r.retryNow('A');
+  r.retryNow('A', 'br0');
   fail = false;
   assert.equal(await r.reconcile('A'), undefined, 'runs at once');
   assert.equal(store.get('A')?.status.state, 'CREATED');
+  assert.equal(store.get('A')?.status.missingLink, undefined);
+});
+
+it('retryNow keeps the back-off of a VM whose last failure was not for want of that link', async () => {
+  let why: Error = new Error('pull of r:1 failed: 503 Service Unavailable');
+  let release: (() => void) | undefined;
+  const { store, r } = setup({
+    ensure: async () => {
+      if (release === undefined) await new Promise<void>((res) => (release = res));
+      throw why;
+    },
+    teardown: async () => {},
+  });
+  store.insert(vm('A'));
+  const first = r.reconcile('A');
+  await new Promise((res) => setImmediate(res));
+  r.retryNow('A', 'br0');
+  release?.();
+  assert.equal(await first, 1000);
+  assert.notEqual(store.get('A')?.status.nextAttemptAt, undefined, 'asked while the pass ran: the failure it recorded was another');
+  r.retryNow('A', 'br0');
+  assert.equal(await r.reconcile('A'), 1000, 'still backing off');
+  // It failed for want of the macvtap parent: the bridge's return does not cut that short.
+  r.retryNow('A', 'br0');
+  store.update('A', (cur) => ({ ...cur, status: { ...cur.status, nextAttemptAt: undefined } }));
+  why = missingHostLink('vparent', 'parent interface vparent for eth0 not found on this host');
+  assert.equal(await r.reconcile('A'), 2000);
+  r.retryNow('A', 'br0');
+  assert.notEqual(store.get('A')?.status.nextAttemptAt, undefined, 'another link');
+  r.retryNow('A', 'vparent');
+  assert.equal(store.get('A')?.status.nextAttemptAt, undefined, 'its link');
 });
 
 it('tells after each pass the record it read, and nothing for a teardown or a missing record', async () => {

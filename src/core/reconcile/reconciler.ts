@@ -1,4 +1,4 @@
-import { ErrorCode, MatchlockError } from '../errors.js';
+import { ErrorCode, MatchlockError, missingLinkOf } from '../errors.js';
 import type { Clock, Logger, Runtime, RuntimeStatus, Store, Tombstones, UpdateOptions } from '../ports.js';
 import { desiredPower, type MicroVM, type MicroVMStatus } from '../microvm/types.js';
 import { backoffMs } from './backoff.js';
@@ -18,10 +18,11 @@ export interface ReconcilerOptions {
   observer?: ReconcileObserver | undefined;
   /**
    * Told after every pass: the record as the pass read it, or undefined when there is none or
-   * the pass was a teardown (its VM is going). The link watch tracks a VM's links from it
-   * without reading the record again.
+   * the pass was a teardown (its VM is going); and the host link whose absence failed the
+   * pass, if that is how it failed (status.missingLink as the pass recorded it). The link
+   * watch tracks a VM's links from it without reading the record again.
    */
-  passEnded?: ((uid: string, vm: MicroVM | undefined) => void) | undefined;
+  passEnded?: ((uid: string, vm: MicroVM | undefined, missingLink: string | undefined) => void) | undefined;
 }
 
 /** How one reconcile pass ended: `ok` converged or still waiting on the guest, `failed` counted a failure, `canceled` was called off. */
@@ -74,18 +75,19 @@ export class Reconciler {
   }
 
   /**
-   * What the VM's last failure waited for is back (its bridge appeared again): its next pass
-   * need not wait out its back-off, so the next attempt time is cleared. The retry count stays.
-   * A VM being deleted or FAILED is left alone. While a pass runs for it, that is done when the
-   * pass ends, so a failure it records meanwhile does not hold the next pass back.
+   * The host link `link` (a bridge, a macvtap's parent) appeared again: a VM whose last failure
+   * found it missing (status.missingLink) need not wait out its back-off, so its next attempt
+   * time is cleared; the retry count stays. A VM that failed for another reason keeps its
+   * back-off, as does one being deleted or FAILED. While a pass runs for the VM, the choice is
+   * made when the pass ends, on the failure it recorded.
    */
-  retryNow(uid: string): void {
+  retryNow(uid: string, link: string): void {
     const pass = this.inflight.get(uid);
     if (pass) {
-      pass.retryNow = true;
+      (pass.retryNow ??= new Set()).add(link);
       return;
     }
-    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' || cur.status.nextAttemptAt === undefined ? cur.status : { ...cur.status, nextAttemptAt: undefined }));
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' || cur.status.nextAttemptAt === undefined || cur.status.missingLink !== link ? cur.status : { ...cur.status, nextAttemptAt: undefined }));
   }
 
   /** How many passes are running now. */
@@ -97,7 +99,7 @@ export class Reconciler {
     const { store, logger } = this.opts;
     const vm = store.get(uid);
     if (!vm) {
-      this.opts.passEnded?.(uid, undefined);
+      this.opts.passEnded?.(uid, undefined, undefined);
       return undefined;
     }
     const log = logger.child({ uid, namespace: vm.spec.namespace, name: vm.spec.name });
@@ -109,11 +111,11 @@ export class Reconciler {
       return await (kind === 'teardown' ? this.delete(vm, log, pass) : this.create(vm, log, pass));
     } finally {
       this.inflight.delete(uid);
-      if (pass.retryNow) this.retryNow(uid);
+      for (const link of pass.retryNow ?? []) this.retryNow(uid, link);
       // A boot reported during a pass that saved nothing (called off, or not due yet).
       if (pass.bootedPid !== undefined) this.guestBooted(uid, pass.bootedPid);
       if (pass.outcome) this.opts.observer?.pass({ kind, outcome: pass.outcome, seconds: (this.opts.clock.now().getTime() - started) / 1000 });
-      this.opts.passEnded?.(uid, kind === 'teardown' ? undefined : vm);
+      this.opts.passEnded?.(uid, kind === 'teardown' ? undefined : vm, pass.missingLink);
     }
   }
 
@@ -144,7 +146,7 @@ export class Reconciler {
       const { ready, ...fields } = await this.opts.runtime.ensure(vm, log, progress, signal);
       // retry is not reset here: a VMM that starts and then crashes must still run out of
       // attempts. It resets when the guest is seen booting (guestBooted).
-      this.save(uid, (cur) => ({ ...withObserved(this.booted(cur.status, pass), fields), state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined }));
+      this.save(uid, (cur) => ({ ...withObserved(this.booted(cur.status, pass), fields), state: ready ? 'CREATED' : 'PENDING', lastError: '', nextAttemptAt: undefined, missingLink: undefined }));
       pass.outcome = 'ok';
       return undefined;
     } catch (err) {
@@ -153,6 +155,7 @@ export class Reconciler {
         return this.calledOff(log, signal);
       }
       const achieved = observed;
+      pass.missingLink = missingLinkOf(err);
       return this.fail(vm, err, log, (cur) => (achieved ? withObserved(this.booted(cur, pass), achieved) : this.booted(cur, pass)));
     }
   }
@@ -214,7 +217,7 @@ export class Reconciler {
    * boot (`quiet` hides it), so its failure count starts over. guest_booted is left alone.
    */
   vmmHealthy(uid: string): void {
-    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '' }));
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '', missingLink: undefined }));
   }
 
   private async delete(vm: MicroVM, log: Logger, pass: Inflight): Promise<number | undefined> {
@@ -259,6 +262,7 @@ export class Reconciler {
       retry,
       lastError: e.message,
       nextAttemptAt: exhausted ? undefined : next,
+      missingLink: missingLinkOf(err),
     }));
     return exhausted ? undefined : delay;
   }
@@ -294,13 +298,15 @@ interface Inflight {
   outcome?: PassOutcome;
   /** The supervisor saw the guest of the VMM with this pid boot while the pass ran. */
   bootedPid?: number | undefined;
-  /** retryNow was asked while the pass ran: its next attempt time is cleared when it ends. */
-  retryNow?: boolean;
+  /** The host link whose absence failed this create pass. */
+  missingLink?: string | undefined;
+  /** Links retryNow was told of while the pass ran: the choice is made when it ends. */
+  retryNow?: Set<string>;
 }
 
 /** The guest of the VMM with this pid reached userspace; a record being deleted keeps its status. */
 function bootedStatus(cur: MicroVMStatus, pid: number): MicroVMStatus {
-  return cur.state === 'DELETING' ? cur : { ...cur, vmmPid: pid, guestBooted: true, retry: 0, lastError: '' };
+  return cur.state === 'DELETING' ? cur : { ...cur, vmmPid: pid, guestBooted: true, retry: 0, lastError: '', missingLink: undefined };
 }
 
 /**

@@ -1,4 +1,4 @@
-import { failedPrecondition } from '../../errors.js';
+import { failedPrecondition, missingHostLink } from '../../errors.js';
 import { deviceAlias, guestMac, hostDeviceName, ownLink } from '../../microvm/host-names.js';
 import type { NetworkInterface } from '../../microvm/types.js';
 import type { HostNetwork, LinkInfo, Logger } from '../../ports.js';
@@ -66,7 +66,7 @@ export class TapInterface implements Step {
     const seen = this.seen;
     this.seen = undefined;
     if (!this.bridge) throw failedPrecondition(`TAP interface ${this.iface.deviceId} has no bridge: set overrides.bridge_name or matchlockd --bridge-name`);
-    if (!(await network.get(this.bridge))) throw failedPrecondition(`bridge ${this.bridge} for interface ${this.iface.deviceId} not found on this host`);
+    if (!(await network.get(this.bridge))) throw missingHostLink(this.bridge, `bridge ${this.bridge} for interface ${this.iface.deviceId} not found on this host`);
     const existing = seen ? seen.link : await network.get(this.device);
     if (existing) claim(existing, 'tap', this.ctx.deps.daemonId, this.ctx.vm.uid, this.iface.deviceId);
     let link = existing ?? (await network.createTap(this.device, { bridge: this.bridge, alias: this.alias }));
@@ -117,7 +117,7 @@ export class MacvtapInterface implements Step {
     const seen = this.seen;
     this.seen = undefined;
     if (!parentIface) throw failedPrecondition(`MACVTAP interface ${this.iface.deviceId} needs matchlockd --parent-iface`);
-    if (!(await network.get(parentIface))) throw failedPrecondition(`parent interface ${parentIface} for ${this.iface.deviceId} not found on this host`);
+    if (!(await network.get(parentIface))) throw missingHostLink(parentIface, `parent interface ${parentIface} for ${this.iface.deviceId} not found on this host`);
     const existing = seen ? seen.link : await network.get(this.device);
     let link: LinkInfo;
     if (existing) {
