@@ -324,6 +324,65 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
     assert.equal(existsSync(join(tmp.path, 'jailer', 'firecracker.mjs', uid)), false, 'jail removed');
     assert.equal(existsSync(cg), false, 'cgroup removed');
   });
+
+  /** A jailed VM whose jailer stand-in lingers `holdMs` after it started Firecracker, before it writes its pid and exits. */
+  function lingering(uid: string, holdMs: number, readyTimeoutMs: number) {
+    const dir = join(tmp.path, 'vm', 'ns', 'name', uid);
+    const runDir = join(tmp.path, 'run', uid);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'volume-root.img'), '');
+    truncateSync(join(dir, 'volume-root.img'), 1 << 20);
+    const jailerBin = join(tmp.path, `jailer-${uid}.sh`);
+    writeFileSync(jailerBin, `#!/bin/sh\nexport FAKE_JAILER_CGROUP_ROOT='${join(tmp.path, 'cgroup')}'\nexport FAKE_JAILER_HOLD_MS=${holdMs}\nexec ip netns exec ${ns} ${FAKE_JAILER} "$@"\n`);
+    chmodSync(jailerBin, 0o755);
+    const jailer = { ...DEFAULT_JAILER, bin: jailerBin, chrootBase: join(tmp.path, 'jailer'), cgroupRoot: join(tmp.path, 'cgroup') };
+    const vm = new FirecrackerVm(uid, { dir, runDir }, { bin: FAKE_FIRECRACKER, detach: true, readyTimeoutMs, termTimeoutMs: 1000, jailer });
+    const launch: FirecrackerLaunch = {
+      uid, namespace: 'ns', name: 'name', dir, runDir, vcpu: 2, memoryInMb: 1024,
+      kernelPath: join(tmp.path, 'vmlinux'),
+      cmdline: mergeCmdline(defaultCmdline({ mmds: true }), {}),
+      hasRoot: true,
+      shares: [],
+      disks: [{ id: 'root', path: join(dir, 'volume-root.img'), readOnly: false }],
+      nics: [{ deviceId: 'eth0', type: 'TAP', hostDevice: 'mltmeta', ifindex: 0, mac: 'AA:FF:00:00:00:01' }],
+      metadata: { 'meta-data': Buffer.from(`instance_id: ${uid}\n`) },
+      guestAgent: { cid: 3 },
+    };
+    /** The pids in the VM's cgroup: the Firecracker the jailer started, once it did. */
+    const inCgroup = () => (existsSync(join(tmp.path, 'cgroup', 'matchlock', uid, 'cgroup.procs')) ? readFileSync(join(tmp.path, 'cgroup', 'matchlock', uid, 'cgroup.procs'), 'utf8').split('\n').filter((l) => l !== '').map(Number) : []);
+    return { vm, launch, inCgroup };
+  }
+
+  it('a start called off while the jailer has not exited ends at once, and the Firecracker it forked is killed', async () => {
+    // The jailer lingers past the ready timeout: only the call-off can end the wait early.
+    const { vm, launch, inCgroup } = lingering('01HZY3NDEKTSV4RRFFQ69GJA2L', 120_000, 60_000);
+    const calledOff = new AbortController();
+    const outcome = vm.start(launch, quiet, calledOff.signal).catch((e: unknown) => e);
+    let fc: number | undefined;
+    for (let i = 0; i < 400 && fc === undefined; i++) {
+      fc = inCgroup()[0];
+      if (fc === undefined) await sleep(25);
+    }
+    assert.ok(fc !== undefined, 'the jailer started Firecracker');
+    started.push(fc);
+    calledOff.abort();
+    const e = await outcome;
+    assert.ok(e instanceof MatchlockError && e.code === ErrorCode.Canceled, `canceled, not ${String(e)}`);
+    assert.equal(pidAlive(fc), false, 'the Firecracker the jailer forked is gone when the start throws');
+    assert.equal(await vm.running(), undefined);
+    await vm.cleanup();
+  });
+
+  it('a jailer that does not exit within the ready timeout: the start fails and the Firecracker it forked is killed', async () => {
+    const { vm, launch, inCgroup } = lingering('01HZY3NDEKTSV4RRFFQ69GJA3L', 120_000, 1500);
+    await assert.rejects(vm.start(launch, quiet), /jailer did not exit/);
+    const [fc] = inCgroup();
+    assert.ok(fc !== undefined, 'the jailer started Firecracker');
+    started.push(fc);
+    assert.equal(pidAlive(fc), false, 'not left running untracked');
+    assert.equal(await vm.running(), undefined);
+    await vm.cleanup();
+  });
 });
 
 describe('firecracker kernels', () => {

@@ -6,10 +6,13 @@
 // --cgroup values there, then runs the exec file as uid:gid with a cleared environment. What
 // it cannot do is pivot_root: it tells the Firecracker stand-in its root in FAKE_FC_CHROOT.
 // With --new-pid-ns it writes Firecracker's pid to <jail root>/<exec-file name>.pid and exits
-// 0, as the jailer's parent does.
+// 0, as the jailer's parent does. FAKE_JAILER_HOLD_MS: how long it waits after it started
+// Firecracker (and put it in the cgroup) before it writes that pid and exits, a jailer caught
+// between its fork and its exit.
 import { spawn } from 'node:child_process';
 import { appendFileSync, chownSync, copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { basename, isAbsolute, join } from 'node:path';
+import { setTimeout } from 'node:timers';
 
 const argv = process.argv.slice(2);
 function fail(msg) {
@@ -103,9 +106,12 @@ const fcArgs = [`--id=${a.id}`, `--start-time-us=${now}`, `--start-time-cpu-us=$
 const child = spawn(exec, fcArgs, { cwd: chroot, env, uid, gid, detached: !!a.daemonize, stdio: a.daemonize ? 'ignore' : 'inherit' });
 if (cgroupDir) appendFileSync(join(cgroupDir, 'cgroup.procs'), `${child.pid}\n`);
 if (a['new-pid-ns'] || a.daemonize) {
-  writeFileSync(join(chroot, `${execName}.pid`), `${child.pid}`);
   child.unref();
-  process.exit(0);
+  setTimeout(() => {
+    writeFileSync(join(chroot, `${execName}.pid`), `${child.pid}`);
+    process.exit(0);
+  }, Number(process.env.FAKE_JAILER_HOLD_MS ?? 0));
+} else {
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(sig, () => child.kill(sig));
+  child.on('exit', (code, signal) => (signal ? process.kill(process.pid, signal) : process.exit(code ?? 1)));
 }
-for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(sig, () => child.kill(sig));
-child.on('exit', (code, signal) => (signal ? process.kill(process.pid, signal) : process.exit(code ?? 1)));

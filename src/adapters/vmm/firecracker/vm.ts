@@ -15,6 +15,21 @@ import { jailId, jailPlan, jailRoot, type JailerSettings, type JailPlan } from '
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** What abortedPromise resolves with. */
+const CALLED_OFF = 'was called off';
+
+/** Resolves with CALLED_OFF once `signal` aborts (never without one); dispose() drops the listener. */
+function abortedPromise(signal: AbortSignal | undefined): { promise: Promise<string>; dispose(): void } {
+  if (!signal) return { promise: new Promise<string>(() => undefined), dispose: () => undefined };
+  let onAbort = () => undefined as void;
+  const promise = new Promise<string>((resolve) => {
+    onAbort = () => resolve(CALLED_OFF);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+  });
+  return { promise, dispose: () => signal.removeEventListener('abort', onAbort) };
+}
+
 /** What a start called off through its signal throws (the launcher's form, launcher.ts). */
 const canceledStart = () => new MatchlockError(ErrorCode.Canceled, 'canceled while firecracker was starting');
 
@@ -222,6 +237,10 @@ export class FirecrackerVm {
     const args = plan ? plan.argv : firecrackerArgs(l, this.paths);
     log.debug({ bin, args }, 'starting firecracker');
     await rm(this.file('pid'), { force: true });
+    // The pid file in the jail is read after the jailer exits, and when a jailer is ended, to
+    // find what it started: one left by an earlier start would name a pid since reused.
+    const jailPidFile = plan ? `${plan.root}/${basename(this.o.bin)}.pid` : undefined;
+    if (jailPidFile) await rm(jailPidFile, { force: true });
     let pid: number | undefined;
     let settled = false;
     try {
@@ -237,13 +256,23 @@ export class FirecrackerVm {
       if (!plan && child) trackChild(child.pid, child.exit);
       pid = child?.pid;
       const deadline = Date.now() + this.readyTimeoutMs;
-      if (plan) {
+      if (plan && jailPidFile) {
         // With --new-pid-ns the jailer forks Firecracker, writes its pid into the jail and exits.
-        const done = await Promise.race([exited, spawnError, sleep(this.readyTimeoutMs).then(() => 'did not exit')]);
-        if (done !== 'exited with code 0') throw new MatchlockError(ErrorCode.Internal, `jailer ${done}: ${await this.failureReason()}`);
-        const pidFile = `${plan.root}/${basename(this.o.bin)}.pid`;
-        pid = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim()) || undefined;
-        if (pid === undefined) throw new MatchlockError(ErrorCode.Internal, `jailer exited without writing ${pidFile}`);
+        const calledOff = abortedPromise(signal);
+        let timer: NodeJS.Timeout | undefined;
+        const timedOut = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('did not exit'), this.readyTimeoutMs)));
+        const done = await Promise.race([exited, spawnError, calledOff.promise, timedOut]);
+        clearTimeout(timer);
+        calledOff.dispose();
+        if (done !== 'exited with code 0') {
+          // A jailer called off, timed out or failed may have forked Firecracker already.
+          const left = child ? await this.endJailer(child, plan, jailPidFile, log) : [];
+          pid = undefined;
+          if (done === CALLED_OFF) throw canceledStart();
+          throw new MatchlockError(ErrorCode.Internal, `jailer ${done}: ${await this.failureReason()}${left.length > 0 ? ` (pids ${left.join(', ')} it started survived SIGKILL)` : ''}`);
+        }
+        pid = Number((await readFile(jailPidFile, 'utf8').catch(() => '')).trim()) || undefined;
+        if (pid === undefined) throw new MatchlockError(ErrorCode.Internal, `jailer exited without writing ${jailPidFile}`);
         const fcPid = pid;
         exited = (async () => {
           while (pidAlive(fcPid) && !settled) await sleep(100);
@@ -277,6 +306,42 @@ export class FirecrackerVm {
       throw e;
     } finally {
       settled = true;
+    }
+  }
+
+  /**
+   * Ends a jailer that did not exit on its own (its wait called off or timed out) and what it
+   * started. The jailer is this daemon's child: after SIGKILL it forks nothing more. It joins
+   * the VM's cgroup (`<parent-cgroup>/<uid>`) before it forks Firecracker, so a Firecracker it
+   * forked is found there even before its pid is written into the jail (docs/jailer.md); the
+   * pid file is read too. Only processes whose command line names this VM's id (`--id`, the
+   * jailer's and Firecracker's) are killed: a pid read from a file may have been reused.
+   * Returns the pids that outlived SIGKILL (a process stuck in the kernel); the VM's cgroup,
+   * which removeJail refuses to remove while they live, keeps them known to the next pass.
+   */
+  private async endJailer(jailer: { pid: number; exit: Promise<unknown> }, plan: JailPlan, pidFile: string, log: Logger): Promise<number[]> {
+    if (pidAlive(jailer.pid)) process.kill(jailer.pid, 'SIGKILL');
+    await Promise.race([jailer.exit, sleep(2000)]);
+    const listed = [
+      await readFile(pidFile, 'utf8').catch(() => ''),
+      this.o.jailer ? await readFile(`${this.o.jailer.cgroupRoot}/${plan.cgroup}/cgroup.procs`, 'utf8').catch(() => '') : '',
+    ].join('\n');
+    const pids = new Set(listed.split(/\s+/).map(Number).filter((p) => Number.isInteger(p) && p > 0 && p !== jailer.pid && p !== process.pid));
+    const started = [...pids].filter((p) => this.namesThisVm(p) && pidAlive(p));
+    for (const p of started) process.kill(p, 'SIGKILL');
+    const left: number[] = [];
+    for (const p of started) if (!(await this.waitGone(p, 2000))) left.push(p);
+    if (started.length > 0) log.info({ jailer: jailer.pid, killed: started.filter((p) => !left.includes(p)), left }, 'jailer ended before it exited: killed what it started');
+    return left;
+  }
+
+  /** Whether a process's command line gives this VM's id (`--id <uid>` or `--id=<uid>`). */
+  private namesThisVm(pid: number): boolean {
+    try {
+      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      return argv.includes(`--id=${this.uid}`) || argv.some((a, i) => a === this.uid && argv[i - 1] === '--id');
+    } catch {
+      return false;
     }
   }
 
