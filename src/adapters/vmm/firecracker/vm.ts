@@ -15,6 +15,15 @@ import { jailId, jailPlan, jailRoot, type JailerSettings, type JailPlan } from '
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** SIGKILL to `pid`; one that ended meanwhile (ESRCH) is what was wanted. */
+function signalGone(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+  }
+}
+
 /** What abortedPromise resolves with. */
 const CALLED_OFF = 'was called off';
 
@@ -320,7 +329,7 @@ export class FirecrackerVm {
    * which removeJail refuses to remove while they live, keeps them known to the next pass.
    */
   private async endJailer(jailer: { pid: number; exit: Promise<unknown> }, plan: JailPlan, pidFile: string, log: Logger): Promise<number[]> {
-    if (pidAlive(jailer.pid)) process.kill(jailer.pid, 'SIGKILL');
+    signalGone(jailer.pid);
     await Promise.race([jailer.exit, sleep(2000)]);
     const listed = [
       await readFile(pidFile, 'utf8').catch(() => ''),
@@ -328,7 +337,7 @@ export class FirecrackerVm {
     ].join('\n');
     const pids = new Set(listed.split(/\s+/).map(Number).filter((p) => Number.isInteger(p) && p > 0 && p !== jailer.pid && p !== process.pid));
     const started = [...pids].filter((p) => this.namesThisVm(p) && pidAlive(p));
-    for (const p of started) process.kill(p, 'SIGKILL');
+    for (const p of started) signalGone(p);
     const left: number[] = [];
     for (const p of started) if (!(await this.waitGone(p, 2000))) left.push(p);
     if (started.length > 0) log.info({ jailer: jailer.pid, killed: started.filter((p) => !left.includes(p)), left }, 'jailer ended before it exited: killed what it started');
