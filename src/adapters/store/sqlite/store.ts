@@ -29,8 +29,15 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   private readonly eventsKept: number;
   /** Prepared statements of the filtered, paged reads, by their SQL. */
   private readonly paged = new Map<string, Database.Statement>();
-  /** insert's transaction, made once: db.transaction() builds its wrappers anew on every call. */
+  /**
+   * The write transactions, made once: db.transaction() builds four wrapper functions and their
+   * properties on every call, and each new wrapper starts without type feedback, so a
+   * transaction made per call ran its wrapper in the interpreter every time.
+   */
   private readonly inserting;
+  private readonly updating;
+  private readonly removing;
+  private readonly burying;
 
   /** `eventsKept`: how many events the log keeps (EVENTS_KEPT; pruned in steps of a hundredth). */
   constructor(private readonly path: string, opts: { eventsKept?: number } = {}) {
@@ -99,6 +106,24 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     this.inserting = this.db.transaction((vm: MicroVM, r: Row) => {
       this.stmts.insert.run(r);
       this.log('CREATED', vm, undefined, r.record);
+    });
+    this.updating = this.db.transaction((uid: string, change: (current: MicroVM) => MicroVM | undefined): { vm: MicroVM | undefined; wrote: boolean } => {
+      const r = this.stmts.get.get(uid);
+      if (!r) return { vm: undefined, wrote: false };
+      const current = parse(r.record);
+      const changed = change(current);
+      if (changed === undefined) return { vm: current, wrote: false };
+      const next: MicroVM = { ...changed, uid, version: current.version + 1 };
+      const stored = row(next);
+      const res = this.stmts.update.run({ ...stored, previous: current.version });
+      if (res.changes !== 1) throw new MatchlockError(ErrorCode.Aborted, `microvm ${uid} changed during an update; retry`);
+      this.log('UPDATED', next, current, stored.record);
+      return { vm: next, wrote: true };
+    });
+    this.removing = this.db.transaction((uid: string) => this.removeLogged(uid));
+    this.burying = this.db.transaction((t: Tombstone) => {
+      this.stmts.bury.run(t.uid, JSON.stringify(t));
+      this.removeLogged(t.uid);
     });
   }
 
@@ -182,38 +207,19 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   private updateNow(uid: string, change: (current: MicroVM) => MicroVM | undefined): MicroVM | undefined {
     // IMMEDIATE takes the write lock before reading, so another process cannot slip a write
     // between this read and this write.
-    let wrote = false;
-    const result = this.writing(() => this.db
-      .transaction((): MicroVM | undefined => {
-        const r = this.stmts.get.get(uid);
-        if (!r) return undefined;
-        const current = parse(r.record);
-        const changed = change(current);
-        if (changed === undefined) return current;
-        const next: MicroVM = { ...changed, uid, version: current.version + 1 };
-        const stored = row(next);
-        const res = this.stmts.update.run({ ...stored, previous: current.version });
-        if (res.changes !== 1) throw new MatchlockError(ErrorCode.Aborted, `microvm ${uid} changed during an update; retry`);
-        this.log('UPDATED', next, current, stored.record);
-        wrote = true;
-        return next;
-      })
-      .immediate());
+    const { vm, wrote } = this.writing(() => this.updating.immediate(uid, change));
     if (wrote) this.notify();
-    return result;
+    return vm;
   }
 
   remove(uid: string): boolean {
-    const gone = this.writing(() => this.db.transaction(() => this.removeLogged(uid)).immediate());
+    const gone = this.writing(() => this.removing.immediate(uid));
     if (gone) this.notify();
     return gone;
   }
 
   bury(t: Tombstone): void {
-    this.writing(() => this.db.transaction(() => {
-      this.stmts.bury.run(t.uid, JSON.stringify(t));
-      this.removeLogged(t.uid);
-    }).immediate());
+    this.writing(() => this.burying.immediate(t));
     this.notify();
   }
 
