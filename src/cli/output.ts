@@ -5,6 +5,15 @@ import { timestampDate } from '@bufbuild/protobuf/wkt';
 
 export type Format = 'table' | 'json' | 'yaml';
 
+/**
+ * `-o yaml` text, also for YAML 1.1 readers (PyYAML, Go's yaml.v2): a string those would take
+ * for another type (a guest_mac of decimal digits as a base-60 integer, `on` as a boolean) is
+ * quoted, which YAML 1.2 readers read alike.
+ */
+export function yamlText(value: unknown): string {
+  return stringify(value, { version: '1.1' });
+}
+
 export function stateName(vm: MicroVM): string {
   return MicroVMStatus_MicroVMState[vm.status?.state ?? 0] ?? String(vm.status?.state);
 }
@@ -38,7 +47,7 @@ export function formatVms(vms: MicroVM[], format: Format, single: boolean): stri
     // Every field, defaults included (status.state: PENDING, retry: 0): scripts read fixed keys.
     const docs = vms.map((vm) => toJson(MicroVMSchema, vm, { alwaysEmitImplicit: true }));
     const value = single ? docs[0] : docs;
-    return format === 'json' ? JSON.stringify(value, null, 2) + '\n' : stringify(value);
+    return format === 'json' ? JSON.stringify(value, null, 2) + '\n' : yamlText(value);
   }
   const now = Date.now();
   let out = table([VM_COLUMNS, ...vms.map((vm) => vmRow(vm, now))]);
@@ -81,7 +90,7 @@ export function vmListPrinter(format: Format): { page(vms: MicroVM[]): string; e
         // The same text as JSON.stringify of the whole array: each element indented by two.
         return vms.map((vm, i) => `${first && i === 0 ? '[\n' : ',\n'}${JSON.stringify(toJson(MicroVMSchema, vm, { alwaysEmitImplicit: true }), null, 2).replace(/^/gm, '  ')}`).join('');
       }
-      if (format === 'yaml') return vms.length ? stringify(vms.map((vm) => toJson(MicroVMSchema, vm, { alwaysEmitImplicit: true }))) : '';
+      if (format === 'yaml') return vms.length ? yamlText(vms.map((vm) => toJson(MicroVMSchema, vm, { alwaysEmitImplicit: true }))) : '';
       const now = Date.now();
       for (const vm of vms) rows.push(vmRow(vm, now));
       return '';

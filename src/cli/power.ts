@@ -1,7 +1,6 @@
 import { create, toJson } from '@bufbuild/protobuf';
 import { durationFromMs, timestampDate } from '@bufbuild/protobuf/wkt';
 import type { Command } from 'commander';
-import { stringify } from 'yaml';
 import { connectService } from '../adapters/api/client.js';
 import { parseDuration } from '../core/duration.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
@@ -22,7 +21,7 @@ import { GetServerInfoRequestSchema, GetServerInfoResponseSchema, Server } from 
 import { MicroVMStatus_MicroVMState, MicroVMStatus_PowerState, type MicroVM } from '../gen/types/microvm_pb.js';
 import { VERSION } from '../version.js';
 import { EXIT, cliError, type ConnectOptions } from './client.js';
-import type { Format } from './output.js';
+import { yamlText, type Format } from './output.js';
 import type { Io } from './vm.js';
 import { resolveRef } from './resolve.js';
 
@@ -275,7 +274,7 @@ export function addPowerCommands(vm: Command, globals: Globals, io: Io): void {
       await followEvents(globals(), { uid: o.uid, namespace: o.namespace, afterId: o.afterId === undefined ? undefined : BigInt(o.afterId) }, (e) => {
         if (format === 'table') io.out(eventLine(e));
         else if (format === 'json') io.out(JSON.stringify(toJson(MicroVMEventSchema, e)) + '\n');
-        else io.out(stringify([toJson(MicroVMEventSchema, e)]));
+        else io.out(yamlText([toJson(MicroVMEventSchema, e)]));
         return ++n >= max;
       }, io);
     });
@@ -320,7 +319,7 @@ export function versionCommand(vm: Command, globals: Globals, io: Io): void {
       const unknownWhy = problem ? (notMatchlock ? `${globals().host} does not serve matchlock.v1.Server: a flintlockd, or an older matchlockd` : problem.message) : undefined;
       if (format !== 'table') {
         const doc = { client: { version: VERSION }, server: server ?? { version: 'unknown', error: unknownWhy } };
-        io.out(format === 'json' ? JSON.stringify(doc, null, 2) + '\n' : stringify(doc));
+        io.out(format === 'json' ? JSON.stringify(doc, null, 2) + '\n' : yamlText(doc));
         if (problem && !notMatchlock) throw problem;
         return;
       }

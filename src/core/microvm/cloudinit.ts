@@ -3,6 +3,16 @@ import { cloudInitMetaData } from './metadata.js';
 import type { MicroVM } from './types.js';
 
 /**
+ * A YAML document for cloud-init, which reads it with PyYAML's safe_load: YAML 1.1, where plain
+ * `52:54:00:12:34:56` is a base-60 integer and `on`, `yes`, `n` are booleans. Written with the
+ * yaml library's 1.1 schema, every string such a reader would take for another type is quoted
+ * (a YAML 1.2 reader reads the quoted form alike).
+ */
+export function cloudInitYaml(doc: unknown): string {
+  return stringify(doc, { version: '1.1' });
+}
+
+/**
  * Kernel command line: the provider's defaults in their order, the spec's values replacing them
  * in place, then the spec's new keys sorted. An empty value is a bare flag. Deterministic, so
  * the same spec always yields the same command line.
@@ -80,7 +90,7 @@ export function networkConfig(vm: MicroVM, guests: GuestInterface[]): string {
     }
     ethernets[iface.deviceId] = entry;
   });
-  return stringify({ version: 2, ethernets });
+  return cloudInitYaml({ version: 2, ethernets });
 }
 
 /** vd<letter> for the n-th disk: root is vda, additional volumes follow in order. */
@@ -113,7 +123,7 @@ export function vendorDataWithMounts(vm: MicroVM, vendorData: Buffer | undefined
     .map((v, n) => (v.mountPoint ? [diskLetter(firstAdditional + n), v.mountPoint] : undefined))
     .filter((m): m is string[] => m !== undefined);
   if (mounts.length === 0) return vendorData;
-  const mountsConfig = `#cloud-config\n${stringify({ mounts })}`;
+  const mountsConfig = `#cloud-config\n${cloudInitYaml({ mounts })}`;
   if (vendorData === undefined || vendorData.length === 0) return Buffer.from(mountsConfig, 'utf8');
   let boundary = 'matchlock-vendor-data';
   for (let n = 1; vendorData.includes(boundary); n++) boundary = `matchlock-vendor-data-${n}`;
