@@ -29,13 +29,19 @@ export async function httpGet(url: string, opts: HttpOptions = {}, redirects = 5
       { method: opts.method ?? 'GET', headers: opts.headers, lookup: opts.lookup, ...(u.protocol === 'https:' ? { rejectUnauthorized: !opts.insecureTls } : {}) },
       (r) => {
         clearTimeout(head);
-        // Now the socket is connected, so this idle bound applies at once (set before, it would
-        // wait for the connect, and the agent's own 5 s socket timeout would act meanwhile).
-        req.setTimeout(ms, () => {
+        // The body's idle bound, on the socket itself: req.setTimeout would hand it over through
+        // a one-shot listener that the agent's own 5 s socket timeout may already have used up
+        // while the head was awaited, and then never fire. The agent sets its own timeout again
+        // when it keeps the socket for another request.
+        const socket = r.socket;
+        const idle = () => {
           const err = new Error(`${u.host} sent nothing more of its answer for ${ms} ms`);
           r.destroy(err);
           req.destroy(err);
-        });
+        };
+        socket.setTimeout(ms);
+        socket.on('timeout', idle);
+        r.once('close', () => socket.off('timeout', idle));
         resolve(r);
       },
     );
