@@ -6,7 +6,7 @@ import { syncBuiltinESMExports } from 'node:module';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, mock } from 'node:test';
 import { defaultCmdline, type FirecrackerLaunch } from '../../src/adapters/vmm/firecracker/config.js';
 import { FirecrackerVm, firecrackerVersion, parseMetrics } from '../../src/adapters/vmm/firecracker/vm.js';
 import { ensureVmlinux } from '../../src/adapters/vmm/firecracker/kernel.js';
@@ -326,14 +326,14 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
   });
 
   /** A jailed VM whose jailer stand-in lingers `holdMs` after it started Firecracker, before it writes its pid and exits. */
-  function lingering(uid: string, holdMs: number, readyTimeoutMs: number) {
+  function lingering(uid: string, holdMs: number, readyTimeoutMs: number, failCode?: number) {
     const dir = join(tmp.path, 'vm', 'ns', 'name', uid);
     const runDir = join(tmp.path, 'run', uid);
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, 'volume-root.img'), '');
     truncateSync(join(dir, 'volume-root.img'), 1 << 20);
     const jailerBin = join(tmp.path, `jailer-${uid}.sh`);
-    writeFileSync(jailerBin, `#!/bin/sh\nexport FAKE_JAILER_CGROUP_ROOT='${join(tmp.path, 'cgroup')}'\nexport FAKE_JAILER_HOLD_MS=${holdMs}\nexec ip netns exec ${ns} ${FAKE_JAILER} "$@"\n`);
+    writeFileSync(jailerBin, `#!/bin/sh\nexport FAKE_JAILER_CGROUP_ROOT='${join(tmp.path, 'cgroup')}'\nexport FAKE_JAILER_HOLD_MS=${holdMs}\n${failCode === undefined ? '' : `export FAKE_JAILER_FAIL_CODE=${failCode}\n`}exec ip netns exec ${ns} ${FAKE_JAILER} "$@"\n`);
     chmodSync(jailerBin, 0o755);
     const jailer = { ...DEFAULT_JAILER, bin: jailerBin, chrootBase: join(tmp.path, 'jailer'), cgroupRoot: join(tmp.path, 'cgroup') };
     const vm = new FirecrackerVm(uid, { dir, runDir }, { bin: FAKE_FIRECRACKER, detach: true, readyTimeoutMs, termTimeoutMs: 1000, jailer });
@@ -381,6 +381,28 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
     started.push(fc);
     assert.equal(pidAlive(fc), false, 'not left running untracked');
     assert.equal(await vm.running(), undefined);
+    await vm.cleanup();
+  });
+
+  it('a jailer that failed after its fork: what it started is killed, and the jailer, already reaped, is not signalled', async () => {
+    const { vm, launch, inCgroup } = lingering('01HZY3NDEKTSV4RRFFQ69GJA4L', 300, 20_000, 3);
+    const signalled: number[] = [];
+    const realKill = process.kill.bind(process);
+    const kill = mock.method(process, 'kill', (pid: number, sig?: string | number) => {
+      if (sig !== 0 && sig !== undefined) signalled.push(pid);
+      return realKill(pid, sig);
+    });
+    try {
+      await assert.rejects(vm.start(launch, quiet), /jailer exited with code 3/);
+    } finally {
+      kill.mock.restore();
+    }
+    const [fc] = inCgroup();
+    assert.ok(fc !== undefined, 'the jailer started Firecracker');
+    started.push(fc);
+    assert.equal(pidAlive(fc), false, 'not left running untracked');
+    // The jailer's pid was reaped when its exit was reported and may be another process's.
+    assert.deepEqual(signalled, [fc], 'only the Firecracker it started was signalled');
     await vm.cleanup();
   });
 });

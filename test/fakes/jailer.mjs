@@ -108,6 +108,9 @@ if (cgroupDir) appendFileSync(join(cgroupDir, 'cgroup.procs'), `${child.pid}\n`)
 if (a['new-pid-ns'] || a.daemonize) {
   child.unref();
   setTimeout(() => {
+    // FAKE_JAILER_FAIL_CODE: a jailer that fails after its fork (it exits with that code
+    // without writing the pid), leaving the Firecracker it started behind.
+    if (process.env.FAKE_JAILER_FAIL_CODE) process.exit(Number(process.env.FAKE_JAILER_FAIL_CODE));
     writeFileSync(join(chroot, `${execName}.pid`), `${child.pid}`);
     process.exit(0);
   }, Number(process.env.FAKE_JAILER_HOLD_MS ?? 0));

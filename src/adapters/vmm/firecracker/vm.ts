@@ -267,6 +267,8 @@ export class FirecrackerVm {
       const deadline = Date.now() + this.readyTimeoutMs;
       if (plan && jailPidFile) {
         // With --new-pid-ns the jailer forks Firecracker, writes its pid into the jail and exits.
+        let jailerExited = false;
+        void exited.then(() => (jailerExited = true));
         const calledOff = abortedPromise(signal);
         let timer: NodeJS.Timeout | undefined;
         const timedOut = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('did not exit'), this.readyTimeoutMs)));
@@ -275,7 +277,7 @@ export class FirecrackerVm {
         calledOff.dispose();
         if (done !== 'exited with code 0') {
           // A jailer called off, timed out or failed may have forked Firecracker already.
-          const left = child ? await this.endJailer(child, plan, jailPidFile, log) : [];
+          const left = child ? await this.endJailer(child, () => jailerExited, plan, jailPidFile, log) : [];
           pid = undefined;
           if (done === CALLED_OFF) throw canceledStart();
           throw new MatchlockError(ErrorCode.Internal, `jailer ${done}: ${await this.failureReason()}${left.length > 0 ? ` (pids ${left.join(', ')} it started survived SIGKILL)` : ''}`);
@@ -319,8 +321,8 @@ export class FirecrackerVm {
   }
 
   /**
-   * Ends a jailer that did not exit on its own (its wait called off or timed out) and what it
-   * started. The jailer is this daemon's child: after SIGKILL it forks nothing more. It joins
+   * Ends a jailer that did not exit on its own (its wait called off or timed out), and what a
+   * jailer that ended or failed started. The jailer is this daemon's child: after SIGKILL it forks nothing more. It joins
    * the VM's cgroup (`<parent-cgroup>/<uid>`) before it forks Firecracker, so a Firecracker it
    * forked is found there even before its pid is written into the jail (docs/jailer.md); the
    * pid file is read too. Only processes whose command line names this VM's id (`--id`, the
@@ -328,9 +330,14 @@ export class FirecrackerVm {
    * Returns the pids that outlived SIGKILL (a process stuck in the kernel); the VM's cgroup,
    * which removeJail refuses to remove while they live, keeps them known to the next pass.
    */
-  private async endJailer(jailer: { pid: number; exit: Promise<unknown> }, plan: JailPlan, pidFile: string, log: Logger): Promise<number[]> {
-    signalGone(jailer.pid);
-    await Promise.race([jailer.exit, sleep(2000)]);
+  private async endJailer(jailer: { pid: number; exit: Promise<unknown> }, hasExited: () => boolean, plan: JailPlan, pidFile: string, log: Logger): Promise<number[]> {
+    // A jailer whose exit was reported is reaped: its pid may be another process's by now.
+    if (!hasExited()) {
+      signalGone(jailer.pid);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([jailer.exit, new Promise((r) => (timer = setTimeout(r, 2000)))]);
+      clearTimeout(timer);
+    }
     const listed = [
       await readFile(pidFile, 'utf8').catch(() => ''),
       this.o.jailer ? await readFile(`${this.o.jailer.cgroupRoot}/${plan.cgroup}/cgroup.procs`, 'utf8').catch(() => '') : '',
