@@ -743,9 +743,9 @@ function cpuTimes(pid: number): [number, number] {
   return [(Number(f[11]) + Number(f[12])) / 100, (Number(f[13]) + Number(f[14])) / 100];
 }
 
-/** The daemon's process spawner (libexec/spawner.pl, its child), if it runs one. */
+/** The daemon's process spawner (libexec/spawner.py, its child), if it runs one. */
 function spawnerOf(daemon: number): number | undefined {
-  return childrenOf(daemon, 'spawner.pl')[0];
+  return childrenOf(daemon, 'spawner.py')[0];
 }
 
 /** A process's children whose command line holds `cmdline`. */

@@ -9,10 +9,11 @@ import type { Logger } from '../core/ports.js';
 /**
  * Starting programs without forking the daemon. Every child_process spawn forks the whole
  * Node process (100 MB and more): the kernel copies its page tables, and both sides then take
- * copy-on-write faults until the child execs. The daemon instead starts one small Perl process
- * (libexec/spawner.pl, perl-base modules only) at start-up and hands it every program start
- * over a pipe; that process forks cheaply. When perl cannot be started, programs are spawned
- * directly, as before.
+ * copy-on-write faults until the child execs. The daemon instead starts one small Python
+ * process (libexec/spawner.py, python3-minimal's modules only) at start-up and hands it every
+ * program start over a pipe; that process starts them with posix_spawn, which glibc does
+ * without copying any address space (CLONE_VM|CLONE_VFORK). When python3 cannot be started,
+ * programs are spawned directly, as before.
  */
 
 /** How a program ended: one of code (exit status) and signal is set. */
@@ -95,7 +96,24 @@ function onCancel(signal: AbortSignal | undefined, kill: (sig: NodeJS.Signals) =
 }
 
 /** The spawner script, in the package's libexec/. */
-export const SPAWNER_SCRIPT = join(PACKAGE_ROOT, 'libexec', 'spawner.pl');
+export const SPAWNER_SCRIPT = join(PACKAGE_ROOT, 'libexec', 'spawner.py');
+
+/**
+ * The interpreter that runs the spawner: the distribution's /usr/bin/python3 (Debian's
+ * python3-minimal) when it is there, otherwise python3 from PATH. The distribution's comes
+ * first because the first python3 on a PATH may be a version manager's shim (pyenv's takes
+ * about a second to start) or a build of its own.
+ */
+export function spawnerInterpreter(): string {
+  return existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+}
+
+/**
+ * How the interpreter is run: -I (no user site, no PYTHON* variables, not the script's
+ * directory on sys.path) and -S (no site module): only the standard library's own modules,
+ * and a start of about 20 ms.
+ */
+const INTERPRETER_FLAGS = ['-I', '-S'];
 
 const errnoError = (code: string, message: string, syscall: string): NodeJS.ErrnoException =>
   Object.assign(new Error(message), { code, errno: -((osConstants.errno as Record<string, number>)[code] ?? 0), syscall });
@@ -155,14 +173,19 @@ class SpawnerProcess {
   readonly ready: Promise<boolean>;
   private closed = false;
   private started = false;
-  /** The environment the spawner passes on: the daemon's when it started it. */
-  private env = environmentKey();
+  /**
+   * The environment the spawner was last sent. None at first, so the first request sends the
+   * daemon's: the spawner's own may differ from it (an interpreter shim that puts its own
+   * directory first in PATH).
+   */
+  private env = '';
 
   constructor(
+    interpreter: string,
     script: string,
     private readonly onClose: (p: SpawnerProcess) => void,
   ) {
-    this.child = spawn('perl', [script], { stdio: ['pipe', 'pipe', 'inherit'] });
+    this.child = spawn(interpreter, [...INTERPRETER_FLAGS, script], { stdio: ['pipe', 'pipe', 'inherit'] });
     let ready!: (ok: boolean) => void;
     this.ready = new Promise((r) => (ready = r));
     // Referenced until it answers, so a process awaiting the start is kept alive.
@@ -294,17 +317,17 @@ let current: SpawnerProcess | undefined;
 let starting: Promise<SpawnerProcess | undefined> | undefined;
 let wanted = false;
 
-async function begin(script: string): Promise<SpawnerProcess | undefined> {
-  const p = new SpawnerProcess(script, (dead) => {
+async function begin(interpreter: string, script: string): Promise<SpawnerProcess | undefined> {
+  const p = new SpawnerProcess(interpreter, script, (dead) => {
     if (current !== dead) return;
     current = undefined;
     if (!wanted) return;
     log?.warn({ pid: dead.pid }, 'process spawner exited; starting another (programs it started keep running)');
-    starting = begin(script);
+    starting = begin(interpreter, script);
   });
   if (!(await p.ready)) {
     wanted = false;
-    log?.warn({ script }, 'process spawner (perl) could not be started; programs are forked from the daemon itself');
+    log?.warn({ interpreter, script }, 'process spawner (python3) could not be started; programs are forked from the daemon itself');
     return undefined;
   }
   current = p;
@@ -315,9 +338,10 @@ async function begin(script: string): Promise<SpawnerProcess | undefined> {
 /**
  * Starts the spawner for this process (the daemon calls it once at start-up); resolves whether
  * it runs. Until it is called, and after it failed, programs are spawned directly. A spawner
- * that dies later is replaced; the programs it started keep running.
+ * that dies later is replaced; the programs it started keep running. `interpreter` is a
+ * python3 (3.8 or later: posix_spawn's setsid), by default spawnerInterpreter().
  */
-export async function startSpawner(logger: Logger, script = SPAWNER_SCRIPT): Promise<boolean> {
+export async function startSpawner(logger: Logger, script = SPAWNER_SCRIPT, interpreter = spawnerInterpreter()): Promise<boolean> {
   log = logger;
   if (current?.alive) return true;
   wanted = true;
@@ -326,7 +350,7 @@ export async function startSpawner(logger: Logger, script = SPAWNER_SCRIPT): Pro
     logger.warn({ script }, 'process spawner script missing; programs are forked from the daemon itself');
     return false;
   }
-  starting ??= begin(script);
+  starting ??= begin(interpreter, script);
   return (await starting) !== undefined;
 }
 

@@ -3,11 +3,10 @@ import { after, before, describe, it } from 'node:test';
 import type { Logger } from '../../src/core/ports.js';
 import { launch, runProgram, startSpawner, stopSpawner, type Launched } from '../../src/adapters/spawner.js';
 
-// Exits wake the spawner's select through a self-pipe; its wait cap (MATCHLOCK_SPAWNER_MAX_WAIT_MS,
-// 1 s by default) is left as it is: a SIGCHLD landing inside perl's select op, after its last
-// signal check and before the system call, still waits for it, and with a cap of an hour this
-// test hung once in a loaded run. What it asserts is that every exit is reported while many
-// long-running children are held, whose walk lengthens the loop between waitpid and select.
+// Exits wake the spawner's poll through the wakeup fd Python's C-level signal handler writes to
+// when SIGCHLD arrives; the spawner has no periodic wake, so an exit it missed would never be
+// reported. What this asserts is that every exit is reported while many long-running children
+// are held, whose walk lengthens the loop between waitpid and poll.
 
 const quiet = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined, child: () => quiet } as unknown as Logger;
 

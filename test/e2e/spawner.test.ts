@@ -51,7 +51,7 @@ describe('the daemon does not fork itself to start programs', { skip }, () => {
       const vm = await waitFor(`VM ${uid} CREATED`, async () => { const v = await vms.get(uid); return stateOf(v) === 'CREATED' ? v : undefined; }, 90_000);
       pids.push(vm.status?.vmmPid ?? 0);
     }
-    const spawners = childrenOf(daemon).filter((c) => readFileSync(`/proc/${c}/cmdline`, 'utf8').includes('spawner.pl'));
+    const spawners = childrenOf(daemon).filter((c) => readFileSync(`/proc/${c}/cmdline`, 'utf8').includes('spawner.py'));
     const parents = pids.map(ppid);
     for (const uid of [...uids, warm]) await vms.delete(uid);
     await waitFor('VMMs gone', async () => pids.every((p) => !pidAlive(p)) || undefined, 60_000);

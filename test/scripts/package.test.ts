@@ -50,7 +50,7 @@ describe('the npm package', { timeout: 300_000 }, () => {
     spawnSync(process.execPath, [join(pkg, 'bin', bin), ...args], { cwd: tmp.path, encoding: 'utf8', env: { ...process.env, ...env } });
 
   it('holds the compiled JavaScript, the bins and the protos, and no TypeScript or tests', () => {
-    for (const f of ['bin/matchlockd.js', 'bin/matchlock.js', 'dist/matchlockd/main.js', 'dist/daemon/main.js', 'dist/cli/main.js', 'dist/adapters/images/oci/unpack-process.js', 'libexec/spawner.pl', 'proto/types/microvm.proto', 'README.md']) {
+    for (const f of ['bin/matchlockd.js', 'bin/matchlock.js', 'dist/matchlockd/main.js', 'dist/daemon/main.js', 'dist/cli/main.js', 'dist/adapters/images/oci/unpack-process.js', 'libexec/spawner.py', 'proto/types/microvm.proto', 'README.md']) {
       assert.ok(files.includes(f), `${f} missing from the package`);
     }
     assert.deepEqual(files.filter((f) => f.endsWith('.ts') || f.startsWith('test/') || f.startsWith('src/')), []);
@@ -79,7 +79,7 @@ describe('the npm package', { timeout: 300_000 }, () => {
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: tmp.path, encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     const got = JSON.parse(r.stdout) as { ok: boolean; script: string; parent: number; spawner: number };
-    assert.deepEqual([got.ok, got.script, got.parent], [true, join(realpathSync(pkg), 'libexec', 'spawner.pl'), got.spawner]);
+    assert.deepEqual([got.ok, got.script, got.parent], [true, join(realpathSync(pkg), 'libexec', 'spawner.py'), got.spawner]);
   });
 
   it('host setup writes a unit that runs the installed matchlockd, resolved at setup time', () => {
