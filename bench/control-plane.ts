@@ -743,9 +743,12 @@ function cpuTimes(pid: number): [number, number] {
   return [(Number(f[11]) + Number(f[12])) / 100, (Number(f[13]) + Number(f[14])) / 100];
 }
 
-/** The daemon's process spawner (libexec/spawner.py, its child), if it runs one. */
+/**
+ * The daemon's process spawner (libexec/spawner.py, its child), if it runs one; also an older
+ * daemon's (MATCHLOCK_BENCH_ENTRY), whose spawner was libexec/spawner.pl.
+ */
 function spawnerOf(daemon: number): number | undefined {
-  return childrenOf(daemon, 'spawner.py')[0];
+  return childrenOf(daemon, 'libexec/spawner.p')[0];
 }
 
 /** A process's children whose command line holds `cmdline`. */

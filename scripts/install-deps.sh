@@ -26,8 +26,9 @@ DEBIAN_PACKAGES=(
   # Firecracker takes only an ELF vmlinux: the decompressors for bzImage payloads (Debian's
   # kernels use lz4)
   lz4 xz-utils bzip2
-  # the daemon's process spawner (libexec/spawner.pl uses only perl-base modules)
-  perl-base
+  # the daemon's process spawner (libexec/spawner.py uses only python3-minimal's modules);
+  # perl-base (Essential) runs test stand-ins (test/fakes/qemu-standin.pl)
+  python3-minimal perl-base
   # VMM confinement: the VMM user (useradd, getent); tests enter namespaces (nsenter, unshare)
   passwd libc-bin util-linux
   # the Debian 12 cloud-init guest (scripts/build-cloud-image.sh)
