@@ -119,6 +119,20 @@ describe('process spawner: the daemon hands program starts to a small python3 pr
     assert.equal(await echo(), 'unset\n');
   });
 
+  it('looks programs up in the PATH of the environment as it is at their start', async () => {
+    const dir = join(tmp.path, 'path-dir');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'matchlock-path-probe'), '#!/bin/sh\necho found\n', { mode: 0o755 });
+    const path = process.env.PATH;
+    process.env.PATH = `${dir}:${path ?? ''}`;
+    try {
+      assert.equal((await runProgram('matchlock-path-probe', [], opts)).stdout.toString(), 'found\n');
+    } finally {
+      process.env.PATH = path;
+    }
+    await assert.rejects(runProgram('matchlock-path-probe', [], opts), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
+  });
+
   it('outlives SIGINT, SIGHUP and SIGTERM, and its programs start with every signal at its default', async () => {
     const pid = spawnerPid() ?? 0;
     for (const sig of ['SIGINT', 'SIGHUP', 'SIGTERM'] as const) process.kill(pid, sig);
