@@ -102,6 +102,23 @@ describe('cloud-init reads the NoCloud seed', { skip }, () => {
     assert.match(netplan, /macaddress: 02:aa:00:00:00:01/);
   });
 
+  it('network-config is read as YAML 1.1 reads it: a MAC of decimal digits and a NIC named on or yes stay strings', () => {
+    // cloud-init reads with PyYAML (YAML 1.1): unquoted, 52:54:00:12:34:56 is a base-60 integer
+    // and `on:` / `yes:` are the same boolean key, so one entry replaced the other.
+    const vm = created({
+      interfaces: [
+        { deviceId: 'eth1', type: 1, guestMac: '52:54:00:12:34:56' },
+        { deviceId: 'on', type: 1, guestMac: '02:AA:00:00:00:02' },
+        { deviceId: 'yes', type: 1, guestMac: '02:AA:00:00:00:03', address: { address: '10.9.0.5/24', gateway: '10.9.0.1', nameservers: ['10.9.0.1'] } },
+      ],
+    });
+    const r = reads(vm);
+    const want = [['52:54:00:12:34:56', 'eth1'], ['02:aa:00:00:00:02', 'on'], ['02:aa:00:00:00:03', 'yes']];
+    assert.deepEqual(r.network?.interfaces.map((i) => [i.mac_address, i.name]), want);
+    assert.deepEqual(r.network?.renames.map(([mac, name]) => [mac, name]).sort(), [...want].sort());
+    assert.deepEqual(complaints(r), []);
+  });
+
   describe("vendor-data: the client's bytes reach cloud-init intact, and the mounts too", () => {
     const volumes = [
       { id: 'modules', isReadOnly: false, mountPoint: '/lib/modules/6.1', source: { containerSource: 'ghcr.io/x/modules:1' } },

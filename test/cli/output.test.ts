@@ -1,0 +1,31 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { describe, it } from 'node:test';
+import { create } from '@bufbuild/protobuf';
+import { formatVms } from '../../src/cli/output.js';
+import { MicroVMSchema } from '../../src/gen/types/microvm_pb.js';
+
+/** What PyYAML's safe_load (YAML 1.1, as Ansible and most Python tools read) makes of `text`, as JSON. */
+function pyyaml(text: string): unknown {
+  const json = execFileSync('python3', ['-c', 'import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))'], { input: text, encoding: 'utf8' });
+  return JSON.parse(json);
+}
+
+describe('-o yaml', () => {
+  it('reads back in a YAML 1.1 reader exactly as -o json does', () => {
+    // Unquoted, PyYAML reads 52:54:00:12:34:56 as a base-60 integer, `on` and `no` as booleans
+    // and 0777 as an octal integer; a script reading `-o yaml` would get those instead.
+    const vm = create(MicroVMSchema, {
+      version: 3,
+      spec: {
+        id: 'no', namespace: 'on', vcpu: 2, memoryInMb: 1024,
+        labels: { tier: 'yes', build: '0777', at: '12:30' },
+        interfaces: [{ deviceId: 'eth1', guestMac: '52:54:00:12:34:56' }, { deviceId: 'on', guestMac: '02:aa:00:00:00:01' }],
+      },
+    });
+    for (const single of [true, false]) {
+      const json: unknown = JSON.parse(formatVms([vm], 'json', single));
+      assert.deepEqual(pyyaml(formatVms([vm], 'yaml', single)), json);
+    }
+  });
+});
