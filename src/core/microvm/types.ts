@@ -93,7 +93,8 @@ export interface MicroVMStatus {
   /**
    * The host link the last failure found missing (a TAP's bridge, a macvtap's parent), by
    * name; absent when the last attempt did not fail for want of a link. Only the back-off of
-   * such a VM is cut short when that link appears again (Reconciler.retryNow). Not on the wire.
+   * such a VM is cut short when that link appears again, and only such a FAILED VM is revived
+   * then (Reconciler.retryNow). Only a pass's outcome changes it. Not on the wire.
    */
   missingLink?: string | undefined;
   vmmPid: number;

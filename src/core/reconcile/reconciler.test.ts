@@ -315,3 +315,44 @@ it('tells after each pass the record it read, and nothing for a teardown or a mi
   await r.reconcile('C');
   assert.deepEqual(seen, [['A', 'A'], ['B', undefined], ['C', undefined]]);
 });
+
+it('a healthy VMM or a booted guest keeps the link the last failure missed with its back-off, so that link\'s return still cuts it short', async () => {
+  for (const healthy of [(r: Reconciler) => r.vmmHealthy('A'), (r: Reconciler) => r.guestBooted('A', 42)]) {
+    const { store, r } = setup({ ensure: () => Promise.reject(missingHostLink('br0', 'bridge br0 for interface eth0 not found on this host')), teardown: async () => {} });
+    store.insert(vm('A'));
+    assert.equal(await r.reconcile('A'), 1000);
+    healthy(r);
+    assert.equal(store.get('A')?.status.retry, 0, 'its failure count starts over');
+    r.retryNow('A', 'br0');
+    assert.equal(store.get('A')?.status.nextAttemptAt, undefined);
+  }
+});
+
+it('tells after a pass that attempted nothing (retry not due, FAILED) the link the last attempt missed, and nothing after one that ran', async () => {
+  const seen: (string | undefined)[] = [];
+  const store = new MemoryStore();
+  let now = Date.parse('2026-01-01T00:00:00Z');
+  const r = new Reconciler({ store, runtime: { ensure: async () => ({ ready: true }), teardown: async () => {} }, clock: { now: () => new Date(now) }, logger: silentLogger, maxRetries: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1, passEnded: (_uid, _v, link) => seen.push(link) });
+  store.insert({ ...vm('A'), status: { ...initialStatus(), state: 'PENDING', missingLink: 'br0', nextAttemptAt: '2026-01-01T00:00:10.000Z' } });
+  store.insert({ ...vm('B'), status: { ...initialStatus(), state: 'FAILED', missingLink: 'vparent' } });
+  assert.equal(await r.reconcile('A'), 10_000);
+  await r.reconcile('B');
+  now += 10_000;
+  assert.equal(await r.reconcile('A'), undefined);
+  assert.equal(store.get('A')?.status.state, 'CREATED');
+  assert.deepEqual(seen, ['br0', 'vparent', undefined], 'the pass that ran succeeded: the link of the record it read is not missing');
+});
+
+it('retryNow revives a FAILED VM whose last failure found that link missing, and only such a one', async () => {
+  const { store, r } = setup({ ensure: async () => ({ ready: true }), teardown: async () => {} });
+  store.insert({ ...vm('A'), status: { ...initialStatus(), state: 'FAILED', retry: 4, lastError: 'bridge br0 for interface eth0 not found on this host', missingLink: 'br0' } });
+  store.insert({ ...vm('B'), status: { ...initialStatus(), state: 'FAILED', retry: 4, lastError: 'pull failed' } });
+  store.insert({ ...vm('C'), status: { ...initialStatus(), state: 'DELETING', retry: 1, missingLink: 'br0', nextAttemptAt: '2026-01-01T00:00:10.000Z' } });
+  for (const uid of ['A', 'B', 'C']) r.retryNow(uid, 'br0');
+  r.retryNow('A', 'vparent');
+  assert.deepEqual([store.get('A')?.status.state, store.get('A')?.status.retry], ['PENDING', 0]);
+  assert.equal(store.get('B')?.status.state, 'FAILED');
+  assert.equal(store.get('C')?.status.nextAttemptAt, '2026-01-01T00:00:10.000Z', 'a delete keeps its back-off');
+  assert.equal(await r.reconcile('A'), undefined);
+  assert.equal(store.get('A')?.status.state, 'CREATED');
+});

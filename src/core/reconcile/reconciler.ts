@@ -19,8 +19,11 @@ export interface ReconcilerOptions {
   /**
    * Told after every pass: the record as the pass read it, or undefined when there is none or
    * the pass was a teardown (its VM is going); and the host link whose absence failed the
-   * pass, if that is how it failed (status.missingLink as the pass recorded it). The link
-   * watch tracks a VM's links from it without reading the record again.
+   * pass, if that is how it failed (status.missingLink as the pass recorded it), or, for a pass
+   * that attempted nothing (the VM is FAILED, or its retry is not due yet), the link whose
+   * absence failed the last attempt (the stored status.missingLink): after a restart the first
+   * pass of a VM backing off is such a pass, and it is how the link watch learns that the link
+   * is missing. The link watch tracks a VM's links from it without reading the record again.
    */
   passEnded?: ((uid: string, vm: MicroVM | undefined, missingLink: string | undefined) => void) | undefined;
 }
@@ -77,9 +80,13 @@ export class Reconciler {
   /**
    * The host link `link` (a bridge, a macvtap's parent) appeared again: a VM whose last failure
    * found it missing (status.missingLink) need not wait out its back-off, so its next attempt
-   * time is cleared; the retry count stays. A VM that failed for another reason keeps its
-   * back-off, as does one being deleted or FAILED. While a pass runs for the VM, the choice is
-   * made when the pass ends, on the failure it recorded.
+   * time is cleared; the retry count stays. A FAILED VM whose last failure found it missing ran
+   * out of attempts while the link was away (every resync and catch-up pass failed for want of
+   * it): it is revived, PENDING again with its retry count at 0 and no back-off, so an uplink
+   * outage that ends recovers its VMs, while a link that never appears still leaves them FAILED
+   * after maximum-retry, as flintlock does. A VM that failed for another reason keeps its
+   * back-off or stays FAILED; one being deleted is left alone. While a pass runs for the VM, the
+   * choice is made when the pass ends, on the failure it recorded.
    */
   retryNow(uid: string, link: string): void {
     const pass = this.inflight.get(uid);
@@ -87,7 +94,15 @@ export class Reconciler {
       (pass.retryNow ??= new Set()).add(link);
       return;
     }
-    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' || cur.status.nextAttemptAt === undefined || cur.status.missingLink !== link ? cur.status : { ...cur.status, nextAttemptAt: undefined }));
+    this.save(uid, (cur) => {
+      const s = cur.status;
+      if (s.state === 'DELETING' || s.missingLink !== link) return s;
+      if (s.state === 'FAILED') {
+        this.opts.logger.info({ uid, namespace: cur.spec.namespace, name: cur.spec.name, link, retry: s.retry }, 'the link a FAILED VM ran out of attempts for appeared again: it is PENDING again, with its retries counted from 0');
+        return { ...s, state: 'PENDING', retry: 0, nextAttemptAt: undefined };
+      }
+      return s.nextAttemptAt === undefined ? s : { ...s, nextAttemptAt: undefined };
+    });
   }
 
   /** How many passes are running now. */
@@ -128,9 +143,16 @@ export class Reconciler {
   private async create(vm: MicroVM, log: Logger, pass: Inflight): Promise<number | undefined> {
     const { uid } = vm;
     const signal = pass.controller.signal;
-    if (vm.status.state === 'FAILED') return undefined;
+    // A pass that attempts nothing tells the link watch of the link the last attempt missed.
+    if (vm.status.state === 'FAILED') {
+      pass.missingLink = vm.status.missingLink;
+      return undefined;
+    }
     const wait = dueIn(vm, this.opts.clock.now());
-    if (wait > 0) return wait;
+    if (wait > 0) {
+      pass.missingLink = vm.status.missingLink;
+      return wait;
+    }
     pass.outcome = 'failed';
     let observed: Omit<RuntimeStatus, 'ready'> | undefined;
     let decided = decisions(vm.status);
@@ -214,10 +236,12 @@ export class Reconciler {
 
   /**
    * The VMM stayed up for the configured time: healthy whether or not the console showed the
-   * boot (`quiet` hides it), so its failure count starts over. guest_booted is left alone.
+   * boot (`quiet` hides it), so its failure count starts over. guest_booted is left alone, and
+   * so are the back-off of the last failure (nextAttemptAt) and the link it missed
+   * (missingLink): they go together, so that link's return still cuts the back-off short.
    */
   vmmHealthy(uid: string): void {
-    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '', missingLink: undefined }));
+    this.save(uid, (cur) => (cur.status.state === 'DELETING' || cur.status.state === 'FAILED' ? cur.status : { ...cur.status, retry: 0, lastError: '' }));
   }
 
   private async delete(vm: MicroVM, log: Logger, pass: Inflight): Promise<number | undefined> {
@@ -304,9 +328,12 @@ interface Inflight {
   retryNow?: Set<string>;
 }
 
-/** The guest of the VMM with this pid reached userspace; a record being deleted keeps its status. */
+/**
+ * The guest of the VMM with this pid reached userspace; a record being deleted keeps its
+ * status. The back-off of the last failure and the link it missed stay (see vmmHealthy).
+ */
 function bootedStatus(cur: MicroVMStatus, pid: number): MicroVMStatus {
-  return cur.state === 'DELETING' ? cur : { ...cur, vmmPid: pid, guestBooted: true, retry: 0, lastError: '', missingLink: undefined };
+  return cur.state === 'DELETING' ? cur : { ...cur, vmmPid: pid, guestBooted: true, retry: 0, lastError: '' };
 }
 
 /**
