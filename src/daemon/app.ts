@@ -283,11 +283,15 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   const opsEndpoints = ops?.opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger }) ?? [];
   let resync: NodeJS.Timeout | undefined;
   // Events missed (no monitor ran for a while, or the kernel dropped some) are made up by
-  // reconciling every VM once; the image collection of a periodic resync is not repeated.
+  // reading the uplinks known missing again (a return among the missed events) and reconciling
+  // every VM once; the image collection of a periodic resync is not repeated.
   const linkMonitor = new LinkMonitor({
     wants: (name) => linkWatch.wants(name),
     onEvent: (e) => linkWatch.seen(e),
-    onMissed: () => void enqueueAll().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync after link events were missed failed')),
+    onMissed: () => {
+      linkWatch.eventsMissed();
+      void enqueueAll().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync after link events were missed failed'));
+    },
     logger,
   });
   const drainable: Drainable = {

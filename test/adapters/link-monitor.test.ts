@@ -8,6 +8,10 @@ import { hostDeviceName } from '../../src/core/microvm/host-names.js';
 import type { MicroVM } from '../../src/core/microvm/types.js';
 import type { LinkInfo } from '../../src/core/ports.js';
 import { LinkWatch } from '../../src/core/reconcile/link-watch.js';
+import { Reconciler } from '../../src/core/reconcile/reconciler.js';
+import { missingHostLink } from '../../src/core/errors.js';
+import type { Logger } from '../../src/core/ports.js';
+import { MemoryStore } from '../fakes/memory-store.js';
 import { storedMicroVM } from '../helpers/records.js';
 import { tempDir } from '../helpers/daemon.js';
 
@@ -288,11 +292,59 @@ describe('which link events repair a VM', () => {
     const repaired = () => repairs.map((r) => `${uids.get(r.uid)} ${r.returned}`).sort();
     watch.seen({ name: 'br0', ifindex: 2, deleted: true, up: false, master: undefined });
     watch.seen({ name: 'br0', ifindex: 5, deleted: false, up: false, master: undefined });
-    assert.deepEqual(repaired(), ['notReadyYet br0', 'running br0', 'waitsForBr0 br0'], 'not those backing off after another failure, nor a FAILED one');
+    assert.deepEqual(repaired(), ['failed br0', 'notReadyYet br0', 'running br0', 'waitsForBr0 br0'], 'not one backing off after another failure; the FAILED one ran out of attempts for want of br0');
     repairs.length = 0;
+    // The repairs above would have run passes: as if the two that waited for br0 now ran.
+    for (const [uid, n] of uids) {
+      const cur = records.get(uid);
+      if (cur && (n === 'waitsForBr0' || n === 'failed')) records.set(uid, { ...cur, status: { ...cur.status, state: 'CREATED', lastError: '', missingLink: undefined, nextAttemptAt: undefined } });
+    }
     watch.seen({ name: 'vparent', ifindex: 3, deleted: true, up: false, master: undefined });
     watch.seen({ name: 'vparent', ifindex: 6, deleted: false, up: false, master: undefined });
-    assert.deepEqual(repaired(), ['notReadyYet vparent', 'running vparent', 'waitsForVparent vparent']);
+    assert.deepEqual(repaired(), ['failed vparent', 'notReadyYet vparent', 'running vparent', 'waitsForBr0 vparent', 'waitsForVparent vparent']);
+  });
+
+  it('a VM on two uplinks waits for both: the first back does not reconcile it, the last cuts short the back-off its failure recorded', async () => {
+    const h = harness({ state: 'PENDING' });
+    const vm = storedMicroVM(UID, { interfaces: [{ deviceId: 'eth0', type: 'TAP' }, { deviceId: 'eth1', type: 'MACVTAP' }] }, { state: 'PENDING', lastError: 'bridge br0 for interface eth0 not found on this host', missingLink: 'br0', nextAttemptAt: '2099-01-01T00:00:00.000Z' });
+    h.records.set(UID, vm);
+    h.host.delete('br0');
+    h.host.delete('vparent');
+    h.watch.track(UID, vm, 'br0');
+    h.feed(L.parentDeleted);
+    await h.settle();
+    h.feed(L.br0Again);
+    await h.settle();
+    assert.deepEqual(h.repairs, [], 'its macvtap parent is still missing: a pass could only fail');
+    h.feed(L.parentAgain);
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }], 'both are back: the back-off recorded for want of br0 is cut short');
+  });
+
+  it('a return among missed events is found when the monitor says events were missed', async () => {
+    const h = harness({ state: 'FAILED' });
+    h.records.set(UID, { ...h.vm, status: { ...h.vm.status, lastError: 'bridge br0 for interface eth0 not found on this host', missingLink: 'br0' } });
+    h.host.delete('br0');
+    h.watch.track(UID, h.vm, 'br0');
+    await h.settle();
+    // br0 is back, its event dropped; a pass of the FAILED VM reads nothing already known missing.
+    h.host.set('br0', { name: 'br0', ifindex: 5, mac: '', kind: 'other', up: true });
+    h.watch.track(UID, h.vm, 'br0');
+    await h.settle();
+    assert.deepEqual(h.repairs, []);
+    h.watch.eventsMissed();
+    await h.settle();
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }]);
+  });
+
+  it('says which kind of uplink came back, by the VMs\' links on it, also when parent-iface names the bridge', async () => {
+    const lines: string[] = [];
+    const logger: Logger = { debug: () => {}, info: (_o, m) => void lines.push(m ?? ''), warn: () => {}, error: () => {}, child: () => logger };
+    const vm = storedMicroVM(UID, {}, { state: 'CREATED', lastError: '' });
+    const watch = new LinkWatch({ store: { get: () => vm }, network: { get: async () => undefined }, bridgeName: 'br0', parentIface: 'br0', busy: () => false, repair: () => {}, logger });
+    watch.track(UID, vm);
+    watch.seen({ name: 'br0', ifindex: 2, deleted: true, up: false, master: undefined });
+    watch.seen({ name: 'br0', ifindex: 5, deleted: false, up: false, master: undefined });
+    assert.deepEqual(lines, ['bridge appeared again: re-attaching its VMs now']);
   });
 
   it('forgets a VM whose record is gone', async () => {
@@ -301,6 +353,91 @@ describe('which link events repair a VM', () => {
     h.watch.track(UID, undefined);
     assert.equal(h.watch.wants(h.name), false);
     assert.equal(h.watch.wants('br0'), false);
+  });
+});
+
+describe('the link watch and the reconciler together', () => {
+  /**
+   * A Reconciler on a store of records and a LinkWatch told of its passes, as the daemon wires
+   * them; `present` holds the host's uplinks, and ensure fails for want of br0 while it lacks it.
+   */
+  function daemon(maxRetries = 3) {
+    const store = new MemoryStore();
+    let now = Date.parse('2026-06-01T00:00:00Z');
+    const clock = { now: () => new Date(now), advance: (ms: number) => (now += ms) };
+    const present = new Map<string, LinkInfo>();
+    const reconciled: string[] = [];
+    let watch: LinkWatch | undefined = undefined;
+    const r = new Reconciler({
+      store,
+      runtime: {
+        ensure: async () => {
+          if (!present.has('br0')) throw missingHostLink('br0', 'bridge br0 for interface eth0 not found on this host');
+          return { ready: true };
+        },
+        teardown: async () => {},
+      },
+      clock, logger: silentLogger, maxRetries, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1,
+      passEnded: (uid, vm, missingLink) => watch?.track(uid, vm, missingLink),
+    });
+    watch = new LinkWatch({
+      store, network: { get: async (name) => present.get(name) }, bridgeName: 'br0', parentIface: 'vparent', busy: (uid) => r.busy(uid), logger: silentLogger, debounceMs: 5,
+      repair: (uid, returned) => {
+        if (returned !== undefined) r.retryNow(uid, returned);
+        reconciled.push(uid);
+      },
+    });
+    const bridgeBack = () => {
+      present.set('br0', { name: 'br0', ifindex: 5, mac: '', kind: 'other', up: true });
+      watch?.seen({ name: 'br0', ifindex: 5, deleted: false, up: false, master: undefined });
+    };
+    return { store, clock, r, reconciled, bridgeBack, settle: () => new Promise((res) => setTimeout(res, 30)) };
+  }
+
+  it('after a restart, the first pass of a VM backing off for want of its bridge finds its retry not due; the bridge\'s return still cuts the back-off short', async () => {
+    const d = daemon();
+    d.store.insert(storedMicroVM(UID, {}, { state: 'PENDING', retry: 2, lastError: 'bridge br0 for interface eth0 not found on this host', missingLink: 'br0', nextAttemptAt: '2026-06-01T00:05:00.000Z' }));
+    assert.equal(await d.r.reconcile(UID), 300_000, 'not due: nothing attempted');
+    await d.settle();
+    d.bridgeBack();
+    assert.deepEqual(d.reconciled, [UID]);
+    assert.equal(d.store.get(UID)?.status.nextAttemptAt, undefined, 'its back-off is over');
+    assert.equal(await d.r.reconcile(UID), undefined);
+    assert.equal(d.store.get(UID)?.status.state, 'CREATED');
+  });
+
+  it('a VM worn down to FAILED while its bridge was away is revived when the bridge returns, also after a restart', async () => {
+    for (const restart of [false, true]) {
+      const d = daemon(2);
+      d.store.insert(storedMicroVM(UID, {}, { state: 'PENDING', lastError: '' }));
+      // Resync passes while the bridge is missing each count a failure.
+      for (let delay = await d.r.reconcile(UID); delay !== undefined; delay = await d.r.reconcile(UID)) d.clock.advance(delay);
+      assert.equal(d.store.get(UID)?.status.state, 'FAILED');
+      assert.equal(d.store.get(UID)?.status.missingLink, 'br0');
+      if (restart) {
+        const stored = d.store.get(UID);
+        const again = daemon(2);
+        if (stored) again.store.insert(stored);
+        Object.assign(d, again);
+        assert.equal(await d.r.reconcile(UID), undefined, 'FAILED: nothing attempted');
+        await d.settle();
+      }
+      d.bridgeBack();
+      assert.deepEqual(d.reconciled, [UID], `restart ${restart}`);
+      const s = d.store.get(UID)?.status;
+      assert.deepEqual([s?.state, s?.retry, s?.nextAttemptAt], ['PENDING', 0, undefined], 'PENDING again, its attempts counted from 0, no back-off');
+      assert.equal(await d.r.reconcile(UID), undefined);
+      assert.equal(d.store.get(UID)?.status.state, 'CREATED');
+    }
+  });
+
+  it('a VM FAILED for another reason stays FAILED when the bridge returns', async () => {
+    const d = daemon();
+    d.store.insert(storedMicroVM(UID, {}, { state: 'FAILED', retry: 4, lastError: 'image r:1: pull failed: 503' }));
+    await d.r.reconcile(UID);
+    d.bridgeBack();
+    assert.deepEqual(d.reconciled, []);
+    assert.equal(d.store.get(UID)?.status.state, 'FAILED');
   });
 });
 

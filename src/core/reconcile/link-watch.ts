@@ -26,9 +26,11 @@ export interface LinkWatchOptions {
   /** Whether a reconcile pass runs for the VM now: its own link changes are not a break. */
   busy(uid: string): boolean;
   /**
-   * Reconciles the VM now. `returned`: the bridge or macvtap parent of the VM that appeared
-   * again, so a back-off after a failure for want of it is over (Reconciler.retryNow clears
-   * it when the VM's last failure found that link missing, and only then).
+   * Reconciles the VM now. `returned`: a bridge or macvtap parent of the VM that is back (the
+   * one whose last failure found it missing, when that is one of its uplinks), so a back-off
+   * after a failure for want of it is over and a VM FAILED for want of it is revived
+   * (Reconciler.retryNow does either when the VM's last failure found that link missing, and
+   * only then).
    */
   repair(uid: string, returned: string | undefined): void;
   logger: Logger;
@@ -67,8 +69,12 @@ interface TrackedLink {
  * their retries). When a link of the uplink's name appears again (a new ifindex, or after it
  * was seen missing), every CREATED tracked VM with an interface on it is reconciled at once,
  * and every PENDING one not backing off or whose last failure found that link missing
- * (status.missingLink): that one's back-off is cut short. A PENDING VM backing off after a
- * failure for another reason keeps its back-off; its next pass puts its links back.
+ * (status.missingLink): that one's back-off is cut short; and every FAILED one whose last
+ * failure found it missing, which is revived (it ran out of attempts while the link was away).
+ * A VM with another uplink still known missing waits for that one (a pass could only fail);
+ * when the last returns, the back-off of the one its last failure missed is cut short. A
+ * PENDING VM backing off after a failure for another reason keeps its back-off, and a VM
+ * FAILED for another reason stays FAILED.
  */
 export class LinkWatch {
   private readonly links = new Map<string, TrackedLink>();
@@ -98,8 +104,10 @@ export class LinkWatch {
    * A reconcile pass of `uid` ended: its links are tracked from the record `vm` (its spec: the
    * names, bridges and macvtap parent of its interfaces), or forgotten when `vm` is undefined
    * (no record, or the VM is being deleted). `missingLink`: the bridge or parent whose absence
-   * failed the pass; it is then known missing, so its next appearance is its return, also when
-   * its deletion was never seen (it was missing before the daemon started).
+   * failed the pass, or, for a pass that attempted nothing (FAILED, retry not due), failed the
+   * last attempt (Reconciler's passEnded); it is then known missing, so its next appearance is
+   * its return, also when its deletion was never seen (it was missing before the daemon
+   * started, or went while it was down).
    */
   track(uid: string, vm: MicroVM | undefined, missingLink?: string): void {
     const before = new Set<string>();
@@ -164,12 +172,29 @@ export class LinkWatch {
   private missing(uplink: string): void {
     if (this.uplinkIndex.get(uplink) === 'gone') return;
     this.uplinkIndex.set(uplink, 'gone');
+    this.readAgain(uplink);
+  }
+
+  /** Reads an uplink known missing: if it is there, that is its return. */
+  private readAgain(uplink: string): void {
     this.opts.network.get(uplink).then(
       (l) => {
         if (l && !this.closed && this.uplinkIndex.get(uplink) === 'gone') this.uplinkSeen({ name: uplink, ifindex: l.ifindex, deleted: false, up: l.up, master: l.master });
       },
       (err: unknown) => this.opts.logger.warn({ link: uplink, err: (err as Error).message }, 'link check failed'),
     );
+  }
+
+  /**
+   * Events may have been missed (the monitor was started again, or the kernel dropped some):
+   * each uplink known missing is read again, and one that is there is taken as returned. Its
+   * return event may be among those missed, and a pass that finds its VM's retry not due, or
+   * the VM FAILED, does not read an uplink already known missing, so without this its VMs would
+   * wait out their back-off and a FAILED one would stay FAILED.
+   */
+  eventsMissed(): void {
+    if (this.closed) return;
+    for (const [uplink, index] of this.uplinkIndex) if (index === 'gone') this.readAgain(uplink);
   }
 
   /** Stops: waiting VMs are dropped (daemon shutdown). */
@@ -194,19 +219,55 @@ export class LinkWatch {
     this.uplinkIndex.set(e.name, e.ifindex);
     if (before === undefined || before === e.ifindex) return;
     let skipping = 0;
-    const uids = [...(this.uplinks.get(e.name) ?? [])].filter((uid) => {
+    let revived = 0;
+    let held = 0;
+    const kinds = new Set<TrackedLink['kind']>();
+    const repairs: { uid: string; returned: string }[] = [];
+    for (const uid of this.uplinks.get(e.name) ?? []) {
       const status = this.opts.store.get(uid)?.status;
-      if (status?.state === 'CREATED') return true;
-      if (status?.state !== 'PENDING') return false;
-      // Backing off after another failure: an attempt now would most likely fail as the last.
-      if (status.nextAttemptAt !== undefined && status.missingLink !== e.name) return false;
-      if (status.missingLink === e.name) skipping++;
-      return true;
-    });
-    if (uids.length === 0) return;
-    const what = e.name === this.opts.parentIface ? 'macvtap parent' : 'bridge';
-    this.opts.logger.info({ link: e.name, ifindex: e.ifindex, vms: uids.length, skippingBackoff: skipping }, `${what} appeared again: re-attaching its VMs now`);
-    for (const uid of uids) this.opts.repair(uid, e.name);
+      if (!status || status.state === 'DELETING') continue;
+      const own = this.uplinksOf(uid);
+      // A TAP on br0 and a macvtap on the parent, and the parent still missing: a pass could
+      // only fail for want of it and count a retry. Its return reconciles the VM.
+      if ([...own.keys()].some((u) => u !== e.name && this.uplinkIndex.get(u) === 'gone')) {
+        held++;
+        continue;
+      }
+      // The uplink the last failure missed is this one, or one of the VM's seen back before
+      // this one (the VM was held for this one meanwhile).
+      const m = status.missingLink;
+      const waitedFor = m !== undefined && own.has(m) && (m === e.name || typeof this.uplinkIndex.get(m) === 'number') ? m : undefined;
+      if (status.state === 'FAILED') {
+        if (waitedFor === undefined) continue;
+        revived++;
+      } else if (status.state === 'PENDING') {
+        // Backing off after another failure: an attempt now would most likely fail as the last.
+        if (status.nextAttemptAt !== undefined && waitedFor === undefined) continue;
+        if (waitedFor !== undefined) skipping++;
+      }
+      for (const kind of own.get(e.name) ?? []) kinds.add(kind);
+      repairs.push({ uid, returned: waitedFor ?? e.name });
+    }
+    if (repairs.length === 0) {
+      if (held > 0) this.opts.logger.info({ link: e.name, ifindex: e.ifindex, waitingForAnotherLink: held }, 'host link appeared again; its VMs wait for another of their links, still missing');
+      return;
+    }
+    const what = kinds.size === 2 ? 'bridge and macvtap parent' : kinds.has('MACVTAP') ? 'macvtap parent' : 'bridge';
+    this.opts.logger.info({ link: e.name, ifindex: e.ifindex, vms: repairs.length, skippingBackoff: skipping, revived, waitingForAnotherLink: held }, `${what} appeared again: re-attaching its VMs now`);
+    for (const r of repairs) this.opts.repair(r.uid, r.returned);
+  }
+
+  /** The uplinks of a tracked VM, each with the kinds of its links on it. */
+  private uplinksOf(uid: string): Map<string, Set<TrackedLink['kind']>> {
+    const out = new Map<string, Set<TrackedLink['kind']>>();
+    for (const name of this.names.get(uid) ?? []) {
+      const l = this.links.get(name);
+      if (!l || l.uplink === '') continue;
+      let kinds = out.get(l.uplink);
+      if (!kinds) out.set(l.uplink, (kinds = new Set()));
+      kinds.add(l.kind);
+    }
+    return out;
   }
 
   private later(uid: string, name: string, change: string): void {
