@@ -186,7 +186,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     backoffMaxMs: 5 * 60_000,
     random01: Math.random,
     observer: metrics,
-    passEnded: (uid, vm, missingLink) => linkWatch.track(uid, vm, missingLink),
+    passEnded: (uid, vm, missingLink, stored) => linkWatch.track(uid, vm, missingLink, stored),
   });
   // Host link changes that cut a VM off (its TAP or macvtap deleted, detached, set down, its
   // bridge or macvtap parent made again) are repaired as they happen rather than at the next resync: after each pass the

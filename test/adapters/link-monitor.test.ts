@@ -336,6 +336,23 @@ describe('which link events repair a VM', () => {
     assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }]);
   });
 
+  it('a pass that attempted nothing does not take the stored link as missing when the watch has seen it since', async () => {
+    const h = harness();
+    h.watch.track(UID, h.vm);
+    h.feed(L.br0Deleted);
+    await h.settle();
+    h.feed(L.br0Again);
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }]);
+    // Another VM on br0, held for its macvtap parent when br0 came back: its record still names
+    // br0, and each of its passes while it backs off is one that attempts nothing.
+    const other = storedMicroVM('01ARZ3NDEKTSV4RR01ABCDEFGZ', { interfaces: [{ deviceId: 'eth0', type: 'TAP' }, { deviceId: 'eth1', type: 'MACVTAP' }] }, { state: 'PENDING', lastError: 'bridge br0 for interface eth0 not found on this host', missingLink: 'br0', nextAttemptAt: '2099-01-01T00:00:00.000Z' });
+    h.records.set(other.uid, other);
+    h.watch.track(other.uid, other, 'br0', true);
+    h.watch.track(other.uid, other, 'br0', true);
+    await h.settle();
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }], 'br0 is not read as returned again, reconciling every VM on it');
+  });
+
   it('says which kind of uplink came back, by the VMs\' links on it, also when parent-iface names the bridge', async () => {
     const lines: string[] = [];
     const logger: Logger = { debug: () => {}, info: (_o, m) => void lines.push(m ?? ''), warn: () => {}, error: () => {}, child: () => logger };
@@ -378,7 +395,7 @@ describe('the link watch and the reconciler together', () => {
         teardown: async () => {},
       },
       clock, logger: silentLogger, maxRetries, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1,
-      passEnded: (uid, vm, missingLink) => watch?.track(uid, vm, missingLink),
+      passEnded: (uid, vm, missingLink, stored) => watch?.track(uid, vm, missingLink, stored),
     });
     watch = new LinkWatch({
       store, network: { get: async (name) => present.get(name) }, bridgeName: 'br0', parentIface: 'vparent', busy: (uid) => r.busy(uid), logger: silentLogger, debounceMs: 5,

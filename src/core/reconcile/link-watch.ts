@@ -104,12 +104,14 @@ export class LinkWatch {
    * A reconcile pass of `uid` ended: its links are tracked from the record `vm` (its spec: the
    * names, bridges and macvtap parent of its interfaces), or forgotten when `vm` is undefined
    * (no record, or the VM is being deleted). `missingLink`: the bridge or parent whose absence
-   * failed the pass, or, for a pass that attempted nothing (FAILED, retry not due), failed the
-   * last attempt (Reconciler's passEnded); it is then known missing, so its next appearance is
-   * its return, also when its deletion was never seen (it was missing before the daemon
-   * started, or went while it was down).
+   * failed the pass; it is then known missing, so its next appearance is its return, also when
+   * its deletion was never seen (it was missing before the daemon started). `stored`: the pass
+   * attempted nothing (FAILED, retry not due) and `missingLink` is the one the last attempt
+   * missed, as the record keeps it (Reconciler's passEnded); it is taken as missing only when
+   * the watch knows nothing of it (after a restart): one seen since is not (its return was
+   * counted then, or the VM waits for another of its uplinks), nor re-read on every such pass.
    */
-  track(uid: string, vm: MicroVM | undefined, missingLink?: string): void {
+  track(uid: string, vm: MicroVM | undefined, missingLink?: string, stored = false): void {
     const before = new Set<string>();
     for (const name of this.names.get(uid) ?? []) {
       const l = this.links.get(name);
@@ -136,7 +138,7 @@ export class LinkWatch {
       if (!uids) this.uplinks.set(uplink, (uids = new Set()));
       uids.add(uid);
     }
-    if (missingLink !== undefined && now.has(missingLink)) this.missing(missingLink);
+    if (missingLink !== undefined && now.has(missingLink) && (!stored || !this.uplinkIndex.has(missingLink))) this.missing(missingLink);
     const deferred = this.afterPass.get(uid);
     if (deferred) {
       this.afterPass.delete(uid);

@@ -329,10 +329,10 @@ it('a healthy VMM or a booted guest keeps the link the last failure missed with 
 });
 
 it('tells after a pass that attempted nothing (retry not due, FAILED) the link the last attempt missed, and nothing after one that ran', async () => {
-  const seen: (string | undefined)[] = [];
+  const seen: string[] = [];
   const store = new MemoryStore();
   let now = Date.parse('2026-01-01T00:00:00Z');
-  const r = new Reconciler({ store, runtime: { ensure: async () => ({ ready: true }), teardown: async () => {} }, clock: { now: () => new Date(now) }, logger: silentLogger, maxRetries: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1, passEnded: (_uid, _v, link) => seen.push(link) });
+  const r = new Reconciler({ store, runtime: { ensure: async () => ({ ready: true }), teardown: async () => {} }, clock: { now: () => new Date(now) }, logger: silentLogger, maxRetries: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1, passEnded: (_uid, _v, link, stored) => seen.push(`${link} ${stored}`) });
   store.insert({ ...vm('A'), status: { ...initialStatus(), state: 'PENDING', missingLink: 'br0', nextAttemptAt: '2026-01-01T00:00:10.000Z' } });
   store.insert({ ...vm('B'), status: { ...initialStatus(), state: 'FAILED', missingLink: 'vparent' } });
   assert.equal(await r.reconcile('A'), 10_000);
@@ -340,7 +340,7 @@ it('tells after a pass that attempted nothing (retry not due, FAILED) the link t
   now += 10_000;
   assert.equal(await r.reconcile('A'), undefined);
   assert.equal(store.get('A')?.status.state, 'CREATED');
-  assert.deepEqual(seen, ['br0', 'vparent', undefined], 'the pass that ran succeeded: the link of the record it read is not missing');
+  assert.deepEqual(seen, ['br0 true', 'vparent true', 'undefined false'], 'the pass that ran succeeded: the link of the record it read is not missing');
 });
 
 it('retryNow revives a FAILED VM whose last failure found that link missing, and only such a one', async () => {

@@ -21,11 +21,12 @@ export interface ReconcilerOptions {
    * the pass was a teardown (its VM is going); and the host link whose absence failed the
    * pass, if that is how it failed (status.missingLink as the pass recorded it), or, for a pass
    * that attempted nothing (the VM is FAILED, or its retry is not due yet), the link whose
-   * absence failed the last attempt (the stored status.missingLink): after a restart the first
-   * pass of a VM backing off is such a pass, and it is how the link watch learns that the link
-   * is missing. The link watch tracks a VM's links from it without reading the record again.
+   * absence failed the last attempt (the stored status.missingLink), `stored` then true: after
+   * a restart the first pass of a VM backing off is such a pass, and it is how the link watch
+   * learns that the link is awaited. The link watch tracks a VM's links from it without
+   * reading the record again.
    */
-  passEnded?: ((uid: string, vm: MicroVM | undefined, missingLink: string | undefined) => void) | undefined;
+  passEnded?: ((uid: string, vm: MicroVM | undefined, missingLink: string | undefined, stored: boolean) => void) | undefined;
 }
 
 /** How one reconcile pass ended: `ok` converged or still waiting on the guest, `failed` counted a failure, `canceled` was called off. */
@@ -114,7 +115,7 @@ export class Reconciler {
     const { store, logger } = this.opts;
     const vm = store.get(uid);
     if (!vm) {
-      this.opts.passEnded?.(uid, undefined, undefined);
+      this.opts.passEnded?.(uid, undefined, undefined, false);
       return undefined;
     }
     const log = logger.child({ uid, namespace: vm.spec.namespace, name: vm.spec.name });
@@ -130,7 +131,7 @@ export class Reconciler {
       // A boot reported during a pass that saved nothing (called off, or not due yet).
       if (pass.bootedPid !== undefined) this.guestBooted(uid, pass.bootedPid);
       if (pass.outcome) this.opts.observer?.pass({ kind, outcome: pass.outcome, seconds: (this.opts.clock.now().getTime() - started) / 1000 });
-      this.opts.passEnded?.(uid, kind === 'teardown' ? undefined : vm, pass.missingLink);
+      this.opts.passEnded?.(uid, kind === 'teardown' ? undefined : vm, pass.missingLink, pass.missingLinkStored === true);
     }
   }
 
@@ -146,11 +147,13 @@ export class Reconciler {
     // A pass that attempts nothing tells the link watch of the link the last attempt missed.
     if (vm.status.state === 'FAILED') {
       pass.missingLink = vm.status.missingLink;
+      pass.missingLinkStored = true;
       return undefined;
     }
     const wait = dueIn(vm, this.opts.clock.now());
     if (wait > 0) {
       pass.missingLink = vm.status.missingLink;
+      pass.missingLinkStored = true;
       return wait;
     }
     pass.outcome = 'failed';
@@ -322,8 +325,10 @@ interface Inflight {
   outcome?: PassOutcome;
   /** The supervisor saw the guest of the VMM with this pid boot while the pass ran. */
   bootedPid?: number | undefined;
-  /** The host link whose absence failed this create pass. */
+  /** The host link whose absence failed this create pass, or the last attempt (missingLinkStored). */
   missingLink?: string | undefined;
+  /** missingLink is the stored one: this pass attempted nothing. */
+  missingLinkStored?: boolean;
   /** Links retryNow was told of while the pass ran: the choice is made when it ends. */
   retryNow?: Set<string>;
 }
