@@ -179,7 +179,14 @@ async function vmChecks(
   const out: Check[] = [];
   const s = vm.status;
   if (s.state === 'CREATED') out.push(ok(`${id} state`, `CREATED${s.guestBooted ? ', guest booted' : ''}`));
-  else if (s.state === 'FAILED') out.push(fail(`${id} state`, `FAILED after ${s.retry} attempts: ${s.lastError}`, `fix the cause, then delete and recreate it (matchlock vm delete ${vm.uid})`));
+  else if (s.state === 'FAILED') {
+    // A VM that failed for want of its bridge or macvtap parent is revived when that link
+    // appears again (the link watch); any other FAILED VM stays so until it is deleted.
+    const hint = s.missingLink !== undefined
+      ? `bring back ${s.missingLink}: matchlockd retries the VM when it appears (or delete it: matchlock vm delete ${vm.uid})`
+      : `fix the cause, then delete and recreate it (matchlock vm delete ${vm.uid})`;
+    out.push(fail(`${id} state`, `FAILED after ${s.retry} attempts: ${s.lastError}`, hint));
+  }
   else out.push(warn(`${id} state`, `${s.state}${s.lastError ? `: ${s.lastError}` : ''}`, s.lastError ? 'see last error; matchlockd retries with back-off' : undefined));
   if (s.state === 'DELETING' || s.state === 'FAILED') return out;
 
