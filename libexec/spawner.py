@@ -54,7 +54,14 @@ except a capturing child past its timeout or output bound, or a streamed one it 
 import errno
 import os
 import select
+import sys
 import time
+
+# posix_spawn's setsid and signal.valid_signals came with Python 3.8: an older one says so in
+# one line on the daemon's log instead of a traceback (the daemon then starts programs itself).
+if sys.version_info < (3, 8):
+    os.write(2, b'matchlock spawner: needs Python 3.8 or newer (found %d.%d)\n' % sys.version_info[:2])
+    os._exit(1)
 
 # The C module behind `signal`: signal.py wraps it in enums, and loading enum (with functools
 # and collections) adds about 18 ms to this process's start for nothing used here.
@@ -123,13 +130,16 @@ def now_ms():
 
 
 def emit(*fields):
-    parts = []
+    parts = [b'']
+    size = 0
     for f in fields:
         b = f if isinstance(f, (bytes, bytearray)) else str(f).encode()
         parts.append(len(b).to_bytes(4, 'big'))
         parts.append(b)
-    body = b''.join(parts)
-    data = memoryview(len(body).to_bytes(4, 'big') + body)
+        size += 4 + len(b)
+    # One copy of the frame (a capture may carry 64 MiB twice), not one per level of framing.
+    parts[0] = size.to_bytes(4, 'big')
+    data = memoryview(b''.join(parts))
     while data:
         try:
             n = os.write(1, data)
@@ -227,9 +237,17 @@ def start(rid, req, ours, theirs):
         except OSError as e:
             failed(rid, e, b'chdir ' + cwd)
             return None
+    opts = dict(file_actions=actions, setsid=bool(req.get(b'setsid')), setsigmask=(), setsigdef=DEFAULTS)
     try:
-        return os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=bool(req.get(b'setsid')),
-                               setsigmask=(), setsigdef=DEFAULTS)
+        try:
+            return os.posix_spawnp(argv[0], argv, env, **opts)
+        except OSError as e:
+            # An executable file without `#!`: execvp, which the program would get from a
+            # shell, Perl or Node, runs it with /bin/sh; glibc's posix_spawnp no longer does.
+            script = lookup(argv[0]) if e.errno == errno.ENOEXEC else None
+            if script is None:
+                raise
+            return os.posix_spawn(b'/bin/sh', [b'/bin/sh', script] + argv[1:], env, **opts)
     except OSError as e:
         failed(rid, e, b'exec ' + argv[0])
         return None
@@ -239,13 +257,42 @@ def start(rid, req, ours, theirs):
         return None
     finally:
         if cwd is not None:
-            os.fchdir(home)
+            back_home()
+
+
+def back_home():
+    """Returns this process to its start directory after a spawn elsewhere. If that fails (the
+    directory was made unreadable to a non-root daemon), it goes to / instead: the program was
+    started either way and must be reported so."""
+    try:
+        os.fchdir(home)
+    except OSError as e:
+        os.write(2, b'matchlock spawner: back to its start directory: %s; now in /\n' % (e.strerror or str(e)).encode())
+        os.chdir('/')
+
+
+def lookup(name):
+    """The file execvp would run for `name`: itself when it holds a slash, else the first
+    executable regular file of that name in PATH (an empty entry is the working directory)."""
+    if b'/' in name:
+        return name
+    for d in env.get(b'PATH', b'/usr/local/bin:/usr/bin:/bin').split(b':'):
+        path = (d or b'.') + b'/' + name
+        try:
+            if os.access(path, os.X_OK) and os.path.isfile(path):
+                return path
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def spawn(rid, req):
     # Numbers first: a request refused for one (ValueError) has started nothing.
     cap = int(req[b'capture']) if b'capture' in req else None
     timeout = float(req[b'timeout']) if b'timeout' in req else None
+    # poll takes at most 2^31 - 1 ms; NaN and infinity fail this too.
+    if timeout is not None and not 0 <= timeout < 2 ** 31 - 1:
+        raise ValueError('timeout %r ms is not between 0 and 2^31 - 1' % timeout)
     inmax = int(req[b'inmax']) if b'inmax' in req else None
     ours = {}
     theirs = []
@@ -328,8 +375,8 @@ def kill(c, sig):
     if c.status is None:
         try:
             os.kill(c.pid, sig)
-        except OSError:
-            pass    # not a signal (EINVAL)
+        except (OSError, OverflowError):
+            pass    # not a signal (EINVAL, or a number past an int)
 
 
 def waiting(c):
@@ -423,6 +470,10 @@ def request(body):
         # A request this process cannot carry out (a bad number, no descriptors left) fails
         # alone; the spawner goes on.
         emit(b'failed', rid, errname(e.errno) if isinstance(e, OSError) and e.errno else 'EINVAL', str(e))
+    except Exception as e:
+        # Anything else (a C library without posix_spawn's setsid) fails this request too,
+        # never every run in flight with the spawner.
+        emit(b'failed', rid, 'EINVAL', '%s: %s' % (type(e).__name__, e))
 
 
 def main():
@@ -450,7 +501,7 @@ def main():
             left = c.deadline - now
             if wait is None or left < wait:
                 wait = left
-        ready = dict(poll.poll(None if wait is None else int(wait) + 1))
+        ready = dict(poll.poll(None if wait is None else min(int(wait) + 1, 2 ** 31 - 1)))
         if not ready:
             continue
         # Emptied before the reap: a byte written after this read wakes the next poll.
@@ -477,7 +528,11 @@ def main():
                     n = int.from_bytes(inbuf[o:o + 4], 'big')
                     if len(inbuf) - o < 4 + n:
                         break
-                    request(bytes(inbuf[o + 4:o + 4 + n]))
+                    try:
+                        request(bytes(inbuf[o + 4:o + 4 + n]))
+                    except Exception as e:
+                        # A request's fault stays its own: the spawner carries every other.
+                        os.write(2, b'matchlock spawner: request refused: %s\n' % repr(e).encode())
                     o += 4 + n
                 del inbuf[:o]
         for c in list(capturing.values()):
@@ -510,6 +565,7 @@ def main():
                         kill(c, signal.SIGTERM)
                     os.close(fd)
                     del c.fh[k]
+                out = None    # not kept alive (up to the bound) until the next capture's read
             finish(c)
 
 

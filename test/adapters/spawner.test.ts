@@ -188,6 +188,22 @@ describe('process spawner: the daemon hands program starts to a small python3 pr
     assert.deepEqual([slow.code, slow.signal, slow.killed], [null, 'SIGTERM', 'timeout']);
   });
 
+  it('runs an executable without #! through /bin/sh, as execvp does', async () => {
+    // glibc's posix_spawnp answers ENOEXEC for it; a shell, Perl or Node would run it.
+    const script = join(tmp.path, 'no-shebang');
+    writeFileSync(script, 'echo "plain script: $1"\n', { mode: 0o755 });
+    assert.equal((await runProgram(script, ['x y'], opts)).stdout.toString(), 'plain script: x y\n');
+  });
+
+  it('a request it cannot carry out fails alone: the spawner goes on with the next', async () => {
+    const pid = spawnerPid();
+    for (const timeoutMs of [Infinity, NaN, 2 ** 40]) {
+      await assert.rejects(runProgram('true', [], { ...opts, timeoutMs }), /timeout/, `timeout ${timeoutMs}`);
+    }
+    assert.equal(spawnerPid(), pid, 'the same spawner');
+    assert.equal((await runProgram('echo', ['still here'], opts)).stdout.toString(), 'still here\n');
+  });
+
   it('a run called off stops its program (SIGTERM, then SIGKILL) and run() rejects with Canceled', { timeout: 30_000 }, async () => {
     await calledOff(tmp.path, started);
   });
