@@ -93,7 +93,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .option('--registry-auth-file <path>', "Docker-style config.json (default: the config's, else $DOCKER_CONFIG or ~/.docker)")
     .option('--insecure-registries <list>', 'registries (host[:port] or a CIDR subnet) reached over HTTPS without certificate checks (default: the config\'s)')
     .option('--plain-http-registries <list>', 'registries (host[:port] or a CIDR subnet) reached over plain HTTP (default: the config\'s)')
-    .option('--registry-mirrors <list>', 'registry=mirror pairs (default: the config\'s)');
+    .option('--registry-mirrors <list>', 'registry=mirror pairs, or docker.io mirror URLs alone (default: the config\'s)');
   let loaded: Promise<DaemonConfig> | undefined;
   /** The daemon's settings, read once per command. */
   const daemonCfg = () => (loaded ??= daemonSettings(image.opts<ImageOpts>()));

@@ -36,8 +36,9 @@ export function parseSetting(def: SettingDef, raw: unknown): { value: SettingVal
   switch (def.kind) {
     case 'string':
       if (def.list && Array.isArray(text)) {
-        if (!text.every((e) => typeof e === 'string' || typeof e === 'number')) return bad('must be a string or a list of strings');
-        return { value: text.map((e) => String(e).trim()).join(',') };
+        // Strings only: a YAML number in a list (1.10) is not written back as it was written.
+        if (!text.every((e) => typeof e === 'string')) return bad('must be a string or a list of strings');
+        return { value: text.map((e: string) => e.trim()).join(',') };
       }
       if (typeof text !== 'string' && typeof text !== 'number') return bad(def.list ? 'must be a string or a list of strings' : 'must be a string');
       return { value: String(text) };

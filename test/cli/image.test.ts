@@ -135,7 +135,7 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
     const state = join(tmp.path, 'state-bad-setting');
     const config = join(tmp.path, 'bad-setting.yaml');
     writeFileSync(config, `state-dir: ${state}\nregistry-mirrors: https://docker.io=mirror.lan\n`);
-    const refused = /^matchlock: registry-mirrors "https:\/\/docker\.io=mirror\.lan": must be registry=mirror, /;
+    const refused = /^matchlock: registry-mirrors "https:\/\/docker\.io=mirror\.lan": must be registry=mirror or, for docker\.io, a mirror URL alone, /;
     const pull = await cli(['image', 'pull', `${registry.host}/matchlock/guest:1`, '--config', config, '--init']);
     assert.equal(pull.code, EXIT.usage, pull.err);
     assert.match(pull.err, refused);

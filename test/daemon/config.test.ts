@@ -65,6 +65,7 @@ describe('daemon configuration', () => {
     // is a sequence holding something other than strings.
     assert.throws(() => load({}, file('l2.yaml', 'state-dir: [/a, /b]\n')), /state-dir must be a string \(got \["\/a","\/b"\]\)/);
     assert.throws(() => load({}, file('l3.yaml', 'insecure-registries: [{a: 1}]\n')), /insecure-registries must be a string or a list of strings/);
+    assert.throws(() => load({}, file('l4.yaml', 'plain-http-registries: [reg.lan, 1.10]\n')), /plain-http-registries must be a string or a list of strings \(got \["reg.lan",1.1\]\)/);
   });
 
   it('names the key in every startup error', () => {

@@ -35,9 +35,18 @@ describe('registry-mirrors', () => {
     ]);
   });
 
+  it("takes a mirror URL alone as Docker Hub's, as Docker's registry-mirrors lists them", async () => {
+    const cfg = { mirrors: ['https://mirror.gcr.io', 'HTTP://cache.lan:5000/'], ...none };
+    assert.deepEqual(await mirrorsOf(cfg, 'docker.io'), [
+      { host: 'mirror.gcr.io', scheme: 'https', insecureTls: false },
+      { host: 'cache.lan:5000', scheme: 'http', insecureTls: false },
+    ]);
+    assert.deepEqual(await mirrorsOf(cfg, 'ghcr.io'), []);
+  });
+
   it('refuses any other form, naming the setting, the pair and the rule', async () => {
     const bad = [
-      'docker.io', '=mirror', 'docker.io=', 'docker.io=ftp://mirror', 'docker.io=http://mirror/path', 'docker.io=mirror with space',
+      'docker.io', 'mirror.lan:5000', 'ftp://mirror.lan', 'https://mirror.lan/path', '=mirror', 'docker.io=', 'docker.io=ftp://mirror', 'docker.io=http://mirror/path', 'docker.io=mirror with space',
       'docker.io=:5000', 'docker.io=cache.lan:notaport', 'docker.io=cache.lan:99999', 'docker.io=cache.lan:0', 'docker.io=http://u:p@host', 'docker.io=http://host#x', 'docker.io=host?x=1',
       'docker.io =mirror', 'docker.io/x=mirror',
       // The registry side as a URL: no reference names a registry so, so it could never match.
@@ -46,7 +55,7 @@ describe('registry-mirrors', () => {
     for (const pair of bad) {
       assert.throws(() => registrySettings({ mirrors: [pair], ...none }), (err: Error) => {
         assert.ok(err instanceof MatchlockError && err.code === ErrorCode.InvalidArgument && err.field === 'registry-mirrors', String(err));
-        assert.match(err.message, /^registry-mirrors ".*": must be registry=mirror, the registry host\[:port\] as image references name it, without a scheme or path \(compared without regard to case; index\.docker\.io and registry-1\.docker\.io mean docker\.io\), the mirror host\[:port\] with http:\/\/ or https:\/\/ or neither$/);
+        assert.match(err.message, /^registry-mirrors ".*": must be registry=mirror or, for docker\.io, a mirror URL alone, the registry host\[:port\] as image references name it, without a scheme or path \(compared without regard to case; index\.docker\.io and registry-1\.docker\.io mean docker\.io\), the mirror host\[:port\] with http:\/\/ or https:\/\/ or neither$/);
         assert.ok(err.message.includes(JSON.stringify(pair)), err.message);
         return true;
       });

@@ -397,6 +397,8 @@ interface MirrorEntry {
  * `insecure-registries` takes it: it holds a registry (or a mirror) whose address is in it, the
  * host name resolved with the system's resolver (`resolve`; addresses kept for a minute, none
  * when it fails), as Docker resolves it.
+ * A mirror URL (`http://` or `https://`) without `registry=` is Docker Hub's, as in Docker's
+ * `registry-mirrors`.
  * A mirror is `host[:port]` (an IPv6 address in brackets), or a URL of one with `http://` or
  * `https://` as Docker's daemon.json writes it (a trailing `/` allowed; no user, path, query
  * or fragment). A mirror written with a scheme is reached as written, and accepts any
@@ -417,9 +419,12 @@ export function registrySettings(
   const plainHttp = registryList('plain-http-registries', cfg.plainHttp, warn);
   const mirrors = new Map<string, MirrorEntry[]>();
   for (const pair of cfg.mirrors) {
+    // A mirror URL without `registry=` is Docker Hub's, as every entry of Docker's
+    // registry-mirrors is (Docker requires the scheme there; a bare word stays ambiguous).
     const at = pair.indexOf('=');
-    const registry = at > 0 ? registryName(pair.slice(0, at)) : undefined;
-    const written = at > 0 ? pair.slice(at + 1) : '';
+    const dockerStyle = at < 0 && /^https?:\/\//i.test(pair);
+    const registry = at > 0 ? registryName(pair.slice(0, at)) : dockerStyle ? 'docker.io' : undefined;
+    const written = at > 0 ? pair.slice(at + 1) : dockerStyle ? pair : '';
     const scheme = /^(https?):\/\//i.exec(written)?.[1]?.toLowerCase() as 'http' | 'https' | undefined;
     const host = written.slice(scheme ? scheme.length + 3 : 0).replace(/\/$/, '').toLowerCase();
     const m = MIRROR_HOST.exec(host);
@@ -427,7 +432,7 @@ export function registrySettings(
     if (registry === undefined || !m || (port !== undefined && (port < 1 || port > 65535))) {
       throw new MatchlockError(
         ErrorCode.InvalidArgument,
-        `registry-mirrors "${pair}": must be registry=mirror, the registry ${REGISTRY_RULE}, the mirror host[:port] with http:// or https:// or neither`,
+        `registry-mirrors "${pair}": must be registry=mirror or, for docker.io, a mirror URL alone, the registry ${REGISTRY_RULE}, the mirror host[:port] with http:// or https:// or neither`,
         { field: 'registry-mirrors' },
       );
     }
