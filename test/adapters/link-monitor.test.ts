@@ -88,9 +88,17 @@ function harness(opts: { state?: MicroVM['status']['state']; macvtap?: boolean }
   ]);
   const busy = new Set<string>();
   const repairs: { uid: string; returned: string | undefined }[] = [];
+  /** Told of every read of a link, after the link's state was taken. */
+  const hooks: { afterRead?: ((name: string) => void) | undefined } = {};
   const watch = new LinkWatch({
     store: { get: (uid) => records.get(uid) },
-    network: { get: async (name) => host.get(name) },
+    network: {
+      get: async (name) => {
+        const l = host.get(name);
+        hooks.afterRead?.(name);
+        return l;
+      },
+    },
     bridgeName: 'br0',
     parentIface: 'vparent',
     busy: (uid) => busy.has(uid),
@@ -110,7 +118,7 @@ function harness(opts: { state?: MicroVM['status']['state']; macvtap?: boolean }
   };
   const settle = () => new Promise((r) => setTimeout(r, 30));
   const tap = (l: Partial<LinkInfo> = {}) => host.set(name, { name, ifindex: 3, mac: '', kind: opts.macvtap ? 'macvtap' : 'tap', master: opts.macvtap ? undefined : 'br0', up: true, ...l });
-  return { vm, records, host, busy, repairs, watch, name, feed, settle, tap };
+  return { vm, records, host, busy, repairs, watch, name, feed, settle, tap, hooks };
 }
 
 describe('which link events repair a VM', () => {
@@ -338,19 +346,39 @@ describe('which link events repair a VM', () => {
 
   it('a pass that attempted nothing does not take the stored link as missing when the watch has seen it since', async () => {
     const h = harness();
-    h.watch.track(UID, h.vm);
-    h.feed(L.br0Deleted);
-    await h.settle();
-    h.feed(L.br0Again);
-    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }]);
-    // Another VM on br0, held for its macvtap parent when br0 came back: its record still names
-    // br0, and each of its passes while it backs off is one that attempts nothing.
+    // Another VM on br0 whose last failure missed br0, and whose macvtap parent is gone too.
     const other = storedMicroVM('01ARZ3NDEKTSV4RR01ABCDEFGZ', { interfaces: [{ deviceId: 'eth0', type: 'TAP' }, { deviceId: 'eth1', type: 'MACVTAP' }] }, { state: 'PENDING', lastError: 'bridge br0 for interface eth0 not found on this host', missingLink: 'br0', nextAttemptAt: '2099-01-01T00:00:00.000Z' });
     h.records.set(other.uid, other);
+    h.watch.track(UID, h.vm);
+    h.watch.track(other.uid, other);
+    h.feed(L.parentDeleted, L.br0Deleted);
+    await h.settle();
+    h.feed(L.br0Again);
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }], 'the other waits for its parent');
+    // Each of its passes while it backs off attempts nothing and names br0.
     h.watch.track(other.uid, other, 'br0', true);
     h.watch.track(other.uid, other, 'br0', true);
     await h.settle();
     assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }], 'br0 is not read as returned again, reconciling every VM on it');
+    h.feed(L.parentAgain);
+    assert.deepEqual(h.repairs.at(-1), { uid: other.uid, returned: 'br0' }, 'its parent back: the back-off for want of br0 is cut short');
+  });
+
+  it('an uplink whose TAP check read it missing, back before it was marked so, is read again and repairs the VM', async () => {
+    const h = harness();
+    h.watch.track(UID, h.vm);
+    h.tap({ master: undefined });
+    h.host.delete('br0');
+    h.hooks.afterRead = (name) => {
+      if (name !== 'br0') return;
+      h.hooks.afterRead = undefined;
+      // br0 comes back between this read and what the check makes of it.
+      h.host.set('br0', { name: 'br0', ifindex: 5, mac: '', kind: 'other', up: true });
+      h.feed(L.br0Again);
+    };
+    h.feed(L.tapNoMaster);
+    await h.settle();
+    assert.deepEqual(h.repairs, [{ uid: UID, returned: 'br0' }]);
   });
 
   it('says which kind of uplink came back, by the VMs\' links on it, also when parent-iface names the bridge', async () => {
@@ -378,7 +406,7 @@ describe('the link watch and the reconciler together', () => {
    * A Reconciler on a store of records and a LinkWatch told of its passes, as the daemon wires
    * them; `present` holds the host's uplinks, and ensure fails for want of br0 while it lacks it.
    */
-  function daemon(maxRetries = 3) {
+  function daemon(maxRetries = 3, logger: Logger = silentLogger) {
     const store = new MemoryStore();
     let now = Date.parse('2026-06-01T00:00:00Z');
     const clock = { now: () => new Date(now), advance: (ms: number) => (now += ms) };
@@ -394,11 +422,11 @@ describe('the link watch and the reconciler together', () => {
         },
         teardown: async () => {},
       },
-      clock, logger: silentLogger, maxRetries, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1,
+      clock, logger, maxRetries, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1,
       passEnded: (uid, vm, missingLink, stored) => watch?.track(uid, vm, missingLink, stored),
     });
     watch = new LinkWatch({
-      store, network: { get: async (name) => present.get(name) }, bridgeName: 'br0', parentIface: 'vparent', busy: (uid) => r.busy(uid), logger: silentLogger, debounceMs: 5,
+      store, network: { get: async (name) => present.get(name) }, bridgeName: 'br0', parentIface: 'vparent', busy: (uid) => r.busy(uid), logger, debounceMs: 5,
       repair: (uid, returned) => {
         if (returned !== undefined) r.retryNow(uid, returned);
         reconciled.push(uid);
@@ -408,7 +436,7 @@ describe('the link watch and the reconciler together', () => {
       present.set('br0', { name: 'br0', ifindex: 5, mac: '', kind: 'other', up: true });
       watch?.seen({ name: 'br0', ifindex: 5, deleted: false, up: false, master: undefined });
     };
-    return { store, clock, r, reconciled, bridgeBack, settle: () => new Promise((res) => setTimeout(res, 30)) };
+    return { store, clock, r, reconciled, bridgeBack, present, settle: () => new Promise((res) => setTimeout(res, 30)) };
   }
 
   it('after a restart, the first pass of a VM backing off for want of its bridge finds its retry not due; the bridge\'s return still cuts the back-off short', async () => {
@@ -446,6 +474,50 @@ describe('the link watch and the reconciler together', () => {
       assert.equal(await d.r.reconcile(UID), undefined);
       assert.equal(d.store.get(UID)?.status.state, 'CREATED');
     }
+  });
+
+  it('after a restart with the bridge back, a FAILED VM is revived also when an event of the bridge (another VM\'s TAP put on it) came before its first pass, and not again once a pass finds the bridge missing', async () => {
+    const d = daemon();
+    const B = '01ARZ3NDEKTSV4RR01ABCDEFGB';
+    d.store.insert(storedMicroVM(UID, {}, { state: 'FAILED', retry: 4, lastError: 'bridge br0 for interface eth0 not found on this host', missingLink: 'br0' }));
+    d.store.insert(storedMicroVM(B, {}, { state: 'PENDING', lastError: '' }));
+    d.present.set('br0', { name: 'br0', ifindex: 5, mac: '', kind: 'other', up: true });
+    assert.equal(await d.r.reconcile(B), undefined);
+    // br0's event as B's TAP was put on it: the watch learns its ifindex, nothing came back.
+    d.bridgeBack();
+    await d.settle();
+    assert.deepEqual(d.reconciled, []);
+    assert.equal(await d.r.reconcile(UID), undefined, 'FAILED: nothing attempted');
+    assert.deepEqual(d.reconciled, [UID], 'repaired: its link is there');
+    assert.deepEqual([d.store.get(UID)?.status.state, d.store.get(UID)?.status.retry], ['PENDING', 0]);
+    // br0 went away unseen (missed events): the revived pass fails for want of it, and the
+    // passes that attempt nothing then wait for its return rather than repair the VM again.
+    d.present.delete('br0');
+    const delay = await d.r.reconcile(UID);
+    assert.ok(delay !== undefined && delay > 0);
+    await d.settle();
+    for (let i = 0; i < 3; i++) await d.r.reconcile(UID);
+    await d.settle();
+    assert.deepEqual(d.reconciled, [UID], 'no loop');
+    d.bridgeBack();
+    assert.deepEqual(d.reconciled.filter((u) => u === UID), [UID, UID], 'its return');
+  });
+
+  it('a link a record names as missing that is there at a restart repairs only the VMs waiting for it, and is not logged as back', async () => {
+    const lines: string[] = [];
+    const logger: Logger = { debug: () => {}, info: (_o, m) => void lines.push(m ?? ''), warn: () => {}, error: () => {}, child: () => logger };
+    const d = daemon(3, logger);
+    const B = '01ARZ3NDEKTSV4RR01ABCDEFGB';
+    d.present.set('br0', { name: 'br0', ifindex: 5, mac: '', kind: 'other', up: true });
+    d.store.insert(storedMicroVM(B, {}, { state: 'PENDING', lastError: '' }));
+    d.store.insert(storedMicroVM(UID, {}, { state: 'PENDING', retry: 2, lastError: 'bridge br0 for interface eth0 not found on this host', missingLink: 'br0', nextAttemptAt: '2026-06-01T00:05:00.000Z' }));
+    assert.equal(await d.r.reconcile(B), undefined);
+    assert.equal(d.store.get(B)?.status.state, 'CREATED');
+    assert.equal(await d.r.reconcile(UID), 300_000, 'not due: nothing attempted');
+    await d.settle();
+    assert.deepEqual(d.reconciled, [UID], 'the CREATED VM on br0 is left alone');
+    assert.equal(d.store.get(UID)?.status.nextAttemptAt, undefined);
+    assert.ok(!lines.some((l) => l.includes('appeared again')), lines.join('; '));
   });
 
   it('a VM FAILED for another reason stays FAILED when the bridge returns', async () => {

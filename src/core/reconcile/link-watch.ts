@@ -74,7 +74,11 @@ interface TrackedLink {
  * A VM with another uplink still known missing waits for that one (a pass could only fail);
  * when the last returns, the back-off of the one its last failure missed is cut short. A
  * PENDING VM backing off after a failure for another reason keeps its back-off, and a VM
- * FAILED for another reason stays FAILED.
+ * FAILED for another reason stays FAILED. A link that only a record names as missing (a pass
+ * that attempted nothing, typically the first after a restart) is no sign that it left: when it
+ * is there (read, or known from its events), only the VMs whose last failure missed it are
+ * repaired, so none stays FAILED or backing off with its link present, and the others on it are
+ * left alone.
  */
 export class LinkWatch {
   private readonly links = new Map<string, TrackedLink>();
@@ -82,8 +86,12 @@ export class LinkWatch {
   private readonly names = new Map<string, string[]>();
   /** Uplinks (bridges, macvtap parents) in use by a tracked VM -> their uids. */
   private readonly uplinks = new Map<string, Set<string>>();
-  /** An uplink's ifindex as last seen in an event, or 'gone' after its deletion. */
-  private readonly uplinkIndex = new Map<string, number | 'gone'>();
+  /**
+   * An uplink's ifindex as last seen in an event or read, or 'gone' once seen missing (its
+   * deletion, a read, a pass that failed for want of it), or 'named' while only a record names
+   * it missing (a stored missingLink after a restart) and a read of it is under way.
+   */
+  private readonly uplinkIndex = new Map<string, number | 'gone' | 'named'>();
   /** VMs waiting out debounceMs: per link name, what was seen last. */
   private readonly pending = new Map<string, { timer: NodeJS.Timeout; changes: Map<string, string> }>();
   /** VMs whose links broke while a pass of theirs ran: checked again when it ends (track()). */
@@ -107,9 +115,13 @@ export class LinkWatch {
    * failed the pass; it is then known missing, so its next appearance is its return, also when
    * its deletion was never seen (it was missing before the daemon started). `stored`: the pass
    * attempted nothing (FAILED, retry not due) and `missingLink` is the one the last attempt
-   * missed, as the record keeps it (Reconciler's passEnded); it is taken as missing only when
-   * the watch knows nothing of it (after a restart): one seen since is not (its return was
-   * counted then, or the VM waits for another of its uplinks), nor re-read on every such pass.
+   * missed, as the record keeps it (Reconciler's passEnded). That is no sign the link is
+   * missing now (the record may be older than the daemon): one the watch knows nothing of is
+   * read, and if it is there, the VMs whose last failure missed it are repaired (awaited); one
+   * known present repairs this VM at once, unless another of its uplinks is known missing; one
+   * known missing waits for its return. So such a VM is never left FAILED or backing off with
+   * its link there, and a link that is not read as returned: a pass that fails for want of it
+   * again marks it missing, and the next such report waits.
    */
   track(uid: string, vm: MicroVM | undefined, missingLink?: string, stored = false): void {
     const before = new Set<string>();
@@ -138,7 +150,10 @@ export class LinkWatch {
       if (!uids) this.uplinks.set(uplink, (uids = new Set()));
       uids.add(uid);
     }
-    if (missingLink !== undefined && now.has(missingLink) && (!stored || !this.uplinkIndex.has(missingLink))) this.missing(missingLink);
+    if (missingLink !== undefined && now.has(missingLink)) {
+      if (stored) this.named(uid, missingLink);
+      else this.missing(missingLink);
+    }
     const deferred = this.afterPass.get(uid);
     if (deferred) {
       this.afterPass.delete(uid);
@@ -168,8 +183,9 @@ export class LinkWatch {
   }
 
   /**
-   * A pass found `uplink` missing. It may have appeared since (its event then came before it was
-   * known missing), so it is read once more: if it is there, that is its return.
+   * A pass, or a read of the watch's own, found `uplink` missing. It may have appeared since
+   * (its event then came before it was known missing), so it is read once more: if it is
+   * there, that is its return.
    */
   private missing(uplink: string): void {
     if (this.uplinkIndex.get(uplink) === 'gone') return;
@@ -177,14 +193,60 @@ export class LinkWatch {
     this.readAgain(uplink);
   }
 
-  /** Reads an uplink known missing: if it is there, that is its return. */
+  /**
+   * The record of `uid` names `uplink` as the link its last attempt missed, and the pass
+   * attempted nothing (see track).
+   */
+  private named(uid: string, uplink: string): void {
+    const index = this.uplinkIndex.get(uplink);
+    if (index === undefined) {
+      this.uplinkIndex.set(uplink, 'named');
+      this.readAgain(uplink);
+      return;
+    }
+    // Known present: its return was seen, or it never left, before this VM was tracked (the
+    // events of another VM's TAP on the bridge tell of it).
+    if (typeof index !== 'number' || this.heldElsewhere(uid, uplink)) return;
+    this.awaited(uplink, index, [uid]);
+  }
+
+  /**
+   * Reads an uplink known or named missing: if it is there, that is the return of one seen
+   * missing; one only named missing never left, and only the VMs waiting for it are repaired.
+   * One named and read missing is known missing from then on.
+   */
   private readAgain(uplink: string): void {
     this.opts.network.get(uplink).then(
       (l) => {
-        if (l && !this.closed && this.uplinkIndex.get(uplink) === 'gone') this.uplinkSeen({ name: uplink, ifindex: l.ifindex, deleted: false, up: l.up, master: l.master });
+        if (this.closed) return;
+        const index = this.uplinkIndex.get(uplink);
+        if (index === 'named' && !l) this.uplinkIndex.set(uplink, 'gone');
+        if ((index === 'gone' || index === 'named') && l) this.uplinkSeen({ name: uplink, ifindex: l.ifindex, deleted: false, up: l.up, master: l.master });
       },
       (err: unknown) => this.opts.logger.warn({ link: uplink, err: (err as Error).message }, 'link check failed'),
     );
+  }
+
+  /** Whether another uplink of `uid` than `uplink` is known missing: a pass could only fail. */
+  private heldElsewhere(uid: string, uplink: string): boolean {
+    return [...this.uplinksOf(uid).keys()].some((u) => u !== uplink && this.uplinkIndex.get(u) === 'gone');
+  }
+
+  /**
+   * `uplink` is there (ifindex `index`) and never seen missing, and `uids` (tracked VMs on it,
+   * none waiting for another uplink) may wait for it: those whose record names it as the link
+   * their last attempt missed are repaired, their back-off cut short or, when FAILED, revived.
+   * No other VM on it is touched, and the log does not say it came back.
+   */
+  private awaited(uplink: string, index: number, uids: Iterable<string>): void {
+    const repairs: string[] = [];
+    for (const uid of uids) {
+      const status = this.opts.store.get(uid)?.status;
+      if (status && status.state !== 'DELETING' && status.missingLink === uplink) repairs.push(uid);
+    }
+    if (repairs.length === 0) return;
+    this.opts.logger.info({ link: uplink, ifindex: index, vms: repairs.length }, 'host link that VMs\' last attempts found missing is there: retrying them now');
+    for (const uid of repairs) this.opts.repair(uid, uplink);
   }
 
   /**
@@ -196,7 +258,7 @@ export class LinkWatch {
    */
   eventsMissed(): void {
     if (this.closed) return;
-    for (const [uplink, index] of this.uplinkIndex) if (index === 'gone') this.readAgain(uplink);
+    for (const [uplink, index] of this.uplinkIndex) if (index === 'gone' || index === 'named') this.readAgain(uplink);
   }
 
   /** Stops: waiting VMs are dropped (daemon shutdown). */
@@ -210,15 +272,21 @@ export class LinkWatch {
   /**
    * An event of a bridge or macvtap parent in use. Only its appearance matters (a new ifindex,
    * or any after its deletion): its being set down fails no pass (a port is enslaved to, a
-   * macvtap made and set up on, a link that is down), so its coming up repairs nothing.
+   * macvtap made and set up on, a link that is down), so its coming up repairs nothing. One
+   * only named missing (by a record) that is there never left: only the VMs waiting for it are
+   * repaired (awaited).
    */
   private uplinkSeen(e: LinkEvent): void {
     const before = this.uplinkIndex.get(e.name);
     if (e.deleted) {
-      if (before === e.ifindex || before === undefined) this.uplinkIndex.set(e.name, 'gone');
+      if (before === e.ifindex || typeof before !== 'number') this.uplinkIndex.set(e.name, 'gone');
       return;
     }
     this.uplinkIndex.set(e.name, e.ifindex);
+    if (before === 'named') {
+      this.awaited(e.name, e.ifindex, [...(this.uplinks.get(e.name) ?? [])].filter((uid) => !this.heldElsewhere(uid, e.name)));
+      return;
+    }
     if (before === undefined || before === e.ifindex) return;
     let skipping = 0;
     let revived = 0;
@@ -231,7 +299,7 @@ export class LinkWatch {
       const own = this.uplinksOf(uid);
       // A TAP on br0 and a macvtap on the parent, and the parent still missing: a pass could
       // only fail for want of it and count a retry. Its return reconciles the VM.
-      if ([...own.keys()].some((u) => u !== e.name && this.uplinkIndex.get(u) === 'gone')) {
+      if (this.heldElsewhere(uid, e.name)) {
         held++;
         continue;
       }
@@ -316,9 +384,11 @@ export class LinkWatch {
       // its parent (whose deletion took it): a pass now would fail and count against the VM's
       // retries, so an uplink that comes and goes (network tooling restarted, a NIC's driver
       // reloaded) would wear a healthy VM down to FAILED. Its return repairs the VM
-      // (uplinkSeen), which is sure to happen once the uplink is marked gone here.
+      // (uplinkSeen), which is sure to happen once the uplink is marked gone here; it is read
+      // once more then, as it may have come back since the read above (its event seen while
+      // it was not known missing).
       if (tracked.uplink !== '' && (await this.opts.network.get(tracked.uplink)) === undefined) {
-        this.uplinkIndex.set(tracked.uplink, 'gone');
+        this.missing(tracked.uplink);
         waiting.push({ link: name, seen, now });
         continue;
       }

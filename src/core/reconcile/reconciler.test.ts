@@ -263,15 +263,45 @@ it('retryNow lets the next pass run before its back-off is over, also when asked
   assert.equal(await first, 1000);
   assert.equal(r.busy('A'), false);
   assert.equal(store.get('A')?.status.nextAttemptAt, undefined, 'the back-off the pass recorded is cleared when it ends');
-  assert.equal(store.get('A')?.status.retry, 1, 'the failure still counts');
+  assert.equal(store.get('A')?.status.retry, 0, 'its failures for want of the link start over');
   assert.equal(store.get('A')?.status.missingLink, 'br0', 'found under the step\'s wrapper');
-  assert.equal(await r.reconcile('A'), 2000, 'ran at once, failed again, backs off for its second failure');
+  assert.equal(await r.reconcile('A'), 1000, 'ran at once, failed again, backs off as after a first failure');
   assert.notEqual(store.get('A')?.status.nextAttemptAt, undefined);
   r.retryNow('A', 'br0');
   fail = false;
   assert.equal(await r.reconcile('A'), undefined, 'runs at once');
   assert.equal(store.get('A')?.status.state, 'CREATED');
   assert.equal(store.get('A')?.status.missingLink, undefined);
+});
+
+it('retryNow starts the retry count over for a VM backing off for want of that link, so its next outage again takes maximum-retry failures; a crashing VMM keeps its count', async () => {
+  let bridge = false;
+  const { store, r } = setup({
+    ensure: async () => {
+      if (!bridge) throw missingHostLink('br0', 'bridge br0 for interface eth0 not found on this host');
+      return { ready: true, vmmPid: 42 };
+    },
+    teardown: async () => {},
+  });
+  store.insert(vm('A'));
+  for (let i = 0; i < 3; i++) {
+    store.update('A', (cur) => ({ ...cur, status: { ...cur.status, nextAttemptAt: undefined } }));
+    await r.reconcile('A');
+  }
+  assert.deepEqual([store.get('A')?.status.state, store.get('A')?.status.retry], ['PENDING', 3], 'one short of FAILED');
+  bridge = true;
+  r.retryNow('A', 'br0');
+  assert.deepEqual([store.get('A')?.status.retry, store.get('A')?.status.lastError, store.get('A')?.status.nextAttemptAt], [0, '', undefined]);
+  assert.equal(await r.reconcile('A'), undefined);
+  assert.equal(store.get('A')?.status.state, 'CREATED');
+  // The next failure (its VMM exits, the guest not seen booting) is its first.
+  assert.ok(r.vmmExited('A', 42) !== undefined);
+  assert.deepEqual([store.get('A')?.status.state, store.get('A')?.status.retry], ['PENDING', 1]);
+  // A VMM that keeps crashing: its failures name no link, so a link's return leaves its count.
+  store.update('A', (cur) => ({ ...cur, status: { ...cur.status, retry: 3 } }));
+  r.retryNow('A', 'br0');
+  assert.equal(store.get('A')?.status.retry, 3);
+  assert.notEqual(store.get('A')?.status.nextAttemptAt, undefined);
 });
 
 it('retryNow keeps the back-off of a VM whose last failure was not for want of that link', async () => {

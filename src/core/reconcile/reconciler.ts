@@ -81,13 +81,17 @@ export class Reconciler {
   /**
    * The host link `link` (a bridge, a macvtap's parent) appeared again: a VM whose last failure
    * found it missing (status.missingLink) need not wait out its back-off, so its next attempt
-   * time is cleared; the retry count stays. A FAILED VM whose last failure found it missing ran
-   * out of attempts while the link was away (every resync and catch-up pass failed for want of
-   * it): it is revived, PENDING again with its retry count at 0 and no back-off, so an uplink
-   * outage that ends recovers its VMs, while a link that never appears still leaves them FAILED
-   * after maximum-retry, as flintlock does. A VM that failed for another reason keeps its
-   * back-off or stays FAILED; one being deleted is left alone. While a pass runs for the VM, the
-   * choice is made when the pass ends, on the failure it recorded.
+   * time is cleared, and its retry count and last error start over: the failures counted while
+   * the link was away said nothing of the VM, and a VM that recovers just short of FAILED would
+   * otherwise be FAILED after its next outage's second failure rather than after maximum-retry.
+   * A FAILED VM whose last failure found it missing ran out of attempts while the link was away
+   * (every resync and catch-up pass failed for want of it): it is revived the same way, PENDING
+   * again, so an uplink outage that ends recovers its VMs, while a link that never appears still
+   * leaves them FAILED after maximum-retry, as flintlock does. A VM that failed for another
+   * reason keeps its back-off, its count or FAILED: a VMM that keeps crashing (its failures name
+   * no link) still runs out of attempts, its count reset only by a boot. One being deleted is
+   * left alone. While a pass runs for the VM, the choice is made when the pass ends, on the
+   * failure it recorded.
    */
   retryNow(uid: string, link: string): void {
     const pass = this.inflight.get(uid);
@@ -100,9 +104,9 @@ export class Reconciler {
       if (s.state === 'DELETING' || s.missingLink !== link) return s;
       if (s.state === 'FAILED') {
         this.opts.logger.info({ uid, namespace: cur.spec.namespace, name: cur.spec.name, link, retry: s.retry }, 'the link a FAILED VM ran out of attempts for appeared again: it is PENDING again, with its retries counted from 0');
-        return { ...s, state: 'PENDING', retry: 0, nextAttemptAt: undefined };
+        return { ...s, state: 'PENDING', retry: 0, lastError: '', nextAttemptAt: undefined };
       }
-      return s.nextAttemptAt === undefined ? s : { ...s, nextAttemptAt: undefined };
+      return { ...s, retry: 0, lastError: '', nextAttemptAt: undefined };
     });
   }
 
