@@ -181,10 +181,17 @@ async function vmChecks(
   if (s.state === 'CREATED') out.push(ok(`${id} state`, `CREATED${s.guestBooted ? ', guest booted' : ''}`));
   else if (s.state === 'FAILED') {
     // A VM that failed for want of its bridge or macvtap parent is revived when that link
-    // appears again (the link watch); any other FAILED VM stays so until it is deleted.
-    const hint = s.missingLink !== undefined
-      ? `bring back ${s.missingLink}: matchlockd retries the VM when it appears (or delete it: matchlock vm delete ${vm.uid})`
-      : `fix the cause, then delete and recreate it (matchlock vm delete ${vm.uid})`;
+    // appears again (the link watch), or is found there when matchlockd starts; any other
+    // FAILED VM stays so until it is deleted, and so does one whose missing link is no longer
+    // one of its uplinks (bridge-name, parent-iface or its bridge override changed since).
+    const uplinks = new Set(vm.spec.interfaces.map((i) => (i.type === 'MACVTAP' ? cfg.parentIface : (i.overrides?.bridgeName ?? cfg.bridgeName))));
+    const awaited = s.missingLink !== undefined && s.missingLink !== '' && uplinks.has(s.missingLink) ? s.missingLink : undefined;
+    const present = awaited !== undefined && (await links.get(awaited)) !== undefined;
+    const hint = awaited === undefined
+      ? `fix the cause, then delete and recreate it (matchlock vm delete ${vm.uid})`
+      : present
+        ? `${awaited} is there again: matchlockd retries the VM when it sees it appear, and on its start (restart matchlockd to retry now), or delete it (matchlock vm delete ${vm.uid})`
+        : `bring back ${awaited}: matchlockd retries the VM when it appears (or delete it: matchlock vm delete ${vm.uid})`;
     out.push(fail(`${id} state`, `FAILED after ${s.retry} attempts: ${s.lastError}`, hint));
   }
   else out.push(warn(`${id} state`, `${s.state}${s.lastError ? `: ${s.lastError}` : ''}`, s.lastError ? 'see last error; matchlockd retries with back-off' : undefined));

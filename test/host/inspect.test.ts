@@ -78,6 +78,27 @@ describe('inspect reaches the daemon as every other command does', () => {
     assert.match(s?.evidence ?? '', /not made yet: files: .* lacks .*; vmm: no VMM process; interface eth0: \S+ missing/);
   });
 
+  it('tells to bring back the link a FAILED VM ran out of attempts for only when it is still the VM\'s uplink and missing', async () => {
+    const state = join(tmp.path, 'failed');
+    const db = new SqliteStore(join(state, 'matchlock.db'));
+    const uids = { missing: '01HZY3NDEKTSV4RRFFQ69G5FA1', present: '01HZY3NDEKTSV4RRFFQ69G5FA2', moved: '01HZY3NDEKTSV4RRFFQ69G5FA3' };
+    const bridges = { missing: 'mlnobr9', present: 'lo', moved: 'mlnobr9' };
+    for (const [k, uid] of Object.entries(uids) as [keyof typeof uids, string][]) {
+      db.insert({
+        uid, version: 1, createdAt: '', updatedAt: '',
+        spec: { name: k, namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024, kernel: { image: 'registry.invalid/k:1', filename: 'boot/vmlinuz', cmdline: {}, addNetworkConfig: false },
+          additionalVolumes: [], interfaces: [{ deviceId: 'eth0', type: 'TAP', overrides: { bridgeName: bridges[k] } }], metadata: {}, provider: 'qemu', allowGuestAgent: false },
+        status: { ...initialStatus(), state: 'FAILED', retry: 11, lastError: 'bridge for interface eth0 not found on this host', missingLink: k === 'moved' ? 'mloldbr9' : bridges[k] },
+      } as unknown as MicroVM);
+    }
+    db.close();
+    const r = await inspect(['inspect', '--config', '/dev/null', '--daemon-state-dir', state, '--grpc-endpoint', 'unix:/nonexistent/matchlock.sock', '--bridge-name', 'br0']);
+    const fix = (uid: string) => r.checks.find((c) => c.check === `vm ns/${Object.entries(uids).find(([, u]) => u === uid)?.[0] ?? ''} (${uid}) state`)?.fix ?? '';
+    assert.match(fix(uids.missing), /^bring back mlnobr9: matchlockd retries the VM when it appears/);
+    assert.match(fix(uids.present), /^lo is there again: .*restart matchlockd/);
+    assert.match(fix(uids.moved), /^fix the cause, then delete and recreate it/);
+  });
+
   it('runs on a machine with only the hub: --hub-only, or --hub where no matchlockd is', { skip: process.getuid?.() !== 0 ? 'needs root (network namespace)' : false }, () => {
     const ns = `mlio-${randomBytes(3).toString('hex')}`;
     execFileSync('ip', ['netns', 'add', ns]);
