@@ -174,8 +174,12 @@ export async function waitUntil(opts: ConnectOptions, uid: string, cond: { test:
       result = o;
       return true;
     }
-    if (o.gone || stateOf(o.vm) === 'FAILED') {
-      failure = cliError(`${uid} is ${o.gone ? 'gone' : 'FAILED'}; ${cond.text} cannot hold`, EXIT.failed);
+    if (o.gone) {
+      failure = cliError(`${uid} is gone; ${cond.text} cannot hold`, EXIT.failed);
+      return true;
+    }
+    if (stateOf(o.vm) === 'FAILED') {
+      failure = cliError(`${uid} is FAILED${o.vm?.status?.lastError ? ` (${o.vm.status.lastError})` : ''}; ${cond.text} ${failedUntil(o.vm?.status?.lastError ?? '')}`, EXIT.failed);
       return true;
     }
     return false;
@@ -194,6 +198,17 @@ export async function waitUntil(opts: ConnectOptions, uid: string, cond: { test:
   }
   if (failure) throw failure;
   return result?.vm;
+}
+
+/**
+ * Until when a FAILED VM cannot meet a condition, from its last error (the record's
+ * missingLink is not on the wire): one that ran out of attempts for want of its bridge or
+ * macvtap parent (the create plan's messages, src/core/plan/steps/interface.ts) is retried by
+ * matchlockd when that link appears again; a wait still ends here, as nothing says when.
+ */
+function failedUntil(lastError: string): string {
+  const link = /\b(?:bridge|parent interface) (\S+) for (?:interface )?\S+ not found on this host/.exec(lastError)?.[1];
+  return link ? `cannot hold until ${link} appears again (matchlockd retries the VM then; wait again after)` : 'cannot hold until it is deleted and created again';
 }
 
 function durationOption(flag: string, value: string, allowZero = false): number {

@@ -154,6 +154,35 @@ describe('matchlock vm list of many VMs', () => {
   });
 });
 
+describe('matchlock vm watch on a FAILED VM', () => {
+  const tmp = tempDir('cli-failed');
+  let d: DaemonHandle;
+  let host: string[];
+  const uids = { link: seededUid(1), pull: seededUid(2) };
+  before(async () => {
+    const stateDir = join(tmp.path, 'state');
+    const store = new SqliteStore(join(stateDir, 'matchlock.db'));
+    store.insert(storedMicroVM(uids.link, { name: 'link', interfaces: [{ deviceId: 'eth1', type: 'TAP', overrides: { bridgeName: 'mlnobr7' } }] }, { retry: 11, lastError: 'interface eth1 (tap mlt0000000010): bridge mlnobr7 for interface eth1 not found on this host', missingLink: 'mlnobr7' }));
+    store.insert(storedMicroVM(uids.pull, { name: 'pull' }, { retry: 11, lastError: 'image r:1: pull failed: 503' }));
+    store.close();
+    d = await startDaemon(stateDir);
+    host = ['--host', `127.0.0.1:${d.grpcPort}`];
+  });
+  after(async () => {
+    await d?.stop();
+    tmp.remove();
+  });
+
+  it('ends (exit 8) saying why: the link whose return retries it, or that it must be recreated', async () => {
+    const link = await cli([...host, 'vm', 'watch', uids.link, '--until', 'CREATED', '--timeout', '10s']);
+    assert.equal(link.code, EXIT.failed, link.err);
+    assert.match(link.err, /is FAILED \(interface eth1 .*\); state=CREATED cannot hold until mlnobr7 appears again \(matchlockd retries the VM then/);
+    const pull = await cli([...host, 'vm', 'watch', uids.pull, '--until', 'CREATED', '--timeout', '10s']);
+    assert.equal(pull.code, EXIT.failed, pull.err);
+    assert.match(pull.err, /is FAILED \(image r:1: pull failed: 503\); state=CREATED cannot hold until it is deleted and created again/);
+  });
+});
+
 function seeded(n: number): MicroVM {
   return storedMicroVM(seededUid(n), { name: `vm-${n}`, namespace: `team-${n % 2}`, metadata: { 'user-data': Buffer.from('#cloud-config\n').toString('base64') } });
 }

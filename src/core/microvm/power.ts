@@ -78,7 +78,7 @@ export class PowerService {
     const vm = this.deps.store.update(uid, (cur) => {
       found = true;
       if (cur.status.state === 'DELETING') throw failedPrecondition(`microvm ${quote(uid)} is being deleted; it cannot ${verb}`);
-      if (cur.status.state === 'FAILED') throw failedPrecondition(`microvm ${quote(uid)} is FAILED (${cur.status.lastError || 'no error recorded'}); delete and create it again`);
+      if (cur.status.state === 'FAILED') throw failedPrecondition(`microvm ${quote(uid)} is FAILED (${cur.status.lastError || 'no error recorded'}); ${failedHow(cur)}`);
       const power = next(cur);
       if (power === undefined || JSON.stringify(power) === JSON.stringify(cur.power)) return undefined;
       return { ...cur, power, updatedAt: now };
@@ -87,6 +87,16 @@ export class PowerService {
     this.deps.notifier.changed(uid);
     return vm;
   }
+}
+
+/**
+ * What becomes of a FAILED VM: one that ran out of attempts for want of its bridge or macvtap
+ * parent (status.missingLink) is retried when that link appears again (the link watch); any
+ * other stays FAILED until it is deleted.
+ */
+function failedHow(vm: MicroVM): string {
+  const link = vm.status.missingLink;
+  return link ? `matchlockd retries it when ${link} appears again, then try again; or delete and create it again` : 'delete and create it again';
 }
 
 function intent(vm: MicroVM): PowerIntent {
