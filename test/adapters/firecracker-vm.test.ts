@@ -274,27 +274,7 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
 
   it('jails the VMM: own uid/gid, cgroup v2 limits, files hard-linked, pid from the jail; delete removes jail and cgroup', async () => {
     const uid = '01HZY3NDEKTSV4RRFFQ69GJA1L';
-    const dir = join(tmp.path, 'vm', 'ns', 'name', uid);
-    const runDir = join(tmp.path, 'run', uid);
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, 'volume-root.img'), '');
-    truncateSync(join(dir, 'volume-root.img'), 1 << 20);
-    const jailerBin = join(tmp.path, 'jailer.sh');
-    writeFileSync(jailerBin, `#!/bin/sh\nexport FAKE_JAILER_CGROUP_ROOT='${join(tmp.path, 'cgroup')}'\nexec ip netns exec ${ns} ${FAKE_JAILER} "$@"\n`);
-    chmodSync(jailerBin, 0o755);
-    const jailer = { ...DEFAULT_JAILER, bin: jailerBin, chrootBase: join(tmp.path, 'jailer'), cgroupRoot: join(tmp.path, 'cgroup') };
-    const vm = new FirecrackerVm(uid, { dir, runDir }, { bin: FAKE_FIRECRACKER, detach: true, readyTimeoutMs: 20_000, termTimeoutMs: 1000, jailer });
-    const launch: FirecrackerLaunch = {
-      uid, namespace: 'ns', name: 'name', dir, runDir, vcpu: 2, memoryInMb: 1024,
-      kernelPath: join(tmp.path, 'vmlinux'),
-      cmdline: mergeCmdline(defaultCmdline({ mmds: true }), {}),
-      hasRoot: true,
-      shares: [],
-      disks: [{ id: 'root', path: join(dir, 'volume-root.img'), readOnly: false }],
-      nics: [{ deviceId: 'eth0', type: 'TAP', hostDevice: 'mltmeta', ifindex: 0, mac: 'AA:FF:00:00:00:01' }],
-      metadata: { 'meta-data': Buffer.from(`instance_id: ${uid}\n`) },
-      guestAgent: { cid: 3 },
-    };
+    const { vm, launch, dir } = jailedVm(uid, { readyTimeoutMs: 20_000 });
     const pid = await vm.start(launch, quiet);
     started.push(pid);
     const root = vm.jail ?? '';
@@ -325,18 +305,21 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
     assert.equal(existsSync(cg), false, 'cgroup removed');
   });
 
-  /** A jailed VM whose jailer stand-in lingers `holdMs` after it started Firecracker, before it writes its pid and exits. */
-  function lingering(uid: string, holdMs: number, readyTimeoutMs: number, failCode?: number) {
+  /**
+   * A jailed VM under the jailer stand-in, which lingers `holdMs` after it started Firecracker
+   * before it writes its pid and exits, or with `failCode` exits so without writing it.
+   */
+  function jailedVm(uid: string, o: { readyTimeoutMs: number; holdMs?: number; failCode?: number }) {
     const dir = join(tmp.path, 'vm', 'ns', 'name', uid);
     const runDir = join(tmp.path, 'run', uid);
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, 'volume-root.img'), '');
     truncateSync(join(dir, 'volume-root.img'), 1 << 20);
     const jailerBin = join(tmp.path, `jailer-${uid}.sh`);
-    writeFileSync(jailerBin, `#!/bin/sh\nexport FAKE_JAILER_CGROUP_ROOT='${join(tmp.path, 'cgroup')}'\nexport FAKE_JAILER_HOLD_MS=${holdMs}\n${failCode === undefined ? '' : `export FAKE_JAILER_FAIL_CODE=${failCode}\n`}exec ip netns exec ${ns} ${FAKE_JAILER} "$@"\n`);
+    writeFileSync(jailerBin, `#!/bin/sh\nexport FAKE_JAILER_CGROUP_ROOT='${join(tmp.path, 'cgroup')}'\nexport FAKE_JAILER_HOLD_MS=${o.holdMs ?? 0}\n${o.failCode === undefined ? '' : `export FAKE_JAILER_FAIL_CODE=${o.failCode}\n`}exec ip netns exec ${ns} ${FAKE_JAILER} "$@"\n`);
     chmodSync(jailerBin, 0o755);
     const jailer = { ...DEFAULT_JAILER, bin: jailerBin, chrootBase: join(tmp.path, 'jailer'), cgroupRoot: join(tmp.path, 'cgroup') };
-    const vm = new FirecrackerVm(uid, { dir, runDir }, { bin: FAKE_FIRECRACKER, detach: true, readyTimeoutMs, termTimeoutMs: 1000, jailer });
+    const vm = new FirecrackerVm(uid, { dir, runDir }, { bin: FAKE_FIRECRACKER, detach: true, readyTimeoutMs: o.readyTimeoutMs, termTimeoutMs: 1000, jailer });
     const launch: FirecrackerLaunch = {
       uid, namespace: 'ns', name: 'name', dir, runDir, vcpu: 2, memoryInMb: 1024,
       kernelPath: join(tmp.path, 'vmlinux'),
@@ -350,12 +333,12 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
     };
     /** The pids in the VM's cgroup: the Firecracker the jailer started, once it did. */
     const inCgroup = () => (existsSync(join(tmp.path, 'cgroup', 'matchlock', uid, 'cgroup.procs')) ? readFileSync(join(tmp.path, 'cgroup', 'matchlock', uid, 'cgroup.procs'), 'utf8').split('\n').filter((l) => l !== '').map(Number) : []);
-    return { vm, launch, inCgroup };
+    return { vm, launch, inCgroup, dir };
   }
 
   it('a start called off while the jailer has not exited ends at once, and the Firecracker it forked is killed', async () => {
     // The jailer lingers past the ready timeout: only the call-off can end the wait early.
-    const { vm, launch, inCgroup } = lingering('01HZY3NDEKTSV4RRFFQ69GJA2L', 120_000, 60_000);
+    const { vm, launch, inCgroup } = jailedVm('01HZY3NDEKTSV4RRFFQ69GJA2L', { holdMs: 120_000, readyTimeoutMs: 60_000 });
     const calledOff = new AbortController();
     const outcome = vm.start(launch, quiet, calledOff.signal).catch((e: unknown) => e);
     let fc: number | undefined;
@@ -374,7 +357,7 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
   });
 
   it('a jailer that does not exit within the ready timeout: the start fails and the Firecracker it forked is killed', async () => {
-    const { vm, launch, inCgroup } = lingering('01HZY3NDEKTSV4RRFFQ69GJA3L', 120_000, 1500);
+    const { vm, launch, inCgroup } = jailedVm('01HZY3NDEKTSV4RRFFQ69GJA3L', { holdMs: 120_000, readyTimeoutMs: 1500 });
     await assert.rejects(vm.start(launch, quiet), /jailer did not exit/);
     const [fc] = inCgroup();
     assert.ok(fc !== undefined, 'the jailer started Firecracker');
@@ -385,7 +368,7 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
   });
 
   it('a jailer that failed after its fork: what it started is killed, and the jailer, already reaped, is not signalled', async () => {
-    const { vm, launch, inCgroup } = lingering('01HZY3NDEKTSV4RRFFQ69GJA4L', 300, 20_000, 3);
+    const { vm, launch, inCgroup } = jailedVm('01HZY3NDEKTSV4RRFFQ69GJA4L', { holdMs: 300, readyTimeoutMs: 20_000, failCode: 3 });
     const signalled: number[] = [];
     const realKill = process.kill.bind(process);
     const kill = mock.method(process, 'kill', (pid: number, sig?: string | number) => {
