@@ -208,7 +208,7 @@ export async function waitUntil(opts: ConnectOptions, uid: string, cond: { test:
  */
 function failedUntil(lastError: string): string {
   const link = /\b(?:bridge|parent interface) (\S+) for (?:interface )?\S+ not found on this host/.exec(lastError)?.[1];
-  return link ? `cannot hold until ${link} appears again (matchlockd retries the VM then; wait again after)` : 'cannot hold until it is deleted and created again';
+  return link ? `cannot hold until ${link} appears again (matchlockd retries the VM then, if ${link} is still its bridge or macvtap parent; wait again after)` : 'cannot hold until it is deleted and created again';
 }
 
 function durationOption(flag: string, value: string, allowZero = false): number {

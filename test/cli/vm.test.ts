@@ -176,7 +176,7 @@ describe('matchlock vm watch on a FAILED VM', () => {
   it('ends (exit 8) saying why: the link whose return retries it, or that it must be recreated', async () => {
     const link = await cli([...host, 'vm', 'watch', uids.link, '--until', 'CREATED', '--timeout', '10s']);
     assert.equal(link.code, EXIT.failed, link.err);
-    assert.match(link.err, /is FAILED \(interface eth1 .*\); state=CREATED cannot hold until mlnobr7 appears again \(matchlockd retries the VM then/);
+    assert.match(link.err, /is FAILED \(interface eth1 .*\); state=CREATED cannot hold until mlnobr7 appears again \(matchlockd retries the VM then, if mlnobr7 is still its bridge or macvtap parent/);
     const pull = await cli([...host, 'vm', 'watch', uids.pull, '--until', 'CREATED', '--timeout', '10s']);
     assert.equal(pull.code, EXIT.failed, pull.err);
     assert.match(pull.err, /is FAILED \(image r:1: pull failed: 503\); state=CREATED cannot hold until it is deleted and created again/);

@@ -96,7 +96,9 @@ export class PowerService {
  */
 function failedHow(vm: MicroVM): string {
   const link = vm.status.missingLink;
-  return link ? `matchlockd retries it when ${link} appears again, then try again; or delete and create it again` : 'delete and create it again';
+  // The link watch retries it only while the link is still its bridge or parent (the config
+  // may have changed since), which this service does not know: said as a condition.
+  return link ? `matchlockd retries it when ${link} appears again, if ${link} is still its bridge or macvtap parent, then try again; or delete and create it again` : 'delete and create it again';
 }
 
 function intent(vm: MicroVM): PowerIntent {

@@ -140,7 +140,7 @@ describe('power: the desired state on the record, honoured by every reconcile pa
     store.update(UID, (cur) => ({ ...cur, status: { ...cur.status, state: 'FAILED', lastError: 'pull failed' } }));
     assert.throws(() => power.start(UID), /is FAILED \(pull failed\); delete and create it again$/);
     store.update(UID, (cur) => ({ ...cur, status: { ...cur.status, lastError: 'bridge br0 for interface eth0 not found on this host', missingLink: 'br0' } }));
-    assert.throws(() => power.start(UID), /is FAILED \(bridge br0 .*\); matchlockd retries it when br0 appears again/, 'it is not for good');
+    assert.throws(() => power.start(UID), /is FAILED \(bridge br0 .*\); matchlockd retries it when br0 appears again, if br0 is still its bridge or macvtap parent/, 'it is not for good');
     store.update(UID, (cur) => ({ ...cur, status: { ...cur.status, state: 'DELETING' } }));
     assert.throws(() => power.start(UID), /is being deleted; it cannot start/);
   });
