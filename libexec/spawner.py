@@ -23,7 +23,8 @@ Requests: spawn <id> then key/value pairs:
   input <bytes>       written to the child's stdin (a pipe), then closed
   stream 1            stdin and stdout are pipes kept here for the child's whole life: what
                       it writes comes as `out` events as it arrives, `write` requests feed
-                      its stdin (stderr goes where the request says, /dev/null by default)
+                      its stdin (stderr goes where the request says, /dev/null by default);
+                      not with capture
   inmax <bytes>       a streamed program's bound on what waits here for its stdin: past it
                       what waits is dropped, its stdin closed and the program gets SIGKILL
   timeout <ms>        a capturing child still running after it gets SIGTERM
@@ -242,12 +243,11 @@ def start(rid, req, ours, theirs):
         try:
             return os.posix_spawnp(argv[0], argv, env, **opts)
         except OSError as e:
+            if e.errno != errno.ENOEXEC:
+                raise
             # An executable file without `#!`: execvp, which the program would get from a
             # shell, Perl or Node, runs it with /bin/sh; glibc's posix_spawnp no longer does.
-            script = lookup(argv[0]) if e.errno == errno.ENOEXEC else None
-            if script is None:
-                raise
-            return os.posix_spawn(b'/bin/sh', [b'/bin/sh', script] + argv[1:], env, **opts)
+            return spawn_as_execvp(argv, opts)
     except OSError as e:
         failed(rid, e, b'exec ' + argv[0])
         return None
@@ -271,19 +271,39 @@ def back_home():
         os.chdir('/')
 
 
-def lookup(name):
-    """The file execvp would run for `name`: itself when it holds a slash, else the first
-    executable regular file of that name in PATH (an empty entry is the working directory)."""
+# What execvp passes over in PATH (glibc's execvpe): a file that is not there, or not there
+# for this exec (its interpreter or loader missing); EACCES is kept for the end.
+SKIP = {errno.ENOENT, errno.ENOTDIR, errno.ESTALE, errno.ENODEV, errno.ETIMEDOUT, errno.EACCES}
+
+
+def spawn_as_execvp(argv, opts):
+    """Starts `argv` as execvp would, in the rare case posix_spawnp met a file without `#!`:
+    the PATH entries are tried in order (each an exec attempt, as execvp's loop), and the first
+    file that is a program runs, or the first that is not (ENOEXEC) runs with /bin/sh. PATH
+    unset is the C library's default path (confstr's CS_PATH), an empty entry the working
+    directory. Raises the error execvp would: EACCES if a file was refused so, else ENOENT."""
+    name = argv[0]
     if b'/' in name:
-        return name
-    for d in env.get(b'PATH', b'/usr/local/bin:/usr/bin:/bin').split(b':'):
-        path = (d or b'.') + b'/' + name
+        candidates = [name]
+    else:
+        path = env.get(b'PATH')
+        if path is None:
+            path = os.confstr('CS_PATH').encode()
+        candidates = [(d or b'.') + b'/' + name for d in path.split(b':')]
+    denied = None
+    for c in candidates:
         try:
-            if os.access(path, os.X_OK) and os.path.isfile(path):
-                return path
-        except (OSError, ValueError):
-            continue
-    return None
+            return os.posix_spawn(c, argv, env, **opts)
+        except OSError as e:
+            if e.errno == errno.ENOEXEC:
+                return os.posix_spawn(b'/bin/sh', [b'/bin/sh', c] + argv[1:], env, **opts)
+            if e.errno not in SKIP:
+                raise
+            if e.errno == errno.EACCES:
+                denied = denied or e
+    if denied is not None:
+        raise denied
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
 
 
 def spawn(rid, req):
@@ -294,6 +314,8 @@ def spawn(rid, req):
     if timeout is not None and not 0 <= timeout < 2 ** 31 - 1:
         raise ValueError('timeout %r ms is not between 0 and 2^31 - 1' % timeout)
     inmax = int(req[b'inmax']) if b'inmax' in req else None
+    if cap is not None and req.get(b'stream'):
+        raise ValueError('capture and stream exclude each other')
     ours = {}
     theirs = []
     try:
@@ -306,28 +328,42 @@ def spawn(rid, req):
     if pid is None:
         close_all(ours.values())
         return
-    c = Child(rid, pid)
-    if cap is not None:
-        c.capture = True
-        c.max = cap
-        c.out = {b'stdout': bytearray(), b'stderr': bytearray()}
-        c.fh = {k: ours[k] for k in (b'stdout', b'stderr') if k in ours}
-        if b'in' in ours:
+    try:
+        c = Child(rid, pid)
+        if cap is not None:
+            c.capture = True
+            c.max = cap
+            c.out = {b'stdout': bytearray(), b'stderr': bytearray()}
+            c.fh = {k: ours[k] for k in (b'stdout', b'stderr') if k in ours}
+            if b'in' in ours:
+                c.infd = ours[b'in']
+                c.input = bytearray(req.get(b'input', b''))
+            if timeout is not None:
+                c.deadline = now_ms() + timeout
+        elif req.get(b'stream'):
+            c.stream = True
+            c.fh = {b'stdout': ours[b'stdout']}
             c.infd = ours[b'in']
-            c.input = bytearray(req[b'input'])
-        if timeout is not None:
-            c.deadline = now_ms() + timeout
-    elif req.get(b'stream'):
-        c.stream = True
-        c.fh = {b'stdout': ours[b'stdout']}
-        c.infd = ours[b'in']
-        c.inmax = inmax
-    for fd in ours.values():
-        os.set_blocking(fd, False)
-    if c.capture or c.stream:
-        capturing[pid] = c
-        by_id[rid] = c
-    by_pid[pid] = c
+            c.inmax = inmax
+        for fd in ours.values():
+            os.set_blocking(fd, False)
+        if c.capture or c.stream:
+            capturing[pid] = c
+            by_id[rid] = c
+        by_pid[pid] = c
+    except BaseException:
+        # Nothing may leave a started program untracked: it is ended and reaped here, so the
+        # request's `failed` is the whole truth.
+        close_all(ours.values())
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        by_pid.pop(pid, None)
+        capturing.pop(pid, None)
+        by_id.pop(rid, None)
+        raise
     emit(b'spawned', rid, pid)
 
 
@@ -405,6 +441,24 @@ def feed(c):
         c.infd = None
 
 
+def set_env(entries):
+    """The environment of this and later programs: all of `entries` (NAME=value), taken whole or,
+    when one is refused (a NUL byte), not at all."""
+    new = {}
+    for e in entries:
+        if b'\0' in e:
+            raise ValueError('an environment entry holds a NUL byte')
+        name, _, value = e.partition(b'=')
+        if name:
+            new[name] = value
+    if b'PATH' in new:
+        os.putenv(b'PATH', new[b'PATH'])
+    elif b'PATH' in env:
+        os.unsetenv(b'PATH')
+    env.clear()
+    env.update(new)
+
+
 def request(body):
     f = []
     o = 0
@@ -454,17 +508,9 @@ def request(body):
             req[k].append(v)
         else:
             req[k] = v
-    if req[b'env']:
-        env.clear()
-        for e in req[b'env']:
-            name, _, value = e.partition(b'=')
-            if name:
-                env[name] = value
-        if b'PATH' in env:
-            os.putenv(b'PATH', env[b'PATH'])
-        else:
-            os.unsetenv(b'PATH')
     try:
+        if req[b'env']:
+            set_env(req[b'env'])
         spawn(rid, req)
     except (OSError, ValueError) as e:
         # A request this process cannot carry out (a bad number, no descriptors left) fails

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ErrorCode, MatchlockError } from '../../src/core/errors.js';
 import type { Logger } from '../../src/core/ports.js';
 import { run } from '../../src/adapters/exec.js';
-import { launch, runProgram, spawnerPid, startSpawner, stopSpawner, streamProgram, type ChildExit, type RunOptions } from '../../src/adapters/spawner.js';
+import { launch, runProgram, SPAWNER_SCRIPT, spawnerInterpreter, spawnerPid, startSpawner, stopSpawner, streamProgram, type ChildExit, type RunOptions } from '../../src/adapters/spawner.js';
 import { isChild } from '../../src/adapters/vmm/children.js';
 import { launchDetached } from '../../src/adapters/vmm/launcher.js';
 import { pidAlive } from '../../src/adapters/vmm/process.js';
@@ -193,6 +194,24 @@ describe('process spawner: the daemon hands program starts to a small python3 pr
     const script = join(tmp.path, 'no-shebang');
     writeFileSync(script, 'echo "plain script: $1"\n', { mode: 0o755 });
     assert.equal((await runProgram(script, ['x y'], opts)).stdout.toString(), 'plain script: x y\n');
+  });
+
+  it('a program without #! that PATH finds after one that cannot exec is the one run, as execvp runs it', async () => {
+    // The first prog fails with ENOENT (its interpreter is missing), so execvp goes on to the
+    // second, which has no #! and runs with /bin/sh; the first must not be run as a script.
+    const d1 = join(tmp.path, 'path-1');
+    const d2 = join(tmp.path, 'path-2');
+    mkdirSync(d1);
+    mkdirSync(d2);
+    writeFileSync(join(d1, 'matchlock-order-probe'), '#!/nonexistent/interpreter\necho wrong file\n', { mode: 0o755 });
+    writeFileSync(join(d2, 'matchlock-order-probe'), 'echo "right file: $0"\n', { mode: 0o755 });
+    const path = process.env.PATH;
+    process.env.PATH = `${d1}:${d2}:${path ?? ''}`;
+    try {
+      assert.equal((await runProgram('matchlock-order-probe', [], opts)).stdout.toString(), `right file: ${join(d2, 'matchlock-order-probe')}\n`);
+    } finally {
+      process.env.PATH = path;
+    }
   });
 
   it('a request it cannot carry out fails alone: the spawner goes on with the next', async () => {
@@ -428,4 +447,81 @@ async function inputPastBound(started: number[]): Promise<void> {
   assert.ok(r.error instanceof MatchlockError, String(r.error));
   assert.equal(r.error.code, ErrorCode.ResourceExhausted);
   assert.match(r.error.message, /^sh: more than 1048576 bytes waited to be written to its stdin .*; killed$/);
+}
+
+/** The spawner spoken to frame by frame, as a daemon with another idea of its requests would. */
+function rawSpawner() {
+  const child = spawn(spawnerInterpreter(), ['-I', '-S', SPAWNER_SCRIPT], { stdio: ['pipe', 'pipe', 'ignore'] });
+  let buf = Buffer.alloc(0);
+  const events: Buffer[][] = [];
+  let wake: (() => void) | undefined;
+  child.stdout.on('data', (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
+      const body = buf.subarray(4, 4 + buf.readUInt32BE(0));
+      buf = buf.subarray(4 + body.length);
+      const fields: Buffer[] = [];
+      for (let o = 0; o < body.length; o += 4 + body.readUInt32BE(o)) fields.push(body.subarray(o + 4, o + 4 + body.readUInt32BE(o)));
+      events.push(fields);
+      wake?.();
+    }
+  });
+  return {
+    child,
+    send(...fields: string[]) {
+      const body = Buffer.concat(fields.flatMap((f) => { const b = Buffer.from(f); const n = Buffer.alloc(4); n.writeUInt32BE(b.length); return [n, b]; }));
+      const n = Buffer.alloc(4);
+      n.writeUInt32BE(body.length);
+      child.stdin.write(Buffer.concat([n, body]));
+    },
+    /** The next event; an error after 10 s without one (a request left unanswered). */
+    async next(): Promise<string[]> {
+      while (events.length === 0) {
+        let timer: NodeJS.Timeout | undefined;
+        const answered = await new Promise<boolean>((r) => {
+          wake = () => r(true);
+          timer = setTimeout(() => r(false), 10_000);
+        });
+        clearTimeout(timer);
+        if (!answered) throw new Error('no answer from the spawner within 10 s');
+      }
+      return (events.shift() ?? []).map((b) => b.toString());
+    },
+  };
+}
+
+describe('process spawner: requests it cannot carry out', () => {
+  it('answers each with failed and leaves nothing running; the next request is carried out', async () => {
+    const sp = rawSpawner();
+    try {
+      assert.deepEqual(await sp.next(), ['ready', '0']);
+      const marker = `matchlock-untracked-${process.pid}`;
+      // capture and stream together: refused before anything starts (it started a program and
+      // answered failed for it, leaving it untracked).
+      sp.send('spawn', '1', 'arg', 'sleep', 'arg', '30', 'arg', marker, 'capture', '1000', 'stream', '1');
+      const refused = await sp.next();
+      assert.deepEqual(refused.slice(0, 3), ['failed', '1', 'EINVAL'], refused.join(' '));
+      // An environment holding a NUL byte: failed for that request (it went unanswered).
+      sp.send('spawn', '2', 'env', 'PATH=/bin\0x', 'arg', 'true');
+      const env = await sp.next();
+      assert.deepEqual(env.slice(0, 3), ['failed', '2', 'EINVAL'], env.join(' '));
+      sp.send('spawn', '3', 'arg', 'true', 'capture', '100');
+      assert.deepEqual((await sp.next()).slice(0, 2), ['spawned', '3']);
+      assert.deepEqual((await sp.next()).slice(0, 4), ['exit', '3', '0', '']);
+      assert.deepEqual(running(marker), [], 'no program left running for a refused request');
+    } finally {
+      sp.child.kill('SIGKILL');
+    }
+  });
+});
+
+/** The pids of the processes whose command line holds `marker`. */
+function running(marker: string): number[] {
+  return readdirSync('/proc').filter((n) => /^\d+$/.test(n)).map(Number).filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(marker);
+    } catch {
+      return false;
+    }
+  });
 }
