@@ -489,7 +489,8 @@ def request(body):
                 c.input = bytearray()
                 c.inoff = 0
                 c.closing = True
-                # Only a child still running is killed for it; one that ended meanwhile ended on its own.
+                # Only a child still running is killed for it; one that ended meanwhile ended
+                # on its own.
                 if c.status is None:
                     c.why = b'maxinput'
                 feed(c)
@@ -535,7 +536,8 @@ def main():
         for c in list(capturing.values()):
             for fd in c.fh.values():
                 poll.register(fd, POLLIN)
-            # A stream's stdin is watched only while bytes wait for it: an idle pipe is always writable.
+            # A stream's stdin is watched only while bytes wait for it: an idle pipe is always
+            # writable.
             if c.infd is not None and (waiting(c) or not c.stream):
                 poll.register(c.infd, POLLOUT)
             if c.deadline is None or c.why:

@@ -189,8 +189,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     passEnded: (uid, vm, missingLink, stored) => linkWatch.track(uid, vm, missingLink, stored),
   });
   // Host link changes that cut a VM off (its TAP or macvtap deleted, detached, set down, its
-  // bridge or macvtap parent made again) are repaired as they happen rather than at the next resync: after each pass the
-  // VM's links are tracked, and `ip monitor link` events of tracked links enqueue the VM.
+  // bridge or macvtap parent made again) are repaired as they happen rather than at the next
+  // resync: after each pass the VM's links are tracked, and `ip monitor link` events of tracked
+  // links enqueue the VM.
   const linkWatch = new LinkWatch({
     store,
     network,

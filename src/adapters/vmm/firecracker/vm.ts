@@ -322,13 +322,14 @@ export class FirecrackerVm {
 
   /**
    * Ends a jailer that did not exit on its own (its wait called off or timed out), and what a
-   * jailer that ended or failed started. The jailer is this daemon's child: after SIGKILL it forks nothing more. It joins
-   * the VM's cgroup (`<parent-cgroup>/<uid>`) before it forks Firecracker, so a Firecracker it
-   * forked is found there even before its pid is written into the jail (docs/jailer.md); the
-   * pid file is read too. Only processes whose command line names this VM's id (`--id`, the
-   * jailer's and Firecracker's) are killed: a pid read from a file may have been reused.
-   * Returns the pids that outlived SIGKILL (a process stuck in the kernel); the VM's cgroup,
-   * which removeJail refuses to remove while they live, keeps them known to the next pass.
+   * jailer that ended or failed started. The jailer is this daemon's child: after SIGKILL it
+   * forks nothing more; one whose exit was reported (`hasExited`) is not signalled. It joins the
+   * VM's cgroup (`<parent-cgroup>/<uid>`) before it forks Firecracker, so a Firecracker it forked
+   * is found there even before its pid is written into the jail (docs/jailer.md); the pid file
+   * is read too. Only processes whose command line names this VM's id (`--id`, the jailer's and
+   * Firecracker's) are killed: a pid read from a file may have been reused. Returns the pids
+   * that outlived SIGKILL (a process stuck in the kernel); the VM's cgroup, which removeJail
+   * refuses to remove while they live, keeps them known to the next pass.
    */
   private async endJailer(jailer: { pid: number; exit: Promise<unknown> }, hasExited: () => boolean, plan: JailPlan, pidFile: string, log: Logger): Promise<number[]> {
     // A jailer whose exit was reported is reaped: its pid may be another process's by now.
