@@ -104,25 +104,8 @@ describe('matchlock vm', () => {
 });
 
 describe('matchlock vm list of many VMs', () => {
-  const tmp = tempDir('cli-list');
   const RECORDS = 1100;
-  let d: DaemonHandle;
-  let host: string[];
-  let uids: string[];
-  before(async () => {
-    // Records straight into the store, FAILED so nothing reconciles them.
-    const stateDir = join(tmp.path, 'state');
-    const store = new SqliteStore(join(stateDir, 'matchlock.db'));
-    for (let i = 0; i < RECORDS; i++) store.insert(seeded(i));
-    uids = store.uids({}, {});
-    store.close();
-    d = await startDaemon(stateDir);
-    host = ['--host', `127.0.0.1:${d.grpcPort}`];
-  });
-  after(async () => {
-    await d?.stop();
-    tmp.remove();
-  });
+  const { host, uids } = daemonOver('cli-list', () => Array.from({ length: RECORDS }, (_, i) => seeded(i)));
 
   it('fetches page by page: one aligned table, one JSON document printed as pages come, one YAML document', async () => {
     const t = await cli([...host, 'vm', 'list']);
@@ -155,23 +138,11 @@ describe('matchlock vm list of many VMs', () => {
 });
 
 describe('matchlock vm watch on a FAILED VM', () => {
-  const tmp = tempDir('cli-failed');
-  let d: DaemonHandle;
-  let host: string[];
   const uids = { link: seededUid(1), pull: seededUid(2) };
-  before(async () => {
-    const stateDir = join(tmp.path, 'state');
-    const store = new SqliteStore(join(stateDir, 'matchlock.db'));
-    store.insert(storedMicroVM(uids.link, { name: 'link', interfaces: [{ deviceId: 'eth1', type: 'TAP', overrides: { bridgeName: 'mlnobr7' } }] }, { retry: 11, lastError: 'interface eth1 (tap mlt0000000010): bridge mlnobr7 for interface eth1 not found on this host', missingLink: 'mlnobr7' }));
-    store.insert(storedMicroVM(uids.pull, { name: 'pull' }, { retry: 11, lastError: 'image r:1: pull failed: 503' }));
-    store.close();
-    d = await startDaemon(stateDir);
-    host = ['--host', `127.0.0.1:${d.grpcPort}`];
-  });
-  after(async () => {
-    await d?.stop();
-    tmp.remove();
-  });
+  const { host } = daemonOver('cli-failed', () => [
+    storedMicroVM(uids.link, { name: 'link', interfaces: [{ deviceId: 'eth1', type: 'TAP', overrides: { bridgeName: 'mlnobr7' } }] }, { retry: 11, lastError: 'interface eth1 (tap mlt0000000010): bridge mlnobr7 for interface eth1 not found on this host', missingLink: 'mlnobr7' }),
+    storedMicroVM(uids.pull, { name: 'pull' }, { retry: 11, lastError: 'image r:1: pull failed: 503' }),
+  ]);
 
   it('ends (exit 8) saying why: the link whose return retries it, or that it must be recreated', async () => {
     const link = await cli([...host, 'vm', 'watch', uids.link, '--until', 'CREATED', '--timeout', '10s']);
@@ -182,6 +153,32 @@ describe('matchlock vm watch on a FAILED VM', () => {
     assert.match(pull.err, /is FAILED \(image r:1: pull failed: 503\); state=CREATED cannot hold until it is deleted and created again/);
   });
 });
+
+/**
+ * A daemon started (before the suite's tests) over a store holding `records`, written straight
+ * into it: FAILED ones, which nothing reconciles. `host` is the CLI's flag for it and `uids` the
+ * store's uids in its order, both filled once it runs. The daemon and its directory go after
+ * the suite.
+ */
+function daemonOver(name: string, records: () => MicroVM[]): { host: string[]; uids: string[] } {
+  const tmp = tempDir(name);
+  const out = { host: [] as string[], uids: [] as string[] };
+  let d: DaemonHandle | undefined;
+  before(async () => {
+    const stateDir = join(tmp.path, 'state');
+    const store = new SqliteStore(join(stateDir, 'matchlock.db'));
+    for (const vm of records()) store.insert(vm);
+    out.uids.push(...store.uids({}, {}));
+    store.close();
+    d = await startDaemon(stateDir);
+    out.host.push('--host', `127.0.0.1:${d.grpcPort}`);
+  });
+  after(async () => {
+    await d?.stop();
+    tmp.remove();
+  });
+  return out;
+}
 
 function seeded(n: number): MicroVM {
   return storedMicroVM(seededUid(n), { name: `vm-${n}`, namespace: `team-${n % 2}`, metadata: { 'user-data': Buffer.from('#cloud-config\n').toString('base64') } });
