@@ -148,14 +148,10 @@ export class Reconciler {
   private async create(vm: MicroVM, log: Logger, pass: Inflight): Promise<number | undefined> {
     const { uid } = vm;
     const signal = pass.controller.signal;
-    // A pass that attempts nothing tells the link watch of the link the last attempt missed.
-    if (vm.status.state === 'FAILED') {
-      pass.missingLink = vm.status.missingLink;
-      pass.missingLinkStored = true;
-      return undefined;
-    }
-    const wait = dueIn(vm, this.opts.clock.now());
-    if (wait > 0) {
+    // A pass that attempts nothing (the VM FAILED, or its back-off not over) tells the link
+    // watch of the link the last attempt missed.
+    const wait = vm.status.state === 'FAILED' ? undefined : dueIn(vm, this.opts.clock.now());
+    if (wait === undefined || wait > 0) {
       pass.missingLink = vm.status.missingLink;
       pass.missingLinkStored = true;
       return wait;
