@@ -99,6 +99,27 @@ describe('power: the desired state on the record, honoured by every reconcile pa
     assert.equal(vm.status.vmmPid, after, 'a restart asked for twice before it ran restarts once');
   });
 
+  it('a restart of a stopped VM starts one VMM in one pass, with no stop and no failure', async () => {
+    const { world, power, pass } = setup();
+    let vm = await pass();
+    power.stop(UID);
+    vm = await pass();
+    assert.equal(vm.status.power, 'STOPPED');
+    const calls = world.calls.length;
+    power.restart(UID);
+    vm = await pass();
+    assert.equal(vm.status.state, 'CREATED', vm.status.lastError);
+    assert.equal(vm.status.lastError, '');
+    assert.equal(vm.status.retry, 0);
+    assert.equal(vm.status.power, 'RUNNING');
+    assert.equal(vm.status.restarted, vm.power?.restart);
+    const pid = vm.status.vmmPid;
+    assert.ok(pid > 0 && world.vmms.has(UID));
+    assert.deepEqual(world.calls.slice(calls).filter((c) => c.startsWith('vmm stop')), [], 'nothing to stop: no VMM ran');
+    vm = await pass();
+    assert.equal(vm.status.vmmPid, pid, 'the next pass keeps the VMM the restart started');
+  });
+
   it('a stopped VM that was never started is created without its VMM', async () => {
     const { world, power, pass } = setup();
     power.stop(UID);

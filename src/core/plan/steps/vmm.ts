@@ -78,6 +78,9 @@ export class RestartVmm implements Step {
     this.name = `restart ${ctx.descriptor.name}`;
   }
   async needed(): Promise<boolean> {
+    // Once this pass has stopped the VMM, or found none to stop, the VMM that StartVmm then
+    // starts is the restarted one: the plan's closing look must not take it for one to stop.
+    if ((this.ctx.status.restarted ?? 0) >= this.target) return false;
     if ((await this.ctx.instance.running()) !== undefined) return true;
     this.ctx.status.restarted = this.target;
     return false;
