@@ -5,6 +5,8 @@ import { create, toBinary } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import Database from 'better-sqlite3';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
@@ -27,7 +29,7 @@ import {
 import { MicroVMSchema } from '../../src/gen/types/microvm_pb.js';
 import { silentLogger } from '../fakes/memory-store.js';
 import { grpcApiOver, serviceOver } from '../helpers/api-server.js';
-import { tempDir } from '../helpers/daemon.js';
+import { ROOT, tempDir } from '../helpers/daemon.js';
 import { validSpec } from '../helpers/client.js';
 
 setFlagsFromString('--expose-gc');
@@ -221,7 +223,7 @@ describe('the gRPC API answers from the stored bytes', () => {
 });
 
 describe('create and reconcile work', () => {
-  it('a create answers before any reconcile work runs, and the queue starts one pass per turn of the event loop', async () => {
+  it('a create answers before any reconcile work runs, and the queue starts one pass every second turn of the event loop', async () => {
     const store = new SqliteStore(':memory:');
     const events: string[] = [];
     let release: () => void = () => undefined;
@@ -247,7 +249,9 @@ describe('create and reconcile work', () => {
     events.push(`created ${b.uid}`);
     assert.deepEqual(events, [`created ${a.uid}`, `created ${b.uid}`], 'no pass ran inside a create');
     await new Promise((r) => setImmediate(r));
-    assert.deepEqual(events.slice(2), [`pass ${a.uid}`], 'one pass started on the next turn');
+    assert.deepEqual(events.slice(2), [], 'no pass started on the next turn, where the answers are written');
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(events.slice(2), [`pass ${a.uid}`], 'one pass started on the turn after');
     // While that pass is running (waiting), a create is still answered at once.
     const c = service.create(toInput('c'));
     events.push(`created ${c.uid}`);
@@ -259,7 +263,57 @@ describe('create and reconcile work', () => {
     await queue.stop();
     store.close();
   });
+
+  it('a create is answered in full, trailers included, before the pass it queued starts', async () => {
+    // The client is another process, so it can receive the answer while this one is busy. The
+    // pass, when it starts, holds the event loop until the client says it has the answer (at
+    // most 10 s): an answer still partly unsent when the pass starts cannot arrive meanwhile.
+    const tmp = tempDir('create-answer');
+    const store = new SqliteStore(':memory:');
+    const got = join(tmp.path, 'answered');
+    const passes: { uid: string; answeredFirst: boolean }[] = [];
+    const queue = new ReconcileQueue({
+      workers: 1,
+      logger: silentLogger,
+      handler: (uid) => {
+        const pause = new Int32Array(new SharedArrayBuffer(4));
+        for (let n = 0; n < 2000 && !existsSync(got); n++) Atomics.wait(pause, 0, 0, 5);
+        passes.push({ uid, answeredFirst: existsSync(got) });
+        return Promise.resolve(undefined);
+      },
+    });
+    const server = await grpcApiOver(store, tmp.path, (uid) => queue.enqueue(uid));
+    try {
+      const request = Buffer.from(toBinary(CreateMicroVMRequestSchema, create(CreateMicroVMRequestSchema, { microvm: validSpec({ id: 'answered-first' }) }))).toString('hex');
+      const client = spawn(process.execPath, ['--input-type=module', '-e', ANSWER_CLIENT, server.target.slice('unix:'.length), request, got], { cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      client.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = await new Promise<number | null>((r) => client.once('exit', r));
+      assert.equal(code, 0, stderr);
+      await queue.idle();
+      const uid = store.list({ namespace: '' })[0]?.uid;
+      assert.deepEqual(passes, [{ uid, answeredFirst: true }]);
+    } finally {
+      await queue.stop();
+      server.stop();
+      store.close();
+      tmp.remove();
+    }
+  });
 });
+
+/** A unary CreateMicroVM of argv's hex request over argv's unix socket; touches argv's file once answered. */
+const ANSWER_CLIENT = `
+import * as grpc from '@grpc/grpc-js';
+import { writeFileSync } from 'node:fs';
+const [socket, hex, done] = process.argv.slice(1);
+const client = new grpc.Client('unix:' + socket, grpc.credentials.createInsecure());
+client.makeUnaryRequest('/microvm.services.api.v1alpha1.MicroVM/CreateMicroVM', (b) => b, (b) => b, Buffer.from(hex, 'hex'), (err) => {
+  if (err) { console.error(err.message); process.exit(1); }
+  writeFileSync(done, '');
+  client.close();
+});
+`;
 
 function toInput(name: string) {
   return specInput(validSpec({ id: name }));

@@ -18,9 +18,12 @@ export function serviceOver(store: SqliteStore, changed: (uid: string) => void =
   return new MicroVMService({ store, clock: { now: () => new Date() }, random: { bytes: (n) => randomBytes(n) }, notifier: { changed }, providers: qemuOnly, defaultProvider: 'qemu' });
 }
 
-/** The gRPC API over `store`, without a token, on the unix socket `dir`/api.sock: its target, and a stop that ends its calls at once. */
-export async function grpcApiOver(store: SqliteStore, dir: string): Promise<{ target: string; stop(): void }> {
-  const server = createGrpcServer({ service: serviceOver(store), logger: silentLogger });
+/**
+ * The gRPC API over `store`, without a token, on the unix socket `dir`/api.sock: its target, and
+ * a stop that ends its calls at once. `changed` hears of every change, as serviceOver's.
+ */
+export async function grpcApiOver(store: SqliteStore, dir: string, changed?: (uid: string) => void): Promise<{ target: string; stop(): void }> {
+  const server = createGrpcServer({ service: serviceOver(store, changed), logger: silentLogger });
   const target = `unix:${join(dir, 'api.sock')}`;
   await bindGrpc(server, target, grpc.ServerCredentials.createInsecure());
   return { target, stop: () => server.forceShutdown() };

@@ -12,9 +12,10 @@ export interface QueueOptions {
  * workers at once, and a uid that changes while it is being handled runs again afterwards.
  * Delayed entries (back-off, periodic checks) keep only the earliest due time.
  *
- * enqueue only records the uid: handlers start on later turns of the event loop, one per turn,
- * so whoever enqueues (an API call) never waits on reconcile work, and requests that arrived
- * meanwhile are served between two starts.
+ * enqueue only records the uid: handlers start on later turns of the event loop, one every
+ * second turn (see schedule), so whoever enqueues (an API call) never waits on reconcile work,
+ * its answer is sent in full before the pass starts, and requests that arrived meanwhile are
+ * served and answered between two starts.
  */
 export class ReconcileQueue {
   private readonly ready: string[] = [];
@@ -82,16 +83,27 @@ export class ReconcileQueue {
     await this.idle();
   }
 
+  /**
+   * The next start comes on the turn after the next one. An API answer is written in two steps
+   * over two turns: Node's HTTP/2 session sends the headers and message from a native immediate
+   * of the turn after the handler's, and a gRPC answer's trailers, asked for while that write
+   * runs, from a native immediate of the turn after that; native immediates run before the
+   * script's. A pass started one turn after the create that queued it ran its synchronous part
+   * (reading and parsing the record, resolving the image) between the create's message and its
+   * trailers, and the client waited for it.
+   */
   private schedule(): void {
     if (this.scheduled) return;
     this.scheduled = true;
-    setImmediate(() => {
-      this.scheduled = false;
-      this.pump();
-    });
+    setImmediate(() =>
+      setImmediate(() => {
+        this.scheduled = false;
+        this.pump();
+      }),
+    );
   }
 
-  /** Starts at most one handler, and comes back on the next turn while more can start. */
+  /** Starts at most one handler, and comes back (schedule) while more can start. */
   private pump(): void {
     if (!this.stopped && this.active < this.opts.workers) {
       const uid = this.ready.shift();
