@@ -29,7 +29,8 @@ it('never runs one uid on two workers, de-duplicates, and re-runs a uid changed 
   q.enqueue('b');
   q.enqueue('c');
   q.enqueue('d');
-  await tick(5);
+  // Starts come a few turns of the event loop later (the answer that queued them goes first).
+  while (!running.has('a')) await new Promise((r) => setImmediate(r));
   q.enqueue('a'); // a is running: run again afterwards
   await q.idle();
   await tick(5);
