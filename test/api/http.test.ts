@@ -83,9 +83,15 @@ describe('HTTP/JSON API', () => {
     const notJson = await call('POST', '/v1alpha1/microvm', '{not json');
     assert.equal(notJson.status, 400);
     assert.match(notJson.body.message ?? '', /^body: must be a JSON MicroVMSpec/);
+    // An unknown field is dropped (grpc-gateway's DiscardUnknown); what is missing is still named.
     const unknownField = await call('POST', '/v1alpha1/microvm', { id: 'x', bogus: 1 });
     assert.equal(unknownField.status, 400);
-    assert.match(unknownField.body.message ?? '', /bogus/);
+    assert.match(unknownField.body.message ?? '', /^microvm\.kernel: is required/);
+    const wrongType = await call('POST', '/v1alpha1/microvm', { id: 'x', vcpu: 'two' });
+    assert.equal(wrongType.status, 400);
+    assert.match(wrongType.body.message ?? '', /^body: must be a JSON MicroVMSpec \(.*vcpu/);
+    const notObject = await call('POST', '/v1alpha1/microvm', '[1]');
+    assert.match(notObject.body.message ?? '', /^body: must be a JSON MicroVMSpec, a JSON object, not an array$/);
     // A path served with other methods: grpc-gateway's Method Not Allowed, UNIMPLEMENTED (501),
     // with the methods it takes; a path served by no route stays 404.
     for (const [method, path, allow] of <[string, string, string][]>[['PUT', '/v1alpha1/microvm', 'GET, POST'], ['DELETE', '/v1alpha1/microvm', 'GET, POST'], ['POST', '/v1alpha1/microvm/ns', 'DELETE, GET'], ['POST', '/v1alpha1/microvm/uid/x', 'GET'], ['GET', '/v1/microvm/x/stop', 'POST'], ['POST', '/v1/server-info', 'GET']]) {
@@ -118,6 +124,86 @@ describe('HTTP/JSON API', () => {
       assert.equal(hostile.body.code, 3);
       assert.match(hostile.body.message ?? '', /^microvm\.metadata\["meta-data"\]: /);
     }
+  });
+
+  // The JSON rules of flintlock's gateway, grpc-gateway v2's default marshaler (flintlock's
+  // internal/command/run/run.go calls runtime.NewServeMux() with no options): grpc-gateway
+  // runtime/marshaler_registry.go, defaultMarshaler = JSONPb{MarshalOptions{EmitUnpopulated:
+  // true}, UnmarshalOptions{DiscardUnknown: true}}. What EmitUnpopulated writes is the table in
+  // protobuf-go encoding/protojson/encode.go (MarshalOptions.EmitUnpopulated): zero scalars,
+  // [] for lists, {} for maps, null for message fields; oneof members (proto3 optional ones
+  // too) left out. Errors are google.rpc.Status marshalled the same way (runtime/errors.go,
+  // DefaultHTTPErrorHandler; stream errors as {"error": Status}, runtime/handler.go errorChunk).
+  const created = async (body: unknown) => {
+    const r = await rawHttp(d.httpPort ?? 0, 'POST', '/v1alpha1/microvm', JSON.stringify(body), { 'content-type': 'application/json' });
+    const json = r.body.slice(r.body.indexOf('{'), r.body.lastIndexOf('}') + 1);
+    return { status: r.status, text: json, vm: (JSON.parse(json) as { microvm?: Record<string, Record<string, unknown>> }).microvm };
+  };
+  const gwSpec = (id: string) => ({
+    id, namespace: 'gw', kernel: { image: 'k:1', filename: 'boot/vmlinux' },
+    rootVolume: { id: 'root', source: { containerSource: 'r:1' } }, interfaces: [{ deviceId: 'eth1', type: 'MACVTAP' }],
+  });
+
+  it('writes every field of an answer, unset ones included, as grpc-gateway v2 does', async () => {
+    const made = await created(gwSpec('every'));
+    assert.equal(made.status, 200, made.text);
+    const status = made.vm?.status ?? {};
+    const spec = made.vm?.spec ?? {};
+    // PENDING and MACVTAP are their enums' zero values: written by name all the same.
+    assert.equal(status.state, 'PENDING');
+    assert.deepEqual(spec.interfaces, [{ deviceId: 'eth1', type: 'MACVTAP' }], 'guestMac, address and overrides are proto3 optional: left out');
+    assert.equal(typeof spec.uid, 'string');
+    assert.deepEqual(spec.additionalVolumes, []);
+    assert.deepEqual(spec.labels, {});
+    assert.equal(spec.deletedAt, null, 'an unset message field is null');
+    assert.equal(spec.allowGuestAgent, false);
+    assert.ok(!('initrd' in spec), 'initrd is proto3 optional: left out');
+    assert.deepEqual(status.volumes, {});
+    assert.equal(status.retry, 0);
+    assert.equal(status.lastError, '');
+    const info = JSON.parse((await rawHttp(d.httpPort ?? 0, 'GET', '/v1/server-info')).body.replace(/^[^{]*|[^}]*$/g, '')) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(info), ['version', 'commit', 'apiVersions', 'providers', 'stateDir', 'daemonId', 'startedAt', 'uptime']);
+    assert.deepEqual((await call('DELETE', `/v1alpha1/microvm/${String(spec.uid)}`)).body, {}, 'google.protobuf.Empty');
+  });
+
+  it('a List that matches nothing answers an empty microvm list, not {}', async () => {
+    for (const path of ['/v1alpha1/microvm/gw?name=nope', '/v1alpha1/microvm/nowhere']) {
+      const none = await call('GET', path);
+      assert.equal(none.status, 200);
+      assert.deepEqual(none.body, { microvm: [], nextPageToken: '' }, path);
+    }
+  });
+
+  it('reads a field it does not know as absent (DiscardUnknown), in nested messages too', async () => {
+    const made = await created({ ...gwSpec('unk'), futureField: 1, kernel: { image: 'k:1', filename: 'boot/vmlinux', futureKernelField: 'x' } });
+    assert.equal(made.status, 200, made.text);
+    assert.equal(made.vm?.spec?.id, 'unk');
+    assert.ok(!made.text.includes('future'));
+    await call('DELETE', `/v1alpha1/microvm/${String(made.vm?.spec?.uid)}`);
+  });
+
+  it('every power verb reads its body as its request message, under the same rules', async () => {
+    // Before, start, pause and resume ignored their body whatever it was, while stop and
+    // restart refused an unknown field.
+    const gone = '01HZY3NDEKTSV4RRFFQ69G0000';
+    for (const verb of ['stop', 'start', 'restart', 'pause', 'resume']) {
+      const extra = await call('POST', `/v1/microvm/${gone}/${verb}`, verb === 'stop' || verb === 'restart' ? '{"grace": "5s", "bogus": 1}' : '{"bogus": 1}');
+      assert.equal(extra.status, 404, `${verb} with an unknown field: ${JSON.stringify(extra.body)}`);
+      assert.deepEqual(Object.keys(extra.body), ['code', 'message', 'details']);
+      const garbage = await call('POST', `/v1/microvm/${gone}/${verb}`, 'not json');
+      assert.equal(garbage.status, 400, `${verb} with a body that is not JSON`);
+      assert.match(garbage.body.message ?? '', /^body: must be /);
+      const wrong = await call('POST', `/v1/microvm/${gone}/${verb}`, '{"uid": 5}');
+      assert.equal(wrong.status, 400, `${verb} with a uid that is no string`);
+      assert.match(wrong.body.message ?? '', /^body: must be .*uid/);
+    }
+  });
+
+  it('a stream ends on an error as {"error": Status}, details included', async () => {
+    const refused = await rawHttp(d.httpPort ?? 0, 'GET', '/v1/events?after_id=999999999');
+    const chunk = JSON.parse(refused.body.slice(refused.body.indexOf('{'), refused.body.lastIndexOf('}') + 1)) as { error: Record<string, unknown> };
+    assert.deepEqual(Object.keys(chunk.error), ['code', 'message', 'details']);
+    assert.deepEqual(chunk.error.details, []);
   });
 
   it('answers malformed request targets with 400 naming the part, never 500', async () => {

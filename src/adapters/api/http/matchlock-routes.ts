@@ -1,13 +1,31 @@
-import { fromJson, toJson } from '@bufbuild/protobuf';
 import type { ServerResponse } from 'node:http';
 import { MatchlockError, boundedMessage, invalid } from '../../../core/errors.js';
-import { ListMicroVMEventsResponseSchema, MicroVMEventSchema, PowerResponseSchema, StopMicroVMRequestSchema } from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
+import {
+  ListMicroVMEventsResponseSchema,
+  MicroVMEventSchema,
+  PauseMicroVMRequestSchema,
+  PowerResponseSchema,
+  RestartMicroVMRequestSchema,
+  ResumeMicroVMRequestSchema,
+  StartMicroVMRequestSchema,
+  StopMicroVMRequestSchema,
+} from '../../../gen/services/matchlock/v1/lifecycle_pb.js';
 import { GetServerInfoResponseSchema } from '../../../gen/services/matchlock/v1/server_pb.js';
 import { grpcCode } from '../grpc/status.js';
 import { drained } from '../drain.js';
 import { durationMs, powerCall, recentEvents, serverInfoMessage, streamEvents, type MatchlockApi, type PowerVerb } from '../matchlock.js';
+import { fromGatewayJson, gatewayJson, gatewayText, parseGatewayBody, statusJson } from './gateway-json.js';
 
 const VERBS: readonly string[] = ['stop', 'start', 'restart', 'pause', 'resume'];
+
+/** Each verb's request message, which its body is read as. */
+const REQUESTS = {
+  stop: StopMicroVMRequestSchema,
+  start: StartMicroVMRequestSchema,
+  restart: RestartMicroVMRequestSchema,
+  pause: PauseMicroVMRequestSchema,
+  resume: ResumeMicroVMRequestSchema,
+} as const;
 
 /**
  * matchlock.v1 over HTTP/JSON, behind the same token and TLS as the rest:
@@ -32,26 +50,19 @@ export async function matchlockRoute(
   if (version !== 'v1' || rest.length) return false;
   if (method === 'POST' && kind === 'microvm' && uid !== undefined && verb !== undefined && VERBS.includes(verb)) {
     route.rpc = `${verb.charAt(0).toUpperCase()}${verb.slice(1)}MicroVM`;
-    const text = body.toString('utf8').trim();
-    let grace: number | undefined;
-    let force = false;
-    if (text !== '' && (verb === 'stop' || verb === 'restart')) {
-      let parsed;
-      try {
-        parsed = fromJson(StopMicroVMRequestSchema, JSON.parse(text) as never);
-      } catch (err) {
-        throw invalid('body', `must be {"grace": "<seconds>s", "force": <bool>} (${(err as Error).message})`);
-      }
-      grace = durationMs(parsed.grace);
-      force = parsed.force;
-    }
+    // Every verb's body is read as its request message under the same rules (unknown fields
+    // dropped, a wrong type refused); the uid comes from the path, as a path parameter
+    // overrides the body in grpc-gateway.
+    const expected = verb === 'stop' || verb === 'restart' ? '{"grace": "<seconds>s", "force": <bool>}' : `a JSON ${REQUESTS[verb as PowerVerb].name}`;
+    const parsed = fromGatewayJson(REQUESTS[verb as PowerVerb], parseGatewayBody(body, expected), expected);
+    const { grace, force } = 'force' in parsed ? { grace: durationMs(parsed.grace), force: parsed.force } : { grace: undefined, force: false };
     const out = powerCall(api, verb as PowerVerb, uid, { graceMs: grace, force });
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(toJson(PowerResponseSchema, out)));
+    res.writeHead(200, { 'content-type': 'application/json' }).end(gatewayText(PowerResponseSchema, out));
     return true;
   }
   if (method === 'GET' && kind === 'server-info' && uid === undefined) {
     route.rpc = 'GetServerInfo';
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(toJson(GetServerInfoResponseSchema, await serverInfoMessage(api))));
+    res.writeHead(200, { 'content-type': 'application/json' }).end(gatewayText(GetServerInfoResponseSchema, await serverInfoMessage(api)));
     return true;
   }
   if (method === 'GET' && kind === 'recent-events' && uid === undefined) {
@@ -59,7 +70,7 @@ export async function matchlockRoute(
     const limit = query.get('limit') ?? '0';
     if (!/^[0-9]{1,4}$/.test(limit)) throw invalid('limit', 'must be a whole number from 0 to 1000');
     const out = recentEvents(api, { uid: query.get('uid') || undefined, namespace: query.get('namespace') || undefined }, Number(limit));
-    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(toJson(ListMicroVMEventsResponseSchema, out)));
+    res.writeHead(200, { 'content-type': 'application/json' }).end(gatewayText(ListMicroVMEventsResponseSchema, out));
     return true;
   }
   if (method === 'GET' && kind === 'events' && uid === undefined) {
@@ -69,7 +80,7 @@ export async function matchlockRoute(
     const ac = new AbortController();
     res.on('close', () => ac.abort());
     const write = async (e: Parameters<Parameters<typeof streamEvents>[2]>[0]) => {
-      if (ac.signal.aborted || res.write(JSON.stringify({ result: toJson(MicroVMEventSchema, e) }) + '\n')) return;
+      if (ac.signal.aborted || res.write(JSON.stringify({ result: gatewayJson(MicroVMEventSchema, e) }) + '\n')) return;
       await drained(res, ac.signal);
     };
     const filter = { uid: query.get('uid') || undefined, namespace: query.get('namespace') || undefined };
@@ -79,10 +90,10 @@ export async function matchlockRoute(
       res.writeHead(200, { 'content-type': 'application/x-ndjson' });
       res.flushHeaders();
       await streamEvents(api, { afterId: after === undefined ? undefined : Number(after), filter }, write, ac.signal);
-      if (!ac.signal.aborted) res.end(JSON.stringify({ error: { code: 14, message: 'matchlockd is shutting down; watch again with after_id of the last event received' } }) + '\n');
+      if (!ac.signal.aborted) res.end(JSON.stringify({ error: statusJson(14, 'matchlockd is shutting down; watch again with after_id of the last event received') }) + '\n');
     } catch (err) {
       const e = MatchlockError.from(err);
-      if (!ac.signal.aborted) res.end(JSON.stringify({ error: { code: grpcCode(e), message: boundedMessage(e.message) } }) + '\n');
+      if (!ac.signal.aborted) res.end(JSON.stringify({ error: statusJson(grpcCode(e), boundedMessage(e.message)) }) + '\n');
     }
     return true;
   }

@@ -1,4 +1,5 @@
-import { create, fromBinary, fromJson, toJson, type DescMessage, type MessageInitShape } from '@bufbuild/protobuf';
+import { fromBinary, type DescMessage, type MessageInitShape } from '@bufbuild/protobuf';
+import { EmptySchema } from '@bufbuild/protobuf/wkt';
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { ErrorCode, MatchlockError, boundedMessage, invalid, quote } from '../../../core/errors.js';
@@ -16,6 +17,7 @@ import { jsonEntryLimits, jsonValueCount } from '../entry-limits.js';
 import { grpcCode, httpStatus } from '../grpc/status.js';
 import type { GrpcTls } from '../grpc/server.js';
 import type { MatchlockApi } from '../matchlock.js';
+import { fromGatewayJson, gatewayText, parseGatewayBody, statusJson } from './gateway-json.js';
 import { matchlockMethods, matchlockRoute } from './matchlock-routes.js';
 import { listPage } from '../paging.js';
 
@@ -40,10 +42,13 @@ const MAX_BODY = 4 * 1024 * 1024;
 const MAX_DISCARD = 16 * 1024 * 1024;
 
 /**
- * flintlock's HTTP/JSON routes (grpc-gateway style, proto3 canonical JSON) plus an unambiguous
- * Get route, `GET /v1alpha1/microvm/uid/{uid}`: in flintlock the Get route is shadowed by List.
+ * flintlock's HTTP/JSON routes plus an unambiguous Get route, `GET /v1alpha1/microvm/uid/{uid}`:
+ * in flintlock the Get route is shadowed by List.
  * `GET /v1alpha1/microvm` lists every namespace. List takes `page_size` and `page_token` (or
- * `pageSize`, `pageToken`) as query parameters, as grpc-gateway maps request fields.
+ * `pageSize`, `pageToken`) as query parameters, as grpc-gateway maps request fields. Bodies
+ * are read and answers written as flintlock's grpc-gateway does (see gateway-json.ts): every
+ * field written, unset ones as their zero value, `[]`, `{}` or `null`; unknown fields read as
+ * absent. Errors are google.rpc.Status, `{"code", "message", "details": []}`.
  */
 export function createHttpApi(opts: HttpServerOptions): Server {
   const handler = (req: IncomingMessage, res: ServerResponse) => {
@@ -103,21 +108,11 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     route.rpc = 'CreateMicroVM';
     const crowded = jsonValueCount(body);
     if (crowded) throw crowded;
-    let json: unknown;
-    try {
-      json = JSON.parse(body.toString('utf8'));
-    } catch (err) {
-      throw invalid('body', `must be a JSON MicroVMSpec (${(err as Error).message})`);
-    }
+    const json = parseGatewayBody(body, 'a JSON MicroVMSpec');
     // Counted before conversion: turning 200,000 labels into a message took seconds.
     const over = jsonEntryLimits(MicroVMSpecSchema, json, 'microvm.');
     if (over) throw over;
-    let spec;
-    try {
-      spec = fromJson(MicroVMSpecSchema, json as never);
-    } catch (err) {
-      throw invalid('body', (err as Error).message);
-    }
+    const spec = fromGatewayJson(MicroVMSpecSchema, json, 'a JSON MicroVMSpec');
     const vm = service.create(specInput(spec));
     opts.logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
     return send(res, 200, CreateMicroVMResponseSchema, { microvm: toWire(vm) });
@@ -129,8 +124,7 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
   if (method === 'DELETE' && one !== undefined) {
     route.rpc = 'DeleteMicroVM';
     service.delete(one);
-    res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-    return;
+    return send(res, 200, EmptySchema, {});
   }
   if (method === 'GET' && (one !== undefined || root)) {
     route.rpc = 'ListMicroVMs';
@@ -163,14 +157,14 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
   const allowed = served.includes('GET') ? [...served, 'HEAD'] : served;
   if (allowed.length) {
     const message = boundedMessage(`Method Not Allowed: ${method} ${quote(path, 200)} answers ${allowed.join(', ')}`);
-    res.writeHead(501, { 'content-type': 'application/json', allow: allowed.join(', ') }).end(JSON.stringify({ code: 12, message, details: [] }));
+    res.writeHead(501, { 'content-type': 'application/json', allow: allowed.join(', ') }).end(JSON.stringify(statusJson(12, message)));
     return;
   }
-  res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 5, message: boundedMessage(`route ${method} ${quote(path, 200)} not found`), details: [] }));
+  res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify(statusJson(5, boundedMessage(`route ${method} ${quote(path, 200)} not found`))));
 }
 
 function send<D extends DescMessage>(res: ServerResponse, status: number, schema: D, init: MessageInitShape<D>): void {
-  res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(toJson(schema, create(schema, init))));
+  res.writeHead(status, { 'content-type': 'application/json' }).end(gatewayText(schema, init));
 }
 
 function sendError(logger: Logger, res: ServerResponse, err: unknown): void {
@@ -180,7 +174,7 @@ function sendError(logger: Logger, res: ServerResponse, err: unknown): void {
     res.destroy();
     return;
   }
-  res.writeHead(httpStatus(e), { 'content-type': 'application/json' }).end(JSON.stringify({ code: grpcCode(e), message: boundedMessage(e.message), details: [] }));
+  res.writeHead(httpStatus(e), { 'content-type': 'application/json' }).end(JSON.stringify(statusJson(grpcCode(e), boundedMessage(e.message))));
 }
 
 interface Target {
