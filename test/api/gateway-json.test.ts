@@ -11,8 +11,8 @@ import { MicroVMSpecSchema, NetworkInterface_IfaceType } from '../../src/gen/typ
 // which flintlock keeps (internal/command/run/run.go: runtime.NewServeMux() with no options).
 // protobuf-go encoding/protojson/encode.go: the EmitUnpopulated table (false, 0, "", [] for
 // lists, {} for maps, null for message fields) and unpopulatedFieldRanger (fields in a oneof,
-// proto3 optional ones too, are skipped). decode.go: DiscardUnknown drops unknown fields and
-// enum names.
+// proto3 optional ones too, are skipped). decode.go: DiscardUnknown drops unknown fields (and
+// unknown enum names, which matchlock refuses instead: see fromGatewayJson).
 describe('gateway JSON', () => {
   it('writes every field outside a oneof: zero scalars and enums, [] and {}, null for messages', () => {
     const spec = create(MicroVMSpecSchema, { id: 'a', interfaces: [{ deviceId: 'eth0', type: NetworkInterface_IfaceType.MACVTAP }] });
@@ -45,10 +45,16 @@ describe('gateway JSON', () => {
     assert.equal(json.stateChanged, false);
   });
 
-  it('reads unknown fields and enum names as absent, an empty body as the empty message', () => {
-    const spec = fromGatewayJson(MicroVMSpecSchema, { id: 'a', futureField: { x: 1 }, interfaces: [{ deviceId: 'eth0', type: 'FUTURE_TYPE', futureFlag: true }] }, 'a JSON MicroVMSpec');
+  it('reads unknown fields as absent, refuses an enum name it does not know, and reads an empty body as the empty message', () => {
+    const spec = fromGatewayJson(MicroVMSpecSchema, { id: 'a', futureField: { x: 1 }, interfaces: [{ deviceId: 'eth0', type: 'TAP', futureFlag: true }], kernel: { filename: 'k', future: [1] } }, 'a JSON MicroVMSpec');
     assert.equal(spec.id, 'a');
-    assert.equal(spec.interfaces[0]?.type, NetworkInterface_IfaceType.MACVTAP, 'an enum name it does not know leaves the field unset');
+    assert.equal(spec.interfaces[0]?.type, NetworkInterface_IfaceType.TAP);
+    assert.equal(spec.kernel?.filename, 'k');
+    // grpc-gateway would drop it and make the interface a MACVTAP (the zero value).
+    assert.throws(
+      () => fromGatewayJson(MicroVMSpecSchema, { id: 'a', interfaces: [{ deviceId: 'eth0', type: 'TAPP' }] }, 'a JSON MicroVMSpec'),
+      /^MatchlockError: body: must be a JSON MicroVMSpec \(.*type.*TAPP/,
+    );
     assert.deepEqual(parseGatewayBody(Buffer.from(' \n'), 'x'), {});
     assert.equal(fromGatewayJson(StopMicroVMRequestSchema, {}, 'x').force, false);
     assert.throws(() => fromGatewayJson(StopMicroVMRequestSchema, { force: 'yes' }, 'a stop'), /^MatchlockError: body: must be a stop \(.*force/);

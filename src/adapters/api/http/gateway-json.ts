@@ -1,4 +1,4 @@
-import { create, fromJson, toJson, type DescMessage, type JsonObject, type JsonValue, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
+import { create, fromJson, toJson, type DescMessage, type JsonObject, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import { FeatureSet_FieldPresence } from '@bufbuild/protobuf/wkt';
 import { invalid } from '../../../core/errors.js';
 
@@ -17,9 +17,10 @@ import { invalid } from '../../../core/errors.js';
  * field with explicit presence) as `null`. Fields of a oneof, proto3 `optional` ones among
  * them, are left out when unset.
  *
- * Read (encoding/protojson/decode.go, `DiscardUnknown`): either field name; an unknown field,
- * or an enum name the schema does not know, is dropped as if it were absent. An empty body is
- * the empty message, as the gateway's generated handlers take `io.EOF` from the decoder.
+ * Read (encoding/protojson/decode.go, `DiscardUnknown`): either field name; an unknown field is
+ * dropped as if it were absent (an unknown enum name, which the gateway drops too, is refused
+ * here: fromGatewayJson). An empty body is the empty message, as the gateway's generated
+ * handlers take `io.EOF` from the decoder.
  */
 export function gatewayJson<D extends DescMessage>(schema: D, message: MessageShape<D>): JsonObject {
   return withUnpopulated(schema, toJson(schema, message, { alwaysEmitImplicit: true }) as JsonObject);
@@ -54,19 +55,41 @@ export function parseGatewayBody(body: Uint8Array, expected: string): unknown {
 }
 
 /**
- * A parsed request body as a message of `schema`, unknown fields and enum names dropped.
- * Errors: INVALID_ARGUMENT naming `body` when a known field has a value of the wrong type (the
- * message goes on to name the field), or the body is not a JSON object.
+ * A parsed request body as a message of `schema`, unknown fields dropped. An enum name the
+ * schema does not know is refused, unlike grpc-gateway (which drops it, leaving the zero value:
+ * a mistyped `"type": "TAPP"` would make a MACVTAP), as the gRPC API refuses an enum number it
+ * does not know. Errors: INVALID_ARGUMENT naming `body` when a known field has a value of the
+ * wrong type or an unknown enum name (the message goes on to name the field), or the body is
+ * not a JSON object.
  */
 export function fromGatewayJson<D extends DescMessage>(schema: D, json: unknown, expected: string): MessageShape<D> {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw invalid('body', `must be ${expected}, a JSON object, not ${json === null ? 'null' : Array.isArray(json) ? 'an array' : typeof json}`);
   }
   try {
-    return fromJson(schema, json as JsonValue, { ignoreUnknownFields: true });
+    return fromJson(schema, knownFieldsOnly(schema, json as JsonObject));
   } catch (err) {
     throw invalid('body', `must be ${expected} (${(err as Error).message})`);
   }
+}
+
+/**
+ * `json` without the keys `desc` has no field for (by JSON or proto name), in nested messages,
+ * lists and maps of messages too; values of known fields are left for fromJson to judge.
+ */
+function knownFieldsOnly(desc: DescMessage, json: JsonObject): JsonObject {
+  if (desc.typeName.startsWith('google.protobuf.')) return json;
+  const out: JsonObject = {};
+  for (const [key, value] of Object.entries(json)) {
+    const field = desc.fields.find((f) => f.jsonName === key || f.name === key);
+    if (!field) continue;
+    const isObject = (v: unknown): v is JsonObject => v !== null && typeof v === 'object' && !Array.isArray(v);
+    if (field.fieldKind === 'message' && isObject(value)) out[key] = knownFieldsOnly(field.message, value);
+    else if (field.fieldKind === 'list' && field.listKind === 'message' && Array.isArray(value)) out[key] = value.map((v) => (isObject(v) ? knownFieldsOnly(field.message, v) : v));
+    else if (field.fieldKind === 'map' && field.mapKind === 'message' && isObject(value)) out[key] = Object.fromEntries(Object.entries(value).map(([k, v]) => [k, isObject(v) ? knownFieldsOnly(field.message, v) : v]));
+    else out[key] = value;
+  }
+  return out;
 }
 
 /**
