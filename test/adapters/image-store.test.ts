@@ -61,6 +61,26 @@ describe('local image store', () => {
     await assert.rejects(store.ensure('example.com/other:1', silentLogger), /not found in the image store/);
   });
 
+  it('a kernel path that is a symlink to a host path: refused, saying where the link leads and listing what the image holds', async () => {
+    const src = layout(join(tmp.path, 'l-link'), [
+      (r) => {
+        mkdirSync(join(r, 'boot'));
+        symlinkSync('/etc/passwd', join(r, 'boot/vmlinuz'));
+        symlinkSync('../../..', join(r, 'esc'));
+        mkdirSync(join(r, 'tmp'));
+      },
+    ]);
+    const store = new LocalImageStore(join(tmp.path, 'store-link'));
+    const { digest } = await store.import(src, 'example.com/link:1');
+    await store.ensure('example.com/link:1', silentLogger);
+    await assert.rejects(store.file(digest, 'boot/vmlinuz', 'example.com/link:1'), (err: Error) => {
+      assert.match(err.message, /^file boot\/vmlinuz not found in image example\.com\/link:1: boot\/vmlinuz -> \/etc\/passwd, and the image holds no \/etc \(symlinks resolve inside the image/);
+      assert.match(err.message, /; it contains: boot\/, boot\/vmlinuz -> \/etc\/passwd, esc -> \.\.\/\.\.\/\.\., tmp\/$/);
+      return true;
+    });
+    await assert.rejects(store.file(digest, 'tmp', 'example.com/link:1'), /file tmp in image example\.com\/link:1 is not a regular file; it contains:/);
+  });
+
   it('an unpack another process finished first is taken as done, not failed (the CLI pulling beside the daemon)', async () => {
     const src = layout(join(tmp.path, 'race'), [(r) => writeFileSync(join(r, 'f'), 'x'.repeat(100_000))]);
     const root = join(tmp.path, 'race-store');

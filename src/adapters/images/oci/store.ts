@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
-import { chmod, lstat, mkdir, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readFile, readdir, readlink, rm, stat } from 'node:fs/promises';
 import { renameDurably, writeFileDurably } from '../../durable.js';
 import { join, relative } from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -206,7 +206,7 @@ export class LocalImageStore implements ImageStore {
     const real = await resolveInImage(root, path);
     if (real && statSync(real).isFile()) return real;
     const listing = await this.listFiles(root, 40);
-    throw new MatchlockError(ErrorCode.FailedPrecondition, `file ${path} not found in image ${normalizeRef(ref)}; it contains: ${listing.join(', ') || '(nothing)'}`);
+    throw new MatchlockError(ErrorCode.FailedPrecondition, `file ${path} ${whyNotFile(root, path, normalizeRef(ref))}; it contains: ${listing.join(', ') || '(nothing)'}`);
   }
 
   /**
@@ -315,8 +315,13 @@ export class LocalImageStore implements ImageStore {
       for (const e of (await readdir(dir, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
         if (out.length >= max) return;
         const p = join(dir, e.name);
+        // Symlinks and directories count too: an image of only those is not "(nothing)".
         if (e.isFile()) out.push(relative(root, p));
-        else if (e.isDirectory() && depth < 2 && !['bin', 'sbin', 'lib', 'usr', 'proc', 'sys', 'dev'].includes(e.name)) await walk(p, depth + 1);
+        else if (e.isSymbolicLink()) out.push(`${relative(root, p)} -> ${await readlink(p).catch(() => '?')}`);
+        else if (e.isDirectory()) {
+          out.push(`${relative(root, p)}/`);
+          if (depth < 2 && !['bin', 'sbin', 'lib', 'usr', 'proc', 'sys', 'dev'].includes(e.name)) await walk(p, depth + 1);
+        }
       }
     };
     try {
@@ -554,8 +559,18 @@ export async function resolveInImage(root: string, path: string): Promise<string
 }
 
 function resolveInImageNow(root: string, path: string): string | undefined {
+  return traceInImage(root, path).real;
+}
+
+/**
+ * The walk of resolveInImage, with what it met: each symlink followed (`boot/vmlinuz ->
+ * /etc/passwd`), and when it ends short of a path, the image path that is missing (`etc`), or
+ * that there were more than 40 links (as Linux's ELOOP limit).
+ */
+function traceInImage(root: string, path: string): { real?: string; links: string[]; missing?: string; loop?: boolean } {
   const todo = path.split('/').filter((p) => p !== '' && p !== '.');
   const done: string[] = [];
+  const links: string[] = [];
   for (let hops = 0; todo.length > 0; ) {
     const part = todo.shift() ?? '';
     if (part === '..') {
@@ -567,19 +582,36 @@ function resolveInImageNow(root: string, path: string): string | undefined {
     try {
       st = lstatSync(at, { throwIfNoEntry: false });
     } catch {
-      return undefined;
+      return { links, missing: [...done, part].join('/') };
     }
-    if (!st) return undefined;
+    if (!st) return { links, missing: [...done, part].join('/') };
     if (st.isSymbolicLink()) {
-      if (++hops > 40) return undefined;
+      if (++hops > 40) return { links, loop: true };
       const target = readlinkSync(at);
+      links.push(`${[...done, part].join('/')} -> ${target}`);
       if (target.startsWith('/')) done.length = 0;
       todo.unshift(...target.split('/').filter((p) => p !== '' && p !== '.'));
       continue;
     }
     done.push(part);
   }
-  return join(root, ...done);
+  return { real: join(root, ...done), links };
+}
+
+/**
+ * Why `path` names no regular file of the image at `root`, for the refusal: not found, found
+ * but not a regular file, or reached through symlinks to a path the image lacks. Symlinks
+ * resolve inside the image as the guest would see them (`/etc/passwd` is the image's own), so
+ * one aimed at a host path never leads out of the image; it leads to a path the image lacks.
+ */
+function whyNotFile(root: string, path: string, ref: string): string {
+  const t = traceInImage(root, path);
+  const via = t.links.join(', then ');
+  const inside = 'symlinks resolve inside the image, as the guest sees them, never to host files';
+  if (t.loop) return `not found in image ${ref}: more than 40 symlinks (${t.links.slice(0, 2).join(', then ')}, …)`;
+  if (t.real !== undefined) return `in image ${ref} is not a regular file${via ? ` (${via})` : ''}`;
+  if (!via) return `not found in image ${ref}`;
+  return `not found in image ${ref}: ${via}, and the image holds no /${t.missing ?? ''} (${inside})`;
 }
 
 export interface ImageInfo {
