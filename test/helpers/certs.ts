@@ -11,6 +11,9 @@ export interface Certs {
   /** A client certificate from a CA the server does not trust. */
   rogueCert: string;
   rogueKey: string;
+  /** A server certificate of the same CA naming only DNS:localhost, no IP address. */
+  dnsOnlyCert: string;
+  dnsOnlyKey: string;
 }
 
 function openssl(args: string[], cwd: string): void {
@@ -27,13 +30,14 @@ function leaf(dir: string, name: string, signer: string, ext: string): void {
   openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', `${signer}.crt`, '-CAkey', `${signer}.key`, '-CAcreateserial', '-days', '2', '-extfile', `${name}.ext`, '-out', `${name}.crt`], dir);
 }
 
-/** A throwaway PKI made with the openssl CLI: CA, server (SAN 127.0.0.1, localhost), client, rogue client. */
+/** A throwaway PKI made with the openssl CLI: CA, server (SAN 127.0.0.1, localhost), client, rogue client, DNS-only server. */
 export function makeCerts(dir: string): Certs {
   ca(dir, 'ca');
   ca(dir, 'rogue-ca');
   leaf(dir, 'server', 'ca', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
   leaf(dir, 'client', 'ca', 'extendedKeyUsage=clientAuth\n');
   leaf(dir, 'rogue', 'rogue-ca', 'extendedKeyUsage=clientAuth\n');
+  leaf(dir, 'dns-only', 'ca', 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n');
   const p = (f: string) => join(dir, f);
   return {
     ca: p('ca.crt'),
@@ -43,5 +47,7 @@ export function makeCerts(dir: string): Certs {
     clientKey: p('client.key'),
     rogueCert: p('rogue.crt'),
     rogueKey: p('rogue.key'),
+    dnsOnlyCert: p('dns-only.crt'),
+    dnsOnlyKey: p('dns-only.key'),
   };
 }

@@ -1,6 +1,8 @@
 import type { DescMessage, DescService, MessageShape } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
 import { readFileSync } from 'node:fs';
+import { isIP, type Socket } from 'node:net';
+import { connect as tlsConnect, createSecureContext, type SecureContext } from 'node:tls';
 import { basicAuthHeader } from './auth.js';
 import { serviceDefinition } from './grpc/service-def.js';
 import { MicroVM } from '../../gen/services/microvm/v1alpha1/microvms_pb.js';
@@ -55,8 +57,65 @@ export function credentials(o: ConnectOptions): grpc.ChannelCredentials {
       throw new MatchlockError(ErrorCode.InvalidArgument, `${flag} ${p}: ${(err as Error).message}`, { field: flag, cause: err });
     }
   };
-  return grpc.credentials.createSsl(read('--tls-ca', o.tlsCa), read('--tls-key', o.tlsKey), read('--tls-cert', o.tlsCert));
+  const ca = read('--tls-ca', o.tlsCa);
+  const key = read('--tls-key', o.tlsKey);
+  const cert = read('--tls-cert', o.tlsCert);
+  const ip = endpointHost(o.host);
+  if (ip !== undefined && isIP(ip)) return new IpLiteralTlsCredentials(createSecureContext({ ca: ca ?? undefined, key: key ?? undefined, cert: cert ?? undefined }), ip);
+  return grpc.credentials.createSsl(ca, key, cert);
 }
+
+/** The host part of a `host:port`, `[v6]:port`, `dns:`/`ipv4:`/`ipv6:` target; undefined for unix sockets. */
+function endpointHost(target: string): string | undefined {
+  if (target.startsWith('unix:')) return undefined;
+  const t = target.replace(/^(dns|ipv4|ipv6):(\/\/[^/]*\/)?/, '');
+  if (t.startsWith('[')) return t.slice(1, t.indexOf(']'));
+  const colons = t.split(':').length - 1;
+  return colons === 1 ? t.slice(0, t.indexOf(':')) : t;
+}
+
+/**
+ * TLS to an IP address without an SNI server name: RFC 6066 section 3 allows only DNS host
+ * names there, and Node warns (DEP0123) when asked to send an IP, which grpc-js's own TLS
+ * credentials always do. The certificate is still checked against the IP (its subjectAltName
+ * IP entries), as tls.checkServerIdentity does for a connection with no server name.
+ */
+class IpLiteralTlsCredentials extends grpc.ChannelCredentials {
+  constructor(
+    private readonly context: SecureContext,
+    private readonly ip: string,
+  ) {
+    super();
+  }
+
+  _isSecure(): boolean {
+    return true;
+  }
+
+  _equals(other: grpc.ChannelCredentials): boolean {
+    return other instanceof IpLiteralTlsCredentials && other.context === this.context && other.ip === this.ip;
+  }
+
+  _createSecureConnector(_target: unknown, _options: grpc.ChannelOptions, callCredentials?: grpc.CallCredentials): SecureConnector {
+    const { context, ip } = this;
+    const call = callCredentials ?? grpc.credentials.createEmpty();
+    return {
+      connect: (socket: Socket) =>
+        new Promise((resolve, reject) => {
+          const tlsSocket = tlsConnect({ socket, secureContext: context, host: ip, ALPNProtocols: ['h2'] }, () => {
+            if (!tlsSocket.authorized) reject(tlsSocket.authorizationError);
+            else resolve({ socket: tlsSocket, secure: true });
+          });
+          tlsSocket.on('error', reject);
+        }),
+      waitForReady: () => Promise.resolve(),
+      getCallCredentials: () => call,
+      destroy: () => undefined,
+    };
+  }
+}
+
+type SecureConnector = ReturnType<grpc.ChannelCredentials['_createSecureConnector']>;
 
 /**
  * The CLI's channel settings. Receive window: grpc-js starts every stream and the connection at
