@@ -1,12 +1,15 @@
-import { create, fromJson, type JsonValue } from '@bufbuild/protobuf';
+import { create, fromJson, type DescField, type DescMessage, type JsonValue } from '@bufbuild/protobuf';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { MicroVMSpecSchema, NetworkInterface_IfaceType, type MicroVMSpec } from '../gen/types/microvm_pb.js';
 import { EXIT, cliError } from './client.js';
 
 /**
- * A MicroVMSpec from a YAML or JSON file (or "-" for stdin): snake_case or camelCase keys, enum
- * names or numbers, exactly as proto3 JSON allows.
+ * A MicroVMSpec from a YAML or JSON file (or "-" for stdin), enum names or numbers as proto3
+ * JSON allows. Field names match in any case and with or without underscores (`memory_in_mb`,
+ * `memoryInMb`, `MemoryInMB`, `ID`), as Go's encoding/json matches its keys case-insensitively;
+ * two keys naming one field are refused, naming both. Keys of maps (labels, metadata) are data
+ * and kept as written.
  */
 export function readSpecFile(path: string): MicroVMSpec {
   let text: string;
@@ -22,14 +25,51 @@ export function readSpecFile(path: string): MicroVMSpec {
     throw cliError(`-f ${path}: not YAML or JSON: ${(err as Error).message.split('\n')[0] ?? ''}`, EXIT.usage);
   }
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw cliError(`-f ${path}: must be a MicroVMSpec mapping`, EXIT.usage);
+  const named = protoKeys(MicroVMSpecSchema, doc as Record<string, unknown>, path, '');
   try {
-    return fromJson(MicroVMSpecSchema, doc as JsonValue);
+    return fromJson(MicroVMSpecSchema, named as JsonValue);
   } catch (err) {
     const msg = (err as Error).message.replace(/^cannot decode message flintlock\.types\.MicroVMSpec from JSON: /, '');
     // The one slip every new user makes: flintlock calls the VM's name `id`.
-    const hint = /key "name" is unknown/.test(msg) ? ' (a MicroVMSpec names its VM with "id"; --name is the flag for it)' : '';
+    const hint = /key "name" is unknown/i.test(msg) ? ' (a MicroVMSpec names its VM with "id"; --name is the flag for it)' : '';
     throw cliError(`-f ${path}: ${msg}${hint}`, EXIT.usage);
   }
+}
+
+/** A field name as compared: lower case, without underscores. */
+const fold = (key: string) => key.toLowerCase().replaceAll('_', '');
+
+/**
+ * `obj` with each key that names a field of `desc` (in any case, with or without `_`) written
+ * as that field's proto3 JSON name, through nested messages, lists of them and map values.
+ * Unknown keys are kept as written, for fromJson to refuse by name. Well-known types
+ * (google.protobuf.*) have their own JSON forms and are left alone.
+ */
+function protoKeys(desc: DescMessage, obj: Record<string, unknown>, path: string, at: string): Record<string, unknown> {
+  const fields = new Map(desc.fields.map((f) => [fold(f.name), f]));
+  const out: Record<string, unknown> = {};
+  const from = new Map<string, string>();
+  for (const [key, value] of Object.entries(obj)) {
+    const field = fields.get(fold(key));
+    if (!field) {
+      out[key] = value;
+      continue;
+    }
+    const seen = from.get(field.jsonName);
+    if (seen !== undefined) throw cliError(`-f ${path}: keys "${at}${seen}" and "${at}${key}" both name the field ${at}${field.name}; keep one`, EXIT.usage);
+    from.set(field.jsonName, key);
+    out[field.jsonName] = nested(field, value, path, `${at}${key}.`);
+  }
+  return out;
+}
+
+function nested(field: DescField, value: unknown, path: string, at: string): unknown {
+  const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+  const message = field.fieldKind === 'message' ? field.message : field.fieldKind === 'list' && field.listKind === 'message' ? field.message : field.fieldKind === 'map' && field.mapKind === 'message' ? field.message : undefined;
+  if (!message || message.typeName.startsWith('google.protobuf.')) return value;
+  if (field.fieldKind === 'message') return isObject(value) ? protoKeys(message, value, path, at) : value;
+  if (field.fieldKind === 'list') return Array.isArray(value) ? value.map((v, i) => (isObject(v) ? protoKeys(message, v, path, `${at.slice(0, -1)}[${i}].`) : v)) : value;
+  return isObject(value) ? Object.fromEntries(Object.entries(value).map(([k, v]) => [k, isObject(v) ? protoKeys(message, v, path, `${at}${k}.`) : v])) : value;
 }
 
 export interface SpecFlags {

@@ -42,7 +42,7 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
 
   vm.command('create')
     .description('create a MicroVM from a spec file (-f) or from flags')
-    .option('-f, --file <path>', 'MicroVMSpec as YAML or JSON ("-" for stdin); snake_case or camelCase, enum names or numbers')
+    .option('-f, --file <path>', 'MicroVMSpec as YAML or JSON ("-" for stdin); field names in any case, _ optional (as Go\'s encoding/json), enum names or numbers')
     .option('--name <name>', 'VM name (spec id)')
     .option('--namespace <ns>', 'namespace (default "default")')
     .option('--kernel-image <ref>', 'OCI image holding the kernel')
