@@ -2,7 +2,7 @@ import { Command } from 'commander';
 import { dirname, join } from 'node:path';
 import { DEFAULT_CONFIG_PATH } from '../daemon/config-path.js';
 import { EXIT, cliError } from './client.js';
-import { table } from './output.js';
+import { documentText, table } from './output.js';
 import type { Io } from './vm.js';
 
 /** `--set key=value` options as settings; the keys are checked by hostSetup. */
@@ -40,7 +40,8 @@ export function hostCommand(io: Io, output: () => string): Command {
         throw cliError((err as Error).message, EXIT.usage);
       }
       const { checks } = result;
-      if (output() === 'json') io.out(JSON.stringify({ config: o.configOut, unit: o.unitOut, diff: result.diff, checks }, null, 2) + '\n');
+      const doc = documentText(output(), { config: o.configOut, unit: o.unitOut, diff: result.diff, checks });
+      if (doc !== undefined) io.out(doc);
       else {
         io.out(result.diff ? result.diff : `${o.configOut} unchanged\n`);
         io.out(`wrote ${o.configOut} and ${o.unitOut}; state dir ${result.config.stateDir}\n`);
@@ -81,7 +82,7 @@ export function hostCommand(io: Io, output: () => string): Command {
       if (o.down) {
         await (await import('../hub/hub.js')).hubTeardown(hub);
         if (o.guard) await (await import('../host/guard.js')).removeGuard();
-        io.out(`removed ${o.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
+        io.out(documentText(output(), { removed: o.interface, guard: o.guard }) ?? `removed ${o.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
         return;
       }
       await (await import('../hub/hub.js')).hubSetup(hub);
@@ -90,8 +91,8 @@ export function hostCommand(io: Io, output: () => string): Command {
         throw cliError((err as Error).message, EXIT.usage);
       });
       const failures = checks.filter((c) => c.status === 'fail');
-      if (output() === 'json') io.out(JSON.stringify({ hub: hub.interface, config: o.configOut, checks }, null, 2) + '\n');
-      else io.out(`${o.interface} ${o.address}: DHCP ${o.rangeStart}-${o.rangeEnd} (${o.dhcp}), NAT out of ${uplink}; matchlockd config ${o.configOut} uses it\n`);
+      io.out(documentText(output(), { hub: hub.interface, config: o.configOut, checks }) ??
+        `${o.interface} ${o.address}: DHCP ${o.rangeStart}-${o.rangeEnd} (${o.dhcp}), NAT out of ${uplink}; matchlockd config ${o.configOut} uses it\n`);
       if (failures.length) throw cliError(`dev mode is up, but: ${failures.map((c) => `${c.check}: ${c.evidence}`).join('; ')}`, EXIT.error);
     });
   return host;

@@ -6,7 +6,7 @@ import { create } from '@bufbuild/protobuf';
 import { generatedMac } from '../core/microvm/host-names.js';
 import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
 import { EXIT, cliError, connect, type ConnectOptions } from './client.js';
-import { table } from './output.js';
+import { documentText, table } from './output.js';
 import type { Io } from './vm.js';
 
 /** The hub's settings as flags; `inspect --hub` takes the same ones with a `hub-` prefix. */
@@ -101,7 +101,7 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
       mkdirSync(dirname(record), { recursive: true, mode: 0o750 });
       const text = `# Written by matchlock hub setup; hub status, leases and teardown read it.\n${hubConfigYaml(c)}`;
       if (!existsSync(record) || readFileSync(record, 'utf8') !== text) writeFileSync(record, text);
-      io.out(`hub ${c.interface} up: ${c.address}, DHCP ${c.rangeStart}-${c.rangeEnd} (${c.dhcp}), NAT out of ${c.uplink}\n`);
+      io.out(documentText(output(), { interface: c.interface, address: c.address, rangeStart: c.rangeStart, rangeEnd: c.rangeEnd, dhcp: c.dhcp, uplink: c.uplink }) ?? `hub ${c.interface} up: ${c.address}, DHCP ${c.rangeStart}-${c.rangeEnd} (${c.dhcp}), NAT out of ${c.uplink}\n`);
     }),
   );
   withConfig(hub.command('teardown').description('remove exactly what setup made')).action((o: Record<string, unknown>) =>
@@ -109,14 +109,13 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
       const c = config(o);
       await (await import('../hub/hub.js')).hubTeardown(c);
       if (recorded(c)) rmSync(record, { force: true });
-      io.out('hub removed\n');
+      io.out(documentText(output(), { removed: c.interface }) ?? 'hub removed\n');
     }),
   );
   withConfig(hub.command('status').description('each piece up or down, with the reason')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const pieces = await (await import('../hub/hub.js')).hubStatus(config(o));
-      if (output() === 'json') io.out(JSON.stringify(pieces, null, 2) + '\n');
-      else io.out(table([['PIECE', 'STATE', 'DETAIL'], ...pieces.map((p) => [p.piece, p.ok ? 'up' : 'down', p.detail])]));
+      io.out(documentText(output(), pieces) ?? table([['PIECE', 'STATE', 'DETAIL'], ...pieces.map((p) => [p.piece, p.ok ? 'up' : 'down', p.detail])]));
       if (pieces.some((p) => !p.ok)) throw cliError('some pieces are down', EXIT.precondition);
     }),
   );
@@ -126,8 +125,7 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
       // The owning MicroVM when a matchlockd answers; leases stand on their own otherwise.
       const vms = await owners(connectOptions()).catch(() => new Map<string, string>());
       const rows = leases.map((l) => ({ ...l, microvm: vms.get(l.mac) ?? '' }));
-      if (output() === 'json') io.out(JSON.stringify(rows, null, 2) + '\n');
-      else io.out(table([['IP', 'MAC', 'HOSTNAME', 'EXPIRES', 'MICROVM'], ...rows.map((l) => [l.ip, l.mac, l.hostname || '-', l.expires, l.microvm || '-'])]));
+      io.out(documentText(output(), rows) ?? table([['IP', 'MAC', 'HOSTNAME', 'EXPIRES', 'MICROVM'], ...rows.map((l) => [l.ip, l.mac, l.hostname || '-', l.expires, l.microvm || '-'])]));
     }),
   );
   return hub;

@@ -8,7 +8,7 @@ import { parseDuration } from '../core/duration.js';
 import { MatchlockError } from '../core/errors.js';
 import type { Logger } from '../core/ports.js';
 import { EXIT, cliError } from './client.js';
-import { table } from './output.js';
+import { documentText, table } from './output.js';
 import type { Io } from './vm.js';
 
 interface ImageOpts {
@@ -165,7 +165,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
       }
       if (tty) io.err('\n');
       await readyForVMs(images, normalizeRef(ref), digest, tty ? io.err : undefined);
-      io.out(output() === 'json' ? JSON.stringify({ ref: normalizeRef(ref), digest }) + '\n' : `${normalizeRef(ref)} ${digest}\n`);
+      io.out(documentText(output(), { ref: normalizeRef(ref), digest }) ?? `${normalizeRef(ref)} ${digest}\n`);
     });
 
   image
@@ -176,7 +176,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
       const images = await store({ pulls: false });
       const { ref, digest } = await images.import(source, o.name);
       await readyForVMs(images, ref, digest, isTty() ? io.err : undefined);
-      io.out(output() === 'json' ? JSON.stringify({ ref, digest }) + '\n' : `${ref} ${digest}\n`);
+      io.out(documentText(output(), { ref, digest }) ?? `${ref} ${digest}\n`);
     });
 
   image
@@ -187,8 +187,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
       const catalog = new (await stores()).ImageCatalog(await store({ pulls: false }));
       const users = await usage(catalog);
       const images = (await catalog.list()).map((i) => ({ ...i, usedBy: users.get(i.digest) ?? [] }));
-      if (output() === 'json') io.out(JSON.stringify(images, null, 2) + '\n');
-      else io.out(table([['REFERENCE', 'DIGEST', 'SIZE', 'USED BY'], ...images.map((i) => [i.ref, i.digest.slice(0, 19), human(i.size), i.usedBy.join(',') || '-'])]));
+      io.out(documentText(output(), images) ?? table([['REFERENCE', 'DIGEST', 'SIZE', 'USED BY'], ...images.map((i) => [i.ref, i.digest.slice(0, 19), human(i.size), i.usedBy.join(',') || '-'])]));
     });
 
   image
@@ -198,9 +197,17 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
       const { ImageCatalog, normalizeRef } = await stores();
       const catalog = new ImageCatalog(await store({ pulls: false }));
       const inUse = new Set((await usage(catalog)).keys());
-      for (const ref of refs) {
-        await catalog.remove(ref, inUse);
-        io.out(`${normalizeRef(ref)} removed\n`);
+      const removed: string[] = [];
+      try {
+        for (const ref of refs) {
+          await catalog.remove(ref, inUse);
+          removed.push(normalizeRef(ref));
+          if (output() === 'table') io.out(`${normalizeRef(ref)} removed\n`);
+        }
+      } finally {
+        // What was removed before a refusal is said in every format.
+        const doc = documentText(output(), { removed });
+        if (doc !== undefined) io.out(doc);
       }
     });
 
@@ -213,7 +220,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
       if (grace === undefined) throw cliError(`--grace ${o.grace}: must be a duration like 1h`, EXIT.usage);
       const catalog = new (await stores()).ImageCatalog(await store({ pulls: false }));
       const removed = await catalog.collect(new Set((await usage(catalog)).keys()), grace);
-      io.out(removed.length ? removed.map((r) => `${r} removed\n`).join('') : 'nothing to prune\n');
+      io.out(documentText(output(), { removed }) ?? (removed.length ? removed.map((r) => `${r} removed\n`).join('') : 'nothing to prune\n'));
     });
   return image;
 }

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { DEFAULT_CONFIG_PATH } from '../daemon/config-path.js';
 import type { Check, DaemonAccess } from '../host/inspect.js';
 import { EXIT, cliError } from './client.js';
-import { table } from './output.js';
+import { documentText, table } from './output.js';
 import { HUB_FLAGS, hubFlagValues, hubRecordPath } from './hub.js';
 import type { Io } from './vm.js';
 
@@ -17,7 +17,7 @@ export function inspectCommand(io: Io, output: () => string, access: () => Daemo
     .description('check this host (and with --hub the network hub) the way operators do by hand')
     .option('--config <path>', `matchlockd config file (default ${DEFAULT_CONFIG_PATH})`)
     .option('--daemon-state-dir <dir>', "matchlockd's state dir (overrides the config)")
-    .option('--grpc-endpoint <endpoint>', "matchlockd's endpoint (overrides the config)")
+    .option('--grpc-endpoint <endpoint>', "matchlockd's endpoint (overrides the global --host and the config)")
     .option('--bridge-name <name>', "matchlockd's bridge (overrides the config)")
     .option('--hub', 'also check the network hub')
     .option('--hub-only', 'check only the network hub (a machine without matchlockd)')
@@ -49,8 +49,11 @@ export function inspectCommand(io: Io, output: () => string, access: () => Daemo
       leases = await (await import('../hub/hub.js')).hubLeases(hub);
     }
     // With --hub, a machine with neither a store nor a daemon answering is taken as hub-only.
-    if (!o.hubOnly) checks.unshift(...(await (await import('../host/inspect.js')).inspectHost(cfg, { access: access(), leases, hubOnlyUnlessDaemon: withHub })));
-    if (output() === 'json') io.out(JSON.stringify(checks, null, 2) + '\n');
+    // inspect's own --grpc-endpoint, then the global --host / MATCHLOCK_HOST, then the config's.
+    const daemon = { ...access(), ...(o.grpcEndpoint ? { host: undefined } : {}) };
+    if (!o.hubOnly) checks.unshift(...(await (await import('../host/inspect.js')).inspectHost(cfg, { access: daemon, leases, hubOnlyUnlessDaemon: withHub })));
+    const doc = documentText(output(), checks);
+    if (doc !== undefined) io.out(doc);
     else {
       io.out(table([['STATUS', 'CHECK', 'EVIDENCE'], ...checks.map((c) => [c.status.toUpperCase(), c.check, c.evidence + (c.fix ? `  -> fix: ${c.fix}` : '')])]));
       const n = (v: string) => checks.filter((c) => c.status === v).length;

@@ -41,7 +41,14 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   program.addCommand(vm);
   program.addCommand(image);
   program.addCommand(hub);
-  const inspect = inspectCommand(io, () => program.opts<{ output: string }>().output, () => program.opts<{ token?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecure?: boolean }>());
+  // inspect checks the config's endpoint unless the endpoint was named: a --host on the command
+  // line or MATCHLOCK_HOST (not the default, which would hide the config's).
+  const access = () => {
+    const o = program.opts<{ host: string; token?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecure?: boolean }>();
+    const named = program.getOptionValueSource('host') === 'cli' || env.MATCHLOCK_HOST !== undefined;
+    return { ...o, host: named ? o.host : undefined };
+  };
+  const inspect = inspectCommand(io, () => program.opts<{ output: string }>().output, access);
   program.addCommand(inspect);
   const host = hostCommand(io, () => program.opts<{ output: string }>().output);
   program.addCommand(host);

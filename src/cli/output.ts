@@ -14,6 +14,16 @@ export function yamlText(value: unknown): string {
   return stringify(value, { version: '1.1' });
 }
 
+/**
+ * A command's result as `-o json` or `-o yaml` prints it; undefined for `-o table`, where each
+ * command prints its own lines. One place, so every command honours all three formats.
+ */
+export function documentText(format: string, value: unknown): string | undefined {
+  if (format === 'json') return JSON.stringify(value, null, 2) + '\n';
+  if (format === 'yaml') return yamlText(value);
+  return undefined;
+}
+
 export function stateName(vm: MicroVM): string {
   return MicroVMStatus_MicroVMState[vm.status?.state ?? 0] ?? String(vm.status?.state);
 }

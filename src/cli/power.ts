@@ -21,7 +21,7 @@ import { GetServerInfoRequestSchema, GetServerInfoResponseSchema, Server } from 
 import { MicroVMStatus_MicroVMState, MicroVMStatus_PowerState, type MicroVM } from '../gen/types/microvm_pb.js';
 import { VERSION } from '../version.js';
 import { EXIT, cliError, type ConnectOptions } from './client.js';
-import { yamlText, type Format } from './output.js';
+import { documentText, yamlText, type Format } from './output.js';
 import type { Io } from './vm.js';
 import { resolveRef } from './resolve.js';
 
@@ -157,18 +157,26 @@ export async function followEvents(
 }
 
 /**
- * Waits until `cond` holds for the VM, printing each change of state and power (with `print`).
+ * Waits until `cond` holds for the VM, printing each change of state and power (with `print`:
+ * a line each for `table`, one JSON object a line for `json` as `vm events` prints, a one-item
+ * YAML list each for `yaml`).
  * Ends with DeadlineExceeded (exit 7) at the timeout, Aborted (exit 8) when the VM fails or
  * vanishes and the condition can no longer hold.
  */
-export async function waitUntil(opts: ConnectOptions, uid: string, cond: { test: Condition; text: string }, timeoutMs: number, io: Io, print: boolean): Promise<MicroVM | undefined> {
+export async function waitUntil(opts: ConnectOptions, uid: string, cond: { test: Condition; text: string }, timeoutMs: number, io: Io, print: Format | false): Promise<MicroVM | undefined> {
   const deadline = Date.now() + timeoutMs;
   let last = '';
   let result: Observed | undefined;
   let failure: MatchlockError | undefined;
   const check = (o: Observed): boolean => {
     const line = o.gone ? 'gone' : `${stateOf(o.vm)} power=${powerOf(o.vm)}${o.vm?.status?.lastError ? ` (${o.vm.status.lastError})` : ''}`;
-    if (print && line !== last) io.out(`${new Date().toISOString()} ${uid} ${line}\n`);
+    if (print && line !== last) {
+      const time = new Date().toISOString();
+      const change = o.gone ? { time, uid, gone: true } : { time, uid, state: stateOf(o.vm), power: powerOf(o.vm), lastError: o.vm?.status?.lastError ?? '' };
+      if (print === 'json') io.out(JSON.stringify(change) + '\n');
+      else if (print === 'yaml') io.out(yamlText([change]));
+      else io.out(`${time} ${uid} ${line}\n`);
+    }
     last = line;
     if (cond.test(o)) {
       result = o;
@@ -270,7 +278,7 @@ export function addPowerCommands(vm: Command, globals: Globals, io: Io): void {
       const uid = await resolveRef(globals(), ref);
       const res = await withLifecycle((c) => v.call(c, uid, o));
       if (o.wait) await waitUntil(globals(), uid, v.until(res.microvm), timeoutMs, io, false);
-      io.out(`${uid} ${o.wait ? v.done : `${v.name} requested`}\n`);
+      io.out(documentText(globals().output, { uid, action: v.name, result: o.wait ? v.done : 'requested' }) ?? `${uid} ${o.wait ? v.done : `${v.name} requested`}\n`);
     });
   }
 
@@ -305,7 +313,7 @@ export function addPowerCommands(vm: Command, globals: Globals, io: Io): void {
       if (o.until !== undefined) terms.push(o.until.toLowerCase() === 'gone' ? 'delete' : `state=${o.until}`);
       if (terms.length === 0) terms.push('state=CREATED');
       const cond = parseConditions(terms);
-      await waitUntil(globals(), uid, cond, durationOption('--timeout', o.timeout), io, true);
+      await waitUntil(globals(), uid, cond, durationOption('--timeout', o.timeout), io, globals().output);
     });
 }
 

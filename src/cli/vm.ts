@@ -9,7 +9,7 @@ import {
 } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
 import type { MicroVM } from '../gen/types/microvm_pb.js';
 import { EXIT, cliError, connect, type ConnectOptions } from './client.js';
-import { formatVms, vmListPrinter, type Format } from './output.js';
+import { documentText, formatVms, vmListPrinter, type Format } from './output.js';
 import { readSpecFile, specFromFlags, type SpecFlags } from './spec.js';
 import { resolveUid } from './resolve.js';
 import { connectService } from '../adapters/api/client.js';
@@ -141,6 +141,8 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
     .alias('rm')
     .description('delete MicroVMs by uid or namespace/name (returns once they are DELETING; safe to repeat)')
     .action(async (refs: string[]) => {
+      const deleted: { uid: string; found: boolean }[] = [];
+      const format = globals().output;
       await withClient(async (c) => {
         const seen = new Set<string>();
         for (const ref of refs) {
@@ -156,8 +158,13 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
             },
           );
           await c.deleteMicroVM(create(DeleteMicroVMRequestSchema, { uid }));
-          io.out(known ? `${uid} deleting\n` : `${uid} not found: nothing to delete\n`);
+          deleted.push({ uid, found: known });
+          if (format === 'table') io.out(known ? `${uid} deleting\n` : `${uid} not found: nothing to delete\n`);
         }
+      }).finally(() => {
+        // What was asked before a failure is said in every format.
+        const doc = documentText(format, deleted);
+        if (doc !== undefined) io.out(doc);
       });
     });
 

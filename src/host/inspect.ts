@@ -32,8 +32,13 @@ const fail = (check: string, evidence: string, fix: string): Check => ({ check, 
 
 const links = new Iproute2Network();
 
-/** How inspect reaches the daemon: the CLI's global token and TLS flags (the endpoint is the config's). */
+/**
+ * How inspect reaches the daemon: the CLI's global token and TLS flags, and its endpoint when
+ * named (`--host`, MATCHLOCK_HOST); the config's grpc-endpoint otherwise.
+ */
 export interface DaemonAccess {
+  /** The endpoint to check instead of the config's grpc-endpoint. */
+  host?: string | undefined;
   /** --token / MATCHLOCK_TOKEN; the config's basic-auth-token when absent. */
   token?: string | undefined;
   tlsCa?: string | undefined;
@@ -47,7 +52,7 @@ export interface DaemonAccess {
  * token (UNAUTHENTICATED), TLS (handshake or certificates), or nothing listening.
  */
 async function daemonCheck(cfg: DaemonConfig, access: DaemonAccess): Promise<Check> {
-  const host = cfg.grpcEndpoint;
+  const host = access.host ?? cfg.grpcEndpoint;
   const tls = cfg.tlsCert !== '';
   const token = access.token ?? cfg.basicAuthToken;
   const how = `${tls ? 'TLS' : 'plaintext'}, ${cfg.basicAuthToken || access.token ? 'token auth' : 'no auth'}`;
@@ -86,7 +91,7 @@ export async function inspectHost(
   // A machine that only runs the hub: nothing answers and there is no store. Host checks would
   // only say that matchlockd is absent, over and over.
   if (opts.hubOnlyUnlessDaemon && daemon.status === 'fail' && /no answer/.test(daemon.evidence) && !existsSync(join(cfg.stateDir, 'matchlock.db'))) {
-    return [ok('daemon', `no matchlockd on this machine (nothing on ${cfg.grpcEndpoint}, no store in ${cfg.stateDir}): hub checks only`)];
+    return [ok('daemon', `no matchlockd on this machine (nothing on ${opts.access?.host ?? cfg.grpcEndpoint}, no store in ${cfg.stateDir}): hub checks only`)];
   }
   checks.push(daemon);
 

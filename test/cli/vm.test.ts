@@ -76,6 +76,21 @@ describe('matchlock vm', () => {
     assert.match(get.err, /^matchlock: microvm \S+ not found\n$/);
   });
 
+  it('delete and watch print documents for -o json and -o yaml', async () => {
+    const made = await cli([...host, '-o', 'json', 'vm', 'create', '--name', 'formats', '--namespace', 'team-f', '--kernel-image', 'k:1', '--root-image', 'r:1']);
+    assert.equal(made.code, EXIT.ok, made.err);
+    const uid = (JSON.parse(made.out) as { spec: { uid: string } }).spec.uid;
+    const del = await cli([...host, '-o', 'yaml', 'vm', 'delete', uid]);
+    assert.equal(del.code, EXIT.ok, del.err);
+    assert.deepEqual(parse(del.out), [{ uid, found: true }]);
+    const watch = await cli([...host, '-o', 'json', 'vm', 'watch', uid, '--until', 'gone', '--timeout', '10s']);
+    assert.equal(watch.code, EXIT.ok, watch.err);
+    const changes = watch.out.trim().split('\n').map((l) => JSON.parse(l) as { uid: string; gone?: boolean });
+    assert.deepEqual(changes.at(-1) && { uid: changes.at(-1)?.uid, gone: changes.at(-1)?.gone }, { uid, gone: true });
+    const again = await cli([...host, '-o', 'json', 'vm', 'delete', uid]);
+    assert.deepEqual(JSON.parse(again.out), [{ uid, found: false }]);
+  });
+
   it('exits with codes scripts can rely on, errors in one line', async () => {
     const bad = await cli([...host, 'vm', 'create', '--name', 'x', '--kernel-image', 'k:1', '--root-image', 'r:1', '--vcpu', '99']);
     assert.equal(bad.code, EXIT.usage);

@@ -4,6 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { parse as parseYaml } from 'yaml';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { run } from '../../src/cli/main.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
@@ -57,6 +58,25 @@ describe('inspect reaches the daemon as every other command does', () => {
     const rogue = daemonCheck((await withConfig(certs.rogueCert)).checks);
     assert.equal(rogue?.status, 'fail');
     assert.match(rogue?.evidence ?? '', /^TLS with matchlockd on .* failed/);
+  });
+
+  it("checks the endpoint named by the global --host or MATCHLOCK_HOST over the config's; its own --grpc-endpoint over both; prints -o yaml", async () => {
+    const config = join(tmp.path, 'elsewhere.yaml');
+    writeFileSync(config, 'grpc-endpoint: unix:/nonexistent/matchlock.sock\n');
+    const base = ['inspect', '--config', config, '--daemon-state-dir', plain.stateDir];
+    const configOnly = daemonCheck((await inspect(['--token', 's3cret', ...base])).checks);
+    assert.match(configOnly?.evidence ?? '', /no answer from matchlockd on unix:\/nonexistent\/matchlock\.sock/);
+    const viaFlag = daemonCheck((await inspect(['--host', plain.target, '--token', 's3cret', ...base])).checks);
+    assert.equal(viaFlag?.status, 'ok', JSON.stringify(viaFlag));
+    assert.equal(viaFlag?.evidence, `matchlockd answers on ${plain.target} (plaintext, token auth)`);
+    let out = '';
+    await run(['-o', 'json', '--token', 's3cret', ...base], { out: (t) => (out += t), err: () => undefined }, { MATCHLOCK_HOST: plain.target });
+    assert.equal(daemonCheck(JSON.parse(out) as Check[])?.status, 'ok', out);
+    const own = daemonCheck((await inspect(['--host', 'unix:/nonexistent/other.sock', '--token', 's3cret', ...base, '--grpc-endpoint', plain.target])).checks);
+    assert.equal(own?.status, 'ok', JSON.stringify(own));
+    out = '';
+    await run(['-o', 'yaml', '--host', plain.target, '--token', 's3cret', ...base], { out: (t) => (out += t), err: () => undefined }, {});
+    assert.equal(daemonCheck(parseYaml(out) as Check[])?.status, 'ok', out);
   });
 
   it('folds what a PENDING VM does not have yet into its one state check', async () => {
