@@ -24,16 +24,40 @@ export async function printConsole(o: ConnectOptions, uid: string, opts: { tail?
 }
 
 /**
- * `vm console`: the terminal in raw mode, keys to the guest's serial input and its output to
- * stdout, until Ctrl-] (or the daemon ends the stream: VM deleted, VMM stopped).
+ * How long `vm console` keeps printing the guest's output once its input ends, by default: the
+ * answer to the last command still comes. socat waits 0.5 s (its -t) after EOF on one side.
  */
-export async function attachConsole(o: ConnectOptions, uid: string, io: Io, stdin: NodeJS.ReadStream = process.stdin, stdout: NodeJS.WriteStream = process.stdout): Promise<void> {
+export const EOF_LINGER_MS = 500;
+
+/**
+ * `vm console`: the terminal in raw mode, keys to the guest's serial input and its output to
+ * stdout, until Ctrl-] (or the daemon ends the stream: VM deleted, VMM stopped). Input that
+ * ends (a pipe, a file) detaches `lingerMs` later, so one client does not hold the console's
+ * single attach slot forever.
+ */
+export async function attachConsole(o: ConnectOptions, uid: string, io: Io, stdin: NodeJS.ReadStream = process.stdin, stdout: NodeJS.WriteStream = process.stdout, lingerMs = EOF_LINGER_MS): Promise<void> {
   const c = connectConsole(o);
   const raw = stdin.isTTY;
+  // Counted from the attach, not from the end of input: input that ends before the console is
+  // connected is still sent, and its answer still printed.
+  let attached = false;
+  let ended = false;
+  let linger: NodeJS.Timeout | undefined;
+  const lingerIfEnded = () => {
+    if (!attached || !ended || linger) return;
+    linger = setTimeout(() => {
+      io.err('\r\nDetached: end of input.\r\n');
+      session.end();
+    }, lingerMs);
+  };
   const session = c.attach(
     uid,
     (d) => stdout.write(d),
-    () => io.err(`Connected to the console of ${uid}. Detach with Ctrl-] (^]).\r\n`),
+    () => {
+      attached = true;
+      io.err(`Connected to the console of ${uid}. Detach with Ctrl-] (^]).\r\n`);
+      lingerIfEnded();
+    },
   );
   const onKeys = (chunk: Buffer) => {
     const at = chunk.indexOf(DETACH_BYTE);
@@ -45,13 +69,20 @@ export async function attachConsole(o: ConnectOptions, uid: string, io: Io, stdi
     io.err('\r\nDetached.\r\n');
     session.close();
   };
+  const onEnd = () => {
+    ended = true;
+    lingerIfEnded();
+  };
   if (raw) stdin.setRawMode(true);
   stdin.on('data', onKeys);
+  stdin.once('end', onEnd);
   stdin.resume();
   try {
     await session.done;
   } finally {
+    clearTimeout(linger);
     stdin.off('data', onKeys);
+    stdin.off('end', onEnd);
     stdin.pause();
     if (raw) stdin.setRawMode(false);
     c.close();

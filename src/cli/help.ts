@@ -24,7 +24,7 @@ export const EXAMPLES: Readonly<Record<string, readonly string[]>> = {
   'vm delete': ['matchlock vm delete 01HZY3NDEKTSV4RRFFQ69G5FAV', 'matchlock vm delete UID1 UID2'],
   'vm describe': ['matchlock vm describe 01HZY3NDEKTSV4RRFFQ69G5FAV', 'matchlock vm describe ns1/web1 --leases-file /var/lib/misc/dnsmasq.leases'],
   'vm logs': ['matchlock vm logs UID --tail 50', 'matchlock vm logs ns1/web1 -f        # follow until Ctrl-C'],
-  'vm console': ['matchlock vm console UID                  # Ctrl-] detaches'],
+  'vm console': ['matchlock vm console UID                  # Ctrl-] detaches', 'matchlock vm console UID < cmds.txt       # detaches 0.5s after the input ends (--eof-timeout)'],
   'vm stop': ['matchlock vm stop UID                     # ACPI power-down, then the VMM after the grace period', 'matchlock vm stop ns1/web1 --force --no-wait'],
   'vm start': ['matchlock vm start UID', 'matchlock vm start ns1/web1 --timeout 2m'],
   'vm restart': ['matchlock vm restart UID --grace 30s'],

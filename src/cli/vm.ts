@@ -17,6 +17,7 @@ import { ListMicroVMEventsRequestSchema, MicroVMLifecycle, type MicroVMEvent } f
 import { addPowerCommands } from './power.js';
 import { describeVm, readLeaseFile } from './describe.js';
 import { attachConsole, printConsole } from './console.js';
+import { parseDuration } from '../core/duration.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -108,10 +109,13 @@ export function vmCommand(globals: () => ConnectOptions & { output: Format }, io
     });
 
   vm.command('console <vm>')
-    .description("attach to the VM's serial console interactively (Ctrl-] detaches)")
-    .action(async (ref: string) => {
+    .description("attach to the VM's serial console interactively (Ctrl-] detaches; so does the end of piped input, after --eof-timeout)")
+    .option('--eof-timeout <duration>', "once stdin ends (a pipe or file), keep printing the console's output this long, then detach", '0.5s')
+    .action(async (ref: string, o: { eofTimeout: string }) => {
+      const linger = parseDuration(o.eofTimeout);
+      if (linger === undefined) throw cliError(`--eof-timeout ${o.eofTimeout}: must be a duration like 0.5s`, EXIT.usage);
       const uid = await withClient((c) => resolveUid(c, ref));
-      await attachConsole(globals(), uid, io);
+      await attachConsole(globals(), uid, io, process.stdin, process.stdout, linger);
     });
 
   vm.command('list')

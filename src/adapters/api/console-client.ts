@@ -8,6 +8,11 @@ import { AttachConsoleRequestSchema, Console as ConsoleService, StreamConsoleReq
 /** An open interactive console: `write` sends to the guest's serial input, `close` detaches. */
 export interface AttachedConsole {
   write(data: Uint8Array): void;
+  /**
+   * No more input: half-closes the stream. The daemon passes on every byte written before it,
+   * then detaches and ends the stream, which resolves `done`.
+   */
+  end(): void;
   close(): void;
   /** Resolves when the daemon ends the stream (VM gone, VMM stopped); rejects with its error. */
   done: Promise<void>;
@@ -55,6 +60,10 @@ export function connectConsole(o: ConnectOptions) {
       call.write(create(AttachConsoleRequestSchema, { uid }));
       return {
         write: (data) => void call.write(create(AttachConsoleRequestSchema, { data })),
+        end: () => {
+          closed = true;
+          call.end();
+        },
         close: () => {
           closed = true;
           call.cancel();

@@ -102,7 +102,9 @@ export function addConsoleService(door: Pick<grpc.Server, 'addService'>, locate:
       };
       call.on('cancelled', () => finish());
       call.on('error', () => finish());
-      call.on('end', () => finish());
+      // The client's half-close (no more input): what it sent is flushed to the serial port
+      // before the console is let go; destroy alone would drop what the socket still buffers.
+      call.on('end', () => (sock && !finished ? sock.end(() => finish()) : finish()));
       call.on('data', (req: AttachConsoleRequest) => {
         if (req.data.length) {
           if (pending) pending.push(Buffer.from(req.data));

@@ -1,0 +1,89 @@
+import * as grpc from '@grpc/grpc-js';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { bindGrpc, createGrpcServer } from '../../src/adapters/api/grpc/server.js';
+import type { MicroVMService } from '../../src/core/microvm/service.js';
+import { silentLogger } from '../../src/adapters/silent-logger.js';
+import { ROOT, tempDir } from '../helpers/daemon.js';
+
+/** The CLI in its own process with `input` piped to its stdin; the bound is one on a hang. */
+function consoleWith(args: string[], input: string): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(ROOT, 'bin/matchlock.js'), ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const hang = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.on('close', (code) => {
+      clearTimeout(hang);
+      resolve({ code, out, err });
+    });
+    child.stdin.end(input);
+  });
+}
+
+/**
+ * `vm console` with piped input, against the Console service on a real grpc-js server whose
+ * serial ports are unix sockets standing in for QEMU's chardevs (the real guest is in
+ * test/e2e/console.test.ts).
+ */
+describe('vm console with piped input', () => {
+  const tmp = tempDir('cli-console');
+  const vmms: Server[] = [];
+  const sides: Socket[] = [];
+  let server: grpc.Server;
+  let host: string[];
+  /** A serial port that echoes; with `closeAfterEcho`, its VMM then goes away. */
+  const serial = async (name: string, closeAfterEcho: boolean) => {
+    const path = join(tmp.path, `${name}.sock`);
+    const vmm = createServer({ allowHalfOpen: true }, (s) => {
+      sides.push(s);
+      s.on('data', (d: Buffer) => {
+        s.write(`echo:${d.toString()}`);
+        if (closeAfterEcho) s.end();
+      });
+    });
+    vmms.push(vmm);
+    await new Promise<void>((r) => vmm.listen(path, r));
+    return path;
+  };
+  before(async () => {
+    const log = join(tmp.path, 'console.log');
+    writeFileSync(log, '');
+    const paths = { 'vm-open': await serial('open', false), 'vm-ends': await serial('ends', true) };
+    server = createGrpcServer({
+      service: {} as MicroVMService,
+      logger: silentLogger,
+      token: 'tok',
+      console: (uid) => ({ log, provider: 'qemu', input: { kind: 'unix-socket', path: paths[uid as keyof typeof paths] } }),
+    });
+    host = ['--host', `127.0.0.1:${await bindGrpc(server, '127.0.0.1:0', grpc.ServerCredentials.createInsecure())}`, '--token', 'tok'];
+  });
+  after(async () => {
+    server?.forceShutdown();
+    for (const s of sides) s.destroy();
+    await Promise.all(vmms.map((v) => new Promise((r) => v.close(r))));
+    tmp.remove();
+  });
+
+  it('detaches once stdin ends and exits 0, freeing the console for the next client', async () => {
+    const first = await consoleWith([...host, 'vm', 'console', 'vm-open'], 'echo hi\n');
+    assert.equal(first.code, 0, first.err);
+    assert.match(first.err, /Connected to the console of vm-open[\s\S]*Detached: end of input\./);
+    const second = await consoleWith([...host, 'vm', 'console', '--eof-timeout', '0s', 'vm-open'], 'echo again\n');
+    assert.equal(second.code, 0, `the attach slot is free again: ${second.err}`);
+  });
+
+  it("keeps printing the console's output after stdin ends", async () => {
+    // A long --eof-timeout: the stream ends when the VMM goes away right after its answer, so
+    // the answer printed is one that came after the end of input.
+    const r = await consoleWith([...host, 'vm', 'console', '--eof-timeout', '60s', 'vm-ends'], 'echo hi\n');
+    assert.equal(r.code, 0, r.err);
+    assert.equal(r.out, 'echo:echo hi\n');
+  });
+});
