@@ -45,7 +45,7 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   // line or MATCHLOCK_HOST (not the default, which would hide the config's).
   const access = () => {
     const o = program.opts<{ host: string; token?: string; tlsCa?: string; tlsCert?: string; tlsKey?: string; insecure?: boolean }>();
-    const named = program.getOptionValueSource('host') === 'cli' || env.MATCHLOCK_HOST !== undefined;
+    const named = program.getOptionValueSource('host') === 'cli' || !!env.MATCHLOCK_HOST;
     return { ...o, host: named ? o.host : undefined };
   };
   const inspect = inspectCommand(io, () => program.opts<{ output: string }>().output, access);
