@@ -3,11 +3,18 @@ import type { EventLog, Store } from '../core/ports.js';
 
 /** Events read per store call while catching up. */
 const EVENTS_PAGE = 500;
+/**
+ * Records read per store call when everything is read: a page's parsed records are garbage
+ * before the next is read, so at most this many are held at once, not the whole store (10,000
+ * CAPMVM-shaped records parsed at once made the daemon's heap grow by about 250 MB).
+ */
+export const RECORDS_PAGE = 500;
 
 /**
  * The files VMMs keep growing, of every VM on record whose VMM was started (a VM that never had
- * one has no file that grows), for the log bound. Every record is read once; afterwards only
- * the records the event log says changed are read again, so a pass costs nothing while nothing
+ * one has no file that grows), for the log bound. Every record is read once, a page at a time
+ * in uid order (one synchronous read, so no change lands between pages); afterwards only the
+ * records the event log says changed are read again, so a pass costs nothing while nothing
  * changes and one record's change costs one record, however many are stored. When the log no
  * longer holds every event since the last read (pruned), everything is read again.
  */
@@ -40,7 +47,9 @@ export class GrowingFiles {
     this.byUid.clear();
     // Events written from here on are applied by the next catch-up, even for records read now.
     this.cursor = last;
-    for (const vm of this.store.list({})) this.set(vm);
+    for (let page = this.store.page({}, { limit: RECORDS_PAGE }); page.length > 0; page = this.store.page({}, { after: page.at(-1)?.uid, limit: RECORDS_PAGE })) {
+      for (const vm of page) this.set(vm);
+    }
   }
 
   private catchUp(): void {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
-import { GrowingFiles } from '../../src/daemon/growing-files.js';
+import { GrowingFiles, RECORDS_PAGE } from '../../src/daemon/growing-files.js';
 
 function vm(uid: string, vmmPid = 0): MicroVM {
   return {
@@ -18,13 +18,20 @@ function vm(uid: string, vmmPid = 0): MicroVM {
   };
 }
 
-/** Counts how many records the store parsed for whole-store reads. */
+/** Counts how many records the store parsed for whole-store reads, and the most one call returned. */
 class CountingStore extends SqliteStore {
   listed = 0;
+  largest = 0;
   override list(filter: Parameters<SqliteStore['list']>[0]): MicroVM[] {
-    const all = super.list(filter);
-    this.listed += all.length;
-    return all;
+    return this.counted(super.list(filter));
+  }
+  override page(filter: Parameters<SqliteStore['page']>[0], page: Parameters<SqliteStore['page']>[1]): MicroVM[] {
+    return this.counted(super.page(filter, page));
+  }
+  private counted(vms: MicroVM[]): MicroVM[] {
+    this.listed += vms.length;
+    this.largest = Math.max(this.largest, vms.length);
+    return vms;
   }
 }
 
@@ -57,5 +64,19 @@ it('reads everything again when the event log was pruned past what it had read',
   store.remove('a');
   assert.deepEqual(growing.files(), ['b']);
   assert.equal(store.listed, 1 + 1, 'the whole store read again, once');
+  store.close();
+});
+
+it('reads the whole store a page at a time, so a large store is never held parsed at once', () => {
+  const store = new CountingStore(':memory:');
+  const count = 2 * RECORDS_PAGE + 7;
+  const uid = (n: number) => `vm-${String(n).padStart(5, '0')}`;
+  // A started VM on every page, the last page's last record among them: none is skipped at a page's edge.
+  const startedOnes = [0, RECORDS_PAGE - 1, RECORDS_PAGE, 2 * RECORDS_PAGE + 6];
+  for (let n = 0; n < count; n++) store.insert(vm(uid(n), startedOnes.includes(n) ? 100 + n : 0));
+  const growing = new GrowingFiles(store, (v) => [v.uid]);
+  assert.deepEqual(growing.files().sort(), startedOnes.map(uid));
+  assert.equal(store.listed, count, 'every record read once');
+  assert.ok(store.largest <= RECORDS_PAGE, `one store call returned ${store.largest} records, more than a page of ${RECORDS_PAGE}`);
   store.close();
 });
