@@ -184,7 +184,7 @@ const median = (xs: number[]) => {
   return s[Math.floor(s.length / 2)] ?? NaN;
 };
 
-function spec(name: string, namespace: string, image: string, withRoot = true, kernelFile = 'boot/vmlinuz'): MicroVMSpec {
+export function spec(name: string, namespace: string, image: string, withRoot = true, kernelFile = 'boot/vmlinuz'): MicroVMSpec {
   // CAPMVM's shape: a kernel, a root volume, one TAP, labels and a cloud-init user-data of a few KiB.
   return create(MicroVMSpecSchema, {
     id: name,
@@ -204,7 +204,7 @@ function spec(name: string, namespace: string, image: string, withRoot = true, k
 }
 
 /** Stored records as matchlock makes them (validated, defaulted), FAILED so nothing reconciles them. */
-function makeRecords(from: number, to: number): DomainVM[] {
+export function makeRecords(from: number, to: number): DomainVM[] {
   const store = new MemoryStore();
   let t = Date.parse('2026-01-01T00:00:00Z') + from;
   const svc = new MicroVMService({
@@ -227,7 +227,7 @@ function makeRecords(from: number, to: number): DomainVM[] {
  * Writes records straight into both stores: matchlock's in its schema 2 layout (every version
  * since migrates from it), the baseline's pre-encoded.
  */
-function seed(stateDir: string, baseDir: string, vms: DomainVM[]): void {
+export function seed(stateDir: string, baseDir: string, vms: DomainVM[]): void {
   mkdirSync(stateDir, { recursive: true, mode: 0o750 });
   const db = new Database(join(stateDir, 'matchlock.db'));
   db.pragma('journal_mode = WAL');
@@ -791,4 +791,5 @@ async function main(): Promise<void> {
   if (bursts.length) await part2(bursts, entry);
 }
 
-await main();
+// Run as a script; bench/startup-memory.ts imports the record seeding only.
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) await main();
