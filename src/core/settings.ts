@@ -1,4 +1,5 @@
 import { parseDuration } from './duration.js';
+import { endpointRule, parseEndpoint, type EndpointRule } from './endpoint.js';
 
 /**
  * One configuration setting: a flag `--<key>`, a key of the YAML config file and an environment
@@ -21,6 +22,11 @@ export interface SettingDef {
    * with commas, so both spellings reach the reader of the setting alike.
    */
   list?: boolean;
+  /**
+   * For kind string: the value is a listen address, checked by parseEndpoint's rule when the
+   * config is read (`optional`: empty turns the server off).
+   */
+  endpoint?: EndpointRule & { optional?: boolean };
 }
 
 /** A parsed setting: strings and enums as strings, durations in milliseconds, ints, bools. */
@@ -41,6 +47,10 @@ export function parseSetting(def: SettingDef, raw: unknown): { value: SettingVal
         return { value: text.map((e: string) => e.trim()).join(',') };
       }
       if (typeof text !== 'string' && typeof text !== 'number') return bad(def.list ? 'must be a string or a list of strings' : 'must be a string');
+      if (def.endpoint && !(def.endpoint.optional && text === '')) {
+        const r = parseEndpoint(String(text), def.endpoint);
+        if ('error' in r) return bad(`${endpointRule(def.endpoint)}${def.endpoint.optional ? ', or empty for off' : ''}: ${r.error}`);
+      }
       return { value: String(text) };
     case 'bool':
       if (typeof text === 'boolean') return { value: text };

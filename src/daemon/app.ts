@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
-import { bindGrpc, createGrpcServer, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
+import { bindGrpc, createGrpcServer, routeGrpcLog, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { MicroVMService } from '../core/microvm/service.js';
 import type { Logger } from '../core/ports.js';
@@ -32,7 +32,7 @@ import { clearStaleSocket, restrictSocket } from './unix-socket.js';
 import { Lifecycle, type Drainable } from './lifecycle.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
-import { isLocalEndpoint } from '../core/endpoint.js';
+import { endpointOf, isLocalEndpoint } from '../core/endpoint.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { configError, type DaemonConfig } from './config.js';
 import { buildProviders, chooseDefaultProvider, providerEntries } from './providers.js';
@@ -78,6 +78,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   const providerRegistry = opts.registry ?? PROVIDERS;
   const lifecycle = new Lifecycle(logger);
   const tls = readTls(cfg);
+  routeGrpcLog(logger);
   for (const [key, endpoint, on] of [['grpc-endpoint', cfg.grpcEndpoint, true], ['http-endpoint', cfg.httpEndpoint, cfg.enableHttp], ['metrics-endpoint', cfg.metricsEndpoint, cfg.metricsEndpoint !== ''], ['debug-endpoint', cfg.debugEndpoint, cfg.debugEndpoint !== '']] as const) {
     if (on && !tls && !cfg.insecure && !isLocalEndpoint(endpoint)) {
       throw configError(`${key} ${endpoint} is not a loopback address: give tls-cert and tls-key, or --insecure to serve plaintext`);
@@ -367,16 +368,18 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   }
 }
 
+/**
+ * Listens on `endpoint`, validated with the config (host:port, or `:port`: Node's default host,
+ * every interface of both families as in Go). A failure names the setting.
+ */
 async function listen(server: HttpServer, endpoint: string, key = 'http-endpoint'): Promise<number> {
-  const i = endpoint.lastIndexOf(':');
-  const host = endpoint.slice(0, i).replace(/^\[|\]$/g, '');
-  const port = Number(endpoint.slice(i + 1));
-  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw configError(`${key} ${endpoint}: must be host:port`);
+  const e = endpointOf(endpoint, {});
+  if (e.kind !== 'tcp') throw configError(`${key} ${endpoint}: must be host:port`);
   return await new Promise<number>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, host, () => {
+    server.once('error', (err) => reject(new Error(`${key} ${endpoint}: cannot listen: ${err.message}`, { cause: err })));
+    server.listen(e.port, e.host === '' ? undefined : e.host, () => {
       const addr = server.address();
-      resolve(typeof addr === 'object' && addr ? addr.port : port);
+      resolve(typeof addr === 'object' && addr ? addr.port : e.port);
     });
   });
 }

@@ -74,11 +74,11 @@ export function configKeys(providers: ReadonlyMap<string, ProviderModule> = PROV
 }
 
 const DAEMON_KEYS: readonly KeyDef[] = [
-  { key: 'grpc-endpoint', prop: 'grpcEndpoint', kind: 'string', default: '127.0.0.1:9090', help: 'address of the gRPC API' },
+  { key: 'grpc-endpoint', prop: 'grpcEndpoint', kind: 'string', endpoint: { unix: true }, default: '127.0.0.1:9090', help: 'address of the gRPC API: host:port, :port (every interface) or unix:/path' },
   { key: 'state-dir', prop: 'stateDir', kind: 'string', default: '/var/lib/matchlock', help: 'where the store, images and per-VM files live' },
   { key: 'resync-period', prop: 'resyncPeriodMs', kind: 'duration', default: '10m', help: 'how often every VM is reconciled even without a change' },
   { key: 'enable-http', prop: 'enableHttp', kind: 'bool', default: 'false', help: 'serve the HTTP/JSON API too' },
-  { key: 'http-endpoint', prop: 'httpEndpoint', kind: 'string', default: '127.0.0.1:8090', help: 'address of the HTTP/JSON API' },
+  { key: 'http-endpoint', prop: 'httpEndpoint', kind: 'string', endpoint: {}, default: '127.0.0.1:8090', help: 'address of the HTTP/JSON API: host:port or :port (every interface)' },
   { key: 'basic-auth-token', prop: 'basicAuthToken', kind: 'string', default: '', help: 'token clients must send as "authorization: Basic <base64(token)>"' },
   { key: 'insecure', prop: 'insecure', kind: 'bool', default: 'false', help: 'allow plaintext on a non-loopback address' },
   { key: 'tls-cert', prop: 'tlsCert', kind: 'string', default: '', help: 'server certificate (PEM); with tls-key turns on TLS 1.3' },
@@ -88,8 +88,8 @@ const DAEMON_KEYS: readonly KeyDef[] = [
   { key: 'default-provider', prop: 'defaultProvider', kind: 'enum', default: '', help: '' },
   { key: 'parent-iface', prop: 'parentIface', kind: 'string', default: '', help: 'parent interface for MACVTAP interfaces' },
   { key: 'bridge-name', prop: 'bridgeName', kind: 'string', default: '', help: 'bridge for TAP interfaces without overrides.bridge_name' },
-  { key: 'debug-endpoint', prop: 'debugEndpoint', kind: 'string', default: '', help: 'host:port serving a V8 heap snapshot (GET /debug/pprof/heap) and CPU profiles (GET /debug/profile?seconds=N); empty: off' },
-  { key: 'metrics-endpoint', prop: 'metricsEndpoint', kind: 'string', default: '', help: 'host:port serving Prometheus metrics (GET /metrics); empty: off' },
+  { key: 'debug-endpoint', prop: 'debugEndpoint', kind: 'string', endpoint: { optional: true }, default: '', help: 'host:port serving a V8 heap snapshot (GET /debug/pprof/heap) and CPU profiles (GET /debug/profile?seconds=N); empty: off' },
+  { key: 'metrics-endpoint', prop: 'metricsEndpoint', kind: 'string', endpoint: { optional: true }, default: '', help: 'host:port serving Prometheus metrics (GET /metrics); empty: off' },
   { key: 'verbosity', prop: 'verbosity', kind: 'int', default: '0', help: 'log detail: 0 info, 1 and more debug' },
   { key: 'log-format', prop: 'logFormat', kind: 'enum', values: ['text', 'json'], default: 'text', help: 'text or json' },
   { key: 'maximum-retry', prop: 'maximumRetry', kind: 'int', default: '10', help: 'failed reconcile attempts before a VM is FAILED' },

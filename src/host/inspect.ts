@@ -16,6 +16,7 @@ import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { binaryFor, buildProviders, findBinary } from '../daemon/providers.js';
 import { ipToInt, type HubConfig } from '../hub/config.js';
 import { hubLeases, hubStatus, type Lease } from '../hub/hub.js';
+import { dialAddress } from '../core/endpoint.js';
 
 export type Verdict = 'ok' | 'warn' | 'fail';
 
@@ -52,7 +53,7 @@ export interface DaemonAccess {
  * token (UNAUTHENTICATED), TLS (handshake or certificates), or nothing listening.
  */
 async function daemonCheck(cfg: DaemonConfig, access: DaemonAccess): Promise<Check> {
-  const host = access.host ?? cfg.grpcEndpoint;
+  const host = access.host ?? dialAddress(cfg.grpcEndpoint);
   const tls = cfg.tlsCert !== '';
   const token = access.token ?? cfg.basicAuthToken;
   const how = `${tls ? 'TLS' : 'plaintext'}, ${cfg.basicAuthToken || access.token ? 'token auth' : 'no auth'}`;

@@ -71,6 +71,10 @@ describe('daemon configuration', () => {
   it('names the key in every startup error', () => {
     assert.throws(() => load({}, file('u.yaml', 'grpc-endpoint: x:1\nstate_dir: /x\n')), /unknown key "state_dir"/);
     assert.throws(() => load({}, file('b.yaml', 'resync-period: soon\n')), /resync-period must be a duration/);
+    // Endpoints from the file and the environment are held to the flags' rule.
+    assert.equal(load({}, file('ep.yaml', 'grpc-endpoint: ":9090"\nhttp-endpoint: "[::1]:8090"\n')).grpcEndpoint, ':9090');
+    assert.throws(() => load({}, file('ep2.yaml', 'http-endpoint: 8090\n')), /ep2\.yaml: http-endpoint must be host:port .*the port is missing \(got 8090\)/);
+    assert.throws(() => load({}, file('ep3.yaml', ''), { MATCHLOCK_METRICS_ENDPOINT: '0.0.0.0:65536' }), /environment MATCHLOCK_METRICS_ENDPOINT: metrics-endpoint must be host:port/);
     assert.throws(() => load({}, file('c.yaml', 'enable-http: maybe\n')), /enable-http must be true or false/);
     assert.throws(() => load({ 'default-provider': 'vmware' }, file('d.yaml', '')), /default-provider must be firecracker, cloudhypervisor, qemu/);
     assert.throws(() => load({}, file('e.yaml', ''), { MATCHLOCK_QEMU_ACCEL: 'hvf' }), /environment MATCHLOCK_QEMU_ACCEL: qemu-accel must be tcg or kvm/);

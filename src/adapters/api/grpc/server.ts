@@ -8,6 +8,7 @@ import { PACKAGE_ROOT } from '../../../package-root.js';
 import { MatchlockError, boundedMessage } from '../../../core/errors.js';
 import type { MicroVMService } from '../../../core/microvm/service.js';
 import type { Logger } from '../../../core/ports.js';
+import { endpointOf } from '../../../core/endpoint.js';
 import {
   MicroVM as MicroVMServiceDesc,
   type CreateMicroVMRequest,
@@ -344,8 +345,31 @@ function addMatchlockServices(door: Pick<grpc.Server, 'addService'>, api: Matchl
   });
 }
 
-export async function bindGrpc(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
-  return await new Promise<number>((resolve, reject) => {
-    server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
-  });
+/**
+ * Binds `endpoint` (core/endpoint's form: host:port, `:port` for every interface, [v6]:port,
+ * unix:/path) and resolves the bound port (0 for a unix socket). grpc-js itself reads neither
+ * `:port` nor a bare IPv6 address: every interface is `[::]` (both families, as Go's `:port`),
+ * or 0.0.0.0 where the host has no IPv6. A failure names the endpoint.
+ */
+export async function bindGrpc(server: grpc.Server, endpoint: string, creds: grpc.ServerCredentials): Promise<number> {
+  const e = endpointOf(endpoint);
+  const bind = (target: string) =>
+    new Promise<number>((resolve, reject) => {
+      server.bindAsync(target, creds, (err, port) => (err ? reject(err) : resolve(port)));
+    });
+  try {
+    if (e.kind === 'unix') return await bind(`unix:${e.path}`);
+    if (e.host !== '') return await bind(e.host.includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`);
+    return await bind(`[::]:${e.port}`).catch(() => bind(`0.0.0.0:${e.port}`));
+  } catch (err) {
+    throw new Error(`grpc-endpoint ${endpoint}: cannot listen: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/**
+ * grpc-js writes its own errors to stderr in its own format (`E No address added ...` when a
+ * bind fails, which bindGrpc reports anyway); they go to the daemon's log instead.
+ */
+export function routeGrpcLog(logger: Logger): void {
+  grpc.setLogger({ error: (...args: unknown[]) => logger.warn({ grpc: args.map(String).join(' ').trim() }, 'grpc-js') });
 }
