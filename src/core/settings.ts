@@ -29,6 +29,22 @@ export interface SettingDef {
   endpoint?: EndpointRule & { optional?: boolean };
 }
 
+/**
+ * The spellings Go's strconv.ParseBool takes (flintlockd's flags and viper read booleans with
+ * it), plus the empty string as false, which is what an empty flintlockd setting means.
+ */
+const TRUE = new Set(['1', 't', 'T', 'TRUE', 'true', 'True']);
+const FALSE = new Set(['0', 'f', 'F', 'FALSE', 'false', 'False', '']);
+
+/** A boolean as Go's strconv.ParseBool reads it; undefined for anything else. */
+export function parseBool(raw: unknown): boolean | undefined {
+  if (typeof raw === 'boolean') return raw;
+  if (typeof raw === 'number' && (raw === 0 || raw === 1)) return raw === 1;
+  if (typeof raw !== 'string') return undefined;
+  const t = raw.trim();
+  return TRUE.has(t) ? true : FALSE.has(t) ? false : undefined;
+}
+
 /** A parsed setting: strings and enums as strings, durations in milliseconds, ints, bools. */
 export type SettingValue = string | number | boolean;
 
@@ -53,10 +69,11 @@ export function parseSetting(def: SettingDef, raw: unknown): { value: SettingVal
       }
       return { value: String(text) };
     case 'bool':
-      if (typeof text === 'boolean') return { value: text };
-      if (text === 'true' || text === '1') return { value: true };
-      if (text === 'false' || text === '0' || text === '') return { value: false };
-      return bad('must be true or false');
+    {
+      const b = parseBool(text);
+      if (b === undefined) return bad('must be true or false (or 1, t, T, TRUE, True, 0, f, F, FALSE, False, as Go\'s strconv.ParseBool reads them)');
+      return { value: b };
+    }
     case 'int': {
       const n = typeof text === 'number' ? text : Number(text);
       const min = def.min ?? 0;

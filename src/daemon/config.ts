@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
-import { parseSetting, type SettingDef, type SettingValue } from '../core/settings.js';
+import { parseBool, parseSetting, type SettingDef, type SettingValue } from '../core/settings.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 
@@ -8,7 +8,8 @@ import { ErrorCode, MatchlockError } from '../core/errors.js';
  * matchlockd's settings. Every key is a flag (`--state-dir`), a key of the YAML config file
  * (`state-dir:`) and an environment variable (`MATCHLOCK_STATE_DIR`); flags win over the file,
  * the file over the environment. flintlockd's keys are accepted with their meaning, so an
- * existing /etc/opt/flintlockd/config.yaml works as it is.
+ * existing /etc/opt/flintlockd/config.yaml works as it is, and so are flintlockd's variables
+ * (`FLINTLOCKD_PARENT-IFACE`), below the MATCHLOCK_ one of the same key.
  */
 export interface DaemonConfig {
   grpcEndpoint: string;
@@ -127,6 +128,67 @@ export function envName(key: string): string {
   return `MATCHLOCK_${key.toUpperCase().replace(/-/g, '_')}`;
 }
 
+/**
+ * flintlockd's environment variable for one of its keys: viper's SetEnvPrefix("FLINTLOCKD")
+ * with AutomaticEnv and no key replacer, so the key upper-cased with its hyphens kept
+ * (`FLINTLOCKD_PARENT-IFACE`, `FLINTLOCKD_DELETEMICROVM-TIMEOUT`).
+ */
+export function flintlockdEnvName(key: string): string {
+  return `${FLINTLOCKD_ENV_PREFIX}${key.toUpperCase()}`;
+}
+
+const FLINTLOCKD_ENV_PREFIX = 'FLINTLOCKD_';
+
+/**
+ * The keys of flintlockd's `run` command and root flags (every release's
+ * internal/command/flags and pkg/log) that matchlock has under the same name; the ones it
+ * spells differently or ignores are in FLINTLOCK_KEYS below.
+ */
+const FLINTLOCKD_SAME_KEYS: ReadonlySet<string> = new Set([
+  'grpc-endpoint', 'state-dir', 'resync-period', 'enable-http', 'http-endpoint', 'basic-auth-token', 'insecure',
+  'tls-cert', 'tls-key', 'tls-client-validate', 'tls-client-ca', 'default-provider', 'firecracker-bin',
+  'firecracker-detach', 'cloudhypervisor-bin', 'cloudhypervisor-detach', 'parent-iface', 'bridge-name',
+  'debug-endpoint', 'verbosity', 'log-format', 'maximum-retry',
+]);
+
+/**
+ * flintlockd's environment variables, by the matchlock key they set. Empty ones are unset, as
+ * viper reads them. A variable for a key flintlockd spells differently is read under matchlock's
+ * name; one for a containerd key is ignored with a warning, as in the config file, and
+ * disable-reconcile or disable-api set true are refused. A variable flintlockd would not read
+ * (an unknown key, or underscores for hyphens) is named in a warning.
+ */
+function flintlockdEnv(env: Record<string, string | undefined>, known: ReadonlySet<string>, warnings: string[]): Record<string, { name: string; value: string }> {
+  const out: Record<string, { name: string; value: string }> = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith(FLINTLOCKD_ENV_PREFIX) || value === undefined || value === '') continue;
+    const rest = name.slice(FLINTLOCKD_ENV_PREFIX.length);
+    const key = rest.toLowerCase();
+    if (rest !== rest.toUpperCase()) {
+      warnings.push(`environment ${name} ignored: flintlockd reads ${flintlockdEnvName(key)} (the key upper-cased)`);
+      continue;
+    }
+    if (FLINTLOCKD_SAME_KEYS.has(key) && known.has(key)) {
+      out[key] = { name, value };
+      continue;
+    }
+    const fl = flintlockKey(key);
+    if (fl && 'mapsTo' in fl) {
+      if (known.has(fl.mapsTo)) out[fl.mapsTo] = { name, value };
+      else warnings.push(`environment ${name} ignored: no provider here has "${fl.mapsTo}"`);
+    } else if (fl) {
+      const refusal = fl.refuse?.(value);
+      if (refusal) throw configError(`environment ${name}: ${refusal.replace('remove the key', 'unset it')}`);
+      if (!fl.honoured?.(value)) warnings.push(`environment ${name} ignored: ${fl.ignored}`);
+    } else {
+      const hyphened = key.replace(/_/g, '-');
+      const hint = FLINTLOCKD_SAME_KEYS.has(hyphened) || flintlockKey(hyphened) ? `flintlockd keeps the key's hyphens: ${flintlockdEnvName(hyphened)}` : known.has(key) ? `not a flintlockd key; matchlock reads it as ${envName(key)}` : 'not a flintlockd key';
+      warnings.push(`environment ${name} ignored: ${hint}`);
+    }
+  }
+  return out;
+}
+
 function convert(def: KeyDef, raw: unknown, where: string): SettingValue {
   const r = parseSetting(def, raw);
   if ('error' in r) throw configError(`${where}: ${r.error}`);
@@ -148,15 +210,20 @@ export interface ConfigSources {
 export function loadConfig(src: ConfigSources, providers: ReadonlyMap<string, ProviderModule> = PROVIDERS, warnings: string[] = []): DaemonConfig {
   const keys = configKeys(providers);
   const fileValues = readConfigFile(src.file.path, src.file.explicit, keys, warnings);
+  const flEnv = flintlockdEnv(src.env, new Set(keys.map((k) => k.key)), warnings);
   const providerSettings: Record<string, SettingValue> = {};
   const out: Record<string, unknown> = { providerSettings };
   for (const def of keys) {
     const flag = src.flags[def.key];
     const env = src.env[envName(def.key)];
+    const fl = flEnv[def.key];
     let value: SettingValue;
     if (flag !== undefined) value = convert(def, flag, 'flag');
     else if (fileValues[def.key] !== undefined && fileValues[def.key] !== null) value = convert(def, fileValues[def.key], src.file.path);
-    else if (env !== undefined) value = convert(def, env, `environment ${envName(def.key)}`);
+    else if (env !== undefined) {
+      value = convert(def, env, `environment ${envName(def.key)}`);
+      if (fl) warnings.push(`environment ${fl.name} ignored: ${envName(def.key)} is set too and wins`);
+    } else if (fl) value = convert(def, fl.value, `environment ${fl.name}`);
     else value = convert(def, def.default, 'default');
     if (def.prop) out[def.prop] = value;
     else providerSettings[def.key] = value;
@@ -222,7 +289,7 @@ type FlintlockKey =
 
 const CONTAINERD = 'matchlock pulls images from OCI registries itself and keeps them in <state-dir>/images; it does not use containerd';
 const SNAPSHOTTER = `${CONTAINERD}; for device-mapper volumes set thinpool (flintlock's pool is flintlock-thinpool)`;
-const isTrue = (v: unknown) => v === true || (typeof v === 'string' && v.toLowerCase() === 'true');
+const isTrue = (v: unknown) => parseBool(v) === true;
 
 /**
  * flintlockd's keys that matchlock has no setting of the same name for: those of every

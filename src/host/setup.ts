@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { createTwoFilesPatch } from 'diff';
 import { isMap, parseDocument } from 'yaml';
 import { KEYS, loadConfig, type DaemonConfig } from '../daemon/config.js';
+import { parseBool } from '../core/settings.js';
 import { run } from '../adapters/exec.js';
 import { findBinary } from '../daemon/providers.js';
 import { ensureSystemUser } from '../adapters/system/accounts.js';
@@ -98,7 +99,9 @@ async function writeAtomic(path: string, text: string): Promise<void> {
 /** A setting's text as the YAML scalar of its kind, so `maximum-retry=5` is written as 5, not "5". */
 function typed(key: string, value: string): unknown {
   const def = KEYS.find((k) => k.key === key);
-  if (def?.kind === 'bool' && /^(true|false)$/.test(value)) return value === 'true';
+  // Any spelling the daemon reads as a boolean (strconv.ParseBool's) is written as YAML's.
+  const bool = value === '' ? undefined : parseBool(value);
+  if (def?.kind === 'bool' && bool !== undefined) return bool;
   if (def?.kind === 'int' && /^-?\d+$/.test(value)) return Number(value);
   return value;
 }

@@ -31,6 +31,43 @@ describe('daemon configuration', () => {
     assert.equal(cfg.deleteVmTimeoutMs, 10_000);
   });
 
+  it("reads flintlockd's environment variables (FLINTLOCKD_ + the key upper-cased, hyphens kept) below MATCHLOCK_ ones", () => {
+    const path = file('env.yaml', 'bridge-name: br-file\n');
+    const warnings: string[] = [];
+    const env = {
+      'FLINTLOCKD_PARENT-IFACE': 'bond0.1000', 'FLINTLOCKD_GRPC-ENDPOINT': ':9090', FLINTLOCKD_INSECURE: 'TRUE',
+      'FLINTLOCKD_DELETEMICROVM-TIMEOUT': '20s', 'FLINTLOCKD_BRIDGE-NAME': 'br-env', 'FLINTLOCKD_STATE-DIR': '/from/flintlockd',
+      MATCHLOCK_STATE_DIR: '/from/matchlock', FLINTLOCKD_VERBOSITY: '', FLINTLOCKD_TLS_CERT: '/c.pem', 'FLINTLOCKD_CONTAINERD-NS': 'x',
+    };
+    const cfg = loadConfig({ flags: {}, file: { path, explicit: true }, env }, undefined, warnings);
+    assert.equal(cfg.parentIface, 'bond0.1000');
+    assert.equal(cfg.grpcEndpoint, ':9090');
+    assert.equal(cfg.insecure, true);
+    assert.equal(cfg.deleteVmTimeoutMs, 20_000, 'a flintlockd spelling is read under its matchlock name');
+    assert.equal(cfg.bridgeName, 'br-file', 'the file wins over the environment');
+    assert.equal(cfg.stateDir, '/from/matchlock', 'MATCHLOCK_ wins over FLINTLOCKD_');
+    assert.equal(cfg.verbosity, 0, 'an empty variable is unset, as viper reads it');
+    assert.equal(cfg.tlsCert, '', 'flintlockd does not read underscores for hyphens');
+    assert.ok(warnings.includes('environment FLINTLOCKD_STATE-DIR ignored: MATCHLOCK_STATE_DIR is set too and wins'), warnings.join('\n'));
+    assert.ok(warnings.includes('environment FLINTLOCKD_TLS_CERT ignored: flintlockd keeps the key\'s hyphens: FLINTLOCKD_TLS-CERT'), warnings.join('\n'));
+    assert.ok(warnings.some((w) => w.startsWith('environment FLINTLOCKD_CONTAINERD-NS ignored: matchlock pulls images')), warnings.join('\n'));
+    assert.throws(() => load({}, path, { 'FLINTLOCKD_DISABLE-RECONCILE': 'T' }), /environment FLINTLOCKD_DISABLE-RECONCILE: matchlockd cannot run without reconciling; unset it/);
+    assert.throws(() => load({}, path, { 'FLINTLOCKD_ENABLE-HTTP': 'yes' }), /environment FLINTLOCKD_ENABLE-HTTP: enable-http must be true or false/);
+  });
+
+  it("reads booleans as Go's strconv.ParseBool does, from flags, the file and the environment", () => {
+    const empty = file('bools.yaml', '');
+    for (const [text, want] of [['1', true], ['t', true], ['T', true], ['TRUE', true], ['true', true], ['True', true], ['0', false], ['f', false], ['F', false], ['FALSE', false], ['false', false], ['False', false]] as const) {
+      assert.equal(load({ insecure: text }, empty).insecure, want, `flag ${text}`);
+      assert.equal(load({}, empty, { MATCHLOCK_INSECURE: text }).insecure, want, `environment ${text}`);
+      assert.equal(load({}, file('b1.yaml', `insecure: ${text}\nenable-http: "${text}"\n`)).enableHttp, want, `file ${text}`);
+    }
+    for (const text of ['yes', 'no', 'on', 'tRUE', '2', 'y']) {
+      assert.throws(() => load({ insecure: text }, empty), /insecure must be true or false \(or 1, t, T, TRUE, True, 0, f, F, FALSE, False/, text);
+    }
+    assert.throws(() => load({}, file('b2.yaml', 'insecure: 2\n')), /insecure must be true or false/);
+  });
+
   it("accepts flintlockd's config file as it is", () => {
     const path = file('flintlockd.yaml', [
       'grpc-endpoint: 0.0.0.0:9090', 'state-dir: /var/lib/flintlock', 'resync-period: 10m', 'enable-http: true',

@@ -4,7 +4,7 @@ import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'no
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { loadConfig } from '../../src/daemon/config.js';
-import { hostSetup } from '../../src/host/setup.js';
+import { hostSetup, mergeConfigText } from '../../src/host/setup.js';
 import { tempDir } from '../helpers/daemon.js';
 
 describe('matchlock host setup', () => {
@@ -39,6 +39,11 @@ describe('matchlock host setup', () => {
     await assert.rejects(hostSetup({ ...p, settings: { 'resync-period': 'often' } }), /resync-period must be a duration/);
     assert.equal(existsSync(p.configPath), false);
     assert.equal(existsSync(p.unitPath), false);
+  });
+
+  it("writes a boolean --set in any of strconv.ParseBool's spellings as a YAML boolean", () => {
+    const text = mergeConfigText('', { insecure: 'T', 'enable-http': 'False', 'qemu-sandbox': '1' });
+    for (const line of ['insecure: true', 'enable-http: false', 'qemu-sandbox: true']) assert.ok(text.split('\n').includes(line), `${line} missing from:\n${text}`);
   });
 
   it('merges --set into an existing config: other keys, comments and flintlockd keys stay, the diff shows the change', async () => {
