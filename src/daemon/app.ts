@@ -115,16 +115,25 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
 
   // In this order: nothing is read or written before the state dir is known to be writable and
   // ours alone, and nothing (no VM, no sweep) is touched when the store is damaged.
-  prepareStateDir(cfg.stateDir);
+  const { full } = prepareStateDir(cfg.stateDir);
   const lock = lockStateDir(cfg.stateDir);
   const daemonId = daemonIdentity(cfg.stateDir);
   logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
   let store: SqliteStore;
   try {
-    store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'));
+    store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'), { exclusiveWhenFull: true });
   } catch (err) {
     lock.release();
     throw err;
+  }
+  // A full state dir does not stop the daemon: the API is what an operator needs to list and
+  // delete VMs and free space. Reads are served; every write is answered RESOURCE_EXHAUSTED
+  // naming ENOSPC until there is room.
+  if (full || store.exclusive || !lock.pidWritten) {
+    logger.error(
+      { stateDir: cfg.stateDir, err: 'ENOSPC', pidFile: lock.pidWritten, store: store.exclusive ? `exclusive locking mode (${store.exclusive})` : 'shared' },
+      'the state dir is on a FULL file system: List and Get are served, creates, deletes and reconciles fail with RESOURCE_EXHAUSTED (ENOSPC) until space is freed there',
+    );
   }
   // The VMM user and the cgroups are made only where a VMM can run at all.
   let confinement: VmmConfinement | undefined;

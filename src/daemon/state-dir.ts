@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 
@@ -14,20 +14,33 @@ function refuse(message: string, cause?: unknown): MatchlockError {
 
 /**
  * Makes the state dir (0750) or takes away what other users could do in an existing one, then
- * proves it is writable by creating and removing a file: a read-only mount (EROFS), a full disk
- * or missing permissions are refused here, naming the path, instead of failing later inside
- * SQLite or a VM's plan.
+ * proves it is writable by writing and removing a file: a read-only mount (EROFS) or missing
+ * permissions are refused here, naming the path, instead of failing later inside SQLite or a
+ * VM's plan. A full file system (ENOSPC, EDQUOT) is not refused: `full` is then true.
  */
-export function prepareStateDir(path: string): void {
+export function prepareStateDir(path: string): { full: boolean } {
+  let made = false;
+  const probe = join(path, `.write-probe-${process.pid}`);
   try {
     mkdirSync(path, { recursive: true, mode: STATE_DIR_MODE });
+    made = true;
     const st = statSync(path);
     if (!st.isDirectory()) throw refuse(`state-dir ${path} is not a directory`);
     if (st.mode & 0o007) chmodSync(path, st.mode & 0o7770);
-    const probe = join(path, `.write-probe-${process.pid}`);
-    closeSync(openSync(probe, 'wx', 0o600));
-    rmSync(probe);
+    const fd = openSync(probe, 'wx', 0o600);
+    try {
+      // One byte, not an empty file: a full tmpfs or ext4 still has inodes for empty files.
+      writeSync(fd, Buffer.from([0]));
+    } finally {
+      closeSync(fd);
+      rmSync(probe, { force: true });
+    }
+    return { full: false };
   } catch (err) {
+    // A state dir that exists on a full file system is served read-only rather than refused:
+    // the operator needs the API to list and delete VMs to free space (see lockStateDir and
+    // SqliteStore's fallback for what start-up would otherwise write).
+    if (made && ROOM_CODES.has((err as NodeJS.ErrnoException).code ?? '')) return { full: true };
     if (err instanceof MatchlockError) throw err;
     const e = err as NodeJS.ErrnoException;
     const why = e.code === 'EROFS' ? 'is on a read-only file system' : e.code === 'ENOSPC' ? 'is on a full file system' : e.code === 'EACCES' || e.code === 'EPERM' ? 'is not writable by this user' : 'cannot be written';
@@ -36,8 +49,13 @@ export function prepareStateDir(path: string): void {
 }
 
 export interface StateDirLock {
+  /** False when the pid file could not be written for want of space (ENOSPC, EDQUOT). */
+  pidWritten: boolean;
   release(): void;
 }
+
+/** errno codes of a file system with no room left: no space, the quota reached. */
+export const ROOM_CODES: ReadonlySet<string> = new Set(['ENOSPC', 'EDQUOT']);
 
 /**
  * Takes the state dir for this process alone. The lock is SQLite's (a POSIX record lock held by
@@ -51,8 +69,13 @@ export function lockStateDir(path: string): StateDirLock {
   const db = new Database(lockPath, { timeout: 0 });
   try {
     db.pragma('locking_mode = EXCLUSIVE');
-    // The first write takes the exclusive lock; in EXCLUSIVE locking mode it is never released.
-    db.exec('BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS holder (pid INTEGER); DELETE FROM holder; INSERT INTO holder VALUES (' + process.pid + '); COMMIT;');
+    // BEGIN EXCLUSIVE takes the file's exclusive lock at once and the transaction is never
+    // ended, so the lock is held until the connection closes. On a lock file that has its
+    // first page nothing is written (no page, no journal): the lock is taken on a full file
+    // system too, where the daemon must still start. A new, empty file gets that page first,
+    // in a transaction of its own (SQLite would write it on the first write lock anyway).
+    if ((db.pragma('page_count', { simple: true }) as number) === 0) db.exec('BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS lock (unused INTEGER); COMMIT');
+    db.exec('BEGIN EXCLUSIVE');
   } catch (err) {
     db.close();
     if ((err as { code?: string }).code === 'SQLITE_BUSY') {
@@ -67,8 +90,22 @@ export function lockStateDir(path: string): StateDirLock {
     }
     throw refuse(`state-dir ${path}: cannot take ${lockPath}: ${(err as Error).message}`, err);
   }
-  writeFileSync(pidPath, `${process.pid}\n`, { mode: 0o640 });
+  let pidWritten = true;
+  try {
+    writeFileSync(pidPath, `${process.pid}\n`, { mode: 0o640 });
+  } catch (err) {
+    // Only a name for the refusal of a second daemon: a full disk must not stop this one. A
+    // pid file left by a killed daemon is removed (unlinking needs no space) so that no
+    // refusal names the wrong process.
+    if (!ROOM_CODES.has((err as NodeJS.ErrnoException).code ?? '')) {
+      db.close();
+      throw refuse(`state-dir ${path}: cannot write ${pidPath}: ${(err as Error).message}`, err);
+    }
+    rmSync(pidPath, { force: true });
+    pidWritten = false;
+  }
   return {
+    pidWritten,
     release() {
       if (!db.open) return;
       try {

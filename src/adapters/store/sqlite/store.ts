@@ -39,8 +39,18 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   private readonly removing;
   private readonly burying;
 
-  /** `eventsKept`: how many events the log keeps (EVENTS_KEPT; pruned in steps of a hundredth). */
-  constructor(private readonly path: string, opts: { eventsKept?: number } = {}) {
+  /**
+   * Set when the store was opened in EXCLUSIVE locking mode because its -shm file could not be
+   * made (a full file system): the SQLite error that forced it.
+   */
+  readonly exclusive: string | undefined;
+
+  /**
+   * `eventsKept`: how many events the log keeps (EVENTS_KEPT; pruned in steps of a hundredth).
+   * `exclusiveWhenFull`: open a store whose -shm file cannot be made (a full file system) in
+   * EXCLUSIVE locking mode, see `exclusive`.
+   */
+  constructor(private readonly path: string, opts: { eventsKept?: number; exclusiveWhenFull?: boolean } = {}) {
     this.eventsKept = opts.eventsKept ?? EVENTS_KEPT;
     if (path !== ':memory:') {
       mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
@@ -50,23 +60,33 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       else if (st.size === 0) throw damaged(path, 'the file is empty (0 bytes); a store matchlock made never is');
     }
     try {
-      this.db = new Database(path, { fileMustExist: path !== ':memory:' });
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma('synchronous = FULL');
-      this.db.pragma('busy_timeout = 5000');
-      // SQLite's own default page cache (2 MiB) instead of better-sqlite3's 16 MiB: the cache
-      // filled up to the whole file at start (quick_check reads every page), 12 MB of a daemon
-      // with 1,000 records that the OS page cache holds anyway; Get and List times are unchanged
-      // within noise (bench/README.md).
-      this.db.pragma('cache_size = -2000');
-      checkIntact(this.db, path);
+      this.db = open(path, false);
     } catch (err) {
-      if (err instanceof MatchlockError) throw err;
-      throw damaged(path, (err as Error).message, err);
+      // A WAL store's first reader makes its -shm file, which SQLite fills page by page to
+      // avoid SIGBUS: on a full file system that fails (SQLITE_IOERR_SHMSIZE, or SQLITE_FULL).
+      // In EXCLUSIVE locking mode SQLite keeps the WAL index in this process's memory instead
+      // and needs no -shm: the store opens and is read; writes fail SQLITE_FULL until there is
+      // room, answered ResourceExhausted by writing(). Only for the daemon, which holds the
+      // state dir's lock anyway: no other process (matchlock inspect) can read the store
+      // while it is open so.
+      if (!opts.exclusiveWhenFull || !noRoomAtOpen(err)) throw openFailed(path, err);
+      try {
+        this.db = open(path, true);
+      } catch (again) {
+        throw openFailed(path, again);
+      }
+      this.exclusive = `${(err as { code?: string }).code ?? (err as Error).message}: ${(err as Error).message}`;
     }
-    this.migrate();
-    ensureWire(this.db);
-    ensureListIndexes(this.db);
+    try {
+      this.migrate();
+      ensureWire(this.db);
+      ensureListIndexes(this.db);
+    } catch (err) {
+      // An up-to-date store writes nothing here; an older one needs room to be upgraded.
+      this.db.close();
+      const full = storeFull(path, err);
+      throw full ? new MatchlockError(ErrorCode.ResourceExhausted, `the store ${path} must be upgraded by this matchlock, which needs space its full file system does not have (ENOSPC); nothing was changed. Free space in the state dir and start again`, { cause: err }) : err;
+    }
     this.stmts = {
       insert: this.db.prepare(
         'INSERT INTO microvms (uid, namespace, name, version, state, record, wire, wire_version) VALUES (@uid, @namespace, @name, @version, @state, @record, @wire, @version)',
@@ -398,6 +418,50 @@ interface EventRow {
   prev_state: string | null;
   prev_power: string | null;
   record: string;
+}
+
+/** Opens and checks the store; closes what it opened when that fails. */
+function open(path: string, exclusive: boolean): Database.Database {
+  const db = new Database(path, { fileMustExist: path !== ':memory:' });
+  try {
+    // Before the first read: from then on the WAL index lives in memory, not in -shm.
+    if (exclusive) db.pragma('locking_mode = EXCLUSIVE');
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = FULL');
+    db.pragma('busy_timeout = 5000');
+    // SQLite's own default page cache (2 MiB) instead of better-sqlite3's 16 MiB: the cache
+    // filled up to the whole file at start (quick_check reads every page), 12 MB of a daemon
+    // with 1,000 records that the OS page cache holds anyway; Get and List times are unchanged
+    // within noise (bench/README.md).
+    db.pragma('cache_size = -2000');
+    checkIntact(db, path);
+    return db;
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+/** The -shm file could not be sized or mapped, or SQLite said the disk is full. */
+function noRoomAtOpen(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && (code === 'SQLITE_FULL' || code.startsWith('SQLITE_IOERR_SHM'));
+}
+
+/**
+ * Why the store did not open: a full file system (ResourceExhausted), a refusal already made,
+ * or damage.
+ */
+function openFailed(path: string, err: unknown): MatchlockError {
+  if (err instanceof MatchlockError) return err;
+  if (noRoomAtOpen(err)) {
+    return new MatchlockError(
+      ErrorCode.ResourceExhausted,
+      `the store ${path} cannot be opened: its file system is full (ENOSPC, ${(err as { code: string }).code}); nothing was changed. Free space in the state dir and start again`,
+      { cause: err },
+    );
+  }
+  return damaged(path, (err as Error).message, err);
 }
 
 /**
