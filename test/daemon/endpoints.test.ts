@@ -29,6 +29,9 @@ describe('matchlockd endpoints: one rule when the config is read, the listener b
       assert.ok(d.grpcPort > 0);
       await answers(`127.0.0.1:${d.grpcPort}`);
       await answers(`[::1]:${d.grpcPort}`);
+      // A client given the daemon's own `:port` (or 0.0.0.0) dials loopback, as Go's net.Dial does.
+      await answers(`:${d.grpcPort}`);
+      await answers(`0.0.0.0:${d.grpcPort}`);
       assert.ok(d.httpPort && d.httpPort > 0);
       const r = await fetch(`http://127.0.0.1:${d.httpPort}/v1alpha1/microvm/default`);
       assert.equal(r.status, 200);

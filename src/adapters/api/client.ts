@@ -6,7 +6,7 @@ import { connect as tlsConnect, createSecureContext, type SecureContext } from '
 import { basicAuthHeader } from './auth.js';
 import { serviceDefinition } from './grpc/service-def.js';
 import { MicroVM } from '../../gen/services/microvm/v1alpha1/microvms_pb.js';
-import { isLocalEndpoint } from '../../core/endpoint.js';
+import { dialAddress, isLocalEndpoint } from '../../core/endpoint.js';
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
 
 export interface ConnectOptions {
@@ -43,7 +43,7 @@ const FROM_GRPC: Partial<Record<grpc.status, ErrorCode>> = {
 export function credentials(o: ConnectOptions): grpc.ChannelCredentials {
   const wantsTls = !!(o.tlsCa || o.tlsCert || o.tlsKey);
   if (!wantsTls) {
-    if (!o.insecure && !isLocalEndpoint(o.host)) {
+    if (!o.insecure && !isLocalEndpoint(dialAddress(o.host))) {
       throw new MatchlockError(ErrorCode.InvalidArgument, `--host ${o.host} is not a loopback address: give --tls-ca (and --tls-cert/--tls-key for mTLS), or --insecure for plaintext`, { field: '--host' });
     }
     return grpc.credentials.createInsecure();
@@ -132,7 +132,7 @@ const CHANNEL_OPTIONS: grpc.ChannelOptions = {
 /** A promise-based client for flintlock's MicroVM service, usable against flintlockd too. */
 export function connect(o: ConnectOptions): Unary<typeof MicroVM> & { close(): void } {
   const Ctor = grpc.makeGenericClientConstructor(serviceDefinition(MicroVM), 'MicroVM');
-  const client = new Ctor(o.host, credentials(o), CHANNEL_OPTIONS);
+  const client = new Ctor(dialAddress(o.host), credentials(o), CHANNEL_OPTIONS);
   const out: Record<string, unknown> = { close: () => client.close() };
   for (const m of MicroVM.methods) {
     if (m.methodKind !== 'unary') continue;
@@ -165,7 +165,7 @@ export function connectService<S extends DescService>(service: S, o: ConnectOpti
   stream(method: string, req: unknown, onMessage: (m: unknown) => void): { done: Promise<void>; cancel(): void };
 } {
   const Ctor = grpc.makeGenericClientConstructor(serviceDefinition(service), service.name);
-  const client = new Ctor(o.host, credentials(o), CHANNEL_OPTIONS);
+  const client = new Ctor(dialAddress(o.host), credentials(o), CHANNEL_OPTIONS);
   const md = () => {
     const m = new grpc.Metadata();
     if (o.token) m.set('authorization', basicAuthHeader(o.token));
