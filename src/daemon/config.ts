@@ -139,6 +139,13 @@ export function flintlockdEnvName(key: string): string {
 
 const FLINTLOCKD_ENV_PREFIX = 'FLINTLOCKD_';
 
+/** The flintlockd variable that also sets matchlock's `key`, when flintlockd has that key. */
+export function flintlockdEnvFor(key: string): string | undefined {
+  if (FLINTLOCKD_SAME_KEYS.has(key)) return flintlockdEnvName(key);
+  const renamed = Object.entries(FLINTLOCK_KEYS).find(([, v]) => 'mapsTo' in v && v.mapsTo === key);
+  return renamed ? flintlockdEnvName(renamed[0]) : undefined;
+}
+
 /**
  * The keys of flintlockd's `run` command and root flags (every release's
  * internal/command/flags and pkg/log) that matchlock has under the same name; the ones it

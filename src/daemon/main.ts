@@ -1,5 +1,5 @@
 import { Command, Option } from 'commander';
-import { DEFAULT_CONFIG_PATH, configKeys, envName, loadConfig } from './config.js';
+import { DEFAULT_CONFIG_PATH, configKeys, envName, flintlockdEnvFor, loadConfig } from './config.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { createLogger, ignoreBrokenStdio } from './logger.js';
@@ -22,7 +22,8 @@ export async function main(argv: string[], opts: { registry?: ReadonlyMap<string
   run.addOption(new Option('--config <path>', `YAML config file (default ${DEFAULT_CONFIG_PATH}; flintlock's keys accepted)`));
   for (const def of keys) {
     const flag = def.kind === 'bool' ? `--${def.key} [bool]` : `--${def.key} <value>`;
-    run.addOption(new Option(flag, `${def.help} (default ${def.default || '""'}, env ${envName(def.key)})`));
+    const fl = flintlockdEnvFor(def.key);
+    run.addOption(new Option(flag, `${def.help} (default ${def.default || '""'}, env ${envName(def.key)}${fl ? ` or ${fl}` : ''})`));
   }
   run.action(async (opts: Record<string, unknown>) => {
     const flags: Record<string, unknown> = {};

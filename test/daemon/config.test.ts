@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { KEYS, loadConfig } from '../../src/daemon/config.js';
+import { KEYS, flintlockdEnvFor, loadConfig } from '../../src/daemon/config.js';
 import { MatchlockError } from '../../src/core/errors.js';
 import { isLocalEndpoint as isLoopbackEndpoint, isLoopbackHost } from '../../src/core/endpoint.js';
 import { parseDuration } from '../../src/core/duration.js';
@@ -53,6 +53,8 @@ describe('daemon configuration', () => {
     assert.ok(warnings.some((w) => w.startsWith('environment FLINTLOCKD_CONTAINERD-NS ignored: matchlock pulls images')), warnings.join('\n'));
     assert.throws(() => load({}, path, { 'FLINTLOCKD_DISABLE-RECONCILE': 'T' }), /environment FLINTLOCKD_DISABLE-RECONCILE: matchlockd cannot run without reconciling; unset it/);
     assert.throws(() => load({}, path, { 'FLINTLOCKD_ENABLE-HTTP': 'yes' }), /environment FLINTLOCKD_ENABLE-HTTP: enable-http must be true or false/);
+    // --help names the flintlockd variable beside matchlock's.
+    assert.deepEqual(['parent-iface', 'delete-vm-timeout', 'qemu-accel'].map(flintlockdEnvFor), ['FLINTLOCKD_PARENT-IFACE', 'FLINTLOCKD_DELETEMICROVM-TIMEOUT', undefined]);
   });
 
   it("reads booleans as Go's strconv.ParseBool does, from flags, the file and the environment", () => {
