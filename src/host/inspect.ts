@@ -138,8 +138,10 @@ export async function inspectHost(
       db = new SqliteStore(dbPath);
       vms = db.list({});
     } catch (err) {
-      // A damaged store is a finding like any other; its message carries the fix.
-      checks.push(fail('store', (err as Error).message.split('; nothing was changed')[0] ?? '', `with matchlockd stopped, restore ${dbPath} from a backup, or move it aside`));
+      // A damaged store is a finding like any other; its message carries the fix. A store a
+      // daemon holds alone (started on a full state dir) is not damaged.
+      const held = err instanceof MatchlockError && err.code === ErrorCode.Unavailable;
+      checks.push(fail('store', (err as Error).message.split('; nothing was changed')[0] ?? '', held ? 'free space in the state dir and restart matchlockd; meanwhile its API answers List and Get' : `with matchlockd stopped, restore ${dbPath} from a backup, or move it aside`));
     } finally {
       db?.close();
     }

@@ -122,4 +122,28 @@ describe('SqliteStore', () => {
     db.close();
     assert.throws(() => new SqliteStore(path), /newer matchlock \(schema 99/);
   });
+
+  it('a store another connection holds in EXCLUSIVE locking mode is reported held, not damaged', () => {
+    const path = join(tmp.path, 'held.db');
+    const first = new SqliteStore(path);
+    first.insert(vm('01HELD0000000000000000000A', 'ns', 'a'));
+    first.close();
+    // What matchlockd does on a full state dir: EXCLUSIVE locking mode before the first read.
+    const holder = new Database(path);
+    try {
+      holder.pragma('locking_mode = EXCLUSIVE');
+      holder.pragma('journal_mode = WAL');
+      holder.prepare('SELECT count(*) FROM microvms').get();
+      assert.throws(() => new SqliteStore(path), (err: Error) => {
+        assert.match(err.message, /is held by another process \(SQLITE_BUSY\)/);
+        assert.doesNotMatch(err.message, /damaged|move it aside/);
+        return true;
+      });
+    } finally {
+      holder.close();
+    }
+    const again = new SqliteStore(path);
+    assert.equal(again.list({}).length, 1, 'nothing was changed');
+    again.close();
+  });
 });

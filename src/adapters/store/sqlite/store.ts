@@ -461,6 +461,16 @@ function openFailed(path: string, err: unknown): MatchlockError {
       { cause: err },
     );
   }
+  const code = (err as { code?: unknown }).code;
+  if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED') {
+    // Not damage: a matchlockd that opened the store alone (its state dir was full at start)
+    // holds it until it stops.
+    return new MatchlockError(
+      ErrorCode.Unavailable,
+      `the store ${path} is held by another process (${code}): a matchlockd started on a full state dir keeps it to itself until it stops; nothing was changed. Ask that daemon through its API, or free space and restart it`,
+      { cause: err },
+    );
+  }
   return damaged(path, (err as Error).message, err);
 }
 
