@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
@@ -81,6 +81,9 @@ describe('matchlockd starts on a full state dir', { skip }, () => {
         // Nothing was changed: the record is there as it was.
         const again = await c.call<GetMicroVMResponse>('getMicroVM', create(GetMicroVMRequestSchema, { uid: UID }));
         assert.equal(again.microvm?.status?.state, MicroVMState.FAILED, 'still FAILED');
+        // Once there is room the same daemon takes writes again, without a restart.
+        rmSync(join(mnt, 'fill'));
+        await c.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid: UID }));
       } finally {
         c.close();
       }
