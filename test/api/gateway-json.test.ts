@@ -53,7 +53,7 @@ describe('gateway JSON', () => {
     // grpc-gateway would drop it and make the interface a MACVTAP (the zero value).
     assert.throws(
       () => fromGatewayJson(MicroVMSpecSchema, { id: 'a', interfaces: [{ deviceId: 'eth0', type: 'TAPP' }] }, 'a JSON MicroVMSpec'),
-      /^MatchlockError: body: must be a JSON MicroVMSpec \(.*type.*TAPP/,
+      /^MatchlockError: interfaces\[0\]\.type: must be one of MACVTAP, TAP \(or its number\), not "TAPP"$/,
     );
     assert.deepEqual(parseGatewayBody(Buffer.from(' \n'), 'x'), {});
     assert.equal(fromGatewayJson(StopMicroVMRequestSchema, {}, 'x').force, false);

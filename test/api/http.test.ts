@@ -61,6 +61,18 @@ describe('HTTP/JSON API', () => {
     assert.deepEqual((byName.body.microvm as { spec: { uid: string } }[]).map((m) => m.spec.uid), [m2.spec.uid]);
     const all = await call('GET', '/v1alpha1/microvm');
     assert.equal((all.body.microvm as unknown[]).length, 2);
+    // The route without a namespace in its path takes it as a query parameter, as grpc-gateway
+    // binds the request fields the path does not; a namespace with no VM lists nothing.
+    const byQuery = await call('GET', '/v1alpha1/microvm?namespace=web&name=h1');
+    assert.deepEqual((byQuery.body.microvm as { spec: { uid: string } }[]).map((m) => m.spec.uid), [m1.spec.uid]);
+    assert.deepEqual((await call('GET', '/v1alpha1/microvm?namespace=nomatch')).body, { microvm: [], nextPageToken: '' });
+    assert.equal((await call('GET', '/v1alpha1/microvm?namespace=web&namespace=other')).status, 400);
+    // The Get route with its uid left out is a Get of the empty uid, not a List of namespace "uid".
+    for (const path of ['/v1alpha1/microvm/uid/', '/v1alpha1/microvm/uid']) {
+      const empty = await call('GET', path);
+      assert.equal(empty.status, 400, `${path}: ${JSON.stringify(empty.body)}`);
+      assert.match(empty.body.message ?? '', /uid/);
+    }
 
     const del = await call('DELETE', `/v1alpha1/microvm/${m1.spec.uid}`);
     assert.equal(del.status, 200);
@@ -87,6 +99,10 @@ describe('HTTP/JSON API', () => {
     const unknownField = await call('POST', '/v1alpha1/microvm', { id: 'x', bogus: 1 });
     assert.equal(unknownField.status, 400);
     assert.match(unknownField.body.message ?? '', /^microvm\.kernel: is required/);
+    // An enum name it does not know is refused naming the field's path, not dropped to the zero value.
+    const badEnum = await call('POST', '/v1alpha1/microvm', { id: 'x', interfaces: [{ deviceId: 'eth0' }, { deviceId: 'eth1', type: 'TAPP' }] });
+    assert.equal(badEnum.status, 400);
+    assert.match(badEnum.body.message ?? '', /^microvm\.interfaces\[1\]\.type: must be one of MACVTAP, TAP \(or its number\), not "TAPP"$/);
     const wrongType = await call('POST', '/v1alpha1/microvm', { id: 'x', vcpu: 'two' });
     assert.equal(wrongType.status, 400);
     assert.match(wrongType.body.message ?? '', /^body: must be a JSON MicroVMSpec \(.*vcpu/);

@@ -1,6 +1,6 @@
-import { create, fromJson, toJson, type DescMessage, type JsonObject, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
+import { create, fromJson, toJson, type DescEnum, type DescMessage, type JsonObject, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import { FeatureSet_FieldPresence } from '@bufbuild/protobuf/wkt';
-import { invalid } from '../../../core/errors.js';
+import { invalid, quote } from '../../../core/errors.js';
 
 /**
  * The JSON rules of every HTTP/JSON route, those of grpc-gateway v2's default marshaler, which
@@ -58,16 +58,18 @@ export function parseGatewayBody(body: Uint8Array, expected: string): unknown {
  * A parsed request body as a message of `schema`, unknown fields dropped. An enum name the
  * schema does not know is refused, unlike grpc-gateway (which drops it, leaving the zero value:
  * a mistyped `"type": "TAPP"` would make a MACVTAP), as the gRPC API refuses an enum number it
- * does not know. Errors: INVALID_ARGUMENT naming `body` when a known field has a value of the
- * wrong type or an unknown enum name (the message goes on to name the field), or the body is
- * not a JSON object.
+ * does not know. Errors: INVALID_ARGUMENT naming the field's path under `root` (`microvm` for
+ * a MicroVMSpec, as validation names its fields) for an unknown enum name; naming `body` when a
+ * known field has a value of the wrong type (the message goes on to name the field), or the
+ * body is not a JSON object.
  */
-export function fromGatewayJson<D extends DescMessage>(schema: D, json: unknown, expected: string): MessageShape<D> {
+export function fromGatewayJson<D extends DescMessage>(schema: D, json: unknown, expected: string, root = ''): MessageShape<D> {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw invalid('body', `must be ${expected}, a JSON object, not ${json === null ? 'null' : Array.isArray(json) ? 'an array' : typeof json}`);
   }
+  const known = knownFieldsOnly(schema, json as JsonObject, root);
   try {
-    return fromJson(schema, knownFieldsOnly(schema, json as JsonObject));
+    return fromJson(schema, known);
   } catch (err) {
     throw invalid('body', `must be ${expected} (${(err as Error).message})`);
   }
@@ -75,21 +77,36 @@ export function fromGatewayJson<D extends DescMessage>(schema: D, json: unknown,
 
 /**
  * `json` without the keys `desc` has no field for (by JSON or proto name), in nested messages,
- * lists and maps of messages too; values of known fields are left for fromJson to judge.
+ * lists and maps of messages too; values of known fields are left for fromJson to judge, but
+ * an enum name the enum does not have is refused here, naming the field's path under `path`
+ * (proto names, `[n]` for list items, as validation names fields: `microvm.interfaces[1].type`).
  */
-function knownFieldsOnly(desc: DescMessage, json: JsonObject): JsonObject {
+function knownFieldsOnly(desc: DescMessage, json: JsonObject, path: string): JsonObject {
   if (desc.typeName.startsWith('google.protobuf.')) return json;
   const out: JsonObject = {};
+  const isObject = (v: unknown): v is JsonObject => v !== null && typeof v === 'object' && !Array.isArray(v);
   for (const [key, value] of Object.entries(json)) {
     const field = desc.fields.find((f) => f.jsonName === key || f.name === key);
     if (!field) continue;
-    const isObject = (v: unknown): v is JsonObject => v !== null && typeof v === 'object' && !Array.isArray(v);
-    if (field.fieldKind === 'message' && isObject(value)) out[key] = knownFieldsOnly(field.message, value);
-    else if (field.fieldKind === 'list' && field.listKind === 'message' && Array.isArray(value)) out[key] = value.map((v) => (isObject(v) ? knownFieldsOnly(field.message, v) : v));
-    else if (field.fieldKind === 'map' && field.mapKind === 'message' && isObject(value)) out[key] = Object.fromEntries(Object.entries(value).map(([k, v]) => [k, isObject(v) ? knownFieldsOnly(field.message, v) : v]));
-    else out[key] = value;
+    const at = path ? `${path}.${field.name}` : field.name;
+    const item = (n: number | string) => (typeof n === 'number' ? `${at}[${n}]` : `${at}[${JSON.stringify(n)}]`);
+    if (field.fieldKind === 'message' && isObject(value)) out[key] = knownFieldsOnly(field.message, value, at);
+    else if (field.fieldKind === 'list' && field.listKind === 'message' && Array.isArray(value)) out[key] = value.map((v, n) => (isObject(v) ? knownFieldsOnly(field.message, v, item(n)) : v));
+    else if (field.fieldKind === 'map' && field.mapKind === 'message' && isObject(value)) out[key] = Object.fromEntries(Object.entries(value).map(([k, v]) => [k, isObject(v) ? knownFieldsOnly(field.message, v, item(k)) : v]));
+    else {
+      if (field.fieldKind === 'enum') knownEnumName(field.enum, value, at);
+      else if (field.fieldKind === 'list' && field.listKind === 'enum' && Array.isArray(value)) value.forEach((v, n) => knownEnumName(field.enum, v, item(n)));
+      else if (field.fieldKind === 'map' && field.mapKind === 'enum' && isObject(value)) for (const [k, v] of Object.entries(value)) knownEnumName(field.enum, v, item(k));
+      out[key] = value;
+    }
   }
   return out;
+}
+
+/** Refuses a string that is not one of `desc`'s value names; anything else is fromJson's to judge. */
+function knownEnumName(desc: DescEnum, value: unknown, at: string): void {
+  if (typeof value !== 'string' || desc.values.some((v) => v.name === value)) return;
+  throw invalid(at, `must be one of ${desc.values.map((v) => v.name).join(', ')} (or its number), not ${quote(value)}`);
 }
 
 /**

@@ -44,7 +44,8 @@ const MAX_DISCARD = 16 * 1024 * 1024;
 /**
  * flintlock's HTTP/JSON routes plus an unambiguous Get route, `GET /v1alpha1/microvm/uid/{uid}`:
  * in flintlock the Get route is shadowed by List.
- * `GET /v1alpha1/microvm` lists every namespace. List takes `page_size` and `page_token` (or
+ * `GET /v1alpha1/microvm` lists every namespace, or the one of its `namespace` query
+ * parameter. List takes `name`, `page_size` and `page_token` (or
  * `pageSize`, `pageToken`) as query parameters, as grpc-gateway maps request fields. Bodies
  * are read and answers written as flintlock's grpc-gateway does (see gateway-json.ts): every
  * field written, unset ones as their zero value, `[]`, `{}` or `null`; unknown fields read as
@@ -99,8 +100,9 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
   const [api, kind, first, second, ...rest] = target.segments;
   const isApi = api === 'v1alpha1' && kind === 'microvm' && rest.length === 0;
   // The uid route is matched before the one-segment routes, so "uid" itself can never be a
-  // namespace of List; all segments arrive decoded.
-  const uidRoute = isApi && first === 'uid' && second !== undefined ? second : undefined;
+  // namespace of List: `/v1alpha1/microvm/uid/` (a trailing slash, its uid left out) is a Get of
+  // the empty uid, refused naming uid, not a List of namespace "uid". All segments arrive decoded.
+  const uidRoute = isApi && first === 'uid' ? (second ?? '') : undefined;
   const one = isApi && first !== undefined && second === undefined ? first : undefined;
   const root = isApi && first === undefined;
 
@@ -112,7 +114,7 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     // Counted before conversion: turning 200,000 labels into a message took seconds.
     const over = jsonEntryLimits(MicroVMSpecSchema, json, 'microvm.');
     if (over) throw over;
-    const spec = fromGatewayJson(MicroVMSpecSchema, json, 'a JSON MicroVMSpec');
+    const spec = fromGatewayJson(MicroVMSpecSchema, json, 'a JSON MicroVMSpec', 'microvm');
     const vm = service.create(specInput(spec));
     opts.logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
     return send(res, 200, CreateMicroVMResponseSchema, { microvm: toWire(vm) });
@@ -121,16 +123,18 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     route.rpc = 'GetMicroVM';
     return send(res, 200, GetMicroVMResponseSchema, { microvm: toWire(service.get(uidRoute)) });
   }
-  if (method === 'DELETE' && one !== undefined) {
+  if (method === 'DELETE' && one !== undefined && uidRoute === undefined) {
     route.rpc = 'DeleteMicroVM';
     service.delete(one);
     return send(res, 200, EmptySchema, {});
   }
-  if (method === 'GET' && (one !== undefined || root)) {
+  if (method === 'GET' && uidRoute === undefined && (one !== undefined || root)) {
     route.rpc = 'ListMicroVMs';
     // Each request field once, by either of its names (grpc-gateway refuses a second value for
-    // a field that is not repeated rather than pick one).
-    for (const [snake, camel] of [['name', 'name'], ['page_size', 'pageSize'], ['page_token', 'pageToken']] as const) {
+    // a field that is not repeated rather than pick one). `namespace` is a query parameter of
+    // the route without it in the path, as grpc-gateway binds every request field the path
+    // does not; in the path it wins, as the gateway leaves path-bound fields out of the query.
+    for (const [snake, camel] of [['namespace', 'namespace'], ['name', 'name'], ['page_size', 'pageSize'], ['page_token', 'pageToken']] as const) {
       if (target.repeated.has(snake) || target.repeated.has(camel) || (snake !== camel && target.query.has(snake) && target.query.has(camel))) {
         throw invalid(snake, `must be given once (as ${snake}${snake === camel ? '' : ` or ${camel}`})`);
       }
@@ -142,7 +146,7 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
       throw invalid('page_size', `must be an int32 (0 for no limit, at most ${2 ** 31 - 1}), not ${quote(size, 40)}`);
     }
     const page = listPage((ns, name, p) => service.encodedList(ns, name, p), {
-      namespace: one ?? '',
+      namespace: one ?? target.query.get('namespace') ?? '',
       name: target.query.get('name'),
       pageSize: Number(size),
       pageToken: q('page_token', 'pageToken') ?? '',
