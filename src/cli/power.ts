@@ -296,8 +296,9 @@ export function addPowerCommands(vm: Command, globals: Globals, io: Io): void {
       let n = 0;
       await followEvents(globals(), { uid: o.uid, namespace: o.namespace, afterId: o.afterId === undefined ? undefined : BigInt(o.afterId) }, (e) => {
         if (format === 'table') io.out(eventLine(e));
-        else if (format === 'json') io.out(JSON.stringify(toJson(MicroVMEventSchema, e)) + '\n');
-        else io.out(yamlText([toJson(MicroVMEventSchema, e)]));
+        // Every field, unset ones as their zero value, as `vm get -o json` writes the VM.
+        else if (format === 'json') io.out(JSON.stringify(toJson(MicroVMEventSchema, e, { alwaysEmitImplicit: true })) + '\n');
+        else io.out(yamlText([toJson(MicroVMEventSchema, e, { alwaysEmitImplicit: true })]));
         return ++n >= max;
       }, io);
     });

@@ -80,6 +80,16 @@ describe('matchlock vm', () => {
     const made = await cli([...host, '-o', 'json', 'vm', 'create', '--name', 'formats', '--namespace', 'team-f', '--kernel-image', 'k:1', '--root-image', 'r:1']);
     assert.equal(made.code, EXIT.ok, made.err);
     const uid = (JSON.parse(made.out) as { spec: { uid: string } }).spec.uid;
+    // An event carries the VM as `vm get -o json` writes it: every field, unset ones as zero values.
+    const got = JSON.parse((await cli([...host, '-o', 'json', 'vm', 'get', uid])).out) as { spec: Record<string, unknown> };
+    for (const format of ['json', 'yaml'] as const) {
+      const events = await cli([...host, '-o', format, 'vm', 'events', '--uid', uid, '--max-events', '1']);
+      assert.equal(events.code, EXIT.ok, events.err);
+      const event = (format === 'json' ? JSON.parse(events.out) : (parse(events.out) as unknown[])[0]) as { stateChanged?: unknown; microvm: { spec: Record<string, unknown> } };
+      assert.equal(event.stateChanged, false, format);
+      assert.deepEqual(Object.keys(event.microvm.spec).sort(), Object.keys(got.spec).sort(), format);
+      assert.deepEqual(event.microvm.spec.labels, {}, format);
+    }
     const del = await cli([...host, '-o', 'yaml', 'vm', 'delete', uid]);
     assert.equal(del.code, EXIT.ok, del.err);
     assert.deepEqual(parse(del.out), [{ uid, found: true }]);
