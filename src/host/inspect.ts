@@ -16,7 +16,8 @@ import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { binaryFor, buildProviders, findBinary } from '../daemon/providers.js';
 import { ipToInt, type HubConfig } from '../hub/config.js';
 import { hubLeases, hubStatus, type Lease } from '../hub/hub.js';
-import { dialAddress } from '../core/endpoint.js';
+import { connect as tlsConnect } from 'node:tls';
+import { dialAddress, parseEndpoint } from '../core/endpoint.js';
 
 export type Verdict = 'ok' | 'warn' | 'fail';
 
@@ -54,10 +55,12 @@ export interface DaemonAccess {
  */
 async function daemonCheck(cfg: DaemonConfig, access: DaemonAccess): Promise<Check> {
   const host = access.host ?? dialAddress(cfg.grpcEndpoint);
-  const tls = cfg.tlsCert !== '';
+  // The client dials TLS whenever a TLS flag is given (as connect() decides), whatever the config says.
+  const cliTls = !!(access.tlsCa || access.tlsCert || access.tlsKey);
+  const tls = cfg.tlsCert !== '' || cliTls;
   const token = access.token ?? cfg.basicAuthToken;
   const how = `${tls ? 'TLS' : 'plaintext'}, ${cfg.basicAuthToken || access.token ? 'token auth' : 'no auth'}`;
-  if (tls && !access.tlsCa) return warn('daemon', `matchlockd serves TLS on ${host}; not checked without the CA`, 'give --tls-ca (and --tls-cert/--tls-key for mTLS), as for any other command');
+  if (tls && !cliTls) return warn('daemon', `matchlockd serves TLS on ${host}; not checked without the CA`, 'give --tls-ca (and --tls-cert/--tls-key for mTLS), as for any other command');
   try {
     const c = connect({ host, token, tlsCa: access.tlsCa, tlsCert: access.tlsCert, tlsKey: access.tlsKey, insecure: access.insecure, timeoutMs: 3000 });
     try {
@@ -75,8 +78,36 @@ async function daemonCheck(cfg: DaemonConfig, access: DaemonAccess): Promise<Che
     }
     if (e instanceof MatchlockError && e.code === ErrorCode.InvalidArgument) return fail('daemon', `${host}: ${first}`, 'give --tls-ca for TLS, or --insecure for plaintext to a non-loopback address');
     if (/SSL|TLS|certificate|handshake/i.test(first)) return fail('daemon', `TLS with matchlockd on ${host} failed: ${first}`, '--tls-ca must be the CA that signed tls-cert; with tls-client-validate, give --tls-cert and --tls-key signed by tls-client-ca');
+    // Plaintext gRPC to a TLS server fails like a stopped daemon; a TLS handshake tells them apart.
+    const listening = cliTls ? 'closed' : await speaksTls(host);
+    if (listening === 'tls') return fail('daemon', `matchlockd on ${host} answers only over TLS; plaintext failed: ${first}`, 'give --tls-ca (and --tls-cert/--tls-key for mTLS), as for any other command');
+    if (listening === 'open') return fail('daemon', `something listens on ${host} but does not answer as matchlockd: ${first}`, 'check that --host or grpc-endpoint names matchlockd; if it serves TLS, give --tls-ca');
     return fail('daemon', `no answer from matchlockd on ${host}: ${first}`, 'start it: systemctl start matchlockd (or matchlockd run --config /etc/matchlock/config.yaml)');
   }
+}
+
+/**
+ * Whether `host` (an endpoint in dial form) completes a TLS handshake ('tls'), accepts a
+ * connection but no handshake ('open'), or takes no connection ('closed'). The certificate is
+ * not checked: this only says which protocol answers, within 3 s.
+ */
+function speaksTls(host: string): Promise<'tls' | 'open' | 'closed'> {
+  const parsed = parseEndpoint(host, { unix: true });
+  if ('error' in parsed) return Promise.resolve('closed');
+  const e = parsed.endpoint;
+  return new Promise((resolve) => {
+    let connected = false;
+    const sock = tlsConnect({ ...(e.kind === 'unix' ? { path: e.path } : { host: e.host || '127.0.0.1', port: e.port, servername: '' }), rejectUnauthorized: false, ALPNProtocols: ['h2'] });
+    const done = (v: 'tls' | 'open' | 'closed') => {
+      sock.destroy();
+      resolve(v);
+    };
+    sock.setTimeout(3000, () => done(connected ? 'open' : 'closed'));
+    sock.on('connect', () => (connected = true));
+    sock.on('secureConnect', () => done('tls'));
+    sock.on('error', () => done(connected ? 'open' : 'closed'));
+    sock.on('close', () => done(connected ? 'open' : 'closed'));
+  });
 }
 
 /** The host as operators check it by hand: daemon, VMMs, /dev/kvm, stores, and every MicroVM. */

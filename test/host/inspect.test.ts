@@ -60,6 +60,17 @@ describe('inspect reaches the daemon as every other command does', () => {
     assert.match(rogue?.evidence ?? '', /^TLS with matchlockd on .* failed/);
   });
 
+  it('labels the connection by what the client dialled, and points at --tls-ca when a TLS daemon refuses plaintext', async () => {
+    const bare = ['inspect', '--config', '/dev/null', '--daemon-state-dir', tls.stateDir];
+    const viaCa = daemonCheck((await inspect(['--host', tls.target, '--tls-ca', certs.ca, ...bare])).checks);
+    assert.equal(viaCa?.evidence, `matchlockd answers on ${tls.target} (TLS, no auth)`, JSON.stringify(viaCa));
+    const plainToTls = daemonCheck((await inspect(['--host', tls.target, ...bare])).checks);
+    assert.equal(plainToTls?.status, 'fail');
+    assert.match(plainToTls?.evidence ?? '', /answers only over TLS/, JSON.stringify(plainToTls));
+    assert.match(plainToTls?.fix ?? '', /--tls-ca/);
+    assert.doesNotMatch(plainToTls?.fix ?? '', /systemctl start/);
+  });
+
   it("checks the endpoint named by the global --host or MATCHLOCK_HOST over the config's; its own --grpc-endpoint over both; prints -o yaml", async () => {
     const config = join(tmp.path, 'elsewhere.yaml');
     writeFileSync(config, 'grpc-endpoint: unix:/nonexistent/matchlock.sock\n');
