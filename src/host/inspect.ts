@@ -223,8 +223,10 @@ async function vmChecks(
     // appears again (the link watch), or is found there when matchlockd starts; any other
     // FAILED VM stays so until it is deleted, and so does one whose missing link is no longer
     // one of its uplinks (bridge-name, parent-iface or its bridge override changed since).
-    const uplinks = new Set(vm.spec.interfaces.map((i) => (i.type === 'MACVTAP' ? cfg.parentIface : (i.overrides?.bridgeName ?? cfg.bridgeName))));
-    const awaited = s.missingLink !== undefined && s.missingLink !== '' && uplinks.has(s.missingLink) ? s.missingLink : undefined;
+    const uplinks = new Set(vm.spec.interfaces.map((i) => (i.type === 'MACVTAP' ? cfg.parentIface : (i.overrides?.bridgeName || cfg.bridgeName))));
+    // An uplink inspect does not know (bridge-name or parent-iface given to the daemon only) may
+    // be the missing link: that is not evidence that the link is no longer the VM's uplink.
+    const awaited = s.missingLink !== undefined && s.missingLink !== '' && (uplinks.has(s.missingLink) || uplinks.has('')) ? s.missingLink : undefined;
     const present = awaited !== undefined && (await links.get(awaited)) !== undefined;
     const hint = awaited === undefined
       ? `fix the cause, then delete and recreate it (matchlock vm delete ${vm.uid})`
@@ -274,10 +276,20 @@ async function vmChecks(
   for (const [n, iface] of vm.spec.interfaces.entries()) {
     const name = hostDeviceName(vm, n);
     const link = await links.get(name);
-    const bridge = iface.overrides?.bridgeName ?? cfg.bridgeName;
-    if (!link) out.push(fail(`${id} interface ${iface.deviceId}`, `${name} missing`, 'matchlockd recreates it on its next reconcile (restart matchlockd to reconcile now); the VMM must be restarted to use it'));
-    else if (iface.type === 'TAP' && link.master !== bridge) out.push(fail(`${id} interface ${iface.deviceId}`, `${name} is attached to ${link.master ?? 'nothing'}, not ${bridge}`, `ip link set ${name} master ${bridge}`));
-    else out.push(ok(`${id} interface ${iface.deviceId}`, `${name}${iface.type === 'TAP' ? ` on ${bridge}` : ' (macvtap)'}${link.up ? ', up' : ', down'}`));
+    // The bridge the TAP belongs on: its override, else bridge-name as inspect was given it. When
+    // neither is known (the daemon took --bridge-name as a flag, inspect ran without it) there is
+    // nothing to compare with: the bridge the TAP is on is reported, not called a mismatch.
+    const bridge = iface.overrides?.bridgeName || cfg.bridgeName || undefined;
+    const check = `${id} interface ${iface.deviceId}`;
+    const state = link?.up ? ', up' : ', down';
+    if (!link) out.push(fail(check, `${name} missing`, 'matchlockd recreates it on its next reconcile (restart matchlockd to reconcile now); the VMM must be restarted to use it'));
+    else if (iface.type !== 'TAP') out.push(ok(check, `${name} (macvtap)${state}`));
+    else if (bridge === undefined) {
+      out.push(link.master
+        ? ok(check, `${name} on ${link.master}${state} (bridge-name not known to inspect, so not compared)`)
+        : warn(check, `${name} is attached to no bridge, and the bridge it belongs on is not known to inspect`, "give inspect the daemon's --bridge-name (or its --config) to name the bridge"));
+    } else if (link.master !== bridge) out.push(fail(check, `${name} is attached to ${link.master ?? 'nothing'}, not ${bridge}`, `ip link set ${name} master ${bridge}`));
+    else out.push(ok(check, `${name} on ${bridge}${state}`));
     if (leases) {
       // The macvtap carries the guest MAC too, so one rule finds both kinds.
       const mac = guestMac(vm, n);

@@ -7,6 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { run } from '../../src/cli/main.js';
+import { hostDeviceName } from '../../src/core/microvm/host-names.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
 import type { Check } from '../../src/host/inspect.js';
 import { makeCerts } from '../helpers/certs.js';
@@ -128,6 +129,45 @@ describe('inspect reaches the daemon as every other command does', () => {
     assert.match(fix(uids.missing), /^bring back mlnobr9: matchlockd retries the VM when it appears/);
     assert.match(fix(uids.present), /^lo is there again: .*restart matchlockd/);
     assert.match(fix(uids.moved), /^fix the cause, then delete and recreate it/);
+  });
+
+  it('never claims a bridge mismatch or prints a fix with an empty bridge when bridge-name is not known to inspect', { skip: process.getuid?.() !== 0 ? 'needs root (network namespace)' : false }, () => {
+    const state = join(tmp.path, 'nobridge');
+    const db = new SqliteStore(join(state, 'matchlock.db'));
+    const uids = { bridged: '01HZY3NDEKTSV4RRFFQ69G5FB1', loose: '01HZY3NDEKTSV4RRFFQ69G5FB2', failed: '01HZY3NDEKTSV4RRFFQ69G5FB3' };
+    const vms = Object.entries(uids).map(([k, uid]) => ({
+      uid, version: 1, createdAt: '', updatedAt: '',
+      spec: { name: k, namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024, kernel: { image: 'registry.invalid/k:1', filename: 'boot/vmlinuz', cmdline: {}, addNetworkConfig: false },
+        additionalVolumes: [], interfaces: [{ deviceId: 'eth0', type: 'TAP' }], metadata: {}, provider: 'qemu', allowGuestAgent: false },
+      status: k === 'failed'
+        ? { ...initialStatus(), state: 'FAILED', retry: 11, lastError: 'bridge for interface eth0 not found on this host', missingLink: 'mlgonebr9' }
+        : { ...initialStatus(), state: 'CREATED' },
+    }) as unknown as MicroVM);
+    for (const vm of vms) db.insert(vm);
+    db.close();
+    const ns = `mlib-${randomBytes(3).toString('hex')}`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    try {
+      const ipns = (...a: string[]) => execFileSync('ip', ['netns', 'exec', ns, 'ip', ...a]);
+      ipns('link', 'add', 'mlbr9', 'type', 'bridge');
+      const [bridged, loose] = [hostDeviceName(vms[0]!, 0), hostDeviceName(vms[1]!, 0)];
+      ipns('tuntap', 'add', 'dev', bridged, 'mode', 'tap');
+      ipns('link', 'set', bridged, 'master', 'mlbr9');
+      ipns('tuntap', 'add', 'dev', loose, 'mode', 'tap');
+      const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'bin/matchlock.js'), '-o', 'json', 'inspect', '--config', '/dev/null', '--daemon-state-dir', state, '--grpc-endpoint', 'unix:/nonexistent/matchlock.sock'], { encoding: 'utf8' });
+      const checks = JSON.parse(r.stdout) as Check[];
+      const find = (k: keyof typeof uids, what: string) => checks.find((c) => c.check === `vm ns/${k} (${uids[k]}) ${what}`);
+      const on = find('bridged', 'interface eth0');
+      assert.equal(on?.status, 'ok', JSON.stringify(on));
+      assert.match(on?.evidence ?? '', new RegExp(`^${bridged} on mlbr9, .*not known to inspect`));
+      const off = find('loose', 'interface eth0');
+      assert.equal(off?.status, 'warn', JSON.stringify(off));
+      assert.match(off?.fix ?? '', /--bridge-name/);
+      for (const c of checks) assert.doesNotMatch(`${c.evidence} ${c.fix ?? ''}`, /\bnot $|master $|master ,| not \)| {2}/, JSON.stringify(c));
+      assert.match(find('failed', 'state')?.fix ?? '', /^bring back mlgonebr9/);
+    } finally {
+      spawnSync('ip', ['netns', 'del', ns]);
+    }
   });
 
   it('runs on a machine with only the hub: --hub-only, or --hub where no matchlockd is', { skip: process.getuid?.() !== 0 ? 'needs root (network namespace)' : false }, () => {
