@@ -171,10 +171,11 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
   image
     .command('import <source>')
     .description('import an OCI image layout directory or a tar of one, and unpack it, ready for VMs')
-    .option('--name <ref>', "reference to store it under (default: the layout's full ref.name annotation)")
-    .action(async (source: string, o: { name?: string }) => {
+    .option('--name <ref>', "reference to store it under (default: the layout's full ref.name annotation); its tag also chooses the image of a layout that holds several")
+    .option('--ref <ref.name>', "the image to import from a layout that holds several: its org.opencontainers.image.ref.name in index.json")
+    .action(async (source: string, o: { name?: string; ref?: string }) => {
       const images = await store({ pulls: false });
-      const { ref, digest } = await images.import(source, o.name);
+      const { ref, digest } = await images.import(source, o.name, o.ref);
       await readyForVMs(images, ref, digest, isTty() ? io.err : undefined);
       io.out(documentText(output(), { ref, digest }) ?? `${ref} ${digest}\n`);
     });

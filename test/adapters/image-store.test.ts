@@ -8,7 +8,7 @@ import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
 import { Ext4Volumes } from '../../src/adapters/volumes/ext4.js';
 import { silentLogger } from '../fakes/memory-store.js';
 import { tempDir } from '../helpers/daemon.js';
-import { writeImageLayout } from '../helpers/oci.js';
+import { putBlob, writeImageLayout } from '../helpers/oci.js';
 
 /** An OCI layout built by hand from directory trees, one gzip'd tar layer per tree. */
 function layout(dir: string, layers: ((root: string) => void)[]): string {
@@ -281,5 +281,49 @@ layer(out + '/b.tgz', [('etc/evil/pwned', 'file', b'pwned')])
     const store = new LocalImageStore(join(tmp.path, 'store2'));
     await assert.rejects(store.import(src, 'example.com/bad:1'), /is corrupt: its content hashes to sha256:/);
     assert.equal(await store.resolve('example.com/bad:1'), undefined);
+  });
+
+  /** One layout holding an image per name, each a manifest of its own, listed in index.json or in an image index it names. */
+  function severalImages(dir: string, names: { ref?: string; platform?: { os: string; architecture: string } }[], nested: boolean): string[] {
+    const entries = names.map((n, i) => {
+      layout(join(dir, `src${i}`), [(r) => writeFileSync(join(r, 'which'), String(i))]);
+      const src = JSON.parse(readFileSync(join(dir, `src${i}`, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
+      execFileSync('sh', ['-c', `mkdir -p ${join(dir, 'out', 'blobs')} && cp -r ${join(dir, `src${i}`, 'blobs')}/. ${join(dir, 'out', 'blobs')}/`]);
+      const digest = src.manifests[0]!.digest;
+      const size = statSync(join(dir, 'out', 'blobs', 'sha256', digest.slice(7))).size;
+      return { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest, size, ...(n.ref ? { annotations: { 'org.opencontainers.image.ref.name': n.ref } } : {}), ...(n.platform ? { platform: n.platform } : {}) };
+    });
+    const out = join(dir, 'out');
+    let top = entries;
+    if (nested) {
+      const idx = putBlob(out, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: entries })));
+      top = [{ mediaType: 'application/vnd.oci.image.index.v1+json', ...idx }];
+    }
+    writeFileSync(join(out, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: top }));
+    writeFileSync(join(out, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+    return [out, ...entries.map((e) => e.digest)];
+  }
+
+  it('a layout holding several images imports the one its ref.name names (--ref, or --name\'s tag or whole reference), and refuses to guess, listing them', async () => {
+    for (const nested of [true, false]) {
+      const [src, a, rel, c] = severalImages(join(tmp.path, `several-${nested}`), [{ ref: 'a' }, { ref: 'rel' }, { ref: 'example.com/other:c' }], nested);
+      const store = new LocalImageStore(join(tmp.path, `several-store-${nested}`));
+      assert.equal((await store.import(src!, 'localhost/sym:rel')).digest, rel, `nested ${nested}`);
+      assert.equal((await store.import(src!, 'localhost/sym:x', 'a')).digest, a);
+      assert.deepEqual(await store.import(src!, undefined, 'example.com/other:c'), { ref: 'example.com/other:c', digest: c });
+      assert.equal((await store.import(src!, 'example.com/other:c')).digest, c);
+      await assert.rejects(store.import(src!, 'localhost/sym:none'), /holds 3 images \(org\.opencontainers\.image\.ref\.name: a, rel, example\.com\/other:c\); choose one with --ref/);
+      await assert.rejects(store.import(src!, 'localhost/sym'), /holds 3 images/);
+      await assert.rejects(store.import(src!, 'localhost/sym:x', 'nope'), /--ref nope: no image in .* it holds: .*a, rel, example\.com\/other:c/);
+    }
+  });
+
+  it('an image index for several platforms still gives this host\'s image, with or without a tag in --name', async () => {
+    const arch = process.arch === 'x64' ? 'amd64' : process.arch;
+    const other = arch === 'amd64' ? 'arm64' : 'amd64';
+    const [src, , host] = severalImages(join(tmp.path, 'platforms'), [{ platform: { os: 'linux', architecture: other } }, { platform: { os: 'linux', architecture: arch } }], true);
+    const store = new LocalImageStore(join(tmp.path, 'platforms-store'));
+    assert.equal((await store.import(src!, 'localhost/multi:1')).digest, host);
+    assert.equal((await store.import(src!, 'localhost/multi')).digest, host);
   });
 });

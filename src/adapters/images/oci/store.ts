@@ -51,6 +51,47 @@ function hostEntry(index: Manifest): NonNullable<Manifest['manifests']>[number] 
   return index.manifests?.find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch);
 }
 
+/**
+ * The one entry of an OCI layout's index.json (or of an image index it names) to import. An
+ * entry is chosen by its org.opencontainers.image.ref.name: equal to `ref`, or to `name`'s tag
+ * or whole reference. Entries for several platforms give this host's (the first when none is
+ * for it, as before). Several images left without a choice are refused, listing their
+ * ref.names, rather than one taken silently. `byRef`: whether `ref` chose the entry.
+ */
+function chooseEntry(entries: Descriptor[], o: { ref: string | undefined; name: ImageReference | undefined; where: string }): { entry: Descriptor; byRef: boolean; listed: string } {
+  const refNameOf = (d: Descriptor) => d.annotations?.[REF_NAME];
+  const listed = () => entries.map((d) => refNameOf(d) ?? `(no ref.name) ${d.digest}`).join(', ');
+  const matches = (want: (r: string) => boolean) => entries.filter((d) => {
+    const r = refNameOf(d);
+    return r !== undefined && want(r);
+  });
+  let candidates = entries;
+  if (o.ref !== undefined) {
+    const named = matches((r) => r === o.ref);
+    if (named.length) candidates = named;
+  } else if (o.name && candidates.length > 1) {
+    const full = formatReference(o.name);
+    const sameRef = (r: string) => {
+      const p = /[/:]/.test(r) ? parseReference(r) : undefined;
+      return p !== undefined && typeof p !== 'string' && formatReference(p) === full;
+    };
+    const named = matches((r) => r === o.name?.tag || sameRef(r));
+    if (named.length) candidates = named;
+  }
+  // The same manifest under several ref.names is one image.
+  const distinct = [...new Map(candidates.map((d) => [d.digest, d])).values()];
+  const chosen = (entry: Descriptor) => ({ entry, byRef: o.ref !== undefined && refNameOf(entry) === o.ref, listed: listed() });
+  const only = distinct.length === 1 ? distinct[0] : undefined;
+  if (only) return chosen(only);
+  if (distinct.some((d) => d.platform)) {
+    const pick = hostEntry({ manifests: distinct } as Manifest) ?? distinct[0];
+    if (pick) return chosen(pick);
+  }
+  if (distinct.length === 0) throw new MatchlockError(ErrorCode.InvalidArgument, `${o.where} lists no image`);
+  if (o.ref !== undefined) throw new MatchlockError(ErrorCode.InvalidArgument, `--ref ${o.ref}: no image in ${o.where} has that org.opencontainers.image.ref.name; it holds: ${listed()}`, { field: '--ref' });
+  throw new MatchlockError(ErrorCode.InvalidArgument, `${o.where} holds ${distinct.length} images (org.opencontainers.image.ref.name: ${listed()}); choose one with --ref <ref.name>, or a --name whose tag is one of them`, { field: '--ref' });
+}
+
 function parsedDigest(ref: string): string | undefined {
   const p = parseReference(ref);
   return typeof p === 'string' ? undefined : p.digest;
@@ -332,11 +373,17 @@ export class LocalImageStore implements ImageStore {
     return out;
   }
 
-  /** Imports an OCI image layout directory (or a tar of one) under `name`. */
-  async import(source: string, name?: string): Promise<{ ref: string; digest: string }> {
+  /**
+   * Imports an OCI image layout directory (or a tar of one) under `name`. A layout whose
+   * index.json lists several images needs one chosen (as skopeo's `oci:DIR:REF` and containerd's
+   * import do): `ref` equal to an entry's org.opencontainers.image.ref.name, or `name` whose tag
+   * or whole reference is one; an image index for several platforms gives this host's entry.
+   * Throws InvalidArgument listing the ref.names when the choice is missing or matches nothing.
+   */
+  async import(source: string, name?: string, ref?: string): Promise<{ ref: string; digest: string }> {
     const info = await stat(source).catch(() => undefined);
     if (!info) throw new MatchlockError(ErrorCode.InvalidArgument, `${source}: no such file or directory`);
-    if (info.isDirectory()) return this.importLayout(source, name);
+    if (info.isDirectory()) return this.importLayout(source, name, ref);
     await mkdir(this.root, { recursive: true });
     return withTemporary(join(this.root, '.import'), async (tmp) => {
       await mkdir(tmp);
@@ -344,11 +391,11 @@ export class LocalImageStore implements ImageStore {
       // node-tar is loaded here, by the one path that needs it, not by every daemon.
       const tar = await import('tar');
       await tar.x({ file: source, cwd: tmp, preserveOwner: false, strict: true });
-      return await this.importLayout(tmp, name);
+      return await this.importLayout(tmp, name, ref);
     });
   }
 
-  private async importLayout(dir: string, name?: string): Promise<{ ref: string; digest: string }> {
+  private async importLayout(dir: string, name?: string, ref?: string): Promise<{ ref: string; digest: string }> {
     await mkdir(join(this.root, 'blobs', 'sha256'), { recursive: true });
     await mkdir(join(this.root, 'refs'), { recursive: true });
     const readJson = async <T>(p: string): Promise<T> => {
@@ -360,30 +407,30 @@ export class LocalImageStore implements ImageStore {
     };
     const index = await readJson<{ manifests?: Descriptor[] }>(join(dir, 'index.json'));
     const layoutBlob = (d: string) => join(dir, 'blobs', 'sha256', hexOf(d));
-    let candidates = index.manifests ?? [];
     const tag = name ? parseReference(name) : undefined;
     if (typeof tag === 'string') throw new MatchlockError(ErrorCode.InvalidArgument, `--name ${name}: ${tag}`);
-    if (candidates.length > 1 && tag && typeof tag !== 'string' && tag.tag) {
-      const named = candidates.filter((m) => m.annotations?.[REF_NAME] === tag.tag);
-      if (named.length) candidates = named;
-    }
-    let desc = candidates[0];
-    if (!desc || candidates.length > 1) throw new MatchlockError(ErrorCode.InvalidArgument, `${dir}/index.json must name exactly one image (found ${candidates.length}); pick one with --name <ref:tag>`);
+    const top = chooseEntry(index.manifests ?? [], { ref, name: tag, where: `${dir}/index.json` });
+    let desc = top.entry;
+    let byRef = top.byRef;
+    const held = [top.listed];
+    const topRefName = desc.annotations?.[REF_NAME];
     let manifest = await readJson<Manifest>(layoutBlob(desc.digest));
     if (manifest.manifests) {
-      const pick = hostEntry(manifest) ?? manifest.manifests[0];
-      if (!pick) throw new MatchlockError(ErrorCode.InvalidArgument, `${dir}: image index lists no manifest`);
+      const pick = chooseEntry(manifest.manifests, { ref, name: tag, where: `${dir}: image index ${desc.digest}` });
       await this.copyBlob(layoutBlob(desc.digest), desc.digest);
-      desc = pick;
+      desc = pick.entry;
+      byRef ||= pick.byRef;
+      held.push(pick.listed);
       manifest = await readJson<Manifest>(layoutBlob(desc.digest));
     }
+    if (ref !== undefined && !byRef) throw new MatchlockError(ErrorCode.InvalidArgument, `--ref ${ref}: no image in ${dir} has that org.opencontainers.image.ref.name; it holds: ${held.join('; ')}`, { field: '--ref' });
     for (const d of [desc, manifest.config, ...manifest.layers]) await this.copyBlob(layoutBlob(d.digest), d.digest);
-    const annotated = desc.annotations?.[REF_NAME];
+    const annotated = topRefName ?? desc.annotations?.[REF_NAME];
     const refName = name ?? (annotated && /[/:]/.test(annotated) ? annotated : undefined);
     if (!refName) throw new MatchlockError(ErrorCode.InvalidArgument, 'the layout does not carry a full image reference; give one with --name');
-    const ref = normalizeRef(refName);
-    await this.writeRef(ref, desc.digest);
-    return { ref, digest: desc.digest };
+    const stored = normalizeRef(refName);
+    await this.writeRef(stored, desc.digest);
+    return { ref: stored, digest: desc.digest };
   }
 
   /** Copies a blob into the store, refusing it when its content does not hash to its digest. */
