@@ -30,19 +30,19 @@ export interface SettingDef {
 }
 
 /**
- * The spellings Go's strconv.ParseBool takes (flintlockd's flags and viper read booleans with
- * it), plus the empty string as false, which is what an empty flintlockd setting means.
+ * Exactly the spellings Go's strconv.ParseBool takes (flintlockd's flags and viper read booleans
+ * with it): no surrounding whitespace and not the empty string, which ParseBool refuses. An empty
+ * environment variable never gets here: it is unset, as viper reads it.
  */
 const TRUE = new Set(['1', 't', 'T', 'TRUE', 'true', 'True']);
-const FALSE = new Set(['0', 'f', 'F', 'FALSE', 'false', 'False', '']);
+const FALSE = new Set(['0', 'f', 'F', 'FALSE', 'false', 'False']);
 
 /** A boolean as Go's strconv.ParseBool reads it; undefined for anything else. */
 export function parseBool(raw: unknown): boolean | undefined {
   if (typeof raw === 'boolean') return raw;
   if (typeof raw === 'number' && (raw === 0 || raw === 1)) return raw === 1;
   if (typeof raw !== 'string') return undefined;
-  const t = raw.trim();
-  return TRUE.has(t) ? true : FALSE.has(t) ? false : undefined;
+  return TRUE.has(raw) ? true : FALSE.has(raw) ? false : undefined;
 }
 
 /** A parsed setting: strings and enums as strings, durations in milliseconds, ints, bools. */
@@ -54,7 +54,10 @@ export type SettingValue = string | number | boolean;
  */
 export function parseSetting(def: SettingDef, raw: unknown): { value: SettingValue } | { error: string } {
   const bad = (rule: string) => ({ error: `${def.key} ${rule} (got ${JSON.stringify(raw)})` });
-  const text = typeof raw === 'string' ? raw.trim() : raw;
+  // Values are read as written, never trimmed: flintlockd's readers (strconv.ParseBool,
+  // strconv.Atoi, time.ParseDuration, net.Listen) refuse surrounding whitespace, and a path or
+  // name with a stray space is a different path or name to it too.
+  const text = raw;
   switch (def.kind) {
     case 'string':
       if (def.list && Array.isArray(text)) {
@@ -75,7 +78,8 @@ export function parseSetting(def: SettingDef, raw: unknown): { value: SettingVal
       return { value: b };
     }
     case 'int': {
-      const n = typeof text === 'number' ? text : Number(text);
+      // Number() would read '' as 0 and ' 5' as 5; strconv.Atoi takes neither.
+      const n = typeof text === 'number' ? text : typeof text === 'string' && /^[+-]?\d+$/.test(text) ? Number(text) : NaN;
       const min = def.min ?? 0;
       if (!Number.isInteger(n) || n < min || (def.max !== undefined && n > def.max)) {
         return bad(def.max !== undefined ? `must be between ${min} and ${def.max}` : `must be a whole number >= ${min}`);

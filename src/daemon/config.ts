@@ -222,7 +222,8 @@ export function loadConfig(src: ConfigSources, providers: ReadonlyMap<string, Pr
   const out: Record<string, unknown> = { providerSettings };
   for (const def of keys) {
     const flag = src.flags[def.key];
-    const env = src.env[envName(def.key)];
+    // An empty variable is unset, as viper reads flintlockd's (an empty flag or file value is not).
+    const env = src.env[envName(def.key)] || undefined;
     const fl = flEnv[def.key];
     let value: SettingValue;
     if (flag !== undefined) value = convert(def, flag, 'flag');

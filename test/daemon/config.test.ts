@@ -70,6 +70,27 @@ describe('daemon configuration', () => {
     assert.throws(() => load({}, file('b2.yaml', 'insecure: 2\n')), /insecure must be true or false/);
   });
 
+  it('reads values as written: whitespace around a boolean, number or duration is refused in every source, as flintlockd refuses it', () => {
+    const empty = file('ws.yaml', '');
+    const rule = /insecure must be true or false \(or 1, t, T, TRUE, True, 0, f, F, FALSE, False/;
+    assert.throws(() => load({ insecure: ' true' }, empty), rule);
+    assert.throws(() => load({}, empty, { MATCHLOCK_INSECURE: 'true ' }), /environment MATCHLOCK_INSECURE: insecure must be true or false/);
+    assert.throws(() => load({}, empty, { FLINTLOCKD_INSECURE: ' true' }), /environment FLINTLOCKD_INSECURE: insecure must be true or false/);
+    assert.throws(() => load({}, file('ws1.yaml', 'insecure: " true"\n')), rule);
+    assert.throws(() => load({ 'grpc-endpoint': ' :9090' }, empty), /grpc-endpoint must be host:port.*" " is not a host name or IP address/);
+    assert.throws(() => load({ verbosity: ' 1' }, empty), /verbosity must be a whole number >= 0/);
+    assert.throws(() => load({ 'maximum-retry': '' }, empty), /maximum-retry must be/);
+    assert.throws(() => load({ 'resync-period': '5m ' }, empty), /resync-period must be a duration/);
+  });
+
+  it("refuses an empty boolean flag or file value (ParseBool's error) and reads an empty variable as unset", () => {
+    const empty = file('eb.yaml', '');
+    assert.throws(() => load({ insecure: '' }, empty), /^MatchlockError: flag: insecure must be true or false .*\(got ""\)/);
+    assert.throws(() => load({}, file('eb1.yaml', 'enable-http: ""\n')), /enable-http must be true or false/);
+    assert.equal(load({}, empty, { MATCHLOCK_VMM_CGROUPS: '' }).vmmCgroups, true, 'an empty MATCHLOCK_ variable leaves the default');
+    assert.equal(load({}, empty, { 'FLINTLOCKD_ENABLE-HTTP': '', MATCHLOCK_INSECURE: '' }).insecure, false);
+  });
+
   it("accepts flintlockd's config file as it is", () => {
     const path = file('flintlockd.yaml', [
       'grpc-endpoint: 0.0.0.0:9090', 'state-dir: /var/lib/flintlock', 'resync-period: 10m', 'enable-http: true',
