@@ -1,7 +1,7 @@
 /**
  * A listen address as flintlockd's settings write it (Go's net.Listen form): `host:port`,
  * `:port` for every interface, `[v6]:port`, or, where a setting allows it, `unix:/path` (also
- * gRPC's `unix:///path`). `host` is empty for every interface.
+ * gRPC's `unix:///path`; the path absolute). `host` is empty for every interface.
  */
 export type Endpoint = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
@@ -34,17 +34,29 @@ function isIPv6(text: string): boolean {
 
 /** The rule every endpoint setting is held to, in the words of the refusal. */
 export function endpointRule(rule: EndpointRule = {}): string {
-  return `must be host:port with a port from 0 to 65535 (0: any free port), :port for every interface, [IPv6]:port${rule.unix ? ' or unix:/path' : ''}`;
+  return `must be host:port with a port from 0 to 65535 (0: any free port), :port for every interface, [IPv6]:port${rule.unix ? ' or unix:/absolute/path' : ''}`;
 }
 
 /** Parses `text` by the rule above; the error says what is wrong with it. */
 export function parseEndpoint(text: string, rule: EndpointRule = {}): { endpoint: Endpoint } | { error: string } {
   if (text.startsWith('unix:')) {
     if (!rule.unix) return { error: 'a unix: socket is not served here' };
-    const path = text.replace(/^unix:(\/\/(?=\/))?/, '');
+    const rest = text.slice('unix:'.length);
+    // gRPC's URI form: `unix://host/path` puts `host` in the authority, and grpc-js then binds
+    // the rest as a path relative to the working directory; only `unix:///abs` is empty there.
+    if (rest.startsWith('//') && !rest.startsWith('///')) {
+      const authority = rest.slice(2).split('/')[0] ?? '';
+      return { error: `unix://${authority}/… puts ${JSON.stringify(authority)} where a host goes, not the path: write unix:/absolute/path or unix:///absolute/path` };
+    }
+    const path = rest.startsWith('///') ? rest.slice(2) : rest;
     if (path === '') return { error: 'unix: needs a socket path' };
+    // grpc-js would take unix:relative from the daemon's working directory (/ under systemd),
+    // which neither clients nor grpc-socket-group's chown would find by the same name.
+    if (!path.startsWith('/')) return { error: `the socket path ${JSON.stringify(path)} must be absolute` };
     return { endpoint: { kind: 'unix', path } };
   }
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(text);
+  if (scheme) return { error: `a scheme (${scheme[1] ?? ''}://) is not part of the endpoint: write host:port` };
   let host: string;
   let portText: string;
   if (text.startsWith('[')) {

@@ -75,7 +75,7 @@ export function configKeys(providers: ReadonlyMap<string, ProviderModule> = PROV
 }
 
 const DAEMON_KEYS: readonly KeyDef[] = [
-  { key: 'grpc-endpoint', prop: 'grpcEndpoint', kind: 'string', endpoint: { unix: true }, default: '127.0.0.1:9090', help: 'address of the gRPC API: host:port, :port (every interface) or unix:/path' },
+  { key: 'grpc-endpoint', prop: 'grpcEndpoint', kind: 'string', endpoint: { unix: true }, default: '127.0.0.1:9090', help: 'address of the gRPC API: host:port, :port (every interface) or unix:/absolute/path' },
   { key: 'state-dir', prop: 'stateDir', kind: 'string', default: '/var/lib/matchlock', help: 'where the store, images and per-VM files live' },
   { key: 'resync-period', prop: 'resyncPeriodMs', kind: 'duration', default: '10m', help: 'how often every VM is reconciled even without a change' },
   { key: 'enable-http', prop: 'enableHttp', kind: 'bool', default: 'false', help: 'serve the HTTP/JSON API too' },

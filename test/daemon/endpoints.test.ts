@@ -53,6 +53,9 @@ describe('matchlockd endpoints: one rule when the config is read, the listener b
       [['--http-endpoint', '::1:8090'], /http-endpoint must be host:port.*IPv6 address goes in brackets/],
       [['--metrics-endpoint', 'metrics'], /metrics-endpoint must be host:port.*or empty for off.*the port is missing/],
       [['--debug-endpoint', 'unix:/run/debug.sock'], /debug-endpoint must be host:port.*a unix: socket is not served here/],
+      [['--grpc-endpoint', 'unix://tmp/x.sock'], /grpc-endpoint must be host:port.*unix:\/absolute\/path.*"tmp" where a host goes.*write unix:\/absolute\/path or unix:\/\/\/absolute\/path/],
+      [['--grpc-endpoint', 'unix:run/x.sock'], /grpc-endpoint must be host:port.*the socket path "run\/x\.sock" must be absolute/],
+      [['--grpc-endpoint', 'http://127.0.0.1:9090'], /grpc-endpoint must be host:port.*a scheme \(http:\/\/\) is not part of the endpoint: write host:port/],
     ];
     for (const [args, message] of cases) {
       const state = join(tmp.path, 'never');
@@ -62,6 +65,13 @@ describe('matchlockd endpoints: one rule when the config is read, the listener b
       assert.doesNotMatch(output, /is not a loopback address|options\.port/);
       assert.equal(existsSync(state), false, 'no state dir made');
     }
+  });
+
+  it('a unix: socket in a missing directory fails naming the directory, not EACCES', async () => {
+    const missing = join(tmp.path, 'no-such-dir');
+    const { code, output } = await daemonFailsToStart([...base(join(tmp.path, 'nodir')), '--grpc-endpoint', `unix:${missing}/x.sock`]);
+    assert.equal(code, 1, output);
+    assert.match(output, new RegExp(`grpc-endpoint unix:${missing}/x\\.sock: cannot listen: directory ${missing} does not exist`));
   });
 
   it('a gRPC port in use fails naming the key, with every line of output in the log format', async () => {

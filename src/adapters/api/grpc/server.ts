@@ -3,7 +3,8 @@ import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { EmptySchema } from '@bufbuild/protobuf/wkt';
 import * as grpc from '@grpc/grpc-js';
 import type { SecureContextOptions } from 'node:tls';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { PACKAGE_ROOT } from '../../../package-root.js';
 import { MatchlockError, boundedMessage } from '../../../core/errors.js';
 import type { MicroVMService } from '../../../core/microvm/service.js';
@@ -347,9 +348,9 @@ function addMatchlockServices(door: Pick<grpc.Server, 'addService'>, api: Matchl
 
 /**
  * Binds `endpoint` (core/endpoint's form: host:port, `:port` for every interface, [v6]:port,
- * unix:/path) and resolves the bound port (0 for a unix socket). grpc-js itself reads neither
+ * unix:/abs/path) and resolves the bound port (0 for a unix socket). grpc-js itself reads neither
  * `:port` nor a bare IPv6 address: every interface is `[::]` (both families, as Go's `:port`),
- * or 0.0.0.0 where the host has no IPv6. A failure names the endpoint.
+ * or 0.0.0.0 where the host has no IPv6. A failure names the endpoint (and a missing socket directory).
  */
 export async function bindGrpc(server: grpc.Server, endpoint: string, creds: grpc.ServerCredentials): Promise<number> {
   const e = endpointOf(endpoint);
@@ -362,6 +363,9 @@ export async function bindGrpc(server: grpc.Server, endpoint: string, creds: grp
     if (e.host !== '') return await bind(e.host.includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`);
     return await bind(`[::]:${e.port}`).catch(() => bind(`0.0.0.0:${e.port}`));
   } catch (err) {
+    // bind(2) reports a missing directory as EACCES or ENOENT without naming it.
+    const dir = e.kind === 'unix' ? dirname(e.path) : undefined;
+    if (dir !== undefined && !existsSync(dir)) throw new Error(`grpc-endpoint ${endpoint}: cannot listen: directory ${dir} does not exist`, { cause: err });
     throw new Error(`grpc-endpoint ${endpoint}: cannot listen: ${(err as Error).message}`, { cause: err });
   }
 }
