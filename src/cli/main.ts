@@ -21,7 +21,7 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
     .version(VERSION)
     .exitOverride()
     .configureOutput({ writeOut: io.out, writeErr: io.err })
-    .option('--host <host:port>', 'matchlockd (or flintlockd) gRPC endpoint', env.MATCHLOCK_HOST ?? '127.0.0.1:9090')
+    .option('--host <host:port>', 'matchlockd (or flintlockd) gRPC endpoint: host:port, [IPv6]:port or unix:/absolute/path (env MATCHLOCK_HOST)', env.MATCHLOCK_HOST ?? '127.0.0.1:9090')
     .option('--token <token>', 'basic-auth token (env MATCHLOCK_TOKEN)', env.MATCHLOCK_TOKEN)
     .option('--tls-ca <path>', 'CA that signed the server certificate; turns on TLS')
     .option('--tls-cert <path>', 'client certificate for mTLS')

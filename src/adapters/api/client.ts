@@ -6,7 +6,7 @@ import { connect as tlsConnect, createSecureContext, type SecureContext } from '
 import { basicAuthHeader } from './auth.js';
 import { serviceDefinition } from './grpc/service-def.js';
 import { MicroVM } from '../../gen/services/microvm/v1alpha1/microvms_pb.js';
-import { dialAddress, isLocalEndpoint } from '../../core/endpoint.js';
+import { dialAddress, endpointRule, isLocalEndpoint, parseEndpoint } from '../../core/endpoint.js';
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
 
 export interface ConnectOptions {
@@ -40,7 +40,22 @@ const FROM_GRPC: Partial<Record<grpc.status, ErrorCode>> = {
   [grpc.status.RESOURCE_EXHAUSTED]: ErrorCode.ResourceExhausted,
 };
 
+/**
+ * What is wrong with a daemon address (`--host`, MATCHLOCK_HOST), or undefined: the endpoint
+ * rule the daemon's settings are held to (core/endpoint), with a port to dial (not 0), or one of
+ * grpc-js's own `dns:`, `ipv4:`, `ipv6:` targets, which its resolvers check.
+ */
+export function hostError(host: string): string | undefined {
+  if (/^(dns|ipv4|ipv6):/.test(host)) return undefined;
+  const r = parseEndpoint(host, { unix: true });
+  const why = 'error' in r ? r.error : r.endpoint.kind === 'tcp' && r.endpoint.port === 0 ? 'port 0 cannot be dialled' : undefined;
+  return why === undefined ? undefined : `${endpointRule({ unix: true }).replace(' (0: any free port)', '').replace('from 0 to', 'from 1 to')}, or a dns:/ipv4:/ipv6: gRPC target: ${why}`;
+}
+
+/** The channel's credentials; InvalidArgument (naming --host) for an address hostError refuses. */
 export function credentials(o: ConnectOptions): grpc.ChannelCredentials {
+  const badHost = hostError(o.host);
+  if (badHost) throw new MatchlockError(ErrorCode.InvalidArgument, `--host ${o.host} ${badHost}`, { field: '--host' });
   const wantsTls = !!(o.tlsCa || o.tlsCert || o.tlsKey);
   if (!wantsTls) {
     if (!o.insecure && !isLocalEndpoint(dialAddress(o.host))) {
