@@ -63,6 +63,8 @@ export function parseSetting(def: SettingDef, raw: unknown): { value: SettingVal
       if (def.list && Array.isArray(text)) {
         // Strings only: a YAML number in a list (1.10) is not written back as it was written.
         if (!text.every((e) => typeof e === 'string')) return bad('must be a string or a list of strings');
+        // The one trimming left: list entries, as their reader (listSetting) trims around the
+        // commas of the comma form; these keys are matchlock's own, not flintlockd's.
         return { value: text.map((e: string) => e.trim()).join(',') };
       }
       if (typeof text !== 'string' && typeof text !== 'number') return bad(def.list ? 'must be a string or a list of strings' : 'must be a string');
