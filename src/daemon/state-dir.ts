@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
-import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { accessSync, chmodSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 
 /** Mode of the state dir: the store and each VM's user-data (which holds secrets) are not for other users. */
@@ -43,8 +43,23 @@ export function prepareStateDir(path: string): { full: boolean } {
     if (made && ROOM_CODES.has((err as NodeJS.ErrnoException).code ?? '')) return { full: true };
     if (err instanceof MatchlockError) throw err;
     const e = err as NodeJS.ErrnoException;
+    // A recursive mkdir reports ENOENT when the real refusal (EROFS, EACCES) was for an ancestor
+    // it had to make: ask the nearest ancestor that exists for the reason.
+    if (!made && e.code === 'ENOENT') e.code = ancestorRefusal(path) ?? e.code;
     const why = e.code === 'EROFS' ? 'is on a read-only file system' : e.code === 'ENOSPC' ? 'is on a full file system' : e.code === 'EACCES' || e.code === 'EPERM' ? 'is not writable by this user' : 'cannot be written';
     throw refuse(`state-dir ${path} ${why} (${e.code ?? e.message}): matchlockd keeps its store, images and VM directories there; make it writable or set --state-dir`, err);
+  }
+}
+
+/** errno of a write into the nearest existing ancestor of `path` (access(2) W_OK), if refused. */
+function ancestorRefusal(path: string): string | undefined {
+  let dir = dirname(path);
+  while (!existsSync(dir) && dirname(dir) !== dir) dir = dirname(dir);
+  try {
+    accessSync(dir, constants.W_OK);
+    return undefined;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code;
   }
 }
 

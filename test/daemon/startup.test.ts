@@ -156,6 +156,23 @@ describe('matchlockd and its state dir', () => {
     assert.doesNotMatch(output, /\n\s+at |Uncaught|grpc api listening/);
   });
 
+  it('a missing state dir on a read-only file system is refused naming EROFS, not ENOENT', async (t) => {
+    if (process.getuid?.() !== 0 || spawnSync('sh', ['-c', 'command -v unshare']).status !== 0) {
+      if (process.env.CI) assert.fail('needs root and unshare');
+      t.skip('needs root and unshare');
+      return;
+    }
+    const mnt = join(tmp.path, 'rm');
+    mkdirSync(mnt);
+    // Two levels to make: mkdir -p reports ENOENT for the inner one when the outer is refused.
+    const state = join(mnt, 'a', 's');
+    const script = `mount -t tmpfs -o size=4m,ro matchlock-test "${mnt}" && exec "$@"`;
+    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath, DAEMON_BIN, ...base(state)], { encoding: 'utf8', timeout: 30_000 });
+    const output = r.stdout + r.stderr;
+    assert.equal(r.status, 1, output);
+    assert.match(output, new RegExp(`state-dir ${state} is on a read-only file system \\(EROFS\\)`));
+  });
+
   it('makes the state dir 0750 and tightens a world-readable one; the API socket is 0660 with grpc-socket-group', async () => {
     const fresh = join(tmp.path, 'fresh');
     const a = await startDaemon(fresh);
