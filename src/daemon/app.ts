@@ -1,6 +1,6 @@
 import type { Server as GrpcServer } from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
 import { bindGrpc, createGrpcServer, routeGrpcLog, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
@@ -115,8 +115,15 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
 
   // In this order: nothing is read or written before the state dir is known to be writable and
   // ours alone, and nothing (no VM, no sweep) is touched when the store is damaged.
-  const { full } = prepareStateDir(cfg.stateDir);
-  const lock = lockStateDir(cfg.stateDir);
+  const { full, created } = prepareStateDir(cfg.stateDir);
+  let lock: ReturnType<typeof lockStateDir>;
+  try {
+    lock = lockStateDir(cfg.stateDir);
+  } catch (err) {
+    // A directory this start made holds nothing anyone else made: a start that fails leaves none.
+    if (created) rmSync(created, { recursive: true, force: true });
+    throw err;
+  }
   const daemonId = daemonIdentity(cfg.stateDir);
   logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
   let store: SqliteStore;

@@ -17,12 +17,15 @@ function refuse(message: string, cause?: unknown): MatchlockError {
  * proves it is writable by writing and removing a file: a read-only mount (EROFS) or missing
  * permissions are refused here, naming the path, instead of failing later inside SQLite or a
  * VM's plan. A full file system (ENOSPC, EDQUOT) is not refused: `full` is then true.
+ * `created` is the first directory this call made (the state dir or an ancestor), for a start
+ * that fails later to remove; undefined when the state dir was there.
  */
-export function prepareStateDir(path: string): { full: boolean } {
+export function prepareStateDir(path: string): { full: boolean; created: string | undefined } {
   let made = false;
+  let created: string | undefined;
   const probe = join(path, `.write-probe-${process.pid}`);
   try {
-    mkdirSync(path, { recursive: true, mode: STATE_DIR_MODE });
+    created = mkdirSync(path, { recursive: true, mode: STATE_DIR_MODE });
     made = true;
     const st = statSync(path);
     if (!st.isDirectory()) throw refuse(`state-dir ${path} is not a directory`);
@@ -35,12 +38,12 @@ export function prepareStateDir(path: string): { full: boolean } {
       closeSync(fd);
       rmSync(probe, { force: true });
     }
-    return { full: false };
+    return { full: false, created };
   } catch (err) {
     // A state dir that exists on a full file system is served read-only rather than refused:
     // the operator needs the API to list and delete VMs to free space (see lockStateDir and
     // SqliteStore's fallback for what start-up would otherwise write).
-    if (made && ROOM_CODES.has((err as NodeJS.ErrnoException).code ?? '')) return { full: true };
+    if (made && ROOM_CODES.has((err as NodeJS.ErrnoException).code ?? '')) return { full: true, created };
     if (err instanceof MatchlockError) throw err;
     const e = err as NodeJS.ErrnoException;
     // A recursive mkdir reports ENOENT when the real refusal (EROFS, EACCES) was for an ancestor
@@ -63,6 +66,27 @@ function ancestorRefusal(path: string): string | undefined {
   }
 }
 
+/**
+ * The pid holding a POSIX record lock on `file`, from /proc/locks (proc(5): `POSIX ADVISORY
+ * WRITE <pid> <major>:<minor>:<inode> <start> <end>`, major and minor in hex, inode in
+ * decimal), matched by the file's device and inode; undefined when none is found.
+ */
+export function lockHolder(file: string, locks = '/proc/locks'): number | undefined {
+  try {
+    const st = statSync(file);
+    // Linux's new_encode_dev: minor's low 8 bits, major at 8..19, minor's upper bits at 20..31.
+    const major = Math.floor(st.dev / 256) & 0xfff;
+    const minor = (st.dev & 0xff) | ((Math.floor(st.dev / 4096) & 0xfffff00));
+    for (const line of readFileSync(locks, 'utf8').split('\n')) {
+      const m = /^\d+:\s+POSIX\s+\S+\s+\S+\s+(\d+)\s+([0-9a-f]+):([0-9a-f]+):(\d+)\s/i.exec(line);
+      if (m?.[4] && parseInt(m[2] ?? '', 16) === major && parseInt(m[3] ?? '', 16) === minor && Number(m[4]) === st.ino) return Number(m[1]);
+    }
+  } catch {
+    // no lock file or no /proc: the holder stays unknown
+  }
+  return undefined;
+}
+
 export interface StateDirLock {
   /** False when the pid file could not be written for want of space (ENOSPC, EDQUOT). */
   pidWritten: boolean;
@@ -81,6 +105,7 @@ export const ROOM_CODES: ReadonlySet<string> = new Set(['ENOSPC', 'EDQUOT']);
 export function lockStateDir(path: string): StateDirLock {
   const lockPath = join(path, LOCK_FILE);
   const pidPath = join(path, PID_FILE);
+  const lockExisted = existsSync(lockPath);
   const db = new Database(lockPath, { timeout: 0 });
   try {
     db.pragma('locking_mode = EXCLUSIVE');
@@ -93,15 +118,24 @@ export function lockStateDir(path: string): StateDirLock {
     db.exec('BEGIN EXCLUSIVE');
   } catch (err) {
     db.close();
-    if ((err as { code?: string }).code === 'SQLITE_BUSY') {
+    const code = (err as { code?: string }).code ?? '';
+    if (code === 'SQLITE_BUSY') {
       let holder = 'pid unknown';
       try {
         const pid = Number(readFileSync(pidPath, 'utf8').trim());
         if (Number.isInteger(pid) && pid > 0) holder = `pid ${pid}`;
       } catch {
-        // the holder may not have written its pid yet
+        // The holder may not have written its pid yet, or could not (a full disk): the kernel
+        // knows who holds the record lock.
+        const pid = lockHolder(lockPath);
+        if (pid !== undefined) holder = `pid ${pid}`;
       }
       throw refuse(`state-dir ${path} is in use by another matchlockd (${holder}); stop it first or give this one its own --state-dir`, err);
+    }
+    // A lock file this start made and could not fill is not left behind (nothing else uses it).
+    if (!lockExisted) rmSync(lockPath, { force: true });
+    if (code === 'SQLITE_FULL' || ROOM_CODES.has(code)) {
+      throw refuse(`state-dir ${path} is on a full file system (ENOSPC): its lock file ${lockPath} cannot be made; free space in the state dir and start again`, err);
     }
     throw refuse(`state-dir ${path}: cannot take ${lockPath}: ${(err as Error).message}`, err);
   }

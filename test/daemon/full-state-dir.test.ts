@@ -10,7 +10,7 @@ import { MicroVMStatus_MicroVMState as MicroVMState } from '../../src/gen/types/
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
 import { rawClient } from '../helpers/client.js';
-import { startDaemon, tempDir } from '../helpers/daemon.js';
+import { daemonFailsToStart, startDaemon, tempDir } from '../helpers/daemon.js';
 
 const UID = '01JFULLD15KST0REC0RD000001';
 
@@ -92,5 +92,50 @@ describe('matchlockd starts on a full state dir', { skip }, () => {
     }
     assert.equal(d.proc.exitCode, 0, d.logs.join('\n'));
     assert.equal(existsSync(join(state, 'matchlockd.pid')), false);
+  });
+});
+
+const args = (state: string) => ['run', '--state-dir', state, '--grpc-endpoint', '127.0.0.1:0', '--config', '/dev/null', '--log-format', 'json', '--vmm-cgroups', 'false'];
+
+/** The pid file and the lock file on a file system filled to the last block. */
+describe('matchlockd on a full state dir: the lock', { skip }, () => {
+  const tmp = tempDir('full-lock');
+  const mnt = join(tmp.path, 'm');
+  let mounted = false;
+  after(() => {
+    if (mounted) spawnSync('umount', [mnt]);
+    if (!mounted || spawnSync('mountpoint', ['-q', mnt]).status !== 0) tmp.remove();
+  });
+
+  it('a second daemon is refused naming the first one\'s pid, which the first could not write', async () => {
+    mkdirSync(mnt);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0755', 'matchlock-test', mnt]);
+    mounted = true;
+    const state = join(mnt, 's');
+    const once = await startDaemon(state, ['--vmm-cgroups', 'false']);
+    await once.stop();
+    rmSync(join(state, 'matchlockd.pid'), { force: true });
+    spawnSync('dd', ['if=/dev/zero', `of=${join(mnt, 'fill')}`, 'bs=64k']);
+    const first = await startDaemon(state, ['--vmm-cgroups', 'false']);
+    try {
+      assert.equal(existsSync(join(state, 'matchlockd.pid')), false, 'the disk is too full for the pid file');
+      const { code, output } = await daemonFailsToStart(args(state));
+      assert.notEqual(code, 0);
+      assert.match(output, new RegExp(`state-dir ${state} is in use by another matchlockd \\(pid ${first.proc.pid}\\)`));
+    } finally {
+      await first.stop();
+      rmSync(join(mnt, 'fill'));
+    }
+  });
+
+  it('a never-used state dir is refused naming ENOSPC, and nothing this start made is left', async () => {
+    spawnSync('dd', ['if=/dev/zero', `of=${join(mnt, 'fill')}`, 'bs=64k']);
+    const fresh = join(mnt, 'n', 's');
+    const { code, output } = await daemonFailsToStart(args(fresh));
+    rmSync(join(mnt, 'fill'));
+    assert.equal(code, 1, output);
+    assert.match(output, /ENOSPC/);
+    assert.match(output, /free space/);
+    assert.equal(existsSync(join(mnt, 'n')), false, `left behind: ${existsSync(fresh) ? readdirSync(fresh).join(' ') : 'the parent'}`);
   });
 });
