@@ -1,5 +1,5 @@
 import { create } from '@bufbuild/protobuf';
-import { accessSync, constants, existsSync, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
+import { accessSync, constants, existsSync, openSync, closeSync, readFileSync, readdirSync, statfsSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { run } from '../adapters/exec.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
@@ -155,6 +155,14 @@ export async function inspectHost(
   } catch {
     checks.push(fail('image store', `${cfg.stateDir} is missing or not writable`, `mkdir -p -m 0750 ${cfg.stateDir}`));
   }
+  try {
+    // No free block even for root (bfree, not bavail): matchlockd runs as root, and every write
+    // it takes (store, images, VM directories) fails with ENOSPC.
+    const fs = statfsSync(cfg.stateDir);
+    if (fs.bfree === 0) checks.push(fail('state dir space', `${cfg.stateDir}: its file system is full (ENOSPC: no free blocks of ${fs.blocks}); matchlockd answers writes RESOURCE_EXHAUSTED`, 'free space in the state dir'));
+  } catch {
+    // a missing state dir is the image store check's finding
+  }
   if (cfg.thinpool) {
     const info = await run(cfg.dmsetupBin, ['info', cfg.thinpool]).then(() => true, () => false);
     checks.push(info ? ok('thin pool', `${cfg.thinpool} is active`) : fail('thin pool', `dmsetup info ${cfg.thinpool} failed`, `create the pool (flintlock's provision script) or unset thinpool`));
@@ -171,8 +179,17 @@ export async function inspectHost(
     } catch (err) {
       // A damaged store is a finding like any other; its message carries the fix. A store a
       // daemon holds alone (started on a full state dir) is not damaged.
-      const held = err instanceof MatchlockError && err.code === ErrorCode.Unavailable;
-      checks.push(fail('store', (err as Error).message.split('; nothing was changed')[0] ?? '', held ? 'free space in the state dir and restart matchlockd; meanwhile its API answers List and Get' : `with matchlockd stopped, restore ${dbPath} from a backup, or move it aside`));
+      if (err instanceof MatchlockError && err.code === ErrorCode.Unavailable) {
+        // The daemon opened the store in EXCLUSIVE locking mode and keeps it so until it stops,
+        // also once space is freed (it takes writes again without a restart).
+        checks.push(warn(
+          'store',
+          `${dbPath}: the running matchlockd holds the store for itself since it started on a full state dir; inspect cannot read its records (so no VM checks) until that daemon restarts; nothing is wrong with the store`,
+          'to have inspect check the VMs, restart matchlockd when the state dir has free space; meanwhile its API answers List and Get',
+        ));
+      } else {
+        checks.push(fail('store', (err as Error).message.split('; nothing was changed')[0] ?? '', `with matchlockd stopped, restore ${dbPath} from a backup, or move it aside`));
+      }
     } finally {
       db?.close();
     }

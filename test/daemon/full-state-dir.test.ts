@@ -9,6 +9,8 @@ import { DeleteMicroVMRequestSchema, GetMicroVMRequestSchema, ListMicroVMsReques
 import { MicroVMStatus_MicroVMState as MicroVMState } from '../../src/gen/types/microvm_pb.js';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
+import { run } from '../../src/cli/main.js';
+import type { Check } from '../../src/host/inspect.js';
 import { rawClient } from '../helpers/client.js';
 import { daemonFailsToStart, startDaemon, tempDir } from '../helpers/daemon.js';
 
@@ -26,6 +28,25 @@ function failedRecord(): MicroVM {
     status: { ...initialStatus(), state: 'FAILED' },
     createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:00:00.000Z',
   } as MicroVM;
+}
+
+/** `matchlock inspect -o json` against the daemon's state dir and endpoint. */
+async function inspect(state: string, target: string): Promise<Check[]> {
+  let out = '';
+  await run(['-o', 'json', 'inspect', '--config', '/dev/null', '--daemon-state-dir', state, '--grpc-endpoint', target], { out: (t) => (out += t), err: () => undefined }, {});
+  return JSON.parse(out || '[]') as Check[];
+}
+
+/** The store check and the space check: the daemon holds the store alone; the disk is full or not. */
+function assertHeldStore(checks: Check[], full: boolean): void {
+  const store = checks.find((c) => c.check === 'store');
+  assert.equal(store?.status, 'warn', JSON.stringify(checks, null, 1));
+  assert.match(store?.evidence ?? '', /holds the store for itself since it started on a full state dir.*until that daemon restarts.*nothing is wrong with the store/);
+  const space = checks.find((c) => c.check === 'state dir space');
+  if (full) {
+    assert.equal(space?.status, 'fail', JSON.stringify(checks, null, 1));
+    assert.match(space?.fix ?? '', /free space in the state dir/);
+  } else assert.equal(space, undefined, JSON.stringify(space));
 }
 
 const skip = process.getuid?.() !== 0 && !process.env.CI ? 'needs root to mount a tmpfs' : false;
@@ -81,9 +102,12 @@ describe('matchlockd starts on a full state dir', { skip }, () => {
         // Nothing was changed: the record is there as it was.
         const again = await c.call<GetMicroVMResponse>('getMicroVM', create(GetMicroVMRequestSchema, { uid: UID }));
         assert.equal(again.microvm?.status?.state, MicroVMState.FAILED, 'still FAILED');
+        assertHeldStore(await inspect(state, d.target), true);
         // Once there is room the same daemon takes writes again, without a restart.
         rmSync(join(mnt, 'fill'));
         await c.call('deleteMicroVM', create(DeleteMicroVMRequestSchema, { uid: UID }));
+        // The daemon keeps the store to itself until it stops, with room or not.
+        assertHeldStore(await inspect(state, d.target), false);
       } finally {
         c.close();
       }
