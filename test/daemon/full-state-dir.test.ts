@@ -52,23 +52,37 @@ function assertHeldStore(checks: Check[], full: boolean): void {
 const skip = process.getuid?.() !== 0 && !process.env.CI ? 'needs root to mount a tmpfs' : false;
 
 /**
- * matchlockd stopped, its state dir's file system filled, started again: it starts, serves
- * List and Get, says in its log that the disk is full, and answers a write RESOURCE_EXHAUSTED
- * naming ENOSPC. Before, the state-dir lock's write failed and the daemon exited 1.
+ * A 4 MiB tmpfs at a temp dir's `m`, mounted by `mount()`; unmounted and removed after the
+ * suite that calls this (the temp dir is kept if the unmount failed, not to delete through it).
  */
-describe('matchlockd starts on a full state dir', { skip }, () => {
-  const tmp = tempDir('full-start');
+function smallTmpfs(name: string): { mnt: string; mount(): void } {
+  const tmp = tempDir(name);
   const mnt = join(tmp.path, 'm');
   let mounted = false;
   after(() => {
     if (mounted) spawnSync('umount', [mnt]);
     if (!mounted || spawnSync('mountpoint', ['-q', mnt]).status !== 0) tmp.remove();
   });
+  return {
+    mnt,
+    mount() {
+      mkdirSync(mnt);
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0755', 'matchlock-test', mnt]);
+      mounted = true;
+    },
+  };
+}
+
+/**
+ * matchlockd stopped, its state dir's file system filled, started again: it starts, serves
+ * List and Get, says in its log that the disk is full, and answers a write RESOURCE_EXHAUSTED
+ * naming ENOSPC. Before, the state-dir lock's write failed and the daemon exited 1.
+ */
+describe('matchlockd starts on a full state dir', { skip }, () => {
+  const { mnt, mount } = smallTmpfs('full-start');
 
   it('serves reads, logs the full disk, and refuses writes with RESOURCE_EXHAUSTED (ENOSPC)', async () => {
-    mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0755', 'matchlock-test', mnt]);
-    mounted = true;
+    mount();
     const state = join(mnt, 'state');
     mkdirSync(state, { mode: 0o750 });
     const seeded = new SqliteStore(join(state, 'matchlock.db'));
@@ -123,18 +137,10 @@ const args = (state: string) => ['run', '--state-dir', state, '--grpc-endpoint',
 
 /** The pid file and the lock file on a file system filled to the last block. */
 describe('matchlockd on a full state dir: the lock', { skip }, () => {
-  const tmp = tempDir('full-lock');
-  const mnt = join(tmp.path, 'm');
-  let mounted = false;
-  after(() => {
-    if (mounted) spawnSync('umount', [mnt]);
-    if (!mounted || spawnSync('mountpoint', ['-q', mnt]).status !== 0) tmp.remove();
-  });
+  const { mnt, mount } = smallTmpfs('full-lock');
 
   it('a second daemon is refused naming the first one\'s pid, which the first could not write', async () => {
-    mkdirSync(mnt);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0755', 'matchlock-test', mnt]);
-    mounted = true;
+    mount();
     const state = join(mnt, 's');
     const once = await startDaemon(state, ['--vmm-cgroups', 'false']);
     await once.stop();
