@@ -446,8 +446,9 @@ function startGuest(cfg) {
       if (!noShutdown) exitSoon(0, 'guest powered off');
     }
   });
-  // If this process is SIGKILLed, nothing here runs: a watcher ends the guest with us.
-  spawn('sh', ['-c', `while kill -0 ${process.pid} 2>/dev/null && ! grep -q "^State:.*Z" /proc/${process.pid}/status; do sleep 0.2; done; kill -9 ${guest.pid} 2>/dev/null`], { stdio: 'ignore', detached: true }).unref();
+  // If this process is SIGKILLed, nothing here runs: a watcher ends the guest with us, and
+  // removes the QMP socket the killed QEMU leaves in the temp dir.
+  spawn('sh', ['-c', `while kill -0 ${process.pid} 2>/dev/null && ! grep -q "^State:.*Z" /proc/${process.pid}/status; do sleep 0.2; done; kill -9 ${guest.pid} 2>/dev/null; rm -f '${guestQmp}'`], { stdio: 'ignore', detached: true }).unref();
 }
 
 /** One QMP command to the guest's QEMU. */
@@ -481,7 +482,12 @@ function guestCommand(command) {
   });
 }
 
-process.on('exit', () => guest?.kill('SIGKILL'));
+process.on('exit', () => {
+  if (!guest) return;
+  guest.kill('SIGKILL');
+  // The guest's exit event never comes now: its QMP socket is removed here.
+  rmSync(guestQmp, { force: true });
+});
 
 // ---- the VM, its state machine and the REST API ----
 
