@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, describe, it, type TestContext } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
 import { DAEMON_BIN, ROOT, daemonFailsToStart, startDaemon, tempDir } from '../helpers/daemon.js';
@@ -138,39 +138,39 @@ describe('matchlockd and its state dir', () => {
     assert.equal(existsSync(join(state, 'matchlockd.pid')), false, 'a clean stop removes its pid file');
   });
 
-  it('a read-only state dir is refused naming the path, without a crash', async (t) => {
+  /**
+   * The daemon started on `state` in a private mount namespace (the tmpfs at `mnt` exists only
+   * for it), after `mount` has run there; its exit status and output.
+   */
+  function startInMountNamespace(t: TestContext, mnt: string, mount: string, state: string): { status: number | null; output: string } | undefined {
     if (process.getuid?.() !== 0 || spawnSync('sh', ['-c', 'command -v unshare']).status !== 0) {
       if (process.env.CI) assert.fail('needs root and unshare');
       t.skip('needs root and unshare');
-      return;
+      return undefined;
     }
-    const mnt = join(tmp.path, 'ro');
     mkdirSync(mnt);
+    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `${mount} && exec "$@"`, 'sh', process.execPath, DAEMON_BIN, ...base(state)], { encoding: 'utf8', timeout: 30_000 });
+    return { status: r.status, output: r.stdout + r.stderr };
+  }
+
+  it('a read-only state dir is refused naming the path, without a crash', async (t) => {
+    const mnt = join(tmp.path, 'ro');
     const state = join(mnt, 'state');
-    // A private mount namespace: the read-only tmpfs exists only for this daemon.
-    const script = `mount -t tmpfs -o size=4m matchlock-test "${mnt}" && mkdir -m 0750 "${state}" && mount -o remount,ro "${mnt}" && exec "$@"`;
-    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath, DAEMON_BIN, ...base(state)], { encoding: 'utf8', timeout: 30_000 });
-    const output = r.stdout + r.stderr;
-    assert.equal(r.status, 1, output);
-    assert.match(output, new RegExp(`state-dir ${state} is on a read-only file system \\(EROFS\\)`));
-    assert.doesNotMatch(output, /\n\s+at |Uncaught|grpc api listening/);
+    const r = startInMountNamespace(t, mnt, `mount -t tmpfs -o size=4m matchlock-test "${mnt}" && mkdir -m 0750 "${state}" && mount -o remount,ro "${mnt}"`, state);
+    if (!r) return;
+    assert.equal(r.status, 1, r.output);
+    assert.match(r.output, new RegExp(`state-dir ${state} is on a read-only file system \\(EROFS\\)`));
+    assert.doesNotMatch(r.output, /\n\s+at |Uncaught|grpc api listening/);
   });
 
   it('a missing state dir on a read-only file system is refused naming EROFS, not ENOENT', async (t) => {
-    if (process.getuid?.() !== 0 || spawnSync('sh', ['-c', 'command -v unshare']).status !== 0) {
-      if (process.env.CI) assert.fail('needs root and unshare');
-      t.skip('needs root and unshare');
-      return;
-    }
     const mnt = join(tmp.path, 'rm');
-    mkdirSync(mnt);
     // Two levels to make: mkdir -p reports ENOENT for the inner one when the outer is refused.
     const state = join(mnt, 'a', 's');
-    const script = `mount -t tmpfs -o size=4m,ro matchlock-test "${mnt}" && exec "$@"`;
-    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath, DAEMON_BIN, ...base(state)], { encoding: 'utf8', timeout: 30_000 });
-    const output = r.stdout + r.stderr;
-    assert.equal(r.status, 1, output);
-    assert.match(output, new RegExp(`state-dir ${state} is on a read-only file system \\(EROFS\\)`));
+    const r = startInMountNamespace(t, mnt, `mount -t tmpfs -o size=4m,ro matchlock-test "${mnt}"`, state);
+    if (!r) return;
+    assert.equal(r.status, 1, r.output);
+    assert.match(r.output, new RegExp(`state-dir ${state} is on a read-only file system \\(EROFS\\)`));
   });
 
   it('makes the state dir 0750 and tightens a world-readable one; the API socket is 0660 with grpc-socket-group', async () => {
