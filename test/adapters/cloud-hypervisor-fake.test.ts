@@ -174,6 +174,23 @@ describe('cloud-hypervisor stand-in: a booted VM', () => {
     assert.ok(existsSync(sock), 'the socket is left behind for the caller to remove');
   });
 
+  it('starts its log and serial files afresh, as File::create does: nothing of an earlier run is left', async () => {
+    const sock = api('fresh');
+    const [log, serial] = [join(dir, 'fresh.log'), join(dir, 'fresh.console')];
+    const old = 'earlier run: Linux version 6.1 booted\n'.repeat(50);
+    writeFileSync(log, old);
+    writeFileSync(serial, old);
+    const run = start(['--api-socket', `path=${sock}`, '--log-file', log, '-v', ...base(), '--serial', `file=${serial}`, '--console', 'off']);
+    await socketUp(sock, run);
+    assert.equal((await call(sock, 'GET', 'vmm.ping')).status, 200);
+    assert.equal(readFileSync(serial, 'utf8'), '', 'the serial file is truncated');
+    const text = readFileSync(log, 'utf8');
+    assert.doesNotMatch(text, /earlier run/, 'the log file is truncated, not appended to');
+    assert.match(text, /<vmm>/);
+    run.child.kill('SIGKILL');
+    await run.exited;
+  });
+
   it('idles with only an API socket: v53 404 JSON vs v41 500 text before vm.create; create, boot, vmm.shutdown', async () => {
     for (const version of ['53', '41']) {
       const sock = api(`idle${version}`);

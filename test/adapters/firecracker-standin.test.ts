@@ -168,6 +168,24 @@ describe('firecracker stand-in', { skip }, () => {
     ['log directory missing', (c) => { c.logger.log_path = join(dir, 'no-dir', 'fc.log'); }, /logger\.log_path: Failed to open target file/],
   ];
 
+  it('writes its log and metrics files from offset 0, neither appending nor truncating: an older file\'s tail is left behind', async () => {
+    const sub = `reuse${n++}`;
+    const cfg = config(sub);
+    const old = `${'x'.repeat(199)}\n`.repeat(40);
+    writeFileSync(join(dir, sub, 'fc.log'), old);
+    writeFileSync(join(dir, sub, 'fc.metrics'), old);
+    const { run } = await boot(cfg, sub);
+    assert.equal(run.code, null, run.stderr());
+    for (const f of ['fc.log', 'fc.metrics']) {
+      const text = readFileSync(join(dir, sub, f), 'utf8');
+      assert.equal(text.length, old.length, `${f}: not truncated, not appended to`);
+      assert.notEqual(text.slice(0, 200), old.slice(0, 200), `${f}: written over from offset 0`);
+      assert.ok(text.endsWith(old.slice(-400)), `${f}: the older bytes past the new ones stay`);
+    }
+    process.kill(run.pid, 'SIGKILL');
+    await run.exited;
+  });
+
   it(`refuses ${CASES.length} configs, each with one rule broken, exit 1 and an error naming the field`, async () => {
     const results: string[] = [];
     for (let i = 0; i < CASES.length; i += 4) {

@@ -20,7 +20,7 @@
 //                     poweroff-after=<ms> (the guest powers off: exit 0), no-api (never bind the
 //                     API socket), hang=<verb> (never answer that endpoint), ignore-power-button
 //                     (a guest without ACPI handling), ignore-sigterm.
-import { accessSync, appendFileSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { connect, createServer as createNetServer } from 'node:net';
 import { execFileSync, spawn } from 'node:child_process';
@@ -65,7 +65,7 @@ const FAULTS = new Map((process.env.FAKE_CH_FAULTS ?? '').split(',').filter(Bool
 
 function log(line) {
   const text = `cloud-hypervisor: ${((Date.now() - started) / 1000).toFixed(6)}s: <vmm> ${line}\n`;
-  if (logFile) appendFileSync(logFile, text);
+  if (logFile !== undefined) writeSync(logFile, text);
   else process.stderr.write(text);
 }
 
@@ -73,7 +73,7 @@ function log(line) {
 function die(...chain) {
   const text = `Error: Cloud Hypervisor exited with the following error:\n${chain.map((c, i) => `${'  '.repeat(i + 1)}${c}`).join('\n')}\n`;
   process.stderr.write(text);
-  if (logFile) appendFileSync(logFile, text);
+  if (logFile !== undefined) writeSync(logFile, text);
   process.exit(1);
 }
 
@@ -382,7 +382,9 @@ async function openDevices(cfg) {
   for (const c of [cfg.serial, cfg.console]) {
     if (c.mode === 'File') {
       try {
-        closeSync(openSync(c.file, 'a'));
+        // File::create, as CH opens a serial or console file (v41.0 and v53.0
+        // vmm/src/vm.rs): created, or truncated when it exists.
+        closeSync(openSync(c.file, 'w'));
       } catch (err) {
         throw ['Error booting VM', `Error opening console/serial file ${c.file}: ${err.message}`];
       }
@@ -708,12 +710,13 @@ async function handle(req, res) {
 
 const { got, verbose, hasPayload } = parseArgv(process.argv.slice(2));
 if (got['log-file']) {
+  // `--log-file` is opened with File::create (cloud-hypervisor/src/main.rs, v41.0 and v53.0):
+  // created, or truncated when it exists, and written from offset 0.
   try {
-    appendFileSync(got['log-file'], '');
+    logFile = openSync(got['log-file'], 'w');
   } catch (err) {
     die('Error creating log file', err.message);
   }
-  logFile = got['log-file'];
 }
 noShutdown = !!got['no-shutdown'];
 process.on('SIGTERM', () => {

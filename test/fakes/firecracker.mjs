@@ -21,7 +21,7 @@
 //                                 nothing above the jail needs to be reachable by the VM's uid
 import { setInterval, setTimeout } from 'node:timers';
 import { Buffer } from 'node:buffer';
-import { appendFileSync, existsSync, readFileSync, writeSync, openSync } from 'node:fs';
+import { appendFileSync, constants, existsSync, readFileSync, writeSync, openSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import { FC_VERSION, buildError, configRuleError, configShapeError, loadDefinitions, CONFIG_KEYS } from './firecracker-spec.mjs';
@@ -103,7 +103,16 @@ function log(level, msg) {
   const line = `${ts} [${tag}] ${msg}\n`;
   writeSync(logTarget ?? 1, line);
 }
-if (args['log-path']) logTarget = openSync(host(args['log-path']), 'a');
+/**
+ * How Firecracker opens its log and metrics paths: read-write, created when missing,
+ * non-blocking (a FIFO works), with neither O_APPEND nor O_TRUNC (v1.11.0
+ * src/vmm/src/vmm_config/mod.rs open_file_nonblock; v1.16.1 src/vmm/src/utils/mod.rs). Writes go on
+ * from offset 0: a restarted Firecracker writes over an old file and leaves its tail behind.
+ */
+function openLikeFirecracker(path) {
+  return openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_NONBLOCK);
+}
+if (args['log-path']) logTarget = openLikeFirecracker(host(args['log-path']));
 
 function fatal(msg) {
   const mode = args['no-api'] ? 'RunWithoutApiError' : 'RunWithApiError';
@@ -115,6 +124,7 @@ function fatal(msg) {
 
 // ---- metrics: JSON lines of deltas since the previous flush ----
 let metricsPath = args['metrics-path'] && host(args['metrics-path']);
+let metricsFd = metricsPath ? openLikeFirecracker(metricsPath) : undefined;
 const counters = { get: {}, put: {}, patch: {}, mmds: { rx_accepted: 0, rx_count: 0 } };
 function bump(group, key) {
   counters[group][key] = (counters[group][key] ?? 0) + 1;
@@ -157,7 +167,7 @@ function deviceDeltas() {
 }
 
 function flushMetrics() {
-  if (!metricsPath) return false;
+  if (metricsFd === undefined) return false;
   const line = {
     utc_timestamp_ms: Date.now(),
     ...deviceDeltas(),
@@ -169,7 +179,7 @@ function flushMetrics() {
     vmm: { panic_count: 0 },
     signals: { sigbus: 0, sigsegv: 0 },
   };
-  appendFileSync(metricsPath, JSON.stringify(line) + '\n');
+  writeSync(metricsFd, JSON.stringify(line) + '\n');
   counters.get = {};
   counters.put = {};
   counters.patch = {};
@@ -213,13 +223,13 @@ let vsockServer;
 
 function applyLoggerAndMetrics(cfg) {
   if (cfg.logger?.log_path) {
-    logTarget = openSync(host(cfg.logger.log_path), 'a');
+    logTarget = openLikeFirecracker(host(cfg.logger.log_path));
     showLevel = !!cfg.logger.show_level;
     showOrigin = !!cfg.logger.show_log_origin;
   }
   if (cfg.metrics?.metrics_path) {
     metricsPath = host(cfg.metrics.metrics_path);
-    openSync(metricsPath, 'a');
+    metricsFd = openLikeFirecracker(metricsPath);
   }
 }
 
