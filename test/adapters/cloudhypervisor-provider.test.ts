@@ -129,6 +129,21 @@ describe('cloud-hypervisor provider process logic (stand-in)', () => {
     assert.ok(Date.now() - t >= 2000, 'waited after SIGTERM before SIGKILL');
   });
 
+  it('a restart starts with an empty console and log; the last run\'s are kept as .1', async () => {
+    const { instance, launch } = vm();
+    await instance.start(launch, never, quiet);
+    await instance.stop({ timeoutMs: 5000, signal: never }, quiet);
+    // What a guest of the last run printed: its boot line and how it crashed.
+    writeFileSync(instance.files.console, 'Run /sbin/init as init process\nKernel panic - not syncing\n', { flag: 'a' });
+    const lastLog = readFileSync(instance.files.log, 'utf8');
+    assert.ok(lastLog.length > 0);
+    await instance.start(launch, never, quiet);
+    assert.doesNotMatch(readFileSync(instance.files.console, 'utf8'), /Run \/sbin\/init/, 'no boot line of the last run in this run\'s console');
+    assert.match(readFileSync(`${instance.files.console}.1`, 'utf8'), /Kernel panic - not syncing/, 'the last run\'s crash is kept');
+    assert.equal(readFileSync(`${instance.files.log}.1`, 'utf8'), lastLog);
+    await instance.stop({ timeoutMs: 5000, signal: never }, quiet);
+  });
+
   it('removes a stale API socket before starting (v41 refuses one), after a killed VMM', async () => {
     const { instance, launch } = vm();
     await withEnv({ FAKE_CH_VERSION: '41' }, async () => {

@@ -5,7 +5,7 @@ import fsp from 'node:fs/promises';
 import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { after, it } from 'node:test';
-import { boundFile, followFile, LogBound, readTail } from '../../src/adapters/vmm/console.js';
+import { boundFile, followFile, LogBound, readTail, rotateForStart } from '../../src/adapters/vmm/console.js';
 import { silentLogger } from '../../src/adapters/silent-logger.js';
 import { tempDir } from '../helpers/daemon.js';
 
@@ -240,4 +240,18 @@ it('following a file cut under a writer without O_APPEND starts over past the ho
   } finally {
     closeSync(fd);
   }
+});
+
+it('before a VMM start, each run file with output moves to .1; an empty one stays and keeps the older .1; a missing one is skipped', async () => {
+  const [used, empty, missing] = ['used.log', 'empty.log', 'missing.log'].map((f) => join(tmp.path, f)) as [string, string, string];
+  writeFileSync(used, 'last run\n');
+  writeFileSync(`${used}.1`, 'run before\n');
+  writeFileSync(empty, '');
+  writeFileSync(`${empty}.1`, 'crash of the run before\n');
+  await rotateForStart([used, empty, missing]);
+  assert.equal(existsSync(used), false, 'the next run starts its file afresh');
+  assert.equal(readFileSync(`${used}.1`, 'utf8'), 'last run\n');
+  assert.equal(readFileSync(empty, 'utf8'), '');
+  assert.equal(readFileSync(`${empty}.1`, 'utf8'), 'crash of the run before\n');
+  assert.equal(existsSync(`${missing}.1`), false);
 });

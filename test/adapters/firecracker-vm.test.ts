@@ -146,6 +146,35 @@ describe('FirecrackerVm against the stand-in', { skip }, () => {
     assert.equal(existsSync(join(launch.runDir, 'guest-agent.vsock')), false, 'vsock socket removed');
   });
 
+  it('a restart starts with empty console, log and metrics files; the last run\'s are kept as .1 and its counters are not counted again', async () => {
+    const { vm, launch } = vmFor();
+    const file = (f: string) => join(launch.dir, f);
+    await start(vm, launch);
+    await sleep(300);
+    await vm.flushMetrics();
+    const firstRun = await vm.ioCounters();
+    assert.ok((firstRun.block?.readOps ?? 0) > 0);
+    await vm.stop({ timeoutMs: 3000 }, quiet);
+    // As a real guest of the last run would have left it; the stand-in prints no console.
+    writeFileSync(file('firecracker.stdout'), 'Run /sbin/init as init process\n', { flag: 'a' });
+    const lastLog = readFileSync(file('firecracker.log'), 'utf8');
+    const lastMetrics = readFileSync(file('firecracker.metrics'), 'utf8');
+
+    await start(vm, launch);
+    assert.doesNotMatch(readFileSync(file('firecracker.stdout'), 'utf8'), /Run \/sbin\/init/, 'the new run\'s console holds only what it printed');
+    assert.match(readFileSync(file('firecracker.stdout.1'), 'utf8'), /Run \/sbin\/init as init process\n$/, 'the last run\'s console is kept');
+    assert.equal(readFileSync(file('firecracker.log.1'), 'utf8'), lastLog);
+    assert.equal(readFileSync(file('firecracker.metrics.1'), 'utf8'), lastMetrics);
+    assert.doesNotMatch(readFileSync(file('firecracker.log'), 'utf8'), /Vmm is stopping/, 'nothing of the last run in the log');
+    const lines = readFileSync(file('firecracker.metrics'), 'utf8').trim().split('\n');
+    assert.equal(lines.length, 1, 'only the new run\'s first flush');
+    // The totals are the sums of this run's lines alone.
+    const now = await vm.ioCounters();
+    const summed = readFileSync(file('firecracker.metrics'), 'utf8').trim().split('\n').reduce((n, l) => n + ((JSON.parse(l) as { block?: { read_count?: number } }).block?.read_count ?? 0), 0);
+    assert.equal(now.block?.readOps, summed);
+    await vm.stop({ timeoutMs: 3000 }, quiet);
+  });
+
   it('stop ladder: Ctrl+Alt+Del ignored -> SIGTERM; SIGTERM ignored too -> SIGKILL', async () => {
     const a = vmFor({ FAKE_FC_IGNORE_CTRL_ALT_DEL: '1' });
     const pidA = await start(a.vm, a.launch);

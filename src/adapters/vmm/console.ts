@@ -7,6 +7,27 @@ import type { Logger } from '../../core/ports.js';
 /** The previous generation of a bounded log: `<file>.1`. */
 export const rotatedOf = (path: string) => `${path}.1`;
 
+/**
+ * Moves the files a VMM writes for one run (its console, log, metrics, stdout, stderr) to
+ * `<file>.1` before the next run starts, so each start begins with empty files and the last
+ * run's output (a crash reason) survives one restart. Needed because the VMMs do not start
+ * their files afresh themselves: Firecracker opens its log and metrics read-write without
+ * O_TRUNC or O_APPEND (v1.11.0 src/vmm/src/vmm_config/mod.rs open_file_nonblock, v1.16.1 src/vmm/src/utils/mod.rs), so a
+ * new run writes over the old bytes from offset 0 and leaves the rest; the spawner appends the
+ * console (stdout); Cloud Hypervisor truncates its serial and log files (File::create) and so
+ * would lose the crash reason. An empty file is left in place: it holds no run's output, and
+ * moving it would replace an older `.1` that does. Files that are missing are skipped.
+ */
+export async function rotateForStart(paths: readonly string[]): Promise<void> {
+  for (const path of paths) {
+    const st = statSync(path, { throwIfNoEntry: false });
+    if (!st || st.size === 0) continue;
+    await rename(path, rotatedOf(path)).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+    });
+  }
+}
+
 /** What `stat` says of a file: enough to tell which file a path names and what it holds. */
 type FileStat = { ino: number; dev: number; size: number; blocks: number };
 

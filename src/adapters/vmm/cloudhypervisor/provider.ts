@@ -3,6 +3,7 @@ import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Step } from '../../../core/plan/step.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import { rotateForStart } from '../console.js';
 import { launchDetached } from '../launcher.js';
 import { climbStopLadder, signalRung, type Rung } from '../stop-ladder.js';
 import { ChApi, type ChCounters } from './api.js';
@@ -111,6 +112,10 @@ export class CloudHypervisorInstance implements VmmInstance {
     // killed VMM leaves both behind.
     await this.removeSockets();
     await rm(this.files.pid, { force: true });
+    // CH truncates its serial and log files (File::create), which would take the last run's
+    // crash reason with it; the spawner appends stdout. The last run's go to `.1` first, as
+    // QEMU's console does, so the supervisor never reads an earlier run's boot line as this one's.
+    await rotateForStart([this.files.console, this.files.log, this.files.stdout, this.files.stderr]);
     await writeFile(this.files.cmdline, JSON.stringify([bin, ...args]) + '\n');
     // The macvtap's character device; CH takes it as fd=3, 4, … in NIC order.
     const taps = l.nics.filter((n) => n.type === 'MACVTAP').map((n) => `/dev/tap${n.ifindex}`);

@@ -7,6 +7,7 @@ import { basename } from 'node:path';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { VmmIoCounters } from '../../../core/vmm.js';
+import { rotateForStart } from '../console.js';
 import { pidAlive } from '../process.js';
 import { unixHttp } from '../unix-http.js';
 import { ensureVmlinux } from './kernel.js';
@@ -14,6 +15,9 @@ import { FILES, SOCKETS, filePath, firecrackerArgs, firecrackerConfig, mmdsMetad
 import { jailId, jailPlan, jailRoot, type JailerSettings, type JailPlan } from './jailer.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The files Firecracker (and the spawner, for its stdout and stderr) writes during one run. */
+const RUN_FILES = ['stdout', 'stderr', 'log', 'metrics'] as const;
 
 /** SIGKILL to `pid`; one that ended meanwhile (ESRCH) is what was wanted. */
 function signalGone(pid: number): void {
@@ -163,7 +167,7 @@ export class FirecrackerVm {
     const config = plan ? firecrackerConfig(plan.launch, plan.paths) : firecrackerConfig(launch, this.paths);
     await writeFile(this.file('metadata'), JSON.stringify(mmdsMetadata(l.metadata)) + '\n');
     await writeFile(this.file('config'), JSON.stringify(config, null, 2) + '\n');
-    for (const f of ['log', 'metrics', 'stdout', 'stderr'] as const) await writeFile(this.file(f), '', { flag: 'a' });
+    for (const f of RUN_FILES) await writeFile(this.file(f), '', { flag: 'a' });
     if (plan) await this.buildJail(plan, launch);
     await this.removeSockets();
     if (this.jail) {
@@ -241,6 +245,11 @@ export class FirecrackerVm {
    * nor when `signal` aborts (Canceled), also when the VM was answered running at that moment.
    */
   async start(l: FirecrackerLaunch, log: Logger, signal?: AbortSignal): Promise<number> {
+    // Each start gets empty files, the last run's kept as `.1` (rotateForStart says why);
+    // prepare then makes the new log and metrics files and links them into the jail.
+    await rotateForStart(RUN_FILES.map((f) => this.file(f)));
+    // The sums and read offset of the last run's metrics file are not this run's.
+    METRIC_TOTALS.forget(this.file('metrics'));
     const plan = await this.prepare(l);
     const bin = plan && this.o.jailer ? this.o.jailer.bin : this.o.bin;
     const args = plan ? plan.argv : firecrackerArgs(l, this.paths);

@@ -1,10 +1,11 @@
 import { lstatSync, readFileSync } from 'node:fs';
-import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { readFile, unlink, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { Step } from '../../../core/plan/step.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import { hostNetCounters } from '../io-counters.js';
+import { rotateForStart } from '../console.js';
 import { launchDetached, waitGone } from '../launcher.js';
 import type { VmmConfinement } from '../confine/vmm.js';
 import { childIdentity } from '../children.js';
@@ -155,9 +156,10 @@ class QemuInstance implements VmmInstance {
     // QEMU refuses to bind a socket path that exists; a killed QEMU leaves them behind.
     await removeFile(this.qmp);
     await removeFile(this.consoleInput.path);
-    // The log is appended to (see qemuArgs); the last run's console moves aside, so the boot
-    // line of a guest that crashed is not taken for this run's, and the crash stays readable.
-    if (lstatSync(this.files.console, { throwIfNoEntry: false })) await rename(this.files.console, `${this.files.console}.1`).catch(() => undefined);
+    // The log is appended to (see qemuArgs); the last run's console and output move aside, so
+    // the boot line of a guest that crashed is not taken for this run's, and the crash (QEMU's
+    // stderr, which the launcher empties) stays readable.
+    await rotateForStart([this.files.console, this.files.stdout, this.files.stderr]);
     await writeFile(this.files.cmdline, JSON.stringify([this.bin, ...args]) + '\n');
     // A macvtap's character device, opened by whoever starts QEMU and given as fd 3, 4, …
     const taps = l.nics.filter((n) => n.type === 'MACVTAP').map((n) => `/dev/tap${n.ifindex}`);
