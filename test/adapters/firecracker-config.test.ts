@@ -11,7 +11,7 @@ import {
   mmdsMetadata,
   type FirecrackerLaunch,
 } from '../../src/adapters/vmm/firecracker/config.js';
-import { DEFAULT_JAILER, cgroupLimits, jailId, jailPlan, jailedSocket } from '../../src/adapters/vmm/firecracker/jailer.js';
+import { DEFAULT_JAILER, cgroupLimits, jailPlan, jailUidRange, jailedSocket } from '../../src/adapters/vmm/firecracker/jailer.js';
 import { ROOT } from '../helpers/daemon.js';
 import { configShapeError, swaggerAvailable, swaggerPath } from '../fakes/firecracker-spec.mjs';
 
@@ -84,7 +84,7 @@ function render(l: FirecrackerLaunch) {
 const JAILER = { ...DEFAULT_JAILER, bin: '/usr/bin/jailer', chrootBase: '/var/lib/matchlock/jailer' };
 
 function renderJailed(l: FirecrackerLaunch) {
-  const plan = jailPlan(l, JAILER, '/usr/bin/firecracker');
+  const plan = jailPlan(l, JAILER, '/usr/bin/firecracker', JAILER.uidBase);
   return { argv: plan.argv, config: firecrackerConfig(plan.launch, plan.paths), links: plan.links, root: plan.root, cgroup: plan.cgroup, apiSocket: jailedSocket(plan, 'api') };
 }
 
@@ -145,10 +145,8 @@ describe('firecracker config rules', () => {
 });
 
 describe('firecracker jailer plan', () => {
-  it('gives each VM a stable unprivileged id and cgroup v2 limits from the spec', () => {
-    assert.equal(jailId(UID, JAILER), jailId(UID, JAILER));
-    assert.notEqual(jailId(UID, JAILER), jailId('01HZY3NDEKTSV4RRFFQ69G5FAW', JAILER));
-    assert.ok(jailId(UID, JAILER) >= JAILER.uidBase && jailId(UID, JAILER) < JAILER.uidBase + JAILER.uidCount);
+  it('claims ids from uidBase on, 65536 of them, and cgroup v2 limits from the spec', () => {
+    assert.deepEqual(jailUidRange(JAILER), { first: 900_000, last: 900_000 + 65_535 });
     assert.deepEqual(cgroupLimits({ vcpu: 2, memoryInMb: 1024 }, JAILER), ['cpu.max=200000 100000', `memory.max=${(1024 + 64) * 1024 * 1024}`, 'memory.swap.max=0']);
   });
   it('paths inside the jail, --id given once (by the jailer)', () => {

@@ -312,8 +312,10 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
     assert.equal(Number(readFileSync(join(dir, 'firecracker.pid'), 'utf8')), pid);
     assert.equal(await vm.running(), pid);
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-    assert.match(status, new RegExp(`^Uid:\\s+${vm.jailUid}\\s`, 'm'), 'runs as the VM\'s own uid');
-    assert.match(status, new RegExp(`^Gid:\\s+${vm.jailUid}\\s`, 'm'));
+    const id = await vm.jailUid();
+    assert.ok(id !== undefined);
+    assert.match(status, new RegExp(`^Uid:\\s+${id}\\s`, 'm'), 'runs as the VM\'s own uid');
+    assert.match(status, new RegExp(`^Gid:\\s+${id}\\s`, 'm'));
     const cg = join(tmp.path, 'cgroup', 'matchlock', uid);
     assert.equal(readFileSync(join(cg, 'cpu.max'), 'utf8'), '200000 100000\n');
     assert.equal(readFileSync(join(cg, 'memory.max'), 'utf8'), `${(1024 + 64) * 1024 * 1024}\n`);
@@ -332,6 +334,27 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
     await vm.cleanup();
     assert.equal(existsSync(join(tmp.path, 'jailer', 'firecracker.mjs', uid)), false, 'jail removed');
     assert.equal(existsSync(cg), false, 'cgroup removed');
+    assert.equal(await vm.jailUid(), undefined, 'its uid/gid is given back');
+  });
+
+  it('gives live VMs distinct uids/gids, each kept across restarts of the VM and the daemon, and free again after delete', async () => {
+    // sha256 of these two VM uids agrees mod 65536: a hashed id would give both the same.
+    const a = jailedVm('01HZY3NDEKTSV4RRFFQ6900097', { readyTimeoutMs: 20_000 });
+    const b = jailedVm('01HZY3NDEKTSV4RRFFQ6900102', { readyTimeoutMs: 20_000 });
+    const idA = (await a.vm.prepare(a.launch))?.id;
+    const idB = (await b.vm.prepare(b.launch))?.id;
+    assert.ok(idA !== undefined && idB !== undefined);
+    assert.notEqual(idA, idB, 'no two live VMs share a uid/gid');
+    assert.equal(statSync(join(a.dir, 'firecracker.log')).uid, idA, 'the jail\'s writable files are the VM\'s own');
+    assert.equal((await a.vm.prepare(a.launch))?.id, idA, 'the same id on the next start');
+    const again = jailedVm('01HZY3NDEKTSV4RRFFQ6900097', { readyTimeoutMs: 20_000 });
+    assert.equal((await again.vm.prepare(again.launch))?.id, idA, 'the same id for a new daemon');
+    await a.vm.cleanup();
+    assert.equal(await a.vm.jailUid(), undefined);
+    const c = jailedVm('01HZY3NDEKTSV4RRFFQ69GJA9C', { readyTimeoutMs: 20_000 });
+    assert.equal((await c.vm.prepare(c.launch))?.id, idA, 'a deleted VM\'s id is free for the next');
+    await b.vm.cleanup();
+    await c.vm.cleanup();
   });
 
   /**
@@ -347,7 +370,7 @@ describe('FirecrackerVm under the jailer stand-in', { skip }, () => {
     const jailerBin = join(tmp.path, `jailer-${uid}.sh`);
     writeFileSync(jailerBin, `#!/bin/sh\nexport FAKE_JAILER_CGROUP_ROOT='${join(tmp.path, 'cgroup')}'\nexport FAKE_JAILER_HOLD_MS=${o.holdMs ?? 0}\n${o.failCode === undefined ? '' : `export FAKE_JAILER_FAIL_CODE=${o.failCode}\n`}exec ip netns exec ${ns} ${FAKE_JAILER} "$@"\n`);
     chmodSync(jailerBin, 0o755);
-    const jailer = { ...DEFAULT_JAILER, bin: jailerBin, chrootBase: join(tmp.path, 'jailer'), cgroupRoot: join(tmp.path, 'cgroup') };
+    const jailer = { ...DEFAULT_JAILER, bin: jailerBin, chrootBase: join(tmp.path, 'jailer'), cgroupRoot: join(tmp.path, 'cgroup'), claimsDir: join(tmp.path, 'vmm-uids') };
     const vm = new FirecrackerVm(uid, { dir, runDir }, { bin: FAKE_FIRECRACKER, detach: true, readyTimeoutMs: o.readyTimeoutMs, termTimeoutMs: 1000, jailer });
     const launch: FirecrackerLaunch = {
       uid, namespace: 'ns', name: 'name', dir, runDir, vcpu: 2, memoryInMb: 1024,

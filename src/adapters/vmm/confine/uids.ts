@@ -26,9 +26,11 @@ export function parseUidRange(text: string): UidRange | undefined {
  * one), holding the VM's uid; it lives as long as the VM and is found again on a restart.
  */
 export class UidPool {
+  /** `setting`: the setting the range comes from, named when the range runs out. */
   constructor(
     private readonly dir: string,
     private readonly range: UidRange,
+    private readonly setting = 'vmm-uid-range',
   ) {}
 
   private async claims(): Promise<Map<number, string>> {
@@ -61,12 +63,18 @@ export class UidPool {
       }
       if (held.size >= this.range.last - this.range.first + 1) break;
     }
-    throw new Error(`no free uid left in vmm-uid-range ${this.range.first}-${this.range.last}: every one is held by a VM`);
+    throw new Error(`no free uid left in ${this.setting} ${this.range.first}-${this.range.last}: every one is held by a VM`);
   }
 
   /** Whether the VM holds a uid of the range. */
   async holds(vmUid: string): Promise<boolean> {
-    return [...(await this.claims()).values()].includes(vmUid);
+    return (await this.uidOf(vmUid)) !== undefined;
+  }
+
+  /** The uid the VM holds, without claiming one; undefined when it holds none. */
+  async uidOf(vmUid: string): Promise<number | undefined> {
+    for (const [uid, owner] of await this.claims()) if (owner === vmUid) return uid;
+    return undefined;
   }
 
   /** Gives the VM's uid back; releasing none succeeds. */

@@ -26,7 +26,7 @@ const descriptor: ProviderDescriptor = {
 export interface FirecrackerSettings {
   bin: string;
   detach: boolean;
-  jailer: (JailerSettings & { cgroupRoot: string }) | undefined;
+  jailer: (JailerSettings & { cgroupRoot: string; claimsDir: string }) | undefined;
 }
 
 /** Firecracker: the VMM of every flintlock host, driven through its config file and API socket. */
@@ -107,10 +107,12 @@ export class FirecrackerInstance implements VmmInstance {
     return [
       {
         name: 'firecracker jail and cgroup',
-        needed: async () => existsSync(jail.replace(/\/root$/, '')) || existsSync(cgroup),
+        needed: async () => existsSync(jail.replace(/\/root$/, '')) || existsSync(cgroup) || (await vm.jailUid()) !== undefined,
         run: () => vm.cleanup(),
         verify: async () => {
           if (existsSync(jail.replace(/\/root$/, ''))) throw failedPrecondition(`jail ${jail} is still there`);
+          const id = await vm.jailUid();
+          if (id !== undefined) throw failedPrecondition(`uid/gid ${id} is still claimed for vm ${this.ref.uid}`);
         },
       },
     ];
@@ -164,6 +166,8 @@ function jailerSettings(ctx: ProviderContext): FirecrackerSettings['jailer'] {
     chrootBase: base,
     uidBase: Number(ctx.setting('firecracker-jailer-uid-base')),
     cgroupRoot: String(ctx.setting('firecracker-jailer-cgroup-root')),
+    // The claims of vmm-uid-range's pool too (daemon/app.ts): one uid is never two VMMs'.
+    claimsDir: `${ctx.stateDir}/vmm-uids`,
   };
 }
 
@@ -176,7 +180,7 @@ export const firecrackerModule: ProviderModule = {
     { key: 'firecracker-detach', kind: 'bool', default: 'true', help: 'run Firecracker detached so VMs outlive the daemon' },
     { key: 'firecracker-jailer-bin', kind: 'string', default: '', help: 'Firecracker jailer binary; empty: no jailer. With it each VM runs chrooted as its own uid/gid with cgroup v2 limits' },
     { key: 'firecracker-jailer-chroot-base', kind: 'string', default: '', help: 'jailer --chroot-base-dir, on the state dir\'s filesystem; empty: <state-dir>/jailer' },
-    { key: 'firecracker-jailer-uid-base', kind: 'int', default: '900000', min: 1000, help: 'first of the 65536 uids/gids the jailer gives VMs (one per VM)' },
+    { key: 'firecracker-jailer-uid-base', kind: 'int', default: '900000', min: 1000, help: 'first of the 65536 uids/gids the jailer gives VMs: each VM claims a free one, kept until it is deleted' },
     { key: 'firecracker-jailer-cgroup-root', kind: 'string', default: '/sys/fs/cgroup', help: 'the cgroup v2 mount the jailer makes <parent>/<uid> cgroups under' },
   ],
   create: (ctx) => new FirecrackerProvider({ bin: ctx.found ?? ctx.binary, detach: ctx.setting('firecracker-detach') !== false, jailer: jailerSettings(ctx) }),

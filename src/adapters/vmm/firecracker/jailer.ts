@@ -1,5 +1,5 @@
-import { createHash } from 'node:crypto';
 import { basename } from 'node:path';
+import type { UidRange } from '../confine/uids.js';
 import { FILES, SOCKETS, firecrackerArgs, type FirecrackerLaunch, type FirecrackerPaths } from './config.js';
 
 /** Jailer settings (firecracker-jailer-bin and friends); the jailer is off when `bin` is empty. */
@@ -19,12 +19,14 @@ export interface JailerSettings {
 export const DEFAULT_JAILER: Omit<JailerSettings, 'bin' | 'chrootBase'> = { uidBase: 900_000, uidCount: 65_536, parentCgroup: 'matchlock', vmmOverheadMb: 64 };
 
 /**
- * A per-VM unprivileged uid/gid, stable for the VM's uid (so a restarted daemon computes the
- * same one): uidBase + sha256(uid) mod uidCount. Firecracker's production guide wants one
- * unique unprivileged uid/gid per microVM (docs/prod-host-setup.md).
+ * The uids/gids the jailer gives VMs, `uidBase` to `uidBase + uidCount - 1`. Each VM claims one
+ * of its own from them through the same claims as vmm-uid-range (confine/uids.ts UidPool), so
+ * no two live VMs share one, as Firecracker's production host setup asks (one unique
+ * unprivileged uid/gid per microVM, docs/prod-host-setup.md); a hash of the VM's uid would
+ * collide (the birthday bound: about one in two after 300 VMs over 65536 ids).
  */
-export function jailId(uid: string, s: Pick<JailerSettings, 'uidBase' | 'uidCount'>): number {
-  return s.uidBase + (createHash('sha256').update(uid).digest().readUInt32BE(0) % s.uidCount);
+export function jailUidRange(s: Pick<JailerSettings, 'uidBase' | 'uidCount'>): UidRange {
+  return { first: s.uidBase, last: s.uidBase + s.uidCount - 1 };
 }
 
 /** `<chroot-base>/<exec-file name>/<id>/root`, where the jailer pivots to (docs/jailer.md). */
@@ -64,13 +66,13 @@ export interface JailPlan {
  * in (kernel, initrd, drives; and the VM directory's cfg, metadata, log, metrics so operators
  * keep reading them where flintlock keeps them), and the jailer's argv. `--new-pid-ns`: the
  * VMM gets its own pid namespace and the jailer writes its pid to
- * `<jail root>/<exec-file name>.pid`, where the daemon reads it. No `--daemonize`: it would
+ * `<jail root>/<exec-file name>.pid`, where the daemon reads it. `id` is the VM's claimed uid/gid
+ * (jailUidRange). No `--daemonize`: it would
  * send the serial console to /dev/null. The jailer passes --id itself, so it is not repeated
  * after `--`.
  */
-export function jailPlan(l: FirecrackerLaunch, s: JailerSettings, execFile: string): JailPlan {
+export function jailPlan(l: FirecrackerLaunch, s: JailerSettings, execFile: string, id: number): JailPlan {
   const root = jailRoot(l.uid, s, execFile);
-  const id = jailId(l.uid, s);
   const paths: FirecrackerPaths = { dir: '', runDir: '/run' };
   const links: JailLink[] = [];
   const link = (host: string, jail: string) => {

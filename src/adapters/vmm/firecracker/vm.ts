@@ -12,7 +12,8 @@ import { pidAlive } from '../process.js';
 import { unixHttp } from '../unix-http.js';
 import { ensureVmlinux } from './kernel.js';
 import { FILES, SOCKETS, filePath, firecrackerArgs, firecrackerConfig, mmdsMetadata, socketPath, type FirecrackerLaunch, type FirecrackerPaths } from './config.js';
-import { jailId, jailPlan, jailRoot, type JailerSettings, type JailPlan } from './jailer.js';
+import { UidPool } from '../confine/uids.js';
+import { jailPlan, jailRoot, jailUidRange, type JailerSettings, type JailPlan } from './jailer.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -58,8 +59,12 @@ export interface FirecrackerVmOptions {
   readyTimeoutMs?: number;
   /** After SIGTERM, how long before SIGKILL (ms). */
   termTimeoutMs?: number;
-  /** Run through the jailer; `cgroupRoot` is the cgroup v2 mount the jailer writes under. */
-  jailer?: (JailerSettings & { cgroupRoot: string }) | undefined;
+  /**
+   * Run through the jailer; `cgroupRoot` is the cgroup v2 mount the jailer writes under,
+   * `claimsDir` where each VM's uid/gid claim is kept (`<state-dir>/vmm-uids`, shared with
+   * vmm-uid-range so no two VMMs of any provider share a uid).
+   */
+  jailer?: (JailerSettings & { cgroupRoot: string; claimsDir: string }) | undefined;
 }
 
 /** Counters from the last metrics line, flattened to `group.counter`, with its timestamp. */
@@ -81,6 +86,8 @@ export class FirecrackerVm {
   private readonly fcPaths: FirecrackerPaths;
   /** The jail root on the host, with the jailer. */
   readonly jail: string | undefined;
+  /** Where the VM's own uid/gid under the jailer is claimed. */
+  private readonly uids: UidPool | undefined;
 
   constructor(
     readonly uid: string,
@@ -90,6 +97,7 @@ export class FirecrackerVm {
     this.readyTimeoutMs = o.readyTimeoutMs ?? 10_000;
     this.termTimeoutMs = o.termTimeoutMs ?? 3000;
     this.jail = o.jailer ? jailRoot(uid, o.jailer, o.bin) : undefined;
+    this.uids = o.jailer ? new UidPool(o.jailer.claimsDir, jailUidRange(o.jailer), 'firecracker-jailer-uid-base') : undefined;
     this.fcPaths = o.jailer ? { dir: '', runDir: '/run' } : paths;
   }
 
@@ -163,7 +171,9 @@ export class FirecrackerVm {
     await mkdir(this.paths.runDir, { recursive: true, mode: 0o700 });
     // Firecracker loads only an ELF vmlinux: a bzImage is unpacked once into the VM directory.
     const launch = { ...l, kernelPath: await ensureVmlinux(l.kernelPath, this.file('vmlinux')) };
-    const plan = this.o.jailer ? jailPlan(launch, this.o.jailer, this.o.bin) : undefined;
+    // The VM's uid/gid is claimed once and kept until it is deleted: the same one on every
+    // start (the jail's files are owned by it) and after a daemon restart (the claim is a file).
+    const plan = this.o.jailer && this.uids ? jailPlan(launch, this.o.jailer, this.o.bin, await this.uids.claim(this.uid)) : undefined;
     const config = plan ? firecrackerConfig(plan.launch, plan.paths) : firecrackerConfig(launch, this.paths);
     await writeFile(this.file('metadata'), JSON.stringify(mmdsMetadata(l.metadata)) + '\n');
     await writeFile(this.file('config'), JSON.stringify(config, null, 2) + '\n');
@@ -226,9 +236,9 @@ export class FirecrackerVm {
     });
   }
 
-  /** The VM's own unprivileged uid/gid under the jailer. */
-  get jailUid(): number | undefined {
-    return this.o.jailer ? jailId(this.uid, this.o.jailer) : undefined;
+  /** The VM's own unprivileged uid/gid under the jailer, once claimed; undefined without the jailer or a claim. */
+  async jailUid(): Promise<number | undefined> {
+    return this.uids?.uidOf(this.uid);
   }
 
   async removeSockets(): Promise<void> {
@@ -422,10 +432,14 @@ export class FirecrackerVm {
     await this.finish(log);
   }
 
-  /** After the VM is stopped for good: its sockets, jail and cgroup. */
+  /**
+   * After the VM is stopped for good: its sockets, jail and cgroup, then its uid/gid, given
+   * back only once nothing of the jail (files owned by it, a process in its cgroup) is left.
+   */
   async cleanup(): Promise<void> {
     await this.removeSockets();
     await this.removeJail();
+    await this.uids?.release(this.uid);
   }
 
   private async finish(log: Logger): Promise<void> {
