@@ -199,8 +199,21 @@ export async function inspectHost(
   return checks;
 }
 
-/** Providers whose VMMs matchlock starts confined (vmm-user, seccomp, cgroup); the others join with their own confinement. */
-const CONFINED_PROVIDERS: ReadonlySet<string> = new Set(['qemu']);
+/**
+ * What to do about a VM's VMM found running as root, by provider. matchlock confines only QEMU
+ * itself (vmm-user or vmm-uid-range, chroot, seccomp, vmm-cgroups) and Firecracker through the
+ * jailer (firecracker-jailer-bin: its own uid/gid, chroot, cgroup v2); Firecracker without the
+ * jailer and Cloud Hypervisor run as matchlockd's own user (root) outside any per-VM cgroup.
+ */
+function rootVmmFix(cfg: DaemonConfig, provider: string): string {
+  if (provider === 'qemu') return 'kill that VMM (matchlockd starts it again as vmm-user, confined)';
+  if (provider === 'firecracker') {
+    return cfg.providerSettings['firecracker-jailer-bin']
+      ? 'stop and start the VM: matchlockd starts it again under the jailer, as the VM\'s own uid/gid'
+      : 'matchlockd runs Firecracker unconfined without the jailer (vmm-user and vmm-cgroups apply to QEMU only): set firecracker-jailer-bin, then stop and start the VM';
+  }
+  return `matchlockd does not confine ${provider} (vmm-user and vmm-cgroups apply to QEMU only): a guest that escapes it owns the host; use provider qemu, or firecracker with firecracker-jailer-bin, where that matters`;
+}
 
 /**
  * A VM not yet CREATED lacks files, a VMM or links because it is not made yet: those are the
@@ -281,7 +294,7 @@ async function vmChecks(
   // A VM the operator stopped (matchlock.v1 StopMicroVM) is right to have no VMM.
   const stopped = desiredPower(vm) === 'STOPPED';
   if (stopped) out.push(pid === undefined ? ok(`${id} vmm`, `stopped by request (matchlock vm start ${vm.uid} starts it)`) : warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} runs, but the VM was asked to stop`, 'matchlockd stops it on its next reconcile; restart it to reconcile now'));
-  else if (pid !== undefined && uid === '0' && CONFINED_PROVIDERS.has(vm.spec.provider)) out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, 'kill that VMM (matchlockd starts it again as vmm-user, confined)'));
+  else if (pid !== undefined && uid === '0') out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, rootVmmFix(cfg, vm.spec.provider)));
   else out.push(pid !== undefined ? ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as uid ${uid ?? '?'}`) : fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
   if (pid !== undefined && vmm.powerState) {
     // The VMM's control API (QMP, Cloud Hypervisor's REST socket): a live process that does not

@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
@@ -40,4 +42,42 @@ describe('inspect and power', () => {
     again.close();
     assert.equal((await vmmCheck())?.status, 'fail');
   });
+
+  // matchlockd confines QEMU (vmm-user, cgroups) and Firecracker under the jailer only; a VMM
+  // of the others running as root is as much a risk, and inspect says which setting changes it.
+  for (const [provider, uid, pidFile, fix] of [
+    ['firecracker', '01HZY3NDEKTSV4RRFFQ69G5FB1', 'firecracker.pid', /runs Firecracker unconfined without the jailer.*set firecracker-jailer-bin/],
+    ['cloudhypervisor', '01HZY3NDEKTSV4RRFFQ69G5FB2', 'cloudhypervisor.pid', /does not confine cloudhypervisor/],
+  ] as const) {
+    it(`a ${provider} VMM running as root is a warning naming what confines it`, { skip: process.getuid?.() !== 0 && 'needs root' }, async () => {
+      const state = join(tmp.path, `state-${provider}`);
+      const store = new SqliteStore(join(state, 'matchlock.db'));
+      const dir = join(state, 'vm', 'ns', 'web', uid);
+      store.insert({
+        uid, version: 1,
+        spec: {
+          name: 'web', namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024,
+          kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: false },
+          additionalVolumes: [], interfaces: [], metadata: {}, provider, allowGuestAgent: false,
+        },
+        status: { ...initialStatus(), state: 'CREATED', power: 'RUNNING' },
+        createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:00:00.000Z',
+        power: { desired: 'RUNNING', restart: 0 },
+      });
+      store.close();
+      mkdirSync(dir, { recursive: true });
+      // A process that passes for the VM's VMM: its command line names the VM as the provider looks for it.
+      const vmm = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)', '--', '--id', uid, '--config-file', join(dir, 'firecracker.cfg'), dir], { stdio: 'ignore' });
+      try {
+        writeFileSync(join(dir, pidFile), `${vmm.pid}\n`);
+        const cfg = loadConfig({ flags: { 'state-dir': state, 'grpc-endpoint': `unix:${join(tmp.path, 'none.sock')}` }, file: { path: '/dev/null', explicit: true }, env: {} });
+        const check = (await inspectHost(cfg, {})).find((c) => c.check === `vm ns/web (${uid}) vmm`);
+        assert.equal(check?.status, 'warn', JSON.stringify(check));
+        assert.match(check?.evidence ?? '', new RegExp(`pid ${vmm.pid} running as root`));
+        assert.match(JSON.stringify(check), fix);
+      } finally {
+        vmm.kill('SIGKILL');
+      }
+    });
+  }
 });

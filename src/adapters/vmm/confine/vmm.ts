@@ -99,7 +99,7 @@ export class VmmConfinement {
 export async function createConfinement(o: ConfinementOptions, log: Logger): Promise<VmmConfinement> {
   const range = parseUidRange(o.uidRange);
   let user: Account | undefined;
-  if (range) log.info({ first: range.first, last: range.last }, 'each VMM runs as its own uid from vmm-uid-range');
+  if (range) log.info({ first: range.first, last: range.last }, 'each QEMU VMM runs as its own uid from vmm-uid-range');
   else if (o.user === 'root' || o.user === '0:0') log.warn({ 'vmm-user': o.user }, 'VMM processes run as root: a guest that escapes QEMU owns the host');
   else {
     const { account, created } = await ensureSystemUser(o.user);
