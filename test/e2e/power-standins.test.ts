@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
@@ -46,8 +46,11 @@ describe('power operations on the Firecracker and Cloud Hypervisor stand-ins', {
     assert.equal(code, 0, `matchlock ${args.join(' ')}: ${err}`);
   };
 
-  /** Drives one VM of `provider` through every power call; `vmmState` asks the VMM itself. */
-  async function cycle(provider: string, name: string, vmmState: (uid: string) => Promise<string>, stopped: (uid: string, pid: number) => void): Promise<number[]> {
+  /**
+   * Drives one VM of `provider` through every power call; `vmmState` asks the VMM itself,
+   * `consoleFile` names the VM's serial console file.
+   */
+  async function cycle(provider: string, name: string, consoleFile: string, vmmState: (uid: string) => Promise<string>, stopped: (uid: string, pid: number) => void): Promise<number[]> {
     const vms = api(lab);
     const uid = await vms.create(name, [{ id: 'eth1', type: 'TAP' }], undefined, undefined, { provider });
     const vm = await waitFor('CREATED', async () => { const v = await vms.get(uid); return stateOf(v) === 'CREATED' && powerOf(v) === 'RUNNING' ? v : undefined; }, 90_000);
@@ -70,6 +73,8 @@ describe('power operations on the Firecracker and Cloud Hypervisor stand-ins', {
     assert.equal(pidAlive(pids[0] ?? 0), false);
     assert.equal(powerOf(await vms.get(uid)), 'STOPPED');
     stopped(uid, pids[0] ?? 0);
+    // The console as a real guest of that run would have left it: the stand-ins print none.
+    appendFileSync(join(vmDir(lab, name, uid), consoleFile), 'Run /sbin/init as init process\n');
 
     await lab.restartDaemon(false);
     await sleep(2000);
@@ -81,6 +86,10 @@ describe('power operations on the Firecracker and Cloud Hypervisor stand-ins', {
     const second = (await vms.get(uid))?.status?.vmmPid ?? 0;
     started.push(second);
     assert.ok(second > 0 && second !== pids[0] && pidAlive(second));
+    // The new VMM printed nothing: the last run's boot line must not count for it. The
+    // supervisor reads the console as soon as it watches the new VMM; 2 s gives it that time.
+    await sleep(2000);
+    assert.equal((await vms.get(uid))?.status?.guestBooted, false, 'not booted from the last run\'s console');
     await matchlock('vm', 'restart', uid, '--grace', '30s');
     const third = (await vms.get(uid))?.status?.vmmPid ?? 0;
     started.push(third);
@@ -93,7 +102,7 @@ describe('power operations on the Firecracker and Cloud Hypervisor stand-ins', {
 
   it('firecracker: PATCH /vm Paused and Resumed, Ctrl+Alt+Del after resuming, start and restart', async () => {
     const fcState = async (uid: string) => ((await unixHttp(join(lab.stateDir, 'run', uid, 'firecracker.sock'), 'GET', '/')).body as { state: string }).state;
-    await cycle('firecracker', 'fc-power', fcState, (uid) => {
+    await cycle('firecracker', 'fc-power', 'firecracker.stdout', fcState, (uid) => {
       const log = readFileSync(join(vmDir(lab, 'fc-power', uid), 'firecracker.log'), 'utf8');
       const lines = log.split('\n').filter((l) => /was paused|was resumed|Vmm is stopping/.test(l)).map((l) => l.replace(/^.*(The microVM was \w+|Vmm is stopping).*$/, '$1'));
       assert.deepEqual(lines, ['The microVM was paused', 'The microVM was resumed', 'The microVM was paused', 'The microVM was resumed', 'Vmm is stopping']);
@@ -104,7 +113,7 @@ describe('power operations on the Firecracker and Cloud Hypervisor stand-ins', {
     const chState = async (uid: string) => ((await unixHttp(join(lab.stateDir, 'run', uid, 'cloudhypervisor.sock'), 'GET', '/api/v1/vm.info')).body as { state: string }).state;
     const requests = (pid: number) => (JSON.parse(readFileSync(join(record, `${pid}.json`), 'utf8')) as { requests: { method: string; path: string }[] }).requests
       .map((r) => `${r.method} ${r.path.replace('/api/v1/', '')}`).filter((r) => /pause|resume|power-button|shutdown/.test(r));
-    const pids = await cycle('cloudhypervisor', 'ch-power', chState, (_uid, pid) => {
+    const pids = await cycle('cloudhypervisor', 'ch-power', 'console.log', chState, (_uid, pid) => {
       assert.deepEqual(requests(pid), ['PUT vm.pause', 'PUT vm.resume', 'PUT vm.pause', 'PUT vm.resume', 'PUT vm.power-button']);
     });
     assert.deepEqual(requests(pids[1] ?? 0), ['PUT vm.power-button'], 'the restart powered the second VMM down gracefully');
