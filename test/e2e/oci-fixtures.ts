@@ -1,5 +1,7 @@
 import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import { putBlob } from '../helpers/oci.js';
 
@@ -16,8 +18,10 @@ export function multiArchLayout(guestLayout: string, dir: string): string {
   const tree = join(dir, '..', 'arm-tree');
   mkdirSync(tree, { recursive: true });
   writeFileSync(join(tree, 'ARCH'), 'arm64\n');
-  const layer = putBlob(dir, execFileSync('sh', ['-c', `tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C ${tree} -cf - . | gzip -n`]));
-  const config = putBlob(dir, Buffer.from(JSON.stringify({ architecture: 'arm64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } })));
+  const tar = execFileSync('tar', ['--sort=name', '--owner=0', '--group=0', '--numeric-owner', '--mtime=@0', '-C', tree, '-cf', '-', '.']);
+  const layer = putBlob(dir, gzipSync(tar));
+  const diffId = `sha256:${createHash('sha256').update(tar).digest('hex')}`;
+  const config = putBlob(dir, Buffer.from(JSON.stringify({ architecture: 'arm64', os: 'linux', rootfs: { type: 'layers', diff_ids: [diffId] } })));
   const arm = putBlob(dir, Buffer.from(JSON.stringify({
     schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json',
     config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },

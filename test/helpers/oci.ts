@@ -20,11 +20,18 @@ export function putBlob(layout: string, data: Buffer): Descriptor {
 
 /**
  * An OCI image layout with one image made of the given layers (gzip'd tars unless a media type
- * is given); `refName` becomes the index annotation. Returns the manifest descriptor.
+ * is given; `urls` goes into the layer's descriptor); `refName` becomes the index annotation.
+ * The config is linux/amd64 with the layers' diff_ids unless `config` says otherwise (its
+ * fields replace those). Returns the manifest descriptor.
  */
-export function writeImageLayout(layout: string, layers: (Buffer | { data: Buffer; mediaType: string })[], refName?: string): Descriptor {
-  const descs = layers.map((l) => (Buffer.isBuffer(l) ? { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...putBlob(layout, l) } : { mediaType: l.mediaType, ...putBlob(layout, l.data) }));
-  // diff_ids: digests of the uncompressed layers (containerd checks them; matchlock does not).
+export function writeImageLayout(
+  layout: string,
+  layers: (Buffer | { data: Buffer; mediaType: string; urls?: string[] })[],
+  refName?: string,
+  config: Record<string, unknown> = {},
+): Descriptor {
+  const descs = layers.map((l) => (Buffer.isBuffer(l) ? { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', ...putBlob(layout, l) } : { mediaType: l.mediaType, ...putBlob(layout, l.data), ...(l.urls ? { urls: l.urls } : {}) }));
+  // diff_ids: digests of the uncompressed layers, which containerd and matchlock check.
   const diffIds = layers.map((l) => {
     const [data, type] = Buffer.isBuffer(l) ? [l, '+gzip'] : [l.data, l.mediaType];
     let tar = data;
@@ -36,8 +43,8 @@ export function writeImageLayout(layout: string, layers: (Buffer | { data: Buffe
     }
     return `sha256:${createHash('sha256').update(tar).digest('hex')}`;
   });
-  const config = putBlob(layout, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds } })));
-  const manifest = putBlob(layout, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config }, layers: descs })));
+  const configBlob = putBlob(layout, Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: diffIds }, ...config })));
+  const manifest = putBlob(layout, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...configBlob }, layers: descs })));
   writeFileSync(join(layout, 'index.json'), JSON.stringify({
     schemaVersion: 2,
     manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', ...manifest, ...(refName ? { annotations: { 'org.opencontainers.image.ref.name': refName } } : {}) }],
