@@ -3,7 +3,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULT_CONFIG_PATH } from '../daemon/config-path.js';
 import type { DaemonConfig } from '../daemon/config.js';
-import type { ImageCatalog, LocalImageStore, PullProgress } from '../adapters/images/oci/store.js';
+import type { ImageCatalog, PullProgress, RecordOptions, UnpackFailedError } from '../adapters/images/oci/store.js';
 import { parseDuration } from '../core/duration.js';
 import { MatchlockError } from '../core/errors.js';
 import type { Logger } from '../core/ports.js';
@@ -60,21 +60,22 @@ async function daemonSettings(o: ImageOpts): Promise<DaemonConfig> {
 }
 
 /**
- * Unpacks a stored image the way the daemon's first create of it would, so that create (and a
- * burst of creates, which would all wait on the one unpack) finds it ready; as containerd's
- * pull unpacks by default. A failed unpack keeps the stored image (its blobs are whole; a
- * create unpacks again) and fails the command with the unpack's error and exit status.
+ * pull's and import's unpack (RecordOptions.unpack): the image is unpacked the way the daemon's
+ * first create of it would, so that create (and a burst of creates, which would all wait on the
+ * one unpack) finds it ready; as containerd's pull unpacks by default. An image refused for
+ * what it is (another platform, a layer that does not match its diff_id) is not recorded; any
+ * other failed unpack keeps the stored image (its blobs are whole; a create unpacks again) and
+ * fails the command with the unpack's error and exit status.
  */
-async function readyForVMs(images: LocalImageStore, ref: string, digest: string, say?: (line: string) => void): Promise<void> {
-  if (!(await images.ready(digest))) say?.(`${ref}: unpacking\n`);
-  try {
-    await images.unpacked(digest, quiet);
-  } catch (err) {
-    // Not retried here (the daemon retries a VM's create that failed for room): the operator
-    // frees room and runs the command again, or lets the first create unpack.
-    const e = MatchlockError.from(err);
-    throw new MatchlockError(e.code, `${ref} ${digest} is in the image store, but unpacking it failed: ${e.message}`, { cause: err });
-  }
+function unpackOptions(say?: (line: string) => void): RecordOptions {
+  return { unpack: { log: quiet, starting: (ref) => say?.(`${ref}: unpacking\n`) } };
+}
+
+/** An UnpackFailedError as the command reports it: stored, but not ready. */
+function notReady(err: UnpackFailedError): MatchlockError {
+  // Not retried here (the daemon retries a VM's create that failed for room): the operator
+  // frees room and runs the command again, or lets the first create unpack.
+  return new MatchlockError(err.code, `${err.ref} ${err.digest} is in the image store, but unpacking it failed: ${err.message}`, { cause: err });
 }
 
 /**
@@ -152,19 +153,26 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
           lastDone = p.blobsDone;
         }
       };
-      const { normalizeRef, pullSource } = await stores();
+      const { normalizeRef, pullSource, UnpackFailedError } = await stores();
       const images = await store({ pulls: true });
       let digest: string;
+      // On a terminal the progress line is ended before anything else is said.
+      let line = tty;
+      const endLine = () => {
+        if (line) io.err('\n');
+        line = false;
+      };
       try {
-        digest = await images.pull(ref, quiet, show);
+        digest = await images.pull(ref, quiet, show, unpackOptions(tty ? (t) => (endLine(), io.err(t)) : undefined));
       } catch (err) {
+        endLine();
+        if (err instanceof UnpackFailedError) throw notReady(err);
         // A network error alone ("getaddrinfo ENOTFOUND ...") names neither the image nor where
         // it was pulled from; the code, and so the exit status, stays the error's.
         const e = MatchlockError.from(err);
         throw new MatchlockError(e.code, `pull of ${normalizeRef(ref)} from ${pullSource(ref, err)} failed: ${e.message}`, { cause: err });
       }
-      if (tty) io.err('\n');
-      await readyForVMs(images, normalizeRef(ref), digest, tty ? io.err : undefined);
+      endLine();
       io.out(documentText(output(), { ref: normalizeRef(ref), digest }) ?? `${normalizeRef(ref)} ${digest}\n`);
     });
 
@@ -175,8 +183,10 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .option('--ref <ref.name>', "the image to import from a layout that holds several: its org.opencontainers.image.ref.name in index.json")
     .action(async (source: string, o: { name?: string; ref?: string }) => {
       const images = await store({ pulls: false });
-      const { ref, digest } = await images.import(source, o.name, o.ref);
-      await readyForVMs(images, ref, digest, isTty() ? io.err : undefined);
+      const { UnpackFailedError } = await stores();
+      const { ref, digest } = await images.import(source, o.name, o.ref, unpackOptions(isTty() ? io.err : undefined)).catch((err: unknown) => {
+        throw err instanceof UnpackFailedError ? notReady(err) : err;
+      });
       io.out(documentText(output(), { ref, digest }) ?? `${ref} ${digest}\n`);
     });
 

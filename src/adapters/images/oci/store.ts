@@ -15,13 +15,16 @@ import { MEDIA, MirrorError, askedMirror, type RegistryClient } from './registry
 import { SingleFlight } from '../../single-flight.js';
 import { sweepTemporaries, withTemporary } from '../temporaries.js';
 import type { UnpackJob, UnpackResult } from './unpack-process.js';
+import { choosePlatform, formatPlatform, hostPlatformsText, platformRank, type Platform } from './platform.js';
 
 interface Descriptor {
   mediaType?: string;
   digest: string;
   size: number;
   annotations?: Record<string, string>;
-  platform?: { os?: string; architecture?: string };
+  platform?: Platform;
+  /** Where a foreign (non-distributable) layer may be fetched from besides the registry. */
+  urls?: string[];
 }
 
 interface Manifest {
@@ -32,6 +35,46 @@ interface Manifest {
 }
 
 const DIGEST = /^sha256:([0-9a-f]{64})$/;
+/** A diff_id: a digest in an algorithm the image spec registers (descriptor.md, "Registered algorithms"). */
+const DIFF_ID = /^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$/;
+
+/**
+ * An image matchlock refuses for what it is, not for the host's state: its config is for
+ * another platform, or its layers do not match the config's rootfs.diff_ids. Such an image is
+ * never recorded under a reference (pull and import with `unpack`), as containerd's pull
+ * creates its image record only once the unpack succeeded (client/pull.go).
+ */
+export class ImageRefusedError extends MatchlockError {
+  constructor(message: string) {
+    super(ErrorCode.FailedPrecondition, message);
+    this.name = 'ImageRefusedError';
+  }
+}
+
+/** How pull and import leave the image they stored. */
+export interface RecordOptions {
+  /**
+   * Unpack the image before its reference is written, as containerd's pull creates its image
+   * record only once the unpack succeeded (client/pull.go): an image refused for what it is
+   * (ImageRefusedError: another platform, a layer that does not match its diff_id) is then
+   * never recorded. Any other failure of the unpack (no room) still records the image, whose
+   * blobs are whole, and throws UnpackFailedError. `starting` is called when an unpack begins,
+   * with the reference (normalized) and manifest digest.
+   */
+  unpack?: { log: Logger; starting?: (ref: string, digest: string) => void };
+}
+
+/**
+ * Thrown by pull and import with `unpack` when the image was stored and recorded under its
+ * reference but its unpack failed for a reason other than the image itself; code and message
+ * are the unpack's, `cause` its error.
+ */
+export class UnpackFailedError extends MatchlockError {
+  constructor(readonly ref: string, readonly digest: string, err: MatchlockError) {
+    super(err.code, err.message, { cause: err });
+    this.name = 'UnpackFailedError';
+  }
+}
 
 export interface PullProgress {
   ref: string;
@@ -41,21 +84,22 @@ export interface PullProgress {
   blobs: number;
 }
 
-function hostArch(): string {
-  return process.arch === 'x64' ? 'amd64' : process.arch;
+/** The entry of an image index (OCI) or manifest list (Docker) this host runs (./platform.ts). */
+function hostEntry(index: Manifest): Descriptor | undefined {
+  return choosePlatform(index.manifests ?? []);
 }
 
-/** The entry of an image index (OCI) or manifest list (Docker) for linux on this host's architecture. */
-function hostEntry(index: Manifest): NonNullable<Manifest['manifests']>[number] | undefined {
-  const arch = hostArch();
-  return index.manifests?.find((d) => d.platform?.os === 'linux' && d.platform.architecture === arch);
+/** Why no entry of an index is for this host, naming the platforms it lists, variants included. */
+function noHostEntry(what: string, entries: Descriptor[]): string {
+  const have = entries.map((d) => formatPlatform(d.platform)).join(', ');
+  return `${what} has no image for this host (${hostPlatformsText()}, as containerd's default platform matcher chooses); it has: ${have || 'none'}`;
 }
 
 /**
  * The one entry of an OCI layout's index.json (or of an image index it names) to import. An
  * entry is chosen by its org.opencontainers.image.ref.name: equal to `ref`, or to `name`'s tag
- * or whole reference. Entries for several platforms give this host's (the first when none is
- * for it, as before). Several images left without a choice are refused, listing their
+ * or whole reference. Entries for several platforms give this host's by the rule a pull
+ * follows (./platform.ts), and none for it is refused naming their platforms. Several images left without a choice are refused, listing their
  * ref.names, rather than one taken silently. `byRef`: whether `ref` chose the entry.
  */
 function chooseEntry(entries: Descriptor[], o: { ref: string | undefined; name: ImageReference | undefined; where: string }): { entry: Descriptor; byRef: boolean; listed: string } {
@@ -81,12 +125,14 @@ function chooseEntry(entries: Descriptor[], o: { ref: string | undefined; name: 
   // The same manifest under several ref.names is one image.
   const distinct = [...new Map(candidates.map((d) => [d.digest, d])).values()];
   const chosen = (entry: Descriptor) => ({ entry, byRef: o.ref !== undefined && refNameOf(entry) === o.ref, listed: listed() });
+  // An entry for a platform this host does not run is never taken, even alone (as a pull).
+  if (distinct.some((d) => d.platform)) {
+    const pick = hostEntry({ manifests: distinct } as Manifest);
+    if (pick) return chosen(pick);
+    throw new MatchlockError(ErrorCode.FailedPrecondition, noHostEntry(o.where, distinct));
+  }
   const only = distinct.length === 1 ? distinct[0] : undefined;
   if (only) return chosen(only);
-  if (distinct.some((d) => d.platform)) {
-    const pick = hostEntry({ manifests: distinct } as Manifest) ?? distinct[0];
-    if (pick) return chosen(pick);
-  }
   if (distinct.length === 0) throw new MatchlockError(ErrorCode.InvalidArgument, `${o.where} lists no image`);
   if (o.ref !== undefined) throw new MatchlockError(ErrorCode.InvalidArgument, `--ref ${o.ref}: no image in ${o.where} has that org.opencontainers.image.ref.name; it holds: ${listed()}`, { field: '--ref' });
   throw new MatchlockError(ErrorCode.InvalidArgument, `${o.where} holds ${distinct.length} images (org.opencontainers.image.ref.name: ${listed()}); choose one with --ref <ref.name>, or a --name whose tag is one of them`, { field: '--ref' });
@@ -196,22 +242,21 @@ export class LocalImageStore implements ImageStore {
     if (!this.registry) {
       throw new MatchlockError(ErrorCode.NotFound, `image ${normalizeRef(ref)} not found in the image store; import it with "matchlock image import"`);
     }
-    let pulled: string;
     try {
-      pulled = await this.pull(pinned ? pinnedRef(ref, pinned) : ref, log);
+      return await this.pull(pinned ? pinnedRef(ref, pinned) : ref, log, undefined, { unpack: { log } });
     } catch (err) {
+      // Pulled, but not unpacked (no room): the unpack's own error, as for a stored image.
+      if (err instanceof UnpackFailedError) throw err.cause;
       // Said first, so an error from the network (a name that does not resolve) is not read
       // as the whole story of an image someone meant to import.
       const e = MatchlockError.from(err);
       throw new MatchlockError(e.code, `not in the image store, and its pull from ${pullSource(ref, err)} failed: ${e.message}`, { cause: err });
     }
-    await this.unpacked(pulled, log);
-    return pulled;
   }
 
   /**
    * The image manifest a stored manifest digest stands for on this host: itself, or for an image
-   * index (OCI) or manifest list (Docker) the linux/<host arch> entry, which a pull of it
+   * index (OCI) or manifest list (Docker) the entry for this host (./platform.ts), which a pull of it
    * stored; undefined when the index has none.
    */
   private async platformManifest(digest: string): Promise<string | undefined> {
@@ -253,14 +298,15 @@ export class LocalImageStore implements ImageStore {
   /**
    * Pulls an image from its registry into the store: the manifest (the host's platform out of
    * an index), then config and layers in parallel, each verified; blobs already present are
-   * shared, not fetched again. Concurrent pulls of one reference share one download.
+   * shared, not fetched again. Concurrent pulls of one reference share one download (and the
+   * first one's `o`). The reference is written last (see RecordOptions).
    */
-  pull(ref: string, log: Logger, progress?: (p: PullProgress) => void): Promise<string> {
+  pull(ref: string, log: Logger, progress?: (p: PullProgress) => void, o: RecordOptions = {}): Promise<string> {
     const normalized = normalizeRef(ref);
     return this.pulling.run(normalized, async () => {
       this.observer?.pullStarted();
       try {
-        return await this.doPull(normalized, log, progress);
+        return await this.doPull(normalized, log, progress, o);
       } catch (err) {
         this.observer?.pullFailed();
         throw err;
@@ -268,7 +314,7 @@ export class LocalImageStore implements ImageStore {
     });
   }
 
-  private async doPull(ref: string, log: Logger, progress?: (p: PullProgress) => void): Promise<string> {
+  private async doPull(ref: string, log: Logger, progress: ((p: PullProgress) => void) | undefined, o: RecordOptions): Promise<string> {
     const registry = this.registry;
     if (!registry) throw new MatchlockError(ErrorCode.FailedPrecondition, 'no registry client configured');
     const parsed = parseReference(ref);
@@ -280,9 +326,8 @@ export class LocalImageStore implements ImageStore {
       const index = JSON.parse(m.body.toString('utf8')) as Manifest;
       const pick = hostEntry(index);
       if (!pick) {
-        const have = (index.manifests ?? []).map((d) => `${d.platform?.os ?? '?'}/${d.platform?.architecture ?? '?'}`).join(', ');
         // Named after the host that served the index, which may be a mirror.
-        throw askedMirror(new MatchlockError(ErrorCode.FailedPrecondition, `image ${ref} has no linux/${hostArch()} manifest (it has: ${have || 'none'})`), m.mirror);
+        throw askedMirror(new MatchlockError(ErrorCode.FailedPrecondition, noHostEntry(`image ${ref}`, index.manifests ?? [])), m.mirror);
       }
       await this.writeBlob(m.digest, m.body);
       m = await registry.manifest(parsed, pick.digest);
@@ -310,6 +355,8 @@ export class LocalImageStore implements ImageStore {
               this.observer?.bytes(n);
             }
             report();
+          }).catch((err: unknown) => {
+            throw foreignLayerMissing(err, d);
           });
         } else {
           state.bytes += d.size;
@@ -320,12 +367,28 @@ export class LocalImageStore implements ImageStore {
     };
     await Promise.all([worker(), worker(), worker()]);
     await this.writeBlob(m.digest, m.body);
+    log.info({ ref, digest: m.digest, bytes: total }, 'image pulled');
     // A reference by digest is kept too (`repo@sha256:…` → the manifest pulled for it), so what
     // was pulled ahead by digest is listed, kept from the image GC like a tag, and found
     // after the GC removed an index blob that nothing else names.
-    await this.writeRef(ref, m.digest);
-    log.info({ ref, digest: m.digest, bytes: total }, 'image pulled');
+    await this.record(ref, m.digest, o);
     return m.digest;
+  }
+
+  /** Writes `ref` → `digest`, unpacking first when `o.unpack` says so (see RecordOptions). */
+  private async record(ref: string, digest: string, o: RecordOptions): Promise<void> {
+    let failed: MatchlockError | undefined;
+    if (o.unpack) {
+      if (!(await this.ready(digest))) o.unpack.starting?.(ref, digest);
+      try {
+        await this.unpacked(digest, o.unpack.log);
+      } catch (err) {
+        if (err instanceof ImageRefusedError) throw err;
+        failed = MatchlockError.from(err);
+      }
+    }
+    await this.writeRef(ref, digest);
+    if (failed) throw new UnpackFailedError(ref, digest, failed);
   }
 
   private async writeBlob(digest: string, body: Buffer): Promise<void> {
@@ -379,22 +442,29 @@ export class LocalImageStore implements ImageStore {
    * import do): `ref` equal to an entry's org.opencontainers.image.ref.name, or `name` whose tag
    * or whole reference is one; an image index for several platforms gives this host's entry.
    * Throws InvalidArgument listing the ref.names when the choice is missing or matches nothing.
+   * The reference is written last (see RecordOptions).
    */
-  async import(source: string, name?: string, ref?: string): Promise<{ ref: string; digest: string }> {
+  async import(source: string, name?: string, ref?: string, o: RecordOptions = {}): Promise<{ ref: string; digest: string }> {
     const info = await stat(source).catch(() => undefined);
     if (!info) throw new MatchlockError(ErrorCode.InvalidArgument, `${source}: no such file or directory`);
-    if (info.isDirectory()) return this.importLayout(source, name, ref);
+    // Recorded (and unpacked) once the blobs are in the store and a tar's extraction is gone.
+    const recorded = async (image: { ref: string; digest: string }) => {
+      await this.record(image.ref, image.digest, o);
+      return image;
+    };
+    if (info.isDirectory()) return recorded(await this.importLayout(source, name, ref));
     await mkdir(this.root, { recursive: true });
-    return withTemporary(join(this.root, '.import'), async (tmp) => {
+    return recorded(await withTemporary(join(this.root, '.import'), async (tmp) => {
       await mkdir(tmp);
       // strict: node-tar otherwise turns write errors (ENOSPC) into warnings and carries on.
       // node-tar is loaded here, by the one path that needs it, not by every daemon.
       const tar = await import('tar');
       await tar.x({ file: source, cwd: tmp, preserveOwner: false, strict: true });
       return await this.importLayout(tmp, name, ref);
-    });
+    }));
   }
 
+  /** Copies the chosen image's blobs into the store; the reference is the caller's to write. */
   private async importLayout(dir: string, name?: string, ref?: string): Promise<{ ref: string; digest: string }> {
     await mkdir(join(this.root, 'blobs', 'sha256'), { recursive: true });
     await mkdir(join(this.root, 'refs'), { recursive: true });
@@ -428,9 +498,7 @@ export class LocalImageStore implements ImageStore {
     const annotated = topRefName ?? desc.annotations?.[REF_NAME];
     const refName = name ?? (annotated && /[/:]/.test(annotated) ? annotated : undefined);
     if (!refName) throw new MatchlockError(ErrorCode.InvalidArgument, 'the layout does not carry a full image reference; give one with --name');
-    const stored = normalizeRef(refName);
-    await this.writeRef(stored, desc.digest);
-    return { ref: stored, digest: desc.digest };
+    return { ref: normalizeRef(refName), digest: desc.digest };
   }
 
   /** Copies a blob into the store, refusing it when its content does not hash to its digest. */
@@ -462,6 +530,7 @@ export class LocalImageStore implements ImageStore {
   private async unpack(digest: string, dest: string, log: Logger): Promise<string> {
     const manifest = JSON.parse(await readFile(this.blob(digest), 'utf8')) as Manifest;
     if (!Array.isArray(manifest.layers)) throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${digest} is not an image manifest: nothing to unpack`);
+    const diffIds = await this.diffIds(digest, manifest);
     const layers = manifest.layers.map((l, i) => {
       const compression = LAYER_COMPRESSION[l.mediaType ?? ''];
       if (!compression) {
@@ -470,7 +539,7 @@ export class LocalImageStore implements ImageStore {
           `image ${digest}: layer ${i} (${l.digest}) has media type ${JSON.stringify(l.mediaType ?? '')}, which cannot be unpacked; supported: ${Object.keys(LAYER_COMPRESSION).join(', ')}`,
         );
       }
-      return { path: this.blob(l.digest), digest: l.digest, compression };
+      return { path: this.blob(l.digest), digest: l.digest, compression, diffId: diffIds[i] ?? '' };
     });
     // Images keep their setuid files (the guest's sudo needs them); the trees they are unpacked
     // into are root-only, so no host user can reach or run them.
@@ -479,7 +548,7 @@ export class LocalImageStore implements ImageStore {
     return withTemporary(dest, async (tmp) => {
       await mkdir(tmp, { mode: 0o755 });
       await chmod(tmp, 0o755);
-      const stats = await runUnpack({ dest: tmp, layers });
+      const stats = await runUnpack({ dest: tmp, layers }, digest);
       try {
         // One syncfs for the whole tree: an fsync per file would cost a journal commit each.
         await renameDurably(tmp, dest, 'tree');
@@ -494,6 +563,37 @@ export class LocalImageStore implements ImageStore {
     });
   }
 
+  /**
+   * The config's rootfs.diff_ids of the image `digest`, one per layer of `manifest`, after the
+   * checks containerd's unpacker makes before it applies a layer (core/unpack/unpacker.go): the
+   * config is for a platform this host runs (its os/architecture, by ./platform.ts's rule; an
+   * image manifest pulled or imported directly, without an index, is checked here too, where
+   * containerd's unpacker refuses one "does not support platform"), and there is one diff_id per
+   * layer ("number of layers and diffIDs don't match"). Each is `sha256:` or `sha512:` and hex,
+   * the algorithms the image spec registers (descriptor.md). Throws ImageRefusedError naming the
+   * field and the rule.
+   */
+  private async diffIds(digest: string, manifest: Manifest): Promise<string[]> {
+    const refuse = (why: string) => new ImageRefusedError(`image ${digest}: config ${manifest.config?.digest ?? '(none)'}: ${why}`);
+    if (!manifest.config?.digest) throw refuse('the manifest names no config');
+    let config: { os?: unknown; architecture?: unknown; variant?: unknown; rootfs?: { diff_ids?: unknown } } | null;
+    try {
+      config = JSON.parse(await readFile(this.blob(manifest.config.digest), 'utf8')) as typeof config;
+    } catch (err) {
+      throw refuse(`not a JSON image config (${(err as Error).message})`);
+    }
+    const text = (v: unknown) => (typeof v === 'string' ? v : undefined);
+    const platform = { os: text(config?.os), architecture: text(config?.architecture), variant: text(config?.variant) };
+    if (platformRank(platform) < 0) throw refuse(`the image is for ${formatPlatform(platform)}, which this host does not run (${hostPlatformsText()}, as containerd's default platform matcher allows)`);
+    const ids = config?.rootfs?.diff_ids;
+    if (!Array.isArray(ids)) throw refuse('rootfs.diff_ids is missing: the image spec requires one digest of the uncompressed tar per layer');
+    if (ids.length !== manifest.layers.length) throw refuse(`rootfs.diff_ids has ${ids.length} entries for the manifest's ${manifest.layers.length} layers: the image spec requires one per layer, in order`);
+    for (const [i, id] of ids.entries()) {
+      if (typeof id !== 'string' || !DIFF_ID.test(id)) throw refuse(`rootfs.diff_ids[${i}] ${JSON.stringify(id)} is not a sha256:<64 hex> or sha512:<128 hex> digest`);
+    }
+    return ids as string[];
+  }
+
   async list(): Promise<{ ref: string; digest: string }[]> {
     const names = await readdir(join(this.root, 'refs')).catch(() => [] as string[]);
     const out: { ref: string; digest: string }[] = [];
@@ -505,8 +605,11 @@ export class LocalImageStore implements ImageStore {
 }
 
 /**
- * Layer media types and how their tar streams are compressed (OCI image spec, "Image Layer
- * Filesystem Changeset"; Docker image manifest v2 schema 2). Anything else is refused.
+ * Every layer media type the OCI image spec (media-types.md and layer.md: tar, tar+gzip,
+ * tar+zstd, and the deprecated non-distributable three) and Docker's image manifest v2 schema 2
+ * (rootfs.diff.tar.gzip, rootfs.diff.tar, and the foreign rootfs.foreign.diff.tar.gzip) define
+ * for Linux layers, with how each tar stream is compressed. Anything else is refused naming
+ * its media type.
  */
 export const LAYER_COMPRESSION: Record<string, UnpackJob['layers'][number]['compression']> = {
   'application/vnd.oci.image.layer.v1.tar': 'none',
@@ -516,8 +619,26 @@ export const LAYER_COMPRESSION: Record<string, UnpackJob['layers'][number]['comp
   'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip': 'gzip',
   'application/vnd.oci.image.layer.nondistributable.v1.tar+zstd': 'zstd',
   'application/vnd.docker.image.rootfs.diff.tar.gzip': 'gzip',
+  'application/vnd.docker.image.rootfs.diff.tar': 'none',
   'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip': 'gzip',
 };
+
+/**
+ * A registry's 404 for a layer whose descriptor lists `urls` (a foreign or non-distributable
+ * layer, which registries may decline to store): said as such. Layers are fetched from the
+ * registry and its mirrors only, never from the URLs an image names (containerd would try them
+ * first): a host that reaches only its registries stays so. Anything else is returned as it is.
+ */
+function foreignLayerMissing(err: unknown, d: Descriptor): unknown {
+  if (!(err instanceof MatchlockError) || err.code !== ErrorCode.NotFound || !d.urls?.length) return err;
+  const said = new MatchlockError(
+    ErrorCode.NotFound,
+    `layer ${d.digest} (${d.mediaType ?? 'no media type'}) is a foreign layer the registry does not hold; its descriptor names ${d.urls.map((u) => JSON.stringify(u)).join(', ')}, which matchlock does not fetch from (layers come from the registry and its mirrors only): push the image with its foreign layers included, or import a layout that holds them (${err.message})`,
+    { cause: err },
+  );
+  // Still named after the host asked last, which may be a mirror.
+  return err instanceof MirrorError ? new MirrorError(err.mirror, said) : said;
+}
 
 /** Larger than any manifest or index a registry serves (distribution caps manifests at 4 MiB). */
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
@@ -552,7 +673,7 @@ function unpackerArgs(): Promise<string[]> {
  * Unpacks in a child process (unpack-process.ts): a layer that is broken, hostile or larger
  * than the disk fails this call, never the daemon. Resolves the child's statistics.
  */
-async function runUnpack(job: UnpackJob): Promise<Extract<UnpackResult, { ok: true }>['stats']> {
+async function runUnpack(job: UnpackJob, digest: string): Promise<Extract<UnpackResult, { ok: true }>['stats']> {
   const child = spawn(process.execPath, await unpackerArgs(), { stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
@@ -571,6 +692,7 @@ async function runUnpack(job: UnpackJob): Promise<Extract<UnpackResult, { ok: tr
     result = undefined;
   }
   if (result?.ok) return result.stats;
+  if (result?.mismatch) throw new ImageRefusedError(`image ${digest}: ${result.message}`);
   if (result) {
     const room = result.code && ROOM_CODES.has(result.code);
     throw new MatchlockError(room ? ErrorCode.Unavailable : ErrorCode.FailedPrecondition, `unpacking image layers${room ? ` (${result.code}: not enough room)` : ''}: ${result.message}`);

@@ -5,6 +5,7 @@
  * the synchronous file system calls, never parses a layer and never decompresses one.
  */
 import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,10 +14,18 @@ import type { ReadInto } from './tar-reader.js';
 
 export interface UnpackJob {
   dest: string;
-  layers: { path: string; digest: string; compression: 'none' | 'gzip' | 'zstd' }[];
+  /**
+   * `diffId`: the config's rootfs.diff_ids entry for the layer, `sha256:<hex>` or
+   * `sha512:<hex>`, which the digest of its decompressed tar stream must equal.
+   */
+  layers: { path: string; digest: string; compression: 'none' | 'gzip' | 'zstd'; diffId: string }[];
 }
 
-export type UnpackResult = { ok: true; stats: ApplyStats } | { ok: false; message: string; code?: string };
+/** `mismatch`: a layer's decompressed stream does not hash to its diff_id (the image is wrong, not the host). */
+export type UnpackResult = { ok: true; stats: ApplyStats } | { ok: false; message: string; code?: string; mismatch?: true };
+
+/** A layer whose decompressed content is not what the image config's rootfs.diff_ids says. */
+class DiffIdMismatch extends Error {}
 
 /**
  * The decompressed bytes of a layer blob, read synchronously into the tar reader's buffer.
@@ -84,14 +93,30 @@ async function run(job: UnpackJob): Promise<ApplyStats> {
   try {
     for (const [i, layer] of job.layers.entries()) {
       const src = open(layer, fifoDir);
+      // The diff_id is checked on the bytes as the tar reader takes them, not in a second pass
+      // over the layer: every byte of the decompressed stream goes through `read` once.
+      const [algorithm = '', expected = ''] = layer.diffId.split(':');
+      const hash = createHash(algorithm);
+      const read: ReadInto = (into, offset, length) => {
+        const n = src.read(into, offset, length);
+        if (n > 0) hash.update(into.subarray(offset, offset + n));
+        return n;
+      };
       try {
-        root.applyLayer(src.read, check);
-        // Read to the end so the decompressor checks its trailer (gzip CRC, zstd checksum).
+        root.applyLayer(read, check);
+        // Read to the end so the decompressor checks its trailer (gzip CRC, zstd checksum),
+        // and the diff_id covers what follows the tar's end-of-archive blocks too.
         const rest = Buffer.allocUnsafe(1 << 16);
-        while (src.read(rest, 0, rest.length) > 0);
+        while (read(rest, 0, rest.length) > 0);
         await src.done();
+        const computed = hash.digest('hex');
+        if (computed !== expected) {
+          // containerd refuses the layer the same way ("wrong diff id calculated on extraction").
+          throw new DiffIdMismatch(`its uncompressed content hashes to ${algorithm}:${computed}, but the image config's rootfs.diff_ids[${i}] is ${layer.diffId}`);
+        }
       } catch (err) {
         src.abort();
+        if (err instanceof DiffIdMismatch) throw new DiffIdMismatch(`layer ${i} (${layer.digest}): ${err.message}`);
         const code = (err as NodeJS.ErrnoException).code ?? (err as ApplyError).code;
         throw new ApplyError(`layer ${i} (${layer.digest}): ${(err as Error).message}`, code);
       }
@@ -110,7 +135,7 @@ async function main(): Promise<void> {
     result = { ok: true, stats: await run(JSON.parse(input) as UnpackJob) };
   } catch (err) {
     const code = (err as ApplyError).code;
-    result = { ok: false, message: (err as Error).message, ...(code ? { code } : {}) };
+    result = { ok: false, message: (err as Error).message, ...(code ? { code } : {}), ...(err instanceof DiffIdMismatch ? { mismatch: true as const } : {}) };
   }
   process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(result.ok ? 0 : 1));
 }
