@@ -1,4 +1,4 @@
-import { stringify } from 'yaml';
+import { Document, Scalar, visit } from 'yaml';
 import { cloudInitMetaData } from './metadata.js';
 import type { MicroVM } from './types.js';
 
@@ -6,10 +6,21 @@ import type { MicroVM } from './types.js';
  * A YAML document for cloud-init, which reads it with PyYAML's safe_load: YAML 1.1, where plain
  * `52:54:00:12:34:56` is a base-60 integer and `on`, `yes`, `n` are booleans. Written with the
  * yaml library's 1.1 schema, every string such a reader would take for another type is quoted
- * (a YAML 1.2 reader reads the quoted form alike).
+ * (a YAML 1.2 reader reads the quoted form alike). The library's schema lacks two of PyYAML's
+ * implicit resolvers (yaml/resolver.py: `=` is a value, `<<` a merge key), which safe_load
+ * then refuses to construct: those two strings are quoted here.
  */
 export function cloudInitYaml(doc: unknown): string {
-  return stringify(doc, { version: '1.1' });
+  const out = new Document(doc, { version: '1.1' });
+  visit(out, {
+    Scalar(_, node) {
+      if (node.value !== '=' && node.value !== '<<') return;
+      node.type = Scalar.QUOTE_DOUBLE;
+      // The library writes a merge key plain whatever its type; a tag makes it a string.
+      if (node.value === '<<') node.tag = 'tag:yaml.org,2002:str';
+    },
+  });
+  return out.toString();
 }
 
 /**

@@ -1,4 +1,5 @@
 import { DUMP_SCHEMA, dump, load } from 'js-yaml';
+import { isMap, isNode, parseDocument, visit, type Node, type Pair } from 'yaml';
 import { invalid } from '../errors.js';
 
 /**
@@ -106,20 +107,67 @@ function plainBlockMapping(text: string): boolean {
 /** Keys and strings that may be written plainly when the schema reads them back as strings. */
 const PLAIN_WORD = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
+/**
+ * Plain scalars that PyYAML (cloud-init's reader; YAML 1.1) resolves to something other than a
+ * string while YAML 1.2's core schema (js-yaml) may read a string: PyYAML 6's implicit resolvers
+ * for bool, int (octal `010`, `0b`, underscores `1_000`, sexagesimal `1:20`), float, null,
+ * merge, timestamp and value (yaml/resolver.py), of which a PLAIN_WORD can match these.
+ */
+const PYYAML_NOT_STRING = [
+  /^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$/,
+  /^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$/,
+  /^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$/,
+  /^(?:~|null|Null|NULL)$/,
+  /^[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?/,
+];
+
+/** Whether a single-quoted scalar can hold `value` as it is: no control or line-break characters. */
+function printable(value: string): boolean {
+  for (const ch of value) {
+    const c = ch.codePointAt(0) ?? 0;
+    if (c < 0x20 || (c >= 0x7f && c <= 0x9f) || c === 0x2028 || c === 0x2029 || c === 0xfeff) return false;
+  }
+  return true;
+}
+
 function plainString(value: string): boolean {
-  return PLAIN_WORD.test(value) && DUMP_SCHEMA.resolveImplicitScalarTag(value).tag === DUMP_SCHEMA.defaultScalarTag;
+  return PLAIN_WORD.test(value) && DUMP_SCHEMA.resolveImplicitScalarTag(value).tag === DUMP_SCHEMA.defaultScalarTag && !PYYAML_NOT_STRING.some((r) => r.test(value));
 }
 
 /**
- * `key: value` as a line of a block mapping, as js-yaml's dump writes `{ [key]: value }` with
- * noRefs and lineWidth -1. A word that dump's schema reads back as a string (a uid, a host
- * name) is a plain scalar there, written here without building dump's whole machinery for one
- * line (three such lines cost a create more than its whole validation otherwise); anything
- * else goes through dump.
+ * `key: value` as a line of a block mapping, for a value matchlock supplies (the VM's uid): a
+ * word that both YAML 1.2 (js-yaml) and PyYAML (YAML 1.1, cloud-init's reader) read back as
+ * that string is a plain scalar (a uid, a host name); any other one-line string is single
+ * quoted, which means the same in both; anything else goes through js-yaml's dump.
  */
 export function metaDataLine(key: string, value: unknown): string {
-  if (typeof value === 'string' && plainString(key) && plainString(value)) return `${key}: ${value}\n`;
+  const k = plainString(key) ? key : `'${key.replace(/'/g, "''")}'`;
+  if (typeof value === 'string' && plainString(value)) return `${k}: ${value}\n`;
+  if (typeof value === 'string' && printable(value)) return `${k}: '${value.replace(/'/g, "''")}'\n`;
   return dump({ [key]: value }, { noRefs: true, lineWidth: -1 });
+}
+
+/**
+ * The entry `key` of the top-level mapping of `text` as written, with `as` in place of its key:
+ * what follows the key (the colon, tag, value, comments, continuation lines) is copied as it
+ * is, so the copy means to any YAML reader what the original means (cloud-init reads meta-data
+ * with PyYAML, YAML 1.1, where `0o17` is a string and `010` is 8; js-yaml reads YAML 1.2).
+ * A value with its own anchor is written as an alias of it (PyYAML refuses a repeated anchor).
+ * Undefined when the entry cannot be copied so: anchors inside the value, or no such entry.
+ */
+function copiedEntry(pairs: Pair[], text: string, key: string, as: string): string | undefined {
+  const pair = pairs.findLast((p) => isNode(p.key) && (p.key as Node & { value?: unknown }).value === key);
+  const k = pair?.key as Node | undefined;
+  const v = pair?.value as Node | undefined | null;
+  if (!k?.range || !v?.range) return undefined;
+  const name = plainString(as) ? as : `'${as}'`;
+  let nested = false;
+  visit(v, { Node: (_, n) => void (n !== v && (n as Node).anchor ? (nested = true) : undefined) });
+  if (nested) return undefined;
+  if (v.anchor) return `${name}: *${v.anchor}\n`;
+  const after = text.slice(k.range[1], v.range[1]);
+  if (!/^[ \t]*:/.test(after)) return undefined;
+  return `${name}${after}${after.endsWith('\n') ? '' : '\n'}`;
 }
 
 function sameJson(a: unknown, b: unknown): boolean {
@@ -142,26 +190,50 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   const text = metaData?.toString('utf8') ?? '';
   const current = text.trim() === '' ? undefined : parseMapping(text, field);
   const have = current ?? {};
+  // Where each entry is written, for copies of it (parsed already, so this parse succeeds).
+  const doc = current === undefined ? undefined : parseDocument(text, { uniqueKeys: false });
+  const pairs = doc && isMap(doc.contents) ? (doc.contents.items as Pair[]) : [];
   const added: Record<string, unknown> = {};
+  const lines: string[] = [];
   for (const [underscore, hyphen] of META_DATA_SPELLINGS) {
-    const given = Object.hasOwn(have, underscore) ? have[underscore] : Object.hasOwn(have, hyphen) ? have[hyphen] : undefined;
+    const from = Object.hasOwn(have, underscore) ? underscore : Object.hasOwn(have, hyphen) ? hyphen : undefined;
+    const given = from === undefined ? undefined : have[from];
     const value = given ?? (underscore === 'instance_id' ? uid : undefined);
     if (value === undefined) continue;
-    if (!Object.hasOwn(have, underscore)) added[underscore] = value;
-    if (!Object.hasOwn(have, hyphen)) added[hyphen] = value;
+    for (const key of [underscore, hyphen]) {
+      if (Object.hasOwn(have, key)) continue;
+      added[key] = value;
+      // A client's value is copied as written, never re-serialized: js-yaml reads YAML 1.2 and
+      // cloud-init PyYAML's YAML 1.1, which read `0o17`, `010`, `1e3` or `1_000` differently.
+      lines.push((from !== undefined && given !== null && given !== undefined ? copiedEntry(pairs, text, from, key) : undefined) ?? metaDataLine(key, value));
+    }
   }
-  if (Object.keys(added).length === 0 && metaData !== undefined) return metaData;
-  // Plain scalars where YAML allows them (`instance_id: 01HZ...`), so tools that grep the seed see
-  // what they saw before; quoted only where a plain scalar would read as another type.
-  const lines = Object.entries(added).map(([k, v]) => metaDataLine(k, v)).join('');
-  if (current === undefined) return Buffer.from(lines, 'utf8');
+  if (lines.length === 0 && metaData !== undefined) return metaData;
+  if (current === undefined) return Buffer.from(lines.join(''), 'utf8');
   const wanted = { ...current, ...added };
-  const appended = `${text}${text.endsWith('\n') ? '' : '\n'}${lines}`;
+  const appended = `${text}${text.endsWith('\n') ? '' : '\n'}${lines.join('')}`;
   if (plainBlockMapping(text)) return Buffer.from(appended, 'utf8');
   try {
     if (sameJson(load(appended, { json: true }), wanted)) return Buffer.from(appended, 'utf8');
   } catch {
     // not appendable; written out anew below
+  }
+  // Written anew as a block mapping of every entry copied as written (a flow mapping, an
+  // indented one): the values keep their text, so PyYAML reads them as before.
+  const entries = pairs.map((p) => {
+    const k = p.key as Node | null;
+    const v = p.value as Node | null;
+    if (!k?.range || !v?.range) return undefined;
+    const entry = text.slice(k.range[0], v.range[1]);
+    return entry.includes('\n') || !/^[^\s?]/.test(entry) ? undefined : `${entry}\n`;
+  });
+  if (entries.every((e) => e !== undefined)) {
+    const anew = `${entries.join('')}${lines.join('')}`;
+    try {
+      if (sameJson(load(anew, { json: true }), wanted)) return Buffer.from(anew, 'utf8');
+    } catch {
+      // not so simple; js-yaml's dump below
+    }
   }
   return Buffer.from(dump(wanted, { noRefs: true, lineWidth: -1 }), 'utf8');
 }
