@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { run } from '../../src/cli/main.js';
@@ -101,6 +102,19 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
     const ls = await cli(['-o', 'json', 'image', 'ls', ...state]);
     assert.deepEqual((JSON.parse(ls.out) as { ref: string }[]).map((i) => i.ref), ['localhost/bad:1']);
     assert.equal(existsSync(join(tmp.path, 'state-unpack', 'images', 'rootfs', manifest.digest.slice(7))), false);
+  });
+
+  it('an import whose layer does not match its diff_id fails naming the layer and records no image', async () => {
+    const state = ['--state-dir', join(tmp.path, 'state-diff-id'), '--config', '/dev/null', '--init'];
+    const bad = join(tmp.path, 'diff-id-layout');
+    mkdirSync(bad);
+    const wrong = `sha256:${'0'.repeat(64)}`;
+    const manifest = writeImageLayout(bad, [gzipSync(Buffer.alloc(1024))], undefined, { rootfs: { type: 'layers', diff_ids: [wrong] } });
+    const r = await cli(['image', 'import', bad, '--name', 'localhost/diff:1', ...state]);
+    assert.equal(r.code, EXIT.precondition, r.err);
+    assert.match(r.err, new RegExp(`image ${manifest.digest}: layer 0 \\(sha256:[0-9a-f]{64}\\): its uncompressed content hashes to sha256:[0-9a-f]{64}, but the image config's rootfs\\.diff_ids\\[0\\] is ${wrong}`));
+    assert.equal((await cli(['image', 'ls', ...state])).out, 'REFERENCE  DIGEST  SIZE  USED BY\n', 'no image recorded');
+    assert.deepEqual(readdirSync(join(tmp.path, 'state-diff-id', 'images', 'rootfs')), [], 'no tree and no temporary left');
   });
 
   it('a pull that cannot reach its registry names the image and the registry, not only the network error', async () => {
