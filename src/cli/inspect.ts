@@ -44,7 +44,7 @@ export function inspectCommand(io: Io, output: () => string, access: () => Daemo
       const named = Object.values(hubFlags).some((v) => v !== undefined);
       const file = typeof o.hubFile === 'string' ? o.hubFile : !named && existsSync(record) ? record : undefined;
       // A bad hub setting is InvalidArgument: exit 2.
-      const hub = (await import('../hub/config.js')).loadHubConfig(file, hubFlags);
+      const hub = (await import('../hub/config.js')).loadHubConfig(file, hubFlags, 'hub-');
       checks.push(...(await (await import('../host/inspect.js')).inspectHub(hub)));
       leases = await (await import('../hub/hub.js')).hubLeases(hub);
     }

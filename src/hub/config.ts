@@ -1,5 +1,6 @@
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { readFileSync } from 'node:fs';
+import { isAbsolute } from 'node:path';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { ipFamily, isIPv4 } from '../core/microvm/net.js';
 
@@ -47,6 +48,8 @@ export interface Subnet {
   network: string;
   netmask: string;
   prefix: number;
+  /** The all-ones host part. */
+  broadcast: string;
   hub: string;
 }
 
@@ -54,7 +57,8 @@ export function subnetOf(cidr: string): Subnet {
   const [ip = '', p = ''] = cidr.split('/');
   const prefix = Number(p);
   const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
-  return { network: intToIp((ipToInt(ip) & mask) >>> 0), netmask: intToIp(mask), prefix, hub: ip };
+  const network = (ipToInt(ip) & mask) >>> 0;
+  return { network: intToIp(network), netmask: intToIp(mask), prefix, broadcast: intToIp((network | ~mask) >>> 0), hub: ip };
 }
 
 function inSubnet(ip: string, s: Subnet): boolean {
@@ -67,16 +71,29 @@ export function validateHub(c: HubConfig): HubConfig {
   const bad = (key: string, rule: string) => hubConfigError(`${key}: ${rule}`);
   if (!IFNAME.test(c.interface)) throw bad('interface', 'must be a Linux interface name (1-15 letters, digits, "_", ".", "-")');
   if (c.mode !== 'vlan' && c.mode !== 'bridge') throw bad('mode', 'must be vlan or bridge');
+  // 802.1Q-2018 9.6: the 12-bit VID values 0 (priority tag only) and 4095 (reserved) name no VLAN.
+  if (c.vlanId !== undefined && (!Number.isInteger(c.vlanId) || c.vlanId < 1 || c.vlanId > 4094)) throw bad('vlan-id', 'must be between 1 and 4094 (802.1Q VIDs 0 and 4095 are reserved)');
   if (c.mode === 'vlan') {
     if (!c.parent || !IFNAME.test(c.parent)) throw bad('parent', 'vlan mode needs the parent interface');
-    if (c.vlanId === undefined || !Number.isInteger(c.vlanId) || c.vlanId < 1 || c.vlanId > 4094) throw bad('vlan-id', 'must be between 1 and 4094');
+    if (c.vlanId === undefined) throw bad('vlan-id', 'vlan mode needs the VLAN id (1-4094)');
+  } else {
+    // A bridge has no parent and no tag: a value given for them would be silently ignored.
+    if (c.vlanId !== undefined) throw bad('vlan-id', 'only for mode vlan (a bridge carries no 802.1Q tag)');
+    if (c.parent !== undefined) throw bad('parent', 'only for mode vlan');
   }
   const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(c.address);
   if (!m?.[1] || !isIPv4(m[1]) || Number(m[2]) < 8 || Number(m[2]) > 30) throw bad('address', 'must be an IPv4 address with a prefix of /8 to /30, like 192.168.10.2/25');
   const s = subnetOf(c.address);
+  // RFC 919/922: in a subnet of /30 or wider the all-zeros host part names the network and the
+  // all-ones host part is its broadcast address; neither can be a host (RFC 3021 lifts this only for /31).
+  const special = (ip: string) => (ip === s.network ? 'the network address' : ip === s.broadcast ? 'the broadcast address' : undefined);
+  const hubSpecial = special(s.hub);
+  if (hubSpecial) throw bad('address', `${s.hub} is ${hubSpecial} of ${s.network}/${s.prefix}, not a host address`);
   for (const [key, ip] of [['range-start', c.rangeStart], ['range-end', c.rangeEnd]] as const) {
     if (!isIPv4(ip)) throw bad(key, 'must be an IPv4 address');
     if (!inSubnet(ip, s)) throw bad(key, `must be inside ${s.network}/${s.prefix}`);
+    const ipSpecial = special(ip);
+    if (ipSpecial) throw bad(key, `${ip} is ${ipSpecial} of ${s.network}/${s.prefix}, not a host address`);
   }
   if (ipToInt(c.rangeStart) > ipToInt(c.rangeEnd)) throw bad('range-start', 'must not be after range-end');
   if (ipToInt(s.hub) >= ipToInt(c.rangeStart) && ipToInt(s.hub) <= ipToInt(c.rangeEnd)) throw bad('address', 'the hub address must be outside the DHCP range');
@@ -88,6 +105,10 @@ export function validateHub(c: HubConfig): HubConfig {
   if (!IFNAME.test(c.uplink)) throw bad('uplink', 'must be a Linux interface name');
   if (c.uplink === c.interface) throw bad('uplink', 'must differ from interface');
   if (c.dhcp !== 'isc' && c.dhcp !== 'dnsmasq') throw bad('dhcp', 'must be isc or dnsmasq');
+  // The DHCP server, its pid file and the record are read from other working directories later
+  // (teardown, systemd's unit), so a relative path would name another place; as the daemon does
+  // for its own paths, it is refused rather than guessed.
+  if (!isAbsolute(c.stateDir)) throw bad('state-dir', `must be an absolute path (${c.stateDir} is relative)`);
   return c;
 }
 
@@ -103,9 +124,15 @@ export const HUB_DEFAULTS: HubConfig = {
   dnsServers: ['8.8.8.8', '8.8.4.4'], defaultLeaseSeconds: 600, maxLeaseSeconds: 7200, uplink: 'eth0', dhcp: 'isc', stateDir: '/var/lib/matchlock/hub',
 };
 
-/** A hub config from a YAML file (keys as the flags name them) with flags over it. */
-export function loadHubConfig(file: string | undefined, flags: Partial<Record<string, unknown>>): HubConfig {
+/**
+ * A hub config from a YAML file (keys as the flags name them) with flags over it. A refusal
+ * names where the bad value came from: `--<flagPrefix><key>` for a flag (inspect passes `hub-`),
+ * `<file>: <key>` for the file, the bare key for a default. Throws InvalidArgument.
+ */
+export function loadHubConfig(file: string | undefined, flags: Partial<Record<string, unknown>>, flagPrefix = ''): HubConfig {
   const raw: Record<string, unknown> = {};
+  const origin: Record<string, string> = {};
+  const named = (key: string) => origin[key.replace(/\[\d+\]$/, '')]?.replace('%s', key) ?? key;
   if (file) {
     let doc: unknown;
     try {
@@ -118,22 +145,33 @@ export function loadHubConfig(file: string | undefined, flags: Partial<Record<st
       for (const [k, v] of Object.entries(doc)) {
         if (!(k in KEYS)) throw hubConfigError(`${file}: unknown key "${k}"`);
         raw[k] = v;
+        origin[k] = `${file}: %s`;
       }
     }
   }
-  for (const [k, v] of Object.entries(flags)) if (v !== undefined) raw[k] = v;
+  for (const [k, v] of Object.entries(flags)) {
+    if (v === undefined) continue;
+    raw[k] = v;
+    origin[k] = `--${flagPrefix}%s`;
+  }
   const out: Record<string, unknown> = { ...HUB_DEFAULTS };
   for (const [k, v] of Object.entries(raw)) {
     const prop = KEYS[k];
     if (!prop) throw hubConfigError(`unknown key "${k}"`);
     if (prop === 'vlanId' || prop === 'defaultLeaseSeconds' || prop === 'maxLeaseSeconds') {
       const n = Number(v);
-      if (!Number.isInteger(n)) throw hubConfigError(`${k}: must be a whole number`);
+      if (!Number.isInteger(n)) throw hubConfigError(`${named(k)}: must be a whole number`);
       out[prop] = n;
     } else if (prop === 'dnsServers') out[prop] = Array.isArray(v) ? v.map(String) : String(v).split(',').map((x) => x.trim()).filter(Boolean);
     else out[prop] = String(v);
   }
-  return validateHub(out as unknown as HubConfig);
+  try {
+    return validateHub(out as unknown as HubConfig);
+  } catch (err) {
+    const m = /^([a-z-]+(?:\[\d+\])?): ([^]*)$/.exec((err as Error).message);
+    if (!m?.[1]) throw err;
+    throw hubConfigError(`${named(m[1])}: ${m[2] ?? ''}`);
+  }
 }
 
 /** The hub config as a hub.yaml that loadHubConfig reads back to the same config. */

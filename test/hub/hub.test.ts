@@ -56,6 +56,33 @@ describe('hub config', () => {
     assert.equal(loadHubConfig(file, { dhcp: 'dnsmasq' }).dhcp, 'dnsmasq');
   });
 
+  it('refuses a router or range address that is the network or broadcast address, a VID outside 1-4094, VLAN settings in bridge mode and a relative state dir', () => {
+    const bad = (over: Record<string, unknown>, re: RegExp) => assert.throws(() => validateHub({ ...HUB_DEFAULTS, ...over }), re);
+    bad({ address: '192.168.10.0/25' }, /^MatchlockError: address: 192\.168\.10\.0 is the network address of 192\.168\.10\.0\/25, not a host address$/);
+    bad({ address: '192.168.10.127/25' }, /^MatchlockError: address: 192\.168\.10\.127 is the broadcast address of 192\.168\.10\.0\/25/);
+    bad({ address: '10.0.0.3/30', rangeStart: '10.0.0.1', rangeEnd: '10.0.0.2' }, /address: 10\.0\.0\.3 is the broadcast address of 10\.0\.0\.0\/30/);
+    bad({ address: '192.168.10.100/25', rangeStart: '192.168.10.0', rangeEnd: '192.168.10.50' }, /range-start: 192\.168\.10\.0 is the network address/);
+    bad({ rangeEnd: '192.168.10.127' }, /range-end: 192\.168\.10\.127 is the broadcast address/);
+    bad({ mode: 'vlan', parent: 'eth1', vlanId: 0 }, /vlan-id: must be between 1 and 4094/);
+    bad({ mode: 'vlan', parent: 'eth1' }, /vlan-id: vlan mode needs the VLAN id/);
+    bad({ vlanId: 5000 }, /vlan-id: must be between 1 and 4094/);
+    bad({ vlanId: 100 }, /vlan-id: only for mode vlan/);
+    bad({ parent: 'eth1' }, /parent: only for mode vlan/);
+    bad({ stateDir: 'relhub' }, /state-dir: must be an absolute path \(relhub is relative\)/);
+    assert.equal(validateHub({ ...HUB_DEFAULTS, address: '192.168.10.1/25', rangeEnd: '192.168.10.126' }).address, '192.168.10.1/25');
+  });
+
+  it('names where a bad value came from: the flag (with its prefix), the file and key, or the bare key of a default', () => {
+    assert.throws(() => loadHubConfig(undefined, { mode: 'bogus' }, 'hub-'), /^MatchlockError: --hub-mode: must be vlan or bridge$/);
+    assert.throws(() => loadHubConfig(undefined, { 'vlan-id': 'x' }), /^MatchlockError: --vlan-id: must be a whole number$/);
+    assert.throws(() => loadHubConfig(undefined, { 'dns-servers': '8.8.8.8,dns' }), /^MatchlockError: --dns-servers\[1\]: must be an IPv4 address$/);
+    const file = join(tmp.path, 'origin.yaml');
+    writeFileSync(file, 'address: 10.0.0.0/24\n');
+    assert.throws(() => loadHubConfig(file, {}), new RegExp(`^MatchlockError: ${file}: address: 10\\.0\\.0\\.0 is the network address`));
+    // The range is the default's, outside the address the flag gave.
+    assert.throws(() => loadHubConfig(undefined, { address: '10.0.0.1/24' }), /^MatchlockError: range-start: must be inside 10\.0\.0\.0\/24$/);
+  });
+
   it('reads isc leases: the last block for an address wins, expired and freed ones are left out', () => {
     const text = [
       'lease 192.168.10.30 { starts 5 2026/11/27 10:00:00; ends 5 2099/11/27 10:10:00; binding state active; hardware ethernet 02:00:00:00:00:01; client-hostname "old"; }',
