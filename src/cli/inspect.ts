@@ -46,7 +46,8 @@ export function inspectCommand(io: Io, output: () => string, access: () => Daemo
       // A bad hub setting is InvalidArgument: exit 2.
       const hub = (await import('../hub/config.js')).loadHubConfig(file, hubFlags, 'hub-');
       checks.push(...(await (await import('../host/inspect.js')).inspectHub(hub)));
-      leases = await (await import('../hub/hub.js')).hubLeases(hub);
+      // A hub that is not set up has no lease file; its checks above already say it is down.
+      leases = await (await import('../hub/hub.js')).hubLeases(hub).catch(() => undefined);
     }
     // With --hub, a machine with neither a store nor a daemon answering is taken as hub-only.
     // inspect's own --grpc-endpoint, then the global --host / MATCHLOCK_HOST, then the config's.

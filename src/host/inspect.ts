@@ -341,7 +341,7 @@ export async function inspectHub(c: HubConfig): Promise<Check[]> {
     dhcp: 'matchlock hub setup (restarts the DHCP server)',
   };
   const checks: Check[] = (await hubStatus(c)).map((p) => (p.ok ? ok(`hub ${p.piece}`, p.detail) : fail(`hub ${p.piece}`, p.detail, fixes[p.piece] ?? 'matchlock hub setup')));
-  const leases = await hubLeases(c);
+  const leases = await hubLeases(c).catch(() => []);
   const size = ipToInt(c.rangeEnd) - ipToInt(c.rangeStart) + 1;
   const used = leases.length / size;
   const usage = `${leases.length} of ${size} addresses leased in ${c.rangeStart}-${c.rangeEnd} (${Math.round(used * 100)}%)`;

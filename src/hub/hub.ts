@@ -2,7 +2,7 @@ import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { mkdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { run } from '../adapters/exec.js';
 import { findBinary } from '../daemon/providers.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
@@ -20,8 +20,13 @@ function hubError(message: string): MatchlockError {
 
 /** What setup changed, so teardown undoes exactly that and nothing else. */
 interface HubState {
+  /** The LAN link this state is about (absent in states written by earlier versions). */
+  interface?: string | undefined;
   createdLink: boolean;
-  addedAddress: boolean;
+  /** The addresses (CIDR) setup added to the link; one unless a re-run's --address failed to replace it. */
+  addedAddresses: string[];
+  /** Written by earlier versions: the config's address was added. Read as addedAddresses. */
+  addedAddress?: boolean | undefined;
   /** ip_forward before setup, when setup changed it. */
   ipForwardBefore?: string | undefined;
   nft: boolean;
@@ -46,12 +51,21 @@ async function hasAddress(name: string, cidr: string): Promise<boolean> {
   return (l?.addr_info ?? []).some((a) => `${a.local}/${a.prefixlen}` === cidr);
 }
 
-async function readState(c: HubConfig): Promise<HubState | undefined> {
+async function readState(c: Pick<HubConfig, 'stateDir'>, address?: string): Promise<HubState | undefined> {
+  let state: HubState;
   try {
-    return JSON.parse(await readFile(hubFiles(c).state, 'utf8')) as HubState;
+    state = JSON.parse(await readFile(join(c.stateDir, 'hub-state.json'), 'utf8')) as HubState;
   } catch {
     return undefined;
   }
+  state.addedAddresses ??= state.addedAddress && address ? [address] : [];
+  delete state.addedAddress;
+  return state;
+}
+
+/** Whether a hub's state file is there: setup made (part of) that hub and teardown has not run. */
+export function hubRecorded(c: Pick<HubConfig, 'stateDir'>): boolean {
+  return existsSync(join(c.stateDir, 'hub-state.json'));
 }
 
 function dhcpRunning(state: HubState | undefined, c: HubConfig): boolean {
@@ -61,7 +75,9 @@ function dhcpRunning(state: HubState | undefined, c: HubConfig): boolean {
 
 /**
  * Brings the hub up from its config: LAN link, address, IP forwarding, NAT, DHCP server.
- * Idempotent: what is already right is left alone, and what setup itself made is recorded.
+ * Idempotent: what is already right is left alone, and what setup itself made is recorded. A
+ * setup that fails part way undoes what this run made (a link, an address, ip_forward, the nft
+ * table, files, the state directory) before it throws; what was there before it stays.
  */
 export async function hubSetup(c: HubConfig): Promise<void> {
   const files = hubFiles(c);
@@ -69,11 +85,44 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   // directory included: a refused setup leaves nothing behind.
   if (!(await linkExists(c.uplink))) throw hubError(`uplink ${c.uplink} not found: name the interface that leads out of this host`);
   if (c.mode === 'vlan' && !(await linkExists(c.interface)) && !(await linkExists(c.parent ?? ''))) throw hubError(`parent ${c.parent} for the VLAN not found`);
-  await mkdir(c.stateDir, { recursive: true, mode: 0o750 });
-  const state: HubState = (await readState(c)) ?? { createdLink: false, addedAddress: false, nft: false, files: [] };
+  const server = which(c.dhcp === 'isc' ? 'dhcpd' : 'dnsmasq');
+  if (!findBinary('nft')) throw hubError('nft is not installed (apt-get install nftables)');
+  // A state dir is one hub's: another link would leave the first one's link and address unrecorded.
+  const held = (await readState(c))?.interface;
+  if (held !== undefined && held !== c.interface) {
+    throw hubError(`state dir ${c.stateDir} holds the hub on ${held}, not ${c.interface}: tear that hub down first (matchlock hub teardown --interface ${held} --state-dir ${c.stateDir}) or give another --state-dir`);
+  }
+
+  const undo: (() => Promise<unknown>)[] = [];
+  try {
+    const madeDir = await mkdir(c.stateDir, { recursive: true, mode: 0o750 });
+    if (madeDir) undo.push(() => rmEmptyDirs(c.stateDir, madeDir));
+    await setupSteps(c, files, server, undo);
+  } catch (err) {
+    for (const step of undo.reverse()) await step().catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Removes `dir` and its parents up to and including `top` while they are empty. */
+async function rmEmptyDirs(dir: string, top: string): Promise<void> {
+  for (let d = dir; d.length >= top.length; d = dirname(d)) {
+    if (!(await rmdir(d).then(() => true, () => false))) return;
+  }
+}
+
+async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, server: string, undo: (() => Promise<unknown>)[]): Promise<void> {
+  const previous = await readState(c, c.address);
+  const state: HubState = previous ?? { interface: c.interface, createdLink: false, addedAddresses: [], nft: false, files: [] };
+  state.interface ??= c.interface;
   const save = () => writeFile(files.state, JSON.stringify(state, null, 1));
+  // A state file this run wrote first goes when the run fails; an earlier run's is rewritten as it was.
+  const before = previous ? JSON.stringify(previous, null, 1) : undefined;
+  undo.push(() => (before === undefined ? rm(files.state, { force: true }) : writeFile(files.state, before)));
   const own = (p: string) => {
-    if (!state.files.includes(p)) state.files.push(p);
+    if (state.files.includes(p)) return;
+    state.files.push(p);
+    if (!existsSync(p)) undo.push(() => rm(p, { force: true }));
   };
   own(files.state);
 
@@ -90,23 +139,40 @@ export async function hubSetup(c: HubConfig): Promise<void> {
     } else {
       await run('ip', ['link', 'add', c.interface, 'type', 'bridge']);
     }
+    undo.push(() => run('ip', ['link', 'del', 'dev', c.interface]));
     state.createdLink = true;
     await save();
   }
   await run('ip', ['link', 'set', 'dev', c.interface, 'up']);
+  // An address an earlier run added and this config no longer names is replaced, not stacked.
+  // It goes first: removing a primary address also removes the secondaries of its subnet
+  // (net.ipv4.conf.*.promote_secondaries is off by default), the new one among them.
+  for (const old of state.addedAddresses.filter((a) => a !== c.address)) {
+    if (await hasAddress(c.interface, old)) {
+      await run('ip', ['addr', 'del', old, 'dev', c.interface]);
+      undo.push(() => run('ip', ['addr', 'add', old, 'dev', c.interface]));
+    }
+    state.addedAddresses = state.addedAddresses.filter((a) => a !== old);
+    await save();
+  }
   if (!(await hasAddress(c.interface, c.address))) {
     await run('ip', ['addr', 'add', c.address, 'dev', c.interface]);
-    state.addedAddress = true;
+    undo.push(() => run('ip', ['addr', 'del', c.address, 'dev', c.interface]));
+    if (!state.addedAddresses.includes(c.address)) state.addedAddresses.push(c.address);
     await save();
   }
   const forward = (await readFile(IP_FORWARD, 'utf8')).trim();
   if (forward !== '1') {
     state.ipForwardBefore ??= forward;
     await writeFile(IP_FORWARD, '1\n');
+    undo.push(() => writeFile(IP_FORWARD, `${forward}\n`));
     await save();
   }
-  // Replace the table as a whole in one transaction: re-running never duplicates rules.
+  // Replace the table as a whole in one transaction: re-running never duplicates rules. A failed
+  // run puts back the table that was there before it (or none).
+  const tableBefore = await run('nft', ['list', 'table', 'ip', NFT_TABLE]).then((r) => r.stdout, () => undefined);
   await run('nft', ['-f', '-'], { input: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n${nftRuleset(c)}` });
+  undo.push(() => run('nft', ['-f', '-'], { input: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n${tableBefore ?? ''}` }));
   state.nft = true;
   await save();
 
@@ -114,19 +180,22 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   const current = await readFile(files.conf, 'utf8').catch(() => '');
   if (dhcpRunning(state, c) && current === wanted && state.dhcp?.backend === c.dhcp) return;
   await stopDhcp(state);
-  await writeFile(files.conf, wanted);
   own(files.conf);
+  await writeFile(files.conf, wanted);
   const leases = c.dhcp === 'isc' ? files.iscLeases : files.dnsmasqLeases;
-  if (!existsSync(leases)) await writeFile(leases, '');
   own(leases);
+  if (!existsSync(leases)) await writeFile(leases, '');
+  // dhcpd keeps the previous lease file as <leases>~ each time it rewrites it (isc-dhcp 4.4,
+  // server/db.c new_lease_file): a file of the hub's too.
+  if (c.dhcp === 'isc') own(`${files.iscLeases}~`);
   own(files.log);
   own(files.pid);
   const [cmd, args] = c.dhcp === 'isc'
     ? ['dhcpd', ['-4', '-f', '-cf', files.conf, '-lf', files.iscLeases, '-pf', files.pid, c.interface]] as const
     : ['dnsmasq', dnsmasqArgs(c, files.dnsmasqLeases, files.pid)] as const;
   // The same server as a systemd unit, for hosts where systemd should supervise it.
-  await writeFile(files.unit, dhcpUnit(`${which(cmd)} ${args.join(' ')}`, c));
   own(files.unit);
+  await writeFile(files.unit, dhcpUnit(`${server} ${args.join(' ')}`, c));
   const log = openSync(files.log, 'a');
   const child = spawn(cmd, [...args], { detached: true, stdio: ['ignore', log, log] });
   closeSync(log);
@@ -180,15 +249,22 @@ async function stopDhcp(state: HubState): Promise<void> {
   state.dhcp = undefined;
 }
 
-/** Undoes what setup recorded, in reverse order; what setup did not make is left alone. */
-export async function hubTeardown(c: HubConfig): Promise<void> {
-  const state = await readState(c);
+/**
+ * Undoes what setup recorded, in reverse order; what setup did not make is left alone. Needs
+ * only the hub's state dir (and its interface, for states written before the state named it):
+ * the link, the addresses and everything else come from the state.
+ */
+export async function hubTeardown(c: Pick<HubConfig, 'interface' | 'stateDir'> & { address?: string }): Promise<void> {
+  const state = await readState(c, c.address);
   if (!state) return;
+  const link = state.interface ?? c.interface;
   await stopDhcp(state);
   if (state.nft) await run('nft', ['-f', '-'], { input: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n` });
   if (state.ipForwardBefore !== undefined) await writeFile(IP_FORWARD, `${state.ipForwardBefore}\n`);
-  if (state.addedAddress && !state.createdLink && (await linkExists(c.interface))) await run('ip', ['addr', 'del', c.address, 'dev', c.interface]);
-  if (state.createdLink && (await linkExists(c.interface))) await run('ip', ['link', 'del', 'dev', c.interface]);
+  if (!state.createdLink && (await linkExists(link))) {
+    for (const a of state.addedAddresses) if (await hasAddress(link, a)) await run('ip', ['addr', 'del', a, 'dev', link]);
+  }
+  if (state.createdLink && (await linkExists(link))) await run('ip', ['link', 'del', 'dev', link]);
   for (const f of state.files) await rm(f, { force: true });
   await rmdir(c.stateDir).catch(() => undefined);
 }
@@ -220,11 +296,20 @@ export async function hubStatus(c: HubConfig): Promise<Piece[]> {
   return out;
 }
 
-/** Current leases from the backend's lease file (isc: the last block for an IP wins). */
+/**
+ * Current leases from the backend's lease file (isc: the last block for an IP wins). An empty
+ * file is no leases; a missing one is a hub that is not set up (setup creates the file before
+ * the server starts): FailedPrecondition naming the file.
+ */
 export async function hubLeases(c: HubConfig, now = Date.now()): Promise<Lease[]> {
   const files = hubFiles(c);
-  if (c.dhcp === 'dnsmasq') {
-    return parseDnsmasqLeases(await readFile(files.dnsmasqLeases, 'utf8').catch(() => ''), now);
+  const file = c.dhcp === 'dnsmasq' ? files.dnsmasqLeases : files.iscLeases;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    throw hubError(`no hub on ${c.interface} with state dir ${c.stateDir}: its lease file ${file} does not exist (set it up with matchlock hub setup)`);
   }
-  return parseIscLeases(await readFile(files.iscLeases, 'utf8').catch(() => ''), now);
+  return c.dhcp === 'dnsmasq' ? parseDnsmasqLeases(text, now) : parseIscLeases(text, now);
 }
