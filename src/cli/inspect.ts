@@ -51,7 +51,7 @@ export function inspectCommand(io: Io, output: () => string, access: () => Daemo
     }
     // With --hub, a machine with neither a store nor a daemon answering is taken as hub-only.
     // inspect's own --grpc-endpoint, then the global --host / MATCHLOCK_HOST, then the config's.
-    const daemon = { ...access(), ...(o.grpcEndpoint ? { host: undefined } : {}) };
+    const daemon = { ...access(), ...(o.grpcEndpoint ? { host: undefined } : {}), configPath: typeof o.config === 'string' ? o.config : DEFAULT_CONFIG_PATH };
     if (!o.hubOnly) checks.unshift(...(await (await import('../host/inspect.js')).inspectHost(cfg, { access: daemon, leases, hubOnlyUnlessDaemon: withHub })));
     const doc = documentText(output(), checks);
     if (doc !== undefined) io.out(doc);

@@ -47,6 +47,8 @@ export interface DaemonAccess {
   tlsCert?: string | undefined;
   tlsKey?: string | undefined;
   insecure?: boolean | undefined;
+  /** The config file the daemon is started with, for the fix text; /etc/matchlock/config.yaml when absent. */
+  configPath?: string | undefined;
 }
 
 /**
@@ -82,7 +84,7 @@ async function daemonCheck(cfg: DaemonConfig, access: DaemonAccess): Promise<Che
     const listening = cliTls ? 'closed' : await speaksTls(host);
     if (listening === 'tls') return fail('daemon', `matchlockd on ${host} answers only over TLS; plaintext failed: ${first}`, 'give --tls-ca (and --tls-cert/--tls-key for mTLS), as for any other command');
     if (listening === 'open') return fail('daemon', `something listens on ${host} but does not answer as matchlockd: ${first}`, 'check that --host or grpc-endpoint names matchlockd; if it serves TLS, give --tls-ca');
-    return fail('daemon', `no answer from matchlockd on ${host}: ${first}`, 'start it: systemctl start matchlockd (or matchlockd run --config /etc/matchlock/config.yaml)');
+    return fail('daemon', `no answer from matchlockd on ${host}: ${first}`, `start it: systemctl start matchlockd (or matchlockd run --config ${access.configPath ?? '/etc/matchlock/config.yaml'})`);
   }
 }
 

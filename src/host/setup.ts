@@ -1,6 +1,7 @@
 import { existsSync, realpathSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { renameDurably, writeFileDurably } from '../adapters/durable.js';
+import { mkdir, mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { writeFileDurably } from '../adapters/durable.js';
 import { dirname, isAbsolute, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createTwoFilesPatch } from 'diff';
@@ -91,9 +92,13 @@ export function systemdUnit(execStart: string, configPath: string, guardPath?: s
   ].join('\n');
 }
 
-async function writeAtomic(path: string, text: string): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
-  await writeFileDurably(`${path}.tmp`, path, text, 0o640);
+async function writeAtomic(path: string, text: string, mode = 0o640): Promise<void> {
+  try {
+    await writeFileDurably(`${path}.tmp`, path, text, mode);
+  } catch (err) {
+    await rm(`${path}.tmp`, { force: true });
+    throw err;
+  }
 }
 
 /** A setting's text as the YAML scalar of its kind, so `maximum-retry=5` is written as 5, not "5". */
@@ -134,40 +139,105 @@ async function readIfThere(path: string): Promise<string> {
   }
 }
 
+/** What hostSetup will write, validated; nothing is written to make it. */
+export interface HostSetupPlan {
+  config: DaemonConfig;
+  before: string;
+  after: string;
+  warnings: string[];
+  daemon: DaemonCommand | undefined;
+}
+
 /**
- * Writes matchlockd's config and unit, prepares the state dir, and checks what the daemon will
- * need (VMM binaries, accelerator, bridge or parent interface, thin pool). The settings are
- * merged into an existing config file, which keeps every other key; `diff` shows the change.
+ * Checks host setup's input without writing anything: the keys, the matchlockd the unit will run,
+ * and the merged config file read exactly as matchlockd will read it (from a private temporary
+ * copy). A refusal names `--set <key>` when the bad value came from --set, else the config
+ * file. Throws Error.
  */
-export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonConfig; checks: Check[]; diff: string }> {
+export async function planHostSetup(o: HostSetupOptions): Promise<HostSetupPlan> {
   const known = new Set(KEYS.map((k) => k.key));
   for (const k of Object.keys(o.settings)) if (!known.has(k)) throw new Error(`--set ${k}: unknown key (see the README's configuration reference)`);
   const daemon = o.execStart === undefined ? resolveDaemonCommand(o.daemonBin) : undefined;
   const before = await readIfThere(o.configPath);
   const after = mergeConfigText(before, o.settings, o.configPath);
-  // Validate the merged file exactly as matchlockd will read it, before anything is written.
-  const staged = `${o.configPath}.tmp`;
-  await mkdir(dirname(o.configPath), { recursive: true });
-  await writeFile(staged, after, { mode: 0o640 });
-  let config: DaemonConfig;
+  const dir = await mkdtemp(join(tmpdir(), 'matchlock-setup-'));
+  const staged = join(dir, 'config.yaml');
   const warnings: string[] = [];
   try {
-    config = loadConfig({ flags: {}, file: { path: staged, explicit: true }, env: {} }, undefined, warnings);
+    await writeFile(staged, after, { mode: 0o600 });
+    const config = loadConfig({ flags: {}, file: { path: staged, explicit: true }, env: {} }, undefined, warnings);
+    return { config, before, after, warnings: warnings.map((w) => w.replaceAll(staged, o.configPath)), daemon };
   } catch (err) {
-    await rm(staged, { force: true });
-    throw new Error((err as Error).message.replaceAll(staged, o.configPath));
+    const message = (err as Error).message;
+    // The config reader names the file and the key ("<file>: verbosity must be …"); a value that
+    // came from --set is named as the flag it came from.
+    const key = new RegExp(`^${staged.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: ([a-z0-9-]+) `).exec(message)?.[1];
+    if (key !== undefined && key in o.settings) throw new Error(`--set ${key}=${o.settings[key]}: ${message.slice(staged.length + 2)}`);
+    throw new Error(message.replaceAll(staged, o.configPath));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
-  await renameDurably(staged, o.configPath);
+}
+
+/** Puts `path` back as it was: `text`, or no file when it had none. */
+async function restore(path: string, text: string | undefined): Promise<void> {
+  if (text === undefined) await rm(path, { force: true });
+  else await writeFile(path, text);
+}
+
+/** Removes `dir` and its parents up to and including `top` while they are empty. */
+async function rmEmptyDirs(dir: string, top: string): Promise<void> {
+  for (let d = dir; d.length >= top.length; d = dirname(d)) {
+    if (!(await rmdir(d).then(() => true, () => false))) return;
+  }
+}
+
+/**
+ * Writes matchlockd's config and unit, prepares the state dir, and checks what the daemon will
+ * need (VMM binaries, accelerator, bridge or parent interface, thin pool). The settings are
+ * merged into an existing config file, which keeps every other key; `diff` shows the change.
+ * Everything is validated before anything is written, and a write that fails part way puts back
+ * the files and directories this call changed.
+ */
+export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonConfig; checks: Check[]; diff: string }> {
+  const { config, before, after, warnings, daemon } = await planHostSetup(o);
+  const undo: (() => Promise<unknown>)[] = [];
+  const keep = async (path: string) => {
+    const old = existsSync(path) ? await readFile(path, 'utf8') : undefined;
+    undo.push(() => restore(path, old));
+  };
+  const mkdirs = async (dir: string, mode?: number) => {
+    const made = await mkdir(dir, { recursive: true, ...(mode === undefined ? {} : { mode }) });
+    if (made) undo.push(() => rmEmptyDirs(dir, made));
+  };
+  try {
+    await mkdirs(config.stateDir, 0o750);
+    await mkdirs(dirname(o.configPath));
+    await keep(o.configPath);
+    await writeAtomic(o.configPath, after, 0o640);
+    await mkdirs(dirname(o.unitPath));
+    await keep(o.unitPath);
+    await writeAtomic(o.unitPath, systemdUnit(o.execStart ?? daemon?.execStart ?? '', o.configPath, o.guardPath));
+    if (o.guardPath) {
+      await mkdirs(dirname(o.guardPath));
+      await keep(o.guardPath);
+      await writeGuardFile(o.guardPath);
+      // Last: nothing after it can fail, so an installed guard is never left by a failed setup.
+      await installGuard();
+    }
+  } catch (err) {
+    for (const step of undo.reverse()) await step().catch(() => undefined);
+    throw err;
+  }
   const diff = configDiff(o.configPath, before, after);
-  await writeAtomic(o.unitPath, systemdUnit(o.execStart ?? daemon?.execStart ?? '', o.configPath, o.guardPath));
-  if (o.guardPath) {
-    await writeGuardFile(o.guardPath);
-    await installGuard();
-  }
-  await mkdir(config.stateDir, { recursive: true, mode: 0o750 });
-  const checks = (await inspectHost(config, {})).filter((c) => c.check !== 'daemon');
+  // inspect's fixes name matchlockd's own flags ("set --firecracker-bin"); here a setting is given as --set.
+  const known = new Set(KEYS.map((k) => k.key));
+  const checks = (await inspectHost(config, {})).filter((c) => c.check !== 'daemon').map((c) => (c.fix === undefined ? c : {
+    ...c,
+    fix: c.fix.replace(/\bset --([a-z0-9-]+)/g, (whole, key: string) => (known.has(key) ? `--set ${key}=…` : whole)),
+  }));
   // flintlockd keys the file still has: matchlockd will say the same at every start.
-  for (const w of warnings) checks.push({ check: 'config', status: 'warn', evidence: w.replaceAll(staged, o.configPath), fix: 'remove the key, or leave it: matchlockd ignores it' });
+  for (const w of warnings) checks.push({ check: 'config', status: 'warn', evidence: w, fix: 'remove the key, or leave it: matchlockd ignores it' });
   if (daemon) {
     checks.push(daemon.installed
       ? { check: 'daemon-bin', status: 'ok', evidence: `the unit runs ${daemon.path}` }

@@ -79,7 +79,11 @@ describe('matchlock host setup', () => {
     assert.equal(again.diff, '');
     assert.equal(readFileSync(p.configPath, 'utf8'), after);
     // A value the merged file cannot hold is refused, and the file stays as it was.
-    await assert.rejects(hostSetup({ ...p, settings: { 'resync-period': 'often' } }), new RegExp(`${p.configPath.replace(/[/.]/g, '\\$&')}: resync-period must be a duration`));
+    await assert.rejects(hostSetup({ ...p, settings: { 'resync-period': 'often' } }), /^Error: --set resync-period=often: resync-period must be a duration/);
+    // A bad value already in the file is named by the file.
+    writeFileSync(p.configPath, `${after}resync-period: often\n`);
+    await assert.rejects(hostSetup({ ...p, settings: { 'bridge-name': 'br1' } }), new RegExp(`^Error: ${p.configPath.replace(/[/.]/g, '\\$&')}: resync-period must be a duration`));
+    writeFileSync(p.configPath, after);
     assert.equal(readFileSync(p.configPath, 'utf8'), after);
     assert.equal(existsSync(`${p.configPath}.tmp`), false);
   });
