@@ -35,6 +35,7 @@ export function hostCommand(io: Io, output: () => string): Command {
       const settings = parseSettings(o.set);
       let result;
       try {
+        // Validates every setting before it writes anything, and undoes its writes when one fails.
         result = await (await import('../host/setup.js')).hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, daemonBin: o.daemonBin, guardPath: guardPath(o) });
       } catch (err) {
         throw cliError((err as Error).message, EXIT.usage);
@@ -66,30 +67,54 @@ export function hostCommand(io: Io, output: () => string): Command {
     .option('--no-guard', "do not install the nftables guard that keeps guests off this host's own addresses")
     .option('--down', 'remove what dev mode set up (the config and unit stay)')
     .action(async (o: { interface: string; address: string; rangeStart: string; rangeEnd: string; uplink?: string; dhcp: string; hubStateDir: string; set?: string[]; configOut: string; unitOut: string; down?: boolean; guard: boolean }) => {
+      const { loadHubConfig } = await import('../hub/config.js');
+      const { recordedHub, refuseSecondHub, setupRecordedHub, forgetHub } = await import('./hub.js');
+      const hubConfig = (uplink: string | undefined) => {
+        try {
+          return loadHubConfig(undefined, { interface: o.interface, mode: 'bridge', address: o.address, 'range-start': o.rangeStart, 'range-end': o.rangeEnd, uplink, dhcp: o.dhcp, 'state-dir': o.hubStateDir });
+        } catch (err) {
+          throw cliError((err as Error).message, EXIT.usage);
+        }
+      };
+      // Hub failures are FailedPrecondition errors: exit 6.
+      if (o.down) {
+        // Teardown undoes what the hub's state recorded and never touches the uplink, so none
+        // is looked up: the one given, else the record's, else the default (unused).
+        const recorded = recordedHub();
+        const hub = hubConfig(o.uplink ?? (recorded?.stateDir === o.hubStateDir ? recorded.uplink : undefined));
+        await (await import('../hub/hub.js')).hubTeardown(hub);
+        forgetHub(hub);
+        if (o.guard) await (await import('../host/guard.js')).removeGuard();
+        io.out(documentText(output(), { removed: o.interface, guard: o.guard }) ?? `removed ${o.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
+        return;
+      }
       let uplink = o.uplink;
       if (!uplink) {
         const { stdout } = await (await import('../adapters/exec.js')).run('ip', ['-json', 'route', 'show', 'default']);
         uplink = (JSON.parse(stdout || '[]') as { dev?: string }[])[0]?.dev;
         if (!uplink) throw cliError('no default route to take the uplink from; give --uplink', EXIT.usage);
       }
-      let hub;
-      try {
-        hub = (await import('../hub/config.js')).loadHubConfig(undefined, { interface: o.interface, mode: 'bridge', address: o.address, 'range-start': o.rangeStart, 'range-end': o.rangeEnd, uplink, dhcp: o.dhcp, 'state-dir': o.hubStateDir });
-      } catch (err) {
-        throw cliError((err as Error).message, EXIT.usage);
-      }
-      // Hub failures are FailedPrecondition errors: exit 6.
-      if (o.down) {
-        await (await import('../hub/hub.js')).hubTeardown(hub);
-        if (o.guard) await (await import('../host/guard.js')).removeGuard();
-        io.out(documentText(output(), { removed: o.interface, guard: o.guard }) ?? `removed ${o.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
-        return;
-      }
-      await (await import('../hub/hub.js')).hubSetup(hub);
+      const hub = hubConfig(uplink);
+      // Every input is checked before the hub is made: a refused setting leaves nothing up.
       const settings = { 'bridge-name': o.interface, ...parseSettings(o.set) };
-      const { checks } = await (await import('../host/setup.js')).hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, guardPath: guardPath(o) }).catch((err: unknown) => {
+      const { hostSetup, planHostSetup } = await import('../host/setup.js');
+      const setupOptions = { settings, configPath: o.configOut, unitPath: o.unitOut, guardPath: guardPath(o) };
+      await planHostSetup(setupOptions).catch((err: unknown) => {
         throw cliError((err as Error).message, EXIT.usage);
       });
+      refuseSecondHub(hub, 'host dev');
+      const { made } = await setupRecordedHub(hub, 'matchlock host dev');
+      let checks;
+      try {
+        ({ checks } = await hostSetup(setupOptions));
+      } catch (err) {
+        // A hub this command made goes with the failed setup; one that was up before stays.
+        if (made) {
+          await (await import('../hub/hub.js')).hubTeardown(hub);
+          forgetHub(hub);
+        }
+        throw cliError((err as Error).message, EXIT.usage);
+      }
       const failures = checks.filter((c) => c.status === 'fail');
       io.out(documentText(output(), { hub: hub.interface, config: o.configOut, checks }) ??
         `${o.interface} ${o.address}: DHCP ${o.rangeStart}-${o.rangeEnd} (${o.dhcp}), NAT out of ${uplink}; matchlockd config ${o.configOut} uses it\n`);

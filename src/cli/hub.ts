@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { dirname, join } from 'node:path';
+import { NFT_TABLE } from '../hub/render.js';
 import { hubConfigYaml, loadHubConfig, type HubConfig } from '../hub/config.js';
 import { create } from '@bufbuild/protobuf';
 import { generatedMac } from '../core/microvm/host-names.js';
@@ -27,12 +28,68 @@ export const HUB_FLAGS: [string, string][] = [
 ];
 
 /**
- * Where `hub setup` records the hub it made, as a hub.yaml with every setting, so `status`,
- * `leases` and `teardown` (and `setup` again) need no flags: `MATCHLOCK_HUB_RECORD`, default
- * /var/lib/matchlock/hub.yaml. One hub per host, as in a Liquid Metal environment.
+ * Where `hub setup` (and `host dev`) record the hub they made, as a hub.yaml with every
+ * setting, so `status`, `leases` and `teardown` (and `setup` again) need no flags:
+ * `MATCHLOCK_HUB_RECORD`, default /var/lib/matchlock/hub.yaml. One hub per host, as in a
+ * Liquid Metal environment: the record and the nftables table `matchlock_hub` are the host's.
  */
 export function hubRecordPath(env: NodeJS.ProcessEnv = process.env): string {
   return env.MATCHLOCK_HUB_RECORD || '/var/lib/matchlock/hub.yaml';
+}
+
+/** The recorded hub, or undefined when there is no (readable) record. */
+export function recordedHub(record = hubRecordPath()): HubConfig | undefined {
+  if (!existsSync(record)) return undefined;
+  try {
+    return loadHubConfig(record, {});
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Refuses to set up `c` while another hub (another state dir) is recorded and its state file
+ * is there: both would own the one nftables table `matchlock_hub` and the one record, so the
+ * second would replace the first's NAT and tearing either down would remove both's. A record
+ * whose hub is gone (no state file) is replaced. Throws a CLI error (exit 6).
+ */
+export function refuseSecondHub(c: HubConfig, command: string, record = hubRecordPath()): void {
+  const other = recordedHub(record);
+  if (!other || other.stateDir === c.stateDir || !existsSync(join(other.stateDir, 'hub-state.json'))) return;
+  throw cliError(
+    `${command}: a hub is already set up on this host: ${other.interface} ${other.address} (state dir ${other.stateDir}, recorded in ${record}); ` +
+      `one hub per host (its nftables table ${NFT_TABLE} and its record are the host's). Tear it down first with: matchlock hub teardown`,
+    EXIT.precondition,
+  );
+}
+
+/** Records `c` as this host's hub (what `status`, `leases`, `teardown` and `inspect --hub` read). */
+export function recordHub(c: HubConfig, by: string, record = hubRecordPath()): void {
+  mkdirSync(dirname(record), { recursive: true, mode: 0o750 });
+  const text = `# Written by ${by}; hub status, leases and teardown read it.\n${hubConfigYaml(c)}`;
+  if (!existsSync(record) || readFileSync(record, 'utf8') !== text) writeFileSync(record, text);
+}
+
+/** Removes the record when it names this hub (its state dir); another hub's record stays. */
+export function forgetHub(c: Pick<HubConfig, 'stateDir'>, record = hubRecordPath()): void {
+  if (recordedHub(record)?.stateDir === c.stateDir) rmSync(record, { force: true });
+}
+
+/**
+ * Sets the hub up and records it; when recording fails, a hub this call made is torn down
+ * again, so a failed command leaves neither.
+ */
+export async function setupRecordedHub(c: HubConfig, by: string): Promise<{ made: boolean }> {
+  const { hubRecorded, hubSetup, hubTeardown } = await import('../hub/hub.js');
+  const made = !hubRecorded(c);
+  await hubSetup(c);
+  try {
+    recordHub(c, by);
+  } catch (err) {
+    if (made) await hubTeardown(c);
+    throw err;
+  }
+  return { made };
 }
 
 /** `matchlock hub`: the LAN, DHCP and NAT that MicroVMs get their addresses and their way out from. */
@@ -84,23 +141,13 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
       throw cliError((err as Error).message, EXIT.usage);
     }
   };
-  /** The record names this hub (its state dir); other hubs' records are not touched. */
-  const recorded = (c: HubConfig) => {
-    try {
-      return loadHubConfig(record, {}).stateDir === c.stateDir;
-    } catch {
-      return false;
-    }
-  };
   // Hub failures carry their codes (FailedPrecondition: exit 6); main maps them.
   const wrap = (fn: () => Promise<void>) => fn();
   withConfig(hub.command('setup').description('bring the hub up (idempotent)')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const c = config(o);
-      await (await import('../hub/hub.js')).hubSetup(c);
-      mkdirSync(dirname(record), { recursive: true, mode: 0o750 });
-      const text = `# Written by matchlock hub setup; hub status, leases and teardown read it.\n${hubConfigYaml(c)}`;
-      if (!existsSync(record) || readFileSync(record, 'utf8') !== text) writeFileSync(record, text);
+      refuseSecondHub(c, 'hub setup', record);
+      await setupRecordedHub(c, 'matchlock hub setup');
       io.out(documentText(output(), { interface: c.interface, address: c.address, rangeStart: c.rangeStart, rangeEnd: c.rangeEnd, dhcp: c.dhcp, uplink: c.uplink }) ?? `hub ${c.interface} up: ${c.address}, DHCP ${c.rangeStart}-${c.rangeEnd} (${c.dhcp}), NAT out of ${c.uplink}\n`);
     }),
   );
@@ -108,7 +155,7 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
     wrap(async () => {
       const c = config(o);
       await (await import('../hub/hub.js')).hubTeardown(c);
-      if (recorded(c)) rmSync(record, { force: true });
+      forgetHub(c, record);
       io.out(documentText(output(), { removed: c.interface }) ?? 'hub removed\n');
     }),
   );

@@ -1,0 +1,205 @@
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, afterEach, before, describe, it } from 'node:test';
+import { ROOT, tempDir } from '../helpers/daemon.js';
+
+/**
+ * What hub setup, teardown and host dev leave behind when a run is refused, fails part way,
+ * is repeated with other settings, or meets another hub: all in private network namespaces.
+ */
+const need = ['dhcpd', 'dnsmasq', 'nft', 'ip'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
+const skip = process.getuid?.() !== 0 ? 'needs root' : need.length ? `missing: ${need.join(', ')}` : false;
+
+describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip : false }, () => {
+  const id = randomBytes(3).toString('hex');
+  const ns = `mlhl-${id}`;
+  const tmp = tempDir('hub-lifecycle');
+  const record = join(tmp.path, 'hub-record.yaml');
+  const ip = (...a: string[]) => execFileSync('ip', ['-n', ns, ...a], { encoding: 'utf8' });
+  const inNs = (...cmd: string[]) => spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', cwd: tmp.path, env: { ...process.env, MATCHLOCK_HUB_RECORD: record } });
+  const cli = (...a: string[]) => inNs(process.execPath, join(ROOT, 'bin/matchlock.js'), ...a);
+  const hubFlags = (n: number, dhcp = 'dnsmasq') => ['--interface', `mlbr${n}`, '--mode', 'bridge', '--address', `192.168.${40 + n}.2/25`, '--range-start', `192.168.${40 + n}.26`, '--range-end', `192.168.${40 + n}.126`, '--uplink', 'up0', '--dhcp', dhcp, '--state-dir', join(tmp.path, `state-${n}`)];
+  before(() => {
+    assert.equal(skip, false, String(skip));
+    execFileSync('ip', ['netns', 'add', ns]);
+    ip('link', 'set', 'lo', 'up');
+    // The uplink: one end of a veth pair with an address and no default route, as a host without one.
+    ip('link', 'add', 'up0', 'type', 'veth', 'peer', 'name', 'upx0');
+    ip('addr', 'add', '10.98.0.1/24', 'dev', 'up0');
+    ip('link', 'set', 'up0', 'up');
+    ip('link', 'set', 'upx0', 'up');
+  });
+  // A test that failed before its own teardown leaves its DHCP servers running (deleting the
+  // namespace does not stop them): each is stopped by the pid its state recorded.
+  const stopServers = () => {
+    for (const file of readdirSync(tmp.path, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('hub-state.json'))) {
+      try {
+        const pid = (JSON.parse(readFileSync(join(tmp.path, file), 'utf8')) as { dhcp?: { pid: number } }).dhcp?.pid;
+        if (pid && readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(tmp.path)) process.kill(pid, 'SIGTERM');
+      } catch {
+        // no state file, or the server is already gone
+      }
+    }
+  };
+  afterEach(() => assert.equal(existsSync(record), false, 'each test leaves no hub record'));
+  after(() => {
+    stopServers();
+    spawnSync('ip', ['netns', 'del', ns]);
+    tmp.remove();
+  });
+
+  const snapshot = () => ({
+    links: (JSON.parse(ip('-json', 'link', 'show')) as { ifname: string }[]).map((l) => l.ifname),
+    addrs: (JSON.parse(ip('-json', 'addr', 'show')) as { ifname: string; addr_info: { local: string; prefixlen: number }[] }[]).map((l) => [l.ifname, l.addr_info.filter((a) => !a.local.startsWith('fe80:')).map((a) => `${a.local}/${a.prefixlen}`).join(',')]),
+    nft: inNs('nft', 'list', 'ruleset').stdout,
+    forward: inNs('cat', '/proc/sys/net/ipv4/ip_forward').stdout,
+  });
+  const addrsOf = (link: string) => (JSON.parse(ip('-json', 'addr', 'show', 'dev', link)) as { addr_info: { family: string; local: string; prefixlen: number }[] }[])[0]?.addr_info.filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`);
+
+  it('host dev refuses a bad --set before it makes the hub: nothing is made, nothing recorded', () => {
+    const before = snapshot();
+    const dir = join(tmp.path, 'dev-bad');
+    const r = cli('host', 'dev', '--interface', 'mldev1', '--uplink', 'up0', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--no-guard', '--set', 'bogus=1');
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--set bogus: unknown key/);
+    assert.deepEqual(snapshot(), before);
+    assert.equal(existsSync(dir), false, 'no directory made');
+  });
+
+  it('host dev that fails after making the hub (the unit cannot be written) tears that hub down and restores the config', () => {
+    const before = snapshot();
+    const dir = join(tmp.path, 'dev-fail');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'not-a-dir'), '');
+    const r = cli('host', 'dev', '--interface', 'mldev2', '--uplink', 'up0', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'not-a-dir', 'unit.service'), '--no-guard', '--set', `state-dir=${join(dir, 'state')}`);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /EEXIST|ENOTDIR/);
+    assert.deepEqual(snapshot(), before);
+    assert.deepEqual(readdirSync(dir), ['not-a-dir'], 'config, hub state and daemon state dir are gone');
+  });
+
+  it('hub setup that fails part way (the DHCP server cannot start) undoes what it made and keeps what was there', () => {
+    const before = snapshot();
+    const state = join(tmp.path, 'state-fail');
+    // A directory where dnsmasq wants its pid file: the server exits at once.
+    mkdirSync(join(state, 'dhcp.pid'), { recursive: true });
+    const r = cli('hub', 'setup', ...hubFlags(1).slice(0, -1), state);
+    assert.equal(r.status, 6, r.stderr);
+    assert.match(r.stderr, /dnsmasq exited at once/);
+    assert.deepEqual(snapshot(), before);
+    assert.deepEqual(readdirSync(state), ['dhcp.pid'], 'only what was there before stays');
+  });
+
+  it('a re-run with another --address replaces the address it added; teardown removes it and keeps the link and address that were there', () => {
+    ip('link', 'add', 'mlpre0', 'type', 'bridge');
+    ip('addr', 'add', '10.77.0.1/24', 'dev', 'mlpre0');
+    const flags = (third: number) => ['--interface', 'mlpre0', '--address', `192.168.${third}.2/25`, '--range-start', `192.168.${third}.26`, '--range-end', `192.168.${third}.126`, '--uplink', 'up0', '--dhcp', 'dnsmasq', '--state-dir', join(tmp.path, 'state-pre')];
+    assert.equal(cli('hub', 'setup', ...flags(50)).status, 0);
+    const again = cli('hub', 'setup', ...flags(51));
+    assert.equal(again.status, 0, again.stderr);
+    assert.deepEqual(addrsOf('mlpre0'), ['10.77.0.1/24', '192.168.51.2/25']);
+    // The same state dir for another link would leave this hub's link and address unrecorded.
+    const other = cli('hub', 'setup', ...flags(51).map((f) => (f === 'mlpre0' ? 'mlother0' : f)));
+    assert.equal(other.status, 6, other.stderr);
+    assert.match(other.stderr, /state dir \S+ holds the hub on mlpre0, not mlother0: tear that hub down first/);
+    assert.equal(ip('-json', 'link', 'show').includes('"mlother0"'), false);
+    const down = cli('hub', 'teardown');
+    assert.equal(down.status, 0, down.stderr);
+    assert.deepEqual(addrsOf('mlpre0'), ['10.77.0.1/24']);
+    ip('link', 'del', 'mlpre0');
+  });
+
+  it('refuses a second hub while one is recorded and up, naming it and its teardown; the first keeps its NAT', () => {
+    const first = cli('hub', 'setup', ...hubFlags(2));
+    assert.equal(first.status, 0, first.stderr);
+    const nat = inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout;
+    const recorded = readFileSync(record, 'utf8');
+    const second = cli('hub', 'setup', ...hubFlags(3));
+    assert.equal(second.status, 6, second.stderr);
+    assert.match(second.stderr, new RegExp(`a hub is already set up on this host: mlbr2 192\\.168\\.42\\.2/25 \\(state dir ${join(tmp.path, 'state-2')}.*matchlock hub teardown`));
+    assert.equal(existsSync(join(tmp.path, 'state-3')), false);
+    assert.equal(ip('-json', 'link', 'show').includes('"mlbr3"'), false);
+    assert.equal(inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, nat);
+    assert.equal(readFileSync(record, 'utf8'), recorded);
+    const dev = cli('host', 'dev', '--interface', 'mldev3', '--uplink', 'up0', '--hub-state-dir', join(tmp.path, 'dev3'), '--config-out', join(tmp.path, 'dev3.yaml'), '--unit-out', join(tmp.path, 'dev3.service'), '--no-guard');
+    assert.equal(dev.status, 6, dev.stderr);
+    assert.match(dev.stderr, /host dev: a hub is already set up/);
+    assert.equal(existsSync(join(tmp.path, 'dev3.yaml')), false);
+    assert.equal(cli('hub', 'teardown').status, 0);
+  });
+
+  it('host dev records its hub: status and leases need no flags; --down with no default route and no --uplink removes hub and record', () => {
+    const before = snapshot();
+    const dir = join(tmp.path, 'dev');
+    const dev = ['--interface', 'mldev0', '--address', '192.168.60.2/25', '--range-start', '192.168.60.26', '--range-end', '192.168.60.126', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--no-guard'];
+    const up = cli('host', 'dev', ...dev, '--uplink', 'up0', '--set', `state-dir=${join(dir, 'state')}`);
+    assert.equal(up.status, 0, up.stdout + up.stderr);
+    assert.match(readFileSync(record, 'utf8'), new RegExp(`^state-dir: ${join(dir, 'hub')}$`, 'm'));
+    const status = cli('-o', 'json', 'hub', 'status');
+    assert.equal(status.status, 0, status.stdout + status.stderr);
+    assert.ok((JSON.parse(status.stdout) as { piece: string; detail: string }[]).some((p) => p.piece === 'interface' && p.detail === 'mldev0 up'));
+    const leases = cli('-o', 'json', 'hub', 'leases');
+    assert.equal(leases.status, 0, leases.stderr);
+    assert.deepEqual(JSON.parse(leases.stdout), []);
+    const down = cli('host', 'dev', ...dev, '--down');
+    assert.equal(down.status, 0, down.stderr);
+    assert.equal(existsSync(record), false);
+    assert.deepEqual(snapshot(), before);
+  });
+
+  it('hub leases: a hub that does not exist is an error naming its lease file (exit 6, as status); an empty lease file is an empty table', () => {
+    const state = join(tmp.path, 'state-none');
+    const missing = cli('hub', 'leases', ...hubFlags(4).slice(0, -1), state);
+    assert.equal(missing.status, 6, missing.stdout + missing.stderr);
+    assert.match(missing.stderr, new RegExp(`lease file ${join(state, 'dnsmasq.leases')} does not exist`));
+    const status = cli('hub', 'status', ...hubFlags(4).slice(0, -1), state);
+    assert.equal(status.status, missing.status, 'the same exit code as status for a hub that is down');
+    mkdirSync(state);
+    writeFileSync(join(state, 'dnsmasq.leases'), '');
+    const empty = cli('-o', 'json', 'hub', 'leases', ...hubFlags(4).slice(0, -1), state);
+    assert.equal(empty.status, 0, empty.stderr);
+    assert.deepEqual(JSON.parse(empty.stdout), []);
+  });
+
+  it('refuses a relative --state-dir and bad addresses or VLAN ids with exit 2 naming the flag, before making anything', () => {
+    const before = snapshot();
+    for (const [over, message] of [
+      [['--state-dir', 'relhub'], /^matchlock: --state-dir: must be an absolute path \(relhub is relative\)$/m],
+      [['--address', '192.168.44.0/25'], /^matchlock: --address: 192\.168\.44\.0 is the network address of 192\.168\.44\.0\/25, not a host address$/m],
+      [['--address', '192.168.44.127/25'], /^matchlock: --address: 192\.168\.44\.127 is the broadcast address of 192\.168\.44\.0\/25/m],
+      [['--vlan-id', '5000'], /^matchlock: --vlan-id: must be between 1 and 4094/m],
+      [['--vlan-id', '100'], /^matchlock: --vlan-id: only for mode vlan/m],
+    ] as const) {
+      const flags = hubFlags(4);
+      for (let i = 0; i < over.length; i += 2) {
+        const at = flags.indexOf(over[i] ?? '');
+        if (at >= 0) flags.splice(at, 2);
+      }
+      const r = cli('hub', 'setup', ...flags, ...over);
+      assert.equal(r.status, 2, `${over.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, message);
+    }
+    assert.equal(existsSync(join(tmp.path, 'relhub')), false);
+    assert.equal(existsSync(join(tmp.path, 'state-4')), false);
+    assert.deepEqual(snapshot(), before);
+  });
+
+  it('teardown of an isc hub leaves no file in its state dir (dhcpd.leases~ included); a refused vlan setup leaves no state dir', () => {
+    const state = join(tmp.path, 'state-5');
+    const up = cli('hub', 'setup', ...hubFlags(5, 'isc'));
+    assert.equal(up.status, 0, up.stderr);
+    assert.equal(cli('hub', 'teardown').status, 0);
+    assert.equal(existsSync(state), false, existsSync(state) ? readdirSync(state).join(', ') : '');
+    const vlanState = join(tmp.path, 'state-vlan');
+    const vlan = cli('hub', 'setup', '--interface', 'up0.100', '--mode', 'vlan', '--parent', 'up0', '--vlan-id', '100', '--uplink', 'up0', '--state-dir', vlanState);
+    if (vlan.status === 0) {
+      assert.equal(cli('hub', 'teardown').status, 0);
+    } else {
+      assert.equal(vlan.status, 6, vlan.stderr);
+    }
+    assert.equal(existsSync(vlanState), false);
+  });
+});
