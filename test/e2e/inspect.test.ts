@@ -19,7 +19,8 @@ describe('inspect: a healthy host and hub, then one piece broken at a time', { s
   const state = join(tmp.path, 'state');
   const sock = join(tmp.path, 'grpc.sock');
   const hubFlags = ['--interface', 'mlbr0', '--mode', 'bridge', '--address', '192.168.77.2/25', '--range-start', '192.168.77.26', '--range-end', '192.168.77.126', '--uplink', 'up0', '--dhcp', 'isc', '--state-dir', join(tmp.path, 'hub')];
-  const ml = (...a: string[]) => spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'bin/matchlock.js'), ...a], { encoding: 'utf8' });
+  // hub setup records its hub; the record goes to the test's own directory, not the host's.
+  const ml = (...a: string[]) => spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'bin/matchlock.js'), ...a], { encoding: 'utf8', env: { ...process.env, MATCHLOCK_HUB_RECORD: join(tmp.path, 'hub-record.yaml') } });
   const inspect = () => {
     const r = ml('-o', 'json', 'inspect', '--config', '/dev/null', '--daemon-state-dir', state, '--grpc-endpoint', `unix:${sock}`, '--bridge-name', 'mlbr0', '--hub', ...hubFlags.map((f) => (f.startsWith('--') ? `--hub-${f.slice(2)}` : f)));
     return { code: r.status, checks: JSON.parse(r.stdout || '[]') as Check[], stderr: r.stderr };

@@ -21,7 +21,8 @@ describe('guest guard (nftables) in namespaces', { skip: skip && !process.env.CI
   const [host, guest, up, other] = ['mlgh', 'mlgg', 'mlgu', 'mlgo'].map((p) => `${p}-${id}`) as [string, string, string, string];
   const tmp = tempDir('guard');
   const ip = (...a: string[]) => execFileSync('ip', a, { encoding: 'utf8' });
-  const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8' });
+  // host dev records its hub; the record goes to the test's own directory, not the host's.
+  const inNs = (ns: string, ...cmd: string[]) => spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', env: { ...process.env, MATCHLOCK_HUB_RECORD: join(tmp.path, 'hub-record.yaml') } });
   const ping = (ns: string, addr: string) => inNs(ns, 'ping', '-c', '1', '-W', '1', addr).status === 0;
   const cli = (...a: string[]) => inNs(host, process.execPath, join(ROOT, 'bin/matchlock.js'), ...a);
   const script = join(tmp.path, 'udhcpc.sh');
