@@ -157,6 +157,11 @@ export interface HostSetupPlan {
 export async function planHostSetup(o: HostSetupOptions): Promise<HostSetupPlan> {
   const known = new Set(KEYS.map((k) => k.key));
   for (const k of Object.keys(o.settings)) if (!known.has(k)) throw new Error(`--set ${k}: unknown key (see the README's configuration reference)`);
+  // The unit names the config (and the guard beside it) for systemd, which runs it from /: a
+  // relative path there would name another file.
+  for (const [flag, path] of [['--config-out', o.configPath], ['--unit-out', o.unitPath]] as const) {
+    if (!isAbsolute(path)) throw new Error(`${flag} ${path}: must be an absolute path`);
+  }
   const daemon = o.execStart === undefined ? resolveDaemonCommand(o.daemonBin) : undefined;
   const before = await readIfThere(o.configPath);
   const after = mergeConfigText(before, o.settings, o.configPath);

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { run } from '../../src/cli/main.js';
@@ -27,9 +27,29 @@ describe('host setup and inspect name the flag a value came from', () => {
     assert.equal(existsSync(join(tmp.path, 'a')), false, 'not even the config directory is made');
   });
 
+  it('host setup and host dev refuse a relative --config-out or --unit-out (the unit names them for systemd) before writing anything', async () => {
+    // Should a relative path be taken after all, it lands in the test's own directory.
+    const cwd = process.cwd();
+    mkdirSync(join(tmp.path, 'cwd'));
+    process.chdir(join(tmp.path, 'cwd'));
+    try {
+      for (const args of [['--config-out', 'rel.yaml'], ['--unit-out', 'rel.service']]) {
+        const defaults = ['--config-out', join(tmp.path, 'r', 'config.yaml'), '--unit-out', join(tmp.path, 'r', 'unit.service')];
+        const flags = [...defaults.filter((_, i) => defaults[i - (i % 2)] !== args[0]), ...args];
+        const r = await cli(['host', 'setup', '--no-guard', '--set', `state-dir=${join(tmp.path, 'r', 'state')}`, '--set', 'vmm-user=root', ...flags]);
+        assert.equal(r.code, 2, r.err);
+        assert.match(r.err, new RegExp(`${args[0]} ${args[1]?.replace('.', '\\.')}: must be an absolute path`));
+      }
+    } finally {
+      process.chdir(cwd);
+    }
+    assert.equal(existsSync(join(tmp.path, 'r')), false);
+    assert.deepEqual(readdirSync(join(tmp.path, 'cwd')), []);
+  });
+
   it("host setup: a missing VMM's fix is given as --set <key>=…, the form this command takes", async () => {
     const p = join(tmp.path, 'b');
-    const { checks } = await hostSetup({ settings: { 'firecracker-bin': '/nonexistent/firecracker', 'state-dir': join(p, 'state') }, configPath: join(p, 'config.yaml'), unitPath: join(p, 'unit.service'), execStart: '/bin/true' });
+    const { checks } = await hostSetup({ settings: { 'firecracker-bin': '/nonexistent/firecracker', 'state-dir': join(p, 'state'), 'vmm-user': 'root' }, configPath: join(p, 'config.yaml'), unitPath: join(p, 'unit.service'), execStart: '/bin/true' });
     const fc = checks.find((c) => c.check === 'vmm firecracker');
     assert.match(fc?.fix ?? '', /--set firecracker-bin=…/);
     assert.doesNotMatch(fc?.fix ?? '', /set --firecracker-bin/);
