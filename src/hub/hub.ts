@@ -124,6 +124,13 @@ async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, serv
     state.files.push(p);
     if (!existsSync(p)) undo.push(() => rm(p, { force: true }));
   };
+  /** A file this run rewrites: a failed run puts back what an earlier run wrote there. */
+  const rewrite = async (p: string, text: string) => {
+    const old = await readFile(p, 'utf8').catch(() => undefined);
+    own(p);
+    if (old !== undefined) undo.push(() => writeFile(p, old));
+    await writeFile(p, text);
+  };
   own(files.state);
 
   if (!(await linkExists(c.interface))) {
@@ -180,8 +187,7 @@ async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, serv
   const current = await readFile(files.conf, 'utf8').catch(() => '');
   if (dhcpRunning(state, c) && current === wanted && state.dhcp?.backend === c.dhcp) return;
   await stopDhcp(state);
-  own(files.conf);
-  await writeFile(files.conf, wanted);
+  await rewrite(files.conf, wanted);
   const leases = c.dhcp === 'isc' ? files.iscLeases : files.dnsmasqLeases;
   own(leases);
   if (!existsSync(leases)) await writeFile(leases, '');
@@ -194,8 +200,7 @@ async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, serv
     ? ['dhcpd', ['-4', '-f', '-cf', files.conf, '-lf', files.iscLeases, '-pf', files.pid, c.interface]] as const
     : ['dnsmasq', dnsmasqArgs(c, files.dnsmasqLeases, files.pid)] as const;
   // The same server as a systemd unit, for hosts where systemd should supervise it.
-  own(files.unit);
-  await writeFile(files.unit, dhcpUnit(`${server} ${args.join(' ')}`, c));
+  await rewrite(files.unit, dhcpUnit(`${server} ${args.join(' ')}`, c));
   const log = openSync(files.log, 'a');
   const child = spawn(cmd, [...args], { detached: true, stdio: ['ignore', log, log] });
   closeSync(log);

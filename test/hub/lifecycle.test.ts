@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { ROOT, tempDir } from '../helpers/daemon.js';
@@ -91,6 +91,22 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.match(r.stderr, /dnsmasq exited at once/);
     assert.deepEqual(snapshot(), before);
     assert.deepEqual(readdirSync(state), ['dhcp.pid'], 'only what was there before stays');
+  });
+
+  it('a re-run that fails part way puts back the files, state and NAT of the run before it', () => {
+    const state = join(tmp.path, 'state-6');
+    assert.equal(cli('hub', 'setup', ...hubFlags(6)).status, 0);
+    const kept = { conf: readFileSync(join(state, 'dhcpd.conf'), 'utf8'), unit: readFileSync(join(state, 'matchlock-hub-dhcp.service'), 'utf8'), state: readFileSync(join(state, 'hub-state.json'), 'utf8'), nft: inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, addrs: addrsOf('mlbr6') };
+    // dhcpd cannot open a lease file that is a directory: the isc server exits at once.
+    mkdirSync(join(state, 'dhcpd.leases'));
+    const moved = hubFlags(6, 'isc').map((f) => f.replace('192.168.46.', '192.168.47.'));
+    const r = cli('hub', 'setup', ...moved);
+    assert.equal(r.status, 6, r.stderr);
+    assert.match(r.stderr, /dhcpd exited at once/);
+    assert.deepEqual({ conf: readFileSync(join(state, 'dhcpd.conf'), 'utf8'), unit: readFileSync(join(state, 'matchlock-hub-dhcp.service'), 'utf8'), state: readFileSync(join(state, 'hub-state.json'), 'utf8'), nft: inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, addrs: addrsOf('mlbr6') }, kept);
+    rmdirSync(join(state, 'dhcpd.leases'));
+    assert.equal(cli('hub', 'teardown').status, 0);
+    assert.equal(existsSync(state), false);
   });
 
   it('a re-run with another --address replaces the address it added; teardown removes it and keeps the link and address that were there', () => {
