@@ -21,7 +21,7 @@
 import { execFileSync } from 'node:child_process';
 import {
   closeSync, constants, fchmodSync, fchownSync, ftruncateSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
-  chmodSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, utimesSync, writeSync,
+  chmodSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeSync,
 } from 'node:fs';
 import { ChunkReader, TarReader, type ReadInto, type TarEntry } from './tar-reader.js';
 
@@ -215,7 +215,13 @@ export class ImageRoot {
       const parent = this.resolveDir(parts, false, e.path);
       if (parent === undefined) return;
       if (base === '.wh..wh..opq') this.opaque(parent);
-      else if (!base.startsWith('.wh..wh.')) this.remove(parent ? `${parent}/${base.slice(4)}` : base.slice(4));
+      else if (!base.startsWith('.wh..wh.')) {
+        const gone = base.slice(4);
+        // `.wh..` and `.wh...` would remove the directory itself or its parent (the image
+        // root's parent at the top): no file system change is spelled that way.
+        if (gone === '.' || gone === '..') throw new ApplyError(`whiteout ${base} names no file`, 'EINVAL');
+        this.remove(parent ? `${parent}/${gone}` : gone);
+      }
       return;
     }
     if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') {
@@ -290,9 +296,12 @@ export class ImageRoot {
         if (target === undefined || !tst) throw new ApplyError(`hard link target ${e.linkpath} does not exist in the image`, 'ENOENT');
         if (tst.isDirectory()) throw new ApplyError(`hard link target ${e.linkpath} is a directory`, 'EPERM');
         if (target !== rel) this.create(rel, () => linkSync(this.abs(target), at));
-        // As containerd: the link's header owner and mode go to the shared inode too.
+        // As containerd: the link's header owner and mode go to the shared inode too. A hard
+        // link to a symlink is that symlink (link(2) does not follow): chmod would follow it
+        // out of the image, and Linux has no lchmod, so its mode stays (as containerd's
+        // lchmod skips symlinks).
         if (asRoot) lchownSync(at, e.uid, e.gid);
-        chmodSync(at, e.mode);
+        if (!tst.isSymbolicLink()) chmodSync(at, e.mode);
         break;
       }
     }
@@ -349,7 +358,8 @@ export class ImageRoot {
       }
     }
     for (const d of this.dirTimes) {
-      if (this.dirs.has(d.rel)) utimesSync(this.abs(d.rel), d.mtime, d.mtime);
+      // Known to be a directory; lutimes all the same, so a stale entry can never lead out.
+      if (this.dirs.has(d.rel)) lutimesSync(this.abs(d.rel), d.mtime, d.mtime);
     }
   }
 }
