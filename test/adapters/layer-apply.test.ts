@@ -92,3 +92,63 @@ describe('layer apply: nothing outside the image root is touched', () => {
     assert.equal(lstatSync(join(t.root, 'l')).mtimeMs, 1000 * 1000);
   });
 });
+
+describe('layer apply: device nodes and FIFOs', () => {
+  const tmp = tempDir('layer-apply-nodes');
+  after(() => tmp.remove());
+  let n = 0;
+  const apply = (...layers: Buffer[]) => {
+    const root = join(tmp.path, String(++n));
+    mkdirSync(root);
+    const image = new ImageRoot(root);
+    for (const l of layers) image.applyLayer(sourceOf(l));
+    return { root, image };
+  };
+
+  it('a skipped node replaces the lower layer\'s file, symlink or whole directory at its path', () => {
+    const { root, image } = apply(
+      tarOf([
+        { name: 'dev', type: '5', mode: 0o755 },
+        { name: 'dev/null', data: 'a file' },
+        { name: 'dev/fifo', type: '2', linkname: 'null' },
+        { name: 'dev/sda', type: '5', mode: 0o755 },
+        { name: 'dev/sda/inside', data: 'x' },
+      ]),
+      tarOf([
+        { name: 'dev/null', type: '3', devmajor: 1, devminor: 3 },
+        { name: 'dev/fifo', type: '6' },
+        { name: 'dev/sda', type: '4', devmajor: 8, devminor: 0 },
+      ]),
+    );
+    for (const p of ['dev/null', 'dev/fifo', 'dev/sda']) assert.equal(existsSync(join(root, p)), false, p);
+    assert.equal(image.stats.skipped, 3);
+  });
+
+  it('a hard link to a skipped node is skipped too (in the same layer or a later one) and replaces what its path held', () => {
+    const { root, image } = apply(
+      tarOf([
+        { name: 'dev', type: '5', mode: 0o755 },
+        { name: 'dev/zero', data: 'lower' },
+        { name: 'dev/null', type: '3', devmajor: 1, devminor: 3 },
+        { name: 'dev/null2', type: '1', linkname: 'dev/null' },
+      ]),
+      tarOf([
+        { name: 'dev/zero', type: '1', linkname: 'dev/null2' },
+        { name: 'dev/ok', data: 'ok' },
+      ]),
+    );
+    assert.deepEqual(['dev/null', 'dev/null2', 'dev/zero'].filter((p) => existsSync(join(root, p))), []);
+    assert.equal(readFileSync(join(root, 'dev/ok'), 'utf8'), 'ok');
+    assert.equal(image.stats.skipped, 3);
+  });
+
+  it('a hard link to a node a later entry replaced by a file links to that file; to a removed one it fails', () => {
+    const { root } = apply(tarOf([
+      { name: 'n', type: '6' },
+      { name: 'n', data: 'file now' },
+      { name: 'l', type: '1', linkname: 'n' },
+    ]));
+    assert.equal(readFileSync(join(root, 'l'), 'utf8'), 'file now');
+    assert.throws(() => apply(tarOf([{ name: 'n', type: '6' }]), tarOf([{ name: '.wh.n' }, { name: 'l', type: '1', linkname: 'n' }])), /hard link target n does not exist/);
+  });
+});

@@ -17,6 +17,8 @@
  *   the kernel gave it differs (owner root and the group that directory hands down, no
  *   setuid/setgid/sticky): GNU tar makes six calls per file, this makes four;
  * - device nodes and FIFOs are skipped: the tree lives on the host and is never a place for them.
+ *   A skipped entry still replaces what its path held, and a hard link to one is skipped too
+ *   (containerd makes both; the tree is the same but for the nodes).
  */
 import { execFileSync } from 'node:child_process';
 import {
@@ -29,7 +31,7 @@ export interface ApplyStats {
   entries: number;
   files: number;
   bytes: number;
-  /** Device nodes and FIFOs left out. */
+  /** Device nodes and FIFOs left out, and hard links to them. */
   skipped: number;
   xattrs: number;
 }
@@ -86,6 +88,8 @@ export class ImageRoot {
   private written = new Set<string>();
   private xattrs = new Map<string, Map<string, Buffer>>();
   private dirTimes: { rel: string; mtime: number }[] = [];
+  /** Paths (physical) of device nodes and FIFOs left out, in any layer, so hard links to them are left out too. */
+  private readonly skipped = new Set<string>();
   /**
    * Set once a layer carries a default ACL: the kernel then derives new entries' modes from it
    * instead of the umask, so every mode is set with chmod from then on.
@@ -168,6 +172,10 @@ export class ImageRoot {
       const prefix = `${rel}/`;
       for (const k of this.xattrs.keys()) if (k === rel || k.startsWith(prefix)) this.xattrs.delete(k);
     }
+    if (this.skipped.size) {
+      const prefix = `${rel}/`;
+      for (const k of this.skipped) if (k === rel || k.startsWith(prefix)) this.skipped.delete(k);
+    }
     rmSync(this.abs(rel), { recursive: true, force: true });
   }
 
@@ -224,14 +232,15 @@ export class ImageRoot {
       }
       return;
     }
-    if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') {
-      this.stats.skipped++;
-      return;
-    }
     const parent = this.resolveDir(parts, true, e.path) as string;
     const rel = parent ? `${parent}/${base}` : base;
     const at = this.abs(rel);
     this.written.add(rel);
+    if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') {
+      this.skip(rel);
+      return;
+    }
+    if (this.skipped.size) this.skipped.delete(rel);
     switch (e.type) {
       case 'dir': {
         let made = this.make(() => mkdirSync(at, 0o700));
@@ -293,6 +302,11 @@ export class ImageRoot {
         const tparent = tbase === undefined ? undefined : this.resolveDir(tparts, false, e.path);
         const target = tparent === undefined ? undefined : tparent ? `${tparent}/${tbase}` : (tbase as string);
         const tst = target === undefined ? undefined : lstatSync(this.abs(target), { throwIfNoEntry: false });
+        // containerd makes the node and links to it; without the node the link is left out too.
+        if (!tst && target !== undefined && this.skipped.has(target)) {
+          this.skip(rel);
+          return;
+        }
         if (target === undefined || !tst) throw new ApplyError(`hard link target ${e.linkpath} does not exist in the image`, 'ENOENT');
         if (tst.isDirectory()) throw new ApplyError(`hard link target ${e.linkpath} is a directory`, 'EPERM');
         if (target !== rel) this.create(rel, () => linkSync(this.abs(target), at));
@@ -309,6 +323,17 @@ export class ImageRoot {
       this.xattrs.set(rel, e.xattrs);
       if (e.xattrs.has('system.posix_acl_default')) this.chmodAlways = true;
     }
+  }
+
+  /**
+   * Leaves out a device node or FIFO (or a hard link to one). It still replaces what its path
+   * held, as every entry does unless both are directories (OCI image spec, "Changeset
+   * over existing files"): a lower layer's file or directory there is removed.
+   */
+  private skip(rel: string): void {
+    this.stats.skipped++;
+    this.remove(rel);
+    this.skipped.add(rel);
   }
 
   /** Runs `make`: true if it made the path, false if the path exists. */
