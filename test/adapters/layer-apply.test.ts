@@ -5,7 +5,7 @@ import { after, describe, it } from 'node:test';
 import { ImageRoot } from '../../src/adapters/images/oci/layer-apply.js';
 import type { ReadInto } from '../../src/adapters/images/oci/tar-reader.js';
 import { tempDir } from '../helpers/daemon.js';
-import { tarOf } from '../helpers/tar.js';
+import { base256, tarOf } from '../helpers/tar.js';
 
 const asRoot = process.getuid?.() === 0;
 
@@ -150,5 +150,76 @@ describe('layer apply: device nodes and FIFOs', () => {
     ]));
     assert.equal(readFileSync(join(root, 'l'), 'utf8'), 'file now');
     assert.throws(() => apply(tarOf([{ name: 'n', type: '6' }]), tarOf([{ name: '.wh.n' }, { name: 'l', type: '1', linkname: 'n' }])), /hard link target n does not exist/);
+  });
+});
+
+describe('layer apply: numeric fields and times', () => {
+  const tmp = tempDir('layer-apply-numbers');
+  after(() => tmp.remove());
+  let n = 0;
+  const apply = (...layers: Buffer[]) => {
+    const root = join(tmp.path, String(++n));
+    mkdirSync(root);
+    const image = new ImageRoot(root);
+    for (const l of layers) image.applyLayer(sourceOf(l));
+    return root;
+  };
+  const mtimeNs = (p: string) => lstatSync(p, { bigint: true }).mtimeNs;
+  // 1950: before 1970, within what ext4 and tmpfs store (from 1901).
+  const YEAR_1950 = -631152000n;
+
+  it('reads a negative base-256 mtime (GNU tar, Go archive/tar) and applies it to files, directories and symlinks', () => {
+    const root = apply(tarOf([
+      { name: 'old', type: '5', mode: 0o755, mtime: base256(YEAR_1950, 12) },
+      { name: 'old/file', data: 'x', mtime: base256(-1n, 12) },
+      { name: 'old/link', type: '2', linkname: 'file', mtime: base256(YEAR_1950 + 1n, 12) },
+      { name: 'big-id', data: 'x', uid: base256(3000000n, 8), gid: base256(7n, 8), mtime: base256(1700000000n, 12) },
+    ]));
+    assert.equal(mtimeNs(join(root, 'old')), YEAR_1950 * 1_000_000_000n);
+    assert.equal(mtimeNs(join(root, 'old/file')), -1_000_000_000n);
+    assert.equal(mtimeNs(join(root, 'old/link')), (YEAR_1950 + 1n) * 1_000_000_000n);
+    assert.equal(mtimeNs(join(root, 'big-id')), 1_700_000_000_000_000_000n);
+    if (asRoot) assert.deepEqual([statSync(join(root, 'big-id')).uid, statSync(join(root, 'big-id')).gid], [3000000, 7]);
+  });
+
+  it('refuses a negative size, uid, gid, mode or device number, naming the entry and the field', () => {
+    const cases: [Parameters<typeof tarOf>[0][number], RegExp][] = [
+      [{ name: 'neg-uid', data: 'x', uid: base256(-1n, 8) }, /neg-uid: uid -1 in tar header is negative/],
+      [{ name: 'neg-gid', data: 'x', gid: base256(-2n, 8) }, /neg-gid: gid -2 in tar header is negative/],
+      [{ name: 'neg-mode', data: 'x', mode: base256(-1n, 8) }, /neg-mode: mode -1 in tar header is negative/],
+      [{ name: 'neg-major', type: '3', devmajor: base256(-3n, 8) }, /neg-major: devmajor -3 in tar header is negative/],
+      [{ name: 'neg-pax-uid', data: 'x', pax: { uid: '-1' } }, /neg-pax-uid: pax uid "-1" is not a non-negative decimal integer/],
+      [{ name: 'neg-pax-size', data: 'x', pax: { size: '-1' } }, /neg-pax-size: pax size "-1" is not a non-negative decimal integer/],
+      [{ name: 'bad-pax-mtime', data: 'x', pax: { mtime: '12e3' } }, /bad-pax-mtime: pax mtime "12e3" is not a decimal number of seconds/],
+    ];
+    for (const [entry, want] of cases) assert.throws(() => apply(tarOf([entry])), want, entry.name.toString());
+    // A negative size: written by hand, as the writer derives the size from the data.
+    const tar = tarOf([{ name: 'neg-size', data: '' }]);
+    base256(-5n, 12).copy(tar, 124);
+    tar.fill(0x20, 148, 156);
+    let sum = 0;
+    for (let i = 0; i < 512; i++) sum += tar[i] ?? 0;
+    tar.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+    assert.throws(() => apply(tar), /neg-size: size -5 in tar header is negative/);
+  });
+
+  it('keeps a pax mtime to the microsecond, negative ones included', () => {
+    const times: [string, bigint][] = [
+      ['1234567890.123456789', 1234567890123456000n],
+      ['1234567890.000001', 1234567890000001000n],
+      ['1600000000.000007', 1600000000000007000n],
+      ['1000000000.100001', 1000000000100001000n],
+      ['-1.25', -1250000000n],
+      ['-1.2500007', -1250001000n],
+      ['-0.000001', -1000n],
+    ];
+    const root = apply(tarOf([
+      { name: 'd', type: '5', mode: 0o755, pax: { mtime: '-86400.5' } },
+      ...times.map(([t], i) => ({ name: `d/f${i}`, data: 'x', pax: { mtime: t } })),
+      { name: 'd/l', type: '2' as const, linkname: 'f0', pax: { mtime: '1000000000.100001' } },
+    ]));
+    assert.deepEqual(times.map(([t], i) => [t, mtimeNs(join(root, `d/f${i}`))]), times);
+    assert.equal(mtimeNs(join(root, 'd/l')), 1000000000100001000n);
+    assert.equal(mtimeNs(join(root, 'd')), -86400500000000n);
   });
 });

@@ -13,14 +13,14 @@ export interface TarSpec {
   /** The ustar name (at most 100 bytes); strings are written as UTF-8. */
   name: string | Buffer;
   type?: TarType;
-  mode?: number;
+  mode?: TarNumber;
   uid?: TarNumber;
   gid?: TarNumber;
   mtime?: TarNumber;
   linkname?: string | Buffer;
   data?: string | Buffer;
-  devmajor?: number;
-  devminor?: number;
+  devmajor?: TarNumber;
+  devminor?: TarNumber;
   pax?: Record<string, string | Buffer>;
 }
 

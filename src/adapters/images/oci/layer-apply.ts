@@ -11,7 +11,8 @@
  * - an entry replaces whatever its path holds unless both are directories (then the directory
  *   stays and takes the entry's owner, mode and xattrs);
  * - missing parents are made 0755 root:root; hard links point at paths resolved in the image;
- * - owner (numeric uid/gid), all mode bits including setuid/setgid/sticky, mtime and xattrs
+ * - owner (numeric uid/gid), all mode bits including setuid/setgid/sticky, mtime (to the
+ *   microsecond, before 1970 too: see fsTime) and xattrs
  *   (`SCHILY.xattr.*`, `LIBARCHIVE.xattr.*`) are applied exactly: the process runs with umask 0,
  *   so a file is created with its permission bits, and chown/chmod are called only when what
  *   the kernel gave it differs (owner root and the group that directory hands down, no
@@ -70,6 +71,20 @@ function errno(err: unknown): string | undefined {
   return (err as NodeJS.ErrnoException).code;
 }
 
+/**
+ * An mtime as Node's fs takes it. Node hands times to libuv as a double of seconds, and libuv
+ * (uv__fs_to_timespec) truncates it toward zero and then to whole microseconds: the time is
+ * given half a microsecond past (before, when negative) its microsecond, so the truncation
+ * lands on it whatever the double's rounding (exact to the microsecond up to 2106; nanoseconds
+ * are dropped). Node replaces a negative number with the current time (toUnixTimestamp), but
+ * takes a numeric string as is: times before 1970 go as strings.
+ */
+export function fsTime(sec: number, nsec: number): number | string {
+  const micros = sec * 1e6 + Math.floor(nsec / 1000);
+  const t = micros >= 0 ? (micros + 0.5) / 1e6 : (micros - 0.5) / 1e6;
+  return t >= 0 ? t : String(t);
+}
+
 function writeAll(fd: number, b: Buffer, position: number | null): void {
   for (let at = 0; at < b.length; ) {
     const n = writeSync(fd, b, at, b.length - at, position === null ? null : position + at);
@@ -87,7 +102,7 @@ export class ImageRoot {
   private readonly dirs = new Map<string, number>();
   private written = new Set<string>();
   private xattrs = new Map<string, Map<string, Buffer>>();
-  private dirTimes: { rel: string; mtime: number }[] = [];
+  private dirTimes: { rel: string; mtime: number | string }[] = [];
   /** Paths (physical) of device nodes and FIFOs left out, in any layer, so hard links to them are left out too. */
   private readonly skipped = new Set<string>();
   /**
@@ -252,7 +267,7 @@ export class ImageRoot {
         if (asRoot && (!made || e.uid !== 0 || e.gid !== this.dirs.get(parent))) lchownSync(at, e.uid, e.gid);
         chmodSync(at, e.mode);
         this.dirs.set(rel, inheritedGid(e.mode, e.gid));
-        this.dirTimes.push({ rel, mtime: e.mtime });
+        this.dirTimes.push({ rel, mtime: fsTime(e.mtime, e.mtimeNsec) });
         break;
       }
       case 'file': {
@@ -283,7 +298,8 @@ export class ImageRoot {
           // chown drops setuid/setgid, so the mode comes after it.
           if (asRoot && (e.uid !== 0 || e.gid !== this.dirs.get(parent))) fchownSync(fd, e.uid, e.gid);
           if (e.mode & SPECIAL_BITS || this.chmodAlways) fchmodSync(fd, e.mode);
-          futimesSync(fd, e.mtime, e.mtime);
+          const t = fsTime(e.mtime, e.mtimeNsec);
+          futimesSync(fd, t, t);
         } finally {
           closeSync(fd);
         }
@@ -291,11 +307,13 @@ export class ImageRoot {
         this.stats.bytes += e.size;
         break;
       }
-      case 'symlink':
+      case 'symlink': {
         this.create(rel, () => symlinkSync(e.linkpath, at));
         if (asRoot && (e.uid !== 0 || e.gid !== this.dirs.get(parent))) lchownSync(at, e.uid, e.gid);
-        lutimesSync(at, e.mtime, e.mtime);
+        const t = fsTime(e.mtime, e.mtimeNsec);
+        lutimesSync(at, t, t);
         break;
+      }
       case 'hardlink': {
         const tparts = cleanParts(e.linkpath);
         const tbase = tparts.pop();

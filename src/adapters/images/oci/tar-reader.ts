@@ -2,7 +2,8 @@
  * A streaming reader of tar archives as image layers carry them: POSIX ustar and pax (local and
  * global records, binary `SCHILY.xattr.*` values kept byte for byte), GNU long names and links
  * (`L`, `K`), and sparse files in GNU's old format (`S`) and pax formats 0.0, 0.1 and 1.0.
- * Numbers may be octal or base-256. Sources: POSIX.1-2017 pax (ustar and extended headers),
+ * Numbers may be octal or base-256 (two's complement, so negative: GNU tar and Go's archive/tar
+ * write an mtime before 1970 that way; only an mtime may be negative). Sources: POSIX.1-2017 pax (ustar and extended headers),
  * GNU tar manual "Basic Tar Format" and "Sparse Formats".
  */
 
@@ -16,8 +17,10 @@ export interface TarEntry {
   mode: number;
   uid: number;
   gid: number;
-  /** Seconds since the epoch (fractions from pax kept). */
+  /** Whole seconds since the epoch (floor: negative before 1970). */
   mtime: number;
+  /** Nanoseconds past `mtime` (0 to 999999999), from a pax `mtime` with a fraction. */
+  mtimeNsec: number;
   linkpath: string;
   /** Bytes of data that follow in the archive (for sparse files: the stored chunks). */
   size: number;
@@ -119,15 +122,21 @@ function cstring(b: Buffer, start: number, len: number): string {
   return b.toString('utf8', start, end < 0 || end > start + len ? start + len : end);
 }
 
-/** An octal field (trailing spaces/NULs allowed) or a base-256 one (first byte's high bit set). */
+/**
+ * An octal field (trailing spaces/NULs allowed) or a base-256 one: the first byte's high bit
+ * set, the rest of the field a big-endian two's complement number whose sign is the first
+ * byte's next bit (GNU tar writes 0xff first for a negative one; Go's archive/tar parseNumeric
+ * reads it so). May be negative: callers check the fields that cannot be (see nonNegative).
+ */
 function num(b: Buffer, start: number, len: number, field: string): number {
   const first = b[start] ?? 0;
   if (first & 0x80) {
-    if (first === 0xff) throw new TarFormatError(`negative ${field} in tar header`);
-    let v = first & 0x7f;
-    for (let i = 1; i < len; i++) v = v * 256 + (b[start + i] ?? 0);
-    if (!Number.isSafeInteger(v)) throw new TarFormatError(`${field} too large in tar header`);
-    return v;
+    let v = BigInt(first & 0x7f);
+    for (let i = 1; i < len; i++) v = (v << 8n) | BigInt(b[start + i] ?? 0);
+    if (first & 0x40) v = BigInt.asIntN(len * 8 - 1, v);
+    const n = Number(v);
+    if (!Number.isSafeInteger(n)) throw new TarFormatError(`${field} ${v} in tar header is out of range`);
+    return n;
   }
   // Octal digits between optional leading spaces and trailing spaces/NULs; parsed by hand, as
   // every header has eight such fields.
@@ -149,6 +158,32 @@ function num(b: Buffer, start: number, len: number, field: string): number {
     }
   }
   return digits === 0 ? 0 : v;
+}
+
+/** A field that cannot be negative (all but mtime), named with its entry when it is. */
+function nonNegative(v: number, field: string, path: string): number {
+  if (v < 0) throw new TarFormatError(`${path}: ${field} ${v} in tar header is negative (only mtime may be)`);
+  return v;
+}
+
+/** A pax uid, gid or size: a decimal integer (POSIX.1-2017 pax, "pax Extended Header"). */
+function paxCount(v: string, key: string, path: string): number {
+  const n = Number(v);
+  if (!/^[0-9]+$/.test(v) || !Number.isSafeInteger(n)) throw new TarFormatError(`${path}: pax ${key} ${JSON.stringify(v)} is not a non-negative decimal integer`);
+  return n;
+}
+
+/**
+ * A pax mtime: decimal seconds, optionally negative, with any number of fraction digits
+ * (POSIX.1-2017 pax; Go's archive/tar writes negative ones). Nanoseconds are kept exactly.
+ */
+function paxTime(v: string, path: string): { sec: number; nsec: number } {
+  const m = /^(-?)([0-9]+)(?:\.([0-9]*))?$/.exec(v);
+  const whole = Number(m?.[2]);
+  if (!m || !Number.isSafeInteger(whole)) throw new TarFormatError(`${path}: pax mtime ${JSON.stringify(v)} is not a decimal number of seconds`);
+  const frac = Number((m[3] ?? '').slice(0, 9).padEnd(9, '0'));
+  if (!m[1]) return { sec: whole, nsec: frac };
+  return frac === 0 ? { sec: -whole, nsec: 0 } : { sec: -whole - 1, nsec: 1e9 - frac };
 }
 
 function checksumOk(h: Buffer): boolean {
@@ -221,6 +256,7 @@ export class TarReader {
       const flag = String.fromCharCode(h[156] ?? 0);
       const size = num(h, 124, 12, 'size');
       if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
+        nonNegative(size, 'size', `${JSON.stringify(flag)} header at offset ${this.r.offset - BLOCK}`);
         const body = this.r.read(size + padding(size));
         const data = (body ?? Buffer.alloc(0)).subarray(0, size);
         if (flag === 'x') parsePax(data, local, sparsePairs);
@@ -240,21 +276,29 @@ export class TarReader {
         const prefix = cstring(h, 345, 155);
         if (prefix) name = `${prefix}/${name}`;
       }
+      const path = str('path') ?? name;
+      const field = (start: number, len: number, what: string) => nonNegative(num(h, start, len, `${path}: ${what}`), what, path);
+      const paxMtime = str('mtime');
+      const time = paxMtime !== undefined ? paxTime(paxMtime, path) : { sec: num(h, 136, 12, `${path}: mtime`), nsec: 0 };
+      const paxNum = (key: 'uid' | 'gid' | 'size') => {
+        const v = str(key);
+        return v === undefined ? undefined : paxCount(v, key, path);
+      };
       const entry: TarEntry = {
-        path: str('path') ?? name,
+        path,
         type: type ?? 'file',
-        mode: num(h, 100, 8, 'mode') & 0o7777,
-        uid: str('uid') !== undefined ? Number(str('uid')) : num(h, 108, 8, 'uid'),
-        gid: str('gid') !== undefined ? Number(str('gid')) : num(h, 116, 8, 'gid'),
-        mtime: str('mtime') !== undefined ? Number(str('mtime')) : num(h, 136, 12, 'mtime'),
+        mode: field(100, 8, 'mode') & 0o7777,
+        uid: paxNum('uid') ?? field(108, 8, 'uid'),
+        gid: paxNum('gid') ?? field(116, 8, 'gid'),
+        mtime: time.sec,
+        mtimeNsec: time.nsec,
         linkpath: str('linkpath') ?? longLink ?? cstring(h, 157, 100),
-        size: str('size') !== undefined ? Number(str('size')) : size,
+        size: paxNum('size') ?? nonNegative(size, 'size', path),
         xattrs: new Map(),
-        devmajor: posix || gnu ? num(h, 329, 8, 'devmajor') : 0,
-        devminor: posix || gnu ? num(h, 337, 8, 'devminor') : 0,
+        devmajor: posix || gnu ? field(329, 8, 'devmajor') : 0,
+        devminor: posix || gnu ? field(337, 8, 'devminor') : 0,
       };
       if (!type) throw new TarFormatError(`${entry.path}: unsupported tar entry type ${JSON.stringify(flag)}`);
-      if (!Number.isSafeInteger(entry.size) || entry.size < 0) throw new TarFormatError(`${entry.path}: bad size`);
       const total = entry.size;
       for (const [k, v] of pax) {
         if (k.startsWith('SCHILY.xattr.')) entry.xattrs.set(k.slice(13), v);
@@ -267,12 +311,12 @@ export class TarReader {
           for (let i = 0; i < count; i++) {
             const o = at + i * 24;
             if ((b[o] ?? 0) === 0) break;
-            chunks.push({ offset: num(b, o, 12, 'sparse offset'), length: num(b, o + 12, 12, 'sparse length') });
+            chunks.push({ offset: nonNegative(num(b, o, 12, 'sparse offset'), 'sparse offset', path), length: nonNegative(num(b, o + 12, 12, 'sparse length'), 'sparse length', path) });
           }
         };
         take(h, 386, 4);
         // h is a view of the reader's buffer: read all of it before reading on.
-        entry.realSize = num(h, 483, 12, 'sparse real size');
+        entry.realSize = nonNegative(num(h, 483, 12, 'sparse real size'), 'sparse real size', path);
         let extended = (h[482] ?? 0) !== 0;
         while (extended) {
           const x = this.r.read(BLOCK);
