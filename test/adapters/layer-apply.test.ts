@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, lstatSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { ImageRoot } from '../../src/adapters/images/oci/layer-apply.js';
@@ -221,5 +221,64 @@ describe('layer apply: numeric fields and times', () => {
     assert.deepEqual(times.map(([t], i) => [t, mtimeNs(join(root, `d/f${i}`))]), times);
     assert.equal(mtimeNs(join(root, 'd/l')), 1000000000100001000n);
     assert.equal(mtimeNs(join(root, 'd')), -86400500000000n);
+  });
+});
+
+describe('layer apply: names are bytes', () => {
+  const tmp = tempDir('layer-apply-names');
+  after(() => tmp.remove());
+  let n = 0;
+  const apply = (...layers: Buffer[]) => {
+    const root = join(tmp.path, String(++n));
+    mkdirSync(root);
+    const image = new ImageRoot(root);
+    for (const l of layers) image.applyLayer(sourceOf(l));
+    return Buffer.from(root);
+  };
+  const b = (s: string) => Buffer.from(s, 'latin1');
+  const at = (root: Buffer, rel: string) => Buffer.concat([root, b(`/${rel}`)]);
+  const names = (dir: Buffer) => readdirSync(dir, { encoding: 'buffer' }).map((x) => x.toString('hex')).sort();
+
+  it('keeps names that are not UTF-8 byte for byte, so distinct names stay distinct (ustar and pax names)', () => {
+    const root = apply(tarOf([
+      { name: b('caf\xe9'), data: 'e-acute' },
+      { name: b('caf\xe8'), data: 'e-grave' },
+      { name: 'pax-binary', data: 'pax', pax: { hdrcharset: 'BINARY', path: b('p\xff\xfe') } },
+      { name: 'pax-utf8', data: 'utf8', pax: { path: 'ä' } },
+      { name: b('l\xfc'), type: '2', linkname: b('caf\xe9') },
+      { name: b('h\xfc'), type: '1', linkname: b('caf\xe8') },
+    ]));
+    assert.deepEqual(names(root), [b('caf\xe8'), b('caf\xe9'), b('h\xfc'), b('l\xfc'), b('p\xff\xfe'), Buffer.from('ä')].map((x) => x.toString('hex')).sort());
+    assert.equal(readFileSync(at(root, 'caf\xe9'), 'utf8'), 'e-acute');
+    assert.equal(readFileSync(at(root, 'caf\xe8'), 'utf8'), 'e-grave');
+    assert.equal(readlinkSync(at(root, 'l\xfc'), { encoding: 'buffer' }).toString('hex'), b('caf\xe9').toString('hex'));
+    assert.equal(readFileSync(at(root, 'h\xfc'), 'utf8'), 'e-grave');
+  });
+
+  it('resolves a lower layer\'s symlink with a non-UTF-8 target inside the root, and whiteouts and opaque directories remove such names', () => {
+    const root = apply(
+      tarOf([
+        { name: b('d\xff'), type: '5', mode: 0o755 },
+        { name: 'l', type: '2', linkname: b('d\xff') },
+        { name: 'o', type: '5', mode: 0o755 },
+        { name: b('o/\xfa'), data: 'lower' },
+        { name: b('gone\xfb'), data: 'lower' },
+      ]),
+      tarOf([
+        { name: 'l/f', data: 'through' },
+        { name: 'o/.wh..wh..opq' },
+        { name: b('.wh.gone\xfb') },
+      ]),
+    );
+    assert.equal(readFileSync(at(root, 'd\xff/f'), 'utf8'), 'through');
+    assert.deepEqual(names(at(root, 'o')), []);
+    assert.equal(existsSync(at(root, 'gone\xfb')), false);
+  });
+
+  it('names a non-UTF-8 entry in an error with its bytes escaped', () => {
+    assert.throws(() => apply(tarOf([{ name: b('x\xff'), type: '1', linkname: b('missing\xfe') }])), (err: Error) => {
+      assert.equal(err.message, 'x\\xff: hard link target missing\\xfe does not exist in the image');
+      return true;
+    });
   });
 });

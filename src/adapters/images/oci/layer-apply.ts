@@ -26,7 +26,7 @@ import {
   closeSync, constants, fchmodSync, fchownSync, ftruncateSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
   chmodSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeSync,
 } from 'node:fs';
-import { ChunkReader, TarReader, type ReadInto, type TarEntry } from './tar-reader.js';
+import { ChunkReader, showName, TarReader, type ReadInto, type TarEntry } from './tar-reader.js';
 
 export interface ApplyStats {
   entries: number;
@@ -123,14 +123,21 @@ export class ImageRoot {
   ) {
     // Modes are created exact (see the rules above); this process only ever applies layers.
     process.umask(0);
+    this.rootBytes = Buffer.from(root);
     const st = statSync(root);
     this.dirs.set('', inheritedGid(st.mode, st.gid));
   }
 
-  private abs(rel: string): string {
-    if (this.relative) return rel || '.';
-    return rel ? `${this.root}/${rel}` : this.root;
+  /**
+   * The path to hand the file system: names are kept as bytes (one char per byte, see
+   * tar-reader.ts) and go to the kernel as those bytes, never re-encoded.
+   */
+  private abs(rel: string): Buffer {
+    if (this.relative) return Buffer.from(rel || '.', 'latin1');
+    return rel ? Buffer.concat([this.rootBytes, Buffer.from(`/${rel}`, 'latin1')]) : this.rootBytes;
   }
+
+  private readonly rootBytes: Buffer;
 
   /**
    * Resolves directory components chroot-style. With `create`, missing directories are made
@@ -163,13 +170,13 @@ export class ImageRoot {
         continue;
       }
       if (st.isSymbolicLink()) {
-        if (++hops > MAX_LINK_HOPS) throw new ApplyError(`${what}: too many levels of symbolic links`, 'ELOOP');
-        const target = readlinkSync(this.abs(cand));
+        if (++hops > MAX_LINK_HOPS) throw new ApplyError(`${showName(what)}: too many levels of symbolic links`, 'ELOOP');
+        const target = readlinkSync(this.abs(cand), { encoding: 'latin1' });
         if (target.startsWith('/')) done.length = 0;
         todo.unshift(...target.split('/').filter((x) => x !== '' && x !== '.'));
         continue;
       }
-      if (!st.isDirectory()) throw new ApplyError(`${what}: parent /${cand} is not a directory`, 'ENOTDIR');
+      if (!st.isDirectory()) throw new ApplyError(`${showName(what)}: parent /${showName(cand)} is not a directory`, 'ENOTDIR');
       this.dirs.set(cand, inheritedGid(st.mode, st.gid));
       done.push(p);
     }
@@ -198,7 +205,7 @@ export class ImageRoot {
   private opaque(rel: string): void {
     let names: string[];
     try {
-      names = readdirSync(this.abs(rel));
+      names = readdirSync(this.abs(rel), { encoding: 'latin1' });
     } catch {
       return;
     }
@@ -224,7 +231,7 @@ export class ImageRoot {
         this.entry(e, tar);
       } catch (err) {
         const code = errno(err) ?? (err as ApplyError).code;
-        throw new ApplyError(`${e.path}: ${(err as Error).message}`, code);
+        throw new ApplyError(`${showName(e.path)}: ${(err as Error).message}`, code);
       }
     }
     this.finishLayer();
@@ -308,7 +315,7 @@ export class ImageRoot {
         break;
       }
       case 'symlink': {
-        this.create(rel, () => symlinkSync(e.linkpath, at));
+        this.create(rel, () => symlinkSync(Buffer.from(e.linkpath, 'latin1'), at));
         if (asRoot && (e.uid !== 0 || e.gid !== this.dirs.get(parent))) lchownSync(at, e.uid, e.gid);
         const t = fsTime(e.mtime, e.mtimeNsec);
         lutimesSync(at, t, t);
@@ -325,8 +332,8 @@ export class ImageRoot {
           this.skip(rel);
           return;
         }
-        if (target === undefined || !tst) throw new ApplyError(`hard link target ${e.linkpath} does not exist in the image`, 'ENOENT');
-        if (tst.isDirectory()) throw new ApplyError(`hard link target ${e.linkpath} is a directory`, 'EPERM');
+        if (target === undefined || !tst) throw new ApplyError(`hard link target ${showName(e.linkpath)} does not exist in the image`, 'ENOENT');
+        if (tst.isDirectory()) throw new ApplyError(`hard link target ${showName(e.linkpath)} is a directory`, 'EPERM');
         if (target !== rel) this.create(rel, () => linkSync(this.abs(target), at));
         // As containerd: the link's header owner and mode go to the shared inode too. A hard
         // link to a symlink is that symlink (link(2) does not follow): chmod would follow it
@@ -385,7 +392,7 @@ export class ImageRoot {
         // Every parent was resolved to a real directory when the entry was written and is
         // forgotten if removed since: setfattr cannot be led out of the tree by a symlink.
         if (!this.dirs.has(slash < 0 ? '' : rel.slice(0, slash))) continue;
-        dump += `# file: ${quote(Buffer.from(rel))}\n`;
+        dump += `# file: ${quote(Buffer.from(rel, 'latin1'))}\n`;
         for (const [name, value] of attrs) {
           dump += `${quote(Buffer.from(name))}=0s${value.toString('base64')}\n`;
           this.stats.xattrs++;

@@ -5,12 +5,22 @@
  * Numbers may be octal or base-256 (two's complement, so negative: GNU tar and Go's archive/tar
  * write an mtime before 1970 that way; only an mtime may be negative). Sources: POSIX.1-2017 pax (ustar and extended headers),
  * GNU tar manual "Basic Tar Format" and "Sparse Formats".
+ *
+ * Names and link targets are kept as the archive's bytes, in strings of one char per byte
+ * ('latin1'): a file system name is bytes, and containerd (Go strings) and GNU tar (in the C
+ * locale) write them unchanged, so names that are not UTF-8 must neither be altered nor
+ * collide. Pax `path`, `linkpath` and `GNU.sparse.name` are UTF-8 by the standard
+ * (POSIX.1-2017 pax, "hdrcharset"), or any bytes under `hdrcharset=BINARY`: in both cases the
+ * bytes are kept as they are, which for UTF-8 is the name itself.
  */
 
 export type EntryType = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo';
 
 export interface TarEntry {
-  /** The name as the archive states it (pax `path`, GNU long name or ustar prefix/name). */
+  /**
+   * The name as the archive states it (pax `path`, GNU long name or ustar prefix/name), one
+   * char per byte ('latin1'; see showName for messages).
+   */
   path: string;
   type: EntryType;
   /** Permission and setuid/setgid/sticky bits (`mode & 0o7777`). */
@@ -21,6 +31,7 @@ export interface TarEntry {
   mtime: number;
   /** Nanoseconds past `mtime` (0 to 999999999), from a pax `mtime` with a fraction. */
   mtimeNsec: number;
+  /** The link target, one char per byte like `path`. */
   linkpath: string;
   /** Bytes of data that follow in the archive (for sparse files: the stored chunks). */
   size: number;
@@ -117,9 +128,24 @@ export class ChunkReader {
 
 const padding = (n: number) => (BLOCK - (n % BLOCK)) % BLOCK;
 
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A byte-string name (one char per byte) for messages: as UTF-8 when it is, other bytes as \xNN. */
+export function showName(bytes: string): string {
+  const b = Buffer.from(bytes, 'latin1');
+  try {
+    return utf8.decode(b);
+  } catch {
+    let out = '';
+    for (const c of b) out += c < 0x80 ? String.fromCharCode(c) : `\\x${c.toString(16).padStart(2, '0')}`;
+    return out;
+  }
+}
+
+/** A NUL-terminated field's bytes, one char per byte. */
 function cstring(b: Buffer, start: number, len: number): string {
   const end = b.indexOf(0, start);
-  return b.toString('utf8', start, end < 0 || end > start + len ? start + len : end);
+  return b.toString('latin1', start, end < 0 || end > start + len ? start + len : end);
 }
 
 /**
@@ -268,6 +294,7 @@ export class TarReader {
       const type = TYPES[flag];
       const pax = this.globals.size === 0 ? local : new Map([...this.globals, ...local]);
       const str = (k: string) => pax.get(k)?.toString('utf8');
+      const bytes = (k: string) => pax.get(k)?.toString('latin1');
       const magic = h.toString('latin1', 257, 263);
       const posix = magic === 'ustar\0';
       const gnu = magic === 'ustar ';
@@ -276,13 +303,14 @@ export class TarReader {
         const prefix = cstring(h, 345, 155);
         if (prefix) name = `${prefix}/${name}`;
       }
-      const path = str('path') ?? name;
-      const field = (start: number, len: number, what: string) => nonNegative(num(h, start, len, `${path}: ${what}`), what, path);
+      const path = bytes('path') ?? name;
+      const shown = showName(path);
+      const field = (start: number, len: number, what: string) => nonNegative(num(h, start, len, `${shown}: ${what}`), what, shown);
       const paxMtime = str('mtime');
-      const time = paxMtime !== undefined ? paxTime(paxMtime, path) : { sec: num(h, 136, 12, `${path}: mtime`), nsec: 0 };
+      const time = paxMtime !== undefined ? paxTime(paxMtime, shown) : { sec: num(h, 136, 12, `${shown}: mtime`), nsec: 0 };
       const paxNum = (key: 'uid' | 'gid' | 'size') => {
         const v = str(key);
-        return v === undefined ? undefined : paxCount(v, key, path);
+        return v === undefined ? undefined : paxCount(v, key, shown);
       };
       const entry: TarEntry = {
         path,
@@ -292,13 +320,13 @@ export class TarReader {
         gid: paxNum('gid') ?? field(116, 8, 'gid'),
         mtime: time.sec,
         mtimeNsec: time.nsec,
-        linkpath: str('linkpath') ?? longLink ?? cstring(h, 157, 100),
-        size: paxNum('size') ?? nonNegative(size, 'size', path),
+        linkpath: bytes('linkpath') ?? longLink ?? cstring(h, 157, 100),
+        size: paxNum('size') ?? nonNegative(size, 'size', shown),
         xattrs: new Map(),
         devmajor: posix || gnu ? field(329, 8, 'devmajor') : 0,
         devminor: posix || gnu ? field(337, 8, 'devminor') : 0,
       };
-      if (!type) throw new TarFormatError(`${entry.path}: unsupported tar entry type ${JSON.stringify(flag)}`);
+      if (!type) throw new TarFormatError(`${showName(entry.path)}: unsupported tar entry type ${JSON.stringify(flag)}`);
       const total = entry.size;
       for (const [k, v] of pax) {
         if (k.startsWith('SCHILY.xattr.')) entry.xattrs.set(k.slice(13), v);
@@ -311,22 +339,22 @@ export class TarReader {
           for (let i = 0; i < count; i++) {
             const o = at + i * 24;
             if ((b[o] ?? 0) === 0) break;
-            chunks.push({ offset: nonNegative(num(b, o, 12, 'sparse offset'), 'sparse offset', path), length: nonNegative(num(b, o + 12, 12, 'sparse length'), 'sparse length', path) });
+            chunks.push({ offset: nonNegative(num(b, o, 12, 'sparse offset'), 'sparse offset', shown), length: nonNegative(num(b, o + 12, 12, 'sparse length'), 'sparse length', shown) });
           }
         };
         take(h, 386, 4);
         // h is a view of the reader's buffer: read all of it before reading on.
-        entry.realSize = nonNegative(num(h, 483, 12, 'sparse real size'), 'sparse real size', path);
+        entry.realSize = nonNegative(num(h, 483, 12, 'sparse real size'), 'sparse real size', shown);
         let extended = (h[482] ?? 0) !== 0;
         while (extended) {
           const x = this.r.read(BLOCK);
-          if (!x) throw new TarFormatError(`${entry.path}: truncated sparse header`);
+          if (!x) throw new TarFormatError(`${showName(entry.path)}: truncated sparse header`);
           take(x, 0, 21);
           extended = (x[504] ?? 0) !== 0;
         }
         entry.sparse = chunks;
       } else if (pax.has('GNU.sparse.major') || pax.has('GNU.sparse.map') || sparsePairs.length || pax.has('GNU.sparse.size')) {
-        entry.path = str('GNU.sparse.name') ?? entry.path;
+        entry.path = bytes('GNU.sparse.name') ?? entry.path;
         entry.realSize = Number(str('GNU.sparse.realsize') ?? str('GNU.sparse.size'));
         if (str('GNU.sparse.major') === '1') {
           // 1.0: the map leads the data, in decimal lines, padded to a block.
@@ -338,10 +366,10 @@ export class TarReader {
           entry.sparse = [];
           for (let i = 0; i + 1 < flat.length; i += 2) entry.sparse.push({ offset: flat[i] ?? 0, length: flat[i + 1] ?? 0 });
         }
-        if (!Number.isSafeInteger(entry.realSize)) throw new TarFormatError(`${entry.path}: sparse file without a real size`);
+        if (!Number.isSafeInteger(entry.realSize)) throw new TarFormatError(`${showName(entry.path)}: sparse file without a real size`);
       }
       if (entry.sparse && entry.sparse.reduce((n, c) => n + c.length, 0) !== entry.size) {
-        throw new TarFormatError(`${entry.path}: sparse map does not match the stored data`);
+        throw new TarFormatError(`${showName(entry.path)}: sparse map does not match the stored data`);
       }
       const pad = padding(total);
       if (entry.type === 'file') {
