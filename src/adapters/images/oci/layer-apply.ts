@@ -77,7 +77,9 @@ function errno(err: unknown): string | undefined {
  * given half a microsecond past (before, when negative) its microsecond, so the truncation
  * lands on it whatever the double's rounding (exact to the microsecond up to 2106; nanoseconds
  * are dropped). Node replaces a negative number with the current time (toUnixTimestamp), but
- * takes a numeric string as is: times before 1970 go as strings.
+ * takes a numeric string as is: times before 1970 go as strings. They are applied as GNU tar
+ * applies them; containerd (archive/time.go, boundTime) sets the epoch instead, a bound kept
+ * for platforms whose timespec cannot hold them, which Linux's can.
  */
 export function fsTime(sec: number, nsec: number): number | string {
   const micros = sec * 1e6 + Math.floor(nsec / 1000);
