@@ -154,14 +154,16 @@ function cstring(b: Buffer, start: number, len: number): string {
  * byte's next bit (GNU tar writes 0xff first for a negative one; Go's archive/tar parseNumeric
  * reads it so). May be negative: callers check the fields that cannot be (see nonNegative).
  */
-function num(b: Buffer, start: number, len: number, field: string): number {
+function num(b: Buffer, start: number, len: number, field: string, path?: string): number {
+  // The entry's name is made readable only for a message: most fields are read per entry.
+  const label = () => (path === undefined ? field : `${showName(path)}: ${field}`);
   const first = b[start] ?? 0;
   if (first & 0x80) {
     let v = BigInt(first & 0x7f);
     for (let i = 1; i < len; i++) v = (v << 8n) | BigInt(b[start + i] ?? 0);
     if (first & 0x40) v = BigInt.asIntN(len * 8 - 1, v);
     const n = Number(v);
-    if (!Number.isSafeInteger(n)) throw new TarFormatError(`${field} ${v} in tar header is out of range`);
+    if (!Number.isSafeInteger(n)) throw new TarFormatError(`${label()} ${v} in tar header is out of range`);
     return n;
   }
   // Octal digits between optional leading spaces and trailing spaces/NULs; parsed by hand, as
@@ -180,7 +182,7 @@ function num(b: Buffer, start: number, len: number, field: string): number {
     const c = b[i] ?? 0;
     if (c !== 0 && c !== 0x20) {
       const s = b.toString('latin1', start, end).replace(/[\0 ]+$/, '').trim();
-      throw new TarFormatError(`${field} ${JSON.stringify(s)} is not an octal number`);
+      throw new TarFormatError(`${label()} ${JSON.stringify(s)} is not an octal number`);
     }
   }
   return digits === 0 ? 0 : v;
@@ -188,14 +190,14 @@ function num(b: Buffer, start: number, len: number, field: string): number {
 
 /** A field that cannot be negative (all but mtime), named with its entry when it is. */
 function nonNegative(v: number, field: string, path: string): number {
-  if (v < 0) throw new TarFormatError(`${path}: ${field} ${v} in tar header is negative (only mtime may be)`);
+  if (v < 0) throw new TarFormatError(`${showName(path)}: ${field} ${v} in tar header is negative (only mtime may be)`);
   return v;
 }
 
 /** A pax uid, gid or size: a decimal integer (POSIX.1-2017 pax, "pax Extended Header"). */
 function paxCount(v: string, key: string, path: string): number {
   const n = Number(v);
-  if (!/^[0-9]+$/.test(v) || !Number.isSafeInteger(n)) throw new TarFormatError(`${path}: pax ${key} ${JSON.stringify(v)} is not a non-negative decimal integer`);
+  if (!/^[0-9]+$/.test(v) || !Number.isSafeInteger(n)) throw new TarFormatError(`${showName(path)}: pax ${key} ${JSON.stringify(v)} is not a non-negative decimal integer`);
   return n;
 }
 
@@ -206,7 +208,7 @@ function paxCount(v: string, key: string, path: string): number {
 function paxTime(v: string, path: string): { sec: number; nsec: number } {
   const m = /^(-?)([0-9]+)(?:\.([0-9]*))?$/.exec(v);
   const whole = Number(m?.[2]);
-  if (!m || !Number.isSafeInteger(whole)) throw new TarFormatError(`${path}: pax mtime ${JSON.stringify(v)} is not a decimal number of seconds`);
+  if (!m || !Number.isSafeInteger(whole)) throw new TarFormatError(`${showName(path)}: pax mtime ${JSON.stringify(v)} is not a decimal number of seconds`);
   const frac = Number((m[3] ?? '').slice(0, 9).padEnd(9, '0'));
   if (!m[1]) return { sec: whole, nsec: frac };
   return frac === 0 ? { sec: -whole, nsec: 0 } : { sec: -whole - 1, nsec: 1e9 - frac };
@@ -282,7 +284,7 @@ export class TarReader {
       const flag = String.fromCharCode(h[156] ?? 0);
       const size = num(h, 124, 12, 'size');
       if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
-        nonNegative(size, 'size', `${JSON.stringify(flag)} header at offset ${this.r.offset - BLOCK}`);
+        if (size < 0) throw new TarFormatError(`${JSON.stringify(flag)} header at offset ${this.r.offset - BLOCK}: size ${size} is negative`);
         const body = this.r.read(size + padding(size));
         const data = (body ?? Buffer.alloc(0)).subarray(0, size);
         if (flag === 'x') parsePax(data, local, sparsePairs);
@@ -304,13 +306,12 @@ export class TarReader {
         if (prefix) name = `${prefix}/${name}`;
       }
       const path = bytes('path') ?? name;
-      const shown = showName(path);
-      const field = (start: number, len: number, what: string) => nonNegative(num(h, start, len, `${shown}: ${what}`), what, shown);
+      const field = (start: number, len: number, what: string) => nonNegative(num(h, start, len, what, path), what, path);
       const paxMtime = str('mtime');
-      const time = paxMtime !== undefined ? paxTime(paxMtime, shown) : { sec: num(h, 136, 12, `${shown}: mtime`), nsec: 0 };
+      const time = paxMtime !== undefined ? paxTime(paxMtime, path) : { sec: num(h, 136, 12, 'mtime', path), nsec: 0 };
       const paxNum = (key: 'uid' | 'gid' | 'size') => {
         const v = str(key);
-        return v === undefined ? undefined : paxCount(v, key, shown);
+        return v === undefined ? undefined : paxCount(v, key, path);
       };
       const entry: TarEntry = {
         path,
@@ -321,7 +322,7 @@ export class TarReader {
         mtime: time.sec,
         mtimeNsec: time.nsec,
         linkpath: bytes('linkpath') ?? longLink ?? cstring(h, 157, 100),
-        size: paxNum('size') ?? nonNegative(size, 'size', shown),
+        size: paxNum('size') ?? nonNegative(size, 'size', path),
         xattrs: new Map(),
         devmajor: posix || gnu ? field(329, 8, 'devmajor') : 0,
         devminor: posix || gnu ? field(337, 8, 'devminor') : 0,
@@ -339,12 +340,12 @@ export class TarReader {
           for (let i = 0; i < count; i++) {
             const o = at + i * 24;
             if ((b[o] ?? 0) === 0) break;
-            chunks.push({ offset: nonNegative(num(b, o, 12, 'sparse offset'), 'sparse offset', shown), length: nonNegative(num(b, o + 12, 12, 'sparse length'), 'sparse length', shown) });
+            chunks.push({ offset: nonNegative(num(b, o, 12, 'sparse offset'), 'sparse offset', path), length: nonNegative(num(b, o + 12, 12, 'sparse length'), 'sparse length', path) });
           }
         };
         take(h, 386, 4);
         // h is a view of the reader's buffer: read all of it before reading on.
-        entry.realSize = nonNegative(num(h, 483, 12, 'sparse real size'), 'sparse real size', shown);
+        entry.realSize = nonNegative(num(h, 483, 12, 'sparse real size'), 'sparse real size', path);
         let extended = (h[482] ?? 0) !== 0;
         while (extended) {
           const x = this.r.read(BLOCK);
