@@ -339,8 +339,8 @@ export class ImageRoot {
         if (target !== rel) this.create(rel, () => linkSync(this.abs(target), at));
         // As containerd: the link's header owner and mode go to the shared inode too. A hard
         // link to a symlink is that symlink (link(2) does not follow): chmod would follow it
-        // out of the image, and Linux has no lchmod, so its mode stays (as containerd's
-        // lchmod skips symlinks).
+        // out of the image, and Linux has no lchmod, so its mode stays (containerd 1.x leaves
+        // it, and what it points at, alone too).
         if (asRoot) lchownSync(at, e.uid, e.gid);
         if (!tst.isSymbolicLink()) chmodSync(at, e.mode);
         break;
