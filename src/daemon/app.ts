@@ -28,7 +28,7 @@ import { GrowingFiles } from './growing-files.js';
 import type { ConsoleLocator } from '../adapters/api/grpc/console.js';
 import { sweepOrphans } from './sweep.js';
 import { daemonIdentity } from './identity.js';
-import { clearStaleSocket, restrictSocket } from './unix-socket.js';
+import { clearStaleSocket, restrictSocket, socketPath } from './unix-socket.js';
 import { Lifecycle, type Drainable } from './lifecycle.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
@@ -355,10 +355,12 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       (gone) => void (gone.length && logger.info({ removed: gone }, 'unfinished image temporaries removed')),
       (err: unknown) => logger.error({ err: (err as Error).message }, 'temporary sweep failed; continuing'),
     );
-    await clearStaleSocket(cfg.grpcEndpoint);
+    await clearStaleSocket('grpc-endpoint', cfg.grpcEndpoint);
     const grpcPort = await bindGrpc(grpcServer, cfg.grpcEndpoint, serverCredentials(tls));
     await restrictSocket(cfg.grpcEndpoint, socketGroup);
-    logger.info({ endpoint: cfg.grpcEndpoint, port: grpcPort, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
+    // A unix socket has no port (grpc-js answers its bind with 1): the log names the path.
+    const where = cfg.grpcEndpoint.startsWith('unix:') ? { socket: socketPath(cfg.grpcEndpoint) } : { port: grpcPort };
+    logger.info({ endpoint: cfg.grpcEndpoint, ...where, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
     let httpPort: number | undefined;
     if (cfg.enableHttp) {
       httpServer = (await import('../adapters/api/http/server.js')).createHttpApi({ service, logger, token, tls, matchlock, observe: metrics && ((rpc, status, s) => metrics.request('http', rpc, String(status), s)) });

@@ -74,6 +74,21 @@ describe('matchlockd endpoints: one rule when the config is read, the listener b
     assert.match(output, new RegExp(`grpc-endpoint unix:${missing}/x\\.sock: cannot listen: directory ${missing} does not exist`));
   });
 
+  it('a unix: socket another process serves fails as a port in use does: exit 1 naming the setting; a served socket is logged by its path, not a port', async () => {
+    const sock = join(tmp.path, 'in-use.sock');
+    const d = await startDaemon(join(tmp.path, 'owner'), ['--grpc-endpoint', `unix:${sock}`]);
+    try {
+      const line = d.logs.map((l) => { try { return JSON.parse(l) as Record<string, unknown>; } catch { return {}; } }).find((r) => r.msg === 'grpc api listening');
+      assert.equal(line?.socket, sock);
+      assert.equal(line?.port, undefined);
+      const { code, output } = await daemonFailsToStart([...base(join(tmp.path, 'second')), '--grpc-endpoint', `unix:${sock}`]);
+      assert.equal(code, 1, output);
+      assert.match(output, new RegExp(`grpc-endpoint unix:${sock}: cannot listen: another process is serving on ${sock}`));
+    } finally {
+      await d.stop();
+    }
+  });
+
   it('a gRPC port in use fails naming the key, with every line of output in the log format', async () => {
     const busy: Server = createServer();
     await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', () => resolve()));

@@ -80,7 +80,7 @@ export async function startDaemon(stateDir: string, extra: string[] = [], env: N
         logs.push(line);
         try {
           const rec = JSON.parse(line) as { msg?: string; port?: number };
-          if (rec.msg === 'grpc api listening') grpcPort = rec.port;
+          if (rec.msg === 'grpc api listening') grpcPort = rec.port ?? 0;
           if (grpcPort !== undefined && (!wantHttp || rec.msg === 'http api listening')) {
             resolve({ grpcPort, httpPort: wantHttp ? rec.port : undefined });
           }

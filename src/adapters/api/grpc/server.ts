@@ -359,7 +359,11 @@ export async function bindGrpc(server: grpc.Server, endpoint: string, creds: grp
       server.bindAsync(target, creds, (err, port) => (err ? reject(err) : resolve(port)));
     });
   try {
-    if (e.kind === 'unix') return await bind(`unix:${e.path}`);
+    if (e.kind === 'unix') {
+      // grpc-js answers a unix bind with port 1; a socket has none.
+      await bind(`unix:${e.path}`);
+      return 0;
+    }
     if (e.host !== '') return await bind(e.host.includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`);
     return await bind(`[::]:${e.port}`).catch(() => bind(`0.0.0.0:${e.port}`));
   } catch (err) {
