@@ -71,6 +71,11 @@ export async function main(argv: string[], opts: { registry?: ReadonlyMap<string
     };
     process.on('SIGTERM', () => shutdown('SIGTERM'));
     process.on('SIGINT', () => shutdown('SIGINT'));
+    // SIGHUP asks a daemon to reload (systemctl reload) or says its terminal hung up. Node's
+    // default would end the daemon without a log line; flintlockd (internal/command/run/run.go)
+    // listens only for os.Interrupt, so it dies of SIGHUP the same way. Nothing here is
+    // reloadable and neither meaning is a request to stop: it is logged and ignored.
+    process.on('SIGHUP', () => logger.warn({ signal: 'SIGHUP' }, 'SIGHUP ignored: matchlockd does not reload its configuration; restart it (SIGTERM, then start) to apply changes'));
     try {
       daemon = await startDaemon(cfg, logger, { registry });
     } catch (err) {

@@ -1,5 +1,9 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { create } from '@bufbuild/protobuf';
+import { connect } from '../../src/adapters/api/client.js';
+import { ListMicroVMsRequestSchema } from '../../src/gen/services/microvm/v1alpha1/microvms_pb.js';
 import type { Logger } from '../../src/core/ports.js';
 import { Lifecycle, type Drainable } from '../../src/daemon/lifecycle.js';
 import { startDaemon, tempDir } from '../helpers/daemon.js';
@@ -14,6 +18,11 @@ function recorder() {
     child: () => log,
   };
   return { lines, log };
+}
+
+/** Waits until a log line matches (the test's own timeout bounds it). */
+async function waitForLog(logs: string[], re: RegExp): Promise<void> {
+  while (!logs.some((l) => re.test(l))) await sleep(50);
 }
 
 /** Work that finishes when told to, or when called off if `honoursAbort`. */
@@ -81,6 +90,30 @@ it('matchlockd logs its states and exits 0 on SIGTERM', async () => {
     assert.equal(d.proc.exitCode, 0);
     const states = d.logs.map((l) => { try { return JSON.parse(l) as { msg?: string; state?: string }; } catch { return {}; } }).filter((r) => r.msg === 'daemon state').map((r) => r.state);
     assert.deepEqual(states, ['starting', 'serving', 'draining', 'stopped']);
+  } finally {
+    tmp.remove();
+  }
+});
+
+it('matchlockd logs SIGHUP and keeps serving: no reload, no silent death', async () => {
+  const tmp = tempDir('lifecycle');
+  try {
+    const d = await startDaemon(tmp.path, ['--shutdown-grace', '2s']);
+    try {
+      d.proc.kill('SIGHUP');
+      await waitForLog(d.logs, /"msg":"SIGHUP ignored/);
+      const c = connect({ host: d.target, timeoutMs: 10_000 });
+      try {
+        await c.listMicroVMs(create(ListMicroVMsRequestSchema, {}));
+      } finally {
+        c.close();
+      }
+      assert.equal(d.proc.exitCode, null);
+      assert.equal(d.proc.signalCode, null);
+    } finally {
+      await d.stop();
+    }
+    assert.equal(d.proc.exitCode, 0);
   } finally {
     tmp.remove();
   }
