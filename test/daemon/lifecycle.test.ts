@@ -20,9 +20,12 @@ function recorder() {
   return { lines, log };
 }
 
-/** Waits until a log line matches (the test's own timeout bounds it). */
-async function waitForLog(logs: string[], re: RegExp): Promise<void> {
-  while (!logs.some((l) => re.test(l))) await sleep(50);
+/** Waits until a log line matches; fails when the daemon exits first. */
+async function waitForLog(d: { logs: string[]; proc: { exitCode: number | null; signalCode: NodeJS.Signals | null } }, re: RegExp): Promise<void> {
+  while (!d.logs.some((l) => re.test(l))) {
+    if (d.proc.exitCode !== null || d.proc.signalCode !== null) assert.fail(`matchlockd exited (${d.proc.exitCode ?? d.proc.signalCode}) before logging ${re}:\n${d.logs.join('\n')}`);
+    await sleep(50);
+  }
 }
 
 /** Work that finishes when told to, or when called off if `honoursAbort`. */
@@ -101,7 +104,7 @@ it('matchlockd logs SIGHUP and keeps serving: no reload, no silent death', async
     const d = await startDaemon(tmp.path, ['--shutdown-grace', '2s']);
     try {
       d.proc.kill('SIGHUP');
-      await waitForLog(d.logs, /"msg":"SIGHUP ignored/);
+      await waitForLog(d, /"msg":"SIGHUP ignored/);
       const c = connect({ host: d.target, timeoutMs: 10_000 });
       try {
         await c.listMicroVMs(create(ListMicroVMsRequestSchema, {}));
