@@ -5,6 +5,7 @@ import { request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { basicAuthHeader } from '../../src/adapters/api/auth.js';
+import { DaemonMetrics } from '../../src/adapters/metrics/prometheus.js';
 import { api, consoleOf, stateOf, waitFor } from '../e2e/vm.js';
 import { makeCerts } from '../helpers/certs.js';
 import { rawHttp } from '../helpers/raw-http.js';
@@ -24,6 +25,7 @@ const FAMILIES: Record<string, 'counter' | 'gauge' | 'histogram'> = {
   matchlock_reconcile_duration_seconds: 'histogram',
   matchlock_reconcile_step_duration_seconds: 'histogram',
   matchlock_reconcile_step_failures_total: 'counter',
+  matchlock_vmm_exits_total: 'counter',
   matchlock_reconcile_queue_depth: 'gauge',
   matchlock_reconcile_running: 'gauge',
   matchlock_image_pulls_total: 'counter',
@@ -131,6 +133,17 @@ async function loggedPort(d: Pick<DaemonHandle, 'logs'>, what: 'metrics' | 'debu
     return undefined;
   }, 30_000);
 }
+
+it('counts VMMs that exit on their own in matchlock_vmm_exits_total by provider and reason', async () => {
+  const m = new DaemonMetrics({ version: 'test', providers: ['qemu'] });
+  m.vmmExited({ provider: 'qemu', reason: 'unexpected' });
+  m.vmmExited({ provider: 'qemu', reason: 'unexpected' });
+  m.vmmExited({ provider: 'qemu', reason: 'powered_off' });
+  const { body } = await m.exposition();
+  assert.match(body, /^# TYPE matchlock_vmm_exits_total counter$/m);
+  assert.match(body, /^matchlock_vmm_exits_total\{provider="qemu",reason="unexpected"\} 2$/m);
+  assert.match(body, /^matchlock_vmm_exits_total\{provider="qemu",reason="powered_off"\} 1$/m);
+});
 
 describe('metrics and debug endpoints: auth, TLS and the loopback rule', { skip: noPromtool }, () => {
   const tmp = tempDir('metrics');

@@ -65,6 +65,7 @@ export class DaemonMetrics {
   private readonly passDuration: Histogram<'kind'>;
   private readonly stepDuration: Histogram<'plan' | 'step'>;
   private readonly stepFailures: Counter<'plan' | 'step'>;
+  private readonly vmmExits: Counter<'provider' | 'reason'>;
   private readonly pulls: Counter;
   private readonly pullFailures: Counter;
   private readonly pulledBytes: Counter;
@@ -87,6 +88,10 @@ export class DaemonMetrics {
     this.passDuration = new Histogram({ name: 'matchlock_reconcile_duration_seconds', help: 'Duration of reconcile passes that did work, by kind.', labelNames: ['kind'], buckets: WORK_BUCKETS, registers });
     this.stepDuration = new Histogram({ name: 'matchlock_reconcile_step_duration_seconds', help: 'Duration of plan steps that ran (run and verify), by plan (create, delete) and step kind (PullImage, StartVmm, ...).', labelNames: ['plan', 'step'], buckets: WORK_BUCKETS, registers });
     this.stepFailures = new Counter({ name: 'matchlock_reconcile_step_failures_total', help: 'Plan steps whose run or verify failed, by plan and step kind.', labelNames: ['plan', 'step'], registers });
+    // Its own family, not an outcome of matchlock_reconcile_attempts_total: an exit is no pass
+    // (it has no duration to go with matchlock_reconcile_duration_seconds), and Prometheus's
+    // naming rule is one family per kind of event counted (prometheus.io, Metric and label naming).
+    this.vmmExits = new Counter({ name: 'matchlock_vmm_exits_total', help: 'VMMs of stored MicroVMs that exited on their own (not stopped by matchlockd), by provider and reason: unexpected (desired power RUNNING: a crash or a guest that powered off; counted as a failed attempt towards maximum-retry) or powered_off (desired power STOPPED).', labelNames: ['provider', 'reason'], registers });
     new Gauge({
       name: 'matchlock_reconcile_queue_depth',
       help: 'MicroVMs in the reconcile queue: waiting, being reconciled, or waiting for a retry.',
@@ -195,6 +200,11 @@ export class DaemonMetrics {
   pass(e: { kind: 'ensure' | 'teardown'; outcome: string; seconds: number }): void {
     this.passes.inc({ kind: e.kind, outcome: e.outcome });
     this.passDuration.observe({ kind: e.kind }, e.seconds);
+  }
+
+  /** A VMM exited on its own (the Reconciler's observer). */
+  vmmExited(e: { provider: string; reason: string }): void {
+    this.vmmExits.inc({ provider: e.provider, reason: e.reason });
   }
 
   /** A plan step ran (the runtime's observer). */

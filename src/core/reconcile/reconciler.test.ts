@@ -386,3 +386,20 @@ it('retryNow revives a FAILED VM whose last failure found that link missing, and
   assert.equal(await r.reconcile('A'), undefined);
   assert.equal(store.get('A')?.status.state, 'CREATED');
 });
+
+it('tells its observer of a VMM that exits on its own, which is no pass: unexpected while it should run, powered_off while it should be off', async () => {
+  const exits: { provider: string; reason: string }[] = [];
+  const passes: string[] = [];
+  const store = new MemoryStore();
+  const runtime: Runtime = { ensure: async () => ({ ready: true, vmmPid: 42 }), teardown: async () => {} };
+  const r = new Reconciler({ store, runtime, clock: { now: () => new Date() }, logger: silentLogger, maxRetries: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1, observer: { pass: (e) => passes.push(e.outcome), vmmExited: (e) => exits.push(e) } });
+  store.insert(vm('A'));
+  await r.reconcile('A');
+  passes.length = 0;
+  assert.ok(r.vmmExited('A', 42) !== undefined);
+  assert.deepEqual(exits, [{ provider: store.get('A')?.spec.provider, reason: 'unexpected' }]);
+  assert.deepEqual(passes, [], 'not counted as a pass');
+  store.update('A', (cur) => ({ ...cur, power: { restart: 0, ...cur.power, desired: 'STOPPED' } }));
+  assert.equal(r.vmmExited('A', 43), undefined);
+  assert.equal(exits.at(-1)?.reason, 'powered_off');
+});

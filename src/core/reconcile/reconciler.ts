@@ -35,6 +35,13 @@ export type PassOutcome = 'ok' | 'failed' | 'canceled';
 /** Watches reconcile passes (the metrics endpoint's attempts and durations). */
 export interface ReconcileObserver {
   pass(e: { kind: 'ensure' | 'teardown'; outcome: PassOutcome; seconds: number }): void;
+  /**
+   * A VMM of a stored VM exited on its own (seen by the supervisor, not stopped by a pass):
+   * `unexpected` while its desired power is RUNNING (a crash or a guest that powered off; a
+   * failed attempt for back-off and the retry limit), `powered_off` while it is STOPPED. Not a
+   * pass: it has no duration, so it is not counted with them.
+   */
+  vmmExited?(e: { provider: string; reason: 'unexpected' | 'powered_off' }): void;
 }
 
 /**
@@ -213,10 +220,12 @@ export class Reconciler {
     const log = this.opts.logger.child({ uid, namespace: vm.spec.namespace, name: vm.spec.name });
     if (desiredPower(vm) === 'STOPPED') {
       // The operator wants it off: an exit (the guest powered itself down) is no failure.
+      this.opts.observer?.vmmExited?.({ provider: vm.spec.provider, reason: 'powered_off' });
       this.save(uid, (cur) => ({ ...cur.status, vmmPid: 0, guestBooted: false, power: 'STOPPED' }));
       log.info({ pid }, 'vmm exited; desired power is STOPPED, so it stays off');
       return undefined;
     }
+    this.opts.observer?.vmmExited?.({ provider: vm.spec.provider, reason: 'unexpected' });
     const withStopped = { ...vm, status: { ...vm.status, vmmPid: 0, guestBooted: false, power: 'STOPPED' as const } };
     this.save(uid, (cur) => ({ ...cur.status, state: 'PENDING', vmmPid: 0, guestBooted: false, power: 'STOPPED' }));
     return this.fail(withStopped, new Error(`vmm pid ${pid} exited unexpectedly`), log);
