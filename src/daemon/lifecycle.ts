@@ -14,7 +14,10 @@ const ORDER: readonly DaemonState[] = ['starting', 'serving', 'draining', 'stopp
 
 /** What shutdown drives, in this order. */
 export interface Drainable {
-  /** Stops accepting requests; `force` drops calls in flight instead of waiting for them. */
+  /**
+   * Stops accepting requests; `force` drops calls in flight instead of waiting for them. Called
+   * with `force` after `graceMs` when the first call has not resolved by then.
+   */
   stopServing(force: boolean): Promise<void>;
   /** Stops taking new work and resolves when the running reconciles have finished. */
   stopWork(): Promise<void>;
@@ -61,8 +64,8 @@ export class Lifecycle {
   }
 
   /**
-   * Drains and stops: stop serving, wait up to `graceMs` for running reconciles, then call
-   * them off and close. Repeated calls share one shutdown.
+   * Drains and stops: stop serving (waiting up to `graceMs` for calls in flight, then dropping
+   * them), wait up to `graceMs` for running reconciles, then call them off and close. Repeated calls share one shutdown.
    */
   shutdown(d: Drainable, graceMs: number): Promise<void> {
     this.stopping ??= this.drain(d, graceMs);
@@ -74,8 +77,15 @@ export class Lifecycle {
     const timers = new AbortController();
     const wait = (ms: number) => delay(ms, 'timeout' as const, { signal: timers.signal }).catch(() => 'timeout' as const);
     try {
-      const serving = d.stopServing(false);
-      if ((await Promise.race([serving.then(() => 'done' as const), this.forced])) === 'forced') await d.stopServing(true);
+      // Calls in flight get the grace period too; what is still open then (a client that does
+      // not read what it is sent, a call that ignored the drain) is dropped, so no client can
+      // keep the daemon from stopping.
+      const serving = d.stopServing(false).then(() => 'done' as const);
+      const served = await Promise.race([serving, wait(graceMs), this.forced]);
+      if (served !== 'done') {
+        this.log.warn({ graceMs, outcome: served }, 'calls still open; dropping them');
+        await d.stopServing(true);
+      }
       const work = d.stopWork().then(() => 'done' as const);
       const outcome = await Promise.race([work, wait(graceMs), this.forced]);
       if (outcome !== 'done') {

@@ -71,6 +71,25 @@ it('calls off running reconciles once the grace period is over', async () => {
   assert.deepEqual(w.calls, ['stopServing', 'stopWork', 'abortWork', 'close']);
 });
 
+it('drops calls still open once the grace period is over: an open stream cannot keep the daemon from stopping', { timeout: 10_000 }, async () => {
+  const l = new Lifecycle(recorder().log);
+  l.to('serving');
+  const calls: string[] = [];
+  const d: Drainable = {
+    // A call that never ends on its own (a client that neither reads nor cancels).
+    stopServing: (force) => {
+      calls.push(force ? 'stopServing(force)' : 'stopServing');
+      return force ? Promise.resolve() : new Promise<void>(() => undefined);
+    },
+    stopWork: async () => void calls.push('stopWork'),
+    abortWork: () => void calls.push('abortWork'),
+    close: () => void calls.push('close'),
+  };
+  await l.shutdown(d, 100);
+  assert.deepEqual(calls, ['stopServing', 'stopServing(force)', 'stopWork', 'close']);
+  assert.equal(l.state, 'stopped');
+});
+
 it('a second signal forces at once, without waiting out the grace period', async () => {
   const l = new Lifecycle(recorder().log);
   l.to('serving');

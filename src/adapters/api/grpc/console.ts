@@ -26,6 +26,12 @@ export interface ConsoleTarget {
 /** Finds a VM's console. Throws NotFound for a uid no record has. */
 export type ConsoleLocator = (uid: string) => ConsoleTarget;
 
+/**
+ * Why a console stream ends when the daemon drains: Unavailable (gRPC UNAVAILABLE, 14), which
+ * gRPC's status code guide gives for a service that is going away and may be tried again later.
+ */
+const STOPPING = new MatchlockError(ErrorCode.Unavailable, 'matchlockd is stopping: the console stream ended; open it again once matchlockd is back');
+
 /** Largest chunk of console output in one message. */
 const CHUNK = 32 * 1024;
 
@@ -42,9 +48,10 @@ async function send(call: grpc.ServerWritableStream<unknown, unknown> | grpc.Ser
 /**
  * The `matchlock.v1.Console` service (proto/services/matchlock/v1/console.proto) on a grpc-js
  * server (`door`: the token-checking view of it). Streams end when the client cancels, when the
- * VM's record is gone, or (attach) when the VMM closes the console.
+ * VM's record is gone, (attach) when the VMM closes the console, or with UNAVAILABLE when
+ * `shutdown` aborts (the daemon drains: an open stream must not hold up its stop).
  */
-export function addConsoleService(door: Pick<grpc.Server, 'addService'>, locate: ConsoleLocator, fail: Fail, logger: Logger): void {
+export function addConsoleService(door: Pick<grpc.Server, 'addService'>, locate: ConsoleLocator, fail: Fail, logger: Logger, shutdown?: AbortSignal): void {
   const attachments = new ConsoleAttachments();
   /** Aborts `ac` once the VM's record is gone; returns the stop function. */
   const whileExists = (uid: string, ac: AbortController) => {
@@ -64,9 +71,12 @@ export function addConsoleService(door: Pick<grpc.Server, 'addService'>, locate:
       const ac = new AbortController();
       call.on('cancelled', () => ac.abort());
       call.on('close', () => ac.abort());
+      const stopping = () => ac.abort(STOPPING);
+      shutdown?.addEventListener('abort', stopping, { once: true });
       void (async () => {
         let stop = () => undefined as void;
         try {
+          if (shutdown?.aborted) throw STOPPING;
           const req = call.request;
           if (req.uid === '') throw new MatchlockError(ErrorCode.InvalidArgument, 'uid: must not be empty', { field: 'uid' });
           const target = locate(req.uid);
@@ -76,11 +86,13 @@ export function addConsoleService(door: Pick<grpc.Server, 'addService'>, locate:
             stop = whileExists(req.uid, ac);
             await followFile(target.log, offset, ac.signal, (d) => send(call, d, ac.signal));
           }
+          if (ac.signal.reason === STOPPING) throw STOPPING;
           call.end();
         } catch (err) {
           call.emit('error', fail('StreamConsole', err));
         } finally {
           stop();
+          shutdown?.removeEventListener('abort', stopping);
         }
       })();
     },
@@ -91,15 +103,22 @@ export function addConsoleService(door: Pick<grpc.Server, 'addService'>, locate:
       let started = false;
       let stop = () => undefined as void;
       let finished = false;
+      const stopping = () => finish(STOPPING);
       const finish = (err?: unknown) => {
         if (finished) return;
         finished = true;
+        shutdown?.removeEventListener('abort', stopping);
         stop();
         ac.abort();
         sock?.destroy();
         if (err !== undefined) call.emit('error', fail('AttachConsole', err));
         else call.end();
       };
+      if (shutdown?.aborted) {
+        finish(STOPPING);
+        return;
+      }
+      shutdown?.addEventListener('abort', stopping, { once: true });
       call.on('cancelled', () => finish());
       call.on('error', () => finish());
       // The client's half-close (no more input): what it sent is flushed to the serial port

@@ -6,7 +6,7 @@ import type { SecureContextOptions } from 'node:tls';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { PACKAGE_ROOT } from '../../../package-root.js';
-import { MatchlockError, boundedMessage } from '../../../core/errors.js';
+import { ErrorCode, MatchlockError, boundedMessage } from '../../../core/errors.js';
 import type { MicroVMService } from '../../../core/microvm/service.js';
 import type { Logger } from '../../../core/ports.js';
 import { endpointOf } from '../../../core/endpoint.js';
@@ -46,6 +46,12 @@ export interface GrpcServerOptions {
   matchlock?: MatchlockApi | undefined;
   /** Finds VMs' consoles for the matchlock.v1.Console service; without it the service is absent. */
   console?: ConsoleLocator | undefined;
+  /**
+   * Aborted when the daemon starts to drain: every long-lived call (console streams, list and
+   * event streams) then ends with UNAVAILABLE saying the daemon is stopping, so none holds up
+   * the server's shutdown. matchlock.shutdown is used when this is absent.
+   */
+  shutdown?: AbortSignal | undefined;
   /** Told of every call once its status is sent: the RPC name (CreateMicroVM, Check, …), the status name (OK, NOT_FOUND, …) and seconds taken. */
   observe?: ((rpc: string, code: string, seconds: number) => void) | undefined;
 }
@@ -212,6 +218,7 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 4 * 1024 * 1024, interceptors: opts.observe ? [observing(opts.observe)] : [] });
   const door = guarded(server, opts.token);
   const { service, logger } = opts;
+  const shutdown = opts.shutdown ?? opts.matchlock?.shutdown;
 
   const fail = (method: string, err: unknown): grpc.ServiceError => {
     const e = MatchlockError.from(err);
@@ -255,8 +262,28 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
       // (No end is pinned by time: uids follow the clock, which may step back.)
       const { namespace, name } = call.request;
       let after: string | undefined;
+      let ended = false;
+      // A drain does not wait for a slow reader to take every page, nor for one that stopped
+      // reading (its next page waits for 'drain'): the stream ends when the drain starts.
+      const stopping = () => {
+        if (ended) return;
+        ended = true;
+        call.emit('error', fail('ListMicroVMsStream', new MatchlockError(ErrorCode.Unavailable, 'matchlockd is stopping: the list stream ended; list again once matchlockd is back')));
+      };
+      if (shutdown?.aborted) return stopping();
+      shutdown?.addEventListener('abort', stopping, { once: true });
+      const end = (err?: unknown) => {
+        ended = true;
+        shutdown?.removeEventListener('abort', stopping);
+        if (err === undefined) call.end();
+        else call.emit('error', fail('ListMicroVMsStream', err));
+      };
+      call.on('cancelled', () => {
+        ended = true;
+        shutdown?.removeEventListener('abort', stopping);
+      });
       const page = () => {
-        if (call.cancelled) return;
+        if (call.cancelled || ended) return;
         try {
           let n = 0;
           let room = true;
@@ -265,11 +292,11 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
             after = r.uid;
             room = call.write(inField1([r.encoded])) && room;
           }
-          if (n < STREAM_PAGE) call.end();
+          if (n < STREAM_PAGE) end();
           else if (!room) call.once('drain', page);
           else setImmediate(page);
         } catch (err) {
-          call.emit('error', fail('ListMicroVMsStream', err));
+          end(err);
         }
       };
       page();
@@ -278,7 +305,7 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
 
   const api = opts.matchlock;
   if (api) addMatchlockServices(door, api, fail);
-  if (opts.console) addConsoleService(door, opts.console, fail, logger);
+  if (opts.console) addConsoleService(door, opts.console, fail, logger, shutdown);
   const served = [
     MicroVMServiceDesc.typeName,
     ...(api ? [MicroVMLifecycle.typeName, ServerServiceDesc.typeName] : []),
@@ -324,7 +351,8 @@ function addMatchlockServices(door: Pick<grpc.Server, 'addService'>, api: Matchl
       call.on('close', () => ac.abort());
       const write = async (e: unknown) => {
         if (ac.signal.aborted || call.write(e)) return;
-        await drained(call, ac.signal);
+        // A reader that stopped reading does not hold up the drain: the wait ends with it.
+        await drained(call, api.shutdown ? AbortSignal.any([ac.signal, api.shutdown]) : ac.signal);
       };
       const r = call.request;
       streamEvents(api, { afterId: r.afterId === undefined ? undefined : Number(r.afterId), filter: { uid: r.uid || undefined, namespace: r.namespace || undefined } }, write, ac.signal).then(

@@ -81,7 +81,8 @@ export async function matchlockRoute(
     res.on('close', () => ac.abort());
     const write = async (e: Parameters<Parameters<typeof streamEvents>[2]>[0]) => {
       if (ac.signal.aborted || res.write(JSON.stringify({ result: gatewayJson(MicroVMEventSchema, e) }) + '\n')) return;
-      await drained(res, ac.signal);
+      // A reader that stopped reading does not hold up the drain: the wait ends with it.
+      await drained(res, api.shutdown ? AbortSignal.any([ac.signal, api.shutdown]) : ac.signal);
     };
     const filter = { uid: query.get('uid') || undefined, namespace: query.get('namespace') || undefined };
     try {
