@@ -90,3 +90,86 @@ describe('vm console with piped input', () => {
     assert.equal(r.out, 'echo:echo hi\n');
   });
 });
+
+/** The CLI in its own process, stdin left open; `until` resolves once its output matches. */
+function follower(args: string[]) {
+  const child = spawn(process.execPath, [join(ROOT, 'bin/matchlock.js'), ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const hang = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  const exited = new Promise<{ code: number | null; out: string; err: string }>((resolve) =>
+    child.on('close', (code) => {
+      clearTimeout(hang);
+      resolve({ code, out, err });
+    }),
+  );
+  const until = async (re: RegExp) => {
+    while (!re.test(out + err)) {
+      if (child.exitCode !== null) assert.fail(`exited ${child.exitCode} before ${re}: ${err}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  return { child, exited, until };
+}
+
+/**
+ * A daemon that drains ends the console streams with UNAVAILABLE, and one that drops them (its
+ * shutdown-grace over) resets them: `vm logs -f` and `vm console` exit 5 (daemon unavailable)
+ * either way, not 1 with grpc-js's "Call cancelled".
+ */
+describe('console streams when the daemon stops', () => {
+  const tmp = tempDir('cli-console-stop');
+  const log = join(tmp.path, 'console.log');
+  const sides: Socket[] = [];
+  let vmm: Server;
+  let sockPath: string;
+  before(async () => {
+    writeFileSync(log, 'BOOT-LINE\n');
+    sockPath = join(tmp.path, 'serial.sock');
+    vmm = createServer((s) => {
+      sides.push(s);
+      s.on('error', () => undefined);
+    });
+    await new Promise<void>((r) => vmm.listen(sockPath, r));
+  });
+  after(async () => {
+    for (const s of sides) s.destroy();
+    await new Promise((r) => vmm.close(r));
+    tmp.remove();
+  });
+  const serve = async () => {
+    const shutdown = new AbortController();
+    const server = createGrpcServer({ service: {} as MicroVMService, logger: silentLogger, shutdown: shutdown.signal, console: () => ({ log, provider: 'qemu', input: { kind: 'unix-socket', path: sockPath } }) });
+    const host = ['--host', `127.0.0.1:${await bindGrpc(server, '127.0.0.1:0', grpc.ServerCredentials.createInsecure())}`];
+    return { server, shutdown, host };
+  };
+
+  it('a drain ends `vm logs -f` and `vm console` with UNAVAILABLE saying matchlockd is stopping: both exit 5', async () => {
+    const { server, shutdown, host } = await serve();
+    try {
+      const logs = follower([...host, 'vm', 'logs', 'vm-a', '-f']);
+      const attached = follower([...host, 'vm', 'console', 'vm-a']);
+      await logs.until(/BOOT-LINE/);
+      await attached.until(/Connected to the console/);
+      shutdown.abort();
+      for (const r of [await logs.exited, await attached.exited]) {
+        assert.match(r.err, /matchlockd is stopping/);
+        assert.equal(r.code, 5, r.err);
+      }
+    } finally {
+      server.forceShutdown();
+    }
+  });
+
+  it('a daemon that drops the stream (forceShutdown) makes `vm logs -f` exit 5, not 1 with "Call cancelled"', async () => {
+    const { server, host } = await serve();
+    const logs = follower([...host, 'vm', 'logs', 'vm-a', '-f']);
+    await logs.until(/BOOT-LINE/);
+    server.forceShutdown();
+    const r = await logs.exited;
+    assert.equal(r.code, 5, r.err);
+    assert.match(r.err, /dropped the stream/);
+  });
+});

@@ -171,6 +171,17 @@ export function fromGrpc(err: grpc.ServiceError, host: string): MatchlockError {
 }
 
 /**
+ * The error that ends a stream this client did not cancel. A CANCELLED it did not ask for is the
+ * server dropping the call (grpc-js's forceShutdown resets every open stream with CANCEL, as a
+ * daemon past its shutdown-grace does): the daemon went away, Unavailable like any other
+ * unreachable daemon (the CLI's exit 5), not a client-side cancel.
+ */
+export function streamEnded(err: grpc.ServiceError, host: string): MatchlockError {
+  if (err.code === grpc.status.CANCELLED) return new MatchlockError(ErrorCode.Unavailable, `matchlockd at ${host} dropped the stream (${err.details || 'cancelled'}): it is stopping or restarting`, { cause: err });
+  return fromGrpc(err, host);
+}
+
+/**
  * A promise-based client for any service of ours (matchlock.v1's too): unary methods as
  * promises, server-streaming methods as `stream(localName, req)` giving grpc-js's readable
  * stream (messages as 'data', the end status as 'error' with a MatchlockError, or 'end').
@@ -203,7 +214,7 @@ export function connectService<S extends DescService>(service: S, o: ConnectOpti
     let cancelled = false;
     const done = new Promise<void>((resolve, reject) => {
       call.on('data', onMessage);
-      call.on('error', (err: grpc.ServiceError) => (cancelled && err.code === grpc.status.CANCELLED ? resolve() : reject(fromGrpc(err, o.host))));
+      call.on('error', (err: grpc.ServiceError) => (cancelled && err.code === grpc.status.CANCELLED ? resolve() : reject(streamEnded(err, o.host))));
       call.on('end', () => resolve());
     });
     return {

@@ -1,7 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 import { basicAuthHeader } from './auth.js';
-import { credentials, fromGrpc, type ConnectOptions } from './client.js';
+import { credentials, streamEnded, type ConnectOptions } from './client.js';
 import { serviceDefinition } from './grpc/service-def.js';
 import { AttachConsoleRequestSchema, Console as ConsoleService, StreamConsoleRequestSchema, type ConsoleOutput } from '../../gen/services/matchlock/v1/console_pb.js';
 
@@ -37,7 +37,7 @@ export function connectConsole(o: ConnectOptions) {
       await new Promise<void>((resolve, reject) => {
         call.on('data', (m: ConsoleOutput) => onData(m.data));
         call.on('end', () => resolve());
-        call.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED && signal?.aborted ? resolve() : reject(fromGrpc(err, o.host))));
+        call.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED && signal?.aborted ? resolve() : reject(streamEnded(err, o.host))));
       });
     },
     attach(uid: string, onData: (d: Uint8Array) => void, onAttached?: () => void): AttachedConsole {
@@ -55,7 +55,7 @@ export function connectConsole(o: ConnectOptions) {
           if (m.data.length) onData(m.data);
         });
         call.on('end', () => resolve());
-        call.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED && closed ? resolve() : reject(fromGrpc(err, o.host))));
+        call.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED && closed ? resolve() : reject(streamEnded(err, o.host))));
       });
       call.write(create(AttachConsoleRequestSchema, { uid }));
       return {
