@@ -47,7 +47,10 @@ export function hostCommand(io: Io, output: () => string): Command {
         io.out(result.diff ? result.diff : `${o.configOut} unchanged\n`);
         io.out(`wrote ${o.configOut} and ${o.unitOut}; state dir ${result.config.stateDir}\n`);
         io.out(table([['STATUS', 'CHECK', 'EVIDENCE'], ...checks.map((c) => [c.status.toUpperCase(), c.check, c.evidence + (c.fix ? `  -> fix: ${c.fix}` : '')])]));
-        io.out('enable it with: systemctl daemon-reload && systemctl enable --now matchlockd\n');
+        // A daemon that refuses to start would only be restarted in a loop (Restart=always).
+        const refusal = checks.find((c) => c.check === 'vm directories' && c.status === 'fail');
+        if (refusal) io.out(`do not enable matchlockd yet: it refuses to start on ${result.config.stateDir} until the vm directories check above is fixed (${refusal.fix ?? ''})\n`);
+        else io.out('enable it with: systemctl daemon-reload && systemctl enable --now matchlockd\n');
       }
       if (checks.some((c) => c.status === 'fail')) throw cliError('setup written, but some checks failed', EXIT.error);
     });

@@ -1,10 +1,8 @@
-import { readdir } from 'node:fs/promises';
-import { join } from 'node:path';
-import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { ownLink } from '../core/microvm/host-names.js';
 import type { HostFiles, HostNetwork, Logger, Store, Tombstones } from '../core/ports.js';
 import { runPlan } from '../core/plan/step.js';
 import { runDirOf, type VmmProvider } from '../core/vmm.js';
+import { unrecordedRefusal, vmDirs, type VmDirEntry } from './unrecorded.js';
 
 /** Volumes that live outside VM directories (thin volumes): listed by owner, removed by key. */
 export interface SweptVolumes {
@@ -41,26 +39,6 @@ async function stopVmmIn(o: SweepOptions, d: VmDirEntry): Promise<void> {
   }
 }
 
-interface VmDirEntry {
-  uid: string;
-  namespace: string;
-  name: string;
-  dir: string;
-}
-
-/** `<state-dir>/vm/<namespace>/<name>/<uid>` directories on disk. */
-async function vmDirs(stateDir: string): Promise<VmDirEntry[]> {
-  const list = async (d: string) => (await readdir(d, { withFileTypes: true }).catch(() => [])).filter((e) => e.isDirectory()).map((e) => e.name);
-  const out: VmDirEntry[] = [];
-  const root = join(stateDir, 'vm');
-  for (const ns of await list(root)) {
-    for (const name of await list(join(root, ns))) {
-      for (const uid of await list(join(root, ns, name))) out.push({ uid, namespace: ns, name, dir: join(root, ns, name, uid) });
-    }
-  }
-  return out;
-}
-
 /**
  * Start-up check and orphan sweep. It destroys only what is provably this daemon's and
  * deleted: host objects whose uid has a tombstone (a record the reconciler dropped after
@@ -73,16 +51,9 @@ async function vmDirs(stateDir: string): Promise<VmDirEntry[]> {
  * Returns how many objects were removed.
  */
 export async function sweepOrphans(o: SweepOptions): Promise<number> {
-  const dirs = await vmDirs(o.stateDir);
+  const dirs = vmDirs(o.stateDir);
   const unknown = dirs.filter(({ uid }) => !o.store.get(uid) && !o.store.tombstone(uid));
-  if (unknown.length) {
-    throw new MatchlockError(
-      ErrorCode.FailedPrecondition,
-      `refusing to start: ${unknown.length} VM director${unknown.length === 1 ? 'y has' : 'ies have'} no record in ${join(o.stateDir, 'matchlock.db')} ` +
-        `(${unknown.map((u) => u.dir).join(', ')}); their guests may still be running. Restore matchlock.db from a backup, ` +
-        'or stop those VMMs and remove their directories, then start matchlockd again',
-    );
-  }
+  if (unknown.length) throw unrecordedRefusal(o.stateDir, unknown, true);
   let removed = 0;
   const buried = (uid: string) => o.store.tombstone(uid) !== undefined;
   // A buried VM whose VMM could not be stopped or whose delete steps failed keeps its

@@ -14,6 +14,7 @@ import { connect } from '../adapters/api/client.js';
 import type { DaemonConfig } from '../daemon/config.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { binaryFor, buildProviders, findBinary } from '../daemon/providers.js';
+import { describeUnrecorded, vmDirs } from '../daemon/unrecorded.js';
 import { ipToInt, type HubConfig } from '../hub/config.js';
 import { hubLeases, hubStatus, type Lease } from '../hub/hub.js';
 import { connect as tlsConnect } from 'node:tls';
@@ -173,11 +174,15 @@ export async function inspectHost(
   // Every MicroVM, from the store itself, so this works when the daemon is down.
   let vms: MicroVM[] = [];
   const dbPath = join(cfg.stateDir, 'matchlock.db');
-  if (existsSync(dbPath)) {
+  const storeExists = existsSync(dbPath);
+  // The uids the store knows (records and tombstones); undefined when it cannot be read.
+  let known: Set<string> | undefined = storeExists ? undefined : new Set();
+  if (storeExists) {
     let db: SqliteStore | undefined;
     try {
       db = new SqliteStore(dbPath);
       vms = db.list({});
+      known = new Set([...vms.map((v) => v.uid), ...db.tombstones().map((t) => t.uid)]);
     } catch (err) {
       // A damaged store is a finding like any other; its message carries the fix. A store a
       // daemon holds alone (started on a full state dir) is not damaged.
@@ -194,6 +199,15 @@ export async function inspectHost(
       }
     } finally {
       db?.close();
+    }
+  }
+  // The start-up check of matchlockd (daemon/unrecorded.ts), made here first: VM directories no
+  // record stands for stop the daemon from starting, and an operator should learn it before.
+  if (known) {
+    const unrecorded = vmDirs(cfg.stateDir).filter((d) => !known.has(d.uid));
+    if (unrecorded.length) {
+      const f = describeUnrecorded(cfg.stateDir, unrecorded, storeExists);
+      checks.push(fail('vm directories', `${f.evidence}; matchlockd refuses to start until this is fixed`, f.fix));
     }
   }
   const providers = buildProviders(cfg, registry, silentLogger);

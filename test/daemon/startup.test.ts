@@ -240,3 +240,57 @@ describe('matchlockd and its state dir', () => {
     }
   });
 });
+
+/** What a directory holds, recursively, with each entry's mode: compared before and after a refusal. */
+function snapshot(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const name of readdirSync(d).sort()) {
+      const p = join(d, name);
+      const st = statSync(p);
+      out.push(`${p} ${(st.mode & 0o7777).toString(8)} ${st.isDirectory() ? 'dir' : st.size}`);
+      if (st.isDirectory()) walk(p);
+    }
+  };
+  out.push(`${dir} ${(statSync(dir).mode & 0o7777).toString(8)}`);
+  walk(dir);
+  return out;
+}
+
+describe('a state dir in flintlockd\'s layout (vm/<ns>/<name>/<uid> with firecracker.cfg, metadata.json and the pid of a live VMM)', () => {
+  const tmp = tempDir('flintlock-layout');
+  const vmm = spawn('sleep', ['600'], { stdio: 'ignore' });
+  after(() => {
+    vmm.kill('SIGKILL');
+    tmp.remove();
+  });
+  const state = join(tmp.path, 'fl');
+  const dir = join(state, 'vm', 'ns1', 'mvm1', '01HZZZZZZZZZZZZZZZZZZZZZZZ');
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  chmodSync(state, 0o755);
+  writeFileSync(join(dir, 'firecracker.cfg'), '{"boot-source":{}}\n');
+  writeFileSync(join(dir, 'metadata.json'), '{"latest":{}}\n');
+  writeFileSync(join(dir, 'firecracker.pid'), String(vmm.pid));
+  writeFileSync(join(dir, 'firecracker.log'), '');
+
+  it('matchlockd refuses with exit 1, names flintlock and the migration guide and the running VMM, and leaves the directory exactly as it was', async () => {
+    const before = snapshot(state);
+    const { code, output } = await daemonFailsToStart(base(state));
+    assert.equal(code, 1, output);
+    assert.match(output, new RegExp(`refusing to start: 1 VM directory has no record in ${state}/matchlock\\.db`));
+    assert.match(output, /flintlockd's layout \(firecracker\.cfg, metadata\.json, firecracker\.pid\)/);
+    assert.match(output, /docs\/migrating-from-flintlock\.md/);
+    assert.match(output, new RegExp(`VMMs still running in ${dir} \\(pid ${vmm.pid}\\)`));
+    assert.doesNotMatch(output, /from a backup/);
+    assert.deepEqual(snapshot(state), before, 'no daemon-id, matchlock.db or lock made, no mode changed');
+  });
+
+  it('matchlock inspect FAILs on the unrecorded VM directories with the fix, while the daemon is down', () => {
+    const r = spawnSync(process.execPath, [join(ROOT, 'bin/matchlock.js'), '-o', 'json', 'inspect', '--config', '/dev/null', '--daemon-state-dir', state, '--grpc-endpoint', 'unix:/nonexistent.sock'], { encoding: 'utf8' });
+    const checks = JSON.parse(r.stdout) as { check: string; status: string; evidence: string; fix?: string }[];
+    const c = checks.find((x) => x.check === 'vm directories');
+    assert.equal(c?.status, 'fail', r.stdout);
+    assert.match(c?.evidence ?? '', new RegExp(`${dir}.*pid ${vmm.pid}.*flintlockd's layout`));
+    assert.match(c?.fix ?? '', /docs\/migrating-from-flintlock\.md/);
+  });
+});

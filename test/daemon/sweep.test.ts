@@ -88,7 +88,7 @@ it('refuses to start, touching nothing, when VM directories have neither a recor
     await assert.rejects(s.sweep(), (err: unknown) => {
       assert.ok(err instanceof MatchlockError && err.code === ErrorCode.FailedPrecondition);
       assert.match(err.message, new RegExp(s.dirOf(LOST)));
-      assert.match(err.message, /Restore matchlock\.db from a backup, or stop those VMMs and remove their directories/);
+      assert.match(err.message, /restore \S*matchlock\.db from a backup, or stop those VMMs and remove their directories/);
       return true;
     });
     assert.ok(existsSync(s.dirOf(LOST)) && existsSync(s.dirOf(LIVE)));

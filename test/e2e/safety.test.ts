@@ -65,7 +65,7 @@ describe('safety: what a VM or the host does never ends the daemon or delays a d
         assert.match(output, /matchlock\.db is damaged \(the file is empty/, output);
       } else {
         assert.match(output, new RegExp(`refusing to start.*${dir}`), output);
-        assert.match(output, /Restore matchlock\.db from a backup, or stop those VMMs and remove their directories/);
+        assert.match(output, /restore \S*matchlock\.db from a backup, or stop those VMMs and remove their directories/);
       }
       assert.doesNotThrow(() => process.kill(pid, 0), `with a ${damage} database the guest still runs`);
       assert.ok(existsSync(join(dir, 'qemu.pid')), 'its directory is untouched');

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { loadConfig } from '../../src/daemon/config.js';
 import { hostSetup, mergeConfigText } from '../../src/host/setup.js';
-import { tempDir } from '../helpers/daemon.js';
+import { ROOT, tempDir } from '../helpers/daemon.js';
 
 describe('matchlock host setup', () => {
   const tmp = tempDir('hostsetup');
@@ -86,5 +86,23 @@ describe('matchlock host setup', () => {
     writeFileSync(p.configPath, after);
     assert.equal(readFileSync(p.configPath, 'utf8'), after);
     assert.equal(existsSync(`${p.configPath}.tmp`), false);
+  });
+});
+
+describe('host setup on a state dir holding flintlock\'s VM directories', () => {
+  const tmp = tempDir('setup-flintlock');
+  after(() => tmp.remove());
+
+  it('FAILs the vm directories check and does not advise enabling matchlockd, which would refuse to start in a loop', () => {
+    const state = join(tmp.path, 'fl');
+    const dir = join(state, 'vm', 'ns1', 'mvm1', '01HZZZZZZZZZZZZZZZZZZZZZZZ');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'firecracker.cfg'), '{}\n');
+    writeFileSync(join(dir, 'metadata.json'), '{"latest":{}}\n');
+    const r = spawnSync(process.execPath, [join(ROOT, 'bin/matchlock.js'), 'host', 'setup', '--no-guard', '--config-out', join(tmp.path, 'config.yaml'), '--unit-out', join(tmp.path, 'matchlockd.service'), '--daemon-bin', join(ROOT, 'bin/matchlockd.js'), '--set', `state-dir=${state}`, '--set', 'vmm-user=root', '--set', 'bridge-name=lo'], { encoding: 'utf8' });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stdout, new RegExp(`FAIL +vm directories +1 VM directory has no record.*${dir}.*flintlockd's layout.*docs/migrating-from-flintlock\\.md`));
+    assert.doesNotMatch(r.stdout, /enable --now/);
+    assert.match(r.stdout, /do not enable matchlockd yet/);
   });
 });
