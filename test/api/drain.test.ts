@@ -13,7 +13,7 @@ import { tempDir } from '../helpers/daemon.js';
 const tmp = tempDir('api-drain');
 after(() => tmp.remove());
 
-it('a drain ends ListMicroVMsStream with UNAVAILABLE, also while the stream waits for a reader that stopped reading', { timeout: 30_000 }, async () => {
+it('a drain ends ListMicroVMsStream with UNAVAILABLE, where a client would otherwise be sent pages without end', { timeout: 30_000 }, async () => {
   // A store that never runs out of records: only the drain can end the stream.
   let n = 0;
   const service = {
