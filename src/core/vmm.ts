@@ -50,9 +50,10 @@ export interface ProviderDescriptor {
   /**
    * Create-time rules this VMM enforces beyond the common ones (a vCPU limit, say), so a spec it
    * would refuse is refused by the API instead of failing on the host. Returns the error or
-   * undefined.
+   * undefined. `spec` is as it will be stored (the metadata interface the control plane adds
+   * included); `uid` is the new VM's, for what derives from it (generated MACs).
    */
-  checkSpec?(spec: MicroVMSpec): MatchlockError | undefined;
+  checkSpec?(spec: MicroVMSpec, uid: string): MatchlockError | undefined;
 }
 
 /** Which VM an instance is for, and where its files go. */

@@ -60,7 +60,7 @@ export const EMPTY_USER_DATA = '#cloud-config\n{}\n';
  * - `network-config` when kernel.add_network_config is set.
  * Pure and deterministic: the same VM and interfaces give the same bytes.
  */
-export function noCloudSeed(vm: MicroVM, guests: GuestInterface[]): Record<string, Buffer> {
+export function noCloudSeed(vm: Pick<MicroVM, 'uid' | 'spec'>, guests: GuestInterface[]): Record<string, Buffer> {
   const files: Record<string, Buffer> = {};
   for (const [k, v] of Object.entries(vm.spec.metadata)) files[k] = Buffer.from(v, 'base64');
   try {
@@ -82,7 +82,7 @@ export function noCloudSeed(vm: MicroVM, guests: GuestInterface[]): Record<strin
  * NIC happens to be eth1 on the eni and networkd renderers (only netplan matches by MAC alone);
  * with it cloud-init renames the NIC with that MAC before any renderer's config applies.
  */
-export function networkConfig(vm: MicroVM, guests: GuestInterface[]): string {
+export function networkConfig(vm: Pick<MicroVM, 'spec'>, guests: GuestInterface[]): string {
   const ethernets: Record<string, unknown> = {};
   vm.spec.interfaces.forEach((iface, n) => {
     const g = guests[n];
@@ -128,7 +128,7 @@ const GZIP_MAGIC = Buffer.from([0x1f, 0x8b]);
  * headers; anything else becomes a base64 part whose type cloud-init detects from its first
  * line (text/x-not-multipart), or application/x-gzip when it is gzip'd.
  */
-export function vendorDataWithMounts(vm: MicroVM, vendorData: Buffer | undefined): Buffer | undefined {
+export function vendorDataWithMounts(vm: Pick<MicroVM, 'spec'>, vendorData: Buffer | undefined): Buffer | undefined {
   const firstAdditional = vm.spec.rootVolume ? 1 : 0;
   const mounts = vm.spec.additionalVolumes
     .map((v, n) => (v.mountPoint ? [diskLetter(firstAdditional + n), v.mountPoint] : undefined))

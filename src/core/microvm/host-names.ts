@@ -81,7 +81,7 @@ export function generatedMac(uid: string, deviceId: string): string {
   return bytes.map((x) => x.toString(16).padStart(2, '0')).join(':');
 }
 
-export function guestMac(vm: MicroVM, index: number): string {
+export function guestMac(vm: Pick<MicroVM, 'uid' | 'spec'>, index: number): string {
   const iface = vm.spec.interfaces[index];
   if (!iface) throw new RangeError(`interface ${index} does not exist`);
   return (iface.guestMac ?? generatedMac(vm.uid, iface.deviceId)).toLowerCase();

@@ -51,6 +51,10 @@ export class MicroVMService {
       const { address, ...rest } = FIRECRACKER_METADATA_INTERFACE;
       spec.interfaces.unshift({ ...rest, address: { ...address, nameservers: [] } });
     }
+    // The provider's own rules see the spec as it will be launched, metadata interface included
+    // (it is one more device and one more network-config entry).
+    const own = provider.descriptor.checkSpec?.(spec, uid);
+    if (own) throw own;
     const iso = now.toISOString();
     const vm: MicroVM = { uid, version: 1, spec, status: initialStatus(), createdAt: iso, updatedAt: iso };
     const encoded = store.insert(vm);
@@ -118,8 +122,11 @@ export class MicroVMService {
     return entry;
   }
 
+  /** Which providers have `cap`, as a clause: "cloudhypervisor does", "a, b do", "no provider does". */
   private providersWith(cap: keyof ProviderEntry['descriptor']['capabilities']): string {
-    return [...this.deps.providers.values()].filter((p) => p.descriptor.capabilities[cap]).map((p) => p.descriptor.name).join(', ') || 'no providers';
+    const names = [...this.deps.providers.values()].filter((p) => p.descriptor.capabilities[cap]).map((p) => p.descriptor.name);
+    if (names.length === 0) return 'no provider does';
+    return `${names.join(', ')} ${names.length === 1 ? 'does' : 'do'}`;
   }
 
   private checkCapabilities(spec: MicroVMSpec, entry: ProviderEntry): void {
@@ -131,14 +138,12 @@ export class MicroVMService {
     });
     spec.additionalVolumes.forEach((v, n) => {
       if (v.source.virtiofsSource !== undefined && !caps.virtiofs) {
-        throw failedPrecondition(`microvm.additional_volumes[${n}].source.virtiofs_source: provider ${provider} does not support virtiofs (${this.providersWith('virtiofs')} do)`, `microvm.additional_volumes[${n}].source`);
+        throw failedPrecondition(`microvm.additional_volumes[${n}].source.virtiofs_source: provider ${provider} does not support virtiofs (${this.providersWith('virtiofs')})`, `microvm.additional_volumes[${n}].source`);
       }
     });
     if (spec.allowGuestAgent && !caps.vsock) {
       throw failedPrecondition(`microvm.allow_guest_agent: provider ${provider} has no vsock device for the guest agent`, 'microvm.allow_guest_agent');
     }
-    const own = entry.descriptor.checkSpec?.(spec);
-    if (own) throw own;
   }
 }
 
