@@ -113,6 +113,65 @@ describe('MicroVMService.create', () => {
     assert.equal(store.records.size, 0);
   });
 
+  it('names the providers that support virtiofs in a sentence that agrees with their number', () => {
+    const { svc } = service();
+    const virtiofs = input({ additionalVolumes: [{ id: 'data', isReadOnly: false, source: { virtiofsSource: '/srv/data' } }] });
+    assert.match(code(() => svc.create(virtiofs)), /provider qemu does not support virtiofs \(cloudhypervisor does\)$/);
+  });
+
+  // Firecracker builds the kernel command line into 2048 bytes with the NUL (x86_64
+  // CMDLINE_MAX_SIZE): boot_args, then pci=off, root=/dev/vda rw and one
+  // virtio_mmio.device=4K@0x...:N per device.
+  const fcNic = (n: number) => ({ deviceId: `eth${n}`, type: 1, address: { address: `10.0.${n}.2/24`, gateway: `10.0.${n}.1`, nameservers: ['10.0.0.53', '10.0.1.53', '10.0.2.53'] } });
+
+  it('refuses on firecracker a command line over 2048 bytes made by add_network_config for 8 static interfaces', () => {
+    const { svc, store } = service({ defaultProvider: 'firecracker' });
+    const err = code(() => svc.create(input({ interfaces: [1, 2, 3, 4, 5, 6, 7, 8].map(fcNic) })));
+    assert.match(err, /^FailedPrecondition: microvm\.kernel\.add_network_config: the kernel command line provider firecracker would pass is (\d+) bytes with its NUL \(.*network-config of 9 interfaces \(add_network_config\) (\d+).*\), over the 2048 bytes Firecracker allows \(CMDLINE_MAX_SIZE/);
+    const [, total, network] = /is (\d+) bytes.*add_network_config\) (\d+)/.exec(err) ?? [];
+    assert.ok(Number(network) > 2048 && Number(total) > Number(network), err);
+    assert.equal(store.records.size, 0);
+    // Without the seed on the command line the same interfaces fit.
+    svc.create(input({ interfaces: [1, 2, 3, 4, 5, 6, 7, 8].map(fcNic), kernel: { image: 'k', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: false } }));
+  });
+
+  it('refuses on firecracker a kernel.cmdline within the common 2048-byte rule that Firecracker\'s additions push over', () => {
+    const { svc } = service({ defaultProvider: 'firecracker' });
+    const cmdline = Object.fromEntries(Array.from({ length: 60 }, (_, n) => [`opt${String(n).padStart(2, '0')}`, 'x'.repeat(26)]));
+    const err = code(() => svc.create(input({ kernel: { image: 'k', filename: 'boot/vmlinux', cmdline, addNetworkConfig: false } })));
+    assert.match(err, /^FailedPrecondition: microvm\.kernel\.cmdline: the kernel command line provider firecracker would pass is 2247 bytes with its NUL \(boot_args 2116, of which kernel\.cmdline 1979, Firecracker's own pci=off, root= and virtio_mmio\.device= for 3 devices 130\), over the 2048 bytes/);
+    // The same entries on QEMU are over the guest kernel's COMMAND_LINE_SIZE once its defaults are in.
+    assert.match(code(() => svc.create(input({ provider: 'qemu', kernel: { image: 'k', filename: 'boot/vmlinux', cmdline: { ...cmdline, pad: 'y'.repeat(20) }, addNetworkConfig: false } }))), /^FailedPrecondition: microvm\.kernel\.cmdline: the kernel command line provider qemu would pass is \d+ bytes .*COMMAND_LINE_SIZE/);
+  });
+
+  it('refuses on firecracker more virtio devices than its 19 interrupt lines less VMGenID and VMClock serve', () => {
+    const { svc } = service({ defaultProvider: 'firecracker' });
+    const vols = (n: number) => Array.from({ length: n }, (_, i) => ({ id: `v${i}`, isReadOnly: false, source: { containerSource: 'docker.io/library/alpine:3.20' } }));
+    const noSeed = { image: 'k', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: false };
+    const err = code(() => svc.create(input({ kernel: noSeed, additionalVolumes: vols(16), interfaces: [{ deviceId: 'eth1', type: 1 }, { deviceId: 'eth2', type: 1 }] })));
+    assert.equal(err, 'FailedPrecondition: microvm.additional_volumes: provider firecracker has interrupt lines for at most 17 virtio devices (GSIs 5 to 23, less one each for VMGenID and VMClock); this spec (the metadata interface eth0 included) needs 20: 17 drives, 3 network interfaces');
+    // 17 fit: root, 14 volumes, eth0 and eth1; an 18th (the guest agent's vsock) does not.
+    svc.create(input({ kernel: noSeed, additionalVolumes: vols(14) }));
+    assert.match(code(() => svc.create(input({ kernel: noSeed, additionalVolumes: vols(14), allowGuestAgent: true }))), /needs 18: 15 drives, 2 network interfaces, 1 vsock$/);
+  });
+
+  it('refuses non-ASCII in the command line on cloudhypervisor (linux-loader) but not on firecracker or qemu', () => {
+    const { svc } = service();
+    const cafe = input({ kernel: { image: 'k', filename: 'boot/vmlinux', cmdline: { hostname_label: 'café' }, addNetworkConfig: false } });
+    assert.equal(
+      code(() => svc.create({ ...cafe, provider: 'cloudhypervisor' })),
+      'FailedPrecondition: microvm.kernel.cmdline["hostname_label"]: provider cloudhypervisor refuses a kernel command line with characters outside printable ASCII (\' \' to \'~\', rust-vmm linux-loader\'s rule); the value has U+00E9',
+    );
+    svc.create({ ...cafe, provider: 'firecracker' });
+    svc.create({ ...cafe, provider: 'qemu' });
+  });
+
+  it('refuses on cloudhypervisor a kernel.cmdline the guest kernel would cut once the defaults are in', () => {
+    const { svc } = service();
+    const cmdline = { long: 'z'.repeat(2040) };
+    assert.match(code(() => svc.create(input({ provider: 'cloudhypervisor', kernel: { image: 'k', filename: 'boot/vmlinux', cmdline, addNetworkConfig: false } }))), /^FailedPrecondition: microvm\.kernel\.cmdline: the kernel command line provider cloudhypervisor would pass is 2094 bytes with its NUL \(kernel\.cmdline 2045, .*\), over the 2048 bytes the guest kernel keeps/);
+  });
+
   it('refuses a provider the host cannot run, saying why', () => {
     const { svc } = service({ providers: providerEntries((name) => (name === 'qemu' ? { usable: false, reason: 'VMM binary "qemu-system-x86_64" not found' } : { usable: true })) });
     assert.match(code(() => svc.create(input())), /^FailedPrecondition: provider qemu cannot run on this host: VMM binary/);

@@ -5,7 +5,8 @@ import type { Logger } from '../../../core/ports.js';
 import type { Step } from '../../../core/plan/step.js';
 import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import type { ProviderContext, ProviderModule } from '../registry.js';
-import { FILES, MAX_VCPUS, SOCKETS, defaultCmdline, firecrackerConfig, mmdsMetadata, type FirecrackerLaunch } from './config.js';
+import { FILES, SOCKETS, defaultCmdline, firecrackerConfig, mmdsMetadata, type FirecrackerLaunch } from './config.js';
+import { fcCheckSpec } from './spec-rules.js';
 import { DEFAULT_JAILER, type JailerSettings } from './jailer.js';
 import { FirecrackerVm, type FirecrackerMetrics } from './vm.js';
 
@@ -17,10 +18,7 @@ const descriptor: ProviderDescriptor = {
   sockets: [SOCKETS.api, SOCKETS.vsock],
   // Guest-initiated vsock connections go to `<uds_path>_<port>` (port up to 10 digits).
   socketSuffixBytes: 11,
-  checkSpec(spec) {
-    if (spec.vcpu > MAX_VCPUS) return failedPrecondition(`microvm.vcpu: provider firecracker supports at most ${MAX_VCPUS} vCPUs (got ${spec.vcpu})`, 'microvm.vcpu');
-    return undefined;
-  },
+  checkSpec: fcCheckSpec,
 };
 
 export interface FirecrackerSettings {

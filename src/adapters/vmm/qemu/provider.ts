@@ -47,6 +47,18 @@ function isSocket(path: string): boolean {
   return lstatSync(path, { throwIfNoEntry: false })?.isSocket() ?? false;
 }
 
+/**
+ * The kernel command line before the spec's kernel.cmdline is merged over it: the serial
+ * console, a triple-fault reboot (QEMU exits on it with -no-reboot), the root drive, and
+ * `tsc_early_khz` under TCG (`khz`).
+ */
+export function qemuDefaultCmdline(hasRoot: boolean, khz: number | undefined): [string, string][] {
+  const c: [string, string][] = [['console', 'ttyS0'], ['reboot', 't'], ['panic', '-1']];
+  if (hasRoot) c.push(['root', '/dev/vda'], ['rw', '']);
+  if (khz) c.push(['tsc_early_khz', String(khz)]);
+  return c;
+}
+
 /** QEMU's `microvm` machine: the provider that runs on our machines (TCG), and on KVM hosts. */
 export class QemuProvider implements VmmProvider {
   private readonly khz: number | undefined;
@@ -96,10 +108,7 @@ class QemuInstance implements VmmInstance {
   }
 
   defaultCmdline(input: CmdlineInput): [string, string][] {
-    const c: [string, string][] = [['console', 'ttyS0'], ['reboot', 't'], ['panic', '-1']];
-    if (input.hasRoot) c.push(['root', '/dev/vda'], ['rw', '']);
-    if (this.khz) c.push(['tsc_early_khz', String(this.khz)]);
-    return c;
+    return qemuDefaultCmdline(input.hasRoot, this.khz);
   }
 
   createSteps() {
