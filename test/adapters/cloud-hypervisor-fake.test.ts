@@ -96,6 +96,16 @@ describe('cloud-hypervisor stand-in: command line refusals', () => {
     await refused([...base(), '--fs', `tag=data,socket=${join(dir, 'vfs.sock')}`], 1, /vhost-user requires using shared memory/);
     await refused([...base().slice(0, -1), 'size=1024M,shared=on', '--fs', `tag=data,socket=${join(dir, 'vfs.sock')}`], 1, /Failed connecting the backend .*vfs\.sock: ENOENT/);
   });
+  // vmm/src/vm.rs generate_cmdline: linux-loader's insert_str allows printable ASCII only, in at
+  // most 0x10000 bytes with the NUL (x86_64 CMDLINE_MAX_SIZE).
+  it('refuses a command line with a non-printable-ASCII character, in each version\'s wording', async () => {
+    const args = ['--kernel', join(dir, 'vmlinux'), '--cmdline', 'console=ttyS0 hostname_label=café'];
+    await refused(args, 1, /Error booting VM\n\s+Cannot modify the kernel command line\n\s+String contains a non-printable ASCII character\./);
+    await refused(args, 1, /Error booting VM\n\s+Cannot modify the kernel command line: String contains a non-printable ASCII character\./, { FAKE_CH_VERSION: '41' });
+  });
+  it('refuses a command line over 64 KiB with its NUL', async () => {
+    await refused(['--kernel', join(dir, 'vmlinux'), '--cmdline', `x=${'y'.repeat(0x10000 - 2)}`], 1, /Cannot modify the kernel command line\n\s+Inserting string would make command line too long\./);
+  });
   it('refuses a serial file mode without a path', () => refused([...base(), '--serial', 'file='], 1, /Path missing when using file serial mode/));
   it('v41 refuses an existing API socket path; v53 replaces a stale one', async () => {
     const sock = api('stale');

@@ -166,6 +166,13 @@ describe('firecracker stand-in', { skip }, () => {
     ['vsock socket exists', (c, sub) => { writeFileSync(join(dir, sub, 'v.sock'), ''); }, /vsock\.uds_path: .*Address in use/],
     ['logger level Off as YAML 1.1 would read it', (c) => { c.logger.level = false; }, /logger\.level: invalid type/],
     ['log directory missing', (c) => { c.logger.log_path = join(dir, 'no-dir', 'fc.log'); }, /logger\.log_path: Failed to open target file/],
+    // Cmdline::try_from(boot_args, 2048): 2047 characters and the NUL at most.
+    ['boot_args of 2048 bytes', (c) => { c['boot-source'].boot_args = `x=${'y'.repeat(2046)}`; }, /boot-source\.boot_args: The kernel command line is invalid: Invalid cmdline capacity provided\./],
+    // 1848 bytes fit, but with pci=off, root=/dev/vda rw and five virtio_mmio.device= entries (200) the line and its NUL are 2049.
+    ['boot_args that pci=off, root= and virtio_mmio.device= push over 2048', (c) => { c['boot-source'].boot_args = `x=${'y'.repeat(1846)}`; }, /Inserting string would make command line too long\./],
+    // GSIs 5 to 23: five devices plus 13 drives leave none for VMClock; plus 15, none for the 20th device.
+    ['18 virtio devices: no interrupt line left for VMClock', (c) => { for (let i = 0; i < 13; i++) c.drives.push({ drive_id: `d${i}`, path_on_host: join(dir, 'data.img'), is_root_device: false, is_read_only: true }); }, /VMClock: Could not allocate GSI: The requested resource is not available\./],
+    ['20 virtio devices: none for the 20th', (c) => { for (let i = 0; i < 15; i++) c.drives.push({ drive_id: `d${i}`, path_on_host: join(dir, 'data.img'), is_root_device: false, is_read_only: true }); }, /vsock: Could not attach device: MMIO transport error: Failed to allocate requested resource: The requested resource is not available\./],
   ];
 
   it('writes its log and metrics files from offset 0, neither appending nor truncating: an older file\'s tail is left behind', async () => {
@@ -206,6 +213,58 @@ describe('firecracker stand-in', { skip }, () => {
       }));
     }
     assert.deepEqual(results, []);
+  });
+
+  it('boots 17 virtio devices, a 2047-byte final command line and non-ASCII boot_args (try_from checks only the length)', async () => {
+    for (const breakIt of [
+      (c: Record<string, any>) => { for (let i = 0; i < 12; i++) c.drives.push({ drive_id: `d${i}`, path_on_host: join(dir, 'data.img'), is_root_device: false, is_read_only: true }); }, // eslint-disable-line @typescript-eslint/no-explicit-any
+      // 1847 + " pci=off" (8) + " root=/dev/vda rw" (17) + five " virtio_mmio.device=4K@0x…:N" (5 * 35) = 2047, and the NUL.
+      (c: Record<string, any>) => { c['boot-source'].boot_args = `x=${'y'.repeat(1845)}`; }, // eslint-disable-line @typescript-eslint/no-explicit-any
+      (c: Record<string, any>) => { c['boot-source'].boot_args = 'console=ttyS0 hostname_label=café'; }, // eslint-disable-line @typescript-eslint/no-explicit-any
+    ]) {
+      const sub = `edge${n++}`;
+      const c = config(sub);
+      breakIt(c);
+      const { run } = await boot(c, sub);
+      assert.equal(run.code, null, run.stderr() + run.stdout());
+      process.kill(run.pid, 'SIGKILL');
+      await run.exited;
+    }
+  });
+
+  it('writes only the lines at or above the logger level the config sets', async () => {
+    for (const [level, debug] of [['Info', false], ['Debug', true]] as const) {
+      const sub = `level${n++}`;
+      const c = config(sub);
+      (c.logger as Record<string, unknown>).level = level;
+      const { run, sock, log } = await boot(c, sub);
+      assert.equal(run.code, null, run.stderr());
+      await unixHttp(sock, 'GET', '/');
+      assert.equal(/:DEBUG\]/.test(log()), debug, `${level}: ${log()}`);
+      assert.match(log(), /:INFO\] Successfully started microvm/);
+      process.kill(run.pid, 'SIGKILL');
+      await run.exited;
+    }
+  });
+
+  it('refuses metadata over the MMDS limit: 51200 bytes by default, --mmds-size-limit when given', async () => {
+    const big = join(dir, 'big-metadata.json');
+    writeFileSync(big, JSON.stringify({ latest: { 'user-data': 'u'.repeat(51200) } }));
+    for (const [extra, refused] of [[[], true], [['--mmds-size-limit', '60000'], false]] as const) {
+      const sub = `mmds${n++}`;
+      const cfgPath = join(dir, sub, 'fc.cfg');
+      writeFileSync(cfgPath, JSON.stringify(config(sub)));
+      const run = start(['--config-file', cfgPath, '--metadata', big, '--api-sock', join(dir, sub, 'api.sock'), ...extra]);
+      await Promise.race([run.exited, sleep(3000)]);
+      if (refused) {
+        assert.equal(run.code, 1);
+        assert.match(run.stderr() + run.stdout(), /Failed to build MicroVM from Json: MMDS error: The MMDS data store size limit was exceeded\./);
+      } else {
+        assert.equal(run.code, null, run.stderr());
+        process.kill(run.pid, 'SIGKILL');
+        await run.exited;
+      }
+    }
   });
 
   it('refuses bad command lines with Firecracker exit codes', async () => {

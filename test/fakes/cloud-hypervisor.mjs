@@ -330,6 +330,9 @@ let vsockServer;
 
 /** What vm.boot opens; throws the error chain the real binary would report. */
 async function openDevices(cfg) {
+  // The real VMM checks the command line after making the devices; checked first here, so a
+  // refused boot leaves no vsock socket bound behind it.
+  checkCmdline(cfg);
   const p = cfg.payload;
   for (const [what, path] of [['kernel', p.kernel], ['firmware', p.firmware], ['initramfs', p.initramfs]]) {
     if (path === undefined) continue;
@@ -390,6 +393,24 @@ async function openDevices(cfg) {
       }
     }
   }
+}
+
+/** x86_64 CMDLINE_MAX_SIZE (arch/src/x86_64/layout.rs, v41 and v53): the command line's capacity, NUL included. */
+const CMDLINE_MAX_SIZE = 0x10000;
+
+/**
+ * What configure_system refuses once the devices exist: the payload's cmdline goes into a
+ * linux-loader Cmdline with insert_str (vmm/src/vm.rs generate_cmdline), which trims it, allows
+ * only printable ASCII (' ' to '~') and refuses a line that with its NUL passes the capacity.
+ * Throws the error chain the version reports.
+ */
+function checkCmdline(cfg) {
+  const line = (cfg.payload.cmdline ?? '').trim();
+  let cause;
+  if (/[^ -~]/u.test(line)) cause = 'String contains a non-printable ASCII character.';
+  else if (Buffer.byteLength(line) + 1 > CMDLINE_MAX_SIZE) cause = 'Inserting string would make command line too long.';
+  if (cause === undefined) return;
+  throw VERSION === '41' ? ['Error booting VM', `Cannot modify the kernel command line: ${cause}`] : ['Error booting VM', 'Cannot modify the kernel command line', cause];
 }
 
 function fdTarget(fd) {

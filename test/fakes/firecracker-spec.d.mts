@@ -10,3 +10,4 @@ export function configRuleError(config: unknown, opts?: { linkKind?: (name: stri
 export function buildError(config: unknown, resolve?: (path: string) => string): string | undefined;
 export function isX86Elf(path: string): boolean;
 export function linkKind(name: string): string | undefined;
+export const CMDLINE_MAX_SIZE: number;

@@ -229,6 +229,9 @@ export function configRuleError(config, opts = {}) {
       const i = openable(r(boot.initrd_path), false);
       if (i) return `boot-source.initrd_path: The initrd file cannot be opened: ${i}`;
     }
+    // vmm_config/boot_source.rs: Cmdline::try_from(boot_args, CMDLINE_MAX_SIZE) checks only the
+    // length, NUL included (linux-loader 0.13 src/cmdline/mod.rs); any other byte passes.
+    if (Buffer.byteLength(bootArgs(boot)) + 1 > CMDLINE_MAX_SIZE) return 'boot-source.boot_args: The kernel command line is invalid: Invalid cmdline capacity provided.';
   }
   const drives = config.drives ?? [];
   const driveIds = new Set();
@@ -284,12 +287,67 @@ export function configRuleError(config, opts = {}) {
   return undefined;
 }
 
+/** x86_64 CMDLINE_MAX_SIZE (src/vmm/src/arch/x86_64/layout.rs): the command line's capacity, NUL included. */
+export const CMDLINE_MAX_SIZE = 2048;
+/** GSIs 5..=23 for MMIO devices on x86_64 (arch/x86_64/layout.rs GSI_LEGACY_START..GSI_LEGACY_END). */
+const GSI_FIRST = 5;
+const GSI_COUNT = 19;
+/** vmm_config/boot_source.rs DEFAULT_KERNEL_CMDLINE (v1.16.1), used when boot_args is absent. */
+const DEFAULT_KERNEL_CMDLINE = 'reboot=k panic=1 nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce';
+
+const bootArgs = (boot) => (boot.boot_args ?? DEFAULT_KERNEL_CMDLINE).trim();
+
 /**
- * What fails when the VM is built after the configuration was accepted: on x86_64 the kernel
- * must be an uncompressed ELF vmlinux (arch/x86_64 loader: a bzImage is refused).
+ * What fails when the VM is built after the configuration was accepted (builder.rs
+ * build_microvm_for_boot, v1.16.1, in its order):
+ * - on x86_64 the kernel must be an uncompressed ELF vmlinux (a bzImage is refused);
+ * - `pci=off` is appended (no --enable-pci), then `root=/dev/vda` and `ro`|`rw` for the root
+ *   drive, then one `virtio_mmio.device=4K@0x<addr>:<gsi>` per virtio device as it is attached
+ *   (drives, network interfaces, vsock): each append is refused once the line with its NUL
+ *   would pass CMDLINE_MAX_SIZE (linux-loader insert_str, "Inserting string would make
+ *   command line too long.");
+ * - each virtio device takes one of the 19 GSIs, then VMGenID and VMClock one each.
  */
 export function buildError(config, resolve = (p) => p) {
   const kernel = config['boot-source'].kernel_image_path;
   if (!isX86Elf(resolve(kernel))) return `boot-source.kernel_image_path: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image (${kernel} is not an x86_64 ELF vmlinux)`;
+  let line = bootArgs(config['boot-source']);
+  const fits = (s) => Buffer.byteLength(line) + 1 + (line === '' ? 0 : 1) + Buffer.byteLength(s) <= CMDLINE_MAX_SIZE;
+  const insert = (s) => {
+    if (!fits(s)) return false;
+    line = line === '' ? s : `${line} ${s}`;
+    return true;
+  };
+  const TOO_LONG = 'Inserting string would make command line too long.';
+  if (!insert('pci=off')) return `Invalid kernel command line: ${TOO_LONG}`;
+  let gsi = GSI_FIRST;
+  const NO_GSI = 'The requested resource is not available.';
+  const attach = (what) => {
+    if (gsi >= GSI_FIRST + GSI_COUNT) return `${what}: Could not attach device: MMIO transport error: Failed to allocate requested resource: ${NO_GSI}`;
+    const addr = 0xc0001000 + (gsi - GSI_FIRST) * 0x1000;
+    // "resourc" is Firecracker's own spelling (device_manager/mmio.rs MmioError::Cmdline).
+    if (!insert(`virtio_mmio.device=4K@0x${addr.toString(16)}:${gsi}`)) return `${what}: Could not attach device: MMIO transport error: Failed to allocate requested resourc: ${TOO_LONG}`;
+    gsi++;
+    return undefined;
+  };
+  for (const [n, d] of (config.drives ?? []).entries()) {
+    if (d.is_root_device) {
+      if (!insert(d.partuuid ? `root=PARTUUID=${d.partuuid}` : 'root=/dev/vda') || !insert(d.is_read_only ? 'ro' : 'rw')) return `Invalid kernel command line: ${TOO_LONG}`;
+    }
+    const e = attach(`drives[${n}]`);
+    if (e) return e;
+  }
+  for (const n of (config['network-interfaces'] ?? []).keys()) {
+    const e = attach(`network-interfaces[${n}]`);
+    if (e) return e;
+  }
+  if (config.vsock) {
+    const e = attach('vsock');
+    if (e) return e;
+  }
+  for (const acpi of ['VMGenID', 'VMClock']) {
+    if (gsi >= GSI_FIRST + GSI_COUNT) return `Could not attach device: Error while registering ACPI with KVM: ${acpi}: Could not allocate GSI: ${NO_GSI}`;
+    gsi++;
+  }
   return undefined;
 }

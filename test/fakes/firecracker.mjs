@@ -95,7 +95,12 @@ function panic(msg) {
 let logTarget; // fd, or undefined for stdout
 let showLevel = !!args['show-level'];
 let showOrigin = !!args['show-log-origin'];
+// Lines above the logger's level are dropped (logger/logging.rs: the level is a log::LevelFilter,
+// Info unless --level or the logger section sets one; a logger section without one resets it).
+const LEVEL_RANK = { off: 0, error: 1, warn: 2, warning: 2, info: 3, debug: 4, trace: 5 };
+let maxLevel = LEVEL_RANK[(args.level ?? 'info').toLowerCase()];
 function log(level, msg) {
+  if ((LEVEL_RANK[level.toLowerCase()] ?? 0) > maxLevel) return;
   const ts = new Date().toISOString().replace(/\.(\d{3})Z$/, '.$1000000');
   let tag = `${id}:main`;
   if (showLevel) tag += `:${level}`;
@@ -226,6 +231,7 @@ function applyLoggerAndMetrics(cfg) {
     logTarget = openLikeFirecracker(host(cfg.logger.log_path));
     showLevel = !!cfg.logger.show_level;
     showOrigin = !!cfg.logger.show_log_origin;
+    maxLevel = LEVEL_RANK[String(cfg.logger.level ?? 'Info').toLowerCase()] ?? LEVEL_RANK.info;
   }
   if (cfg.metrics?.metrics_path) {
     metricsPath = host(cfg.metrics.metrics_path);
