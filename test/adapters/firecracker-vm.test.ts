@@ -256,7 +256,7 @@ describe('FirecrackerVm against the stand-in', { skip }, () => {
   // Each way Firecracker refuses a start: the error names the field, and nothing is left running.
   const REFUSALS: [string, Record<string, string>, (l: FirecrackerLaunch) => Partial<FirecrackerLaunch>, RegExp][] = [
     ['a TAP that does not exist', {}, (l) => ({ nics: [l.nics[0]!, { ...l.nics[1]!, hostDevice: 'mltgone' }] }), /network-interfaces\[1\]\.host_dev_name: .*no such device/],
-    ['a drive file that does not exist', {}, () => ({ disks: [{ id: 'root', path: '/nonexistent/root.img', readOnly: false }] }), /drives\[0\]\.path_on_host: Unable to create the virtio block device root/],
+    ['a drive file that does not exist', {}, () => ({ disks: [{ id: 'root', path: '/nonexistent/root.img', readOnly: false }] }), /drives\[0\]\.path_on_host: Unable to create the virtio block device root.* \(in firecracker\.cfg\)$/],
     ['an initrd that does not exist', {}, () => ({ initrdPath: '/nonexistent/initrd' }), /boot-source\.initrd_path: The initrd file cannot be opened/],
     ['a VMM that crashes at once', { FAKE_FC_CRASH_AFTER_MS: '0' }, () => ({}), /firecracker exited with code 150/],
     ['a VMM that never binds its socket', { FAKE_FC_NO_SOCKET: '1' }, () => ({}), /did not answer GET \/ with a running VM within/],
@@ -272,6 +272,24 @@ describe('FirecrackerVm against the stand-in', { skip }, () => {
       assert.equal(existsSync(join(launch.runDir, 'firecracker.sock')), false, 'no socket left');
     });
   }
+
+  it('starts with metadata over the default MMDS limit of 51200 bytes (passing --mmds-size-limit sized to it)', async () => {
+    const { vm, launch } = vmFor({}, { metadata: { 'meta-data': Buffer.from('instance_id: i-1\n'), 'user-data': Buffer.from(`#cloud-config\n# ${'u'.repeat(1024 * 1024 - 64)}\n`) } });
+    const pid = await start(vm, launch);
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    const limit = Number(argv[argv.indexOf('--mmds-size-limit') + 1]);
+    assert.equal(limit, Buffer.byteLength(readFileSync(join(launch.dir, 'metadata.json'), 'utf8').trim()));
+    await vm.stop({ timeoutMs: 3000 }, quiet);
+  });
+
+  it('names metadata.json, not firecracker.cfg, for an MMDS error Firecracker reports as failing to build the VM', async () => {
+    const { vm, launch } = vmFor();
+    mkdirSync(launch.dir, { recursive: true });
+    writeFileSync(join(launch.dir, 'firecracker.log'), '[anonymous-instance:main:ERROR] RunWithApiError error: Failed to build MicroVM from Json: MMDS error: The MMDS data store size limit was exceeded.\n');
+    assert.equal(await vm.failureReason(), 'MMDS error: The MMDS data store size limit was exceeded. (in metadata.json)');
+    writeFileSync(join(launch.dir, 'firecracker.log'), '[anonymous-instance:main:ERROR] RunWithApiError error: Failed to build MicroVM from Json: boot-source.boot_args: The kernel command line is invalid: Invalid cmdline capacity provided.\n');
+    assert.equal(await vm.failureReason(), 'boot-source.boot_args: The kernel command line is invalid: Invalid cmdline capacity provided. (in firecracker.cfg)');
+  });
 
   it('reports the version from --version', async () => {
     assert.equal(await firecrackerVersion(FAKE_FIRECRACKER), '1.16.1');

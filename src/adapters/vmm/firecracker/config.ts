@@ -94,13 +94,33 @@ export function firecrackerConfig(l: FirecrackerLaunch, paths: FirecrackerPaths 
 }
 
 /**
+ * Firecracker's MMDS data store limit when `--mmds-size-limit` is not given: the HTTP API's
+ * payload limit, `--http-api-max-payload-size`, 51200 bytes by default (src/firecracker/src/main.rs,
+ * v1.11.0 and v1.16.1). The store's size is its compact JSON serialisation
+ * (mmds/data_store.rs put_data).
+ */
+export const FC_DEFAULT_MMDS_SIZE_LIMIT = 51200;
+
+/** Bytes of metadata.json's data as Firecracker measures it against the MMDS limit (compact JSON). */
+export function mmdsDataBytes(files: Readonly<Record<string, Buffer>>): number {
+  return Buffer.byteLength(JSON.stringify(mmdsMetadata(files)));
+}
+
+/**
  * The argv after the binary: `--id <uid> --config-file … --metadata … --api-sock …
- * --boot-timer`. Unlike flintlock there is no `--no-api`: the API serves pause/resume,
- * Ctrl+Alt+Del, metrics flushes and MMDS updates. `--boot-timer` makes Firecracker log
+ * --boot-timer`, and `--mmds-size-limit <bytes>` when the metadata is over
+ * FC_DEFAULT_MMDS_SIZE_LIMIT (Firecracker refuses a larger --metadata file with "The MMDS data
+ * store size limit was exceeded"; the flag exists in v1.11.0 and v1.16.1 and, given, replaces
+ * the default taken from --http-api-max-payload-size, which still caps API requests: matchlock
+ * sends MMDS data only through the file). Unlike flintlock there is no `--no-api`: the API
+ * serves pause/resume, Ctrl+Alt+Del and metrics flushes. `--boot-timer` makes Firecracker log
  * `Guest-boot-time = …` when a guest writes the boot marker (an optional figure).
  */
-export function firecrackerArgs(l: Pick<FirecrackerLaunch, 'uid'>, paths: FirecrackerPaths): string[] {
-  return ['--id', l.uid, '--config-file', filePath(paths, 'config'), '--metadata', filePath(paths, 'metadata'), '--api-sock', socketPath(paths, 'api'), '--boot-timer'];
+export function firecrackerArgs(l: Pick<FirecrackerLaunch, 'uid' | 'metadata'>, paths: FirecrackerPaths): string[] {
+  const args = ['--id', l.uid, '--config-file', filePath(paths, 'config'), '--metadata', filePath(paths, 'metadata'), '--api-sock', socketPath(paths, 'api'), '--boot-timer'];
+  const mmdsBytes = mmdsDataBytes(l.metadata);
+  if (mmdsBytes > FC_DEFAULT_MMDS_SIZE_LIMIT) args.push('--mmds-size-limit', String(mmdsBytes));
+  return args;
 }
 
 /** NoCloud-net reads its seed from this URL; a trailing slash is required by cloud-init. */

@@ -387,7 +387,10 @@ export class FirecrackerVm {
     const read = (f: keyof typeof FILES) => readFile(this.file(f), 'utf8').catch(() => '');
     const text = `${await read('log')}\n${await read('stdout')}\n${await read('stderr')}`;
     const built = /Failed to build MicroVM from Json: (.*)$/m.exec(text);
-    if (built?.[1]) return `${built[1]} (in ${FILES.config})`;
+    // Firecracker reports the --metadata file's errors (unreadable, not JSON, over the MMDS size
+    // limit) as "MMDS error: …" through the same line as the config file's (main.rs, v1.11.0
+    // and v1.16.1 build both into one VmResources).
+    if (built?.[1]) return `${built[1]} (in ${/^MMDS error\b/.test(built[1]) ? FILES.metadata : FILES.config})`;
     const socket = /(Failed to open the API socket at: .*)$/m.exec(text);
     if (socket?.[1]) return socket[1];
     const lines = text.split('\n').map((s) => s.trim()).filter((s) => s !== '');
