@@ -37,7 +37,7 @@ export function writeImageLayout(
     let tar = data;
     try {
       if (type.endsWith('+gzip') || type.endsWith('.gzip')) tar = gunzipSync(data);
-      else if (type.endsWith('+zstd')) tar = execFileSync('zstd', ['-dcq'], { input: data, maxBuffer: 1 << 30, stdio: ['pipe', 'pipe', 'ignore'] });
+      else if (type.endsWith('+zstd') || type.endsWith('.zstd')) tar = execFileSync('zstd', ['-dcq'], { input: data, maxBuffer: 1 << 30, stdio: ['pipe', 'pipe', 'ignore'] });
     } catch {
       // a deliberately broken layer: its diff_id stays wrong, as nothing reads it
     }

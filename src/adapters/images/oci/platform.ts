@@ -69,8 +69,9 @@ function goArch(nodeArch: string): string {
  * The platforms this host runs, most preferred first: containerd's `platformVector` of its
  * default spec, linux on this host's architecture. containerd reads a CPU variant only on ARM,
  * so on amd64 the default spec has none and the vector is amd64 (no variant, or v1), then 386:
- * amd64/v2, v3 and v4 are never chosen (their binaries need instructions that QEMU TCG's
- * default CPU lacks). On arm64 (variant v8, as containerd reads it from /proc/cpuinfo on any
+ * amd64/v2, v3 and v4 entries of an index are never chosen (their binaries need instructions
+ * that QEMU TCG's default CPU lacks). An image manifest's own config is matched on os and
+ * architecture only, as containerd 1.7's unpacker does: a config saying amd64/v3 unpacks. On arm64 (variant v8, as containerd reads it from /proc/cpuinfo on any
  * ARMv8 core): arm64, then arm/v8, v7, v6, v5.
  */
 export function hostPlatforms(nodeArch: string = process.arch): Platform[] {

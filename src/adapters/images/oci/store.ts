@@ -35,8 +35,13 @@ interface Manifest {
 }
 
 const DIGEST = /^sha256:([0-9a-f]{64})$/;
-/** A diff_id: a digest in an algorithm the image spec registers (descriptor.md, "Registered algorithms"). */
-const DIFF_ID = /^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$/;
+/**
+ * A diff_id: sha256 only. The image spec lets a digest use any registered algorithm, but
+ * containerd's applier hashes every layer's uncompressed stream with the canonical algorithm
+ * (sha256, digest.Canonical; containerd 1.7 diff/apply) and refuses any other diff_id as a
+ * wrong diff id, so an image with another one unpacks nowhere that flintlock runs.
+ */
+const DIFF_ID = /^sha256:[0-9a-f]{64}$/;
 
 /**
  * An image matchlock refuses for what it is, not for the host's state: its config is for
@@ -565,13 +570,13 @@ export class LocalImageStore implements ImageStore {
 
   /**
    * The config's rootfs.diff_ids of the image `digest`, one per layer of `manifest`, after the
-   * checks containerd's unpacker makes before it applies a layer (core/unpack/unpacker.go): the
-   * config is for a platform this host runs (its os/architecture, by ./platform.ts's rule; an
-   * image manifest pulled or imported directly, without an index, is checked here too, where
-   * containerd's unpacker refuses one "does not support platform"), and there is one diff_id per
-   * layer ("number of layers and diffIDs don't match"). Each is `sha256:` or `sha512:` and hex,
-   * the algorithms the image spec registers (descriptor.md). Throws ImageRefusedError naming the
-   * field and the rule.
+   * checks containerd 1.7's unpacker makes before it applies a layer (pkg/unpack/unpacker.go):
+   * the config's os and architecture, its variant ignored, are a platform this host runs (by
+   * ./platform.ts's rule; an image manifest pulled or imported directly, without an index, is
+   * checked here too, where containerd's unpacker refuses one "does not support platform"), and
+   * there is one diff_id per layer ("number of layers and diffIDs don't match"). Each is
+   * `sha256:<64 hex>`, the only algorithm containerd's applier computes. Throws
+   * ImageRefusedError naming the field and the rule.
    */
   private async diffIds(digest: string, manifest: Manifest): Promise<string[]> {
     const refuse = (why: string) => new ImageRefusedError(`image ${digest}: config ${manifest.config?.digest ?? '(none)'}: ${why}`);
@@ -583,13 +588,16 @@ export class LocalImageStore implements ImageStore {
       throw refuse(`not a JSON image config (${(err as Error).message})`);
     }
     const text = (v: unknown) => (typeof v === 'string' ? v : undefined);
-    const platform = { os: text(config?.os), architecture: text(config?.architecture), variant: text(config?.variant) };
+    // Only os and architecture: containerd 1.7's unpacker (pkg/unpack/unpacker.go) matches the
+    // config by platforms.Normalize of those two alone, so a config's variant (amd64/v3) never
+    // refuses an image; the variant decides only among an index's entries.
+    const platform = { os: text(config?.os), architecture: text(config?.architecture) };
     if (platformRank(platform) < 0) throw refuse(`the image is for ${formatPlatform(platform)}, which this host does not run (${hostPlatformsText()}, as containerd's default platform matcher allows)`);
     const ids = config?.rootfs?.diff_ids;
     if (!Array.isArray(ids)) throw refuse('rootfs.diff_ids is missing: the image spec requires one digest of the uncompressed tar per layer');
     if (ids.length !== manifest.layers.length) throw refuse(`rootfs.diff_ids has ${ids.length} entries for the manifest's ${manifest.layers.length} layers: the image spec requires one per layer, in order`);
     for (const [i, id] of ids.entries()) {
-      if (typeof id !== 'string' || !DIFF_ID.test(id)) throw refuse(`rootfs.diff_ids[${i}] ${JSON.stringify(id)} is not a sha256:<64 hex> or sha512:<128 hex> digest`);
+      if (typeof id !== 'string' || !DIFF_ID.test(id)) throw refuse(`rootfs.diff_ids[${i}] ${JSON.stringify(id)} is not a sha256:<64 hex> digest: containerd's applier computes every diff_id with sha256 and refuses any other`);
     }
     return ids as string[];
   }
@@ -606,10 +614,11 @@ export class LocalImageStore implements ImageStore {
 
 /**
  * Every layer media type the OCI image spec (media-types.md and layer.md: tar, tar+gzip,
- * tar+zstd, and the deprecated non-distributable three) and Docker's image manifest v2 schema 2
- * (rootfs.diff.tar.gzip, rootfs.diff.tar, and the foreign rootfs.foreign.diff.tar.gzip) define
- * for Linux layers, with how each tar stream is compressed. Anything else is refused naming
- * its media type.
+ * tar+zstd, and the deprecated non-distributable three) and Docker's schema 2 define for Linux
+ * layers, the latter as containerd 1.7 knows them (images/mediatypes.go: rootfs.diff.tar, its
+ * .gzip and .zstd, and the foreign rootfs.foreign.diff.tar and its .gzip), with how each tar
+ * stream is compressed. Anything else (encrypted layers among them) is refused naming its
+ * media type.
  */
 export const LAYER_COMPRESSION: Record<string, UnpackJob['layers'][number]['compression']> = {
   'application/vnd.oci.image.layer.v1.tar': 'none',
@@ -620,6 +629,8 @@ export const LAYER_COMPRESSION: Record<string, UnpackJob['layers'][number]['comp
   'application/vnd.oci.image.layer.nondistributable.v1.tar+zstd': 'zstd',
   'application/vnd.docker.image.rootfs.diff.tar.gzip': 'gzip',
   'application/vnd.docker.image.rootfs.diff.tar': 'none',
+  'application/vnd.docker.image.rootfs.diff.tar.zstd': 'zstd',
+  'application/vnd.docker.image.rootfs.foreign.diff.tar': 'none',
   'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip': 'gzip',
 };
 
