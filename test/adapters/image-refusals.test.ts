@@ -1,17 +1,22 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { after, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
+import { registryClient } from '../../src/adapters/images/oci/registry.js';
 import { ImageRefusedError, LocalImageStore } from '../../src/adapters/images/oci/store.js';
 import { silentLogger } from '../fakes/memory-store.js';
 import { tempDir } from '../helpers/daemon.js';
-import { writeImageLayout } from '../helpers/oci.js';
+import { putBlob, writeImageLayout, type Descriptor } from '../helpers/oci.js';
+import { startRegistry, type Registry } from '../helpers/registry.js';
 
+const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const unpack = { unpack: { log: silentLogger } };
 const hostArch = process.arch === 'x64' ? 'amd64' : process.arch;
+const MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const INDEX = 'application/vnd.oci.image.index.v1+json';
 
 function tarOf(dir: string, name: string, content: string): Buffer {
   mkdirSync(dir, { recursive: true });
@@ -23,6 +28,19 @@ function tarOf(dir: string, name: string, content: string): Buffer {
 function nothingRecorded(root: string): void {
   for (const dir of ['refs', 'rootfs']) assert.deepEqual(existsSync(join(root, dir)) ? readdirSync(join(root, dir)) : [], [], `nothing in ${dir}`);
   assert.deepEqual(readdirSync(root).filter((n) => n.includes('.tmp-')), [], 'no temporary');
+}
+
+function manifestOf(layout: string, digest: string): { config: Descriptor; layers: (Descriptor & { mediaType: string })[] } {
+  return JSON.parse(readFileSync(join(layout, 'blobs', 'sha256', digest.slice(7)), 'utf8')) as never;
+}
+
+/** Rewrites the layout's one manifest with `edit`, pointing index.json at the result. */
+function editManifest(layout: string, digest: string, edit: (m: Record<string, unknown>) => void): string {
+  const m = manifestOf(layout, digest) as unknown as Record<string, unknown>;
+  edit(m);
+  const d = putBlob(layout, Buffer.from(JSON.stringify(m)));
+  writeFileSync(join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: MANIFEST, ...d }] }));
+  return d.digest;
 }
 
 describe('images refused for their content are not recorded', () => {
@@ -58,4 +76,126 @@ describe('images refused for their content are not recorded', () => {
     nothingRecorded(root);
   });
 
+  it('a manifest without layers, without config, or with a config lacking its mediaType: refused naming the field', async () => {
+    const tar = tarOf(join(tmp.path, 't-shape'), 'm', 'm');
+    for (const [name, edit, why] of [
+      ['no-layers', (m: Record<string, unknown>) => delete m.layers, /: layers is missing: an image manifest lists its layers/],
+      ['no-config', (m: Record<string, unknown>) => delete m.config, /: config is missing: an image manifest names its config/],
+      ['config-type', (m: Record<string, unknown>) => delete (m.config as Record<string, unknown>).mediaType, /: config\.mediaType undefined is not a media type/],
+      ['layer-size', (m: Record<string, unknown>) => ((m.layers as Record<string, unknown>[])[0]!.size = -1), /: layers\[0\]\.size -1 is not a non-negative integer/],
+      ['schema', (m: Record<string, unknown>) => (m.schemaVersion = 1), /: schemaVersion 1 is not 2/],
+    ] as const) {
+      const layout = join(tmp.path, `shape-${name}`);
+      const m = writeImageLayout(layout, [gzipSync(tar)]);
+      const digest = editManifest(layout, m.digest, edit);
+      const root = join(tmp.path, `store-shape-${name}`);
+      await assert.rejects(new LocalImageStore(root).import(layout, 'example.com/shape:1', undefined, unpack), (e: Error) => e instanceof ImageRefusedError && e.message.includes(`manifest ${digest}`) && why.test(e.message));
+      nothingRecorded(root);
+    }
+  });
+
+  /** A layout whose index.json names an index that names an index … (`depth` of them) of one image for this host. */
+  function nestedLayout(dir: string, depth: number): { dir: string; manifest: string } {
+    const m = writeImageLayout(dir, [gzipSync(tarOf(join(dir, '..', `t-${depth}`), 'n', String(depth)))]);
+    let child: Descriptor & { mediaType: string; platform?: unknown } = { mediaType: MANIFEST, ...m, platform: { os: 'linux', architecture: hostArch } };
+    for (let i = 0; i < depth; i++) {
+      const other = { mediaType: MANIFEST, digest: `sha256:${'0'.repeat(64)}`, size: 2, platform: { os: 'linux', architecture: hostArch === 'amd64' ? 'arm64' : 'amd64' } };
+      child = { mediaType: INDEX, ...putBlob(dir, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [other, child] }))) };
+    }
+    writeFileSync(join(dir, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ ...child, annotations: { 'org.opencontainers.image.ref.name': 'example.com/nested:1' } }] }));
+    return { dir, manifest: m.digest };
+  }
+
+  it('walks indexes nested in an index, choosing this host at each level; refuses a cycle and a chain too deep', async () => {
+    const { dir, manifest } = nestedLayout(join(tmp.path, 'nested'), 3);
+    const store = new LocalImageStore(join(tmp.path, 'store-nested'));
+    assert.deepEqual(await store.import(dir, undefined, undefined, unpack), { ref: 'example.com/nested:1', digest: manifest });
+    assert.equal(readFileSync(join(store.rootfsPath(manifest), 'n'), 'utf8'), '3');
+
+    const deep = nestedLayout(join(tmp.path, 'deep'), 9);
+    const deepRoot = join(tmp.path, 'store-deep');
+    await assert.rejects(new LocalImageStore(deepRoot).import(deep.dir, undefined, undefined, unpack), (e: Error) => e instanceof ImageRefusedError && /image indexes nest more than 8 deep/.test(e.message));
+    nothingRecorded(deepRoot);
+
+    // An index file whose entry names itself (a layout's files are read before they are verified).
+    const loop = join(tmp.path, 'loop');
+    mkdirSync(join(loop, 'blobs', 'sha256'), { recursive: true });
+    const self = `sha256:${'1'.repeat(64)}`;
+    writeFileSync(join(loop, 'blobs', 'sha256', '1'.repeat(64)), JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [{ mediaType: INDEX, digest: self, size: 10 }] }));
+    writeFileSync(join(loop, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: INDEX, digest: self, size: 10 }] }));
+    await assert.rejects(new LocalImageStore(join(tmp.path, 'store-loop')).import(loop, 'example.com/loop:1'), /names an index already walked \(a cycle\)/);
+  });
+
+  it('a layout of two different images for this host, each with a platform, is refused listing them; --ref chooses', async () => {
+    const out = join(tmp.path, 'two');
+    const entries = ['a', 'b'].map((ref) => {
+      const m = writeImageLayout(out, [gzipSync(tarOf(join(tmp.path, `t-two-${ref}`), 'which', ref))]);
+      return { mediaType: MANIFEST, ...m, platform: { os: 'linux', architecture: hostArch }, annotations: { 'org.opencontainers.image.ref.name': ref } };
+    });
+    writeFileSync(join(out, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: entries }));
+    const store = new LocalImageStore(join(tmp.path, 'store-two'));
+    await assert.rejects(store.import(out, 'localhost/two:1'), /holds 2 images \(org\.opencontainers\.image\.ref\.name: a, b\); choose one with --ref/);
+    assert.deepEqual(await store.list(), []);
+    assert.equal((await store.import(out, 'localhost/two:1', 'b', unpack)).digest, entries[1]?.digest);
+    assert.equal((await store.import(out, 'localhost/two:a')).digest, entries[0]?.digest);
+  });
+
+  it('one image listed for several platforms under one ref.name gives this host\'s entry', async () => {
+    const out = join(tmp.path, 'one-name');
+    const other = hostArch === 'amd64' ? 'arm64' : 'amd64';
+    const entries = [other, hostArch].map((architecture) => {
+      const m = writeImageLayout(out, [gzipSync(tarOf(join(tmp.path, `t-on-${architecture}`), 'which', architecture))], undefined, { architecture });
+      return { mediaType: MANIFEST, ...m, platform: { os: 'linux', architecture }, annotations: { 'org.opencontainers.image.ref.name': 'example.com/one:1' } };
+    });
+    writeFileSync(join(out, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: entries }));
+    assert.deepEqual(await new LocalImageStore(join(tmp.path, 'store-one-name')).import(out, undefined, undefined, unpack), { ref: 'example.com/one:1', digest: entries[1]?.digest });
+  });
+
+});
+
+const missing = ['docker-registry', 'skopeo'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
+
+describe('images refused for their content at pull', { skip: missing.length && !process.env.CI ? `missing: ${missing.join(', ')}` : false }, () => {
+  const tmp = tempDir('img-refusals-pull');
+  let registry: Registry;
+  before(async () => {
+    registry = await startRegistry();
+  });
+  after(async () => {
+    await registry?.stop();
+    tmp.remove();
+  });
+  const storeAt = (name: string) => new LocalImageStore(join(tmp.path, name), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [], mirrors: [] }, silentLogger));
+
+  /** PUTs a manifest document to the registry under `reference` (a tag or its digest). */
+  async function putManifest(repo: string, reference: string, body: Buffer, mediaType: string): Promise<void> {
+    const res = await fetch(`http://${registry.host}/v2/${repo}/manifests/${reference}`, { method: 'PUT', headers: { 'content-type': mediaType }, body });
+    assert.ok(res.ok, `PUT ${reference}: ${res.status} ${await res.text()}`);
+  }
+
+  it('walks an index nested in an index, as import does', async () => {
+    const layout = join(tmp.path, 'nested');
+    const m = writeImageLayout(layout, [gzipSync(tarOf(join(tmp.path, 't-n'), 'n', 'pulled'))], 'latest');
+    registry.push(`${layout}:latest`, 'm/nested:m');
+    const inner = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [{ mediaType: MANIFEST, ...m, platform: { os: 'linux', architecture: hostArch } }] }));
+    await putManifest('m/nested', sha256(inner), inner, INDEX);
+    const outer = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [{ mediaType: INDEX, digest: sha256(inner), size: inner.length }] }));
+    await putManifest('m/nested', '1', outer, INDEX);
+    const s = storeAt('store-nested');
+    assert.equal(await s.pull(`${registry.host}/m/nested:1`, silentLogger, undefined, unpack), m.digest);
+    assert.equal(readFileSync(join(s.rootfsPath(m.digest), 'n'), 'utf8'), 'pulled');
+    // The daemon's ensure by the outer index's digest resolves through both levels.
+    assert.equal(await storeAt('store-nested-ensure').ensure(`${registry.host}/m/nested@${sha256(outer)}`, silentLogger), m.digest);
+  });
+
+  it('a pulled manifest without layers is refused naming the field, nothing recorded', async () => {
+    const layout = join(tmp.path, 'nolayers');
+    const m = writeImageLayout(layout, [gzipSync(tarOf(join(tmp.path, 't-nl'), 'n', 'n'))], 'latest');
+    registry.push(`${layout}:latest`, 'm/nolayers:base');
+    const doc = JSON.parse(readFileSync(join(layout, 'blobs', 'sha256', m.digest.slice(7)), 'utf8')) as Record<string, unknown>;
+    delete doc.layers;
+    await putManifest('m/nolayers', '1', Buffer.from(JSON.stringify(doc)), MANIFEST);
+    await assert.rejects(storeAt('store-nolayers').pull(`${registry.host}/m/nolayers:1`, silentLogger, undefined, unpack), /: layers is missing: an image manifest lists its layers/);
+    nothingRecorded(join(tmp.path, 'store-nolayers'));
+  });
 });

@@ -15,7 +15,7 @@ import { MEDIA, MirrorError, askedMirror, type RegistryClient } from './registry
 import { SingleFlight } from '../../single-flight.js';
 import { sweepTemporaries, withTemporary } from '../temporaries.js';
 import type { UnpackJob, UnpackResult } from './unpack-process.js';
-import { choosePlatform, formatPlatform, hostPlatformsText, platformRank, type Platform } from './platform.js';
+import { choosePlatform, formatPlatform, hostPlatforms, hostPlatformsText, platformRank, type Platform } from './platform.js';
 
 interface Descriptor {
   mediaType?: string;
@@ -42,6 +42,12 @@ const DIGEST = /^sha256:([0-9a-f]{64})$/;
  * wrong diff id, so an image with another one unpacks nowhere that flintlock runs.
  */
 const DIFF_ID = /^sha256:[0-9a-f]{64}$/;
+
+/**
+ * How deep image indexes may nest (an index whose entry is an index…). containerd's
+ * images.Manifest walks any depth; a bound keeps a hostile chain from costing a fetch per level.
+ */
+const MAX_INDEX_DEPTH = 8;
 
 /**
  * An image matchlock refuses for what it is, not for the host's state: its config is for
@@ -90,8 +96,81 @@ export interface PullProgress {
 }
 
 /** The entry of an image index (OCI) or manifest list (Docker) this host runs (./platform.ts). */
-function hostEntry(index: Manifest): Descriptor | undefined {
+function hostEntry(index: { manifests?: Descriptor[] }): Descriptor | undefined {
   return choosePlatform(index.manifests ?? []);
+}
+
+const INDEX_TYPES = new Set<string>([MEDIA.ociIndex, MEDIA.dockerList]);
+
+/**
+ * Whether a manifest document is an image index (OCI) or manifest list (Docker): by its media
+ * type (the document's own, else the one it was served or described with), else by its shape
+ * (a `manifests` array and no `layers`), as an index need not carry a mediaType.
+ */
+function isIndex(doc: unknown, mediaType?: string): boolean {
+  if (doc === null || typeof doc !== 'object') return false;
+  const d = doc as { mediaType?: unknown; manifests?: unknown; layers?: unknown };
+  const type = typeof d.mediaType === 'string' ? d.mediaType : mediaType;
+  if (type !== undefined && INDEX_TYPES.has(type)) return true;
+  return Array.isArray(d.manifests) && d.layers === undefined;
+}
+
+/**
+ * `d` checked as a descriptor (OCI image spec descriptor.md): `digest` a sha256 digest (the only
+ * algorithm this store keeps), `size` a non-negative integer, `mediaType` a string (required
+ * unless `mediaTypeOptional`: old layouts' index.json entries may lack it). Throws
+ * ImageRefusedError naming `field`.
+ */
+function checkDescriptor(d: unknown, field: string, where: string, mediaTypeOptional = false): Descriptor {
+  const refuse = (why: string) => new ImageRefusedError(`${where}: ${field}${why} (OCI image spec, descriptor.md)`);
+  if (d === null || typeof d !== 'object' || Array.isArray(d)) throw refuse(' is not a descriptor object');
+  const x = d as Record<string, unknown>;
+  if (typeof x.digest !== 'string' || !DIGEST.test(x.digest)) throw refuse(`.digest ${JSON.stringify(x.digest)} is not a sha256:<64 hex> digest`);
+  if (typeof x.size !== 'number' || !Number.isSafeInteger(x.size) || x.size < 0) throw refuse(`.size ${JSON.stringify(x.size)} is not a non-negative integer`);
+  if (x.mediaType !== undefined || !mediaTypeOptional) {
+    if (typeof x.mediaType !== 'string' || x.mediaType === '') throw refuse(`.mediaType ${JSON.stringify(x.mediaType)} is not a media type`);
+  }
+  return d as Descriptor;
+}
+
+/**
+ * `doc` checked as an image manifest (OCI image spec manifest.md; Docker's schema 2 is the same
+ * shape): schemaVersion 2, `config` a descriptor, `layers` an array of descriptors. Throws
+ * ImageRefusedError naming the field.
+ */
+function checkManifest(doc: unknown, where: string): Manifest {
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new ImageRefusedError(`${where}: not a JSON object`);
+  const m = doc as Record<string, unknown>;
+  if (m.schemaVersion !== 2) throw new ImageRefusedError(`${where}: schemaVersion ${JSON.stringify(m.schemaVersion)} is not 2 (OCI image spec manifest.md; Docker schema 1 manifests are not supported)`);
+  if (m.config === undefined) throw new ImageRefusedError(`${where}: config is missing: an image manifest names its config (OCI image spec manifest.md)`);
+  checkDescriptor(m.config, 'config', where);
+  if (!Array.isArray(m.layers)) throw new ImageRefusedError(`${where}: layers ${m.layers === undefined ? 'is missing' : 'is not an array'}: an image manifest lists its layers (OCI image spec manifest.md)`);
+  m.layers.forEach((l, i) => checkDescriptor(l, `layers[${i}]`, where));
+  return doc as Manifest;
+}
+
+/** `doc` checked as an image index or manifest list: a `manifests` array of descriptors (OCI image spec image-index.md). */
+function checkIndex(doc: unknown, where: string): { manifests: Descriptor[] } {
+  const x = doc as { manifests?: unknown };
+  if (!Array.isArray(x.manifests)) throw new ImageRefusedError(`${where}: manifests ${x.manifests === undefined ? 'is missing' : 'is not an array'}: an image index lists its manifests (OCI image spec image-index.md)`);
+  x.manifests.forEach((d, i) => checkDescriptor(d, `manifests[${i}]`, where, true));
+  return doc as { manifests: Descriptor[] };
+}
+
+/** `body` as JSON, or ImageRefusedError naming `where`. */
+function parseDocument(body: Buffer | string, where: string): unknown {
+  try {
+    return JSON.parse(body.toString()) as unknown;
+  } catch (err) {
+    throw new ImageRefusedError(`${where}: not JSON (${(err as Error).message})`);
+  }
+}
+
+/** The refusal of an index chain that loops or nests deeper than MAX_INDEX_DEPTH. */
+function checkIndexWalk(seen: Set<string>, next: string, where: string): void {
+  if (seen.has(next)) throw new ImageRefusedError(`${where}: image index entry ${next} names an index already walked (a cycle)`);
+  if (seen.size > MAX_INDEX_DEPTH) throw new ImageRefusedError(`${where}: image indexes nest more than ${MAX_INDEX_DEPTH} deep`);
+  seen.add(next);
 }
 
 /** Why no entry of an index is for this host, naming the platforms it lists, variants included. */
@@ -101,15 +180,21 @@ function noHostEntry(what: string, entries: Descriptor[]): string {
 }
 
 /**
- * The one entry of an OCI layout's index.json (or of an image index it names) to import. An
- * entry is chosen by its org.opencontainers.image.ref.name: equal to `ref`, or to `name`'s tag
- * or whole reference. Entries for several platforms give this host's by the rule a pull
- * follows (./platform.ts), and none for it is refused naming their platforms. Several images left without a choice are refused, listing their
- * ref.names, rather than one taken silently. `byRef`: whether `ref` chose the entry.
+ * The one entry of an OCI layout's index.json (or of an image index it names) to import. The
+ * image is chosen first, by org.opencontainers.image.ref.name (the OCI image spec's
+ * image-layout.md names images by it, as skopeo's `oci:DIR:REF` and containerd's import do):
+ * equal to `ref`, or to `name`'s tag or whole reference; then the entry for this host among that
+ * image's entries by the rule a pull follows (./platform.ts), as containerd walks an index
+ * filtering by platform. Entries sharing a ref.name (or all lacking one) are one image for
+ * several platforms. Several images for this host left without a choice, or two different
+ * entries for one image and the same platform, are refused listing their ref.names rather than
+ * one taken silently; entries for platforms this host does not run are never taken, even alone.
+ * `byRef`: whether `ref` chose the entry.
  */
 function chooseEntry(entries: Descriptor[], o: { ref: string | undefined; name: ImageReference | undefined; where: string }): { entry: Descriptor; byRef: boolean; listed: string } {
   const refNameOf = (d: Descriptor) => d.annotations?.[REF_NAME];
-  const listed = () => entries.map((d) => refNameOf(d) ?? `(no ref.name) ${d.digest}`).join(', ');
+  const nameOf = (d: Descriptor) => refNameOf(d) ?? `(no ref.name) ${d.digest}`;
+  const listed = () => [...new Set(entries.map(nameOf))].join(', ');
   const matches = (want: (r: string) => boolean) => entries.filter((d) => {
     const r = refNameOf(d);
     return r !== undefined && want(r);
@@ -127,20 +212,37 @@ function chooseEntry(entries: Descriptor[], o: { ref: string | undefined; name: 
     const named = matches((r) => r === o.name?.tag || sameRef(r));
     if (named.length) candidates = named;
   }
-  // The same manifest under several ref.names is one image.
-  const distinct = [...new Map(candidates.map((d) => [d.digest, d])).values()];
+  if (candidates.length === 0) throw new MatchlockError(ErrorCode.InvalidArgument, `${o.where} lists no image`);
   const chosen = (entry: Descriptor) => ({ entry, byRef: o.ref !== undefined && refNameOf(entry) === o.ref, listed: listed() });
-  // An entry for a platform this host does not run is never taken, even alone (as a pull).
-  if (distinct.some((d) => d.platform)) {
-    const pick = hostEntry({ manifests: distinct } as Manifest);
-    if (pick) return chosen(pick);
-    throw new MatchlockError(ErrorCode.FailedPrecondition, noHostEntry(o.where, distinct));
+  // Images by ref.name; the same manifest listed twice in one image is one entry.
+  const images = new Map<string, Descriptor[]>();
+  for (const d of candidates) {
+    const key = refNameOf(d) ?? '';
+    const list = images.get(key) ?? [];
+    if (!list.some((x) => x.digest === d.digest)) list.push(d);
+    images.set(key, list);
   }
-  const only = distinct.length === 1 ? distinct[0] : undefined;
-  if (only) return chosen(only);
-  if (distinct.length === 0) throw new MatchlockError(ErrorCode.InvalidArgument, `${o.where} lists no image`);
-  if (o.ref !== undefined) throw new MatchlockError(ErrorCode.InvalidArgument, `--ref ${o.ref}: no image in ${o.where} has that org.opencontainers.image.ref.name; it holds: ${listed()}`, { field: '--ref' });
-  throw new MatchlockError(ErrorCode.InvalidArgument, `${o.where} holds ${distinct.length} images (org.opencontainers.image.ref.name: ${listed()}); choose one with --ref <ref.name>, or a --name whose tag is one of them`, { field: '--ref' });
+  // Per image, its entries of the best rank this host gives (an entry without a platform ranks
+  // after every platform this host runs: its config decides at unpack).
+  const host = hostPlatforms();
+  const rank = (d: Descriptor) => (d.platform ? platformRank(d.platform, host) : host.length);
+  const runnable: { name: string; best: Descriptor[] }[] = [];
+  for (const [name, list] of images) {
+    const ranks = list.map(rank).filter((r) => r >= 0);
+    if (!ranks.length) continue;
+    const top = Math.min(...ranks);
+    runnable.push({ name, best: list.filter((d) => rank(d) === top) });
+  }
+  if (runnable.length === 0) throw new MatchlockError(ErrorCode.FailedPrecondition, noHostEntry(o.where, candidates));
+  const [only] = runnable;
+  if (runnable.length === 1 && only?.best.length === 1 && only.best[0]) return chosen(only.best[0]);
+  if (o.ref !== undefined && candidates === entries) throw new MatchlockError(ErrorCode.InvalidArgument, `--ref ${o.ref}: no image in ${o.where} has that org.opencontainers.image.ref.name; it holds: ${listed()}`, { field: '--ref' });
+  const names = runnable.flatMap((r) => (r.best.length === 1 || r.name !== '' ? [r.name || nameOf(r.best[0] as Descriptor)] : r.best.map(nameOf)));
+  const ties = runnable.filter((r) => r.best.length > 1).map((r) => `${r.name || '(no ref.name)'}: ${r.best.map((d) => d.digest).join(', ')}`);
+  if (runnable.length === 1 && ties.length) {
+    throw new MatchlockError(ErrorCode.InvalidArgument, `${o.where} holds ${only?.best.length ?? 0} different images for one platform this host runs (${ties.join('; ')}); give each its own org.opencontainers.image.ref.name and choose one with --ref`, { field: '--ref' });
+  }
+  throw new MatchlockError(ErrorCode.InvalidArgument, `${o.where} holds ${names.length} images (org.opencontainers.image.ref.name: ${names.join(', ')}); choose one with --ref <ref.name>, or a --name whose tag is one of them`, { field: '--ref' });
 }
 
 function parsedDigest(ref: string): string | undefined {
@@ -278,7 +380,21 @@ export class LocalImageStore implements ImageStore {
       throw notManifest();
     }
     if (doc === null || typeof doc !== 'object') throw notManifest();
-    const platform = Array.isArray(doc.manifests) ? hostEntry(doc)?.digest : digest;
+    // Nested indexes are walked as a pull walks them; a level not stored yet is the answer
+    // (its pull fetches the rest).
+    let platform: string | undefined = digest;
+    const seen = new Set<string>([digest]);
+    for (let cur: unknown = doc; platform !== undefined && isIndex(cur); ) {
+      const next: string | undefined = hostEntry(checkIndex(cur, `image index ${platform}`))?.digest;
+      if (next === undefined) {
+        platform = undefined;
+        break;
+      }
+      checkIndexWalk(seen, next, `image index ${digest}`);
+      platform = next;
+      if (!(await this.has(next)) || statSync(this.blob(next)).size > MAX_MANIFEST_BYTES) break;
+      cur = parseDocument(readFileSync(this.blob(next)), `manifest ${next}`);
+    }
     this.platforms.set(digest, platform);
     return platform;
   }
@@ -327,18 +443,32 @@ export class LocalImageStore implements ImageStore {
     await mkdir(join(this.root, 'blobs', 'sha256'), { recursive: true });
     await mkdir(join(this.root, 'refs'), { recursive: true });
     let m = await registry.manifest(parsed, parsed.digest ?? parsed.tag ?? 'latest');
-    if (m.mediaType === MEDIA.ociIndex || m.mediaType === MEDIA.dockerList) {
-      const index = JSON.parse(m.body.toString('utf8')) as Manifest;
-      const pick = hostEntry(index);
-      if (!pick) {
-        // Named after the host that served the index, which may be a mirror.
-        throw askedMirror(new MatchlockError(ErrorCode.FailedPrecondition, noHostEntry(`image ${ref}`, index.manifests ?? [])), m.mirror);
+    // Refusals are named after the host that served the document, which may be a mirror.
+    const where = () => `image ${ref}: ${isIndex(doc, m.mediaType) ? 'image index' : 'manifest'} ${m.digest}`;
+    let doc = parseDocument(m.body, `image ${ref}: manifest ${m.digest}`);
+    // Indexes nested in indexes are walked, the host's entry chosen at each level, as
+    // containerd's images.Manifest walks them (containerd 1.7 images/image.go).
+    const seen = new Set<string>([m.digest]);
+    while (isIndex(doc, m.mediaType)) {
+      let pick: Descriptor | undefined;
+      try {
+        const index = checkIndex(doc, where());
+        pick = hostEntry(index);
+        if (!pick) throw new MatchlockError(ErrorCode.FailedPrecondition, noHostEntry(`image ${ref}`, index.manifests));
+        checkIndexWalk(seen, pick.digest, `image ${ref}`);
+      } catch (err) {
+        throw askedMirror(err, m.mirror);
       }
       await this.writeBlob(m.digest, m.body);
       m = await registry.manifest(parsed, pick.digest);
+      doc = parseDocument(m.body, `image ${ref}: manifest ${m.digest}`);
     }
-    const manifest = JSON.parse(m.body.toString('utf8')) as Manifest;
-    if (!manifest.config || !Array.isArray(manifest.layers)) throw askedMirror(new MatchlockError(ErrorCode.FailedPrecondition, `image ${ref}: unsupported manifest type ${m.mediaType}`), m.mirror);
+    let manifest: Manifest;
+    try {
+      manifest = checkManifest(doc, where());
+    } catch (err) {
+      throw askedMirror(err, m.mirror);
+    }
     const blobs = [manifest.config, ...manifest.layers];
     const total = blobs.reduce((n, b) => n + b.size, 0);
     const state: PullProgress = { ref, bytes: 0, totalBytes: total, blobsDone: 0, blobs: blobs.length };
@@ -480,24 +610,29 @@ export class LocalImageStore implements ImageStore {
         throw new MatchlockError(ErrorCode.InvalidArgument, `${p}: not an OCI image layout (${(err as Error).message})`);
       }
     };
-    const index = await readJson<{ manifests?: Descriptor[] }>(join(dir, 'index.json'));
+    const index = checkIndex(await readJson<unknown>(join(dir, 'index.json')), `${dir}/index.json`);
     const layoutBlob = (d: string) => join(dir, 'blobs', 'sha256', hexOf(d));
     const tag = name ? parseReference(name) : undefined;
     if (typeof tag === 'string') throw new MatchlockError(ErrorCode.InvalidArgument, `--name ${name}: ${tag}`);
-    const top = chooseEntry(index.manifests ?? [], { ref, name: tag, where: `${dir}/index.json` });
+    const top = chooseEntry(index.manifests, { ref, name: tag, where: `${dir}/index.json` });
     let desc = top.entry;
     let byRef = top.byRef;
     const held = [top.listed];
     const topRefName = desc.annotations?.[REF_NAME];
-    let manifest = await readJson<Manifest>(layoutBlob(desc.digest));
-    if (manifest.manifests) {
-      const pick = chooseEntry(manifest.manifests, { ref, name: tag, where: `${dir}: image index ${desc.digest}` });
+    let doc = await readJson<unknown>(layoutBlob(desc.digest));
+    // Indexes nested in indexes are walked by the rule a pull follows, choosing at each level.
+    const seen = new Set<string>([desc.digest]);
+    while (isIndex(doc, desc.mediaType)) {
+      const index = checkIndex(doc, `${dir}: image index ${desc.digest}`);
+      const pick = chooseEntry(index.manifests, { ref, name: tag, where: `${dir}: image index ${desc.digest}` });
+      checkIndexWalk(seen, pick.entry.digest, dir);
       await this.copyBlob(layoutBlob(desc.digest), desc.digest);
       desc = pick.entry;
       byRef ||= pick.byRef;
       held.push(pick.listed);
-      manifest = await readJson<Manifest>(layoutBlob(desc.digest));
+      doc = await readJson<unknown>(layoutBlob(desc.digest));
     }
+    const manifest = checkManifest(doc, `${dir}: manifest ${desc.digest}`);
     if (ref !== undefined && !byRef) throw new MatchlockError(ErrorCode.InvalidArgument, `--ref ${ref}: no image in ${dir} has that org.opencontainers.image.ref.name; it holds: ${held.join('; ')}`, { field: '--ref' });
     for (const d of [desc, manifest.config, ...manifest.layers]) await this.copyBlob(layoutBlob(d.digest), d.digest);
     const annotated = topRefName ?? desc.annotations?.[REF_NAME];
@@ -533,8 +668,11 @@ export class LocalImageStore implements ImageStore {
   }
 
   private async unpack(digest: string, dest: string, log: Logger): Promise<string> {
-    const manifest = JSON.parse(await readFile(this.blob(digest), 'utf8')) as Manifest;
-    if (!Array.isArray(manifest.layers)) throw new MatchlockError(ErrorCode.FailedPrecondition, `image ${digest} is not an image manifest: nothing to unpack`);
+    const doc = parseDocument(await readFile(this.blob(digest)), `image ${digest}`);
+    // A reference by the digest of a config (or any JSON blob): no manifest at all.
+    const shape = (doc ?? {}) as { config?: unknown; layers?: unknown };
+    if (shape.config === undefined && shape.layers === undefined) throw new ImageRefusedError(`image ${digest} is not an image manifest: nothing to unpack`);
+    const manifest = checkManifest(doc, `image ${digest}`);
     const diffIds = await this.diffIds(digest, manifest);
     const layers = manifest.layers.map((l, i) => {
       const compression = LAYER_COMPRESSION[l.mediaType ?? ''];
@@ -579,8 +717,7 @@ export class LocalImageStore implements ImageStore {
    * ImageRefusedError naming the field and the rule.
    */
   private async diffIds(digest: string, manifest: Manifest): Promise<string[]> {
-    const refuse = (why: string) => new ImageRefusedError(`image ${digest}: config ${manifest.config?.digest ?? '(none)'}: ${why}`);
-    if (!manifest.config?.digest) throw refuse('the manifest names no config');
+    const refuse = (why: string) => new ImageRefusedError(`image ${digest}: config ${manifest.config.digest}: ${why}`);
     let config: { os?: unknown; architecture?: unknown; variant?: unknown; rootfs?: { diff_ids?: unknown } } | null;
     try {
       config = JSON.parse(await readFile(this.blob(manifest.config.digest), 'utf8')) as typeof config;
@@ -618,7 +755,7 @@ export class LocalImageStore implements ImageStore {
  * layers, the latter as containerd 1.7 knows them (images/mediatypes.go: rootfs.diff.tar, its
  * .gzip and .zstd, and the foreign rootfs.foreign.diff.tar and its .gzip), with how each tar
  * stream is compressed. Anything else (encrypted layers among them) is refused naming its
- * media type.
+ * media type, as an image that cannot be unpacked (ImageRefusedError).
  */
 export const LAYER_COMPRESSION: Record<string, UnpackJob['layers'][number]['compression']> = {
   'application/vnd.oci.image.layer.v1.tar': 'none',
