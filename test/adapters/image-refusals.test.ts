@@ -1,14 +1,14 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
 import { registryClient } from '../../src/adapters/images/oci/registry.js';
 import { ImageRefusedError, LocalImageStore } from '../../src/adapters/images/oci/store.js';
 import { silentLogger } from '../fakes/memory-store.js';
-import { tempDir } from '../helpers/daemon.js';
+import { ROOT, tempDir } from '../helpers/daemon.js';
 import { putBlob, writeImageLayout, type Descriptor } from '../helpers/oci.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 
@@ -46,6 +46,35 @@ function editManifest(layout: string, digest: string, edit: (m: Record<string, u
 describe('images refused for their content are not recorded', () => {
   const tmp = tempDir('img-refusals');
   after(() => tmp.remove());
+
+  it('a truncated layer, a corrupt gzip, gzip bytes labelled plain tar and an unknown layer media type: refused in one line naming the layer, nothing recorded', async () => {
+    const tar = tarOf(join(tmp.path, 't-1'), 'f', 'x'.repeat(5000));
+    const gz = gzipSync(tar);
+    const crc = Buffer.from(gz);
+    crc[crc.length - 6] = (crc[crc.length - 6] ?? 0) ^ 0xff; // the CRC32 in the gzip trailer
+    const cases = [
+      ['truncated', { data: tar.subarray(0, 1024), mediaType: 'application/vnd.oci.image.layer.v1.tar' }, /: truncated archive: /],
+      ['crc', { data: crc, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' }, /: gzip: invalid compressed data--crc error$/],
+      ['gzip-as-tar', { data: gz, mediaType: 'application/vnd.oci.image.layer.v1.tar' }, /: (?:invalid tar header checksum|truncated archive)/],
+      ['bzip2', { data: tar, mediaType: 'application/vnd.oci.image.layer.v1.tar+bzip2' }, /has media type "application\/vnd\.oci\.image\.layer\.v1\.tar\+bzip2", which cannot be unpacked/],
+    ] as const;
+    for (const [name, layer, why] of cases) {
+      const layout = join(tmp.path, name);
+      const m = writeImageLayout(layout, [layer]);
+      const digest = manifestOf(layout, m.digest).layers[0]?.digest ?? '';
+      const root = join(tmp.path, `store-${name}`);
+      const store = new LocalImageStore(root);
+      const err = await store.import(layout, 'example.com/bad:1', undefined, unpack).then(() => undefined, (e: unknown) => e);
+      assert.ok(err instanceof ImageRefusedError, `${name}: ${String(err)}`);
+      assert.match(err.message, why, name);
+      assert.ok(err.message.includes(`layer 0 (${digest})`), `${name} names the layer: ${err.message}`);
+      assert.ok(!err.message.includes('\n'), `${name} is one line: ${err.message}`);
+      assert.ok(!err.message.includes(root), `${name} names no host path: ${err.message}`);
+      nothingRecorded(root);
+      assert.equal(await store.resolve('example.com/bad:1'), undefined);
+      assert.deepEqual(await store.list(), []);
+    }
+  });
 
   it('a config whose os/architecture this host runs is unpacked whatever its variant (amd64/v3)', async () => {
     const layout = join(tmp.path, 'variant');
@@ -151,6 +180,49 @@ describe('images refused for their content are not recorded', () => {
     assert.deepEqual(await new LocalImageStore(join(tmp.path, 'store-one-name')).import(out, undefined, undefined, unpack), { ref: 'example.com/one:1', digest: entries[1]?.digest });
   });
 
+  it('Ctrl-C (SIGINT to the process group) mid-unpack leaves nothing in the host\'s temporary directory; the store\'s sweep removes the rest', { skip: spawnSync('sh', ['-c', 'command -v setsid']).status !== 0 ? 'no setsid' : false }, async () => {
+    const layout = join(tmp.path, 'sigint');
+    writeImageLayout(layout, [gzipSync(tarOf(join(tmp.path, 't-int'), 'i', 'i'))]);
+    // A gzip that never answers holds the unpack at its first layer, FIFO open.
+    const bin = join(tmp.path, 'bin');
+    mkdirSync(bin);
+    writeFileSync(join(bin, 'gzip'), '#!/bin/sh\nexec sleep 600\n');
+    chmodSync(join(bin, 'gzip'), 0o755);
+    const hostTmp = join(tmp.path, 'host-tmp');
+    mkdirSync(hostTmp);
+    const root = join(tmp.path, 'store-sigint');
+    const script = `import { LocalImageStore } from ${JSON.stringify(join(ROOT, 'src/adapters/images/oci/store.ts'))};
+      const log = { info() {}, warn() {}, error() {}, debug() {}, child() { return this; } };
+      await new LocalImageStore(${JSON.stringify(root)}).import(${JSON.stringify(layout)}, 'example.com/int:1', undefined, { unpack: { log } });`;
+    const proc = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      cwd: ROOT,
+      stdio: 'ignore',
+      detached: true,
+      env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}`, TMPDIR: hostTmp },
+    });
+    const exited = new Promise((r) => proc.once('exit', r));
+    // Held once the decompressor's FIFO exists, wherever it is made.
+    const fifos = (dir: string): string[] => {
+      if (!existsSync(dir)) return [];
+      return readdirSync(dir, { recursive: true, encoding: 'utf8' }).filter((n) => {
+        try {
+          return statSync(join(dir, n)).isFIFO();
+        } catch {
+          return false;
+        }
+      });
+    };
+    for (let i = 0; i < 1200 && fifos(hostTmp).length + fifos(root).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(fifos(hostTmp).length + fifos(root).length > 0, 'the unpack was caught in progress');
+    process.kill(-(proc.pid ?? 0), 'SIGINT');
+    await exited;
+    // The group's other members (the unpacker, the stand-in gzip) go with the same signal.
+    for (let i = 0; i < 100 && spawnSync('sh', ['-c', `pgrep -g ${proc.pid ?? 0}`]).status === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    // (tsx keeps its compile cache there.)
+    assert.deepEqual(readdirSync(hostTmp).filter((n) => !n.startsWith('tsx-')), [], 'nothing left in the host\'s temporary directory');
+    await new LocalImageStore(root).sweepTemporaries();
+    nothingRecorded(root);
+  });
 });
 
 const missing = ['docker-registry', 'skopeo'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
@@ -172,6 +244,22 @@ describe('images refused for their content at pull', { skip: missing.length && !
     const res = await fetch(`http://${registry.host}/v2/${repo}/manifests/${reference}`, { method: 'PUT', headers: { 'content-type': mediaType }, body });
     assert.ok(res.ok, `PUT ${reference}: ${res.status} ${await res.text()}`);
   }
+
+  it('a pulled image with a corrupt gzip layer is refused in one line and not recorded, by pull and by the daemon\'s ensure', async () => {
+    const gz = gzipSync(tarOf(join(tmp.path, 't-crc'), 'c', 'c'.repeat(5000)));
+    gz[gz.length - 6] = (gz[gz.length - 6] ?? 0) ^ 0xff;
+    const layout = join(tmp.path, 'crc');
+    writeImageLayout(layout, [gz], 'latest');
+    registry.push(`${layout}:latest`, 'm/crc:1');
+    for (const [name, run] of [
+      ['pull', (s: LocalImageStore) => s.pull(`${registry.host}/m/crc:1`, silentLogger, undefined, unpack)],
+      ['ensure', (s: LocalImageStore) => s.ensure(`${registry.host}/m/crc:1`, silentLogger)],
+    ] as const) {
+      const s = storeAt(`store-crc-${name}`);
+      await assert.rejects(run(s), /layer 0 \(sha256:[0-9a-f]{64}\): gzip: invalid compressed data--crc error$/);
+      nothingRecorded(join(tmp.path, `store-crc-${name}`));
+    }
+  });
 
   it('walks an index nested in an index, as import does', async () => {
     const layout = join(tmp.path, 'nested');

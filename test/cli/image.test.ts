@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
@@ -89,19 +89,41 @@ describe('matchlock image', { skip: missing.length && !process.env.CI ? `missing
     assert.ok(existsSync(join(tmp.path, 'state', 'images', 'blobs', 'sha256', manifest.slice(7))));
   });
 
-  it('an import whose unpack fails says the image is stored and why it is not ready, and fails', async () => {
+  it('an import whose unpack fails because of the host (no gzip) says the image is stored and why it is not ready, and fails', async () => {
     const state = ['--state-dir', join(tmp.path, 'state-unpack'), '--config', '/dev/null', '--init'];
-    const bad = join(tmp.path, 'bad-layout');
-    mkdirSync(bad);
-    const manifest = writeImageLayout(bad, [{ data: Buffer.from('not a tar'), mediaType: 'application/vnd.example.layer.v1' }]);
-    const r = await cli(['image', 'import', bad, '--name', 'localhost/bad:1', ...state]);
-    assert.equal(r.code, EXIT.precondition);
-    assert.match(r.err, new RegExp(`localhost/bad:1 ${manifest.digest} is in the image store, but unpacking it failed: .*media type "application/vnd\\.example\\.layer\\.v1", which cannot be unpacked`));
+    const layout = join(tmp.path, 'gzip-layout');
+    mkdirSync(layout);
+    const manifest = writeImageLayout(layout, [gzipSync(Buffer.alloc(1024))]);
+    // A host without gzip: the unpack's shell and mkfifo are found, gzip is not.
+    const bin = join(tmp.path, 'no-gzip-bin');
+    mkdirSync(bin);
+    for (const tool of ['sh', 'mkfifo']) symlinkSync(spawnSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim(), join(bin, tool));
+    const path = process.env.PATH;
+    process.env.PATH = bin;
+    let r;
+    try {
+      r = await cli(['image', 'import', layout, '--name', 'localhost/bad:1', ...state]);
+    } finally {
+      process.env.PATH = path;
+    }
+    assert.equal(r.code, EXIT.precondition, r.err);
+    assert.match(r.err, new RegExp(`localhost/bad:1 ${manifest.digest} is in the image store, but unpacking it failed: .*layer 0 \\(sha256:[0-9a-f]{64}\\): gzip is not installed`));
     assert.equal(r.out, '');
     // Stored whole, as before this command unpacked: listed, and no tree is left behind.
     const ls = await cli(['-o', 'json', 'image', 'ls', ...state]);
     assert.deepEqual((JSON.parse(ls.out) as { ref: string }[]).map((i) => i.ref), ['localhost/bad:1']);
     assert.equal(existsSync(join(tmp.path, 'state-unpack', 'images', 'rootfs', manifest.digest.slice(7))), false);
+  });
+
+  it('an import of a layer media type that cannot be unpacked fails naming it and records no image', async () => {
+    const state = ['--state-dir', join(tmp.path, 'state-media-type'), '--config', '/dev/null', '--init'];
+    const bad = join(tmp.path, 'bad-layout');
+    mkdirSync(bad);
+    const manifest = writeImageLayout(bad, [{ data: Buffer.from('not a tar'), mediaType: 'application/vnd.example.layer.v1' }]);
+    const r = await cli(['image', 'import', bad, '--name', 'localhost/bad:1', ...state]);
+    assert.equal(r.code, EXIT.precondition);
+    assert.match(r.err, new RegExp(`image ${manifest.digest}: layer 0 \\(sha256:[0-9a-f]{64}\\) has media type "application/vnd\\.example\\.layer\\.v1", which cannot be unpacked`));
+    assert.equal((await cli(['image', 'ls', ...state])).out, 'REFERENCE  DIGEST  SIZE  USED BY\n', 'no image recorded');
   });
 
   it('an import whose layer does not match its diff_id fails naming the layer and records no image', async () => {

@@ -50,10 +50,13 @@ const DIFF_ID = /^sha256:[0-9a-f]{64}$/;
 const MAX_INDEX_DEPTH = 8;
 
 /**
- * An image matchlock refuses for what it is, not for the host's state: its config is for
- * another platform, or its layers do not match the config's rootfs.diff_ids. Such an image is
- * never recorded under a reference (pull and import with `unpack`), as containerd's pull
- * creates its image record only once the unpack succeeded (client/pull.go).
+ * An image matchlock refuses for its content, not for the host's state: a malformed manifest,
+ * index or config, an index loop, a config for another platform, a layer media type it cannot
+ * unpack, a layer that is not a valid archive in its compression (truncated tar, corrupt gzip
+ * or zstd stream, compressed bytes labelled plain tar), or one that does not match the
+ * config's rootfs.diff_ids. Such an image is never recorded under a reference (pull and
+ * import with `unpack`, and so a VM's create), as containerd 1.7's pull returns the unpack's
+ * error before it creates the image record (client/pull.go). The message is one line.
  */
 export class ImageRefusedError extends MatchlockError {
   constructor(message: string) {
@@ -66,10 +69,11 @@ export class ImageRefusedError extends MatchlockError {
 export interface RecordOptions {
   /**
    * Unpack the image before its reference is written, as containerd's pull creates its image
-   * record only once the unpack succeeded (client/pull.go): an image refused for what it is
-   * (ImageRefusedError: another platform, a layer that does not match its diff_id) is then
-   * never recorded. Any other failure of the unpack (no room) still records the image, whose
-   * blobs are whole, and throws UnpackFailedError. `starting` is called when an unpack begins,
+   * record only once the unpack succeeded (client/pull.go): an image refused for its content
+   * (ImageRefusedError) is then never recorded. A failure of the host (no room, EIO, a missing
+   * decompressor) still records the image, whose blobs are whole, so that the next create or
+   * pull retries only the unpack once the host is fixed, and throws UnpackFailedError.
+   * `starting` is called when an unpack begins,
    * with the reference (normalized) and manifest digest.
    */
   unpack?: { log: Logger; starting?: (ref: string, digest: string) => void };
@@ -677,8 +681,7 @@ export class LocalImageStore implements ImageStore {
     const layers = manifest.layers.map((l, i) => {
       const compression = LAYER_COMPRESSION[l.mediaType ?? ''];
       if (!compression) {
-        throw new MatchlockError(
-          ErrorCode.FailedPrecondition,
+        throw new ImageRefusedError(
           `image ${digest}: layer ${i} (${l.digest}) has media type ${JSON.stringify(l.mediaType ?? '')}, which cannot be unpacked; supported: ${Object.keys(LAYER_COMPRESSION).join(', ')}`,
         );
       }
@@ -691,7 +694,12 @@ export class LocalImageStore implements ImageStore {
     return withTemporary(dest, async (tmp) => {
       await mkdir(tmp, { mode: 0o755 });
       await chmod(tmp, 0o755);
-      const stats = await runUnpack({ dest: tmp, layers }, digest);
+      // The decompressor's FIFO lives beside the tree, a store temporary too: a process killed
+      // mid-unpack (Ctrl-C on the CLI) leaves both to the store's sweep, never in /tmp.
+      const stats = await withTemporary(`${dest}.fifo`, async (fifoDir) => {
+        await mkdir(fifoDir, { mode: 0o700 });
+        return runUnpack({ dest: tmp, fifoDir, layers }, digest);
+      });
       try {
         // One syncfs for the whole tree: an fsync per file would cost a journal commit each.
         await renameDurably(tmp, dest, 'tree');
@@ -840,12 +848,12 @@ async function runUnpack(job: UnpackJob, digest: string): Promise<Extract<Unpack
     result = undefined;
   }
   if (result?.ok) return result.stats;
-  if (result?.mismatch) throw new ImageRefusedError(`image ${digest}: ${result.message}`);
+  if (result?.image) throw new ImageRefusedError(`image ${digest}: ${result.message}`);
   if (result) {
     const room = result.code && ROOM_CODES.has(result.code);
     throw new MatchlockError(room ? ErrorCode.Unavailable : ErrorCode.FailedPrecondition, `unpacking image layers${room ? ` (${result.code}: not enough room)` : ''}: ${result.message}`);
   }
-  throw new MatchlockError(ErrorCode.Internal, `the unpack process ended with ${signal ?? `exit code ${code}`}: ${err.trim().split('\n').slice(-3).join(' ') || 'no output'}`);
+  throw new MatchlockError(ErrorCode.Internal, `the unpack process ended with ${signal ?? `exit code ${code}`}: ${err.trim().split('\n').slice(-3).join('; ') || 'no output'}`);
 }
 
 /** Whether a stat (or lstat) of path succeeds: any error is "no". */

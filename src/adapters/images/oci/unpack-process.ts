@@ -6,8 +6,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, readSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApplyError, ImageRoot, type ApplyStats } from './layer-apply.js';
 import type { ReadInto } from './tar-reader.js';
@@ -15,17 +14,30 @@ import type { ReadInto } from './tar-reader.js';
 export interface UnpackJob {
   dest: string;
   /**
-   * `diffId`: the config's rootfs.diff_ids entry for the layer, `sha256:<hex>` or
-   * `sha512:<hex>`, which the digest of its decompressed tar stream must equal.
+   * An empty directory of the store's for the decompressor's FIFO, named as a store temporary
+   * (../temporaries.ts): a process killed mid-unpack (Ctrl-C) leaves it where the store's sweep
+   * removes it, never in the host's /tmp.
+   */
+  fifoDir: string;
+  /**
+   * `diffId`: the config's rootfs.diff_ids entry for the layer, `sha256:<hex>`, which the
+   * sha256 of its decompressed tar stream must equal.
    */
   layers: { path: string; digest: string; compression: 'none' | 'gzip' | 'zstd'; diffId: string }[];
 }
 
-/** `mismatch`: a layer's decompressed stream does not hash to its diff_id (the image is wrong, not the host). */
-export type UnpackResult = { ok: true; stats: ApplyStats } | { ok: false; message: string; code?: string; mismatch?: true };
+/**
+ * `image`: the failure is the image's own (a layer that is not a valid archive in its media
+ * type's compression, a decompression error, a diff_id mismatch), not the host's (an errno such
+ * as ENOSPC or EIO, a missing decompressor, the daemon gone). `message` is one line.
+ */
+export type UnpackResult = { ok: true; stats: ApplyStats } | { ok: false; message: string; code?: string; image?: true };
 
-/** A layer whose decompressed content is not what the image config's rootfs.diff_ids says. */
-class DiffIdMismatch extends Error {}
+/** A failure caused by the layer's content: the same bytes fail the same way on any host. */
+class LayerContentError extends Error {}
+
+/** Host-side failures among those without an errno code. */
+class HostError extends ApplyError {}
 
 /**
  * The decompressed bytes of a layer blob, read synchronously into the tar reader's buffer.
@@ -53,15 +65,18 @@ function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: Read
   const fifo = join(fifoDir, 'layer');
   rmSync(fifo, { force: true });
   execFileSync('mkfifo', ['-m', '0600', fifo]);
-  const child = spawn('sh', ['-c', `exec ${tool} -dc -- "$1" > "$2"`, 'sh', layer.path, fifo], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // The blob is the tool's stdin, so its messages name no host path ("gzip: stdin: …").
+  const child = spawn('sh', ['-c', `exec ${tool} -dc < "$1" > "$2"`, 'sh', layer.path, fifo], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+  child.stderr.on('data', (c: Buffer) => (stderr = (stderr + c.toString('utf8')).slice(-4000)));
   const exit = new Promise<void>((resolve, reject) => {
-    child.once('error', reject);
+    child.once('error', (err) => reject(new HostError(`${tool}: ${err.message}`, (err as NodeJS.ErrnoException).code)));
     child.once('close', (code, signal) => {
       if (code === 0) resolve();
-      else if (code === 127) reject(new ApplyError(`${tool} is not installed (Debian package ${tool}): it decompresses tar+${layer.compression} layers`));
-      else reject(new ApplyError(`${tool}: ${stderr.trim().replace(/^sh: \d+: /, '') || `exited with ${code ?? signal}`}`));
+      else if (code === 127) reject(new HostError(`${tool} is not installed (Debian package ${tool}): it decompresses tar+${layer.compression} layers`));
+      // Killed by a signal (aborted, or the host's OOM killer): not the layer's fault.
+      else if (code === null) reject(new HostError(`${tool} was killed by ${signal ?? 'a signal'}`));
+      else reject(new LayerContentError(`${tool}: ${toolMessage(tool, stderr) || `exited with ${code}`}`));
     });
   });
   exit.catch(() => undefined);
@@ -81,14 +96,37 @@ function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: Read
   };
 }
 
+/**
+ * A decompressor's stderr as one line: its program and `stdin:` prefixes dropped, lines joined
+ * with `; ` (gzip says a CRC error in two lines, each starting `gzip: stdin:`).
+ */
+function toolMessage(tool: string, stderr: string): string {
+  const prefix = new RegExp(`^(?:sh: \\d+: )?(?:${tool}: )?(?:\\S*stdin\\S*\\s*: )?`);
+  return [...new Set(stderr.split('\n').map((l) => l.trim().replace(prefix, '').trim()).filter(Boolean))].join('; ');
+}
+
+/** A message on one line (errors print as one line on stderr). */
+function oneLine(s: string): string {
+  return s.replace(/\s*\n\s*/g, '; ').trim();
+}
+
+/** Whether `err` was caused by the layer's bytes rather than by the host. */
+function causedByContent(err: unknown): boolean {
+  if (err instanceof LayerContentError) return true;
+  if (err instanceof HostError) return false;
+  // A file system call that failed (ENOSPC, EIO, EACCES…) says so with an errno code; the tar
+  // reader's and the applier's refusals of what a layer holds carry none.
+  return !(err as NodeJS.ErrnoException).code && !(err as ApplyError).code;
+}
+
 async function run(job: UnpackJob): Promise<ApplyStats> {
-  const fifoDir = mkdtempSync(join(tmpdir(), 'matchlock-unpack-'));
+  const fifoDir = job.fifoDir;
   process.chdir(job.dest);
   const root = new ImageRoot(job.dest, true);
   // Orphaned (the daemon was killed): stop writing into a temporary nobody will commit.
   const parent = process.ppid;
   const check = () => {
-    if (process.ppid !== parent) throw new ApplyError('the daemon that started this unpack is gone');
+    if (process.ppid !== parent) throw new HostError('the daemon that started this unpack is gone');
   };
   try {
     for (const [i, layer] of job.layers.entries()) {
@@ -112,17 +150,18 @@ async function run(job: UnpackJob): Promise<ApplyStats> {
         const computed = hash.digest('hex');
         if (computed !== expected) {
           // containerd refuses the layer the same way ("wrong diff id calculated on extraction").
-          throw new DiffIdMismatch(`its uncompressed content hashes to ${algorithm}:${computed}, but the image config's rootfs.diff_ids[${i}] is ${layer.diffId}`);
+          throw new LayerContentError(`its uncompressed content hashes to ${algorithm}:${computed}, but the image config's rootfs.diff_ids[${i}] is ${layer.diffId}`);
         }
       } catch (err) {
         src.abort();
-        if (err instanceof DiffIdMismatch) throw new DiffIdMismatch(`layer ${i} (${layer.digest}): ${err.message}`);
+        const message = `layer ${i} (${layer.digest}): ${oneLine((err as Error).message)}`;
+        if (causedByContent(err)) throw new LayerContentError(message);
         const code = (err as NodeJS.ErrnoException).code ?? (err as ApplyError).code;
-        throw new ApplyError(`layer ${i} (${layer.digest}): ${(err as Error).message}`, code);
+        throw new HostError(message, code);
       }
     }
   } finally {
-    rmSync(fifoDir, { recursive: true, force: true });
+    rmSync(join(fifoDir, 'layer'), { force: true });
   }
   return root.stats;
 }
@@ -135,7 +174,7 @@ async function main(): Promise<void> {
     result = { ok: true, stats: await run(JSON.parse(input) as UnpackJob) };
   } catch (err) {
     const code = (err as ApplyError).code;
-    result = { ok: false, message: (err as Error).message, ...(code ? { code } : {}), ...(err instanceof DiffIdMismatch ? { mismatch: true as const } : {}) };
+    result = { ok: false, message: oneLine((err as Error).message), ...(code ? { code } : {}), ...(err instanceof LayerContentError ? { image: true as const } : {}) };
   }
   process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(result.ok ? 0 : 1));
 }
