@@ -81,14 +81,14 @@ it('always seeds user-data and meta-data, since NoCloud takes neither alone', ()
   assert.equal(client['network-config'], undefined);
 });
 
-it('meta-data: keeps the client bytes and appends missing keys; writes anew only what cannot be appended', () => {
+it('meta-data: keeps the client bytes and writes missing keys into its top-level mapping', () => {
   const uid = vm().uid;
   const text = '# CAPMVM\nlocal_hostname: n1   # node\nvm_host: h\n';
   assert.equal(cloudInitMetaData(Buffer.from(text), uid, 'f').toString(), `${text}instance_id: ${uid}\ninstance-id: ${uid}\nlocal-hostname: n1\n`);
   assert.equal(cloudInitMetaData(Buffer.from('n: 1\n'), '0123', 'f').toString(), "n: 1\ninstance_id: '0123'\ninstance-id: '0123'\n", 'quoted where a plain scalar would be a number');
   const complete = Buffer.from(`instance_id: a\ninstance-id: a\n`);
   assert.equal(cloudInitMetaData(complete, uid, 'f'), complete, 'nothing to add: the same buffer');
-  // A flow mapping cannot take appended lines; it is written out anew with the same meaning.
+  // A flow mapping takes its entries before its closing brace.
   assert.deepEqual(parse(cloudInitMetaData(Buffer.from('{local_hostname: n1}'), uid, 'f').toString()), { local_hostname: 'n1', instance_id: uid, 'instance-id': uid, 'local-hostname': 'n1' });
   assert.deepEqual(parse(cloudInitMetaData(Buffer.from('a: 1\n...\n'), uid, 'f').toString()), { a: 1, instance_id: uid, 'instance-id': uid });
   // Documents whose last value runs to the end of the text still mean the same with lines appended.
@@ -106,7 +106,7 @@ it('meta-data: keeps the client bytes and appends missing keys; writes anew only
     assert.deepEqual(parse(cloudInitMetaData(Buffer.from(doc), uid, 'f').toString()), { ...value, instance_id: uid, 'instance-id': uid }, JSON.stringify(doc));
   }
   for (const [bad, rule] of [
-    ['a: *nowhere\n', /must be a YAML mapping \(unidentified alias/],
+    ['a: *nowhere\n', /must be a YAML mapping \(Unresolved alias/],
     ['- a\n', /must be a YAML mapping of keys to values/],
     ['a: 1\n---\nb: 2\n', /must be a YAML mapping \(expected a single document/],
     [`a: ${'['.repeat(150)}${']'.repeat(150)}`, /must be a YAML mapping \(nesting exceeded/],

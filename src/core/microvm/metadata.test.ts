@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { it } from 'node:test';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { load } from 'js-yaml';
 import { META_DATA_SPELLINGS, canonicalBase64Length, cloudInitMetaData, decodeMetadataValue, metaDataLine } from './metadata.js';
 import { ulid } from './ulid.js';
 import { cloudInitYaml } from './cloudinit.js';
@@ -34,7 +33,7 @@ function pyYaml(docs: string[]): unknown[] {
   return JSON.parse(execFileSync(PYTHON, ['-c', script], { input: JSON.stringify(docs), encoding: 'utf8' })) as unknown[];
 }
 
-it('a meta-data line reads back as its value in js-yaml (YAML 1.2) and in PyYAML (YAML 1.1)', { skip: noPyYaml }, () => {
+it('a meta-data line reads back as its value in PyYAML (YAML 1.1, cloud-init\'s reader)', { skip: noPyYaml }, () => {
   const values: string[] = [
     'n1', 'vm-1', 'node.example.com', '01JF0000000000000000000000', '0123', '0123456789', '1e5', '1E5', '1_000', '0x1F', '0b101', '0o17', '017', '010',
     '1.5', '.5', '.inf', 'NaN', 'nan', '.nan', 'true', 'True', 'TRUE', 'false', 'yes', 'Yes', 'no', 'NO', 'on', 'off', 'y', 'n', 'Y', 'N',
@@ -45,7 +44,6 @@ it('a meta-data line reads back as its value in js-yaml (YAML 1.2) and in PyYAML
   const lines = values.map((v) => metaDataLine('instance_id', v));
   const read = pyYaml(lines);
   values.forEach((v, i) => {
-    assert.deepEqual(load(lines[i] ?? ''), { instance_id: v }, `js-yaml: ${JSON.stringify(lines[i])}`);
     assert.deepEqual(read[i], { instance_id: v }, `PyYAML: ${JSON.stringify(lines[i])}`);
   });
   assert.equal(metaDataLine('instance_id', '01JF0000000000000000000000'), 'instance_id: 01JF0000000000000000000000\n', 'a uid stays a plain scalar');
@@ -53,7 +51,7 @@ it('a meta-data line reads back as its value in js-yaml (YAML 1.2) and in PyYAML
 
 it('a meta-data key copied to its other spelling means to PyYAML (cloud-init) what the client\'s key means', { skip: noPyYaml }, () => {
   const uid = '01JF0000000000000000000000';
-  // The values js-yaml (YAML 1.2) and PyYAML (YAML 1.1) read differently, in each layout the
+  // The values YAML 1.2 and PyYAML (YAML 1.1) read differently, in each layout the
   // copy is written in: appended lines, an indented mapping, one ended by "...", a flow mapping.
   const docs = [
     'instance_id: 0o17\n', 'instance_id: 1e3\n', 'instance_id: 010\n', 'local_hostname: 1_000\n', 'instance-id: 0x1F\n', 'local_hostname: yes\n',
@@ -90,4 +88,67 @@ it('a YAML document matchlock writes for cloud-init (network-config, vendor-data
   const docs = strings.map((s) => ({ [s]: { value: s, list: [s] } }));
   const read = pyYaml(docs.map((d) => cloudInitYaml(d)));
   docs.forEach((d, i) => assert.deepEqual(read[i], d, JSON.stringify(cloudInitYaml(d))));
+});
+
+/**
+ * Asserts, with PyYAML, that every key of `doc` reads the same in the meta-data matchlock
+ * writes for it and that both spellings of each key read the same; returns that reading.
+ */
+function seedReadsAsClient(doc: string, uid: string): Record<string, unknown> {
+  const out = cloudInitMetaData(Buffer.from(doc), uid, 'f').toString();
+  const [before, after] = pyYaml([doc, out]) as Record<string, unknown>[];
+  const shown = `${JSON.stringify(doc)} became ${JSON.stringify(out)}`;
+  for (const [k, v] of Object.entries(before ?? {})) {
+    // A null instance id is none (cloudInitMetaData's docstring): it becomes the uid.
+    if (v === null && (k === 'instance_id' || k === 'instance-id')) continue;
+    assert.deepEqual(after?.[k], v, `${shown}: ${k} reads the same`);
+  }
+  for (const [underscore, hyphen] of META_DATA_SPELLINGS) {
+    if (after?.[underscore] !== undefined || after?.[hyphen] !== undefined) assert.deepEqual(after?.[hyphen], after?.[underscore], `${shown}: ${underscore} and ${hyphen} read the same`);
+  }
+  return after ?? {};
+}
+
+for (const [name, doc, expected] of [
+  ['an indented top-level mapping keeps its text and its meaning', '  instance_id: i-1\n  flag: yes\n  list:\n    - 010\n', { instance_id: 'i-1', flag: true, list: [8], 'instance-id': 'i-1' }],
+  ['a flow mapping with an entry spanning lines keeps its text and its meaning', '{instance_id: 010, x: "a\n b", flag: yes}', { instance_id: 8, x: 'a b', flag: true, 'instance-id': 8 }],
+  ['an explicit key is copied as PyYAML reads it', '? instance_id\n: 010\n', { instance_id: 8, 'instance-id': 8 }],
+  ['a key from a merge is the client\'s, not the uid', 'base: &b\n  instance_id: 010\n<<: *b\n', { base: { instance_id: 8 }, instance_id: 8, 'instance-id': 8 }],
+  ['a value with an anchor inside is written as PyYAML reads it', 'public_keys:\n- &k 010\n- *k\n', { public_keys: [8, 8], instance_id: 'UID01', 'instance-id': 'UID01', 'public-keys': [8, 8] }],
+  // Explicit keys are written from the reading, so these show the reading itself.
+  ['plain scalars are read with PyYAML\'s resolvers (y, 1e3, 08 are strings; 0_ is 0)', '? local_hostname\n: y\n? instance_id\n: 1e3\n? public_keys\n: [08, 0_, n]\n', { local_hostname: 'y', instance_id: '1e3', public_keys: ['08', 0, 'n'], 'instance-id': '1e3', 'local-hostname': 'y', 'public-keys': ['08', 0, 'n'] }],
+  ['a %YAML 1.2 directive does not change the reading (PyYAML reads 1.1)', '%YAML 1.2\n---\n? instance_id\n: 010\n', { instance_id: 8, 'instance-id': 8 }],
+  ['a null instance id is none: both spellings get the uid', 'instance_id: ~\n', { instance_id: 'UID01', 'instance-id': 'UID01' }],
+  ['a block scalar kept whole at the end of the text keeps its value', 'a: |+\n  x', { instance_id: 'UID01', 'instance-id': 'UID01', a: 'x' }],
+  ['a byte order mark is no indentation', '\ufeffinstance_id: 010\n', { instance_id: 8, 'instance-id': 8 }],
+  ['a flow mapping with a comment keeps its text and its meaning', '{local_hostname: 010 # c\n}', { local_hostname: 8, instance_id: 'UID01', 'instance-id': 'UID01', 'local-hostname': 8 }],
+  ['a null instance id in a flow mapping is none: both spellings get the uid', '{instance-id: null, a: 1}', { 'instance-id': 'UID01', a: 1, instance_id: 'UID01' }],
+] as const) {
+  it(`meta-data to cloud-init: ${name}`, { skip: noPyYaml }, () => {
+    assert.deepEqual(seedReadsAsClient(doc, 'UID01'), expected);
+    assert.ok(cloudInitMetaData(Buffer.from(doc), 'UID01', 'f').toString().includes(doc.replace(/\}$/, '')), 'the client\'s text is kept');
+  });
+}
+
+for (const doc of ['instance_id:\ti-1\n', 'a: 1\t# c\n', 'a: [1,\t2]\n', 'a: x\tb\n', 'instance_id: =\n', 'a: !!value x\n', 'a: !custom x\n']) {
+  it(`meta-data PyYAML cannot read is refused, naming the field and the rule: ${JSON.stringify(doc)}`, { skip: noPyYaml }, () => {
+    assert.notEqual(spawnSync(PYTHON, ['-c', 'import sys, yaml; yaml.safe_load(sys.stdin.read())'], { input: doc }).status, 0, 'PyYAML refuses it');
+    assert.throws(() => cloudInitMetaData(Buffer.from(doc), 'UID01', 'microvm.metadata["meta-data"]'), (err: Error & { field?: string }) => {
+      assert.equal(err.field, 'microvm.metadata["meta-data"]');
+      assert.match(err.message, /must be a YAML mapping \(.*(tab|tag|=)/i);
+      return true;
+    });
+  });
+}
+
+it('a meta-data value written from its reading reads back the same in PyYAML', { skip: noPyYaml }, () => {
+  const values: unknown[] = [{ '<<': 1, '=': 2, 'a\u0085': [{ '<<': '<<' }] }, 'x\u2028y\u0085', [1.5e-7, 1e21, -0.5, true, null, 'y', 'n', '1e3', '08']];
+  const lines = values.flatMap((v) => [metaDataLine('k', v), `{${metaDataLine('k', v, true)}}`]);
+  const read = pyYaml(lines);
+  lines.forEach((l, i) => assert.deepEqual(read[i], { k: values[Math.floor(i / 2)] }, JSON.stringify(l)));
+});
+
+it('meta-data whose two spellings the client gave differently is kept as given', () => {
+  const both = Buffer.from('instance_id: a\ninstance-id: b\nlocal_hostname: ~\nlocal-hostname: h\n');
+  assert.equal(cloudInitMetaData(both, 'UID01', 'f').toString(), `${both.toString()}local_hostname: h\n`, 'a null spelling takes the other one\'s value');
 });

@@ -1,5 +1,4 @@
-import { DUMP_SCHEMA, dump, load } from 'js-yaml';
-import { isMap, isNode, parseDocument, visit, type Node, type Pair } from 'yaml';
+import { Composer, Document, Lexer, Parser, isMap, isScalar, visit, type CST, type CreateNodeOptions, type DocumentOptions, type Node, type Pair, type ParseOptions, type ScalarTag, type SchemaOptions, type Tags } from 'yaml';
 import { invalid } from '../errors.js';
 
 /**
@@ -56,6 +55,7 @@ export const META_DATA_SPELLINGS: readonly (readonly [string, string])[] = [
   ['network_interfaces', 'network-interfaces'],
 ];
 
+
 /**
  * How many values meta-data may expand to once YAML aliases are followed. cloud-init writes
  * meta-data out as JSON (instance-data.json), which expands every alias: a few hundred bytes
@@ -63,6 +63,9 @@ export const META_DATA_SPELLINGS: readonly (readonly [string, string])[] = [
  * aliases holds fewer values than this.
  */
 export const META_DATA_MAX_VALUES = 1024 * 1024;
+
+/** How deeply meta-data's collections may nest; checked before the document is composed. */
+const META_DATA_MAX_DEPTH = 100;
 
 function countValues(value: unknown, budget: { left: number }): void {
   budget.left -= 1;
@@ -73,53 +76,216 @@ function countValues(value: unknown, budget: { left: number }): void {
   }
 }
 
-function parseMapping(text: string, field: string): Record<string, unknown> | undefined {
-  let value: unknown;
-  try {
-    // json: a repeated key takes the last value, as PyYAML (cloud-init's parser) does.
-    value = load(text, { json: true });
-  } catch (err) {
-    const reason = err instanceof Error ? err.message.split('\n')[0] : String(err);
-    throw invalid(field, `must be a YAML mapping (${reason})`);
-  }
-  if (value === null || value === undefined) return undefined;
-  if (typeof value !== 'object' || Array.isArray(value)) throw invalid(field, 'must be a YAML mapping of keys to values');
-  const budget = { left: META_DATA_MAX_VALUES };
-  countValues(value, budget);
-  if (budget.left < 0) throw invalid(field, `must not expand to more than ${META_DATA_MAX_VALUES} values through YAML aliases`);
-  return value as Record<string, unknown>;
+/*
+ * cloud-init reads meta-data with PyYAML's safe_load (YAML 1.1). The `yaml` package's 1.1
+ * schema resolves plain scalars more widely than PyYAML 6 does (yaml/resolver.py,
+ * yaml/constructor.py SafeConstructor): it reads `y`/`n` as booleans, `1e3` and `08` as
+ * numbers and `0_` as null, where PyYAML reads strings and 0. These tags resolve plain scalars
+ * with PyYAML's own implicit resolvers and construct them as its SafeConstructor does; the
+ * untested variants serve explicit tags (`!!float 1` is 1.0).
+ */
+const PY_BOOL = /^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$/;
+const PY_INT = /^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$/;
+const PY_FLOAT = /^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$/;
+const PY_NULL = /^(?:~|null|Null|NULL|)$/;
+const PY_TIMESTAMP = /^(?:[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[Tt]|[ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9]{1,2}(?::[0-9]{2})?))?)$/;
+
+function sexagesimal(digits: string): number {
+  return digits.split(':').reduce((sum, part) => sum * 60 + Number(part), 0);
+}
+
+function pyInt(source: string, onError: (message: string) => void): number {
+  const v = source.replace(/_/g, '');
+  const sign = v.startsWith('-') ? -1 : 1;
+  const d = /^[-+]/.test(v) ? v.slice(1) : v;
+  const n = d === '0' ? 0 : d.startsWith('0b') ? parseInt(d.slice(2), 2) : d.startsWith('0x') ? parseInt(d.slice(2), 16) : d.startsWith('0') ? parseInt(d, 8) : d.includes(':') ? sexagesimal(d) : /^[0-9]+$/.test(d) ? Number(d) : NaN;
+  if (Number.isNaN(n)) onError(`${JSON.stringify(source)} is not an integer to PyYAML`);
+  return sign * n;
+}
+
+function pyFloat(source: string, onError: (message: string) => void): number {
+  const v = source.replace(/_/g, '').toLowerCase();
+  const sign = v.startsWith('-') ? -1 : 1;
+  const d = /^[-+]/.test(v) ? v.slice(1) : v;
+  const n = d === '.inf' ? Infinity : d === '.nan' ? NaN : d.includes(':') ? d.split(':').reduce((sum, part) => sum * 60 + Number(part), 0) : /^(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[-+]?[0-9]+)?$/.test(d) ? Number(d) : NaN;
+  if (Number.isNaN(n) && d !== '.nan') onError(`${JSON.stringify(source)} is not a float to PyYAML`);
+  return sign * n;
+}
+
+/** A float as PyYAML's float resolver reads it back: with a "." and a signed exponent. */
+function floatText(n: number): string {
+  if (Number.isNaN(n)) return '.nan';
+  if (!Number.isFinite(n)) return n > 0 ? '.inf' : '-.inf';
+  const s = String(n);
+  return s.includes('.') ? s : s.replace(/^(-?[0-9]+)/, '$1.0');
+}
+
+const PY_SCALARS: ScalarTag[] = [
+  { tag: 'tag:yaml.org,2002:null', default: true, test: PY_NULL, resolve: () => null, identify: (v) => v === null || v === undefined, stringify: () => 'null' },
+  { tag: 'tag:yaml.org,2002:null', resolve: () => null },
+  { tag: 'tag:yaml.org,2002:bool', default: true, test: PY_BOOL, resolve: (s) => /^(?:yes|true|on)$/i.test(s), identify: (v) => typeof v === 'boolean', stringify: ({ value }) => (value ? 'true' : 'false') },
+  {
+    tag: 'tag:yaml.org,2002:bool',
+    resolve: (s, onError) => (PY_BOOL.test(s) || /^(?:yes|no|true|false|on|off)$/i.test(s) ? /^(?:yes|true|on)$/i.test(s) : (onError(`${JSON.stringify(s)} is not a boolean to PyYAML`), s)),
+  },
+  { tag: 'tag:yaml.org,2002:int', default: true, test: PY_INT, resolve: pyInt, identify: (v) => typeof v === 'number' && Number.isSafeInteger(v), stringify: ({ value }) => String(value) },
+  { tag: 'tag:yaml.org,2002:int', resolve: pyInt },
+  { tag: 'tag:yaml.org,2002:float', default: true, test: PY_FLOAT, resolve: pyFloat, identify: (v) => typeof v === 'number', stringify: ({ value }) => floatText(Number(value)) },
+  { tag: 'tag:yaml.org,2002:float', resolve: pyFloat },
+  // A plain `=` resolves to the value tag, which safe_load has no constructor for.
+  { tag: 'tag:yaml.org,2002:value', default: true, test: /^=$/, resolve: (s, onError) => (onError("PyYAML (cloud-init's reader) cannot construct a tag:yaml.org,2002:value, a plain `=`; quote it"), s) },
+];
+
+const REPLACED = new Set(['tag:yaml.org,2002:null', 'tag:yaml.org,2002:bool', 'tag:yaml.org,2002:int', 'tag:yaml.org,2002:float']);
+
+function pyYamlTags(tags: Tags): Tags {
+  const kept = tags.filter((t) => typeof t === 'string' || !REPLACED.has(t.tag)).map((t) => (typeof t !== 'string' && t.tag === 'tag:yaml.org,2002:timestamp' && 'test' in t ? { ...t, test: PY_TIMESTAMP } : t));
+  return [...PY_SCALARS, ...kept] as Tags;
 }
 
 /**
- * Whether a document already parsed as a mapping is a block mapping whose keys start in
- * column 0 and which no document marker ends: then a line `key: value` appended in column 0
- * is one more entry of it (every value before it is closed or ends at a less indented line).
+ * How meta-data is read and written: as PyYAML reads it. The 1.1 schema is named outright so a
+ * `%YAML 1.2` directive does not change it (PyYAML reads every document as 1.1); merge keys
+ * `<<` are merged; a repeated key takes the last value, as PyYAML's constructor does.
  */
-function plainBlockMapping(text: string): boolean {
-  const lines = text.split('\n');
-  let n = 0;
-  while (n < lines.length && /^(\s*(#.*)?|%.*|---\s*)$/.test(lines[n] ?? '')) n++;
-  if (!/^[^\s{[&!*|>%?#-]/.test(lines[n] ?? '')) return false;
-  for (let k = n + 1; k < lines.length; k++) if (/^(---|\.\.\.)(\s|$)/.test(lines[k] ?? '')) return false;
-  return true;
+const META_DATA_YAML: DocumentOptions & ParseOptions & SchemaOptions & CreateNodeOptions = {
+  version: '1.1',
+  schema: 'yaml-1.1',
+  customTags: pyYamlTags,
+  merge: true,
+  uniqueKeys: false,
+  aliasDuplicateObjects: false,
+};
+
+/** How a value is written: as it is read, but a key `<<` is a string to write, never a merge. */
+const META_DATA_WRITE: typeof META_DATA_YAML = {
+  ...META_DATA_YAML,
+  merge: false,
+  customTags: (tags) => pyYamlTags(tags).filter((t) => typeof t === 'string' || t.tag !== 'tag:yaml.org,2002:merge'),
+};
+
+/** A SourceToken outside a quoted scalar, block scalar body or comment holding a tab. */
+function tabbed(tokens: readonly CST.Token[] | undefined): boolean {
+  return tokens?.some((t) => t.type !== 'comment' && 'source' in t && typeof t.source === 'string' && t.source.includes('\t')) ?? false;
+}
+
+/**
+ * Checks what `yaml` accepts and PyYAML refuses or cannot bear, on the concrete syntax tree
+ * before it is composed: a tab anywhere but inside a quoted scalar, a block scalar's body or a
+ * comment (PyYAML's scanner skips only spaces before a token and ends a plain scalar at a tab:
+ * "found character '\t' that cannot start any token"), and nesting deeper than
+ * META_DATA_MAX_DEPTH (composing recurses once per level).
+ */
+function checkSyntax(token: CST.Token | CST.CollectionItem | undefined, depth: number): string | undefined {
+  if (token === undefined) return undefined;
+  if (depth > META_DATA_MAX_DEPTH) return `nesting exceeded ${META_DATA_MAX_DEPTH} levels`;
+  const tab = 'PyYAML (cloud-init\'s reader) refuses a tab outside quoted scalars, block scalars and comments';
+  if (!('type' in token)) {
+    if (tabbed(token.start) || tabbed(token.sep)) return tab;
+    return checkSyntax(token.key ?? undefined, depth) ?? checkSyntax(token.value, depth);
+  }
+  switch (token.type) {
+    case 'document':
+      if (tabbed(token.start) || tabbed(token.end)) return tab;
+      return checkSyntax(token.value, depth);
+    case 'scalar':
+      return token.source.includes('\t') || tabbed(token.end) ? tab : undefined;
+    case 'single-quoted-scalar':
+    case 'double-quoted-scalar':
+      return tabbed(token.end) ? tab : undefined;
+    case 'block-scalar':
+      return tabbed(token.props) ? tab : undefined;
+    case 'block-map':
+    case 'block-seq':
+      for (const item of token.items) {
+        const r = checkSyntax(item, depth + 1);
+        if (r) return r;
+      }
+      return undefined;
+    case 'flow-collection':
+      if (tabbed(token.end)) return tab;
+      for (const item of token.items) {
+        const r = checkSyntax(item, depth + 1);
+        if (r) return r;
+      }
+      return undefined;
+    case 'doc-end':
+      return tabbed(token.end) ? tab : undefined;
+    case 'space':
+    case 'newline':
+      return token.source.includes('\t') ? tab : undefined;
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * The concrete syntax tree of `text`, refusing nesting deeper than META_DATA_MAX_DEPTH through
+ * flow collections or block indicators on one line (`- - - x`) as the lexer finds it, before
+ * yaml's parser, whose time grows steeply with such nesting (seconds for a few hundred thousand
+ * levels). Nesting by indentation needs a line's indentation per level, so the document's size
+ * bounds it; checkSyntax counts it.
+ */
+function concreteSyntax(text: string): CST.Token[] | undefined {
+  const parser = new Parser();
+  const tokens: CST.Token[] = [];
+  let flow = 0;
+  let compact = 0;
+  for (const lexeme of new Lexer().lex(text)) {
+    if (lexeme === '[' || lexeme === '{') flow += 1;
+    else if (lexeme === ']' || lexeme === '}') flow -= 1;
+    else if (lexeme === '-' || lexeme === '?') compact += 1;
+    else if (lexeme === '\n' || lexeme === '\r\n') compact = 0;
+    if (flow > META_DATA_MAX_DEPTH || compact > META_DATA_MAX_DEPTH) return undefined;
+    for (const token of parser.next(lexeme)) tokens.push(token);
+  }
+  for (const token of parser.end()) tokens.push(token);
+  return tokens;
+}
+
+interface MetaDataReading {
+  doc: Document.Parsed;
+  value: Record<string, unknown> | undefined;
+}
+
+/**
+ * `text` read as PyYAML's safe_load (cloud-init's reader) reads it: undefined for an empty
+ * document, else its mapping. Throws INVALID_ARGUMENT naming `field` for anything PyYAML
+ * refuses or that is not one mapping, nests deeper than 100 or expands past
+ * META_DATA_MAX_VALUES values through aliases.
+ */
+function readMetaData(text: string, field: string): MetaDataReading {
+  const cst = concreteSyntax(text);
+  if (cst === undefined) throw invalid(field, `must be a YAML mapping (nesting exceeded ${META_DATA_MAX_DEPTH} levels)`);
+  for (const token of cst) {
+    const problem = checkSyntax(token, 0);
+    if (problem) throw invalid(field, `must be a YAML mapping (${problem})`);
+  }
+  const docs = [...new Composer(META_DATA_YAML).compose(cst, true, text.length)];
+  if (docs.length > 1) throw invalid(field, 'must be a YAML mapping (expected a single document, as PyYAML\'s safe_load does)');
+  const doc = docs[0] as Document.Parsed;
+  const problem = doc.errors[0] ?? doc.warnings[0];
+  if (problem) throw invalid(field, `must be a YAML mapping (${problem.message.split('\n')[0]})`);
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: -1 });
+  } catch (err) {
+    throw invalid(field, `must be a YAML mapping (${err instanceof Error ? err.message.split('\n')[0] : String(err)})`);
+  }
+  if (value === null || value === undefined) return { doc, value: undefined };
+  if (typeof value !== 'object' || Array.isArray(value) || !isMap(doc.contents)) throw invalid(field, 'must be a YAML mapping of keys to values');
+  const budget = { left: META_DATA_MAX_VALUES };
+  countValues(value, budget);
+  if (budget.left < 0) throw invalid(field, `must not expand to more than ${META_DATA_MAX_VALUES} values through YAML aliases`);
+  return { doc, value: value as Record<string, unknown> };
 }
 
 /** Keys and strings that may be written plainly when the schema reads them back as strings. */
 const PLAIN_WORD = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
-/**
- * Plain scalars that PyYAML (cloud-init's reader; YAML 1.1) resolves to something other than a
- * string while YAML 1.2's core schema (js-yaml) may read a string: PyYAML 6's implicit resolvers
- * for bool, int (octal `010`, `0b`, underscores `1_000`, sexagesimal `1:20`), float, null,
- * merge, timestamp and value (yaml/resolver.py), of which a PLAIN_WORD can match these.
- */
-const PYYAML_NOT_STRING = [
-  /^(?:yes|Yes|YES|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$/,
-  /^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$/,
-  /^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$/,
-  /^(?:~|null|Null|NULL)$/,
-  /^[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?/,
-];
+function plainString(value: string): boolean {
+  return PLAIN_WORD.test(value) && ![PY_BOOL, PY_INT, PY_FLOAT, PY_NULL, PY_TIMESTAMP].some((r) => r.test(value));
+}
 
 /** Whether a single-quoted scalar can hold `value` as it is: no control or line-break characters. */
 function printable(value: string): boolean {
@@ -130,44 +296,90 @@ function printable(value: string): boolean {
   return true;
 }
 
-function plainString(value: string): boolean {
-  return PLAIN_WORD.test(value) && DUMP_SCHEMA.resolveImplicitScalarTag(value).tag === DUMP_SCHEMA.defaultScalarTag && !PYYAML_NOT_STRING.some((r) => r.test(value));
+/**
+ * `key: value` in YAML 1.1 as PyYAML reads it back (one block-mapping entry ending in a
+ * newline, or with `flow` one flow-mapping entry without it): a word PyYAML reads as a string
+ * (a uid, a host name) is written plainly; anything else is serialized with PyYAML's
+ * resolvers, which quote a string that would read as anything else.
+ */
+export function metaDataLine(key: string, value: unknown, flow = false): string {
+  if (plainString(key) && typeof value === 'string' && plainString(value)) return `${key}: ${value}${flow ? '' : '\n'}`;
+  // Single quotes mean the same in every YAML reader for a one-line printable string.
+  if (plainString(key) && typeof value === 'string' && printable(value)) return `${key}: '${value.replace(/'/g, "''")}'${flow ? '' : '\n'}`;
+  const doc = new Document({ [key]: value }, META_DATA_WRITE);
+  // yaml writes a key `<<` plainly, which PyYAML reads as a merge; and YAML 1.1 (unlike 1.2)
+  // takes NEL, LS and PS as line breaks, so they are written as escapes in double quotes.
+  visit(doc, {
+    Scalar: (_, s) => {
+      if (typeof s.value === 'string' && (s.value === '<<' || /[\u0085\u2028\u2029]/.test(s.value))) s.type = 'QUOTE_DOUBLE';
+    },
+  });
+  const yaml = doc.toString({ lineWidth: 0, ...(flow ? { collectionStyle: 'flow' as const } : {}) }).replace(/\u0085/g, '\\N').replace(/\u2028/g, '\\L').replace(/\u2029/g, '\\P');
+  return flow ? yaml.trim().replace(/^\{\s*/, '').replace(/\s*\}$/, '') : yaml;
 }
 
 /**
- * `key: value` as a line of a block mapping, for a value matchlock supplies (the VM's uid): a
- * word that both YAML 1.2 (js-yaml) and PyYAML (YAML 1.1, cloud-init's reader) read back as
- * that string is a plain scalar (a uid, a host name); any other one-line string is single
- * quoted, which means the same in both; anything else goes through js-yaml's dump.
+ * The text after the key of entry `key` of the top-level mapping, to write it under another
+ * key: what follows the key (the colon, tag, value, comments, continuation lines) is copied as
+ * it is, so the copy means to PyYAML what the original means. A value with its own anchor is
+ * written as an alias of it (PyYAML refuses a repeated anchor). Undefined when the entry
+ * cannot be copied so: anchors inside the value, an explicit `?` key, a key from a merge.
  */
-export function metaDataLine(key: string, value: unknown): string {
-  const k = plainString(key) ? key : `'${key.replace(/'/g, "''")}'`;
-  if (typeof value === 'string' && plainString(value)) return `${k}: ${value}\n`;
-  if (typeof value === 'string' && printable(value)) return `${k}: '${value.replace(/'/g, "''")}'\n`;
-  return dump({ [key]: value }, { noRefs: true, lineWidth: -1 });
-}
-
-/**
- * The entry `key` of the top-level mapping of `text` as written, with `as` in place of its key:
- * what follows the key (the colon, tag, value, comments, continuation lines) is copied as it
- * is, so the copy means to any YAML reader what the original means (cloud-init reads meta-data
- * with PyYAML, YAML 1.1, where `0o17` is a string and `010` is 8; js-yaml reads YAML 1.2).
- * A value with its own anchor is written as an alias of it (PyYAML refuses a repeated anchor).
- * Undefined when the entry cannot be copied so: anchors inside the value, or no such entry.
- */
-function copiedEntry(pairs: Pair[], text: string, key: string, as: string): string | undefined {
-  const pair = pairs.findLast((p) => isNode(p.key) && (p.key as Node & { value?: unknown }).value === key);
+function copiedText(pairs: Pair[], text: string, key: string): string | undefined {
+  const pair = pairs.findLast((p) => isScalar(p.key) && p.key.value === key);
   const k = pair?.key as Node | undefined;
   const v = pair?.value as Node | undefined | null;
   if (!k?.range || !v?.range) return undefined;
-  const name = plainString(as) ? as : `'${as}'`;
   let nested = false;
   visit(v, { Node: (_, n) => void (n !== v && (n as Node).anchor ? (nested = true) : undefined) });
   if (nested) return undefined;
-  if (v.anchor) return `${name}: *${v.anchor}\n`;
+  if (v.anchor) return ': *' + v.anchor;
   const after = text.slice(k.range[1], v.range[1]);
-  if (!/^[ \t]*:/.test(after)) return undefined;
-  return `${name}${after}${after.endsWith('\n') ? '' : '\n'}`;
+  return /^[ \t]*:/.test(after) ? after.replace(/\n$/, '') : undefined;
+}
+
+interface Added {
+  key: string;
+  value: unknown;
+  copied: string | undefined;
+}
+
+function keyText(key: string): string {
+  return plainString(key) ? key : `'${key}'`;
+}
+
+/**
+ * The client's text with `added` written into its top-level mapping, keeping every byte of it:
+ * a block mapping gets lines at its keys' column right after its last entry (before any
+ * comment lines or document end marker that follow); a flow mapping gets entries before its
+ * closing brace.
+ */
+function withEntries(text: string, doc: Document.Parsed, added: Added[], present: Record<string, unknown>): string {
+  const map = doc.contents as Node & { flow?: boolean; items: Pair<Node | null, Node | null>[] };
+  const range = map.range ?? [0, text.length, text.length];
+  if (map.flow) {
+    const close = text.lastIndexOf('}', range[1] - 1);
+    const last = map.items.at(-1) as Pair<Node | null, Node | null> | undefined;
+    const lastEnd = last?.value?.range?.[1] ?? last?.key?.range?.[1] ?? close;
+    const comma = map.items.length > 0 && !text.slice(lastEnd, close).includes(',') ? ', ' : ' ';
+    // A copy ends with its value (a comment after it is not part of it).
+    const entries = added.map((a) => (a.copied !== undefined ? `${keyText(a.key)}${a.copied}` : metaDataLine(a.key, a.value, true))).join(', ');
+    return `${text.slice(0, close).replace(/[ ]*$/, '')}${comma}${entries}${map.items.length > 0 ? ' ' : ''}${text.slice(close)}`;
+  }
+  const lineStart = text.lastIndexOf('\n', range[0] - 1) + 1;
+  const indent = ' '.repeat(range[0] - lineStart);
+  const lines = added.map((a) => (a.copied !== undefined ? `${indent}${keyText(a.key)}${a.copied}\n` : metaDataLine(a.key, a.value).replace(/^(?=.)/gm, indent))).join('');
+  // A text without a final line break may end in a block scalar kept whole (`|+`), whose value
+  // a line break after it would change (PyYAML reads `a: |+\n  x` as "x"): such a mapping takes
+  // its lines before its first key, unless they must follow a null the client wrote for one.
+  if (!text.endsWith('\n') && /^ *$/.test(text.slice(lineStart, range[0])) && added.every((a) => !Object.hasOwn(present, a.key))) {
+    return `${text.slice(0, lineStart)}${lines}${text.slice(lineStart)}`;
+  }
+  // The rest of the line the mapping ends on is a comment at most.
+  let at = range[1] > 0 && text[range[1] - 1] === '\n' ? range[1] : text.indexOf('\n', range[1]) + 1;
+  if (at === 0) at = text.length;
+  const before = text.slice(0, at);
+  return `${before}${before === '' || before.endsWith('\n') ? '' : '\n'}${lines}${text.slice(at)}`;
 }
 
 function sameJson(a: unknown, b: unknown): boolean {
@@ -180,60 +392,53 @@ function sameJson(a: unknown, b: unknown): boolean {
  * microvm://<vm_host>/<instance_id>, and cloud-init runs its per-instance modules only when
  * `instance-id` changes), with every key of META_DATA_SPELLINGS present in both spellings.
  *
- * The client's bytes are kept: missing keys are appended as lines, and the result is parsed
- * again to prove it means the client's mapping plus those keys; only when it does not (a flow
- * mapping, an indented one, an explicit document end) is the mapping written out anew.
- * Parsing is bounded (nesting depth 100, META_DATA_MAX_VALUES); anything that is not a YAML
- * mapping throws INVALID_ARGUMENT naming `field`.
+ * meta-data is read as cloud-init reads it, with PyYAML's safe_load (YAML 1.1). The client's
+ * bytes are kept: missing keys are written into the top-level mapping (lines after a block
+ * mapping's last entry, entries before a flow mapping's closing brace), copying the value's
+ * text where it can and otherwise writing the value PyYAML read, and the result is read again
+ * to prove it means the client's mapping plus those keys. A null instance id in either
+ * spelling counts as none: cloud-init would take it as the instance id "None" (str() of it,
+ * sources/__init__.py get_instance_id, cloud-init 22.4), the same for every VM, so both
+ * spellings get the uid, written after the null one (PyYAML takes a repeated key's last value).
+ * Anything PyYAML would refuse, or that is not one mapping, throws INVALID_ARGUMENT naming
+ * `field`.
  */
 export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, field: string): Buffer {
-  const text = metaData?.toString('utf8') ?? '';
-  const current = text.trim() === '' ? undefined : parseMapping(text, field);
+  const whole = metaData?.toString('utf8') ?? '';
+  // A byte order mark is no column of the first line; it stays in front.
+  const bom = whole.startsWith('\ufeff') ? '\ufeff' : '';
+  const text = whole.slice(bom.length);
+  const { doc, value: current } = text.trim() === '' ? { doc: undefined, value: undefined } : readMetaData(text, field);
   const have = current ?? {};
-  // Where each entry is written, for copies of it (parsed already, so this parse succeeds).
-  const doc = current === undefined ? undefined : parseDocument(text, { uniqueKeys: false });
   const pairs = doc && isMap(doc.contents) ? (doc.contents.items as Pair[]) : [];
-  const added: Record<string, unknown> = {};
-  const lines: string[] = [];
+  const added: Added[] = [];
   for (const [underscore, hyphen] of META_DATA_SPELLINGS) {
-    const from = Object.hasOwn(have, underscore) ? underscore : Object.hasOwn(have, hyphen) ? hyphen : undefined;
-    const given = from === undefined ? undefined : have[from];
-    const value = given ?? (underscore === 'instance_id' ? uid : undefined);
+    const given = [underscore, hyphen].find((k) => Object.hasOwn(have, k) && have[k] !== null && have[k] !== undefined);
+    const value = given !== undefined ? have[given] : underscore === 'instance_id' ? uid : undefined;
     if (value === undefined) continue;
+    const copied = given === undefined ? undefined : copiedText(pairs, text, given);
     for (const key of [underscore, hyphen]) {
-      if (Object.hasOwn(have, key)) continue;
-      added[key] = value;
-      // A client's value is copied as written, never re-serialized: js-yaml reads YAML 1.2 and
-      // cloud-init PyYAML's YAML 1.1, which read `0o17`, `010`, `1e3` or `1_000` differently.
-      lines.push((from !== undefined && given !== null && given !== undefined ? copiedEntry(pairs, text, from, key) : undefined) ?? metaDataLine(key, value));
+      // A key the client gave a value is the client's, even where the spellings differ.
+      if (key === given || (Object.hasOwn(have, key) && have[key] !== null && have[key] !== undefined)) continue;
+      added.push({ key, value, copied });
     }
   }
-  if (lines.length === 0 && metaData !== undefined) return metaData;
-  if (current === undefined) return Buffer.from(lines.join(''), 'utf8');
-  const wanted = { ...current, ...added };
-  const appended = `${text}${text.endsWith('\n') ? '' : '\n'}${lines.join('')}`;
-  if (plainBlockMapping(text)) return Buffer.from(appended, 'utf8');
-  try {
-    if (sameJson(load(appended, { json: true }), wanted)) return Buffer.from(appended, 'utf8');
-  } catch {
-    // not appendable; written out anew below
+  if (added.length === 0 && metaData !== undefined) return metaData;
+  // An empty document (comments, markers, a null) holds nothing to keep.
+  if (current === undefined || doc === undefined) return Buffer.from(added.map((a) => metaDataLine(a.key, a.value)).join(''), 'utf8');
+  const out = withEntries(text, doc, added, have);
+  // Lines appended at column 0 after the whole text of a column-0 block mapping ending in a
+  // newline are entries of it, whatever its last value is (a column-0 key ends every plain,
+  // block or indented value): no need to read the result again.
+  const contents = doc.contents as Node & { flow?: boolean };
+  const start = contents.range?.[0] ?? 0;
+  if (!contents.flow && (start === 0 || text[start - 1] === '\n') && text.endsWith('\n') && out.startsWith(text)) return Buffer.from(bom + out, 'utf8');
+  const wanted: Record<string, unknown> = { ...current };
+  for (const a of added) wanted[a.key] = a.value;
+  const reread = readMetaData(out, field).value ?? {};
+  const keys = new Set([...Object.keys(wanted), ...Object.keys(reread)]);
+  for (const k of keys) {
+    if (!sameJson(reread[k], wanted[k])) throw invalid(field, `must be a YAML mapping matchlock can add ${added.map((a) => a.key).join(', ')} to without changing ${JSON.stringify(k)}`);
   }
-  // Written anew as a block mapping of every entry copied as written (a flow mapping, an
-  // indented one): the values keep their text, so PyYAML reads them as before.
-  const entries = pairs.map((p) => {
-    const k = p.key as Node | null;
-    const v = p.value as Node | null;
-    if (!k?.range || !v?.range) return undefined;
-    const entry = text.slice(k.range[0], v.range[1]);
-    return entry.includes('\n') || !/^[^\s?]/.test(entry) ? undefined : `${entry}\n`;
-  });
-  if (entries.every((e) => e !== undefined)) {
-    const anew = `${entries.join('')}${lines.join('')}`;
-    try {
-      if (sameJson(load(anew, { json: true }), wanted)) return Buffer.from(anew, 'utf8');
-    } catch {
-      // not so simple; js-yaml's dump below
-    }
-  }
-  return Buffer.from(dump(wanted, { noRefs: true, lineWidth: -1 }), 'utf8');
+  return Buffer.from(bom + out, 'utf8');
 }
