@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { ImageRoot } from '../../src/adapters/images/oci/layer-apply.js';
 import type { ReadInto } from '../../src/adapters/images/oci/tar-reader.js';
 import { tempDir } from '../helpers/daemon.js';
-import { base256, tarOf } from '../helpers/tar.js';
+import { base256, tarOf, type TarSpec } from '../helpers/tar.js';
 
 const asRoot = process.getuid?.() === 0;
 
@@ -90,6 +90,76 @@ describe('layer apply: nothing outside the image root is touched', () => {
     t.apply(tarOf([{ name: 'l', type: '2', linkname: t.victim, mtime: 1000 }]));
     assert.equal(statSync(t.victim).mtimeMs, before);
     assert.equal(lstatSync(join(t.root, 'l')).mtimeMs, 1000 * 1000);
+  });
+});
+
+describe('layer apply: whiteouts and a stale view of the tree never reach the host', () => {
+  const tmp = tempDir('layer-apply-whiteout');
+  after(() => tmp.remove());
+  let n = 0;
+
+  /** A fresh image root beside a victim directory holding `passwd` (0644) and `sub/` (0755). */
+  const setup = () => {
+    const dir = join(tmp.path, String(++n));
+    const root = join(dir, 'root');
+    const victim = join(dir, 'victim');
+    mkdirSync(root, { recursive: true });
+    mkdirSync(join(victim, 'sub'), { recursive: true, mode: 0o755 });
+    writeFileSync(join(victim, 'passwd'), 'victim', { mode: 0o644 });
+    writeFileSync(join(victim, 'sub/keep'), 'keep');
+    const image = new ImageRoot(root);
+    const apply = (...layers: Buffer[]) => {
+      for (const l of layers) image.applyLayer(sourceOf(l));
+    };
+    const unchanged = () => {
+      assert.deepEqual(readdirSync(victim).sort(), ['passwd', 'sub']);
+      assert.deepEqual(readdirSync(join(victim, 'sub')), ['keep']);
+      assert.equal((statSync(join(victim, 'passwd')).mode & 0o7777).toString(8), '644');
+      assert.equal(readFileSync(join(victim, 'passwd'), 'utf8'), 'victim');
+      const sub = statSync(join(victim, 'sub'));
+      assert.deepEqual([(sub.mode & 0o7777).toString(8), sub.uid], ['755', process.getuid?.() ?? 0]);
+    };
+    return { root, victim, apply, unchanged };
+  };
+
+  it('refuses a whiteout named `.wh.` (no file), so a directory cannot be swapped for a symlink behind the cache', () => {
+    const lower = tarOf([{ name: 'a', type: '5', mode: 0o755 }]);
+    const cases: [string, (victim: string) => TarSpec[]][] = [
+      ['write through an absolute symlink', (v) => [{ name: 'a/.wh.' }, { name: 'a', type: '2', linkname: v }, { name: 'a/passwd', data: 'pwned', mode: 0o4777 }]],
+      ['write through a climbing symlink', () => [{ name: 'a/.wh.' }, { name: 'a', type: '2', linkname: '../../..' }, { name: 'a/passwd', data: 'pwned', mode: 0o4777 }]],
+      ['opaque through a symlink', () => [{ name: 'a/.wh.' }, { name: 'a', type: '2', linkname: '../../victim' }, { name: 'a/.wh..wh..opq' }]],
+      ['chmod through a symlink', (v) => [{ name: 'a/.wh.' }, { name: 'a', type: '2', linkname: v }, { name: 'a/sub', type: '5', mode: 0o777, uid: 1234 }]],
+    ];
+    for (const [what, entries] of cases) {
+      const t = setup();
+      t.apply(lower);
+      assert.throws(() => t.apply(tarOf(entries(t.victim))), (err: Error) => {
+        assert.equal(err.message, 'a/.wh.: whiteout .wh. names no file', what);
+        return true;
+      });
+      t.unchanged();
+    }
+  });
+
+  it('writes inside the root when a directory the cache knows was replaced by a symlink out of it', () => {
+    for (const link of ['abs', '../../victim']) {
+      const t = setup();
+      t.apply(tarOf([{ name: 'a', type: '5', mode: 0o755 }, { name: 'o', type: '5', mode: 0o755 }, { name: 'o/x', data: 'x' }]));
+      // The tree changes behind the applier's back: what it knows of `a` and `o` is now wrong.
+      rmSync(join(t.root, 'a'), { recursive: true });
+      symlinkSync(link === 'abs' ? t.victim : link, join(t.root, 'a'));
+      rmSync(join(t.root, 'o'), { recursive: true });
+      symlinkSync(join(t.victim, 'sub'), join(t.root, 'o'));
+      t.apply(tarOf([
+        { name: 'a/passwd', data: 'inside', mode: 0o4777 },
+        { name: 'a/sub', type: '5', mode: 0o777, mtime: 1000 },
+        { name: 'o/.wh..wh..opq' },
+        { name: 'o/.wh.x' },
+      ]));
+      t.unchanged();
+      const inside = link === 'abs' ? join(t.root, t.victim) : join(t.root, 'victim');
+      assert.equal(readFileSync(join(inside, 'passwd'), 'utf8'), 'inside', link);
+    }
   });
 });
 

@@ -24,7 +24,7 @@
 import { execFileSync } from 'node:child_process';
 import {
   closeSync, constants, fchmodSync, fchownSync, ftruncateSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
-  chmodSync, mkdirSync, openSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeSync,
+  chmodSync, mkdirSync, openSync, readdirSync, readlinkSync, realpathSync, rmSync, statSync, symlinkSync, writeSync,
 } from 'node:fs';
 import { ChunkReader, showName, TarReader, type ReadInto, type TarEntry } from './tar-reader.js';
 
@@ -46,6 +46,7 @@ export class ApplyError extends Error {
 
 const MAX_LINK_HOPS = 40;
 const WRITE_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+const DIR_FLAGS = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW;
 const asRoot = process.getuid?.() === 0;
 const egid = process.getegid?.() ?? 0;
 const SETGID = 0o2000;
@@ -98,10 +99,21 @@ function writeAll(fd: number, b: Buffer, position: number | null): void {
 /** An image root being built; keeps what it knows about its own directories between layers. */
 export class ImageRoot {
   /**
-   * Paths (relative, physical) known to be real directories, every prefix included, each with
-   * the group id an entry created in it gets (see inheritedGid).
+   * Paths (relative, physical, canonical: components joined by one `/`, no `.`, `..`, empty
+   * component or trailing slash, as cleanParts gives them) known to be real directories, every
+   * prefix included, each with the group id an entry created in it gets (see inheritedGid).
+   * A removal forgets the path and everything below it. It saves the lstat of every parent
+   * component per entry; it is never trusted alone: see isRealDir.
    */
   private readonly dirs = new Map<string, number>();
+  /**
+   * The directory last found by isRealDir to be the real directory of that path inside the
+   * root; forgotten on every removal (the only way a directory stops being one here).
+   */
+  private checked: string | undefined;
+  /** The root as the kernel names it (symlinks resolved), one char per byte. */
+  private readonly realRoot: string;
+  private readonly rootGid: number;
   private written = new Set<string>();
   private xattrs = new Map<string, Map<string, Buffer>>();
   private dirTimes: { rel: string; mtime: number | string }[] = [];
@@ -127,7 +139,38 @@ export class ImageRoot {
     process.umask(0);
     this.rootBytes = Buffer.from(root);
     const st = statSync(root);
-    this.dirs.set('', inheritedGid(st.mode, st.gid));
+    this.rootGid = inheritedGid(st.mode, st.gid);
+    this.dirs.set('', this.rootGid);
+    this.realRoot = realpathSync(root, { encoding: 'latin1' });
+  }
+
+  /**
+   * Whether `rel` is, on the file system now, a directory reached from the root through real
+   * directories only. The cache (dirs) decides the path an entry goes to; this is what makes a
+   * wrong cache harmless: the directory is opened without following a final symlink and the
+   * kernel's own name for the open directory (/proc/self/fd, Linux proc(5)) must be the root
+   * followed by `rel`, so no symlink anywhere in the path was followed. Three syscalls (open,
+   * readlink, close), once per run of entries in one directory: tar writers group a
+   * directory's entries, and the answer holds until the next removal.
+   */
+  private isRealDir(rel: string): boolean {
+    if (rel === this.checked) return true;
+    let fd: number;
+    try {
+      fd = openSync(this.abs(rel), DIR_FLAGS);
+    } catch (err) {
+      const code = errno(err);
+      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'ELOOP') return false;
+      throw err;
+    }
+    try {
+      const real = readlinkSync(`/proc/self/fd/${fd}`, { encoding: 'latin1' });
+      if (real !== (rel ? `${this.realRoot === '/' ? '' : this.realRoot}/${rel}` : this.realRoot)) return false;
+    } finally {
+      closeSync(fd);
+    }
+    this.checked = rel;
+    return true;
   }
 
   /**
@@ -143,9 +186,22 @@ export class ImageRoot {
 
   /**
    * Resolves directory components chroot-style. With `create`, missing directories are made
-   * (0755 root:root); without, undefined is returned when one is missing.
+   * (0755 root:root); without, undefined is returned when one is missing. The directory found
+   * is checked (isRealDir); if the cache led elsewhere, it is dropped and the path walked again
+   * with lstat alone.
    */
-  private resolveDir(parts: string[], create: boolean, what: string): string | undefined {
+  private resolveDir(parts: string[], create: boolean): string | undefined {
+    const got = this.walk(parts, create);
+    if (got === undefined || this.isRealDir(got)) return got;
+    this.dirs.clear();
+    this.dirs.set('', this.rootGid);
+    this.checked = undefined;
+    const again = this.walk(parts, create);
+    if (again !== undefined && !this.isRealDir(again)) throw new ApplyError(`parent /${showName(again)} is not a directory of the image`, 'ENOTDIR');
+    return again;
+  }
+
+  private walk(parts: string[], create: boolean): string | undefined {
     const direct = parts.join('/');
     if (this.dirs.has(direct)) return direct;
     const todo = [...parts];
@@ -172,22 +228,27 @@ export class ImageRoot {
         continue;
       }
       if (st.isSymbolicLink()) {
-        if (++hops > MAX_LINK_HOPS) throw new ApplyError(`${showName(what)}: too many levels of symbolic links`, 'ELOOP');
+        if (++hops > MAX_LINK_HOPS) throw new ApplyError('too many levels of symbolic links', 'ELOOP');
         const target = readlinkSync(this.abs(cand), { encoding: 'latin1' });
         if (target.startsWith('/')) done.length = 0;
         todo.unshift(...target.split('/').filter((x) => x !== '' && x !== '.'));
         continue;
       }
-      if (!st.isDirectory()) throw new ApplyError(`${showName(what)}: parent /${showName(cand)} is not a directory`, 'ENOTDIR');
+      if (!st.isDirectory()) throw new ApplyError(`parent /${showName(cand)} is not a directory`, 'ENOTDIR');
       this.dirs.set(cand, inheritedGid(st.mode, st.gid));
       done.push(p);
     }
     return done.join('/');
   }
 
-  /** Removes a path (not following it) and forgets what was known below it. */
-  private remove(rel: string): void {
+  /**
+   * Removes a path (not following it) and forgets what was known of it and below it. `path` is
+   * made canonical first, so the cache is keyed as dirs says (`a/` is `a`).
+   */
+  private remove(path: string): void {
+    const rel = cleanParts(path).join('/');
     if (!rel) return;
+    this.checked = undefined;
     if (this.dirs.has(rel)) {
       const prefix = `${rel}/`;
       for (const d of this.dirs.keys()) if (d === rel || d.startsWith(prefix)) this.dirs.delete(d);
@@ -205,6 +266,7 @@ export class ImageRoot {
 
   /** Removes everything under `rel` that this layer has not written. */
   private opaque(rel: string): void {
+    if (!this.isRealDir(rel)) return;
     let names: string[];
     try {
       names = readdirSync(this.abs(rel), { encoding: 'latin1' });
@@ -244,19 +306,21 @@ export class ImageRoot {
     const base = parts.pop();
     if (base === undefined) return; // the root itself: containerd leaves it alone
     if (base.startsWith('.wh.')) {
-      const parent = this.resolveDir(parts, false, e.path);
+      const gone = base.slice(4);
+      // `.wh.`, `.wh..` and `.wh...` would remove the directory itself or its parent (the
+      // image root's parent at the top): no file system change is spelled that way, and
+      // containerd refuses them (archive/tar.go: "invalid whiteout name"). A `/` cannot be in
+      // a component; checked all the same, as the name goes to rm.
+      if (base !== '.wh..wh..opq' && (gone === '' || gone === '.' || gone === '..' || gone.includes('/'))) {
+        throw new ApplyError(`whiteout ${showName(base)} names no file`, 'EINVAL');
+      }
+      const parent = this.resolveDir(parts, false);
       if (parent === undefined) return;
       if (base === '.wh..wh..opq') this.opaque(parent);
-      else if (!base.startsWith('.wh..wh.')) {
-        const gone = base.slice(4);
-        // `.wh..` and `.wh...` would remove the directory itself or its parent (the image
-        // root's parent at the top): no file system change is spelled that way.
-        if (gone === '.' || gone === '..') throw new ApplyError(`whiteout ${base} names no file`, 'EINVAL');
-        this.remove(parent ? `${parent}/${gone}` : gone);
-      }
+      else if (!base.startsWith('.wh..wh.')) this.remove(parent ? `${parent}/${gone}` : gone);
       return;
     }
-    const parent = this.resolveDir(parts, true, e.path) as string;
+    const parent = this.resolveDir(parts, true) as string;
     const rel = parent ? `${parent}/${base}` : base;
     const at = this.abs(rel);
     this.written.add(rel);
@@ -326,7 +390,7 @@ export class ImageRoot {
       case 'hardlink': {
         const tparts = cleanParts(e.linkpath);
         const tbase = tparts.pop();
-        const tparent = tbase === undefined ? undefined : this.resolveDir(tparts, false, e.path);
+        const tparent = tbase === undefined ? undefined : this.resolveDir(tparts, false);
         const target = tparent === undefined ? undefined : tparent ? `${tparent}/${tbase}` : (tbase as string);
         const tst = target === undefined ? undefined : lstatSync(this.abs(target), { throwIfNoEntry: false });
         // containerd makes the node and links to it; without the node the link is left out too.
@@ -392,8 +456,10 @@ export class ImageRoot {
       for (const [rel, attrs] of this.xattrs) {
         const slash = rel.lastIndexOf('/');
         // Every parent was resolved to a real directory when the entry was written and is
-        // forgotten if removed since: setfattr cannot be led out of the tree by a symlink.
-        if (!this.dirs.has(slash < 0 ? '' : rel.slice(0, slash))) continue;
+        // forgotten if removed since; checked again, so setfattr (which follows symlinks in
+        // the parents) cannot be led out of the tree even by a wrong cache.
+        const parent = slash < 0 ? '' : rel.slice(0, slash);
+        if (!this.dirs.has(parent) || !this.isRealDir(parent)) continue;
         dump += `# file: ${quote(Buffer.from(rel, 'latin1'))}\n`;
         for (const [name, value] of attrs) {
           dump += `${quote(Buffer.from(name))}=0s${value.toString('base64')}\n`;
@@ -410,8 +476,8 @@ export class ImageRoot {
       }
     }
     for (const d of this.dirTimes) {
-      // Known to be a directory; lutimes all the same, so a stale entry can never lead out.
-      if (this.dirs.has(d.rel)) lutimesSync(this.abs(d.rel), d.mtime, d.mtime);
+      // Checked to be a real directory; lutimes all the same, so nothing can lead out.
+      if (this.dirs.has(d.rel) && this.isRealDir(d.rel)) lutimesSync(this.abs(d.rel), d.mtime, d.mtime);
     }
   }
 }
