@@ -5,7 +5,7 @@ import { after, describe, it } from 'node:test';
 import { ImageRoot } from '../../src/adapters/images/oci/layer-apply.js';
 import type { ReadInto } from '../../src/adapters/images/oci/tar-reader.js';
 import { tempDir } from '../helpers/daemon.js';
-import { base256, tarOf, type TarSpec } from '../helpers/tar.js';
+import { base256, paxRecords, tarOf, type TarSpec } from '../helpers/tar.js';
 
 const asRoot = process.getuid?.() === 0;
 
@@ -350,5 +350,68 @@ describe('layer apply: names are bytes', () => {
       assert.equal(err.message, 'x\\xff: hard link target missing\\xfe does not exist in the image');
       return true;
     });
+  });
+});
+
+describe('layer apply: entries read as Go\'s archive/tar reads them for containerd', () => {
+  const tmp = tempDir('layer-apply-reader');
+  after(() => tmp.remove());
+  let n = 0;
+  const apply = (...layers: Buffer[]) => {
+    const root = join(tmp.path, String(++n));
+    mkdirSync(root);
+    const image = new ImageRoot(root);
+    for (const l of layers) image.applyLayer(sourceOf(l));
+    return root;
+  };
+  const message = (layer: Buffer, want: string) => assert.throws(() => apply(layer), (err: Error) => {
+    assert.equal(err.message, want);
+    return true;
+  });
+
+  it('reads an old-style entry (type NUL) whose name ends in `/` as a directory; `0` stays a file', () => {
+    const root = apply(tarOf([
+      { name: 'olddir/', type: '\0', mode: 0o750 },
+      { name: 'olddir/f', type: '\0', data: 'f' },
+      { name: 'ignored', type: '\0', mode: 0o700, pax: { path: 'paxdir/' } },
+      { name: 'paxdir/g', data: 'g' },
+      { name: 'regular/', type: '0', data: 'r' },
+    ]));
+    assert.ok(lstatSync(join(root, 'olddir')).isDirectory());
+    assert.equal((lstatSync(join(root, 'olddir')).mode & 0o7777).toString(8), '750');
+    assert.equal(readFileSync(join(root, 'olddir/f'), 'utf8'), 'f');
+    assert.ok(lstatSync(join(root, 'paxdir')).isDirectory());
+    assert.equal(readFileSync(join(root, 'regular'), 'utf8'), 'r');
+  });
+
+  it('applies no record of a global pax header to the entries after it, and reads on past it', () => {
+    const root = apply(tarOf([
+      { name: 'pax_global_header', type: 'g', data: paxRecords({ mtime: '1000', path: 'collapsed', uid: '4321', 'SCHILY.xattr.user.g': 'g' }) },
+      { name: 'a', data: 'a', mtime: 1600000000 },
+      { name: 'b', data: 'b', mtime: 1600000000 },
+    ]));
+    assert.deepEqual(readdirSync(root).sort(), ['a', 'b']);
+    for (const f of ['a', 'b']) {
+      const st = lstatSync(join(root, f));
+      assert.equal(st.mtimeMs, 1600000000 * 1000, f);
+      assert.equal(st.uid, process.getuid?.() ?? 0, f);
+    }
+  });
+
+  it('refuses a NUL in a pax path or link target, naming the entry and the field with control characters escaped', () => {
+    message(tarOf([{ name: 'n', data: 'x', pax: { path: Buffer.from('a\0b') } }]), 'a\\x00b: pax path contains a NUL byte');
+    message(tarOf([{ name: 'l', type: '2', pax: { linkpath: Buffer.from('x\0y') } }]), 'l: pax linkpath contains a NUL byte');
+    message(tarOf([{ name: 'h\nx\x1b[2J', type: '1', linkname: 'gone' }]), 'h\\x0ax\\x1b[2J: hard link target gone does not exist in the image');
+  });
+
+  it('refuses an extended header or GNU long name over 1 MiB (Go\'s limit), naming it and its size', () => {
+    for (const [type, what] of [['x', 'pax extended header'], ['g', 'pax global header'], ['L', 'GNU long name'], ['K', 'GNU long link name']] as const) {
+      message(tarOf([{ name: '././@LongLink', type, size: base256(2n ** 40n, 12) }, { name: 'f', data: 'x' }]), `${what} ././@LongLink at offset 0: size 1099511627776 is over the 1048576 bytes an extended header may hold`);
+    }
+    message(tarOf([{ name: 'PaxHeaders/big', type: 'x', data: Buffer.alloc((1 << 20) + 1, 0x0a) }, { name: 'f', data: 'x' }]), 'pax extended header PaxHeaders/big at offset 0: size 1048577 is over the 1048576 bytes an extended header may hold');
+  });
+
+  it('names the entry once in an error from its parent path', () => {
+    message(tarOf([{ name: 'f', data: 'x' }, { name: 'f/g', data: 'y' }]), 'f/g: parent /f is not a directory');
   });
 });

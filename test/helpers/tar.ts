@@ -4,7 +4,13 @@
  * Layout: POSIX.1-2017 ustar headers, pax `x` records before an entry when it has any.
  */
 
-export type TarType = '0' | '1' | '2' | '3' | '4' | '5' | '6';
+/**
+ * `\0` is the old-style regular file; `x` and `g` (pax local and global records) and `L`, `K`
+ * (GNU long name and link) carry `data` as their body, like `0` and `\0`.
+ */
+export type TarType = '0' | '\0' | '1' | '2' | '3' | '4' | '5' | '6' | 'x' | 'g' | 'L' | 'K';
+
+const WITH_DATA = new Set<string>(['0', '\0', 'x', 'g', 'L', 'K']);
 
 /** A numeric field: a number is written in octal, a Buffer as is (e.g. from base256()). */
 export type TarNumber = number | Buffer;
@@ -22,6 +28,8 @@ export interface TarSpec {
   devmajor?: TarNumber;
   devminor?: TarNumber;
   pax?: Record<string, string | Buffer>;
+  /** The header's size field when it must differ from the data's length (no data is then added). */
+  size?: TarNumber;
 }
 
 /** A base-256 field of `len` bytes: two's complement, the first byte's high bit marking the format. */
@@ -52,7 +60,7 @@ function header(name: string | Buffer, type: string, size: number, s: Partial<Ta
   octal(h, 100, 8, s.mode ?? 0o644);
   octal(h, 108, 8, s.uid ?? 0);
   octal(h, 116, 8, s.gid ?? 0);
-  octal(h, 124, 12, size);
+  octal(h, 124, 12, s.size ?? size);
   octal(h, 136, 12, s.mtime ?? 1600000000);
   h.fill(0x20, 148, 156);
   put(h, 156, 1, type);
@@ -79,6 +87,9 @@ function paxRecords(pax: Record<string, string | Buffer>): Buffer {
   return Buffer.concat(recs);
 }
 
+/** Pax records (`<len> <key>=<value>\n`) for a hand-made `x` or `g` entry's data. */
+export { paxRecords };
+
 /** An uncompressed tar archive of the entries, in order, with its two zero end blocks. */
 export function tarOf(entries: TarSpec[]): Buffer {
   const out: Buffer[] = [];
@@ -88,7 +99,7 @@ export function tarOf(entries: TarSpec[]): Buffer {
       out.push(header('PaxHeaders/entry', 'x', recs.length, {}), pad(recs));
     }
     const type = e.type ?? '0';
-    const data = type === '0' ? (typeof e.data === 'string' ? Buffer.from(e.data) : (e.data ?? Buffer.alloc(0))) : Buffer.alloc(0);
+    const data = WITH_DATA.has(type) && e.size === undefined ? (typeof e.data === 'string' ? Buffer.from(e.data) : (e.data ?? Buffer.alloc(0))) : Buffer.alloc(0);
     out.push(header(e.name, type, data.length, e), pad(data));
   }
   out.push(Buffer.alloc(1024));

@@ -130,16 +130,25 @@ const padding = (n: number) => (BLOCK - (n % BLOCK)) % BLOCK;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-/** A byte-string name (one char per byte) for messages: as UTF-8 when it is, other bytes as \xNN. */
+const hex = (c: number) => `\\x${c.toString(16).padStart(2, '0')}`;
+
+/**
+ * A byte-string name (one char per byte) for messages: as UTF-8 when it is, other bytes as
+ * \xNN; control characters (C0 and DEL: a NUL, a newline, a terminal escape) as \xNN always,
+ * so a name can neither cut a message short nor rewrite the log line it is printed on.
+ */
 export function showName(bytes: string): string {
   const b = Buffer.from(bytes, 'latin1');
+  let text: string;
   try {
-    return utf8.decode(b);
+    text = utf8.decode(b);
   } catch {
     let out = '';
-    for (const c of b) out += c < 0x80 ? String.fromCharCode(c) : `\\x${c.toString(16).padStart(2, '0')}`;
-    return out;
+    for (const c of b) out += c < 0x80 ? String.fromCharCode(c) : hex(c);
+    text = out;
   }
+  // eslint-disable-next-line no-control-regex
+  return /[\x00-\x1f\x7f]/.test(text) ? text.replace(/[\x00-\x1f\x7f]/g, (c) => hex(c.charCodeAt(0))) : text;
 }
 
 /** A NUL-terminated field's bytes, one char per byte. */
@@ -257,6 +266,22 @@ function parsePax(data: Buffer, into: Pax, sparsePairs: number[]): void {
   }
 }
 
+/**
+ * The most an extended header (`x`, `g`) or GNU long name or link (`L`, `K`) may hold: Go's
+ * archive/tar (reader.go, readSpecialFile, maxSpecialFileSize) refuses more than 1 MiB, so
+ * containerd never applies a layer with a larger one.
+ */
+const MAX_SPECIAL = 1 << 20;
+
+/** Names of the special headers, for messages. */
+const SPECIAL: Record<string, string> = { x: 'pax extended header', g: 'pax global header', L: 'GNU long name', K: 'GNU long link name' };
+
+/** A name or link target with a NUL is refused, as Go's archive/tar refuses it (validPAXRecord). */
+function noNul(v: string, field: string, path: string): string {
+  if (v.includes('\0')) throw new TarFormatError(`${showName(path)}: ${field} contains a NUL byte`);
+  return v;
+}
+
 const TYPES: Record<string, EntryType> = { '0': 'file', '\0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo', S: 'file' };
 
 /**
@@ -264,7 +289,6 @@ const TYPES: Record<string, EntryType> = { '0': 'file', '\0': 'file', '7': 'file
  * data must then be consumed with `data()` before asking for the following one.
  */
 export class TarReader {
-  private readonly globals: Pax = new Map();
   private pending = 0;
 
   constructor(private readonly r: ChunkReader) {}
@@ -284,17 +308,22 @@ export class TarReader {
       const flag = String.fromCharCode(h[156] ?? 0);
       const size = num(h, 124, 12, 'size');
       if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
-        if (size < 0) throw new TarFormatError(`${JSON.stringify(flag)} header at offset ${this.r.offset - BLOCK}: size ${size} is negative`);
+        const what = () => `${SPECIAL[flag]} ${showName(cstring(h, 0, 100))} at offset ${this.r.offset - BLOCK}`;
+        if (size < 0) throw new TarFormatError(`${what()}: size ${size} is negative`);
+        if (size > MAX_SPECIAL) throw new TarFormatError(`${what()}: size ${size} is over the ${MAX_SPECIAL} bytes an extended header may hold`);
         const body = this.r.read(size + padding(size));
         const data = (body ?? Buffer.alloc(0)).subarray(0, size);
         if (flag === 'x') parsePax(data, local, sparsePairs);
-        else if (flag === 'g') parsePax(data, this.globals, []);
+        // A global header's records are read (so a malformed one is refused, as Go's reader
+        // refuses it) and dropped: Go's reader hands it over as an entry of its own
+        // (TypeXGlobalHeader) and containerd's applier (archive/tar.go) skips it, so they
+        // never reach the entries that follow.
+        else if (flag === 'g') parsePax(data, new Map(), []);
         else if (flag === 'L') longName = cstring(data, 0, data.length);
         else longLink = cstring(data, 0, data.length);
         continue;
       }
-      const type = TYPES[flag];
-      const pax = this.globals.size === 0 ? local : new Map([...this.globals, ...local]);
+      const pax = local;
       const str = (k: string) => pax.get(k)?.toString('utf8');
       const bytes = (k: string) => pax.get(k)?.toString('latin1');
       const magic = h.toString('latin1', 257, 263);
@@ -305,7 +334,13 @@ export class TarReader {
         const prefix = cstring(h, 345, 155);
         if (prefix) name = `${prefix}/${name}`;
       }
-      const path = bytes('path') ?? name;
+      const paxPath = bytes('path');
+      const path = paxPath ?? name;
+      if (paxPath !== undefined) noNul(paxPath, 'pax path', paxPath);
+      // Go's archive/tar (reader.go, Reader.next) reads the old-style type `\0` as a directory
+      // when the final name (pax path or GNU long name included) ends in `/`, as GNU tar does;
+      // `0` and the rest keep their type.
+      const type = flag === '\0' && path.endsWith('/') ? 'dir' : TYPES[flag];
       const field = (start: number, len: number, what: string) => nonNegative(num(h, start, len, what, path), what, path);
       const paxMtime = str('mtime');
       const time = paxMtime !== undefined ? paxTime(paxMtime, path) : { sec: num(h, 136, 12, 'mtime', path), nsec: 0 };
@@ -321,7 +356,7 @@ export class TarReader {
         gid: paxNum('gid') ?? field(116, 8, 'gid'),
         mtime: time.sec,
         mtimeNsec: time.nsec,
-        linkpath: bytes('linkpath') ?? longLink ?? cstring(h, 157, 100),
+        linkpath: noNul(bytes('linkpath') ?? longLink ?? cstring(h, 157, 100), 'pax linkpath', path),
         size: paxNum('size') ?? nonNegative(size, 'size', path),
         xattrs: new Map(),
         devmajor: posix || gnu ? field(329, 8, 'devmajor') : 0,
@@ -355,7 +390,7 @@ export class TarReader {
         }
         entry.sparse = chunks;
       } else if (pax.has('GNU.sparse.major') || pax.has('GNU.sparse.map') || sparsePairs.length || pax.has('GNU.sparse.size')) {
-        entry.path = bytes('GNU.sparse.name') ?? entry.path;
+        entry.path = noNul(bytes('GNU.sparse.name') ?? entry.path, 'pax GNU.sparse.name', entry.path);
         entry.realSize = Number(str('GNU.sparse.realsize') ?? str('GNU.sparse.size'));
         if (str('GNU.sparse.major') === '1') {
           // 1.0: the map leads the data, in decimal lines, padded to a block.
