@@ -84,6 +84,21 @@ describe('layer apply: nothing outside the image root is touched', () => {
     }
   });
 
+  it('applies a hard link\'s mtime to the inode it shares (the last link wins), to a symlink\'s own', () => {
+    const t = setup();
+    const before = statSync(t.victim).mtimeMs;
+    t.apply(tarOf([
+      { name: 'f', data: 'f', mtime: 1000 },
+      { name: 'h', type: '1', linkname: 'f', mtime: 2000 },
+      { name: 's', type: '2', linkname: t.victim, mtime: 1000 },
+      { name: 'hs', type: '1', linkname: 's', mtime: 3000 },
+    ]));
+    assert.equal(lstatSync(join(t.root, 'f')).mtimeMs, 2000 * 1000);
+    assert.equal(lstatSync(join(t.root, 's')).mtimeMs, 3000 * 1000);
+    assert.equal(statSync(t.victim).mtimeMs, before);
+    t.unchanged();
+  });
+
   it('sets a symlink\'s own mtime, never its target\'s', { skip: asRoot ? false : 'needs root' }, () => {
     const t = setup();
     const before = statSync(t.victim).mtimeMs;

@@ -407,6 +407,10 @@ export class ImageRoot {
         // it, and what it points at, alone too).
         if (asRoot) lchownSync(at, e.uid, e.gid);
         if (!tst.isSymbolicLink()) chmodSync(at, e.mode);
+        // So do its times (containerd archive/tar.go sets every entry's times, without
+        // following a symlink): the last link of an inode decides its mtime.
+        const t = fsTime(e.mtime, e.mtimeNsec);
+        lutimesSync(at, t, t);
         break;
       }
     }
