@@ -430,3 +430,59 @@ describe('layer apply: entries read as Go\'s archive/tar reads them for containe
     message(tarOf([{ name: 'f', data: 'x' }, { name: 'f/g', data: 'y' }]), 'f/g: parent /f is not a directory');
   });
 });
+
+describe('layer apply: GNU sparse maps hold decimal, ordered fragments within the real size', () => {
+  const tmp = tempDir('layer-apply-sparse');
+  after(() => tmp.remove());
+  let n = 0;
+  const apply = (layer: Buffer) => {
+    const root = join(tmp.path, String(++n));
+    mkdirSync(root);
+    new ImageRoot(root).applyLayer(sourceOf(layer));
+    return root;
+  };
+  const v01 = (realsize: string, map: string, data: string): TarSpec => ({
+    name: 'GNUSparseFile.0/sp',
+    data,
+    pax: { 'GNU.sparse.major': '0', 'GNU.sparse.minor': '1', 'GNU.sparse.name': 'sp', 'GNU.sparse.realsize': realsize, 'GNU.sparse.map': map },
+  });
+  const v00 = (pairs: [string, string][], data: string): TarSpec[] => [
+    { name: 'PaxHeaders/sp', type: 'x', data: Buffer.concat([paxRecords({ 'GNU.sparse.size': '8', 'GNU.sparse.numblocks': String(pairs.length) }), ...pairs.map(([o, l]) => Buffer.concat([paxRecords({ 'GNU.sparse.offset': o }), paxRecords({ 'GNU.sparse.numbytes': l })]))]) },
+    { name: 'sp', data },
+  ];
+  const v10 = (map: string, data: string): TarSpec => {
+    const head = Buffer.alloc(512);
+    head.write(map);
+    return { name: 'GNUSparseFile.0/sp', data: Buffer.concat([head, Buffer.from(data)]), pax: { 'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': 'sp', 'GNU.sparse.realsize': '8' } };
+  };
+
+  it('applies well-formed maps of the 0.0, 0.1 and 1.0 formats', () => {
+    for (const layer of [[v01('8', '2,1,6,2', 'abc')], v00([['2', '1'], ['6', '2']], 'abc'), [v10('2\n2\n1\n6\n2\n', 'abc')]]) {
+      const root = apply(tarOf(layer));
+      assert.equal(readFileSync(join(root, 'sp'), 'latin1'), '\0\0a\0\0\0bc');
+    }
+  });
+
+  it('refuses negative, non-decimal, overflowing, unpaired, overlapping, out-of-order and too long fragments, naming the entry and field', () => {
+    const cases: [TarSpec[], string][] = [
+      [[v01('-5', '0,1', 'x')], 'sp: sparse GNU.sparse.realsize "-5" is not a non-negative decimal integer'],
+      [[v01('8', '-10,1', 'x')], 'sp: sparse GNU.sparse.map offset 0 "-10" is not a non-negative decimal integer'],
+      [[v01('8', 'x,1', 'x')], 'sp: sparse GNU.sparse.map offset 0 "x" is not a non-negative decimal integer'],
+      [[v01('8', '0,1e0', 'x')], 'sp: sparse GNU.sparse.map length 0 "1e0" is not a non-negative decimal integer'],
+      [[v01('8', '99999999999999999999,1', 'x')], 'sp: sparse GNU.sparse.map offset 0 99999999999999999999 is out of range'],
+      [[v01('8', '0,1,5', 'x')], 'sp: sparse GNU.sparse.map has 3 numbers, not offset and length pairs'],
+      [[v01('8', '0,4,2,1', 'abcde')], 'sp: sparse map fragment 1 at offset 2 starts before the previous fragment ends (4): fragments must be in order and not overlap'],
+      [[v01('8', '5,1,0,1', 'ab')], 'sp: sparse map fragment 1 at offset 0 starts before the previous fragment ends (6): fragments must be in order and not overlap'],
+      [[v01('4', '3,2', 'ab')], 'sp: sparse map fragment 0 (offset 3, length 2) ends beyond the real size 4'],
+      [v00([['-10', '1']], 'x'), 'sp: sparse GNU.sparse.offset/numbytes offset 0 "-10" is not a non-negative decimal integer'],
+      [[v10('1\n-3\n1\n', 'x')], 'sp: sparse map offset 0 "-3" is not a non-negative decimal integer'],
+      [[v10('-1\n', 'x')], 'sp: sparse map entry count "-1" is not a non-negative decimal integer'],
+    ];
+    for (const [layer, want] of cases) {
+      assert.throws(() => apply(tarOf(layer)), (err: Error) => {
+        assert.equal(err.message, want);
+        return true;
+      }, want);
+    }
+  });
+});

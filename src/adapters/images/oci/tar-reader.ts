@@ -245,7 +245,7 @@ function checksumOk(h: Buffer): boolean {
 type Pax = Map<string, Buffer>;
 
 /** Parses pax records (`<len> <key>=<value>\n`, len in bytes); values stay bytes. */
-function parsePax(data: Buffer, into: Pax, sparsePairs: number[]): void {
+function parsePax(data: Buffer, into: Pax, sparsePairs: string[]): void {
   let at = 0;
   while (at < data.length) {
     if (data[at] === 0) break;
@@ -259,7 +259,7 @@ function parsePax(data: Buffer, into: Pax, sparsePairs: number[]): void {
     const key = rec.toString('utf8', 0, eq);
     const value = rec.subarray(eq + 1);
     // Format 0.0 repeats these two keys, one pair per chunk; order matters.
-    if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') sparsePairs.push(Number(value.toString('latin1')));
+    if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') sparsePairs.push(value.toString('latin1'));
     else if (value.length === 0) into.delete(key);
     else into.set(key, Buffer.from(value));
     at += len;
@@ -282,6 +282,44 @@ function noNul(v: string, field: string, path: string): string {
   return v;
 }
 
+type Chunk = { offset: number; length: number };
+
+/**
+ * A number of a GNU sparse map (pax GNU.sparse.* records, the 1.0 map's lines): decimal digits
+ * only, within what a file offset can be. Go's archive/tar refuses anything else, or any
+ * negative value, as an invalid header (reader.go, readGNUSparsePAXHeaders and
+ * validateSparseEntries), so containerd never applies it.
+ */
+function sparseNumber(v: string | undefined, field: string, path: string): number {
+  const n = Number(v);
+  if (v === undefined || !/^[0-9]+$/.test(v)) throw new TarFormatError(`${showName(path)}: sparse ${field} ${JSON.stringify(showName(v ?? ''))} is not a non-negative decimal integer`);
+  if (!Number.isSafeInteger(n)) throw new TarFormatError(`${showName(path)}: sparse ${field} ${v} is out of range`);
+  return n;
+}
+
+/** Offset and length pairs of a flat sparse map, refused when one is left without its pair. */
+function sparsePairsOf(flat: string[], field: string, path: string): Chunk[] {
+  if (flat.length % 2 !== 0) throw new TarFormatError(`${showName(path)}: sparse ${field} has ${flat.length} numbers, not offset and length pairs`);
+  const chunks: Chunk[] = [];
+  for (let i = 0; i < flat.length; i += 2) {
+    chunks.push({ offset: sparseNumber(flat[i], `${field} offset ${i / 2}`, path), length: sparseNumber(flat[i + 1], `${field} length ${i / 2}`, path) });
+  }
+  return chunks;
+}
+
+/**
+ * The fragments must come in order of offset, not overlap and end within the real size: the
+ * rules Go's archive/tar (validateSparseEntries, after BSD tar) holds every sparse format to.
+ */
+function checkSparse(chunks: Chunk[], realSize: number, path: string): void {
+  let end = 0;
+  chunks.forEach((c, i) => {
+    if (c.offset < end) throw new TarFormatError(`${showName(path)}: sparse map fragment ${i} at offset ${c.offset} starts before the previous fragment ends (${end}): fragments must be in order and not overlap`);
+    end = c.offset + c.length;
+    if (!Number.isSafeInteger(end) || end > realSize) throw new TarFormatError(`${showName(path)}: sparse map fragment ${i} (offset ${c.offset}, length ${c.length}) ends beyond the real size ${realSize}`);
+  });
+}
+
 const TYPES: Record<string, EntryType> = { '0': 'file', '\0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo', S: 'file' };
 
 /**
@@ -297,7 +335,7 @@ export class TarReader {
     if (this.pending > 0) this.r.skip(this.pending);
     this.pending = 0;
     const local: Pax = new Map();
-    const sparsePairs: number[] = [];
+    const sparsePairs: string[] = [];
     let longName: string | undefined;
     let longLink: string | undefined;
     for (;;) {
@@ -391,19 +429,22 @@ export class TarReader {
         entry.sparse = chunks;
       } else if (pax.has('GNU.sparse.major') || pax.has('GNU.sparse.map') || sparsePairs.length || pax.has('GNU.sparse.size')) {
         entry.path = noNul(bytes('GNU.sparse.name') ?? entry.path, 'pax GNU.sparse.name', entry.path);
-        entry.realSize = Number(str('GNU.sparse.realsize') ?? str('GNU.sparse.size'));
+        const realKey = pax.has('GNU.sparse.realsize') ? 'GNU.sparse.realsize' : 'GNU.sparse.size';
+        if (!pax.has(realKey)) throw new TarFormatError(`${showName(entry.path)}: sparse file without a real size`);
+        entry.realSize = sparseNumber(str(realKey), realKey, entry.path);
         if (str('GNU.sparse.major') === '1') {
           // 1.0: the map leads the data, in decimal lines, padded to a block.
-          const { chunks, bytes } = this.readSparseMap();
+          const { chunks, bytes } = this.readSparseMap(entry.path, entry.size);
           entry.sparse = chunks;
           entry.size -= bytes;
+        } else if (pax.has('GNU.sparse.map')) {
+          const map = str('GNU.sparse.map') ?? '';
+          entry.sparse = sparsePairsOf(map === '' ? [] : map.split(','), 'GNU.sparse.map', entry.path);
         } else {
-          const flat = pax.has('GNU.sparse.map') ? (str('GNU.sparse.map') ?? '').split(',').map(Number) : sparsePairs;
-          entry.sparse = [];
-          for (let i = 0; i + 1 < flat.length; i += 2) entry.sparse.push({ offset: flat[i] ?? 0, length: flat[i + 1] ?? 0 });
+          entry.sparse = sparsePairsOf(sparsePairs, 'GNU.sparse.offset/numbytes', entry.path);
         }
-        if (!Number.isSafeInteger(entry.realSize)) throw new TarFormatError(`${showName(entry.path)}: sparse file without a real size`);
       }
+      if (entry.sparse) checkSparse(entry.sparse, entry.realSize ?? 0, entry.path);
       if (entry.sparse && entry.sparse.reduce((n, c) => n + c.length, 0) !== entry.size) {
         throw new TarFormatError(`${showName(entry.path)}: sparse map does not match the stored data`);
       }
@@ -421,28 +462,27 @@ export class TarReader {
 
   private dataPad = 0;
 
-  private readSparseMap(): { chunks: { offset: number; length: number }[]; bytes: number } {
+  /** The 1.0 map at the head of the data, which it cannot outgrow (`size`, the data's bytes). */
+  private readSparseMap(path: string, size: number): { chunks: Chunk[]; bytes: number } {
     let text = '';
     let bytes = 0;
-    const nums: number[] = [];
+    const nums: string[] = [];
     let count = -1;
     while (count < 0 || nums.length < count * 2) {
+      if (bytes + BLOCK > size) throw new TarFormatError(`${showName(path)}: sparse map is longer than the entry's data`);
       const b = this.r.read(BLOCK);
-      if (!b) throw new TarFormatError('truncated sparse map');
+      if (!b) throw new TarFormatError(`${showName(path)}: truncated sparse map`);
       bytes += BLOCK;
       text += b.toString('latin1');
       const lines = text.split('\n');
       text = lines.pop() ?? '';
       for (const l of lines) {
-        if (count < 0) count = Number(l);
-        else nums.push(Number(l));
-        if (count >= 0 && nums.length >= count * 2) break;
+        if (count < 0) count = sparseNumber(l, 'map entry count', path);
+        else nums.push(l);
+        if (nums.length >= count * 2) break;
       }
-      if (!Number.isSafeInteger(count)) throw new TarFormatError('malformed sparse map');
     }
-    const chunks: { offset: number; length: number }[] = [];
-    for (let i = 0; i < count; i++) chunks.push({ offset: nums[2 * i] ?? 0, length: nums[2 * i + 1] ?? 0 });
-    return { chunks, bytes };
+    return { chunks: sparsePairsOf(nums, 'map', path), bytes };
   }
 
   /** Streams the current entry's data to `sink`, then skips its padding. */
