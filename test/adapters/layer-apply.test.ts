@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -484,5 +485,49 @@ describe('layer apply: GNU sparse maps hold decimal, ordered fragments within th
         return true;
       }, want);
     }
+  });
+});
+
+describe('layer apply: xattrs the kernel refuses are skipped as containerd skips them', () => {
+  const tmp = tempDir('layer-apply-xattrs');
+  after(() => tmp.remove());
+  let n = 0;
+  const apply = (layer: Buffer) => {
+    const root = join(tmp.path, String(++n));
+    mkdirSync(root);
+    const image = new ImageRoot(root);
+    image.applyLayer(sourceOf(layer));
+    return { root, image };
+  };
+  const xattrs = (p: string) => execFileSync('getfattr', ['-h', '-d', '-m', '-', '--absolute-names', p], { encoding: 'utf8' }).split('\n').filter((l) => l && !l.startsWith('#')).sort();
+
+  it('skips a name outside the Linux namespaces (macOS bsdtar), a user.* xattr on a hard link to a symlink and trusted.*, with a warning each', () => {
+    const { root, image } = apply(tarOf([
+      { name: 'app', data: 'x', pax: { 'SCHILY.xattr.com.apple.provenance': Buffer.from([1, 0, 2]), 'SCHILY.xattr.user.keep': 'k', 'SCHILY.xattr.trusted.admin': 'a' } },
+      { name: 's', type: '2', linkname: 'app' },
+      { name: 'h', type: '1', linkname: 's', pax: { 'SCHILY.xattr.user.onlink': 'l' } },
+    ]));
+    assert.deepEqual(xattrs(join(root, 'app')), ['user.keep="k"']);
+    assert.deepEqual(image.stats.warnings.sort(), [
+      'ignored xattr com.apple.provenance on /app: Operation not supported (not a Linux xattr namespace)',
+      'ignored xattr trusted.admin on /app: trusted.* (admin) attributes are not applied from a layer',
+      'ignored xattr user.onlink on /h: Operation not permitted (user.* xattrs go on files and directories only)',
+    ]);
+    assert.equal(image.stats.xattrs, 1);
+  });
+
+  it('skips what the kernel refuses with ENOTSUP in a batch and sets the rest; fails naming the xattr and path on any other refusal', () => {
+    const { root, image } = apply(tarOf([
+      { name: 'a', data: 'a', pax: { 'SCHILY.xattr.system.no_such_attribute': 'x', 'SCHILY.xattr.user.a': 'a' } },
+      { name: 'b', data: 'b', pax: { 'SCHILY.xattr.user.b': 'b' } },
+    ]));
+    assert.deepEqual(xattrs(join(root, 'a')), ['user.a="a"']);
+    assert.deepEqual(xattrs(join(root, 'b')), ['user.b="b"']);
+    assert.deepEqual(image.stats.warnings, ['ignored xattr system.no_such_attribute on /a: Operation not supported']);
+    // Over XATTR_SIZE_MAX (64 KiB): E2BIG, which containerd does not skip either.
+    assert.throws(() => apply(tarOf([{ name: 'f', data: 'f', pax: { 'SCHILY.xattr.user.big': Buffer.alloc(70000, 0x61) } }])), (err: Error) => {
+      assert.equal(err.message, 'setting xattr user.big on /f: Argument list too long');
+      return true;
+    });
   });
 });

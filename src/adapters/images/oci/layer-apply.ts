@@ -13,7 +13,7 @@
  * - missing parents are made 0755 root:root; hard links point at paths resolved in the image;
  * - owner (numeric uid/gid), all mode bits including setuid/setgid/sticky, mtime (to the
  *   microsecond, before 1970 too: see fsTime) and xattrs
- *   (`SCHILY.xattr.*`, `LIBARCHIVE.xattr.*`) are applied exactly: the process runs with umask 0,
+ *   (`SCHILY.xattr.*`, `LIBARCHIVE.xattr.*`; see xattrRefusal for those left out) are applied exactly: the process runs with umask 0,
  *   so a file is created with its permission bits, and chown/chmod are called only when what
  *   the kernel gave it differs (owner root and the group that directory hands down, no
  *   setuid/setgid/sticky): GNU tar makes six calls per file, this makes four;
@@ -35,6 +35,29 @@ export interface ApplyStats {
   /** Device nodes and FIFOs left out, and hard links to them. */
   skipped: number;
   xattrs: number;
+  /**
+   * What was left out with a warning, one line each naming the xattr and the path (at most
+   * MAX_WARNINGS lines, then one saying how many more).
+   */
+  warnings: string[];
+}
+
+const MAX_WARNINGS = 100;
+
+/**
+ * Why an xattr of a layer is left out, or undefined when it is set. As containerd 1.7
+ * (archive/tar.go, setting each PAX xattr record): `trusted.*` is dropped ("admin attributes
+ * from archive not supported"), and what the kernel refuses with ENOTSUP or EPERM is skipped
+ * with a log line ("ignored xattr … in archive"), the entry kept. Two refusals are known
+ * without asking the kernel (xattr(7)): a name outside the security, system, trusted and user
+ * namespaces (macOS bsdtar's `com.apple.provenance`) is ENOTSUP everywhere, and a user.* xattr
+ * on a symlink (a hard link to one) is EPERM. Others are found when setfattr fails.
+ */
+export function xattrRefusal(name: string, onSymlink: boolean): string | undefined {
+  if (name.startsWith('trusted.')) return 'trusted.* (admin) attributes are not applied from a layer';
+  if (!/^(security|system|trusted|user)\./.test(name)) return 'Operation not supported (not a Linux xattr namespace)';
+  if (onSymlink && name.startsWith('user.')) return 'Operation not permitted (user.* xattrs go on files and directories only)';
+  return undefined;
 }
 
 /** An error with the errno code kept (ENOSPC, EDQUOT…), so callers can say what ran out. */
@@ -124,7 +147,14 @@ export class ImageRoot {
    * instead of the umask, so every mode is set with chmod from then on.
    */
   private chmodAlways = false;
-  readonly stats: ApplyStats = { entries: 0, files: 0, bytes: 0, skipped: 0, xattrs: 0 };
+  readonly stats: ApplyStats = { entries: 0, files: 0, bytes: 0, skipped: 0, xattrs: 0, warnings: [] };
+  private warned = 0;
+
+  private warn(line: string): void {
+    const w = this.stats.warnings;
+    if (++this.warned <= MAX_WARNINGS) w.push(line);
+    else w[MAX_WARNINGS] = `and ${this.warned - MAX_WARNINGS} more warnings`;
+  }
 
   /**
    * With `relative`, the process has made `root` its working directory and paths are given
@@ -264,6 +294,24 @@ export class ImageRoot {
     rmSync(this.abs(rel), { recursive: true, force: true });
   }
 
+  /**
+   * Runs `setfattr -h --restore` on a dump: undefined when every attribute was set, else its
+   * error output (setfattr sets what it can and goes on). The C locale keeps the kernel's
+   * messages (strerror) as the caller matches them.
+   */
+  private setfattr(dump: string): string | undefined {
+    try {
+      execFileSync('setfattr', ['-h', '--restore=-'], {
+        cwd: this.relative ? '.' : this.root, input: dump, stdio: ['pipe', 'ignore', 'pipe'], maxBuffer: 16 << 20, env: { ...process.env, LC_ALL: 'C' },
+      });
+      return undefined;
+    } catch (err) {
+      if (errno(err) === 'ENOENT') throw new ApplyError('setfattr is not installed (Debian package attr): it sets the layer\'s xattrs', 'ENOENT');
+      const stderr = String((err as { stderr?: Buffer }).stderr ?? '').trim();
+      return stderr || (err as Error).message;
+    }
+  }
+
   /** Removes everything under `rel` that this layer has not written. */
   private opaque(rel: string): void {
     if (!this.isRealDir(rel)) return;
@@ -329,6 +377,7 @@ export class ImageRoot {
       return;
     }
     if (this.skipped.size) this.skipped.delete(rel);
+    let onSymlink = false;
     switch (e.type) {
       case 'dir': {
         let made = this.make(() => mkdirSync(at, 0o700));
@@ -407,6 +456,7 @@ export class ImageRoot {
         // it, and what it points at, alone too).
         if (asRoot) lchownSync(at, e.uid, e.gid);
         if (!tst.isSymbolicLink()) chmodSync(at, e.mode);
+        else onSymlink = true;
         // So do its times (containerd archive/tar.go sets every entry's times, without
         // following a symlink): the last link of an inode decides its mtime.
         const t = fsTime(e.mtime, e.mtimeNsec);
@@ -415,8 +465,16 @@ export class ImageRoot {
       }
     }
     if (e.xattrs.size && e.type !== 'symlink') {
-      this.xattrs.set(rel, e.xattrs);
-      if (e.xattrs.has('system.posix_acl_default')) this.chmodAlways = true;
+      let attrs = e.xattrs;
+      for (const name of e.xattrs.keys()) {
+        const why = xattrRefusal(name, onSymlink);
+        if (why === undefined) continue;
+        if (attrs === e.xattrs) attrs = new Map(e.xattrs);
+        attrs.delete(name);
+        this.warn(`ignored xattr ${showName(name)} on /${showName(rel)}: ${why}`);
+      }
+      if (attrs.size) this.xattrs.set(rel, attrs);
+      if (attrs.has('system.posix_acl_default')) this.chmodAlways = true;
     }
   }
 
@@ -453,10 +511,16 @@ export class ImageRoot {
     return make();
   }
 
-  /** Sets the layer's xattrs in one batch, then directory mtimes (written after their content). */
+  /**
+   * Sets the layer's xattrs in one batch, then directory mtimes (written after their content).
+   * If the batch fails (setfattr sets what it can and names only the path of what it could
+   * not), every xattr is set again one by one to learn which the kernel refuses: ENOTSUP and
+   * EPERM are skipped with a warning, as containerd skips them; anything else fails the layer.
+   */
   private finishLayer(): void {
     if (this.xattrs.size) {
       let dump = '';
+      const all: [string, string, Buffer][] = [];
       for (const [rel, attrs] of this.xattrs) {
         const slash = rel.lastIndexOf('/');
         // Every parent was resolved to a real directory when the entry was written and is
@@ -466,17 +530,19 @@ export class ImageRoot {
         if (!this.dirs.has(parent) || !this.isRealDir(parent)) continue;
         dump += `# file: ${quote(Buffer.from(rel, 'latin1'))}\n`;
         for (const [name, value] of attrs) {
-          dump += `${quote(Buffer.from(name))}=0s${value.toString('base64')}\n`;
-          this.stats.xattrs++;
+          dump += xattrLine(name, value);
+          all.push([rel, name, value]);
         }
         dump += '\n';
       }
-      try {
-        execFileSync('setfattr', ['-h', '--restore=-'], { cwd: this.relative ? '.' : this.root, input: dump, stdio: ['pipe', 'ignore', 'pipe'], maxBuffer: 16 << 20 });
-      } catch (err) {
-        const stderr = String((err as { stderr?: Buffer }).stderr ?? '').trim();
-        const code = errno(err) === 'ENOENT' ? 'ENOENT' : /No space left/.test(stderr) ? 'ENOSPC' : undefined;
-        throw new ApplyError(errno(err) === 'ENOENT' ? 'setfattr is not installed (Debian package attr): it sets the layer\'s xattrs' : `setting xattrs: ${stderr || (err as Error).message}`, code);
+      if (this.setfattr(dump) === undefined) this.stats.xattrs += all.length;
+      else {
+        for (const [rel, name, value] of all) {
+          const stderr = this.setfattr(`# file: ${quote(Buffer.from(rel, 'latin1'))}\n${xattrLine(name, value)}\n`);
+          if (stderr === undefined) this.stats.xattrs++;
+          else if (/Operation not (supported|permitted)/.test(stderr)) this.warn(`ignored xattr ${showName(name)} on /${showName(rel)}: ${/supported/.test(stderr) ? 'Operation not supported' : 'Operation not permitted'}`);
+          else throw new ApplyError(`setting xattr ${showName(name)} on /${showName(rel)}: ${stderr.replace(/^setfattr: [^\n]*?: /, '')}`, /No space left/.test(stderr) ? 'ENOSPC' : undefined);
+        }
       }
     }
     for (const d of this.dirTimes) {
@@ -484,6 +550,11 @@ export class ImageRoot {
       if (this.dirs.has(d.rel) && this.isRealDir(d.rel)) lutimesSync(this.abs(d.rel), d.mtime, d.mtime);
     }
   }
+}
+
+/** One attribute of a setfattr --restore dump: the name quoted, the value in base64. */
+function xattrLine(name: string, value: Buffer): string {
+  return `${quote(Buffer.from(name))}=0s${value.toString('base64')}\n`;
 }
 
 /** getfattr's quoting, which setfattr --restore undoes: anything unusual as a 3-digit octal escape. */
