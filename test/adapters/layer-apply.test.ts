@@ -417,6 +417,7 @@ describe('layer apply: entries read as Go\'s archive/tar reads them for containe
   it('refuses a NUL in a pax path or link target, naming the entry and the field with control characters escaped', () => {
     message(tarOf([{ name: 'n', data: 'x', pax: { path: Buffer.from('a\0b') } }]), 'a\\x00b: pax path contains a NUL byte');
     message(tarOf([{ name: 'l', type: '2', pax: { linkpath: Buffer.from('x\0y') } }]), 'l: pax linkpath contains a NUL byte');
+    message(tarOf([{ name: 'k', data: 'x', pax: { 'SCHILY.xattr.user.a\0b': 'v' } }]), 'malformed pax record: key SCHILY.xattr.user.a\\x00b contains a NUL byte');
     message(tarOf([{ name: 'h\nx\x1b[2J', type: '1', linkname: 'gone' }]), 'h\\x0ax\\x1b[2J: hard link target gone does not exist in the image');
   });
 

@@ -6,11 +6,13 @@
  * Rules (OCI image spec, "Image Layer Filesystem Changeset"; containerd archive.Apply):
  * - every name is cleaned lexically and resolved chroot-style: symlinks of lower layers in the
  *   parent path are followed, absolute ones from the image root, `..` never above it;
- * - `.wh.<name>` removes `<name>`; `.wh..wh..opq` removes everything in its directory that this
+ * - `.wh.<name>` removes `<name>` (`.wh.`, `.wh..` and `.wh...` name no file and are refused,
+ *   as containerd refuses them); `.wh..wh..opq` removes everything in its directory that this
  *   layer did not write (before or after the marker); whiteouts themselves are never written;
  * - an entry replaces whatever its path holds unless both are directories (then the directory
  *   stays and takes the entry's owner, mode and xattrs);
- * - missing parents are made 0755 root:root; hard links point at paths resolved in the image;
+ * - missing parents are made 0755 root:root; hard links point at paths resolved in the image,
+ *   and each link's owner, mode and mtime go to the inode it shares;
  * - owner (numeric uid/gid), all mode bits including setuid/setgid/sticky, mtime (to the
  *   microsecond, before 1970 too: see fsTime) and xattrs
  *   (`SCHILY.xattr.*`, `LIBARCHIVE.xattr.*`; see xattrRefusal for those left out) are applied exactly: the process runs with umask 0,

@@ -1,6 +1,7 @@
 /**
- * A streaming reader of tar archives as image layers carry them: POSIX ustar and pax (local and
- * global records, binary `SCHILY.xattr.*` values kept byte for byte), GNU long names and links
+ * A streaming reader of tar archives as image layers carry them: POSIX ustar and pax (local
+ * records, binary `SCHILY.xattr.*` values kept byte for byte; global records are checked and
+ * dropped, as containerd applies none), GNU long names and links
  * (`L`, `K`), and sparse files in GNU's old format (`S`) and pax formats 0.0, 0.1 and 1.0.
  * Numbers may be octal or base-256 (two's complement, so negative: GNU tar and Go's archive/tar
  * write an mtime before 1970 that way; only an mtime may be negative). Sources: POSIX.1-2017 pax (ustar and extended headers),
@@ -258,6 +259,9 @@ function parsePax(data: Buffer, into: Pax, sparsePairs: string[]): void {
     if (eq < 0) throw new TarFormatError('malformed pax record: no "="');
     const key = rec.toString('utf8', 0, eq);
     const value = rec.subarray(eq + 1);
+    // Go's archive/tar (validPAXRecord) refuses a NUL in any key and in the value of a name.
+    if (key.includes('\0')) throw new TarFormatError(`malformed pax record: key ${showName(key)} contains a NUL byte`);
+    if ((key === 'uname' || key === 'gname') && value.includes(0)) throw new TarFormatError(`malformed pax record: ${key} contains a NUL byte`);
     // Format 0.0 repeats these two keys, one pair per chunk; order matters.
     if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') sparsePairs.push(value.toString('latin1'));
     else if (value.length === 0) into.delete(key);
