@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { isAbsolute } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { parseBool, parseSetting, type SettingDef, type SettingValue } from '../core/settings.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
@@ -199,6 +200,11 @@ function flintlockdEnv(env: Record<string, string | undefined>, known: ReadonlyS
 function convert(def: KeyDef, raw: unknown, where: string): SettingValue {
   const r = parseSetting(def, raw);
   if ('error' in r) throw configError(`${where}: ${r.error}`);
+  // flintlockd joins a relative state-dir to its working directory; systemd runs the unit from
+  // /, so such a path names another place than the one written. Refused rather than resolved.
+  if (def.key === 'state-dir' && typeof r.value === 'string' && !isAbsolute(r.value)) {
+    throw configError(`${where}: state-dir must be an absolute path (got ${JSON.stringify(raw)})`);
+  }
   return r.value;
 }
 

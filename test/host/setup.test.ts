@@ -37,6 +37,10 @@ describe('matchlock host setup', () => {
     const p = paths('b');
     await assert.rejects(hostSetup({ ...p, settings: { 'state_dir': '/x' } }), /--set state_dir: unknown key/);
     await assert.rejects(hostSetup({ ...p, settings: { 'resync-period': 'often' } }), /resync-period must be a duration/);
+    await assert.rejects(hostSetup({ ...p, settings: { 'state-dir': 'rel/state' } }), /^Error: --set state-dir=rel\/state: state-dir must be an absolute path/);
+    // The daemon reads the same rule: a relative state-dir from a flag, the file or the environment is refused.
+    assert.throws(() => loadConfig({ flags: { 'state-dir': 'rel/state' }, file: { path: '/dev/null', explicit: true }, env: {} }), /^MatchlockError: flag: state-dir must be an absolute path \(got "rel\/state"\)$/);
+    assert.throws(() => loadConfig({ flags: {}, file: { path: '/dev/null', explicit: true }, env: { MATCHLOCK_STATE_DIR: './s' } }), /environment MATCHLOCK_STATE_DIR: state-dir must be an absolute path/);
     assert.equal(existsSync(p.configPath), false);
     assert.equal(existsSync(p.unitPath), false);
   });
