@@ -215,18 +215,34 @@ export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonCo
     const made = await mkdir(dir, { recursive: true, ...(mode === undefined ? {} : { mode }) });
     if (made) undo.push(() => rmEmptyDirs(dir, made));
   };
+  // A write that fails names the flag or setting whose path it was (a bare "EEXIST: mkdir …"
+  // leaves the user to guess which of the paths given is wrong).
+  const named = async (what: string, fn: () => Promise<unknown>) => {
+    try {
+      await fn();
+    } catch (err) {
+      throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
+    }
+  };
   try {
-    await mkdirs(config.stateDir, 0o750);
-    await mkdirs(dirname(o.configPath));
-    await keep(o.configPath);
-    await writeAtomic(o.configPath, after, 0o640);
-    await mkdirs(dirname(o.unitPath));
-    await keep(o.unitPath);
-    await writeAtomic(o.unitPath, systemdUnit(o.execStart ?? daemon?.execStart ?? '', o.configPath, o.guardPath));
+    await named(`state-dir ${config.stateDir}`, () => mkdirs(config.stateDir, 0o750));
+    await named(`--config-out ${o.configPath}`, async () => {
+      await mkdirs(dirname(o.configPath));
+      await keep(o.configPath);
+      await writeAtomic(o.configPath, after, 0o640);
+    });
+    await named(`--unit-out ${o.unitPath}`, async () => {
+      await mkdirs(dirname(o.unitPath));
+      await keep(o.unitPath);
+      await writeAtomic(o.unitPath, systemdUnit(o.execStart ?? daemon?.execStart ?? '', o.configPath, o.guardPath));
+    });
     if (o.guardPath) {
-      await mkdirs(dirname(o.guardPath));
-      await keep(o.guardPath);
-      await writeGuardFile(o.guardPath);
+      const guardPath = o.guardPath;
+      await named(`guard file ${guardPath} (beside --config-out)`, async () => {
+        await mkdirs(dirname(guardPath));
+        await keep(guardPath);
+        await writeGuardFile(guardPath);
+      });
       // Last: nothing after it can fail, so an installed guard is never left by a failed setup.
       await installGuard();
     }

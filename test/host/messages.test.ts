@@ -27,6 +27,24 @@ describe('host setup and inspect name the flag a value came from', () => {
     assert.equal(existsSync(join(tmp.path, 'a')), false, 'not even the config directory is made');
   });
 
+  it('host setup refuses a relative state-dir (the unit runs from /), naming --set state-dir, and writes nothing', async () => {
+    const dir = join(tmp.path, 'rel');
+    const r = await cli(['host', 'setup', '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--no-guard', '--set', 'state-dir=rel/state']);
+    assert.equal(r.code, 2, r.err);
+    assert.match(r.err, /--set state-dir=rel\/state: state-dir must be an absolute path/);
+    assert.equal(existsSync(dir), false);
+  });
+
+  it('host setup names the flag of a path it cannot write (--unit-out under a regular file)', async () => {
+    const dir = join(tmp.path, 'unwritable');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'file'), '');
+    const r = await cli(['host', 'setup', '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'file', 'sub', 'unit.service'), '--no-guard', '--set', `state-dir=${join(dir, 'state')}`]);
+    assert.equal(r.code, 2, r.err);
+    assert.match(r.err, new RegExp(`--unit-out ${join(dir, 'file', 'sub', 'unit.service')}: (EEXIST|ENOTDIR)`));
+    assert.deepEqual(readdirSync(dir), ['file']);
+  });
+
   it('host setup and host dev refuse a relative --config-out or --unit-out (the unit names them for systemd) before writing anything', async () => {
     // Should a relative path be taken after all, it lands in the test's own directory.
     const cwd = process.cwd();
