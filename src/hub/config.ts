@@ -1,6 +1,6 @@
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { readFileSync } from 'node:fs';
-import { isAbsolute } from 'node:path';
+import { isAbsolute, resolve } from 'node:path';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { ipFamily, isIPv4 } from '../core/microvm/net.js';
 
@@ -109,6 +109,9 @@ export function validateHub(c: HubConfig): HubConfig {
   // (teardown, systemd's unit), so a relative path would name another place; as the daemon does
   // for its own paths, it is refused rather than guessed.
   if (!isAbsolute(c.stateDir)) throw bad('state-dir', `must be an absolute path (${c.stateDir} is relative)`);
+  // One spelling per directory (no trailing slash, no "." or ".."), so the record, the state and
+  // the one-hub-per-host rule compare paths as the kernel resolves them.
+  c.stateDir = resolve(c.stateDir);
   return c;
 }
 
@@ -129,10 +132,20 @@ export const HUB_DEFAULTS: HubConfig = {
  * names where the bad value came from: `--<flagPrefix><key>` for a flag (inspect passes `hub-`),
  * `<file>: <key>` for the file, the bare key for a default. Throws InvalidArgument.
  */
-export function loadHubConfig(file: string | undefined, flags: Partial<Record<string, unknown>>, flagPrefix = ''): HubConfig {
+export function loadHubConfig(file: string | undefined, flags: Partial<Record<string, unknown>>, flagPrefix = '', flagNames: Partial<Record<string, string>> = {}): HubConfig {
   const raw: Record<string, unknown> = {};
   const origin: Record<string, string> = {};
-  const named = (key: string) => origin[key.replace(/\[\d+\]$/, '')]?.replace('%s', key) ?? key;
+  const flagName = (key: string) => `--${flagNames[key] ?? `${flagPrefix}${key}`}`;
+  // A key nobody gave and that has no default (vlan mode's parent and vlan-id) is named as the
+  // flag that would give it, or as the file's key when only a file was read.
+  const fromFlags = !file || Object.values(flags).some((v) => v !== undefined);
+  const named = (key: string) => {
+    const bare = key.replace(/\[\d+\]$/, '');
+    const o = origin[bare];
+    if (o !== undefined) return o.replace('%s', key);
+    if (bare in KEYS && HUB_DEFAULTS[KEYS[bare] as keyof HubConfig] === undefined) return fromFlags ? flagName(key) : `${file}: ${key}`;
+    return key;
+  };
   if (file) {
     let doc: unknown;
     try {
@@ -152,16 +165,18 @@ export function loadHubConfig(file: string | undefined, flags: Partial<Record<st
   for (const [k, v] of Object.entries(flags)) {
     if (v === undefined) continue;
     raw[k] = v;
-    origin[k] = `--${flagPrefix}%s`;
+    origin[k] = flagNames[k] ? `--${flagNames[k]}` : `--${flagPrefix}%s`;
   }
   const out: Record<string, unknown> = { ...HUB_DEFAULTS };
   for (const [k, v] of Object.entries(raw)) {
     const prop = KEYS[k];
     if (!prop) throw hubConfigError(`unknown key "${k}"`);
     if (prop === 'vlanId' || prop === 'defaultLeaseSeconds' || prop === 'maxLeaseSeconds') {
-      const n = Number(v);
-      if (!Number.isInteger(n)) throw hubConfigError(`${named(k)}: must be a whole number`);
-      out[prop] = n;
+      // Decimal digits only: Number() would also read 0x10, 1e3 and " 7 ", which no reader of
+      // these values (dhcpd.conf's lease times, ip link's VLAN id) is given in that form.
+      const text = typeof v === 'number' && Number.isSafeInteger(v) ? String(v) : v;
+      if (typeof text !== 'string' || !/^\d+$/.test(text)) throw hubConfigError(`${named(k)}: must be a whole number in decimal digits (got ${JSON.stringify(v)})`);
+      out[prop] = Number(text);
     } else if (prop === 'dnsServers') out[prop] = Array.isArray(v) ? v.map(String) : String(v).split(',').map((x) => x.trim()).filter(Boolean);
     else out[prop] = String(v);
   }

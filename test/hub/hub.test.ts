@@ -5,7 +5,7 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HUB_DEFAULTS, loadHubConfig, validateHub } from '../../src/hub/config.js';
-import { parseDnsmasqLeases, parseIscLeases } from '../../src/hub/hub.js';
+import { parseDnsmasqLeases, parseIscLeases, whyDhcpFailed } from '../../src/hub/hub.js';
 import { dhcpdConf } from '../../src/hub/render.js';
 import { ROOT, tempDir } from '../helpers/daemon.js';
 
@@ -74,13 +74,50 @@ describe('hub config', () => {
 
   it('names where a bad value came from: the flag (with its prefix), the file and key, or the bare key of a default', () => {
     assert.throws(() => loadHubConfig(undefined, { mode: 'bogus' }, 'hub-'), /^MatchlockError: --hub-mode: must be vlan or bridge$/);
-    assert.throws(() => loadHubConfig(undefined, { 'vlan-id': 'x' }), /^MatchlockError: --vlan-id: must be a whole number$/);
+    assert.throws(() => loadHubConfig(undefined, { 'vlan-id': 'x' }), /^MatchlockError: --vlan-id: must be a whole number in decimal digits \(got "x"\)$/);
     assert.throws(() => loadHubConfig(undefined, { 'dns-servers': '8.8.8.8,dns' }), /^MatchlockError: --dns-servers\[1\]: must be an IPv4 address$/);
     const file = join(tmp.path, 'origin.yaml');
     writeFileSync(file, 'address: 10.0.0.0/24\n');
     assert.throws(() => loadHubConfig(file, {}), new RegExp(`^MatchlockError: ${file}: address: 10\\.0\\.0\\.0 is the network address`));
     // The range is the default's, outside the address the flag gave.
     assert.throws(() => loadHubConfig(undefined, { address: '10.0.0.1/24' }), /^MatchlockError: range-start: must be inside 10\.0\.0\.0\/24$/);
+  });
+
+  it('takes whole numbers in decimal digits only: 0x10, 1e3 and " 7" are refused naming the flag', () => {
+    const base = { mode: 'vlan', parent: 'eth1', 'vlan-id': '10' };
+    assert.equal(loadHubConfig(undefined, base).vlanId, 10);
+    assert.throws(() => loadHubConfig(undefined, { ...base, 'vlan-id': '0x10' }), /^MatchlockError: --vlan-id: must be a whole number in decimal digits \(got "0x10"\)$/);
+    assert.throws(() => loadHubConfig(undefined, { 'default-lease-time': '1e3' }), /^MatchlockError: --default-lease-time: must be a whole number in decimal digits/);
+    assert.throws(() => loadHubConfig(undefined, { 'max-lease-time': ' 7200' }), /^MatchlockError: --max-lease-time: must be a whole number in decimal digits/);
+    const file = join(tmp.path, 'numbers.yaml');
+    writeFileSync(file, 'default-lease-time: 900\n');
+    assert.equal(loadHubConfig(file, {}).defaultLeaseSeconds, 900, 'a YAML integer is read as it is');
+  });
+
+  it('names a missing vlan-mode setting as the flag that would give it, or the file key; host dev names --hub-state-dir', () => {
+    assert.throws(() => loadHubConfig(undefined, { mode: 'vlan', parent: 'eth1' }), /^MatchlockError: --vlan-id: vlan mode needs the VLAN id \(1-4094\)$/);
+    assert.throws(() => loadHubConfig(undefined, { mode: 'vlan' }), /^MatchlockError: --parent: vlan mode needs the parent interface$/);
+    const file = join(tmp.path, 'vlan.yaml');
+    writeFileSync(file, 'mode: vlan\nparent: eth1\n');
+    assert.throws(() => loadHubConfig(file, {}), new RegExp(`^MatchlockError: ${file}: vlan-id: vlan mode needs the VLAN id`));
+    assert.throws(() => loadHubConfig(undefined, { 'state-dir': 'rel/hub' }, '', { 'state-dir': 'hub-state-dir' }), /^MatchlockError: --hub-state-dir: must be an absolute path \(rel\/hub is relative\)$/);
+  });
+
+  it('spells a state dir one way: a trailing slash or "." is resolved away', () => {
+    assert.equal(loadHubConfig(undefined, { 'state-dir': '/tmp/x/sA/' }).stateDir, '/tmp/x/sA');
+    assert.equal(loadHubConfig(undefined, { 'state-dir': '/tmp/x/./sA' }).stateDir, '/tmp/x/sA');
+  });
+
+  it("shows why a DHCP server failed: dhcpd's cause without its banner and closing text, dnsmasq's own lines", () => {
+    const isc = [
+      'Internet Systems Consortium DHCP Server 4.4.3-P1', 'Copyright 2004-2022 Internet Systems Consortium.', 'All rights reserved.',
+      'For info, please visit https://www.isc.org/software/dhcp/', 'Config file: /s/dhcpd.conf', 'Database file: /s/dhcpd.leases', 'PID file: /s/dhcp.pid',
+      "There's already a DHCP server running.", '', 'If you think you have received this message due to a bug rather',
+      'than a configuration issue please read the section on submitting', 'bugs on either our web page at www.isc.org or in the README file',
+      'before submitting a bug.  These pages explain the proper', 'process and the information we find helpful for debugging.', '', 'exiting.',
+    ].join('\n');
+    assert.equal(whyDhcpFailed('isc', isc), "There's already a DHCP server running.");
+    assert.equal(whyDhcpFailed('dnsmasq', 'started\ndnsmasq: failed to open pidfile /s/dhcp.pid: Is a directory\n'), 'dnsmasq: failed to open pidfile /s/dhcp.pid: Is a directory');
   });
 
   it('reads isc leases: the last block for an address wins, expired and freed ones are left out', () => {
