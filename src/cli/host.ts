@@ -1,6 +1,9 @@
 import { Command } from 'commander';
 import { dirname, join } from 'node:path';
 import { DEFAULT_CONFIG_PATH } from '../daemon/config-path.js';
+
+/** Where host dev keeps its hub's files when --hub-state-dir is not given. */
+const DEFAULT_HUB_STATE_DIR = '/var/lib/matchlock/hub';
 import { EXIT, cliError } from './client.js';
 import { documentText, table } from './output.js';
 import type { Io } from './vm.js';
@@ -63,32 +66,35 @@ export function hostCommand(io: Io, output: () => string): Command {
     .option('--range-end <ip>', 'last DHCP address', '192.168.10.126')
     .option('--uplink <link>', "where guests' traffic leaves, masqueraded (default: the default route's link)")
     .option('--dhcp <backend>', 'dnsmasq or isc', 'dnsmasq')
-    .option('--hub-state-dir <dir>', "the hub's files", '/var/lib/matchlock/hub')
+    .option('--hub-state-dir <dir>', "the hub's files (default: /var/lib/matchlock/hub; with --down: the recorded hub's)")
     .option('--set <key=value>', 'another daemon setting (repeatable)', (v: string, p: string[] = []) => [...p, v])
     .option('--config-out <path>', 'where the config goes', DEFAULT_CONFIG_PATH)
     .option('--unit-out <path>', 'where the unit goes', '/etc/systemd/system/matchlockd.service')
     .option('--no-guard', "do not install the nftables guard that keeps guests off this host's own addresses")
     .option('--down', 'remove what dev mode set up (the config and unit stay)')
-    .action(async (o: { interface: string; address: string; rangeStart: string; rangeEnd: string; uplink?: string; dhcp: string; hubStateDir: string; set?: string[]; configOut: string; unitOut: string; down?: boolean; guard: boolean }) => {
+    .action(async (o: { interface: string; address: string; rangeStart: string; rangeEnd: string; uplink?: string; dhcp: string; hubStateDir?: string; set?: string[]; configOut: string; unitOut: string; down?: boolean; guard: boolean }) => {
       const { loadHubConfig } = await import('../hub/config.js');
-      const { recordedHub, refuseSecondHub, setupRecordedHub, forgetHub } = await import('./hub.js');
-      const hubConfig = (uplink: string | undefined) => {
+      const { recordedHub, refuseSecondHub, setupRecordedHub, forgetHub, withHubLock } = await import('./hub.js');
+      const hubConfig = (uplink: string | undefined, stateDir = o.hubStateDir ?? DEFAULT_HUB_STATE_DIR) => {
         try {
-          return loadHubConfig(undefined, { interface: o.interface, mode: 'bridge', address: o.address, 'range-start': o.rangeStart, 'range-end': o.rangeEnd, uplink, dhcp: o.dhcp, 'state-dir': o.hubStateDir });
+          return loadHubConfig(undefined, { interface: o.interface, mode: 'bridge', address: o.address, 'range-start': o.rangeStart, 'range-end': o.rangeEnd, uplink, dhcp: o.dhcp, 'state-dir': stateDir }, '', { 'state-dir': 'hub-state-dir' });
         } catch (err) {
           throw cliError((err as Error).message, EXIT.usage);
         }
       };
       // Hub failures are FailedPrecondition errors: exit 6.
       if (o.down) {
-        // Teardown undoes what the hub's state recorded and never touches the uplink, so none
-        // is looked up: the one given, else the record's, else the default (unused).
+        // The hub to remove is the one --hub-state-dir names, else the recorded one (the hub
+        // this host has), else the default state dir's. Teardown undoes what that hub's state
+        // recorded and never touches the uplink, so none is looked up.
         const recorded = recordedHub();
-        const hub = hubConfig(o.uplink ?? (recorded?.stateDir === o.hubStateDir ? recorded.uplink : undefined));
-        await (await import('../hub/hub.js')).hubTeardown(hub);
+        const given = o.hubStateDir === undefined ? undefined : hubConfig(o.uplink).stateDir;
+        const hub = given === undefined && recorded ? recorded : hubConfig(o.uplink ?? (recorded?.stateDir === given ? recorded?.uplink : undefined));
+        const removed = await (await import('../hub/hub.js')).hubTeardown(hub);
+        if (!removed) throw cliError(`host dev --down: no hub state at ${join(hub.stateDir, 'hub-state.json')}: no hub removed${o.hubStateDir === undefined ? ' (give the --hub-state-dir dev mode was set up with)' : ''}`, EXIT.precondition);
         forgetHub(hub);
         if (o.guard) await (await import('../host/guard.js')).removeGuard();
-        io.out(documentText(output(), { removed: o.interface, guard: o.guard }) ?? `removed ${o.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
+        io.out(documentText(output(), { removed: removed.interface, stateDir: hub.stateDir, guard: o.guard }) ?? `removed ${removed.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
         return;
       }
       let uplink = o.uplink;
@@ -105,8 +111,10 @@ export function hostCommand(io: Io, output: () => string): Command {
       await planHostSetup(setupOptions).catch((err: unknown) => {
         throw cliError((err as Error).message, EXIT.usage);
       });
-      refuseSecondHub(hub, 'host dev');
-      const { made } = await setupRecordedHub(hub, 'matchlock host dev');
+      const { made } = await withHubLock(async () => {
+        refuseSecondHub(hub, 'host dev');
+        return setupRecordedHub(hub, 'matchlock host dev');
+      });
       let checks;
       try {
         ({ checks } = await hostSetup(setupOptions));

@@ -1,6 +1,7 @@
 import { Command } from 'commander';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { pidAlive } from '../adapters/vmm/process.js';
 import { NFT_TABLE } from '../hub/render.js';
 import { hubConfigYaml, loadHubConfig, type HubConfig } from '../hub/config.js';
 import { create } from '@bufbuild/protobuf';
@@ -37,13 +38,62 @@ export function hubRecordPath(env: NodeJS.ProcessEnv = process.env): string {
   return env.MATCHLOCK_HUB_RECORD || '/var/lib/matchlock/hub.yaml';
 }
 
-/** The recorded hub, or undefined when there is no (readable) record. */
+/**
+ * The recorded hub, or undefined when there is no record. A record that cannot be read is not
+ * "no hub": a hub may be up behind it, so this throws a CLI error (exit 6) naming the record and
+ * why, rather than let a second hub replace it.
+ */
 export function recordedHub(record = hubRecordPath()): HubConfig | undefined {
   if (!existsSync(record)) return undefined;
   try {
     return loadHubConfig(record, {});
-  } catch {
-    return undefined;
+  } catch (err) {
+    throw cliError(`hub record ${record} cannot be read (${(err as Error).message}); fix or remove it once the hub it names is torn down`, EXIT.precondition);
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Runs `fn` (the one-hub check and the setup) holding `<record>.lock`, so two setups at once
+ * cannot both find no hub and both make one. The lock file holds the holder's pid; one whose
+ * holder is gone (a killed setup) is taken over. A setup that waits longer than `waitMs` for
+ * the other fails naming the lock (exit 6).
+ */
+export async function withHubLock<T>(fn: () => Promise<T>, record = hubRecordPath(), waitMs = 120_000): Promise<T> {
+  const lock = `${record}.lock`;
+  const madeDir = mkdirSync(dirname(record), { recursive: true, mode: 0o750 });
+  for (const start = Date.now(); ;) {
+    try {
+      const fd = openSync(lock, 'wx', 0o600);
+      writeFileSync(fd, `${process.pid}\n`);
+      closeSync(fd);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    const holder = Number(readFileSync(lock, 'utf8').trim());
+    if (!Number.isInteger(holder) || holder <= 0 || !pidAlive(holder)) {
+      rmSync(lock, { force: true });
+      continue;
+    }
+    if (Date.now() - start > waitMs) throw cliError(`another hub setup (pid ${holder}) holds ${lock}; wait for it to end`, EXIT.precondition);
+    await sleep(200);
+  }
+  try {
+    return await fn();
+  } finally {
+    rmSync(lock, { force: true });
+    // A directory made only for the lock goes with it when no record was written there.
+    if (madeDir && !existsSync(record)) {
+      for (let d = dirname(record); d.length >= madeDir.length; d = dirname(d)) {
+        try {
+          rmdirSync(d);
+        } catch {
+          break;
+        }
+      }
+    }
   }
 }
 
@@ -55,7 +105,7 @@ export function recordedHub(record = hubRecordPath()): HubConfig | undefined {
  */
 export function refuseSecondHub(c: HubConfig, command: string, record = hubRecordPath()): void {
   const other = recordedHub(record);
-  if (!other || other.stateDir === c.stateDir || !existsSync(join(other.stateDir, 'hub-state.json'))) return;
+  if (!other || other.stateDir === resolve(c.stateDir) || !existsSync(join(other.stateDir, 'hub-state.json'))) return;
   throw cliError(
     `${command}: a hub is already set up on this host: ${other.interface} ${other.address} (state dir ${other.stateDir}, recorded in ${record}); ` +
       `one hub per host (its nftables table ${NFT_TABLE} and its record are the host's). Tear it down first with: matchlock hub teardown`,
@@ -72,7 +122,7 @@ export function recordHub(c: HubConfig, by: string, record = hubRecordPath()): v
 
 /** Removes the record when it names this hub (its state dir); another hub's record stays. */
 export function forgetHub(c: Pick<HubConfig, 'stateDir'>, record = hubRecordPath()): void {
-  if (recordedHub(record)?.stateDir === c.stateDir) rmSync(record, { force: true });
+  if (recordedHub(record)?.stateDir === resolve(c.stateDir)) rmSync(record, { force: true });
 }
 
 /**
@@ -146,17 +196,22 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
   withConfig(hub.command('setup').description('bring the hub up (idempotent)')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const c = config(o);
-      refuseSecondHub(c, 'hub setup', record);
-      await setupRecordedHub(c, 'matchlock hub setup');
+      await withHubLock(async () => {
+        refuseSecondHub(c, 'hub setup', record);
+        await setupRecordedHub(c, 'matchlock hub setup');
+      }, record);
       io.out(documentText(output(), { interface: c.interface, address: c.address, rangeStart: c.rangeStart, rangeEnd: c.rangeEnd, dhcp: c.dhcp, uplink: c.uplink }) ?? `hub ${c.interface} up: ${c.address}, DHCP ${c.rangeStart}-${c.rangeEnd} (${c.dhcp}), NAT out of ${c.uplink}\n`);
     }),
   );
   withConfig(hub.command('teardown').description('remove exactly what setup made')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const c = config(o);
-      await (await import('../hub/hub.js')).hubTeardown(c);
+      const removed = await (await import('../hub/hub.js')).hubTeardown(c);
+      // No state: nothing is known to be this hub's, so nothing is removed and the record stays
+      // (it may be the only pointer left to a hub whose state was lost).
+      if (!removed) throw cliError(`no hub state at ${join(c.stateDir, 'hub-state.json')}: nothing removed (the record ${record} stays)`, EXIT.precondition);
       forgetHub(c, record);
-      io.out(documentText(output(), { removed: c.interface }) ?? 'hub removed\n');
+      io.out(documentText(output(), { removed: removed.interface }) ?? `hub ${removed.interface} removed\n`);
     }),
   );
   withConfig(hub.command('status').description('each piece up or down, with the reason')).action((o: Record<string, unknown>) =>

@@ -1,7 +1,7 @@
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync } from 'node:fs';
-import { mkdir, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
+import { closeSync, existsSync, openSync, statSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { run } from '../adapters/exec.js';
 import { findBinary } from '../daemon/providers.js';
@@ -27,12 +27,21 @@ interface HubState {
   addedAddresses: string[];
   /** Written by earlier versions: the config's address was added. Read as addedAddresses. */
   addedAddress?: boolean | undefined;
+  /** The link was there and down before setup set it up: teardown sets it down again. */
+  linkWasDown?: boolean | undefined;
   /** ip_forward before setup, when setup changed it. */
   ipForwardBefore?: string | undefined;
   nft: boolean;
   dhcp?: { backend: 'isc' | 'dnsmasq'; pid: number } | undefined;
   files: string[];
+  /** The topmost directory setup made for the state dir (the state dir itself or a parent of it). */
+  madeDir?: string | undefined;
 }
+
+/**
+ * Each change is recorded in the state file before it is made (a kill between the two leaves a
+ * record of something that may not be there, which teardown checks, never the other way round).
+ */
 
 const IP_FORWARD = '/proc/sys/net/ipv4/ip_forward';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -52,16 +61,28 @@ async function hasAddress(name: string, cidr: string): Promise<boolean> {
 }
 
 async function readState(c: Pick<HubConfig, 'stateDir'>, address?: string): Promise<HubState | undefined> {
+  const file = join(c.stateDir, 'hub-state.json');
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
   let state: HubState;
   try {
-    state = JSON.parse(await readFile(join(c.stateDir, 'hub-state.json'), 'utf8')) as HubState;
-  } catch {
-    return undefined;
+    state = JSON.parse(text) as HubState;
+  } catch (err) {
+    // Not "no hub": what this names may be up. Written by rename, so only a hand-edit breaks it.
+    throw hubError(`hub state ${file} cannot be read (${(err as Error).message}); fix it, or remove what it named by hand and delete it`);
   }
   state.addedAddresses ??= state.addedAddress && address ? [address] : [];
   delete state.addedAddress;
   return state;
 }
+
+/** The exit of each DHCP server this process started, so stopping one also reaps it. */
+const spawned = new Map<number, Promise<unknown>>();
 
 /** Whether a hub's state file is there: setup made (part of) that hub and teardown has not run. */
 export function hubRecorded(c: Pick<HubConfig, 'stateDir'>): boolean {
@@ -88,19 +109,47 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   const server = which(c.dhcp === 'isc' ? 'dhcpd' : 'dnsmasq');
   if (!findBinary('nft')) throw hubError('nft is not installed (apt-get install nftables)');
   // A state dir is one hub's: another link would leave the first one's link and address unrecorded.
-  const held = (await readState(c))?.interface;
+  const previous = await readState(c);
+  const held = previous?.interface;
   if (held !== undefined && held !== c.interface) {
     throw hubError(`state dir ${c.stateDir} holds the hub on ${held}, not ${c.interface}: tear that hub down first (matchlock hub teardown --interface ${held} --state-dir ${c.stateDir}) or give another --state-dir`);
+  }
+  await refuseForeignLink(c);
+  // The table is the host's one hub's: one this hub's state did not make belongs to another hub
+  // (under another record) or to a setup whose state is gone; replacing it would cut that hub's NAT.
+  if (!previous?.nft && (await run('nft', ['list', 'table', 'ip', NFT_TABLE]).then(() => true, () => false))) {
+    throw hubError(
+      `nftables table ip ${NFT_TABLE} exists and this hub's state (${files.state}) did not make it: another hub on this host owns it. ` +
+        `\`nft list table ip ${NFT_TABLE}\` shows its LAN and uplink; tear that hub down with matchlock hub teardown (with the MATCHLOCK_HUB_RECORD it was recorded under), ` +
+        `or, if no hub owns it any more, delete it with: nft delete table ip ${NFT_TABLE}`,
+    );
   }
 
   const undo: (() => Promise<unknown>)[] = [];
   try {
     const madeDir = await mkdir(c.stateDir, { recursive: true, mode: 0o750 });
     if (madeDir) undo.push(() => rmEmptyDirs(c.stateDir, madeDir));
-    await setupSteps(c, files, server, undo);
+    await setupSteps(c, files, server, undo, madeDir);
   } catch (err) {
     for (const step of undo.reverse()) await step().catch(() => undefined);
     throw err;
+  }
+}
+
+/**
+ * An existing link of the wrong kind is refused before anything is made: bridge mode attaches
+ * TAPs to a bridge (a veth or an ethernet port would take the address but never switch the
+ * guests' frames), and vlan mode's link is an 802.1Q link. The kind is iproute2's
+ * `linkinfo.info_kind` (ip -details); a plain ethernet port has none.
+ */
+async function refuseForeignLink(c: HubConfig): Promise<void> {
+  const { stdout } = await run('ip', ['-json', '-details', 'link', 'show', 'dev', c.interface]).catch(() => ({ stdout: '' }));
+  if (!stdout) return;
+  const [l] = JSON.parse(stdout) as { linkinfo?: { info_kind?: string } }[];
+  const kind = l?.linkinfo?.info_kind;
+  const want = c.mode === 'bridge' ? 'bridge' : 'vlan';
+  if (kind !== want) {
+    throw new MatchlockError(ErrorCode.InvalidArgument, `--interface ${c.interface}: is a ${kind ?? 'plain (ethernet)'} link, not a ${want}; mode ${c.mode} needs a ${want} (give another --interface for matchlock to make)`);
   }
 }
 
@@ -111,29 +160,37 @@ async function rmEmptyDirs(dir: string, top: string): Promise<void> {
   }
 }
 
-async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, server: string, undo: (() => Promise<unknown>)[]): Promise<void> {
+async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, server: string, undo: (() => Promise<unknown>)[], madeDir: string | undefined): Promise<void> {
   const previous = await readState(c, c.address);
   const state: HubState = previous ?? { interface: c.interface, createdLink: false, addedAddresses: [], nft: false, files: [] };
   state.interface ??= c.interface;
-  const save = () => writeFile(files.state, JSON.stringify(state, null, 1));
-  // A state file this run wrote first goes when the run fails; an earlier run's is rewritten as it was.
-  const before = previous ? JSON.stringify(previous, null, 1) : undefined;
-  undo.push(() => (before === undefined ? rm(files.state, { force: true }) : writeFile(files.state, before)));
-  const own = (p: string) => {
+  if (madeDir !== undefined) state.madeDir = madeDir;
+  // Written whole and renamed into place: a setup killed while it saves leaves the old state or
+  // the new one, never a truncated file that would read as no hub.
+  const save = () => writeAtomic(files.state, JSON.stringify(state, null, 1));
+  // A state file this run wrote first goes when the run fails; an earlier run's is rewritten as it
+  // was (with the pid of its DHCP server when the undo restarted it).
+  let before: HubState | undefined = previous ? (JSON.parse(JSON.stringify(previous)) as HubState) : undefined;
+  undo.push(() => (before === undefined ? rm(files.state, { force: true }) : writeFile(files.state, JSON.stringify(before, null, 1))));
+  const own = async (p: string) => {
     if (state.files.includes(p)) return;
     state.files.push(p);
     if (!existsSync(p)) undo.push(() => rm(p, { force: true }));
+    await save();
   };
   /** A file this run rewrites: a failed run puts back what an earlier run wrote there. */
   const rewrite = async (p: string, text: string) => {
     const old = await readFile(p, 'utf8').catch(() => undefined);
-    own(p);
+    await own(p);
     if (old !== undefined) undo.push(() => writeFile(p, old));
     await writeFile(p, text);
   };
-  own(files.state);
+  await own(files.state);
 
-  if (!(await linkExists(c.interface))) {
+  const link = await linkExists(c.interface);
+  if (!link) {
+    state.createdLink = true;
+    await save();
     if (c.mode === 'vlan') {
       try {
         await run('ip', ['link', 'add', 'link', c.parent ?? '', 'name', c.interface, 'type', 'vlan', 'id', String(c.vlanId)]);
@@ -147,62 +204,104 @@ async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, serv
       await run('ip', ['link', 'add', c.interface, 'type', 'bridge']);
     }
     undo.push(() => run('ip', ['link', 'del', 'dev', c.interface]));
-    state.createdLink = true;
+  } else if (!link.up && !state.createdLink && !state.linkWasDown) {
+    state.linkWasDown = true;
     await save();
+    undo.push(() => run('ip', ['link', 'set', 'dev', c.interface, 'down']));
   }
   await run('ip', ['link', 'set', 'dev', c.interface, 'up']);
   // An address an earlier run added and this config no longer names is replaced, not stacked.
-  // It goes first: removing a primary address also removes the secondaries of its subnet
-  // (net.ipv4.conf.*.promote_secondaries is off by default), the new one among them.
   for (const old of state.addedAddresses.filter((a) => a !== c.address)) {
     if (await hasAddress(c.interface, old)) {
-      await run('ip', ['addr', 'del', old, 'dev', c.interface]);
+      await delAddress(c.interface, old);
       undo.push(() => run('ip', ['addr', 'add', old, 'dev', c.interface]));
     }
     state.addedAddresses = state.addedAddresses.filter((a) => a !== old);
     await save();
   }
   if (!(await hasAddress(c.interface, c.address))) {
-    await run('ip', ['addr', 'add', c.address, 'dev', c.interface]);
-    undo.push(() => run('ip', ['addr', 'del', c.address, 'dev', c.interface]));
     if (!state.addedAddresses.includes(c.address)) state.addedAddresses.push(c.address);
     await save();
+    await run('ip', ['addr', 'add', c.address, 'dev', c.interface]);
+    undo.push(() => delAddress(c.interface, c.address));
   }
   const forward = (await readFile(IP_FORWARD, 'utf8')).trim();
   if (forward !== '1') {
     state.ipForwardBefore ??= forward;
+    await save();
     await writeFile(IP_FORWARD, '1\n');
     undo.push(() => writeFile(IP_FORWARD, `${forward}\n`));
-    await save();
   }
   // Replace the table as a whole in one transaction: re-running never duplicates rules. A failed
   // run puts back the table that was there before it (or none).
   const tableBefore = await run('nft', ['list', 'table', 'ip', NFT_TABLE]).then((r) => r.stdout, () => undefined);
-  await run('nft', ['-f', '-'], { input: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n${nftRuleset(c)}` });
-  undo.push(() => run('nft', ['-f', '-'], { input: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n${tableBefore ?? ''}` }));
   state.nft = true;
   await save();
+  await run('nft', ['-f', '-'], { input: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n${nftRuleset(c)}` });
+  undo.push(() => run('nft', ['-f', '-'], { input: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n${tableBefore ?? ''}` }));
 
   const wanted = c.dhcp === 'isc' ? dhcpdConf(c) : dnsmasqArgs(c, files.dnsmasqLeases, files.pid).join('\n');
   const current = await readFile(files.conf, 'utf8').catch(() => '');
   if (dhcpRunning(state, c) && current === wanted && state.dhcp?.backend === c.dhcp) return;
-  await stopDhcp(state);
+  // The server that runs now is stopped for the new one; a run that fails after this starts it
+  // again from its config (the conf file's undo, pushed later, runs first and puts that back).
+  const old = dhcpRunning(state, c) ? state.dhcp : undefined;
+  await stopDhcp(state, c.stateDir);
+  await save();
+  if (old) {
+    const iface = state.interface ?? c.interface;
+    undo.push(async () => {
+      const oldConf = await readFile(files.conf, 'utf8');
+      const { child } = await startDhcp(dhcpCommand(old.backend, files, iface, oldConf), files);
+      if (before && child.pid !== undefined) before = { ...before, dhcp: { backend: old.backend, pid: child.pid } };
+    });
+  }
   await rewrite(files.conf, wanted);
   const leases = c.dhcp === 'isc' ? files.iscLeases : files.dnsmasqLeases;
-  own(leases);
+  await own(leases);
   if (!existsSync(leases)) await writeFile(leases, '');
   // dhcpd keeps the previous lease file as <leases>~ each time it rewrites it (isc-dhcp 4.4,
   // server/db.c new_lease_file): a file of the hub's too.
-  if (c.dhcp === 'isc') own(`${files.iscLeases}~`);
-  own(files.log);
-  own(files.pid);
-  const [cmd, args] = c.dhcp === 'isc'
-    ? ['dhcpd', ['-4', '-f', '-cf', files.conf, '-lf', files.iscLeases, '-pf', files.pid, c.interface]] as const
-    : ['dnsmasq', dnsmasqArgs(c, files.dnsmasqLeases, files.pid)] as const;
+  if (c.dhcp === 'isc') await own(`${files.iscLeases}~`);
+  await own(files.log);
+  await own(files.pid);
+  const [cmd, args] = dhcpCommand(c.dhcp, files, c.interface, wanted);
   // The same server as a systemd unit, for hosts where systemd should supervise it.
   await rewrite(files.unit, dhcpUnit(`${server} ${args.join(' ')}`, c));
+  const { child, exited, logFrom } = await startDhcp([cmd, args], files);
+  // Recorded as soon as the process exists: a setup killed during the wait below leaves a state
+  // that names the server, so a re-run or teardown stops it.
+  if (child.pid !== undefined) {
+    const pid = child.pid;
+    state.dhcp = { backend: c.dhcp, pid };
+    await save();
+    undo.push(() => stopPid(pid));
+  }
+  const early = await Promise.race([exited, sleep(500).then(() => 'running' as const)]);
+  if (early !== 'running' || child.pid === undefined) {
+    const text = await readFile(files.log).then((b) => b.subarray(logFrom).toString('utf8'), () => '');
+    throw hubError(`${cmd} exited at once: ${whyDhcpFailed(c.dhcp, text) || '(it wrote nothing to its log)'}`);
+  }
+}
+
+/** The DHCP server's command line: dhcpd's flags, or dnsmasq's arguments (its conf file is them, one a line). */
+function dhcpCommand(backend: 'isc' | 'dnsmasq', files: ReturnType<typeof hubFiles>, iface: string, conf: string): [string, string[]] {
+  return backend === 'isc'
+    ? ['dhcpd', ['-4', '-f', '-cf', files.conf, '-lf', files.iscLeases, '-pf', files.pid, iface]]
+    : ['dnsmasq', conf.split('\n')];
+}
+
+/**
+ * Starts the DHCP server in the background, its output appended to the hub's log. A pid file
+ * left by a server that is gone is removed first: dhcpd refuses to start while the pid it names
+ * answers kill(pid, 0), as a zombie or an unrelated process that took the number does.
+ */
+async function startDhcp([cmd, args]: [string, string[]], files: ReturnType<typeof hubFiles>) {
+  // Only a file: a directory there is the server's to refuse, in its own words.
+  await unlink(files.pid).catch(() => undefined);
+  const logFrom = existsSync(files.log) ? statSync(files.log).size : 0;
   const log = openSync(files.log, 'a');
-  const child = spawn(cmd, [...args], { detached: true, stdio: ['ignore', log, log] });
+  const child = spawn(cmd, args, { detached: true, stdio: ['ignore', log, log] });
   closeSync(log);
   child.unref();
   // A spawn failure is an 'error' event; unheard, it would end the process instead of failing setup.
@@ -210,13 +309,33 @@ async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, serv
     child.once('exit', r);
     child.on('error', () => r(null));
   });
-  const early = await Promise.race([exited, sleep(500).then(() => 'running' as const)]);
-  if (early !== 'running' || child.pid === undefined) {
-    const out = (await readFile(files.log, 'utf8').catch(() => '')).trim().split('\n').slice(-3).join(' ');
-    throw hubError(`${cmd} exited at once: ${out}`);
+  if (child.pid !== undefined) spawned.set(child.pid, exited);
+  return { child, exited, logFrom };
+}
+
+/**
+ * The lines of a failed server's log that say why. dhcpd 4.4 opens with its banner and the
+ * files it uses and ends a fatal error with fixed text about reporting bugs (omapip/errwarn.c
+ * log_fatal), so the cause sits between; dnsmasq prefixes its fatal error with "dnsmasq:".
+ */
+export function whyDhcpFailed(backend: 'isc' | 'dnsmasq', text: string): string {
+  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  if (backend === 'dnsmasq') {
+    const own = lines.filter((l) => l.startsWith('dnsmasq:'));
+    return (own.length ? own : lines).slice(-3).join(' ');
   }
-  state.dhcp = { backend: c.dhcp, pid: child.pid };
-  await save();
+  const boilerplate = [
+    /^Internet Systems Consortium DHCP Server/, /^Copyright \d/, /^All rights reserved\.$/, /^For info, please visit/,
+    /^(Config|Database|PID) file:/, /^Wrote \d+ (deleted host decls|new dynamic host decls|leases) to leases file\.$/,
+    /^If you think you have received this message/, /^than a configuration issue/, /^bugs on either our web page/,
+    /^before submitting a bug\./, /^process and the information we find helpful/, /^exiting\.$/,
+  ];
+  return lines.filter((l) => !boilerplate.some((b) => b.test(l))).slice(-3).join(' ');
+}
+
+async function writeAtomic(path: string, text: string): Promise<void> {
+  await writeFile(`${path}.tmp`, text);
+  await rename(`${path}.tmp`, path);
 }
 
 function which(cmd: string): string {
@@ -244,14 +363,51 @@ export function dhcpUnit(execStart: string, c: HubConfig): string {
   ].join('\n');
 }
 
-async function stopDhcp(state: HubState): Promise<void> {
+/** Stops the state's DHCP server when the pid still names it (a reused pid is another program's). */
+async function stopDhcp(state: HubState, stateDir: string): Promise<void> {
   const pid = state.dhcp?.pid;
-  if (pid && pidAlive(pid)) {
-    process.kill(pid, 'SIGTERM');
+  if (pid && (!pidAlive(pid) || processMentions(pid, stateDir))) await stopPid(pid);
+  state.dhcp = undefined;
+}
+
+/**
+ * Stops a DHCP server and waits until it is gone: SIGTERM, SIGKILL after 5 s, then until it is
+ * reaped. A server this process started is reaped here (its exit is awaited); one another
+ * process started was handed to init when that process ended, and is gone for this hub once it
+ * is a zombie (only its parent can reap it) or no longer in /proc.
+ */
+async function stopPid(pid: number): Promise<void> {
+  if (pidAlive(pid)) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      // gone between the check and the signal
+    }
     for (let i = 0; i < 50 && pidAlive(pid); i++) await sleep(100);
     if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
   }
-  state.dhcp = undefined;
+  const own = spawned.get(pid);
+  if (own) {
+    await own;
+    spawned.delete(pid);
+  }
+  for (let i = 0; i < 50 && pidAlive(pid); i++) await sleep(100);
+}
+
+/**
+ * Deletes an address setup added without taking the admin's addresses of the same subnet along:
+ * deleting a primary address drops its secondaries unless net.ipv4.conf.<link>.promote_secondaries
+ * is 1 (Linux net/ipv4/devinet.c __inet_del_ifa), so it is set to 1 for the delete and put back after.
+ */
+async function delAddress(link: string, cidr: string): Promise<void> {
+  const knob = `/proc/sys/net/ipv4/conf/${link}/promote_secondaries`;
+  const was = await readFile(knob, 'utf8').then((t) => t.trim(), () => undefined);
+  if (was !== undefined && was !== '1') await writeFile(knob, '1\n');
+  try {
+    await run('ip', ['addr', 'del', cidr, 'dev', link]);
+  } finally {
+    if (was !== undefined && was !== '1') await writeFile(knob, `${was}\n`);
+  }
 }
 
 /**
@@ -259,19 +415,21 @@ async function stopDhcp(state: HubState): Promise<void> {
  * only the hub's state dir (and its interface, for states written before the state named it):
  * the link, the addresses and everything else come from the state.
  */
-export async function hubTeardown(c: Pick<HubConfig, 'interface' | 'stateDir'> & { address?: string }): Promise<void> {
+export async function hubTeardown(c: Pick<HubConfig, 'interface' | 'stateDir'> & { address?: string }): Promise<{ interface: string } | undefined> {
   const state = await readState(c, c.address);
-  if (!state) return;
+  if (!state) return undefined;
   const link = state.interface ?? c.interface;
-  await stopDhcp(state);
+  await stopDhcp(state, c.stateDir);
   if (state.nft) await run('nft', ['-f', '-'], { input: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n` });
   if (state.ipForwardBefore !== undefined) await writeFile(IP_FORWARD, `${state.ipForwardBefore}\n`);
   if (!state.createdLink && (await linkExists(link))) {
-    for (const a of state.addedAddresses) if (await hasAddress(link, a)) await run('ip', ['addr', 'del', a, 'dev', link]);
+    for (const a of state.addedAddresses) if (await hasAddress(link, a)) await delAddress(link, a);
+    if (state.linkWasDown) await run('ip', ['link', 'set', 'dev', link, 'down']);
   }
   if (state.createdLink && (await linkExists(link))) await run('ip', ['link', 'del', 'dev', link]);
-  for (const f of state.files) await rm(f, { force: true });
-  await rmdir(c.stateDir).catch(() => undefined);
+  for (const f of [...state.files, `${join(c.stateDir, 'hub-state.json')}.tmp`]) await rm(f, { force: true });
+  await rmEmptyDirs(c.stateDir, state.madeDir ?? c.stateDir);
+  return { interface: link };
 }
 
 export interface Piece {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { ROOT, tempDir } from '../helpers/daemon.js';
@@ -21,6 +21,22 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
   const ip = (...a: string[]) => execFileSync('ip', ['-n', ns, ...a], { encoding: 'utf8' });
   const inNs = (...cmd: string[]) => spawnSync('ip', ['netns', 'exec', ns, ...cmd], { encoding: 'utf8', cwd: tmp.path, env: { ...process.env, MATCHLOCK_HUB_RECORD: record } });
   const cli = (...a: string[]) => inNs(process.execPath, join(ROOT, 'bin/matchlock.js'), ...a);
+  const cliWith = (rec: string, ...a: string[]) => spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'bin/matchlock.js'), ...a], { encoding: 'utf8', cwd: tmp.path, env: { ...process.env, MATCHLOCK_HUB_RECORD: rec } });
+  /** The CLI started in the background: its exit status and stderr when it ends. */
+  const cliAsync = (...a: string[]) => {
+    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'bin/matchlock.js'), ...a], { cwd: tmp.path, env: { ...process.env, MATCHLOCK_HUB_RECORD: record } });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const done = new Promise<{ status: number | null; signal: NodeJS.Signals | null; stderr: string }>((r) => child.on('close', (status, signal) => r({ status, signal, stderr })));
+    return { child, done };
+  };
+  const running = (pid: number) => {
+    try {
+      return !readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.startsWith('Z');
+    } catch {
+      return false;
+    }
+  };
   const hubFlags = (n: number, dhcp = 'dnsmasq') => ['--interface', `mlbr${n}`, '--mode', 'bridge', '--address', `192.168.${40 + n}.2/25`, '--range-start', `192.168.${40 + n}.26`, '--range-end', `192.168.${40 + n}.126`, '--uplink', 'up0', '--dhcp', dhcp, '--state-dir', join(tmp.path, `state-${n}`)];
   before(() => {
     assert.equal(skip, false, String(skip));
@@ -74,9 +90,9 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     const dir = join(tmp.path, 'dev-fail');
     mkdirSync(dir);
     writeFileSync(join(dir, 'not-a-dir'), '');
-    const r = cli('host', 'dev', '--interface', 'mldev2', '--uplink', 'up0', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'not-a-dir', 'unit.service'), '--no-guard', '--set', `state-dir=${join(dir, 'state')}`);
+    const r = cli('host', 'dev', '--interface', 'mldev2', '--uplink', 'up0', '--hub-state-dir', join(dir, 'deep', 'er', 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'not-a-dir', 'sub', 'unit.service'), '--no-guard', '--set', `state-dir=${join(dir, 'state')}`);
     assert.notEqual(r.status, 0);
-    assert.match(r.stderr, /EEXIST|ENOTDIR/);
+    assert.match(r.stderr, new RegExp(`--unit-out ${join(dir, 'not-a-dir', 'sub', 'unit.service')}: (EEXIST|ENOTDIR)`));
     assert.deepEqual(snapshot(), before);
     assert.deepEqual(readdirSync(dir), ['not-a-dir'], 'config, hub state and daemon state dir are gone');
   });
@@ -93,17 +109,23 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.deepEqual(readdirSync(state), ['dhcp.pid'], 'only what was there before stays');
   });
 
-  it('a re-run that fails part way puts back the files, state and NAT of the run before it', () => {
+  // The state as a failed re-run must put it back: the DHCP server's pid is the restarted one's.
+  const stateSansPid = (file: string) => ({ ...(JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>), dhcp: undefined });
+  const dhcpUp = () => (JSON.parse(cli('-o', 'json', 'hub', 'status').stdout) as { piece: string; ok: boolean }[]).find((p) => p.piece === 'dhcp')?.ok;
+
+  it('a re-run that fails part way puts back the files, state and NAT of the run before it, and restarts the DHCP server it stopped', () => {
     const state = join(tmp.path, 'state-6');
     assert.equal(cli('hub', 'setup', ...hubFlags(6)).status, 0);
-    const kept = { conf: readFileSync(join(state, 'dhcpd.conf'), 'utf8'), unit: readFileSync(join(state, 'matchlock-hub-dhcp.service'), 'utf8'), state: readFileSync(join(state, 'hub-state.json'), 'utf8'), nft: inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, addrs: addrsOf('mlbr6') };
+    const kept = { conf: readFileSync(join(state, 'dhcpd.conf'), 'utf8'), unit: readFileSync(join(state, 'matchlock-hub-dhcp.service'), 'utf8'), state: stateSansPid(join(state, 'hub-state.json')), nft: inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, addrs: addrsOf('mlbr6') };
     // dhcpd cannot open a lease file that is a directory: the isc server exits at once.
     mkdirSync(join(state, 'dhcpd.leases'));
     const moved = hubFlags(6, 'isc').map((f) => f.replace('192.168.46.', '192.168.47.'));
     const r = cli('hub', 'setup', ...moved);
     assert.equal(r.status, 6, r.stderr);
-    assert.match(r.stderr, /dhcpd exited at once/);
-    assert.deepEqual({ conf: readFileSync(join(state, 'dhcpd.conf'), 'utf8'), unit: readFileSync(join(state, 'matchlock-hub-dhcp.service'), 'utf8'), state: readFileSync(join(state, 'hub-state.json'), 'utf8'), nft: inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, addrs: addrsOf('mlbr6') }, kept);
+    assert.match(r.stderr, /dhcpd exited at once: .*dhcpd\.leases/, 'the cause, not the closing text');
+    assert.doesNotMatch(r.stderr, /helpful for debugging|exiting\./);
+    assert.deepEqual({ conf: readFileSync(join(state, 'dhcpd.conf'), 'utf8'), unit: readFileSync(join(state, 'matchlock-hub-dhcp.service'), 'utf8'), state: stateSansPid(join(state, 'hub-state.json')), nft: inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, addrs: addrsOf('mlbr6') }, kept);
+    assert.equal(dhcpUp(), true, 'the server the re-run stopped runs again');
     rmdirSync(join(state, 'dhcpd.leases'));
     assert.equal(cli('hub', 'teardown').status, 0);
     assert.equal(existsSync(state), false);
@@ -217,5 +239,139 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
       assert.equal(vlan.status, 6, vlan.stderr);
     }
     assert.equal(existsSync(vlanState), false);
+  });
+  it('re-running an isc hub with changed settings replaces its dhcpd: the old one is gone, the new one runs', () => {
+    const state = join(tmp.path, 'state-8');
+    const up = cli('hub', 'setup', ...hubFlags(8, 'isc'));
+    assert.equal(up.status, 0, up.stderr);
+    const pidOf = () => (JSON.parse(readFileSync(join(state, 'hub-state.json'), 'utf8')) as { dhcp?: { pid: number } }).dhcp?.pid ?? 0;
+    const first = pidOf();
+    for (const change of [['--max-lease-time', '9000'], ['--dns-servers', '1.1.1.1']]) {
+      const again = cli('hub', 'setup', ...hubFlags(8, 'isc'), ...change);
+      assert.equal(again.status, 0, `${change.join(' ')}: ${again.stderr}`);
+      assert.equal(dhcpUp(), true, change.join(' '));
+    }
+    assert.equal(running(first), false, 'the first dhcpd is stopped');
+    const last = pidOf();
+    assert.equal(cli('hub', 'teardown').status, 0);
+    assert.equal(running(last), false);
+    assert.equal(existsSync(state), false);
+  });
+
+  it('a dnsmasq hub re-run as isc starts dhcpd (no stale pid file stops it)', () => {
+    assert.equal(cli('hub', 'setup', ...hubFlags(9)).status, 0);
+    const isc = cli('hub', 'setup', ...hubFlags(9, 'isc'));
+    assert.equal(isc.status, 0, isc.stderr);
+    assert.equal(dhcpUp(), true);
+    assert.equal(cli('hub', 'teardown').status, 0);
+  });
+
+  it('a setup killed while it waits on its DHCP server has recorded it: teardown stops it', async () => {
+    const state = join(tmp.path, 'state-10');
+    const { child, done } = cliAsync('hub', 'setup', ...hubFlags(10));
+    // dnsmasq writes its pid file once it is up, within setup's wait for an early exit.
+    for (let i = 0; i < 500 && !existsSync(join(state, 'dhcp.pid')); i++) await new Promise((r) => setTimeout(r, 10));
+    child.kill('SIGKILL');
+    await done;
+    const pid = Number(readFileSync(join(state, 'dhcp.pid'), 'utf8').trim());
+    assert.ok(pid > 0);
+    const down = cli('hub', 'teardown', ...hubFlags(10));
+    assert.equal(down.status, 0, down.stderr);
+    assert.equal(running(pid), false, 'the server the killed setup started is stopped');
+    assert.equal(existsSync(state), false);
+  });
+
+  it('host dev --down without --hub-state-dir removes the recorded hub and names its interface', () => {
+    const before = snapshot();
+    const dir = join(tmp.path, 'dev-rec');
+    const up = cli('host', 'dev', '--interface', 'mldev5', '--uplink', 'up0', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--no-guard', '--set', `state-dir=${join(dir, 'state')}`);
+    assert.equal(up.status, 0, up.stderr);
+    const down = cli('-o', 'json', 'host', 'dev', '--down', '--no-guard');
+    assert.equal(down.status, 0, down.stderr);
+    assert.equal((JSON.parse(down.stdout) as { removed: string }).removed, 'mldev5');
+    assert.equal(existsSync(record), false);
+    assert.deepEqual(snapshot(), before);
+    assert.equal(existsSync(join(dir, 'hub')), false);
+  });
+
+  it('one hub per host: two setups at once make one hub; an unreadable record or a table another record made is refused', async () => {
+    const [a, b] = await Promise.all([cliAsync('hub', 'setup', ...hubFlags(11)).done, cliAsync('hub', 'setup', ...hubFlags(12)).done]);
+    assert.deepEqual([a.status, b.status].sort(), [0, 6], a.stderr + b.stderr);
+    assert.match(a.status === 6 ? a.stderr : b.stderr, /a hub is already set up on this host/);
+    assert.equal(cli('hub', 'teardown').status, 0);
+    const nothing = snapshot();
+
+    writeFileSync(record, 'interface: [\n');
+    const bad = cli('hub', 'setup', ...hubFlags(13));
+    assert.equal(bad.status, 6, bad.stderr);
+    assert.match(bad.stderr, new RegExp(`hub record ${record} cannot be read`));
+    assert.equal(readFileSync(record, 'utf8'), 'interface: [\n');
+    assert.equal(existsSync(join(tmp.path, 'state-13')), false);
+    unlinkSync(record);
+
+    assert.equal(cli('hub', 'setup', ...hubFlags(14)).status, 0);
+    const nat = inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout;
+    const other = cliWith(join(tmp.path, 'other-record.yaml'), 'hub', 'setup', ...hubFlags(15));
+    assert.equal(other.status, 6, other.stderr);
+    assert.match(other.stderr, /nftables table ip matchlock_hub exists and this hub's state .* did not make it.*nft list table ip matchlock_hub/);
+    assert.equal(inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, nat);
+    assert.equal(existsSync(join(tmp.path, 'state-15')), false);
+    assert.equal(cli('hub', 'teardown').status, 0);
+    assert.deepEqual(snapshot(), nothing);
+  });
+
+  it('the same state dir with a trailing slash is the same hub; a state dir made with parents goes with them', () => {
+    const deep = join(tmp.path, 'deep-16');
+    const flags = hubFlags(16).slice(0, -1);
+    assert.equal(cli('hub', 'setup', ...flags, join(deep, 'er', 's')).status, 0);
+    const again = cli('hub', 'setup', ...flags, `${join(deep, 'er', 's')}/`);
+    assert.equal(again.status, 0, again.stderr);
+    assert.equal(cli('hub', 'teardown').status, 0);
+    assert.equal(existsSync(deep), false, 'the parents setup made are removed');
+  });
+
+  it("teardown keeps the admin's secondary address and puts a link that was down back down, also after a failed setup", () => {
+    ip('link', 'add', 'mlpre1', 'type', 'bridge');
+    const flags = ['--interface', 'mlpre1', '--address', '192.168.52.2/25', '--range-start', '192.168.52.26', '--range-end', '192.168.52.126', '--uplink', 'up0', '--dhcp', 'dnsmasq', '--state-dir', join(tmp.path, 'state-pre1')];
+    const isUp = () => (JSON.parse(ip('-json', 'link', 'show', 'dev', 'mlpre1')) as { flags: string[] }[])[0]?.flags.includes('UP');
+    mkdirSync(join(tmp.path, 'state-pre1', 'dhcp.pid'), { recursive: true });
+    assert.equal(cli('hub', 'setup', ...flags).status, 6);
+    assert.equal(isUp(), false, 'a failed setup leaves the link down as it found it');
+    rmSync(join(tmp.path, 'state-pre1'), { recursive: true });
+    const up = cli('hub', 'setup', ...flags);
+    assert.equal(up.status, 0, up.stderr);
+    assert.equal(isUp(), true);
+    ip('addr', 'add', '192.168.52.9/25', 'dev', 'mlpre1');
+    assert.equal(cli('hub', 'teardown').status, 0);
+    assert.deepEqual(addrsOf('mlpre1'), ['192.168.52.9/25']);
+    assert.equal(isUp(), false);
+    ip('link', 'del', 'mlpre1');
+  });
+
+  it('teardown without the state file removes nothing, says so, exits 6 and keeps the record', () => {
+    const state = join(tmp.path, 'state-17');
+    assert.equal(cli('hub', 'setup', ...hubFlags(17)).status, 0);
+    const saved = readFileSync(join(state, 'hub-state.json'), 'utf8');
+    const recorded = readFileSync(record, 'utf8');
+    unlinkSync(join(state, 'hub-state.json'));
+    const down = cli('hub', 'teardown');
+    assert.equal(down.status, 6, down.stderr);
+    assert.match(down.stderr, new RegExp(`no hub state at ${join(state, 'hub-state.json')}: nothing removed`));
+    assert.equal(readFileSync(record, 'utf8'), recorded);
+    assert.equal(ip('-json', 'link', 'show').includes('"mlbr17"'), true);
+    writeFileSync(join(state, 'hub-state.json'), saved);
+    assert.equal(cli('hub', 'teardown').status, 0);
+  });
+
+  it('refuses bridge mode on a link that is not a bridge, and host dev names --hub-state-dir', () => {
+    ip('link', 'add', 'mlveth0', 'type', 'veth', 'peer', 'name', 'mlveth1');
+    const r = cli('hub', 'setup', ...hubFlags(18).map((f) => (f === 'mlbr18' ? 'mlveth0' : f)));
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--interface mlveth0: is a veth link, not a bridge/);
+    assert.equal(existsSync(join(tmp.path, 'state-18')), false);
+    ip('link', 'del', 'mlveth0');
+    const dev = cli('host', 'dev', '--uplink', 'up0', '--hub-state-dir', 'rel/hub', '--no-guard', '--config-out', join(tmp.path, 'x.yaml'), '--unit-out', join(tmp.path, 'x.service'));
+    assert.equal(dev.status, 2, dev.stderr);
+    assert.match(dev.stderr, /^matchlock: --hub-state-dir: must be an absolute path/m);
   });
 });
