@@ -1,6 +1,6 @@
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { run } from '../adapters/exec.js';
@@ -46,7 +46,7 @@ interface HubState {
 const IP_FORWARD = '/proc/sys/net/ipv4/ip_forward';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export function hubFiles(c: HubConfig) {
+export function hubFiles(c: Pick<HubConfig, 'stateDir'>) {
   const f = (n: string) => join(c.stateDir, n);
   return { state: f('hub-state.json'), conf: f('dhcpd.conf'), iscLeases: f('dhcpd.leases'), dnsmasqLeases: f('dnsmasq.leases'), pid: f('dhcp.pid'), log: f('dhcp.log'), unit: f('matchlock-hub-dhcp.service') };
 }
@@ -363,11 +363,34 @@ export function dhcpUnit(execStart: string, c: HubConfig): string {
   ].join('\n');
 }
 
-/** Stops the state's DHCP server when the pid still names it (a reused pid is another program's). */
+/**
+ * Stops the hub's DHCP servers: the state's (when the pid still names it; a reused pid is
+ * another program's) and any process whose arguments name this hub's pid file. A setup killed
+ * between starting the server and saving its pid leaves one the state does not name; the pid
+ * file path in its command line (dhcpd -pf, dnsmasq --pid-file) is this hub's alone.
+ */
 async function stopDhcp(state: HubState, stateDir: string): Promise<void> {
   const pid = state.dhcp?.pid;
-  if (pid && (!pidAlive(pid) || processMentions(pid, stateDir))) await stopPid(pid);
+  const pids = new Set(hubServers(hubFiles({ stateDir }).pid));
+  if (pid && (!pidAlive(pid) || processMentions(pid, stateDir))) pids.add(pid);
+  for (const p of pids) await stopPid(p);
   state.dhcp = undefined;
+}
+
+/** Pids of running processes with `pidFile` as an argument (or as --pid-file=<pidFile>). */
+function hubServers(pidFile: string): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid) || pid === process.pid) continue;
+    try {
+      const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      if (args.some((a) => a === pidFile || a === `--pid-file=${pidFile}`) && pidAlive(pid)) out.push(pid);
+    } catch {
+      // gone while listed
+    }
+  }
+  return out;
 }
 
 /**

@@ -348,7 +348,7 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     ip('link', 'del', 'mlpre1');
   });
 
-  it('teardown without the state file removes nothing, says so, exits 6 and keeps the record', () => {
+  it('teardown without the state file, or with one that cannot be read, removes nothing, says so, exits 6 and keeps the record', () => {
     const state = join(tmp.path, 'state-17');
     assert.equal(cli('hub', 'setup', ...hubFlags(17)).status, 0);
     const saved = readFileSync(join(state, 'hub-state.json'), 'utf8');
@@ -359,6 +359,12 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.match(down.stderr, new RegExp(`no hub state at ${join(state, 'hub-state.json')}: nothing removed`));
     assert.equal(readFileSync(record, 'utf8'), recorded);
     assert.equal(ip('-json', 'link', 'show').includes('"mlbr17"'), true);
+    // A state that cannot be read is not "no hub" either: refused naming it.
+    writeFileSync(join(state, 'hub-state.json'), saved.slice(0, 20));
+    const garbled = cli('hub', 'teardown');
+    assert.equal(garbled.status, 6, garbled.stderr);
+    assert.match(garbled.stderr, new RegExp(`hub state ${join(state, 'hub-state.json')} cannot be read`));
+    assert.equal(readFileSync(record, 'utf8'), recorded);
     writeFileSync(join(state, 'hub-state.json'), saved);
     assert.equal(cli('hub', 'teardown').status, 0);
   });
