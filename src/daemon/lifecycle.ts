@@ -30,6 +30,19 @@ export interface Drainable {
 /** How long called-off reconciles get to notice before the daemon closes under them. */
 export const ABORT_WAIT_MS = 5000;
 
+/**
+ * The longest a drain can take before the daemon closes, in ms: `graceMs` for calls in flight
+ * and running reconciles together (one deadline from the first signal), then `ABORT_WAIT_MS`
+ * for what was called off. Closing the store and sockets after that is not bounded here.
+ */
+export function drainBoundMs(graceMs: number): number {
+  return graceMs + ABORT_WAIT_MS;
+}
+
+/** Resolves 'timeout' after `ms` unless `signal` aborts first (then also 'timeout'). */
+export type Sleep = (ms: number, signal: AbortSignal) => Promise<'timeout'>;
+const realSleep: Sleep = (ms, signal) => delay(ms, 'timeout' as const, { signal }).catch(() => 'timeout' as const);
+
 export class Lifecycle {
   private current: DaemonState = 'starting';
   private forceNow: (() => void) | undefined;
@@ -37,7 +50,11 @@ export class Lifecycle {
   private isForced = false;
   private stopping: Promise<void> | undefined;
 
-  constructor(private readonly log: Logger) {
+  /** `sleep` is the timer the drain waits on (a test gives its own). */
+  constructor(
+    private readonly log: Logger,
+    private readonly sleep: Sleep = realSleep,
+  ) {
     this.forced = new Promise((resolve) => {
       this.forceNow = () => resolve('forced');
     });
@@ -64,8 +81,10 @@ export class Lifecycle {
   }
 
   /**
-   * Drains and stops: stop serving (waiting up to `graceMs` for calls in flight, then dropping
-   * them), wait up to `graceMs` for running reconciles, then call them off and close. Repeated calls share one shutdown.
+   * Drains and stops: stop serving, waiting for calls in flight, then for running reconciles,
+   * both against one deadline `graceMs` after this first call; what is still open at the
+   * deadline is dropped, what is still running is called off and gets `ABORT_WAIT_MS` more,
+   * then everything is closed (see `drainBoundMs`). Repeated calls share one shutdown.
    */
   shutdown(d: Drainable, graceMs: number): Promise<void> {
     this.stopping ??= this.drain(d, graceMs);
@@ -75,19 +94,25 @@ export class Lifecycle {
   private async drain(d: Drainable, graceMs: number): Promise<void> {
     if (this.current === 'starting' || this.current === 'serving') this.to('draining');
     const timers = new AbortController();
-    const wait = (ms: number) => delay(ms, 'timeout' as const, { signal: timers.signal }).catch(() => 'timeout' as const);
+    const wait = (ms: number) => this.sleep(ms, timers.signal);
+    // One deadline for the whole drain: a slow call and a slow reconcile together must not
+    // stretch the shutdown to twice the grace period.
+    const deadline = wait(graceMs);
     try {
       // Calls in flight get the grace period too; what is still open then (a client that does
       // not read what it is sent, a call that ignored the drain) is dropped, so no client can
       // keep the daemon from stopping.
       const serving = d.stopServing(false).then(() => 'done' as const);
-      const served = await Promise.race([serving, wait(graceMs), this.forced]);
+      const served = await Promise.race([serving, deadline, this.forced]);
       if (served !== 'done') {
         this.log.warn({ graceMs, outcome: served }, 'calls still open; dropping them');
         await d.stopServing(true);
       }
       const work = d.stopWork().then(() => 'done' as const);
-      const outcome = await Promise.race([work, wait(graceMs), this.forced]);
+      // The deadline may already be past (calls were dropped at it): reconciles that are idle
+      // settle within a turn of the event loop and must not be called off for it.
+      const late = deadline.then(() => new Promise<'timeout'>((r) => setImmediate(() => r('timeout'))));
+      const outcome = await Promise.race([work, late, this.forced]);
       if (outcome !== 'done') {
         this.log.warn({ graceMs, outcome }, 'reconciles still running; calling them off');
         d.abortWork();

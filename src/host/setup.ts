@@ -13,6 +13,7 @@ import { findBinary } from '../daemon/providers.js';
 import { ensureSystemUser } from '../adapters/system/accounts.js';
 import { installGuard, writeGuardFile } from './guard.js';
 import { inspectHost, type Check } from './inspect.js';
+import { drainBoundMs } from '../daemon/lifecycle.js';
 
 export interface HostSetupOptions {
   /** key=value settings (daemon config keys), validated as matchlockd would. */
@@ -66,8 +67,12 @@ export function resolveDaemonCommand(explicit?: string, pathEnv = process.env.PA
   return { execStart, path, installed: !isCheckoutBin(path) };
 }
 
-/** A unit equivalent to flintlock's: restart always, and KillMode=process so VMs outlive restarts. */
-export function systemdUnit(execStart: string, configPath: string, guardPath?: string): string {
+/**
+ * A unit equivalent to flintlock's: restart always, and KillMode=process so VMs outlive restarts.
+ * `shutdownGraceMs` (the configured shutdown-grace, ms) sets TimeoutStopSec: systemd SIGKILLs a
+ * service still running that long after its stop signal (systemd.service(5), default 90 s).
+ */
+export function systemdUnit(execStart: string, configPath: string, guardPath?: string, shutdownGraceMs = 30_000): string {
   return [
     '[Unit]',
     'Description=matchlockd, the flintlock-compatible MicroVM host daemon',
@@ -84,6 +89,8 @@ export function systemdUnit(execStart: string, configPath: string, guardPath?: s
     'RestartSec=5',
     // Only the daemon is stopped on restart: the detached VMMs keep running and are adopted.
     'KillMode=process',
+    // The drain's own bound plus a margin for closing the store and sockets.
+    `TimeoutStopSec=${Math.ceil(drainBoundMs(shutdownGraceMs) / 1000) + STOP_MARGIN_S}`,
     'LimitNOFILE=1048576',
     '',
     '[Install]',
@@ -91,6 +98,9 @@ export function systemdUnit(execStart: string, configPath: string, guardPath?: s
     '',
   ].join('\n');
 }
+
+/** Seconds past the drain's bound systemd waits before killing matchlockd. */
+const STOP_MARGIN_S = 30;
 
 async function writeAtomic(path: string, text: string, mode = 0o640): Promise<void> {
   try {
@@ -234,7 +244,7 @@ export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonCo
     await named(`--unit-out ${o.unitPath}`, async () => {
       await mkdirs(dirname(o.unitPath));
       await keep(o.unitPath);
-      await writeAtomic(o.unitPath, systemdUnit(o.execStart ?? daemon?.execStart ?? '', o.configPath, o.guardPath));
+      await writeAtomic(o.unitPath, systemdUnit(o.execStart ?? daemon?.execStart ?? '', o.configPath, o.guardPath, config.shutdownGraceMs));
     });
     if (o.guardPath) {
       const guardPath = o.guardPath;

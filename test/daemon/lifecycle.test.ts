@@ -140,3 +140,40 @@ it('matchlockd logs SIGHUP and keeps serving: no reload, no silent death', async
     tmp.remove();
   }
 });
+
+it('drains calls and reconciles against one deadline: a stuck call and a stuck reconcile end at the grace period, not twice it', async () => {
+  // A timer under the test's control: each wait is recorded and ends when the test says.
+  const waits: { ms: number; end: () => void }[] = [];
+  const sleep = (ms: number) => new Promise<'timeout'>((r) => void waits.push({ ms, end: () => r('timeout') }));
+  const l = new Lifecycle(recorder().log, sleep);
+  l.to('serving');
+  const calls: string[] = [];
+  let finishWork!: () => void;
+  const workDone = new Promise<void>((r) => (finishWork = r));
+  const d: Drainable = {
+    stopServing: (force) => {
+      calls.push(force ? 'stopServing(force)' : 'stopServing');
+      return force ? Promise.resolve() : new Promise<void>(() => undefined);
+    },
+    stopWork: async () => {
+      calls.push('stopWork');
+      await workDone;
+    },
+    abortWork: () => {
+      calls.push('abortWork');
+      finishWork();
+    },
+    close: () => void calls.push('close'),
+  };
+  const done = l.shutdown(d, 4000);
+  await sleep0();
+  assert.deepEqual(waits.map((w) => w.ms), [4000]);
+  waits[0]!.end(); // the grace period is over
+  await done;
+  assert.deepEqual(calls, ['stopServing', 'stopServing(force)', 'stopWork', 'abortWork', 'close'], 'the reconcile is called off at the same deadline the open call is dropped at');
+  assert.deepEqual(waits.map((w) => w.ms), [4000, 5000], 'no second grace period; only the fixed wait after calling off');
+});
+
+async function sleep0(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+}

@@ -33,6 +33,14 @@ describe('matchlock host setup', () => {
     assert.deepEqual(verify.stderr.split('\n').filter((l) => l.trim() && !l.includes('/opt/matchlock')), []);
   });
 
+  it("gives systemd's stop timeout room for the configured shutdown-grace: a 120s grace is not cut short by the 90s default", async () => {
+    const p = paths('grace');
+    await hostSetup({ ...p, settings: { 'bridge-name': 'br-not-here', 'state-dir': join(tmp.path, 'grace', 'state'), 'shutdown-grace': '120s' } });
+    const line = readFileSync(p.unitPath, 'utf8').split('\n').find((l) => l.startsWith('TimeoutStopSec='));
+    // 120 s grace + 5 s for called-off reconciles + 30 s margin.
+    assert.equal(line, 'TimeoutStopSec=155');
+  });
+
   it('refuses unknown keys and bad values before writing anything', async () => {
     const p = paths('b');
     await assert.rejects(hostSetup({ ...p, settings: { 'state_dir': '/x' } }), /--set state_dir: unknown key/);
