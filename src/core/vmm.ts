@@ -155,6 +155,13 @@ export interface VmmInstance {
   readonly ref: VmRef;
   /** The files operators find for this VM, by role (pid, console, stderr, …), as host paths. */
   readonly files: Readonly<Record<string, string>> & { readonly pid: string; readonly console: string };
+  /**
+   * Which of `files` a CREATED VM with this spec has: those every run leaves in its directory,
+   * plus, when `vmmRuns` (its desired power is RUNNING or PAUSED, where the VMM process lives),
+   * those only a live VMM has (its pid file, its sockets). Files the spec does not ask for (a
+   * guest-agent socket without allowGuestAgent) are never in it. Host paths.
+   */
+  expectedFiles(spec: MicroVMSpec, vmmRuns: boolean): string[];
   /** The serial console log the supervisor reads for the boot line. */
   readonly consolePath: string;
   /**

@@ -19,6 +19,7 @@ import { ipToInt, type HubConfig } from '../hub/config.js';
 import { hubLeases, hubStatus, type Lease } from '../hub/hub.js';
 import { connect as tlsConnect } from 'node:tls';
 import { dialAddress, parseEndpoint } from '../core/endpoint.js';
+import { vmmUserIsRoot } from '../adapters/vmm/confine/vmm.js';
 
 export type Verdict = 'ok' | 'warn' | 'fail';
 
@@ -222,7 +223,12 @@ export async function inspectHost(
  * jailer and Cloud Hypervisor run as matchlockd's own user (root) outside any per-VM cgroup.
  */
 function rootVmmFix(cfg: DaemonConfig, provider: string): string {
-  if (provider === 'qemu') return 'kill that VMM (matchlockd starts it again as vmm-user, confined)';
+  if (provider === 'qemu') {
+    // With vmm-user root a restarted QEMU is root again: the setting is what must change.
+    return vmmUserIsRoot(cfg.vmmUser, cfg.vmmUidRange)
+      ? 'vmm-user is root, so matchlockd runs QEMU without dropping privileges: set vmm-user to an unprivileged user (or set vmm-uid-range), restart matchlockd, then stop and start the VM'
+      : 'kill that VMM (matchlockd starts it again as vmm-user, confined)';
+  }
   if (provider === 'firecracker') {
     return cfg.providerSettings['firecracker-jailer-bin']
       ? 'stop and start the VM: matchlockd starts it again under the jailer, as the VM\'s own uid/gid'
@@ -292,8 +298,10 @@ async function vmChecks(
   }
   const vmm = provider.instance({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name, dir, runDir: runDirOf(cfg.stateDir, vm.uid) });
   const meta = registry.get(vm.spec.provider)?.descriptor.metadata;
-  // Every file the provider names for operators (Firecracker: cfg, log, metrics, metadata.json…).
-  const files = [...new Set([...Object.values(vmm.files), ...(meta?.kind === 'nocloud-disk' ? [join(dir, meta.file)] : [])])];
+  // The files the provider makes for this spec; those of a live VMM (pid file, sockets) only
+  // when the VMM should run: a VM stopped on request keeps everything but its VMM.
+  const stopped = desiredPower(vm) === 'STOPPED';
+  const files = [...new Set([...vmm.expectedFiles(vm.spec, !stopped), ...(meta?.kind === 'nocloud-disk' ? [join(dir, meta.file)] : [])])];
   const missing = files.filter((f) => !existsSync(f)).map((f) => basename(f));
   const names = files.map((f) => basename(f));
   out.push(missing.length ? fail(`${id} files`, `${dir} lacks ${missing.join(', ')}`, 'matchlockd recreates them on its next reconcile; restart it to reconcile now') : ok(`${id} files`, `${dir}: ${names.join(', ')}`));
@@ -308,7 +316,6 @@ async function vmChecks(
     uid = undefined; // it exited just now; the next inspect says so
   }
   // A VM the operator stopped (matchlock.v1 StopMicroVM) is right to have no VMM.
-  const stopped = desiredPower(vm) === 'STOPPED';
   if (stopped) out.push(pid === undefined ? ok(`${id} vmm`, `stopped by request (matchlock vm start ${vm.uid} starts it)`) : warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} runs, but the VM was asked to stop`, 'matchlockd stops it on its next reconcile; restart it to reconcile now'));
   else if (pid !== undefined && uid === '0') out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, rootVmmFix(cfg, vm.spec.provider)));
   else out.push(pid !== undefined ? ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as uid ${uid ?? '?'}`) : fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));

@@ -205,6 +205,7 @@ export class FakeWorld {
       ref,
       files: { pid: `${ref.dir}/fake.pid`, console: `${ref.dir}/console.log` },
       consolePath: `${ref.dir}/console.log`,
+      expectedFiles: () => [],
       defaultCmdline: (i: CmdlineInput) => [['console', 'ttyS0'], ...(i.hasRoot ? [['root', '/dev/vda'] as [string, string]] : [])],
       createSteps: () => extra.createSteps?.(ref) ?? [],
       deleteSteps: () => extra.deleteSteps?.(ref) ?? [],

@@ -1,5 +1,6 @@
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
+import type { MicroVMSpec } from '../../../core/microvm/types.js';
 import type { Step } from '../../../core/plan/step.js';
 import type { Logger } from '../../../core/ports.js';
 import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
@@ -52,6 +53,15 @@ export class CloudHypervisorInstance implements VmmInstance {
     this.consolePath = this.files.console;
     this.growingFiles = [this.files.console, this.files.log, this.files.stdout, this.files.stderr];
     this.api = new ChApi(this.files.api);
+  }
+
+  /**
+   * The pid file (ours) and the API socket live with the VMM (stop removes them); the hybrid
+   * vsock socket exists only when the spec allows the guest agent (chArgs passes --vsock then).
+   */
+  expectedFiles(spec: MicroVMSpec, vmmRuns: boolean): string[] {
+    const f = this.files;
+    return [f.console, f.log, f.stdout, f.stderr, f.cmdline, ...(vmmRuns ? [f.pid, f.api, ...(spec.allowGuestAgent ? [f.vsock] : [])] : [])];
   }
 
   defaultCmdline(input: CmdlineInput): [string, string][] {

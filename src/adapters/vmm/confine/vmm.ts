@@ -92,6 +92,11 @@ export class VmmConfinement {
   }
 }
 
+/** Whether vmm-user asks for no drop (QEMU stays root): `root` or `0:0`, and no vmm-uid-range. */
+export function vmmUserIsRoot(user: string, uidRange: string): boolean {
+  return uidRange.trim() === '' && (user === 'root' || user === '0:0');
+}
+
 /**
  * Builds the confinement from settings: resolves (or creates, as a system account) the VMM user
  * and finds the host's cgroup hierarchies. What the host cannot do is logged, not fatal.
@@ -100,7 +105,7 @@ export async function createConfinement(o: ConfinementOptions, log: Logger): Pro
   const range = parseUidRange(o.uidRange);
   let user: Account | undefined;
   if (range) log.info({ first: range.first, last: range.last }, 'each QEMU VMM runs as its own uid from vmm-uid-range');
-  else if (o.user === 'root' || o.user === '0:0') log.warn({ 'vmm-user': o.user }, 'VMM processes run as root: a guest that escapes QEMU owns the host');
+  else if (vmmUserIsRoot(o.user, o.uidRange)) log.warn({ 'vmm-user': o.user }, 'VMM processes run as root: a guest that escapes QEMU owns the host');
   else {
     const { account, created } = await ensureSystemUser(o.user);
     if (created) log.info({ user: account.name, uid: account.uid }, 'created the VMM user');

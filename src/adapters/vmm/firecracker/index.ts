@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { failedPrecondition } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
+import type { MicroVMSpec } from '../../../core/microvm/types.js';
 import type { Step } from '../../../core/plan/step.js';
 import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import type { ProviderContext, ProviderModule } from '../registry.js';
@@ -54,6 +55,16 @@ export class FirecrackerInstance implements VmmInstance {
     this.files = { pid: f('pid'), console: f('stdout'), stdout: f('stdout'), stderr: f('stderr'), log: f('log'), metrics: f('metrics'), config: f('config'), metadata: f('metadata') };
     this.consolePath = this.files.console;
     this.growingFiles = [f('stdout'), f('stderr'), f('log'), f('metrics')];
+  }
+
+  /**
+   * prepare() writes the config and metadata.json (MMDS is always on) and creates the log,
+   * metrics, stdout and stderr files before every start, jailed or not (the jail hard-links
+   * them); the pid file is removed when Firecracker is stopped.
+   */
+  expectedFiles(_spec: MicroVMSpec, vmmRuns: boolean): string[] {
+    const f = this.files;
+    return [f.config, f.metadata, f.log, f.metrics, f.stdout, f.stderr, ...(vmmRuns ? [f.pid] : [])].filter((x): x is string => x !== undefined);
   }
 
   defaultCmdline(input: CmdlineInput): [string, string][] {

@@ -2,6 +2,7 @@ import { lstatSync, readFileSync } from 'node:fs';
 import { readFile, unlink, writeFile } from 'node:fs/promises';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
+import type { MicroVMSpec } from '../../../core/microvm/types.js';
 import type { Step } from '../../../core/plan/step.js';
 import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
 import { hostNetCounters } from '../io-counters.js';
@@ -105,6 +106,12 @@ class QemuInstance implements VmmInstance {
     this.growingFiles = [this.files.console, this.files.stdout, this.files.stderr];
     this.consoleInput = { kind: 'unix-socket', path: `${ref.runDir}/${CONSOLE_SOCKET}` };
     this.qmp = `${ref.runDir}/${QMP_SOCKET}`;
+  }
+
+  /** QEMU removes its -pidfile when it exits (QEMU 7.2 os-posix.c, an exit notifier), so the pid file is a run file. */
+  expectedFiles(_spec: MicroVMSpec, vmmRuns: boolean): string[] {
+    const f = this.files;
+    return [f.console, f.stdout, f.stderr, f.cmdline, ...(vmmRuns ? [f.pid] : [])];
   }
 
   defaultCmdline(input: CmdlineInput): [string, string][] {

@@ -29,6 +29,9 @@ class ScratchInstance implements VmmInstance {
     this.files = { pid: `${ref.dir}/scratch.pid`, console: `${ref.dir}/scratch.console`, metadata: `${ref.dir}/scratch-metadata.json` };
     this.consolePath = this.files.console;
   }
+  expectedFiles(_spec: unknown, vmmRuns: boolean): string[] {
+    return [this.files.console, this.files.metadata, ...(vmmRuns ? [this.files.pid] : [])];
+  }
   defaultCmdline(): [string, string][] {
     return [['console', 'ttyS0']];
   }
