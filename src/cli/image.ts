@@ -110,6 +110,15 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
         const from = o.stateDir !== undefined ? '--state-dir' : `state-dir (from ${o.config ?? DEFAULT_CONFIG_PATH} or its default)`;
         throw cliError(`${from} ${c.stateDir}: holds no matchlock store (matchlock.db); name matchlockd's state dir, or give --init to make a new store there`, EXIT.usage);
       }
+      // A new store would stand for none of the VM directories already there (flintlock's, or
+      // those of a lost store), and matchlockd refuses such a state dir: refuse it the same way,
+      // before anything is made.
+      const { describeUnrecorded, vmDirs } = await import('../daemon/unrecorded.js');
+      const dirs = vmDirs(c.stateDir);
+      if (dirs.length) {
+        const f = describeUnrecorded(c.stateDir, dirs, false);
+        throw cliError(`--init: ${f.evidence}; a store made here would stand for none of them. Fix: ${f.fix}; nothing in ${c.stateDir} was changed`, EXIT.precondition);
+      }
       mkdirSync(c.stateDir, { recursive: true, mode: 0o750 });
       new SqliteStore(join(c.stateDir, 'matchlock.db')).close();
     }

@@ -1,6 +1,6 @@
 import type { Server as GrpcServer } from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { join } from 'node:path';
 import { bindGrpc, createGrpcServer, routeGrpcLog, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
@@ -27,7 +27,7 @@ import { LogBound } from '../adapters/vmm/console.js';
 import { GrowingFiles } from './growing-files.js';
 import type { ConsoleLocator } from '../adapters/api/grpc/console.js';
 import { sweepOrphans } from './sweep.js';
-import { unrecordedRefusal, vmDirs } from './unrecorded.js';
+import { findUnrecorded, unrecordedRefusal } from './unrecorded.js';
 import { daemonIdentity } from './identity.js';
 import { clearStaleSocket, restrictSocket, socketPath } from './unix-socket.js';
 import { Lifecycle, type Drainable } from './lifecycle.js';
@@ -98,12 +98,11 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const room = UNIX_SOCKET_PATH_MAX - (sockets.bytes - Buffer.byteLength(cfg.stateDir));
     throw configError(`state-dir ${cfg.stateDir} is too long: VM sockets such as ${sockets.example} would be ${sockets.bytes} bytes, over the ${UNIX_SOCKET_PATH_MAX}-byte unix socket limit; use a state dir of at most ${room} bytes`);
   }
-  // A state dir with VM directories and no store at all (flintlock's, or one whose store was
-  // lost) is refused before anything is made or changed in it: no record can stand for them.
-  if (!existsSync(join(cfg.stateDir, 'matchlock.db'))) {
-    const dirs = vmDirs(cfg.stateDir);
-    if (dirs.length) throw unrecordedRefusal(cfg.stateDir, dirs, false);
-  }
+  // VM directories no record stands for (flintlock's, or a lost store's) are refused before
+  // anything is made or changed in the state dir: a store that exists is read read-only. One
+  // that cannot be read so is checked again by the sweep, after it is opened.
+  const unrecorded = findUnrecorded(cfg.stateDir);
+  if (unrecorded?.dirs.length) throw unrecordedRefusal(cfg.stateDir, unrecorded.dirs, unrecorded.storeExisted, true);
   // First, while this process is small: from here on programs are started by the spawner, and
   // the daemon's own address space is not forked again.
   await startSpawner(logger);

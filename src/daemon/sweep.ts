@@ -53,7 +53,7 @@ async function stopVmmIn(o: SweepOptions, d: VmDirEntry): Promise<void> {
 export async function sweepOrphans(o: SweepOptions): Promise<number> {
   const dirs = vmDirs(o.stateDir);
   const unknown = dirs.filter(({ uid }) => !o.store.get(uid) && !o.store.tombstone(uid));
-  if (unknown.length) throw unrecordedRefusal(o.stateDir, unknown, true);
+  if (unknown.length) throw unrecordedRefusal(o.stateDir, unknown, true, false);
   let removed = 0;
   const buried = (uid: string) => o.store.tombstone(uid) !== undefined;
   // A buried VM whose VMM could not be stopped or whose delete steps failed keeps its

@@ -1,5 +1,6 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { readRecordedUids } from '../adapters/store/sqlite/store.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 
 /** One `<state-dir>/vm/<namespace>/<name>/<uid>` directory on disk. */
@@ -32,8 +33,8 @@ export function vmDirs(stateDir: string): VmDirEntry[] {
 /**
  * Files flintlockd writes in each VM directory (flintlock's infrastructure/firecracker/state.go:
  * firecracker.cfg, metadata.json, firecracker.pid, and the Cloud Hypervisor provider's pid file).
- * matchlock's Firecracker provider keeps the same names, so they tell flintlock's directories
- * apart only in a state dir without matchlock.db: one matchlockd has never used.
+ * matchlock's Firecracker and Cloud Hypervisor providers keep the same names, so in a state dir
+ * matchlockd has used they say only that flintlockd may have made the directories.
  */
 const FLINTLOCK_FILES = ['firecracker.cfg', 'metadata.json', 'firecracker.pid', 'cloudhypervisor.pid'] as const;
 const PID_FILES = ['firecracker.pid', 'cloudhypervisor.pid', 'qemu.pid'] as const;
@@ -67,9 +68,11 @@ export interface UnrecordedFinding {
 
 /**
  * Describes `dirs` (VM directories with neither a record nor a tombstone in the state dir's
- * store) with the fix that fits: directories in flintlockd's layout in a state dir matchlockd
- * never used (no matchlock.db, no daemon-id) point to docs/migrating-from-flintlock.md; a store that is missing or lost records
- * is restored from a backup; either way VMMs still running are named by pid.
+ * store) with the fix that fits: directories holding flintlockd's files are named as possibly
+ * flintlock's and point to docs/migrating-from-flintlock.md, never to stopping their VMMs
+ * (flintlock's guests); in a state dir matchlockd never used (no matchlock.db, no daemon-id)
+ * they are flintlock's. Others are matchlockd's own with a missing or lost store: restore it
+ * from a backup, or stop their VMMs. Either way VMMs still running are named by pid.
  */
 export function describeUnrecorded(stateDir: string, dirs: readonly VmDirEntry[], storeExisted: boolean): UnrecordedFinding {
   const db = join(stateDir, 'matchlock.db');
@@ -79,15 +82,22 @@ export function describeUnrecorded(stateDir: string, dirs: readonly VmDirEntry[]
   });
   // A daemon id or a store: matchlockd has run here, and the directories are its own.
   const used = storeExisted || existsSync(join(stateDir, 'daemon-id'));
-  const flintlockFiles = used ? [] : [...new Set(dirs.flatMap((d) => FLINTLOCK_FILES.filter((f) => existsSync(join(d.dir, f)))))];
+  const flintlockFiles = [...new Set(dirs.flatMap((d) => FLINTLOCK_FILES.filter((f) => existsSync(join(d.dir, f)))))];
   const n = dirs.length;
   const missing = storeExisted ? '' : used ? ' (matchlock.db is missing)' : ' (no matchlock.db and no daemon-id: matchlockd has not used this state dir)';
   const what = `${n} VM director${n === 1 ? 'y has' : 'ies have'} no record in ${db}${missing} (${dirs.map((d) => d.dir).join(', ')})`;
   const live = running.length ? `; VMMs still running in ${running.join(', ')}` : '; their guests may still be running';
+  const migrate = "matchlockd does not adopt flintlock's VMs: give matchlockd a state dir of its own (the default /var/lib/matchlock), and drain or remove flintlock's VMs as docs/migrating-from-flintlock.md describes";
+  if (flintlockFiles.length && used) {
+    return {
+      evidence: `${what}${live}; they hold flintlockd's files (${flintlockFiles.join(', ')}): flintlockd may have made them (flintlock's state dir), or they are matchlockd's own whose records were lost`,
+      fix: `if flintlockd made them, leave its VMs running: ${migrate}; if matchlockd made them, restore ${db} from a backup`,
+    };
+  }
   if (flintlockFiles.length) {
     return {
       evidence: `${what}${live}; they are in flintlockd's layout (${flintlockFiles.join(', ')}): this is flintlock's state dir`,
-      fix: `matchlockd does not adopt flintlock's VMs: give matchlockd a state dir of its own (the default /var/lib/matchlock), and drain or remove flintlock's VMs as docs/migrating-from-flintlock.md describes`,
+      fix: migrate,
     };
   }
   return {
@@ -96,8 +106,29 @@ export function describeUnrecorded(stateDir: string, dirs: readonly VmDirEntry[]
   };
 }
 
-/** The start-up refusal for `dirs`: MatchlockError FailedPrecondition (exit 1) with the finding and its fix. */
-export function unrecordedRefusal(stateDir: string, dirs: readonly VmDirEntry[], storeExisted: boolean): MatchlockError {
+/**
+ * The start-up refusal for `dirs`: MatchlockError FailedPrecondition (exit 1) with the finding
+ * and its fix. `unchanged`: the refusal comes before matchlockd made or changed anything in the
+ * state dir (only then does the message say so); otherwise it names what start-up had made.
+ */
+export function unrecordedRefusal(stateDir: string, dirs: readonly VmDirEntry[], storeExisted: boolean, unchanged: boolean): MatchlockError {
   const f = describeUnrecorded(stateDir, dirs, storeExisted);
-  return new MatchlockError(ErrorCode.FailedPrecondition, `refusing to start: ${f.evidence}. Fix: ${f.fix}, then start matchlockd again; nothing in ${stateDir} was changed`);
+  const changed = unchanged
+    ? `nothing in ${stateDir} was changed`
+    : `matchlockd had only made its own files there (daemon-id, matchlockd.lock, the state dir's mode 0750); no VM directory was touched`;
+  return new MatchlockError(ErrorCode.FailedPrecondition, `refusing to start: ${f.evidence}. Fix: ${f.fix}, then start matchlockd again; ${changed}`);
+}
+
+/**
+ * The VM directories of `stateDir` no record or tombstone of its store stands for, read without
+ * making or changing anything: `undefined` when the store cannot be read that way (damaged,
+ * newer schema, held by a daemon), for the later open to report. No store: every directory.
+ */
+export function findUnrecorded(stateDir: string): { dirs: VmDirEntry[]; storeExisted: boolean } | undefined {
+  const dirs = vmDirs(stateDir);
+  const db = join(stateDir, 'matchlock.db');
+  if (!existsSync(db)) return { dirs, storeExisted: false };
+  if (dirs.length === 0) return { dirs, storeExisted: true };
+  const known = readRecordedUids(db);
+  return known && { dirs: dirs.filter((d) => !known.has(d.uid)), storeExisted: true };
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it, type TestContext } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
@@ -292,5 +292,30 @@ describe('a state dir in flintlockd\'s layout (vm/<ns>/<name>/<uid> with firecra
     assert.equal(c?.status, 'fail', r.stdout);
     assert.match(c?.evidence ?? '', new RegExp(`${dir}.*pid ${vmm.pid}.*flintlockd's layout`));
     assert.match(c?.fix ?? '', /docs\/migrating-from-flintlock\.md/);
+  });
+
+  it('matchlock image ... --init refuses to make a store there the way matchlockd refuses the state dir, and makes nothing', () => {
+    const before = snapshot(state);
+    const r = spawnSync(process.execPath, [join(ROOT, 'bin/matchlock.js'), 'image', '--config', '/dev/null', '--state-dir', state, '--init', 'ls'], { encoding: 'utf8' });
+    assert.equal(r.status, 6, r.stderr);
+    assert.match(r.stderr, /--init: 1 VM directory has no record/);
+    assert.match(r.stderr, /flintlockd's layout.*docs\/migrating-from-flintlock\.md/s);
+    assert.deepEqual(snapshot(state), before);
+  });
+
+  it('once a matchlock.db exists there, matchlockd still names flintlock, advises no stopping of its VMMs, and changes nothing before refusing', async () => {
+    new SqliteStore(join(state, 'matchlock.db')).close();
+    try {
+      const before = snapshot(state);
+      const { code, output } = await daemonFailsToStart(base(state));
+      assert.equal(code, 1, output);
+      assert.match(output, /they hold flintlockd's files \(firecracker\.cfg, metadata\.json, firecracker\.pid\)/);
+      assert.match(output, /docs\/migrating-from-flintlock\.md/);
+      assert.doesNotMatch(output, /stop those VMMs/);
+      assert.match(output, new RegExp(`nothing in ${state} was changed`));
+      assert.deepEqual(snapshot(state), before, 'no daemon-id or lock made, no mode changed');
+    } finally {
+      for (const f of ['matchlock.db', 'matchlock.db-wal', 'matchlock.db-shm']) rmSync(join(state, f), { force: true });
+    }
   });
 });

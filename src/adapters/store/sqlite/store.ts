@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { linkSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { MatchlockError, ErrorCode } from '../../../core/errors.js';
 import type { MicroVM } from '../../../core/microvm/types.js';
@@ -315,6 +315,27 @@ export class SqliteStore implements Store, Tombstones, EventLog {
 
   close(): void {
     if (this.db.open) this.db.close();
+  }
+}
+
+/**
+ * The uids of the store's records and tombstones, read through a read-only connection; the
+ * -wal and -shm files such a connection makes (and cannot remove) are removed when they were
+ * not there before. Undefined when the store cannot be read so (damaged, newer schema, locked).
+ */
+export function readRecordedUids(path: string): Set<string> | undefined {
+  const side = [`${path}-wal`, `${path}-shm`].filter((f) => !existsSync(f));
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(path, { readonly: true, fileMustExist: true });
+    if ((db.pragma('user_version', { simple: true }) as number) > SCHEMA_VERSION) return undefined;
+    const uids = (sql: string) => (db!.prepare(sql).all() as { uid: string }[]).map((r) => r.uid);
+    return new Set([...uids('SELECT uid FROM microvms'), ...uids('SELECT uid FROM tombstones')]);
+  } catch {
+    return undefined;
+  } finally {
+    db?.close();
+    for (const f of side) rmSync(f, { force: true });
   }
 }
 
