@@ -378,6 +378,18 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       opsPorts[o.key] = await listen(o.server, o.endpoint, o.key);
       logger.info({ endpoint: o.endpoint, port: opsPorts[o.key], tls: !!tls, auth: !!token }, `${o.key.replace(/-endpoint$/, '')} endpoint listening`);
     }
+    // VMMs that died while no daemon watched them are exits like those the supervisor sees
+    // (logged, counted, a retry), reported before the first pass restarts them.
+    for await (const vm of allRecords()) {
+      try {
+        const inst = vm.status.vmmPid ? instanceOf(vm) : undefined;
+        const delay = inst && (await reconciler.exitedWhileDown(vm, () => inst.running()));
+        if (delay !== undefined) queue.enqueue(vm.uid, delay);
+      } catch (err) {
+        // The first pass looks at this VM anyway; its check must not keep the daemon down.
+        logger.error({ uid: vm.uid, err: (err as Error).message }, 'checking for a vmm that exited while matchlockd was down failed');
+      }
+    }
     // Before the first resync, so that no change after a VM's first pass goes unseen.
     linkMonitor.start();
     resyncAll();

@@ -59,6 +59,30 @@ describe('the provider seam: a provider added in the test tree with one registry
     assert.deepEqual(lab.ourLinks(), []);
   });
 
+  it('reports a VMM that died while matchlockd was down as an unexpected exit at start (logged, a retry), once', async () => {
+    const vms = api(lab);
+    const uid = await vms.create('diedwhiledown', [{ id: 'eth0', type: 'TAP' }]);
+    const created = await waitFor('CREATED', async () => { const vm = await vms.get(uid); return stateOf(vm) === 'CREATED' && vm?.status?.vmmPid ? vm : undefined; }, 60_000);
+    const pid = created.status?.vmmPid ?? 0;
+    // The daemon is stopped (SIGSTOP) so it cannot see the exit, then killed and started again.
+    const daemonPid = lab.daemon.proc.pid ?? 0;
+    process.kill(daemonPid, 'SIGSTOP');
+    process.kill(pid, 'SIGKILL');
+    await waitFor('the VMM gone', async () => { try { process.kill(pid, 0); return false; } catch { return true; } }, 10_000);
+    await lab.restartDaemon(true);
+    const exited = (logs: string[]) => logs.filter((l) => /"msg":"vmm exited"/.test(l) && l.includes(uid) && l.includes(`"pid":${pid}`));
+    await waitFor('the exit logged', async () => exited(lab.daemon.logs).length > 0, 30_000);
+    assert.match(exited(lab.daemon.logs)[0] ?? '', /"seen":"at start"/);
+    // Counted towards maximum-retry as a failed attempt (the boot of the next VMM resets it).
+    assert.ok(lab.daemon.logs.some((l) => l.includes(uid) && l.includes(`vmm pid ${pid} exited unexpectedly`) && /"retry":1/.test(l) && /will retry/.test(l)), lab.daemon.logs.join('\n'));
+    await waitFor('CREATED again', async () => { const vm = await vms.get(uid); return stateOf(vm) === 'CREATED' && vm?.status?.vmmPid && vm.status.vmmPid !== pid ? vm : undefined; }, 60_000);
+    await lab.restartDaemon(false);
+    await waitFor('serving', async () => lab.daemon.logs.some((l) => /"state":"serving"/.test(l)), 30_000);
+    assert.deepEqual(exited(lab.daemon.logs), [], 'reported once, not again at the next start');
+    await vms.delete(uid);
+    await waitFor('gone', async () => (await vms.get(uid)) === undefined, 30_000);
+  });
+
   it("refuses at create what the provider's descriptor says it cannot do", async () => {
     await assert.rejects(api(lab).create('novtap', [{ id: 'eth0', type: 'MACVTAP' }]), (err: { code?: number; details?: string }) => {
       assert.equal(err.code, 9, 'FAILED_PRECONDITION');

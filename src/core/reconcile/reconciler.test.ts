@@ -403,3 +403,27 @@ it('tells its observer of a VMM that exits on its own, which is no pass: unexpec
   assert.equal(r.vmmExited('A', 43), undefined);
   assert.equal(exits.at(-1)?.reason, 'powered_off');
 });
+
+it('a VMM that died while no daemon ran is, at start, an unexpected exit like one the supervisor saw: logged, counted, a retry; and only once', async () => {
+  const exits: { provider: string; reason: string }[] = [];
+  const lines: string[] = [];
+  const logger = { ...silentLogger, warn: (o: object, m?: string) => void lines.push(`${m} ${JSON.stringify(o)}`), child: () => silentLogger };
+  const store = new MemoryStore();
+  const runtime: Runtime = { ensure: async () => ({ ready: true, vmmPid: 42 }), teardown: async () => {} };
+  const r = new Reconciler({ store, runtime, clock: { now: () => new Date() }, logger, maxRetries: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, random01: () => 1, observer: { pass: () => undefined, vmmExited: (e) => exits.push(e) } });
+  store.insert(vm('A'));
+  store.insert(vm('B'));
+  await r.reconcile('A');
+  await r.reconcile('B');
+  const gone = async () => undefined;
+  // B's VMM still runs: nothing to report.
+  assert.equal(await r.exitedWhileDown(store.get('B')!, async () => 42), undefined);
+  assert.ok((await r.exitedWhileDown(store.get('A')!, gone)) !== undefined, 'reconciled again after the back-off');
+  assert.deepEqual(exits, [{ provider: 'qemu', reason: 'unexpected' }]);
+  assert.match(lines.join('\n'), /vmm exited \{"uid":"A","pid":42/);
+  const a = store.get('A');
+  assert.equal(a?.status.retry, 1);
+  assert.equal(a?.status.vmmPid, 0);
+  assert.equal(await r.exitedWhileDown(a!, gone), undefined, 'a second start reports it no more');
+  assert.equal(exits.length, 1);
+});

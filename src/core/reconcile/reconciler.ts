@@ -232,6 +232,22 @@ export class Reconciler {
   }
 
   /**
+   * At start, before the first pass: a VM whose status still records a VMM pid (it ran when the
+   * last daemon stopped) and whose VMM `running` no longer finds died while no daemon watched
+   * it. That is an exit like the supervisor reports (logged, counted by the observer, a failed
+   * attempt towards maximum-retry while the VM should run), reported once: the status saved
+   * here no longer records the pid. Resolves the delay after which to reconcile it, or
+   * undefined when there was no such exit or nothing more should happen.
+   */
+  async exitedWhileDown(vm: MicroVM, running: () => Promise<number | undefined>): Promise<number | undefined> {
+    const pid = vm.status.vmmPid;
+    if (!pid || vm.status.state === 'DELETING' || vm.status.state === 'FAILED') return undefined;
+    if ((await running()) !== undefined) return undefined;
+    this.opts.logger.warn({ uid: vm.uid, pid, seen: 'at start' }, 'vmm exited');
+    return this.vmmExited(vm.uid, pid);
+  }
+
+  /**
    * The guest of the VMM with this pid reached userspace: it is healthy, so its failure count
    * starts over. The pid is saved with it, so a create pass that reports the same VMM later
    * keeps guest_booted.
