@@ -479,6 +479,7 @@ describe('layer apply: GNU sparse maps hold decimal, ordered fragments within th
       [v00([['-10', '1']], 'x'), 'sp: sparse GNU.sparse.offset/numbytes offset 0 "-10" is not a non-negative decimal integer'],
       [[v10('1\n-3\n1\n', 'x')], 'sp: sparse map offset 0 "-3" is not a non-negative decimal integer'],
       [[v10('-1\n', 'x')], 'sp: sparse map entry count "-1" is not a non-negative decimal integer'],
+      [[v10('1000\n0\n1\n', 'x')], 'sp: sparse map entry count 1000 needs more lines than the entry\'s 513 bytes of data can hold'],
     ];
     for (const [layer, want] of cases) {
       assert.throws(() => apply(tarOf(layer)), (err: Error) => {
@@ -486,6 +487,16 @@ describe('layer apply: GNU sparse maps hold decimal, ordered fragments within th
         return true;
       }, want);
     }
+  });
+
+  it('refuses a 1.0 map line longer than any decimal file offset as soon as it is read, not at the end of the data', () => {
+    // 64 KiB of digits and no newline: read to its end, the map would instead be "longer than
+    // the entry's data", each block rescanning all before it.
+    const spec: TarSpec = { name: 'GNUSparseFile.0/sp', data: Buffer.alloc(65536, 0x31), pax: { 'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': 'sp', 'GNU.sparse.realsize': '100' } };
+    assert.throws(() => apply(tarOf([spec])), (err: Error) => {
+      assert.equal(err.message, 'sp: sparse map line 0 is longer than 20 bytes: no decimal file offset is');
+      return true;
+    });
   });
 });
 

@@ -289,6 +289,12 @@ function noNul(v: string, field: string, path: string): string {
 type Chunk = { offset: number; length: number };
 
 /**
+ * The longest line of a 1.0 sparse map: the digits of Number.MAX_SAFE_INTEGER (16), the most
+ * sparseNumber takes, with room for a few leading zeros.
+ */
+const MAX_SPARSE_LINE = 20;
+
+/**
  * A number of a GNU sparse map (pax GNU.sparse.* records, the 1.0 map's lines): decimal digits
  * only, within what a file offset can be. Go's archive/tar refuses anything else, or any
  * negative value, as an invalid header (reader.go, readGNUSparsePAXHeaders and
@@ -466,24 +472,44 @@ export class TarReader {
 
   private dataPad = 0;
 
-  /** The 1.0 map at the head of the data, which it cannot outgrow (`size`, the data's bytes). */
+  /**
+   * The 1.0 map at the head of the data, which it cannot outgrow (`size`, the data's bytes).
+   * Each block is scanned once for its newlines, as Go's archive/tar (reader.go,
+   * readGNUSparseMap1x0) counts them per block, so the cost is linear in the map's length. A
+   * line is a decimal number: one longer than MAX_SPARSE_LINE digits can be no offset a file
+   * system holds, and is refused as soon as it is seen rather than read to the entry's end.
+   * The count is refused when its lines (two a fragment, at least "0\n" each) cannot fit in
+   * the data.
+   */
   private readSparseMap(path: string, size: number): { chunks: Chunk[]; bytes: number } {
-    let text = '';
+    let line = '';
     let bytes = 0;
     const nums: string[] = [];
     let count = -1;
+    const push = (l: string) => {
+      if (count >= 0) {
+        nums.push(l);
+        return;
+      }
+      count = sparseNumber(l, 'map entry count', path);
+      if (count * 4 + l.length + 1 > size) throw new TarFormatError(`${showName(path)}: sparse map entry count ${count} needs more lines than the entry's ${size} bytes of data can hold`);
+    };
     while (count < 0 || nums.length < count * 2) {
       if (bytes + BLOCK > size) throw new TarFormatError(`${showName(path)}: sparse map is longer than the entry's data`);
       const b = this.r.read(BLOCK);
       if (!b) throw new TarFormatError(`${showName(path)}: truncated sparse map`);
       bytes += BLOCK;
-      text += b.toString('latin1');
-      const lines = text.split('\n');
-      text = lines.pop() ?? '';
-      for (const l of lines) {
-        if (count < 0) count = sparseNumber(l, 'map entry count', path);
-        else nums.push(l);
-        if (nums.length >= count * 2) break;
+      for (let at = 0; at < BLOCK && (count < 0 || nums.length < count * 2); ) {
+        const nl = b.indexOf(0x0a, at);
+        const end = nl < 0 ? BLOCK : nl;
+        if (line.length + end - at > MAX_SPARSE_LINE) {
+          throw new TarFormatError(`${showName(path)}: sparse map line ${count < 0 ? 0 : nums.length + 1} is longer than ${MAX_SPARSE_LINE} bytes: no decimal file offset is`);
+        }
+        line += b.toString('latin1', at, end);
+        if (nl < 0) break;
+        push(line);
+        line = '';
+        at = nl + 1;
       }
     }
     return { chunks: sparsePairsOf(nums, 'map', path), bytes };
