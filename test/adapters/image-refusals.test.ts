@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, ftruncateSync, openSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
@@ -10,6 +10,7 @@ import { ImageRefusedError, LocalImageStore } from '../../src/adapters/images/oc
 import { silentLogger } from '../fakes/memory-store.js';
 import { ROOT, tempDir } from '../helpers/daemon.js';
 import { putBlob, writeImageLayout, type Descriptor } from '../helpers/oci.js';
+import { tarOf as tarOfEntries, type TarSpec } from '../helpers/tar.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -73,6 +74,42 @@ describe('images refused for their content are not recorded', () => {
       nothingRecorded(root);
       assert.equal(await store.resolve('example.com/bad:1'), undefined);
       assert.deepEqual(await store.list(), []);
+    }
+  });
+
+  it('a layer the applier refuses (whiteout naming no file, hard link to nothing or to a directory, a file or a symlink loop as a parent, a sparse size no file here holds) is refused, nothing recorded', async () => {
+    const sparse = (realsize: string): TarSpec => ({ name: 'GNUSparseFile.0/sp', pax: { 'GNU.sparse.major': '0', 'GNU.sparse.minor': '1', 'GNU.sparse.name': 'sp', 'GNU.sparse.size': realsize, 'GNU.sparse.map': '' } });
+    const huge = '9007199254740991';
+    // The largest file is the file system's own (ext4: 16 TiB); where the store's holds this
+    // size, the layer is not refused and that case is left out.
+    const probe = join(tmp.path, 'huge-probe');
+    const fd = openSync(probe, 'w');
+    let fits = true;
+    try {
+      ftruncateSync(fd, Number(huge));
+    } catch {
+      fits = false;
+    } finally {
+      closeSync(fd);
+    }
+    const cases: [string, TarSpec[], RegExp][] = [
+      ['whiteout', [{ name: 'd/', type: '5', mode: 0o755 }, { name: 'd/.wh.' }], /: d\/\.wh\.: whiteout \.wh\. names no file$/],
+      ['link-missing', [{ name: 'h', type: '1', linkname: 'nowhere' }], /: h: hard link target nowhere does not exist in the image$/],
+      ['link-dir', [{ name: 'd/', type: '5', mode: 0o755 }, { name: 'h', type: '1', linkname: 'd' }], /: h: hard link target d is a directory$/],
+      ['parent-file', [{ name: 'f', data: 'f' }, { name: 'f/x', data: 'x' }], /: f\/x: parent \/f is not a directory$/],
+      ['loop', [{ name: 'l', type: '2', linkname: 'l' }, { name: 'l/x', data: 'x' }], /: l\/x: too many levels of symbolic links$/],
+      ...(fits ? [] : [['sparse-size', [sparse(huge)], new RegExp(`: sp: sparse real size ${huge} is beyond the largest file this file system holds$`)] as [string, TarSpec[], RegExp]]),
+    ];
+    for (const [name, entries, why] of cases) {
+      const layout = join(tmp.path, `apply-${name}`);
+      writeImageLayout(layout, [{ data: tarOfEntries(entries), mediaType: 'application/vnd.oci.image.layer.v1.tar' }]);
+      const root = join(tmp.path, `store-apply-${name}`);
+      const store = new LocalImageStore(root);
+      const err = await store.import(layout, 'example.com/bad:1', undefined, unpack).then(() => undefined, (e: unknown) => e);
+      assert.ok(err instanceof ImageRefusedError, `${name}: ${String(err)}`);
+      assert.match(err.message, why, name);
+      nothingRecorded(root);
+      assert.deepEqual(await store.list(), [], name);
     }
   });
 

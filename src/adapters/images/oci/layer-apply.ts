@@ -28,7 +28,7 @@ import {
   closeSync, constants, fchmodSync, fchownSync, ftruncateSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
   chmodSync, mkdirSync, openSync, readdirSync, readlinkSync, realpathSync, rmSync, statSync, symlinkSync, writeSync,
 } from 'node:fs';
-import { ChunkReader, showName, TarReader, type ReadInto, type TarEntry } from './tar-reader.js';
+import { ChunkReader, showName, TarFormatError, TarReader, type ReadInto, type TarEntry } from './tar-reader.js';
 
 export interface ApplyStats {
   entries: number;
@@ -65,6 +65,18 @@ export function xattrRefusal(name: string, onSymlink: boolean): string | undefin
 /** An error with the errno code kept (ENOSPC, EDQUOT…), so callers can say what ran out. */
 export class ApplyError extends Error {
   constructor(message: string, readonly code?: string) {
+    super(message);
+  }
+}
+
+/**
+ * A refusal of what a layer holds (a whiteout naming no file, a hard link to nothing, a parent
+ * that is a file, a symlink loop…), as against a failure of the host's file system. It carries
+ * no errno code even where the refusal mirrors one, so the image is refused and not recorded
+ * (containerd fails the layer's apply the same way, whatever the host).
+ */
+export class LayerRefusal extends ApplyError {
+  constructor(message: string) {
     super(message);
   }
 }
@@ -229,7 +241,7 @@ export class ImageRoot {
     this.dirs.set('', this.rootGid);
     this.checked = undefined;
     const again = this.walk(parts, create);
-    if (again !== undefined && !this.isRealDir(again)) throw new ApplyError(`parent /${showName(again)} is not a directory of the image`, 'ENOTDIR');
+    if (again !== undefined && !this.isRealDir(again)) throw new LayerRefusal(`parent /${showName(again)} is not a directory of the image`);
     return again;
   }
 
@@ -260,13 +272,13 @@ export class ImageRoot {
         continue;
       }
       if (st.isSymbolicLink()) {
-        if (++hops > MAX_LINK_HOPS) throw new ApplyError('too many levels of symbolic links', 'ELOOP');
+        if (++hops > MAX_LINK_HOPS) throw new LayerRefusal('too many levels of symbolic links');
         const target = readlinkSync(this.abs(cand), { encoding: 'latin1' });
         if (target.startsWith('/')) done.length = 0;
         todo.unshift(...target.split('/').filter((x) => x !== '' && x !== '.'));
         continue;
       }
-      if (!st.isDirectory()) throw new ApplyError(`parent /${showName(cand)} is not a directory`, 'ENOTDIR');
+      if (!st.isDirectory()) throw new LayerRefusal(`parent /${showName(cand)} is not a directory`);
       this.dirs.set(cand, inheritedGid(st.mode, st.gid));
       done.push(p);
     }
@@ -344,8 +356,9 @@ export class ImageRoot {
       try {
         this.entry(e, tar);
       } catch (err) {
-        const code = errno(err) ?? (err as ApplyError).code;
-        throw new ApplyError(`${showName(e.path)}: ${(err as Error).message}`, code);
+        const message = `${showName(e.path)}: ${(err as Error).message}`;
+        if (err instanceof LayerRefusal || err instanceof TarFormatError) throw new LayerRefusal(message);
+        throw new ApplyError(message, errno(err) ?? (err as ApplyError).code);
       }
     }
     this.finishLayer();
@@ -362,7 +375,7 @@ export class ImageRoot {
       // containerd refuses them (archive/tar.go: "invalid whiteout name"). A `/` cannot be in
       // a component; checked all the same, as the name goes to rm.
       if (base !== '.wh..wh..opq' && (gone === '' || gone === '.' || gone === '..' || gone.includes('/'))) {
-        throw new ApplyError(`whiteout ${showName(base)} names no file`, 'EINVAL');
+        throw new LayerRefusal(`whiteout ${showName(base)} names no file`);
       }
       const parent = this.resolveDir(parts, false);
       if (parent === undefined) return;
@@ -399,23 +412,30 @@ export class ImageRoot {
         try {
           const sparse = e.sparse;
           if (sparse) {
-            let i = 0;
-            let into = 0;
-            tar.data((b) => {
-              for (let off = 0; off < b.length; ) {
-                const c = sparse[i];
-                if (!c) throw new ApplyError('sparse data beyond its map', 'EINVAL');
-                const take = Math.min(c.length - into, b.length - off);
-                writeAll(fd, b.subarray(off, off + take), c.offset + into);
-                off += take;
-                into += take;
-                if (into === c.length) {
-                  i++;
-                  into = 0;
+            try {
+              let i = 0;
+              let into = 0;
+              tar.data((b) => {
+                for (let off = 0; off < b.length; ) {
+                  const c = sparse[i];
+                  if (!c) throw new LayerRefusal('sparse data beyond its map');
+                  const take = Math.min(c.length - into, b.length - off);
+                  writeAll(fd, b.subarray(off, off + take), c.offset + into);
+                  off += take;
+                  into += take;
+                  if (into === c.length) {
+                    i++;
+                    into = 0;
+                  }
                 }
-              }
-            }, e.size);
-            ftruncateSync(fd, e.realSize ?? e.size);
+              }, e.size);
+              ftruncateSync(fd, e.realSize ?? e.size);
+            } catch (err) {
+              // EFBIG: the map or real size reaches past the largest file the file system holds
+              // (its s_maxbytes); a size no file here can have is the layer's, not the host's.
+              if (errno(err) === 'EFBIG') throw new LayerRefusal(`sparse real size ${e.realSize ?? e.size} is beyond the largest file this file system holds`);
+              throw err;
+            }
           } else {
             tar.data((b) => writeAll(fd, b, null), e.size);
           }
@@ -449,8 +469,8 @@ export class ImageRoot {
           this.skip(rel);
           return;
         }
-        if (target === undefined || !tst) throw new ApplyError(`hard link target ${showName(e.linkpath)} does not exist in the image`, 'ENOENT');
-        if (tst.isDirectory()) throw new ApplyError(`hard link target ${showName(e.linkpath)} is a directory`, 'EPERM');
+        if (target === undefined || !tst) throw new LayerRefusal(`hard link target ${showName(e.linkpath)} does not exist in the image`);
+        if (tst.isDirectory()) throw new LayerRefusal(`hard link target ${showName(e.linkpath)} is a directory`);
         if (target !== rel) this.create(rel, () => linkSync(this.abs(target), at));
         // As containerd: the link's header owner and mode go to the shared inode too. A hard
         // link to a symlink is that symlink (link(2) does not follow): chmod would follow it

@@ -8,7 +8,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { ApplyError, ImageRoot, type ApplyStats } from './layer-apply.js';
+import { ApplyError, ImageRoot, LayerRefusal, type ApplyStats } from './layer-apply.js';
 import type { ReadInto } from './tar-reader.js';
 
 export interface UnpackJob {
@@ -112,7 +112,9 @@ function oneLine(s: string): string {
 
 /** Whether `err` was caused by the layer's bytes rather than by the host. */
 function causedByContent(err: unknown): boolean {
-  if (err instanceof LayerContentError) return true;
+  // The applier marks its refusals of a layer's content where it raises them; some mirror an
+  // errno (a missing hard link target, a parent that is a file) but are the image's fault.
+  if (err instanceof LayerContentError || err instanceof LayerRefusal) return true;
   if (err instanceof HostError) return false;
   // A file system call that failed (ENOSPC, EIO, EACCES…) says so with an errno code; the tar
   // reader's and the applier's refusals of what a layer holds carry none.
