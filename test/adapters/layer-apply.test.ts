@@ -528,6 +528,17 @@ describe('layer apply: xattrs the kernel refuses are skipped as containerd skips
     assert.equal(image.stats.xattrs, 1);
   });
 
+  it('sets xattrs on a symlink itself, as containerd does with lsetxattr; a user.* one there is skipped with a warning', () => {
+    const { root, image } = apply(tarOf([
+      { name: 'app', data: 'x' },
+      { name: 's', type: '2', linkname: 'app', pax: { 'SCHILY.xattr.security.onlink': 'l', 'SCHILY.xattr.user.onlink': 'u' } },
+    ]));
+    assert.deepEqual(xattrs(join(root, 's')), ['security.onlink="l"']);
+    assert.deepEqual(xattrs(join(root, 'app')), []);
+    assert.deepEqual(image.stats.warnings, ['ignored xattr user.onlink on /s: Operation not permitted (user.* xattrs go on files and directories only)']);
+    assert.equal(image.stats.xattrs, 1);
+  });
+
   it('skips what the kernel refuses with ENOTSUP in a batch and sets the rest; fails naming the xattr and path on any other refusal', () => {
     const { root, image } = apply(tarOf([
       { name: 'a', data: 'a', pax: { 'SCHILY.xattr.system.no_such_attribute': 'x', 'SCHILY.xattr.user.a': 'a' } },

@@ -453,6 +453,7 @@ export class ImageRoot {
       }
       case 'symlink': {
         this.create(rel, () => symlinkSync(Buffer.from(e.linkpath, 'latin1'), at));
+        onSymlink = true;
         if (asRoot && (e.uid !== 0 || e.gid !== this.dirs.get(parent))) lchownSync(at, e.uid, e.gid);
         const t = fsTime(e.mtime, e.mtimeNsec);
         lutimesSync(at, t, t);
@@ -486,7 +487,9 @@ export class ImageRoot {
         break;
       }
     }
-    if (e.xattrs.size && e.type !== 'symlink') {
+    // Every entry type, symlinks too: containerd 1.7 (archive/tar.go, createTarFile) sets each
+    // SCHILY.xattr.* record with lsetxattr whatever the entry is; setfattr -h does not follow.
+    if (e.xattrs.size) {
       let attrs = e.xattrs;
       for (const name of e.xattrs.keys()) {
         const why = xattrRefusal(name, onSymlink);
