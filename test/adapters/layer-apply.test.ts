@@ -6,7 +6,7 @@ import { after, describe, it } from 'node:test';
 import { ImageRoot } from '../../src/adapters/images/oci/layer-apply.js';
 import type { ReadInto } from '../../src/adapters/images/oci/tar-reader.js';
 import { tempDir } from '../helpers/daemon.js';
-import { base256, paxRecords, tarOf, type TarSpec } from '../helpers/tar.js';
+import { base256, paxRecord, paxRecords, tarOf, type TarSpec } from '../helpers/tar.js';
 
 const asRoot = process.getuid?.() === 0;
 
@@ -536,6 +536,17 @@ describe('layer apply: xattrs the kernel refuses are skipped as containerd skips
     assert.deepEqual(xattrs(join(root, 's')), ['security.onlink="l"']);
     assert.deepEqual(xattrs(join(root, 'app')), []);
     assert.deepEqual(image.stats.warnings, ['ignored xattr user.onlink on /s: Operation not permitted (user.* xattrs go on files and directories only)']);
+    assert.equal(image.stats.xattrs, 1);
+  });
+
+  it('keeps the bytes of an xattr name that is not UTF-8, as it keeps a file name\'s', () => {
+    const name = Buffer.concat([Buffer.from('user.'), Buffer.from([0xff, 0xe9])]);
+    const { root, image } = apply(tarOf([
+      { name: 'PaxHeaders/f', type: 'x', data: paxRecord(Buffer.concat([Buffer.from('SCHILY.xattr.'), name]), Buffer.from('v')) },
+      { name: 'f', data: 'f' },
+    ]));
+    const dump = execFileSync('getfattr', ['-h', '-d', '-m', '-', '--absolute-names', join(root, 'f')], { encoding: 'latin1' });
+    assert.ok(dump.includes(`\n${name.toString('latin1')}="v"\n`), dump);
     assert.equal(image.stats.xattrs, 1);
   });
 

@@ -87,6 +87,14 @@ function paxRecords(pax: Record<string, string | Buffer>): Buffer {
   return Buffer.concat(recs);
 }
 
+/** One pax record with a key of any bytes (paxRecords writes string keys as UTF-8). */
+export function paxRecord(key: Buffer, value: Buffer): Buffer {
+  const body = Buffer.concat([Buffer.from(' '), key, Buffer.from('='), value, Buffer.from('\n')]);
+  let len = body.length + 1;
+  while (String(len).length + body.length !== len) len = String(len).length + body.length;
+  return Buffer.concat([Buffer.from(String(len)), body]);
+}
+
 /** Pax records (`<len> <key>=<value>\n`) for a hand-made `x` or `g` entry's data. */
 export { paxRecords };
 

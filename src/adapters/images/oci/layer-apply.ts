@@ -577,9 +577,9 @@ export class ImageRoot {
   }
 }
 
-/** One attribute of a setfattr --restore dump: the name quoted, the value in base64. */
+/** One attribute of a setfattr --restore dump: the name (one char per byte) quoted, the value in base64. */
 function xattrLine(name: string, value: Buffer): string {
-  return `${quote(Buffer.from(name))}=0s${value.toString('base64')}\n`;
+  return `${quote(Buffer.from(name, 'latin1'))}=0s${value.toString('base64')}\n`;
 }
 
 /** getfattr's quoting, which setfattr --restore undoes: anything unusual as a 3-digit octal escape. */

@@ -257,7 +257,10 @@ function parsePax(data: Buffer, into: Pax, sparsePairs: string[]): void {
     const rec = data.subarray(space + 1, at + len - 1);
     const eq = rec.indexOf(0x3d);
     if (eq < 0) throw new TarFormatError('malformed pax record: no "="');
-    const key = rec.toString('utf8', 0, eq);
+    // Kept as bytes (one char per byte), as names are: an xattr name is bytes to the kernel and
+    // Go's archive/tar hands the key to containerd unchanged, UTF-8 or not. The keys this
+    // reader looks up are ASCII, the same in either reading.
+    const key = rec.toString('latin1', 0, eq);
     const value = rec.subarray(eq + 1);
     // Go's archive/tar (validPAXRecord) refuses a NUL in any key and in the value of a name.
     if (key.includes('\0')) throw new TarFormatError(`malformed pax record: key ${showName(key)} contains a NUL byte`);
