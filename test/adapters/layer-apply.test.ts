@@ -550,6 +550,14 @@ describe('layer apply: xattrs the kernel refuses are skipped as containerd skips
     assert.equal(image.stats.xattrs, 1);
   });
 
+  it('ignores LIBARCHIVE.xattr.* records, well-formed or not, as containerd applies only SCHILY.xattr.*', () => {
+    const { root, image } = apply(tarOf([
+      { name: 'f', data: 'f', pax: { 'LIBARCHIVE.xattr.user.lib': Buffer.from('v').toString('base64'), 'LIBARCHIVE.xattr.user.%E0%A4%A': 'dg==', 'LIBARCHIVE.xattr.user.a%00b': 'dg==', 'SCHILY.xattr.user.s': 's' } },
+    ]));
+    assert.deepEqual(xattrs(join(root, 'f')), ['user.s="s"']);
+    assert.equal(image.stats.xattrs, 1);
+  });
+
   it('skips what the kernel refuses with ENOTSUP in a batch and sets the rest; fails naming the xattr and path on any other refusal', () => {
     const { root, image } = apply(tarOf([
       { name: 'a', data: 'a', pax: { 'SCHILY.xattr.system.no_such_attribute': 'x', 'SCHILY.xattr.user.a': 'a' } },

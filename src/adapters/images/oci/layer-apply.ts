@@ -15,7 +15,7 @@
  *   and each link's owner, mode and mtime go to the inode it shares;
  * - owner (numeric uid/gid), all mode bits including setuid/setgid/sticky, mtime (to the
  *   microsecond, before 1970 too: see fsTime) and xattrs
- *   (`SCHILY.xattr.*`, `LIBARCHIVE.xattr.*`; see xattrRefusal for those left out) are applied exactly: the process runs with umask 0,
+ *   (`SCHILY.xattr.*` only, as containerd; see xattrRefusal for those left out) are applied exactly: the process runs with umask 0,
  *   so a file is created with its permission bits, and chown/chmod are called only when what
  *   the kernel gave it differs (owner root and the group that directory hands down, no
  *   setuid/setgid/sticky): GNU tar makes six calls per file, this makes four;

@@ -415,9 +415,11 @@ export class TarReader {
       };
       if (!type) throw new TarFormatError(`${showName(entry.path)}: unsupported tar entry type ${JSON.stringify(flag)}`);
       const total = entry.size;
+      // SCHILY.xattr.* only: Go's archive/tar gives containerd those as Xattrs/PAXRecords and
+      // containerd 1.7 (archive/tar.go) applies no other record, so libarchive's
+      // LIBARCHIVE.xattr.* (URL-encoded names, base64 values) is left alone like any unknown key.
       for (const [k, v] of pax) {
         if (k.startsWith('SCHILY.xattr.')) entry.xattrs.set(k.slice(13), v);
-        else if (k.startsWith('LIBARCHIVE.xattr.')) entry.xattrs.set(decodeURIComponent(k.slice(17)), Buffer.from(v.toString('latin1'), 'base64'));
       }
       // Sparse files: the header size counts stored bytes; the map says where they go.
       if (flag === 'S') {
