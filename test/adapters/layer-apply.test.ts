@@ -157,6 +157,17 @@ describe('layer apply: whiteouts and a stale view of the tree never reach the ho
     }
   });
 
+  it('makes a whiteout\'s missing parents, as containerd\'s mkparent does before it converts the whiteout', () => {
+    const t = setup();
+    t.apply(tarOf([{ name: 'a/b/.wh.c' }, { name: 'o/p/.wh..wh..opq' }]));
+    assert.deepEqual(readdirSync(t.root).sort(), ['a', 'o']);
+    assert.deepEqual(readdirSync(join(t.root, 'a')), ['b']);
+    assert.deepEqual(readdirSync(join(t.root, 'a/b')), []);
+    assert.deepEqual(readdirSync(join(t.root, 'o/p')), []);
+    assert.equal((statSync(join(t.root, 'a/b')).mode & 0o7777).toString(8), '755');
+    t.unchanged();
+  });
+
   it('writes inside the root when a directory the cache knows was replaced by a symlink out of it', () => {
     for (const link of ['abs', '../../victim']) {
       const t = setup();

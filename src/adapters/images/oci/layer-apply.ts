@@ -377,8 +377,10 @@ export class ImageRoot {
       if (base !== '.wh..wh..opq' && (gone === '' || gone === '.' || gone === '..' || gone.includes('/'))) {
         throw new LayerRefusal(`whiteout ${showName(base)} names no file`);
       }
-      const parent = this.resolveDir(parts, false);
-      if (parent === undefined) return;
+      // Missing parents are made first, as for any entry: containerd 1.7's applyNaive
+      // (archive/tar.go) calls mkparent before it converts the whiteout, so `a/b/.wh.c` over
+      // nothing leaves the empty directories a and a/b.
+      const parent = this.resolveDir(parts, true) as string;
       if (base === '.wh..wh..opq') this.opaque(parent);
       else if (!base.startsWith('.wh..wh.')) this.remove(parent ? `${parent}/${gone}` : gone);
       return;
