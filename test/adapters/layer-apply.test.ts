@@ -248,6 +248,15 @@ describe('layer apply: device nodes and FIFOs', () => {
     assert.equal(readFileSync(join(root, 'l'), 'utf8'), 'file now');
     assert.throws(() => apply(tarOf([{ name: 'n', type: '6' }]), tarOf([{ name: '.wh.n' }, { name: 'l', type: '1', linkname: 'n' }])), /hard link target n does not exist/);
   });
+
+  it('removing a directory forgets the nodes left out below it, and only those (not a sibling sharing its name\'s start)', () => {
+    const lower = tarOf([{ name: 'a', type: '5', mode: 0o755 }, { name: 'a/b', type: '5', mode: 0o755 }, { name: 'a/b/p', type: '6' }, { name: 'ab', type: '6' }, { name: 'a/q', type: '6' }]);
+    // a/b/p was forgotten with a: a link to it names nothing.
+    assert.throws(() => apply(lower, tarOf([{ name: '.wh.a' }, { name: 'a/b/h', type: '1', linkname: 'a/b/p' }])), /a\/b\/h: hard link target a\/b\/p does not exist in the image/);
+    // ab and a/q were not (a/b alone removed): links to them are left out with them.
+    const { image } = apply(lower, tarOf([{ name: 'a/.wh.b' }, { name: 'h1', type: '1', linkname: 'ab' }, { name: 'h2', type: '1', linkname: 'a/q' }]));
+    assert.equal(image.stats.skipped, 5);
+  });
 });
 
 describe('layer apply: numeric fields and times', () => {

@@ -133,6 +133,86 @@ function writeAll(fd: number, b: Buffer, position: number | null): void {
   }
 }
 
+/**
+ * Values keyed by canonical relative path (as cleanParts gives them, '' the root), with each
+ * path's children at hand, so forgetting a path and all below it costs what lies below it, not
+ * the number of paths kept (a layer may hold tens of thousands of FIFOs or xattr sets).
+ */
+class PathMap<V> {
+  private readonly values = new Map<string, V>();
+  /** Each path with kept paths at or below it, to those of its direct children that have. */
+  private readonly children = new Map<string, Set<string>>();
+
+  get size(): number {
+    return this.values.size;
+  }
+
+  has(path: string): boolean {
+    return this.values.has(path);
+  }
+
+  get(path: string): V | undefined {
+    return this.values.get(path);
+  }
+
+  set(path: string, value: V): void {
+    if (!this.values.has(path)) {
+      for (let p = path; p !== ''; ) {
+        const slash = p.lastIndexOf('/');
+        const parent = slash < 0 ? '' : p.slice(0, slash);
+        let set = this.children.get(parent);
+        if (!set) this.children.set(parent, (set = new Set()));
+        if (set.has(p)) break; // its ancestors are linked already
+        set.add(p);
+        p = parent;
+      }
+    }
+    this.values.set(path, value);
+  }
+
+  /** Forgets `path` and every path below it. */
+  deleteTree(path: string): void {
+    const todo = [path];
+    for (let p = todo.pop(); p !== undefined; p = todo.pop()) {
+      this.values.delete(p);
+      const below = this.children.get(p);
+      if (below) {
+        this.children.delete(p);
+        todo.push(...below);
+      }
+    }
+    this.unlink(path);
+  }
+
+  /** Forgets `path` alone. */
+  delete(path: string): void {
+    if (!this.values.delete(path)) return;
+    if (!this.children.has(path)) this.unlink(path);
+  }
+
+  /** Drops `path` from its parent's children, and so on up while a parent keeps nothing. */
+  private unlink(path: string): void {
+    for (let p = path; p !== ''; ) {
+      const slash = p.lastIndexOf('/');
+      const parent = slash < 0 ? '' : p.slice(0, slash);
+      const set = this.children.get(parent);
+      if (!set?.delete(p)) return;
+      if (set.size > 0 || this.values.has(parent)) return;
+      this.children.delete(parent);
+      p = parent;
+    }
+  }
+
+  clear(): void {
+    this.values.clear();
+    this.children.clear();
+  }
+
+  [Symbol.iterator](): IterableIterator<[string, V]> {
+    return this.values.entries();
+  }
+}
+
 /** An image root being built; keeps what it knows about its own directories between layers. */
 export class ImageRoot {
   /**
@@ -142,7 +222,7 @@ export class ImageRoot {
    * A removal forgets the path and everything below it. It saves the lstat of every parent
    * component per entry; it is never trusted alone: see isRealDir.
    */
-  private readonly dirs = new Map<string, number>();
+  private readonly dirs = new PathMap<number>();
   /**
    * The directory last found by isRealDir to be the real directory of that path inside the
    * root; forgotten on every removal (the only way a directory stops being one here).
@@ -152,10 +232,10 @@ export class ImageRoot {
   private readonly realRoot: string;
   private readonly rootGid: number;
   private written = new Set<string>();
-  private xattrs = new Map<string, Map<string, Buffer>>();
+  private xattrs = new PathMap<Map<string, Buffer>>();
   private dirTimes: { rel: string; mtime: number | string }[] = [];
   /** Paths (physical) of device nodes and FIFOs left out, in any layer, so hard links to them are left out too. */
-  private readonly skipped = new Set<string>();
+  private readonly skipped = new PathMap<true>();
   /**
    * Set once a layer carries a default ACL: the kernel then derives new entries' modes from it
    * instead of the umask, so every mode is set with chmod from then on.
@@ -293,18 +373,9 @@ export class ImageRoot {
     const rel = cleanParts(path).join('/');
     if (!rel) return;
     this.checked = undefined;
-    if (this.dirs.has(rel)) {
-      const prefix = `${rel}/`;
-      for (const d of this.dirs.keys()) if (d === rel || d.startsWith(prefix)) this.dirs.delete(d);
-    }
-    if (this.xattrs.size) {
-      const prefix = `${rel}/`;
-      for (const k of this.xattrs.keys()) if (k === rel || k.startsWith(prefix)) this.xattrs.delete(k);
-    }
-    if (this.skipped.size) {
-      const prefix = `${rel}/`;
-      for (const k of this.skipped) if (k === rel || k.startsWith(prefix)) this.skipped.delete(k);
-    }
+    this.dirs.deleteTree(rel);
+    this.xattrs.deleteTree(rel);
+    this.skipped.deleteTree(rel);
     rmSync(this.abs(rel), { recursive: true, force: true });
   }
 
@@ -348,7 +419,7 @@ export class ImageRoot {
    */
   applyLayer(source: ReadInto, check: () => void = () => undefined): void {
     this.written = new Set();
-    this.xattrs = new Map();
+    this.xattrs = new PathMap();
     this.dirTimes = [];
     const tar = new TarReader(new ChunkReader(source));
     for (let e = tar.next(); e; e = tar.next()) {
@@ -513,7 +584,7 @@ export class ImageRoot {
   private skip(rel: string): void {
     this.stats.skipped++;
     this.remove(rel);
-    this.skipped.add(rel);
+    this.skipped.set(rel, true);
   }
 
   /** Runs `make`: true if it made the path, false if the path exists. */
