@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { ImageRoot } from '../../src/adapters/images/oci/layer-apply.js';
+import { ImageRoot, LayerRefusal } from '../../src/adapters/images/oci/layer-apply.js';
 import type { ReadInto } from '../../src/adapters/images/oci/tar-reader.js';
 import { tempDir } from '../helpers/daemon.js';
 import { base256, paxRecord, paxRecords, tarOf, type TarSpec } from '../helpers/tar.js';
@@ -589,6 +589,7 @@ describe('layer apply: xattrs the kernel refuses are skipped as containerd skips
     // Over XATTR_SIZE_MAX (64 KiB): E2BIG, which containerd does not skip either.
     assert.throws(() => apply(tarOf([{ name: 'f', data: 'f', pax: { 'SCHILY.xattr.user.big': Buffer.alloc(70000, 0x61) } }])), (err: Error) => {
       assert.equal(err.message, 'setting xattr user.big on /f: Argument list too long');
+      assert.ok(err instanceof LayerRefusal, 'the layer\'s fault, not the host\'s');
       return true;
     });
   });

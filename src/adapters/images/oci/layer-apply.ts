@@ -639,7 +639,13 @@ export class ImageRoot {
           const stderr = this.setfattr(`# file: ${quote(Buffer.from(rel, 'latin1'))}\n${xattrLine(name, value)}\n`);
           if (stderr === undefined) this.stats.xattrs++;
           else if (/Operation not (supported|permitted)/.test(stderr)) this.warn(`ignored xattr ${showName(name)} on /${showName(rel)}: ${/supported/.test(stderr) ? 'Operation not supported' : 'Operation not permitted'}`);
-          else throw new ApplyError(`setting xattr ${showName(name)} on /${showName(rel)}: ${stderr.replace(/^setfattr: [^\n]*?: /, '')}`, /No space left/.test(stderr) ? 'ENOSPC' : undefined);
+          else {
+            const message = `setting xattr ${showName(name)} on /${showName(rel)}: ${stderr.replace(/^setfattr: [^\n]*?: /, '')}`;
+            // A value over XATTR_SIZE_MAX (E2BIG), one the namespace's handler rejects (EINVAL,
+            // ERANGE) is the layer's; running out of room or quota is the host's.
+            if (/Argument list too long|Numerical result out of range|Invalid argument/.test(stderr)) throw new LayerRefusal(message);
+            throw new ApplyError(message, /No space left/.test(stderr) ? 'ENOSPC' : /Disk quota exceeded/.test(stderr) ? 'EDQUOT' : undefined);
+          }
         }
       }
     }

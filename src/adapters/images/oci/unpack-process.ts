@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApplyError, ImageRoot, LayerRefusal, type ApplyStats } from './layer-apply.js';
-import type { ReadInto } from './tar-reader.js';
+import { TarFormatError, type ReadInto } from './tar-reader.js';
 
 export interface UnpackJob {
   dest: string;
@@ -114,7 +114,7 @@ function oneLine(s: string): string {
 function causedByContent(err: unknown): boolean {
   // The applier marks its refusals of a layer's content where it raises them; some mirror an
   // errno (a missing hard link target, a parent that is a file) but are the image's fault.
-  if (err instanceof LayerContentError || err instanceof LayerRefusal) return true;
+  if (err instanceof LayerContentError || err instanceof LayerRefusal || err instanceof TarFormatError) return true;
   if (err instanceof HostError) return false;
   // A file system call that failed (ENOSPC, EIO, EACCES…) says so with an errno code; the tar
   // reader's and the applier's refusals of what a layer holds carry none.
