@@ -152,3 +152,59 @@ it('meta-data whose two spellings the client gave differently is kept as given',
   const both = Buffer.from('instance_id: a\ninstance-id: b\nlocal_hostname: ~\nlocal-hostname: h\n');
   assert.equal(cloudInitMetaData(both, 'UID01', 'f').toString(), `${both.toString()}local_hostname: h\n`, 'a null spelling takes the other one\'s value');
 });
+
+/** Whether PyYAML's safe_load refuses `doc`'s bytes. */
+function pyYamlRefuses(doc: Buffer): boolean {
+  return spawnSync(PYTHON, ['-c', 'import sys, yaml; yaml.safe_load(sys.stdin.buffer.read())'], { input: doc }).status !== 0;
+}
+
+for (const [doc, rule] of [
+  ['? [x]\n: 2\n', /mapping or sequence \(unhashable\)/],
+  ['{[a]: 1}', /unhashable/],
+  ['a: {[1]: 2}\n', /unhashable/],
+  ['? {a: 1}\n: x\n', /unhashable/],
+  ['x: &a [1]\n? *a\n: 2\n', /unhashable/],
+  ['a: &x 1\nb: &x 2\n', /anchor &x given twice/],
+  ['a: \x01\n', /printable .*U\+0001/],
+  ['a: \x7f\n', /printable .*U\+007F/],
+  ['a: \x80\n', /printable .*U\+0080/],
+  ['a: \ufffe\n', /printable .*U\+FFFE/],
+  ['a: 2001-13-01\n', /timestamp .*month/],
+  ['a: 2001-02-30\n', /timestamp .*day/],
+  ['a: 1900-02-29\n', /timestamp .*day/],
+  ['a: 2001-01-01T25:00:00\n', /timestamp .*hour/],
+  ['a: 9999-12-31 23:59:60\n', /timestamp .*second/],
+  ['a: 0000-01-01\n', /timestamp .*year/],
+  ['a: !!binary x\n', /binary/],
+  ['a: !!binary YQ=x\n', /binary .*padding/],
+  [': x\n', /starts with `:`/],
+  ['[: x]\n', /starts with `:`/],
+] as const) {
+  it(`meta-data PyYAML's constructor or reader refuses is refused, naming the field and the rule: ${JSON.stringify(doc)}`, { skip: noPyYaml }, () => {
+    assert.ok(pyYamlRefuses(Buffer.from(doc)), 'PyYAML refuses it');
+    assert.throws(() => cloudInitMetaData(Buffer.from(doc), 'UID01', 'microvm.metadata["meta-data"]'), (err: Error & { field?: string; code?: string }) => {
+      assert.equal(err.field, 'microvm.metadata["meta-data"]');
+      assert.match(err.message, rule);
+      return true;
+    });
+  });
+}
+
+it('meta-data PyYAML reads is not refused by those rules', { skip: noPyYaml }, () => {
+  for (const doc of ['a: 2000-02-29\n', 'a: 2001-01-01 00:00:00 +23:59\n', 'a: !!binary "Y Q = ="\n', 'a: !!binary YQ==YQ\n', '? \n: x\n', 'a: !!omap [{[a]: 1}]\n', 'a: &x 1\nb: *x\n', 'a: "\\x01"\n', '\ufeffa: é\u0085\n']) {
+    assert.ok(!pyYamlRefuses(Buffer.from(doc)), `PyYAML reads ${JSON.stringify(doc)}`);
+    assert.doesNotThrow(() => cloudInitMetaData(Buffer.from(doc), 'UID01', 'f'), JSON.stringify(doc));
+  }
+});
+
+it('meta-data that is not UTF-8 is refused, naming the field (PyYAML refuses invalid UTF-8; UTF-16 is not taken)', { skip: noPyYaml }, () => {
+  const bad = Buffer.from('a: b\xff\n', 'latin1');
+  assert.ok(pyYamlRefuses(bad), 'PyYAML refuses it');
+  for (const doc of [bad, Buffer.from('\ufeffa: 1\n', 'utf16le')]) {
+    assert.throws(() => cloudInitMetaData(doc, 'UID01', 'microvm.metadata["meta-data"]'), (err: Error & { field?: string }) => {
+      assert.equal(err.field, 'microvm.metadata["meta-data"]');
+      assert.match(err.message, /must be UTF-8/);
+      return true;
+    });
+  }
+});

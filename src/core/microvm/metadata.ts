@@ -1,4 +1,4 @@
-import { Composer, Document, Lexer, Parser, isMap, isScalar, visit, type CST, type CreateNodeOptions, type DocumentOptions, type Node, type Pair, type ParseOptions, type ScalarTag, type SchemaOptions, type Tags } from 'yaml';
+import { Composer, Document, Lexer, Parser, isAlias, isCollection, isMap, isScalar, visit, type CST, type CreateNodeOptions, type DocumentOptions, type Node, type Pair, type ParseOptions, type ScalarTag, type SchemaOptions, type Tags } from 'yaml';
 import { invalid } from '../errors.js';
 
 /**
@@ -138,8 +138,72 @@ const PY_SCALARS: ScalarTag[] = [
 
 const REPLACED = new Set(['tag:yaml.org,2002:null', 'tag:yaml.org,2002:bool', 'tag:yaml.org,2002:int', 'tag:yaml.org,2002:float']);
 
+const PY_TIMESTAMP_PARTS = /^([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})(?:(?:[Tt]|[ \t]+)([0-9]{1,2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+]([0-9]{1,2})(?::([0-9]{2}))?))?)?$/;
+
+/**
+ * Why PyYAML's construct_yaml_timestamp (yaml/constructor.py, PyYAML 6) fails on `source`, or
+ * undefined: it builds a Python datetime, which takes years 1-9999, a day that exists in its
+ * month, hours 0-23, minutes and seconds 0-59 (no leap second), and a UTC offset of less than
+ * 24 hours.
+ */
+function timestampProblem(source: string): string | undefined {
+  const m = PY_TIMESTAMP_PARTS.exec(source.trim());
+  const bad = `PyYAML (cloud-init's reader) cannot construct the timestamp ${JSON.stringify(source)}`;
+  if (!m) return `${bad}: not a YAML 1.1 timestamp`;
+  const [year, month, day, hour, minute, second, tzHour, tzMinute] = m.slice(1).map((p) => (p === undefined ? 0 : Number(p)));
+  const days = new Date(Date.UTC(2000, month ?? 0, 0)).getUTCDate() - (month === 2 && !((year ?? 0) % 4 === 0 && ((year ?? 0) % 100 !== 0 || (year ?? 0) % 400 === 0)) ? 1 : 0);
+  if ((year ?? 0) < 1) return `${bad}: year 0 is out of range (Python's datetime takes 1-9999)`;
+  if ((month ?? 0) < 1 || (month ?? 0) > 12) return `${bad}: month must be 1-12`;
+  if ((day ?? 0) < 1 || (day ?? 0) > days) return `${bad}: day is out of range for the month`;
+  if ((hour ?? 0) > 23 || (minute ?? 0) > 59 || (second ?? 0) > 59) return `${bad}: hour must be 0-23, minute and second 0-59`;
+  if ((tzHour ?? 0) * 60 + (tzMinute ?? 0) >= 24 * 60) return `${bad}: a UTC offset must be less than 24 hours`;
+  return undefined;
+}
+
+/**
+ * Why Python's base64.decodebytes (non-strict binascii.a2b_base64), which PyYAML's
+ * construct_yaml_binary calls, refuses `source`, or undefined: it takes ASCII only, skips
+ * characters outside the alphabet, stops at padding that completes a group, and refuses data
+ * that ends one character into a group or ends a group of two or three without its padding.
+ */
+function binaryProblem(source: string): string | undefined {
+  const bad = 'PyYAML (cloud-init\'s reader) cannot decode a !!binary value';
+  if ([...source].some((ch) => (ch.codePointAt(0) ?? 0) > 0x7f)) return `${bad}: it must be ASCII`;
+  let quad = 0;
+  let pads = 0;
+  for (const ch of source) {
+    if (ch === '=') {
+      pads += 1;
+      if (quad >= 2 && quad + pads >= 4) return undefined;
+    } else if (/[A-Za-z0-9+/]/.test(ch)) {
+      quad = (quad + 1) % 4;
+      pads = 0;
+    }
+  }
+  if (quad === 1) return `${bad}: its base64 data ends one character into a group of four`;
+  if (quad !== 0) return `${bad}: its base64 data lacks its padding`;
+  return undefined;
+}
+
+function checked(tag: ScalarTag, problem: (source: string) => string | undefined): ScalarTag {
+  const resolve = tag.resolve.bind(tag);
+  return {
+    ...tag,
+    resolve: (source, onError, options) => {
+      const p = problem(source);
+      if (p) onError(p);
+      return resolve(source, onError, options);
+    },
+  };
+}
+
 function pyYamlTags(tags: Tags): Tags {
-  const kept = tags.filter((t) => typeof t === 'string' || !REPLACED.has(t.tag)).map((t) => (typeof t !== 'string' && t.tag === 'tag:yaml.org,2002:timestamp' && 'test' in t ? { ...t, test: PY_TIMESTAMP } : t));
+  const kept = tags.filter((t) => typeof t === 'string' || !REPLACED.has(t.tag)).map((t) => {
+    if (typeof t === 'string' || !('resolve' in t) || t.tag === undefined) return t;
+    if (t.tag === 'tag:yaml.org,2002:timestamp' && 'test' in t) return checked({ ...t, test: PY_TIMESTAMP } as ScalarTag, timestampProblem);
+    if (t.tag === 'tag:yaml.org,2002:binary') return checked(t as ScalarTag, binaryProblem);
+    return t;
+  });
   return [...PY_SCALARS, ...kept] as Tags;
 }
 
@@ -182,6 +246,9 @@ function checkSyntax(token: CST.Token | CST.CollectionItem | undefined, depth: n
   const tab = 'PyYAML (cloud-init\'s reader) refuses a tab outside quoted scalars, block scalars and comments';
   if (!('type' in token)) {
     if (tabbed(token.start) || tabbed(token.sep)) return tab;
+    // PyYAML's parser takes an empty key only after an explicit `?`: "expected <block end>"
+    // (or "expected the node content") at a `:` that opens an entry.
+    if (!token.key && !token.start.some((t) => t.type === 'explicit-key-ind') && token.sep?.some((t) => t.type === 'map-value-ind')) return "PyYAML (cloud-init's reader) refuses an entry that starts with `:`; an empty key needs an explicit `?`";
     return checkSyntax(token.key ?? undefined, depth) ?? checkSyntax(token.value, depth);
   }
   switch (token.type) {
@@ -243,6 +310,39 @@ function concreteSyntax(text: string): CST.Token[] | undefined {
   return tokens;
 }
 
+const PAIR_COLLECTIONS = new Set(['tag:yaml.org,2002:omap', 'tag:yaml.org,2002:pairs']);
+
+/**
+ * What PyYAML's composer and SafeConstructor refuse in a composed document (yaml/composer.py,
+ * yaml/constructor.py, PyYAML 6): an anchor given twice ("found duplicate anchor"), and a
+ * mapping key that is a mapping or sequence, or an alias of one ("found unhashable key":
+ * construct_mapping puts keys in a Python dict; !!omap and !!pairs keep them in a list).
+ */
+function composerProblem(doc: Document.Parsed): string | undefined {
+  const anchors = new Set<string>();
+  let problem: string | undefined;
+  visit(doc, (_, node, path) => {
+    if (isCollection(node) || isScalar(node)) {
+      if (node.anchor) {
+        if (anchors.has(node.anchor)) problem = `PyYAML (cloud-init's reader) refuses the anchor &${node.anchor} given twice`;
+        anchors.add(node.anchor);
+      }
+    }
+    if (problem) return visit.BREAK;
+    if (node && typeof node === 'object' && 'key' in node && 'value' in node) {
+      const key = (node as Pair).key;
+      const target = isAlias(key) ? key.resolve(doc) : key;
+      const paired = path.slice(-2).some((owner) => owner && typeof owner === 'object' && 'tag' in owner && PAIR_COLLECTIONS.has(String((owner as Node).tag)));
+      if (isCollection(target) && !paired) {
+        problem = "PyYAML (cloud-init's reader) refuses a mapping key that is a mapping or sequence (unhashable)";
+        return visit.BREAK;
+      }
+    }
+    return undefined;
+  });
+  return problem;
+}
+
 interface MetaDataReading {
   doc: Document.Parsed;
   value: Record<string, unknown> | undefined;
@@ -266,6 +366,8 @@ function readMetaData(text: string, field: string): MetaDataReading {
   const doc = docs[0] as Document.Parsed;
   const problem = doc.errors[0] ?? doc.warnings[0];
   if (problem) throw invalid(field, `must be a YAML mapping (${problem.message.split('\n')[0]})`);
+  const composed = composerProblem(doc);
+  if (composed) throw invalid(field, `must be a YAML mapping (${composed})`);
   let value: unknown;
   try {
     value = doc.toJS({ maxAliasCount: -1 });
@@ -382,6 +484,36 @@ function withEntries(text: string, doc: Document.Parsed, added: Added[], present
   return `${before}${before === '' || before.endsWith('\n') ? '' : '\n'}${lines}${text.slice(at)}`;
 }
 
+/**
+ * PyYAML's reader (yaml/reader.py, PyYAML 6) takes only printable characters: tab, LF, CR,
+ * U+0020-U+007E, NEL, U+00A0-U+D7FF, U+E000-U+FFFD and U+10000-U+10FFFF.
+ */
+const NON_PRINTABLE = /[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\u{10000}-\u{10ffff}]/u;
+
+/**
+ * meta-data's bytes as text: UTF-8 of printable characters only, as PyYAML's reader takes them
+ * ("'utf-8' codec can't decode byte", "unacceptable character"). PyYAML would also read
+ * UTF-16 with a byte order mark; matchlock writes its keys in UTF-8, so it refuses UTF-16
+ * rather than mix encodings in one file.
+ */
+function decodeMetaData(bytes: Buffer, field: string): string {
+  if (bytes.length >= 2 && ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff))) {
+    throw invalid(field, 'must be UTF-8 (matchlock does not take UTF-16 meta-data)');
+  }
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    throw invalid(field, 'must be UTF-8 (PyYAML, cloud-init\'s reader, refuses invalid UTF-8)');
+  }
+  const bad = NON_PRINTABLE.exec(text);
+  if (bad) {
+    const code = bad[0].codePointAt(0) ?? 0;
+    throw invalid(field, `must hold printable characters only (PyYAML, cloud-init's reader, refuses U+${code.toString(16).toUpperCase().padStart(4, '0')})`);
+  }
+  return text;
+}
+
 function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
@@ -404,7 +536,7 @@ function sameJson(a: unknown, b: unknown): boolean {
  * `field`.
  */
 export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, field: string): Buffer {
-  const whole = metaData?.toString('utf8') ?? '';
+  const whole = metaData === undefined ? '' : decodeMetaData(metaData, field);
   // A byte order mark is no column of the first line; it stays in front.
   const bom = whole.startsWith('\ufeff') ? '\ufeff' : '';
   const text = whole.slice(bom.length);
