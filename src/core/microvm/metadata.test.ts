@@ -123,6 +123,8 @@ for (const [name, doc, expected] of [
   ['a byte order mark is no indentation', '\ufeffinstance_id: 010\n', { instance_id: 8, 'instance-id': 8 }],
   ['a flow mapping with a comment keeps its text and its meaning', '{local_hostname: 010 # c\n}', { local_hostname: 8, instance_id: 'UID01', 'instance-id': 'UID01', 'local-hostname': 8 }],
   ['a null instance id in a flow mapping is none: both spellings get the uid', '{instance-id: null, a: 1}', { 'instance-id': 'UID01', a: 1, instance_id: 'UID01' }],
+  ['an anchored value copied before the first key is written as read, not as an alias of a later anchor', 'instance_id: &A v', { instance_id: 'v', 'instance-id': 'v' }],
+  ['a block scalar kept whole, copied after blank lines, keeps its value', 'instance_id: |+\n  keep\n\n\nb: 1\n\n', { instance_id: 'keep\n\n\n', b: 1, 'instance-id': 'keep\n\n\n' }],
 ] as const) {
   it(`meta-data to cloud-init: ${name}`, { skip: noPyYaml }, () => {
     assert.deepEqual(seedReadsAsClient(doc, 'UID01'), expected);
@@ -207,4 +209,10 @@ it('meta-data that is not UTF-8 is refused, naming the field (PyYAML refuses inv
       return true;
     });
   }
+});
+
+it('meta-data to cloud-init: a block scalar kept whole, copied before blank lines and a comment, keeps its value', { skip: noPyYaml }, () => {
+  const doc = 'instance_id: |+\n  keep\n\n\nb: 1\n  \n\n# c\n';
+  assert.deepEqual(seedReadsAsClient(doc, 'UID01'), { instance_id: 'keep\n\n\n', b: 1, 'instance-id': 'keep\n\n\n' });
+  assert.equal(cloudInitMetaData(Buffer.from(doc), 'UID01', 'f').toString(), 'instance_id: |+\n  keep\n\n\nb: 1\n  \n\ninstance-id: |+\n  keep\n\n\n# c\n', 'the new line goes after the blank lines');
 });

@@ -470,16 +470,25 @@ function withEntries(text: string, doc: Document.Parsed, added: Added[], present
   }
   const lineStart = text.lastIndexOf('\n', range[0] - 1) + 1;
   const indent = ' '.repeat(range[0] - lineStart);
-  const lines = added.map((a) => (a.copied !== undefined ? `${indent}${keyText(a.key)}${a.copied}\n` : metaDataLine(a.key, a.value).replace(/^(?=.)/gm, indent))).join('');
+  const lineOf = (a: Added, first: boolean): string =>
+    // Before the first key, an alias would come before its anchor (PyYAML: "found undefined
+    // alias"): the value is written as it was read.
+    a.copied !== undefined && !(first && a.copied.startsWith(': *')) ? `${indent}${keyText(a.key)}${a.copied}\n` : metaDataLine(a.key, a.value).replace(/^(?=.)/gm, indent);
   // A text without a final line break may end in a block scalar kept whole (`|+`), whose value
   // a line break after it would change (PyYAML reads `a: |+\n  x` as "x"): such a mapping takes
   // its lines before its first key, unless they must follow a null the client wrote for one.
   if (!text.endsWith('\n') && /^ *$/.test(text.slice(lineStart, range[0])) && added.every((a) => !Object.hasOwn(present, a.key))) {
-    return `${text.slice(0, lineStart)}${lines}${text.slice(lineStart)}`;
+    return `${text.slice(0, lineStart)}${added.map((a) => lineOf(a, true)).join('')}${text.slice(lineStart)}`;
   }
+  const lines = added.map((a) => lineOf(a, false)).join('');
   // The rest of the line the mapping ends on is a comment at most.
   let at = range[1] > 0 && text[range[1] - 1] === '\n' ? range[1] : text.indexOf('\n', range[1]) + 1;
   if (at === 0) at = text.length;
+  // Blank lines after the mapping belong to no value, but a block scalar kept whole (`|+`)
+  // among the new lines would take them as its own (YAML 1.1 section 9.1.1.2, keep chomping):
+  // the new lines go after them.
+  const blank = /^(?:[ ]*\n)+/.exec(text.slice(at));
+  if (blank) at += blank[0].length;
   const before = text.slice(0, at);
   return `${before}${before === '' || before.endsWith('\n') ? '' : '\n'}${lines}${text.slice(at)}`;
 }
