@@ -123,6 +123,11 @@ for (const [name, doc, expected] of [
   ['a byte order mark is no indentation', '\ufeffinstance_id: 010\n', { instance_id: 8, 'instance-id': 8 }],
   ['a flow mapping with a comment keeps its text and its meaning', '{local_hostname: 010 # c\n}', { local_hostname: 8, instance_id: 'UID01', 'instance-id': 'UID01', 'local-hostname': 8 }],
   ['a null instance id in a flow mapping is none: both spellings get the uid', '{instance-id: null, a: 1}', { 'instance-id': 'UID01', a: 1, instance_id: 'UID01' }],
+  ['a comma in a comment after a flow mapping\'s last entry separates nothing', '{a: 1 # x, y\n}', { a: 1, instance_id: 'UID01', 'instance-id': 'UID01' }],
+  ['a flow mapping whose last entry has a comma and a comment keeps its meaning', '{instance_id: [1, {b: c}] # c\n , }', { instance_id: [1, { b: 'c' }], 'instance-id': [1, { b: 'c' }] }],
+  ['an indented mapping ending in a sequence at its keys\' column keeps its meaning', '  a:\n  - x\n', { a: ['x'], instance_id: 'UID01', 'instance-id': 'UID01' }],
+  ['an indented mapping ending in a block scalar kept whole keeps its meaning', '  a: |+\n    x\n\n', { a: 'x\n\n', instance_id: 'UID01', 'instance-id': 'UID01' }],
+  ['an indented mapping ending in a plain scalar on two lines keeps its meaning', '--- \n  a: b\n   c\n', { a: 'b c', instance_id: 'UID01', 'instance-id': 'UID01' }],
   ['an anchored value copied before the first key is written as read, not as an alias of a later anchor', 'instance_id: &A v', { instance_id: 'v', 'instance-id': 'v' }],
   ['a block scalar kept whole, copied after blank lines, keeps its value', 'instance_id: |+\n  keep\n\n\nb: 1\n\n', { instance_id: 'keep\n\n\n', b: 1, 'instance-id': 'keep\n\n\n' }],
 ] as const) {

@@ -463,7 +463,9 @@ function withEntries(text: string, doc: Document.Parsed, added: Added[], present
     const close = text.lastIndexOf('}', range[1] - 1);
     const last = map.items.at(-1) as Pair<Node | null, Node | null> | undefined;
     const lastEnd = last?.value?.range?.[1] ?? last?.key?.range?.[1] ?? close;
-    const comma = map.items.length > 0 && !text.slice(lastEnd, close).includes(',') ? ', ' : ' ';
+    // Between the last value and the brace stand only spaces, line breaks, comments and at most
+    // one comma; a `#` there starts a comment, whose commas separate nothing.
+    const comma = map.items.length > 0 && !text.slice(lastEnd, close).replace(/#[^\n]*/g, '').includes(',') ? ', ' : ' ';
     // A copy ends with its value (a comment after it is not part of it).
     const entries = added.map((a) => (a.copied !== undefined ? `${keyText(a.key)}${a.copied}` : metaDataLine(a.key, a.value, true))).join(', ');
     return `${text.slice(0, close).replace(/[ ]*$/, '')}${comma}${entries}${map.items.length > 0 ? ' ' : ''}${text.slice(close)}`;
@@ -536,8 +538,10 @@ function sameJson(a: unknown, b: unknown): boolean {
  * meta-data is read as cloud-init reads it, with PyYAML's safe_load (YAML 1.1). The client's
  * bytes are kept: missing keys are written into the top-level mapping (lines after a block
  * mapping's last entry, entries before a flow mapping's closing brace), copying the value's
- * text where it can and otherwise writing the value PyYAML read, and the result is read again
- * to prove it means the client's mapping plus those keys. A null instance id in either
+ * text where it can and otherwise writing the value PyYAML read. Where the layout does not
+ * prove that the result means the client's mapping plus those keys (lines appended after the
+ * whole text of a block mapping, entries before a flow mapping's brace), it is read again to
+ * prove it. A null instance id in either
  * spelling counts as none: cloud-init would take it as the instance id "None" (str() of it,
  * sources/__init__.py get_instance_id, cloud-init 22.4), the same for every VM, so both
  * spellings get the uid, written after the null one (PyYAML takes a repeated key's last value).
@@ -568,12 +572,19 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   // An empty document (comments, markers, a null) holds nothing to keep.
   if (current === undefined || doc === undefined) return Buffer.from(added.map((a) => metaDataLine(a.key, a.value)).join(''), 'utf8');
   const out = withEntries(text, doc, added, have);
-  // Lines appended at column 0 after the whole text of a column-0 block mapping ending in a
-  // newline are entries of it, whatever its last value is (a column-0 key ends every plain,
-  // block or indented value): no need to read the result again.
+  // Lines appended at a block mapping's indentation after its whole text, ending in a newline,
+  // are entries of it, whatever its last value is: a key at the mapping's column ends every
+  // plain, block or indented value of its entries (PyYAML's scanner ends a plain scalar and
+  // unwinds block collections at a line less indented than the value; a sequence at the key's
+  // column ends at a key). No need to read the result again.
   const contents = doc.contents as Node & { flow?: boolean };
   const start = contents.range?.[0] ?? 0;
-  if (!contents.flow && (start === 0 || text[start - 1] === '\n') && text.endsWith('\n') && out.startsWith(text)) return Buffer.from(bom + out, 'utf8');
+  const firstLine = text.lastIndexOf('\n', start - 1) + 1;
+  if (!contents.flow && /^ *$/.test(text.slice(firstLine, start)) && text.endsWith('\n') && out.startsWith(text)) return Buffer.from(bom + out, 'utf8');
+  // Entries written before a flow mapping's closing brace, after a comma that ends its last
+  // entry, are entries of it: a flow entry ends at its comma whatever its value is, and each
+  // new entry is a copy of a value of the same mapping or written to read back inside braces.
+  if (contents.flow) return Buffer.from(bom + out, 'utf8');
   const wanted: Record<string, unknown> = { ...current };
   for (const a of added) wanted[a.key] = a.value;
   const reread = readMetaData(out, field).value ?? {};
