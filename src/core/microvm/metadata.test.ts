@@ -128,6 +128,10 @@ for (const [name, doc, expected] of [
   ['an indented mapping ending in a sequence at its keys\' column keeps its meaning', '  a:\n  - x\n', { a: ['x'], instance_id: 'UID01', 'instance-id': 'UID01' }],
   ['an indented mapping ending in a block scalar kept whole keeps its meaning', '  a: |+\n    x\n\n', { a: 'x\n\n', instance_id: 'UID01', 'instance-id': 'UID01' }],
   ['an indented mapping ending in a plain scalar on two lines keeps its meaning', '--- \n  a: b\n   c\n', { a: 'b c', instance_id: 'UID01', 'instance-id': 'UID01' }],
+  ['a NEL is a line break, as PyYAML reads it', 'a: b\u0085c: d\n', { a: 'b', c: 'd', instance_id: 'UID01', 'instance-id': 'UID01' }],
+  ['a NEL in a quoted value is a line break, as PyYAML reads it', '? instance_id\n: "x\u0085 y"\n', { instance_id: 'x y', 'instance-id': 'x y' }],
+  ['an indented mapping ending in a NEL keeps its meaning', '  a: 1\u0085  instance_id: 2\u0085', { a: 1, instance_id: 2, 'instance-id': 2 }],
+  ['a flow mapping broken by a NEL keeps its meaning', '{a: 1,\u0085instance_id: 2}', { a: 1, instance_id: 2, 'instance-id': 2 }],
   ['an anchored value copied before the first key is written as read, not as an alias of a later anchor', 'instance_id: &A v', { instance_id: 'v', 'instance-id': 'v' }],
   ['a block scalar kept whole, copied after blank lines, keeps its value', 'instance_id: |+\n  keep\n\n\nb: 1\n\n', { instance_id: 'keep\n\n\n', b: 1, 'instance-id': 'keep\n\n\n' }],
 ] as const) {

@@ -343,6 +343,17 @@ function composerProblem(doc: Document.Parsed): string | undefined {
   return problem;
 }
 
+/**
+ * `text` with each NEL (U+0085) as a line feed, which has the same length, so ranges in one
+ * are ranges in the other. PyYAML's reader and scanner take NEL as a line break and read it as
+ * "\n" wherever it stands (yaml/scanner.py scan_line_break); the `yaml` package does not in its
+ * 1.1 mode. (LS and PS, which PyYAML also breaks lines at but keeps as themselves, are not
+ * rewritten.)
+ */
+function lineBreaks(text: string): string {
+  return text.replace(/\u0085/g, '\n');
+}
+
 interface MetaDataReading {
   doc: Document.Parsed;
   value: Record<string, unknown> | undefined;
@@ -354,7 +365,8 @@ interface MetaDataReading {
  * refuses or that is not one mapping, nests deeper than 100 or expands past
  * META_DATA_MAX_VALUES values through aliases.
  */
-function readMetaData(text: string, field: string): MetaDataReading {
+function readMetaData(source: string, field: string): MetaDataReading {
+  const text = lineBreaks(source);
   const cst = concreteSyntax(text);
   if (cst === undefined) throw invalid(field, `must be a YAML mapping (nesting exceeded ${META_DATA_MAX_DEPTH} levels)`);
   for (const token of cst) {
@@ -456,7 +468,9 @@ function keyText(key: string): string {
  * comment lines or document end marker that follow); a flow mapping gets entries before its
  * closing brace.
  */
-function withEntries(text: string, doc: Document.Parsed, added: Added[], present: Record<string, unknown>): string {
+function withEntries(source: string, doc: Document.Parsed, added: Added[], present: Record<string, unknown>): string {
+  // Positions are found in the text as PyYAML breaks its lines; the bytes written are the client's.
+  const text = lineBreaks(source);
   const map = doc.contents as Node & { flow?: boolean; items: Pair<Node | null, Node | null>[] };
   const range = map.range ?? [0, text.length, text.length];
   if (map.flow) {
@@ -468,7 +482,7 @@ function withEntries(text: string, doc: Document.Parsed, added: Added[], present
     const comma = map.items.length > 0 && !text.slice(lastEnd, close).replace(/#[^\n]*/g, '').includes(',') ? ', ' : ' ';
     // A copy ends with its value (a comment after it is not part of it).
     const entries = added.map((a) => (a.copied !== undefined ? `${keyText(a.key)}${a.copied}` : metaDataLine(a.key, a.value, true))).join(', ');
-    return `${text.slice(0, close).replace(/[ ]*$/, '')}${comma}${entries}${map.items.length > 0 ? ' ' : ''}${text.slice(close)}`;
+    return `${source.slice(0, close).replace(/[ ]*$/, '')}${comma}${entries}${map.items.length > 0 ? ' ' : ''}${source.slice(close)}`;
   }
   const lineStart = text.lastIndexOf('\n', range[0] - 1) + 1;
   const indent = ' '.repeat(range[0] - lineStart);
@@ -480,7 +494,7 @@ function withEntries(text: string, doc: Document.Parsed, added: Added[], present
   // a line break after it would change (PyYAML reads `a: |+\n  x` as "x"): such a mapping takes
   // its lines before its first key, unless they must follow a null the client wrote for one.
   if (!text.endsWith('\n') && /^ *$/.test(text.slice(lineStart, range[0])) && added.every((a) => !Object.hasOwn(present, a.key))) {
-    return `${text.slice(0, lineStart)}${added.map((a) => lineOf(a, true)).join('')}${text.slice(lineStart)}`;
+    return `${source.slice(0, lineStart)}${added.map((a) => lineOf(a, true)).join('')}${source.slice(lineStart)}`;
   }
   const lines = added.map((a) => lineOf(a, false)).join('');
   // The rest of the line the mapping ends on is a comment at most.
@@ -492,7 +506,7 @@ function withEntries(text: string, doc: Document.Parsed, added: Added[], present
   const blank = /^(?:[ ]*\n)+/.exec(text.slice(at));
   if (blank) at += blank[0].length;
   const before = text.slice(0, at);
-  return `${before}${before === '' || before.endsWith('\n') ? '' : '\n'}${lines}${text.slice(at)}`;
+  return `${source.slice(0, at)}${before === '' || before.endsWith('\n') ? '' : '\n'}${lines}${source.slice(at)}`;
 }
 
 /**
@@ -552,8 +566,9 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   const whole = metaData === undefined ? '' : decodeMetaData(metaData, field);
   // A byte order mark is no column of the first line; it stays in front.
   const bom = whole.startsWith('\ufeff') ? '\ufeff' : '';
-  const text = whole.slice(bom.length);
-  const { doc, value: current } = text.trim() === '' ? { doc: undefined, value: undefined } : readMetaData(text, field);
+  const source = whole.slice(bom.length);
+  const text = lineBreaks(source);
+  const { doc, value: current } = text.trim() === '' ? { doc: undefined, value: undefined } : readMetaData(source, field);
   const have = current ?? {};
   const pairs = doc && isMap(doc.contents) ? (doc.contents.items as Pair[]) : [];
   const added: Added[] = [];
@@ -571,7 +586,7 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   if (added.length === 0 && metaData !== undefined) return metaData;
   // An empty document (comments, markers, a null) holds nothing to keep.
   if (current === undefined || doc === undefined) return Buffer.from(added.map((a) => metaDataLine(a.key, a.value)).join(''), 'utf8');
-  const out = withEntries(text, doc, added, have);
+  const out = withEntries(source, doc, added, have);
   // Lines appended at a block mapping's indentation after its whole text, ending in a newline,
   // are entries of it, whatever its last value is: a key at the mapping's column ends every
   // plain, block or indented value of its entries (PyYAML's scanner ends a plain scalar and
@@ -580,7 +595,7 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   const contents = doc.contents as Node & { flow?: boolean };
   const start = contents.range?.[0] ?? 0;
   const firstLine = text.lastIndexOf('\n', start - 1) + 1;
-  if (!contents.flow && /^ *$/.test(text.slice(firstLine, start)) && text.endsWith('\n') && out.startsWith(text)) return Buffer.from(bom + out, 'utf8');
+  if (!contents.flow && /^ *$/.test(text.slice(firstLine, start)) && text.endsWith('\n') && out.startsWith(source)) return Buffer.from(bom + out, 'utf8');
   // Entries written before a flow mapping's closing brace, after a comma that ends its last
   // entry, are entries of it: a flow entry ends at its comma whatever its value is, and each
   // new entry is a copy of a value of the same mapping or written to read back inside braces.
