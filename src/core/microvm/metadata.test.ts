@@ -132,6 +132,8 @@ for (const [name, doc, expected] of [
   ['a NEL in a quoted value is a line break, as PyYAML reads it', '? instance_id\n: "x\u0085 y"\n', { instance_id: 'x y', 'instance-id': 'x y' }],
   ['an indented mapping ending in a NEL keeps its meaning', '  a: 1\u0085  instance_id: 2\u0085', { a: 1, instance_id: 2, 'instance-id': 2 }],
   ['a flow mapping broken by a NEL keeps its meaning', '{a: 1,\u0085instance_id: 2}', { a: 1, instance_id: 2, 'instance-id': 2 }],
+  ['an anchor on the first key is the key\'s: the keys\' column is where it starts', '&m a: 1\nb: *m\n', { a: 1, b: 'a', instance_id: 'UID01', 'instance-id': 'UID01' }],
+  ['a tag on the first key of an indented mapping is the key\'s', '  !!str a: 1\n', { a: 1, instance_id: 'UID01', 'instance-id': 'UID01' }],
   ['an anchored value copied before the first key is written as read, not as an alias of a later anchor', 'instance_id: &A v', { instance_id: 'v', 'instance-id': 'v' }],
   ['a block scalar kept whole, copied after blank lines, keeps its value', 'instance_id: |+\n  keep\n\n\nb: 1\n\n', { instance_id: 'keep\n\n\n', b: 1, 'instance-id': 'keep\n\n\n' }],
 ] as const) {

@@ -485,7 +485,9 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], prese
     return `${source.slice(0, close).replace(/[ ]*$/, '')}${comma}${entries}${map.items.length > 0 ? ' ' : ''}${source.slice(close)}`;
   }
   const lineStart = text.lastIndexOf('\n', range[0] - 1) + 1;
-  const indent = ' '.repeat(range[0] - lineStart);
+  // Properties before the first key on its line (`&a key: 1`) are the key's to PyYAML (its
+  // scanner starts the possible simple key at them): the keys' column is where they start.
+  const indent = /^ */.exec(text.slice(lineStart, range[0]))?.[0] ?? '';
   const lineOf = (a: Added, first: boolean): string =>
     // Before the first key, an alias would come before its anchor (PyYAML: "found undefined
     // alias"): the value is written as it was read.
@@ -595,7 +597,7 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   const contents = doc.contents as Node & { flow?: boolean };
   const start = contents.range?.[0] ?? 0;
   const firstLine = text.lastIndexOf('\n', start - 1) + 1;
-  if (!contents.flow && /^ *$/.test(text.slice(firstLine, start)) && text.endsWith('\n') && out.startsWith(source)) return Buffer.from(bom + out, 'utf8');
+  if (!contents.flow && /^ *(?:[&!][^ ]* +)*$/.test(text.slice(firstLine, start)) && text.endsWith('\n') && out.startsWith(source)) return Buffer.from(bom + out, 'utf8');
   // Entries written before a flow mapping's closing brace, after a comma that ends its last
   // entry, are entries of it: a flow entry ends at its comma whatever its value is, and each
   // new entry is a copy of a value of the same mapping or written to read back inside braces.
