@@ -227,3 +227,13 @@ it('meta-data to cloud-init: a block scalar kept whole, copied before blank line
   assert.deepEqual(seedReadsAsClient(doc, 'UID01'), { instance_id: 'keep\n\n\n', b: 1, 'instance-id': 'keep\n\n\n' });
   assert.equal(cloudInitMetaData(Buffer.from(doc), 'UID01', 'f').toString(), 'instance_id: |+\n  keep\n\n\nb: 1\n  \n\ninstance-id: |+\n  keep\n\n\n# c\n', 'the new line goes after the blank lines');
 });
+
+it('meta-data that holds itself through an alias is refused, naming the field (cloud-init writes it as JSON)', () => {
+  for (const doc of ['--- &m\na: 1\nb: *m\n', 'a: &s\n  - 1\n  - *s\n']) {
+    assert.throws(() => cloudInitMetaData(Buffer.from(doc), 'UID01', 'microvm.metadata["meta-data"]'), (err: Error & { field?: string }) => {
+      assert.equal(err.field, 'microvm.metadata["meta-data"]', JSON.stringify(doc));
+      assert.match(err.message, /cycle/);
+      return true;
+    });
+  }
+});

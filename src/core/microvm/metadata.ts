@@ -67,13 +67,23 @@ export const META_DATA_MAX_VALUES = 1024 * 1024;
 /** How deeply meta-data's collections may nest; checked before the document is composed. */
 const META_DATA_MAX_DEPTH = 100;
 
-function countValues(value: unknown, budget: { left: number }): void {
+/**
+ * Counts values into `budget`, following aliases; sets `budget.cyclic` when a collection holds
+ * itself (an alias inside its own anchored collection), which cloud-init cannot write as JSON.
+ */
+function countValues(value: unknown, budget: { left: number; cyclic?: boolean }, within = new Set<object>()): void {
   budget.left -= 1;
   if (budget.left < 0 || value === null || typeof value !== 'object') return;
-  for (const v of Array.isArray(value) ? (value as unknown[]) : Object.values(value)) {
-    countValues(v, budget);
-    if (budget.left < 0) return;
+  if (within.has(value)) {
+    budget.cyclic = true;
+    return;
   }
+  within.add(value);
+  for (const v of Array.isArray(value) ? (value as unknown[]) : Object.values(value)) {
+    countValues(v, budget, within);
+    if (budget.left < 0 || budget.cyclic) break;
+  }
+  within.delete(value);
 }
 
 /*
@@ -388,8 +398,10 @@ function readMetaData(source: string, field: string): MetaDataReading {
   }
   if (value === null || value === undefined) return { doc, value: undefined };
   if (typeof value !== 'object' || Array.isArray(value) || !isMap(doc.contents)) throw invalid(field, 'must be a YAML mapping of keys to values');
-  const budget = { left: META_DATA_MAX_VALUES };
+  const budget: { left: number; cyclic?: boolean } = { left: META_DATA_MAX_VALUES };
   countValues(value, budget);
+  // cloud-init writes meta-data out as JSON (instance-data.json), which has no cycles.
+  if (budget.cyclic) throw invalid(field, 'must not hold itself through a YAML alias (cloud-init writes meta-data as JSON, which cannot hold a cycle)');
   if (budget.left < 0) throw invalid(field, `must not expand to more than ${META_DATA_MAX_VALUES} values through YAML aliases`);
   return { doc, value: value as Record<string, unknown> };
 }
