@@ -20,6 +20,24 @@ function sourceOf(b: Buffer): ReadInto {
   };
 }
 
+/**
+ * A temp dir for the calling describe block (removed after it) and a function applying layers,
+ * in order, to a fresh image root in it: the root's path and its ImageRoot.
+ */
+function applier(label: string): (...layers: Buffer[]) => { root: string; image: ImageRoot } {
+  const tmp = tempDir(label);
+  after(() => tmp.remove());
+  let n = 0;
+  return (...layers) => {
+    const root = join(tmp.path, String(++n));
+    mkdirSync(root);
+    const image = new ImageRoot(root);
+    for (const l of layers) image.applyLayer(sourceOf(l));
+    return { root, image };
+  };
+}
+
+
 describe('layer apply: nothing outside the image root is touched', () => {
   const tmp = tempDir('layer-apply-escape');
   after(() => tmp.remove());
@@ -191,16 +209,7 @@ describe('layer apply: whiteouts and a stale view of the tree never reach the ho
 });
 
 describe('layer apply: device nodes and FIFOs', () => {
-  const tmp = tempDir('layer-apply-nodes');
-  after(() => tmp.remove());
-  let n = 0;
-  const apply = (...layers: Buffer[]) => {
-    const root = join(tmp.path, String(++n));
-    mkdirSync(root);
-    const image = new ImageRoot(root);
-    for (const l of layers) image.applyLayer(sourceOf(l));
-    return { root, image };
-  };
+  const apply = applier('layer-apply-nodes');
 
   it('a skipped node replaces the lower layer\'s file, symlink or whole directory at its path', () => {
     const { root, image } = apply(
@@ -260,16 +269,8 @@ describe('layer apply: device nodes and FIFOs', () => {
 });
 
 describe('layer apply: numeric fields and times', () => {
-  const tmp = tempDir('layer-apply-numbers');
-  after(() => tmp.remove());
-  let n = 0;
-  const apply = (...layers: Buffer[]) => {
-    const root = join(tmp.path, String(++n));
-    mkdirSync(root);
-    const image = new ImageRoot(root);
-    for (const l of layers) image.applyLayer(sourceOf(l));
-    return root;
-  };
+  const fresh = applier('layer-apply-numbers');
+  const apply = (...layers: Buffer[]) => fresh(...layers).root;
   const mtimeNs = (p: string) => lstatSync(p, { bigint: true }).mtimeNs;
   // 1950: before 1970, within what ext4 and tmpfs store (from 1901).
   const YEAR_1950 = -631152000n;
@@ -331,16 +332,8 @@ describe('layer apply: numeric fields and times', () => {
 });
 
 describe('layer apply: names are bytes', () => {
-  const tmp = tempDir('layer-apply-names');
-  after(() => tmp.remove());
-  let n = 0;
-  const apply = (...layers: Buffer[]) => {
-    const root = join(tmp.path, String(++n));
-    mkdirSync(root);
-    const image = new ImageRoot(root);
-    for (const l of layers) image.applyLayer(sourceOf(l));
-    return Buffer.from(root);
-  };
+  const fresh = applier('layer-apply-names');
+  const apply = (...layers: Buffer[]) => Buffer.from(fresh(...layers).root);
   const b = (s: string) => Buffer.from(s, 'latin1');
   const at = (root: Buffer, rel: string) => Buffer.concat([root, b(`/${rel}`)]);
   const names = (dir: Buffer) => readdirSync(dir, { encoding: 'buffer' }).map((x) => x.toString('hex')).sort();
@@ -390,16 +383,8 @@ describe('layer apply: names are bytes', () => {
 });
 
 describe('layer apply: entries read as Go\'s archive/tar reads them for containerd', () => {
-  const tmp = tempDir('layer-apply-reader');
-  after(() => tmp.remove());
-  let n = 0;
-  const apply = (...layers: Buffer[]) => {
-    const root = join(tmp.path, String(++n));
-    mkdirSync(root);
-    const image = new ImageRoot(root);
-    for (const l of layers) image.applyLayer(sourceOf(l));
-    return root;
-  };
+  const fresh = applier('layer-apply-reader');
+  const apply = (...layers: Buffer[]) => fresh(...layers).root;
   const message = (layer: Buffer, want: string) => assert.throws(() => apply(layer), (err: Error) => {
     assert.equal(err.message, want);
     return true;
@@ -454,15 +439,8 @@ describe('layer apply: entries read as Go\'s archive/tar reads them for containe
 });
 
 describe('layer apply: GNU sparse maps hold decimal, ordered fragments within the real size', () => {
-  const tmp = tempDir('layer-apply-sparse');
-  after(() => tmp.remove());
-  let n = 0;
-  const apply = (layer: Buffer) => {
-    const root = join(tmp.path, String(++n));
-    mkdirSync(root);
-    new ImageRoot(root).applyLayer(sourceOf(layer));
-    return root;
-  };
+  const fresh = applier('layer-apply-sparse');
+  const apply = (layer: Buffer) => fresh(layer).root;
   const v01 = (realsize: string, map: string, data: string): TarSpec => ({
     name: 'GNUSparseFile.0/sp',
     data,
@@ -521,16 +499,7 @@ describe('layer apply: GNU sparse maps hold decimal, ordered fragments within th
 });
 
 describe('layer apply: xattrs the kernel refuses are skipped as containerd skips them', () => {
-  const tmp = tempDir('layer-apply-xattrs');
-  after(() => tmp.remove());
-  let n = 0;
-  const apply = (layer: Buffer) => {
-    const root = join(tmp.path, String(++n));
-    mkdirSync(root);
-    const image = new ImageRoot(root);
-    image.applyLayer(sourceOf(layer));
-    return { root, image };
-  };
+  const apply = applier('layer-apply-xattrs');
   const xattrs = (p: string) => execFileSync('getfattr', ['-h', '-d', '-m', '-', '--absolute-names', p], { encoding: 'utf8' }).split('\n').filter((l) => l && !l.startsWith('#')).sort();
 
   it('skips a name outside the Linux namespaces (macOS bsdtar), a user.* xattr on a hard link to a symlink and trusted.*, with a warning each', () => {
