@@ -12,19 +12,9 @@ import { ROOT, tempDir } from '../helpers/daemon.js';
 
 /** The CLI in its own process with `input` piped to its stdin; the bound is one on a hang. */
 function consoleWith(args: string[], input: string): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [join(ROOT, 'bin/matchlock.js'), ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const hang = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('close', (code) => {
-      clearTimeout(hang);
-      resolve({ code, out, err });
-    });
-    child.stdin.end(input);
-  });
+  const { child, exited } = follower(args);
+  child.stdin.end(input);
+  return exited;
 }
 
 /**
