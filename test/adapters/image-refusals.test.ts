@@ -4,14 +4,13 @@ import { createHash } from 'node:crypto';
 import { chmodSync, closeSync, existsSync, ftruncateSync, openSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { after, before, describe, it } from 'node:test';
-import { registryClient } from '../../src/adapters/images/oci/registry.js';
+import { after, describe, it } from 'node:test';
 import { ImageRefusedError, LocalImageStore } from '../../src/adapters/images/oci/store.js';
 import { silentLogger } from '../fakes/memory-store.js';
 import { ROOT, tempDir } from '../helpers/daemon.js';
 import { putBlob, writeImageLayout, type Descriptor } from '../helpers/oci.js';
 import { tarOf as tarOfEntries, type TarSpec } from '../helpers/tar.js';
-import { startRegistry, type Registry } from '../helpers/registry.js';
+import { PULL_TOOLS_MISSING, pullSuite } from '../helpers/registry.js';
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const unpack = { unpack: { log: silentLogger } };
@@ -262,23 +261,13 @@ describe('images refused for their content are not recorded', () => {
   });
 });
 
-const missing = ['docker-registry', 'skopeo'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
-
-describe('images refused for their content at pull', { skip: missing.length && !process.env.CI ? `missing: ${missing.join(', ')}` : false }, () => {
-  const tmp = tempDir('img-refusals-pull');
-  let registry: Registry;
-  before(async () => {
-    registry = await startRegistry();
-  });
-  after(async () => {
-    await registry?.stop();
-    tmp.remove();
-  });
-  const storeAt = (name: string) => new LocalImageStore(join(tmp.path, name), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [], mirrors: [] }, silentLogger));
+describe('images refused for their content at pull', { skip: PULL_TOOLS_MISSING.length && !process.env.CI ? `missing: ${PULL_TOOLS_MISSING.join(', ')}` : false }, () => {
+  const pull = pullSuite('img-refusals-pull');
+  const { tmp, storeAt } = pull;
 
   /** PUTs a manifest document to the registry under `reference` (a tag or its digest). */
   async function putManifest(repo: string, reference: string, body: Buffer, mediaType: string): Promise<void> {
-    const res = await fetch(`http://${registry.host}/v2/${repo}/manifests/${reference}`, { method: 'PUT', headers: { 'content-type': mediaType }, body });
+    const res = await fetch(`http://${pull.registry.host}/v2/${repo}/manifests/${reference}`, { method: 'PUT', headers: { 'content-type': mediaType }, body });
     assert.ok(res.ok, `PUT ${reference}: ${res.status} ${await res.text()}`);
   }
 
@@ -287,10 +276,10 @@ describe('images refused for their content at pull', { skip: missing.length && !
     gz[gz.length - 6] = (gz[gz.length - 6] ?? 0) ^ 0xff;
     const layout = join(tmp.path, 'crc');
     writeImageLayout(layout, [gz], 'latest');
-    registry.push(`${layout}:latest`, 'm/crc:1');
+    pull.registry.push(`${layout}:latest`, 'm/crc:1');
     for (const [name, run] of [
-      ['pull', (s: LocalImageStore) => s.pull(`${registry.host}/m/crc:1`, silentLogger, undefined, unpack)],
-      ['ensure', (s: LocalImageStore) => s.ensure(`${registry.host}/m/crc:1`, silentLogger)],
+      ['pull', (s: LocalImageStore) => s.pull(`${pull.registry.host}/m/crc:1`, silentLogger, undefined, unpack)],
+      ['ensure', (s: LocalImageStore) => s.ensure(`${pull.registry.host}/m/crc:1`, silentLogger)],
     ] as const) {
       const s = storeAt(`store-crc-${name}`);
       await assert.rejects(run(s), /layer 0 \(sha256:[0-9a-f]{64}\): gzip: invalid compressed data--crc error$/);
@@ -301,26 +290,26 @@ describe('images refused for their content at pull', { skip: missing.length && !
   it('walks an index nested in an index, as import does', async () => {
     const layout = join(tmp.path, 'nested');
     const m = writeImageLayout(layout, [gzipSync(tarOf(join(tmp.path, 't-n'), 'n', 'pulled'))], 'latest');
-    registry.push(`${layout}:latest`, 'm/nested:m');
+    pull.registry.push(`${layout}:latest`, 'm/nested:m');
     const inner = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [{ mediaType: MANIFEST, ...m, platform: { os: 'linux', architecture: hostArch } }] }));
     await putManifest('m/nested', sha256(inner), inner, INDEX);
     const outer = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [{ mediaType: INDEX, digest: sha256(inner), size: inner.length }] }));
     await putManifest('m/nested', '1', outer, INDEX);
     const s = storeAt('store-nested');
-    assert.equal(await s.pull(`${registry.host}/m/nested:1`, silentLogger, undefined, unpack), m.digest);
+    assert.equal(await s.pull(`${pull.registry.host}/m/nested:1`, silentLogger, undefined, unpack), m.digest);
     assert.equal(readFileSync(join(s.rootfsPath(m.digest), 'n'), 'utf8'), 'pulled');
     // The daemon's ensure by the outer index's digest resolves through both levels.
-    assert.equal(await storeAt('store-nested-ensure').ensure(`${registry.host}/m/nested@${sha256(outer)}`, silentLogger), m.digest);
+    assert.equal(await storeAt('store-nested-ensure').ensure(`${pull.registry.host}/m/nested@${sha256(outer)}`, silentLogger), m.digest);
   });
 
   it('a pulled manifest without layers is refused naming the field, nothing recorded', async () => {
     const layout = join(tmp.path, 'nolayers');
     const m = writeImageLayout(layout, [gzipSync(tarOf(join(tmp.path, 't-nl'), 'n', 'n'))], 'latest');
-    registry.push(`${layout}:latest`, 'm/nolayers:base');
+    pull.registry.push(`${layout}:latest`, 'm/nolayers:base');
     const doc = JSON.parse(readFileSync(join(layout, 'blobs', 'sha256', m.digest.slice(7)), 'utf8')) as Record<string, unknown>;
     delete doc.layers;
     await putManifest('m/nolayers', '1', Buffer.from(JSON.stringify(doc)), MANIFEST);
-    await assert.rejects(storeAt('store-nolayers').pull(`${registry.host}/m/nolayers:1`, silentLogger, undefined, unpack), /: layers is missing: an image manifest lists its layers/);
+    await assert.rejects(storeAt('store-nolayers').pull(`${pull.registry.host}/m/nolayers:1`, silentLogger, undefined, unpack), /: layers is missing: an image manifest lists its layers/);
     nothingRecorded(join(tmp.path, 'store-nolayers'));
   });
 });

@@ -1,17 +1,17 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
-import { after, before, describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { registryClient } from '../../src/adapters/images/oci/registry.js';
 import { choosePlatform, hostPlatforms } from '../../src/adapters/images/oci/platform.js';
 import { ImageRefusedError, LocalImageStore } from '../../src/adapters/images/oci/store.js';
 import { silentLogger } from '../fakes/memory-store.js';
 import { tempDir } from '../helpers/daemon.js';
 import { putBlob, writeImageLayout, type Descriptor } from '../helpers/oci.js';
-import { startProxy, startRegistry, type Registry } from '../helpers/registry.js';
+import { PULL_TOOLS_MISSING, pullSuite, startProxy } from '../helpers/registry.js';
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
@@ -166,46 +166,36 @@ describe('image checks at pull, import and unpack', () => {
   });
 });
 
-const missing = ['docker-registry', 'skopeo'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
-
-describe('image checks at pull', { skip: missing.length && !process.env.CI ? `missing: ${missing.join(', ')}` : false }, () => {
-  const tmp = tempDir('img-verify-pull');
-  let registry: Registry;
-  before(async () => {
-    registry = await startRegistry();
-  });
-  after(async () => {
-    await registry?.stop();
-    tmp.remove();
-  });
-  const storeAt = (name: string) => new LocalImageStore(join(tmp.path, name), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [], mirrors: [] }, silentLogger));
+describe('image checks at pull', { skip: PULL_TOOLS_MISSING.length && !process.env.CI ? `missing: ${PULL_TOOLS_MISSING.join(', ')}` : false }, () => {
+  const pull = pullSuite('img-verify-pull');
+  const { tmp, storeAt } = pull;
 
   it('chooses by the rule import follows: other platforms only are refused naming variants, amd64/v3 before amd64 gives amd64', async () => {
     const { dir } = indexLayout(join(tmp.path, 'arm-only'), [{ os: 'linux', architecture: otherArch, variant: otherArch === 'arm64' ? 'v8' : 'v2' }]);
-    registry.push(dir, 'm/arm:1', true);
+    pull.registry.push(dir, 'm/arm:1', true);
     const s = storeAt('store-arm');
-    await assert.rejects(s.pull(`${registry.host}/m/arm:1`, silentLogger, undefined, unpack), new RegExp(`has no image for this host \\(linux/${hostArch}.*\\); it has: linux/${otherArch}/v[28]$`));
+    await assert.rejects(s.pull(`${pull.registry.host}/m/arm:1`, silentLogger, undefined, unpack), new RegExp(`has no image for this host \\(linux/${hostArch}.*\\); it has: linux/${otherArch}/v[28]$`));
     nothingRecorded(join(tmp.path, 'store-arm'));
     if (hostArch !== 'amd64') return;
     const v3 = indexLayout(join(tmp.path, 'v3-first'), [{ os: 'linux', architecture: 'amd64', variant: 'v3' }, { os: 'linux', architecture: 'amd64' }]);
-    registry.push(v3.dir, 'm/v3:1', true);
+    pull.registry.push(v3.dir, 'm/v3:1', true);
     const store = storeAt('store-v3');
-    const digest = await store.pull(`${registry.host}/m/v3:1`, silentLogger, undefined, unpack);
+    const digest = await store.pull(`${pull.registry.host}/m/v3:1`, silentLogger, undefined, unpack);
     assert.equal(digest, v3.digests[1]);
     assert.equal(readFileSync(join(store.rootfsPath(digest), 'which'), 'utf8'), '1');
     // The daemon's ensure, by the index's digest, resolves it to the same image.
     const indexDigest = JSON.parse(readFileSync(join(v3.dir, 'index.json'), 'utf8')).manifests[0].digest as string;
-    assert.equal(await storeAt('store-v3-ensure').ensure(`${registry.host}/m/v3@${indexDigest}`, silentLogger), v3.digests[1]);
+    assert.equal(await storeAt('store-v3-ensure').ensure(`${pull.registry.host}/m/v3@${indexDigest}`, silentLogger), v3.digests[1]);
   });
 
   it('a pulled image whose layer is not its diff_id is refused and not recorded, by pull and by the daemon\'s ensure', async () => {
     const good = tarOf(join(tmp.path, 't-good'), 'a', 'a');
     const layout = join(tmp.path, 'wrong-diff');
     writeImageLayout(layout, [gzipSync(tarOf(join(tmp.path, 't-bad'), 'a', 'b'))], 'latest', { rootfs: { type: 'layers', diff_ids: [sha256(good)] } });
-    registry.push(`${layout}:latest`, 'm/wrong:1');
+    pull.registry.push(`${layout}:latest`, 'm/wrong:1');
     for (const [name, run] of [
-      ['pull', (s: LocalImageStore) => s.pull(`${registry.host}/m/wrong:1`, silentLogger, undefined, unpack)],
-      ['ensure', (s: LocalImageStore) => s.ensure(`${registry.host}/m/wrong:1`, silentLogger)],
+      ['pull', (s: LocalImageStore) => s.pull(`${pull.registry.host}/m/wrong:1`, silentLogger, undefined, unpack)],
+      ['ensure', (s: LocalImageStore) => s.ensure(`${pull.registry.host}/m/wrong:1`, silentLogger)],
     ] as const) {
       const s = storeAt(`store-wrong-${name}`);
       await assert.rejects(run(s), new RegExp(`layer 0 \\(sha256:[0-9a-f]{64}\\): its uncompressed content hashes to sha256:[0-9a-f]{64}, but the image config's rootfs\\.diff_ids\\[0\\] is ${sha256(good)}`));
@@ -217,12 +207,12 @@ describe('image checks at pull', { skip: missing.length && !process.env.CI ? `mi
     const layout = join(tmp.path, 'foreign');
     const foreign = gzipSync(tarOf(join(tmp.path, 't-f'), 'f', 'f'));
     writeImageLayout(layout, [{ data: foreign, mediaType: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip', urls: ['https://foreign.example/layer'] }], 'latest');
-    registry.push(`${layout}:latest`, 'm/foreign:1');
+    pull.registry.push(`${layout}:latest`, 'm/foreign:1');
     // A registry that does not hold the foreign layer (it may decline to): a front that 404s its blob.
     const blobPath = `/blobs/${sha256(foreign)}`;
-    const proxy = await startProxy(registry.host, { missing: (p) => p.endsWith(blobPath) });
+    const proxy = await startProxy(pull.registry.host, { missing: (p) => p.endsWith(blobPath) });
     try {
-      const s = new LocalImageStore(join(tmp.path, 'store-foreign'), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [registry.host], mirrors: [] }, silentLogger));
+      const s = new LocalImageStore(join(tmp.path, 'store-foreign'), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [pull.registry.host], mirrors: [] }, silentLogger));
       await assert.rejects(s.pull(`${proxy.host}/m/foreign:1`, silentLogger, undefined, unpack), /is a foreign layer the registry does not hold; its descriptor names "https:\/\/foreign\.example\/layer", which matchlock does not fetch from/);
       nothingRecorded(join(tmp.path, 'store-foreign'));
     } finally {

@@ -1,8 +1,12 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
 import { createServer as netServer } from 'node:net';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
+import { registryClient } from '../../src/adapters/images/oci/registry.js';
+import { LocalImageStore } from '../../src/adapters/images/oci/store.js';
+import { silentLogger } from '../fakes/memory-store.js';
 import { tempDir } from './daemon.js';
 
 async function freePort(): Promise<number> {
@@ -157,5 +161,32 @@ export async function startProxy(upstream: string, opts: ProxyOptions): Promise<
     blobGets,
     served,
     stop: () => new Promise((r) => server.close(() => r())),
+  };
+}
+
+/** docker-registry and skopeo, which pull tests need; a suite skips without them outside CI. */
+export const PULL_TOOLS_MISSING = ['docker-registry', 'skopeo'].filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0);
+
+/**
+ * For the calling describe block of pull tests: a temp dir, a registry started before the tests
+ * and stopped after them, and image stores in the temp dir that pull from it (no credentials).
+ */
+export function pullSuite(label: string): { tmp: ReturnType<typeof tempDir>; readonly registry: Registry; storeAt: (name: string) => LocalImageStore } {
+  const tmp = tempDir(label);
+  let registry: Registry | undefined;
+  before(async () => {
+    registry = await startRegistry();
+  });
+  after(async () => {
+    await registry?.stop();
+    tmp.remove();
+  });
+  return {
+    tmp,
+    get registry() {
+      if (!registry) throw new Error('the registry is started before the tests');
+      return registry;
+    },
+    storeAt: (name) => new LocalImageStore(join(tmp.path, name), registryClient({ authFile: join(tmp.path, 'none.json'), insecure: [], plainHttp: [], mirrors: [] }, silentLogger)),
   };
 }
