@@ -1,12 +1,12 @@
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { closeSync, existsSync, openSync, statSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { run } from '../adapters/exec.js';
 import { findBinary } from '../daemon/providers.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
-import { pidAlive, processMentions } from '../adapters/vmm/process.js';
+import { livePidsWhere, pidAlive, processMentions } from '../adapters/vmm/process.js';
 import { subnetOf, type HubConfig } from './config.js';
 import { parseDnsmasqLeases, parseIscLeases, type Lease } from './leases.js';
 import { dhcpdConf, dnsmasqArgs, nftRuleset, NFT_TABLE } from './render.js';
@@ -379,18 +379,7 @@ async function stopDhcp(state: HubState, stateDir: string): Promise<void> {
 
 /** Pids of running processes with `pidFile` as an argument (or as --pid-file=<pidFile>). */
 function hubServers(pidFile: string): number[] {
-  const out: number[] = [];
-  for (const name of readdirSync('/proc')) {
-    const pid = Number(name);
-    if (!Number.isInteger(pid) || pid === process.pid) continue;
-    try {
-      const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      if (args.some((a) => a === pidFile || a === `--pid-file=${pidFile}`) && pidAlive(pid)) out.push(pid);
-    } catch {
-      // gone while listed
-    }
-  }
-  return out;
+  return livePidsWhere((args) => args.some((a) => a === pidFile || a === `--pid-file=${pidFile}`));
 }
 
 /**

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 
 /** True for a live process; a zombie counts as dead (it is only waiting to be reaped). */
 export function pidAlive(pid: number): boolean {
@@ -37,4 +37,30 @@ export function processMentions(pid: number, text: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** A process's arguments (/proc/<pid>/cmdline split at its NULs), or undefined when it is gone. */
+export function argvOf(pid: number): string[] | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Live processes other than this one whose arguments `match`, in /proc's order: how a process
+ * whose pid file was never written (or names another process) is found by what it was started
+ * with.
+ */
+export function livePidsWhere(match: (argv: string[]) => boolean): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    if (pid === process.pid) continue;
+    const argv = argvOf(pid);
+    if (argv && match(argv) && pidAlive(pid)) out.push(pid);
+  }
+  return out;
 }

@@ -1,14 +1,13 @@
 import { noteSpawn } from '../../exec.js';
 import { launch, runProgram } from '../../spawner.js';
 import { trackChild } from '../children.js';
-import { readdirSync, readFileSync } from 'node:fs';
 import { chmod, chown, link, mkdir, open, symlink, readFile, rm, rmdir, stat, statfs, writeFile, rename } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { VmmIoCounters } from '../../../core/vmm.js';
 import { rotateForStart } from '../console.js';
-import { pidAlive } from '../process.js';
+import { argvOf, livePidsWhere, pidAlive } from '../process.js';
 import { unixHttp } from '../unix-http.js';
 import { ensureVmlinux } from './kernel.js';
 import { FILES, SOCKETS, filePath, firecrackerArgs, firecrackerConfig, mmdsMetadata, socketPath, type FirecrackerLaunch, type FirecrackerPaths } from './config.js';
@@ -132,26 +131,15 @@ export class FirecrackerVm {
   async running(): Promise<number | undefined> {
     const cfg = filePath(this.fcPaths, 'config');
     const pid = Number((await readFile(this.file('pid'), 'utf8').catch(() => '')).trim());
-    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid) && this.isOurs(pid, cfg)) return pid;
-    for (const entry of readdirSync('/proc')) {
-      if (!/^\d+$/.test(entry)) continue;
-      const other = Number(entry);
-      if (other !== process.pid && this.isOurs(other, cfg) && pidAlive(other)) {
-        await this.writePid(other);
-        return other;
-      }
-    }
-    return undefined;
+    if (Number.isInteger(pid) && pid > 0 && pidAlive(pid) && this.isOurs(argvOf(pid), cfg)) return pid;
+    const [other] = livePidsWhere((argv) => this.isOurs(argv, cfg));
+    if (other !== undefined) await this.writePid(other);
+    return other;
   }
 
-  private isOurs(pid: number, cfg: string): boolean {
-    try {
-      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      const at = argv.indexOf('--config-file');
-      return at >= 0 && argv[at + 1] === cfg && (argv.includes(this.uid) || argv.includes(`--id=${this.uid}`));
-    } catch {
-      return false;
-    }
+  private isOurs(argv: string[] | undefined, cfg: string): boolean {
+    const at = argv?.indexOf('--config-file') ?? -1;
+    return at >= 0 && argv?.[at + 1] === cfg && (argv.includes(this.uid) || argv.includes(`--id=${this.uid}`));
   }
 
   // Not fsync'd: after a power cut no Firecracker is left, and `running` trusts a pid only when
@@ -373,12 +361,8 @@ export class FirecrackerVm {
 
   /** Whether a process's command line gives this VM's id (`--id <uid>` or `--id=<uid>`). */
   private namesThisVm(pid: number): boolean {
-    try {
-      const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      return argv.includes(`--id=${this.uid}`) || argv.some((a, i) => a === this.uid && argv[i - 1] === '--id');
-    } catch {
-      return false;
-    }
+    const argv = argvOf(pid) ?? [];
+    return argv.includes(`--id=${this.uid}`) || argv.some((a, i) => a === this.uid && argv[i - 1] === '--id');
   }
 
   /** Firecracker's reason for failing: its "Failed to build MicroVM" line, else the stderr tail. */
