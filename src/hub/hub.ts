@@ -1,5 +1,5 @@
 import { ErrorCode, MatchlockError } from '../core/errors.js';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, openSync, statSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -81,8 +81,12 @@ async function readState(c: Pick<HubConfig, 'stateDir'>, address?: string): Prom
   return state;
 }
 
-/** The exit of each DHCP server this process started, so stopping one also reaps it. */
-const spawned = new Map<number, Promise<unknown>>();
+/**
+ * Each DHCP server this process started, with its exit, so stopping one also reaps it. The
+ * child is unreferenced (the CLI ends while its server runs on); stopping it references it
+ * again, as its exit event is then the only thing the process waits for.
+ */
+const spawned = new Map<number, { child: ChildProcess; exited: Promise<unknown> }>();
 
 /** Whether a hub's state file is there: setup made (part of) that hub and teardown has not run. */
 export function hubRecorded(c: Pick<HubConfig, 'stateDir'>): boolean {
@@ -296,7 +300,7 @@ function dhcpCommand(backend: 'isc' | 'dnsmasq', files: ReturnType<typeof hubFil
  * left by a server that is gone is removed first: dhcpd refuses to start while the pid it names
  * answers kill(pid, 0), as a zombie or an unrelated process that took the number does.
  */
-async function startDhcp([cmd, args]: [string, string[]], files: ReturnType<typeof hubFiles>) {
+export async function startDhcp([cmd, args]: [string, string[]], files: ReturnType<typeof hubFiles>) {
   // Only a file: a directory there is the server's to refuse, in its own words.
   await unlink(files.pid).catch(() => undefined);
   const logFrom = existsSync(files.log) ? statSync(files.log).size : 0;
@@ -309,7 +313,7 @@ async function startDhcp([cmd, args]: [string, string[]], files: ReturnType<type
     child.once('exit', r);
     child.on('error', () => r(null));
   });
-  if (child.pid !== undefined) spawned.set(child.pid, exited);
+  if (child.pid !== undefined) spawned.set(child.pid, { child, exited });
   return { child, exited, logFrom };
 }
 
@@ -388,7 +392,12 @@ function hubServers(pidFile: string): number[] {
  * process started was handed to init when that process ended, and is gone for this hub once it
  * is a zombie (only its parent can reap it) or no longer in /proc.
  */
-async function stopPid(pid: number): Promise<void> {
+export async function stopPid(pid: number): Promise<void> {
+  const own = spawned.get(pid);
+  // Without a reference, an event loop with nothing else to do ends the process here (exit
+  // 13, an unsettled top-level await, printing nothing) when the server is already a zombie
+  // whose exit event has not been delivered yet.
+  own?.child.ref();
   if (pidAlive(pid)) {
     try {
       process.kill(pid, 'SIGTERM');
@@ -398,9 +407,8 @@ async function stopPid(pid: number): Promise<void> {
     for (let i = 0; i < 50 && pidAlive(pid); i++) await sleep(100);
     if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
   }
-  const own = spawned.get(pid);
   if (own) {
-    await own;
+    await own.exited;
     spawned.delete(pid);
   }
   for (let i = 0; i < 50 && pidAlive(pid); i++) await sleep(100);

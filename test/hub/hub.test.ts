@@ -336,3 +336,29 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
     assert.deepEqual(snapshot(), before);
   });
 });
+
+describe('stopping a DHCP server this process started', () => {
+  const tmp = tempDir('hubstop');
+  after(() => tmp.remove());
+
+  it('waits for its exit even when it died before the stop and nothing else keeps the process going', () => {
+    // The server is killed and becomes a zombie while the event loop is held, so its exit event
+    // is still undelivered when the stop begins, from a callback of the loop's check phase: the
+    // stop's wait for that event is then all the process has left to do.
+    const script = `
+      import { readFileSync } from 'node:fs';
+      import { startDhcp, stopPid } from ${JSON.stringify(join(ROOT, 'src/hub/hub.ts'))};
+      const dir = ${JSON.stringify(tmp.path)};
+      const { child } = await startDhcp(['sleep', ['30']], { pid: dir + '/dhcp.pid', log: dir + '/dhcp.log' });
+      setImmediate(() => {
+        process.kill(child.pid, 'SIGKILL');
+        const zombie = () => { try { return readFileSync('/proc/' + child.pid + '/stat', 'utf8').split(') ')[1].startsWith('Z'); } catch { return false; } };
+        while (!zombie()) ;
+        stopPid(child.pid).then(() => process.stdout.write('stopped ' + child.pid + '\\n'));
+      });
+    `;
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, 0, `exit ${r.status} (13: it ended waiting on nothing): ${r.stderr}`);
+    assert.match(r.stdout, /^stopped \d+\n$/);
+  });
+});
