@@ -81,5 +81,23 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
  */
 export async function main(argv: string[]): Promise<void> {
   for (const s of [process.stdout, process.stderr]) s.on('error', () => process.exit(128 + 13));
+  const done = reportUnfinished('matchlock');
   process.exitCode = await run(argv.slice(2));
+  done();
+}
+
+/**
+ * Makes a command that stops waiting for want of anything to wait on fail loudly: Node ends a
+ * process whose event loop is empty while its top-level await is unsettled with status 13 and
+ * no message (Node 20), as when a command awaits an event only an unreferenced handle can bring.
+ * Until the returned function is called, that end writes `<prog>: internal error: …` to stderr
+ * and exits 1 (EXIT.error) instead. `beforeExit` is emitted exactly when the loop is empty.
+ */
+export function reportUnfinished(prog: string): () => void {
+  const unfinished = () => {
+    process.stderr.write(`${prog}: internal error: the command ended while still waiting, with nothing left that could finish it\n`);
+    process.exit(EXIT.error);
+  };
+  process.once('beforeExit', unfinished);
+  return () => process.off('beforeExit', unfinished);
 }

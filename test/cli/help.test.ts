@@ -102,3 +102,23 @@ describe('a closed output', () => {
     assert.equal(err, '');
   });
 });
+
+describe('a command left with nothing to wait on', () => {
+  it('fails with exit 1 and says so, instead of Node ending it silently with 13', () => {
+    // A wait no event can end: the event loop empties while the command is unfinished.
+    const script = `
+      import { reportUnfinished } from ${JSON.stringify(join(ROOT, 'src/cli/main.ts'))};
+      reportUnfinished('matchlock');
+      await new Promise(() => {});
+    `;
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
+    assert.equal(r.status, EXIT.error, r.stderr);
+    assert.match(r.stderr, /^matchlock: internal error: the command ended while still waiting/);
+  });
+
+  it('a command that finishes keeps its own status', () => {
+    const r = spawnSync(process.execPath, [join(ROOT, 'bin/matchlock.js'), 'completion', 'tcsh'], { encoding: 'utf8' });
+    assert.equal(r.status, EXIT.usage, r.stderr);
+    assert.doesNotMatch(r.stderr, /internal error/);
+  });
+});
