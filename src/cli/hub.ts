@@ -1,7 +1,7 @@
 import { Command } from 'commander';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { pidAlive } from '../adapters/vmm/process.js';
+import { pidAlive, processStart } from '../adapters/vmm/process.js';
 import { NFT_TABLE } from '../hub/render.js';
 import { hubConfigYaml, loadHubConfig, type HubConfig } from '../hub/config.js';
 import { create } from '@bufbuild/protobuf';
@@ -56,8 +56,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Runs `fn` (the one-hub check and the setup) holding `<record>.lock`, so two setups at once
- * cannot both find no hub and both make one. The lock file holds the holder's pid; one whose
- * holder is gone (a killed setup) is taken over. A setup that waits longer than `waitMs` for
+ * cannot both find no hub and both make one. The lock file holds the holder's pid and start
+ * time (field 22 of /proc/<pid>/stat): one whose holder is gone (a killed setup), also when its
+ * pid now names another process, is taken over. A setup that waits longer than `waitMs` for
  * the other fails naming the lock (exit 6).
  */
 export async function withHubLock<T>(fn: () => Promise<T>, record = hubRecordPath(), waitMs = 120_000): Promise<T> {
@@ -66,14 +67,29 @@ export async function withHubLock<T>(fn: () => Promise<T>, record = hubRecordPat
   for (const start = Date.now(); ;) {
     try {
       const fd = openSync(lock, 'wx', 0o600);
-      writeFileSync(fd, `${process.pid}\n`);
+      writeFileSync(fd, `${process.pid} ${processStart(process.pid) ?? ''}\n`);
       closeSync(fd);
       break;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
-    const holder = Number(readFileSync(lock, 'utf8').trim());
-    if (!Number.isInteger(holder) || holder <= 0 || !pidAlive(holder)) {
+    let text: string;
+    let age: number;
+    try {
+      text = readFileSync(lock, 'utf8');
+      age = Date.now() - statSync(lock).mtimeMs;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue; // released meanwhile
+      throw err;
+    }
+    const [pidText = '', started = ''] = text.trim().split(/\s+/);
+    const holder = Number(pidText);
+    // Made but not yet written: its maker is between the create and the write.
+    if (pidText === '' && age < 5000) {
+      await sleep(50);
+      continue;
+    }
+    if (!Number.isInteger(holder) || holder <= 0 || !pidAlive(holder) || (started !== '' && processStart(holder) !== started)) {
       rmSync(lock, { force: true });
       continue;
     }

@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { HUB_DEFAULTS, loadHubConfig, validateHub } from '../../src/hub/config.js';
 import { parseDnsmasqLeases, parseIscLeases, whyDhcpFailed } from '../../src/hub/hub.js';
 import { dhcpdConf } from '../../src/hub/render.js';
+import { withHubLock } from '../../src/cli/hub.js';
 import { ROOT, tempDir } from '../helpers/daemon.js';
 
 describe('hub config', () => {
@@ -360,5 +361,47 @@ describe('stopping a DHCP server this process started', () => {
     const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
     assert.equal(r.status, 0, `exit ${r.status} (13: it ended waiting on nothing): ${r.stderr}`);
     assert.match(r.stdout, /^stopped \d+\n$/);
+  });
+});
+
+describe('the hub lock', () => {
+  const tmp = tempDir('hublock');
+  after(() => tmp.remove());
+  /** A live process that is not a hub setup, and its start time (field 22 of /proc/<pid>/stat). */
+  const bystander = () => {
+    const child = spawn('sleep', ['30'], { stdio: 'ignore' });
+    const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+    return { child, pid: child.pid as number, start: stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] };
+  };
+
+  it("takes over a lock whose pid now names another process (the setup that held it was killed and its pid reused)", async () => {
+    const record = join(tmp.path, 'reused', 'hub.yaml');
+    mkdirSync(dirname(record), { recursive: true });
+    const other = bystander();
+    try {
+      writeFileSync(`${record}.lock`, `${other.pid} 1\n`);
+      const ran = await withHubLock(async () => readFileSync(`${record}.lock`, 'utf8'), record, 1000);
+      assert.match(ran, new RegExp(`^${process.pid} \\d+\\n$`), 'the lock now names this process');
+      assert.equal(existsSync(`${record}.lock`), false, 'and is released');
+    } finally {
+      other.child.kill();
+    }
+  });
+
+  it('waits for a live holder, and for one that made the lock and has not written it yet', async () => {
+    const record = join(tmp.path, 'held', 'hub.yaml');
+    mkdirSync(dirname(record), { recursive: true });
+    const holder = bystander();
+    try {
+      writeFileSync(`${record}.lock`, `${holder.pid} ${holder.start}\n`);
+      await assert.rejects(withHubLock(async () => 'ran', record, 500), new RegExp(`another hub setup \\(pid ${holder.pid}\\) holds ${record}\\.lock`));
+      // An empty lock is one being written: it is not taken over, and its holder's pid counts once there.
+      writeFileSync(`${record}.lock`, '');
+      setTimeout(() => writeFileSync(`${record}.lock`, `${holder.pid} ${holder.start}\n`), 300);
+      await assert.rejects(withHubLock(async () => 'ran', record, 800), /another hub setup/);
+    } finally {
+      holder.child.kill();
+    }
+    assert.equal(await withHubLock(async () => 'ran', record, 1000), 'ran', 'taken over once its holder is gone');
   });
 });
