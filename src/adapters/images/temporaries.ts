@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -10,6 +11,29 @@ import { join } from 'node:path';
  * a full disk) and is removed by `sweepTemporaries` (at start-up and in every GC).
  */
 const live = new Set<string>();
+
+/**
+ * Removes a file or a whole tree, however deep. An image tree may hold paths longer than
+ * PATH_MAX from the host's root (the applier works relative to the image root), which
+ * fs.rm cannot reach (it names every entry by its full path: ENAMETOOLONG); GNU rm descends
+ * with openat(2) and removes any depth (coreutils' fts), so it takes over whenever fs.rm fails.
+ * `--one-file-system` leaves alone a file system mounted inside the tree. Rejects with rm's
+ * own message (one line) when even that fails (EBUSY, EIO, EROFS…).
+ */
+export async function removeTree(path: string): Promise<void> {
+  try {
+    await rm(path, { recursive: true, force: true });
+    return;
+  } catch {
+    // on to GNU rm
+  }
+  await new Promise<void>((resolve, reject) => {
+    execFile('rm', ['-rf', '--one-file-system', '--', path], { env: { ...process.env, LC_ALL: 'C' } }, (err, _out, stderr) => {
+      if (!err) resolve();
+      else reject(new Error(`removing ${path}: ${String(stderr).trim().replace(/\s*\n\s*/g, '; ') || err.message}`));
+    });
+  });
+}
 
 /** A fresh temporary path for `final`, owned by this process until `release`d. */
 export function claimTemporary(final: string): string {
@@ -31,7 +55,8 @@ export async function withTemporary<T>(final: string, fn: (tmp: string) => Promi
   try {
     return await fn(tmp);
   } finally {
-    await rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+    // A failure here leaves the temporary to the sweep (it is not live any more).
+    await removeTree(tmp).catch(() => undefined);
     releaseTemporary(tmp);
   }
 }
@@ -69,8 +94,9 @@ export async function sweepTemporaries(dirs: readonly string[]): Promise<string[
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       if (!isOrphanTemporary(dir, name)) continue;
       // A process that was just killed may leave a child finishing its last write: retry.
-      const ok = await rm(join(dir, name), { recursive: true, force: true, maxRetries: 5, retryDelay: 200 }).then(() => true, () => false);
-      if (ok) removed.push(join(dir, name));
+      const path = join(dir, name);
+      const ok = await rm(path, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 }).then(() => true, () => removeTree(path).then(() => true, () => false));
+      if (ok) removed.push(path);
     }
   }
   return removed;

@@ -13,7 +13,7 @@ import type { ImageStore, Logger } from '../../../core/ports.js';
 import { imageRefs, type MicroVM } from '../../../core/microvm/types.js';
 import { MEDIA, MirrorError, askedMirror, type RegistryClient } from './registry.js';
 import { SingleFlight } from '../../single-flight.js';
-import { sweepTemporaries, withTemporary } from '../temporaries.js';
+import { removeTree, sweepTemporaries, withTemporary } from '../temporaries.js';
 import type { UnpackJob, UnpackResult } from './unpack-process.js';
 import { choosePlatform, formatPlatform, hostPlatforms, hostPlatformsText, platformRank, type Platform } from './platform.js';
 
@@ -952,7 +952,14 @@ export interface ImageInfo {
 export const MIN_BLOB_AGE_MS = 10 * 60_000;
 
 export class ImageCatalog {
-  constructor(private readonly store: LocalImageStore) {}
+  /**
+   * `log` hears of what collect could not remove (it goes on past it); without one, that is
+   * said as a process warning (stderr).
+   */
+  constructor(
+    private readonly store: LocalImageStore,
+    private readonly log?: Pick<Logger, 'warn'>,
+  ) {}
 
   async list(): Promise<ImageInfo[]> {
     const out: ImageInfo[] = [];
@@ -1037,7 +1044,10 @@ export class ImageCatalog {
     for (const dir of ['rootfs', 'base']) {
       for (const name of await readdir(join(this.store.root, dir)).catch(() => [] as string[])) {
         const hex = name.replace(/\.ext4$/, '');
-        if (/^[0-9a-f]{64}$/.test(hex) && !live.has(hex)) await rm(join(this.store.root, dir, name), { recursive: true, force: true });
+        if (!/^[0-9a-f]{64}$/.test(hex) || live.has(hex)) continue;
+        // One tree that cannot go (a mount inside it, an I/O error) must not keep the others.
+        const path = join(this.store.root, dir, name);
+        await removeTree(path).catch((err: unknown) => this.cannotRemove(path, err));
       }
     }
     await this.store.sweepTemporaries();
@@ -1045,8 +1055,14 @@ export class ImageCatalog {
     for (const name of await readdir(blobDir).catch(() => [] as string[])) {
       if (!/^[0-9a-f]{64}$/.test(name) || live.has(name)) continue;
       const st = await stat(join(blobDir, name)).catch(() => undefined);
-      if (st && Date.now() - st.mtimeMs >= MIN_BLOB_AGE_MS) await rm(join(blobDir, name), { force: true });
+      if (st && Date.now() - st.mtimeMs >= MIN_BLOB_AGE_MS) await rm(join(blobDir, name), { force: true }).catch((err: unknown) => this.cannotRemove(join(blobDir, name), err));
     }
     return removed;
+  }
+
+  private cannotRemove(path: string, err: unknown): void {
+    const message = `image store: cannot remove ${path}, left for the next collection: ${(err as Error).message}`;
+    if (this.log) this.log.warn({ path, err: (err as Error).message }, message);
+    else process.emitWarning(message);
   }
 }
