@@ -3,11 +3,13 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { ImageCatalog, LocalImageStore } from '../../src/adapters/images/oci/store.js';
+import { ImageCatalog, ImageRefusedError, LocalImageStore } from '../../src/adapters/images/oci/store.js';
 import { silentLogger } from '../fakes/memory-store.js';
+import { containerdUnpack } from '../helpers/containerd.js';
 import { tempDir } from '../helpers/daemon.js';
 import { writeImageLayout } from '../helpers/oci.js';
 import { tarOf, type TarSpec } from '../helpers/tar.js';
+import { describeTree, diffTrees } from '../helpers/tree.js';
 
 const TOOLS = ['setfattr', 'getfattr', 'containerd', 'ctr', 'rm'];
 const missing = [
@@ -20,6 +22,11 @@ const TAR = 'application/vnd.oci.image.layer.v1.tar';
 
 /** Removes a tree of any depth (fs.rm stops at PATH_MAX). */
 const removeAll = (path: string) => execFileSync('rm', ['-rf', '--', path]);
+
+/** Nothing of a refused image left in the store: no reference, no tree and no temporary. */
+function nothingRecorded(root: string): void {
+  for (const dir of ['refs', 'rootfs']) assert.deepEqual(existsSync(join(root, dir)) ? readdirSync(join(root, dir)) : [], [], `nothing in ${dir}`);
+}
 
 /** A chain of `depth` directories named `name` under `at`, made with relative paths (any depth), with a file at the bottom. */
 function deepTree(at: string, name: string, depth: number): void {
@@ -38,6 +45,67 @@ describe('layer errors: the layer\'s or the host\'s, as containerd tells them', 
     writeImageLayout(at, layers.map((l) => ({ data: tarOf(l), mediaType: TAR })), 'latest');
     return at;
   };
+  /** Whether containerd unpacks the layout; its tree when it does. */
+  const reference = async (name: string, at: string) => {
+    const ref = await containerdUnpack(join(tmp.path, `containerd-${name}`), at).then((r) => r, (e: Error) => e);
+    if (ref instanceof Error) return { error: ref.message };
+    try {
+      return { tree: describeTree(ref.tree) };
+    } finally {
+      await ref.stop();
+    }
+  };
+
+  it('refuses as the image\'s (not recorded) what an entry\'s own name, target or link causes, as containerd refuses the layer', async () => {
+    const cases: [string, TarSpec[][], RegExp, RegExp][] = [
+      // The link replaces d, and with it d/f, its own target: link(2) ENOENT.
+      ['link-to-own-child', [[{ name: 'd/', type: '5', mode: 0o755 }, { name: 'd/f', data: 'f' }], [{ name: 'd', type: '1', linkname: 'd/f' }]], /: d: link: no such file or directory \(ENOENT\)$/, /failed to extract layer .*: link \S+\/d\/f \S+\/d: no such file or directory/],
+      ['name-too-long', [[{ name: 'x', pax: { path: 'n'.repeat(300) }, data: 'x' }]], /: n{80}…n{60} \(300 bytes\): a name component is 300 bytes, over NAME_MAX \(255\)$/, /failed to extract layer .*: open \S+\/n{300}: file name too long/],
+      ['empty-symlink', [[{ name: 's', type: '2', linkname: '' }]], /: s: symlink: no such file or directory \(ENOENT\)$/, /failed to extract layer .*: symlink {2}\S+\/s: no such file or directory/],
+    ];
+    for (const [name, layers, why, theirWhy] of cases) {
+      const at = layout(name, layers);
+      const root = join(tmp.path, `store-${name}`);
+      const store = new LocalImageStore(root);
+      const err = await store.import(at, 'example.com/bad:1', undefined, unpack).then(() => undefined, (e: unknown) => e);
+      assert.ok(err instanceof ImageRefusedError, `${name}: ${String(err)}`);
+      assert.match(err.message, why, name);
+      nothingRecorded(root);
+      assert.deepEqual(await store.list(), [], name);
+      const theirs = await reference(name, at);
+      assert.match(theirs.error ?? '(unpacked)', theirWhy, `${name}: containerd refuses the layer too`);
+    }
+  });
+
+  it('owns a file by the low 32 bits of a pax uid and gid over 2^32-1, as containerd (Go int to the uid_t of fchownat)', async () => {
+    const at = layout('uid', [[{ name: 'f', data: 'f', pax: { uid: '4294967296', gid: '4294967301' } }, { name: 'g', data: 'g', pax: { uid: '4294968296', gid: '8589934593' } }]]);
+    const store = new LocalImageStore(join(tmp.path, 'store-uid'));
+    const { digest } = await store.import(at, 'example.com/uid:1', undefined, unpack);
+    const mine = describeTree(store.rootfsPath(digest));
+    const theirs = await reference('uid', at);
+    assert.ok(theirs.tree, `containerd unpacks it: ${theirs.error}`);
+    assert.deepEqual([mine.get('f')?.owner, mine.get('g')?.owner], ['0:5', '1000:1']);
+    mine.delete('');
+    theirs.tree.delete('');
+    assert.deepEqual(diffTrees(mine, theirs.tree), []);
+  });
+
+  it('refuses a path that would not fit PATH_MAX under the store\'s image directory, in a short message; containerd refuses it too', async () => {
+    const dir = 'd'.repeat(200);
+    const deep = `${Array(20).fill(dir).join('/')}/f`;
+    const at = layout('deep', [[{ name: 'x', pax: { path: deep }, data: 'x' }]]);
+    const root = join(tmp.path, 'store-deep');
+    const store = new LocalImageStore(root);
+    const err = await store.import(at, 'example.com/deep:1', undefined, unpack).then(() => undefined, (e: unknown) => e);
+    assert.ok(err instanceof ImageRefusedError, String(err));
+    assert.match(err.message, /: d{80}…d{58}\/f \(4021 bytes\): path is 4021 bytes inside the image: with the image directory of the store \(\d+ bytes\) that exceeds PATH_MAX \(4096 bytes with the NUL\)$/);
+    assert.ok(err.message.length < 600, `a short message: ${err.message.length} chars`);
+    nothingRecorded(root);
+    assert.deepEqual(readdirSync(join(root, 'rootfs')), [], 'no temporary left');
+    const theirs = await reference('deep', at);
+    assert.match(theirs.error ?? '(unpacked)', /failed to extract layer .*: file name too long/, 'containerd refuses the layer too');
+  });
+
   it('removes trees and temporaries deeper than PATH_MAX (image rm, prune, the sweep), and goes on past one it cannot remove', async () => {
     const root = join(tmp.path, 'store-rm');
     const store = new LocalImageStore(root);

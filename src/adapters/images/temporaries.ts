@@ -35,6 +35,12 @@ export async function removeTree(path: string): Promise<void> {
   });
 }
 
+/**
+ * The most a temporary's name adds to its final name: `.tmp-`, a pid (Linux's PID_MAX_LIMIT,
+ * 2^22, has 7 digits), `-` and 8 hex digits.
+ */
+export const TEMPORARY_SUFFIX_MAX = '.tmp-4194304-00000000'.length;
+
 /** A fresh temporary path for `final`, owned by this process until `release`d. */
 export function claimTemporary(final: string): string {
   const tmp = `${final}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;

@@ -62,6 +62,53 @@ export function xattrRefusal(name: string, onSymlink: boolean): string | undefin
   return undefined;
 }
 
+/** PATH_MAX and NAME_MAX of Linux (limits.h): a path's bytes with its NUL, a component's. */
+export const PATH_MAX = 4096;
+export const NAME_MAX = 255;
+
+/**
+ * An owner id as the kernel gets it: the low 32 bits. containerd passes the header's Uid/Gid
+ * (Go int, 64-bit) to os.Lchown, whose fchownat(2) syscall takes uid_t (32 bits), so a pax uid
+ * 4294967296 owns the file as root; Node's chown refuses anything over 2^32-1 instead.
+ * (uid_t -1, 4294967295, is "leave it": the kernel does so for both.)
+ */
+export function hostId(id: number): number {
+  return id % 2 ** 32;
+}
+
+/** A name for a message: showName, its middle left out when long (a name may be kilobytes). */
+export function shortName(bytes: string): string {
+  const text = showName(bytes);
+  if (text.length <= 160) return text;
+  return `${text.slice(0, 80)}…${text.slice(-60)} (${Buffer.byteLength(bytes, 'latin1')} bytes)`;
+}
+
+/**
+ * errno codes that an entry's own name, target or values cause on a sound host, so the same
+ * layer fails them on any host (containerd fails the layer's apply alike): a name or target
+ * longer than the kernel takes (ENAMETOOLONG), a hard link to a path the same layer removed or
+ * an empty symlink target (ENOENT), a name resolved through the image's own symlinks and files
+ * (ENOTDIR, EISDIR, ELOOP, EEXIST), a value the call refuses (EINVAL, ERANGE, E2BIG, EFBIG),
+ * more links to one inode than the file system keeps (EMLINK), and Node refusing an argument
+ * before any syscall (ERR_OUT_OF_RANGE, ERR_INVALID_ARG_VALUE). Every other code is the host's:
+ * ENOSPC, EDQUOT, EIO, EROFS, EACCES, EPERM, ENOMEM, EMFILE, ENFILE, EBUSY, ESTALE, EUCLEAN…
+ * — and ENOENT too when the image root itself is gone (see ImageRoot.rootInPlace).
+ */
+const CONTENT_CODES = new Set([
+  'ENAMETOOLONG', 'ENOENT', 'ENOTDIR', 'EISDIR', 'ELOOP', 'EEXIST', 'EINVAL', 'ERANGE', 'E2BIG', 'EFBIG', 'EMLINK', 'ERR_OUT_OF_RANGE', 'ERR_INVALID_ARG_VALUE',
+]);
+
+/**
+ * A system error in one short line: the call and the kernel's words, without the paths Node
+ * adds (already named by the caller, and possibly kilobytes each).
+ */
+function describeError(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  if (!e.syscall || !e.code) return (err as Error).message;
+  const words = /^[A-Z0-9_]+: ([^,]*)/.exec(e.message)?.[1] ?? e.code;
+  return `${e.syscall}: ${words} (${e.code})`;
+}
+
 /** An error with the errno code kept (ENOSPC, EDQUOT…), so callers can say what ran out. */
 export class ApplyError extends Error {
   constructor(message: string, readonly code?: string) {
@@ -230,6 +277,10 @@ export class ImageRoot {
   private checked: string | undefined;
   /** The root as the kernel names it (symlinks resolved), one char per byte. */
   private readonly realRoot: string;
+  /** Bytes an image path may take from the host's root to its own first byte (see checkLength). */
+  private readonly rootLength: number;
+  /** The root directory's identity, to tell a vanished root (the host's doing) from a name's error. */
+  private readonly rootIno: { dev: number; ino: number };
   private readonly rootGid: number;
   private written = new Set<string>();
   private xattrs = new PathMap<Map<string, Buffer>>();
@@ -255,17 +306,48 @@ export class ImageRoot {
    * relative to it: the kernel then walks only the components inside the image (open(2) on a
    * deep absolute path costs twice as much per file).
    */
+  /**
+   * `rootLength`: the bytes of the longest absolute path the root will have (the store's final
+   * image directory, or the temporary it is built in if longer); every path of the image must
+   * fit PATH_MAX after it. Default: the root's own real path.
+   */
   constructor(
     readonly root: string,
     private readonly relative = false,
+    rootLength?: number,
   ) {
     // Modes are created exact (see the rules above); this process only ever applies layers.
     process.umask(0);
     this.rootBytes = Buffer.from(root);
     const st = statSync(root);
+    this.rootIno = { dev: st.dev, ino: st.ino };
     this.rootGid = inheritedGid(st.mode, st.gid);
     this.dirs.set('', this.rootGid);
     this.realRoot = realpathSync(root, { encoding: 'latin1' });
+    this.rootLength = Math.max(rootLength ?? 0, this.realRoot.length);
+  }
+
+  /** Whether the root is still the directory this began with, where it was. */
+  private rootInPlace(): boolean {
+    try {
+      const st = statSync(this.root);
+      return st.dev === this.rootIno.dev && st.ino === this.rootIno.ino;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Refuses a path (relative, physical) whose absolute form would not fit PATH_MAX: the host
+   * names every path of the tree from its root (removal, the base volume's mkfs.ext4 -d,
+   * containerd's applier, which works with absolute paths under its snapshot directory and
+   * fails such a layer).
+   */
+  private checkLength(rel: string): void {
+    const total = this.rootLength + 1 + rel.length + 1;
+    if (total > PATH_MAX) {
+      throw new LayerRefusal(`path is ${rel.length} bytes inside the image: with the image directory of the store (${this.rootLength} bytes) that exceeds PATH_MAX (${PATH_MAX} bytes with the NUL)`);
+    }
   }
 
   /**
@@ -279,6 +361,7 @@ export class ImageRoot {
    */
   private isRealDir(rel: string): boolean {
     if (rel === this.checked) return true;
+    this.checkLength(rel);
     let fd: number;
     try {
       fd = openSync(this.abs(rel), DIR_FLAGS);
@@ -427,18 +510,39 @@ export class ImageRoot {
       try {
         this.entry(e, tar);
       } catch (err) {
-        const message = `${showName(e.path)}: ${(err as Error).message}`;
-        if (err instanceof LayerRefusal || err instanceof TarFormatError) throw new LayerRefusal(message);
-        throw new ApplyError(message, errno(err) ?? (err as ApplyError).code);
+        throw this.classify(err, shortName(e.path));
       }
     }
-    this.finishLayer();
+    try {
+      this.finishLayer();
+    } catch (err) {
+      throw this.classify(err, undefined);
+    }
+  }
+
+  /**
+   * The error of an entry (named `name`) as the layer's (LayerRefusal: the image is refused)
+   * or the host's (ApplyError with its code), by where it comes from: see CONTENT_CODES.
+   */
+  private classify(err: unknown, name: string | undefined): ApplyError {
+    const prefix = name === undefined ? '' : `${name}: `;
+    if (err instanceof LayerRefusal || err instanceof TarFormatError) return new LayerRefusal(`${prefix}${(err as Error).message}`);
+    const code = errno(err) ?? (err as ApplyError).code;
+    if (code && CONTENT_CODES.has(code) && this.rootInPlace()) return new LayerRefusal(`${prefix}${describeError(err)}`);
+    return new ApplyError(`${prefix}${describeError(err)}`, code);
   }
 
   private entry(e: TarEntry, tar: TarReader): void {
     const parts = cleanParts(e.path);
     const base = parts.pop();
     if (base === undefined) return; // the root itself: containerd leaves it alone
+    for (const p of [...parts, base]) {
+      if (p.length > NAME_MAX) throw new LayerRefusal(`a name component is ${p.length} bytes, over NAME_MAX (${NAME_MAX})`);
+    }
+    // As named, before its parents are made: a path too long anyway is refused as itself.
+    this.checkLength([...parts, base].join('/'));
+    e.uid = hostId(e.uid);
+    e.gid = hostId(e.gid);
     if (base.startsWith('.wh.')) {
       const gone = base.slice(4);
       // `.wh.`, `.wh..` and `.wh...` would remove the directory itself or its parent (the
@@ -458,6 +562,7 @@ export class ImageRoot {
     }
     const parent = this.resolveDir(parts, true) as string;
     const rel = parent ? `${parent}/${base}` : base;
+    this.checkLength(rel);
     const at = this.abs(rel);
     this.written.add(rel);
     if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') {

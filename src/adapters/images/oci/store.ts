@@ -698,7 +698,7 @@ export class LocalImageStore implements ImageStore {
       // mid-unpack (Ctrl-C on the CLI) leaves both to the store's sweep, never in /tmp.
       const stats = await withTemporary(`${dest}.fifo`, async (fifoDir) => {
         await mkdir(fifoDir, { mode: 0o700 });
-        return runUnpack({ dest: tmp, fifoDir, layers }, digest);
+        return runUnpack({ dest: tmp, final: dest, fifoDir, layers }, digest);
       });
       try {
         // One syncfs for the whole tree: an fsync per file would cost a journal commit each.

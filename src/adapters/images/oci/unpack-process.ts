@@ -6,13 +6,19 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, openSync, readSync, realpathSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { TEMPORARY_SUFFIX_MAX } from '../temporaries.js';
 import { ApplyError, ImageRoot, LayerRefusal, type ApplyStats } from './layer-apply.js';
 import { TarFormatError, type ReadInto } from './tar-reader.js';
 
 export interface UnpackJob {
   dest: string;
+  /**
+   * The tree's final path (`dest` is its temporary): every path of the image must fit PATH_MAX
+   * under it, and under any temporary of it (see ImageRoot's rootLength).
+   */
+  final?: string;
   /**
    * An empty directory of the store's for the decompressor's FIFO, named as a store temporary
    * (../temporaries.ts): a process killed mid-unpack (Ctrl-C) leaves it where the store's sweep
@@ -116,15 +122,19 @@ function causedByContent(err: unknown): boolean {
   // errno (a missing hard link target, a parent that is a file) but are the image's fault.
   if (err instanceof LayerContentError || err instanceof LayerRefusal || err instanceof TarFormatError) return true;
   if (err instanceof HostError) return false;
-  // A file system call that failed (ENOSPC, EIO, EACCES…) says so with an errno code; the tar
-  // reader's and the applier's refusals of what a layer holds carry none.
+  // The applier turns the errno codes an entry's own name, target or values cause into
+  // LayerRefusals (layer-apply.ts, CONTENT_CODES); a code left is the host's (ENOSPC, EIO,
+  // EACCES on the store…), as is any error of this process's own calls.
   return !(err as NodeJS.ErrnoException).code && !(err as ApplyError).code;
 }
 
 async function run(job: UnpackJob): Promise<ApplyStats> {
   const fifoDir = job.fifoDir;
   process.chdir(job.dest);
-  const root = new ImageRoot(job.dest, true);
+  // The longest the root's path can be: its final name as a temporary of any pid, so whether a
+  // deep path fits does not depend on the pid that unpacks it.
+  const rootLength = job.final === undefined ? undefined : Buffer.byteLength(join(realpathSync(dirname(job.final)), basename(job.final))) + TEMPORARY_SUFFIX_MAX;
+  const root = new ImageRoot(job.dest, true, rootLength);
   // Orphaned (the daemon was killed): stop writing into a temporary nobody will commit.
   const parent = process.ppid;
   const check = () => {
