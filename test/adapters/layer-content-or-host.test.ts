@@ -35,6 +35,19 @@ function deepTree(at: string, name: string, depth: number): void {
   execFileSync('python3', ['-c', 'import os, sys\nos.chdir(sys.argv[1])\nfor _ in range(int(sys.argv[2])):\n    os.mkdir(sys.argv[3]); os.chdir(sys.argv[3])\nopen("f", "w").write("x")', at, String(depth), name]);
 }
 
+/** A POSIX ACL as the kernel's xattr holds it (posix_acl_xattr v2): user::rwx user:1234:rwx group::r-x mask::rwx other::r-x. */
+function aclXattr(): Buffer {
+  const entries: [number, number, number][] = [[0x01, 7, 0xffffffff], [0x02, 7, 1234], [0x04, 5, 0xffffffff], [0x10, 7, 0xffffffff], [0x20, 5, 0xffffffff]];
+  const b = Buffer.alloc(4 + 8 * entries.length);
+  b.writeUInt32LE(2, 0);
+  entries.forEach(([tag, perm, id], i) => {
+    b.writeUInt16LE(tag, 4 + 8 * i);
+    b.writeUInt16LE(perm, 6 + 8 * i);
+    b.writeUInt32LE(id, 8 + 8 * i);
+  });
+  return b;
+}
+
 describe('layer errors: the layer\'s or the host\'s, as containerd tells them', { skip }, () => {
   const tmp = tempDir('content-or-host');
   after(() => removeAll(tmp.path));
@@ -138,4 +151,25 @@ describe('layer errors: the layer\'s or the host\'s, as containerd tells them', 
     assert.deepEqual(readdirSync(rootfs), []);
   });
 
+  it('applies a default ACL to the entries after it in the same layer, with their modes, as containerd does', async () => {
+    const acl = aclXattr();
+    const at = layout('acl', [[
+      { name: 'd/', type: '5', mode: 0o755, pax: { 'SCHILY.xattr.system.posix_acl_default': acl } },
+      { name: 'd/f', data: 'f', mode: 0o640 },
+      { name: 'd/sub/', type: '5', mode: 0o750 },
+      { name: 'd/x', data: 'x', mode: 0o4755 },
+      { name: 'a', data: 'a', mode: 0o640, pax: { 'SCHILY.xattr.system.posix_acl_access': acl } },
+    ]]);
+    const store = new LocalImageStore(join(tmp.path, 'store-acl'));
+    const { digest } = await store.import(at, 'example.com/acl:1', undefined, unpack);
+    const mine = describeTree(store.rootfsPath(digest));
+    const theirs = await reference('acl', at);
+    assert.ok(theirs.tree, `containerd unpacks it: ${theirs.error}`);
+    assert.match(mine.get('d/f')?.xattrs ?? '', /system\.posix_acl_access=/, 'd/f inherits the access ACL');
+    assert.match(mine.get('d/sub')?.xattrs ?? '', /system\.posix_acl_access=.*system\.posix_acl_default=|system\.posix_acl_default=.*system\.posix_acl_access=/, 'd/sub inherits both');
+    assert.equal(mine.get('a')?.mode, '0640', 'the header\'s mode after an access ACL');
+    mine.delete('');
+    theirs.tree.delete('');
+    assert.deepEqual(diffTrees(mine, theirs.tree), []);
+  });
 });

@@ -651,6 +651,9 @@ export class ImageRoot {
         if (target === undefined || !tst) throw new LayerRefusal(`hard link target ${showName(e.linkpath)} does not exist in the image`);
         if (tst.isDirectory()) throw new LayerRefusal(`hard link target ${showName(e.linkpath)} is a directory`);
         if (target !== rel) this.create(rel, () => linkSync(this.abs(target), at));
+        // containerd set the xattrs of earlier entries before this lchown, which drops a
+        // security.capability of the shared inode: pending ones are set first, to be dropped alike.
+        if (asRoot && this.xattrs.size) this.flushXattrs();
         // As containerd: the link's header owner and mode go to the shared inode too. A hard
         // link to a symlink is that symlink (link(2) does not follow): chmod would follow it
         // out of the image, and Linux has no lchmod, so its mode stays (containerd 1.x leaves
@@ -676,8 +679,21 @@ export class ImageRoot {
         attrs.delete(name);
         this.warn(`ignored xattr ${showName(name)} on /${showName(rel)}: ${why}`);
       }
-      if (attrs.size) this.xattrs.set(rel, attrs);
+      if (attrs.size) {
+        // A directory over a directory keeps what the first entry set: as containerd, which
+        // sets each entry's xattrs when it writes it.
+        const earlier = this.xattrs.get(rel);
+        this.xattrs.set(rel, earlier ? new Map([...earlier, ...attrs]) : attrs);
+      }
       if (attrs.has('system.posix_acl_default')) this.chmodAlways = true;
+      // ACLs are set now, not with the layer's batch: a default ACL decides the ACL and mode of
+      // the entries created in the directory after it (in this layer too), and an access ACL
+      // rewrites the group bits, which containerd's chmod after the xattrs (createTarFile:
+      // Lchown, xattrs, chmod) sets back to the header's. Hard links to symlinks keep their mode.
+      if (attrs.has('system.posix_acl_default') || attrs.has('system.posix_acl_access')) {
+        this.flushXattrs();
+        if (!onSymlink && this.dirs.has(parent) && this.isRealDir(parent)) chmodSync(at, e.mode);
+      }
     }
   }
 
@@ -714,13 +730,24 @@ export class ImageRoot {
     return make();
   }
 
-  /**
-   * Sets the layer's xattrs in one batch, then directory mtimes (written after their content).
-   * If the batch fails (setfattr sets what it can and names only the path of what it could
-   * not), every xattr is set again one by one to learn which the kernel refuses: ENOTSUP and
-   * EPERM are skipped with a warning, as containerd skips them; anything else fails the layer.
-   */
+  /** Sets what xattrs are pending (flushXattrs), then directory mtimes (written after their content). */
   private finishLayer(): void {
+    this.flushXattrs();
+    for (const d of this.dirTimes) {
+      // Checked to be a real directory; lutimes all the same, so nothing can lead out.
+      if (this.dirs.has(d.rel) && this.isRealDir(d.rel)) lutimesSync(this.abs(d.rel), d.mtime, d.mtime);
+    }
+  }
+
+  /**
+   * Sets the pending xattrs in one batch (one setfattr for all: a process per entry would cost
+   * a fork each), at the layer's end or as soon as their being late would show (see entry: ACLs,
+   * a hard link's chown). If the batch fails (setfattr sets what it can and names only the path
+   * of what it could not), every xattr is set again one by one to learn which the kernel
+   * refuses: ENOTSUP and EPERM are skipped with a warning, as containerd skips them; anything
+   * else fails the layer.
+   */
+  private flushXattrs(): void {
     if (this.xattrs.size) {
       let dump = '';
       const all: [string, string, Buffer][] = [];
@@ -753,10 +780,7 @@ export class ImageRoot {
           }
         }
       }
-    }
-    for (const d of this.dirTimes) {
-      // Checked to be a real directory; lutimes all the same, so nothing can lead out.
-      if (this.dirs.has(d.rel) && this.isRealDir(d.rel)) lutimesSync(this.abs(d.rel), d.mtime, d.mtime);
+      this.xattrs.clear();
     }
   }
 }
