@@ -136,6 +136,8 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     return new LocalImageStore(join((await cfg()).stateDir, 'images'), registry);
   };
   /** digest -> the VMs that use it, by the same rule the daemon's garbage collection uses. */
+  /** What the store could not remove (it goes on past it), as a warning on stderr. */
+  const warner = { warn: (_o: object, m?: string) => io.err(`matchlock: warning: ${m ?? ''}\n`) };
   const usage = async (catalog: ImageCatalog) => {
     const { SqliteStore } = await stores();
     const db = new SqliteStore(join((await cfg()).stateDir, 'matchlock.db'));
@@ -215,7 +217,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .description('remove images no MicroVM uses')
     .action(async (refs: string[]) => {
       const { ImageCatalog, normalizeRef } = await stores();
-      const catalog = new ImageCatalog(await store({ pulls: false }));
+      const catalog = new ImageCatalog(await store({ pulls: false }), warner);
       const inUse = new Set((await usage(catalog)).keys());
       const removed: string[] = [];
       try {
@@ -238,7 +240,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
     .action(async (o: { grace: string }) => {
       const grace = parseDuration(o.grace);
       if (grace === undefined) throw cliError(`--grace ${o.grace}: must be a duration like 1h`, EXIT.usage);
-      const catalog = new (await stores()).ImageCatalog(await store({ pulls: false }));
+      const catalog = new (await stores()).ImageCatalog(await store({ pulls: false }), warner);
       const removed = await catalog.collect(new Set((await usage(catalog)).keys()), grace);
       io.out(documentText(output(), { removed }) ?? (removed.length ? removed.map((r) => `${r} removed\n`).join('') : 'nothing to prune\n'));
     });

@@ -249,7 +249,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     defaultProvider,
   });
 
-  const catalog = new ImageCatalog(images);
+  const catalog = new ImageCatalog(images, logger);
   // Every record, a page at a time with a turn of the event loop between pages, so a large
   // store is never read at once and requests are served meanwhile.
   const RESYNC_PAGE = 500;
