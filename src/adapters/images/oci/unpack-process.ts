@@ -46,12 +46,35 @@ class LayerContentError extends Error {}
 class HostError extends ApplyError {}
 
 /**
+ * The compression of a blob whose media type says it is compressed, from its first bytes, as
+ * containerd decides it (archive/compression, DetectCompression, which DecompressStream runs
+ * whatever the `+gzip` or `+zstd` suffix said): gzip's magic 1f 8b 08, a zstd frame (28 b5 2f
+ * fd) or skippable frame (a little-endian magic 0x184d2a50 to 0x184d2a5f, 8 bytes at least),
+ * else none. A blob of an uncompressed media type is read as it is (containerd's
+ * compressedHandler detects nothing there).
+ */
+function detectCompression(path: string): 'none' | 'gzip' | 'zstd' {
+  const head = Buffer.alloc(10);
+  const fd = openSync(path, 'r');
+  let n = 0;
+  try {
+    for (let got = 1; got > 0 && n < head.length; n += got) got = readSync(fd, head, n, head.length - n, null);
+  } finally {
+    closeSync(fd);
+  }
+  if (n >= 3 && head[0] === 0x1f && head[1] === 0x8b && head[2] === 0x08) return 'gzip';
+  if (n >= 4 && head.readUInt32BE(0) === 0x28b52ffd) return 'zstd';
+  if (n >= 8 && (head.readUInt32LE(0) & 0xfffffff0) >>> 0 === 0x184d2a50) return 'zstd';
+  return 'none';
+}
+
+/**
  * The decompressed bytes of a layer blob, read synchronously into the tar reader's buffer.
  * Compressed layers go through gzip or zstd in their own process writing into a FIFO, the way
  * GNU tar runs gzip: the decompressor works on another core while we apply, and every read is a
  * plain blocking read(2). (Reading a child's pipe through the event loop, or zlib on the thread
  * pool, made the unpack several times slower than GNU tar on a busy machine: each chunk waited
- * for a turn.)
+ * for a turn.) The compression is the blob's own (see detectCompression), not its media type's.
  */
 function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: ReadInto; done: () => Promise<void>; abort: () => void } {
   const reader = (fd: number): ReadInto => (into, offset, length) => readSync(fd, into, offset, length, null);
@@ -62,12 +85,13 @@ function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: Read
       open = false;
     };
   };
-  if (layer.compression === 'none') {
+  const compression = layer.compression === 'none' ? 'none' : detectCompression(layer.path);
+  if (compression === 'none') {
     const fd = openSync(layer.path, 'r');
     const close = closer(fd);
     return { read: reader(fd), done: async () => close(), abort: close };
   }
-  const tool = layer.compression === 'gzip' ? 'gzip' : 'zstd';
+  const tool = compression;
   const fifo = join(fifoDir, 'layer');
   rmSync(fifo, { force: true });
   execFileSync('mkfifo', ['-m', '0600', fifo]);
@@ -79,7 +103,7 @@ function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: Read
     child.once('error', (err) => reject(new HostError(`${tool}: ${err.message}`, (err as NodeJS.ErrnoException).code)));
     child.once('close', (code, signal) => {
       if (code === 0) resolve();
-      else if (code === 127) reject(new HostError(`${tool} is not installed (Debian package ${tool}): it decompresses tar+${layer.compression} layers`));
+      else if (code === 127) reject(new HostError(`${tool} is not installed (Debian package ${tool}): it decompresses tar+${compression} layers`));
       // Killed by a signal (aborted, or the host's OOM killer): not the layer's fault.
       else if (code === null) reject(new HostError(`${tool} was killed by ${signal ?? 'a signal'}`));
       else reject(new LayerContentError(`${tool}: ${toolMessage(tool, stderr) || `exited with ${code}`}`));
