@@ -77,7 +77,7 @@ describe('images refused for their content are not recorded', () => {
   });
 
   it('a layer the applier refuses (whiteout naming no file, hard link to nothing or to a directory, a file or a symlink loop as a parent, a sparse size no file here holds) is refused, nothing recorded', async () => {
-    const sparse = (realsize: string): TarSpec => ({ name: 'GNUSparseFile.0/sp', pax: { 'GNU.sparse.major': '0', 'GNU.sparse.minor': '1', 'GNU.sparse.name': 'sp', 'GNU.sparse.size': realsize, 'GNU.sparse.map': '' } });
+    const sparse = (realsize: string): TarSpec => ({ name: 'GNUSparseFile.0/sp', pax: { 'GNU.sparse.major': '0', 'GNU.sparse.minor': '1', 'GNU.sparse.name': 'sp', 'GNU.sparse.size': realsize, 'GNU.sparse.map': '', 'GNU.sparse.numblocks': '0' } });
     const huge = '9007199254740991';
     // The largest file is the file system's own (ext4: 16 TiB); where the store's holds this
     // size, the layer is not refused and that case is left out.

@@ -289,14 +289,12 @@ describe('layer apply: numeric fields and times', () => {
     if (asRoot) assert.deepEqual([statSync(join(root, 'big-id')).uid, statSync(join(root, 'big-id')).gid], [3000000, 7]);
   });
 
-  it('refuses a negative size, uid, gid, mode or device number, naming the entry and the field', () => {
+  it('refuses a negative size of an entry with data and a pax time that is no number, naming the entry and the field', () => {
+    // A negative uid, gid, mode or device number is no error: Go's archive/tar hands it on and
+    // containerd applies it (see tar-reader-go.test.ts).
     const cases: [Parameters<typeof tarOf>[0][number], RegExp][] = [
-      [{ name: 'neg-uid', data: 'x', uid: base256(-1n, 8) }, /neg-uid: uid -1 in tar header is negative/],
-      [{ name: 'neg-gid', data: 'x', gid: base256(-2n, 8) }, /neg-gid: gid -2 in tar header is negative/],
-      [{ name: 'neg-mode', data: 'x', mode: base256(-1n, 8) }, /neg-mode: mode -1 in tar header is negative/],
-      [{ name: 'neg-major', type: '3', devmajor: base256(-3n, 8) }, /neg-major: devmajor -3 in tar header is negative/],
-      [{ name: 'neg-pax-uid', data: 'x', pax: { uid: '-1' } }, /neg-pax-uid: pax uid "-1" is not a non-negative decimal integer/],
-      [{ name: 'neg-pax-size', data: 'x', pax: { size: '-1' } }, /neg-pax-size: pax size "-1" is not a non-negative decimal integer/],
+      [{ name: 'neg-pax-size', data: 'x', pax: { size: '-1' } }, /neg-pax-size: size -1 is negative/],
+      [{ name: 'bad-pax-size', data: 'x', pax: { size: '1e3' } }, /bad-pax-size: pax size "1e3" is not a decimal integer/],
       [{ name: 'bad-pax-mtime', data: 'x', pax: { mtime: '12e3' } }, /bad-pax-mtime: pax mtime "12e3" is not a decimal number of seconds/],
     ];
     for (const [entry, want] of cases) assert.throws(() => apply(tarOf([entry])), want, entry.name.toString());
@@ -420,8 +418,9 @@ describe('layer apply: entries read as Go\'s archive/tar reads them for containe
   });
 
   it('refuses a NUL in a pax path or link target, naming the entry and the field with control characters escaped', () => {
-    message(tarOf([{ name: 'n', data: 'x', pax: { path: Buffer.from('a\0b') } }]), 'a\\x00b: pax path contains a NUL byte');
-    message(tarOf([{ name: 'l', type: '2', pax: { linkpath: Buffer.from('x\0y') } }]), 'l: pax linkpath contains a NUL byte');
+    // Go's parsePAXRecord refuses these records as it reads them (validPAXRecord), before any entry.
+    message(tarOf([{ name: 'n', data: 'x', pax: { path: Buffer.from('a\0b') } }]), 'malformed pax record: path a\\x00b contains a NUL byte');
+    message(tarOf([{ name: 'l', type: '2', pax: { linkpath: Buffer.from('x\0y') } }]), 'malformed pax record: linkpath x\\x00y contains a NUL byte');
     message(tarOf([{ name: 'k', data: 'x', pax: { 'SCHILY.xattr.user.a\0b': 'v' } }]), 'malformed pax record: key SCHILY.xattr.user.a\\x00b contains a NUL byte');
     message(tarOf([{ name: 'h\nx\x1b[2J', type: '1', linkname: 'gone' }]), 'h\\x0ax\\x1b[2J: hard link target gone does not exist in the image');
   });
@@ -444,7 +443,7 @@ describe('layer apply: GNU sparse maps hold decimal, ordered fragments within th
   const v01 = (realsize: string, map: string, data: string): TarSpec => ({
     name: 'GNUSparseFile.0/sp',
     data,
-    pax: { 'GNU.sparse.major': '0', 'GNU.sparse.minor': '1', 'GNU.sparse.name': 'sp', 'GNU.sparse.realsize': realsize, 'GNU.sparse.map': map },
+    pax: { 'GNU.sparse.major': '0', 'GNU.sparse.minor': '1', 'GNU.sparse.name': 'sp', 'GNU.sparse.realsize': realsize, 'GNU.sparse.map': map, 'GNU.sparse.numblocks': String(Math.floor(map.split(',').length / 2)) },
   });
   const v00 = (pairs: [string, string][], data: string): TarSpec[] => [
     { name: 'PaxHeaders/sp', type: 'x', data: Buffer.concat([paxRecords({ 'GNU.sparse.size': '8', 'GNU.sparse.numblocks': String(pairs.length) }), ...pairs.map(([o, l]) => Buffer.concat([paxRecords({ 'GNU.sparse.offset': o }), paxRecords({ 'GNU.sparse.numbytes': l })]))]) },
@@ -470,11 +469,11 @@ describe('layer apply: GNU sparse maps hold decimal, ordered fragments within th
       [[v01('8', 'x,1', 'x')], 'sp: sparse GNU.sparse.map offset 0 "x" is not a non-negative decimal integer'],
       [[v01('8', '0,1e0', 'x')], 'sp: sparse GNU.sparse.map length 0 "1e0" is not a non-negative decimal integer'],
       [[v01('8', '99999999999999999999,1', 'x')], 'sp: sparse GNU.sparse.map offset 0 99999999999999999999 is out of range'],
-      [[v01('8', '0,1,5', 'x')], 'sp: sparse GNU.sparse.map has 3 numbers, not offset and length pairs'],
+      [[v01('8', '0,1,5', 'x')], 'sp: sparse GNU.sparse.map has 3 numbers where GNU.sparse.numblocks 1 needs 2'],
       [[v01('8', '0,4,2,1', 'abcde')], 'sp: sparse map fragment 1 at offset 2 starts before the previous fragment ends (4): fragments must be in order and not overlap'],
       [[v01('8', '5,1,0,1', 'ab')], 'sp: sparse map fragment 1 at offset 0 starts before the previous fragment ends (6): fragments must be in order and not overlap'],
       [[v01('4', '3,2', 'ab')], 'sp: sparse map fragment 0 (offset 3, length 2) ends beyond the real size 4'],
-      [v00([['-10', '1']], 'x'), 'sp: sparse GNU.sparse.offset/numbytes offset 0 "-10" is not a non-negative decimal integer'],
+      [v00([['-10', '1']], 'x'), 'sp: sparse GNU.sparse.map offset 0 "-10" is not a non-negative decimal integer'],
       [[v10('1\n-3\n1\n', 'x')], 'sp: sparse map offset 0 "-3" is not a non-negative decimal integer'],
       [[v10('-1\n', 'x')], 'sp: sparse map entry count "-1" is not a non-negative decimal integer'],
       [[v10('1000\n0\n1\n', 'x')], 'sp: sparse map entry count 1000 needs more lines than the entry\'s 513 bytes of data can hold'],

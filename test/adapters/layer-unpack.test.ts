@@ -83,10 +83,10 @@ describe('layer unpack against containerd and GNU tar', { skip: missing.length &
     assert.equal(inVolume.get('bin/ping')?.xattrs, `security.capability=${PING_CAPABILITY}`);
   });
 
-  it('reads GNU tar\'s own format (old sparse type S, base-256 ids, long names) as GNU tar does', async () => {
+  it('reads GNU tar\'s own format (base-256 ids, long names) as GNU tar does, and refuses its old sparse type S as containerd does', async () => {
     const dir = join(tmp.path, 'gnu');
     mkdirSync(dir);
-    const layer = gnuSparseLayer(dir);
+    const layer = gnuSparseLayer(dir, false);
     const layout = join(tmp.path, 'gnu-layout');
     writeImageLayout(layout, [{ data: readFileSync(layer), mediaType: 'application/vnd.oci.image.layer.v1.tar' }]);
     const s = new LocalImageStore(join(tmp.path, 'store-gnu'));
@@ -100,9 +100,15 @@ describe('layer unpack against containerd and GNU tar', { skip: missing.length &
     mine.delete('');
     theirs.delete('');
     assert.deepEqual(diffTrees(mine, theirs), []);
-    const st = statSync(join(s.rootfsPath(d), 's/gnu-sparse'));
-    assert.equal(st.size, 9 * 1024 * 1024);
-    assert.ok(st.blocks * 512 <= 64 * 1024, `holes stay holes (${st.blocks * 512} bytes allocated)`);
+    assert.equal(statSync(join(s.rootfsPath(d), 's/gnu-sparse')).size, 9 * 1024 * 1024);
+    // Go's archive/tar reads type S, but containerd's applier (createTarFile) has no case for it.
+    const sparseDir = join(tmp.path, 'gnu-sparse');
+    mkdirSync(sparseDir);
+    const sparseLayout = join(tmp.path, 'gnu-sparse-layout');
+    writeImageLayout(sparseLayout, [{ data: readFileSync(gnuSparseLayer(sparseDir)), mediaType: 'application/vnd.oci.image.layer.v1.tar' }]);
+    const sp = new LocalImageStore(join(tmp.path, 'store-gnu-sparse'));
+    await sp.import(sparseLayout, 'example.com/gnu-sparse:1');
+    await assert.rejects(sp.ensure('example.com/gnu-sparse:1', silentLogger), /layer 0 .*: \.\/s\/gnu-sparse: unhandled tar header type 83 \("S"\)/);
   });
 });
 
@@ -137,7 +143,8 @@ describe('layers that cannot be unpacked', () => {
   it('fails broken zstd, gzip and tar layers with a message, leaving nothing behind, and keeps working', async () => {
     const good = tarOf({ 'etc/hostname': 'ok' });
     const cases: [string, Buffer, string, RegExp][] = [
-      ['zstd-garbage', Buffer.from('not zstd at all'), 'application/vnd.oci.image.layer.v1.tar+zstd', /layer 0 .*zstd: /],
+      // Not zstd by its first bytes, so read as it is (containerd's DecompressStream): a short tar.
+      ['zstd-garbage', Buffer.from('not zstd at all'), 'application/vnd.oci.image.layer.v1.tar+zstd', /layer 0 .*truncated archive/],
       ['zstd-truncated', execFileSync('zstd', ['-qc'], { input: good }).subarray(0, 40), 'application/vnd.oci.image.layer.v1.tar+zstd', /layer 0 .*zstd: /],
       ['gzip-truncated', gzipSync(good).subarray(0, 60), 'application/vnd.oci.image.layer.v1.tar+gzip', /layer 0 .*(unexpected end|truncated)/i],
       ['tar-garbage', Buffer.alloc(2048, 7), 'application/vnd.oci.image.layer.v1.tar', /layer 0 .*invalid tar header checksum/],

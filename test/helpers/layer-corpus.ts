@@ -9,15 +9,16 @@ export interface CorpusLayer {
 
 /**
  * One uncompressed layer in GNU tar's own format with an old-style sparse file (type 'S'), a
- * base-256 uid and a GNU long name: what GNU tar writes by default with --sparse.
+ * base-256 uid and a GNU long name: what GNU tar writes by default with --sparse. Without
+ * `sparse`, the same files with the sparse ones stored whole (type '0').
  */
-export function gnuSparseLayer(dir: string): string {
+export function gnuSparseLayer(dir: string, sparse = true): string {
   execFileSync('bash', ['-euo', 'pipefail', '-c', String.raw`
 cd "$1"; mkdir -p g/s g/$(printf 'long-name-%.0s' 1 2 3 4 5 6 7 8 9 10 11 12)
 truncate -s 9M g/s/gnu-sparse; for o in 0 1048576 4194304 9437183; do printf x | dd of=g/s/gnu-sparse bs=1 seek=$o conv=notrunc status=none; done
 for i in 1 2 3 4 5 6; do truncate -s 64k g/s/many; printf "$i" | dd of=g/s/many bs=1 seek=$((i * 8192)) conv=notrunc status=none; done
 echo id > g/$(printf 'long-name-%.0s' 1 2 3 4 5 6 7 8 9 10 11 12)/uid; chown 2500000:7 g/$(printf 'long-name-%.0s' 1 2 3 4 5 6 7 8 9 10 11 12)/uid
-tar --format=gnu --sparse --numeric-owner -C g -cf gnu-sparse.tar .`, 'gnu', dir]);
+tar --format=gnu ${sparse ? '--sparse' : ''} --numeric-owner -C g -cf gnu-sparse.tar .`, 'gnu', dir]);
   return join(dir, 'gnu-sparse.tar');
 }
 

@@ -125,6 +125,16 @@ export class ChunkReader {
   skip(n: number): void {
     this.stream(n, () => undefined);
   }
+
+  /** Skips up to n bytes; false when the input ends first. */
+  skipToEnd(n: number): boolean {
+    let left = n;
+    while (left > 0) {
+      if (this.have === 0 && !this.fill(1)) return false;
+      left -= this.take(Math.min(this.have, left)).length;
+    }
+    return true;
+  }
 }
 
 const padding = (n: number) => (BLOCK - (n % BLOCK)) % BLOCK;
@@ -158,76 +168,94 @@ function cstring(b: Buffer, start: number, len: number): string {
   return b.toString('latin1', start, end < 0 || end > start + len ? start + len : end);
 }
 
+const INT64_MAX = (1n << 63n) - 1n;
+
 /**
- * An octal field (trailing spaces/NULs allowed) or a base-256 one: the first byte's high bit
- * set, the rest of the field a big-endian two's complement number whose sign is the first
- * byte's next bit (GNU tar writes 0xff first for a negative one; Go's archive/tar parseNumeric
- * reads it so). May be negative: callers check the fields that cannot be (see nonNegative).
+ * An octal field as Go's archive/tar reads it (strconv.go, parseOctal): spaces and NULs trimmed
+ * at both ends, the rest read up to a NUL, then octal digits only; an empty field is 0.
  */
-function num(b: Buffer, start: number, len: number, field: string, path?: string): number {
+function octal(b: Buffer, start: number, len: number, label: () => string): bigint {
+  const pad = (c: number | undefined) => c === 0x20 || c === 0;
+  let s = start;
+  let e = start + len;
+  while (s < e && pad(b[s])) s++;
+  while (e > s && pad(b[e - 1])) e--;
+  if (s === e) return 0n;
+  const nul = b.indexOf(0, s);
+  if (nul >= 0 && nul < e) e = nul;
+  const text = b.toString('latin1', s, e);
+  if (!/^[0-7]+$/.test(text)) throw new TarFormatError(`${label()} ${JSON.stringify(showName(text))} is not an octal number`);
+  return BigInt(`0o${text}`);
+}
+
+/**
+ * A numeric header field as Go's archive/tar reads it (strconv.go, parseNumeric): base-256 when
+ * the first byte's high bit is set (big-endian two's complement, the sign in the first byte's
+ * next bit; GNU tar writes 0xff first for a negative number), refused beyond 63 bits; else
+ * octal (see octal). May be negative: Go hands containerd whatever it reads.
+ */
+function numeric(b: Buffer, start: number, len: number, field: string, path?: string): bigint {
   // The entry's name is made readable only for a message: most fields are read per entry.
   const label = () => (path === undefined ? field : `${showName(path)}: ${field}`);
   const first = b[start] ?? 0;
-  if (first & 0x80) {
-    let v = BigInt(first & 0x7f);
-    for (let i = 1; i < len; i++) v = (v << 8n) | BigInt(b[start + i] ?? 0);
-    if (first & 0x40) v = BigInt.asIntN(len * 8 - 1, v);
-    const n = Number(v);
-    if (!Number.isSafeInteger(n)) throw new TarFormatError(`${label()} ${v} in tar header is out of range`);
-    return n;
-  }
-  // Octal digits between optional leading spaces and trailing spaces/NULs; parsed by hand, as
-  // every header has eight such fields.
-  let i = start;
-  const end = start + len;
-  while (i < end && b[i] === 0x20) i++;
-  let v = 0;
-  let digits = 0;
-  for (; i < end; i++, digits++) {
-    const c = b[i] ?? 0;
-    if (c < 0x30 || c > 0x37) break;
-    v = v * 8 + (c - 0x30);
-  }
-  for (; i < end; i++) {
-    const c = b[i] ?? 0;
-    if (c !== 0 && c !== 0x20) {
-      const s = b.toString('latin1', start, end).replace(/[\0 ]+$/, '').trim();
-      throw new TarFormatError(`${label()} ${JSON.stringify(s)} is not an octal number`);
-    }
-  }
-  return digits === 0 ? 0 : v;
+  if (!(first & 0x80)) return octal(b, start, len, label);
+  const inv = first & 0x40 ? 0xff : 0;
+  let x = 0n;
+  for (let i = 0; i < len; i++) x = (x << 8n) | BigInt(((b[start + i] ?? 0) ^ inv) & (i === 0 ? 0x7f : 0xff));
+  if (x > INT64_MAX) throw new TarFormatError(`${label()} in tar header does not fit in 64 bits`);
+  return inv ? -x - 1n : x;
 }
 
-/** A field that cannot be negative (all but mtime), named with its entry when it is. */
-function nonNegative(v: number, field: string, path: string): number {
-  if (v < 0) throw new TarFormatError(`${showName(path)}: ${field} ${v} in tar header is negative (only mtime may be)`);
-  return v;
-}
-
-/** A pax uid, gid or size: a decimal integer (POSIX.1-2017 pax, "pax Extended Header"). */
-function paxCount(v: string, key: string, path: string): number {
+/** A count this process can hold exactly (size, mtime), refused beyond 2^53. */
+function exact(v: bigint, field: string, path: string): number {
   const n = Number(v);
-  if (!/^[0-9]+$/.test(v) || !Number.isSafeInteger(n)) throw new TarFormatError(`${showName(path)}: pax ${key} ${JSON.stringify(v)} is not a non-negative decimal integer`);
+  if (!Number.isSafeInteger(n)) throw new TarFormatError(`${showName(path)}: ${field} ${v} is out of range`);
   return n;
 }
 
 /**
- * A pax mtime: decimal seconds, optionally negative, with any number of fraction digits
- * (POSIX.1-2017 pax; Go's archive/tar writes negative ones). Nanoseconds are kept exactly.
+ * An owner id as the kernel takes it from containerd: Go hands `os.Lchown` the 64-bit number
+ * it read and lchown(2) takes its low 32 bits (uid_t), so 2^32 is uid 0 and -1 (0xffffffff)
+ * leaves the owner as it is. The same is done here rather than refusing what containerd applies.
  */
-function paxTime(v: string, path: string): { sec: number; nsec: number } {
-  const m = /^(-?)([0-9]+)(?:\.([0-9]*))?$/.exec(v);
+const ownerId = (v: bigint) => Number(BigInt.asUintN(32, v));
+
+/**
+ * A decimal integer as Go's strconv.ParseInt(v, 10, 64) takes it (an optional sign, digits
+ * only, within 64 bits), or undefined when it does not.
+ */
+function parseInt64(v: string): bigint | undefined {
+  if (!/^[+-]?[0-9]+$/.test(v)) return undefined;
+  const n = BigInt(v);
+  return n > INT64_MAX || n < -INT64_MAX - 1n ? undefined : n;
+}
+
+/** A pax uid, gid or size: Go's mergePAX refuses what strconv.ParseInt(v, 10, 64) refuses. */
+function paxInt(v: string, key: string, path: string): bigint {
+  const n = parseInt64(v);
+  if (n === undefined) throw new TarFormatError(`${showName(path)}: pax ${key} ${JSON.stringify(showName(v))} is not a decimal integer`);
+  return n;
+}
+
+/**
+ * A pax time (mtime, atime, ctime): decimal seconds, optionally signed, with any number of
+ * fraction digits (POSIX.1-2017 pax; Go's parsePAXTime, strconv.go, which keeps 9 and refuses
+ * anything else). Nanoseconds are kept exactly.
+ */
+function paxTime(v: string, key: string, path: string): { sec: number; nsec: number } {
+  const m = /^([+-]?)([0-9]+)(?:\.([0-9]*))?$/.exec(v);
   const whole = Number(m?.[2]);
-  if (!m || !Number.isSafeInteger(whole)) throw new TarFormatError(`${showName(path)}: pax mtime ${JSON.stringify(v)} is not a decimal number of seconds`);
+  if (!m || !Number.isSafeInteger(whole)) throw new TarFormatError(`${showName(path)}: pax ${key} ${JSON.stringify(showName(v))} is not a decimal number of seconds`);
   const frac = Number((m[3] ?? '').slice(0, 9).padEnd(9, '0'));
-  if (!m[1]) return { sec: whole, nsec: frac };
+  if (m[1] !== '-') return { sec: whole, nsec: frac };
   return frac === 0 ? { sec: -whole, nsec: 0 } : { sec: -whole - 1, nsec: 1e9 - frac };
 }
 
+/** The header checksum, octal only (Go's getFormat reads it with parseOctal), unsigned or signed. */
 function checksumOk(h: Buffer): boolean {
-  let want: number;
+  let want: bigint;
   try {
-    want = num(h, 148, 8, 'checksum');
+    want = octal(h, 148, 8, () => 'checksum');
   } catch {
     return false;
   }
@@ -240,21 +268,35 @@ function checksumOk(h: Buffer): boolean {
     unsigned += c;
     if (c & 0x80) high++;
   }
-  return want === unsigned || want === unsigned - 256 * high;
+  return want === BigInt(unsigned) || want === BigInt(unsigned - 256 * high);
 }
 
+/**
+ * The records of one extended header, values as bytes. An empty value is kept: Go's parsePAX
+ * keeps it, its mergePAX then leaves the header's own field alone, and containerd still sees
+ * the record (an empty `SCHILY.xattr.*` is an xattr set to nothing).
+ */
 type Pax = Map<string, Buffer>;
 
-/** Parses pax records (`<len> <key>=<value>\n`, len in bytes); values stay bytes. */
-function parsePax(data: Buffer, into: Pax, sparsePairs: string[]): void {
+/**
+ * Parses pax records (`<len> <key>=<value>\n`, len in bytes) as Go's parsePAX and
+ * parsePAXRecord do (reader.go, strconv.go): a length of at least 5 that ends on a newline, an
+ * `=`; no NUL in a key, nor in the value of path, linkpath, uname or gname (validPAXRecord).
+ * GNU sparse 0.0 `GNU.sparse.offset`/`numbytes` must alternate, offset first, without commas,
+ * and are folded into `GNU.sparse.map`, replacing any such record of the header.
+ */
+function parsePax(data: Buffer): Pax {
+  const into: Pax = new Map();
+  const pairs: string[] = [];
   let at = 0;
   while (at < data.length) {
-    if (data[at] === 0) break;
     const space = data.indexOf(0x20, at);
     if (space < 0) throw new TarFormatError('malformed pax record: no length');
-    const len = Number(data.toString('latin1', at, space));
-    if (!Number.isInteger(len) || len <= 0 || at + len > data.length) throw new TarFormatError('malformed pax record: bad length');
-    const rec = data.subarray(space + 1, at + len - 1);
+    const len = parseInt64(data.toString('latin1', at, space));
+    if (len === undefined || len < 5n || len > BigInt(data.length - at) || at + Number(len) - 1 <= space) throw new TarFormatError('malformed pax record: bad length');
+    const end = at + Number(len);
+    if (data[end - 1] !== 0x0a) throw new TarFormatError('malformed pax record: no newline at its end');
+    const rec = data.subarray(space + 1, end - 1);
     const eq = rec.indexOf(0x3d);
     if (eq < 0) throw new TarFormatError('malformed pax record: no "="');
     // Kept as bytes (one char per byte), as names are: an xattr name is bytes to the kernel and
@@ -262,15 +304,24 @@ function parsePax(data: Buffer, into: Pax, sparsePairs: string[]): void {
     // reader looks up are ASCII, the same in either reading.
     const key = rec.toString('latin1', 0, eq);
     const value = rec.subarray(eq + 1);
-    // Go's archive/tar (validPAXRecord) refuses a NUL in any key and in the value of a name.
-    if (key.includes('\0')) throw new TarFormatError(`malformed pax record: key ${showName(key)} contains a NUL byte`);
-    if ((key === 'uname' || key === 'gname') && value.includes(0)) throw new TarFormatError(`malformed pax record: ${key} contains a NUL byte`);
-    // Format 0.0 repeats these two keys, one pair per chunk; order matters.
-    if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') sparsePairs.push(value.toString('latin1'));
-    else if (value.length === 0) into.delete(key);
-    else into.set(key, Buffer.from(value));
-    at += len;
+    if (key === 'path' || key === 'linkpath' || key === 'uname' || key === 'gname') {
+      if (value.includes(0)) throw new TarFormatError(`malformed pax record: ${key} ${showName(value.toString('latin1'))} contains a NUL byte`);
+    } else if (key.includes('\0')) {
+      throw new TarFormatError(`malformed pax record: key ${showName(key)} contains a NUL byte`);
+    }
+    if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') {
+      const v = value.toString('latin1');
+      if ((pairs.length % 2 === 0) !== (key === 'GNU.sparse.offset') || v.includes(',')) {
+        throw new TarFormatError(`malformed pax record: ${key} ${JSON.stringify(showName(v))} out of order (offset and numbytes alternate, offset first) or with a comma`);
+      }
+      pairs.push(v);
+    } else {
+      into.set(key, Buffer.from(value));
+    }
+    at = end;
   }
+  if (pairs.length) into.set('GNU.sparse.map', Buffer.from(pairs.join(','), 'latin1'));
+  return into;
 }
 
 /**
@@ -283,7 +334,7 @@ const MAX_SPECIAL = 1 << 20;
 /** Names of the special headers, for messages. */
 const SPECIAL: Record<string, string> = { x: 'pax extended header', g: 'pax global header', L: 'GNU long name', K: 'GNU long link name' };
 
-/** A name or link target with a NUL is refused, as Go's archive/tar refuses it (validPAXRecord). */
+/** A name with a NUL is refused: no file system call takes one (Go's syscall package refuses it). */
 function noNul(v: string, field: string, path: string): string {
   if (v.includes('\0')) throw new TarFormatError(`${showName(path)}: ${field} contains a NUL byte`);
   return v;
@@ -298,16 +349,16 @@ type Chunk = { offset: number; length: number };
 const MAX_SPARSE_LINE = 20;
 
 /**
- * A number of a GNU sparse map (pax GNU.sparse.* records, the 1.0 map's lines): decimal digits
- * only, within what a file offset can be. Go's archive/tar refuses anything else, or any
- * negative value, as an invalid header (reader.go, readGNUSparsePAXHeaders and
- * validateSparseEntries), so containerd never applies it.
+ * A number of a GNU sparse map (pax GNU.sparse.* records, the 1.0 map's lines): what Go's
+ * strconv.ParseInt(v, 10, 64) takes, and not negative: Go's archive/tar refuses anything else
+ * as an invalid header (reader.go, readGNUSparseMap0x1/1x0, validateSparseEntries), so
+ * containerd never applies it.
  */
 function sparseNumber(v: string | undefined, field: string, path: string): number {
-  const n = Number(v);
-  if (v === undefined || !/^[0-9]+$/.test(v)) throw new TarFormatError(`${showName(path)}: sparse ${field} ${JSON.stringify(showName(v ?? ''))} is not a non-negative decimal integer`);
-  if (!Number.isSafeInteger(n)) throw new TarFormatError(`${showName(path)}: sparse ${field} ${v} is out of range`);
-  return n;
+  const n = v === undefined || !/^[+-]?[0-9]+$/.test(v) ? undefined : BigInt(v);
+  if (n === undefined || n < 0n) throw new TarFormatError(`${showName(path)}: sparse ${field} ${JSON.stringify(showName(v ?? ''))} is not a non-negative decimal integer`);
+  if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new TarFormatError(`${showName(path)}: sparse ${field} ${v} is out of range`);
+  return Number(n);
 }
 
 /** Offset and length pairs of a flat sparse map, refused when one is left without its pair. */
@@ -333,149 +384,349 @@ function checkSparse(chunks: Chunk[], realSize: number, path: string): void {
   });
 }
 
-const TYPES: Record<string, EntryType> = { '0': 'file', '\0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo', S: 'file' };
+/** The typeflags containerd's applier handles (archive/tar.go, createTarFile), after Go turns `\0` into `0` or `5`. */
+const TYPES: Record<string, EntryType> = { '0': 'file', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo' };
 
 /**
- * Reads entries one by one. `next()` resolves the next entry (or undefined at the end); its
- * data must then be consumed with `data()` before asking for the following one.
+ * Types whose header size says nothing of the data: Go's archive/tar (reader.go,
+ * handleRegularFile, isHeaderOnlyType) reads no data after them whatever the size field or a
+ * pax `size` says, so the next block is the next header.
+ */
+const HEADER_ONLY = new Set(['1', '2', '3', '4', '5', '6']);
+
+/** The fields of one header block as Go's readHeader (reader.go) reads them. */
+interface Header {
+  flag: string;
+  name: string;
+  linkname: string;
+  size: bigint;
+  mode: bigint;
+  uid: bigint;
+  gid: bigint;
+  mtime: bigint;
+  devmajor: bigint;
+  devminor: bigint;
+  gnu: boolean;
+  /** Type `S` in GNU format: the map in the header block and its real size (extension blocks follow). */
+  oldSparse?: { chunks: Chunk[]; realSize: bigint; extended: boolean };
+}
+
+/**
+ * A name's components as containerd's applyNaive resolves them (filepath.Clean, then `..` held
+ * at the image root): none for the root itself.
+ */
+function nameParts(path: string): string[] {
+  const parts: string[] = [];
+  for (const p of path.split('/')) {
+    if (p === '..') parts.pop();
+    else if (p && p !== '.') parts.push(p);
+  }
+  return parts;
+}
+
+const isZero = (b: Buffer) => b[0] === 0 && b[148] === 0 && b.every((c) => c === 0);
+
+/** The fragments of an old GNU sparse map in `b` (count slots of 24 bytes from `at`), up to the first empty one. */
+function oldSparseChunks(b: Buffer, at: number, count: number, into: Chunk[]): void {
+  for (let i = 0; i < count; i++) {
+    const o = at + i * 24;
+    // The same end test as GNU, BSD and Go's tar (readOldGNUSparseMap).
+    if ((b[o] ?? 0) === 0) break;
+    const offset = numeric(b, o, 12, 'sparse offset');
+    const length = numeric(b, o + 12, 12, 'sparse length');
+    if (offset < 0n || length < 0n) throw new TarFormatError(`old GNU sparse map fragment (offset ${offset}, length ${length}) is negative`);
+    into.push({ offset: exact(offset, 'sparse offset', ''), length: exact(length, 'sparse length', '') });
+  }
+}
+
+/**
+ * Reads entries one by one, as Go's archive/tar Reader.Next reads them for containerd
+ * (reader.go): `next()` resolves the next entry (or undefined at the end); its data must then
+ * be consumed with `data()` before asking for the following one.
  */
 export class TarReader {
+  /** Data of the current entry still to be skipped, then its padding. */
   private pending = 0;
+  private pad = 0;
 
   constructor(private readonly r: ChunkReader) {}
+
+  /**
+   * The next header block, or undefined at the end: no more input, or a zero block followed
+   * by the input's end or by a second zero block. A zero block followed by anything else is
+   * refused, as Go's readHeader refuses it.
+   */
+  private header(): Header | undefined {
+    const at = this.r.offset;
+    let h = this.r.read(BLOCK);
+    if (!h) return undefined;
+    if (isZero(h)) {
+      h = this.r.read(BLOCK);
+      if (!h || isZero(h)) return undefined;
+      throw new TarFormatError(`invalid tar header at offset ${at + BLOCK}: a single zero block at offset ${at} is followed by more entries (the archive ends with two zero blocks; Go's archive/tar, reader.go readHeader, refuses this as containerd does)`);
+    }
+    if (!checksumOk(h)) throw new TarFormatError(`invalid tar header checksum at offset ${at}`);
+    const magic = h.toString('latin1', 257, 263);
+    // Go's getFormat (format.go): the magic decides, GNU also needs its version, STAR its trailer.
+    const star = magic === 'ustar\0' && h.toString('latin1', 508, 512) === 'tar\0';
+    const ustar = magic === 'ustar\0' && !star;
+    const gnu = magic === 'ustar ' && h.toString('latin1', 263, 265) === ' \0';
+    const flag = String.fromCharCode(h[156] ?? 0);
+    let name = cstring(h, 0, 100);
+    const field = (start: number, len: number, what: string) => numeric(h, start, len, what, name);
+    const hd: Header = {
+      flag,
+      name,
+      linkname: cstring(h, 157, 100),
+      size: field(124, 12, 'size'),
+      mode: field(100, 8, 'mode'),
+      uid: field(108, 8, 'uid'),
+      gid: field(116, 8, 'gid'),
+      mtime: field(136, 12, 'mtime'),
+      devmajor: ustar || star || gnu ? field(329, 8, 'devmajor') : 0n,
+      devminor: ustar || star || gnu ? field(337, 8, 'devminor') : 0n,
+      gnu,
+    };
+    let prefix = '';
+    if (ustar) prefix = cstring(h, 345, 155);
+    if (star) {
+      prefix = cstring(h, 345, 131);
+      field(476, 12, 'atime');
+      field(488, 12, 'ctime');
+    }
+    if (gnu) {
+      // GNU has atime and ctime where ustar has its prefix; Go's readHeader reads the prefix
+      // there instead when they are not numbers and it is ASCII (a pre-Go 1.8 writer's bug).
+      try {
+        if (h[345] !== 0) numeric(h, 345, 12, 'atime');
+        if (h[357] !== 0) numeric(h, 357, 12, 'ctime');
+      } catch {
+        const p = cstring(h, 345, 155);
+        if ([...p].every((c) => c.charCodeAt(0) < 0x80)) prefix = p;
+      }
+    }
+    if (prefix) name = `${prefix}/${name}`;
+    hd.name = name;
+    if (flag === 'S' && gnu) {
+      const chunks: Chunk[] = [];
+      oldSparseChunks(h, 386, 4, chunks);
+      hd.oldSparse = { chunks, realSize: field(483, 12, 'sparse real size'), extended: (h[482] ?? 0) !== 0 };
+    }
+    return hd;
+  }
+
+  /** Skips the padding after data; false when the input ends within it (Go then ends the archive). */
+  private skipPad(): boolean {
+    const pad = this.pad;
+    this.pad = 0;
+    return this.r.skipToEnd(pad);
+  }
+
+  private exactly(n: number, what: () => string): Buffer {
+    const b = this.r.read(n);
+    if (!b && n > 0) throw new TarFormatError(`${what()}: truncated archive: ${n} bytes of data missing at offset ${this.r.offset}`);
+    return Buffer.from(b ?? Buffer.alloc(0));
+  }
 
   next(): TarEntry | undefined {
     if (this.pending > 0) this.r.skip(this.pending);
     this.pending = 0;
-    const local: Pax = new Map();
-    const sparsePairs: string[] = [];
-    let longName: string | undefined;
-    let longLink: string | undefined;
+    if (!this.skipPad()) return undefined;
+    // State a header's meta entries hand to the entry after them: Go's next() keeps the last
+    // `x` header's records (each `x` replaces what an earlier one said) and the last GNU long
+    // name and link; a `g` header ends the call (Go returns it as an entry of its own) and
+    // so drops all three.
+    let pax: Pax | undefined;
+    let longName = '';
+    let longLink = '';
     for (;;) {
-      const h = this.r.read(BLOCK);
-      if (!h) return undefined;
-      if (h[0] === 0 && h[148] === 0 && h.every((b) => b === 0)) return undefined;
-      if (!checksumOk(h)) throw new TarFormatError(`invalid tar header checksum at offset ${this.r.offset - BLOCK}`);
-      const flag = String.fromCharCode(h[156] ?? 0);
-      const size = num(h, 124, 12, 'size');
+      const at = this.r.offset;
+      const hd = this.header();
+      if (!hd) return undefined;
+      const flag = hd.flag;
+      // Go's handleRegularFile, before anything is merged: a negative size of a type with data.
+      if (hd.size < 0n && !HEADER_ONLY.has(flag)) throw new TarFormatError(`${showName(hd.name)}: size ${hd.size} in tar header is negative`);
       if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
-        const what = () => `${SPECIAL[flag]} ${showName(cstring(h, 0, 100))} at offset ${this.r.offset - BLOCK}`;
-        if (size < 0) throw new TarFormatError(`${what()}: size ${size} is negative`);
-        if (size > MAX_SPECIAL) throw new TarFormatError(`${what()}: size ${size} is over the ${MAX_SPECIAL} bytes an extended header may hold`);
-        const body = this.r.read(size + padding(size));
-        const data = (body ?? Buffer.alloc(0)).subarray(0, size);
-        if (flag === 'x') parsePax(data, local, sparsePairs);
-        // A global header's records are read (so a malformed one is refused, as Go's reader
-        // refuses it) and dropped: Go's reader hands it over as an entry of its own
-        // (TypeXGlobalHeader) and containerd's applier (archive/tar.go) skips it, so they
-        // never reach the entries that follow.
-        else if (flag === 'g') parsePax(data, new Map(), []);
-        else if (flag === 'L') longName = cstring(data, 0, data.length);
-        else longLink = cstring(data, 0, data.length);
+        const what = () => `${SPECIAL[flag]} ${showName(hd.name)} at offset ${at}`;
+        if (hd.size > BigInt(MAX_SPECIAL)) throw new TarFormatError(`${what()}: size ${hd.size} is over the ${MAX_SPECIAL} bytes an extended header may hold`);
+        const size = Number(hd.size);
+        const data = this.exactly(size, what);
+        this.pad = padding(size);
+        if (!this.skipPad()) return undefined;
+        if (flag === 'x') {
+          pax = parsePax(data);
+        } else if (flag === 'g') {
+          // Go's next() returns a global header as an entry of its own, named by its header or
+          // its own `path` record, and drops the `x`, `L` and `K` pending before it. containerd's
+          // applier (archive/tar.go) applies none of its records (createTarFile skips it), but
+          // applyNaive first makes the name's parents and removes whatever the name is: what a
+          // whiteout of that name does, so it is handed on as one.
+          const g = parsePax(data).get('path');
+          const parts = nameParts(g && g.length ? g.toString('latin1') : hd.name);
+          const base = parts.pop();
+          if (base === undefined) continue;
+          return this.headerOnlyEntry([...parts, base.startsWith('.wh.') ? base : `.wh.${base}`].join('/'));
+        } else if (flag === 'L') {
+          longName = cstring(data, 0, data.length);
+        } else {
+          longLink = cstring(data, 0, data.length);
+        }
         continue;
       }
-      const pax = local;
-      const str = (k: string) => pax.get(k)?.toString('utf8');
-      const bytes = (k: string) => pax.get(k)?.toString('latin1');
-      const magic = h.toString('latin1', 257, 263);
-      const posix = magic === 'ustar\0';
-      const gnu = magic === 'ustar ';
-      let name = longName ?? cstring(h, 0, 100);
-      if (!longName && posix) {
-        const prefix = cstring(h, 345, 155);
-        if (prefix) name = `${prefix}/${name}`;
-      }
-      const paxPath = bytes('path');
-      const path = paxPath ?? name;
-      if (paxPath !== undefined) noNul(paxPath, 'pax path', paxPath);
-      // Go's archive/tar (reader.go, Reader.next) reads the old-style type `\0` as a directory
-      // when the final name (pax path or GNU long name included) ends in `/`, as GNU tar does;
-      // `0` and the rest keep their type.
-      const type = flag === '\0' && path.endsWith('/') ? 'dir' : TYPES[flag];
-      const field = (start: number, len: number, what: string) => nonNegative(num(h, start, len, what, path), what, path);
-      const paxMtime = str('mtime');
-      const time = paxMtime !== undefined ? paxTime(paxMtime, path) : { sec: num(h, 136, 12, 'mtime', path), nsec: 0 };
-      const paxNum = (key: 'uid' | 'gid' | 'size') => {
-        const v = str(key);
-        return v === undefined ? undefined : paxCount(v, key, path);
-      };
-      const entry: TarEntry = {
-        path,
-        type: type ?? 'file',
-        mode: field(100, 8, 'mode') & 0o7777,
-        uid: paxNum('uid') ?? field(108, 8, 'uid'),
-        gid: paxNum('gid') ?? field(116, 8, 'gid'),
-        mtime: time.sec,
-        mtimeNsec: time.nsec,
-        linkpath: noNul(bytes('linkpath') ?? longLink ?? cstring(h, 157, 100), 'pax linkpath', path),
-        size: paxNum('size') ?? nonNegative(size, 'size', path),
-        xattrs: new Map(),
-        devmajor: posix || gnu ? field(329, 8, 'devmajor') : 0,
-        devminor: posix || gnu ? field(337, 8, 'devminor') : 0,
-      };
-      if (!type) throw new TarFormatError(`${showName(entry.path)}: unsupported tar entry type ${JSON.stringify(flag)}`);
-      const total = entry.size;
-      // SCHILY.xattr.* only: Go's archive/tar gives containerd those as Xattrs/PAXRecords and
-      // containerd 1.7 (archive/tar.go) applies no other record, so libarchive's
-      // LIBARCHIVE.xattr.* (URL-encoded names, base64 values) is left alone like any unknown key.
-      for (const [k, v] of pax) {
-        if (k.startsWith('SCHILY.xattr.')) entry.xattrs.set(k.slice(13), v);
-      }
-      // Sparse files: the header size counts stored bytes; the map says where they go.
-      if (flag === 'S') {
-        const chunks: { offset: number; length: number }[] = [];
-        const take = (b: Buffer, at: number, count: number) => {
-          for (let i = 0; i < count; i++) {
-            const o = at + i * 24;
-            if ((b[o] ?? 0) === 0) break;
-            chunks.push({ offset: nonNegative(num(b, o, 12, 'sparse offset'), 'sparse offset', path), length: nonNegative(num(b, o + 12, 12, 'sparse length'), 'sparse length', path) });
-          }
-        };
-        take(h, 386, 4);
-        // h is a view of the reader's buffer: read all of it before reading on.
-        entry.realSize = nonNegative(num(h, 483, 12, 'sparse real size'), 'sparse real size', path);
-        let extended = (h[482] ?? 0) !== 0;
-        while (extended) {
-          const x = this.r.read(BLOCK);
-          if (!x) throw new TarFormatError(`${showName(entry.path)}: truncated sparse header`);
-          take(x, 0, 21);
-          extended = (x[504] ?? 0) !== 0;
-        }
-        entry.sparse = chunks;
-      } else if (pax.has('GNU.sparse.major') || pax.has('GNU.sparse.map') || sparsePairs.length || pax.has('GNU.sparse.size')) {
-        entry.path = noNul(bytes('GNU.sparse.name') ?? entry.path, 'pax GNU.sparse.name', entry.path);
-        const realKey = pax.has('GNU.sparse.realsize') ? 'GNU.sparse.realsize' : 'GNU.sparse.size';
-        if (!pax.has(realKey)) throw new TarFormatError(`${showName(entry.path)}: sparse file without a real size`);
-        entry.realSize = sparseNumber(str(realKey), realKey, entry.path);
-        if (str('GNU.sparse.major') === '1') {
-          // 1.0: the map leads the data, in decimal lines, padded to a block.
-          const { chunks, bytes } = this.readSparseMap(entry.path, entry.size);
-          entry.sparse = chunks;
-          entry.size -= bytes;
-        } else if (pax.has('GNU.sparse.map')) {
-          const map = str('GNU.sparse.map') ?? '';
-          entry.sparse = sparsePairsOf(map === '' ? [] : map.split(','), 'GNU.sparse.map', entry.path);
-        } else {
-          entry.sparse = sparsePairsOf(sparsePairs, 'GNU.sparse.offset/numbytes', entry.path);
-        }
-      }
-      if (entry.sparse) checkSparse(entry.sparse, entry.realSize ?? 0, entry.path);
-      if (entry.sparse && entry.sparse.reduce((n, c) => n + c.length, 0) !== entry.size) {
-        throw new TarFormatError(`${showName(entry.path)}: sparse map does not match the stored data`);
-      }
-      const pad = padding(total);
-      if (entry.type === 'file') {
-        this.pending = entry.size + pad;
-        this.dataPad = pad;
-      } else {
-        this.pending = total + pad;
-        this.dataPad = 0;
-      }
-      return entry;
+      return this.entry(hd, pax, longName, longLink);
     }
   }
 
-  private dataPad = 0;
+  /** An entry with a name only, no data and no attributes. */
+  private headerOnlyEntry(path: string): TarEntry {
+    return { path, type: 'file', mode: 0, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, linkpath: '', size: 0, xattrs: new Map(), devmajor: 0, devminor: 0 };
+  }
+
+  /** The entry of header `hd` with what the meta entries before it said, as Go's next() merges them. */
+  private entry(hd: Header, pax: Pax | undefined, longName: string, longLink: string): TarEntry {
+    // Go's mergePAX: a record with an empty value leaves the header's field as it is.
+    const rec = (k: string) => {
+      const v = pax?.get(k);
+      return v && v.length ? v.toString('latin1') : undefined;
+    };
+    let path = rec('path') ?? hd.name;
+    let linkpath = rec('linkpath') ?? hd.linkname;
+    let uid = hd.uid;
+    let gid = hd.gid;
+    let size = hd.size;
+    let time = { sec: 0, nsec: 0 };
+    const paxMtime = rec('mtime');
+    const label = path;
+    if (paxMtime !== undefined) time = paxTime(paxMtime, 'mtime', label);
+    for (const k of ['atime', 'ctime']) {
+      const v = rec(k);
+      if (v !== undefined) paxTime(v, k, label);
+    }
+    const paxUid = rec('uid');
+    if (paxUid !== undefined) uid = paxInt(paxUid, 'uid', label);
+    const paxGid = rec('gid');
+    if (paxGid !== undefined) gid = paxInt(paxGid, 'gid', label);
+    const paxSize = rec('size');
+    if (paxSize !== undefined) size = paxInt(paxSize, 'size', label);
+    // Then the GNU long name and link, which win over pax records (Go's next(): `hdr.Name =
+    // gnuLongName` after mergePAX); an empty one says nothing.
+    if (longName) path = longName;
+    if (longLink) linkpath = longLink;
+    noNul(linkpath, 'link target', path);
+    // The old-style type `\0` is a directory when its final name ends in `/`, as GNU tar has it.
+    let flag = hd.flag;
+    if (flag === '\0') flag = path.endsWith('/') ? '5' : '0';
+    const headerOnly = HEADER_ONLY.has(flag);
+    if (size < 0n && !headerOnly) throw new TarFormatError(`${showName(path)}: size ${size} is negative`);
+    let data = headerOnly ? 0 : exact(size, 'size', path);
+    let realSize: number | undefined;
+    let chunks: Chunk[] | undefined;
+    if (flag === 'S') {
+      if (!hd.oldSparse) throw new TarFormatError(`${showName(path)}: old GNU sparse entry (type S) in a header that is not in GNU format`);
+      chunks = hd.oldSparse.chunks;
+      let extended = hd.oldSparse.extended;
+      while (extended) {
+        const x = this.r.read(BLOCK);
+        if (!x) throw new TarFormatError(`${showName(path)}: truncated sparse header`);
+        oldSparseChunks(x, 0, 21, chunks);
+        extended = (x[504] ?? 0) !== 0;
+      }
+      realSize = exact(hd.oldSparse.realSize, 'sparse real size', path);
+    } else if (pax) {
+      ({ path, chunks, realSize, data } = this.paxSparse(pax, path, size, data));
+    }
+    if (chunks) {
+      if (headerOnly) throw new TarFormatError(`${showName(path)}: a sparse map on an entry of type ${JSON.stringify(flag)}, which has no data`);
+      if (realSize === undefined || realSize < 0) throw new TarFormatError(`${showName(path)}: sparse real size ${realSize} is negative`);
+      checkSparse(chunks, realSize, path);
+      if (chunks.reduce((n, c) => n + c.length, 0) !== data) throw new TarFormatError(`${showName(path)}: sparse map does not match the stored data`);
+    }
+    const type = TYPES[flag];
+    this.pending = data;
+    // A 1.0 map takes whole blocks, so the padding is the stored data's.
+    this.pad = padding(data);
+    const entry: TarEntry = {
+      path,
+      type: type ?? 'file',
+      mode: Number(BigInt.asUintN(12, hd.mode)),
+      uid: ownerId(uid),
+      gid: ownerId(gid),
+      mtime: paxMtime !== undefined ? time.sec : exact(hd.mtime, 'mtime', path),
+      mtimeNsec: paxMtime !== undefined ? time.nsec : 0,
+      linkpath,
+      size: data,
+      xattrs: new Map(),
+      devmajor: Number(BigInt.asUintN(32, hd.devmajor)),
+      devminor: Number(BigInt.asUintN(32, hd.devminor)),
+    };
+    if (chunks) {
+      entry.sparse = chunks;
+      entry.realSize = realSize ?? 0;
+    }
+    // SCHILY.xattr.* only: containerd (archive/tar.go) applies no other record, so libarchive's
+    // LIBARCHIVE.xattr.* (URL-encoded names, base64 values) is left alone like any unknown key.
+    for (const [k, v] of pax ?? []) {
+      if (k.startsWith('SCHILY.xattr.')) entry.xattrs.set(k.slice(13), v);
+    }
+    if (!type) this.unhandled(entry, hd.flag);
+    return entry;
+  }
+
+  /**
+   * A type containerd's applier has no case for (createTarFile: contiguous `7`, old GNU sparse
+   * `S`, vendor types) is refused with its reason, "unhandled tar header type <code>". Its
+   * applyNaive decides before that, on the name alone, whether the entry is the root (left
+   * alone) or a whiteout (applied as one): those are handed on, as a file never written.
+   */
+  private unhandled(entry: TarEntry, flag: string): void {
+    const base = nameParts(entry.path).at(-1);
+    if (base === undefined || base.startsWith('.wh.')) return;
+    const code = flag.charCodeAt(0);
+    throw new TarFormatError(`${showName(entry.path)}: unhandled tar header type ${code} (${JSON.stringify(flag)}): containerd's applier (archive/tar.go, createTarFile) refuses it`);
+  }
+
+  /**
+   * GNU sparse files in pax records, as Go's readGNUSparsePAXHeaders (reader.go) finds them:
+   * GNU.sparse.major and minor 0.0, 0.1 or 1.0; any other version is no sparse file (a regular
+   * one with the records ignored); without a version, a GNU.sparse.map (0.0 pairs are folded
+   * into one) makes it 0.x. GNU.sparse.name renames the entry; GNU.sparse.size, else
+   * GNU.sparse.realsize, is its real size, else the size the entry had.
+   */
+  private paxSparse(pax: Pax, path: string, size: bigint, data: number): { path: string; chunks?: Chunk[]; realSize?: number; data: number } {
+    const rec = (k: string) => pax.get(k)?.toString('latin1') ?? '';
+    const major = rec('GNU.sparse.major');
+    const minor = rec('GNU.sparse.minor');
+    let v1: boolean;
+    if (major === '0' && (minor === '0' || minor === '1')) v1 = false;
+    else if (major === '1' && minor === '0') v1 = true;
+    else if (major !== '' || minor !== '') return { path, data };
+    else if (rec('GNU.sparse.map') !== '') v1 = false;
+    else return { path, data };
+    const name = rec('GNU.sparse.name');
+    if (name !== '') path = noNul(name, 'pax GNU.sparse.name', path);
+    const sizeKey = rec('GNU.sparse.size') !== '' ? 'GNU.sparse.size' : 'GNU.sparse.realsize';
+    let realSize: number;
+    if (rec(sizeKey) !== '') {
+      const n = parseInt64(rec(sizeKey));
+      if (n === undefined) throw new TarFormatError(`${showName(path)}: sparse ${sizeKey} ${JSON.stringify(showName(rec(sizeKey)))} is not a non-negative decimal integer`);
+      if (n < 0n) throw new TarFormatError(`${showName(path)}: sparse ${sizeKey} ${JSON.stringify(rec(sizeKey))} is not a non-negative decimal integer`);
+      realSize = exact(n, `sparse ${sizeKey}`, path);
+    } else {
+      realSize = exact(size, 'size', path);
+    }
+    if (v1) {
+      // 1.0: the map leads the data, in decimal lines, padded to a block.
+      const { chunks, bytes } = this.readSparseMap(path, data);
+      return { path, chunks, realSize, data: data - bytes };
+    }
+    // 0.0 and 0.1 (readGNUSparseMap0x1): GNU.sparse.numblocks pairs, no more and no fewer.
+    const count = parseInt64(rec('GNU.sparse.numblocks'));
+    if (count === undefined || count < 0n) throw new TarFormatError(`${showName(path)}: sparse GNU.sparse.numblocks ${JSON.stringify(showName(rec('GNU.sparse.numblocks')))} is not a non-negative decimal integer`);
+    const map = rec('GNU.sparse.map');
+    const flat = map === '' ? [] : map.split(',');
+    if (BigInt(flat.length) !== 2n * count) throw new TarFormatError(`${showName(path)}: sparse GNU.sparse.map has ${flat.length} numbers where GNU.sparse.numblocks ${count} needs ${2n * count}`);
+    return { path, chunks: sparsePairsOf(flat, 'GNU.sparse.map', path), realSize, data };
+  }
 
   /**
    * The 1.0 map at the head of the data, which it cannot outgrow (`size`, the data's bytes).
@@ -523,6 +774,6 @@ export class TarReader {
   /** Streams the current entry's data to `sink`, then skips its padding. */
   data(sink: (b: Buffer) => void, size: number): void {
     this.r.stream(size, sink);
-    this.pending = this.dataPad;
+    this.pending -= size;
   }
 }
