@@ -241,6 +241,11 @@ describe('tar reader: a layer gives the tree containerd gives, parsed as Go\'s a
     const v01 = (extra: Record<string, string>) => tarOf([{ name: 'GNUSparseFile.0/sp', data: 'abc', pax: { 'GNU.sparse.major': '0', 'GNU.sparse.minor': '1', 'GNU.sparse.name': 'sp', 'GNU.sparse.realsize': '8', 'GNU.sparse.map': '2,1,6,2', ...extra } }]);
     assert.equal(readFileSync(join((ours(v01({ 'GNU.sparse.numblocks': '2' })) as { tree: string }).tree, 'sp'), 'latin1'), '\0\0a\0\0\0bc');
     agree(v01({ 'GNU.sparse.numblocks': '2' }));
+    // A 1.0 map's numbers may have any number of leading zeros (strconv.ParseInt).
+    const head = Buffer.alloc(512);
+    head.write(`2\n${'0'.repeat(40)}2\n1\n6\n${'0'.repeat(30)}2\n`);
+    const v10 = tarOf([{ name: 'GNUSparseFile.0/sp10', data: Buffer.concat([head, Buffer.from('abc')]), pax: { 'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': 'sp10', 'GNU.sparse.realsize': '8' } }]);
+    assert.equal(agree(v10).get('sp10')?.content?.split('/')[1], '8');
     bothRefuse(v01({}), /invalid tar header/, /^sp: sparse GNU.sparse.numblocks "" is not a non-negative decimal integer/);
     bothRefuse(v01({ 'GNU.sparse.numblocks': '1' }), /invalid tar header/, /^sp: sparse GNU.sparse.map has 4 numbers where GNU.sparse.numblocks 1 needs 2/);
   });

@@ -343,8 +343,8 @@ function noNul(v: string, field: string, path: string): string {
 type Chunk = { offset: number; length: number };
 
 /**
- * The longest line of a 1.0 sparse map: the digits of Number.MAX_SAFE_INTEGER (16), the most
- * sparseNumber takes, with room for a few leading zeros.
+ * The longest line of a 1.0 sparse map once its leading zeros are dropped: the digits of
+ * Number.MAX_SAFE_INTEGER (16), the most sparseNumber takes, with room for a sign.
  */
 const MAX_SPARSE_LINE = 20;
 
@@ -732,8 +732,9 @@ export class TarReader {
    * The 1.0 map at the head of the data, which it cannot outgrow (`size`, the data's bytes).
    * Each block is scanned once for its newlines, as Go's archive/tar (reader.go,
    * readGNUSparseMap1x0) counts them per block, so the cost is linear in the map's length. A
-   * line is a decimal number: one longer than MAX_SPARSE_LINE digits can be no offset a file
-   * system holds, and is refused as soon as it is seen rather than read to the entry's end.
+   * line is a decimal number: one longer than MAX_SPARSE_LINE without its leading zeros can be
+   * no offset a file system holds, and is refused as soon as it is seen rather than read to
+   * the entry's end.
    * The count is refused when its lines (two a fragment, at least "0\n" each) cannot fit in
    * the data.
    */
@@ -758,10 +759,12 @@ export class TarReader {
       for (let at = 0; at < BLOCK && (count < 0 || nums.length < count * 2); ) {
         const nl = b.indexOf(0x0a, at);
         const end = nl < 0 ? BLOCK : nl;
-        if (line.length + end - at > MAX_SPARSE_LINE) {
-          throw new TarFormatError(`${showName(path)}: sparse map line ${count < 0 ? 0 : nums.length + 1} is longer than ${MAX_SPARSE_LINE} bytes: no decimal file offset is`);
+        // Leading zeros are dropped as they come (strconv.ParseInt takes any number of them),
+        // so only the digits that count are held to the limit.
+        line = (line + b.toString('latin1', at, end)).replace(/^([+-]?)0+(?=[0-9])/, '$1');
+        if (line.length > MAX_SPARSE_LINE) {
+          throw new TarFormatError(`${showName(path)}: sparse map line ${count < 0 ? 0 : nums.length + 1} is longer than ${MAX_SPARSE_LINE} bytes without its leading zeros: no decimal file offset is`);
         }
-        line += b.toString('latin1', at, end);
         if (nl < 0) break;
         push(line);
         line = '';
