@@ -38,9 +38,12 @@ const blocks = (specs: TarSpec[]) => {
 };
 
 /** Sets the typeflag of the header at `at` (a byte the test writer does not offer) and its checksum. */
-function retype(tar: Buffer, at: number, flag: string): Buffer {
+const retype = (tar: Buffer, at: number, flag: string) => patch(tar, at, [[156, flag]]);
+
+/** Writes `edits` (offset in the header, latin1 bytes) into the header at `at` and sets its checksum. */
+function patch(tar: Buffer, at: number, edits: [number, string][]): Buffer {
   const out = Buffer.from(tar);
-  out.write(flag, at + 156, 'latin1');
+  for (const [offset, bytes] of edits) out.write(bytes, at + offset, 'latin1');
   out.fill(0x20, at + 148, at + 156);
   let sum = 0;
   for (let i = at; i < at + 512; i++) sum += out[i] ?? 0;
@@ -229,6 +232,20 @@ describe('tar reader: a layer gives the tree containerd gives, parsed as Go\'s a
     assert.equal(t.get('pax-signed')?.owner, '0:7');
     assert.equal(t.get('mode-minus-one')?.mode, '7777');
     assert.deepEqual([t.get('leading-nuls')?.mode, t.get('leading-nuls')?.owner], ['0640', '10:0']);
+  });
+
+  it('reads the name prefix of STAR and GNU headers where Go\'s readHeader reads it', () => {
+    const entry = tarOf([{ name: 'n', data: 's' }]);
+    // STAR (ustar magic, "tar" trailer): a 131-byte prefix, then atime and ctime.
+    const star = patch(entry, 0, [[345, 'p'.repeat(131)], [476, '00000000000\0'], [488, '00000000000\0'], [508, 'tar\0']]);
+    assert.deepEqual([...agree(star).keys()], ['p'.repeat(131), `${'p'.repeat(131)}/n`]);
+    // GNU: atime and ctime where ustar has its prefix; when they are no numbers, Go reads the
+    // prefix there (archives of a pre-Go 1.8 writer).
+    const gnu = patch(entry, 0, [[257, 'ustar  \0'], [345, 'dir-prefix\0']]);
+    assert.deepEqual([...agree(gnu).keys()], ['dir-prefix', 'dir-prefix/n']);
+    // Neither ustar nor GNU (a GNU magic with another version): V7, no prefix at all.
+    const v7 = patch(entry, 0, [[257, 'ustar x\0'], [345, 'ignored\0']]);
+    assert.deepEqual([...agree(v7).keys()], ['n']);
   });
 
   it('finds pax sparse files as Go does: an unknown version is a regular file; 0.x needs its numblocks', () => {

@@ -612,7 +612,6 @@ export class TarReader {
     // gnuLongName` after mergePAX); an empty one says nothing.
     if (longName) path = longName;
     if (longLink) linkpath = longLink;
-    noNul(linkpath, 'link target', path);
     // The old-style type `\0` is a directory when its final name ends in `/`, as GNU tar has it.
     let flag = hd.flag;
     if (flag === '\0') flag = path.endsWith('/') ? '5' : '0';
