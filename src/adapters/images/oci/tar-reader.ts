@@ -1,11 +1,17 @@
 /**
- * A streaming reader of tar archives as image layers carry them: POSIX ustar and pax (local
- * records, binary `SCHILY.xattr.*` values kept byte for byte; global records are checked and
- * dropped, as containerd applies none), GNU long names and links
- * (`L`, `K`), and sparse files in GNU's old format (`S`) and pax formats 0.0, 0.1 and 1.0.
- * Numbers may be octal or base-256 (two's complement, so negative: GNU tar and Go's archive/tar
- * write an mtime before 1970 that way; only an mtime may be negative). Sources: POSIX.1-2017 pax (ustar and extended headers),
- * GNU tar manual "Basic Tar Format" and "Sparse Formats".
+ * A streaming reader of tar archives as image layers carry them, parsing each archive exactly
+ * as Go's archive/tar (reader.go, Reader.next and readHeader; strconv.go) parses it for
+ * containerd's applier (archive/tar.go, applyNaive and createTarFile): a layer whose bytes two
+ * readers split into entries differently would give two trees under one diff_id, one that
+ * containerd and Go-based scanners never see. Read so: ustar, GNU, STAR and V7 headers; pax
+ * local records (the last `x` header before an entry is the one that counts; binary
+ * `SCHILY.xattr.*` values kept byte for byte); global headers (no record applied; see next());
+ * GNU long names and links (`L`, `K`, winning over pax path and linkpath); pax sparse files
+ * (formats 0.0, 0.1 and 1.0). Types containerd's applier has no case for (contiguous `7`, GNU's
+ * old sparse `S`, vendor types) are refused as it refuses them. Numbers may be octal or base-256
+ * (two's complement, so negative: GNU tar and Go's archive/tar write an mtime before 1970 that
+ * way). Sources: POSIX.1-2017 pax (ustar and extended headers), GNU tar manual "Basic Tar
+ * Format" and "Sparse Formats", Go's archive/tar.
  *
  * Names and link targets are kept as the archive's bytes, in strings of one char per byte
  * ('latin1'): a file system name is bytes, and containerd (Go strings) and GNU tar (in the C
@@ -19,13 +25,18 @@ export type EntryType = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'di
 
 export interface TarEntry {
   /**
-   * The name as the archive states it (pax `path`, GNU long name or ustar prefix/name), one
-   * char per byte ('latin1'; see showName for messages).
+   * The name as the archive states it (GNU long name, else pax `path`, else ustar
+   * prefix/name; GNU.sparse.name for a sparse file), one char per byte ('latin1'; see showName
+   * for messages). A whiteout (`.wh.<name>`) also stands for a global header (see next()).
    */
   path: string;
   type: EntryType;
   /** Permission and setuid/setgid/sticky bits (`mode & 0o7777`). */
   mode: number;
+  /**
+   * Owner ids as lchown(2) takes them from containerd (0 to 2^32 - 1): Go's int reduced to its
+   * low 32 bits, so 4294967295 (-1 in the archive) leaves the owner as it is.
+   */
   uid: number;
   gid: number;
   /** Whole seconds since the epoch (floor: negative before 1970). */
@@ -34,13 +45,17 @@ export interface TarEntry {
   mtimeNsec: number;
   /** The link target, one char per byte like `path`. */
   linkpath: string;
-  /** Bytes of data that follow in the archive (for sparse files: the stored chunks). */
+  /**
+   * Bytes of data that follow in the archive (for sparse files: the stored chunks); 0 for the
+   * types that have none whatever their header says (links, devices, fifos, directories).
+   */
   size: number;
   /** Apparent size of a sparse file; the data is `sparse` chunks, the rest holes. */
   realSize?: number;
   sparse?: { offset: number; length: number }[];
   /** Extended attributes by name (`security.capability`), values as raw bytes. */
   xattrs: Map<string, Buffer>;
+  /** Device numbers as containerd's Mkdev takes them (low 32 bits). */
   devmajor: number;
   devminor: number;
 }
