@@ -41,7 +41,8 @@ export async function containerdUnpack(dir: string, layout: string): Promise<{ t
 /**
  * One private containerd (as containerdUnpack starts it) for many images: `unpack` imports a
  * layout and resolves the unpacked tree of its image, or containerd's error when it refuses
- * the image. Images are unpacked one at a time: the newest snapshot is the last image's.
+ * the image. Images are unpacked one at a time, each in a namespace of its own (so a layer
+ * another image had is unpacked again): the newest snapshot is the last image's.
  */
 export async function containerdReference(dir: string): Promise<{ unpack(layout: string): { tree: string } | { error: string }; stop(): Promise<void> }> {
   mkdirSync(dir, { recursive: true });
@@ -64,7 +65,8 @@ export async function containerdReference(dir: string): Promise<{ unpack(layout:
     const archive = join(dir, `image-${++n}.tar`);
     execFileSync('tar', ['-C', layout, '-cf', archive, '.']);
     try {
-      execFileSync('ctr', ['--address', sock, '--namespace', 'reference', 'images', 'import', '--snapshotter', 'native', '--base-name', `example.com/reference${n}`, archive], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+      // A namespace of its own: containerd unpacks no layer whose snapshot a namespace has.
+      execFileSync('ctr', ['--address', sock, '--namespace', `reference${n}`, 'images', 'import', '--snapshotter', 'native', '--base-name', `example.com/reference${n}`, archive], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
     } catch (err) {
       return { error: String((err as { stderr?: string }).stderr ?? err).trim() };
     }
