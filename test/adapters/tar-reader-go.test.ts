@@ -274,6 +274,12 @@ describe('tar reader: a layer gives the tree containerd gives, parsed as Go\'s a
     bothRefuse(noNewline, /invalid tar header/, /malformed pax record: no newline at its end/);
     const badMode = tarOf([{ name: 'PaxHeaders/x', type: 'x', data: paxRecords({ path: 'p' }), mode: Buffer.from('9\0', 'latin1') }, { name: 'f', data: 'f' }]);
     bothRefuse(badMode, /invalid tar header/, /PaxHeaders\/x: mode "9" is not an octal number/);
+    // The checksum is octal only (Go's getFormat reads it with parseOctal): a base-256 one is no header.
+    const entry = tarOf([{ name: 'b256', data: 'b' }]);
+    let sum = 0;
+    for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 0x20 : entry[i] ?? 0;
+    base256(BigInt(sum), 8).copy(entry, 148);
+    bothRefuse(entry, /invalid tar header/, /invalid tar header checksum at offset 0/);
     const badAtime = tarOf([{ name: 'f', data: 'f', pax: { atime: 'soon' } }]);
     bothRefuse(badAtime, /invalid tar header/, /^f: pax atime "soon" is not a decimal number of seconds/);
   });
