@@ -290,7 +290,7 @@ describe('tar reader: a layer gives the tree containerd gives, parsed as Go\'s a
     assert.deepEqual([...agree(whole.subarray(0, 512 + 100)).keys()], ['a']);
   });
 
-  it('detects a layer\'s compression from its first bytes when the media type says it is compressed, as containerd\'s DecompressStream does', async () => {
+  it('detects a layer\'s compression from its first bytes when the media type says it is compressed, and refuses bytes after a gzip stream, as containerd\'s DecompressStream does', async () => {
     const plain = tarOf([{ name: 'etc', type: '5' }, { name: 'etc/hostname', data: 'plain' }]);
     const zstd = execFileSync('zstd', ['-qc'], { input: plain });
     const cases: [string, Buffer, string][] = [
@@ -315,5 +315,13 @@ describe('tar reader: a layer gives the tree containerd gives, parsed as Go\'s a
       assert.deepEqual(diffTrees(mine, theirsTree), [], name);
       assert.equal(readFileSync(join(store.rootfsPath(digest), 'etc/hostname'), 'utf8'), 'plain', name);
     }
+    // Zero bytes after the last gzip member: GNU gzip ignores them, Go's gzip reader does not.
+    const padded = join(tmp.path, 'layout-gzip-zero-padded');
+    writeImageLayout(padded, [{ data: Buffer.concat([gzipSync(plain), Buffer.alloc(64)]), mediaType: `${TAR}+gzip` }], 'latest', { rootfs: { type: 'layers', diff_ids: [`sha256:${createHash('sha256').update(plain).digest('hex')}`] } });
+    const reference = reference2(padded);
+    assert.match('error' in reference ? reference.error : '(containerd unpacked it)', /gzip: invalid header/);
+    const store = new LocalImageStore(join(tmp.path, 'store-gzip-zero-padded'));
+    await store.import(padded, 'example.com/padded:1');
+    await assert.rejects(store.ensure('example.com/padded:1', silentLogger), /layer 0 .*: gzip: bytes follow the last gzip member: containerd \(Go's compress\/gzip\) reads them as a member header and refuses the layer/);
   });
 });

@@ -95,8 +95,11 @@ function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: Read
   const fifo = join(fifoDir, 'layer');
   rmSync(fifo, { force: true });
   execFileSync('mkfifo', ['-m', '0600', fifo]);
-  // The blob is the tool's stdin, so its messages name no host path ("gzip: stdin: …").
-  const child = spawn('sh', ['-c', `exec ${tool} -dc < "$1" > "$2"`, 'sh', layer.path, fifo], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // The blob is the tool's stdin, so its messages name no host path ("gzip: stdin: …"). Any
+  // byte after the last gzip member fails the layer in containerd (Go's gzip reader reads it as
+  // the next member's header); gzip ignores zero bytes there silently unless verbose, when it
+  // warns and exits 2. zstd refuses them already.
+  const child = spawn('sh', ['-c', `exec ${tool} ${tool === 'gzip' ? '-dcv' : '-dc'} < "$1" > "$2"`, 'sh', layer.path, fifo], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => (stderr = (stderr + c.toString('utf8')).slice(-4000)));
   const exit = new Promise<void>((resolve, reject) => {
@@ -106,7 +109,9 @@ function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: Read
       else if (code === 127) reject(new HostError(`${tool} is not installed (Debian package ${tool}): it decompresses tar+${compression} layers`));
       // Killed by a signal (aborted, or the host's OOM killer): not the layer's fault.
       else if (code === null) reject(new HostError(`${tool} was killed by ${signal ?? 'a signal'}`));
-      else reject(new LayerContentError(`${tool}: ${toolMessage(tool, stderr) || `exited with ${code}`}`));
+      else if (tool === 'gzip' && /trailing (zero bytes|garbage) ignored/.test(stderr)) {
+        reject(new LayerContentError('gzip: bytes follow the last gzip member: containerd (Go\'s compress/gzip) reads them as a member header and refuses the layer'));
+      } else reject(new LayerContentError(`${tool}: ${toolMessage(tool, stderr) || `exited with ${code}`}`));
     });
   });
   exit.catch(() => undefined);
