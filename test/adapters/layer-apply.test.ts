@@ -527,6 +527,12 @@ describe('layer apply: xattrs the kernel refuses are skipped as containerd skips
     assert.equal(image.stats.xattrs, 1);
   });
 
+  it('sets an xattr with an empty value, as containerd does', () => {
+    const { root, image } = apply(tarOf([{ name: 'f', data: 'f', pax: { 'SCHILY.xattr.user.empty': '', 'SCHILY.xattr.user.one': 'v' } }]));
+    assert.deepEqual(execFileSync('getfattr', ['-d', '-e', 'hex', '--absolute-names', join(root, 'f')], { encoding: 'utf8' }).split('\n').filter((l) => l.startsWith('user.')).sort(), ['user.empty=0x', 'user.one=0x76']);
+    assert.equal(image.stats.xattrs, 2);
+  });
+
   it('keeps the bytes of an xattr name that is not UTF-8, as it keeps a file name\'s', () => {
     const name = Buffer.concat([Buffer.from('user.'), Buffer.from([0xff, 0xe9])]);
     const { root, image } = apply(tarOf([

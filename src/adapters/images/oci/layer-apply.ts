@@ -785,9 +785,12 @@ export class ImageRoot {
   }
 }
 
-/** One attribute of a setfattr --restore dump: the name (one char per byte) quoted, the value in base64. */
+/**
+ * One attribute of a setfattr --restore dump: the name (one char per byte) quoted, the value in
+ * base64; an empty value as `""` (setfattr refuses an empty `0s`), set empty as containerd sets it.
+ */
 function xattrLine(name: string, value: Buffer): string {
-  return `${quote(Buffer.from(name, 'latin1'))}=0s${value.toString('base64')}\n`;
+  return `${quote(Buffer.from(name, 'latin1'))}=${value.length ? `0s${value.toString('base64')}` : '""'}\n`;
 }
 
 /** getfattr's quoting, which setfattr --restore undoes: anything unusual as a 3-digit octal escape. */
