@@ -36,7 +36,9 @@ export function writeImageLayout(
     const [data, type] = Buffer.isBuffer(l) ? [l, '+gzip'] : [l.data, l.mediaType];
     let tar = data;
     try {
-      if (type.endsWith('+gzip') || type.endsWith('.gzip')) tar = gunzipSync(data);
+      // Docker's uncompressed types are whatever the blob's first bytes say (as containerd reads them).
+      const docker = /\.diff\.tar$/.test(type);
+      if (type.endsWith('+gzip') || type.endsWith('.gzip') || (docker && data[0] === 0x1f && data[1] === 0x8b)) tar = gunzipSync(data);
       else if (type.endsWith('+zstd') || type.endsWith('.zstd')) tar = execFileSync('zstd', ['-dcq'], { input: data, maxBuffer: 1 << 30, stdio: ['pipe', 'pipe', 'ignore'] });
     } catch {
       // a deliberately broken layer: its diff_id stays wrong, as nothing reads it

@@ -762,7 +762,9 @@ export class LocalImageStore implements ImageStore {
  * tar+zstd, and the deprecated non-distributable three) and Docker's schema 2 define for Linux
  * layers, the latter as containerd 1.7 knows them (images/mediatypes.go: rootfs.diff.tar, its
  * .gzip and .zstd, and the foreign rootfs.foreign.diff.tar and its .gzip), with how each tar
- * stream is compressed. Anything else (encrypted layers among them) is refused naming its
+ * stream is compressed. Docker's two uncompressed types are `detect`: containerd's
+ * images.DiffCompression calls their compression unknown and decompresses them by their first
+ * bytes, so a gzip blob under rootfs.diff.tar unpacks there; an OCI `tar` blob is read as it is. Anything else (encrypted layers among them) is refused naming its
  * media type, as an image that cannot be unpacked (ImageRefusedError).
  */
 export const LAYER_COMPRESSION: Record<string, UnpackJob['layers'][number]['compression']> = {
@@ -773,9 +775,9 @@ export const LAYER_COMPRESSION: Record<string, UnpackJob['layers'][number]['comp
   'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip': 'gzip',
   'application/vnd.oci.image.layer.nondistributable.v1.tar+zstd': 'zstd',
   'application/vnd.docker.image.rootfs.diff.tar.gzip': 'gzip',
-  'application/vnd.docker.image.rootfs.diff.tar': 'none',
+  'application/vnd.docker.image.rootfs.diff.tar': 'detect',
   'application/vnd.docker.image.rootfs.diff.tar.zstd': 'zstd',
-  'application/vnd.docker.image.rootfs.foreign.diff.tar': 'none',
+  'application/vnd.docker.image.rootfs.foreign.diff.tar': 'detect',
   'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip': 'gzip',
 };
 

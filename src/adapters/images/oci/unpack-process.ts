@@ -29,7 +29,11 @@ export interface UnpackJob {
    * `diffId`: the config's rootfs.diff_ids entry for the layer, `sha256:<hex>`, which the
    * sha256 of its decompressed tar stream must equal.
    */
-  layers: { path: string; digest: string; compression: 'none' | 'gzip' | 'zstd'; diffId: string }[];
+  /**
+   * `compression` `detect`: the blob's own first bytes decide (Docker's uncompressed layer types,
+   * which containerd reads through its decompressor whatever they hold).
+   */
+  layers: { path: string; digest: string; compression: 'none' | 'gzip' | 'zstd' | 'detect'; diffId: string }[];
 }
 
 /**
@@ -46,7 +50,8 @@ class LayerContentError extends Error {}
 class HostError extends ApplyError {}
 
 /**
- * The compression of a blob whose media type says it is compressed, from its first bytes, as
+ * The compression of a blob whose media type says it is compressed (or leaves it open: Docker's
+ * uncompressed types, `detect`), from its first bytes, as
  * containerd decides it (archive/compression, DetectCompression, which DecompressStream runs
  * whatever the `+gzip` or `+zstd` suffix said): gzip's magic 1f 8b 08, a zstd frame (28 b5 2f
  * fd) or skippable frame (a little-endian magic 0x184d2a50 to 0x184d2a5f, 8 bytes at least),
