@@ -1,8 +1,8 @@
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, openSync, statSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { run } from '../adapters/exec.js';
 import { findBinary } from '../daemon/providers.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
@@ -33,7 +33,13 @@ interface HubState {
   ipForwardBefore?: string | undefined;
   nft: boolean;
   dhcp?: { backend: 'isc' | 'dnsmasq'; pid: number } | undefined;
+  /** The files setup created (absolute paths in the state dir): teardown removes them. */
   files: string[];
+  /**
+   * Files of the state dir that were there before setup first wrote them (an admin's
+   * dhcpd.conf or dhcpd.leases), with their content then (base64): teardown puts them back.
+   */
+  saved?: Record<string, string> | undefined;
   /** The topmost directory setup made for the state dir (the state dir itself or a parent of it). */
   madeDir?: string | undefined;
 }
@@ -69,16 +75,47 @@ async function readState(c: Pick<HubConfig, 'stateDir'>, address?: string): Prom
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
   }
+  // Not "no hub": what this names may be up. Written by rename, so only a hand-edit breaks it.
+  const unreadable = (why: string) => hubError(`hub state ${file} cannot be read (${why}); fix it, or remove what it named by hand and delete it`);
   let state: HubState;
   try {
     state = JSON.parse(text) as HubState;
   } catch (err) {
-    // Not "no hub": what this names may be up. Written by rename, so only a hand-edit breaks it.
-    throw hubError(`hub state ${file} cannot be read (${(err as Error).message}); fix it, or remove what it named by hand and delete it`);
+    throw unreadable((err as Error).message);
   }
+  const why = stateShapeError(state, resolve(c.stateDir));
+  if (why) throw unreadable(why);
   state.addedAddresses ??= state.addedAddress && address ? [address] : [];
   delete state.addedAddress;
   return state;
+}
+
+/**
+ * Why `s` is not a hub state (undefined when it is one). Teardown removes the files a state
+ * names, so only files directly in the state dir are taken: a hand-edited `"files": "abc"`
+ * would otherwise name a, b and c in the working directory.
+ */
+function stateShapeError(s: unknown, stateDir: string): string | undefined {
+  if (typeof s !== 'object' || s === null || Array.isArray(s)) return `holds ${JSON.stringify(s)}, not a JSON object`;
+  const o = s as Record<string, unknown>;
+  const optional = (key: string, ok: (v: unknown) => boolean, rule: string) => (o[key] === undefined || ok(o[key]) ? undefined : `"${key}" must be ${rule}`);
+  const bool = (v: unknown) => typeof v === 'boolean';
+  const ours = (p: unknown) => typeof p === 'string' && isAbsolute(p) && resolve(p) === p && dirname(p) === stateDir;
+  for (const key of ['createdLink', 'nft']) if (!bool(o[key])) return `"${key}" must be true or false`;
+  if (!Array.isArray(o.files) || !o.files.every(ours)) return `"files" must be a list of absolute paths directly in ${stateDir}`;
+  return (
+    optional('interface', (v) => typeof v === 'string' && v !== '', 'an interface name') ??
+    optional('addedAddresses', (v) => Array.isArray(v) && v.every((a) => typeof a === 'string' && /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(a)), 'a list of CIDR addresses') ??
+    optional('addedAddress', bool, 'true or false') ??
+    optional('linkWasDown', bool, 'true or false') ??
+    optional('ipForwardBefore', (v) => typeof v === 'string' && /^\d+$/.test(v), 'the old value of ip_forward') ??
+    optional('dhcp', (v) => {
+      const d = v as { backend?: unknown; pid?: unknown };
+      return typeof v === 'object' && v !== null && (d.backend === 'isc' || d.backend === 'dnsmasq') && Number.isSafeInteger(d.pid) && (d.pid as number) > 0;
+    }, 'a backend (isc or dnsmasq) and a pid') ??
+    optional('saved', (v) => typeof v === 'object' && v !== null && !Array.isArray(v) && Object.entries(v).every(([k, t]) => ours(k) && typeof t === 'string'), `a map of paths directly in ${stateDir} to their content`) ??
+    optional('madeDir', (v) => typeof v === 'string' && isAbsolute(v) && resolve(v) === v && (stateDir === v || stateDir.startsWith(`${v}/`)), 'the state dir or one of its parents')
+  );
 }
 
 /**
@@ -104,8 +141,9 @@ function dhcpRunning(state: HubState | undefined, c: HubConfig): boolean {
  * setup that fails part way undoes what this run made (a link, an address, ip_forward, the nft
  * table, files, the state directory) before it throws; what was there before it stays.
  */
-export async function hubSetup(c: HubConfig): Promise<void> {
+export async function hubSetup(c: HubConfig, names: HubFlagNames = {}): Promise<void> {
   const files = hubFiles(c);
+  const stateDirFlag = names.stateDir ?? '--state-dir';
   // What the host must already have is checked before anything is written, the state
   // directory included: a refused setup leaves nothing behind.
   if (!(await linkExists(c.uplink))) throw hubError(`uplink ${c.uplink} not found: name the interface that leads out of this host`);
@@ -116,8 +154,9 @@ export async function hubSetup(c: HubConfig): Promise<void> {
   const previous = await readState(c);
   const held = previous?.interface;
   if (held !== undefined && held !== c.interface) {
-    throw hubError(`state dir ${c.stateDir} holds the hub on ${held}, not ${c.interface}: tear that hub down first (matchlock hub teardown --interface ${held} --state-dir ${c.stateDir}) or give another --state-dir`);
+    throw hubError(`state dir ${c.stateDir} holds the hub on ${held}, not ${c.interface}: tear that hub down first (matchlock hub teardown --interface ${held} --state-dir ${c.stateDir}) or give another ${stateDirFlag}`);
   }
+  checkStateDir(c.stateDir, stateDirFlag);
   await refuseForeignLink(c);
   // The table is the host's one hub's: one this hub's state did not make belongs to another hub
   // (under another record) or to a setup whose state is gone; replacing it would cut that hub's NAT.
@@ -136,7 +175,43 @@ export async function hubSetup(c: HubConfig): Promise<void> {
     await setupSteps(c, files, server, undo, madeDir);
   } catch (err) {
     for (const step of undo.reverse()) await step().catch(() => undefined);
+    // A file of the state dir that cannot be written (a directory where a file goes, a full
+    // disk) is named with the flag that chose the directory, not as a bare errno.
+    const e = err as NodeJS.ErrnoException;
+    if (!(err instanceof MatchlockError) && e.code && typeof e.path === 'string' && (e.path === c.stateDir || e.path.startsWith(`${c.stateDir}/`))) {
+      throw hubError(`${stateDirFlag} ${c.stateDir}: ${e.message}`);
+    }
     throw err;
+  }
+}
+
+/** How the calling command spells the flags hub errors name (host dev's is --hub-state-dir). */
+export interface HubFlagNames {
+  stateDir?: string | undefined;
+}
+
+/**
+ * Refuses a state dir that cannot be made or written before anything is changed: the nearest
+ * part of the path that exists must be a directory this process can write (access(2) W_OK,
+ * which also fails on an immutable directory, EPERM). A file in the way is bad input
+ * (InvalidArgument); a directory that refuses writes is the host's (FailedPrecondition).
+ */
+function checkStateDir(stateDir: string, flag: string): void {
+  for (let d = stateDir; ; d = dirname(d)) {
+    let st;
+    try {
+      st = statSync(d);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && d !== '/') continue;
+      throw hubError(`${flag} ${stateDir}: ${(err as Error).message}`);
+    }
+    if (!st.isDirectory()) throw new MatchlockError(ErrorCode.InvalidArgument, `${flag} ${stateDir}: ${d} is not a directory`);
+    try {
+      accessSync(d, constants.W_OK);
+    } catch (err) {
+      throw hubError(`${flag} ${stateDir}: ${d} cannot be written (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+    return;
   }
 }
 
@@ -176,17 +251,33 @@ async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, serv
   // was (with the pid of its DHCP server when the undo restarted it).
   let before: HubState | undefined = previous ? (JSON.parse(JSON.stringify(previous)) as HubState) : undefined;
   undo.push(() => (before === undefined ? rm(files.state, { force: true }) : writeFile(files.state, JSON.stringify(before, null, 1))));
+  /**
+   * A file of the hub's that this run may write (or a server may write or remove): one it
+   * creates is recorded for teardown to remove; one that was there before the hub's first run
+   * (an admin's) is recorded with its content for teardown to put back. Either way a failed run
+   * puts back what was there when it began. Anything but a file (a directory) is left alone.
+   */
+  state.saved ??= {};
+  const saved = state.saved;
   const own = async (p: string) => {
-    if (state.files.includes(p)) return;
-    state.files.push(p);
-    if (!existsSync(p)) undo.push(() => rm(p, { force: true }));
-    await save();
+    const old = await readFile(p).then((b): Buffer | null | undefined => b, (err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? null : undefined));
+    if (old === undefined) return;
+    if (old === null) {
+      if (!state.files.includes(p) && !(p in saved)) {
+        state.files.push(p);
+        await save();
+      }
+      undo.push(() => rm(p, { force: true }));
+      return;
+    }
+    if (!state.files.includes(p) && !(p in saved)) {
+      saved[p] = old.toString('base64');
+      await save();
+    }
+    undo.push(() => writeFile(p, old));
   };
-  /** A file this run rewrites: a failed run puts back what an earlier run wrote there. */
   const rewrite = async (p: string, text: string) => {
-    const old = await readFile(p, 'utf8').catch(() => undefined);
     await own(p);
-    if (old !== undefined) undo.push(() => writeFile(p, old));
     await writeFile(p, text);
   };
   await own(files.state);
@@ -447,8 +538,11 @@ export async function hubTeardown(c: Pick<HubConfig, 'interface' | 'stateDir'> &
     if (state.linkWasDown) await run('ip', ['link', 'set', 'dev', link, 'down']);
   }
   if (state.createdLink && (await linkExists(link))) await run('ip', ['link', 'del', 'dev', link]);
-  for (const f of [...state.files, `${join(c.stateDir, 'hub-state.json')}.tmp`]) await rm(f, { force: true });
-  await rmEmptyDirs(c.stateDir, state.madeDir ?? c.stateDir);
+  // Only what setup made goes: a file that was there before gets its content back, and a state
+  // dir that was there before stays (states without madeDir did not make it, or cannot say).
+  for (const [f, content] of Object.entries(state.saved ?? {})) await writeFile(f, Buffer.from(content, 'base64'));
+  for (const f of [...state.files.filter((p) => !(p in (state.saved ?? {}))), `${join(c.stateDir, 'hub-state.json')}.tmp`]) await rm(f, { force: true });
+  if (state.madeDir !== undefined) await rmEmptyDirs(c.stateDir, state.madeDir);
   return { interface: link };
 }
 

@@ -378,6 +378,32 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.equal(cli('hub', 'teardown').status, 0);
   });
 
+  it("teardown puts back the admin's files of a state dir that was there and keeps the dir; a failed run leaves them untouched", () => {
+    const state = join(tmp.path, 'state-admin');
+    mkdirSync(state);
+    const admin = { 'dhcpd.conf': '# the admin\'s dhcpd.conf\n', 'dhcpd.leases': '# the admin\'s leases\n', 'dhcp.log': 'the admin\'s log\n' };
+    for (const [f, text] of Object.entries(admin)) writeFileSync(join(state, f), text);
+    const contents = () => Object.fromEntries(readdirSync(state).sort().map((f) => [f, readFileSync(join(state, f), 'utf8')]));
+    // dnsmasq cannot write a pid file that is a directory: this run fails after writing the conf and the log.
+    mkdirSync(join(state, 'dhcp.pid'));
+    const failed = cli('hub', 'setup', ...hubFlags(19).slice(0, -1), state);
+    assert.equal(failed.status, 6, failed.stderr);
+    rmdirSync(join(state, 'dhcp.pid'));
+    assert.deepEqual(contents(), admin, 'a failed run leaves the files as they were, the log not appended to');
+    const up = cli('hub', 'setup', ...hubFlags(19, 'isc').slice(0, -1), state);
+    assert.equal(up.status, 0, up.stderr);
+    assert.notEqual(readFileSync(join(state, 'dhcpd.conf'), 'utf8'), admin['dhcpd.conf']);
+    const down = cli('hub', 'teardown');
+    assert.equal(down.status, 0, down.stderr);
+    assert.deepEqual(contents(), admin, 'teardown puts them back and removes only what setup made');
+    // An empty state dir that was there stays too.
+    const empty = join(tmp.path, 'state-empty');
+    mkdirSync(empty);
+    assert.equal(cli('hub', 'setup', ...hubFlags(20).slice(0, -1), empty).status, 0);
+    assert.equal(cli('hub', 'teardown').status, 0);
+    assert.deepEqual(readdirSync(empty), []);
+  });
+
   it('refuses bridge mode on a link that is not a bridge, and host dev names --hub-state-dir', () => {
     ip('link', 'add', 'mlveth0', 'type', 'veth', 'peer', 'name', 'mlveth1');
     const r = cli('hub', 'setup', ...hubFlags(18).map((f) => (f === 'mlbr18' ? 'mlveth0' : f)));
