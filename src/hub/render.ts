@@ -32,7 +32,15 @@ export function dnsmasqArgs(c: HubConfig, leaseFile: string, pidFile: string): s
 
 export const NFT_TABLE = 'matchlock_hub';
 
-/** NAT from the LAN to the uplink: masquerade out, forward LAN -> uplink, established back. */
+/**
+ * NAT from the LAN to the uplink: masquerade out; from the uplink into the LAN only what
+ * belongs to connections already made (new connections from outside dropped). Only the hub's
+ * own traffic is filtered and the chain's policy is accept: a drop in any base chain at a hook
+ * drops the packet whatever other tables accept (nft(8), "Base chain" verdicts), so a policy
+ * drop here would cut all other forwarding on the host (docker0, CNI, a VPN subnet router), and
+ * with br_netfilter (net.bridge.bridge-nf-call-iptables=1) the guests' frames between each
+ * other on the hub's own bridge too.
+ */
 export function nftRuleset(c: HubConfig): string {
   const s = subnetOf(c.address);
   return [
@@ -42,9 +50,10 @@ export function nftRuleset(c: HubConfig): string {
     `    ip saddr ${s.network}/${s.prefix} oifname "${c.uplink}" masquerade`,
     '  }',
     '  chain forward {',
-    '    type filter hook forward priority filter; policy drop;',
+    '    type filter hook forward priority filter; policy accept;',
     `    iifname "${c.interface}" oifname "${c.uplink}" accept`,
-    '    ct state established,related accept',
+    `    iifname "${c.uplink}" oifname "${c.interface}" ct state established,related accept`,
+    `    iifname "${c.uplink}" oifname "${c.interface}" drop`,
     '  }',
     '}',
     '',

@@ -309,6 +309,51 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
     assert.deepEqual([after.links, after.addrs, after.nft, after.forward], [before.links, before.addrs, before.nft, before.forward]);
   });
 
+  it("filters only the hub's own traffic: guests on its bridge reach each other (with br_netfilter), other links still forward, and the uplink opens nothing into the LAN", () => {
+    const cli = (...a: string[]) => inNs(hub, process.execPath, join(ROOT, 'bin/matchlock.js'), ...a);
+    const extra = ['g1', 'g2', 'o1', 'o2'].map((n) => `ml${n}-${id}`);
+    const [g1 = '', g2 = '', o1 = '', o2 = ''] = extra;
+    const state = join(tmp.path, 'state-fwd');
+    try {
+      const setup = cli('hub', 'setup', '--interface', 'mlbr1', '--address', '192.168.30.2/25', '--range-start', '192.168.30.26', '--range-end', '192.168.30.126', '--uplink', 'up0', '--dhcp', 'dnsmasq', '--state-dir', state);
+      assert.equal(setup.status, 0, setup.stderr);
+      for (const [i, ns] of extra.entries()) {
+        ip('netns', 'add', ns);
+        ip('-n', ns, 'link', 'add', 'x0', 'type', 'veth', 'peer', 'name', `hx${i}`, 'netns', hub);
+        ip('-n', ns, 'link', 'set', 'x0', 'up');
+        ip('-n', hub, 'link', 'set', `hx${i}`, 'up');
+      }
+      // Two guests on the hub's bridge, and two routed links that are none of the hub's.
+      ip('-n', hub, 'link', 'set', 'hx0', 'master', 'mlbr1');
+      ip('-n', hub, 'link', 'set', 'hx1', 'master', 'mlbr1');
+      ip('-n', g1, 'addr', 'add', '192.168.30.10/25', 'dev', 'x0');
+      ip('-n', g2, 'addr', 'add', '192.168.30.11/25', 'dev', 'x0');
+      ip('-n', hub, 'addr', 'add', '10.51.1.1/24', 'dev', 'hx2');
+      ip('-n', hub, 'addr', 'add', '10.51.2.1/24', 'dev', 'hx3');
+      ip('-n', o1, 'addr', 'add', '10.51.1.2/24', 'dev', 'x0');
+      ip('-n', o1, 'route', 'add', 'default', 'via', '10.51.1.1');
+      ip('-n', o2, 'addr', 'add', '10.51.2.2/24', 'dev', 'x0');
+      ip('-n', o2, 'route', 'add', 'default', 'via', '10.51.2.1');
+      // Bridged frames pass the IP forward hook when br_netfilter is loaded and this is 1 (Docker
+      // and Kubernetes hosts set it); without the module there is no such path to test.
+      const brnf = inNs(hub, 'sysctl', '-w', 'net.bridge.bridge-nf-call-iptables=1');
+      if (brnf.status === 0) assert.equal(inNs(hub, 'cat', '/proc/sys/net/bridge/bridge-nf-call-iptables').stdout.trim(), '1');
+      assert.equal(inNs(g1, 'ping', '-c', '1', '-W', '2', '192.168.30.11').status, 0, 'guest to guest on the bridge');
+      assert.equal(inNs(o1, 'ping', '-c', '1', '-W', '2', '10.51.2.2').status, 0, 'forwarding between two other links');
+      // A connection opened from the uplink side into the LAN is dropped.
+      ip('-n', up, 'route', 'add', '192.168.30.0/25', 'via', '10.99.0.1');
+      assert.notEqual(inNs(up, 'ping', '-c', '1', '-W', '1', '192.168.30.10').status, 0, 'nothing new from the uplink into the LAN');
+      ip('-n', up, 'route', 'del', '192.168.30.0/25', 'via', '10.99.0.1');
+      const down = cli('hub', 'teardown');
+      assert.equal(down.status, 0, down.stderr);
+    } finally {
+      for (const ns of extra) spawnSync('ip', ['netns', 'del', ns]);
+      spawnSync('ip', ['-n', up, 'route', 'del', '192.168.30.0/25']);
+      if (existsSync(record)) cli('hub', 'teardown');
+      for (const i of [2, 3]) spawnSync('ip', ['-n', hub, 'link', 'del', `hx${i}`]);
+    }
+  });
+
   it('fails clearly where the kernel has no 802.1Q, naming the bridge alternative, and leaves nothing', () => {
     const before = snapshot();
     const r = inNs(hub, process.execPath, join(ROOT, 'bin/matchlock.js'), 'hub', 'setup', '--interface', 'up0.100', '--mode', 'vlan', '--parent', 'up0', '--vlan-id', '100', '--uplink', 'up0', '--state-dir', join(tmp.path, 'state-vlan'));
