@@ -93,8 +93,10 @@ export function hostCommand(io: Io, output: () => string): Command {
         const removed = await (await import('../hub/hub.js')).hubTeardown(hub);
         if (!removed) throw cliError(`host dev --down: no hub state at ${join(hub.stateDir, 'hub-state.json')}: no hub removed${o.hubStateDir === undefined ? ' (give the --hub-state-dir dev mode was set up with)' : ''}`, EXIT.precondition);
         forgetHub(hub);
-        if (o.guard) await (await import('../host/guard.js')).removeGuard();
-        io.out(documentText(output(), { removed: removed.interface, stateDir: hub.stateDir, guard: o.guard }) ?? `removed ${removed.interface}, its DHCP server and NAT${o.guard ? ', and the guest guard' : ''}\n`);
+        // Only a guard dev mode installed: one host setup installed guards a daemon's guests.
+        const guard = o.guard && removed.devGuard;
+        if (guard) await (await import('../host/guard.js')).removeGuard();
+        io.out(documentText(output(), { removed: removed.interface, stateDir: hub.stateDir, guard }) ?? `removed ${removed.interface}, its DHCP server and NAT${guard ? ', and the guest guard' : ''}\n`);
         return;
       }
       let uplink = o.uplink;
@@ -115,9 +117,11 @@ export function hostCommand(io: Io, output: () => string): Command {
         refuseSecondHub(hub, 'host dev');
         return setupRecordedHub(hub, 'matchlock host dev');
       });
+      const guardBefore = o.guard ? await (await import('../host/guard.js')).guardInstalled() : true;
       let checks;
       try {
         ({ checks } = await hostSetup(setupOptions));
+        if (!guardBefore) await (await import('../hub/hub.js')).markDevGuard(hub);
       } catch (err) {
         // A hub this command made goes with the failed setup; one that was up before stays.
         if (made) {

@@ -73,6 +73,11 @@ export async function installGuard(): Promise<void> {
   await run('nft', ['-f', '-'], { input: guardRuleset() });
 }
 
+/** Whether the guard (its inet table) is installed in this network namespace. */
+export async function guardInstalled(): Promise<boolean> {
+  return run('nft', ['list', 'table', 'inet', GUARD_TABLE]).then(() => true, () => false);
+}
+
 /** Removes the guard from this network namespace; removing none succeeds. */
 export async function removeGuard(): Promise<void> {
   await run('nft', ['-f', '-'], { input: guardRuleset().split('\n').slice(0, 4).join('\n') + '\n' });

@@ -40,6 +40,8 @@ interface HubState {
    * dhcpd.conf or dhcpd.leases), with their content then (base64): teardown puts them back.
    */
   saved?: Record<string, string> | undefined;
+  /** `host dev` installed the guest guard with this hub (none was there): its --down removes it. */
+  devGuard?: boolean | undefined;
   /** The topmost directory setup made for the state dir (the state dir itself or a parent of it). */
   madeDir?: string | undefined;
 }
@@ -108,6 +110,7 @@ function stateShapeError(s: unknown, stateDir: string): string | undefined {
     optional('addedAddresses', (v) => Array.isArray(v) && v.every((a) => typeof a === 'string' && /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(a)), 'a list of CIDR addresses') ??
     optional('addedAddress', bool, 'true or false') ??
     optional('linkWasDown', bool, 'true or false') ??
+    optional('devGuard', bool, 'true or false') ??
     optional('ipForwardBefore', (v) => typeof v === 'string' && /^\d+$/.test(v), 'the old value of ip_forward') ??
     optional('dhcp', (v) => {
       const d = v as { backend?: unknown; pid?: unknown };
@@ -526,7 +529,7 @@ async function delAddress(link: string, cidr: string): Promise<void> {
  * only the hub's state dir (and its interface, for states written before the state named it):
  * the link, the addresses and everything else come from the state.
  */
-export async function hubTeardown(c: Pick<HubConfig, 'interface' | 'stateDir'> & { address?: string }): Promise<{ interface: string } | undefined> {
+export async function hubTeardown(c: Pick<HubConfig, 'interface' | 'stateDir'> & { address?: string }): Promise<{ interface: string; devGuard: boolean } | undefined> {
   const state = await readState(c, c.address);
   if (!state) return undefined;
   const link = state.interface ?? c.interface;
@@ -543,7 +546,19 @@ export async function hubTeardown(c: Pick<HubConfig, 'interface' | 'stateDir'> &
   for (const [f, content] of Object.entries(state.saved ?? {})) await writeFile(f, Buffer.from(content, 'base64'));
   for (const f of [...state.files.filter((p) => !(p in (state.saved ?? {}))), `${join(c.stateDir, 'hub-state.json')}.tmp`]) await rm(f, { force: true });
   if (state.madeDir !== undefined) await rmEmptyDirs(c.stateDir, state.madeDir);
-  return { interface: link };
+  return { interface: link, devGuard: state.devGuard === true };
+}
+
+/**
+ * Records in the hub's state that `host dev` installed the guest guard along with this hub
+ * (there was none before), so `host dev --down` removes that guard and never one `host setup`
+ * installed for a running daemon. No state: nothing is recorded.
+ */
+export async function markDevGuard(c: Pick<HubConfig, 'stateDir'>): Promise<void> {
+  const state = await readState(c);
+  if (!state) return;
+  state.devGuard = true;
+  await writeAtomic(hubFiles(c).state, JSON.stringify(state, null, 1));
 }
 
 export interface Piece {

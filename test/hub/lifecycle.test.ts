@@ -404,6 +404,27 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.deepEqual(readdirSync(empty), []);
   });
 
+  it('host dev --down removes the guest guard only when dev mode installed it, never one host setup left for a daemon', () => {
+    const dir = join(tmp.path, 'dev-guard');
+    const dev = ['--interface', 'mldev6', '--uplink', 'up0', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--set', `state-dir=${join(dir, 'state')}`];
+    const guard = () => inNs('nft', 'list', 'table', 'inet', 'matchlock_guard').status === 0;
+    // The guard host setup installed for a running daemon.
+    assert.equal(inNs('nft', 'add', 'table', 'inet', 'matchlock_guard').status, 0);
+    const up = cli('host', 'dev', ...dev);
+    assert.equal(up.status, 0, up.stderr);
+    const down = cli('host', 'dev', '--down');
+    assert.equal(down.status, 0, down.stderr);
+    assert.equal(guard(), true, 'the guard that was there stays');
+    assert.equal(inNs('nft', 'delete', 'table', 'inet', 'matchlock_guard').status, 0);
+    inNs('nft', 'delete', 'table', 'bridge', 'matchlock_guard');
+    const again = cli('host', 'dev', ...dev);
+    assert.equal(again.status, 0, again.stderr);
+    assert.equal(guard(), true);
+    assert.equal(cli('host', 'dev', '--down').status, 0);
+    assert.equal(guard(), false, 'the guard dev mode installed goes with it');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
   it('refuses bridge mode on a link that is not a bridge, and host dev names --hub-state-dir', () => {
     ip('link', 'add', 'mlveth0', 'type', 'veth', 'peer', 'name', 'mlveth1');
     const r = cli('hub', 'setup', ...hubFlags(18).map((f) => (f === 'mlbr18' ? 'mlveth0' : f)));
