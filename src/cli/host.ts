@@ -1,4 +1,5 @@
 import { Command } from 'commander';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { DEFAULT_CONFIG_PATH } from '../daemon/config-path.js';
 
@@ -36,12 +37,19 @@ export function hostCommand(io: Io, output: () => string): Command {
     .option('--daemon-bin <path>', 'the matchlockd the unit runs (default: the one on PATH, else this package\'s own)')
     .action(async (o: { set?: string[]; configOut: string; unitOut: string; guard: boolean; daemonBin?: string }) => {
       const settings = parseSettings(o.set);
+      const { hostSetup, planHostSetup } = await import('../host/setup.js');
+      const options = { settings, configPath: o.configOut, unitPath: o.unitOut, daemonBin: o.daemonBin, guardPath: guardPath(o) };
+      // Bad input (a setting, a path that cannot be written) is refused before anything is
+      // written: exit 2. What fails after that is the host's (a failing nft, a full disk): exit 1.
+      const plan = await planHostSetup(options).catch((err: unknown) => {
+        throw cliError((err as Error).message, EXIT.usage);
+      });
       let result;
       try {
-        // Validates every setting before it writes anything, and undoes its writes when one fails.
-        result = await (await import('../host/setup.js')).hostSetup({ settings, configPath: o.configOut, unitPath: o.unitOut, daemonBin: o.daemonBin, guardPath: guardPath(o) });
+        // Undoes its writes when one fails.
+        result = await hostSetup(options, plan);
       } catch (err) {
-        throw cliError((err as Error).message, EXIT.usage);
+        throw cliError((err as Error).message, EXIT.error);
       }
       const { checks } = result;
       const doc = documentText(output(), { config: o.configOut, unit: o.unitOut, diff: result.diff, checks });
@@ -74,7 +82,7 @@ export function hostCommand(io: Io, output: () => string): Command {
     .option('--down', 'remove what dev mode set up (the config and unit stay)')
     .action(async (o: { interface: string; address: string; rangeStart: string; rangeEnd: string; uplink?: string; dhcp: string; hubStateDir?: string; set?: string[]; configOut: string; unitOut: string; down?: boolean; guard: boolean }) => {
       const { loadHubConfig } = await import('../hub/config.js');
-      const { recordedHub, refuseSecondHub, setupRecordedHub, forgetHub, withHubLock } = await import('./hub.js');
+      const { recordedHub, refuseSecondHub, setupRecordedHub, forgetHub, withHubLock, hubRecordPath } = await import('./hub.js');
       const hubConfig = (uplink: string | undefined, stateDir = o.hubStateDir ?? DEFAULT_HUB_STATE_DIR) => {
         try {
           return loadHubConfig(undefined, { interface: o.interface, mode: 'bridge', address: o.address, 'range-start': o.rangeStart, 'range-end': o.rangeEnd, uplink, dhcp: o.dhcp, 'state-dir': stateDir }, '', { 'state-dir': 'hub-state-dir' });
@@ -90,9 +98,13 @@ export function hostCommand(io: Io, output: () => string): Command {
         const recorded = recordedHub();
         const given = o.hubStateDir === undefined ? undefined : hubConfig(o.uplink).stateDir;
         const hub = given === undefined && recorded ? recorded : hubConfig(o.uplink ?? (recorded?.stateDir === given ? recorded?.uplink : undefined));
-        const removed = await (await import('../hub/hub.js')).hubTeardown(hub);
-        if (!removed) throw cliError(`host dev --down: no hub state at ${join(hub.stateDir, 'hub-state.json')}: no hub removed${o.hubStateDir === undefined ? ' (give the --hub-state-dir dev mode was set up with)' : ''}`, EXIT.precondition);
-        forgetHub(hub);
+        // Under the lock setup holds, as hub teardown.
+        const removed = await withHubLock(async () => {
+          const gone = await (await import('../hub/hub.js')).hubTeardown(hub);
+          if (!gone) throw cliError(`host dev --down: no hub state at ${join(hub.stateDir, 'hub-state.json')}: no hub removed${o.hubStateDir === undefined ? ' (give the --hub-state-dir dev mode was set up with)' : ''}`, EXIT.precondition);
+          forgetHub(hub);
+          return gone;
+        });
         // Only a guard dev mode installed: one host setup installed guards a daemon's guests.
         const guard = o.guard && removed.devGuard;
         if (guard) await (await import('../host/guard.js')).removeGuard();
@@ -110,25 +122,35 @@ export function hostCommand(io: Io, output: () => string): Command {
       const settings = { 'bridge-name': o.interface, ...parseSettings(o.set) };
       const { hostSetup, planHostSetup } = await import('../host/setup.js');
       const setupOptions = { settings, configPath: o.configOut, unitPath: o.unitOut, guardPath: guardPath(o) };
-      await planHostSetup(setupOptions).catch((err: unknown) => {
+      // The config, unit and guard paths included: a path that cannot be written is refused
+      // before the hub is touched.
+      const plan = await planHostSetup(setupOptions).catch((err: unknown) => {
         throw cliError((err as Error).message, EXIT.usage);
       });
-      const { made } = await withHubLock(async () => {
+      const record = hubRecordPath();
+      const { made, previous, recordText } = await withHubLock(async () => {
         refuseSecondHub(hub, 'host dev');
-        return setupRecordedHub(hub, 'matchlock host dev');
-      });
+        // What a failed run puts back: the record as it was, and the hub it named when this run
+        // re-ran setup on it with other settings.
+        const before = { previous: recordedHub(record), recordText: existsSync(record) ? readFileSync(record, 'utf8') : undefined };
+        return { ...before, ...(await setupRecordedHub(hub, 'matchlock host dev', { stateDir: '--hub-state-dir' })) };
+      }, record);
       const guardBefore = o.guard ? await (await import('../host/guard.js')).guardInstalled() : true;
       let checks;
       try {
-        ({ checks } = await hostSetup(setupOptions));
+        ({ checks } = await hostSetup(setupOptions, plan));
         if (!guardBefore) await (await import('../hub/hub.js')).markDevGuard(hub);
       } catch (err) {
-        // A hub this command made goes with the failed setup; one that was up before stays.
-        if (made) {
-          await (await import('../hub/hub.js')).hubTeardown(hub);
-          forgetHub(hub);
-        }
-        throw cliError((err as Error).message, EXIT.usage);
+        // A hub this command made goes with the failed setup; one that was up before gets its
+        // previous settings back.
+        await withHubLock(async () => {
+          const { hubSetup, hubTeardown } = await import('../hub/hub.js');
+          if (made) await hubTeardown(hub);
+          else if (previous?.stateDir === hub.stateDir) await hubSetup(previous, { stateDir: '--hub-state-dir' });
+          if (recordText === undefined) rmSync(record, { force: true });
+          else writeFileSync(record, recordText);
+        }, record).catch(() => undefined);
+        throw cliError((err as Error).message, EXIT.error);
       }
       const failures = checks.filter((c) => c.status === 'fail');
       io.out(documentText(output(), { hub: hub.interface, config: o.configOut, checks }) ??

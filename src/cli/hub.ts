@@ -3,6 +3,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rm
 import { dirname, join, resolve } from 'node:path';
 import { pidAlive, processStart } from '../adapters/vmm/process.js';
 import { NFT_TABLE } from '../hub/render.js';
+import type { HubFlagNames } from '../hub/hub.js';
 import { hubConfigYaml, loadHubConfig, type HubConfig } from '../hub/config.js';
 import { create } from '@bufbuild/protobuf';
 import { generatedMac } from '../core/microvm/host-names.js';
@@ -145,10 +146,10 @@ export function forgetHub(c: Pick<HubConfig, 'stateDir'>, record = hubRecordPath
  * Sets the hub up and records it; when recording fails, a hub this call made is torn down
  * again, so a failed command leaves neither.
  */
-export async function setupRecordedHub(c: HubConfig, by: string): Promise<{ made: boolean }> {
+export async function setupRecordedHub(c: HubConfig, by: string, names: HubFlagNames = {}): Promise<{ made: boolean }> {
   const { hubRecorded, hubSetup, hubTeardown } = await import('../hub/hub.js');
   const made = !hubRecorded(c);
-  await hubSetup(c);
+  await hubSetup(c, names);
   try {
     recordHub(c, by);
   } catch (err) {
@@ -222,11 +223,16 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
   withConfig(hub.command('teardown').description('remove exactly what setup made')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const c = config(o);
-      const removed = await (await import('../hub/hub.js')).hubTeardown(c);
-      // No state: nothing is known to be this hub's, so nothing is removed and the record stays
-      // (it may be the only pointer left to a hub whose state was lost).
-      if (!removed) throw cliError(`no hub state at ${join(c.stateDir, 'hub-state.json')}: nothing removed (the record ${record} stays)`, EXIT.precondition);
-      forgetHub(c, record);
+      // Under the lock setup holds: a teardown between a setup's steps would remove the state
+      // the setup is writing.
+      const removed = await withHubLock(async () => {
+        const gone = await (await import('../hub/hub.js')).hubTeardown(c);
+        // No state: nothing is known to be this hub's, so nothing is removed and the record stays
+        // (it may be the only pointer left to a hub whose state was lost).
+        if (!gone) throw cliError(`no hub state at ${join(c.stateDir, 'hub-state.json')}: nothing removed${existsSync(record) ? ` (the record ${record} stays)` : ''}`, EXIT.precondition);
+        forgetHub(c, record);
+        return gone;
+      }, record);
       io.out(documentText(output(), { removed: removed.interface }) ?? `hub ${removed.interface} removed\n`);
     }),
   );

@@ -1,4 +1,4 @@
-import { existsSync, realpathSync } from 'node:fs';
+import { accessSync, constants, existsSync, realpathSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { writeFileDurably } from '../adapters/durable.js';
@@ -172,16 +172,17 @@ export async function planHostSetup(o: HostSetupOptions): Promise<HostSetupPlan>
   for (const [flag, path] of [['--config-out', o.configPath], ['--unit-out', o.unitPath]] as const) {
     if (!isAbsolute(path)) throw new Error(`${flag} ${path}: must be an absolute path`);
   }
+  for (const [flag, path] of [['--config-out', o.configPath], ['--unit-out', o.unitPath], ...(o.guardPath ? [['guard file (beside --config-out)', o.guardPath]] : [])] as const) checkWritable(flag, path, 'file');
   const daemon = o.execStart === undefined ? resolveDaemonCommand(o.daemonBin) : undefined;
   const before = await readIfThere(o.configPath);
   const after = mergeConfigText(before, o.settings, o.configPath);
   const dir = await mkdtemp(join(tmpdir(), 'matchlock-setup-'));
   const staged = join(dir, 'config.yaml');
   const warnings: string[] = [];
+  let config: DaemonConfig;
   try {
     await writeFile(staged, after, { mode: 0o600 });
-    const config = loadConfig({ flags: {}, file: { path: staged, explicit: true }, env: {} }, undefined, warnings);
-    return { config, before, after, warnings: warnings.map((w) => w.replaceAll(staged, o.configPath)), daemon };
+    config = loadConfig({ flags: {}, file: { path: staged, explicit: true }, env: {} }, undefined, warnings);
   } catch (err) {
     const message = (err as Error).message;
     // The config reader names the file and the key ("<file>: verbosity must be …"); a value that
@@ -191,6 +192,52 @@ export async function planHostSetup(o: HostSetupOptions): Promise<HostSetupPlan>
     throw new Error(message.replaceAll(staged, o.configPath));
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+  checkWritable(`state-dir`, config.stateDir, 'dir');
+  return { config, before, after, warnings: warnings.map((w) => w.replaceAll(staged, o.configPath)), daemon };
+}
+
+/**
+ * Refuses a path setup cannot write, before anything is written: a directory where a file goes
+ * (EISDIR), a file where a directory goes (ENOTDIR), or a directory that refuses writes
+ * (access(2) W_OK; EACCES, or EPERM for an immutable one). `kind` is what `path` must be; the
+ * nearest existing part of its parent chain must be a writable directory. Throws Error naming `what`.
+ */
+function checkWritable(what: string, path: string, kind: 'file' | 'dir'): void {
+  const code = (err: unknown) => (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+  let st;
+  try {
+    st = statSync(path);
+  } catch (err) {
+    // ENOTDIR: a file is in the way further up, named below.
+    if (code(err) !== 'ENOENT' && code(err) !== 'ENOTDIR') throw new Error(`${what} ${path}: cannot be read (${code(err)})`);
+  }
+  if (st) {
+    if (kind === 'file' && st.isDirectory()) throw new Error(`${what} ${path}: is a directory (EISDIR); name the file to write`);
+    if (kind === 'dir') {
+      if (!st.isDirectory()) throw new Error(`${what} ${path}: is not a directory (ENOTDIR)`);
+      return;
+    }
+    try {
+      accessSync(path, constants.W_OK);
+    } catch (err) {
+      throw new Error(`${what} ${path}: cannot be written (${code(err)})`);
+    }
+  }
+  for (let d = dirname(path); ; d = dirname(d)) {
+    try {
+      st = statSync(d);
+    } catch (err) {
+      if ((code(err) === 'ENOENT' || code(err) === 'ENOTDIR') && d !== '/') continue;
+      throw new Error(`${what} ${path}: ${d} cannot be read (${code(err)})`);
+    }
+    if (!st.isDirectory()) throw new Error(`${what} ${path}: ${d} is not a directory (ENOTDIR)`);
+    try {
+      accessSync(d, constants.W_OK);
+    } catch (err) {
+      throw new Error(`${what} ${path}: ${d} cannot be written (${code(err)})`);
+    }
+    return;
   }
 }
 
@@ -214,8 +261,8 @@ async function rmEmptyDirs(dir: string, top: string): Promise<void> {
  * Everything is validated before anything is written, and a write that fails part way puts back
  * the files and directories this call changed.
  */
-export async function hostSetup(o: HostSetupOptions): Promise<{ config: DaemonConfig; checks: Check[]; diff: string }> {
-  const { config, before, after, warnings, daemon } = await planHostSetup(o);
+export async function hostSetup(o: HostSetupOptions, plan?: HostSetupPlan): Promise<{ config: DaemonConfig; checks: Check[]; diff: string }> {
+  const { config, before, after, warnings, daemon } = plan ?? (await planHostSetup(o));
   const undo: (() => Promise<unknown>)[] = [];
   const keep = async (path: string) => {
     const old = existsSync(path) ? await readFile(path, 'utf8') : undefined;

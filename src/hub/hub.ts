@@ -205,7 +205,8 @@ function checkStateDir(stateDir: string, flag: string): void {
     try {
       st = statSync(d);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && d !== '/') continue;
+      // ENOTDIR: a file is in the way further up, named when the walk reaches it.
+      if (['ENOENT', 'ENOTDIR'].includes((err as NodeJS.ErrnoException).code ?? '') && d !== '/') continue;
       throw hubError(`${flag} ${stateDir}: ${(err as Error).message}`);
     }
     if (!st.isDirectory()) throw new MatchlockError(ErrorCode.InvalidArgument, `${flag} ${stateDir}: ${d} is not a directory`);

@@ -1,6 +1,10 @@
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
 import { run } from '../../src/cli/main.js';
+import { ROOT, tempDir } from '../helpers/daemon.js';
 
 async function matchlock(argv: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; err: string }> {
   let err = '';
@@ -30,5 +34,31 @@ describe('the global --host is held to the endpoint rule before anything is dial
     // Nothing listens on port 1 of loopback: the dial fails as unavailable (5), not as usage.
     const { code, err } = await matchlock(['--host', 'dns:127.0.0.1:1', '--insecure', '--request-timeout', '2s', 'vm', 'list']);
     assert.notEqual(code, 2, err);
+  });
+});
+
+describe('host setup: bad paths are input errors, a failing host is not', () => {
+  const tmp = tempDir('cli-host');
+  after(() => tmp.remove());
+
+  it('refuses a --config-out that is a directory naming the flag (exit 2), before writing anything', async () => {
+    const dir = join(tmp.path, 'isdir');
+    mkdirSync(join(dir, 'config.yaml'), { recursive: true });
+    const { code, err } = await matchlock(['host', 'setup', '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--no-guard', '--set', `state-dir=${join(dir, 'state')}`]);
+    assert.equal(code, 2, err);
+    assert.match(err, new RegExp(`--config-out ${join(dir, 'config.yaml')}: is a directory \\(EISDIR\\)`));
+    assert.deepEqual(readdirSync(dir), ['config.yaml']);
+  });
+
+  it('exits 1, not 2, when the host fails it (nft cannot load the guard), and puts back what it wrote', { skip: process.getuid?.() !== 0 ? 'needs root' : false }, () => {
+    const dir = join(tmp.path, 'nft-fails');
+    const bin = join(tmp.path, 'bin');
+    mkdirSync(bin, { recursive: true });
+    mkdirSync(dir);
+    writeFileSync(join(bin, 'nft'), '#!/bin/sh\necho "nft: cannot load" >&2\nexit 1\n', { mode: 0o755 });
+    const r = spawnSync(process.execPath, [join(ROOT, 'bin/matchlock.js'), 'host', 'setup', '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--set', `state-dir=${join(dir, 'state')}`, '--set', 'vmm-user=root'], { encoding: 'utf8', env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}` } });
+    assert.equal(r.status, 1, r.stderr);
+    assert.match(r.stderr, /cannot load/);
+    assert.deepEqual(readdirSync(dir), []);
   });
 });

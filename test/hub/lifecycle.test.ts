@@ -101,7 +101,7 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     writeFileSync(join(dir, 'not-a-dir'), '');
     const r = cli('host', 'dev', '--interface', 'mldev2', '--uplink', 'up0', '--hub-state-dir', join(dir, 'deep', 'er', 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'not-a-dir', 'sub', 'unit.service'), '--no-guard', '--set', `state-dir=${join(dir, 'state')}`);
     assert.notEqual(r.status, 0);
-    assert.match(r.stderr, new RegExp(`--unit-out ${join(dir, 'not-a-dir', 'sub', 'unit.service')}: (EEXIST|ENOTDIR)`));
+    assert.match(r.stderr, new RegExp(`--unit-out ${join(dir, 'not-a-dir', 'sub', 'unit.service')}: ${join(dir, 'not-a-dir')} is not a directory \\(ENOTDIR\\)`));
     assert.deepEqual(snapshot(), before);
     assert.deepEqual(readdirSync(dir), ['not-a-dir'], 'config, hub state and daemon state dir are gone');
   });
@@ -422,6 +422,22 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.equal(guard(), true);
     assert.equal(cli('host', 'dev', '--down').status, 0);
     assert.equal(guard(), false, 'the guard dev mode installed goes with it');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a host dev re-run that cannot write its unit leaves the hub, its NAT and the record as the run before left them', () => {
+    const dir = join(tmp.path, 'dev-rerun');
+    const dev = (third: number, unit: string) => ['--interface', 'mldev7', '--address', `192.168.${third}.2/25`, '--range-start', `192.168.${third}.26`, '--range-end', `192.168.${third}.126`, '--uplink', 'up0', '--dhcp', 'dnsmasq', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', unit, '--no-guard', '--set', `state-dir=${join(dir, 'state')}`];
+    const up = cli('host', 'dev', ...dev(63, join(dir, 'unit.service')));
+    assert.equal(up.status, 0, up.stderr);
+    const kept = { addrs: addrsOf('mldev7'), nft: inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, record: readFileSync(record, 'utf8'), conf: readFileSync(join(dir, 'hub', 'dhcpd.conf'), 'utf8') };
+    writeFileSync(join(dir, 'a-file'), '');
+    const again = cli('host', 'dev', ...dev(64, join(dir, 'a-file', 'unit.service')));
+    assert.deepEqual({ addrs: addrsOf('mldev7'), nft: inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, record: readFileSync(record, 'utf8'), conf: readFileSync(join(dir, 'hub', 'dhcpd.conf'), 'utf8') }, kept);
+    assert.equal(again.status, 2, again.stderr);
+    assert.match(again.stderr, /--unit-out \S+: \S+a-file is not a directory \(ENOTDIR\)/);
+    assert.equal(dhcpUp(), true);
+    assert.equal(cli('host', 'dev', '--down', '--no-guard').status, 0);
     rmSync(dir, { recursive: true, force: true });
   });
 
