@@ -4,7 +4,7 @@ import { dirname, join, resolve } from 'node:path';
 import { pidAlive, processStart } from '../adapters/vmm/process.js';
 import { NFT_TABLE } from '../hub/render.js';
 import type { HubFlagNames } from '../hub/hub.js';
-import { hubConfigYaml, loadHubConfig, type HubConfig } from '../hub/config.js';
+import { checkRecordable, hubConfigYaml, loadHubConfig, type HubConfig } from '../hub/config.js';
 import { create } from '@bufbuild/protobuf';
 import { generatedMac } from '../core/microvm/host-names.js';
 import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
@@ -132,6 +132,7 @@ export function refuseSecondHub(c: HubConfig, command: string, record = hubRecor
 
 /** Records `c` as this host's hub (what `status`, `leases`, `teardown` and `inspect --hub` read). */
 export function recordHub(c: HubConfig, by: string, record = hubRecordPath()): void {
+  checkRecordable(c);
   mkdirSync(dirname(record), { recursive: true, mode: 0o750 });
   const text = `# Written by ${by}; hub status, leases and teardown read it.\n${hubConfigYaml(c)}`;
   if (!existsSync(record) || readFileSync(record, 'utf8') !== text) writeFileSync(record, text);
@@ -149,6 +150,13 @@ export function forgetHub(c: Pick<HubConfig, 'stateDir'>, record = hubRecordPath
 export async function setupRecordedHub(c: HubConfig, by: string, names: HubFlagNames = {}): Promise<{ made: boolean }> {
   const { hubRecorded, hubSetup, hubTeardown } = await import('../hub/hub.js');
   const made = !hubRecorded(c);
+  // Before anything is made: a hub that could not be read back from its record would be up
+  // with no command able to see or remove it.
+  try {
+    checkRecordable(c);
+  } catch (err) {
+    throw cliError((err as Error).message, EXIT.usage);
+  }
   await hubSetup(c, names);
   try {
     recordHub(c, by);

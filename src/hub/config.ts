@@ -35,6 +35,9 @@ function hubConfigError(message: string): MatchlockError {
   return new MatchlockError(ErrorCode.InvalidArgument, message);
 }
 
+/** 2^31 - 1: the largest lease time both DHCP servers take as given (see validateHub). */
+export const LEASE_SECONDS_MAX = 2147483647;
+
 const IFNAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
 
 export function ipToInt(ip: string): number {
@@ -101,6 +104,9 @@ export function validateHub(c: HubConfig): HubConfig {
     if (ipFamily(d) !== 4) throw bad(`dns-servers[${i}]`, 'must be an IPv4 address');
   });
   if (!Number.isInteger(c.defaultLeaseSeconds) || c.defaultLeaseSeconds < 60) throw bad('default-lease-time', 'must be at least 60 seconds');
+  for (const [key, v] of [['default-lease-time', c.defaultLeaseSeconds], ['max-lease-time', c.maxLeaseSeconds]] as const) {
+    if (v > LEASE_SECONDS_MAX) throw bad(key, `must be at most ${LEASE_SECONDS_MAX} seconds (dnsmasq reads a lease time as a C int; dhcpd's lease times and DHCP's lease time option, RFC 2132 9.2, are 32-bit, and a larger value is silently wrapped)`);
+  }
   if (!Number.isInteger(c.maxLeaseSeconds) || c.maxLeaseSeconds < c.defaultLeaseSeconds) throw bad('max-lease-time', 'must be at least default-lease-time');
   if (!IFNAME.test(c.uplink)) throw bad('uplink', 'must be a Linux interface name');
   if (c.uplink === c.interface) throw bad('uplink', 'must differ from interface');
@@ -133,6 +139,23 @@ export const HUB_DEFAULTS: HubConfig = {
  * `<file>: <key>` for the file, the bare key for a default. Throws InvalidArgument.
  */
 export function loadHubConfig(file: string | undefined, flags: Partial<Record<string, unknown>>, flagPrefix = '', flagNames: Partial<Record<string, string>> = {}): HubConfig {
+  let text: string | undefined;
+  if (file) {
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw hubConfigError(`${file}: ${(err as Error).message.split('\n')[0] ?? ''}`);
+    }
+  }
+  return hubConfigFrom(file, text, flags, flagPrefix, flagNames);
+}
+
+/**
+ * loadHubConfig over a file's text. The file's scalars are read as their source text (YAML's
+ * failsafe schema, YAML 1.2 10.1): the flags' rules then apply to them as written, so `~` is
+ * not a bridge named "null", `0x10` not one named "16", and `0o17` or `1e3` not a lease time.
+ */
+function hubConfigFrom(file: string | undefined, text: string | undefined, flags: Partial<Record<string, unknown>>, flagPrefix: string, flagNames: Partial<Record<string, string>>): HubConfig {
   const raw: Record<string, unknown> = {};
   const origin: Record<string, string> = {};
   const flagName = (key: string) => `--${flagNames[key] ?? `${flagPrefix}${key}`}`;
@@ -146,17 +169,22 @@ export function loadHubConfig(file: string | undefined, flags: Partial<Record<st
     if (bare in KEYS && HUB_DEFAULTS[KEYS[bare] as keyof HubConfig] === undefined) return fromFlags ? flagName(key) : `${file}: ${key}`;
     return key;
   };
-  if (file) {
+  if (file && text !== undefined) {
     let doc: unknown;
     try {
-      doc = parseYaml(readFileSync(file, 'utf8'));
+      doc = parseYaml(text, { schema: 'failsafe', logLevel: 'error' });
     } catch (err) {
       throw hubConfigError(`${file}: ${(err as Error).message.split('\n')[0] ?? ''}`);
     }
-    if (doc !== null && doc !== undefined) {
+    // An empty file is no settings (failsafe reads it as null, a blank one as "").
+    if (doc !== null && doc !== undefined && doc !== '') {
       if (typeof doc !== 'object' || Array.isArray(doc)) throw hubConfigError(`${file}: must be a mapping`);
       for (const [k, v] of Object.entries(doc)) {
         if (!(k in KEYS)) throw hubConfigError(`${file}: unknown key "${k}"`);
+        const list = k === 'dns-servers' && Array.isArray(v);
+        if (list ? !v.every((x) => typeof x === 'string') : typeof v !== 'string') {
+          throw hubConfigError(`${file}: ${k}: must be a single value${k === 'dns-servers' ? ' or a list of addresses' : ''} (got ${JSON.stringify(v)})`);
+        }
         raw[k] = v;
         origin[k] = `${file}: %s`;
       }
@@ -197,4 +225,20 @@ export function hubConfigYaml(c: HubConfig): string {
     if (v !== undefined) doc[key] = Array.isArray(v) ? v.join(',') : v;
   }
   return stringifyYaml(doc);
+}
+
+/**
+ * Refuses a config whose record (hubConfigYaml) loadHubConfig would not read back to the same
+ * config: status, leases and teardown read only the record, so a hub recorded that way could
+ * not be seen or removed. Throws InvalidArgument.
+ */
+export function checkRecordable(c: HubConfig): void {
+  const text = hubConfigYaml(c);
+  let back: string;
+  try {
+    back = hubConfigYaml(hubConfigFrom('record', text, {}, '', {}));
+  } catch (err) {
+    throw hubConfigError(`this hub could not be read back from its record: ${(err as Error).message}`);
+  }
+  if (back !== text) throw hubConfigError(`this hub would be read back from its record with other settings:\n${back}`);
 }

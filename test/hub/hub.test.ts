@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { HUB_DEFAULTS, loadHubConfig, validateHub } from '../../src/hub/config.js';
+import { checkRecordable, HUB_DEFAULTS, loadHubConfig, validateHub } from '../../src/hub/config.js';
 import { parseDnsmasqLeases, parseIscLeases, whyDhcpFailed } from '../../src/hub/hub.js';
 import { dhcpdConf } from '../../src/hub/render.js';
 import { withHubLock } from '../../src/cli/hub.js';
@@ -93,6 +93,32 @@ describe('hub config', () => {
     const file = join(tmp.path, 'numbers.yaml');
     writeFileSync(file, 'default-lease-time: 900\n');
     assert.equal(loadHubConfig(file, {}).defaultLeaseSeconds, 900, 'a YAML integer is read as it is');
+  });
+
+  it('bounds lease times to what dhcpd and dnsmasq take (2^31 - 1 s), and records nothing it could not read back', () => {
+    assert.equal(loadHubConfig(undefined, { 'default-lease-time': '600', 'max-lease-time': '2147483647' }).maxLeaseSeconds, 2147483647);
+    assert.throws(() => loadHubConfig(undefined, { 'max-lease-time': '99999999999999999999' }), /^MatchlockError: --max-lease-time: must be at most 2147483647 seconds \(dnsmasq reads a lease time as a C int; dhcpd's/);
+    assert.throws(() => loadHubConfig(undefined, { 'default-lease-time': '2147483648', 'max-lease-time': '2147483648' }), /^MatchlockError: --default-lease-time: must be at most 2147483647 seconds/);
+    // A config that skipped validation is not recorded: the record would not load.
+    assert.throws(() => checkRecordable({ ...HUB_DEFAULTS, maxLeaseSeconds: 1e20 }), /could not be read back from its record: .*max-lease-time/);
+    assert.doesNotThrow(() => checkRecordable(loadHubConfig(undefined, {})));
+  });
+
+  it("reads a hub.yaml's values as written: ~, 0x10, 0o17777 and 1e3 are not turned into null, 16 or numbers", () => {
+    const file = join(tmp.path, 'typed.yaml');
+    const load = (text: string) => {
+      writeFileSync(file, text);
+      return loadHubConfig(file, {});
+    };
+    assert.throws(() => load('interface: ~\n'), new RegExp(`^MatchlockError: ${file}: interface: must be a Linux interface name`));
+    assert.equal(load('interface: 0x10\n').interface, '0x10', 'the name as written, not "16"');
+    assert.throws(() => load('default-lease-time: 0x100\n'), new RegExp(`^MatchlockError: ${file}: default-lease-time: must be a whole number in decimal digits \\(got "0x100"\\)`));
+    assert.throws(() => load('default-lease-time: 1e3\n'), /default-lease-time: must be a whole number in decimal digits \(got "1e3"\)/);
+    assert.throws(() => load('max-lease-time: 0o17777\n'), /max-lease-time: must be a whole number in decimal digits \(got "0o17777"\)/);
+    assert.throws(() => load('uplink: {a: 1}\n'), new RegExp(`^MatchlockError: ${file}: uplink: must be a single value`));
+    assert.equal(load('interface: "0x10a"\ndefault-lease-time: 900\ndns-servers: [1.1.1.1, 9.9.9.9]\n').interface, '0x10a');
+    assert.deepEqual(load('dns-servers: [1.1.1.1, 9.9.9.9]\n').dnsServers, ['1.1.1.1', '9.9.9.9']);
+    assert.equal(load('').interface, HUB_DEFAULTS.interface);
   });
 
   it('names a missing vlan-mode setting as the flag that would give it, or the file key; host dev names --hub-state-dir', () => {
