@@ -64,6 +64,21 @@ export function subnetOf(cidr: string): Subnet {
   return { network: intToIp(network), netmask: intToIp(mask), prefix, broadcast: intToIp((network | ~mask) >>> 0), hub: ip };
 }
 
+/**
+ * Why `ip` cannot be a host's unicast address, or undefined when it can: the special-purpose
+ * blocks of RFC 6890 that no host uses as its own address or as a router or server it hands out.
+ */
+export function notUnicast(ip: string): string | undefined {
+  const n = ipToInt(ip);
+  const within = (net: string, prefix: number) => Math.floor(n / 2 ** (32 - prefix)) === Math.floor(ipToInt(net) / 2 ** (32 - prefix));
+  if (within('0.0.0.0', 8)) return 'is in 0.0.0.0/8, "this network", only ever a source while a host learns its address (RFC 1122 3.2.1.3, RFC 6890)';
+  if (within('127.0.0.0', 8)) return 'is in 127.0.0.0/8, loopback, which never appears on a network (RFC 1122 3.2.1.3)';
+  if (within('169.254.0.0', 16)) return 'is in 169.254.0.0/16, link-local, which routers do not forward (RFC 3927 2.7)';
+  if (within('224.0.0.0', 4)) return 'is in 224.0.0.0/4, multicast, never a host address (RFC 1112 4, RFC 5771)';
+  if (within('240.0.0.0', 4)) return 'is in 240.0.0.0/4, reserved, or the limited broadcast 255.255.255.255 (RFC 1112 4, RFC 919, RFC 6890)';
+  return undefined;
+}
+
 function inSubnet(ip: string, s: Subnet): boolean {
   const mask = ipToInt(s.netmask);
   return ((ipToInt(ip) & mask) >>> 0) === ipToInt(s.network);
@@ -87,6 +102,8 @@ export function validateHub(c: HubConfig): HubConfig {
   const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(c.address);
   if (!m?.[1] || !isIPv4(m[1]) || Number(m[2]) < 8 || Number(m[2]) > 30) throw bad('address', 'must be an IPv4 address with a prefix of /8 to /30, like 192.168.10.2/25');
   const s = subnetOf(c.address);
+  const hubNotUnicast = notUnicast(s.hub);
+  if (hubNotUnicast) throw bad('address', `${s.hub} ${hubNotUnicast}: the hub needs a unicast address`);
   // RFC 919/922: in a subnet of /30 or wider the all-zeros host part names the network and the
   // all-ones host part is its broadcast address; neither can be a host (RFC 3021 lifts this only for /31).
   const special = (ip: string) => (ip === s.network ? 'the network address' : ip === s.broadcast ? 'the broadcast address' : undefined);
@@ -97,11 +114,15 @@ export function validateHub(c: HubConfig): HubConfig {
     if (!inSubnet(ip, s)) throw bad(key, `must be inside ${s.network}/${s.prefix}`);
     const ipSpecial = special(ip);
     if (ipSpecial) throw bad(key, `${ip} is ${ipSpecial} of ${s.network}/${s.prefix}, not a host address`);
+    const ipNotUnicast = notUnicast(ip);
+    if (ipNotUnicast) throw bad(key, `${ip} ${ipNotUnicast}: guests need unicast addresses`);
   }
   if (ipToInt(c.rangeStart) > ipToInt(c.rangeEnd)) throw bad('range-start', 'must not be after range-end');
   if (ipToInt(s.hub) >= ipToInt(c.rangeStart) && ipToInt(s.hub) <= ipToInt(c.rangeEnd)) throw bad('address', 'the hub address must be outside the DHCP range');
   c.dnsServers.forEach((d, i) => {
     if (ipFamily(d) !== 4) throw bad(`dns-servers[${i}]`, 'must be an IPv4 address');
+    const dnsNotUnicast = notUnicast(d);
+    if (dnsNotUnicast) throw bad(`dns-servers[${i}]`, `${d} ${dnsNotUnicast}: a guest cannot reach a DNS server there`);
   });
   if (!Number.isInteger(c.defaultLeaseSeconds) || c.defaultLeaseSeconds < 60) throw bad('default-lease-time', 'must be at least 60 seconds');
   for (const [key, v] of [['default-lease-time', c.defaultLeaseSeconds], ['max-lease-time', c.maxLeaseSeconds]] as const) {

@@ -73,6 +73,20 @@ describe('hub config', () => {
     assert.equal(validateHub({ ...HUB_DEFAULTS, address: '192.168.10.1/25', rangeEnd: '192.168.10.126' }).address, '192.168.10.1/25');
   });
 
+  it('refuses a hub address, range or DNS server that is not unicast, naming the flag and the rule', () => {
+    const flags = (third: string, prefix = 24) => ({ address: `${third}.2/${prefix}`, 'range-start': `${third}.10`, 'range-end': `${third}.20` });
+    for (const [f, rule] of [
+      [flags('127.0.0', 8), /^MatchlockError: --address: 127\.0\.0\.2 is in 127\.0\.0\.0\/8, loopback, .*RFC 1122 3\.2\.1\.3/],
+      [flags('0.0.0', 8), /^MatchlockError: --address: 0\.0\.0\.2 is in 0\.0\.0\.0\/8, "this network".*RFC 6890/],
+      [flags('224.0.0'), /^MatchlockError: --address: 224\.0\.0\.2 is in 224\.0\.0\.0\/4, multicast/],
+      [flags('255.255.255'), /^MatchlockError: --address: 255\.255\.255\.2 is in 240\.0\.0\.0\/4, reserved/],
+      [flags('169.254.3'), /^MatchlockError: --address: 169\.254\.3\.2 is in 169\.254\.0\.0\/16, link-local/],
+      [{ ...flags('169.255.0', 15), 'range-start': '169.254.0.10', 'range-end': '169.254.0.20' }, /^MatchlockError: --range-start: 169\.254\.0\.10 is in 169\.254\.0\.0\/16/],
+      [{ ...flags('10.1.1'), 'dns-servers': '127.0.0.53' }, /^MatchlockError: --dns-servers\[0\]: 127\.0\.0\.53 is in 127\.0\.0\.0\/8/],
+    ] as const) assert.throws(() => loadHubConfig(undefined, f), rule, JSON.stringify(f));
+    assert.equal(loadHubConfig(undefined, flags('10.1.1')).address, '10.1.1.2/24');
+  });
+
   it('names where a bad value came from: the flag (with its prefix), the file and key, or the bare key of a default', () => {
     assert.throws(() => loadHubConfig(undefined, { mode: 'bogus' }, 'hub-'), /^MatchlockError: --hub-mode: must be vlan or bridge$/);
     assert.throws(() => loadHubConfig(undefined, { 'vlan-id': 'x' }), /^MatchlockError: --vlan-id: must be a whole number in decimal digits \(got "x"\)$/);
