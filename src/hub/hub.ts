@@ -74,8 +74,9 @@ async function readState(c: Pick<HubConfig, 'stateDir'>, address?: string): Prom
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
+    // ENOTDIR: the state dir is a file, which holds no hub either.
+    if (['ENOENT', 'ENOTDIR'].includes((err as NodeJS.ErrnoException).code ?? '')) return undefined;
+    throw hubError(`hub state ${file} cannot be read (${(err as Error).message})`);
   }
   // Not "no hub": what this names may be up. Written by rename, so only a hand-edit breaks it.
   const unreadable = (why: string) => hubError(`hub state ${file} cannot be read (${why}); fix it, or remove what it named by hand and delete it`);
@@ -153,13 +154,14 @@ export async function hubSetup(c: HubConfig, names: HubFlagNames = {}): Promise<
   if (c.mode === 'vlan' && !(await linkExists(c.interface)) && !(await linkExists(c.parent ?? ''))) throw hubError(`parent ${c.parent} for the VLAN not found`);
   const server = which(c.dhcp === 'isc' ? 'dhcpd' : 'dnsmasq');
   if (!findBinary('nft')) throw hubError('nft is not installed (apt-get install nftables)');
+  checkStateDir(c.stateDir, stateDirFlag);
   // A state dir is one hub's: another link would leave the first one's link and address unrecorded.
   const previous = await readState(c);
   const held = previous?.interface;
   if (held !== undefined && held !== c.interface) {
     throw hubError(`state dir ${c.stateDir} holds the hub on ${held}, not ${c.interface}: tear that hub down first (matchlock hub teardown --interface ${held} --state-dir ${c.stateDir}) or give another ${stateDirFlag}`);
   }
-  checkStateDir(c.stateDir, stateDirFlag);
+
   await refuseForeignLink(c);
   // The table is the host's one hub's: one this hub's state did not make belongs to another hub
   // (under another record) or to a setup whose state is gone; replacing it would cut that hub's NAT.

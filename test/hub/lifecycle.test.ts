@@ -441,6 +441,75 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     rmSync(dir, { recursive: true, force: true });
   });
 
+  it('refuses a --state-dir that is a file or cannot be written naming the flag, and a state file of the wrong shape as unreadable (exit 6), removing nothing', () => {
+    const before = snapshot();
+    const file = join(tmp.path, 'state-is-a-file');
+    writeFileSync(file, '');
+    const r = cli('hub', 'setup', ...hubFlags(21).slice(0, -1), file);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`^matchlock: --state-dir ${file}: ${file} is not a directory$`, 'm'));
+    const frozen = join(tmp.path, 'state-frozen');
+    mkdirSync(frozen);
+    if (spawnSync('chattr', ['+i', frozen]).status === 0) {
+      try {
+        const imm = cli('hub', 'setup', ...hubFlags(21).slice(0, -1), join(frozen, 'hub'));
+        assert.equal(imm.status, 6, imm.stderr);
+        assert.match(imm.stderr, new RegExp(`^matchlock: --state-dir ${join(frozen, 'hub')}: ${frozen} cannot be written \\(EPERM\\)$`, 'm'));
+      } finally {
+        spawnSync('chattr', ['-i', frozen]);
+      }
+    }
+    assert.deepEqual(snapshot(), before);
+    // Hand-edited states: teardown removes nothing they name, relative names in the cwd least of all.
+    const state = join(tmp.path, 'state-shape');
+    mkdirSync(state);
+    for (const f of ['a', 'b', 'c']) writeFileSync(join(tmp.path, f), '');
+    for (const [text, why] of [
+      ['null', /holds null, not a JSON object/],
+      ['"str"', /holds "str", not a JSON object/],
+      ['{}', /"createdLink" must be true or false/],
+      ['{"createdLink":false,"nft":false,"files":"abc"}', /"files" must be a list of absolute paths directly in/],
+      ['{"createdLink":false,"nft":false,"files":["/etc/hostname"]}', /"files" must be a list of absolute paths directly in/],
+    ] as const) {
+      writeFileSync(join(state, 'hub-state.json'), text);
+      const down = cli('hub', 'teardown', ...hubFlags(21).slice(0, -1), state);
+      assert.equal(down.status, 6, `${text}: ${down.stderr}`);
+      assert.match(down.stderr, new RegExp(`hub state ${join(state, 'hub-state.json')} cannot be read \\(`), text);
+      assert.match(down.stderr, why, text);
+    }
+    assert.deepEqual(['a', 'b', 'c'].map((f) => existsSync(join(tmp.path, f))), [true, true, true]);
+    assert.equal(existsSync('/etc/hostname'), true);
+  });
+
+  it('teardown with no state and no record does not speak of a record; teardown waits for a setup holding the lock', async () => {
+    const state = join(tmp.path, 'state-none-22');
+    const none = cli('hub', 'teardown', ...hubFlags(22).slice(0, -1), state);
+    assert.equal(none.status, 6, none.stderr);
+    assert.match(none.stderr, /nothing removed$/m);
+    assert.doesNotMatch(none.stderr, /the record/);
+    assert.equal(cli('hub', 'setup', ...hubFlags(22)).status, 0);
+    // A setup in progress (this process stands in for it) holds the lock: teardown waits for it.
+    const stat = readFileSync(`/proc/${process.pid}/stat`, 'utf8');
+    writeFileSync(`${record}.lock`, `${process.pid} ${stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]}\n`);
+    const down = cliAsync('hub', 'teardown');
+    const early = await Promise.race([down.done, new Promise((r) => setTimeout(() => r('waiting'), 2000))]);
+    assert.equal(early, 'waiting', 'teardown does not run while a setup holds the lock');
+    assert.equal(existsSync(join(tmp.path, 'state-22', 'hub-state.json')), true);
+    unlinkSync(`${record}.lock`);
+    const done = await down.done;
+    assert.equal(done.status, 0, done.stderr);
+    assert.equal(existsSync(record), false);
+  });
+
+  it('host dev refusing a state dir that holds another hub names --hub-state-dir, its own flag', () => {
+    const dir = join(tmp.path, 'dev-names');
+    assert.equal(cli('hub', 'setup', ...hubFlags(23).slice(0, -1), join(dir, 'hub')).status, 0);
+    const dev = cli('host', 'dev', '--interface', 'mldev8', '--uplink', 'up0', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--no-guard');
+    assert.equal(dev.status, 6, dev.stderr);
+    assert.match(dev.stderr, /holds the hub on mlbr23, not mldev8: .* or give another --hub-state-dir$/m);
+    assert.equal(cli('hub', 'teardown').status, 0);
+  });
+
   it('refuses bridge mode on a link that is not a bridge, and host dev names --hub-state-dir', () => {
     ip('link', 'add', 'mlveth0', 'type', 'veth', 'peer', 'name', 'mlveth1');
     const r = cli('hub', 'setup', ...hubFlags(18).map((f) => (f === 'mlbr18' ? 'mlveth0' : f)));
