@@ -12,6 +12,7 @@ import { run } from '../adapters/exec.js';
 import { findBinary } from '../daemon/providers.js';
 import { ensureSystemUser } from '../adapters/system/accounts.js';
 import { installGuard, writeGuardFile } from './guard.js';
+import { systemdCommandLine, systemdWord } from './unit.js';
 import { inspectHost, type Check } from './inspect.js';
 import { drainBoundMs } from '../daemon/lifecycle.js';
 
@@ -63,12 +64,14 @@ export function resolveDaemonCommand(explicit?: string, pathEnv = process.env.PA
     bin = explicit;
   } else bin = findBinary('matchlockd', pathEnv) ?? OWN_DAEMON_BIN;
   const path = realpathSync(bin);
-  const execStart = path.endsWith('.js') ? `${process.execPath} ${DAEMON_NODE_FLAGS} ${path}` : path;
+  const execStart = systemdCommandLine(path.endsWith('.js') ? [process.execPath, DAEMON_NODE_FLAGS, path] : [path]);
   return { execStart, path, installed: !isCheckoutBin(path) };
 }
 
 /**
  * A unit equivalent to flintlock's: restart always, and KillMode=process so VMs outlive restarts.
+ * `execStart` is a command line as systemd reads it (resolveDaemonCommand's is quoted); the
+ * config and guard paths are quoted here (systemdWord). Throws for a path systemd cannot carry.
  * `shutdownGraceMs` (the configured shutdown-grace, ms) sets TimeoutStopSec: systemd SIGKILLs a
  * service still running that long after its stop signal (systemd.service(5), default 90 s).
  */
@@ -83,8 +86,8 @@ export function systemdUnit(execStart: string, configPath: string, guardPath?: s
     'Type=simple',
     // The guard is loaded before every start (nftables rules do not survive a reboot); a guard
     // that cannot be loaded keeps the daemon from starting unguarded.
-    ...(guardPath ? [`ExecStartPre=${findBinary('nft') ?? '/usr/sbin/nft'} -f ${guardPath}`] : []),
-    `ExecStart=${execStart} run --config ${configPath}`,
+    ...(guardPath ? [`ExecStartPre=${systemdCommandLine([findBinary('nft') ?? '/usr/sbin/nft', '-f', guardPath])}`] : []),
+    `ExecStart=${execStart} ${systemdCommandLine(['run', '--config', configPath])}`,
     'Restart=always',
     'RestartSec=5',
     // Only the daemon is stopped on restart: the detached VMMs keep running and are adopted.
@@ -172,7 +175,17 @@ export async function planHostSetup(o: HostSetupOptions): Promise<HostSetupPlan>
   for (const [flag, path] of [['--config-out', o.configPath], ['--unit-out', o.unitPath]] as const) {
     if (!isAbsolute(path)) throw new Error(`${flag} ${path}: must be an absolute path`);
   }
-  for (const [flag, path] of [['--config-out', o.configPath], ['--unit-out', o.unitPath], ...(o.guardPath ? [['guard file (beside --config-out)', o.guardPath]] : [])] as const) checkWritable(flag, path, 'file');
+  for (const [flag, path] of [['--config-out', o.configPath], ['--unit-out', o.unitPath], ...(o.guardPath ? [['guard file (beside --config-out)', o.guardPath]] : [])] as const) {
+    checkWritable(flag, path, 'file');
+    // The unit names the config and the guard: a path it cannot carry is refused now, not once written.
+    if (path !== o.unitPath) {
+      try {
+        systemdWord(path);
+      } catch (err) {
+        throw new Error(`${flag} ${path}: ${(err as Error).message.replace(/^\S+: /, '')}`);
+      }
+    }
+  }
   const daemon = o.execStart === undefined ? resolveDaemonCommand(o.daemonBin) : undefined;
   const before = await readIfThere(o.configPath);
   const after = mergeConfigText(before, o.settings, o.configPath);

@@ -136,6 +136,9 @@ export function validateHub(c: HubConfig): HubConfig {
   // (teardown, systemd's unit), so a relative path would name another place; as the daemon does
   // for its own paths, it is refused rather than guessed.
   if (!isAbsolute(c.stateDir)) throw bad('state-dir', `must be an absolute path (${c.stateDir} is relative)`);
+  // The DHCP server's unit names files in it, and a unit line cannot carry a control character.
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(c.stateDir)) throw bad('state-dir', `${JSON.stringify(c.stateDir)}: must not hold a control character (a systemd unit cannot name such a path)`);
   // One spelling per directory (no trailing slash, no "." or ".."), so the record, the state and
   // the one-hub-per-host rule compare paths as the kernel resolves them.
   c.stateDir = resolve(c.stateDir);

@@ -10,6 +10,7 @@ import { livePidsWhere, pidAlive, processMentions } from '../adapters/vmm/proces
 import { subnetOf, type HubConfig } from './config.js';
 import { parseDnsmasqLeases, parseIscLeases, type Lease } from './leases.js';
 import { dhcpdConf, dnsmasqArgs, nftRuleset, NFT_TABLE } from './render.js';
+import { systemdCommandLine } from '../host/unit.js';
 
 export { parseDnsmasqLeases, parseIscLeases, type Lease };
 
@@ -368,7 +369,7 @@ async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, serv
   await own(files.pid);
   const [cmd, args] = dhcpCommand(c.dhcp, files, c.interface, wanted);
   // The same server as a systemd unit, for hosts where systemd should supervise it.
-  await rewrite(files.unit, dhcpUnit(`${server} ${args.join(' ')}`, c));
+  await rewrite(files.unit, dhcpUnit(systemdCommandLine([server, ...args]), c));
   const { child, exited, logFrom } = await startDhcp([cmd, args], files);
   // Recorded as soon as the process exists: a setup killed during the wait below leaves a state
   // that names the server, so a re-run or teardown stops it.
@@ -445,7 +446,10 @@ function which(cmd: string): string {
   return found;
 }
 
-/** A unit that runs the hub's DHCP server in the foreground with restarts; install it under /etc/systemd/system. */
+/**
+ * A unit that runs the hub's DHCP server in the foreground with restarts; install it under
+ * /etc/systemd/system. `execStart` is a command line as systemd reads it (systemdCommandLine).
+ */
 export function dhcpUnit(execStart: string, c: HubConfig): string {
   return [
     '[Unit]',

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { run } from '../../src/cli/main.js';
@@ -60,5 +60,20 @@ describe('host setup: bad paths are input errors, a failing host is not', () => 
     assert.equal(r.status, 1, r.stderr);
     assert.match(r.stderr, /cannot load/);
     assert.deepEqual(readdirSync(dir), []);
+  });
+
+  it('writes a unit that systemd reads back with paths holding a space, % and $', (t) => {
+    const dir = join(tmp.path, 'un it %Z $x');
+    mkdirSync(join(dir, 'b in'), { recursive: true });
+    const bin = join(dir, 'b in', 'matchlockd');
+    copyFileSync('/usr/bin/true', bin);
+    const r = spawnSync(process.execPath, [join(ROOT, 'bin/matchlock.js'), 'host', 'setup', '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'matchlockd.service'), '--no-guard', '--daemon-bin', bin, '--set', `state-dir=${join(dir, 'state')}`, '--set', 'vmm-user=root'], { encoding: 'utf8' });
+    assert.ok(existsSync(join(dir, 'matchlockd.service')), r.stderr);
+    const exec = readFileSync(join(dir, 'matchlockd.service'), 'utf8').split('\n').find((l) => l.startsWith('ExecStart='));
+    // The executable's "$" is literal for systemd; an argument's is written "$$".
+    assert.equal(exec, `ExecStart="${bin.replaceAll('%', '%%')}" run --config "${join(dir, 'config.yaml').replaceAll('%', '%%').replaceAll('$', '$$$$')}"`);
+    const verify = spawnSync('systemd-analyze', ['verify', join(dir, 'matchlockd.service')], { encoding: 'utf8' });
+    if (verify.error) t.skip('systemd-analyze is not installed');
+    else assert.doesNotMatch(verify.stderr, /specifier|not executable|bad unit file setting/);
   });
 });

@@ -510,6 +510,19 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.equal(cli('hub', 'teardown').status, 0);
   });
 
+  it("writes the DHCP server's unit so systemd reads back a state dir with a space, % and $ as it is", (t) => {
+    const state = join(tmp.path, 'st ate %Z $x');
+    const up = cli('hub', 'setup', ...hubFlags(24).slice(0, -1), state);
+    assert.equal(up.status, 0, up.stderr);
+    const unitFile = join(state, 'matchlock-hub-dhcp.service');
+    const exec = readFileSync(unitFile, 'utf8').split('\n').find((l) => l.startsWith('ExecStart=')) ?? '';
+    assert.ok(exec.includes(` "--dhcp-leasefile=${join(tmp.path, 'st ate %%Z $$x')}/dnsmasq.leases" `), exec);
+    const verify = spawnSync('systemd-analyze', ['verify', unitFile], { encoding: 'utf8' });
+    assert.equal(cli('hub', 'teardown').status, 0);
+    if (verify.error) t.skip('systemd-analyze is not installed');
+    else assert.equal(verify.status, 0, verify.stderr);
+  });
+
   it('refuses bridge mode on a link that is not a bridge, and host dev names --hub-state-dir', () => {
     ip('link', 'add', 'mlveth0', 'type', 'veth', 'peer', 'name', 'mlveth1');
     const r = cli('hub', 'setup', ...hubFlags(18).map((f) => (f === 'mlbr18' ? 'mlveth0' : f)));
