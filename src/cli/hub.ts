@@ -1,7 +1,7 @@
 import { Command } from 'commander';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { pidAlive, processStart } from '../adapters/vmm/process.js';
+import { argvOf, pidAlive, processStart } from '../adapters/vmm/process.js';
 import { NFT_TABLE } from '../hub/render.js';
 import type { HubFlagNames } from '../hub/hub.js';
 import { checkRecordable, hubConfigYaml, loadHubConfig, type HubConfig } from '../hub/config.js';
@@ -59,7 +59,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * Runs `fn` (the one-hub check and the setup) holding `<record>.lock`, so two setups at once
  * cannot both find no hub and both make one. The lock file holds the holder's pid and start
  * time (field 22 of /proc/<pid>/stat): one whose holder is gone (a killed setup), also when its
- * pid now names another process, is taken over. A setup that waits longer than `waitMs` for
+ * pid now names another process, is taken over; so is a lock of the older pid-only form whose
+ * pid is not a matchlock CLI. A setup that waits longer than `waitMs` for
  * the other fails naming the lock (exit 6).
  */
 export async function withHubLock<T>(fn: () => Promise<T>, record = hubRecordPath(), waitMs = 120_000): Promise<T> {
@@ -90,7 +91,10 @@ export async function withHubLock<T>(fn: () => Promise<T>, record = hubRecordPat
       await sleep(50);
       continue;
     }
-    if (!Number.isInteger(holder) || holder <= 0 || !pidAlive(holder) || (started !== '' && processStart(holder) !== started)) {
+    // A lock of the older form names only a pid: it still counts while that pid is a matchlock
+    // CLI, and is taken over once the pid names anything else (pid 1, another program).
+    const stale = started === '' ? !isMatchlockCli(holder) : processStart(holder) !== started;
+    if (!Number.isInteger(holder) || holder <= 0 || !pidAlive(holder) || stale) {
       rmSync(lock, { force: true });
       continue;
     }
@@ -112,6 +116,11 @@ export async function withHubLock<T>(fn: () => Promise<T>, record = hubRecordPat
       }
     }
   }
+}
+
+/** Whether `pid` runs a matchlock CLI: an argument names its bin (bin/matchlock, bin/matchlock.js) or its build (dist/cli/). */
+function isMatchlockCli(pid: number): boolean {
+  return (argvOf(pid) ?? []).some((a) => /(^|\/)bin\/matchlock(\.js)?$/.test(a) || /(^|\/)dist\/cli\//.test(a));
 }
 
 /**

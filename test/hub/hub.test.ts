@@ -473,6 +473,21 @@ describe('the hub lock', () => {
     }
   });
 
+  it('takes over a pid-only lock (the older form) whose pid is not a matchlock CLI, and waits for one that is', async () => {
+    const record = join(tmp.path, 'pid-only', 'hub.yaml');
+    mkdirSync(dirname(record), { recursive: true });
+    // pid 1 is always alive and never a hub setup.
+    writeFileSync(`${record}.lock`, '1\n');
+    assert.equal(await withHubLock(async () => 'ran', record, 500), 'ran');
+    const cliLike = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 30000)', join(ROOT, 'bin', 'matchlock.js')], { stdio: 'ignore' });
+    try {
+      writeFileSync(`${record}.lock`, `${cliLike.pid}\n`);
+      await assert.rejects(withHubLock(async () => 'ran', record, 500), new RegExp(`another hub setup \\(pid ${cliLike.pid}\\)`));
+    } finally {
+      cliLike.kill();
+    }
+  });
+
   it('waits for a live holder, and for one that made the lock and has not written it yet', async () => {
     const record = join(tmp.path, 'held', 'hub.yaml');
     mkdirSync(dirname(record), { recursive: true });
