@@ -607,7 +607,8 @@ export async function hubLeases(c: HubConfig, now = Date.now()): Promise<Lease[]
   try {
     text = await readFile(file, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    // ENOTDIR: the state dir is a file, which holds no hub either.
+    if (!['ENOENT', 'ENOTDIR'].includes((err as NodeJS.ErrnoException).code ?? '')) throw hubError(`lease file ${file} cannot be read (${(err as Error).message})`);
     throw hubError(`no hub on ${c.interface} with state dir ${c.stateDir}: its lease file ${file} does not exist (set it up with matchlock hub setup)`);
   }
   return c.dhcp === 'dnsmasq' ? parseDnsmasqLeases(text, now) : parseIscLeases(text, now);

@@ -448,6 +448,12 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     const r = cli('hub', 'setup', ...hubFlags(21).slice(0, -1), file);
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, new RegExp(`^matchlock: --state-dir ${file}: ${file} is not a directory$`, 'm'));
+    // Nor is it a hub for leases, status or teardown: no hub there, exit 6, not a bare ENOTDIR.
+    for (const cmd of ['leases', 'status', 'teardown']) {
+      const none = cli('hub', cmd, ...hubFlags(21).slice(0, -1), file);
+      assert.equal(none.status, 6, `${cmd}: ${none.stderr}`);
+      assert.doesNotMatch(none.stderr, /ENOTDIR/, cmd);
+    }
     const frozen = join(tmp.path, 'state-frozen');
     mkdirSync(frozen);
     if (spawnSync('chattr', ['+i', frozen]).status === 0) {
