@@ -529,6 +529,28 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     else assert.equal(verify.status, 0, verify.stderr);
   });
 
+  it('a host dev re-run that fails after changing the hub (the guard cannot be loaded) puts the previous hub and record back', () => {
+    const dir = join(tmp.path, 'dev-restore');
+    const dev = (third: number) => ['host', 'dev', '--interface', 'mldev9', '--address', `192.168.${third}.2/25`, '--range-start', `192.168.${third}.26`, '--range-end', `192.168.${third}.126`, '--uplink', 'up0', '--dhcp', 'dnsmasq', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--set', `state-dir=${join(dir, 'state')}`];
+    const up = cli(...dev(65));
+    assert.equal(up.status, 0, up.stderr);
+    const kept = () => ({ addrs: addrsOf('mldev9'), nft: inNs('nft', 'list', 'table', 'ip', 'matchlock_hub').stdout, record: readFileSync(record, 'utf8'), conf: readFileSync(join(dir, 'hub', 'dhcpd.conf'), 'utf8'), config: readFileSync(join(dir, 'config.yaml'), 'utf8') });
+    const before = kept();
+    // An nft that loads everything but the guard: the run fails after it re-ran the hub's setup.
+    const bin = join(dir, 'bin');
+    mkdirSync(bin);
+    const nft = execFileSync('sh', ['-c', 'command -v nft'], { encoding: 'utf8' }).trim();
+    writeFileSync(join(bin, 'nft'), `#!/bin/sh\nif [ "$1" = -f ] && [ "$2" = - ]; then in=$(cat); case "$in" in *matchlock_guard*) echo "nft: guard refused" >&2; exit 1;; esac; printf '%s\\n' "$in" | exec ${nft} "$@"; fi\nexec ${nft} "$@"\n`, { mode: 0o755 });
+    const again = spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'bin/matchlock.js'), ...dev(66)], { encoding: 'utf8', cwd: tmp.path, env: { ...process.env, MATCHLOCK_HUB_RECORD: record, PATH: `${bin}:${process.env.PATH ?? ''}` } });
+    assert.deepEqual(kept(), before);
+    assert.equal(again.status, 1, again.stderr);
+    assert.match(again.stderr, /guard refused/);
+    assert.equal(dhcpUp(), true);
+    assert.equal(cli('host', 'dev', '--down').status, 0);
+    assert.equal(inNs('nft', 'list', 'table', 'inet', 'matchlock_guard').status, 1, 'the guard dev mode installed is gone');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
   it('refuses bridge mode on a link that is not a bridge, and host dev names --hub-state-dir', () => {
     ip('link', 'add', 'mlveth0', 'type', 'veth', 'peer', 'name', 'mlveth1');
     const r = cli('hub', 'setup', ...hubFlags(18).map((f) => (f === 'mlbr18' ? 'mlveth0' : f)));
