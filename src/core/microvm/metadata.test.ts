@@ -237,3 +237,110 @@ it('meta-data that holds itself through an alias is refused, naming the field (c
     });
   }
 });
+
+/**
+ * How PyYAML's safe_load reads each document's bytes, typed: ['ok', tree] or ['err', message].
+ * A tree is [Python type, value]: a float keeps its repr (1.0 is not 1), an int its digits, a
+ * dict its keys' types, a datetime its offset.
+ */
+function pyTyped(docs: Buffer[]): [string, unknown][] {
+  const script = `import base64, datetime, json, sys, yaml
+def tree(v):
+    if v is None: return ['NoneType']
+    if isinstance(v, (bool, int, float)): return [type(v).__name__, repr(v)]
+    if isinstance(v, str): return ['str', v]
+    if isinstance(v, bytes): return ['bytes', v.hex()]
+    if isinstance(v, (datetime.date, datetime.datetime)): return [type(v).__name__, v.isoformat()]
+    if isinstance(v, (list, tuple)): return [type(v).__name__, [tree(x) for x in v]]
+    if isinstance(v, dict): return ['dict', [[tree(k), tree(x)] for k, x in v.items()]]
+    if isinstance(v, set): return ['set', sorted([tree(x) for x in v], key=json.dumps)]
+    return [type(v).__name__, repr(v)]
+out = []
+for d in json.load(sys.stdin):
+    try:
+        out.append(['ok', tree(yaml.safe_load(base64.b64decode(d)))])
+    except Exception as e:
+        out.append(['err', type(e).__name__ + ': ' + str(e)])
+print(json.dumps(out))`;
+  return JSON.parse(execFileSync(PYTHON, ['-c', script], { input: JSON.stringify(docs.map((d) => d.toString('base64'))), encoding: 'utf8' })) as [string, unknown][];
+}
+
+type Tree = [string, unknown];
+
+/** A dict tree's entries, by their key's tree as JSON. */
+function entriesOf(tree: unknown, shown: string): Map<string, Tree> {
+  assert.ok(Array.isArray(tree) && tree[0] === 'dict', `${shown}: a mapping, not ${JSON.stringify(tree)}`);
+  return new Map((tree[1] as [Tree, Tree][]).map(([k, v]) => [JSON.stringify(k), v]));
+}
+
+const strKey = (k: string): string => JSON.stringify(['str', k]);
+
+/**
+ * Asserts with PyYAML, typed, that the meta-data matchlock writes for `doc` reads every client
+ * key as the client's text does, both spellings of each key alike, the instance id as the
+ * client's (neither null nor empty) or else `uid`, and no other key.
+ */
+function assertReadsAsClientTyped(doc: string, uid: string): void {
+  const out = cloudInitMetaData(Buffer.from(doc), uid, 'f');
+  const [before, after] = pyTyped([Buffer.from(doc), out]);
+  const shown = `${JSON.stringify(doc)} became ${JSON.stringify(out.toString())}`;
+  assert.equal(before?.[0], 'ok', `PyYAML reads ${JSON.stringify(doc)}: ${JSON.stringify(before)}`);
+  assert.equal(after?.[0], 'ok', `PyYAML reads ${shown}: ${JSON.stringify(after)}`);
+  const [was, now] = [entriesOf(before?.[1], shown), entriesOf(after?.[1], shown)];
+  const none = (k: string, v: Tree | undefined): boolean => v === undefined || v[0] === 'NoneType' || (k.startsWith('instance') && v[0] === 'str' && v[1] === '');
+  for (const [k, v] of was) {
+    const key = JSON.parse(k) as Tree;
+    if (key[0] === 'str' && none(String(key[1]), v)) continue;
+    assert.deepEqual(now.get(k), v, `${shown}: ${k} reads the same`);
+  }
+  for (const [underscore, hyphen] of META_DATA_SPELLINGS) {
+    assert.deepEqual(now.get(strKey(underscore)), now.get(strKey(hyphen)), `${shown}: ${underscore} and ${hyphen} read the same`);
+    const given = [underscore, hyphen].map((k) => was.get(strKey(k))).find((v) => !none(underscore, v));
+    if (underscore === 'instance_id') assert.deepEqual(now.get(strKey(underscore)), given ?? ['str', uid], `${shown}: the instance id`);
+    else if (given !== undefined) assert.deepEqual(now.get(strKey(underscore)), given, `${shown}: ${underscore}`);
+  }
+  const known = new Set([...was.keys(), ...META_DATA_SPELLINGS.flat().map(strKey)]);
+  for (const k of now.keys()) assert.ok(known.has(k), `${shown}: no key ${k} of its own`);
+}
+
+for (const [kind, docs] of [
+  ['a `#` right after a quote, bracket or comma starts a comment, as PyYAML\'s scanner reads it (scan_to_next_token); after a plain scalar it does not', ['a: "x"#c\n', '{a: 1}#c', 'a: [1,#c\n 2]\n', 'a: [#c\n 1]\n', 'a: {b: 1,#c\n}\n', 'a: x#c\n', 'a: x,#c\n', "instance_id: 'i'#c\n"]],
+  ['what those rules leave alone reads as PyYAML reads it', ['a: [x:y]\n', 'a: !!omap [b: ]\n', 'a: !!omap\n- b: 1\n- c:\n', 'a:\n  &x\n  b: 1\n', 'a: [&x\n b]\n', '? a\n  b\n: 1\n', '{? a\n b: 1}', 'a: [1, 2]#c\n', 'instance_id: a#b\n']],
+  ['an implicit key of up to 1024 characters up to its colon is read (yaml/scanner.py)', [`{${'k'.repeat(1024)}: 1}`, `${'k'.repeat(1024)}: 1\n`, `{${'\u{1F600}'.repeat(1000)}: 1}`, `{&a ${'k'.repeat(1021)}: 1}`]],
+] as const) {
+  it(`meta-data to cloud-init, read back typed with PyYAML: ${kind}`, { skip: noPyYaml }, () => {
+    for (const doc of docs) assertReadsAsClientTyped(doc, 'UID01');
+  });
+}
+
+/**
+ * meta-data matchlock refuses, naming the field and the rule: `pyYaml` says whether PyYAML
+ * refuses it too ('refuses') or reads it, where matchlock could not hand it on unchanged.
+ */
+for (const [kind, docs, rule, pyYaml] of [
+  ['a CR on its own, LS and PS are line breaks to PyYAML and not to `yaml` (scan_line_break)', ['# c\rinstance-id: client-1\rlocal-hostname: web\r', 'a: 1 # c\u2028instance-id: client-1\n', 'a: 1\u2029instance_id: x\u2029', 'instance_id: "a\u2028b"\n', 'instance_id: "a\r b"\n', 'a: 1\r\nb: 2\r'], /must not hold .* \(at character [0-9]+, line [0-9]+\): it is a line break to PyYAML, cloud-init's reader \(yaml\/scanner\.py scan_line_break/, 'reads'],
+  ['a second merge key in a mapping, which PyYAML lets win (flatten_mapping)', ['<<: {instance-id: ~}\n<<: {instance-id: client-1}\n', 'b: &b {local-hostname: a}\n<<: *b\n<<: {local-hostname: c}\n', 'a:\n  <<: {x: 1}\n  <<: {x: 2}\n'], /more than one merge key `<<` in a mapping .*yaml\/constructor\.py flatten_mapping/, 'reads'],
+  ['an anchor name PyYAML ends at a character outside [0-9A-Za-z_-], reading the rest as the value (scan_anchor)', ['local-hostname: &h:x web\n', 'a: [&x:y]\n'], /must be a YAML mapping \(.*anchor or alias name, not "&.*yaml\/scanner\.py scan_anchor/, 'reads'],
+  ['an anchor or alias name outside [0-9A-Za-z_-] (scan_anchor)', ['a: &x.y 1\n', 'a: &x/y 1\n', 'a: &\u00e9 1\n'], /must be a YAML mapping \(.*anchor or alias name, not "&.*yaml\/scanner\.py scan_anchor/, 'refuses'],
+  ['a plain `<<` that is not a mapping key (merge tag, no constructor)', ['local-hostname: web\nx: <<\n', 'a: [<<]\n', '- <<\n'], /must be a YAML mapping \(.*plain `<<` that is not a mapping key/, 'refuses'],
+  ['a tag not followed by a space or line break (scan_tag)', ['x: {k: !!str}\n', 'a: [!!str, b]\n', 'a: !!str]\n'], /must be a YAML mapping \(.*space or line break after the tag !!str \(yaml\/scanner\.py scan_tag\)/, 'refuses'],
+  ['an implicit key longer than 1024 characters up to its colon (stale_possible_simple_keys)', [`{${'k'.repeat(1025)}: 1}`, `${'k'.repeat(1025)}: 1\n`, `{&a ${'k'.repeat(1022)}: 1}`, `{"${'k'.repeat(1030)}": 1}`], /must be a YAML mapping \(.*implicit key of at most 1024 characters .*yaml\/scanner\.py stale_possible_simple_keys/, 'refuses'],
+  ['an implicit key on more than one line (stale_possible_simple_keys)', ['{a\n b: 1}', '{"a\n b": 1}', 'a: {x: 1, "y\n z": 2}\n'], /must be a YAML mapping \(.*implicit key on one line only \(yaml\/scanner\.py stale_possible_simple_keys\)/, 'refuses'],
+  ['a plain scalar starting with `?` in a flow collection, which PyYAML reads as a key indicator (check_plain)', ['{?instance-id: x}', 'a: [?x]\n'], /must be a YAML mapping \(.*`\?` that starts a plain scalar in a flow collection .*yaml\/scanner\.py check_plain/, 'reads'],
+  ['a plain scalar starting with `:` in a flow collection (check_plain)', ['a: [:x]\n', 'a: {x: :y}\n'], /must be a YAML mapping \(.*`:` that starts a plain scalar in a flow collection .*yaml\/scanner\.py check_plain/, 'refuses'],
+  ['an !!omap or !!pairs item that is not a mapping of one entry (construct_yaml_omap)', ['a: !!pairs [b]\n', 'a: !!omap [{}]\n', 'a: !!omap [b]\n'], /must be a YAML mapping \(.*only mappings of one entry in a !!(omap|pairs) \(yaml\/constructor\.py construct_yaml_omap/, 'refuses'],
+  ['a repeated %YAML directive or %TAG handle (process_directives)', ['%YAML 1.1\n%YAML 1.1\n---\na: 1\n', '%TAG ! !a\n%TAG ! !b\n---\na: 1\n'], /must be a YAML mapping \(.*(repeated %YAML directive|%TAG handle ! given twice) \(yaml\/parser\.py process_directives\)/, 'refuses'],
+  ['a document PyYAML reads as a set, not a mapping', ['--- !!set\n? a\n', '!!set {a, b}\n'], /must be a YAML mapping of keys to values/, 'reads'],
+] as const) {
+  it(`meta-data matchlock refuses, naming the field and the rule: ${kind}`, { skip: noPyYaml }, () => {
+    const read = pyTyped(docs.map((d) => Buffer.from(d)));
+    docs.forEach((doc, i) => {
+      assert.equal(read[i]?.[0], pyYaml === 'refuses' ? 'err' : 'ok', `PyYAML ${pyYaml} ${JSON.stringify(doc.slice(0, 60))}: ${JSON.stringify(read[i])}`);
+      assert.throws(() => cloudInitMetaData(Buffer.from(doc), 'UID01', 'microvm.metadata["meta-data"]'), (err: Error & { field?: string }) => {
+        assert.equal(err.field, 'microvm.metadata["meta-data"]');
+        assert.match(err.message, rule, JSON.stringify(doc.slice(0, 60)));
+        return true;
+      }, JSON.stringify(doc.slice(0, 60)));
+    });
+  });
+}

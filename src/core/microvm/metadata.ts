@@ -297,6 +297,110 @@ function checkSyntax(token: CST.Token | CST.CollectionItem | undefined, depth: n
 }
 
 /**
+ * Calls `check` on every token of `token` that stands for text of its own (with an offset),
+ * depth first, until it returns a problem, which is returned.
+ */
+function eachSourceToken(token: unknown, check: (t: { type: string; offset: number; source: string }) => string | undefined): string | undefined {
+  if (Array.isArray(token)) {
+    for (const t of token) {
+      const r = eachSourceToken(t, check);
+      if (r) return r;
+    }
+    return undefined;
+  }
+  if (token === null || typeof token !== 'object') return undefined;
+  const t = token as Record<string, unknown>;
+  if (typeof t.type === 'string' && typeof t.offset === 'number' && typeof t.source === 'string') {
+    const r = check(t as { type: string; offset: number; source: string });
+    if (r) return r;
+  }
+  for (const part of ['start', 'props', 'key', 'sep', 'value', 'items', 'end']) {
+    const r = part in t ? eachSourceToken(t[part], check) : undefined;
+    if (r) return r;
+  }
+  return undefined;
+}
+
+/** PyYAML's anchor and alias names (yaml/scanner.py scan_anchor): ASCII letters, digits, `-`, `_`. */
+const PY_ANCHOR_NAME = /^[&*][0-9A-Za-z_-]+$/;
+
+/** PyYAML's limit on an implicit key, from its first character to its `:` (yaml/scanner.py stale_possible_simple_keys). */
+const PY_SIMPLE_KEY_MAX = 1024;
+
+/**
+ * Checks, on the concrete syntax tree, what PyYAML's scanner and parser read otherwise than
+ * `yaml` does or refuse (yaml/scanner.py, yaml/parser.py, PyYAML 6): anchor and alias names
+ * outside [0-9A-Za-z_-] (scan_anchor ends the name at any other character: `&h:x` is the
+ * anchor `h` before `:x`); a tag not followed by a space or line break (scan_tag: "expected
+ * ' '"; in a flow collection `!!str,` is the tag `str,`); an implicit key on more than one
+ * line or longer than 1024 characters up to its `:` (stale_possible_simple_keys drops it); a
+ * plain scalar starting with `?` or `:` in a flow collection (check_plain: they are
+ * indicators there); and a repeated `%YAML`
+ * directive or `%TAG` handle (process_directives).
+ */
+function tokenProblem(cst: readonly CST.Token[], text: string): string | undefined {
+  const reader = "PyYAML (cloud-init's reader)";
+  let yamlDirective = false;
+  const handles = new Set<string>();
+  for (const top of cst) {
+    if (top.type === 'directive') {
+      const [name, handle] = top.source.split(/[ ]+/);
+      if (name === '%YAML') {
+        if (yamlDirective) return `${reader} refuses a repeated %YAML directive (yaml/parser.py process_directives)`;
+        yamlDirective = true;
+      } else if (name === '%TAG' && handle !== undefined) {
+        if (handles.has(handle)) return `${reader} refuses the %TAG handle ${handle} given twice (yaml/parser.py process_directives)`;
+        handles.add(handle);
+      }
+      continue;
+    }
+    if (top.type === 'document') {
+      yamlDirective = false;
+      handles.clear();
+    }
+    const bad = eachSourceToken(top, (t) => {
+      if ((t.type === 'anchor' || t.type === 'alias') && !PY_ANCHOR_NAME.test(t.source)) {
+        return `${reader} takes only ASCII letters, digits, "-" and "_" in an anchor or alias name, not ${JSON.stringify(t.source)} (yaml/scanner.py scan_anchor ends the name there); put a space after the name`;
+      }
+      if (t.type === 'tag' && !/^$|^[ \n\r]/.test(text.slice(t.offset + t.source.length, t.offset + t.source.length + 1))) {
+        return `${reader} needs a space or line break after the tag ${t.source} (yaml/scanner.py scan_tag); an empty tagged value in a flow collection needs a space before its "," or closing bracket`;
+      }
+      return undefined;
+    });
+    if (bad) return bad;
+    const items: [CST.CollectionItem, boolean][] = [];
+    collectionItems(top, false, items);
+    for (const [item, flow] of items) {
+      // In a flow collection `?` and `:` start no plain scalar (check_plain): `{?a: 1}` is the key a.
+      for (const t of flow ? [item.key, item.value] : []) {
+        if (t?.type === 'scalar' && /^[?:]/.test(t.source)) return `${reader} reads a \`${t.source[0] ?? ''}\` that starts a plain scalar in a flow collection as an indicator, not as text (yaml/scanner.py check_plain); quote ${JSON.stringify(t.source)}`;
+      }
+      const colon = item.sep?.find((t) => t.type === 'map-value-ind');
+      if (!colon || item.start.some((t) => t.type === 'explicit-key-ind')) continue;
+      const starts = [...item.start.filter((t) => t.type === 'anchor' || t.type === 'tag'), ...(item.key ? [item.key] : [])].map((t) => ('offset' in t ? t.offset : colon.offset));
+      const key = text.slice(Math.min(colon.offset, ...starts), colon.offset);
+      if (key.includes('\n')) return `${reader} takes an implicit key on one line only (yaml/scanner.py stale_possible_simple_keys); use an explicit "? " key`;
+      if (key.length > PY_SIMPLE_KEY_MAX && [...key].length > PY_SIMPLE_KEY_MAX) return `${reader} takes an implicit key of at most ${PY_SIMPLE_KEY_MAX} characters up to its ":" (yaml/scanner.py stale_possible_simple_keys); use an explicit "? " key`;
+    }
+  }
+  return undefined;
+}
+
+/** Adds every collection item under `token` to `items`, with whether it is in a flow collection. */
+function collectionItems(token: CST.Token | null | undefined, inFlow: boolean, items: [CST.CollectionItem, boolean][]): void {
+  if (!token) return;
+  if (token.type === 'document') collectionItems(token.value, inFlow, items);
+  if (token.type === 'block-map' || token.type === 'block-seq' || token.type === 'flow-collection') {
+    const flow = inFlow || token.type === 'flow-collection';
+    for (const item of token.items) {
+      items.push([item, flow]);
+      collectionItems(item.key, flow, items);
+      collectionItems(item.value, flow, items);
+    }
+  }
+}
+
+/**
  * The concrete syntax tree of `text`, refusing nesting deeper than META_DATA_MAX_DEPTH through
  * flow collections or block indicators on one line (`- - - x`) as the lexer finds it, before
  * yaml's parser, whose time grows steeply with such nesting (seconds for a few hundred thousand
@@ -339,6 +443,24 @@ function composerProblem(doc: Document.Parsed): string | undefined {
       }
     }
     if (problem) return visit.BREAK;
+    // A plain `<<` resolves to the merge tag wherever it stands; as anything but a mapping's
+    // key, SafeConstructor has no constructor for it.
+    const owner = path.at(-1);
+    if (isScalar(node) && node.source === '<<' && node.type === 'PLAIN' && !node.tag && !(owner && typeof owner === 'object' && 'key' in owner && (owner as Pair).key === node)) {
+      problem = "PyYAML (cloud-init's reader) cannot construct a plain `<<` that is not a mapping key (it is a merge key, yaml/constructor.py); quote it";
+      return visit.BREAK;
+    }
+    // flatten_mapping (yaml/constructor.py) lets a later `<<` win, `yaml` the first.
+    if (isMap(node) && node.items.filter((p) => isScalar(p.key) && typeof p.key.value === 'symbol').length > 1) {
+      problem = "matchlock refuses more than one merge key `<<` in a mapping (PyYAML, cloud-init's reader, merges them otherwise than matchlock: yaml/constructor.py flatten_mapping); give one `<<` a list of mappings";
+      return visit.BREAK;
+    }
+    // construct_yaml_omap and construct_yaml_pairs take only mappings of one entry, where
+    // `yaml` turns any other item into a key without a value.
+    if (isCollection(node) && PAIR_COLLECTIONS.has(String(node.tag)) && node.items.some((p) => !(p && typeof p === 'object' && 'value' in p && (p as Pair).value !== null))) {
+      problem = `PyYAML (cloud-init's reader) takes only mappings of one entry in a ${String(node.tag).replace('tag:yaml.org,2002:', '!!')} (yaml/constructor.py construct_yaml_omap, construct_yaml_pairs)`;
+      return visit.BREAK;
+    }
     if (node && typeof node === 'object' && 'key' in node && 'value' in node) {
       const key = (node as Pair).key;
       const target = isAlias(key) ? key.resolve(doc) : key;
@@ -357,16 +479,28 @@ function composerProblem(doc: Document.Parsed): string | undefined {
  * `text` with each NEL (U+0085) as a line feed, which has the same length, so ranges in one
  * are ranges in the other. PyYAML's reader and scanner take NEL as a line break and read it as
  * "\n" wherever it stands (yaml/scanner.py scan_line_break); the `yaml` package does not in its
- * 1.1 mode. (LS and PS, which PyYAML also breaks lines at but keeps as themselves, are not
- * rewritten.)
+ * 1.1 mode. (A lone CR, LS and PS, which PyYAML also breaks lines at, are refused by
+ * decodeMetaData.)
  */
 function lineBreaks(text: string): string {
   return text.replace(/\u0085/g, '\n');
 }
 
+/**
+ * Whether `error` is `yaml`'s complaint about a comment right after a closing quote, a
+ * bracket or a comma (`a: "x"#c`, `{a: 1}#c`, `[1,#c`), which PyYAML reads as a comment: its
+ * scanner skips to the next token and takes a `#` there as a comment whatever precedes it
+ * (yaml/scanner.py scan_to_next_token). A `#` after a plain scalar is part of it, to both.
+ */
+function commentAfterToken(error: { code: string; pos: [number, number] }, text: string): boolean {
+  return error.code === 'MISSING_CHAR' && text[error.pos[0]] === '#' && /["'[\]{},]/.test(text[error.pos[0] - 1] ?? '');
+}
+
 interface MetaDataReading {
   doc: Document.Parsed;
   value: Record<string, unknown> | undefined;
+  /** The concrete syntax tree it was composed from, to compose it again (META_DATA_TYPED). */
+  cst: CST.Token[];
 }
 
 /**
@@ -375,7 +509,7 @@ interface MetaDataReading {
  * refuses or that is not one mapping, nests deeper than 100 or expands past
  * META_DATA_MAX_VALUES values through aliases.
  */
-function readMetaData(source: string, field: string): MetaDataReading {
+function readMetaData(source: string, field: string, options = META_DATA_YAML): MetaDataReading {
   const text = lineBreaks(source);
   const cst = concreteSyntax(text);
   if (cst === undefined) throw invalid(field, `must be a YAML mapping (nesting exceeded ${META_DATA_MAX_DEPTH} levels)`);
@@ -383,10 +517,12 @@ function readMetaData(source: string, field: string): MetaDataReading {
     const problem = checkSyntax(token, 0);
     if (problem) throw invalid(field, `must be a YAML mapping (${problem})`);
   }
-  const docs = [...new Composer(META_DATA_YAML).compose(cst, true, text.length)];
+  const tokens = tokenProblem(cst, text);
+  if (tokens) throw invalid(field, `must be a YAML mapping (${tokens})`);
+  const docs = [...new Composer(options).compose(cst, true, text.length)];
   if (docs.length > 1) throw invalid(field, 'must be a YAML mapping (expected a single document, as PyYAML\'s safe_load does)');
   const doc = docs[0] as Document.Parsed;
-  const problem = doc.errors[0] ?? doc.warnings[0];
+  const problem = [...doc.errors, ...doc.warnings].find((e) => !commentAfterToken(e, text));
   if (problem) throw invalid(field, `must be a YAML mapping (${problem.message.split('\n')[0]})`);
   const composed = composerProblem(doc);
   if (composed) throw invalid(field, `must be a YAML mapping (${composed})`);
@@ -396,14 +532,14 @@ function readMetaData(source: string, field: string): MetaDataReading {
   } catch (err) {
     throw invalid(field, `must be a YAML mapping (${err instanceof Error ? err.message.split('\n')[0] : String(err)})`);
   }
-  if (value === null || value === undefined) return { doc, value: undefined };
-  if (typeof value !== 'object' || Array.isArray(value) || !isMap(doc.contents)) throw invalid(field, 'must be a YAML mapping of keys to values');
+  if (value === null || value === undefined) return { doc, value: undefined, cst };
+  if (typeof value !== 'object' || Array.isArray(value) || value instanceof Set || value instanceof Map || !isMap(doc.contents)) throw invalid(field, 'must be a YAML mapping of keys to values');
   const budget: { left: number; cyclic?: boolean } = { left: META_DATA_MAX_VALUES };
   countValues(value, budget);
   // cloud-init writes meta-data out as JSON (instance-data.json), which has no cycles.
   if (budget.cyclic) throw invalid(field, 'must not hold itself through a YAML alias (cloud-init writes meta-data as JSON, which cannot hold a cycle)');
   if (budget.left < 0) throw invalid(field, `must not expand to more than ${META_DATA_MAX_VALUES} values through YAML aliases`);
-  return { doc, value: value as Record<string, unknown> };
+  return { doc, value: value as Record<string, unknown>, cst };
 }
 
 /** Keys and strings that may be written plainly when the schema reads them back as strings. */
@@ -530,6 +666,13 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], prese
 const NON_PRINTABLE = /[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\u{10000}-\u{10ffff}]/u;
 
 /**
+ * Line breaks PyYAML takes that the `yaml` package does not (yaml/scanner.py scan_line_break):
+ * a CR on its own, LS (U+2028) and PS (U+2029). They are refused anywhere, in a comment or a
+ * quoted scalar too, where PyYAML ends the comment or folds the line.
+ */
+const FOREIGN_BREAK = /\r(?!\n)|[\u2028\u2029]/;
+
+/**
  * meta-data's bytes as text: UTF-8 of printable characters only, as PyYAML's reader takes them
  * ("'utf-8' codec can't decode byte", "unacceptable character"). PyYAML would also read
  * UTF-16 with a byte order mark; matchlock writes its keys in UTF-8, so it refuses UTF-16
@@ -549,6 +692,12 @@ function decodeMetaData(bytes: Buffer, field: string): string {
   if (bad) {
     const code = bad[0].codePointAt(0) ?? 0;
     throw invalid(field, `must hold printable characters only (PyYAML, cloud-init's reader, refuses U+${code.toString(16).toUpperCase().padStart(4, '0')})`);
+  }
+  const brk = FOREIGN_BREAK.exec(text);
+  if (brk) {
+    const line = text.slice(0, brk.index).split(/\r\n|\n|\u0085/).length;
+    const name = brk[0] === '\r' ? 'a CR not followed by LF' : brk[0] === '\u2028' ? 'U+2028 (line separator)' : 'U+2029 (paragraph separator)';
+    throw invalid(field, `must not hold ${name} (at character ${brk.index}, line ${line}): it is a line break to PyYAML, cloud-init's reader (yaml/scanner.py scan_line_break, scan_to_next_token), and not to matchlock's; use LF line breaks`);
   }
   return text;
 }
