@@ -113,8 +113,6 @@ for (const [name, doc, expected] of [
   ['an indented top-level mapping keeps its text and its meaning', '  instance_id: i-1\n  flag: yes\n  list:\n    - 010\n', { instance_id: 'i-1', flag: true, list: [8], 'instance-id': 'i-1' }],
   ['a flow mapping with an entry spanning lines keeps its text and its meaning', '{instance_id: 010, x: "a\n b", flag: yes}', { instance_id: 8, x: 'a b', flag: true, 'instance-id': 8 }],
   ['an explicit key is copied as PyYAML reads it', '? instance_id\n: 010\n', { instance_id: 8, 'instance-id': 8 }],
-  ['a key from a merge is the client\'s, not the uid', 'base: &b\n  instance_id: 010\n<<: *b\n', { base: { instance_id: 8 }, instance_id: 8, 'instance-id': 8 }],
-  ['a value with an anchor inside is written as PyYAML reads it', 'public_keys:\n- &k 010\n- *k\n', { public_keys: [8, 8], instance_id: 'UID01', 'instance-id': 'UID01', 'public-keys': [8, 8] }],
   // Explicit keys are written from the reading, so these show the reading itself.
   ['plain scalars are read with PyYAML\'s resolvers (y, 1e3, 08 are strings; 0_ is 0)', '? local_hostname\n: y\n? instance_id\n: 1e3\n? public_keys\n: [08, 0_, n]\n', { local_hostname: 'y', instance_id: '1e3', public_keys: ['08', 0, 'n'], 'instance-id': '1e3', 'local-hostname': 'y', 'public-keys': ['08', 0, 'n'] }],
   ['a %YAML 1.2 directive does not change the reading (PyYAML reads 1.1)', '%YAML 1.2\n---\n? instance_id\n: 010\n', { instance_id: 8, 'instance-id': 8 }],
@@ -304,7 +302,12 @@ function assertReadsAsClientTyped(doc: string, uid: string): void {
 }
 
 for (const [kind, docs] of [
-  ['a `#` right after a quote, bracket or comma starts a comment, as PyYAML\'s scanner reads it (scan_to_next_token); after a plain scalar it does not', ['a: "x"#c\n', '{a: 1}#c', 'a: [1,#c\n 2]\n', 'a: [#c\n 1]\n', 'a: {b: 1,#c\n}\n', 'a: x#c\n', 'a: x,#c\n', "instance_id: 'i'#c\n"]],
+  ['JSON without a space after the colon: a copy in a flow mapping is a valid `key: value` entry', ['{"instance_id":"client-1"}', '{"local-hostname":"web","a":[1,{"b":"c"}]}', '{"instance_id":1.0,}', '{"instance_id":\n"x"}']],
+  ['a value is copied as its text, which keeps its Python type and value', ['instance_id: 1.0\n', 'instance_id: -0.0\n', 'instance_id: 12345678901234567891\n', 'instance_id: {1: a, 2.5: b}\n', 'instance_id: 2001-12-14 21:59:43.10 -5\n', '? instance_id\n: 010\n', 'instance-id: own\n<<: {instance-id: merged}\n', 'a: &x 1\ninstance_id: [*x, *x]\n']],
+  ['a block scalar at the end of a text without a final line break keeps its value (new lines go before its entry)', ['instance-id: ~\nb: |+\n  x', '!!str a: |+\n  x', '&q a: |+\n  x', 'a: |\n  x', 'a: >\n  x', 'a:\n  b: |\n    x', 'a: |+\n  x\n\n  ', 'instance_id: |-\n  x\nb: |+\n  y', '  a: 1\n  b: |\n    x']],
+  ['a copy never precedes the anchors it uses', ['h: &h web\nlocal-hostname: [*h]\nb: |+\n  x', 'h: &h web\nlocal-hostname: *h\nb: |+\n  x', 'local_hostname: &h web\nb: |\n  x']],
+  ['a `#` right after a quote, bracket or comma starts a comment, as PyYAML\'s scanner reads it (scan_to_next_token); after a plain scalar it does not', ['a: "x"#c\n', '{a: 1}#c', 'a: [1,#c\n 2]\n', 'a: [#c\n 1]\n', 'a: {b: 1,#c\n}\n', 'a: x#c\n', 'a: x,#c\n', "instance_id: 'i'#c\n", '{"instance_id":"i"}#c\n']],
+  ['an empty instance id is none, as flintlock takes it: both spellings get the uid', ['instance-id: ""\n', "instance_id: ''\nlocal-hostname: h\n", '{instance-id: ""}', 'instance_id: ""\ninstance-id: ~\n', 'instance_id: !!str\n']],
   ['what those rules leave alone reads as PyYAML reads it', ['a: [x:y]\n', 'a: !!omap [b: ]\n', 'a: !!omap\n- b: 1\n- c:\n', 'a:\n  &x\n  b: 1\n', 'a: [&x\n b]\n', '? a\n  b\n: 1\n', '{? a\n b: 1}', 'a: [1, 2]#c\n', 'instance_id: a#b\n']],
   ['an implicit key of up to 1024 characters up to its colon is read (yaml/scanner.py)', [`{${'k'.repeat(1024)}: 1}`, `${'k'.repeat(1024)}: 1\n`, `{${'\u{1F600}'.repeat(1000)}: 1}`, `{&a ${'k'.repeat(1021)}: 1}`]],
 ] as const) {
@@ -320,6 +323,8 @@ for (const [kind, docs] of [
 for (const [kind, docs, rule, pyYaml] of [
   ['a CR on its own, LS and PS are line breaks to PyYAML and not to `yaml` (scan_line_break)', ['# c\rinstance-id: client-1\rlocal-hostname: web\r', 'a: 1 # c\u2028instance-id: client-1\n', 'a: 1\u2029instance_id: x\u2029', 'instance_id: "a\u2028b"\n', 'instance_id: "a\r b"\n', 'a: 1\r\nb: 2\r'], /must not hold .* \(at character [0-9]+, line [0-9]+\): it is a line break to PyYAML, cloud-init's reader \(yaml\/scanner\.py scan_line_break/, 'reads'],
   ['a second merge key in a mapping, which PyYAML lets win (flatten_mapping)', ['<<: {instance-id: ~}\n<<: {instance-id: client-1}\n', 'b: &b {local-hostname: a}\n<<: *b\n<<: {local-hostname: c}\n', 'a:\n  <<: {x: 1}\n  <<: {x: 2}\n'], /more than one merge key `<<` in a mapping .*yaml\/constructor\.py flatten_mapping/, 'reads'],
+  ['a value that cannot be copied as its text (from a merge, or holding an anchor)', ['<<: {local-hostname: "a\\tb"}\n', 'instance-id: [&a "a\\tb"]\n', 'instance-id: {&a k: "\\x7f"}\n', '<<: {instance_id: 1.0}\n', '<<: {instance_id: -0.0}\n', 'base: &b\n  instance_id: 010\n<<: *b\n', 'public_keys:\n- &k 010\n- *k\n', '<<: [{instance-id: first}, {instance-id: second}]\n'], /must give both \S+ and \S+ when matchlock cannot copy one to the other: .*(merge key|anchor)/, 'reads'],
+  ['a block scalar ending the text without a line break, whose copy would gain one', ['instance_id: |+\n  x', 'instance_id:\n  a: |\n    x', 'instance_id: &k |+\n  x'], /end with a line break: .*yaml\/scanner\.py scan_block_scalar/, 'reads'],
   ['an anchor name PyYAML ends at a character outside [0-9A-Za-z_-], reading the rest as the value (scan_anchor)', ['local-hostname: &h:x web\n', 'a: [&x:y]\n'], /must be a YAML mapping \(.*anchor or alias name, not "&.*yaml\/scanner\.py scan_anchor/, 'reads'],
   ['an anchor or alias name outside [0-9A-Za-z_-] (scan_anchor)', ['a: &x.y 1\n', 'a: &x/y 1\n', 'a: &\u00e9 1\n'], /must be a YAML mapping \(.*anchor or alias name, not "&.*yaml\/scanner\.py scan_anchor/, 'refuses'],
   ['a plain `<<` that is not a mapping key (merge tag, no constructor)', ['local-hostname: web\nx: <<\n', 'a: [<<]\n', '- <<\n'], /must be a YAML mapping \(.*plain `<<` that is not a mapping key/, 'refuses'],
@@ -330,6 +335,7 @@ for (const [kind, docs, rule, pyYaml] of [
   ['a plain scalar starting with `:` in a flow collection (check_plain)', ['a: [:x]\n', 'a: {x: :y}\n'], /must be a YAML mapping \(.*`:` that starts a plain scalar in a flow collection .*yaml\/scanner\.py check_plain/, 'refuses'],
   ['an !!omap or !!pairs item that is not a mapping of one entry (construct_yaml_omap)', ['a: !!pairs [b]\n', 'a: !!omap [{}]\n', 'a: !!omap [b]\n'], /must be a YAML mapping \(.*only mappings of one entry in a !!(omap|pairs) \(yaml\/constructor\.py construct_yaml_omap/, 'refuses'],
   ['a repeated %YAML directive or %TAG handle (process_directives)', ['%YAML 1.1\n%YAML 1.1\n---\na: 1\n', '%TAG ! !a\n%TAG ! !b\n---\na: 1\n'], /must be a YAML mapping \(.*(repeated %YAML directive|%TAG handle ! given twice) \(yaml\/parser\.py process_directives\)/, 'refuses'],
+  ['a copy that does not read back as the original (every result is read again)', ['? instance_id\n: - a\n  - b\n', '? instance_id\n: a: 1\n  b: 2\n'], /matchlock can add instance-id to without changing how PyYAML reads it: with them it would not be a YAML mapping \(.*\); give these keys yourself/, 'reads'],
   ['a document PyYAML reads as a set, not a mapping', ['--- !!set\n? a\n', '!!set {a, b}\n'], /must be a YAML mapping of keys to values/, 'reads'],
 ] as const) {
   it(`meta-data matchlock refuses, naming the field and the rule: ${kind}`, { skip: noPyYaml }, () => {

@@ -581,42 +581,65 @@ export function metaDataLine(key: string, value: unknown, flow = false): string 
 }
 
 /**
- * The text after the key of entry `key` of the top-level mapping, to write it under another
- * key: what follows the key (the colon, tag, value, comments, continuation lines) is copied as
- * it is, so the copy means to PyYAML what the original means. A value with its own anchor is
- * written as an alias of it (PyYAML refuses a repeated anchor). Undefined when the entry
- * cannot be copied so: anchors inside the value, an explicit `?` key, a key from a merge.
+ * The text of entry `key` of the top-level mapping from its `:` on, to write it under another
+ * key: the colon, tag, value, comments and continuation lines are copied as they are, so the
+ * copy means to PyYAML what the original means (a space is put after a colon that has none,
+ * as JSON writes it: `"k":"v"`). A value with its own anchor is written as an alias of it
+ * (PyYAML refuses a repeated anchor). A value is never written anew from its reading, which
+ * could change it (1.0 written as 1, a timestamp rewritten, a big integer rounded): where the
+ * text cannot be copied, `problem` says why.
  */
-function copiedText(pairs: Pair[], text: string, key: string): string | undefined {
+function copiedText(pairs: Pair[], text: string, key: string): { copied: string } | { problem: string } {
   const pair = pairs.findLast((p) => isScalar(p.key) && p.key.value === key);
   const k = pair?.key as Node | undefined;
   const v = pair?.value as Node | undefined | null;
-  if (!k?.range || !v?.range) return undefined;
+  if (!pair) return { problem: `${key} is no key written in the top-level mapping (it comes from a merge key \`<<\` or is an alias)` };
+  if (!k?.range || !v?.range) return { problem: `${key} is written in a way matchlock cannot copy` };
   let nested = false;
   visit(v, { Node: (_, n) => void (n !== v && (n as Node).anchor ? (nested = true) : undefined) });
-  if (nested) return undefined;
-  if (v.anchor) return ': *' + v.anchor;
-  const after = text.slice(k.range[1], v.range[1]);
-  return /^[ \t]*:/.test(after) ? after.replace(/\n$/, '') : undefined;
+  if (nested) return { problem: `${key}'s value holds an anchor, which PyYAML refuses to see twice` };
+  if (v.anchor) return { copied: ': *' + v.anchor };
+  // Between the key and its `:` stand only spaces, line breaks and comments (after `? key`).
+  const colon = /^(?:[ \n\r]+|#[^\n]*)*:/.exec(text.slice(k.range[1], v.range[1]));
+  if (!colon) return { problem: `${key} is written in a way matchlock cannot copy` };
+  const after = text.slice(k.range[1] + colon[0].length, v.range[1]).replace(/\n$/, '');
+  return { copied: (/^[ \n\r]/.test(after) ? ':' : ': ') + after };
 }
 
 interface Added {
   key: string;
-  value: unknown;
+  /** The value's text from its `:` on, or undefined for the uid, written by metaDataLine. */
   copied: string | undefined;
+  /** The key whose value is copied. */
+  given: string | undefined;
+  value: unknown;
 }
 
 function keyText(key: string): string {
   return plainString(key) ? key : `'${key}'`;
 }
 
+/** The last scalar of `node` in the text's order (the end of its last entry), if any. */
+function lastScalar(node: unknown): Node | undefined {
+  let n = node;
+  for (;;) {
+    if (isScalar(n)) return n;
+    if (!isCollection(n)) return undefined;
+    const last: unknown = n.items.at(-1);
+    if (last === undefined) return undefined;
+    n = last !== null && typeof last === 'object' && 'key' in last ? ((last as Pair).value ?? (last as Pair).key) : last;
+  }
+}
+
 /**
  * The client's text with `added` written into its top-level mapping, keeping every byte of it:
  * a block mapping gets lines at its keys' column right after its last entry (before any
- * comment lines or document end marker that follow); a flow mapping gets entries before its
- * closing brace.
+ * comment lines or document end marker that follow), or, when the text ends in a block scalar
+ * without a final line break (a line break after it would change its value: PyYAML reads
+ * `a: |\n  x` as "x", `a: |\n  x\n` as "x\n"), before the line of the last entry; a flow
+ * mapping gets entries before its closing brace.
  */
-function withEntries(source: string, doc: Document.Parsed, added: Added[], present: Record<string, unknown>): string {
+function withEntries(source: string, doc: Document.Parsed, added: Added[], field: string): string {
   // Positions are found in the text as PyYAML breaks its lines; the bytes written are the client's.
   const text = lineBreaks(source);
   const map = doc.contents as Node & { flow?: boolean; items: Pair<Node | null, Node | null>[] };
@@ -636,17 +659,19 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], prese
   // Properties before the first key on its line (`&a key: 1`) are the key's to PyYAML (its
   // scanner starts the possible simple key at them): the keys' column is where they start.
   const indent = /^ */.exec(text.slice(lineStart, range[0]))?.[0] ?? '';
-  const lineOf = (a: Added, first: boolean): string =>
-    // Before the first key, an alias would come before its anchor (PyYAML: "found undefined
-    // alias"): the value is written as it was read.
-    a.copied !== undefined && !(first && a.copied.startsWith(': *')) ? `${indent}${keyText(a.key)}${a.copied}\n` : metaDataLine(a.key, a.value).replace(/^(?=.)/gm, indent);
-  // A text without a final line break may end in a block scalar kept whole (`|+`), whose value
-  // a line break after it would change (PyYAML reads `a: |+\n  x` as "x"): such a mapping takes
-  // its lines before its first key, unless they must follow a null the client wrote for one.
-  if (!text.endsWith('\n') && /^ *$/.test(text.slice(lineStart, range[0])) && added.every((a) => !Object.hasOwn(present, a.key))) {
-    return `${source.slice(0, lineStart)}${added.map((a) => lineOf(a, true)).join('')}${source.slice(lineStart)}`;
+  const lines = added.map((a) => (a.copied !== undefined ? `${indent}${keyText(a.key)}${a.copied}\n` : metaDataLine(a.key, a.value).replace(/^(?=.)/gm, indent))).join('');
+  const end = lastScalar(map);
+  if (!text.endsWith('\n') && isScalar(end) && (end.type === 'BLOCK_LITERAL' || end.type === 'BLOCK_FOLDED')) {
+    const lastKey = (map.items.at(-1) as Pair<Node | null, Node | null> | undefined)?.key;
+    // Its copy would gain the line break the original lacks (and `yaml`, which reads a final
+    // `|` or `|+` as if the text ended in one, would not see the change).
+    const last = isScalar(lastKey) ? lastKey.value : undefined;
+    if (added.some((a) => a.copied !== undefined && a.given === last)) {
+      throw invalid(field, `must give both spellings of ${String(last)} or end with a line break: its value is a block scalar that ends the text without a final line break, which a copy in front of it would gain (PyYAML, cloud-init's reader, reads a block scalar with the line break after its last line, if there is one: yaml/scanner.py scan_block_scalar)`);
+    }
+    const at = text.lastIndexOf('\n', (lastKey?.range?.[0] ?? range[0]) - 1) + 1;
+    return `${source.slice(0, at)}${lines}${source.slice(at)}`;
   }
-  const lines = added.map((a) => lineOf(a, false)).join('');
   // The rest of the line the mapping ends on is a comment at most.
   let at = range[1] > 0 && text[range[1] - 1] === '\n' ? range[1] : text.indexOf('\n', range[1]) + 1;
   if (at === 0) at = text.length;
@@ -702,8 +727,32 @@ function decodeMetaData(bytes: Buffer, field: string): string {
   return text;
 }
 
-function sameJson(a: unknown, b: unknown): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
+/**
+ * How meta-data is read to compare two readings: as META_DATA_YAML reads it, but with every
+ * scalar that is not a string read as its tag and its text, so that what JavaScript would
+ * equate (1.0 and 1, -0.0 and 0, an integer key and a string key, two integers past 2^53)
+ * stays apart, as it does in Python.
+ */
+const META_DATA_TYPED: typeof META_DATA_YAML = {
+  ...META_DATA_YAML,
+  customTags: (tags) =>
+    pyYamlTags(tags).map((t) => {
+      if (typeof t === 'string' || !('resolve' in t) || ('collection' in t && t.collection) || t.tag === 'tag:yaml.org,2002:merge' || t.tag === 'tag:yaml.org,2002:str') return t;
+      const tag = t as ScalarTag;
+      return { ...tag, resolve: (source: string, onError: (message: string) => void, options: ParseOptions) => (tag.resolve(source, onError, options), `\0${tag.tag}\0${source}`) } as ScalarTag;
+    }),
+};
+
+/** Each top-level key's value of a reading with META_DATA_TYPED, as JSON. */
+function typedEntries(read: Record<string, unknown> | null | undefined): Map<string, string> {
+  const json = (v: unknown): string => JSON.stringify(v, (_, x: unknown) => (x instanceof Set ? ['\0set', ...x] : x instanceof Map ? ['\0map', ...x] : x));
+  return new Map(Object.entries(read ?? {}).map(([k, v]) => [k, json(v)]));
+}
+
+/** Whether `value` of `key` counts as no value: null, or an empty instance id. */
+function none(key: string, value: unknown): boolean {
+  // flintlock keeps a client's instance id only when it is not empty (addInstanceData).
+  return value === null || value === undefined || (value === '' && (key === 'instance_id' || key === 'instance-id'));
 }
 
 /**
@@ -714,16 +763,21 @@ function sameJson(a: unknown, b: unknown): boolean {
  *
  * meta-data is read as cloud-init reads it, with PyYAML's safe_load (YAML 1.1). The client's
  * bytes are kept: missing keys are written into the top-level mapping (lines after a block
- * mapping's last entry, entries before a flow mapping's closing brace), copying the value's
- * text where it can and otherwise writing the value PyYAML read. Where the layout does not
- * prove that the result means the client's mapping plus those keys (lines appended after the
- * whole text of a block mapping, entries before a flow mapping's brace), it is read again to
- * prove it. A null instance id in either
- * spelling counts as none: cloud-init would take it as the instance id "None" (str() of it,
- * sources/__init__.py get_instance_id, cloud-init 22.4), the same for every VM, so both
- * spellings get the uid, written after the null one (PyYAML takes a repeated key's last value).
- * Anything PyYAML would refuse, or that is not one mapping, throws INVALID_ARGUMENT naming
- * `field`.
+ * mapping's last entry, entries before a flow mapping's closing brace), each a copy of the
+ * other spelling's text from its `:` on; a value is never written anew from its reading. The
+ * result is read again and every top-level key compared with the client's reading, typed
+ * (1.0 is not 1, an integer key not a string), so nothing is handed on that PyYAML would read
+ * otherwise. A null or empty instance id in either spelling counts as none: cloud-init would
+ * take null as the instance id "None" (str() of it, sources/__init__.py get_instance_id,
+ * cloud-init 22.4), the same for every VM, and flintlock keeps a client's instance id only
+ * when it is not empty (addInstanceData); both spellings get the uid, written after the null
+ * or empty one (PyYAML takes a repeated key's last value).
+ *
+ * Throws INVALID_ARGUMENT naming `field` for anything PyYAML would refuse, that is not one
+ * mapping, that PyYAML reads otherwise than matchlock's reader (a lone CR, LS or PS; more than
+ * one `<<` in a mapping; anchor names outside [0-9A-Za-z_-]), or whose missing spelling cannot
+ * be copied as text (a value from a merge key, a value holding an anchor, a block scalar that
+ * ends the text without a line break): the message names the rule and PyYAML's source.
  */
 export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, field: string): Buffer {
   const whole = metaData === undefined ? '' : decodeMetaData(metaData, field);
@@ -731,44 +785,42 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   const bom = whole.startsWith('\ufeff') ? '\ufeff' : '';
   const source = whole.slice(bom.length);
   const text = lineBreaks(source);
-  const { doc, value: current } = text.trim() === '' ? { doc: undefined, value: undefined } : readMetaData(source, field);
+  const { doc, value: current, cst } = text.trim() === '' ? { doc: undefined, value: undefined, cst: [] } : readMetaData(source, field);
   const have = current ?? {};
   const pairs = doc && isMap(doc.contents) ? (doc.contents.items as Pair[]) : [];
   const added: Added[] = [];
   for (const [underscore, hyphen] of META_DATA_SPELLINGS) {
-    const given = [underscore, hyphen].find((k) => Object.hasOwn(have, k) && have[k] !== null && have[k] !== undefined);
-    const value = given !== undefined ? have[given] : underscore === 'instance_id' ? uid : undefined;
-    if (value === undefined) continue;
-    const copied = given === undefined ? undefined : copiedText(pairs, text, given);
+    const given = [underscore, hyphen].find((k) => Object.hasOwn(have, k) && !none(k, have[k]));
+    if (given === undefined && underscore !== 'instance_id') continue;
+    const copy = given === undefined ? undefined : copiedText(pairs, text, given);
     for (const key of [underscore, hyphen]) {
       // A key the client gave a value is the client's, even where the spellings differ.
-      if (key === given || (Object.hasOwn(have, key) && have[key] !== null && have[key] !== undefined)) continue;
-      added.push({ key, value, copied });
+      if (key === given || (Object.hasOwn(have, key) && !none(key, have[key]))) continue;
+      if (copy && 'problem' in copy) throw invalid(field, `must give both ${underscore} and ${hyphen} when matchlock cannot copy one to the other: ${copy.problem}`);
+      added.push({ key, copied: copy?.copied, given, value: given === undefined ? uid : undefined });
     }
   }
   if (added.length === 0 && metaData !== undefined) return metaData;
   // An empty document (comments, markers, a null) holds nothing to keep.
   if (current === undefined || doc === undefined) return Buffer.from(added.map((a) => metaDataLine(a.key, a.value)).join(''), 'utf8');
-  const out = withEntries(source, doc, added, have);
-  // Lines appended at a block mapping's indentation after its whole text, ending in a newline,
-  // are entries of it, whatever its last value is: a key at the mapping's column ends every
-  // plain, block or indented value of its entries (PyYAML's scanner ends a plain scalar and
-  // unwinds block collections at a line less indented than the value; a sequence at the key's
-  // column ends at a key). No need to read the result again.
-  const contents = doc.contents as Node & { flow?: boolean };
-  const start = contents.range?.[0] ?? 0;
-  const firstLine = text.lastIndexOf('\n', start - 1) + 1;
-  if (!contents.flow && /^ *(?:[&!][^ ]* +)*$/.test(text.slice(firstLine, start)) && text.endsWith('\n') && out.startsWith(source)) return Buffer.from(bom + out, 'utf8');
-  // Entries written before a flow mapping's closing brace, after a comma that ends its last
-  // entry, are entries of it: a flow entry ends at its comma whatever its value is, and each
-  // new entry is a copy of a value of the same mapping or written to read back inside braces.
-  if (contents.flow) return Buffer.from(bom + out, 'utf8');
-  const wanted: Record<string, unknown> = { ...current };
-  for (const a of added) wanted[a.key] = a.value;
-  const reread = readMetaData(out, field).value ?? {};
-  const keys = new Set([...Object.keys(wanted), ...Object.keys(reread)]);
-  for (const k of keys) {
-    if (!sameJson(reread[k], wanted[k])) throw invalid(field, `must be a YAML mapping matchlock can add ${added.map((a) => a.key).join(', ')} to without changing ${JSON.stringify(k)}`);
+  const out = withEntries(source, doc, added, field);
+  // The result is read again, as strictly as Python compares values, to prove it means the
+  // client's mapping plus the new keys; anything else is refused rather than handed on.
+  const cannot = `must be a YAML mapping matchlock can add ${added.map((a) => a.key).join(', ')} to without changing how PyYAML reads it`;
+  let after: Map<string, string>;
+  try {
+    after = typedEntries(readMetaData(out, field, META_DATA_TYPED).value);
+  } catch (err) {
+    const why = (err instanceof Error ? err.message : String(err)).replace(`${field}: `, '');
+    throw invalid(field, `${cannot}: with them it ${why.replace(/^must be/, 'would not be')}; give these keys yourself`);
+  }
+  // The client's text was read and checked; composing its syntax tree again gives its typed reading.
+  const typed = new Composer(META_DATA_TYPED).compose(cst, true, text.length).next().value as Document.Parsed;
+  const before = typedEntries(typed.toJS({ maxAliasCount: -1 }) as Record<string, unknown>);
+  const wanted = new Map(before);
+  for (const a of added) wanted.set(a.key, a.given !== undefined ? (before.get(a.given) ?? '') : JSON.stringify(a.value));
+  for (const k of new Set([...wanted.keys(), ...after.keys()])) {
+    if (after.get(k) !== wanted.get(k)) throw invalid(field, `${cannot}: ${JSON.stringify(k)} would change; give these keys yourself`);
   }
   return Buffer.from(bom + out, 'utf8');
 }
