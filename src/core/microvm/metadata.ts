@@ -507,7 +507,8 @@ interface MetaDataReading {
  * `text` read as PyYAML's safe_load (cloud-init's reader) reads it: undefined for an empty
  * document, else its mapping. Throws INVALID_ARGUMENT naming `field` for anything PyYAML
  * refuses or that is not one mapping, nests deeper than 100 or expands past
- * META_DATA_MAX_VALUES values through aliases.
+ * META_DATA_MAX_VALUES values through aliases. `options` may be META_DATA_TYPED, to compare
+ * readings.
  */
 function readMetaData(source: string, field: string, options = META_DATA_YAML): MetaDataReading {
   const text = lineBreaks(source);
@@ -666,7 +667,9 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
     // Its copy would gain the line break the original lacks (and `yaml`, which reads a final
     // `|` or `|+` as if the text ended in one, would not see the change).
     const last = isScalar(lastKey) ? lastKey.value : undefined;
-    if (added.some((a) => a.copied !== undefined && a.given === last)) {
+    // A stripped one (`|-`) has no final line break to gain.
+    const stripped = /^[|>](?:[1-9]?-|-[1-9])/.test(text.slice(end.range?.[0] ?? 0, (end.range?.[0] ?? 0) + 3));
+    if (!stripped && added.some((a) => a.copied !== undefined && a.given === last)) {
       throw invalid(field, `must give both spellings of ${String(last)} or end with a line break: its value is a block scalar that ends the text without a final line break, which a copy in front of it would gain (PyYAML, cloud-init's reader, reads a block scalar with the line break after its last line, if there is one: yaml/scanner.py scan_block_scalar)`);
     }
     const at = text.lastIndexOf('\n', (lastKey?.range?.[0] ?? range[0]) - 1) + 1;
