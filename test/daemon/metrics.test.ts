@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { basicAuthHeader } from '../../src/adapters/api/auth.js';
 import { DaemonMetrics } from '../../src/adapters/metrics/prometheus.js';
+import { PROVIDERS } from '../../src/adapters/vmm/registry.js';
 import { api, consoleOf, stateOf, waitFor } from '../e2e/vm.js';
 import { makeCerts } from '../helpers/certs.js';
 import { rawHttp } from '../helpers/raw-http.js';
@@ -192,6 +193,20 @@ describe('metrics and debug endpoints: auth, TLS and the loopback rule', { skip:
     // The refused scrape and the gRPC health check the helper made are counted.
     const again = parse((await get(metricsPort, '/metrics', token)).body);
     assert.ok((value(again, 'process_cpu_seconds_total') ?? 0) > 0);
+  });
+
+  it('shows every series whose labels are known in advance at 0 before any event', async () => {
+    const s = parse((await get(metricsPort, '/metrics', token)).body);
+    // A series first seen at 1 has no increase() to Prometheus: the first exit after a start
+    // (one counted at start-up among them) would never fire the README's alert.
+    for (const provider of PROVIDERS.keys()) {
+      for (const reason of ['unexpected', 'powered_off']) assert.equal(value(s, 'matchlock_vmm_exits_total', { provider, reason }), 0, `vmm exits ${provider} ${reason}`);
+    }
+    for (const kind of ['ensure', 'teardown']) {
+      for (const outcome of ['ok', 'failed', 'canceled']) assert.equal(value(s, 'matchlock_reconcile_attempts_total', { kind, outcome }), 0, `attempts ${kind} ${outcome}`);
+      assert.equal(value(s, 'matchlock_reconcile_duration_seconds_count', { kind }), 0, `duration count ${kind}`);
+      assert.equal(value(s, 'matchlock_reconcile_duration_seconds_bucket', { kind, le: '+Inf' }), 0, `duration +Inf bucket ${kind}`);
+    }
   });
 
   it('serves a heap snapshot and a CPU profile that parse, behind the token', async () => {

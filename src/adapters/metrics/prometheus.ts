@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { VmmIoCounters } from '../../core/vmm.js';
+import type { PassOutcome, ReconcileObserver } from '../../core/reconcile/reconciler.js';
 
 /** Which API served a request. */
 export type ApiKind = 'grpc' | 'http';
@@ -37,6 +38,12 @@ export interface MetricsSources {
   /** One sample per VM whose VMM runs; must not reject and should answer within seconds. */
   vmSamples(): Promise<VmSample[]>;
 }
+
+/** Kinds and outcomes of a reconcile pass (the Reconciler's PassOutcome), each series made at 0. */
+export const PASS_KINDS = ['ensure', 'teardown'] as const satisfies readonly Parameters<ReconcileObserver['pass']>[0]['kind'][];
+export const PASS_OUTCOMES = ['ok', 'failed', 'canceled'] as const satisfies readonly PassOutcome[];
+/** Reasons of matchlock_vmm_exits_total (the ReconcileObserver's vmmExited). */
+export const VMM_EXIT_REASONS = ['unexpected', 'powered_off'] as const satisfies readonly Parameters<NonNullable<ReconcileObserver['vmmExited']>>[0]['reason'][];
 
 /** States every VM is in at any time, so each state's series exists even when it counts 0. */
 export const VM_STATES = ['PENDING', 'CREATED', 'FAILED', 'DELETING'] as const;
@@ -92,6 +99,16 @@ export class DaemonMetrics {
     // (it has no duration to go with matchlock_reconcile_duration_seconds), and Prometheus's
     // naming rule is one family per kind of event counted (prometheus.io, Metric and label naming).
     this.vmmExits = new Counter({ name: 'matchlock_vmm_exits_total', help: 'VMMs of stored MicroVMs that exited on their own (not stopped by matchlockd), by provider and reason: unexpected (desired power RUNNING: a crash or a guest that powered off; counted as a failed attempt towards maximum-retry) or powered_off (desired power STOPPED).', labelNames: ['provider', 'reason'], registers });
+    // Every label set known in advance starts at 0 ("Avoid missing metrics", prometheus.io,
+    // Instrumentation): a series first seen at 1 has no increase() to Prometheus, so an alert on
+    // the first crash after a start (one counted at start-up, before the first scrape) would
+    // never fire. Step kinds come from the providers' plans and API codes from the answers:
+    // those series appear with their first event.
+    for (const kind of PASS_KINDS) {
+      this.passDuration.zero({ kind });
+      for (const outcome of PASS_OUTCOMES) this.passes.inc({ kind, outcome }, 0);
+    }
+    for (const provider of opts.providers) for (const reason of VMM_EXIT_REASONS) this.vmmExits.inc({ provider, reason }, 0);
     new Gauge({
       name: 'matchlock_reconcile_queue_depth',
       help: 'MicroVMs in the reconcile queue: waiting, being reconciled, or waiting for a retry.',
