@@ -229,6 +229,14 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   });
   const queue = new ReconcileQueue({ workers: cfg.reconcileWorkers, handler: (uid) => reconciler.reconcile(uid), logger });
   events.exited = (uid, pid) => {
+    // Once draining, the metrics endpoint is closed: an exit counted here would be counted where
+    // nobody can scrape it, and saving it would clear the pid the next start looks for. The
+    // record keeps its pid, so the next start finds the VMM gone and counts the exit then
+    // (Reconciler.exitedWhileDown), as it does for one that died while no daemon ran.
+    if (lifecycle.state === 'draining' || lifecycle.state === 'stopped') {
+      logger.warn({ uid, pid }, 'vmm exited while matchlockd stops; the next start counts it');
+      return;
+    }
     const delay = reconciler.vmmExited(uid, pid);
     if (delay !== undefined) queue.enqueue(uid, delay);
   };
