@@ -1,7 +1,8 @@
 import type { Server as GrpcServer } from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { chmodSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
+import { createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { join } from 'node:path';
 import { bindGrpc, createGrpcServer, routeGrpcLog, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
@@ -19,8 +20,9 @@ import { LinkWatch } from '../core/reconcile/link-watch.js';
 import { Ext4Volumes } from '../adapters/volumes/ext4.js';
 import { ThinPoolVolumes } from '../adapters/volumes/thin.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
-import { createConfinement, type VmmConfinement } from '../adapters/vmm/confine/vmm.js';
-import { lookupGroup } from '../adapters/system/accounts.js';
+import { createConfinement, vmmUserIsRoot, type VmmConfinement } from '../adapters/vmm/confine/vmm.js';
+import { parseUidRange } from '../adapters/vmm/confine/uids.js';
+import { lookupGroup, lookupUser } from '../adapters/system/accounts.js';
 import { lockStateDir, prepareStateDir } from './state-dir.js';
 import { EventSupervisor } from '../adapters/vmm/supervisor.js';
 import { LogBound } from '../adapters/vmm/console.js';
@@ -29,7 +31,7 @@ import type { ConsoleLocator } from '../adapters/api/grpc/console.js';
 import { sweepOrphans } from './sweep.js';
 import { findUnrecorded, unrecordedRefusal } from './unrecorded.js';
 import { daemonIdentity } from './identity.js';
-import { clearStaleSocket, restrictSocket, socketPath } from './unix-socket.js';
+import { checkSocket, clearStaleSocket, restrictSocket, socketPath } from './unix-socket.js';
 import { Lifecycle, type Drainable } from './lifecycle.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
@@ -119,296 +121,379 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   const socketGroup = cfg.grpcSocketGroup === '' ? undefined : lookupGroup(cfg.grpcSocketGroup);
   if (cfg.grpcSocketGroup !== '' && socketGroup === undefined) throw configError(`grpc-socket-group ${cfg.grpcSocketGroup}: no such group`);
 
+  // What can be refused without making anything is refused before the state dir is made or
+  // changed, the VMM user created or the orphans swept: endpoints that cannot be bound, and a
+  // VMM user that is root under another name.
+  await checkEndpoints(cfg);
+  const confined = [...providers.values()].some((e) => e.availability.usable);
+  const rootUser = confined && !parseUidRange(cfg.vmmUidRange) && !vmmUserIsRoot(cfg.vmmUser, cfg.vmmUidRange) && lookupUser(cfg.vmmUser)?.uid === 0;
+  if (rootUser) throw configError(`vmm-user ${cfg.vmmUser}: vmm-user ${cfg.vmmUser} has uid 0; name an unprivileged user, or root to run VMMs as root`);
+
   // In this order: nothing is read or written before the state dir is known to be writable and
   // ours alone, and nothing (no VM, no sweep) is touched when the store is damaged.
+  const before = existingState(cfg.stateDir);
   const { full, created } = prepareStateDir(cfg.stateDir);
-  let lock: ReturnType<typeof lockStateDir>;
-  try {
-    lock = lockStateDir(cfg.stateDir);
-  } catch (err) {
-    // A directory this start made holds nothing anyone else made: a start that fails leaves none.
+  // What this start opened, closed in reverse when it fails before it drains (the drain closes
+  // them itself).
+  const opened: (() => void)[] = [];
+  let drained = false;
+  let failing = false;
+  let undone = false;
+  // A start that fails leaves the state dir as it found it: a directory it made (the state dir
+  // or an ancestor) holds nothing anyone else made and goes; in one that was there, what it
+  // added goes and its mode is restored. Done with the store closed and the lock still held, so
+  // no other daemon can have started there meanwhile.
+  const undo = () => {
+    undone = true;
     if (created) rmSync(created, { recursive: true, force: true });
-    throw err;
-  }
-  const daemonId = daemonIdentity(cfg.stateDir);
-  logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
-  let store: SqliteStore;
+    else if (before) restoreState(cfg.stateDir, before);
+  };
   try {
-    store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'), { exclusiveWhenFull: true });
-  } catch (err) {
-    lock.release();
-    throw err;
-  }
-  // A full state dir does not stop the daemon: the API is what an operator needs to list and
-  // delete VMs and free space. Reads are served; every write is answered RESOURCE_EXHAUSTED
-  // naming ENOSPC until there is room.
-  if (full || store.exclusive || !lock.pidWritten) {
-    logger.error(
-      { stateDir: cfg.stateDir, err: 'ENOSPC', pidFile: lock.pidWritten, store: store.exclusive ? `exclusive locking mode (${store.exclusive})` : 'shared' },
-      'the state dir is on a FULL file system: List and Get are served, creates, deletes and reconciles fail with RESOURCE_EXHAUSTED (ENOSPC) until space is freed there',
-    );
-  }
-  // The VMM user and the cgroups are made only where a VMM can run at all.
-  let confinement: VmmConfinement | undefined;
-  try {
-    if ([...providers.values()].some((e) => e.availability.usable)) {
-      confinement = await createConfinement(
-        { user: cfg.vmmUser, uidRange: cfg.vmmUidRange, claimsDir: join(cfg.stateDir, 'vmm-uids'), sandbox: cfg.qemuSandbox, cgroups: cfg.vmmCgroups, cgroupParent: cfg.vmmCgroupParent },
-        logger,
+    const lock = lockStateDir(cfg.stateDir);
+    opened.push(() => lock.release());
+    opened.push(() => failing && undo());
+    const daemonId = daemonIdentity(cfg.stateDir);
+    logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
+    const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'), { exclusiveWhenFull: true });
+    opened.push(() => store.close());
+    // A full state dir does not stop the daemon: the API is what an operator needs to list and
+    // delete VMs and free space. Reads are served; every write is answered RESOURCE_EXHAUSTED
+    // naming ENOSPC until there is room.
+    if (full || store.exclusive || !lock.pidWritten) {
+      logger.error(
+        { stateDir: cfg.stateDir, err: 'ENOSPC', pidFile: lock.pidWritten, store: store.exclusive ? `exclusive locking mode (${store.exclusive})` : 'shared' },
+        'the state dir is on a FULL file system: List and Get are served, creates, deletes and reconciles fail with RESOURCE_EXHAUSTED (ENOSPC) until space is freed there',
       );
     }
-  } catch (err) {
-    store.close();
-    lock.release();
-    throw configError(`${cfg.vmmUidRange ? `vmm-uid-range ${cfg.vmmUidRange}` : `vmm-user ${cfg.vmmUser}`}: ${(err as Error).message}`);
-  }
-  const vmms = buildProviders(cfg, providerRegistry, logger, confinement);
-  const files = new NodeHostFiles();
-  const network = new Iproute2Network();
-  // prom-client, the metrics and debug endpoints and the HTTP gateway are loaded only when
-  // configured: an idle daemon without them is about 2 MB smaller (bench/README.md).
-  const ops = cfg.metricsEndpoint || cfg.debugEndpoint ? await import('./metrics.js') : undefined;
-  const metrics = cfg.metricsEndpoint ? new (await import('../adapters/metrics/prometheus.js')).DaemonMetrics({ version: VERSION, providers: [...providerRegistry.keys()] }) : undefined;
-  const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry, metrics?.images);
-  // Supervisor events need the reconciler and queue, which need the runtime that owns the
-  // supervisor: the handlers are bound once all three exist.
-  const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string, _pid: number) => undefined as void, healthy: (_uid: string) => undefined as void };
-  const supervisor = new EventSupervisor(
-    { exited: (u, p) => events.exited(u, p), booted: (u, p) => events.booted(u, p), healthy: (u) => events.healthy(u) },
-    logger,
-    { healthyAfterMs: cfg.healthyAfterMs },
-  );
-  const ext4 = new Ext4Volumes(images, join(cfg.stateDir, 'images', 'base'));
-  const thin = cfg.thinpool
-    ? new ThinPoolVolumes({ pool: cfg.thinpool, dmsetup: cfg.dmsetupBin, devDir: cfg.thinpoolDevDir, idsFile: join(cfg.stateDir, 'images', 'thin-ids.json'), ext4 })
-    : undefined;
-  const volumes = thin ?? ext4;
-  if (cfg.thinpool) logger.info({ pool: cfg.thinpool }, 'volumes on a device-mapper thin pool');
-  const runtime = new HostRuntime({
-    stateDir: cfg.stateDir,
-    images,
-    volumes,
-    files,
-    network,
-    cloudInit: new VfatCloudInitDisk(),
-    providers: vmms,
-    supervisor,
-    bridgeName: cfg.bridgeName,
-    parentIface: cfg.parentIface,
-    deleteVmTimeoutMs: cfg.deleteVmTimeoutMs,
-    daemonId,
-    onStep: metrics && ((plan, o) => metrics.step(plan, o)),
-  });
-  const reconciler = new Reconciler({
-    store,
-    runtime,
-    clock: { now: () => new Date() },
-    logger,
-    maxRetries: cfg.maximumRetry,
-    backoffBaseMs: cfg.retryBackoffMs,
-    backoffMaxMs: 5 * 60_000,
-    random01: Math.random,
-    observer: metrics,
-    passEnded: (uid, vm, missingLink, stored) => linkWatch.track(uid, vm, missingLink, stored),
-  });
-  // Host link changes that cut a VM off (its TAP or macvtap deleted, detached, set down, its
-  // bridge or macvtap parent made again) are repaired as they happen rather than at the next
-  // resync: after each pass the VM's links are tracked, and `ip monitor link` events of tracked
-  // links enqueue the VM.
-  const linkWatch = new LinkWatch({
-    store,
-    network,
-    bridgeName: cfg.bridgeName,
-    parentIface: cfg.parentIface,
-    busy: (uid) => reconciler.busy(uid),
-    repair: (uid, returned) => {
-      if (returned !== undefined) reconciler.retryNow(uid, returned);
-      queue.enqueue(uid);
-    },
-    logger,
-  });
-  const queue = new ReconcileQueue({ workers: cfg.reconcileWorkers, handler: (uid) => reconciler.reconcile(uid), logger });
-  events.exited = (uid, pid) => {
-    // Once draining, the metrics endpoint is closed: an exit counted here would be counted where
-    // nobody can scrape it, and saving it would clear the pid the next start looks for. The
-    // record keeps its pid, so the next start finds the VMM gone and counts the exit then
-    // (Reconciler.exitedWhileDown), as it does for one that died while no daemon ran.
-    if (lifecycle.state === 'draining' || lifecycle.state === 'stopped') {
-      logger.warn({ uid, pid }, 'vmm exited while matchlockd stops; the next start counts it');
-      return;
+    // The VMM user and the cgroups are made only where a VMM can run at all.
+    let confinement: VmmConfinement | undefined;
+    try {
+      if (confined) {
+        confinement = await createConfinement(
+          { user: cfg.vmmUser, uidRange: cfg.vmmUidRange, claimsDir: join(cfg.stateDir, 'vmm-uids'), sandbox: cfg.qemuSandbox, cgroups: cfg.vmmCgroups, cgroupParent: cfg.vmmCgroupParent },
+          logger,
+        );
+      }
+    } catch (err) {
+      throw configError(`${cfg.vmmUidRange ? `vmm-uid-range ${cfg.vmmUidRange}` : `vmm-user ${cfg.vmmUser}`}: ${(err as Error).message}`);
     }
-    const delay = reconciler.vmmExited(uid, pid);
-    if (delay !== undefined) queue.enqueue(uid, delay);
-  };
-  if (ops) metrics?.setSources(ops.metricsSources({ store, queue, reconciler, runtime, vmms }));
-  events.booted = (uid, pid) => reconciler.guestBooted(uid, pid);
-  events.healthy = (uid) => reconciler.vmmHealthy(uid);
-  const service = new MicroVMService({
-    store,
-    clock: { now: () => new Date() },
-    random: { bytes: (n) => randomBytes(n) },
-    notifier: {
-      changed: (uid) => {
-        reconciler.changed(uid);
+    const vmms = buildProviders(cfg, providerRegistry, logger, confinement);
+    const files = new NodeHostFiles();
+    const network = new Iproute2Network();
+    // prom-client, the metrics and debug endpoints and the HTTP gateway are loaded only when
+    // configured: an idle daemon without them is about 2 MB smaller (bench/README.md).
+    const ops = cfg.metricsEndpoint || cfg.debugEndpoint ? await import('./metrics.js') : undefined;
+    const metrics = cfg.metricsEndpoint ? new (await import('../adapters/metrics/prometheus.js')).DaemonMetrics({ version: VERSION, providers: [...providerRegistry.keys()] }) : undefined;
+    const images = new LocalImageStore(join(cfg.stateDir, 'images'), registry, metrics?.images);
+    // Supervisor events need the reconciler and queue, which need the runtime that owns the
+    // supervisor: the handlers are bound once all three exist.
+    const events = { exited: (_uid: string, _pid: number) => undefined as void, booted: (_uid: string, _pid: number) => undefined as void, healthy: (_uid: string) => undefined as void };
+    const supervisor = new EventSupervisor(
+      { exited: (u, p) => events.exited(u, p), booted: (u, p) => events.booted(u, p), healthy: (u) => events.healthy(u) },
+      logger,
+      { healthyAfterMs: cfg.healthyAfterMs },
+    );
+    const ext4 = new Ext4Volumes(images, join(cfg.stateDir, 'images', 'base'));
+    const thin = cfg.thinpool
+      ? new ThinPoolVolumes({ pool: cfg.thinpool, dmsetup: cfg.dmsetupBin, devDir: cfg.thinpoolDevDir, idsFile: join(cfg.stateDir, 'images', 'thin-ids.json'), ext4 })
+      : undefined;
+    const volumes = thin ?? ext4;
+    if (cfg.thinpool) logger.info({ pool: cfg.thinpool }, 'volumes on a device-mapper thin pool');
+    const runtime = new HostRuntime({
+      stateDir: cfg.stateDir,
+      images,
+      volumes,
+      files,
+      network,
+      cloudInit: new VfatCloudInitDisk(),
+      providers: vmms,
+      supervisor,
+      bridgeName: cfg.bridgeName,
+      parentIface: cfg.parentIface,
+      deleteVmTimeoutMs: cfg.deleteVmTimeoutMs,
+      daemonId,
+      onStep: metrics && ((plan, o) => metrics.step(plan, o)),
+    });
+    const reconciler = new Reconciler({
+      store,
+      runtime,
+      clock: { now: () => new Date() },
+      logger,
+      maxRetries: cfg.maximumRetry,
+      backoffBaseMs: cfg.retryBackoffMs,
+      backoffMaxMs: 5 * 60_000,
+      random01: Math.random,
+      observer: metrics,
+      passEnded: (uid, vm, missingLink, stored) => linkWatch.track(uid, vm, missingLink, stored),
+    });
+    // Host link changes that cut a VM off (its TAP or macvtap deleted, detached, set down, its
+    // bridge or macvtap parent made again) are repaired as they happen rather than at the next
+    // resync: after each pass the VM's links are tracked, and `ip monitor link` events of tracked
+    // links enqueue the VM.
+    const linkWatch = new LinkWatch({
+      store,
+      network,
+      bridgeName: cfg.bridgeName,
+      parentIface: cfg.parentIface,
+      busy: (uid) => reconciler.busy(uid),
+      repair: (uid, returned) => {
+        if (returned !== undefined) reconciler.retryNow(uid, returned);
         queue.enqueue(uid);
       },
-    },
-    providers,
-    defaultProvider,
-  });
-
-  const catalog = new ImageCatalog(images, logger);
-  // Every record, a page at a time with a turn of the event loop between pages, so a large
-  // store is never read at once and requests are served meanwhile.
-  const RESYNC_PAGE = 500;
-  async function* allRecords() {
-    for (let page = store.page({}, { limit: RESYNC_PAGE }); page.length > 0; page = store.page({}, { after: page.at(-1)?.uid, limit: RESYNC_PAGE })) {
-      yield* page;
-      await new Promise((r) => setImmediate(r));
-    }
-  }
-  const collectImages = async () => {
-    if (cfg.imageGcGraceMs <= 0) return;
-    const inUse = new Set((await catalog.usage(allRecords())).keys());
-    const removed = await catalog.collect(inUse, cfg.imageGcGraceMs);
-    if (removed.length) logger.info({ removed }, 'unused images removed');
-    if (thin) await thin.collectBases(new Set([...inUse, ...(await catalog.list()).map((i) => i.digest)]), logger);
-  };
-  const enqueueAll = async () => {
-    for (let uids = store.uids({}, { limit: RESYNC_PAGE }); uids.length > 0; uids = store.uids({}, { after: uids.at(-1), limit: RESYNC_PAGE })) {
-      for (const uid of uids) queue.enqueue(uid);
-      await new Promise((r) => setImmediate(r));
-    }
-  };
-  const resyncAll = () => {
-    enqueueAll()
-      .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync failed'))
-      .then(() => collectImages())
-      .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'image garbage collection failed'));
-  };
-  const token = cfg.basicAuthToken || undefined;
-  // matchlock.v1: power operations, the event stream and server info. Event streams end when
-  // the daemon stops serving, so they never hold up the drain.
-  const streamsEnd = new AbortController();
-  const matchlock = {
-    power: new PowerService({ store, clock: { now: () => new Date() }, notifier: { changed: (uid) => queue.enqueue(uid) }, providers }),
-    service,
-    events: store,
-    info: serverInfoSource(cfg, providerRegistry, providers, defaultProvider, daemonId),
-    shutdown: streamsEnd.signal,
-  };
-  const instanceOf = (vm: ReturnType<MicroVMService['get']>) => vmms.get(vm.spec.provider)?.instance(runtime.ref(vm));
-  const consoleOf: ConsoleLocator = (uid) => {
-    const vm = service.get(uid);
-    const inst = instanceOf(vm);
-    if (!inst) throw new MatchlockError(ErrorCode.FailedPrecondition, `provider ${vm.spec.provider} is not known to this matchlock`);
-    return { log: inst.consolePath, provider: vm.spec.provider, input: inst.consoleInput };
-  };
-  // Every file a VMM keeps growing is held under console-log-max-bytes.
-  const growing = new GrowingFiles(store, (vm) => {
-    const inst = instanceOf(vm);
-    return inst ? (inst.growingFiles ?? [inst.consolePath]) : [];
-  });
-  const logBound = new LogBound(async () => growing.files(), cfg.consoleLogMaxBytes, logger);
-  const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, console: consoleOf, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });
-  let httpServer: HttpServer | undefined;
-  const opsEndpoints = ops?.opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger }) ?? [];
-  let resync: NodeJS.Timeout | undefined;
-  // Events missed (no monitor ran for a while, or the kernel dropped some) are made up by
-  // reading the uplinks known missing again (a return among the missed events) and reconciling
-  // every VM once; the image collection of a periodic resync is not repeated.
-  const linkMonitor = new LinkMonitor({
-    wants: (name) => linkWatch.wants(name),
-    onEvent: (e) => linkWatch.seen(e),
-    onMissed: () => {
-      linkWatch.eventsMissed();
-      void enqueueAll().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync after link events were missed failed'));
-    },
-    logger,
-  });
-  const drainable: Drainable = {
-    stopServing: async (force) => {
-      if (resync) clearInterval(resync);
-      streamsEnd.abort();
-      if (force) {
-        grpcServer.forceShutdown();
-        httpServer?.closeAllConnections();
-      }
-      for (const o of opsEndpoints) o.server.closeAllConnections();
-      await Promise.all([
-        ...opsEndpoints.map((o) => new Promise<void>((resolve) => o.server.close(() => resolve()))),
-        new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
-        httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
-      ]);
-    },
-    stopWork: () => queue.stop(),
-    abortWork: () => reconciler.abortAll(),
-    close: () => {
-      linkMonitor.close();
-      linkWatch.close();
-      logBound.stop();
-      supervisor.stop();
-      store.close();
-      lock.release();
-      network.close();
-      stopSpawner();
-    },
-  };
-  const stop = () => lifecycle.shutdown(drainable, cfg.shutdownGraceMs);
-  try {
-    // Before serving: a state dir whose records were lost refuses to start here, and nothing
-    // is reconciled or created while leftovers are removed.
-    const removed = await sweepOrphans({ daemonId, stateDir: cfg.stateDir, store, network, files, providers: vmms, volumes: thin, stopTimeoutMs: cfg.deleteVmTimeoutMs, log: logger }).catch((err: unknown) => {
-      if (err instanceof MatchlockError && err.code === ErrorCode.FailedPrecondition) throw err;
-      logger.error({ err: (err as Error).message }, 'orphan sweep failed; continuing');
-      return 0;
+      logger,
     });
-    if (removed) logger.info({ removed }, 'orphans removed');
-    // Blobs, trees and volumes a killed daemon left half-written (images/base included).
-    await images.sweepTemporaries().then(
-      (gone) => void (gone.length && logger.info({ removed: gone }, 'unfinished image temporaries removed')),
-      (err: unknown) => logger.error({ err: (err as Error).message }, 'temporary sweep failed; continuing'),
-    );
-    await clearStaleSocket('grpc-endpoint', cfg.grpcEndpoint);
-    const grpcPort = await bindGrpc(grpcServer, cfg.grpcEndpoint, serverCredentials(tls));
-    await restrictSocket(cfg.grpcEndpoint, socketGroup);
-    // A unix socket has no port (grpc-js answers its bind with 1): the log names the path.
-    const where = cfg.grpcEndpoint.startsWith('unix:') ? { socket: socketPath(cfg.grpcEndpoint) } : { port: grpcPort };
-    logger.info({ endpoint: cfg.grpcEndpoint, ...where, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
-    let httpPort: number | undefined;
-    if (cfg.enableHttp) {
-      httpServer = (await import('../adapters/api/http/server.js')).createHttpApi({ service, logger, token, tls, matchlock, observe: metrics && ((rpc, status, s) => metrics.request('http', rpc, String(status), s)) });
-      httpPort = await listen(httpServer, cfg.httpEndpoint);
-      logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
-    }
-    const opsPorts: Record<string, number> = {};
-    for (const o of opsEndpoints) {
-      opsPorts[o.key] = await listen(o.server, o.endpoint, o.key);
-      logger.info({ endpoint: o.endpoint, port: opsPorts[o.key], tls: !!tls, auth: !!token }, `${o.key.replace(/-endpoint$/, '')} endpoint listening`);
-    }
-    // VMMs that died while no daemon watched them are exits like those the supervisor sees
-    // (logged, counted, a retry), reported before the first pass restarts them.
-    for await (const vm of allRecords()) {
-      try {
-        const inst = vm.status.vmmPid ? instanceOf(vm) : undefined;
-        const delay = inst && (await reconciler.exitedWhileDown(vm, () => inst.running()));
-        if (delay !== undefined) queue.enqueue(vm.uid, delay);
-      } catch (err) {
-        // The first pass looks at this VM anyway; its check must not keep the daemon down.
-        logger.error({ uid: vm.uid, err: (err as Error).message }, 'checking for a vmm that exited while matchlockd was down failed');
+    const queue = new ReconcileQueue({ workers: cfg.reconcileWorkers, handler: (uid) => reconciler.reconcile(uid), logger });
+    events.exited = (uid, pid) => {
+      // Once draining, the metrics endpoint is closed: an exit counted here would be counted where
+      // nobody can scrape it, and saving it would clear the pid the next start looks for. The
+      // record keeps its pid, so the next start finds the VMM gone and counts the exit then
+      // (Reconciler.exitedWhileDown), as it does for one that died while no daemon ran.
+      if (lifecycle.state === 'draining' || lifecycle.state === 'stopped') {
+        logger.warn({ uid, pid }, 'vmm exited while matchlockd stops; the next start counts it');
+        return;
+      }
+      const delay = reconciler.vmmExited(uid, pid);
+      if (delay !== undefined) queue.enqueue(uid, delay);
+    };
+    if (ops) metrics?.setSources(ops.metricsSources({ store, queue, reconciler, runtime, vmms }));
+    events.booted = (uid, pid) => reconciler.guestBooted(uid, pid);
+    events.healthy = (uid) => reconciler.vmmHealthy(uid);
+    const service = new MicroVMService({
+      store,
+      clock: { now: () => new Date() },
+      random: { bytes: (n) => randomBytes(n) },
+      notifier: {
+        changed: (uid) => {
+          reconciler.changed(uid);
+          queue.enqueue(uid);
+        },
+      },
+      providers,
+      defaultProvider,
+    });
+
+    const catalog = new ImageCatalog(images, logger);
+    // Every record, a page at a time with a turn of the event loop between pages, so a large
+    // store is never read at once and requests are served meanwhile.
+    const RESYNC_PAGE = 500;
+    async function* allRecords() {
+      for (let page = store.page({}, { limit: RESYNC_PAGE }); page.length > 0; page = store.page({}, { after: page.at(-1)?.uid, limit: RESYNC_PAGE })) {
+        yield* page;
+        await new Promise((r) => setImmediate(r));
       }
     }
-    // Before the first resync, so that no change after a VM's first pass goes unseen.
-    linkMonitor.start();
-    resyncAll();
-    logBound.start();
-    resync = setInterval(resyncAll, cfg.resyncPeriodMs);
-    resync.unref();
-    lifecycle.to('serving');
-    return { grpcPort, httpPort, opsPorts, stop, force: () => lifecycle.force() };
+    const collectImages = async () => {
+      if (cfg.imageGcGraceMs <= 0) return;
+      const inUse = new Set((await catalog.usage(allRecords())).keys());
+      const removed = await catalog.collect(inUse, cfg.imageGcGraceMs);
+      if (removed.length) logger.info({ removed }, 'unused images removed');
+      if (thin) await thin.collectBases(new Set([...inUse, ...(await catalog.list()).map((i) => i.digest)]), logger);
+    };
+    const enqueueAll = async () => {
+      for (let uids = store.uids({}, { limit: RESYNC_PAGE }); uids.length > 0; uids = store.uids({}, { after: uids.at(-1), limit: RESYNC_PAGE })) {
+        for (const uid of uids) queue.enqueue(uid);
+        await new Promise((r) => setImmediate(r));
+      }
+    };
+    const resyncAll = () => {
+      enqueueAll()
+        .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync failed'))
+        .then(() => collectImages())
+        .catch((err: unknown) => logger.error({ err: (err as Error).message }, 'image garbage collection failed'));
+    };
+    const token = cfg.basicAuthToken || undefined;
+    // matchlock.v1: power operations, the event stream and server info. Event streams end when
+    // the daemon stops serving, so they never hold up the drain.
+    const streamsEnd = new AbortController();
+    const matchlock = {
+      power: new PowerService({ store, clock: { now: () => new Date() }, notifier: { changed: (uid) => queue.enqueue(uid) }, providers }),
+      service,
+      events: store,
+      info: serverInfoSource(cfg, providerRegistry, providers, defaultProvider, daemonId),
+      shutdown: streamsEnd.signal,
+    };
+    const instanceOf = (vm: ReturnType<MicroVMService['get']>) => vmms.get(vm.spec.provider)?.instance(runtime.ref(vm));
+    const consoleOf: ConsoleLocator = (uid) => {
+      const vm = service.get(uid);
+      const inst = instanceOf(vm);
+      if (!inst) throw new MatchlockError(ErrorCode.FailedPrecondition, `provider ${vm.spec.provider} is not known to this matchlock`);
+      return { log: inst.consolePath, provider: vm.spec.provider, input: inst.consoleInput };
+    };
+    // Every file a VMM keeps growing is held under console-log-max-bytes.
+    const growing = new GrowingFiles(store, (vm) => {
+      const inst = instanceOf(vm);
+      return inst ? (inst.growingFiles ?? [inst.consolePath]) : [];
+    });
+    const logBound = new LogBound(async () => growing.files(), cfg.consoleLogMaxBytes, logger);
+    const grpcServer: GrpcServer = createGrpcServer({ service, logger, token, tls, matchlock, console: consoleOf, observe: metrics && ((rpc, code, s) => metrics.request('grpc', rpc, code, s)) });
+    let httpServer: HttpServer | undefined;
+    const opsEndpoints = ops?.opsServers({ metricsEndpoint: cfg.metricsEndpoint, debugEndpoint: cfg.debugEndpoint, metrics, token, tls, logger }) ?? [];
+    let resync: NodeJS.Timeout | undefined;
+    // Events missed (no monitor ran for a while, or the kernel dropped some) are made up by
+    // reading the uplinks known missing again (a return among the missed events) and reconciling
+    // every VM once; the image collection of a periodic resync is not repeated.
+    const linkMonitor = new LinkMonitor({
+      wants: (name) => linkWatch.wants(name),
+      onEvent: (e) => linkWatch.seen(e),
+      onMissed: () => {
+        linkWatch.eventsMissed();
+        void enqueueAll().catch((err: unknown) => logger.error({ err: (err as Error).message }, 'resync after link events were missed failed'));
+      },
+      logger,
+    });
+    const drainable: Drainable = {
+      stopServing: async (force) => {
+        if (resync) clearInterval(resync);
+        streamsEnd.abort();
+        if (force) {
+          grpcServer.forceShutdown();
+          httpServer?.closeAllConnections();
+        }
+        for (const o of opsEndpoints) o.server.closeAllConnections();
+        await Promise.all([
+          ...opsEndpoints.map((o) => new Promise<void>((resolve) => o.server.close(() => resolve()))),
+          new Promise<void>((resolve) => grpcServer.tryShutdown(() => resolve())),
+          httpServer ? new Promise<void>((resolve) => httpServer?.close(() => resolve())) : undefined,
+        ]);
+      },
+      stopWork: () => queue.stop(),
+      abortWork: () => reconciler.abortAll(),
+      close: () => {
+        linkMonitor.close();
+        linkWatch.close();
+        logBound.stop();
+        supervisor.stop();
+        store.close();
+        if (failing) undo();
+        lock.release();
+        network.close();
+        stopSpawner();
+      },
+    };
+    const stop = () => lifecycle.shutdown(drainable, cfg.shutdownGraceMs);
+    try {
+      // Before serving: a state dir whose records were lost refuses to start here, and nothing
+      // is reconciled or created while leftovers are removed.
+      const removed = await sweepOrphans({ daemonId, stateDir: cfg.stateDir, store, network, files, providers: vmms, volumes: thin, stopTimeoutMs: cfg.deleteVmTimeoutMs, log: logger }).catch((err: unknown) => {
+        if (err instanceof MatchlockError && err.code === ErrorCode.FailedPrecondition) throw err;
+        logger.error({ err: (err as Error).message }, 'orphan sweep failed; continuing');
+        return 0;
+      });
+      if (removed) logger.info({ removed }, 'orphans removed');
+      // Blobs, trees and volumes a killed daemon left half-written (images/base included).
+      await images.sweepTemporaries().then(
+        (gone) => void (gone.length && logger.info({ removed: gone }, 'unfinished image temporaries removed')),
+        (err: unknown) => logger.error({ err: (err as Error).message }, 'temporary sweep failed; continuing'),
+      );
+      await clearStaleSocket('grpc-endpoint', cfg.grpcEndpoint);
+      const grpcPort = await bindGrpc(grpcServer, cfg.grpcEndpoint, serverCredentials(tls));
+      await restrictSocket(cfg.grpcEndpoint, socketGroup);
+      // A unix socket has no port (grpc-js answers its bind with 1): the log names the path.
+      const where = cfg.grpcEndpoint.startsWith('unix:') ? { socket: socketPath(cfg.grpcEndpoint) } : { port: grpcPort };
+      logger.info({ endpoint: cfg.grpcEndpoint, ...where, tls: !!tls, mtls: !!tls?.clientCa, auth: !!token }, 'grpc api listening');
+      let httpPort: number | undefined;
+      if (cfg.enableHttp) {
+        httpServer = (await import('../adapters/api/http/server.js')).createHttpApi({ service, logger, token, tls, matchlock, observe: metrics && ((rpc, status, s) => metrics.request('http', rpc, String(status), s)) });
+        httpPort = await listen(httpServer, cfg.httpEndpoint);
+        logger.info({ endpoint: cfg.httpEndpoint, port: httpPort }, 'http api listening');
+      }
+      const opsPorts: Record<string, number> = {};
+      for (const o of opsEndpoints) {
+        opsPorts[o.key] = await listen(o.server, o.endpoint, o.key);
+        logger.info({ endpoint: o.endpoint, port: opsPorts[o.key], tls: !!tls, auth: !!token }, `${o.key.replace(/-endpoint$/, '')} endpoint listening`);
+      }
+      // VMMs that died while no daemon watched them are exits like those the supervisor sees
+      // (logged, counted, a retry), reported before the first pass restarts them.
+      for await (const vm of allRecords()) {
+        try {
+          const inst = vm.status.vmmPid ? instanceOf(vm) : undefined;
+          const delay = inst && (await reconciler.exitedWhileDown(vm, () => inst.running()));
+          if (delay !== undefined) queue.enqueue(vm.uid, delay);
+        } catch (err) {
+          // The first pass looks at this VM anyway; its check must not keep the daemon down.
+          logger.error({ uid: vm.uid, err: (err as Error).message }, 'checking for a vmm that exited while matchlockd was down failed');
+        }
+      }
+      // Before the first resync, so that no change after a VM's first pass goes unseen.
+      linkMonitor.start();
+      resyncAll();
+      logBound.start();
+      resync = setInterval(resyncAll, cfg.resyncPeriodMs);
+      resync.unref();
+      lifecycle.to('serving');
+      return { grpcPort, httpPort, opsPorts, stop, force: () => lifecycle.force() };
+    } catch (err) {
+      drained = true;
+      failing = true;
+      await stop();
+      throw err;
+    }
   } catch (err) {
-    await stop();
+    failing = true;
+    if (!drained) {
+      for (const close of opened.reverse()) {
+        try {
+          close();
+        } catch {
+          // the start's own failure is the one to report
+        }
+      }
+    }
+    // The lock was not taken (another daemon holds it, or the lock file cannot be made): only
+    // a directory this start made goes, as nobody else can have written in it.
+    if (!undone && created) rmSync(created, { recursive: true, force: true });
     throw err;
+  }
+}
+
+/** An existing state dir's entries and mode, for a failed start to restore; undefined when there is none (or it cannot be read). */
+function existingState(dir: string): { entries: Set<string>; mode: number } | undefined {
+  try {
+    const st = statSync(dir);
+    return st.isDirectory() ? { entries: new Set(readdirSync(dir)), mode: st.mode & 0o7777 } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Removes what a failed start added to an existing state dir, and gives it its mode back. */
+function restoreState(dir: string, before: { entries: Set<string>; mode: number }): void {
+  for (const name of readdirSync(dir)) {
+    if (!before.entries.has(name)) rmSync(join(dir, name), { recursive: true, force: true });
+  }
+  chmodSync(dir, before.mode);
+}
+
+/**
+ * Refuses, before anything is made, an endpoint this start could not listen on, as the bind
+ * itself would (an Error naming the setting, `<key> <endpoint>: cannot listen: <why>`): a
+ * `unix:` socket another process serves, a path that is no socket or whose directory does not
+ * exist (checkSocket); a TCP address in use or not this host's, found by binding it and letting
+ * go. All TCP endpoints are held until each is bound, so two settings naming one port are
+ * refused too. Port 0 (any free port) cannot be in use and is not bound here.
+ */
+async function checkEndpoints(cfg: DaemonConfig): Promise<void> {
+  const tcp: [string, string][] = [];
+  if (cfg.grpcEndpoint.startsWith('unix:')) await checkSocket('grpc-endpoint', cfg.grpcEndpoint);
+  else tcp.push(['grpc-endpoint', cfg.grpcEndpoint]);
+  if (cfg.enableHttp) tcp.push(['http-endpoint', cfg.httpEndpoint]);
+  if (cfg.metricsEndpoint !== '') tcp.push(['metrics-endpoint', cfg.metricsEndpoint]);
+  if (cfg.debugEndpoint !== '') tcp.push(['debug-endpoint', cfg.debugEndpoint]);
+  const held: NetServer[] = [];
+  try {
+    for (const [key, endpoint] of tcp) {
+      const e = endpointOf(endpoint, {});
+      if (e.kind !== 'tcp') throw configError(`${key} ${endpoint}: must be host:port`);
+      if (e.port === 0) continue;
+      const probe = createNetServer();
+      held.push(probe);
+      await new Promise<void>((resolve, reject) => {
+        probe.once('error', (err) => reject(new Error(`${key} ${endpoint}: cannot listen: ${err.message}`, { cause: err })));
+        probe.listen(e.port, e.host === '' ? undefined : e.host, () => resolve());
+      });
+    }
+  } finally {
+    await Promise.all(held.map((probe) => new Promise<void>((resolve) => probe.close(() => resolve()))));
   }
 }
 

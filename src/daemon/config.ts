@@ -4,6 +4,7 @@ import { parse as parseYaml } from 'yaml';
 import { parseBool, parseSetting, type SettingDef, type SettingValue } from '../core/settings.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
+import { parseUidRange } from '../adapters/vmm/confine/uids.js';
 
 /**
  * matchlockd's settings. Every key is a flag (`--state-dir`), a key of the YAML config file
@@ -246,7 +247,40 @@ export function loadConfig(src: ConfigSources, providers: ReadonlyMap<string, Pr
   if ((cfg.tlsCert === '') !== (cfg.tlsKey === '')) throw configError('tls-cert and tls-key must be given together');
   if (cfg.tlsClientValidate && cfg.tlsClientCa === '') throw configError('tls-client-validate needs tls-client-ca');
   if (cfg.tlsClientValidate && cfg.tlsCert === '') throw configError('tls-client-validate needs tls-cert and tls-key');
+  // Refused here, with the other settings, rather than once the state dir is made and the VMM
+  // user created.
+  try {
+    parseUidRange(cfg.vmmUidRange);
+  } catch (err) {
+    throw configError(`vmm-uid-range ${cfg.vmmUidRange}: ${(err as Error).message}`);
+  }
+  const userRefusal = vmmUserRefusal(cfg.vmmUser);
+  if (userRefusal) throw configError(`vmm-user ${cfg.vmmUser}: ${userRefusal}`);
   return cfg;
+}
+
+/** uids and gids are 32-bit, and (uid_t)-1 means "unchanged" to setuid(2): 4294967294 is the last. */
+const ID_MAX = 4_294_967_294;
+
+/**
+ * Why `user` cannot be vmm-user, or undefined when it can: `root`, `uid:gid` (decimal, as QEMU's
+ * -runas takes it; uid 0 only as 0:0, which is root), or a user name as passwd(5) can hold it and
+ * useradd(8) can make it (no `:`, which separates passwd fields, no `,`, white space or control
+ * characters, not starting with `-`, which useradd would read as an option).
+ */
+export function vmmUserRefusal(user: string): string | undefined {
+  const rule = 'must be root, uid:gid (decimal numbers), or a user name without ":", ",", white space or control characters, not starting with "-"';
+  if (user === 'root') return undefined;
+  const ids = /^(\d+):(\d+)$/.exec(user);
+  if (ids) {
+    const [uid, gid] = [Number(ids[1]), Number(ids[2])];
+    if (uid > ID_MAX || gid > ID_MAX) return `uid and gid must be at most ${ID_MAX}`;
+    if (uid === 0 && gid !== 0) return 'uid 0 is root: write root (or 0:0) to run VMMs as root, or name an unprivileged user';
+    return undefined;
+  }
+  // eslint-disable-next-line no-control-regex
+  if (user === '' || user.startsWith('-') || /[:,\s\x00-\x1f\x7f]/.test(user)) return rule;
+  return undefined;
 }
 
 function readConfigFile(path: string, explicit: boolean, keys: readonly KeyDef[], warnings: string[]): Record<string, unknown> {

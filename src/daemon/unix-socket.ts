@@ -1,5 +1,6 @@
 import { connect } from 'node:net';
 import { chmod, chown, rm, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
 /** The socket path of a `unix:` endpoint (`unix:/p` or `unix:///p`). */
 export const socketPath = (endpoint: string) => endpoint.replace(/^unix:(\/\/)?/, '');
 
@@ -16,17 +17,22 @@ export async function restrictSocket(endpoint: string, group: number | undefined
 }
 
 /**
- * A unix socket left behind by a daemon that was killed blocks the next bind. If nothing
- * answers on it, it is stale and removed; if something answers, another daemon owns it.
- * A path that cannot be bound is the same failure as a TCP port in use: an Error (exit 1) naming
- * the setting (`key`, e.g. grpc-endpoint) as `<key> <endpoint>: cannot listen: <why>`.
+ * Whether a `unix:` endpoint can be bound, without changing anything: `absent` (nothing there,
+ * its directory exists) or `stale` (a socket nothing answers on, left by a daemon that was
+ * killed). A path that cannot be bound is the same failure as a TCP port in use: an Error (exit
+ * 1) naming the setting (`key`, e.g. grpc-endpoint) as `<key> <endpoint>: cannot listen: <why>`
+ * (another process serves it, it is no socket, or its directory does not exist).
  */
-export async function clearStaleSocket(key: string, endpoint: string): Promise<void> {
-  if (!endpoint.startsWith('unix:')) return;
+export async function checkSocket(key: string, endpoint: string): Promise<'absent' | 'stale'> {
   const path = socketPath(endpoint);
   const cannot = (why: string) => new Error(`${key} ${endpoint}: cannot listen: ${why}`);
   const st = await stat(path).catch(() => undefined);
-  if (!st) return;
+  if (!st) {
+    // bind(2) reports a missing directory as EACCES or ENOENT without naming it.
+    const dir = dirname(path);
+    if (!(await stat(dir).catch(() => undefined))?.isDirectory()) throw cannot(`directory ${dir} does not exist`);
+    return 'absent';
+  }
   if (!st.isSocket()) throw cannot(`${path} exists and is not a socket`);
   const alive = await new Promise<boolean>((resolve) => {
     const s = connect(path);
@@ -37,5 +43,14 @@ export async function clearStaleSocket(key: string, endpoint: string): Promise<v
     s.once('error', () => resolve(false));
   });
   if (alive) throw cannot(`another process is serving on ${path}`);
-  await rm(path, { force: true });
+  return 'stale';
+}
+
+/**
+ * A unix socket left behind by a daemon that was killed blocks the next bind: one nothing
+ * answers on is removed. Refuses as checkSocket does.
+ */
+export async function clearStaleSocket(key: string, endpoint: string): Promise<void> {
+  if (!endpoint.startsWith('unix:')) return;
+  if ((await checkSocket(key, endpoint)) === 'stale') await rm(socketPath(endpoint), { force: true });
 }

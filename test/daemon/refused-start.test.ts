@@ -1,0 +1,98 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { daemonFailsToStart, ROOT, TEST_CGROUP_PARENT, tempDir } from '../helpers/daemon.js';
+
+const base = (state: string) => ['run', '--state-dir', state, '--config', '/dev/null', '--log-format', 'json', '--vmm-cgroup-parent', TEST_CGROUP_PARENT];
+
+async function listening(server: Server, at: number | string): Promise<void> {
+  await new Promise<void>((resolve) => (typeof at === 'number' ? server.listen(at, '127.0.0.1', () => resolve()) : server.listen(at, () => resolve())));
+}
+
+describe('a refused start leaves no new state dir behind, and an existing one as it was', () => {
+  const tmp = tempDir('refused');
+  const busy = createServer();
+  const busySocket = createServer();
+  let port = 0;
+  before(async () => {
+    await listening(busy, 0);
+    port = (busy.address() as { port: number }).port;
+    await listening(busySocket, join(tmp.path, 'served.sock'));
+  });
+  after(async () => {
+    await new Promise((r) => busy.close(r));
+    await new Promise((r) => busySocket.close(r));
+    tmp.remove();
+  });
+
+  const cases = (): [string, string[], number, RegExp][] => {
+    const notSocket = join(tmp.path, 'plain-file');
+    writeFileSync(notSocket, '');
+    const nodir = join(tmp.path, 'no-such-dir');
+    const served = join(tmp.path, 'served.sock');
+    return [
+      ['gRPC port in use', ['--grpc-endpoint', `127.0.0.1:${port}`], 1, new RegExp(`grpc-endpoint 127\\.0\\.0\\.1:${port}: cannot listen`)],
+      ['unix socket in use', ['--grpc-endpoint', `unix:${served}`], 1, new RegExp(`grpc-endpoint unix:${served}: cannot listen: another process is serving on ${served}`)],
+      ['unix socket in a missing directory', ['--grpc-endpoint', `unix:${nodir}/x.sock`], 1, new RegExp(`grpc-endpoint unix:${nodir}/x\\.sock: cannot listen: directory ${nodir} does not exist`)],
+      ['unix path that is no socket', ['--grpc-endpoint', `unix:${notSocket}`], 1, new RegExp(`grpc-endpoint unix:${notSocket}: cannot listen: ${notSocket} exists and is not a socket`)],
+      ['http endpoint in use', ['--grpc-endpoint', '127.0.0.1:0', '--enable-http', '--http-endpoint', `127.0.0.1:${port}`], 1, new RegExp(`http-endpoint 127\\.0\\.0\\.1:${port}: cannot listen: .*EADDRINUSE`)],
+      ['metrics endpoint in use', ['--grpc-endpoint', '127.0.0.1:0', '--metrics-endpoint', `127.0.0.1:${port}`], 1, new RegExp(`metrics-endpoint 127\\.0\\.0\\.1:${port}: cannot listen: .*EADDRINUSE`)],
+      ['debug endpoint in use', ['--grpc-endpoint', '127.0.0.1:0', '--debug-endpoint', `127.0.0.1:${port}`], 1, new RegExp(`debug-endpoint 127\\.0\\.0\\.1:${port}: cannot listen: .*EADDRINUSE`)],
+      ['a uid range out of order', ['--grpc-endpoint', '127.0.0.1:0', '--vmm-uid-range', '5-1'], 2, /vmm-uid-range 5-1: must be FIRST-LAST with 1000 <= FIRST <= LAST/],
+      ['a vmm-user of no valid shape', ['--grpc-endpoint', '127.0.0.1:0', '--vmm-user', '1:1:1'], 2, /vmm-user 1:1:1: must be root, uid:gid \(decimal numbers\), or a user name without ":"/],
+    ];
+  };
+
+  it('makes no state dir (nor its missing parent) for any refusal that could be known before', async () => {
+    for (const [what, args, exit, message] of cases()) {
+      const parent = join(tmp.path, 'new');
+      const { code, output } = await daemonFailsToStart([...base(join(parent, 'state')), ...args]);
+      assert.equal(code, exit, `${what}: ${output}`);
+      assert.match(output, message, what);
+      assert.equal(existsSync(parent), false, `${what}: no state dir (or parent) left behind`);
+    }
+  });
+
+  it('touches nothing in an existing state dir for those refusals', async () => {
+    for (const [i, [what, args, exit, message]] of cases().entries()) {
+      // An existing state dir the daemon would tighten to 0750 and fill on a start.
+      const state = join(tmp.path, `existing${i}`);
+      mkdirSync(state, { mode: 0o755 });
+      chmodSync(state, 0o755);
+      writeFileSync(join(state, 'keep'), 'x');
+      const { code, output } = await daemonFailsToStart([...base(state), ...args]);
+      assert.equal(code, exit, `${what}: ${output}`);
+      assert.match(output, message, what);
+      assert.deepEqual(readdirSync(state), ['keep'], `${what}: no store, lock or identity written`);
+      assert.equal(statSync(state).mode & 0o777, 0o755, `${what}: the state dir is not tightened`);
+      assert.doesNotMatch(output, /orphan|created the VMM user/, `${what}: no sweep, no useradd`);
+    }
+  });
+
+  it('a start that fails later removes the state dir it made, and leaves an existing one as it found it', async () => {
+    // matchlockd with a provider that cannot be built: it fails once the state dir is made,
+    // locked, its identity written and its store opened.
+    const entry = ['--import', 'tsx', join(ROOT, 'test/fakes/providers/broken/matchlockd.ts')];
+    const fails = async (state: string) => {
+      const r = spawnSync(process.execPath, [...entry, ...base(state), '--grpc-endpoint', '127.0.0.1:0'], { encoding: 'utf8', timeout: 60_000 });
+      assert.equal(r.status, 1, r.stdout + r.stderr);
+      assert.match(r.stdout + r.stderr, /the broken provider cannot be built/);
+      assert.match(r.stdout + r.stderr, /"msg":"daemon identity"/, 'it failed after the state dir was taken');
+    };
+    const parent = join(tmp.path, 'late');
+    await fails(join(parent, 'state'));
+    assert.equal(existsSync(parent), false, 'no state dir (or parent) left behind');
+
+    const state = join(tmp.path, 'late-existing');
+    mkdirSync(state, { mode: 0o755 });
+    chmodSync(state, 0o755);
+    writeFileSync(join(state, 'keep'), 'x');
+    await fails(state);
+    assert.deepEqual(readdirSync(state), ['keep'], 'the store, lock and identity this start made are gone');
+    assert.equal(statSync(state).mode & 0o777, 0o755, 'the mode is given back');
+    assert.equal(readFileSync(join(state, 'keep'), 'utf8'), 'x');
+  });
+});
