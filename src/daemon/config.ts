@@ -266,10 +266,11 @@ const ID_MAX = 4_294_967_294;
  * Why `user` cannot be vmm-user, or undefined when it can: `root`, `uid:gid` (decimal, as QEMU's
  * -runas takes it; uid 0 only as 0:0, which is root), or a user name as passwd(5) can hold it and
  * useradd(8) can make it (no `:`, which separates passwd fields, no `,`, white space or control
- * characters, not starting with `-`, which useradd would read as an option).
+ * characters, not starting with `-`, which useradd would read as an option, or `+`, which
+ * marks NIS compat entries in passwd(5)).
  */
 export function vmmUserRefusal(user: string): string | undefined {
-  const rule = 'must be root, uid:gid (decimal numbers), or a user name without ":", ",", white space or control characters, not starting with "-"';
+  const rule = 'must be root, uid:gid (decimal numbers), or a user name without ":", ",", white space or control characters, not starting with "-" or "+"';
   if (user === 'root') return undefined;
   const ids = /^(\d+):(\d+)$/.exec(user);
   if (ids) {
@@ -279,7 +280,7 @@ export function vmmUserRefusal(user: string): string | undefined {
     return undefined;
   }
   // eslint-disable-next-line no-control-regex
-  if (user === '' || user.startsWith('-') || /[:,\s\x00-\x1f\x7f]/.test(user)) return rule;
+  if (user === '' || /^[-+]/.test(user) || /[:,\s\x00-\x1f\x7f]/.test(user)) return rule;
   return undefined;
 }
 

@@ -147,6 +147,19 @@ describe('daemon configuration', () => {
     assert.equal(loadConfig({ flags: {}, file: { path: join(tmp.path, 'missing.yaml'), explicit: false }, env: {} }).providerSettings['qemu-accel'], 'tcg');
   });
 
+  it('refuses vmm-uid-range and vmm-user of the wrong shape when the config is read, naming the key and the rule', () => {
+    const empty = file('vmm.yaml', '');
+    const refused = (flags: Record<string, unknown>, message: RegExp) =>
+      assert.throws(() => load(flags, empty), (err: unknown) => err instanceof MatchlockError && message.test(err.message), JSON.stringify(flags));
+    refused({ 'vmm-uid-range': '5-1' }, /^vmm-uid-range 5-1: must be FIRST-LAST with 1000 <= FIRST <= LAST/);
+    refused({ 'vmm-uid-range': '2000-1000' }, /^vmm-uid-range 2000-1000: must be FIRST-LAST/);
+    for (const user of ['1:1:1', 'a:b', 'two words', 'a,b', '-rf', '+nis', '']) refused({ 'vmm-user': user }, new RegExp(`^vmm-user ${user.replace(/[+]/g, '\\+')}: must be root, uid:gid`));
+    refused({ 'vmm-user': '0:5' }, /^vmm-user 0:5: uid 0 is root: write root \(or 0:0\)/);
+    refused({ 'vmm-user': '1000:4294967295' }, /^vmm-user 1000:4294967295: uid and gid must be at most 4294967294/);
+    for (const user of ['root', '0:0', '1000:1000', 'matchlock-vmm', 'svc.vmm', '4242']) assert.equal(load({ 'vmm-user': user }, empty).vmmUser, user);
+    assert.equal(load({ 'vmm-uid-range': '100000-165535' }, empty).vmmUidRange, '100000-165535');
+  });
+
   it('parses durations and recognises loopback endpoints', () => {
     assert.equal(parseDuration('1h30m'), 5_400_000);
     assert.equal(parseDuration('500ms'), 500);

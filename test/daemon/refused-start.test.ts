@@ -43,6 +43,7 @@ describe('a refused start leaves no new state dir behind, and an existing one as
       ['debug endpoint in use', ['--grpc-endpoint', '127.0.0.1:0', '--debug-endpoint', `127.0.0.1:${port}`], 1, new RegExp(`debug-endpoint 127\\.0\\.0\\.1:${port}: cannot listen: .*EADDRINUSE`)],
       ['a uid range out of order', ['--grpc-endpoint', '127.0.0.1:0', '--vmm-uid-range', '5-1'], 2, /vmm-uid-range 5-1: must be FIRST-LAST with 1000 <= FIRST <= LAST/],
       ['a vmm-user of no valid shape', ['--grpc-endpoint', '127.0.0.1:0', '--vmm-user', '1:1:1'], 2, /vmm-user 1:1:1: must be root, uid:gid \(decimal numbers\), or a user name without ":"/],
+      ['a vmm-user that is root by its uid', ['--grpc-endpoint', '127.0.0.1:0', '--vmm-user', '0'], 2, /vmm-user 0: vmm-user 0 has uid 0; name an unprivileged user, or root to run VMMs as root/],
     ];
   };
 
