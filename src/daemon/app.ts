@@ -474,7 +474,8 @@ function restoreState(dir: string, before: { entries: Set<string>; mode: number 
  */
 async function checkEndpoints(cfg: DaemonConfig): Promise<void> {
   const tcp: [string, string][] = [];
-  if (cfg.grpcEndpoint.startsWith('unix:')) await checkSocket('grpc-endpoint', cfg.grpcEndpoint);
+  // The socket may go in the state dir, made (with its missing parents) after this check.
+  if (cfg.grpcEndpoint.startsWith('unix:')) await checkSocket('grpc-endpoint', cfg.grpcEndpoint, cfg.stateDir);
   else tcp.push(['grpc-endpoint', cfg.grpcEndpoint]);
   if (cfg.enableHttp) tcp.push(['http-endpoint', cfg.httpEndpoint]);
   if (cfg.metricsEndpoint !== '') tcp.push(['metrics-endpoint', cfg.metricsEndpoint]);

@@ -1,6 +1,6 @@
 import { connect } from 'node:net';
 import { chmod, chown, rm, stat } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { dirname, resolve } from 'node:path';
 /** The socket path of a `unix:` endpoint (`unix:/p` or `unix:///p`). */
 export const socketPath = (endpoint: string) => endpoint.replace(/^unix:(\/\/)?/, '');
 
@@ -21,16 +21,20 @@ export async function restrictSocket(endpoint: string, group: number | undefined
  * its directory exists) or `stale` (a socket nothing answers on, left by a daemon that was
  * killed). A path that cannot be bound is the same failure as a TCP port in use: an Error (exit
  * 1) naming the setting (`key`, e.g. grpc-endpoint) as `<key> <endpoint>: cannot listen: <why>`
- * (another process serves it, it is no socket, or its directory does not exist).
+ * (another process serves it, it is no socket, or its directory does not exist and is not
+ * `madeLater`, nor one of the directories making `madeLater` makes: the state dir, which may
+ * hold the socket).
  */
-export async function checkSocket(key: string, endpoint: string): Promise<'absent' | 'stale'> {
+export async function checkSocket(key: string, endpoint: string, madeLater?: string): Promise<'absent' | 'stale'> {
   const path = socketPath(endpoint);
   const cannot = (why: string) => new Error(`${key} ${endpoint}: cannot listen: ${why}`);
   const st = await stat(path).catch(() => undefined);
   if (!st) {
     // bind(2) reports a missing directory as EACCES or ENOENT without naming it.
-    const dir = dirname(path);
-    if (!(await stat(dir).catch(() => undefined))?.isDirectory()) throw cannot(`directory ${dir} does not exist`);
+    const dir = resolve(dirname(path));
+    const later = madeLater === undefined ? undefined : resolve(madeLater);
+    const made = later !== undefined && (later === dir || later.startsWith(`${dir}/`));
+    if (!made && !(await stat(dir).catch(() => undefined))?.isDirectory()) throw cannot(`directory ${dirname(path)} does not exist`);
     return 'absent';
   }
   if (!st.isSocket()) throw cannot(`${path} exists and is not a socket`);

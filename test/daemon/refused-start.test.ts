@@ -4,7 +4,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, 
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { daemonFailsToStart, ROOT, TEST_CGROUP_PARENT, tempDir } from '../helpers/daemon.js';
+import { daemonFailsToStart, ROOT, startDaemon, TEST_CGROUP_PARENT, tempDir } from '../helpers/daemon.js';
 
 const base = (state: string) => ['run', '--state-dir', state, '--config', '/dev/null', '--log-format', 'json', '--vmm-cgroup-parent', TEST_CGROUP_PARENT];
 
@@ -70,6 +70,13 @@ describe('a refused start leaves no new state dir behind, and an existing one as
       assert.deepEqual(readdirSync(state), ['keep'], `${what}: no store, lock or identity written`);
       assert.equal(statSync(state).mode & 0o777, 0o755, `${what}: the state dir is not tightened`);
       assert.doesNotMatch(output, /orphan|created the VMM user/, `${what}: no sweep, no useradd`);
+    }
+  });
+
+  it('a unix: socket in the state dir, or in a parent the start makes for it, is no missing directory', async () => {
+    for (const [state, sock] of [[join(tmp.path, 'fresh-a', 'state'), join(tmp.path, 'fresh-a', 'grpc.sock')], [join(tmp.path, 'fresh-b'), join(tmp.path, 'fresh-b', 'grpc.sock')]] as const) {
+      const d = await startDaemon(state, ['--grpc-endpoint', `unix:${sock}`, '--vmm-cgroups=false']);
+      await d.stop();
     }
   });
 
