@@ -100,7 +100,12 @@ export function validateHub(c: HubConfig): HubConfig {
     if (c.parent !== undefined) throw bad('parent', 'only for mode vlan');
   }
   const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(c.address);
-  if (!m?.[1] || !isIPv4(m[1]) || Number(m[2]) < 8 || Number(m[2]) > 30) throw bad('address', 'must be an IPv4 address with a prefix of /8 to /30, like 192.168.10.2/25');
+  // iproute2 reads a prefix (get_prefix) and the octets of an address (get_addr_ipv4) with
+  // strtoul base 0, so "010" is octal 8 to it; isIPv4 refuses an octet with a leading zero.
+  if (m?.[2] !== undefined && /^0\d/.test(m[2])) throw bad('address', `the prefix /${m[2]} has a leading zero, which iproute2 reads as octal: write it in decimal without one`);
+  if (!m?.[1] || !isIPv4(m[1]) || Number(m[2]) < 8 || Number(m[2]) > 30) throw bad('address', 'must be an IPv4 address with a prefix of /8 to /30, like 192.168.10.2/25 (decimal octets without leading zeros)');
+  // The one spelling every tool is given: iproute2, nft and dnsmasq never see the user's text.
+  c.address = `${m[1]}/${Number(m[2])}`;
   const s = subnetOf(c.address);
   const hubNotUnicast = notUnicast(s.hub);
   if (hubNotUnicast) throw bad('address', `${s.hub} ${hubNotUnicast}: the hub needs a unicast address`);
@@ -225,9 +230,12 @@ function hubConfigFrom(file: string | undefined, text: string | undefined, flags
     if (!prop) throw hubConfigError(`unknown key "${k}"`);
     if (prop === 'vlanId' || prop === 'defaultLeaseSeconds' || prop === 'maxLeaseSeconds') {
       // Decimal digits only: Number() would also read 0x10, 1e3 and " 7 ", which no reader of
-      // these values (dhcpd.conf's lease times, ip link's VLAN id) is given in that form.
+      // these values (dhcpd.conf's lease times, ip link's VLAN id) is given in that form. A
+      // leading zero is refused too: iproute2 reads numbers with strtoul base 0, so "010" means
+      // 8 to it and 10 here; the value meant is not clear.
       const text = typeof v === 'number' && Number.isSafeInteger(v) ? String(v) : v;
       if (typeof text !== 'string' || !/^\d+$/.test(text)) throw hubConfigError(`${named(k)}: must be a whole number in decimal digits (got ${JSON.stringify(v)})`);
+      if (/^0\d/.test(text)) throw hubConfigError(`${named(k)}: must be a whole number in decimal digits without a leading zero (got ${JSON.stringify(v)}; iproute2 would read it as octal)`);
       out[prop] = Number(text);
     } else if (prop === 'dnsServers') out[prop] = Array.isArray(v) ? v.map(String) : String(v).split(',').map((x) => x.trim()).filter(Boolean);
     else out[prop] = String(v);

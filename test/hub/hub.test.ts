@@ -109,6 +109,22 @@ describe('hub config', () => {
     assert.equal(loadHubConfig(file, {}).defaultLeaseSeconds, 900, 'a YAML integer is read as it is');
   });
 
+  it('refuses a leading zero in a prefix, an octet, a VLAN id or a lease time (iproute2 reads numbers base 0: 010 is 8), naming the flag', () => {
+    const lan = { 'range-start': '192.168.20.26', 'range-end': '192.168.20.126' };
+    for (const prefix of ['010', '08', '025']) {
+      assert.throws(() => loadHubConfig(undefined, { ...lan, address: `192.168.20.2/${prefix}` }), new RegExp(`^MatchlockError: --address: the prefix /${prefix} has a leading zero, which iproute2 reads as octal`));
+    }
+    assert.throws(() => loadHubConfig(undefined, { ...lan, address: '192.168.020.2/25' }), /^MatchlockError: --address: must be an IPv4 address .*without leading zeros/);
+    assert.throws(() => loadHubConfig(undefined, { ...lan, 'range-start': '192.168.20.026' }), /^MatchlockError: --range-start: must be an IPv4 address$/);
+    assert.throws(() => loadHubConfig(undefined, { ...lan, address: '192.168.20.2/25', 'dns-servers': '8.8.8.010' }), /^MatchlockError: --dns-servers\[0\]: must be an IPv4 address$/);
+    assert.throws(() => loadHubConfig(undefined, { mode: 'vlan', parent: 'eth1', 'vlan-id': '010' }), /^MatchlockError: --vlan-id: must be a whole number in decimal digits without a leading zero \(got "010"/);
+    assert.throws(() => loadHubConfig(undefined, { 'default-lease-time': '0600' }), /^MatchlockError: --default-lease-time: must be a whole number in decimal digits without a leading zero/);
+    const file = join(tmp.path, 'zeros.yaml');
+    writeFileSync(file, 'address: 192.168.20.2/010\nrange-start: 192.168.20.26\nrange-end: 192.168.20.126\n');
+    assert.throws(() => loadHubConfig(file, {}), new RegExp(`^MatchlockError: ${file}: address: the prefix /010 has a leading zero`));
+    assert.equal(loadHubConfig(undefined, { ...lan, address: '192.168.20.2/25' }).address, '192.168.20.2/25');
+  });
+
   it('bounds lease times to what dhcpd and dnsmasq take (2^31 - 1 s), and records nothing it could not read back', () => {
     assert.equal(loadHubConfig(undefined, { 'default-lease-time': '600', 'max-lease-time': '2147483647' }).maxLeaseSeconds, 2147483647);
     assert.throws(() => loadHubConfig(undefined, { 'max-lease-time': '99999999999999999999' }), /^MatchlockError: --max-lease-time: must be at most 2147483647 seconds \(dnsmasq reads a lease time as a C int; dhcpd's/);

@@ -219,6 +219,10 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
       [['--address', '192.168.44.127/25'], /^matchlock: --address: 192\.168\.44\.127 is the broadcast address of 192\.168\.44\.0\/25/m],
       [['--vlan-id', '5000'], /^matchlock: --vlan-id: must be between 1 and 4094/m],
       [['--vlan-id', '100'], /^matchlock: --vlan-id: only for mode vlan/m],
+      // iproute2 would read /010 as /8 and refuse /08; matchlock would have used /10.
+      [['--address', '192.168.44.2/010'], /^matchlock: --address: the prefix \/010 has a leading zero, which iproute2 reads as octal/m],
+      [['--address', '192.168.44.2/08'], /^matchlock: --address: the prefix \/08 has a leading zero/m],
+      [['--address', '192.168.044.2/25'], /^matchlock: --address: must be an IPv4 address/m],
     ] as const) {
       const flags = hubFlags(4);
       for (let i = 0; i < over.length; i += 2) {
