@@ -39,12 +39,44 @@ export function hubRecordPath(env: NodeJS.ProcessEnv = process.env): string {
   return env.MATCHLOCK_HUB_RECORD || '/var/lib/matchlock/hub.yaml';
 }
 
+/** How errors name the record's path: the variable that chose it, or the default and the variable that would move it. */
+function recordName(record: string, env: NodeJS.ProcessEnv = process.env): string {
+  return env.MATCHLOCK_HUB_RECORD === record ? `MATCHLOCK_HUB_RECORD=${record}` : `hub record ${record} (MATCHLOCK_HUB_RECORD)`;
+}
+
+/**
+ * Refuses a record path that cannot hold a file (a directory there, a file where a directory
+ * of its path goes) before anything is made: exit 2 naming MATCHLOCK_HUB_RECORD, rather than
+ * a bare EEXIST from mkdir or EISDIR from a read.
+ */
+export function checkRecordPath(record: string): void {
+  const name = recordName(record);
+  let st;
+  try {
+    st = statSync(record);
+  } catch {
+    // not there, or a file is in the way further up: the walk below names it
+  }
+  if (st && !st.isFile()) throw cliError(`${name}: is not a regular file; name a file for the record`, EXIT.usage);
+  for (let d = dirname(record); ; d = dirname(d)) {
+    try {
+      st = statSync(d);
+    } catch (err) {
+      if (['ENOENT', 'ENOTDIR'].includes((err as NodeJS.ErrnoException).code ?? '') && d !== '/') continue;
+      throw cliError(`${name}: ${d} cannot be read (${(err as Error).message})`, EXIT.precondition);
+    }
+    if (!st.isDirectory()) throw cliError(`${name}: ${d} is not a directory, so the record cannot be made under it`, EXIT.usage);
+    return;
+  }
+}
+
 /**
  * The recorded hub, or undefined when there is no record. A record that cannot be read is not
  * "no hub": a hub may be up behind it, so this throws a CLI error (exit 6) naming the record and
  * why, rather than let a second hub replace it.
  */
 export function recordedHub(record = hubRecordPath()): HubConfig | undefined {
+  checkRecordPath(record);
   if (!existsSync(record)) return undefined;
   try {
     return loadHubConfig(record, {});
@@ -65,6 +97,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  */
 export async function withHubLock<T>(fn: () => Promise<T>, record = hubRecordPath(), waitMs = 120_000): Promise<T> {
   const lock = `${record}.lock`;
+  checkRecordPath(record);
   const madeDir = mkdirSync(dirname(record), { recursive: true, mode: 0o750 });
   for (const start = Date.now(); ;) {
     try {

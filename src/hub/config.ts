@@ -40,6 +40,18 @@ export const LEASE_SECONDS_MAX = 2147483647;
 
 const IFNAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
 
+/**
+ * Why `name` cannot name a link, or undefined when it can: the kernel (dev_valid_name) takes at
+ * most 15 bytes without "/", ":" or whitespace, and refuses "all" and "default", the names of
+ * /proc/sys/net/ipv4/conf's own entries (RTNETLINK answers: Invalid argument); matchlock takes
+ * the portable subset of letters, digits, "_", "." and "-".
+ */
+export function ifnameRule(name: string): string | undefined {
+  if (name === 'all' || name === 'default') return `"${name}" is reserved by the kernel (net.ipv4.conf.${name} configures every link), not a link name`;
+  if (!IFNAME.test(name)) return 'must be a Linux interface name (1-15 letters, digits, "_", ".", "-", starting with a letter or digit)';
+  return undefined;
+}
+
 export function ipToInt(ip: string): number {
   return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
 }
@@ -87,12 +99,15 @@ function inSubnet(ip: string, s: Subnet): boolean {
 /** Checks a hub config; every refusal names the key and the rule. */
 export function validateHub(c: HubConfig): HubConfig {
   const bad = (key: string, rule: string) => hubConfigError(`${key}: ${rule}`);
-  if (!IFNAME.test(c.interface)) throw bad('interface', 'must be a Linux interface name (1-15 letters, digits, "_", ".", "-")');
+  const ifaceRule = ifnameRule(c.interface);
+  if (ifaceRule) throw bad('interface', ifaceRule);
   if (c.mode !== 'vlan' && c.mode !== 'bridge') throw bad('mode', 'must be vlan or bridge');
   // 802.1Q-2018 9.6: the 12-bit VID values 0 (priority tag only) and 4095 (reserved) name no VLAN.
   if (c.vlanId !== undefined && (!Number.isInteger(c.vlanId) || c.vlanId < 1 || c.vlanId > 4094)) throw bad('vlan-id', 'must be between 1 and 4094 (802.1Q VIDs 0 and 4095 are reserved)');
   if (c.mode === 'vlan') {
-    if (!c.parent || !IFNAME.test(c.parent)) throw bad('parent', 'vlan mode needs the parent interface');
+    if (!c.parent) throw bad('parent', 'vlan mode needs the parent interface');
+    const parentRule = ifnameRule(c.parent);
+    if (parentRule) throw bad('parent', parentRule);
     if (c.vlanId === undefined) throw bad('vlan-id', 'vlan mode needs the VLAN id (1-4094)');
   } else {
     // A bridge has no parent and no tag: a value given for them would be silently ignored.
@@ -134,7 +149,8 @@ export function validateHub(c: HubConfig): HubConfig {
     if (v > LEASE_SECONDS_MAX) throw bad(key, `must be at most ${LEASE_SECONDS_MAX} seconds (dnsmasq reads a lease time as a C int; dhcpd's lease times and DHCP's lease time option, RFC 2132 9.2, are 32-bit, and a larger value is silently wrapped)`);
   }
   if (!Number.isInteger(c.maxLeaseSeconds) || c.maxLeaseSeconds < c.defaultLeaseSeconds) throw bad('max-lease-time', 'must be at least default-lease-time');
-  if (!IFNAME.test(c.uplink)) throw bad('uplink', 'must be a Linux interface name');
+  const uplinkRule = ifnameRule(c.uplink);
+  if (uplinkRule) throw bad('uplink', uplinkRule);
   if (c.uplink === c.interface) throw bad('uplink', 'must differ from interface');
   if (c.dhcp !== 'isc' && c.dhcp !== 'dnsmasq') throw bad('dhcp', 'must be isc or dnsmasq');
   // The DHCP server, its pid file and the record are read from other working directories later

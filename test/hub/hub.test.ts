@@ -125,6 +125,16 @@ describe('hub config', () => {
     assert.equal(loadHubConfig(undefined, { ...lan, address: '192.168.20.2/25' }).address, '192.168.20.2/25');
   });
 
+  it('refuses link names the kernel reserves or refuses (all, default, "/", ":", whitespace, over 15 bytes) for interface, parent and uplink', () => {
+    for (const name of ['all', 'default']) {
+      assert.throws(() => loadHubConfig(undefined, { interface: name }), new RegExp(`^MatchlockError: --interface: "${name}" is reserved by the kernel`));
+      assert.throws(() => loadHubConfig(undefined, { uplink: name }), new RegExp(`^MatchlockError: --uplink: "${name}" is reserved by the kernel`));
+      assert.throws(() => loadHubConfig(undefined, { mode: 'vlan', 'vlan-id': '5', parent: name }), new RegExp(`^MatchlockError: --parent: "${name}" is reserved by the kernel`));
+    }
+    for (const name of ['a/b', 'a:b', 'a b', 'x'.repeat(16), '.x']) assert.throws(() => loadHubConfig(undefined, { interface: name }), /^MatchlockError: --interface: must be a Linux interface name/, name);
+    assert.equal(loadHubConfig(undefined, { interface: 'allx' }).interface, 'allx');
+  });
+
   it('bounds lease times to what dhcpd and dnsmasq take (2^31 - 1 s), and records nothing it could not read back', () => {
     assert.equal(loadHubConfig(undefined, { 'default-lease-time': '600', 'max-lease-time': '2147483647' }).maxLeaseSeconds, 2147483647);
     assert.throws(() => loadHubConfig(undefined, { 'max-lease-time': '99999999999999999999' }), /^MatchlockError: --max-lease-time: must be at most 2147483647 seconds \(dnsmasq reads a lease time as a C int; dhcpd's/);

@@ -566,4 +566,37 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.equal(dev.status, 2, dev.stderr);
     assert.match(dev.stderr, /^matchlock: --hub-state-dir: must be an absolute path/m);
   });
+
+  it('refuses a link name the kernel reserves (all, default) and a MATCHLOCK_HUB_RECORD under a file with exit 2 naming the flag or the variable, making nothing', () => {
+    const before = snapshot();
+    for (const name of ['all', 'default']) {
+      const r = cli('hub', 'setup', ...hubFlags(30).map((f) => (f === 'mlbr30' ? name : f)));
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, new RegExp(`^matchlock: --interface: "${name}" is reserved by the kernel`, 'm'));
+      const dev = cli('host', 'dev', '--interface', name, '--uplink', 'up0', '--hub-state-dir', join(tmp.path, 'dev-30'), '--no-guard', '--config-out', join(tmp.path, 'dev-30.yaml'), '--unit-out', join(tmp.path, 'dev-30.service'));
+      assert.equal(dev.status, 2, dev.stderr);
+      assert.match(dev.stderr, new RegExp(`^matchlock: --interface: "${name}" is reserved`, 'm'));
+    }
+    const uplink = cli('hub', 'setup', ...hubFlags(30).map((f) => (f === 'up0' ? 'default' : f)));
+    assert.equal(uplink.status, 2, uplink.stderr);
+    assert.match(uplink.stderr, /^matchlock: --uplink: "default" is reserved/m);
+    const file = join(tmp.path, 'record-parent-is-a-file');
+    writeFileSync(file, '');
+    const under = join(file, 'hub.yaml');
+    for (const args of [['hub', 'setup', ...hubFlags(30)], ['hub', 'teardown', ...hubFlags(30)], ['host', 'dev', '--interface', 'mldev30', '--uplink', 'up0', '--hub-state-dir', join(tmp.path, 'dev-30'), '--no-guard', '--config-out', join(tmp.path, 'dev-30.yaml'), '--unit-out', join(tmp.path, 'dev-30.service')], ['host', 'dev', '--down', '--no-guard']]) {
+      const r = cliWith(under, ...args);
+      assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, new RegExp(`^matchlock: MATCHLOCK_HUB_RECORD=${under}: ${file} is not a directory`, 'm'), args.join(' '));
+    }
+    const dir = join(tmp.path, 'record-is-a-dir');
+    mkdirSync(dir);
+    const r = cliWith(dir, 'hub', 'setup', ...hubFlags(30));
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, new RegExp(`^matchlock: MATCHLOCK_HUB_RECORD=${dir}: is not a regular file`, 'm'));
+    assert.deepEqual(snapshot(), before);
+    assert.equal(existsSync(join(tmp.path, 'state-30')), false);
+    assert.equal(existsSync(join(tmp.path, 'dev-30')), false);
+    rmdirSync(dir);
+    rmSync(file);
+  });
 });
