@@ -55,7 +55,8 @@ const isCheckoutBin = (bin: string) => existsSync(join(dirname(bin), '..', 'src'
  * JavaScript bin is run by this Node (its absolute path: systemd's PATH may not hold `node`),
  * with V8's young generation held at 2 × 1 MiB (see bin/matchlockd.js: about 15 MB less RSS).
  * `installed` is false when the bin belongs to a source checkout (an `npm link` too).
- * Throws when `explicit` is not an existing absolute path.
+ * Throws when `explicit` is not an existing absolute path, or names a file whose path systemd
+ * cannot run (a quote, a backslash or a control character: systemdWord).
  */
 export function resolveDaemonCommand(explicit?: string, pathEnv = process.env.PATH ?? ''): DaemonCommand {
   let bin: string;
@@ -64,7 +65,13 @@ export function resolveDaemonCommand(explicit?: string, pathEnv = process.env.PA
     bin = explicit;
   } else bin = findBinary('matchlockd', pathEnv) ?? OWN_DAEMON_BIN;
   const path = realpathSync(bin);
-  const execStart = systemdCommandLine(path.endsWith('.js') ? [process.execPath, DAEMON_NODE_FLAGS, path] : [path]);
+  let execStart: string;
+  try {
+    execStart = systemdCommandLine(path.endsWith('.js') ? [process.execPath, DAEMON_NODE_FLAGS, path] : [path]);
+  } catch (err) {
+    // The rule names the file the unit would run: the one given, or the one found on PATH.
+    throw new Error(`${explicit !== undefined ? `--daemon-bin ${explicit}` : `matchlockd ${path}`}: ${(err as Error).message.replace(/^"[^]*?": /, '')}${path !== bin ? ` (it resolves to ${path})` : ''}`);
+  }
   return { execStart, path, installed: !isCheckoutBin(path) };
 }
 
@@ -187,6 +194,15 @@ export async function planHostSetup(o: HostSetupOptions): Promise<HostSetupPlan>
     }
   }
   const daemon = o.execStart === undefined ? resolveDaemonCommand(o.daemonBin) : undefined;
+  // The guard's ExecStartPre runs nft by the path found now: one systemd refuses is refused before anything is written.
+  if (o.guardPath) {
+    const nft = findBinary('nft') ?? '/usr/sbin/nft';
+    try {
+      systemdWord(nft, true);
+    } catch (err) {
+      throw new Error(`nft at ${nft}: ${(err as Error).message.replace(/^"[^]*?": /, '')}; put it on PATH under another directory, or give --no-guard`);
+    }
+  }
   const before = await readIfThere(o.configPath);
   const after = mergeConfigText(before, o.settings, o.configPath);
   const dir = await mkdtemp(join(tmpdir(), 'matchlock-setup-'));

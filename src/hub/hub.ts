@@ -10,7 +10,7 @@ import { livePidsWhere, pidAlive, processMentions } from '../adapters/vmm/proces
 import { subnetOf, type HubConfig } from './config.js';
 import { parseDnsmasqLeases, parseIscLeases, type Lease } from './leases.js';
 import { dhcpdConf, dnsmasqArgs, nftRuleset, NFT_TABLE } from './render.js';
-import { systemdCommandLine } from '../host/unit.js';
+import { systemdCommandLine, systemdWord } from '../host/unit.js';
 
 export { parseDnsmasqLeases, parseIscLeases, type Lease };
 
@@ -154,6 +154,12 @@ export async function hubSetup(c: HubConfig, names: HubFlagNames = {}): Promise<
   if (!(await linkExists(c.uplink))) throw hubError(`uplink ${c.uplink} not found: name the interface that leads out of this host`);
   if (c.mode === 'vlan' && !(await linkExists(c.interface)) && !(await linkExists(c.parent ?? ''))) throw hubError(`parent ${c.parent} for the VLAN not found`);
   const server = which(c.dhcp === 'isc' ? 'dhcpd' : 'dnsmasq');
+  // The server's systemd unit runs it by this path: one systemd refuses is refused before anything is made.
+  try {
+    systemdWord(server, true);
+  } catch (err) {
+    throw hubError(`${c.dhcp === 'isc' ? 'dhcpd' : 'dnsmasq'} at ${server}: ${(err as Error).message.replace(/^"[^]*?": /, '')}; put it on PATH under another directory`);
+  }
   if (!findBinary('nft')) throw hubError('nft is not installed (apt-get install nftables)');
   checkStateDir(c.stateDir, stateDirFlag);
   // A state dir is one hub's: another link would leave the first one's link and address unrecorded.

@@ -76,4 +76,17 @@ describe('host setup: bad paths are input errors, a failing host is not', () => 
     if (verify.error) t.skip('systemd-analyze is not installed');
     else assert.doesNotMatch(verify.stderr, /specifier|not executable|bad unit file setting/);
   });
+
+  it('refuses a --daemon-bin whose path holds a quote or a backslash (systemd refuses such an executable) naming the flag, writing nothing', async () => {
+    for (const name of ['a"b', "a'b", 'a\\b']) {
+      const dir = join(tmp.path, `special-${readdirSync(tmp.path).length}`);
+      mkdirSync(join(dir, name), { recursive: true });
+      const bin = join(dir, name, 'matchlockd');
+      copyFileSync('/usr/bin/true', bin);
+      const { code, err } = await matchlock(['host', 'setup', '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'matchlockd.service'), '--no-guard', '--daemon-bin', bin, '--set', `state-dir=${join(dir, 'state')}`, '--set', 'vmm-user=root']);
+      assert.equal(code, 2, err);
+      assert.ok(err.includes(`--daemon-bin ${bin}: systemd refuses an executable whose path holds a quote or a backslash`), err);
+      assert.deepEqual(readdirSync(dir), [name]);
+    }
+  });
 });

@@ -599,4 +599,19 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     rmdirSync(dir);
     rmSync(file);
   });
+
+  it("refuses a DHCP server whose path systemd cannot run (a quote in it) before making anything, naming the server and the rule", () => {
+    const before = snapshot();
+    const bin = join(tmp.path, "bin'q");
+    mkdirSync(bin);
+    const real = execFileSync('sh', ['-c', 'command -v dnsmasq'], { encoding: 'utf8' }).trim();
+    execFileSync('ln', ['-s', real, join(bin, 'dnsmasq')]);
+    const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'bin/matchlock.js'), 'hub', 'setup', ...hubFlags(31)], { encoding: 'utf8', cwd: tmp.path, env: { ...process.env, MATCHLOCK_HUB_RECORD: record, PATH: `${bin}:${process.env.PATH ?? ''}` } });
+    assert.equal(r.status, 6, r.stderr);
+    assert.ok(r.stderr.includes(`dnsmasq at ${join(bin, 'dnsmasq')}: systemd refuses an executable whose path holds a quote or a backslash`), r.stderr);
+    assert.deepEqual(snapshot(), before);
+    assert.equal(existsSync(join(tmp.path, 'state-31')), false);
+    assert.equal(existsSync(record), false);
+    rmSync(bin, { recursive: true });
+  });
 });
