@@ -51,6 +51,17 @@ export function hostCommand(io: Io, output: () => string): Command {
       } catch (err) {
         throw cliError((err as Error).message, EXIT.error);
       }
+      // The guard is this daemon's now: a dev hub's record that dev mode installed it is cleared,
+      // so host dev --down leaves it in place. Under the hub lock, as every change of a hub's state.
+      const { hubRecordPath, recordedHub, withHubLock } = await import('./hub.js');
+      if (o.guard && existsSync(hubRecordPath())) {
+        await withHubLock(async () => {
+          const hub = recordedHub();
+          if (hub) await (await import('../hub/hub.js')).clearDevGuard(hub);
+        }).catch((err: unknown) => {
+          throw cliError(`setup written and the guard installed, but the dev hub's record that dev mode installed the guard could not be cleared (host dev --down would remove it): ${(err as Error).message}`, EXIT.error);
+        });
+      }
       const { checks } = result;
       const doc = documentText(output(), { config: o.configOut, unit: o.unitOut, diff: result.diff, checks });
       if (doc !== undefined) io.out(doc);
@@ -100,7 +111,13 @@ export function hostCommand(io: Io, output: () => string): Command {
         const hub = given === undefined && recorded ? recorded : hubConfig(o.uplink ?? (recorded?.stateDir === given ? recorded?.uplink : undefined));
         // Under the lock setup holds, as hub teardown.
         const removed = await withHubLock(async () => {
-          const gone = await (await import('../hub/hub.js')).hubTeardown(hub);
+          const { hubDevGuard, hubTeardown } = await import('../hub/hub.js');
+          // The hub's state is the only record that dev mode installed the guard: removing the hub
+          // but not the guard would leave a guard nothing could ever take down again.
+          if (!o.guard && (await hubDevGuard(hub))) {
+            throw cliError(`host dev --down --no-guard: dev mode installed the guest guard with the hub in ${hub.stateDir}, and that hub's state is the only record of it; run host dev --down without --no-guard to remove both, or host setup to hand the guard to a daemon first`, EXIT.usage);
+          }
+          const gone = await hubTeardown(hub);
           if (!gone) throw cliError(`host dev --down: no hub state at ${join(hub.stateDir, 'hub-state.json')}: no hub removed${o.hubStateDir === undefined ? ' (give the --hub-state-dir dev mode was set up with)' : ''}`, EXIT.precondition);
           forgetHub(hub);
           return gone;

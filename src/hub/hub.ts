@@ -574,6 +574,23 @@ export async function markDevGuard(c: Pick<HubConfig, 'stateDir'>): Promise<void
   await writeAtomic(hubFiles(c).state, JSON.stringify(state, null, 1));
 }
 
+/**
+ * Clears the record that `host dev` installed the guest guard: `host setup` has installed the
+ * guard for a daemon since, which relies on it now, so `host dev --down` must leave it. No
+ * state, or no such record: nothing changes.
+ */
+export async function clearDevGuard(c: Pick<HubConfig, 'stateDir'>): Promise<void> {
+  const state = await readState(c);
+  if (!state?.devGuard) return;
+  delete state.devGuard;
+  await writeAtomic(hubFiles(c).state, JSON.stringify(state, null, 1));
+}
+
+/** Whether the hub's state records that `host dev` installed the guest guard (false with no state). */
+export async function hubDevGuard(c: Pick<HubConfig, 'stateDir'>): Promise<boolean> {
+  return (await readState(c))?.devGuard === true;
+}
+
 export interface Piece {
   piece: string;
   ok: boolean;

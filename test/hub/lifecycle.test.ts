@@ -429,6 +429,31 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     rmSync(dir, { recursive: true, force: true });
   });
 
+  it('host dev --down leaves a guard host setup installed after dev mode (a daemon relies on it), and --no-guard never drops the only record of a guard dev mode installed', () => {
+    const dir = join(tmp.path, 'dev-guard-claimed');
+    const dev = ['--interface', 'mldev31', '--uplink', 'up0', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', join(dir, 'unit.service'), '--set', `state-dir=${join(dir, 'state')}`];
+    const guard = () => inNs('nft', 'list', 'table', 'inet', 'matchlock_guard').status === 0;
+    assert.equal(guard(), false);
+    const up = cli('host', 'dev', ...dev);
+    assert.equal(up.status, 0, up.stderr);
+    assert.equal(guard(), true);
+    // --no-guard on a hub whose state is the guard's only record: refused, hub and guard stay.
+    const keep = cli('host', 'dev', '--down', '--no-guard');
+    assert.equal(keep.status, 2, keep.stderr);
+    assert.match(keep.stderr, /^matchlock: host dev --down --no-guard: dev mode installed the guest guard with the hub in .*; run host dev --down without --no-guard/m);
+    assert.equal(existsSync(join(dir, 'hub', 'hub-state.json')), true);
+    assert.equal(existsSync(record), true);
+    // A daemon is set up on the dev bridge: the guard is its now.
+    const setup = cli('host', 'setup', '--set', 'bridge-name=mldev31', '--set', `state-dir=${join(dir, 'daemon')}`, '--set', 'vmm-user=root', '--config-out', join(dir, 'd', 'config.yaml'), '--unit-out', join(dir, 'd', 'unit.service'));
+    assert.ok(existsSync(join(dir, 'd', 'unit.service')), setup.stderr);
+    const down = cli('host', 'dev', '--down');
+    assert.equal(down.status, 0, down.stderr);
+    assert.equal(guard(), true, 'the guard host setup claimed stays for its daemon');
+    assert.equal(inNs('nft', 'delete', 'table', 'inet', 'matchlock_guard').status, 0);
+    inNs('nft', 'delete', 'table', 'bridge', 'matchlock_guard');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
   it('a host dev re-run that cannot write its unit leaves the hub, its NAT and the record as the run before left them', () => {
     const dir = join(tmp.path, 'dev-rerun');
     const dev = (third: number, unit: string) => ['--interface', 'mldev7', '--address', `192.168.${third}.2/25`, '--range-start', `192.168.${third}.26`, '--range-end', `192.168.${third}.126`, '--uplink', 'up0', '--dhcp', 'dnsmasq', '--hub-state-dir', join(dir, 'hub'), '--config-out', join(dir, 'config.yaml'), '--unit-out', unit, '--no-guard', '--set', `state-dir=${join(dir, 'state')}`];
