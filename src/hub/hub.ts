@@ -1,7 +1,7 @@
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, closeSync, constants, existsSync, openSync, statSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, rmdir, unlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, rename, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { run } from '../adapters/exec.js';
 import { findBinary } from '../daemon/providers.js';
@@ -38,13 +38,34 @@ interface HubState {
   files: string[];
   /**
    * Files of the state dir that were there before setup first wrote them (an admin's
-   * dhcpd.conf or dhcpd.leases), with their content then (base64): teardown puts them back.
+   * dhcpd.conf or dhcpd.leases), with their content then (base64) and their permission bits
+   * and owner: teardown puts them back. Earlier versions recorded the content alone (a string).
    */
-  saved?: Record<string, string> | undefined;
+  saved?: Record<string, string | SavedFile> | undefined;
   /** `host dev` installed the guest guard with this hub (none was there): its --down removes it. */
   devGuard?: boolean | undefined;
   /** The topmost directory setup made for the state dir (the state dir itself or a parent of it). */
   madeDir?: string | undefined;
+}
+
+/** A file as it was: content (base64), permission bits (st_mode & 07777), owner and group. */
+interface SavedFile {
+  content: string;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/**
+ * Writes a file back as it was. dhcpd replaces its lease file by a new inode (the admin's is
+ * renamed to dhcpd.leases~), so the content alone would come back with dhcpd's mode and owner:
+ * they are set again too, the owner first (chown(2) may clear set-id bits).
+ */
+async function putBack(path: string, saved: string | SavedFile): Promise<void> {
+  if (typeof saved === 'string') return writeFile(path, Buffer.from(saved, 'base64'));
+  await writeFile(path, Buffer.from(saved.content, 'base64'));
+  await chown(path, saved.uid, saved.gid);
+  await chmod(path, saved.mode);
 }
 
 /**
@@ -118,9 +139,15 @@ function stateShapeError(s: unknown, stateDir: string): string | undefined {
       const d = v as { backend?: unknown; pid?: unknown };
       return typeof v === 'object' && v !== null && (d.backend === 'isc' || d.backend === 'dnsmasq') && Number.isSafeInteger(d.pid) && (d.pid as number) > 0;
     }, 'a backend (isc or dnsmasq) and a pid') ??
-    optional('saved', (v) => typeof v === 'object' && v !== null && !Array.isArray(v) && Object.entries(v).every(([k, t]) => ours(k) && typeof t === 'string'), `a map of paths directly in ${stateDir} to their content`) ??
+    optional('saved', (v) => typeof v === 'object' && v !== null && !Array.isArray(v) && Object.entries(v).every(([k, t]) => ours(k) && (typeof t === 'string' || savedFile(t))), `a map of paths directly in ${stateDir} to their content, mode and owner`) ??
     optional('madeDir', (v) => typeof v === 'string' && isAbsolute(v) && resolve(v) === v && (stateDir === v || stateDir.startsWith(`${v}/`)), 'the state dir or one of its parents')
   );
+}
+
+function savedFile(t: unknown): boolean {
+  const f = t as Partial<SavedFile>;
+  const id = (n: unknown) => Number.isSafeInteger(n) && (n as number) >= 0;
+  return typeof t === 'object' && t !== null && typeof f.content === 'string' && id(f.mode) && (f.mode as number) <= 0o7777 && id(f.uid) && id(f.gid);
 }
 
 /**
@@ -275,6 +302,7 @@ async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, serv
   const own = async (p: string) => {
     const old = await readFile(p).then((b): Buffer | null | undefined => b, (err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? null : undefined));
     if (old === undefined) return;
+    const st = old === null ? undefined : await stat(p);
     if (old === null) {
       if (!state.files.includes(p) && !(p in saved)) {
         state.files.push(p);
@@ -283,11 +311,12 @@ async function setupSteps(c: HubConfig, files: ReturnType<typeof hubFiles>, serv
       undo.push(() => rm(p, { force: true }));
       return;
     }
+    const was: SavedFile = { content: old.toString('base64'), mode: (st?.mode ?? 0o644) & 0o7777, uid: st?.uid ?? 0, gid: st?.gid ?? 0 };
     if (!state.files.includes(p) && !(p in saved)) {
-      saved[p] = old.toString('base64');
+      saved[p] = was;
       await save();
     }
-    undo.push(() => writeFile(p, old));
+    undo.push(() => putBack(p, was));
   };
   const rewrite = async (p: string, text: string) => {
     await own(p);
@@ -556,7 +585,7 @@ export async function hubTeardown(c: Pick<HubConfig, 'interface' | 'stateDir'> &
   if (state.createdLink && (await linkExists(link))) await run('ip', ['link', 'del', 'dev', link]);
   // Only what setup made goes: a file that was there before gets its content back, and a state
   // dir that was there before stays (states without madeDir did not make it, or cannot say).
-  for (const [f, content] of Object.entries(state.saved ?? {})) await writeFile(f, Buffer.from(content, 'base64'));
+  for (const [f, was] of Object.entries(state.saved ?? {})) await putBack(f, was);
   for (const f of [...state.files.filter((p) => !(p in (state.saved ?? {}))), `${join(c.stateDir, 'hub-state.json')}.tmp`]) await rm(f, { force: true });
   if (state.madeDir !== undefined) await rmEmptyDirs(c.stateDir, state.madeDir);
   return { interface: link, devGuard: state.devGuard === true };

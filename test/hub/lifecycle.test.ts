@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { ROOT, tempDir } from '../helpers/daemon.js';
@@ -406,6 +406,36 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.equal(cli('hub', 'setup', ...hubFlags(20).slice(0, -1), empty).status, 0);
     assert.equal(cli('hub', 'teardown').status, 0);
     assert.deepEqual(readdirSync(empty), []);
+  });
+
+  it("teardown and a failed run put back the mode and owner of the admin's files too, not only their content", () => {
+    const state = join(tmp.path, 'state-admin-modes');
+    mkdirSync(state);
+    const admin: Record<string, [string, number, number, number]> = {
+      'dhcpd.conf': ['# the admin\'s dhcpd.conf\n', 0o640, 1234, 2345],
+      'dhcpd.leases': ['# the admin\'s leases\n', 0o600, 1234, 2345],
+      'dhcp.log': ['the admin\'s log\n', 0o604, 0, 2345],
+    };
+    for (const [f, [text, mode, uid, gid]] of Object.entries(admin)) {
+      writeFileSync(join(state, f), text);
+      chownSync(join(state, f), uid, gid);
+      chmodSync(join(state, f), mode);
+    }
+    const files = () => Object.fromEntries(readdirSync(state).sort().map((f) => {
+      const st = statSync(join(state, f));
+      return [f, [readFileSync(join(state, f), 'utf8'), st.mode & 0o7777, st.uid, st.gid]];
+    }));
+    // dnsmasq cannot write a pid file that is a directory: this run fails after rewriting the conf and the log.
+    mkdirSync(join(state, 'dhcp.pid'));
+    const failed = cli('hub', 'setup', ...hubFlags(32).slice(0, -1), state);
+    assert.equal(failed.status, 6, failed.stderr);
+    rmdirSync(join(state, 'dhcp.pid'));
+    assert.deepEqual(files(), admin, 'a failed run puts back content, mode and owner');
+    const up = cli('hub', 'setup', ...hubFlags(32, 'isc').slice(0, -1), state);
+    assert.equal(up.status, 0, up.stderr);
+    const down = cli('hub', 'teardown');
+    assert.equal(down.status, 0, down.stderr);
+    assert.deepEqual(files(), admin, 'teardown puts back content, mode and owner (dhcpd replaced the lease file by a new inode)');
   });
 
   it('host dev --down removes the guest guard only when dev mode installed it, never one host setup left for a daemon', () => {
