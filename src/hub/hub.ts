@@ -451,9 +451,27 @@ export async function startDhcp([cmd, args]: [string, string[]], files: ReturnTy
 }
 
 /**
- * The lines of a failed server's log that say why. dhcpd 4.4 opens with its banner and the
- * files it uses and ends a fatal error with fixed text about reporting bugs (omapip/errwarn.c
- * log_fatal), so the cause sits between; dnsmasq prefixes its fatal error with "dnsmasq:".
+ * dhcpd 4.4's fixed text around a fatal error, which never says the cause: its banner and the
+ * files it uses, the interfaces it listens and sends on, the advice paragraphs that follow a
+ * cause (common/socket.c after "Can't bind to dhcp address: %m"; common/discover.c after "No
+ * subnet declaration for …"), and log_fatal's closing text about reporting bugs (omapip/errwarn.c).
+ */
+const DHCPD_FIXED = [
+  /^Internet Systems Consortium DHCP Server/, /^Copyright \d/, /^All rights reserved\.$/, /^For info, please visit/,
+  /^(Config|Database|PID) file:/, /^Wrote \d+ (deleted host decls|new dynamic host decls|leases) to leases file\.$/,
+  /^(Listening|Sending) on +\S/, /^Server starting service\.$/,
+  /^Please make sure there is no other dhcp server$/, /^running and that there's no entry for dhcp or$/,
+  /^bootp in \/etc\/inetd\.conf\. +Also make sure you$/, /^are not running HP JetAdmin software, which$/, /^includes a bootp server\.$/,
+  /^\*\* Ignoring requests on \S+\. +If this is not what$/, /^you want, please write a subnet declaration$/,
+  /^in your dhcpd\.conf file for the network segment$/, /^to which interface \S+ is attached\. \*\*$/,
+  /^If you think you have received this message/, /^than a configuration issue/, /^bugs on either our web page/,
+  /^before submitting a bug\./, /^process and the information we find helpful/, /^exiting\.$/,
+];
+
+/**
+ * The lines of a failed server's log that say why: dhcpd's with its fixed text (DHCPD_FIXED)
+ * left out, so a cause followed by an advice paragraph is not crowded out by it; dnsmasq
+ * prefixes its fatal error with "dnsmasq:".
  */
 export function whyDhcpFailed(backend: 'isc' | 'dnsmasq', text: string): string {
   const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
@@ -461,13 +479,7 @@ export function whyDhcpFailed(backend: 'isc' | 'dnsmasq', text: string): string 
     const own = lines.filter((l) => l.startsWith('dnsmasq:'));
     return (own.length ? own : lines).slice(-3).join(' ');
   }
-  const boilerplate = [
-    /^Internet Systems Consortium DHCP Server/, /^Copyright \d/, /^All rights reserved\.$/, /^For info, please visit/,
-    /^(Config|Database|PID) file:/, /^Wrote \d+ (deleted host decls|new dynamic host decls|leases) to leases file\.$/,
-    /^If you think you have received this message/, /^than a configuration issue/, /^bugs on either our web page/,
-    /^before submitting a bug\./, /^process and the information we find helpful/, /^exiting\.$/,
-  ];
-  return lines.filter((l) => !boilerplate.some((b) => b.test(l))).slice(-3).join(' ');
+  return lines.filter((l) => !DHCPD_FIXED.some((b) => b.test(l))).slice(-3).join(' ');
 }
 
 async function writeAtomic(path: string, text: string): Promise<void> {

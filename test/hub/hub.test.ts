@@ -184,6 +184,14 @@ describe('hub config', () => {
       'before submitting a bug.  These pages explain the proper', 'process and the information we find helpful for debugging.', '', 'exiting.',
     ].join('\n');
     assert.equal(whyDhcpFailed('isc', isc), "There's already a DHCP server running.");
+    // A cause followed by one of dhcpd's advice paragraphs (common/discover.c): the cause, not the advice.
+    const noSubnet = [
+      'Internet Systems Consortium DHCP Server 4.4.3-P1', 'Wrote 0 leases to leases file.', 'No subnet declaration for mlbr0 (10.0.0.2).',
+      '** Ignoring requests on mlbr0.  If this is not what', '   you want, please write a subnet declaration', '   in your dhcpd.conf file for the network segment',
+      '   to which interface mlbr0 is attached. **', '', '', 'Not configured to listen on any interfaces!', '',
+      'If you think you have received this message due to a bug rather', 'than a configuration issue please read the section on submitting', 'exiting.',
+    ].join('\n');
+    assert.equal(whyDhcpFailed('isc', noSubnet), 'No subnet declaration for mlbr0 (10.0.0.2). Not configured to listen on any interfaces!');
     assert.equal(whyDhcpFailed('dnsmasq', 'started\ndnsmasq: failed to open pidfile /s/dhcp.pid: Is a directory\n'), 'dnsmasq: failed to open pidfile /s/dhcp.pid: Is a directory');
   });
 

@@ -669,4 +669,23 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.equal(existsSync(record), false);
     rmSync(bin, { recursive: true });
   });
+
+  it("says why dhcpd failed at once when port 67 is taken: the bind error, not dhcpd's advice paragraph", async () => {
+    const before = snapshot();
+    // Another DHCP server stands in: a UDP socket on 0.0.0.0:67 in the namespace.
+    const holder = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', "require('dgram').createSocket('udp4').bind(67, '0.0.0.0', () => console.log('bound'))"], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        holder.stdout.on('data', () => resolve());
+        holder.on('exit', (code) => reject(new Error(`the port holder exited with ${code}`)));
+      });
+      const r = cli('hub', 'setup', ...hubFlags(33, 'isc'));
+      assert.equal(r.status, 6, r.stderr);
+      assert.match(r.stderr, /^matchlock: dhcpd exited at once: Can't bind to dhcp address: Address already in use$/m);
+    } finally {
+      holder.kill('SIGTERM');
+    }
+    assert.deepEqual(snapshot(), before);
+    assert.equal(existsSync(join(tmp.path, 'state-33')), false);
+  });
 });
