@@ -143,6 +143,9 @@ export function validateHub(c: HubConfig): HubConfig {
     if (ipFamily(d) !== 4) throw bad(`dns-servers[${i}]`, 'must be an IPv4 address');
     const dnsNotUnicast = notUnicast(d);
     if (dnsNotUnicast) throw bad(`dns-servers[${i}]`, `${d} ${dnsNotUnicast}: a guest cannot reach a DNS server there`);
+    // On the LAN itself, the network and broadcast addresses are no host's (RFC 919/922), as for the router.
+    const dnsSpecial = inSubnet(d, s) ? special(d) : undefined;
+    if (dnsSpecial) throw bad(`dns-servers[${i}]`, `${d} is ${dnsSpecial} of ${s.network}/${s.prefix}, not a host address: a guest cannot reach a DNS server there`);
   });
   if (!Number.isInteger(c.defaultLeaseSeconds) || c.defaultLeaseSeconds < 60) throw bad('default-lease-time', 'must be at least 60 seconds');
   for (const [key, v] of [['default-lease-time', c.defaultLeaseSeconds], ['max-lease-time', c.maxLeaseSeconds]] as const) {

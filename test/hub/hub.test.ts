@@ -73,6 +73,14 @@ describe('hub config', () => {
     assert.equal(validateHub({ ...HUB_DEFAULTS, address: '192.168.10.1/25', rangeEnd: '192.168.10.126' }).address, '192.168.10.1/25');
   });
 
+  it("refuses a DNS server at the LAN's own network or broadcast address, naming the flag and the rule", () => {
+    const lan = { address: '192.168.20.2/25', 'range-start': '192.168.20.26', 'range-end': '192.168.20.126' };
+    assert.throws(() => loadHubConfig(undefined, { ...lan, 'dns-servers': '8.8.8.8,192.168.20.127' }), /^MatchlockError: --dns-servers\[1\]: 192\.168\.20\.127 is the broadcast address of 192\.168\.20\.0\/25, not a host address/);
+    assert.throws(() => loadHubConfig(undefined, { ...lan, 'dns-servers': '192.168.20.0' }), /^MatchlockError: --dns-servers\[0\]: 192\.168\.20\.0 is the network address of 192\.168\.20\.0\/25/);
+    // Outside the LAN such an address is another network's host (a /25's .127 is a host of a /24 elsewhere).
+    assert.deepEqual(loadHubConfig(undefined, { ...lan, 'dns-servers': '192.168.20.1,10.0.0.127' }).dnsServers, ['192.168.20.1', '10.0.0.127']);
+  });
+
   it('refuses a hub address, range or DNS server that is not unicast, naming the flag and the rule', () => {
     const flags = (third: string, prefix = 24) => ({ address: `${third}.2/${prefix}`, 'range-start': `${third}.10`, 'range-end': `${third}.20` });
     for (const [f, rule] of [
