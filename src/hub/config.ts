@@ -21,7 +21,9 @@ export interface HubConfig {
   rangeStart: string;
   rangeEnd: string;
   dnsServers: string[];
+  /** Seconds. dnsmasq has one lease time (its --dhcp-range's), this one, which is also its maximum. */
   defaultLeaseSeconds: number;
+  /** Seconds: the longest lease dhcpd grants a client that asks for one (isc only; dnsmasq never grants more than defaultLeaseSeconds). */
   maxLeaseSeconds: number;
   /** Traffic from the LAN leaves through this link, masqueraded. */
   uplink: string;
@@ -37,6 +39,9 @@ function hubConfigError(message: string): MatchlockError {
 
 /** 2^31 - 1: the largest lease time both DHCP servers take as given (see validateHub). */
 export const LEASE_SECONDS_MAX = 2147483647;
+
+/** dnsmasq's shortest lease: it hands out 120 s for any shorter one (dnsmasq(8), --dhcp-range). */
+export const DNSMASQ_MIN_LEASE_SECONDS = 120;
 
 const IFNAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
 
@@ -156,6 +161,11 @@ export function validateHub(c: HubConfig): HubConfig {
   if (uplinkRule) throw bad('uplink', uplinkRule);
   if (c.uplink === c.interface) throw bad('uplink', 'must differ from interface');
   if (c.dhcp !== 'isc' && c.dhcp !== 'dnsmasq') throw bad('dhcp', 'must be isc or dnsmasq');
+  // dnsmasq(8), --dhcp-range: "The minimum lease time is two minutes"; it raises a shorter one
+  // to 120 s without a word (option.c), so the lease handed out would not be the one asked for.
+  if (c.dhcp === 'dnsmasq' && c.defaultLeaseSeconds < DNSMASQ_MIN_LEASE_SECONDS) {
+    throw bad('default-lease-time', `must be at least ${DNSMASQ_MIN_LEASE_SECONDS} seconds with dnsmasq (its minimum lease time, dnsmasq(8) --dhcp-range; dhcpd takes 60 to 119)`);
+  }
   // The DHCP server, its pid file and the record are read from other working directories later
   // (teardown, systemd's unit), so a relative path would name another place; as the daemon does
   // for its own paths, it is refused rather than guessed.

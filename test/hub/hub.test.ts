@@ -143,6 +143,18 @@ describe('hub config', () => {
     assert.equal(loadHubConfig(undefined, { interface: 'allx' }).interface, 'allx');
   });
 
+  it("refuses a lease time under dnsmasq's two-minute minimum with dnsmasq, naming the flag and the rule; dhcpd takes it", () => {
+    for (const secs of ['60', '119']) {
+      assert.throws(() => loadHubConfig(undefined, { dhcp: 'dnsmasq', 'default-lease-time': secs }), /^MatchlockError: --default-lease-time: must be at least 120 seconds with dnsmasq \(its minimum lease time, dnsmasq\(8\) --dhcp-range/);
+      assert.equal(loadHubConfig(undefined, { dhcp: 'isc', 'default-lease-time': secs }).defaultLeaseSeconds, Number(secs));
+    }
+    assert.equal(loadHubConfig(undefined, { dhcp: 'dnsmasq', 'default-lease-time': '120' }).defaultLeaseSeconds, 120);
+    // The file's dhcp with the flag's lease time: named as the flag.
+    const file = join(tmp.path, 'dnsmasq-lease.yaml');
+    writeFileSync(file, 'dhcp: dnsmasq\n');
+    assert.throws(() => loadHubConfig(file, { 'default-lease-time': '90' }), /^MatchlockError: --default-lease-time: must be at least 120 seconds with dnsmasq/);
+  });
+
   it('bounds lease times to what dhcpd and dnsmasq take (2^31 - 1 s), and records nothing it could not read back', () => {
     assert.equal(loadHubConfig(undefined, { 'default-lease-time': '600', 'max-lease-time': '2147483647' }).maxLeaseSeconds, 2147483647);
     assert.throws(() => loadHubConfig(undefined, { 'max-lease-time': '99999999999999999999' }), /^MatchlockError: --max-lease-time: must be at most 2147483647 seconds \(dnsmasq reads a lease time as a C int; dhcpd's/);
