@@ -239,7 +239,8 @@ function hubConfigFrom(file: string | undefined, text: string | undefined, flags
       if (typeof doc !== 'object' || Array.isArray(doc)) throw hubConfigError(`${file}: must be a mapping`);
       for (const [k, v] of Object.entries(doc)) {
         if (!(k in KEYS)) throw hubConfigError(`${file}: unknown key "${k}"`);
-        const list = k === 'dns-servers' && Array.isArray(v);
+        // An empty list is an empty value, refused as such below for every key.
+        const list = Array.isArray(v) && (k === 'dns-servers' || v.length === 0);
         if (list ? !v.every((x) => typeof x === 'string') : typeof v !== 'string') {
           throw hubConfigError(`${file}: ${k}: must be a single value${k === 'dns-servers' ? ' or a list of addresses' : ''} (got ${JSON.stringify(v)})`);
         }
@@ -257,6 +258,14 @@ function hubConfigFrom(file: string | undefined, text: string | undefined, flags
   for (const [k, v] of Object.entries(raw)) {
     const prop = KEYS[k];
     if (!prop) throw hubConfigError(`unknown key "${k}"`);
+    // An empty value (`key:`, `""`, `[]`, a flag given as "") is no value: YAML's core schema
+    // and PyYAML read `key:` as null. Rather than take it as a setting (no DNS servers, handed
+    // out without a word) or silently as the default, every key refuses it alike.
+    const blank = (x: unknown) => typeof x === 'string' && x.trim() === '';
+    if (blank(v) || (Array.isArray(v) && (v.length === 0 || (prop === 'dnsServers' && v.every(blank)))) || (prop === 'dnsServers' && typeof v === 'string' && v.split(',').every(blank))) {
+      const def = HUB_DEFAULTS[prop];
+      throw hubConfigError(`${named(k)}: is empty: give a value${def === undefined ? '' : `, or leave it out for the default (${Array.isArray(def) ? def.join(',') : String(def)})`}`);
+    }
     if (prop === 'vlanId' || prop === 'defaultLeaseSeconds' || prop === 'maxLeaseSeconds') {
       // Decimal digits only: Number() would also read 0x10, 1e3 and " 7 ", which no reader of
       // these values (dhcpd.conf's lease times, ip link's VLAN id) is given in that form. A

@@ -155,6 +155,22 @@ describe('hub config', () => {
     assert.throws(() => loadHubConfig(file, { 'default-lease-time': '90' }), /^MatchlockError: --default-lease-time: must be at least 120 seconds with dnsmasq/);
   });
 
+  it('refuses an empty value for every key, in a hub.yaml (key:, "", []) or as a flag, naming the key and the default', () => {
+    const file = join(tmp.path, 'empty.yaml');
+    for (const key of ['dns-servers', 'interface', 'dhcp', 'address', 'uplink', 'default-lease-time', 'state-dir']) {
+      for (const value of ['', ' ""', ' []']) {
+        writeFileSync(file, `${key}:${value}\n`);
+        assert.throws(() => loadHubConfig(file, {}), new RegExp(`^MatchlockError: ${file}: ${key}: is empty: give a value, or leave it out for the default \\(`), `${key}:${value}`);
+      }
+    }
+    writeFileSync(file, 'dns-servers: ["", " "]\n');
+    assert.throws(() => loadHubConfig(file, {}), new RegExp(`^MatchlockError: ${file}: dns-servers: is empty: give a value, or leave it out for the default \\(8\\.8\\.8\\.8,8\\.8\\.4\\.4\\)$`));
+    for (const value of ['', ',', ' , ']) assert.throws(() => loadHubConfig(undefined, { 'dns-servers': value }), /^MatchlockError: --dns-servers: is empty: give a value, or leave it out for the default/, JSON.stringify(value));
+    assert.throws(() => loadHubConfig(undefined, { mode: 'vlan', parent: 'eth1', 'vlan-id': '' }), /^MatchlockError: --vlan-id: is empty: give a value$/);
+    writeFileSync(file, 'dns-servers: 1.1.1.1\n');
+    assert.deepEqual(loadHubConfig(file, {}).dnsServers, ['1.1.1.1']);
+  });
+
   it('bounds lease times to what dhcpd and dnsmasq take (2^31 - 1 s), and records nothing it could not read back', () => {
     assert.equal(loadHubConfig(undefined, { 'default-lease-time': '600', 'max-lease-time': '2147483647' }).maxLeaseSeconds, 2147483647);
     assert.throws(() => loadHubConfig(undefined, { 'max-lease-time': '99999999999999999999' }), /^MatchlockError: --max-lease-time: must be at most 2147483647 seconds \(dnsmasq reads a lease time as a C int; dhcpd's/);
