@@ -289,7 +289,7 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
   withConfig(hub.command('status').description('each piece up or down, with the reason')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const pieces = await (await import('../hub/hub.js')).hubStatus(config(o));
-      io.out(documentText(output(), pieces) ?? table([['PIECE', 'STATE', 'DETAIL'], ...pieces.map((p) => [p.piece, p.ok ? 'up' : 'down', p.detail])]));
+      io.out(documentText(output(), pieces) ?? table([['PIECE', 'STATE', 'DETAIL'], ...pieces.map((p) => [p.piece, p.ok ? 'up' : 'down', p.detail + (p.fix ? `  -> fix: ${p.fix}` : '')])]));
       if (pieces.some((p) => !p.ok)) throw cliError('some pieces are down', EXIT.precondition);
     }),
   );

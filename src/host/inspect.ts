@@ -363,7 +363,7 @@ export async function inspectHub(c: HubConfig): Promise<Check[]> {
     nat: 'matchlock hub setup (rewrites the matchlock_hub nft table)',
     dhcp: 'matchlock hub setup (restarts the DHCP server)',
   };
-  const checks: Check[] = (await hubStatus(c)).map((p) => (p.ok ? ok(`hub ${p.piece}`, p.detail) : fail(`hub ${p.piece}`, p.detail, fixes[p.piece] ?? 'matchlock hub setup')));
+  const checks: Check[] = (await hubStatus(c)).map((p) => (p.ok ? ok(`hub ${p.piece}`, p.detail) : fail(`hub ${p.piece}`, p.detail, p.fix ?? fixes[p.piece] ?? 'matchlock hub setup')));
   const leases = await hubLeases(c).catch(() => []);
   const size = ipToInt(c.rangeEnd) - ipToInt(c.rangeStart) + 1;
   const used = leases.length / size;

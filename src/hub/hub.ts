@@ -636,6 +636,106 @@ export interface Piece {
   piece: string;
   ok: boolean;
   detail: string;
+  /** What to run to bring the piece up, when it is not `matchlock hub setup`. */
+  fix?: string | undefined;
+}
+
+/** The parts of `nft -j list ruleset` (libnftables-json(5)) the forward check reads. */
+interface NftItem {
+  chain?: { family: string; table: string; name: string; hook?: string; type?: string; policy?: string };
+  rule?: { family: string; table: string; chain: string; expr?: Record<string, unknown>[] };
+}
+
+/** A base chain of another table at the forward hook whose policy drop drops the hub's traffic. */
+export interface ForwardDrop {
+  family: string;
+  table: string;
+  chain: string;
+  /** out: LAN to uplink; back: the replies from the uplink into the LAN. */
+  drops: ('out' | 'back')[];
+}
+
+/**
+ * The forward base chains of other tables (ip and inet families, as iptables-nft's
+ * `ip filter FORWARD`) whose policy is drop and that accept neither the hub's traffic out (in
+ * on the LAN, out of the uplink) nor the replies back, in their own rules or in the chains they
+ * jump or go to. nft(8): a packet must be accepted by every base chain at a hook, so such a
+ * chain drops what matchlock_hub accepts (Docker sets iptables' FORWARD policy to drop). A rule
+ * counts as accepting a direction when its interface matches admit it and either name an
+ * interface of it or it has no other match (for the replies, a conntrack state match is
+ * allowed); a rule this does not understand is not counted, so the check errs towards a warning.
+ */
+export function forwardDrops(ruleset: unknown, lan: string, uplink: string): ForwardDrop[] {
+  const items = ((ruleset as { nftables?: NftItem[] })?.nftables ?? []);
+  const key = (family: string, table: string, chain: string) => `${family}\0${table}\0${chain}`;
+  const rules = new Map<string, Record<string, unknown>[][]>();
+  for (const { rule } of items) {
+    if (!rule) continue;
+    const k = key(rule.family, rule.table, rule.chain);
+    rules.set(k, [...(rules.get(k) ?? []), rule.expr ?? []]);
+  }
+  const names = (right: unknown): string[] | undefined => (typeof right === 'string' ? [right] : Array.isArray((right as { set?: unknown })?.set) ? ((right as { set: unknown[] }).set.filter((x) => typeof x === 'string') as string[]) : undefined);
+  const fits = (pattern: string, name: string) => (pattern.endsWith('*') ? name.startsWith(pattern.slice(0, -1)) : pattern === name);
+  /** Whether a rule whose matches are `expr` admits a packet in on `iif` and out of `oif`: undefined when it cannot tell. */
+  const admits = (expr: Record<string, unknown>[], iif: string, oif: string, dir: 'out' | 'back') => {
+    let named = false;
+    let other = false;
+    for (const e of expr) {
+      const m = e.match as { op?: string; left?: { meta?: { key?: string }; ct?: { key?: string } }; right?: unknown } | undefined;
+      if (!m) {
+        if ('xt' in e && (e.xt as { name?: string }).name === 'conntrack' && dir === 'back') continue;
+        if ('xt' in e) other = true;
+        continue;
+      }
+      const meta = m.left?.meta?.key;
+      if (meta === 'iifname' || meta === 'oifname') {
+        const list = names(m.right);
+        if (!list) return false;
+        const hit = list.some((p) => fits(p, meta === 'iifname' ? iif : oif));
+        if ((m.op ?? '==') === '!=' ? hit : !hit) return false;
+        if ((m.op ?? '==') !== '!=') named = true;
+        continue;
+      }
+      if (dir === 'back' && m.left?.ct?.key === 'state') continue;
+      other = true;
+    }
+    return named || !other;
+  };
+  const accepts = (family: string, table: string, chain: string, iif: string, oif: string, dir: 'out' | 'back', seen: Set<string>): boolean => {
+    const k = key(family, table, chain);
+    if (seen.has(k)) return false;
+    seen.add(k);
+    for (const expr of rules.get(k) ?? []) {
+      const verdict = expr.find((e) => 'accept' in e || 'jump' in e || 'goto' in e);
+      if (!verdict || !admits(expr, iif, oif, dir)) continue;
+      if ('accept' in verdict) return true;
+      const target = ((verdict.jump ?? verdict.goto) as { target?: string } | undefined)?.target;
+      if (target && accepts(family, table, target, iif, oif, dir, seen)) return true;
+    }
+    return false;
+  };
+  const out: ForwardDrop[] = [];
+  for (const { chain: ch } of items) {
+    if (!ch || ch.hook !== 'forward' || ch.policy !== 'drop' || !['ip', 'inet'].includes(ch.family) || (ch.family === 'ip' && ch.table === NFT_TABLE)) continue;
+    const drops = (['out', 'back'] as const).filter((dir) => !(dir === 'out' ? accepts(ch.family, ch.table, ch.name, lan, uplink, dir, new Set()) : accepts(ch.family, ch.table, ch.name, uplink, lan, dir, new Set())));
+    if (drops.length) out.push({ family: ch.family, table: ch.table, chain: ch.name, drops });
+  }
+  return out;
+}
+
+/** The rules that let the hub's traffic through `d`: iptables' for its FORWARD chain (DOCKER-USER when Docker made one), nft's otherwise. */
+function forwardFix(d: ForwardDrop, lan: string, uplink: string, hasChain: (name: string) => boolean): string {
+  if (d.family === 'ip' && d.table === 'filter' && d.chain === 'FORWARD') {
+    const at = hasChain('DOCKER-USER') ? 'DOCKER-USER' : 'FORWARD';
+    return [
+      ...(d.drops.includes('out') ? [`iptables -I ${at} -i ${lan} -o ${uplink} -j ACCEPT`] : []),
+      ...(d.drops.includes('back') ? [`iptables -I ${at} -i ${uplink} -o ${lan} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`] : []),
+    ].join('; ');
+  }
+  return [
+    ...(d.drops.includes('out') ? [`nft insert rule ${d.family} ${d.table} ${d.chain} iifname "${lan}" oifname "${uplink}" accept`] : []),
+    ...(d.drops.includes('back') ? [`nft insert rule ${d.family} ${d.table} ${d.chain} iifname "${uplink}" oifname "${lan}" ct state established,related accept`] : []),
+  ].join('; ');
 }
 
 /** Each piece of the hub up or down, with the reason. */
@@ -654,6 +754,20 @@ export async function hubStatus(c: HubConfig): Promise<Piece[]> {
   const s = subnetOf(c.address);
   const nat = nft.includes('masquerade') && nft.includes(`${s.network}/${s.prefix}`) && nft.includes(`"${c.uplink}"`);
   out.push({ piece: 'nat', ok: nat, detail: nat ? `table ip ${NFT_TABLE}: masquerade ${s.network}/${s.prefix} out of ${c.uplink}` : `table ip ${NFT_TABLE} missing or without the masquerade rule` });
+  // Another table's forward chain can drop what this hub's table accepts: named with the rules
+  // that let the hub through there; that table itself is the admin's, never changed here.
+  const ruleset = await run('nft', ['-j', 'list', 'ruleset']).then((r) => JSON.parse(r.stdout) as unknown, () => undefined);
+  const drops = ruleset === undefined ? [] : forwardDrops(ruleset, c.interface, c.uplink);
+  const items = ((ruleset as { nftables?: NftItem[] } | undefined)?.nftables ?? []);
+  if (drops.length) {
+    const what = (d: ForwardDrop) => `table ${d.family} ${d.table} chain ${d.chain} (policy drop) drops ${d.drops.map((x) => (x === 'out' ? `${c.interface} to ${c.uplink}` : `the replies back into ${c.interface}`)).join(' and ')}`;
+    out.push({
+      piece: 'forward',
+      ok: false,
+      detail: `${drops.map(what).join('; ')}: a drop in any base chain drops the packet whatever ${NFT_TABLE} accepts (nft(8))`,
+      fix: drops.map((d) => forwardFix(d, c.interface, c.uplink, (name) => items.some((i) => i.chain?.family === d.family && i.chain.table === d.table && i.chain.name === name))).join('; '),
+    });
+  } else out.push({ piece: 'forward', ok: true, detail: `no other table's forward chain drops ${c.interface}'s traffic` });
   const dhcp = dhcpRunning(state, c);
   out.push({ piece: 'dhcp', ok: dhcp, detail: dhcp ? `${state?.dhcp?.backend} pid ${state?.dhcp?.pid}` : `no ${c.dhcp} server running for this hub` });
   return out;

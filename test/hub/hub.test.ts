@@ -5,7 +5,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { checkRecordable, HUB_DEFAULTS, loadHubConfig, validateHub } from '../../src/hub/config.js';
-import { parseDnsmasqLeases, parseIscLeases, whyDhcpFailed } from '../../src/hub/hub.js';
+import { forwardDrops, parseDnsmasqLeases, parseIscLeases, whyDhcpFailed } from '../../src/hub/hub.js';
 import { dhcpdConf } from '../../src/hub/render.js';
 import { withHubLock } from '../../src/cli/hub.js';
 import { ROOT, tempDir } from '../helpers/daemon.js';
@@ -231,6 +231,25 @@ describe('hub config', () => {
     assert.equal(whyDhcpFailed('dnsmasq', 'started\ndnsmasq: failed to open pidfile /s/dhcp.pid: Is a directory\n'), 'dnsmasq: failed to open pidfile /s/dhcp.pid: Is a directory');
   });
 
+  it("finds another table's forward chain whose policy drop drops the hub's traffic, and the accept rules that let it through", () => {
+    const chain = (family: string, table: string, name: string, policy?: string) => ({ chain: { family, table, name, ...(policy ? { type: 'filter', hook: 'forward', prio: 0, policy } : {}) } });
+    const rule = (family: string, table: string, c: string, ...expr: Record<string, unknown>[]) => ({ rule: { family, table, chain: c, expr } });
+    const meta = (key: string, right: unknown, op = '==') => ({ match: { op, left: { meta: { key } }, right } });
+    const ct = { match: { op: 'in', left: { ct: { key: 'state' } }, right: ['established', 'related'] } };
+    const docker = [chain('ip', 'filter', 'FORWARD', 'drop'), chain('ip', 'filter', 'DOCKER-USER'), rule('ip', 'filter', 'FORWARD', { counter: null }, { jump: { target: 'DOCKER-USER' } }), rule('ip', 'filter', 'FORWARD', meta('oifname', 'docker0'), { accept: null })];
+    const ours = [chain('ip', 'matchlock_hub', 'forward', 'accept'), chain('inet', 'other', 'forward', 'accept')];
+    const find = (items: unknown[]) => forwardDrops({ nftables: items }, 'mlbr0', 'up0');
+    assert.deepEqual(find(docker), [{ family: 'ip', table: 'filter', chain: 'FORWARD', drops: ['out', 'back'] }]);
+    assert.deepEqual(find(ours), []);
+    // Accept rules in the chain jumped to, as iptables -I DOCKER-USER writes them (a wildcard, conntrack as xt).
+    assert.deepEqual(find([...docker, rule('ip', 'filter', 'DOCKER-USER', meta('iifname', 'mlbr*'), { accept: null }), rule('ip', 'filter', 'DOCKER-USER', meta('oifname', 'mlbr0'), { xt: { type: 'match', name: 'conntrack' } }, { accept: null })]), []);
+    // Only the way out accepted: the replies back are still dropped.
+    assert.deepEqual(find([...docker, rule('ip', 'filter', 'DOCKER-USER', meta('iifname', 'mlbr0'), meta('oifname', 'up0'), { accept: null })]).map((d) => d.drops), [['back']]);
+    // An accept for another bridge, or one excluding the LAN, does not count; a bare established accept covers the replies only.
+    assert.deepEqual(find([chain('inet', 'fw', 'fwd', 'drop'), rule('inet', 'fw', 'fwd', meta('iifname', 'mlbr0', '!='), { accept: null }), rule('inet', 'fw', 'fwd', ct, { accept: null })]), [{ family: 'inet', table: 'fw', chain: 'fwd', drops: ['out'] }]);
+    assert.deepEqual(find([chain('inet', 'fw', 'fwd', 'drop'), rule('inet', 'fw', 'fwd', meta('iifname', { set: ['eth9', 'mlbr0'] }), { accept: null }), rule('inet', 'fw', 'fwd', ct, { accept: null })]), []);
+  });
+
   it('reads isc leases: the last block for an address wins, expired and freed ones are left out', () => {
     const text = [
       'lease 192.168.10.30 { starts 5 2026/11/27 10:00:00; ends 5 2099/11/27 10:10:00; binding state active; hardware ethernet 02:00:00:00:00:01; client-hostname "old"; }',
@@ -380,6 +399,24 @@ describe('hub setup in namespaces', { skip: skip && !process.env.CI ? skip : fal
       const last = Number(addr.split('.')[3]);
       assert.ok(addr.startsWith('192.168.10.') && last >= 26 && last <= 126, `lease ${addr} in the range`);
       assert.equal(inNs(cl, 'ping', '-c', '1', '-W', '2', '10.99.0.2').status, 0, 'the uplink answers through NAT');
+      // iptables' FORWARD policy drop (as Docker sets it) drops the guests' traffic whatever
+      // matchlock_hub accepts: status says so and names the rules that let it through, which do.
+      if (dhcp === 'dnsmasq' && spawnSync('sh', ['-c', 'command -v iptables-nft']).status === 0) {
+        const ipt = (...a: string[]) => assert.equal(inNs(hub, 'iptables-nft', ...a).status, 0, a.join(' '));
+        ipt('-P', 'FORWARD', 'DROP');
+        try {
+          assert.notEqual(inNs(cl, 'ping', '-c', '1', '-W', '2', '10.99.0.2').status, 0, 'the policy drop drops the guest traffic');
+          const dropped = cli('-o', 'json', 'hub', 'status');
+          assert.equal(dropped.status, 6, dropped.stderr);
+          const piece = (JSON.parse(dropped.stdout) as { piece: string; ok: boolean; fix?: string }[]).find((p) => p.piece === 'forward');
+          assert.equal(piece?.ok, false);
+          for (const cmd of (piece?.fix ?? '').split('; ')) ipt(...cmd.split(' ').slice(1));
+          assert.equal(inNs(cl, 'ping', '-c', '1', '-W', '2', '10.99.0.2').status, 0, 'the rules status named let the guest out and the replies back');
+          assert.equal(cli('hub', 'status').status, 0);
+        } finally {
+          inNs(hub, 'nft', 'delete', 'table', 'ip', 'filter');
+        }
+      }
 
       const leases = cli('-o', 'json', 'hub', 'leases');
       assert.equal(leases.status, 0, leases.stderr);

@@ -688,4 +688,33 @@ describe('hub lifecycle in namespaces', { skip: skip && !process.env.CI ? skip :
     assert.deepEqual(snapshot(), before);
     assert.equal(existsSync(join(tmp.path, 'state-33')), false);
   });
+
+  it("status reports another table's forward chain that drops the hub's traffic (iptables FORWARD policy DROP, as Docker sets), with the rules that let it through, and leaves that table alone", (t) => {
+    if (spawnSync('sh', ['-c', 'command -v iptables-nft']).status !== 0) return t.skip('iptables-nft is not installed');
+    const ipt = (...a: string[]) => {
+      const r = inNs('iptables-nft', ...a);
+      assert.equal(r.status, 0, r.stderr);
+    };
+    assert.equal(cli('hub', 'setup', ...hubFlags(34)).status, 0);
+    try {
+      ipt('-N', 'DOCKER-USER');
+      ipt('-A', 'FORWARD', '-j', 'DOCKER-USER');
+      ipt('-P', 'FORWARD', 'DROP');
+      const before = inNs('nft', 'list', 'table', 'ip', 'filter').stdout;
+      const status = cli('hub', 'status');
+      assert.equal(status.status, 6, status.stdout);
+      assert.match(status.stdout, /forward +down +table ip filter chain FORWARD \(policy drop\) drops mlbr34 to up0 and the replies back into mlbr34: a drop in any base chain drops the packet/);
+      const json = (JSON.parse(cli('-o', 'json', 'hub', 'status').stdout) as { piece: string; ok: boolean; fix?: string }[]).find((p) => p.piece === 'forward');
+      assert.equal(json?.fix, 'iptables -I DOCKER-USER -i mlbr34 -o up0 -j ACCEPT; iptables -I DOCKER-USER -i up0 -o mlbr34 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT');
+      assert.equal(inNs('nft', 'list', 'table', 'ip', 'filter').stdout, before, 'status changes no other table');
+      // The fix it names, run as given, lets the hub through.
+      for (const cmd of (json?.fix ?? '').split('; ')) ipt(...cmd.split(' ').slice(1));
+      const fixed = cli('hub', 'status');
+      assert.equal(fixed.status, 0, fixed.stdout);
+      assert.match(fixed.stdout, /forward +up +no other table's forward chain drops mlbr34's traffic/);
+    } finally {
+      inNs('nft', 'delete', 'table', 'ip', 'filter');
+      assert.equal(cli('hub', 'teardown').status, 0);
+    }
+  });
 });
