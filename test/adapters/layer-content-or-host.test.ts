@@ -1,17 +1,18 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, lstatSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import { ImageCatalog, ImageRefusedError, LocalImageStore } from '../../src/adapters/images/oci/store.js';
 import { silentLogger } from '../fakes/memory-store.js';
-import { containerdUnpack } from '../helpers/containerd.js';
+import { containerdReference, containerdUnpack } from '../helpers/containerd.js';
 import { tempDir } from '../helpers/daemon.js';
 import { writeImageLayout } from '../helpers/oci.js';
-import { tarOf, type TarSpec } from '../helpers/tar.js';
+import { base256, tarOf, type TarSpec } from '../helpers/tar.js';
 import { describeTree, diffTrees } from '../helpers/tree.js';
 
-const TOOLS = ['setfattr', 'getfattr', 'containerd', 'ctr', 'rm'];
+const TOOLS = ['setfattr', 'getfattr', 'containerd', 'ctr', 'rm', 'zstd', 'xz'];
 const missing = [
   ...(process.getuid?.() === 0 ? [] : ['root (owners, ACLs, containerd)']),
   ...TOOLS.filter((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0),
@@ -171,5 +172,91 @@ describe('layer errors: the layer\'s or the host\'s, as containerd tells them', 
     mine.delete('');
     theirs.tree.delete('');
     assert.deepEqual(diffTrees(mine, theirs.tree), []);
+  });
+});
+
+/**
+ * Layers fed to matchlock and to a real containerd side by side: each case is accepted by both
+ * with the same tree (times included), or refused by both.
+ */
+describe('layers containerd refuses are refused, and those it applies give its tree', { skip }, () => {
+  const tmp = tempDir('content-or-host-ref');
+  let ref: Awaited<ReturnType<typeof containerdReference>> | undefined;
+  before(async () => {
+    ref = await containerdReference(join(tmp.path, 'containerd'));
+  });
+  after(async () => {
+    await ref?.stop();
+    removeAll(tmp.path);
+  });
+  let n = 0;
+
+  /**
+   * Paths' mtimes and atimes (ns), read before anything reads the files (relatime). Not a
+   * directory's atime: containerd reads its directories after setting it.
+   */
+  const times = (root: string) => {
+    const out = new Map<string, string>();
+    const walk = (rel: string) => {
+      const st = lstatSync(rel ? join(root, rel) : root, { bigint: true });
+      if (rel) out.set(rel, `mtime ${st.mtimeNs}${st.isDirectory() ? '' : ` atime ${st.atimeNs}`}`);
+      if (st.isDirectory()) for (const name of readdirSync(join(root, rel))) walk(rel ? `${rel}/${name}` : name);
+    };
+    walk('');
+    return out;
+  };
+
+  /**
+   * `layers`: each a tar and its blob as the layer's media type has it. Resolves matchlock's
+   * error, or undefined with the trees compared.
+   */
+  const both = async (name: string, layers: { tar: Buffer; blob?: Buffer; mediaType?: string }[], opts: { skipped?: string[] } = {}) => {
+    const at = join(tmp.path, `layout-${name}-${++n}`);
+    const diffIds = layers.map((l) => `sha256:${createHash('sha256').update(l.tar).digest('hex')}`);
+    writeImageLayout(at, layers.map((l) => ({ data: l.blob ?? l.tar, mediaType: l.mediaType ?? TAR })), 'latest', { rootfs: { type: 'layers', diff_ids: diffIds } });
+    const root = join(tmp.path, `store-${name}-${n}`);
+    const store = new LocalImageStore(root);
+    const mine = await store.import(at, 'example.com/x:1', undefined, unpack).then((r) => store.rootfsPath(r.digest), (e: unknown) => e as Error);
+    const theirs = ref?.unpack(at) ?? { error: 'no containerd' };
+    if (mine instanceof Error) {
+      assert.ok(mine instanceof ImageRefusedError, `${name}: refused as the image's: ${String(mine)}`);
+      nothingRecorded(root);
+      assert.ok('error' in theirs, `${name}: containerd applies what matchlock refuses (${mine.message})`);
+      return mine.message;
+    }
+    assert.ok('tree' in theirs, `${name}: containerd refuses what matchlock applies: ${'error' in theirs ? theirs.error : ''}`);
+    // Device nodes and FIFOs are left out by design; all else is the same.
+    const skipped = new Set(opts.skipped ?? []);
+    const theirTimes = times(theirs.tree);
+    for (const p of skipped) theirTimes.delete(p);
+    assert.deepEqual(times(mine), theirTimes, `${name}: times`);
+    const a = describeTree(mine);
+    const b = describeTree(theirs.tree, (p) => skipped.has(p));
+    a.delete('');
+    b.delete('');
+    assert.deepEqual(diffTrees(a, b), [], name);
+    removeAll(root);
+    return undefined;
+  };
+
+  it('refuses a zstd layer with a frame of another format after its zstd frame (gzip, xz), as klauspost\'s decoder does ("magic number mismatch")', async () => {
+    const tar = tarOf([{ name: 'f', data: 'f' }]);
+    const zeros = Buffer.alloc(1024);
+    for (const tool of ['gzip', 'xz']) {
+      const blob = Buffer.concat([execFileSync('zstd', ['-qc'], { input: tar }), execFileSync(tool, ['-c'], { input: zeros })]);
+      const why = await both(`zstd-then-${tool}`, [{ tar: Buffer.concat([tar, zeros]), blob, mediaType: `${TAR}+zstd` }]);
+      assert.match(why ?? '(applied)', /layer 0 \(sha256:[0-9a-f]{64}\): zstd: the frame at byte \d+ is not a zstd frame/, tool);
+    }
+  });
+
+  it('applies a zstd layer whose window is up to the 512 MiB klauspost\'s decoder takes by default, and refuses a larger one, as containerd', async () => {
+    const tar = tarOf([{ name: 'f', data: 'f' }]);
+    for (const [log, applied] of [[28, true], [29, true], [30, false]] as const) {
+      // From a pipe, so zstd cannot shrink the window to the input's size.
+      const blob = execFileSync('sh', ['-c', `cat | zstd -qc --long=${log}`], { input: tar });
+      const why = await both(`zstd-window-${log}`, [{ tar, blob, mediaType: `${TAR}+zstd` }]);
+      if (applied) assert.equal(why, undefined);
+      else assert.match(why ?? '(applied)', /zstd: .*[Ww]indow/);
+    }
   });
 });

@@ -74,6 +74,60 @@ function detectCompression(path: string): 'none' | 'gzip' | 'zstd' {
 }
 
 /**
+ * Refuses a zstd blob with a frame that is neither a zstd frame (magic 28 b5 2f fd) nor a
+ * skippable one: the zstd CLI also decodes gzip, xz, lzma and lz4 frames (whatever --format
+ * says), which klauspost's decoder, containerd's, refuses ("magic number mismatch"). Walks the
+ * frames by their headers and block headers (RFC 8878, 3.1), reading no block's content: a blob
+ * cut short or otherwise broken is left for the CLI to report.
+ */
+function checkZstdFrames(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    const b = Buffer.alloc(14);
+    const read = (at: number, n: number) => readSync(fd, b, 0, n, at) === n;
+    for (let at = 0; ;) {
+      const got = readSync(fd, b, 0, 4, at);
+      if (got === 0) return;
+      if (got < 4) return; // a short tail: the CLI refuses it
+      const magic = b.readUInt32LE(0);
+      if ((magic & 0xfffffff0) >>> 0 === 0x184d2a50) {
+        if (!read(at + 4, 4)) return;
+        at += 8 + b.readUInt32LE(0);
+        continue;
+      }
+      if (magic !== 0xfd2fb528) {
+        throw new LayerContentError(`zstd: the frame at byte ${at} is not a zstd frame (its first bytes are ${b.subarray(0, 4).toString('hex')}): klauspost's zstd decoder, which containerd uses, reads only zstd and skippable frames ("magic number mismatch")`);
+      }
+      if (!read(at + 4, 1)) return;
+      const fhd = b[0] ?? 0;
+      const single = (fhd & 0x20) !== 0;
+      const fcs = [single ? 1 : 0, 2, 4, 8][fhd >> 6] ?? 0;
+      const dict = [0, 1, 2, 4][fhd & 3] ?? 0;
+      at += 5 + (single ? 0 : 1) + dict + fcs;
+      for (let last = false; !last;) {
+        if (!read(at, 3)) return;
+        const h = b.readUIntLE(0, 3);
+        last = (h & 1) === 1;
+        const type = (h >> 1) & 3;
+        if (type === 3) return; // reserved: the CLI refuses it
+        at += 3 + (type === 1 ? 1 : h >>> 3);
+      }
+      if (fhd & 0x04) at += 4;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * klauspost's zstd decoder, as containerd 1.6 creates it (archive/compression, zstd.NewReader
+ * with no options), decodes frames whose window is up to its MaxWindowSize, 1 << 29 bytes on
+ * 64-bit hosts, and refuses larger ones (ErrWindowSizeExceeded); the zstd CLI's own default
+ * limit is 1 << 27 (its "Window size larger than maximum").
+ */
+const ZSTD_MAX_WINDOW = '--memory=512MB';
+
+/**
  * The decompressed bytes of a layer blob, read synchronously into the tar reader's buffer.
  * Compressed layers go through gzip or zstd in their own process writing into a FIFO, the way
  * GNU tar runs gzip: the decompressor works on another core while we apply, and every read is a
@@ -97,6 +151,7 @@ function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: Read
     return { read: reader(fd), done: async () => close(), abort: close };
   }
   const tool = compression;
+  if (tool === 'zstd') checkZstdFrames(layer.path);
   const fifo = join(fifoDir, 'layer');
   rmSync(fifo, { force: true });
   execFileSync('mkfifo', ['-m', '0600', fifo]);
@@ -104,7 +159,7 @@ function open(layer: UnpackJob['layers'][number], fifoDir: string): { read: Read
   // byte after the last gzip member fails the layer in containerd (Go's gzip reader reads it as
   // the next member's header); gzip ignores zero bytes there silently unless verbose, when it
   // warns and exits 2. zstd refuses them already.
-  const child = spawn('sh', ['-c', `exec ${tool} ${tool === 'gzip' ? '-dcv' : '-dc'} < "$1" > "$2"`, 'sh', layer.path, fifo], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('sh', ['-c', `exec ${tool} ${tool === 'gzip' ? '-dcv' : `-dc ${ZSTD_MAX_WINDOW}`} < "$1" > "$2"`, 'sh', layer.path, fifo], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => (stderr = (stderr + c.toString('utf8')).slice(-4000)));
   const exit = new Promise<void>((resolve, reject) => {
@@ -176,7 +231,13 @@ async function run(job: UnpackJob): Promise<ApplyStats> {
   };
   try {
     for (const [i, layer] of job.layers.entries()) {
-      const src = open(layer, fifoDir);
+      let src: ReturnType<typeof open>;
+      try {
+        src = open(layer, fifoDir);
+      } catch (err) {
+        if (err instanceof LayerContentError) throw new LayerContentError(`layer ${i} (${layer.digest}): ${oneLine(err.message)}`);
+        throw err;
+      }
       // The diff_id is checked on the bytes as the tar reader takes them, not in a second pass
       // over the layer: every byte of the decompressed stream goes through `read` once.
       const [algorithm = '', expected = ''] = layer.diffId.split(':');
