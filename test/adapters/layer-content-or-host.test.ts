@@ -259,4 +259,11 @@ describe('layers containerd refuses are refused, and those it applies give its t
       else assert.match(why ?? '(applied)', /zstd: .*[Ww]indow/);
     }
   });
+
+  it('refuses a pax record with an empty key and an SCHILY.xattr. record with an empty xattr name, as Go\'s archive/tar and containerd do', async () => {
+    const why = await both('pax-empty-key', [{ tar: tarOf([{ name: 'f', data: 'f', pax: { '': 'v' } }]) }]);
+    assert.match(why ?? '(applied)', /malformed pax record: empty key/);
+    const why2 = await both('pax-empty-xattr', [{ tar: tarOf([{ name: 'f', data: 'f', pax: { 'SCHILY.xattr.': 'v' } }]) }]);
+    assert.match(why2 ?? '(applied)', /f: pax record SCHILY\.xattr\. names no xattr/);
+  });
 });

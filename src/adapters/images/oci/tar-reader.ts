@@ -319,6 +319,8 @@ function parsePax(data: Buffer): Pax {
     // reader looks up are ASCII, the same in either reading.
     const key = rec.toString('latin1', 0, eq);
     const value = rec.subarray(eq + 1);
+    // Go's validPAXRecord refuses an empty key (ErrHeader), and containerd the layer with it.
+    if (key === '') throw new TarFormatError('malformed pax record: empty key');
     if (key === 'path' || key === 'linkpath' || key === 'uname' || key === 'gname') {
       if (value.includes(0)) throw new TarFormatError(`malformed pax record: ${key} ${showName(value.toString('latin1'))} contains a NUL byte`);
     } else if (key.includes('\0')) {
@@ -680,7 +682,10 @@ export class TarReader {
     // SCHILY.xattr.* only: containerd (archive/tar.go) applies no other record, so libarchive's
     // LIBARCHIVE.xattr.* (URL-encoded names, base64 values) is left alone like any unknown key.
     for (const [k, v] of pax ?? []) {
-      if (k.startsWith('SCHILY.xattr.')) entry.xattrs.set(k.slice(13), v);
+      if (!k.startsWith('SCHILY.xattr.')) continue;
+      // containerd's setxattr of an empty name fails (ERANGE) and with it the layer.
+      if (k === 'SCHILY.xattr.') throw new TarFormatError(`${showName(path)}: pax record SCHILY.xattr. names no xattr (an empty name, which setxattr refuses)`);
+      entry.xattrs.set(k.slice(13), v);
     }
     if (!type) this.unhandled(entry, hd.flag);
     return entry;
