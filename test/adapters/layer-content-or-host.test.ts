@@ -266,4 +266,25 @@ describe('layers containerd refuses are refused, and those it applies give its t
     const why2 = await both('pax-empty-xattr', [{ tar: tarOf([{ name: 'f', data: 'f', pax: { 'SCHILY.xattr.': 'v' } }]) }]);
     assert.match(why2 ?? '(applied)', /f: pax record SCHILY\.xattr\. names no xattr/);
   });
+
+  it('sets a time before 1970 or after 2262-04-11 to the epoch, and a later atime, as containerd\'s boundTime and latestTime do', async () => {
+    const why = await both('times', [{
+      tar: tarOf([
+        { name: 'd', type: '5', mode: 0o755, mtime: base256(-631152000n, 12) },
+        { name: 'd/neg', data: 'x', mtime: base256(-1n, 12) },
+        { name: 'd/link', type: '2', linkname: 'neg', mtime: base256(-631152000n, 12) },
+        { name: 'pax-huge', data: 'x', pax: { mtime: '99999999999999999', atime: '99999999999999999' } },
+        { name: 'b256-huge', data: 'x', mtime: base256(1n << 60n, 12) },
+        { name: 'octal-4147', data: 'x', mtime: Buffer.from('777777777777') },
+        // The latest whole second (microseconds are exact to 2^53, in 2255).
+        { name: 'pax-max', data: 'x', pax: { mtime: '9223372036' } },
+        { name: 'pax-past-max', data: 'x', pax: { mtime: '9223372036.854775808' } },
+        { name: 'later-atime', data: 'x', mtime: 1600000000, pax: { atime: '1700000000' } },
+        { name: 'earlier-atime', data: 'x', mtime: 1600000000, pax: { atime: '1500000000' } },
+        { name: 'neg-pax', data: 'x', pax: { mtime: '-0.5', atime: '-3' } },
+        { name: 'dir-atime', type: '5', mode: 0o755, pax: { mtime: '1600000000', atime: '1700000000' } },
+      ]),
+    }]);
+    assert.equal(why, undefined);
+  });
 });

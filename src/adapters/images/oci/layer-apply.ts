@@ -13,8 +13,8 @@
  *   stays and takes the entry's owner, mode and xattrs);
  * - missing parents are made 0755 root:root; hard links point at paths resolved in the image,
  *   and each link's owner, mode and mtime go to the inode it shares;
- * - owner (numeric uid/gid), all mode bits including setuid/setgid/sticky, mtime (to the
- *   microsecond, before 1970 too: see fsTime) and xattrs
+ * - owner (numeric uid/gid), all mode bits including setuid/setgid/sticky, mtime and atime (to
+ *   the microsecond, bounded as containerd bounds them: see fsTime) and xattrs
  *   (`SCHILY.xattr.*` only, as containerd; see xattrRefusal for those left out) are applied exactly: the process runs with umask 0,
  *   so a file is created with its permission bits, and chown/chmod are called only when what
  *   the kernel gave it differs (owner root and the group that directory hands down, no
@@ -157,19 +157,15 @@ function errno(err: unknown): string | undefined {
 }
 
 /**
- * An mtime as Node's fs takes it. Node hands times to libuv as a double of seconds, and libuv
+ * A time as Node's fs takes it, from seconds (0 or more: the reader bounds every time as
+ * containerd's boundTime does, archive/time.go, so one before 1970 is the epoch) and
+ * nanoseconds. Node hands times to libuv as a double of seconds, and libuv
  * (uv__fs_to_timespec) truncates it toward zero and then to whole microseconds: the time is
- * given half a microsecond past (before, when negative) its microsecond, so the truncation
- * lands on it whatever the double's rounding (exact to the microsecond up to 2106; nanoseconds
- * are dropped). Node replaces a negative number with the current time (toUnixTimestamp), but
- * takes a numeric string as is: times before 1970 go as strings. They are applied as GNU tar
- * applies them; containerd (archive/time.go, boundTime) sets the epoch instead, a bound kept
- * for platforms whose timespec cannot hold them, which Linux's can.
+ * given half a microsecond past its microsecond, so the truncation lands on it whatever the
+ * double's rounding (exact to the microsecond up to 2106; nanoseconds are dropped).
  */
-export function fsTime(sec: number, nsec: number): number | string {
-  const micros = sec * 1e6 + Math.floor(nsec / 1000);
-  const t = micros >= 0 ? (micros + 0.5) / 1e6 : (micros - 0.5) / 1e6;
-  return t >= 0 ? t : String(t);
+export function fsTime(sec: number, nsec: number): number {
+  return (sec * 1e6 + Math.floor(nsec / 1000) + 0.5) / 1e6;
 }
 
 function writeAll(fd: number, b: Buffer, position: number | null): void {
@@ -284,7 +280,7 @@ export class ImageRoot {
   private readonly rootGid: number;
   private written = new Set<string>();
   private xattrs = new PathMap<Map<string, Buffer>>();
-  private dirTimes: { rel: string; mtime: number | string }[] = [];
+  private dirTimes: { rel: string; atime: number; mtime: number }[] = [];
   /** Paths (physical) of device nodes and FIFOs left out, in any layer, so hard links to them are left out too. */
   private readonly skipped = new PathMap<true>();
   /**
@@ -582,7 +578,7 @@ export class ImageRoot {
         if (asRoot && (!made || e.uid !== 0 || e.gid !== this.dirs.get(parent))) lchownSync(at, e.uid, e.gid);
         chmodSync(at, e.mode);
         this.dirs.set(rel, inheritedGid(e.mode, e.gid));
-        this.dirTimes.push({ rel, mtime: fsTime(e.mtime, e.mtimeNsec) });
+        this.dirTimes.push({ rel, atime: fsTime(e.atime, e.atimeNsec), mtime: fsTime(e.mtime, e.mtimeNsec) });
         break;
       }
       case 'file': {
@@ -620,8 +616,7 @@ export class ImageRoot {
           // chown drops setuid/setgid, so the mode comes after it.
           if (asRoot && (e.uid !== 0 || e.gid !== this.dirs.get(parent))) fchownSync(fd, e.uid, e.gid);
           if (e.mode & SPECIAL_BITS || this.chmodAlways) fchmodSync(fd, e.mode);
-          const t = fsTime(e.mtime, e.mtimeNsec);
-          futimesSync(fd, t, t);
+          futimesSync(fd, fsTime(e.atime, e.atimeNsec), fsTime(e.mtime, e.mtimeNsec));
         } finally {
           closeSync(fd);
         }
@@ -633,8 +628,7 @@ export class ImageRoot {
         this.create(rel, () => symlinkSync(Buffer.from(e.linkpath, 'latin1'), at));
         onSymlink = true;
         if (asRoot && (e.uid !== 0 || e.gid !== this.dirs.get(parent))) lchownSync(at, e.uid, e.gid);
-        const t = fsTime(e.mtime, e.mtimeNsec);
-        lutimesSync(at, t, t);
+        lutimesSync(at, fsTime(e.atime, e.atimeNsec), fsTime(e.mtime, e.mtimeNsec));
         break;
       }
       case 'hardlink': {
@@ -663,8 +657,7 @@ export class ImageRoot {
         else onSymlink = true;
         // So do its times (containerd archive/tar.go sets every entry's times, without
         // following a symlink): the last link of an inode decides its mtime.
-        const t = fsTime(e.mtime, e.mtimeNsec);
-        lutimesSync(at, t, t);
+        lutimesSync(at, fsTime(e.atime, e.atimeNsec), fsTime(e.mtime, e.mtimeNsec));
         break;
       }
     }
@@ -735,7 +728,7 @@ export class ImageRoot {
     this.flushXattrs();
     for (const d of this.dirTimes) {
       // Checked to be a real directory; lutimes all the same, so nothing can lead out.
-      if (this.dirs.has(d.rel) && this.isRealDir(d.rel)) lutimesSync(this.abs(d.rel), d.mtime, d.mtime);
+      if (this.dirs.has(d.rel) && this.isRealDir(d.rel)) lutimesSync(this.abs(d.rel), d.atime, d.mtime);
     }
   }
 

@@ -39,10 +39,21 @@ export interface TarEntry {
    */
   uid: number;
   gid: number;
-  /** Whole seconds since the epoch (floor: negative before 1970). */
+  /**
+   * Whole seconds since the epoch as containerd applies them: bounded as boundTime says (0 to
+   * 9223372036), so never negative.
+   */
   mtime: number;
   /** Nanoseconds past `mtime` (0 to 999999999), from a pax `mtime` with a fraction. */
   mtimeNsec: number;
+  /**
+   * The access time containerd sets (archive/tar.go, createTarFile and applyNaive's directory
+   * pass: `boundTime(latestTime(hdr.AccessTime, hdr.ModTime))`): the archive's atime (pax
+   * `atime`, a GNU or STAR header's atime field) when later than the mtime, else the mtime;
+   * bounded as `mtime` is.
+   */
+  atime: number;
+  atimeNsec: number;
   /** The link target, one char per byte like `path`. */
   linkpath: string;
   /**
@@ -221,7 +232,7 @@ function numeric(b: Buffer, start: number, len: number, field: string, path?: st
   return inv ? -x - 1n : x;
 }
 
-/** A count this process can hold exactly (size, mtime), refused beyond 2^53. */
+/** A count this process can hold exactly (a size, an offset), refused beyond 2^53. */
 function exact(v: bigint, field: string, path: string): number {
   const n = Number(v);
   if (!Number.isSafeInteger(n)) throw new TarFormatError(`${showName(path)}: ${field} ${v} is out of range`);
@@ -252,19 +263,41 @@ function paxInt(v: string, key: string, path: string): bigint {
   return n;
 }
 
-/**
- * A pax time (mtime, atime, ctime): decimal seconds, optionally signed, with any number of
- * fraction digits (POSIX.1-2017 pax; Go's parsePAXTime, strconv.go, which keeps 9 and refuses
- * anything else). Nanoseconds are kept exactly.
- */
-function paxTime(v: string, key: string, path: string): { sec: number; nsec: number } {
-  const m = /^([+-]?)([0-9]+)(?:\.([0-9]*))?$/.exec(v);
-  const whole = Number(m?.[2]);
-  if (!m || !Number.isSafeInteger(whole)) throw new TarFormatError(`${showName(path)}: pax ${key} ${JSON.stringify(showName(v))} is not a decimal number of seconds`);
-  const frac = Number((m[3] ?? '').slice(0, 9).padEnd(9, '0'));
-  if (m[1] !== '-') return { sec: whole, nsec: frac };
-  return frac === 0 ? { sec: -whole, nsec: 0 } : { sec: -whole - 1, nsec: 1e9 - frac };
+/** A time as seconds (any 64-bit count) and nanoseconds past them (0 to 999999999). */
+interface Time {
+  sec: bigint;
+  nsec: number;
 }
+
+/**
+ * A pax time (mtime, atime, ctime) as Go's parsePAXTime (strconv.go) reads it: decimal seconds
+ * as strconv.ParseInt(s, 10, 64) takes them (optionally signed, within 64 bits), then
+ * optionally `.` and any number of fraction digits, of which 9 are kept; anything else is
+ * refused (ErrHeader). Nanoseconds are kept exactly.
+ */
+function paxTime(v: string, key: string, path: string): Time {
+  const m = /^([+-]?[0-9]+)(?:\.([0-9]*))?$/.exec(v);
+  const whole = m ? parseInt64(m[1] ?? '') : undefined;
+  if (!m || whole === undefined) throw new TarFormatError(`${showName(path)}: pax ${key} ${JSON.stringify(showName(v))} is not a decimal number of seconds within 64 bits`);
+  const frac = Number((m[2] ?? '').slice(0, 9).padEnd(9, '0'));
+  if (!m[1]?.startsWith('-') || frac === 0) return { sec: whole, nsec: frac };
+  return { sec: whole - 1n, nsec: 1e9 - frac };
+}
+
+/** The latest time containerd sets: time.Unix(0, 0).Add(1<<63 - 1), in 2262. */
+const MAX_TIME: Time = { sec: 9223372036n, nsec: 854775807 };
+
+/**
+ * A time as containerd applies it (archive/time.go, boundTime): one before the epoch or after
+ * MAX_TIME is the epoch.
+ */
+function boundTime(t: Time): { sec: number; nsec: number } {
+  if (t.sec < 0n || t.sec > MAX_TIME.sec || (t.sec === MAX_TIME.sec && t.nsec > MAX_TIME.nsec)) return { sec: 0, nsec: 0 };
+  return { sec: Number(t.sec), nsec: t.nsec };
+}
+
+/** The later of two times (containerd's latestTime: `t2` unless `t1` is after it). */
+const latest = (t1: Time, t2: Time): Time => (t1.sec > t2.sec || (t1.sec === t2.sec && t1.nsec > t2.nsec) ? t1 : t2);
 
 /** The header checksum, octal only (Go's getFormat reads it with parseOctal), unsigned or signed. */
 function checksumOk(h: Buffer): boolean {
@@ -421,6 +454,11 @@ interface Header {
   uid: bigint;
   gid: bigint;
   mtime: bigint;
+  /**
+   * A GNU or STAR header's access time field, as Go's readHeader reads it (hdr.AccessTime);
+   * undefined when it has none (a GNU field starting with NUL, or read as a prefix instead).
+   */
+  atime?: bigint;
   devmajor: bigint;
   devminor: bigint;
   gnu: boolean;
@@ -508,16 +546,18 @@ export class TarReader {
     if (ustar) prefix = cstring(h, 345, 155);
     if (star) {
       prefix = cstring(h, 345, 131);
-      field(476, 12, 'atime');
+      hd.atime = field(476, 12, 'atime');
       field(488, 12, 'ctime');
     }
     if (gnu) {
       // GNU has atime and ctime where ustar has its prefix; Go's readHeader reads the prefix
       // there instead when they are not numbers and it is ASCII (a pre-Go 1.8 writer's bug).
       try {
-        if (h[345] !== 0) numeric(h, 345, 12, 'atime');
+        if (h[345] !== 0) hd.atime = numeric(h, 345, 12, 'atime');
         if (h[357] !== 0) numeric(h, 357, 12, 'ctime');
       } catch {
+        // Go then forgets the times it read (hdr.AccessTime = time.Time{}).
+        delete hd.atime;
         const p = cstring(h, 345, 155);
         if ([...p].every((c) => c.charCodeAt(0) < 0x80)) prefix = p;
       }
@@ -596,7 +636,7 @@ export class TarReader {
 
   /** An entry with a name only, no data and no attributes. */
   private headerOnlyEntry(path: string): TarEntry {
-    return { path, type: 'file', mode: 0, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, linkpath: '', size: 0, xattrs: new Map(), devmajor: 0, devminor: 0 };
+    return { path, type: 'file', mode: 0, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, atime: 0, atimeNsec: 0, linkpath: '', size: 0, xattrs: new Map(), devmajor: 0, devminor: 0 };
   }
 
   /** The entry of header `hd` with what the meta entries before it said, as Go's next() merges them. */
@@ -611,14 +651,16 @@ export class TarReader {
     let uid = hd.uid;
     let gid = hd.gid;
     let size = hd.size;
-    let time = { sec: 0, nsec: 0 };
-    const paxMtime = rec('mtime');
     const label = path;
-    if (paxMtime !== undefined) time = paxTime(paxMtime, 'mtime', label);
-    for (const k of ['atime', 'ctime']) {
-      const v = rec(k);
-      if (v !== undefined) paxTime(v, k, label);
-    }
+    const paxMtime = rec('mtime');
+    const mtime = paxMtime !== undefined ? paxTime(paxMtime, 'mtime', label) : { sec: hd.mtime, nsec: 0 };
+    const paxAtime = rec('atime');
+    // No atime at all is Go's zero Time (year 1), never the later one.
+    const atime = paxAtime !== undefined ? paxTime(paxAtime, 'atime', label) : hd.atime !== undefined ? { sec: hd.atime, nsec: 0 } : undefined;
+    const paxCtime = rec('ctime');
+    if (paxCtime !== undefined) paxTime(paxCtime, 'ctime', label);
+    const mtimeSet = boundTime(mtime);
+    const atimeSet = boundTime(atime ? latest(atime, mtime) : mtime);
     const paxUid = rec('uid');
     if (paxUid !== undefined) uid = paxInt(paxUid, 'uid', label);
     const paxGid = rec('gid');
@@ -667,8 +709,10 @@ export class TarReader {
       mode: Number(BigInt.asUintN(12, hd.mode)),
       uid: ownerId(uid),
       gid: ownerId(gid),
-      mtime: paxMtime !== undefined ? time.sec : exact(hd.mtime, 'mtime', path),
-      mtimeNsec: paxMtime !== undefined ? time.nsec : 0,
+      mtime: mtimeSet.sec,
+      mtimeNsec: mtimeSet.nsec,
+      atime: atimeSet.sec,
+      atimeNsec: atimeSet.nsec,
       linkpath,
       size: data,
       xattrs: new Map(),
