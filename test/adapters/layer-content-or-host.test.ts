@@ -287,4 +287,9 @@ describe('layers containerd refuses are refused, and those it applies give its t
     }]);
     assert.equal(why, undefined);
   });
+
+  it('refuses a hard link to itself, which containerd removes before linking', async () => {
+    const why = await both('self-link', [{ tar: tarOf([{ name: 'a', data: 'a' }, { name: 'a', type: '1', linkname: 'a' }]) }]);
+    assert.match(why ?? '(applied)', /a: hard link .*to itself/);
+  });
 });

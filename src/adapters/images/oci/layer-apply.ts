@@ -644,7 +644,10 @@ export class ImageRoot {
         }
         if (target === undefined || !tst) throw new LayerRefusal(`hard link target ${showName(e.linkpath)} does not exist in the image`);
         if (tst.isDirectory()) throw new LayerRefusal(`hard link target ${showName(e.linkpath)} is a directory`);
-        if (target !== rel) this.create(rel, () => linkSync(this.abs(target), at));
+        // containerd removes what the link's path holds before link(2) (archive/tar.go,
+        // applyNaive), and with it the target: the link fails (ENOENT) and the layer with it.
+        if (target === rel) throw new LayerRefusal(`hard link to itself (target ${showName(e.linkpath)}): containerd removes the path before linking it, so its target is gone`);
+        this.create(rel, () => linkSync(this.abs(target), at));
         // containerd set the xattrs of earlier entries before this lchown, which drops a
         // security.capability of the shared inode: pending ones are set first, to be dropped alike.
         if (asRoot && this.xattrs.size) this.flushXattrs();
