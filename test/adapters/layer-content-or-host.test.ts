@@ -292,4 +292,17 @@ describe('layers containerd refuses are refused, and those it applies give its t
     const why = await both('self-link', [{ tar: tarOf([{ name: 'a', data: 'a' }, { name: 'a', type: '1', linkname: 'a' }]) }]);
     assert.match(why ?? '(applied)', /a: hard link .*to itself/);
   });
+
+  it('refuses what containerd refuses below or on a FIFO it would have made, though matchlock leaves the FIFO out', async () => {
+    const cases: [string, TarSpec[], RegExp][] = [
+      ['fifo-parent', [{ name: 'x', type: '6' }, { name: 'x/y', data: 'y' }], /x\/y: parent \/x is not a directory/],
+      ['link-to-fifo-parent', [{ name: 'p', type: '6' }, { name: 'h', type: '1', linkname: 'p' }, { name: 'h/y', data: 'y' }], /h\/y: parent \/h is not a directory/],
+      ['fifo-bad-capability', [{ name: 'q', type: '6', pax: { 'SCHILY.xattr.security.capability': 'bad' } }], /q: setting xattr security\.capability on \/q: Invalid argument/],
+      ['link-to-fifo-bad-capability', [{ name: 'q', type: '6' }, { name: 'h', type: '1', linkname: 'q', pax: { 'SCHILY.xattr.security.capability': 'bad' } }], /h: setting xattr security\.capability on \/h: Invalid argument/],
+    ];
+    for (const [name, entries, want] of cases) assert.match(await both(name, [{ tar: tarOf(entries) }]) ?? '(applied)', want, name);
+    // What containerd applies on a FIFO, it still applies: the rest of the tree is the same.
+    const ok = await both('fifo-ok', [{ tar: tarOf([{ name: 'q', type: '6', pax: { 'SCHILY.xattr.user.x': 'v', 'SCHILY.xattr.security.y': 'v' } }, { name: 'f', data: 'f' }]) }], { skipped: ['q'] });
+    assert.equal(ok, undefined);
+  });
 });

@@ -421,6 +421,8 @@ export class ImageRoot {
         continue;
       }
       const st = lstatSync(this.abs(cand), { throwIfNoEntry: false });
+      // A node left out stands where containerd made it: no directory (its mkparent fails).
+      if (!st && this.skipped.has(cand)) throw new LayerRefusal(`parent /${showName(cand)} is not a directory (a device node or FIFO of the image, left out here)`);
       if (!st) {
         if (!create) return undefined;
         mkdirSync(this.abs(cand), 0o755);
@@ -562,7 +564,7 @@ export class ImageRoot {
     const at = this.abs(rel);
     this.written.add(rel);
     if (e.type === 'char' || e.type === 'block' || e.type === 'fifo') {
-      this.skip(rel);
+      this.skip(rel, e);
       return;
     }
     if (this.skipped.size) this.skipped.delete(rel);
@@ -639,7 +641,7 @@ export class ImageRoot {
         const tst = target === undefined ? undefined : lstatSync(this.abs(target), { throwIfNoEntry: false });
         // containerd makes the node and links to it; without the node the link is left out too.
         if (!tst && target !== undefined && this.skipped.has(target)) {
-          this.skip(rel);
+          this.skip(rel, e);
           return;
         }
         if (target === undefined || !tst) throw new LayerRefusal(`hard link target ${showName(e.linkpath)} does not exist in the image`);
@@ -698,10 +700,39 @@ export class ImageRoot {
    * held, as every entry does unless both are directories (OCI image spec, "Changeset
    * over existing files"): a lower layer's file or directory there is removed.
    */
-  private skip(rel: string): void {
+  private skip(rel: string, e: TarEntry): void {
     this.stats.skipped++;
     this.remove(rel);
+    if (e.xattrs.size) this.trySkippedXattrs(rel, e.xattrs);
     this.skipped.set(rel, true);
+  }
+
+  /**
+   * containerd sets a node's xattrs as any entry's, and a value the kernel refuses (EINVAL for
+   * a malformed security.capability, E2BIG…) fails the layer there too: they are set on a
+   * regular file standing in for the node, then removed with it. As on a node, a user.* xattr
+   * is skipped with a warning (xattr(7): EPERM on anything but files and directories), as are
+   * trusted.* and unknown namespaces.
+   */
+  private trySkippedXattrs(rel: string, xattrs: Map<string, Buffer>): void {
+    const attrs = new Map<string, Buffer>();
+    for (const [name, value] of xattrs) {
+      const why = name.startsWith('user.') ? 'Operation not permitted (user.* xattrs go on files and directories only)' : xattrRefusal(name, false);
+      if (why === undefined) attrs.set(name, value);
+      else this.warn(`ignored xattr ${showName(name)} on /${showName(rel)}: ${why}`);
+    }
+    if (!attrs.size) return;
+    this.flushXattrs();
+    closeSync(openSync(this.abs(rel), WRITE_FLAGS, 0o600));
+    const counted = this.stats.xattrs;
+    try {
+      this.xattrs.set(rel, attrs);
+      this.flushXattrs();
+    } finally {
+      this.stats.xattrs = counted;
+      this.xattrs.clear();
+      this.remove(rel);
+    }
   }
 
   /** Runs `make`: true if it made the path, false if the path exists. */
