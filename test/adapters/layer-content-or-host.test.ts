@@ -305,4 +305,13 @@ describe('layers containerd refuses are refused, and those it applies give its t
     const ok = await both('fifo-ok', [{ tar: tarOf([{ name: 'q', type: '6', pax: { 'SCHILY.xattr.user.x': 'v', 'SCHILY.xattr.security.y': 'v' } }, { name: 'f', data: 'f' }]) }], { skipped: ['q'] });
     assert.equal(ok, undefined);
   });
+
+  it('applies a whiteout and a root entry whose sparse map does not fit their data, which containerd never reads; refuses a file so', async () => {
+    // GNU sparse 0.1: one fragment of 5 bytes where 3 are stored.
+    const bad = { 'GNU.sparse.major': '0', 'GNU.sparse.minor': '1', 'GNU.sparse.numblocks': '1', 'GNU.sparse.map': '0,5', 'GNU.sparse.realsize': '10' };
+    const lower = { tar: tarOf([{ name: 'x', data: 'x' }, { name: 'y', data: 'y' }]) };
+    assert.equal(await both('sparse-unread', [lower, { tar: tarOf([{ name: '.wh.x', data: 'abc', pax: bad }, { name: './', data: 'abc', pax: bad }]) }]), undefined);
+    const why = await both('sparse-read', [lower, { tar: tarOf([{ name: 'f', data: 'abc', pax: bad }]) }]);
+    assert.match(why ?? '(applied)', /f: sparse map holds 5 bytes of data where the entry stores 3/);
+  });
 });

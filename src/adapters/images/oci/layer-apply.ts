@@ -587,6 +587,9 @@ export class ImageRoot {
         const fd = this.create(rel, () => openSync(at, WRITE_FLAGS, e.mode & 0o777));
         try {
           const sparse = e.sparse;
+          // Go's sparse reader fails the read of such data (errMissData, errUnrefData), and
+          // containerd the layer.
+          if (e.sparseMismatch) throw new TarFormatError(e.sparseMismatch);
           if (sparse) {
             try {
               let i = 0;

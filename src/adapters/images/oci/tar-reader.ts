@@ -64,6 +64,12 @@ export interface TarEntry {
   /** Apparent size of a sparse file; the data is `sparse` chunks, the rest holes. */
   realSize?: number;
   sparse?: { offset: number; length: number }[];
+  /**
+   * Why the sparse map does not fit the stored data, when it does not. Go's archive/tar reports
+   * it only when the data is read (errMissData, errUnrefData): an entry whose data is discarded
+   * (a whiteout, the root) is no error, so whoever reads the data raises it.
+   */
+  sparseMismatch?: string;
   /** Extended attributes by name (`security.capability`), values as raw bytes. */
   xattrs: Map<string, Buffer>;
   /** Device numbers as containerd's Mkdev takes them (low 32 bits). */
@@ -697,8 +703,8 @@ export class TarReader {
       if (headerOnly) throw new TarFormatError(`${showName(path)}: a sparse map on an entry of type ${JSON.stringify(flag)}, which has no data`);
       if (realSize === undefined || realSize < 0) throw new TarFormatError(`${showName(path)}: sparse real size ${realSize} is negative`);
       checkSparse(chunks, realSize, path);
-      if (chunks.reduce((n, c) => n + c.length, 0) !== data) throw new TarFormatError(`${showName(path)}: sparse map does not match the stored data`);
     }
+    const mapped = chunks?.reduce((n, c) => n + c.length, 0);
     const type = TYPES[flag];
     this.pending = data;
     // A 1.0 map takes whole blocks, so the padding is the stored data's.
@@ -722,6 +728,7 @@ export class TarReader {
     if (chunks) {
       entry.sparse = chunks;
       entry.realSize = realSize ?? 0;
+      if (mapped !== data) entry.sparseMismatch = `sparse map holds ${mapped} bytes of data where the entry stores ${data}`;
     }
     // SCHILY.xattr.* only: containerd (archive/tar.go) applies no other record, so libarchive's
     // LIBARCHIVE.xattr.* (URL-encoded names, base64 values) is left alone like any unknown key.
