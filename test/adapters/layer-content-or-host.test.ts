@@ -314,4 +314,23 @@ describe('layers containerd refuses are refused, and those it applies give its t
     const why = await both('sparse-read', [lower, { tar: tarOf([{ name: 'f', data: 'abc', pax: bad }]) }]);
     assert.match(why ?? '(applied)', /f: sparse map holds 5 bytes of data where the entry stores 3/);
   });
+
+  it('keeps the xattrs an entry set on an inode another hard link keeps when its path is removed or replaced in the same layer, as containerd sets them at once', async () => {
+    const x = (v: string) => ({ 'SCHILY.xattr.user.a': v });
+    const why = await both('xattr-inode', [{
+      tar: tarOf([
+        { name: 'f', data: 'f' },
+        { name: 'h', type: '1', linkname: 'f', pax: x('link') },
+        { name: '.wh.h', data: '' },
+        { name: 'g', data: 'g', pax: x('file') },
+        { name: 'k', type: '1', linkname: 'g' },
+        { name: 'g', data: 'new' },
+        { name: 'd/', type: '5', mode: 0o755 },
+        { name: 'd/m', data: 'm', pax: x('below') },
+        { name: 'n', type: '1', linkname: 'd/m' },
+        { name: 'd', data: 'd' },
+      ]),
+    }]);
+    assert.equal(why, undefined);
+  });
 });

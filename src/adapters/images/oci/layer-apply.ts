@@ -213,6 +213,11 @@ class PathMap<V> {
     this.values.set(path, value);
   }
 
+  /** Whether a value is kept for `path` or a path below it. */
+  hasTree(path: string): boolean {
+    return this.values.has(path) || this.children.has(path);
+  }
+
   /** Forgets `path` and every path below it. */
   deleteTree(path: string): void {
     const todo = [path];
@@ -453,6 +458,9 @@ export class ImageRoot {
   private remove(path: string): void {
     const rel = cleanParts(path).join('/');
     if (!rel) return;
+    // containerd set these xattrs when it wrote the entry, on an inode another hard link may
+    // share and keep: they are set before the path goes.
+    if (this.xattrs.hasTree(rel)) this.flushXattrs();
     this.checked = undefined;
     this.dirs.deleteTree(rel);
     this.xattrs.deleteTree(rel);
