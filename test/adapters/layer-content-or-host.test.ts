@@ -192,14 +192,14 @@ describe('layers containerd refuses are refused, and those it applies give its t
   let n = 0;
 
   /**
-   * Paths' mtimes and atimes (ns), read before anything reads the files (relatime). Not a
-   * directory's atime: containerd reads its directories after setting it.
+   * Paths' mtimes and atimes (ns), read before anything reads the files (relatime). Not the
+   * atime of a directory or symlink: containerd reads them (readdir, readlink) after setting it.
    */
   const times = (root: string) => {
     const out = new Map<string, string>();
     const walk = (rel: string) => {
       const st = lstatSync(rel ? join(root, rel) : root, { bigint: true });
-      if (rel) out.set(rel, `mtime ${st.mtimeNs}${st.isDirectory() ? '' : ` atime ${st.atimeNs}`}`);
+      if (rel) out.set(rel, `mtime ${st.mtimeNs}${st.isDirectory() || st.isSymbolicLink() ? '' : ` atime ${st.atimeNs}`}`);
       if (st.isDirectory()) for (const name of readdirSync(join(root, rel))) walk(rel ? `${rel}/${name}` : name);
     };
     walk('');
@@ -332,5 +332,24 @@ describe('layers containerd refuses are refused, and those it applies give its t
       ]),
     }]);
     assert.equal(why, undefined);
+  });
+
+  it('sets each directory entry\'s times at the layer\'s end on what its name then resolves to, and refuses a name gone, as containerd does', async () => {
+    assert.equal(await both('dir-times', [{
+      tar: tarOf([
+        { name: 'd/', type: '5', mode: 0o755, mtime: 1000 },
+        { name: 'd', data: 'now a file', mtime: 5000 },
+        { name: 't/', type: '5', mode: 0o755, mtime: 1000 },
+        { name: 'e/', type: '5', mode: 0o755, mtime: 2000 },
+        { name: 'e', type: '2', linkname: 't', mtime: 3000 },
+        { name: 'q/', type: '5', mode: 0o755, mtime: 4000 },
+        { name: 'q', type: '6' },
+      ]),
+    }], { skipped: ['q'] }), undefined);
+    const cases: [string, TarSpec[]][] = [
+      ['whited-out', [{ name: 'd/', type: '5', mode: 0o755 }, { name: '.wh.d', data: '' }]],
+      ['dangling', [{ name: 'e/', type: '5', mode: 0o755 }, { name: 'e', type: '2', linkname: 'nowhere' }]],
+    ];
+    for (const [name, entries] of cases) assert.match(await both(name, [{ tar: tarOf(entries) }]) ?? '(applied)', /[de]: setting the directory entry's times at the layer's end: no such file or directory/, name);
   });
 });

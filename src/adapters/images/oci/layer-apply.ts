@@ -285,7 +285,8 @@ export class ImageRoot {
   private readonly rootGid: number;
   private written = new Set<string>();
   private xattrs = new PathMap<Map<string, Buffer>>();
-  private dirTimes: { rel: string; atime: number; mtime: number }[] = [];
+  /** The layer's directory entries, by their cleaned names: see finishLayer. */
+  private dirTimes: { parts: string[]; atime: number; mtime: number }[] = [];
   /** Paths (physical) of device nodes and FIFOs left out, in any layer, so hard links to them are left out too. */
   private readonly skipped = new PathMap<true>();
   /**
@@ -588,7 +589,7 @@ export class ImageRoot {
         if (asRoot && (!made || e.uid !== 0 || e.gid !== this.dirs.get(parent))) lchownSync(at, e.uid, e.gid);
         chmodSync(at, e.mode);
         this.dirs.set(rel, inheritedGid(e.mode, e.gid));
-        this.dirTimes.push({ rel, atime: fsTime(e.atime, e.atimeNsec), mtime: fsTime(e.mtime, e.mtimeNsec) });
+        this.dirTimes.push({ parts: [...parts, base], atime: fsTime(e.atime, e.atimeNsec), mtime: fsTime(e.mtime, e.mtimeNsec) });
         break;
       }
       case 'file': {
@@ -768,12 +769,46 @@ export class ImageRoot {
     return make();
   }
 
-  /** Sets what xattrs are pending (flushXattrs), then directory mtimes (written after their content). */
+  /**
+   * Sets what xattrs are pending (flushXattrs), then the times of the layer's directory entries
+   * (written after their content), as containerd's applyNaive does at the layer's end: each
+   * entry's name is resolved again (fs.RootPath: symlinks followed, the last one too, never out
+   * of the root) and whatever it names now takes the entry's times, a file that replaced the
+   * directory included; a name that resolves to nothing fails the layer (UtimesNanoAt ENOENT).
+   */
   private finishLayer(): void {
     this.flushXattrs();
     for (const d of this.dirTimes) {
-      // Checked to be a real directory; lutimes all the same, so nothing can lead out.
-      if (this.dirs.has(d.rel) && this.isRealDir(d.rel)) lutimesSync(this.abs(d.rel), d.atime, d.mtime);
+      const rel = this.resolveName(d.parts);
+      if (rel === undefined) {
+        throw new LayerRefusal(`${shortName(d.parts.join('/'))}: setting the directory entry's times at the layer's end: no such file or directory (containerd's applier sets them by name then, and fails)`);
+      }
+      // A node left out: containerd sets its times, nothing to set here.
+      if (rel === null) continue;
+      // The parent is a real directory of the image (resolveDir); the name is not followed.
+      lutimesSync(this.abs(rel), d.atime, d.mtime);
+    }
+  }
+
+  /**
+   * A name resolved chroot-style with every symlink followed, the last component's too (as
+   * continuity's fs.RootPath resolves it): the physical path it names, undefined when nothing
+   * is there, null when a device node or FIFO left out is.
+   */
+  private resolveName(parts: string[]): string | null | undefined {
+    let todo = [...parts];
+    for (let hops = 0; ;) {
+      const base = todo.pop();
+      if (base === undefined) return '';
+      const parent = this.resolveDir(todo, false);
+      if (parent === undefined) return undefined;
+      const rel = parent ? `${parent}/${base}` : base;
+      const st = lstatSync(this.abs(rel), { throwIfNoEntry: false });
+      if (!st) return this.skipped.has(rel) ? null : undefined;
+      if (!st.isSymbolicLink()) return rel;
+      if (++hops > MAX_LINK_HOPS) throw new LayerRefusal('too many levels of symbolic links');
+      const target = readlinkSync(this.abs(rel), { encoding: 'latin1' });
+      todo = cleanParts(target.startsWith('/') ? target : `${parent}/${target}`);
     }
   }
 
