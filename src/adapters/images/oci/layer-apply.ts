@@ -21,7 +21,8 @@
  *   setuid/setgid/sticky): GNU tar makes six calls per file, this makes four;
  * - device nodes and FIFOs are skipped: the tree lives on the host and is never a place for them.
  *   A skipped entry still replaces what its path held, and a hard link to one is skipped too
- *   (containerd makes both; the tree is the same but for the nodes).
+ *   (containerd makes both; the tree is the same but for the nodes). What containerd refuses
+ *   because of one is refused: an entry below it (no directory), an xattr the kernel refuses.
  */
 import { execFileSync } from 'node:child_process';
 import {
