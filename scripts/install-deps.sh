@@ -21,8 +21,9 @@ DEBIAN_PACKAGES=(
   # layer unpack: xattrs (setfattr; getfattr in tests), zstd layers, gzip; containerd is the
   # tests' reference unpacker
   attr zstd gzip containerd
-  # the network hub: both DHCP servers and nftables
-  isc-dhcp-server nftables
+  # the network hub: both DHCP servers and nftables; the hub tests also set a Docker-like
+  # iptables FORWARD policy (iptables-nft) and bridge netfilter sysctls (procps' sysctl)
+  isc-dhcp-server nftables iptables procps
   # Firecracker takes only an ELF vmlinux: the decompressors for bzImage payloads (Debian's
   # kernels use lz4)
   lz4 xz-utils bzip2

@@ -11,7 +11,7 @@ import { ROOT, tempDir } from '../helpers/daemon.js';
 // (or Pre-Depends) of one, or be Essential.
 const BINARIES = [
   'qemu-system-x86_64', 'ip', 'dnsmasq', 'mkfs.ext4', 'resize2fs', 'debugfs', 'dumpe2fs', 'mkfs.vfat', 'mcopy', 'openssl',
-  'protoc', 'grpc_python_plugin', 'docker-registry', 'skopeo', 'mkfs.xfs', 'dhcpd', 'nft', 'ping', 'systemd-analyze',
+  'protoc', 'grpc_python_plugin', 'docker-registry', 'skopeo', 'mkfs.xfs', 'dhcpd', 'nft', 'iptables-nft', 'sysctl', 'ping', 'systemd-analyze',
   'tar', 'gzip', 'dd', 'cp', 'truncate', 'du', 'pgrep', 'sh', 'mlabel', 'mtype', 'rm', 'promtool', 'script',
   // the full-disk tests' loop-mounted state dirs
   'losetup', 'mount', 'umount', 'mountpoint', 'fallocate', 'find', 'sync',
