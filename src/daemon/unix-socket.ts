@@ -1,6 +1,7 @@
 import { connect } from 'node:net';
-import { chmod, chown, rm, stat } from 'node:fs/promises';
+import { chmod, chown, lstat, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
+import { UNIX_SOCKET_PATH_MAX } from '../core/vmm.js';
 /** The socket path of a `unix:` endpoint (`unix:/p` or `unix:///p`). */
 export const socketPath = (endpoint: string) => endpoint.replace(/^unix:(\/\/)?/, '');
 
@@ -28,6 +29,11 @@ export async function restrictSocket(endpoint: string, group: number | undefined
 export async function checkSocket(key: string, endpoint: string, madeLater?: string): Promise<'absent' | 'stale'> {
   const path = socketPath(endpoint);
   const cannot = (why: string) => new Error(`${key} ${endpoint}: cannot listen: ${why}`);
+  // sun_path holds 108 bytes with its NUL (unix(7)): a longer path is cut, and bind(2) would
+  // make a socket at another name.
+  if (Buffer.byteLength(path) > UNIX_SOCKET_PATH_MAX) throw cannot(`the path is ${Buffer.byteLength(path)} bytes; a unix socket's path takes at most ${UNIX_SOCKET_PATH_MAX} (sun_path, unix(7))`);
+  const link = await lstat(path).catch(() => undefined);
+  if (link?.isSymbolicLink()) throw cannot(`${path} is a symbolic link; give the socket's own path`);
   const st = await stat(path).catch(() => undefined);
   if (!st) {
     // bind(2) reports a missing directory as EACCES or ENOENT without naming it.
@@ -38,16 +44,19 @@ export async function checkSocket(key: string, endpoint: string, madeLater?: str
     return 'absent';
   }
   if (!st.isSocket()) throw cannot(`${path} exists and is not a socket`);
-  const alive = await new Promise<boolean>((resolve) => {
+  // Only ECONNREFUSED says nothing listens: a datagram socket answers EPROTOTYPE, a stream
+  // server with a full accept queue EAGAIN, and both are alive and someone else's.
+  const answer = await new Promise<string | undefined>((resolve) => {
     const s = connect(path);
     s.once('connect', () => {
       s.destroy();
-      resolve(true);
+      resolve('connect');
     });
-    s.once('error', () => resolve(false));
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code));
   });
-  if (alive) throw cannot(`another process is serving on ${path}`);
-  return 'stale';
+  if (answer === 'ECONNREFUSED') return 'stale';
+  if (answer === 'ENOENT') return 'absent';
+  throw cannot(answer === 'connect' ? `another process is serving on ${path}` : `${path} is a socket in use (connecting to it: ${answer ?? 'an error'}), not one a stopped daemon left`);
 }
 
 /**

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -17,12 +17,28 @@ describe('a refused start leaves no new state dir behind, and an existing one as
   const busy = createServer();
   const busySocket = createServer();
   let port = 0;
+  // Live sockets a stream connect does not reach: a datagram socket (EPROTOTYPE) and a stream
+  // server whose accept queue is full (EAGAIN). Neither is a stopped daemon's leftover.
+  let others: ChildProcess | undefined;
   before(async () => {
     await listening(busy, 0);
     port = (busy.address() as { port: number }).port;
     await listening(busySocket, join(tmp.path, 'served.sock'));
+    others = spawn('python3', ['-c', [
+      'import socket, sys, time',
+      'd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.bind(sys.argv[1])',
+      's = socket.socket(socket.AF_UNIX); s.bind(sys.argv[2]); s.listen(0); held = []',
+      'while True:',
+      '    c = socket.socket(socket.AF_UNIX); c.setblocking(False)',
+      '    try: c.connect(sys.argv[2]); held.append(c)',
+      '    except BlockingIOError: break',
+      'print("ready", flush=True); time.sleep(600)',
+    ].join('\n'), join(tmp.path, 'dgram.sock'), join(tmp.path, 'full.sock')], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve) => others?.stdout?.once('data', () => resolve()));
+    symlinkSync(join(tmp.path, 'nowhere.sock'), join(tmp.path, 'dangling.sock'));
   });
   after(async () => {
+    others?.kill();
     await new Promise((r) => busy.close(r));
     await new Promise((r) => busySocket.close(r));
     tmp.remove();
@@ -38,6 +54,10 @@ describe('a refused start leaves no new state dir behind, and an existing one as
       ['unix socket in use', ['--grpc-endpoint', `unix:${served}`], 1, new RegExp(`grpc-endpoint unix:${served}: cannot listen: another process is serving on ${served}`)],
       ['unix socket in a missing directory', ['--grpc-endpoint', `unix:${nodir}/x.sock`], 1, new RegExp(`grpc-endpoint unix:${nodir}/x\\.sock: cannot listen: directory ${nodir} does not exist`)],
       ['unix path that is no socket', ['--grpc-endpoint', `unix:${notSocket}`], 1, new RegExp(`grpc-endpoint unix:${notSocket}: cannot listen: ${notSocket} exists and is not a socket`)],
+      ['a live datagram socket', ['--grpc-endpoint', `unix:${join(tmp.path, 'dgram.sock')}`], 1, /grpc-endpoint unix:\S+dgram\.sock: cannot listen: \S+ is a socket in use \(connecting to it: EPROTOTYPE\)/],
+      ['a live server with a full accept queue', ['--grpc-endpoint', `unix:${join(tmp.path, 'full.sock')}`], 1, /grpc-endpoint unix:\S+full\.sock: cannot listen: \S+ is a socket in use \(connecting to it: EAGAIN\)/],
+      ['a socket path longer than sun_path takes', ['--grpc-endpoint', `unix:${join(tmp.path, 'l'.repeat(110))}.sock`], 1, /grpc-endpoint unix:\S+: cannot listen: the path is \d+ bytes; a unix socket's path takes at most 107/],
+      ['a dangling symlink at the socket path', ['--grpc-endpoint', `unix:${join(tmp.path, 'dangling.sock')}`], 1, /grpc-endpoint unix:\S+dangling\.sock: cannot listen: \S+ is a symbolic link/],
       ['http endpoint in use', ['--grpc-endpoint', '127.0.0.1:0', '--enable-http', '--http-endpoint', `127.0.0.1:${port}`], 1, new RegExp(`http-endpoint 127\\.0\\.0\\.1:${port}: cannot listen: .*EADDRINUSE`)],
       ['metrics endpoint in use', ['--grpc-endpoint', '127.0.0.1:0', '--metrics-endpoint', `127.0.0.1:${port}`], 1, new RegExp(`metrics-endpoint 127\\.0\\.0\\.1:${port}: cannot listen: .*EADDRINUSE`)],
       ['debug endpoint in use', ['--grpc-endpoint', '127.0.0.1:0', '--debug-endpoint', `127.0.0.1:${port}`], 1, new RegExp(`debug-endpoint 127\\.0\\.0\\.1:${port}: cannot listen: .*EADDRINUSE`)],
