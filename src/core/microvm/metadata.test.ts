@@ -338,6 +338,14 @@ for (const [kind, docs, rule, pyYaml] of [
   ['a repeated %YAML directive or %TAG handle (process_directives)', ['%YAML 1.1\n%YAML 1.1\n---\na: 1\n', '%TAG ! !a\n%TAG ! !b\n---\na: 1\n'], /must be a YAML mapping \(.*(repeated %YAML directive|%TAG handle ! given twice) \(yaml\/parser\.py process_directives\)/, 'refuses'],
   ['a copy that does not read back as the original (every result is read again)', ['? instance_id\n: - a\n  - b\n', '? instance_id\n: a: 1\n  b: 2\n'], /matchlock can add instance-id to without changing how PyYAML reads it: with them it would not be a YAML mapping \(.*\); give these keys yourself/, 'reads'],
   ['a document PyYAML reads as a set, not a mapping', ['--- !!set\n? a\n', '!!set {a, b}\n'], /must be a YAML mapping of keys to values/, 'reads'],
+  ['a byte order mark after the start, which PyYAML reads as text (scan_to_next_token)', ['\n\ufeffinstance_id: foo\n', '# c\n\ufeffinstance_id: foo\n'], /must not hold U\+FEFF \(a byte order mark\) after its start .*yaml\/scanner\.py scan_to_next_token/, 'reads'],
+  ['two byte order marks, then a flow mapping', ['\ufeff\ufeff{instance_id: foo}'], /must not hold U\+FEFF \(a byte order mark\) after its start/, 'reads'],
+  ['a value with the non-specific tag !, which PyYAML resolves as if unquoted (composer)', ['instance_id: ! "~"\n', 'instance-id: ! ~\n', '! "<<": {instance_id: x}\n'], /must be a YAML mapping \(.*non-specific tag ! .*yaml\/composer\.py/, 'reads'],
+  ['a block scalar with an explicit indentation indicator (scan_block_scalar_breaks)', ['instance_id: |2\n   x\n   \n', 'instance_id: >2\n   x\n   \n', 'instance_id: |1\n  \n'], /must be a YAML mapping \(.*explicit indentation indicator \([|>][0-9]\).*yaml\/scanner\.py scan_block_scalar_breaks/, 'reads'],
+  ['a `?` inside a plain scalar in a flow collection (scan_plain)', ['{a: b?c}\n', 'a: [x?y]\n', '{instance_id: a?b}\n'], /must be a YAML mapping \(.*ends a plain scalar in a flow collection at a "\?" \(yaml\/scanner\.py scan_plain\)/, 'refuses'],
+  ['an !!int that Python\'s int() refuses', ['a: !!int 09\n', 'instance_id: !!int 08\n', 'a: !!int 0b12\n', 'a: !!int 0x1g\n', 'a: !!int 0o19\n'], /must be a YAML mapping \(".*" is not an integer to PyYAML\)/, 'refuses'],
+  ['a %TAG handle or directive PyYAML cannot scan (scan_directive, scan_tag_handle)', ['%TAG e! tag:x\n---\na: 1\n', '%YAML\t 1.1\n---\na: 1\n', "%TAG !e!' tag:x\n---\na: 1\n"], /must be a YAML mapping \(.*(needs a space after %YAML|%TAG handle of the form).*yaml\/scanner\.py scan_(directive|tag_handle)/, 'refuses'],
+  ['more aliases than matchlock takes (each costs a walk of the document)', [`a: &a x\nb: [${Array(1001).fill('*a').join(', ')}]\n`], /must hold at most 1000 YAML aliases \(matchlock's limit/, 'reads'],
 ] as const) {
   it(`meta-data matchlock refuses, naming the field and the rule: ${kind}`, { skip: noPyYaml }, () => {
     const read = pyTyped(docs.map((d) => Buffer.from(d)));

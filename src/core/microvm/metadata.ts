@@ -64,6 +64,13 @@ export const META_DATA_SPELLINGS: readonly (readonly [string, string])[] = [
  */
 export const META_DATA_MAX_VALUES = 1024 * 1024;
 
+/**
+ * How many aliases meta-data may hold: turning a document into values costs the `yaml`
+ * package a walk of the document per alias, so 10,000 aliases in 40 KB held the daemon's event
+ * loop for seconds. cloud-init meta-data uses a handful, if any. matchlock's limit, not PyYAML's.
+ */
+export const META_DATA_MAX_ALIASES = 1000;
+
 /** How deeply meta-data's collections may nest; checked before the document is composed. */
 const META_DATA_MAX_DEPTH = 100;
 
@@ -108,7 +115,14 @@ function pyInt(source: string, onError: (message: string) => void): number {
   const v = source.replace(/_/g, '');
   const sign = v.startsWith('-') ? -1 : 1;
   const d = /^[-+]/.test(v) ? v.slice(1) : v;
-  const n = d === '0' ? 0 : d.startsWith('0b') ? parseInt(d.slice(2), 2) : d.startsWith('0x') ? parseInt(d.slice(2), 16) : d.startsWith('0') ? parseInt(d, 8) : d.includes(':') ? sexagesimal(d) : /^[0-9]+$/.test(d) ? Number(d) : NaN;
+  // Python's int(digits, base) refuses any digit outside the base (PyYAML's construct_yaml_int
+  // calls it), where parseInt stops at the first one: `!!int 09` is an error to PyYAML.
+  const n = d === '0' ? 0
+    : d.startsWith('0b') ? (/^0b[01]+$/.test(d) ? parseInt(d.slice(2), 2) : NaN)
+    : d.startsWith('0x') ? (/^0x[0-9a-fA-F]+$/.test(d) ? parseInt(d.slice(2), 16) : NaN)
+    : d.startsWith('0') && !d.includes(':') ? (/^0[0-7]+$/.test(d) ? parseInt(d, 8) : NaN)
+    : d.includes(':') ? (/^[0-9]+(?::[0-9]+)+$/.test(d) ? sexagesimal(d) : NaN)
+    : /^[0-9]+$/.test(d) ? Number(d) : NaN;
   if (Number.isNaN(n)) onError(`${JSON.stringify(source)} is not an integer to PyYAML`);
   return sign * n;
 }
@@ -321,6 +335,23 @@ function eachSourceToken(token: unknown, check: (t: { type: string; offset: numb
   return undefined;
 }
 
+/**
+ * The header of a block scalar with an explicit indentation indicator (`|2`, `>1-`) followed by
+ * blank lines holding spaces (in its text or after it, in `text`), or undefined: only there do
+ * PyYAML (which keeps such lines as content) and the `yaml` package (which drops them) differ.
+ */
+function explicitIndentTail(t: { offset: number; source: string }, text: string): string | undefined {
+  const props = (t as { props?: { type: string; offset: number; source: string }[] }).props ?? [];
+  const header = props.find((p) => p.type === 'block-scalar-header')?.source;
+  const last = props[props.length - 1];
+  if (!header || !last || !/[1-9]/.test(header)) return undefined;
+  const end = last.offset + last.source.length + t.source.length;
+  let after = /^(?:[ \t]*\r?\n)*/.exec(text.slice(end))?.[0] ?? '';
+  if (/^[ \t]+$/.test(text.slice(end + after.length))) after = text.slice(end);
+  const own = /\S/.test(t.source) ? (/\S([^\S]*)$/.exec(t.source)?.[1] ?? '').replace(/^[^\n]*\n?/, '') : t.source;
+  return /[ \t]/.test(own + after) ? header : undefined;
+}
+
 /** PyYAML's anchor and alias names (yaml/scanner.py scan_anchor): ASCII letters, digits, `-`, `_`. */
 const PY_ANCHOR_NAME = /^[&*][0-9A-Za-z_-]+$/;
 
@@ -344,7 +375,14 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
   const handles = new Set<string>();
   for (const top of cst) {
     if (top.type === 'directive') {
-      const [name, handle] = top.source.split(/[ ]+/);
+      const name = top.source.split(/[ \t]/)[0];
+      const handle = top.source.split(/[ ]+/)[1];
+      // yaml/scanner.py scan_directive: the name is followed by spaces (not a tab); a %TAG
+      // handle is !, !! or !word! (scan_tag_handle) and its prefix follows after spaces.
+      if ((name === '%YAML' || name === '%TAG') && !/^%(?:YAML|TAG) /.test(top.source)) return `${reader} needs a space after ${name} (yaml/scanner.py scan_directive)`;
+      if (name === '%TAG' && (handle === undefined || !/^!(?:[0-9A-Za-z_-]*!)?$/.test(handle) || !/^%TAG +\S+ +\S/.test(top.source))) {
+        return `${reader} takes a %TAG handle of the form !, !! or !name! (letters, digits, "-", "_") followed by a space and a prefix (yaml/scanner.py scan_tag_handle, scan_directive)`;
+      }
       if (name === '%YAML') {
         if (yamlDirective) return `${reader} refuses a repeated %YAML directive (yaml/parser.py process_directives)`;
         yamlDirective = true;
@@ -362,6 +400,14 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
       if ((t.type === 'anchor' || t.type === 'alias') && !PY_ANCHOR_NAME.test(t.source)) {
         return `${reader} takes only ASCII letters, digits, "-" and "_" in an anchor or alias name, not ${JSON.stringify(t.source)} (yaml/scanner.py scan_anchor ends the name there); put a space after the name`;
       }
+      // A value tagged with the non-specific `!` is resolved by PyYAML as if it were plain,
+      // whatever its quotes (yaml/composer.py: implicit (True, False)): `! "~"` is null there and
+      // a string to the `yaml` package.
+      if (t.type === 'tag' && t.source === '!') return `${reader} resolves a value tagged with the non-specific tag ! as if it were unquoted (yaml/composer.py), where matchlock reads it as a string; drop the tag`;
+      // An explicit indentation indicator (|2, >1): PyYAML keeps trailing lines of more spaces
+      // than the indentation as content (yaml/scanner.py scan_block_scalar_breaks), the `yaml`
+      // package drops them.
+      if (t.type === 'block-scalar' && explicitIndentTail(t, text)) return `${reader} and matchlock read trailing blank lines of a block scalar with an explicit indentation indicator (${explicitIndentTail(t, text)}) differently (yaml/scanner.py scan_block_scalar_breaks); leave the indicator out`;
       if (t.type === 'tag' && !/^$|^[ \n\r]/.test(text.slice(t.offset + t.source.length, t.offset + t.source.length + 1))) {
         return `${reader} needs a space or line break after the tag ${t.source} (yaml/scanner.py scan_tag); an empty tagged value in a flow collection needs a space before its "," or closing bracket`;
       }
@@ -373,6 +419,9 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
     for (const [item, flow] of items) {
       // In a flow collection `?` and `:` start no plain scalar (check_plain): `{?a: 1}` is the key a.
       for (const t of flow ? [item.key, item.value] : []) {
+        // Inside a flow collection a plain scalar ends at any of ,?[]{} (yaml/scanner.py
+        // scan_plain): `{a: b?c}` is an error to PyYAML.
+        if (t?.type === 'scalar' && t.source.includes('?') && !/^[?:]/.test(t.source)) return `${reader} ends a plain scalar in a flow collection at a "?" (yaml/scanner.py scan_plain); quote ${JSON.stringify(t.source)}`;
         if (t?.type === 'scalar' && /^[?:]/.test(t.source)) return `${reader} reads a \`${t.source[0] ?? ''}\` that starts a plain scalar in a flow collection as an indicator, not as text (yaml/scanner.py check_plain); quote ${JSON.stringify(t.source)}`;
       }
       const colon = item.sep?.find((t) => t.type === 'map-value-ind');
@@ -520,6 +569,9 @@ function readMetaData(source: string, field: string, options = META_DATA_YAML): 
   }
   const tokens = tokenProblem(cst, text);
   if (tokens) throw invalid(field, `must be a YAML mapping (${tokens})`);
+  let aliases = 0;
+  eachSourceToken(cst, (t) => (t.type === 'alias' && ++aliases > META_DATA_MAX_ALIASES ? 'too many' : undefined));
+  if (aliases > META_DATA_MAX_ALIASES) throw invalid(field, `must hold at most ${META_DATA_MAX_ALIASES} YAML aliases (matchlock's limit: each costs a walk of the document on the daemon's event loop)`);
   const docs = [...new Composer(options).compose(cst, true, text.length)];
   if (docs.length > 1) throw invalid(field, 'must be a YAML mapping (expected a single document, as PyYAML\'s safe_load does)');
   const doc = docs[0] as Document.Parsed;
@@ -721,6 +773,11 @@ function decodeMetaData(bytes: Buffer, field: string): string {
     const code = bad[0].codePointAt(0) ?? 0;
     throw invalid(field, `must hold printable characters only (PyYAML, cloud-init's reader, refuses U+${code.toString(16).toUpperCase().padStart(4, '0')})`);
   }
+  // PyYAML skips U+FEFF only as the stream's first character (yaml/scanner.py
+  // scan_to_next_token at index 0); anywhere else it is part of the text (a key's first
+  // character), where the `yaml` package drops it at the start of a line.
+  const bom = text.indexOf('\ufeff', text.startsWith('\ufeff') ? 1 : 0);
+  if (bom >= 0) throw invalid(field, `must not hold U+FEFF (a byte order mark) after its start (at character ${bom}): PyYAML, cloud-init's reader, reads it there as text (yaml/scanner.py scan_to_next_token skips it only at the start)`);
   const brk = FOREIGN_BREAK.exec(text);
   if (brk) {
     const line = text.slice(0, brk.index).split(/\r\n|\n|\u0085/).length;
