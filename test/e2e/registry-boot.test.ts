@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { labMissing, startLab, testGuestLayout, type Lab } from '../helpers/lab.js';
@@ -12,10 +12,21 @@ import { tempDir } from '../helpers/daemon.js';
 const missing = labMissing() ?? (['docker-registry', 'skopeo', 'debugfs'].find((t) => spawnSync('sh', ['-c', `command -v ${t}`]).status !== 0) ? 'docker-registry, skopeo or debugfs missing' : undefined);
 const skip = missing && !process.env.CI ? missing : false;
 
-/** Reads a file out of an ext4 image without mounting it; undefined when it is not there. */
+/**
+ * Reads a file out of an ext4 image without mounting it; undefined when it is not there. The
+ * image of a running guest may hold what its sync wrote only in the journal (debugfs does not
+ * replay it), so a copy with its journal replayed is read.
+ */
 function readFromVolume(image: string, path: string): string | undefined {
-  const r = spawnSync('debugfs', ['-R', `cat ${path}`, image], { encoding: 'utf8' });
-  return r.status === 0 && !/File not found/.test(r.stderr) ? r.stdout : undefined;
+  const copy = `${image}.read-${process.pid}`;
+  try {
+    execFileSync('cp', ['--sparse=always', image, copy]);
+    spawnSync('e2fsck', ['-y', '-E', 'journal_only', copy], { stdio: 'ignore' });
+    const r = spawnSync('debugfs', ['-R', `cat ${path}`, copy], { encoding: 'utf8' });
+    return r.status === 0 && !/File not found/.test(r.stderr) ? r.stdout : undefined;
+  } finally {
+    rmSync(copy, { force: true });
+  }
 }
 
 describe('runtime: MicroVMs from images in a registry', { skip }, () => {
