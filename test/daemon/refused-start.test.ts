@@ -4,6 +4,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, 
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { makeCerts } from '../helpers/certs.js';
 import { daemonFailsToStart, ROOT, startDaemon, TEST_CGROUP_PARENT, tempDir } from '../helpers/daemon.js';
 
 const base = (state: string) => ['run', '--state-dir', state, '--config', '/dev/null', '--log-format', 'json', '--vmm-cgroup-parent', TEST_CGROUP_PARENT];
@@ -122,5 +123,40 @@ describe('a refused start leaves no new state dir behind, and an existing one as
     assert.deepEqual(readdirSync(state), ['keep'], 'the store, lock and identity this start made are gone');
     assert.equal(statSync(state).mode & 0o777, 0o755, 'the mode is given back');
     assert.equal(readFileSync(join(state, 'keep'), 'utf8'), 'x');
+  });
+});
+
+describe('unusable TLS files are refused before anything is made, naming the setting', () => {
+  const tmp = tempDir('refused-tls');
+  after(() => tmp.remove());
+
+  it('a cert or key that is no PEM, a key of another cert, a client CA without a certificate: exit 2', async () => {
+    const certs = makeCerts(tmp.path);
+    const garbage = join(tmp.path, 'garbage.pem');
+    writeFileSync(garbage, 'not a certificate\n');
+    const brokenCa = join(tmp.path, 'broken-ca.pem');
+    writeFileSync(brokenCa, `${readFileSync(certs.ca, 'utf8')}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n`);
+    const tls = (cert: string, key: string) => ['--tls-cert', cert, '--tls-key', key];
+    const mtls = (ca: string) => [...tls(certs.serverCert, certs.serverKey), '--tls-client-validate', '--tls-client-ca', ca];
+    const cases: [string, string[], RegExp][] = [
+      ['a cert that is no PEM', tls(garbage, certs.serverKey), new RegExp(`tls-cert ${garbage}: must hold a PEM certificate \\(.*no start line`)],
+      ['a key in place of the cert', tls(certs.serverKey, certs.serverKey), new RegExp(`tls-cert ${certs.serverKey}: must hold a PEM certificate`)],
+      ['a key that is no PEM', tls(certs.serverCert, garbage), new RegExp(`tls-key ${garbage}: must hold a PEM private key \\(`)],
+      ['a key that is no PEM, with a metrics endpoint', [...tls(certs.serverCert, garbage), '--metrics-endpoint', '127.0.0.1:0'], new RegExp(`tls-key ${garbage}: must hold a PEM private key`)],
+      ['the key of another cert', tls(certs.serverCert, certs.rogueKey), new RegExp(`tls-key ${certs.rogueKey}: must be the private key of the certificate in tls-cert ${certs.serverCert} \\(.*key values mismatch`)],
+      ['a client CA holding no certificate', mtls(garbage), new RegExp(`tls-client-ca ${garbage}: must hold at least one PEM certificate`)],
+      ['a client CA holding only a key', mtls(certs.serverKey), new RegExp(`tls-client-ca ${certs.serverKey}: must hold at least one PEM certificate`)],
+      ['a client CA with a certificate that does not parse', mtls(brokenCa), new RegExp(`tls-client-ca ${brokenCa}: certificate 2 of 2 does not parse`)],
+    ];
+    for (const [what, args, message] of cases) {
+      const parent = join(tmp.path, 'new');
+      const { code, output } = await daemonFailsToStart([...base(join(parent, 'state')), '--grpc-endpoint', '127.0.0.1:0', ...args]);
+      assert.equal(code, 2, `${what}: ${output}`);
+      assert.match(output, message, what);
+      assert.equal(existsSync(parent), false, `${what}: no state dir made`);
+    }
+    // The checks refuse only what is unusable: the same files in their places start a daemon.
+    const d = await startDaemon(join(tmp.path, 'ok'), [...mtls(certs.ca), '--vmm-cgroups=false']);
+    await d.stop();
   });
 });
