@@ -24,7 +24,7 @@ import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { createConfinement, vmmUserIsRoot, type VmmConfinement } from '../adapters/vmm/confine/vmm.js';
 import { parseUidRange } from '../adapters/vmm/confine/uids.js';
 import { lookupGroup, lookupUser } from '../adapters/system/accounts.js';
-import { lockStateDir, prepareStateDir } from './state-dir.js';
+import { lockStateDir, makeStateDir, tightenStateDir } from './state-dir.js';
 import { EventSupervisor } from '../adapters/vmm/supervisor.js';
 import { LogBound } from '../adapters/vmm/console.js';
 import { GrowingFiles } from './growing-files.js';
@@ -170,7 +170,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   // In this order: nothing is read or written before the state dir is known to be writable and
   // ours alone, and nothing (no VM, no sweep) is touched when the store is damaged.
   const before = existingState(cfg.stateDir);
-  const { full, created } = prepareStateDir(cfg.stateDir);
+  const { created } = makeStateDir(cfg.stateDir);
   // What this start opened, closed in reverse when it fails before it drains (the drain closes
   // them itself).
   const opened: (() => void)[] = [];
@@ -190,6 +190,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const lock = lockStateDir(cfg.stateDir);
     opened.push(() => lock.release());
     opened.push(() => failing && undo());
+    // Only now that it is ours: a state dir another daemon holds is refused above unchanged.
+    const { full } = tightenStateDir(cfg.stateDir);
     const daemonId = daemonIdentity(cfg.stateDir);
     logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
     const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'), { exclusiveWhenFull: true });

@@ -13,22 +13,45 @@ function refuse(message: string, cause?: unknown): MatchlockError {
 }
 
 /**
- * Makes the state dir (0750) or takes away what other users could do in an existing one, then
- * proves it is writable by writing and removing a file: a read-only mount (EROFS) or missing
- * permissions are refused here, naming the path, instead of failing later inside SQLite or a
- * VM's plan. A full file system (ENOSPC, EDQUOT) is not refused: `full` is then true.
+ * Makes the state dir (0750, with its missing parents) or checks, without writing in it, that
+ * the one there is a directory this user may write (access(2) W_OK): a path that is a file (or
+ * under one), a read-only mount (EROFS) or missing permissions are refused here, naming the
+ * path, instead of failing later inside SQLite or a VM's plan. Nothing in an existing state dir
+ * is changed before lockStateDir has taken it (see tightenStateDir): another daemon may hold it.
  * `created` is the first directory this call made (the state dir or an ancestor), for a start
  * that fails later to remove; undefined when the state dir was there.
  */
-export function prepareStateDir(path: string): { full: boolean; created: string | undefined } {
-  let made = false;
-  let created: string | undefined;
+export function makeStateDir(path: string): { created: string | undefined } {
+  // Before mkdir, whose EEXIST (the state dir is a file) or ENOTDIR (an ancestor is) would read
+  // as an unwritable directory.
+  const file = nonDirectory(path);
+  if (file !== undefined) {
+    throw refuse(`state-dir ${file === path ? `${path} is not a directory` : `${path}: ${file} is not a directory`}: matchlockd keeps its store, images and VM directories in a directory; move the file away or set --state-dir`);
+  }
+  try {
+    if (existsSync(path)) {
+      accessSync(path, constants.W_OK);
+      return { created: undefined };
+    }
+    return { created: mkdirSync(path, { recursive: true, mode: STATE_DIR_MODE }) };
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    // A recursive mkdir reports ENOENT when the real refusal (EROFS, EACCES) was for an ancestor
+    // it had to make: ask the nearest ancestor that exists for the reason.
+    if (e.code === 'ENOENT') e.code = ancestorRefusal(path) ?? e.code;
+    throw unwritable(path, err);
+  }
+}
+
+/**
+ * Once the state dir is this process's (lockStateDir): takes away what other users could do in
+ * it and proves it is writable by writing and removing a file. A full file system (ENOSPC,
+ * EDQUOT) is not refused: `full` is then true.
+ */
+export function tightenStateDir(path: string): { full: boolean } {
   const probe = join(path, `.write-probe-${process.pid}`);
   try {
-    created = mkdirSync(path, { recursive: true, mode: STATE_DIR_MODE });
-    made = true;
     const st = statSync(path);
-    if (!st.isDirectory()) throw refuse(`state-dir ${path} is not a directory`);
     if (st.mode & 0o007) chmodSync(path, st.mode & 0o7770);
     const fd = openSync(probe, 'wx', 0o600);
     try {
@@ -38,19 +61,32 @@ export function prepareStateDir(path: string): { full: boolean; created: string 
       closeSync(fd);
       rmSync(probe, { force: true });
     }
-    return { full: false, created };
+    return { full: false };
   } catch (err) {
-    // A state dir that exists on a full file system is served read-only rather than refused:
-    // the operator needs the API to list and delete VMs to free space (see lockStateDir and
-    // SqliteStore's fallback for what start-up would otherwise write).
-    if (made && ROOM_CODES.has((err as NodeJS.ErrnoException).code ?? '')) return { full: true, created };
-    if (err instanceof MatchlockError) throw err;
-    const e = err as NodeJS.ErrnoException;
-    // A recursive mkdir reports ENOENT when the real refusal (EROFS, EACCES) was for an ancestor
-    // it had to make: ask the nearest ancestor that exists for the reason.
-    if (!made && e.code === 'ENOENT') e.code = ancestorRefusal(path) ?? e.code;
-    const why = e.code === 'EROFS' ? 'is on a read-only file system' : e.code === 'ENOSPC' ? 'is on a full file system' : e.code === 'EACCES' || e.code === 'EPERM' ? 'is not writable by this user' : 'cannot be written';
-    throw refuse(`state-dir ${path} ${why} (${e.code ?? e.message}): matchlockd keeps its store, images and VM directories there; make it writable or set --state-dir`, err);
+    // A state dir on a full file system is served read-only rather than refused: the operator
+    // needs the API to list and delete VMs to free space (see lockStateDir and SqliteStore's
+    // fallback for what start-up would otherwise write).
+    if (ROOM_CODES.has((err as NodeJS.ErrnoException).code ?? '')) return { full: true };
+    throw unwritable(path, err);
+  }
+}
+
+function unwritable(path: string, err: unknown): MatchlockError {
+  const e = err as NodeJS.ErrnoException;
+  const why = e.code === 'EROFS' ? 'is on a read-only file system' : e.code === 'ENOSPC' ? 'is on a full file system' : e.code === 'EACCES' || e.code === 'EPERM' ? 'is not writable by this user' : 'cannot be written';
+  return refuse(`state-dir ${path} ${why} (${e.code ?? e.message}): matchlockd keeps its store, images and VM directories there; make it writable or set --state-dir`, err);
+}
+
+/** `path`, or the nearest of its ancestors that exists, when that is not a directory. */
+function nonDirectory(path: string): string | undefined {
+  for (let p = path; ; p = dirname(p)) {
+    try {
+      return statSync(p).isDirectory() ? undefined : p;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // Anything else (EACCES on an ancestor) is for mkdir or access to report.
+      if ((code !== 'ENOENT' && code !== 'ENOTDIR') || dirname(p) === p) return undefined;
+    }
   }
 }
 

@@ -160,3 +160,41 @@ describe('unusable TLS files are refused before anything is made, naming the set
     await d.stop();
   });
 });
+
+describe('a state dir this start cannot have is refused before it is changed', () => {
+  const tmp = tempDir('refused-state');
+  after(() => tmp.remove());
+
+  it('a state dir another daemon holds keeps its mode, and gets no file from the refused start', async () => {
+    const state = join(tmp.path, 'held');
+    const first = await startDaemon(state, ['--vmm-cgroups=false']);
+    try {
+      // The first daemon made it 0750; an operator opened it up since.
+      chmodSync(state, 0o755);
+      const entries = readdirSync(state).sort();
+      const { code, output } = await daemonFailsToStart([...base(state), '--grpc-endpoint', '127.0.0.1:0', '--vmm-cgroups=false']);
+      assert.equal(code, 1, output);
+      assert.match(output, new RegExp(`state-dir ${state} is in use by another matchlockd \\(pid ${first.proc.pid}\\)`));
+      assert.equal(statSync(state).mode & 0o777, 0o755, 'the other daemon\'s state dir is not tightened');
+      assert.deepEqual(readdirSync(state).sort(), entries);
+    } finally {
+      await first.stop();
+    }
+  });
+
+  it('a state dir that is a file, or under a file, is refused as no directory, the file left as it was', async () => {
+    // Short: a longer state dir is refused first for its VM sockets' length.
+    const file = join(tmp.path, 'f');
+    writeFileSync(file, 'x');
+    for (const [state, message] of [
+      [file, new RegExp(`state-dir ${file} is not a directory`)],
+      [join(file, 's'), new RegExp(`state-dir ${join(file, 's')}: ${file} is not a directory`)],
+    ] as const) {
+      const { code, output } = await daemonFailsToStart([...base(state), '--grpc-endpoint', '127.0.0.1:0']);
+      assert.equal(code, 1, output);
+      assert.match(output, message);
+      assert.doesNotMatch(output, /cannot be written|make it writable/);
+      assert.equal(readFileSync(file, 'utf8'), 'x');
+    }
+  });
+});
