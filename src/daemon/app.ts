@@ -194,17 +194,6 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const { full } = tightenStateDir(cfg.stateDir);
     const daemonId = daemonIdentity(cfg.stateDir);
     logger.info({ daemonId, stateDir: cfg.stateDir }, 'daemon identity');
-    const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'), { exclusiveWhenFull: true });
-    opened.push(() => store.close());
-    // A full state dir does not stop the daemon: the API is what an operator needs to list and
-    // delete VMs and free space. Reads are served; every write is answered RESOURCE_EXHAUSTED
-    // naming ENOSPC until there is room.
-    if (full || store.exclusive || !lock.pidWritten) {
-      logger.error(
-        { stateDir: cfg.stateDir, err: 'ENOSPC', pidFile: lock.pidWritten, store: store.exclusive ? `exclusive locking mode (${store.exclusive})` : 'shared' },
-        'the state dir is on a FULL file system: List and Get are served, creates, deletes and reconciles fail with RESOURCE_EXHAUSTED (ENOSPC) until space is freed there',
-      );
-    }
     // The VMM user and the cgroups are made only where a VMM can run at all.
     let confinement: VmmConfinement | undefined;
     try {
@@ -218,6 +207,19 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       throw configError(`${cfg.vmmUidRange ? `vmm-uid-range ${cfg.vmmUidRange}` : `vmm-user ${cfg.vmmUser}`}: ${(err as Error).message}`);
     }
     const vmms = buildProviders(cfg, providerRegistry, logger, confinement);
+    // Opened (an older store upgraded) only after what can still refuse without it: a refused
+    // start leaves a store the matchlock it came from can open again.
+    const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'), { exclusiveWhenFull: true });
+    opened.push(() => store.close());
+    // A full state dir does not stop the daemon: the API is what an operator needs to list and
+    // delete VMs and free space. Reads are served; every write is answered RESOURCE_EXHAUSTED
+    // naming ENOSPC until there is room.
+    if (full || store.exclusive || !lock.pidWritten) {
+      logger.error(
+        { stateDir: cfg.stateDir, err: 'ENOSPC', pidFile: lock.pidWritten, store: store.exclusive ? `exclusive locking mode (${store.exclusive})` : 'shared' },
+        'the state dir is on a FULL file system: List and Get are served, creates, deletes and reconciles fail with RESOURCE_EXHAUSTED (ENOSPC) until space is freed there',
+      );
+    }
     const files = new NodeHostFiles();
     const network = new Iproute2Network();
     // prom-client, the metrics and debug endpoints and the HTTP gateway are loaded only when

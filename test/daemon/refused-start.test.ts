@@ -4,6 +4,8 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, 
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
+import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { makeCerts } from '../helpers/certs.js';
 import { daemonFailsToStart, ROOT, startDaemon, TEST_CGROUP_PARENT, tempDir } from '../helpers/daemon.js';
 
@@ -123,6 +125,28 @@ describe('a refused start leaves no new state dir behind, and an existing one as
     assert.deepEqual(readdirSync(state), ['keep'], 'the store, lock and identity this start made are gone');
     assert.equal(statSync(state).mode & 0o777, 0o755, 'the mode is given back');
     assert.equal(readFileSync(join(state, 'keep'), 'utf8'), 'x');
+  });
+
+  it('a start refused once the state dir is taken leaves an older store unupgraded, for the matchlock it came from', () => {
+    const state = join(tmp.path, 'older-store');
+    mkdirSync(state, { mode: 0o750 });
+    const db = join(state, 'matchlock.db');
+    new SqliteStore(db).close();
+    const older = new Database(db);
+    const current = older.pragma('user_version', { simple: true }) as number;
+    older.pragma(`user_version = ${current - 1}`);
+    older.close();
+    const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'test/fakes/providers/broken/matchlockd.ts'), ...base(state), '--grpc-endpoint', '127.0.0.1:0'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 1, r.stdout + r.stderr);
+    assert.match(r.stdout + r.stderr, /the broken provider cannot be built/);
+    // Before the check below, whose read-only connection makes -wal and -shm files of its own.
+    assert.deepEqual(readdirSync(state), ['matchlock.db']);
+    const after = new Database(db, { readonly: true });
+    try {
+      assert.equal(after.pragma('user_version', { simple: true }), current - 1, 'the schema is not upgraded');
+    } finally {
+      after.close();
+    }
   });
 });
 

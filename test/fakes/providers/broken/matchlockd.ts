@@ -1,5 +1,5 @@
 // matchlockd with one more provider, whose construction fails: a start that fails after the
-// state dir is made, locked and its store opened, for the tests of what such a start leaves.
+// state dir is made and locked, for the tests of what such a start leaves.
 import { PROVIDERS } from '../../../../src/adapters/vmm/registry.js';
 import { main } from '../../../../src/daemon/main.js';
 import { scratchModule } from '../scratch/index.js';
