@@ -4,21 +4,10 @@ import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSy
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { ImageRoot, LayerRefusal } from '../../src/adapters/images/oci/layer-apply.js';
-import type { ReadInto } from '../../src/adapters/images/oci/tar-reader.js';
 import { tempDir } from '../helpers/daemon.js';
-import { base256, paxRecord, paxRecords, tarOf, type TarSpec } from '../helpers/tar.js';
+import { base256, paxRecord, paxRecords, sourceOf, tarOf, type TarSpec } from '../helpers/tar.js';
 
 const asRoot = process.getuid?.() === 0;
-
-/** A read(2)-like source over an in-memory layer. */
-function sourceOf(b: Buffer): ReadInto {
-  let at = 0;
-  return (into, offset, length) => {
-    const n = b.copy(into, offset, at, at + length);
-    at += n;
-    return n;
-  };
-}
 
 /**
  * A temp dir for the calling describe block (removed after it) and a function applying layers,

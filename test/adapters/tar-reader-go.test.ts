@@ -14,12 +14,11 @@ import { after, before, describe, it } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { ImageRoot } from '../../src/adapters/images/oci/layer-apply.js';
 import { LocalImageStore } from '../../src/adapters/images/oci/store.js';
-import type { ReadInto } from '../../src/adapters/images/oci/tar-reader.js';
 import { silentLogger } from '../fakes/memory-store.js';
 import { containerdReference } from '../helpers/containerd.js';
 import { tempDir } from '../helpers/daemon.js';
 import { writeImageLayout } from '../helpers/oci.js';
-import { base256, paxRecords, tarOf, type TarSpec } from '../helpers/tar.js';
+import { base256, paxRecords, sourceOf, tarOf, type TarSpec } from '../helpers/tar.js';
 import { describeTree, diffTrees } from '../helpers/tree.js';
 
 const TOOLS = ['tar', 'zstd', 'getfattr', 'containerd', 'ctr'];
@@ -49,16 +48,6 @@ function patch(tar: Buffer, at: number, edits: [number, string][]): Buffer {
   for (let i = at; i < at + 512; i++) sum += out[i] ?? 0;
   out.write(`${sum.toString(8).padStart(6, '0')}\0 `, at + 148, 'latin1');
   return out;
-}
-
-/** A read(2)-like source over an in-memory layer. */
-function sourceOf(b: Buffer): ReadInto {
-  let at = 0;
-  return (into, offset, length) => {
-    const n = b.copy(into, offset, at, at + length);
-    at += n;
-    return n;
-  };
 }
 
 type Outcome = { tree: string } | { error: string };

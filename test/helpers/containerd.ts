@@ -8,34 +8,13 @@ import { join } from 'node:path';
  * node does. Resolves the unpacked tree of the image.
  */
 export async function containerdUnpack(dir: string, layout: string): Promise<{ tree: string; stop(): Promise<void> }> {
-  mkdirSync(dir, { recursive: true });
-  const sock = join(dir, 'containerd.sock');
-  const disabled = ['cri', 'overlayfs', 'btrfs', 'devmapper', 'zfs', 'aufs'].map((p) => `"io.containerd.${p === 'cri' ? 'grpc.v1' : 'snapshotter.v1'}.${p}"`);
-  writeFileSync(join(dir, 'config.toml'), [
-    'version = 2', `root = "${dir}/root"`, `state = "${dir}/state"`, `disabled_plugins = [${disabled.join(', ')}]`,
-    '[grpc]', `  address = "${sock}"`, '[ttrpc]', `  address = "${sock}.ttrpc"`, '[debug]', '  address = ""', '[metrics]', '  address = ""',
-  ].join('\n'));
-  const proc: ChildProcess = spawn('containerd', ['-c', join(dir, 'config.toml')], { stdio: 'ignore' });
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  const stop = async () => {
-    proc.kill('SIGTERM');
-    await exited;
-  };
-  try {
-    for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
-    const ctr = (...args: string[]) => execFileSync('ctr', ['--address', sock, '--namespace', 'reference', ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-    execFileSync('tar', ['-C', layout, '-cf', join(dir, 'image.tar'), '.']);
-    ctr('images', 'import', '--snapshotter', 'native', '--base-name', 'example.com/reference', join(dir, 'image.tar'));
-    // The native snapshotter keeps each committed layer as a full tree, numbered in commit
-    // order: the highest is the whole image.
-    const snaps = join(dir, 'root', 'io.containerd.snapshotter.v1.native', 'snapshots');
-    const top = readdirSync(snaps).map(Number).sort((a, b) => b - a)[0];
-    if (top === undefined) throw new Error('containerd unpacked nothing');
-    return { tree: join(snaps, String(top)), stop };
-  } catch (err) {
-    await stop();
-    throw err;
+  const reference = await containerdReference(dir);
+  const got = reference.unpack(layout);
+  if ('error' in got) {
+    await reference.stop();
+    throw new Error(got.error);
   }
+  return { tree: got.tree, stop: reference.stop };
 }
 
 /**

@@ -1,3 +1,5 @@
+import type { ReadInto } from '../../src/adapters/images/oci/tar-reader.js';
+
 /**
  * A tar writer for tests that need entries no archiver writes on request: any bytes in names,
  * hard links to symlinks, base-256 fields (negative ones included), hand-picked pax records.
@@ -112,4 +114,14 @@ export function tarOf(entries: TarSpec[]): Buffer {
   }
   out.push(Buffer.alloc(1024));
   return Buffer.concat(out);
+}
+
+/** A read(2)-like source over an in-memory layer, as the applier reads a layer's stream. */
+export function sourceOf(b: Buffer): ReadInto {
+  let at = 0;
+  return (into, offset, length) => {
+    const n = b.copy(into, offset, at, at + length);
+    at += n;
+    return n;
+  };
 }
