@@ -407,7 +407,8 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
       // An explicit indentation indicator (|2, >1): PyYAML keeps trailing lines of more spaces
       // than the indentation as content (yaml/scanner.py scan_block_scalar_breaks), the `yaml`
       // package drops them.
-      if (t.type === 'block-scalar' && explicitIndentTail(t, text)) return `${reader} and matchlock read trailing blank lines of a block scalar with an explicit indentation indicator (${explicitIndentTail(t, text)}) differently (yaml/scanner.py scan_block_scalar_breaks); leave the indicator out`;
+      const indicator = t.type === 'block-scalar' ? explicitIndentTail(t, text) : undefined;
+      if (indicator) return `${reader} and matchlock read trailing blank lines of a block scalar with an explicit indentation indicator (${indicator}) differently (yaml/scanner.py scan_block_scalar_breaks); leave the indicator out`;
       if (t.type === 'tag' && !/^$|^[ \n\r]/.test(text.slice(t.offset + t.source.length, t.offset + t.source.length + 1))) {
         return `${reader} needs a space or line break after the tag ${t.source} (yaml/scanner.py scan_tag); an empty tagged value in a flow collection needs a space before its "," or closing bracket`;
       }
