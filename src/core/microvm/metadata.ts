@@ -1,4 +1,4 @@
-import { Composer, Document, Lexer, Parser, isAlias, isCollection, isMap, isScalar, visit, type CST, type CreateNodeOptions, type DocumentOptions, type Node, type Pair, type ParseOptions, type ScalarTag, type SchemaOptions, type Tags } from 'yaml';
+import { Composer, Document, Lexer, Parser, Schema, isAlias, isCollection, isMap, isScalar, visit, type CST, type CreateNodeOptions, type DocumentOptions, type Node, type Pair, type ParseOptions, type ScalarTag, type SchemaOptions, type Tags } from 'yaml';
 import { invalid } from '../errors.js';
 
 /**
@@ -238,9 +238,9 @@ function pyYamlTags(tags: Tags): Tags {
  */
 const META_DATA_YAML: DocumentOptions & ParseOptions & SchemaOptions & CreateNodeOptions = {
   version: '1.1',
-  schema: 'yaml-1.1',
-  customTags: pyYamlTags,
-  merge: true,
+  // One schema for every document: building one runs the tag list through pyYamlTags again,
+  // a fifth of a create's meta-data work. yaml only reads a Schema once built.
+  schema: new Schema({ schema: 'yaml-1.1', customTags: pyYamlTags, merge: true, resolveKnownTags: false }),
   uniqueKeys: false,
   aliasDuplicateObjects: false,
 };
@@ -248,8 +248,12 @@ const META_DATA_YAML: DocumentOptions & ParseOptions & SchemaOptions & CreateNod
 /** How a value is written: as it is read, but a key `<<` is a string to write, never a merge. */
 const META_DATA_WRITE: typeof META_DATA_YAML = {
   ...META_DATA_YAML,
-  merge: false,
-  customTags: (tags) => pyYamlTags(tags).filter((t) => typeof t === 'string' || t.tag !== 'tag:yaml.org,2002:merge'),
+  schema: new Schema({
+    schema: 'yaml-1.1',
+    customTags: (tags) => pyYamlTags(tags).filter((t) => typeof t === 'string' || t.tag !== 'tag:yaml.org,2002:merge'),
+    merge: false,
+    resolveKnownTags: false,
+  }),
 };
 
 /** A SourceToken outside a quoted scalar, block scalar body or comment holding a tab. */
@@ -796,12 +800,17 @@ function decodeMetaData(bytes: Buffer, field: string): string {
  */
 const META_DATA_TYPED: typeof META_DATA_YAML = {
   ...META_DATA_YAML,
-  customTags: (tags) =>
-    pyYamlTags(tags).map((t) => {
-      if (typeof t === 'string' || !('resolve' in t) || ('collection' in t && t.collection) || t.tag === 'tag:yaml.org,2002:merge' || t.tag === 'tag:yaml.org,2002:str') return t;
-      const tag = t as ScalarTag;
-      return { ...tag, resolve: (source: string, onError: (message: string) => void, options: ParseOptions) => (tag.resolve(source, onError, options), `\0${tag.tag}\0${source}`) } as ScalarTag;
-    }),
+  schema: new Schema({
+    schema: 'yaml-1.1',
+    customTags: (tags) =>
+      pyYamlTags(tags).map((t) => {
+        if (typeof t === 'string' || !('resolve' in t) || ('collection' in t && t.collection) || t.tag === 'tag:yaml.org,2002:merge' || t.tag === 'tag:yaml.org,2002:str') return t;
+        const tag = t as ScalarTag;
+        return { ...tag, resolve: (source: string, onError: (message: string) => void, options: ParseOptions) => (tag.resolve(source, onError, options), `\0${tag.tag}\0${source}`) } as ScalarTag;
+      }),
+    merge: true,
+    resolveKnownTags: false,
+  }),
 };
 
 /** Each top-level key's value of a reading with META_DATA_TYPED, as JSON. */
