@@ -23,7 +23,7 @@ import { makeRecords, seed } from './control-plane.js';
 const records = Number(process.argv[2] ?? 10_000);
 const seconds = Number(process.argv[3] ?? 30);
 const nodeFlags = (process.env.MATCHLOCK_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
-const entry = [...nodeFlags, process.env.MATCHLOCK_BENCH_ENTRY ?? DAEMON_BIN];
+const entry = [...nodeFlags, process.env.MATCHLOCK_BENCH_ENTRY || DAEMON_BIN];
 const TICKS = 100; // USER_HZ: clock ticks per second of /proc/<pid>/stat
 
 const settle = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
