@@ -107,32 +107,86 @@ const PY_FLOAT = /^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_
 const PY_NULL = /^(?:~|null|Null|NULL|)$/;
 const PY_TIMESTAMP = /^(?:[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[Tt]|[ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9]{1,2}(?::[0-9]{2})?))?)$/;
 
-function sexagesimal(digits: string): number {
-  return digits.split(':').reduce((sum, part) => sum * 60 + Number(part), 0);
+/**
+ * The whitespace int() and float() strip from their argument, as Python's str.isspace() has it
+ * for what PyYAML's reader lets through (printable characters): JavaScript's \s and NEL, not
+ * U+FEFF.
+ */
+function pyStrip(text: string): string {
+  return text.replace(/^(?:(?!\ufeff)[\s\x85])+|(?:(?!\ufeff)[\s\x85])+$/gu, '');
 }
 
+/**
+ * Python's int(text, base) for an ASCII text without underscores (PyYAML removes them first):
+ * surrounding whitespace, one sign, the base's own prefix (0b, 0o, 0x) and the base's digits.
+ * NaN where Python raises ValueError.
+ */
+function pythonInt(text: string, base: 2 | 8 | 10 | 16): number {
+  const m = /^([-+]?)([0-9a-z]+)$/i.exec(pyStrip(text));
+  if (!m) return NaN;
+  const [, sign, all = ''] = m;
+  const prefix = { 2: '0b', 8: '0o', 10: undefined, 16: '0x' }[base];
+  const digits = prefix !== undefined && all.toLowerCase().startsWith(prefix) ? all.slice(2) : all;
+  const valid = { 2: /^[01]+$/, 8: /^[0-7]+$/, 10: /^[0-9]+$/, 16: /^[0-9a-f]+$/i }[base];
+  if (!valid.test(digits)) return NaN;
+  const n = base === 10 ? Number(digits) : parseInt(digits, base);
+  return sign === '-' ? -n : n;
+}
+
+/** Python's float(text) without underscores: whitespace, a sign, a decimal, inf/infinity/nan. */
+function pythonFloat(text: string): number {
+  const t = pyStrip(text).toLowerCase();
+  const m = /^([-+]?)(?:((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[-+]?[0-9]+)?)|(inf|infinity)|(nan))$/.exec(t);
+  if (!m) return NaN;
+  const n = m[2] !== undefined ? Number(m[2]) : m[3] !== undefined ? Infinity : 0;
+  return m[4] !== undefined ? NaN : m[1] === '-' ? -n : n;
+}
+
+/** Whether pythonFloat's NaN is Python's nan (a value), not its ValueError. */
+function pythonNan(text: string): boolean {
+  return /^[-+]?nan$/i.test(pyStrip(text));
+}
+
+/** `source`'s sign as PyYAML's constructors take it: one leading + or -, before anything else. */
+function pySigned(source: string): { sign: 1 | -1; digits: string } {
+  return { sign: source.startsWith('-') ? -1 : 1, digits: /^[-+]/.test(source) ? source.slice(1) : source };
+}
+
+/**
+ * An int as PyYAML's construct_yaml_int builds it (yaml/constructor.py, PyYAML 6): underscores
+ * dropped, a sign, then by its start: "0" is 0, 0b binary, 0x hexadecimal, any other leading 0
+ * octal (so `01:30` is an octal error, not sexagesimal), a ":" sexagesimal of Python ints,
+ * else decimal; each through Python's int(), which takes whitespace and a sign of its own.
+ */
 function pyInt(source: string, onError: (message: string) => void): number {
-  const v = source.replace(/_/g, '');
-  const sign = v.startsWith('-') ? -1 : 1;
-  const d = /^[-+]/.test(v) ? v.slice(1) : v;
-  // Python's int(digits, base) refuses any digit outside the base (PyYAML's construct_yaml_int
-  // calls it), where parseInt stops at the first one: `!!int 09` is an error to PyYAML.
-  const n = d === '0' ? 0
-    : d.startsWith('0b') ? (/^0b[01]+$/.test(d) ? parseInt(d.slice(2), 2) : NaN)
-    : d.startsWith('0x') ? (/^0x[0-9a-fA-F]+$/.test(d) ? parseInt(d.slice(2), 16) : NaN)
-    : d.startsWith('0') && !d.includes(':') ? (/^0[0-7]+$/.test(d) ? parseInt(d, 8) : NaN)
-    : d.includes(':') ? (/^[0-9]+(?::[0-9]+)+$/.test(d) ? sexagesimal(d) : NaN)
-    : /^[0-9]+$/.test(d) ? Number(d) : NaN;
-  if (Number.isNaN(n)) onError(`${JSON.stringify(source)} is not an integer to PyYAML`);
+  const { sign, digits: d } = pySigned(source.replace(/_/g, ''));
+  const n = source.replace(/_/g, '') === '' ? NaN
+    : d === '0' ? 0
+    : d.startsWith('0b') ? pythonInt(d.slice(2), 2)
+    : d.startsWith('0x') ? pythonInt(d.slice(2), 16)
+    : d.startsWith('0') ? pythonInt(d, 8)
+    : d.includes(':') ? d.split(':').map((part) => pythonInt(part, 10)).reduce((sum, part) => sum * 60 + part, 0)
+    : pythonInt(d, 10);
+  if (Number.isNaN(n)) onError(`${JSON.stringify(source)} is not an integer to PyYAML (yaml/constructor.py construct_yaml_int)`);
   return sign * n;
 }
 
+/**
+ * A float as PyYAML's construct_yaml_float builds it: underscores dropped, lower case, a sign,
+ * then `.inf`, `.nan`, a ":" sexagesimal of Python floats (an empty part is an error), else
+ * Python's float(), which also takes `inf`, `infinity` and `nan`.
+ */
 function pyFloat(source: string, onError: (message: string) => void): number {
   const v = source.replace(/_/g, '').toLowerCase();
-  const sign = v.startsWith('-') ? -1 : 1;
-  const d = /^[-+]/.test(v) ? v.slice(1) : v;
-  const n = d === '.inf' ? Infinity : d === '.nan' ? NaN : d.includes(':') ? d.split(':').reduce((sum, part) => sum * 60 + Number(part), 0) : /^(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[-+]?[0-9]+)?$/.test(d) ? Number(d) : NaN;
-  if (Number.isNaN(n) && d !== '.nan') onError(`${JSON.stringify(source)} is not a float to PyYAML`);
+  const { sign, digits: d } = pySigned(v);
+  let nan = false;
+  const n = v === '' ? NaN
+    : d === '.inf' ? Infinity
+    : d === '.nan' ? ((nan = true), NaN)
+    : d.includes(':') ? d.split(':').reduce((sum, part) => sum * 60 + (pythonNan(part) ? ((nan = true), NaN) : pythonFloat(part)), 0)
+    : pythonNan(d) ? ((nan = true), NaN)
+    : pythonFloat(d);
+  if (Number.isNaN(n) && !nan) onError(`${JSON.stringify(source)} is not a float to PyYAML (yaml/constructor.py construct_yaml_float)`);
   return sign * n;
 }
 
@@ -156,8 +210,9 @@ const PY_SCALARS: ScalarTag[] = [
   { tag: 'tag:yaml.org,2002:int', resolve: pyInt },
   { tag: 'tag:yaml.org,2002:float', default: true, test: PY_FLOAT, resolve: pyFloat, identify: (v) => typeof v === 'number', stringify: ({ value }) => floatText(Number(value)) },
   { tag: 'tag:yaml.org,2002:float', resolve: pyFloat },
-  // A plain `=` resolves to the value tag, which safe_load has no constructor for.
-  { tag: 'tag:yaml.org,2002:value', default: true, test: /^=$/, resolve: (s, onError) => (onError("PyYAML (cloud-init's reader) cannot construct a tag:yaml.org,2002:value, a plain `=`; quote it"), s) },
+  // A plain `=` resolves to the value tag: a string as a mapping's key (flatten_mapping retags
+  // it), which safe_load has no constructor for anywhere else (composerProblem refuses that).
+  { tag: 'tag:yaml.org,2002:value', default: true, test: /^=$/, resolve: (s) => s },
 ];
 
 const REPLACED = new Set(['tag:yaml.org,2002:null', 'tag:yaml.org,2002:bool', 'tag:yaml.org,2002:int', 'tag:yaml.org,2002:float']);
@@ -243,6 +298,8 @@ const META_DATA_YAML: DocumentOptions & ParseOptions & SchemaOptions & CreateNod
   schema: new Schema({ schema: 'yaml-1.1', customTags: pyYamlTags, merge: true, resolveKnownTags: false }),
   uniqueKeys: false,
   aliasDuplicateObjects: false,
+  // yaml would warn on the process (stderr) for a key it turns into a string, such as a date.
+  logLevel: 'error',
 };
 
 /** How a value is written: as it is read, but a key `<<` is a string to write, never a merge. */
@@ -276,7 +333,8 @@ function checkSyntax(token: CST.Token | CST.CollectionItem | undefined, depth: n
     if (tabbed(token.start) || tabbed(token.sep)) return tab;
     // PyYAML's parser takes an empty key only after an explicit `?`: "expected <block end>"
     // (or "expected the node content") at a `:` that opens an entry.
-    if (!token.key && !token.start.some((t) => t.type === 'explicit-key-ind') && token.sep?.some((t) => t.type === 'map-value-ind')) return "PyYAML (cloud-init's reader) refuses an entry that starts with `:`; an empty key needs an explicit `?`";
+    // A tag or anchor before the `:` is an empty key's (`!!str : x` is the key "").
+    if (!token.key && !token.start.some((t) => t.type === 'explicit-key-ind' || t.type === 'tag' || t.type === 'anchor') && token.sep?.some((t) => t.type === 'map-value-ind')) return "PyYAML (cloud-init's reader) refuses an entry that starts with `:`; an empty key needs an explicit `?`";
     return checkSyntax(token.key ?? undefined, depth) ?? checkSyntax(token.value, depth);
   }
   switch (token.type) {
@@ -285,6 +343,7 @@ function checkSyntax(token: CST.Token | CST.CollectionItem | undefined, depth: n
       return checkSyntax(token.value, depth);
     case 'scalar':
       return token.source.includes('\t') || tabbed(token.end) ? tab : undefined;
+    case 'alias':
     case 'single-quoted-scalar':
     case 'double-quoted-scalar':
       return tabbed(token.end) ? tab : undefined;
@@ -377,6 +436,17 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
   const reader = "PyYAML (cloud-init's reader)";
   let yamlDirective = false;
   const handles = new Set<string>();
+  // Directives belong to the document after them, which starts with `---`.
+  if (cst.findLastIndex((t) => t.type === 'directive') > cst.findLastIndex((t) => t.type === 'document')) {
+    return `${reader} needs a document after a directive ("expected '<document start>'", yaml/parser.py parse_document_start)`;
+  }
+  // The stream's first document is implicit unless it starts with `---`; a `...` there ends a
+  // document holding no node ("expected the node content", yaml/parser.py parse_node). Only
+  // later `...` are skipped (parse_document_start).
+  const first = cst.find((t) => t.type === 'document' || t.type === 'directive');
+  if (first?.type === 'document' && !first.start.some((t) => t.type === 'doc-start') && first.value === undefined && cst[cst.indexOf(first) + 1]?.type === 'doc-end') {
+    return `${reader} refuses a \`...\` before any content ("expected the node content", yaml/parser.py parse_node); leave it out`;
+  }
   for (const top of cst) {
     if (top.type === 'directive') {
       const name = top.source.split(/[ \t]/)[0];
@@ -386,6 +456,10 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
       if ((name === '%YAML' || name === '%TAG') && !/^%(?:YAML|TAG) /.test(top.source)) return `${reader} needs a space after ${name} (yaml/scanner.py scan_directive)`;
       if (name === '%TAG' && (handle === undefined || !/^!(?:[0-9A-Za-z_-]*!)?$/.test(handle) || !/^%TAG +\S+ +\S/.test(top.source))) {
         return `${reader} takes a %TAG handle of the form !, !! or !name! (letters, digits, "-", "_") followed by a space and a prefix (yaml/scanner.py scan_tag_handle, scan_directive)`;
+      }
+      const prefix = name === '%TAG' ? /^%TAG +\S+ +(\S+)(.*)$/.exec(top.source) : null;
+      if (prefix && (!uriText(prefix[1] ?? '') || !/^(?: +(?:#.*)?)?$/.test(prefix[2] ?? ''))) {
+        return `${reader} takes a %TAG prefix of URI characters only (letters, digits and -;/?:@&=+$,_.!~*'()[] or %XX escapes of UTF-8) followed by a space, a comment or the line's end (yaml/scanner.py scan_tag_uri, scan_directive_ignored_line)`;
       }
       if (name === '%YAML') {
         if (yamlDirective) return `${reader} refuses a repeated %YAML directive (yaml/parser.py process_directives)`;
@@ -430,7 +504,17 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
         if (t?.type === 'scalar' && /^[?:]/.test(t.source)) return `${reader} reads a \`${t.source[0] ?? ''}\` that starts a plain scalar in a flow collection as an indicator, not as text (yaml/scanner.py check_plain); quote ${JSON.stringify(t.source)}`;
       }
       const colon = item.sep?.find((t) => t.type === 'map-value-ind');
-      if (!colon || item.start.some((t) => t.type === 'explicit-key-ind')) continue;
+      const explicit = item.start.find((t) => t.type === 'explicit-key-ind');
+      if (explicit && !flow) {
+        // Lines after an explicit key that hold no `:` are no value to PyYAML ("expected
+        // <block end>"), and `yaml` drops them; its `:` on a line of its own stands at the `?`'s
+        // column, where a deeper one starts a mapping PyYAML does not expect there.
+        if (!colon && item.value) return `${reader} needs a \`:\` before the value of an explicit key \`? \` ("expected <block end>", yaml/parser.py parse_block_mapping_key)`;
+        const column = (offset: number) => offset - text.lastIndexOf('\n', offset - 1) - 1;
+        const broken = colon && item.sep?.slice(0, item.sep.indexOf(colon)).some((t) => t.type === 'newline');
+        if (colon && broken && column(colon.offset) !== column(explicit.offset)) return `${reader} takes the \`:\` of an explicit key \`? \` on a line of its own only at the \`?\`'s column (yaml/parser.py parse_block_mapping_value)`;
+      }
+      if (!colon || explicit) continue;
       const starts = [...item.start.filter((t) => t.type === 'anchor' || t.type === 'tag'), ...(item.key ? [item.key] : [])].map((t) => ('offset' in t ? t.offset : colon.offset));
       const key = text.slice(Math.min(colon.offset, ...starts), colon.offset);
       if (key.includes('\n')) return `${reader} takes an implicit key on one line only (yaml/scanner.py stale_possible_simple_keys); use an explicit "? " key`;
@@ -438,6 +522,23 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
     }
   }
   return undefined;
+}
+
+/**
+ * Whether `text` is a tag URI as PyYAML's scan_tag_uri reads one: its URI characters, with each
+ * `%` starting an escape of two hex digits, the escaped bytes UTF-8.
+ */
+function uriText(text: string): boolean {
+  if (!/^(?:[0-9A-Za-z\-;/?:@&=+$,_.!~*'()[\]]|%[0-9A-Fa-f]{2})+$/.test(text)) return false;
+  const escapes = text.match(/(?:%[0-9A-Fa-f]{2})+/g) ?? [];
+  return escapes.every((run) => {
+    try {
+      new TextDecoder('utf-8', { fatal: true }).decode(Buffer.from(run.replace(/%/g, ''), 'hex'));
+      return true;
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** Adds every collection item under `token` to `items`, with whether it is in a flow collection. */
@@ -479,6 +580,7 @@ function concreteSyntax(text: string): CST.Token[] | undefined {
 }
 
 const PAIR_COLLECTIONS = new Set(['tag:yaml.org,2002:omap', 'tag:yaml.org,2002:pairs']);
+const MERGE_TAG = 'tag:yaml.org,2002:merge';
 
 /**
  * What PyYAML's composer and SafeConstructor refuse in a composed document (yaml/composer.py,
@@ -498,11 +600,31 @@ function composerProblem(doc: Document.Parsed): string | undefined {
     }
     if (problem) return visit.BREAK;
     // A plain `<<` resolves to the merge tag wherever it stands; as anything but a mapping's
-    // key, SafeConstructor has no constructor for it.
+    // key, SafeConstructor has no constructor for it. A plain `=` (the value tag) is a string
+    // as a key of a mapping flatten_mapping sees, and has no constructor anywhere else.
     const owner = path.at(-1);
-    if (isScalar(node) && node.source === '<<' && node.type === 'PLAIN' && !node.tag && !(owner && typeof owner === 'object' && 'key' in owner && (owner as Pair).key === node)) {
+    const isKey = !!owner && typeof owner === 'object' && 'key' in owner && (owner as Pair).key === node;
+    const inPairs = path.slice(-3).some((o) => o && typeof o === 'object' && 'tag' in o && PAIR_COLLECTIONS.has(String((o as Node).tag)));
+    if (isScalar(node) && node.source === '<<' && node.type === 'PLAIN' && !node.tag && !isKey) {
       problem = "PyYAML (cloud-init's reader) cannot construct a plain `<<` that is not a mapping key (it is a merge key, yaml/constructor.py); quote it";
       return visit.BREAK;
+    }
+    if (isScalar(node) && node.source === '=' && node.type === 'PLAIN' && !node.tag && (!isKey || inPairs)) {
+      problem = "PyYAML (cloud-init's reader) cannot construct a tag:yaml.org,2002:value, a plain `=` that is not a mapping key (yaml/constructor.py flatten_mapping); quote it";
+      return visit.BREAK;
+    }
+    // yaml merges a plain `<<` key whatever its tag, and no alias of one; PyYAML merges a key
+    // node tagged merge, which an alias of `<<` is and `!!str <<` is not (flatten_mapping).
+    if (isKey && isScalar(node) && node.source === '<<' && node.type === 'PLAIN' && node.tag !== undefined && node.tag !== MERGE_TAG) {
+      problem = `matchlock reads a tagged plain \`<<\` key as a merge key and PyYAML (cloud-init's reader) as the string "<<" (yaml/constructor.py flatten_mapping); quote it: "<<"`;
+      return visit.BREAK;
+    }
+    if (isKey && isAlias(node)) {
+      const target = node.resolve(doc);
+      if (isScalar(target) && target.source === '<<' && target.type === 'PLAIN' && (target.tag === undefined || target.tag === MERGE_TAG)) {
+        problem = 'PyYAML (cloud-init\'s reader) merges an alias of a merge key `<<` used as a key and matchlock does not (yaml/constructor.py flatten_mapping); write `<<` itself';
+        return visit.BREAK;
+      }
     }
     // flatten_mapping (yaml/constructor.py) lets a later `<<` win, `yaml` the first.
     if (isMap(node) && node.items.filter((p) => isScalar(p.key) && typeof p.key.value === 'symbol').length > 1) {
@@ -711,7 +833,11 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
     const comma = map.items.length > 0 && !text.slice(lastEnd, close).replace(/#[^\n]*/g, '').includes(',') ? ', ' : ' ';
     // A copy ends with its value (a comment after it is not part of it).
     const entries = added.map((a) => (a.copied !== undefined ? `${keyText(a.key)}${a.copied}` : metaDataLine(a.key, a.value, true))).join(', ');
-    return `${source.slice(0, close).replace(/[ ]*$/, '')}${comma}${entries}${map.items.length > 0 ? ' ' : ''}${source.slice(close)}`;
+    // Spaces before the brace go, but not the one that ends an empty value's tag or anchor
+    // (`{a: !!null }`: a tag runs to the next space, so `!!null,` would be the tag "null,").
+    const kept = source.slice(0, close).replace(/[ ]*$/, '');
+    const props = /(?:^|[\s,[{])[!&][^\s]*$/.test(kept) && kept.length < close ? ' ' : '';
+    return `${kept}${props}${comma}${entries}${map.items.length > 0 ? ' ' : ''}${source.slice(close)}`;
   }
   const lineStart = text.lastIndexOf('\n', range[0] - 1) + 1;
   // Properties before the first key on its line (`&a key: 1`) are the key's to PyYAML (its
@@ -726,6 +852,10 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
     const last = isScalar(lastKey) ? lastKey.value : undefined;
     // A stripped one (`|-`) has no final line break to gain.
     const stripped = /^[|>](?:[1-9]?-|-[1-9])/.test(text.slice(end.range?.[0] ?? 0, (end.range?.[0] ?? 0) + 3));
+    // A copy of an anchored value is an alias of it, which cannot stand in front of its anchor.
+    if (added.some((a) => a.given === last && a.copied?.startsWith(': *'))) {
+      throw invalid(field, `must give both spellings of ${String(last)} or end with a line break: its value is a block scalar with an anchor that ends the text without a final line break, so the new lines go in front of it, where its copy (an alias) cannot stand (PyYAML, cloud-init's reader, refuses an alias before its anchor: yaml/composer.py compose_node)`);
+    }
     if (!stripped && added.some((a) => a.copied !== undefined && a.given === last)) {
       throw invalid(field, `must give both spellings of ${String(last)} or end with a line break: its value is a block scalar that ends the text without a final line break, which a copy in front of it would gain (PyYAML, cloud-init's reader, reads a block scalar with the line break after its last line, if there is one: yaml/scanner.py scan_block_scalar)`);
     }
@@ -742,6 +872,23 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
   if (blank) at += blank[0].length;
   const before = text.slice(0, at);
   return `${source.slice(0, at)}${before === '' || before.endsWith('\n') ? '' : '\n'}${lines}${source.slice(at)}`;
+}
+
+/**
+ * A block scalar that ends the text after a line of content, with no line break after it,
+ * read as PyYAML reads it: without a final line break, whatever its chomping (there is none to
+ * chomp), where `yaml` reads `|` and `|+` there as if the text ended in one. `at` is its
+ * header's offset and `stripped` its text from there with the header's chomping `-`, which
+ * `yaml` reads as PyYAML reads the original. Undefined for any other ending, including blank
+ * or space-only lines after the content, whose line breaks chomping decides.
+ */
+function finalBlockScalar(doc: Document.Parsed, text: string): { at: number; stripped: string } | undefined {
+  const end = lastScalar(doc.contents);
+  if (text.endsWith('\n') || !/\S$/.test(text) || !isScalar(end) || (end.type !== 'BLOCK_LITERAL' && end.type !== 'BLOCK_FOLDED')) return undefined;
+  const at = end.range?.[0];
+  const header = at === undefined ? null : /^[|>](?:[1-9][+-]?|[+-][1-9]?)?/.exec(text.slice(at));
+  if (at === undefined || !header || header[0].includes('-')) return undefined;
+  return { at, stripped: `${header[0].replace(/[+]/, '')}-${text.slice(at + header[0].length)}` };
 }
 
 /**
@@ -845,17 +992,25 @@ function none(key: string, value: unknown): boolean {
  *
  * Throws INVALID_ARGUMENT naming `field` for anything PyYAML would refuse, that is not one
  * mapping, that PyYAML reads otherwise than matchlock's reader (a lone CR, LS or PS; more than
- * one `<<` in a mapping; anchor names outside [0-9A-Za-z_-]), or whose missing spelling cannot
- * be copied as text (a value from a merge key, a value holding an anchor, a block scalar that
- * ends the text without a line break): the message names the rule and PyYAML's source.
+ * one `<<` in a mapping, a tagged `<<` key, an alias of `<<` as a key; anchor names outside
+ * [0-9A-Za-z_-]), or whose missing spelling cannot be copied as text (a value from a merge key,
+ * a value holding an anchor, an anchored block scalar or one ending in blank lines that ends the
+ * text without a line break): the message names the rule and PyYAML's source.
  */
 export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, field: string): Buffer {
   const whole = metaData === undefined ? '' : decodeMetaData(metaData, field);
   // A byte order mark is no column of the first line; it stays in front.
   const bom = whole.startsWith('\ufeff') ? '\ufeff' : '';
-  const source = whole.slice(bom.length);
+  const client = whole.slice(bom.length);
+  let reading = client.trim() === '' ? { doc: undefined, value: undefined, cst: [] } : readMetaData(client, field);
+  // Everything below reads `source`, which is what PyYAML reads: the client's text with a
+  // final block scalar's header made stripping where `yaml` would read a line break PyYAML
+  // does not (finalBlockScalar). The client's own ending is put back on what is written.
+  const final = reading.doc ? finalBlockScalar(reading.doc, lineBreaks(client)) : undefined;
+  const source = final === undefined ? client : client.slice(0, final.at) + final.stripped;
+  if (final !== undefined) reading = readMetaData(source, field);
   const text = lineBreaks(source);
-  const { doc, value: current, cst } = text.trim() === '' ? { doc: undefined, value: undefined, cst: [] } : readMetaData(source, field);
+  const { doc, value: current, cst } = reading;
   const have = current ?? {};
   const pairs = doc && isMap(doc.contents) ? (doc.contents.items as Pair[]) : [];
   const added: Added[] = [];
@@ -873,13 +1028,14 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   if (added.length === 0 && metaData !== undefined) return metaData;
   // An empty document (comments, markers, a null) holds nothing to keep.
   if (current === undefined || doc === undefined) return Buffer.from(added.map((a) => metaDataLine(a.key, a.value)).join(''), 'utf8');
-  const out = withEntries(source, doc, added, field);
+  const read = withEntries(source, doc, added, field);
+  const out = final === undefined ? read : read.slice(0, read.length - final.stripped.length) + client.slice(final.at);
   // The result is read again, as strictly as Python compares values, to prove it means the
   // client's mapping plus the new keys; anything else is refused rather than handed on.
   const cannot = `must be a YAML mapping matchlock can add ${added.map((a) => a.key).join(', ')} to without changing how PyYAML reads it`;
   let after: Map<string, string>;
   try {
-    after = typedEntries(readMetaData(out, field, META_DATA_TYPED).value);
+    after = typedEntries(readMetaData(read, field, META_DATA_TYPED).value);
   } catch (err) {
     const why = (err instanceof Error ? err.message : String(err)).replace(`${field}: `, '');
     throw invalid(field, `${cannot}: with them it ${why.replace(/^must be/, 'would not be')}; give these keys yourself`);
