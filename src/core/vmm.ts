@@ -144,6 +144,9 @@ export interface IoCountersNic {
   hostDevice: string;
 }
 
+/** Where a VM's VMM is, as far as the files it leaves go (see VmmInstance.expectedFiles). */
+export type VmmPresence = 'never-started' | 'stopped' | 'running';
+
 /** Power state as the VMM reports it. */
 export type VmmPowerState = 'running' | 'paused' | 'stopped';
 
@@ -156,12 +159,16 @@ export interface VmmInstance {
   /** The files operators find for this VM, by role (pid, console, stderr, …), as host paths. */
   readonly files: Readonly<Record<string, string>> & { readonly pid: string; readonly console: string };
   /**
-   * Which of `files` a CREATED VM with this spec has: those every run leaves in its directory,
-   * plus, when `vmmRuns` (its desired power is RUNNING or PAUSED, where the VMM process lives),
-   * those only a live VMM has (its pid file, its sockets). Files the spec does not ask for (a
-   * guest-agent socket without allowGuestAgent) are never in it. Host paths.
+   * Which of `files` a CREATED VM with this spec has, by where its VMM is:
+   * - `never-started`: what the create plan makes before any VMM (the provider's createSteps);
+   * - `stopped`: that, plus what every run leaves in its directory (the console, the VMM's logs),
+   *   kept after the VMM is gone until the VM is deleted;
+   * - `running` (its desired power is RUNNING or PAUSED, where the VMM process lives): that, plus
+   *   what only a live VMM has (its pid file, its sockets).
+   * Files the spec does not ask for (a guest-agent socket without allowGuestAgent) are never in
+   * it. Host paths.
    */
-  expectedFiles(spec: MicroVMSpec, vmmRuns: boolean): string[];
+  expectedFiles(spec: MicroVMSpec, vmm: VmmPresence): string[];
   /** The serial console log the supervisor reads for the boot line. */
   readonly consolePath: string;
   /**

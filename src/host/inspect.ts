@@ -5,7 +5,7 @@ import { run } from '../adapters/exec.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
-import { runDirOf, vmDirOf, type VmmProvider } from '../core/vmm.js';
+import { runDirOf, vmDirOf, type VmmPresence, type VmmProvider } from '../core/vmm.js';
 import { silentLogger } from '../adapters/silent-logger.js';
 import { guestMac, hostDeviceName } from '../core/microvm/host-names.js';
 import { desiredPower, type MicroVM } from '../core/microvm/types.js';
@@ -298,15 +298,25 @@ async function vmChecks(
   }
   const vmm = provider.instance({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name, dir, runDir: runDirOf(cfg.stateDir, vm.uid) });
   const meta = registry.get(vm.spec.provider)?.descriptor.metadata;
-  // The files the provider makes for this spec; those of a live VMM (pid file, sockets) only
-  // when the VMM should run: a VM stopped on request keeps everything but its VMM.
   const stopped = desiredPower(vm) === 'STOPPED';
-  const files = [...new Set([...vmm.expectedFiles(vm.spec, !stopped), ...(meta?.kind === 'nocloud-disk' ? [join(dir, meta.file)] : [])])];
+  const pid = await vmm.running();
+  // Whether a VMM ever ran for this VM: its console and logs exist only from its first start
+  // (and stay, as flintlock keeps them, until the VM is deleted). The record says so; one stored
+  // before it kept that is taken as started when a VMM runs, its status names one, or what a run
+  // leaves is in its directory.
+  const beforeStart = new Set(vmm.expectedFiles(vm.spec, 'never-started'));
+  const leftovers = vmm.expectedFiles(vm.spec, 'stopped').filter((f) => !beforeStart.has(f));
+  const started = s.vmmStarted === true || pid !== undefined || s.vmmPid > 0 || s.guestBooted || leftovers.some((f) => existsSync(f));
+  // The files the provider makes for this spec: before any VMM only those of the create plan;
+  // those of a live VMM (pid file, sockets) only when the VMM should run: a VM stopped on
+  // request keeps everything but its VMM.
+  const presence: VmmPresence = !started ? 'never-started' : stopped ? 'stopped' : 'running';
+  const files = [...new Set([...vmm.expectedFiles(vm.spec, presence), ...(meta?.kind === 'nocloud-disk' ? [join(dir, meta.file)] : [])])];
   const missing = files.filter((f) => !existsSync(f)).map((f) => basename(f));
   const names = files.map((f) => basename(f));
-  out.push(missing.length ? fail(`${id} files`, `${dir} lacks ${missing.join(', ')}`, 'matchlockd recreates them on its next reconcile; restart it to reconcile now') : ok(`${id} files`, `${dir}: ${names.join(', ')}`));
+  const notYet = started ? '' : `${names.length ? ' ' : ''}(no ${vm.spec.provider} started for it yet, so no console or VMM files)`;
+  out.push(missing.length ? fail(`${id} files`, `${dir} lacks ${missing.join(', ')}`, 'matchlockd recreates them on its next reconcile; restart it to reconcile now') : ok(`${id} files`, `${dir}: ${names.join(', ')}${notYet}`));
 
-  const pid = await vmm.running();
   const recorded = Number((existsSync(vmm.files.pid) ? readFileSync(vmm.files.pid, 'utf8') : '').trim()) || 0;
   // A VMM running as root makes a guest escape a host compromise (matchlockd starts them as vmm-user).
   let uid: string | undefined;
@@ -316,9 +326,11 @@ async function vmChecks(
     uid = undefined; // it exited just now; the next inspect says so
   }
   // A VM the operator stopped (matchlock.v1 StopMicroVM) is right to have no VMM.
-  if (stopped) out.push(pid === undefined ? ok(`${id} vmm`, `stopped by request (matchlock vm start ${vm.uid} starts it)`) : warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} runs, but the VM was asked to stop`, 'matchlockd stops it on its next reconcile; restart it to reconcile now'));
+  if (stopped) out.push(pid === undefined ? ok(`${id} vmm`, `stopped by request${started ? '' : ', never started'} (matchlock vm start ${vm.uid} starts it)`) : warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} runs, but the VM was asked to stop`, 'matchlockd stops it on its next reconcile; restart it to reconcile now'));
   else if (pid !== undefined && uid === '0') out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, rootVmmFix(cfg, vm.spec.provider)));
-  else out.push(pid !== undefined ? ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as uid ${uid ?? '?'}`) : fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
+  else if (pid !== undefined) out.push(ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as uid ${uid ?? '?'}`));
+  else if (!started) out.push(fail(`${id} vmm`, `no VMM process: none was started for it yet`, 'matchlockd starts it on its next reconcile; restart it to reconcile now'));
+  else out.push(fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
   if (pid !== undefined && vmm.powerState) {
     // The VMM's control API (QMP, Cloud Hypervisor's REST socket): a live process that does not
     // answer cannot be paused, inspected or stopped gracefully.
@@ -335,7 +347,9 @@ async function vmChecks(
     const bridge = iface.overrides?.bridgeName || cfg.bridgeName || undefined;
     const check = `${id} interface ${iface.deviceId}`;
     const state = link?.up ? ', up' : ', down';
-    if (!link) out.push(fail(check, `${name} missing`, 'matchlockd recreates it on its next reconcile (restart matchlockd to reconcile now); the VMM must be restarted to use it'));
+    // The TAP or macvtap is made before the VMM and kept while it is stopped; only a running
+    // VMM holds the old one and must be restarted to use a new one.
+    if (!link) out.push(fail(check, `${name} missing`, `matchlockd recreates it on its next reconcile (restart matchlockd to reconcile now)${pid !== undefined ? '; the VMM must be restarted to use it' : ''}`));
     else if (iface.type !== 'TAP') out.push(ok(check, `${name} (macvtap)${state}`));
     else if (bridge === undefined) {
       out.push(link.master
@@ -347,7 +361,15 @@ async function vmChecks(
       // The macvtap carries the guest MAC too, so one rule finds both kinds.
       const mac = guestMac(vm, n);
       const lease = leases.find((l) => l.mac === mac);
-      if (!iface.address) out.push(lease ? ok(`${id} lease ${iface.deviceId}`, `${lease.ip} until ${lease.expires}`) : warn(`${id} lease ${iface.deviceId}`, `no lease for ${mac}`, 'check the guest runs DHCP and the hub DHCP server is up'));
+      // Only a running guest asks for a lease: without a VMM none is due (the vmm check says
+      // whether one should run).
+      if (!iface.address) {
+        out.push(lease
+          ? ok(`${id} lease ${iface.deviceId}`, `${lease.ip} until ${lease.expires}`)
+          : pid === undefined
+            ? ok(`${id} lease ${iface.deviceId}`, `no lease for ${mac}, and none is due: no VMM runs for it`)
+            : warn(`${id} lease ${iface.deviceId}`, `no lease for ${mac}`, 'check the guest runs DHCP and the hub DHCP server is up'));
+      }
     }
   }
   return out;

@@ -99,6 +99,13 @@ export interface MicroVMStatus {
   missingLink?: string | undefined;
   vmmPid: number;
   guestBooted: boolean;
+  /**
+   * A VMM was started for this VM at least once. From then on its directory keeps what a run
+   * leaves (the console, the VMM's logs) until the VM is deleted; a VM created stopped has none.
+   * Absent on records no VMM has been started for, and on those stored before it was kept.
+   * Not on the wire.
+   */
+  vmmStarted?: boolean | undefined;
   /** Image reference -> manifest digest, pinned on first resolution. */
   imageDigests?: Record<string, string>;
   /** The power state the VMM reported on the last pass; absent before the first. */

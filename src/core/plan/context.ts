@@ -57,6 +57,7 @@ export class CreateContext {
       vsockPath: s.vsockPath,
       vmmPid: s.vmmPid,
       guestBooted: s.guestBooted,
+      ...(s.vmmStarted ? { vmmStarted: true } : {}),
       // Pinned on first resolution and reused afterwards: a moving tag never changes this VM.
       imageDigests: { ...(s.imageDigests ?? {}) },
     };

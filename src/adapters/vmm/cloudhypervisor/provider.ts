@@ -3,7 +3,7 @@ import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { MicroVMSpec } from '../../../core/microvm/types.js';
 import type { Step } from '../../../core/plan/step.js';
 import type { Logger } from '../../../core/ports.js';
-import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmPresence, VmmProvider } from '../../../core/vmm.js';
 import { rotateForStart } from '../console.js';
 import { launchDetached } from '../launcher.js';
 import { climbStopLadder, signalRung, type Rung } from '../stop-ladder.js';
@@ -58,10 +58,12 @@ export class CloudHypervisorInstance implements VmmInstance {
   /**
    * The pid file (ours) and the API socket live with the VMM (stop removes them); the hybrid
    * vsock socket exists only when the spec allows the guest agent (chArgs passes --vsock then).
+   * The console, log, output and command line are made by start(): none before the first.
    */
-  expectedFiles(spec: MicroVMSpec, vmmRuns: boolean): string[] {
+  expectedFiles(spec: MicroVMSpec, vmm: VmmPresence): string[] {
     const f = this.files;
-    return [f.console, f.log, f.stdout, f.stderr, f.cmdline, ...(vmmRuns ? [f.pid, f.api, ...(spec.allowGuestAgent ? [f.vsock] : [])] : [])];
+    if (vmm === 'never-started') return [];
+    return [f.console, f.log, f.stdout, f.stderr, f.cmdline, ...(vmm === 'running' ? [f.pid, f.api, ...(spec.allowGuestAgent ? [f.vsock] : [])] : [])];
   }
 
   defaultCmdline(input: CmdlineInput): [string, string][] {

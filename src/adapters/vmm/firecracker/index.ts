@@ -4,7 +4,7 @@ import { failedPrecondition } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { MicroVMSpec } from '../../../core/microvm/types.js';
 import type { Step } from '../../../core/plan/step.js';
-import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import type { CmdlineInput, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmPresence, VmmProvider } from '../../../core/vmm.js';
 import type { ProviderContext, ProviderModule } from '../registry.js';
 import { FILES, SOCKETS, defaultCmdline, firecrackerConfig, mmdsMetadata, type FirecrackerLaunch } from './config.js';
 import { fcCheckSpec } from './spec-rules.js';
@@ -60,11 +60,12 @@ export class FirecrackerInstance implements VmmInstance {
   /**
    * prepare() writes the config and metadata.json (MMDS is always on) and creates the log,
    * metrics, stdout and stderr files before every start, jailed or not (the jail hard-links
-   * them); the pid file is removed when Firecracker is stopped.
+   * them); the pid file is removed when Firecracker is stopped. prepare() is a create step, so a
+   * VM no Firecracker was started for has all of them but the pid file too.
    */
-  expectedFiles(_spec: MicroVMSpec, vmmRuns: boolean): string[] {
+  expectedFiles(_spec: MicroVMSpec, vmm: VmmPresence): string[] {
     const f = this.files;
-    return [f.config, f.metadata, f.log, f.metrics, f.stdout, f.stderr, ...(vmmRuns ? [f.pid] : [])].filter((x): x is string => x !== undefined);
+    return [f.config, f.metadata, f.log, f.metrics, f.stdout, f.stderr, ...(vmm === 'running' ? [f.pid] : [])].filter((x): x is string => x !== undefined);
   }
 
   defaultCmdline(input: CmdlineInput): [string, string][] {

@@ -4,7 +4,7 @@ import { ErrorCode, MatchlockError } from '../../../core/errors.js';
 import type { Logger } from '../../../core/ports.js';
 import type { MicroVMSpec } from '../../../core/microvm/types.js';
 import type { Step } from '../../../core/plan/step.js';
-import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmProvider } from '../../../core/vmm.js';
+import type { CmdlineInput, IoCountersNic, Launch, ProviderDescriptor, VmRef, VmmInstance, VmmIoCounters, VmmPowerState, VmmPresence, VmmProvider } from '../../../core/vmm.js';
 import { hostNetCounters } from '../io-counters.js';
 import { rotateForStart } from '../console.js';
 import { launchDetached, waitGone } from '../launcher.js';
@@ -108,10 +108,15 @@ class QemuInstance implements VmmInstance {
     this.qmp = `${ref.runDir}/${QMP_SOCKET}`;
   }
 
-  /** QEMU removes its -pidfile when it exits (QEMU 7.2 os-posix.c, an exit notifier), so the pid file is a run file. */
-  expectedFiles(_spec: MicroVMSpec, vmmRuns: boolean): string[] {
+  /**
+   * start() writes the command line and QEMU makes the console log and its output; nothing is
+   * made before the first start. QEMU removes its -pidfile when it exits (QEMU 7.2 os-posix.c,
+   * an exit notifier), so the pid file is a run file.
+   */
+  expectedFiles(_spec: MicroVMSpec, vmm: VmmPresence): string[] {
     const f = this.files;
-    return [f.console, f.stdout, f.stderr, f.cmdline, ...(vmmRuns ? [f.pid] : [])];
+    if (vmm === 'never-started') return [];
+    return [f.console, f.stdout, f.stderr, f.cmdline, ...(vmm === 'running' ? [f.pid] : [])];
   }
 
   defaultCmdline(input: CmdlineInput): [string, string][] {

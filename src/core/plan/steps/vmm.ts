@@ -14,6 +14,8 @@ export class StartVmm implements Step {
     return (await this.ctx.instance.running()) === undefined;
   }
   async run(signal: AbortSignal): Promise<void> {
+    // Recorded before the start: a VMM that exits at once has left its files all the same.
+    this.ctx.status.vmmStarted = true;
     this.ctx.status.vmmPid = await this.ctx.instance.start(this.ctx.launch(), signal, this.ctx.log);
     this.ctx.log.info({ pid: this.ctx.status.vmmPid }, 'vmm started');
   }
@@ -34,6 +36,7 @@ export class Supervise implements Step {
     const pid = await this.ctx.instance.running();
     if (pid === undefined) return;
     this.ctx.status.vmmPid = pid;
+    this.ctx.status.vmmStarted = true;
     this.ctx.deps.supervisor.watch(this.ctx.vm.uid, pid, this.ctx.instance.consolePath);
   }
   async verify(): Promise<void> {

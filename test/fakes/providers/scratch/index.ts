@@ -4,7 +4,7 @@ import { launchDetached, waitGone } from '../../../../src/adapters/vmm/launcher.
 import { pidAlive, processMentions } from '../../../../src/adapters/vmm/process.js';
 import type { ProviderModule } from '../../../../src/adapters/vmm/registry.js';
 import type { Step } from '../../../../src/core/plan/step.js';
-import type { Launch, ProviderDescriptor, VmRef, VmmInstance } from '../../../../src/core/vmm.js';
+import type { Launch, ProviderDescriptor, VmRef, VmmInstance, VmmPresence } from '../../../../src/core/vmm.js';
 
 /**
  * A throw-away provider that lives only in the test tree: it shows that a provider is a folder
@@ -29,8 +29,8 @@ class ScratchInstance implements VmmInstance {
     this.files = { pid: `${ref.dir}/scratch.pid`, console: `${ref.dir}/scratch.console`, metadata: `${ref.dir}/scratch-metadata.json` };
     this.consolePath = this.files.console;
   }
-  expectedFiles(_spec: unknown, vmmRuns: boolean): string[] {
-    return [this.files.console, this.files.metadata, ...(vmmRuns ? [this.files.pid] : [])];
+  expectedFiles(_spec: unknown, vmm: VmmPresence): string[] {
+    return [...(vmm === 'never-started' ? [] : [this.files.console]), this.files.metadata, ...(vmm === 'running' ? [this.files.pid] : [])];
   }
   defaultCmdline(): [string, string][] {
     return [['console', 'ttyS0']];
