@@ -107,7 +107,7 @@ describe('inspect reaches the daemon as every other command does', () => {
     assert.deepEqual(vm.filter((c) => c.status !== 'ok').map((c) => c.check), [`vm ns/waiting (${uid}) state`], JSON.stringify(vm, null, 1));
     const s = vm[0];
     assert.match(s?.evidence ?? '', /^PENDING: pulling registry\.invalid/);
-    assert.match(s?.evidence ?? '', /not made yet: files: .* lacks .*; vmm: no VMM process; interface eth0: \S+ missing/);
+    assert.match(s?.evidence ?? '', /not made yet: files: .* lacks .*; vmm: no VMM process \(none was started for it yet\); interface eth0: \S+ missing/);
   });
 
   it('tells to bring back the link a FAILED VM ran out of attempts for only when it is still the VM\'s uplink and missing', async () => {
@@ -165,6 +165,31 @@ describe('inspect reaches the daemon as every other command does', () => {
       assert.match(off?.fix ?? '', /--bridge-name/);
       for (const c of checks) assert.doesNotMatch(`${c.evidence} ${c.fix ?? ''}`, /\bnot $|master $|master ,| not \)| {2}/, JSON.stringify(c));
       assert.match(find('failed', 'state')?.fix ?? '', /^bring back mlgonebr9/);
+    } finally {
+      spawnSync('ip', ['netns', 'del', ns]);
+    }
+  });
+
+  it('asks for no VMM restart when a stopped VM lacks its TAP: no VMM holds the old one', { skip: process.getuid?.() !== 0 ? 'needs root (network namespace)' : false }, () => {
+    const state = join(tmp.path, 'stopped-tap');
+    const db = new SqliteStore(join(state, 'matchlock.db'));
+    const uid = '01HZY3NDEKTSV4RRFFQ69G5FC1';
+    db.insert({
+      uid, version: 1, createdAt: '', updatedAt: '',
+      spec: { name: 'off', namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024, kernel: { image: 'registry.invalid/k:1', filename: 'boot/vmlinuz', cmdline: {}, addNetworkConfig: false },
+        additionalVolumes: [], interfaces: [{ deviceId: 'eth0', type: 'TAP' }], metadata: {}, provider: 'qemu', allowGuestAgent: false },
+      status: { ...initialStatus(), state: 'CREATED', power: 'STOPPED' },
+      power: { desired: 'STOPPED', restart: 0 },
+    } as unknown as MicroVM);
+    db.close();
+    const ns = `mlit-${randomBytes(3).toString('hex')}`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    try {
+      const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'bin/matchlock.js'), '-o', 'json', 'inspect', '--config', '/dev/null', '--daemon-state-dir', state, '--grpc-endpoint', 'unix:/nonexistent/matchlock.sock', '--bridge-name', 'br0'], { encoding: 'utf8' });
+      const tap = (JSON.parse(r.stdout) as Check[]).find((c) => c.check === `vm ns/off (${uid}) interface eth0`);
+      assert.equal(tap?.status, 'fail', JSON.stringify(tap));
+      assert.match(tap?.evidence ?? '', / missing$/);
+      assert.equal(tap?.fix, 'matchlockd recreates it on its next reconcile (restart matchlockd to reconcile now)');
     } finally {
       spawnSync('ip', ['netns', 'del', ns]);
     }
