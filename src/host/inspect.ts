@@ -329,7 +329,7 @@ async function vmChecks(
   if (stopped) out.push(pid === undefined ? ok(`${id} vmm`, `stopped by request${started ? '' : ', never started'} (matchlock vm start ${vm.uid} starts it)`) : warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} runs, but the VM was asked to stop`, 'matchlockd stops it on its next reconcile; restart it to reconcile now'));
   else if (pid !== undefined && uid === '0') out.push(warn(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as root`, rootVmmFix(cfg, vm.spec.provider)));
   else if (pid !== undefined) out.push(ok(`${id} vmm`, `${vm.spec.provider} pid ${pid} running as uid ${uid ?? '?'}`));
-  else if (!started) out.push(fail(`${id} vmm`, "no VMM process (none was started for it yet)", 'matchlockd starts it on its next reconcile; restart it to reconcile now'));
+  else if (!started) out.push(fail(`${id} vmm`, 'no VMM process (none was started for it yet)', 'matchlockd starts it on its next reconcile; restart it to reconcile now'));
   else out.push(fail(`${id} vmm`, `no VMM process${recorded ? ` (pid ${recorded} is gone)` : ''}`, `matchlockd restarts it when it is running; check the ${vm.spec.provider} log files and ${basename(vmm.files.console)} in ${dir}`));
   if (pid !== undefined && vmm.powerState) {
     // The VMM's control API (QMP, Cloud Hypervisor's REST socket): a live process that does not

@@ -44,6 +44,36 @@ describe('inspect and power', () => {
     assert.equal((await vmmCheck())?.status, 'fail');
   });
 
+  it('a VM made stopped and then asked to run, before its first VMM: the VMM is missing, its files are not', async () => {
+    const uid = '01HZY3NDEKTSV4RRFFQ69G5FD1';
+    const state = join(tmp.path, 'never-started');
+    const store = new SqliteStore(join(state, 'matchlock.db'));
+    store.insert({
+      uid, version: 1,
+      spec: {
+        name: 'web', namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024,
+        kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: false },
+        additionalVolumes: [], interfaces: [], metadata: {}, provider: 'qemu', allowGuestAgent: false,
+      },
+      status: { ...initialStatus(), state: 'CREATED', power: 'STOPPED' },
+      createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:00:00.000Z',
+      power: { desired: 'RUNNING', restart: 0 },
+    });
+    store.close();
+    // What the create plan made before the VMM step: the VM directory and the NoCloud seed.
+    const dir = join(state, 'vm', 'ns', 'web', uid);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'cidata.img'), '');
+    const cfg = loadConfig({ flags: { 'state-dir': state, 'grpc-endpoint': `unix:${join(tmp.path, 'none.sock')}` }, file: { path: '/dev/null', explicit: true }, env: {} });
+    const checks = await inspectHost(cfg, {});
+    const files = checks.find((c) => c.check === `vm ns/web (${uid}) files`);
+    assert.equal(files?.status, 'ok', JSON.stringify(files));
+    const vmm = checks.find((c) => c.check === `vm ns/web (${uid}) vmm`);
+    assert.equal(vmm?.status, 'fail');
+    assert.equal(vmm?.evidence, 'no VMM process (none was started for it yet)');
+    assert.doesNotMatch(vmm?.fix ?? '', /console\.log/);
+  });
+
   // The files check expects what the provider makes for this VM's spec and power: no
   // guest-agent socket unless allowGuestAgent, no pid file or sockets of a VMM asked to stop.
   for (const [provider, uid, desired, dirFiles, runFiles] of [
