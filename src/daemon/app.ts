@@ -1,11 +1,11 @@
 import type { Server as GrpcServer } from '@grpc/grpc-js';
-import { randomBytes, X509Certificate } from 'node:crypto';
-import { chmodSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, readdirSync, rmSync, statSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { join } from 'node:path';
-import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import { bindGrpc, createGrpcServer, routeGrpcLog, serverCredentials, type GrpcTls } from '../adapters/api/grpc/server.js';
+import { checkCaFile, checkKeyPair, readTlsFile } from '../adapters/api/tls-files.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
 import { MicroVMService } from '../core/microvm/service.js';
 import type { Logger } from '../core/ports.js';
@@ -57,56 +57,24 @@ export interface RunningDaemon {
 }
 
 /**
- * The TLS files, read and checked before anything is made: what Node's TLS (under grpc-js and
- * the HTTP servers) would refuse only at the bind, or accept and then fail every handshake with,
- * is refused here naming the setting (configError, exit code 2). tls-cert must hold a PEM
- * certificate (chain), tls-key a PEM private key matching its first certificate, tls-client-ca
- * at least one PEM certificate, each of which parses.
+ * The TLS files, read and checked before anything is made (tls-files: the rules the CLI holds
+ * its own to): what Node's TLS (under grpc-js and the HTTP servers) would refuse only at the
+ * bind, or accept and then fail every handshake with, is refused here naming the setting
+ * (InvalidArgument, exit code 2).
  */
 function readTls(cfg: DaemonConfig): GrpcTls | undefined {
   if (cfg.tlsCert === '') return undefined;
-  const read = (key: string, path: string) => {
-    try {
-      return readFileSync(path);
-    } catch (err) {
-      throw configError(`${key} ${path}: ${(err as Error).message}`);
-    }
-  };
+  const certFile = { name: 'tls-cert', path: cfg.tlsCert };
+  const keyFile = { name: 'tls-key', path: cfg.tlsKey };
+  const caFile = { name: 'tls-client-ca', path: cfg.tlsClientCa };
   const tls = {
-    cert: read('tls-cert', cfg.tlsCert),
-    key: read('tls-key', cfg.tlsKey),
-    clientCa: cfg.tlsClientValidate ? read('tls-client-ca', cfg.tlsClientCa) : undefined,
+    cert: readTlsFile(certFile),
+    key: readTlsFile(keyFile),
+    clientCa: cfg.tlsClientValidate ? readTlsFile(caFile) : undefined,
   };
-  // Each file alone first, so that the refusal names the file at fault; then the pair.
-  const check = (key: string, path: string, options: SecureContextOptions, rule: string) => {
-    try {
-      createSecureContext(options);
-    } catch (err) {
-      throw configError(`${key} ${path}: ${rule} (${(err as Error).message})`);
-    }
-  };
-  check('tls-cert', cfg.tlsCert, { cert: tls.cert }, 'must hold a PEM certificate');
-  check('tls-key', cfg.tlsKey, { key: tls.key }, 'must hold a PEM private key');
-  check('tls-key', cfg.tlsKey, { cert: tls.cert, key: tls.key }, `must be the private key of the certificate in tls-cert ${cfg.tlsCert}`);
-  if (tls.clientCa) checkCaFile(cfg.tlsClientCa, tls.clientCa);
+  checkKeyPair(certFile, tls.cert, keyFile, tls.key);
+  if (tls.clientCa) checkCaFile(caFile, tls.clientCa);
   return tls;
-}
-
-/**
- * Refuses a client CA file without a certificate, or with one that does not parse: OpenSSL takes
- * such a file as a trust store that trusts nobody (or only the certificates before the bad one),
- * and every client would then fail the handshake with no word at start.
- */
-function checkCaFile(path: string, pem: Buffer): void {
-  const blocks = pem.toString('latin1').match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
-  if (blocks.length === 0) throw configError(`tls-client-ca ${path}: must hold at least one PEM certificate (-----BEGIN CERTIFICATE-----); it holds none`);
-  for (const [i, block] of blocks.entries()) {
-    try {
-      new X509Certificate(block);
-    } catch (err) {
-      throw configError(`tls-client-ca ${path}: certificate ${i + 1} of ${blocks.length} does not parse (${(err as Error).message})`);
-    }
-  }
 }
 
 export interface DaemonOptions {

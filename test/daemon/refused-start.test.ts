@@ -166,6 +166,7 @@ describe('unusable TLS files are refused before anything is made, naming the set
       ['a cert that is no PEM', tls(garbage, certs.serverKey), new RegExp(`tls-cert ${garbage}: must hold a PEM certificate \\(.*no start line`)],
       ['a key in place of the cert', tls(certs.serverKey, certs.serverKey), new RegExp(`tls-cert ${certs.serverKey}: must hold a PEM certificate`)],
       ['a key that is no PEM', tls(certs.serverCert, garbage), new RegExp(`tls-key ${garbage}: must hold a PEM private key \\(`)],
+      ['a directory in place of the key', tls(certs.serverCert, tmp.path), new RegExp(`tls-key ${tmp.path}: is a directory; it must be a file \\(EISDIR`)],
       ['a key that is no PEM, with a metrics endpoint', [...tls(certs.serverCert, garbage), '--metrics-endpoint', '127.0.0.1:0'], new RegExp(`tls-key ${garbage}: must hold a PEM private key`)],
       ['the key of another cert', tls(certs.serverCert, certs.rogueKey), new RegExp(`tls-key ${certs.rogueKey}: must be the private key of the certificate in tls-cert ${certs.serverCert} \\(.*key values mismatch`)],
       ['a client CA holding no certificate', mtls(garbage), new RegExp(`tls-client-ca ${garbage}: must hold at least one PEM certificate`)],
