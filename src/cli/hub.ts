@@ -217,8 +217,7 @@ export function hubFlagValues(opts: Record<string, unknown>, prefix: string): Re
 }
 
 /** MAC -> "namespace/name" of the MicroVM that owns it, from a reachable matchlockd. */
-async function owners(opts: ConnectOptions): Promise<Map<string, string>> {
-  const c = connect({ ...opts, timeoutMs: 3000 });
+async function owners(c: ReturnType<typeof connect>): Promise<Map<string, string>> {
   try {
     const res = await c.listMicroVMs(create(ListMicroVMsRequestSchema, {}));
     const out = new Map<string, string>();
@@ -296,8 +295,10 @@ export function hubCommand(io: Io, output: () => string, connectOptions: () => C
   withConfig(hub.command('leases').description('current DHCP leases')).action((o: Record<string, unknown>) =>
     wrap(async () => {
       const leases = await (await import('../hub/hub.js')).hubLeases(config(o));
-      // The owning MicroVM when a matchlockd answers; leases stand on their own otherwise.
-      const vms = await owners(connectOptions()).catch(() => new Map<string, string>());
+      // The owning MicroVM when a matchlockd answers; leases stand on their own otherwise. Bad
+      // connection flags (--host, the TLS files) are refused as by every command that dials.
+      const c = connect({ ...connectOptions(), timeoutMs: 3000 });
+      const vms = await owners(c).catch(() => new Map<string, string>());
       const rows = leases.map((l) => ({ ...l, microvm: vms.get(l.mac) ?? '' }));
       io.out(documentText(output(), rows) ?? table([['IP', 'MAC', 'HOSTNAME', 'EXPIRES', 'MICROVM'], ...rows.map((l) => [l.ip, l.mac, l.hostname || '-', l.expires, l.microvm || '-'])]));
     }),

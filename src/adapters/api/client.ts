@@ -1,9 +1,9 @@
 import type { DescMessage, DescService, MessageShape } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
-import { readFileSync } from 'node:fs';
 import { isIP, type Socket } from 'node:net';
 import { connect as tlsConnect, createSecureContext, type SecureContext } from 'node:tls';
 import { basicAuthHeader } from './auth.js';
+import { checkCaFile, checkKeyPair, readTlsFile } from './tls-files.js';
 import { serviceDefinition } from './grpc/service-def.js';
 import { MicroVM } from '../../gen/services/microvm/v1alpha1/microvms_pb.js';
 import { dialAddress, endpointRule, isLocalEndpoint, parseEndpoint } from '../../core/endpoint.js';
@@ -52,7 +52,10 @@ export function hostError(host: string): string | undefined {
   return why === undefined ? undefined : `${endpointRule({ unix: true }).replace(' (0: any free port)', '').replace('from 0 to', 'from 1 to')}, or a dns:/ipv4:/ipv6: gRPC target: ${why}`;
 }
 
-/** The channel's credentials; InvalidArgument (naming --host) for an address hostError refuses. */
+/**
+ * The channel's credentials; InvalidArgument naming the flag for an address hostError refuses or
+ * a TLS file tls-files refuses.
+ */
 export function credentials(o: ConnectOptions): grpc.ChannelCredentials {
   const badHost = hostError(o.host);
   if (badHost) throw new MatchlockError(ErrorCode.InvalidArgument, `--host ${o.host} ${badHost}`, { field: '--host' });
@@ -64,17 +67,16 @@ export function credentials(o: ConnectOptions): grpc.ChannelCredentials {
     return grpc.credentials.createInsecure();
   }
   if (!!o.tlsCert !== !!o.tlsKey) throw new MatchlockError(ErrorCode.InvalidArgument, '--tls-cert and --tls-key go together', { field: '--tls-cert' });
-  const read = (flag: string, p: string | undefined) => {
-    if (!p) return null;
-    try {
-      return readFileSync(p);
-    } catch (err) {
-      throw new MatchlockError(ErrorCode.InvalidArgument, `${flag} ${p}: ${(err as Error).message}`, { field: flag, cause: err });
-    }
-  };
-  const ca = read('--tls-ca', o.tlsCa);
-  const key = read('--tls-key', o.tlsKey);
-  const cert = read('--tls-cert', o.tlsCert);
+  // Checked as matchlockd checks its own (tls-files), before anything is dialled: OpenSSL's bare
+  // words at the channel's making, or a CA that trusts nobody and fails the handshake, name no flag.
+  const caFile = o.tlsCa ? { name: '--tls-ca', path: o.tlsCa } : undefined;
+  const certFile = o.tlsCert ? { name: '--tls-cert', path: o.tlsCert } : undefined;
+  const keyFile = o.tlsKey ? { name: '--tls-key', path: o.tlsKey } : undefined;
+  const ca = caFile ? readTlsFile(caFile) : null;
+  const cert = certFile ? readTlsFile(certFile) : null;
+  const key = keyFile ? readTlsFile(keyFile) : null;
+  if (caFile && ca) checkCaFile(caFile, ca);
+  if (certFile && cert && keyFile && key) checkKeyPair(certFile, cert, keyFile, key);
   const ip = endpointHost(o.host);
   if (ip !== undefined && isIP(ip)) return new IpLiteralTlsCredentials(createSecureContext({ ca: ca ?? undefined, key: key ?? undefined, cert: cert ?? undefined }), ip);
   return grpc.credentials.createSsl(ca, key, cert);
