@@ -53,6 +53,13 @@ export interface DaemonAccess {
   configPath?: string | undefined;
 }
 
+/** The fix for a TLS flag whose file the client refuses, by the flag its refusal names. */
+const TLS_FILE_FIX: Record<string, string> = {
+  '--tls-ca': "give --tls-ca a readable PEM file holding the certificate of the CA that signed matchlockd's tls-cert",
+  '--tls-cert': "give --tls-cert a readable PEM client certificate (signed by matchlockd's tls-client-ca) together with --tls-key, its private key",
+  '--tls-key': 'give --tls-key the readable PEM private key of the client certificate in --tls-cert',
+};
+
 /**
  * Whether matchlockd answers on its endpoint, and when not, which of the three it is: a refused
  * token (UNAUTHENTICATED), TLS (handshake or certificates), or nothing listening.
@@ -80,6 +87,9 @@ async function daemonCheck(cfg: DaemonConfig, access: DaemonAccess): Promise<Che
       const source = access.token !== undefined ? 'the token given (--token or MATCHLOCK_TOKEN)' : cfg.basicAuthToken ? "the config's basic-auth-token" : 'no token';
       return fail('daemon', `matchlockd on ${host} is running but refused ${source}: ${first}`, token ? "pass the daemon's basic-auth-token with --token or MATCHLOCK_TOKEN" : 'the daemon wants a token: --token or MATCHLOCK_TOKEN');
     }
+    // A TLS file the client refuses before dialling (tls-files): nothing was asked of the daemon.
+    const tlsFix = e instanceof MatchlockError && e.code === ErrorCode.InvalidArgument && e.field !== undefined ? TLS_FILE_FIX[e.field] : undefined;
+    if (tlsFix) return fail('daemon', `matchlockd on ${host} not checked: ${first}`, tlsFix);
     if (e instanceof MatchlockError && e.code === ErrorCode.InvalidArgument) return fail('daemon', `${host}: ${first}`, 'give --tls-ca for TLS, or --insecure for plaintext to a non-loopback address');
     if (/SSL|TLS|certificate|handshake/i.test(first)) return fail('daemon', `TLS with matchlockd on ${host} failed: ${first}`, '--tls-ca must be the CA that signed tls-cert; with tls-client-validate, give --tls-cert and --tls-key signed by tls-client-ca');
     // Plaintext gRPC to a TLS server fails like a stopped daemon; a TLS handshake tells them apart.

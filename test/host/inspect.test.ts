@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
@@ -59,6 +59,30 @@ describe('inspect reaches the daemon as every other command does', () => {
     const rogue = daemonCheck((await withConfig(certs.rogueCert)).checks);
     assert.equal(rogue?.status, 'fail');
     assert.match(rogue?.evidence ?? '', /^TLS with matchlockd on .* failed/);
+  });
+
+  it('reports a TLS file the client refuses as the daemon check failing, naming the flag, with the fix for that flag', async () => {
+    const garbage = join(tmp.path, 'garbage.pem');
+    writeFileSync(garbage, 'not a certificate\n');
+    const dir = join(tmp.path, 'a-dir');
+    mkdirSync(dir, { recursive: true });
+    const cases: [string, string[], RegExp, RegExp][] = [
+      ['a CA that is no PEM', ['--tls-ca', garbage], new RegExp(`--tls-ca ${garbage}: must hold at least one PEM certificate`), /^give --tls-ca a readable PEM file/],
+      ['a key as the CA', ['--tls-ca', certs.serverKey], new RegExp(`--tls-ca ${certs.serverKey}: must hold at least one PEM certificate`), /^give --tls-ca/],
+      ['a directory as the CA', ['--tls-ca', dir], new RegExp(`--tls-ca ${dir}: is a directory; it must be a file`), /^give --tls-ca/],
+      ['a cert as the key', ['--tls-ca', certs.ca, '--tls-cert', certs.clientCert, '--tls-key', certs.clientCert], new RegExp(`--tls-key ${certs.clientCert}: must hold a PEM private key`), /^give --tls-key the readable PEM private key/],
+      ['the key of another cert', ['--tls-ca', certs.ca, '--tls-cert', certs.clientCert, '--tls-key', certs.rogueKey], new RegExp(`--tls-key ${certs.rogueKey}: must be the private key of the certificate in --tls-cert ${certs.clientCert}`), /^give --tls-key/],
+      ['a key as the cert', ['--tls-ca', certs.ca, '--tls-cert', certs.clientKey, '--tls-key', certs.clientKey], new RegExp(`--tls-cert ${certs.clientKey}: must hold a PEM certificate`), /^give --tls-cert a readable PEM client certificate/],
+    ];
+    for (const [what, flags, evidence, fix] of cases) {
+      const r = await inspect(['--host', tls.target, ...flags, 'inspect', '--config', '/dev/null', '--daemon-state-dir', tls.stateDir]);
+      assert.equal(r.code, 1, `${what}: ${r.err}`);
+      assert.match(r.err, /^matchlock: \d+ check\(s\) failed\n$/, what);
+      const d = daemonCheck(r.checks);
+      assert.equal(d?.status, 'fail', `${what}: ${JSON.stringify(d)}`);
+      assert.match(d?.evidence ?? '', new RegExp(`^matchlockd on ${tls.target} not checked: ${evidence.source}`), what);
+      assert.match(d?.fix ?? '', fix, what);
+    }
   });
 
   it('labels the connection by what the client dialled, and points at --tls-ca when a TLS daemon refuses plaintext', async () => {
