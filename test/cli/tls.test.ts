@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
@@ -79,6 +79,10 @@ describe('unusable TLS files are refused before anything is dialled, naming the 
     mkdirSync(files.dir);
     files.brokenCa = join(tmp.path, 'broken-ca.pem');
     writeFileSync(files.brokenCa, `${readFileSync(certs.ca, 'utf8')}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n`);
+    files.fifo = join(tmp.path, 'fifo.pem');
+    execFileSync('mkfifo', [files.fifo]);
+    files.rsaKey = join(tmp.path, 'rsa.key');
+    execFileSync('openssl', ['genrsa', '-out', files.rsaKey, '2048'], { stdio: 'pipe' });
     files.hubState = join(tmp.path, 'hub');
     mkdirSync(files.hubState);
     writeFileSync(join(files.hubState, 'dnsmasq.leases'), '');
@@ -106,6 +110,9 @@ describe('unusable TLS files are refused before anything is dialled, naming the 
       ['a key that is no PEM', pair(certs.clientCert, files.garbage!), new RegExp(`--tls-key ${esc(files.garbage!)}: must hold a PEM private key \\(`)],
       ['an empty key file', pair(certs.clientCert, files.empty!), new RegExp(`--tls-key ${esc(files.empty!)}: must hold a PEM private key`)],
       ['a cert given as the key', pair(certs.clientCert, certs.clientCert), new RegExp(`--tls-key ${esc(certs.clientCert)}: must hold a PEM private key`)],
+      ['a FIFO as the CA', ['--tls-ca', files.fifo!], new RegExp(`--tls-ca ${esc(files.fifo!)}: is a FIFO; it must be a regular file`)],
+      ['a character device as the key', pair(certs.clientCert, '/dev/zero'), /--tls-key \/dev\/zero: is a character device; it must be a regular file/],
+      ['a key of another type than the cert\'s', pair(certs.clientCert, files.rsaKey!), new RegExp(`--tls-key ${esc(files.rsaKey!)}: must be the private key of the certificate in --tls-cert ${esc(certs.clientCert)} \\(it is a key of another type or pair\\)`)],
       ['the key of another cert', pair(certs.clientCert, certs.rogueKey), new RegExp(`--tls-key ${esc(certs.rogueKey)}: must be the private key of the certificate in --tls-cert ${esc(certs.clientCert)} \\(.*key values mismatch`)],
     ];
   };

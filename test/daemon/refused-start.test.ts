@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
@@ -160,13 +160,22 @@ describe('unusable TLS files are refused before anything is made, naming the set
     writeFileSync(garbage, 'not a certificate\n');
     const brokenCa = join(tmp.path, 'broken-ca.pem');
     writeFileSync(brokenCa, `${readFileSync(certs.ca, 'utf8')}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n`);
+    const fifo = join(tmp.path, 'fifo.pem');
+    execFileSync('mkfifo', [fifo]);
+    const rsaKey = join(tmp.path, 'rsa.key');
+    execFileSync('openssl', ['genrsa', '-out', rsaKey, '2048'], { stdio: 'pipe' });
     const tls = (cert: string, key: string) => ['--tls-cert', cert, '--tls-key', key];
     const mtls = (ca: string) => [...tls(certs.serverCert, certs.serverKey), '--tls-client-validate', '--tls-client-ca', ca];
     const cases: [string, string[], RegExp][] = [
       ['a cert that is no PEM', tls(garbage, certs.serverKey), new RegExp(`tls-cert ${garbage}: must hold a PEM certificate \\(.*no start line`)],
       ['a key in place of the cert', tls(certs.serverKey, certs.serverKey), new RegExp(`tls-cert ${certs.serverKey}: must hold a PEM certificate`)],
       ['a key that is no PEM', tls(certs.serverCert, garbage), new RegExp(`tls-key ${garbage}: must hold a PEM private key \\(`)],
-      ['a directory in place of the key', tls(certs.serverCert, tmp.path), new RegExp(`tls-key ${tmp.path}: is a directory; it must be a file \\(EISDIR`)],
+      ['a directory in place of the key', tls(certs.serverCert, tmp.path), new RegExp(`tls-key ${tmp.path}: is a directory; it must be a file`)],
+      // A FIFO blocked the read (and the event loop, so SIGTERM did nothing); /dev/zero never ends.
+      ['a FIFO in place of the cert', tls(fifo, certs.serverKey), new RegExp(`tls-cert ${fifo}: is a FIFO; it must be a regular file`)],
+      ['a character device in place of the key', tls(certs.serverCert, '/dev/zero'), /tls-key \/dev\/zero: is a character device; it must be a regular file/],
+      // OpenSSL compares keys of one type only: an RSA key with an EC certificate was taken.
+      ['a key of another type than the cert\'s', tls(certs.serverCert, rsaKey), new RegExp(`tls-key ${rsaKey}: must be the private key of the certificate in tls-cert ${certs.serverCert} \\(it is a key of another type or pair\\)`)],
       ['a key that is no PEM, with a metrics endpoint', [...tls(certs.serverCert, garbage), '--metrics-endpoint', '127.0.0.1:0'], new RegExp(`tls-key ${garbage}: must hold a PEM private key`)],
       ['the key of another cert', tls(certs.serverCert, certs.rogueKey), new RegExp(`tls-key ${certs.rogueKey}: must be the private key of the certificate in tls-cert ${certs.serverCert} \\(.*key values mismatch`)],
       ['a client CA holding no certificate', mtls(garbage), new RegExp(`tls-client-ca ${garbage}: must hold at least one PEM certificate`)],

@@ -1,5 +1,5 @@
-import { X509Certificate } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import { ErrorCode, MatchlockError } from '../../core/errors.js';
 
@@ -21,13 +21,25 @@ function refusal(f: TlsFile, rule: string, cause?: unknown): MatchlockError {
   return new MatchlockError(ErrorCode.InvalidArgument, `${f.name} ${f.path}: ${rule}`, { field: f.name, cause });
 }
 
-/** The file's bytes; a file that cannot be read is refused with the system's reason. */
+/**
+ * The file's bytes; a file that cannot be read is refused with the system's reason, and
+ * anything but a regular file (a FIFO would block the read for good, /dev/zero never end it)
+ * is refused before it is read. The open does not block on a FIFO (O_NONBLOCK).
+ */
 export function readTlsFile(f: TlsFile): Buffer {
+  let fd: number | undefined;
   try {
-    return readFileSync(f.path);
+    fd = openSync(f.path, constants.O_RDONLY | constants.O_NONBLOCK);
+    const st = fstatSync(fd);
+    if (st.isDirectory()) throw refusal(f, 'is a directory; it must be a file');
+    if (!st.isFile()) throw refusal(f, `is ${st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : 'no regular file'}; it must be a regular file`);
+    return readFileSync(fd);
   } catch (err) {
+    if (err instanceof MatchlockError) throw err;
     const e = err as NodeJS.ErrnoException;
     throw refusal(f, e.code === 'EISDIR' ? `is a directory; it must be a file (${e.message})` : e.message, err);
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
 }
 
@@ -46,7 +58,17 @@ export function checkKeyPair(certFile: TlsFile, cert: Buffer, keyFile: TlsFile, 
   };
   check(certFile, { cert }, 'must hold a PEM certificate');
   check(keyFile, { key }, 'must hold a PEM private key');
-  check(keyFile, { cert, key }, `must be the private key of the certificate in ${certFile.name} ${certFile.path}`);
+  const pair = `must be the private key of the certificate in ${certFile.name} ${certFile.path}`;
+  check(keyFile, { cert, key }, pair);
+  // OpenSSL compares a key with the certificate's only when both are of one type: an RSA key
+  // with an EC certificate is taken, and every handshake then fails.
+  let matches: boolean;
+  try {
+    matches = new X509Certificate(cert).checkPrivateKey(createPrivateKey(key));
+  } catch (err) {
+    throw refusal(keyFile, `${pair} (${(err as Error).message})`, err);
+  }
+  if (!matches) throw refusal(keyFile, `${pair} (it is a key of another type or pair)`);
 }
 
 /**
