@@ -72,6 +72,13 @@ describe('vm console with piped input', () => {
     assert.equal(second.code, 0, `the attach slot is free again: ${second.err}`);
   });
 
+  it('dials `--host :port` on loopback, as every other command does (Go\'s all-interfaces form)', async () => {
+    const port = (host[1] ?? '').split(':')[1] ?? '';
+    const r = await consoleWith(['--host', `:${port}`, ...host.slice(2), 'vm', 'console', 'vm-open'], 'echo hi\n');
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.err, /Connected to the console of vm-open/);
+  });
+
   it("keeps printing the console's output after stdin ends", async () => {
     // A long --eof-timeout: the stream ends when the VMM goes away right after its answer, so
     // the answer printed is one that came after the end of input.

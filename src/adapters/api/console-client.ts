@@ -2,6 +2,7 @@ import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 import { basicAuthHeader } from './auth.js';
 import { credentials, streamEnded, type ConnectOptions } from './client.js';
+import { dialAddress } from '../../core/endpoint.js';
 import { serviceDefinition } from './grpc/service-def.js';
 import { AttachConsoleRequestSchema, Console as ConsoleService, StreamConsoleRequestSchema, type ConsoleOutput } from '../../gen/services/matchlock/v1/console_pb.js';
 
@@ -21,7 +22,8 @@ export interface AttachedConsole {
 /** A client of matchlock.v1.Console (proto/services/matchlock/v1/console.proto). Streams carry no deadline. */
 export function connectConsole(o: ConnectOptions) {
   const Ctor = grpc.makeGenericClientConstructor(serviceDefinition(ConsoleService), 'Console');
-  const client = new Ctor(o.host, credentials(o)) as unknown as grpc.Client & Record<string, (...a: unknown[]) => grpc.ClientReadableStream<ConsoleOutput> & grpc.ClientDuplexStream<unknown, ConsoleOutput>>;
+  // Dialled as every other client dials (`:port`, 0.0.0.0 and [::] on loopback, as Go does).
+  const client = new Ctor(dialAddress(o.host), credentials(o)) as unknown as grpc.Client & Record<string, (...a: unknown[]) => grpc.ClientReadableStream<ConsoleOutput> & grpc.ClientDuplexStream<unknown, ConsoleOutput>>;
   const md = () => {
     const m = new grpc.Metadata();
     if (o.token) m.set('authorization', basicAuthHeader(o.token));
