@@ -180,13 +180,20 @@ function pyFloat(source: string, onError: (message: string) => void): number {
   const v = source.replace(/_/g, '').toLowerCase();
   const { sign, digits: d } = pySigned(v);
   let nan = false;
+  let bad = false;
   const n = v === '' ? NaN
     : d === '.inf' ? Infinity
     : d === '.nan' ? ((nan = true), NaN)
-    : d.includes(':') ? d.split(':').reduce((sum, part) => sum * 60 + (pythonNan(part) ? ((nan = true), NaN) : pythonFloat(part)), 0)
+    : d.includes(':') ? d.split(':').reduce((sum, part) => {
+      const n = pythonFloat(part);
+      // A part that is no float fails the whole, whatever another part's nan.
+      if (Number.isNaN(n) && !pythonNan(part)) bad = true;
+      else if (Number.isNaN(n)) nan = true;
+      return sum * 60 + n;
+    }, 0)
     : pythonNan(d) ? ((nan = true), NaN)
     : pythonFloat(d);
-  if (Number.isNaN(n) && !nan) onError(`${JSON.stringify(source)} is not a float to PyYAML (yaml/constructor.py construct_yaml_float)`);
+  if (bad || (Number.isNaN(n) && !nan)) onError(`${JSON.stringify(source)} is not a float to PyYAML (yaml/constructor.py construct_yaml_float)`);
   return sign * n;
 }
 
@@ -481,6 +488,9 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
       // A value tagged with the non-specific `!` is resolved by PyYAML as if it were plain,
       // whatever its quotes (yaml/composer.py: implicit (True, False)): `! "~"` is null there and
       // a string to the `yaml` package.
+      if (t.type === 'tag' && t.source.startsWith('!<') && !uriText(t.source.slice(2, -1))) {
+        return `${reader} takes a verbatim tag !<...> of URI characters only, at least one (letters, digits and -;/?:@&=+$,_.!~*'()[] or %XX escapes of UTF-8; yaml/scanner.py scan_tag_uri), not ${t.source}`;
+      }
       if (t.type === 'tag' && t.source === '!') return `${reader} resolves a value tagged with the non-specific tag ! as if it were unquoted (yaml/composer.py), where matchlock reads it as a string; drop the tag`;
       // An explicit indentation indicator (|2, >1): PyYAML keeps trailing lines of more spaces
       // than the indentation as content (yaml/scanner.py scan_block_scalar_breaks), the `yaml`
@@ -511,7 +521,7 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
         // column, where a deeper one starts a mapping PyYAML does not expect there.
         if (!colon && item.value) return `${reader} needs a \`:\` before the value of an explicit key \`? \` ("expected <block end>", yaml/parser.py parse_block_mapping_key)`;
         const column = (offset: number) => offset - text.lastIndexOf('\n', offset - 1) - 1;
-        const broken = colon && item.sep?.slice(0, item.sep.indexOf(colon)).some((t) => t.type === 'newline');
+        const broken = colon && [...item.start.slice(item.start.indexOf(explicit)), ...(item.sep?.slice(0, item.sep.indexOf(colon)) ?? [])].some((t) => t.type === 'newline');
         if (colon && broken && column(colon.offset) !== column(explicit.offset)) return `${reader} takes the \`:\` of an explicit key \`? \` on a line of its own only at the \`?\`'s column (yaml/parser.py parse_block_mapping_value)`;
       }
       if (!colon || explicit) continue;
@@ -581,6 +591,7 @@ function concreteSyntax(text: string): CST.Token[] | undefined {
 
 const PAIR_COLLECTIONS = new Set(['tag:yaml.org,2002:omap', 'tag:yaml.org,2002:pairs']);
 const MERGE_TAG = 'tag:yaml.org,2002:merge';
+const VALUE_TAG = 'tag:yaml.org,2002:value';
 
 /**
  * What PyYAML's composer and SafeConstructor refuse in a composed document (yaml/composer.py,
@@ -599,32 +610,29 @@ function composerProblem(doc: Document.Parsed): string | undefined {
       }
     }
     if (problem) return visit.BREAK;
-    // A plain `<<` resolves to the merge tag wherever it stands; as anything but a mapping's
-    // key, SafeConstructor has no constructor for it. A plain `=` (the value tag) is a string
-    // as a key of a mapping flatten_mapping sees, and has no constructor anywhere else.
+    // A plain `<<` resolves to the merge tag and a plain `=` to the value tag wherever they
+    // stand. flatten_mapping takes either only as a key of a mapping (not of an !!omap or
+    // !!pairs item: construct_yaml_omap does not flatten); SafeConstructor has no constructor
+    // for them anywhere else, an alias of one included. A `=` key becomes the string "=".
     const owner = path.at(-1);
     const isKey = !!owner && typeof owner === 'object' && 'key' in owner && (owner as Pair).key === node;
     const inPairs = path.slice(-3).some((o) => o && typeof o === 'object' && 'tag' in o && PAIR_COLLECTIONS.has(String((o as Node).tag)));
-    if (isScalar(node) && node.source === '<<' && node.type === 'PLAIN' && !node.tag && !isKey) {
-      problem = "PyYAML (cloud-init's reader) cannot construct a plain `<<` that is not a mapping key (it is a merge key, yaml/constructor.py); quote it";
+    const target = isAlias(node) ? node.resolve(doc) : node;
+    const merge = isScalar(target) && ((target.source === '<<' && target.type === 'PLAIN' && target.tag === undefined) || target.tag === MERGE_TAG);
+    const value = isScalar(target) && ((target.source === '=' && target.type === 'PLAIN' && target.tag === undefined) || target.tag === VALUE_TAG);
+    if ((merge || value) && (!isKey || inPairs)) {
+      problem = `PyYAML (cloud-init's reader) cannot construct a ${merge ? 'tag:yaml.org,2002:merge, a plain `<<`,' : 'tag:yaml.org,2002:value, a plain `=`,'} that is not a mapping key (yaml/constructor.py flatten_mapping)${isAlias(node) ? ', an alias of one included' : ''}; quote it`;
       return visit.BREAK;
     }
-    if (isScalar(node) && node.source === '=' && node.type === 'PLAIN' && !node.tag && (!isKey || inPairs)) {
-      problem = "PyYAML (cloud-init's reader) cannot construct a tag:yaml.org,2002:value, a plain `=` that is not a mapping key (yaml/constructor.py flatten_mapping); quote it";
-      return visit.BREAK;
-    }
-    // yaml merges a plain `<<` key whatever its tag, and no alias of one; PyYAML merges a key
-    // node tagged merge, which an alias of `<<` is and `!!str <<` is not (flatten_mapping).
+    // yaml merges a plain `<<` key whatever its tag, and no alias of one nor a quoted `<<`
+    // tagged merge; PyYAML merges exactly the key nodes tagged merge (flatten_mapping).
     if (isKey && isScalar(node) && node.source === '<<' && node.type === 'PLAIN' && node.tag !== undefined && node.tag !== MERGE_TAG) {
       problem = `matchlock reads a tagged plain \`<<\` key as a merge key and PyYAML (cloud-init's reader) as the string "<<" (yaml/constructor.py flatten_mapping); quote it: "<<"`;
       return visit.BREAK;
     }
-    if (isKey && isAlias(node)) {
-      const target = node.resolve(doc);
-      if (isScalar(target) && target.source === '<<' && target.type === 'PLAIN' && (target.tag === undefined || target.tag === MERGE_TAG)) {
-        problem = 'PyYAML (cloud-init\'s reader) merges an alias of a merge key `<<` used as a key and matchlock does not (yaml/constructor.py flatten_mapping); write `<<` itself';
-        return visit.BREAK;
-      }
+    if (isKey && merge && (isAlias(node) || (isScalar(node) && node.type !== 'PLAIN'))) {
+      problem = `PyYAML (cloud-init's reader) merges ${isAlias(node) ? 'an alias of a merge key `<<`' : 'a quoted or block `<<` tagged !!merge'} used as a key and matchlock does not (yaml/constructor.py flatten_mapping); write \`<<\` itself`;
+      return visit.BREAK;
     }
     // flatten_mapping (yaml/constructor.py) lets a later `<<` win, `yaml` the first.
     if (isMap(node) && node.items.filter((p) => isScalar(p.key) && typeof p.key.value === 'symbol').length > 1) {
@@ -836,7 +844,7 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
     // Spaces before the brace go, but not the one that ends an empty value's tag or anchor
     // (`{a: !!null }`: a tag runs to the next space, so `!!null,` would be the tag "null,").
     const kept = source.slice(0, close).replace(/[ ]*$/, '');
-    const props = /(?:^|[\s,[{])[!&][^\s]*$/.test(kept) && kept.length < close ? ' ' : '';
+    const props = /(?:^|[\s,[{:])[!&][^\s]*$/.test(kept) && kept.length < close ? ' ' : '';
     return `${kept}${props}${comma}${entries}${map.items.length > 0 ? ' ' : ''}${source.slice(close)}`;
   }
   const lineStart = text.lastIndexOf('\n', range[0] - 1) + 1;
@@ -884,7 +892,9 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
  */
 function finalBlockScalar(doc: Document.Parsed, text: string): { at: number; stripped: string } | undefined {
   const end = lastScalar(doc.contents);
-  if (text.endsWith('\n') || !/\S$/.test(text) || !isScalar(end) || (end.type !== 'BLOCK_LITERAL' && end.type !== 'BLOCK_FOLDED')) return undefined;
+  // Its content must be what ends the text: a comment or `...` after it follows a line break
+  // PyYAML keeps (clip and keep chomping apply there).
+  if (text.endsWith('\n') || !/\S$/.test(text) || !isScalar(end) || (end.type !== 'BLOCK_LITERAL' && end.type !== 'BLOCK_FOLDED') || end.range?.[1] !== text.length) return undefined;
   const at = end.range?.[0];
   const header = at === undefined ? null : /^[|>](?:[1-9][+-]?|[+-][1-9]?)?/.exec(text.slice(at));
   if (at === undefined || !header || header[0].includes('-')) return undefined;
@@ -960,16 +970,19 @@ const META_DATA_TYPED: typeof META_DATA_YAML = {
   }),
 };
 
+/** How META_DATA_TYPED reads a null: its tag and text. */
+const TYPED_NULL = '\0tag:yaml.org,2002:null\0';
+
 /** Each top-level key's value of a reading with META_DATA_TYPED, as JSON. */
 function typedEntries(read: Record<string, unknown> | null | undefined): Map<string, string> {
   const json = (v: unknown): string => JSON.stringify(v, (_, x: unknown) => (x instanceof Set ? ['\0set', ...x] : x instanceof Map ? ['\0map', ...x] : x));
   return new Map(Object.entries(read ?? {}).map(([k, v]) => [k, json(v)]));
 }
 
-/** Whether `value` of `key` counts as no value: null, or an empty instance id. */
+/** Whether `value` of `key` (read with META_DATA_TYPED) counts as no value: null, or an empty instance id. */
 function none(key: string, value: unknown): boolean {
   // flintlock keeps a client's instance id only when it is not empty (addInstanceData).
-  return value === null || value === undefined || (value === '' && (key === 'instance_id' || key === 'instance-id'));
+  return value === null || value === undefined || (typeof value === 'string' && value.startsWith(TYPED_NULL)) || (value === '' && (key === 'instance_id' || key === 'instance-id'));
 }
 
 /**
@@ -1011,7 +1024,11 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
   if (final !== undefined) reading = readMetaData(source, field);
   const text = lineBreaks(source);
   const { doc, value: current, cst } = reading;
-  const have = current ?? {};
+  // Which keys the client gave is read typed: a !!binary key spelling `instance_id` is bytes to
+  // PyYAML, another key than the string, where a JavaScript object would take it as the string.
+  const typedDoc = cst.length === 0 ? undefined : (new Composer(META_DATA_TYPED).compose(cst, true, text.length).next().value as Document.Parsed | undefined);
+  const typedValue = typedDoc?.toJS({ maxAliasCount: -1 }) as unknown;
+  const have = typedValue !== null && typeof typedValue === 'object' ? (typedValue as Record<string, unknown>) : {};
   const pairs = doc && isMap(doc.contents) ? (doc.contents.items as Pair[]) : [];
   const added: Added[] = [];
   for (const [underscore, hyphen] of META_DATA_SPELLINGS) {
@@ -1040,9 +1057,7 @@ export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, fie
     const why = (err instanceof Error ? err.message : String(err)).replace(`${field}: `, '');
     throw invalid(field, `${cannot}: with them it ${why.replace(/^must be/, 'would not be')}; give these keys yourself`);
   }
-  // The client's text was read and checked; composing its syntax tree again gives its typed reading.
-  const typed = new Composer(META_DATA_TYPED).compose(cst, true, text.length).next().value as Document.Parsed;
-  const before = typedEntries(typed.toJS({ maxAliasCount: -1 }) as Record<string, unknown>);
+  const before = typedEntries(have);
   const wanted = new Map(before);
   for (const a of added) wanted.set(a.key, a.given !== undefined ? (before.get(a.given) ?? '') : JSON.stringify(a.value));
   for (const k of new Set([...wanted.keys(), ...after.keys()])) {
