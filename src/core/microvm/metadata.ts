@@ -1,4 +1,5 @@
 import { Composer, Document, Lexer, Parser, Schema, isAlias, isCollection, isMap, isScalar, visit, type CST, type CreateNodeOptions, type DocumentOptions, type Node, type Pair, type ParseOptions, type ScalarTag, type SchemaOptions, type Tags } from 'yaml';
+import { randomBytes } from 'node:crypto';
 import { invalid } from '../errors.js';
 
 /**
@@ -461,6 +462,7 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
       // yaml/scanner.py scan_directive: the name is followed by spaces (not a tab); a %TAG
       // handle is !, !! or !word! (scan_tag_handle) and its prefix follows after spaces.
       if ((name === '%YAML' || name === '%TAG') && !/^%(?:YAML|TAG) /.test(top.source)) return `${reader} needs a space after ${name} (yaml/scanner.py scan_directive)`;
+      if (name === '%YAML' && !/^%YAML +[0-9]+\.[0-9]+(?: +(?:#.*)?)?$/.test(top.source)) return `${reader} takes a %YAML version of digits "." digits after spaces, then spaces, a comment or the line's end (yaml/scanner.py scan_yaml_directive_value)`;
       if (name === '%TAG' && (handle === undefined || !/^!(?:[0-9A-Za-z_-]*!)?$/.test(handle) || !/^%TAG +\S+ +\S/.test(top.source))) {
         return `${reader} takes a %TAG handle of the form !, !! or !name! (letters, digits, "-", "_") followed by a space and a prefix (yaml/scanner.py scan_tag_handle, scan_directive)`;
       }
@@ -505,6 +507,8 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
     if (bad) return bad;
     const items: [CST.CollectionItem, boolean][] = [];
     collectionItems(top, false, items);
+    const misplaced = keyColumnProblem(top, text);
+    if (misplaced) return `${reader} ${misplaced}`;
     for (const [item, flow] of items) {
       // In a flow collection `?` and `:` start no plain scalar (check_plain): `{?a: 1}` is the key a.
       for (const t of flow ? [item.key, item.value] : []) {
@@ -521,7 +525,9 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
         // column, where a deeper one starts a mapping PyYAML does not expect there.
         if (!colon && item.value) return `${reader} needs a \`:\` before the value of an explicit key \`? \` ("expected <block end>", yaml/parser.py parse_block_mapping_key)`;
         const column = (offset: number) => offset - text.lastIndexOf('\n', offset - 1) - 1;
-        const broken = colon && [...item.start.slice(item.start.indexOf(explicit)), ...(item.sep?.slice(0, item.sep.indexOf(colon)) ?? [])].some((t) => t.type === 'newline');
+        // Line breaks in the key's own text (a block scalar) count too.
+        const broken = colon && text.slice(explicit.offset, colon.offset).includes('\n');
+        if (colon && !broken && !item.key) return `${reader} refuses a \`:\` on the line of an empty explicit key \`?\` ("expected <block end>", yaml/parser.py parse_block_mapping_key)`;
         if (colon && broken && column(colon.offset) !== column(explicit.offset)) return `${reader} takes the \`:\` of an explicit key \`? \` on a line of its own only at the \`?\`'s column (yaml/parser.py parse_block_mapping_value)`;
       }
       if (!colon || explicit) continue;
@@ -549,6 +555,33 @@ function uriText(text: string): boolean {
       return false;
     }
   });
+}
+
+/**
+ * Why a block mapping under `token` has an entry whose first token (a property, `?`, the key,
+ * or the `:` of an empty key) stands at another column than its first entry's, or undefined.
+ * PyYAML's scanner opens a mapping at a key further right ("expected <block end>",
+ * yaml/scanner.py add_indent), where `yaml` takes an entry with an empty key into the mapping
+ * at a lower indentation (`x:\n  ? k\n &a : v` gives the outer mapping a key).
+ */
+function keyColumnProblem(token: CST.Token | null | undefined, text: string): string | undefined {
+  if (!token) return undefined;
+  const column = (offset: number) => offset - text.lastIndexOf('\n', offset - 1) - 1;
+  const first = (item: CST.CollectionItem): number | undefined => {
+    const lead = item.start.find((t) => t.type === 'anchor' || t.type === 'tag' || t.type === 'explicit-key-ind');
+    return lead?.offset ?? item.key?.offset ?? item.sep?.find((t) => t.type === 'map-value-ind')?.offset;
+  };
+  if (token.type === 'document') return keyColumnProblem(token.value, text);
+  if (token.type !== 'block-map' && token.type !== 'block-seq' && token.type !== 'flow-collection') return undefined;
+  if (token.type === 'block-map') {
+    const columns = token.items.map(first).filter((o): o is number => o !== undefined).map(column);
+    if (columns.some((c) => c !== columns[0])) return 'takes the keys of a block mapping at one column only ("expected <block end>", yaml/scanner.py add_indent)';
+  }
+  for (const item of token.items) {
+    const r = keyColumnProblem(item.key as CST.Token | null, text) ?? keyColumnProblem(item.value, text);
+    if (r) return r;
+  }
+  return undefined;
 }
 
 /** Adds every collection item under `token` to `items`, with whether it is in a flow collection. */
@@ -853,7 +886,9 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
   const indent = /^ */.exec(text.slice(lineStart, range[0]))?.[0] ?? '';
   const lines = added.map((a) => (a.copied !== undefined ? `${indent}${keyText(a.key)}${a.copied}\n` : metaDataLine(a.key, a.value).replace(/^(?=.)/gm, indent))).join('');
   const end = lastScalar(map);
-  if (!text.endsWith('\n') && isScalar(end) && (end.type === 'BLOCK_LITERAL' || end.type === 'BLOCK_FOLDED')) {
+  // Only a block scalar whose content ends the text: after a comment or `...` line the new
+  // lines can go as after any other value.
+  if (!text.endsWith('\n') && isScalar(end) && (end.type === 'BLOCK_LITERAL' || end.type === 'BLOCK_FOLDED') && end.range?.[1] === text.length) {
     const lastKey = (map.items.at(-1) as Pair<Node | null, Node | null> | undefined)?.key;
     // Its copy would gain the line break the original lacks (and `yaml`, which reads a final
     // `|` or `|+` as if the text ended in one, would not see the change).
@@ -950,10 +985,17 @@ function decodeMetaData(bytes: Buffer, field: string): string {
 }
 
 /**
+ * What a typed reading puts before a scalar's tag and text: a string no client can write (a
+ * double-quoted "\0" is a NUL to YAML, so a fixed marker could be spelt by a client's string
+ * and read as a null), random per process.
+ */
+const TYPED = `\0${randomBytes(16).toString('hex')}\0`;
+
+/**
  * How meta-data is read to compare two readings: as META_DATA_YAML reads it, but with every
- * scalar that is not a string read as its tag and its text, so that what JavaScript would
- * equate (1.0 and 1, -0.0 and 0, an integer key and a string key, two integers past 2^53)
- * stays apart, as it does in Python.
+ * scalar that is not a string read as TYPED, its tag and its text, so that what JavaScript
+ * would equate (1.0 and 1, -0.0 and 0, an integer key and a string key, bytes and the string
+ * they spell, two integers past 2^53) stays apart, as it does in Python.
  */
 const META_DATA_TYPED: typeof META_DATA_YAML = {
   ...META_DATA_YAML,
@@ -963,19 +1005,19 @@ const META_DATA_TYPED: typeof META_DATA_YAML = {
       pyYamlTags(tags).map((t) => {
         if (typeof t === 'string' || !('resolve' in t) || ('collection' in t && t.collection) || t.tag === 'tag:yaml.org,2002:merge' || t.tag === 'tag:yaml.org,2002:str') return t;
         const tag = t as ScalarTag;
-        return { ...tag, resolve: (source: string, onError: (message: string) => void, options: ParseOptions) => (tag.resolve(source, onError, options), `\0${tag.tag}\0${source}`) } as ScalarTag;
+        return { ...tag, resolve: (source: string, onError: (message: string) => void, options: ParseOptions) => (tag.resolve(source, onError, options), `${TYPED}${tag.tag}\0${source}`) } as ScalarTag;
       }),
     merge: true,
     resolveKnownTags: false,
   }),
 };
 
-/** How META_DATA_TYPED reads a null: its tag and text. */
-const TYPED_NULL = '\0tag:yaml.org,2002:null\0';
+/** How META_DATA_TYPED reads a null, before its text. */
+const TYPED_NULL = `${TYPED}tag:yaml.org,2002:null\0`;
 
 /** Each top-level key's value of a reading with META_DATA_TYPED, as JSON. */
 function typedEntries(read: Record<string, unknown> | null | undefined): Map<string, string> {
-  const json = (v: unknown): string => JSON.stringify(v, (_, x: unknown) => (x instanceof Set ? ['\0set', ...x] : x instanceof Map ? ['\0map', ...x] : x));
+  const json = (v: unknown): string => JSON.stringify(v, (_, x: unknown) => (x instanceof Set ? [`${TYPED}set`, ...x] : x instanceof Map ? [`${TYPED}map`, ...x] : x));
   return new Map(Object.entries(read ?? {}).map(([k, v]) => [k, json(v)]));
 }
 
