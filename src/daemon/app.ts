@@ -23,7 +23,7 @@ import { ThinPoolVolumes } from '../adapters/volumes/thin.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { createConfinement, vmmUserIsRoot, type VmmConfinement } from '../adapters/vmm/confine/vmm.js';
 import { parseUidRange } from '../adapters/vmm/confine/uids.js';
-import { lookupGroup, lookupUser } from '../adapters/system/accounts.js';
+import { lookupGroup, lookupUser, rootIds } from '../adapters/system/accounts.js';
 import { lockStateDir, makeStateDir, tightenStateDir } from './state-dir.js';
 import { EventSupervisor } from '../adapters/vmm/supervisor.js';
 import { LogBound } from '../adapters/vmm/console.js';
@@ -132,8 +132,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   // VMM user that is root under another name.
   await checkEndpoints(cfg);
   const confined = [...providers.values()].some((e) => e.availability.usable);
-  const rootUser = confined && !parseUidRange(cfg.vmmUidRange) && !vmmUserIsRoot(cfg.vmmUser, cfg.vmmUidRange) && lookupUser(cfg.vmmUser)?.uid === 0;
-  if (rootUser) throw configError(`vmm-user ${cfg.vmmUser}: vmm-user ${cfg.vmmUser} has uid 0; name an unprivileged user, or root to run VMMs as root`);
+  const existing = confined && !parseUidRange(cfg.vmmUidRange) && !vmmUserIsRoot(cfg.vmmUser, cfg.vmmUidRange) ? lookupUser(cfg.vmmUser) : undefined;
+  const rootUser = existing && rootIds(existing);
+  if (rootUser) throw configError(`vmm-user ${cfg.vmmUser}: vmm-user ${cfg.vmmUser} has ${rootUser}; name an unprivileged user, or root to run VMMs as root`);
 
   // In this order: nothing is read or written before the state dir is known to be writable and
   // ours alone, and nothing (no VM, no sweep) is touched when the store is damaged.

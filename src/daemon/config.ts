@@ -264,7 +264,7 @@ const ID_MAX = 4_294_967_294;
 
 /**
  * Why `user` cannot be vmm-user, or undefined when it can: `root`, `uid:gid` (decimal, as QEMU's
- * -runas takes it; uid 0 only as 0:0, which is root), or a user name as passwd(5) can hold it and
+ * -runas takes it; uid 0 and gid 0 only as 0:0, which is root), or a user name as passwd(5) can hold it and
  * useradd(8) can make it (no `:`, which separates passwd fields, no `,`, white space or control
  * characters, not starting with `-`, which useradd would read as an option, or `+`, which
  * marks NIS compat entries in passwd(5)).
@@ -277,6 +277,8 @@ export function vmmUserRefusal(user: string): string | undefined {
     const [uid, gid] = [Number(ids[1]), Number(ids[2])];
     if (uid > ID_MAX || gid > ID_MAX) return `uid and gid must be at most ${ID_MAX}`;
     if (uid === 0 && gid !== 0) return 'uid 0 is root: write root (or 0:0) to run VMMs as root, or name an unprivileged user';
+    // Group 0 reads what is root-group readable (the state dir and store are 0750 root:root).
+    if (gid === 0 && uid !== 0) return "gid 0 is root's group: write root (or 0:0) to run VMMs as root, or give an unprivileged uid:gid or user";
     return undefined;
   }
   // eslint-disable-next-line no-control-regex

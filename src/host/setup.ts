@@ -10,7 +10,7 @@ import { KEYS, loadConfig, type DaemonConfig } from '../daemon/config.js';
 import { parseBool } from '../core/settings.js';
 import { run } from '../adapters/exec.js';
 import { findBinary } from '../daemon/providers.js';
-import { ensureSystemUser } from '../adapters/system/accounts.js';
+import { ensureSystemUser, rootIds } from '../adapters/system/accounts.js';
 import { installGuard, writeGuardFile } from './guard.js';
 import { systemdCommandLine, systemdWord } from './unit.js';
 import { inspectHost, type Check } from './inspect.js';
@@ -358,7 +358,8 @@ export async function hostSetup(o: HostSetupOptions, plan?: HostSetupPlan): Prom
   if (config.vmmUser !== 'root') {
     try {
       const { account, created } = await ensureSystemUser(config.vmmUser);
-      checks.push({ check: 'vmm-user', status: account.uid === 0 ? 'fail' : 'ok', evidence: `${config.vmmUser} is uid ${account.uid}${created ? ' (created now)' : ''}`, ...(account.uid === 0 ? { fix: 'name an unprivileged user' } : {}) });
+      const root = rootIds(account);
+      checks.push({ check: 'vmm-user', status: root ? 'fail' : 'ok', evidence: `${config.vmmUser} is uid ${account.uid}, gid ${account.gid}${created ? ' (created now)' : ''}`, ...(root ? { fix: `name an unprivileged user (this one has ${root})` } : {}) });
     } catch (err) {
       checks.push({ check: 'vmm-user', status: 'fail', evidence: (err as Error).message, fix: `create it: useradd --system --user-group ${config.vmmUser}` });
     }

@@ -155,6 +155,10 @@ describe('daemon configuration', () => {
     refused({ 'vmm-uid-range': '2000-1000' }, /^vmm-uid-range 2000-1000: must be FIRST-LAST/);
     for (const user of ['1:1:1', 'a:b', 'two words', 'a,b', '-rf', '+nis', '']) refused({ 'vmm-user': user }, new RegExp(`^vmm-user ${user.replace(/[+]/g, '\\+')}: must be root, uid:gid`));
     refused({ 'vmm-user': '0:5' }, /^vmm-user 0:5: uid 0 is root: write root \(or 0:0\)/);
+    // Root's group is root's too, from a flag, the config file or the environment alike.
+    refused({ 'vmm-user': '5:0' }, /^vmm-user 5:0: gid 0 is root's group: write root \(or 0:0\)/);
+    assert.throws(() => load({}, file('gid0.yaml', 'vmm-user: "1000:0"\n')), /vmm-user 1000:0: gid 0 is root's group/);
+    assert.throws(() => load({}, empty, { MATCHLOCK_VMM_USER: '1000:0' }), /vmm-user 1000:0: gid 0 is root's group/);
     refused({ 'vmm-user': '1000:4294967295' }, /^vmm-user 1000:4294967295: uid and gid must be at most 4294967294/);
     for (const user of ['root', '0:0', '1000:1000', 'matchlock-vmm', 'svc.vmm', '4242']) assert.equal(load({ 'vmm-user': user }, empty).vmmUser, user);
     assert.equal(load({ 'vmm-uid-range': '100000-165535' }, empty).vmmUidRange, '100000-165535');

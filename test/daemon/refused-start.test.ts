@@ -67,6 +67,7 @@ describe('a refused start leaves no new state dir behind, and an existing one as
       ['a uid range out of order', ['--grpc-endpoint', '127.0.0.1:0', '--vmm-uid-range', '5-1'], 2, /vmm-uid-range 5-1: must be FIRST-LAST with 1000 <= FIRST <= LAST/],
       ['a vmm-user of no valid shape', ['--grpc-endpoint', '127.0.0.1:0', '--vmm-user', '1:1:1'], 2, /vmm-user 1:1:1: must be root, uid:gid \(decimal numbers\), or a user name without ":"/],
       ['a vmm-user that is root by its uid', ['--grpc-endpoint', '127.0.0.1:0', '--vmm-user', '0'], 2, /vmm-user 0: vmm-user 0 has uid 0; name an unprivileged user, or root to run VMMs as root/],
+      ['a vmm-user in root\'s group by its gid', ['--grpc-endpoint', '127.0.0.1:0', '--vmm-user', '5:0'], 2, /vmm-user 5:0: gid 0 is root's group: write root \(or 0:0\) to run VMMs as root/],
     ];
   };
 

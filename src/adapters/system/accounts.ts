@@ -28,6 +28,16 @@ export function lookupUser(user: string): Account | undefined {
   return { name: user, uid: Number(f[2]), gid: Number(f[3]) };
 }
 
+/**
+ * What of an account that is not root makes it root after all: uid 0, or gid 0 (root's group,
+ * which reads the state dir and store, 0750 root:root); undefined for an unprivileged one.
+ */
+export function rootIds(account: { uid: number; gid: number }): string | undefined {
+  if (account.uid === 0) return 'uid 0';
+  if (account.gid === 0) return "gid 0 (root's group)";
+  return undefined;
+}
+
 /** A group's gid by name or number; undefined when no such group exists. */
 export function lookupGroup(group: string): number | undefined {
   if (/^\d+$/.test(group)) return Number(group);

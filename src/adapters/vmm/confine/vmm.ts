@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
 import type { Logger } from '../../../core/ports.js';
-import { ensureSystemUser, type Account } from '../../system/accounts.js';
+import { ensureSystemUser, rootIds, type Account } from '../../system/accounts.js';
 import { detectCgroups, limitsFor, VmCgroups, type CgroupHost } from './cgroup.js';
 import { parseUidRange, UidPool } from './uids.js';
 
@@ -109,7 +109,8 @@ export async function createConfinement(o: ConfinementOptions, log: Logger): Pro
   else {
     const { account, created } = await ensureSystemUser(o.user);
     if (created) log.info({ user: account.name, uid: account.uid }, 'created the VMM user');
-    if (account.uid === 0) throw new Error(`vmm-user ${o.user} has uid 0; name an unprivileged user, or root to run VMMs as root`);
+    const root = rootIds(account);
+    if (root) throw new Error(`vmm-user ${o.user} has ${root}; name an unprivileged user, or root to run VMMs as root`);
     user = account;
   }
   let cgroups: VmCgroups | undefined;
