@@ -1,5 +1,5 @@
 import { connect } from 'node:net';
-import { chmod, chown, lstat, rm, stat } from 'node:fs/promises';
+import { chmod, chown, lstat, readFile, rm, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { UNIX_SOCKET_PATH_MAX } from '../core/vmm.js';
 /** The socket path of a `unix:` endpoint (`unix:/p` or `unix:///p`). */
@@ -19,10 +19,10 @@ export async function restrictSocket(endpoint: string, group: number | undefined
 
 /**
  * Whether a `unix:` endpoint can be bound, without changing anything: `absent` (nothing there,
- * its directory exists) or `stale` (a socket nothing answers on, left by a daemon that was
- * killed). A path that cannot be bound is the same failure as a TCP port in use: an Error (exit
+ * its directory exists) or `stale` (a socket nothing answers on and no live process has bound,
+ * left by a daemon that was killed). A path that cannot be bound is the same failure as a TCP port in use: an Error (exit
  * 1) naming the setting (`key`, e.g. grpc-endpoint) as `<key> <endpoint>: cannot listen: <why>`
- * (another process serves it, it is no socket, or its directory does not exist and is not
+ * (another process serves it or holds it bound, it is no socket, or its directory does not exist and is not
  * `madeLater`, nor one of the directories making `madeLater` makes: the state dir, which may
  * hold the socket).
  */
@@ -54,14 +54,37 @@ export async function checkSocket(key: string, endpoint: string, madeLater?: str
     });
     s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code));
   });
-  if (answer === 'ECONNREFUSED') return 'stale';
+  // ECONNREFUSED is also what a socket bound but not (yet) listening answers: only one that no
+  // live process has bound (a socket's path stays in /proc/net/unix while its process holds it)
+  // is a stopped daemon's leftover.
+  if (answer === 'ECONNREFUSED') {
+    if (await boundInProc(path)) throw cannot(`${path} is a socket a live process holds (bound, listed in /proc/net/unix) without listening on it; it is not one a stopped daemon left`);
+    return 'stale';
+  }
   if (answer === 'ENOENT') return 'absent';
   throw cannot(answer === 'connect' ? `another process is serving on ${path}` : `${path} is a socket in use (connecting to it: ${answer ?? 'an error'}), not one a stopped daemon left`);
 }
 
 /**
+ * Whether a live process has bound `path`: the kernel lists every bound unix socket of this
+ * network namespace in /proc/net/unix (proc(5): `Num RefCount Protocol Flags Type St Inode
+ * Path`), by the path it was bound at, until the last descriptor of it is closed. A socket bound
+ * by a relative path is listed so and cannot be matched; one bound in another network namespace
+ * is not listed (connect(2) still reaches it when it listens).
+ */
+async function boundInProc(path: string, table = '/proc/net/unix'): Promise<boolean> {
+  const text = await readFile(table, 'utf8').catch(() => '');
+  const want = resolve(path);
+  for (const line of text.split('\n').slice(1)) {
+    const bound = line.trim().split(/\s+/).slice(7).join(' ');
+    if (bound.startsWith('/') && resolve(bound) === want) return true;
+  }
+  return false;
+}
+
+/**
  * A unix socket left behind by a daemon that was killed blocks the next bind: one nothing
- * answers on is removed. Refuses as checkSocket does.
+ * answers on and no live process holds is removed. Refuses as checkSocket does.
  */
 export async function clearStaleSocket(key: string, endpoint: string): Promise<void> {
   if (!endpoint.startsWith('unix:')) return;

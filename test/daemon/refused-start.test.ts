@@ -23,6 +23,7 @@ describe('a refused start leaves no new state dir behind, and an existing one as
   // Live sockets a stream connect does not reach: a datagram socket (EPROTOTYPE) and a stream
   // server whose accept queue is full (EAGAIN). Neither is a stopped daemon's leftover.
   let others: ChildProcess | undefined;
+  let boundIno = 0;
   before(async () => {
     await listening(busy, 0);
     port = (busy.address() as { port: number }).port;
@@ -31,14 +32,17 @@ describe('a refused start leaves no new state dir behind, and an existing one as
       'import socket, sys, time',
       'd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.bind(sys.argv[1])',
       's = socket.socket(socket.AF_UNIX); s.bind(sys.argv[2]); s.listen(0); held = []',
+      // Bound and never listened on: a connect is refused as at a stopped daemon's socket.
+      'b = socket.socket(socket.AF_UNIX); b.bind(sys.argv[3])',
       'while True:',
       '    c = socket.socket(socket.AF_UNIX); c.setblocking(False)',
       '    try: c.connect(sys.argv[2]); held.append(c)',
       '    except BlockingIOError: break',
       'print("ready", flush=True); time.sleep(600)',
-    ].join('\n'), join(tmp.path, 'dgram.sock'), join(tmp.path, 'full.sock')], { stdio: ['ignore', 'pipe', 'inherit'] });
+    ].join('\n'), join(tmp.path, 'dgram.sock'), join(tmp.path, 'full.sock'), join(tmp.path, 'bound.sock')], { stdio: ['ignore', 'pipe', 'inherit'] });
     await new Promise<void>((resolve) => others?.stdout?.once('data', () => resolve()));
     symlinkSync(join(tmp.path, 'nowhere.sock'), join(tmp.path, 'dangling.sock'));
+    boundIno = statSync(join(tmp.path, 'bound.sock')).ino;
   });
   after(async () => {
     others?.kill();
@@ -59,6 +63,7 @@ describe('a refused start leaves no new state dir behind, and an existing one as
       ['unix path that is no socket', ['--grpc-endpoint', `unix:${notSocket}`], 1, new RegExp(`grpc-endpoint unix:${notSocket}: cannot listen: ${notSocket} exists and is not a socket`)],
       ['a live datagram socket', ['--grpc-endpoint', `unix:${join(tmp.path, 'dgram.sock')}`], 1, /grpc-endpoint unix:\S+dgram\.sock: cannot listen: \S+ is a socket in use \(connecting to it: EPROTOTYPE\)/],
       ['a live server with a full accept queue', ['--grpc-endpoint', `unix:${join(tmp.path, 'full.sock')}`], 1, /grpc-endpoint unix:\S+full\.sock: cannot listen: \S+ is a socket in use \(connecting to it: EAGAIN\)/],
+      ['a socket a live process has bound but does not listen on', ['--grpc-endpoint', `unix:${join(tmp.path, 'bound.sock')}`], 1, /grpc-endpoint unix:\S+bound\.sock: cannot listen: \S+ is a socket a live process holds \(bound, listed in \/proc\/net\/unix\)/],
       ['a socket path longer than sun_path takes', ['--grpc-endpoint', `unix:${join(tmp.path, 'l'.repeat(110))}.sock`], 1, /grpc-endpoint unix:\S+: cannot listen: the path is \d+ bytes; a unix socket's path takes at most 107/],
       ['a dangling symlink at the socket path', ['--grpc-endpoint', `unix:${join(tmp.path, 'dangling.sock')}`], 1, /grpc-endpoint unix:\S+dangling\.sock: cannot listen: \S+ is a symbolic link/],
       ['http endpoint in use', ['--grpc-endpoint', '127.0.0.1:0', '--enable-http', '--http-endpoint', `127.0.0.1:${port}`], 1, new RegExp(`http-endpoint 127\\.0\\.0\\.1:${port}: cannot listen: .*EADDRINUSE`)],
@@ -95,6 +100,7 @@ describe('a refused start leaves no new state dir behind, and an existing one as
       assert.equal(statSync(state).mode & 0o777, 0o755, `${what}: the state dir is not tightened`);
       assert.doesNotMatch(output, /orphan|created the VMM user/, `${what}: no sweep, no useradd`);
     }
+    assert.equal(statSync(join(tmp.path, 'bound.sock')).ino, boundIno, 'the socket a live process holds was neither removed nor replaced');
   });
 
   it('a unix: socket in the state dir, or in a parent the start makes for it, is no missing directory', async () => {
