@@ -1,6 +1,5 @@
 import type { Server as GrpcServer } from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, readdirSync, rmSync, statSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { join } from 'node:path';
@@ -24,7 +23,7 @@ import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
 import { createConfinement, vmmUserIsRoot, type VmmConfinement } from '../adapters/vmm/confine/vmm.js';
 import { parseUidRange } from '../adapters/vmm/confine/uids.js';
 import { lookupGroup, lookupUser, rootIds } from '../adapters/system/accounts.js';
-import { lockStateDir, makeStateDir, tightenStateDir } from './state-dir.js';
+import { lockStateDir, makeStateDir, removeMadeStateDir, restoreStateDir, snapshotStateDir, StateDirInUse, tightenStateDir } from './state-dir.js';
 import { EventSupervisor } from '../adapters/vmm/supervisor.js';
 import { LogBound } from '../adapters/vmm/console.js';
 import { GrowingFiles } from './growing-files.js';
@@ -138,7 +137,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
 
   // In this order: nothing is read or written before the state dir is known to be writable and
   // ours alone, and nothing (no VM, no sweep) is touched when the store is damaged.
-  const before = existingState(cfg.stateDir);
+  const before = snapshotStateDir(cfg.stateDir);
   const { created } = makeStateDir(cfg.stateDir);
   // What this start opened, closed in reverse when it fails before it drains (the drain closes
   // them itself).
@@ -146,14 +145,15 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
   let drained = false;
   let failing = false;
   let undone = false;
-  // A start that fails leaves the state dir as it found it: a directory it made (the state dir
-  // or an ancestor) holds nothing anyone else made and goes; in one that was there, what it
-  // added goes and its mode is restored. Done with the store closed and the lock still held, so
-  // no other daemon can have started there meanwhile.
+  // A start that fails leaves the state dir as it found it: the state dir it made goes with
+  // what is in it (ancestors it made only when empty: another start may have made its own
+  // state dir beside it); one that was there gets back what the start changed in it. Done with
+  // the store closed and the lock still held, so no other daemon can have started there
+  // meanwhile.
   const undo = () => {
     undone = true;
-    if (created) rmSync(created, { recursive: true, force: true });
-    else if (before) restoreState(cfg.stateDir, before);
+    if (created) removeMadeStateDir(cfg.stateDir, created, true);
+    else if (before) restoreStateDir(cfg.stateDir, before);
   };
   try {
     const lock = lockStateDir(cfg.stateDir);
@@ -450,29 +450,13 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
         }
       }
     }
-    // The lock was not taken (another daemon holds it, or the lock file cannot be made): only
-    // a directory this start made goes, as nobody else can have written in it.
-    if (!undone && created) rmSync(created, { recursive: true, force: true });
+    // The lock was not taken. Another daemon holding it found the directory this start made
+    // and uses it: nothing there is this start's to remove. Otherwise (the lock file could not
+    // be made) what this start made goes only if it is empty: another start may be about to
+    // take its lock.
+    if (!undone && created && !(err instanceof StateDirInUse)) removeMadeStateDir(cfg.stateDir, created, false);
     throw err;
   }
-}
-
-/** An existing state dir's entries and mode, for a failed start to restore; undefined when there is none (or it cannot be read). */
-function existingState(dir: string): { entries: Set<string>; mode: number } | undefined {
-  try {
-    const st = statSync(dir);
-    return st.isDirectory() ? { entries: new Set(readdirSync(dir)), mode: st.mode & 0o7777 } : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Removes what a failed start added to an existing state dir, and gives it its mode back. */
-function restoreState(dir: string, before: { entries: Set<string>; mode: number }): void {
-  for (const name of readdirSync(dir)) {
-    if (!before.entries.has(name)) rmSync(join(dir, name), { recursive: true, force: true });
-  }
-  chmodSync(dir, before.mode);
 }
 
 /**

@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
-import { accessSync, chmodSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { accessSync, chmodSync, chownSync, closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 
 /** Mode of the state dir: the store and each VM's user-data (which holds secrets) are not for other users. */
@@ -10,6 +10,129 @@ export const PID_FILE = 'matchlockd.pid';
 
 function refuse(message: string, cause?: unknown): MatchlockError {
   return new MatchlockError(ErrorCode.FailedPrecondition, message, cause === undefined ? {} : { cause });
+}
+
+/**
+ * The refusal of a state dir whose lock another process holds: that process uses the directory
+ * (whoever made it), so a start refused so removes nothing there.
+ */
+export class StateDirInUse extends MatchlockError {
+  constructor(message: string, cause: unknown) {
+    super(ErrorCode.FailedPrecondition, message, { cause });
+  }
+}
+
+/**
+ * Removes what makeStateDir made (`created`: the state dir or its first missing ancestor) for a
+ * start that failed. The state dir goes with what is in it only when `held` (its lock is this
+ * process's, so nobody else can be using it); otherwise only when empty, as any other start
+ * that found it would first make its lock file there. The ancestors it made go only when empty
+ * (another start may have made its own state dir beside this one meanwhile), nearest first,
+ * stopping at the first that stays.
+ */
+export function removeMadeStateDir(path: string, created: string, held: boolean): void {
+  const top = resolve(created);
+  let dir = resolve(path);
+  try {
+    if (held) rmSync(dir, { recursive: true, force: true });
+    else rmdirSync(dir);
+    while (dir !== top && dirname(dir) !== dir) {
+      dir = dirname(dir);
+      rmdirSync(dir);
+    }
+  } catch {
+    // not empty (someone else's now), or already gone: left as it is
+  }
+}
+
+/** An entry of an existing state dir as a start found it, for a refused start to put back. */
+interface EntryState {
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Seconds, from the nanoseconds stat gives (utimes(2) through Node takes seconds as a double). */
+  atime: number;
+  mtime: number;
+  /** The bytes of a file start-up rewrites (KEPT). */
+  content?: Buffer;
+}
+
+/**
+ * The files start-up writes over in a state dir it did not make: the pid file a killed daemon
+ * left (daemon-id is only made when missing, and the lock file is only locked). The store is
+ * never put back byte for byte: its -wal holds what the file does not.
+ */
+const KEPT: ReadonlySet<string> = new Set([PID_FILE]);
+/** A kept file larger than this is no pid file and is not kept. */
+const KEPT_BYTES = 64 * 1024;
+
+export interface StateDirSnapshot {
+  dir: EntryState;
+  entries: Map<string, EntryState>;
+}
+
+function entryState(path: string, keep: boolean): EntryState {
+  const st = lstatSync(path, { bigint: true });
+  const content = keep && st.isFile() && st.size <= BigInt(KEPT_BYTES) ? readFileSync(path) : undefined;
+  const seconds = (ns: bigint) => Number(ns / 1000n) / 1e6;
+  return { mode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), atime: seconds(st.atimeNs), mtime: seconds(st.mtimeNs), ...(content ? { content } : {}) };
+}
+
+/**
+ * An existing state dir as it is (its mode, owner and times, and each top-level entry's, with
+ * the bytes of the files start-up writes over), for restoreStateDir; undefined when there is none or
+ * it cannot be read. Reads only.
+ */
+export function snapshotStateDir(path: string): StateDirSnapshot | undefined {
+  try {
+    if (!statSync(path).isDirectory()) return undefined;
+    const entries = new Map<string, EntryState>();
+    for (const name of readdirSync(path)) {
+      try {
+        entries.set(name, entryState(join(path, name), KEPT.has(name)));
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return { dir: entryState(path, false), entries };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Puts an existing state dir back as snapshotStateDir found it, for a start refused once it had
+ * the lock (so nobody else was using it): what the start added goes, a file it wrote over or
+ * removed (the pid file a killed daemon left) gets its bytes, mode, owner and times back, and the directory its mode, owner and times (last, as each change above moves
+ * its mtime). Best effort: what cannot be put back is left as it is.
+ */
+export function restoreStateDir(path: string, before: StateDirSnapshot): void {
+  const attempt = (fn: () => void) => {
+    try {
+      fn();
+    } catch {
+      // the start's own failure is the one to report
+    }
+  };
+  for (const name of readdirSync(path)) {
+    if (!before.entries.has(name)) attempt(() => rmSync(join(path, name), { recursive: true, force: true }));
+  }
+  for (const [name, was] of before.entries) {
+    if (was.content === undefined) continue;
+    const file = join(path, name);
+    attempt(() => {
+      const now = existsSync(file) ? entryState(file, true) : undefined;
+      const same = now?.content?.equals(was.content as Buffer) && now.mode === was.mode && now.uid === was.uid && now.gid === was.gid && now.mtime === was.mtime;
+      if (same) return;
+      if (!now?.content?.equals(was.content as Buffer)) writeFileSync(file, was.content as Buffer, { mode: was.mode });
+      chownSync(file, was.uid, was.gid);
+      chmodSync(file, was.mode);
+      utimesSync(file, was.atime, was.mtime);
+    });
+  }
+  attempt(() => chownSync(path, before.dir.uid, before.dir.gid));
+  attempt(() => chmodSync(path, before.dir.mode));
+  attempt(() => utimesSync(path, before.dir.atime, before.dir.mtime));
 }
 
 /**
@@ -166,10 +289,11 @@ export function lockStateDir(path: string): StateDirLock {
         const pid = lockHolder(lockPath);
         if (pid !== undefined) holder = `pid ${pid}`;
       }
-      throw refuse(`state-dir ${path} is in use by another matchlockd (${holder}); stop it first or give this one its own --state-dir`, err);
+      throw new StateDirInUse(`state-dir ${path} is in use by another matchlockd (${holder}); stop it first or give this one its own --state-dir`, err);
     }
-    // A lock file this start made and could not fill is not left behind (nothing else uses it).
-    if (!lockExisted) rmSync(lockPath, { force: true });
+    // A lock file this start made and could not fill is not left behind, unless another process
+    // holds a lock on it meanwhile: removing it then would let a third daemon lock a new one.
+    if (!lockExisted && lockHolder(lockPath) === undefined) rmSync(lockPath, { force: true });
     if (code === 'SQLITE_FULL' || ROOM_CODES.has(code)) {
       throw refuse(`state-dir ${path} is on a full file system (ENOSPC): its lock file ${lockPath} cannot be made; free space in the state dir and start again`, err);
     }
@@ -183,6 +307,8 @@ export function lockStateDir(path: string): StateDirLock {
     // pid file left by a killed daemon is removed (unlinking needs no space) so that no
     // refusal names the wrong process.
     if (!ROOM_CODES.has((err as NodeJS.ErrnoException).code ?? '')) {
+      // While the lock is still held, so that nobody else has started on it.
+      if (!lockExisted) rmSync(lockPath, { force: true });
       db.close();
       throw refuse(`state-dir ${path}: cannot write ${pidPath}: ${(err as Error).message}`, err);
     }

@@ -7,9 +7,39 @@ import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { makeCerts } from '../helpers/certs.js';
-import { daemonFailsToStart, ROOT, startDaemon, TEST_CGROUP_PARENT, tempDir } from '../helpers/daemon.js';
+import { DAEMON_BIN, daemonFailsToStart, ROOT, startDaemon, TEST_CGROUP_PARENT, tempDir } from '../helpers/daemon.js';
 
 const base = (state: string) => ['run', '--state-dir', state, '--config', '/dev/null', '--log-format', 'json', '--vmm-cgroup-parent', TEST_CGROUP_PARENT];
+
+/**
+ * Runs `argv` under strace, stopped (SIGSTOP injected) as its first mkdir of `dir` returns; resolves
+ * once it is stopped there, with its pid, to be continued with SIGCONT.
+ */
+async function stoppedAfterMkdir(dir: string, argv: string[]): Promise<{ pid: number; output: () => string; exited: Promise<number | null>; kill: () => void }> {
+  const proc = spawn('strace', ['-f', '-qq', '-o', '/dev/null', '-P', dir, '-e', 'trace=mkdir,mkdirat', '-e', 'inject=mkdir,mkdirat:signal=SIGSTOP:when=1', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  let output = '';
+  proc.stdout.on('data', (c: Buffer) => (output += c.toString()));
+  proc.stderr.on('data', (c: Buffer) => (output += c.toString()));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+  const kill = () => {
+    if (proc.exitCode === null && proc.signalCode === null && proc.pid) process.kill(-proc.pid, 'SIGKILL');
+  };
+  const children = () => {
+    try {
+      return readFileSync(`/proc/${proc.pid}/task/${proc.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+    } catch {
+      return [];
+    }
+  };
+  for (let i = 0; i < 600 && proc.exitCode === null; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    // /proc/<pid>/stat: "pid (comm) S ...", t or T once stopped.
+    const pid = existsSync(dir) ? children().find((c) => /^\d+ \(.*\) [tT] /.test(readFileSync(`/proc/${c}/stat`, 'utf8'))) : undefined;
+    if (pid !== undefined) return { pid, output: () => output, exited, kill };
+  }
+  kill();
+  throw new Error(`not stopped after making ${dir}: ${output}`);
+}
 
 async function listening(server: Server, at: number | string): Promise<void> {
   await new Promise<void>((resolve) => (typeof at === 'number' ? server.listen(at, '127.0.0.1', () => resolve()) : server.listen(at, () => resolve())));
@@ -134,6 +164,55 @@ describe('a refused start leaves no new state dir behind, and an existing one as
     assert.equal(readFileSync(join(state, 'keep'), 'utf8'), 'x');
   });
 
+  it('a start that fails later removes an ancestor it made only when empty: another start\'s state dir made in it meanwhile stays', async (t) => {
+    if (spawnSync('strace', ['-V']).status !== 0) return t.skip('strace is not installed');
+    const parent = join(tmp.path, 'anc');
+    const state = join(parent, 's');
+    const entry = ['--import', 'tsx', join(ROOT, 'test/fakes/providers/broken/matchlockd.ts')];
+    // Stopped once it has made the missing parent, before the state dir in it.
+    const first = await stoppedAfterMkdir(parent, [process.execPath, ...entry, ...base(state), '--grpc-endpoint', '127.0.0.1:0']);
+    try {
+      const other = join(parent, 'other');
+      mkdirSync(other);
+      writeFileSync(join(other, 'matchlock.db'), 'theirs');
+      process.kill(first.pid, 'SIGCONT');
+      assert.equal(await first.exited, 1, first.output());
+      assert.match(first.output(), /the broken provider cannot be built/);
+      assert.deepEqual(readdirSync(parent), ['other'], 'its own state dir is gone, the other one stays');
+      assert.equal(readFileSync(join(other, 'matchlock.db'), 'utf8'), 'theirs');
+    } finally {
+      first.kill();
+      await first.exited;
+    }
+  });
+
+  it('a start refused once it took a state dir a killed daemon left puts back its pid file and the directory\'s times', async () => {
+    const state = join(tmp.path, 'killed');
+    const d = await startDaemon(state, ['--vmm-cgroups=false']);
+    await d.kill();
+    // What the directory holds, as stat and the bytes of the pid file say; times to 10 µs, what
+    // utimes(2) through a double keeps.
+    const snap = () => [state, ...readdirSync(state).sort().map((n) => join(state, n))].map((f) => {
+      const st = statSync(f, { bigint: true });
+      return { f, mode: st.mode, uid: st.uid, gid: st.gid, size: st.size, mtime: st.mtimeNs / 10_000n, ...(f.endsWith('matchlockd.pid') ? { content: readFileSync(f, 'utf8') } : {}) };
+    });
+    const before = snap();
+    assert.equal(readFileSync(join(state, 'matchlockd.pid'), 'utf8').trim(), String(d.proc.pid), 'the killed daemon left its pid file');
+    const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'test/fakes/providers/broken/matchlockd.ts'), ...base(state), '--grpc-endpoint', '127.0.0.1:0'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.status, 1, r.stdout + r.stderr);
+    assert.match(r.stdout + r.stderr, /"msg":"daemon identity"/, 'it failed after the state dir was taken');
+    assert.deepEqual(snap(), before);
+  });
+
+  it('a start that takes the lock and cannot write its pid file leaves no lock file behind', async () => {
+    const state = join(tmp.path, 'pid-dir');
+    mkdirSync(join(state, 'matchlockd.pid'), { recursive: true });
+    const { code, output } = await daemonFailsToStart([...base(state), '--grpc-endpoint', '127.0.0.1:0']);
+    assert.equal(code, 1, output);
+    assert.match(output, new RegExp(`state-dir ${state}: cannot write ${join(state, 'matchlockd.pid')}: EISDIR`));
+    assert.deepEqual(readdirSync(state), ['matchlockd.pid']);
+  });
+
   it('a start refused once the state dir is taken leaves an older store unupgraded, for the matchlock it came from', () => {
     const state = join(tmp.path, 'older-store');
     mkdirSync(state, { mode: 0o750 });
@@ -220,6 +299,36 @@ describe('a state dir this start cannot have is refused before it is changed', (
       assert.deepEqual(readdirSync(state).sort(), entries);
     } finally {
       await first.stop();
+    }
+  });
+
+  it('a start whose new state dir another daemon locked first leaves that dir, and the daemon in it, alone', async (t) => {
+    if (spawnSync('strace', ['-V']).status !== 0) return t.skip('strace is not installed');
+    // Short: a longer state dir is refused first for its VM sockets' length.
+    const parent = join(tmp.path, 'r');
+    mkdirSync(parent);
+    const state = join(parent, 's');
+    // The first start makes the state dir and is stopped as its mkdir returns; a second start
+    // finds the directory there and takes its lock; then the first goes on to find the lock taken.
+    const first = await stoppedAfterMkdir(state, [process.execPath, DAEMON_BIN, ...base(state), '--grpc-endpoint', '127.0.0.1:0', '--vmm-cgroups=false']);
+    let second: Awaited<ReturnType<typeof startDaemon>> | undefined;
+    try {
+      second = await startDaemon(state, ['--vmm-cgroups=false']);
+      const kept = readdirSync(state).sort();
+      process.kill(first.pid, 'SIGCONT');
+      const code = await first.exited;
+      assert.equal(code, 1, first.output());
+      assert.match(first.output(), new RegExp(`state-dir ${state} is in use by another matchlockd \\(pid ${second.proc.pid}\\)`));
+      assert.equal(second.proc.exitCode, null, 'the daemon that holds the state dir still runs');
+      assert.deepEqual(readdirSync(state).sort(), kept, 'the state dir and its store are left to the daemon holding it');
+      // Its lock file is the one it holds: a third start is refused too.
+      const third = await daemonFailsToStart([...base(state), '--grpc-endpoint', '127.0.0.1:0', '--vmm-cgroups=false']);
+      assert.equal(third.code, 1, third.output);
+      assert.match(third.output, /is in use by another matchlockd/);
+    } finally {
+      first.kill();
+      await first.exited;
+      await second?.stop();
     }
   });
 
