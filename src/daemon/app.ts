@@ -1,5 +1,6 @@
 import type { Server as GrpcServer } from '@grpc/grpc-js';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import type { Server as HttpServer } from 'node:http';
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
 import { join } from 'node:path';
@@ -29,7 +30,7 @@ import { LogBound } from '../adapters/vmm/console.js';
 import { GrowingFiles } from './growing-files.js';
 import type { ConsoleLocator } from '../adapters/api/grpc/console.js';
 import { sweepOrphans } from './sweep.js';
-import { findUnrecorded, unrecordedRefusal } from './unrecorded.js';
+import { findUnrecorded, unrecordedRefusal, vmDirs } from './unrecorded.js';
 import { daemonIdentity } from './identity.js';
 import { checkSocket, clearStaleSocket, restrictSocket, socketPath } from './unix-socket.js';
 import { Lifecycle, type Drainable } from './lifecycle.js';
@@ -105,9 +106,10 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const room = UNIX_SOCKET_PATH_MAX - (sockets.bytes - Buffer.byteLength(cfg.stateDir));
     throw configError(`state-dir ${cfg.stateDir} is too long: VM sockets such as ${sockets.example} would be ${sockets.bytes} bytes, over the ${UNIX_SOCKET_PATH_MAX}-byte unix socket limit; use a state dir of at most ${room} bytes`);
   }
-  // VM directories no record stands for (flintlock's, or a lost store's) are refused before
-  // anything is made or changed in the state dir: a store that exists is read read-only. One
-  // that cannot be read so is checked again by the sweep, after it is opened.
+  // A damaged store, one of a newer schema, and VM directories no record stands for (flintlock's,
+  // or a lost store's) are refused before anything is made or changed in the state dir or on
+  // the host (the VMM user): a store that exists is read read-only, whatever its schema. One
+  // that cannot be read so is checked again when it is opened, before it is upgraded.
   const unrecorded = findUnrecorded(cfg.stateDir);
   if (unrecorded?.dirs.length) throw unrecordedRefusal(cfg.stateDir, unrecorded.dirs, unrecorded.storeExisted, true);
   // First, while this process is small: from here on programs are started by the spawner, and
@@ -178,7 +180,15 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const vmms = buildProviders(cfg, providerRegistry, logger, confinement);
     // Opened (an older store upgraded) only after what can still refuse without it: a refused
     // start leaves a store the matchlock it came from can open again.
-    const store = new SqliteStore(join(cfg.stateDir, 'matchlock.db'), { exclusiveWhenFull: true });
+    const storePath = join(cfg.stateDir, 'matchlock.db');
+    const storeExisted = existsSync(storePath);
+    const store = new SqliteStore(storePath, {
+      exclusiveWhenFull: true,
+      beforeUpgrade: (recorded) => {
+        const left = vmDirs(cfg.stateDir).filter((d) => !recorded.has(d.uid));
+        if (left.length) throw unrecordedRefusal(cfg.stateDir, left, storeExisted, false);
+      },
+    });
     opened.push(() => store.close());
     // A full state dir does not stop the daemon: the API is what an operator needs to list and
     // delete VMs and free space. Reads are served; every write is answered RESOURCE_EXHAUSTED

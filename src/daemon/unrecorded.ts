@@ -1,6 +1,6 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { readRecordedUids } from '../adapters/store/sqlite/store.js';
+import { checkStoreReadOnly } from '../adapters/store/sqlite/store.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 
 /** One `<state-dir>/vm/<namespace>/<name>/<uid>` directory on disk. */
@@ -115,20 +115,21 @@ export function unrecordedRefusal(stateDir: string, dirs: readonly VmDirEntry[],
   const f = describeUnrecorded(stateDir, dirs, storeExisted);
   const changed = unchanged
     ? `nothing in ${stateDir} was changed`
-    : `matchlockd had only made its own files there (daemon-id, matchlockd.lock, the state dir's mode 0750); no VM directory was touched`;
+    : `what matchlockd had made or changed there (daemon-id, matchlockd.lock, its pid file, the state dir's mode) is undone; no VM directory was touched`;
   return new MatchlockError(ErrorCode.FailedPrecondition, `refusing to start: ${f.evidence}. Fix: ${f.fix}, then start matchlockd again; ${changed}`);
 }
 
 /**
  * The VM directories of `stateDir` no record or tombstone of its store stands for, read without
- * making or changing anything: `undefined` when the store cannot be read that way (damaged,
- * newer schema, held by a daemon), for the later open to report. No store: every directory.
+ * making or changing anything; a store that is damaged or of a newer schema is refused here
+ * (checkStoreReadOnly), an older one read as it is. `undefined` when the store cannot be read
+ * that way (held by another process, no room for its -shm), for the later open to report. No
+ * store: every directory.
  */
 export function findUnrecorded(stateDir: string): { dirs: VmDirEntry[]; storeExisted: boolean } | undefined {
   const dirs = vmDirs(stateDir);
   const db = join(stateDir, 'matchlock.db');
   if (!existsSync(db)) return { dirs, storeExisted: false };
-  if (dirs.length === 0) return { dirs, storeExisted: true };
-  const known = readRecordedUids(db);
+  const known = checkStoreReadOnly(db);
   return known && { dirs: dirs.filter((d) => !known.has(d.uid)), storeExisted: true };
 }

@@ -213,6 +213,26 @@ describe('a refused start leaves no new state dir behind, and an existing one as
     assert.deepEqual(readdirSync(state), ['matchlockd.pid']);
   });
 
+  it('VM directories a schema-1 store does not record are refused before anything is made, the store read as it is, not upgraded', async () => {
+    const state = join(tmp.path, 'schema1');
+    const dir = join(state, 'vm', 'ns', 'a', '01UNRECORDED00000000000000');
+    mkdirSync(dir, { recursive: true });
+    const db = join(state, 'matchlock.db');
+    // The first schema: records only, no tombstones or events (user_version 1).
+    const old = new Database(db);
+    old.pragma('journal_mode = WAL');
+    old.exec('CREATE TABLE microvms (uid TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL)');
+    old.pragma('user_version = 1');
+    old.close();
+    const bytes = readFileSync(db);
+    const entries = readdirSync(state).sort();
+    const { code, output } = await daemonFailsToStart([...base(state), '--grpc-endpoint', '127.0.0.1:0']);
+    assert.equal(code, 1, output);
+    assert.match(output, new RegExp(`refusing to start: 1 VM directory has no record in ${db} \\(${dir}\\).*nothing in ${state} was changed`));
+    assert.deepEqual(readdirSync(state).sort(), entries, 'no lock, identity or -wal left');
+    assert.deepEqual(readFileSync(db), bytes, 'the store is not upgraded');
+  });
+
   it('a start refused once the state dir is taken leaves an older store unupgraded, for the matchlock it came from', () => {
     const state = join(tmp.path, 'older-store');
     mkdirSync(state, { mode: 0o750 });

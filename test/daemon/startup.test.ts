@@ -85,6 +85,28 @@ describe('matchlockd refuses to start on a damaged store, and touches nothing', 
     });
   }
 
+  it('a damaged store is refused before the VMM user is created, and the state dir is left as it was', async () => {
+    const state = join(tmp.path, 'dvu');
+    const db = join(state, 'matchlock.db');
+    new SqliteStore(db).close();
+    const fd = openSync(db, 'r+');
+    writeSync(fd, Buffer.from('garbagegarbagegarbage'), 0, 21, 0);
+    closeSync(fd);
+    const user = `mlt-vmm-${process.pid}`;
+    const entries = readdirSync(state).sort();
+    try {
+      const { code, output } = await daemonFailsToStart([...base(state), '--vmm-user', user, '--vmm-cgroups=false']);
+      assert.equal(code, 1, output);
+      assert.match(output, new RegExp(`the store ${db} is damaged \\(`));
+      assert.doesNotMatch(output, /created the VMM user/);
+      assert.notEqual(spawnSync('getent', ['passwd', user]).status, 0, `no user ${user} was created`);
+      assert.deepEqual(readdirSync(state).sort(), entries);
+    } finally {
+      if (spawnSync('getent', ['passwd', user]).status === 0) spawnSync('userdel', [user]);
+      if (spawnSync('getent', ['group', user]).status === 0) spawnSync('groupdel', [user]);
+    }
+  });
+
   it('a healthy store of the same shape starts (the refusals above are about damage)', async () => {
     const state = join(tmp.path, 'healthy');
     const store = new SqliteStore(join(state, 'matchlock.db'));

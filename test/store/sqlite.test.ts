@@ -123,6 +123,32 @@ describe('SqliteStore', () => {
     assert.throws(() => new SqliteStore(path), /newer matchlock \(schema 99/);
   });
 
+  it('beforeUpgrade sees the uids of a schema-1 store (no tombstones table) and a refusal from it leaves the store unupgraded', () => {
+    const path = join(tmp.path, 'schema1.db');
+    const db = new Database(path);
+    db.pragma('journal_mode = WAL');
+    db.exec('CREATE TABLE microvms (uid TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL)');
+    db.prepare('INSERT INTO microvms VALUES (?, ?, ?, 1, ?, ?)').run('01OLD', 'ns', 'a', 'CREATED', JSON.stringify(vm('01OLD', 'ns', 'a')));
+    db.pragma('user_version = 1');
+    db.close();
+    let seen: string[] = [];
+    assert.throws(
+      () => new SqliteStore(path, { beforeUpgrade: (uids) => {
+        seen = [...uids];
+        throw new Error('refused before the upgrade');
+      } }),
+      /refused before the upgrade/,
+    );
+    assert.deepEqual(seen, ['01OLD']);
+    const after = new Database(path, { readonly: true });
+    try {
+      assert.equal(after.pragma('user_version', { simple: true }), 1);
+      assert.deepEqual(after.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").pluck().all(), ['microvms']);
+    } finally {
+      after.close();
+    }
+  });
+
   it('a store another connection holds in EXCLUSIVE locking mode is reported held, not damaged', () => {
     const path = join(tmp.path, 'held.db');
     const first = new SqliteStore(path);

@@ -48,9 +48,11 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   /**
    * `eventsKept`: how many events the log keeps (EVENTS_KEPT; pruned in steps of a hundredth).
    * `exclusiveWhenFull`: open a store whose -shm file cannot be made (a full file system) in
-   * EXCLUSIVE locking mode, see `exclusive`.
+   * EXCLUSIVE locking mode, see `exclusive`. `beforeUpgrade`: called, once the store is open
+   * and found intact, with the uids of its records and tombstones (of any older schema), before
+   * anything in it is changed; what it throws is thrown and the store is left as it was.
    */
-  constructor(private readonly path: string, opts: { eventsKept?: number; exclusiveWhenFull?: boolean } = {}) {
+  constructor(private readonly path: string, opts: { eventsKept?: number; exclusiveWhenFull?: boolean; beforeUpgrade?: (recorded: Set<string>) => void } = {}) {
     this.eventsKept = opts.eventsKept ?? EVENTS_KEPT;
     if (path !== ':memory:') {
       mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
@@ -78,6 +80,13 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       this.exclusive = `${(err as { code?: string }).code ?? (err as Error).message}: ${(err as Error).message}`;
     }
     try {
+      // A refusal the caller makes from what the store records comes before the store is
+      // upgraded (or its indexes and wire bytes added): a refused start leaves a store the
+      // matchlock it came from can open again.
+      if (opts.beforeUpgrade) {
+        newerSchema(this.db.pragma('user_version', { simple: true }) as number);
+        opts.beforeUpgrade(recordedUids(this.db));
+      }
       this.migrate();
       ensureWire(this.db);
       ensureListIndexes(this.db);
@@ -319,19 +328,40 @@ export class SqliteStore implements Store, Tombstones, EventLog {
 }
 
 /**
- * The uids of the store's records and tombstones, read through a read-only connection; the
- * -wal and -shm files such a connection makes (and cannot remove) are removed when they were
- * not there before. Undefined when the store cannot be read so (damaged, newer schema, locked).
+ * The uids of the records and tombstones of a store of any schema this matchlock knows: a table
+ * an older schema did not have (tombstones before schema 2) holds none. Reads only.
  */
-export function readRecordedUids(path: string): Set<string> | undefined {
+function recordedUids(db: Database.Database): Set<string> {
+  const tables = new Set(db.prepare<[], string>("SELECT name FROM sqlite_master WHERE type = 'table'").pluck().all());
+  const uids = (table: string) => (tables.has(table) ? db.prepare<[], string>(`SELECT uid FROM ${table}`).pluck().all() : []);
+  return new Set([...uids('microvms'), ...uids('tombstones')]);
+}
+
+/** SQLite's result codes for a file that is no database or a damaged one. */
+const DAMAGE_CODES: ReadonlySet<string> = new Set(['SQLITE_NOTADB', 'SQLITE_CORRUPT']);
+
+/**
+ * Checks an existing store without writing it, as the daemon's open would before it changes
+ * anything: a store that is damaged (empty, no SQLite header, failing PRAGMA quick_check) or of
+ * a newer schema is refused with the same MatchlockError as that open; otherwise the uids of
+ * its records and tombstones, whatever its (older) schema. Read through a read-only connection;
+ * the -wal and -shm files such a connection makes (and cannot remove) are removed when they
+ * were not there before. Undefined when it cannot be read so (held by another process, no
+ * room for its -shm), for the open to report.
+ */
+export function checkStoreReadOnly(path: string): Set<string> | undefined {
+  if (statSync(path).size === 0) throw damaged(path, 'the file is empty (0 bytes); a store matchlock made never is');
   const side = [`${path}-wal`, `${path}-shm`].filter((f) => !existsSync(f));
   let db: Database.Database | undefined;
   try {
     db = new Database(path, { readonly: true, fileMustExist: true });
-    if ((db.pragma('user_version', { simple: true }) as number) > SCHEMA_VERSION) return undefined;
-    const uids = (sql: string) => (db!.prepare(sql).all() as { uid: string }[]).map((r) => r.uid);
-    return new Set([...uids('SELECT uid FROM microvms'), ...uids('SELECT uid FROM tombstones')]);
-  } catch {
+    db.pragma('busy_timeout = 5000');
+    checkIntact(db, path);
+    newerSchema(db.pragma('user_version', { simple: true }) as number);
+    return recordedUids(db);
+  } catch (err) {
+    if (err instanceof MatchlockError) throw err;
+    if (DAMAGE_CODES.has(String((err as { code?: unknown }).code))) throw damaged(path, (err as Error).message, err);
     return undefined;
   } finally {
     db?.close();
@@ -339,14 +369,19 @@ export function readRecordedUids(path: string): Set<string> | undefined {
   }
 }
 
-function migrateSchema(db: Database.Database): void {
-  const current = db.pragma('user_version', { simple: true }) as number;
+/** Refuses a store written by a newer matchlock (its schema version is past SCHEMA_VERSION). */
+function newerSchema(current: number): void {
   if (current > SCHEMA_VERSION) {
     throw new MatchlockError(
       ErrorCode.FailedPrecondition,
       `the store was written by a newer matchlock (schema ${current}, this one knows ${SCHEMA_VERSION}); upgrade matchlock`,
     );
   }
+}
+
+function migrateSchema(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  newerSchema(current);
   if (current === SCHEMA_VERSION) return;
   db.transaction(() => {
     db.exec(`
