@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { existsSync, linkSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { linkSync, mkdirSync, rmSync, statSync, utimesSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { MatchlockError, ErrorCode } from '../../../core/errors.js';
 import type { MicroVM } from '../../../core/microvm/types.js';
@@ -351,7 +351,13 @@ const DAMAGE_CODES: ReadonlySet<string> = new Set(['SQLITE_NOTADB', 'SQLITE_CORR
  */
 export function checkStoreReadOnly(path: string): Set<string> | undefined {
   if (statSync(path).size === 0) throw damaged(path, 'the file is empty (0 bytes); a store matchlock made never is');
-  const side = [`${path}-wal`, `${path}-shm`].filter((f) => !existsSync(f));
+  // A reader writes its marks into -shm, and makes -wal and -shm when they are missing (a store
+  // closed cleanly): their times, and the directory's when files were made in it, are put back.
+  const times = new Map([dirname(path), `${path}-wal`, `${path}-shm`].flatMap((f) => {
+    const st = statSync(f, { bigint: true, throwIfNoEntry: false });
+    return st ? [[f, st] as const] : [];
+  }));
+  const side = [`${path}-wal`, `${path}-shm`].filter((f) => !times.has(f));
   let db: Database.Database | undefined;
   try {
     db = new Database(path, { readonly: true, fileMustExist: true });
@@ -366,6 +372,15 @@ export function checkStoreReadOnly(path: string): Set<string> | undefined {
   } finally {
     db?.close();
     for (const f of side) rmSync(f, { force: true });
+    const seconds = (ns: bigint) => Number(ns / 1000n) / 1e6;
+    for (const [f, st] of times) {
+      if (f === dirname(path) && side.length === 0) continue;
+      try {
+        utimesSync(f, seconds(st.atimeNs), seconds(st.mtimeNs));
+      } catch {
+        // gone meanwhile: nothing to put back
+      }
+    }
   }
 }
 
