@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { accessSync, chmodSync, chownSync, closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { accessSync, chmodSync, chownSync, closeSync, constants, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 
@@ -262,6 +262,39 @@ export const ROOM_CODES: ReadonlySet<string> = new Set(['ENOSPC', 'EDQUOT']);
  * refusal. Two daemons on one state dir would both start every VM and fight over its files.
  */
 export function lockStateDir(path: string): StateDirLock {
+  // A lock taken on a file another start has just unlinked (it failed and removed what it
+  // made, lock file included, while holding the lock) locks nothing anyone else will find:
+  // the next start makes a new file. The lock is taken again on what the path names now.
+  for (let attempt = 1; ; attempt++) {
+    const lock = lockOnce(path);
+    if (lock.onLiveFile || attempt >= 5) {
+      if (lock.onLiveFile) return lock;
+      lock.release();
+      throw refuse(`state-dir ${path}: its lock file ${join(path, LOCK_FILE)} was removed each time it was locked (another start keeps failing there); start again`);
+    }
+    lock.drop();
+  }
+}
+
+/**
+ * Whether this process holds an open descriptor of the file `file` names now (same device and
+ * inode): a descriptor of an unlinked or replaced file does not count.
+ */
+function holdsOpen(file: string): boolean {
+  const live = statSync(file, { throwIfNoEntry: false });
+  if (!live) return false;
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const st = fstatSync(Number(fd));
+      if (st.ino === live.ino && st.dev === live.dev) return true;
+    } catch {
+      // closed meanwhile (the readdir's own descriptor)
+    }
+  }
+  return false;
+}
+
+function lockOnce(path: string): StateDirLock & { onLiveFile: boolean; drop(): void } {
   const lockPath = join(path, LOCK_FILE);
   const pidPath = join(path, PID_FILE);
   const lockExisted = existsSync(lockPath);
@@ -299,6 +332,10 @@ export function lockStateDir(path: string): StateDirLock {
     }
     throw refuse(`state-dir ${path}: cannot take ${lockPath}: ${(err as Error).message}`, err);
   }
+  if (!holdsOpen(lockPath)) {
+    // Unlinked under us: nothing here is this start's to write or remove.
+    return { pidWritten: false, onLiveFile: false, drop: () => db.close(), release: () => db.close() };
+  }
   let pidWritten = true;
   try {
     writeFileSync(pidPath, `${process.pid}\n`, { mode: 0o640 });
@@ -317,6 +354,8 @@ export function lockStateDir(path: string): StateDirLock {
   }
   return {
     pidWritten,
+    onLiveFile: true,
+    drop: () => db.close(),
     release() {
       if (!db.open) return;
       try {

@@ -68,16 +68,22 @@ export async function checkSocket(key: string, endpoint: string, madeLater?: str
 /**
  * Whether a live process has bound `path`: the kernel lists every bound unix socket of this
  * network namespace in /proc/net/unix (proc(5): `Num RefCount Protocol Flags Type St Inode
- * Path`), by the path it was bound at, until the last descriptor of it is closed. A socket bound
- * by a relative path is listed so and cannot be matched; one bound in another network namespace
- * is not listed (connect(2) still reaches it when it listens).
+ * Path`), by the path it was bound at, until the last descriptor of it is closed. A listed path
+ * matches when it names the same file (device and inode), so one bound through a symbolic link
+ * (/var/run is one to /run) is found. A socket bound by a relative path, or renamed since, is
+ * listed by a name that cannot be matched; one bound in another network namespace is not listed
+ * (connect(2) still reaches it when it listens).
  */
 async function boundInProc(path: string, table = '/proc/net/unix'): Promise<boolean> {
   const text = await readFile(table, 'utf8').catch(() => '');
-  const want = resolve(path);
+  const want = await stat(path).catch(() => undefined);
+  if (!want) return false;
   for (const line of text.split('\n').slice(1)) {
     const bound = line.trim().split(/\s+/).slice(7).join(' ');
-    if (bound.startsWith('/') && resolve(bound) === want) return true;
+    if (!bound.startsWith('/')) continue;
+    if (resolve(bound) === resolve(path)) return true;
+    const st = await stat(bound).catch(() => undefined);
+    if (st && st.ino === want.ino && st.dev === want.dev) return true;
   }
   return false;
 }

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { checkStoreReadOnly } from '../adapters/store/sqlite/store.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
@@ -129,7 +129,17 @@ export function unrecordedRefusal(stateDir: string, dirs: readonly VmDirEntry[],
 export function findUnrecorded(stateDir: string): { dirs: VmDirEntry[]; storeExisted: boolean } | undefined {
   const dirs = vmDirs(stateDir);
   const db = join(stateDir, 'matchlock.db');
-  if (!existsSync(db)) return { dirs, storeExisted: false };
+  // A dangling symbolic link is a store that cannot be opened, not a missing one.
+  if (!existsSync(db) && !isLink(db)) return { dirs, storeExisted: false };
   const known = checkStoreReadOnly(db);
   return known && { dirs: dirs.filter((d) => !known.has(d.uid)), storeExisted: true };
+}
+
+/** Whether `path` is a symbolic link (one to nothing included); false when it cannot be looked at. */
+function isLink(path: string): boolean {
+  try {
+    return lstatSync(path).isSymbolicLink();
+  } catch {
+    return false;
+  }
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,7 +16,13 @@ const base = (state: string) => ['run', '--state-dir', state, '--config', '/dev/
  * once it is stopped there, with its pid, to be continued with SIGCONT.
  */
 async function stoppedAfterMkdir(dir: string, argv: string[]): Promise<{ pid: number; output: () => string; exited: Promise<number | null>; kill: () => void }> {
-  const proc = spawn('strace', ['-f', '-qq', '-o', '/dev/null', '-P', dir, '-e', 'trace=mkdir,mkdirat', '-e', 'inject=mkdir,mkdirat:signal=SIGSTOP:when=1', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  return stoppedAfter(dir, 'mkdir,mkdirat', dir, argv);
+}
+
+/** As stoppedAfterMkdir, stopped as its first `calls` (strace's trace= list) on `path` returns, once `ready` exists. */
+async function stoppedAfter(path: string, calls: string, ready: string, argv: string[]): Promise<{ pid: number; output: () => string; exited: Promise<number | null>; kill: () => void }> {
+  const dir = ready;
+  const proc = spawn('strace', ['-f', '-qq', '-o', '/dev/null', '-P', path, '-e', `trace=${calls}`, '-e', `inject=${calls}:signal=SIGSTOP:when=1`, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let output = '';
   proc.stdout.on('data', (c: Buffer) => (output += c.toString()));
   proc.stderr.on('data', (c: Buffer) => (output += c.toString()));
@@ -38,7 +44,7 @@ async function stoppedAfterMkdir(dir: string, argv: string[]): Promise<{ pid: nu
     if (pid !== undefined) return { pid, output: () => output, exited, kill };
   }
   kill();
-  throw new Error(`not stopped after making ${dir}: ${output}`);
+  throw new Error(`not stopped at ${calls} of ${path}: ${output}`);
 }
 
 async function listening(server: Server, at: number | string): Promise<void> {
@@ -58,18 +64,22 @@ describe('a refused start leaves no new state dir behind, and an existing one as
     await listening(busy, 0);
     port = (busy.address() as { port: number }).port;
     await listening(busySocket, join(tmp.path, 'served.sock'));
+    mkdirSync(join(tmp.path, 'real'));
+    symlinkSync(join(tmp.path, 'real'), join(tmp.path, 'link'));
     others = spawn('python3', ['-c', [
       'import socket, sys, time',
       'd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.bind(sys.argv[1])',
       's = socket.socket(socket.AF_UNIX); s.bind(sys.argv[2]); s.listen(0); held = []',
       // Bound and never listened on: a connect is refused as at a stopped daemon's socket.
       'b = socket.socket(socket.AF_UNIX); b.bind(sys.argv[3])',
+      // The same, bound through a symbolic link to its directory (/var/run is one to /run).
+      'v = socket.socket(socket.AF_UNIX); v.bind(sys.argv[4])',
       'while True:',
       '    c = socket.socket(socket.AF_UNIX); c.setblocking(False)',
       '    try: c.connect(sys.argv[2]); held.append(c)',
       '    except BlockingIOError: break',
       'print("ready", flush=True); time.sleep(600)',
-    ].join('\n'), join(tmp.path, 'dgram.sock'), join(tmp.path, 'full.sock'), join(tmp.path, 'bound.sock')], { stdio: ['ignore', 'pipe', 'inherit'] });
+    ].join('\n'), join(tmp.path, 'dgram.sock'), join(tmp.path, 'full.sock'), join(tmp.path, 'bound.sock'), join(tmp.path, 'link', 'via.sock')], { stdio: ['ignore', 'pipe', 'inherit'] });
     await new Promise<void>((resolve) => others?.stdout?.once('data', () => resolve()));
     symlinkSync(join(tmp.path, 'nowhere.sock'), join(tmp.path, 'dangling.sock'));
     boundIno = statSync(join(tmp.path, 'bound.sock')).ino;
@@ -94,6 +104,7 @@ describe('a refused start leaves no new state dir behind, and an existing one as
       ['a live datagram socket', ['--grpc-endpoint', `unix:${join(tmp.path, 'dgram.sock')}`], 1, /grpc-endpoint unix:\S+dgram\.sock: cannot listen: \S+ is a socket in use \(connecting to it: EPROTOTYPE\)/],
       ['a live server with a full accept queue', ['--grpc-endpoint', `unix:${join(tmp.path, 'full.sock')}`], 1, /grpc-endpoint unix:\S+full\.sock: cannot listen: \S+ is a socket in use \(connecting to it: EAGAIN\)/],
       ['a socket a live process has bound but does not listen on', ['--grpc-endpoint', `unix:${join(tmp.path, 'bound.sock')}`], 1, /grpc-endpoint unix:\S+bound\.sock: cannot listen: \S+ is a socket a live process holds \(bound, listed in \/proc\/net\/unix\)/],
+      ['a socket a live process has bound through a symbolic link to its directory', ['--grpc-endpoint', `unix:${join(tmp.path, 'real', 'via.sock')}`], 1, /grpc-endpoint unix:\S+via\.sock: cannot listen: \S+ is a socket a live process holds \(bound, listed in \/proc\/net\/unix\)/],
       ['a socket path longer than sun_path takes', ['--grpc-endpoint', `unix:${join(tmp.path, 'l'.repeat(110))}.sock`], 1, /grpc-endpoint unix:\S+: cannot listen: the path is \d+ bytes; a unix socket's path takes at most 107/],
       ['a dangling symlink at the socket path', ['--grpc-endpoint', `unix:${join(tmp.path, 'dangling.sock')}`], 1, /grpc-endpoint unix:\S+dangling\.sock: cannot listen: \S+ is a symbolic link/],
       ['http endpoint in use', ['--grpc-endpoint', '127.0.0.1:0', '--enable-http', '--http-endpoint', `127.0.0.1:${port}`], 1, new RegExp(`http-endpoint 127\\.0\\.0\\.1:${port}: cannot listen: .*EADDRINUSE`)],
@@ -202,6 +213,57 @@ describe('a refused start leaves no new state dir behind, and an existing one as
     assert.equal(r.status, 1, r.stdout + r.stderr);
     assert.match(r.stdout + r.stderr, /"msg":"daemon identity"/, 'it failed after the state dir was taken');
     assert.deepEqual(snap(), before);
+  });
+
+  it('a daemon that opened the lock file a failing start then removed takes the lock on the file there now: never two daemons on one state dir', async (t) => {
+    if (spawnSync('strace', ['-V']).status !== 0) return t.skip('strace is not installed');
+    const state = join(tmp.path, 'relock');
+    mkdirSync(state);
+    const lockFile = join(state, 'matchlockd.lock');
+    // A takes the lock and is stopped as it opens its pid file; it then fails (its provider
+    // cannot be built) and removes the lock file it made while still holding the lock.
+    const a = await stoppedAfter(join(state, 'matchlockd.pid'), 'openat', lockFile, [process.execPath, '--import', 'tsx', join(ROOT, 'test/fakes/providers/broken/matchlockd.ts'), ...base(state), '--grpc-endpoint', '127.0.0.1:0']);
+    // B has opened that lock file when A fails: its open returns 8 s late.
+    const bProc = spawn('strace', ['-f', '-qq', '-o', '/dev/null', '-P', lockFile, '-e', 'trace=openat', '-e', 'inject=openat:delay_exit=8000000:when=1', process.execPath, join(ROOT, 'bin/matchlockd.js'), ...base(state), '--grpc-endpoint', '127.0.0.1:0', '--vmm-cgroups=false'], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let bOut = '';
+    bProc.stdout.on('data', (c: Buffer) => (bOut += c.toString()));
+    bProc.stderr.on('data', (c: Buffer) => (bOut += c.toString()));
+    const bExited = new Promise<number | null>((resolve) => bProc.once('exit', (c) => resolve(c)));
+    const b = {
+      output: () => bOut,
+      exited: bExited,
+      kill: () => {
+        if (bProc.exitCode === null && bProc.signalCode === null && bProc.pid) process.kill(-bProc.pid, 'SIGKILL');
+      },
+    };
+    const opened = () => {
+      for (const pid of readFileSync(`/proc/${bProc.pid}/task/${bProc.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)) {
+        try {
+          if (readdirSync(`/proc/${pid}/fd`).some((fd) => readlinkSync(`/proc/${pid}/fd/${fd}`) === lockFile)) return Number(pid);
+        } catch {
+          // gone
+        }
+      }
+      return undefined;
+    };
+    try {
+      let bPid: number | undefined;
+      for (let i = 0; i < 600 && (bPid = opened()) === undefined; i++) await new Promise((r) => setTimeout(r, 100));
+      assert.ok(bPid, `B opened the lock file: ${bOut}`);
+      process.kill(a.pid, 'SIGCONT');
+      assert.equal(await a.exited, 1, a.output());
+      assert.equal(existsSync(lockFile), false, 'A removed the lock file it made');
+      for (let i = 0; i < 600 && !/grpc api listening/.test(b.output()); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.match(b.output(), /grpc api listening/);
+      // B holds the lock on the file the path names, so C finds B.
+      const c = await daemonFailsToStart([...base(state), '--grpc-endpoint', '127.0.0.1:0']);
+      assert.equal(c.code, 1, c.output);
+      assert.match(c.output, new RegExp(`state-dir ${state} is in use by another matchlockd \\(pid ${bPid}\\)`));
+    } finally {
+      a.kill();
+      b.kill();
+      await Promise.all([a.exited, b.exited]);
+    }
   });
 
   it('a start that takes the lock and cannot write its pid file leaves no lock file behind', async () => {

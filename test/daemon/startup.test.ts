@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, describe, it, type TestContext } from 'node:test';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
@@ -101,6 +101,37 @@ describe('matchlockd refuses to start on a damaged store, and touches nothing', 
       assert.doesNotMatch(output, /created the VMM user/);
       assert.notEqual(spawnSync('getent', ['passwd', user]).status, 0, `no user ${user} was created`);
       assert.deepEqual(readdirSync(state).sort(), entries);
+    } finally {
+      if (spawnSync('getent', ['passwd', user]).status === 0) spawnSync('userdel', [user]);
+      if (spawnSync('getent', ['group', user]).status === 0) spawnSync('groupdel', [user]);
+    }
+  });
+
+  it('a store SQLite cannot open (a directory, a link to nothing, a directory as its -wal) is refused before the VMM user is created', async () => {
+    const user = `mlt-vmm2-${process.pid}`;
+    const cases: [string, (db: string) => void, RegExp][] = [
+      ['a directory as the store', (db) => mkdirSync(db), /matchlock\.db is a directory, not a regular file/],
+      ['a link to nothing', (db) => symlinkSync(join(dirname(db), 'nothing'), db), /matchlock\.db is a symbolic link to nothing/],
+      ['a directory as its -wal', (db) => {
+        new SqliteStore(db).close();
+        mkdirSync(`${db}-wal`);
+      }, /matchlock\.db-wal is a directory, not a regular file/],
+    ];
+    try {
+      for (const [what, make, message] of cases) {
+        const state = join(tmp.path, `cantopen-${cases.findIndex((c) => c[0] === what)}`);
+        mkdirSync(state, { recursive: true });
+        const db = join(state, 'matchlock.db');
+        make(db);
+        const entries = readdirSync(state).sort();
+        const { code, output } = await daemonFailsToStart([...base(state), '--vmm-user', user, '--vmm-cgroups=false']);
+        assert.equal(code, 1, `${what}: ${output}`);
+        assert.match(output, new RegExp(`the store ${db} is damaged \\(`), what);
+        assert.match(output, message, what);
+        assert.doesNotMatch(output, /created the VMM user/, what);
+        assert.notEqual(spawnSync('getent', ['passwd', user]).status, 0, `${what}: no user ${user} was created`);
+        assert.deepEqual(readdirSync(state).sort(), entries, what);
+      }
     } finally {
       if (spawnSync('getent', ['passwd', user]).status === 0) spawnSync('userdel', [user]);
       if (spawnSync('getent', ['group', user]).status === 0) spawnSync('groupdel', [user]);

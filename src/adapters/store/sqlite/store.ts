@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { linkSync, mkdirSync, rmSync, statSync, utimesSync } from 'node:fs';
+import { linkSync, lstatSync, mkdirSync, rmSync, statSync, utimesSync } from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { MatchlockError, ErrorCode } from '../../../core/errors.js';
 import type { MicroVM } from '../../../core/microvm/types.js';
@@ -350,6 +350,14 @@ const DAMAGE_CODES: ReadonlySet<string> = new Set(['SQLITE_NOTADB', 'SQLITE_CORR
  * room for its -shm), for the open to report.
  */
 export function checkStoreReadOnly(path: string): Set<string> | undefined {
+  // What SQLite cannot open as a store (it would fail the open after the VMM user is made).
+  for (const f of [path, `${path}-wal`, `${path}-shm`]) {
+    const link = lstatSync(f, { throwIfNoEntry: false });
+    if (!link) continue;
+    const st = statSync(f, { throwIfNoEntry: false });
+    if (!st) throw damaged(path, `${f} is a symbolic link to nothing`);
+    if (!st.isFile()) throw damaged(path, `${f} is ${st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : 'a device'}, not a regular file`);
+  }
   if (statSync(path).size === 0) throw damaged(path, 'the file is empty (0 bytes); a store matchlock made never is');
   // A reader writes its marks into -shm, and makes -wal and -shm when they are missing (a store
   // closed cleanly): their times, and the directory's when files were made in it, are put back.
@@ -367,7 +375,8 @@ export function checkStoreReadOnly(path: string): Set<string> | undefined {
     return recordedUids(db);
   } catch (err) {
     if (err instanceof MatchlockError) throw err;
-    if (DAMAGE_CODES.has(String((err as { code?: unknown }).code))) throw damaged(path, (err as Error).message, err);
+    const code = String((err as { code?: unknown }).code);
+    if (DAMAGE_CODES.has(code) || code === 'SQLITE_CANTOPEN') throw damaged(path, (err as Error).message, err);
     return undefined;
   } finally {
     db?.close();
