@@ -523,7 +523,7 @@ function tokenProblem(cst: readonly CST.Token[], text: string): string | undefin
         // Lines after an explicit key that hold no `:` are no value to PyYAML ("expected
         // <block end>"), and `yaml` drops them; its `:` on a line of its own stands at the `?`'s
         // column, where a deeper one starts a mapping PyYAML does not expect there.
-        if (!colon && item.value) return `${reader} needs a \`:\` before the value of an explicit key \`? \` ("expected <block end>", yaml/parser.py parse_block_mapping_key)`;
+        if (!colon && (item.value || item.sep?.some((t) => t.type === 'anchor' || t.type === 'tag'))) return `${reader} needs a \`:\` before the value of an explicit key \`? \` ("expected <block end>", yaml/parser.py parse_block_mapping_key)`;
         const column = (offset: number) => offset - text.lastIndexOf('\n', offset - 1) - 1;
         // Line breaks in the key's own text (a block scalar) count too.
         const broken = colon && text.slice(explicit.offset, colon.offset).includes('\n');
@@ -913,6 +913,19 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
   // the new lines go after them.
   const blank = /^(?:[ ]*\n)+/.exec(text.slice(at));
   if (blank) at += blank[0].length;
+  // Indented comment or space lines ending the text with no line break, after the last value:
+  // new lines in front of them would give them to a copied block scalar among the new lines
+  // as its content. The new lines go before the last entry then (as above), unless it is
+  // copied itself.
+  const rest = text.slice(at);
+  if (!text.endsWith('\n') && /^[ \t]/m.test(rest) && /^(?:[ \t]*(?:#[^\n]*)?(?:\n|$))*$/.test(rest)) {
+    const lastKey = (map.items.at(-1) as Pair<Node | null, Node | null> | undefined)?.key;
+    const last = isScalar(lastKey) ? lastKey.value : undefined;
+    if (lastKey?.range && !added.some((a) => a.copied !== undefined && a.given === last)) {
+      const line = text.lastIndexOf('\n', lastKey.range[0] - 1) + 1;
+      return `${source.slice(0, line)}${lines}${source.slice(line)}`;
+    }
+  }
   const before = text.slice(0, at);
   return `${source.slice(0, at)}${before === '' || before.endsWith('\n') ? '' : '\n'}${lines}${source.slice(at)}`;
 }
