@@ -12,6 +12,21 @@ import { tempDir } from '../helpers/daemon.js';
 
 const UID = '01HZY3NDEKTSV4RRFFQ69G5FAV';
 
+/** A CREATED VM whose VMM is stopped (none runs), asked to be `desired`. */
+function stoppedVm(uid: string, desired: 'RUNNING' | 'STOPPED'): MicroVM {
+  return {
+    uid, version: 1,
+    spec: {
+      name: 'web', namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024,
+      kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: false },
+      additionalVolumes: [], interfaces: [], metadata: {}, provider: 'qemu', allowGuestAgent: false,
+    },
+    status: { ...initialStatus(), state: 'CREATED', power: 'STOPPED' },
+    createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:00:00.000Z',
+    power: { desired, restart: 0 },
+  };
+}
+
 describe('inspect and power', () => {
   const tmp = tempDir('inspect-power');
   after(() => tmp.remove());
@@ -19,18 +34,7 @@ describe('inspect and power', () => {
   it('a VM stopped by request without a VMM is fine; one that should run is a fault', async () => {
     const state = join(tmp.path, 'state');
     const store = new SqliteStore(join(state, 'matchlock.db'));
-    const vm: MicroVM = {
-      uid: UID, version: 1,
-      spec: {
-        name: 'web', namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024,
-        kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: false },
-        additionalVolumes: [], interfaces: [], metadata: {}, provider: 'qemu', allowGuestAgent: false,
-      },
-      status: { ...initialStatus(), state: 'CREATED', power: 'STOPPED' },
-      createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:00:00.000Z',
-      power: { desired: 'STOPPED', restart: 0 },
-    };
-    store.insert(vm);
+    store.insert(stoppedVm(UID, 'STOPPED'));
     store.close();
     const cfg = loadConfig({ flags: { 'state-dir': state, 'grpc-endpoint': `unix:${join(tmp.path, 'none.sock')}` }, file: { path: '/dev/null', explicit: true }, env: {} });
     const vmmCheck = async () => (await inspectHost(cfg, {})).find((c) => c.check === `vm ns/web (${UID}) vmm`);
@@ -48,17 +52,7 @@ describe('inspect and power', () => {
     const uid = '01HZY3NDEKTSV4RRFFQ69G5FD1';
     const state = join(tmp.path, 'never-started');
     const store = new SqliteStore(join(state, 'matchlock.db'));
-    store.insert({
-      uid, version: 1,
-      spec: {
-        name: 'web', namespace: 'ns', labels: {}, vcpu: 1, memoryInMb: 1024,
-        kernel: { image: 'k:1', filename: 'boot/vmlinux', cmdline: {}, addNetworkConfig: false },
-        additionalVolumes: [], interfaces: [], metadata: {}, provider: 'qemu', allowGuestAgent: false,
-      },
-      status: { ...initialStatus(), state: 'CREATED', power: 'STOPPED' },
-      createdAt: '2026-01-01T00:00:00.000Z', updatedAt: '2026-01-01T00:00:00.000Z',
-      power: { desired: 'RUNNING', restart: 0 },
-    });
+    store.insert(stoppedVm(uid, 'RUNNING'));
     store.close();
     // What the create plan made before the VMM step: the VM directory and the NoCloud seed.
     const dir = join(state, 'vm', 'ns', 'web', uid);
