@@ -103,8 +103,9 @@ export function snapshotStateDir(path: string): StateDirSnapshot | undefined {
 /**
  * Puts an existing state dir back as snapshotStateDir found it, for a start refused once it had
  * the lock (so nobody else was using it): what the start added goes, a file it wrote over or
- * removed (the pid file a killed daemon left) gets its bytes, mode, owner and times back, and the directory its mode, owner and times (last, as each change above moves
- * its mtime). Best effort: what cannot be put back is left as it is.
+ * removed (the pid file a killed daemon left) gets its bytes, mode, owner and times back, and
+ * the directory its mode, owner and times (last, as each change above moves its mtime). Best
+ * effort: what cannot be put back is left as it is.
  */
 export function restoreStateDir(path: string, before: StateDirSnapshot): void {
   const attempt = (fn: () => void) => {

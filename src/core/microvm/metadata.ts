@@ -886,24 +886,29 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
   const indent = /^ */.exec(text.slice(lineStart, range[0]))?.[0] ?? '';
   const lines = added.map((a) => (a.copied !== undefined ? `${indent}${keyText(a.key)}${a.copied}\n` : metaDataLine(a.key, a.value).replace(/^(?=.)/gm, indent))).join('');
   const end = lastScalar(map);
+  const lastKey = (map.items.at(-1) as Pair<Node | null, Node | null> | undefined)?.key;
+  const last = isScalar(lastKey) ? lastKey.value : undefined;
+  const copiesLast = added.some((a) => a.copied !== undefined && a.given === last);
+  /** The text with the new lines in front of the last entry's line. */
+  const beforeLastEntry = () => {
+    const line = text.lastIndexOf('\n', (lastKey?.range?.[0] ?? range[0]) - 1) + 1;
+    return `${source.slice(0, line)}${lines}${source.slice(line)}`;
+  };
   // Only a block scalar whose content ends the text: after a comment or `...` line the new
   // lines can go as after any other value.
   if (!text.endsWith('\n') && isScalar(end) && (end.type === 'BLOCK_LITERAL' || end.type === 'BLOCK_FOLDED') && end.range?.[1] === text.length) {
-    const lastKey = (map.items.at(-1) as Pair<Node | null, Node | null> | undefined)?.key;
     // Its copy would gain the line break the original lacks (and `yaml`, which reads a final
     // `|` or `|+` as if the text ended in one, would not see the change).
-    const last = isScalar(lastKey) ? lastKey.value : undefined;
     // A stripped one (`|-`) has no final line break to gain.
     const stripped = /^[|>](?:[1-9]?-|-[1-9])/.test(text.slice(end.range?.[0] ?? 0, (end.range?.[0] ?? 0) + 3));
     // A copy of an anchored value is an alias of it, which cannot stand in front of its anchor.
     if (added.some((a) => a.given === last && a.copied?.startsWith(': *'))) {
       throw invalid(field, `must give both spellings of ${String(last)} or end with a line break: its value is a block scalar with an anchor that ends the text without a final line break, so the new lines go in front of it, where its copy (an alias) cannot stand (PyYAML, cloud-init's reader, refuses an alias before its anchor: yaml/composer.py compose_node)`);
     }
-    if (!stripped && added.some((a) => a.copied !== undefined && a.given === last)) {
+    if (!stripped && copiesLast) {
       throw invalid(field, `must give both spellings of ${String(last)} or end with a line break: its value is a block scalar that ends the text without a final line break, which a copy in front of it would gain (PyYAML, cloud-init's reader, reads a block scalar with the line break after its last line, if there is one: yaml/scanner.py scan_block_scalar)`);
     }
-    const at = text.lastIndexOf('\n', (lastKey?.range?.[0] ?? range[0]) - 1) + 1;
-    return `${source.slice(0, at)}${lines}${source.slice(at)}`;
+    return beforeLastEntry();
   }
   // The rest of the line the mapping ends on is a comment at most.
   let at = range[1] > 0 && text[range[1] - 1] === '\n' ? range[1] : text.indexOf('\n', range[1]) + 1;
@@ -918,14 +923,7 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
   // as its content. The new lines go before the last entry then (as above), unless it is
   // copied itself.
   const rest = text.slice(at);
-  if (!text.endsWith('\n') && /^[ \t]/m.test(rest) && /^(?:[ \t]*(?:#[^\n]*)?(?:\n|$))*$/.test(rest)) {
-    const lastKey = (map.items.at(-1) as Pair<Node | null, Node | null> | undefined)?.key;
-    const last = isScalar(lastKey) ? lastKey.value : undefined;
-    if (lastKey?.range && !added.some((a) => a.copied !== undefined && a.given === last)) {
-      const line = text.lastIndexOf('\n', lastKey.range[0] - 1) + 1;
-      return `${source.slice(0, line)}${lines}${source.slice(line)}`;
-    }
-  }
+  if (!text.endsWith('\n') && lastKey?.range && !copiesLast && /^[ \t]/m.test(rest) && /^(?:[ \t]*(?:#[^\n]*)?(?:\n|$))*$/.test(rest)) return beforeLastEntry();
   const before = text.slice(0, at);
   return `${source.slice(0, at)}${before === '' || before.endsWith('\n') ? '' : '\n'}${lines}${source.slice(at)}`;
 }
