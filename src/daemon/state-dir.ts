@@ -74,7 +74,9 @@ export interface StateDirSnapshot {
 function entryState(path: string, keep: boolean): EntryState {
   const st = lstatSync(path, { bigint: true });
   const content = keep && st.isFile() && st.size <= BigInt(KEPT_BYTES) ? readFileSync(path) : undefined;
-  const seconds = (ns: bigint) => Number(ns / 1000n) / 1e6;
+  // utimes(2) through Node takes seconds as a double and truncates it to nanoseconds, so a
+  // time a hair below its microsecond would lose it: half a microsecond more keeps it.
+  const seconds = (ns: bigint) => (Number(ns / 1000n) + 0.5) / 1e6;
   return { mode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), atime: seconds(st.atimeNs), mtime: seconds(st.mtimeNs), ...(content ? { content } : {}) };
 }
 

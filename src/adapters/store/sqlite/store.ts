@@ -381,7 +381,9 @@ export function checkStoreReadOnly(path: string): Set<string> | undefined {
   } finally {
     db?.close();
     for (const f of side) rmSync(f, { force: true });
-    const seconds = (ns: bigint) => Number(ns / 1000n) / 1e6;
+    // utimes(2) through Node takes seconds as a double and truncates it to nanoseconds, so a
+    // time a hair below its microsecond would lose it: half a microsecond more keeps it.
+    const seconds = (ns: bigint) => (Number(ns / 1000n) + 0.5) / 1e6;
     for (const [f, st] of times) {
       if (f === dirname(path) && side.length === 0) continue;
       try {
