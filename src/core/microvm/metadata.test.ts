@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { it } from 'node:test';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { META_DATA_SPELLINGS, canonicalBase64Length, cloudInitMetaData, decodeMetadataValue, metaDataLine } from './metadata.js';
+import { META_DATA_SPELLINGS, canonicalBase64Length, cloudInitMetaData, decodeMetadataValue, metaDataLine, metaDataRead, plainMetaData } from './metadata.js';
 import { ulid } from './ulid.js';
 import { cloudInitYaml } from './cloudinit.js';
 
@@ -396,4 +396,58 @@ it('meta-data with keys JavaScript objects cannot hold (a date, bytes) writes no
     process.off('warning', onWarning);
   }
   assert.deepEqual(warnings.map((w) => w.message), []);
+});
+
+it('plain `key: value` meta-data is written as the full reader writes it, byte for byte, and PyYAML reads it as the client\'s mapping with the keys added', { skip: noPyYaml }, () => {
+  const uid = '01JF0000000000000000000000';
+  // Words PyYAML resolves as strings (plainString) and, less often, as other types; keys
+  // JavaScript objects treat specially; both sides of PyYAML's 1,024-character simple-key limit.
+  const keys = [[...META_DATA_SPELLINGS.flat(), 'platform', 'cluster_name', '__proto__', 'constructor', 'a', 'A1', '0x1g', 'k'.repeat(1024), 'x.y-z_'], ['k'.repeat(1025), 'yes', '010', '1.5', 'null', '2001-01-01']];
+  const values = [['vm-1', 'web.example.com', 'liquid_metal', 'y', 'n', '1e3', '1.2.3', '0x1g', 'True1', 'v'.repeat(3000), uid], ['yes', 'No', '010', '0o7', '1_000', '1.5', '.inf', 'null', '2001-12-14', '1:20']];
+  const pick = <T>(a: readonly T[]): T => a[Math.floor(Math.random() * a.length)] as T;
+  const word = (pools: string[][]): string => pick(pools[Math.random() < 0.9 ? 0 : 1] ?? []);
+  const docs: string[] = ['instance_id: capmvm-1\nlocal_hostname: capmvm-1\nplatform: liquid_metal\n', 'local_hostname: vm-1\n', 'local-hostname: vm-1', 'platform: x\n'];
+  for (let n = 0; n < 3000; n++) {
+    // Most documents plain but for the words; the rest near misses beside the plain form:
+    // other spacing, comments, trailing spaces, CRLF, blank and indented lines.
+    const near = Math.random() < 0.3;
+    const lines = Array.from({ length: 1 + Math.floor(Math.random() * 4) }, () => `${word(keys)}${near ? pick([': ', ':  ', ' : ', ':\t']) : ': '}${word(values)}`);
+    const sep = near ? pick(['\n', '\r\n', '\n\n', ' \n', ' # c\n', '\n  ']) : '\n';
+    docs.push(lines.join(sep) + pick(['\n', '\n', '', sep]));
+  }
+  let plain = 0;
+  const fastDocs: string[] = [];
+  const outs: string[] = [];
+  for (const doc of docs) {
+    const fast = plainMetaData(doc, uid);
+    if (fast === undefined) continue;
+    plain++;
+    let full: string;
+    try {
+      full = metaDataRead(doc, Buffer.from(doc), uid, 'f').toString('utf8');
+    } catch (err) {
+      assert.fail(`${JSON.stringify(doc.slice(0, 80))}: the plain reading gave ${JSON.stringify(fast.slice(0, 200))}, the full reader refuses it: ${String(err)}`);
+    }
+    assert.equal(fast, full, `${JSON.stringify(doc.slice(0, 200))}: the plain reading and the full reader write one result`);
+    assert.equal(cloudInitMetaData(Buffer.from(doc), uid, 'f').toString('utf8'), fast, 'cloudInitMetaData takes the plain reading');
+    fastDocs.push(doc);
+    outs.push(fast);
+  }
+  // Neither side of the comparison left nearly empty by the generator.
+  assert.ok(plain > docs.length / 5 && plain < docs.length * 0.8, `${plain} of ${docs.length} documents read as plain`);
+  // PyYAML reads the first 300 of them and their results (one Python process, output in bounds).
+  fastDocs.splice(300);
+  outs.splice(300);
+  const read = pyYaml([...fastDocs, ...outs]) as Record<string, string>[];
+  fastDocs.forEach((doc, i) => {
+    const before = read[i] ?? {};
+    const after = read[fastDocs.length + i] ?? {};
+    const expected: Record<string, string> = { ...before };
+    for (const [underscore, hyphen] of META_DATA_SPELLINGS) {
+      const given = before[underscore] ?? before[hyphen] ?? (underscore === 'instance_id' ? uid : undefined);
+      if (given !== undefined) Object.assign(expected, { [underscore]: before[underscore] ?? given, [hyphen]: before[hyphen] ?? given });
+    }
+    assert.deepEqual(after, expected, `PyYAML reads ${JSON.stringify(outs[i]?.slice(0, 200))} as ${JSON.stringify(doc.slice(0, 200))} with the keys added`);
+    for (const v of Object.values(after)) assert.equal(typeof v, 'string', `${JSON.stringify(doc.slice(0, 200))}: every value a string to PyYAML`);
+  });
 });

@@ -1065,6 +1065,57 @@ function none(key: string, value: unknown): boolean {
  */
 export function cloudInitMetaData(metaData: Buffer | undefined, uid: string, field: string): Buffer {
   const whole = metaData === undefined ? '' : decodeMetaData(metaData, field);
+  const plain = plainMetaData(whole, uid);
+  if (plain !== undefined) return plain === whole && metaData !== undefined ? metaData : Buffer.from(plain, 'utf8');
+  return metaDataRead(whole, metaData, uid, field);
+}
+
+/** One line of plain meta-data: a key, `: ` and a value, each a word of PLAIN_WORD's characters. */
+const PLAIN_LINE = /^([A-Za-z0-9][A-Za-z0-9_.-]*): ([A-Za-z0-9][A-Za-z0-9_.-]*)$/;
+
+/** The largest meta-data plainMetaData reads (characters); larger documents take the full reader and its limits. */
+const PLAIN_MAX = 64 * 1024;
+
+/**
+ * meta-data as cloudInitMetaData makes it, for the documents CAPMVM and flintlock's other
+ * clients send (`instance_id: <name>`, `local_hostname: <name>`, `platform: liquid_metal`):
+ * nothing but lines `key: value`, one space after the colon, LF line breaks (the last one
+ * optional), every key and value a word PyYAML's resolvers read as a string (plainString), no
+ * key twice. PyYAML reads such a document as a mapping of those strings with no doubt, so
+ * the missing keys are the lines metaDataRead would write, after the last one, without a YAML
+ * reader (a cold create spent most of its validation reading a line or two with one). Returns
+ * undefined for anything else, which metaDataRead takes; `metadata.test.ts` holds the two to
+ * one result, byte for byte.
+ */
+export function plainMetaData(text: string, uid: string): string | undefined {
+  if (text === '' || text.length > PLAIN_MAX) return undefined;
+  const entries = new Map<string, string>();
+  const lines = text.split('\n');
+  if (lines.at(-1) === '') lines.pop();
+  for (const line of lines) {
+    const m = PLAIN_LINE.exec(line);
+    const [key, value] = [m?.[1] ?? '', m?.[2] ?? ''];
+    // A key past PyYAML's simple-key limit is refused by it, and so by metaDataRead.
+    if (!m || key.length > PY_SIMPLE_KEY_MAX || entries.has(key) || !plainString(key) || !plainString(value)) return undefined;
+    entries.set(key, value);
+  }
+  let added = '';
+  for (const [underscore, hyphen] of META_DATA_SPELLINGS) {
+    const given = [underscore, hyphen].find((k) => entries.has(k));
+    if (given === undefined && underscore !== 'instance_id') continue;
+    for (const key of [underscore, hyphen]) {
+      if (!entries.has(key)) added += given === undefined ? metaDataLine(key, uid) : `${key}: ${entries.get(given) ?? ''}\n`;
+    }
+  }
+  if (added === '') return text;
+  return `${text}${text.endsWith('\n') ? '' : '\n'}${added}`;
+}
+
+/**
+ * cloudInitMetaData's full reading of any document: `whole` is the decoded text of
+ * `metaData` (undefined: none given). Exported for the test that holds plainMetaData to it.
+ */
+export function metaDataRead(whole: string, metaData: Buffer | undefined, uid: string, field: string): Buffer {
   // A byte order mark is no column of the first line; it stays in front.
   const bom = whole.startsWith('\ufeff') ? '\ufeff' : '';
   const client = whole.slice(bom.length);
