@@ -39,12 +39,16 @@ it('a meta-data line reads back as its value in PyYAML (YAML 1.1, cloud-init\'s 
     '1.5', '.5', '.inf', 'NaN', 'nan', '.nan', 'true', 'True', 'TRUE', 'false', 'yes', 'Yes', 'no', 'NO', 'on', 'off', 'y', 'n', 'Y', 'N',
     'null', 'Null', '~', '', ' ', 'a b', 'a:b', 'a: b', 'a#b', 'a #b', '-a', '- a', '?a', '=', '<<', '2001-12-14', '2001-12-14t21:59:43.10-05:00',
     '1:20', '190:20:30', 'é', 'x\ny', "it's", '"q"', '[a]', '{a}', 'a,b', '---', '...', '%a', '@a', '`a', '!a', '&a', '*a', '|', '>',
+    // A tab (PyYAML takes it raw only in quoted scalars) and characters PyYAML takes only escaped.
+    'a\tb', '\tx', 'x\t', '\x7f', 'a\x80b', '\x9f', '\x01', '\ufffe', 'x\uffff', '\u00a0', 'x\u00a0', '\u00a0x',
   ];
   for (let n = 0; n < 200; n++) values.push(ulid(Date.now() - n * 7919, randomBytes(10)));
-  const lines = values.map((v) => metaDataLine('instance_id', v));
-  const read = pyYaml(lines);
-  values.forEach((v, i) => {
-    assert.deepEqual(read[i], { instance_id: v }, `PyYAML: ${JSON.stringify(lines[i])}`);
+  // Each value under a plain key and under one PyYAML takes only escaped, as a block-mapping
+  // line and as a flow-mapping entry (written between braces).
+  const cases = values.flatMap((v) => ['instance_id', 'k\x7f\t'].flatMap((k) => [{ k, v, line: metaDataLine(k, v) }, { k, v, line: `{${metaDataLine(k, v, true)}}` }]));
+  const read = pyYaml(cases.map((c) => c.line));
+  cases.forEach(({ k, v, line }, i) => {
+    assert.deepEqual(read[i], { [k]: v }, `PyYAML: ${JSON.stringify(line)}`);
   });
   assert.equal(metaDataLine('instance_id', '01JF0000000000000000000000'), 'instance_id: 01JF0000000000000000000000\n', 'a uid stays a plain scalar');
 });
@@ -399,11 +403,16 @@ it('meta-data with keys JavaScript objects cannot hold (a date, bytes) writes no
 });
 
 it('plain `key: value` meta-data is written as the full reader writes it, byte for byte, and PyYAML reads it as the client\'s mapping with the keys added', { skip: noPyYaml }, () => {
-  const uid = '01JF0000000000000000000000';
-  // Words PyYAML resolves as strings (plainString) and, less often, as other types; keys
-  // JavaScript objects treat specially; both sides of PyYAML's 1,024-character simple-key limit.
-  const keys = [[...META_DATA_SPELLINGS.flat(), 'platform', 'cluster_name', '__proto__', 'constructor', 'a', 'A1', '0x1g', 'k'.repeat(1024), 'x.y-z_'], ['k'.repeat(1025), 'yes', '010', '1.5', 'null', '2001-01-01']];
-  const values = [['vm-1', 'web.example.com', 'liquid_metal', 'y', 'n', '1e3', '1.2.3', '0x1g', 'True1', 'v'.repeat(3000), uid], ['yes', 'No', '010', '0o7', '1_000', '1.5', '.inf', 'null', '2001-12-14', '1:20']];
+  // Mostly a uid as the daemon makes it; also strings metaDataLine must quote or escape.
+  const uids = ['01JF0000000000000000000000', ulid(Date.now(), randomBytes(10)), 'a\tb', 'yes', "it's", '\x7f', '010', '<<', 'x y', '?a'];
+  // Words PyYAML resolves as strings (plainString), near the edges of its resolvers, and, less
+  // often, words it resolves as other types; keys JavaScript objects treat specially; both
+  // sides of PyYAML's 1,024-character simple-key limit.
+  const keys = [[...META_DATA_SPELLINGS.flat(), 'platform', 'cluster_name', '__proto__', 'constructor', 'a', 'A1', '0x1g', 'k'.repeat(1024), 'x.y-z_'], ['k'.repeat(1025), 'yes', '010', '1.5', 'null', '2001-01-01', '1e-3']];
+  const values = [
+    ['vm-1', 'web.example.com', 'liquid_metal', 'y', 'n', '1e3', '1.e-3x', '1.2.3', '0x1g', '0b2', '1._x', '2001-1-1x', '2001-12-14x', 'True1', 'v'.repeat(1500), '01JF0000000000000000000000'],
+    ['yes', 'No', '010', '0o7', '1_000', '1.5', '1.e-3', '0.', '1._', '1_e-3', '.inf', 'null', '2001-12-14', '2001-1-1', '1:20'],
+  ];
   const pick = <T>(a: readonly T[]): T => a[Math.floor(Math.random() * a.length)] as T;
   const word = (pools: string[][]): string => pick(pools[Math.random() < 0.9 ? 0 : 1] ?? []);
   const docs: string[] = ['instance_id: capmvm-1\nlocal_hostname: capmvm-1\nplatform: liquid_metal\n', 'local_hostname: vm-1\n', 'local-hostname: vm-1', 'platform: x\n'];
@@ -415,39 +424,39 @@ it('plain `key: value` meta-data is written as the full reader writes it, byte f
     const sep = near ? pick(['\n', '\r\n', '\n\n', ' \n', ' # c\n', '\n  ']) : '\n';
     docs.push(lines.join(sep) + pick(['\n', '\n', '', sep]));
   }
-  let plain = 0;
-  const fastDocs: string[] = [];
-  const outs: string[] = [];
-  for (const doc of docs) {
-    const fast = plainMetaData(doc, uid);
-    if (fast === undefined) continue;
-    plain++;
+  const plain: { doc: string; uid: string; out: string }[] = [];
+  for (const [n, doc] of docs.entries()) {
+    const uid = n % 2 === 0 ? (uids[0] ?? '') : pick(uids);
+    const out = plainMetaData(doc, uid);
+    if (out === undefined) continue;
     let full: string;
     try {
       full = metaDataRead(doc, Buffer.from(doc), uid, 'f').toString('utf8');
     } catch (err) {
-      assert.fail(`${JSON.stringify(doc.slice(0, 80))}: the plain reading gave ${JSON.stringify(fast.slice(0, 200))}, the full reader refuses it: ${String(err)}`);
+      assert.fail(`${JSON.stringify(doc.slice(0, 80))} (uid ${JSON.stringify(uid)}): the plain reading gave ${JSON.stringify(out.slice(0, 200))}, the full reader refuses it: ${String(err)}`);
     }
-    assert.equal(fast, full, `${JSON.stringify(doc.slice(0, 200))}: the plain reading and the full reader write one result`);
-    assert.equal(cloudInitMetaData(Buffer.from(doc), uid, 'f').toString('utf8'), fast, 'cloudInitMetaData takes the plain reading');
-    fastDocs.push(doc);
-    outs.push(fast);
+    assert.equal(out, full, `${JSON.stringify(doc.slice(0, 200))} (uid ${JSON.stringify(uid)}): the plain reading and the full reader write one result`);
+    assert.equal(cloudInitMetaData(Buffer.from(doc), uid, 'f').toString('utf8'), out, 'cloudInitMetaData gives that result');
+    plain.push({ doc, uid, out });
   }
   // Neither side of the comparison left nearly empty by the generator.
-  assert.ok(plain > docs.length / 5 && plain < docs.length * 0.8, `${plain} of ${docs.length} documents read as plain`);
-  // PyYAML reads the first 300 of them and their results (one Python process, output in bounds).
-  fastDocs.splice(300);
-  outs.splice(300);
-  const read = pyYaml([...fastDocs, ...outs]) as Record<string, string>[];
-  fastDocs.forEach((doc, i) => {
-    const before = read[i] ?? {};
-    const after = read[fastDocs.length + i] ?? {};
-    const expected: Record<string, string> = { ...before };
+  assert.ok(plain.length > docs.length / 5 && plain.length < docs.length * 0.8, `${plain.length} of ${docs.length} documents read as plain`);
+  // PyYAML reads 300 of them and their results, typed (one Python process, output in bounds).
+  const sample = plain.filter((_, i) => i % Math.ceil(plain.length / 300) === 0);
+  const read = pyTyped(sample.flatMap((p) => [Buffer.from(p.doc), Buffer.from(p.out)]));
+  sample.forEach(({ doc, uid, out }, i) => {
+    const shown = `${JSON.stringify(doc.slice(0, 200))} became ${JSON.stringify(out.slice(0, 300))}`;
+    const [before, after] = [read[2 * i], read[2 * i + 1]];
+    assert.equal(before?.[0], 'ok', `PyYAML reads ${shown}: ${JSON.stringify(before)}`);
+    assert.equal(after?.[0], 'ok', `PyYAML reads ${shown}: ${JSON.stringify(after)}`);
+    const [was, now] = [entriesOf(before?.[1], shown), entriesOf(after?.[1], shown)];
+    const expected = new Map(was);
     for (const [underscore, hyphen] of META_DATA_SPELLINGS) {
-      const given = before[underscore] ?? before[hyphen] ?? (underscore === 'instance_id' ? uid : undefined);
-      if (given !== undefined) Object.assign(expected, { [underscore]: before[underscore] ?? given, [hyphen]: before[hyphen] ?? given });
+      const given = was.get(strKey(underscore)) ?? was.get(strKey(hyphen)) ?? (underscore === 'instance_id' ? (['str', uid] as Tree) : undefined);
+      if (given === undefined) continue;
+      for (const k of [underscore, hyphen]) if (!expected.has(strKey(k))) expected.set(strKey(k), given);
     }
-    assert.deepEqual(after, expected, `PyYAML reads ${JSON.stringify(outs[i]?.slice(0, 200))} as ${JSON.stringify(doc.slice(0, 200))} with the keys added`);
-    for (const v of Object.values(after)) assert.equal(typeof v, 'string', `${JSON.stringify(doc.slice(0, 200))}: every value a string to PyYAML`);
+    assert.deepEqual(now, expected, `PyYAML reads ${shown} as the client's mapping with the keys added`);
+    for (const [k, v] of now) assert.ok(k.startsWith('["str",') && v[0] === 'str', `${shown}: ${k} and its value strings to PyYAML, not ${JSON.stringify(v)}`);
   });
 });

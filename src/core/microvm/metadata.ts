@@ -770,11 +770,14 @@ function plainString(value: string): boolean {
   return PLAIN_WORD.test(value) && ![PY_BOOL, PY_INT, PY_FLOAT, PY_NULL, PY_TIMESTAMP].some((r) => r.test(value));
 }
 
+/** Characters PyYAML's reader refuses unless escaped in a double-quoted scalar, that yaml writes raw (yaml/reader.py NON_PRINTABLE; NEL aside, a line break). */
+const PY_ESCAPED_ALL = /[\x7f-\x84\x86-\x9f\ufffe\uffff]/g;
+
 /** Whether a single-quoted scalar can hold `value` as it is: no control or line-break characters. */
 function printable(value: string): boolean {
   for (const ch of value) {
     const c = ch.codePointAt(0) ?? 0;
-    if (c < 0x20 || (c >= 0x7f && c <= 0x9f) || c === 0x2028 || c === 0x2029 || c === 0xfeff) return false;
+    if (c < 0x20 || (c >= 0x7f && c <= 0x9f) || c === 0x2028 || c === 0x2029 || c === 0xfeff || c === 0xfffe || c === 0xffff) return false;
   }
   return true;
 }
@@ -790,15 +793,25 @@ export function metaDataLine(key: string, value: unknown, flow = false): string 
   // Single quotes mean the same in every YAML reader for a one-line printable string.
   if (plainString(key) && typeof value === 'string' && printable(value)) return `${key}: '${value.replace(/'/g, "''")}'${flow ? '' : '\n'}`;
   const doc = new Document({ [key]: value }, META_DATA_WRITE);
-  // yaml writes a key `<<` plainly, which PyYAML reads as a merge; and YAML 1.1 (unlike 1.2)
-  // takes NEL, LS and PS as line breaks, so they are written as escapes in double quotes.
+  // Every string goes in double quotes: yaml's choice of a plain scalar follows YAML 1.2 and
+  // its own reader, where PyYAML reads otherwise (a key `<<` is a merge, a tab is refused, a
+  // `?` starting a plain scalar in a flow mapping is an indicator). YAML 1.1 (unlike 1.2) takes
+  // NEL, LS and PS as line breaks, and PyYAML's reader refuses C1 controls, U+FFFE and U+FFFF
+  // anywhere (yaml/reader.py NON_PRINTABLE), all of which yaml writes raw: they are escaped.
   visit(doc, {
     Scalar: (_, s) => {
-      if (typeof s.value === 'string' && (s.value === '<<' || /[\u0085\u2028\u2029]/.test(s.value))) s.type = 'QUOTE_DOUBLE';
+      if (typeof s.value === 'string') s.type = 'QUOTE_DOUBLE';
     },
   });
-  const yaml = doc.toString({ lineWidth: 0, ...(flow ? { collectionStyle: 'flow' as const } : {}) }).replace(/\u0085/g, '\\N').replace(/\u2028/g, '\\L').replace(/\u2029/g, '\\P');
-  return flow ? yaml.trim().replace(/^\{\s*/, '').replace(/\s*\}$/, '') : yaml;
+  const yaml = doc
+    .toString({ lineWidth: 0, ...(flow ? { collectionStyle: 'flow' as const } : {}) })
+    .replace(/\u0085/g, '\\N')
+    .replace(/\u2028/g, '\\L')
+    .replace(/\u2029/g, '\\P')
+    .replace(PY_ESCAPED_ALL, (c) => ((c.codePointAt(0) ?? 0) < 0x100 ? `\\x${(c.codePointAt(0) ?? 0).toString(16).padStart(2, '0')}` : `\\u${(c.codePointAt(0) ?? 0).toString(16)}`));
+  // Only the spaces and line breaks yaml puts around the braces go: JavaScript's trim() and \s
+  // would also take a value's own U+00A0, which PyYAML reads as text.
+  return flow ? yaml.replace(/^[ \n]*\{[ \n]*/, '').replace(/[ \n]*\}[ \n]*$/, '') : yaml;
 }
 
 /**
