@@ -234,7 +234,7 @@ const PY_TIMESTAMP_PARTS = /^([0-9]{4})-([0-9]{1,2})-([0-9]{1,2})(?:(?:[Tt]|[ \t
  * 24 hours.
  */
 function timestampProblem(source: string): string | undefined {
-  const m = PY_TIMESTAMP_PARTS.exec(source.trim());
+  const m = PY_TIMESTAMP_PARTS.exec(source);
   const bad = `PyYAML (cloud-init's reader) cannot construct the timestamp ${JSON.stringify(source)}`;
   if (!m) return `${bad}: not a YAML 1.1 timestamp`;
   const [year, month, day, hour, minute, second, tzHour, tzMinute] = m.slice(1).map((p) => (p === undefined ? 0 : Number(p)));
@@ -287,7 +287,14 @@ function checked(tag: ScalarTag, problem: (source: string) => string | undefined
 function pyYamlTags(tags: Tags): Tags {
   const kept = tags.filter((t) => typeof t === 'string' || !REPLACED.has(t.tag)).map((t) => {
     if (typeof t === 'string' || !('resolve' in t) || t.tag === undefined) return t;
-    if (t.tag === 'tag:yaml.org,2002:timestamp' && 'test' in t) return checked({ ...t, test: PY_TIMESTAMP } as ScalarTag, timestampProblem);
+    if (t.tag === 'tag:yaml.org,2002:timestamp' && 'test' in t) {
+      // PyYAML matches its timestamp pattern with Python's `$`, which also matches before a
+      // final line break: `!!timestamp |` (text ending in one) is a date to it.
+      // yaml takes an explicit tag only for text its `test` matches (a plain scalar, which the
+      // same pattern resolves implicitly, never ends in a line break).
+      const tag = checked({ ...t, test: new RegExp(`${PY_TIMESTAMP.source.slice(0, -1)}\\n?$`) } as ScalarTag, timestampProblem);
+      return { ...tag, resolve: (source: string, onError: (message: string) => void, options: ParseOptions) => tag.resolve(source.replace(/\n$/, ''), onError, options) } as ScalarTag;
+    }
     if (t.tag === 'tag:yaml.org,2002:binary') return checked(t as ScalarTag, binaryProblem);
     return t;
   });
@@ -1133,7 +1140,9 @@ export function metaDataRead(whole: string, metaData: Buffer | undefined, uid: s
   // A byte order mark is no column of the first line; it stays in front.
   const bom = whole.startsWith('\ufeff') ? '\ufeff' : '';
   const client = whole.slice(bom.length);
-  let reading = client.trim() === '' ? { doc: undefined, value: undefined, cst: [] } : readMetaData(client, field);
+  // Empty as PyYAML sees it: spaces, tabs and line breaks only (JavaScript's trim() would also
+  // take U+00A0 and other spaces that are text to PyYAML).
+  let reading = /^[ \t\r\n\x85]*$/.test(client) ? { doc: undefined, value: undefined, cst: [] } : readMetaData(client, field);
   // Everything below reads `source`, which is what PyYAML reads: the client's text with a
   // final block scalar's header made stripping where `yaml` would read a line break PyYAML
   // does not (finalBlockScalar). The client's own ending is put back on what is written.
