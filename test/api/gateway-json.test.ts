@@ -55,7 +55,10 @@ describe('gateway JSON', () => {
       () => fromGatewayJson(MicroVMSpecSchema, { id: 'a', interfaces: [{ deviceId: 'eth0', type: 'TAPP' }] }, 'a JSON MicroVMSpec'),
       /^MatchlockError: interfaces\[0\]\.type: must be one of MACVTAP, TAP \(or its number\), not "TAPP"$/,
     );
-    assert.deepEqual(parseGatewayBody(Buffer.from(' \n'), 'x'), {});
+    assert.deepEqual(parseGatewayBody(Buffer.from(' \t\r\n'), 'x'), {});
+    // Blank as JSON (RFC 8259 section 2) and Go's decoder take it: U+00A0 and the other spaces
+    // JavaScript's trim() takes are no JSON whitespace.
+    for (const text of ['\u00a0', ' \u3000\n', '\ufeff']) assert.throws(() => parseGatewayBody(Buffer.from(text), 'a stop'), /^MatchlockError: body: must be a stop \(/, JSON.stringify(text));
     assert.equal(fromGatewayJson(StopMicroVMRequestSchema, {}, 'x').force, false);
     assert.throws(() => fromGatewayJson(StopMicroVMRequestSchema, { force: 'yes' }, 'a stop'), /^MatchlockError: body: must be a stop \(.*force/);
     assert.throws(() => fromGatewayJson(StopMicroVMRequestSchema, 5, 'a stop'), /^MatchlockError: body: must be a stop, a JSON object, not number$/);

@@ -41,12 +41,14 @@ export function statusJson(code: number, message: string): { code: number; messa
 }
 
 /**
- * A request body as JSON: an empty (or blank) body is `{}`. Errors: INVALID_ARGUMENT naming
+ * A request body as JSON: an empty body, or one of JSON whitespace only, is `{}`. Errors: INVALID_ARGUMENT naming
  * `body` when the text is not JSON, with `expected` saying what it must be.
  */
 export function parseGatewayBody(body: Uint8Array, expected: string): unknown {
   const text = Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8');
-  if (text.trim() === '') return {};
+  // Blank is JSON's whitespace only (RFC 8259 section 2), as grpc-gateway's decoder reads
+  // it: JavaScript's trim() would also take U+00A0, U+FEFF and other spaces.
+  if (/^[ \t\r\n]*$/.test(text)) return {};
   try {
     return JSON.parse(text) as unknown;
   } catch (err) {
