@@ -1,5 +1,5 @@
 import { Document, Scalar, visit } from 'yaml';
-import { cloudInitMetaData } from './metadata.js';
+import { PY_DOUBLE_QUOTED_ONLY, cloudInitMetaData, pyYamlEscaped } from './metadata.js';
 import type { MicroVM } from './types.js';
 
 /**
@@ -8,19 +8,22 @@ import type { MicroVM } from './types.js';
  * yaml library's 1.1 schema, every string such a reader would take for another type is quoted
  * (a YAML 1.2 reader reads the quoted form alike). The library's schema lacks two of PyYAML's
  * implicit resolvers (yaml/resolver.py: `=` is a value, `<<` a merge key), which safe_load
- * then refuses to construct: those two strings are quoted here.
+ * then refuses to construct: those two strings are quoted here. A string holding characters
+ * PyYAML takes only escaped or quoted (PY_DOUBLE_QUOTED_ONLY: a tab, C1 controls, U+FFFE,
+ * U+FFFF, NEL, LS, PS) is double-quoted with them escaped.
  */
 export function cloudInitYaml(doc: unknown): string {
   const out = new Document(doc, { version: '1.1' });
   visit(out, {
     Scalar(_, node) {
+      if (typeof node.value === 'string' && PY_DOUBLE_QUOTED_ONLY.test(node.value)) node.type = Scalar.QUOTE_DOUBLE;
       if (node.value !== '=' && node.value !== '<<') return;
       node.type = Scalar.QUOTE_DOUBLE;
       // The library writes a merge key plain whatever its type; a tag makes it a string.
       if (node.value === '<<') node.tag = 'tag:yaml.org,2002:str';
     },
   });
-  return out.toString();
+  return pyYamlEscaped(out.toString());
 }
 
 /**

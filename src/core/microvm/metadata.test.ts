@@ -88,7 +88,9 @@ it('a meta-data key copied to its other spelling means to PyYAML (cloud-init) wh
 });
 
 it('a YAML document matchlock writes for cloud-init (network-config, vendor-data mounts) reads back in PyYAML as written', { skip: noPyYaml }, () => {
-  const strings = ['=', '<<', '0o17', '1e3', '010', '1_000', '1:20', 'yes', 'y', 'on', '2001-12-14', '0x1F', '.5', '~', 'null', '52:54:00:12:34:56', 'eth0', '/mnt/data'];
+  const strings = ['=', '<<', '0o17', '1e3', '010', '1_000', '1:20', 'yes', 'y', 'on', '2001-12-14', '0x1F', '.5', '~', 'null', '52:54:00:12:34:56', 'eth0', '/mnt/data',
+    // Characters PyYAML takes only quoted (a tab) or only escaped (yaml/reader.py NON_PRINTABLE), and line breaks to YAML 1.1.
+    '/mnt/a\tb', '/mnt/data\uffff', '/mnt/\ufffe', '/mnt/\x7f', '/mnt/\x85x', '/mnt/\u2028', '/mnt/\x9f\x80'];
   const docs = strings.map((s) => ({ [s]: { value: s, list: [s] } }));
   const read = pyYaml(docs.map((d) => cloudInitYaml(d)));
   docs.forEach((d, i) => assert.deepEqual(read[i], d, JSON.stringify(cloudInitYaml(d))));
@@ -322,7 +324,10 @@ for (const [kind, docs] of [
   ['!!int and !!float values as Python\'s int() and float() read them (construct_yaml_int, construct_yaml_float)', ['a: !!float inf\n', 'a: !!float -Infinity\n', 'a: !!float nan\n', 'a: !!int 0o7\n', 'a: !!int "1\\n"\n', 'a: !!int 0x0b1\n', 'a: !!int 1:05\n', 'instance_id: !!float 1:30.5\n', 'instance_id: !!int " -12 "\n']],
   ['explicit keys whose `:` stands at the `?`\'s column', ['? a\n: x\n', 'a:\n  ? b\n  : c\n', '? a\n\n: x\n']],
   ['a %TAG prefix of URI characters, a comment after it', ['%TAG !e! tag:yaml.org,2002:\n---\na: !e!str 1\n', '%TAG !e! tag:x #c\n---\na: 1\n']],
-  ['a !!timestamp whose text ends in one line break, which Python\'s `$` lets the pattern match (construct_yaml_timestamp)', ['a: !!timestamp |\n  2001-01-01\n', 'a: !!timestamp "2001-12-14 21:59:43.10 -5\\n"\n', 'instance_id: !!timestamp |\n  2001-02-28\n']],
+  ['a !!timestamp whose text ends in one line break, which Python\'s `$` lets the pattern match, or with one-digit month and day, which the constructor takes where the resolver does not (construct_yaml_timestamp)', ['a: !!timestamp |\n  2001-01-01\n', 'a: !!timestamp "2001-12-14 21:59:43.10 -5\\n"\n', 'instance_id: !!timestamp |\n  2001-02-28\n', 'a: !!timestamp 2001-1-1\n', 'instance_id: !!timestamp 2001-2-3\n']],
+  ['a final block scalar whose last line ends in spaces or other characters JavaScript takes for spaces is content, copied with a stripping header', ['local_hostname: |\n  web ', 'instance_id: >\n  i-1 ', 'local_hostname: |\n  web\t', 'local_hostname: |\n  web\u00a0', 'instance_id: |\n  x\u3000']],
+  ['a line of U+00A0 after an explicit indentation indicator is content to PyYAML', ['instance_id: |2\n  \u00a0\n', 'a: >1\n \u3000\n']],
+  ['a tag before a NEL in a flow mapping keeps the space it needs before the new entries', ['{a:\u0085!!null }', '{a: \u0085!!str }']],
   ['an implicit key of up to 1024 characters up to its colon is read (yaml/scanner.py)', [`{${'k'.repeat(1024)}: 1}`, `${'k'.repeat(1024)}: 1\n`, `{${'\u{1F600}'.repeat(1000)}: 1}`, `{&a ${'k'.repeat(1021)}: 1}`]],
 ] as const) {
   it(`meta-data to cloud-init, read back typed with PyYAML: ${kind}`, { skip: noPyYaml }, () => {
@@ -368,6 +373,7 @@ for (const [kind, docs, rule, pyYaml] of [
   ['a copy that does not read back as the original (every result is read again)', ['? instance_id\n: - a\n  - b\n', '? instance_id\n: a: 1\n  b: 2\n'], /matchlock can add instance-id to without changing how PyYAML reads it: with them it would not be a YAML mapping \(.*\); give these keys yourself/, 'reads'],
   ['a document PyYAML reads as a set, not a mapping', ['--- !!set\n? a\n', '!!set {a, b}\n'], /must be a YAML mapping of keys to values/, 'reads'],
   ['a document of characters JavaScript takes for spaces and PyYAML for text (U+00A0, U+3000), which PyYAML reads as a string', ['\u00a0', '\u3000\n', ' \u00a0 \n', '\n\u2003\n'], /must be a YAML mapping of keys to values/, 'reads'],
+  ['a document of tabs and line breaks, where PyYAML\'s scanner finds a tab that cannot start a token (scan_to_next_token skips spaces only)', ['\t', ' \t \n', '\ufeff\t\n', '\u0085\t', '\n\t\n'], /must be a YAML mapping \(.*tab/, 'refuses'],
   ['a byte order mark after the start, which PyYAML reads as text (scan_to_next_token)', ['\n\ufeffinstance_id: foo\n', '# c\n\ufeffinstance_id: foo\n'], /must not hold U\+FEFF \(a byte order mark\) after its start .*yaml\/scanner\.py scan_to_next_token/, 'reads'],
   ['two byte order marks, then a flow mapping', ['\ufeff\ufeff{instance_id: foo}'], /must not hold U\+FEFF \(a byte order mark\) after its start/, 'reads'],
   ['a value with the non-specific tag !, which PyYAML resolves as if unquoted (composer)', ['instance_id: ! "~"\n', 'instance-id: ! ~\n', '! "<<": {instance_id: x}\n'], /must be a YAML mapping \(.*non-specific tag ! .*yaml\/composer\.py/, 'reads'],

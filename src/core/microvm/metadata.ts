@@ -285,18 +285,20 @@ function checked(tag: ScalarTag, problem: (source: string) => string | undefined
 }
 
 function pyYamlTags(tags: Tags): Tags {
-  const kept = tags.filter((t) => typeof t === 'string' || !REPLACED.has(t.tag)).map((t) => {
-    if (typeof t === 'string' || !('resolve' in t) || t.tag === undefined) return t;
+  const kept = tags.filter((t) => typeof t === 'string' || !REPLACED.has(t.tag)).flatMap((t) => {
+    if (typeof t === 'string' || !('resolve' in t) || t.tag === undefined) return [t];
     if (t.tag === 'tag:yaml.org,2002:timestamp' && 'test' in t) {
-      // PyYAML matches its timestamp pattern with Python's `$`, which also matches before a
-      // final line break: `!!timestamp |` (text ending in one) is a date to it.
-      // yaml takes an explicit tag only for text its `test` matches (a plain scalar, which the
-      // same pattern resolves implicitly, never ends in a line break).
-      const tag = checked({ ...t, test: new RegExp(`${PY_TIMESTAMP.source.slice(0, -1)}\\n?$`) } as ScalarTag, timestampProblem);
-      return { ...tag, resolve: (source: string, onError: (message: string) => void, options: ParseOptions) => tag.resolve(source.replace(/\n$/, ''), onError, options) } as ScalarTag;
+      // Two tags: the implicit one takes what PyYAML's resolver takes (PY_TIMESTAMP); the
+      // explicit one (yaml uses a tag without `default` for `!!timestamp` whatever the text)
+      // what its constructor takes (timestampProblem): one-digit months and days too, and a
+      // text ending in one line break, which the `$` of its Python pattern lets match.
+      const implicit = checked({ ...t, test: PY_TIMESTAMP } as ScalarTag, timestampProblem);
+      const { test: _implicitOnly, ...untested } = implicit;
+      const explicit: ScalarTag = { ...untested, default: false, resolve: (source, onError, options) => implicit.resolve(source.replace(/\n$/, ''), onError, options) };
+      return [implicit, explicit];
     }
-    if (t.tag === 'tag:yaml.org,2002:binary') return checked(t as ScalarTag, binaryProblem);
-    return t;
+    if (t.tag === 'tag:yaml.org,2002:binary') return [checked(t as ScalarTag, binaryProblem)];
+    return [t];
   });
   return [...PY_SCALARS, ...kept] as Tags;
 }
@@ -426,7 +428,9 @@ function explicitIndentTail(t: { offset: number; source: string }, text: string)
   const end = last.offset + last.source.length + t.source.length;
   let after = /^(?:[ \t]*\r?\n)*/.exec(text.slice(end))?.[0] ?? '';
   if (/^[ \t]+$/.test(text.slice(end + after.length))) after = text.slice(end);
-  const own = /\S/.test(t.source) ? (/\S([^\S]*)$/.exec(t.source)?.[1] ?? '').replace(/^[^\n]*\n?/, '') : t.source;
+  // Blank lines are spaces, tabs and line breaks; U+00A0 and the other characters JavaScript's
+  // \s takes are content to PyYAML.
+  const own = /[^ \t\r\n]/.test(t.source) ? (/[^ \t\r\n]([ \t\r\n]*)$/.exec(t.source)?.[1] ?? '').replace(/^[^\n]*\n?/, '') : t.source;
   return /[ \t]/.test(own + after) ? header : undefined;
 }
 
@@ -777,8 +781,27 @@ function plainString(value: string): boolean {
   return PLAIN_WORD.test(value) && ![PY_BOOL, PY_INT, PY_FLOAT, PY_NULL, PY_TIMESTAMP].some((r) => r.test(value));
 }
 
-/** Characters PyYAML's reader refuses unless escaped in a double-quoted scalar, that yaml writes raw (yaml/reader.py NON_PRINTABLE; NEL aside, a line break). */
-const PY_ESCAPED_ALL = /[\x7f-\x84\x86-\x9f\ufffe\uffff]/g;
+/**
+ * Characters PyYAML reads as written only in a double-quoted scalar, escaped, all of which
+ * `yaml` writes raw: C1 controls, U+FFFE and U+FFFF (its reader refuses them anywhere:
+ * yaml/reader.py NON_PRINTABLE), NEL, LS and PS (line breaks in YAML 1.1, not in 1.2); and a
+ * tab, which PyYAML takes raw only in a quoted scalar (yaml writes it in a plain one).
+ */
+export const PY_DOUBLE_QUOTED_ONLY = /[\t\x7f-\x9f\u2028\u2029\ufffe\uffff]/;
+
+/**
+ * `yaml`'s text with the characters of PY_DOUBLE_QUOTED_ONLY but the tab written as escapes:
+ * the strings holding them must have been written double-quoted.
+ */
+export function pyYamlEscaped(yaml: string): string {
+  return yaml.replace(/[\x7f-\x9f\u2028\u2029\ufffe\uffff]/g, (c) => {
+    const code = c.codePointAt(0) ?? 0;
+    if (c === '\u0085') return '\\N';
+    if (c === '\u2028') return '\\L';
+    if (c === '\u2029') return '\\P';
+    return code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16)}`;
+  });
+}
 
 /** Whether a single-quoted scalar can hold `value` as it is: no control or line-break characters. */
 function printable(value: string): boolean {
@@ -810,12 +833,7 @@ export function metaDataLine(key: string, value: unknown, flow = false): string 
       if (typeof s.value === 'string') s.type = 'QUOTE_DOUBLE';
     },
   });
-  const yaml = doc
-    .toString({ lineWidth: 0, ...(flow ? { collectionStyle: 'flow' as const } : {}) })
-    .replace(/\u0085/g, '\\N')
-    .replace(/\u2028/g, '\\L')
-    .replace(/\u2029/g, '\\P')
-    .replace(PY_ESCAPED_ALL, (c) => ((c.codePointAt(0) ?? 0) < 0x100 ? `\\x${(c.codePointAt(0) ?? 0).toString(16).padStart(2, '0')}` : `\\u${(c.codePointAt(0) ?? 0).toString(16)}`));
+  const yaml = pyYamlEscaped(doc.toString({ lineWidth: 0, ...(flow ? { collectionStyle: 'flow' as const } : {}) }));
   // Only the spaces and line breaks yaml puts around the braces go: JavaScript's trim() and \s
   // would also take a value's own U+00A0, which PyYAML reads as text.
   return flow ? yaml.replace(/^[ \n]*\{[ \n]*/, '').replace(/[ \n]*\}[ \n]*$/, '') : yaml;
@@ -897,7 +915,8 @@ function withEntries(source: string, doc: Document.Parsed, added: Added[], field
     // Spaces before the brace go, but not the one that ends an empty value's tag or anchor
     // (`{a: !!null }`: a tag runs to the next space, so `!!null,` would be the tag "null,").
     const kept = source.slice(0, close).replace(/[ ]*$/, '');
-    const props = /(?:^|[\s,[{:])[!&][^\s]*$/.test(kept) && kept.length < close ? ' ' : '';
+    // A NEL is a line break to PyYAML here (the source is the client's, NEL and all).
+    const props = /(?:^|[\s\x85,[{:])[!&][^\s\x85]*$/.test(kept) && kept.length < close ? ' ' : '';
     return `${kept}${props}${comma}${entries}${map.items.length > 0 ? ' ' : ''}${source.slice(close)}`;
   }
   const lineStart = text.lastIndexOf('\n', range[0] - 1) + 1;
@@ -960,7 +979,9 @@ function finalBlockScalar(doc: Document.Parsed, text: string): { at: number; str
   const end = lastScalar(doc.contents);
   // Its content must be what ends the text: a comment or `...` after it follows a line break
   // PyYAML keeps (clip and keep chomping apply there).
-  if (text.endsWith('\n') || !/\S$/.test(text) || !isScalar(end) || (end.type !== 'BLOCK_LITERAL' && end.type !== 'BLOCK_FOLDED') || end.range?.[1] !== text.length) return undefined;
+  // The last line is content when it holds anything but spaces (a space or U+00A0 at its end
+  // is content too): PyYAML takes only spaces for a block scalar's indentation and blank lines.
+  if (text.endsWith('\n') || !/[^ ]/.test(text.slice(text.lastIndexOf('\n') + 1)) || !isScalar(end) || (end.type !== 'BLOCK_LITERAL' && end.type !== 'BLOCK_FOLDED') || end.range?.[1] !== text.length) return undefined;
   const at = end.range?.[0];
   const header = at === undefined ? null : /^[|>](?:[1-9][+-]?|[+-][1-9]?)?/.exec(text.slice(at));
   if (at === undefined || !header || header[0].includes('-')) return undefined;
@@ -1140,9 +1161,10 @@ export function metaDataRead(whole: string, metaData: Buffer | undefined, uid: s
   // A byte order mark is no column of the first line; it stays in front.
   const bom = whole.startsWith('\ufeff') ? '\ufeff' : '';
   const client = whole.slice(bom.length);
-  // Empty as PyYAML sees it: spaces, tabs and line breaks only (JavaScript's trim() would also
-  // take U+00A0 and other spaces that are text to PyYAML).
-  let reading = /^[ \t\r\n\x85]*$/.test(client) ? { doc: undefined, value: undefined, cst: [] } : readMetaData(client, field);
+  // Empty as PyYAML sees it: spaces and line breaks only (JavaScript's trim() would also take
+  // U+00A0 and other spaces that are text to PyYAML, and a tab, which its scanner refuses
+  // there: scan_to_next_token skips spaces only).
+  let reading = /^[ \r\n\x85]*$/.test(client) ? { doc: undefined, value: undefined, cst: [] } : readMetaData(client, field);
   // Everything below reads `source`, which is what PyYAML reads: the client's text with a
   // final block scalar's header made stripping where `yaml` would read a line break PyYAML
   // does not (finalBlockScalar). The client's own ending is put back on what is written.
