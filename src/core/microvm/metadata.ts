@@ -1092,11 +1092,12 @@ function none(key: string, value: unknown): boolean {
  * result is read again and every top-level key compared with the client's reading, typed
  * (1.0 is not 1, an integer key not a string), so nothing is handed on that PyYAML would read
  * otherwise; a document of plain `key: value` lines is neither read nor read again with YAML
- * (plainMetaData, held to this reading by metadata.test.ts). A null or empty instance id in either spelling counts as none: cloud-init would
- * take null as the instance id "None" (str() of it, sources/__init__.py get_instance_id,
- * cloud-init 22.4), the same for every VM, and flintlock keeps a client's instance id only
- * when it is not empty (addInstanceData); both spellings get the uid, written after the null
- * or empty one (PyYAML takes a repeated key's last value).
+ * (plainMetaData, held to this reading by metadata.test.ts). A null or empty instance id in
+ * either spelling counts as none: cloud-init would take null as the instance id "None" (str()
+ * of it, sources/__init__.py get_instance_id, cloud-init 22.4), the same for every VM, and
+ * flintlock keeps a client's instance id only when it is not empty (addInstanceData); both
+ * spellings get the uid, written after the null or empty one (PyYAML takes a repeated key's
+ * last value).
  *
  * Throws INVALID_ARGUMENT naming `field` for anything PyYAML would refuse, that is not one
  * mapping, that PyYAML reads otherwise than matchlock's reader (a lone CR, LS or PS; more than

@@ -41,8 +41,9 @@ export function statusJson(code: number, message: string): { code: number; messa
 }
 
 /**
- * A request body as JSON: an empty body, or one of JSON whitespace only, is `{}`. Errors: INVALID_ARGUMENT naming
- * `body` when the text is not JSON, with `expected` saying what it must be.
+ * A request body as JSON: an empty body, or one of JSON whitespace only, is `{}`. Errors:
+ * INVALID_ARGUMENT naming `body` when the text is not JSON, with `expected` saying what it
+ * must be.
  */
 export function parseGatewayBody(body: Uint8Array, expected: string): unknown {
   const text = Buffer.from(body.buffer, body.byteOffset, body.byteLength).toString('utf8');
