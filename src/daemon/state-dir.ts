@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { accessSync, chmodSync, chownSync, closeSync, constants, existsSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
+import { utimesSeconds } from '../adapters/system/files.js';
 
 /** Mode of the state dir: the store and each VM's user-data (which holds secrets) are not for other users. */
 export const STATE_DIR_MODE = 0o750;
@@ -74,10 +75,7 @@ export interface StateDirSnapshot {
 function entryState(path: string, keep: boolean): EntryState {
   const st = lstatSync(path, { bigint: true });
   const content = keep && st.isFile() && st.size <= BigInt(KEPT_BYTES) ? readFileSync(path) : undefined;
-  // utimes(2) through Node takes seconds as a double and truncates it to nanoseconds, so a
-  // time a hair below its microsecond would lose it: half a microsecond more keeps it.
-  const seconds = (ns: bigint) => (Number(ns / 1000n) + 0.5) / 1e6;
-  return { mode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), atime: seconds(st.atimeNs), mtime: seconds(st.mtimeNs), ...(content ? { content } : {}) };
+  return { mode: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), atime: utimesSeconds(st.atimeNs), mtime: utimesSeconds(st.mtimeNs), ...(content ? { content } : {}) };
 }
 
 /**

@@ -35,3 +35,13 @@ export class NodeHostFiles implements HostFiles {
     }
   }
 }
+
+/**
+ * A file time in nanoseconds (fs.Stats' bigint `*timeNs`) as the seconds fs.utimesSync takes,
+ * to put it back to the microsecond: utimes(2) through Node takes a double and truncates it to
+ * nanoseconds, so a time a hair below its microsecond would lose it; half a microsecond more
+ * keeps it.
+ */
+export function utimesSeconds(ns: bigint): number {
+  return (Number(ns / 1000n) + 0.5) / 1e6;
+}

@@ -5,6 +5,7 @@ import { MatchlockError, ErrorCode } from '../../../core/errors.js';
 import type { MicroVM } from '../../../core/microvm/types.js';
 import type { EncodedRecord, EventFilter, EventLog, ListFilter, PageOptions, StoredEvent, Store, Tombstone, Tombstones, UpdateOptions } from '../../../core/ports.js';
 import { encodeMicroVM, WIRE_FORMAT } from '../../api/convert.js';
+import { utimesSeconds } from '../../system/files.js';
 
 // 2: tombstones of records dropped without a finished teardown.
 // 3: events, the change log behind matchlock.v1's WatchEvents.
@@ -381,13 +382,10 @@ export function checkStoreReadOnly(path: string): Set<string> | undefined {
   } finally {
     db?.close();
     for (const f of side) rmSync(f, { force: true });
-    // utimes(2) through Node takes seconds as a double and truncates it to nanoseconds, so a
-    // time a hair below its microsecond would lose it: half a microsecond more keeps it.
-    const seconds = (ns: bigint) => (Number(ns / 1000n) + 0.5) / 1e6;
     for (const [f, st] of times) {
       if (f === dirname(path) && side.length === 0) continue;
       try {
-        utimesSync(f, seconds(st.atimeNs), seconds(st.mtimeNs));
+        utimesSync(f, utimesSeconds(st.atimeNs), utimesSeconds(st.mtimeNs));
       } catch {
         // gone meanwhile: nothing to put back
       }
