@@ -114,6 +114,58 @@ describe('SqliteStore', () => {
     assert.ok(observed < 10, `40 updates without waiting for the disk made ${observed} syncs`);
   });
 
+  it('drops the schema-2 indexes nothing reads, and answers every filtered read from an index in uid order', () => {
+    const path = join(tmp.path, 'indexes.db');
+    const old = new Database(path);
+    old.pragma('journal_mode = WAL');
+    old.exec(`CREATE TABLE microvms (uid TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL);
+      CREATE INDEX microvms_namespace_name ON microvms (namespace, name);
+      CREATE INDEX microvms_name ON microvms (name);
+      CREATE TABLE tombstones (uid TEXT PRIMARY KEY, record TEXT NOT NULL);`);
+    old.pragma('user_version = 2');
+    const ins = old.prepare('INSERT INTO microvms VALUES (?, ?, ?, 1, ?, ?)');
+    for (const [uid, ns, name] of [['01A', 'x', 'one'], ['01B', 'y', 'one'], ['01C', 'y', 'two']] as const) ins.run(uid, ns, name, 'CREATED', JSON.stringify(vm(uid, ns, name)));
+    old.close();
+    // Every statement the store prepares from here on, so the plans checked are its own queries.
+    const prepared = new Set<string>();
+    const prepare = Database.prototype.prepare;
+    Database.prototype.prepare = function (this: Database.Database, sql: string) {
+      prepared.add(sql);
+      return prepare.call(this, sql);
+    } as typeof prepare;
+    let s: SqliteStore;
+    try {
+      s = new SqliteStore(path);
+      for (const filter of [{}, { namespace: 'y' }, { name: 'one' }, { namespace: 'y', name: 'one' }]) {
+        for (const page of [{}, { after: '01A', limit: 1 }]) {
+          assert.deepEqual([...s.encodedRecords(filter, page)].map((r) => r.uid), s.page(filter, page).map((v) => v.uid));
+          assert.deepEqual(s.uids(filter, page), s.page(filter, page).map((v) => v.uid));
+        }
+        s.list(filter);
+      }
+    } finally {
+      Database.prototype.prepare = prepare;
+    }
+    s.close();
+    const db = new Database(path, { readonly: true });
+    try {
+      const indexes = db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'microvms' ORDER BY name").pluck().all();
+      assert.deepEqual(indexes, ['microvms_name_uid', 'microvms_namespace_uid', 'sqlite_autoindex_microvms_1']);
+      const reads = [...prepared].filter((q) => /^SELECT .* FROM microvms WHERE .*(namespace|name) = .* ORDER BY uid/.test(q));
+      assert.ok(reads.length >= 6, `the filtered reads were seen: ${reads.join('; ')}`);
+      for (const q of reads) {
+        const params = Object.fromEntries([...q.matchAll(/@(\w+)/g)].map((m) => [m[1], m[1] === 'limit' ? 1 : 'a']));
+        const anon = (q.match(/\?/g) ?? []).map(() => 'a');
+        const plan = (db.prepare(`EXPLAIN QUERY PLAN ${q}`).all(...(anon.length ? anon : [params])) as { detail: string }[]).map((r) => r.detail).join('; ');
+        const leading = /\bname = /.test(q) ? 'name' : 'namespace';
+        assert.match(plan, new RegExp(`^SEARCH microvms USING (COVERING )?INDEX microvms_${leading}_uid \\(${leading}=\\?`), `${q}: ${plan}`);
+        assert.doesNotMatch(plan, /TEMP B-TREE/, `${q}: ${plan}`);
+      }
+    } finally {
+      db.close();
+    }
+  });
+
   it('refuses a store written by a newer schema instead of misreading it', () => {
     const path = join(tmp.path, 'new.db');
     new SqliteStore(path).close();

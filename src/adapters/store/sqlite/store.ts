@@ -90,7 +90,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       }
       this.migrate();
       ensureWire(this.db);
-      ensureListIndexes(this.db);
+      ensureIndexes(this.db, path);
     } catch (err) {
       // An up-to-date store writes nothing here; an older one needs room to be upgraded.
       this.db.close();
@@ -417,8 +417,6 @@ function migrateSchema(db: Database.Database): void {
         state TEXT NOT NULL,
         record TEXT NOT NULL
       );
-      CREATE INDEX IF NOT EXISTS microvms_namespace_name ON microvms (namespace, name);
-      CREATE INDEX IF NOT EXISTS microvms_name ON microvms (name);
       CREATE TABLE IF NOT EXISTS tombstones (
         uid TEXT PRIMARY KEY,
         record TEXT NOT NULL
@@ -615,13 +613,38 @@ function pagedQuery(columns: string, filter: ListFilter, page: PageOptions): { s
  * sorts them, so paging through a namespace costs its size squared. Made at open when missing
  * (a store of 10,000 records: well under a second).
  */
-function ensureListIndexes(db: Database.Database): void {
+const LIST_INDEXES = ['microvms_namespace_uid ON microvms (namespace, uid)', 'microvms_name_uid ON microvms (name, uid)'];
+
+/**
+ * Indexes of schema 2 that nothing reads: with (name, uid) there, SQLite's planner answers every
+ * query of this store by name, with or without a namespace, from that index (EXPLAIN QUERY PLAN),
+ * while each of these still costs every create and delete a B-tree write. Dropped at open; a
+ * matchlock from before does not make them again (its schema version is the same) and plans its
+ * queries on the same two indexes.
+ */
+const UNREAD_INDEXES = ['microvms_namespace_name', 'microvms_name'];
+
+/**
+ * Makes the list indexes a store lacks, then drops the unread ones. The drop is an economy, not
+ * an upgrade: on a file system without room for its WAL frames it is left for a later start.
+ */
+function ensureIndexes(db: Database.Database, path: string): void {
   const have = new Set(db.prepare<[], string>("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'microvms'").pluck().all());
-  if (have.has('microvms_namespace_uid') && have.has('microvms_name_uid')) return;
-  db.transaction(() => {
-    db.exec('CREATE INDEX IF NOT EXISTS microvms_namespace_uid ON microvms (namespace, uid)');
-    db.exec('CREATE INDEX IF NOT EXISTS microvms_name_uid ON microvms (name, uid)');
-  }).immediate();
+  const missing = LIST_INDEXES.filter((i) => !have.has(i.slice(0, i.indexOf(' '))));
+  if (missing.length) {
+    db.transaction(() => {
+      for (const i of missing) db.exec(`CREATE INDEX IF NOT EXISTS ${i}`);
+    }).immediate();
+  }
+  const unread = UNREAD_INDEXES.filter((i) => have.has(i));
+  if (unread.length === 0) return;
+  try {
+    db.transaction(() => {
+      for (const i of unread) db.exec(`DROP INDEX IF EXISTS ${i}`);
+    }).immediate();
+  } catch (err) {
+    if (!storeFull(path, err)) throw err;
+  }
 }
 
 /**
