@@ -18,7 +18,9 @@
 //     reconcile fails fast and backs off: no boot);
 //   - GetMicroVM p50 and ListMicroVMs (all records, median of a few): in one answer (no
 //     page_size, as flintlock's clients ask), and a page of 500 at a time (page_size and
-//     page_token): time to the first page and to the last;
+//     page_token): time to the first page and to the last; and in one answer again from grpcio
+//     (bench/list-grpcio.py under /usr/bin/python3, the tests' python3-grpcio), a client that
+//     widens its HTTP/2 receive window as CAPMVM's grpc-go does;
 //   - RSS idle (no record), with the records loaded, after the Lists;
 //   - CPU of the idle server with the records loaded, over `idleSeconds`, from /proc/<pid>/stat,
 //     once matchlockd's start-up work is over (it uses under a fifth of a core over 2 s); the
@@ -180,6 +182,32 @@ function rawClient(target: string) {
   return { call, timed, paged, close: () => client.close() };
 }
 
+/** Debian's Python, whose python3-grpcio the tests use too. */
+const PYTHON = '/usr/bin/python3';
+
+/**
+ * ListMicroVMs in one answer from grpcio, the client of gRPC's C core (bench/list-grpcio.py),
+ * matchlockd and the baseline in turn, `rounds` each: each side's times in ms, or undefined
+ * (said once on stderr) where that Python has no grpc module. Run apart from the grpc-js client:
+ * that client's receive window stays at 64 KiB, so its large answers are paced by window updates
+ * the C core's (and grpc-go's) bandwidth-delay probing avoids.
+ */
+let grpcioMissing = false;
+function grpcioLists(a: string, b: string, rounds: number): [number[], number[]] | undefined {
+  if (grpcioMissing) return undefined;
+  const script = fileURLToPath(new URL('./list-grpcio.py', import.meta.url));
+  const r = spawnSync(PYTHON, [script, a, b, String(rounds)], { encoding: 'utf8', timeout: 600_000 });
+  if (r.status !== 0) {
+    grpcioMissing = true;
+    process.stderr.write(`# no List by grpcio: ${PYTHON} ${script} exited ${r.status ?? r.signal}: ${r.stderr.trim().split('\n').pop() ?? ''}\n`);
+    return undefined;
+  }
+  // Each line starts with the answer's size; the sides differ by the records the timed creates
+  // added (matchlock's carry their failed pull), so it is not compared.
+  const [x = [], y = []] = r.stdout.trim().split('\n').map((line) => line.split(' ').slice(1).map(Number));
+  return [x, y];
+}
+
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)] ?? NaN;
@@ -289,8 +317,8 @@ async function part1(sizes: number[], creates: number, entry: string[], idleSeco
       try {
         if (size === 0) {
           process.stdout.write(`RSS idle (no record, 2 s after start): matchlockd ${f1(loaded[0])} MB, baseline ${f1(loaded[1])} MB, ratio ${ratio(loaded[0], loaded[1])}\n\n`);
-          row(['records', 'create p50 ms (baseline, ratio)', 'get p50 ms (baseline, ratio)', 'list in one answer ms (baseline, ratio)', `list by ${PAGE}: first page ms (baseline, ratio)`, `list by ${PAGE}: all pages ms (baseline, ratio)`, 'RSS loaded MB (baseline)', 'RSS after lists MB (baseline)', `idle CPU % of a core over ${idleSeconds} s (baseline)`]);
-          row(['---', '---', '---', '---', '---', '---', '---', '---', '---']);
+          row(['records', 'create p50 ms (baseline, ratio)', 'get p50 ms (baseline, ratio)', 'list in one answer ms (baseline, ratio)', 'list in one answer, grpcio client, ms (baseline, ratio)', `list by ${PAGE}: first page ms (baseline, ratio)`, `list by ${PAGE}: all pages ms (baseline, ratio)`, 'RSS loaded MB (baseline)', 'RSS after lists MB (baseline)', `idle CPU % of a core over ${idleSeconds} s (baseline)`]);
+          row(['---', '---', '---', '---', '---', '---', '---', '---', '---', '---']);
           continue;
         }
         // Idle with the records loaded, before any request, once the start-up work (a reconcile
@@ -323,6 +351,7 @@ async function part1(sizes: number[], creates: number, entry: string[], idleSeco
           listTimes[0].push(await mc.timed('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: '' })));
           listTimes[1].push(await bc.timed('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: '' })));
         }
+        const viaGrpcio = grpcioLists(ml.target, base.target, rounds);
         const firstTimes: [number[], number[]] = [[], []];
         const pagedTimes: [number[], number[]] = [[], []];
         for (let i = 0; i < rounds; i++) {
@@ -333,9 +362,9 @@ async function part1(sizes: number[], creates: number, entry: string[], idleSeco
           }
         }
         const after = [rss(ml.pid), rss(base.pid)];
-        const [c, g, l, pf, pa] = [createTimes, getTimes, listTimes, firstTimes, pagedTimes].map(([a, b]) => [median(a), median(b)] as const);
+        const [c, g, l, pf, pa, lp] = [createTimes, getTimes, listTimes, firstTimes, pagedTimes, viaGrpcio ?? [[], []]].map(([a, b]) => [median(a), median(b)] as const);
         const cell = (p: readonly [number, number] | undefined) => (p ? `${f1(p[0])} (${f1(p[1])}, ${ratio(p[0], p[1])})` : '');
-        row([size, cell(c), cell(g), cell(l), cell(pf), cell(pa), `${f1(loaded[0])} (${f1(loaded[1])})`, `${f1(after[0] ?? 0)} (${f1(after[1] ?? 0)})`, `${(idle[0] ?? 0).toFixed(2)} (${(idle[1] ?? 0).toFixed(2)}), after ${busy.toFixed(0)} s of start-up work`]);
+        row([size, cell(c), cell(g), cell(l), viaGrpcio ? cell(lp) : 'no grpcio', cell(pf), cell(pa), `${f1(loaded[0])} (${f1(loaded[1])})`, `${f1(after[0] ?? 0)} (${f1(after[1] ?? 0)})`, `${(idle[0] ?? 0).toFixed(2)} (${(idle[1] ?? 0).toFixed(2)}), after ${busy.toFixed(0)} s of start-up work`]);
       } finally {
         mc.close();
         bc.close();
