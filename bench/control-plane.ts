@@ -16,7 +16,7 @@
 // (responses are not decoded, so the client costs both sides the same):
 //   - CreateMicroVM p50, sequential (the VM's image is on a registry nobody answers, so its
 //     reconcile fails fast and backs off: no boot);
-//   - GetMicroVM p50 and ListMicroVMs (all records, median of a few): in one answer (no
+//   - GetMicroVM p50 and ListMicroVMs (all records, median of 7): in one answer (no
 //     page_size, as flintlock's clients ask), and a page of 500 at a time (page_size and
 //     page_token): time to the first page and to the last; and in one answer again from grpcio
 //     (bench/list-grpcio.py under /usr/bin/python3, the tests' python3-grpcio), a client that
@@ -345,7 +345,7 @@ async function part1(sizes: number[], creates: number, entry: string[], idleSeco
           getTimes[0].push(await mc.timed('getMicroVM', create(GetMicroVMRequestSchema, { uid })));
           getTimes[1].push(await bc.timed('getMicroVM', create(GetMicroVMRequestSchema, { uid })));
         }
-        const rounds = size >= 10_000 ? 3 : 5;
+        const rounds = 7;
         const listTimes: [number[], number[]] = [[], []];
         for (let i = 0; i < rounds; i++) {
           listTimes[0].push(await mc.timed('listMicroVMs', create(ListMicroVMsRequestSchema, { namespace: '' })));
