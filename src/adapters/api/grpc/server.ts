@@ -119,11 +119,11 @@ const NEXT_PAGE_TOKEN_TAG = (1000 << 3) | 2;
 
 /**
  * One buffer that List answers are written into, reused while its last answer has been copied
- * by grpc-js (which copies every message behind its 5-byte header). A List of 10,000 records
- * is 30 MB, and writing into fresh memory faults in every page of it: on a virtual machine that
- * cost as much as the rest of the answer. Dropped after a minute without a List, so the daemon's
- * memory goes back down; a buffer still lent (a call cancelled before grpc-js serialised it) is
- * never written again, only left to the garbage collector.
+ * by grpc-js (which copies every message behind its 5-byte header). A List of 10,000 records of
+ * CAPMVM's shape is about 54 MB, and writing into fresh memory faults in every page of it: on a
+ * virtual machine that cost as much as the rest of the answer. Dropped after a minute without a
+ * List, so the daemon's memory goes back down; a buffer still lent (a call cancelled before
+ * grpc-js serialised it) is never written again, only left to the garbage collector.
  */
 class AnswerBuffer {
   private buf: Buffer | undefined;
