@@ -28,6 +28,13 @@ function vm(uid: string, namespace: string, name: string): MicroVM {
 
 const strace = spawnSync('strace', ['-V']).status === 0;
 
+/** The two indexes of schema 2 a store of this release no longer keeps. */
+const UNREAD_INDEXES = 'CREATE INDEX microvms_namespace_name ON microvms (namespace, name); CREATE INDEX microvms_name ON microvms (name);';
+
+function indexesOf(db: Database.Database): string[] {
+  return db.prepare<[], string>("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'microvms' ORDER BY name").pluck().all();
+}
+
 describe('SqliteStore', () => {
   const tmp = tempDir('store');
   after(() => tmp.remove());
@@ -119,8 +126,7 @@ describe('SqliteStore', () => {
     const old = new Database(path);
     old.pragma('journal_mode = WAL');
     old.exec(`CREATE TABLE microvms (uid TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL);
-      CREATE INDEX microvms_namespace_name ON microvms (namespace, name);
-      CREATE INDEX microvms_name ON microvms (name);
+      ${UNREAD_INDEXES}
       CREATE TABLE tombstones (uid TEXT PRIMARY KEY, record TEXT NOT NULL);`);
     old.pragma('user_version = 2');
     const ins = old.prepare('INSERT INTO microvms VALUES (?, ?, ?, 1, ?, ?)');
@@ -149,8 +155,7 @@ describe('SqliteStore', () => {
     s.close();
     const db = new Database(path, { readonly: true });
     try {
-      const indexes = db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'microvms' ORDER BY name").pluck().all();
-      assert.deepEqual(indexes, ['microvms_name_uid', 'microvms_namespace_uid', 'sqlite_autoindex_microvms_1']);
+      assert.deepEqual(indexesOf(db), ['microvms_name_uid', 'microvms_namespace_uid', 'sqlite_autoindex_microvms_1']);
       const reads = [...prepared].filter((q) => /^SELECT .* FROM microvms WHERE .*(namespace|name) = .* ORDER BY uid/.test(q));
       assert.ok(reads.length >= 6, `the filtered reads were seen: ${reads.join('; ')}`);
       for (const q of reads) {
@@ -164,6 +169,31 @@ describe('SqliteStore', () => {
     } finally {
       db.close();
     }
+  });
+
+  it('drops them from a store of the current schema too, and opens without waiting while another process holds the write lock', () => {
+    // The store as the release before this one left it: this schema, with both indexes.
+    const path = join(tmp.path, 'indexes-current.db');
+    const made = new SqliteStore(path);
+    made.insert(vm('01A', 'x', 'one'));
+    made.close();
+    const raw = new Database(path);
+    raw.exec(UNREAD_INDEXES);
+    // Another process writing: BEGIN IMMEDIATE holds the write lock until ROLLBACK.
+    raw.exec('BEGIN IMMEDIATE');
+    try {
+      const started = Date.now();
+      const s = new SqliteStore(path);
+      assert.ok(Date.now() - started < 4000, 'the drop did not wait out the 5 s busy timeout');
+      assert.deepEqual(s.list({ name: 'one' }).map((v) => v.uid), ['01A'], 'the store reads as before');
+      s.close();
+      assert.deepEqual(indexesOf(raw), ['microvms_name', 'microvms_name_uid', 'microvms_namespace_name', 'microvms_namespace_uid', 'sqlite_autoindex_microvms_1'], 'left for a later open');
+    } finally {
+      raw.exec('ROLLBACK');
+    }
+    new SqliteStore(path).close();
+    assert.deepEqual(indexesOf(raw), ['microvms_name_uid', 'microvms_namespace_uid', 'sqlite_autoindex_microvms_1']);
+    raw.close();
   });
 
   it('refuses a store written by a newer schema instead of misreading it', () => {

@@ -90,7 +90,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       }
       this.migrate();
       ensureWire(this.db);
-      ensureIndexes(this.db, path);
+      ensureIndexes(this.db);
     } catch (err) {
       // An up-to-date store writes nothing here; an older one needs room to be upgraded.
       this.db.close();
@@ -626,9 +626,10 @@ const UNREAD_INDEXES = ['microvms_namespace_name', 'microvms_name'];
 
 /**
  * Makes the list indexes a store lacks, then drops the unread ones. The drop is an economy, not
- * an upgrade: on a file system without room for its WAL frames it is left for a later start.
+ * an upgrade: whatever stops it (a full file system, a store or mount this process may only
+ * read, another process holding the write lock) leaves it for a later open, without waiting.
  */
-function ensureIndexes(db: Database.Database, path: string): void {
+function ensureIndexes(db: Database.Database): void {
   const have = new Set(db.prepare<[], string>("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'microvms'").pluck().all());
   const missing = LIST_INDEXES.filter((i) => !have.has(i.slice(0, i.indexOf(' '))));
   if (missing.length) {
@@ -638,12 +639,16 @@ function ensureIndexes(db: Database.Database, path: string): void {
   }
   const unread = UNREAD_INDEXES.filter((i) => have.has(i));
   if (unread.length === 0) return;
+  const timeout = db.pragma('busy_timeout', { simple: true }) as number;
+  db.pragma('busy_timeout = 0');
   try {
     db.transaction(() => {
       for (const i of unread) db.exec(`DROP INDEX IF EXISTS ${i}`);
     }).immediate();
-  } catch (err) {
-    if (!storeFull(path, err)) throw err;
+  } catch {
+    // Rolled back: the store is as it was, and reads it as before.
+  } finally {
+    db.pragma(`busy_timeout = ${timeout}`);
   }
 }
 
