@@ -188,20 +188,23 @@ const PYTHON = '/usr/bin/python3';
 /**
  * ListMicroVMs in one answer from grpcio, the client of gRPC's C core (bench/list-grpcio.py),
  * matchlockd and the baseline in turn, `rounds` each: each side's times in ms, or undefined
- * (said once on stderr) where that Python has no grpc module. Run apart from the grpc-js client:
- * that client's receive window stays at 64 KiB, so its large answers are paced by window updates
- * the C core's (and grpc-go's) bandwidth-delay probing avoids.
+ * (said once on stderr) where that Python or its grpc module is missing. Run apart from the
+ * grpc-js client: that client's receive window stays at 64 KiB, so its large answers are paced
+ * by window updates the C core's (and grpc-go's) bandwidth-delay probing avoids. Throws when
+ * the script fails otherwise (a List refused or timed out).
  */
 let grpcioMissing = false;
 function grpcioLists(a: string, b: string, rounds: number): [number[], number[]] | undefined {
   if (grpcioMissing) return undefined;
   const script = fileURLToPath(new URL('./list-grpcio.py', import.meta.url));
   const r = spawnSync(PYTHON, [script, a, b, String(rounds)], { encoding: 'utf8', timeout: 600_000 });
-  if (r.status !== 0) {
+  const why = `${PYTHON} ${script} ${r.error ? `failed: ${r.error.message}` : `exited ${r.status ?? r.signal}`}: ${r.stderr?.trim().split('\n').pop() ?? ''}`;
+  if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT' || r.status === 3) {
     grpcioMissing = true;
-    process.stderr.write(`# no List by grpcio: ${PYTHON} ${script} exited ${r.status ?? r.signal}: ${r.stderr.trim().split('\n').pop() ?? ''}\n`);
+    process.stderr.write(`# no List by grpcio: ${why}\n`);
     return undefined;
   }
+  if (r.status !== 0) throw new Error(`List by grpcio: ${why}`);
   // Each line starts with the answer's size; the sides differ by the records the timed creates
   // added (matchlock's carry their failed pull), so it is not compared.
   const [x = [], y = []] = r.stdout.trim().split('\n').map((line) => line.split(' ').slice(1).map(Number));
@@ -260,7 +263,10 @@ export function seed(stateDir: string, baseDir: string, vms: DomainVM[]): void {
   mkdirSync(stateDir, { recursive: true, mode: 0o750 });
   const db = new Database(join(stateDir, 'matchlock.db'));
   db.pragma('journal_mode = WAL');
-  db.exec(`CREATE TABLE IF NOT EXISTS microvms (uid TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL);
+  // Schema 2's tables and indexes the first time only: a daemon has upgraded the store since,
+  // dropping two of them, and timed runs are of a store as it is after that.
+  const first = db.prepare("SELECT 1 FROM sqlite_master WHERE name = 'microvms'").get() === undefined;
+  if (first) db.exec(`CREATE TABLE IF NOT EXISTS microvms (uid TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL);
     CREATE INDEX IF NOT EXISTS microvms_namespace_name ON microvms (namespace, name);
     CREATE INDEX IF NOT EXISTS microvms_name ON microvms (name);
     CREATE TABLE IF NOT EXISTS tombstones (uid TEXT PRIMARY KEY, record TEXT NOT NULL);`);

@@ -4,11 +4,16 @@
 # gRPC's C core (and grpc-go, CAPMVM's) widen theirs by bandwidth-delay probing, so a large answer
 # is not paced by window updates. The answer stays bytes: decoding is the client's cost.
 #   /usr/bin/python3 bench/list-grpcio.py <target A> <target B> <rounds>
-# Prints one line per target: the answer's size in bytes, then the ms of each round.
+# Prints one line per target: the answer's size in bytes, then the ms of each round. Exits 3,
+# saying why on stderr, when this Python has no grpc module.
 import sys
 import time
 
-import grpc
+try:
+    import grpc
+except ImportError as err:
+    print(f'no grpc module: {err}', file=sys.stderr)
+    sys.exit(3)
 
 LIST = '/microvm.services.api.v1alpha1.MicroVM/ListMicroVMs'
 
