@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { specInput, toWire } from '../../src/adapters/api/convert.js';
+import { encodeMicroVM, specInput, toWire, WIRE_FORMAT } from '../../src/adapters/api/convert.js';
 import { serviceDefinition } from '../../src/adapters/api/grpc/service-def.js';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
@@ -61,6 +61,44 @@ function seedSchema2(path: string, vms: MicroVM[]): void {
     for (const vm of vms) ins.run(vm.uid, vm.spec.namespace, vm.spec.name, vm.version, vm.status.state, JSON.stringify(vm));
   })();
   db.close();
+}
+
+/**
+ * The release before `microvm_wire` kept each record's bytes in its own row: `microvms.wire`,
+ * with the version they were made for in `wire_version`. Writes what its open and its writes
+ * leave: every row's bytes filled.
+ */
+function fillWireColumns(path: string): void {
+  const db = new Database(path);
+  const columns = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
+  if (!columns.has('wire')) db.exec('ALTER TABLE microvms ADD COLUMN wire BLOB; ALTER TABLE microvms ADD COLUMN wire_version INTEGER');
+  db.exec("CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)");
+  db.prepare("INSERT OR REPLACE INTO store_meta (key, value) VALUES ('wire_format', ?)").run(WIRE_FORMAT);
+  const set = db.prepare('UPDATE microvms SET wire = ?, wire_version = version WHERE uid = ?');
+  for (const r of db.prepare<[], { uid: string; record: string }>('SELECT uid, record FROM microvms WHERE wire IS NULL').all()) set.run(encodeMicroVM(JSON.parse(r.record) as MicroVM), r.uid);
+  db.close();
+}
+
+/** Every record's bytes, from Get and from List, are what protobuf-es makes of the record; and the table holds no others. */
+function inLine(path: string, uids: string[]): void {
+  const s = new SqliteStore(path);
+  try {
+    const vms = s.list({});
+    assert.deepEqual(vms.map((v) => v.uid), [...uids].sort());
+    const want = vms.map((vm) => Buffer.from(toBinary(MicroVMSchema, toWire(vm))));
+    assert.deepEqual(vms.map((vm) => Buffer.from(s.encoded(vm.uid) ?? [])), want);
+    assert.deepEqual([...s.encodedRecords({})].map((r) => Buffer.from(r.encoded)), want);
+  } finally {
+    s.close();
+  }
+  const db = new Database(path, { readonly: true });
+  try {
+    assert.deepEqual(db.prepare<[], string>('SELECT uid FROM microvm_wire ORDER BY uid').pluck().all(), [...uids].sort(), 'a row of bytes for each record, none for records gone');
+    const columns = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
+    if (columns.has('wire')) assert.equal(db.prepare('SELECT count(*) FROM microvms WHERE wire IS NOT NULL OR wire_version IS NOT NULL').pluck().get(), 0, 'bytes left in the records\' rows');
+  } finally {
+    db.close();
+  }
 }
 
 /** A client whose answers stay bytes, so they are compared as the server sent them. */
@@ -137,9 +175,55 @@ describe('stored wire bytes', () => {
     // Bytes made under another encoding (a field added to the messages) are all remade.
     const db2 = new Database(path);
     db2.prepare("UPDATE store_meta SET value = 'older' WHERE key = 'wire_format'").run();
-    db2.prepare('UPDATE microvms SET wire = x\'00\'').run();
+    db2.prepare('UPDATE microvm_wire SET wire = x\'00\'').run();
     db2.close();
     check();
+  });
+});
+
+describe('stored wire bytes across releases', () => {
+  const tmp = tempDir('encoded-releases');
+  after(() => tmp.remove());
+
+  it('move out of the records\' rows of a store the release before wrote, remade where they were stale', () => {
+    const path = join(tmp.path, 'before.db');
+    const vms = [record('x', 'a', 3000), record('x', 'b', 3000), record('y', 'c', 3000)];
+    seedSchema2(path, vms);
+    fillWireColumns(path);
+    // That release changed b's record after its bytes were made: a crash between its two writes
+    // cannot happen (one statement), but a matchlock from before the bytes could do it.
+    const db = new Database(path);
+    const b = { ...vms[1], version: 2, status: { ...initialStatus(), state: 'CREATED' as const } } as MicroVM;
+    db.prepare('UPDATE microvms SET version = 2, state = ?, record = ? WHERE uid = ?').run('CREATED', JSON.stringify(b), b.uid);
+    db.close();
+    inLine(path, vms.map((v) => v.uid));
+  });
+
+  it('are put right after the release before wrote a store this one made: records it made, changed and deleted', () => {
+    const path = join(tmp.path, 'cycle.db');
+    const [a, b, c, d] = [record('x', 'a'), record('x', 'b'), record('x', 'c'), record('x', 'd')] as [MicroVM, MicroVM, MicroVM, MicroVM];
+    const s = new SqliteStore(path);
+    for (const vm of [a, b, c]) s.insert(vm);
+    s.close();
+    // What that release does: its open fills every row's bytes, its writes keep them in the row.
+    fillWireColumns(path);
+    const db = new Database(path);
+    const changed = { ...b, version: 2, status: { ...initialStatus(), state: 'CREATED' as const, vmmPid: 7 } } as MicroVM;
+    db.prepare('UPDATE microvms SET version = 2, state = ?, record = ?, wire = ?, wire_version = 2 WHERE uid = ?').run('CREATED', JSON.stringify(changed), encodeMicroVM(changed), b.uid);
+    db.prepare('DELETE FROM microvms WHERE uid = ?').run(c.uid);
+    db.prepare('INSERT INTO microvms (uid, namespace, name, version, state, record, wire, wire_version) VALUES (?, ?, ?, 1, ?, ?, ?, 1)').run(d.uid, 'x', 'd', 'PENDING', JSON.stringify(d), encodeMicroVM(d));
+    db.close();
+    inLine(path, [a.uid, b.uid, d.uid]);
+    // Once in line, the next open writes nothing: it opens while another connection holds the
+    // write lock (a write would wait out the busy timeout and fail "database is locked").
+    const holder = new Database(path);
+    holder.exec('BEGIN IMMEDIATE');
+    try {
+      inLine(path, [a.uid, b.uid, d.uid]);
+    } finally {
+      holder.exec('ROLLBACK');
+      holder.close();
+    }
   });
 });
 

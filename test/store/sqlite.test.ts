@@ -156,14 +156,16 @@ describe('SqliteStore', () => {
     const db = new Database(path, { readonly: true });
     try {
       assert.deepEqual(indexesOf(db), ['microvms_name_uid', 'microvms_namespace_uid', 'sqlite_autoindex_microvms_1']);
-      const reads = [...prepared].filter((q) => /^SELECT .* FROM microvms WHERE .*(namespace|name) = .* ORDER BY uid/.test(q));
-      assert.ok(reads.length >= 6, `the filtered reads were seen: ${reads.join('; ')}`);
+      const reads = [...prepared].filter((q) => /^SELECT .* FROM microvms\b.* WHERE .*\b(namespace|name) = .* ORDER BY (m\.)?uid/.test(q));
+      assert.ok(reads.length >= 6 && reads.some((q) => /microvm_wire/.test(q)), `the filtered reads were seen: ${reads.join('; ')}`);
       for (const q of reads) {
         const params = Object.fromEntries([...q.matchAll(/@(\w+)/g)].map((m) => [m[1], m[1] === 'limit' ? 1 : 'a']));
         const anon = (q.match(/\?/g) ?? []).map(() => 'a');
         const plan = (db.prepare(`EXPLAIN QUERY PLAN ${q}`).all(...(anon.length ? anon : [params])) as { detail: string }[]).map((r) => r.detail).join('; ');
         const leading = /\bname = /.test(q) ? 'name' : 'namespace';
-        assert.match(plan, new RegExp(`^SEARCH microvms USING (COVERING )?INDEX microvms_${leading}_uid \\(${leading}=\\?`), `${q}: ${plan}`);
+        assert.match(plan, new RegExp(`^SEARCH (microvms|m) USING (COVERING )?INDEX microvms_${leading}_uid \\(${leading}=\\?`), `${q}: ${plan}`);
+        // The bytes of each record found, by their key.
+        if (/microvm_wire/.test(q)) assert.match(plan, /; SEARCH w USING INDEX sqlite_autoindex_microvm_wire_1 \(uid=\?\)$/, `${q}: ${plan}`);
         assert.doesNotMatch(plan, /TEMP B-TREE/, `${q}: ${plan}`);
       }
     } finally {

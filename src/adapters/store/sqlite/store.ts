@@ -20,8 +20,10 @@ const REENCODE_PAGE = 500;
 /**
  * MicroVM records in one SQLite file. WAL with synchronous=FULL: a call that returned has been
  * fsynced, so a kill -9 at any point loses nothing that a client was told about. Each record is
- * a JSON document with its indexed columns beside it, and its protobuf encoding (`wire`, the
- * bytes Get and List send) written in the same statement, so the two never disagree.
+ * a JSON document with its indexed columns beside it (`microvms`), and its protobuf encoding
+ * (the bytes Get and List send) a row of `microvm_wire` written in the same transaction, so the
+ * two never disagree. The bytes have a table of their own so that a List reads only them: beside
+ * the JSON they made rows of about 9 KB, each read through a chain of overflow pages.
  */
 export class SqliteStore implements Store, Tombstones, EventLog {
   private readonly db: Database.Database;
@@ -99,10 +101,11 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     }
     this.stmts = {
       insert: this.db.prepare(
-        'INSERT INTO microvms (uid, namespace, name, version, state, record, wire, wire_version) VALUES (@uid, @namespace, @name, @version, @state, @record, @wire, @version)',
+        'INSERT INTO microvms (uid, namespace, name, version, state, record) VALUES (@uid, @namespace, @name, @version, @state, @record)',
       ),
+      insertWire: this.db.prepare('INSERT INTO microvm_wire (uid, version, wire) VALUES (@uid, @version, @wire)'),
       get: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE uid = ?'),
-      encoded: this.db.prepare<[string], Buffer>('SELECT wire FROM microvms WHERE uid = ?').pluck(),
+      encoded: this.db.prepare<[string], Buffer>('SELECT wire FROM microvm_wire WHERE uid = ?').pluck(),
       listAll: this.db.prepare<[], { record: string }>('SELECT record FROM microvms ORDER BY uid'),
       listNs: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE namespace = ? ORDER BY uid'),
       listName: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE name = ? ORDER BY uid'),
@@ -110,9 +113,11 @@ export class SqliteStore implements Store, Tombstones, EventLog {
         'SELECT record FROM microvms WHERE namespace = ? AND name = ? ORDER BY uid',
       ),
       update: this.db.prepare(
-        'UPDATE microvms SET version = @version, state = @state, record = @record, wire = @wire, wire_version = @version WHERE uid = @uid AND version = @previous',
+        'UPDATE microvms SET version = @version, state = @state, record = @record WHERE uid = @uid AND version = @previous',
       ),
+      updateWire: this.db.prepare(WRITE_WIRE),
       remove: this.db.prepare<[string]>('DELETE FROM microvms WHERE uid = ?'),
+      removeWire: this.db.prepare<[string]>('DELETE FROM microvm_wire WHERE uid = ?'),
       bury: this.db.prepare<[string, string]>('INSERT OR REPLACE INTO tombstones (uid, record) VALUES (?, ?)'),
       tombstone: this.db.prepare<[string], { record: string }>('SELECT record FROM tombstones WHERE uid = ?'),
       tombstones: this.db.prepare<[], { record: string }>('SELECT record FROM tombstones ORDER BY uid'),
@@ -135,6 +140,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     };
     this.inserting = this.db.transaction((vm: MicroVM, r: Row) => {
       this.stmts.insert.run(r);
+      this.stmts.insertWire.run(r);
       this.log('CREATED', vm, undefined, r.record);
     });
     this.updating = this.db.transaction((uid: string, change: (current: MicroVM) => MicroVM | undefined): { vm: MicroVM | undefined; wrote: boolean } => {
@@ -147,6 +153,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       const stored = row(next);
       const res = this.stmts.update.run({ ...stored, previous: current.version });
       if (res.changes !== 1) throw new MatchlockError(ErrorCode.Aborted, `microvm ${uid} changed during an update; retry`);
+      this.stmts.updateWire.run(stored);
       this.log('UPDATED', next, current, stored.record);
       return { vm: next, wrote: true };
     });
@@ -201,9 +208,10 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     return this.stmts.encoded.get(uid) ?? undefined;
   }
 
-  *encodedRecords(filter: ListFilter, page: PageOptions = {}): IterableIterator<EncodedRecord> {
-    const { sql, params } = pagedQuery('uid, wire', filter, page);
-    for (const r of this.statement(sql).iterate(params) as IterableIterator<{ uid: string; wire: Buffer }>) yield { uid: r.uid, encoded: r.wire };
+  encodedRecords(filter: ListFilter, page: PageOptions = {}): IterableIterator<EncodedRecord> {
+    // The rows themselves are the EncodedRecords: no object made per record on the way.
+    const { sql, params } = pagedQuery('m.uid AS uid, w.wire AS encoded', filter, page, true);
+    return this.statement(sql).iterate(params) as IterableIterator<EncodedRecord>;
   }
 
   page(filter: ListFilter, page: PageOptions): MicroVM[] {
@@ -257,6 +265,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     const r = this.stmts.get.get(uid);
     if (!r) return false;
     this.stmts.remove.run(uid);
+    this.stmts.removeWire.run(uid);
     const last = parse(r.record);
     this.log('DELETED', last, last, r.record);
     return true;
@@ -590,8 +599,13 @@ function row(vm: MicroVM): Row {
   };
 }
 
-/** A read of some columns of the records matching `filter`, in uid order, one page of them. */
-function pagedQuery(columns: string, filter: ListFilter, page: PageOptions): { sql: string; params: Record<string, string | number> } {
+/**
+ * A read of some columns of the records matching `filter`, in uid order, one page of them;
+ * `microvms` is `m`, and with `wire` each row is joined to its bytes in `microvm_wire` (`w`).
+ * CROSS JOIN keeps `microvms` the outer loop, so the filter is searched through its index and
+ * the bytes are looked up by uid.
+ */
+function pagedQuery(columns: string, filter: ListFilter, page: PageOptions, wire = false): { sql: string; params: Record<string, string | number> } {
   const where: string[] = [];
   const params: Record<string, string | number> = {};
   const add = (clause: string, key: string, value: string | number | undefined) => {
@@ -599,12 +613,13 @@ function pagedQuery(columns: string, filter: ListFilter, page: PageOptions): { s
     where.push(clause);
     params[key] = value;
   };
-  add('namespace = @namespace', 'namespace', filter.namespace || undefined);
-  add('name = @name', 'name', filter.name || undefined);
-  add('uid > @after', 'after', page.after);
+  add('m.namespace = @namespace', 'namespace', filter.namespace || undefined);
+  add('m.name = @name', 'name', filter.name || undefined);
+  add('m.uid > @after', 'after', page.after);
   const limit = page.limit !== undefined && page.limit > 0 ? ' LIMIT @limit' : '';
   if (limit) params.limit = page.limit ?? 0;
-  return { sql: `SELECT ${columns} FROM microvms${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY uid${limit}`, params };
+  const from = wire ? 'microvms m CROSS JOIN microvm_wire w ON w.uid = m.uid' : 'microvms m';
+  return { sql: `SELECT ${columns} FROM ${from}${where.length ? ` WHERE ${where.join(' AND ')}` : ''} ORDER BY m.uid${limit}`, params };
 }
 
 /**
@@ -652,39 +667,53 @@ function ensureIndexes(db: Database.Database): void {
   }
 }
 
+/** Writes a record's bytes, whether or not the store has a row for them yet. */
+const WRITE_WIRE = 'INSERT INTO microvm_wire (uid, version, wire) VALUES (@uid, @version, @wire) ON CONFLICT (uid) DO UPDATE SET version = excluded.version, wire = excluded.wire';
+
 /**
- * Adds the wire columns to a store that lacks them, and re-encodes every record whose bytes
- * are missing or stale: all of them when the encoding changed (WIRE_FORMAT), and any a
- * matchlock without these columns updated (its version moved past wire_version). Paged, so a
- * large store is never read at once; each page is one transaction.
+ * Brings `microvm_wire` in line with `microvms` at open: makes the table, drops bytes of records
+ * that are gone, and writes the bytes of every record that has none, or stale ones: all of them
+ * when the encoding changed (WIRE_FORMAT), and any a matchlock that knew nothing of this table
+ * wrote (its version moved past the bytes' version, or the record is new). A store of the
+ * release before keeps its bytes in `microvms.wire`, with the version they were made for in
+ * `wire_version`: those still current are moved, not re-encoded, and the columns are emptied
+ * (an older matchlock fills them again at its own open). Writes only when something is to be
+ * done, so a store this process may only read opens when it is in line; paged, so a large
+ * store is never read at once; each page is one transaction.
  */
 function ensureWire(db: Database.Database): void {
-  const missing = () => {
-    const columns = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
-    const meta = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'store_meta'").get() !== undefined;
-    return { wire: !columns.has('wire'), version: !columns.has('wire_version'), meta: !meta };
-  };
+  const tables = () => new Set(db.prepare<[], string>("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('microvm_wire', 'store_meta')").pluck().all());
   // The write lock only when something is missing, and the check repeated under it: another
   // process may be opening the same store.
-  if (Object.values(missing()).some(Boolean)) {
+  if (tables().size < 2) {
     db.transaction(() => {
-      const m = missing();
-      if (m.wire) db.exec('ALTER TABLE microvms ADD COLUMN wire BLOB');
-      if (m.version) db.exec('ALTER TABLE microvms ADD COLUMN wire_version INTEGER');
-      if (m.meta) db.exec('CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)');
+      const have = tables();
+      if (!have.has('microvm_wire')) db.exec('CREATE TABLE microvm_wire (uid TEXT PRIMARY KEY, version INTEGER NOT NULL, wire BLOB NOT NULL)');
+      if (!have.has('store_meta')) db.exec('CREATE TABLE store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)');
     }).immediate();
   }
+  const orphans = 'FROM microvm_wire WHERE NOT EXISTS (SELECT 1 FROM microvms m WHERE m.uid = microvm_wire.uid)';
+  if (db.prepare(`SELECT 1 ${orphans} LIMIT 1`).get() !== undefined) db.transaction(() => db.prepare(`DELETE ${orphans}`).run()).immediate();
   const format = db.prepare<[], string>("SELECT value FROM store_meta WHERE key = 'wire_format'").pluck().get();
   const all = format !== WIRE_FORMAT;
-  const stale = db.prepare<[string, number], { uid: string; record: string }>(
-    `SELECT uid, record FROM microvms WHERE uid > ? ${all ? '' : 'AND (wire IS NULL OR wire_version IS NOT version)'} ORDER BY uid LIMIT ?`,
+  const legacy = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name)).has('wire_version');
+  const columns = legacy ? 'm.wire AS legacy, m.wire_version AS legacyVersion' : 'NULL AS legacy, NULL AS legacyVersion';
+  const due = `w.uid IS NULL OR w.version IS NOT m.version${legacy ? ' OR m.wire IS NOT NULL OR m.wire_version IS NOT NULL' : ''}`;
+  const stale = db.prepare<[string, number], { uid: string; version: number; record: string; legacy: Buffer | null; legacyVersion: number | null }>(
+    `SELECT m.uid AS uid, m.version AS version, m.record AS record, ${columns} FROM microvms m LEFT JOIN microvm_wire w ON w.uid = m.uid
+     WHERE m.uid > ? ${all ? '' : `AND (${due})`} ORDER BY m.uid LIMIT ?`,
   );
-  const write = db.prepare<[Uint8Array, string]>('UPDATE microvms SET wire = ?, wire_version = version WHERE uid = ?');
+  const write = db.prepare(WRITE_WIRE);
+  const empty = legacy ? db.prepare<[string]>('UPDATE microvms SET wire = NULL, wire_version = NULL WHERE uid = ?') : undefined;
   for (let after = ''; ;) {
     const rows = stale.all(after, REENCODE_PAGE);
     if (rows.length === 0) break;
     db.transaction(() => {
-      for (const r of rows) write.run(encodeMicroVM(parse(r.record)), r.uid);
+      for (const r of rows) {
+        const current = !all && r.legacy !== null && r.legacyVersion === r.version;
+        write.run({ uid: r.uid, version: r.version, wire: current ? r.legacy : encodeMicroVM(parse(r.record)) });
+        if (r.legacy !== null || r.legacyVersion !== null) empty?.run(r.uid);
+      }
     }).immediate();
     after = rows[rows.length - 1]?.uid ?? after;
   }
