@@ -140,7 +140,7 @@ export function imageCommand(io: Io, output: () => string, isTty: () => boolean)
   const warner = { warn: (_o: object, m?: string) => io.err(`matchlock: warning: ${m ?? ''}\n`) };
   const usage = async (catalog: ImageCatalog) => {
     const { SqliteStore } = await stores();
-    const db = new SqliteStore(join((await cfg()).stateDir, 'matchlock.db'));
+    const db = new SqliteStore(join((await cfg()).stateDir, 'matchlock.db'), { recordsOnly: true });
     try {
       return await catalog.usage(db.list({}));
     } finally {

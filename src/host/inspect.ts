@@ -191,7 +191,9 @@ export async function inspectHost(
   if (storeExists) {
     let db: SqliteStore | undefined;
     try {
-      db = new SqliteStore(dbPath);
+      // Records only: inspect neither serves the wire bytes nor writes a store a daemon may be
+      // serving (perhaps of the release before, until it is restarted).
+      db = new SqliteStore(dbPath, { recordsOnly: true });
       vms = db.list({});
       known = new Set([...vms.map((v) => v.uid), ...db.tombstones().map((t) => t.uid)]);
     } catch (err) {

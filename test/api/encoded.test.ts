@@ -79,8 +79,12 @@ function fillWireColumns(path: string): void {
   db.close();
 }
 
-/** Every record's bytes, from Get and from List, are what protobuf-es makes of the record; and the table holds no others. */
-function inLine(path: string, uids: string[]): void {
+/**
+ * Every record's bytes, from Get and from List, are what protobuf-es makes of the record, and
+ * the table holds no others; bytes the release before reads as current (`wire_version` the
+ * record's version) are right too. Returns how many records that release would read so.
+ */
+function inLine(path: string, uids: string[]): number {
   const s = new SqliteStore(path);
   try {
     const vms = s.list({});
@@ -95,7 +99,10 @@ function inLine(path: string, uids: string[]): void {
   try {
     assert.deepEqual(db.prepare<[], string>('SELECT uid FROM microvm_wire ORDER BY uid').pluck().all(), [...uids].sort(), 'a row of bytes for each record, none for records gone');
     const columns = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
-    if (columns.has('wire')) assert.equal(db.prepare('SELECT count(*) FROM microvms WHERE wire IS NOT NULL OR wire_version IS NOT NULL').pluck().get(), 0, 'bytes left in the records\' rows');
+    if (!columns.has('wire')) return 0;
+    const current = db.prepare<[], { uid: string; record: string; wire: Buffer }>('SELECT uid, record, wire FROM microvms WHERE wire IS NOT NULL AND wire_version = version').all();
+    for (const r of current) assert.deepEqual(r.wire, Buffer.from(toBinary(MicroVMSchema, toWire(JSON.parse(r.record) as MicroVM))), `the release before's bytes of ${r.uid}`);
+    return current.length;
   } finally {
     db.close();
   }
@@ -156,6 +163,26 @@ describe('stored wire bytes', () => {
     r.close();
   });
 
+  it('are read only once iterated, and a read left part-way or never started holds nothing', () => {
+    const s = new SqliteStore(join(tmp.path, 'lazy.db'));
+    try {
+      s.insert(record('x', 'a'));
+      s.insert(record('x', 'b'));
+      const unread = s.encodedRecords({ namespace: 'x' });
+      s.insert(record('x', 'c'));
+      for (const r of s.encodedRecords({ namespace: 'x' })) {
+        assert.ok(r.encoded.length > 0);
+        break;
+      }
+      s.insert(record('x', 'd'));
+      // Read when iterated, not when asked for: it sees the records inserted since.
+      assert.equal([...unread].length, 4);
+      assert.equal([...s.encodedRecords({ namespace: 'x' })].length, 4);
+    } finally {
+      s.close();
+    }
+  });
+
   it('are made for a store written before them, and remade for rows an older matchlock changed or another encoding made', () => {
     const path = join(tmp.path, 'old.db');
     const vms = [record('x', 'a'), record('x', 'b'), record('x', 'c')];
@@ -185,7 +212,7 @@ describe('stored wire bytes across releases', () => {
   const tmp = tempDir('encoded-releases');
   after(() => tmp.remove());
 
-  it('move out of the records\' rows of a store the release before wrote, remade where they were stale', () => {
+  it('are copied out of the records\' rows of a store the release before wrote, remade where they were stale, and left for that release', () => {
     const path = join(tmp.path, 'before.db');
     const vms = [record('x', 'a', 3000), record('x', 'b', 3000), record('y', 'c', 3000)];
     seedSchema2(path, vms);
@@ -196,7 +223,95 @@ describe('stored wire bytes across releases', () => {
     const b = { ...vms[1], version: 2, status: { ...initialStatus(), state: 'CREATED' as const } } as MicroVM;
     db.prepare('UPDATE microvms SET version = 2, state = ?, record = ? WHERE uid = ?').run('CREATED', JSON.stringify(b), b.uid);
     db.close();
-    inLine(path, vms.map((v) => v.uid));
+    // The release before, its daemon still running until it is restarted, reads a and c as it
+    // left them; b it would re-encode at its open.
+    assert.equal(inLine(path, vms.map((v) => v.uid)), 2);
+    // A record this release changes has the old bytes emptied: the release before would remake them.
+    const s = new SqliteStore(path);
+    s.update(vms[0]?.uid ?? '', (cur) => ({ ...cur, status: { ...cur.status, state: 'FAILED' } }));
+    s.close();
+    assert.equal(inLine(path, vms.map((v) => v.uid)), 1);
+    const raw = new Database(path, { readonly: true });
+    assert.equal(raw.prepare('SELECT wire IS NULL AND wire_version IS NULL FROM microvms WHERE uid = ?').pluck().get(vms[0]?.uid), 1);
+    raw.close();
+  });
+
+  it('are left alone by a process that opens the store for its records only (matchlock inspect)', () => {
+    const path = join(tmp.path, 'reader.db');
+    const vms = [record('x', 'a'), record('y', 'b')];
+    // A store as the release before leaves it: this schema and indexes, the bytes in the rows.
+    const made = new SqliteStore(path);
+    for (const vm of vms) made.insert(vm);
+    made.close();
+    const db = new Database(path);
+    db.exec('DROP TABLE microvm_wire');
+    db.close();
+    fillWireColumns(path);
+    // Bringing the bytes in line would need the write lock, which the release before's daemon
+    // (or a user who may only read) does not give: the open must not wait for it.
+    const holder = new Database(path);
+    holder.exec('BEGIN IMMEDIATE');
+    try {
+      const s = new SqliteStore(path, { recordsOnly: true });
+      try {
+        assert.deepEqual(s.list({}).map((v) => v.uid), vms.map((v) => v.uid).sort());
+        assert.throws(() => s.encoded(vms[0]?.uid ?? ''), /opened for its records only/);
+        assert.throws(() => [...s.encodedRecords({})], /opened for its records only/);
+        assert.throws(() => s.insert(record('x', 'c')), /opened for its records only/);
+        assert.throws(() => s.update(vms[0]?.uid ?? '', (cur) => ({ ...cur })), /opened for its records only/);
+      } finally {
+        s.close();
+      }
+    } finally {
+      holder.exec('ROLLBACK');
+      holder.close();
+    }
+    const raw = new Database(path, { readonly: true });
+    assert.equal(raw.prepare("SELECT count(*) FROM sqlite_master WHERE name = 'microvm_wire'").pluck().get(), 0, 'nothing written');
+    raw.close();
+  });
+
+  it('are read again under the write lock before they are written, so a record changed meanwhile keeps its own', () => {
+    const path = join(tmp.path, 'race.db');
+    const vms = [record('x', 'a'), record('x', 'b')];
+    seedSchema2(path, vms);
+    // Another process changes a record while this one's open reads the page it will encode.
+    const other = new Database(path);
+    other.pragma('busy_timeout = 0');
+    const vm = vms[0] as MicroVM;
+    const changed = JSON.stringify({ ...vm, version: 2, status: { ...vm.status, state: 'CREATED' } });
+    const Statement = Object.getPrototypeOf(other.prepare('SELECT 1')) as { all: (...a: unknown[]) => unknown[]; source: string };
+    const all = Statement.all;
+    let tried = false;
+    Statement.all = function (this: typeof Statement, ...a: unknown[]) {
+      const rows = all.apply(this, a);
+      if (!tried && /LEFT JOIN microvm_wire/.test(this.source) && rows.length > 0) {
+        tried = true;
+        try {
+          other.prepare('UPDATE microvms SET version = 2, state = ?, record = ? WHERE uid = ?').run('CREATED', changed, vm.uid);
+        } catch (err) {
+          assert.equal((err as { code?: string }).code, 'SQLITE_BUSY');
+        }
+      }
+      return rows;
+    };
+    try {
+      new SqliteStore(path).close();
+    } finally {
+      Statement.all = all;
+    }
+    assert.ok(tried, 'the open read a page of records to encode');
+    // As the open left the store (no second open to put it right): each record's bytes are its
+    // own version's, whichever write came first.
+    const rows = other.prepare<[], { uid: string; version: number; record: string; bytesVersion: number; wire: Buffer }>(
+      'SELECT m.uid AS uid, m.version AS version, m.record AS record, w.version AS bytesVersion, w.wire AS wire FROM microvms m JOIN microvm_wire w USING (uid)',
+    ).all();
+    other.close();
+    assert.equal(rows.length, vms.length);
+    for (const r of rows) {
+      assert.equal(r.bytesVersion, r.version, r.uid);
+      assert.deepEqual(r.wire, Buffer.from(toBinary(MicroVMSchema, toWire(JSON.parse(r.record) as MicroVM))), r.uid);
+    }
   });
 
   it('are put right after the release before wrote a store this one made: records it made, changed and deleted', () => {

@@ -41,6 +41,8 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   private readonly updating;
   private readonly removing;
   private readonly burying;
+  /** The statements of `microvm_wire`; undefined in a store opened for its records only. */
+  private readonly wire;
 
   /**
    * Set when the store was opened in EXCLUSIVE locking mode because its -shm file could not be
@@ -54,8 +56,13 @@ export class SqliteStore implements Store, Tombstones, EventLog {
    * EXCLUSIVE locking mode, see `exclusive`. `beforeUpgrade`: called, once the store is open
    * and found intact, with the uids of its records and tombstones (of any older schema), before
    * anything in it is changed; what it throws is thrown and the store is left as it was.
+   * `recordsOnly`: for a process that reads records and does not serve them (`matchlock
+   * inspect`, the image commands): the wire bytes are not brought in line at open, which may
+   * need writes such a process cannot or should not make (a store the release before wrote,
+   * opened by a user who may only read it, or while that release's daemon still serves from
+   * it); `encoded`, `encodedRecords` and every write then throw FailedPrecondition.
    */
-  constructor(private readonly path: string, opts: { eventsKept?: number; exclusiveWhenFull?: boolean; beforeUpgrade?: (recorded: Set<string>) => void } = {}) {
+  constructor(private readonly path: string, opts: { eventsKept?: number; exclusiveWhenFull?: boolean; beforeUpgrade?: (recorded: Set<string>) => void; recordsOnly?: boolean } = {}) {
     this.eventsKept = opts.eventsKept ?? EVENTS_KEPT;
     if (path !== ':memory:') {
       mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
@@ -91,21 +98,28 @@ export class SqliteStore implements Store, Tombstones, EventLog {
         opts.beforeUpgrade(recordedUids(this.db));
       }
       this.migrate();
-      ensureWire(this.db);
+      if (!opts.recordsOnly) ensureWire(this.db);
       ensureIndexes(this.db);
     } catch (err) {
       // An up-to-date store writes nothing here; an older one needs room to be upgraded.
       this.db.close();
       const full = storeFull(path, err);
-      throw full ? new MatchlockError(ErrorCode.ResourceExhausted, `the store ${path} must be upgraded by this matchlock, which needs space its full file system does not have (ENOSPC); nothing was changed. Free space in the state dir and start again`, { cause: err }) : err;
+      throw full ? new MatchlockError(ErrorCode.ResourceExhausted, `the store ${path} must be upgraded by this matchlock, which needs space its full file system does not have (ENOSPC); its records were not changed. Free space in the state dir and start again`, { cause: err }) : err;
     }
+    this.wire = opts.recordsOnly ? undefined : {
+      insert: this.db.prepare('INSERT INTO microvm_wire (uid, version, wire) VALUES (@uid, @version, @wire)'),
+      get: this.db.prepare<[string], Buffer>('SELECT wire FROM microvm_wire WHERE uid = ?').pluck(),
+      update: this.db.prepare(WRITE_WIRE),
+      remove: this.db.prepare<[string]>('DELETE FROM microvm_wire WHERE uid = ?'),
+    };
+    // A store the release before wrote keeps bytes in microvms.wire; a record this one changes
+    // has them emptied (that release re-encodes it at its open anyway: the version moved).
+    const legacy = hasColumn(this.db, 'microvms', 'wire_version') ? ', wire = NULL, wire_version = NULL' : '';
     this.stmts = {
       insert: this.db.prepare(
         'INSERT INTO microvms (uid, namespace, name, version, state, record) VALUES (@uid, @namespace, @name, @version, @state, @record)',
       ),
-      insertWire: this.db.prepare('INSERT INTO microvm_wire (uid, version, wire) VALUES (@uid, @version, @wire)'),
       get: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE uid = ?'),
-      encoded: this.db.prepare<[string], Buffer>('SELECT wire FROM microvm_wire WHERE uid = ?').pluck(),
       listAll: this.db.prepare<[], { record: string }>('SELECT record FROM microvms ORDER BY uid'),
       listNs: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE namespace = ? ORDER BY uid'),
       listName: this.db.prepare<[string], { record: string }>('SELECT record FROM microvms WHERE name = ? ORDER BY uid'),
@@ -113,11 +127,9 @@ export class SqliteStore implements Store, Tombstones, EventLog {
         'SELECT record FROM microvms WHERE namespace = ? AND name = ? ORDER BY uid',
       ),
       update: this.db.prepare(
-        'UPDATE microvms SET version = @version, state = @state, record = @record WHERE uid = @uid AND version = @previous',
+        `UPDATE microvms SET version = @version, state = @state, record = @record${legacy} WHERE uid = @uid AND version = @previous`,
       ),
-      updateWire: this.db.prepare(WRITE_WIRE),
       remove: this.db.prepare<[string]>('DELETE FROM microvms WHERE uid = ?'),
-      removeWire: this.db.prepare<[string]>('DELETE FROM microvm_wire WHERE uid = ?'),
       bury: this.db.prepare<[string, string]>('INSERT OR REPLACE INTO tombstones (uid, record) VALUES (?, ?)'),
       tombstone: this.db.prepare<[string], { record: string }>('SELECT record FROM tombstones WHERE uid = ?'),
       tombstones: this.db.prepare<[], { record: string }>('SELECT record FROM tombstones ORDER BY uid'),
@@ -140,7 +152,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     };
     this.inserting = this.db.transaction((vm: MicroVM, r: Row) => {
       this.stmts.insert.run(r);
-      this.stmts.insertWire.run(r);
+      this.served().insert.run(r);
       this.log('CREATED', vm, undefined, r.record);
     });
     this.updating = this.db.transaction((uid: string, change: (current: MicroVM) => MicroVM | undefined): { vm: MicroVM | undefined; wrote: boolean } => {
@@ -153,7 +165,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       const stored = row(next);
       const res = this.stmts.update.run({ ...stored, previous: current.version });
       if (res.changes !== 1) throw new MatchlockError(ErrorCode.Aborted, `microvm ${uid} changed during an update; retry`);
-      this.stmts.updateWire.run(stored);
+      this.served().update.run(stored);
       this.log('UPDATED', next, current, stored.record);
       return { vm: next, wrote: true };
     });
@@ -169,6 +181,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   }
 
   insert(vm: MicroVM): Uint8Array {
+    this.served();
     const r = row(vm);
     this.writing(() => this.inserting.immediate(vm, r));
     this.notify();
@@ -205,13 +218,27 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   }
 
   encoded(uid: string): Uint8Array | undefined {
-    return this.stmts.encoded.get(uid) ?? undefined;
+    return this.served().get.get(uid) ?? undefined;
   }
 
   encodedRecords(filter: ListFilter, page: PageOptions = {}): IterableIterator<EncodedRecord> {
-    // The rows themselves are the EncodedRecords: no object made per record on the way.
+    this.served();
+    // The rows themselves are the EncodedRecords, handed on without a generator between (a
+    // tenth of a List's reads); the read starts at the first next(), so an iterator dropped
+    // unread holds neither the statement nor the connection.
     const { sql, params } = pagedQuery('m.uid AS uid, w.wire AS encoded', filter, page, true);
-    return this.statement(sql).iterate(params) as IterableIterator<EncodedRecord>;
+    let rows: IterableIterator<EncodedRecord> | undefined;
+    const records: IterableIterator<EncodedRecord> = {
+      next: () => (rows ??= this.statement(sql).iterate(params) as IterableIterator<EncodedRecord>).next(),
+      return: (value?: unknown) => rows?.return?.(value) ?? { done: true, value },
+      [Symbol.iterator]: () => records,
+    };
+    return records;
+  }
+
+  private served(): NonNullable<typeof this.wire> {
+    if (this.wire) return this.wire;
+    throw new MatchlockError(ErrorCode.FailedPrecondition, `the store ${this.path} was opened for its records only (recordsOnly): its wire bytes are not kept in line, so it neither serves them nor takes writes`);
   }
 
   page(filter: ListFilter, page: PageOptions): MicroVM[] {
@@ -231,6 +258,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   }
 
   update(uid: string, change: (current: MicroVM) => MicroVM | undefined, opts: UpdateOptions = {}): MicroVM | undefined {
+    this.served();
     if (opts.durable !== false) return this.updateNow(uid, change);
     // WAL with synchronous=NORMAL commits without an fsync: the frames reach the OS at once (a
     // killed daemon loses nothing) and the disk with the next synchronous=FULL commit.
@@ -251,12 +279,14 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   }
 
   remove(uid: string): boolean {
+    this.served();
     const gone = this.writing(() => this.removing.immediate(uid));
     if (gone) this.notify();
     return gone;
   }
 
   bury(t: Tombstone): void {
+    this.served();
     this.writing(() => this.burying.immediate(t));
     this.notify();
   }
@@ -265,7 +295,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     const r = this.stmts.get.get(uid);
     if (!r) return false;
     this.stmts.remove.run(uid);
-    this.stmts.removeWire.run(uid);
+    this.served().remove.run(uid);
     const last = parse(r.record);
     this.log('DELETED', last, last, r.record);
     return true;
@@ -670,16 +700,22 @@ function ensureIndexes(db: Database.Database): void {
 /** Writes a record's bytes, whether or not the store has a row for them yet. */
 const WRITE_WIRE = 'INSERT INTO microvm_wire (uid, version, wire) VALUES (@uid, @version, @wire) ON CONFLICT (uid) DO UPDATE SET version = excluded.version, wire = excluded.wire';
 
+function hasColumn(db: Database.Database, table: string, column: string): boolean {
+  return (db.pragma(`table_info(${table})`) as { name: string }[]).some((c) => c.name === column);
+}
+
 /**
  * Brings `microvm_wire` in line with `microvms` at open: makes the table, drops bytes of records
  * that are gone, and writes the bytes of every record that has none, or stale ones: all of them
  * when the encoding changed (WIRE_FORMAT), and any a matchlock that knew nothing of this table
- * wrote (its version moved past the bytes' version, or the record is new). A store of the
- * release before keeps its bytes in `microvms.wire`, with the version they were made for in
- * `wire_version`: those still current are moved, not re-encoded, and the columns are emptied
- * (an older matchlock fills them again at its own open). Writes only when something is to be
- * done, so a store this process may only read opens when it is in line; paged, so a large
- * store is never read at once; each page is one transaction.
+ * wrote (it moved the record's version past the bytes', or made the record). The release before
+ * kept each record's bytes in `microvms.wire` with the version they were made for in
+ * `wire_version`: those still current are copied, not re-encoded, and left where they are, so
+ * that release (its daemon still serving until it is restarted, or a downgrade) reads its
+ * store as it left it. Writes only when something is due, so a store in line opens without the
+ * write lock; paged, so a large store is never read at once; each page is read again and
+ * written in one transaction, so a record another process changed meanwhile is not given the
+ * bytes of its version before.
  */
 function ensureWire(db: Database.Database): void {
   const tables = () => new Set(db.prepare<[], string>("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('microvm_wire', 'store_meta')").pluck().all());
@@ -696,26 +732,27 @@ function ensureWire(db: Database.Database): void {
   if (db.prepare(`SELECT 1 ${orphans} LIMIT 1`).get() !== undefined) db.transaction(() => db.prepare(`DELETE ${orphans}`).run()).immediate();
   const format = db.prepare<[], string>("SELECT value FROM store_meta WHERE key = 'wire_format'").pluck().get();
   const all = format !== WIRE_FORMAT;
-  const legacy = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name)).has('wire_version');
-  const columns = legacy ? 'm.wire AS legacy, m.wire_version AS legacyVersion' : 'NULL AS legacy, NULL AS legacyVersion';
-  const due = `w.uid IS NULL OR w.version IS NOT m.version${legacy ? ' OR m.wire IS NOT NULL OR m.wire_version IS NOT NULL' : ''}`;
-  const stale = db.prepare<[string, number], { uid: string; version: number; record: string; legacy: Buffer | null; legacyVersion: number | null }>(
-    `SELECT m.uid AS uid, m.version AS version, m.record AS record, ${columns} FROM microvms m LEFT JOIN microvm_wire w ON w.uid = m.uid
-     WHERE m.uid > ? ${all ? '' : `AND (${due})`} ORDER BY m.uid LIMIT ?`,
+  const legacy = hasColumn(db, 'microvms', 'wire_version') ? 'm.wire AS legacy, m.wire_version AS legacyVersion' : 'NULL AS legacy, NULL AS legacyVersion';
+  const due = (limit: string) => db.prepare<[string], { uid: string; version: number; record: string; legacy: Buffer | null; legacyVersion: number | null }>(
+    `SELECT m.uid AS uid, m.version AS version, m.record AS record, ${legacy} FROM microvms m LEFT JOIN microvm_wire w ON w.uid = m.uid
+     WHERE m.uid > ? ${all ? '' : 'AND (w.uid IS NULL OR w.version IS NOT m.version)'} ORDER BY m.uid LIMIT ${limit}`,
   );
+  if (due('1').get('') === undefined) {
+    if (all) db.prepare("INSERT OR REPLACE INTO store_meta (key, value) VALUES ('wire_format', ?)").run(WIRE_FORMAT);
+    return;
+  }
+  const page = due(String(REENCODE_PAGE));
   const write = db.prepare(WRITE_WIRE);
-  const empty = legacy ? db.prepare<[string]>('UPDATE microvms SET wire = NULL, wire_version = NULL WHERE uid = ?') : undefined;
-  for (let after = ''; ;) {
-    const rows = stale.all(after, REENCODE_PAGE);
-    if (rows.length === 0) break;
+  for (let after = '', more = true; more;) {
     db.transaction(() => {
+      const rows = page.all(after);
       for (const r of rows) {
         const current = !all && r.legacy !== null && r.legacyVersion === r.version;
         write.run({ uid: r.uid, version: r.version, wire: current ? r.legacy : encodeMicroVM(parse(r.record)) });
-        if (r.legacy !== null || r.legacyVersion !== null) empty?.run(r.uid);
       }
+      more = rows.length === REENCODE_PAGE;
+      after = rows[rows.length - 1]?.uid ?? after;
     }).immediate();
-    after = rows[rows.length - 1]?.uid ?? after;
   }
   if (all) db.prepare("INSERT OR REPLACE INTO store_meta (key, value) VALUES ('wire_format', ?)").run(WIRE_FORMAT);
 }
