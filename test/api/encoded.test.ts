@@ -178,6 +178,18 @@ describe('stored wire bytes', () => {
       // Read when iterated, not when asked for: it sees the records inserted since.
       assert.equal([...unread].length, 4);
       assert.equal([...s.encodedRecords({ namespace: 'x' })].length, 4);
+      // Finished before it started, it stays finished and starts no read.
+      const closed = s.encodedRecords({ namespace: 'x' });
+      closed.return?.();
+      assert.deepEqual(closed.next(), { done: true, value: undefined });
+      s.insert(record('x', 'e'));
+      // Removed and buried records take their bytes with them.
+      const [first, second] = s.list({ namespace: 'x' });
+      s.remove(first?.uid ?? '');
+      s.bury({ uid: second?.uid ?? '', namespace: 'x', name: second?.spec.name ?? '', droppedAt: '2026-01-01T00:00:00.000Z', reason: 'test' });
+      assert.equal([...s.encodedRecords({})].length, 3);
+      assert.equal(s.encoded(first?.uid ?? ''), undefined);
+      assert.equal(s.encoded(second?.uid ?? ''), undefined);
     } finally {
       s.close();
     }
@@ -259,6 +271,7 @@ describe('stored wire bytes across releases', () => {
         assert.throws(() => [...s.encodedRecords({})], /opened for its records only/);
         assert.throws(() => s.insert(record('x', 'c')), /opened for its records only/);
         assert.throws(() => s.update(vms[0]?.uid ?? '', (cur) => ({ ...cur })), /opened for its records only/);
+        assert.throws(() => s.forget(vms[0]?.uid ?? ''), /opened for its records only/);
       } finally {
         s.close();
       }
@@ -269,6 +282,20 @@ describe('stored wire bytes across releases', () => {
     const raw = new Database(path, { readonly: true });
     assert.equal(raw.prepare("SELECT count(*) FROM sqlite_master WHERE name = 'microvm_wire'").pluck().get(), 0, 'nothing written');
     raw.close();
+  });
+
+  it('of the release before are marked stale for it when the encoding changed and this release remade its own', () => {
+    const path = join(tmp.path, 'format.db');
+    const vms = [record('x', 'a'), record('x', 'b')];
+    seedSchema2(path, vms);
+    fillWireColumns(path);
+    // Bytes made under another encoding, which the release before reads as current by their
+    // version until the format key says otherwise.
+    const db = new Database(path);
+    db.prepare("UPDATE store_meta SET value = 'older' WHERE key = 'wire_format'").run();
+    db.prepare("UPDATE microvms SET wire = x'0a03787878'").run();
+    db.close();
+    assert.equal(inLine(path, vms.map((v) => v.uid)), 0);
   });
 
   it('are read again under the write lock before they are written, so a record changed meanwhile keeps its own', () => {

@@ -60,7 +60,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
    * inspect`, the image commands): the wire bytes are not brought in line at open, which may
    * need writes such a process cannot or should not make (a store the release before wrote,
    * opened by a user who may only read it, or while that release's daemon still serves from
-   * it); `encoded`, `encodedRecords` and every write then throw FailedPrecondition.
+   * it); `encoded`, `encodedRecords` and every write (`forget` too) then throw FailedPrecondition.
    */
   constructor(private readonly path: string, opts: { eventsKept?: number; exclusiveWhenFull?: boolean; beforeUpgrade?: (recorded: Set<string>) => void; recordsOnly?: boolean } = {}) {
     this.eventsKept = opts.eventsKept ?? EVENTS_KEPT;
@@ -228,9 +228,13 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     // unread holds neither the statement nor the connection.
     const { sql, params } = pagedQuery('m.uid AS uid, w.wire AS encoded', filter, page, true);
     let rows: IterableIterator<EncodedRecord> | undefined;
+    let finished = false;
     const records: IterableIterator<EncodedRecord> = {
-      next: () => (rows ??= this.statement(sql).iterate(params) as IterableIterator<EncodedRecord>).next(),
-      return: (value?: unknown) => rows?.return?.(value) ?? { done: true, value },
+      next: () => (finished ? { done: true, value: undefined } : (rows ??= this.statement(sql).iterate(params) as IterableIterator<EncodedRecord>).next()),
+      return: (value?: unknown) => {
+        finished = true;
+        return rows?.return?.(value) ?? { done: true, value };
+      },
       [Symbol.iterator]: () => records,
     };
     return records;
@@ -359,6 +363,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   }
 
   forget(uid: string): void {
+    this.served();
     this.writing(() => this.stmts.forget.run(uid));
   }
 
@@ -700,6 +705,8 @@ function ensureIndexes(db: Database.Database): void {
 /** Writes a record's bytes, whether or not the store has a row for them yet. */
 const WRITE_WIRE = 'INSERT INTO microvm_wire (uid, version, wire) VALUES (@uid, @version, @wire) ON CONFLICT (uid) DO UPDATE SET version = excluded.version, wire = excluded.wire';
 
+const NO_LEGACY = 'NULL AS legacy, NULL AS legacyVersion';
+
 function hasColumn(db: Database.Database, table: string, column: string): boolean {
   return (db.pragma(`table_info(${table})`) as { name: string }[]).some((c) => c.name === column);
 }
@@ -732,7 +739,7 @@ function ensureWire(db: Database.Database): void {
   if (db.prepare(`SELECT 1 ${orphans} LIMIT 1`).get() !== undefined) db.transaction(() => db.prepare(`DELETE ${orphans}`).run()).immediate();
   const format = db.prepare<[], string>("SELECT value FROM store_meta WHERE key = 'wire_format'").pluck().get();
   const all = format !== WIRE_FORMAT;
-  const legacy = hasColumn(db, 'microvms', 'wire_version') ? 'm.wire AS legacy, m.wire_version AS legacyVersion' : 'NULL AS legacy, NULL AS legacyVersion';
+  const legacy = hasColumn(db, 'microvms', 'wire_version') ? 'm.wire AS legacy, m.wire_version AS legacyVersion' : NO_LEGACY;
   const due = (limit: string) => db.prepare<[string], { uid: string; version: number; record: string; legacy: Buffer | null; legacyVersion: number | null }>(
     `SELECT m.uid AS uid, m.version AS version, m.record AS record, ${legacy} FROM microvms m LEFT JOIN microvm_wire w ON w.uid = m.uid
      WHERE m.uid > ? ${all ? '' : 'AND (w.uid IS NULL OR w.version IS NOT m.version)'} ORDER BY m.uid LIMIT ${limit}`,
@@ -743,12 +750,17 @@ function ensureWire(db: Database.Database): void {
   }
   const page = due(String(REENCODE_PAGE));
   const write = db.prepare(WRITE_WIRE);
+  // Under another encoding the release before's bytes are stale too, yet the format key both
+  // releases read is about to name this one's: marked so, that release remakes them at its open
+  // (its daemon, if it still runs, goes on reading them as its own until then).
+  const stale = all && legacy !== NO_LEGACY ? db.prepare<[string]>('UPDATE microvms SET wire_version = NULL WHERE uid = ?') : undefined;
   for (let after = '', more = true; more;) {
     db.transaction(() => {
       const rows = page.all(after);
       for (const r of rows) {
         const current = !all && r.legacy !== null && r.legacyVersion === r.version;
         write.run({ uid: r.uid, version: r.version, wire: current ? r.legacy : encodeMicroVM(parse(r.record)) });
+        if (r.legacyVersion !== null) stale?.run(r.uid);
       }
       more = rows.length === REENCODE_PAGE;
       after = rows[rows.length - 1]?.uid ?? after;
