@@ -27,7 +27,7 @@ import { lookupGroup, lookupUser, rootIds } from '../adapters/system/accounts.js
 import { lockStateDir, makeStateDir, removeMadeStateDir, restoreStateDir, snapshotStateDir, StateDirInUse, tightenStateDir } from './state-dir.js';
 import { EventSupervisor } from '../adapters/vmm/supervisor.js';
 import { LogBound } from '../adapters/vmm/console.js';
-import { GrowingFiles } from './growing-files.js';
+import { GrowingFiles, RECORDS_PAGE } from './growing-files.js';
 import type { ConsoleLocator } from '../adapters/api/grpc/console.js';
 import { sweepOrphans } from './sweep.js';
 import { findUnrecorded, unrecordedRefusal, vmDirs } from './unrecorded.js';
@@ -296,9 +296,8 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     const catalog = new ImageCatalog(images, logger);
     // Every record, a page at a time with a turn of the event loop between pages, so a large
     // store is never read at once and requests are served meanwhile.
-    const RESYNC_PAGE = 500;
     async function* allRecords() {
-      for (let page = store.page({}, { limit: RESYNC_PAGE }); page.length > 0; page = store.page({}, { after: page.at(-1)?.uid, limit: RESYNC_PAGE })) {
+      for (let page = store.page({}, { limit: RECORDS_PAGE }); page.length > 0; page = store.page({}, { after: page.at(-1)?.uid, limit: RECORDS_PAGE })) {
         yield* page;
         await new Promise((r) => setImmediate(r));
       }
@@ -310,8 +309,10 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       if (removed.length) logger.info({ removed }, 'unused images removed');
       if (thin) await thin.collectBases(new Set([...inUse, ...(await catalog.list()).map((i) => i.digest)]), logger);
     };
+    // uids only: a page of them is small whatever its length.
+    const UIDS_PAGE = 500;
     const enqueueAll = async () => {
-      for (let uids = store.uids({}, { limit: RESYNC_PAGE }); uids.length > 0; uids = store.uids({}, { after: uids.at(-1), limit: RESYNC_PAGE })) {
+      for (let uids = store.uids({}, { limit: UIDS_PAGE }); uids.length > 0; uids = store.uids({}, { after: uids.at(-1), limit: UIDS_PAGE })) {
         for (const uid of uids) queue.enqueue(uid);
         await new Promise((r) => setImmediate(r));
       }

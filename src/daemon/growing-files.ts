@@ -1,14 +1,18 @@
 import type { MicroVM } from '../core/microvm/types.js';
 import type { EventLog, Store } from '../core/ports.js';
 
-/** Events read per store call while catching up. */
-const EVENTS_PAGE = 500;
 /**
  * Records read per store call when everything is read: a page's parsed records are garbage
  * before the next is read, so at most this many are held at once, not the whole store (10,000
- * CAPMVM-shaped records parsed at once made the daemon's heap grow by about 250 MB).
+ * CAPMVM-shaped records parsed at once made the daemon's heap grow by about 250 MB). Small
+ * enough that a page dies in V8's young generation (2 x 1 MiB, bin/matchlockd.js): 20 such
+ * records parse to about 0.3 MB, where a page of 500 outlived the scavenges during its own
+ * parse and was promoted whole, so a start with 1,000 records peaked at 102-108 MB of RSS until
+ * V8's memory reducer ran, 70-74 MB with pages of 20 (bench/README.md).
  */
-export const RECORDS_PAGE = 500;
+export const RECORDS_PAGE = 20;
+/** Events read per store call while catching up: each carries a record, so as many as a page of records. */
+const EVENTS_PAGE = RECORDS_PAGE;
 
 /**
  * The files VMMs keep growing, of every VM on record whose VMM was started (a VM that never had
