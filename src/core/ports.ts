@@ -52,8 +52,8 @@ export interface Store {
   /** The uids matching `filter`, one page of them in order. */
   uids(filter: ListFilter, page: PageOptions): string[];
   /**
-   * The record's protobuf encoding (flintlock.types.MicroVM), kept beside it and replaced in
-   * the same transaction as the record, so it never describes another version.
+   * The record's protobuf encoding (flintlock.types.MicroVM), stored apart from it and
+   * replaced in the same transaction as the record, so it never describes another version.
    */
   encoded(uid: string): Uint8Array | undefined;
   /**

@@ -191,8 +191,8 @@ export async function inspectHost(
   if (storeExists) {
     let db: SqliteStore | undefined;
     try {
-      // Records only: inspect neither serves the wire bytes nor writes a store a daemon may be
-      // serving (perhaps of the release before, until it is restarted).
+      // Records only: inspect serves no wire bytes, and does not write a store of the current
+      // schema that a daemon may be serving (perhaps of the release before, until restarted).
       db = new SqliteStore(dbPath, { recordsOnly: true });
       vms = db.list({});
       known = new Set([...vms.map((v) => v.uid), ...db.tombstones().map((t) => t.uid)]);

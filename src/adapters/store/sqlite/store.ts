@@ -57,10 +57,12 @@ export class SqliteStore implements Store, Tombstones, EventLog {
    * and found intact, with the uids of its records and tombstones (of any older schema), before
    * anything in it is changed; what it throws is thrown and the store is left as it was.
    * `recordsOnly`: for a process that reads records and does not serve them (`matchlock
-   * inspect`, the image commands): the wire bytes are not brought in line at open, which may
-   * need writes such a process cannot or should not make (a store the release before wrote,
-   * opened by a user who may only read it, or while that release's daemon still serves from
-   * it); `encoded`, `encodedRecords` and every write (`forget` too) then throw FailedPrecondition.
+   * inspect`, the image commands' check of what is in use): neither the wire bytes nor the
+   * indexes are brought in line at open, which may need writes such a process cannot or should
+   * not make (a store the release before wrote, opened by a user who may only read it, or while
+   * that release's daemon still serves from it), so a store of the current schema is not
+   * written (an older schema is still upgraded first); `encoded`, `encodedRecords` and every
+   * write (`forget` too) then throw FailedPrecondition.
    */
   constructor(private readonly path: string, opts: { eventsKept?: number; exclusiveWhenFull?: boolean; beforeUpgrade?: (recorded: Set<string>) => void; recordsOnly?: boolean } = {}) {
     this.eventsKept = opts.eventsKept ?? EVENTS_KEPT;
@@ -98,8 +100,10 @@ export class SqliteStore implements Store, Tombstones, EventLog {
         opts.beforeUpgrade(recordedUids(this.db));
       }
       this.migrate();
-      if (!opts.recordsOnly) ensureWire(this.db);
-      ensureIndexes(this.db);
+      if (!opts.recordsOnly) {
+        ensureWire(this.db);
+        ensureIndexes(this.db);
+      }
     } catch (err) {
       // An up-to-date store writes nothing here; an older one needs room to be upgraded.
       this.db.close();
