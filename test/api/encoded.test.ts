@@ -229,8 +229,8 @@ describe('stored wire bytes across releases', () => {
     const vms = [record('x', 'a', 3000), record('x', 'b', 3000), record('y', 'c', 3000)];
     seedSchema2(path, vms);
     fillWireColumns(path);
-    // That release changed b's record after its bytes were made: a crash between its two writes
-    // cannot happen (one statement), but a matchlock from before the bytes could do it.
+    // A matchlock from before the bytes (schema 2's) changed b's record after they were made:
+    // its version moved past wire_version.
     const db = new Database(path);
     const b = { ...vms[1], version: 2, status: { ...initialStatus(), state: 'CREATED' as const } } as MicroVM;
     db.prepare('UPDATE microvms SET version = 2, state = ?, record = ? WHERE uid = ?').run('CREATED', JSON.stringify(b), b.uid);
