@@ -63,6 +63,22 @@ function seedSchema2(path: string, vms: MicroVM[]): void {
   db.close();
 }
 
+function columnsOf(db: Database.Database): Set<string> {
+  return new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
+}
+
+/** Runs `fn` while another connection holds the store's write lock (BEGIN IMMEDIATE), as a writing process would. */
+function whileWriteLocked(path: string, fn: () => void): void {
+  const holder = new Database(path);
+  holder.exec('BEGIN IMMEDIATE');
+  try {
+    fn();
+  } finally {
+    holder.exec('ROLLBACK');
+    holder.close();
+  }
+}
+
 /**
  * The release before `microvm_wire` kept each record's bytes in its own row: `microvms.wire`,
  * with the version they were made for in `wire_version`. Writes what its open and its writes
@@ -70,8 +86,7 @@ function seedSchema2(path: string, vms: MicroVM[]): void {
  */
 function fillWireColumns(path: string): void {
   const db = new Database(path);
-  const columns = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
-  if (!columns.has('wire')) db.exec('ALTER TABLE microvms ADD COLUMN wire BLOB; ALTER TABLE microvms ADD COLUMN wire_version INTEGER');
+  if (!columnsOf(db).has('wire')) db.exec('ALTER TABLE microvms ADD COLUMN wire BLOB; ALTER TABLE microvms ADD COLUMN wire_version INTEGER');
   db.exec("CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)");
   db.prepare("INSERT OR REPLACE INTO store_meta (key, value) VALUES ('wire_format', ?)").run(WIRE_FORMAT);
   const set = db.prepare('UPDATE microvms SET wire = ?, wire_version = version WHERE uid = ?');
@@ -98,8 +113,7 @@ function inLine(path: string, uids: string[]): number {
   const db = new Database(path, { readonly: true });
   try {
     assert.deepEqual(db.prepare<[], string>('SELECT uid FROM microvm_wire ORDER BY uid').pluck().all(), [...uids].sort(), 'a row of bytes for each record, none for records gone');
-    const columns = new Set((db.pragma('table_info(microvms)') as { name: string }[]).map((c) => c.name));
-    if (!columns.has('wire')) return 0;
+    if (!columnsOf(db).has('wire')) return 0;
     const current = db.prepare<[], { uid: string; record: string; wire: Buffer }>('SELECT uid, record, wire FROM microvms WHERE wire IS NOT NULL AND wire_version = version').all();
     for (const r of current) assert.deepEqual(r.wire, Buffer.from(toBinary(MicroVMSchema, toWire(JSON.parse(r.record) as MicroVM))), `the release before's bytes of ${r.uid}`);
     return current.length;
@@ -262,9 +276,7 @@ describe('stored wire bytes across releases', () => {
     fillWireColumns(path);
     // Bringing the bytes in line would need the write lock, which the release before's daemon
     // (or a user who may only read) does not give: the open must not wait for it.
-    const holder = new Database(path);
-    holder.exec('BEGIN IMMEDIATE');
-    try {
+    whileWriteLocked(path, () => {
       const s = new SqliteStore(path, { recordsOnly: true });
       try {
         assert.deepEqual(s.list({}).map((v) => v.uid), vms.map((v) => v.uid).sort());
@@ -276,10 +288,7 @@ describe('stored wire bytes across releases', () => {
       } finally {
         s.close();
       }
-    } finally {
-      holder.exec('ROLLBACK');
-      holder.close();
-    }
+    });
     const raw = new Database(path, { readonly: true });
     assert.equal(raw.prepare("SELECT count(*) FROM sqlite_master WHERE name IN ('microvm_wire', 'microvms_name_uid')").pluck().get(), 0, 'nothing written');
     raw.close();
@@ -359,14 +368,7 @@ describe('stored wire bytes across releases', () => {
     inLine(path, [a.uid, b.uid, d.uid]);
     // Once in line, the next open writes nothing: it opens while another connection holds the
     // write lock (a write would wait out the busy timeout and fail "database is locked").
-    const holder = new Database(path);
-    holder.exec('BEGIN IMMEDIATE');
-    try {
-      inLine(path, [a.uid, b.uid, d.uid]);
-    } finally {
-      holder.exec('ROLLBACK');
-      holder.close();
-    }
+    whileWriteLocked(path, () => inLine(path, [a.uid, b.uid, d.uid]));
   });
 });
 

@@ -91,6 +91,9 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       }
       this.exclusive = `${(err as { code?: string }).code ?? (err as Error).message}: ${(err as Error).message}`;
     }
+    // Whether the store has the columns in which the release before kept each record's bytes
+    // (this one never adds them); read once the schema is current.
+    let legacyColumns = false;
     try {
       // A refusal the caller makes from what the store records comes before the store is
       // upgraded (or its indexes and wire bytes added): a refused start leaves a store the
@@ -100,8 +103,9 @@ export class SqliteStore implements Store, Tombstones, EventLog {
         opts.beforeUpgrade(recordedUids(this.db));
       }
       this.migrate();
+      legacyColumns = hasColumn(this.db, 'microvms', 'wire_version');
       if (!opts.recordsOnly) {
-        ensureWire(this.db);
+        ensureWire(this.db, legacyColumns);
         ensureIndexes(this.db);
       }
     } catch (err) {
@@ -118,7 +122,7 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     };
     // A store the release before wrote keeps bytes in microvms.wire; a record this one changes
     // has them emptied (that release re-encodes it at its open anyway: the version moved).
-    const legacy = hasColumn(this.db, 'microvms', 'wire_version') ? ', wire = NULL, wire_version = NULL' : '';
+    const legacy = legacyColumns ? ', wire = NULL, wire_version = NULL' : '';
     this.stmts = {
       insert: this.db.prepare(
         'INSERT INTO microvms (uid, namespace, name, version, state, record) VALUES (@uid, @namespace, @name, @version, @state, @record)',
@@ -728,7 +732,7 @@ function hasColumn(db: Database.Database, table: string, column: string): boolea
  * written in one transaction, so a record another process changed meanwhile is not given the
  * bytes of its version before.
  */
-function ensureWire(db: Database.Database): void {
+function ensureWire(db: Database.Database, legacyColumns: boolean): void {
   const tables = () => new Set(db.prepare<[], string>("SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ('microvm_wire', 'store_meta')").pluck().all());
   // The write lock only when something is missing, and the check repeated under it: another
   // process may be opening the same store.
@@ -743,7 +747,7 @@ function ensureWire(db: Database.Database): void {
   if (db.prepare(`SELECT 1 ${orphans} LIMIT 1`).get() !== undefined) db.transaction(() => db.prepare(`DELETE ${orphans}`).run()).immediate();
   const format = db.prepare<[], string>("SELECT value FROM store_meta WHERE key = 'wire_format'").pluck().get();
   const all = format !== WIRE_FORMAT;
-  const legacy = hasColumn(db, 'microvms', 'wire_version') ? 'm.wire AS legacy, m.wire_version AS legacyVersion' : NO_LEGACY;
+  const legacy = legacyColumns ? 'm.wire AS legacy, m.wire_version AS legacyVersion' : NO_LEGACY;
   const due = (limit: string) => db.prepare<[string], { uid: string; version: number; record: string; legacy: Buffer | null; legacyVersion: number | null }>(
     `SELECT m.uid AS uid, m.version AS version, m.record AS record, ${legacy} FROM microvms m LEFT JOIN microvm_wire w ON w.uid = m.uid
      WHERE m.uid > ? ${all ? '' : 'AND (w.uid IS NULL OR w.version IS NOT m.version)'} ORDER BY m.uid LIMIT ${limit}`,
