@@ -38,3 +38,13 @@ else {
 }
 await entry.main(process.argv);
 if (!compilerChosen) setFlagsFromString('--opt');
+
+// A request path (a create, a delete, a pass's steps) runs a few times a minute, so its
+// functions would spend their first calls in the interpreter until V8's budget sends them to
+// Sparkplug, its non-optimizing compiler: a fresh daemon's creates ran mostly interpreted. Once
+// serving, a function V8 compiles from then on (lazily, at its first call) gets Sparkplug's
+// machine code at once. Not while starting: every start-up function would get it too (idle RSS
+// +4 MB). Sequential create p50 against the bare server: bench/README.md, "Sparkplug once
+// serving". An operator's own choice of these tiers is left alone.
+const baselineChosen = nodeFlags.some((a) => /^--(no-)?(always-)?sparkplug\b|^--max-opt\b|^--(no-)?(jitless|lite-mode)\b/.test(a.replaceAll('_', '-')));
+if (!baselineChosen) setFlagsFromString('--always-sparkplug');

@@ -66,13 +66,14 @@ export async function startDaemon(stateDir: string, extra: string[] = [], env: N
   const [cmd, argv] = netns ? ['nsenter', [`--net=/run/netns/${netns}`, process.execPath, ...args]] : [process.execPath, args];
   const proc = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   const logs: string[] = [];
-  let buffered = '';
+  // Each stream has its own partial line: V8's traces (stdout) and the log (stderr) interleave.
+  const partial = { stdout: '', stderr: '' };
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   const ready = new Promise<{ grpcPort: number; httpPort: number | undefined }>((resolve, reject) => {
     let grpcPort: number | undefined;
     const wantHttp = extra.includes('--enable-http');
-    const onData = (chunk: Buffer) => {
-      buffered += chunk.toString('utf8');
+    const reader = (stream: keyof typeof partial) => (chunk: Buffer) => {
+      let buffered = partial[stream] + chunk.toString('utf8');
       let nl;
       while ((nl = buffered.indexOf('\n')) >= 0) {
         const line = buffered.slice(0, nl);
@@ -88,10 +89,11 @@ export async function startDaemon(stateDir: string, extra: string[] = [], env: N
           // not a JSON log line
         }
       }
+      partial[stream] = buffered;
     };
-    proc.stdout?.on('data', onData);
-    proc.stderr?.on('data', onData);
-    proc.once('exit', (code) => reject(new Error(`matchlockd exited with ${code} before listening:\n${logs.join('\n')}${buffered}`)));
+    proc.stdout?.on('data', reader('stdout'));
+    proc.stderr?.on('data', reader('stderr'));
+    proc.once('exit', (code) => reject(new Error(`matchlockd exited with ${code} before listening:\n${logs.join('\n')}${partial.stdout}${partial.stderr}`)));
     // Generous: on a loaded machine loading the TypeScript sources alone can take many seconds.
     setTimeout(() => reject(new Error(`matchlockd did not start within 60s:\n${logs.join('\n')}`)), 60_000).unref();
   });
