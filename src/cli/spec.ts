@@ -58,9 +58,30 @@ function protoKeys(desc: DescMessage, obj: Record<string, unknown>, path: string
     const seen = from.get(field.jsonName);
     if (seen !== undefined) throw cliError(`-f ${path}: keys "${at}${seen}" and "${at}${key}" both name the field ${at}${field.name}; keep one`, EXIT.usage);
     from.set(field.jsonName, key);
+    checkEnums(field, value, path, `${at}${key}`);
     out[field.jsonName] = nested(field, value, path, `${at}${key}.`);
   }
   return out;
+}
+
+/**
+ * An enum value written as a name must be one of the enum's names as the .proto spells them
+ * (proto3 JSON, as Go's protojson reads it: case-sensitive); numbers are left to fromJson,
+ * which takes any (proto3 enums are open). Refused naming the field and the names it takes,
+ * where fromJson would name only the enum's type.
+ */
+function checkEnums(field: DescField, value: unknown, path: string, at: string): void {
+  const desc = field.fieldKind === 'enum' ? field.enum : field.fieldKind === 'list' && field.listKind === 'enum' ? field.enum : undefined;
+  if (!desc) return;
+  const names = desc.values.map((v) => v.name);
+  const check = (v: unknown, where: string) => {
+    if (typeof v !== 'string' || names.includes(v)) return;
+    const near = names.find((n) => n.toLowerCase() === v.toLowerCase());
+    const numbers = desc.values.map((e) => `${e.name} ${e.number}`).join(', ');
+    throw cliError(`-f ${path}: ${where}: ${JSON.stringify(v)} is not a value of ${desc.name}: give one of its names as written, or its number (${numbers})${near ? `; names are case-sensitive: ${near}` : ''}`, EXIT.usage);
+  };
+  if (field.fieldKind === 'list' && Array.isArray(value)) value.forEach((v, i) => check(v, `${at}[${i}]`));
+  else check(value, at);
 }
 
 function nested(field: DescField, value: unknown, path: string, at: string): unknown {
