@@ -153,7 +153,7 @@ try {
   const bCpu = ((cpuTicks(base.pid ?? 0) - b0) / TICKS / wall) * 100;
   // CPU time is counted in 10 ms ticks: a baseline that used none is given as under one tick.
   const floor = (1 / TICKS / wall) * 100;
-  const ratio = bCpu > 0 ? `ratio ${(dCpu / bCpu).toFixed(1)}` : `baseline under one tick (${floor.toFixed(3)} %), ratio > ${(dCpu / floor).toFixed(1)}`;
+  const ratio = bCpu > 0 ? `ratio ${(dCpu / bCpu).toFixed(1)}` : dCpu > 0 ? `baseline under one tick (${floor.toFixed(3)} %), ratio > ${(dCpu / floor).toFixed(1)}` : `both under one tick (${floor.toFixed(3)} %): no ratio`;
   process.stdout.write(`idle CPU over ${wall.toFixed(0)} s with ${vmCount} supervised VMMs: daemon ${dCpu.toFixed(2)} % of a core (RSS ${rssMb(pid)} MB); baseline (idle node, ${vmCount} unix socket pairs) ${bCpu.toFixed(2)} % (RSS ${rssMb(base.pid ?? 0)} MB); ${ratio}\n`);
   base.kill('SIGKILL');
 } finally {
