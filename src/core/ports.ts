@@ -1,6 +1,7 @@
 /**
  * The interfaces the core needs from the world. Adapters implement them; tests use fakes.
  */
+import type { MatchlockError } from './errors.js';
 import type { MicroVM, MicroVMStatus } from './microvm/types.js';
 export type { Launch, LaunchDisk, LaunchNic, LaunchShare, VmmInstance, VmmProvider } from './vmm.js';
 
@@ -113,6 +114,27 @@ export interface Clock {
 
 export interface Random {
   bytes(n: number): Uint8Array;
+}
+
+/**
+ * A create's meta-data as cloudInitMetaData read it ahead of the create: for `value` (the
+ * request's `meta-data` entry as sent) and `uid` (the VM's), what it made (the bytes to store,
+ * decoded) or the refusal it threw. validateSpec takes it as its own reading of that entry.
+ */
+export interface ReadMetaData {
+  value: string;
+  uid: string;
+  outcome: Buffer | MatchlockError;
+}
+
+/**
+ * Reads a create's meta-data where its reading does not hold the event loop: cloud-init's
+ * rules cost a large YAML document seconds (bench/metadata.ts). Resolves undefined for a value
+ * small enough to read in line; rejects only when the reading itself could not run (it then
+ * says why; the create is refused with it).
+ */
+export interface MetaDataReader {
+  read(value: string, uid: string, field: string): Promise<ReadMetaData | undefined>;
 }
 
 /** Tells the reconciler that a record changed and should be looked at. */

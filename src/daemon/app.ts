@@ -33,6 +33,7 @@ import { sweepOrphans } from './sweep.js';
 import { findUnrecorded, unrecordedRefusal, vmDirs } from './unrecorded.js';
 import { daemonIdentity } from './identity.js';
 import { checkSocket, clearStaleSocket, restrictSocket, socketPath } from './unix-socket.js';
+import { WorkerMetaDataReader } from '../adapters/metadata/worker-reader.js';
 import { Lifecycle, type Drainable } from './lifecycle.js';
 import { ReconcileQueue } from '../core/reconcile/queue.js';
 import { Reconciler } from '../core/reconcile/reconciler.js';
@@ -279,6 +280,9 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
     if (ops) metrics?.setSources(ops.metricsSources({ store, queue, reconciler, runtime, vmms }));
     events.booted = (uid, pid) => reconciler.guestBooted(uid, pid);
     events.healthy = (uid) => reconciler.vmmHealthy(uid);
+    // A create's large meta-data is read on a thread of its own (cloud-init's YAML rules cost
+    // a 0.5 MiB document seconds), so one such create does not hold every other request.
+    const metaData = new WorkerMetaDataReader();
     const service = new MicroVMService({
       store,
       clock: { now: () => new Date() },
@@ -291,6 +295,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       },
       providers,
       defaultProvider,
+      metaData,
     });
 
     const catalog = new ImageCatalog(images, logger);
@@ -381,6 +386,7 @@ export async function startDaemon(cfg: DaemonConfig, logger: Logger, opts: Daemo
       stopWork: () => queue.stop(),
       abortWork: () => reconciler.abortAll(),
       close: () => {
+        void metaData.close();
         linkMonitor.close();
         linkWatch.close();
         logBound.stop();

@@ -2,12 +2,13 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { MemoryStore } from '../../../test/fakes/memory-store.js';
-import { MatchlockError } from '../errors.js';
+import { ErrorCode, MatchlockError, invalid } from '../errors.js';
+import type { MetaDataReader, ReadMetaData } from '../ports.js';
 import type { ProviderEntry } from '../vmm.js';
 import { providerEntries } from '../../../test/fakes/provider-entries.js';
 import { MicroVMService } from './service.js';
 import { ULID_PATTERN } from './ulid.js';
-import type { SpecInput } from './validate.js';
+import { META_DATA_FIELD, type SpecInput } from './validate.js';
 
 function input(over: Partial<SpecInput> = {}): SpecInput {
   return {
@@ -28,7 +29,7 @@ function input(over: Partial<SpecInput> = {}): SpecInput {
 
 const allUsable = providerEntries();
 
-function service(opts: { providers?: ReadonlyMap<string, ProviderEntry>; defaultProvider?: 'qemu' | 'firecracker' } = {}) {
+function service(opts: { providers?: ReadonlyMap<string, ProviderEntry>; defaultProvider?: 'qemu' | 'firecracker'; metaData?: MetaDataReader } = {}) {
   const store = new MemoryStore();
   const changed: string[] = [];
   let t = Date.parse('2026-01-01T00:00:00Z');
@@ -39,6 +40,7 @@ function service(opts: { providers?: ReadonlyMap<string, ProviderEntry>; default
     notifier: { changed: (uid) => changed.push(uid) },
     providers: opts.providers ?? allUsable,
     defaultProvider: opts.defaultProvider ?? 'qemu',
+    metaData: opts.metaData,
   });
   return { svc, store, changed };
 }
@@ -216,5 +218,51 @@ describe('MicroVMService get/list/delete', () => {
       svc.delete(uid);
     }
     assert.deepEqual(changed, [vm.uid, vm.uid, vm.uid], 'deleting unknown uids changes nothing');
+  });
+});
+
+describe('MicroVMService.createEncodedAsync', () => {
+  /** A MetaDataReader that answers each reading with `answer` and records what it was asked. */
+  const reader = (answer: (value: string, uid: string) => Promise<ReadMetaData | undefined>) => {
+    const asked: { value: string; uid: string; field: string }[] = [];
+    return { asked, reader: { read: (value: string, uid: string, field: string) => (asked.push({ value, uid, field }), answer(value, uid)) } };
+  };
+  const meta = Buffer.from('local_hostname: a\n').toString('base64');
+
+  it("stores the reader's meta-data for the request's value and uid, with the time and uid of the request's arrival", async () => {
+    const r = reader(async (value, uid) => ({ value, uid, outcome: Buffer.from('from: the reader\n') }));
+    const { svc, store } = service({ metaData: r.reader });
+    const { vm } = await svc.createEncodedAsync(input({ metadata: { 'meta-data': meta } }));
+    assert.deepEqual(r.asked, [{ value: meta, uid: vm.uid, field: META_DATA_FIELD }]);
+    assert.equal(decode(store.get(vm.uid)?.spec.metadata['meta-data']), 'from: the reader\n');
+    assert.equal(vm.createdAt, '2026-01-01T00:00:01.000Z', 'the clock was read once, before the reading');
+  });
+
+  it('reads in line what the reader leaves (undefined) or what is not of the same value and uid', async () => {
+    for (const answer of [async () => undefined, async (_v: string, uid: string) => ({ value: 'other', uid, outcome: Buffer.from('x: 1\n') }), async (value: string) => ({ value, uid: 'another', outcome: Buffer.from('x: 1\n') })]) {
+      const { svc, store } = service({ metaData: reader(answer).reader });
+      const { vm } = await svc.createEncodedAsync(input({ metadata: { 'meta-data': meta } }));
+      assert.match(decode(store.get(vm.uid)?.spec.metadata['meta-data']), /^local_hostname: a\ninstance_id: /);
+    }
+  });
+
+  it("throws the reader's refusal where validation reaches the meta-data, so an earlier field's fault comes first", async () => {
+    const refusal = invalid(META_DATA_FIELD, 'refused by the reader');
+    const r = reader(async (value, uid) => ({ value, uid, outcome: refusal }));
+    const { svc, store } = service({ metaData: r.reader });
+    await assert.rejects(svc.createEncodedAsync(input({ metadata: { 'meta-data': meta } })), (err) => err === refusal);
+    await assert.rejects(svc.createEncodedAsync(input({ vcpu: 1000, metadata: { 'meta-data': meta } })), /microvm\.vcpu/);
+    assert.equal(store.list({}).length, 0);
+  });
+
+  it('rejects with the error of a reading that could not run, storing nothing; without meta-data the reader is not asked', async () => {
+    const down = new MatchlockError(ErrorCode.Internal, 'reader gone');
+    const r = reader(() => Promise.reject(down));
+    const { svc, store } = service({ metaData: r.reader });
+    await assert.rejects(svc.createEncodedAsync(input({ metadata: { 'meta-data': meta } })), (err) => err === down);
+    assert.equal(store.list({}).length, 0);
+    const { vm } = await svc.createEncodedAsync(input());
+    assert.equal(r.asked.length, 1);
+    assert.ok(store.get(vm.uid));
   });
 });

@@ -1,9 +1,9 @@
 import { failedPrecondition, invalid, notFound, quote } from '../errors.js';
-import type { ChangeNotifier, Clock, EncodedRecord, PageOptions, Random, Store } from '../ports.js';
+import type { ChangeNotifier, Clock, EncodedRecord, MetaDataReader, PageOptions, Random, ReadMetaData, Store } from '../ports.js';
 import type { ProviderEntry } from '../vmm.js';
 import { initialStatus, type MicroVM, type MicroVMSpec } from './types.js';
 import { ulid } from './ulid.js';
-import { validateSpec, type SpecInput } from './validate.js';
+import { META_DATA_FIELD, validateSpec, type SpecInput } from './validate.js';
 
 export interface ServiceDeps {
   store: Store;
@@ -14,6 +14,8 @@ export interface ServiceDeps {
   providers: ReadonlyMap<string, ProviderEntry>;
   /** The provider of VMs that name none. */
   defaultProvider: string;
+  /** Reads a large meta-data off the event loop for createEncodedAsync; without it, it is read in line. */
+  metaData?: MetaDataReader | undefined;
 }
 
 /** flintlock's MMDS interface, prepended for Firecracker VMs that have no eth0 of their own. */
@@ -40,12 +42,12 @@ export class MicroVMService {
    * wrote them: what `encoded(vm.uid)` returns until the record next changes, without reading
    * them back.
    */
-  createEncoded(input: SpecInput | undefined): { vm: MicroVM; encoded: Uint8Array } {
+  createEncoded(input: SpecInput | undefined, ahead?: { now: Date; uid: string; metaData: ReadMetaData | undefined }): { vm: MicroVM; encoded: Uint8Array } {
     const { clock, random, store, notifier } = this.deps;
     const provider = this.resolveProvider(input?.provider);
-    const now = clock.now();
-    const uid = ulid(now.getTime(), random.bytes(10));
-    const spec = validateSpec(input, uid, provider.descriptor.name);
+    const now = ahead?.now ?? clock.now();
+    const uid = ahead?.uid ?? ulid(now.getTime(), random.bytes(10));
+    const spec = validateSpec(input, uid, provider.descriptor.name, ahead?.metaData);
     this.checkCapabilities(spec, provider);
     if (provider.descriptor.capabilities.metadataInterface && !spec.interfaces.some((i) => i.deviceId === 'eth0')) {
       const { address, ...rest } = FIRECRACKER_METADATA_INTERFACE;
@@ -60,6 +62,23 @@ export class MicroVMService {
     const encoded = store.insert(vm);
     notifier.changed(uid);
     return { vm, encoded };
+  }
+
+  /**
+   * createEncoded for an API handler: a meta-data large enough to cost the event loop is read
+   * first by the MetaDataReader (a worker thread), while other requests are served; the record
+   * is then made and stored as createEncoded does, with the time and uid of the request's
+   * arrival. Same results and refusals; rejects with the reader's error when the reading could
+   * not run.
+   */
+  async createEncodedAsync(input: SpecInput | undefined): Promise<{ vm: MicroVM; encoded: Uint8Array }> {
+    const reader = this.deps.metaData;
+    const value = input?.metadata['meta-data'];
+    if (reader === undefined || value === undefined) return this.createEncoded(input);
+    const now = this.deps.clock.now();
+    const uid = ulid(now.getTime(), this.deps.random.bytes(10));
+    const metaData = await reader.read(value, uid, META_DATA_FIELD);
+    return this.createEncoded(input, { now, uid, metaData });
   }
 
   get(uid: string): MicroVM {

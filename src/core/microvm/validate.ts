@@ -3,6 +3,7 @@ import { parseReference } from '../images/reference.js';
 import { isCidr, ipFamily, macProblem } from './net.js';
 import { canonicalBase64Length, decodeMetadataValue, cloudInitMetaData } from './metadata.js';
 import { SEED_FILES, fatFold, fatNameProblem } from './seed-names.js';
+import type { ReadMetaData } from '../ports.js';
 import type { IfaceType, MicroVMSpec, NetworkInterface, Volume } from './types.js';
 
 /** What a client sent, after the wire adapter has turned it into plain data. */
@@ -222,7 +223,17 @@ function checkInterface(field: string, i: InterfaceInput): NetworkInterface {
   return out;
 }
 
-function checkMetadata(field: string, metadata: Record<string, string>, uid: string): Record<string, string> {
+/** The request field of the meta-data entry, as validateSpec names it in its refusals. */
+export const META_DATA_FIELD = `microvm.metadata[${quote('meta-data')}]`;
+
+/** cloudInitMetaData of `decoded`, or what a reading ahead (ReadMetaData) of the same value and uid made or threw. */
+function readMetaData(decoded: Buffer, value: string, uid: string, field: string, ahead: ReadMetaData | undefined): Buffer {
+  if (ahead === undefined || ahead.value !== value || ahead.uid !== uid) return cloudInitMetaData(decoded, uid, field);
+  if (ahead.outcome instanceof Error) throw ahead.outcome;
+  return ahead.outcome;
+}
+
+function checkMetadata(field: string, metadata: Record<string, string>, uid: string, ahead: ReadMetaData | undefined): Record<string, string> {
   const entries = Object.entries(metadata);
   checkCount(field, entries.length, LIMITS.metadataKeys);
   let total = 0;
@@ -247,7 +258,7 @@ function checkMetadata(field: string, metadata: Record<string, string>, uid: str
     total += size ?? decoded?.length ?? 0;
     if (total > LIMITS.metadataBytes) throw invalid(f, `metadata must total at most ${LIMITS.metadataBytes} bytes once decoded`);
     if (!decoded) out[k] = v;
-    else out[k] = (k === 'meta-data' ? cloudInitMetaData(decoded, uid, f) : decoded).toString('base64');
+    else out[k] = (k === 'meta-data' ? readMetaData(decoded, v, uid, f, ahead) : decoded).toString('base64');
   }
   if (out['meta-data'] === undefined) out['meta-data'] = cloudInitMetaData(undefined, uid, `${field}["meta-data"]`).toString('base64');
   return out;
@@ -256,9 +267,11 @@ function checkMetadata(field: string, metadata: Record<string, string>, uid: str
 /**
  * Checks a create request and applies flintlock's defaults. Every refusal names the wire field
  * and the rule. The provider is resolved by the caller (it depends on the host), so it is an
- * argument here.
+ * argument here. `metaData`, a reading of the meta-data entry made ahead (off the event loop),
+ * stands for this call's own when it is of the same value and uid; its refusal is thrown where
+ * this call's own would be, so a request's first fault is still the one named.
  */
-export function validateSpec(input: SpecInput | undefined, uid: string, provider: string): MicroVMSpec {
+export function validateSpec(input: SpecInput | undefined, uid: string, provider: string, metaData?: ReadMetaData): MicroVMSpec {
   const root = 'microvm';
   if (input === undefined) throw invalid(root, 'is required');
   checkName(`${root}.id`, input.id);
@@ -327,7 +340,7 @@ export function validateSpec(input: SpecInput | undefined, uid: string, provider
     kernel,
     additionalVolumes,
     interfaces,
-    metadata: checkMetadata(`${root}.metadata`, input.metadata, uid),
+    metadata: checkMetadata(`${root}.metadata`, input.metadata, uid, metaData),
     provider,
     allowGuestAgent: input.allowGuestAgent,
   };

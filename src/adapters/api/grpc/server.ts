@@ -239,13 +239,20 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
     };
 
   door.addService(serviceDefinition(MicroVMServiceDesc, true), {
-    createMicroVM: unary('CreateMicroVM', (req: CreateMicroVMRequest) => {
+    createMicroVM: (call: grpc.ServerUnaryCall<CreateMicroVMRequest, Uint8Array>, callback: grpc.sendUnaryData<Uint8Array>) => {
       // The bytes the store wrote with the record; nothing has changed it since (reconcile
-      // work starts on a later turn of the event loop).
-      const { vm, encoded } = service.createEncoded(specInput(req.microvm));
-      logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
-      return inField1([encoded]);
-    }),
+      // work starts on a later turn of the event loop). A large meta-data is read off the event
+      // loop first (createEncodedAsync); the rest is synchronous, as before.
+      Promise.resolve()
+        .then(() => service.createEncodedAsync(specInput(call.request.microvm)))
+        .then(
+          ({ vm, encoded }) => {
+            logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
+            callback(null, inField1([encoded]));
+          },
+          (err: unknown) => callback(fail('CreateMicroVM', err)),
+        );
+    },
     deleteMicroVM: unary('DeleteMicroVM', (req: DeleteMicroVMRequest) => {
       service.delete(req.uid);
       return create(EmptySchema);
