@@ -96,10 +96,14 @@ export interface EventFilter {
  * events are kept (the store says how many).
  */
 export interface EventLog {
-  /** Up to `limit` events with id > `after`, oldest first. */
-  eventsAfter(after: number, filter: EventFilter, limit: number): StoredEvent[];
-  /** The newest `limit` events matching `filter`, oldest first. */
-  recentEvents(filter: EventFilter, limit: number): StoredEvent[];
+  /**
+   * Up to `limit` events with id > `after`, oldest first; with `maxBytes`, also no more than
+   * fit in that many bytes of their records' JSON (at least one), so a page of events of large
+   * records is not read into memory at once.
+   */
+  eventsAfter(after: number, filter: EventFilter, limit: number, maxBytes?: number): StoredEvent[];
+  /** The newest `limit` events matching `filter` (with `maxBytes`: the newest that fit, at least one), oldest first. */
+  recentEvents(filter: EventFilter, limit: number, maxBytes?: number): StoredEvent[];
   /** The newest event id, 0 when none was ever written. */
   lastEventId(): number;
   /** The oldest event id still kept; undefined when none is. */

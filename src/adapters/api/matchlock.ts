@@ -22,6 +22,7 @@ import {
 import { GetServerInfoResponseSchema, type GetServerInfoResponse } from '../../gen/services/matchlock/v1/server_pb.js';
 import { MicroVMStatus_MicroVMState } from '../../gen/types/microvm_pb.js';
 import { powerToWire, toWire } from './convert.js';
+import { MAX_PAGE_BYTES } from './paging.js';
 
 /** What GetServerInfo reports; gathered by the daemon. */
 export interface ServerInfo {
@@ -102,7 +103,9 @@ const EVENT_TYPES = { CREATED: MicroVMEvent_Type.CREATED, UPDATED: MicroVMEvent_
  */
 export function recentEvents(api: MatchlockApi, filter: EventFilter, limit: number): ListMicroVMEventsResponse {
   if (limit > 1000) throw invalid('limit', `must be at most 1000, got ${limit}`);
-  const events = api.events.recentEvents(filter, limit === 0 ? 20 : limit);
+  // Fewer when the records are large: the answer stays under gRPC's default 4 MiB message
+  // limit of the client (a page's bound), and is never read whole into memory past it.
+  const events = api.events.recentEvents(filter, limit === 0 ? 20 : limit, MAX_PAGE_BYTES);
   return create(ListMicroVMEventsResponseSchema, { events: events.map((e) => eventMessage(e.id, EVENT_TYPES[e.type], e.time, e.vm, e.previous)) });
 }
 
@@ -111,10 +114,21 @@ export interface WatchRequest {
   filter: EventFilter;
 }
 
+/** Records read at once for WatchEvents' EXISTING events: what one watcher holds of them. */
+const SNAPSHOT_PAGE = 16;
+
+/** Events read at once for a watcher: at most this many, in at most this many bytes of records. */
+const WATCH_BATCH = 256;
+const WATCH_BATCH_BYTES = 4 * 1024 * 1024;
+
 /**
  * The event stream behind WatchEvents: without afterId one EXISTING event per matching record
- * (all with the newest event id as their cursor), then every change in store order. `write`
- * resolves when the consumer can take more (backpressure); the loop ends when `signal` aborts.
+ * (all with the newest event id as their cursor), then every change in store order. The
+ * records are read SNAPSHOT_PAGE at a time, in uid order, as they are sent: a record changed
+ * while they are sent may show its newer state in its EXISTING event, and one created meanwhile
+ * may be sent as EXISTING too; the events after the cursor follow either way, so a client that
+ * applies them by uid ends at the same state as the store. `write` resolves when the consumer
+ * can take more (backpressure); the loop ends when `signal` aborts.
  * Errors: FailedPrecondition for a cursor this store cannot serve.
  */
 export async function streamEvents(api: MatchlockApi, req: WatchRequest, write: (e: MicroVMEvent) => Promise<void>, signal: AbortSignal): Promise<void> {
@@ -135,11 +149,18 @@ export async function streamEvents(api: MatchlockApi, req: WatchRequest, write: 
     let cursor: number;
     if (req.afterId === undefined) {
       cursor = log.lastEventId();
-      const vms = req.filter.uid ? [api.service.get(req.filter.uid)] : api.service.list(req.filter.namespace ?? '', undefined);
       const now = new Date().toISOString();
-      for (const vm of vms) {
-        if (req.filter.namespace && vm.spec.namespace !== req.filter.namespace) continue;
-        await write(eventMessage(cursor, MicroVMEvent_Type.EXISTING, now, vm, undefined));
+      const ns = req.filter.namespace ?? '';
+      let page = req.filter.uid ? [api.service.get(req.filter.uid)] : api.service.listPage(ns, undefined, { limit: SNAPSHOT_PAGE });
+      for (;;) {
+        for (const vm of page) {
+          if (stopped()) return;
+          if (ns && vm.spec.namespace !== ns) continue;
+          await write(eventMessage(cursor, MicroVMEvent_Type.EXISTING, now, vm, undefined));
+        }
+        const after = page.at(-1)?.uid;
+        if (req.filter.uid || page.length < SNAPSHOT_PAGE || after === undefined) break;
+        page = api.service.listPage(ns, undefined, { after, limit: SNAPSHOT_PAGE });
       }
     } else {
       cursor = req.afterId;
@@ -150,7 +171,7 @@ export async function streamEvents(api: MatchlockApi, req: WatchRequest, write: 
     }
     while (!stopped()) {
       dirty = false;
-      const batch = log.eventsAfter(cursor, req.filter, 256);
+      const batch = log.eventsAfter(cursor, req.filter, WATCH_BATCH, WATCH_BATCH_BYTES);
       for (const e of batch) {
         if (stopped()) return;
         await write(eventMessage(e.id, EVENT_TYPES[e.type], e.time, e.vm, e.previous));

@@ -93,6 +93,15 @@ export class MicroVMService {
     return this.deps.store.list({ namespace, name });
   }
 
+  /**
+   * A page of what list returns: up to `page.limit` records after uid `page.after`, in uid
+   * order, so a caller walking every record holds one page at a time. Same errors as list.
+   */
+  listPage(namespace: string, name: string | undefined, page: PageOptions): MicroVM[] {
+    checkListFilter(namespace, name);
+    return this.deps.store.page({ namespace, name }, page);
+  }
+
   /** What get returns, as the stored protobuf bytes (flintlock.types.MicroVM); same errors. */
   encoded(uid: string): Uint8Array {
     checkUid(uid);

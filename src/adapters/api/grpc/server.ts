@@ -25,7 +25,7 @@ import { specInput } from '../convert.js';
 import { grpcCode } from './status.js';
 import { COPIED, Refused, serviceDefinition, type Lent } from './service-def.js';
 import { drained } from '../drain.js';
-import { listPage } from '../paging.js';
+import { MAX_PAGE_BYTES, listPage } from '../paging.js';
 import { addConsoleService, type ConsoleLocator } from './console.js';
 import { addLazyHealth, addLazyReflection } from './lazy-services.js';
 
@@ -88,7 +88,7 @@ export function serverCredentials(tls: GrpcTls | undefined): grpc.ServerCredenti
   return creds;
 }
 
-/** Records per page of ListMicroVMsStream: what it holds in memory at once. */
+/** Records per page of ListMicroVMsStream, at most: a page also ends where the client's buffer is full or past MAX_PAGE_BYTES. */
 const STREAM_PAGE = 256;
 
 /**
@@ -293,13 +293,23 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
         if (call.cancelled || ended) return;
         try {
           let n = 0;
+          let bytes = 0;
           let room = true;
+          let cut = false;
           for (const r of service.encodedList(namespace, name, { after, limit: STREAM_PAGE })) {
             n++;
             after = r.uid;
-            room = call.write(inField1([r.encoded])) && room;
+            bytes += r.encoded.length;
+            room = call.write(inField1([r.encoded]));
+            // A page stops where the client's buffer is full or at MAX_PAGE_BYTES, so a
+            // stream of large records that nobody reads holds a buffer's worth of them, not
+            // a page of STREAM_PAGE (three paused streams of 0.9 MB records held 200 MB each).
+            if (!room || bytes >= MAX_PAGE_BYTES) {
+              cut = true;
+              break;
+            }
           }
-          if (n < STREAM_PAGE) end();
+          if (!cut && n < STREAM_PAGE) end();
           else if (!room) call.once('drain', page);
           else setImmediate(page);
         } catch (err) {

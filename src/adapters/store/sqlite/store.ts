@@ -337,16 +337,16 @@ export class SqliteStore implements Store, Tombstones, EventLog {
     }
   }
 
-  recentEvents(filter: EventFilter, limit: number): StoredEvent[] {
+  recentEvents(filter: EventFilter, limit: number, maxBytes = Infinity): StoredEvent[] {
     const uid = filter.uid ?? '';
     const ns = filter.namespace ?? '';
-    return this.stmts.recentEvents.all(uid, uid, ns, ns, limit).reverse().map(storedEvent);
+    return withinBytes(this.stmts.recentEvents.iterate(uid, uid, ns, ns, limit), maxBytes).reverse().map(storedEvent);
   }
 
-  eventsAfter(after: number, filter: EventFilter, limit: number): StoredEvent[] {
+  eventsAfter(after: number, filter: EventFilter, limit: number, maxBytes = Infinity): StoredEvent[] {
     const uid = filter.uid ?? '';
     const ns = filter.namespace ?? '';
-    return this.stmts.eventsAfter.all(after, uid, uid, ns, ns, limit).map(storedEvent);
+    return withinBytes(this.stmts.eventsAfter.iterate(after, uid, uid, ns, ns, limit), maxBytes).map(storedEvent);
   }
   lastEventId(): number {
     return this.stmts.lastEvent.get()?.id ?? 0;
@@ -779,6 +779,18 @@ function ensureWire(db: Database.Database, legacyColumns: boolean): void {
 
 function parse(record: string): MicroVM {
   return JSON.parse(record) as MicroVM;
+}
+
+/** The rows, in order, up to the one whose record would pass `maxBytes` of JSON in all (at least one); the read stops there. */
+function withinBytes(rows: IterableIterator<EventRow>, maxBytes: number): EventRow[] {
+  const out: EventRow[] = [];
+  let bytes = 0;
+  for (const r of rows) {
+    bytes += Buffer.byteLength(r.record);
+    if (out.length > 0 && bytes > maxBytes) break;
+    out.push(r);
+  }
+  return out;
 }
 
 function storedEvent(r: EventRow): StoredEvent {
