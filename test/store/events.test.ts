@@ -2,7 +2,7 @@ import Database from 'better-sqlite3';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { EVENTS_KEPT, SqliteStore } from '../../src/adapters/store/sqlite/store.js';
+import { EVENTS_KEPT, EVENTS_KEPT_BYTES, SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import { initialStatus, type MicroVM } from '../../src/core/microvm/types.js';
 import { tempDir } from '../helpers/daemon.js';
 
@@ -64,6 +64,23 @@ describe('SqliteStore event log (WatchEvents cursor)', () => {
     assert.equal(last, kept + 51);
     const oldest = store.oldestEventId() ?? 0;
     assert.ok(oldest > 1 && last - oldest + 1 >= kept && last - oldest + 1 <= kept + kept / 100, `kept ${oldest}..${last}`);
+    store.close();
+  });
+
+  it('keeps fewer events when their records are large: about eventsKeptBytes of them, never fewer than a step', () => {
+    assert.equal(EVENTS_KEPT_BYTES, 256 * 1024 * 1024);
+    const store = new SqliteStore(join(tmp.path, 'd.db'), { eventsKept: 1000, eventsKeptBytes: 2 * 1024 * 1024 });
+    const large = (n: number) => ({ ...vm(`01L${n}`), spec: { ...vm(`01L${n}`).spec, metadata: { 'user-data': 'x'.repeat(100 * 1024) } } });
+    for (let n = 0; n < 80; n++) store.insert(large(n));
+    const kept = store.eventsAfter(0, {}, 1000);
+    const bytes = kept.reduce((sum, e) => sum + JSON.stringify(e.vm).length, 0);
+    // 80 events of about 100 KiB: 2 MiB of them kept, and up to a step (10) more between prunes.
+    assert.ok(bytes <= 3.2 * 1024 * 1024, `${kept.length} events kept, ${(bytes / 1048576).toFixed(1)} MiB of records`);
+    assert.ok(kept.length >= 10, `${kept.length} events kept`);
+    assert.equal(kept.at(-1)?.id, store.lastEventId(), 'the newest are the ones kept');
+    // Small records again: the log grows back toward eventsKept.
+    for (let i = 0; i < 400; i++) store.update('01L79', (cur) => ({ ...cur, spec: { ...cur.spec, metadata: {} }, status: { ...cur.status, retry: i + 1 } }));
+    assert.ok(store.eventsAfter(0, {}, 1000).length > 300, 'small events are kept by count again');
     store.close();
   });
 

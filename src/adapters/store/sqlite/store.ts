@@ -14,6 +14,12 @@ const SCHEMA_VERSION = 3;
 /** How many events are kept: a client that was away longer must start again from a snapshot. */
 export const EVENTS_KEPT = 10_000;
 
+/**
+ * About how many bytes of records the kept events hold at most: each event carries its whole
+ * record, so 10,000 events of records near the 1 MiB metadata limit would fill 10 GB.
+ */
+export const EVENTS_KEPT_BYTES = 256 * 1024 * 1024;
+
 /** Rows re-encoded per transaction when a store's wire bytes are refreshed at open. */
 const REENCODE_PAGE = 500;
 
@@ -30,6 +36,9 @@ export class SqliteStore implements Store, Tombstones, EventLog {
   private readonly stmts;
   private readonly listeners = new Set<() => void>();
   private readonly eventsKept: number;
+  private readonly eventsKeptBytes: number;
+  /** Bytes of record per event lately (a moving average over about the last hundred): what a kept event costs. */
+  private eventBytes = 0;
   /** Prepared statements of the filtered, paged reads, by their SQL. */
   private readonly paged = new Map<string, Database.Statement>();
   /**
@@ -52,6 +61,8 @@ export class SqliteStore implements Store, Tombstones, EventLog {
 
   /**
    * `eventsKept`: how many events the log keeps (EVENTS_KEPT; pruned in steps of a hundredth).
+   * `eventsKeptBytes`: fewer when their records are large: as many as fit this many bytes at
+   * the recent record size (EVENTS_KEPT_BYTES), but never fewer than a step of pruning.
    * `exclusiveWhenFull`: open a store whose -shm file cannot be made (a full file system) in
    * EXCLUSIVE locking mode, see `exclusive`. `beforeUpgrade`: called, once the store is open
    * and found intact, with the uids of its records and tombstones (of any older schema), before
@@ -64,8 +75,9 @@ export class SqliteStore implements Store, Tombstones, EventLog {
    * written (an older schema is still upgraded first); `encoded`, `encodedRecords` and every
    * write (`forget` too) then throw FailedPrecondition.
    */
-  constructor(private readonly path: string, opts: { eventsKept?: number; exclusiveWhenFull?: boolean; beforeUpgrade?: (recorded: Set<string>) => void; recordsOnly?: boolean } = {}) {
+  constructor(private readonly path: string, opts: { eventsKept?: number; eventsKeptBytes?: number; exclusiveWhenFull?: boolean; beforeUpgrade?: (recorded: Set<string>) => void; recordsOnly?: boolean } = {}) {
     this.eventsKept = opts.eventsKept ?? EVENTS_KEPT;
+    this.eventsKeptBytes = opts.eventsKeptBytes ?? EVENTS_KEPT_BYTES;
     if (path !== ':memory:') {
       mkdirSync(dirname(path), { recursive: true, mode: 0o750 });
       const st = statSync(path, { throwIfNoEntry: false });
@@ -324,7 +336,14 @@ export class SqliteStore implements Store, Tombstones, EventLog {
       prevPower: before?.status.power ?? null,
       record,
     }).lastInsertRowid);
-    if (id % Math.max(1, Math.floor(this.eventsKept / 100)) === 0) this.stmts.prune.run(id - this.eventsKept);
+    // Sizes are taken as the records go by, not summed over the log: a scan of every kept
+    // event would read a page or more each.
+    this.eventBytes = this.eventBytes === 0 ? record.length : this.eventBytes * 0.99 + record.length * 0.01;
+    const step = Math.max(1, Math.floor(this.eventsKept / 100));
+    if (id % step === 0) {
+      const kept = Math.max(step, Math.min(this.eventsKept, Math.floor(this.eventsKeptBytes / this.eventBytes)));
+      this.stmts.prune.run(id - kept);
+    }
   }
 
   private notify(): void {
