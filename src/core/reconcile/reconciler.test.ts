@@ -129,6 +129,27 @@ it('a delete of a VM waiting out a back-off starts at once', async () => {
   assert.equal(store.get('01HZY3NDEKTSV4RRFFQ69G5FAA'), undefined);
 });
 
+it('a stop of a VM whose create waits out a back-off, or fails, leaves it PENDING and power STOPPED: no VMM runs', async () => {
+  let attempts = 0;
+  const { store, r } = setup({ ensure: () => (attempts++, Promise.reject(new Error('pull failed'))), teardown: async () => {} });
+  store.insert({ ...vm('A'), status: { ...initialStatus(), retry: 1, lastError: 'pull failed', nextAttemptAt: '2026-01-01T00:05:00.000Z' } });
+  await r.reconcile('A');
+  assert.equal(store.get('A')?.status.power, undefined, 'running was asked for: nothing said of power yet');
+  store.update('A', (cur) => ({ ...cur, power: { desired: 'STOPPED', restart: 0 } }));
+  assert.ok(((await r.reconcile('A')) ?? 0) > 0, 'still waiting out its back-off');
+  assert.equal(attempts, 0);
+  assert.deepEqual([store.get('A')?.status.state, store.get('A')?.status.power, store.get('A')?.status.nextAttemptAt], ['PENDING', 'STOPPED', '2026-01-01T00:05:00.000Z']);
+  // Desired STOPPED from the start, the attempt fails: none runs either.
+  store.insert({ ...vm('B'), power: { desired: 'STOPPED', restart: 0 } });
+  await r.reconcile('B');
+  assert.equal(attempts, 1);
+  assert.deepEqual([store.get('B')?.status.state, store.get('B')?.status.power, store.get('B')?.status.lastError], ['PENDING', 'STOPPED', 'pull failed']);
+  // One whose VMM is known to run keeps its power until a pass stops that VMM.
+  store.insert({ ...vm('C'), power: { desired: 'STOPPED', restart: 0 }, status: { ...initialStatus(), state: 'PENDING', vmmPid: 42, power: 'RUNNING', retry: 1, nextAttemptAt: '2026-01-01T00:05:00.000Z' } });
+  await r.reconcile('C');
+  assert.equal(store.get('C')?.status.power, 'RUNNING');
+});
+
 it('a delete calls off the create pass in flight, which is not counted as a failure', async () => {
   let seen: AbortSignal | undefined;
   const runtime: Runtime = {

@@ -161,6 +161,9 @@ export class Reconciler {
     if (wait === undefined || wait > 0) {
       pass.missingLink = vm.status.missingLink;
       pass.missingLinkStored = true;
+      // A stop asked for while the create waits out its back-off: no VMM runs, so the VM is
+      // stopped now, not at the next attempt (which may be an hour away, or never come).
+      if (desiredPower(vm) === 'STOPPED') this.save(uid, (cur) => stoppedWithoutVmm(cur.status));
       return wait;
     }
     pass.outcome = 'failed';
@@ -188,7 +191,9 @@ export class Reconciler {
       }
       const achieved = observed;
       pass.missingLink = missingLinkOf(err);
-      return this.fail(vm, err, log, (cur) => (achieved ? withObserved(this.booted(cur, pass), achieved) : this.booted(cur, pass)));
+      // A pass for a stopped VM starts no VMM (its plan ends by stopping one): failed, none runs.
+      const stopped = desiredPower(vm) === 'STOPPED' ? stoppedWithoutVmm : (c: MicroVMStatus) => c;
+      return this.fail(vm, err, log, (cur) => stopped(achieved ? withObserved(this.booted(cur, pass), achieved) : this.booted(cur, pass)));
     }
   }
 
@@ -372,6 +377,15 @@ function bootedStatus(cur: MicroVMStatus, pid: number): MicroVMStatus {
  */
 function decisions(s: Partial<Pick<MicroVMStatus, 'imageDigests' | 'restarted'>>): string {
   return JSON.stringify([Object.entries(s.imageDigests ?? {}).sort(), s.restarted ?? null]);
+}
+
+/**
+ * The status of a VM whose desired power is STOPPED, where no VMM of it is known to run (no
+ * pid): power STOPPED, so a `vm stop` waiting for it ends. One with a pid keeps its power
+ * until the pass that stops that VMM says so.
+ */
+function stoppedWithoutVmm(s: MicroVMStatus): MicroVMStatus {
+  return s.vmmPid ? s : { ...s, power: 'STOPPED' };
 }
 
 function dueIn(vm: MicroVM, now: Date): number {
