@@ -20,15 +20,16 @@ export function splitLastError(lastError: string): { step?: string; reason: stri
 
 /**
  * Leases from a hub lease file: ISC dhcpd's dhcpd.leases (it has `lease … {` blocks) or
- * dnsmasq's --dhcp-leasefile. Undefined when there is no file to read.
+ * dnsmasq's --dhcp-leasefile. Without one to read, why not (no path given; the file given
+ * cannot be read, and the error), for describeVm to say.
  */
-export function readLeaseFile(path: string | undefined): Lease[] | undefined {
-  if (!path) return undefined;
+export function readLeaseFile(path: string | undefined): Lease[] | string {
+  if (!path) return 'no lease file: --leases-file';
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
-  } catch {
-    return undefined;
+  } catch (err) {
+    return `cannot read the lease file ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
   }
   return /^\s*lease\s+\S+\s*\{/m.test(text) ? parseIscLeases(text) : parseDnsmasqLeases(text);
 }
@@ -61,7 +62,7 @@ function eventLine(e: MicroVMEvent, now: number): string {
  * leases (matched by each interface's MAC) when a lease file is given. `events`: the VM's
  * newest stored changes (ListMicroVMEvents), or why there are none to show; `now` is for tests.
  */
-export function describeVm(vm: MicroVM, leases: Lease[] | undefined, now = Date.now(), events: MicroVMEvent[] | string = []): string {
+export function describeVm(vm: MicroVM, leases: Lease[] | string | undefined, now = Date.now(), events: MicroVMEvent[] | string = []): string {
   const spec = vm.spec;
   const st = vm.status;
   const lines: [string, string][] = [];
@@ -90,8 +91,8 @@ export function describeVm(vm: MicroVM, leases: Lease[] | undefined, now = Date.
     // The lease is the guest's: its MAC is the one the spec names or matchlock derives from the
     // uid (status.mac_address is the host device's, as in flintlock, for a TAP another one).
     const mac = (i.guestMac || (spec?.uid ? generatedMac(spec.uid, i.deviceId) : '')).toLowerCase();
-    const lease = mac ? leases?.find((l) => l.mac.toLowerCase() === mac) : undefined;
-    const addr = lease ? lease.ip : i.address?.address || (leases ? 'no lease' : 'unknown (no lease file: --leases-file)');
+    const lease = mac && Array.isArray(leases) ? leases.find((l) => l.mac.toLowerCase() === mac) : undefined;
+    const addr = lease ? lease.ip : i.address?.address || (Array.isArray(leases) ? 'no lease' : `unknown (${leases ?? 'no lease file: --leases-file'})`);
     out.push(`  ${i.deviceId}  host ${s?.hostDeviceName || '-'}  mac ${mac || '-'}  address ${addr}`);
   }
   out.push('Events:');

@@ -16,11 +16,14 @@ const stdio: Io = { out: (t) => process.stdout.write(t), err: (t) => process.std
 
 /** The matchlock CLI. Returns the exit code instead of exiting, so tests can drive it in-process. */
 export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  // commander's usage errors ("error: unknown option …") say who speaks as every other error
+  // of the CLI does.
+  const output = { writeOut: io.out, writeErr: io.err, outputError: (text: string, write: (t: string) => void) => write(text.replace(/^error: /, 'matchlock: ')) };
   const program = new Command('matchlock')
     .description('matchlock: MicroVMs, images, hosts and the network hub')
     .version(VERSION)
     .exitOverride()
-    .configureOutput({ writeOut: io.out, writeErr: io.err })
+    .configureOutput(output)
     .option('--host <host:port>', 'matchlockd (or flintlockd) gRPC endpoint: host:port, [IPv6]:port or unix:/absolute/path (env MATCHLOCK_HOST)', env.MATCHLOCK_HOST ?? '127.0.0.1:9090')
     .option('--token <token>', 'basic-auth token (env MATCHLOCK_TOKEN)', env.MATCHLOCK_TOKEN)
     .option('--tls-ca <path>', 'CA that signed the server certificate; turns on TLS')
@@ -54,8 +57,8 @@ export async function run(argv: string[], io: Io = stdio, env: NodeJS.ProcessEnv
   program.addCommand(host);
   versionCommand(program, globals, io);
   const version = program.commands.find((c) => c.name() === 'version');
-  for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands, inspect, host, ...host.commands, ...(version ? [version] : [])]) c.exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err });
-  program.addCommand(completionCommand(program, io).exitOverride().configureOutput({ writeOut: io.out, writeErr: io.err }));
+  for (const c of [program, vm, ...vm.commands, image, ...image.commands, hub, ...hub.commands, inspect, host, ...host.commands, ...(version ? [version] : [])]) c.exitOverride().configureOutput(output);
+  program.addCommand(completionCommand(program, io).exitOverride().configureOutput(output));
   // Last, once every command is in the tree.
   addExamples(program);
   try {

@@ -2,6 +2,7 @@ import { create, fromJson, type DescField, type DescMessage, type JsonValue } fr
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { MicroVMSpecSchema, NetworkInterface_IfaceType, type MicroVMSpec } from '../gen/types/microvm_pb.js';
+import { yamlProblem } from '../core/errors.js';
 import { EXIT, cliError } from './client.js';
 
 /**
@@ -22,7 +23,7 @@ export function readSpecFile(path: string): MicroVMSpec {
   try {
     doc = parseYaml(text);
   } catch (err) {
-    throw cliError(`-f ${path}: not YAML or JSON: ${(err as Error).message.split('\n')[0] ?? ''}`, EXIT.usage);
+    throw cliError(`-f ${path}: not YAML or JSON: ${yamlProblem(err)}`, EXIT.usage);
   }
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw cliError(`-f ${path}: must be a MicroVMSpec mapping`, EXIT.usage);
   const named = protoKeys(MicroVMSpecSchema, doc as Record<string, unknown>, path, '');

@@ -56,6 +56,15 @@ export const ECHO_LIMIT = 64;
 export const MESSAGE_LIMIT = 800;
 
 /**
+ * What a YAML parser's error says, in one line: the `yaml` package's message is its first line,
+ * ending in a colon that introduces the excerpt of the source it appends on the next lines.
+ */
+export function yamlProblem(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return (message.split('\n')[0] ?? '').replace(/:\s*$/, '');
+}
+
+/**
  * A client's value as an error quotes it: JSON-quoted (so control characters and quotes are
  * escaped) and cut to `limit` characters, saying how long the whole value was.
  */

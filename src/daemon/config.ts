@@ -3,7 +3,7 @@ import { isAbsolute } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { parseBool, parseSetting, type SettingDef, type SettingValue } from '../core/settings.js';
 import { PROVIDERS, type ProviderModule } from '../adapters/vmm/registry.js';
-import { ErrorCode, MatchlockError } from '../core/errors.js';
+import { ErrorCode, MatchlockError, yamlProblem } from '../core/errors.js';
 import { parseUidRange } from '../adapters/vmm/confine/uids.js';
 
 /**
@@ -298,7 +298,7 @@ function readConfigFile(path: string, explicit: boolean, keys: readonly KeyDef[]
   try {
     doc = parseYaml(text);
   } catch (err) {
-    throw configError(`config file ${path}: not valid YAML: ${(err as Error).message.split('\n')[0] ?? ''}`);
+    throw configError(`config file ${path}: not valid YAML: ${yamlProblem(err)}`);
   }
   if (doc === null || doc === undefined) return {};
   if (typeof doc !== 'object' || Array.isArray(doc)) throw configError(`config file ${path}: must be a mapping of keys to values`);

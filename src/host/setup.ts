@@ -15,6 +15,7 @@ import { installGuard, writeGuardFile } from './guard.js';
 import { systemdCommandLine, systemdWord } from './unit.js';
 import { inspectHost, type Check } from './inspect.js';
 import { drainBoundMs } from '../daemon/lifecycle.js';
+import { yamlProblem } from '../core/errors.js';
 
 export interface HostSetupOptions {
   /** key=value settings (daemon config keys), validated as matchlockd would. */
@@ -138,7 +139,7 @@ function typed(key: string, value: string): unknown {
  */
 export function mergeConfigText(before: string, settings: Record<string, string>, path = 'config.yaml'): string {
   const doc = parseDocument(before.trim() ? before : '# Written by matchlock host setup.\n');
-  if (doc.errors.length) throw new Error(`${path}: not valid YAML: ${doc.errors[0]?.message.split('\n')[0] ?? ''}`);
+  if (doc.errors.length) throw new Error(`${path}: not valid YAML: ${yamlProblem(doc.errors[0])}`);
   if (doc.contents !== null && !isMap(doc.contents)) throw new Error(`${path}: must be a mapping of keys to values`);
   for (const [key, value] of Object.entries(settings)) doc.set(key, typed(key, value));
   return doc.toString();

@@ -1,4 +1,4 @@
-import { ErrorCode, MatchlockError } from '../core/errors.js';
+import { ErrorCode, MatchlockError, yamlProblem } from '../core/errors.js';
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
@@ -202,7 +202,7 @@ export function loadHubConfig(file: string | undefined, flags: Partial<Record<st
     try {
       text = readFileSync(file, 'utf8');
     } catch (err) {
-      throw hubConfigError(`${file}: ${(err as Error).message.split('\n')[0] ?? ''}`);
+      throw hubConfigError(`${file}: ${yamlProblem(err)}`);
     }
   }
   return hubConfigFrom(file, text, flags, flagPrefix, flagNames);
@@ -232,7 +232,7 @@ function hubConfigFrom(file: string | undefined, text: string | undefined, flags
     try {
       doc = parseYaml(text, { schema: 'failsafe', logLevel: 'error' });
     } catch (err) {
-      throw hubConfigError(`${file}: ${(err as Error).message.split('\n')[0] ?? ''}`);
+      throw hubConfigError(`${file}: ${yamlProblem(err)}`);
     }
     // An empty file is no settings (failsafe reads it as null, a blank one as "").
     if (doc !== null && doc !== undefined && doc !== '') {

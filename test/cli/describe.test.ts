@@ -75,7 +75,9 @@ describe('vm describe, in plain words', () => {
     assert.match(text, /^ {2}eth1 .*address 10\.9\.0\.52$/m);
     assert.match(describeVm(vm, [], now), /^ {2}eth1 .*address no lease$/m);
     // Without a lease file it says where addresses would come from.
-    assert.match(describeVm(vm, undefined, now), /eth0 .*address unknown \(no lease file: --leases-file\)/);
+    assert.match(describeVm(vm, readLeaseFile(undefined), now), /eth0 .*address unknown \(no lease file: --leases-file\)/);
+    // A lease file given that cannot be read is named, not asked for again.
+    assert.match(describeVm(vm, readLeaseFile(join(tmp.path, 'absent.leases')), now), /eth0 .*address unknown \(cannot read the lease file .*absent\.leases: ENOENT\)$/m);
   });
 });
 

@@ -90,6 +90,17 @@ COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=$(( \${#COMP_WO
   });
 });
 
+describe('usage errors', () => {
+  it("say who speaks as the CLI's other errors do, at the top and in subcommands, and exit 2", async () => {
+    for (const args of [['-o', 'xml', 'vm', 'list'], ['vm', 'list', '--bogus'], ['image', 'nosuch']]) {
+      const r = await cli(args);
+      assert.equal(r.code, EXIT.usage, args.join(' '));
+      assert.match(r.err, /^matchlock: /, args.join(' '));
+      assert.doesNotMatch(r.err, /^error: /m, args.join(' '));
+    }
+  });
+});
+
 describe('a closed output', () => {
   it('ends the CLI quietly with 141, as SIGPIPE ends other tools, not with a stack trace', async () => {
     const child = spawn(process.execPath, [join(ROOT, 'bin/matchlock.js'), '--help'], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -43,6 +43,10 @@ describe('vm create -f: spec keys', () => {
     assert.throws(() => read('Name: a\n'), /key "Name" is unknown/);
   });
 
+  it('says what is wrong with a file that is not YAML in one line, without the excerpt it introduces', () => {
+    assert.throws(() => read('a: [1, 2\nb: c\n'), (err: Error) => /: not YAML or JSON: .* at line 2, column 1$/.test(err.message) && !err.message.includes('\n'));
+  });
+
   it('refuses an enum name the enum does not have, naming the field and the names it takes; numbers pass', () => {
     assert.throws(() => read('id: a\ninterfaces: [{device_id: eth1, type: TAP}, {device_id: eth2, type: TAPP}]\n'), /: interfaces\[1\]\.type: "TAPP" is not a value of IfaceType: give one of its names as written, or its number \(MACVTAP 0, TAP 1\)$/);
     assert.throws(() => read('id: a\nInterfaces: [{DeviceID: eth1, Type: tap}]\n'), /: Interfaces\[0\]\.Type: "tap" is not a value of IfaceType: .*; names are case-sensitive: TAP$/);

@@ -1,6 +1,6 @@
 import { Composer, Document, Lexer, Parser, Schema, isAlias, isCollection, isMap, isScalar, visit, type CST, type CreateNodeOptions, type DocumentOptions, type Node, type Pair, type ParseOptions, type ScalarTag, type SchemaOptions, type Tags } from 'yaml';
 import { randomBytes } from 'node:crypto';
-import { invalid } from '../errors.js';
+import { invalid, yamlProblem } from '../errors.js';
 
 /**
  * Standard base64 with its padding: with a length that is a multiple of 4, this is exactly
@@ -755,14 +755,14 @@ function readMetaData(source: string, field: string, options = META_DATA_YAML): 
   if (docs.length > 1) throw invalid(field, 'must be a YAML mapping (expected a single document, as PyYAML\'s safe_load does)');
   const doc = docs[0] as Document.Parsed;
   const problem = [...doc.errors, ...doc.warnings].find((e) => !commentAfterToken(e, text));
-  if (problem) throw invalid(field, `must be a YAML mapping (${problem.message.split('\n')[0]})`);
+  if (problem) throw invalid(field, `must be a YAML mapping (${yamlProblem(problem)})`);
   const composed = composerProblem(doc);
   if (composed) throw invalid(field, `must be a YAML mapping (${composed})`);
   let value: unknown;
   try {
     value = doc.toJS({ maxAliasCount: -1 });
   } catch (err) {
-    throw invalid(field, `must be a YAML mapping (${err instanceof Error ? err.message.split('\n')[0] : String(err)})`);
+    throw invalid(field, `must be a YAML mapping (${yamlProblem(err)})`);
   }
   if (value === null || value === undefined) return { doc, value: undefined, cst };
   if (typeof value !== 'object' || Array.isArray(value) || value instanceof Set || value instanceof Map || !isMap(doc.contents)) throw invalid(field, 'must be a YAML mapping of keys to values');
