@@ -10,7 +10,8 @@ import { silentLogger } from '../adapters/silent-logger.js';
 import { guestMac, hostDeviceName } from '../core/microvm/host-names.js';
 import { desiredPower, type MicroVM } from '../core/microvm/types.js';
 import { ListMicroVMsRequestSchema } from '../gen/services/microvm/v1alpha1/microvms_pb.js';
-import { connect } from '../adapters/api/client.js';
+import { connect, connectService } from '../adapters/api/client.js';
+import { GetServerInfoRequestSchema, Server, type GetServerInfoResponse } from '../gen/services/matchlock/v1/server_pb.js';
 import type { DaemonConfig } from '../daemon/config.js';
 import { ErrorCode, MatchlockError } from '../core/errors.js';
 import { binaryFor, buildProviders, findBinary } from '../daemon/providers.js';
@@ -64,7 +65,23 @@ const TLS_FILE_FIX: Record<string, string> = {
  * Whether matchlockd answers on its endpoint, and when not, which of the three it is: a refused
  * token (UNAUTHENTICATED), TLS (handshake or certificates), or nothing listening.
  */
-async function daemonCheck(cfg: DaemonConfig, access: DaemonAccess): Promise<Check> {
+async function daemonCheck(cfg: DaemonConfig, access: DaemonAccess): Promise<{ check: Check; running?: GetServerInfoResponse | undefined }> {
+  const check = await reach(cfg, access);
+  if (check.status !== 'ok') return { check };
+  // What the daemon that answers runs with (matchlock.v1.Server), which its command line may
+  // have set apart from the config read here; a flintlockd has no such service.
+  const host = access.host ?? dialAddress(cfg.grpcEndpoint);
+  const c = connectService(Server, { host, token: access.token ?? cfg.basicAuthToken, tlsCa: access.tlsCa, tlsCert: access.tlsCert, tlsKey: access.tlsKey, insecure: access.insecure, timeoutMs: 3000 });
+  try {
+    return { check, running: await c.getServerInfo(create(GetServerInfoRequestSchema)) };
+  } catch {
+    return { check };
+  } finally {
+    c.close();
+  }
+}
+
+async function reach(cfg: DaemonConfig, access: DaemonAccess): Promise<Check> {
   const host = access.host ?? dialAddress(cfg.grpcEndpoint);
   // The client dials TLS whenever a TLS flag is given (as connect() decides), whatever the config says.
   const cliTls = !!(access.tlsCa || access.tlsCert || access.tlsKey);
@@ -133,24 +150,31 @@ export async function inspectHost(
   const registry = opts.registry ?? PROVIDERS;
 
   // Daemon reachable on its endpoint, with the auth and TLS it is configured for.
-  const daemon = await daemonCheck(cfg, { ...opts.access, token: opts.access?.token ?? opts.token });
+  const { check: daemon, running } = await daemonCheck(cfg, { ...opts.access, token: opts.access?.token ?? opts.token });
   // A machine that only runs the hub: nothing answers and there is no store. Host checks would
   // only say that matchlockd is absent, over and over.
   if (opts.hubOnlyUnlessDaemon && daemon.status === 'fail' && /no answer/.test(daemon.evidence) && !existsSync(join(cfg.stateDir, 'matchlock.db'))) {
     return [ok('daemon', `no matchlockd on this machine (nothing on ${opts.access?.host ?? cfg.grpcEndpoint}, no store in ${cfg.stateDir}): hub checks only`)];
   }
   checks.push(daemon);
+  if (running?.stateDir && running.stateDir !== cfg.stateDir) {
+    checks.push(warn('state dir', `the running matchlockd keeps its state in ${running.stateDir}; this inspect reads ${cfg.stateDir}`, `give inspect --daemon-state-dir ${running.stateDir}, or --config with the file the daemon runs with`));
+  }
 
   for (const [p, m] of registry) {
-    const bin = binaryFor(cfg, m);
+    // The binary the running daemon uses, where it says (its flags may differ from the config).
+    const configured = binaryFor(cfg, m);
+    const theirs = running?.providers.find((x) => x.name === p)?.binary;
+    const bin = theirs || configured;
+    const whose = theirs && theirs !== configured ? ` (the running matchlockd's ${m.binarySetting}; the config read here names ${configured})` : '';
     const found = findBinary(bin);
     if (!found) {
-      const isDefault = cfg.defaultProvider === p;
-      checks.push((isDefault ? fail : warn)(`vmm ${p}`, `"${bin}" not found`, `install ${p} or set --${m.binarySetting}`));
+      const isDefault = (running?.providers.find((x) => x.isDefault)?.name ?? cfg.defaultProvider) === p;
+      checks.push((isDefault ? fail : warn)(`vmm ${p}`, `"${bin}" not found${whose}`, `install ${p} or set --${m.binarySetting}`));
       continue;
     }
     const version = await run(found, ['--version']).then((r) => r.stdout.split('\n')[0] ?? '', () => 'version unknown');
-    checks.push(ok(`vmm ${p}`, `${found}: ${version}`));
+    checks.push(ok(`vmm ${p}`, `${found}: ${version || 'no version printed'}${whose}`));
   }
 
   try {
