@@ -70,6 +70,16 @@ describe('WorkerMetaDataReader: meta-data read by cloud-init rules on a thread o
     assert.deepEqual((await r.read(small, UID, META_DATA_FIELD))?.outcome, inLine(small));
   });
 
+  it('refuses a reading while others wait past queuedMax characters, until they are read', async () => {
+    const r = make({ inLineMax: 0, queuedMax: 60_000 });
+    const doc = b64(nested(1200));
+    assert.ok(doc.length > 30_000 && doc.length < 60_000);
+    const first = r.read(doc, UID, META_DATA_FIELD);
+    await assert.rejects(r.read(doc, UID, META_DATA_FIELD), (err: unknown) => err instanceof MatchlockError && err.code === ErrorCode.ResourceExhausted && err.field === META_DATA_FIELD && /send the create again shortly/.test(err.message));
+    assert.deepEqual((await first)?.outcome, inLine(doc));
+    assert.deepEqual((await r.read(doc, UID, META_DATA_FIELD))?.outcome, inLine(doc), 'read once the queue is empty again');
+  });
+
   it('an idle thread is ended; close() fails what still waits with Unavailable', async () => {
     const r = make({ inLineMax: 0, idleMs: 50 });
     await r.read(b64('c: 3\n'), UID, META_DATA_FIELD);

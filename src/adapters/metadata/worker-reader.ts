@@ -22,6 +22,13 @@ const IDLE_MS = 30_000;
  */
 export const READER_HEAP_MB = 1024;
 
+/**
+ * Characters of meta-data waiting for the thread, at most: creates sent faster than it reads
+ * are refused past this (ResourceExhausted, to be sent again) rather than queued without end,
+ * which a daemon reading in line never did (it took one request at a time).
+ */
+export const QUEUED_MAX = 32 * 1024 * 1024;
+
 const STOPPING = 'matchlockd is stopping: the meta-data was not read; create the VM again once matchlockd is back';
 
 let workerSource: Promise<{ source: string; eval: boolean }> | undefined;
@@ -55,7 +62,8 @@ interface Pending {
  * The daemon's MetaDataReader: a meta-data entry of more than `inLineMax` characters (default
  * IN_LINE_MAX) is read by cloudInitMetaData on a worker thread, started at the first such create
  * and ended after `idleMs` (default 30 s) without one, so an idle daemon holds no second heap.
- * Readings are made one after the other. A document that needs more than the thread's heap
+ * Readings are made one after the other; past `queuedMax` characters waiting (default
+ * QUEUED_MAX) a reading is refused with ResourceExhausted. A document that needs more than the thread's heap
  * (`heapMb`, default READER_HEAP_MB) ends the thread and is refused with InvalidArgument naming
  * its field; readings queued behind it fail with Unavailable, to be sent again. A thread that
  * ends otherwise fails what it held with Internal naming why. The next reading starts a new
@@ -66,23 +74,32 @@ export class WorkerMetaDataReader implements MetaDataReader {
   private worker: Worker | undefined;
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
+  private queued = 0;
   private idle: NodeJS.Timeout | undefined;
   private closed = false;
 
-  constructor(private readonly opts: { inLineMax?: number; idleMs?: number; heapMb?: number } = {}) {}
+  constructor(private readonly opts: { inLineMax?: number; idleMs?: number; heapMb?: number; queuedMax?: number } = {}) {}
 
   async read(value: string, uid: string, field: string): Promise<ReadMetaData | undefined> {
     if (value.length <= (this.opts.inLineMax ?? IN_LINE_MAX) || this.closed) return undefined;
-    const worker = await this.thread();
-    // The thread may have ended, or the reader closed, while its script was being made.
-    if (this.closed) throw new MatchlockError(ErrorCode.Unavailable, STOPPING);
-    if (this.worker !== worker) return this.read(value, uid, field);
+    const max = this.opts.queuedMax ?? QUEUED_MAX;
+    if (this.queued > 0 && this.queued + value.length > max) {
+      throw new MatchlockError(ErrorCode.ResourceExhausted, `${field}: ${this.pending.size} large meta-data documents are being read (${this.queued} characters, at most ${max} wait at once); send the create again shortly`, { field });
+    }
+    // Counted as waiting from here, while the thread may still be starting.
     const id = this.nextId++;
     clearTimeout(this.idle);
-    return new Promise<ReadMetaData>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, value, uid, field });
-      worker.postMessage({ id, value, uid, field } satisfies ReadJob);
-    });
+    this.queued += value.length;
+    const answer = new Promise<ReadMetaData>((resolve, reject) => this.pending.set(id, { resolve, reject, value, uid, field }));
+    try {
+      const worker = await this.thread();
+      // Not still pending: the reader closed, or a thread ended and failed it, meanwhile.
+      if (this.pending.has(id)) worker.postMessage({ id, value, uid, field } satisfies ReadJob);
+    } catch (err) {
+      this.take(id);
+      throw err;
+    }
+    return answer;
   }
 
   /** Ends the thread; readings still pending fail with Unavailable. */
@@ -109,10 +126,18 @@ export class WorkerMetaDataReader implements MetaDataReader {
     return w;
   }
 
+  /** The pending reading `id`, no longer pending. */
+  private take(id: number): Pending | undefined {
+    const p = this.pending.get(id);
+    if (!p) return undefined;
+    this.pending.delete(id);
+    this.queued -= p.value.length;
+    return p;
+  }
+
   private answer(a: ReadAnswer): void {
-    const p = this.pending.get(a.id);
+    const p = this.take(a.id);
     if (!p) return;
-    this.pending.delete(a.id);
     const outcome = a.ok ? Buffer.from(a.metaData.buffer, a.metaData.byteOffset, a.metaData.byteLength) : new MatchlockError(a.code as ErrorCode, a.message, a.field === undefined ? {} : { field: a.field });
     p.resolve({ value: p.value, uid: p.uid, outcome });
     if (this.pending.size === 0) this.armIdle();
@@ -137,11 +162,11 @@ export class WorkerMetaDataReader implements MetaDataReader {
   private lost(w: Worker, outOfMemory: boolean, why: string): void {
     if (this.worker !== w) return;
     this.worker = undefined;
-    const [first] = this.pending.entries();
-    if (outOfMemory && first) {
-      this.pending.delete(first[0]);
-      const f = first[1].field;
-      first[1].reject(new MatchlockError(ErrorCode.InvalidArgument, `${f}: reading it as cloud-init would needs more than the ${this.opts.heapMb ?? READER_HEAP_MB} MiB matchlockd gives a meta-data reading; give a smaller or simpler document`, { field: f }));
+    const [oldest] = this.pending.keys();
+    const first = outOfMemory && oldest !== undefined ? this.take(oldest) : undefined;
+    if (first) {
+      const f = first.field;
+      first.reject(new MatchlockError(ErrorCode.InvalidArgument, `${f}: reading it as cloud-init would needs more than the ${this.opts.heapMb ?? READER_HEAP_MB} MiB matchlockd gives a meta-data reading; give a smaller or simpler document`, { field: f }));
       this.failAll(new MatchlockError(ErrorCode.Unavailable, 'the meta-data reader restarted while this create waited for it; create the VM again'));
       return;
     }
@@ -151,6 +176,7 @@ export class WorkerMetaDataReader implements MetaDataReader {
   private failAll(err: MatchlockError): void {
     const all = [...this.pending.values()];
     this.pending.clear();
+    this.queued = 0;
     for (const p of all) p.reject(err);
   }
 }

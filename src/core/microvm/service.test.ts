@@ -255,6 +255,12 @@ describe('MicroVMService.createEncodedAsync', () => {
     assert.equal(store.list({}).length, 0);
   });
 
+  it('stores nothing for a client that gave up while its meta-data was read', async () => {
+    const { svc, store } = service({ metaData: reader(async (value, uid) => ({ value, uid, outcome: Buffer.from('x: 1\n') })).reader });
+    await assert.rejects(svc.createEncodedAsync(input({ metadata: { 'meta-data': meta } }), () => false), (err) => err instanceof MatchlockError && err.code === ErrorCode.Canceled && /nothing was created/.test(err.message));
+    assert.equal(store.list({}).length, 0);
+  });
+
   it('rejects with the error of a reading that could not run, storing nothing; without meta-data the reader is not asked', async () => {
     const down = new MatchlockError(ErrorCode.Internal, 'reader gone');
     const r = reader(() => Promise.reject(down));

@@ -1,4 +1,4 @@
-import { failedPrecondition, invalid, notFound, quote } from '../errors.js';
+import { ErrorCode, MatchlockError, failedPrecondition, invalid, notFound, quote } from '../errors.js';
 import type { ChangeNotifier, Clock, EncodedRecord, MetaDataReader, PageOptions, Random, ReadMetaData, Store } from '../ports.js';
 import type { ProviderEntry } from '../vmm.js';
 import { initialStatus, type MicroVM, type MicroVMSpec } from './types.js';
@@ -69,15 +69,18 @@ export class MicroVMService {
    * first by the MetaDataReader (a worker thread), while other requests are served; the record
    * is then made and stored as createEncoded does, with the time and uid of the request's
    * arrival. Same results and refusals; rejects with the reader's error when the reading could
-   * not run.
+   * not run. `wanted` is asked once the reading is done: a client that gave up meanwhile (its
+   * deadline passed, it cancelled) gets Canceled and nothing is stored, so its retry does not
+   * make the VM twice.
    */
-  async createEncodedAsync(input: SpecInput | undefined): Promise<{ vm: MicroVM; encoded: Uint8Array }> {
+  async createEncodedAsync(input: SpecInput | undefined, wanted: () => boolean = () => true): Promise<{ vm: MicroVM; encoded: Uint8Array }> {
     const reader = this.deps.metaData;
     const value = input?.metadata['meta-data'];
     if (reader === undefined || value === undefined) return this.createEncoded(input);
     const now = this.deps.clock.now();
     const uid = ulid(now.getTime(), this.deps.random.bytes(10));
     const metaData = await reader.read(value, uid, META_DATA_FIELD);
+    if (metaData !== undefined && !wanted()) throw new MatchlockError(ErrorCode.Canceled, `microvm ${uid}: the client gave up while its meta-data was read; nothing was created`);
     return this.createEncoded(input, { now, uid, metaData });
   }
 

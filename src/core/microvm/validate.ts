@@ -227,7 +227,7 @@ function checkInterface(field: string, i: InterfaceInput): NetworkInterface {
 export const META_DATA_FIELD = `microvm.metadata[${quote('meta-data')}]`;
 
 /** cloudInitMetaData of `decoded`, or what a reading ahead (ReadMetaData) of the same value and uid made or threw. */
-function readMetaData(decoded: Buffer, value: string, uid: string, field: string, ahead: ReadMetaData | undefined): Buffer {
+function metaDataOf(decoded: Buffer, value: string, uid: string, field: string, ahead: ReadMetaData | undefined): Buffer {
   if (ahead === undefined || ahead.value !== value || ahead.uid !== uid) return cloudInitMetaData(decoded, uid, field);
   if (ahead.outcome instanceof Error) throw ahead.outcome;
   return ahead.outcome;
@@ -258,7 +258,7 @@ function checkMetadata(field: string, metadata: Record<string, string>, uid: str
     total += size ?? decoded?.length ?? 0;
     if (total > LIMITS.metadataBytes) throw invalid(f, `metadata must total at most ${LIMITS.metadataBytes} bytes once decoded`);
     if (!decoded) out[k] = v;
-    else out[k] = (k === 'meta-data' ? readMetaData(decoded, v, uid, f, ahead) : decoded).toString('base64');
+    else out[k] = (k === 'meta-data' ? metaDataOf(decoded, v, uid, f, ahead) : decoded).toString('base64');
   }
   if (out['meta-data'] === undefined) out['meta-data'] = cloudInitMetaData(undefined, uid, `${field}["meta-data"]`).toString('base64');
   return out;

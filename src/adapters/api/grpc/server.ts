@@ -244,7 +244,7 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
       // work starts on a later turn of the event loop). A large meta-data is read off the event
       // loop first (createEncodedAsync); the rest is synchronous, as before.
       Promise.resolve()
-        .then(() => service.createEncodedAsync(specInput(call.request.microvm)))
+        .then(() => service.createEncodedAsync(specInput(call.request.microvm), () => !call.cancelled))
         .then(
           ({ vm, encoded }) => {
             logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');

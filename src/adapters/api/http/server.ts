@@ -115,7 +115,7 @@ async function handle(opts: HttpServerOptions, req: IncomingMessage, res: Server
     const over = jsonEntryLimits(MicroVMSpecSchema, json, 'microvm.');
     if (over) throw over;
     const spec = fromGatewayJson(MicroVMSpecSchema, json, 'a JSON MicroVMSpec', 'microvm');
-    const { vm } = await service.createEncodedAsync(specInput(spec));
+    const { vm } = await service.createEncodedAsync(specInput(spec), () => !res.destroyed);
     opts.logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
     return send(res, 200, CreateMicroVMResponseSchema, { microvm: toWire(vm) });
   }
