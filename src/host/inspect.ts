@@ -1,6 +1,6 @@
 import { create } from '@bufbuild/protobuf';
-import { accessSync, constants, existsSync, openSync, closeSync, readFileSync, readdirSync, statfsSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { accessSync, constants, existsSync, openSync, closeSync, readFileSync, readdirSync, realpathSync, statfsSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
 import { run } from '../adapters/exec.js';
 import { Iproute2Network } from '../adapters/network/iproute2/network.js';
 import { SqliteStore } from '../adapters/store/sqlite/store.js';
@@ -117,6 +117,15 @@ async function reach(cfg: DaemonConfig, access: DaemonAccess): Promise<Check> {
   }
 }
 
+/** A directory as compared: absolute, without trailing slashes or symbolic links where it exists. */
+function samePath(dir: string): string {
+  try {
+    return realpathSync(dir);
+  } catch {
+    return resolve(dir);
+  }
+}
+
 /**
  * Whether `host` (an endpoint in dial form) completes a TLS handshake ('tls'), accepts a
  * connection but no handshake ('open'), or takes no connection ('closed'). The certificate is
@@ -157,7 +166,7 @@ export async function inspectHost(
     return [ok('daemon', `no matchlockd on this machine (nothing on ${opts.access?.host ?? cfg.grpcEndpoint}, no store in ${cfg.stateDir}): hub checks only`)];
   }
   checks.push(daemon);
-  if (running?.stateDir && running.stateDir !== cfg.stateDir) {
+  if (running?.stateDir && samePath(running.stateDir) !== samePath(cfg.stateDir)) {
     checks.push(warn('state dir', `the running matchlockd keeps its state in ${running.stateDir}; this inspect reads ${cfg.stateDir}`, `give inspect --daemon-state-dir ${running.stateDir}, or --config with the file the daemon runs with`));
   }
 

@@ -9,6 +9,7 @@ import { recentEvents, streamEvents, type MatchlockApi } from '../../src/adapter
 import { MAX_PAGE_BYTES } from '../../src/adapters/api/paging.js';
 import { SqliteStore } from '../../src/adapters/store/sqlite/store.js';
 import type { MicroVM } from '../../src/core/microvm/types.js';
+import { ErrorCode, MatchlockError } from '../../src/core/errors.js';
 import { ListMicroVMEventsResponseSchema, type MicroVMEvent } from '../../src/gen/services/matchlock/v1/lifecycle_pb.js';
 import { ListMicroVMsRequestSchema, MicroVM as MicroVMServiceDesc } from '../../src/gen/services/microvm/v1alpha1/microvms_pb.js';
 import { grpcApiOver, serviceOver } from '../helpers/api-server.js';
@@ -144,6 +145,54 @@ describe('large records are read a bounded amount at a time', () => {
       reads.restore();
       client.close();
       server.stop();
+    }
+  });
+});
+
+describe('a watcher that falls behind the event log', () => {
+  const tmp = tempDir('watch-behind');
+  after(() => tmp.remove());
+
+  it('ends with FailedPrecondition rather than skip pruned events; a watcher of a quiet VM does not', async () => {
+    const store = new SqliteStore(join(tmp.path, 'matchlock.db'), { eventsKept: 50 });
+    const api = { service: serviceOver(store), events: store } as unknown as MatchlockApi;
+    const busy = big(1, 1);
+    const quiet = big(2, 1);
+    store.insert(busy);
+    store.insert(quiet);
+    const bump = (n: number) => {
+      for (let i = 0; i < n; i++) store.update(busy.uid, (cur) => ({ ...cur, status: { ...cur.status, retry: cur.status.retry + 1 } }));
+    };
+    const start = store.lastEventId();
+    const got: number[] = [];
+    let release: () => void = () => undefined;
+    const ctl = new AbortController();
+    const behind = streamEvents(api, { afterId: start, filter: {} }, async (e) => {
+      got.push(Number(e.id));
+      if (got.length === 1) await new Promise<void>((r) => (release = r));
+    }, ctl.signal);
+    const quietSeen: number[] = [];
+    const calm = streamEvents(api, { filter: { uid: quiet.uid } }, async (e) => void quietSeen.push(Number(e.id)), ctl.signal);
+    try {
+      bump(10);
+      await sleep(50);
+      assert.deepEqual(got, [start + 1], 'the first event sent, then the consumer stopped');
+      // Pruned well past where it stands.
+      for (let i = 0; i < 20; i++) {
+        bump(10);
+        await sleep(5);
+      }
+      assert.ok((store.oldestEventId() ?? 0) > start + 20);
+      release();
+      await assert.rejects(behind, (err: unknown) => err instanceof MatchlockError && err.code === ErrorCode.FailedPrecondition && /were pruned before this watch sent them/.test(err.message));
+      assert.deepEqual(got, got.map((_, i) => start + 1 + i), 'no event skipped before it ended');
+      assert.equal(quietSeen.length, 1, 'the quiet VM watcher has its EXISTING event and no error');
+      assert.equal(await Promise.race([calm.then(() => 'ended', () => 'failed'), sleep(100).then(() => 'running')]), 'running');
+    } finally {
+      ctl.abort();
+      release();
+      await Promise.allSettled([behind, calm]);
+      store.close();
     }
   });
 });

@@ -25,5 +25,8 @@ describe('inspect against a daemon started with other settings than the config i
     assert.match(by('vmm qemu')?.evidence ?? '', /^\/bin\/true: .*\(the running matchlockd's qemu-bin; the config read here names qemu-system-nosuch\)$/);
     assert.equal(by('state dir')?.status, 'warn');
     assert.match(by('state dir')?.evidence ?? '', /the running matchlockd keeps its state in .*\/state; this inspect reads .*\/other/);
+    // The same dir spelled otherwise is the same dir.
+    const same = loadConfig({ flags: { 'state-dir': `${join(tmp.path, 'other', '..', 'state')}/`, 'grpc-endpoint': `unix:${sock}` }, file: { path: '/dev/null', explicit: true }, env: {} });
+    assert.equal((await inspectHost(same, {})).find((c) => c.check === 'state dir'), undefined);
   });
 });

@@ -171,12 +171,22 @@ export async function streamEvents(api: MatchlockApi, req: WatchRequest, write: 
     }
     while (!stopped()) {
       dirty = false;
+      // A watcher slower than the log's pruning (its client stopped reading, or the log keeps
+      // few events of large records) would skip events without a word: it ends as a resume
+      // from a pruned cursor does.
+      const head = log.lastEventId();
+      const oldest = log.oldestEventId();
+      if (oldest !== undefined && cursor < oldest - 1) {
+        throw failedPrecondition(`events ${cursor + 1} to ${oldest - 1} were pruned before this watch sent them (it fell behind the event log, which keeps the newest events, fewer when records are large); watch again without after_id`, req.afterId === undefined ? undefined : 'after_id');
+      }
       const batch = log.eventsAfter(cursor, req.filter, WATCH_BATCH, WATCH_BATCH_BYTES);
       for (const e of batch) {
         if (stopped()) return;
         await write(eventMessage(e.id, EVENT_TYPES[e.type], e.time, e.vm, e.previous));
         cursor = e.id;
       }
+      // None of the events up to head matched the filter: a watcher of a quiet VM is not behind.
+      if (batch.length === 0) cursor = Math.max(cursor, head);
       if (batch.length === 0 && !dirty && !stopped()) await new Promise<void>((resolve) => (wake = resolve));
     }
   } finally {

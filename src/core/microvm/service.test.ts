@@ -255,6 +255,24 @@ describe('MicroVMService.createEncodedAsync', () => {
     assert.equal(store.list({}).length, 0);
   });
 
+  it('refuses what validation refuses before the meta-data without reading it; a later fault waits for the reading, which comes first', async () => {
+    const refusal = invalid(META_DATA_FIELD, 'refused by the reader');
+    const r = reader(async (value, uid) => ({ value, uid, outcome: refusal }));
+    const { svc } = service({ metaData: r.reader });
+    // Over the 1 MiB metadata limit once decoded, and a field before the meta-data: neither is read.
+    await assert.rejects(svc.createEncodedAsync(input({ metadata: { 'meta-data': 'x'.repeat(1024 * 1024 + 1) } })), /metadata must total at most 1048576 bytes/);
+    await assert.rejects(svc.createEncodedAsync(input({ vcpu: 1000, metadata: { 'meta-data': meta } })), /microvm\.vcpu/);
+    assert.equal(r.asked.length, 0, 'the reader was not asked');
+    // A fault found after the meta-data (QEMU has no vsock for the guest agent): the reading's
+    // refusal is the first fault, as in line.
+    await assert.rejects(svc.createEncodedAsync(input({ allowGuestAgent: true, metadata: { 'meta-data': meta } })), (err) => err === refusal);
+    assert.equal(r.asked.length, 1);
+    // ...and with meta-data the reading accepts, the later fault.
+    const fine = reader(async (value, uid) => ({ value, uid, outcome: Buffer.from('x: 1\n') }));
+    const other = service({ metaData: fine.reader });
+    await assert.rejects(other.svc.createEncodedAsync(input({ allowGuestAgent: true, metadata: { 'meta-data': meta } })), /^.*vsock/);
+  });
+
   it('stores nothing for a client that gave up while its meta-data was read', async () => {
     const { svc, store } = service({ metaData: reader(async (value, uid) => ({ value, uid, outcome: Buffer.from('x: 1\n') })).reader });
     await assert.rejects(svc.createEncodedAsync(input({ metadata: { 'meta-data': meta } }), () => false), (err) => err instanceof MatchlockError && err.code === ErrorCode.Canceled && /nothing was created/.test(err.message));

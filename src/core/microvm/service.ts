@@ -43,7 +43,15 @@ export class MicroVMService {
    * them back.
    */
   createEncoded(input: SpecInput | undefined, ahead?: { now: Date; uid: string; metaData: ReadMetaData | undefined }): { vm: MicroVM; encoded: Uint8Array } {
-    const { clock, random, store, notifier } = this.deps;
+    const vm = this.made(input, ahead);
+    const encoded = this.deps.store.insert(vm);
+    this.deps.notifier.changed(vm.uid);
+    return { vm, encoded };
+  }
+
+  /** The record a create makes of `input`, validated and defaulted; nothing stored. */
+  private made(input: SpecInput | undefined, ahead?: { now: Date; uid: string; metaData: ReadMetaData | undefined }): MicroVM {
+    const { clock, random } = this.deps;
     const provider = this.resolveProvider(input?.provider);
     const now = ahead?.now ?? clock.now();
     const uid = ahead?.uid ?? ulid(now.getTime(), random.bytes(10));
@@ -58,10 +66,7 @@ export class MicroVMService {
     const own = provider.descriptor.checkSpec?.(spec, uid);
     if (own) throw own;
     const iso = now.toISOString();
-    const vm: MicroVM = { uid, version: 1, spec, status: initialStatus(), createdAt: iso, updatedAt: iso };
-    const encoded = store.insert(vm);
-    notifier.changed(uid);
-    return { vm, encoded };
+    return { uid, version: 1, spec, status: initialStatus(), createdAt: iso, updatedAt: iso };
   }
 
   /**
@@ -79,6 +84,24 @@ export class MicroVMService {
     if (reader === undefined || value === undefined) return this.createEncoded(input);
     const now = this.deps.clock.now();
     const uid = ulid(now.getTime(), this.deps.random.bytes(10));
+    // Every other check first, in line, with the meta-data taken as read (empty): a request
+    // refused before validation reaches the meta-data (its size, an earlier field) is refused
+    // at once, as in line, never after a reading of what may be megabytes. A refusal after that
+    // point may still be preceded by the meta-data's own: the reading decides.
+    let reached = false;
+    const taken: ReadMetaData = {
+      value,
+      uid,
+      get outcome() {
+        reached = true;
+        return Buffer.alloc(0);
+      },
+    };
+    try {
+      this.made(input, { now, uid, metaData: taken });
+    } catch (err) {
+      if (!reached) throw err;
+    }
     const metaData = await reader.read(value, uid, META_DATA_FIELD);
     if (metaData !== undefined && !wanted()) throw new MatchlockError(ErrorCode.Canceled, `microvm ${uid}: the client gave up while its meta-data was read; nothing was created`);
     return this.createEncoded(input, { now, uid, metaData });
