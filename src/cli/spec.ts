@@ -67,19 +67,20 @@ function protoKeys(desc: DescMessage, obj: Record<string, unknown>, path: string
 
 /**
  * An enum value written as a name must be one of the enum's names as the .proto spells them
- * (proto3 JSON, as Go's protojson reads it: case-sensitive); numbers are left to fromJson,
- * which takes any (proto3 enums are open). Refused naming the field and the names it takes,
- * where fromJson would name only the enum's type.
+ * (proto3 JSON, as Go's protojson reads it: case-sensitive); numbers (and null, the default)
+ * are left to fromJson, which takes any (proto3 enums are open). Anything else (a name it
+ * lacks, true, a list) is refused naming the field and the names it takes, where fromJson
+ * would name only the enum's type.
  */
 function checkEnums(field: DescField, value: unknown, path: string, at: string): void {
   const desc = field.fieldKind === 'enum' ? field.enum : field.fieldKind === 'list' && field.listKind === 'enum' ? field.enum : undefined;
   if (!desc) return;
   const names = desc.values.map((v) => v.name);
   const check = (v: unknown, where: string) => {
-    if (typeof v !== 'string' || names.includes(v)) return;
-    const near = names.find((n) => n.toLowerCase() === v.toLowerCase());
+    if (typeof v === 'number' || v === null || (typeof v === 'string' && names.includes(v))) return;
+    const near = typeof v === 'string' ? names.find((n) => n.toLowerCase() === v.toLowerCase()) : undefined;
     const numbers = desc.values.map((e) => `${e.name} ${e.number}`).join(', ');
-    throw cliError(`-f ${path}: ${where}: ${JSON.stringify(v)} is not a value of ${desc.name}: give one of its names as written, or its number (${numbers})${near ? `; names are case-sensitive: ${near}` : ''}`, EXIT.usage);
+    throw cliError(`-f ${path}: ${where}: ${JSON.stringify(v) ?? String(v)} is not a value of ${desc.name}: give one of its names as written, or its number (${numbers})${near ? `; names are case-sensitive: ${near}` : ''}`, EXIT.usage);
   };
   if (field.fieldKind === 'list' && Array.isArray(value)) value.forEach((v, i) => check(v, `${at}[${i}]`));
   else check(value, at);

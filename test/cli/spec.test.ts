@@ -50,6 +50,7 @@ describe('vm create -f: spec keys', () => {
   it('refuses an enum name the enum does not have, naming the field and the names it takes; numbers pass', () => {
     assert.throws(() => read('id: a\ninterfaces: [{device_id: eth1, type: TAP}, {device_id: eth2, type: TAPP}]\n'), /: interfaces\[1\]\.type: "TAPP" is not a value of IfaceType: give one of its names as written, or its number \(MACVTAP 0, TAP 1\)$/);
     assert.throws(() => read('id: a\nInterfaces: [{DeviceID: eth1, Type: tap}]\n'), /: Interfaces\[0\]\.Type: "tap" is not a value of IfaceType: .*; names are case-sensitive: TAP$/);
+    assert.throws(() => read('id: a\ninterfaces: [{device_id: eth1, type: true}]\n'), /: interfaces\[0\]\.type: true is not a value of IfaceType: give one of its names as written, or its number/);
     assert.deepEqual((read('id: a\ninterfaces: [{device_id: eth1, type: 1}, {device_id: eth2, type: MACVTAP}]\n') as { interfaces: unknown }).interfaces, [{ deviceId: 'eth1', type: 'TAP' }, { deviceId: 'eth2' }]);
   });
 });
