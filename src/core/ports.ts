@@ -138,6 +138,8 @@ export interface ReadMetaData {
  * says why; the create is refused with it).
  */
 export interface MetaDataReader {
+  /** Whether read() would read `value` off the event loop (not leave it to the caller). */
+  takes(value: string): boolean;
   read(value: string, uid: string, field: string): Promise<ReadMetaData | undefined>;
 }
 

@@ -80,8 +80,12 @@ export class WorkerMetaDataReader implements MetaDataReader {
 
   constructor(private readonly opts: { inLineMax?: number; idleMs?: number; heapMb?: number; queuedMax?: number } = {}) {}
 
+  takes(value: string): boolean {
+    return value.length > (this.opts.inLineMax ?? IN_LINE_MAX) && !this.closed;
+  }
+
   async read(value: string, uid: string, field: string): Promise<ReadMetaData | undefined> {
-    if (value.length <= (this.opts.inLineMax ?? IN_LINE_MAX) || this.closed) return undefined;
+    if (!this.takes(value)) return undefined;
     const max = this.opts.queuedMax ?? QUEUED_MAX;
     if (this.queued > 0 && this.queued + value.length > max) {
       throw new MatchlockError(ErrorCode.ResourceExhausted, `${field}: ${this.pending.size} large meta-data documents are being read (${this.queued} characters, at most ${max} wait at once); send the create again shortly`, { field });

@@ -225,7 +225,8 @@ describe('MicroVMService.createEncodedAsync', () => {
   /** A MetaDataReader that answers each reading with `answer` and records what it was asked. */
   const reader = (answer: (value: string, uid: string) => Promise<ReadMetaData | undefined>) => {
     const asked: { value: string; uid: string; field: string }[] = [];
-    return { asked, reader: { read: (value: string, uid: string, field: string) => (asked.push({ value, uid, field }), answer(value, uid)) } };
+    // Takes every value but those under 8 characters, as the daemon's takes those over 16 KiB.
+    return { asked, reader: { takes: (value: string) => value.length >= 8, read: (value: string, uid: string, field: string) => (asked.push({ value, uid, field }), answer(value, uid)) } };
   };
   const meta = Buffer.from('local_hostname: a\n').toString('base64');
 
@@ -277,6 +278,19 @@ describe('MicroVMService.createEncodedAsync', () => {
     const { svc, store } = service({ metaData: reader(async (value, uid) => ({ value, uid, outcome: Buffer.from('x: 1\n') })).reader });
     await assert.rejects(svc.createEncodedAsync(input({ metadata: { 'meta-data': meta } }), () => false), (err) => err instanceof MatchlockError && err.code === ErrorCode.Canceled && /nothing was created/.test(err.message));
     assert.equal(store.list({}).length, 0);
+  });
+
+  it('a meta-data the reader does not take is read in line: readsAhead says so and the reader is not asked', async () => {
+    const r = reader(async () => assert.fail('not asked'));
+    const { svc, store } = service({ metaData: r.reader });
+    // Raw text, five characters: under what the reader takes.
+    const small = 'a: 1\n';
+    assert.equal(svc.readsAhead(input({ metadata: { 'meta-data': small } })), false);
+    assert.equal(svc.readsAhead(input({ metadata: { 'meta-data': meta } })), true);
+    assert.equal(svc.readsAhead(input()), false);
+    const { vm } = await svc.createEncodedAsync(input({ metadata: { 'meta-data': small } }));
+    assert.equal(r.asked.length, 0);
+    assert.ok(store.get(vm.uid));
   });
 
   it('rejects with the error of a reading that could not run, storing nothing; without meta-data the reader is not asked', async () => {

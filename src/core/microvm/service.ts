@@ -81,7 +81,7 @@ export class MicroVMService {
   async createEncodedAsync(input: SpecInput | undefined, wanted: () => boolean = () => true): Promise<{ vm: MicroVM; encoded: Uint8Array }> {
     const reader = this.deps.metaData;
     const value = input?.metadata['meta-data'];
-    if (reader === undefined || value === undefined) return this.createEncoded(input);
+    if (reader === undefined || value === undefined || !reader.takes(value)) return this.createEncoded(input);
     const now = this.deps.clock.now();
     const uid = ulid(now.getTime(), this.deps.random.bytes(10));
     // Every other check first, in line, with the meta-data taken as read (empty): a request
@@ -105,6 +105,15 @@ export class MicroVMService {
     const metaData = await reader.read(value, uid, META_DATA_FIELD);
     if (metaData !== undefined && !wanted()) throw new MatchlockError(ErrorCode.Canceled, `microvm ${uid}: the client gave up while its meta-data was read; nothing was created`);
     return this.createEncoded(input, { now, uid, metaData });
+  }
+
+  /**
+   * Whether createEncodedAsync would read this request's meta-data off the event loop; when
+   * not, createEncoded does the same work at once (an API handler answers in the same turn).
+   */
+  readsAhead(input: SpecInput | undefined): boolean {
+    const value = input?.metadata['meta-data'];
+    return value !== undefined && this.deps.metaData?.takes(value) === true;
   }
 
   get(uid: string): MicroVM {

@@ -8,6 +8,8 @@ import { dirname, join } from 'node:path';
 import { PACKAGE_ROOT } from '../../../package-root.js';
 import { ErrorCode, MatchlockError, boundedMessage } from '../../../core/errors.js';
 import type { MicroVMService } from '../../../core/microvm/service.js';
+import type { MicroVM } from '../../../core/microvm/types.js';
+import type { SpecInput } from '../../../core/microvm/validate.js';
 import type { Logger } from '../../../core/ports.js';
 import { endpointOf } from '../../../core/endpoint.js';
 import {
@@ -241,17 +243,21 @@ export function createGrpcServer(opts: GrpcServerOptions): grpc.Server {
   door.addService(serviceDefinition(MicroVMServiceDesc, true), {
     createMicroVM: (call: grpc.ServerUnaryCall<CreateMicroVMRequest, Uint8Array>, callback: grpc.sendUnaryData<Uint8Array>) => {
       // The bytes the store wrote with the record; nothing has changed it since (reconcile
-      // work starts on a later turn of the event loop). A large meta-data is read off the event
-      // loop first (createEncodedAsync); the rest is synchronous, as before.
-      Promise.resolve()
-        .then(() => service.createEncodedAsync(specInput(call.request.microvm), () => !call.cancelled))
-        .then(
-          ({ vm, encoded }) => {
-            logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
-            callback(null, inField1([encoded]));
-          },
-          (err: unknown) => callback(fail('CreateMicroVM', err)),
-        );
+      // work starts on a later turn of the event loop).
+      const created = ({ vm, encoded }: { vm: MicroVM; encoded: Uint8Array }) => {
+        logger.info({ uid: vm.uid, namespace: vm.spec.namespace, name: vm.spec.name }, 'microvm created');
+        callback(null, inField1([encoded]));
+      };
+      let input: SpecInput | undefined;
+      try {
+        input = specInput(call.request.microvm);
+        // In this turn, as every create without a large meta-data is.
+        if (!service.readsAhead(input)) return created(service.createEncoded(input));
+      } catch (err) {
+        return callback(fail('CreateMicroVM', err));
+      }
+      // A large meta-data is read off the event loop first; the rest as above.
+      service.createEncodedAsync(input, () => !call.cancelled).then(created, (err: unknown) => callback(fail('CreateMicroVM', err)));
     },
     deleteMicroVM: unary('DeleteMicroVM', (req: DeleteMicroVMRequest) => {
       service.delete(req.uid);
